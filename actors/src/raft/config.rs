@@ -1,0 +1,199 @@
+//! Configuration of one Raft group on one node, with validation.
+
+use super::types::{GroupId, Millis, NodeId};
+
+/// Tunables of one Raft group on one node. Every field has a sane default; [`RaftConfig::validate`]
+/// refuses combinations that would be unsafe (e.g. a lease longer than the election timeout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// This node's id (never 0).
+    pub id: NodeId,
+    /// The group this core runs.
+    pub group: GroupId,
+    /// Lower bound of the randomized election timeout (Raft §5.2). Default 150 ms.
+    pub election_timeout_min_ms: Millis,
+    /// Upper bound (exclusive) of the randomized election timeout. Default 300 ms.
+    pub election_timeout_max_ms: Millis,
+    /// How often a leader sends heartbeats. Default 50 ms.
+    pub heartbeat_interval_ms: Millis,
+    /// Run a pre-vote round before an election (thesis §9.6). Default on.
+    pub pre_vote: bool,
+    /// A leader steps down when it has not heard from a quorum within an election timeout,
+    /// and followers ignore votes while they hear from a leader (thesis §6.2, §4.2.3).
+    /// Default on; lease reads require it.
+    pub check_quorum: bool,
+    /// Most entries in one AppendEntries. Default 256.
+    pub max_entries_per_append: usize,
+    /// Most payload bytes in one AppendEntries (at least one entry is always sent). Default
+    /// 512 KiB; keep it below the transport's `max_frame_size`.
+    pub max_bytes_per_append: usize,
+    /// Pipelining window: AppendEntries in flight to one follower before waiting for acks.
+    /// Default 8.
+    pub max_inflight_appends: usize,
+    /// Length of a leader lease for lease reads (thesis §6.4.1), measured from the moment the
+    /// heartbeat round that a quorum acknowledged was sent. Default 120 ms.
+    pub lease_ms: Millis,
+    /// The largest rate difference between two nodes' monotonic clocks, in percent, that
+    /// lease reads tolerate. Default 5. `lease_ms` must satisfy
+    /// `lease_ms <= election_timeout_min_ms * (100 - drift) / (100 + drift)`.
+    pub max_clock_drift_percent: u64,
+    /// Bugs planted on purpose to prove that the simulator's checkers catch them.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bugs: PlantedBugs,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            id: 1,
+            group: 0,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            heartbeat_interval_ms: 50,
+            pre_vote: true,
+            check_quorum: true,
+            max_entries_per_append: 256,
+            max_bytes_per_append: 512 * 1024,
+            max_inflight_appends: 8,
+            lease_ms: 120,
+            max_clock_drift_percent: 5,
+            #[cfg(feature = "planted-bugs")]
+            planted_bugs: PlantedBugs::default(),
+        }
+    }
+}
+
+/// Bugs that tests switch on to show the checkers catch them. Only exists with the
+/// `planted-bugs` feature, which nothing but tests enables.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Grant votes without the up-to-date-log check of Raft §5.4.1.
+    pub vote_without_log_check: bool,
+    /// Commit an entry of a previous term by counting replicas (violates Raft §5.4.2).
+    pub commit_previous_term_by_counting: bool,
+    /// Serve lease reads even after the lease has expired.
+    pub lease_read_after_expiry: bool,
+    /// Acknowledge appended entries (and count the leader's own copy) before their persist
+    /// completed.
+    pub ack_before_persist: bool,
+}
+
+/// A configuration that cannot be run safely.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Node id 0 is reserved.
+    #[error("node id must not be 0")]
+    ZeroNodeId,
+    /// The election timeout range is empty or too short compared to the heartbeat.
+    #[error("election timeout range {min}..{max} ms is invalid: need heartbeat ({heartbeat} ms) < min < max")]
+    ElectionTimeout {
+        /// Lower bound.
+        min: Millis,
+        /// Upper bound.
+        max: Millis,
+        /// Heartbeat interval.
+        heartbeat: Millis,
+    },
+    /// The lease is too long for the election timeout and the tolerated clock drift.
+    #[error("lease_ms {lease} is too long: at most {limit} ms with election_timeout_min {min} ms and {drift}% clock drift")]
+    LeaseTooLong {
+        /// Configured lease.
+        lease: Millis,
+        /// Largest safe lease.
+        limit: Millis,
+        /// Election timeout lower bound.
+        min: Millis,
+        /// Tolerated drift, percent.
+        drift: u64,
+    },
+    /// A size limit is zero.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// Drift of 100% or more makes leases meaningless.
+    #[error("max_clock_drift_percent must be below 100")]
+    Drift,
+}
+
+impl RaftConfig {
+    /// The longest lease that stays safe with this election timeout and clock drift.
+    pub fn max_safe_lease_ms(&self) -> Millis {
+        let d = self.max_clock_drift_percent.min(99);
+        self.election_timeout_min_ms * (100 - d) / (100 + d)
+    }
+
+    /// Checks that the configuration is safe to run.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroNodeId);
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.election_timeout_min_ms <= self.heartbeat_interval_ms
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            return Err(ConfigError::ElectionTimeout {
+                min: self.election_timeout_min_ms,
+                max: self.election_timeout_max_ms,
+                heartbeat: self.heartbeat_interval_ms,
+            });
+        }
+        if self.max_clock_drift_percent >= 100 {
+            return Err(ConfigError::Drift);
+        }
+        if self.lease_ms > self.max_safe_lease_ms() {
+            return Err(ConfigError::LeaseTooLong {
+                lease: self.lease_ms,
+                limit: self.max_safe_lease_ms(),
+                min: self.election_timeout_min_ms,
+                drift: self.max_clock_drift_percent,
+            });
+        }
+        for (name, v) in [
+            ("max_entries_per_append", self.max_entries_per_append),
+            ("max_bytes_per_append", self.max_bytes_per_append),
+            ("max_inflight_appends", self.max_inflight_appends),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(RaftConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn lease_longer_than_safe_bound_is_refused() {
+        let cfg = RaftConfig {
+            lease_ms: 140,
+            ..RaftConfig::default()
+        };
+        // 150 * 95 / 105 = 135
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::LeaseTooLong { limit: 135, .. })
+        ));
+    }
+
+    #[test]
+    fn bad_timeouts_are_refused() {
+        let cfg = RaftConfig {
+            election_timeout_min_ms: 40,
+            ..RaftConfig::default()
+        };
+        assert!(matches!(cfg.validate(), Err(ConfigError::ElectionTimeout { .. })));
+        let cfg = RaftConfig {
+            id: 0,
+            ..RaftConfig::default()
+        };
+        assert_eq!(cfg.validate(), Err(ConfigError::ZeroNodeId));
+    }
+}

@@ -1,0 +1,16 @@
+//! A sans-IO Raft core: one deterministic state machine per Raft group (Ongaro & Ousterhout,
+//! "In Search of an Understandable Consensus Algorithm", and Ongaro's thesis for pre-vote,
+//! check-quorum, leader transfer, reads and single-server membership changes).
+//!
+//! The core reads no clock, opens no socket and spawns nothing. Its caller feeds it inputs —
+//! [`Raft::handle_message`], [`Raft::tick`], [`Raft::persisted`] and commands such as
+//! [`Raft::propose`] — and drains [`Action`]s with [`Raft::poll_actions`]. See
+//! `docs/consensus.md` for the persistence contract and the read paths.
+
+mod config;
+mod types;
+
+pub use config::{ConfigError, RaftConfig};
+#[cfg(feature = "planted-bugs")]
+pub use config::PlantedBugs;
+pub use types::*;

@@ -1,0 +1,350 @@
+//! The vocabulary of the sans-IO Raft core: identifiers, log entries, membership, hard state,
+//! wire messages, the actions the core emits and the errors its commands return.
+//!
+//! Everything here is plain data (serde-serialisable where it crosses the wire or the disk), so
+//! the same types serve the deterministic simulator, the actix shell and the transport.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// A node's identity, unique within a cluster. `0` is never a valid node id.
+pub type NodeId = u64;
+/// A Raft group's identity (a shard). Group `0` is the cluster's first group.
+pub type GroupId = u64;
+/// A Raft term (Raft §5.1).
+pub type Term = u64;
+/// A position in the replicated log; the first entry has index 1, index 0 means "none".
+pub type LogIndex = u64;
+/// Milliseconds on the caller's *monotonic* clock. The core never reads a clock: every input
+/// carries `now`, and every deadline the core asks for is expressed on the same clock.
+pub type Millis = u64;
+/// An identifier chosen by the caller for a read request, echoed in the read's outcome.
+pub type ReadId = u64;
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryPayload {
+    /// Appended by every new leader at the start of its term (Raft §8, thesis §6.4): it lets the
+    /// leader commit entries of earlier terms and serve reads.
+    Noop,
+    /// A user command, opaque to the core, applied to the state machine once committed.
+    Command(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A new membership configuration (thesis §4.1, one server at a time). It takes effect on
+    /// every node as soon as it is *appended* to that node's log, not when committed.
+    Membership(Membership),
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term of the leader that created the entry.
+    pub term: Term,
+    /// The entry's position in the log.
+    pub index: LogIndex,
+    /// What the entry carries.
+    pub payload: EntryPayload,
+}
+
+/// A group's membership: the voters (who elect leaders and form quorums) and the learners
+/// (who receive the log but never vote and never count toward a quorum).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Membership {
+    /// Nodes that vote and count toward quorums.
+    pub voters: BTreeSet<NodeId>,
+    /// Nodes that replicate the log without voting.
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl Membership {
+    /// A membership of the given voters and no learners.
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Membership {
+            voters: voters.into_iter().collect(),
+            learners: BTreeSet::new(),
+        }
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// The number of votes that make a majority of the voters.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Voters and learners, in id order.
+    pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+}
+
+/// A single-server membership change (thesis §4.1): at most one may be uncommitted at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node that receives the log but does not vote.
+    AddLearner(NodeId),
+    /// Turn a learner into a voter.
+    Promote(NodeId),
+    /// Remove a voter or a learner.
+    Remove(NodeId),
+}
+
+/// The state that must be durable before the core may act on it (Raft figure 2, "persistent
+/// state on all servers"). The log entries themselves are persisted through
+/// [`PersistRequest::entries`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub term: Term,
+    /// The candidate this node voted for in `term`, if any.
+    pub vote: Option<NodeId>,
+}
+
+/// A node's role in one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Runs a pre-vote round (Raft thesis §9.6): it has not incremented its term.
+    PreCandidate,
+    /// Runs an election in a new term.
+    Candidate,
+    /// Leads the group in its term.
+    Leader,
+    /// Replicates the log without voting (not a voter of the current membership).
+    Learner,
+}
+
+/// What the caller restores a core from after a (re)start: exactly what was reported persisted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreState {
+    /// The last persisted hard state.
+    pub hard_state: HardState,
+    /// The persisted log, in index order, starting right after the snapshot (or at index 1).
+    pub entries: Vec<Entry>,
+    /// The index up to which the caller's state machine has already applied entries (they were
+    /// committed, so the core starts with `commit_index = applied`).
+    pub applied: LogIndex,
+    /// The membership in force at the start of `entries` (the bootstrap membership of a new
+    /// group, or the membership stored with a snapshot). Membership entries in `entries`
+    /// override it.
+    pub base_membership: Membership,
+    /// Index and term of the last entry covered by a snapshot, `(0, 0)` without one.
+    pub snapshot_last: (LogIndex, Term),
+}
+
+/// How strongly a read must be ordered with respect to writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// ReadIndex (thesis §6.4): the leader confirms it is still leader with a quorum round
+    /// (batched with other reads) and serves at its commit index. Linearizable.
+    Linearizable,
+    /// Lease read (thesis §6.4.1): served at the commit index without a round while the
+    /// leader's lease, refreshed by quorum acks under check-quorum, has not expired on the
+    /// monotonic clock. Linearizable as long as clock drift stays within the configured bound.
+    Lease,
+    /// Served from the local state machine as it is. May be stale.
+    Stale,
+}
+
+/// A message between two members of the same group. One connection per peer pair carries the
+/// messages of every group, so each message names its group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The group the message belongs to.
+    pub group: GroupId,
+    /// The sender.
+    pub from: NodeId,
+    /// The recipient.
+    pub to: NodeId,
+    /// The sender's current term (or, for a pre-vote request, the term it would campaign in).
+    pub term: Term,
+    /// What the message says.
+    pub body: MessageBody,
+}
+
+/// The protocol messages (Raft figure 2, plus pre-vote, heartbeats and TimeoutNow).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// RequestVote (Raft §5.2) or a pre-vote (thesis §9.6) when `pre_vote` is set.
+    RequestVote {
+        /// A pre-vote changes no state on the recipient.
+        pre_vote: bool,
+        /// Index of the candidate's last log entry (Raft §5.4.1).
+        last_log_index: LogIndex,
+        /// Term of the candidate's last log entry (Raft §5.4.1).
+        last_log_term: Term,
+        /// Set when the election follows a TimeoutNow (thesis §3.10): recipients then ignore
+        /// their "I heard from a leader recently" rule.
+        leadership_transfer: bool,
+    },
+    /// The answer to [`MessageBody::RequestVote`].
+    RequestVoteResponse {
+        /// Whether this answers a pre-vote.
+        pre_vote: bool,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// AppendEntries (Raft §5.3): replicate `entries` after `prev_log_index`.
+    AppendEntries {
+        /// Index of the entry preceding `entries`.
+        prev_log_index: LogIndex,
+        /// Term of the entry at `prev_log_index`.
+        prev_log_term: Term,
+        /// Entries to append (may be empty).
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        leader_commit: LogIndex,
+    },
+    /// The answer to [`MessageBody::AppendEntries`].
+    AppendEntriesResponse {
+        /// Whether the follower's log matched at `prev_log_index` and it appended the entries.
+        success: bool,
+        /// On success, the index of the last entry the follower now durably holds that
+        /// matches the leader's log; on failure, the `prev_log_index` that was rejected.
+        index: LogIndex,
+        /// On failure, a hint for fast backtracking (thesis §5.3 optimisation): the term of the
+        /// conflicting entry and the first index the follower holds with that term, or the
+        /// follower's last index + 1 when its log is too short (`conflict_term` = `None`).
+        conflict_term: Option<Term>,
+        /// See `conflict_term`.
+        conflict_index: LogIndex,
+    },
+    /// A heartbeat: asserts leadership, carries the commit index (capped at what the
+    /// follower is known to hold) and a read context for batched ReadIndex rounds.
+    Heartbeat {
+        /// The commit index the follower may adopt.
+        commit: LogIndex,
+        /// The ReadIndex round this heartbeat belongs to.
+        read_ctx: u64,
+    },
+    /// The answer to [`MessageBody::Heartbeat`], echoing its read context.
+    HeartbeatResponse {
+        /// The read context of the heartbeat being answered.
+        read_ctx: u64,
+    },
+    /// Leader transfer (thesis §3.10): start an election now, skipping the pre-vote.
+    TimeoutNow,
+}
+
+/// Something durable the caller must write before it reports completion with
+/// [`PersistRequest::seq`]. Requests complete in `seq` order; the caller may batch several into
+/// one `fdatasync` (group commit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistRequest {
+    /// Sequence number, increasing by one per request; report completion with it.
+    pub seq: u64,
+    /// A new hard state to write, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Remove every persisted entry with an index at or above this one before appending.
+    pub truncate_from: Option<LogIndex>,
+    /// Entries to append after the truncation, in index order.
+    pub entries: Vec<Entry>,
+}
+
+/// What the core asks its caller to do. Actions are drained in order and must be carried out
+/// in that order (a `Send` may depend on an earlier `Persist` having been *issued*; the core
+/// itself withholds every message that depends on a persist until that persist is reported
+/// complete).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a message to a peer (best effort: the network may lose it).
+    Send(Message),
+    /// Make state durable, then call `persisted(now, seq)`.
+    Persist(PersistRequest),
+    /// Apply these committed entries, in order, to the state machine.
+    Apply(Vec<Entry>),
+    /// Call `tick(now)` at or after this time (replaces any earlier request of this group).
+    SetTimer {
+        /// When to tick.
+        at: Millis,
+    },
+    /// A read may be served once the state machine has applied `index` (0: serve now).
+    ReadReady {
+        /// The caller's read id.
+        id: ReadId,
+        /// The index the state machine must have applied first.
+        index: LogIndex,
+    },
+    /// A read cannot be served by this node (it stopped being leader, or lost its quorum).
+    ReadFailed {
+        /// The caller's read id.
+        id: ReadId,
+        /// Why.
+        error: ReadError,
+    },
+    /// The node's role, term or known leader changed (for logs, metrics and routing).
+    RoleChanged {
+        /// The new role.
+        role: Role,
+        /// The current term.
+        term: Term,
+        /// The known leader of the current term, if any.
+        leader: Option<NodeId>,
+    },
+}
+
+/// Why a proposal (a write or a membership change) was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader accepts proposals; `leader` is the one this node knows, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// A leader transfer is under way; proposals are refused until it ends.
+    #[error("a leader transfer is in progress")]
+    TransferInProgress,
+    /// Another membership change has not committed yet (thesis §4.1 allows one at a time).
+    #[error("another membership change is not committed yet")]
+    MembershipChangePending,
+    /// The change makes no sense for the current membership.
+    #[error("invalid membership change: {0}")]
+    InvalidMembershipChange(String),
+}
+
+/// Why a read could not be served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ReadError {
+    /// Only the leader serves linearizable and lease reads.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The leader has not yet committed an entry of its own term, so its commit index may be
+    /// behind (thesis §6.4 step 1); retry shortly.
+    #[error("the leader has not committed an entry in its term yet")]
+    NotReady,
+    /// Leadership was lost before the read was confirmed.
+    #[error("leadership was lost before the read was confirmed")]
+    LeadershipLost,
+}
+
+/// Why a leader transfer was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// Only the leader can transfer leadership.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The target is not a voter of the current membership.
+    #[error("node {0} is not a voter")]
+    NotAVoter(NodeId),
+}
+
+/// The outcome of an accepted proposal: the entry's position. The write succeeded iff the
+/// entry applied at `index` has this `term`; an entry of another term there means it was lost
+/// to a leader change and the client may retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Where the entry was appended.
+    pub index: LogIndex,
+    /// The leader's term when it was appended.
+    pub term: Term,
+}

@@ -1,0 +1,1 @@
+//! Criterion benchmark suites for conclave; see `benches/benches/`.

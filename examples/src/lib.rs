@@ -1,0 +1,1 @@
+//! Runnable examples of conclave's public APIs; see `examples/examples/`.

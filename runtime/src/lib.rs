@@ -1,0 +1,2 @@
+//! `conclave`: the node runtime — builder, configuration, storage engines, HTTP API, metrics
+//! and the `conclave` command-line interface.

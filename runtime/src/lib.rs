@@ -1,2 +1,4 @@
 //! `conclave`: the node runtime — builder, configuration, storage engines, HTTP API, metrics
 //! and the `conclave` command-line interface.
+
+pub mod config;

@@ -1,0 +1,608 @@
+//! Node configuration: one TOML file per node (DESIGN.md §9).
+//!
+//! Every key has a default, so an empty file is a valid single-node configuration. Unknown keys
+//! and bad values are errors that name the key (`raft.election_timeout_ms: …`), because a typo
+//! silently ignored in a distributed system's configuration is a production incident waiting to
+//! happen.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A node's whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`: identity, addresses and limits.
+    pub node: NodeSection,
+    /// `[cluster]`: who the cluster is made of and how to join it.
+    pub cluster: ClusterSection,
+    /// `[raft]`: consensus timing and batching.
+    pub raft: RaftSection,
+    /// `[gossip]`: SWIM membership and failure detection.
+    pub gossip: GossipSection,
+    /// `[ring]`: sharding.
+    pub ring: RingSection,
+    /// `[tls]`: mutual TLS between nodes (all three paths, or none).
+    pub tls: Option<TlsSection>,
+}
+
+/// `[node]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's id, unique in the cluster, never 0. Default 1.
+    pub id: u64,
+    /// Where the WAL, the state machine and snapshots live. Default `data`.
+    pub data_dir: PathBuf,
+    /// Transport (node-to-node) listen address. Default `127.0.0.1:7001`.
+    pub listen: SocketAddr,
+    /// HTTP API listen address. Default `127.0.0.1:7101`.
+    pub http: SocketAddr,
+    /// Most inbound transport connections accepted at once. Default 64.
+    pub max_connections: usize,
+    /// Most peers this node keeps links to. Default 64.
+    pub max_peers: usize,
+    /// Most times a request is forwarded between nodes before it is refused. Default 10.
+    pub max_hops: u32,
+    /// Outbound queue bound per peer, in messages. Default 5000.
+    pub max_queue_size: usize,
+    /// Largest transport frame, in bytes. Default 4 MiB (seed 000 uses 64 KiB for small
+    /// control messages; Raft appends batch many entries, so conclave defaults larger).
+    pub max_frame_size: usize,
+    /// A peer silent for this long is considered gone and its connection closed. Default 10.
+    pub read_timeout_s: u64,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: 1,
+            data_dir: PathBuf::from("data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            http: SocketAddr::from(([127, 0, 0, 1], 7101)),
+            max_connections: 64,
+            max_peers: 64,
+            max_hops: 10,
+            max_queue_size: 5000,
+            max_frame_size: 4 * 1024 * 1024,
+            read_timeout_s: 10,
+        }
+    }
+}
+
+/// One member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The member's node id.
+    pub id: u64,
+    /// Its transport address.
+    pub addr: SocketAddr,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The cluster's name; peers with another id are refused at the handshake. Default
+    /// `conclave`.
+    pub id: String,
+    /// The voters a new cluster starts with (all nodes start as followers and elect a leader).
+    /// Empty means a single-node cluster of this node.
+    pub initial_members: Vec<MemberConfig>,
+    /// Transport addresses of seed nodes to join through (gossip).
+    pub seeds: Vec<SocketAddr>,
+    /// How often an unreachable seed is retried. Default 2000.
+    pub seed_retry_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            id: "conclave".to_owned(),
+            initial_members: Vec::new(),
+            seeds: Vec::new(),
+            seed_retry_ms: 2000,
+        }
+    }
+}
+
+/// `[raft]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSection {
+    /// Randomized election timeout range `[min, max]` in ms. Default `[150, 300]`.
+    pub election_timeout_ms: [u64; 2],
+    /// Leader heartbeat interval in ms. Default 50.
+    pub heartbeat_interval_ms: u64,
+    /// Pre-vote before elections (a rejoining node does not depose a healthy leader).
+    /// Default true.
+    pub pre_vote: bool,
+    /// Leaders step down without a quorum; required for lease reads. Default true.
+    pub check_quorum: bool,
+    /// Most entries per AppendEntries. Default 256.
+    pub max_entries_per_append: usize,
+    /// Applied entries after which a snapshot is taken and the log compacted. Default 10000.
+    pub snapshot_threshold: u64,
+    /// `[raft.read]`.
+    pub read: ReadSection,
+    /// `[raft.persistence]`.
+    pub persistence: PersistenceSection,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection {
+            election_timeout_ms: [150, 300],
+            heartbeat_interval_ms: 50,
+            pre_vote: true,
+            check_quorum: true,
+            max_entries_per_append: 256,
+            snapshot_threshold: 10_000,
+            read: ReadSection::default(),
+            persistence: PersistenceSection::default(),
+        }
+    }
+}
+
+/// Read consistency levels a client may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadLevel {
+    /// ReadIndex: a quorum round confirms leadership (batched).
+    Linearizable,
+    /// Leader lease: no round while the lease holds; safe within the clock-drift bound.
+    Lease,
+    /// Whatever this node has applied.
+    Stale,
+}
+
+/// `[raft.read]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadSection {
+    /// The consistency of reads that do not ask for one. Default `linearizable`.
+    pub default: ReadLevel,
+    /// Leader lease length in ms; must be shorter than the election timeout's lower bound
+    /// (minus the clock-drift margin). Default 120.
+    pub lease_ms: u64,
+}
+
+impl Default for ReadSection {
+    fn default() -> Self {
+        ReadSection {
+            default: ReadLevel::Linearizable,
+            lease_ms: 120,
+        }
+    }
+}
+
+/// When a write counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersistenceStrategy {
+    /// Acknowledged means fsynced on a quorum (default).
+    DiskFirst,
+    /// Entries are flushed in batches (`flush_threshold` entries or `flush_interval_ms`):
+    /// faster, but a simultaneous crash of a quorum can lose acknowledged writes.
+    MemFirst,
+}
+
+/// `[raft.persistence]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersistenceSection {
+    /// `disk_first` (default) or `mem_first`.
+    pub strategy: PersistenceStrategy,
+    /// `mem_first`: flush after this many buffered entries. Default 100.
+    pub flush_threshold: usize,
+    /// `mem_first`: flush at least this often. Default 20.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for PersistenceSection {
+    fn default() -> Self {
+        PersistenceSection {
+            strategy: PersistenceStrategy::DiskFirst,
+            flush_threshold: 100,
+            flush_interval_ms: 20,
+        }
+    }
+}
+
+/// `[gossip]` (seed 000's knobs and defaults).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GossipSection {
+    /// How often a member probes. Default 1000.
+    pub cycle_interval_ms: u64,
+    /// Unanswered for this long: suspect. Default 10.
+    pub suspect_timeout_s: u64,
+    /// Suspect for this long: dead. Default 30.
+    pub dead_timeout_s: u64,
+    /// Dead for this long: forgotten. Default 300.
+    pub prune_timeout_s: u64,
+    /// Clusters up to this size probe every member directly each cycle. Default 10.
+    pub hybrid_threshold: usize,
+    /// Most membership rumors piggybacked on one frame. Default 5.
+    pub rumor_limit_per_frame: usize,
+}
+
+impl Default for GossipSection {
+    fn default() -> Self {
+        GossipSection {
+            cycle_interval_ms: 1000,
+            suspect_timeout_s: 10,
+            dead_timeout_s: 30,
+            prune_timeout_s: 300,
+            hybrid_threshold: 10,
+            rumor_limit_per_frame: 5,
+        }
+    }
+}
+
+/// `[ring]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingSection {
+    /// Virtual nodes per node (weight 1). Default 150.
+    pub vnodes: usize,
+    /// Fixed number of shards keys are pre-split into. Default 64.
+    pub shards: u64,
+    /// Replicas per shard. Default 3.
+    pub replication_factor: usize,
+}
+
+impl Default for RingSection {
+    fn default() -> Self {
+        RingSection {
+            vnodes: 150,
+            shards: 64,
+            replication_factor: 3,
+        }
+    }
+}
+
+/// `[tls]`: PEM files for mutual TLS between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+    /// The CA that signs every node's certificate.
+    pub ca: PathBuf,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type. The message
+    /// names the key and the line.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is well-typed but not acceptable.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `raft.election_timeout_ms`.
+        key: &'static str,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a node's TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_named(&text, path)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_named(text, Path::new("<string>"))
+    }
+
+    fn parse_named(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Serialises to TOML (what `conclave init` writes).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+
+    /// The members of the initial cluster, defaulting to this node alone.
+    pub fn initial_members(&self) -> Vec<MemberConfig> {
+        if self.cluster.initial_members.is_empty() {
+            vec![MemberConfig {
+                id: self.node.id,
+                addr: self.node.listen,
+                http: self.node.http,
+            }]
+        } else {
+            self.cluster.initial_members.clone()
+        }
+    }
+
+    /// Checks values that are well-typed but unacceptable; every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = &self.node;
+        if n.id == 0 {
+            return Err(invalid("node.id", "must not be 0"));
+        }
+        if n.listen == n.http {
+            return Err(invalid(
+                "node.http",
+                format!("must differ from node.listen ({})", n.listen),
+            ));
+        }
+        for (key, v) in [
+            ("node.max_connections", n.max_connections),
+            ("node.max_peers", n.max_peers),
+            ("node.max_queue_size", n.max_queue_size),
+            (
+                "raft.max_entries_per_append",
+                self.raft.max_entries_per_append,
+            ),
+            ("gossip.hybrid_threshold", self.gossip.hybrid_threshold),
+            (
+                "gossip.rumor_limit_per_frame",
+                self.gossip.rumor_limit_per_frame,
+            ),
+            ("ring.vnodes", self.ring.vnodes),
+            ("ring.replication_factor", self.ring.replication_factor),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if n.max_hops == 0 {
+            return Err(invalid("node.max_hops", "must be at least 1"));
+        }
+        if n.max_frame_size < 1024 {
+            return Err(invalid(
+                "node.max_frame_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if n.read_timeout_s == 0 {
+            return Err(invalid("node.read_timeout_s", "must be at least 1"));
+        }
+        if self.cluster.id.is_empty() {
+            return Err(invalid("cluster.id", "must not be empty"));
+        }
+        let members = &self.cluster.initial_members;
+        if !members.is_empty() {
+            let ids: BTreeSet<u64> = members.iter().map(|m| m.id).collect();
+            if ids.len() != members.len() {
+                return Err(invalid("cluster.initial_members", "duplicate member id"));
+            }
+            if ids.contains(&0) {
+                return Err(invalid(
+                    "cluster.initial_members",
+                    "member id 0 is reserved",
+                ));
+            }
+        }
+        if self.cluster.seed_retry_ms == 0 {
+            return Err(invalid("cluster.seed_retry_ms", "must be at least 1"));
+        }
+        let r = &self.raft;
+        let [min, max] = r.election_timeout_ms;
+        if min >= max {
+            return Err(invalid(
+                "raft.election_timeout_ms",
+                format!("expected [min, max] with min < max, got [{min}, {max}]"),
+            ));
+        }
+        if r.heartbeat_interval_ms == 0 || r.heartbeat_interval_ms >= min {
+            return Err(invalid(
+                "raft.heartbeat_interval_ms",
+                format!(
+                    "must be between 1 and the election timeout's minimum ({min} ms), got {}",
+                    r.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if r.read.lease_ms == 0 || r.read.lease_ms >= min {
+            return Err(invalid(
+                "raft.read.lease_ms",
+                format!(
+                    "must be between 1 and the election timeout's minimum ({min} ms), got {}",
+                    r.read.lease_ms
+                ),
+            ));
+        }
+        if r.read.default == ReadLevel::Lease && !r.check_quorum {
+            return Err(invalid(
+                "raft.read.default",
+                "lease reads need raft.check_quorum = true",
+            ));
+        }
+        if r.snapshot_threshold == 0 {
+            return Err(invalid("raft.snapshot_threshold", "must be at least 1"));
+        }
+        if r.persistence.flush_threshold == 0 {
+            return Err(invalid(
+                "raft.persistence.flush_threshold",
+                "must be at least 1",
+            ));
+        }
+        if r.persistence.flush_interval_ms == 0 {
+            return Err(invalid(
+                "raft.persistence.flush_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        let g = &self.gossip;
+        if g.cycle_interval_ms == 0 {
+            return Err(invalid("gossip.cycle_interval_ms", "must be at least 1"));
+        }
+        if g.suspect_timeout_s == 0 {
+            return Err(invalid("gossip.suspect_timeout_s", "must be at least 1"));
+        }
+        if g.dead_timeout_s < g.suspect_timeout_s {
+            return Err(invalid(
+                "gossip.dead_timeout_s",
+                "must be at least gossip.suspect_timeout_s",
+            ));
+        }
+        if g.prune_timeout_s < g.dead_timeout_s {
+            return Err(invalid(
+                "gossip.prune_timeout_s",
+                "must be at least gossip.dead_timeout_s",
+            ));
+        }
+        if self.ring.shards == 0 {
+            return Err(invalid("ring.shards", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.raft.election_timeout_ms, [150, 300]);
+        assert_eq!(c.gossip.rumor_limit_per_frame, 5);
+        assert_eq!(c.ring.vnodes, 150);
+        assert_eq!(c.initial_members().len(), 1);
+    }
+
+    #[test]
+    fn full_file_round_trips() {
+        let text = r#"
+[node]
+id = 2
+data_dir = "/var/lib/conclave/n2"
+listen = "127.0.0.1:7002"
+http = "127.0.0.1:7102"
+
+[cluster]
+id = "prod"
+initial_members = [
+  { id = 1, addr = "127.0.0.1:7001", http = "127.0.0.1:7101" },
+  { id = 2, addr = "127.0.0.1:7002", http = "127.0.0.1:7102" },
+]
+
+[raft]
+election_timeout_ms = [1000, 2000]
+heartbeat_interval_ms = 100
+
+[raft.read]
+default = "lease"
+lease_ms = 500
+
+[raft.persistence]
+strategy = "mem_first"
+
+[tls]
+cert = "n2.crt"
+key = "n2.key"
+ca = "ca.crt"
+"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.node.id, 2);
+        assert_eq!(c.raft.read.default, ReadLevel::Lease);
+        assert_eq!(c.raft.persistence.strategy, PersistenceStrategy::MemFirst);
+        assert_eq!(c.cluster.initial_members.len(), 2);
+        assert!(c.tls.is_some());
+        let again = Config::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err("[raft]\nelection_timeout = 5\n");
+        assert!(e.contains("election_timeout"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        let e = err("[nodes]\nid = 1\n");
+        assert!(e.contains("nodes"), "{e}");
+        let e = err("[raft.read]\nlease = 5\n");
+        assert!(e.contains("lease"), "{e}");
+    }
+
+    #[test]
+    fn wrongly_typed_values_are_named() {
+        let e = err("[node]\nid = \"one\"\n");
+        assert!(e.contains("id"), "{e}");
+        let e = err("[node]\nlisten = \"not an address\"\n");
+        assert!(e.contains("listen"), "{e}");
+        let e = err("[raft.persistence]\nstrategy = \"sometimes\"\n");
+        assert!(e.contains("strategy") || e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[node]\nid = 0\n", "node.id"),
+            ("[raft]\nelection_timeout_ms = [300, 150]\n", "raft.election_timeout_ms"),
+            ("[raft]\nheartbeat_interval_ms = 200\n", "raft.heartbeat_interval_ms"),
+            ("[raft.read]\nlease_ms = 150\n", "raft.read.lease_ms"),
+            (
+                "[raft]\ncheck_quorum = false\n[raft.read]\ndefault = \"lease\"\n",
+                "raft.read.default",
+            ),
+            ("[gossip]\ndead_timeout_s = 5\n", "gossip.dead_timeout_s"),
+            ("[ring]\nshards = 0\n", "ring.shards"),
+            ("[node]\nmax_queue_size = 0\n", "node.max_queue_size"),
+            (
+                "[cluster]\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\", http = \"127.0.0.1:2\" }, { id = 1, addr = \"127.0.0.1:3\", http = \"127.0.0.1:4\" }]\n",
+                "cluster.initial_members",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/n1.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/n1.toml"));
+    }
+}

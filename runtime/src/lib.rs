@@ -2,3 +2,4 @@
 //! and the `conclave` command-line interface.
 
 pub mod config;
+pub mod storage;

@@ -1,2 +1,110 @@
 //! `conclave-ring`: virtual-node consistent hashing that maps keys to shards and shards to
 //! ordered replica sets of nodes. Pure: no I/O, no async.
+//!
+//! # Model
+//!
+//! * A key belongs to one of a fixed number of shards (pre-sharding; default 64):
+//!   `shard = (xxh3_64(key) × shards) >> 64`. See [`hash`] for the exact, stable functions.
+//! * Each shard (= Raft group) has an ordered replica set of `replication_factor`
+//!   distinct nodes (default 3; every node if there are fewer). The first replica is the
+//!   preferred leader.
+//! * Nodes sit on a consistent hash ring with virtual nodes (default 150 per node of
+//!   weight [`DEFAULT_WEIGHT`]), built with the `consistent_hash_ring` crate. For each
+//!   shard the ring yields a preference order over all nodes.
+//! * [`PlacementStrategy::ConsistentHash`] takes the first `replication_factor` nodes of
+//!   that order. [`PlacementStrategy::BoundedLoad`] (default) caps every node at
+//!   `ceil` of its weighted share of replica slots and otherwise follows the same
+//!   preference order; with few shards per node this is what keeps replica counts even
+//!   (docs/ring.md has the measurements).
+//!
+//! # Guarantees (checked by property tests)
+//!
+//! * replicas are distinct and number `min(replication_factor, nodes)`;
+//! * removing a node changes only the shards it held, each by exactly that node leaving
+//!   and (if enough nodes remain) one node joining;
+//! * a shard's first replica changes only if the change concerns that replica (its node
+//!   is removed, or the added node takes its place);
+//! * adding a node moves only slots onto the new node, at most `ceil` of its share
+//!   (bounded-load strategy).
+//!
+//! # Example
+//!
+//! ```
+//! use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
+//!
+//! let mut ring = Ring::with_nodes(RingConfig::default(), (1..=5).map(|n| (n, DEFAULT_WEIGHT)))?;
+//! let route = ring.route(b"user:42");
+//! assert_eq!(route.replicas.len(), 3);
+//! let plan = ring.add_node(6, DEFAULT_WEIGHT)?;
+//! assert!(plan.changes.iter().all(|c| c.added == vec![6]));
+//! # Ok::<(), conclave_ring::RingError>(())
+//! ```
+
+pub mod hash;
+mod placement;
+mod ring;
+
+pub use placement::{diff, Placement, PlacementDiff, ShardChange};
+pub use ring::{
+    NodeEntry, PlacementStrategy, Ring, RingConfig, Route, DEFAULT_WEIGHT, MAX_REPLICATION_FACTOR,
+    MAX_SHARDS, MAX_VNODES, MAX_VNODES_PER_NODE,
+};
+
+/// A node's identity in the cluster.
+pub type NodeId = u64;
+
+/// A shard's identity; also the id of the Raft group that replicates it.
+pub type ShardId = u64;
+
+/// Everything that can go wrong with a ring operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// A [`RingConfig`] field is out of range.
+    #[error("invalid ring config: `{field}` {reason}")]
+    InvalidConfig {
+        /// The offending field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The node being added is already a member.
+    #[error("node {0} is already a member of the ring")]
+    NodeExists(NodeId),
+    /// The node is not a member.
+    #[error("node {0} is not a member of the ring")]
+    UnknownNode(NodeId),
+    /// A node weight is unusable.
+    #[error("invalid weight {weight} for node {node}: {reason}")]
+    InvalidWeight {
+        /// The node.
+        node: NodeId,
+        /// The rejected weight.
+        weight: u32,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A shard id outside `0..shards`.
+    #[error("shard {shard} does not exist (the ring has {shards} shards)")]
+    UnknownShard {
+        /// The requested shard.
+        shard: ShardId,
+        /// How many shards the ring has.
+        shards: u64,
+    },
+    /// Two placements (or a placement and a config) disagree on the shard count.
+    #[error("shard counts differ: {left} vs {right}")]
+    ShardCountMismatch {
+        /// Shard count of the first operand.
+        left: usize,
+        /// Shard count of the second operand.
+        right: usize,
+    },
+    /// A deserialised placement is not valid for the ring's membership.
+    #[error("invalid placement for shard {shard}: {reason}")]
+    InvalidPlacement {
+        /// The first bad shard.
+        shard: ShardId,
+        /// What is wrong.
+        reason: String,
+    },
+}

@@ -2,4 +2,5 @@
 //! and the `conclave` command-line interface.
 
 pub mod config;
+pub mod state_machine;
 pub mod storage;

@@ -5,4 +5,5 @@
 //! (messages, timer ticks, commands, persistence completions) and emit typed actions that the
 //! caller carries out. See `docs/consensus.md`.
 
+pub mod linearizability;
 pub mod raft;

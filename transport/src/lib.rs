@@ -1,3 +1,59 @@
 //! `conclave-transport`: typed messages between nodes as length-prefixed MessagePack frames
 //! over TCP (optionally mutual TLS), with one bounded outbound queue per peer and backpressure.
 //! Generic over the message type; knows nothing of Raft.
+//!
+//! - [`codec`]: `u32` big-endian length prefix + MessagePack body, `max_frame_size` enforced on
+//!   both sides; a zero-length frame is a keep-alive.
+//! - [`handshake`]: magic, protocol version, cluster id and node id, both ways, with a timeout.
+//! - [`Transport`]: the TCP/TLS implementation. One [`PeerLink`] per remote node, a bounded
+//!   queue drained by a writer task that coalesces frames into one write per batch and
+//!   reconnects with capped, fully jittered exponential backoff. Inbound frames go to a bounded
+//!   [`Inbound`] sink; when it is full the reader stops reading the socket, so TCP flow control
+//!   pushes back on the sender.
+//! - [`mem`]: an in-memory network with the same [`Endpoint`] interface and seeded fault
+//!   injection (drop, delay, duplicate, partition) for tests without sockets.
+//! - [`metrics`](crate::metrics): counter names (recorded through the `metrics` facade).
+//!
+//! Connection topology: each node dials its own outbound connection to every peer it sends to,
+//! and only writes on it; the connections it accepts are only read. So a pair of nodes that talk
+//! both ways uses two TCP connections, one per direction, and every message type (all Raft
+//! groups) shares the one connection of its direction. This avoids any tie-breaking race when
+//! both sides dial at once. See `docs/transport.md`.
+
+pub mod codec;
+pub mod config;
+pub mod handshake;
+mod link;
+pub mod mem;
+pub mod metrics;
+mod tcp;
+mod tls;
+
+use std::net::SocketAddr;
+
+pub use codec::{CodecError, Frame, FrameDecoder};
+pub use config::{ConfigError, TlsConfig, TransportConfig};
+pub use handshake::{HandshakeError, Refusal};
+pub use link::{PeerLink, SendError, TrySendError};
+pub use mem::{Faults, MemEndpoint, MemNetwork, MemStats};
+pub use tcp::{Transport, TransportError};
+pub use tls::TlsError;
+
+/// Identifies a node of the cluster.
+pub type NodeId = u64;
+
+/// Where a transport delivers what it receives: `(sender node id, message)` into a bounded
+/// channel. When the channel is full the transport stops reading from that peer.
+pub type Inbound<M> = tokio::sync::mpsc::Sender<(NodeId, M)>;
+
+/// The interface shared by the TCP [`Transport`] and the in-memory [`MemEndpoint`], so actors
+/// can be written once and tested without sockets.
+pub trait Endpoint<M>: Send + Sync {
+    /// This node's id.
+    fn node_id(&self) -> NodeId;
+    /// The link to `node` at `addr`, created on first use and cached afterwards (the in-memory
+    /// network ignores `addr`). If `addr` differs from the cached link's, a new link replaces it.
+    fn peer(&self, node: NodeId, addr: SocketAddr) -> PeerLink<M>;
+    /// Forgets the link to `node`; its writer stops once every clone of the link is dropped.
+    fn remove_peer(&self, node: NodeId);
+}

@@ -1,0 +1,276 @@
+//! The frame codec: a `u32` big-endian length prefix followed by a MessagePack body.
+//!
+//! A zero-length frame is a keep-alive: no MessagePack value encodes to zero bytes, so it can
+//! never be confused with a message. The decoder is a pure function over a byte buffer (no I/O),
+//! which is what the fuzz target in `transport/fuzz/` drives.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Size of the length prefix that precedes every frame body.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Default upper bound on a frame body, in bytes (64 KiB). Nodes carrying snapshots raise it.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
+
+/// Errors of the codec boundary: producing or consuming one frame.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A length prefix announced (or an encoder produced) a body larger than the limit.
+    #[error("frame of {len} bytes exceeds max_frame_size {max}")]
+    FrameTooLarge {
+        /// The announced or produced body length.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The message could not be serialised to MessagePack.
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// A complete frame's body is not a valid MessagePack encoding of the expected type.
+    #[error("cannot decode frame body: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    /// A frame body decoded to a value but left bytes unread: the sender and receiver disagree
+    /// about the message type, so the rest of the stream cannot be trusted either.
+    #[error("frame body has {0} trailing bytes after the message")]
+    TrailingBytes(usize),
+}
+
+impl CodecError {
+    /// A short, stable label for metrics and logs (`reason` label of the decode-error counter).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CodecError::FrameTooLarge { .. } => "frame_too_large",
+            CodecError::Encode(_) => "encode",
+            CodecError::Decode(_) => "undecodable_body",
+            CodecError::TrailingBytes(_) => "trailing_bytes",
+        }
+    }
+}
+
+/// One frame cut from the byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A zero-length frame: proves the peer is alive, carries nothing.
+    KeepAlive,
+    /// The MessagePack body of one message (without its length prefix).
+    Message(Bytes),
+}
+
+/// Encodes `msg` as one complete frame (length prefix included).
+///
+/// Fails with [`CodecError::FrameTooLarge`] if the body exceeds `max_frame_size`, so an
+/// oversized message is refused at the sender instead of killing the connection at the receiver.
+pub fn encode_frame<M: Serialize>(msg: &M, max_frame_size: usize) -> Result<Bytes, CodecError> {
+    let mut buf = BytesMut::with_capacity(64);
+    encode_frame_into(msg, max_frame_size, &mut buf)?;
+    Ok(buf.freeze())
+}
+
+/// Appends one complete frame for `msg` to `buf`; on error `buf` is left as it was.
+pub fn encode_frame_into<M: Serialize>(
+    msg: &M,
+    max_frame_size: usize,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let start = buf.len();
+    buf.put_u32(0);
+    let mut writer = buf.writer();
+    if let Err(e) = rmp_serde::encode::write(&mut writer, msg) {
+        writer.into_inner().truncate(start);
+        return Err(e.into());
+    }
+    let buf = writer.into_inner();
+    let len = buf.len() - start - LENGTH_PREFIX;
+    // u32::MAX bounds the prefix itself; max_frame_size is the policy bound.
+    if len > max_frame_size || u32::try_from(len).is_err() {
+        buf.truncate(start);
+        return Err(CodecError::FrameTooLarge {
+            len,
+            max: max_frame_size,
+        });
+    }
+    let prefix = (len as u32).to_be_bytes();
+    buf[start..start + LENGTH_PREFIX].copy_from_slice(&prefix);
+    Ok(())
+}
+
+/// Appends a keep-alive frame (a zero length prefix) to `buf`.
+pub fn encode_keepalive(buf: &mut BytesMut) {
+    buf.put_u32(0);
+}
+
+/// Decodes a frame body into a message. The whole body must be consumed.
+pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, CodecError> {
+    // The reader-based deserializer bounds every allocation by the bytes actually present, so a
+    // hostile length inside the body cannot make it reserve gigabytes.
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
+    let msg = M::deserialize(&mut de)?;
+    let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
+    if used < body.len() {
+        return Err(CodecError::TrailingBytes(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Cuts frames from a growing byte buffer, enforcing `max_frame_size` before buffering a body.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameDecoder {
+    max_frame_size: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses bodies above `max_frame_size` bytes.
+    pub fn new(max_frame_size: usize) -> Self {
+        Self { max_frame_size }
+    }
+
+    /// The configured limit.
+    pub fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
+    /// Takes the next complete frame off the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` holds only part of a frame (read more and call again), and
+    /// [`CodecError::FrameTooLarge`] as soon as a length prefix is over the limit — before the
+    /// body is buffered, so a hostile prefix cannot make the reader allocate. The body is split
+    /// off without copying.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if buf.len() < LENGTH_PREFIX {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; LENGTH_PREFIX];
+        prefix.copy_from_slice(&buf[..LENGTH_PREFIX]);
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > self.max_frame_size {
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_size,
+            });
+        }
+        if buf.len() < LENGTH_PREFIX + len {
+            // Reserve for the rest of this frame only: bounded by max_frame_size, checked above.
+            buf.reserve(LENGTH_PREFIX + len - buf.len());
+            return Ok(None);
+        }
+        buf.advance(LENGTH_PREFIX);
+        if len == 0 {
+            return Ok(Some(Frame::KeepAlive));
+        }
+        Ok(Some(Frame::Message(buf.split_to(len).freeze())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Msg {
+        group: u64,
+        term: u64,
+        payload: Vec<u8>,
+        note: Option<String>,
+    }
+
+    fn sample(n: usize) -> Msg {
+        Msg {
+            group: 7,
+            term: 3,
+            payload: vec![0xAB; n],
+            note: Some("hello".into()),
+        }
+    }
+
+    #[test]
+    fn round_trip_many_frames_in_one_buffer() {
+        let mut buf = BytesMut::new();
+        for i in 0..10 {
+            encode_frame_into(&sample(i * 10), 1024, &mut buf).unwrap();
+            encode_keepalive(&mut buf);
+        }
+        let dec = FrameDecoder::new(1024);
+        for i in 0..10 {
+            match dec.decode(&mut buf).unwrap() {
+                Some(Frame::Message(body)) => {
+                    assert_eq!(decode_body::<Msg>(&body).unwrap(), sample(i * 10))
+                }
+                other => panic!("expected a message, got {other:?}"),
+            }
+            assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::KeepAlive));
+        }
+        assert!(buf.is_empty());
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let frame = encode_frame(&sample(100), 1024).unwrap();
+        let dec = FrameDecoder::new(1024);
+        let mut buf = BytesMut::new();
+        // Feed one byte at a time: nothing is produced until the last byte arrives.
+        for (i, b) in frame.iter().enumerate() {
+            buf.put_u8(*b);
+            let out = dec.decode(&mut buf).unwrap();
+            if i + 1 < frame.len() {
+                assert_eq!(out, None, "frame produced early at byte {i}");
+            } else {
+                assert!(matches!(out, Some(Frame::Message(_))));
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_buffering() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(1025);
+        let err = FrameDecoder::new(1024).decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::FrameTooLarge {
+                len: 1025,
+                max: 1024
+            }
+        ));
+        assert_eq!(err.reason(), "frame_too_large");
+        // u32::MAX must not trigger a 4 GiB reservation either.
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::MAX);
+        assert!(FrameDecoder::new(1024).decode(&mut buf).is_err());
+        assert!(buf.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn oversized_message_is_refused_at_encode_and_buffer_is_untouched() {
+        let mut buf = BytesMut::new();
+        encode_keepalive(&mut buf);
+        let err = encode_frame_into(&sample(2000), 1024, &mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::FrameTooLarge { max: 1024, .. }));
+        assert_eq!(&buf[..], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn undecodable_and_trailing_bodies_are_errors() {
+        // 0xc1 is the one byte MessagePack never uses.
+        let err = decode_body::<Msg>(&[0xc1, 0x00]).unwrap_err();
+        assert_eq!(err.reason(), "undecodable_body");
+        // A valid u64 where a struct is expected.
+        assert!(decode_body::<Msg>(&[0x07]).is_err());
+        // A valid message followed by junk.
+        let frame = encode_frame(&sample(3), 1024).unwrap();
+        let mut body = frame[LENGTH_PREFIX..].to_vec();
+        body.push(0x00);
+        let err = decode_body::<Msg>(&body).unwrap_err();
+        assert!(matches!(err, CodecError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn truncated_body_is_incomplete_not_garbage() {
+        let frame = encode_frame(&sample(50), 1024).unwrap();
+        let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
+        assert_eq!(FrameDecoder::new(1024).decode(&mut buf).unwrap(), None);
+    }
+}

@@ -7,3 +7,4 @@
 
 pub mod linearizability;
 pub mod raft;
+pub mod supervisor;

@@ -2,5 +2,6 @@
 //! and the `conclave` command-line interface.
 
 pub mod config;
+pub mod node;
 pub mod state_machine;
 pub mod storage;

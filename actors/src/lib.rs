@@ -7,4 +7,5 @@
 
 pub mod linearizability;
 pub mod raft;
+pub mod sim;
 pub mod supervisor;

@@ -1,0 +1,1669 @@
+//! The simulated world: nodes (a core, a durable store, a state machine, a clock), the network,
+//! the clients, the fault schedule, and the checkers that run after every event.
+
+use super::clock::NodeClock;
+use super::trace::{DropWhy, MsgKind, Note, Trace};
+use super::{derive_seed, FailureKind, FaultMix, SimConfig, SimFailure, SimReport};
+use crate::linearizability::{check_kv, History, KvInput, KvOutput, OpId, SearchBudget, Verdict};
+use crate::raft::{
+    Action, Entry, EntryPayload, HardState, LogIndex, Membership, Message, NodeId, PersistRequest,
+    ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Ordering;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
+/// Configurations the linearizability search may visit per run. Histories of a few hundred
+/// operations over four keys need far fewer; hitting it is reported, never passed.
+const LINEARIZABILITY_BUDGET: u64 = 5_000_000;
+
+/// Streams of randomness, one per concern (see [`derive_seed`]).
+const STREAM_NET: u64 = 1;
+const STREAM_FAULT: u64 = 2;
+const STREAM_CLIENT: u64 = 3;
+const STREAM_DISK: u64 = 4;
+const STREAM_SETUP: u64 = 5;
+const STREAM_CORE: u64 = 1_000;
+
+#[derive(Debug)]
+enum Event {
+    Deliver(Message),
+    Timer {
+        node: usize,
+        incarnation: u64,
+        gen: u64,
+    },
+    PersistDone {
+        node: usize,
+        incarnation: u64,
+        seq: u64,
+    },
+    ClientStart {
+        client: usize,
+    },
+    ClientRetry {
+        client: usize,
+        token: u64,
+        node: usize,
+    },
+    ClientTimeout {
+        client: usize,
+        token: u64,
+    },
+    Fault,
+    Heal {
+        id: u64,
+    },
+    Restart {
+        node: usize,
+        incarnation: u64,
+    },
+    Liveness,
+    LeaderDeadline,
+    WorkloadStop,
+    End,
+}
+
+struct Scheduled {
+    time: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest event; ties go to the
+    /// event scheduled first, which keeps persist completions and same-time messages FIFO.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+/// What a node has durably stored: only what was reported persisted survives a crash.
+#[derive(Default)]
+struct Durable {
+    hard_state: HardState,
+    log: Vec<Entry>,
+}
+
+struct WaitingWrite {
+    term: Term,
+    op_no: u64,
+    client: usize,
+    token: u64,
+}
+
+struct Node {
+    id: NodeId,
+    core: Option<Raft>,
+    incarnation: u64,
+    clock: NodeClock,
+    durable: Durable,
+    /// Persist requests issued and not yet complete, oldest first.
+    in_flight: VecDeque<PersistRequest>,
+    /// Global time the last issued persist completes (completions are in order).
+    last_done_at: u64,
+    last_seq: Option<u64>,
+    /// Terms of the core's in-memory log, rebuilt from its Persist actions: the log matching
+    /// checker sees every entry as it is appended.
+    mem_terms: Vec<Term>,
+    kv: BTreeMap<String, String>,
+    applied: LogIndex,
+    commit_seen: LogIndex,
+    /// `commit_seen` before the current input: a truncation below it is a safety violation
+    /// (one input may legitimately truncate a conflicting tail and then commit past it).
+    commit_floor: LogIndex,
+    timer_gen: u64,
+    waiting_writes: BTreeMap<LogIndex, Vec<WaitingWrite>>,
+    waiting_reads: Vec<(LogIndex, ReadId)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum OpKind {
+    Write,
+    Read(ReadConsistency),
+}
+
+struct ClientOp {
+    token: u64,
+    op_no: u64,
+    /// `None` for stale reads, which are not checked for linearizability.
+    hist: Option<OpId>,
+    kind: OpKind,
+    started: u64,
+    proposed: bool,
+    /// The node holding the current attempt (a proposal or a read), if any.
+    at: Option<usize>,
+}
+
+struct Client {
+    current: Option<ClientOp>,
+    hint: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Liveness,
+}
+
+pub(crate) struct World {
+    cfg: SimConfig,
+    mix: FaultMix,
+    now: u64,
+    step: u64,
+    queue: BinaryHeap<Scheduled>,
+    next_seq: u64,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    rng_net: ChaCha8Rng,
+    rng_fault: ChaCha8Rng,
+    rng_client: ChaCha8Rng,
+    rng_disk: ChaCha8Rng,
+    trace: Trace,
+    actions: Vec<Action>,
+    phase: Phase,
+    workload_on: bool,
+    stable_at: Option<u64>,
+    // Network.
+    blocked: BTreeMap<(NodeId, NodeId), u32>,
+    partitions: BTreeMap<u64, Vec<(NodeId, NodeId)>>,
+    next_partition: u64,
+    // Client bookkeeping.
+    history: History<KvInput, KvOutput>,
+    ops: Vec<KvInput>,
+    reads: HashMap<ReadId, (usize, u64, usize)>,
+    next_read: ReadId,
+    next_token: u64,
+    acked: Vec<(LogIndex, Term, u64)>,
+    // Checkers' global knowledge.
+    leaders: BTreeMap<Term, NodeId>,
+    entry_ids: HashMap<(LogIndex, Term), (u64, Term)>,
+    committed: Vec<(Term, u64)>,
+    report: SimReport,
+}
+
+fn payload_hash(p: &EntryPayload) -> u64 {
+    // `DefaultHasher::new()` has fixed keys: hashes are identical across runs and processes.
+    let mut h = DefaultHasher::new();
+    p.hash(&mut h);
+    h.finish()
+}
+
+fn entry_at(core: &Raft, index: LogIndex) -> Option<&Entry> {
+    let entries = core.entries();
+    let first = entries.first()?.index;
+    if index < first {
+        return None;
+    }
+    entries.get(usize::try_from(index - first).ok()?)
+}
+
+fn command_bytes(op_no: u64) -> Vec<u8> {
+    op_no.to_le_bytes().to_vec()
+}
+
+fn apply_kv(kv: &mut BTreeMap<String, String>, input: &KvInput) -> KvOutput {
+    match input {
+        KvInput::Put { key, value } => {
+            kv.insert(key.clone(), value.clone());
+            KvOutput::Put
+        }
+        KvInput::Get { key } => KvOutput::Get(kv.get(key).cloned()),
+        KvInput::Cas { key, expected, new } => {
+            if kv.get(key) != expected.as_ref() {
+                return KvOutput::Cas { ok: false };
+            }
+            match new {
+                Some(v) => kv.insert(key.clone(), v.clone()),
+                None => kv.remove(key),
+            };
+            KvOutput::Cas { ok: true }
+        }
+        KvInput::Delete { key } => KvOutput::Delete {
+            existed: kv.remove(key).is_some(),
+        },
+    }
+}
+
+fn key_of(input: &KvInput) -> &str {
+    match input {
+        KvInput::Put { key, .. }
+        | KvInput::Get { key }
+        | KvInput::Cas { key, .. }
+        | KvInput::Delete { key } => key,
+    }
+}
+
+impl World {
+    pub(crate) fn new(cfg: SimConfig) -> Result<Self, Box<SimFailure>> {
+        let mix = FaultMix::draw(cfg.profile, cfg.seed);
+        let mut setup = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, STREAM_SETUP));
+        // Rate errors stay at 90% of the drift the lease bound tolerates (thesis §6.4.1: the
+        // lease is safe only while drift stays within the configured bound).
+        let max_ppm = i64::try_from(cfg.raft.max_clock_drift_percent.min(99) * 9_000).unwrap_or(0);
+        let nodes = (1..=cfg.nodes as u64)
+            .map(|id| Node {
+                id,
+                core: None,
+                incarnation: 0,
+                clock: NodeClock {
+                    offset: setup.random_range(0..1_000_000),
+                    ppm: if mix.clock_skew && max_ppm > 0 {
+                        setup.random_range(-max_ppm..=max_ppm)
+                    } else {
+                        0
+                    },
+                },
+                durable: Durable::default(),
+                in_flight: VecDeque::new(),
+                last_done_at: 0,
+                last_seq: None,
+                mem_terms: Vec::new(),
+                kv: BTreeMap::new(),
+                applied: 0,
+                commit_seen: 0,
+                commit_floor: 0,
+                timer_gen: 0,
+                waiting_writes: BTreeMap::new(),
+                waiting_reads: Vec::new(),
+            })
+            .collect();
+        let clients = (0..cfg.clients)
+            .map(|_| Client {
+                current: None,
+                hint: None,
+            })
+            .collect();
+        let seed = cfg.seed;
+        let trace = Trace::new(cfg.trace_tail, cfg.verbose);
+        Ok(World {
+            mix,
+            now: 0,
+            step: 0,
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            nodes,
+            clients,
+            rng_net: ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_NET)),
+            rng_fault: ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_FAULT)),
+            rng_client: ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_CLIENT)),
+            rng_disk: ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_DISK)),
+            trace,
+            actions: Vec::new(),
+            phase: Phase::Faults,
+            workload_on: true,
+            stable_at: None,
+            blocked: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+            next_partition: 0,
+            history: History::new(),
+            ops: Vec::new(),
+            reads: HashMap::new(),
+            next_read: 1,
+            next_token: 1,
+            acked: Vec::new(),
+            leaders: BTreeMap::new(),
+            entry_ids: HashMap::new(),
+            committed: Vec::new(),
+            report: SimReport {
+                seed,
+                ..SimReport::default()
+            },
+            cfg,
+        })
+    }
+
+    fn fail(&self, kind: FailureKind, message: impl Into<String>) -> Box<SimFailure> {
+        Box::new(SimFailure {
+            seed: self.cfg.seed,
+            nodes: self.cfg.nodes,
+            profile: self.cfg.profile,
+            kind,
+            step: self.step,
+            time: self.now,
+            message: message.into(),
+            trace_tail: self.trace.tail(),
+            mix: self.mix.to_string(),
+            planted_bugs: self.cfg.planted_bugs_note(),
+            replay: self.cfg.replay_command(),
+        })
+    }
+
+    fn note(&mut self, note: Note) {
+        self.trace.push(self.step, self.now, note);
+    }
+
+    fn text(&mut self, s: String) {
+        self.note(Note::Text(s));
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.next_seq += 1;
+        self.queue.push(Scheduled {
+            time: at.max(self.now),
+            seq: self.next_seq,
+            event,
+        });
+    }
+
+    fn local(&self, n: usize) -> u64 {
+        self.nodes[n].clock.local(self.now)
+    }
+
+    pub(crate) fn run(mut self) -> Result<SimReport, Box<SimFailure>> {
+        let fault_end = self.cfg.fault_ms;
+        let end = fault_end + self.cfg.liveness_ms;
+        for n in 0..self.nodes.len() {
+            self.boot(n)?;
+        }
+        for c in 0..self.clients.len() {
+            let at = self.rng_client.random_range(0..100);
+            self.schedule(at, Event::ClientStart { client: c });
+        }
+        let gap = self.fault_gap();
+        self.schedule(gap, Event::Fault);
+        self.schedule(fault_end, Event::Liveness);
+        self.schedule(fault_end + self.cfg.leader_bound_ms, Event::LeaderDeadline);
+        // Stop new operations early enough that every one of them ends (completes or times
+        // out) before the end, and the nodes have time to converge.
+        let stop = end
+            .saturating_sub(self.cfg.op_timeout_ms + 500)
+            .max(fault_end);
+        self.schedule(stop, Event::WorkloadStop);
+        self.schedule(end, Event::End);
+        while let Some(s) = self.queue.pop() {
+            self.now = s.time;
+            self.step += 1;
+            if matches!(s.event, Event::End) {
+                break;
+            }
+            self.handle(s.event)?;
+            if self.phase == Phase::Liveness && self.stable_at.is_none() {
+                self.check_stable();
+            }
+        }
+        self.final_checks()?;
+        self.report.steps = self.step;
+        self.report.sim_ms = self.now;
+        self.report.leaders = self.leaders.len() as u64;
+        self.report.max_term = self.leaders.keys().next_back().copied().unwrap_or(0);
+        self.report.committed = self.committed.len() as u64;
+        Ok(self.report)
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Box<SimFailure>> {
+        match event {
+            Event::Deliver(msg) => self.deliver(msg),
+            Event::Timer {
+                node,
+                incarnation,
+                gen,
+            } => {
+                let now = self.local(node);
+                let n = &mut self.nodes[node];
+                if n.incarnation != incarnation || n.timer_gen != gen {
+                    return Ok(());
+                }
+                let Some(core) = n.core.as_mut() else {
+                    return Ok(());
+                };
+                core.tick(now);
+                let id = n.id;
+                self.note(Note::Timer(id));
+                self.drive(node)
+            }
+            Event::PersistDone {
+                node,
+                incarnation,
+                seq,
+            } => self.persist_done(node, incarnation, seq),
+            Event::ClientStart { client } => self.client_start(client),
+            Event::ClientRetry {
+                client,
+                token,
+                node,
+            } => {
+                if self.client_token(client) == Some(token) {
+                    self.attempt(client, node)?;
+                }
+                Ok(())
+            }
+            Event::ClientTimeout { client, token } => self.client_timeout(client, token),
+            Event::Fault => self.fault(),
+            Event::Heal { id } => {
+                self.heal(id);
+                Ok(())
+            }
+            Event::Restart { node, incarnation } => {
+                if self.nodes[node].core.is_none() && self.nodes[node].incarnation == incarnation {
+                    self.boot(node)?;
+                }
+                Ok(())
+            }
+            Event::Liveness => self.start_liveness(),
+            Event::LeaderDeadline => {
+                if self.stable_at.is_none() {
+                    return Err(self.fail(
+                        FailureKind::Liveness,
+                        format!(
+                            "no leader with a committed entry of its term {} ms after the faults stopped",
+                            self.cfg.leader_bound_ms
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Event::WorkloadStop => {
+                self.workload_on = false;
+                self.text("workload stops: no new client operations".into());
+                Ok(())
+            }
+            Event::End => Ok(()),
+        }
+    }
+
+    // ----- nodes -------------------------------------------------------------------------
+
+    fn raft_config(&self, id: NodeId) -> RaftConfig {
+        RaftConfig {
+            id,
+            group: 0,
+            ..self.cfg.raft.clone()
+        }
+    }
+
+    /// Starts (or restarts) node `n` from exactly what its durable store holds. The state
+    /// machine is volatile: it is rebuilt by re-applying the log from index 1.
+    fn boot(&mut self, n: usize) -> Result<(), Box<SimFailure>> {
+        let id = self.nodes[n].id;
+        let restore = RestoreState {
+            hard_state: self.nodes[n].durable.hard_state,
+            entries: self.nodes[n].durable.log.clone(),
+            applied: 0,
+            base_membership: Membership::with_voters(1..=self.cfg.nodes as u64),
+            snapshot_last: (0, 0),
+        };
+        let now = self.local(n);
+        let rng_seed = derive_seed(
+            self.cfg.seed,
+            STREAM_CORE + id * 1_000 + self.nodes[n].incarnation,
+        );
+        let core = Raft::new(self.raft_config(id), restore, rng_seed, now).map_err(|e| {
+            self.fail(
+                FailureKind::Contract,
+                format!("Raft::new refused n{id}: {e}"),
+            )
+        })?;
+        let node = &mut self.nodes[n];
+        node.mem_terms = node.durable.log.iter().map(|e| e.term).collect();
+        node.core = Some(core);
+        node.kv.clear();
+        node.applied = 0;
+        node.commit_seen = 0;
+        node.last_seq = None;
+        node.last_done_at = 0;
+        let (inc, durable_last, hs) = (
+            node.incarnation,
+            node.durable.log.len(),
+            node.durable.hard_state,
+        );
+        self.text(format!(
+            "n{id} boots (incarnation {inc}, durable log {durable_last} entries, {hs:?})"
+        ));
+        self.drive(n)
+    }
+
+    fn crash(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        if node.core.is_none() {
+            return;
+        }
+        node.core = None;
+        node.incarnation += 1;
+        let lost = node.in_flight.len();
+        node.in_flight.clear();
+        node.mem_terms = node.durable.log.iter().map(|e| e.term).collect();
+        node.kv.clear();
+        node.applied = 0;
+        node.commit_seen = 0;
+        node.waiting_writes.clear();
+        node.waiting_reads.clear();
+        let (id, inc) = (node.id, node.incarnation);
+        self.reads.retain(|_, (_, _, at)| *at != n);
+        self.report.crashes += 1;
+        self.text(format!("CRASH n{id} ({lost} persists in flight lost)"));
+        // Clients waiting on this node: a proposed write's fate is now unknown; a read simply
+        // goes elsewhere.
+        for c in 0..self.clients.len() {
+            let Some(op) = self.clients[c].current.as_mut() else {
+                continue;
+            };
+            if op.at != Some(n) {
+                continue;
+            }
+            op.at = None;
+            if op.kind == OpKind::Write && op.proposed {
+                self.finish_indeterminate(c);
+            } else {
+                let token = op.token;
+                let other = self.random_node();
+                let at = self.now + self.rng_client.random_range(5..20);
+                self.schedule(
+                    at,
+                    Event::ClientRetry {
+                        client: c,
+                        token,
+                        node: other,
+                    },
+                );
+            }
+        }
+        let down = self
+            .rng_fault
+            .random_range(self.mix.down_ms.0..=self.mix.down_ms.1);
+        self.schedule(
+            self.now + down,
+            Event::Restart {
+                node: n,
+                incarnation: inc,
+            },
+        );
+    }
+
+    /// Drains node `n`'s actions, checks its state, and carries the actions out in order.
+    fn drive(&mut self, n: usize) -> Result<(), Box<SimFailure>> {
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(core) = self.nodes[n].core.as_mut() {
+            core.poll_actions(&mut actions);
+        } else {
+            self.actions = actions;
+            return Ok(());
+        }
+        let result = self.after_poll(n, &mut actions);
+        actions.clear();
+        self.actions = actions;
+        result
+    }
+
+    fn after_poll(&mut self, n: usize, actions: &mut Vec<Action>) -> Result<(), Box<SimFailure>> {
+        self.nodes[n].commit_floor = self.nodes[n].commit_seen;
+        self.check_node(n)?;
+        for action in actions.drain(..) {
+            self.carry_out(n, action)?;
+        }
+        self.check_shadow(n)
+    }
+
+    fn carry_out(&mut self, n: usize, action: Action) -> Result<(), Box<SimFailure>> {
+        let id = self.nodes[n].id;
+        match action {
+            Action::Send(msg) => {
+                if msg.from != id || msg.group != 0 || msg.to == id {
+                    return Err(self.fail(
+                        FailureKind::Contract,
+                        format!("n{id} emitted a malformed message {msg:?}"),
+                    ));
+                }
+                self.send(msg);
+                Ok(())
+            }
+            Action::Persist(req) => self.persist(n, req),
+            Action::Apply(entries) => {
+                for e in entries {
+                    self.apply(n, e)?;
+                }
+                self.serve_ready_reads(n);
+                Ok(())
+            }
+            Action::SetTimer { at } => {
+                let node = &mut self.nodes[n];
+                node.timer_gen += 1;
+                let (gen, incarnation) = (node.timer_gen, node.incarnation);
+                let global = node.clock.to_global(at, self.now);
+                self.schedule(
+                    global,
+                    Event::Timer {
+                        node: n,
+                        incarnation,
+                        gen,
+                    },
+                );
+                Ok(())
+            }
+            Action::ReadReady { id: rid, index } => {
+                let Some(&(client, token, at)) = self.reads.get(&rid) else {
+                    return Ok(());
+                };
+                if at != n || self.client_token(client) != Some(token) {
+                    self.reads.remove(&rid);
+                    return Ok(());
+                }
+                if self.nodes[n].applied >= index {
+                    self.serve_read(n, rid);
+                } else {
+                    self.nodes[n].waiting_reads.push((index, rid));
+                }
+                Ok(())
+            }
+            Action::ReadFailed { id: rid, error } => {
+                let Some((client, token, at)) = self.reads.remove(&rid) else {
+                    return Ok(());
+                };
+                if at != n || self.client_token(client) != Some(token) {
+                    return Ok(());
+                }
+                let hint = match error {
+                    ReadError::NotLeader { leader } => leader,
+                    _ => None,
+                };
+                self.retry_later(client, token, hint.map(|l| (l - 1) as usize), (5, 30));
+                Ok(())
+            }
+            Action::RoleChanged { role, term, leader } => {
+                self.note(Note::Role {
+                    node: id,
+                    role,
+                    term,
+                    leader,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn persist(&mut self, n: usize, req: PersistRequest) -> Result<(), Box<SimFailure>> {
+        let id = self.nodes[n].id;
+        if let Some(last) = self.nodes[n].last_seq {
+            if req.seq != last + 1 {
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!("n{id} persist seq {} after {last}", req.seq),
+                ));
+            }
+        }
+        self.nodes[n].last_seq = Some(req.seq);
+        if let Some(from) = req.truncate_from {
+            if from == 0 {
+                return Err(self.fail(FailureKind::Contract, format!("n{id} truncates from 0")));
+            }
+            if from <= self.nodes[n].commit_floor {
+                return Err(self.fail(
+                    FailureKind::StateMachineSafety,
+                    format!(
+                        "n{id} truncates its log from {from}, at or below its commit index {}",
+                        self.nodes[n].commit_floor
+                    ),
+                ));
+            }
+            self.nodes[n].mem_terms.truncate((from - 1) as usize);
+        }
+        for e in &req.entries {
+            let expected = self.nodes[n].mem_terms.len() as u64 + 1;
+            if e.index != expected {
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!("n{id} persists entry {} where {expected} was next", e.index),
+                ));
+            }
+            let prev_term = if e.index == 1 {
+                0
+            } else {
+                self.nodes[n].mem_terms[(e.index - 2) as usize]
+            };
+            let hash = payload_hash(&e.payload);
+            // Log Matching (Raft §5.3): (index, term) identifies an entry's contents and, by
+            // induction over the predecessors, the whole prefix before it.
+            match self.entry_ids.get(&(e.index, e.term)) {
+                Some(&(h, p)) if (h, p) != (hash, prev_term) => {
+                    return Err(self.fail(
+                        FailureKind::LogMatching,
+                        format!(
+                            "n{id} appends entry {}/t{} ({:?}, previous term {prev_term}) but another \
+                             entry with that index and term exists (payload hash {h:x} vs {hash:x}, previous term {p})",
+                            e.index, e.term, e.payload
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.entry_ids.insert((e.index, e.term), (hash, prev_term));
+                }
+            }
+            self.nodes[n].mem_terms.push(e.term);
+        }
+        let slow = self.rng_disk.random_bool(self.mix.slow_disk);
+        let latency = if slow {
+            self.rng_disk.random_range(10..=60)
+        } else {
+            self.rng_disk.random_range(0..=3)
+        };
+        let node = &mut self.nodes[n];
+        let done = (self.now + latency).max(node.last_done_at);
+        node.last_done_at = done;
+        let (incarnation, seq) = (node.incarnation, req.seq);
+        node.in_flight.push_back(req);
+        self.schedule(
+            done,
+            Event::PersistDone {
+                node: n,
+                incarnation,
+                seq,
+            },
+        );
+        Ok(())
+    }
+
+    fn persist_done(
+        &mut self,
+        n: usize,
+        incarnation: u64,
+        seq: u64,
+    ) -> Result<(), Box<SimFailure>> {
+        let now = self.local(n);
+        let node = &mut self.nodes[n];
+        if node.incarnation != incarnation || node.core.is_none() {
+            return Ok(());
+        }
+        let id = node.id;
+        let Some(req) = node.in_flight.pop_front() else {
+            return Err(self.fail(
+                FailureKind::Contract,
+                format!("simulator: n{id} completion of seq {seq} with nothing in flight"),
+            ));
+        };
+        if req.seq != seq {
+            return Err(self.fail(
+                FailureKind::Contract,
+                format!(
+                    "simulator: n{id} completes seq {seq} but {} is first",
+                    req.seq
+                ),
+            ));
+        }
+        if let Some(hs) = req.hard_state {
+            node.durable.hard_state = hs;
+        }
+        if let Some(from) = req.truncate_from {
+            node.durable.log.truncate((from - 1) as usize);
+        }
+        for e in req.entries {
+            if e.index != node.durable.log.len() as u64 + 1 {
+                let got = e.index;
+                let len = node.durable.log.len();
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!(
+                        "n{id} persist seq {seq} appends index {got} to a durable log of {len}"
+                    ),
+                ));
+            }
+            node.durable.log.push(e);
+        }
+        let last = node.durable.log.len() as u64;
+        if let Some(core) = node.core.as_mut() {
+            core.persisted(now, seq);
+        }
+        self.note(Note::Persisted {
+            node: id,
+            seq,
+            last,
+        });
+        self.drive(n)
+    }
+
+    fn apply(&mut self, n: usize, e: Entry) -> Result<(), Box<SimFailure>> {
+        let id = self.nodes[n].id;
+        let node = &self.nodes[n];
+        if e.index != node.applied + 1 {
+            return Err(self.fail(
+                FailureKind::Contract,
+                format!("n{id} applies {} after {}", e.index, node.applied),
+            ));
+        }
+        if e.index > node.commit_seen {
+            return Err(self.fail(
+                FailureKind::Contract,
+                format!(
+                    "n{id} applies {} beyond its commit index {}",
+                    e.index, node.commit_seen
+                ),
+            ));
+        }
+        let hash = payload_hash(&e.payload);
+        // State Machine Safety (Raft §5.4.3): what is applied at an index is what was
+        // committed there, on every node.
+        match self.committed.get((e.index - 1) as usize) {
+            Some(&(t, h)) if (t, h) == (e.term, hash) => {}
+            other => {
+                return Err(self.fail(
+                    FailureKind::StateMachineSafety,
+                    format!(
+                        "n{id} applies {}/t{} ({:?}) but the committed entry there is {other:?}",
+                        e.index, e.term, e.payload
+                    ),
+                ));
+            }
+        }
+        let output = match &e.payload {
+            EntryPayload::Command(bytes) => {
+                let op_no = <[u8; 8]>::try_from(bytes.as_slice())
+                    .ok()
+                    .map(u64::from_le_bytes)
+                    .filter(|&o| (o as usize) < self.ops.len());
+                let Some(op_no) = op_no else {
+                    return Err(self.fail(
+                        FailureKind::Contract,
+                        format!("n{id} applies an unknown command {bytes:?} at {}", e.index),
+                    ));
+                };
+                let input = &self.ops[op_no as usize];
+                Some((op_no, apply_kv(&mut self.nodes[n].kv, input)))
+            }
+            EntryPayload::Noop | EntryPayload::Membership(_) => None,
+        };
+        self.nodes[n].applied = e.index;
+        if let Some(waiting) = self.nodes[n].waiting_writes.remove(&e.index) {
+            for w in waiting {
+                if self.client_token(w.client) != Some(w.token) {
+                    continue;
+                }
+                match &output {
+                    Some((op_no, out)) if e.term == w.term && *op_no == w.op_no => {
+                        self.acked.push((e.index, e.term, w.op_no));
+                        let out = out.clone();
+                        self.finish_ok(w.client, Some(out));
+                    }
+                    _ if e.term == w.term => {
+                        return Err(self.fail(
+                            FailureKind::Contract,
+                            format!(
+                                "n{id} proposal {}/t{} of op {} applied as {:?}",
+                                e.index, e.term, w.op_no, e.payload
+                            ),
+                        ));
+                    }
+                    _ => {
+                        // Another term's entry at the proposal's index: the proposal was lost
+                        // to a leader change and can never commit.
+                        self.finish_failed(w.client);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks made after every input to node `n`: election safety, leader completeness, commit
+    /// monotonicity, and that every newly committed entry is durable on a quorum.
+    fn check_node(&mut self, n: usize) -> Result<(), Box<SimFailure>> {
+        let node = &self.nodes[n];
+        let Some(core) = node.core.as_ref() else {
+            return Ok(());
+        };
+        let id = node.id;
+        let (role, term, commit) = (core.role(), core.term(), core.commit_index());
+        if role == Role::Leader {
+            match self.leaders.get(&term) {
+                Some(&other) if other != id => {
+                    return Err(self.fail(
+                        FailureKind::ElectionSafety,
+                        format!("n{id} and n{other} are both leaders of term {term}"),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    // Leader Completeness (Raft §5.4): the new leader holds every entry
+                    // committed so far.
+                    for (i, &(t, h)) in self.committed.iter().enumerate() {
+                        let index = i as u64 + 1;
+                        let has = entry_at(core, index).map(|e| (e.term, payload_hash(&e.payload)));
+                        if has != Some((t, h)) {
+                            let has_term = has.map(|x| x.0);
+                            return Err(self.fail(
+                                FailureKind::LeaderCompleteness,
+                                format!(
+                                    "n{id} became leader of term {term} without committed entry \
+                                     {index}/t{t} (it holds term {has_term:?} there, last index {})",
+                                    core.last_index()
+                                ),
+                            ));
+                        }
+                    }
+                    self.leaders.insert(term, id);
+                }
+            }
+        }
+        if commit < node.commit_seen {
+            return Err(self.fail(
+                FailureKind::CommitRegressed,
+                format!(
+                    "n{id} commit index went from {} to {commit}",
+                    node.commit_seen
+                ),
+            ));
+        }
+        if commit == node.commit_seen {
+            return Ok(());
+        }
+        if commit > core.last_index() {
+            return Err(self.fail(
+                FailureKind::Contract,
+                format!(
+                    "n{id} commit index {commit} beyond its last index {}",
+                    core.last_index()
+                ),
+            ));
+        }
+        let from = node.commit_seen + 1;
+        let mut newly = Vec::new();
+        for index in from..=commit {
+            let Some(e) = entry_at(core, index) else {
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!("n{id} commits {index} which is not in its log"),
+                ));
+            };
+            newly.push((index, e.term, payload_hash(&e.payload)));
+        }
+        let voters: Vec<NodeId> = core.membership().voters.iter().copied().collect();
+        let quorum = core.membership().quorum();
+        for (index, t, h) in newly {
+            match self.committed.get((index - 1) as usize) {
+                Some(&c) if c != (t, h) => {
+                    return Err(self.fail(
+                        FailureKind::StateMachineSafety,
+                        format!(
+                            "n{id} commits {index}/t{t} but {index}/t{} was committed before",
+                            c.0
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => self.committed.push((t, h)),
+            }
+            if index == commit {
+                // Nothing is committed before a quorum stores it durably (Raft §5.3 with the
+                // persistence rule of figure 2).
+                let holders: Vec<NodeId> = voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| {
+                        self.nodes
+                            .get((v - 1) as usize)
+                            .and_then(|x| x.durable.log.get((index - 1) as usize))
+                            .is_some_and(|e| e.term == t)
+                    })
+                    .collect();
+                if holders.len() < quorum {
+                    return Err(self.fail(
+                        FailureKind::CommitNotDurable,
+                        format!(
+                            "n{id} commits {index}/t{t} but only {holders:?} store it durably \
+                             (quorum {quorum} of {voters:?})"
+                        ),
+                    ));
+                }
+            }
+        }
+        self.nodes[n].commit_seen = commit;
+        self.note(Note::Commit {
+            node: id,
+            index: commit,
+        });
+        Ok(())
+    }
+
+    /// The core's in-memory log must be exactly what its Persist actions described.
+    fn check_shadow(&self, n: usize) -> Result<(), Box<SimFailure>> {
+        let node = &self.nodes[n];
+        let Some(core) = node.core.as_ref() else {
+            return Ok(());
+        };
+        let last = core.last_index();
+        let shadow_last = node.mem_terms.len() as u64;
+        let shadow_term = node.mem_terms.last().copied();
+        if last != shadow_last || (last > 0 && core.entry_term(last) != shadow_term) {
+            return Err(self.fail(
+                FailureKind::Contract,
+                format!(
+                    "n{} holds last entry {last}/t{:?} in memory but its Persist actions describe {shadow_last}/t{shadow_term:?}",
+                    node.id,
+                    core.entry_term(last)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_stable(&mut self) {
+        for node in &self.nodes {
+            let Some(core) = node.core.as_ref() else {
+                continue;
+            };
+            if core.role() == Role::Leader
+                && core.commit_index() > 0
+                && core.entry_term(core.commit_index()) == Some(core.term())
+            {
+                self.stable_at = Some(self.now);
+                let (id, term) = (node.id, core.term());
+                self.text(format!(
+                    "stable: n{id} leads term {term} with a committed entry of its term"
+                ));
+                return;
+            }
+        }
+    }
+
+    // ----- network -----------------------------------------------------------------------
+
+    fn send(&mut self, msg: Message) {
+        self.report.messages += 1;
+        let (from, to, term) = (msg.from, msg.to, msg.term);
+        if self.blocked.contains_key(&(from, to)) {
+            if self.trace.verbose() {
+                let kind = MsgKind::of(&msg);
+                self.note(Note::Dropped {
+                    from,
+                    to,
+                    term,
+                    kind,
+                    why: DropWhy::Partition,
+                });
+            }
+            return;
+        }
+        if self.mix.drop > 0.0 && self.rng_net.random_bool(self.mix.drop) {
+            let kind = MsgKind::of(&msg);
+            self.note(Note::Dropped {
+                from,
+                to,
+                term,
+                kind,
+                why: DropWhy::Random,
+            });
+            return;
+        }
+        if self.mix.duplicate > 0.0 && self.rng_net.random_bool(self.mix.duplicate) {
+            let d = self.delay();
+            self.schedule(self.now + d, Event::Deliver(msg.clone()));
+        }
+        let d = self.delay();
+        self.schedule(self.now + d, Event::Deliver(msg));
+    }
+
+    /// Random per-message delays reorder messages; a few take much longer.
+    fn delay(&mut self) -> u64 {
+        if self.mix.long_delay > 0.0 && self.rng_net.random_bool(self.mix.long_delay) {
+            self.rng_net.random_range(50..=400)
+        } else {
+            self.rng_net.random_range(1..=15)
+        }
+    }
+
+    fn deliver(&mut self, msg: Message) -> Result<(), Box<SimFailure>> {
+        let (from, to, term) = (msg.from, msg.to, msg.term);
+        let n = (to - 1) as usize;
+        let why = if self.blocked.contains_key(&(from, to)) {
+            Some(DropWhy::Partition)
+        } else if self.nodes.get(n).is_none_or(|x| x.core.is_none()) {
+            Some(DropWhy::Crashed)
+        } else {
+            None
+        };
+        let kind = MsgKind::of(&msg);
+        if let Some(why) = why {
+            self.note(Note::Dropped {
+                from,
+                to,
+                term,
+                kind,
+                why,
+            });
+            return Ok(());
+        }
+        self.note(Note::Deliver {
+            from,
+            to,
+            term,
+            kind,
+        });
+        let now = self.local(n);
+        if let Some(core) = self.nodes[n].core.as_mut() {
+            core.handle_message(now, msg);
+        }
+        self.drive(n)
+    }
+
+    fn heal(&mut self, id: u64) {
+        if let Some(links) = self.partitions.remove(&id) {
+            for link in links {
+                if let Some(count) = self.blocked.get_mut(&link) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.blocked.remove(&link);
+                    }
+                }
+            }
+            self.text(format!("heal partition #{id}"));
+        }
+    }
+
+    // ----- faults ------------------------------------------------------------------------
+
+    fn fault_gap(&mut self) -> u64 {
+        self.rng_fault
+            .random_range(self.mix.gap_ms.0..=self.mix.gap_ms.1)
+    }
+
+    fn current_leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| x.core.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| c.role() == Role::Leader)
+            .max_by_key(|(_, c)| c.term())
+            .map(|(i, _)| i)
+    }
+
+    fn random_node(&mut self) -> usize {
+        self.rng_client.random_range(0..self.nodes.len())
+    }
+
+    fn fault(&mut self) -> Result<(), Box<SimFailure>> {
+        if self.phase != Phase::Faults {
+            return Ok(());
+        }
+        let mut choices = Vec::new();
+        if self.mix.crashes {
+            choices.push(0);
+        }
+        if self.mix.partitions {
+            choices.push(1);
+        }
+        if self.mix.transfers {
+            choices.push(2);
+        }
+        if !choices.is_empty() {
+            let pick = choices[self.rng_fault.random_range(0..choices.len())];
+            let leader = self.current_leader();
+            let target_leader =
+                leader.is_some() && self.rng_fault.random_bool(self.mix.leader_bias);
+            match pick {
+                0 => {
+                    let alive: Vec<usize> = (0..self.nodes.len())
+                        .filter(|&i| self.nodes[i].core.is_some())
+                        .collect();
+                    let victim = match leader {
+                        Some(l) if target_leader => Some(l),
+                        _ if alive.is_empty() => None,
+                        _ => Some(alive[self.rng_fault.random_range(0..alive.len())]),
+                    };
+                    if let Some(v) = victim {
+                        self.crash(v);
+                    }
+                }
+                1 => self.partition(leader.filter(|_| target_leader)),
+                _ => {
+                    if let Some(l) = leader {
+                        let n = self.nodes.len();
+                        let to = self.rng_fault.random_range(0..n);
+                        if to != l {
+                            let now = self.local(l);
+                            let to_id = to as u64 + 1;
+                            let from_id = self.nodes[l].id;
+                            let result = self.nodes[l]
+                                .core
+                                .as_mut()
+                                .map(|c| c.transfer_leader(now, to_id));
+                            self.text(format!(
+                                "transfer leader n{from_id} -> n{to_id}: {result:?}"
+                            ));
+                            self.drive(l)?;
+                        }
+                    }
+                }
+            }
+        }
+        let gap = self.fault_gap();
+        if self.now + gap < self.cfg.fault_ms {
+            self.schedule(self.now + gap, Event::Fault);
+        }
+        Ok(())
+    }
+
+    /// Blocks a set of directed links until a later heal: a symmetric split, or one-way
+    /// blocks (only outbound or only inbound links of a node, or random links).
+    fn partition(&mut self, around_leader: Option<usize>) {
+        let n = self.nodes.len() as u64;
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let one_way = self.mix.one_way && self.rng_fault.random_bool(0.5);
+        let centre = around_leader
+            .map(|l| l as u64 + 1)
+            .unwrap_or_else(|| self.rng_fault.random_range(1..=n));
+        let mut links = Vec::new();
+        let desc;
+        if !one_way {
+            // Symmetric: one side is the centre plus a few others, at most half the nodes.
+            let mut side = vec![centre];
+            let extra = self
+                .rng_fault
+                .random_range(0..=((n as usize - 1) / 2).saturating_sub(1));
+            for _ in 0..extra {
+                let x = self.rng_fault.random_range(1..=n);
+                if !side.contains(&x) {
+                    side.push(x);
+                }
+            }
+            for &a in &side {
+                for &b in ids.iter().filter(|b| !side.contains(b)) {
+                    links.push((a, b));
+                    links.push((b, a));
+                }
+            }
+            desc = format!("symmetric {side:?} | rest");
+        } else {
+            match self.rng_fault.random_range(0..3) {
+                0 => {
+                    links.extend(ids.iter().filter(|&&b| b != centre).map(|&b| (centre, b)));
+                    desc = format!("one-way: n{centre} cannot send");
+                }
+                1 => {
+                    links.extend(ids.iter().filter(|&&b| b != centre).map(|&b| (b, centre)));
+                    desc = format!("one-way: n{centre} cannot receive");
+                }
+                _ => {
+                    for _ in 0..self.rng_fault.random_range(1..=n) {
+                        let a = self.rng_fault.random_range(1..=n);
+                        let b = self.rng_fault.random_range(1..=n);
+                        if a != b && !links.contains(&(a, b)) {
+                            links.push((a, b));
+                        }
+                    }
+                    desc = format!("one-way links {links:?}");
+                }
+            }
+        }
+        self.next_partition += 1;
+        let id = self.next_partition;
+        for &link in &links {
+            *self.blocked.entry(link).or_insert(0) += 1;
+        }
+        self.partitions.insert(id, links);
+        self.report.partitions += 1;
+        let len = self
+            .rng_fault
+            .random_range(self.mix.partition_ms.0..=self.mix.partition_ms.1);
+        self.text(format!("PARTITION #{id} {desc} for {len} ms"));
+        self.schedule(self.now + len, Event::Heal { id });
+    }
+
+    /// The faults stop: partitions heal, crashed nodes restart, the network stops losing and
+    /// duplicating messages and the disks are fast. A leader must now emerge and serve.
+    fn start_liveness(&mut self) -> Result<(), Box<SimFailure>> {
+        self.phase = Phase::Liveness;
+        self.text("faults stop: liveness phase".into());
+        let ids: Vec<u64> = self.partitions.keys().copied().collect();
+        for id in ids {
+            self.heal(id);
+        }
+        self.mix.drop = 0.0;
+        self.mix.duplicate = 0.0;
+        self.mix.long_delay = 0.0;
+        self.mix.slow_disk = 0.0;
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].core.is_none() {
+                self.boot(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- clients -----------------------------------------------------------------------
+
+    fn client_token(&self, client: usize) -> Option<u64> {
+        self.clients[client].current.as_ref().map(|op| op.token)
+    }
+
+    fn client_start(&mut self, client: usize) -> Result<(), Box<SimFailure>> {
+        if !self.workload_on || self.clients[client].current.is_some() {
+            return Ok(());
+        }
+        let rng = &mut self.rng_client;
+        let key = format!("k{}", rng.random_range(0..self.cfg.keys.max(1)));
+        let op_no = self.ops.len() as u64;
+        let value = format!("v{op_no}");
+        let roll = rng.random_range(0..100);
+        let (input, kind) = match roll {
+            0..25 => (KvInput::Put { key, value }, OpKind::Write),
+            25..45 => {
+                // Expect a recent value of the key (often right, sometimes stale) or absence.
+                let recent: Vec<&KvInput> = self
+                    .ops
+                    .iter()
+                    .rev()
+                    .filter(|i| key_of(i) == key && !matches!(i, KvInput::Get { .. }))
+                    .take(3)
+                    .collect();
+                let pick = rng.random_range(0..=recent.len());
+                let expected = recent.get(pick).and_then(|i| match i {
+                    KvInput::Put { value, .. } => Some(value.clone()),
+                    KvInput::Cas { new, .. } => new.clone(),
+                    _ => None,
+                });
+                let new = (!rng.random_bool(0.1)).then_some(value);
+                (KvInput::Cas { key, expected, new }, OpKind::Write)
+            }
+            45..50 => (KvInput::Delete { key }, OpKind::Write),
+            50..75 => (
+                KvInput::Get { key },
+                OpKind::Read(ReadConsistency::Linearizable),
+            ),
+            75..95 => (KvInput::Get { key }, OpKind::Read(ReadConsistency::Lease)),
+            _ => (KvInput::Get { key }, OpKind::Read(ReadConsistency::Stale)),
+        };
+        let hist = (kind != OpKind::Read(ReadConsistency::Stale))
+            .then(|| self.history.invoke(client as u64, input.clone(), self.now));
+        self.ops.push(input);
+        self.report.ops_invoked += 1;
+        self.next_token += 1;
+        let token = self.next_token;
+        self.clients[client].current = Some(ClientOp {
+            token,
+            op_no,
+            hist,
+            kind,
+            started: self.now,
+            proposed: false,
+            at: None,
+        });
+        self.schedule(
+            self.now + self.cfg.op_timeout_ms,
+            Event::ClientTimeout { client, token },
+        );
+        let target = match self.clients[client].hint {
+            Some(h) => h,
+            None => self.random_node(),
+        };
+        self.attempt(client, target)
+    }
+
+    fn retry_later(&mut self, client: usize, token: u64, node: Option<usize>, wait: (u64, u64)) {
+        let node = match node {
+            Some(n) if n < self.nodes.len() => n,
+            _ => self.random_node(),
+        };
+        self.clients[client].hint = Some(node);
+        let at = self.now + self.rng_client.random_range(wait.0..=wait.1);
+        self.schedule(
+            at,
+            Event::ClientRetry {
+                client,
+                token,
+                node,
+            },
+        );
+    }
+
+    fn attempt(&mut self, client: usize, n: usize) -> Result<(), Box<SimFailure>> {
+        let Some(op) = self.clients[client].current.as_ref() else {
+            return Ok(());
+        };
+        let (token, op_no, kind) = (op.token, op.op_no, op.kind);
+        let now = self.local(n);
+        let Some(core) = self.nodes[n].core.as_mut() else {
+            // Connection refused: try another node.
+            self.retry_later(client, token, None, (5, 20));
+            return Ok(());
+        };
+        match kind {
+            OpKind::Write => match core.propose(now, command_bytes(op_no)) {
+                Ok(p) => {
+                    self.nodes[n]
+                        .waiting_writes
+                        .entry(p.index)
+                        .or_default()
+                        .push(WaitingWrite {
+                            term: p.term,
+                            op_no,
+                            client,
+                            token,
+                        });
+                    if let Some(op) = self.clients[client].current.as_mut() {
+                        op.proposed = true;
+                        op.at = Some(n);
+                    }
+                    self.clients[client].hint = Some(n);
+                    self.drive(n)
+                }
+                Err(ProposeError::NotLeader { leader }) => {
+                    let hint = leader
+                        .filter(|&l| l != n as u64 + 1)
+                        .map(|l| (l - 1) as usize);
+                    self.retry_later(client, token, hint, (5, 20));
+                    Ok(())
+                }
+                Err(ProposeError::TransferInProgress) => {
+                    self.retry_later(client, token, Some(n), (20, 50));
+                    Ok(())
+                }
+                Err(e) => Err(self.fail(
+                    FailureKind::Contract,
+                    format!("n{} refused a command proposal: {e}", n + 1),
+                )),
+            },
+            OpKind::Read(consistency) => {
+                self.next_read += 1;
+                let rid = self.next_read;
+                match core.read(now, rid, consistency) {
+                    Ok(()) => {
+                        self.reads.insert(rid, (client, token, n));
+                        if let Some(op) = self.clients[client].current.as_mut() {
+                            op.at = Some(n);
+                        }
+                        self.drive(n)
+                    }
+                    Err(ReadError::NotLeader { leader }) => {
+                        let hint = leader
+                            .filter(|&l| l != n as u64 + 1)
+                            .map(|l| (l - 1) as usize);
+                        self.retry_later(client, token, hint, (5, 20));
+                        Ok(())
+                    }
+                    Err(ReadError::NotReady) => {
+                        self.retry_later(client, token, Some(n), (10, 30));
+                        Ok(())
+                    }
+                    Err(ReadError::LeadershipLost) => {
+                        self.retry_later(client, token, None, (5, 20));
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn serve_ready_reads(&mut self, n: usize) {
+        let applied = self.nodes[n].applied;
+        let waiting = std::mem::take(&mut self.nodes[n].waiting_reads);
+        let (ready, rest): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|&(i, _)| i <= applied);
+        self.nodes[n].waiting_reads = rest;
+        for (_, rid) in ready {
+            self.serve_read(n, rid);
+        }
+    }
+
+    /// Serves a confirmed read from node `n`'s state machine as it is now.
+    fn serve_read(&mut self, n: usize, rid: ReadId) {
+        let Some((client, token, _)) = self.reads.remove(&rid) else {
+            return;
+        };
+        if self.client_token(client) != Some(token) {
+            return;
+        }
+        let Some(op) = self.clients[client].current.as_ref() else {
+            return;
+        };
+        let key = key_of(&self.ops[op.op_no as usize]).to_string();
+        let value = self.nodes[n].kv.get(&key).cloned();
+        self.finish_ok(client, Some(KvOutput::Get(value)));
+    }
+
+    fn next_op_later(&mut self, client: usize) {
+        let think = self.rng_client.random_range(10..=80);
+        self.schedule(self.now + think, Event::ClientStart { client });
+    }
+
+    fn finish_ok(&mut self, client: usize, output: Option<KvOutput>) {
+        let Some(op) = self.clients[client].current.take() else {
+            return;
+        };
+        if let (Some(h), Some(out)) = (op.hist, output) {
+            self.history.complete(h, out.clone(), self.now);
+            if self.trace.verbose() {
+                let input = &self.ops[op.op_no as usize];
+                let s = format!("client {client} op {} {input:?} -> {out:?}", op.op_no);
+                self.text(s);
+            }
+        }
+        self.report.ops_ok += 1;
+        self.next_op_later(client);
+    }
+
+    fn finish_failed(&mut self, client: usize) {
+        let Some(op) = self.clients[client].current.take() else {
+            return;
+        };
+        if let Some(h) = op.hist {
+            self.history.fail(h);
+        }
+        self.report.ops_failed += 1;
+        self.text(format!("client {client} op {} definitely failed", op.op_no));
+        self.next_op_later(client);
+    }
+
+    /// The write may or may not take effect: it stays in the history without a return.
+    fn finish_indeterminate(&mut self, client: usize) {
+        let Some(op) = self.clients[client].current.take() else {
+            return;
+        };
+        self.report.ops_indeterminate += 1;
+        self.text(format!("client {client} op {} indeterminate", op.op_no));
+        self.next_op_later(client);
+    }
+
+    fn client_timeout(&mut self, client: usize, token: u64) -> Result<(), Box<SimFailure>> {
+        if self.client_token(client) != Some(token) {
+            return Ok(());
+        }
+        let Some(op) = self.clients[client].current.as_ref() else {
+            return Ok(());
+        };
+        if let Some(stable) = self.stable_at {
+            if op.started >= stable {
+                let input = &self.ops[op.op_no as usize];
+                return Err(self.fail(
+                    FailureKind::Liveness,
+                    format!(
+                        "client {client} op {} {input:?} invoked at {} ms, after the cluster was stable at {stable} ms, did not complete within {} ms",
+                        op.op_no, op.started, self.cfg.op_timeout_ms
+                    ),
+                ));
+            }
+        }
+        if op.kind == OpKind::Write && op.proposed {
+            self.finish_indeterminate(client);
+        } else {
+            // Never proposed, or a read: it had no effect, so it leaves the history.
+            self.finish_failed(client);
+        }
+        Ok(())
+    }
+
+    // ----- end of run --------------------------------------------------------------------
+
+    fn final_checks(&mut self) -> Result<(), Box<SimFailure>> {
+        // Convergence: every node is up, has committed and applied the same prefix, and holds
+        // the same state.
+        let max_commit = self.committed.len() as u64;
+        for node in &self.nodes {
+            let Some(core) = node.core.as_ref() else {
+                return Err(self.fail(
+                    FailureKind::Liveness,
+                    format!("n{} is down at the end", node.id),
+                ));
+            };
+            if core.commit_index() != max_commit || node.applied != max_commit {
+                return Err(self.fail(
+                    FailureKind::Liveness,
+                    format!(
+                        "n{} did not converge: commit {} applied {} while {max_commit} entries are committed",
+                        node.id,
+                        core.commit_index(),
+                        node.applied
+                    ),
+                ));
+            }
+        }
+        for pair in self.nodes.windows(2) {
+            if pair[0].kv != pair[1].kv {
+                return Err(self.fail(
+                    FailureKind::StateMachineSafety,
+                    format!(
+                        "n{} and n{} applied the same log but hold different states",
+                        pair[0].id, pair[1].id
+                    ),
+                ));
+            }
+        }
+        for c in 0..self.clients.len() {
+            if let Some(op) = &self.clients[c].current {
+                return Err(self.fail(
+                    FailureKind::Liveness,
+                    format!("client {c} op {} still pending at the end", op.op_no),
+                ));
+            }
+        }
+        for &(index, term, op_no) in &self.acked {
+            let want = (
+                term,
+                payload_hash(&EntryPayload::Command(command_bytes(op_no))),
+            );
+            if self.committed.get((index - 1) as usize) != Some(&want) {
+                return Err(self.fail(
+                    FailureKind::LostWrite,
+                    format!("acknowledged write op {op_no} at {index}/t{term} is not committed"),
+                ));
+            }
+        }
+        let ops = self.history.operations();
+        self.report.ops_checked = ops.len() as u64;
+        match check_kv(&ops, SearchBudget::states(LINEARIZABILITY_BUDGET)) {
+            Verdict::Linearizable => Ok(()),
+            Verdict::NotLinearizable(v) => Err(self.fail(
+                FailureKind::Linearizability,
+                format!("client history of {} operations is not linearizable: {v}", ops.len()),
+            )),
+            Verdict::Unknown => Err(self.fail(
+                FailureKind::LinearizabilityUnknown,
+                format!(
+                    "linearizability search of {} operations exhausted its budget of {LINEARIZABILITY_BUDGET} states",
+                    ops.len()
+                ),
+            )),
+        }
+    }
+}

@@ -113,6 +113,10 @@ pub enum ConfigError {
     /// Drift of 100% or more makes leases meaningless.
     #[error("max_clock_drift_percent must be below 100")]
     Drift,
+    /// The restored state is inconsistent (a gap in the log, terms going backwards): the
+    /// storage handed back something it never was asked to write.
+    #[error("invalid restore state: {0}")]
+    InvalidRestore(String),
 }
 
 impl RaftConfig {
@@ -189,7 +193,10 @@ mod tests {
             election_timeout_min_ms: 40,
             ..RaftConfig::default()
         };
-        assert!(matches!(cfg.validate(), Err(ConfigError::ElectionTimeout { .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::ElectionTimeout { .. })
+        ));
         let cfg = RaftConfig {
             id: 0,
             ..RaftConfig::default()

@@ -8,9 +8,17 @@
 //! `docs/consensus.md` for the persistence contract and the read paths.
 
 mod config;
+mod core;
+mod log;
+mod progress;
 mod types;
 
-pub use config::{ConfigError, RaftConfig};
+#[cfg(test)]
+mod tests;
+
+pub use self::core::{PeerProgress, Raft, Status};
+
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBugs;
+pub use config::{ConfigError, RaftConfig};
 pub use types::*;

@@ -1,0 +1,1726 @@
+//! The Raft state machine of one group on one node. Sans-IO: it reads no clock (every input
+//! carries `now` on the caller's monotonic clock), does no I/O, and draws randomness only from
+//! a ChaCha RNG seeded by its caller. Outputs are [`Action`]s drained by
+//! [`Raft::poll_actions`].
+//!
+//! Section numbers in comments refer to the Raft paper ("Raft §5.x") and to Ongaro's thesis
+//! ("thesis §x.y").
+
+use super::config::{ConfigError, RaftConfig};
+use super::log::RaftLog;
+use super::progress::{Progress, ReplicationState};
+use super::types::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, VecDeque};
+
+/// The leader's view of one peer's replication, as reported by [`Raft::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The peer.
+    pub id: NodeId,
+    /// Highest index known durably replicated on the peer.
+    pub match_index: LogIndex,
+    /// Next index the leader will send it.
+    pub next_index: LogIndex,
+    /// Whether the peer is a learner.
+    pub learner: bool,
+}
+
+/// A snapshot of one core's state for checkers, status pages and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// This group.
+    pub group: GroupId,
+    /// Current role.
+    pub role: Role,
+    /// Current term.
+    pub term: Term,
+    /// Known leader of the current term.
+    pub leader: Option<NodeId>,
+    /// Highest index known committed.
+    pub commit_index: LogIndex,
+    /// Last index of the in-memory log.
+    pub last_index: LogIndex,
+    /// Last index reported durable and matching the in-memory log.
+    pub persisted_index: LogIndex,
+    /// Membership in force (the latest appended).
+    pub membership: Membership,
+    /// Replication progress per peer (leader only; empty otherwise), in id order.
+    pub progress: Vec<PeerProgress>,
+}
+
+/// What a withheld message waits for (the persistence contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dep {
+    /// Depends on nothing durable (used only by the `ack_before_persist` planted bug).
+    #[cfg(feature = "planted-bugs")]
+    Nothing,
+    /// Depends on the current term and vote being durable (every message: Raft figure 2,
+    /// "respond to RPCs only after updating stable storage").
+    HardState,
+    /// Depends on everything appended so far being durable (AppendEntries success).
+    Everything,
+}
+
+/// A persist request issued and not yet reported complete.
+#[derive(Clone, Copy, Debug)]
+struct InFlightPersist {
+    seq: u64,
+    /// Last index of the durable log once this request completes (lowered when a later
+    /// truncation makes part of what it wrote obsolete).
+    log_last: LogIndex,
+}
+
+/// A pending ReadIndex read (thesis §6.4).
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    id: ReadId,
+    /// The commit index when the read was registered.
+    index: LogIndex,
+    /// The first heartbeat round whose quorum acknowledgement confirms the read: a round
+    /// started after the read was registered.
+    round: u64,
+}
+
+/// A heartbeat round (a ReadIndex confirmation and a lease refresh).
+#[derive(Clone, Debug)]
+struct Round {
+    ctx: u64,
+    sent_at: Millis,
+    acks: Vec<NodeId>,
+}
+
+/// Leader transfer in progress (thesis §3.10).
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    target: NodeId,
+    deadline: Millis,
+    timeout_now_sent: bool,
+}
+
+/// Outstanding heartbeat rounds beyond which the oldest are forgotten (their acks can no longer
+/// matter once a later round is confirmed; this only bounds memory under message loss).
+const MAX_ROUNDS: usize = 64;
+
+/// One Raft group's consensus state machine on one node. `Send`, no interior mutability, no
+/// I/O. See the module docs and `docs/consensus.md`.
+#[derive(Debug)]
+pub struct Raft {
+    config: RaftConfig,
+    rng: ChaCha8Rng,
+    /// Latest input time seen (inputs may not go back in time; used by `poll_actions`).
+    now: Millis,
+
+    // Persistent state (Raft figure 2), in memory; the durable copy may lag.
+    term: Term,
+    vote: Option<NodeId>,
+    log: RaftLog,
+
+    // Volatile state.
+    role: Role,
+    leader: Option<NodeId>,
+    commit_index: LogIndex,
+    /// Last index handed to the caller in an `Apply`.
+    applied: LogIndex,
+    membership: Membership,
+    base_membership: Membership,
+    /// Membership entries of the log, in index order (the last one is in force).
+    membership_entries: Vec<(LogIndex, Membership)>,
+
+    // Persistence bookkeeping.
+    /// Seq of the next persist request.
+    next_seq: u64,
+    /// Highest seq reported complete.
+    completed_seq: u64,
+    /// Term or vote changed since the last persist request.
+    hs_dirty: bool,
+    /// Seq of the last persist request carrying a hard state.
+    hs_seq: u64,
+    /// Truncation to carry in the next persist request.
+    pending_truncate: Option<LogIndex>,
+    /// Last index included in an issued persist request.
+    flushed_last: LogIndex,
+    /// Last index durable and matching the in-memory log.
+    persisted_index: LogIndex,
+    in_flight: VecDeque<InFlightPersist>,
+    /// Messages waiting for a persist to complete, with the seq they wait for.
+    withheld: Vec<(u64, Message)>,
+
+    // Timers.
+    election_deadline: Millis,
+    heartbeat_deadline: Millis,
+    check_quorum_deadline: Millis,
+    /// Until then this node ignores (pre-)votes for higher terms under check-quorum: it heard
+    /// from a leader less than an election timeout ago (thesis §4.2.3), or it just started.
+    vote_lease_until: Millis,
+    timer_emitted: Option<Millis>,
+
+    // Elections.
+    votes: BTreeMap<NodeId, bool>,
+
+    // Leader state.
+    progress: BTreeMap<NodeId, Progress>,
+    broadcast: bool,
+    transfer: Option<Transfer>,
+    /// Lease reads are served while `now < lease_until` (thesis §6.4.1).
+    lease_until: Millis,
+    /// Set once a transfer started in this term: a TimeoutNow may still be in flight, and the
+    /// target's election bypasses the voters' lease, so no lease is trusted until the term ends.
+    lease_disabled: bool,
+    next_read_ctx: u64,
+    rounds: VecDeque<Round>,
+    pending_reads: VecDeque<PendingRead>,
+    want_read_round: bool,
+
+    // Outputs.
+    actions: Vec<Action>,
+    reported: (Role, Term, Option<NodeId>),
+}
+
+impl Raft {
+    /// Validates the config and restores from exactly what was reported persisted. Starts as
+    /// Follower (or Learner if not a voter of the membership in force), term and vote from
+    /// `restore.hard_state`, `commit_index = restore.applied`, and emits a `SetTimer`.
+    pub fn new(
+        config: RaftConfig,
+        restore: RestoreState,
+        rng_seed: u64,
+        now: Millis,
+    ) -> Result<Raft, ConfigError> {
+        config.validate()?;
+        let log = RaftLog::restore(restore.snapshot_last, restore.entries)
+            .map_err(ConfigError::InvalidRestore)?;
+        let mut membership_entries = Vec::new();
+        for e in log.entries() {
+            if let EntryPayload::Membership(m) = &e.payload {
+                membership_entries.push((e.index, m.clone()));
+            }
+        }
+        let membership = membership_entries
+            .last()
+            .map_or_else(|| restore.base_membership.clone(), |(_, m)| m.clone());
+        let role = if membership.voters.contains(&config.id) {
+            Role::Follower
+        } else {
+            Role::Learner
+        };
+        let last = log.last_index();
+        let applied = restore.applied.max(log.snapshot_index());
+        let term = restore.hard_state.term;
+        let mut raft = Raft {
+            rng: ChaCha8Rng::seed_from_u64(rng_seed),
+            now,
+            term,
+            vote: restore.hard_state.vote,
+            log,
+            role,
+            leader: None,
+            commit_index: applied,
+            applied,
+            membership,
+            base_membership: restore.base_membership,
+            membership_entries,
+            next_seq: 1,
+            completed_seq: 0,
+            hs_dirty: false,
+            hs_seq: 0,
+            pending_truncate: None,
+            flushed_last: last,
+            persisted_index: last,
+            in_flight: VecDeque::new(),
+            withheld: Vec::new(),
+            election_deadline: now,
+            heartbeat_deadline: now,
+            check_quorum_deadline: now,
+            // A restarted node may have acknowledged a leader's heartbeat just before crashing;
+            // it must keep honouring that leader's lease (thesis §6.4.1), so it behaves as if it
+            // had just heard from a leader.
+            vote_lease_until: now + config.election_timeout_min_ms,
+            timer_emitted: None,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            broadcast: false,
+            transfer: None,
+            lease_until: 0,
+            lease_disabled: false,
+            next_read_ctx: 1,
+            rounds: VecDeque::new(),
+            pending_reads: VecDeque::new(),
+            want_read_round: false,
+            actions: Vec::new(),
+            reported: (role, term, None),
+            config,
+        };
+        raft.reset_election_deadline(now);
+        raft.emit_timer();
+        Ok(raft)
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Introspection
+    // ------------------------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// This core's group.
+    pub fn group(&self) -> GroupId {
+        self.config.group
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Known leader of the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Highest index known committed.
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit_index
+    }
+
+    /// Last index of the in-memory log (persisted or not).
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// The membership in force (the latest appended).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The in-memory log after any compaction point, persisted or not.
+    pub fn entries(&self) -> &[Entry] {
+        self.log.entries()
+    }
+
+    /// The term of the entry at `index`, if known (0 for index 0).
+    pub fn entry_term(&self, index: LogIndex) -> Option<Term> {
+        self.log.term_at(index)
+    }
+
+    /// The configuration this core runs with.
+    pub fn config(&self) -> &RaftConfig {
+        &self.config
+    }
+
+    /// A snapshot of this core's state.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.config.id,
+            group: self.config.group,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.commit_index,
+            last_index: self.log.last_index(),
+            persisted_index: self.persisted_index,
+            membership: self.membership.clone(),
+            progress: self.progress.iter().map(|(id, p)| p.view(*id)).collect(),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Inputs
+    // ------------------------------------------------------------------------------------
+
+    /// Handles a message from a peer. Messages for another node or group, and messages from
+    /// this node itself, are ignored.
+    pub fn handle_message(&mut self, now: Millis, msg: Message) {
+        self.advance_clock(now);
+        if msg.to != self.config.id || msg.group != self.config.group || msg.from == self.config.id
+        {
+            return;
+        }
+        self.step(now, msg);
+        self.report_role();
+    }
+
+    /// Time passed: checks the election, heartbeat, check-quorum and transfer deadlines.
+    pub fn tick(&mut self, now: Millis) {
+        self.advance_clock(now);
+        let now = self.now;
+        match self.role {
+            Role::Leader => self.tick_leader(now),
+            Role::Learner => {
+                // Learners never campaign; keep a deadline only so a promotion finds one.
+                if now >= self.election_deadline {
+                    self.reset_election_deadline(now);
+                }
+            }
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                if now >= self.election_deadline {
+                    if self.config.pre_vote {
+                        self.campaign_pre_vote(now);
+                    } else {
+                        self.campaign(now, false);
+                    }
+                }
+            }
+        }
+        self.report_role();
+    }
+
+    /// Reports that persist request `seq` (and every one before it) is durable.
+    pub fn persisted(&mut self, now: Millis, seq: u64) {
+        self.advance_clock(now);
+        let now = self.now;
+        if seq <= self.completed_seq {
+            return;
+        }
+        // Requests complete in order; a seq beyond what was issued is a caller bug, and
+        // only what was actually issued can be durable.
+        let seq = seq.min(self.next_seq - 1);
+        while let Some(p) = self.in_flight.front().copied() {
+            if p.seq > seq {
+                break;
+            }
+            self.in_flight.pop_front();
+            self.persisted_index = p.log_last;
+        }
+        self.completed_seq = seq;
+        // Release the messages whose dependencies are now durable, in their original order.
+        let mut released = Vec::new();
+        self.withheld.retain(|(s, m)| {
+            if *s <= seq {
+                released.push(m.clone());
+                false
+            } else {
+                true
+            }
+        });
+        self.actions.extend(released.into_iter().map(Action::Send));
+        match self.role {
+            // The candidate's own vote counts once its term and vote are durable.
+            Role::Candidate => self.check_votes(now),
+            Role::Leader => self.maybe_commit(now),
+            _ => {}
+        }
+        self.report_role();
+    }
+
+    /// Proposes a command. On the leader it is appended at once and replicated with the next
+    /// [`Raft::poll_actions`]; the write succeeded iff the entry applied at the returned index
+    /// has the returned term.
+    pub fn propose(&mut self, now: Millis, command: Vec<u8>) -> Result<Proposal, ProposeError> {
+        self.advance_clock(now);
+        self.check_can_propose()?;
+        Ok(self.append_local(EntryPayload::Command(command)))
+    }
+
+    /// Proposes a single-server membership change (thesis §4.1). It takes effect as soon as it
+    /// is appended; only one may be uncommitted at a time.
+    pub fn change_membership(
+        &mut self,
+        now: Millis,
+        change: MembershipChange,
+    ) -> Result<Proposal, ProposeError> {
+        self.advance_clock(now);
+        let now = self.now;
+        self.check_can_propose()?;
+        if self
+            .membership_entries
+            .last()
+            .is_some_and(|(index, _)| *index > self.commit_index)
+        {
+            return Err(ProposeError::MembershipChangePending);
+        }
+        let mut next = self.membership.clone();
+        match change {
+            MembershipChange::AddLearner(id) => {
+                if id == 0 || next.contains(id) {
+                    return Err(ProposeError::InvalidMembershipChange(format!(
+                        "node {id} cannot be added as a learner (already a member or id 0)"
+                    )));
+                }
+                next.learners.insert(id);
+            }
+            MembershipChange::Promote(id) => {
+                if !next.learners.remove(&id) {
+                    return Err(ProposeError::InvalidMembershipChange(format!(
+                        "node {id} is not a learner"
+                    )));
+                }
+                next.voters.insert(id);
+            }
+            MembershipChange::Remove(id) => {
+                if next.voters.contains(&id) {
+                    if next.voters.len() == 1 {
+                        return Err(ProposeError::InvalidMembershipChange(format!(
+                            "node {id} is the last voter"
+                        )));
+                    }
+                    next.voters.remove(&id);
+                } else if !next.learners.remove(&id) {
+                    return Err(ProposeError::InvalidMembershipChange(format!(
+                        "node {id} is not a member"
+                    )));
+                }
+            }
+        }
+        let proposal = self.append_local(EntryPayload::Membership(next));
+        // A removed leader may now be the only thing between a commit and a step-down.
+        self.maybe_commit(now);
+        self.report_role();
+        Ok(proposal)
+    }
+
+    /// Starts a read. `Stale` reads are ready at once on any node; `Linearizable` (ReadIndex)
+    /// and `Lease` reads need a leader that committed an entry of its term. The outcome of an
+    /// accepted read arrives as `ReadReady` or `ReadFailed`.
+    pub fn read(
+        &mut self,
+        now: Millis,
+        id: ReadId,
+        consistency: ReadConsistency,
+    ) -> Result<(), ReadError> {
+        self.advance_clock(now);
+        let now = self.now;
+        if consistency == ReadConsistency::Stale {
+            self.actions.push(Action::ReadReady { id, index: 0 });
+            return Ok(());
+        }
+        if self.role != Role::Leader {
+            return Err(ReadError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        // Thesis §6.4 step 1: until the leader commits an entry of its own term its commit
+        // index may lag behind entries committed by earlier leaders.
+        if self.log.term_at(self.commit_index) != Some(self.term) {
+            return Err(ReadError::NotReady);
+        }
+        if consistency == ReadConsistency::Lease && self.lease_valid(now) {
+            self.actions.push(Action::ReadReady {
+                id,
+                index: self.commit_index,
+            });
+            return Ok(());
+        }
+        // ReadIndex (thesis §6.4): confirmed by a quorum ack of a round started after now.
+        self.pending_reads.push_back(PendingRead {
+            id,
+            index: self.commit_index,
+            round: self.next_read_ctx,
+        });
+        self.want_read_round = true;
+        Ok(())
+    }
+
+    /// Transfers leadership to `to` (thesis §3.10): proposals are refused meanwhile, `to` is
+    /// brought up to date and then sent TimeoutNow. The transfer is abandoned after an
+    /// election timeout.
+    pub fn transfer_leader(&mut self, now: Millis, to: NodeId) -> Result<(), TransferError> {
+        self.advance_clock(now);
+        let now = self.now;
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if !self.membership.voters.contains(&to) {
+            return Err(TransferError::NotAVoter(to));
+        }
+        if to == self.config.id {
+            return Ok(());
+        }
+        // The target will campaign with `leadership_transfer`, which voters honour even while
+        // they follow this leader: the lease is no longer safe (thesis §6.4.1).
+        self.lease_until = 0;
+        self.lease_disabled = true;
+        self.transfer = Some(Transfer {
+            target: to,
+            deadline: now + self.config.election_timeout_min_ms,
+            timeout_now_sent: false,
+        });
+        self.maybe_send_timeout_now();
+        if let Some(p) = self.progress.get_mut(&to) {
+            if p.match_index < self.log.last_index() && p.state == ReplicationState::Probe {
+                p.probe_sent = false;
+            }
+        }
+        self.broadcast = true;
+        Ok(())
+    }
+
+    /// Appends every pending action to `out` (without clearing it), in the order they must be
+    /// carried out. Proposals made between two polls are batched: one `Persist` and one
+    /// AppendEntries per follower (more only when the batch exceeds the per-append limits and
+    /// the in-flight window allows).
+    pub fn poll_actions(&mut self, out: &mut Vec<Action>) {
+        let now = self.now;
+        if self.role == Role::Leader {
+            if self.want_read_round {
+                self.start_round(now);
+                self.heartbeat_deadline = now + self.config.heartbeat_interval_ms;
+            }
+            self.send_appends();
+        }
+        self.flush_persist();
+        self.emit_apply();
+        self.emit_timer();
+        self.report_role();
+        out.append(&mut self.actions);
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Message handling
+    // ------------------------------------------------------------------------------------
+
+    fn step(&mut self, now: Millis, msg: Message) {
+        if msg.term > self.term {
+            match &msg.body {
+                // A pre-vote changes no state (thesis §9.6), and a granted pre-vote answer
+                // carries the term the pre-candidate would campaign in.
+                MessageBody::RequestVote { pre_vote: true, .. }
+                | MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                } => {}
+                MessageBody::RequestVote {
+                    leadership_transfer,
+                    ..
+                } => {
+                    // Check-quorum (thesis §4.2.3): while we believe a leader is alive, a
+                    // disruptive candidate does not even make us adopt its term.
+                    if !*leadership_transfer && self.in_vote_lease(now) {
+                        return;
+                    }
+                    self.become_follower(now, msg.term, None);
+                }
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::TimeoutNow => {
+                    self.become_follower(now, msg.term, Some(msg.from));
+                }
+                _ => self.become_follower(now, msg.term, None),
+            }
+        } else if msg.term < self.term {
+            self.answer_stale(msg);
+            return;
+        }
+
+        let from = msg.from;
+        let term = msg.term;
+        match msg.body {
+            MessageBody::RequestVote {
+                pre_vote,
+                last_log_index,
+                last_log_term,
+                leadership_transfer,
+            } => self.on_request_vote(
+                now,
+                from,
+                term,
+                pre_vote,
+                last_log_index,
+                last_log_term,
+                leadership_transfer,
+            ),
+            MessageBody::RequestVoteResponse { pre_vote, granted } => {
+                self.on_vote_response(now, from, term, pre_vote, granted)
+            }
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                if !self.accept_leader(now, from) {
+                    return;
+                }
+                self.on_append_entries(
+                    now,
+                    from,
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    leader_commit,
+                );
+            }
+            MessageBody::AppendEntriesResponse {
+                success,
+                index,
+                conflict_term,
+                conflict_index,
+            } => self.on_append_response(now, from, success, index, conflict_term, conflict_index),
+            MessageBody::Heartbeat { commit, read_ctx } => {
+                if !self.accept_leader(now, from) {
+                    return;
+                }
+                // The leader caps `commit` at what it knows we hold (our match index), so
+                // every entry up to it matches the leader's log.
+                let commit = commit.min(self.log.last_index());
+                if commit > self.commit_index {
+                    self.commit_index = commit;
+                }
+                self.send(
+                    from,
+                    MessageBody::HeartbeatResponse { read_ctx },
+                    Dep::HardState,
+                );
+            }
+            MessageBody::HeartbeatResponse { read_ctx } => {
+                self.on_heartbeat_response(now, from, read_ctx)
+            }
+            MessageBody::TimeoutNow => {
+                // Thesis §3.10: the leader found us up to date; campaign at once, skipping
+                // the pre-vote, with the flag that makes voters ignore their leader lease.
+                if self.role != Role::Leader
+                    && self.membership.voters.contains(&self.config.id)
+                    && self.leader == Some(from)
+                {
+                    self.campaign(now, true);
+                }
+            }
+        }
+    }
+
+    /// Answers a message from an older term so a stale leader or candidate learns the current
+    /// term and steps down (needed with pre-vote and check-quorum, which otherwise keep a
+    /// node that missed an election from ever hearing of it).
+    fn answer_stale(&mut self, msg: Message) {
+        let body = match msg.body {
+            MessageBody::AppendEntries { .. } => MessageBody::AppendEntriesResponse {
+                success: false,
+                index: 0,
+                conflict_term: None,
+                conflict_index: 0,
+            },
+            MessageBody::Heartbeat { read_ctx, .. } => MessageBody::HeartbeatResponse { read_ctx },
+            MessageBody::RequestVote { pre_vote, .. } => MessageBody::RequestVoteResponse {
+                pre_vote,
+                granted: false,
+            },
+            _ => return,
+        };
+        self.send(msg.from, body, Dep::HardState);
+    }
+
+    /// A message from the leader of the current term: follow it. Returns false if the message
+    /// cannot come from a legitimate leader (we lead this term ourselves).
+    fn accept_leader(&mut self, now: Millis, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            // Election safety (Raft §5.2) makes this impossible among correct nodes.
+            return false;
+        }
+        if self.role != Role::Follower && self.role != Role::Learner || self.leader != Some(from) {
+            self.become_follower(now, self.term, Some(from));
+        } else {
+            self.reset_election_deadline(now);
+        }
+        self.vote_lease_until = now + self.config.election_timeout_min_ms;
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_request_vote(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        term: Term,
+        pre_vote: bool,
+        last_log_index: LogIndex,
+        last_log_term: Term,
+        leadership_transfer: bool,
+    ) {
+        // Raft §5.4.1: grant only to a candidate whose log is at least as up to date.
+        let log_ok = self.bug_vote_without_log_check()
+            || last_log_term > self.log.last_term()
+            || (last_log_term == self.log.last_term() && last_log_index >= self.log.last_index());
+        // Learners never vote.
+        let is_voter = self.membership.voters.contains(&self.config.id);
+        let granted = if pre_vote {
+            // Thesis §9.6: grant a pre-vote iff we would grant the vote in that term, and we
+            // have not heard from a leader recently (check-quorum).
+            is_voter
+                && term > self.term
+                && log_ok
+                && (leadership_transfer || !self.in_vote_lease(now))
+        } else {
+            // Raft §5.2: one vote per term, first come first served.
+            is_voter
+                && term == self.term
+                && (self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()))
+                && log_ok
+        };
+        if granted && !pre_vote {
+            if self.vote != Some(from) {
+                self.vote = Some(from);
+                self.hs_dirty = true;
+            }
+            self.reset_election_deadline(now);
+        }
+        // A granted pre-vote answers in the term it was asked for; anything else in ours.
+        let reply_term = if pre_vote && granted { term } else { self.term };
+        let msg = Message {
+            group: self.config.group,
+            from: self.config.id,
+            to: from,
+            term: reply_term,
+            body: MessageBody::RequestVoteResponse { pre_vote, granted },
+        };
+        self.send_msg(msg, Dep::HardState);
+    }
+
+    fn on_vote_response(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        term: Term,
+        pre_vote: bool,
+        granted: bool,
+    ) {
+        if pre_vote {
+            if self.role != Role::PreCandidate || (granted && term != self.term + 1) {
+                return;
+            }
+        } else if self.role != Role::Candidate || term != self.term {
+            return;
+        }
+        self.votes.insert(from, granted);
+        self.check_votes(now);
+    }
+
+    fn check_votes(&mut self, now: Millis) {
+        if self.role != Role::PreCandidate && self.role != Role::Candidate {
+            return;
+        }
+        let self_counts = self.role == Role::PreCandidate || self.hs_durable();
+        let mut granted = 0;
+        let mut rejected = 0;
+        for (id, g) in &self.votes {
+            if !self.membership.voters.contains(id) {
+                continue;
+            }
+            if *g {
+                if *id != self.config.id || self_counts {
+                    granted += 1;
+                }
+            } else {
+                rejected += 1;
+            }
+        }
+        let quorum = self.membership.quorum();
+        if granted >= quorum {
+            if self.role == Role::PreCandidate {
+                self.campaign(now, false);
+            } else {
+                self.become_leader(now);
+            }
+        } else if rejected >= quorum {
+            self.become_follower(now, self.term, None);
+        }
+    }
+
+    fn on_append_entries(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: LogIndex,
+    ) {
+        // Raft §5.3: reject unless our log holds an entry at prev_log_index with prev_log_term.
+        // Everything at or below the compaction point is committed and therefore matches.
+        let matches = prev_log_index <= self.log.snapshot_index()
+            || self.log.term_at(prev_log_index) == Some(prev_log_term);
+        if !matches {
+            // Fast backtracking hints (thesis §5.3).
+            let (conflict_term, conflict_index) = if prev_log_index > self.log.last_index() {
+                (None, self.log.last_index() + 1)
+            } else {
+                (
+                    self.log.term_at(prev_log_index),
+                    self.log.first_index_of_term_run(prev_log_index),
+                )
+            };
+            self.send(
+                from,
+                MessageBody::AppendEntriesResponse {
+                    success: false,
+                    index: prev_log_index,
+                    conflict_term,
+                    conflict_index,
+                },
+                Dep::HardState,
+            );
+            return;
+        }
+        let last_new = prev_log_index + entries.len() as u64;
+        // Validate before mutating: entries must be contiguous after prev_log_index.
+        if entries
+            .iter()
+            .enumerate()
+            .any(|(i, e)| e.index != prev_log_index + 1 + i as u64)
+        {
+            return;
+        }
+        // Find the first entry we do not already hold (Raft §5.3 step 3: delete a conflicting
+        // entry and everything after it, then append what is new).
+        let mut first_new = entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            if e.index <= self.log.snapshot_index() {
+                continue;
+            }
+            match self.log.term_at(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    if e.index <= self.commit_index {
+                        // A committed entry never changes (Raft §5.4.3); a leader that says
+                        // otherwise is not one we can follow safely.
+                        return;
+                    }
+                    self.truncate_log(now, e.index);
+                    first_new = i;
+                    break;
+                }
+                None => {
+                    first_new = i;
+                    break;
+                }
+            }
+        }
+        let mut membership_changed = false;
+        for e in entries.into_iter().skip(first_new) {
+            if let EntryPayload::Membership(m) = &e.payload {
+                self.membership_entries.push((e.index, m.clone()));
+                membership_changed = true;
+            }
+            self.log.push(e);
+        }
+        if membership_changed {
+            self.refresh_membership(now);
+        }
+        // Raft figure 2: commitIndex = min(leaderCommit, index of last new entry).
+        let commit = leader_commit.min(last_new);
+        if commit > self.commit_index {
+            self.commit_index = commit;
+        }
+        let dep = if self.bug_ack_before_persist() {
+            Self::dep_nothing()
+        } else {
+            Dep::Everything
+        };
+        self.send(
+            from,
+            MessageBody::AppendEntriesResponse {
+                success: true,
+                index: last_new,
+                conflict_term: None,
+                conflict_index: 0,
+            },
+            dep,
+        );
+    }
+
+    fn on_append_response(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        success: bool,
+        index: LogIndex,
+        conflict_term: Option<Term>,
+        conflict_index: LogIndex,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        p.last_append_response = now;
+        if success {
+            if index > last {
+                return;
+            }
+            if p.on_success(index) {
+                self.maybe_commit(now);
+                self.maybe_send_timeout_now();
+            }
+            return;
+        }
+        // A rejection: ignore stale ones (etcd's MaybeDecrTo).
+        let stale = match p.state {
+            ReplicationState::Replicate => index <= p.match_index,
+            ReplicationState::Probe => index + 1 != p.next_index,
+        };
+        if stale {
+            return;
+        }
+        // Thesis §5.3 optimisation: skip the follower's whole conflicting term at once.
+        let hinted = match conflict_term {
+            Some(t) => match self.log.last_index_of_term(t) {
+                Some(i) => i + 1,
+                None => conflict_index,
+            },
+            None => conflict_index,
+        };
+        let next = hinted.min(index).max(1);
+        p.become_probe(next);
+    }
+
+    fn on_heartbeat_response(&mut self, now: Millis, from: NodeId, read_ctx: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let stall = 2 * self.config.heartbeat_interval_ms;
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        let learner = p.learner;
+        if p.match_index < last {
+            match p.state {
+                // Let a lost probe be retried.
+                ReplicationState::Probe => p.probe_sent = false,
+                // The peer answers heartbeats but not appends: an append was lost, so the
+                // window would never drain. Probe again from its match index.
+                ReplicationState::Replicate => {
+                    if !p.inflight.is_empty() && now >= p.last_append_response + stall {
+                        let next = p.match_index + 1;
+                        p.become_probe(next);
+                    }
+                }
+            }
+        }
+        if !learner && self.membership.voters.contains(&from) {
+            self.ack_round(read_ctx, from);
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Elections
+    // ------------------------------------------------------------------------------------
+
+    fn tick_leader(&mut self, now: Millis) {
+        if now >= self.heartbeat_deadline {
+            self.start_round(now);
+            self.heartbeat_deadline = now + self.config.heartbeat_interval_ms;
+        }
+        if let Some(t) = self.transfer {
+            if now >= t.deadline {
+                // Thesis §3.10: abort a transfer that did not complete within an election
+                // timeout and accept proposals again.
+                self.transfer = None;
+            }
+        }
+        if now >= self.check_quorum_deadline {
+            if self.config.check_quorum && !self.quorum_active() {
+                // Thesis §6.2: a leader cut off from a quorum steps down, so clients stop
+                // waiting on it and its lease is given up.
+                self.become_follower(now, self.term, None);
+                return;
+            }
+            for p in self.progress.values_mut() {
+                p.recent_active = false;
+            }
+            self.check_quorum_deadline = now + self.config.election_timeout_min_ms;
+        }
+    }
+
+    fn quorum_active(&self) -> bool {
+        let active = self
+            .membership
+            .voters
+            .iter()
+            .filter(|v| {
+                **v == self.config.id || self.progress.get(v).is_some_and(|p| p.recent_active)
+            })
+            .count();
+        active >= self.membership.quorum()
+    }
+
+    fn in_vote_lease(&self, now: Millis) -> bool {
+        self.config.check_quorum && (self.role == Role::Leader || now < self.vote_lease_until)
+    }
+
+    /// Thesis §9.6: ask for pre-votes in term + 1 without touching our own term, so a node
+    /// that cannot win (partitioned, or behind) never disrupts the group.
+    fn campaign_pre_vote(&mut self, now: Millis) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.config.id, true);
+        self.reset_election_deadline(now);
+        let body = MessageBody::RequestVote {
+            pre_vote: true,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            leadership_transfer: false,
+        };
+        let term = self.term + 1;
+        for to in self.other_voters() {
+            let msg = Message {
+                group: self.config.group,
+                from: self.config.id,
+                to,
+                term,
+                body: body.clone(),
+            };
+            self.send_msg(msg, Dep::HardState);
+        }
+        self.check_votes(now);
+    }
+
+    /// Raft §5.2: increment the term, vote for ourselves, ask every voter. The requests (and
+    /// our own vote's weight) wait until the new term and vote are durable.
+    fn campaign(&mut self, now: Millis, leadership_transfer: bool) {
+        self.term += 1;
+        self.vote = Some(self.config.id);
+        self.hs_dirty = true;
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.config.id, true);
+        self.reset_election_deadline(now);
+        let body = MessageBody::RequestVote {
+            pre_vote: false,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            leadership_transfer,
+        };
+        for to in self.other_voters() {
+            self.send(to, body.clone(), Dep::HardState);
+        }
+        self.check_votes(now);
+    }
+
+    fn become_follower(&mut self, now: Millis, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+            self.hs_dirty = true;
+        }
+        if self.role == Role::Leader {
+            self.leader_cleanup();
+        }
+        self.role = if self.membership.voters.contains(&self.config.id) {
+            Role::Follower
+        } else {
+            Role::Learner
+        };
+        self.leader = leader;
+        self.votes.clear();
+        self.reset_election_deadline(now);
+    }
+
+    fn leader_cleanup(&mut self) {
+        for r in self.pending_reads.drain(..) {
+            self.actions.push(Action::ReadFailed {
+                id: r.id,
+                error: ReadError::LeadershipLost,
+            });
+        }
+        self.rounds.clear();
+        self.want_read_round = false;
+        self.progress.clear();
+        self.transfer = None;
+        self.lease_until = 0;
+        self.lease_disabled = false;
+        self.broadcast = false;
+    }
+
+    fn become_leader(&mut self, now: Millis) {
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.votes.clear();
+        self.progress.clear();
+        let next = self.log.last_index() + 1;
+        for id in self.membership.all() {
+            if id != self.config.id {
+                let learner = self.membership.learners.contains(&id);
+                self.progress.insert(id, Progress::new(next, learner, now));
+            }
+        }
+        self.transfer = None;
+        self.lease_until = 0;
+        self.lease_disabled = false;
+        self.rounds.clear();
+        self.pending_reads.clear();
+        self.want_read_round = false;
+        self.heartbeat_deadline = now + self.config.heartbeat_interval_ms;
+        self.check_quorum_deadline = now + self.config.election_timeout_min_ms;
+        // Raft §8 / thesis §6.4: a no-op of the new term lets the leader commit entries of
+        // earlier terms (which it may not count, §5.4.2) and then serve reads.
+        self.append_local(EntryPayload::Noop);
+        self.maybe_commit(now);
+    }
+
+    fn other_voters(&self) -> Vec<NodeId> {
+        self.membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.config.id)
+            .collect()
+    }
+
+    fn reset_election_deadline(&mut self, now: Millis) {
+        let timeout = self
+            .rng
+            .random_range(self.config.election_timeout_min_ms..self.config.election_timeout_max_ms);
+        self.election_deadline = now + timeout;
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Replication and commitment
+    // ------------------------------------------------------------------------------------
+
+    fn check_can_propose(&self) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        Ok(())
+    }
+
+    /// Appends an entry of the current term to the leader's log; replication and persistence
+    /// follow at the next poll, batched with other proposals.
+    fn append_local(&mut self, payload: EntryPayload) -> Proposal {
+        let index = self.log.last_index() + 1;
+        let term = self.term;
+        let membership = match &payload {
+            EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        };
+        self.log.push(Entry {
+            term,
+            index,
+            payload,
+        });
+        if let Some(m) = membership {
+            self.membership_entries.push((index, m));
+            self.refresh_membership(self.now);
+        }
+        self.broadcast = true;
+        Proposal { index, term }
+    }
+
+    /// Sends as many appends as each peer's state allows (one probe, or up to the in-flight
+    /// window when replicating).
+    fn send_appends(&mut self) {
+        // Peers that got an answer since the last poll may take more; new entries go to all.
+        self.broadcast = false;
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            while self.send_append(peer) {}
+        }
+    }
+
+    /// Sends one AppendEntries to `peer` if its state allows and there is something to send.
+    /// Returns whether another one could follow.
+    fn send_append(&mut self, peer: NodeId) -> bool {
+        let last = self.log.last_index();
+        let window = self.config.max_inflight_appends;
+        let Some(p) = self.progress.get(&peer) else {
+            return false;
+        };
+        if !p.can_send(window) {
+            return false;
+        }
+        let next = p.next_index;
+        let probing = p.state == ReplicationState::Probe;
+        if !probing && next > last {
+            return false;
+        }
+        if probing && next > last + 1 {
+            return false;
+        }
+        let prev = next - 1;
+        let Some(prev_term) = self.log.term_at(prev) else {
+            // Compacted: would need a snapshot, which this core does not send yet.
+            return false;
+        };
+        let max_last = last.min(next + self.config.max_entries_per_append as u64 - 1);
+        let candidates = self.log.range(next, max_last);
+        let mut bytes = 0usize;
+        let mut count = 0usize;
+        for e in candidates {
+            let size = match &e.payload {
+                EntryPayload::Command(c) => c.len(),
+                _ => 0,
+            } + 24;
+            if count > 0 && bytes + size > self.config.max_bytes_per_append {
+                break;
+            }
+            bytes += size;
+            count += 1;
+        }
+        let entries = candidates[..count].to_vec();
+        let sent_last = prev + count as u64;
+        let body = MessageBody::AppendEntries {
+            prev_log_index: prev,
+            prev_log_term: prev_term,
+            entries,
+            leader_commit: self.commit_index,
+        };
+        self.send(peer, body, Dep::HardState);
+        let Some(p) = self.progress.get_mut(&peer) else {
+            return false;
+        };
+        if probing {
+            p.probe_sent = true;
+            false
+        } else {
+            p.next_index = sent_last + 1;
+            p.inflight.push_back(sent_last);
+            p.next_index <= last
+        }
+    }
+
+    /// Raft §5.3/§5.4.2: commit the highest index held by a quorum of voters, but only if its
+    /// entry is of the current term (figure 8). The leader counts its own log only as far as it
+    /// is durable.
+    fn maybe_commit(&mut self, now: Millis) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let own = if self.bug_ack_before_persist() {
+            self.log.last_index()
+        } else {
+            self.persisted_index
+        };
+        let mut matches: Vec<LogIndex> = self
+            .membership
+            .voters
+            .iter()
+            .map(|v| {
+                if *v == self.config.id {
+                    own
+                } else {
+                    self.progress.get(v).map_or(0, |p| p.match_index)
+                }
+            })
+            .collect();
+        let quorum = self.membership.quorum();
+        if matches.len() < quorum {
+            return;
+        }
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matches[quorum - 1];
+        if candidate <= self.commit_index {
+            return;
+        }
+        if !self.bug_commit_previous_term_by_counting()
+            && self.log.term_at(candidate) != Some(self.term)
+        {
+            return;
+        }
+        self.commit_index = candidate;
+        self.on_leader_commit(now);
+    }
+
+    fn on_leader_commit(&mut self, now: Millis) {
+        // Thesis §4.2.2: a leader removed from the voters steps down once the change commits.
+        if !self.membership.voters.contains(&self.config.id)
+            && self
+                .membership_entries
+                .last()
+                .is_some_and(|(i, _)| *i <= self.commit_index)
+        {
+            self.become_follower(now, self.term, None);
+            return;
+        }
+        // Reads registered before the first commit of the term could not exist (NotReady),
+        // so nothing to do for them here.
+        self.maybe_send_timeout_now();
+    }
+
+    fn maybe_send_timeout_now(&mut self) {
+        let Some(t) = self.transfer else {
+            return;
+        };
+        if t.timeout_now_sent {
+            return;
+        }
+        let up_to_date = self
+            .progress
+            .get(&t.target)
+            .is_some_and(|p| p.match_index >= self.log.last_index());
+        if up_to_date {
+            self.send(t.target, MessageBody::TimeoutNow, Dep::HardState);
+            if let Some(tr) = self.transfer.as_mut() {
+                tr.timeout_now_sent = true;
+            }
+        }
+    }
+
+    /// Follower side of Raft §5.3: drop a conflicting suffix. The persistence layer learns of
+    /// it through `truncate_from`; anything acknowledged about the dropped entries is void.
+    fn truncate_log(&mut self, now: Millis, from: LogIndex) {
+        self.log.truncate_from(from);
+        if from <= self.flushed_last {
+            self.pending_truncate = Some(self.pending_truncate.map_or(from, |t| t.min(from)));
+            self.flushed_last = from - 1;
+        }
+        for p in self.in_flight.iter_mut() {
+            p.log_last = p.log_last.min(from - 1);
+        }
+        self.persisted_index = self.persisted_index.min(from - 1);
+        // A withheld success for the dropped entries would claim a replica that will never be
+        // durable; dropping the message is always safe (the network may lose it anyway).
+        self.withheld.retain(|(_, m)| {
+            !matches!(
+                m.body,
+                MessageBody::AppendEntriesResponse {
+                    success: true,
+                    index,
+                    ..
+                } if index >= from
+            )
+        });
+        let before = self.membership_entries.len();
+        self.membership_entries.retain(|(i, _)| *i < from);
+        if self.membership_entries.len() != before {
+            self.refresh_membership(now);
+        }
+    }
+
+    /// Recomputes the membership in force from the log and adapts role and progress to it.
+    fn refresh_membership(&mut self, now: Millis) {
+        self.membership = self
+            .membership_entries
+            .last()
+            .map_or_else(|| self.base_membership.clone(), |(_, m)| m.clone());
+        let is_voter = self.membership.voters.contains(&self.config.id);
+        match self.role {
+            Role::Leader => {
+                let next = self.log.last_index();
+                let members: Vec<NodeId> = self.membership.all().collect();
+                self.progress.retain(|id, _| members.contains(id));
+                for id in members {
+                    if id == self.config.id {
+                        continue;
+                    }
+                    let learner = self.membership.learners.contains(&id);
+                    self.progress
+                        .entry(id)
+                        .and_modify(|p| p.learner = learner)
+                        .or_insert_with(|| Progress::new(next, learner, now));
+                }
+                if let Some(t) = self.transfer {
+                    if !self.membership.voters.contains(&t.target) {
+                        self.transfer = None;
+                    }
+                }
+            }
+            Role::Follower | Role::PreCandidate | Role::Candidate if !is_voter => {
+                self.role = Role::Learner;
+                self.votes.clear();
+            }
+            Role::Learner if is_voter => {
+                self.role = Role::Follower;
+                self.reset_election_deadline(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn emit_apply(&mut self) {
+        let durable = if self.bug_ack_before_persist() {
+            self.log.last_index()
+        } else {
+            self.persisted_index
+        };
+        // Only durable entries are applied, so a restart never finds `applied` beyond its log.
+        let upto = self.commit_index.min(durable);
+        if upto > self.applied {
+            let entries = self.log.range(self.applied + 1, upto).to_vec();
+            if !entries.is_empty() {
+                self.actions.push(Action::Apply(entries));
+            }
+            self.applied = upto;
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Reads (thesis §6.4)
+    // ------------------------------------------------------------------------------------
+
+    fn lease_valid(&self, now: Millis) -> bool {
+        if !self.config.check_quorum || self.lease_disabled {
+            return false;
+        }
+        if self.bug_lease_read_after_expiry() {
+            return self.lease_until > 0;
+        }
+        now < self.lease_until
+    }
+
+    /// Starts a heartbeat round: asserts leadership, carries each follower's commit index
+    /// (capped at its match, so it only commits what it holds) and a read context.
+    fn start_round(&mut self, now: Millis) {
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.want_read_round = false;
+        let mut acks = Vec::new();
+        if self.membership.voters.contains(&self.config.id) {
+            acks.push(self.config.id);
+        }
+        self.rounds.push_back(Round {
+            ctx,
+            sent_at: now,
+            acks,
+        });
+        while self.rounds.len() > MAX_ROUNDS {
+            self.rounds.pop_front();
+        }
+        let targets: Vec<(NodeId, LogIndex)> = self
+            .progress
+            .iter()
+            .map(|(id, p)| (*id, p.match_index.min(self.commit_index)))
+            .collect();
+        for (to, commit) in targets {
+            self.send(
+                to,
+                MessageBody::Heartbeat {
+                    commit,
+                    read_ctx: ctx,
+                },
+                Dep::HardState,
+            );
+        }
+        self.check_round(ctx);
+    }
+
+    fn ack_round(&mut self, ctx: u64, from: NodeId) {
+        if let Some(r) = self.rounds.iter_mut().find(|r| r.ctx == ctx) {
+            if !r.acks.contains(&from) {
+                r.acks.push(from);
+            }
+            self.check_round(ctx);
+        }
+    }
+
+    fn check_round(&mut self, ctx: u64) {
+        let Some(r) = self.rounds.iter().find(|r| r.ctx == ctx) else {
+            return;
+        };
+        let acked = r
+            .acks
+            .iter()
+            .filter(|id| self.membership.voters.contains(id))
+            .count();
+        if acked < self.membership.quorum() {
+            return;
+        }
+        let sent_at = r.sent_at;
+        self.rounds.retain(|r| r.ctx > ctx);
+        // Thesis §6.4.1: a quorum acknowledged us at or after `sent_at`, and none of them will
+        // vote for another leader within an election timeout of that, so we lead until
+        // `sent_at + lease` on our clock (lease_ms is bounded for clock drift by validate()).
+        if self.config.check_quorum && !self.lease_disabled {
+            self.lease_until = self.lease_until.max(sent_at + self.config.lease_ms);
+        }
+        while let Some(r) = self.pending_reads.front().copied() {
+            if r.round > ctx {
+                break;
+            }
+            self.pending_reads.pop_front();
+            self.actions.push(Action::ReadReady {
+                id: r.id,
+                index: r.index,
+            });
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Persistence and outputs
+    // ------------------------------------------------------------------------------------
+
+    fn advance_clock(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+    }
+
+    fn persist_dirty(&self) -> bool {
+        self.hs_dirty
+            || self.pending_truncate.is_some()
+            || self.log.last_index() > self.flushed_last
+    }
+
+    fn hs_durable(&self) -> bool {
+        !self.hs_dirty && self.hs_seq <= self.completed_seq
+    }
+
+    /// Issues one persist request for everything changed since the last one.
+    fn flush_persist(&mut self) {
+        if !self.persist_dirty() {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let hard_state = self.hs_dirty.then_some(HardState {
+            term: self.term,
+            vote: self.vote,
+        });
+        if self.hs_dirty {
+            self.hs_seq = seq;
+            self.hs_dirty = false;
+        }
+        let last = self.log.last_index();
+        let entries = self.log.range(self.flushed_last + 1, last).to_vec();
+        self.flushed_last = last;
+        self.in_flight.push_back(InFlightPersist {
+            seq,
+            log_last: last,
+        });
+        self.actions.push(Action::Persist(PersistRequest {
+            seq,
+            hard_state,
+            truncate_from: self.pending_truncate.take(),
+            entries,
+        }));
+    }
+
+    fn send(&mut self, to: NodeId, body: MessageBody, dep: Dep) {
+        let msg = Message {
+            group: self.config.group,
+            from: self.config.id,
+            to,
+            term: self.term,
+            body,
+        };
+        self.send_msg(msg, dep);
+    }
+
+    /// Sends `msg` now, or withholds it until the persist it depends on completes (the
+    /// persistence contract: Raft figure 2, "before responding to RPCs").
+    fn send_msg(&mut self, msg: Message, dep: Dep) {
+        let required = match dep {
+            #[cfg(feature = "planted-bugs")]
+            Dep::Nothing => None,
+            Dep::HardState => {
+                if self.hs_dirty {
+                    Some(self.next_seq)
+                } else {
+                    Some(self.hs_seq)
+                }
+            }
+            Dep::Everything => {
+                if self.persist_dirty() {
+                    Some(self.next_seq)
+                } else {
+                    Some(self.next_seq - 1)
+                }
+            }
+        };
+        match required {
+            Some(seq) if seq > self.completed_seq => self.withheld.push((seq, msg)),
+            _ => self.actions.push(Action::Send(msg)),
+        }
+    }
+
+    fn emit_timer(&mut self) {
+        let at = match self.role {
+            Role::Leader => {
+                let mut at = self.heartbeat_deadline;
+                if self.config.check_quorum {
+                    at = at.min(self.check_quorum_deadline);
+                }
+                if let Some(t) = self.transfer {
+                    at = at.min(t.deadline);
+                }
+                at
+            }
+            _ => self.election_deadline,
+        };
+        if self.timer_emitted != Some(at) {
+            self.timer_emitted = Some(at);
+            self.actions.push(Action::SetTimer { at });
+        }
+    }
+
+    fn report_role(&mut self) {
+        let now = (self.role, self.term, self.leader);
+        if now != self.reported {
+            self.reported = now;
+            self.actions.push(Action::RoleChanged {
+                role: self.role,
+                term: self.term,
+                leader: self.leader,
+            });
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Planted bugs (test-only feature): each returns false unless its switch is on.
+    // ------------------------------------------------------------------------------------
+
+    fn bug_vote_without_log_check(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.vote_without_log_check
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_commit_previous_term_by_counting(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.commit_previous_term_by_counting
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_lease_read_after_expiry(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.lease_read_after_expiry
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_ack_before_persist(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.ack_before_persist
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn dep_nothing() -> Dep {
+        #[cfg(feature = "planted-bugs")]
+        {
+            Dep::Nothing
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            Dep::Everything
+        }
+    }
+}

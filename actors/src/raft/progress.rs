@@ -1,0 +1,136 @@
+//! The leader's view of one follower or learner: how far its log matches, what to send next,
+//! and the window of AppendEntries in flight (pipelining).
+
+use super::types::{LogIndex, Millis, NodeId};
+use std::collections::VecDeque;
+
+/// How the leader replicates to a peer (the etcd/raft-rs state machine, simplified).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReplicationState {
+    /// The leader does not know where the peer's log matches: one AppendEntries at a time,
+    /// each waiting for its answer (or a heartbeat response) before the next probe.
+    Probe,
+    /// The peer's log is known to match up to `match_index`: appends are sent optimistically,
+    /// advancing `next_index` at once, up to `max_inflight_appends` un-acknowledged.
+    Replicate,
+}
+
+/// Replication progress of one peer, kept by the leader only.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress {
+    /// Highest index known to be durably replicated on the peer and matching the leader.
+    pub(crate) match_index: LogIndex,
+    /// Next index to send.
+    pub(crate) next_index: LogIndex,
+    /// Probe or replicate.
+    pub(crate) state: ReplicationState,
+    /// In probe state: a probe is outstanding, wait for its answer.
+    pub(crate) probe_sent: bool,
+    /// In replicate state: the last index of each append in flight, oldest first.
+    pub(crate) inflight: VecDeque<LogIndex>,
+    /// Heard from this peer since the last check-quorum round (thesis §6.2).
+    pub(crate) recent_active: bool,
+    /// The peer only learns the log (never counted toward a quorum).
+    pub(crate) learner: bool,
+    /// When the leader last received an AppendEntries response from this peer; used to detect
+    /// appends lost in replicate state.
+    pub(crate) last_append_response: Millis,
+}
+
+impl Progress {
+    /// A fresh progress, probing from `next_index`.
+    pub(crate) fn new(next_index: LogIndex, learner: bool, now: Millis) -> Self {
+        Progress {
+            match_index: 0,
+            next_index: next_index.max(1),
+            state: ReplicationState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            recent_active: false,
+            learner,
+            last_append_response: now,
+        }
+    }
+
+    /// Falls back to probing from just after `match_index` (or from `next`, when a rejection
+    /// hint says so), forgetting the in-flight window.
+    pub(crate) fn become_probe(&mut self, next: LogIndex) {
+        self.state = ReplicationState::Probe;
+        self.next_index = next.max(self.match_index + 1);
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Records a successful append up to `index`. Returns whether `match_index` advanced.
+    pub(crate) fn on_success(&mut self, index: LogIndex) -> bool {
+        let advanced = index > self.match_index;
+        if advanced {
+            self.match_index = index;
+        }
+        match self.state {
+            ReplicationState::Probe => {
+                // The log matches up to `index`: switch to optimistic pipelining.
+                if advanced || index + 1 >= self.next_index {
+                    self.state = ReplicationState::Replicate;
+                    self.next_index = self.match_index + 1;
+                    self.inflight.clear();
+                }
+                self.probe_sent = false;
+            }
+            ReplicationState::Replicate => {
+                self.next_index = self.next_index.max(self.match_index + 1);
+                while self.inflight.front().is_some_and(|&last| last <= index) {
+                    self.inflight.pop_front();
+                }
+            }
+        }
+        advanced
+    }
+
+    /// Whether another AppendEntries may be sent now.
+    pub(crate) fn can_send(&self, window: usize) -> bool {
+        match self.state {
+            ReplicationState::Probe => !self.probe_sent,
+            ReplicationState::Replicate => self.inflight.len() < window,
+        }
+    }
+
+    /// The public, read-only view of this progress.
+    pub(crate) fn view(&self, id: NodeId) -> super::PeerProgress {
+        super::PeerProgress {
+            id,
+            match_index: self.match_index,
+            next_index: self.next_index,
+            learner: self.learner,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_then_replicate_then_window() {
+        let mut p = Progress::new(5, false, 0);
+        assert!(p.can_send(2));
+        p.probe_sent = true;
+        assert!(!p.can_send(2));
+        assert!(p.on_success(4));
+        assert_eq!(p.state, ReplicationState::Replicate);
+        assert_eq!(p.next_index, 5);
+        p.inflight.push_back(6);
+        p.inflight.push_back(8);
+        p.next_index = 9;
+        assert!(!p.can_send(2));
+        p.on_success(6);
+        assert_eq!(p.inflight.len(), 1);
+        assert!(p.can_send(2));
+        // A stale success changes nothing.
+        assert!(!p.on_success(5));
+        assert_eq!(p.match_index, 6);
+        p.become_probe(3);
+        assert_eq!(p.next_index, 7, "never probe below match + 1");
+        assert!(p.inflight.is_empty());
+    }
+}

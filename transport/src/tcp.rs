@@ -485,6 +485,14 @@ async fn write_loop<M>(
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return WriterExit::Done,
+            // Checked before the queue: frames taken now would be written into a closed socket.
+            r = rd.read(&mut probe) => {
+                return WriterExit::Broken(match r {
+                    Ok(0) => "peer closed the connection".into(),
+                    Ok(_) => "peer sent unexpected data on an outbound connection".into(),
+                    Err(e) => format!("read error: {e}"),
+                });
+            }
             n = rx.recv_many(&mut batch, RECV_BATCH) => {
                 if n == 0 {
                     return WriterExit::Done;
@@ -503,13 +511,6 @@ async fn write_loop<M>(
                         Err(_) => break,
                     }
                 }
-            }
-            r = rd.read(&mut probe) => {
-                return WriterExit::Broken(match r {
-                    Ok(0) => "peer closed the connection".into(),
-                    Ok(_) => "peer sent unexpected data on an outbound connection".into(),
-                    Err(e) => format!("read error: {e}"),
-                });
             }
             _ = tokio::time::sleep_until(idle_deadline) => {
                 encode_keepalive(&mut out);

@@ -1,0 +1,364 @@
+//! The TCP transport over real loopback sockets: delivery, bad input, timeouts, reconnects,
+//! isolation of a dead peer.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use common::*;
+use conclave_transport::handshake::{self, Hello};
+use conclave_transport::metrics as names;
+use conclave_transport::{CodecError, Endpoint, TrySendError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Opens a raw socket to `addr` and completes a valid handshake as node `me`.
+async fn raw_peer(addr: std::net::SocketAddr, me: u64, them: u64, cluster: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    handshake::dial(&mut s, &Hello::new(me, cluster), them)
+        .await
+        .unwrap();
+    s
+}
+
+/// Waits until the remote side closes `s` (EOF or reset), failing after 5 s.
+async fn assert_closed_by_peer(s: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    let r = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "connection was not closed by the transport");
+}
+
+/// Sends `n` messages from `from` to `to` and checks they all arrive in order.
+async fn assert_flow(
+    from: &conclave_transport::Transport<Msg>,
+    to: (u64, std::net::SocketAddr),
+    rx: &mut Rx,
+    n: u64,
+) {
+    let link = from.peer(to.0, to.1);
+    for i in 0..n {
+        link.send(Msg::new(i, 16)).await.unwrap();
+    }
+    for i in 0..n {
+        let (src, m) = recv(rx).await;
+        assert_eq!(src, from.node_id());
+        assert_eq!(m.seq, i);
+    }
+}
+
+#[tokio::test]
+async fn messages_flow_both_ways_in_order_and_are_counted() {
+    let rec = metrics();
+    let (a, a_addr, mut a_rx) = start(config(101, "t"), 64).await;
+    let (b, b_addr, mut b_rx) = start(config(102, "t"), 64).await;
+    let to_b = a.peer(102, b_addr);
+    let to_a = b.peer(101, a_addr);
+    for i in 0..1000 {
+        to_b.send(Msg::new(i, 100)).await.unwrap();
+        to_a.send(Msg::new(i, 10)).await.unwrap();
+    }
+    for i in 0..1000 {
+        assert_eq!(recv(&mut b_rx).await, (101, Msg::new(i, 100)));
+        assert_eq!(recv(&mut a_rx).await, (102, Msg::new(i, 10)));
+    }
+    // The same link is handed out again: one queue per peer.
+    assert_eq!(a.peer(102, b_addr).peer(), 102);
+    let out = [("node", "101"), ("peer", "102"), ("direction", "out")];
+    let inn = [("node", "102"), ("peer", "101"), ("direction", "in")];
+    assert_eq!(rec.get(names::FRAMES_TOTAL, &out), 1000);
+    eventually("inbound counters", || {
+        rec.get(names::FRAMES_TOTAL, &inn) >= 1000
+    })
+    .await;
+    assert!(rec.get(names::BYTES_TOTAL, &out) > 100 * 1000);
+    assert_eq!(
+        rec.get(names::BYTES_TOTAL, &out),
+        rec.get(names::BYTES_TOTAL, &inn)
+    );
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused_at_the_sender_with_the_message() {
+    let (a, _, _) = start(config(111, "t"), 8).await;
+    let (_b, b_addr, _b_rx) = start(config(112, "t"), 8).await;
+    let link = a.peer(112, b_addr);
+    let big = Msg::new(1, 70 * 1024);
+    match link.try_send(big.clone()) {
+        Err(TrySendError::Encode(m, CodecError::FrameTooLarge { max, .. })) => {
+            assert_eq!(m, big);
+            assert_eq!(max, 64 * 1024);
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wrong_cluster_is_refused_counted_and_never_delivered() {
+    let rec = metrics();
+    let (a, _, _a_rx) = start(config(121, "t"), 8).await;
+    let (stranger, _, _s_rx) = start(config(123, "other-cluster"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(122, "t"), 8).await;
+    let bad = stranger.peer(122, b_addr);
+    bad.try_send(Msg::new(0, 1)).unwrap();
+    let labels = [("node", "122"), ("reason", "wrong_cluster")];
+    eventually("refusal counted on the acceptor", || {
+        rec.get(names::HANDSHAKE_REFUSED_TOTAL, &labels) >= 1
+    })
+    .await;
+    eventually("refusal counted on the dialer", || {
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[
+                ("node", "123"),
+                ("peer", "122"),
+                ("reason", "refused_by_peer"),
+            ],
+        ) >= 1
+    })
+    .await;
+    // A good peer still gets through, and only its messages reach the handler.
+    assert_flow(&a, (122, b_addr), &mut b_rx, 5).await;
+    assert!(
+        b_rx.try_recv().is_err(),
+        "the stranger's message was delivered"
+    );
+}
+
+#[tokio::test]
+async fn unsupported_version_is_refused() {
+    let rec = metrics();
+    let (_b, b_addr, mut b_rx) = start(config(132, "t"), 8).await;
+    let mut s = TcpStream::connect(b_addr).await.unwrap();
+    let future = Hello {
+        version: handshake::PROTOCOL_VERSION + 1,
+        ..Hello::new(131, "t")
+    };
+    s.write_all(&future.encode()).await.unwrap();
+    assert_closed_by_peer(&mut s).await;
+    assert!(
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "132"), ("reason", "unsupported_version")]
+        ) >= 1
+    );
+    assert!(b_rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn garbage_bytes_close_only_that_connection() {
+    let rec = metrics();
+    let (a, _, _a_rx) = start(config(141, "t"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(142, "t"), 8).await;
+    assert_flow(&a, (142, b_addr), &mut b_rx, 3).await;
+    let mut s = TcpStream::connect(b_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_closed_by_peer(&mut s).await;
+    assert!(
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "142"), ("reason", "bad_magic")]
+        ) >= 1
+    );
+    // The established peer is unaffected: same link, no reconnect.
+    let link = a.peer(142, b_addr);
+    link.send(Msg::new(99, 1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await.1.seq, 99);
+    assert_eq!(
+        rec.get(names::RECONNECTS_TOTAL, &[("node", "141"), ("peer", "142")]),
+        0
+    );
+}
+
+/// Each bad frame after a valid handshake closes that connection with its own reason.
+#[tokio::test]
+async fn bad_frames_after_handshake_close_the_connection_with_a_reason() {
+    let rec = metrics();
+    let (a, _, _a_rx) = start(config(151, "t"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(152, "t"), 8).await;
+
+    let mut oversized = BytesMut::new();
+    oversized.put_u32(64 * 1024 + 1);
+    oversized.put_slice(&[0u8; 16]);
+
+    let mut undecodable = BytesMut::new();
+    undecodable.put_u32(3);
+    undecodable.put_slice(&[0xc1, 0xc1, 0xc1]);
+
+    let mut wrong_type = BytesMut::new(); // valid MessagePack, not a Msg
+    wrong_type.put_u32(1);
+    wrong_type.put_u8(0x2a);
+
+    let mut trailing = BytesMut::new();
+    let frame = conclave_transport::codec::encode_frame(&Msg::new(1, 1), 1024).unwrap();
+    trailing.put_u32((frame.len() - 4 + 1) as u32);
+    trailing.put_slice(&frame[4..]);
+    trailing.put_u8(0);
+
+    let mut truncated = BytesMut::new();
+    truncated.put_u32(100);
+    truncated.put_slice(&[0x92; 10]);
+
+    let cases: [(&str, &[u8], bool); 5] = [
+        ("frame_too_large", &oversized, false),
+        ("undecodable_body", &undecodable, false),
+        ("undecodable_body", &wrong_type, false),
+        ("trailing_bytes", &trailing, false),
+        ("truncated", &truncated, true),
+    ];
+    for (i, (reason, bytes, half_close)) in cases.into_iter().enumerate() {
+        let labels = [("node", "152"), ("peer", "159"), ("reason", reason)];
+        let before = rec.get(names::DECODE_ERRORS_TOTAL, &labels);
+        let mut s = raw_peer(b_addr, 159, 152, "t").await;
+        s.write_all(bytes).await.unwrap();
+        if half_close {
+            s.shutdown().await.unwrap();
+        }
+        assert_closed_by_peer(&mut s).await;
+        eventually(&format!("case {i} counted as {reason}"), || {
+            rec.get(names::DECODE_ERRORS_TOTAL, &labels) > before
+        })
+        .await;
+    }
+    assert!(b_rx.try_recv().is_err(), "a bad frame reached the handler");
+    // Other peers are unaffected.
+    assert_flow(&a, (152, b_addr), &mut b_rx, 3).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_says_nothing_is_closed_after_the_handshake_timeout() {
+    let rec = metrics();
+    let mut cfg = config(162, "t");
+    cfg.handshake_timeout = Duration::from_millis(200);
+    let (_b, b_addr, _b_rx) = start(cfg, 8).await;
+    let mut s = TcpStream::connect(b_addr).await.unwrap();
+    assert_closed_by_peer(&mut s).await;
+    assert!(
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "162"), ("reason", "timeout")]
+        ) >= 1
+    );
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_but_keepalives_keep_an_idle_link_up() {
+    let rec = metrics();
+    let mut cfg_b = config(172, "t");
+    cfg_b.read_timeout = Duration::from_millis(300);
+    cfg_b.keepalive_interval = Duration::from_millis(50);
+    let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
+
+    // A handshaken peer that then says nothing is cut after read_timeout.
+    let mut s = raw_peer(b_addr, 179, 172, "t").await;
+    assert_closed_by_peer(&mut s).await;
+    assert_eq!(
+        rec.get(
+            names::READ_TIMEOUTS_TOTAL,
+            &[("node", "172"), ("peer", "179")]
+        ),
+        1
+    );
+
+    // A real transport idling for 3x the peer's read timeout stays connected via keep-alives.
+    let mut cfg_a = config(171, "t");
+    cfg_a.keepalive_interval = Duration::from_millis(50);
+    let (a, _, _a_rx) = start(cfg_a, 8).await;
+    let link = a.peer(172, b_addr);
+    link.send(Msg::new(1, 1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await.1.seq, 1);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    link.send(Msg::new(2, 1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await.1.seq, 2);
+    assert_eq!(
+        rec.get(
+            names::READ_TIMEOUTS_TOTAL,
+            &[("node", "172"), ("peer", "171")]
+        ),
+        0
+    );
+    assert_eq!(
+        rec.get(names::RECONNECTS_TOTAL, &[("node", "171"), ("peer", "172")]),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_reconnected_and_queued_messages_are_delivered() {
+    let rec = metrics();
+    let (a, _, _a_rx) = start(config(181, "t"), 8).await;
+    let (b, b_addr, mut b_rx) = start(config(182, "t"), 64).await;
+    assert_flow(&a, (182, b_addr), &mut b_rx, 3).await;
+    drop(b);
+    drop(b_rx);
+    // Let the writer notice the close before queueing, so nothing is written into a dead socket.
+    let link = a.peer(182, b_addr);
+    eventually("reconnect attempts", || {
+        rec.get(names::RECONNECTS_TOTAL, &[("node", "181"), ("peer", "182")]) >= 2
+    })
+    .await;
+    for i in 0..50 {
+        link.try_send(Msg::new(i, 8)).unwrap();
+    }
+    let mut cfg = config(182, "t");
+    cfg.listen = b_addr;
+    let (_b2, _, mut b2_rx) = start(cfg, 64).await;
+    for i in 0..50 {
+        assert_eq!(recv(&mut b2_rx).await, (181, Msg::new(i, 8)));
+    }
+}
+
+#[tokio::test]
+async fn a_dead_peer_fills_only_its_own_queue() {
+    let rec = metrics();
+    let mut cfg = config(191, "t");
+    cfg.max_queue_size = 100;
+    let (a, _, _a_rx) = start(cfg, 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(192, "t"), 256).await;
+    // A port with nothing listening.
+    let dead_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dead = a.peer(193, dead_addr);
+    let mut accepted = 0;
+    let full = loop {
+        match dead.try_send(Msg::new(accepted, 8)) {
+            Ok(()) => accepted += 1,
+            Err(TrySendError::Full(m)) => break m,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+        assert!(accepted <= 100);
+    };
+    assert_eq!(accepted, 100);
+    assert_eq!(full, Msg::new(100, 8));
+    assert_eq!(dead.queued(), 100);
+    assert!(rec.get(names::QUEUE_FULL_TOTAL, &[("node", "191"), ("peer", "193")]) >= 1);
+    // Traffic to the live peer is unaffected.
+    assert_flow(&a, (192, b_addr), &mut b_rx, 200).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_links() {
+    let (a, _, _a_rx) = start(config(201, "t"), 8).await;
+    let (_b, b_addr, _b_rx) = start(config(202, "t"), 8).await;
+    let link = a.peer(202, b_addr);
+    a.shutdown();
+    eventually("link closed", || link.is_closed()).await;
+    assert!(matches!(
+        link.try_send(Msg::new(0, 0)),
+        Err(TrySendError::Closed(_))
+    ));
+}

@@ -1,0 +1,171 @@
+//! Mutual TLS over loopback: certificates generated at run time with rcgen.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use conclave_transport::metrics as names;
+use conclave_transport::{Endpoint, TlsConfig, Transport, TransportError};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { issuer }
+    }
+
+    /// Writes `{name}.pem`, `{name}.key` signed by this CA and `ca.pem` into `dir`.
+    fn issue(&self, dir: &Path, name: &str) -> TlsConfig {
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        let ca_path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&ca_path, self.issuer.pem()).unwrap();
+        TlsConfig {
+            cert: cert_path,
+            key: key_path,
+            ca: ca_path,
+            server_name: None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_delivers_both_ways() {
+    let rec = metrics();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cluster ca");
+    let mut cfg_a = config(401, "t");
+    cfg_a.tls = Some(ca.issue(dir.path(), "a"));
+    let mut cfg_b = config(402, "t");
+    cfg_b.tls = Some(ca.issue(dir.path(), "b"));
+    let (a, a_addr, mut a_rx) = start(cfg_a, 64).await;
+    let (b, b_addr, mut b_rx) = start(cfg_b, 64).await;
+    let to_b = a.peer(402, b_addr);
+    let to_a = b.peer(401, a_addr);
+    for i in 0..500 {
+        to_b.send(Msg::new(i, 300)).await.unwrap();
+        to_a.send(Msg::new(i, 3)).await.unwrap();
+    }
+    for i in 0..500 {
+        assert_eq!(recv(&mut b_rx).await, (401, Msg::new(i, 300)));
+        assert_eq!(recv(&mut a_rx).await, (402, Msg::new(i, 3)));
+    }
+    assert_eq!(
+        rec.get(names::HANDSHAKE_REFUSED_TOTAL, &[("node", "402")]),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_peer_signed_by_another_ca_is_refused() {
+    let rec = metrics();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cluster ca");
+    let rogue_ca = Ca::new("rogue ca");
+    let mut cfg_b = config(412, "t");
+    cfg_b.tls = Some(ca.issue(dir.path(), "b"));
+    let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
+
+    // The rogue trusts the cluster CA (so it would accept B's certificate) but presents a
+    // certificate signed by its own CA: B must refuse it.
+    let mut rogue_tls = rogue_ca.issue(dir.path(), "rogue");
+    rogue_tls.ca = ca.issue(dir.path(), "unused").ca;
+    let mut cfg_r = config(413, "t");
+    cfg_r.tls = Some(rogue_tls);
+    let (rogue, _, _r_rx) = start(cfg_r, 8).await;
+    rogue.peer(412, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    eventually("tls refusal counted", || {
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "412"), ("reason", "tls")],
+        ) >= 1
+    })
+    .await;
+    assert!(b_rx.try_recv().is_err(), "a rogue message was delivered");
+
+    // A good peer still gets through.
+    let mut cfg_a = config(411, "t");
+    cfg_a.tls = Some(ca.issue(dir.path(), "a"));
+    let (a, _, _a_rx) = start(cfg_a, 8).await;
+    a.peer(412, b_addr).send(Msg::new(7, 1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await, (411, Msg::new(7, 1)));
+}
+
+#[tokio::test]
+async fn a_plain_tcp_peer_is_refused_by_a_tls_node() {
+    let rec = metrics();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cluster ca");
+    let mut cfg_b = config(422, "t");
+    cfg_b.tls = Some(ca.issue(dir.path(), "b"));
+    let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
+    let (plain, _, _p_rx) = start(config(423, "t"), 8).await;
+    plain.peer(422, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    eventually("tls refusal counted", || {
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "422"), ("reason", "tls")],
+        ) >= 1
+    })
+    .await;
+    assert!(b_rx.try_recv().is_err());
+    // And a raw socket sending garbage is cut too.
+    let mut s = TcpStream::connect(b_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"hello?\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok());
+}
+
+#[tokio::test]
+async fn missing_tls_files_fail_bind_naming_the_file() {
+    let mut cfg = config(431, "t");
+    cfg.tls = Some(TlsConfig {
+        cert: "/nonexistent/cert.pem".into(),
+        key: "/nonexistent/key.pem".into(),
+        ca: "/nonexistent/ca.pem".into(),
+        server_name: None,
+    });
+    let (tx, _rx) = tokio::sync::mpsc::channel::<(u64, Msg)>(1);
+    match Transport::bind(cfg, tx).await {
+        Err(TransportError::Tls(e)) => assert!(e.to_string().contains("/nonexistent/cert.pem")),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("bind succeeded without TLS files"),
+    }
+}

@@ -184,6 +184,7 @@ pub fn shard_position(shard: ShardId) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

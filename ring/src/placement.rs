@@ -193,6 +193,7 @@ pub fn diff(from: &Placement, to: &Placement) -> Result<PlacementDiff, RingError
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,6 @@
 //! The ring: membership, the virtual-node hash ring, and the shard placement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use consistent_hash_ring::{Ring as HashRing, RingBuilder};
@@ -115,6 +115,18 @@ struct RingState {
     config: RingConfig,
     nodes: Vec<NodeEntry>,
     placement: Placement,
+}
+
+/// Which slot moves [`Ring::rebalance_towards`] may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Any donor above its floor to any receiver below its ceiling, fixing both excesses
+    /// and deficits.
+    Full,
+    /// Only onto this node (an addition: nothing else moves).
+    OnlyReceiver(NodeId),
+    /// Only away from nodes above their ceiling.
+    CapsOnly,
 }
 
 /// A node's share of replica slots: `target = num / den`, `lo = floor`, `hi = ceil`.
@@ -363,9 +375,11 @@ impl Ring {
 
     /// Adds `node` with `weight` and returns the placement changes.
     ///
-    /// Under [`PlacementStrategy::BoundedLoad`] the new node takes replica slots only
-    /// (at most `ceil` of its share), from the most loaded nodes, choosing the shards that
-    /// prefer it most; no other slot moves.
+    /// Under [`PlacementStrategy::BoundedLoad`] the new node takes replica slots (at most
+    /// `ceil` of its share) from the most loaded nodes, choosing the shards that prefer it
+    /// most. Nothing else moves, unless an old node is left above its new ceiling with no
+    /// shard the new node could take from it (possible with uneven weights, or after
+    /// removals' repairs); then the fewest extra moves that bring it under are made.
     pub fn add_node(&mut self, node: NodeId, weight: u32) -> Result<PlacementDiff, RingError> {
         if self.nodes.contains_key(&node) {
             return Err(RingError::NodeExists(node));
@@ -379,7 +393,10 @@ impl Ring {
             PlacementStrategy::ConsistentHash => self.place_by_preference(),
             PlacementStrategy::BoundedLoad => {
                 self.fill();
-                self.rebalance_towards(Some(node));
+                self.rebalance_towards(Mode::OnlyReceiver(node));
+                // Weighted shares (or an earlier removal's repair) can leave an old node a
+                // slot above its new ceiling that the new node cannot take; fix only those.
+                self.rebalance_towards(Mode::CapsOnly);
             }
         }
         diff(&before, &self.placement)
@@ -423,7 +440,7 @@ impl Ring {
         self.refresh_prefs();
         match self.config.strategy {
             PlacementStrategy::ConsistentHash => self.place_by_preference(),
-            PlacementStrategy::BoundedLoad => self.rebalance_towards(None),
+            PlacementStrategy::BoundedLoad => self.rebalance_towards(Mode::Full),
         }
         diff(&before, &self.placement)
     }
@@ -435,7 +452,7 @@ impl Ring {
     pub fn rebalance(&mut self) -> PlacementDiff {
         let before = self.placement.clone();
         if self.config.strategy == PlacementStrategy::BoundedLoad {
-            self.rebalance_towards(None);
+            self.rebalance_towards(Mode::Full);
         }
         // Same shard count on both sides by construction.
         diff(&before, &self.placement).unwrap_or_default()
@@ -564,15 +581,47 @@ impl Ring {
             }
         }
         *self.placement.shards_mut() = shards;
-        self.rebalance_towards(None);
+        self.rebalance_towards(Mode::Full);
     }
 
     /// Tops up shards with fewer than `min(rf, n)` replicas (after a removal, or after an
     /// addition while the ring is smaller than the replication factor).
+    ///
+    /// Shards missing exactly one replica (the removal case) are first matched to nodes
+    /// with room as a bipartite b-matching (Kuhn's augmenting paths, trying nodes in each
+    /// shard's preference order). A plain greedy pass can strand a shard whose only nodes
+    /// with room already hold it, where re-pointing another shard under repair would have
+    /// made room. Only shards under repair are ever re-pointed, so no other shard moves.
+    /// Whatever cannot be matched within the caps falls back to [`Ring::pick`].
     fn fill(&mut self) {
         let r = self.effective_replication();
         let bounds = self.bounds();
         let mut loads = self.loads();
+        let needy: Vec<usize> = self
+            .placement
+            .shards()
+            .iter()
+            .enumerate()
+            .filter(|(_, replicas)| replicas.len() + 1 == r)
+            .map(|(i, _)| i)
+            .collect();
+        if !needy.is_empty() {
+            let mut room: BTreeMap<NodeId, usize> = bounds
+                .iter()
+                .map(|(&n, b)| (n, b.hi.saturating_sub(loads.get(&n).copied().unwrap_or(0))))
+                .collect();
+            let mut assigned = vec![None; needy.len()];
+            for i in 0..needy.len() {
+                let mut visited = BTreeSet::new();
+                self.augment(i, &needy, &mut assigned, &mut room, &mut visited);
+            }
+            for (&shard, node) in needy.iter().zip(assigned) {
+                if let Some(n) = node {
+                    self.placement.shards_mut()[shard].push(n);
+                    *loads.entry(n).or_insert(0) += 1;
+                }
+            }
+        }
         let prefs = &self.prefs;
         for (replicas, prefs) in self.placement.shards_mut().iter_mut().zip(prefs) {
             while replicas.len() < r {
@@ -587,16 +636,55 @@ impl Ring {
         }
     }
 
+    /// One augmenting-path search of [`Ring::fill`]'s matching: finds a node for request
+    /// `i` (shard `needy[i]`), possibly moving other requests to other nodes.
+    fn augment(
+        &self,
+        i: usize,
+        needy: &[usize],
+        assigned: &mut [Option<NodeId>],
+        room: &mut BTreeMap<NodeId, usize>,
+        visited: &mut BTreeSet<NodeId>,
+    ) -> bool {
+        let shard = needy[i];
+        let current = &self.placement.shards()[shard];
+        for &n in &self.prefs[shard] {
+            if current.contains(&n) || !visited.insert(n) {
+                continue;
+            }
+            if let Some(free) = room.get_mut(&n).filter(|f| **f > 0) {
+                *free -= 1;
+                assigned[i] = Some(n);
+                return true;
+            }
+            // `n` is full: free one of its slots by moving another request elsewhere.
+            for j in 0..needy.len() {
+                if j != i
+                    && assigned[j] == Some(n)
+                    && self.augment(j, needy, assigned, room, visited)
+                {
+                    assigned[i] = Some(n);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Moves single replica slots from a donor to a receiver until no node is above its
     /// `ceil(target)` and no (eligible) receiver is below its `floor(target)`, or no move
-    /// helps. With `only` set, only that node may receive (used by `add_node`, so that
-    /// an addition moves nothing but slots onto the new node).
+    /// helps. [`Mode`] restricts which moves are allowed.
     ///
     /// Terminates: a move happens only if the donor is above `hi` (its excess drops by one
     /// and the receiver, below its `hi`, does not exceed it) or the receiver is below `lo`
     /// (its deficit drops by one and the donor, above its `lo`, does not fall below it),
     /// so the total excess plus deficit strictly decreases.
-    fn rebalance_towards(&mut self, only: Option<NodeId>) {
+    fn rebalance_towards(&mut self, mode: Mode) {
+        let only = match mode {
+            Mode::OnlyReceiver(n) => Some(n),
+            Mode::Full | Mode::CapsOnly => None,
+        };
+        let fix_deficits = mode != Mode::CapsOnly;
         let bounds = self.bounds();
         let mut loads = self.loads();
         loop {
@@ -618,32 +706,60 @@ impl Ring {
                 .collect();
             receivers.sort_by(|a, b| over(a, &loads).total_cmp(&over(b, &loads)).then(a.cmp(b)));
 
-            let mut chosen = None;
-            'search: for d in &donors {
-                for r in &receivers {
-                    let (Some(bd), Some(br)) = (bounds.get(d), bounds.get(r)) else {
-                        continue;
-                    };
-                    if d == r || !(load(d, &loads) > bd.hi || load(r, &loads) < br.lo) {
-                        continue;
-                    }
-                    if let Some(shard) = self.best_shard_for(*r, *d) {
-                        chosen = Some((shard, *d, *r));
-                        break 'search;
+            // Each move is a list of (shard, from, to) replacements; a direct move has one,
+            // a two-hop move (donor -> middle -> receiver) two.
+            let mut chosen: Option<Vec<(usize, NodeId, NodeId)>> = None;
+            let pairs = || {
+                donors
+                    .iter()
+                    .flat_map(|d| receivers.iter().map(move |r| (*d, *r)))
+                    .filter(|(d, r)| {
+                        let (Some(bd), Some(br)) = (bounds.get(d), bounds.get(r)) else {
+                            return false;
+                        };
+                        let deficit = fix_deficits && load(r, &loads) < br.lo;
+                        d != r && (load(d, &loads) > bd.hi || deficit)
+                    })
+            };
+            for (d, r) in pairs() {
+                if let Some(shard) = self.best_shard_for(r, d) {
+                    chosen = Some(vec![(shard, d, r)]);
+                    break;
+                }
+            }
+            if chosen.is_none() && only.is_none() {
+                // No shard of the donor lacks the receiver: route the slot through a
+                // third node, which gains one shard and gives up another (its load is
+                // unchanged, so the termination argument still holds).
+                'two_hop: for (d, r) in pairs() {
+                    for &m in bounds.keys() {
+                        if m == d || m == r {
+                            continue;
+                        }
+                        let (Some(s1), Some(s2)) =
+                            (self.best_shard_for(m, d), self.best_shard_for(r, m))
+                        else {
+                            continue;
+                        };
+                        // s1 lacks m and s2 holds m, so they are different shards.
+                        chosen = Some(vec![(s1, d, m), (s2, m, r)]);
+                        break 'two_hop;
                     }
                 }
             }
-            let Some((shard, donor, receiver)) = chosen else {
+            let Some(steps) = chosen else {
                 return;
             };
-            if let Some(slot) = self.placement.shards_mut()[shard]
-                .iter_mut()
-                .find(|n| **n == donor)
-            {
-                *slot = receiver;
+            for (shard, from, to) in steps {
+                if let Some(slot) = self.placement.shards_mut()[shard]
+                    .iter_mut()
+                    .find(|n| **n == from)
+                {
+                    *slot = to;
+                }
+                *loads.entry(from).or_insert(1) -= 1;
+                *loads.entry(to).or_insert(0) += 1;
             }
-            *loads.entry(donor).or_insert(1) -= 1;
-            *loads.entry(receiver).or_insert(0) += 1;
         }
     }
 

@@ -808,3 +808,158 @@ impl Ring {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn five() -> Ring {
+        Ring::with_nodes(RingConfig::default(), (1..=5).map(|n| (n, DEFAULT_WEIGHT))).unwrap()
+    }
+
+    #[test]
+    fn config_ranges_are_enforced() {
+        for cfg in [
+            RingConfig {
+                vnodes: 0,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                shards: 0,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                shards: MAX_SHARDS + 1,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                replication_factor: 0,
+                ..RingConfig::default()
+            },
+        ] {
+            assert!(
+                matches!(Ring::new(cfg), Err(RingError::InvalidConfig { .. })),
+                "{cfg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn membership_errors() {
+        let mut ring = five();
+        assert_eq!(
+            ring.add_node(3, DEFAULT_WEIGHT),
+            Err(RingError::NodeExists(3))
+        );
+        assert_eq!(ring.remove_node(9), Err(RingError::UnknownNode(9)));
+        assert_eq!(ring.set_weight(9, 100), Err(RingError::UnknownNode(9)));
+        assert!(matches!(
+            ring.add_node(9, 0),
+            Err(RingError::InvalidWeight { node: 9, .. })
+        ));
+        assert!(matches!(
+            ring.set_weight(1, 0),
+            Err(RingError::InvalidWeight { node: 1, .. })
+        ));
+        assert!(matches!(
+            ring.replicas(64),
+            Err(RingError::UnknownShard {
+                shard: 64,
+                shards: 64
+            })
+        ));
+        assert!(matches!(
+            Ring::with_nodes(RingConfig::default(), [(1, 100), (1, 100)]),
+            Err(RingError::NodeExists(1))
+        ));
+        // A failed call leaves the ring untouched.
+        assert_eq!(ring, five());
+        assert!(ring.set_weight(1, DEFAULT_WEIGHT).unwrap().is_empty());
+    }
+
+    #[test]
+    fn empty_and_small_rings() {
+        let mut ring = Ring::new(RingConfig::default()).unwrap();
+        assert!(ring.is_empty());
+        assert!(ring.route(b"k").replicas.is_empty());
+        assert_eq!(ring.ring_owner(b"k"), None);
+        let d = ring.add_node(7, DEFAULT_WEIGHT).unwrap();
+        assert_eq!(d.changes.len(), 64);
+        assert_eq!(ring.route(b"k").replicas, vec![7]);
+        ring.add_node(8, DEFAULT_WEIGHT).unwrap();
+        assert_eq!(ring.effective_replication(), 2);
+        assert!(ring.placement().iter().all(|(_, r)| r.len() == 2));
+        let d = ring.remove_node(7).unwrap();
+        assert_eq!(d.dropped_replicas(), 64);
+        assert!(ring.placement().iter().all(|(_, r)| r == [8]));
+        ring.remove_node(8).unwrap();
+        assert!(ring.placement().iter().all(|(_, r)| r.is_empty()));
+    }
+
+    #[test]
+    fn bounded_load_is_even_and_weights_count() {
+        let ring = five();
+        let load = ring.placement().replica_load();
+        // 64 shards x 3 replicas over 5 nodes: 38.4 each.
+        assert!(load.values().all(|&l| l == 38 || l == 39), "{load:?}");
+        let leaders = ring.placement().leader_load();
+        assert!(leaders.values().all(|&l| l == 12 || l == 13), "{leaders:?}");
+
+        let weighted =
+            Ring::with_nodes(RingConfig::default(), [(1, 100), (2, 100), (3, 200)]).unwrap();
+        // rf 3 with 3 nodes: everyone holds every shard whatever the weights.
+        assert!(weighted
+            .placement()
+            .replica_load()
+            .values()
+            .all(|&l| l == 64));
+        let weighted = Ring::with_nodes(
+            RingConfig::default(),
+            [(1, 100), (2, 100), (3, 100), (4, 200)],
+        )
+        .unwrap();
+        let load = weighted.placement().replica_load();
+        assert_eq!(
+            load[&4], 64,
+            "share 76.8 is capped at one replica per shard"
+        );
+        assert!(load[&1] >= 42 && load[&1] <= 43, "{load:?}");
+    }
+
+    #[test]
+    fn ring_shares_sum_to_one_and_follow_weights() {
+        let ring = Ring::with_nodes(RingConfig::default(), [(1, 100), (2, 300)]).unwrap();
+        let shares = ring.ring_shares();
+        let total: f64 = shares.values().sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        assert!(shares[&2] > 0.6, "{shares:?}");
+        assert!(ring.preference(0).unwrap().len() == 2);
+    }
+
+    #[test]
+    fn deserialising_rejects_inconsistent_placements() {
+        let ring = five();
+        let mut value = serde_json::to_value(&ring).unwrap();
+        value["placement"]["shards"][3] = serde_json::json!([1, 1, 2]);
+        let err = serde_json::from_value::<Ring>(value.clone()).unwrap_err();
+        assert!(err.to_string().contains("shard 3"), "{err}");
+        value["placement"]["shards"][3] = serde_json::json!([1, 2, 99]);
+        assert!(serde_json::from_value::<Ring>(value.clone()).is_err());
+        value["placement"]["shards"][3] = serde_json::json!([1, 2]);
+        assert!(serde_json::from_value::<Ring>(value).is_err());
+    }
+
+    #[test]
+    fn rebalance_after_removals_restores_even_loads() {
+        let mut ring =
+            Ring::with_nodes(RingConfig::default(), (1..=10).map(|n| (n, DEFAULT_WEIGHT))).unwrap();
+        ring.remove_node(3).unwrap();
+        ring.remove_node(7).unwrap();
+        ring.rebalance();
+        let load = ring.placement().replica_load();
+        // 192 slots over 8 nodes.
+        assert!(load.values().all(|&l| l == 24), "{load:?}");
+        assert!(ring.rebalance().is_empty());
+    }
+}

@@ -9,3 +9,4 @@ pub mod linearizability;
 pub mod raft;
 pub mod sim;
 pub mod supervisor;
+pub mod swim;

@@ -3,7 +3,7 @@
 use super::search::{search, Outcome};
 use super::{Model, Operation, SearchBudget, Verdict};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A key-value operation's input.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,6 +111,10 @@ impl Model for RegisterModel {
     fn step_unobserved(&self, state: &Self::State, input: &KvInput) -> Vec<Self::State> {
         vec![apply(state, input).0]
     }
+
+    fn is_read_only(&self, input: &KvInput, output: &KvOutput) -> bool {
+        read_only(input, output)
+    }
 }
 
 /// The whole key-value store as one object (state: every present key and its value). Checking
@@ -139,6 +143,22 @@ impl Model for KvModel {
         let key = input.key();
         let (next, _) = apply(&state.get(key).cloned(), input);
         vec![with_value(state, key, next)]
+    }
+
+    fn is_read_only(&self, input: &KvInput, output: &KvOutput) -> bool {
+        read_only(input, output)
+    }
+}
+
+/// Reads, failed compare-and-sets, swaps of a value for itself and deletes of an absent key
+/// change nothing in any state where their output is possible.
+fn read_only(input: &KvInput, output: &KvOutput) -> bool {
+    match (input, output) {
+        (KvInput::Get { .. }, _) => true,
+        (KvInput::Cas { .. }, KvOutput::Cas { ok: false }) => true,
+        (KvInput::Cas { expected, new, .. }, KvOutput::Cas { ok: true }) => expected == new,
+        (KvInput::Delete { .. }, KvOutput::Delete { existed: false }) => true,
+        _ => false,
     }
 }
 
@@ -174,11 +194,19 @@ pub fn check_kv(history: &[Operation<KvInput, KvOutput>], budget: SearchBudget) 
     for (key, indices) in by_key {
         let sub: Vec<Operation<KvInput, KvOutput>> =
             indices.iter().map(|&i| history[i].clone()).collect();
+        let (canonical, classes) = canonicalize(&sub);
         let mut spent = 0;
-        match search(&RegisterModel, &sub, budget.max_states, &mut spent) {
+        match search(
+            &RegisterModel,
+            &canonical,
+            Some(&classes),
+            budget.max_states,
+            &mut spent,
+        ) {
             Outcome::Linearizable => {}
             // Keep going: another key may still yield a definite violation.
             Outcome::Unknown => unknown = true,
+            // Reported with the values as recorded, not as canonicalised.
             Outcome::Stuck(stuck) => {
                 return Verdict::NotLinearizable(stuck.into_violation(
                     &sub,
@@ -193,4 +221,69 @@ pub fn check_kv(history: &[Operation<KvInput, KvOutput>], budget: SearchBudget) 
     } else {
         Verdict::Linearizable
     }
+}
+
+/// Rewrites one key's sub-history into an equivalent one that is cheaper to search, and
+/// classes its pending operations into interchangeable ones.
+///
+/// A value written once and mentioned nowhere else (never read, never expected by a
+/// compare-and-set, never written again) is indistinguishable, by every operation of the
+/// history, from any other such value: each operation behaves the same in a state holding one
+/// or the other. All of them are replaced by one token that appears nowhere in the history, so
+/// that states differing only in such a value become equal (and memoised as one), and pending
+/// writes of such values become identical. Pending operations with identical inputs are then
+/// interchangeable: this is what keeps many lost writes of a hot key from making the search
+/// exponential.
+fn canonicalize(
+    sub: &[Operation<KvInput, KvOutput>],
+) -> (Vec<Operation<KvInput, KvOutput>>, Vec<usize>) {
+    let mut mentions: HashMap<&str, usize> = HashMap::new();
+    for op in sub {
+        let values: [Option<&String>; 2] = match &op.input {
+            KvInput::Put { value, .. } => [Some(value), None],
+            KvInput::Cas { expected, new, .. } => [expected.as_ref(), new.as_ref()],
+            KvInput::Get { .. } | KvInput::Delete { .. } => [None, None],
+        };
+        let read = match &op.output {
+            Some(KvOutput::Get(Some(value))) => Some(value),
+            _ => None,
+        };
+        for value in values.into_iter().chain([read]).flatten() {
+            *mentions.entry(value.as_str()).or_default() += 1;
+        }
+    }
+    let mut token = String::from("<never read>");
+    while mentions.contains_key(token.as_str()) {
+        token.push('\'');
+    }
+    let unread = |value: &String| mentions.get(value.as_str()) == Some(&1);
+
+    let canonical: Vec<Operation<KvInput, KvOutput>> = sub
+        .iter()
+        .map(|op| {
+            let mut op = op.clone();
+            match &mut op.input {
+                KvInput::Put { value, .. } if unread(value) => value.clone_from(&token),
+                KvInput::Cas {
+                    new: Some(value), ..
+                } if unread(value) => value.clone_from(&token),
+                _ => {}
+            }
+            op
+        })
+        .collect();
+
+    let mut first_of: HashMap<&KvInput, usize> = HashMap::new();
+    let classes = canonical
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            if op.ret.is_some() {
+                i
+            } else {
+                *first_of.entry(&op.input).or_insert(i)
+            }
+        })
+        .collect();
+    (canonical, classes)
 }

@@ -21,6 +21,20 @@
 //! unconstrained, and the search succeeds once every operation that *did* return is
 //! linearized.
 //!
+//! Three reductions keep the search small, each sound (tests compare against a brute-force
+//! oracle): a configuration that linearized a superset of another's pending operations, with
+//! the same completed ones and state, is dominated and skipped; an operation the model declares
+//! read-only ([`Model::is_read_only`]) is linearized as soon as its output fits, without trying
+//! alternatives; and [`check_kv`] replaces values that are written once and never read by one
+//! token and treats identical lost operations as interchangeable.
+//!
+//! Cost, measured by `actors/tests/linearizability.rs`: 5,000 operations over 5 keys from 8-10
+//! clients with 1-3% never returning check in tens of milliseconds, accepted or rejected. The
+//! hard case is one hot key with many clients *and* many lost operations: a rejection must
+//! explore every configuration before the violation, and lost writes multiply them (a single
+//! key, 5,000 operations, 10 clients, 100 lost: tens of millions of configurations). The
+//! [`SearchBudget`] turns such a search into [`Verdict::Unknown`].
+//!
 //! Times are compared with calls before returns at equal timestamps: an operation that returns
 //! at `t` and one that is called at `t` are treated as concurrent. With coarse clocks (simulated
 //! milliseconds) this errs on the side of accepting, never of reporting a false violation.
@@ -65,6 +79,18 @@ pub trait Model {
     /// operations that never returned, whose output was never observed. Returning an empty
     /// vector means the operation cannot take effect in `state`.
     fn step_unobserved(&self, state: &Self::State, input: &Self::Input) -> Vec<Self::State>;
+
+    /// Whether an operation with this input and observed output leaves the state unchanged in
+    /// *every* state where that output is possible (a read, a failed compare-and-set). The
+    /// search then linearizes such an operation as soon as its output fits and tries nothing
+    /// else at that point: moving it earlier in any linearization changes no other step, so
+    /// nothing is lost, and the subsets of concurrent reads are not enumerated. Returning
+    /// `true` for an operation that can change the state makes the checker unsound; the
+    /// default, `false`, is always safe.
+    fn is_read_only(&self, input: &Self::Input, output: &Self::Output) -> bool {
+        let _ = (input, output);
+        false
+    }
 }
 
 /// One operation of a concurrent history. Times are any monotonic `u64` (simulated ms, or ns).
@@ -171,7 +197,8 @@ pub struct Violation {
     /// The longest order of operations (indices into the checked history) the search found
     /// valid before getting stuck, in linearization order.
     pub longest_prefix: Vec<usize>,
-    /// The model state after `longest_prefix`, as `Debug` text.
+    /// The model state after `longest_prefix`, as `Debug` text. ([`check_kv`] shows every value
+    /// written once and never read as the same token, `"<never read>"`.)
     pub state_after_prefix: String,
     /// The operations involved (indices, by call time): the culprit, the operations concurrent
     /// with it, and the last few operations of `longest_prefix`.

@@ -18,7 +18,7 @@ pub fn check<M: Model>(
     budget: SearchBudget,
 ) -> Verdict {
     let mut spent = 0;
-    match search(model, history, budget.max_states, &mut spent) {
+    match search(model, history, None, budget.max_states, &mut spent) {
         Outcome::Linearizable => Verdict::Linearizable,
         Outcome::Unknown => Verdict::Unknown,
         Outcome::Stuck(stuck) => {
@@ -223,25 +223,50 @@ impl Events {
     }
 
     /// The operations that may be linearized next — those called before the first return
-    /// still in the list — and that return's node (`NIL` if none is left). Completed
-    /// operations come first: trying pending ones last finds a linearization sooner, since
-    /// most pending operations of a real history never have to take effect.
-    fn candidates<I, O>(&self, ops: &[Operation<I, O>]) -> (Vec<usize>, usize) {
-        let mut completed = Vec::new();
+    /// still in the list — and that return's node (`NIL` if none is left). Read-only
+    /// operations come first (the first that fits is linearized without trying anything
+    /// else), then the other completed ones, then pending ones: most pending operations of a
+    /// real history never have to take effect, so trying them last finds a linearization
+    /// sooner. Of pending operations of one interchangeable class, only the first is offered.
+    fn candidates<I, O>(&self, ops: &[Operation<I, O>], hints: &Hints<'_>) -> (Vec<usize>, usize) {
+        let mut reads = Vec::new();
+        let mut writes = Vec::new();
         let mut pending = Vec::new();
+        let mut classes = Vec::new();
         let mut node = self.next[0];
         while node != NIL && self.is_call[node] {
             let op = self.op[node];
-            if ops[op].ret.is_some() {
-                completed.push(op);
+            if ops[op].ret.is_none() {
+                match hints.class {
+                    Some(class) if classes.contains(&class[op]) => {}
+                    Some(class) => {
+                        classes.push(class[op]);
+                        pending.push(op);
+                    }
+                    None => pending.push(op),
+                }
+            } else if hints.read_only[op] {
+                reads.push(op);
             } else {
-                pending.push(op);
+                writes.push(op);
             }
             node = self.next[node];
         }
-        completed.extend(pending);
-        (completed, node)
+        reads.extend(writes);
+        reads.extend(pending);
+        (reads, node)
     }
+}
+
+/// What the search knows about the operations beyond their times.
+struct Hints<'a> {
+    /// Per operation: it returned, and [`Model::is_read_only`] holds for it.
+    read_only: Vec<bool>,
+    /// Per operation, for pending ones: a class such that pending operations of one class are
+    /// interchangeable (same effect in every state). Once two of them have been called, the
+    /// configurations that linearize one or the other are mirror images, so only the first of
+    /// a class is tried at each point.
+    class: Option<&'a [usize]>,
 }
 
 /// One configuration on the depth-first search's stack.
@@ -287,9 +312,73 @@ impl Hasher for PreHashed {
     }
 }
 
-/// The memo of visited configurations: bitset of linearized operations and model state,
-/// bucketed by a hash of both.
-type Cache<S> = HashMap<u64, Vec<(Box<[u64]>, S)>, BuildHasherDefault<PreHashed>>;
+/// Which operations the current configuration has linearized. Completed and pending operations
+/// are kept in separate bitsets because the memo treats them differently (see [`Visited`]).
+struct Linearized {
+    /// Per operation: whether it is pending, and its bit in `completed` or `pending`.
+    slot: Vec<(bool, usize)>,
+    completed: Vec<u64>,
+    pending: Vec<u64>,
+    /// The Zobrist hash of `completed`.
+    completed_hash: u64,
+}
+
+impl Linearized {
+    fn new<I, O>(ops: &[Operation<I, O>]) -> Linearized {
+        let (mut completed, mut pending) = (0, 0);
+        let slot = ops
+            .iter()
+            .map(|op| {
+                let counter = if op.ret.is_some() {
+                    &mut completed
+                } else {
+                    &mut pending
+                };
+                *counter += 1;
+                (op.ret.is_none(), *counter - 1)
+            })
+            .collect();
+        Linearized {
+            slot,
+            completed: vec![0; completed.div_ceil(64)],
+            pending: vec![0; pending.div_ceil(64)],
+            completed_hash: 0,
+        }
+    }
+
+    /// Marks `op` linearized if it was not, or not linearized if it was.
+    fn toggle(&mut self, op: usize) {
+        let (pending, bit) = self.slot[op];
+        if pending {
+            self.pending[bit / 64] ^= 1 << (bit % 64);
+        } else {
+            self.completed[bit / 64] ^= 1 << (bit % 64);
+            self.completed_hash ^= zobrist(bit);
+        }
+    }
+}
+
+/// The configurations visited with one set of completed operations and one model state: the
+/// sets of pending operations they had linearized.
+///
+/// A configuration whose pending set is a superset of a visited one's is *dominated* and need
+/// not be explored: pending operations have no return
+/// event, so they never constrain which operation may go next, and the configuration that
+/// took fewer of them can still do everything the other can. Without this, every subset of the
+/// pending operations called so far would be explored: exponential in their number.
+struct Visited<S> {
+    completed: Box<[u64]>,
+    state: S,
+    /// An antichain: no element is a subset of another.
+    pending: Vec<Box<[u64]>>,
+}
+
+fn is_subset(small: &[u64], large: &[u64]) -> bool {
+    small.iter().zip(large).all(|(s, l)| s & !l == 0)
+}
+
+/// The memo of visited configurations, bucketed by a hash of the completed set and the state.
+type Cache<S> = HashMap<u64, Vec<Visited<S>>, BuildHasherDefault<PreHashed>>;
 
 /// A per-operation random word; the XOR of those of the linearized operations is an
 /// incrementally maintained hash of the bitset (Zobrist hashing).
@@ -325,6 +414,7 @@ fn malformed(culprit: usize, problem: String) -> Outcome {
 pub(super) fn search<M: Model>(
     model: &M,
     ops: &[Operation<M::Input, M::Output>],
+    interchangeable: Option<&[usize]>,
     limit: u64,
     spent: &mut u64,
 ) -> Outcome {
@@ -349,12 +439,21 @@ pub(super) fn search<M: Model>(
     }
 
     let mut events = Events::new(ops);
-    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
-    let mut linearized_hash = 0u64;
+    let hints = Hints {
+        read_only: ops
+            .iter()
+            .map(|op| {
+                op.output
+                    .as_ref()
+                    .is_some_and(|output| model.is_read_only(&op.input, output))
+            })
+            .collect(),
+        class: interchangeable.filter(|class| class.len() == ops.len()),
+    };
+    let mut linearized = Linearized::new(ops);
     let mut cache: Cache<M::State> = Cache::default();
-
     let root = model.init();
-    let (candidates, blocker) = events.candidates(ops);
+    let (candidates, blocker) = events.candidates(ops, &hints);
     let mut deepest = Deepest {
         blocker,
         prefix: Vec::new(),
@@ -372,15 +471,14 @@ pub(super) fn search<M: Model>(
         // Coming back to this frame: undo the operation that led above it.
         if let Some(op) = top.chosen.take() {
             events.unlift(op);
-            linearized[op / 64] &= !(1 << (op % 64));
-            linearized_hash ^= zobrist(op);
+            linearized.toggle(op);
             if ops[op].ret.is_some() {
                 remaining += 1;
             }
         }
 
-        // Find the next untried (operation, next state) from this configuration that leads to
-        // a configuration not visited before.
+        // Find the next untried (operation, next state) from this configuration that
+        // leads to a configuration neither visited nor dominated.
         let mut step = None;
         loop {
             let (op, next_state) = if let Some(state) = top.alternatives.pop() {
@@ -391,13 +489,24 @@ pub(super) fn search<M: Model>(
                 let operation = &ops[op];
                 match &operation.output {
                     Some(output) => match model.step(&top.state, &operation.input, output) {
-                        Some(state) => (op, state),
+                        Some(state) => {
+                            if hints.read_only[op] {
+                                // If any linearization exists from here, one starts with
+                                // this operation: it changes nothing, so moving it first
+                                // changes no other step, and linearizing it early only
+                                // lifts a return event, which relaxes the real-time
+                                // order. Nothing else needs trying from here.
+                                top.next = top.candidates.len();
+                            }
+                            (op, state)
+                        }
                         None => continue,
                     },
                     None => {
                         let mut alternatives = model.step_unobserved(&top.state, &operation.input);
-                        // A pending operation that leaves the state unchanged is equivalent to
-                        // one that never took effect, which the search already allows.
+                        // A pending operation that leaves the state unchanged is
+                        // equivalent to one that never took effect, which the search
+                        // already allows.
                         alternatives.retain(|state| *state != top.state);
                         alternatives.reverse();
                         top.alternatives = alternatives;
@@ -408,22 +517,37 @@ pub(super) fn search<M: Model>(
                 break;
             };
 
-            linearized[op / 64] |= 1 << (op % 64);
-            let hash = (linearized_hash ^ zobrist(op))
+            linearized.toggle(op);
+            let hash = linearized.completed_hash
                 ^ state_hash(&next_state).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let bucket = cache.entry(hash).or_default();
-            if bucket
-                .iter()
-                .any(|(bits, state)| **bits == *linearized && *state == next_state)
+            let same = bucket
+                .iter_mut()
+                .find(|v| *v.completed == *linearized.completed && v.state == next_state);
+            if same
+                .as_ref()
+                .is_some_and(|v| v.pending.iter().any(|p| is_subset(p, &linearized.pending)))
             {
-                linearized[op / 64] &= !(1 << (op % 64));
+                linearized.toggle(op);
                 continue;
             }
             if *spent >= limit {
                 return Outcome::Unknown;
             }
             *spent += 1;
-            bucket.push((linearized.clone().into_boxed_slice(), next_state.clone()));
+            let pending = linearized.pending.clone().into_boxed_slice();
+            match same {
+                Some(visited) => {
+                    // Entries this one dominates can no longer prune anything it cannot.
+                    visited.pending.retain(|p| !is_subset(&pending, p));
+                    visited.pending.push(pending);
+                }
+                None => bucket.push(Visited {
+                    completed: linearized.completed.clone().into_boxed_slice(),
+                    state: next_state.clone(),
+                    pending: vec![pending],
+                }),
+            }
             step = Some((op, next_state));
             break;
         }
@@ -434,14 +558,13 @@ pub(super) fn search<M: Model>(
         };
         top.chosen = Some(op);
         events.lift(op);
-        linearized_hash ^= zobrist(op);
         if ops[op].ret.is_some() {
             remaining -= 1;
             if remaining == 0 {
                 return Outcome::Linearizable;
             }
         }
-        let (candidates, blocker) = events.candidates(ops);
+        let (candidates, blocker) = events.candidates(ops, &hints);
         if blocker > deepest.blocker {
             deepest = Deepest {
                 blocker,

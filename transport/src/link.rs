@@ -2,14 +2,15 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use metrics::Counter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::codec::{encode_frame, CodecError};
+use crate::codec::{encode_frame_into, CodecError};
 use crate::NodeId;
 
 /// Why [`PeerLink::try_send`] did not queue a message; the message is handed back.
@@ -79,6 +80,9 @@ struct LinkInfo {
     peer: NodeId,
     max_frame_size: usize,
     queue_full: Counter,
+    /// Size of the last frame encoded on this link: the next buffer starts that big, so a
+    /// stream of similar messages is encoded without growing (and copying) the buffer.
+    size_hint: AtomicUsize,
 }
 
 /// The sending side of one remote node's bounded outbound queue. Cheap to clone; all clones feed
@@ -126,6 +130,7 @@ impl<M: Serialize> PeerLink<M> {
             peer,
             max_frame_size,
             queue_full: crate::metrics::queue_full(node, peer),
+            size_hint: AtomicUsize::new(64),
         });
         (
             Self {
@@ -155,7 +160,7 @@ impl<M: Serialize> PeerLink<M> {
             }
             Err(mpsc::error::TrySendError::Closed(())) => return Err(TrySendError::Closed(msg)),
         };
-        match encode_frame(&msg, self.info.max_frame_size) {
+        match self.encode(&msg) {
             Ok(frame) => {
                 permit.send(frame);
                 Ok(())
@@ -170,13 +175,21 @@ impl<M: Serialize> PeerLink<M> {
             Ok(p) => p,
             Err(_) => return Err(SendError::Closed(msg)),
         };
-        match encode_frame(&msg, self.info.max_frame_size) {
+        match self.encode(&msg) {
             Ok(frame) => {
                 permit.send(frame);
                 Ok(())
             }
             Err(e) => Err(SendError::Encode(msg, e)),
         }
+    }
+
+    fn encode(&self, msg: &M) -> Result<Bytes, CodecError> {
+        let hint = self.info.size_hint.load(Ordering::Relaxed);
+        let mut buf = BytesMut::with_capacity(hint.max(64).min(self.info.max_frame_size + 4));
+        encode_frame_into(msg, self.info.max_frame_size, &mut buf)?;
+        self.info.size_hint.store(buf.len(), Ordering::Relaxed);
+        Ok(buf.freeze())
     }
 }
 

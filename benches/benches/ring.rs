@@ -9,6 +9,9 @@
 //! 20 million key → shard lookups per second on one core. Placement changes are measured
 //! on a 50-node ring (64 shards, 3 replicas, 150 virtual nodes).
 
+// criterion_group! generates an undocumented pub fn.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use conclave_ring::{diff, PlacementStrategy, Ring, RingConfig, DEFAULT_WEIGHT};

@@ -453,6 +453,7 @@ impl Ring {
         let before = self.placement.clone();
         if self.config.strategy == PlacementStrategy::BoundedLoad {
             self.rebalance_towards(Mode::Full);
+            self.balance_leaders();
         }
         // Same shard count on both sides by construction.
         diff(&before, &self.placement).unwrap_or_default()
@@ -582,17 +583,18 @@ impl Ring {
         }
         *self.placement.shards_mut() = shards;
         self.rebalance_towards(Mode::Full);
+        self.balance_leaders();
     }
 
     /// Tops up shards with fewer than `min(rf, n)` replicas (after a removal, or after an
     /// addition while the ring is smaller than the replication factor).
     ///
     /// Shards missing exactly one replica (the removal case) are first matched to nodes
-    /// with room as a bipartite b-matching (Kuhn's augmenting paths, trying nodes in each
-    /// shard's preference order). A plain greedy pass can strand a shard whose only nodes
-    /// with room already hold it, where re-pointing another shard under repair would have
-    /// made room. Only shards under repair are ever re-pointed, so no other shard moves.
-    /// Whatever cannot be matched within the caps falls back to [`Ring::pick`].
+    /// with room by [`capacitated_matching`], trying nodes in each shard's preference
+    /// order. A plain greedy pass can strand a shard whose only nodes with room already
+    /// hold it, where re-pointing another shard under repair would have made room. Only
+    /// shards under repair are ever re-pointed, so no other shard moves. Whatever cannot
+    /// be matched within the caps falls back to [`Ring::pick`].
     fn fill(&mut self) {
         let r = self.effective_replication();
         let bounds = self.bounds();
@@ -610,11 +612,18 @@ impl Ring {
                 .iter()
                 .map(|(&n, b)| (n, b.hi.saturating_sub(loads.get(&n).copied().unwrap_or(0))))
                 .collect();
-            let mut assigned = vec![None; needy.len()];
-            for i in 0..needy.len() {
-                let mut visited = BTreeSet::new();
-                self.augment(i, &needy, &mut assigned, &mut room, &mut visited);
-            }
+            let candidates: Vec<Vec<NodeId>> = needy
+                .iter()
+                .map(|&s| {
+                    let current = &self.placement.shards()[s];
+                    self.prefs[s]
+                        .iter()
+                        .filter(|n| !current.contains(n))
+                        .copied()
+                        .collect()
+                })
+                .collect();
+            let assigned = capacitated_matching(&candidates, &mut room);
             for (&shard, node) in needy.iter().zip(assigned) {
                 if let Some(n) = node {
                     self.placement.shards_mut()[shard].push(n);
@@ -636,39 +645,31 @@ impl Ring {
         }
     }
 
-    /// One augmenting-path search of [`Ring::fill`]'s matching: finds a node for request
-    /// `i` (shard `needy[i]`), possibly moving other requests to other nodes.
-    fn augment(
-        &self,
-        i: usize,
-        needy: &[usize],
-        assigned: &mut [Option<NodeId>],
-        room: &mut BTreeMap<NodeId, usize>,
-        visited: &mut BTreeSet<NodeId>,
-    ) -> bool {
-        let shard = needy[i];
-        let current = &self.placement.shards()[shard];
-        for &n in &self.prefs[shard] {
-            if current.contains(&n) || !visited.insert(n) {
-                continue;
-            }
-            if let Some(free) = room.get_mut(&n).filter(|f| **f > 0) {
-                *free -= 1;
-                assigned[i] = Some(n);
-                return true;
-            }
-            // `n` is full: free one of its slots by moving another request elsewhere.
-            for j in 0..needy.len() {
-                if j != i
-                    && assigned[j] == Some(n)
-                    && self.augment(j, needy, assigned, room, visited)
-                {
-                    assigned[i] = Some(n);
-                    return true;
-                }
+    /// Reorders replicas (moving no data) so that every node is preferred leader of at
+    /// most `ceil(shards × weight / total weight)` shards where possible, keeping each
+    /// shard's current leader whenever the caps allow. Run after a from-scratch build and
+    /// by [`Ring::rebalance`]; additions and removals leave leaders alone so that a
+    /// shard's first replica only changes when the change concerns it.
+    fn balance_leaders(&mut self) {
+        let shards = u128::from(self.config.shards);
+        let total: u128 = self.nodes.values().map(|&w| u128::from(w)).sum();
+        if total == 0 {
+            return;
+        }
+        let mut room: BTreeMap<NodeId, usize> = self
+            .nodes
+            .iter()
+            .map(|(&n, &w)| (n, (shards * u128::from(w)).div_ceil(total) as usize))
+            .collect();
+        // Candidates in current order: the current leader first, then the next replicas.
+        let candidates: Vec<Vec<NodeId>> = self.placement.shards().to_vec();
+        let leaders = capacitated_matching(&candidates, &mut room);
+        for (replicas, leader) in self.placement.shards_mut().iter_mut().zip(leaders) {
+            if let Some(pos) = leader.and_then(|l| replicas.iter().position(|&n| n == l)) {
+                // Rotate the chosen leader to the front; the others keep their order.
+                replicas[..=pos].rotate_right(1);
             }
         }
-        false
     }
 
     /// Moves single replica slots from a donor to a receiver until no node is above its
@@ -809,6 +810,69 @@ impl Ring {
     }
 }
 
+/// Capacitated bipartite matching by augmenting paths (Kuhn's algorithm generalised to
+/// node capacities): request `i` takes one unit of `room` from one node of
+/// `candidates[i]`, tried in the given order, re-pointing earlier requests when that frees
+/// a unit. Returns each request's node, or `None` for requests that no assignment within
+/// `room` can serve. `room` is left with the unused units.
+fn capacitated_matching(
+    candidates: &[Vec<NodeId>],
+    room: &mut BTreeMap<NodeId, usize>,
+) -> Vec<Option<NodeId>> {
+    let mut assigned = vec![None; candidates.len()];
+    let mut holders: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+    for i in 0..candidates.len() {
+        let mut visited = BTreeSet::new();
+        augment(
+            i,
+            candidates,
+            &mut assigned,
+            &mut holders,
+            room,
+            &mut visited,
+        );
+    }
+    assigned
+}
+
+/// One augmenting-path search of [`capacitated_matching`] for request `i`. Each node is
+/// visited at most once per search, so a search costs O(requests + edges).
+fn augment(
+    i: usize,
+    candidates: &[Vec<NodeId>],
+    assigned: &mut [Option<NodeId>],
+    holders: &mut BTreeMap<NodeId, Vec<usize>>,
+    room: &mut BTreeMap<NodeId, usize>,
+    visited: &mut BTreeSet<NodeId>,
+) -> bool {
+    for &n in &candidates[i] {
+        if !visited.insert(n) {
+            continue;
+        }
+        if let Some(free) = room.get_mut(&n).filter(|f| **f > 0) {
+            *free -= 1;
+            assigned[i] = Some(n);
+            holders.entry(n).or_default().push(i);
+            return true;
+        }
+        // `n` is full: free one of its units by moving a request it serves elsewhere.
+        let served = holders.get(&n).cloned().unwrap_or_default();
+        for j in served {
+            if augment(j, candidates, assigned, holders, room, visited) {
+                // `j` now holds a unit elsewhere; `i` takes over its unit of `n`.
+                if let Some(list) = holders.get_mut(&n) {
+                    if let Some(slot) = list.iter_mut().find(|x| **x == j) {
+                        *slot = i;
+                    }
+                }
+                assigned[i] = Some(n);
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -925,6 +989,29 @@ mod tests {
             "share 76.8 is capped at one replica per shard"
         );
         assert!(load[&1] >= 42 && load[&1] <= 43, "{load:?}");
+    }
+
+    #[test]
+    fn leaders_are_balanced_after_build_and_rebalance() {
+        for n in [4u64, 10, 50] {
+            let mut ring =
+                Ring::with_nodes(RingConfig::default(), (1..=n).map(|i| (i, DEFAULT_WEIGHT)))
+                    .unwrap();
+            let cap = 64usize.div_ceil(n as usize);
+            let max = |r: &Ring| r.placement().leader_load().values().copied().max().unwrap();
+            assert!(
+                max(&ring) <= cap,
+                "{n} nodes: {:?}",
+                ring.placement().leader_load()
+            );
+            ring.add_node(1000, DEFAULT_WEIGHT).unwrap();
+            ring.remove_node(2).unwrap();
+            ring.rebalance();
+            assert!(
+                max(&ring) <= 64usize.div_ceil(n as usize),
+                "{n} nodes after changes"
+            );
+        }
     }
 
     #[test]

@@ -75,6 +75,9 @@ struct Net<M> {
     /// Directed pairs `(from, to)` whose messages are dropped.
     blocked: Mutex<HashSet<(NodeId, NodeId)>>,
     counts: Counts,
+    /// The runtime the network was created on, if any: delivery tasks run there, so links can
+    /// be created from any thread.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// A simulated network shared by any number of [`MemEndpoint`]s. Cheap to clone.
@@ -94,7 +97,8 @@ impl<M> MemNetwork<M>
 where
     M: Serialize + DeserializeOwned + Send + 'static,
 {
-    /// A fault-free network whose fault decisions derive from `seed`.
+    /// A fault-free network whose fault decisions derive from `seed`. Create it inside a tokio
+    /// runtime (delivery tasks run there); otherwise `peer()` must be called inside one.
     pub fn new(seed: u64) -> Self {
         Self {
             net: Arc::new(Net {
@@ -103,6 +107,7 @@ where
                 faults: Mutex::new(Faults::default()),
                 blocked: Mutex::new(HashSet::new()),
                 counts: Counts::default(),
+                runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
     }
@@ -204,7 +209,7 @@ where
         peers.insert(node, link.clone());
         let seed =
             self.net.seed ^ self.node.rotate_left(32) ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        tokio::spawn(deliver_loop(
+        let task = deliver_loop(
             Arc::clone(&self.net),
             self.node,
             node,
@@ -212,7 +217,11 @@ where
             ChaCha8Rng::seed_from_u64(seed),
             FrameDecoder::new(self.max_frame_size),
             Arc::new(Semaphore::new(self.max_queue_size.max(1))),
-        ));
+        );
+        match &self.net.runtime {
+            Some(rt) => drop(rt.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
         link
     }
 

@@ -61,6 +61,9 @@ struct Shared<M> {
     peers: Mutex<HashMap<NodeId, (SocketAddr, PeerLink<M>)>>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Semaphore>,
+    /// The runtime `bind` ran on: writers are spawned there, so `peer()` may be called from any
+    /// thread (an actix arbiter runs its own runtime; writers should not be tied to it).
+    runtime: tokio::runtime::Handle,
 }
 
 /// The TCP/TLS transport of one node. Dropping it (or calling [`Transport::shutdown`]) stops
@@ -82,7 +85,8 @@ where
 {
     /// Validates `cfg`, loads TLS material, binds the listener and starts accepting. Received
     /// messages go to `inbound`. Returns the transport and the address actually bound (useful
-    /// with port 0). Must be called within a tokio runtime.
+    /// with port 0). Every task of the transport runs on the runtime this is awaited on (it
+    /// must be a tokio runtime); [`Endpoint::peer`] may then be called from any thread.
     pub async fn bind(
         cfg: TransportConfig,
         inbound: Inbound<M>,
@@ -106,6 +110,7 @@ where
         let shared = Arc::new(Shared {
             hello: Hello::new(cfg.node_id, &cfg.cluster_id),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            runtime: tokio::runtime::Handle::current(),
             cfg,
             tls,
             inbound,
@@ -148,7 +153,9 @@ where
         let (link, rx) =
             PeerLink::channel(cfg.node_id, node, cfg.max_queue_size, cfg.max_frame_size);
         peers.insert(node, (addr, link.clone()));
-        tokio::spawn(writer_loop(Arc::clone(&self.shared), node, addr, rx));
+        self.shared
+            .runtime
+            .spawn(writer_loop(Arc::clone(&self.shared), node, addr, rx));
         link
     }
 

@@ -362,3 +362,37 @@ async fn shutdown_closes_links() {
         Err(TrySendError::Closed(_))
     ));
 }
+
+#[tokio::test]
+async fn links_can_be_created_and_used_from_a_plain_thread() {
+    let (a, _, _a_rx) = start(config(211, "t"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(212, "t"), 8).await;
+    let a = std::sync::Arc::new(a);
+    let a2 = std::sync::Arc::clone(&a);
+    std::thread::spawn(move || {
+        let link = a2.peer(212, b_addr);
+        link.try_send(Msg::new(5, 5)).unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(recv(&mut b_rx).await, (211, Msg::new(5, 5)));
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_refused() {
+    let rec = metrics();
+    let mut cfg = config(222, "t");
+    cfg.max_connections = 1;
+    let (_b, b_addr, mut b_rx) = start(cfg, 8).await;
+    let (a, _, _a_rx) = start(config(221, "t"), 8).await;
+    a.peer(222, b_addr).send(Msg::new(1, 1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await.1.seq, 1);
+    let mut extra = TcpStream::connect(b_addr).await.unwrap();
+    assert_closed_by_peer(&mut extra).await;
+    assert!(
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "222"), ("reason", "too_many_connections")]
+        ) >= 1
+    );
+}

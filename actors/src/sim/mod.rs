@@ -69,6 +69,36 @@ impl FaultProfile {
     }
 }
 
+/// Relative weights of the client operations (any scale; all zero means only puts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Unconditional writes.
+    pub put: u32,
+    /// Compare-and-set (expecting a recent value or absence; sometimes deleting on match).
+    pub cas: u32,
+    /// Deletes.
+    pub delete: u32,
+    /// ReadIndex reads (checked for linearizability).
+    pub get_linearizable: u32,
+    /// Lease reads (checked for linearizability).
+    pub get_lease: u32,
+    /// Stale reads from any node (exercised, not checked).
+    pub get_stale: u32,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            put: 25,
+            cas: 20,
+            delete: 5,
+            get_linearizable: 25,
+            get_lease: 20,
+            get_stale: 5,
+        }
+    }
+}
+
 /// Everything that defines a run. Two runs with equal configs produce identical traces.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -92,6 +122,11 @@ pub struct SimConfig {
     pub clients: usize,
     /// Number of keys the workload touches.
     pub keys: usize,
+    /// The mix of client operations.
+    pub workload: Workload,
+    /// Percentage of operations a client sends to a random node instead of the leader it
+    /// believes in (clients behind a load balancer); the rest follow leader hints.
+    pub random_target_percent: u32,
     /// The template of every node's core config (`id` is set per node, `group` is 0). Planted
     /// bugs are switched on here.
     pub raft: RaftConfig,
@@ -115,6 +150,8 @@ impl SimConfig {
             op_timeout_ms: 1_500,
             clients: 3,
             keys: 4,
+            random_target_percent: 30,
+            workload: Workload::default(),
             raft: RaftConfig::default(),
             verbose: false,
             trace_tail: 60,
@@ -177,6 +214,9 @@ pub struct FaultMix {
     pub transfers: bool,
     /// Probability that a crash or a partition targets the current leader.
     pub leader_bias: f64,
+    /// Probability that a newly elected leader crashes 1–60 ms after its election, before it
+    /// has replicated much: the short-lived leaders of Raft figure 8.
+    pub new_leader_crash: f64,
     /// Range of the gap between two fault events, ms.
     pub gap_ms: (Millis, Millis),
     /// Range of how long a crashed node stays down, ms.
@@ -189,13 +229,15 @@ impl FaultMix {
     /// Draws the mix of `profile` for `seed`.
     pub fn draw(profile: FaultProfile, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xFA17));
-        let mut pct = |on: f64, lo: f64, hi: f64| {
+        // With probability `on`, a rate drawn from `lo..hi`; otherwise 0.
+        fn pct(rng: &mut ChaCha8Rng, on: f64, lo: f64, hi: f64) -> f64 {
             if rng.random_bool(on) {
                 rng.random_range(lo..hi)
             } else {
                 0.0
             }
-        };
+        }
+        let rng = &mut rng;
         let quiet = FaultMix {
             drop: 0.0,
             duplicate: 0.0,
@@ -207,6 +249,7 @@ impl FaultMix {
             clock_skew: false,
             transfers: false,
             leader_bias: 0.0,
+            new_leader_crash: 0.0,
             gap_ms: (200, 1_000),
             down_ms: (50, 1_500),
             partition_ms: (200, 2_500),
@@ -214,14 +257,19 @@ impl FaultMix {
         match profile {
             FaultProfile::Calm => quiet,
             FaultProfile::Mixed => {
-                let drop = pct(0.5, 0.005, 0.10);
-                let duplicate = pct(0.4, 0.005, 0.05);
-                let long_delay = pct(0.4, 0.01, 0.05);
-                let slow_disk = pct(0.4, 0.05, 0.30);
-                let leader_bias = pct(1.0, 0.2, 0.8);
+                let drop = pct(rng, 0.5, 0.005, 0.10);
+                let duplicate = pct(rng, 0.4, 0.005, 0.05);
+                let long_delay = pct(rng, 0.4, 0.01, 0.05);
+                let slow_disk = pct(rng, 0.4, 0.05, 0.30);
+                let leader_bias = pct(rng, 1.0, 0.2, 0.8);
                 let partitions = rng.random_bool(0.6);
                 let one_way = partitions && rng.random_bool(0.4);
                 let crashes = rng.random_bool(0.6);
+                let new_leader_crash = if crashes {
+                    pct(rng, 0.3, 0.05, 0.3)
+                } else {
+                    0.0
+                };
                 let clock_skew = rng.random_bool(0.5);
                 let transfers = rng.random_bool(0.3);
                 FaultMix {
@@ -235,26 +283,28 @@ impl FaultMix {
                     clock_skew,
                     transfers,
                     leader_bias,
+                    new_leader_crash,
                     ..quiet
                 }
             }
             FaultProfile::Crashes => FaultMix {
-                drop: pct(0.7, 0.01, 0.10),
-                duplicate: pct(0.3, 0.005, 0.03),
-                long_delay: pct(0.5, 0.01, 0.05),
-                slow_disk: pct(1.0, 0.2, 0.6),
+                drop: pct(rng, 0.7, 0.01, 0.10),
+                duplicate: pct(rng, 0.3, 0.005, 0.03),
+                long_delay: pct(rng, 0.5, 0.01, 0.05),
+                slow_disk: pct(rng, 1.0, 0.2, 0.6),
                 partitions: rng.random_bool(0.5),
                 crashes: true,
                 clock_skew: rng.random_bool(0.5),
                 leader_bias: 0.7,
+                new_leader_crash: pct(rng, 0.6, 0.1, 0.4),
                 gap_ms: (50, 500),
                 down_ms: (20, 600),
                 partition_ms: (100, 1_000),
                 ..quiet
             },
             FaultProfile::Partitions => FaultMix {
-                drop: pct(0.3, 0.005, 0.03),
-                long_delay: pct(0.3, 0.01, 0.03),
+                drop: pct(rng, 0.3, 0.005, 0.03),
+                long_delay: pct(rng, 0.3, 0.01, 0.03),
                 partitions: true,
                 one_way: rng.random_bool(0.3),
                 clock_skew: true,
@@ -283,6 +333,7 @@ impl fmt::Display for FaultMix {
             (self.crashes, "crashes"),
             (self.clock_skew, "skew"),
             (self.transfers, "transfers"),
+            (self.new_leader_crash > 0.0, "leader-crash"),
         ] {
             if on {
                 write!(f, " +{name}")?;

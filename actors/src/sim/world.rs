@@ -54,6 +54,10 @@ enum Event {
         token: u64,
     },
     Fault,
+    CrashLeader {
+        node: usize,
+        term: Term,
+    },
     Heal {
         id: u64,
     },
@@ -444,6 +448,16 @@ impl World {
             }
             Event::ClientTimeout { client, token } => self.client_timeout(client, token),
             Event::Fault => self.fault(),
+            Event::CrashLeader { node, term } => {
+                let still = self.nodes[node]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.role() == Role::Leader && c.term() == term);
+                if still && self.phase == Phase::Faults {
+                    self.crash(node);
+                }
+                Ok(())
+            }
             Event::Heal { id } => {
                 self.heal(id);
                 Ok(())
@@ -944,6 +958,19 @@ impl World {
                         }
                     }
                     self.leaders.insert(term, id);
+                    if self.phase == Phase::Faults
+                        && self.mix.new_leader_crash > 0.0
+                        && self.rng_fault.random_bool(self.mix.new_leader_crash)
+                    {
+                        let at = self.now + self.rng_fault.random_range(1..=60);
+                        // Field-level access: `core` still borrows `self.nodes`.
+                        self.next_seq += 1;
+                        self.queue.push(Scheduled {
+                            time: at,
+                            seq: self.next_seq,
+                            event: Event::CrashLeader { node: n, term },
+                        });
+                    }
                 }
             }
         }
@@ -1346,10 +1373,27 @@ impl World {
         let key = format!("k{}", rng.random_range(0..self.cfg.keys.max(1)));
         let op_no = self.ops.len() as u64;
         let value = format!("v{op_no}");
-        let roll = rng.random_range(0..100);
-        let (input, kind) = match roll {
-            0..25 => (KvInput::Put { key, value }, OpKind::Write),
-            25..45 => {
+        let w = self.cfg.workload;
+        let weights = [
+            w.put,
+            w.cas,
+            w.delete,
+            w.get_linearizable,
+            w.get_lease,
+            w.get_stale,
+        ];
+        let total: u32 = weights.iter().sum();
+        let mut roll = rng.random_range(0..total.max(1));
+        let mut pick = 0;
+        for (i, &wt) in weights.iter().enumerate() {
+            if roll < wt {
+                pick = i;
+                break;
+            }
+            roll -= wt;
+        }
+        let (input, kind) = match pick {
+            1 => {
                 // Expect a recent value of the key (often right, sometimes stale) or absence.
                 let recent: Vec<&KvInput> = self
                     .ops
@@ -1367,13 +1411,14 @@ impl World {
                 let new = (!rng.random_bool(0.1)).then_some(value);
                 (KvInput::Cas { key, expected, new }, OpKind::Write)
             }
-            45..50 => (KvInput::Delete { key }, OpKind::Write),
-            50..75 => (
+            2 => (KvInput::Delete { key }, OpKind::Write),
+            3 => (
                 KvInput::Get { key },
                 OpKind::Read(ReadConsistency::Linearizable),
             ),
-            75..95 => (KvInput::Get { key }, OpKind::Read(ReadConsistency::Lease)),
-            _ => (KvInput::Get { key }, OpKind::Read(ReadConsistency::Stale)),
+            4 => (KvInput::Get { key }, OpKind::Read(ReadConsistency::Lease)),
+            5 => (KvInput::Get { key }, OpKind::Read(ReadConsistency::Stale)),
+            _ => (KvInput::Put { key, value }, OpKind::Write),
         };
         let hist = (kind != OpKind::Read(ReadConsistency::Stale))
             .then(|| self.history.invoke(client as u64, input.clone(), self.now));
@@ -1394,9 +1439,10 @@ impl World {
             self.now + self.cfg.op_timeout_ms,
             Event::ClientTimeout { client, token },
         );
+        let random = self.rng_client.random_range(0..100) < self.cfg.random_target_percent;
         let target = match self.clients[client].hint {
-            Some(h) => h,
-            None => self.random_node(),
+            Some(h) if !random => h,
+            _ => self.random_node(),
         };
         self.attempt(client, target)
     }

@@ -45,3 +45,42 @@ fn table() {
     }
     println!("{}", markdown_table(&rows));
 }
+
+#[test]
+fn ten_and_hundred_members_meet_the_goals_at_five_percent_loss() {
+    for n in [10usize, 100] {
+        let cfg = SimConfig::new(n, 0.05, 200, 7);
+        let r = run(&cfg);
+        let bound = 3.0 * (n as f64).log2();
+        let join = r.join_cycles.expect("the joiner became known to everyone");
+        assert!(
+            join <= bound,
+            "n={n}: dissemination took {join} cycles > {bound}"
+        );
+        let dead = r
+            .crash_to_dead_s
+            .expect("the crash was detected everywhere");
+        // Suspected within a few periods, dead by dead_timeout_s after that.
+        assert!(
+            dead <= 5.0 + cfg.swim.dead_timeout_s as f64,
+            "n={n}: {dead} s"
+        );
+        assert!(dead >= cfg.swim.suspect_timeout_s as f64, "n={n}: {dead} s");
+        assert_eq!(r.false_dead, 0, "n={n}: {r:?}");
+        assert_eq!(r.wrong_views, 0, "n={n}: views did not converge: {r:?}");
+    }
+}
+
+#[test]
+fn lossless_network_raises_no_suspicion_at_all() {
+    let r = run(&SimConfig::new(100, 0.0, 120, 3));
+    assert_eq!((r.false_suspect, r.false_dead, r.refutations), (0, 0, 0));
+}
+
+#[test]
+fn a_seed_reproduces_its_run() {
+    let cfg = SimConfig::new(50, 0.05, 120, 11);
+    assert_eq!(run(&cfg), run(&cfg));
+    let other = SimConfig::new(50, 0.05, 120, 12);
+    assert_ne!(run(&cfg), run(&other));
+}

@@ -13,6 +13,7 @@ use super::types::{
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Incarnations above this are refused as garbage: no member bumps its incarnation that often,
@@ -47,6 +48,9 @@ struct Record {
 struct Rumor {
     update: Update,
     sent: u32,
+    /// Queueing order: among rumors sent equally often, the newest goes first, so fresh news
+    /// (a refutation is always newer than the suspicion it answers) spreads fastest.
+    seq: u64,
 }
 
 /// A probe this node started.
@@ -106,6 +110,7 @@ pub struct Swim {
     probe_order: Vec<NodeId>,
     probe_cursor: usize,
     rumors: BTreeMap<NodeId, Rumor>,
+    rumor_seq: u64,
     probes: BTreeMap<ProbeId, Probe>,
     relays: BTreeMap<ProbeId, Relay>,
     suspicions: BTreeMap<NodeId, Suspicion>,
@@ -145,6 +150,7 @@ impl Swim {
             probe_order: Vec::new(),
             probe_cursor: 0,
             rumors: BTreeMap::new(),
+            rumor_seq: 0,
             probes: BTreeMap::new(),
             relays: BTreeMap::new(),
             suspicions: BTreeMap::new(),
@@ -649,6 +655,11 @@ impl Swim {
             }
         };
         if !refute {
+            if u.state != MemberState::Alive && !self.rumors.contains_key(&self.me.id) {
+                // An old verdict against us is still going around, so some members may hold
+                // it and our refutation may already have stopped spreading: spread it again.
+                self.queue_self();
+            }
             return;
         }
         // validate_update bounds u.incarnation by MAX_INCARNATION, so this cannot overflow.
@@ -723,7 +734,16 @@ impl Swim {
     }
 
     fn queue_rumor(&mut self, update: Update) {
-        self.rumors.insert(update.id, Rumor { update, sent: 0 });
+        self.rumor_seq += 1;
+        let seq = self.rumor_seq;
+        self.rumors.insert(
+            update.id,
+            Rumor {
+                update,
+                sent: 0,
+                seq,
+            },
+        );
     }
 
     fn queue_self(&mut self) {
@@ -779,14 +799,14 @@ impl Swim {
         if self.rumors.is_empty() || out.len() >= limit {
             return out;
         }
-        // Partial selection of the least-sent rumors; ties go to the lower id.
-        let mut best: Vec<(u32, NodeId)> = Vec::with_capacity(limit);
+        // Partial selection of the least-sent rumors, newest first among equals.
+        let mut best: Vec<(u32, Reverse<u64>, NodeId)> = Vec::with_capacity(limit);
         let room = limit - out.len();
         for (id, r) in &self.rumors {
             if !out.is_empty() && *id == to {
                 continue;
             }
-            let key = (r.sent, *id);
+            let key = (r.sent, Reverse(r.seq), *id);
             if best.len() < room {
                 best.push(key);
                 best.sort_unstable();
@@ -797,7 +817,7 @@ impl Swim {
             }
         }
         let max_sends = self.retransmit_limit();
-        for (_, id) in best {
+        for (_, _, id) in best {
             let exhausted = match self.rumors.get_mut(&id) {
                 Some(r) => {
                     out.push(r.update.clone());

@@ -1,0 +1,235 @@
+//! `conclave kv`, `conclave status` and `conclave ring route`: clients of the HTTP API.
+
+use super::{EndpointArg, KvArgs, KvOp, StatusArgs, EXIT_FAILURE, EXIT_OK};
+use crate::client::Client;
+use crate::node::ClusterStatus;
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    // awc is single-threaded: a current-thread actix system is all the client needs.
+    actix_web::rt::System::new().block_on(f)
+}
+
+/// `conclave kv …`.
+pub(super) fn run_kv(args: KvArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.endpoint.endpoint)?;
+    block_on(async move {
+        match args.op {
+            KvOp::Put {
+                key,
+                value,
+                idempotency_key,
+            } => {
+                let ack = client
+                    .put(
+                        key.as_bytes(),
+                        value.into_bytes(),
+                        idempotency_key.as_deref(),
+                    )
+                    .await?;
+                println!("OK (index {}, term {})", ack.index, ack.term);
+                Ok(EXIT_OK)
+            }
+            KvOp::Get { key, consistency } => {
+                match client
+                    .get(key.as_bytes(), consistency.map(Into::into))
+                    .await?
+                {
+                    Some(value) => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&value)?;
+                        out.write_all(b"\n")?;
+                        Ok(EXIT_OK)
+                    }
+                    None => {
+                        eprintln!("key {key:?} not found");
+                        Ok(EXIT_FAILURE)
+                    }
+                }
+            }
+            KvOp::Del {
+                key,
+                idempotency_key,
+            } => {
+                let ack = client
+                    .delete(key.as_bytes(), idempotency_key.as_deref())
+                    .await?;
+                let what = if ack.existed {
+                    "deleted"
+                } else {
+                    "did not exist"
+                };
+                println!("OK, {what} (index {}, term {})", ack.index, ack.term);
+                Ok(EXIT_OK)
+            }
+            KvOp::Cas(cas) => {
+                let expected = if cas.absent { None } else { cas.expected };
+                let value = if cas.delete { None } else { cas.value };
+                let result = client
+                    .cas(
+                        cas.key.as_bytes(),
+                        expected.as_deref(),
+                        value.as_deref(),
+                        cas.idempotency_key.as_deref(),
+                    )
+                    .await?;
+                if result.ok {
+                    println!("OK (index {}, term {})", result.index, result.term);
+                    Ok(EXIT_OK)
+                } else {
+                    match result.current {
+                        Some(c) => eprintln!("CAS failed: current value is {c:?}"),
+                        None => eprintln!("CAS failed: the key is absent"),
+                    }
+                    Ok(EXIT_FAILURE)
+                }
+            }
+        }
+    })
+}
+
+/// `conclave status`.
+pub(super) fn run_status(args: &StatusArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.endpoint.endpoint)?;
+    block_on(async move {
+        if args.json {
+            let json = client.status_json().await?;
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        } else {
+            let status = client.status().await?;
+            print!("{}", status_table(client.endpoint(), &status));
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+/// `conclave ring route KEY`.
+pub(super) fn run_route(key: &str, endpoint: &EndpointArg) -> anyhow::Result<u8> {
+    let client = Client::new(&endpoint.endpoint)?;
+    block_on(async move {
+        let route = client.route(key.as_bytes()).await?;
+        let replicas: Vec<String> = route.replicas.iter().map(u64::to_string).collect();
+        let leader = route
+            .leader
+            .map_or_else(|| "unknown".to_owned(), |l| l.to_string());
+        println!(
+            "key {key:?}: shard {}, replicas [{}], leader {leader}",
+            route.shard,
+            replicas.join(", ")
+        );
+        Ok(EXIT_OK)
+    })
+}
+
+fn opt(id: Option<u64>) -> String {
+    id.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// The human-readable table of `conclave status`.
+pub(crate) fn status_table(endpoint: &str, s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; `let _` keeps clippy quiet without an unwrap.
+    let _ = writeln!(
+        out,
+        "node {} at {endpoint}: {} in term {}, leader {}, commit {}, applied {}",
+        s.node_id,
+        s.role,
+        s.term,
+        opt(s.leader_id),
+        s.commit_index,
+        s.applied_index
+    );
+    let _ = writeln!(out, "\nMEMBERS");
+    let _ = writeln!(out, "{:>4}  {:<22} {:<22} STATE", "ID", "ADDR", "HTTP");
+    for m in &s.members {
+        let leader = if Some(m.id) == s.leader_id {
+            " (leader)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<22} {:<22} {}{leader}",
+            m.id,
+            m.addr.to_string(),
+            m.http.to_string(),
+            m.state
+        );
+    }
+    let _ = writeln!(out, "\nGROUPS");
+    let _ = writeln!(
+        out,
+        "{:>5}  {:<10} {:>6} {:>6} {:>10} {:>10}  REPLICAS (id match/lag)",
+        "GROUP", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED"
+    );
+    for g in &s.groups {
+        let replicas: Vec<String> = g
+            .replicas
+            .iter()
+            .map(|r| format!("{} {}/{}", r.id, r.match_index, r.lag))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<10} {:>6} {:>6} {:>10} {:>10}  {}",
+            g.id,
+            g.role,
+            opt(g.leader_id),
+            g.term,
+            g.commit_index,
+            g.applied_index,
+            if replicas.is_empty() {
+                "-".to_owned()
+            } else {
+                replicas.join(", ")
+            }
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{GroupStatus, MemberStatus, ReplicaStatus};
+
+    #[test]
+    fn table_shows_members_groups_and_lag() {
+        let s = ClusterStatus {
+            node_id: 1,
+            role: "leader".into(),
+            term: 3,
+            leader_id: Some(1),
+            commit_index: 10,
+            applied_index: 9,
+            members: vec![MemberStatus {
+                id: 2,
+                addr: "127.0.0.1:7002".parse().unwrap(),
+                http: "127.0.0.1:7102".parse().unwrap(),
+                state: "alive".into(),
+            }],
+            groups: vec![GroupStatus {
+                id: 0,
+                role: "leader".into(),
+                leader_id: Some(1),
+                term: 3,
+                commit_index: 10,
+                applied_index: 9,
+                voters: vec![1, 2],
+                learners: vec![],
+                replicas: vec![ReplicaStatus {
+                    id: 2,
+                    match_index: 7,
+                    lag: 3,
+                }],
+            }],
+        };
+        let t = status_table("http://x", &s);
+        assert!(
+            t.contains("node 1 at http://x: leader in term 3, leader 1"),
+            "{t}"
+        );
+        assert!(t.contains("127.0.0.1:7102"), "{t}");
+        assert!(t.contains("2 7/3"), "{t}");
+    }
+}

@@ -1,0 +1,296 @@
+//! The `conclave` command line (DESIGN.md §6): `init`, `node`, `dev`, `kv`, `status` and
+//! `ring route`. The binary's `main` only calls [`main`].
+
+mod dev;
+mod init;
+mod kv;
+
+pub use init::{cluster_configs, write_cluster};
+
+use crate::client::DEFAULT_ENDPOINT;
+use crate::config::{Config, ReadLevel};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status of a successful command.
+pub const EXIT_OK: u8 = 0;
+/// Exit status of a failed command (a refused request, an unreachable node, a missing key).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status for a configuration file that does not load (and clap's usage errors).
+pub const EXIT_BAD_CONFIG: u8 = 2;
+
+/// `conclave`: run and talk to a conclave cluster.
+#[derive(Debug, Parser)]
+#[command(name = "conclave", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write DIR/n1.toml … nN.toml for a local cluster (node i: transport P+i, HTTP P+100+i).
+    Init(InitArgs),
+    /// Run one node in the foreground; SIGTERM/SIGINT shut it down cleanly.
+    Node(NodeArgs),
+    /// Init (or reuse) a local cluster, start every node as a child process, wait for a
+    /// leader and print the endpoints; Ctrl-C stops them all.
+    Dev(DevArgs),
+    /// Read and write keys through a node's HTTP API.
+    Kv(KvArgs),
+    /// Show the cluster as a node sees it: members, roles, terms, commit/applied, lag.
+    Status(StatusArgs),
+    /// Ring inspection.
+    #[command(subcommand)]
+    Ring(RingCommand),
+}
+
+/// `conclave init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Number of nodes (1 to 99).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=99))]
+    pub nodes: u16,
+    /// Directory for the config files (created if missing); data goes to DIR/data/n{i}.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Base port P: node i listens on P+i (transport) and P+100+i (HTTP).
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Overwrite existing config files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `conclave node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node's TOML configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// `conclave dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Number of nodes (1 to 99).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=99))]
+    pub nodes: u16,
+    /// Directory for configs, data and logs; existing configs there are reused.
+    #[arg(long, default_value = "conclave-dev")]
+    pub dir: PathBuf,
+    /// Base port P, as for `init`.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// How long to wait for a leader, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub leader_timeout_s: u64,
+}
+
+/// The node to talk to.
+#[derive(Debug, Args)]
+pub struct EndpointArg {
+    /// A node's HTTP endpoint; followers forward to the leader.
+    #[arg(long, global = true, env = "CONCLAVE_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+}
+
+/// `conclave kv`.
+#[derive(Debug, Args)]
+pub struct KvArgs {
+    /// The node to talk to.
+    #[command(flatten)]
+    pub endpoint: EndpointArg,
+    /// The operation.
+    #[command(subcommand)]
+    pub op: KvOp,
+}
+
+/// Read consistency as the CLI spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// A quorum round confirms leadership.
+    Linearizable,
+    /// The leader's lease.
+    Lease,
+    /// Whatever the node has applied.
+    Stale,
+}
+
+impl From<ConsistencyArg> for ReadLevel {
+    fn from(c: ConsistencyArg) -> ReadLevel {
+        match c {
+            ConsistencyArg::Linearizable => ReadLevel::Linearizable,
+            ConsistencyArg::Lease => ReadLevel::Lease,
+            ConsistencyArg::Stale => ReadLevel::Stale,
+        }
+    }
+}
+
+/// `conclave kv …`.
+#[derive(Debug, Subcommand)]
+pub enum KvOp {
+    /// Set KEY to VALUE.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Makes a retried write apply once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Print KEY's value (exit 1 when absent).
+    Get {
+        /// The key.
+        key: String,
+        /// Read consistency (default: the node's `raft.read.default`).
+        #[arg(long, value_enum)]
+        consistency: Option<ConsistencyArg>,
+    },
+    /// Delete KEY.
+    Del {
+        /// The key.
+        key: String,
+        /// Makes a retried write apply once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Compare-and-set: set KEY to --value (or delete it with --delete) if it holds
+    /// --expected (or is absent with --absent). Exit 1 when the comparison fails.
+    Cas(CasArgs),
+}
+
+/// `conclave kv cas`.
+#[derive(Debug, Args)]
+pub struct CasArgs {
+    /// The key.
+    pub key: String,
+    /// The value KEY must hold.
+    #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
+    pub expected: Option<String>,
+    /// KEY must be absent.
+    #[arg(long)]
+    pub absent: bool,
+    /// The value to store.
+    #[arg(long, conflicts_with = "delete", required_unless_present = "delete")]
+    pub value: Option<String>,
+    /// Delete KEY instead of storing a value.
+    #[arg(long)]
+    pub delete: bool,
+    /// Makes a retried write apply once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `conclave status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node to ask.
+    #[command(flatten)]
+    pub endpoint: EndpointArg,
+    /// Print the raw JSON of `GET /v1/cluster`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `conclave ring …`.
+#[derive(Debug, Subcommand)]
+pub enum RingCommand {
+    /// Which shard, replicas and leader KEY maps to.
+    Route {
+        /// The key.
+        key: String,
+        /// The node to ask.
+        #[command(flatten)]
+        endpoint: EndpointArg,
+    },
+}
+
+/// Sets up logging: `RUST_LOG`, else `LOG_LEVEL`, else `info`, to stderr.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| {
+            std::env::var("LOG_LEVEL")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("warning: ignoring log filter {spec:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    // A second initialisation (tests calling main twice) is harmless: keep the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses the command line, runs the command and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Runs a parsed command; `Ok` carries the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Init(args) => {
+            let written = write_cluster(args.nodes, &args.dir, args.base_port, args.force)?;
+            for (path, config) in &written {
+                println!(
+                    "wrote {} (node {}: transport {}, http {})",
+                    path.display(),
+                    config.node.id,
+                    config.node.listen,
+                    config.node.http
+                );
+            }
+            println!(
+                "start each node with: conclave node --config {}",
+                args.dir.join("n1.toml").display()
+            );
+            Ok(EXIT_OK)
+        }
+        Command::Node(args) => run_node(&args),
+        Command::Dev(args) => dev::run(&args),
+        Command::Kv(args) => kv::run_kv(args),
+        Command::Status(args) => kv::run_status(&args),
+        Command::Ring(RingCommand::Route { key, endpoint }) => kv::run_route(&key, &endpoint),
+    }
+}
+
+fn run_node(args: &NodeArgs) -> anyhow::Result<u8> {
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_BAD_CONFIG);
+        }
+    };
+    tracing::info!(
+        node = config.node.id,
+        config = %args.config.display(),
+        "starting node"
+    );
+    eprintln!(
+        "error: `conclave node` is not available in this build: the node runtime \
+         (conclave::node::run_blocking) has not landed yet; node {} was not started",
+        config.node.id
+    );
+    Ok(EXIT_FAILURE)
+}

@@ -1,0 +1,393 @@
+//! A small async client of a node's HTTP API (DESIGN.md §7), used by the `conclave` CLI.
+//!
+//! It runs on actix's runtime (awc is single-threaded): call it inside an actix system, e.g.
+//! `actix_web::rt::System::new().block_on(…)`.
+
+use crate::config::ReadLevel;
+use crate::http::{encode_key, IDEMPOTENCY_HEADER};
+use crate::node::{ClusterStatus, NodeId};
+use awc::error::SendRequestError;
+use awc::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The default endpoint: node 1 of a `conclave init`/`dev` cluster.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7101";
+
+/// Largest response body the client reads (a value, a status document).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not an `http://host:port` URL.
+    #[error("invalid endpoint {0:?}: expected http://HOST:PORT")]
+    InvalidEndpoint(String),
+    /// No connection could be made.
+    #[error("cannot reach node at {endpoint}: {reason}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// The node did not answer in time.
+    #[error("node at {endpoint} did not answer within {timeout:?}")]
+    Timeout {
+        /// The endpoint.
+        endpoint: String,
+        /// The client's timeout.
+        timeout: Duration,
+    },
+    /// The node answered with an error (`{"error":{"code","message"}}`).
+    #[error("{message} (HTTP {status}, {code}{})", retry_after.map(|s| format!(", retry after {s} s")).unwrap_or_default())]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error's code, e.g. `no_leader`.
+        code: String,
+        /// The error's message.
+        message: String,
+        /// `Retry-After` in seconds, on 503s.
+        retry_after: Option<u64>,
+    },
+    /// The node's answer could not be understood.
+    #[error("unexpected response from {endpoint}: {reason}")]
+    BadResponse {
+        /// The endpoint.
+        endpoint: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A committed and applied write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteAck {
+    /// The log index it was applied at.
+    pub index: u64,
+    /// The leader's term.
+    pub term: u64,
+}
+
+/// A committed and applied delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteAck {
+    /// The log index it was applied at.
+    pub index: u64,
+    /// The leader's term.
+    pub term: u64,
+    /// Whether the key existed.
+    pub existed: bool,
+}
+
+/// A compare-and-set's outcome (both outcomes were applied at `index`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasResult {
+    /// Whether the expected value matched and the new one was stored.
+    pub ok: bool,
+    /// On failure, the value the key held (`None`: absent).
+    #[serde(default)]
+    pub current: Option<String>,
+    /// The log index.
+    pub index: u64,
+    /// The leader's term.
+    pub term: u64,
+}
+
+/// Where a key lives (`GET /v1/ring/route/{key}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// The shard.
+    pub shard: u64,
+    /// Its replicas, preferred first.
+    pub replicas: Vec<NodeId>,
+    /// Its leader, when known.
+    pub leader: Option<NodeId>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+/// A client of one node.
+pub struct Client {
+    endpoint: String,
+    timeout: Duration,
+    http: awc::Client,
+}
+
+impl Client {
+    /// A client of the node at `endpoint` (`http://host:port`), with a 30 s timeout.
+    pub fn new(endpoint: &str) -> Result<Client, ClientError> {
+        Client::with_timeout(endpoint, Duration::from_secs(30))
+    }
+
+    /// A client with an explicit per-request timeout.
+    pub fn with_timeout(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let trimmed = endpoint.trim_end_matches('/');
+        let authority = trimmed
+            .strip_prefix("http://")
+            .ok_or_else(|| ClientError::InvalidEndpoint(endpoint.to_owned()))?;
+        if authority.is_empty() || authority.contains('/') {
+            return Err(ClientError::InvalidEndpoint(endpoint.to_owned()));
+        }
+        let http = awc::Client::builder()
+            .timeout(timeout)
+            .disable_redirects()
+            .finish();
+        Ok(Client {
+            endpoint: trimmed.to_owned(),
+            timeout,
+            http,
+        })
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn kv_url(&self, key: &[u8]) -> String {
+        format!("{}/v1/kv/{}", self.endpoint, encode_key(key))
+    }
+
+    fn send_error(&self, e: SendRequestError) -> ClientError {
+        match e {
+            SendRequestError::Timeout => ClientError::Timeout {
+                endpoint: self.endpoint.clone(),
+                timeout: self.timeout,
+            },
+            SendRequestError::Connect(c) => ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                reason: c.to_string(),
+            },
+            other => ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    fn bad(&self, reason: impl Into<String>) -> ClientError {
+        ClientError::BadResponse {
+            endpoint: self.endpoint.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Sends a request and returns the status and the whole body.
+    async fn call(
+        &self,
+        request: awc::ClientRequest,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Vec<u8>, Option<u64>), ClientError> {
+        let sent = match body {
+            Some(b) => request.send_body(b).await,
+            None => request.send().await,
+        };
+        let mut response = sent.map_err(|e| self.send_error(e))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse().ok());
+        let bytes = response
+            .body()
+            .limit(MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| self.bad(format!("cannot read the body: {e}")))?;
+        Ok((status, bytes.to_vec(), retry_after))
+    }
+
+    /// The error a non-success answer carries.
+    fn api_error(&self, status: StatusCode, body: &[u8], retry_after: Option<u64>) -> ClientError {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(e) => ClientError::Api {
+                status: status.as_u16(),
+                code: e.error.code,
+                message: e.error.message,
+                retry_after,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: "unknown".to_owned(),
+                message: String::from_utf8_lossy(body).into_owned(),
+                retry_after,
+            },
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| self.bad(format!("invalid JSON: {e}")))
+    }
+
+    fn write_request(
+        &self,
+        method: awc::http::Method,
+        url: &str,
+        idempotency_key: Option<&str>,
+    ) -> awc::ClientRequest {
+        let mut req = self.http.request(method, url);
+        if let Some(k) = idempotency_key {
+            req = req.insert_header((IDEMPOTENCY_HEADER, k));
+        }
+        req
+    }
+
+    /// `PUT /v1/kv/{key}`: stores `value`, returns once it is committed and applied.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        idempotency_key: Option<&str>,
+    ) -> Result<WriteAck, ClientError> {
+        let req = self.write_request(awc::http::Method::PUT, &self.kv_url(key), idempotency_key);
+        let (status, body, retry) = self.call(req, Some(value)).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+
+    /// `GET /v1/kv/{key}`: the value, or `None` when the key is absent.
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Option<ReadLevel>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut url = self.kv_url(key);
+        if let Some(level) = consistency {
+            url.push_str(match level {
+                ReadLevel::Linearizable => "?consistency=linearizable",
+                ReadLevel::Lease => "?consistency=lease",
+                ReadLevel::Stale => "?consistency=stale",
+            });
+        }
+        let (status, body, retry) = self.call(self.http.get(url), None).await?;
+        match status {
+            StatusCode::OK => Ok(Some(body)),
+            StatusCode::NOT_FOUND => match self.api_error(status, &body, retry) {
+                ClientError::Api { code, .. } if code == "key_not_found" => Ok(None),
+                other => Err(other),
+            },
+            _ => Err(self.api_error(status, &body, retry)),
+        }
+    }
+
+    /// `DELETE /v1/kv/{key}`.
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Result<DeleteAck, ClientError> {
+        let req = self.write_request(
+            awc::http::Method::DELETE,
+            &self.kv_url(key),
+            idempotency_key,
+        );
+        let (status, body, retry) = self.call(req, None).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+
+    /// `POST /v1/kv/{key}/cas`: sets `key` to `value` (`None`: deletes it) if it holds
+    /// `expected` (`None`: absent). A mismatch is `Ok` with `ok == false`.
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&str>,
+        value: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<CasResult, ClientError> {
+        let url = format!("{}/cas", self.kv_url(key));
+        let req = self
+            .write_request(awc::http::Method::POST, &url, idempotency_key)
+            .insert_header(("content-type", "application/json"));
+        let body = serde_json::json!({ "expected": expected, "value": value }).to_string();
+        let (status, body, retry) = self.call(req, Some(body.into_bytes())).await?;
+        match status {
+            StatusCode::OK | StatusCode::CONFLICT => self.decode(&body),
+            _ => Err(self.api_error(status, &body, retry)),
+        }
+    }
+
+    /// `GET /v1/cluster`: the cluster as the node sees it.
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        self.status_json().await.and_then(|v| {
+            serde_json::from_value(v).map_err(|e| self.bad(format!("invalid status: {e}")))
+        })
+    }
+
+    /// `GET /v1/cluster` as raw JSON (what `conclave status --json` prints).
+    pub async fn status_json(&self) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/cluster", self.endpoint);
+        let (status, body, retry) = self.call(self.http.get(url), None).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+
+    /// `GET /v1/ring/route/{key}`.
+    pub async fn route(&self, key: &[u8]) -> Result<RouteInfo, ClientError> {
+        let url = format!("{}/v1/ring/route/{}", self.endpoint, encode_key(key));
+        let (status, body, retry) = self.call(self.http.get(url), None).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_validated() {
+        assert!(Client::new("http://127.0.0.1:7101").is_ok());
+        assert_eq!(
+            Client::new("http://127.0.0.1:7101/").unwrap().endpoint(),
+            "http://127.0.0.1:7101"
+        );
+        for bad in [
+            "127.0.0.1:7101",
+            "https://x:1",
+            "http://",
+            "http://h:1/path",
+        ] {
+            assert!(
+                matches!(Client::new(bad), Err(ClientError::InvalidEndpoint(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[actix_web::test]
+    async fn connection_refused_names_the_endpoint() {
+        // Bind then drop a listener: nothing listens on that port afterwards.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let err = client.get(b"k", None).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("cannot reach node at http://127.0.0.1:{port}")),
+            "{text}"
+        );
+    }
+}

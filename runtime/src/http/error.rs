@@ -1,0 +1,184 @@
+//! The API's error type and its JSON shape `{"error":{"code":…,"message":…}}` (DESIGN.md §7).
+
+use super::RETRY_AFTER_SECS;
+use crate::node::RequestError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+
+/// An error answered to an HTTP client. Every variant has one status code; `code` strings are
+/// stable, machine-readable identifiers (clients and the CLI match on them).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed (bad key, bad JSON, missing body, bad query, bad header).
+    #[error("{message}")]
+    BadRequest {
+        /// E.g. `invalid_key`, `invalid_json`, `missing_body`, `invalid_consistency`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 404: no such key or no such route.
+    #[error("{message}")]
+    NotFound {
+        /// `key_not_found` or `route_not_found`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 405: the route exists, the method does not.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// 413: the body or value exceeds the node's limit.
+    #[error("payload{} exceeds the limit of {limit} bytes", size.map(|s| format!(" of {s} bytes")).unwrap_or_default())]
+    TooLarge {
+        /// The size when known up front (`Content-Length`).
+        size: Option<usize>,
+        /// The limit.
+        limit: usize,
+    },
+    /// 503 + `Retry-After`: no leader, no quorum, overloaded, shutting down, hop limit reached,
+    /// leader unreachable. Safe to retry.
+    #[error("{message}")]
+    Unavailable {
+        /// E.g. `no_leader`, `overloaded`, `dropped`, `shutting_down`, `hop_limit`,
+        /// `leader_unreachable`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 504: accepted but not completed in time; a write may still apply.
+    #[error("{message}")]
+    Timeout {
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 500: the node failed internally.
+    #[error("{message}")]
+    Internal {
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// A 400 with the given code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 503 with the given code.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Unavailable {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::NotFound { code, .. }
+            | ApiError::Unavailable { code, .. } => code,
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::Timeout { .. } => "timeout",
+            ApiError::Internal { .. } => "internal",
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    /// Maps the node's errors to statuses. `NotLeader` with a hint never gets here: the handler
+    /// forwards it; without a hint it is a 503 like `NoLeader`.
+    fn from(e: RequestError) -> Self {
+        let message = e.to_string();
+        match e {
+            RequestError::NotLeader { .. } | RequestError::NoLeader { .. } => {
+                ApiError::unavailable("no_leader", message)
+            }
+            RequestError::Overloaded => ApiError::unavailable("overloaded", message),
+            RequestError::Dropped => ApiError::unavailable("dropped", message),
+            RequestError::ShuttingDown => ApiError::unavailable("shutting_down", message),
+            RequestError::Timeout => ApiError::Timeout { message },
+            RequestError::TooLarge { size, limit } => ApiError::TooLarge {
+                size: Some(size),
+                limit,
+            },
+            RequestError::Internal(_) => ApiError::Internal { message },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut builder = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unavailable { .. }) {
+            builder.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+        }
+        if matches!(self, ApiError::TooLarge { .. }) {
+            // The body may not have been read: make the client open a new connection rather
+            // than have it send the rest of the body as the next request.
+            builder.insert_header((header::CONNECTION, "close"));
+        }
+        builder.json(serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_errors_map_to_documented_statuses() {
+        let cases = [
+            (
+                RequestError::NotLeader { leader: None },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                RequestError::NoLeader { group: 0 },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (RequestError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
+            (RequestError::Dropped, StatusCode::SERVICE_UNAVAILABLE),
+            (RequestError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+            (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
+            (
+                RequestError::TooLarge { size: 10, limit: 5 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                RequestError::Internal("disk".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (e, status) in cases {
+            let api = ApiError::from(e.clone());
+            assert_eq!(api.status_code(), status, "{e:?}");
+            let resp = api.error_response();
+            assert_eq!(
+                resp.headers().contains_key(header::RETRY_AFTER),
+                status == StatusCode::SERVICE_UNAVAILABLE,
+                "{e:?}"
+            );
+        }
+    }
+}

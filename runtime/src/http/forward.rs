@@ -1,0 +1,101 @@
+//! Forwarding a request from a follower to the leader (DESIGN.md §7): the same method, path,
+//! query, body and idempotency key, with a hop counter so that stale leader hints cannot make
+//! requests circle between nodes forever.
+
+use super::{ApiError, HOPS_HEADER, IDEMPOTENCY_HEADER};
+use crate::node::{LeaderHint, NodeId};
+use actix_web::http::header::{self, HeaderName};
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse};
+use awc::error::SendRequestError;
+
+/// The hop count a request arrived with (0 when it comes from a client).
+pub(crate) fn incoming_hops(req: &HttpRequest) -> Result<u32, ApiError> {
+    match req.headers().get(HOPS_HEADER) {
+        None => Ok(0),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    format!("{HOPS_HEADER} must be a non-negative integer"),
+                )
+            }),
+    }
+}
+
+/// Response headers that describe one connection, not the message: never copied across a hop.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONTENT_LENGTH
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+}
+
+/// Sends `req` (with `body`) to the leader named by `hint` and streams its answer back.
+pub(crate) async fn forward(
+    client: &awc::Client,
+    req: &HttpRequest,
+    body: Bytes,
+    hint: &LeaderHint,
+    self_id: NodeId,
+    max_hops: u32,
+) -> Result<HttpResponse, ApiError> {
+    if hint.id == self_id {
+        // The node names itself leader yet refused as a follower: a transient state during a
+        // leader change. Forwarding to ourselves would loop.
+        return Err(ApiError::unavailable(
+            "no_leader",
+            "leadership is changing; retry",
+        ));
+    }
+    let next = incoming_hops(req)?.saturating_add(1);
+    if next > max_hops {
+        return Err(ApiError::unavailable(
+            "hop_limit",
+            format!("request forwarded more than {max_hops} times; the cluster's leader hints are stale, retry"),
+        ));
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let url = format!("http://{}{}", hint.http, path);
+    let mut outbound = client
+        .request(req.method().clone(), &url)
+        .insert_header((HOPS_HEADER, next.to_string()));
+    for name in [
+        header::CONTENT_TYPE,
+        HeaderName::from_static(IDEMPOTENCY_HEADER),
+    ] {
+        if let Some(v) = req.headers().get(&name) {
+            outbound = outbound.insert_header((name.clone(), v.clone()));
+        }
+    }
+    tracing::debug!(leader = hint.id, %url, hops = next, "forwarding request to the leader");
+    let response = outbound.send_body(body).await.map_err(|e| match e {
+        SendRequestError::Timeout => ApiError::Timeout {
+            message: format!("the leader (node {}) did not answer in time", hint.id),
+        },
+        other => ApiError::unavailable(
+            "leader_unreachable",
+            format!(
+                "cannot reach the leader (node {} at {}): {other}",
+                hint.id, hint.http
+            ),
+        ),
+    })?;
+    let mut builder = HttpResponse::build(response.status());
+    for (name, value) in response.headers() {
+        if !hop_by_hop(name) {
+            builder.append_header((name.clone(), value.clone()));
+        }
+    }
+    Ok(builder.streaming(response))
+}

@@ -1,0 +1,554 @@
+//! The node's HTTP API (DESIGN.md §7) on actix-web.
+//!
+//! The server is generic over [`KvService`], the node's request interface, so it is tested on
+//! its own against a test double. Every error is JSON `{"error":{"code":…,"message":…}}`
+//! ([`ApiError`]); requests that reach a follower are forwarded to the leader with a hop limit
+//! ([`HOPS_HEADER`]); bodies are read with a limit so an oversized value is refused with 413
+//! before it is buffered.
+//!
+//! Routes: `PUT|GET|DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`, `GET /v1/cluster`,
+//! `GET /v1/ring/route/{key}`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+
+mod error;
+mod forward;
+mod keys;
+
+pub use error::ApiError;
+pub use keys::{decode_key, encode_key, KeyError, MAX_KEY_BYTES};
+
+use crate::config::{Config, ReadLevel};
+use crate::node::{KvService, RequestError};
+use crate::state_machine::{KvCommand, KvOutput};
+use actix_web::dev::{Server, Service};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::web::{self, Bytes};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Request header carrying how many times a request has been forwarded between nodes.
+pub const HOPS_HEADER: &str = "x-conclave-hops";
+/// Request header whose value makes a retried write apply once.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Response header naming the node that served the request (after any forwarding).
+pub const SERVED_BY_HEADER: &str = "x-conclave-served-by";
+/// The `Retry-After` value of every 503, in seconds. An election takes a few hundred ms, so
+/// one second is the smallest value the header can express that is not "immediately".
+pub const RETRY_AFTER_SECS: u64 = 1;
+/// The longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+const KV_PREFIX: &str = "/v1/kv/";
+const ROUTE_PREFIX: &str = "/v1/ring/route/";
+
+/// How the HTTP server runs. [`HttpOptions::from_config`] gives the node's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// actix-web worker threads.
+    pub workers: usize,
+    /// How long a forwarded request may wait for the leader's response head.
+    pub forward_timeout: Duration,
+    /// Most forwards of one request (`node.max_hops`).
+    pub max_hops: u32,
+}
+
+impl HttpOptions {
+    /// The options of a node: `node.max_hops` from the config, up to 4 workers (the HTTP layer
+    /// only parses and waits on the node; more threads would compete with the Raft actors), a
+    /// 10 s forwarding timeout (longer than any election, shorter than a client's patience).
+    pub fn from_config(config: &Config) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        HttpOptions {
+            workers: cpus.clamp(1, 4),
+            forward_timeout: Duration::from_secs(10),
+            max_hops: config.node.max_hops,
+        }
+    }
+}
+
+/// Binds `config.node.http` and builds the API server for `service`. The caller runs (awaits)
+/// the returned [`Server`] inside an actix system and stops it through [`Server::handle`]; the
+/// server installs no signal handlers of its own (the node owns SIGTERM/SIGINT).
+pub fn server<S: KvService + Send>(service: S, config: &Config) -> std::io::Result<Server> {
+    let listener = std::net::TcpListener::bind(config.node.http)?;
+    server_with(service, listener, HttpOptions::from_config(config))
+}
+
+/// Like [`server`], on an already bound listener (tests bind port 0) with explicit options.
+pub fn server_with<S: KvService + Send>(
+    service: S,
+    listener: std::net::TcpListener,
+    options: HttpOptions,
+) -> std::io::Result<Server> {
+    let workers = options.workers.max(1);
+    let server = HttpServer::new(move || {
+        let node_id = service.node_id();
+        let client = awc::Client::builder()
+            .timeout(options.forward_timeout)
+            .disable_redirects()
+            .finish();
+        let ctx = Ctx {
+            service: service.clone(),
+            client,
+            options: options.clone(),
+        };
+        App::new()
+            .app_data(web::Data::new(ctx))
+            .wrap_fn(move |req, srv| {
+                let start = Instant::now();
+                let method = req.method().to_string();
+                let fut = srv.call(req);
+                async move {
+                    let result = fut.await;
+                    let (status, route) = match &result {
+                        Ok(res) => (res.status(), res.request().match_pattern()),
+                        Err(e) => (e.as_response_error().status_code(), None),
+                    };
+                    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+                    metrics::counter!(
+                        "conclave_http_requests_total",
+                        "route" => route.clone(),
+                        "method" => method,
+                        "status" => status.as_u16().to_string()
+                    )
+                    .increment(1);
+                    metrics::histogram!("conclave_http_request_duration_seconds", "route" => route)
+                        .record(start.elapsed().as_secs_f64());
+                    let mut res = result?;
+                    if !res.headers().contains_key(SERVED_BY_HEADER) {
+                        res.headers_mut().insert(
+                            header::HeaderName::from_static(SERVED_BY_HEADER),
+                            HeaderValue::from(node_id),
+                        );
+                    }
+                    Ok(res)
+                }
+            })
+            .configure(routes::<S>)
+            .default_service(web::to(route_not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// Per-worker state: the service, a forwarding client (awc's client is single-threaded, so one
+/// per worker) and the options.
+struct Ctx<S> {
+    service: S,
+    client: awc::Client,
+    options: HttpOptions,
+}
+
+type Data<S> = web::Data<Ctx<S>>;
+
+impl<S: KvService> Ctx<S> {
+    /// Turns a node error into the response: a `NotLeader` with a known leader is forwarded,
+    /// everything else is the error's status.
+    async fn on_error(
+        &self,
+        req: &HttpRequest,
+        body: Bytes,
+        e: RequestError,
+    ) -> Result<HttpResponse, ApiError> {
+        match e {
+            RequestError::NotLeader { leader: Some(hint) } => {
+                forward::forward(
+                    &self.client,
+                    req,
+                    body,
+                    &hint,
+                    self.service.node_id(),
+                    self.options.max_hops,
+                )
+                .await
+            }
+            other => Err(other.into()),
+        }
+    }
+}
+
+fn routes<S: KvService>(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/kv/{key}")
+            .route(web::put().to(put_kv::<S>))
+            .route(web::get().to(get_kv::<S>))
+            .route(web::delete().to(delete_kv::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/v1/kv/").to(empty_key))
+    .service(
+        web::resource("/v1/kv/{key}/cas")
+            .route(web::post().to(cas_kv::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/cluster")
+            .route(web::get().to(cluster::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/ring/route/{key}")
+            .route(web::get().to(ring_route::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/v1/ring/route/").to(empty_key))
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics_text::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/healthz")
+            .route(web::get().to(healthz::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(readyz::<S>))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+async fn route_not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::NotFound {
+        code: "route_not_found",
+        message: format!("no route {} {}", req.method(), req.path()),
+    }
+    .error_response()
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    ApiError::MethodNotAllowed.error_response()
+}
+
+async fn empty_key() -> HttpResponse {
+    ApiError::bad_request("invalid_key", KeyError::Empty.to_string()).error_response()
+}
+
+/// The key of a `{prefix}{key}[/…]` path, decoded from the raw URI (see [`keys`]).
+fn path_key(req: &HttpRequest, prefix: &str) -> Result<Vec<u8>, ApiError> {
+    let rest = req.uri().path().strip_prefix(prefix).unwrap_or("");
+    let raw = rest.split('/').next().unwrap_or("");
+    decode_key(raw).map_err(|e| ApiError::bad_request("invalid_key", e.to_string()))
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY_BYTES => Ok(Some(s.to_owned())),
+        _ => Err(ApiError::bad_request(
+            "invalid_header",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+            ),
+        )),
+    }
+}
+
+/// The `consistency` query parameter, if given.
+fn consistency(req: &HttpRequest) -> Result<Option<ReadLevel>, ApiError> {
+    for pair in req.query_string().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "consistency" {
+            continue;
+        }
+        return match value {
+            "linearizable" => Ok(Some(ReadLevel::Linearizable)),
+            "lease" => Ok(Some(ReadLevel::Lease)),
+            "stale" => Ok(Some(ReadLevel::Stale)),
+            other => Err(ApiError::bad_request(
+                "invalid_consistency",
+                format!("unknown consistency {other:?}: expected linearizable, lease or stale"),
+            )),
+        };
+    }
+    Ok(None)
+}
+
+/// Reads the body, refusing it with 413 once it exceeds `limit` — from `Content-Length` before
+/// reading anything when the client sent one, else as soon as the stream passes the limit.
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<usize>().ok());
+    if let Some(size) = declared {
+        if size > limit {
+            return Err(ApiError::TooLarge {
+                size: Some(size),
+                limit,
+            });
+        }
+    }
+    match payload.to_bytes_limited(limit).await {
+        Err(_) => Err(ApiError::TooLarge { size: None, limit }),
+        Ok(Err(e)) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("cannot read the body: {e}"),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+/// A request "has a body" when it declares one (`Content-Length`, even 0, or chunked).
+fn has_body(req: &HttpRequest) -> bool {
+    req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+}
+
+fn missing_body(what: &str) -> ApiError {
+    ApiError::bad_request("missing_body", format!("the request needs a body: {what}"))
+}
+
+fn unexpected_output(output: &KvOutput) -> ApiError {
+    ApiError::Internal {
+        message: format!("the state machine returned an unexpected output: {output:?}"),
+    }
+}
+
+async fn put_kv<S: KvService>(
+    req: HttpRequest,
+    payload: web::Payload,
+    ctx: Data<S>,
+) -> Result<HttpResponse, ApiError> {
+    let key = path_key(&req, KV_PREFIX)?;
+    let idempotency = idempotency_key(&req)?;
+    if !has_body(&req) {
+        return Err(missing_body("the value bytes"));
+    }
+    let body = read_body(&req, payload, ctx.service.max_value_bytes()).await?;
+    let command = KvCommand::Put {
+        key,
+        value: body.to_vec(),
+    };
+    match ctx.service.write(command, idempotency).await {
+        Ok(w) => Ok(HttpResponse::Ok().json(json!({ "index": w.index, "term": w.term }))),
+        Err(e) => ctx.on_error(&req, body, e).await,
+    }
+}
+
+async fn get_kv<S: KvService>(req: HttpRequest, ctx: Data<S>) -> Result<HttpResponse, ApiError> {
+    let key = path_key(&req, KV_PREFIX)?;
+    let level = consistency(&req)?.unwrap_or_else(|| ctx.service.default_consistency());
+    match ctx.service.read(key, level).await {
+        Ok(Some(value)) => Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(value)),
+        Ok(None) => Err(ApiError::NotFound {
+            code: "key_not_found",
+            message: "no such key".to_owned(),
+        }),
+        Err(e) => ctx.on_error(&req, Bytes::new(), e).await,
+    }
+}
+
+async fn delete_kv<S: KvService>(req: HttpRequest, ctx: Data<S>) -> Result<HttpResponse, ApiError> {
+    let key = path_key(&req, KV_PREFIX)?;
+    let idempotency = idempotency_key(&req)?;
+    match ctx
+        .service
+        .write(KvCommand::Delete { key }, idempotency)
+        .await
+    {
+        Ok(w) => match w.output {
+            KvOutput::Delete { existed } => Ok(HttpResponse::Ok()
+                .json(json!({ "index": w.index, "term": w.term, "existed": existed }))),
+            other => Err(unexpected_output(&other)),
+        },
+        Err(e) => ctx.on_error(&req, Bytes::new(), e).await,
+    }
+}
+
+/// Parses `{"expected": str|null, "value": str|null}`. Both fields are required: a missing
+/// `expected` silently meaning "absent" would turn a typo into a different operation.
+/// A CAS request's `(expected, value)`; `None` means absent.
+type CasFields = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn parse_cas(body: &[u8], limit: usize) -> Result<CasFields, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("invalid_json", m);
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(invalid(
+            "expected an object {\"expected\": str|null, \"value\": str|null}".to_owned(),
+        ));
+    };
+    if let Some(unknown) = map.keys().find(|k| *k != "expected" && *k != "value") {
+        return Err(invalid(format!("unknown field {unknown:?}")));
+    }
+    let mut field = |name: &str| -> Result<Option<Vec<u8>>, ApiError> {
+        match map.remove(name) {
+            None => Err(invalid(format!(
+                "missing field {name:?} (use null for absent)"
+            ))),
+            Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => {
+                if s.len() > limit {
+                    Err(ApiError::TooLarge {
+                        size: Some(s.len()),
+                        limit,
+                    })
+                } else {
+                    Ok(Some(s.into_bytes()))
+                }
+            }
+            Some(_) => Err(invalid(format!("field {name:?} must be a string or null"))),
+        }
+    };
+    let expected = field("expected")?;
+    let new = field("value")?;
+    Ok((expected, new))
+}
+
+async fn cas_kv<S: KvService>(
+    req: HttpRequest,
+    payload: web::Payload,
+    ctx: Data<S>,
+) -> Result<HttpResponse, ApiError> {
+    let key = path_key(&req, KV_PREFIX)?;
+    let idempotency = idempotency_key(&req)?;
+    let limit = ctx.service.max_value_bytes();
+    // Two JSON strings of up to `limit` bytes each, with room for escaping (`\uXXXX` is 6
+    // bytes per byte at worst) and the object around them.
+    let body_limit = limit.saturating_mul(12).saturating_add(4096);
+    let body = read_body(&req, payload, body_limit).await?;
+    if body.is_empty() {
+        return Err(missing_body(
+            "JSON {\"expected\": str|null, \"value\": str|null}",
+        ));
+    }
+    let (expected, new) = parse_cas(&body, limit)?;
+    let command = KvCommand::Cas {
+        key,
+        expected: expected.map(serde_bytes::ByteBuf::from),
+        new: new.map(serde_bytes::ByteBuf::from),
+    };
+    match ctx.service.write(command, idempotency).await {
+        Ok(w) => match w.output {
+            KvOutput::Cas { ok: true, .. } => Ok(
+                HttpResponse::Ok().json(json!({ "ok": true, "index": w.index, "term": w.term }))
+            ),
+            KvOutput::Cas { ok: false, current } => {
+                // The API's values are strings; a value written as non-UTF-8 bytes through
+                // PUT is shown lossily here.
+                let current = current.map(|c| String::from_utf8_lossy(&c).into_owned());
+                Ok(HttpResponse::Conflict().json(
+                    json!({ "ok": false, "current": current, "index": w.index, "term": w.term }),
+                ))
+            }
+            other => Err(unexpected_output(&other)),
+        },
+        Err(e) => ctx.on_error(&req, body, e).await,
+    }
+}
+
+async fn cluster<S: KvService>(ctx: Data<S>) -> HttpResponse {
+    HttpResponse::Ok().json(ctx.service.status().await)
+}
+
+async fn ring_route<S: KvService>(
+    req: HttpRequest,
+    ctx: Data<S>,
+) -> Result<HttpResponse, ApiError> {
+    let key = path_key(&req, ROUTE_PREFIX)?;
+    let (shard, replicas, leader) = ctx.service.route(&key);
+    Ok(HttpResponse::Ok().json(json!({ "shard": shard, "replicas": replicas, "leader": leader })))
+}
+
+async fn metrics_text<S: KvService>(ctx: Data<S>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(ctx.service.render_metrics())
+}
+
+async fn healthz<S: KvService>(ctx: Data<S>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok", "node_id": ctx.service.node_id() }))
+}
+
+async fn readyz<S: KvService>(ctx: Data<S>) -> HttpResponse {
+    let readiness = ctx.service.readiness().await;
+    if readiness.ready {
+        HttpResponse::Ok().json(readiness)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
+            .json(readiness)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn consistency_parameter() {
+        let level = |q: &str| {
+            consistency(&TestRequest::with_uri(&format!("/v1/kv/k?{q}")).to_http_request())
+        };
+        assert_eq!(level("consistency=stale").unwrap(), Some(ReadLevel::Stale));
+        assert_eq!(
+            level("a=b&consistency=lease").unwrap(),
+            Some(ReadLevel::Lease)
+        );
+        assert_eq!(
+            level("consistency=linearizable").unwrap(),
+            Some(ReadLevel::Linearizable)
+        );
+        assert_eq!(level("other=1").unwrap(), None);
+        assert_eq!(
+            level("consistency=strong").unwrap_err().code(),
+            "invalid_consistency"
+        );
+        assert_eq!(
+            level("consistency").unwrap_err().code(),
+            "invalid_consistency"
+        );
+    }
+
+    #[test]
+    fn cas_body_parsing() {
+        assert_eq!(
+            parse_cas(br#"{"expected":null,"value":"v"}"#, 10).unwrap(),
+            (None, Some(b"v".to_vec()))
+        );
+        assert_eq!(
+            parse_cas(br#"{"expected":"a","value":null}"#, 10).unwrap(),
+            (Some(b"a".to_vec()), None)
+        );
+        for bad in [
+            &br#"{"value":"v"}"#[..],
+            br#"{"expected":1,"value":"v"}"#,
+            br#"{"expected":null,"value":"v","x":1}"#,
+            br#"["a"]"#,
+            b"{not json",
+        ] {
+            assert_eq!(parse_cas(bad, 10).unwrap_err().code(), "invalid_json");
+        }
+        assert_eq!(
+            parse_cas(br#"{"expected":null,"value":"0123456789X"}"#, 10)
+                .unwrap_err()
+                .code(),
+            "payload_too_large"
+        );
+    }
+
+    #[test]
+    fn keys_come_from_the_raw_path() {
+        let req = TestRequest::with_uri("/v1/kv/a%2Fb/cas").to_http_request();
+        assert_eq!(path_key(&req, KV_PREFIX).unwrap(), b"a/b");
+        let req = TestRequest::with_uri("/v1/kv/%FF").to_http_request();
+        assert_eq!(path_key(&req, KV_PREFIX).unwrap_err().code(), "invalid_key");
+    }
+}

@@ -1,0 +1,620 @@
+//! The HTTP API against a test double of the node: every route, every error status, bad input,
+//! forwarding across two real loopback servers and the hop limit.
+
+#![allow(clippy::unwrap_used)] // Tests (and their shared double) unwrap freely.
+
+mod http_support;
+
+use actix_web::http::header::HeaderMap;
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use conclave::config::ReadLevel;
+use conclave::node::RequestError;
+use http_support::{Double, Mode, TestServer};
+use serde_json::Value;
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Asserts the status and the error shape `{"error":{"code","message"}}`; returns the code.
+    fn error(&self, status: StatusCode) -> String {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        assert!(v["error"]["message"].is_string(), "no error.message in {v}");
+        v["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.code in {v}"))
+            .to_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn send(req: awc::ClientRequest, body: Option<&[u8]>) -> Reply {
+    let sent = match body {
+        Some(b) => req.send_body(b.to_vec()).await,
+        None => req.send().await,
+    };
+    let mut resp = sent.unwrap();
+    let body = resp.body().limit(64 * 1024 * 1024).await.unwrap();
+    Reply {
+        status: resp.status(),
+        headers: resp.headers().clone(),
+        body,
+    }
+}
+
+fn client() -> awc::Client {
+    awc::Client::default()
+}
+
+async fn put(s: &TestServer, key: &str, value: &[u8]) -> Reply {
+    send(client().put(s.url(&format!("/v1/kv/{key}"))), Some(value)).await
+}
+
+async fn get(s: &TestServer, path: &str) -> Reply {
+    send(client().get(s.url(path)), None).await
+}
+
+async fn cas(s: &TestServer, key: &str, body: &str) -> Reply {
+    send(
+        client()
+            .post(s.url(&format!("/v1/kv/{key}/cas")))
+            .insert_header(("content-type", "application/json")),
+        Some(body.as_bytes()),
+    )
+    .await
+}
+
+#[actix_web::test]
+async fn every_route_on_a_leader() {
+    let s = TestServer::start(Double::new(1), 10);
+
+    let r = put(&s, "greeting", b"hello").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), serde_json::json!({"index": 1, "term": 1}));
+    assert_eq!(r.header("x-conclave-served-by"), Some("1"));
+    assert_eq!(s.double.value(b"greeting").as_deref(), Some(&b"hello"[..]));
+
+    let r = get(&s, "/v1/kv/greeting").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"hello");
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+
+    // Binary values and escaped keys round-trip.
+    let r = put(&s, "a%2Fb%20c", &[0, 255, 10]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        s.double.value(b"a/b c").as_deref(),
+        Some(&[0u8, 255, 10][..])
+    );
+    let r = get(&s, "/v1/kv/a%2Fb%20c?consistency=stale").await;
+    assert_eq!(&r.body[..], &[0, 255, 10]);
+
+    // An empty value is a value.
+    let r = put(&s, "empty", b"").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.double.value(b"empty").as_deref(), Some(&b""[..]));
+
+    let r = get(&s, "/v1/kv/missing").await;
+    assert_eq!(r.error(StatusCode::NOT_FOUND), "key_not_found");
+
+    // Every consistency level reaches the service; no parameter means the default.
+    for (q, level) in [
+        ("?consistency=linearizable", ReadLevel::Linearizable),
+        ("?consistency=lease", ReadLevel::Lease),
+        ("?consistency=stale", ReadLevel::Stale),
+        ("", ReadLevel::Linearizable),
+    ] {
+        s.double.state.lock().unwrap().reads.clear();
+        let r = get(&s, &format!("/v1/kv/greeting{q}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(s.double.state.lock().unwrap().reads, vec![level]);
+    }
+
+    let r = send(client().delete(s.url("/v1/kv/greeting")), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["existed"], true);
+    assert!(r.json()["index"].is_u64());
+    let r = send(client().delete(s.url("/v1/kv/greeting")), None).await;
+    assert_eq!(r.json()["existed"], false);
+
+    // CAS: create when absent, conflict shows the current value, swap, delete.
+    let r = cas(&s, "lock", r#"{"expected":null,"value":"a"}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["ok"], true);
+    let r = cas(&s, "lock", r#"{"expected":null,"value":"b"}"#).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json()["ok"], false);
+    assert_eq!(r.json()["current"], "a");
+    let r = cas(&s, "lock", r#"{"expected":"a","value":"b"}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.double.value(b"lock").as_deref(), Some(&b"b"[..]));
+    let r = cas(&s, "lock", r#"{"expected":"b","value":null}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.double.value(b"lock"), None);
+    let r = cas(&s, "lock", r#"{"expected":"b","value":"c"}"#).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json()["current"], Value::Null);
+
+    let r = get(&s, "/v1/cluster").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    for field in [
+        "node_id",
+        "role",
+        "term",
+        "leader_id",
+        "commit_index",
+        "applied_index",
+        "members",
+        "groups",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field} in {v}");
+    }
+    assert_eq!(v["role"], "leader");
+    assert_eq!(v["groups"][0]["leader_id"], 1);
+    assert_eq!(v["members"][0]["state"], "alive");
+
+    let r = get(&s, "/v1/ring/route/abc").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"shard": 3, "replicas": [1, 2, 3], "leader": 1})
+    );
+
+    let r = get(&s, "/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(String::from_utf8_lossy(&r.body).contains("conclave_test_node 1"));
+
+    let r = get(&s, "/healthz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "ok");
+
+    let r = get(&s, "/readyz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["ready"], true);
+    s.double.state.lock().unwrap().ready = false;
+    let r = get(&s, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["ready"], false);
+    assert_eq!(r.json()["reasons"][0], "no leader known for group 0");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Liveness does not depend on readiness.
+    assert_eq!(get(&s, "/healthz").await.status, StatusCode::OK);
+
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn bad_input_is_a_json_4xx_and_the_server_keeps_serving() {
+    let s = TestServer::start(Double::new(1), 10);
+    let limit = s.double.max_value;
+
+    // CAS: bad JSON, missing body, wrong shapes.
+    assert_eq!(
+        cas(&s, "k", "{not json")
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "invalid_json"
+    );
+    assert_eq!(
+        cas(&s, "k", "").await.error(StatusCode::BAD_REQUEST),
+        "missing_body"
+    );
+    let r = send(client().post(s.url("/v1/kv/k/cas")), None).await;
+    assert_eq!(r.error(StatusCode::BAD_REQUEST), "missing_body");
+    assert_eq!(
+        cas(&s, "k", r#"{"value":"v"}"#)
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "invalid_json"
+    );
+    assert_eq!(
+        cas(&s, "k", r#"{"expected":5,"value":"v"}"#)
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "invalid_json"
+    );
+
+    // PUT without a body at all (awc always declares one, so speak HTTP by hand; this is
+    // what `curl -X PUT URL` sends).
+    let raw = raw_request(
+        s.addr,
+        b"PUT /v1/kv/k HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(raw.contains("\"missing_body\""), "{raw}");
+
+    // Oversized values: a declared length over the limit, and a CAS value over it.
+    let big = vec![b'x'; limit + 1];
+    let r = put(&s, "k", &big).await;
+    assert_eq!(r.error(StatusCode::PAYLOAD_TOO_LARGE), "payload_too_large");
+    let body = format!(r#"{{"expected":null,"value":"{}"}}"#, "x".repeat(limit + 1));
+    assert_eq!(
+        cas(&s, "k", &body)
+            .await
+            .error(StatusCode::PAYLOAD_TOO_LARGE),
+        "payload_too_large"
+    );
+    // Exactly at the limit is fine.
+    assert_eq!(
+        put(&s, "k", &vec![b'y'; limit]).await.status,
+        StatusCode::OK
+    );
+
+    // A chunked body (no Content-Length) over the limit is cut off while streaming.
+    let raw = chunked_put(s.addr, "/v1/kv/streamed", limit, 4);
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(raw.contains("payload_too_large"), "{raw}");
+    assert_eq!(s.double.value(b"streamed"), None);
+
+    // Unknown consistency.
+    assert_eq!(
+        get(&s, "/v1/kv/k?consistency=strong")
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "invalid_consistency"
+    );
+
+    // Invalid key bytes: not UTF-8, a control character, a broken escape, empty, too long.
+    for path in [
+        "/v1/kv/%FF%FE".to_owned(),
+        "/v1/kv/a%00b".to_owned(),
+        "/v1/kv/a%0".to_owned(),
+        "/v1/kv/".to_owned(),
+        format!("/v1/kv/{}", "k".repeat(1025)),
+        "/v1/ring/route/%C3".to_owned(),
+    ] {
+        let r = get(&s, &path).await;
+        assert_eq!(r.error(StatusCode::BAD_REQUEST), "invalid_key", "{path}");
+    }
+    let r = put(&s, "%FF", b"v").await;
+    assert_eq!(r.error(StatusCode::BAD_REQUEST), "invalid_key");
+
+    // Bad headers.
+    let r = send(
+        client()
+            .put(s.url("/v1/kv/k"))
+            .insert_header(("idempotency-key", "x".repeat(300))),
+        Some(b"v"),
+    )
+    .await;
+    assert_eq!(r.error(StatusCode::BAD_REQUEST), "invalid_header");
+
+    // Unknown routes and methods are JSON too.
+    assert_eq!(
+        get(&s, "/v2/nothing").await.error(StatusCode::NOT_FOUND),
+        "route_not_found"
+    );
+    let r = send(client().post(s.url("/v1/kv/k")), Some(b"v")).await;
+    assert_eq!(
+        r.error(StatusCode::METHOD_NOT_ALLOWED),
+        "method_not_allowed"
+    );
+    let r = send(client().get(s.url("/v1/kv/k/cas")), None).await;
+    assert_eq!(
+        r.error(StatusCode::METHOD_NOT_ALLOWED),
+        "method_not_allowed"
+    );
+
+    // None of it was applied, and the server still serves.
+    assert_eq!(s.double.value(b"k").map(|v| v.len()), Some(limit));
+    assert_eq!(put(&s, "after", b"fine").await.status, StatusCode::OK);
+    assert_eq!(&get(&s, "/v1/kv/after").await.body[..], b"fine");
+    s.stop().await;
+}
+
+/// Sends a chunked PUT of `chunks` chunks of `size` bytes over a raw socket (no
+/// Content-Length, so the server only learns the size while reading) and returns the raw
+/// response. Write errors are ignored: the server may answer and close before the end.
+fn chunked_put(addr: std::net::SocketAddr, path: &str, size: usize, chunks: usize) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let _ = stream.write_all(head.as_bytes());
+    for _ in 0..chunks {
+        let _ = stream.write_all(format!("{size:x}\r\n").as_bytes());
+        let _ = stream.write_all(&vec![b'z'; size]);
+        let _ = stream.write_all(b"\r\n");
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends raw request bytes and returns the raw response (the request must ask to close).
+fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[actix_web::test]
+async fn node_errors_map_to_their_statuses() {
+    let s = TestServer::start(Double::new(1), 10);
+    let cases = [
+        (
+            RequestError::NotLeader { leader: None },
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+        ),
+        (
+            RequestError::NoLeader { group: 0 },
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+        ),
+        (
+            RequestError::Overloaded,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+        ),
+        (
+            RequestError::Dropped,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dropped",
+        ),
+        (
+            RequestError::ShuttingDown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+        ),
+        (
+            RequestError::Timeout,
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+        ),
+        (
+            RequestError::TooLarge { size: 9, limit: 8 },
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            RequestError::Internal("disk on fire".into()),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+        ),
+    ];
+    for (e, status, code) in cases {
+        s.double.set_mode(Mode::Fail(e.clone()));
+        for r in [
+            put(&s, "k", b"v").await,
+            get(&s, "/v1/kv/k").await,
+            send(client().delete(s.url("/v1/kv/k")), None).await,
+            cas(&s, "k", r#"{"expected":null,"value":"v"}"#).await,
+        ] {
+            assert_eq!(r.error(status), code, "{e:?}");
+            let retry = r.header("retry-after");
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(retry, Some("1"), "{e:?}");
+            } else {
+                assert_eq!(retry, None, "{e:?}");
+            }
+        }
+        // Stale reads are served locally whatever the leader situation.
+        assert_eq!(
+            get(&s, "/v1/kv/k?consistency=stale")
+                .await
+                .error(StatusCode::NOT_FOUND),
+            "key_not_found"
+        );
+    }
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn followers_forward_to_the_leader() {
+    let leader = TestServer::start(Double::new(2), 10);
+    let follower = TestServer::start(Double::new(1), 10);
+    follower.double.follower_of(2, leader.addr);
+
+    let r = send(
+        client()
+            .put(follower.url("/v1/kv/fwd%2Fkey"))
+            .insert_header(("idempotency-key", "op-1")),
+        Some(b"forwarded"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.header("x-conclave-served-by"), Some("2"));
+    assert_eq!(
+        leader.double.value(b"fwd/key").as_deref(),
+        Some(&b"forwarded"[..])
+    );
+    assert_eq!(follower.double.value(b"fwd/key"), None);
+    // The idempotency key went along, and a retry through the follower applies once.
+    let r2 = send(
+        client()
+            .put(follower.url("/v1/kv/fwd%2Fkey"))
+            .insert_header(("idempotency-key", "op-1")),
+        Some(b"forwarded"),
+    )
+    .await;
+    assert_eq!(r2.json(), r.json());
+    assert_eq!(leader.double.index(), 1);
+    let seen = leader.double.state.lock().unwrap().seen_keys.clone();
+    assert_eq!(seen, vec![Some("op-1".to_owned()), Some("op-1".to_owned())]);
+
+    // An empty value survives the hop.
+    assert_eq!(put(&follower, "empty", b"").await.status, StatusCode::OK);
+    assert_eq!(leader.double.value(b"empty").as_deref(), Some(&b""[..]));
+
+    // Linearizable reads, their query string and 404s come from the leader.
+    let r = get(&follower, "/v1/kv/fwd%2Fkey?consistency=lease").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"forwarded");
+    assert_eq!(r.header("x-conclave-served-by"), Some("2"));
+    assert_eq!(
+        leader.double.state.lock().unwrap().reads.last(),
+        Some(&ReadLevel::Lease)
+    );
+    assert_eq!(
+        get(&follower, "/v1/kv/nope")
+            .await
+            .error(StatusCode::NOT_FOUND),
+        "key_not_found"
+    );
+    // Stale reads are answered by the follower itself.
+    let r = get(&follower, "/v1/kv/fwd%2Fkey?consistency=stale").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.header("x-conclave-served-by"), Some("1"));
+
+    // CAS and DELETE, including a 409, come back as the leader answered them.
+    let r = cas(&follower, "c", r#"{"expected":null,"value":"1"}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = cas(&follower, "c", r#"{"expected":null,"value":"2"}"#).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json()["current"], "1");
+    let r = send(client().delete(follower.url("/v1/kv/c")), None).await;
+    assert_eq!(r.json()["existed"], true);
+
+    // The leader's errors are relayed with their status and Retry-After.
+    leader.double.set_mode(Mode::Fail(RequestError::Overloaded));
+    let r = put(&follower, "k", b"v").await;
+    assert_eq!(r.error(StatusCode::SERVICE_UNAVAILABLE), "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    // Bad input is refused by the follower before any forwarding.
+    leader.double.set_mode(Mode::Leader);
+    let before = leader.double.state.lock().unwrap().seen_keys.len();
+    assert_eq!(
+        cas(&follower, "k", "nope")
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "invalid_json"
+    );
+    assert_eq!(
+        put(&follower, "k", &vec![0; 2000])
+            .await
+            .error(StatusCode::PAYLOAD_TOO_LARGE),
+        "payload_too_large"
+    );
+    assert_eq!(leader.double.state.lock().unwrap().seen_keys.len(), before);
+
+    follower.stop().await;
+    leader.stop().await;
+}
+
+#[actix_web::test]
+async fn forwarding_stops_at_the_hop_limit() {
+    // Two nodes that each believe the other leads: a request bounces until the hop limit.
+    let a = TestServer::start(Double::new(1), 3);
+    let b = TestServer::start(Double::new(2), 3);
+    a.double.follower_of(2, b.addr);
+    b.double.follower_of(1, a.addr);
+    let r = put(&a, "k", b"v").await;
+    assert_eq!(r.error(StatusCode::SERVICE_UNAVAILABLE), "hop_limit");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Hops 1..=3 were forwarded; the node receiving hop 3 refused to make a 4th.
+    let attempts = a.double.state.lock().unwrap().seen_keys.len()
+        + b.double.state.lock().unwrap().seen_keys.len();
+    assert_eq!(attempts, 4);
+
+    // A client-sent hop count counts too; a malformed one is a 400.
+    b.double.set_mode(Mode::Leader);
+    let r = send(
+        client()
+            .put(a.url("/v1/kv/k"))
+            .insert_header(("x-conclave-hops", "3")),
+        Some(b"v"),
+    )
+    .await;
+    assert_eq!(r.error(StatusCode::SERVICE_UNAVAILABLE), "hop_limit");
+    let r = send(
+        client()
+            .put(a.url("/v1/kv/k"))
+            .insert_header(("x-conclave-hops", "many")),
+        Some(b"v"),
+    )
+    .await;
+    assert_eq!(r.error(StatusCode::BAD_REQUEST), "invalid_header");
+    let r = put(&a, "k", b"v").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-conclave-served-by"), Some("2"));
+
+    a.stop().await;
+    b.stop().await;
+}
+
+#[actix_web::test]
+async fn an_unreachable_or_self_named_leader_is_a_503() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let s = TestServer::start(Double::new(1), 10);
+    s.double.follower_of(7, port);
+    let r = put(&s, "k", b"v").await;
+    assert_eq!(
+        r.error(StatusCode::SERVICE_UNAVAILABLE),
+        "leader_unreachable"
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    s.double.follower_of(1, s.addr);
+    let r = put(&s, "k", b"v").await;
+    assert_eq!(r.error(StatusCode::SERVICE_UNAVAILABLE), "no_leader");
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn idempotency_keys_reach_the_service() {
+    let s = TestServer::start(Double::new(1), 10);
+    for _ in 0..3 {
+        let r = send(
+            client()
+                .put(s.url("/v1/kv/k"))
+                .insert_header(("Idempotency-Key", "abc")),
+            Some(b"v"),
+        )
+        .await;
+        assert_eq!(r.json()["index"], 1);
+    }
+    let r = put(&s, "k", b"w").await;
+    assert_eq!(r.json()["index"], 2);
+    let seen = s.double.state.lock().unwrap().seen_keys.clone();
+    assert_eq!(
+        seen,
+        vec![
+            Some("abc".into()),
+            Some("abc".into()),
+            Some("abc".into()),
+            None
+        ]
+    );
+    s.stop().await;
+}

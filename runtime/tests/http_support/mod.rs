@@ -1,0 +1,289 @@
+//! A test double of the node's `KvService`: an in-memory map whose behaviour a test can switch
+//! (act as leader, answer NotLeader with a hint, fail with a given error), and helpers to run
+//! it behind a real loopback HTTP server.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use conclave::config::ReadLevel;
+use conclave::http::{server_with, HttpOptions};
+use conclave::node::{
+    ClusterStatus, GroupStatus, KvService, LeaderHint, MemberStatus, NodeId, Readiness,
+    RequestError, WriteResult,
+};
+use conclave::state_machine::{KvCommand, KvOutput};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the double does with requests.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Serve from the map.
+    Leader,
+    /// Refuse writes and non-stale reads with this error.
+    Fail(RequestError),
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub mode: Mode,
+    pub map: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub index: u64,
+    /// Idempotency key -> the result first returned for it.
+    pub applied_keys: HashMap<String, WriteResult<KvOutput>>,
+    /// Every idempotency key seen, in order.
+    pub seen_keys: Vec<Option<String>>,
+    /// Every consistency level a read was made at.
+    pub reads: Vec<ReadLevel>,
+    pub ready: bool,
+}
+
+#[derive(Clone)]
+pub struct Double {
+    pub id: NodeId,
+    pub max_value: usize,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl Double {
+    pub fn new(id: NodeId) -> Self {
+        Double {
+            id,
+            max_value: 1024,
+            state: Arc::new(Mutex::new(State {
+                mode: Mode::Leader,
+                map: BTreeMap::new(),
+                index: 0,
+                applied_keys: HashMap::new(),
+                seen_keys: Vec::new(),
+                reads: Vec::new(),
+                ready: true,
+            })),
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    pub fn follower_of(&self, id: NodeId, http: SocketAddr) {
+        self.set_mode(Mode::Fail(RequestError::NotLeader {
+            leader: Some(LeaderHint { id, http }),
+        }));
+    }
+
+    pub fn value(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.state.lock().unwrap().map.get(key).cloned()
+    }
+
+    pub fn index(&self) -> u64 {
+        self.state.lock().unwrap().index
+    }
+}
+
+impl KvService for Double {
+    fn node_id(&self) -> NodeId {
+        self.id
+    }
+
+    fn max_value_bytes(&self) -> usize {
+        self.max_value
+    }
+
+    async fn write(
+        &self,
+        command: KvCommand,
+        idempotency_key: Option<String>,
+    ) -> Result<WriteResult<KvOutput>, RequestError> {
+        let mut s = self.state.lock().unwrap();
+        s.seen_keys.push(idempotency_key.clone());
+        if let Mode::Fail(e) = &s.mode {
+            return Err(e.clone());
+        }
+        if let Some(k) = &idempotency_key {
+            if let Some(done) = s.applied_keys.get(k) {
+                return Ok(done.clone());
+            }
+        }
+        s.index += 1;
+        let output = match command {
+            KvCommand::Put { key, value } => {
+                s.map.insert(key, value);
+                KvOutput::Put
+            }
+            KvCommand::Delete { key } => KvOutput::Delete {
+                existed: s.map.remove(&key).is_some(),
+            },
+            KvCommand::Cas { key, expected, new } => {
+                let current = s.map.get(&key).cloned();
+                let ok = current.as_deref() == expected.as_deref().map(|e| e.as_slice());
+                if ok {
+                    match new {
+                        Some(v) => {
+                            s.map.insert(key, v.into_vec());
+                        }
+                        None => {
+                            s.map.remove(&key);
+                        }
+                    }
+                }
+                KvOutput::Cas {
+                    ok,
+                    current: current.map(serde_bytes::ByteBuf::from),
+                }
+            }
+        };
+        let result = WriteResult {
+            index: s.index,
+            term: 1,
+            output,
+        };
+        if let Some(k) = idempotency_key {
+            s.applied_keys.insert(k, result.clone());
+        }
+        Ok(result)
+    }
+
+    async fn read(
+        &self,
+        key: Vec<u8>,
+        consistency: ReadLevel,
+    ) -> Result<Option<Vec<u8>>, RequestError> {
+        let mut s = self.state.lock().unwrap();
+        s.reads.push(consistency);
+        if consistency != ReadLevel::Stale {
+            if let Mode::Fail(e) = &s.mode {
+                return Err(e.clone());
+            }
+        }
+        Ok(s.map.get(&key).cloned())
+    }
+
+    fn default_consistency(&self) -> ReadLevel {
+        ReadLevel::Linearizable
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        let s = self.state.lock().unwrap();
+        let leader = match &s.mode {
+            Mode::Leader => Some(self.id),
+            Mode::Fail(RequestError::NotLeader { leader: Some(h) }) => Some(h.id),
+            Mode::Fail(_) => None,
+        };
+        let role = if leader == Some(self.id) {
+            "leader"
+        } else {
+            "follower"
+        };
+        ClusterStatus {
+            node_id: self.id,
+            role: role.into(),
+            term: 1,
+            leader_id: leader,
+            commit_index: s.index,
+            applied_index: s.index,
+            members: vec![MemberStatus {
+                id: self.id,
+                addr: "127.0.0.1:1".parse().unwrap(),
+                http: "127.0.0.1:2".parse().unwrap(),
+                state: "alive".into(),
+            }],
+            groups: vec![GroupStatus {
+                id: 0,
+                role: role.into(),
+                leader_id: leader,
+                term: 1,
+                commit_index: s.index,
+                applied_index: s.index,
+                voters: vec![self.id],
+                learners: vec![],
+                replicas: vec![],
+            }],
+        }
+    }
+
+    async fn readiness(&self) -> Readiness {
+        let s = self.state.lock().unwrap();
+        if s.ready {
+            Readiness {
+                ready: true,
+                reasons: vec![],
+            }
+        } else {
+            Readiness {
+                ready: false,
+                reasons: vec!["no leader known for group 0".into()],
+            }
+        }
+    }
+
+    fn leader_hint(&self) -> Option<LeaderHint> {
+        match &self.state.lock().unwrap().mode {
+            Mode::Fail(RequestError::NotLeader { leader }) => leader.clone(),
+            _ => None,
+        }
+    }
+
+    fn route(&self, key: &[u8]) -> (u64, Vec<NodeId>, Option<NodeId>) {
+        (key.len() as u64 % 64, vec![self.id, 2, 3], Some(self.id))
+    }
+
+    fn render_metrics(&self) -> String {
+        format!("# TYPE conclave_raft_term gauge\nconclave_raft_term{{group=\"0\"}} 1\nconclave_test_node {}\n", self.id)
+    }
+}
+
+/// A double behind a real HTTP server on a loopback port; the server stops on drop.
+pub struct TestServer {
+    pub double: Double,
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl TestServer {
+    /// Starts a server for `double` inside the current actix system.
+    pub fn start(double: Double, max_hops: u32) -> TestServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let options = HttpOptions {
+            workers: 1,
+            forward_timeout: Duration::from_secs(5),
+            max_hops,
+        };
+        let server = server_with(double.clone(), listener, options).unwrap();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        TestServer {
+            double,
+            addr,
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// Starts a server on its own thread and actix system (for tests that block, e.g. running the
+/// CLI binary as a subprocess). Returns the address; the server lives until the process ends.
+pub fn start_in_background(double: Double) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = TestServer::start(double, 10);
+            tx.send(server.addr).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}

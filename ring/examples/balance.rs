@@ -9,7 +9,8 @@
 //! keys routed on the virtual-node ring (200,000 sampled keys), the exact hash-space share
 //! on that ring, shard replicas and shard leaders under pure consistent hashing and under
 //! the bounded-load refinement, and keys per node through the real path
-//! (key → shard → leader) under bounded load. Each cell is "mean (worst)" over the 10.
+//! (key → shard → leader, and key → shard → every replica) under bounded load. Each cell is "mean (worst)" over the 10.
+//! A second table shows how many replica slots one addition or removal moves.
 
 use std::collections::BTreeMap;
 
@@ -53,12 +54,12 @@ impl Stat {
 
 fn main() -> Result<(), RingError> {
     println!(
-        "| nodes | vnodes | keys on ring | ring share | replicas, consistent hash | replicas, bounded load | leaders, consistent hash | leaders, bounded load | keys via shard leader, bounded load |"
+        "| nodes | vnodes | keys on ring | ring share | replicas, consistent hash | replicas, bounded load | leaders, consistent hash | leaders, bounded load | keys led (key → shard → leader), bounded load | keys stored (all replicas), bounded load |"
     );
-    println!("|---:|---:|---|---|---|---|---|---|---|");
+    println!("|---:|---:|---|---|---|---|---|---|---|---|");
     for nodes in [3u64, 5, 10, 50] {
         for vnodes in [50u32, 150, 500] {
-            let mut stats: [Stat; 7] = Default::default();
+            let mut stats: [Stat; 8] = Default::default();
             for draw in 0..DRAWS {
                 let ids: Vec<NodeId> = (1..=nodes).map(|i| mix64((draw << 32) | i)).collect();
                 let members = ids.len();
@@ -75,13 +76,18 @@ fn main() -> Result<(), RingError> {
 
                 let mut keys: BTreeMap<NodeId, f64> = BTreeMap::new();
                 let mut via_shard: BTreeMap<NodeId, f64> = BTreeMap::new();
+                let mut stored: BTreeMap<NodeId, f64> = BTreeMap::new();
                 for k in 0..KEYS {
                     let key = format!("key-{draw}-{k}");
                     if let Some(owner) = ch.ring_owner(key.as_bytes()) {
                         *keys.entry(owner).or_default() += 1.0;
                     }
-                    if let Some(&leader) = bl.replicas_for_key(key.as_bytes()).first() {
+                    let replicas = bl.replicas_for_key(key.as_bytes());
+                    if let Some(&leader) = replicas.first() {
                         *via_shard.entry(leader).or_default() += 1.0;
+                    }
+                    for &n in replicas {
+                        *stored.entry(n).or_default() += 1.0;
                     }
                 }
                 stats[0].add(max_over_mean(&keys, members));
@@ -103,10 +109,59 @@ fn main() -> Result<(), RingError> {
                     members,
                 ));
                 stats[6].add(max_over_mean(&via_shard, members));
+                stats[7].add(max_over_mean(&stored, members));
             }
             let cells: Vec<String> = stats.iter().map(Stat::cell).collect();
             println!("| {nodes} | {vnodes} | {} |", cells.join(" | "));
         }
+    }
+
+    // Movement: replica slots moved by adding one node (and by removing one), relative to
+    // the ideal `slots / (n + 1)` (resp. the removed node's own slots), 150 vnodes.
+    println!();
+    println!("| nodes before | add: moved / ideal, consistent hash | add: moved / ideal, bounded load | remove: moved / held, consistent hash | remove: moved / held, bounded load |");
+    println!("|---:|---|---|---|---|");
+    for nodes in [3u64, 5, 10, 50] {
+        let mut stats: [Stat; 4] = Default::default();
+        for draw in 0..DRAWS {
+            let ids: Vec<NodeId> = (1..=nodes).map(|i| mix64((draw << 32) | i)).collect();
+            for (i, strategy) in [
+                PlacementStrategy::ConsistentHash,
+                PlacementStrategy::BoundedLoad,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let cfg = RingConfig {
+                    strategy,
+                    ..RingConfig::default()
+                };
+                let ring = Ring::with_nodes(cfg, ids.iter().map(|&n| (n, DEFAULT_WEIGHT)))?;
+                let slots = (cfg.shards * u64::from(cfg.replication_factor)) as f64;
+                let mut grown = ring.clone();
+                let plan = grown.add_node(mix64(u64::MAX - draw), DEFAULT_WEIGHT)?;
+                let after = grown.effective_replication() as f64 * cfg.shards as f64;
+                let ideal = after.min(slots) / (nodes + 1) as f64;
+                stats[i].add(plan.moved_replicas() as f64 / ideal);
+                let mut shrunk = ring.clone();
+                let victim = ids[(draw as usize) % ids.len()];
+                let held = ring
+                    .placement()
+                    .replica_load()
+                    .get(&victim)
+                    .copied()
+                    .unwrap_or(0);
+                let plan = shrunk.remove_node(victim)?;
+                if held > 0 {
+                    stats[2 + i].add(plan.dropped_replicas() as f64 / held as f64);
+                }
+            }
+        }
+        let cells: Vec<String> = [&stats[0], &stats[1], &stats[2], &stats[3]]
+            .iter()
+            .map(|s| s.cell())
+            .collect();
+        println!("| {nodes} | {} |", cells.join(" | "));
     }
     Ok(())
 }

@@ -25,13 +25,13 @@ pub enum StateMachineError {
 }
 
 /// A replicated state machine, implemented by users (see `examples/`) and by [`KvMachine`].
-pub trait StateMachine: Send + 'static {
+pub trait StateMachine: Send + Unpin + 'static {
     /// A write, replicated through the log.
     type Command: Serialize + DeserializeOwned + Send + 'static;
     /// What applying a command returns to the client that proposed it.
     type Output: Serialize + DeserializeOwned + Clone + Send + 'static;
     /// A read, served locally once the read path allows it.
-    type Query: Send + 'static;
+    type Query: Send + Unpin + 'static;
     /// What a query returns.
     type QueryOutput: Send + 'static;
 
@@ -97,6 +97,22 @@ pub enum KvCommand {
     },
 }
 
+/// What the key-value machine's log entries carry: a command and, when the client sent an
+/// `Idempotency-Key`, that key. A request whose key was already applied within the last
+/// [`IDEMPOTENCY_WINDOW`] entries is not applied again: it returns the first outcome. The
+/// table of keys is replicated state (written in the same batch as the effect and evicted by
+/// log index), so every replica makes the same decision, across restarts too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRequest {
+    /// The client's idempotency key, if any.
+    pub id: Option<String>,
+    /// The command.
+    pub op: KvCommand,
+}
+
+/// How many log entries an idempotency key is remembered for.
+pub const IDEMPOTENCY_WINDOW: u64 = 100_000;
+
 /// What a [`KvCommand`] returned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOutput {
@@ -135,6 +151,17 @@ pub struct KvMachine {
 /// Data keys are prefixed so that metadata can live in the same tree (one atomic batch).
 const DATA: u8 = b'd';
 const APPLIED_KEY: &[u8] = b"m/applied";
+/// `i/{id}` -> the first outcome of the request with that idempotency key.
+const IDEM: &[u8] = b"i/";
+/// `e/{index, big-endian}` -> the idempotency key recorded at that index (for eviction).
+const IDEM_BY_INDEX: &[u8] = b"e/";
+
+fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
+}
 
 fn data_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -200,7 +227,7 @@ impl KvMachine {
 }
 
 impl StateMachine for KvMachine {
-    type Command = KvCommand;
+    type Command = KvRequest;
     type Output = KvOutput;
     type Query = KvQuery;
     type QueryOutput = Result<Option<Vec<u8>>, StateMachineError>;
@@ -208,10 +235,32 @@ impl StateMachine for KvMachine {
     fn apply(
         &mut self,
         index: LogIndex,
-        command: KvCommand,
+        request: KvRequest,
     ) -> Result<KvOutput, StateMachineError> {
         let mut batch = sled::Batch::default();
-        let out = match command {
+        if let Some(id) = &request.id {
+            if let Some(first) = self
+                .tree
+                .get(prefixed(IDEM, id.as_bytes()))
+                .map_err(storage)?
+            {
+                let out = rmp_serde::from_slice(&first)
+                    .map_err(|e| StateMachineError::Storage(format!("idempotency record: {e}")))?;
+                self.commit(index, batch)?;
+                return Ok(out);
+            }
+        }
+        // Forget keys that left the window; the same on every replica, as it depends only on
+        // the log index.
+        if index > IDEMPOTENCY_WINDOW {
+            let end = prefixed(IDEM_BY_INDEX, &(index - IDEMPOTENCY_WINDOW).to_be_bytes());
+            for item in self.tree.range(IDEM_BY_INDEX.to_vec()..end) {
+                let (k, id) = item.map_err(storage)?;
+                batch.remove(k);
+                batch.remove(prefixed(IDEM, &id));
+            }
+        }
+        let out = match request.op {
             KvCommand::Put { key, value } => {
                 batch.insert(data_key(&key), value);
                 KvOutput::Put
@@ -236,6 +285,12 @@ impl StateMachine for KvMachine {
                 }
             }
         };
+        if let Some(id) = &request.id {
+            let encoded = rmp_serde::to_vec(&out)
+                .map_err(|e| StateMachineError::Storage(format!("idempotency record: {e}")))?;
+            batch.insert(prefixed(IDEM, id.as_bytes()), encoded);
+            batch.insert(prefixed(IDEM_BY_INDEX, &index.to_be_bytes()), id.as_bytes());
+        }
         self.commit(index, batch)?;
         Ok(out)
     }
@@ -288,11 +343,15 @@ mod tests {
     use super::*;
     use serde_bytes::ByteBuf;
 
-    fn put(k: &str, v: &str) -> KvCommand {
-        KvCommand::Put {
+    fn put(k: &str, v: &str) -> KvRequest {
+        req(KvCommand::Put {
             key: k.into(),
             value: v.into(),
-        }
+        })
+    }
+
+    fn req(op: KvCommand) -> KvRequest {
+        KvRequest { id: None, op }
     }
 
     fn get(m: &KvMachine, k: &str) -> Option<Vec<u8>> {
@@ -304,10 +363,12 @@ mod tests {
         let mut m = KvMachine::temporary().unwrap();
         assert_eq!(m.apply(1, put("a", "1")).unwrap(), KvOutput::Put);
         assert_eq!(get(&m, "a"), Some(b"1".to_vec()));
-        let cas = |expected: Option<&str>, new: Option<&str>| KvCommand::Cas {
-            key: b"a".to_vec(),
-            expected: expected.map(|s| ByteBuf::from(s.as_bytes())),
-            new: new.map(|s| ByteBuf::from(s.as_bytes())),
+        let cas = |expected: Option<&str>, new: Option<&str>| {
+            req(KvCommand::Cas {
+                key: b"a".to_vec(),
+                expected: expected.map(|s| ByteBuf::from(s.as_bytes())),
+                new: new.map(|s| ByteBuf::from(s.as_bytes())),
+            })
         };
         assert_eq!(
             m.apply(2, cas(Some("0"), Some("2"))).unwrap(),
@@ -334,17 +395,58 @@ mod tests {
             KvOutput::Cas { ok: true, .. }
         ));
         assert_eq!(
-            m.apply(6, KvCommand::Delete { key: b"a".to_vec() })
+            m.apply(6, req(KvCommand::Delete { key: b"a".to_vec() }))
                 .unwrap(),
             KvOutput::Delete { existed: true }
         );
         assert_eq!(
-            m.apply(7, KvCommand::Delete { key: b"a".to_vec() })
+            m.apply(7, req(KvCommand::Delete { key: b"a".to_vec() }))
                 .unwrap(),
             KvOutput::Delete { existed: false }
         );
         m.skip(8).unwrap();
         assert_eq!(m.applied_index(), 8);
+    }
+
+    #[test]
+    fn idempotency_key_applies_once_and_is_forgotten_after_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyed = |id: &str, op: KvCommand| KvRequest {
+            id: Some(id.into()),
+            op,
+        };
+        let del = || KvCommand::Delete { key: b"a".to_vec() };
+        {
+            let mut m = KvMachine::open(dir.path()).unwrap();
+            m.apply(1, put("a", "1")).unwrap();
+            assert_eq!(
+                m.apply(2, keyed("r1", del())).unwrap(),
+                KvOutput::Delete { existed: true }
+            );
+            m.apply(3, put("a", "2")).unwrap();
+            // The retry returns the first outcome and does not delete again.
+            assert_eq!(
+                m.apply(4, keyed("r1", del())).unwrap(),
+                KvOutput::Delete { existed: true }
+            );
+            assert_eq!(get(&m, "a"), Some(b"2".to_vec()));
+            assert_eq!(m.applied_index(), 4);
+        }
+        // Survives a restart (the table is durable with the data).
+        let mut m = KvMachine::open(dir.path()).unwrap();
+        assert_eq!(
+            m.apply(5, keyed("r1", del())).unwrap(),
+            KvOutput::Delete { existed: true }
+        );
+        assert_eq!(get(&m, "a"), Some(b"2".to_vec()));
+        // Outside the window the key is forgotten and the request applies again.
+        let later = 2 + IDEMPOTENCY_WINDOW + 1;
+        m.apply(later, put("other", "x")).unwrap();
+        assert_eq!(
+            m.apply(later + 1, keyed("r1", del())).unwrap(),
+            KvOutput::Delete { existed: true }
+        );
+        assert_eq!(get(&m, "a"), None);
     }
 
     #[test]

@@ -38,3 +38,26 @@ fn lifeguard_prevents_the_false_dead_verdicts_that_slow_members_cause() {
         );
     }
 }
+
+/// The Lifeguard table of `docs/gossip.md`:
+/// `cargo test --release -p conclave-actors --test swim_lifeguard -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the Lifeguard on/off table; run in release mode"]
+fn lifeguard_table() {
+    println!("| seed | Lifeguard | false dead (healthy) | dead verdicts on slow members | false suspect (healthy) | refutations | rumors/member/cycle |");
+    println!("|---:|:---:|---:|---:|---:|---:|---:|");
+    for seed in 1..=5 {
+        for lifeguard in [false, true] {
+            let r = scenario(lifeguard, seed);
+            println!(
+                "| {seed} | {} | {} | {} | {} | {} | {:.1} |",
+                if lifeguard { "on" } else { "off" },
+                r.false_dead,
+                r.false_dead_slow,
+                r.false_suspect,
+                r.refutations,
+                r.rumors as f64 / (100.0 * 150.0)
+            );
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The key-value model every conclave state machine test uses, and its per-key check.
 
-use super::search::{search, Outcome};
+use super::search::{search, Outcome, PendingHints};
 use super::{Model, Operation, SearchBudget, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -199,7 +199,20 @@ pub fn check_kv(history: &[Operation<KvInput, KvOutput>], budget: SearchBudget) 
         match search(
             &RegisterModel,
             &canonical,
-            Some(&classes),
+            // `lazy` is sound for this register. Take a linearization whose first step is a
+            // pending operation p (state s -> u, u != s) that enables nothing, and look at the
+            // step q after it. q valid in u but not in s would be enabled, so q is valid in
+            // both, and s != u leaves: a failed CAS (state unchanged in both: swap q ahead of
+            // p), a put or a delete that existed in both (it overwrites p: drop p), or a
+            // pending put or delete (overwrites p: drop p); a pending CAS changing u but not s
+            // would be enabled. Each rewrite keeps every completed operation and the real-time
+            // order (p has no return event), and either shortens the linearization or makes it
+            // start with a completed operation, so by induction one exists that the lazy
+            // search follows.
+            PendingHints {
+                class: Some(&classes),
+                lazy: true,
+            },
             budget.max_states,
             &mut spent,
         ) {

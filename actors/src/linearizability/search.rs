@@ -18,7 +18,13 @@ pub fn check<M: Model>(
     budget: SearchBudget,
 ) -> Verdict {
     let mut spent = 0;
-    match search(model, history, None, budget.max_states, &mut spent) {
+    match search(
+        model,
+        history,
+        PendingHints::default(),
+        budget.max_states,
+        &mut spent,
+    ) {
         Outcome::Linearizable => Verdict::Linearizable,
         Outcome::Unknown => Verdict::Unknown,
         Outcome::Stuck(stuck) => {
@@ -267,6 +273,23 @@ struct Hints<'a> {
     /// configurations that linearize one or the other are mirror images, so only the first of
     /// a class is tried at each point.
     class: Option<&'a [usize]>,
+    /// See [`PendingHints::lazy`].
+    lazy: bool,
+}
+
+/// What a caller that knows its model can tell the search about pending operations.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct PendingHints<'a> {
+    /// Per operation, for pending ones: pending operations of one class are interchangeable
+    /// (same effect in every state). Ignored unless it has one entry per operation.
+    pub(super) class: Option<&'a [usize]>,
+    /// Linearize a pending operation only where its effect *enables* another candidate: a
+    /// completed one whose output does not fit the current state but fits the new one, or a
+    /// pending one that changes nothing now but would change the state after it. Sound for
+    /// the key-value register only ([`check_kv`](super::check_kv) proves it there): any
+    /// linearization that takes a pending write where it enables nothing can drop it (the next
+    /// write overwrites it) or move a failed compare-and-set ahead of it.
+    pub(super) lazy: bool,
 }
 
 /// One configuration on the depth-first search's stack.
@@ -399,6 +422,40 @@ fn state_hash<S: Hash>(state: &S) -> u64 {
     hasher.finish()
 }
 
+/// Whether taking pending operation `pending` (state `before` → `after`) enables another of the
+/// `candidates`: see [`PendingHints::lazy`].
+fn enables<M: Model>(
+    model: &M,
+    ops: &[Operation<M::Input, M::Output>],
+    candidates: &[usize],
+    pending: usize,
+    before: &M::State,
+    after: &M::State,
+) -> bool {
+    candidates.iter().any(|&other| {
+        if other == pending {
+            return false;
+        }
+        let op = &ops[other];
+        match &op.output {
+            Some(output) => {
+                model.step(before, &op.input, output).is_none()
+                    && model.step(after, &op.input, output).is_some()
+            }
+            None => {
+                model
+                    .step_unobserved(before, &op.input)
+                    .iter()
+                    .all(|next| next == before)
+                    && model
+                        .step_unobserved(after, &op.input)
+                        .iter()
+                        .any(|next| next != after)
+            }
+        }
+    })
+}
+
 fn malformed(culprit: usize, problem: String) -> Outcome {
     Outcome::Stuck(Stuck {
         kind: ViolationKind::Malformed,
@@ -414,7 +471,7 @@ fn malformed(culprit: usize, problem: String) -> Outcome {
 pub(super) fn search<M: Model>(
     model: &M,
     ops: &[Operation<M::Input, M::Output>],
-    interchangeable: Option<&[usize]>,
+    pending_hints: PendingHints<'_>,
     limit: u64,
     spent: &mut u64,
 ) -> Outcome {
@@ -448,7 +505,8 @@ pub(super) fn search<M: Model>(
                     .is_some_and(|output| model.is_read_only(&op.input, output))
             })
             .collect(),
-        class: interchangeable.filter(|class| class.len() == ops.len()),
+        class: pending_hints.class.filter(|class| class.len() == ops.len()),
+        lazy: pending_hints.lazy,
     };
     let mut linearized = Linearized::new(ops);
     let mut cache: Cache<M::State> = Cache::default();
@@ -508,6 +566,11 @@ pub(super) fn search<M: Model>(
                         // equivalent to one that never took effect, which the search
                         // already allows.
                         alternatives.retain(|state| *state != top.state);
+                        if hints.lazy {
+                            alternatives.retain(|after| {
+                                enables(model, ops, &top.candidates, op, &top.state, after)
+                            });
+                        }
                         alternatives.reverse();
                         top.alternatives = alternatives;
                         continue;

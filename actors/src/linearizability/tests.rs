@@ -445,6 +445,14 @@ fn history_records_completions_failures_and_pending_operations() {
 
 // ---- Randomized cross-checks ----
 
+/// `default` rounds, or `CONCLAVE_LIN_ROUNDS` of them (long mode).
+fn rounds(default: usize) -> usize {
+    std::env::var("CONCLAVE_LIN_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A brute-force oracle, independent of the search: tries every order that respects real time,
 /// with every subset of the pending operations, without memoisation.
 fn brute_force<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>]) -> bool {
@@ -610,7 +618,7 @@ fn random_history(rng: &mut ChaCha8Rng, max_ops: usize, keys: &[&str], unique: b
 fn search_agrees_with_brute_force_on_random_small_histories() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let (mut accepted, mut rejected) = (0, 0);
-    for round in 0..3000 {
+    for round in 0..rounds(3000) {
         let history = random_history(&mut rng, 7, &["x"], round % 2 == 0);
         let expected = brute_force(&RegisterModel, &history);
         let verdict = check(&RegisterModel, &history, SearchBudget::unlimited());
@@ -636,7 +644,7 @@ fn search_agrees_with_brute_force_on_random_small_histories() {
 fn per_key_decomposition_agrees_with_the_whole_store_model() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let (mut accepted, mut rejected) = (0, 0);
-    for round in 0..2000 {
+    for round in 0..rounds(2000) {
         let history = random_history(&mut rng, 8, &["x", "y", "z"], round % 2 == 0);
         let whole = check(&KvModel, &history, SearchBudget::unlimited());
         let split = check_kv(&history, SearchBudget::unlimited());
@@ -661,7 +669,7 @@ fn check_kv_agrees_with_brute_force_with_unique_values_and_lost_writes() {
     // interchangeable; the oracle does neither.
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     let (mut accepted, mut rejected) = (0, 0);
-    for round in 0..3000 {
+    for round in 0..rounds(3000) {
         let history = random_history(&mut rng, 7, &["x"], true);
         let expected = brute_force(&KvModel, &history);
         let verdict = check_kv(&history, SearchBudget::unlimited());

@@ -1333,7 +1333,22 @@ impl Raft {
         self.on_leader_commit(now);
     }
 
+    /// Forgets the progress of peers that are no longer members once the change that removed
+    /// them is committed.
+    fn prune_removed_peers(&mut self) {
+        if self
+            .membership_entries
+            .last()
+            .is_some_and(|(i, _)| *i > self.commit_index)
+        {
+            return;
+        }
+        let membership = &self.membership;
+        self.progress.retain(|id, _| membership.contains(*id));
+    }
+
     fn on_leader_commit(&mut self, now: Millis) {
+        self.prune_removed_peers();
         // Thesis §4.2.2: a leader removed from the voters steps down once the change commits.
         if !self.membership.voters.contains(&self.config.id)
             && self
@@ -1410,7 +1425,11 @@ impl Raft {
             Role::Leader => {
                 let next = self.log.last_index();
                 let members: Vec<NodeId> = self.membership.all().collect();
-                self.progress.retain(|id, _| members.contains(id));
+                // Removed peers keep receiving the log until the change commits (see
+                // `prune_removed_peers`), so they learn of their removal and stay quiet.
+                for p in self.progress.values_mut() {
+                    p.learner = true;
+                }
                 for id in members {
                     if id == self.config.id {
                         continue;

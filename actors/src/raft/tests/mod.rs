@@ -7,6 +7,9 @@
 mod net;
 
 mod election;
+mod membership;
+mod reads;
+mod replication;
 
 use super::*;
 use std::collections::BTreeSet;
@@ -93,4 +96,112 @@ fn cmd(term: Term, index: LogIndex, data: &[u8]) -> Entry {
 
 fn ids(v: &[NodeId]) -> BTreeSet<NodeId> {
     v.iter().copied().collect()
+}
+
+/// Drives `r` (restored in `restore`) to leadership of `voters` with the votes of the first
+/// quorum of other voters, completing its persists; returns it with all actions drained and
+/// the new leader's no-op appended (not yet persisted).
+fn make_leader(c: RaftConfig, voters: &[NodeId], restore: RestoreState) -> Raft {
+    let id = c.id;
+    let mut r = Raft::new(c, restore, id, 0).unwrap();
+    poll(&mut r);
+    r.tick(1000);
+    poll(&mut r);
+    let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+    let need = voters.len() / 2;
+    if r.role() == Role::PreCandidate {
+        let t = r.term() + 1;
+        for &v in others.iter().take(need) {
+            r.handle_message(
+                1001,
+                msg(
+                    v,
+                    id,
+                    t,
+                    MessageBody::RequestVoteResponse {
+                        pre_vote: true,
+                        granted: true,
+                    },
+                ),
+            );
+        }
+    }
+    assert_eq!(r.role(), Role::Candidate);
+    let out = poll(&mut r);
+    let seq = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Persist(p) => Some(p.seq),
+            _ => None,
+        })
+        .unwrap();
+    r.persisted(1002, seq);
+    poll(&mut r);
+    let t = r.term();
+    for &v in others.iter().take(need) {
+        r.handle_message(
+            1003,
+            msg(
+                v,
+                id,
+                t,
+                MessageBody::RequestVoteResponse {
+                    pre_vote: false,
+                    granted: true,
+                },
+            ),
+        );
+    }
+    assert_eq!(r.role(), Role::Leader);
+    r
+}
+
+/// A leader of `voters` at term 1 whose no-op (index 1) is durable, acknowledged by every
+/// peer and committed; every action drained.
+fn settled_leader(c: RaftConfig, voters: &[NodeId]) -> Raft {
+    let id = c.id;
+    let mut r = make_leader(c, voters, fresh(voters));
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(1004, seq);
+    for &v in voters.iter().filter(|v| **v != id) {
+        r.handle_message(1005, append_ok(v, id, 1, 1));
+    }
+    assert_eq!(r.commit_index(), 1);
+    poll(&mut r);
+    r
+}
+
+/// The seq of the (single) Persist among `actions`.
+fn persist_seq(actions: &[Action]) -> u64 {
+    let seqs: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Persist(p) => Some(p.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs.len(), 1, "{actions:?}");
+    seqs[0]
+}
+
+fn append_ok(from: NodeId, to: NodeId, term: Term, index: LogIndex) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageBody::AppendEntriesResponse {
+            success: true,
+            index,
+            conflict_term: None,
+            conflict_index: 0,
+        },
+    )
+}
+
+/// `actions` without the `SetTimer`s.
+fn no_timers(actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .filter(|a| !matches!(a, Action::SetTimer { .. }))
+        .collect()
 }

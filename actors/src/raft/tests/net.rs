@@ -29,6 +29,18 @@ impl Net {
 
     /// Like [`Net::new`] with a config tweak applied to every node.
     pub(crate) fn with(voters: &[NodeId], tweak: impl Fn(&mut RaftConfig)) -> Net {
+        let restores = voters
+            .iter()
+            .map(|&id| (id, super::fresh(voters)))
+            .collect();
+        Self::restored(restores, tweak)
+    }
+
+    /// Nodes restored from the given states.
+    pub(crate) fn restored(
+        restores: Vec<(NodeId, RestoreState)>,
+        tweak: impl Fn(&mut RaftConfig),
+    ) -> Net {
         let mut net = Net {
             nodes: BTreeMap::new(),
             now: 0,
@@ -41,10 +53,10 @@ impl Net {
             log: Vec::new(),
             record: false,
         };
-        for &id in voters {
+        for (id, restore) in restores {
             let mut c = super::cfg(id);
             tweak(&mut c);
-            let r = Raft::new(c, super::fresh(voters), id * 7919, 0).unwrap();
+            let r = Raft::new(c, restore, id * 7919, 0).unwrap();
             net.nodes.insert(id, r);
         }
         net.drain();

@@ -14,8 +14,10 @@ use crate::{NodeId, RingError, ShardId};
 /// nodes (rounded up, at least one) and a share of replica slots proportional to `w`.
 pub const DEFAULT_WEIGHT: u32 = 100;
 
-/// Upper bound on [`RingConfig::shards`]: placements are dense vectors indexed by shard.
-pub const MAX_SHARDS: u64 = 1 << 20;
+/// Upper bound on [`RingConfig::shards`]. Placements are dense vectors indexed by shard,
+/// and the ring keeps each shard's full preference list (`shards × nodes` ids), so memory
+/// grows with both.
+pub const MAX_SHARDS: u64 = 1 << 16;
 
 /// Upper bound on [`RingConfig::vnodes`].
 pub const MAX_VNODES: u32 = 100_000;

@@ -74,6 +74,10 @@ fn main() -> anyhow::Result<()> {
         "replica slots per node now: {:?}",
         ring.placement().replica_load()
     );
+    println!(
+        "preferred leaders per node now: {:?}",
+        ring.placement().leader_load()
+    );
 
     println!("\nrouting after the change");
     for key in keys {

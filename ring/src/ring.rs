@@ -647,22 +647,28 @@ impl Ring {
         }
     }
 
+    /// `ceil(shards × weight / total weight)` per node: how many shards it should lead.
+    fn leader_caps(&self) -> BTreeMap<NodeId, usize> {
+        let shards = u128::from(self.config.shards);
+        let total: u128 = self
+            .nodes
+            .values()
+            .map(|&w| u128::from(w))
+            .sum::<u128>()
+            .max(1);
+        self.nodes
+            .iter()
+            .map(|(&n, &w)| (n, (shards * u128::from(w)).div_ceil(total) as usize))
+            .collect()
+    }
+
     /// Reorders replicas (moving no data) so that every node is preferred leader of at
     /// most `ceil(shards × weight / total weight)` shards where possible, keeping each
     /// shard's current leader whenever the caps allow. Run after a from-scratch build and
     /// by [`Ring::rebalance`]; additions and removals leave leaders alone so that a
     /// shard's first replica only changes when the change concerns it.
     fn balance_leaders(&mut self) {
-        let shards = u128::from(self.config.shards);
-        let total: u128 = self.nodes.values().map(|&w| u128::from(w)).sum();
-        if total == 0 {
-            return;
-        }
-        let mut room: BTreeMap<NodeId, usize> = self
-            .nodes
-            .iter()
-            .map(|(&n, &w)| (n, (shards * u128::from(w)).div_ceil(total) as usize))
-            .collect();
+        let mut room = self.leader_caps();
         // Candidates in current order: the current leader first, then the next replicas.
         let candidates: Vec<Vec<NodeId>> = self.placement.shards().to_vec();
         let leaders = capacitated_matching(&candidates, &mut room);
@@ -690,6 +696,14 @@ impl Ring {
         let fix_deficits = mode != Mode::CapsOnly;
         let bounds = self.bounds();
         let mut loads = self.loads();
+        // A receiver that already leads its share of shards prefers slots that do not make
+        // it the preferred leader (the new node would otherwise inherit every leadership
+        // of the slots it takes).
+        let leader_caps = self.leader_caps();
+        let mut leaders = self.placement.leader_load();
+        let saturated = |n: NodeId, leaders: &BTreeMap<NodeId, usize>| {
+            leaders.get(&n).copied().unwrap_or(0) >= leader_caps.get(&n).copied().unwrap_or(0)
+        };
         loop {
             let over = |n: &NodeId, loads: &BTreeMap<NodeId, usize>| {
                 loads.get(n).copied().unwrap_or(0) as f64 - bounds.get(n).map_or(0.0, |b| b.target)
@@ -725,7 +739,7 @@ impl Ring {
                     })
             };
             for (d, r) in pairs() {
-                if let Some(shard) = self.best_shard_for(r, d) {
+                if let Some(shard) = self.best_shard_for(r, d, saturated(r, &leaders)) {
                     chosen = Some(vec![(shard, d, r)]);
                     break;
                 }
@@ -739,9 +753,10 @@ impl Ring {
                         if m == d || m == r {
                             continue;
                         }
-                        let (Some(s1), Some(s2)) =
-                            (self.best_shard_for(m, d), self.best_shard_for(r, m))
-                        else {
+                        let (Some(s1), Some(s2)) = (
+                            self.best_shard_for(m, d, saturated(m, &leaders)),
+                            self.best_shard_for(r, m, saturated(r, &leaders)),
+                        ) else {
                             continue;
                         };
                         // s1 lacks m and s2 holds m, so they are different shards.
@@ -754,10 +769,12 @@ impl Ring {
                 return;
             };
             for (shard, from, to) in steps {
-                if let Some(slot) = self.placement.shards_mut()[shard]
-                    .iter_mut()
-                    .find(|n| **n == from)
-                {
+                let replicas = &mut self.placement.shards_mut()[shard];
+                if replicas.first() == Some(&from) {
+                    *leaders.entry(from).or_insert(1) -= 1;
+                    *leaders.entry(to).or_insert(0) += 1;
+                }
+                if let Some(slot) = replicas.iter_mut().find(|n| **n == from) {
                     *slot = to;
                 }
                 *loads.entry(from).or_insert(1) -= 1;
@@ -767,23 +784,25 @@ impl Ring {
     }
 
     /// Among shards that `donor` holds and `receiver` does not, the one whose preference
-    /// list ranks `receiver` highest (ties: lowest shard id).
-    fn best_shard_for(&self, receiver: NodeId, donor: NodeId) -> Option<usize> {
+    /// list ranks `receiver` highest (ties: lowest shard id). With `avoid_lead`, shards
+    /// where `donor` is the preferred leader (so `receiver` would become it) come last.
+    fn best_shard_for(&self, receiver: NodeId, donor: NodeId, avoid_lead: bool) -> Option<usize> {
         self.placement
             .shards()
             .iter()
             .zip(&self.prefs)
             .enumerate()
             .filter(|(_, (replicas, _))| replicas.contains(&donor) && !replicas.contains(&receiver))
-            .map(|(i, (_, prefs))| {
+            .map(|(i, (replicas, prefs))| {
                 let rank = prefs
                     .iter()
                     .position(|&n| n == receiver)
                     .unwrap_or(usize::MAX);
-                (rank, i)
+                let leads = avoid_lead && replicas.first() == Some(&donor);
+                (leads, rank, i)
             })
             .min()
-            .map(|(_, i)| i)
+            .map(|(_, _, i)| i)
     }
 
     fn validate_placement(&self, placement: &Placement) -> Result<(), RingError> {
@@ -1007,6 +1026,16 @@ mod tests {
                 ring.placement().leader_load()
             );
             ring.add_node(1000, DEFAULT_WEIGHT).unwrap();
+            let led = ring
+                .placement()
+                .leader_load()
+                .get(&1000)
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                led <= 64usize.div_ceil(n as usize + 1),
+                "{n} nodes: new node leads {led}"
+            );
             ring.remove_node(2).unwrap();
             ring.rebalance();
             assert!(

@@ -5,7 +5,7 @@
 //! which is what the fuzz target in `transport/fuzz/` drives.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeOwned};
 use serde::Serialize;
 
 /// Size of the length prefix that precedes every frame body.
@@ -33,8 +33,8 @@ pub enum CodecError {
     Decode(#[from] rmp_serde::decode::Error),
     /// A frame body decoded to a value but left bytes unread: the sender and receiver disagree
     /// about the message type, so the rest of the stream cannot be trusted either.
-    #[error("frame body has {0} trailing bytes after the message")]
-    TrailingBytes(usize),
+    #[error("frame body has trailing bytes after the message")]
+    TrailingBytes,
 }
 
 impl CodecError {
@@ -44,7 +44,7 @@ impl CodecError {
             CodecError::FrameTooLarge { .. } => "frame_too_large",
             CodecError::Encode(_) => "encode",
             CodecError::Decode(_) => "undecodable_body",
-            CodecError::TrailingBytes(_) => "trailing_bytes",
+            CodecError::TrailingBytes => "trailing_bytes",
         }
     }
 }
@@ -103,13 +103,17 @@ pub fn encode_keepalive(buf: &mut BytesMut) {
 
 /// Decodes a frame body into a message. The whole body must be consumed.
 pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, CodecError> {
-    // The reader-based deserializer bounds every allocation by the bytes actually present, so a
-    // hostile length inside the body cannot make it reserve gigabytes.
-    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
+    // The slice deserializer borrows from `body` (no intermediate copy) and bounds every length
+    // by the bytes actually present, so a hostile length inside the body cannot make it
+    // allocate more than the frame holds.
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
     let msg = M::deserialize(&mut de)?;
-    let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
-    if used < body.len() {
-        return Err(CodecError::TrailingBytes(body.len() - used));
+    // The body must hold exactly one value: reading another marker must hit the end. Anything
+    // else (a value, or even an invalid marker) means bytes are left over.
+    match serde::de::IgnoredAny::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        _ => return Err(CodecError::TrailingBytes),
     }
     Ok(msg)
 }
@@ -264,7 +268,14 @@ mod tests {
         let mut body = frame[LENGTH_PREFIX..].to_vec();
         body.push(0x00);
         let err = decode_body::<Msg>(&body).unwrap_err();
-        assert!(matches!(err, CodecError::TrailingBytes(1)));
+        assert!(matches!(err, CodecError::TrailingBytes));
+        // Junk that is not even a valid marker is trailing bytes too, not an undecodable body.
+        let mut body = frame[LENGTH_PREFIX..].to_vec();
+        body.push(0xc1);
+        assert!(matches!(
+            decode_body::<Msg>(&body),
+            Err(CodecError::TrailingBytes)
+        ));
     }
 
     #[test]

@@ -171,9 +171,14 @@ impl<M: Serialize> PeerLink<M> {
 
     /// Queues `msg`, waiting for room if the queue is full.
     pub async fn send(&self, msg: M) -> Result<(), SendError<M>> {
-        let permit = match self.tx.reserve().await {
+        // The fast path skips the semaphore's acquire future when there is room.
+        let permit = match self.tx.try_reserve() {
             Ok(p) => p,
-            Err(_) => return Err(SendError::Closed(msg)),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(SendError::Closed(msg)),
+            Err(mpsc::error::TrySendError::Full(())) => match self.tx.reserve().await {
+                Ok(p) => p,
+                Err(_) => return Err(SendError::Closed(msg)),
+            },
         };
         match self.encode(&msg) {
             Ok(frame) => {

@@ -27,7 +27,7 @@ use crate::{Endpoint, Inbound, NodeId};
 /// How many queued frames a writer takes per `recv_many` before topping up with `try_recv`.
 const RECV_BATCH: usize = 512;
 /// Read buffer growth step for inbound connections.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Errors of starting a transport.
 #[derive(Debug, thiserror::Error)]

@@ -24,8 +24,14 @@
 //!   and (if enough nodes remain) one node joining;
 //! * a shard's first replica changes only if the change concerns that replica (its node
 //!   is removed, or the added node takes its place);
-//! * adding a node moves only slots onto the new node, at most `ceil` of its share
-//!   (bounded-load strategy).
+//! * adding a node (equal weights, bounded-load strategy) moves only slots onto the new
+//!   node, at most `max(floor(1.25 × ideal), ceil(ideal))` of them; with uneven weights a
+//!   rare extra move keeps old nodes under their caps (see [`Ring::add_node`]);
+//! * bounded-load placements keep every node within `ceil` of its weighted share of
+//!   replica slots (after builds, additions, reweights and [`Ring::rebalance`]).
+//!
+//! Bounded-load placements depend on the order of membership changes, so the shard map
+//! is state to replicate (hence serde), not something each node recomputes.
 //!
 //! # Example
 //!

@@ -287,10 +287,15 @@ fn run_node(args: &NodeArgs) -> anyhow::Result<u8> {
         config = %args.config.display(),
         "starting node"
     );
-    eprintln!(
-        "error: `conclave node` is not available in this build: the node runtime \
-         (conclave::node::run_blocking) has not landed yet; node {} was not started",
-        config.node.id
-    );
-    Ok(EXIT_FAILURE)
+    match conclave_node_run(config) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+fn conclave_node_run(config: Config) -> Result<(), crate::node::NodeError> {
+    crate::node::run_blocking(config)
 }

@@ -1,6 +1,853 @@
 //! The conclave node: the supervised actor tree that hosts Raft groups on the transport,
 //! durable storage and the user's state machine (DESIGN.md §3).
+//!
+//! ```text
+//! Node
+//! ├── LogStoreActor   (own arbiter)  one WAL for every group, group commit
+//! ├── transport       one PeerLink per peer, inbound dispatcher by group id
+//! └── Supervisor[group g]  one-for-one
+//!     ├── ApplierActor      the user's state machine
+//!     ├── GroupActor        the Raft core (election, replication, reads)
+//!     └── ReplicatorActor[peer]
+//! ```
+//!
+//! Start a node with [`Node::builder`]; the `conclave node` command runs [`run_blocking`].
 
+pub mod applier;
+pub mod group;
 pub mod handle;
+pub mod log_store_actor;
+pub mod replicator;
+pub mod wire;
 
 pub use handle::*;
+
+use crate::config::{Config, MemberConfig, ReadLevel};
+use crate::state_machine::{
+    KvCommand, KvMachine, KvOutput, KvQuery, KvRequest, StateMachine, StateMachineError,
+};
+use crate::storage::log_store::{LogStore, LogStoreError};
+use crate::storage::wal::WalOptions;
+use actix::prelude::*;
+use applier::ApplierActor;
+use conclave_actors::raft::{Membership, RaftConfig, ReadConsistency, Role};
+use conclave_actors::supervisor::{
+    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
+};
+use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
+use conclave_transport::{Endpoint, Transport, TransportConfig};
+use group::{GroupActor, GroupDeps, GroupShared, Propose, RaftInbound, Read};
+use log_store_actor::LogStoreActor;
+use replicator::ReplicatorActor;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use wire::WireMessage;
+
+/// How long a client request may wait for its outcome.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Inbound transport messages buffered before the transport stops reading sockets.
+const INBOUND_CAPACITY: usize = 4096;
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The Raft log could not be opened (corruption names the file and offset).
+    #[error("cannot open the Raft log: {0}")]
+    LogStore(#[from] LogStoreError),
+    /// The state machine could not be opened.
+    #[error("cannot open the state machine: {0}")]
+    StateMachine(#[from] StateMachineError),
+    /// The transport could not start.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// An I/O error (data directory, HTTP listener, signals).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds a factory of state machines for (re)starts of the applier.
+type MachineFactory<M> = Arc<dyn Fn() -> Result<M, StateMachineError> + Send + Sync>;
+
+/// Builds a [`Node`].
+pub struct NodeBuilder<M: StateMachine> {
+    config: Option<Config>,
+    factory: Option<MachineFactory<M>>,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl Node<KvMachine> {
+    /// A builder for a node of any state machine (`Node::<MyMachine>::builder()` or inferred
+    /// from [`NodeBuilder::state_machine`]).
+    pub fn builder<M: StateMachine>() -> NodeBuilder<M> {
+        NodeBuilder {
+            config: None,
+            factory: None,
+            prometheus: None,
+        }
+    }
+}
+
+impl<M: StateMachine> NodeBuilder<M> {
+    /// The node's configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// An in-memory state machine: every (re)start begins from a clone of `machine` and the
+    /// node replays the log into it.
+    pub fn state_machine(mut self, machine: M) -> Self
+    where
+        M: Clone + Send + Sync,
+    {
+        self.factory = Some(Arc::new(move || Ok(machine.clone())));
+        self
+    }
+
+    /// A state machine opened by `factory` on every (re)start — e.g. one that reopens its
+    /// own durable storage and reports its applied index.
+    pub fn state_machine_with(
+        mut self,
+        factory: impl Fn() -> Result<M, StateMachineError> + Send + Sync + 'static,
+    ) -> Self {
+        self.factory = Some(Arc::new(factory));
+        self
+    }
+
+    /// The handle of an installed Prometheus recorder, rendered by `GET /metrics`.
+    pub fn metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
+    }
+
+    /// Starts the node's actors and transport on the current actix system.
+    pub async fn start(self) -> Result<Node<M>, NodeError> {
+        let config = self
+            .config
+            .ok_or_else(|| NodeError::Config("no configuration given".to_owned()))?;
+        let factory = self
+            .factory
+            .ok_or_else(|| NodeError::Config("no state machine given".to_owned()))?;
+        config
+            .validate()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        start_node(config, factory, self.prometheus).await
+    }
+}
+
+/// A running node.
+pub struct Node<M: StateMachine> {
+    handle: NodeHandle<M>,
+    transport: Transport<WireMessage>,
+    supervisors: Vec<Addr<Supervisor>>,
+    log_store: Addr<LogStoreActor>,
+    log_arbiter: Arbiter,
+}
+
+impl<M: StateMachine> Node<M> {
+    /// A cloneable handle for requests.
+    pub fn handle(&self) -> NodeHandle<M> {
+        self.handle.clone()
+    }
+
+    /// The transport's bound address.
+    pub fn transport_addr(&self) -> std::net::SocketAddr {
+        self.transport.local_addr()
+    }
+
+    /// Stops the groups, flushes the log and closes the transport.
+    pub async fn shutdown(self) {
+        self.handle
+            .inner
+            .shutting_down
+            .store(true, Ordering::SeqCst);
+        for s in &self.supervisors {
+            let _ = s.send(StopSupervisor).await;
+        }
+        // Let the log store finish what is queued, then stop it (it syncs on stopping).
+        actix::clock::sleep(Duration::from_millis(20)).await;
+        self.log_store.do_send(StopLogStore);
+        actix::clock::sleep(Duration::from_millis(20)).await;
+        self.log_arbiter.stop();
+        self.transport.shutdown();
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopLogStore;
+
+impl Handler<StopLogStore> for LogStoreActor {
+    type Result = ();
+    fn handle(&mut self, _: StopLogStore, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// The groups of a node: their actors and shared status, by group id.
+struct GroupEntry<M: StateMachine> {
+    actor: Slot<GroupActor<M>>,
+    shared: Arc<GroupShared>,
+    // Reached only by fault injection (tests, chaos harness).
+    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
+    applier: Slot<ApplierActor<M>>,
+    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
+    replicators: HashMap<u64, Slot<ReplicatorActor>>,
+}
+
+struct Inner<M: StateMachine> {
+    id: u64,
+    config: Config,
+    members: Arc<BTreeMap<u64, MemberConfig>>,
+    groups: BTreeMap<u64, GroupEntry<M>>,
+    ring: Ring,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// A cloneable handle to a running node: proposes writes, serves reads, reports status.
+pub struct NodeHandle<M: StateMachine> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: StateMachine> Clone for NodeHandle<M> {
+    fn clone(&self) -> Self {
+        NodeHandle {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn raft_config(config: &Config, group: u64) -> RaftConfig {
+    let r = &config.raft;
+    RaftConfig {
+        id: config.node.id,
+        group,
+        election_timeout_min_ms: r.election_timeout_ms[0],
+        election_timeout_max_ms: r.election_timeout_ms[1],
+        heartbeat_interval_ms: r.heartbeat_interval_ms,
+        pre_vote: r.pre_vote,
+        check_quorum: r.check_quorum,
+        max_entries_per_append: r.max_entries_per_append,
+        // Keep appends well inside a transport frame.
+        max_bytes_per_append: (config.node.max_frame_size / 2).max(1024),
+        lease_ms: r.read.lease_ms,
+        ..RaftConfig::default()
+    }
+}
+
+async fn start_node<M: StateMachine>(
+    config: Config,
+    factory: MachineFactory<M>,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<Node<M>, NodeError> {
+    let id = config.node.id;
+    let raft0 = raft_config(&config, 0);
+    raft0
+        .validate()
+        .map_err(|e| NodeError::Config(format!("raft: {e}")))?;
+    std::fs::create_dir_all(&config.node.data_dir)?;
+    let members: BTreeMap<u64, MemberConfig> = config
+        .initial_members()
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+    if !members.contains_key(&id) {
+        return Err(NodeError::Config(format!(
+            "node.id {id} is not one of cluster.initial_members"
+        )));
+    }
+    let members = Arc::new(members);
+
+    // Storage first: a corrupt log refuses to start before anything listens.
+    let wal_options = WalOptions {
+        max_record_bytes: (config.node.max_frame_size as u32).saturating_mul(2),
+        ..WalOptions::default()
+    };
+    let (store, recovered) = LogStore::open(&config.node.data_dir.join("wal"), wal_options)?;
+    let log_arbiter = Arbiter::new();
+    let p = config.raft.persistence.clone();
+    let log_store = LogStoreActor::start_in_arbiter(&log_arbiter.handle(), move |_| {
+        LogStoreActor::new(
+            store,
+            recovered,
+            p.strategy,
+            p.flush_threshold,
+            p.flush_interval_ms,
+        )
+    });
+
+    // Transport.
+    let mut tcfg = TransportConfig::new(id, config.cluster.id.clone(), config.node.listen);
+    tcfg.max_frame_size = config.node.max_frame_size;
+    tcfg.max_queue_size = config.node.max_queue_size;
+    tcfg.read_timeout = Duration::from_secs(config.node.read_timeout_s);
+    tcfg.keepalive_interval = (tcfg.read_timeout / 3).max(Duration::from_millis(100));
+    tcfg.max_connections = config.node.max_connections;
+    tcfg.backoff_cap = Duration::from_secs(1);
+    if let Some(tls) = &config.tls {
+        tcfg.tls = Some(conclave_transport::TlsConfig {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            ca: tls.ca.clone(),
+            server_name: None,
+        });
+    }
+    let (inbound_tx, mut inbound_rx) =
+        tokio::sync::mpsc::channel::<(u64, WireMessage)>(INBOUND_CAPACITY);
+    let (transport, _) = Transport::bind(tcfg, inbound_tx)
+        .await
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+
+    // Groups: for now the cluster's first group, replicated on every initial member.
+    let epoch = Instant::now();
+    let mut groups = BTreeMap::new();
+    let mut supervisors = Vec::new();
+    let group_ids = [0u64];
+    for &group in &group_ids {
+        let (entry, supervisor) = start_group(
+            &config,
+            group,
+            &members,
+            &transport,
+            log_store.clone(),
+            factory.clone(),
+            epoch,
+        );
+        groups.insert(group, entry);
+        supervisors.push(supervisor);
+    }
+
+    // Inbound dispatch by group id.
+    let dispatch: HashMap<u64, Slot<GroupActor<M>>> = groups
+        .iter()
+        .map(|(g, e): (&u64, &GroupEntry<M>)| (*g, e.actor.clone()))
+        .collect();
+    actix::spawn(async move {
+        while let Some((from, msg)) = inbound_rx.recv().await {
+            match msg {
+                WireMessage::Raft(m) => {
+                    if m.from != from {
+                        // The handshake authenticated `from`; a message claiming another
+                        // sender is forged or buggy.
+                        tracing::warn!(
+                            from,
+                            claimed = m.from,
+                            "raft message with a forged sender dropped"
+                        );
+                        continue;
+                    }
+                    let Some(addr) = dispatch.get(&m.group).and_then(|s| s.get()) else {
+                        metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "unknown_group")
+                            .increment(1);
+                        continue;
+                    };
+                    if let Err(SendError::Full(msg)) = addr.try_send(RaftInbound(m)) {
+                        // Push back on the socket: wait for room instead of buffering.
+                        let _ = addr.send(msg).await;
+                    }
+                }
+            }
+        }
+    });
+
+    let ring_cfg = RingConfig {
+        vnodes: config.ring.vnodes as u32,
+        shards: config.ring.shards,
+        replication_factor: config.ring.replication_factor as u32,
+        ..RingConfig::default()
+    };
+    let ring = Ring::with_nodes(ring_cfg, members.keys().map(|&n| (n, DEFAULT_WEIGHT)))
+        .map_err(|e| NodeError::Config(format!("ring: {e}")))?;
+
+    metrics::gauge!("conclave_cluster_nodes_total").set(members.len() as f64);
+    let handle = NodeHandle {
+        inner: Arc::new(Inner {
+            id,
+            config,
+            members,
+            groups,
+            ring,
+            prometheus,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+        }),
+    };
+    Ok(Node {
+        handle,
+        transport,
+        supervisors,
+        log_store,
+        log_arbiter,
+    })
+}
+
+fn start_group<M: StateMachine>(
+    config: &Config,
+    group: u64,
+    members: &Arc<BTreeMap<u64, MemberConfig>>,
+    transport: &Transport<WireMessage>,
+    log_store: Addr<LogStoreActor>,
+    factory: MachineFactory<M>,
+    epoch: Instant,
+) -> (GroupEntry<M>, Addr<Supervisor>) {
+    let id = config.node.id;
+    let shared = Arc::new(GroupShared::default());
+    let applier_slot: Slot<ApplierActor<M>> = Slot::new();
+    let actor_slot: Slot<GroupActor<M>> = Slot::new();
+    let mut replicators = HashMap::new();
+    for m in members.values().filter(|m| m.id != id) {
+        replicators.insert(m.id, Slot::new());
+    }
+    let deps = Arc::new(GroupDeps {
+        group,
+        raft: raft_config(config, group),
+        base_membership: Membership::with_voters(members.keys().copied()),
+        log_store,
+        applier: applier_slot.clone(),
+        replicators: replicators.clone(),
+        shared: shared.clone(),
+        members: members.clone(),
+        epoch,
+    });
+
+    let mut builder = SupervisorBuilder::new(format!("group-{group}")).policy(RestartPolicy {
+        strategy: Strategy::OneForOne,
+        ..RestartPolicy::default()
+    });
+    {
+        let slot = applier_slot.clone();
+        let applied = shared.applied.clone();
+        let f: Factory = Box::new(move |guard| match factory() {
+            Ok(machine) => {
+                let addr = ApplierActor::new(machine, applied.clone(), guard).start();
+                slot.set(addr.clone());
+                Box::new(move || addr.do_send(StopActor))
+            }
+            Err(e) => {
+                // Dropping the guard reports the failure; the supervisor retries with backoff.
+                tracing::error!(group, error = %e, "cannot open the state machine");
+                drop(guard);
+                Box::new(|| {})
+            }
+        });
+        builder = builder.child("applier", f);
+    }
+    {
+        let slot = actor_slot.clone();
+        let deps = deps.clone();
+        let f: Factory = Box::new(move |guard| {
+            let addr = GroupActor::new(deps.clone(), guard).start();
+            slot.set(addr.clone());
+            Box::new(move || addr.do_send(StopActor))
+        });
+        builder = builder.child("raft", f);
+    }
+    for (&peer, slot) in &replicators {
+        let Some(member) = members.get(&peer) else {
+            continue;
+        };
+        let link = transport.peer(peer, member.addr);
+        let slot = slot.clone();
+        let f: Factory = Box::new(move |guard| {
+            let addr = ReplicatorActor::new(id, peer, link.clone(), guard).start();
+            slot.set(addr.clone());
+            Box::new(move || addr.do_send(StopActor))
+        });
+        builder = builder.child(format!("replicator-{peer}"), f);
+    }
+    let supervisor = builder.start();
+    (
+        GroupEntry {
+            actor: actor_slot,
+            shared,
+            applier: applier_slot,
+            replicators,
+        },
+        supervisor,
+    )
+}
+
+/// Stops any of the node's actors (sent by supervisors on shutdown and one-for-all restarts).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopActor;
+
+impl<M: StateMachine> Handler<StopActor> for ApplierActor<M> {
+    type Result = ();
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl<M: StateMachine> Handler<StopActor> for GroupActor<M> {
+    type Result = ();
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<StopActor> for ReplicatorActor {
+    type Result = ();
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+fn to_consistency(level: ReadLevel) -> ReadConsistency {
+    match level {
+        ReadLevel::Linearizable => ReadConsistency::Linearizable,
+        ReadLevel::Lease => ReadConsistency::Lease,
+        ReadLevel::Stale => ReadConsistency::Stale,
+    }
+}
+
+fn role_str(role: Option<Role>) -> String {
+    match role {
+        Some(Role::Leader) => "leader",
+        Some(Role::Candidate) | Some(Role::PreCandidate) => "candidate",
+        Some(Role::Learner) => "learner",
+        Some(Role::Follower) | None => "follower",
+    }
+    .to_owned()
+}
+
+async fn await_reply<T>(rx: oneshot::Receiver<Result<T, RequestError>>) -> Result<T, RequestError> {
+    match actix::clock::timeout(REQUEST_TIMEOUT, rx).await {
+        Ok(Ok(result)) => result,
+        // The actor holding the reply went away (restarting): the outcome is unknown.
+        Ok(Err(_)) => Err(RequestError::Timeout),
+        Err(_) => Err(RequestError::Timeout),
+    }
+}
+
+impl<M: StateMachine> NodeHandle<M> {
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn group0(&self) -> Result<&GroupEntry<M>, RequestError> {
+        self.inner
+            .groups
+            .get(&0)
+            .ok_or(RequestError::NoLeader { group: 0 })
+    }
+
+    /// Proposes `command` to group 0 and waits until it is committed and applied here.
+    pub async fn write(&self, command: M::Command) -> Result<WriteResult<M::Output>, RequestError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(RequestError::ShuttingDown);
+        }
+        let bytes =
+            rmp_serde::to_vec(&command).map_err(|e| RequestError::Internal(e.to_string()))?;
+        let group = self.group0()?;
+        let addr = group
+            .actor
+            .get()
+            .ok_or(RequestError::NoLeader { group: 0 })?;
+        let (reply, rx) = oneshot::channel();
+        match addr.try_send(Propose::<M> {
+            command: bytes,
+            reply,
+        }) {
+            Ok(()) => await_reply(rx).await,
+            Err(SendError::Full(_)) => {
+                metrics::counter!("conclave_mailbox_rejected_total", "actor" => "raft")
+                    .increment(1);
+                Err(RequestError::Overloaded)
+            }
+            Err(SendError::Closed(_)) => Err(RequestError::NoLeader { group: 0 }),
+        }
+    }
+
+    /// Runs `query` on group 0 at the given consistency.
+    pub async fn read(
+        &self,
+        query: M::Query,
+        consistency: ReadLevel,
+    ) -> Result<M::QueryOutput, RequestError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(RequestError::ShuttingDown);
+        }
+        let group = self.group0()?;
+        let addr = group
+            .actor
+            .get()
+            .ok_or(RequestError::NoLeader { group: 0 })?;
+        let (reply, rx) = oneshot::channel();
+        match addr.try_send(Read::<M> {
+            query,
+            consistency: to_consistency(consistency),
+            reply,
+        }) {
+            Ok(()) => await_reply(rx).await,
+            Err(SendError::Full(_)) => {
+                metrics::counter!("conclave_mailbox_rejected_total", "actor" => "raft")
+                    .increment(1);
+                Err(RequestError::Overloaded)
+            }
+            Err(SendError::Closed(_)) => Err(RequestError::NoLeader { group: 0 }),
+        }
+    }
+
+    /// Asks group 0's leader (this node) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), RequestError> {
+        let group = self.group0()?;
+        let addr = group
+            .actor
+            .get()
+            .ok_or(RequestError::NoLeader { group: 0 })?;
+        let (reply, rx) = oneshot::channel();
+        addr.try_send(group::TransferLeader { to, reply })
+            .map_err(|_| RequestError::Overloaded)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RequestError::Internal(e)),
+            Err(_) => Err(RequestError::Timeout),
+        }
+    }
+
+    /// The cluster as this node sees it.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let groups: Vec<GroupStatus> = self
+            .inner
+            .groups
+            .iter()
+            .map(|(id, g)| {
+                let s = g.shared.snapshot.read().clone();
+                GroupStatus {
+                    id: *id,
+                    role: role_str(s.role),
+                    leader_id: s.leader,
+                    term: s.term,
+                    commit_index: s.commit_index,
+                    applied_index: g.shared.applied.load(Ordering::Relaxed),
+                    voters: s.membership.voters.iter().copied().collect(),
+                    learners: s.membership.learners.iter().copied().collect(),
+                    replicas: s
+                        .progress
+                        .iter()
+                        .filter(|(peer, _)| *peer != self.inner.id)
+                        .map(|&(peer, matched)| ReplicaStatus {
+                            id: peer,
+                            match_index: matched,
+                            lag: s.last_index.saturating_sub(matched),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let g0 = groups.first().cloned();
+        ClusterStatus {
+            node_id: self.inner.id,
+            role: g0
+                .as_ref()
+                .map(|g| g.role.clone())
+                .unwrap_or_else(|| "follower".into()),
+            term: g0.as_ref().map(|g| g.term).unwrap_or(0),
+            leader_id: g0.as_ref().and_then(|g| g.leader_id),
+            commit_index: g0.as_ref().map(|g| g.commit_index).unwrap_or(0),
+            applied_index: g0.as_ref().map(|g| g.applied_index).unwrap_or(0),
+            // Until gossip lands, membership states come from Raft's view: every configured
+            // member is listed as alive when group 0 has a leader that is replicating.
+            members: self
+                .inner
+                .members
+                .values()
+                .map(|m| MemberStatus {
+                    id: m.id,
+                    addr: m.addr,
+                    http: m.http,
+                    state: "alive".to_owned(),
+                })
+                .collect(),
+            groups,
+        }
+    }
+
+    /// Whether every group knows a leader and has applied close to its commit index.
+    pub fn readiness_now(&self) -> Readiness {
+        let mut reasons = Vec::new();
+        for (id, g) in &self.inner.groups {
+            let s = g.shared.snapshot.read();
+            if s.leader.is_none() {
+                reasons.push(format!("group {id}: no known leader"));
+            }
+            let applied = g.shared.applied.load(Ordering::Relaxed);
+            if s.commit_index.saturating_sub(applied) > 1000 {
+                reasons.push(format!(
+                    "group {id}: applied index {applied} is far behind commit index {}",
+                    s.commit_index
+                ));
+            }
+        }
+        Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    /// The leader of group 0 as this node knows it.
+    pub fn leader(&self) -> Option<LeaderHint> {
+        let g = self.inner.groups.get(&0)?;
+        let leader = g.shared.snapshot.read().leader?;
+        let m = self.inner.members.get(&leader)?;
+        Some(LeaderHint {
+            id: m.id,
+            http: m.http,
+        })
+    }
+
+    #[cfg(any(test, feature = "fault-injection"))]
+    /// Panics the applier of group 0 (fault injection).
+    pub fn inject_applier_panic(&self) -> bool {
+        self.inner
+            .groups
+            .get(&0)
+            .and_then(|g| g.applier.get())
+            .map(|a| a.try_send(applier::InjectPanic).is_ok())
+            .unwrap_or(false)
+    }
+
+    #[cfg(any(test, feature = "fault-injection"))]
+    /// Panics group 0's replicator to `peer` (fault injection).
+    pub fn inject_replicator_panic(&self, peer: u64) -> bool {
+        self.inner
+            .groups
+            .get(&0)
+            .and_then(|g| g.replicators.get(&peer))
+            .and_then(|s| s.get())
+            .map(|a| a.try_send(replicator::InjectPanic).is_ok())
+            .unwrap_or(false)
+    }
+}
+
+impl KvService for NodeHandle<KvMachine> {
+    fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    fn max_value_bytes(&self) -> usize {
+        // A value travels inside one AppendEntries, which must fit a transport frame.
+        (self.inner.config.node.max_frame_size / 2).saturating_sub(1024)
+    }
+
+    async fn write(
+        &self,
+        command: KvCommand,
+        idempotency_key: Option<String>,
+    ) -> Result<WriteResult<KvOutput>, RequestError> {
+        NodeHandle::write(
+            self,
+            KvRequest {
+                id: idempotency_key,
+                op: command,
+            },
+        )
+        .await
+    }
+
+    async fn read(
+        &self,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<Option<Vec<u8>>, RequestError> {
+        NodeHandle::read(self, KvQuery::Get(key), consistency)
+            .await?
+            .map_err(|e| RequestError::Internal(e.to_string()))
+    }
+
+    fn default_consistency(&self) -> Consistency {
+        self.inner.config.raft.read.default
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        self.cluster_status()
+    }
+
+    async fn readiness(&self) -> Readiness {
+        self.readiness_now()
+    }
+
+    fn leader_hint(&self) -> Option<LeaderHint> {
+        self.leader()
+    }
+
+    fn route(&self, key: &[u8]) -> (u64, Vec<NodeId>, Option<NodeId>) {
+        let route = self.inner.ring.route(key);
+        // Until multi-Raft sharding lands every shard is served by group 0.
+        let leader = self
+            .inner
+            .groups
+            .get(&0)
+            .and_then(|g| g.shared.snapshot.read().leader);
+        (route.shard, route.replicas, leader)
+    }
+
+    fn render_metrics(&self) -> String {
+        self.inner
+            .prometheus
+            .as_ref()
+            .map(|p| p.render())
+            .unwrap_or_default()
+    }
+}
+
+/// Runs a node with the built-in key-value machine until SIGINT or SIGTERM: the `conclave node`
+/// command.
+pub fn run_blocking(config: Config) -> Result<(), NodeError> {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .ok();
+        let sm_dir = config.node.data_dir.join("sm");
+        let mut builder = Node::builder()
+            .config(config.clone())
+            .state_machine_with(move || KvMachine::open(&sm_dir));
+        if let Some(handle) = recorder {
+            builder = builder.metrics(handle);
+        }
+        let node = builder.start().await?;
+        let server = crate::http::server(node.handle(), &config)?;
+        let server_handle = server.handle();
+        actix::spawn(server);
+        tracing::info!(
+            node = config.node.id,
+            transport = %node.transport_addr(),
+            http = %config.node.http,
+            "node started"
+        );
+        wait_for_signal().await?;
+        tracing::info!(node = config.node.id, "shutting down");
+        server_handle.stop(true).await;
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

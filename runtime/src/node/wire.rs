@@ -1,0 +1,12 @@
+//! What travels between nodes on the transport: one envelope for every protocol, so a single
+//! connection per direction carries every Raft group (and, later, gossip).
+
+use conclave_actors::raft;
+use serde::{Deserialize, Serialize};
+
+/// A message between two nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireMessage {
+    /// A Raft message; it names its group.
+    Raft(raft::Message),
+}

@@ -287,3 +287,25 @@ fn one_hot_key() {
     let target = mutate_stale(&mut stale);
     assert_rejected_at(&stale, target, "stale (hot key)", 7);
 }
+
+#[test]
+fn hard_hot_key_with_many_lost_operations() {
+    // Long mode only (about 30 s): one key, 5,000 operations, 10 clients, 2% lost.
+    if std::env::var("CONCLAVE_LIN_HARD").is_err() {
+        eprintln!("skipped: set CONCLAVE_LIN_HARD=1 to run");
+        return;
+    }
+    let shape = Shape {
+        ops: 5000,
+        keys: 1,
+        clients: 10,
+        pending: 0.02,
+    };
+    let history = generate(7, &shape);
+    let (verdict, secs) = timed_check(&history);
+    eprintln!("hard hot key: accepted in {secs:.3}s");
+    assert_eq!(verdict, Verdict::Linearizable);
+    let mut stale = history.clone();
+    let target = mutate_stale(&mut stale);
+    assert_rejected_at(&stale, target, "stale (hard hot key)", 7);
+}

@@ -182,6 +182,20 @@ fn with_value(
 /// and uses indices into `history`. Reads that never returned are dropped first: with an
 /// unconstrained output and no effect, they cannot matter.
 pub fn check_kv(history: &[Operation<KvInput, KvOutput>], budget: SearchBudget) -> Verdict {
+    check_kv_with(history, budget, false)
+}
+
+/// [`check_kv`], exploring by rounds only (see `PendingHints::rounds_only`).
+#[cfg(test)]
+pub(super) fn check_kv_by_rounds(history: &[Operation<KvInput, KvOutput>]) -> Verdict {
+    check_kv_with(history, SearchBudget::unlimited(), true)
+}
+
+fn check_kv_with(
+    history: &[Operation<KvInput, KvOutput>],
+    budget: SearchBudget,
+    rounds_only: bool,
+) -> Verdict {
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, op) in history.iter().enumerate() {
         let unobserved_read =
@@ -212,6 +226,7 @@ pub fn check_kv(history: &[Operation<KvInput, KvOutput>], budget: SearchBudget) 
             PendingHints {
                 class: Some(&classes),
                 lazy: true,
+                rounds_only,
             },
             budget.max_states,
             &mut spent,

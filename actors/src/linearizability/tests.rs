@@ -445,6 +445,15 @@ fn history_records_completions_failures_and_pending_operations() {
 
 // ---- Randomized cross-checks ----
 
+/// `Ok` if linearizable, else the culprit; panics on `Unknown` (the budgets here are unlimited).
+fn culprit(verdict: &Verdict) -> Result<(), usize> {
+    match verdict {
+        Verdict::Linearizable => Ok(()),
+        Verdict::NotLinearizable(violation) => Err(violation.culprit),
+        Verdict::Unknown => panic!("unlimited search gave up"),
+    }
+}
+
 /// `default` rounds, or `CONCLAVE_LIN_ROUNDS` of them (long mode).
 fn rounds(default: usize) -> usize {
     std::env::var("CONCLAVE_LIN_ROUNDS")
@@ -627,6 +636,13 @@ fn search_agrees_with_brute_force_on_random_small_histories() {
             expected,
             "round {round}: {history:#?}\n{verdict:?}"
         );
+        // Exploring by rounds reaches the same verdict and culprit (the prefix may differ).
+        let by_rounds = super::search::check_by_rounds(&RegisterModel, &history);
+        assert_eq!(
+            culprit(&by_rounds),
+            culprit(&verdict),
+            "round {round}: {history:#?}"
+        );
         if expected {
             accepted += 1;
         } else {
@@ -677,6 +693,12 @@ fn check_kv_agrees_with_brute_force_with_unique_values_and_lost_writes() {
             verdict.is_linearizable(),
             expected,
             "round {round}: {history:#?}\n{verdict:?}"
+        );
+        let by_rounds = super::kv::check_kv_by_rounds(&history);
+        assert_eq!(
+            culprit(&by_rounds),
+            culprit(&verdict),
+            "round {round}: {history:#?}"
         );
         if expected {
             accepted += 1;

@@ -1,5 +1,7 @@
 //! Wing & Gong's search with Lowe's memoisation (the algorithm of porcupine and knossos'
-//! `linear` checker), over one (sub-)history.
+//! `linear` checker), over one (sub-)history, with domination of configurations that took
+//! more lost operations, forced read-only moves, and exploration in rounds by the number of
+//! lost operations taken when plain depth-first search runs long (see [`search`]).
 
 use super::{Model, Operation, SearchBudget, Verdict, Violation, ViolationKind};
 use std::collections::hash_map::DefaultHasher;

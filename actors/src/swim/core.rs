@@ -578,8 +578,7 @@ impl Swim {
     /// Merges one rumor into the view (SWIM §4.2 precedence, metadata last-writer-wins).
     /// `disseminate_new`: whether a member we did not know is news worth gossiping (not for
     /// join answers, which only copy the seed's view). `anti_entropy`: the rumor comes from a
-    /// full view, where a stale "alive" about a member we hold dead means that member does
-    /// not know it was declared dead, so our verdict is gossiped again for it to refute.
+    /// seed's full view (a `JoinAck`).
     fn apply_update(&mut self, u: &Update, disseminate_new: bool, anti_entropy: bool) {
         if self.validate_update(u).is_err() {
             self.stats.rejected_updates += 1;
@@ -631,11 +630,22 @@ impl Swim {
             self.confirm_suspicion(u.id, u.by);
         } else if anti_entropy
             && u.state == MemberState::Alive
-            && matches!(rec.state, MemberState::Dead | MemberState::Left)
+            && rec.state != MemberState::Alive
             && u.incarnation <= rec.incarnation
         {
-            let verdict = record_update(u.id, rec);
-            self.queue_rumor(verdict);
+            // A full view holds alive a member we hold suspect, dead or gone: most likely our
+            // verdict dates from while we were cut off. Tell that member directly (the buddy
+            // update goes first) so it refutes, and do not broadcast the verdict, which would
+            // make members that see it alive declare it dead.
+            let addr = rec.addr.clone();
+            if self
+                .rumors
+                .get(&u.id)
+                .is_some_and(|r| r.update.state != MemberState::Alive)
+            {
+                self.rumors.remove(&u.id);
+            }
+            self.send(u.id, &addr, Body::Gossip);
         }
     }
 
@@ -712,6 +722,13 @@ impl Swim {
         if !new.is_active() {
             self.down.insert(id, self.now);
             self.probes.retain(|_, p| p.target != id);
+            if self.active_count() == 0 {
+                // We lost contact with everyone. Our pending verdicts reach nobody now, and
+                // once contact is back they are most likely wrong (we were the one cut off):
+                // spreading them then would make the others declare live members dead.
+                self.rumors
+                    .retain(|_, r| r.update.state == MemberState::Alive);
+            }
         } else {
             self.down.remove(&id);
         }

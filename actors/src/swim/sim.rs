@@ -5,7 +5,8 @@
 //! `loss` and delays it uniformly within `[min_latency_ms, max_latency_ms]` (so frames also
 //! reorder). Optional faults: one member joins through a seed at `join_at_cycle`, one member
 //! crashes at `crash_at_cycle`, and `slow_members` members process every inbound frame
-//! `slow_delay_ms` late (a CPU-starved node, the scenario of Lifeguard §V).
+//! `slow_delay_ms` late (a CPU-starved node, the scenario of Lifeguard §V), and one member can
+//! be cut off from everyone for `partition_cycles` (then reconnected, to check healing).
 //!
 //! The run reports (a) how many cycles it took every live member to learn of the joiner,
 //! (b) how long from the crash until every live member marked it dead, and (c) "dead" verdicts
@@ -44,6 +45,8 @@ pub struct SimConfig {
     pub slow_members: usize,
     /// Extra inbound delay of a slow member.
     pub slow_delay_ms: Millis,
+    /// When set, one ordinary member loses every frame to and from it between these cycles.
+    pub partition_cycles: Option<(u64, u64)>,
     /// Every member's SWIM configuration.
     pub swim: SwimConfig,
     /// Seed of the whole run.
@@ -64,6 +67,7 @@ impl SimConfig {
             crash_at_cycle: Some(100),
             slow_members: 0,
             slow_delay_ms: 0,
+            partition_cycles: None,
             swim: SwimConfig::default(),
             seed,
         }
@@ -83,6 +87,10 @@ pub struct SimReport {
     pub false_dead: u64,
     /// "Dead" verdicts about slow (alive but overloaded) members.
     pub false_dead_slow: u64,
+    /// "Dead" verdicts about the partitioned member, and by it about everyone else.
+    pub dead_across_partition: u64,
+    /// The partitioned member's incarnation at the end (it must have refuted to come back).
+    pub partitioned_incarnation: Option<u64>,
     /// "Suspect" verdicts about members that were alive and not slow.
     pub false_suspect: u64,
     /// Frames sent (lost ones included).
@@ -103,6 +111,7 @@ enum Payload {
     Timer { node: usize, timer: Timer },
     Join,
     Crash,
+    Partition(bool),
 }
 
 struct Item {
@@ -134,6 +143,7 @@ struct Node {
     crashed: bool,
     started: bool,
     slow: bool,
+    cut_off: bool,
 }
 
 struct World {
@@ -147,6 +157,7 @@ struct World {
     report: SimReport,
     joiner: Option<usize>,
     victim: Option<usize>,
+    partitioned: Option<usize>,
     join_started: Option<Millis>,
     crashed_at: Option<Millis>,
     knows_joiner: BTreeSet<usize>,
@@ -221,11 +232,19 @@ impl World {
                 crashed: false,
                 started: false,
                 slow: false,
+                cut_off: false,
             });
         }
         // The crash victim and the slow members are drawn among the ordinary members.
         let mut ordinary: Vec<usize> = (1..n).filter(|i| Some(*i) != joiner).collect();
         let victim = match cfg.crash_at_cycle {
+            Some(_) if !ordinary.is_empty() => {
+                let k = rng.random_range(0..ordinary.len());
+                Some(ordinary.swap_remove(k))
+            }
+            _ => None,
+        };
+        let partitioned = match cfg.partition_cycles {
             Some(_) if !ordinary.is_empty() => {
                 let k = rng.random_range(0..ordinary.len());
                 Some(ordinary.swap_remove(k))
@@ -248,6 +267,7 @@ impl World {
             report: SimReport::default(),
             joiner,
             victim,
+            partitioned,
             join_started: None,
             crashed_at: None,
             knows_joiner: BTreeSet::new(),
@@ -277,6 +297,10 @@ impl World {
         }
         if let Some(c) = self.cfg.join_at_cycle {
             self.push(c * cycle, Payload::Join);
+        }
+        if let (Some((from, to)), Some(_)) = (self.cfg.partition_cycles, self.partitioned) {
+            self.push(from * cycle, Payload::Partition(true));
+            self.push(to * cycle, Payload::Partition(false));
         }
         if let (Some(c), Some(_)) = (self.cfg.crash_at_cycle, self.victim) {
             self.push(c * cycle, Payload::Crash);
@@ -311,6 +335,11 @@ impl World {
                         self.drain(j);
                     }
                 }
+                Payload::Partition(on) => {
+                    if let Some(p) = self.partitioned {
+                        self.nodes[p].cut_off = on;
+                    }
+                }
                 Payload::Crash => {
                     if let Some(v) = self.victim {
                         self.crashed_at = Some(self.now);
@@ -341,6 +370,9 @@ impl World {
                     let Some(&to) = self.by_addr.get(&addr) else {
                         continue;
                     };
+                    if self.nodes[from].cut_off || self.nodes[to].cut_off {
+                        continue;
+                    }
                     let mut delay = self
                         .rng
                         .random_range(self.cfg.min_latency_ms..=self.cfg.max_latency_ms);
@@ -407,6 +439,8 @@ impl World {
                     }
                 } else if self.nodes[idx].slow {
                     self.report.false_dead_slow += 1;
+                } else if Some(idx) == self.partitioned || Some(observer) == self.partitioned {
+                    self.report.dead_across_partition += 1;
                 } else {
                     self.report.false_dead += 1;
                 }
@@ -438,6 +472,8 @@ impl World {
             }
         }
         self.report.wrong_views = wrong;
+        self.report.partitioned_incarnation =
+            self.partitioned.map(|p| self.nodes[p].swim.incarnation());
     }
 }
 

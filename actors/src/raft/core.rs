@@ -394,16 +394,14 @@ impl Raft {
         }
         self.completed_seq = seq;
         // Release the messages whose dependencies are now durable, in their original order.
-        let mut released = Vec::new();
-        self.withheld.retain(|(s, m)| {
-            if *s <= seq {
-                released.push(m.clone());
-                false
-            } else {
-                true
-            }
-        });
-        self.actions.extend(released.into_iter().map(Action::Send));
+        if !self.withheld.is_empty() {
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.withheld)
+                .into_iter()
+                .partition(|(s, _)| *s <= seq);
+            self.withheld = waiting;
+            self.actions
+                .extend(ready.into_iter().map(|(_, m)| Action::Send(m)));
+        }
         match self.role {
             // The candidate's own vote counts once its term and vote are durable.
             Role::Candidate => self.check_votes(now),
@@ -786,7 +784,7 @@ impl Raft {
         granted: bool,
     ) {
         if pre_vote {
-            if self.role != Role::PreCandidate || (granted && term != self.term + 1) {
+            if self.role != Role::PreCandidate || (granted && term != self.term.saturating_add(1)) {
                 return;
             }
         } else if self.role != Role::Candidate || term != self.term {
@@ -960,7 +958,8 @@ impl Raft {
         // A rejection: ignore stale ones (etcd's MaybeDecrTo).
         let stale = match p.state {
             ReplicationState::Replicate => index <= p.match_index,
-            ReplicationState::Probe => index + 1 != p.next_index,
+            // `next_index >= 1` always; a peer's `index` is not trusted not to overflow.
+            ReplicationState::Probe => index != p.next_index - 1,
         };
         if stale {
             return;
@@ -1067,7 +1066,7 @@ impl Raft {
             last_log_term: self.log.last_term(),
             leadership_transfer: false,
         };
-        let term = self.term + 1;
+        let term = self.term.saturating_add(1);
         for to in self.other_voters() {
             let msg = Message {
                 group: self.config.group,
@@ -1084,7 +1083,7 @@ impl Raft {
     /// Raft §5.2: increment the term, vote for ourselves, ask every voter. The requests (and
     /// our own vote's weight) wait until the new term and vote are durable.
     fn campaign(&mut self, now: Millis, leadership_transfer: bool) {
-        self.term += 1;
+        self.term = self.term.saturating_add(1);
         self.vote = Some(self.config.id);
         self.hs_dirty = true;
         self.role = Role::Candidate;

@@ -912,3 +912,71 @@ fn misaddressed_or_self_sent_frames_are_dropped() {
     assert!(drain(&mut s).is_empty());
     assert_eq!(s.stats().rejected_messages, 3);
 }
+
+#[test]
+fn cut_off_node_drops_its_verdicts_and_re_announces_to_the_members_it_knew() {
+    let mut s = node(1, &[2, 3], SwimConfig::default());
+    s.handle_message(
+        10,
+        msg(2, 1, Body::Gossip, vec![update(3, 0, MemberState::Dead, 2)]),
+    );
+    drain(&mut s);
+    assert_eq!(
+        s.pending_rumors(),
+        1,
+        "the verdict about 3 waits to be spread"
+    );
+    s.handle_message(
+        20,
+        msg(3, 1, Body::Gossip, vec![update(2, 0, MemberState::Dead, 3)]),
+    );
+    drain(&mut s);
+    assert_eq!(
+        s.count(MemberState::Alive) + s.count(MemberState::Suspect),
+        0
+    );
+    assert_eq!(
+        s.pending_rumors(),
+        0,
+        "verdicts nobody can receive are dropped"
+    );
+    s.handle_timer(1_000, Timer::Announce { generation: 0 });
+    let a = drain(&mut s);
+    let mut joins: Vec<(NodeId, MemberState)> = sends(&a)
+        .into_iter()
+        .map(|(to, body, ups)| {
+            assert!(matches!(body, Body::Join { member } if member.id == 1));
+            // Buddy update first: the member learns we hold it dead, so it refutes.
+            assert_eq!(ups[0].id, to);
+            (to, ups[0].state)
+        })
+        .collect();
+    joins.sort_unstable();
+    assert_eq!(joins, vec![(2, MemberState::Dead), (3, MemberState::Dead)]);
+}
+
+#[test]
+fn join_answer_contradicting_a_verdict_tells_the_member_directly_without_broadcasting() {
+    let mut s = node(1, &[2, 3], SwimConfig::default());
+    s.handle_message(
+        10,
+        msg(3, 1, Body::Gossip, vec![update(2, 0, MemberState::Dead, 3)]),
+    );
+    drain(&mut s);
+    assert_eq!(s.pending_rumors(), 1);
+    let ack = Body::JoinAck {
+        members: vec![
+            update(3, 0, MemberState::Alive, 3),
+            update(2, 0, MemberState::Alive, 2),
+        ],
+    };
+    s.handle_message(20, msg(3, 1, ack, vec![]));
+    let a = drain(&mut s);
+    let sent = sends(&a);
+    assert_eq!(sent.len(), 1);
+    let (to, body, ups) = sent[0];
+    assert_eq!((to, body), (2, &Body::Gossip));
+    assert_eq!(ups[0], update(2, 0, MemberState::Dead, 3));
+    assert_eq!(s.pending_rumors(), 0, "the verdict is no longer broadcast");
+    assert_eq!(s.member(2).map(|m| m.state), Some(MemberState::Dead));
+}

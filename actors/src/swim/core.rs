@@ -615,8 +615,9 @@ impl Swim {
                 rec.http = u.http.clone();
             }
             let merged = record_update(u.id, rec);
-            self.transition(u.id, old, u.state, u.by);
+            // Queued before the transition, which may drop it (see `transition`).
             self.queue_rumor(merged);
+            self.transition(u.id, old, u.state, u.by);
         } else if meta_newer {
             let merged = record_update(u.id, rec);
             let member = view(u.id, rec);
@@ -1071,8 +1072,8 @@ impl Swim {
                 rec.by = self.me.id;
                 let update = record_update(target, rec);
                 self.stats.suspicions_started += 1;
-                self.transition(target, old, MemberState::Suspect, self.me.id);
                 self.queue_rumor(update);
+                self.transition(target, old, MemberState::Suspect, self.me.id);
             }
             MemberState::Suspect => self.confirm_suspicion(target, self.me.id),
             MemberState::Dead | MemberState::Left => {}
@@ -1178,8 +1179,8 @@ impl Swim {
         rec.by = self.me.id;
         let update = record_update(id, rec);
         self.stats.deaths_declared += 1;
-        self.transition(id, MemberState::Suspect, MemberState::Dead, self.me.id);
         self.queue_rumor(update);
+        self.transition(id, MemberState::Suspect, MemberState::Dead, self.me.id);
     }
 
     /// Forget members dead or gone for `prune_timeout_s`.

@@ -175,6 +175,10 @@ pub struct Raft {
     pending_reads: VecDeque<PendingRead>,
     want_read_round: bool,
 
+    // Reused buffers (no allocation per poll or per acknowledgement).
+    scratch_peers: Vec<NodeId>,
+    scratch_matches: Vec<LogIndex>,
+
     // Outputs.
     actions: Vec<Action>,
     reported: (Role, Term, Option<NodeId>),
@@ -250,6 +254,8 @@ impl Raft {
             rounds: VecDeque::new(),
             pending_reads: VecDeque::new(),
             want_read_round: false,
+            scratch_peers: Vec::new(),
+            scratch_matches: Vec::new(),
             actions: Vec::new(),
             reported: (role, term, None),
             config,
@@ -394,7 +400,12 @@ impl Raft {
         }
         self.completed_seq = seq;
         // Release the messages whose dependencies are now durable, in their original order.
-        if !self.withheld.is_empty() {
+        if self.withheld.iter().all(|(s, _)| *s <= seq) {
+            // The common case (dependencies are mostly monotonic): release all, keeping the
+            // queue's allocation.
+            self.actions
+                .extend(self.withheld.drain(..).map(|(_, m)| Action::Send(m)));
+        } else {
             let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.withheld)
                 .into_iter()
                 .partition(|(s, _)| *s <= seq);
@@ -1223,10 +1234,13 @@ impl Raft {
     fn send_appends(&mut self) {
         // Peers that got an answer since the last poll may take more; new entries go to all.
         self.broadcast = false;
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for peer in peers {
+        let mut peers = std::mem::take(&mut self.scratch_peers);
+        peers.clear();
+        peers.extend(self.progress.keys().copied());
+        for &peer in &peers {
             while self.send_append(peer) {}
         }
+        self.scratch_peers = peers;
     }
 
     /// Sends one AppendEntries to `peer` if its state allows and there is something to send.
@@ -1302,24 +1316,22 @@ impl Raft {
         } else {
             self.persisted_index
         };
-        let mut matches: Vec<LogIndex> = self
-            .membership
-            .voters
-            .iter()
-            .map(|v| {
-                if *v == self.config.id {
-                    own
-                } else {
-                    self.progress.get(v).map_or(0, |p| p.match_index)
-                }
-            })
-            .collect();
+        let mut matches = std::mem::take(&mut self.scratch_matches);
+        matches.clear();
+        matches.extend(self.membership.voters.iter().map(|v| {
+            if *v == self.config.id {
+                own
+            } else {
+                self.progress.get(v).map_or(0, |p| p.match_index)
+            }
+        }));
         let quorum = self.membership.quorum();
-        if matches.len() < quorum {
-            return;
-        }
         matches.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matches[quorum - 1];
+        let candidate = matches.get(quorum - 1).copied();
+        self.scratch_matches = matches;
+        let Some(candidate) = candidate else {
+            return;
+        };
         if candidate <= self.commit_index {
             return;
         }

@@ -205,3 +205,10 @@ fn no_timers(actions: Vec<Action>) -> Vec<Action> {
         .filter(|a| !matches!(a, Action::SetTimer { .. }))
         .collect()
 }
+
+/// The core is plain data: it can move between threads (one actor per group).
+#[test]
+fn raft_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Raft>();
+}

@@ -227,8 +227,11 @@ pub fn init_logging() {
         EnvFilter::new("info")
     });
     // A second initialisation (tests calling main twice) is harmless: keep the first.
+    // No colour codes when stderr is a file (`conclave dev` sends node logs to files).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }

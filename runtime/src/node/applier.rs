@@ -64,6 +64,7 @@ type PendingReads<M> = BTreeMap<LogIndex, Vec<(<M as StateMachine>::Query, ReadR
 
 /// The actor. See the module docs.
 pub struct ApplierActor<M: StateMachine> {
+    group: u64,
     machine: M,
     applied: LogIndex,
     reads: PendingReads<M>,
@@ -75,6 +76,7 @@ pub struct ApplierActor<M: StateMachine> {
 impl<M: StateMachine> ApplierActor<M> {
     /// An applier over `machine`.
     pub fn new(
+        group: u64,
         machine: M,
         applied_gauge: std::sync::Arc<std::sync::atomic::AtomicU64>,
         guard: ChildGuard,
@@ -82,6 +84,7 @@ impl<M: StateMachine> ApplierActor<M> {
         let applied = machine.applied_index();
         applied_gauge.store(applied, std::sync::atomic::Ordering::Relaxed);
         ApplierActor {
+            group,
             machine,
             applied,
             reads: BTreeMap::new(),
@@ -168,6 +171,8 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
         }
         self.applied_gauge
             .store(self.applied, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("conclave_raft_applied_index", "group" => self.group.to_string())
+            .set(self.applied as f64);
         self.serve_reads();
     }
 }

@@ -425,7 +425,7 @@ fn start_group<M: StateMachine>(
         let applied = shared.applied.clone();
         let f: Factory = Box::new(move |guard| match factory() {
             Ok(machine) => {
-                let addr = ApplierActor::new(machine, applied.clone(), guard).start();
+                let addr = ApplierActor::new(group, machine, applied.clone(), guard).start();
                 slot.set(addr.clone());
                 Box::new(move || addr.do_send(StopActor))
             }

@@ -7,17 +7,21 @@
 //! `CONCLAVE_SIM_BUG_SEEDS=N` raises the bound for experiments.
 
 use conclave_actors::raft::PlantedBugs;
-use conclave_actors::sim::{self, FailureKind, FaultProfile, SimConfig, Workload};
+use conclave_actors::sim::{self, FailureKind, FaultMix, FaultProfile, SimConfig, Workload};
 use std::time::Instant;
 
-/// Each bug must be caught within this many seeds.
+/// Each bug must be caught within this many seeds...
 const MAX_SEEDS: u64 = 200;
+/// ...except Raft figure 8, which needs an unlucky sequence of three leaders: about 1.4% of
+/// seeds of its setup hit it (measured over 1,000 seeds), so 500 seeds miss it with
+/// probability below 0.1% even if the core's timing changes.
+const MAX_SEEDS_FIGURE_8: u64 = 500;
 
-fn bound() -> u64 {
+fn bound(default: u64) -> u64 {
     std::env::var("CONCLAVE_SIM_BUG_SEEDS")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(MAX_SEEDS)
+        .unwrap_or(default)
 }
 
 /// How a test shapes the runs for its bug: the fault profile plus workload and core tunables
@@ -51,6 +55,15 @@ const FIGURE_8: Setup = Setup {
     tweak: |cfg| {
         cfg.raft.max_entries_per_append = 1;
         cfg.raft.max_inflight_appends = 1;
+        // Every seed has short-lived leaders (the crash profile leaves them out of some).
+        let mut mix = FaultMix::draw(cfg.profile, cfg.seed);
+        mix.new_leader_crash = 0.3;
+        mix.leader_life_ms = (1, 60);
+        // Write-heavy: more uncommitted tails for the next leader to catch followers up on.
+        cfg.workload.put = 60;
+        cfg.mix = Some(mix);
+        // Three nodes: a lagging follower's vote is all a stale candidate needs.
+        cfg.nodes = 3;
     },
 };
 
@@ -79,9 +92,15 @@ const STALE_LEADER: Setup = Setup {
 
 /// Runs seeds from 0 with `bugs` on until a checker fires; asserts it fires within the bound
 /// and that the checker is one of `expected`. Returns the failing seed.
-fn caught(name: &str, setup: Setup, bugs: PlantedBugs, expected: &[FailureKind]) -> u64 {
+fn caught(
+    name: &str,
+    setup: Setup,
+    bugs: PlantedBugs,
+    expected: &[FailureKind],
+    max_seeds: u64,
+) -> u64 {
     let t0 = Instant::now();
-    let limit = bound();
+    let limit = bound(max_seeds);
     let failure = sim::run_seeds(0, limit, 2, |seed| config(seed, setup, bugs), |_, _| {});
     let Some(f) = failure else {
         panic!(
@@ -97,6 +116,8 @@ fn caught(name: &str, setup: Setup, bugs: PlantedBugs, expected: &[FailureKind])
         t0.elapsed(),
         f.message
     );
+    // The whole report (trace tail included), visible with --nocapture.
+    println!("{f}");
     assert!(
         expected.contains(&f.kind),
         "planted bug {name} was caught by an unexpected checker:\n{f}"
@@ -131,6 +152,7 @@ fn vote_without_log_check_is_caught() {
             FailureKind::LeaderCompleteness,
             FailureKind::StateMachineSafety,
         ],
+        MAX_SEEDS,
     );
     clean(CRASHES, seed + 1);
 }
@@ -149,6 +171,7 @@ fn commit_previous_term_by_counting_is_caught() {
             FailureKind::LeaderCompleteness,
             FailureKind::StateMachineSafety,
         ],
+        MAX_SEEDS_FIGURE_8,
     );
     clean(FIGURE_8, seed + 1);
 }
@@ -164,6 +187,7 @@ fn lease_read_after_expiry_is_caught() {
         STALE_LEADER,
         bugs,
         &[FailureKind::Linearizability],
+        MAX_SEEDS,
     );
     clean(STALE_LEADER, seed + 1);
 }
@@ -179,6 +203,7 @@ fn ack_before_persist_is_caught() {
         CRASHES,
         bugs,
         &[FailureKind::CommitNotDurable, FailureKind::ElectionSafety],
+        MAX_SEEDS,
     );
     clean(CRASHES, seed + 1);
 }

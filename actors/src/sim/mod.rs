@@ -108,6 +108,8 @@ pub struct SimConfig {
     pub nodes: usize,
     /// Which faults to inject.
     pub profile: FaultProfile,
+    /// Use exactly this fault mix instead of drawing one from `profile` and the seed.
+    pub mix: Option<FaultMix>,
     /// Simulated length of the fault phase, ms.
     pub fault_ms: Millis,
     /// Simulated length of the fault-free liveness phase that follows, ms.
@@ -144,6 +146,7 @@ impl SimConfig {
             seed,
             nodes,
             profile: FaultProfile::Mixed,
+            mix: None,
             fault_ms: 10_000,
             liveness_ms: 5_000,
             leader_bound_ms: 3_000,
@@ -214,9 +217,11 @@ pub struct FaultMix {
     pub transfers: bool,
     /// Probability that a crash or a partition targets the current leader.
     pub leader_bias: f64,
-    /// Probability that a newly elected leader crashes 1–60 ms after its election, before it
+    /// Probability that a newly elected leader crashes `leader_life_ms` after its election, before it
     /// has replicated much: the short-lived leaders of Raft figure 8.
     pub new_leader_crash: f64,
+    /// Range of how long after its election such a leader crashes, ms.
+    pub leader_life_ms: (Millis, Millis),
     /// Range of the gap between two fault events, ms.
     pub gap_ms: (Millis, Millis),
     /// Range of how long a crashed node stays down, ms.
@@ -250,6 +255,7 @@ impl FaultMix {
             transfers: false,
             leader_bias: 0.0,
             new_leader_crash: 0.0,
+            leader_life_ms: (1, 60),
             gap_ms: (200, 1_000),
             down_ms: (50, 1_500),
             partition_ms: (200, 2_500),

@@ -254,7 +254,10 @@ fn key_of(input: &KvInput) -> &str {
 
 impl World {
     pub(crate) fn new(cfg: SimConfig) -> Result<Self, Box<SimFailure>> {
-        let mix = FaultMix::draw(cfg.profile, cfg.seed);
+        let mix = cfg
+            .mix
+            .clone()
+            .unwrap_or_else(|| FaultMix::draw(cfg.profile, cfg.seed));
         let mut setup = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, STREAM_SETUP));
         // Rate errors stay at 90% of the drift the lease bound tolerates (thesis §6.4.1: the
         // lease is safe only while drift stays within the configured bound).
@@ -962,7 +965,8 @@ impl World {
                         && self.mix.new_leader_crash > 0.0
                         && self.rng_fault.random_bool(self.mix.new_leader_crash)
                     {
-                        let at = self.now + self.rng_fault.random_range(1..=60);
+                        let (lo, hi) = self.mix.leader_life_ms;
+                        let at = self.now + self.rng_fault.random_range(lo..=hi.max(lo));
                         // Field-level access: `core` still borrows `self.nodes`.
                         self.next_seq += 1;
                         self.queue.push(Scheduled {

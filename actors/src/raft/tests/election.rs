@@ -584,3 +584,19 @@ fn one_way_partition_leader_deaf_steps_down_and_a_new_leader_emerges() {
     assert_eq!(leaders.len(), 1, "{leaders:?}");
     assert_ne!(leaders[0], 1);
 }
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_bug_vote_without_log_check_grants_to_a_stale_candidate() {
+    let mut c = cfg(2);
+    c.planted_bugs.vote_without_log_check = true;
+    let mut r = Raft::new(c, restored(&[1, 2, 3], 2, None, &[1, 1, 2]), 1, 0).unwrap();
+    poll(&mut r);
+    r.handle_message(1000, vote_req(1, 2, 3, false, 1, 1));
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(1001, seq);
+    assert_eq!(
+        poll(&mut r),
+        vec![Action::Send(vote_resp(2, 1, 3, false, true))]
+    );
+}

@@ -980,3 +980,57 @@ fn join_answer_contradicting_a_verdict_tells_the_member_directly_without_broadca
     assert_eq!(s.pending_rumors(), 0, "the verdict is no longer broadcast");
     assert_eq!(s.member(2).map(|m| m.state), Some(MemberState::Dead));
 }
+
+#[test]
+fn failed_probes_raise_local_health_which_stretches_the_period_and_timeouts() {
+    let mut s = node(1, &[2, 3, 4, 5], SwimConfig::default());
+    let a = cycle(&mut s, 1_000);
+    let p2 = ping_probe(&a, 2);
+    for target in 3..=5 {
+        let p = ping_probe(&a, target);
+        s.handle_message(1_010, msg(target, 1, Body::Ack { probe: p }, vec![]));
+        s.handle_timer(2_000, Timer::ProbeEnd { probe: p });
+    }
+    assert_eq!(s.local_health(), 0);
+    s.handle_timer(1_300, Timer::ProbeTimeout { probe: p2 });
+    drain(&mut s);
+    // Two of the three helpers nack: one nack is missing.
+    for helper in [3, 4] {
+        s.handle_message(
+            1_700,
+            msg(
+                helper,
+                1,
+                Body::Nack {
+                    probe: p2,
+                    target: 2,
+                },
+                vec![],
+            ),
+        );
+    }
+    s.handle_timer(2_000, Timer::ProbeEnd { probe: p2 });
+    assert_eq!(s.local_health(), 2, "failed probe +1, missing nack +1");
+    // Score 2: period and probe timeout are three times as long (Lifeguard §IV-A).
+    let a = cycle(&mut s, 2_000);
+    let t = timers(&a);
+    assert_eq!(t.last(), Some(&(5_000, Timer::Cycle { generation: 0 })));
+    let p3 = ping_probe(&a, 3);
+    assert!(t.contains(&(2_900, Timer::ProbeTimeout { probe: p3 })));
+    assert!(t.contains(&(5_000, Timer::ProbeEnd { probe: p3 })));
+    // Successful probes bring it back down.
+    s.handle_message(2_010, msg(3, 1, Body::Ack { probe: p3 }, vec![]));
+    s.handle_timer(5_000, Timer::ProbeEnd { probe: p3 });
+    assert_eq!(s.local_health(), 1);
+}
+
+#[test]
+fn at_most_rumor_limit_plus_the_buddy_update_are_read_from_a_frame() {
+    let mut s = node(1, &[2], SwimConfig::default());
+    let flood: Vec<Update> = (100..200u64)
+        .map(|id| update(id, 0, MemberState::Alive, id))
+        .collect();
+    s.handle_message(10, msg(2, 1, Body::Gossip, flood));
+    drain(&mut s);
+    assert_eq!(s.count(MemberState::Alive), 1 + 5 + 1);
+}

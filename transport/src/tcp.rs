@@ -483,11 +483,10 @@ async fn write_loop<M>(
     let keepalive = shared.cfg.keepalive_interval;
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut batch: Vec<Bytes> = Vec::with_capacity(RECV_BATCH);
-    let mut out = BytesMut::with_capacity(max_batch.min(1 << 20));
+    let mut out = Batch::new(max_batch);
     let mut probe = [0u8; 64];
     let mut idle_deadline = Instant::now() + keepalive;
     loop {
-        out.clear();
         let mut frames = 0u64;
         tokio::select! {
             biased;
@@ -505,14 +504,14 @@ async fn write_loop<M>(
                     return WriterExit::Done;
                 }
                 for frame in batch.drain(..) {
-                    out.extend_from_slice(&frame);
+                    out.push(frame);
                     frames += 1;
                 }
                 // Top up with whatever else is already queued, without waiting.
                 while out.len() < max_batch {
                     match rx.try_recv() {
                         Ok(frame) => {
-                            out.extend_from_slice(&frame);
+                            out.push(frame);
                             frames += 1;
                         }
                         Err(_) => break,
@@ -520,15 +519,13 @@ async fn write_loop<M>(
                 }
             }
             _ = tokio::time::sleep_until(idle_deadline) => {
-                encode_keepalive(&mut out);
+                out.push_keepalive();
             }
         }
+        let bytes = out.len() as u64;
         let written = tokio::select! {
             _ = stop.wait_for(|s| *s) => return WriterExit::Done,
-            r = async {
-                wr.write_all(&out).await?;
-                wr.flush().await
-            } => r,
+            r = out.write_to(&mut wr) => r,
         };
         if let Err(e) = written {
             if frames > 0 {
@@ -537,14 +534,148 @@ async fn write_loop<M>(
             return WriterExit::Broken(format!("write error ({frames} frames lost): {e}"));
         }
         counters.frames.increment(frames);
-        counters.bytes.increment(out.len() as u64);
+        counters.bytes.increment(bytes);
         idle_deadline = Instant::now() + keepalive;
+    }
+}
+
+/// Frames at least this large are written from their own buffer (vectored I/O) instead of
+/// being copied into the batch buffer.
+const ZERO_COPY_FRAME: usize = 2048;
+/// Most buffers handed to one `write_vectored` call (Linux's IOV_MAX is 1024).
+const MAX_IOVECS: usize = 64;
+
+/// One write batch: small frames are copied into a shared buffer (one segment), large frames are
+/// kept as their own segments; everything goes out in as few vectored writes as the kernel takes.
+struct Batch {
+    small: BytesMut,
+    segments: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn new(max_batch: usize) -> Self {
+        Self {
+            small: BytesMut::with_capacity(max_batch.min(1 << 20)),
+            segments: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, frame: Bytes) {
+        self.len += frame.len();
+        if frame.len() < ZERO_COPY_FRAME {
+            self.small.extend_from_slice(&frame);
+        } else {
+            self.seal_small();
+            self.segments.push(frame);
+        }
+    }
+
+    fn push_keepalive(&mut self) {
+        self.len += crate::codec::LENGTH_PREFIX;
+        encode_keepalive(&mut self.small);
+    }
+
+    /// Ends the current run of small frames as a segment, keeping order with large frames.
+    fn seal_small(&mut self) {
+        if !self.small.is_empty() {
+            self.segments.push(self.small.split().freeze());
+        }
+    }
+
+    /// Writes every segment, in order, handling short writes; leaves the batch empty.
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
+        self.seal_small();
+        let mut first = 0;
+        while first < self.segments.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = self.segments[first..]
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            let mut n = wr.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 && first < self.segments.len() {
+                let seg = &mut self.segments[first];
+                if n >= seg.len() {
+                    n -= seg.len();
+                    first += 1;
+                } else {
+                    bytes::Buf::advance(seg, n);
+                    n = 0;
+                }
+            }
+        }
+        self.segments.clear();
+        self.len = 0;
+        wr.flush().await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Accepts at most 5 bytes per write call, to exercise short writes.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(5);
+            self.0.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_keep_frame_order_across_short_writes_and_segment_kinds() {
+        let frames: Vec<Bytes> = [10usize, 3000, 20, 30, 5000, 4096, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
+            .collect();
+        let mut batch = Batch::new(1 << 20);
+        let mut expected = Vec::new();
+        for f in &frames {
+            batch.push(f.clone());
+            expected.extend_from_slice(f);
+        }
+        batch.push_keepalive();
+        expected.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(batch.len(), expected.len());
+        let mut out = Trickle(Vec::new());
+        batch.write_to(&mut out).await.unwrap();
+        assert_eq!(out.0, expected);
+        assert_eq!(batch.len(), 0);
+        // The batch is reusable.
+        batch.push(frames[0].clone());
+        let mut out = Trickle(Vec::new());
+        batch.write_to(&mut out).await.unwrap();
+        assert_eq!(out.0, frames[0].to_vec());
+    }
 
     #[test]
     fn backoff_is_bounded_by_the_cap_and_grows() {

@@ -1034,3 +1034,12 @@ fn at_most_rumor_limit_plus_the_buddy_update_are_read_from_a_frame() {
     drain(&mut s);
     assert_eq!(s.count(MemberState::Alive), 1 + 5 + 1);
 }
+
+#[test]
+fn starting_twice_arms_one_cycle() {
+    let mut s = Swim::new(SwimConfig::default(), ident(1), 7).expect("valid");
+    s.start(0);
+    drain(&mut s);
+    s.start(10);
+    assert!(drain(&mut s).is_empty());
+}

@@ -168,10 +168,10 @@ impl SwimConfig {
         }
         // A suspicion must last at least a few periods, or a member that lost one frame could
         // be declared dead before the suspicion rumor even reaches it to be refuted.
-        if self.suspect_timeout_s * 1000 < 2 * self.cycle_interval_ms {
+        if self.suspect_timeout_s.saturating_mul(1000) < self.cycle_interval_ms.saturating_mul(2) {
             return Err(ConfigError::Order {
                 key: "suspect_timeout_s",
-                value: self.suspect_timeout_s * 1000,
+                value: self.suspect_timeout_s.saturating_mul(1000),
                 relation: "at least twice (in ms)",
                 other_key: "cycle_interval_ms",
                 other: self.cycle_interval_ms,

@@ -101,6 +101,7 @@ pub struct Swim {
     metadata: Metadata,
     left: bool,
     joined: bool,
+    started: bool,
     rng: ChaCha8Rng,
     now: Millis,
     members: BTreeMap<NodeId, Record>,
@@ -143,6 +144,7 @@ impl Swim {
             metadata: Metadata::default(),
             left: false,
             joined: false,
+            started: false,
             rng: ChaCha8Rng::seed_from_u64(seed),
             now: 0,
             members: BTreeMap::new(),
@@ -195,14 +197,16 @@ impl Swim {
         }
     }
 
-    /// Begins the protocol: arms the first cycle (at a random offset within one period so
+    /// Begins the protocol (once; later calls do nothing): arms the first cycle (at a random offset within one period so
     /// nodes started together do not probe in lockstep) and, if seeds other than this node
     /// are configured, sends joins to them and retries every `seed_retry_ms`.
     pub fn start(&mut self, now: Millis) {
         self.advance(now);
-        if self.left {
+        if self.left || self.started {
+            // A second start would arm a second cycle and probe twice as often.
             return;
         }
+        self.started = true;
         let offset = self.rng.random_range(0..self.config.cycle_interval_ms);
         self.set_timer(
             now + offset,

@@ -163,7 +163,6 @@ pub struct Raft {
 
     // Leader state.
     progress: BTreeMap<NodeId, Progress>,
-    broadcast: bool,
     transfer: Option<Transfer>,
     /// Lease reads are served while `now < lease_until` (thesis §6.4.1).
     lease_until: Millis,
@@ -246,7 +245,6 @@ impl Raft {
             timer_emitted: None,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
-            broadcast: false,
             transfer: None,
             lease_until: 0,
             lease_disabled: false,
@@ -557,12 +555,12 @@ impl Raft {
             timeout_now_sent: false,
         });
         self.maybe_send_timeout_now();
+        // Bring the target up to date without waiting for a heartbeat to unblock its probe.
         if let Some(p) = self.progress.get_mut(&to) {
             if p.match_index < self.log.last_index() && p.state == ReplicationState::Probe {
                 p.probe_sent = false;
             }
         }
-        self.broadcast = true;
         Ok(())
     }
 
@@ -1146,7 +1144,6 @@ impl Raft {
         self.transfer = None;
         self.lease_until = 0;
         self.lease_disabled = false;
-        self.broadcast = false;
     }
 
     fn become_leader(&mut self, now: Millis) {
@@ -1225,15 +1222,14 @@ impl Raft {
             self.membership_entries.push((index, m));
             self.refresh_membership(self.now);
         }
-        self.broadcast = true;
         Proposal { index, term }
     }
 
     /// Sends as many appends as each peer's state allows (one probe, or up to the in-flight
     /// window when replicating).
     fn send_appends(&mut self) {
-        // Peers that got an answer since the last poll may take more; new entries go to all.
-        self.broadcast = false;
+        // Every poll offers each peer whatever it can take: new entries, or more after acks
+        // opened its window, or a retry after a rejection.
         let mut peers = std::mem::take(&mut self.scratch_peers);
         peers.clear();
         peers.extend(self.progress.keys().copied());

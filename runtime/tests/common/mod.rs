@@ -1,0 +1,143 @@
+//! Real `conclave node` processes on loopback, for integration tests.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use conclave::client::Client;
+use conclave::config::{Config, MemberConfig};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub configs: Vec<Config>,
+    pub children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    pub fn new(dir: &Path, n: u64) -> Cluster {
+        let members: Vec<MemberConfig> = (1..=n)
+            .map(|id| MemberConfig {
+                id,
+                addr: free_addr(),
+                http: free_addr(),
+            })
+            .collect();
+        let configs: Vec<Config> = members
+            .iter()
+            .map(|m| {
+                let mut c = Config::default();
+                c.node.id = m.id;
+                c.node.listen = m.addr;
+                c.node.http = m.http;
+                c.node.data_dir = dir.join(format!("data/n{}", m.id));
+                c.cluster.initial_members = members.clone();
+                c
+            })
+            .collect();
+        for c in &configs {
+            let path = dir.join(format!("n{}.toml", c.node.id));
+            std::fs::write(&path, c.to_toml().unwrap()).unwrap();
+        }
+        let mut cluster = Cluster {
+            dir: dir.to_owned(),
+            configs,
+            children: Vec::new(),
+        };
+        for i in 0..n as usize {
+            let child = cluster.spawn(i);
+            cluster.children.push(Some(child));
+        }
+        cluster
+    }
+
+    pub fn spawn(&self, i: usize) -> Child {
+        let id = self.configs[i].node.id;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("n{id}.log")))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_conclave"))
+            .arg("node")
+            .arg("--config")
+            .arg(self.dir.join(format!("n{id}.toml")))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn conclave node")
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://{}", self.configs[i].node.http)
+    }
+
+    pub fn client(&self, i: usize) -> Client {
+        Client::with_timeout(&self.endpoint(i), Duration::from_secs(3)).unwrap()
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        let child = self.spawn(i);
+        self.children[i] = Some(child);
+    }
+
+    pub fn alive(&self) -> Vec<usize> {
+        (0..self.configs.len())
+            .filter(|&i| self.children[i].is_some())
+            .collect()
+    }
+
+    /// The index of the node that reports itself leader, once one does.
+    pub async fn leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for i in self.alive() {
+                if let Ok(s) = self.client(i).status().await {
+                    if s.role == "leader" {
+                        return i;
+                    }
+                }
+            }
+            actix::clock::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "no leader within {timeout:?}; logs in {}",
+            self.dir.display()
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for c in &self.configs {
+            let p = self.dir.join(format!("n{}.log", c.node.id));
+            out.push_str(&format!("--- {}\n", p.display()));
+            out.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

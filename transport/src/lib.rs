@@ -12,7 +12,7 @@
 //!   pushes back on the sender.
 //! - [`mem`]: an in-memory network with the same [`Endpoint`] interface and seeded fault
 //!   injection (drop, delay, duplicate, partition) for tests without sockets.
-//! - [`metrics`](crate::metrics): counter names (recorded through the `metrics` facade).
+//! - [`metrics`]: counter names (recorded through the `metrics` facade).
 //!
 //! Connection topology: each node dials its own outbound connection to every peer it sends to,
 //! and only writes on it; the connections it accepts are only read. So a pair of nodes that talk

@@ -11,9 +11,23 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum Msg {
-    Vote { group: u64, term: u64, candidate: u64, last_log: (u64, u64) },
-    Append { group: u64, term: u64, entries: Vec<Entry>, commit: u64 },
-    Reply { group: u64, ok: bool, note: Option<String> },
+    Vote {
+        group: u64,
+        term: u64,
+        candidate: u64,
+        last_log: (u64, u64),
+    },
+    Append {
+        group: u64,
+        term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+    },
+    Reply {
+        group: u64,
+        ok: bool,
+        note: Option<String>,
+    },
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -143,8 +143,9 @@ impl Hello {
     /// The wire encoding (see the module doc).
     pub fn encode(&self) -> BytesMut {
         let id = self.cluster_id.as_bytes();
-        // Config validation keeps cluster ids short; truncating here would silently change the
-        // id, so an overlong one is sent as-is in length and refused by the peer as malformed.
+        // Config validation keeps cluster ids within MAX_CLUSTER_ID_LEN. An id too long even for
+        // the u16 length is cut at 65535 bytes, which every peer refuses as malformed (> 255), so
+        // the cut can never make two different ids match.
         let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
         let mut buf = BytesMut::with_capacity(HEADER_LEN + id.len());
         buf.put_slice(&MAGIC);

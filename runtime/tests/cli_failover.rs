@@ -70,6 +70,50 @@ async fn leader(clients: &[Client]) -> Option<u64> {
     None
 }
 
+/// Bad input against a real node: JSON 4xx, nothing applied, the node still serves.
+async fn bad_input_is_refused_and_the_node_keeps_serving(endpoint: &str) {
+    let http = awc::Client::default();
+    let cases: [(awc::ClientRequest, &[u8], u16, &str); 4] = [
+        (
+            http.post(format!("{endpoint}/v1/kv/k/cas")),
+            b"{not json",
+            400,
+            "invalid_json",
+        ),
+        (
+            http.get(format!("{endpoint}/v1/kv/%FF")),
+            b"",
+            400,
+            "invalid_key",
+        ),
+        (
+            http.get(format!("{endpoint}/v1/kv/k?consistency=eventual")),
+            b"",
+            400,
+            "invalid_consistency",
+        ),
+        (
+            http.post(format!("{endpoint}/v1/kv/k/cas")),
+            b"",
+            400,
+            "missing_body",
+        ),
+    ];
+    for (req, body, status, code) in cases {
+        let mut resp = req.send_body(body.to_vec()).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{code}");
+        let v: serde_json::Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    let c = Client::new(endpoint).unwrap();
+    assert_eq!(c.get(b"k", None).await.unwrap(), None);
+    c.put(b"k", b"still serving".to_vec(), None).await.unwrap();
+    assert_eq!(
+        c.get(b"k", None).await.unwrap().as_deref(),
+        Some(&b"still serving"[..])
+    );
+}
+
 /// Waits until `client`'s node has applied `(key, value)` (stale reads: its own state).
 async fn caught_up(client: &Client, (key, value): &(String, String)) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -130,6 +174,7 @@ fn a_dev_cluster_survives_the_loss_of_its_leader() {
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
             banner = std::fs::read_to_string(&banner_path).unwrap();
         }
+        bad_input_is_refused_and_the_node_keeps_serving(&endpoints[0]).await;
         let mut acknowledged: Vec<(String, String)> = Vec::new();
         let mut windows = Vec::new();
         for run in 0..runs {

@@ -226,9 +226,9 @@ pub fn init_logging() {
         eprintln!("warning: ignoring log filter {spec:?} ({e}); using info");
         EnvFilter::new("info")
     });
-    // A second initialisation (tests calling main twice) is harmless: keep the first.
     // No colour codes when stderr is a file (`conclave dev` sends node logs to files).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A second initialisation (tests calling main twice) is harmless: keep the first.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -356,6 +356,8 @@ impl Swim {
         }
         match timer {
             Timer::Cycle { generation } if generation == self.generation => self.cycle(),
+            Timer::Announce { generation } if generation == self.generation => self.announce(),
+            // From before a leave: the protocol they belonged to has stopped.
             Timer::Cycle { .. } | Timer::Announce { .. } => {}
             Timer::ProbeTimeout { probe } => self.probe_timeout(probe),
             Timer::ProbeEnd { probe } => self.probe_end(probe),
@@ -378,12 +380,6 @@ impl Swim {
                 member,
                 incarnation,
             } => self.suspicion_timeout(member, incarnation),
-        }
-        // Matched separately so the guard above stays simple.
-        if let Timer::Announce { generation } = timer {
-            if generation == self.generation {
-                self.announce();
-            }
         }
     }
 

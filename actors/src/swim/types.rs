@@ -154,7 +154,8 @@ pub struct Message {
     pub from: NodeId,
     /// The sender's transport address, where answers go.
     pub from_addr: String,
-    /// The sender's incarnation when it sent the frame.
+    /// The sender's incarnation when it sent the frame. Informational (logs, debugging): the
+    /// core acts only on rumors, which the sender's own refutations travel in.
     pub from_incarnation: Incarnation,
     /// The intended receiver; `0` when the sender only knows an address (a join to a seed).
     pub to: NodeId,

@@ -41,6 +41,9 @@ pub enum FaultProfile {
     /// Partitions that isolate the leader, with maximal tolerated clock skew: stresses
     /// check-quorum, leases and stale leaders.
     Partitions,
+    /// The mixed faults plus membership changes (remove a voter, add it back as a learner,
+    /// promote it) proposed on the leader throughout the fault phase.
+    Membership,
     /// No faults at all (random delays only): a baseline.
     Calm,
 }
@@ -52,6 +55,7 @@ impl FaultProfile {
             FaultProfile::Mixed => "mixed",
             FaultProfile::Crashes => "crashes",
             FaultProfile::Partitions => "partitions",
+            FaultProfile::Membership => "membership",
             FaultProfile::Calm => "calm",
         }
     }
@@ -62,6 +66,7 @@ impl FaultProfile {
             FaultProfile::Mixed,
             FaultProfile::Crashes,
             FaultProfile::Partitions,
+            FaultProfile::Membership,
             FaultProfile::Calm,
         ]
         .into_iter()
@@ -215,6 +220,8 @@ pub struct FaultMix {
     pub clock_skew: bool,
     /// Whether leader transfers are requested.
     pub transfers: bool,
+    /// Whether membership changes are proposed (one server at a time, thesis §4.1).
+    pub membership: bool,
     /// Probability that a crash or a partition targets the current leader.
     pub leader_bias: f64,
     /// Probability that a newly elected leader crashes `leader_life_ms` after its election, before it
@@ -253,6 +260,7 @@ impl FaultMix {
             crashes: false,
             clock_skew: false,
             transfers: false,
+            membership: false,
             leader_bias: 0.0,
             new_leader_crash: 0.0,
             leader_life_ms: (1, 60),
@@ -262,6 +270,10 @@ impl FaultMix {
         };
         match profile {
             FaultProfile::Calm => quiet,
+            FaultProfile::Membership => FaultMix {
+                membership: true,
+                ..FaultMix::draw(FaultProfile::Mixed, seed)
+            },
             FaultProfile::Mixed => {
                 let drop = pct(rng, 0.5, 0.005, 0.10);
                 let duplicate = pct(rng, 0.4, 0.005, 0.05);
@@ -339,6 +351,7 @@ impl fmt::Display for FaultMix {
             (self.crashes, "crashes"),
             (self.clock_skew, "skew"),
             (self.transfers, "transfers"),
+            (self.membership, "membership"),
             (self.new_leader_crash > 0.0, "leader-crash"),
         ] {
             if on {

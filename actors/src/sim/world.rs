@@ -6,8 +6,9 @@ use super::trace::{DropWhy, MsgKind, Note, Trace};
 use super::{derive_seed, FailureKind, FaultMix, SimConfig, SimFailure, SimReport};
 use crate::linearizability::{check_kv, History, KvInput, KvOutput, OpId, SearchBudget, Verdict};
 use crate::raft::{
-    Action, Entry, EntryPayload, HardState, LogIndex, Membership, Message, NodeId, PersistRequest,
-    ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
+    Action, Entry, EntryPayload, HardState, LogIndex, Membership, MembershipChange, Message,
+    NodeId, PersistRequest, ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId,
+    RestoreState, Role, Term,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -1026,9 +1027,14 @@ impl World {
                 Some(_) => {}
                 None => self.committed.push((t, h)),
             }
-            if index == commit {
+            if index == commit && role == Role::Leader {
                 // Nothing is committed before a quorum stores it durably (Raft §5.3 with the
-                // persistence rule of figure 2).
+                // persistence rule of figure 2). Checked where the decision is made, on the
+                // leader, against the membership it counts with: a follower that learns the
+                // commit index may already hold a newer membership (a single-server change
+                // appended after the commit), under which an entry committed by the old
+                // majority need not yet be on a new majority — and need not be, since any
+                // majority of the new membership overlaps the old one (thesis §4.1).
                 let holders: Vec<NodeId> = voters
                     .iter()
                     .copied()
@@ -1228,6 +1234,9 @@ impl World {
         if self.mix.transfers {
             choices.push(2);
         }
+        if self.mix.membership {
+            choices.push(3);
+        }
         if !choices.is_empty() {
             let pick = choices[self.rng_fault.random_range(0..choices.len())];
             let leader = self.current_leader();
@@ -1248,6 +1257,11 @@ impl World {
                     }
                 }
                 1 => self.partition(leader.filter(|_| target_leader)),
+                3 => {
+                    if let Some(l) = leader {
+                        self.change_membership(l)?;
+                    }
+                }
                 _ => {
                     if let Some(l) = leader {
                         let n = self.nodes.len();
@@ -1274,6 +1288,49 @@ impl World {
             self.schedule(self.now + gap, Event::Fault);
         }
         Ok(())
+    }
+
+    /// Proposes the next single-server change on leader `l`: promote a learner if there is
+    /// one, else add a non-member back as a learner, else remove a random voter (the leader
+    /// included) while more than two remain.
+    fn change_membership(&mut self, l: usize) -> Result<(), Box<SimFailure>> {
+        let Some(m) = self.nodes[l].core.as_ref().map(|c| c.membership().clone()) else {
+            return Ok(());
+        };
+        let outsiders: Vec<NodeId> = (1..=self.nodes.len() as u64)
+            .filter(|&id| !m.contains(id))
+            .collect();
+        let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        let change = if let Some(&x) = m.learners.iter().next() {
+            MembershipChange::Promote(x)
+        } else if !outsiders.is_empty() {
+            MembershipChange::AddLearner(outsiders[self.rng_fault.random_range(0..outsiders.len())])
+        } else if voters.len() > 2 {
+            MembershipChange::Remove(voters[self.rng_fault.random_range(0..voters.len())])
+        } else {
+            return Ok(());
+        };
+        let now = self.local(l);
+        let id = self.nodes[l].id;
+        let result = self.nodes[l]
+            .core
+            .as_mut()
+            .map(|c| c.change_membership(now, change.clone()));
+        if let Some(Err(
+            e @ (ProposeError::InvalidMembershipChange(_) | ProposeError::NotLeader { .. }),
+        )) = &result
+        {
+            if matches!(e, ProposeError::InvalidMembershipChange(_)) {
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!("n{id} refused {change:?} for membership {m:?}: {e}"),
+                ));
+            }
+        }
+        self.text(format!(
+            "membership change on n{id}: {change:?} -> {result:?}"
+        ));
+        self.drive(l)
     }
 
     /// Blocks a set of directed links until a later heal: a symmetric split, or one-way
@@ -1649,7 +1706,15 @@ impl World {
         // Convergence: every node is up, has committed and applied the same prefix, and holds
         // the same state.
         let max_commit = self.committed.len() as u64;
-        for node in &self.nodes {
+        // Nodes removed from the group stop receiving the log: only members must converge.
+        let members = self
+            .nodes
+            .iter()
+            .filter_map(|x| x.core.as_ref())
+            .max_by_key(|c| (c.commit_index(), c.term()))
+            .map(|c| c.membership().clone());
+        let is_member = |id: NodeId| members.as_ref().is_none_or(|m| m.contains(id));
+        for node in self.nodes.iter().filter(|x| is_member(x.id)) {
             let Some(core) = node.core.as_ref() else {
                 return Err(self.fail(
                     FailureKind::Liveness,
@@ -1668,7 +1733,8 @@ impl World {
                 ));
             }
         }
-        for pair in self.nodes.windows(2) {
+        let converged: Vec<&Node> = self.nodes.iter().filter(|x| is_member(x.id)).collect();
+        for pair in converged.windows(2) {
             if pair[0].kv != pair[1].kv {
                 return Err(self.fail(
                     FailureKind::StateMachineSafety,

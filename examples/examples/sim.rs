@@ -31,7 +31,7 @@ struct Args {
     /// Group size; by default 3 for even seeds and 5 for odd ones (as in the test suite).
     #[arg(long)]
     nodes: Option<usize>,
-    /// Fault profile: mixed, crashes, partitions or calm.
+    /// Fault profile: mixed, crashes, partitions, membership or calm.
     #[arg(long, default_value = "mixed")]
     profile: String,
     /// Simulated length of the fault phase, ms.
@@ -82,7 +82,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let profile = FaultProfile::parse(&args.profile).with_context(|| {
         format!(
-            "unknown profile {:?} (mixed, crashes, partitions, calm)",
+            "unknown profile {:?} (mixed, crashes, partitions, membership, calm)",
             args.profile
         )
     })?;

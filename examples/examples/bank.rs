@@ -284,7 +284,9 @@ async fn wait_until_applied(h: &NodeHandle<Bank>, index: u64) -> Result<()> {
     Ok(())
 }
 
-/// Configurations of an `n`-node cluster on free loopback ports, data under `dir`.
+/// Configurations of an `n`-node cluster on free loopback ports, data under `dir`. A port is
+/// found by binding port 0 and releasing it, so another process could grab it before the node
+/// does: fine for an example; a deployment fixes ports in its config files (`conclave init`).
 fn local_cluster(n: u64, dir: &Path) -> Result<Vec<Config>> {
     let free = || -> Result<SocketAddr> { Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?) };
     let members = (1..=n)

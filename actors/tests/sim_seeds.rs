@@ -108,7 +108,7 @@ fn membership_changes_are_safe() {
 }
 
 #[test]
-#[ignore = "core bug 1 in actors/src/sim/CORE_BUGS.md: a promoted learner that missed its promotion refuses votes (seeds 86, 120)"]
+
 fn membership_changes_keep_liveness() {
     if let Some(f) = sim::run_seeds(0, 200, 2, membership_config, |_, _| {}) {
         panic!("{f}");

@@ -749,19 +749,19 @@ impl Raft {
         let log_ok = self.bug_vote_without_log_check()
             || last_log_term > self.log.last_term()
             || (last_log_term == self.log.last_term() && last_log_index >= self.log.last_index());
-        // Learners never vote.
-        let is_voter = self.membership.voters.contains(&self.config.id);
+        // Thesis §4.1: "servers process incoming RPC requests without consulting their current
+        // configurations". A node that believes it is a learner may have been promoted in an
+        // entry it has not received yet; refusing would leave a cluster whose remaining voters
+        // need its vote without a leader forever. Learners still never count: the candidate
+        // tallies only the voters of its own configuration (`check_votes`), and learners never
+        // campaign.
         let granted = if pre_vote {
             // Thesis §9.6: grant a pre-vote iff we would grant the vote in that term, and we
             // have not heard from a leader recently (check-quorum).
-            is_voter
-                && term > self.term
-                && log_ok
-                && (leadership_transfer || !self.in_vote_lease(now))
+            term > self.term && log_ok && (leadership_transfer || !self.in_vote_lease(now))
         } else {
             // Raft §5.2: one vote per term, first come first served.
-            is_voter
-                && term == self.term
+            term == self.term
                 && (self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()))
                 && log_ok
         };

@@ -113,9 +113,13 @@ fn membership_change_validation() {
     );
 }
 
-/// Learners never vote and never campaign.
+/// Learners never campaign, and their votes never count toward a quorum. A learner still
+/// answers vote requests on the log and term checks alone (thesis §4.1: requests are processed
+/// without consulting the recipient's configuration), because it may have been promoted in an
+/// entry it has not received yet — refusing cost the simulator's membership seeds 86 and 120
+/// their liveness (actors/src/sim/CORE_BUGS.md, bug 1).
 #[test]
-fn learner_never_votes_nor_campaigns() {
+fn learner_never_campaigns_and_its_vote_never_counts() {
     let mut r = Raft::new(cfg(4), fresh(&[1, 2, 3]), 1, 0).unwrap();
     poll(&mut r);
     for t in [300, 600, 900, 5000] {
@@ -137,15 +141,54 @@ fn learner_never_votes_nor_campaigns() {
             },
         ),
     );
-    let out = poll(&mut r);
+    // The grant waits for the new term and vote to be durable (persistence contract).
+    let mut out = poll(&mut r);
+    r.persisted(6000, u64::MAX);
+    out.extend(poll(&mut r));
     assert!(
-        sends(&out).iter().all(|m| matches!(
+        sends(&out).iter().any(|m| matches!(
             m.body,
-            MessageBody::RequestVoteResponse { granted: false, .. }
+            MessageBody::RequestVoteResponse { granted: true, .. }
         )),
         "{out:?}"
     );
     assert_eq!(r.role(), Role::Learner);
+
+    // A candidate of voters {1, 2, 3} does not win on the votes of non-voters 4 and 5.
+    let mut c = Raft::new(cfg(1), fresh(&[1, 2, 3]), 1, 0).unwrap();
+    poll(&mut c);
+    for t in [300, 600, 900] {
+        c.tick(t);
+        poll(&mut c);
+        c.persisted(t, u64::MAX);
+        poll(&mut c);
+    }
+    let (term, role) = (c.term(), c.role());
+    assert!(
+        matches!(role, Role::PreCandidate | Role::Candidate),
+        "{role:?}"
+    );
+    for from in [4, 5] {
+        for pre_vote in [true, false] {
+            c.handle_message(
+                1000,
+                msg(
+                    from,
+                    1,
+                    if pre_vote { term + 1 } else { term },
+                    MessageBody::RequestVoteResponse {
+                        pre_vote,
+                        granted: true,
+                    },
+                ),
+            );
+        }
+    }
+    poll(&mut c);
+    c.persisted(1000, u64::MAX);
+    poll(&mut c);
+    // Neither promoted from pre-candidate nor elected: the non-voters' grants were ignored.
+    assert_eq!((c.role(), c.term()), (role, term));
 }
 
 /// Followers take a membership entry into force on append, and roll it back if the entry is

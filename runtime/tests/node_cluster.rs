@@ -201,3 +201,56 @@ async fn three_nodes_replicate_read_and_survive_panics_and_failover() {
         n.shutdown().await;
     }
 }
+
+#[actix::test]
+async fn member_states_come_from_what_the_node_hears() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfgs = configs(3, dir.path());
+    let mut nodes = Vec::new();
+    for c in &cfgs {
+        nodes.push(start(c.clone()).await);
+    }
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    let leader = leader_of(&handles).await;
+    // The leader hears every replica's heartbeat answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let states: Vec<String> = leader
+            .cluster_status()
+            .members
+            .iter()
+            .map(|m| m.state.clone())
+            .collect();
+        if states.iter().all(|s| s == "alive") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leader sees {states:?}");
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
+    // Stop a follower: the leader stops hearing from it and says so.
+    let idx = nodes
+        .iter()
+        .position(|n| n.handle().id() != leader.id())
+        .unwrap();
+    let gone = nodes.remove(idx);
+    let gone_id = gone.handle().id();
+    gone.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let state = leader
+            .cluster_status()
+            .members
+            .iter()
+            .find(|m| m.id == gone_id)
+            .map(|m| m.state.clone())
+            .unwrap();
+        if state == "suspect" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stopped node still {state}");
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -48,6 +48,8 @@ use wire::WireMessage;
 
 /// How long a client request may wait for its outcome.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer heard from within this long is reported `alive`.
+const ALIVE_WITHIN: Duration = Duration::from_secs(2);
 /// Inbound transport messages buffered before the transport stops reading sockets.
 const INBOUND_CAPACITY: usize = 4096;
 
@@ -209,6 +211,9 @@ struct Inner<M: StateMachine> {
     ring: Ring,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// When a message from each peer last arrived (the evidence behind member states until
+    /// gossip provides them).
+    peer_seen: Arc<parking_lot::Mutex<HashMap<u64, Instant>>>,
 }
 
 /// A cloneable handle to a running node: proposes writes, serves reads, reports status.
@@ -329,8 +334,11 @@ async fn start_node<M: StateMachine>(
         .iter()
         .map(|(g, e): (&u64, &GroupEntry<M>)| (*g, e.actor.clone()))
         .collect();
+    let peer_seen: Arc<parking_lot::Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let seen = peer_seen.clone();
     actix::spawn(async move {
         while let Some((from, msg)) = inbound_rx.recv().await {
+            seen.lock().insert(from, Instant::now());
             match msg {
                 WireMessage::Raft(m) => {
                     if m.from != from {
@@ -376,6 +384,7 @@ async fn start_node<M: StateMachine>(
             ring,
             prometheus,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            peer_seen,
         }),
     };
     Ok(Node {
@@ -659,21 +668,42 @@ impl<M: StateMachine> NodeHandle<M> {
             leader_id: g0.as_ref().and_then(|g| g.leader_id),
             commit_index: g0.as_ref().map(|g| g.commit_index).unwrap_or(0),
             applied_index: g0.as_ref().map(|g| g.applied_index).unwrap_or(0),
-            // Until gossip lands, membership states come from Raft's view: every configured
-            // member is listed as alive when group 0 has a leader that is replicating.
-            members: self
-                .inner
-                .members
-                .values()
-                .map(|m| MemberStatus {
+            members: self.member_states(),
+            groups,
+        }
+    }
+
+    /// Member states from this node's own evidence, until gossip (SWIM) provides them: itself
+    /// is `alive`; a peer is `alive` if a message from it arrived within the last
+    /// [`ALIVE_WITHIN`], `suspect` if within `gossip.dead_timeout_s` or never heard from, `dead` after
+    /// longer silence. A follower hears mostly from its leader, so it may see other followers
+    /// as `suspect`; the leader hears from every replica.
+    fn member_states(&self) -> Vec<MemberStatus> {
+        let seen = self.inner.peer_seen.lock();
+        let dead_after = Duration::from_secs(self.inner.config.gossip.dead_timeout_s);
+        self.inner
+            .members
+            .values()
+            .map(|m| {
+                let state = if m.id == self.inner.id {
+                    "alive"
+                } else {
+                    match seen.get(&m.id).map(|t| t.elapsed()) {
+                        Some(age) if age <= ALIVE_WITHIN => "alive",
+                        Some(age) if age <= dead_after => "suspect",
+                        Some(_) => "dead",
+                        // Never heard from: not enough evidence to call it dead.
+                        None => "suspect",
+                    }
+                };
+                MemberStatus {
                     id: m.id,
                     addr: m.addr,
                     http: m.http,
-                    state: "alive".to_owned(),
-                })
-                .collect(),
-            groups,
-        }
+                    state: state.to_owned(),
+                }
+            })
+            .collect()
     }
 
     /// Whether every group knows a leader and has applied close to its commit index.

@@ -5,7 +5,7 @@
 //! (or the `sim` example's `--seeds`), which prints progress. A failure prints the seed, the
 //! checker that fired, the end of the trace and a one-line replay command.
 
-use conclave_actors::sim::{self, FailureKind, FaultProfile, SimConfig};
+use conclave_actors::sim::{self, FaultProfile, SimConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -91,25 +91,11 @@ fn membership_config(seed: u64) -> SimConfig {
     cfg
 }
 
-/// Membership changes (remove a voter, re-add it as a learner, promote it) under mixed faults
-/// never break a safety property. Liveness failures are tolerated here until core bug 1 of
-/// `actors/src/sim/CORE_BUGS.md` is fixed; `membership_changes_keep_liveness` checks them.
+/// Membership changes (remove a voter, re-add it as a learner, promote it) under mixed faults:
+/// every checker, liveness included. Seeds 86 and 120 reproduced core bug 1 of
+/// `actors/src/sim/CORE_BUGS.md` (fixed in the core).
 #[test]
-fn membership_changes_are_safe() {
-    let mut liveness = Vec::new();
-    for seed in 0..200 {
-        match sim::run(&membership_config(seed)) {
-            Ok(_) => {}
-            Err(f) if f.kind == FailureKind::Liveness => liveness.push(seed),
-            Err(f) => panic!("{f}"),
-        }
-    }
-    println!("membership profile: seeds 0..200 safe; liveness failures at {liveness:?}");
-}
-
-#[test]
-
-fn membership_changes_keep_liveness() {
+fn membership_changes_under_faults() {
     if let Some(f) = sim::run_seeds(0, 200, 2, membership_config, |_, _| {}) {
         panic!("{f}");
     }

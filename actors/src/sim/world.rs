@@ -67,7 +67,9 @@ enum Event {
         incarnation: u64,
     },
     Liveness,
-    LeaderDeadline,
+    LeaderDeadline {
+        gen: u64,
+    },
     WorkloadStop,
     End,
 }
@@ -183,6 +185,10 @@ pub(crate) struct World {
     phase: Phase,
     workload_on: bool,
     stable_at: Option<u64>,
+    /// The leader (node index, term) whose election marked `stable_at`.
+    stable_leader: Option<(usize, Term)>,
+    /// Only the latest leader deadline counts (a self-removal re-arms it).
+    deadline_gen: u64,
     // Network.
     blocked: BTreeMap<(NodeId, NodeId), u32>,
     partitions: BTreeMap<u64, Vec<(NodeId, NodeId)>>,
@@ -315,6 +321,8 @@ impl World {
             phase: Phase::Faults,
             workload_on: true,
             stable_at: None,
+            stable_leader: None,
+            deadline_gen: 0,
             blocked: BTreeMap::new(),
             partitions: BTreeMap::new(),
             next_partition: 0,
@@ -385,7 +393,10 @@ impl World {
         let gap = self.fault_gap();
         self.schedule(gap, Event::Fault);
         self.schedule(fault_end, Event::Liveness);
-        self.schedule(fault_end + self.cfg.leader_bound_ms, Event::LeaderDeadline);
+        self.schedule(
+            fault_end + self.cfg.leader_bound_ms,
+            Event::LeaderDeadline { gen: 0 },
+        );
         // Stop new operations early enough that every one of them ends (completes or times
         // out) before the end, and the nodes have time to converge.
         let stop = end
@@ -400,8 +411,11 @@ impl World {
                 break;
             }
             self.handle(s.event)?;
-            if self.phase == Phase::Liveness && self.stable_at.is_none() {
-                self.check_stable();
+            if self.phase == Phase::Liveness {
+                self.check_self_removal();
+                if self.stable_at.is_none() {
+                    self.check_stable();
+                }
             }
         }
         self.final_checks()?;
@@ -473,12 +487,12 @@ impl World {
                 Ok(())
             }
             Event::Liveness => self.start_liveness(),
-            Event::LeaderDeadline => {
-                if self.stable_at.is_none() {
+            Event::LeaderDeadline { gen } => {
+                if gen == self.deadline_gen && self.stable_at.is_none() {
                     return Err(self.fail(
                         FailureKind::Liveness,
                         format!(
-                            "no leader with a committed entry of its term {} ms after the faults stopped",
+                            "no leader with a committed entry of its term {} ms after the faults stopped (or the stable leader removed itself)",
                             self.cfg.leader_bound_ms
                         ),
                     ));
@@ -1086,6 +1100,37 @@ impl World {
         Ok(())
     }
 
+    /// A membership change proposed during the fault phase may commit after the group was
+    /// declared stable and remove the stable leader itself (it then steps down, thesis
+    /// §4.2.2). That is a last disruption, not a liveness failure: stability is re-established
+    /// from scratch, with a fresh deadline, and operations invoked before are exempt. Any
+    /// other loss of leadership after stability stays a failure.
+    fn check_self_removal(&mut self) {
+        let Some((l, term)) = self.stable_leader else {
+            return;
+        };
+        let node = &self.nodes[l];
+        let Some(core) = node.core.as_ref() else {
+            return;
+        };
+        let still_leading = core.role() == Role::Leader && core.term() == term;
+        if still_leading || core.membership().voters.contains(&node.id) {
+            return;
+        }
+        let id = node.id;
+        self.stable_at = None;
+        self.stable_leader = None;
+        self.text(format!(
+            "stable leader n{id} removed itself from the voters: waiting for a new leader"
+        ));
+        self.deadline_gen += 1;
+        let gen = self.deadline_gen;
+        self.schedule(
+            self.now + self.cfg.leader_bound_ms,
+            Event::LeaderDeadline { gen },
+        );
+    }
+
     fn check_stable(&mut self) {
         for node in &self.nodes {
             let Some(core) = node.core.as_ref() else {
@@ -1097,6 +1142,7 @@ impl World {
             {
                 self.stable_at = Some(self.now);
                 let (id, term) = (node.id, core.term());
+                self.stable_leader = Some(((id - 1) as usize, term));
                 self.text(format!(
                     "stable: n{id} leads term {term} with a committed entry of its term"
                 ));

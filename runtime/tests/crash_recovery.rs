@@ -113,22 +113,42 @@ async fn crash_cycles(nodes: u64, cycles: u64, seed: u64) {
         for i in 0..nodes as usize {
             c.restart(i);
         }
-        c.leader(Duration::from_secs(15)).await;
-        // Wait until every node has applied what it has committed, then check all of them.
-        let leader = c.leader(Duration::from_secs(15)).await;
-        let target = c.client(leader).status().await.unwrap().commit_index;
+        // A write committed in the new leader's term marks a point every node must reach: the
+        // new leader's commit index right after its election can still be behind.
+        let mut barrier = None;
+        for _ in 0..300 {
+            let leader = c.leader(Duration::from_secs(15)).await;
+            if let Ok(ack) = c
+                .client(leader)
+                .put(format!("barrier-{cycle}").as_bytes(), b"x".to_vec(), None)
+                .await
+            {
+                barrier = Some(ack.index);
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(50)).await;
+        }
+        let barrier = barrier.expect("no write succeeded after the restart");
         for i in 0..nodes as usize {
+            let mut caught_up = false;
             for _ in 0..400 {
                 if c.client(i)
                     .status()
                     .await
-                    .map(|s| s.applied_index >= target)
+                    .map(|s| s.applied_index >= barrier)
                     .unwrap_or(false)
                 {
+                    caught_up = true;
                     break;
                 }
                 actix::clock::sleep(Duration::from_millis(25)).await;
             }
+            assert!(
+                caught_up,
+                "node {} never applied index {barrier}\n{}",
+                i + 1,
+                c.logs()
+            );
         }
         let snapshot = book.borrow().clone();
         check(&c, nodes as usize, &snapshot).await;

@@ -298,18 +298,7 @@ fn local_cluster(n: u64, dir: &Path) -> Result<Vec<Config>> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(members
-        .iter()
-        .map(|m| {
-            let mut c = Config::default();
-            c.node.id = m.id;
-            c.node.listen = m.addr;
-            c.node.http = m.http;
-            c.node.data_dir = dir.join(format!("n{}", m.id));
-            c.cluster.initial_members = members.clone();
-            c
-        })
-        .collect())
+    Ok(Config::local_cluster(&members, dir))
 }
 
 #[allow(dead_code)] // the smoke test includes this file as a module and calls `run` instead

@@ -345,6 +345,25 @@ impl Config {
         toml::to_string_pretty(self)
     }
 
+    /// One configuration per member of a new cluster whose members are `members`: node `m`
+    /// listens on `m.addr` and `m.http`, keeps its data in `data_root/n{m.id}`, and starts with
+    /// every member as a voter. Everything else is default. What `conclave init`, the examples
+    /// and the tests start from.
+    pub fn local_cluster(members: &[MemberConfig], data_root: &Path) -> Vec<Config> {
+        members
+            .iter()
+            .map(|m| {
+                let mut c = Config::default();
+                c.node.id = m.id;
+                c.node.listen = m.addr;
+                c.node.http = m.http;
+                c.node.data_dir = data_root.join(format!("n{}", m.id));
+                c.cluster.initial_members = members.to_vec();
+                c
+            })
+            .collect()
+    }
+
     /// The members of the initial cluster, defaulting to this node alone.
     pub fn initial_members(&self) -> Vec<MemberConfig> {
         if self.cluster.initial_members.is_empty() {

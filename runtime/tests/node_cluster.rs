@@ -23,18 +23,7 @@ fn configs(n: u64, dir: &std::path::Path) -> Vec<Config> {
             http: free_addr(),
         })
         .collect();
-    members
-        .iter()
-        .map(|m| {
-            let mut c = Config::default();
-            c.node.id = m.id;
-            c.node.listen = m.addr;
-            c.node.http = m.http;
-            c.node.data_dir = dir.join(format!("n{}", m.id));
-            c.cluster.initial_members = members.clone();
-            c
-        })
-        .collect()
+    Config::local_cluster(&members, dir)
 }
 
 async fn start(config: Config) -> Node<KvMachine> {

@@ -35,17 +35,12 @@ pub fn cluster_configs(
         })
         .collect();
     let mut out = Vec::with_capacity(members.len());
-    for m in &members {
-        let mut config = Config::default();
-        config.node.id = m.id;
-        config.node.listen = m.addr;
-        config.node.http = m.http;
-        config.node.data_dir = dir.join("data").join(format!("n{}", m.id));
-        config.cluster.initial_members = members.clone();
+    for config in Config::local_cluster(&members, &dir.join("data")) {
+        let id = config.node.id;
         config
             .validate()
-            .with_context(|| format!("generated config of node {} is invalid", m.id))?;
-        out.push((dir.join(format!("n{}.toml", m.id)), config));
+            .with_context(|| format!("generated config of node {id} is invalid"))?;
+        out.push((dir.join(format!("n{id}.toml")), config));
     }
     Ok(out)
 }

@@ -560,24 +560,11 @@ impl<M: StateMachine> NodeHandle<M> {
         }
         let bytes =
             rmp_serde::to_vec(&command).map_err(|e| RequestError::Internal(e.to_string()))?;
-        let group = self.group0()?;
-        let addr = group
-            .actor
-            .get()
-            .ok_or(RequestError::NoLeader { group: 0 })?;
-        let (reply, rx) = oneshot::channel();
-        match addr.try_send(Propose::<M> {
+        self.ask(|reply| Propose::<M> {
             command: bytes,
             reply,
-        }) {
-            Ok(()) => await_reply(rx).await,
-            Err(SendError::Full(_)) => {
-                metrics::counter!("conclave_mailbox_rejected_total", "actor" => "raft")
-                    .increment(1);
-                Err(RequestError::Overloaded)
-            }
-            Err(SendError::Closed(_)) => Err(RequestError::NoLeader { group: 0 }),
-        }
+        })
+        .await
     }
 
     /// Runs `query` on group 0 at the given consistency.
@@ -589,17 +576,33 @@ impl<M: StateMachine> NodeHandle<M> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(RequestError::ShuttingDown);
         }
-        let group = self.group0()?;
-        let addr = group
+        self.ask(|reply| Read::<M> {
+            query,
+            consistency: to_consistency(consistency),
+            reply,
+        })
+        .await
+    }
+
+    /// Sends group 0's actor a request carrying a reply channel and waits (bounded) for the
+    /// answer. A full mailbox is `Overloaded` (503), never a wait.
+    async fn ask<T, Req>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Req,
+    ) -> Result<T, RequestError>
+    where
+        Req: actix::Message + Send + 'static,
+        Req::Result: Send,
+        GroupActor<M>: Handler<Req>,
+        <GroupActor<M> as Actor>::Context: actix::dev::ToEnvelope<GroupActor<M>, Req>,
+    {
+        let addr = self
+            .group0()?
             .actor
             .get()
             .ok_or(RequestError::NoLeader { group: 0 })?;
         let (reply, rx) = oneshot::channel();
-        match addr.try_send(Read::<M> {
-            query,
-            consistency: to_consistency(consistency),
-            reply,
-        }) {
+        match addr.try_send(make(reply)) {
             Ok(()) => await_reply(rx).await,
             Err(SendError::Full(_)) => {
                 metrics::counter!("conclave_mailbox_rejected_total", "actor" => "raft")

@@ -31,18 +31,7 @@ impl Cluster {
                 http: free_addr(),
             })
             .collect();
-        let configs: Vec<Config> = members
-            .iter()
-            .map(|m| {
-                let mut c = Config::default();
-                c.node.id = m.id;
-                c.node.listen = m.addr;
-                c.node.http = m.http;
-                c.node.data_dir = dir.join(format!("data/n{}", m.id));
-                c.cluster.initial_members = members.clone();
-                c
-            })
-            .collect();
+        let configs = Config::local_cluster(&members, &dir.join("data"));
         for c in &configs {
             let path = dir.join(format!("n{}.toml", c.node.id));
             std::fs::write(&path, c.to_toml().unwrap()).unwrap();

@@ -10,7 +10,7 @@
 
 use anyhow::{bail, Context, Result};
 use conclave::config::{Config, MemberConfig, ReadLevel};
-use conclave::node::{Node, NodeHandle, RequestError, WriteResult};
+use conclave::node::{Node, NodeHandle, WriteResult};
 use conclave::state_machine::{LogIndex, StateMachine, StateMachineError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -249,12 +249,7 @@ async fn write(
         let leader = wait_for_leader(handles).await?;
         match leader.write(command.clone()).await {
             Ok(r) => return Ok(r),
-            Err(
-                RequestError::NotLeader { .. }
-                | RequestError::NoLeader { .. }
-                | RequestError::Dropped
-                | RequestError::Overloaded,
-            ) if Instant::now() < deadline => {
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 actix::clock::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => return Err(e).context("write failed"),

@@ -14,7 +14,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use conclave::config::{Config, MemberConfig, ReadLevel};
-use conclave::node::{Node, NodeHandle, RequestError};
+use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvOutput, KvQuery, KvRequest};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -212,12 +212,7 @@ async fn write(
         let leader = wait_for_leader(handles, None).await?;
         match leader.write(request.clone()).await {
             Ok(r) => return Ok((r.index, r.term, r.output)),
-            Err(
-                RequestError::NotLeader { .. }
-                | RequestError::NoLeader { .. }
-                | RequestError::Dropped
-                | RequestError::Overloaded,
-            ) if Instant::now() < deadline => {
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 actix::clock::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => return Err(e).context("write failed"),

@@ -36,6 +36,14 @@ async fn start(config: Config) -> Node<KvMachine> {
         .unwrap()
 }
 
+async fn start_cluster(n: u64, dir: &std::path::Path) -> Vec<Node<KvMachine>> {
+    let mut nodes = Vec::new();
+    for c in configs(n, dir) {
+        nodes.push(start(c).await);
+    }
+    nodes
+}
+
 async fn leader_of(handles: &[NodeHandle<KvMachine>]) -> NodeHandle<KvMachine> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -87,11 +95,7 @@ async fn write_retrying(handles: &[NodeHandle<KvMachine>], req: KvRequest) -> Kv
 #[actix::test]
 async fn three_nodes_replicate_read_and_survive_panics_and_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(3, dir.path());
-    let mut nodes = Vec::new();
-    for c in &cfgs {
-        nodes.push(start(c.clone()).await);
-    }
+    let mut nodes = start_cluster(3, dir.path()).await;
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
     let leader = leader_of(&handles).await;
 
@@ -194,11 +198,7 @@ async fn three_nodes_replicate_read_and_survive_panics_and_failover() {
 #[actix::test]
 async fn member_states_come_from_what_the_node_hears() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(3, dir.path());
-    let mut nodes = Vec::new();
-    for c in &cfgs {
-        nodes.push(start(c.clone()).await);
-    }
+    let mut nodes = start_cluster(3, dir.path()).await;
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
     let leader = leader_of(&handles).await;
     // The leader hears every replica's heartbeat answers.

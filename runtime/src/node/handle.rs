@@ -60,6 +60,22 @@ pub enum RequestError {
     Internal(String),
 }
 
+impl RequestError {
+    /// Whether the request certainly did not take effect, so a client may simply retry it
+    /// (after finding the leader). A [`RequestError::Timeout`] is not: that write may still
+    /// apply, and retrying it needs an idempotency key.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RequestError::NotLeader { .. }
+                | RequestError::NoLeader { .. }
+                | RequestError::Dropped
+                | RequestError::Overloaded
+                | RequestError::ShuttingDown
+        )
+    }
+}
+
 /// The outcome of a committed and applied write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult<O> {
@@ -197,4 +213,22 @@ pub trait KvService: Clone + 'static {
 
     /// Prometheus text exposition of the node's metrics.
     fn render_metrics(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestError;
+
+    #[test]
+    fn only_requests_that_certainly_did_not_apply_are_retryable() {
+        assert!(RequestError::NotLeader { leader: None }.is_retryable());
+        assert!(RequestError::NoLeader { group: 0 }.is_retryable());
+        assert!(RequestError::Dropped.is_retryable());
+        assert!(RequestError::Overloaded.is_retryable());
+        assert!(RequestError::ShuttingDown.is_retryable());
+        // A timed-out write may still apply; an internal or size error will fail again.
+        assert!(!RequestError::Timeout.is_retryable());
+        assert!(!RequestError::Internal("disk".into()).is_retryable());
+        assert!(!RequestError::TooLarge { size: 2, limit: 1 }.is_retryable());
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::config::ReadLevel;
 use crate::http::{encode_key, IDEMPOTENCY_HEADER};
-use crate::node::{ClusterStatus, NodeId};
+use crate::node::{ClusterStatus, GossipMembers, NodeId};
 use awc::error::SendRequestError;
 use awc::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -332,6 +332,17 @@ impl Client {
     /// `GET /v1/cluster` as raw JSON (what `conclave status --json` prints).
     pub async fn status_json(&self) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/cluster", self.endpoint);
+        let (status, body, retry) = self.call(self.http.get(url), None).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+
+    /// `GET /v1/cluster/members`: the node's gossip view (states, incarnations, metadata,
+    /// round trips).
+    pub async fn members(&self) -> Result<GossipMembers, ClientError> {
+        let url = format!("{}/v1/cluster/members", self.endpoint);
         let (status, body, retry) = self.call(self.http.get(url), None).await?;
         if status != StatusCode::OK {
             return Err(self.api_error(status, &body, retry));

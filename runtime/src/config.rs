@@ -5,6 +5,7 @@
 //! silently ignored in a distributed system's configuration is a production incident waiting to
 //! happen.
 
+use conclave_actors::swim::{ConfigError as SwimConfigError, SwimConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ pub struct Config {
     pub gossip: GossipSection,
     /// `[ring]`: sharding.
     pub ring: RingSection,
+    /// `[latency]`: the peer round-trip latency monitor (seed 000).
+    pub latency: LatencySection,
     /// `[tls]`: mutual TLS between nodes (all three paths, or none).
     pub tls: Option<TlsSection>,
 }
@@ -94,9 +97,14 @@ pub struct ClusterSection {
     /// The voters a new cluster starts with (all nodes start as followers and elect a leader).
     /// Empty means a single-node cluster of this node.
     pub initial_members: Vec<MemberConfig>,
-    /// Transport addresses of seed nodes to join through (gossip).
+    /// Transport addresses of seed nodes to join through (gossip). Each must be the address
+    /// of one of `initial_members` (the transport authenticates a peer by its node id, so a
+    /// seed is dialled as that member). Empty (the default): every other initial member is a
+    /// seed.
     pub seeds: Vec<SocketAddr>,
-    /// How often an unreachable seed is retried. Default 2000.
+    /// How often joins are retried until a seed answers, and how often a node that lost
+    /// contact with everyone re-announces itself to its seeds and last known members.
+    /// Default 2000 (seed 000).
     pub seed_retry_ms: u64,
 }
 
@@ -230,6 +238,14 @@ pub struct GossipSection {
     pub hybrid_threshold: usize,
     /// Most membership rumors piggybacked on one frame. Default 5.
     pub rumor_limit_per_frame: usize,
+    /// How long a direct ping waits for its ack before indirect probes are sent; must be
+    /// shorter than `cycle_interval_ms`. Default 300.
+    pub probe_timeout_ms: u64,
+    /// Members asked to probe indirectly when a direct ping times out (SWIM's k). Default 3.
+    pub indirect_probes: usize,
+    /// Lifeguard's refinements (local health multiplier, nacks, suspicion timeout that shrinks
+    /// with independent confirmations, buddy system). Default true.
+    pub lifeguard: bool,
 }
 
 impl Default for GossipSection {
@@ -241,6 +257,32 @@ impl Default for GossipSection {
             prune_timeout_s: 300,
             hybrid_threshold: 10,
             rumor_limit_per_frame: 5,
+            probe_timeout_ms: 300,
+            indirect_probes: 3,
+            lifeguard: true,
+        }
+    }
+}
+
+/// `[latency]`: per-peer round-trip times measured by gossip's direct probes (seed 000's
+/// latency monitor).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LatencySection {
+    /// Whether round trips are recorded. Default true.
+    pub enabled: bool,
+    /// At most one sample per peer is kept per interval, in seconds. Default 5.
+    pub interval_s: u64,
+    /// Samples kept per peer (the oldest is dropped). Default 10.
+    pub history_size: usize,
+}
+
+impl Default for LatencySection {
+    fn default() -> Self {
+        LatencySection {
+            enabled: true,
+            interval_s: 5,
+            history_size: 10,
         }
     }
 }
@@ -509,7 +551,80 @@ impl Config {
         if self.ring.shards == 0 {
             return Err(invalid("ring.shards", "must be at least 1"));
         }
+        if self.latency.history_size == 0 {
+            return Err(invalid("latency.history_size", "must be at least 1"));
+        }
+        if self.latency.interval_s == 0 {
+            return Err(invalid("latency.interval_s", "must be at least 1"));
+        }
+        let initial = self.initial_members();
+        for seed in &self.cluster.seeds {
+            if !initial.iter().any(|m| m.addr == *seed) {
+                return Err(invalid(
+                    "cluster.seeds",
+                    format!(
+                        "{seed} is not the address of any of cluster.initial_members \
+                         (a seed is dialled as that member)"
+                    ),
+                ));
+            }
+        }
+        // Everything the SWIM core checks (probe timeout below the cycle, suspicion at least
+        // two cycles, ...), named by the `gossip.` key it reports.
+        if let Err(e) = self.swim_config().validate() {
+            return Err(invalid(gossip_key(&e), e.to_string()));
+        }
         Ok(())
+    }
+
+    /// The SWIM core's configuration: the `[gossip]` section, `cluster.seeds` (every other
+    /// initial member when empty) and `cluster.seed_retry_ms`; other knobs at the core's
+    /// defaults.
+    pub fn swim_config(&self) -> SwimConfig {
+        let g = &self.gossip;
+        let seeds: Vec<SocketAddr> = if self.cluster.seeds.is_empty() {
+            self.initial_members()
+                .iter()
+                .filter(|m| m.id != self.node.id)
+                .map(|m| m.addr)
+                .collect()
+        } else {
+            self.cluster.seeds.clone()
+        };
+        SwimConfig {
+            cycle_interval_ms: g.cycle_interval_ms,
+            probe_timeout_ms: g.probe_timeout_ms,
+            indirect_probes: g.indirect_probes,
+            suspect_timeout_s: g.suspect_timeout_s,
+            dead_timeout_s: g.dead_timeout_s,
+            prune_timeout_s: g.prune_timeout_s,
+            hybrid_threshold: g.hybrid_threshold,
+            rumor_limit_per_frame: g.rumor_limit_per_frame,
+            seeds: seeds.iter().map(SocketAddr::to_string).collect(),
+            seed_retry_ms: self.cluster.seed_retry_ms,
+            lifeguard: g.lifeguard,
+            ..SwimConfig::default()
+        }
+    }
+}
+
+/// The dotted key of a SWIM configuration error.
+fn gossip_key(e: &SwimConfigError) -> &'static str {
+    let key = match e {
+        SwimConfigError::Zero { key } | SwimConfigError::Order { key, .. } => *key,
+        SwimConfigError::BadSeed(_) => return "cluster.seeds",
+    };
+    match key {
+        "cycle_interval_ms" => "gossip.cycle_interval_ms",
+        "probe_timeout_ms" => "gossip.probe_timeout_ms",
+        "indirect_probes" => "gossip.indirect_probes",
+        "suspect_timeout_s" => "gossip.suspect_timeout_s",
+        "dead_timeout_s" => "gossip.dead_timeout_s",
+        "prune_timeout_s" => "gossip.prune_timeout_s",
+        "hybrid_threshold" => "gossip.hybrid_threshold",
+        "rumor_limit_per_frame" => "gossip.rumor_limit_per_frame",
+        "seed_retry_ms" => "cluster.seed_retry_ms",
+        _ => "gossip",
     }
 }
 
@@ -606,6 +721,17 @@ ca = "ca.crt"
                 "raft.read.default",
             ),
             ("[gossip]\ndead_timeout_s = 5\n", "gossip.dead_timeout_s"),
+            (
+                "[gossip]\ncycle_interval_ms = 200\n",
+                "gossip.probe_timeout_ms",
+            ),
+            (
+                "[gossip]\ncycle_interval_ms = 800\nprobe_timeout_ms = 100\nsuspect_timeout_s = 1\ndead_timeout_s = 1\n",
+                "gossip.suspect_timeout_s",
+            ),
+            ("[latency]\nhistory_size = 0\n", "latency.history_size"),
+            ("[latency]\ninterval_s = 0\n", "latency.interval_s"),
+            ("[cluster]\nseeds = [\"127.0.0.1:9\"]\n", "cluster.seeds"),
             ("[ring]\nshards = 0\n", "ring.shards"),
             ("[node]\nmax_queue_size = 0\n", "node.max_queue_size"),
             (
@@ -617,6 +743,67 @@ ca = "ca.crt"
             let e = err(text);
             assert!(e.contains(key), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn gossip_keys_have_seed_000_defaults_and_reach_the_swim_core() {
+        let c = Config::default();
+        let g = &c.gossip;
+        assert_eq!(
+            (
+                g.cycle_interval_ms,
+                g.suspect_timeout_s,
+                g.dead_timeout_s,
+                g.prune_timeout_s,
+                g.hybrid_threshold,
+                g.rumor_limit_per_frame
+            ),
+            (1000, 10, 30, 300, 10, 5)
+        );
+        assert_eq!(c.cluster.seed_retry_ms, 2000);
+        assert_eq!(
+            (
+                c.latency.enabled,
+                c.latency.interval_s,
+                c.latency.history_size
+            ),
+            (true, 5, 10)
+        );
+        let text = r#"
+[node]
+id = 2
+listen = "127.0.0.1:7002"
+http = "127.0.0.1:7102"
+[cluster]
+initial_members = [
+  { id = 1, addr = "127.0.0.1:7001", http = "127.0.0.1:7101" },
+  { id = 2, addr = "127.0.0.1:7002", http = "127.0.0.1:7102" },
+  { id = 3, addr = "127.0.0.1:7003", http = "127.0.0.1:7103" },
+]
+seed_retry_ms = 500
+[gossip]
+cycle_interval_ms = 200
+probe_timeout_ms = 80
+suspect_timeout_s = 1
+dead_timeout_s = 2
+prune_timeout_s = 60
+lifeguard = false
+"#;
+        let c = Config::parse(text).unwrap();
+        let s = c.swim_config();
+        assert_eq!(s.cycle_interval_ms, 200);
+        assert_eq!(s.probe_timeout_ms, 80);
+        assert_eq!((s.suspect_timeout_s, s.dead_timeout_s), (1, 2));
+        assert_eq!(s.seed_retry_ms, 500);
+        assert!(!s.lifeguard);
+        // No seeds given: every other initial member is one.
+        assert_eq!(s.seeds, vec!["127.0.0.1:7001", "127.0.0.1:7003"]);
+        let with_seed = format!("{text}\n").replace(
+            "seed_retry_ms = 500",
+            "seed_retry_ms = 500\nseeds = [\"127.0.0.1:7003\"]",
+        );
+        let c = Config::parse(&with_seed).unwrap();
+        assert_eq!(c.swim_config().seeds, vec!["127.0.0.1:7003"]);
     }
 
     #[test]

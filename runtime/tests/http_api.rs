@@ -618,3 +618,45 @@ async fn idempotency_keys_reach_the_service() {
     );
     s.stop().await;
 }
+
+#[actix_web::test]
+async fn cluster_members_lists_the_gossip_view() {
+    let s = TestServer::start(Double::new(1), 10);
+    let r = get(&s, "/v1/cluster/members").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["node_id"], 1);
+    assert_eq!(v["incarnation"], 2);
+    assert_eq!(v["counts"]["suspect"], 1);
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    let me = &members[0];
+    assert_eq!(
+        (&me["id"], &me["state"], &me["rtt"]),
+        (&Value::from(1), &Value::from("alive"), &Value::Null)
+    );
+    let peer = &members[1];
+    assert_eq!(peer["state"], "suspect");
+    assert_eq!(peer["incarnation"], 5);
+    assert_eq!(peer["addr"], "127.0.0.1:3");
+    assert_eq!(peer["http"], "127.0.0.1:4");
+    assert_eq!(peer["metadata"]["shards"], "0,1");
+    assert_eq!(peer["metadata_version"], 3);
+    assert_eq!(peer["rtt"]["samples_ms"], serde_json::json!([1, 3]));
+    assert_eq!(peer["rtt"]["avg_ms"], 2.0);
+    // The typed client reads the same body.
+    let client = conclave::client::Client::new(&s.endpoint()).unwrap();
+    let typed = client.members().await.unwrap();
+    assert_eq!(typed.members[1].rtt.as_ref().unwrap().max_ms, 3);
+    // Only GET.
+    let r = send(
+        awc::Client::default().post(s.url("/v1/cluster/members")),
+        Some(b"x"),
+    )
+    .await;
+    assert_eq!(
+        r.error(StatusCode::METHOD_NOT_ALLOWED),
+        "method_not_allowed"
+    );
+    s.stop().await;
+}

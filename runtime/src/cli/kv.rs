@@ -2,7 +2,7 @@
 
 use super::{EndpointArg, KvArgs, KvOp, StatusArgs, EXIT_FAILURE, EXIT_OK};
 use crate::client::Client;
-use crate::node::ClusterStatus;
+use crate::node::{ClusterStatus, GossipMembers};
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -98,7 +98,13 @@ pub(super) fn run_status(args: &StatusArgs) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string_pretty(&json)?);
         } else {
             let status = client.status().await?;
-            print!("{}", status_table(client.endpoint(), &status));
+            // The gossip view adds incarnations and round trips; a node that cannot give it
+            // (an older version) still gets its table.
+            let members = client.members().await.ok();
+            print!(
+                "{}",
+                status_table(client.endpoint(), &status, members.as_ref())
+            );
         }
         Ok(EXIT_OK)
     })
@@ -126,8 +132,13 @@ fn opt(id: Option<u64>) -> String {
     id.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-/// The human-readable table of `conclave status`.
-pub(crate) fn status_table(endpoint: &str, s: &ClusterStatus) -> String {
+/// The human-readable table of `conclave status`: `GET /v1/cluster`, with the incarnation and
+/// mean round trip of each member from `GET /v1/cluster/members` when given.
+pub(crate) fn status_table(
+    endpoint: &str,
+    s: &ClusterStatus,
+    gossip: Option<&GossipMembers>,
+) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; `let _` keeps clippy quiet without an unwrap.
     let _ = writeln!(
@@ -140,21 +151,45 @@ pub(crate) fn status_table(endpoint: &str, s: &ClusterStatus) -> String {
         s.commit_index,
         s.applied_index
     );
+    if let Some(g) = gossip {
+        let _ = writeln!(
+            out,
+            "gossip: incarnation {}, local health {}, {}",
+            g.incarnation,
+            g.local_health,
+            if g.joined {
+                "joined"
+            } else {
+                "joining (no seed answered yet)"
+            }
+        );
+    }
     let _ = writeln!(out, "\nMEMBERS");
-    let _ = writeln!(out, "{:>4}  {:<22} {:<22} STATE", "ID", "ADDR", "HTTP");
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<22} {:<22} {:<8} {:>5} {:>8}",
+        "ID", "ADDR", "HTTP", "STATE", "INC", "RTT_MS"
+    );
     for m in &s.members {
         let leader = if Some(m.id) == s.leader_id {
             " (leader)"
         } else {
             ""
         };
+        let known = gossip.and_then(|g| g.members.iter().find(|gm| gm.id == m.id));
+        let incarnation = known.map_or_else(|| "-".to_owned(), |gm| gm.incarnation.to_string());
+        let rtt = known
+            .and_then(|gm| gm.rtt.as_ref())
+            .map_or_else(|| "-".to_owned(), |r| format!("{:.1}", r.avg_ms));
         let _ = writeln!(
             out,
-            "{:>4}  {:<22} {:<22} {}{leader}",
+            "{:>4}  {:<22} {:<22} {:<8} {:>5} {:>8}{leader}",
             m.id,
             m.addr.to_string(),
             m.http.to_string(),
-            m.state
+            m.state,
+            incarnation,
+            rtt
         );
     }
     let _ = writeln!(out, "\nGROUPS");
@@ -191,7 +226,7 @@ pub(crate) fn status_table(endpoint: &str, s: &ClusterStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::{GroupStatus, MemberStatus, ReplicaStatus};
+    use crate::node::{GossipMember, GroupStatus, MemberStatus, ReplicaStatus, RttStats};
 
     #[test]
     fn table_shows_members_groups_and_lag() {
@@ -224,12 +259,46 @@ mod tests {
                 }],
             }],
         };
-        let t = status_table("http://x", &s);
+        let t = status_table("http://x", &s, None);
         assert!(
             t.contains("node 1 at http://x: leader in term 3, leader 1"),
             "{t}"
         );
         assert!(t.contains("127.0.0.1:7102"), "{t}");
         assert!(t.contains("2 7/3"), "{t}");
+        let gossip = GossipMembers {
+            node_id: 1,
+            incarnation: 4,
+            local_health: 0,
+            joined: true,
+            counts: Default::default(),
+            stats: Default::default(),
+            members: vec![GossipMember {
+                id: 2,
+                state: "alive".into(),
+                incarnation: 7,
+                addr: "127.0.0.1:7002".into(),
+                http: "127.0.0.1:7102".into(),
+                metadata: Default::default(),
+                metadata_version: 0,
+                rtt: Some(RttStats {
+                    samples_ms: vec![1, 2],
+                    last_ms: 2,
+                    min_ms: 1,
+                    avg_ms: 1.5,
+                    max_ms: 2,
+                }),
+            }],
+        };
+        let t = status_table("http://x", &s, Some(&gossip));
+        assert!(
+            t.contains("gossip: incarnation 4, local health 0, joined"),
+            "{t}"
+        );
+        let row = t.lines().find(|l| l.contains("127.0.0.1:7002")).unwrap();
+        assert!(
+            row.contains("alive") && row.contains(" 7 ") && row.ends_with("1.5"),
+            "{row}"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! before it is buffered.
 //!
 //! Routes: `PUT|GET|DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`, `GET /v1/cluster`,
-//! `GET /v1/ring/route/{key}`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//! `GET /v1/cluster/members`, `GET /v1/ring/route/{key}`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
 
 mod error;
 mod forward;
@@ -188,6 +188,11 @@ fn routes<S: KvService>(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/cluster")
             .route(web::get().to(cluster::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/cluster/members")
+            .route(web::get().to(cluster_members::<S>))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -455,6 +460,10 @@ async fn cas_kv<S: KvService>(
 
 async fn cluster<S: KvService>(ctx: Data<S>) -> HttpResponse {
     HttpResponse::Ok().json(ctx.service.status().await)
+}
+
+async fn cluster_members<S: KvService>(ctx: Data<S>) -> HttpResponse {
+    HttpResponse::Ok().json(ctx.service.members().await)
 }
 
 async fn ring_route<S: KvService>(

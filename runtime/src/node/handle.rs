@@ -202,6 +202,9 @@ pub trait KvService: Clone + 'static {
     /// The cluster as this node sees it.
     fn status(&self) -> impl std::future::Future<Output = ClusterStatus>;
 
+    /// This node's gossip (SWIM) view of every member: `GET /v1/cluster/members`.
+    fn members(&self) -> impl std::future::Future<Output = super::gossip::GossipMembers>;
+
     /// Readiness for `/readyz`.
     fn readiness(&self) -> impl std::future::Future<Output = Readiness>;
 

@@ -4,7 +4,9 @@
 //! ```text
 //! Node
 //! ├── LogStoreActor   (own arbiter)  one WAL for every group, group commit
-//! ├── transport       one PeerLink per peer, inbound dispatcher by group id
+//! ├── transport       one PeerLink per peer, inbound dispatcher (Raft by group id, gossip)
+//! ├── Supervisor[gossip]   one-for-one
+//! │   └── GossipActor       the SWIM core: membership, failure detection, metadata, RTT
 //! └── Supervisor[group g]  one-for-one
 //!     ├── ApplierActor      the user's state machine
 //!     ├── GroupActor        the Raft core (election, replication, reads)
@@ -14,12 +16,14 @@
 //! Start a node with [`Node::builder`]; the `conclave node` command runs [`run_blocking`].
 
 pub mod applier;
+pub mod gossip;
 pub mod group;
 pub mod handle;
 pub mod log_store_actor;
 pub mod replicator;
 pub mod wire;
 
+pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttStats};
 pub use handle::*;
 
 use crate::config::{Config, MemberConfig, ReadLevel};
@@ -48,8 +52,6 @@ use wire::WireMessage;
 
 /// How long a client request may wait for its outcome.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// A peer heard from within this long is reported `alive`.
-const ALIVE_WITHIN: Duration = Duration::from_secs(2);
 /// Inbound transport messages buffered before the transport stops reading sockets.
 const INBOUND_CAPACITY: usize = 4096;
 
@@ -68,6 +70,9 @@ pub enum NodeError {
     /// The transport could not start.
     #[error("transport error: {0}")]
     Transport(String),
+    /// Gossip could not start (e.g. a corrupt persisted incarnation, named).
+    #[error("gossip: {0}")]
+    Gossip(#[from] gossip::GossipError),
     /// An I/O error (data directory, HTTP listener, signals).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -146,7 +151,7 @@ impl<M: StateMachine> NodeBuilder<M> {
 /// A running node.
 pub struct Node<M: StateMachine> {
     handle: NodeHandle<M>,
-    transport: Transport<WireMessage>,
+    transport: Arc<Transport<WireMessage>>,
     supervisors: Vec<Addr<Supervisor>>,
     log_store: Addr<LogStoreActor>,
     log_arbiter: Arbiter,
@@ -169,6 +174,9 @@ impl<M: StateMachine> Node<M> {
             .inner
             .shutting_down
             .store(true, Ordering::SeqCst);
+        // Tell the cluster first, while the transport is up: members mark this node `left`
+        // instead of suspecting it.
+        self.handle.leave_gossip().await;
         for s in &self.supervisors {
             let _ = s.send(StopSupervisor).await;
         }
@@ -211,9 +219,8 @@ struct Inner<M: StateMachine> {
     ring: Ring,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutting_down: std::sync::atomic::AtomicBool,
-    /// When a message from each peer last arrived (the evidence behind member states until
-    /// gossip provides them).
-    peer_seen: Arc<parking_lot::Mutex<HashMap<u64, Instant>>>,
+    /// Gossip's shared view and the live gossip actor.
+    gossip: gossip::GossipHandle,
 }
 
 /// A cloneable handle to a running node: proposes writes, serves reads, reports status.
@@ -309,11 +316,19 @@ async fn start_node<M: StateMachine>(
     let (transport, _) = Transport::bind(tcfg, inbound_tx)
         .await
         .map_err(|e| NodeError::Transport(e.to_string()))?;
+    let transport = Arc::new(transport);
+
+    // Gossip: the persisted incarnation is loaded (a corrupt file refuses to start) before
+    // anything is announced.
+    let epoch = Instant::now();
+    let endpoint: Arc<dyn Endpoint<WireMessage>> = transport.clone();
+    let gossip_deps = gossip::prepare(&config, endpoint, epoch)?;
+    let (gossip, gossip_supervisor) = start_gossip(gossip_deps);
 
     // Groups: for now the cluster's first group, replicated on every initial member.
-    let epoch = Instant::now();
     let mut groups = BTreeMap::new();
-    let mut supervisors = Vec::new();
+    // The gossip supervisor is stopped with the groups' (after the leave).
+    let mut supervisors = vec![gossip_supervisor];
     let group_ids = [0u64];
     for &group in &group_ids {
         let (entry, supervisor) = start_group(
@@ -334,12 +349,33 @@ async fn start_node<M: StateMachine>(
         .iter()
         .map(|(g, e): (&u64, &GroupEntry<M>)| (*g, e.actor.clone()))
         .collect();
-    let peer_seen: Arc<parking_lot::Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let seen = peer_seen.clone();
+    let gossip_slot = gossip.actor.clone();
     actix::spawn(async move {
         while let Some((from, msg)) = inbound_rx.recv().await {
-            seen.lock().insert(from, Instant::now());
             match msg {
+                WireMessage::Swim(m) => {
+                    if m.from != from {
+                        tracing::warn!(
+                            from,
+                            claimed = m.from,
+                            "gossip frame with a forged sender dropped"
+                        );
+                        metrics::counter!("conclave_gossip_frames_dropped_total", "reason" => "forged_sender")
+                            .increment(1);
+                        continue;
+                    }
+                    // Best effort, never blocking the Raft traffic behind it: SWIM tolerates
+                    // a lost frame like any lost datagram.
+                    let reason = match gossip_slot.get() {
+                        Some(addr) => match addr.try_send(gossip::SwimInbound(m)) {
+                            Ok(()) => continue,
+                            Err(_) => "mailbox_full",
+                        },
+                        None => "not_running",
+                    };
+                    metrics::counter!("conclave_gossip_frames_dropped_total", "reason" => reason)
+                        .increment(1);
+                }
                 WireMessage::Raft(m) => {
                     if m.from != from {
                         // The handshake authenticated `from`; a message claiming another
@@ -384,7 +420,7 @@ async fn start_node<M: StateMachine>(
             ring,
             prometheus,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
-            peer_seen,
+            gossip,
         }),
     };
     Ok(Node {
@@ -394,6 +430,37 @@ async fn start_node<M: StateMachine>(
         log_store,
         log_arbiter,
     })
+}
+
+/// Starts the gossip actor under its own one-for-one supervisor.
+fn start_gossip(deps: Arc<gossip::GossipDeps>) -> (gossip::GossipHandle, Addr<Supervisor>) {
+    let slot: Slot<gossip::GossipActor> = Slot::new();
+    let handle = gossip::GossipHandle {
+        shared: deps.shared.clone(),
+        actor: slot.clone(),
+    };
+    let f: Factory = Box::new(
+        move |guard| match gossip::GossipActor::new(deps.clone(), guard) {
+            Ok(actor) => {
+                let addr = actor.start();
+                slot.set(addr.clone());
+                Box::new(move || addr.do_send(StopActor))
+            }
+            Err(e) => {
+                // The guard was dropped with the error: the supervisor retries with backoff.
+                tracing::error!(error = %e, "cannot start gossip");
+                Box::new(|| {})
+            }
+        },
+    );
+    let supervisor = SupervisorBuilder::new("gossip")
+        .policy(RestartPolicy {
+            strategy: Strategy::OneForOne,
+            ..RestartPolicy::default()
+        })
+        .child("gossip", f)
+        .start();
+    (handle, supervisor)
 }
 
 fn start_group<M: StateMachine>(
@@ -676,37 +743,10 @@ impl<M: StateMachine> NodeHandle<M> {
         }
     }
 
-    /// Member states from this node's own evidence, until gossip (SWIM) provides them: itself
-    /// is `alive`; a peer is `alive` if a message from it arrived within the last
-    /// [`ALIVE_WITHIN`], `suspect` if within `gossip.dead_timeout_s` or never heard from, `dead` after
-    /// longer silence. A follower hears mostly from its leader, so it may see other followers
-    /// as `suspect`; the leader hears from every replica.
+    /// Member states from gossip (SWIM): every member this node's failure detector knows,
+    /// then configured members it has forgotten (reported `dead`).
     fn member_states(&self) -> Vec<MemberStatus> {
-        let seen = self.inner.peer_seen.lock();
-        let dead_after = Duration::from_secs(self.inner.config.gossip.dead_timeout_s);
-        self.inner
-            .members
-            .values()
-            .map(|m| {
-                let state = if m.id == self.inner.id {
-                    "alive"
-                } else {
-                    match seen.get(&m.id).map(|t| t.elapsed()) {
-                        Some(age) if age <= ALIVE_WITHIN => "alive",
-                        Some(age) if age <= dead_after => "suspect",
-                        Some(_) => "dead",
-                        // Never heard from: not enough evidence to call it dead.
-                        None => "suspect",
-                    }
-                };
-                MemberStatus {
-                    id: m.id,
-                    addr: m.addr,
-                    http: m.http,
-                    state: state.to_owned(),
-                }
-            })
-            .collect()
+        gossip::member_statuses(&self.inner.gossip.shared.members(), &self.inner.members)
     }
 
     /// Whether every group knows a leader and has applied close to its commit index.
@@ -807,6 +847,10 @@ impl KvService for NodeHandle<KvMachine> {
 
     async fn status(&self) -> ClusterStatus {
         self.cluster_status()
+    }
+
+    async fn members(&self) -> GossipMembers {
+        self.gossip_members()
     }
 
     async fn readiness(&self) -> Readiness {

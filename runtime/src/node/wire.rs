@@ -1,7 +1,7 @@
-//! What travels between nodes on the transport: one envelope for every protocol, so a single
-//! connection per direction carries every Raft group (and, later, gossip).
+//! What travels between nodes on the transport: one envelope for every protocol, so the one
+//! connection between two nodes carries every Raft group and gossip.
 
-use conclave_actors::raft;
+use conclave_actors::{raft, swim};
 use serde::{Deserialize, Serialize};
 
 /// A message between two nodes.
@@ -9,4 +9,7 @@ use serde::{Deserialize, Serialize};
 pub enum WireMessage {
     /// A Raft message; it names its group.
     Raft(raft::Message),
+    /// A SWIM gossip frame (probe, ack, ping-req, join, ... with piggybacked rumors), for the
+    /// node's gossip actor.
+    Swim(swim::Message),
 }

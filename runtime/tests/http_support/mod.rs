@@ -7,8 +7,8 @@
 use conclave::config::ReadLevel;
 use conclave::http::{server_with, HttpOptions};
 use conclave::node::{
-    ClusterStatus, GroupStatus, KvService, LeaderHint, MemberStatus, NodeId, Readiness,
-    RequestError, WriteResult,
+    ClusterStatus, GossipMember, GossipMembers, GroupStatus, KvService, LeaderHint, MemberStatus,
+    NodeId, Readiness, RequestError, RttStats, WriteResult,
 };
 use conclave::state_machine::{KvCommand, KvOutput};
 use std::collections::{BTreeMap, HashMap};
@@ -200,6 +200,51 @@ impl KvService for Double {
                 learners: vec![],
                 replicas: vec![],
             }],
+        }
+    }
+
+    async fn members(&self) -> GossipMembers {
+        // Itself and one suspect peer with metadata and a round-trip history.
+        let mut metadata = BTreeMap::new();
+        metadata.insert("shards".to_owned(), "0,1".to_owned());
+        GossipMembers {
+            node_id: self.id,
+            incarnation: 2,
+            local_health: 0,
+            joined: true,
+            counts: [("alive", 1), ("suspect", 1), ("dead", 0), ("left", 0)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            stats: Default::default(),
+            members: vec![
+                GossipMember {
+                    id: self.id,
+                    state: "alive".into(),
+                    incarnation: 2,
+                    addr: "127.0.0.1:1".into(),
+                    http: "127.0.0.1:2".into(),
+                    metadata: BTreeMap::new(),
+                    metadata_version: 0,
+                    rtt: None,
+                },
+                GossipMember {
+                    id: self.id + 1,
+                    state: "suspect".into(),
+                    incarnation: 5,
+                    addr: "127.0.0.1:3".into(),
+                    http: "127.0.0.1:4".into(),
+                    metadata,
+                    metadata_version: 3,
+                    rtt: Some(RttStats {
+                        samples_ms: vec![1, 3],
+                        last_ms: 3,
+                        min_ms: 1,
+                        avg_ms: 2.0,
+                        max_ms: 3,
+                    }),
+                },
+            ],
         }
     }
 

@@ -54,6 +54,8 @@ pub const INCARNATION_FILE: &str = "gossip.incarnation";
 pub const EVENT_CAPACITY: usize = 1024;
 /// The gossip actor's mailbox bound (inbound frames beyond it are dropped and counted).
 const MAILBOX_CAPACITY: usize = 4096;
+/// Longest wait for a gossip actor to be running (at start, or restarting after a failure).
+const ACTOR_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for the `Left` frames to leave the link queues on shutdown.
 const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 
@@ -861,14 +863,9 @@ pub(super) struct GossipHandle {
     pub(super) actor: conclave_actors::supervisor::Slot<GossipActor>,
 }
 
-/// Prepares gossip for a node: loads (and bumps) the persisted incarnation — a corrupt file is
-/// an error — and builds the actor's dependencies. The actor itself is started by the node's
-/// gossip supervisor.
-pub(super) fn prepare(
-    config: &Config,
-    endpoint: Arc<dyn Endpoint<WireMessage>>,
-    epoch: Instant,
-) -> Result<Arc<GossipDeps>, GossipError> {
+/// Loads the persisted incarnation and stores the one this run starts at (one above it; 0 for
+/// a new node). A corrupt file is an error naming it. Called before anything listens.
+pub(super) fn start_incarnation(config: &Config) -> Result<Incarnation, GossipError> {
     let path = config.node.data_dir.join(INCARNATION_FILE);
     // A restart starts above every incarnation its previous life may have announced.
     let incarnation = match load_incarnation(&path)? {
@@ -876,6 +873,18 @@ pub(super) fn prepare(
         None => 0,
     };
     store_incarnation(&path, incarnation)?;
+    Ok(incarnation)
+}
+
+/// Builds the gossip actor's dependencies for a node starting at `incarnation` (from
+/// [`start_incarnation`]). The actor itself is started by the node's gossip supervisor.
+pub(super) fn prepare(
+    config: &Config,
+    endpoint: Arc<dyn Endpoint<WireMessage>>,
+    epoch: Instant,
+    incarnation: Incarnation,
+) -> Arc<GossipDeps> {
+    let path = config.node.data_dir.join(INCARNATION_FILE);
     let id = config.node.id;
     let identity = Identity {
         id,
@@ -907,7 +916,7 @@ pub(super) fn prepare(
         },
     }];
     published.extend(preload.iter().cloned());
-    Ok(Arc::new(GossipDeps {
+    Arc::new(GossipDeps {
         swim: config.swim_config(),
         raft_peers: initial.iter().map(|m| m.id).filter(|&p| p != id).collect(),
         known_addrs: initial.iter().map(|m| (m.addr.to_string(), m.id)).collect(),
@@ -920,7 +929,7 @@ pub(super) fn prepare(
         latency: config.latency.clone(),
         shared: GossipShared::new(published, incarnation),
         epoch,
-    }))
+    })
 }
 
 impl<M: StateMachine> NodeHandle<M> {
@@ -944,12 +953,7 @@ impl<M: StateMachine> NodeHandle<M> {
         &self,
         entries: BTreeMap<String, String>,
     ) -> Result<(), GossipError> {
-        let addr = self
-            .inner
-            .gossip
-            .actor
-            .get()
-            .ok_or(GossipError::NotRunning)?;
+        let addr = self.gossip_actor().await.ok_or(GossipError::NotRunning)?;
         let (reply, rx) = oneshot::channel();
         addr.try_send(SetMetadata { entries, reply })
             .map_err(|_| GossipError::NotRunning)?;
@@ -962,20 +966,33 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Leaves the cluster gracefully (the node's shutdown calls it): members mark this node
     /// `left` instead of suspecting it.
     pub(super) async fn leave_gossip(&self) {
-        if let Some(addr) = self.inner.gossip.actor.get() {
+        if let Some(addr) = self.gossip_actor().await {
             let _ = actix::clock::timeout(Duration::from_secs(2), addr.send(Leave)).await;
         }
     }
 
+    /// The live gossip actor, waiting up to [`ACTOR_WAIT`] for one: it starts just after the
+    /// node does, and a restart after a failure takes a backoff.
+    async fn gossip_actor(&self) -> Option<Addr<GossipActor>> {
+        let deadline = Instant::now() + ACTOR_WAIT;
+        loop {
+            if let Some(addr) = self.inner.gossip.actor.get() {
+                return Some(addr);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[cfg(any(test, feature = "fault-injection"))]
-    /// Panics the gossip actor (fault injection).
-    pub fn inject_gossip_panic(&self) -> bool {
-        self.inner
-            .gossip
-            .actor
-            .get()
-            .map(|a| a.try_send(InjectPanic).is_ok())
-            .unwrap_or(false)
+    /// Panics the gossip actor (fault injection); false if none is running.
+    pub async fn inject_gossip_panic(&self) -> bool {
+        match self.gossip_actor().await {
+            Some(a) => a.try_send(InjectPanic).is_ok(),
+            None => false,
+        }
     }
 }
 

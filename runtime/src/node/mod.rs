@@ -276,6 +276,9 @@ async fn start_node<M: StateMachine>(
         )));
     }
     let members = Arc::new(members);
+    // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
+    // anything listens.
+    let incarnation = gossip::start_incarnation(&config)?;
 
     // Storage first: a corrupt log refuses to start before anything listens.
     let wal_options = WalOptions {
@@ -318,11 +321,10 @@ async fn start_node<M: StateMachine>(
         .map_err(|e| NodeError::Transport(e.to_string()))?;
     let transport = Arc::new(transport);
 
-    // Gossip: the persisted incarnation is loaded (a corrupt file refuses to start) before
-    // anything is announced.
+    // Gossip.
     let epoch = Instant::now();
     let endpoint: Arc<dyn Endpoint<WireMessage>> = transport.clone();
-    let gossip_deps = gossip::prepare(&config, endpoint, epoch)?;
+    let gossip_deps = gossip::prepare(&config, endpoint, epoch, incarnation);
     let (gossip, gossip_supervisor) = start_gossip(gossip_deps);
 
     // Groups: for now the cluster's first group, replicated on every initial member.

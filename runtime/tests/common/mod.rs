@@ -24,6 +24,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(dir: &Path, n: u64) -> Cluster {
+        Self::new_with(dir, n, |_| {})
+    }
+
+    /// Like [`Cluster::new`], with `tweak` applied to every node's configuration first.
+    pub fn new_with(dir: &Path, n: u64, tweak: impl Fn(&mut Config)) -> Cluster {
         let members: Vec<MemberConfig> = (1..=n)
             .map(|id| MemberConfig {
                 id,
@@ -31,7 +36,8 @@ impl Cluster {
                 http: free_addr(),
             })
             .collect();
-        let configs = Config::local_cluster(&members, &dir.join("data"));
+        let mut configs = Config::local_cluster(&members, &dir.join("data"));
+        configs.iter_mut().for_each(&tweak);
         for c in &configs {
             let path = dir.join(format!("n{}.toml", c.node.id));
             std::fs::write(&path, c.to_toml().unwrap()).unwrap();

@@ -184,11 +184,15 @@ async fn killed_node_is_suspected_then_declared_dead_and_rejoins_with_a_higher_i
         )
         .await;
     }
-    let own = wait_view(&c, victim, Duration::from_secs(10), "a full view", |m| {
-        m.members.len() == 3 && m.members.iter().all(|x| x.state == "alive")
-    })
+    // Its view starts from the configured members; `joined` says a seed answered its join.
+    let own = wait_view(
+        &c,
+        victim,
+        Duration::from_secs(10),
+        "joined, full view",
+        |m| m.joined && m.members.len() == 3 && m.members.iter().all(|x| x.state == "alive"),
+    )
     .await;
-    assert!(own.joined, "no seed answered the restarted node's join");
     assert!(
         own.incarnation > before && own.incarnation > dead_incarnation,
         "incarnation {} not above {before} / {dead_incarnation}",

@@ -39,7 +39,7 @@ use conclave_transport::{Endpoint, PeerLink, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +54,8 @@ pub const INCARNATION_FILE: &str = "gossip.incarnation";
 pub const EVENT_CAPACITY: usize = 1024;
 /// The gossip actor's mailbox bound (inbound frames beyond it are dropped and counted).
 const MAILBOX_CAPACITY: usize = 4096;
+/// Most undialable addresses remembered (to log each once).
+const MAX_WARNED: usize = 1024;
 /// Longest wait for a gossip actor to be running (at start, or restarting after a failure).
 const ACTOR_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for the `Left` frames to leave the link queues on shutdown.
@@ -381,8 +383,9 @@ pub struct GossipDeps {
     pub preload: Vec<Member>,
     /// The transport.
     pub endpoint: Arc<dyn Endpoint<WireMessage>>,
-    /// Peers whose links Raft uses: never released by gossip.
-    pub raft_peers: BTreeSet<NodeId>,
+    /// Peers whose links Raft uses, at their configured addresses: gossip reaches them over
+    /// the very same link (one per peer) and never releases it.
+    pub raft_peers: BTreeMap<NodeId, SocketAddr>,
     /// Node ids of known transport addresses (the initial members), to dial seeds the core
     /// addresses by address only.
     pub known_addrs: HashMap<String, NodeId>,
@@ -551,7 +554,7 @@ impl GossipActor {
             Event::Removed(id) => {
                 tracing::info!(node = me, member = id, "gossip: member forgotten (pruned)");
                 self.deps.shared.latency.lock().remove(id);
-                if !self.deps.raft_peers.contains(id) && self.links.remove(id).is_some() {
+                if !self.deps.raft_peers.contains_key(id) && self.links.remove(id).is_some() {
                     self.deps.endpoint.remove_peer(*id);
                 }
             }
@@ -622,7 +625,7 @@ impl GossipActor {
             match self.deps.known_addrs.get(addr) {
                 Some(id) => *id,
                 None => {
-                    if self.warned.insert(addr.to_owned()) {
+                    if self.warn_once(addr) {
                         tracing::warn!(
                             node = self.deps.identity.id,
                             addr,
@@ -637,6 +640,9 @@ impl GossipActor {
         if to == self.deps.identity.id {
             return;
         }
+        // A Raft peer is reached at its configured address, over Raft's own link: asking the
+        // transport for another address would replace the link Raft uses.
+        let sock = self.deps.raft_peers.get(&to).copied().unwrap_or(sock);
         let link = self.link(to, sock);
         match link.try_send(WireMessage::Swim(msg)) {
             Ok(()) => {}
@@ -650,6 +656,12 @@ impl GossipActor {
                 drop_frame("encode");
             }
         }
+    }
+
+    /// Whether `addr` should be logged: once per address, and not at all past
+    /// [`MAX_WARNED`] addresses (peers choose them; the set must stay bounded).
+    fn warn_once(&mut self, addr: &str) -> bool {
+        self.warned.len() < MAX_WARNED && self.warned.insert(addr.to_owned())
     }
 
     /// The link to `to` at `addr`, opened on demand.
@@ -674,31 +686,36 @@ impl GossipActor {
     }
 
     /// Releases gossip-only links idle for `idle_link`, then the least recently used ones
-    /// (idle for at least a cycle) while the node holds more than `max_peers` links.
+    /// (idle for at least two protocol periods) while the node holds more than `max_peers`
+    /// links.
     fn trim_links(&mut self) {
         let raft = &self.deps.raft_peers;
         let now = Instant::now();
+        let raft = |id: &NodeId| raft.contains_key(id);
         let mut release: Vec<NodeId> = self
             .links
             .iter()
-            .filter(|(id, l)| {
-                !raft.contains(id) && now.duration_since(l.used) >= self.deps.idle_link
-            })
+            .filter(|(id, l)| !raft(id) && now.duration_since(l.used) >= self.deps.idle_link)
             .map(|(id, _)| *id)
             .collect();
-        let held = raft.len() + self.links.keys().filter(|id| !raft.contains(id)).count();
+        let held = self.deps.raft_peers.len() + self.links.keys().filter(|id| !raft(id)).count();
         let mut excess = held
             .saturating_sub(self.deps.max_peers)
             .saturating_sub(release.len());
         if excess > 0 {
-            let cycle = Duration::from_millis(self.deps.swim.cycle_interval_ms);
+            // Links used within two protocol periods (stretched by Lifeguard's local health,
+            // like the probes) are in use: releasing them would only reopen them.
+            let period = self
+                .deps
+                .swim
+                .cycle_interval_ms
+                .saturating_mul(u64::from(self.core.local_health()) + 1);
+            let cycle = Duration::from_millis(period.saturating_mul(2));
             let mut idle: Vec<(Instant, NodeId)> = self
                 .links
                 .iter()
                 .filter(|(id, l)| {
-                    !raft.contains(id)
-                        && !release.contains(id)
-                        && now.duration_since(l.used) >= cycle
+                    !raft(id) && !release.contains(id) && now.duration_since(l.used) >= cycle
                 })
                 .map(|(id, l)| (l.used, *id))
                 .collect();
@@ -918,7 +935,11 @@ pub(super) fn prepare(
     published.extend(preload.iter().cloned());
     Arc::new(GossipDeps {
         swim: config.swim_config(),
-        raft_peers: initial.iter().map(|m| m.id).filter(|&p| p != id).collect(),
+        raft_peers: initial
+            .iter()
+            .filter(|m| m.id != id)
+            .map(|m| (m.id, m.addr))
+            .collect(),
         known_addrs: initial.iter().map(|m| (m.addr.to_string(), m.id)).collect(),
         identity,
         preload,
@@ -1031,6 +1052,136 @@ pub(super) fn member_statuses(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conclave_transport::{MemEndpoint, MemNetwork};
+    use std::collections::BTreeSet;
+
+    /// An in-memory endpoint that records which links are held (opened and not removed).
+    struct Recorder {
+        inner: MemEndpoint<WireMessage>,
+        held: Mutex<BTreeSet<NodeId>>,
+        removed: Mutex<Vec<NodeId>>,
+    }
+
+    impl Endpoint<WireMessage> for Recorder {
+        fn node_id(&self) -> NodeId {
+            self.inner.node_id()
+        }
+        fn peer(&self, node: NodeId, addr: SocketAddr) -> PeerLink<WireMessage> {
+            self.held.lock().insert(node);
+            self.inner.peer(node, addr)
+        }
+        fn remove_peer(&self, node: NodeId) {
+            self.held.lock().remove(&node);
+            self.removed.lock().push(node);
+            self.inner.remove_peer(node);
+        }
+    }
+
+    async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what} not within 15 s");
+            actix::clock::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn test_deps(
+        id: NodeId,
+        know: &[NodeId],
+        raft: &[NodeId],
+        endpoint: Arc<dyn Endpoint<WireMessage>>,
+        dir: &Path,
+    ) -> Arc<GossipDeps> {
+        let addr = |id: u64| SocketAddr::from(([127, 0, 0, 1], 9000 + id as u16));
+        let preload: Vec<Member> = know
+            .iter()
+            .map(|&id| Member {
+                id,
+                addr: addr(id).to_string(),
+                http: "127.0.0.1:1".into(),
+                incarnation: 0,
+                state: MemberState::Alive,
+                metadata: Metadata::default(),
+            })
+            .collect();
+        Arc::new(GossipDeps {
+            shared: GossipShared::new(Vec::new(), 0),
+            identity: Identity {
+                id,
+                addr: addr(id).to_string(),
+                http: "127.0.0.1:2".into(),
+            },
+            swim: SwimConfig {
+                cycle_interval_ms: 100,
+                probe_timeout_ms: 40,
+                suspect_timeout_s: 1,
+                dead_timeout_s: 1,
+                prune_timeout_s: 600,
+                ..SwimConfig::default()
+            },
+            preload,
+            endpoint,
+            raft_peers: raft.iter().map(|&p| (p, addr(p))).collect(),
+            known_addrs: HashMap::new(),
+            incarnation_file: dir.join(format!("{id}.incarnation")),
+            max_peers: 3,
+            idle_link: Duration::from_secs(4),
+            latency: LatencySection::default(),
+            epoch: Instant::now(),
+        })
+    }
+
+    #[actix::test]
+    async fn links_are_opened_on_demand_and_gossip_only_ones_released_over_max_peers_or_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new(1);
+        let (tx1, rx1) = tokio::sync::mpsc::channel(1024);
+        let (tx2, rx2) = tokio::sync::mpsc::channel(1024);
+        let recorder = Arc::new(Recorder {
+            inner: net.endpoint(1, tx1),
+            held: Mutex::new(BTreeSet::new()),
+            removed: Mutex::new(Vec::new()),
+        });
+        // Node 1 knows 2..=6 with max_peers 3; node 2 (its Raft peer) runs and answers, 3..=6
+        // never do (nothing is attached for them), so they are suspected, then declared dead.
+        let deps1 = test_deps(1, &[2, 3, 4, 5, 6], &[2], recorder.clone(), dir.path());
+        let deps2 = test_deps(2, &[1], &[1], Arc::new(net.endpoint(2, tx2)), dir.path());
+        let (g1, s1) = super::super::start_gossip(deps1);
+        let (g2, s2) = super::super::start_gossip(deps2);
+        for (mut rx, slot) in [(rx1, g1.actor.clone()), (rx2, g2.actor.clone())] {
+            actix::spawn(async move {
+                while let Some((_, WireMessage::Swim(m))) = rx.recv().await {
+                    if let Some(a) = slot.get() {
+                        let _ = a.try_send(SwimInbound(m));
+                    }
+                }
+            });
+        }
+        let held = || recorder.held.lock().clone();
+        // Opened on demand: the first cycle probes every member.
+        wait_until("links to all five members", || held().len() == 5).await;
+        wait_until("3..=6 dead", || g1.shared.snapshot(1).counts["dead"] == 4).await;
+        // Nothing is sent to dead members: over max_peers, the least recently used gossip-only
+        // links go first, down to max_peers; the Raft peer's link stays.
+        wait_until("down to max_peers", || held().len() == 3).await;
+        assert!(held().contains(&2), "the Raft peer's link was released");
+        // Idle for idle_link: the remaining gossip-only links go too.
+        wait_until("only the Raft peer's link", || {
+            held() == BTreeSet::from([2])
+        })
+        .await;
+        let mut removed = recorder.removed.lock().clone();
+        removed.sort_unstable();
+        assert_eq!(removed, vec![3, 4, 5, 6]);
+        let view = g1.shared.snapshot(1);
+        assert_eq!(
+            (view.counts["alive"], view.counts["dead"]),
+            (2, 4),
+            "{view:?}"
+        );
+        s1.do_send(conclave_actors::supervisor::StopSupervisor);
+        s2.do_send(conclave_actors::supervisor::StopSupervisor);
+    }
 
     #[test]
     fn incarnation_file_round_trips_and_corruption_is_named() {

@@ -1043,3 +1043,26 @@ fn starting_twice_arms_one_cycle() {
     s.start(10);
     assert!(drain(&mut s).is_empty());
 }
+
+#[test]
+fn preloaded_members_publish_no_event_but_a_preloaded_suspect_is_timed() {
+    let mut s = Swim::new(SwimConfig::default(), ident(1), 1).expect("valid");
+    let mut suspect = member(3, 2);
+    suspect.state = MemberState::Suspect;
+    s.preload(vec![member(2, 0), suspect]);
+    let actions = drain(&mut s);
+    assert!(events(&actions).is_empty(), "{actions:?}");
+    // The suspicion of the preloaded suspect runs (unconfirmed: dead_timeout_s with Lifeguard).
+    assert_eq!(
+        timers(&actions),
+        vec![(
+            30_000,
+            Timer::Suspicion {
+                member: 3,
+                incarnation: 2
+            }
+        )]
+    );
+    assert_eq!(s.count(MemberState::Alive), 1);
+    assert_eq!(s.count(MemberState::Suspect), 1);
+}

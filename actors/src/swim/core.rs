@@ -177,6 +177,8 @@ impl Swim {
     /// without disseminating them or publishing events. Invalid entries and this node itself
     /// are skipped.
     pub fn preload(&mut self, members: impl IntoIterator<Item = Member>) {
+        // `insert_member` announces a `Joined` event; preloaded members are not news.
+        let mark = self.actions.len();
         for m in members {
             let update = Update {
                 id: m.id,
@@ -195,6 +197,9 @@ impl Swim {
             }
             self.insert_member(&update);
         }
+        let tail = self.actions.split_off(mark);
+        self.actions
+            .extend(tail.into_iter().filter(|a| !matches!(a, Action::Notify(_))));
     }
 
     /// Begins the protocol (once; later calls do nothing): arms the first cycle (at a random offset within one period so

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::de::DeserializeOwned;
@@ -36,13 +36,11 @@ use tracing::{debug, info, warn};
 use crate::codec::{decode_body, encode_keepalive, FrameDecoder, LENGTH_PREFIX};
 use crate::config::{ConfigError, TransportConfig};
 use crate::handshake::{self, HandshakeError, Hello, Refusal, Status};
-use crate::link::PeerLink;
+use crate::link::{PeerLink, QueueReceiver};
 use crate::metrics::{self as m, FlowCounters};
 use crate::tls::{TlsContext, TlsError};
 use crate::{Endpoint, Inbound, NodeId};
 
-/// How many queued frames a driver takes per `recv_many` before topping up with `try_recv`.
-const RECV_BATCH: usize = 512;
 /// Read buffer growth step for connections.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -152,7 +150,7 @@ enum Cmd {
     /// The reader of connection `id` stopped (EOF, error, timeout).
     Closed(u64),
     /// The queue of a newly created link.
-    Link(mpsc::Receiver<Bytes>),
+    Link(QueueReceiver),
     /// The address or the link changed: reconsider dialling (now) or exiting.
     Wake,
 }
@@ -855,11 +853,10 @@ where
     let max_batch = shared.cfg.max_batch_bytes;
     let mut stop = shared.shutdown.subscribe();
     let counters = FlowCounters::new(node, peer, "out");
-    let mut rx: Option<mpsc::Receiver<Bytes>> = None;
+    let mut rx: Option<QueueReceiver> = None;
     let mut conn: Option<Conn> = None;
     let mut dialing: Option<DialFuture> = None;
     let mut out = Batch::new(max_batch);
-    let mut taken: Vec<Bytes> = Vec::with_capacity(RECV_BATCH);
     let mut retry_at = Instant::now();
     let mut failures: u32 = 0;
     let mut attempts: u64 = 0;
@@ -876,7 +873,7 @@ where
             let Some(slot) = peers.get_mut(&peer) else {
                 return; // shut down
             };
-            let senders = rx.as_ref().map_or(0, |r| r.sender_strong_count());
+            let senders = rx.as_ref().map_or(0, QueueReceiver::sender_count);
             if slot.link.is_none() && senders == 0 && slot.state == ConnState::Idle {
                 peers.remove(&peer);
                 return;
@@ -898,7 +895,6 @@ where
             }
         }
         let connected = conn.is_some();
-        let can_take = connected && out.is_empty() && rx.is_some();
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return,
@@ -973,65 +969,50 @@ where
                 shared.end_dial(peer, dial_attempt);
             }
             _ = tokio::time::sleep_until(retry_at), if may_dial => {}
-            n = take_queued(rx.as_mut(), &mut taken), if can_take => {
-                if n == 0 {
-                    rx = None;
-                    continue;
-                }
-                for frame in taken.drain(..) {
-                    out.push(frame);
-                }
-                // Top up with whatever else is already queued, without waiting.
-                if let Some(r) = rx.as_mut() {
-                    while out.len() < max_batch {
-                        match r.try_recv() {
-                            Ok(frame) => out.push(frame),
-                            Err(_) => break,
-                        }
-                    }
-                }
-            }
             _ = tokio::time::sleep_until(idle_deadline), if connected && out.is_empty() => {
                 out.push_keepalive();
             }
-            r = write_batch(conn.as_mut(), &mut out), if connected && !out.is_empty() => {
-                match r {
-                    Ok((frames, bytes)) => {
-                        counters.frames.increment(frames);
-                        counters.bytes.increment(bytes);
-                        idle_deadline = Instant::now() + keepalive;
-                    }
-                    Err(e) => {
-                        if let Some(c) = conn.take() {
-                            let id = c.id;
-                            c.close();
-                            warn!(node, peer, id, "connection to peer lost: write error: {e}");
-                            shared.mark_idle(peer, id);
-                        }
-                        lose(&mut out, node, peer);
-                        retry_at = Instant::now() + backoff(&shared.cfg, failures);
-                        failures = failures.saturating_add(1);
-                    }
+            step = pump(rx.as_mut(), conn.as_mut(), &mut out), if connected => match step {
+                Step::Took(0) => rx = None,
+                Step::Took(n) => out.frames = n as u64,
+                Step::Wrote(Ok((frames, bytes))) => {
+                    counters.frames.increment(frames);
+                    counters.bytes.increment(bytes);
+                    idle_deadline = Instant::now() + keepalive;
                 }
-            }
+                Step::Wrote(Err(e)) => {
+                    if let Some(c) = conn.take() {
+                        let id = c.id;
+                        c.close();
+                        warn!(node, peer, id, "connection to peer lost: write error: {e}");
+                        shared.mark_idle(peer, id);
+                    }
+                    lose(&mut out, node, peer);
+                    retry_at = Instant::now() + backoff(&shared.cfg, failures);
+                    failures = failures.saturating_add(1);
+                }
+            },
         }
     }
 }
 
-/// The next frames of the queue (or never, without a queue).
-async fn take_queued(rx: Option<&mut mpsc::Receiver<Bytes>>, taken: &mut Vec<Bytes>) -> usize {
-    match rx {
-        Some(rx) => rx.recv_many(taken, RECV_BATCH).await,
-        None => std::future::pending().await,
-    }
+/// What one step of a connected driver did.
+enum Step {
+    /// Took this many frames off the queue (0: the queue ended, every link is gone).
+    Took(usize),
+    /// Wrote the batch (frames, bytes), or failed.
+    Wrote(std::io::Result<(u64, u64)>),
 }
 
-/// Writes the batch on the connection (or never, without one). Cancel-safe: progress is kept
-/// in the batch, so a write interrupted by another `select!` branch resumes where it stopped.
-async fn write_batch(conn: Option<&mut Conn>, out: &mut Batch) -> std::io::Result<(u64, u64)> {
-    match conn {
-        Some(c) => out.write_to(&mut c.writer).await,
-        None => std::future::pending().await,
+/// With a batch in hand, writes it; otherwise waits for the queue and takes everything in it
+/// (or waits forever without a queue or a connection). Cancel-safe: taking is atomic, and write
+/// progress is kept in the batch, so a write interrupted by another `select!` branch resumes
+/// where it stopped.
+async fn pump(rx: Option<&mut QueueReceiver>, conn: Option<&mut Conn>, out: &mut Batch) -> Step {
+    match (conn, rx) {
+        (Some(c), _) if !out.is_empty() => Step::Wrote(out.write_to(&mut c.writer).await),
+        (Some(_), Some(rx)) => Step::Took(rx.take(&mut out.buf).await),
+        _ => std::future::pending().await,
     }
 }
 
@@ -1069,114 +1050,71 @@ where
         _live: live,
     }
 }
-/// Frames at least this large are written from their own buffer (vectored I/O) instead of
-/// being copied into the batch buffer.
-const ZERO_COPY_FRAME: usize = 2048;
-/// Most buffers handed to one `write_vectored` call (Linux's IOV_MAX is 1024).
-const MAX_IOVECS: usize = 64;
+/// A write buffer that grew beyond this (a burst of large frames) is dropped after the write
+/// rather than kept for the life of the connection.
+const SHRINK_ABOVE: usize = 4 << 20;
 
-/// One write batch: small frames are copied into a shared buffer (one segment), large frames are
-/// kept as their own segments; everything goes out in as few vectored writes as the kernel takes.
-/// Write progress lives here, so an interrupted [`Batch::write_to`] resumes where it stopped.
+/// One write batch: every frame the queue held when the driver took it, back to back in one
+/// buffer (swapped out of the queue, not copied), plus keep-alives. Written in chunks of at most
+/// `max_batch_bytes` per call. Write progress lives here, so an interrupted
+/// [`Batch::write_to`] resumes where it stopped.
 struct Batch {
-    small: BytesMut,
-    segments: Vec<Bytes>,
-    /// Segments before this one are written.
-    first: usize,
-    len: usize,
+    buf: BytesMut,
+    /// Bytes of `buf` already written.
+    pos: usize,
     frames: u64,
+    max_write: usize,
 }
 
 impl Batch {
     fn new(max_batch: usize) -> Self {
         Self {
-            small: BytesMut::with_capacity(max_batch.min(1 << 20)),
-            segments: Vec::new(),
-            first: 0,
-            len: 0,
+            buf: BytesMut::new(),
+            pos: 0,
             frames: 0,
+            max_write: max_batch.max(1),
         }
-    }
-
-    fn len(&self) -> usize {
-        self.len
     }
 
     fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn push(&mut self, frame: Bytes) {
-        self.len += frame.len();
-        self.frames += 1;
-        if frame.len() < ZERO_COPY_FRAME {
-            self.small.extend_from_slice(&frame);
-        } else {
-            self.seal_small();
-            self.segments.push(frame);
-        }
+        self.buf.is_empty()
     }
 
     fn push_keepalive(&mut self) {
-        self.len += crate::codec::LENGTH_PREFIX;
-        encode_keepalive(&mut self.small);
-    }
-
-    /// Ends the current run of small frames as a segment, keeping order with large frames.
-    fn seal_small(&mut self) {
-        if !self.small.is_empty() {
-            self.segments.push(self.small.split().freeze());
-        }
+        encode_keepalive(&mut self.buf);
     }
 
     /// Drops everything; returns how many frames were dropped.
     fn discard(&mut self) -> u64 {
         let frames = self.frames;
-        self.small.clear();
-        self.segments.clear();
-        self.first = 0;
-        self.len = 0;
+        self.buf.clear();
+        self.pos = 0;
         self.frames = 0;
         frames
     }
 
-    /// Writes every segment, in order, handling short writes; leaves the batch empty and returns
-    /// the frames and bytes written.
+    /// Writes the whole buffer, handling short writes; leaves the batch empty and returns the
+    /// frames and bytes written.
     async fn write_to<W: AsyncWrite + Unpin + ?Sized>(
         &mut self,
         wr: &mut W,
     ) -> std::io::Result<(u64, u64)> {
-        self.seal_small();
-        while self.first < self.segments.len() {
-            let mut n = {
-                let mut iov = [std::io::IoSlice::new(&[]); MAX_IOVECS];
-                let mut k = 0;
-                for (slot, seg) in iov.iter_mut().zip(&self.segments[self.first..]) {
-                    *slot = std::io::IoSlice::new(seg);
-                    k += 1;
-                }
-                wr.write_vectored(&iov[..k]).await?
-            };
+        while self.pos < self.buf.len() {
+            let end = self.buf.len().min(self.pos + self.max_write);
+            let n = wr.write(&self.buf[self.pos..end]).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            while n > 0 && self.first < self.segments.len() {
-                let seg = &mut self.segments[self.first];
-                if n >= seg.len() {
-                    n -= seg.len();
-                    self.first += 1;
-                } else {
-                    seg.advance(n);
-                    n = 0;
-                }
-            }
+            self.pos += n;
         }
         wr.flush().await?;
-        let done = (self.frames, self.len as u64);
-        self.segments.clear();
-        self.first = 0;
-        self.len = 0;
+        let done = (self.frames, self.buf.len() as u64);
+        self.buf.clear();
+        self.pos = 0;
         self.frames = 0;
+        if self.buf.capacity() > SHRINK_ABOVE {
+            self.buf = BytesMut::new();
+        }
         Ok(done)
     }
 }
@@ -1213,31 +1151,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batches_keep_frame_order_across_short_writes_and_segment_kinds() {
-        let frames: Vec<Bytes> = [10usize, 3000, 20, 30, 5000, 4096, 1]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
-            .collect();
-        let mut batch = Batch::new(1 << 20);
+    async fn batches_survive_short_writes_and_are_reusable() {
+        let mut batch = Batch::new(7);
         let mut expected = Vec::new();
-        for f in &frames {
-            batch.push(f.clone());
-            expected.extend_from_slice(f);
+        for (i, n) in [10usize, 3000, 20, 1].iter().enumerate() {
+            let frame = vec![i as u8; *n];
+            batch.buf.extend_from_slice(&frame);
+            batch.frames += 1;
+            expected.extend_from_slice(&frame);
         }
         batch.push_keepalive();
         expected.extend_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(batch.len(), expected.len());
         let mut out = Trickle(Vec::new());
         let (n, bytes) = batch.write_to(&mut out).await.unwrap();
         assert_eq!(out.0, expected);
-        assert_eq!((n, bytes), (7, expected.len() as u64));
-        assert_eq!(batch.len(), 0);
+        assert_eq!((n, bytes), (4, expected.len() as u64));
+        assert!(batch.is_empty());
         // The batch is reusable.
-        batch.push(frames[0].clone());
+        batch.buf.extend_from_slice(b"abc");
+        batch.frames = 1;
         let mut out = Trickle(Vec::new());
         batch.write_to(&mut out).await.unwrap();
-        assert_eq!(out.0, frames[0].to_vec());
+        assert_eq!(out.0, b"abc".to_vec());
+        // Discarding reports the frames dropped.
+        batch.buf.extend_from_slice(b"xyz");
+        batch.frames = 2;
+        assert_eq!(batch.discard(), 2);
+        assert!(batch.is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! What travels between nodes on the transport: one envelope for every protocol, so a single
-//! connection per direction carries every Raft group (and, later, gossip).
+//! What travels between nodes on the transport: one envelope for every protocol, so the single
+//! connection a pair of nodes shares (both directions) carries every Raft group (and, later,
+//! gossip).
 
 use conclave_actors::raft;
 use serde::{Deserialize, Serialize};

@@ -111,17 +111,22 @@ pub(crate) struct QueueReceiver {
 }
 
 impl QueueReceiver {
-    /// Waits until frames are queued and moves all of them into `out` (which should be empty;
-    /// its capacity is reused by the queue). Returns how many frames were taken, or 0 once
-    /// every sender is gone and nothing is left. Cancel-safe.
+    /// Waits until frames are queued and moves all of them to the end of `out` (swapping
+    /// buffers when `out` is empty, so its capacity is reused by the queue; copying otherwise).
+    /// Returns how many frames were taken, or 0 once every sender is gone and nothing is left.
+    /// Cancel-safe.
     pub(crate) async fn take(&mut self, out: &mut BytesMut) -> usize {
         loop {
             let notified = self.queue.ready.notified();
             {
                 let mut q = self.queue.inner.lock();
                 if q.frames > 0 {
-                    out.clear();
-                    std::mem::swap(out, &mut q.buf);
+                    if out.is_empty() {
+                        std::mem::swap(out, &mut q.buf);
+                    } else {
+                        out.extend_from_slice(&q.buf);
+                        q.buf.clear();
+                    }
                     let n = std::mem::take(&mut q.frames);
                     drop(q);
                     if n >= self.queue.max_frames {
@@ -167,6 +172,11 @@ impl QueueReceiver {
             }
             notified.await;
         }
+    }
+
+    /// Frames waiting in the queue.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.inner.lock().frames
     }
 
     /// Live `PeerLink` clones feeding this queue.
@@ -317,7 +327,15 @@ impl<M: Serialize> PeerLink<M> {
     /// Queues `msg`, waiting for room if the queue is full.
     pub async fn send(&self, msg: M) -> Result<(), SendError<M>> {
         loop {
-            // Registered before the check, so a writer emptying the queue in between wakes us.
+            // Fast path: no waiter registration while there is room.
+            match self.push(&msg) {
+                Ok(()) => return Ok(()),
+                Err(PushError::Closed) => return Err(SendError::Closed(msg)),
+                Err(PushError::Encode(e)) => return Err(SendError::Encode(msg, e)),
+                Err(PushError::Full) => {}
+            }
+            // Registered before checking again, so a writer emptying the queue in between
+            // wakes us.
             let notified = self.queue.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();

@@ -862,9 +862,18 @@ where
     let mut attempts: u64 = 0;
     let mut idle_deadline = Instant::now() + keepalive;
     let mut dial_attempt = 0;
+    let mut linger = false;
     loop {
         if *stop.borrow() {
             return;
+        }
+        if std::mem::take(&mut linger) {
+            tokio::task::yield_now().await;
+            if let Some(r) = rx.as_mut() {
+                if r.len() > 0 {
+                    out.frames += r.take(&mut out.buf).await as u64;
+                }
+            }
         }
         // Without a connection: dial if we may, or leave if the peer is forgotten.
         let mut may_dial = false;
@@ -974,7 +983,14 @@ where
             }
             step = pump(rx.as_mut(), conn.as_mut(), &mut out), if connected => match step {
                 Step::Took(0) => rx = None,
-                Step::Took(n) => out.frames = n as u64,
+                Step::Took(n) => {
+                    out.frames += n as u64;
+                    // A stream is being queued (more than one frame since the last write): let
+                    // the senders run once more before writing, so that this write carries more
+                    // frames. One scheduler turn, no timer: an idle link (one message) is
+                    // written at once.
+                    linger = n > 1 && out.buf.len() < max_batch / 2;
+                }
                 Step::Wrote(Ok((frames, bytes))) => {
                     counters.frames.increment(frames);
                     counters.bytes.increment(bytes);

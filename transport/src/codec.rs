@@ -135,6 +135,42 @@ impl FrameDecoder {
         self.max_frame_size
     }
 
+    /// If `buf` starts with a complete frame, its body length (0 for a keep-alive); the body is
+    /// `buf[LENGTH_PREFIX..LENGTH_PREFIX + len]`. `Ok(None)` when only part of a frame is there,
+    /// [`CodecError::FrameTooLarge`] as soon as the prefix is over the limit. Lets a reader
+    /// decode bodies in place, without splitting a buffer per frame.
+    pub fn complete_frame(&self, buf: &[u8]) -> Result<Option<usize>, CodecError> {
+        let Some(prefix) = buf.get(..LENGTH_PREFIX) else {
+            return Ok(None);
+        };
+        let mut p = [0u8; LENGTH_PREFIX];
+        p.copy_from_slice(prefix);
+        let len = u32::from_be_bytes(p) as usize;
+        if len > self.max_frame_size {
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_size,
+            });
+        }
+        Ok((buf.len() >= LENGTH_PREFIX + len).then_some(len))
+    }
+
+    /// Bytes still missing for the frame at the front of `buf` to be complete (0 if it is, or
+    /// if its prefix is over the limit; only the prefix's missing bytes while the prefix itself
+    /// is incomplete). Never more than `max_frame_size + LENGTH_PREFIX`.
+    pub fn missing(&self, buf: &[u8]) -> usize {
+        let Some(prefix) = buf.get(..LENGTH_PREFIX) else {
+            return LENGTH_PREFIX - buf.len();
+        };
+        let mut p = [0u8; LENGTH_PREFIX];
+        p.copy_from_slice(prefix);
+        let len = u32::from_be_bytes(p) as usize;
+        if len > self.max_frame_size {
+            return 0;
+        }
+        (LENGTH_PREFIX + len).saturating_sub(buf.len())
+    }
+
     /// Takes the next complete frame off the front of `buf`.
     ///
     /// Returns `Ok(None)` when `buf` holds only part of a frame (read more and call again), and
@@ -276,6 +312,30 @@ mod tests {
             decode_body::<Msg>(&body),
             Err(CodecError::TrailingBytes)
         ));
+    }
+
+    #[test]
+    fn in_place_frame_lengths_agree_with_decode() {
+        let dec = FrameDecoder::new(1024);
+        let frame = encode_frame(&sample(30), 1024).unwrap();
+        let body_len = frame.len() - LENGTH_PREFIX;
+        for cut in 0..frame.len() {
+            assert_eq!(dec.complete_frame(&frame[..cut]).unwrap(), None);
+            // Before the prefix is complete, only the prefix's own missing bytes are known.
+            let expected = if cut < LENGTH_PREFIX {
+                LENGTH_PREFIX - cut
+            } else {
+                frame.len() - cut
+            };
+            assert_eq!(dec.missing(&frame[..cut]), expected);
+        }
+        assert_eq!(dec.complete_frame(&frame).unwrap(), Some(body_len));
+        assert_eq!(dec.missing(&frame), 0);
+        assert_eq!(dec.complete_frame(&[0, 0, 0, 0, 9]).unwrap(), Some(0));
+        let mut big = BytesMut::new();
+        big.put_u32(1025);
+        assert!(dec.complete_frame(&big).is_err());
+        assert_eq!(dec.missing(&big), 0);
     }
 
     #[test]

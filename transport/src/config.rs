@@ -37,7 +37,8 @@ pub struct TransportConfig {
     pub backoff_cap: Duration,
     /// Accepted connections beyond this many are closed at once.
     pub max_connections: usize,
-    /// A writer stops adding queued frames to one write once it holds this many bytes.
+    /// Largest single write call: a batch (everything queued when the driver took it) is
+    /// written in calls of at most this many bytes.
     pub max_batch_bytes: usize,
     /// Mutual TLS; `None` means plain TCP.
     pub tls: Option<TlsConfig>,

@@ -10,6 +10,10 @@
 //! The dialer sends its hello; the acceptor checks it and answers with its own hello followed by
 //! one status byte (`0` accepted, otherwise a [`Refusal`] code) and closes on refusal. The dialer
 //! then checks the acceptor's hello the same way, plus that it is the node it meant to reach.
+//!
+//! Version 2 adds two statuses that keep one connection per pair of nodes (see [`Status`]):
+//! `8` (simultaneous dial, the acceptor's own connection wins) and `9` (the acceptor already
+//! holds a connection; the dialer answers one byte, `1` = replace it, `0` = keep it).
 
 use std::fmt;
 
@@ -21,9 +25,9 @@ use crate::NodeId;
 /// The four bytes every connection starts with.
 pub const MAGIC: [u8; 4] = *b"CNCL";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Cluster ids longer than this are refused (they are names, not payloads).
 pub const MAX_CLUSTER_ID_LEN: usize = 255;
 
@@ -203,28 +207,96 @@ impl Hello {
     }
 }
 
-/// Dialer side: send our hello, read the acceptor's hello and status, check them.
+/// The acceptor's answer to a valid hello (the status byte after its own hello).
+///
+/// Besides accepting, the acceptor can tell the dialer that it should not use this connection
+/// because another one exists or is being made: that is how two nodes end up with exactly one
+/// connection between them (see `docs/transport.md`, "Connections and delivery").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Use this connection (status byte 0).
+    Accepted,
+    /// Both nodes are dialling each other and the acceptor has the lower node id, so its own
+    /// connection wins: the dialer closes this one and waits for the acceptor's (byte
+    /// [`STATUS_SIMULTANEOUS`]).
+    Simultaneous,
+    /// The acceptor already holds an established connection to the dialer (byte
+    /// [`STATUS_ALIVE`]). The dialer answers with one byte: `1` if it holds no connection to the
+    /// acceptor (the acceptor's is stale: replace it with this one), `0` if it does (close this
+    /// one, keep the existing one).
+    Alive,
+}
+
+/// Status byte of [`Status::Simultaneous`].
+pub const STATUS_SIMULTANEOUS: u8 = 8;
+/// Status byte of [`Status::Alive`].
+pub const STATUS_ALIVE: u8 = 9;
+
+impl Status {
+    fn code(self) -> u8 {
+        match self {
+            Status::Accepted => 0,
+            Status::Simultaneous => STATUS_SIMULTANEOUS,
+            Status::Alive => STATUS_ALIVE,
+        }
+    }
+}
+
+/// Dialer side, first part: send our hello, read the acceptor's hello and status, check them.
+/// A refusal code is an error; [`Status::Alive`] obliges the caller to answer with
+/// [`answer_alive`].
+pub async fn dial_status<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    ours: &Hello,
+    expected_node: NodeId,
+) -> Result<(Hello, Status), HandshakeError> {
+    io.write_all(&ours.encode()).await?;
+    io.flush().await?;
+    let theirs = Hello::read_from(io).await?;
+    let status = match io.read_u8().await? {
+        0 => Status::Accepted,
+        STATUS_SIMULTANEOUS => Status::Simultaneous,
+        STATUS_ALIVE => Status::Alive,
+        code => return Err(HandshakeError::Refused(Refusal::RefusedByPeer(code))),
+    };
+    theirs
+        .check(ours, Some(expected_node))
+        .map_err(HandshakeError::Refused)?;
+    Ok((theirs, status))
+}
+
+/// Dialer side, answer to [`Status::Alive`]: `replace` = we hold no connection to the acceptor.
+pub async fn answer_alive<S: AsyncWrite + Unpin>(io: &mut S, replace: bool) -> std::io::Result<()> {
+    io.write_all(&[u8::from(replace)]).await?;
+    io.flush().await
+}
+
+/// Dialer side for a peer that wants this connection or nothing: like [`dial_status`], but
+/// anything other than [`Status::Accepted`] is an error (`RefusedByPeer` with the status byte;
+/// an `Alive` is answered "keep yours" first).
 pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     ours: &Hello,
     expected_node: NodeId,
 ) -> Result<Hello, HandshakeError> {
-    io.write_all(&ours.encode()).await?;
-    io.flush().await?;
-    let theirs = Hello::read_from(io).await?;
-    let status = io.read_u8().await?;
-    if status != 0 {
-        return Err(HandshakeError::Refused(Refusal::RefusedByPeer(status)));
+    match dial_status(io, ours, expected_node).await? {
+        (theirs, Status::Accepted) => Ok(theirs),
+        (_, Status::Simultaneous) => Err(HandshakeError::Refused(Refusal::RefusedByPeer(
+            STATUS_SIMULTANEOUS,
+        ))),
+        (_, Status::Alive) => {
+            let _ = answer_alive(io, false).await;
+            Err(HandshakeError::Refused(Refusal::RefusedByPeer(
+                STATUS_ALIVE,
+            )))
+        }
     }
-    theirs
-        .check(ours, Some(expected_node))
-        .map_err(HandshakeError::Refused)?;
-    Ok(theirs)
 }
 
-/// Acceptor side: read the dialer's hello, check it, answer with our hello and a status byte.
-/// On refusal the status byte tells the dialer why (best effort) and the error is returned.
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+/// Acceptor side, first part: read the dialer's hello and check it. On refusal the status byte
+/// tells the dialer why (best effort) and the error is returned; on success the caller decides
+/// the [`Status`] and sends it with [`accept_reply`].
+pub async fn accept_hello<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     ours: &Hello,
 ) -> Result<Hello, HandshakeError> {
@@ -244,7 +316,38 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = reply(io, ours, r.code()).await;
         return Err(HandshakeError::Refused(r));
     }
-    reply(io, ours, 0).await?;
+    Ok(theirs)
+}
+
+/// Acceptor side, second part: our hello and the status byte.
+pub async fn accept_reply<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    ours: &Hello,
+    status: Status,
+) -> std::io::Result<()> {
+    reply(io, ours, status.code()).await
+}
+
+/// Acceptor side after [`Status::Alive`]: the dialer's answer (`true` = replace ours with this
+/// connection). Any byte other than 0 or 1 is an error.
+pub async fn read_alive_answer<S: AsyncRead + Unpin>(io: &mut S) -> std::io::Result<bool> {
+    match io.read_u8().await? {
+        0 => Ok(false),
+        1 => Ok(true),
+        b => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("invalid answer byte {b} to the alive status"),
+        )),
+    }
+}
+
+/// Acceptor side in one step: check the dialer's hello and accept it.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    ours: &Hello,
+) -> Result<Hello, HandshakeError> {
+    let theirs = accept_hello(io, ours).await?;
+    accept_reply(io, ours, Status::Accepted).await?;
     Ok(theirs)
 }
 

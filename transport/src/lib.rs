@@ -5,20 +5,25 @@
 //! - [`codec`]: `u32` big-endian length prefix + MessagePack body, `max_frame_size` enforced on
 //!   both sides; a zero-length frame is a keep-alive.
 //! - [`handshake`]: magic, protocol version, cluster id and node id, both ways, with a timeout.
-//! - [`Transport`]: the TCP/TLS implementation. One [`PeerLink`] per remote node, a bounded
-//!   queue drained by a writer task that coalesces frames into one write per batch and
-//!   reconnects with capped, fully jittered exponential backoff. Inbound frames go to a bounded
-//!   [`Inbound`] sink; when it is full the reader stops reading the socket, so TCP flow control
-//!   pushes back on the sender.
+//! - [`Transport`]: the TCP/TLS implementation. One [`PeerLink`] per remote node: a bounded
+//!   queue that senders encode into, drained by a driver task that writes everything queued as
+//!   one batch and reconnects with capped, fully jittered exponential backoff. Inbound frames go
+//!   to a bounded [`Inbound`] sink; when it is full the connection's reader stops reading the
+//!   socket, so TCP flow control pushes back on the sender (writes on the same connection go
+//!   on: they run in another task).
 //! - [`mem`]: an in-memory network with the same [`Endpoint`] interface and seeded fault
 //!   injection (drop, delay, duplicate, partition) for tests without sockets.
 //! - [`metrics`]: counter names (recorded through the `metrics` facade).
 //!
-//! Connection topology: each node dials its own outbound connection to every peer it sends to,
-//! and only writes on it; the connections it accepts are only read. So a pair of nodes that talk
-//! both ways uses two TCP connections, one per direction, and every message type (all Raft
-//! groups) shares the one connection of its direction. This avoids any tie-breaking race when
-//! both sides dial at once. See `docs/transport.md`.
+//! Connection topology: **one TCP connection per pair of nodes, carrying both directions**, and
+//! every message type (all Raft groups, gossip) shares it. A node dials a peer when it holds a
+//! link to it and the pair has no connection; a node without a link only accepts, and answers
+//! over the accepted connection once it asks for a link. When both dial at once, the handshake
+//! settles it before any frame is written: the connection dialled by the lower node id is kept
+//! on both sides and the other is refused (status `Simultaneous`); a dial that meets an
+//! established connection asks the dialer whether that one is stale (status `Alive`) and
+//! replaces it only if so. [`Transport::connection_count`] shows the result. Rules and delivery
+//! guarantees: `docs/transport.md`.
 
 pub mod codec;
 pub mod config;
@@ -52,7 +57,9 @@ pub trait Endpoint<M>: Send + Sync {
     /// This node's id.
     fn node_id(&self) -> NodeId;
     /// The link to `node` at `addr`, created on first use and cached afterwards (the in-memory
-    /// network ignores `addr`). If `addr` differs from the cached link's, a new link replaces it.
+    /// network ignores `addr`). If `addr` differs from the one given before, the cached link
+    /// (and its queue) is kept and the new address is used for the next dial; a live
+    /// connection to `node` is kept as it is (the handshake proved it is `node`).
     fn peer(&self, node: NodeId, addr: SocketAddr) -> PeerLink<M>;
     /// Forgets the link to `node`; its writer stops once every clone of the link is dropped.
     fn remove_peer(&self, node: NodeId);

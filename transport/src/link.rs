@@ -1,16 +1,16 @@
-//! [`PeerLink`]: the sending half of one peer's bounded outbound queue.
+//! [`PeerLink`]: the sending half of one peer's bounded outbound queue, and the queue itself.
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use metrics::Counter;
+use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
-use crate::codec::{encode_frame_into, CodecError};
+use crate::codec::{encode_frame_into, CodecError, LENGTH_PREFIX};
 use crate::NodeId;
 
 /// Why [`PeerLink::try_send`] did not queue a message; the message is handed back.
@@ -78,31 +78,156 @@ impl<M> SendError<M> {
 
 struct LinkInfo {
     peer: NodeId,
-    max_frame_size: usize,
     queue_full: Counter,
-    /// Size of the last frame encoded on this link: the next buffer starts that big, so a
-    /// stream of similar messages is encoded without growing (and copying) the buffer.
-    size_hint: AtomicUsize,
+}
+
+/// One peer's outbound queue: encoded frames back to back in one buffer. Senders encode straight
+/// into it (no buffer per message); the writer swaps the whole buffer out in one step, so a
+/// batch costs one lock and one wake-up however many messages it holds.
+pub(crate) struct Queue {
+    inner: Mutex<Inner>,
+    /// Wakes the writer, only when it said it was waiting (not once per message).
+    ready: Notify,
+    /// Wakes senders waiting in `send` for room (or for the queue to close).
+    space: Notify,
+    max_frames: usize,
+    max_frame_size: usize,
+}
+
+struct Inner {
+    buf: BytesMut,
+    frames: usize,
+    /// The receiving side is gone: nothing will ever be sent.
+    closed: bool,
+    /// The writer found the queue empty and waits on `ready`.
+    writer_waiting: bool,
+    /// Live `PeerLink` clones; the receiver sees the end of the queue when it drops to 0.
+    senders: usize,
+}
+
+/// The receiving end of a [`Queue`] (the transport's driver, or the in-memory network).
+pub(crate) struct QueueReceiver {
+    queue: Arc<Queue>,
+}
+
+impl QueueReceiver {
+    /// Waits until frames are queued and moves all of them to the end of `out` (swapping
+    /// buffers when `out` is empty, so its capacity is reused by the queue; copying otherwise).
+    /// Returns how many frames were taken, or 0 once every sender is gone and nothing is left.
+    /// Cancel-safe.
+    pub(crate) async fn take(&mut self, out: &mut BytesMut) -> usize {
+        loop {
+            let notified = self.queue.ready.notified();
+            {
+                let mut q = self.queue.inner.lock();
+                if q.frames > 0 {
+                    if out.is_empty() {
+                        std::mem::swap(out, &mut q.buf);
+                    } else {
+                        out.extend_from_slice(&q.buf);
+                        q.buf.clear();
+                    }
+                    let n = std::mem::take(&mut q.frames);
+                    drop(q);
+                    if n >= self.queue.max_frames {
+                        // Senders waiting for room saw the queue full: wake them.
+                        self.queue.space.notify_waiters();
+                    }
+                    return n;
+                }
+                if q.senders == 0 {
+                    return 0;
+                }
+                q.writer_waiting = true;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for the next single frame (length prefix included), or `None` once every sender
+    /// is gone and nothing is left. Used by the in-memory network, which handles each message
+    /// on its own.
+    pub(crate) async fn recv_frame(&mut self) -> Option<Bytes> {
+        loop {
+            let notified = self.queue.ready.notified();
+            {
+                let mut q = self.queue.inner.lock();
+                if q.frames > 0 {
+                    let mut prefix = [0u8; LENGTH_PREFIX];
+                    prefix.copy_from_slice(&q.buf[..LENGTH_PREFIX]);
+                    let len = LENGTH_PREFIX + u32::from_be_bytes(prefix) as usize;
+                    let frame = q.buf.split_to(len).freeze();
+                    let was_full = q.frames >= self.queue.max_frames;
+                    q.frames -= 1;
+                    drop(q);
+                    if was_full {
+                        self.queue.space.notify_waiters();
+                    }
+                    return Some(frame);
+                }
+                if q.senders == 0 {
+                    return None;
+                }
+                q.writer_waiting = true;
+            }
+            notified.await;
+        }
+    }
+
+    /// Frames waiting in the queue.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.inner.lock().frames
+    }
+
+    /// Live `PeerLink` clones feeding this queue.
+    pub(crate) fn sender_count(&self) -> usize {
+        self.queue.inner.lock().senders
+    }
+}
+
+impl Drop for QueueReceiver {
+    fn drop(&mut self) {
+        let mut q = self.queue.inner.lock();
+        q.closed = true;
+        q.buf = BytesMut::new();
+        q.frames = 0;
+        drop(q);
+        self.queue.space.notify_waiters();
+    }
 }
 
 /// The sending side of one remote node's bounded outbound queue. Cheap to clone; all clones feed
 /// the same queue, drained by one writer (a TCP connection, or the in-memory network).
 ///
-/// Messages are encoded into frames by the caller, so the queue holds at most `max_queue_size`
-/// frames of at most `max_frame_size` bytes each: that, plus one write batch, bounds the memory a
-/// stalled peer can pin.
+/// Messages are encoded into frames by the caller, straight into the queue's buffer, so the queue
+/// holds at most `max_queue_size` frames of at most `max_frame_size` bytes each: that, plus the
+/// batch the writer is writing (at most as much again), bounds the memory a stalled peer can pin.
 pub struct PeerLink<M> {
     info: Arc<LinkInfo>,
-    tx: mpsc::Sender<Bytes>,
+    queue: Arc<Queue>,
     _msg: PhantomData<fn(M)>,
 }
 
 impl<M> Clone for PeerLink<M> {
     fn clone(&self) -> Self {
+        self.queue.inner.lock().senders += 1;
         Self {
             info: Arc::clone(&self.info),
-            tx: self.tx.clone(),
+            queue: Arc::clone(&self.queue),
             _msg: PhantomData,
+        }
+    }
+}
+
+impl<M> Drop for PeerLink<M> {
+    fn drop(&mut self) {
+        let mut q = self.queue.inner.lock();
+        q.senders -= 1;
+        let last = q.senders == 0;
+        drop(q);
+        if last {
+            // The receiver may be waiting: let it see the end of the queue.
+            self.queue.ready.notify_one();
         }
     }
 }
@@ -117,6 +242,13 @@ impl<M> fmt::Debug for PeerLink<M> {
     }
 }
 
+/// Why `PeerLink::push` did not queue.
+enum PushError {
+    Full,
+    Closed,
+    Encode(CodecError),
+}
+
 impl<M: Serialize> PeerLink<M> {
     /// A link and the receiving end of its queue.
     pub(crate) fn channel(
@@ -124,21 +256,31 @@ impl<M: Serialize> PeerLink<M> {
         peer: NodeId,
         max_queue_size: usize,
         max_frame_size: usize,
-    ) -> (Self, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(max_queue_size.max(1));
+    ) -> (Self, QueueReceiver) {
+        let queue = Arc::new(Queue {
+            inner: Mutex::new(Inner {
+                buf: BytesMut::new(),
+                frames: 0,
+                closed: false,
+                writer_waiting: false,
+                senders: 1,
+            }),
+            ready: Notify::new(),
+            space: Notify::new(),
+            max_frames: max_queue_size.max(1),
+            max_frame_size,
+        });
         let info = Arc::new(LinkInfo {
             peer,
-            max_frame_size,
             queue_full: crate::metrics::queue_full(node, peer),
-            size_hint: AtomicUsize::new(64),
         });
         (
             Self {
                 info,
-                tx,
+                queue: Arc::clone(&queue),
                 _msg: PhantomData,
             },
-            rx,
+            QueueReceiver { queue },
         )
     }
 
@@ -147,70 +289,79 @@ impl<M: Serialize> PeerLink<M> {
         self.info.peer
     }
 
+    /// Encodes `msg` into the queue if there is room. The room check comes first, so a full
+    /// queue costs no serialisation.
+    fn push(&self, msg: &M) -> Result<(), PushError> {
+        let mut q = self.queue.inner.lock();
+        if q.closed {
+            return Err(PushError::Closed);
+        }
+        if q.frames >= self.queue.max_frames {
+            return Err(PushError::Full);
+        }
+        encode_frame_into(msg, self.queue.max_frame_size, &mut q.buf).map_err(PushError::Encode)?;
+        q.frames += 1;
+        let wake = std::mem::take(&mut q.writer_waiting);
+        drop(q);
+        if wake {
+            self.queue.ready.notify_one();
+        }
+        Ok(())
+    }
+
     /// Queues `msg` if there is room, without waiting. On `Full` the caller decides: retry
     /// later, drop, or push back on its own client. A queued message is sent once the peer is
     /// reachable; queued messages are sent in order.
     pub fn try_send(&self, msg: M) -> Result<(), TrySendError<M>> {
-        // Reserve first so that a full queue costs no serialisation.
-        let permit = match self.tx.try_reserve() {
-            Ok(p) => p,
-            Err(mpsc::error::TrySendError::Full(())) => {
+        match self.push(&msg) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full) => {
                 self.info.queue_full.increment(1);
-                return Err(TrySendError::Full(msg));
+                Err(TrySendError::Full(msg))
             }
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(TrySendError::Closed(msg)),
-        };
-        match self.encode(&msg) {
-            Ok(frame) => {
-                permit.send(frame);
-                Ok(())
-            }
-            Err(e) => Err(TrySendError::Encode(msg, e)),
+            Err(PushError::Closed) => Err(TrySendError::Closed(msg)),
+            Err(PushError::Encode(e)) => Err(TrySendError::Encode(msg, e)),
         }
     }
 
     /// Queues `msg`, waiting for room if the queue is full.
     pub async fn send(&self, msg: M) -> Result<(), SendError<M>> {
-        // The fast path skips the semaphore's acquire future when there is room.
-        let permit = match self.tx.try_reserve() {
-            Ok(p) => p,
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(SendError::Closed(msg)),
-            Err(mpsc::error::TrySendError::Full(())) => match self.tx.reserve().await {
-                Ok(p) => p,
-                Err(_) => return Err(SendError::Closed(msg)),
-            },
-        };
-        match self.encode(&msg) {
-            Ok(frame) => {
-                permit.send(frame);
-                Ok(())
+        loop {
+            // Fast path: no waiter registration while there is room.
+            match self.push(&msg) {
+                Ok(()) => return Ok(()),
+                Err(PushError::Closed) => return Err(SendError::Closed(msg)),
+                Err(PushError::Encode(e)) => return Err(SendError::Encode(msg, e)),
+                Err(PushError::Full) => {}
             }
-            Err(e) => Err(SendError::Encode(msg, e)),
+            // Registered before checking again, so a writer emptying the queue in between
+            // wakes us.
+            let notified = self.queue.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.push(&msg) {
+                Ok(()) => return Ok(()),
+                Err(PushError::Closed) => return Err(SendError::Closed(msg)),
+                Err(PushError::Encode(e)) => return Err(SendError::Encode(msg, e)),
+                Err(PushError::Full) => notified.await,
+            }
         }
-    }
-
-    fn encode(&self, msg: &M) -> Result<Bytes, CodecError> {
-        let hint = self.info.size_hint.load(Ordering::Relaxed);
-        let mut buf = BytesMut::with_capacity(hint.max(64).min(self.info.max_frame_size + 4));
-        encode_frame_into(msg, self.info.max_frame_size, &mut buf)?;
-        self.info.size_hint.store(buf.len(), Ordering::Relaxed);
-        Ok(buf.freeze())
     }
 }
 
 impl<M> PeerLink<M> {
-    /// Messages currently waiting in the queue.
+    /// Messages currently waiting in the queue (not counting the batch being written).
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.queue.inner.lock().frames
     }
 
     /// The queue's capacity (`max_queue_size`).
     pub fn max_queued(&self) -> usize {
-        self.tx.max_capacity()
+        self.queue.max_frames
     }
 
     /// Whether the writer behind this link has stopped for good.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.queue.inner.lock().closed
     }
 }

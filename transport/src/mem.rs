@@ -18,13 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::codec::{decode_body, FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
@@ -234,7 +233,7 @@ async fn deliver_loop<M>(
     net: Arc<Net<M>>,
     from: NodeId,
     to: NodeId,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: crate::link::QueueReceiver,
     mut rng: ChaCha8Rng,
     decoder: FrameDecoder,
     in_flight: Arc<Semaphore>,
@@ -243,7 +242,7 @@ async fn deliver_loop<M>(
 {
     let out = FlowCounters::new(from, to, "out");
     let inc = FlowCounters::new(to, from, "in");
-    while let Some(frame) = rx.recv().await {
+    while let Some(frame) = rx.recv_frame().await {
         out.frames.increment(1);
         out.bytes.increment(frame.len() as u64);
         if net.blocked.lock().contains(&(from, to)) {

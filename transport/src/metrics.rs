@@ -25,6 +25,15 @@ pub const RECONNECTS_TOTAL: &str = "conclave_transport_reconnects_total";
 /// labels `node`, `peer`.
 pub const FRAMES_LOST_TOTAL: &str = "conclave_transport_frames_lost_total";
 
+/// Connections that completed a handshake and became the pair's connection; labels `node`,
+/// `peer`, `side` (`dialed` / `accepted`).
+pub const CONNECTIONS_TOTAL: &str = "conclave_transport_connections_total";
+/// Dials that met another connection of the same pair and were settled by the handshake;
+/// labels `node`, `peer`, `resolution`: `ours_wins` / `peer_wins` (both dialled at once: the
+/// lower node id's connection is kept), `kept_existing` (the dialer already used our
+/// connection), `replaced_stale` (the dialer had none: ours was stale and is replaced).
+pub const DIAL_CONFLICTS_TOTAL: &str = "conclave_transport_dial_conflicts_total";
+
 /// The label value for a peer whose id is not known yet.
 pub const UNKNOWN_PEER: &str = "unknown";
 
@@ -90,4 +99,24 @@ pub(crate) fn reconnect(node: NodeId, peer: NodeId) {
 pub(crate) fn frames_lost(node: NodeId, peer: NodeId, n: u64) {
     metrics::counter!(FRAMES_LOST_TOTAL, "node" => node.to_string(), "peer" => peer.to_string())
         .increment(n);
+}
+
+pub(crate) fn connection_opened(node: NodeId, peer: NodeId, side: &'static str) {
+    metrics::counter!(
+        CONNECTIONS_TOTAL,
+        "node" => node.to_string(),
+        "peer" => peer.to_string(),
+        "side" => side
+    )
+    .increment(1);
+}
+
+pub(crate) fn dial_conflict(node: NodeId, peer: NodeId, resolution: &'static str) {
+    metrics::counter!(
+        DIAL_CONFLICTS_TOTAL,
+        "node" => node.to_string(),
+        "peer" => peer.to_string(),
+        "resolution" => resolution
+    )
+    .increment(1);
 }

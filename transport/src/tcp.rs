@@ -1,32 +1,47 @@
-//! The TCP (optionally TLS) transport: a listener that reads, and one writer per peer link.
+//! The TCP (optionally TLS) transport: one connection per pair of nodes, carrying both directions.
+//!
+//! Per remote node there is a [`Slot`] in the shared map (one mutex): the address to dial (if
+//! known), the cached [`PeerLink`], and the connection state ([`ConnState`]: idle, dialling, or
+//! connected with a connection id). Every decision about which connection a pair uses is taken
+//! under that mutex, by the dialling side when its handshake answer arrives and by the accepting
+//! side when it answers a hello, so the two sides always agree (rules in `docs/transport.md`).
+//!
+//! Tasks per peer: one *driver* (owns the outbound queue and the write half of the current
+//! connection, dials with backoff, writes coalesced batches and keep-alives) and one *reader*
+//! per connection (owns the read half, cuts and decodes frames, feeds the inbound sink). Reads
+//! and writes of one connection never wait on each other: a reader stalled on a full inbound
+//! sink does not stop the driver from writing, so two nodes that both stop reading cannot
+//! deadlock their writes.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
-use crate::codec::{decode_body, encode_keepalive, Frame, FrameDecoder};
+use crate::codec::{decode_body, encode_keepalive, FrameDecoder, LENGTH_PREFIX};
 use crate::config::{ConfigError, TransportConfig};
-use crate::handshake::{self, HandshakeError, Hello, Refusal};
-use crate::link::PeerLink;
+use crate::handshake::{self, HandshakeError, Hello, Refusal, Status};
+use crate::link::{PeerLink, QueueReceiver};
 use crate::metrics::{self as m, FlowCounters};
 use crate::tls::{TlsContext, TlsError};
 use crate::{Endpoint, Inbound, NodeId};
 
-/// How many queued frames a writer takes per `recv_many` before topping up with `try_recv`.
-const RECV_BATCH: usize = 512;
-/// Read buffer growth step for inbound connections.
+/// Read buffer growth step for connections.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Errors of starting a transport.
@@ -48,26 +63,210 @@ pub enum TransportError {
     },
 }
 
-/// Anything a connection can run over: a TCP stream or a TLS stream on top of one.
+/// Anything a TLS connection can run over.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-type BoxStream = Box<dyn Stream>;
+
+type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A connection before it is split: plain TCP (split into owned halves, no lock between
+/// them) or TLS (split through tokio's lock, as one TLS session serves both directions).
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<dyn Stream>),
+}
+
+impl Io {
+    fn split(self) -> (BoxRead, BoxWrite) {
+        match self {
+            Io::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Io::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Which connection, if any, carries the traffic with one peer. Changed only under the
+/// `peers` mutex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// No connection and no dial in flight.
+    Idle,
+    /// The driver is dialling (attempt id).
+    Dialing(u64),
+    /// This connection (id) is the pair's connection.
+    Connected(u64),
+}
+
+/// What a peer's driver is told.
+enum Cmd {
+    /// A handshaken connection (accepted, or won by an `Alive` exchange) to use from now on;
+    /// replaces any current one.
+    Attach(Conn),
+    /// The reader of connection `id` stopped (EOF, error, timeout).
+    Closed(u64),
+    /// The queue of a newly created link.
+    Link(QueueReceiver),
+    /// The address or the link changed: reconsider dialling (now) or exiting.
+    Wake,
+}
+
+/// One peer's entry in the shared map.
+struct Slot<M> {
+    /// Where to dial; `None` for a peer known only from its own connection to us.
+    addr: Option<SocketAddr>,
+    /// The cached link handed out by `peer()`; `None` until asked for, or after `remove_peer`.
+    link: Option<PeerLink<M>>,
+    state: ConnState,
+    cmds: mpsc::UnboundedSender<Cmd>,
+}
+
+/// Counts live connections (handshaken, not yet closed): shared by the reader and the driver's
+/// write half, decremented when both are gone.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl LiveGuard {
+    fn new(live: &Arc<AtomicUsize>) -> Arc<Self> {
+        live.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Self(Arc::clone(live)))
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The write side of a connection, held by the peer's driver.
+struct Conn {
+    id: u64,
+    writer: BoxWrite,
+    /// Tells this connection's reader to stop (stored permit: works even if it is not waiting).
+    stop_reader: Arc<Notify>,
+    _live: Arc<LiveGuard>,
+}
+
+impl Conn {
+    /// Closes the connection: the write half now, the read half when its reader sees the signal.
+    fn close(self) {
+        self.stop_reader.notify_one();
+    }
+}
 
 struct Shared<M> {
     cfg: TransportConfig,
     hello: Hello,
     tls: Option<TlsContext>,
     inbound: Inbound<M>,
-    peers: Mutex<HashMap<NodeId, (SocketAddr, PeerLink<M>)>>,
+    peers: Mutex<HashMap<NodeId, Slot<M>>>,
     shutdown: watch::Sender<bool>,
+    /// Bounds the connections accepted (not those we dial), as `max_connections`.
     connections: Arc<Semaphore>,
-    /// The runtime `bind` ran on: writers are spawned there, so `peer()` may be called from any
-    /// thread (an actix arbiter runs its own runtime; writers should not be tied to it).
+    /// The runtime `bind` ran on: tasks are spawned there, so `peer()` may be called from any
+    /// thread (an actix arbiter runs its own runtime; drivers should not be tied to it).
     runtime: tokio::runtime::Handle,
+    /// Source of connection and dial-attempt ids.
+    next_id: AtomicU64,
+    /// Live connections, for [`Transport::connection_count`].
+    live: Arc<AtomicUsize>,
+}
+
+impl<M> Shared<M>
+where
+    M: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The slot of `peer`, created (with its driver) if absent. Called with the map locked.
+    fn slot<'a>(
+        self: &Arc<Self>,
+        peers: &'a mut HashMap<NodeId, Slot<M>>,
+        peer: NodeId,
+    ) -> &'a mut Slot<M> {
+        peers.entry(peer).or_insert_with(|| {
+            let (cmds, cmd_rx) = mpsc::unbounded_channel();
+            self.runtime.spawn(driver(Arc::clone(self), peer, cmd_rx));
+            Slot {
+                addr: None,
+                link: None,
+                state: ConnState::Idle,
+                cmds,
+            }
+        })
+    }
+
+    /// Connection `id` is gone: if it was the pair's connection, the pair has none now, and the
+    /// driver is told so it may redial.
+    fn mark_idle(&self, peer: NodeId, id: u64) {
+        let mut peers = self.peers.lock();
+        if let Some(slot) = peers.get_mut(&peer) {
+            if slot.state == ConnState::Connected(id) {
+                slot.state = ConnState::Idle;
+                let _ = slot.cmds.send(Cmd::Wake);
+            }
+        }
+    }
+
+    /// A dial attempt ended without a connection: back to idle unless something else happened.
+    fn end_dial(&self, peer: NodeId, attempt: u64) {
+        let mut peers = self.peers.lock();
+        if let Some(slot) = peers.get_mut(&peer) {
+            if slot.state == ConnState::Dialing(attempt) {
+                slot.state = ConnState::Idle;
+            }
+        }
+    }
 }
 
 /// The TCP/TLS transport of one node. Dropping it (or calling [`Transport::shutdown`]) stops
-/// the listener, every reader and every writer.
+/// the listener, every reader and every driver.
 pub struct Transport<M> {
     shared: Arc<Shared<M>>,
     local_addr: SocketAddr,
@@ -116,6 +315,8 @@ where
             inbound,
             peers: Mutex::new(HashMap::new()),
             shutdown,
+            next_id: AtomicU64::new(1),
+            live: Arc::new(AtomicUsize::new(0)),
         });
         info!(node = shared.cfg.node_id, %local_addr, tls = shared.tls.is_some(), "transport listening");
         tokio::spawn(accept_loop(Arc::clone(&shared), listener));
@@ -127,10 +328,26 @@ where
         self.local_addr
     }
 
-    /// Stops the listener, every connection and every writer. Links return `Closed` afterwards.
+    /// Stops the listener, every connection and every driver. Links return `Closed` afterwards.
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
         self.shared.peers.lock().clear();
+    }
+
+    /// Connections of this node that completed a handshake and are not closed yet, in both
+    /// directions (dialled and accepted). With every peer settled this is one per connected
+    /// peer; for a moment after a connection is replaced or broken the old one may still count.
+    pub fn connection_count(&self) -> usize {
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection to `peer` is currently established (in either direction).
+    pub fn is_connected(&self, peer: NodeId) -> bool {
+        self.shared
+            .peers
+            .lock()
+            .get(&peer)
+            .is_some_and(|s| matches!(s.state, ConnState::Connected(_)))
     }
 }
 
@@ -143,33 +360,49 @@ where
     }
 
     fn peer(&self, node: NodeId, addr: SocketAddr) -> PeerLink<M> {
-        let mut peers = self.shared.peers.lock();
-        if let Some((known, link)) = peers.get(&node) {
-            if *known == addr && !link.is_closed() {
-                return link.clone();
-            }
-        }
         let cfg = &self.shared.cfg;
-        let (link, rx) =
-            PeerLink::channel(cfg.node_id, node, cfg.max_queue_size, cfg.max_frame_size);
-        peers.insert(node, (addr, link.clone()));
-        self.shared
-            .runtime
-            .spawn(writer_loop(Arc::clone(&self.shared), node, addr, rx));
+        let mut peers = self.shared.peers.lock();
+        if *self.shared.shutdown.borrow() {
+            // Stopped: a link whose queue is already closed.
+            let (link, _) =
+                PeerLink::channel(cfg.node_id, node, cfg.max_queue_size, cfg.max_frame_size);
+            return link;
+        }
+        let slot = self.shared.slot(&mut peers, node);
+        let moved = slot.addr != Some(addr);
+        slot.addr = Some(addr);
+        let link = match &slot.link {
+            Some(link) if !link.is_closed() => link.clone(),
+            _ => {
+                let (link, rx) =
+                    PeerLink::channel(cfg.node_id, node, cfg.max_queue_size, cfg.max_frame_size);
+                slot.link = Some(link.clone());
+                let _ = slot.cmds.send(Cmd::Link(rx));
+                link
+            }
+        };
+        if moved {
+            let _ = slot.cmds.send(Cmd::Wake);
+        }
         link
     }
 
     fn remove_peer(&self, node: NodeId) {
-        self.shared.peers.lock().remove(&node);
+        let mut peers = self.shared.peers.lock();
+        if let Some(slot) = peers.get_mut(&node) {
+            slot.link = None;
+            slot.addr = None;
+            let _ = slot.cmds.send(Cmd::Wake);
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Inbound side
+// Accepting
 
 async fn accept_loop<M>(shared: Arc<Shared<M>>, listener: TcpListener)
 where
-    M: DeserializeOwned + Send + 'static,
+    M: Serialize + DeserializeOwned + Send + 'static,
 {
     let mut stop = shared.shutdown.subscribe();
     loop {
@@ -200,18 +433,29 @@ where
     }
 }
 
+/// What the acceptor answers to a valid hello, decided under the `peers` mutex.
+enum Decision {
+    /// Use this connection (its id); the slot is already `Connected(id)`.
+    Accept(u64, mpsc::UnboundedSender<Cmd>),
+    /// We are dialling the peer too and have the lower id: our connection wins.
+    Simultaneous,
+    /// We hold a connection to the peer: ask the dialer whether it is stale.
+    Alive,
+}
+
 async fn serve_inbound<M>(shared: Arc<Shared<M>>, stream: TcpStream, remote: SocketAddr)
 where
-    M: DeserializeOwned + Send + 'static,
+    M: Serialize + DeserializeOwned + Send + 'static,
 {
     let node = shared.cfg.node_id;
     let _ = stream.set_nodelay(true);
     let mut stop = shared.shutdown.subscribe();
+    let deadline = Instant::now() + shared.cfg.handshake_timeout;
     let opened = tokio::select! {
         _ = stop.wait_for(|s| *s) => return,
-        r = timeout(shared.cfg.handshake_timeout, open_inbound(&shared, stream)) => r,
+        r = tokio::time::timeout_at(deadline, open_inbound(&shared, stream)) => r,
     };
-    let (io, hello) = match opened {
+    let (mut io, hello) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             warn!(node, %remote, reason = e.label(), error = %e, "inbound handshake refused");
@@ -225,11 +469,92 @@ where
         }
     };
     let peer = hello.node_id;
-    debug!(node, peer, %remote, "inbound connection established");
-    match read_loop(&shared, io, peer, &mut stop).await {
-        Ok(()) => debug!(node, peer, %remote, "inbound connection closed"),
-        Err(why) => warn!(node, peer, %remote, "closing inbound connection: {why}"),
+    let decision = {
+        let mut peers = shared.peers.lock();
+        if *shared.shutdown.borrow() {
+            return;
+        }
+        let slot = shared.slot(&mut peers, peer);
+        match slot.state {
+            ConnState::Idle => {
+                let id = shared.next_id();
+                slot.state = ConnState::Connected(id);
+                Decision::Accept(id, slot.cmds.clone())
+            }
+            ConnState::Dialing(_) if node < peer => Decision::Simultaneous,
+            ConnState::Dialing(_) => {
+                // The peer has the lower id: its connection wins; ours will be answered with
+                // `Simultaneous` or `Alive` and closed by our driver.
+                let id = shared.next_id();
+                slot.state = ConnState::Connected(id);
+                Decision::Accept(id, slot.cmds.clone())
+            }
+            ConnState::Connected(_) => Decision::Alive,
+        }
+    };
+    let finished = tokio::time::timeout_at(deadline, async {
+        match decision {
+            Decision::Accept(id, cmds) => {
+                match handshake::accept_reply(&mut io, &shared.hello, Status::Accepted).await {
+                    Ok(()) => Some((id, cmds)),
+                    Err(e) => {
+                        debug!(node, peer, %remote, "accepted connection failed before use: {e}");
+                        shared.mark_idle(peer, id);
+                        None
+                    }
+                }
+            }
+            Decision::Simultaneous => {
+                debug!(node, peer, %remote, "simultaneous dial: keeping our own connection");
+                m::dial_conflict(node, peer, "ours_wins");
+                let _ = handshake::accept_reply(&mut io, &shared.hello, Status::Simultaneous).await;
+                None
+            }
+            Decision::Alive => {
+                handshake::accept_reply(&mut io, &shared.hello, Status::Alive)
+                    .await
+                    .ok()?;
+                let replace = handshake::read_alive_answer(&mut io).await.ok()?;
+                if !replace {
+                    debug!(node, peer, %remote, "peer already uses our connection: closing its new one");
+                    m::dial_conflict(node, peer, "kept_existing");
+                    return None;
+                }
+                // The peer holds no connection to us: the one we hold is stale (the peer
+                // restarted or dropped it). This one replaces it.
+                info!(node, peer, %remote, "peer reconnected: replacing our stale connection");
+                m::dial_conflict(node, peer, "replaced_stale");
+                let mut peers = shared.peers.lock();
+                if *shared.shutdown.borrow() {
+                    return None;
+                }
+                let slot = shared.slot(&mut peers, peer);
+                let id = shared.next_id();
+                slot.state = ConnState::Connected(id);
+                Some((id, slot.cmds.clone()))
+            }
+        }
+    })
+    .await;
+    let Ok(Some((id, cmds))) = finished else {
+        return;
+    };
+    m::connection_opened(node, peer, "accepted");
+    debug!(node, peer, %remote, id, "connection accepted");
+    let live = LiveGuard::new(&shared.live);
+    let (rd, wr) = io.split();
+    let stop_reader = Arc::new(Notify::new());
+    let conn = Conn {
+        id,
+        writer: wr,
+        stop_reader: Arc::clone(&stop_reader),
+        _live: Arc::clone(&live),
+    };
+    if cmds.send(Cmd::Attach(conn)).is_err() {
+        return; // the driver is gone: shutting down
     }
+    run_reader(&shared, rd, peer, id, &stop_reader, &cmds).await;
+    drop(live);
 }
 
 #[derive(Debug)]
@@ -256,27 +581,54 @@ impl std::fmt::Display for OpenError {
     }
 }
 
-async fn open_inbound<M>(
-    shared: &Shared<M>,
-    stream: TcpStream,
-) -> Result<(BoxStream, Hello), OpenError> {
-    let mut io: BoxStream = match &shared.tls {
-        Some(tls) => Box::new(tls.acceptor.accept(stream).await.map_err(OpenError::Tls)?),
-        None => Box::new(stream),
+async fn open_inbound<M>(shared: &Shared<M>, stream: TcpStream) -> Result<(Io, Hello), OpenError> {
+    let mut io = match &shared.tls {
+        Some(tls) => Io::Tls(Box::new(
+            tls.acceptor.accept(stream).await.map_err(OpenError::Tls)?,
+        )),
+        None => Io::Plain(stream),
     };
-    let hello = handshake::accept(&mut io, &shared.hello)
+    let hello = handshake::accept_hello(&mut io, &shared.hello)
         .await
         .map_err(OpenError::Handshake)?;
     Ok((io, hello))
 }
 
-/// Reads frames until EOF, error or shutdown. Decodes each body right after it is cut (the body
-/// is split off the read buffer without copying) and hands the message to the inbound sink;
-/// while the sink is full this task awaits it and does not read, so the socket's receive window
-/// closes and the sender's writes stall: backpressure, with at most one read buffer held here.
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// Runs the read loop of connection `id` and reports its end to the driver.
+async fn run_reader<M>(
+    shared: &Shared<M>,
+    rd: BoxRead,
+    peer: NodeId,
+    id: u64,
+    stop_reader: &Notify,
+    cmds: &mpsc::UnboundedSender<Cmd>,
+) where
+    M: DeserializeOwned,
+{
+    let node = shared.cfg.node_id;
+    let mut stop = shared.shutdown.subscribe();
+    let r = tokio::select! {
+        r = read_loop(shared, rd, peer, &mut stop) => r,
+        _ = stop_reader.notified() => Ok(()),
+    };
+    match r {
+        Ok(()) => debug!(node, peer, id, "connection closed"),
+        Err(why) => warn!(node, peer, id, "closing connection: {why}"),
+    }
+    let _ = cmds.send(Cmd::Closed(id));
+}
+
+/// Reads frames until EOF, error or shutdown. Frames are cut and decoded straight from the
+/// read buffer (no per-frame buffer), each message handed to the inbound sink; while the sink is
+/// full this task awaits it and does not read, so the socket's receive window closes and the
+/// sender's writes stall: backpressure, with at most one read buffer held here. Writes on the
+/// same connection run in the driver and are not held up by this.
 async fn read_loop<M>(
     shared: &Shared<M>,
-    mut io: BoxStream,
+    mut io: BoxRead,
     peer: NodeId,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String>
@@ -288,25 +640,23 @@ where
     let counters = FlowCounters::new(node, peer, "in");
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        loop {
-            let frame = match decoder.decode(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    m::decode_error(node, Some(peer), e.reason());
-                    return Err(e.to_string());
-                }
+        let mut off = 0;
+        let mut frames = 0u64;
+        let result = loop {
+            let len = match decoder.complete_frame(&buf[off..]) {
+                Ok(Some(len)) => len,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             };
-            counters.frames.increment(1);
-            let Frame::Message(body) = frame else {
-                continue;
-            };
-            let msg: M = match decode_body(&body) {
+            let body = &buf[off + LENGTH_PREFIX..off + LENGTH_PREFIX + len];
+            off += LENGTH_PREFIX + len;
+            frames += 1;
+            if len == 0 {
+                continue; // keep-alive
+            }
+            let msg: M = match decode_body(body) {
                 Ok(msg) => msg,
-                Err(e) => {
-                    m::decode_error(node, Some(peer), e.reason());
-                    return Err(e.to_string());
-                }
+                Err(e) => break Err(e),
             };
             match shared.inbound.try_send((peer, msg)) {
                 Ok(()) => {}
@@ -322,9 +672,21 @@ where
                     return Err("inbound sink closed".into())
                 }
             }
+        };
+        counters.frames.increment(frames);
+        if let Err(e) = result {
+            m::decode_error(node, Some(peer), e.reason());
+            return Err(e.to_string());
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        buf.advance(off);
+        // Room for at least the rest of a partial frame (bounded by max_frame_size, checked by
+        // the decoder) and a useful read.
+        let want = match decoder.complete_frame(&buf) {
+            Ok(None) => decoder.missing(&buf),
+            _ => 0,
+        };
+        if buf.capacity() - buf.len() < want.max(READ_CHUNK / 4) {
+            buf.reserve(want.max(READ_CHUNK));
         }
         let read = tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -353,65 +715,109 @@ where
 }
 
 // ---------------------------------------------------------------------------------------------
-// Outbound side
+// Dialling and writing
 
-/// Why a connected writer stopped.
-enum WriterExit {
-    /// The transport is shutting down or every link clone is gone: stop for good.
-    Done,
-    /// The connection broke: reconnect.
-    Broken(String),
+/// How a dial attempt ended, when it did not fail.
+enum Dialled {
+    /// This connection (id) is the pair's connection now.
+    Connected(u64, Io),
+    /// The peer is dialling us too and has the lower id: its connection is coming.
+    PeerWins,
+    /// A connection exists already (we accepted the peer's meanwhile).
+    KeptExisting,
 }
 
-/// Owns the connection to one peer: dials (with backoff), then drains the queue in batches.
-async fn writer_loop<M>(
+enum DialError {
+    Refused(HandshakeError),
+    Other(String),
+}
+
+type DialFuture = Pin<Box<dyn Future<Output = Result<Dialled, DialError>> + Send>>;
+
+/// One dial attempt: TCP (+ TLS) connect, the hello exchange, and the decision of which
+/// connection the pair uses, taken under the `peers` mutex when the acceptor's answer arrives.
+async fn dial<M>(
     shared: Arc<Shared<M>>,
     peer: NodeId,
     addr: SocketAddr,
-    mut rx: mpsc::Receiver<Bytes>,
-) {
-    let node = shared.cfg.node_id;
-    let mut stop = shared.shutdown.subscribe();
-    let counters = FlowCounters::new(node, peer, "out");
-    let mut failures: u32 = 0;
-    let mut first_attempt = true;
-    loop {
-        if *stop.borrow() || rx.is_closed() {
-            return;
-        }
-        if !first_attempt {
-            m::reconnect(node, peer);
-        }
-        first_attempt = false;
-        let dialled = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            d = dial(&shared, peer, addr) => d,
+    attempt: u64,
+) -> Result<Dialled, DialError>
+where
+    M: Serialize + DeserializeOwned + Send + 'static,
+{
+    let cfg = &shared.cfg;
+    let stream = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(DialError::Other(format!("connect: {e}"))),
+        Err(_) => return Err(DialError::Other("connect timed out".into())),
+    };
+    let _ = stream.set_nodelay(true);
+    let opened = timeout(cfg.handshake_timeout, async {
+        let mut io = match &shared.tls {
+            Some(tls) => Io::Tls(Box::new(
+                tls.connector
+                    .connect(tls.server_name_for(addr), stream)
+                    .await
+                    .map_err(|e| DialError::Other(format!("tls handshake: {e}")))?,
+            )),
+            None => Io::Plain(stream),
         };
-        match dialled {
-            Ok(io) => {
-                info!(node, peer, %addr, "connected to peer");
-                failures = 0;
-                match write_loop(&shared, io, &mut rx, &counters, peer, &mut stop).await {
-                    WriterExit::Done => return,
-                    WriterExit::Broken(why) => {
-                        warn!(node, peer, %addr, "connection to peer lost: {why}");
+        let status = match handshake::dial_status(&mut io, &shared.hello, peer).await {
+            Ok((_, status)) => status,
+            Err(e @ HandshakeError::Refused(_)) => return Err(DialError::Refused(e)),
+            Err(HandshakeError::Io(e)) => return Err(DialError::Other(format!("handshake: {e}"))),
+        };
+        let (adopted, replace) = {
+            let mut peers = shared.peers.lock();
+            let Some(slot) = peers.get_mut(&peer) else {
+                return Ok(Dialled::KeptExisting); // shut down meanwhile
+            };
+            match status {
+                Status::Accepted if slot.state == ConnState::Dialing(attempt) => {
+                    let id = shared.next_id();
+                    slot.state = ConnState::Connected(id);
+                    (Some(id), None)
+                }
+                // Cannot happen with a peer following the protocol (it accepted us, so it was
+                // not dialling us while we could accept it); keep what we have.
+                Status::Accepted => (None, None),
+                Status::Simultaneous => {
+                    if slot.state == ConnState::Dialing(attempt) {
+                        slot.state = ConnState::Idle;
+                    }
+                    return Ok(Dialled::PeerWins);
+                }
+                Status::Alive => {
+                    let replace = !matches!(slot.state, ConnState::Connected(_));
+                    if replace {
+                        let id = shared.next_id();
+                        slot.state = ConnState::Connected(id);
+                        (Some(id), Some(true))
+                    } else {
+                        (None, Some(false))
                     }
                 }
             }
-            Err(DialError::Refused(e)) => {
-                warn!(node, peer, %addr, reason = e.label(), "handshake with peer refused: {e}");
-                m::handshake_refused(node, Some(peer), e.label());
-            }
-            Err(DialError::Other(why)) => {
-                debug!(node, peer, %addr, "cannot reach peer: {why}");
+        };
+        if let Some(replace) = replace {
+            if let Err(e) = handshake::answer_alive(&mut io, replace).await {
+                if let Some(id) = adopted {
+                    shared.mark_idle(peer, id);
+                }
+                return Err(DialError::Other(format!("handshake: {e}")));
             }
         }
-        let delay = backoff(&shared.cfg, failures);
-        failures = failures.saturating_add(1);
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
+        Ok(match adopted {
+            Some(id) => Dialled::Connected(id, io),
+            None => Dialled::KeptExisting,
+        })
+    })
+    .await;
+    match opened {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Refused(HandshakeError::Refused(
+            Refusal::Timeout,
+        ))),
     }
 }
 
@@ -424,198 +830,308 @@ fn backoff(cfg: &TransportConfig, failures: u32) -> Duration {
     Duration::from_nanos(rand::rng().random_range(0..=nanos))
 }
 
-enum DialError {
-    Refused(HandshakeError),
-    Other(String),
-}
-
-async fn dial<M>(
-    shared: &Shared<M>,
-    peer: NodeId,
-    addr: SocketAddr,
-) -> Result<BoxStream, DialError> {
-    let cfg = &shared.cfg;
-    let stream = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(DialError::Other(format!("connect: {e}"))),
-        Err(_) => return Err(DialError::Other("connect timed out".into())),
-    };
-    let _ = stream.set_nodelay(true);
-    let opened = timeout(cfg.handshake_timeout, async {
-        let mut io: BoxStream = match &shared.tls {
-            Some(tls) => Box::new(
-                tls.connector
-                    .connect(tls.server_name_for(addr), stream)
-                    .await
-                    .map_err(|e| DialError::Other(format!("tls handshake: {e}")))?,
-            ),
-            None => Box::new(stream),
-        };
-        match handshake::dial(&mut io, &shared.hello, peer).await {
-            Ok(_) => Ok(io),
-            Err(e @ HandshakeError::Refused(_)) => Err(DialError::Refused(e)),
-            Err(HandshakeError::Io(e)) => Err(DialError::Other(format!("handshake: {e}"))),
-        }
-    })
-    .await;
-    match opened {
-        Ok(r) => r,
-        Err(_) => Err(DialError::Refused(HandshakeError::Refused(
-            Refusal::Timeout,
-        ))),
+/// Awaits `f` if there is one, else never completes (a disabled `select!` branch still builds
+/// its future).
+async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 
-/// Drains the queue into the connection. Each round takes everything queued (up to
-/// `max_batch_bytes`) into one buffer and issues one write for it: under load many frames share
-/// a syscall, and an idle link costs nothing. Sends a keep-alive when idle, and watches the read
-/// side so that a peer that closed is noticed without waiting for a write to fail.
-async fn write_loop<M>(
-    shared: &Shared<M>,
-    io: BoxStream,
-    rx: &mut mpsc::Receiver<Bytes>,
-    counters: &FlowCounters,
-    peer: NodeId,
-    stop: &mut watch::Receiver<bool>,
-) -> WriterExit {
+/// The per-peer task: owns the outbound queue and the write half of the pair's connection.
+/// Dials (with backoff) when it has a link with an address and the pair has no connection;
+/// takes over connections the acceptor adopts; drains the queue in coalesced batches; sends
+/// keep-alives; exits when the transport stops, or when the peer is forgotten (no link, no
+/// connection).
+async fn driver<M>(shared: Arc<Shared<M>>, peer: NodeId, mut cmds: mpsc::UnboundedReceiver<Cmd>)
+where
+    M: Serialize + DeserializeOwned + Send + 'static,
+{
     let node = shared.cfg.node_id;
-    let max_batch = shared.cfg.max_batch_bytes;
     let keepalive = shared.cfg.keepalive_interval;
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let mut batch: Vec<Bytes> = Vec::with_capacity(RECV_BATCH);
+    let max_batch = shared.cfg.max_batch_bytes;
+    let mut stop = shared.shutdown.subscribe();
+    let counters = FlowCounters::new(node, peer, "out");
+    let mut rx: Option<QueueReceiver> = None;
+    let mut conn: Option<Conn> = None;
+    let mut dialing: Option<DialFuture> = None;
     let mut out = Batch::new(max_batch);
-    let mut probe = [0u8; 64];
+    let mut retry_at = Instant::now();
+    let mut failures: u32 = 0;
+    let mut attempts: u64 = 0;
     let mut idle_deadline = Instant::now() + keepalive;
+    let mut dial_attempt = 0;
+    let mut linger = false;
     loop {
-        let mut frames = 0u64;
+        if *stop.borrow() {
+            return;
+        }
+        if std::mem::take(&mut linger) {
+            tokio::task::yield_now().await;
+            if let Some(r) = rx.as_mut() {
+                if r.len() > 0 {
+                    out.frames += r.take(&mut out.buf).await as u64;
+                }
+            }
+        }
+        // Without a connection: dial if we may, or leave if the peer is forgotten.
+        let mut may_dial = false;
+        if conn.is_none() && dialing.is_none() {
+            let mut peers = shared.peers.lock();
+            let Some(slot) = peers.get_mut(&peer) else {
+                return; // shut down
+            };
+            let senders = rx.as_ref().map_or(0, QueueReceiver::sender_count);
+            if slot.link.is_none() && senders == 0 && slot.state == ConnState::Idle {
+                peers.remove(&peer);
+                return;
+            }
+            if let (Some(addr), Some(_), ConnState::Idle) = (slot.addr, &slot.link, slot.state) {
+                may_dial = true;
+                if retry_at <= Instant::now() {
+                    let attempt = shared.next_id();
+                    slot.state = ConnState::Dialing(attempt);
+                    drop(peers);
+                    if attempts > 0 {
+                        m::reconnect(node, peer);
+                    }
+                    attempts += 1;
+                    dialing = Some(Box::pin(dial(Arc::clone(&shared), peer, addr, attempt)));
+                    dial_attempt = attempt;
+                    may_dial = false;
+                }
+            }
+        }
+        let connected = conn.is_some();
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => return WriterExit::Done,
-            // Checked before the queue: frames taken now would be written into a closed socket.
-            r = rd.read(&mut probe) => {
-                return WriterExit::Broken(match r {
-                    Ok(0) => "peer closed the connection".into(),
-                    Ok(_) => "peer sent unexpected data on an outbound connection".into(),
-                    Err(e) => format!("read error: {e}"),
-                });
-            }
-            n = rx.recv_many(&mut batch, RECV_BATCH) => {
-                if n == 0 {
-                    return WriterExit::Done;
+            _ = stop.wait_for(|s| *s) => return,
+            cmd = cmds.recv() => match cmd {
+                None => return,
+                Some(Cmd::Attach(new)) => {
+                    if let Some(old) = conn.take() {
+                        lose(&mut out, node, peer);
+                        old.close();
+                    }
+                    debug!(node, peer, id = new.id, "using accepted connection");
+                    conn = Some(new);
+                    failures = 0;
+                    idle_deadline = Instant::now() + keepalive;
                 }
-                for frame in batch.drain(..) {
-                    out.push(frame);
-                    frames += 1;
-                }
-                // Top up with whatever else is already queued, without waiting.
-                while out.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(frame) => {
-                            out.push(frame);
-                            frames += 1;
+                Some(Cmd::Closed(id)) => {
+                    if conn.as_ref().is_some_and(|c| c.id == id) {
+                        if let Some(c) = conn.take() {
+                            c.close();
                         }
-                        Err(_) => break,
+                        lose(&mut out, node, peer);
+                        shared.mark_idle(peer, id);
+                        retry_at = Instant::now() + backoff(&shared.cfg, failures);
+                        failures = failures.saturating_add(1);
                     }
                 }
+                Some(Cmd::Link(r)) => {
+                    rx = Some(r);
+                    retry_at = Instant::now();
+                }
+                Some(Cmd::Wake) => {
+                    if conn.is_none() {
+                        retry_at = retry_at.min(Instant::now() + backoff(&shared.cfg, 0));
+                    }
+                }
+            },
+            r = maybe(dialing.as_mut()) => {
+                dialing = None;
+                match r {
+                    Ok(Dialled::Connected(id, io)) => {
+                        info!(node, peer, id, "connected to peer");
+                        m::connection_opened(node, peer, "dialed");
+                        failures = 0;
+                        conn = Some(start_reader(&shared, peer, id, io));
+                        idle_deadline = Instant::now() + keepalive;
+                    }
+                    Ok(Dialled::PeerWins) => {
+                        debug!(node, peer, "simultaneous dial: the peer's connection wins");
+                        m::dial_conflict(node, peer, "peer_wins");
+                        // Its connection normally arrives within a round trip; if it does not
+                        // (its dial failed), dial again after a backoff.
+                        retry_at = Instant::now() + backoff(&shared.cfg, failures);
+                        failures = failures.saturating_add(1);
+                    }
+                    Ok(Dialled::KeptExisting) => {}
+                    Err(e) => {
+                        let addr = shared.peers.lock().get(&peer).and_then(|s| s.addr);
+                        match e {
+                            DialError::Refused(e) => {
+                                warn!(node, peer, ?addr, reason = e.label(), "handshake with peer refused: {e}");
+                                m::handshake_refused(node, Some(peer), e.label());
+                            }
+                            DialError::Other(why) => {
+                                debug!(node, peer, ?addr, "cannot reach peer: {why}");
+                            }
+                        }
+                        retry_at = Instant::now() + backoff(&shared.cfg, failures);
+                        failures = failures.saturating_add(1);
+                    }
+                }
+                // An attempt that did not move the pair's state elsewhere leaves it idle.
+                shared.end_dial(peer, dial_attempt);
             }
-            _ = tokio::time::sleep_until(idle_deadline) => {
+            _ = tokio::time::sleep_until(retry_at), if may_dial => {}
+            _ = tokio::time::sleep_until(idle_deadline), if connected && out.is_empty() => {
                 out.push_keepalive();
             }
+            step = pump(rx.as_mut(), conn.as_mut(), &mut out), if connected => match step {
+                Step::Took(0) => rx = None,
+                Step::Took(n) => {
+                    out.frames += n as u64;
+                    // A stream is being queued (more than one frame since the last write): let
+                    // the senders run once more before writing, so that this write carries more
+                    // frames. One scheduler turn, no timer: an idle link (one message) is
+                    // written at once.
+                    linger = n > 1 && out.buf.len() < max_batch / 2;
+                }
+                Step::Wrote(Ok((frames, bytes))) => {
+                    counters.frames.increment(frames);
+                    counters.bytes.increment(bytes);
+                    idle_deadline = Instant::now() + keepalive;
+                }
+                Step::Wrote(Err(e)) => {
+                    if let Some(c) = conn.take() {
+                        let id = c.id;
+                        c.close();
+                        warn!(node, peer, id, "connection to peer lost: write error: {e}");
+                        shared.mark_idle(peer, id);
+                    }
+                    lose(&mut out, node, peer);
+                    retry_at = Instant::now() + backoff(&shared.cfg, failures);
+                    failures = failures.saturating_add(1);
+                }
+            },
         }
-        let bytes = out.len() as u64;
-        let written = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return WriterExit::Done,
-            r = out.write_to(&mut wr) => r,
-        };
-        if let Err(e) = written {
-            if frames > 0 {
-                m::frames_lost(node, peer, frames);
-            }
-            return WriterExit::Broken(format!("write error ({frames} frames lost): {e}"));
-        }
-        counters.frames.increment(frames);
-        counters.bytes.increment(bytes);
-        idle_deadline = Instant::now() + keepalive;
     }
 }
 
-/// Frames at least this large are written from their own buffer (vectored I/O) instead of
-/// being copied into the batch buffer.
-const ZERO_COPY_FRAME: usize = 2048;
-/// Most buffers handed to one `write_vectored` call (Linux's IOV_MAX is 1024).
-const MAX_IOVECS: usize = 64;
+/// What one step of a connected driver did.
+enum Step {
+    /// Took this many frames off the queue (0: the queue ended, every link is gone).
+    Took(usize),
+    /// Wrote the batch (frames, bytes), or failed.
+    Wrote(std::io::Result<(u64, u64)>),
+}
 
-/// One write batch: small frames are copied into a shared buffer (one segment), large frames are
-/// kept as their own segments; everything goes out in as few vectored writes as the kernel takes.
+/// With a batch in hand, writes it; otherwise waits for the queue and takes everything in it
+/// (or waits forever without a queue or a connection). Cancel-safe: taking is atomic, and write
+/// progress is kept in the batch, so a write interrupted by another `select!` branch resumes
+/// where it stopped.
+async fn pump(rx: Option<&mut QueueReceiver>, conn: Option<&mut Conn>, out: &mut Batch) -> Step {
+    match (conn, rx) {
+        (Some(c), _) if !out.is_empty() => Step::Wrote(out.write_to(&mut c.writer).await),
+        (Some(_), Some(rx)) => Step::Took(rx.take(&mut out.buf).await),
+        _ => std::future::pending().await,
+    }
+}
+
+/// Frames taken off the queue but not (completely) written when a connection goes away are
+/// lost: counted, never re-sent (they may have reached the peer; at most once).
+fn lose(out: &mut Batch, node: NodeId, peer: NodeId) {
+    let frames = out.discard();
+    if frames > 0 {
+        m::frames_lost(node, peer, frames);
+    }
+}
+
+/// Splits a freshly dialled connection, starts its reader and returns its write side.
+fn start_reader<M>(shared: &Arc<Shared<M>>, peer: NodeId, id: u64, io: Io) -> Conn
+where
+    M: Serialize + DeserializeOwned + Send + 'static,
+{
+    let live = LiveGuard::new(&shared.live);
+    let (rd, wr) = io.split();
+    let stop_reader = Arc::new(Notify::new());
+    let cmds = shared.peers.lock().get(&peer).map(|s| s.cmds.clone());
+    let reader_stop = Arc::clone(&stop_reader);
+    let reader_live = Arc::clone(&live);
+    let shared2 = Arc::clone(shared);
+    tokio::spawn(async move {
+        let _live = reader_live;
+        if let Some(cmds) = cmds {
+            run_reader(&shared2, rd, peer, id, &reader_stop, &cmds).await;
+        }
+    });
+    Conn {
+        id,
+        writer: wr,
+        stop_reader,
+        _live: live,
+    }
+}
+/// A write buffer that grew beyond this (a burst of large frames) is dropped after the write
+/// rather than kept for the life of the connection.
+const SHRINK_ABOVE: usize = 4 << 20;
+
+/// One write batch: every frame the queue held when the driver took it, back to back in one
+/// buffer (swapped out of the queue, not copied), plus keep-alives. Written in chunks of at most
+/// `max_batch_bytes` per call. Write progress lives here, so an interrupted
+/// [`Batch::write_to`] resumes where it stopped.
 struct Batch {
-    small: BytesMut,
-    segments: Vec<Bytes>,
-    len: usize,
+    buf: BytesMut,
+    /// Bytes of `buf` already written.
+    pos: usize,
+    frames: u64,
+    max_write: usize,
 }
 
 impl Batch {
     fn new(max_batch: usize) -> Self {
         Self {
-            small: BytesMut::with_capacity(max_batch.min(1 << 20)),
-            segments: Vec::new(),
-            len: 0,
+            buf: BytesMut::new(),
+            pos: 0,
+            frames: 0,
+            max_write: max_batch.max(1),
         }
     }
 
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn push(&mut self, frame: Bytes) {
-        self.len += frame.len();
-        if frame.len() < ZERO_COPY_FRAME {
-            self.small.extend_from_slice(&frame);
-        } else {
-            self.seal_small();
-            self.segments.push(frame);
-        }
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
 
     fn push_keepalive(&mut self) {
-        self.len += crate::codec::LENGTH_PREFIX;
-        encode_keepalive(&mut self.small);
+        encode_keepalive(&mut self.buf);
     }
 
-    /// Ends the current run of small frames as a segment, keeping order with large frames.
-    fn seal_small(&mut self) {
-        if !self.small.is_empty() {
-            self.segments.push(self.small.split().freeze());
-        }
+    /// Drops everything; returns how many frames were dropped.
+    fn discard(&mut self) -> u64 {
+        let frames = self.frames;
+        self.buf.clear();
+        self.pos = 0;
+        self.frames = 0;
+        frames
     }
 
-    /// Writes every segment, in order, handling short writes; leaves the batch empty.
-    async fn write_to<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
-        self.seal_small();
-        let mut first = 0;
-        while first < self.segments.len() {
-            let slices: Vec<std::io::IoSlice<'_>> = self.segments[first..]
-                .iter()
-                .take(MAX_IOVECS)
-                .map(|b| std::io::IoSlice::new(b))
-                .collect();
-            let mut n = wr.write_vectored(&slices).await?;
+    /// Writes the whole buffer, handling short writes; leaves the batch empty and returns the
+    /// frames and bytes written.
+    async fn write_to<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        wr: &mut W,
+    ) -> std::io::Result<(u64, u64)> {
+        while self.pos < self.buf.len() {
+            let end = self.buf.len().min(self.pos + self.max_write);
+            let n = wr.write(&self.buf[self.pos..end]).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            while n > 0 && first < self.segments.len() {
-                let seg = &mut self.segments[first];
-                if n >= seg.len() {
-                    n -= seg.len();
-                    first += 1;
-                } else {
-                    bytes::Buf::advance(seg, n);
-                    n = 0;
-                }
-            }
+            self.pos += n;
         }
-        self.segments.clear();
-        self.len = 0;
-        wr.flush().await
+        wr.flush().await?;
+        let done = (self.frames, self.buf.len() as u64);
+        self.buf.clear();
+        self.pos = 0;
+        self.frames = 0;
+        if self.buf.capacity() > SHRINK_ABOVE {
+            self.buf = BytesMut::new();
+        }
+        Ok(done)
     }
 }
 
@@ -651,30 +1167,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batches_keep_frame_order_across_short_writes_and_segment_kinds() {
-        let frames: Vec<Bytes> = [10usize, 3000, 20, 30, 5000, 4096, 1]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| Bytes::from(vec![i as u8; *n]))
-            .collect();
-        let mut batch = Batch::new(1 << 20);
+    async fn batches_survive_short_writes_and_are_reusable() {
+        let mut batch = Batch::new(7);
         let mut expected = Vec::new();
-        for f in &frames {
-            batch.push(f.clone());
-            expected.extend_from_slice(f);
+        for (i, n) in [10usize, 3000, 20, 1].iter().enumerate() {
+            let frame = vec![i as u8; *n];
+            batch.buf.extend_from_slice(&frame);
+            batch.frames += 1;
+            expected.extend_from_slice(&frame);
         }
         batch.push_keepalive();
         expected.extend_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(batch.len(), expected.len());
         let mut out = Trickle(Vec::new());
-        batch.write_to(&mut out).await.unwrap();
+        let (n, bytes) = batch.write_to(&mut out).await.unwrap();
         assert_eq!(out.0, expected);
-        assert_eq!(batch.len(), 0);
+        assert_eq!((n, bytes), (4, expected.len() as u64));
+        assert!(batch.is_empty());
         // The batch is reusable.
-        batch.push(frames[0].clone());
+        batch.buf.extend_from_slice(b"abc");
+        batch.frames = 1;
         let mut out = Trickle(Vec::new());
         batch.write_to(&mut out).await.unwrap();
-        assert_eq!(out.0, frames[0].to_vec());
+        assert_eq!(out.0, b"abc".to_vec());
+        // Discarding reports the frames dropped.
+        batch.buf.extend_from_slice(b"xyz");
+        batch.frames = 2;
+        assert_eq!(batch.discard(), 2);
+        assert!(batch.is_empty());
     }
 
     #[test]

@@ -76,10 +76,83 @@ async fn mutual_tls_delivers_both_ways() {
         assert_eq!(recv(&mut b_rx).await, (401, Msg::new(i, 300)));
         assert_eq!(recv(&mut a_rx).await, (402, Msg::new(i, 3)));
     }
+    // Both links were created at once: the pair still ends with one TLS connection.
+    eventually("one connection each", || {
+        a.connection_count() == 1 && b.connection_count() == 1
+    })
+    .await;
+    let opened = |n: &str| rec.get(names::CONNECTIONS_TOTAL, &[("node", n)]);
+    assert_eq!((opened("401"), opened("402")), (1, 1));
     assert_eq!(
         rec.get(names::HANDSHAKE_REFUSED_TOTAL, &[("node", "402")]),
         0
     );
+}
+
+/// Simultaneous dials over TLS, then the lower-id node restarts: one connection each time, and
+/// traffic flows both ways over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_simultaneous_dial_and_restart_keep_one_connection() {
+    metrics();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cluster ca");
+    let tls_a = ca.issue(dir.path(), "a");
+    let mut cfg_a = config(441, "t");
+    cfg_a.tls = Some(tls_a.clone());
+    let mut cfg_b = config(442, "t");
+    cfg_b.tls = Some(ca.issue(dir.path(), "b"));
+    let (a, a_addr, mut a_rx) = start(cfg_a, 64).await;
+    let (b, b_addr, mut b_rx) = start(cfg_b, 64).await;
+    let (to_b, to_a) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.peer(442, b_addr));
+        let tb = s.spawn(|| b.peer(441, a_addr));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    for i in 0..50 {
+        to_b.send(Msg::new(i, 10)).await.unwrap();
+        to_a.send(Msg::new(i, 11)).await.unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(recv(&mut b_rx).await, (441, Msg::new(i, 10)));
+        assert_eq!(recv(&mut a_rx).await, (442, Msg::new(i, 11)));
+    }
+    eventually("one connection each", || {
+        a.connection_count() == 1 && b.connection_count() == 1
+    })
+    .await;
+    // Restart A on the same address; B's queued messages reach the new A.
+    drop(to_b);
+    drop(a);
+    drop(a_rx);
+    let mut cfg = config(441, "t");
+    cfg.tls = Some(tls_a);
+    cfg.listen = a_addr;
+    let (a, mut a_rx) = loop {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        if let Ok((t, _)) = Transport::bind(cfg.clone(), tx).await {
+            break (t, rx);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let mut seq = 100;
+    loop {
+        to_a.send(Msg::new(seq, 1)).await.unwrap();
+        if let Ok(Some((from, _))) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), a_rx.recv()).await
+        {
+            assert_eq!(from, 442);
+            break;
+        }
+        seq += 1;
+        assert!(seq < 200, "the restarted node was never reached");
+    }
+    let to_b = a.peer(442, b_addr);
+    to_b.send(Msg::new(1, 1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await, (441, Msg::new(1, 1)));
+    eventually("one connection each after the restart", || {
+        a.connection_count() == 1 && b.connection_count() == 1
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! What travels between nodes on the transport: one envelope for every protocol, so the one
-//! connection between two nodes carries every Raft group and gossip.
+//! What travels between nodes on the transport: one envelope for every protocol, so the single
+//! connection a pair of nodes shares (both directions) carries every Raft group and gossip.
 
 use conclave_actors::{raft, swim};
 use serde::{Deserialize, Serialize};

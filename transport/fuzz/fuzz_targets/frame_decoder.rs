@@ -76,7 +76,23 @@ fuzz_target!(|data: &[u8]| {
     'outer: for piece in stream.chunks(chunk) {
         buf.extend_from_slice(piece);
         loop {
-            match decoder.decode(&mut buf) {
+            // The in-place path the TCP reader uses must agree with `decode` on every prefix.
+            let in_place = decoder.complete_frame(&buf);
+            let missing = decoder.missing(&buf);
+            assert!(missing <= MAX + 4);
+            let len_before = buf.len();
+            let decoded = decoder.decode(&mut buf);
+            match (&in_place, &decoded) {
+                (Ok(None), Ok(None)) => assert!(missing > 0),
+                (Ok(Some(0)), Ok(Some(Frame::KeepAlive))) => {}
+                (Ok(Some(n)), Ok(Some(Frame::Message(body)))) => {
+                    assert_eq!(*n, body.len());
+                    assert_eq!(len_before - buf.len(), 4 + n);
+                }
+                (Err(_), Err(_)) => {}
+                _ => panic!("complete_frame and decode disagree"),
+            }
+            match decoded {
                 Ok(Some(Frame::KeepAlive)) => {}
                 Ok(Some(Frame::Message(body))) => {
                     assert!(!body.is_empty() && body.len() <= MAX);

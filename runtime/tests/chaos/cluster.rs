@@ -81,6 +81,13 @@ pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {
             .into_iter()
             .nth(i)
             .unwrap();
+        // A cluster id of its own: a node of another test on this machine that reaches one of
+        // these ports by accident is refused at the handshake, not taken for a peer.
+        config.cluster.id = format!(
+            "chaos-{}",
+            dir.file_name()
+                .map_or("run".into(), |n| n.to_string_lossy())
+        );
         if options.check_quorum_off {
             config.raft.check_quorum = false;
         }

@@ -42,6 +42,10 @@ pub struct Procs {
     pub crashes: Vec<(u64, String)>,
     /// Processes started (first starts and restarts).
     pub starts: u64,
+    /// Status clients by (node index, timeout in ms).
+    status_clients: std::cell::RefCell<
+        std::collections::HashMap<(usize, u64), std::rc::Rc<conclave::client::Client>>,
+    >,
 }
 
 fn free_addr() -> SocketAddr {
@@ -109,6 +113,7 @@ pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {
         planted_bugs: options.planted_bugs.clone(),
         crashes: Vec::new(),
         starts: 0,
+        status_clients: Default::default(),
     };
     (net, procs)
 }
@@ -250,7 +255,20 @@ impl Procs {
         if !self.is_running(i) || self.is_paused(i) {
             return None;
         }
-        let client = conclave::client::Client::with_timeout(&self.endpoint(i), timeout).ok()?;
+        // One keep-alive client per node and timeout: a new connection per poll would leave
+        // thousands of sockets in TIME-WAIT over a long run, crowding the ephemeral ports other
+        // tests on the machine bind.
+        let key = (i, timeout.as_millis() as u64);
+        let client = self
+            .status_clients
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                std::rc::Rc::new(
+                    conclave::client::Client::with_timeout(&self.endpoint(i), timeout).unwrap(),
+                )
+            })
+            .clone();
         client.status().await.ok()
     }
 

@@ -6,7 +6,7 @@
 use crate::config::ReadLevel;
 use crate::http::{encode_key, IDEMPOTENCY_HEADER};
 use crate::node::{ClusterStatus, GossipMembers, NodeId};
-use awc::error::SendRequestError;
+use awc::error::{ConnectError, SendRequestError};
 use awc::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -29,6 +29,17 @@ pub enum ClientError {
         /// The endpoint.
         endpoint: String,
         /// The connection error.
+        reason: String,
+    },
+    /// The connection broke after the request was (perhaps partly) sent and before the
+    /// answer arrived: a write may or may not have been applied.
+    #[error(
+        "connection to {endpoint} lost before its answer (a write may have been applied): {reason}"
+    )]
+    ConnectionLost {
+        /// The endpoint.
+        endpoint: String,
+        /// The transport error.
         reason: String,
     },
     /// The node did not answer in time.
@@ -165,11 +176,15 @@ impl Client {
                 endpoint: self.endpoint.clone(),
                 timeout: self.timeout,
             },
-            SendRequestError::Connect(c) => ClientError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                reason: c.to_string(),
-            },
-            other => ClientError::Unreachable {
+            // awc reports a connection closed after the request was sent as
+            // `Connect(Disconnected)`: not "unreachable", the request may have arrived.
+            SendRequestError::Connect(c) if !matches!(c, ConnectError::Disconnected) => {
+                ClientError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    reason: c.to_string(),
+                }
+            }
+            other => ClientError::ConnectionLost {
                 endpoint: self.endpoint.clone(),
                 reason: other.to_string(),
             },
@@ -348,6 +363,22 @@ impl Client {
             return Err(self.api_error(status, &body, retry));
         }
         self.decode(&body)
+    }
+
+    /// `POST /v1/cluster/transfer-leader`: asks the leader to hand leadership to node `to`
+    /// (returns once the transfer has started).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
+        let url = format!("{}/v1/cluster/transfer-leader", self.endpoint);
+        let req = self
+            .http
+            .post(url)
+            .insert_header(("content-type", "application/json"));
+        let body = serde_json::json!({ "to": to }).to_string();
+        let (status, body, retry) = self.call(req, Some(body.into_bytes())).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        Ok(())
     }
 
     /// `GET /v1/ring/route/{key}`.

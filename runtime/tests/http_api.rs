@@ -591,6 +591,42 @@ async fn an_unreachable_or_self_named_leader_is_a_503() {
     s.stop().await;
 }
 
+/// Regression (found by the chaos harness, runtime/tests/chaos.rs): a follower forwarding a
+/// write whose connection to the leader broke *after* the request was sent answered 503
+/// `leader_unreachable` ("certainly not applied, safe to retry") although the leader may have
+/// received and applied it — the harness saw such a "refused" write present on every node.
+/// The outcome is unknown: it must be a 504.
+#[actix_web::test]
+async fn forwarded_write_whose_answer_is_lost_is_a_504_not_a_503() {
+    use std::io::Read;
+    // A "leader" that reads the forwarded request and closes the connection unanswered.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let leader = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = received.clone();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !String::from_utf8_lossy(&got).contains("value-bytes") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Dropped: closed without an answer.
+        }
+    });
+    let s = TestServer::start(Double::new(1), 10);
+    s.double.follower_of(7, leader);
+    let r = put(&s, "k", b"value-bytes").await;
+    assert!(received.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(r.error(StatusCode::GATEWAY_TIMEOUT), "timeout");
+    assert_eq!(r.header("retry-after"), None);
+    s.stop().await;
+}
+
 #[actix_web::test]
 async fn idempotency_keys_reach_the_service() {
     let s = TestServer::start(Double::new(1), 10);

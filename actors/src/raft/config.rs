@@ -77,6 +77,10 @@ pub struct PlantedBugs {
     /// Acknowledge appended entries (and count the leader's own copy) before their persist
     /// completed.
     pub ack_before_persist: bool,
+    /// Serve lease reads at once on a node that believes it leads, without a lease, even when
+    /// check-quorum is off (so nothing makes an isolated leader step down): the stale-leader
+    /// bug of d-engine issue #381, for the chaos harness of the runtime.
+    pub lease_without_check_quorum: bool,
 }
 
 /// A configuration that cannot be run safely.

@@ -1487,6 +1487,9 @@ impl Raft {
     // ------------------------------------------------------------------------------------
 
     fn lease_valid(&self, now: Millis) -> bool {
+        if self.bug_lease_without_check_quorum() {
+            return true;
+        }
         if !self.config.check_quorum || self.lease_disabled {
             return false;
         }
@@ -1710,6 +1713,17 @@ impl Raft {
         #[cfg(feature = "planted-bugs")]
         {
             self.config.planted_bugs.commit_previous_term_by_counting
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_lease_without_check_quorum(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.lease_without_check_quorum
         }
         #[cfg(not(feature = "planted-bugs"))]
         {

@@ -7,7 +7,7 @@ use crate::node::{LeaderHint, NodeId};
 use actix_web::http::header::{self, HeaderName};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
-use awc::error::SendRequestError;
+use awc::error::{ConnectError, SendRequestError};
 
 /// The hop count a request arrived with (0 when it comes from a client).
 pub(crate) fn incoming_hops(req: &HttpRequest) -> Result<u32, ApiError> {
@@ -80,16 +80,31 @@ pub(crate) async fn forward(
     }
     tracing::debug!(leader = hint.id, %url, hops = next, "forwarding request to the leader");
     let response = outbound.send_body(body).await.map_err(|e| match e {
+        // No connection was made: the leader never saw the request, so it is safe to retry.
+        // (awc also reports a connection closed *after* the request was sent, before the
+        // response head, as `Connect(Disconnected)`: that one is not safe, see below.)
+        SendRequestError::Connect(c) if !matches!(c, ConnectError::Disconnected) => {
+            ApiError::unavailable(
+                "leader_unreachable",
+                format!(
+                    "cannot reach the leader (node {} at {}): {c}",
+                    hint.id, hint.http
+                ),
+            )
+        }
         SendRequestError::Timeout => ApiError::Timeout {
             message: format!("the leader (node {}) did not answer in time", hint.id),
         },
-        other => ApiError::unavailable(
-            "leader_unreachable",
-            format!(
-                "cannot reach the leader (node {} at {}): {other}",
+        // The connection failed after (part of) the request was sent: the leader may have
+        // received it whole and applied it, so this is not a "safe to retry" 503 but the
+        // 504 of an outcome the client cannot know.
+        other => ApiError::Timeout {
+            message: format!(
+                "the connection to the leader (node {} at {}) failed before it answered; \
+                 the request may have been applied: {other}",
                 hint.id, hint.http
             ),
-        ),
+        },
     })?;
     let mut builder = HttpResponse::build(response.status());
     for (name, value) in response.headers() {

@@ -7,7 +7,8 @@
 //! before it is buffered.
 //!
 //! Routes: `PUT|GET|DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`, `GET /v1/cluster`,
-//! `GET /v1/cluster/members`, `GET /v1/ring/route/{key}`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//! `GET /v1/cluster/members`, `POST /v1/cluster/transfer-leader`, `GET /v1/ring/route/{key}`,
+//! `GET /metrics`, `GET /healthz`, `GET /readyz`.
 
 mod error;
 mod forward;
@@ -17,7 +18,7 @@ pub use error::ApiError;
 pub use keys::{decode_key, encode_key, KeyError, MAX_KEY_BYTES};
 
 use crate::config::{Config, ReadLevel};
-use crate::node::{KvService, RequestError};
+use crate::node::{KvService, NodeId, RequestError};
 use crate::state_machine::{KvCommand, KvOutput};
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{self, HeaderValue};
@@ -193,6 +194,11 @@ fn routes<S: KvService>(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/cluster/members")
             .route(web::get().to(cluster_members::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/cluster/transfer-leader")
+            .route(web::post().to(transfer_leader::<S>))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -466,6 +472,46 @@ async fn cluster_members<S: KvService>(ctx: Data<S>) -> HttpResponse {
     HttpResponse::Ok().json(ctx.service.members().await)
 }
 
+/// Parses `{"to": <node id>}`.
+fn parse_transfer(body: &[u8]) -> Result<NodeId, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("invalid_json", m);
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(invalid("expected an object {\"to\": <node id>}".to_owned()));
+    };
+    if let Some(unknown) = map.keys().find(|k| *k != "to") {
+        return Err(invalid(format!("unknown field {unknown:?}")));
+    }
+    map.get("to")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| invalid("field \"to\" must be a node id (a positive integer)".to_owned()))
+}
+
+/// `POST /v1/cluster/transfer-leader {"to": id}`: 200 once the leader has started handing
+/// leadership to `to` (forwarded to the leader when this node does not lead).
+async fn transfer_leader<S: KvService>(
+    req: HttpRequest,
+    payload: web::Payload,
+    ctx: Data<S>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, 4096).await?;
+    if body.is_empty() {
+        return Err(missing_body("JSON {\"to\": <node id>}"));
+    }
+    let to = parse_transfer(&body)?;
+    if !ctx.service.is_member(to) {
+        return Err(ApiError::bad_request(
+            "unknown_member",
+            format!("node {to} is not a member of the cluster"),
+        ));
+    }
+    match ctx.service.transfer_leader(to).await {
+        Ok(()) => Ok(HttpResponse::Ok().json(json!({ "ok": true, "to": to }))),
+        Err(e) => ctx.on_error(&req, body, e).await,
+    }
+}
+
 async fn ring_route<S: KvService>(
     req: HttpRequest,
     ctx: Data<S>,
@@ -551,6 +597,21 @@ mod tests {
                 .code(),
             "payload_too_large"
         );
+    }
+
+    #[test]
+    fn transfer_body_parsing() {
+        assert_eq!(parse_transfer(br#"{"to":3}"#).unwrap(), 3);
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"to":-1}"#,
+            br#"{"to":"3"}"#,
+            br#"{"to":3,"x":1}"#,
+            br#"[3]"#,
+            b"{not json",
+        ] {
+            assert_eq!(parse_transfer(bad).unwrap_err().code(), "invalid_json");
+        }
     }
 
     #[test]

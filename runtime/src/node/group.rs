@@ -124,8 +124,9 @@ impl<M: StateMachine> Message for Read<M> {
 pub struct TransferLeader {
     /// The target voter.
     pub to: NodeId,
-    /// Told whether the transfer started.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    /// Told whether the transfer started (`NotLeader` with a hint when this node does not
+    /// lead, so the HTTP layer can forward the request).
+    pub reply: oneshot::Sender<Result<(), RequestError>>,
 }
 
 struct Drain;
@@ -650,8 +651,16 @@ impl<M: StateMachine> Handler<TransferLeader> for GroupActor<M> {
     fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) {
         let now = self.now();
         let result = match self.core.as_mut() {
-            Some(core) => core.transfer_leader(now, msg.to).map_err(|e| e.to_string()),
-            None => Err("group not started".to_owned()),
+            Some(core) => match core.transfer_leader(now, msg.to) {
+                Ok(()) => Ok(()),
+                Err(raft::TransferError::NotLeader { leader }) => Err(self.leader_hint(leader)),
+                Err(e @ raft::TransferError::NotAVoter(_)) => {
+                    Err(RequestError::Internal(e.to_string()))
+                }
+            },
+            None => Err(RequestError::NoLeader {
+                group: self.deps.group,
+            }),
         };
         let _ = msg.reply.send(result);
         self.schedule_drain(ctx);

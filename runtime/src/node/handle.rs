@@ -216,6 +216,26 @@ pub trait KvService: Clone + 'static {
 
     /// Prometheus text exposition of the node's metrics.
     fn render_metrics(&self) -> String;
+
+    /// Asks this node, if it leads group 0, to hand leadership to voter `to` (thesis §3.10);
+    /// `NotLeader` asks the caller to forward it. Returns once the transfer has started, not
+    /// when it completes. Services that cannot transfer leadership refuse with `Internal`.
+    fn transfer_leader(
+        &self,
+        to: NodeId,
+    ) -> impl std::future::Future<Output = Result<(), RequestError>> {
+        async move {
+            Err(RequestError::Internal(format!(
+                "this service cannot transfer leadership (to node {to})"
+            )))
+        }
+    }
+
+    /// Whether `id` is a member of the cluster (requests naming another node are refused with
+    /// 400 before they reach the consensus core).
+    fn is_member(&self, id: NodeId) -> bool {
+        id == self.node_id()
+    }
 }
 
 #[cfg(test)]

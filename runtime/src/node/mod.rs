@@ -236,9 +236,39 @@ impl<M: StateMachine> Clone for NodeHandle<M> {
     }
 }
 
+/// The environment variable that switches on the consensus core's planted bugs in a node
+/// process: a comma-separated list of `conclave_actors::raft::PlantedBugs` field names (e.g.
+/// `lease_without_check_quorum`). Read only by binaries built with the test-only
+/// `planted-bugs` feature; the chaos harness uses it to show that it catches them.
+#[cfg(feature = "planted-bugs")]
+pub const PLANTED_BUGS_ENV: &str = "CONCLAVE_PLANTED_BUGS";
+
+/// The planted bugs [`PLANTED_BUGS_ENV`] names; an unknown name is an error that names it.
+#[cfg(feature = "planted-bugs")]
+fn planted_bugs() -> Result<conclave_actors::raft::PlantedBugs, String> {
+    let mut bugs = conclave_actors::raft::PlantedBugs::default();
+    let Ok(list) = std::env::var(PLANTED_BUGS_ENV) else {
+        return Ok(bugs);
+    };
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            "vote_without_log_check" => bugs.vote_without_log_check = true,
+            "commit_previous_term_by_counting" => bugs.commit_previous_term_by_counting = true,
+            "lease_read_after_expiry" => bugs.lease_read_after_expiry = true,
+            "ack_before_persist" => bugs.ack_before_persist = true,
+            "lease_without_check_quorum" => bugs.lease_without_check_quorum = true,
+            other => return Err(format!("{PLANTED_BUGS_ENV}: unknown planted bug {other:?}")),
+        }
+    }
+    Ok(bugs)
+}
+
 fn raft_config(config: &Config, group: u64) -> RaftConfig {
     let r = &config.raft;
     RaftConfig {
+        // Validated (with a clear error) by `start_node` before any group starts.
+        #[cfg(feature = "planted-bugs")]
+        planted_bugs: planted_bugs().unwrap_or_default(),
         id: config.node.id,
         group,
         election_timeout_min_ms: r.election_timeout_ms[0],
@@ -260,6 +290,13 @@ async fn start_node<M: StateMachine>(
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<Node<M>, NodeError> {
     let id = config.node.id;
+    #[cfg(feature = "planted-bugs")]
+    {
+        let bugs = planted_bugs().map_err(NodeError::Config)?;
+        if bugs != conclave_actors::raft::PlantedBugs::default() {
+            tracing::warn!(node = id, ?bugs, "PLANTED BUGS SWITCHED ON (test build)");
+        }
+    }
     let raft0 = raft_config(&config, 0);
     raft0
         .validate()
@@ -693,8 +730,7 @@ impl<M: StateMachine> NodeHandle<M> {
         addr.try_send(group::TransferLeader { to, reply })
             .map_err(|_| RequestError::Overloaded)?;
         match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RequestError::Internal(e)),
+            Ok(result) => result,
             Err(_) => Err(RequestError::Timeout),
         }
     }
@@ -872,6 +908,14 @@ impl KvService for NodeHandle<KvMachine> {
             .get(&0)
             .and_then(|g| g.shared.snapshot.read().leader);
         (route.shard, route.replicas, leader)
+    }
+
+    async fn transfer_leader(&self, to: NodeId) -> Result<(), RequestError> {
+        NodeHandle::transfer_leader(self, to).await
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        self.inner.members.contains_key(&id)
     }
 
     fn render_metrics(&self) -> String {

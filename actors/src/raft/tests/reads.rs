@@ -131,6 +131,20 @@ fn planted_bug_lease_read_after_expiry_serves_at_once() {
     assert_eq!(poll(&mut r), vec![Action::ReadReady { id: 2, index: 1 }]);
 }
 
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_bug_lease_without_check_quorum_serves_at_once() {
+    let mut c = RaftConfig {
+        check_quorum: false,
+        ..cfg(1)
+    };
+    c.planted_bugs.lease_without_check_quorum = true;
+    let mut r = settled_leader(c, &[1, 2, 3]);
+    // No round ever acknowledged, no check-quorum: served at once all the same.
+    r.read(9000, 1, ReadConsistency::Lease).unwrap();
+    assert_eq!(poll(&mut r), vec![Action::ReadReady { id: 1, index: 1 }]);
+}
+
 /// Leases need check-quorum: without it, a lease read is a ReadIndex read.
 #[test]
 fn lease_read_without_check_quorum_is_read_index() {

@@ -130,6 +130,18 @@ async fn leader_or_random(procs: &Procs, rng: &mut ChaCha8Rng) -> (usize, bool) 
     }
 }
 
+/// The node a kill or a pause hits: the leader half of the time (so failover is exercised
+/// often), any node otherwise; with its label for the fault log ("n2 (leader)").
+async fn victim(procs: &Procs, rng: &mut ChaCha8Rng) -> (usize, String) {
+    let (i, leader) = if rng.random_bool(0.5) {
+        leader_or_random(procs, rng).await
+    } else {
+        (rng.random_range(0..procs.len()), false)
+    };
+    let label = if leader { " (leader)" } else { "" };
+    (i, format!("n{}{label}", i + 1))
+}
+
 /// Injects faults until `deadline`, then heals everything it did.
 pub async fn run(
     seed: u64,
@@ -163,42 +175,18 @@ pub async fn run(
         );
         match fault {
             Fault::Kill9 => {
-                let (i, leader) = if rng.random_bool(0.5) {
-                    leader_or_random(procs, &mut rng).await
-                } else {
-                    (rng.random_range(0..n), false)
-                };
+                let (i, who) = victim(procs, &mut rng).await;
                 procs.kill9(i);
-                log.record(
-                    start,
-                    fault,
-                    format!(
-                        "n{}{} for {ms} ms",
-                        i + 1,
-                        if leader { " (leader)" } else { "" }
-                    ),
-                );
+                log.record(start, fault, format!("{who} for {ms} ms"));
                 hold(procs, ms).await;
                 procs.start(i);
             }
             Fault::Pause => {
-                let (i, leader) = if rng.random_bool(0.5) {
-                    leader_or_random(procs, &mut rng).await
-                } else {
-                    (rng.random_range(0..n), false)
-                };
+                let (i, who) = victim(procs, &mut rng).await;
                 // Longer than the election timeout (300 ms at most by default).
                 let ms = ms.clamp(1000, 4000);
                 if procs.pause(i) {
-                    log.record(
-                        start,
-                        fault,
-                        format!(
-                            "n{}{} for {ms} ms",
-                            i + 1,
-                            if leader { " (leader)" } else { "" }
-                        ),
-                    );
+                    log.record(start, fault, format!("{who} for {ms} ms"));
                     hold(procs, ms).await;
                 }
                 procs.resume(i);

@@ -9,6 +9,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/ports.rs"]
+mod ports;
+
 use conclave::client::Client;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -140,13 +143,9 @@ fn a_dev_cluster_survives_the_loss_of_its_leader() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let dir = tempfile::tempdir().unwrap();
-    // An OS-assigned port as node 1's HTTP port; the others follow it (rarely taken).
-    let base = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        - 101;
+    // Every port `dev` derives from the base (base+1..=base+3, base+101..=base+103) free and
+    // below the ephemeral range, so the killed node's restart finds its ports again.
+    let base = ports::free_base(103);
     let banner_path = dir.path().join("dev.out");
     let dev = Guard(
         Command::new(env!("CARGO_BIN_EXE_conclave"))

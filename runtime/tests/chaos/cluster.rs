@@ -48,12 +48,9 @@ pub struct Procs {
     >,
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+#[path = "../common/ports.rs"]
+mod ports;
+use ports::free_addr;
 
 /// Real addresses and proxies for `n` nodes, and their configuration files in `dir`.
 pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {

@@ -4,17 +4,12 @@
 
 use conclave::client::Client;
 use conclave::config::{Config, MemberConfig};
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+pub mod ports;
+pub use ports::free_addr;
 
 pub struct Cluster {
     pub dir: PathBuf,

@@ -41,6 +41,7 @@
 
 use actix::{Message, Recipient};
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// How often (in queued messages) a sender whose notification is still pending checks that
@@ -78,6 +79,11 @@ struct Queue<M> {
 
 struct Shared<M> {
     queue: Mutex<Queue<M>>,
+    /// `queue.items.len()`, written under the lock and read without it: a full bounded
+    /// mailbox refuses `try_send` with one atomic load, without touching the lock the
+    /// receiver needs to drain it. A load that sees `>= capacity` saw a moment when the
+    /// mailbox was full, so refusing is correct even if a drain follows immediately.
+    len: AtomicUsize,
     /// `None`: unbounded.
     capacity: Option<usize>,
 }
@@ -104,6 +110,7 @@ impl<M: Send + 'static> Batch<M> {
         } else {
             out.append(&mut q.items);
         }
+        self.shared.len.store(0, Ordering::Release);
         // Later sends schedule a new notification.
         q.scheduled = false;
     }
@@ -147,6 +154,7 @@ pub fn batch_sender<M: Send + 'static>(
                 scheduled: false,
                 closed: false,
             }),
+            len: AtomicUsize::new(0),
             capacity,
         }),
         wake: receiver,
@@ -175,6 +183,7 @@ impl<M: Send + 'static> BatchSender<M> {
             }
             let before = q.items.len();
             q.items.extend(msgs);
+            self.shared.len.store(q.items.len(), Ordering::Release);
             let notify = !q.scheduled && q.items.len() > before;
             q.scheduled |= notify;
             notify
@@ -187,7 +196,7 @@ impl<M: Send + 'static> BatchSender<M> {
 
     /// Messages waiting to be drained (the mailbox depth).
     pub fn len(&self) -> usize {
-        self.shared.queue.lock().items.len()
+        self.shared.len.load(Ordering::Acquire)
     }
 
     /// Whether no message is waiting.
@@ -201,21 +210,24 @@ impl<M: Send + 'static> BatchSender<M> {
     }
 
     fn push(&self, msg: M, bounded: bool) -> Result<(), BatchSendError<M>> {
+        let cap = if bounded { self.shared.capacity } else { None };
+        // Fast refusal without the lock (see `Shared::len`).
+        if cap.is_some_and(|cap| self.shared.len.load(Ordering::Acquire) >= cap) {
+            return Err(BatchSendError::Full(msg));
+        }
         let (notify, check_alive) = {
             let mut q = self.shared.queue.lock();
             if q.closed {
                 return Err(BatchSendError::Closed(msg));
             }
-            if bounded && self.shared.capacity.is_some_and(|cap| q.items.len() >= cap) {
+            if cap.is_some_and(|cap| q.items.len() >= cap) {
                 return Err(BatchSendError::Full(msg));
             }
             q.items.push(msg);
+            self.shared.len.store(q.items.len(), Ordering::Release);
             let notify = !q.scheduled;
             q.scheduled = true;
-            (
-                notify,
-                !notify && q.items.len() % LIVENESS_CHECK_EVERY == 0,
-            )
+            (notify, !notify && q.items.len() % LIVENESS_CHECK_EVERY == 0)
         };
         if notify {
             // The message is queued: if the receiver is gone it is dropped with the rest,
@@ -244,6 +256,7 @@ impl<M: Send + 'static> BatchSender<M> {
         let mut q = self.shared.queue.lock();
         q.closed = true;
         q.items.clear();
+        self.shared.len.store(0, Ordering::Release);
     }
 }
 
@@ -333,8 +346,15 @@ mod tests {
         let (seen, _) = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         assert_eq!(seen.len(), 4000);
         for p in 0..4u64 {
-            let mine: Vec<u64> = seen.iter().copied().filter(|v| v / 1_000_000 == p).collect();
-            assert_eq!(mine, (0..1000).map(|i| p * 1_000_000 + i).collect::<Vec<_>>());
+            let mine: Vec<u64> = seen
+                .iter()
+                .copied()
+                .filter(|v| v / 1_000_000 == p)
+                .collect();
+            assert_eq!(
+                mine,
+                (0..1000).map(|i| p * 1_000_000 + i).collect::<Vec<_>>()
+            );
         }
         arbiter.stop();
         drop(sys);

@@ -125,7 +125,10 @@ fn configs(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, Config)>> {
 
 /// Starts `conclave node --config …` (this executable) for every config, logging to
 /// `log_dir/n{id}.log`. The returned children are killed when dropped.
-pub(super) fn spawn_nodes(configs: &[(PathBuf, Config)], log_dir: &Path) -> anyhow::Result<Children> {
+pub(super) fn spawn_nodes(
+    configs: &[(PathBuf, Config)],
+    log_dir: &Path,
+) -> anyhow::Result<Children> {
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the conclave executable")?;
@@ -179,7 +182,10 @@ pub(super) fn run(args: &DevArgs) -> anyhow::Result<u8> {
 
 /// Polls every node's `/v1/cluster` until one knows a leader. Fails when a node exits or the
 /// timeout passes, quoting the node's log.
-pub(super) async fn wait_for_leader(children: &mut Children, timeout: Duration) -> anyhow::Result<(u64, u64)> {
+pub(super) async fn wait_for_leader(
+    children: &mut Children,
+    timeout: Duration,
+) -> anyhow::Result<(u64, u64)> {
     let clients: Vec<Client> = children
         .0
         .iter()

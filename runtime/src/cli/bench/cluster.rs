@@ -324,8 +324,7 @@ async fn client(
         request.clear();
         if is_read {
             request.extend_from_slice(
-                format!("GET /v1/kv/{k}{read_query} HTTP/1.1\r\nHost: {target}\r\n\r\n")
-                    .as_bytes(),
+                format!("GET /v1/kv/{k}{read_query} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
             );
         } else {
             request.extend_from_slice(
@@ -528,14 +527,23 @@ mod tests {
     #[test]
     fn heads_parse_and_bad_ones_are_refused() {
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-        let h = parse_head(ok).ok().flatten().map(|h| (h.status, h.header_len, h.content_length));
+        let h = parse_head(ok)
+            .ok()
+            .flatten()
+            .map(|h| (h.status, h.header_len, h.content_length));
         assert_eq!(h, Some((200, ok.len() - 5, 5)));
-        assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le"), Ok(None)));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-le"),
+            Ok(None)
+        ));
         assert!(matches!(
             parse_head(b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nretry-after: 1\r\n\r\n"),
             Ok(Some(Head { status: 503, .. }))
         ));
-        assert!(matches!(parse_head(b"SSH-2.0\r\n\r\n"), Err(Failure::BadResponse)));
+        assert!(matches!(
+            parse_head(b"SSH-2.0\r\n\r\n"),
+            Err(Failure::BadResponse)
+        ));
         assert!(matches!(
             parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
             Err(Failure::BadResponse)

@@ -764,7 +764,9 @@ mod tests {
             match p.kind() {
                 PathKind::Baseline => assert_eq!(p.baseline(), None, "{}", p.name()),
                 _ => {
-                    let b = p.baseline().unwrap_or_else(|| panic!("{} has no baseline", p.name()));
+                    let b = p
+                        .baseline()
+                        .unwrap_or_else(|| panic!("{} has no baseline", p.name()));
                     assert_eq!(b.kind(), PathKind::Baseline);
                     assert!(MailboxPath::ALL.contains(&b));
                 }
@@ -796,9 +798,7 @@ mod tests {
             rounds: 1,
         };
         for p in MailboxPath::ALL {
-            let d = p
-                .run(&o)
-                .unwrap_or_else(|e| panic!("{}: {e:#}", p.name()));
+            let d = p.run(&o).unwrap_or_else(|e| panic!("{}: {e:#}", p.name()));
             assert!(d > Duration::ZERO, "{}", p.name());
         }
     }

@@ -226,16 +226,19 @@ fn run_mailbox(a: &MailboxArgs) -> anyhow::Result<u8> {
         a.json,
         "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
     );
-    let mut results = Vec::with_capacity(paths.len());
-    for p in &paths {
-        let mut rates = Vec::with_capacity(o.rounds);
-        for round in 0..o.rounds {
+    // Rounds are interleaved (round 1 of every path, then round 2, …) so that a burst of
+    // load from elsewhere on the machine hits paths and baselines alike.
+    let mut results: Vec<(MailboxPath, Vec<f64>)> = paths
+        .iter()
+        .map(|p| (*p, Vec::with_capacity(o.rounds)))
+        .collect();
+    for round in 0..o.rounds {
+        for (p, rates) in &mut results {
             bar.set_message(format!("{} round {}", p.name(), round + 1));
             let d = p.run(&o).with_context(|| format!("path {}", p.name()))?;
             rates.push(rate(o.total(), d));
             bar.inc(1);
         }
-        results.push((*p, rates));
     }
     bar.finish_and_clear();
     let rows = mailbox_rows(&results, o.total());
@@ -271,14 +274,12 @@ fn run_mailbox(a: &MailboxArgs) -> anyhow::Result<u8> {
                 r.path.to_owned(),
                 fmt_rate(r.rate),
                 r.baseline.unwrap_or("-").to_owned(),
-                r.ratio.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}x")),
+                r.ratio
+                    .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}x")),
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(&["path", "msgs/s", "baseline", "ratio"], &body)
-    );
+    print!("{}", table(&["path", "msgs/s", "baseline", "ratio"], &body));
     Ok(EXIT_OK)
 }
 
@@ -513,7 +514,10 @@ fn print_cluster(
     let secs: Vec<String> = r.per_second.iter().map(u64::to_string).collect();
     println!("\nops per second: {}", secs.join(" "));
     if r.not_found > 0 {
-        println!("reads of keys never written (404, counted as ok): {}", r.not_found);
+        println!(
+            "reads of keys never written (404, counted as ok): {}",
+            r.not_found
+        );
     }
     if r.errors_total == 0 {
         println!("errors: none");
@@ -546,18 +550,27 @@ mod tests {
             panic!("not mailbox")
         };
         let (o, paths) = mailbox_plan(&a).unwrap();
-        assert_eq!((o.messages, o.producers, o.capacity, o.payload, o.rounds), (1_000_000, 1, 16, 0, 3));
+        assert_eq!(
+            (o.messages, o.producers, o.capacity, o.payload, o.rounds),
+            (1_000_000, 1, 16, 0, 3)
+        );
         assert_eq!(paths.len(), MailboxPath::ALL.len());
-        let BenchCommand::Mailbox(a) = parse(&["mailbox", "--paths", "conclave-cross"]).unwrap() else {
+        let BenchCommand::Mailbox(a) = parse(&["mailbox", "--paths", "conclave-cross"]).unwrap()
+        else {
             panic!("not mailbox")
         };
         let (_, paths) = mailbox_plan(&a).unwrap();
-        assert_eq!(paths, vec![MailboxPath::TokioCross, MailboxPath::ConclaveCross]);
+        assert_eq!(
+            paths,
+            vec![MailboxPath::TokioCross, MailboxPath::ConclaveCross]
+        );
         let BenchCommand::Mailbox(a) = parse(&["mailbox", "--paths", "nope"]).unwrap() else {
             panic!("not mailbox")
         };
         assert!(mailbox_plan(&a).is_err());
-        let BenchCommand::Mailbox(a) = parse(&["mailbox", "--messages", "2", "--producers", "3"]).unwrap() else {
+        let BenchCommand::Mailbox(a) =
+            parse(&["mailbox", "--messages", "2", "--producers", "3"]).unwrap()
+        else {
             panic!("not mailbox")
         };
         assert!(mailbox_plan(&a).is_err());

@@ -174,7 +174,10 @@ mod tests {
         assert_eq!(l.p999_us, 999);
         assert_eq!(l.max_us, 1000);
         assert!((l.mean_us - 500.5).abs() < 0.5);
-        assert_eq!(Latency::from_histogram(&latency_histogram().unwrap()), Latency::default());
+        assert_eq!(
+            Latency::from_histogram(&latency_histogram().unwrap()),
+            Latency::default()
+        );
     }
 
     #[test]

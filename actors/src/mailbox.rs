@@ -164,12 +164,21 @@ pub fn batch_sender<M: Send + 'static>(
 impl<M: Send + 'static> BatchSender<M> {
     /// Queues `msg` regardless of the capacity (like actix's `do_send`). Fails only when
     /// the receiver has stopped.
+    #[inline]
     pub fn do_send(&self, msg: M) -> Result<(), BatchSendError<M>> {
         self.push(msg, false)
     }
 
     /// Queues `msg` unless `capacity` messages are already waiting.
+    #[inline]
     pub fn try_send(&self, msg: M) -> Result<(), BatchSendError<M>> {
+        // Fast refusal without the lock and without a call (see `Shared::len`): a full
+        // mailbox under pressure answers this millions of times a second.
+        if let Some(cap) = self.shared.capacity {
+            if self.shared.len.load(Ordering::Acquire) >= cap {
+                return Err(BatchSendError::Full(msg));
+            }
+        }
         self.push(msg, true)
     }
 
@@ -211,10 +220,6 @@ impl<M: Send + 'static> BatchSender<M> {
 
     fn push(&self, msg: M, bounded: bool) -> Result<(), BatchSendError<M>> {
         let cap = if bounded { self.shared.capacity } else { None };
-        // Fast refusal without the lock (see `Shared::len`).
-        if cap.is_some_and(|cap| self.shared.len.load(Ordering::Acquire) >= cap) {
-            return Err(BatchSendError::Full(msg));
-        }
         let (notify, check_alive) = {
             let mut q = self.shared.queue.lock();
             if q.closed {
@@ -282,7 +287,7 @@ mod tests {
         fn handle(&mut self, b: Batch<u64>, _: &mut Context<Self>) {
             self.batches += 1;
             b.drain_into(&mut self.buf);
-            self.seen.extend(self.buf.drain(..));
+            self.seen.append(&mut self.buf);
             if self.seen.len() >= self.done_at {
                 if let Some(tx) = self.done.take() {
                     let _ = tx.send((std::mem::take(&mut self.seen), self.batches));

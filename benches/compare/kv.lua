@@ -8,7 +8,8 @@
 --         "serializable" is linearizable).
 -- OP:     put (uniform random keys), get (uniform random keys, linearizable) or fill (every
 --         key of the keyspace in turn, so later reads find a value).
--- done() prints one line: RESULT <requests/s> <p50 µs> <p99 µs> <errors> <requests>.
+-- done() prints one line: RESULT <requests/s> <p50 µs> <p99 µs> <errors> <requests>
+-- <non-2xx> <connect> <read> <write> <timeout> (the last five are wrk's error kinds).
 
 local target, op, keyspace = "conclave", "put", 10000
 local value = string.rep("v", 256)
@@ -80,6 +81,8 @@ function done(summary, latency, requests)
   local errors = summary.errors.status + summary.errors.connect + summary.errors.read
     + summary.errors.write + summary.errors.timeout
   local seconds = summary.duration / 1e6
-  io.write(string.format("RESULT %.1f %d %d %d %d\n", summary.requests / seconds,
-    latency:percentile(50), latency:percentile(99), errors, summary.requests))
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %d %d %d %d %d %d %d %d %d\n", summary.requests / seconds,
+    latency:percentile(50), latency:percentile(99), errors, summary.requests,
+    e.status, e.connect, e.read, e.write, e.timeout))
 end

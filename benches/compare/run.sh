@@ -118,12 +118,13 @@ ETCD_URL=$(wait_for etcd etcd_leader)
 CONCLAVE_URL=$(wait_for conclave conclave_leader)
 log "etcd leader $ETCD_URL, conclave leader $CONCLAVE_URL"
 
-# run TARGET URL OP CONNECTIONS KEYSPACE -> "rps p50 p99 errors requests"
+# run TARGET URL OP CONNECTIONS KEYSPACE
+#   -> "rps p50 p99 errors requests non2xx connect read write timeout"
 run() {
   local target=$1 url=$2 op=$3 c=$4 keys=$5 threads=2
   [ "$c" -lt 2 ] && threads=1
   wrk -t"$threads" -c"$c" -d"${DURATION}s" --timeout 10s -s "$HERE/kv.lua" "$url" \
-    -- "$target" "$op" "$keys" "$threads" | awk '/^RESULT/ { print $2, $3, $4, $5, $6 }'
+    -- "$target" "$op" "$keys" "$threads" | awk '/^RESULT/ { print $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }'
 }
 
 # Reads must find values: write every key of the read keyspace first, on both.
@@ -141,7 +142,7 @@ for op in put get; do
       url=$ETCD_URL; [ "$t" = conclave ] && url=$CONCLAVE_URL
       log "$t $op c=$c ${DURATION}s"
       R[$t.$op.$c]=$(run "$t" "$url" "$op" "$c" "$keys")
-      log "  -> ${R[$t.$op.$c]} (req/s p50µs p99µs errors requests)"
+      log "  -> ${R[$t.$op.$c]} (req/s p50µs p99µs errors requests; errors: non-2xx connect read write timeout)"
     done
   done
 done

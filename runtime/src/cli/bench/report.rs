@@ -188,6 +188,6 @@ mod tests {
         assert_eq!(fmt_us(12_345), "12.3ms");
         assert_eq!(fmt_us(1_200_000), "1.20s");
         let t = table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
-        assert_eq!(t, "a     bb\n-------\nxyz    1\n");
+        assert_eq!(t, "a    bb\n-------\nxyz   1\n");
     }
 }

@@ -4,13 +4,23 @@
 //! receiver lives on another arbiter, may wake that arbiter's thread for each of them. For
 //! hot paths that carry many small messages to one actor (log entries to the log store,
 //! applied entries to the state machine, frames from a connection) that per-message cost
-//! dominates. A [`BatchSender`] instead pushes messages into a shared buffer (a mutex-guarded
-//! `Vec`, no allocation per message) and sends the actor a single [`Batch`] notification
-//! when the buffer goes from empty to non-empty. The actor's `Handler<Batch<M>>` drains every
-//! message queued so far with [`Batch::drain_into`]; producers that push while that
-//! notification is in flight ride along for free. A burst of N messages therefore costs N
-//! `Vec` pushes under an uncontended lock plus one actix envelope and at most one cross-thread
-//! wake-up.
+//! dominates. A [`BatchSender`] instead pushes messages into a shared buffer and sends the
+//! actor a single [`Batch`] notification when the buffer goes from empty to non-empty. The
+//! actor's `Handler<Batch<M>>` drains every message queued so far with [`Batch::drain_each`]
+//! (or [`Batch::drain_into`]); producers that push while that notification is in flight ride
+//! along for free. A burst of N messages therefore costs N slot writes under an uncontended
+//! lock plus one actix envelope and at most one cross-thread wake-up.
+//!
+//! The buffer is a list of fixed-size chunks (about 8 KiB of messages each). Producers fill
+//! the tail chunk; a full chunk is retired with a pointer move and replaced by an empty one
+//! from a small pool. The receiver takes every chunk at once (pointer swaps under the lock),
+//! consumes them outside the lock and hands the emptied chunks back to the pool. Nothing is
+//! ever reallocated or copied under the lock, however far the receiver falls behind, and in
+//! the steady state no memory is allocated (so no fresh pages are faulted in) at all; while
+//! the receiver is behind, the only thing that grows under the lock is the list of chunk
+//! pointers (one entry per chunk of hundreds of messages). The lock is only ever held for a
+//! few instructions, so a holder preempted by the scheduler,
+//! which makes the other side park on the lock, is rare.
 //!
 //! Ordering: messages from one producer arrive in the order it sent them (they share one
 //! buffer). Capacity: [`BatchSender::try_send`] refuses once `capacity` messages are waiting
@@ -48,6 +58,33 @@ use std::sync::Arc;
 /// the receiver is alive, so a stopped actor does not let an unbounded buffer grow forever.
 const LIVENESS_CHECK_EVERY: usize = 1024;
 
+/// Bytes of messages per chunk. Small enough to stay in cache and to come from the
+/// allocator's ordinary bins (not `mmap`), large enough that the per-chunk work (a pointer
+/// push under the lock, one pool pop) is amortised over hundreds of small messages.
+const CHUNK_BYTES: usize = 8 * 1024;
+
+/// Emptied chunks a mailbox keeps for reuse. Bounds what an idle mailbox holds after a
+/// burst (`POOL_MAX * CHUNK_BYTES`, 128 KiB) while covering the producer's needs between
+/// two drains in the steady state.
+const POOL_MAX: usize = 16;
+
+/// Messages per chunk for messages of type `M`: `CHUNK_BYTES` worth, at least 16, at most
+/// 4096.
+const fn chunk_len<M>() -> usize {
+    let size = std::mem::size_of::<M>();
+    if size == 0 {
+        return 4096;
+    }
+    let n = CHUNK_BYTES / size;
+    if n < 16 {
+        16
+    } else if n > 4096 {
+        4096
+    } else {
+        n
+    }
+}
+
 /// Why a message was not queued.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BatchSendError<M> {
@@ -69,28 +106,111 @@ impl<M> BatchSendError<M> {
     }
 }
 
+/// The producers' side of the mailbox, guarded by one lock. Every operation under the lock
+/// is a slot write or a pointer move: messages are never copied or reallocated under it, so
+/// a holder preempted by the scheduler is rare and short.
 struct Queue<M> {
-    items: Vec<M>,
+    /// The chunk producers write into: `capacity() == chunk_len::<M>()` once allocated
+    /// (capacity 0 before the first push after a drain found the pool empty).
+    tail: Vec<M>,
+    /// Filled chunks, oldest first.
+    full: Vec<Vec<M>>,
+    /// Empty chunks of `chunk_len::<M>()` slots, ready to become the next `tail`.
+    pool: Vec<Vec<M>>,
+    /// Messages in `full` and `tail`.
+    len: usize,
     /// A [`Batch`] notification is on its way to the receiver and has not drained yet.
     scheduled: bool,
     /// The receiver was found stopped.
     closed: bool,
 }
 
+impl<M> Queue<M> {
+    #[inline]
+    fn push(&mut self, msg: M) {
+        if self.tail.len() == self.tail.capacity() {
+            self.next_chunk();
+        }
+        // Never reallocates: `tail` has a free slot.
+        self.tail.push(msg);
+        self.len += 1;
+    }
+
+    /// Retires the filled (or never allocated) tail and installs an empty chunk, from the
+    /// pool when it has one.
+    #[cold]
+    fn next_chunk(&mut self) {
+        let fresh = self
+            .pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(chunk_len::<M>()));
+        let filled = std::mem::replace(&mut self.tail, fresh);
+        if !filled.is_empty() {
+            self.full.push(filled);
+        }
+    }
+}
+
 struct Shared<M> {
     queue: Mutex<Queue<M>>,
-    /// `queue.items.len()`, written under the lock and read without it: a full bounded
-    /// mailbox refuses `try_send` with one atomic load, without touching the lock the
-    /// receiver needs to drain it. A load that sees `>= capacity` saw a moment when the
-    /// mailbox was full, so refusing is correct even if a drain follows immediately.
+    /// `queue.len`, written under the lock and read without it: a full bounded mailbox
+    /// refuses `try_send` with one atomic load, without touching the lock the receiver
+    /// needs to drain it. A load that sees `>= capacity` saw a moment when the mailbox was
+    /// full, so refusing is correct even if a drain follows immediately.
     len: AtomicUsize,
     /// `None`: unbounded.
     capacity: Option<usize>,
+    /// The receiver's spare list of chunks (swapped with `Queue::full` on every drain, so
+    /// taking the filled chunks allocates nothing). Only the receiver locks it.
+    spare: Mutex<Vec<Vec<M>>>,
+}
+
+impl<M> Shared<M> {
+    /// Takes every waiting chunk (oldest first) in place of `spare`, under the lock for a
+    /// few pointer moves, and re-arms the notification.
+    fn take(&self, spare: Vec<Vec<M>>) -> Vec<Vec<M>> {
+        let mut q = self.queue.lock();
+        let mut chunks = std::mem::replace(&mut q.full, spare);
+        if !q.tail.is_empty() {
+            // With an empty pool the next push allocates a chunk (`Queue::next_chunk`).
+            let fresh = q.pool.pop().unwrap_or_default();
+            let tail = std::mem::replace(&mut q.tail, fresh);
+            // A pointer move: `chunks` (the old `full`) keeps its capacity from drain to
+            // drain, so this rarely allocates.
+            chunks.push(tail);
+        }
+        q.len = 0;
+        self.len.store(0, Ordering::Release);
+        // Later sends schedule a new notification.
+        q.scheduled = false;
+        chunks
+    }
+
+    /// Hands emptied chunks back to the pool (up to `POOL_MAX`), frees the rest outside
+    /// the lock, and leaves `chunks` empty for reuse as the next spare list.
+    fn recycle(&self, chunks: &mut Vec<Vec<M>>) {
+        if chunks.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.queue.lock();
+            while q.pool.len() < POOL_MAX {
+                match chunks.pop() {
+                    Some(c) => {
+                        debug_assert!(c.is_empty());
+                        q.pool.push(c);
+                    }
+                    None => break,
+                }
+            }
+        }
+        chunks.clear();
+    }
 }
 
 /// The notification an actor receives: "messages are waiting". Drain them with
-/// [`Batch::drain_into`]; one notification may carry any number of messages, including
-/// none when an earlier notification already drained them.
+/// [`Batch::drain_each`] or [`Batch::drain_into`]; one notification may carry any number of
+/// messages, including none when an earlier notification already drained them.
 pub struct Batch<M: Send + 'static> {
     shared: Arc<Shared<M>>,
 }
@@ -100,19 +220,32 @@ impl<M: Send + 'static> Message for Batch<M> {
 }
 
 impl<M: Send + 'static> Batch<M> {
-    /// Moves every waiting message, in send order, to the end of `out`. When `out` is empty
-    /// this swaps buffers instead of copying, so a handler that keeps one `Vec` and clears it
-    /// after use allocates nothing in the steady state.
-    pub fn drain_into(&self, out: &mut Vec<M>) {
-        let mut q = self.shared.queue.lock();
-        if out.is_empty() {
-            std::mem::swap(&mut q.items, out);
-        } else {
-            out.append(&mut q.items);
+    /// Hands every waiting message, in send order, to `f`, straight out of the mailbox's
+    /// chunks (no copy), and recycles the emptied chunks for the producers. The lock is held
+    /// only to take the chunks and to return them, never while `f` runs, so producers keep
+    /// sending meanwhile (into the next notification).
+    pub fn drain_each(&self, mut f: impl FnMut(M)) {
+        let mut spare = self.shared.spare.lock();
+        let mut chunks = self.shared.take(std::mem::take(&mut *spare));
+        for chunk in chunks.iter_mut() {
+            for m in chunk.drain(..) {
+                f(m);
+            }
         }
-        self.shared.len.store(0, Ordering::Release);
-        // Later sends schedule a new notification.
-        q.scheduled = false;
+        self.shared.recycle(&mut chunks);
+        *spare = chunks;
+    }
+
+    /// Moves every waiting message, in send order, to the end of `out` (a copy per message;
+    /// [`Batch::drain_each`] avoids it, and keeps no buffer as large as the burst).
+    pub fn drain_into(&self, out: &mut Vec<M>) {
+        let mut spare = self.shared.spare.lock();
+        let mut chunks = self.shared.take(std::mem::take(&mut *spare));
+        for chunk in chunks.iter_mut() {
+            out.append(chunk);
+        }
+        self.shared.recycle(&mut chunks);
+        *spare = chunks;
     }
 }
 
@@ -150,12 +283,16 @@ pub fn batch_sender<M: Send + 'static>(
     BatchSender {
         shared: Arc::new(Shared {
             queue: Mutex::new(Queue {
-                items: Vec::new(),
+                tail: Vec::new(),
+                full: Vec::new(),
+                pool: Vec::new(),
+                len: 0,
                 scheduled: false,
                 closed: false,
             }),
             len: AtomicUsize::new(0),
             capacity,
+            spare: Mutex::new(Vec::new()),
         }),
         wake: receiver,
     }
@@ -190,10 +327,12 @@ impl<M: Send + 'static> BatchSender<M> {
             if q.closed {
                 return Err(BatchSendError::Closed(()));
             }
-            let before = q.items.len();
-            q.items.extend(msgs);
-            self.shared.len.store(q.items.len(), Ordering::Release);
-            let notify = !q.scheduled && q.items.len() > before;
+            let before = q.len;
+            for m in msgs {
+                q.push(m);
+            }
+            self.shared.len.store(q.len, Ordering::Release);
+            let notify = !q.scheduled && q.len > before;
             q.scheduled |= notify;
             notify
         };
@@ -218,6 +357,7 @@ impl<M: Send + 'static> BatchSender<M> {
         self.shared.capacity
     }
 
+    #[inline]
     fn push(&self, msg: M, bounded: bool) -> Result<(), BatchSendError<M>> {
         let cap = if bounded { self.shared.capacity } else { None };
         let (notify, check_alive) = {
@@ -225,14 +365,14 @@ impl<M: Send + 'static> BatchSender<M> {
             if q.closed {
                 return Err(BatchSendError::Closed(msg));
             }
-            if cap.is_some_and(|cap| q.items.len() >= cap) {
+            if cap.is_some_and(|cap| q.len >= cap) {
                 return Err(BatchSendError::Full(msg));
             }
-            q.items.push(msg);
-            self.shared.len.store(q.items.len(), Ordering::Release);
+            q.push(msg);
+            self.shared.len.store(q.len, Ordering::Release);
             let notify = !q.scheduled;
             q.scheduled = true;
-            (notify, !notify && q.items.len() % LIVENESS_CHECK_EVERY == 0)
+            (notify, !notify && q.len % LIVENESS_CHECK_EVERY == 0)
         };
         if notify {
             // The message is queued: if the receiver is gone it is dropped with the rest,
@@ -258,10 +398,16 @@ impl<M: Send + 'static> BatchSender<M> {
     }
 
     fn close(&self) {
-        let mut q = self.shared.queue.lock();
-        q.closed = true;
-        q.items.clear();
-        self.shared.len.store(0, Ordering::Release);
+        // Drop the messages outside the lock: their destructors may be arbitrary.
+        let (tail, full) = {
+            let mut q = self.shared.queue.lock();
+            q.closed = true;
+            q.len = 0;
+            self.shared.len.store(0, Ordering::Release);
+            (std::mem::take(&mut q.tail), std::mem::take(&mut q.full))
+        };
+        drop(tail);
+        drop(full);
     }
 }
 
@@ -273,6 +419,8 @@ mod tests {
     use std::sync::mpsc;
 
     struct Collect {
+        /// Drain with `drain_each` instead of `drain_into`.
+        each: bool,
         buf: Vec<u64>,
         seen: Vec<u64>,
         batches: usize,
@@ -286,8 +434,13 @@ mod tests {
         type Result = ();
         fn handle(&mut self, b: Batch<u64>, _: &mut Context<Self>) {
             self.batches += 1;
-            b.drain_into(&mut self.buf);
-            self.seen.append(&mut self.buf);
+            if self.each {
+                let seen = &mut self.seen;
+                b.drain_each(|m| seen.push(m));
+            } else {
+                b.drain_into(&mut self.buf);
+                self.seen.append(&mut self.buf);
+            }
             if self.seen.len() >= self.done_at {
                 if let Some(tx) = self.done.take() {
                     let _ = tx.send((std::mem::take(&mut self.seen), self.batches));
@@ -298,6 +451,7 @@ mod tests {
 
     fn collector(done_at: usize, tx: mpsc::Sender<(Vec<u64>, usize)>) -> Collect {
         Collect {
+            each: false,
             buf: Vec::new(),
             seen: Vec::new(),
             batches: 0,
@@ -409,5 +563,185 @@ mod tests {
             assert_eq!(s.do_send(3), Err(BatchSendError::Closed(3)));
             assert_eq!(s.do_send_all([4, 5]), Err(BatchSendError::Closed(())));
         });
+    }
+
+    /// Never drains on its own: the tests below drain by hand through `batch_of`.
+    struct Idle;
+    impl Actor for Idle {
+        type Context = Context<Self>;
+    }
+    impl Handler<Batch<u64>> for Idle {
+        type Result = ();
+        fn handle(&mut self, _: Batch<u64>, _: &mut Context<Self>) {}
+    }
+
+    fn batch_of(s: &BatchSender<u64>) -> Batch<u64> {
+        Batch {
+            shared: Arc::clone(&s.shared),
+        }
+    }
+
+    fn drain_all(s: &BatchSender<u64>) -> Vec<u64> {
+        let mut out = Vec::new();
+        batch_of(s).drain_each(|m| out.push(m));
+        out
+    }
+
+    const CHUNK: usize = chunk_len::<u64>();
+
+    #[test]
+    fn chunk_length_is_bounded_for_any_message_size() {
+        assert_eq!(chunk_len::<u64>(), CHUNK_BYTES / 8);
+        assert_eq!(chunk_len::<()>(), 4096);
+        assert_eq!(chunk_len::<u8>(), 4096);
+        assert_eq!(chunk_len::<[u8; 4096]>(), 16);
+    }
+
+    #[test]
+    fn messages_cross_chunk_boundaries_in_order() {
+        System::new().block_on(async {
+            let s = batch_sender(Idle.start().recipient(), None);
+            let n = (3 * CHUNK + 5) as u64;
+            for i in 0..n {
+                s.do_send(i).unwrap();
+                assert_eq!(s.len() as u64, i + 1);
+            }
+            {
+                let q = s.shared.queue.lock();
+                assert_eq!(q.full.len(), 3);
+                assert!(q.full.iter().all(|c| c.len() == CHUNK));
+                assert_eq!(q.tail.len(), 5);
+            }
+            assert_eq!(drain_all(&s), (0..n).collect::<Vec<_>>());
+            assert!(s.is_empty());
+            // A drain of an empty mailbox yields nothing and changes nothing.
+            assert!(drain_all(&s).is_empty());
+            // do_send_all across boundaries, then drain_into: same order.
+            s.do_send_all(0..n).unwrap();
+            assert_eq!(s.len() as u64, n);
+            let mut out = vec![u64::MAX];
+            batch_of(&s).drain_into(&mut out);
+            assert_eq!(out[0], u64::MAX);
+            assert_eq!(out[1..], (0..n).collect::<Vec<_>>()[..]);
+        });
+    }
+
+    #[test]
+    fn drained_chunks_are_recycled_and_the_pool_is_bounded() {
+        System::new().block_on(async {
+            let s = batch_sender(Idle.start().recipient(), None);
+            // More chunks than the pool keeps.
+            let n = (POOL_MAX + 4) * CHUNK;
+            s.do_send_all(0..n as u64).unwrap();
+            assert_eq!(drain_all(&s).len(), n);
+            let pooled: Vec<*const u64> = {
+                let q = s.shared.queue.lock();
+                assert_eq!(q.pool.len(), POOL_MAX);
+                assert!(q.pool.iter().all(|c| c.is_empty() && c.capacity() >= CHUNK));
+                q.pool.iter().map(|c| c.as_ptr()).collect()
+            };
+            // The next chunks come from the pool: no allocation.
+            s.do_send_all(0..(2 * CHUNK + 1) as u64).unwrap();
+            {
+                let q = s.shared.queue.lock();
+                assert_eq!(q.pool.len(), POOL_MAX - 3);
+                for c in q.full.iter().chain(std::iter::once(&q.tail)) {
+                    assert!(pooled.contains(&c.as_ptr()));
+                }
+            }
+            assert_eq!(drain_all(&s), (0..(2 * CHUNK + 1) as u64).collect::<Vec<_>>());
+            // The drain took the tail and installed a pooled chunk in its place.
+            let q = s.shared.queue.lock();
+            assert_eq!(q.pool.len(), POOL_MAX - 1);
+            assert!(q.tail.is_empty() && pooled.contains(&q.tail.as_ptr()));
+        });
+    }
+
+    #[test]
+    fn partial_tail_drains_interleave_with_sends() {
+        System::new().block_on(async {
+            let s = batch_sender(Idle.start().recipient(), None);
+            let mut got = Vec::new();
+            let mut next = 0u64;
+            // Drain after sizes that end inside, at and just past a chunk boundary.
+            for burst in [1, 5, CHUNK - 6, CHUNK, 1, CHUNK + 1, 2 * CHUNK - 1] {
+                for _ in 0..burst {
+                    s.do_send(next).unwrap();
+                    next += 1;
+                }
+                assert_eq!(s.len(), burst);
+                got.extend(drain_all(&s));
+                assert!(s.is_empty());
+            }
+            assert_eq!(got, (0..next).collect::<Vec<_>>());
+        });
+    }
+
+    #[test]
+    fn capacity_counts_messages_across_chunks() {
+        System::new().block_on(async {
+            let cap = CHUNK + 3;
+            let s = batch_sender(Idle.start().recipient(), Some(cap));
+            for i in 0..cap as u64 {
+                s.try_send(i).unwrap();
+            }
+            assert_eq!(s.len(), cap);
+            assert_eq!(s.try_send(7), Err(BatchSendError::Full(7)));
+            // do_send ignores the bound, and try_send keeps refusing above it.
+            s.do_send(8).unwrap();
+            assert_eq!(s.len(), cap + 1);
+            assert_eq!(s.try_send(9), Err(BatchSendError::Full(9)));
+            assert_eq!(drain_all(&s).len(), cap + 1);
+            // Room again, to exactly the bound.
+            for i in 0..cap as u64 {
+                s.try_send(i).unwrap();
+            }
+            assert_eq!(s.try_send(10), Err(BatchSendError::Full(10)));
+        });
+    }
+
+    #[test]
+    fn many_chunks_from_many_threads_arrive_with_per_producer_order() {
+        let (tx, rx) = mpsc::channel();
+        let sys = System::new();
+        let arbiter = Arbiter::new();
+        let (stx, srx) = mpsc::channel();
+        let per = 5 * CHUNK as u64 + 17;
+        arbiter.spawn(async move {
+            let mut c = collector(4 * per as usize, tx);
+            c.each = true;
+            stx.send(batch_sender(c.start().recipient(), None)).unwrap();
+        });
+        let sender = srx.recv().unwrap();
+        let producers: Vec<_> = (0..4u64)
+            .map(|p| {
+                let s = sender.clone();
+                std::thread::spawn(move || {
+                    for i in 0..per {
+                        let m = p * 1_000_000 + i;
+                        if i % 3 == 0 {
+                            s.do_send_all([m]).unwrap();
+                        } else {
+                            s.do_send(m).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        let (seen, _) = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+        assert_eq!(seen.len() as u64, 4 * per);
+        for p in 0..4u64 {
+            let mine: Vec<u64> = seen
+                .iter()
+                .copied()
+                .filter(|v| v / 1_000_000 == p)
+                .collect();
+            assert_eq!(mine, (0..per).map(|i| p * 1_000_000 + i).collect::<Vec<_>>());
+        }
+        arbiter.stop();
+        drop(sys);
     }
 }

@@ -68,6 +68,12 @@ const CHUNK_BYTES: usize = 8 * 1024;
 /// two drains in the steady state.
 const POOL_MAX: usize = 16;
 
+/// Rounds of taking one [`Batch`] handler call may do: messages sent while the receiver
+/// consumes one round are taken in the next without another notification (no envelope, no
+/// wake-up), and the bound keeps a producer that never stops from starving the actor's
+/// other messages.
+const DRAIN_ROUNDS: usize = 4;
+
 /// Messages per chunk for messages of type `M`: `CHUNK_BYTES` worth, at least 16, at most
 /// 4096.
 const fn chunk_len<M>() -> usize {
@@ -160,16 +166,31 @@ struct Shared<M> {
     len: AtomicUsize,
     /// `None`: unbounded.
     capacity: Option<usize>,
-    /// The receiver's spare list of chunks (swapped with `Queue::full` on every drain, so
-    /// taking the filled chunks allocates nothing). Only the receiver locks it.
-    spare: Mutex<Vec<Vec<M>>>,
+    /// The receiver's two chunk lists, kept between drains so that draining allocates
+    /// nothing: an empty one swapped with `Queue::full` on every take, and one that carries
+    /// the emptied chunks back to the pool. Only the receiver locks it.
+    spare: Mutex<(Vec<Vec<M>>, Vec<Vec<M>>)>,
 }
 
 impl<M> Shared<M> {
-    /// Takes every waiting chunk (oldest first) in place of `spare`, under the lock for a
-    /// few pointer moves, and re-arms the notification.
-    fn take(&self, spare: Vec<Vec<M>>) -> Vec<Vec<M>> {
+    /// Under one lock: hands the previous round's emptied chunks (`done`) back to the pool
+    /// (up to `POOL_MAX`; the caller frees the rest outside the lock), takes every waiting
+    /// chunk (oldest first) in place of `spare` (an empty list), and decides who looks at
+    /// the mailbox next. When nothing was waiting, or on the `last` round, the notification
+    /// is re-armed (`scheduled = false`: the next send notifies the receiver); otherwise it
+    /// stays pending because the receiver will take again after this round, so producers
+    /// that send meanwhile pay for no notification.
+    fn take(&self, done: &mut Vec<Vec<M>>, spare: Vec<Vec<M>>, last: bool) -> Vec<Vec<M>> {
         let mut q = self.queue.lock();
+        while q.pool.len() < POOL_MAX {
+            match done.pop() {
+                Some(c) => {
+                    debug_assert!(c.is_empty());
+                    q.pool.push(c);
+                }
+                None => break,
+            }
+        }
         let mut chunks = std::mem::replace(&mut q.full, spare);
         if !q.tail.is_empty() {
             // With an empty pool the next push allocates a chunk (`Queue::next_chunk`).
@@ -181,30 +202,44 @@ impl<M> Shared<M> {
         }
         q.len = 0;
         self.len.store(0, Ordering::Release);
-        // Later sends schedule a new notification.
-        q.scheduled = false;
+        if chunks.is_empty() || last {
+            // Later sends schedule a new notification.
+            q.scheduled = false;
+        }
         chunks
     }
 
-    /// Hands emptied chunks back to the pool (up to `POOL_MAX`), frees the rest outside
-    /// the lock, and leaves `chunks` empty for reuse as the next spare list.
-    fn recycle(&self, chunks: &mut Vec<Vec<M>>) {
-        if chunks.is_empty() {
-            return;
+    /// Takes and consumes rounds of chunks with `consume` (which must empty every chunk it
+    /// is given), up to `DRAIN_ROUNDS` rounds or until a round finds nothing, recycling the
+    /// emptied chunks. The lock is held only inside `take`, never while `consume` runs.
+    fn drain_rounds(&self, mut consume: impl FnMut(&mut Vec<M>)) {
+        let mut lists = self.spare.lock();
+        let (mut spare, mut done) = std::mem::take(&mut *lists);
+        for round in 1..=DRAIN_ROUNDS {
+            let mut chunks = self.take(&mut done, spare, round == DRAIN_ROUNDS);
+            // Chunks beyond the pool's bound are freed here, outside the lock.
+            done.clear();
+            if chunks.is_empty() {
+                spare = chunks;
+                break;
+            }
+            for chunk in chunks.iter_mut() {
+                consume(chunk);
+                debug_assert!(chunk.is_empty());
+            }
+            spare = std::mem::replace(&mut done, chunks);
         }
-        {
+        if !done.is_empty() {
             let mut q = self.queue.lock();
             while q.pool.len() < POOL_MAX {
-                match chunks.pop() {
-                    Some(c) => {
-                        debug_assert!(c.is_empty());
-                        q.pool.push(c);
-                    }
+                match done.pop() {
+                    Some(c) => q.pool.push(c),
                     None => break,
                 }
             }
         }
-        chunks.clear();
+        done.clear();
+        *lists = (spare, done);
     }
 }
 
@@ -222,30 +257,23 @@ impl<M: Send + 'static> Message for Batch<M> {
 impl<M: Send + 'static> Batch<M> {
     /// Hands every waiting message, in send order, to `f`, straight out of the mailbox's
     /// chunks (no copy), and recycles the emptied chunks for the producers. The lock is held
-    /// only to take the chunks and to return them, never while `f` runs, so producers keep
-    /// sending meanwhile (into the next notification).
+    /// only to take the chunks and to return them, never while `f` runs. Messages sent while
+    /// `f` runs are taken too, in further rounds (up to `DRAIN_ROUNDS`, so other messages to
+    /// the actor are not starved by a producer that never stops), without a new
+    /// notification; whatever arrives after the last round is announced by a new one.
     pub fn drain_each(&self, mut f: impl FnMut(M)) {
-        let mut spare = self.shared.spare.lock();
-        let mut chunks = self.shared.take(std::mem::take(&mut *spare));
-        for chunk in chunks.iter_mut() {
+        self.shared.drain_rounds(|chunk| {
             for m in chunk.drain(..) {
                 f(m);
             }
-        }
-        self.shared.recycle(&mut chunks);
-        *spare = chunks;
+        });
     }
 
     /// Moves every waiting message, in send order, to the end of `out` (a copy per message;
-    /// [`Batch::drain_each`] avoids it, and keeps no buffer as large as the burst).
+    /// [`Batch::drain_each`] avoids it, and keeps no buffer as large as the burst). Takes
+    /// rounds like [`Batch::drain_each`].
     pub fn drain_into(&self, out: &mut Vec<M>) {
-        let mut spare = self.shared.spare.lock();
-        let mut chunks = self.shared.take(std::mem::take(&mut *spare));
-        for chunk in chunks.iter_mut() {
-            out.append(chunk);
-        }
-        self.shared.recycle(&mut chunks);
-        *spare = chunks;
+        self.shared.drain_rounds(|chunk| out.append(chunk));
     }
 }
 
@@ -292,7 +320,7 @@ pub fn batch_sender<M: Send + 'static>(
             }),
             len: AtomicUsize::new(0),
             capacity,
-            spare: Mutex::new(Vec::new()),
+            spare: Mutex::new((Vec::new(), Vec::new())),
         }),
         wake: receiver,
     }
@@ -649,7 +677,10 @@ mod tests {
                     assert!(pooled.contains(&c.as_ptr()));
                 }
             }
-            assert_eq!(drain_all(&s), (0..(2 * CHUNK + 1) as u64).collect::<Vec<_>>());
+            assert_eq!(
+                drain_all(&s),
+                (0..(2 * CHUNK + 1) as u64).collect::<Vec<_>>()
+            );
             // The drain took the tail and installed a pooled chunk in its place.
             let q = s.shared.queue.lock();
             assert_eq!(q.pool.len(), POOL_MAX - 1);
@@ -739,9 +770,65 @@ mod tests {
                 .copied()
                 .filter(|v| v / 1_000_000 == p)
                 .collect();
-            assert_eq!(mine, (0..per).map(|i| p * 1_000_000 + i).collect::<Vec<_>>());
+            assert_eq!(
+                mine,
+                (0..per).map(|i| p * 1_000_000 + i).collect::<Vec<_>>()
+            );
         }
         arbiter.stop();
         drop(sys);
+    }
+
+    /// Counts the notifications it receives and drains nothing.
+    struct CountNotes(Arc<AtomicUsize>);
+    impl Actor for CountNotes {
+        type Context = Context<Self>;
+    }
+    impl Handler<Batch<u64>> for CountNotes {
+        type Result = ();
+        fn handle(&mut self, _: Batch<u64>, _: &mut Context<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn messages_sent_while_draining_ride_along_for_a_bounded_number_of_rounds() {
+        System::new().block_on(async {
+            let notes = Arc::new(AtomicUsize::new(0));
+            let s = batch_sender(CountNotes(Arc::clone(&notes)).start().recipient(), None);
+            s.do_send(0).unwrap();
+            // Every message handled sends the next one, as a producer racing the receiver
+            // would: each round takes what the previous one produced.
+            let mut out = Vec::new();
+            batch_of(&s).drain_each(|m| {
+                out.push(m);
+                if m < 5 {
+                    s.do_send(m + 1).unwrap();
+                }
+            });
+            assert_eq!(out, (0..DRAIN_ROUNDS as u64).collect::<Vec<_>>());
+            // The message sent during the last round was announced by a new notification.
+            assert_eq!(s.len(), 1);
+            assert!(s.shared.queue.lock().scheduled);
+            out.clear();
+            batch_of(&s).drain_each(|m| {
+                out.push(m);
+                if m < 5 {
+                    s.do_send(m + 1).unwrap();
+                }
+            });
+            assert_eq!(out, (DRAIN_ROUNDS as u64..=5).collect::<Vec<_>>());
+            // Stopped on an empty round: re-armed, nothing pending.
+            assert!(s.is_empty());
+            assert!(!s.shared.queue.lock().scheduled);
+            actix::clock::sleep(std::time::Duration::from_millis(20)).await;
+            // One for the first send, one for the send after the first call's last round;
+            // none for the sends the rounds picked up.
+            assert_eq!(notes.load(Ordering::SeqCst), 2);
+            // A later send notifies again.
+            s.do_send(9).unwrap();
+            actix::clock::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(notes.load(Ordering::SeqCst), 3);
+        });
     }
 }

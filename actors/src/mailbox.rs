@@ -157,6 +157,9 @@ impl<M> Queue<M> {
     }
 }
 
+/// A list of chunks, oldest first.
+type Chunks<M> = Vec<Vec<M>>;
+
 struct Shared<M> {
     queue: Mutex<Queue<M>>,
     /// `queue.len`, written under the lock and read without it: a full bounded mailbox
@@ -169,7 +172,7 @@ struct Shared<M> {
     /// The receiver's two chunk lists, kept between drains so that draining allocates
     /// nothing: an empty one swapped with `Queue::full` on every take, and one that carries
     /// the emptied chunks back to the pool. Only the receiver locks it.
-    spare: Mutex<(Vec<Vec<M>>, Vec<Vec<M>>)>,
+    spare: Mutex<(Chunks<M>, Chunks<M>)>,
 }
 
 impl<M> Shared<M> {

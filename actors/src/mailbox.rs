@@ -216,6 +216,17 @@ impl<M> Shared<M> {
     /// is given), up to `DRAIN_ROUNDS` rounds or until a round finds nothing, recycling the
     /// emptied chunks. The lock is held only inside `take`, never while `consume` runs.
     fn drain_rounds(&self, mut consume: impl FnMut(&mut Vec<M>)) {
+        /// If `consume` panics between rounds the notification may still be pending with
+        /// nobody left to take: re-arm it so the next send notifies (as a single take did).
+        struct RearmOnPanic<'a, M>(&'a Shared<M>);
+        impl<M> Drop for RearmOnPanic<'_, M> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.queue.lock().scheduled = false;
+                }
+            }
+        }
+        let _rearm = RearmOnPanic(self);
         let mut lists = self.spare.lock();
         let (mut spare, mut done) = std::mem::take(&mut *lists);
         for round in 1..=DRAIN_ROUNDS {
@@ -832,6 +843,28 @@ mod tests {
             s.do_send(9).unwrap();
             actix::clock::sleep(std::time::Duration::from_millis(20)).await;
             assert_eq!(notes.load(Ordering::SeqCst), 3);
+        });
+    }
+
+    #[test]
+    fn a_panicking_consumer_leaves_the_notification_re_armed() {
+        System::new().block_on(async {
+            let s = batch_sender(Idle.start().recipient(), None);
+            s.do_send_all(0..10).unwrap();
+            let b = batch_of(&s);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                b.drain_each(|m| {
+                    // Keep the rounds going, then fail mid-way.
+                    s.do_send(100 + m).unwrap();
+                    assert!(m < 5, "consumer failure");
+                })
+            }));
+            assert!(r.is_err());
+            // Whatever is still queued will be announced by the next send.
+            assert!(!s.shared.queue.lock().scheduled);
+            assert!(!s.is_empty());
+            s.do_send(7).unwrap();
+            assert!(s.shared.queue.lock().scheduled);
         });
     }
 }

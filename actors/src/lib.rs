@@ -6,6 +6,7 @@
 //! caller carries out. See `docs/consensus.md`.
 
 pub mod linearizability;
+pub mod mailbox;
 pub mod raft;
 pub mod sim;
 pub mod supervisor;

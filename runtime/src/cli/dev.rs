@@ -23,7 +23,7 @@ struct Node {
 
 /// The running children. Dropping it kills whatever is still running, so an error or a panic
 /// in `dev` never leaves orphan nodes behind.
-struct Children(Vec<Node>);
+pub(super) struct Children(Vec<Node>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -39,7 +39,7 @@ impl Drop for Children {
 impl Children {
     /// SIGTERM to every child still running, then SIGKILL to those still running after
     /// [`GRACE`].
-    fn shutdown(&mut self) {
+    pub(super) fn shutdown(&mut self) {
         for n in &mut self.0 {
             if let Ok(None) = n.child.try_wait() {
                 let pid = rustix::process::Pid::from_child(&n.child);
@@ -123,14 +123,17 @@ fn configs(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, Config)>> {
     Ok(written)
 }
 
-pub(super) fn run(args: &DevArgs) -> anyhow::Result<u8> {
-    let configs = configs(args)?;
-    let log_dir = args.dir.join("logs");
-    std::fs::create_dir_all(&log_dir)
+/// Starts `conclave node --config …` (this executable) for every config, logging to
+/// `log_dir/n{id}.log`. The returned children are killed when dropped.
+pub(super) fn spawn_nodes(
+    configs: &[(PathBuf, Config)],
+    log_dir: &Path,
+) -> anyhow::Result<Children> {
+    std::fs::create_dir_all(log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the conclave executable")?;
     let mut children = Children(Vec::with_capacity(configs.len()));
-    for (path, config) in &configs {
+    for (path, config) in configs {
         let log_path = log_dir.join(format!("n{}.log", config.node.id));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -156,6 +159,15 @@ pub(super) fn run(args: &DevArgs) -> anyhow::Result<u8> {
             exited: false,
         });
     }
+    Ok(children)
+}
+
+pub(super) fn run(args: &DevArgs) -> anyhow::Result<u8> {
+    let configs = configs(args)?;
+    let log_dir = args.dir.join("logs");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let mut children = spawn_nodes(&configs, &log_dir)?;
     let timeout = Duration::from_secs(args.leader_timeout_s);
     let outcome = actix_web::rt::System::new().block_on(async {
         let leader = wait_for_leader(&mut children, timeout).await?;
@@ -170,7 +182,10 @@ pub(super) fn run(args: &DevArgs) -> anyhow::Result<u8> {
 
 /// Polls every node's `/v1/cluster` until one knows a leader. Fails when a node exits or the
 /// timeout passes, quoting the node's log.
-async fn wait_for_leader(children: &mut Children, timeout: Duration) -> anyhow::Result<(u64, u64)> {
+pub(super) async fn wait_for_leader(
+    children: &mut Children,
+    timeout: Duration,
+) -> anyhow::Result<(u64, u64)> {
     let clients: Vec<Client> = children
         .0
         .iter()

@@ -1,6 +1,7 @@
-//! The `conclave` command line (DESIGN.md §6): `init`, `node`, `dev`, `kv`, `status` and
-//! `ring route`. The binary's `main` only calls [`main`].
+//! The `conclave` command line (DESIGN.md §6): `init`, `node`, `dev`, `kv`, `status`,
+//! `ring route` and `bench`. The binary's `main` only calls [`main`].
 
+pub mod bench;
 mod dev;
 mod init;
 mod kv;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Ring inspection.
     #[command(subcommand)]
     Ring(RingCommand),
+    /// Benchmarks: actor mailboxes against tokio/crossbeam, or load against a cluster.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// `conclave init`.
@@ -274,6 +278,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Kv(args) => kv::run_kv(args),
         Command::Status(args) => kv::run_status(&args),
         Command::Ring(RingCommand::Route { key, endpoint }) => kv::run_route(&key, &endpoint),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }
 

@@ -170,6 +170,27 @@ fn data_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Opens the sled database in `dir`. sled releases its file lock from a background thread
+/// some time after the previous `Db` of the same directory is dropped, so reopening right
+/// after a close (a supervised restart of the applier, a test that reopens) can briefly see
+/// "could not acquire lock" (sled reports it as an `io::ErrorKind::Other` with that text).
+/// That is retried for up to two seconds; a lock still held after that (another process
+/// uses the directory) is reported as it is.
+fn open_sled(dir: &Path) -> Result<sled::Db, StateMachineError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(storage),
+        }
+    }
+}
+
 fn storage(e: sled::Error) -> StateMachineError {
     StateMachineError::Storage(e.to_string())
 }
@@ -177,7 +198,7 @@ fn storage(e: sled::Error) -> StateMachineError {
 impl KvMachine {
     /// Opens (or creates) the machine's sled database in `dir`.
     pub fn open(dir: &Path) -> Result<KvMachine, StateMachineError> {
-        let db = sled::open(dir).map_err(storage)?;
+        let db = open_sled(dir)?;
         let tree = db.open_tree("kv").map_err(storage)?;
         let applied = match tree.get(APPLIED_KEY).map_err(storage)? {
             Some(v) => {
@@ -462,6 +483,18 @@ mod tests {
         let m = KvMachine::open(dir.path()).unwrap();
         assert_eq!(m.applied_index(), 50);
         assert_eq!(get(&m, "k17"), Some(b"v17".to_vec()));
+    }
+
+    #[test]
+    fn a_directory_held_by_an_open_machine_is_refused_with_the_lock_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = KvMachine::open(dir.path()).unwrap();
+        // Retried for a bounded time (sled's own lock release is asynchronous), then reported.
+        match KvMachine::open(dir.path()) {
+            Err(StateMachineError::Storage(m)) => assert!(m.contains("lock"), "{m}"),
+            Err(other) => panic!("unexpected error {other:?}"),
+            Ok(_) => panic!("a second open of a held directory succeeded"),
+        }
     }
 
     #[test]

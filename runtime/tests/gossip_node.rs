@@ -6,32 +6,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use conclave::config::{Config, MemberConfig};
+mod common;
+
+use conclave::config::Config;
 use conclave::node::wire::WireMessage;
 use conclave::node::{GossipMembers, Node, NodeError};
 use conclave::state_machine::KvMachine;
 use conclave_actors::swim::{Body, Event, MemberState, Message, Metadata, Update};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn configs(n: u64, dir: &std::path::Path) -> Vec<Config> {
-    let members: Vec<MemberConfig> = (1..=n)
-        .map(|id| MemberConfig {
-            id,
-            addr: free_addr(),
-            http: free_addr(),
-        })
-        .collect();
-    let mut configs = Config::local_cluster(&members, dir);
+    let mut configs = common::local_configs(n, dir);
     for c in &mut configs {
         c.gossip.cycle_interval_ms = 200;
         c.gossip.probe_timeout_ms = 80;

@@ -4,26 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use conclave::config::{Config, MemberConfig, ReadLevel};
+mod common;
+
+use conclave::config::{Config, ReadLevel};
 use conclave::node::{Node, NodeHandle, RequestError};
 use conclave::state_machine::{KvCommand, KvMachine, KvOutput, KvQuery, KvRequest};
-use std::net::{SocketAddr, TcpListener};
+
 use std::time::{Duration, Instant};
 
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 fn configs(n: u64, dir: &std::path::Path) -> Vec<Config> {
-    let members: Vec<MemberConfig> = (1..=n)
-        .map(|id| MemberConfig {
-            id,
-            addr: free_addr(),
-            http: free_addr(),
-        })
-        .collect();
-    Config::local_cluster(&members, dir)
+    common::local_configs(n, dir)
 }
 
 async fn start(config: Config) -> Node<KvMachine> {

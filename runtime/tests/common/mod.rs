@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 pub mod ports;
 pub use ports::free_addr;
 
+/// Configurations of an `n`-node loopback cluster with data under `data_root` (ports from
+/// [`free_addr`]).
+pub fn local_configs(n: u64, data_root: &Path) -> Vec<Config> {
+    let members: Vec<MemberConfig> = (1..=n)
+        .map(|id| MemberConfig {
+            id,
+            addr: free_addr(),
+            http: free_addr(),
+        })
+        .collect();
+    Config::local_cluster(&members, data_root)
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub configs: Vec<Config>,
@@ -24,14 +37,7 @@ impl Cluster {
 
     /// Like [`Cluster::new`], with `tweak` applied to every node's configuration first.
     pub fn new_with(dir: &Path, n: u64, tweak: impl Fn(&mut Config)) -> Cluster {
-        let members: Vec<MemberConfig> = (1..=n)
-            .map(|id| MemberConfig {
-                id,
-                addr: free_addr(),
-                http: free_addr(),
-            })
-            .collect();
-        let mut configs = Config::local_cluster(&members, &dir.join("data"));
+        let mut configs = local_configs(n, &dir.join("data"));
         configs.iter_mut().for_each(&tweak);
         for c in &configs {
             let path = dir.join(format!("n{}.toml", c.node.id));

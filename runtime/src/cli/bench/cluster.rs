@@ -205,6 +205,16 @@ impl Conn {
         })
     }
 
+    /// Appends what one read returns to `buf`; a closed connection is an I/O failure.
+    async fn read_more(&mut self, chunk: &mut [u8]) -> Result<(), Failure> {
+        let n = self.stream.read(chunk).await.map_err(|_| Failure::Io)?;
+        if n == 0 {
+            return Err(Failure::Io);
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
     /// Writes `request` and reads one response; returns its status.
     async fn round_trip(&mut self, request: &[u8]) -> Result<u16, Failure> {
         self.stream
@@ -217,27 +227,11 @@ impl Conn {
             if let Some(h) = parse_head(&self.buf)? {
                 break h;
             }
-            let n = self
-                .stream
-                .read(&mut chunk)
-                .await
-                .map_err(|_| Failure::Io)?;
-            if n == 0 {
-                return Err(Failure::Io);
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.read_more(&mut chunk).await?;
         };
         let total = head.header_len + head.content_length;
         while self.buf.len() < total {
-            let n = self
-                .stream
-                .read(&mut chunk)
-                .await
-                .map_err(|_| Failure::Io)?;
-            if n == 0 {
-                return Err(Failure::Io);
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.read_more(&mut chunk).await?;
         }
         // One request in flight: nothing may follow the body.
         if self.buf.len() > total {

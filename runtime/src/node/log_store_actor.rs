@@ -7,11 +7,20 @@
 //! exactly what is durable without re-reading the disk.
 
 use crate::config::PersistenceStrategy;
+use crate::storage::health::StorageHealth;
 use crate::storage::log_store::{LogStore, LogStoreError, RecoveredGroup};
 use actix::prelude::*;
 use conclave_actors::raft::{Entry, GroupId, LogIndex, PersistRequest};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// The component name the log store reports to [`StorageHealth`] under.
+pub const HEALTH_COMPONENT: &str = "raft_log";
+
+/// What a persist or recovery reports: the log store's error, shared by every request it
+/// failed (a failed store fails every later request with the same first cause).
+pub type PersistResult<T> = Result<T, Arc<LogStoreError>>;
 
 /// Persist one group's request; the reply comes once it is durable (`disk_first`) or buffered
 /// (`mem_first`).
@@ -23,12 +32,12 @@ pub struct Persist {
     /// What to write.
     pub req: PersistRequest,
     /// Told the outcome.
-    pub done: oneshot::Sender<Result<u64, String>>,
+    pub done: oneshot::Sender<PersistResult<u64>>,
 }
 
 /// The durable state of one group (after syncing anything buffered).
 #[derive(Message)]
-#[rtype(result = "Result<RecoveredGroup, String>")]
+#[rtype(result = "PersistResult<RecoveredGroup>")]
 pub struct Recover {
     /// The group.
     pub group: GroupId,
@@ -46,11 +55,11 @@ pub struct LogStoreActor {
     strategy: PersistenceStrategy,
     flush_threshold: usize,
     flush_interval: std::time::Duration,
-    waiting: Vec<(oneshot::Sender<Result<u64, String>>, u64)>,
+    waiting: Vec<(oneshot::Sender<PersistResult<u64>>, u64)>,
     buffered: usize,
     flush_scheduled: bool,
-    /// Set once the disk failed: every later request fails (the node must stop, not pretend).
-    failed: Option<String>,
+    /// Where a failure is reported, for readiness and status.
+    health: Arc<StorageHealth>,
 }
 
 impl LogStoreActor {
@@ -61,6 +70,7 @@ impl LogStoreActor {
         strategy: PersistenceStrategy,
         flush_threshold: usize,
         flush_interval_ms: u64,
+        health: Arc<StorageHealth>,
     ) -> Self {
         LogStoreActor {
             store,
@@ -71,19 +81,23 @@ impl LogStoreActor {
             waiting: Vec::new(),
             buffered: 0,
             flush_scheduled: false,
-            failed: None,
+            health,
         }
     }
 
-    fn sync(&mut self) {
-        let result = match &self.failed {
-            Some(e) => Err(e.clone()),
-            None => self.store.sync().map_err(|e| e.to_string()),
+    /// Reports a store error to the health record and returns it in its shareable form.
+    fn fail(&self, e: LogStoreError) -> Arc<LogStoreError> {
+        let e = match e {
+            LogStoreError::Failed(first) => first,
+            other => Arc::new(other),
         };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "write-ahead log sync failed; refusing further writes");
-            self.failed = Some(e.clone());
-        }
+        // Idempotent: the health record keeps the first failure.
+        self.health.failed(HEALTH_COMPONENT, &*e);
+        e
+    }
+
+    fn sync(&mut self) {
+        let result = self.store.sync().map_err(|e| self.fail(e));
         metrics::counter!("conclave_wal_syncs_total").increment(1);
         metrics::histogram!("conclave_wal_batch_requests").record(self.buffered as f64);
         self.buffered = 0;
@@ -147,16 +161,11 @@ impl Handler<Persist> for LogStoreActor {
     type Result = ();
 
     fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) {
-        if let Some(e) = &self.failed {
-            let _ = msg.done.send(Err(e.clone()));
-            return;
-        }
+        // A request the store refuses (a failed WAL, a gap) is never followed by a later one
+        // of the same log: the store itself stays stopped (see `LogStore::write`).
         if let Err(e) = self.store.write(msg.group, &msg.req) {
-            let e = match e {
-                LogStoreError::Wal(w) => w.to_string(),
-                other => other.to_string(),
-            };
-            tracing::error!(group = msg.group, error = %e, "write-ahead log append failed");
+            let e = self.fail(e);
+            tracing::error!(group = msg.group, error = %e, "write-ahead log append refused");
             let _ = msg.done.send(Err(e));
             return;
         }
@@ -194,16 +203,16 @@ impl Handler<Flush> for LogStoreActor {
 }
 
 impl Handler<Recover> for LogStoreActor {
-    type Result = Result<RecoveredGroup, String>;
+    type Result = PersistResult<RecoveredGroup>;
 
     fn handle(&mut self, msg: Recover, _: &mut Context<Self>) -> Self::Result {
         // What a restarted core sees must be durable already.
         if self.buffered > 0 {
             self.sync();
         }
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
+        // A stopped store's mirror may hold writes that never became durable: refuse, and
+        // let the group stay down until the node restarts and recovers from disk.
+        self.store.writable(msg.group).map_err(|e| self.fail(e))?;
         Ok(self.mirror.get(&msg.group).cloned().unwrap_or_default())
     }
 }

@@ -30,6 +30,7 @@ use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
     KvCommand, KvMachine, KvOutput, KvQuery, KvRequest, StateMachine, StateMachineError,
 };
+use crate::storage::health::StorageHealth;
 use crate::storage::log_store::{LogStore, LogStoreError};
 use crate::storage::wal::WalOptions;
 use actix::prelude::*;
@@ -323,8 +324,10 @@ async fn start_node<M: StateMachine>(
         ..WalOptions::default()
     };
     let (store, recovered) = LogStore::open(&config.node.data_dir.join("wal"), wal_options)?;
+    let storage_health = Arc::new(StorageHealth::new());
     let log_arbiter = Arbiter::new();
     let p = config.raft.persistence.clone();
+    let health = storage_health.clone();
     let log_store = LogStoreActor::start_in_arbiter(&log_arbiter.handle(), move |_| {
         LogStoreActor::new(
             store,
@@ -332,6 +335,7 @@ async fn start_node<M: StateMachine>(
             p.strategy,
             p.flush_threshold,
             p.flush_interval_ms,
+            health,
         )
     });
 

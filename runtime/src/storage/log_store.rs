@@ -36,7 +36,7 @@ pub enum LogStoreError {
     Wal(#[from] WalError),
     /// A record could not be encoded (a bug: every record type is encodable).
     #[error("cannot encode a log record: {0}")]
-    Encode(String),
+    Encode(#[from] rmp_serde::encode::Error),
     /// A record is intact (its checksum matched) but its content does not make sense.
     #[error("log record at LSN {lsn} is invalid: {reason}")]
     Invalid {
@@ -45,6 +45,33 @@ pub enum LogStoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A persist request would leave the group's log with a gap or entries out of order; it
+    /// was refused before anything of it was written (the request is lost upstream: a bug).
+    #[error("group {group}: refused to write {what}")]
+    NotContiguous {
+        /// The group.
+        group: GroupId,
+        /// What was wrong.
+        what: String,
+    },
+    /// One entry is larger than a WAL record can hold, even alone.
+    #[error(
+        "group {group}: entry {index} of {size} bytes does not fit a WAL record ({limit} bytes)"
+    )]
+    EntryTooLarge {
+        /// The group.
+        group: GroupId,
+        /// The entry's index.
+        index: LogIndex,
+        /// Its estimated encoded size.
+        size: usize,
+        /// The record limit.
+        limit: usize,
+    },
+    /// An earlier write or sync failed; nothing more is written, because a later record after
+    /// a failed one could leave a gap in the log. Restart the node once the cause is fixed.
+    #[error("the write-ahead log stopped accepting writes after an error: {0}")]
+    Failed(std::sync::Arc<LogStoreError>),
 }
 
 /// What recovery rebuilt for one group.
@@ -57,9 +84,38 @@ pub struct RecoveredGroup {
 }
 
 /// A node's durable Raft logs.
+///
+/// Writes are all-or-stop: a request that cannot be written whole (an I/O error, a gap) is
+/// never followed by a later one of the same log. A WAL error stops every group (they share
+/// the file, whose tail is then unknown); a request that does not fit its group's log stops
+/// that group only. Either way the error is returned again by every later call
+/// ([`LogStoreError::Failed`]) until the node restarts and recovery reads what is durable.
 pub struct LogStore {
     wal: Wal,
     scratch: Vec<u8>,
+    /// The index span `(first, last)` each group's durable log will hold once everything
+    /// written so far is synced: the contiguity check before writing.
+    spans: BTreeMap<GroupId, (LogIndex, LogIndex)>,
+    /// The WAL failed: nothing more is written for any group.
+    failed: Option<std::sync::Arc<LogStoreError>>,
+    /// Groups whose log refused a request: nothing more is written for them.
+    failed_groups: BTreeMap<GroupId, std::sync::Arc<LogStoreError>>,
+}
+
+/// Room kept in each record for the record envelope (enum tag, group id, truncation point).
+const RECORD_ENVELOPE_BYTES: usize = 64;
+
+/// An upper bound of an entry's MessagePack size (array and enum headers, two u64s, the
+/// payload with its length prefix), computed without encoding it.
+fn entry_size_bound(e: &Entry) -> usize {
+    use conclave_actors::raft::EntryPayload;
+    const FIXED: usize = 40;
+    match &e.payload {
+        EntryPayload::Noop => FIXED,
+        EntryPayload::Command(bytes) => FIXED + bytes.len(),
+        // Ids are u64s: at most 9 bytes each, plus the two sets' headers.
+        EntryPayload::Membership(m) => FIXED + 16 + 9 * (m.voters.len() + m.learners.len()),
+    }
 }
 
 impl LogStore {
@@ -96,32 +152,157 @@ impl LogStore {
                 }
             }
         }
+        let spans = groups
+            .iter()
+            .filter_map(|(g, r)| Some((*g, (r.entries.first()?.index, r.entries.last()?.index))))
+            .collect();
         Ok((
             LogStore {
                 wal,
                 scratch: Vec::new(),
+                spans,
+                failed: None,
+                failed_groups: BTreeMap::new(),
             },
             groups,
         ))
     }
 
+    /// The error that stopped writes for `group`, if any.
+    fn stopped(&self, group: GroupId) -> Option<LogStoreError> {
+        self.failed
+            .as_ref()
+            .or_else(|| self.failed_groups.get(&group))
+            .map(|e| LogStoreError::Failed(e.clone()))
+    }
+
+    /// `Ok` while `group`'s log still accepts writes; otherwise the error that stopped it.
+    pub fn writable(&self, group: GroupId) -> Result<(), LogStoreError> {
+        self.stopped(group).map_or(Ok(()), Err)
+    }
+
     /// Buffers one group's persist request; durable after [`LogStore::sync`].
+    ///
+    /// The request is checked against the group's log before anything is written (appends
+    /// must be contiguous and in order), and its entries are split into as many records as
+    /// the WAL's record limit needs (the first carries the truncation point). Recovery of a
+    /// prefix of those records is a valid, shorter log: the request was not reported durable.
     pub fn write(&mut self, group: GroupId, req: &PersistRequest) -> Result<(), LogStoreError> {
+        if let Some(e) = self.stopped(group) {
+            return Err(e);
+        }
+        let span = match self.check(group, req) {
+            Ok(span) => span,
+            Err(e) => {
+                let e = std::sync::Arc::new(e);
+                self.failed_groups.insert(group, e.clone());
+                return Err(LogStoreError::Failed(e));
+            }
+        };
+        if let Err(e) = self.write_records(group, req) {
+            let e = std::sync::Arc::new(e);
+            match &*e {
+                LogStoreError::EntryTooLarge { .. } => {
+                    self.failed_groups.insert(group, e.clone());
+                }
+                _ => self.failed = Some(e.clone()),
+            }
+            return Err(LogStoreError::Failed(e));
+        }
+        match span {
+            Some(span) => self.spans.insert(group, span),
+            None => self.spans.remove(&group),
+        };
+        Ok(())
+    }
+
+    /// The group's span after `req`, or why `req` does not fit the group's log.
+    fn check(
+        &self,
+        group: GroupId,
+        req: &PersistRequest,
+    ) -> Result<Option<(LogIndex, LogIndex)>, LogStoreError> {
+        let refuse = |what: String| LogStoreError::NotContiguous { group, what };
+        let mut span = self.spans.get(&group).copied();
+        if let (Some(from), Some((first, last))) = (req.truncate_from, span) {
+            span = (from > first).then_some((first, last.min(from - 1)));
+        }
+        if let Some(w) = req
+            .entries
+            .windows(2)
+            .find(|w| w[1].index != w[0].index + 1)
+        {
+            return Err(refuse(format!(
+                "entries out of order ({} followed by {})",
+                w[0].index, w[1].index
+            )));
+        }
+        let (Some(new_first), Some(new_last)) = (req.entries.first(), req.entries.last()) else {
+            return Ok(span);
+        };
+        let (new_first, new_last) = (new_first.index, new_last.index);
+        Ok(Some(match span {
+            // An empty log (new group, or after a snapshot) may start anywhere.
+            None => (new_first, new_last),
+            Some((first, last)) => {
+                if new_first > last + 1 {
+                    return Err(refuse(format!(
+                        "an append at index {new_first} that leaves a gap after index {last}"
+                    )));
+                }
+                if new_first < first {
+                    return Err(refuse(format!(
+                        "an append at index {new_first} before the log's first index {first}"
+                    )));
+                }
+                // An append overwrites the suffix it starts in.
+                (first, new_last)
+            }
+        }))
+    }
+
+    fn write_records(&mut self, group: GroupId, req: &PersistRequest) -> Result<(), LogStoreError> {
         if let Some(state) = req.hard_state {
             self.append(&StoreRecord::HardState { group, state })?;
         }
-        if req.truncate_from.is_some() || !req.entries.is_empty() {
-            // Entries are cloned into the record only for encoding; a borrowed twin of the
-            // record type avoids that copy.
-            self.append_borrowed(group, req.truncate_from, &req.entries)?;
+        if req.truncate_from.is_none() && req.entries.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let limit = (self.wal.max_record_bytes() as usize).saturating_sub(RECORD_ENVELOPE_BYTES);
+        let mut truncate_from = req.truncate_from;
+        let mut rest = req.entries.as_slice();
+        loop {
+            // The longest prefix whose size bound fits one record.
+            let mut size = 0;
+            let mut take = 0;
+            for e in rest {
+                let s = entry_size_bound(e);
+                if size + s > limit {
+                    break;
+                }
+                size += s;
+                take += 1;
+            }
+            if take == 0 && !rest.is_empty() {
+                return Err(LogStoreError::EntryTooLarge {
+                    group,
+                    index: rest[0].index,
+                    size: entry_size_bound(&rest[0]),
+                    limit,
+                });
+            }
+            let (chunk, tail) = rest.split_at(take);
+            self.append_borrowed(group, truncate_from.take(), chunk)?;
+            rest = tail;
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     fn append(&mut self, record: &StoreRecord) -> Result<(), LogStoreError> {
         self.scratch.clear();
-        rmp_serde::encode::write(&mut self.scratch, record)
-            .map_err(|e| LogStoreError::Encode(e.to_string()))?;
+        rmp_serde::encode::write(&mut self.scratch, record)?;
         self.wal.append(&self.scratch)?;
         Ok(())
     }
@@ -151,15 +332,22 @@ impl LogStore {
                 truncate_from,
                 entries,
             },
-        )
-        .map_err(|e| LogStoreError::Encode(e.to_string()))?;
+        )?;
         self.wal.append(&self.scratch)?;
         Ok(())
     }
 
-    /// Makes every buffered write durable with one `fdatasync`.
+    /// Makes every buffered write durable with one `fdatasync`. A failure stops the store.
     pub fn sync(&mut self) -> Result<(), LogStoreError> {
-        Ok(self.wal.sync()?)
+        if let Some(e) = &self.failed {
+            return Err(LogStoreError::Failed(e.clone()));
+        }
+        if let Err(e) = self.wal.sync() {
+            let e = std::sync::Arc::new(LogStoreError::Wal(e));
+            self.failed = Some(e.clone());
+            return Err(LogStoreError::Failed(e));
+        }
+        Ok(())
     }
 }
 
@@ -310,19 +498,168 @@ mod tests {
     fn a_gap_is_reported_as_invalid_with_its_lsn() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-            store
-                .write(1, &req(1, None, None, vec![entry(1, 1)]))
-                .unwrap();
-            store
-                .write(1, &req(2, None, None, vec![entry(3, 1)]))
-                .unwrap();
-            store.sync().unwrap();
+            // `LogStore::write` refuses gaps, so plant one in the WAL directly (a disk that
+            // lost a record, or an older version's bug).
+            let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+            for index in [1, 3] {
+                let record = StoreRecord::Append {
+                    group: 1,
+                    truncate_from: None,
+                    entries: vec![entry(index, 1)],
+                };
+                wal.append(&rmp_serde::to_vec(&record).unwrap()).unwrap();
+            }
+            wal.sync().unwrap();
         }
         match LogStore::open(dir.path(), WalOptions::default()) {
             Err(LogStoreError::Invalid { lsn: 2, reason }) => assert!(reason.contains("gap")),
             other => panic!("expected a gap error, got {:?}", other.map(|(_, g)| g)),
         }
+    }
+
+    fn big_entry(index: LogIndex, bytes: usize) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Command(vec![index as u8; bytes]),
+        }
+    }
+
+    fn small_records() -> WalOptions {
+        WalOptions {
+            max_record_bytes: 4096,
+            ..WalOptions::default()
+        }
+    }
+
+    /// Finding 1 of the hardening issue: a follower's persist batch of 14 MB exceeded the WAL
+    /// record cap and failed. A request is now split into records that fit.
+    #[test]
+    fn finding1_a_persist_larger_than_one_record_is_split_and_recovered_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = LogStore::open(dir.path(), small_records()).unwrap();
+            let entries: Vec<Entry> = (1..=20).map(|i| big_entry(i, 1000)).collect();
+            store
+                .write(3, &req(1, None, Some(1), entries))
+                .expect("a request larger than one record is split, not refused");
+            store.sync().unwrap();
+        }
+        let (_, records, _) = Wal::open(dir.path(), small_records()).unwrap();
+        assert!(
+            records.len() >= 5,
+            "20 KB in 4 KiB records: {}",
+            records.len()
+        );
+        let (_, groups) = LogStore::open(dir.path(), small_records()).unwrap();
+        let got: Vec<Entry> = groups[&3].entries.clone();
+        let want: Vec<Entry> = (1..=20).map(|i| big_entry(i, 1000)).collect();
+        assert_eq!(got, want);
+    }
+
+    /// Finding 1: after one persist failed, the next pipelined append was written, leaving a
+    /// gap that made the node refuse to start. A refused request stops the group's log.
+    #[test]
+    fn finding1_after_a_refused_request_nothing_later_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = LogStore::open(dir.path(), small_records()).unwrap();
+            store
+                .write(
+                    1,
+                    &req(1, None, None, (1..=3).map(|i| entry(i, 1)).collect()),
+                )
+                .unwrap();
+            store
+                .write(2, &req(1, None, None, vec![entry(1, 1)]))
+                .unwrap();
+            // One entry larger than a record, even alone.
+            let err = store
+                .write(1, &req(2, None, None, vec![big_entry(4, 8000)]))
+                .unwrap_err();
+            assert!(
+                matches!(&err, LogStoreError::Failed(e) if matches!(**e, LogStoreError::EntryTooLarge { index: 4, .. })),
+                "{err}"
+            );
+            // The next pipelined append of the same group is refused, not written.
+            let later = store.write(1, &req(3, None, None, vec![entry(5, 1)]));
+            assert!(matches!(later, Err(LogStoreError::Failed(_))), "{later:?}");
+            assert!(store.writable(1).is_err());
+            // Other groups go on.
+            store
+                .write(2, &req(2, None, None, vec![entry(2, 1)]))
+                .unwrap();
+            assert!(store.writable(2).is_ok());
+            store.sync().unwrap();
+        }
+        let (_, groups) = LogStore::open(dir.path(), small_records())
+            .expect("the log opens: nothing after the refused request was written");
+        assert_eq!(groups[&1].entries.len(), 3);
+        assert_eq!(groups[&2].entries.len(), 2);
+    }
+
+    /// Finding 1: contiguity is checked before writing, so a gap never reaches the disk.
+    #[test]
+    fn finding1_a_gap_is_refused_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+            store
+                .write(1, &req(1, None, None, vec![entry(1, 1), entry(2, 1)]))
+                .unwrap();
+            // A truncation then an overwrite inside the log is fine …
+            store
+                .write(1, &req(2, None, Some(2), vec![entry(2, 2), entry(3, 2)]))
+                .unwrap();
+            // … a gap is not, nor entries out of order.
+            let gap = store.write(1, &req(3, None, None, vec![entry(5, 2)]));
+            match gap {
+                Err(LogStoreError::Failed(e)) => {
+                    assert!(e.to_string().contains("gap after index 3"), "{e}")
+                }
+                other => panic!("expected a refused gap, got {other:?}"),
+            }
+            let disorder = store.write(9, &req(1, None, None, vec![entry(2, 1), entry(1, 1)]));
+            assert!(matches!(disorder, Err(LogStoreError::Failed(_))));
+            store.sync().unwrap();
+        }
+        let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        let g1: Vec<_> = groups[&1]
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect();
+        assert_eq!(g1, vec![(1, 1), (2, 2), (3, 2)]);
+        assert!(!groups.contains_key(&9));
+    }
+
+    /// The spans rebuilt at open check appends made after a restart.
+    #[test]
+    fn contiguity_is_checked_against_the_recovered_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+            store
+                .write(
+                    1,
+                    &req(1, None, None, (1..=4).map(|i| entry(i, 1)).collect()),
+                )
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        assert!(store
+            .write(1, &req(1, None, None, vec![entry(6, 1)]))
+            .is_err());
+        let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        store
+            .write(1, &req(1, None, None, vec![entry(5, 1)]))
+            .unwrap();
+        store.write(1, &req(2, None, Some(1), vec![])).unwrap();
+        // Truncated to empty: the log may start again anywhere.
+        store
+            .write(1, &req(3, None, None, vec![entry(7, 2)]))
+            .unwrap();
     }
 
     #[test]

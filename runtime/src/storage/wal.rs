@@ -322,6 +322,11 @@ impl Wal {
         Ok((wal, records, recovery))
     }
 
+    /// The largest payload [`Wal::append`] accepts.
+    pub fn max_record_bytes(&self) -> u32 {
+        self.options.max_record_bytes
+    }
+
     /// The LSN the next appended record gets.
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn

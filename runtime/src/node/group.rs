@@ -541,7 +541,7 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                     entries: recovered.entries,
                     applied,
                     base_membership: act.deps.base_membership.clone(),
-                    snapshot_last: (0, 0),
+                    snapshot_last: recovered.compacted,
                 };
                 let seed = act.deps.raft.id ^ (act.deps.group << 32) ^ act.now();
                 match Raft::new(act.deps.raft.clone(), restore, seed, act.now()) {

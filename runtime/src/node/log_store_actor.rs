@@ -43,6 +43,20 @@ pub struct Recover {
     pub group: GroupId,
 }
 
+/// Record that `group`'s state up to `index` (of term `term`) is in a durable snapshot: the
+/// entries up to it leave the in-memory mirror, and WAL segments no group needs any more are
+/// deleted after the next sync. The snapshot must be durable before this is sent.
+#[derive(Message)]
+#[rtype(result = "PersistResult<()>")]
+pub struct Compact {
+    /// The group.
+    pub group: GroupId,
+    /// The snapshot's last included index.
+    pub index: LogIndex,
+    /// Its term.
+    pub term: conclave_actors::raft::Term,
+}
+
 struct Flush;
 impl Message for Flush {
     type Result = ();
@@ -58,6 +72,8 @@ pub struct LogStoreActor {
     waiting: Vec<(oneshot::Sender<PersistResult<u64>>, u64)>,
     buffered: usize,
     flush_scheduled: bool,
+    /// A compaction was written since the last purge: purge after the next sync.
+    purge_pending: bool,
     /// Where a failure is reported, for readiness and status.
     health: Arc<StorageHealth>,
 }
@@ -81,6 +97,7 @@ impl LogStoreActor {
             waiting: Vec::new(),
             buffered: 0,
             flush_scheduled: false,
+            purge_pending: false,
             health,
         }
     }
@@ -104,6 +121,22 @@ impl LogStoreActor {
         for (tx, seq) in self.waiting.drain(..) {
             let _ = tx.send(result.clone().map(|_| seq));
         }
+        if result.is_ok() && self.purge_pending {
+            self.purge_pending = false;
+            match self.store.purge() {
+                Ok(removed) => {
+                    metrics::counter!("conclave_wal_segments_purged_total")
+                        .increment(removed as u64);
+                }
+                Err(e) => {
+                    let e = self.fail(e);
+                    tracing::error!(error = %e, "purging write-ahead log segments failed");
+                }
+            }
+            // Re-written bookkeeping records may let the next purge delete more.
+            self.purge_pending = self.store.segment_count() > 1;
+        }
+        metrics::gauge!("conclave_wal_segments").set(self.store.segment_count() as f64);
     }
 
     fn record(&mut self, group: GroupId, req: &PersistRequest) {
@@ -127,6 +160,16 @@ fn mirror_request(g: &mut RecoveredGroup, req: &PersistRequest) {
         cut_from(&mut g.entries, first);
         g.entries.extend(req.entries.iter().cloned());
     }
+}
+
+/// Drops a group's mirrored entries up to a compaction point.
+fn compact_mirror(g: &mut RecoveredGroup, index: LogIndex, term: conclave_actors::raft::Term) {
+    if index <= g.compacted.0 {
+        return;
+    }
+    g.compacted = (index, term);
+    let covered = g.entries.partition_point(|e| e.index <= index);
+    g.entries.drain(..covered);
 }
 
 /// Drops every entry at or above `from` from a log sorted by index.
@@ -190,6 +233,26 @@ impl Handler<Persist> for LogStoreActor {
                 }
             }
         }
+    }
+}
+
+impl Handler<Compact> for LogStoreActor {
+    type Result = PersistResult<()>;
+
+    fn handle(&mut self, msg: Compact, ctx: &mut Context<Self>) -> Self::Result {
+        self.store
+            .compact(msg.group, msg.index, msg.term)
+            .map_err(|e| self.fail(e))?;
+        if let Some(g) = self.mirror.get_mut(&msg.group) {
+            compact_mirror(g, msg.index, msg.term);
+        }
+        self.purge_pending = true;
+        self.buffered += 1;
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+        Ok(())
     }
 }
 
@@ -293,5 +356,57 @@ mod tests {
         );
         assert_eq!(fast.hard_state, hs);
         assert_eq!(fast.entries.len(), 3);
+    }
+
+    /// The actor's compaction: the mirror a restarted group recovers from drops the covered
+    /// entries, and old segments are purged after the sync.
+    #[actix::test]
+    async fn compaction_trims_the_mirror_and_purges_segments() {
+        use crate::storage::wal::WalOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let options = WalOptions {
+            segment_bytes: 2048,
+            ..WalOptions::default()
+        };
+        let (store, recovered) = LogStore::open(dir.path(), options).unwrap();
+        let actor = LogStoreActor::new(
+            store,
+            recovered,
+            PersistenceStrategy::DiskFirst,
+            1,
+            1000,
+            Arc::new(StorageHealth::new()),
+        )
+        .start();
+        for i in 1..=200u64 {
+            let (tx, rx) = oneshot::channel();
+            actor
+                .send(Persist {
+                    group: 4,
+                    req: req(None, entries(1, i..=i)),
+                    done: tx,
+                })
+                .await
+                .unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let before = files();
+        assert!(before > 3, "{before} segments");
+        actor
+            .send(Compact {
+                group: 4,
+                index: 190,
+                term: 1,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let g = actor.send(Recover { group: 4 }).await.unwrap().unwrap();
+        assert_eq!(g.compacted, (190, 1));
+        assert_eq!(g.entries.first().map(|e| e.index), Some(191));
+        assert_eq!(g.entries.len(), 10);
+        let after = files();
+        assert!(after <= 2, "{before} segments before, {after} after");
     }
 }

@@ -2,18 +2,26 @@
 //!
 //! One WAL per node, shared by all groups, is what makes group commit pay off with many groups:
 //! the persist requests of every group that arrive while one `fdatasync` runs are written by
-//! the next one. Each WAL record names its group and carries either a hard state or an append
-//! (an optional truncation point plus entries), encoded with MessagePack.
+//! the next one. Each WAL record names its group and carries a hard state, an append (an
+//! optional truncation point plus entries) or a compaction point, encoded with MessagePack.
 //!
 //! Recovery replays the records in order and rebuilds each group's hard state and log,
 //! checking that every append is contiguous with what precedes it; a record that does not
 //! decode or does not fit is corruption, reported with its LSN.
+//!
+//! **Compaction** (Raft §7): once a group's state up to an index is in a durable snapshot,
+//! [`LogStore::compact`] records that point; the entries up to it are no longer needed. The
+//! store tracks, per group, the oldest record it still needs (its latest hard state, its
+//! compaction point, the first append that holds a live entry), and [`LogStore::purge`] deletes
+//! every segment that no group needs any more — so the WAL's size follows the live log, not its
+//! history.
 
 use super::wal::{Lsn, Wal, WalError, WalOptions};
-use conclave_actors::raft::{Entry, GroupId, HardState, LogIndex, PersistRequest};
+use conclave_actors::raft::{Entry, GroupId, HardState, LogIndex, PersistRequest, Term};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 
 /// One record of the log store, as written in a WAL payload.
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,6 +33,13 @@ enum StoreRecord {
         group: GroupId,
         truncate_from: Option<LogIndex>,
         entries: Vec<Entry>,
+    },
+    /// The group's log up to and including `index` (of term `term`) is covered by a durable
+    /// snapshot: recovery drops those entries, and the log continues after `index`.
+    Compact {
+        group: GroupId,
+        index: LogIndex,
+        term: Term,
     },
 }
 
@@ -79,8 +94,88 @@ pub enum LogStoreError {
 pub struct RecoveredGroup {
     /// The last persisted hard state.
     pub hard_state: HardState,
-    /// The persisted log, contiguous, in index order.
+    /// The compaction point `(index, term)`: entries up to it are covered by a snapshot and
+    /// are not in `entries`. `(0, 0)` for a group that never compacted.
+    pub compacted: (LogIndex, Term),
+    /// The persisted log after the compaction point, contiguous, in index order.
     pub entries: Vec<Entry>,
+}
+
+/// What the store knows of one group's durable log, to check writes and to tell which WAL
+/// records the group still needs.
+#[derive(Debug, Default)]
+struct GroupLog {
+    /// `(first, last)` index of the entries the log will hold once everything written is
+    /// synced; `None` when it holds none.
+    span: Option<(LogIndex, LogIndex)>,
+    /// The compaction point.
+    compacted: (LogIndex, Term),
+    /// The latest hard state written (re-written at each compaction, so that an old record
+    /// does not pin an old segment).
+    hard_state: Option<HardState>,
+    /// LSN of the record holding `hard_state`.
+    hard_state_lsn: Option<Lsn>,
+    /// LSN of the latest compaction record.
+    compact_lsn: Option<Lsn>,
+    /// Append records that still hold live entries: `(lsn, first, last)`, in LSN order.
+    records: VecDeque<(Lsn, LogIndex, LogIndex)>,
+    /// Set once a request for this group was refused: nothing more is written for it.
+    failed: Option<Arc<LogStoreError>>,
+}
+
+impl GroupLog {
+    /// Entries at or above `from` are gone (an explicit truncation, or an append that
+    /// overwrites a suffix).
+    fn cut(&mut self, from: LogIndex) {
+        self.span = match self.span {
+            Some((first, last)) if from > first => Some((first, last.min(from - 1))),
+            Some(_) => None,
+            None => None,
+        };
+        self.records.retain_mut(|(_, first, last)| {
+            *last = (*last).min(from.saturating_sub(1));
+            *first <= *last && *first < from
+        });
+    }
+
+    /// An append record at `lsn` holding `first..=last`.
+    fn appended(&mut self, lsn: Lsn, first: LogIndex, last: LogIndex) {
+        self.cut(first);
+        self.span = Some(match self.span {
+            Some((f, _)) => (f, last),
+            None => (first, last),
+        });
+        self.records.push_back((lsn, first, last));
+    }
+
+    /// The log up to `index` is covered by a snapshot.
+    fn compacted_to(&mut self, lsn: Lsn, index: LogIndex, term: Term) {
+        self.compacted = (index, term);
+        self.compact_lsn = Some(lsn);
+        self.span = match self.span {
+            Some((first, last)) if last > index => Some((first.max(index + 1), last)),
+            _ => None,
+        };
+        while self
+            .records
+            .front()
+            .is_some_and(|&(_, _, last)| last <= index)
+        {
+            self.records.pop_front();
+        }
+    }
+
+    /// The oldest record this group still needs, if any.
+    fn oldest_needed(&self) -> Option<Lsn> {
+        [
+            self.hard_state_lsn,
+            self.compact_lsn,
+            self.records.front().map(|r| r.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
 }
 
 /// A node's durable Raft logs.
@@ -93,13 +188,9 @@ pub struct RecoveredGroup {
 pub struct LogStore {
     wal: Wal,
     scratch: Vec<u8>,
-    /// The index span `(first, last)` each group's durable log will hold once everything
-    /// written so far is synced: the contiguity check before writing.
-    spans: BTreeMap<GroupId, (LogIndex, LogIndex)>,
+    groups: BTreeMap<GroupId, GroupLog>,
     /// The WAL failed: nothing more is written for any group.
-    failed: Option<std::sync::Arc<LogStoreError>>,
-    /// Groups whose log refused a request: nothing more is written for them.
-    failed_groups: BTreeMap<GroupId, std::sync::Arc<LogStoreError>>,
+    failed: Option<Arc<LogStoreError>>,
 }
 
 /// Room kept in each record for the record envelope (enum tag, group id, truncation point).
@@ -133,6 +224,7 @@ impl LogStore {
             );
         }
         let mut groups: BTreeMap<GroupId, RecoveredGroup> = BTreeMap::new();
+        let mut logs: BTreeMap<GroupId, GroupLog> = BTreeMap::new();
         for record in records {
             let lsn = record.lsn;
             let invalid = |reason: String| LogStoreError::Invalid { lsn, reason };
@@ -141,28 +233,49 @@ impl LogStore {
             match decoded {
                 StoreRecord::HardState { group, state } => {
                     groups.entry(group).or_default().hard_state = state;
+                    let log = logs.entry(group).or_default();
+                    log.hard_state = Some(state);
+                    log.hard_state_lsn = Some(lsn);
                 }
                 StoreRecord::Append {
                     group,
                     truncate_from,
                     entries,
                 } => {
-                    let log = &mut groups.entry(group).or_default().entries;
-                    apply_append(log, truncate_from, entries).map_err(invalid)?;
+                    let recovered = groups.entry(group).or_default();
+                    let log = logs.entry(group).or_default();
+                    if let Some(from) = truncate_from {
+                        log.cut(from);
+                    }
+                    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+                        if first.index <= recovered.compacted.0 {
+                            return Err(invalid(format!(
+                                "append at index {} is at or before the compaction point {}",
+                                first.index, recovered.compacted.0
+                            )));
+                        }
+                        log.appended(lsn, first.index, last.index);
+                    }
+                    apply_append(&mut recovered.entries, truncate_from, entries)
+                        .map_err(invalid)?;
+                }
+                StoreRecord::Compact { group, index, term } => {
+                    let recovered = groups.entry(group).or_default();
+                    recovered.compacted = (index, term);
+                    let keep = recovered.entries.partition_point(|e| e.index <= index);
+                    recovered.entries.drain(..keep);
+                    logs.entry(group)
+                        .or_default()
+                        .compacted_to(lsn, index, term);
                 }
             }
         }
-        let spans = groups
-            .iter()
-            .filter_map(|(g, r)| Some((*g, (r.entries.first()?.index, r.entries.last()?.index))))
-            .collect();
         Ok((
             LogStore {
                 wal,
                 scratch: Vec::new(),
-                spans,
+                groups: logs,
                 failed: None,
-                failed_groups: BTreeMap::new(),
             },
             groups,
         ))
@@ -172,7 +285,7 @@ impl LogStore {
     fn stopped(&self, group: GroupId) -> Option<LogStoreError> {
         self.failed
             .as_ref()
-            .or_else(|| self.failed_groups.get(&group))
+            .or_else(|| self.groups.get(&group).and_then(|g| g.failed.as_ref()))
             .map(|e| LogStoreError::Failed(e.clone()))
     }
 
@@ -181,52 +294,41 @@ impl LogStore {
         self.stopped(group).map_or(Ok(()), Err)
     }
 
+    /// Records an error: the WAL's stops every group, a request's stops its group.
+    fn stop(&mut self, group: GroupId, e: LogStoreError) -> LogStoreError {
+        let e = Arc::new(e);
+        match &*e {
+            LogStoreError::NotContiguous { .. } | LogStoreError::EntryTooLarge { .. } => {
+                self.groups.entry(group).or_default().failed = Some(e.clone());
+            }
+            _ => self.failed = Some(e.clone()),
+        }
+        LogStoreError::Failed(e)
+    }
+
     /// Buffers one group's persist request; durable after [`LogStore::sync`].
     ///
     /// The request is checked against the group's log before anything is written (appends
-    /// must be contiguous and in order), and its entries are split into as many records as
-    /// the WAL's record limit needs (the first carries the truncation point). Recovery of a
-    /// prefix of those records is a valid, shorter log: the request was not reported durable.
+    /// must be contiguous, in order, after the compaction point), and its entries are split
+    /// into as many records as the WAL's record limit needs (the first carries the truncation
+    /// point). Recovery of a prefix of those records is a valid, shorter log: the request was
+    /// not reported durable.
     pub fn write(&mut self, group: GroupId, req: &PersistRequest) -> Result<(), LogStoreError> {
         if let Some(e) = self.stopped(group) {
             return Err(e);
         }
-        let span = match self.check(group, req) {
-            Ok(span) => span,
-            Err(e) => {
-                let e = std::sync::Arc::new(e);
-                self.failed_groups.insert(group, e.clone());
-                return Err(LogStoreError::Failed(e));
-            }
-        };
-        if let Err(e) = self.write_records(group, req) {
-            let e = std::sync::Arc::new(e);
-            match &*e {
-                LogStoreError::EntryTooLarge { .. } => {
-                    self.failed_groups.insert(group, e.clone());
-                }
-                _ => self.failed = Some(e.clone()),
-            }
-            return Err(LogStoreError::Failed(e));
+        if let Err(e) = self.check(group, req) {
+            return Err(self.stop(group, e));
         }
-        match span {
-            Some(span) => self.spans.insert(group, span),
-            None => self.spans.remove(&group),
-        };
+        if let Err(e) = self.write_records(group, req) {
+            return Err(self.stop(group, e));
+        }
         Ok(())
     }
 
-    /// The group's span after `req`, or why `req` does not fit the group's log.
-    fn check(
-        &self,
-        group: GroupId,
-        req: &PersistRequest,
-    ) -> Result<Option<(LogIndex, LogIndex)>, LogStoreError> {
+    /// Why `req` does not fit the group's log, if it does not.
+    fn check(&self, group: GroupId, req: &PersistRequest) -> Result<(), LogStoreError> {
         let refuse = |what: String| LogStoreError::NotContiguous { group, what };
-        let mut span = self.spans.get(&group).copied();
-        if let (Some(from), Some((first, last))) = (req.truncate_from, span) {
-            span = (from > first).then_some((first, last.min(from - 1)));
-        }
         if let Some(w) = req
             .entries
             .windows(2)
@@ -237,33 +339,41 @@ impl LogStore {
                 w[0].index, w[1].index
             )));
         }
-        let (Some(new_first), Some(new_last)) = (req.entries.first(), req.entries.last()) else {
-            return Ok(span);
+        let Some(new_first) = req.entries.first().map(|e| e.index) else {
+            return Ok(());
         };
-        let (new_first, new_last) = (new_first.index, new_last.index);
-        Ok(Some(match span {
-            // An empty log (new group, or after a snapshot) may start anywhere.
-            None => (new_first, new_last),
-            Some((first, last)) => {
-                if new_first > last + 1 {
-                    return Err(refuse(format!(
-                        "an append at index {new_first} that leaves a gap after index {last}"
-                    )));
-                }
-                if new_first < first {
-                    return Err(refuse(format!(
-                        "an append at index {new_first} before the log's first index {first}"
-                    )));
-                }
-                // An append overwrites the suffix it starts in.
-                (first, new_last)
-            }
-        }))
+        let log = self.groups.get(&group);
+        let compacted = log.map_or(0, |g| g.compacted.0);
+        if new_first <= compacted {
+            return Err(refuse(format!(
+                "an append at index {new_first}, at or before the compaction point {compacted}"
+            )));
+        }
+        let mut span = log.and_then(|g| g.span);
+        if let (Some(from), Some((first, last))) = (req.truncate_from, span) {
+            span = (from > first).then_some((first, last.min(from - 1)));
+        }
+        match span {
+            // An empty log (new group, or after a snapshot) may start anywhere after the
+            // compaction point.
+            None => Ok(()),
+            Some((_, last)) if new_first > last + 1 => Err(refuse(format!(
+                "an append at index {new_first} that leaves a gap after index {last}"
+            ))),
+            Some((first, _)) if new_first < first => Err(refuse(format!(
+                "an append at index {new_first} before the log's first index {first}"
+            ))),
+            // An append overwrites the suffix it starts in.
+            Some(_) => Ok(()),
+        }
     }
 
     fn write_records(&mut self, group: GroupId, req: &PersistRequest) -> Result<(), LogStoreError> {
         if let Some(state) = req.hard_state {
-            self.append(&StoreRecord::HardState { group, state })?;
+            self.write_hard_state(group, state)?;
+        }
+        if let Some(from) = req.truncate_from {
+            self.groups.entry(group).or_default().cut(from);
         }
         if req.truncate_from.is_none() && req.entries.is_empty() {
             return Ok(());
@@ -292,7 +402,13 @@ impl LogStore {
                 });
             }
             let (chunk, tail) = rest.split_at(take);
-            self.append_borrowed(group, truncate_from.take(), chunk)?;
+            let lsn = self.append_borrowed(group, truncate_from.take(), chunk)?;
+            if let (Some(first), Some(last)) = (chunk.first(), chunk.last()) {
+                self.groups
+                    .entry(group)
+                    .or_default()
+                    .appended(lsn, first.index, last.index);
+            }
             rest = tail;
             if rest.is_empty() {
                 return Ok(());
@@ -300,11 +416,133 @@ impl LogStore {
         }
     }
 
-    fn append(&mut self, record: &StoreRecord) -> Result<(), LogStoreError> {
+    fn write_hard_state(&mut self, group: GroupId, state: HardState) -> Result<(), LogStoreError> {
+        let lsn = self.append(&StoreRecord::HardState { group, state })?;
+        let log = self.groups.entry(group).or_default();
+        log.hard_state = Some(state);
+        log.hard_state_lsn = Some(lsn);
+        Ok(())
+    }
+
+    /// Records that `group`'s state up to `index` (of term `term`) is in a durable snapshot,
+    /// so the entries up to it are no longer needed; durable after [`LogStore::sync`]. The
+    /// caller must have made the snapshot durable first. A point at or below the current one
+    /// changes nothing. The group's hard state is written again with it, so that the oldest
+    /// record the group needs is recent and [`LogStore::purge`] can drop older segments.
+    pub fn compact(
+        &mut self,
+        group: GroupId,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<(), LogStoreError> {
+        if let Some(e) = self.stopped(group) {
+            return Err(e);
+        }
+        let log = self.groups.entry(group).or_default();
+        if index <= log.compacted.0 {
+            return Ok(());
+        }
+        let hard_state = log.hard_state;
+        let result = (|| {
+            if let Some(state) = hard_state {
+                self.write_hard_state(group, state)?;
+            }
+            self.append(&StoreRecord::Compact { group, index, term })
+        })();
+        match result {
+            Ok(lsn) => {
+                self.groups
+                    .entry(group)
+                    .or_default()
+                    .compacted_to(lsn, index, term);
+                Ok(())
+            }
+            Err(e) => Err(self.stop(group, e)),
+        }
+    }
+
+    /// Deletes every WAL segment no group needs any more (see the module docs). Call it after
+    /// [`LogStore::sync`]: only records that are durable make older ones obsolete. Returns how
+    /// many segments were deleted.
+    ///
+    /// A group whose only records in the oldest segment are its small bookkeeping records (a
+    /// hard state or compaction point written long ago by an idle group) would pin that
+    /// segment and every later one; those records are written again instead, and the next
+    /// purge after the next sync can delete the segment. Live entries of a group that never
+    /// compacts still pin: they are live data.
+    pub fn purge(&mut self) -> Result<usize, LogStoreError> {
+        if let Some(e) = &self.failed {
+            return Err(LogStoreError::Failed(e.clone()));
+        }
+        if let Some(boundary) = self.wal.second_segment_lsn() {
+            let stale: Vec<GroupId> = self
+                .groups
+                .iter()
+                .filter(|(_, g)| {
+                    g.failed.is_none()
+                        && g.oldest_needed().is_some_and(|lsn| lsn < boundary)
+                        && g.records.front().is_none_or(|r| r.0 >= boundary)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for group in stale {
+                let g = &self.groups[&group];
+                let (hard_state, compacted, compact_lsn) =
+                    (g.hard_state, g.compacted, g.compact_lsn);
+                let result = (|| {
+                    if let Some(state) = hard_state {
+                        self.write_hard_state(group, state)?;
+                    }
+                    if compact_lsn.is_some() {
+                        let (index, term) = compacted;
+                        let lsn = self.append(&StoreRecord::Compact { group, index, term })?;
+                        self.groups.entry(group).or_default().compact_lsn = Some(lsn);
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    return Err(self.stop(group, e));
+                }
+            }
+        }
+        let needed = self
+            .groups
+            .values()
+            .filter_map(GroupLog::oldest_needed)
+            .min()
+            .unwrap_or(self.wal.next_lsn());
+        match self.wal.purge_before(needed.min(self.wal.synced_lsn())) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let e = Arc::new(LogStoreError::Wal(e));
+                self.failed = Some(e.clone());
+                Err(LogStoreError::Failed(e))
+            }
+        }
+    }
+
+    /// Number of WAL segment files (for metrics and tests).
+    pub fn segment_count(&self) -> usize {
+        self.wal.segment_count()
+    }
+
+    /// Makes every buffered write durable with one `fdatasync`. A failure stops the store.
+    pub fn sync(&mut self) -> Result<(), LogStoreError> {
+        if let Some(e) = &self.failed {
+            return Err(LogStoreError::Failed(e.clone()));
+        }
+        if let Err(e) = self.wal.sync() {
+            let e = Arc::new(LogStoreError::Wal(e));
+            self.failed = Some(e.clone());
+            return Err(LogStoreError::Failed(e));
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, record: &StoreRecord) -> Result<Lsn, LogStoreError> {
         self.scratch.clear();
         rmp_serde::encode::write(&mut self.scratch, record)?;
-        self.wal.append(&self.scratch)?;
-        Ok(())
+        Ok(self.wal.append(&self.scratch)?)
     }
 
     fn append_borrowed(
@@ -312,7 +550,7 @@ impl LogStore {
         group: GroupId,
         truncate_from: Option<LogIndex>,
         entries: &[Entry],
-    ) -> Result<(), LogStoreError> {
+    ) -> Result<Lsn, LogStoreError> {
         /// Serialises exactly like `StoreRecord::Append` without owning the entries.
         #[derive(Serialize)]
         enum Borrowed<'a> {
@@ -333,21 +571,7 @@ impl LogStore {
                 entries,
             },
         )?;
-        self.wal.append(&self.scratch)?;
-        Ok(())
-    }
-
-    /// Makes every buffered write durable with one `fdatasync`. A failure stops the store.
-    pub fn sync(&mut self) -> Result<(), LogStoreError> {
-        if let Some(e) = &self.failed {
-            return Err(LogStoreError::Failed(e.clone()));
-        }
-        if let Err(e) = self.wal.sync() {
-            let e = std::sync::Arc::new(LogStoreError::Wal(e));
-            self.failed = Some(e.clone());
-            return Err(LogStoreError::Failed(e));
-        }
-        Ok(())
+        Ok(self.wal.append(&self.scratch)?)
     }
 }
 
@@ -660,6 +884,193 @@ mod tests {
         store
             .write(1, &req(3, None, None, vec![entry(7, 2)]))
             .unwrap();
+    }
+
+    fn dir_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn compaction_drops_entries_and_recovery_resumes_after_the_snapshot_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let hs = HardState {
+            term: 3,
+            vote: Some(2),
+        };
+        {
+            let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+            store
+                .write(
+                    1,
+                    &req(1, Some(hs), None, (1..=100).map(|i| entry(i, 3)).collect()),
+                )
+                .unwrap();
+            store.compact(1, 60, 3).unwrap();
+            // An older point changes nothing.
+            store.compact(1, 40, 3).unwrap();
+            store.sync().unwrap();
+        }
+        let (mut store, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        let g = &groups[&1];
+        assert_eq!(g.compacted, (60, 3));
+        assert_eq!(g.hard_state, hs);
+        assert_eq!(g.entries.first().map(|e| e.index), Some(61));
+        assert_eq!(g.entries.last().map(|e| e.index), Some(100));
+        // Appends go on after the log; nothing may be written at or before the point.
+        store
+            .write(1, &req(2, None, None, vec![entry(101, 3)]))
+            .unwrap();
+        assert!(store
+            .write(1, &req(3, None, Some(55), vec![entry(55, 4)]))
+            .is_err());
+    }
+
+    /// A follower that installs a snapshot beyond its log (Raft §7) discards the whole log.
+    #[test]
+    fn compaction_beyond_the_log_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+            store
+                .write(
+                    1,
+                    &req(1, None, None, (1..=10).map(|i| entry(i, 1)).collect()),
+                )
+                .unwrap();
+            store.compact(1, 50, 3).unwrap();
+            store
+                .write(1, &req(2, None, None, vec![entry(51, 3)]))
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        assert_eq!(groups[&1].compacted, (50, 3));
+        let idx: Vec<_> = groups[&1].entries.iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![51]);
+    }
+
+    /// The WAL's size follows the live log, not its history: one busy group that compacts
+    /// every 100 entries and one idle group whose only records were written at the start.
+    #[test]
+    fn purge_keeps_the_wal_bounded_by_live_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || WalOptions {
+            segment_bytes: 16 * 1024,
+            ..WalOptions::default()
+        };
+        let idle_hs = HardState {
+            term: 7,
+            vote: Some(1),
+        };
+        let mut max_segments = 0;
+        let mut max_bytes = 0;
+        {
+            let (mut store, _) = LogStore::open(dir.path(), options()).unwrap();
+            store
+                .write(2, &req(1, Some(idle_hs), None, vec![]))
+                .unwrap();
+            store.compact(2, 5, 1).unwrap();
+            for i in 1..=5_000u64 {
+                let e = Entry {
+                    term: 1,
+                    index: i,
+                    payload: EntryPayload::Command(vec![7; 100]),
+                };
+                store.write(1, &req(i, None, None, vec![e])).unwrap();
+                if i % 10 == 0 {
+                    store.sync().unwrap();
+                }
+                if i % 100 == 0 {
+                    store.compact(1, i - 10, 1).unwrap();
+                    store.sync().unwrap();
+                    store.purge().unwrap();
+                    max_segments = max_segments.max(store.segment_count());
+                    max_bytes = max_bytes.max(dir_bytes(dir.path()));
+                }
+            }
+            store.sync().unwrap();
+        }
+        // ~600 KB written in all; live data is 10–110 entries and two small records.
+        assert!(max_segments <= 4, "segments: {max_segments}");
+        assert!(max_bytes <= 64 * 1024, "bytes: {max_bytes}");
+        let (_, groups) = LogStore::open(dir.path(), options()).unwrap();
+        assert_eq!(groups[&1].compacted, (4_990, 1));
+        assert_eq!(groups[&1].entries.len(), 10);
+        assert_eq!(groups[&2].hard_state, idle_hs);
+        assert_eq!(groups[&2].compacted, (5, 1));
+    }
+
+    /// Live entries of a group that never compacts keep their segments; truncated ones do not.
+    #[test]
+    fn live_entries_pin_their_segments_and_truncated_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || WalOptions {
+            segment_bytes: 4 * 1024,
+            ..WalOptions::default()
+        };
+        {
+            let (mut store, _) = LogStore::open(dir.path(), options()).unwrap();
+            // Group 2 holds live entries in the first segment and never compacts.
+            store
+                .write(
+                    2,
+                    &req(1, None, None, (1..=3).map(|i| entry(i, 1)).collect()),
+                )
+                .unwrap();
+            // Group 1: 1..=10, then a new leader overwrites 5.. — then compaction past both.
+            store
+                .write(
+                    1,
+                    &req(1, None, None, (1..=10).map(|i| entry(i, 1)).collect()),
+                )
+                .unwrap();
+            store
+                .write(
+                    1,
+                    &req(2, None, Some(5), (5..=7).map(|i| entry(i, 2)).collect()),
+                )
+                .unwrap();
+            for i in 8..=400 {
+                store
+                    .write(1, &req(i, None, None, vec![entry(i, 2)]))
+                    .unwrap();
+                store.sync().unwrap();
+            }
+            store.compact(1, 390, 2).unwrap();
+            store.sync().unwrap();
+            store.purge().unwrap();
+            assert!(
+                store.segment_count() > 2,
+                "group 2's entries pin the oldest segment"
+            );
+        }
+        let (_, groups) = LogStore::open(dir.path(), options()).unwrap();
+        assert_eq!(groups[&2].entries.len(), 3);
+        assert_eq!(groups[&1].entries.len(), 10);
+
+        // The same history where group 2 compacts too: everything old goes.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = LogStore::open(dir.path(), options()).unwrap();
+        store
+            .write(
+                2,
+                &req(1, None, None, (1..=3).map(|i| entry(i, 1)).collect()),
+            )
+            .unwrap();
+        for i in 1..=400 {
+            store
+                .write(1, &req(i, None, None, vec![entry(i, 2)]))
+                .unwrap();
+            store.sync().unwrap();
+        }
+        store.compact(2, 3, 1).unwrap();
+        store.compact(1, 390, 2).unwrap();
+        store.sync().unwrap();
+        store.purge().unwrap();
+        assert!(store.segment_count() <= 2, "{}", store.segment_count());
     }
 
     #[test]

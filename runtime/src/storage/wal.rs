@@ -327,6 +327,11 @@ impl Wal {
         self.options.max_record_bytes
     }
 
+    /// The first LSN not yet written and synced: every record below it is durable.
+    pub fn synced_lsn(&self) -> Lsn {
+        self.synced_lsn
+    }
+
     /// The LSN the next appended record gets.
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn
@@ -399,6 +404,12 @@ impl Wal {
             sync_dir(&self.dir)?;
         }
         Ok(removed)
+    }
+
+    /// The first LSN of the second-oldest segment: records below it are all in the oldest
+    /// one. `None` with a single segment.
+    pub fn second_segment_lsn(&self) -> Option<Lsn> {
+        self.segments.get(1).map(|s| s.first_lsn)
     }
 
     /// Number of segment files.

@@ -30,8 +30,10 @@ use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
     KvCommand, KvMachine, KvOutput, KvQuery, KvRequest, StateMachine, StateMachineError,
 };
+use crate::storage::health::{StorageCondition, StorageHealth};
 use crate::storage::log_store::{LogStore, LogStoreError};
 use crate::storage::wal::WalOptions;
+use crate::storage::watchdog::Watchdog;
 use actix::prelude::*;
 use applier::ApplierActor;
 use conclave_actors::raft::{Membership, RaftConfig, ReadConsistency, Role};
@@ -78,8 +80,7 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds a factory of state machines for (re)starts of the applier.
-type MachineFactory<M> = Arc<dyn Fn() -> Result<M, StateMachineError> + Send + Sync>;
+use applier::MachineFactory;
 
 /// Builds a [`Node`].
 pub struct NodeBuilder<M: StateMachine> {
@@ -155,6 +156,8 @@ pub struct Node<M: StateMachine> {
     supervisors: Vec<Addr<Supervisor>>,
     log_store: Addr<LogStoreActor>,
     log_arbiter: Arbiter,
+    /// One per group: where its applier (the state machine's I/O) runs.
+    applier_arbiters: Vec<Arbiter>,
 }
 
 impl<M: StateMachine> Node<M> {
@@ -185,6 +188,11 @@ impl<M: StateMachine> Node<M> {
         self.log_store.do_send(StopLogStore);
         actix::clock::sleep(Duration::from_millis(20)).await;
         self.log_arbiter.stop();
+        // An applier stuck in its storage engine does not hold this up: stopping an arbiter
+        // only asks its thread to end.
+        for a in &self.applier_arbiters {
+            a.stop();
+        }
         self.transport.shutdown();
     }
 }
@@ -221,6 +229,10 @@ struct Inner<M: StateMachine> {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Gossip's shared view and the live gossip actor.
     gossip: gossip::GossipHandle,
+    /// The node's storage health: every storage component reports into it.
+    health: Arc<StorageHealth>,
+    /// Times storage calls and reports stalls into `health` (its thread ends with the node).
+    watchdog: Arc<Watchdog>,
 }
 
 /// A cloneable handle to a running node: proposes writes, serves reads, reports status.
@@ -316,6 +328,12 @@ async fn start_node<M: StateMachine>(
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;
+    // One health record per node; the watchdog times every storage call against it.
+    let health = Arc::new(StorageHealth::new());
+    let watchdog = Arc::new(Watchdog::start(
+        health.clone(),
+        Duration::from_millis(config.storage.stall_timeout_ms),
+    )?);
 
     // Storage first: a corrupt log refuses to start before anything listens.
     let wal_options = WalOptions {
@@ -368,19 +386,26 @@ async fn start_node<M: StateMachine>(
     let mut groups = BTreeMap::new();
     // The gossip supervisor is stopped with the groups' (after the leave).
     let mut supervisors = vec![gossip_supervisor];
+    let mut applier_arbiters = Vec::new();
     let group_ids = [0u64];
     for &group in &group_ids {
+        let applier_arbiter = Arbiter::new();
         let (entry, supervisor) = start_group(
             &config,
             group,
             &members,
             &transport,
             log_store.clone(),
-            factory.clone(),
+            GroupStorage {
+                factory: factory.clone(),
+                arbiter: applier_arbiter.handle(),
+                watchdog: &watchdog,
+            },
             epoch,
         );
         groups.insert(group, entry);
         supervisors.push(supervisor);
+        applier_arbiters.push(applier_arbiter);
     }
 
     // Inbound dispatch by group id.
@@ -460,6 +485,8 @@ async fn start_node<M: StateMachine>(
             prometheus,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             gossip,
+            health,
+            watchdog,
         }),
     };
     Ok(Node {
@@ -468,6 +495,7 @@ async fn start_node<M: StateMachine>(
         supervisors,
         log_store,
         log_arbiter,
+        applier_arbiters,
     })
 }
 
@@ -502,13 +530,21 @@ fn start_gossip(deps: Arc<gossip::GossipDeps>) -> (gossip::GossipHandle, Addr<Su
     (handle, supervisor)
 }
 
+/// Where a group's state machine lives and how its calls are watched.
+struct GroupStorage<'a, M: StateMachine> {
+    factory: MachineFactory<M>,
+    /// The applier's own arbiter (kept across its restarts).
+    arbiter: ArbiterHandle,
+    watchdog: &'a Watchdog,
+}
+
 fn start_group<M: StateMachine>(
     config: &Config,
     group: u64,
     members: &Arc<BTreeMap<u64, MemberConfig>>,
     transport: &Transport<WireMessage>,
     log_store: Addr<LogStoreActor>,
-    factory: MachineFactory<M>,
+    storage: GroupStorage<'_, M>,
     epoch: Instant,
 ) -> (GroupEntry<M>, Addr<Supervisor>) {
     let id = config.node.id;
@@ -537,19 +573,22 @@ fn start_group<M: StateMachine>(
     });
     {
         let slot = applier_slot.clone();
-        let applied = shared.applied.clone();
-        let f: Factory = Box::new(move |guard| match factory() {
-            Ok(machine) => {
-                let addr = ApplierActor::new(group, machine, applied.clone(), guard).start();
-                slot.set(addr.clone());
-                Box::new(move || addr.do_send(StopActor))
-            }
-            Err(e) => {
-                // Dropping the guard reports the failure; the supervisor retries with backoff.
-                tracing::error!(group, error = %e, "cannot open the state machine");
-                drop(guard);
-                Box::new(|| {})
-            }
+        let deps = Arc::new(applier::ApplierDeps {
+            group,
+            factory: storage.factory,
+            applied_gauge: shared.applied.clone(),
+            clock: storage.watchdog.clock(format!("state_machine/{group}")),
+            health: storage.watchdog.health().clone(),
+        });
+        let arbiter = storage.arbiter;
+        let f: Factory = Box::new(move |guard| {
+            // The machine is opened in the actor's `started`, on its own arbiter: a slow or
+            // stuck open blocks nothing else.
+            let deps = deps.clone();
+            let addr =
+                ApplierActor::start_in_arbiter(&arbiter, move |_| ApplierActor::new(deps, guard));
+            slot.set(addr.clone());
+            Box::new(move || addr.do_send(StopActor))
         });
         builder = builder.child("applier", f);
     }
@@ -778,7 +817,19 @@ impl<M: StateMachine> NodeHandle<M> {
             applied_index: g0.as_ref().map(|g| g.applied_index).unwrap_or(0),
             members: self.member_states(),
             groups,
+            storage: self.inner.health.condition(),
         }
+    }
+
+    /// The node's storage health record, shared by every storage component (the state
+    /// machine's applier, and the Raft log store once it reports into it).
+    pub fn storage_health(&self) -> Arc<StorageHealth> {
+        self.inner.health.clone()
+    }
+
+    /// The node's stall watchdog: hands out clocks that time storage calls of one component.
+    pub fn storage_watchdog(&self) -> Arc<Watchdog> {
+        self.inner.watchdog.clone()
     }
 
     /// Member states from gossip (SWIM): every member this node's failure detector knows,
@@ -787,9 +838,20 @@ impl<M: StateMachine> NodeHandle<M> {
         gossip::member_statuses(&self.inner.gossip.shared.members(), &self.inner.members)
     }
 
-    /// Whether every group knows a leader and has applied close to its commit index.
+    /// Whether every group knows a leader and has applied close to its commit index, and the
+    /// node's storage is healthy (no call stalled past the timeout, no failed write).
     pub fn readiness_now(&self) -> Readiness {
         let mut reasons = Vec::new();
+        let storage = self.inner.health.condition();
+        match &storage {
+            StorageCondition::Healthy => {}
+            StorageCondition::Stalled { component, for_ms } => reasons.push(format!(
+                "storage: a call of {component} has not returned for {for_ms} ms"
+            )),
+            StorageCondition::Failed { component, error } => {
+                reasons.push(format!("storage: {component} failed: {error}"))
+            }
+        }
         for (id, g) in &self.inner.groups {
             let s = g.shared.snapshot.read();
             if s.leader.is_none() {
@@ -806,6 +868,7 @@ impl<M: StateMachine> NodeHandle<M> {
         Readiness {
             ready: reasons.is_empty(),
             reasons,
+            storage,
         }
     }
 
@@ -893,6 +956,10 @@ impl KvService for NodeHandle<KvMachine> {
 
     async fn readiness(&self) -> Readiness {
         self.readiness_now()
+    }
+
+    fn storage(&self) -> StorageCondition {
+        self.inner.health.condition()
     }
 
     fn leader_hint(&self) -> Option<LeaderHint> {

@@ -4,3 +4,4 @@
 pub mod health;
 pub mod log_store;
 pub mod wal;
+pub mod watchdog;

@@ -323,9 +323,19 @@ fn missing_body(what: &str) -> ApiError {
     ApiError::bad_request("missing_body", format!("the request needs a body: {what}"))
 }
 
+/// An output that does not answer the request's kind: a reused idempotency key (422), else a
+/// bug (500).
 fn unexpected_output(output: &KvOutput) -> ApiError {
-    ApiError::Internal {
-        message: format!("the state machine returned an unexpected output: {output:?}"),
+    match output {
+        KvOutput::IdempotencyKeyReused => ApiError::Unprocessable {
+            code: "idempotency_key_reused",
+            message:
+                "this Idempotency-Key was already used by a different request; nothing was applied"
+                    .to_owned(),
+        },
+        other => ApiError::Internal {
+            message: format!("the state machine returned an unexpected output: {other:?}"),
+        },
     }
 }
 
@@ -345,7 +355,12 @@ async fn put_kv<S: KvService>(
         value: body.to_vec(),
     };
     match ctx.service.write(command, idempotency).await {
-        Ok(w) => Ok(HttpResponse::Ok().json(json!({ "index": w.index, "term": w.term }))),
+        Ok(w) => match w.output {
+            KvOutput::Put => {
+                Ok(HttpResponse::Ok().json(json!({ "index": w.index, "term": w.term })))
+            }
+            other => Err(unexpected_output(&other)),
+        },
         Err(e) => ctx.on_error(&req, body, e).await,
     }
 }

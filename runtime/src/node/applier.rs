@@ -211,7 +211,10 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                     // The replica must not go on with a state that missed an entry: stop, and
                     // let the supervisor restart it from durable state.
                     tracing::error!(index = entry.index, error = %e, "state machine failed to apply; restarting the applier");
-                    if matches!(e, StateMachineError::Storage(_)) {
+                    if matches!(
+                        e,
+                        StateMachineError::Storage(_) | StateMachineError::Store(_)
+                    ) {
                         self.deps.health.failed(self.deps.clock.component(), &e);
                     }
                     if let Some((_, reply)) = waiter {

@@ -1002,10 +1002,11 @@ pub fn run_blocking(config: Config) -> Result<(), NodeError> {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .ok();
-        let sm_dir = config.node.data_dir.join("sm");
+        let data_dir = config.node.data_dir.clone();
+        let engine = config.storage.engine;
         let mut builder = Node::builder()
             .config(config.clone())
-            .state_machine_with(move || KvMachine::open(&sm_dir));
+            .state_machine_with(move || KvMachine::open_engine(engine, &data_dir));
         if let Some(handle) = recorder {
             builder = builder.metrics(handle);
         }

@@ -325,7 +325,8 @@ pub enum StorageEngine {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSection {
-    /// The state store's engine: `redb` or `sled`. Default: see [`StorageSection::default`].
+    /// The state store's engine: `redb` (default) or `sled`. sled 0.34 can stall for good
+    /// under sustained overwrites (docs/storage.md).
     pub engine: StorageEngine,
     /// A storage call running longer than this is reported as a stall (`/readyz` 503
     /// `storage_stalled`, `conclave_storage_stalls_total`). Default 5000.
@@ -335,7 +336,7 @@ pub struct StorageSection {
 impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
-            engine: StorageEngine::Sled,
+            engine: StorageEngine::Redb,
             stall_timeout_ms: 5000,
         }
     }

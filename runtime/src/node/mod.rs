@@ -38,7 +38,8 @@ use actix::prelude::*;
 use applier::ApplierActor;
 use conclave_actors::raft::{Membership, RaftConfig, ReadConsistency, Role};
 use conclave_actors::supervisor::{
-    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
+    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, SupervisionEvent, SupervisionEventMsg,
+    Supervisor, SupervisorBuilder,
 };
 use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
@@ -530,6 +531,49 @@ fn start_gossip(deps: Arc<gossip::GossipDeps>) -> (gossip::GossipHandle, Addr<Su
     (handle, supervisor)
 }
 
+/// A group whose supervisor spent its restart budget: its log or state machine cannot be
+/// brought back by restarts, so the node reports its storage failed (finding 10 of issue 12:
+/// such a node used to look healthy).
+#[derive(Debug, thiserror::Error)]
+#[error("the supervisor of group {group} gave up after repeated restarts (last exit: {last_exit}); restart the node once the cause (disk full, I/O errors, a corrupt store) is fixed")]
+pub struct GroupGaveUp {
+    /// The group.
+    pub group: u64,
+    /// The child whose exit spent the budget, and how it exited.
+    pub last_exit: String,
+}
+
+/// Watches a group's supervisor: when it gives up, the node's storage is reported failed.
+struct GroupWatcher {
+    group: u64,
+    health: Arc<StorageHealth>,
+    last_exit: String,
+}
+
+impl Actor for GroupWatcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<SupervisionEventMsg> for GroupWatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: SupervisionEventMsg, _: &mut Context<Self>) {
+        match msg.0 {
+            SupervisionEvent::Exited { child, exit } => {
+                self.last_exit = format!("{child} {exit:?}");
+            }
+            SupervisionEvent::Escalated { .. } => {
+                let e = GroupGaveUp {
+                    group: self.group,
+                    last_exit: self.last_exit.clone(),
+                };
+                self.health.failed(&format!("group/{}", self.group), &e);
+            }
+            SupervisionEvent::Restarting { .. } => {}
+        }
+    }
+}
+
 /// Where a group's state machine lives and how its calls are watched.
 struct GroupStorage<'a, M: StateMachine> {
     factory: MachineFactory<M>,
@@ -567,10 +611,18 @@ fn start_group<M: StateMachine>(
         epoch,
     });
 
-    let mut builder = SupervisorBuilder::new(format!("group-{group}")).policy(RestartPolicy {
-        strategy: Strategy::OneForOne,
-        ..RestartPolicy::default()
-    });
+    let watcher = GroupWatcher {
+        group,
+        health: storage.watchdog.health().clone(),
+        last_exit: "none".to_owned(),
+    }
+    .start();
+    let mut builder = SupervisorBuilder::new(format!("group-{group}"))
+        .policy(RestartPolicy {
+            strategy: Strategy::OneForOne,
+            ..RestartPolicy::default()
+        })
+        .events(watcher.recipient());
     {
         let slot = applier_slot.clone();
         let deps = Arc::new(applier::ApplierDeps {

@@ -29,6 +29,8 @@ pub struct Config {
     pub latency: LatencySection,
     /// `[tls]`: mutual TLS between nodes (all three paths, or none).
     pub tls: Option<TlsSection>,
+    /// `[storage]`: the state store's engine and the storage stall watchdog.
+    pub storage: StorageSection,
 }
 
 /// `[node]`.
@@ -309,6 +311,37 @@ impl Default for RingSection {
     }
 }
 
+/// The embedded engine that holds the key-value machine's state (docs/storage.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageEngine {
+    /// redb: ACID, copy-on-write B-tree, one file.
+    Redb,
+    /// sled 0.34.
+    Sled,
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// The state store's engine: `redb` (default) or `sled`. sled 0.34 can stall for good
+    /// under sustained overwrites (docs/storage.md).
+    pub engine: StorageEngine,
+    /// A storage call running longer than this is reported as a stall (`/readyz` 503
+    /// `storage_stalled`, `conclave_storage_stalls_total`). Default 5000.
+    pub stall_timeout_ms: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            engine: StorageEngine::Redb,
+            stall_timeout_ms: 5000,
+        }
+    }
+}
+
 /// `[tls]`: PEM files for mutual TLS between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -557,6 +590,15 @@ impl Config {
         if self.latency.interval_s == 0 {
             return Err(invalid("latency.interval_s", "must be at least 1"));
         }
+        if !(10..=3_600_000).contains(&self.storage.stall_timeout_ms) {
+            return Err(invalid(
+                "storage.stall_timeout_ms",
+                format!(
+                    "must be between 10 and 3600000 (one hour), got {}",
+                    self.storage.stall_timeout_ms
+                ),
+            ));
+        }
         let initial = self.initial_members();
         for seed in &self.cluster.seeds {
             if !initial.iter().any(|m| m.addr == *seed) {
@@ -734,6 +776,8 @@ ca = "ca.crt"
             ("[cluster]\nseeds = [\"127.0.0.1:9\"]\n", "cluster.seeds"),
             ("[ring]\nshards = 0\n", "ring.shards"),
             ("[node]\nmax_queue_size = 0\n", "node.max_queue_size"),
+            ("[storage]\nstall_timeout_ms = 0\n", "storage.stall_timeout_ms"),
+            ("[storage]\nengine = \"rocks\"\n", "engine"),
             (
                 "[cluster]\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\", http = \"127.0.0.1:2\" }, { id = 1, addr = \"127.0.0.1:3\", http = \"127.0.0.1:4\" }]\n",
                 "cluster.initial_members",

@@ -1,10 +1,14 @@
-//! The user's replicated state machine, and the built-in key-value machine on sled.
+//! The user's replicated state machine, and the built-in key-value machine on the state store
+//! (redb or sled, see [`crate::storage::state_store`]).
 //!
 //! A state machine is deterministic: every replica applies the same committed commands in the
 //! same order and must reach the same state and produce the same outputs. Commands and outputs
 //! are serde types (they travel in log entries and HTTP responses); queries run against the
 //! local state once the read path says it may (linearizable, lease or stale).
 
+use crate::config::StorageEngine;
+use crate::storage::sled_store::SledStore;
+use crate::storage::state_store::{open_store, StateStore, StoreError, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -22,6 +26,9 @@ pub enum StateMachineError {
     /// A snapshot could not be decoded or installed.
     #[error("invalid snapshot: {0}")]
     Snapshot(String),
+    /// The state store failed (the engine's error is the source).
+    #[error("state store error")]
+    Store(#[from] StoreError),
 }
 
 /// A replicated state machine, implemented by users (see `examples/`) and by [`KvMachine`].
@@ -99,9 +106,11 @@ pub enum KvCommand {
 
 /// What the key-value machine's log entries carry: a command and, when the client sent an
 /// `Idempotency-Key`, that key. A request whose key was already applied within the last
-/// [`IDEMPOTENCY_WINDOW`] entries is not applied again: it returns the first outcome. The
-/// table of keys is replicated state (written in the same batch as the effect and evicted by
-/// log index), so every replica makes the same decision, across restarts too.
+/// [`IDEMPOTENCY_WINDOW`] entries is not applied again: the same request (same fingerprint)
+/// returns the first outcome; a different request is refused with
+/// [`KvOutput::IdempotencyKeyReused`]. The table of keys is replicated state (written in the
+/// same batch as the effect and evicted by log index), so every replica makes the same
+/// decision, across restarts too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvRequest {
     /// The client's idempotency key, if any.
@@ -127,9 +136,13 @@ pub enum KvOutput {
     Cas {
         /// Whether the expected value matched (and the new one was stored).
         ok: bool,
-        /// The value the key held before the command.
+        /// The value the key held before the command. For a retry (same idempotency key, same
+        /// request) of a CAS that failed: the key's value as of the retry.
         current: Option<serde_bytes::ByteBuf>,
     },
+    /// The request's idempotency key was already used, within the window, by a *different*
+    /// request: nothing was applied (HTTP 422 `idempotency_key_reused`).
+    IdempotencyKeyReused,
 }
 
 /// A read of the key-value machine.
@@ -139,22 +152,42 @@ pub enum KvQuery {
     Get(Vec<u8>),
 }
 
-/// The built-in key-value machine: data in a sled tree, with the applied index written in the
-/// same atomic batch as each command's effect, so that restart resumes exactly after the last
-/// applied entry.
+/// The built-in key-value machine, written once against the [`StateStore`] interface (redb or
+/// sled, `[storage] engine`). The applied index is committed in the same atomic batch as each
+/// command's effect, so that restart resumes exactly after the last applied entry.
 pub struct KvMachine {
-    db: sled::Db,
-    tree: sled::Tree,
+    store: Box<dyn StateStore>,
     applied: LogIndex,
 }
 
-/// Data keys are prefixed so that metadata can live in the same tree (one atomic batch).
+/// Data keys are prefixed so that the idempotency table can live in the same store (one atomic
+/// batch with the data).
 const DATA: u8 = b'd';
-const APPLIED_KEY: &[u8] = b"m/applied";
-/// `i/{id}` -> the first outcome of the request with that idempotency key.
-const IDEM: &[u8] = b"i/";
+/// `k/{id}` -> an [`IdemRecord`]: the request's fingerprint and compact first outcome.
+const IDEM: &[u8] = b"k/";
+/// `i/{id}`: the records of releases before fingerprints (the whole outcome, no fingerprint).
+/// Never read again (a retry across that upgrade applies anew); removed by eviction.
+const IDEM_LEGACY: &[u8] = b"i/";
 /// `e/{index, big-endian}` -> the idempotency key recorded at that index (for eviction).
 const IDEM_BY_INDEX: &[u8] = b"e/";
+/// Snapshot format version (see [`KvMachine::snapshot`]).
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// What a replica remembers of a keyed request: enough to recognise a retry and answer it,
+/// never another request's value (a failed CAS used to keep the whole current value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct IdemRecord {
+    /// xxh3-64 of the MessagePack encoding of the request's command.
+    fingerprint: u64,
+    outcome: CompactOutcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum CompactOutcome {
+    Put,
+    Delete { existed: bool },
+    Cas { ok: bool },
+}
 
 fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -170,80 +203,84 @@ fn data_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// Opens the sled database in `dir`. sled releases its file lock from a background thread
-/// some time after the previous `Db` of the same directory is dropped, so reopening right
-/// after a close (a supervised restart of the applier, a test that reopens) can briefly see
-/// "could not acquire lock" (sled reports it as an `io::ErrorKind::Other` with that text).
-/// That is retried for up to two seconds; a lock still held after that (another process
-/// uses the directory) is reported as it is.
-fn open_sled(dir: &Path) -> Result<sled::Db, StateMachineError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        match sled::open(dir) {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other.map_err(storage),
-        }
-    }
-}
-
-fn storage(e: sled::Error) -> StateMachineError {
-    StateMachineError::Storage(e.to_string())
+/// The fingerprint of a command: the same on every replica (it depends only on the bytes).
+fn fingerprint(op: &KvCommand) -> Result<u64, StateMachineError> {
+    let bytes = rmp_serde::to_vec(op)
+        .map_err(|e| StateMachineError::Storage(format!("cannot encode a command: {e}")))?;
+    Ok(xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
 impl KvMachine {
-    /// Opens (or creates) the machine's sled database in `dir`.
+    /// Opens (or creates) a sled store in directory `dir` (what nodes used before the engine
+    /// was configurable; see [`KvMachine::open_engine`]).
     pub fn open(dir: &Path) -> Result<KvMachine, StateMachineError> {
-        let db = open_sled(dir)?;
-        let tree = db.open_tree("kv").map_err(storage)?;
-        let applied = match tree.get(APPLIED_KEY).map_err(storage)? {
-            Some(v) => {
-                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| {
-                    StateMachineError::Storage("applied index record is not 8 bytes".to_owned())
-                })?;
-                u64::from_be_bytes(bytes)
-            }
-            None => 0,
-        };
-        Ok(KvMachine { db, tree, applied })
+        Self::with_store(Box::new(SledStore::open(dir)?))
+    }
+
+    /// Opens (or creates) the `engine` store inside a node's data directory (`sm/` for sled,
+    /// `sm.redb` for redb). A data directory that holds the other engine's store is refused.
+    pub fn open_engine(
+        engine: StorageEngine,
+        data_dir: &Path,
+    ) -> Result<KvMachine, StateMachineError> {
+        Self::with_store(open_store(engine, data_dir)?)
+    }
+
+    /// A machine over any store (tests inject failing or blocking stores this way).
+    pub fn with_store(store: Box<dyn StateStore>) -> Result<KvMachine, StateMachineError> {
+        let applied = store.applied_index()?;
+        Ok(KvMachine { store, applied })
     }
 
     /// A machine in a temporary sled database (tests, examples).
     pub fn temporary() -> Result<KvMachine, StateMachineError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .open()
-            .map_err(storage)?;
-        let tree = db.open_tree("kv").map_err(storage)?;
-        Ok(KvMachine {
-            db,
-            tree,
-            applied: 0,
-        })
+        Self::with_store(Box::new(SledStore::temporary()?))
     }
 
-    /// Asks sled to write its buffers out (used before log compaction).
-    pub fn flush(&self) -> Result<(), StateMachineError> {
-        self.db.flush().map(|_| ()).map_err(storage)
+    /// Makes everything applied so far durable (before log compaction relies on it).
+    pub fn flush(&mut self) -> Result<(), StateMachineError> {
+        Ok(self.store.sync()?)
+    }
+
+    /// The store's engine name.
+    pub fn engine(&self) -> &'static str {
+        self.store.engine()
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateMachineError> {
-        Ok(self
-            .tree
-            .get(data_key(key))
-            .map_err(storage)?
-            .map(|v| v.to_vec()))
+        Ok(self.store.get(&data_key(key))?)
     }
 
-    fn commit(&mut self, index: LogIndex, mut batch: sled::Batch) -> Result<(), StateMachineError> {
-        batch.insert(APPLIED_KEY, &index.to_be_bytes());
-        self.tree.apply_batch(batch).map_err(storage)?;
+    fn commit(&mut self, index: LogIndex, batch: WriteBatch) -> Result<(), StateMachineError> {
+        self.store.commit(batch, index)?;
         self.applied = index;
         Ok(())
+    }
+
+    /// The answer to a retry of a keyed request whose first outcome is `first`.
+    fn replay(&self, op: &KvCommand, first: CompactOutcome) -> Result<KvOutput, StateMachineError> {
+        Ok(match (first, op) {
+            (CompactOutcome::Put, _) => KvOutput::Put,
+            (CompactOutcome::Delete { existed }, _) => KvOutput::Delete { existed },
+            // A CAS that succeeded found exactly the expected value.
+            (CompactOutcome::Cas { ok: true }, KvCommand::Cas { expected, .. }) => KvOutput::Cas {
+                ok: true,
+                current: expected.clone(),
+            },
+            // A CAS that failed answers with the key's value as of the retry (the first
+            // attempt's value is not kept: it could be megabytes per record).
+            (CompactOutcome::Cas { ok }, KvCommand::Cas { key, .. }) => KvOutput::Cas {
+                ok,
+                current: self.get(key)?.map(serde_bytes::ByteBuf::from),
+            },
+            // The fingerprint matched, so the command is the same kind as the first one.
+            (CompactOutcome::Cas { .. }, _) => {
+                return Err(StateMachineError::Store(StoreError::Corrupt {
+                    engine: self.store.engine(),
+                    what: "an idempotency record of a CAS matched another command".to_owned(),
+                }))
+            }
+        })
     }
 }
 
@@ -258,66 +295,92 @@ impl StateMachine for KvMachine {
         index: LogIndex,
         request: KvRequest,
     ) -> Result<KvOutput, StateMachineError> {
-        let mut batch = sled::Batch::default();
-        if let Some(id) = &request.id {
-            if let Some(first) = self
-                .tree
-                .get(prefixed(IDEM, id.as_bytes()))
-                .map_err(storage)?
-            {
-                let out = rmp_serde::from_slice(&first)
-                    .map_err(|e| StateMachineError::Storage(format!("idempotency record: {e}")))?;
-                self.commit(index, batch)?;
-                return Ok(out);
+        let mut batch = WriteBatch::default();
+        let keyed = match &request.id {
+            Some(id) => {
+                let fp = fingerprint(&request.op)?;
+                if let Some(bytes) = self.store.get(&prefixed(IDEM, id.as_bytes()))? {
+                    let first: IdemRecord =
+                        rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                            engine: self.store.engine(),
+                            what: format!("idempotency record of key {id:?}: {e}"),
+                        })?;
+                    // Nothing changes but the applied index, on every replica alike.
+                    let out = if first.fingerprint == fp {
+                        self.replay(&request.op, first.outcome)?
+                    } else {
+                        KvOutput::IdempotencyKeyReused
+                    };
+                    self.commit(index, batch)?;
+                    return Ok(out);
+                }
+                Some((id, fp))
             }
-        }
+            None => None,
+        };
         // Forget keys that left the window; the same on every replica, as it depends only on
         // the log index.
         if index > IDEMPOTENCY_WINDOW {
+            let start = IDEM_BY_INDEX.to_vec();
             let end = prefixed(IDEM_BY_INDEX, &(index - IDEMPOTENCY_WINDOW).to_be_bytes());
-            for item in self.tree.range(IDEM_BY_INDEX.to_vec()..end) {
-                let (k, id) = item.map_err(storage)?;
-                batch.remove(k);
-                batch.remove(prefixed(IDEM, &id));
+            let mut evict = Vec::new();
+            self.store.scan(&start, Some(&end), &mut |k, id| {
+                evict.push((k.to_vec(), id.to_vec()));
+                Ok(true)
+            })?;
+            for (k, id) in evict {
+                batch.delete(k);
+                batch.delete(prefixed(IDEM, &id));
+                batch.delete(prefixed(IDEM_LEGACY, &id));
             }
         }
-        let out = match request.op {
+        let (out, compact) = match &request.op {
             KvCommand::Put { key, value } => {
-                batch.insert(data_key(&key), value);
-                KvOutput::Put
+                batch.put(data_key(key), value.clone());
+                (KvOutput::Put, CompactOutcome::Put)
             }
             KvCommand::Delete { key } => {
-                let existed = self.get(&key)?.is_some();
-                batch.remove(data_key(&key));
-                KvOutput::Delete { existed }
+                let existed = self.get(key)?.is_some();
+                batch.delete(data_key(key));
+                (
+                    KvOutput::Delete { existed },
+                    CompactOutcome::Delete { existed },
+                )
             }
             KvCommand::Cas { key, expected, new } => {
-                let current = self.get(&key)?;
+                let current = self.get(key)?;
                 let ok = current.as_deref() == expected.as_deref().map(|v| v.as_slice());
                 if ok {
                     match new {
-                        Some(v) => batch.insert(data_key(&key), v.into_vec()),
-                        None => batch.remove(data_key(&key)),
+                        Some(v) => batch.put(data_key(key), v.to_vec()),
+                        None => batch.delete(data_key(key)),
                     }
                 }
-                KvOutput::Cas {
-                    ok,
-                    current: current.map(serde_bytes::ByteBuf::from),
-                }
+                (
+                    KvOutput::Cas {
+                        ok,
+                        current: current.map(serde_bytes::ByteBuf::from),
+                    },
+                    CompactOutcome::Cas { ok },
+                )
             }
         };
-        if let Some(id) = &request.id {
-            let encoded = rmp_serde::to_vec(&out)
+        if let Some((id, fingerprint)) = keyed {
+            let record = IdemRecord {
+                fingerprint,
+                outcome: compact,
+            };
+            let encoded = rmp_serde::to_vec(&record)
                 .map_err(|e| StateMachineError::Storage(format!("idempotency record: {e}")))?;
-            batch.insert(prefixed(IDEM, id.as_bytes()), encoded);
-            batch.insert(prefixed(IDEM_BY_INDEX, &index.to_be_bytes()), id.as_bytes());
+            batch.put(prefixed(IDEM, id.as_bytes()), encoded);
+            batch.put(prefixed(IDEM_BY_INDEX, &index.to_be_bytes()), id.as_bytes());
         }
         self.commit(index, batch)?;
         Ok(out)
     }
 
     fn skip(&mut self, index: LogIndex) -> Result<(), StateMachineError> {
-        self.commit(index, sled::Batch::default())
+        self.commit(index, WriteBatch::default())
     }
 
     fn query(&self, query: &KvQuery) -> Self::QueryOutput {
@@ -330,30 +393,39 @@ impl StateMachine for KvMachine {
         self.applied
     }
 
+    /// Everything replicated: the data *and* the idempotency table (a replica restored from a
+    /// snapshot must answer retries as the others do), as `(version, [(key, value)])` with the
+    /// store's own keys. The index it was taken at is the machine's applied index.
     fn snapshot(&self) -> Result<Vec<u8>, StateMachineError> {
         let mut pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> = Vec::new();
-        for item in self.tree.scan_prefix([DATA]) {
-            let (k, v) = item.map_err(storage)?;
+        self.store.scan(b"", None, &mut |k, v| {
             pairs.push((
-                serde_bytes::ByteBuf::from(k[1..].to_vec()),
+                serde_bytes::ByteBuf::from(k.to_vec()),
                 serde_bytes::ByteBuf::from(v.to_vec()),
             ));
-        }
-        rmp_serde::to_vec(&pairs).map_err(|e| StateMachineError::Snapshot(e.to_string()))
+            Ok(true)
+        })?;
+        rmp_serde::to_vec(&(SNAPSHOT_VERSION, pairs))
+            .map_err(|e| StateMachineError::Snapshot(e.to_string()))
     }
 
     fn restore(&mut self, index: LogIndex, snapshot: &[u8]) -> Result<(), StateMachineError> {
-        let pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> =
-            rmp_serde::from_slice(snapshot)
-                .map_err(|e| StateMachineError::Snapshot(e.to_string()))?;
-        // Build the replacement in one batch: the old state stays intact if decoding failed.
-        let mut batch = sled::Batch::default();
-        for item in self.tree.scan_prefix([DATA]) {
-            let (k, _) = item.map_err(storage)?;
-            batch.remove(k);
+        type Image = (u8, Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>);
+        let (version, pairs): Image = rmp_serde::from_slice(snapshot)
+            .map_err(|e| StateMachineError::Snapshot(e.to_string()))?;
+        if version != SNAPSHOT_VERSION {
+            return Err(StateMachineError::Snapshot(format!(
+                "snapshot format {version} is not {SNAPSHOT_VERSION}"
+            )));
         }
+        // Build the replacement in one batch: the old state stays intact if anything failed.
+        let mut batch = WriteBatch::default();
+        self.store.scan(b"", None, &mut |k, _| {
+            batch.delete(k.to_vec());
+            Ok(true)
+        })?;
         for (k, v) in pairs {
-            batch.insert(data_key(&k), v.into_vec());
+            batch.put(k.into_vec(), v.into_vec());
         }
         self.commit(index, batch)
     }
@@ -363,6 +435,12 @@ impl StateMachine for KvMachine {
 mod tests {
     use super::*;
     use serde_bytes::ByteBuf;
+
+    const ENGINES: [StorageEngine; 2] = [StorageEngine::Redb, StorageEngine::Sled];
+
+    fn open(engine: StorageEngine, dir: &Path) -> KvMachine {
+        KvMachine::open_engine(engine, dir).unwrap()
+    }
 
     fn put(k: &str, v: &str) -> KvRequest {
         req(KvCommand::Put {
@@ -381,7 +459,13 @@ mod tests {
 
     #[test]
     fn put_delete_cas_semantics() {
-        let mut m = KvMachine::temporary().unwrap();
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            put_delete_cas_semantics_on(open(engine, dir.path()));
+        }
+    }
+
+    fn put_delete_cas_semantics_on(mut m: KvMachine) {
         assert_eq!(m.apply(1, put("a", "1")).unwrap(), KvOutput::Put);
         assert_eq!(get(&m, "a"), Some(b"1".to_vec()));
         let cas = |expected: Option<&str>, new: Option<&str>| {
@@ -431,6 +515,12 @@ mod tests {
 
     #[test]
     fn idempotency_key_applies_once_and_is_forgotten_after_the_window() {
+        for engine in ENGINES {
+            idempotency_key_applies_once_and_is_forgotten_after_the_window_on(engine);
+        }
+    }
+
+    fn idempotency_key_applies_once_and_is_forgotten_after_the_window_on(engine: StorageEngine) {
         let dir = tempfile::tempdir().unwrap();
         let keyed = |id: &str, op: KvCommand| KvRequest {
             id: Some(id.into()),
@@ -438,7 +528,7 @@ mod tests {
         };
         let del = || KvCommand::Delete { key: b"a".to_vec() };
         {
-            let mut m = KvMachine::open(dir.path()).unwrap();
+            let mut m = open(engine, dir.path());
             m.apply(1, put("a", "1")).unwrap();
             assert_eq!(
                 m.apply(2, keyed("r1", del())).unwrap(),
@@ -454,7 +544,7 @@ mod tests {
             assert_eq!(m.applied_index(), 4);
         }
         // Survives a restart (the table is durable with the data).
-        let mut m = KvMachine::open(dir.path()).unwrap();
+        let mut m = open(engine, dir.path());
         assert_eq!(
             m.apply(5, keyed("r1", del())).unwrap(),
             KvOutput::Delete { existed: true }
@@ -472,38 +562,55 @@ mod tests {
 
     #[test]
     fn applied_index_and_data_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut m = KvMachine::open(dir.path()).unwrap();
-            for i in 1..=50u64 {
-                m.apply(i, put(&format!("k{i}"), &format!("v{i}"))).unwrap();
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut m = open(engine, dir.path());
+                for i in 1..=50u64 {
+                    m.apply(i, put(&format!("k{i}"), &format!("v{i}"))).unwrap();
+                }
+                m.flush().unwrap();
             }
-            m.flush().unwrap();
+            let m = open(engine, dir.path());
+            assert_eq!(m.applied_index(), 50, "{engine:?}");
+            assert_eq!(get(&m, "k17"), Some(b"v17".to_vec()));
         }
-        let m = KvMachine::open(dir.path()).unwrap();
-        assert_eq!(m.applied_index(), 50);
-        assert_eq!(get(&m, "k17"), Some(b"v17".to_vec()));
     }
 
     #[test]
     fn a_directory_held_by_an_open_machine_is_refused_with_the_lock_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let _held = KvMachine::open(dir.path()).unwrap();
-        // Retried for a bounded time (sled's own lock release is asynchronous), then reported.
-        match KvMachine::open(dir.path()) {
-            Err(StateMachineError::Storage(m)) => assert!(m.contains("lock"), "{m}"),
-            Err(other) => panic!("unexpected error {other:?}"),
-            Ok(_) => panic!("a second open of a held directory succeeded"),
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let _held = open(engine, dir.path());
+            // sled: retried for a bounded time (its lock release is asynchronous), then
+            // reported. redb: refused at once.
+            match KvMachine::open_engine(engine, dir.path()) {
+                Err(StateMachineError::Store(e @ StoreError::Open { .. })) => {
+                    let source = std::error::Error::source(&e).map(|s| s.to_string());
+                    let text = format!("{e}: {source:?}").to_lowercase();
+                    assert!(
+                        text.contains("lock") || text.contains("already open"),
+                        "{engine:?}: {text}"
+                    );
+                }
+                Err(other) => panic!("unexpected error {other:?}"),
+                Ok(_) => panic!("{engine:?}: a second open of a held store succeeded"),
+            }
         }
     }
 
     #[test]
     fn snapshot_restore_replaces_state() {
-        let mut a = KvMachine::temporary().unwrap();
+        for engine in ENGINES {
+            let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            snapshot_restore_replaces_state_on(open(engine, da.path()), open(engine, db.path()));
+        }
+    }
+
+    fn snapshot_restore_replaces_state_on(mut a: KvMachine, mut b: KvMachine) {
         a.apply(1, put("x", "1")).unwrap();
         a.apply(2, put("y", "2")).unwrap();
         let snap = a.snapshot().unwrap();
-        let mut b = KvMachine::temporary().unwrap();
         b.apply(1, put("stale", "gone")).unwrap();
         b.restore(2, &snap).unwrap();
         assert_eq!(get(&b, "x"), Some(b"1".to_vec()));
@@ -516,5 +623,163 @@ mod tests {
         ));
         assert_eq!(b.applied_index(), 2);
         assert_eq!(get(&b, "y"), Some(b"2".to_vec()));
+    }
+
+    fn keyed(id: &str, op: KvCommand) -> KvRequest {
+        KvRequest {
+            id: Some(id.into()),
+            op,
+        }
+    }
+
+    fn cas_req(key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> KvCommand {
+        KvCommand::Cas {
+            key: key.as_bytes().to_vec(),
+            expected: expected.map(ByteBuf::from),
+            new: new.map(ByteBuf::from),
+        }
+    }
+
+    /// Finding 8 (issue 12): a key reused by a different request was answered with the first
+    /// request's outcome (a PUT of `beta` "succeeded" without writing it; a DELETE or CAS got
+    /// a `Put` outcome, which the API turned into a 500).
+    #[test]
+    fn idempotency_key_reused_with_another_request_is_refused() {
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let mut m = open(engine, dir.path());
+            let put_alpha = || KvCommand::Put {
+                key: b"alpha".to_vec(),
+                value: b"1".to_vec(),
+            };
+            assert_eq!(
+                m.apply(1, keyed("abc", put_alpha())).unwrap(),
+                KvOutput::Put
+            );
+            let put_beta = KvCommand::Put {
+                key: b"beta".to_vec(),
+                value: b"1".to_vec(),
+            };
+            for (i, op) in [
+                put_beta,
+                // Same key, different value: a different request too.
+                KvCommand::Put {
+                    key: b"alpha".to_vec(),
+                    value: b"2".to_vec(),
+                },
+                KvCommand::Delete {
+                    key: b"alpha".to_vec(),
+                },
+                cas_req("alpha", Some(b"1"), Some(b"3")),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                assert_eq!(
+                    m.apply(2 + i as u64, keyed("abc", op.clone())).unwrap(),
+                    KvOutput::IdempotencyKeyReused,
+                    "{engine:?} {op:?}"
+                );
+            }
+            // Nothing of those was applied; the index moved on.
+            assert_eq!(get(&m, "beta"), None);
+            assert_eq!(get(&m, "alpha"), Some(b"1".to_vec()));
+            assert_eq!(m.applied_index(), 5);
+            // The real retry still gets its first outcome.
+            assert_eq!(
+                m.apply(6, keyed("abc", put_alpha())).unwrap(),
+                KvOutput::Put
+            );
+        }
+    }
+
+    /// Finding 9 (issue 12): a failed CAS stored the key's whole current value (up to 2 MiB)
+    /// in its idempotency record. The record is now a fingerprint and a compact outcome; a
+    /// retried failed CAS answers with the value as of the retry.
+    #[test]
+    fn failed_cas_idempotency_record_is_compact() {
+        for engine in ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            let mut m = open(engine, dir.path());
+            let big = vec![7u8; 1 << 20];
+            m.apply(
+                1,
+                req(KvCommand::Put {
+                    key: b"k".to_vec(),
+                    value: big.clone(),
+                }),
+            )
+            .unwrap();
+            let failing = || cas_req("k", Some(b"other"), Some(b"new"));
+            assert_eq!(
+                m.apply(2, keyed("c1", failing())).unwrap(),
+                KvOutput::Cas {
+                    ok: false,
+                    current: Some(ByteBuf::from(big.clone()))
+                }
+            );
+            let mut records = Vec::new();
+            m.store
+                .scan(IDEM, Some(b"k0"), &mut |k, v| {
+                    records.push((k.to_vec(), v.len()));
+                    Ok(true)
+                })
+                .unwrap();
+            assert_eq!(records.len(), 1, "{engine:?}");
+            assert!(
+                records[0].1 <= 32,
+                "{engine:?}: record of {} bytes",
+                records[0].1
+            );
+            // The retry: not applied again, answered with today's value.
+            m.apply(3, put("k", "small")).unwrap();
+            assert_eq!(
+                m.apply(4, keyed("c1", failing())).unwrap(),
+                KvOutput::Cas {
+                    ok: false,
+                    current: Some(ByteBuf::from(b"small".to_vec()))
+                }
+            );
+            // A successful CAS's retry answers with the value it found (the expected one).
+            let swap = || cas_req("k", Some(b"small"), Some(b"swapped"));
+            let first = m.apply(5, keyed("c2", swap())).unwrap();
+            assert_eq!(
+                first,
+                KvOutput::Cas {
+                    ok: true,
+                    current: Some(ByteBuf::from(b"small".to_vec()))
+                }
+            );
+            assert_eq!(m.apply(6, keyed("c2", swap())).unwrap(), first);
+            assert_eq!(get(&m, "k"), Some(b"swapped".to_vec()));
+        }
+    }
+
+    /// A replica restored from a snapshot answers retries like the one it came from (the
+    /// snapshot used to carry the data only).
+    #[test]
+    fn snapshot_carries_the_idempotency_table() {
+        for engine in ENGINES {
+            let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let mut a = open(engine, da.path());
+            let del = || KvCommand::Delete { key: b"x".to_vec() };
+            a.apply(1, put("x", "1")).unwrap();
+            assert_eq!(
+                a.apply(2, keyed("d", del())).unwrap(),
+                KvOutput::Delete { existed: true }
+            );
+            let mut b = open(engine, db.path());
+            b.restore(2, &a.snapshot().unwrap()).unwrap();
+            for m in [&mut a, &mut b] {
+                assert_eq!(
+                    m.apply(3, keyed("d", del())).unwrap(),
+                    KvOutput::Delete { existed: true }
+                );
+                assert_eq!(
+                    m.apply(4, keyed("d", put("x", "2").op)).unwrap(),
+                    KvOutput::IdempotencyKeyReused
+                );
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use conclave::config::ReadLevel;
 use conclave::node::RequestError;
+use conclave::storage::health::StorageCondition;
 use http_support::{Double, Mode, TestServer};
 use serde_json::Value;
 
@@ -204,6 +205,42 @@ async fn every_route_on_a_leader() {
     assert_eq!(r.header("retry-after"), Some("1"));
     // Liveness does not depend on readiness.
     assert_eq!(get(&s, "/healthz").await.status, StatusCode::OK);
+    s.double.state.lock().unwrap().ready = true;
+
+    // A storage stall: not ready (503 `storage_stalled`, JSON error + reasons), still live.
+    s.double.state.lock().unwrap().storage = StorageCondition::Stalled {
+        component: "state_machine/0".into(),
+        for_ms: 6000,
+    };
+    let r = get(&s, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["code"], "storage_stalled");
+    assert_eq!(r.json()["ready"], false);
+    assert_eq!(r.json()["storage"]["state"], "stalled");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(get(&s, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&s, "/v1/cluster").await.json()["storage"]["state"],
+        "stalled"
+    );
+    // A storage failure: neither ready nor live (503 `storage_failed` on both).
+    s.double.state.lock().unwrap().storage = StorageCondition::Failed {
+        component: "state_machine/0".into(),
+        error: "No space left on device".into(),
+    };
+    let r = get(&s, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["code"], "storage_failed");
+    let r = get(&s, "/healthz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["code"], "storage_failed");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("No space left on device"));
+    let v = get(&s, "/v1/cluster").await.json();
+    assert_eq!(v["storage"]["state"], "failed");
+    assert_eq!(v["storage"]["component"], "state_machine/0");
 
     s.stop().await;
 }

@@ -3,6 +3,7 @@
 use super::{EndpointArg, KvArgs, KvOp, StatusArgs, EXIT_FAILURE, EXIT_OK};
 use crate::client::Client;
 use crate::node::{ClusterStatus, GossipMembers};
+use crate::storage::health::StorageCondition;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -151,6 +152,17 @@ pub(crate) fn status_table(
         s.commit_index,
         s.applied_index
     );
+    let _ = match &s.storage {
+        StorageCondition::Healthy => writeln!(out, "storage: healthy"),
+        StorageCondition::Stalled { component, for_ms } => writeln!(
+            out,
+            "storage: STALLED ({component}: a call has not returned for {for_ms} ms)"
+        ),
+        StorageCondition::Failed { component, error } => writeln!(
+            out,
+            "storage: FAILED ({component}: {error}); the node must be restarted once the disk is fixed"
+        ),
+    };
     if let Some(g) = gossip {
         let _ = writeln!(
             out,
@@ -258,8 +270,20 @@ mod tests {
                     lag: 3,
                 }],
             }],
+            storage: Default::default(),
         };
         let t = status_table("http://x", &s, None);
+        assert!(t.contains("storage: healthy"), "{t}");
+        let mut failed = s.clone();
+        failed.storage = StorageCondition::Failed {
+            component: "state_machine/0".into(),
+            error: "No space left on device".into(),
+        };
+        let f = status_table("http://x", &failed, None);
+        assert!(
+            f.contains("storage: FAILED (state_machine/0: No space left on device)"),
+            "{f}"
+        );
         assert!(
             t.contains("node 1 at http://x: leader in term 3, leader 1"),
             "{t}"

@@ -36,6 +36,15 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// 422: well-formed, but refused as it stands (an `Idempotency-Key` already used by a
+    /// different request: `idempotency_key_reused`).
+    #[error("{message}")]
+    Unprocessable {
+        /// E.g. `idempotency_key_reused`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
     /// 503 + `Retry-After`: no leader, no quorum, overloaded, shutting down, hop limit reached,
     /// leader unreachable. Safe to retry.
     #[error("{message}")]
@@ -82,6 +91,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. }
             | ApiError::NotFound { code, .. }
+            | ApiError::Unprocessable { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooLarge { .. } => "payload_too_large",
@@ -120,6 +130,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,

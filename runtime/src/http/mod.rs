@@ -20,6 +20,7 @@ pub use keys::{decode_key, encode_key, KeyError, MAX_KEY_BYTES};
 use crate::config::{Config, ReadLevel};
 use crate::node::{KvService, NodeId, RequestError};
 use crate::state_machine::{KvCommand, KvOutput};
+use crate::storage::health::StorageCondition;
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Bytes};
@@ -322,9 +323,19 @@ fn missing_body(what: &str) -> ApiError {
     ApiError::bad_request("missing_body", format!("the request needs a body: {what}"))
 }
 
+/// An output that does not answer the request's kind: a reused idempotency key (422), else a
+/// bug (500).
 fn unexpected_output(output: &KvOutput) -> ApiError {
-    ApiError::Internal {
-        message: format!("the state machine returned an unexpected output: {output:?}"),
+    match output {
+        KvOutput::IdempotencyKeyReused => ApiError::Unprocessable {
+            code: "idempotency_key_reused",
+            message:
+                "this Idempotency-Key was already used by a different request; nothing was applied"
+                    .to_owned(),
+        },
+        other => ApiError::Internal {
+            message: format!("the state machine returned an unexpected output: {other:?}"),
+        },
     }
 }
 
@@ -344,7 +355,12 @@ async fn put_kv<S: KvService>(
         value: body.to_vec(),
     };
     match ctx.service.write(command, idempotency).await {
-        Ok(w) => Ok(HttpResponse::Ok().json(json!({ "index": w.index, "term": w.term }))),
+        Ok(w) => match w.output {
+            KvOutput::Put => {
+                Ok(HttpResponse::Ok().json(json!({ "index": w.index, "term": w.term })))
+            }
+            other => Err(unexpected_output(&other)),
+        },
         Err(e) => ctx.on_error(&req, body, e).await,
     }
 }
@@ -527,19 +543,41 @@ async fn metrics_text<S: KvService>(ctx: Data<S>) -> HttpResponse {
         .body(ctx.service.render_metrics())
 }
 
+/// Liveness. 503 `storage_failed` once a storage component failed (sticky: the node cannot
+/// persist, so restarting it — after fixing the disk — is the way out); a stall alone keeps
+/// liveness at 200 (it may clear by itself; `/readyz` already takes the node out of rotation).
 async fn healthz<S: KvService>(ctx: Data<S>) -> HttpResponse {
+    let storage = ctx.service.storage();
+    if let StorageCondition::Failed { component, error } = &storage {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
+            .json(json!({
+                "error": {
+                    "code": "storage_failed",
+                    "message": format!("storage of {component} failed: {error}"),
+                },
+                "status": "storage_failed",
+                "node_id": ctx.service.node_id(),
+                "storage": storage,
+            }));
+    }
     HttpResponse::Ok().json(json!({ "status": "ok", "node_id": ctx.service.node_id() }))
 }
 
+/// Readiness: 503 while not ready; a storage stall or failure also carries the JSON error
+/// (`storage_stalled`, `storage_failed`) next to the reasons.
 async fn readyz<S: KvService>(ctx: Data<S>) -> HttpResponse {
     let readiness = ctx.service.readiness().await;
     if readiness.ready {
-        HttpResponse::Ok().json(readiness)
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
-            .json(readiness)
+        return HttpResponse::Ok().json(readiness);
     }
+    let mut body = json!(readiness);
+    if let Some(code) = readiness.storage.code() {
+        body["error"] = json!({ "code": code, "message": readiness.reasons.join("; ") });
+    }
+    HttpResponse::ServiceUnavailable()
+        .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
+        .json(body)
 }
 
 #[cfg(test)]

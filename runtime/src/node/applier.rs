@@ -2,17 +2,32 @@
 //! writes that were waiting for them, and serves reads once the state machine has caught up
 //! with the index the read path asked for.
 //!
-//! It is restarted by its group's supervisor if it panics; the new instance reopens the state
-//! machine from its factory and the group actor re-sends every committed entry after the
-//! machine's durable applied index.
+//! It runs on an arbiter of its own (one per group), never on the arbiter that carries Raft,
+//! gossip and the transport's dispatch: a storage call that blocks — sled 0.34 can deadlock
+//! inside `apply_batch` (docs/storage.md) — then blocks only this actor. Every call into the
+//! machine (open, apply, skip, query) is timed by the node's stall watchdog, which reports a
+//! call running past `[storage] stall_timeout_ms` to the node's `StorageHealth`.
+//!
+//! It is restarted by its group's supervisor if it panics or stops; the new instance reopens
+//! the state machine from its factory (on this same arbiter, in `started`) and the group actor
+//! re-sends every committed entry after the machine's durable applied index. A machine that
+//! reports a storage error while applying marks the node's storage `failed` (sticky until the
+//! process restarts) before the applier stops.
 
 use super::handle::{RequestError, WriteResult};
-use crate::state_machine::{LogIndex, StateMachine};
+use crate::state_machine::{LogIndex, StateMachine, StateMachineError};
+use crate::storage::health::StorageHealth;
+use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
 use conclave_actors::raft::{Entry, EntryPayload, Term};
 use conclave_actors::supervisor::ChildGuard;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// Opens the state machine on every (re)start of the applier.
+pub type MachineFactory<M> = Arc<dyn Fn() -> Result<M, StateMachineError> + Send + Sync>;
 
 /// Where a write's outcome goes.
 pub type WriteReply<M> =
@@ -62,34 +77,49 @@ pub struct InjectPanic;
 /// Reads waiting for the machine to reach an index.
 type PendingReads<M> = BTreeMap<LogIndex, Vec<(<M as StateMachine>::Query, ReadReply<M>)>>;
 
+/// What an applier needs from its node, shared by every instance of a group's applier.
+pub struct ApplierDeps<M: StateMachine> {
+    /// The group.
+    pub group: u64,
+    /// Opens the machine.
+    pub factory: MachineFactory<M>,
+    /// Shared with the group actor for status pages and metrics.
+    pub applied_gauge: Arc<AtomicU64>,
+    /// Times every call into the machine.
+    pub clock: Arc<StallClock>,
+    /// Where a storage failure is reported.
+    pub health: Arc<StorageHealth>,
+}
+
 /// The actor. See the module docs.
 pub struct ApplierActor<M: StateMachine> {
-    group: u64,
-    machine: M,
+    deps: Arc<ApplierDeps<M>>,
+    /// `None` until `started` has opened it (on the applier's own arbiter).
+    machine: Option<M>,
     applied: LogIndex,
     reads: PendingReads<M>,
-    /// Shared with the group actor for status pages and metrics.
-    applied_gauge: std::sync::Arc<std::sync::atomic::AtomicU64>,
     _guard: ChildGuard,
 }
 
 impl<M: StateMachine> ApplierActor<M> {
-    /// An applier over `machine`.
-    pub fn new(
-        group: u64,
-        machine: M,
-        applied_gauge: std::sync::Arc<std::sync::atomic::AtomicU64>,
-        guard: ChildGuard,
-    ) -> Self {
-        let applied = machine.applied_index();
-        applied_gauge.store(applied, std::sync::atomic::Ordering::Relaxed);
+    /// An applier that opens its machine from `deps.factory` once started.
+    pub fn new(deps: Arc<ApplierDeps<M>>, guard: ChildGuard) -> Self {
         ApplierActor {
-            group,
-            machine,
-            applied,
+            deps,
+            machine: None,
+            applied: 0,
             reads: BTreeMap::new(),
-            applied_gauge,
             _guard: guard,
+        }
+    }
+
+    /// Answers `query` from the machine (timed).
+    fn query(&self, query: &M::Query) -> Result<M::QueryOutput, RequestError> {
+        match &self.machine {
+            Some(m) => Ok(self.deps.clock.time(|| m.query(query))),
+            None => Err(RequestError::Internal(
+                "the state machine is not open".to_owned(),
+            )),
         }
     }
 
@@ -99,7 +129,7 @@ impl<M: StateMachine> ApplierActor<M> {
                 break;
             }
             for (query, reply) in entry.remove() {
-                let _ = reply.send(Ok(self.machine.query(&query)));
+                let _ = reply.send(self.query(&query));
             }
         }
     }
@@ -110,6 +140,22 @@ impl<M: StateMachine> Actor for ApplierActor<M> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
+        // Runs on the applier's arbiter, before any message is handled: the group actor's
+        // `AppliedIndex` waits for the open to finish.
+        let deps = self.deps.clone();
+        match deps.clock.time(|| (deps.factory)()) {
+            Ok(machine) => {
+                self.applied = machine.applied_index();
+                self.machine = Some(machine);
+                deps.applied_gauge.store(self.applied, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Stopping drops the guard: the supervisor retries with backoff, and reports
+                // the node's storage failed if it gives up.
+                tracing::error!(group = deps.group, error = %e, "cannot open the state machine");
+                ctx.stop();
+            }
+        }
     }
 }
 
@@ -117,6 +163,10 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
     type Result = ();
 
     fn handle(&mut self, batch: ApplyBatch<M>, ctx: &mut Context<Self>) {
+        let Some(machine) = self.machine.as_mut() else {
+            return;
+        };
+        let clock = self.deps.clock.clone();
         let mut waiters: BTreeMap<LogIndex, (Term, WriteReply<M>)> = batch
             .waiters
             .into_iter()
@@ -130,16 +180,16 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
             let waiter = waiters.remove(&entry.index);
             let result = match &entry.payload {
                 EntryPayload::Command(bytes) => match rmp_serde::from_slice::<M::Command>(bytes) {
-                    Ok(command) => self.machine.apply(entry.index, command).map(Some),
+                    Ok(command) => clock.time(|| machine.apply(entry.index, command)).map(Some),
                     Err(e) => {
                         // Every replica fails to decode the same bytes the same way, so
                         // skipping keeps them identical.
                         tracing::error!(index = entry.index, error = %e, "undecodable command skipped");
-                        self.machine.skip(entry.index).map(|_| None)
+                        clock.time(|| machine.skip(entry.index)).map(|_| None)
                     }
                 },
                 EntryPayload::Noop | EntryPayload::Membership(_) => {
-                    self.machine.skip(entry.index).map(|_| None)
+                    clock.time(|| machine.skip(entry.index)).map(|_| None)
                 }
             };
             match result {
@@ -161,6 +211,12 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                     // The replica must not go on with a state that missed an entry: stop, and
                     // let the supervisor restart it from durable state.
                     tracing::error!(index = entry.index, error = %e, "state machine failed to apply; restarting the applier");
+                    if matches!(
+                        e,
+                        StateMachineError::Storage(_) | StateMachineError::Store(_)
+                    ) {
+                        self.deps.health.failed(self.deps.clock.component(), &e);
+                    }
                     if let Some((_, reply)) = waiter {
                         let _ = reply.send(Err(RequestError::Internal(e.to_string())));
                     }
@@ -169,9 +225,10 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                 }
             }
         }
-        self.applied_gauge
-            .store(self.applied, std::sync::atomic::Ordering::Relaxed);
-        metrics::gauge!("conclave_raft_applied_index", "group" => self.group.to_string())
+        self.deps
+            .applied_gauge
+            .store(self.applied, Ordering::Relaxed);
+        metrics::gauge!("conclave_raft_applied_index", "group" => self.deps.group.to_string())
             .set(self.applied as f64);
         self.serve_reads();
     }
@@ -182,7 +239,7 @@ impl<M: StateMachine> Handler<ReadAt<M>> for ApplierActor<M> {
 
     fn handle(&mut self, read: ReadAt<M>, _: &mut Context<Self>) {
         if read.index <= self.applied {
-            let _ = read.reply.send(Ok(self.machine.query(&read.query)));
+            let _ = read.reply.send(self.query(&read.query));
         } else {
             self.reads
                 .entry(read.index)

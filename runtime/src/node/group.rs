@@ -146,6 +146,9 @@ pub struct GroupActor<M: StateMachine> {
     /// Highest index ever handed to the apply queue (for re-sending after an applier restart).
     enqueued_upto: LogIndex,
     applier_seen: Option<Addr<ApplierActor<M>>>,
+    /// Waiting for a restarted applier's applied index (applies are held meanwhile; Raft is
+    /// not: the applier may be slow to reopen its machine).
+    resyncing: bool,
     pump_scheduled: bool,
     write_waiters: BTreeMap<LogIndex, (Term, WriteReply<M>)>,
     reads: HashMap<ReadId, (M::Query, ReadReply<M>)>,
@@ -176,6 +179,7 @@ impl<M: StateMachine> GroupActor<M> {
             apply_queue: VecDeque::new(),
             enqueued_upto: 0,
             applier_seen: None,
+            resyncing: false,
             pump_scheduled: false,
             write_waiters: BTreeMap::new(),
             reads: HashMap::new(),
@@ -395,7 +399,7 @@ impl<M: StateMachine> GroupActor<M> {
 
     /// Returns true when blocked (retry later).
     fn pump_applies(&mut self, ctx: &mut Context<Self>) -> bool {
-        if self.apply_queue.is_empty() {
+        if self.apply_queue.is_empty() || self.resyncing {
             return false;
         }
         let Some(applier) = self.deps.applier.get() else {
@@ -406,11 +410,15 @@ impl<M: StateMachine> GroupActor<M> {
             self.applier_seen = Some(applier.clone());
             if !first_instance {
                 // A restarted applier: ask where its machine stands, then re-send from there.
-                ctx.wait(
+                // Not `ctx.wait`: the answer comes after the machine is reopened on the
+                // applier's arbiter, which may take long (or stall); Raft must go on meanwhile.
+                self.resyncing = true;
+                ctx.spawn(
                     applier
                         .send(AppliedIndex)
                         .into_actor(self)
                         .map(|res, act, ctx| {
+                            act.resyncing = false;
                             if let Ok(applied) = res {
                                 act.resync_applies(applied);
                             }

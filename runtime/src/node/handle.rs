@@ -156,6 +156,10 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     /// Hosted groups.
     pub groups: Vec<GroupStatus>,
+    /// The node's storage condition: `{"state":"healthy"}`, `stalled` (component, for_ms) or
+    /// `failed` (component, error).
+    #[serde(default)]
+    pub storage: crate::storage::health::StorageCondition,
 }
 
 /// Is the node ready for traffic (`GET /readyz`)?
@@ -165,6 +169,10 @@ pub struct Readiness {
     pub ready: bool,
     /// Why not, when not ready.
     pub reasons: Vec<String>,
+    /// The node's storage condition; not `healthy` makes the node not ready, and `/readyz`
+    /// answers with its code (`storage_stalled`, `storage_failed`).
+    #[serde(default)]
+    pub storage: crate::storage::health::StorageCondition,
 }
 
 /// What the HTTP API needs from a node running the built-in key-value machine. The node's
@@ -207,6 +215,12 @@ pub trait KvService: Clone + 'static {
 
     /// Readiness for `/readyz`.
     fn readiness(&self) -> impl std::future::Future<Output = Readiness>;
+
+    /// The node's storage condition (`/healthz` fails on `failed`). Services without durable
+    /// storage are always healthy.
+    fn storage(&self) -> crate::storage::health::StorageCondition {
+        crate::storage::health::StorageCondition::Healthy
+    }
 
     /// The leader of group 0 as this node knows it (for forwarding).
     fn leader_hint(&self) -> Option<LeaderHint>;

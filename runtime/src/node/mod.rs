@@ -30,14 +30,16 @@ use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
     KvCommand, KvMachine, KvOutput, KvQuery, KvRequest, StateMachine, StateMachineError,
 };
-use crate::storage::health::StorageHealth;
+use crate::storage::health::{StorageCondition, StorageHealth};
 use crate::storage::log_store::{LogStore, LogStoreError};
 use crate::storage::wal::WalOptions;
+use crate::storage::watchdog::Watchdog;
 use actix::prelude::*;
 use applier::ApplierActor;
 use conclave_actors::raft::{Membership, RaftConfig, ReadConsistency, Role};
 use conclave_actors::supervisor::{
-    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
+    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, SupervisionEvent, SupervisionEventMsg,
+    Supervisor, SupervisorBuilder,
 };
 use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
@@ -79,8 +81,7 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds a factory of state machines for (re)starts of the applier.
-type MachineFactory<M> = Arc<dyn Fn() -> Result<M, StateMachineError> + Send + Sync>;
+use applier::MachineFactory;
 
 /// Builds a [`Node`].
 pub struct NodeBuilder<M: StateMachine> {
@@ -156,6 +157,8 @@ pub struct Node<M: StateMachine> {
     supervisors: Vec<Addr<Supervisor>>,
     log_store: Addr<LogStoreActor>,
     log_arbiter: Arbiter,
+    /// One per group: where its applier (the state machine's I/O) runs.
+    applier_arbiters: Vec<Arbiter>,
 }
 
 impl<M: StateMachine> Node<M> {
@@ -186,6 +189,11 @@ impl<M: StateMachine> Node<M> {
         self.log_store.do_send(StopLogStore);
         actix::clock::sleep(Duration::from_millis(20)).await;
         self.log_arbiter.stop();
+        // An applier stuck in its storage engine does not hold this up: stopping an arbiter
+        // only asks its thread to end.
+        for a in &self.applier_arbiters {
+            a.stop();
+        }
         self.transport.shutdown();
     }
 }
@@ -222,6 +230,10 @@ struct Inner<M: StateMachine> {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Gossip's shared view and the live gossip actor.
     gossip: gossip::GossipHandle,
+    /// The node's storage health: every storage component reports into it.
+    health: Arc<StorageHealth>,
+    /// Times storage calls and reports stalls into `health` (its thread ends with the node).
+    watchdog: Arc<Watchdog>,
 }
 
 /// A cloneable handle to a running node: proposes writes, serves reads, reports status.
@@ -317,6 +329,12 @@ async fn start_node<M: StateMachine>(
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;
+    // One health record per node; the watchdog times every storage call against it.
+    let health = Arc::new(StorageHealth::new());
+    let watchdog = Arc::new(Watchdog::start(
+        health.clone(),
+        Duration::from_millis(config.storage.stall_timeout_ms),
+    )?);
 
     // Storage first: a corrupt log refuses to start before anything listens.
     let wal_options = WalOptions {
@@ -324,10 +342,9 @@ async fn start_node<M: StateMachine>(
         ..WalOptions::default()
     };
     let (store, recovered) = LogStore::open(&config.node.data_dir.join("wal"), wal_options)?;
-    let storage_health = Arc::new(StorageHealth::new());
     let log_arbiter = Arbiter::new();
     let p = config.raft.persistence.clone();
-    let health = storage_health.clone();
+    let log_health = health.clone();
     let log_store = LogStoreActor::start_in_arbiter(&log_arbiter.handle(), move |_| {
         LogStoreActor::new(
             store,
@@ -335,7 +352,7 @@ async fn start_node<M: StateMachine>(
             p.strategy,
             p.flush_threshold,
             p.flush_interval_ms,
-            health,
+            log_health,
         )
     });
 
@@ -372,19 +389,26 @@ async fn start_node<M: StateMachine>(
     let mut groups = BTreeMap::new();
     // The gossip supervisor is stopped with the groups' (after the leave).
     let mut supervisors = vec![gossip_supervisor];
+    let mut applier_arbiters = Vec::new();
     let group_ids = [0u64];
     for &group in &group_ids {
+        let applier_arbiter = Arbiter::new();
         let (entry, supervisor) = start_group(
             &config,
             group,
             &members,
             &transport,
             log_store.clone(),
-            factory.clone(),
+            GroupStorage {
+                factory: factory.clone(),
+                arbiter: applier_arbiter.handle(),
+                watchdog: &watchdog,
+            },
             epoch,
         );
         groups.insert(group, entry);
         supervisors.push(supervisor);
+        applier_arbiters.push(applier_arbiter);
     }
 
     // Inbound dispatch by group id.
@@ -464,6 +488,8 @@ async fn start_node<M: StateMachine>(
             prometheus,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             gossip,
+            health,
+            watchdog,
         }),
     };
     Ok(Node {
@@ -472,6 +498,7 @@ async fn start_node<M: StateMachine>(
         supervisors,
         log_store,
         log_arbiter,
+        applier_arbiters,
     })
 }
 
@@ -506,13 +533,64 @@ fn start_gossip(deps: Arc<gossip::GossipDeps>) -> (gossip::GossipHandle, Addr<Su
     (handle, supervisor)
 }
 
+/// A group whose supervisor spent its restart budget: its log or state machine cannot be
+/// brought back by restarts, so the node reports its storage failed (finding 10 of issue 12:
+/// such a node used to look healthy).
+#[derive(Debug, thiserror::Error)]
+#[error("the supervisor of group {group} gave up after repeated restarts (last exit: {last_exit}); restart the node once the cause (disk full, I/O errors, a corrupt store) is fixed")]
+pub struct GroupGaveUp {
+    /// The group.
+    pub group: u64,
+    /// The child whose exit spent the budget, and how it exited.
+    pub last_exit: String,
+}
+
+/// Watches a group's supervisor: when it gives up, the node's storage is reported failed.
+struct GroupWatcher {
+    group: u64,
+    health: Arc<StorageHealth>,
+    last_exit: String,
+}
+
+impl Actor for GroupWatcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<SupervisionEventMsg> for GroupWatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: SupervisionEventMsg, _: &mut Context<Self>) {
+        match msg.0 {
+            SupervisionEvent::Exited { child, exit } => {
+                self.last_exit = format!("{child} {exit:?}");
+            }
+            SupervisionEvent::Escalated { .. } => {
+                let e = GroupGaveUp {
+                    group: self.group,
+                    last_exit: self.last_exit.clone(),
+                };
+                self.health.failed(&format!("group/{}", self.group), &e);
+            }
+            SupervisionEvent::Restarting { .. } => {}
+        }
+    }
+}
+
+/// Where a group's state machine lives and how its calls are watched.
+struct GroupStorage<'a, M: StateMachine> {
+    factory: MachineFactory<M>,
+    /// The applier's own arbiter (kept across its restarts).
+    arbiter: ArbiterHandle,
+    watchdog: &'a Watchdog,
+}
+
 fn start_group<M: StateMachine>(
     config: &Config,
     group: u64,
     members: &Arc<BTreeMap<u64, MemberConfig>>,
     transport: &Transport<WireMessage>,
     log_store: Addr<LogStoreActor>,
-    factory: MachineFactory<M>,
+    storage: GroupStorage<'_, M>,
     epoch: Instant,
 ) -> (GroupEntry<M>, Addr<Supervisor>) {
     let id = config.node.id;
@@ -535,25 +613,36 @@ fn start_group<M: StateMachine>(
         epoch,
     });
 
-    let mut builder = SupervisorBuilder::new(format!("group-{group}")).policy(RestartPolicy {
-        strategy: Strategy::OneForOne,
-        ..RestartPolicy::default()
-    });
+    let watcher = GroupWatcher {
+        group,
+        health: storage.watchdog.health().clone(),
+        last_exit: "none".to_owned(),
+    }
+    .start();
+    let mut builder = SupervisorBuilder::new(format!("group-{group}"))
+        .policy(RestartPolicy {
+            strategy: Strategy::OneForOne,
+            ..RestartPolicy::default()
+        })
+        .events(watcher.recipient());
     {
         let slot = applier_slot.clone();
-        let applied = shared.applied.clone();
-        let f: Factory = Box::new(move |guard| match factory() {
-            Ok(machine) => {
-                let addr = ApplierActor::new(group, machine, applied.clone(), guard).start();
-                slot.set(addr.clone());
-                Box::new(move || addr.do_send(StopActor))
-            }
-            Err(e) => {
-                // Dropping the guard reports the failure; the supervisor retries with backoff.
-                tracing::error!(group, error = %e, "cannot open the state machine");
-                drop(guard);
-                Box::new(|| {})
-            }
+        let deps = Arc::new(applier::ApplierDeps {
+            group,
+            factory: storage.factory,
+            applied_gauge: shared.applied.clone(),
+            clock: storage.watchdog.clock(format!("state_machine/{group}")),
+            health: storage.watchdog.health().clone(),
+        });
+        let arbiter = storage.arbiter;
+        let f: Factory = Box::new(move |guard| {
+            // The machine is opened in the actor's `started`, on its own arbiter: a slow or
+            // stuck open blocks nothing else.
+            let deps = deps.clone();
+            let addr =
+                ApplierActor::start_in_arbiter(&arbiter, move |_| ApplierActor::new(deps, guard));
+            slot.set(addr.clone());
+            Box::new(move || addr.do_send(StopActor))
         });
         builder = builder.child("applier", f);
     }
@@ -782,7 +871,19 @@ impl<M: StateMachine> NodeHandle<M> {
             applied_index: g0.as_ref().map(|g| g.applied_index).unwrap_or(0),
             members: self.member_states(),
             groups,
+            storage: self.inner.health.condition(),
         }
+    }
+
+    /// The node's storage health record, shared by every storage component (the state
+    /// machine's applier, and the Raft log store once it reports into it).
+    pub fn storage_health(&self) -> Arc<StorageHealth> {
+        self.inner.health.clone()
+    }
+
+    /// The node's stall watchdog: hands out clocks that time storage calls of one component.
+    pub fn storage_watchdog(&self) -> Arc<Watchdog> {
+        self.inner.watchdog.clone()
     }
 
     /// Member states from gossip (SWIM): every member this node's failure detector knows,
@@ -791,9 +892,20 @@ impl<M: StateMachine> NodeHandle<M> {
         gossip::member_statuses(&self.inner.gossip.shared.members(), &self.inner.members)
     }
 
-    /// Whether every group knows a leader and has applied close to its commit index.
+    /// Whether every group knows a leader and has applied close to its commit index, and the
+    /// node's storage is healthy (no call stalled past the timeout, no failed write).
     pub fn readiness_now(&self) -> Readiness {
         let mut reasons = Vec::new();
+        let storage = self.inner.health.condition();
+        match &storage {
+            StorageCondition::Healthy => {}
+            StorageCondition::Stalled { component, for_ms } => reasons.push(format!(
+                "storage: a call of {component} has not returned for {for_ms} ms"
+            )),
+            StorageCondition::Failed { component, error } => {
+                reasons.push(format!("storage: {component} failed: {error}"))
+            }
+        }
         for (id, g) in &self.inner.groups {
             let s = g.shared.snapshot.read();
             if s.leader.is_none() {
@@ -810,6 +922,7 @@ impl<M: StateMachine> NodeHandle<M> {
         Readiness {
             ready: reasons.is_empty(),
             reasons,
+            storage,
         }
     }
 
@@ -899,6 +1012,10 @@ impl KvService for NodeHandle<KvMachine> {
         self.readiness_now()
     }
 
+    fn storage(&self) -> StorageCondition {
+        self.inner.health.condition()
+    }
+
     fn leader_hint(&self) -> Option<LeaderHint> {
         self.leader()
     }
@@ -939,10 +1056,11 @@ pub fn run_blocking(config: Config) -> Result<(), NodeError> {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .ok();
-        let sm_dir = config.node.data_dir.join("sm");
+        let data_dir = config.node.data_dir.clone();
+        let engine = config.storage.engine;
         let mut builder = Node::builder()
             .config(config.clone())
-            .state_machine_with(move || KvMachine::open(&sm_dir));
+            .state_machine_with(move || KvMachine::open_engine(engine, &data_dir));
         if let Some(handle) = recorder {
             builder = builder.metrics(handle);
         }

@@ -10,15 +10,16 @@
 //!   one could leave a gap — so the condition is sticky until the process restarts.
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// What a component reports about itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum StorageCondition {
     /// Every storage call returns in time and every write succeeded.
+    #[default]
     Healthy,
     /// A storage call of `component` has been running for `for_ms` milliseconds, longer than
     /// the stall timeout.

@@ -11,6 +11,7 @@ use conclave::node::{
     NodeId, Readiness, RequestError, RttStats, WriteResult,
 };
 use conclave::state_machine::{KvCommand, KvOutput};
+use conclave::storage::health::StorageCondition;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,8 @@ pub struct State {
     /// Every consistency level a read was made at.
     pub reads: Vec<ReadLevel>,
     pub ready: bool,
+    /// The storage condition reported to `/healthz`, `/readyz` and `/v1/cluster`.
+    pub storage: StorageCondition,
 }
 
 #[derive(Clone)]
@@ -59,6 +62,7 @@ impl Double {
                 seen_keys: Vec::new(),
                 reads: Vec::new(),
                 ready: true,
+                storage: StorageCondition::Healthy,
             })),
         }
     }
@@ -160,6 +164,10 @@ impl KvService for Double {
         Ok(s.map.get(&key).cloned())
     }
 
+    fn storage(&self) -> StorageCondition {
+        self.state.lock().unwrap().storage.clone()
+    }
+
     fn default_consistency(&self) -> ReadLevel {
         ReadLevel::Linearizable
     }
@@ -200,6 +208,7 @@ impl KvService for Double {
                 learners: vec![],
                 replicas: vec![],
             }],
+            storage: s.storage.clone(),
         }
     }
 
@@ -250,16 +259,17 @@ impl KvService for Double {
 
     async fn readiness(&self) -> Readiness {
         let s = self.state.lock().unwrap();
-        if s.ready {
-            Readiness {
-                ready: true,
-                reasons: vec![],
-            }
-        } else {
-            Readiness {
-                ready: false,
-                reasons: vec!["no leader known for group 0".into()],
-            }
+        let mut reasons = Vec::new();
+        if !s.ready {
+            reasons.push("no leader known for group 0".to_owned());
+        }
+        if s.storage != StorageCondition::Healthy {
+            reasons.push(format!("storage: {:?}", s.storage));
+        }
+        Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+            storage: s.storage.clone(),
         }
     }
 

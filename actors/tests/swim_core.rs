@@ -1152,16 +1152,18 @@ fn finding4_a_member_never_refutes_into_an_invalid_incarnation() {
     s.preload([member(2, 0)]);
     s.start(0);
     drain(&mut s);
-    s.handle_message(
-        10,
-        msg(
-            2,
-            1,
-            Body::Gossip,
-            vec![update(1, 5, MemberState::Suspect, 2)],
-        ),
+    // A forged "alive" in our own name at our incarnation with other metadata would normally
+    // be refuted one incarnation above: here that would be invalid, so it is not.
+    let mut forged = update(1, MAX_INCARNATION, MemberState::Alive, 1);
+    forged.metadata.incarnation = MAX_INCARNATION;
+    forged.metadata.version = 9;
+    forged.metadata.entries.insert("k".into(), "v".into());
+    s.handle_message(10, msg(2, 1, Body::Gossip, vec![forged]));
+    let actions = drain(&mut s);
+    assert!(
+        events(&actions).is_empty(),
+        "refuted into an invalid incarnation"
     );
-    drain(&mut s);
     assert_eq!(s.incarnation(), MAX_INCARNATION);
 }
 

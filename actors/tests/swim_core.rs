@@ -3,9 +3,9 @@
 
 use conclave_actors::swim::{
     Action, Body, ConfigError, Event, Identity, Member, MemberState, Message, Metadata, NodeId,
-    Swim, SwimConfig, Timer, Update, MAX_INCARNATION,
+    Swim, SwimConfig, Timer, Update, MAX_INCARNATION, MAX_RUMOR_INCARNATION,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn ident(id: NodeId) -> Identity {
     Identity {
@@ -1065,4 +1065,165 @@ fn preloaded_members_publish_no_event_but_a_preloaded_suspect_is_timed() {
     );
     assert_eq!(s.count(MemberState::Alive), 1);
     assert_eq!(s.count(MemberState::Suspect), 1);
+}
+
+/// Issue 12, finding 4: "node 1 suspect at incarnation 2^62 - 1" must not poison node 1. Such
+/// a rumor is refused (never adopted, never refuted into an incarnation nobody accepts), and a
+/// suspicion at the highest acceptable incarnation is refuted with one every peer accepts.
+#[test]
+fn finding4_rumor_near_the_maximum_incarnation_cannot_poison_a_member() {
+    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut peer = node(3, &[1, 2], SwimConfig::default());
+    s.handle_message(
+        10,
+        msg(
+            2,
+            1,
+            Body::Gossip,
+            vec![update(1, (1 << 62) - 1, MemberState::Suspect, 2)],
+        ),
+    );
+    assert!(
+        events(&drain(&mut s)).is_empty(),
+        "the poison rumor was acted on"
+    );
+    assert_eq!(s.incarnation(), 0);
+    assert_eq!(s.stats().rejected_updates, 1);
+    // The same about node 2, told to node 3: refused too, node 2 stays alive there.
+    peer.handle_message(
+        10,
+        msg(
+            1,
+            3,
+            Body::Gossip,
+            vec![update(2, (1 << 62) - 1, MemberState::Suspect, 1)],
+        ),
+    );
+    assert_eq!(peer.member(2).map(|m| m.state), Some(MemberState::Alive));
+    // The highest acceptable rumor is refuted, and the refutation is acceptable to peers.
+    let top = MAX_RUMOR_INCARNATION - 1;
+    s.handle_message(
+        20,
+        msg(
+            2,
+            1,
+            Body::Gossip,
+            vec![update(1, top, MemberState::Suspect, 2)],
+        ),
+    );
+    assert_eq!(
+        events(&drain(&mut s)),
+        vec![Event::Refuted {
+            incarnation: top + 1
+        }]
+    );
+    assert!(s.incarnation() <= MAX_INCARNATION);
+    // Node 3 first hears the suspicion, then node 1's refutation: node 1 ends alive there.
+    peer.handle_message(
+        30,
+        msg(
+            2,
+            3,
+            Body::Gossip,
+            vec![update(1, top, MemberState::Suspect, 2)],
+        ),
+    );
+    assert_eq!(peer.member(1).map(|m| m.state), Some(MemberState::Suspect));
+    peer.handle_message(
+        40,
+        msg(
+            1,
+            3,
+            Body::Gossip,
+            vec![update(1, top + 1, MemberState::Alive, 1)],
+        ),
+    );
+    assert_eq!(peer.member(1).map(|m| m.state), Some(MemberState::Alive));
+    assert_eq!(peer.member(1).map(|m| m.incarnation), Some(top + 1));
+}
+
+/// Issue 12, finding 4 (member side): a node whose own incarnation is at the maximum never
+/// refutes into an incarnation above it.
+#[test]
+fn finding4_a_member_never_refutes_into_an_invalid_incarnation() {
+    let mut s = Swim::new(SwimConfig::default(), ident(1), 1)
+        .expect("valid")
+        .with_incarnation(MAX_INCARNATION);
+    s.preload([member(2, 0)]);
+    s.start(0);
+    drain(&mut s);
+    // A forged "alive" in our own name at our incarnation with other metadata would normally
+    // be refuted one incarnation above: here that would be invalid, so it is not.
+    let mut forged = update(1, MAX_INCARNATION, MemberState::Alive, 1);
+    forged.metadata.incarnation = MAX_INCARNATION;
+    forged.metadata.version = 9;
+    forged.metadata.entries.insert("k".into(), "v".into());
+    s.handle_message(10, msg(2, 1, Body::Gossip, vec![forged]));
+    let actions = drain(&mut s);
+    assert!(
+        events(&actions).is_empty(),
+        "refuted into an invalid incarnation"
+    );
+    assert_eq!(s.incarnation(), MAX_INCARNATION);
+}
+
+/// Issue 12, finding 6: with the configured members as the allowlist, an unsolicited `JoinAck`
+/// from a stranger adds nobody, a member's rumors about strangers add nobody (so nobody ever
+/// dials an address a stranger chose), and without an allowlist the table is still bounded.
+#[test]
+fn finding6_strangers_cannot_fill_the_member_table() {
+    let fakes: Vec<Update> = (1000..1300)
+        .map(|id| Update {
+            addr: format!("10.66.{}.{}:7946", id / 256, id % 256),
+            ..update(id, 0, MemberState::Alive, id)
+        })
+        .collect();
+    let mut s = node(1, &[2, 3], SwimConfig::default());
+    s.set_allowed_members(Some(BTreeSet::from([1, 2, 3])));
+    // From a stranger.
+    s.handle_message(
+        10,
+        msg(
+            666,
+            1,
+            Body::JoinAck {
+                members: fakes.clone(),
+            },
+            vec![],
+        ),
+    );
+    // `members()` lists this node first.
+    assert_eq!(s.members().len(), 3, "a stranger's JoinAck added members");
+    assert_eq!(s.stats().rejected_messages, 1);
+    // From a member, about strangers.
+    s.handle_message(
+        20,
+        msg(
+            2,
+            1,
+            Body::JoinAck {
+                members: fakes.clone(),
+            },
+            vec![],
+        ),
+    );
+    assert_eq!(
+        s.members().len(),
+        3,
+        "rumors about non-members were adopted"
+    );
+    let actions = cycle(&mut s, 1000);
+    assert!(
+        sends(&actions).iter().all(|(to, _, _)| [2, 3].contains(to)),
+        "the node contacts a non-member"
+    );
+
+    // No allowlist: the table still stops at max_members.
+    let cfg = SwimConfig {
+        max_members: 50,
+        ..SwimConfig::default()
+    };
+    let mut open = node(1, &[2], cfg);
+    open.handle_message(10, msg(2, 1, Body::JoinAck { members: fakes }, vec![]));
+    assert_eq!(open.members().len(), 51);
 }

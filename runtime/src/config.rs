@@ -56,8 +56,12 @@ pub struct NodeSection {
     /// Largest transport frame, in bytes. Default 4 MiB (seed 000 uses 64 KiB for small
     /// control messages; Raft appends batch many entries, so conclave defaults larger).
     pub max_frame_size: usize,
-    /// A peer silent for this long is considered gone and its connection closed. Default 10.
+    /// A peer silent for this long is considered gone and its connection closed; a write to a
+    /// peer that accepts no bytes for this long closes the connection too. Default 10.
     pub read_timeout_s: u64,
+    /// Outbound queue bound per peer, in bytes (encoded frames). At least `max_frame_size` + 4.
+    /// Default 64 MiB.
+    pub max_queue_bytes: usize,
 }
 
 impl Default for NodeSection {
@@ -73,6 +77,7 @@ impl Default for NodeSection {
             max_queue_size: 5000,
             max_frame_size: 4 * 1024 * 1024,
             read_timeout_s: 10,
+            max_queue_bytes: 64 << 20,
         }
     }
 }
@@ -108,6 +113,22 @@ pub struct ClusterSection {
     /// contact with everyone re-announces itself to its seeds and last known members.
     /// Default 2000 (seed 000).
     pub seed_retry_ms: u64,
+    /// A secret shared by every node of the cluster (at least 16 bytes): peers prove they
+    /// know it in the transport handshake (HMAC-SHA256 challenge-response; it never crosses
+    /// the wire). Unset (the default): peers are authenticated by TLS certificates only, or,
+    /// without TLS, not at all beyond the member allowlist. `conclave init` writes a random one.
+    pub secret: Option<ClusterSecretString>,
+}
+
+/// `[cluster] secret`: a string whose `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClusterSecretString(pub String);
+
+impl std::fmt::Debug for ClusterSecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 impl Default for ClusterSection {
@@ -117,6 +138,7 @@ impl Default for ClusterSection {
             initial_members: Vec::new(),
             seeds: Vec::new(),
             seed_retry_ms: 2000,
+            secret: None,
         }
     }
 }
@@ -515,6 +537,20 @@ impl Config {
         if self.cluster.seed_retry_ms == 0 {
             return Err(invalid("cluster.seed_retry_ms", "must be at least 1"));
         }
+        if let Some(secret) = &self.cluster.secret {
+            if secret.0.len() < 16 {
+                return Err(invalid("cluster.secret", "must be at least 16 bytes"));
+            }
+        }
+        if n.max_queue_bytes < n.max_frame_size.saturating_add(4) {
+            return Err(invalid(
+                "node.max_queue_bytes",
+                format!(
+                    "must hold at least one largest frame (node.max_frame_size + 4 = {})",
+                    n.max_frame_size.saturating_add(4)
+                ),
+            ));
+        }
         let r = &self.raft;
         let [min, max] = r.election_timeout_ms;
         if min >= max {
@@ -755,6 +791,8 @@ ca = "ca.crt"
     fn bad_values_name_their_key() {
         let cases = [
             ("[node]\nid = 0\n", "node.id"),
+            ("[cluster]\nsecret = \"short\"\n", "cluster.secret"),
+            ("[node]\nmax_queue_bytes = 1000\n", "node.max_queue_bytes"),
             ("[raft]\nelection_timeout_ms = [300, 150]\n", "raft.election_timeout_ms"),
             ("[raft]\nheartbeat_interval_ms = 200\n", "raft.heartbeat_interval_ms"),
             ("[raft.read]\nlease_ms = 150\n", "raft.read.lease_ms"),

@@ -1,9 +1,11 @@
 //! Transport configuration, with the defaults of DESIGN.md §9 (`[node]` and `[tls]` sections).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::{ClusterSecret, MIN_SECRET_LEN};
 use crate::codec::DEFAULT_MAX_FRAME_SIZE;
 use crate::handshake::MAX_CLUSTER_ID_LEN;
 use crate::NodeId;
@@ -21,6 +23,11 @@ pub struct TransportConfig {
     pub max_frame_size: usize,
     /// Capacity of each peer's outbound queue, in messages.
     pub max_queue_size: usize,
+    /// Capacity of each peer's outbound queue, in encoded bytes (at least one largest frame).
+    pub max_queue_bytes: usize,
+    /// A write to a peer that makes no progress for this long closes the connection (counted
+    /// in `conclave_transport_write_timeouts_total`); the driver reconnects.
+    pub write_timeout: Duration,
     /// An inbound connection that delivers nothing (not even a keep-alive) for this long is closed.
     pub read_timeout: Duration,
     /// An idle outbound connection sends a keep-alive frame this often; keep it well under the
@@ -35,8 +42,19 @@ pub struct TransportConfig {
     pub backoff_base: Duration,
     /// Upper bound of the reconnect delay.
     pub backoff_cap: Duration,
-    /// Accepted connections beyond this many are closed at once.
+    /// Authenticated accepted connections beyond this many are closed at once. Only members
+    /// that completed the handshake hold one (one per pair of nodes).
     pub max_connections: usize,
+    /// Sockets accepted but not yet authenticated (TLS and hello under way) beyond this many are
+    /// closed at once; each has `handshake_timeout` to finish.
+    pub max_pending_handshakes: usize,
+    /// Node ids allowed to connect (the members of the cluster's configuration, plus a node
+    /// being added); `None` admits any id. Updated at runtime with
+    /// [`Transport::set_allowed_peers`](crate::Transport::set_allowed_peers).
+    pub allowed_peers: Option<BTreeSet<NodeId>>,
+    /// The cluster secret peers prove they know (HMAC challenge-response in the handshake);
+    /// `None` skips it. Both sides of a connection must agree on having one.
+    pub secret: Option<ClusterSecret>,
     /// Largest single write call: a batch (everything queued when the driver took it) is
     /// written in calls of at most this many bytes.
     pub max_batch_bytes: usize,
@@ -54,8 +72,10 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// The cluster CA certificate(s) (PEM).
     pub ca: PathBuf,
-    /// The DNS name every peer certificate must carry when dialled. `None` checks the peer's IP
-    /// address against the certificate's IP subject alternative names instead.
+    /// The DNS name every peer certificate must carry when dialled (TLS server name check).
+    /// `None` checks `node-{id}.conclave` of the node dialled. Either way, the certificate of
+    /// every peer, dialled or accepted, must name the node id it claims as the DNS subject
+    /// alternative name `node-{id}.conclave`.
     pub server_name: Option<String>,
 }
 
@@ -73,8 +93,9 @@ pub enum ConfigError {
 }
 
 impl TransportConfig {
-    /// A configuration with every default: 64 KiB frames, 5000-message queues, 10 s read
-    /// timeout, 3 s keep-alive, 5 s handshake and connect timeouts, backoff 100 ms doubling to 10 s.
+    /// A configuration with every default: 64 KiB frames, 5000-message and 64 MiB queues, 10 s
+    /// read and write timeouts, 3 s keep-alive, 2 s handshake and 5 s connect timeouts, 16
+    /// pending handshakes, backoff 100 ms doubling to 10 s, no allowlist and no secret.
     pub fn new(node_id: NodeId, cluster_id: impl Into<String>, listen: SocketAddr) -> Self {
         Self {
             node_id,
@@ -82,13 +103,18 @@ impl TransportConfig {
             listen,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_queue_size: 5000,
+            max_queue_bytes: 64 << 20,
+            write_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(3),
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(10),
             max_connections: 1024,
+            max_pending_handshakes: 16,
+            allowed_peers: None,
+            secret: None,
             max_batch_bytes: 256 * 1024,
             tls: None,
         }
@@ -110,6 +136,25 @@ impl TransportConfig {
         }
         if self.max_queue_size == 0 {
             return bad("max_queue_size", "must be at least 1");
+        }
+        if self.max_queue_bytes < self.max_frame_size.saturating_add(4) {
+            return bad(
+                "max_queue_bytes",
+                "must hold at least one largest frame (max_frame_size + 4)",
+            );
+        }
+        if self.write_timeout.is_zero() {
+            return bad("write_timeout", "must be positive");
+        }
+        if self.max_pending_handshakes == 0 {
+            return bad("max_pending_handshakes", "must be at least 1");
+        }
+        if self
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.len() < MIN_SECRET_LEN)
+        {
+            return bad("secret", "must be at least 16 bytes");
         }
         if self.read_timeout.is_zero() {
             return bad("read_timeout", "must be positive");

@@ -1,37 +1,54 @@
-//! The connection handshake: both sides prove they speak this protocol, in this cluster.
+//! The connection handshake: both sides prove they speak this protocol, in this cluster, and —
+//! when the cluster has a secret — that they know it.
 //!
 //! Wire format of a hello (fixed binary, not MessagePack, so that garbage is rejected on its
 //! first four bytes):
 //!
 //! ```text
-//! magic "CNCL" (4) | version u16 BE | node id u64 BE | cluster id length u16 BE | cluster id (UTF-8)
+//! magic "CNCL" (4) | version u16 BE | node id u64 BE | flags u8 | nonce (16)
+//!                  | cluster id length u16 BE | cluster id (UTF-8)
 //! ```
 //!
-//! The dialer sends its hello; the acceptor checks it and answers with its own hello followed by
-//! one status byte (`0` accepted, otherwise a [`Refusal`] code) and closes on refusal. The dialer
-//! then checks the acceptor's hello the same way, plus that it is the node it meant to reach.
+//! `flags` bit 0: the sender authenticates with a cluster secret. `nonce`: 16 fresh random
+//! bytes per connection (the challenge the other side's proof must cover).
 //!
-//! Version 2 adds two statuses that keep one connection per pair of nodes (see [`Status`]):
-//! `8` (simultaneous dial, the acceptor's own connection wins) and `9` (the acceptor already
-//! holds a connection; the dialer answers one byte, `1` = replace it, `0` = keep it).
+//! Version 3 exchange:
+//!
+//! ```text
+//! dialer   -> hello
+//! acceptor -> hello | pre-status u8 (0 = go on, otherwise a refusal code; then it closes)
+//!             | proof (32, only with a secret)
+//! dialer   -> proof (32, only with a secret)           [after checking the acceptor's proof]
+//! acceptor -> status u8 (0 accepted, 8 simultaneous, 9 alive, or a refusal code)
+//! dialer   -> answer u8 (only after status 9: 1 = replace yours, 0 = keep yours)
+//! ```
+//!
+//! The acceptor refuses a hello before proving anything: wrong version or cluster, our own id,
+//! a secret on one side only, a node id outside the allowlist, a TLS certificate that does not
+//! name the claimed id. Proofs are `HMAC-SHA256(secret, role | cluster | ids | both nonces)`
+//! ([`crate::auth`]). Statuses `8` and `9` keep one connection per pair of nodes (see
+//! [`Status`]); they are only ever sent to a dialer that proved itself, so an unauthenticated
+//! claim can never replace an established connection.
 
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::auth::{ClusterSecret, Role, Transcript, NONCE_LEN, PROOF_LEN};
 use crate::NodeId;
 
 /// The four bytes every connection starts with.
 pub const MAGIC: [u8; 4] = *b"CNCL";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
-/// The oldest protocol version this build accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest protocol version this build accepts (version 2 had no authentication).
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// Cluster ids longer than this are refused (they are names, not payloads).
 pub const MAX_CLUSTER_ID_LEN: usize = 255;
 
-const HEADER_LEN: usize = 4 + 2 + 8 + 2;
+const HEADER_LEN: usize = 4 + 2 + 8 + 1 + NONCE_LEN + 2;
+const FLAG_SECRET: u8 = 1;
 
 /// One side's introduction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +59,10 @@ pub struct Hello {
     pub node_id: NodeId,
     /// Cluster the sender belongs to.
     pub cluster_id: String,
+    /// The sender authenticates with a cluster secret.
+    pub secret: bool,
+    /// The sender's fresh challenge.
+    pub nonce: [u8; NONCE_LEN],
 }
 
 /// Why a handshake was refused; `label()` is the `reason` label of the refusal counter.
@@ -63,6 +84,14 @@ pub enum Refusal {
     Timeout,
     /// The remote side refused us, with the code it sent.
     RefusedByPeer(u8),
+    /// The claimed node id is not a member of the cluster's configuration (the allowlist).
+    NotMember(NodeId),
+    /// One side has a cluster secret and the other has none.
+    SecretMismatch,
+    /// The peer's proof of the cluster secret is wrong.
+    AuthFailed,
+    /// The peer's TLS certificate does not name the node id it claims.
+    CertificateMismatch(NodeId),
 }
 
 impl Refusal {
@@ -77,11 +106,15 @@ impl Refusal {
             Refusal::MalformedHello => "malformed_hello",
             Refusal::Timeout => "timeout",
             Refusal::RefusedByPeer(_) => "refused_by_peer",
+            Refusal::NotMember(_) => "not_member",
+            Refusal::SecretMismatch => "secret_mismatch",
+            Refusal::AuthFailed => "auth_failed",
+            Refusal::CertificateMismatch(_) => "certificate_mismatch",
         }
     }
 
     /// The status byte sent to the peer for this refusal.
-    fn code(&self) -> u8 {
+    pub fn code(&self) -> u8 {
         match self {
             Refusal::BadMagic => 1,
             Refusal::UnsupportedVersion(_) => 2,
@@ -90,6 +123,10 @@ impl Refusal {
             Refusal::SameNodeId => 5,
             Refusal::MalformedHello => 6,
             Refusal::Timeout => 7,
+            Refusal::NotMember(_) => 10,
+            Refusal::SecretMismatch => 11,
+            Refusal::AuthFailed => 12,
+            Refusal::CertificateMismatch(_) => 13,
             Refusal::RefusedByPeer(c) => *c,
         }
     }
@@ -109,6 +146,14 @@ impl fmt::Display for Refusal {
             Refusal::MalformedHello => write!(f, "malformed hello"),
             Refusal::Timeout => write!(f, "no complete hello within the handshake timeout"),
             Refusal::RefusedByPeer(c) => write!(f, "refused by the peer (code {c})"),
+            Refusal::NotMember(n) => write!(f, "node {n} is not a member of the cluster"),
+            Refusal::SecretMismatch => {
+                write!(f, "one side has a cluster secret and the other has none")
+            }
+            Refusal::AuthFailed => write!(f, "wrong proof of the cluster secret"),
+            Refusal::CertificateMismatch(n) => {
+                write!(f, "TLS certificate does not name node {n} (node-{n}.conclave)")
+            }
         }
     }
 }
@@ -134,13 +179,38 @@ impl HandshakeError {
     }
 }
 
+/// A fresh random nonce (the OS generator through `ring`).
+pub fn fresh_nonce() -> [u8; NONCE_LEN] {
+    use ring::rand::SecureRandom;
+    let mut nonce = [0u8; NONCE_LEN];
+    // The system generator only fails when the OS has no randomness source at all; fall back to
+    // the thread generator (a CSPRNG seeded from the OS) rather than a fixed value.
+    if ring::rand::SystemRandom::new().fill(&mut nonce).is_err() {
+        use rand::RngCore;
+        rand::rng().fill_bytes(&mut nonce);
+    }
+    nonce
+}
+
 impl Hello {
-    /// Our own hello at the current protocol version.
+    /// Our own hello at the current protocol version, without a secret and with a zero nonce
+    /// (see [`Hello::fresh`] for the one a connection uses).
     pub fn new(node_id: NodeId, cluster_id: &str) -> Self {
         Self {
             version: PROTOCOL_VERSION,
             node_id,
             cluster_id: cluster_id.to_owned(),
+            secret: false,
+            nonce: [0; NONCE_LEN],
+        }
+    }
+
+    /// This hello with a fresh nonce and the secret flag set as given: one per connection.
+    pub fn fresh(&self, secret: bool) -> Self {
+        Self {
+            secret,
+            nonce: fresh_nonce(),
+            ..self.clone()
         }
     }
 
@@ -151,10 +221,12 @@ impl Hello {
         // the u16 length is cut at 65535 bytes, which every peer refuses as malformed (> 255), so
         // the cut can never make two different ids match.
         let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + id.len());
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + id.len() + 1 + PROOF_LEN);
         buf.put_slice(&MAGIC);
         buf.put_u16(self.version);
         buf.put_u64(self.node_id);
+        buf.put_u8(if self.secret { FLAG_SECRET } else { 0 });
+        buf.put_slice(&self.nonce);
         buf.put_u16(len);
         buf.put_slice(&id[..usize::from(len)]);
         buf
@@ -167,13 +239,24 @@ impl Hello {
         if header[..4] != MAGIC {
             return Err(HandshakeError::Refused(Refusal::BadMagic));
         }
-        io.read_exact(&mut header[4..]).await?;
+        io.read_exact(&mut header[4..6]).await?;
         let version = u16::from_be_bytes([header[4], header[5]]);
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+            // Another version's hello may be laid out differently: stop here.
+            return Err(HandshakeError::Refused(Refusal::UnsupportedVersion(
+                version,
+            )));
+        }
+        io.read_exact(&mut header[6..]).await?;
         let mut node = [0u8; 8];
         node.copy_from_slice(&header[6..14]);
         let node_id = u64::from_be_bytes(node);
-        let len = usize::from(u16::from_be_bytes([header[14], header[15]]));
-        if len > MAX_CLUSTER_ID_LEN {
+        let flags = header[14];
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&header[15..15 + NONCE_LEN]);
+        let at = 15 + NONCE_LEN;
+        let len = usize::from(u16::from_be_bytes([header[at], header[at + 1]]));
+        if len > MAX_CLUSTER_ID_LEN || flags & !FLAG_SECRET != 0 {
             return Err(HandshakeError::Refused(Refusal::MalformedHello));
         }
         let mut id = vec![0u8; len];
@@ -184,6 +267,8 @@ impl Hello {
             version,
             node_id,
             cluster_id,
+            secret: flags & FLAG_SECRET != 0,
+            nonce,
         })
     }
 
@@ -203,11 +288,14 @@ impl Hello {
                 return Err(Refusal::UnexpectedNode(self.node_id));
             }
         }
+        if self.secret != ours.secret {
+            return Err(Refusal::SecretMismatch);
+        }
         Ok(())
     }
 }
 
-/// The acceptor's answer to a valid hello (the status byte after its own hello).
+/// The acceptor's answer to a valid, authenticated hello (the status byte).
 ///
 /// Besides accepting, the acceptor can tell the dialer that it should not use this connection
 /// because another one exists or is being made: that is how two nodes end up with exactly one
@@ -242,26 +330,49 @@ impl Status {
     }
 }
 
-/// Dialer side, first part: send our hello, read the acceptor's hello and status, check them.
-/// A refusal code is an error; [`Status::Alive`] obliges the caller to answer with
-/// [`answer_alive`].
+/// Dialer side, first part: send our hello (with a fresh nonce, see [`Hello::fresh`]), read the
+/// acceptor's hello and pre-status, check them, exchange proofs of `secret` if there is one,
+/// read the status. A refusal code is an error; [`Status::Alive`] obliges the caller to answer
+/// with [`answer_alive`].
 pub async fn dial_status<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     ours: &Hello,
     expected_node: NodeId,
+    secret: Option<&ClusterSecret>,
 ) -> Result<(Hello, Status), HandshakeError> {
     io.write_all(&ours.encode()).await?;
     io.flush().await?;
     let theirs = Hello::read_from(io).await?;
+    match io.read_u8().await? {
+        0 => {}
+        code => return Err(HandshakeError::Refused(Refusal::RefusedByPeer(code))),
+    }
+    theirs
+        .check(ours, Some(expected_node))
+        .map_err(HandshakeError::Refused)?;
+    if let Some(secret) = secret {
+        let mut proof = [0u8; PROOF_LEN];
+        io.read_exact(&mut proof).await?;
+        let t = Transcript {
+            cluster_id: &ours.cluster_id,
+            acceptor: theirs.node_id,
+            dialer: ours.node_id,
+            acceptor_nonce: &theirs.nonce,
+            dialer_nonce: &ours.nonce,
+        };
+        if !secret.verify(&proof, Role::Acceptor, &t) {
+            return Err(HandshakeError::Refused(Refusal::AuthFailed));
+        }
+        let mine = secret.prove(Role::Dialer, &t);
+        io.write_all(&mine).await?;
+        io.flush().await?;
+    }
     let status = match io.read_u8().await? {
         0 => Status::Accepted,
         STATUS_SIMULTANEOUS => Status::Simultaneous,
         STATUS_ALIVE => Status::Alive,
         code => return Err(HandshakeError::Refused(Refusal::RefusedByPeer(code))),
     };
-    theirs
-        .check(ours, Some(expected_node))
-        .map_err(HandshakeError::Refused)?;
     Ok((theirs, status))
 }
 
@@ -278,8 +389,9 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     ours: &Hello,
     expected_node: NodeId,
+    secret: Option<&ClusterSecret>,
 ) -> Result<Hello, HandshakeError> {
-    match dial_status(io, ours, expected_node).await? {
+    match dial_status(io, ours, expected_node, secret).await? {
         (theirs, Status::Accepted) => Ok(theirs),
         (_, Status::Simultaneous) => Err(HandshakeError::Refused(Refusal::RefusedByPeer(
             STATUS_SIMULTANEOUS,
@@ -293,39 +405,64 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Acceptor side, first part: read the dialer's hello and check it. On refusal the status byte
-/// tells the dialer why (best effort) and the error is returned; on success the caller decides
-/// the [`Status`] and sends it with [`accept_reply`].
+/// Acceptor side, first part: read the dialer's hello and check it (the generic checks, then
+/// `admit`: the allowlist and the certificate binding), send our hello and pre-status, and with
+/// a `secret` exchange proofs. On refusal the dialer is told why (best effort) and the error is
+/// returned; on success the dialer is authenticated and the caller decides the [`Status`] and
+/// sends it with [`accept_reply`]. `ours` must carry a fresh nonce ([`Hello::fresh`]).
 pub async fn accept_hello<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     ours: &Hello,
+    secret: Option<&ClusterSecret>,
+    admit: impl FnOnce(&Hello) -> Result<(), Refusal>,
 ) -> Result<Hello, HandshakeError> {
     let theirs = match Hello::read_from(io).await {
         Ok(h) => h,
         Err(HandshakeError::Refused(r)) => {
             // Answer garbage with nothing: it is not a peer and would not understand.
             if r != Refusal::BadMagic {
-                let _ = reply(io, ours, r.code()).await;
+                let _ = refuse(io, ours, r.code()).await;
             }
             return Err(HandshakeError::Refused(r));
         }
         Err(e) => return Err(e),
     };
-    if let Err(r) = theirs.check(ours, None) {
+    if let Err(r) = theirs.check(ours, None).and_then(|()| admit(&theirs)) {
         // Best effort: the connection is closed right after either way.
-        let _ = reply(io, ours, r.code()).await;
+        let _ = refuse(io, ours, r.code()).await;
         return Err(HandshakeError::Refused(r));
+    }
+    let mut buf = ours.encode();
+    buf.put_u8(0);
+    let t = Transcript {
+        cluster_id: &ours.cluster_id,
+        acceptor: ours.node_id,
+        dialer: theirs.node_id,
+        acceptor_nonce: &ours.nonce,
+        dialer_nonce: &theirs.nonce,
+    };
+    if let Some(secret) = secret {
+        buf.put_slice(&secret.prove(Role::Acceptor, &t));
+    }
+    io.write_all(&buf).await?;
+    io.flush().await?;
+    if let Some(secret) = secret {
+        let mut proof = [0u8; PROOF_LEN];
+        io.read_exact(&mut proof).await?;
+        if !secret.verify(&proof, Role::Dialer, &t) {
+            let _ = status_byte(io, Refusal::AuthFailed.code()).await;
+            return Err(HandshakeError::Refused(Refusal::AuthFailed));
+        }
     }
     Ok(theirs)
 }
 
-/// Acceptor side, second part: our hello and the status byte.
+/// Acceptor side, second part: the status byte.
 pub async fn accept_reply<S: AsyncWrite + Unpin>(
     io: &mut S,
-    ours: &Hello,
     status: Status,
 ) -> std::io::Result<()> {
-    reply(io, ours, status.code()).await
+    status_byte(io, status.code()).await
 }
 
 /// Acceptor side after [`Status::Alive`]: the dialer's answer (`true` = replace ours with this
@@ -341,20 +478,27 @@ pub async fn read_alive_answer<S: AsyncRead + Unpin>(io: &mut S) -> std::io::Res
     }
 }
 
-/// Acceptor side in one step: check the dialer's hello and accept it.
+/// Acceptor side in one step: check the dialer's hello, authenticate it and accept it.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     ours: &Hello,
+    secret: Option<&ClusterSecret>,
 ) -> Result<Hello, HandshakeError> {
-    let theirs = accept_hello(io, ours).await?;
-    accept_reply(io, ours, Status::Accepted).await?;
+    let theirs = accept_hello(io, ours, secret, |_| Ok(())).await?;
+    accept_reply(io, Status::Accepted).await?;
     Ok(theirs)
 }
 
-async fn reply<S: AsyncWrite + Unpin>(io: &mut S, ours: &Hello, status: u8) -> std::io::Result<()> {
+/// A refusal before anything is proven: our hello and the refusal code as pre-status.
+async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, ours: &Hello, code: u8) -> std::io::Result<()> {
     let mut buf = ours.encode();
-    buf.put_u8(status);
+    buf.put_u8(code);
     io.write_all(&buf).await?;
+    io.flush().await
+}
+
+async fn status_byte<S: AsyncWrite + Unpin>(io: &mut S, code: u8) -> std::io::Result<()> {
+    io.write_all(&[code]).await?;
     io.flush().await
 }
 
@@ -407,6 +551,8 @@ mod tests {
         long.put_slice(&MAGIC);
         long.put_u16(PROTOCOL_VERSION);
         long.put_u64(2);
+        long.put_u8(0);
+        long.put_slice(&[0; NONCE_LEN]);
         long.put_u16(60_000);
         let err = Hello::read_from(&mut &long[..]).await.unwrap_err();
         assert_eq!(err.label(), "malformed_hello");
@@ -419,19 +565,69 @@ mod tests {
     #[tokio::test]
     async fn dial_and_accept_agree_or_refuse_with_a_code() {
         let (mut a, mut b) = tokio::io::duplex(1024);
-        let acceptor = tokio::spawn(async move { accept(&mut b, &Hello::new(2, "c1")).await });
-        let got = dial(&mut a, &Hello::new(1, "c1"), 2).await.unwrap();
+        let acceptor =
+            tokio::spawn(async move { accept(&mut b, &Hello::new(2, "c1"), None).await });
+        let got = dial(&mut a, &Hello::new(1, "c1"), 2, None).await.unwrap();
         assert_eq!(got.node_id, 2);
         assert_eq!(acceptor.await.unwrap().unwrap().node_id, 1);
 
         let (mut a, mut b) = tokio::io::duplex(1024);
-        let acceptor = tokio::spawn(async move { accept(&mut b, &Hello::new(2, "c1")).await });
-        let err = dial(&mut a, &Hello::new(1, "other"), 2).await.unwrap_err();
+        let acceptor =
+            tokio::spawn(async move { accept(&mut b, &Hello::new(2, "c1"), None).await });
+        let err = dial(&mut a, &Hello::new(1, "other"), 2, None)
+            .await
+            .unwrap_err();
         assert!(matches!(
             err,
             HandshakeError::Refused(Refusal::RefusedByPeer(3))
         ));
         let err = acceptor.await.unwrap().unwrap_err();
         assert_eq!(err.label(), "wrong_cluster");
+    }
+
+    #[tokio::test]
+    async fn finding2_secret_proofs_authenticate_both_sides() {
+        let secret = ClusterSecret::new("a shared cluster secret!");
+        let wrong = ClusterSecret::new("not the cluster secret!!");
+        // Both know the secret: accepted.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let s2 = secret.clone();
+        let acceptor = tokio::spawn(async move {
+            accept(&mut b, &Hello::new(2, "c").fresh(true), Some(&s2)).await
+        });
+        dial(&mut a, &Hello::new(1, "c").fresh(true), 2, Some(&secret))
+            .await
+            .unwrap();
+        assert_eq!(acceptor.await.unwrap().unwrap().node_id, 1);
+        // A dialer with the wrong secret: the acceptor's proof does not verify for it, and the
+        // acceptor never sees a valid proof.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let s2 = secret.clone();
+        let acceptor = tokio::spawn(async move {
+            accept(&mut b, &Hello::new(2, "c").fresh(true), Some(&s2)).await
+        });
+        let err = dial(&mut a, &Hello::new(1, "c").fresh(true), 2, Some(&wrong))
+            .await
+            .unwrap_err();
+        assert_eq!(err.label(), "auth_failed");
+        drop(a);
+        assert!(acceptor.await.unwrap().is_err());
+        // A dialer without a secret claiming the same id: refused before any proof.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let s2 = secret.clone();
+        let acceptor = tokio::spawn(async move {
+            accept(&mut b, &Hello::new(2, "c").fresh(true), Some(&s2)).await
+        });
+        let err = dial(&mut a, &Hello::new(1, "c").fresh(false), 2, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            HandshakeError::Refused(Refusal::RefusedByPeer(11))
+        ));
+        assert_eq!(
+            acceptor.await.unwrap().unwrap_err().label(),
+            "secret_mismatch"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! - [`codec`]: `u32` big-endian length prefix + MessagePack body, `max_frame_size` enforced on
 //!   both sides; a zero-length frame is a keep-alive.
-//! - [`handshake`]: magic, protocol version, cluster id and node id, both ways, with a timeout.
+//! - [`handshake`]: magic, protocol version, cluster id and node id, both ways, with a timeout;
+//!   peers are authenticated ([`auth`]): an allowlist of member ids, a cluster-secret
+//!   challenge-response, and with TLS a certificate that must name the claimed node id.
 //! - [`Transport`]: the TCP/TLS implementation. One [`PeerLink`] per remote node: a bounded
 //!   queue that senders encode into, drained by a driver task that writes everything queued as
 //!   one batch and reconnects with capped, fully jittered exponential backoff. Inbound frames go
@@ -25,6 +27,7 @@
 //! replaces it only if so. [`Transport::connection_count`] shows the result. Rules and delivery
 //! guarantees: `docs/transport.md`.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod handshake;
@@ -36,6 +39,7 @@ mod tls;
 
 use std::net::SocketAddr;
 
+pub use auth::ClusterSecret;
 pub use codec::{CodecError, Frame, FrameDecoder};
 pub use config::{ConfigError, TlsConfig, TransportConfig};
 pub use handshake::{HandshakeError, Refusal};

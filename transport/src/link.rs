@@ -91,6 +91,11 @@ pub(crate) struct Queue {
     /// Wakes senders waiting in `send` for room (or for the queue to close).
     space: Notify,
     max_frames: usize,
+    /// Most encoded bytes the queue holds (finding 13: a frame count alone lets 5000 frames of
+    /// up to `max_frame_size` each pin gigabytes). A message that would take the queue over
+    /// this is refused as `Full`, except into an empty queue (so a frame up to
+    /// `max_frame_size` always fits eventually).
+    max_bytes: usize,
     max_frame_size: usize,
 }
 
@@ -129,10 +134,9 @@ impl QueueReceiver {
                     }
                     let n = std::mem::take(&mut q.frames);
                     drop(q);
-                    if n >= self.queue.max_frames {
-                        // Senders waiting for room saw the queue full: wake them.
-                        self.queue.space.notify_waiters();
-                    }
+                    // Senders waiting for room may have seen the queue full by frames or by
+                    // bytes: wake them (cheap when nobody waits).
+                    self.queue.space.notify_waiters();
                     return n;
                 }
                 if q.senders == 0 {
@@ -157,7 +161,8 @@ impl QueueReceiver {
                     prefix.copy_from_slice(&q.buf[..LENGTH_PREFIX]);
                     let len = LENGTH_PREFIX + u32::from_be_bytes(prefix) as usize;
                     let frame = q.buf.split_to(len).freeze();
-                    let was_full = q.frames >= self.queue.max_frames;
+                    let was_full = q.frames >= self.queue.max_frames
+                        || q.buf.len() + len > self.queue.max_bytes;
                     q.frames -= 1;
                     drop(q);
                     if was_full {
@@ -200,8 +205,9 @@ impl Drop for QueueReceiver {
 /// the same queue, drained by one writer (a TCP connection, or the in-memory network).
 ///
 /// Messages are encoded into frames by the caller, straight into the queue's buffer, so the queue
-/// holds at most `max_queue_size` frames of at most `max_frame_size` bytes each: that, plus the
-/// batch the writer is writing (at most as much again), bounds the memory a stalled peer can pin.
+/// holds at most `max_queue_size` frames and at most `max_queue_bytes` bytes (one frame of up to
+/// `max_frame_size` is always admitted into an empty queue): that, plus the batch the writer is
+/// writing (at most as much again), bounds the memory a stalled peer can pin.
 pub struct PeerLink<M> {
     info: Arc<LinkInfo>,
     queue: Arc<Queue>,
@@ -255,6 +261,7 @@ impl<M: Serialize> PeerLink<M> {
         node: NodeId,
         peer: NodeId,
         max_queue_size: usize,
+        max_queue_bytes: usize,
         max_frame_size: usize,
     ) -> (Self, QueueReceiver) {
         let queue = Arc::new(Queue {
@@ -268,6 +275,7 @@ impl<M: Serialize> PeerLink<M> {
             ready: Notify::new(),
             space: Notify::new(),
             max_frames: max_queue_size.max(1),
+            max_bytes: max_queue_bytes.max(1),
             max_frame_size,
         });
         let info = Arc::new(LinkInfo {
@@ -296,10 +304,16 @@ impl<M: Serialize> PeerLink<M> {
         if q.closed {
             return Err(PushError::Closed);
         }
-        if q.frames >= self.queue.max_frames {
+        if q.frames >= self.queue.max_frames || q.buf.len() >= self.queue.max_bytes {
             return Err(PushError::Full);
         }
+        let before = q.buf.len();
         encode_frame_into(msg, self.queue.max_frame_size, &mut q.buf).map_err(PushError::Encode)?;
+        if before > 0 && q.buf.len() > self.queue.max_bytes {
+            // Over the byte bound: take it back out (the size is only known once encoded).
+            q.buf.truncate(before);
+            return Err(PushError::Full);
+        }
         q.frames += 1;
         let wake = std::mem::take(&mut q.writer_waiting);
         drop(q);
@@ -358,6 +372,11 @@ impl<M> PeerLink<M> {
     /// The queue's capacity (`max_queue_size`).
     pub fn max_queued(&self) -> usize {
         self.queue.max_frames
+    }
+
+    /// Bytes currently waiting in the queue (encoded frames, prefixes included).
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.inner.lock().buf.len()
     }
 
     /// Whether the writer behind this link has stopped for good.

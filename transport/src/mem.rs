@@ -203,8 +203,15 @@ where
                 return link.clone();
             }
         }
-        let (link, rx) =
-            PeerLink::channel(self.node, node, self.max_queue_size, self.max_frame_size);
+        // Bounded by frames only here: the in-memory network is for tests, whose queues are
+        // sized in messages.
+        let (link, rx) = PeerLink::channel(
+            self.node,
+            node,
+            self.max_queue_size,
+            usize::MAX,
+            self.max_frame_size,
+        );
         peers.insert(node, link.clone());
         let seed =
             self.net.seed ^ self.node.rotate_left(32) ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15);

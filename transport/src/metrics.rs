@@ -41,6 +41,14 @@ pub(crate) fn peer_label(peer: Option<NodeId>) -> String {
     peer.map_or_else(|| UNKNOWN_PEER.to_owned(), |p| p.to_string())
 }
 
+/// Writes that made no progress for `write_timeout` (the connection was closed).
+pub const WRITE_TIMEOUTS_TOTAL: &str = "conclave_transport_write_timeouts_total";
+
+pub(crate) fn write_timeout(node: NodeId, peer: NodeId) {
+    metrics::counter!(WRITE_TIMEOUTS_TOTAL, "node" => node.to_string(), "peer" => peer.to_string())
+        .increment(1);
+}
+
 /// Counter handles of one direction of one peer, resolved once.
 #[derive(Clone)]
 pub(crate) struct FlowCounters {

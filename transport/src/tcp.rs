@@ -13,7 +13,7 @@
 //! sink does not stop the driver from writing, so two nodes that both stop reading cannot
 //! deadlock their writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
+use crate::auth::cert_names_node;
 use crate::codec::{decode_body, encode_keepalive, FrameDecoder, LENGTH_PREFIX};
 use crate::config::{ConfigError, TransportConfig};
 use crate::handshake::{self, HandshakeError, Hello, Refusal, Status};
@@ -205,8 +206,12 @@ struct Shared<M> {
     inbound: Inbound<M>,
     peers: Mutex<HashMap<NodeId, Slot<M>>>,
     shutdown: watch::Sender<bool>,
-    /// Bounds the connections accepted (not those we dial), as `max_connections`.
+    /// Bounds the authenticated connections accepted (not those we dial), as `max_connections`.
     connections: Arc<Semaphore>,
+    /// Bounds the sockets accepted but not yet authenticated, as `max_pending_handshakes`.
+    pending: Arc<Semaphore>,
+    /// Node ids admitted by the handshake (`None`: any).
+    allowed: parking_lot::RwLock<Option<BTreeSet<NodeId>>>,
     /// The runtime `bind` ran on: tasks are spawned there, so `peer()` may be called from any
     /// thread (an actix arbiter runs its own runtime; drivers should not be tied to it).
     runtime: tokio::runtime::Handle,
@@ -309,6 +314,8 @@ where
         let shared = Arc::new(Shared {
             hello: Hello::new(cfg.node_id, &cfg.cluster_id),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            pending: Arc::new(Semaphore::new(cfg.max_pending_handshakes)),
+            allowed: parking_lot::RwLock::new(cfg.allowed_peers.clone()),
             runtime: tokio::runtime::Handle::current(),
             cfg,
             tls,
@@ -341,6 +348,20 @@ where
         self.shared.live.load(Ordering::Relaxed)
     }
 
+    /// Replaces the set of node ids the handshake admits (`None`: any id). The node calls this
+    /// when its cluster configuration changes, e.g. to admit a node being added. Connections
+    /// already established are kept.
+    pub fn set_allowed_peers(&self, allowed: Option<BTreeSet<NodeId>>) {
+        *self.shared.allowed.write() = allowed;
+    }
+
+    /// Adds `node` to the allowlist (no effect without one).
+    pub fn allow_peer(&self, node: NodeId) {
+        if let Some(set) = self.shared.allowed.write().as_mut() {
+            set.insert(node);
+        }
+    }
+
     /// Whether a connection to `peer` is currently established (in either direction).
     pub fn is_connected(&self, peer: NodeId) -> bool {
         self.shared
@@ -364,8 +385,13 @@ where
         let mut peers = self.shared.peers.lock();
         if *self.shared.shutdown.borrow() {
             // Stopped: a link whose queue is already closed.
-            let (link, _) =
-                PeerLink::channel(cfg.node_id, node, cfg.max_queue_size, cfg.max_frame_size);
+            let (link, _) = PeerLink::channel(
+                cfg.node_id,
+                node,
+                cfg.max_queue_size,
+                cfg.max_queue_bytes,
+                cfg.max_frame_size,
+            );
             return link;
         }
         let slot = self.shared.slot(&mut peers, node);
@@ -374,8 +400,13 @@ where
         let link = match &slot.link {
             Some(link) if !link.is_closed() => link.clone(),
             _ => {
-                let (link, rx) =
-                    PeerLink::channel(cfg.node_id, node, cfg.max_queue_size, cfg.max_frame_size);
+                let (link, rx) = PeerLink::channel(
+                    cfg.node_id,
+                    node,
+                    cfg.max_queue_size,
+                    cfg.max_queue_bytes,
+                    cfg.max_frame_size,
+                );
                 slot.link = Some(link.clone());
                 let _ = slot.cmds.send(Cmd::Link(rx));
                 link
@@ -419,16 +450,17 @@ where
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
-            warn!(node = shared.cfg.node_id, %remote, max = shared.cfg.max_connections,
-                "refusing connection: max_connections reached");
-            m::handshake_refused(shared.cfg.node_id, None, "too_many_connections");
+        // Before authentication a socket holds only a slot of the small pre-auth budget, for
+        // at most `handshake_timeout`: strangers cannot hold the members' connection slots.
+        let Ok(permit) = Arc::clone(&shared.pending).try_acquire_owned() else {
+            warn!(node = shared.cfg.node_id, %remote, max = shared.cfg.max_pending_handshakes,
+                "refusing connection: max_pending_handshakes reached");
+            m::handshake_refused(shared.cfg.node_id, None, "too_many_handshakes");
             continue;
         };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let _permit = permit;
-            serve_inbound(shared, stream, remote).await;
+            serve_inbound(shared, stream, remote, permit).await;
         });
     }
 }
@@ -443,8 +475,12 @@ enum Decision {
     Alive,
 }
 
-async fn serve_inbound<M>(shared: Arc<Shared<M>>, stream: TcpStream, remote: SocketAddr)
-where
+async fn serve_inbound<M>(
+    shared: Arc<Shared<M>>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    pending: tokio::sync::OwnedSemaphorePermit,
+) where
     M: Serialize + DeserializeOwned + Send + 'static,
 {
     let node = shared.cfg.node_id;
@@ -469,6 +505,15 @@ where
         }
     };
     let peer = hello.node_id;
+    // Authenticated: the pre-auth slot is released and a connection slot taken (members only,
+    // one connection per pair, so this bound is only reached if max_connections < members).
+    drop(pending);
+    let Ok(_slot) = Arc::clone(&shared.connections).try_acquire_owned() else {
+        warn!(node, peer, %remote, max = shared.cfg.max_connections,
+            "refusing connection: max_connections reached");
+        m::handshake_refused(node, Some(peer), "too_many_connections");
+        return;
+    };
     let decision = {
         let mut peers = shared.peers.lock();
         if *shared.shutdown.borrow() {
@@ -495,7 +540,7 @@ where
     let finished = tokio::time::timeout_at(deadline, async {
         match decision {
             Decision::Accept(id, cmds) => {
-                match handshake::accept_reply(&mut io, &shared.hello, Status::Accepted).await {
+                match handshake::accept_reply(&mut io, Status::Accepted).await {
                     Ok(()) => Some((id, cmds)),
                     Err(e) => {
                         debug!(node, peer, %remote, "accepted connection failed before use: {e}");
@@ -507,11 +552,11 @@ where
             Decision::Simultaneous => {
                 debug!(node, peer, %remote, "simultaneous dial: keeping our own connection");
                 m::dial_conflict(node, peer, "ours_wins");
-                let _ = handshake::accept_reply(&mut io, &shared.hello, Status::Simultaneous).await;
+                let _ = handshake::accept_reply(&mut io, Status::Simultaneous).await;
                 None
             }
             Decision::Alive => {
-                handshake::accept_reply(&mut io, &shared.hello, Status::Alive)
+                handshake::accept_reply(&mut io, Status::Alive)
                     .await
                     .ok()?;
                 let replace = handshake::read_alive_answer(&mut io).await.ok()?;
@@ -582,13 +627,37 @@ impl std::fmt::Display for OpenError {
 }
 
 async fn open_inbound<M>(shared: &Shared<M>, stream: TcpStream) -> Result<(Io, Hello), OpenError> {
-    let mut io = match &shared.tls {
-        Some(tls) => Io::Tls(Box::new(
-            tls.acceptor.accept(stream).await.map_err(OpenError::Tls)?,
-        )),
-        None => Io::Plain(stream),
+    // With TLS, the client certificate (already chained to the CA by rustls) must name the id
+    // the peer claims in its hello.
+    let (mut io, cert) = match &shared.tls {
+        Some(tls) => {
+            let tls_stream = tls.acceptor.accept(stream).await.map_err(OpenError::Tls)?;
+            let cert = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .cloned();
+            (Io::Tls(Box::new(tls_stream)), Some(cert))
+        }
+        None => (Io::Plain(stream), None),
     };
-    let hello = handshake::accept_hello(&mut io, &shared.hello)
+    let secret = shared.cfg.secret.as_ref();
+    let ours = shared.hello.fresh(secret.is_some());
+    let admit = |theirs: &Hello| {
+        let id = theirs.node_id;
+        if let Some(allowed) = shared.allowed.read().as_ref() {
+            if !allowed.contains(&id) {
+                return Err(Refusal::NotMember(id));
+            }
+        }
+        match &cert {
+            Some(Some(cert)) if cert_names_node(cert, id) => Ok(()),
+            Some(_) => Err(Refusal::CertificateMismatch(id)),
+            None => Ok(()),
+        }
+    };
+    let hello = handshake::accept_hello(&mut io, &ours, secret, admit)
         .await
         .map_err(OpenError::Handshake)?;
     Ok((io, hello))
@@ -754,15 +823,38 @@ where
     let _ = stream.set_nodelay(true);
     let opened = timeout(cfg.handshake_timeout, async {
         let mut io = match &shared.tls {
-            Some(tls) => Io::Tls(Box::new(
-                tls.connector
-                    .connect(tls.server_name_for(addr), stream)
-                    .await
-                    .map_err(|e| DialError::Other(format!("tls handshake: {e}")))?,
-            )),
+            Some(tls) => {
+                let name = tls
+                    .server_name_for(peer)
+                    .map_err(|e| DialError::Other(e.to_string()))?;
+                let tls_stream = tls.connector.connect(name, stream).await.map_err(|e| {
+                    if names_another_node(&e) {
+                        DialError::Refused(HandshakeError::Refused(Refusal::CertificateMismatch(
+                            peer,
+                        )))
+                    } else {
+                        DialError::Other(format!("tls handshake: {e}"))
+                    }
+                })?;
+                // The acceptor's certificate must name the node we dialled.
+                let named = tls_stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .is_some_and(|c| cert_names_node(c, peer));
+                if !named {
+                    return Err(DialError::Refused(HandshakeError::Refused(
+                        Refusal::CertificateMismatch(peer),
+                    )));
+                }
+                Io::Tls(Box::new(tls_stream))
+            }
             None => Io::Plain(stream),
         };
-        let status = match handshake::dial_status(&mut io, &shared.hello, peer).await {
+        let secret = shared.cfg.secret.as_ref();
+        let ours = shared.hello.fresh(secret.is_some());
+        let status = match handshake::dial_status(&mut io, &ours, peer, secret).await {
             Ok((_, status)) => status,
             Err(e @ HandshakeError::Refused(_)) => return Err(DialError::Refused(e)),
             Err(HandshakeError::Io(e)) => return Err(DialError::Other(format!("handshake: {e}"))),
@@ -821,6 +913,22 @@ where
     }
 }
 
+/// Whether a failed TLS dial failed because the peer's certificate is not valid for the name
+/// we checked (`node-{id}.conclave` of the node dialled): counted as `certificate_mismatch`.
+fn names_another_node(e: &std::io::Error) -> bool {
+    use rustls::CertificateError as C;
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|inner| {
+            matches!(
+                inner,
+                rustls::Error::InvalidCertificate(
+                    C::NotValidForName | C::NotValidForNameContext { .. }
+                )
+            )
+        })
+}
+
 /// Full jitter: a uniform draw in `[0, min(cap, base * 2^failures)]`, so that peers that lost
 /// the same node do not retry in lockstep.
 fn backoff(cfg: &TransportConfig, failures: u32) -> Duration {
@@ -856,7 +964,7 @@ where
     let mut rx: Option<QueueReceiver> = None;
     let mut conn: Option<Conn> = None;
     let mut dialing: Option<DialFuture> = None;
-    let mut out = Batch::new(max_batch);
+    let mut out = Batch::new(max_batch, shared.cfg.write_timeout);
     let mut retry_at = Instant::now();
     let mut failures: u32 = 0;
     let mut attempts: u64 = 0;
@@ -997,10 +1105,18 @@ where
                     idle_deadline = Instant::now() + keepalive;
                 }
                 Step::Wrote(Err(e)) => {
+                    let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                    if timed_out {
+                        m::write_timeout(node, peer);
+                    }
                     if let Some(c) = conn.take() {
                         let id = c.id;
                         c.close();
-                        warn!(node, peer, id, "connection to peer lost: write error: {e}");
+                        if timed_out {
+                            warn!(node, peer, id, "closing connection to peer: {e}");
+                        } else {
+                            warn!(node, peer, id, "connection to peer lost: write error: {e}");
+                        }
                         shared.mark_idle(peer, id);
                     }
                     lose(&mut out, node, peer);
@@ -1080,15 +1196,19 @@ struct Batch {
     pos: usize,
     frames: u64,
     max_write: usize,
+    /// A write call (or the flush) that makes no progress for this long fails with `TimedOut`:
+    /// a peer that never reads cannot stall the driver (finding 13).
+    write_timeout: Duration,
 }
 
 impl Batch {
-    fn new(max_batch: usize) -> Self {
+    fn new(max_batch: usize, write_timeout: Duration) -> Self {
         Self {
             buf: BytesMut::new(),
             pos: 0,
             frames: 0,
             max_write: max_batch.max(1),
+            write_timeout,
         }
     }
 
@@ -1115,15 +1235,28 @@ impl Batch {
         &mut self,
         wr: &mut W,
     ) -> std::io::Result<(u64, u64)> {
+        let stalled = |what: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "write timeout: the peer accepted no bytes for {:?} ({what})",
+                    self.write_timeout
+                ),
+            )
+        };
         while self.pos < self.buf.len() {
             let end = self.buf.len().min(self.pos + self.max_write);
-            let n = wr.write(&self.buf[self.pos..end]).await?;
+            let n = timeout(self.write_timeout, wr.write(&self.buf[self.pos..end]))
+                .await
+                .map_err(|_| stalled("write"))??;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             self.pos += n;
         }
-        wr.flush().await?;
+        timeout(self.write_timeout, wr.flush())
+            .await
+            .map_err(|_| stalled("flush"))??;
         let done = (self.frames, self.buf.len() as u64);
         self.buf.clear();
         self.pos = 0;
@@ -1168,7 +1301,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_survive_short_writes_and_are_reusable() {
-        let mut batch = Batch::new(7);
+        let mut batch = Batch::new(7, Duration::from_secs(5));
         let mut expected = Vec::new();
         for (i, n) in [10usize, 3000, 20, 1].iter().enumerate() {
             let frame = vec![i as u8; *n];

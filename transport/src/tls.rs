@@ -1,9 +1,9 @@
 //! Mutual TLS with rustls (ring provider): both sides present a certificate signed by the
-//! cluster CA and verify the other's.
+//! cluster CA and verify the other's; the certificate must name the node id its holder claims
+//! (DNS SAN `node-{id}.conclave`, checked by the transport after the TLS handshake).
 
 use std::fs::File;
 use std::io::BufReader;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::TlsConfig;
+use crate::NodeId;
 
 /// Errors of loading the TLS material; each names the file or the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,11 +90,16 @@ impl TlsContext {
         })
     }
 
-    /// The name the dialled peer's certificate must carry.
-    pub fn server_name_for(&self, addr: SocketAddr) -> ServerName<'static> {
-        self.server_name
-            .clone()
-            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+    /// The name the dialled peer's certificate is checked against during the TLS handshake:
+    /// the configured `server_name`, else `node-{peer}.conclave`. (The binding of the
+    /// certificate to the node id is checked separately, in every case: see
+    /// [`crate::auth::cert_names_node`].)
+    pub fn server_name_for(&self, peer: NodeId) -> Result<ServerName<'static>, TlsError> {
+        match &self.server_name {
+            Some(name) => Ok(name.clone()),
+            None => crate::auth::node_server_name(peer)
+                .ok_or_else(|| TlsError::ServerName(crate::auth::node_dns_name(peer))),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 /// Opens a raw socket to `addr` and completes a valid handshake as node `me`.
 async fn raw_peer(addr: std::net::SocketAddr, me: u64, them: u64, cluster: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    handshake::dial(&mut s, &Hello::new(me, cluster), them)
+    handshake::dial(&mut s, &Hello::new(me, cluster).fresh(false), them, None)
         .await
         .unwrap();
     s
@@ -403,8 +403,13 @@ async fn connections_beyond_max_connections_are_refused() {
     let (a, _, _a_rx) = start(config(221, "t"), 8).await;
     a.peer(222, b_addr).send(Msg::new(1, 1)).await.unwrap();
     assert_eq!(recv(&mut b_rx).await.1.seq, 1);
+    // A second authenticated peer finds the only connection slot taken.
     let mut extra = TcpStream::connect(b_addr).await.unwrap();
-    assert_closed_by_peer(&mut extra).await;
+    let r = handshake::dial(&mut extra, &Hello::new(223, "t").fresh(false), 222, None).await;
+    assert!(
+        r.is_err(),
+        "a connection beyond max_connections was accepted"
+    );
     assert!(
         rec.get(
             names::HANDSHAKE_REFUSED_TOTAL,

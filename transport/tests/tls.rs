@@ -30,10 +30,15 @@ impl Ca {
         Self { issuer }
     }
 
-    /// Writes `{name}.pem`, `{name}.key` signed by this CA and `ca.pem` into `dir`.
-    fn issue(&self, dir: &Path, name: &str) -> TlsConfig {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    /// Writes `{name}.pem`, `{name}.key` signed by this CA and `ca.pem` into `dir`: a
+    /// certificate naming node `id` (DNS SAN `node-{id}.conclave`).
+    fn issue(&self, dir: &Path, name: &str, id: u64) -> TlsConfig {
+        let mut params = CertificateParams::new(vec![
+            format!("node-{id}.conclave"),
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+        ])
+        .unwrap();
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -61,9 +66,9 @@ async fn mutual_tls_delivers_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cluster ca");
     let mut cfg_a = config(401, "t");
-    cfg_a.tls = Some(ca.issue(dir.path(), "a"));
+    cfg_a.tls = Some(ca.issue(dir.path(), "a", 401));
     let mut cfg_b = config(402, "t");
-    cfg_b.tls = Some(ca.issue(dir.path(), "b"));
+    cfg_b.tls = Some(ca.issue(dir.path(), "b", 402));
     let (a, a_addr, mut a_rx) = start(cfg_a, 64).await;
     let (b, b_addr, mut b_rx) = start(cfg_b, 64).await;
     let to_b = a.peer(402, b_addr);
@@ -96,11 +101,11 @@ async fn tls_simultaneous_dial_and_restart_keep_one_connection() {
     metrics();
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cluster ca");
-    let tls_a = ca.issue(dir.path(), "a");
+    let tls_a = ca.issue(dir.path(), "a", 441);
     let mut cfg_a = config(441, "t");
     cfg_a.tls = Some(tls_a.clone());
     let mut cfg_b = config(442, "t");
-    cfg_b.tls = Some(ca.issue(dir.path(), "b"));
+    cfg_b.tls = Some(ca.issue(dir.path(), "b", 442));
     let (a, a_addr, mut a_rx) = start(cfg_a, 64).await;
     let (b, b_addr, mut b_rx) = start(cfg_b, 64).await;
     let (to_b, to_a) = std::thread::scope(|s| {
@@ -162,13 +167,13 @@ async fn a_peer_signed_by_another_ca_is_refused() {
     let ca = Ca::new("cluster ca");
     let rogue_ca = Ca::new("rogue ca");
     let mut cfg_b = config(412, "t");
-    cfg_b.tls = Some(ca.issue(dir.path(), "b"));
+    cfg_b.tls = Some(ca.issue(dir.path(), "b", 412));
     let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
 
     // The rogue trusts the cluster CA (so it would accept B's certificate) but presents a
     // certificate signed by its own CA: B must refuse it.
-    let mut rogue_tls = rogue_ca.issue(dir.path(), "rogue");
-    rogue_tls.ca = ca.issue(dir.path(), "unused").ca;
+    let mut rogue_tls = rogue_ca.issue(dir.path(), "rogue", 413);
+    rogue_tls.ca = ca.issue(dir.path(), "unused", 999).ca;
     let mut cfg_r = config(413, "t");
     cfg_r.tls = Some(rogue_tls);
     let (rogue, _, _r_rx) = start(cfg_r, 8).await;
@@ -184,7 +189,7 @@ async fn a_peer_signed_by_another_ca_is_refused() {
 
     // A good peer still gets through.
     let mut cfg_a = config(411, "t");
-    cfg_a.tls = Some(ca.issue(dir.path(), "a"));
+    cfg_a.tls = Some(ca.issue(dir.path(), "a", 411));
     let (a, _, _a_rx) = start(cfg_a, 8).await;
     a.peer(412, b_addr).send(Msg::new(7, 1)).await.unwrap();
     assert_eq!(recv(&mut b_rx).await, (411, Msg::new(7, 1)));
@@ -196,7 +201,7 @@ async fn a_plain_tcp_peer_is_refused_by_a_tls_node() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cluster ca");
     let mut cfg_b = config(422, "t");
-    cfg_b.tls = Some(ca.issue(dir.path(), "b"));
+    cfg_b.tls = Some(ca.issue(dir.path(), "b", 422));
     let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
     let (plain, _, _p_rx) = start(config(423, "t"), 8).await;
     plain.peer(422, b_addr).try_send(Msg::new(0, 1)).unwrap();
@@ -241,4 +246,57 @@ async fn missing_tls_files_fail_bind_naming_the_file() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("bind succeeded without TLS files"),
     }
+}
+
+/// Finding 15: a certificate signed by the cluster CA but naming another node id is refused,
+/// on the accepting side (the dialer claims an id its certificate does not name) and on the
+/// dialling side (the node reached is not the one its certificate names).
+#[tokio::test]
+async fn finding15_certificate_must_name_the_claimed_node_id() {
+    let rec = metrics();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cluster ca");
+    let mut cfg_b = config(462, "t");
+    cfg_b.tls = Some(ca.issue(dir.path(), "b", 462));
+    let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
+
+    // Node "463" holds a valid certificate of the cluster CA, but it names node 461.
+    let mut cfg_r = config(463, "t");
+    cfg_r.tls = Some(ca.issue(dir.path(), "r", 461));
+    let (rogue, r_addr, _r_rx) = start(cfg_r, 8).await;
+    rogue.peer(462, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    eventually("certificate mismatch counted by the acceptor", || {
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "462"), ("reason", "certificate_mismatch")],
+        ) >= 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        b_rx.try_recv().is_err(),
+        "a message from a mislabelled peer was delivered"
+    );
+
+    // Node 464 dials "463" at the rogue's address: the certificate there names 461, so the
+    // dialer refuses it.
+    let mut cfg_d = config(464, "t");
+    cfg_d.tls = Some(ca.issue(dir.path(), "d", 464));
+    let (d, _, _d_rx) = start(cfg_d, 8).await;
+    d.peer(463, r_addr).try_send(Msg::new(0, 1)).unwrap();
+    eventually("certificate mismatch counted by the dialer", || {
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "464"), ("reason", "certificate_mismatch")],
+        ) >= 1
+    })
+    .await;
+    assert!(!d.is_connected(463));
+
+    // A correctly named peer gets through.
+    let mut cfg_a = config(461, "t");
+    cfg_a.tls = Some(ca.issue(dir.path(), "a", 461));
+    let (a, _, _a_rx) = start(cfg_a, 8).await;
+    a.peer(462, b_addr).send(Msg::new(7, 1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await, (461, Msg::new(7, 1)));
 }

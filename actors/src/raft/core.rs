@@ -105,6 +105,12 @@ struct Transfer {
 /// matter once a later round is confirmed; this only bounds memory under message loss).
 const MAX_ROUNDS: usize = 64;
 
+/// The largest term a message may carry (issue 12, finding 3). Terms grow by one per election:
+/// an honest cluster holding one election per millisecond needs 146 million years to reach
+/// 2^62, so a higher term is forged or corrupt, and adopting it would stop elections for good
+/// (nothing can campaign past `u64::MAX`). The margin keeps `term + 1` far from overflow.
+pub const MAX_TERM: Term = 1 << 62;
+
 /// One Raft group's consensus state machine on one node. `Send`, no interior mutability, no
 /// I/O. See the module docs and `docs/consensus.md`.
 #[derive(Debug)]
@@ -347,6 +353,16 @@ impl Raft {
     pub fn handle_message(&mut self, now: Millis, msg: Message) {
         self.advance_clock(now);
         if msg.to != self.config.id || msg.group != self.config.group || msg.from == self.config.id
+        {
+            return;
+        }
+        // Untrusted input (issue 12, finding 3): a term above MAX_TERM is never adopted, and
+        // only members of the configuration in force (voters and learners) are heard. A node
+        // with no configuration yet (empty membership: nothing in its log, no bootstrap set)
+        // cannot tell members apart, so it hears any sender the transport authenticated.
+        if msg.term > MAX_TERM
+            || (!self.membership.voters.is_empty() || !self.membership.learners.is_empty())
+                && !self.membership.contains(msg.from)
         {
             return;
         }

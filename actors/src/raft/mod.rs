@@ -16,7 +16,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use self::core::{PeerProgress, Raft, Status};
+pub use self::core::{PeerProgress, Raft, Status, MAX_TERM};
 
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBugs;

@@ -56,6 +56,9 @@ pub struct SwimConfig {
     pub max_metadata_bytes: usize,
     /// Longest transport or HTTP address accepted. Default 256.
     pub max_address_len: usize,
+    /// Most members the table holds (this node excluded); a rumor about a new member beyond
+    /// it is refused and counted, so no peer can grow the table without bound. Default 1024.
+    pub max_members: usize,
 }
 
 impl Default for SwimConfig {
@@ -79,6 +82,7 @@ impl Default for SwimConfig {
             max_metadata_entries: 64,
             max_metadata_bytes: 4096,
             max_address_len: 256,
+            max_members: 1024,
         }
     }
 }
@@ -138,6 +142,9 @@ impl SwimConfig {
             return Err(ConfigError::Zero {
                 key: "max_address_len",
             });
+        }
+        if self.max_members == 0 {
+            return Err(ConfigError::Zero { key: "max_members" });
         }
         if self.probe_timeout_ms >= self.cycle_interval_ms {
             return Err(ConfigError::Order {

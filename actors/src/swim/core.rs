@@ -16,9 +16,15 @@ use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Incarnations above this are refused as garbage: no member bumps its incarnation that often,
-/// and a forged rumor at `u64::MAX` would otherwise be impossible to refute.
+/// The highest incarnation a node ever takes (its own, refutations and restarts included).
 pub const MAX_INCARNATION: Incarnation = u64::MAX / 4;
+
+/// Rumors with an incarnation at or above this are refused as garbage (issue 12, finding 4): no
+/// member bumps its incarnation that often, and a rumor right under [`MAX_INCARNATION`] could
+/// not be refuted (the refutation must be above it). The one exception is a member's own
+/// "alive" (its refutations and restarts), accepted up to `MAX_INCARNATION`: half of it leaves
+/// room for every refutation (one above the rumor it answers) and 2^61 restarts above it.
+pub const MAX_RUMOR_INCARNATION: Incarnation = MAX_INCARNATION / 2;
 
 /// Why a [`Swim`] could not be created.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +128,9 @@ pub struct Swim {
     local_health: u32,
     actions: Vec<Action>,
     stats: SwimStats,
+    /// The ids allowed in the member table and as senders (`None`: any). Frames from others and
+    /// rumors about others are refused (issue 12, finding 6).
+    allowed: Option<BTreeSet<NodeId>>,
 }
 
 impl Swim {
@@ -160,9 +169,21 @@ impl Swim {
             next_probe: 1,
             generation: 0,
             local_health: 0,
+            allowed: None,
             actions: Vec::new(),
             stats: SwimStats::default(),
         })
+    }
+
+    /// Restricts the member table and the senders heard to `allowed` (the cluster's configured
+    /// members; `None` admits anyone). Frames from other ids are dropped, rumors about other ids
+    /// refused, and members already known outside the set are kept until they are pruned.
+    pub fn set_allowed_members(&mut self, allowed: Option<BTreeSet<NodeId>>) {
+        self.allowed = allowed;
+    }
+
+    fn is_allowed(&self, id: NodeId) -> bool {
+        self.allowed.as_ref().is_none_or(|a| a.contains(&id))
     }
 
     /// Starts with a known incarnation, e.g. one persisted by a previous run plus one, so a
@@ -303,6 +324,7 @@ impl Swim {
             || (msg.to != 0 && msg.to != self.me.id)
             || msg.from_addr.is_empty()
             || msg.from_addr.len() > self.config.max_address_len
+            || !self.is_allowed(msg.from)
         {
             self.stats.rejected_messages += 1;
             return;
@@ -550,8 +572,14 @@ impl Swim {
             && !u.addr.is_empty()
             && u.addr.len() <= max
             && u.http.len() <= max
-            && u.incarnation <= MAX_INCARNATION
+            // A member's own "alive" (a refutation, or a restart) may go above the rumor bound,
+            // up to MAX_INCARNATION; anything else must stay below it (see MAX_RUMOR_INCARNATION).
+            && (u.incarnation < MAX_RUMOR_INCARNATION
+                || (u.state == MemberState::Alive
+                    && u.by == u.id
+                    && u.incarnation <= MAX_INCARNATION))
             && u.metadata.incarnation <= u.incarnation
+            && (u.id == self.me.id || self.is_allowed(u.id))
             && self.check_metadata(&u.metadata).is_ok();
         if ok {
             Ok(())
@@ -595,6 +623,11 @@ impl Swim {
         }
         let Some(rec) = self.members.get_mut(&u.id) else {
             // Suspect/dead/left rumors about strangers cannot be checked and are not needed.
+            // The table is bounded: a peer cannot make it grow without end.
+            if u.state.is_active() && self.members.len() >= self.config.max_members {
+                self.stats.rejected_updates += 1;
+                return;
+            }
             if u.state.is_active() {
                 self.insert_member(u);
                 if disseminate_new {
@@ -678,8 +711,15 @@ impl Swim {
             }
             return;
         }
-        // validate_update bounds u.incarnation by MAX_INCARNATION, so this cannot overflow.
-        self.incarnation = self.incarnation.max(u.incarnation) + 1;
+        // validate_update keeps u.incarnation below MAX_RUMOR_INCARNATION; our own may be near
+        // MAX_INCARNATION only after 2^61 restarts. Never refute into an invalid incarnation:
+        // an incarnation every peer would refuse would leave us unable to refute for good.
+        let next = self.incarnation.max(u.incarnation).saturating_add(1);
+        if next > MAX_INCARNATION {
+            self.stats.rejected_updates += 1;
+            return;
+        }
+        self.incarnation = next;
         self.metadata.incarnation = self.incarnation;
         self.stats.refutations += 1;
         if self.config.lifeguard && u.state != MemberState::Alive {

@@ -15,5 +15,5 @@ pub mod sim;
 mod types;
 
 pub use self::config::{ConfigError, SwimConfig};
-pub use self::core::{Swim, SwimError, MAX_INCARNATION};
+pub use self::core::{Swim, SwimError, MAX_INCARNATION, MAX_RUMOR_INCARNATION};
 pub use self::types::*;

@@ -1,6 +1,6 @@
 //! `conclave init`: the config files of a local cluster.
 
-use crate::config::{Config, MemberConfig};
+use crate::config::{ClusterSecretString, Config, MemberConfig};
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,9 @@ pub fn cluster_configs(
         })
         .collect();
     let mut out = Vec::with_capacity(members.len());
-    for config in Config::local_cluster(&members, &dir.join("data")) {
+    let secret = random_cluster_secret();
+    for mut config in Config::local_cluster(&members, &dir.join("data")) {
+        config.cluster.secret = Some(secret.clone());
         let id = config.node.id;
         config
             .validate()
@@ -43,6 +45,17 @@ pub fn cluster_configs(
         out.push((dir.join(format!("n{id}.toml")), config));
     }
     Ok(out)
+}
+
+/// A fresh `[cluster] secret`: 32 random bytes as 64 hex digits, shared by every node of the
+/// cluster `init` writes (the transport handshake's HMAC key; see docs/transport.md).
+pub fn random_cluster_secret() -> ClusterSecretString {
+    // The operating system's generator (through ring), 16 bytes at a time.
+    let (a, b) = (
+        conclave_transport::handshake::fresh_nonce(),
+        conclave_transport::handshake::fresh_nonce(),
+    );
+    ClusterSecretString(a.iter().chain(&b).map(|b| format!("{b:02x}")).collect())
 }
 
 /// Writes [`cluster_configs`] to disk. Refuses to overwrite any existing file unless `force`;
@@ -95,6 +108,14 @@ mod tests {
         assert_eq!(c.node.data_dir, Path::new("/tmp/x/data/n2"));
         assert_eq!(c.cluster.initial_members.len(), 3);
         assert_eq!(c.cluster.initial_members[2].http.port(), 9103);
+        // One random secret, shared by the cluster, different for every cluster.
+        let secret = c.cluster.secret.clone().unwrap();
+        assert_eq!(secret.0.len(), 64);
+        assert!(configs
+            .iter()
+            .all(|(_, c)| c.cluster.secret.as_ref() == Some(&secret)));
+        let again = cluster_configs(3, Path::new("/tmp/x"), 9000).unwrap();
+        assert_ne!(again[0].1.cluster.secret, Some(secret));
     }
 
     #[test]

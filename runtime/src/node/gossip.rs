@@ -420,6 +420,9 @@ pub struct GossipActor {
     /// The one armed actix timer and the deadline it was armed for.
     wake: Option<(Millis, SpawnHandle)>,
     links: HashMap<NodeId, Link>,
+    /// The configured members (preloaded and Raft peers) and the address each is dialled at:
+    /// the only nodes this actor hears, knows and dials (issue 12, finding 6).
+    configured: HashMap<NodeId, SocketAddr>,
     /// Addresses already reported as undialable (logged once each).
     warned: HashSet<String>,
     persisted: Incarnation,
@@ -449,6 +452,22 @@ impl GossipActor {
         let mut core = Swim::new(deps.swim.clone(), deps.identity.clone(), seed)?
             .with_incarnation(incarnation);
         core.preload(deps.preload.iter().cloned());
+        // Only the configured members (issue 12, finding 6): frames from anyone else and rumors
+        // about anyone else are refused, so the table holds the cluster and nothing more.
+        let mut configured: HashMap<NodeId, SocketAddr> = deps
+            .preload
+            .iter()
+            .filter_map(|m| Some((m.id, m.addr.parse().ok()?)))
+            .collect();
+        // A Raft peer's configured address wins: it is the address of Raft's own link.
+        configured.extend(deps.raft_peers.iter().map(|(id, addr)| (*id, *addr)));
+        core.set_allowed_members(Some(
+            configured
+                .keys()
+                .copied()
+                .chain([deps.identity.id])
+                .collect(),
+        ));
         let app = shared.app.lock().clone();
         if !app.is_empty() {
             // Set before: the same limits applied then.
@@ -462,6 +481,7 @@ impl GossipActor {
             timer_seq: 0,
             wake: None,
             links: HashMap::new(),
+            configured,
             warned: HashSet::new(),
             persisted: incarnation,
             _guard: guard,
@@ -604,7 +624,7 @@ impl GossipActor {
     }
 
     fn send(&mut self, to: NodeId, addr: &str, msg: Message) {
-        let Ok(sock) = addr.parse::<SocketAddr>() else {
+        if addr.parse::<SocketAddr>().is_err() {
             // The core accepts any non-empty address string; the transport needs host:port.
             if self.warned.insert(addr.to_owned()) {
                 tracing::warn!(
@@ -616,7 +636,7 @@ impl GossipActor {
             }
             drop_frame("bad_address");
             return;
-        };
+        }
         let to = if to != 0 {
             to
         } else {
@@ -640,9 +660,14 @@ impl GossipActor {
         if to == self.deps.identity.id {
             return;
         }
-        // A Raft peer is reached at its configured address, over Raft's own link: asking the
-        // transport for another address would replace the link Raft uses.
-        let sock = self.deps.raft_peers.get(&to).copied().unwrap_or(sock);
+        // Only configured members are dialled, at their configured address (issue 12, finding
+        // 6): an address learnt from gossip is never dialled, so no peer can make this node
+        // connect where it chooses. (It is also the address of Raft's own link: asking the
+        // transport for another one would replace it.)
+        let Some(sock) = self.configured.get(&to).copied() else {
+            drop_frame("not_member");
+            return;
+        };
         let link = self.link(to, sock);
         match link.try_send(WireMessage::Swim(msg)) {
             Ok(()) => {}

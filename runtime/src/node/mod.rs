@@ -363,6 +363,16 @@ async fn start_node<M: StateMachine>(
     tcfg.read_timeout = Duration::from_secs(config.node.read_timeout_s);
     tcfg.keepalive_interval = (tcfg.read_timeout / 3).max(Duration::from_millis(100));
     tcfg.max_connections = config.node.max_connections;
+    tcfg.max_queue_bytes = config.node.max_queue_bytes;
+    tcfg.write_timeout = tcfg.read_timeout;
+    // Only members of the cluster's configuration may connect (issue 12, finding 2); a node
+    // being added is admitted with `Transport::allow_peer`.
+    tcfg.allowed_peers = Some(members.keys().copied().collect());
+    tcfg.secret = config
+        .cluster
+        .secret
+        .as_ref()
+        .map(|s| conclave_transport::ClusterSecret::new(s.0.as_bytes()));
     tcfg.backoff_cap = Duration::from_secs(1);
     if let Some(tls) = &config.tls {
         tcfg.tls = Some(conclave_transport::TlsConfig {
@@ -452,6 +462,17 @@ async fn start_node<M: StateMachine>(
                             claimed = m.from,
                             "raft message with a forged sender dropped"
                         );
+                        continue;
+                    }
+                    if m.term > conclave_actors::raft::MAX_TERM {
+                        // The core refuses it too; counted here (issue 12, finding 3).
+                        tracing::warn!(
+                            from,
+                            term = m.term,
+                            "raft message with a term near overflow dropped"
+                        );
+                        metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "term_overflow")
+                            .increment(1);
                         continue;
                     }
                     let Some(addr) = dispatch.get(&m.group).and_then(|s| s.get()) else {

@@ -17,6 +17,34 @@ pub enum ApiError {
         /// Human-readable detail.
         message: String,
     },
+    /// 401 + `WWW-Authenticate: Bearer`: the request carries no token, or one the node does not
+    /// know.
+    #[error("{message}")]
+    Unauthorized {
+        /// Human-readable detail (never the token).
+        message: String,
+    },
+    /// 403: the token is valid but its role may not use this route.
+    #[error("{message}")]
+    Forbidden {
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 408: the request body did not arrive in time; the connection is closed.
+    #[error("{message}")]
+    RequestTimeout {
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 409: the request conflicts with the cluster's state (e.g. a leadership transfer to a
+    /// node that is not a voter).
+    #[error("{message}")]
+    Conflict {
+        /// E.g. `not_a_voter`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
     /// 404: no such key or no such route.
     #[error("{message}")]
     NotFound {
@@ -81,9 +109,13 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. }
+            | ApiError::Conflict { code, .. }
             | ApiError::NotFound { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden { .. } => "forbidden",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::Timeout { .. } => "timeout",
             ApiError::Internal { .. } => "internal",
@@ -108,6 +140,10 @@ impl From<RequestError> for ApiError {
                 size: Some(size),
                 limit,
             },
+            RequestError::NotAVoter(_) => ApiError::Conflict {
+                code: "not_a_voter",
+                message,
+            },
             RequestError::Internal(_) => ApiError::Internal { message },
         }
     }
@@ -117,6 +153,10 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -131,7 +171,13 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unavailable { .. }) {
             builder.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
-        if matches!(self, ApiError::TooLarge { .. }) {
+        if matches!(self, ApiError::Unauthorized { .. }) {
+            builder.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"conclave\""));
+        }
+        if matches!(
+            self,
+            ApiError::TooLarge { .. } | ApiError::RequestTimeout { .. }
+        ) {
             // The body may not have been read: make the client open a new connection rather
             // than have it send the rest of the body as the next request.
             builder.insert_header((header::CONNECTION, "close"));
@@ -161,6 +207,7 @@ mod tests {
             (RequestError::Dropped, StatusCode::SERVICE_UNAVAILABLE),
             (RequestError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
             (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
+            (RequestError::NotAVoter(4), StatusCode::CONFLICT),
             (
                 RequestError::TooLarge { size: 10, limit: 5 },
                 StatusCode::PAYLOAD_TOO_LARGE,

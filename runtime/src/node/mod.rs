@@ -76,6 +76,9 @@ pub enum NodeError {
     /// An I/O error (data directory, HTTP listener, signals).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The HTTP API could not start (`[http]` token or TLS files, the listener).
+    #[error("HTTP API: {0}")]
+    Http(#[from] crate::http::ServerError),
 }
 
 /// Builds a factory of state machines for (re)starts of the applier.
@@ -935,6 +938,8 @@ pub fn run_blocking(config: Config) -> Result<(), NodeError> {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .ok();
+        // Token and TLS files first: a node that cannot serve its API securely does not join.
+        let http_options = crate::http::HttpOptions::from_config(&config)?;
         let sm_dir = config.node.data_dir.join("sm");
         let mut builder = Node::builder()
             .config(config.clone())
@@ -943,7 +948,7 @@ pub fn run_blocking(config: Config) -> Result<(), NodeError> {
             builder = builder.metrics(handle);
         }
         let node = builder.start().await?;
-        let server = crate::http::server(node.handle(), &config)?;
+        let server = crate::http::serve(node.handle(), &config, http_options)?;
         let server_handle = server.handle();
         actix::spawn(server);
         tracing::info!(

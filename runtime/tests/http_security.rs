@@ -253,15 +253,21 @@ async fn finding7_bytes_in_flight_over_the_budget_are_503_overloaded() {
             ..HttpOptions::default()
         },
     );
-    // One request larger than the whole budget (but under the value limit).
-    let reply = raw(
-        s.addr,
-        format!(
-            "PUT /v1/kv/big HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{}",
-            "x".repeat(2000)
+    // One request larger than the whole budget (but under the value limit). (Off the test's
+    // thread: the server only starts once this runtime polls it.)
+    let addr = s.addr;
+    let reply = actix_web::rt::task::spawn_blocking(move || {
+        raw(
+            addr,
+            format!(
+                "PUT /v1/kv/big HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n{}",
+                "x".repeat(2000)
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    );
+    })
+    .await
+    .unwrap();
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(reply.contains(r#""code":"overloaded""#), "{reply}");
     assert!(
@@ -269,7 +275,7 @@ async fn finding7_bytes_in_flight_over_the_budget_are_503_overloaded() {
         "{reply}"
     );
     // A slow request holds 800 bytes of the budget while its body arrives...
-    let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
     slow.write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: t\r\nContent-Length: 800\r\nConnection: close\r\n\r\nabc")
         .unwrap();
     let c = client(&s.endpoint(), None, None);
@@ -297,11 +303,16 @@ async fn finding7_bytes_in_flight_over_the_budget_are_503_overloaded() {
     // ...and a 100-byte one does.
     c.put(b"tiny", vec![b't'; 100], None).await.unwrap();
     // Once the slow request finishes, its bytes are released.
-    slow.write_all(&[b'z'; 797]).unwrap();
-    let mut out = Vec::new();
-    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = slow.read_to_end(&mut out);
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    let out = actix_web::rt::task::spawn_blocking(move || {
+        slow.write_all(&[b'z'; 797]).unwrap();
+        let mut out = Vec::new();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = slow.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     c.put(b"small", vec![b's'; 300], None).await.unwrap();
     s.stop().await;
 }

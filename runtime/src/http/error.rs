@@ -74,6 +74,14 @@ pub enum ApiError {
         /// Human-readable detail.
         message: String,
     },
+    /// 503 `overloaded` + `Retry-After` + `Connection: close`: the request's body does not
+    /// fit the node's budget of bytes in flight (`http.max_inflight_bytes`). The body was not
+    /// read, so the connection is closed rather than left to drain it.
+    #[error("the node holds its budget of {limit} request-body bytes in flight; retry later")]
+    OverBudget {
+        /// The budget.
+        limit: usize,
+    },
     /// 504: accepted but not completed in time; a write may still apply.
     #[error("{message}")]
     Timeout {
@@ -113,6 +121,7 @@ impl ApiError {
             | ApiError::NotFound { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::OverBudget { .. } => "overloaded",
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::RequestTimeout { .. } => "request_timeout",
@@ -160,7 +169,9 @@ impl ResponseError for ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::OverBudget { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -168,7 +179,10 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut builder = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable { .. }) {
+        if matches!(
+            self,
+            ApiError::Unavailable { .. } | ApiError::OverBudget { .. }
+        ) {
             builder.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
         if matches!(self, ApiError::Unauthorized { .. }) {
@@ -176,7 +190,9 @@ impl ResponseError for ApiError {
         }
         if matches!(
             self,
-            ApiError::TooLarge { .. } | ApiError::RequestTimeout { .. }
+            ApiError::TooLarge { .. }
+                | ApiError::RequestTimeout { .. }
+                | ApiError::OverBudget { .. }
         ) {
             // The body may not have been read: make the client open a new connection rather
             // than have it send the rest of the body as the next request.

@@ -445,13 +445,9 @@ fn consistency(req: &HttpRequest) -> Result<Option<ReadLevel>, ApiError> {
 
 /// The 503 of a request refused by the admission budget.
 fn over_budget(budget: &Budget) -> ApiError {
-    ApiError::unavailable(
-        "overloaded",
-        format!(
-            "the node holds its budget of {} request-body bytes in flight; retry later",
-            budget.limit()
-        ),
-    )
+    ApiError::OverBudget {
+        limit: budget.limit(),
+    }
 }
 
 /// Reads the body within the node's limits and returns it with its share of the admission

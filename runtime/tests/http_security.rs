@@ -350,3 +350,71 @@ async fn finding12_a_body_that_stops_midway_is_a_408_json_within_the_deadline() 
     assert!(s.double.state.lock().unwrap().map.is_empty());
     s.stop().await;
 }
+
+/// `raw` off the test's thread (the server runs on this thread's runtime).
+async fn raw_async(addr: std::net::SocketAddr, request: Vec<u8>) -> String {
+    actix_web::rt::task::spawn_blocking(move || raw(addr, &request))
+        .await
+        .unwrap()
+}
+
+fn assert_json_error(reply: &str, status: &str, code: &str) {
+    assert!(
+        reply.starts_with(&format!("HTTP/1.1 {status}")),
+        "expected {status}, got {reply:?}"
+    );
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {reply:?}"));
+    assert_eq!(v["error"]["code"], code, "{reply}");
+    assert!(v["error"]["message"].is_string(), "{reply}");
+}
+
+#[actix_web::test]
+async fn finding14_protocol_errors_are_json() {
+    let s = TestServer::start(Double::new(1), 10);
+    let addr = s.addr;
+    // Bad request line.
+    let reply = raw_async(addr, b"GARBAGE\r\n\r\n".to_vec()).await;
+    assert_json_error(&reply, "400", "bad_request");
+    // Content-Length that is not a number.
+    let reply = raw_async(
+        addr,
+        b"PUT /v1/kv/k HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\nxyz".to_vec(),
+    )
+    .await;
+    assert_json_error(&reply, "400", "bad_request");
+    // 120 headers.
+    let mut many = b"GET /healthz HTTP/1.1\r\nHost: t\r\n".to_vec();
+    for i in 0..120 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let reply = raw_async(addr, many).await;
+    assert_json_error(&reply, "431", "headers_too_large");
+    // A 140 KB header: answered, not reset.
+    let mut huge = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 140 * 1024));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let reply = raw_async(addr, huge).await;
+    assert_json_error(&reply, "431", "headers_too_large");
+    // An incomplete head: 408 after the 5 s head deadline.
+    let started = Instant::now();
+    let reply = raw_async(addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\n".to_vec()).await;
+    assert_json_error(&reply, "408", "request_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5) + Duration::from_secs(2));
+    // The server still serves, and its own errors are untouched.
+    let reply = raw_async(
+        addr,
+        b"GET /v1/kv/%FF HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_json_error(&reply, "400", "invalid_key");
+    let reply = raw_async(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    s.stop().await;
+}

@@ -19,6 +19,7 @@ mod admission;
 pub mod auth;
 mod error;
 mod forward;
+pub mod front;
 mod keys;
 pub mod tls;
 
@@ -30,10 +31,11 @@ pub use keys::{decode_key, encode_key, KeyError, MAX_KEY_BYTES};
 use crate::config::{Config, ConfigError, ReadLevel};
 use crate::node::{KvService, NodeId, RequestError};
 use crate::state_machine::{KvCommand, KvOutput};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Bytes};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use actix_web::{App, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -211,7 +213,7 @@ pub fn server_with<S: KvService + Send>(
     let workers = options.workers.max(1);
     let tls = options.tls.clone();
     let budget = Budget::new(options.max_inflight_bytes);
-    let server = HttpServer::new(move || {
+    let make_app = move || {
         let node_id = service.node_id();
         let builder = awc::Client::builder()
             .timeout(options.forward_timeout)
@@ -282,15 +284,66 @@ pub fn server_with<S: KvService + Send>(
             })
             .configure(routes::<S>)
             .default_service(web::to(route_not_found))
-    })
-    .workers(workers)
-    .disable_signals()
-    .shutdown_timeout(5);
-    let server = match tls {
-        Some(config) => server.listen_rustls_0_23(listener, (*config).clone())?,
-        None => server.listen(listener)?,
     };
-    Ok(server.run())
+    // actix-web's `HttpServer` with one change: every connection is wrapped in
+    // `front::JsonErrors`, so the errors the HTTP/1 dispatcher answers itself (unparseable
+    // requests, oversized heads, slow heads) carry JSON bodies too (finding 14). The timeouts
+    // are `HttpServer`'s defaults: 5 s for a request head, 1 s to drain an unread body.
+    let addr = listener.local_addr()?;
+    let secure = tls.is_some();
+    // A macro rather than a closure: the HTTP/1 service is generic over the connection type,
+    // which differs between the plain and the TLS listener.
+    macro_rules! h1 {
+        ($app:expr) => {{
+            let app = $app
+                .into_factory()
+                .map_err(|e: actix_web::Error| e.error_response());
+            let builder = actix_http::HttpServiceBuilder::default()
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr);
+            let builder = if secure { builder.secure() } else { builder };
+            builder.h1(actix_service::map_config(app, move |()| {
+                actix_web::dev::AppConfig::__priv_test_new(secure, addr.to_string(), addr)
+            }))
+        }};
+    }
+    let builder = actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(5);
+    let builder = match tls {
+        Some(config) => {
+            let acceptor = actix_tls::accept::rustls_0_23::Acceptor::new((*config).clone());
+            builder.listen("conclave-https", listener, move || {
+                let h1 = h1!(make_app());
+                acceptor
+                    .clone()
+                    .map_err(|e| tracing::debug!(error = %e, "TLS handshake failed"))
+                    .and_then(actix_service::fn_service(
+                        |io: actix_tls::accept::rustls_0_23::TlsStream<
+                            actix_web::rt::net::TcpStream,
+                        >| async move {
+                            let peer = io.get_ref().0.peer_addr().ok();
+                            Ok::<_, ()>((front::JsonErrors::new(io), peer))
+                        },
+                    ))
+                    .and_then(
+                        h1.map_err(|e| tracing::debug!(error = %e, "HTTPS connection failed")),
+                    )
+            })?
+        }
+        None => builder.listen("conclave-http", listener, move || {
+            let h1 = h1!(make_app());
+            actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((front::JsonErrors::new(io), peer))
+            })
+            .and_then(h1)
+        })?,
+    };
+    Ok(builder.run())
 }
 
 /// Per-worker state: the service, a forwarding client (awc's client is single-threaded, so one

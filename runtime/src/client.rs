@@ -1,7 +1,9 @@
 //! A small async client of a node's HTTP API (DESIGN.md §7), used by the `conclave` CLI.
 //!
 //! It runs on actix's runtime (awc is single-threaded): call it inside an actix system, e.g.
-//! `actix_web::rt::System::new().block_on(…)`.
+//! `actix_web::rt::System::new().block_on(…)`. It speaks HTTPS to `https://` endpoints,
+//! trusting only the cluster CA given with [`ClientOptions::ca`], and sends a bearer token
+//! ([`ClientOptions::token`]) with every request.
 
 use crate::config::ReadLevel;
 use crate::http::{encode_key, IDEMPOTENCY_HEADER};
@@ -9,6 +11,8 @@ use crate::node::{ClusterStatus, GossipMembers, NodeId};
 use awc::error::{ConnectError, SendRequestError};
 use awc::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The default endpoint: node 1 of a `conclave init`/`dev` cluster.
@@ -20,9 +24,24 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The endpoint is not an `http://host:port` URL.
-    #[error("invalid endpoint {0:?}: expected http://HOST:PORT")]
+    /// The endpoint is not an `http://host:port` or `https://host:port` URL.
+    #[error("invalid endpoint {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     InvalidEndpoint(String),
+    /// An `https://` endpoint without the CA to verify it.
+    #[error(
+        "{endpoint} uses HTTPS: pass --ca FILE (or set CONCLAVE_CA) with the cluster's CA \
+         certificate, e.g. DIR/certs/ca.crt written by `conclave init --secure`"
+    )]
+    MissingCa {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// The CA file could not be used.
+    #[error("--ca: {0}")]
+    Ca(#[source] crate::http::tls::TlsError),
+    /// The token cannot be sent in an HTTP header.
+    #[error("--token: a token must be visible ASCII characters without spaces")]
+    InvalidToken,
     /// No connection could be made.
     #[error("cannot reach node at {endpoint}: {reason}")]
     Unreachable {
@@ -128,6 +147,27 @@ struct ErrorDetail {
     message: String,
 }
 
+/// How a [`Client`] connects.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Per-request timeout. Default 30 s.
+    pub timeout: Duration,
+    /// Bearer token sent with every request (`--token`, `CONCLAVE_TOKEN`).
+    pub token: Option<String>,
+    /// The cluster CA's certificate, needed for `https://` endpoints (`--ca`, `CONCLAVE_CA`).
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(30),
+            token: None,
+            ca: None,
+        }
+    }
+}
+
 /// A client of one node.
 pub struct Client {
     endpoint: String,
@@ -143,20 +183,58 @@ impl Client {
 
     /// A client with an explicit per-request timeout.
     pub fn with_timeout(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
+        Client::with_options(
+            endpoint,
+            &ClientOptions {
+                timeout,
+                ..ClientOptions::default()
+            },
+        )
+    }
+
+    /// A client of `endpoint` (`http://` or `https://host:port`) with a token and a CA.
+    pub fn with_options(endpoint: &str, options: &ClientOptions) -> Result<Client, ClientError> {
         let trimmed = endpoint.trim_end_matches('/');
-        let authority = trimmed
-            .strip_prefix("http://")
-            .ok_or_else(|| ClientError::InvalidEndpoint(endpoint.to_owned()))?;
+        let (https, authority) = if let Some(a) = trimmed.strip_prefix("http://") {
+            (false, a)
+        } else if let Some(a) = trimmed.strip_prefix("https://") {
+            (true, a)
+        } else {
+            return Err(ClientError::InvalidEndpoint(endpoint.to_owned()));
+        };
         if authority.is_empty() || authority.contains('/') {
             return Err(ClientError::InvalidEndpoint(endpoint.to_owned()));
         }
-        let http = awc::Client::builder()
-            .timeout(timeout)
-            .disable_redirects()
-            .finish();
+        let mut builder = awc::Client::builder()
+            .timeout(options.timeout)
+            .disable_redirects();
+        if let Some(token) = &options.token {
+            let value = awc::http::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::InvalidToken)?;
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ClientError::InvalidToken);
+            }
+            builder = builder.add_default_header((awc::http::header::AUTHORIZATION, value));
+        }
+        let http = match (&options.ca, https) {
+            (None, true) => {
+                return Err(ClientError::MissingCa {
+                    endpoint: trimmed.to_owned(),
+                })
+            }
+            (Some(ca), true) => {
+                let config = crate::http::tls::client_config(ca).map_err(ClientError::Ca)?;
+                builder
+                    .connector(awc::Connector::new().rustls_0_23(Arc::new(config)))
+                    .finish()
+            }
+            // A CA with a plain endpoint is harmless (a shell may export CONCLAVE_CA for
+            // every command).
+            (_, false) => builder.finish(),
+        };
         Ok(Client {
             endpoint: trimmed.to_owned(),
-            timeout,
+            timeout: options.timeout,
             http,
         })
     }
@@ -403,12 +481,16 @@ mod tests {
             Client::new("http://127.0.0.1:7101/").unwrap().endpoint(),
             "http://127.0.0.1:7101"
         );
-        for bad in [
-            "127.0.0.1:7101",
-            "https://x:1",
-            "http://",
-            "http://h:1/path",
-        ] {
+        assert!(matches!(
+            Client::new("https://127.0.0.1:7101"),
+            Err(ClientError::MissingCa { .. })
+        ));
+        let e = Client::new("https://127.0.0.1:7101")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--ca"), "{e}");
+        for bad in ["127.0.0.1:7101", "ftp://x:1", "http://", "http://h:1/path"] {
             assert!(
                 matches!(Client::new(bad), Err(ClientError::InvalidEndpoint(_))),
                 "{bad}"

@@ -31,6 +31,8 @@ pub struct Config {
     pub tls: Option<TlsSection>,
     /// `[storage]`: the state store's engine and the storage stall watchdog.
     pub storage: StorageSection,
+    /// `[http]`: the HTTP API's TLS, bearer tokens and request budgets.
+    pub http: HttpSection,
 }
 
 /// `[node]`.
@@ -62,6 +64,10 @@ pub struct NodeSection {
     /// Outbound queue bound per peer, in bytes (encoded frames). At least `max_frame_size` + 4.
     /// Default 64 MiB.
     pub max_queue_bytes: usize,
+    /// Lets a node whose `listen` or `http` address is not loopback start without transport
+    /// TLS, HTTPS and bearer tokens (it logs a warning). Default false: such a node refuses to
+    /// start (see [`Config::validate`]).
+    pub allow_insecure: bool,
 }
 
 impl Default for NodeSection {
@@ -78,6 +84,7 @@ impl Default for NodeSection {
             max_frame_size: 4 * 1024 * 1024,
             read_timeout_s: 10,
             max_queue_bytes: 64 << 20,
+            allow_insecure: false,
         }
     }
 }
@@ -376,6 +383,98 @@ pub struct TlsSection {
     pub ca: PathBuf,
 }
 
+/// `[http]`: TLS, bearer tokens and request budgets of the HTTP API (docs/security.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// `[http.tls]`: serve HTTPS. Default: none (plain HTTP).
+    pub tls: Option<HttpTlsSection>,
+    /// `[http.tokens]`: require bearer tokens. Default: none (no authentication).
+    pub tokens: Option<TokensSection>,
+    /// Whether `/healthz` and `/readyz` answer without a token when tokens are configured
+    /// (load balancers and orchestrators probe without secrets; the answers reveal only the
+    /// node id and readiness). Default true.
+    pub public_health: bool,
+    /// Whether `/metrics` answers without a token when tokens are configured. Default false
+    /// (metrics describe the cluster's members and traffic; Prometheus can send a bearer
+    /// token).
+    pub public_metrics: bool,
+    /// Admission budget: the most request-body bytes this node holds at once for requests
+    /// being read, proposed or forwarded; a request that would exceed it is refused with 503
+    /// `overloaded` and `Retry-After`. Must hold at least one largest value. Default 64 MiB.
+    pub max_inflight_bytes: usize,
+    /// A request body must arrive completely within this many ms of the handler starting to
+    /// read it, else 408 `request_timeout` and the connection is closed. Default 10000.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            tls: None,
+            tokens: None,
+            public_health: true,
+            public_metrics: false,
+            max_inflight_bytes: 64 * 1024 * 1024,
+            body_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[http.tls]`: PEM files of the HTTPS listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsSection {
+    /// This node's certificate chain (PEM); its subject alternative names must cover the
+    /// addresses clients and other nodes use (`conclave init --secure` puts `localhost`, the
+    /// node's IP and `node-{id}.conclave` in it).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// The CA that signs the other nodes' HTTPS certificates, trusted when a request is
+    /// forwarded to the leader. Default: `[tls] ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+/// `[http.tokens]`: bearer tokens of the two roles. A token is given inline or in a file
+/// (one token per line; several lines allow rotation). `client` tokens may use the KV and
+/// `/v1/sm` routes and read cluster status; `admin` tokens may use every route.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensSection {
+    /// Inline admin tokens.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin: Vec<String>,
+    /// A file of admin tokens (should be readable by the node's user only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_file: Option<PathBuf>,
+    /// Inline client tokens.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub client: Vec<String>,
+    /// A file of client tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_file: Option<PathBuf>,
+}
+
+/// The shortest bearer token accepted (`conclave init --secure` writes 64 hex characters).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Checks one token's shape: at least [`MIN_TOKEN_LEN`] visible ASCII characters (what an
+/// `Authorization: Bearer` header can carry), no spaces.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "a token must be at least {MIN_TOKEN_LEN} characters long, got {}",
+            token.len()
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token must be visible ASCII characters without spaces".to_owned());
+    }
+    Ok(())
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -395,6 +494,19 @@ pub enum ConfigError {
         path: PathBuf,
         /// The parser's message, naming the key.
         message: String,
+    },
+    /// The node listens off loopback without the protection that needs, and
+    /// `node.allow_insecure` is not set.
+    #[error(
+        "{addresses} not a loopback address, so the node refuses to start without {missing}; \
+         create them with `conclave init --secure`, or set `allow_insecure = true` under [node] \
+         to run unprotected"
+    )]
+    Insecure {
+        /// The exposed addresses, e.g. `node.http 0.0.0.0:7101 is`.
+        addresses: String,
+        /// What is missing, e.g. `[tls] (transport TLS) and [http.tokens] (bearer tokens)`.
+        missing: String,
     },
     /// A value is well-typed but not acceptable.
     #[error("config key `{key}`: {message}")]
@@ -635,6 +747,8 @@ impl Config {
                 ),
             ));
         }
+        self.validate_http()?;
+        self.check_exposure()?;
         let initial = self.initial_members();
         for seed in &self.cluster.seeds {
             if !initial.iter().any(|m| m.addr == *seed) {
@@ -653,6 +767,91 @@ impl Config {
             return Err(invalid(gossip_key(&e), e.to_string()));
         }
         Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        if h.body_timeout_ms == 0 {
+            return Err(invalid("http.body_timeout_ms", "must be at least 1"));
+        }
+        let largest_value = (self.node.max_frame_size / 2).saturating_sub(1024);
+        if h.max_inflight_bytes < largest_value {
+            return Err(invalid(
+                "http.max_inflight_bytes",
+                format!(
+                    "must hold at least one largest value ({largest_value} bytes, half of \
+                     node.max_frame_size), got {}",
+                    h.max_inflight_bytes
+                ),
+            ));
+        }
+        if let Some(tls) = &h.tls {
+            if tls.ca.is_none() && self.tls.is_none() {
+                return Err(invalid(
+                    "http.tls.ca",
+                    "needed to verify the other nodes' HTTPS certificates when a request is \
+                     forwarded to the leader (or set [tls] ca)",
+                ));
+            }
+        }
+        if let Some(t) = &h.tokens {
+            if t.admin.is_empty() && t.admin_file.is_none() {
+                return Err(invalid(
+                    "http.tokens.admin",
+                    "[http.tokens] needs at least one admin token (admin or admin_file)",
+                ));
+            }
+            for (key, list) in [
+                ("http.tokens.admin", &t.admin),
+                ("http.tokens.client", &t.client),
+            ] {
+                for token in list {
+                    check_token(token).map_err(|m| invalid(key, m))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses of this node that are not loopback, as `node.listen 0.0.0.0:7001` — the
+    /// ones an attacker on the network can reach. Empty: loopback only.
+    pub fn exposed_addresses(&self) -> Vec<String> {
+        let n = &self.node;
+        let mut out = Vec::new();
+        if !n.listen.ip().is_loopback() {
+            out.push(format!("node.listen {}", n.listen));
+        }
+        if !n.http.ip().is_loopback() {
+            out.push(format!("node.http {}", n.http));
+        }
+        out
+    }
+
+    /// Secure by default: a node reachable off loopback needs transport TLS, HTTPS and
+    /// tokens unless `node.allow_insecure` says otherwise.
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        let exposed = self.exposed_addresses();
+        if exposed.is_empty() || self.node.allow_insecure {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if self.tls.is_none() {
+            missing.push("[tls] (transport TLS)");
+        }
+        if self.http.tls.is_none() {
+            missing.push("[http.tls] (HTTPS)");
+        }
+        if self.http.tokens.is_none() {
+            missing.push("[http.tokens] (bearer tokens)");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let verb = if exposed.len() == 1 { "is" } else { "are" };
+        Err(ConfigError::Insecure {
+            addresses: format!("{} {verb}", exposed.join(" and ")),
+            missing: join_and(&missing),
+        })
     }
 
     /// The SWIM core's configuration: the `[gossip]` section, `cluster.seeds` (every other
@@ -683,6 +882,15 @@ impl Config {
             lifeguard: g.lifeguard,
             ..SwimConfig::default()
         }
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn join_and(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
     }
 }
 
@@ -886,6 +1094,66 @@ lifeguard = false
         );
         let c = Config::parse(&with_seed).unwrap();
         assert_eq!(c.swim_config().seeds, vec!["127.0.0.1:7003"]);
+    }
+
+    #[test]
+    fn acceptance3_off_loopback_needs_tls_and_tokens() {
+        // Loopback stays zero-config.
+        assert!(Config::parse("").is_ok());
+        // Listening on every interface without protection: refused, naming what is missing.
+        let e = err("[node]\nhttp = \"0.0.0.0:7101\"\n");
+        assert!(
+            e.contains("node.http 0.0.0.0:7101 is not a loopback address"),
+            "{e}"
+        );
+        assert!(
+            e.contains("[tls] (transport TLS), [http.tls] (HTTPS) and [http.tokens]"),
+            "{e}"
+        );
+        assert!(e.contains("allow_insecure"), "{e}");
+        let e = err("[node]\nlisten = \"10.0.0.1:7001\"\nhttp = \"10.0.0.1:7101\"\n");
+        assert!(
+            e.contains("node.listen 10.0.0.1:7001 and node.http 10.0.0.1:7101 are"),
+            "{e}"
+        );
+        // Only what is missing is named.
+        let partial = "[node]\nlisten = \"0.0.0.0:7001\"\n[tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n[http.tokens]\nadmin_file = \"t\"\n";
+        let e = err(partial);
+        assert!(e.contains("without [http.tls] (HTTPS);"), "{e}");
+        // All three present: accepted.
+        let full = format!("{partial}[http.tls]\ncert = \"a\"\nkey = \"b\"\n");
+        assert!(Config::parse(&full).is_ok());
+        // The explicit opt-out.
+        let c = Config::parse("[node]\nhttp = \"0.0.0.0:7101\"\nallow_insecure = true\n").unwrap();
+        assert!(c.node.allow_insecure);
+        assert_eq!(c.exposed_addresses(), vec!["node.http 0.0.0.0:7101"]);
+    }
+
+    #[test]
+    fn http_keys_are_validated_and_named() {
+        let c = Config::default();
+        assert!(c.http.public_health && !c.http.public_metrics);
+        assert_eq!(c.http.max_inflight_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.http.body_timeout_ms, 10_000);
+        let cases = [
+            ("[http]\nbody_timeout_ms = 0\n", "http.body_timeout_ms"),
+            ("[http]\nmax_inflight_bytes = 1000\n", "http.max_inflight_bytes"),
+            ("[http.tls]\ncert = \"a\"\nkey = \"b\"\n", "http.tls.ca"),
+            ("[http.tokens]\nclient = [\"0123456789abcdef\"]\n", "http.tokens.admin"),
+            ("[http.tokens]\nadmin = [\"short\"]\n", "http.tokens.admin"),
+            (
+                "[http.tokens]\nadmin = [\"0123456789abcdef\"]\nclient = [\"with space 0123456789\"]\n",
+                "http.tokens.client",
+            ),
+            ("[http]\ntoken = \"x\"\n", "token"),
+        ];
+        for (text, key) in cases {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+        let text = "[http]\npublic_metrics = true\n[http.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n[http.tokens]\nadmin_file = \"admin.token\"\nclient = [\"0123456789abcdef\"]\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
     }
 
     #[test]

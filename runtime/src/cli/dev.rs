@@ -1,7 +1,7 @@
 //! `conclave dev`: a local cluster of child processes, for trying conclave out.
 
-use super::{write_cluster, DevArgs, EXIT_OK};
-use crate::client::Client;
+use super::{print_secure_usage, write_cluster_with, DevArgs, SecureFiles, EXIT_OK};
+use crate::client::{Client, ClientOptions};
 use crate::config::Config;
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,8 @@ struct Node {
     config_path: PathBuf,
     log_path: PathBuf,
     http: String,
+    /// How `dev` itself talks to the node (CA and admin token of a secure cluster).
+    client: ClientOptions,
     child: Child,
     /// Set once its exit has been reported, so it is reported once.
     exited: bool,
@@ -113,14 +115,43 @@ fn configs(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, Config)>> {
             })
             .collect();
     }
-    let written = write_cluster(args.nodes, &args.dir, args.base_port, false)
-        .context("cannot initialise the dev cluster (remove the directory or pass --dir)")?;
+    let (written, _) =
+        write_cluster_with(args.nodes, &args.dir, args.base_port, false, args.secure)
+            .context("cannot initialise the dev cluster (remove the directory or pass --dir)")?;
     println!(
         "wrote {} node configs to {}",
         written.len(),
         args.dir.display()
     );
     Ok(written)
+}
+
+/// The endpoint and client options `dev` uses for a node: HTTPS with the configured CA and
+/// the first admin token when the config has them.
+fn client_of(config: &Config) -> anyhow::Result<(String, ClientOptions)> {
+    let mut options = ClientOptions::default();
+    let scheme = match &config.http.tls {
+        Some(t) => {
+            options.ca =
+                t.ca.clone()
+                    .or_else(|| config.tls.as_ref().map(|tr| tr.ca.clone()));
+            "https"
+        }
+        None => "http",
+    };
+    if let Some(tokens) = &config.http.tokens {
+        options.token = match (&tokens.admin_file, tokens.admin.first()) {
+            (_, Some(t)) => Some(t.clone()),
+            (Some(path), None) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the admin token {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+            (None, None) => None,
+        };
+    }
+    Ok((format!("{scheme}://{}", config.node.http), options))
 }
 
 /// Starts `conclave node --config …` (this executable) for every config, logging to
@@ -150,11 +181,13 @@ pub(super) fn spawn_nodes(
             .stderr(log_err)
             .spawn()
             .with_context(|| format!("cannot start node {}", config.node.id))?;
+        let (http, client) = client_of(config)?;
         children.0.push(Node {
             id: config.node.id,
             config_path: path.clone(),
             log_path,
-            http: format!("http://{}", config.node.http),
+            http,
+            client,
             child,
             exited: false,
         });
@@ -189,7 +222,15 @@ pub(super) async fn wait_for_leader(
     let clients: Vec<Client> = children
         .0
         .iter()
-        .map(|n| Client::with_timeout(&n.http, Duration::from_millis(500)))
+        .map(|n| {
+            Client::with_options(
+                &n.http,
+                &ClientOptions {
+                    timeout: Duration::from_millis(500),
+                    ..n.client.clone()
+                },
+            )
+        })
         .collect::<Result<_, _>>()?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -246,6 +287,15 @@ fn print_banner(
         );
     }
     println!("leader: node {} (term {})", leader.0, leader.1);
+    if configs
+        .first()
+        .is_some_and(|(_, c)| c.http.tokens.is_some())
+    {
+        let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        print_secure_usage(&SecureFiles::in_dir(&abs), configs.first().map(|(_, c)| c));
+        println!("\nPress Ctrl-C to stop every node.");
+        return;
+    }
     let first = children
         .0
         .first()

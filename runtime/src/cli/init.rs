@@ -1,7 +1,11 @@
-//! `conclave init`: the config files of a local cluster.
+//! `conclave init`: the config files of a local cluster, and with `--secure` its CA,
+//! certificates, cluster id and tokens.
 
-use crate::config::{ClusterSecretString, Config, MemberConfig};
+use crate::config::{
+    ClusterSecretString, Config, HttpTlsSection, MemberConfig, TlsSection, TokensSection,
+};
 use anyhow::{bail, Context};
+use rand::RngCore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -58,6 +62,166 @@ pub fn random_cluster_secret() -> ClusterSecretString {
     ClusterSecretString(a.iter().chain(&b).map(|b| format!("{b:02x}")).collect())
 }
 
+/// The DNS name every node's certificate carries (the transport checks that a peer's
+/// certificate names the id it claims).
+pub fn node_dns_name(id: u64) -> String {
+    format!("node-{id}.conclave")
+}
+
+/// What `init --secure` writes besides the configs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecureFiles {
+    /// The cluster CA's certificate (`--ca` of the CLI).
+    pub ca_cert: PathBuf,
+    /// The CA's private key (to issue certificates for nodes added later).
+    pub ca_key: PathBuf,
+    /// The admin token.
+    pub admin_token: PathBuf,
+    /// The client token.
+    pub client_token: PathBuf,
+}
+
+impl SecureFiles {
+    /// Where `init --secure` puts them under `dir`.
+    pub fn in_dir(dir: &Path) -> SecureFiles {
+        SecureFiles {
+            ca_cert: dir.join("certs").join("ca.crt"),
+            ca_key: dir.join("certs").join("ca.key"),
+            admin_token: dir.join("tokens").join("admin.token"),
+            client_token: dir.join("tokens").join("client.token"),
+        }
+    }
+}
+
+/// `n` random bytes as lowercase hex (from the operating system's generator via `rand`).
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `contents` to a new file readable by its owner only (0600 from creation, so the
+/// secret is never readable by others, not even briefly).
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // An existing file (--force) keeps its old mode on open: tighten it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+    }
+    file.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Makes `configs` secure and writes the CA, certificates and tokens they name: a random
+/// cluster id, mutual TLS between nodes, HTTPS and tokens for the API. Node `i`'s certificate
+/// names `node-{i}.conclave` (its identity on the transport), `localhost` and the IPs of its
+/// addresses (what clients and other nodes dial).
+fn secure_cluster(configs: &mut [(PathBuf, Config)], dir: &Path) -> anyhow::Result<SecureFiles> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let files = SecureFiles::in_dir(dir);
+    let certs = dir.join("certs");
+    let tokens = dir.join("tokens");
+    for d in [&certs, &tokens] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let cluster_id = format!("conclave-{}", random_hex(8));
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{cluster_id} CA"));
+    let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)
+        .context("cannot create the CA certificate")?;
+    std::fs::write(&files.ca_cert, ca.pem())
+        .with_context(|| format!("cannot write {}", files.ca_cert.display()))?;
+    write_private(&files.ca_key, ca_key_pem.as_bytes())?;
+    write_private(
+        &files.admin_token,
+        format!("{}\n", random_hex(32)).as_bytes(),
+    )?;
+    write_private(
+        &files.client_token,
+        format!("{}\n", random_hex(32)).as_bytes(),
+    )?;
+    for (_, config) in configs.iter_mut() {
+        let id = config.node.id;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node_dns_name(id));
+        let mut sans = vec![
+            SanType::DnsName(
+                node_dns_name(id)
+                    .try_into()
+                    .context("node DNS name is not a valid SAN")?,
+            ),
+            SanType::DnsName("localhost".try_into().context("localhost SAN")?),
+        ];
+        for ip in [config.node.listen.ip(), config.node.http.ip()] {
+            if !sans.contains(&SanType::IpAddress(ip)) {
+                sans.push(SanType::IpAddress(ip));
+            }
+        }
+        params.subject_alt_names = sans;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().context("cannot generate a node key")?;
+        let cert = params
+            .signed_by(&key, &ca)
+            .with_context(|| format!("cannot sign node {id}'s certificate"))?;
+        let cert_path = certs.join(format!("n{id}.crt"));
+        let key_path = certs.join(format!("n{id}.key"));
+        std::fs::write(&cert_path, cert.pem())
+            .with_context(|| format!("cannot write {}", cert_path.display()))?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        config.cluster.id.clone_from(&cluster_id);
+        config.tls = Some(TlsSection {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+            ca: files.ca_cert.clone(),
+        });
+        config.http.tls = Some(HttpTlsSection {
+            cert: cert_path,
+            key: key_path,
+            ca: Some(files.ca_cert.clone()),
+        });
+        config.http.tokens = Some(TokensSection {
+            admin_file: Some(files.admin_token.clone()),
+            client_file: Some(files.client_token.clone()),
+            ..TokensSection::default()
+        });
+        config
+            .validate()
+            .with_context(|| format!("generated secure config of node {id} is invalid"))?;
+    }
+    Ok(files)
+}
+
 /// Writes [`cluster_configs`] to disk. Refuses to overwrite any existing file unless `force`;
 /// the check covers every file before the first is written, so a refusal writes nothing.
 pub fn write_cluster(
@@ -66,12 +230,34 @@ pub fn write_cluster(
     base_port: u16,
     force: bool,
 ) -> anyhow::Result<Vec<(PathBuf, Config)>> {
-    let configs = cluster_configs(nodes, dir, base_port)?;
+    Ok(write_cluster_with(nodes, dir, base_port, force, false)?.0)
+}
+
+/// Like [`write_cluster`]; with `secure`, also a CA, per-node certificates and keys, a random
+/// cluster id and an admin and a client token (secrets 0600), and configs that use them.
+pub fn write_cluster_with(
+    nodes: u16,
+    dir: &Path,
+    base_port: u16,
+    force: bool,
+    secure: bool,
+) -> anyhow::Result<(Vec<(PathBuf, Config)>, Option<SecureFiles>)> {
+    let mut configs = cluster_configs(nodes, dir, base_port)?;
     if !force {
+        let abs = std::path::absolute(dir)
+            .with_context(|| format!("cannot resolve directory {}", dir.display()))?;
+        let secure_paths = if secure {
+            let f = SecureFiles::in_dir(&abs);
+            vec![f.ca_cert, f.ca_key, f.admin_token, f.client_token]
+        } else {
+            Vec::new()
+        };
         let existing: Vec<String> = configs
             .iter()
-            .filter(|(p, _)| p.exists())
-            .map(|(p, _)| p.display().to_string())
+            .map(|(p, _)| p)
+            .chain(secure_paths.iter())
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
             .collect();
         if !existing.is_empty() {
             bail!(
@@ -81,6 +267,13 @@ pub fn write_cluster(
         }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let secure_files = if secure {
+        let abs = std::path::absolute(dir)
+            .with_context(|| format!("cannot resolve directory {}", dir.display()))?;
+        Some(secure_cluster(&mut configs, &abs)?)
+    } else {
+        None
+    };
     for (path, config) in &configs {
         let body = config.to_toml().context("cannot serialise the config")?;
         let text = format!(
@@ -89,7 +282,7 @@ pub fn write_cluster(
         );
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(configs)
+    Ok((configs, secure_files))
 }
 
 #[cfg(test)]
@@ -116,6 +309,66 @@ mod tests {
             .all(|(_, c)| c.cluster.secret.as_ref() == Some(&secret)));
         let again = cluster_configs(3, Path::new("/tmp/x"), 9000).unwrap();
         assert_ne!(again[0].1.cluster.secret, Some(secret));
+    }
+
+    #[test]
+    fn acceptance4_secure_init_writes_ca_certs_tokens_and_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (configs, files) = write_cluster_with(3, dir.path(), 9000, false, true).unwrap();
+        let files = files.unwrap();
+        let ids: std::collections::BTreeSet<&str> =
+            configs.iter().map(|(_, c)| c.cluster.id.as_str()).collect();
+        assert_eq!(ids.len(), 1, "one cluster id");
+        let id = *ids.iter().next().unwrap();
+        assert!(
+            id.starts_with("conclave-") && id.len() == "conclave-".len() + 16,
+            "{id}"
+        );
+        for (path, c) in &configs {
+            let loaded = Config::load(path).unwrap();
+            assert_eq!(&loaded, c);
+            let tls = c.tls.as_ref().unwrap();
+            assert!(tls.cert.ends_with(format!("certs/n{}.crt", c.node.id)));
+            assert_eq!(c.http.tls.as_ref().unwrap().cert, tls.cert);
+            let tokens = c.http.tokens.as_ref().unwrap();
+            assert_eq!(
+                tokens.admin_file.as_deref(),
+                Some(files.admin_token.as_path())
+            );
+            // The certificate loads as a server certificate with its key, and a client
+            // trusting the CA accepts it.
+            crate::http::tls::server_config(&tls.cert, &tls.key).unwrap();
+        }
+        crate::http::tls::client_config(&files.ca_cert).unwrap();
+        let admin = std::fs::read_to_string(&files.admin_token).unwrap();
+        let client = std::fs::read_to_string(&files.client_token).unwrap();
+        assert_eq!(admin.trim().len(), 64);
+        assert_ne!(admin, client);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for secret in [&files.admin_token, &files.client_token, &files.ca_key] {
+                let mode = std::fs::metadata(secret).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", secret.display());
+            }
+            let key = &configs[0].1.tls.as_ref().unwrap().key;
+            let mode = std::fs::metadata(key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Tokens load with the roles the configs give them.
+        let auth = crate::http::Auth::from_config(&configs[0].1.http)
+            .unwrap()
+            .unwrap();
+        let req = actix_web::test::TestRequest::default()
+            .method(actix_web::http::Method::POST)
+            .uri("/v1/cluster/transfer-leader")
+            .insert_header(("authorization", format!("Bearer {}", client.trim())))
+            .to_http_request();
+        assert_eq!(auth.check(&req).unwrap_err().code(), "forbidden");
+        // A second init without --force writes nothing.
+        let e = write_cluster_with(3, dir.path(), 9000, false, true).unwrap_err();
+        assert!(e.to_string().contains("refusing to overwrite"), "{e}");
+        assert_eq!(std::fs::read_to_string(&files.admin_token).unwrap(), admin);
     }
 
     #[test]

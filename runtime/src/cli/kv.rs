@@ -1,7 +1,6 @@
 //! `conclave kv`, `conclave status` and `conclave ring route`: clients of the HTTP API.
 
 use super::{EndpointArg, KvArgs, KvOp, StatusArgs, EXIT_FAILURE, EXIT_OK};
-use crate::client::Client;
 use crate::node::{ClusterStatus, GossipMembers};
 use crate::storage::health::StorageCondition;
 use std::fmt::Write as _;
@@ -14,7 +13,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// `conclave kv …`.
 pub(super) fn run_kv(args: KvArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&args.endpoint.endpoint)?;
+    let client = args.endpoint.client()?;
     block_on(async move {
         match args.op {
             KvOp::Put {
@@ -92,7 +91,7 @@ pub(super) fn run_kv(args: KvArgs) -> anyhow::Result<u8> {
 
 /// `conclave status`.
 pub(super) fn run_status(args: &StatusArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&args.endpoint.endpoint)?;
+    let client = args.endpoint.client()?;
     block_on(async move {
         if args.json {
             let json = client.status_json().await?;
@@ -113,7 +112,7 @@ pub(super) fn run_status(args: &StatusArgs) -> anyhow::Result<u8> {
 
 /// `conclave ring route KEY`.
 pub(super) fn run_route(key: &str, endpoint: &EndpointArg) -> anyhow::Result<u8> {
-    let client = Client::new(&endpoint.endpoint)?;
+    let client = endpoint.client()?;
     block_on(async move {
         let route = client.route(key.as_bytes()).await?;
         let replicas: Vec<String> = route.replicas.iter().map(u64::to_string).collect();

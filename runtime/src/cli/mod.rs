@@ -6,9 +6,9 @@ mod dev;
 mod init;
 mod kv;
 
-pub use init::{cluster_configs, write_cluster};
+pub use init::{cluster_configs, node_dns_name, write_cluster, write_cluster_with, SecureFiles};
 
-use crate::client::DEFAULT_ENDPOINT;
+use crate::client::{Client, ClientError, ClientOptions, DEFAULT_ENDPOINT};
 use crate::config::{Config, ReadLevel};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -67,6 +67,11 @@ pub struct InitArgs {
     /// Overwrite existing config files.
     #[arg(long)]
     pub force: bool,
+    /// Also write a CA, per-node certificates, a random cluster id and admin and client tokens
+    /// (DIR/certs, DIR/tokens), and configs that use them: mutual TLS between nodes, HTTPS
+    /// and bearer tokens on the API.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// `conclave node`.
@@ -92,14 +97,37 @@ pub struct DevArgs {
     /// How long to wait for a leader, in seconds.
     #[arg(long, default_value_t = 30)]
     pub leader_timeout_s: u64,
+    /// Make (or reuse) a secure cluster, as `init --secure`: TLS everywhere and tokens.
+    #[arg(long)]
+    pub secure: bool,
 }
 
-/// The node to talk to.
+/// The node to talk to, and how.
 #[derive(Debug, Args)]
 pub struct EndpointArg {
-    /// A node's HTTP endpoint; followers forward to the leader.
+    /// A node's HTTP endpoint (http:// or https://); followers forward to the leader.
     #[arg(long, global = true, env = "CONCLAVE_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
+    /// Bearer token (a client token for keys, an admin token for cluster changes).
+    #[arg(long, global = true, env = "CONCLAVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The cluster CA's certificate, to verify an https:// endpoint.
+    #[arg(long, global = true, env = "CONCLAVE_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl EndpointArg {
+    /// A client of the endpoint with the token and CA.
+    pub fn client(&self) -> Result<Client, ClientError> {
+        Client::with_options(
+            &self.endpoint,
+            &ClientOptions {
+                token: self.token.clone(),
+                ca: self.ca.clone(),
+                ..ClientOptions::default()
+            },
+        )
+    }
 }
 
 /// `conclave kv`.
@@ -248,16 +276,63 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(ClientError::Api { status, .. }) = e.downcast_ref::<ClientError>() {
+                match status {
+                    401 => eprintln!("hint: pass --token TOKEN or set CONCLAVE_TOKEN"),
+                    403 => eprintln!("hint: this needs an admin token"),
+                    _ => {}
+                }
+            }
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// How to use a secure cluster's CA and tokens (printed by `init --secure` and `dev --secure`).
+pub(crate) fn print_secure_usage(files: &SecureFiles, first: Option<&Config>) {
+    let endpoint = first.map_or_else(
+        || "https://127.0.0.1:7101".to_owned(),
+        |c| format!("https://{}", c.node.http),
+    );
+    println!("\nSecure cluster: TLS between nodes and on the API, bearer tokens required.");
+    println!("  CA certificate: {}", files.ca_cert.display());
+    println!(
+        "  CA key:         {} (keep it offline; it signs new nodes)",
+        files.ca_key.display()
+    );
+    println!(
+        "  admin token:    {} (every route)",
+        files.admin_token.display()
+    );
+    println!(
+        "  client token:   {} (keys and status only)",
+        files.client_token.display()
+    );
+    println!("Use them with:");
+    println!("  export CONCLAVE_ENDPOINT={endpoint}");
+    println!("  export CONCLAVE_CA={}", files.ca_cert.display());
+    println!(
+        "  export CONCLAVE_TOKEN=$(cat {})",
+        files.client_token.display()
+    );
+    println!("  conclave kv put greeting hello");
+    println!(
+        "  curl --cacert {} -H \"Authorization: Bearer $CONCLAVE_TOKEN\" {endpoint}/v1/kv/greeting",
+        files.ca_cert.display()
+    );
 }
 
 /// Runs a parsed command; `Ok` carries the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(args) => {
-            let written = write_cluster(args.nodes, &args.dir, args.base_port, args.force)?;
+            let (written, secure) = write_cluster_with(
+                args.nodes,
+                &args.dir,
+                args.base_port,
+                args.force,
+                args.secure,
+            )?;
             for (path, config) in &written {
                 println!(
                     "wrote {} (node {}: transport {}, http {})",
@@ -271,6 +346,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 "start each node with: conclave node --config {}",
                 args.dir.join("n1.toml").display()
             );
+            if let Some(files) = &secure {
+                print_secure_usage(files, written.first().map(|(_, c)| c));
+            }
             Ok(EXIT_OK)
         }
         Command::Node(args) => run_node(&args),

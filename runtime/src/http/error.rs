@@ -17,6 +17,34 @@ pub enum ApiError {
         /// Human-readable detail.
         message: String,
     },
+    /// 401 + `WWW-Authenticate: Bearer`: the request carries no token, or one the node does not
+    /// know.
+    #[error("{message}")]
+    Unauthorized {
+        /// Human-readable detail (never the token).
+        message: String,
+    },
+    /// 403: the token is valid but its role may not use this route.
+    #[error("{message}")]
+    Forbidden {
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 408: the request body did not arrive in time; the connection is closed.
+    #[error("{message}")]
+    RequestTimeout {
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 409: the request conflicts with the cluster's state (e.g. a leadership transfer to a
+    /// node that is not a voter).
+    #[error("{message}")]
+    Conflict {
+        /// E.g. `not_a_voter`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
     /// 404: no such key or no such route.
     #[error("{message}")]
     NotFound {
@@ -55,6 +83,14 @@ pub enum ApiError {
         /// Human-readable detail.
         message: String,
     },
+    /// 503 `overloaded` + `Retry-After` + `Connection: close`: the request's body does not
+    /// fit the node's budget of bytes in flight (`http.max_inflight_bytes`). The body was not
+    /// read, so the connection is closed rather than left to drain it.
+    #[error("the node holds its budget of {limit} request-body bytes in flight; retry later")]
+    OverBudget {
+        /// The budget.
+        limit: usize,
+    },
     /// 504: accepted but not completed in time; a write may still apply.
     #[error("{message}")]
     Timeout {
@@ -90,10 +126,15 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. }
+            | ApiError::Conflict { code, .. }
             | ApiError::NotFound { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::OverBudget { .. } => "overloaded",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden { .. } => "forbidden",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::Timeout { .. } => "timeout",
             ApiError::Internal { .. } => "internal",
@@ -118,6 +159,10 @@ impl From<RequestError> for ApiError {
                 size: Some(size),
                 limit,
             },
+            RequestError::NotAVoter(_) => ApiError::Conflict {
+                code: "not_a_voter",
+                message,
+            },
             RequestError::Internal(_) => ApiError::Internal { message },
         }
     }
@@ -127,11 +172,17 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::OverBudget { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -139,10 +190,21 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut builder = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable { .. }) {
+        if matches!(
+            self,
+            ApiError::Unavailable { .. } | ApiError::OverBudget { .. }
+        ) {
             builder.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
-        if matches!(self, ApiError::TooLarge { .. }) {
+        if matches!(self, ApiError::Unauthorized { .. }) {
+            builder.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"conclave\""));
+        }
+        if matches!(
+            self,
+            ApiError::TooLarge { .. }
+                | ApiError::RequestTimeout { .. }
+                | ApiError::OverBudget { .. }
+        ) {
             // The body may not have been read: make the client open a new connection rather
             // than have it send the rest of the body as the next request.
             builder.insert_header((header::CONNECTION, "close"));
@@ -172,6 +234,7 @@ mod tests {
             (RequestError::Dropped, StatusCode::SERVICE_UNAVAILABLE),
             (RequestError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
             (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
+            (RequestError::NotAVoter(4), StatusCode::CONFLICT),
             (
                 RequestError::TooLarge { size: 10, limit: 5 },
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -40,6 +40,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 /// Sends `req` (with `body`) to the leader named by `hint` and streams its answer back.
 pub(crate) async fn forward(
     client: &awc::Client,
+    scheme: &str,
     req: &HttpRequest,
     body: Bytes,
     hint: &LeaderHint,
@@ -66,12 +67,17 @@ pub(crate) async fn forward(
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let url = format!("http://{}{}", hint.http, path);
+    let url = format!("{scheme}://{}{}", hint.http, path);
     let mut outbound = client
         .request(req.method().clone(), &url)
         .insert_header((HOPS_HEADER, next.to_string()));
+    // The client's own token travels with its request: the leader checks it again with the
+    // same tokens (every node of a cluster has the same token files), so forwarding never
+    // grants more than the client holds — no node-wide credential that a follower could use
+    // to escalate.
     for name in [
         header::CONTENT_TYPE,
+        header::AUTHORIZATION,
         HeaderName::from_static(IDEMPOTENCY_HEADER),
     ] {
         if let Some(v) = req.headers().get(&name) {

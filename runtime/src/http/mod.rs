@@ -9,23 +9,37 @@
 //! Routes: `PUT|GET|DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`, `GET /v1/cluster`,
 //! `GET /v1/cluster/members`, `POST /v1/cluster/transfer-leader`, `GET /v1/ring/route/{key}`,
 //! `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//!
+//! Hardening (docs/security.md): HTTPS with rustls (`[http.tls]`), bearer tokens with a
+//! `client` and an `admin` role (`[http.tokens]`, [`auth`]), admission by request-body bytes
+//! in flight (`http.max_inflight_bytes`, [`admission`]) and a body read deadline
+//! (`http.body_timeout_ms`, 408).
 
+mod admission;
+pub mod auth;
 mod error;
 mod forward;
+pub mod front;
 mod keys;
+pub mod tls;
 
+pub use admission::{Budget, Reservation};
+pub use auth::{Access, Auth, Role};
 pub use error::ApiError;
 pub use keys::{decode_key, encode_key, KeyError, MAX_KEY_BYTES};
 
-use crate::config::{Config, ReadLevel};
+use crate::config::{Config, ConfigError, ReadLevel};
 use crate::node::{KvService, NodeId, RequestError};
 use crate::state_machine::{KvCommand, KvOutput};
 use crate::storage::health::StorageCondition;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Bytes};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use actix_web::{App, HttpRequest, HttpResponse, ResponseError};
+use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Request header carrying how many times a request has been forwarded between nodes.
@@ -43,8 +57,9 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 const KV_PREFIX: &str = "/v1/kv/";
 const ROUTE_PREFIX: &str = "/v1/ring/route/";
 
-/// How the HTTP server runs. [`HttpOptions::from_config`] gives the node's defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How the HTTP server runs. [`HttpOptions::from_config`] gives the node's options;
+/// [`HttpOptions::default`] a plain-HTTP, unauthenticated server (tests).
+#[derive(Clone, Debug)]
 pub struct HttpOptions {
     /// actix-web worker threads.
     pub workers: usize,
@@ -52,28 +67,142 @@ pub struct HttpOptions {
     pub forward_timeout: Duration,
     /// Most forwards of one request (`node.max_hops`).
     pub max_hops: u32,
+    /// Bearer tokens; `None`: no authentication.
+    pub auth: Option<Auth>,
+    /// Serve HTTPS with this configuration; `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Forward to other nodes over HTTPS, trusting this configuration's CA; `None`: plain HTTP.
+    pub forward_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Request-body bytes held at once (`http.max_inflight_bytes`).
+    pub max_inflight_bytes: usize,
+    /// Deadline for reading a request body (`http.body_timeout_ms`).
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        let http = crate::config::HttpSection::default();
+        HttpOptions {
+            workers: 1,
+            forward_timeout: Duration::from_secs(10),
+            max_hops: 10,
+            auth: None,
+            tls: None,
+            forward_tls: None,
+            max_inflight_bytes: http.max_inflight_bytes,
+            body_timeout: Duration::from_millis(http.body_timeout_ms),
+        }
+    }
+}
+
+/// Why the HTTP server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// `[http]` could not be used (a token file, a key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A TLS file could not be used.
+    #[error("config key `{key}`: {source}")]
+    Tls {
+        /// The `[http.tls]` key whose file failed.
+        key: &'static str,
+        /// What failed.
+        source: tls::TlsError,
+    },
+    /// The listener could not be bound or started.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 impl HttpOptions {
-    /// The options of a node: `node.max_hops` from the config, up to 4 workers (the HTTP layer
-    /// only parses and waits on the node; more threads would compete with the Raft actors), a
-    /// 10 s forwarding timeout (longer than any election, shorter than a client's patience).
-    pub fn from_config(config: &Config) -> Self {
+    /// The options of a node: `node.max_hops` and `[http]` from the config (reading the token
+    /// and TLS files), up to 4 workers (the HTTP layer only parses and waits on the node; more
+    /// threads would compete with the Raft actors), a 10 s forwarding timeout (longer than any
+    /// election, shorter than a client's patience).
+    pub fn from_config(config: &Config) -> Result<Self, ServerError> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        HttpOptions {
+        let http = &config.http;
+        let (tls, forward_tls) = match &http.tls {
+            None => (None, None),
+            Some(t) => {
+                let server =
+                    tls::server_config(&t.cert, &t.key).map_err(|source| ServerError::Tls {
+                        key: "http.tls.cert",
+                        source,
+                    })?;
+                let ca =
+                    t.ca.clone()
+                        .or_else(|| config.tls.as_ref().map(|tr| tr.ca.clone()));
+                let forward = match ca {
+                    Some(ca) => Some(Arc::new(tls::client_config(&ca).map_err(|source| {
+                        ServerError::Tls {
+                            key: "http.tls.ca",
+                            source,
+                        }
+                    })?)),
+                    None => None,
+                };
+                (Some(Arc::new(server)), forward)
+            }
+        };
+        Ok(HttpOptions {
             workers: cpus.clamp(1, 4),
             forward_timeout: Duration::from_secs(10),
             max_hops: config.node.max_hops,
-        }
+            auth: Auth::from_config(http)?,
+            tls,
+            forward_tls,
+            max_inflight_bytes: http.max_inflight_bytes,
+            body_timeout: Duration::from_millis(http.body_timeout_ms),
+        })
     }
 }
 
 /// Binds `config.node.http` and builds the API server for `service`. The caller runs (awaits)
 /// the returned [`Server`] inside an actix system and stops it through [`Server::handle`]; the
 /// server installs no signal handlers of its own (the node owns SIGTERM/SIGINT).
-pub fn server<S: KvService + Send>(service: S, config: &Config) -> std::io::Result<Server> {
-    let listener = std::net::TcpListener::bind(config.node.http)?;
-    server_with(service, listener, HttpOptions::from_config(config))
+pub fn server<S: KvService + Send>(service: S, config: &Config) -> Result<Server, ServerError> {
+    let options = HttpOptions::from_config(config)?;
+    serve(service, config, options)
+}
+
+/// Like [`server`] with options already loaded (the node loads them before it starts, so a bad
+/// token or TLS file stops it before it joins the cluster).
+pub fn serve<S: KvService + Send>(
+    service: S,
+    config: &Config,
+    options: HttpOptions,
+) -> Result<Server, ServerError> {
+    let exposed = config.exposed_addresses();
+    if !exposed.is_empty() && config.node.allow_insecure {
+        let mut missing = Vec::new();
+        if config.tls.is_none() {
+            missing.push("transport TLS");
+        }
+        if options.tls.is_none() {
+            missing.push("HTTPS");
+        }
+        if options.auth.is_none() {
+            missing.push("bearer tokens");
+        }
+        if !missing.is_empty() {
+            tracing::warn!(
+                exposed = %exposed.join(", "),
+                missing = %missing.join(", "),
+                "node.allow_insecure = true: this node is reachable off loopback without \
+                 protection; anyone who reaches it can read, write and reconfigure the cluster"
+            );
+        }
+    }
+    let addr = config.node.http;
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Listen { addr, source })?;
+    server_with(service, listener, options).map_err(|source| ServerError::Listen { addr, source })
 }
 
 /// Like [`server`], on an already bound listener (tests bind port 0) with explicit options.
@@ -83,19 +212,47 @@ pub fn server_with<S: KvService + Send>(
     options: HttpOptions,
 ) -> std::io::Result<Server> {
     let workers = options.workers.max(1);
-    let server = HttpServer::new(move || {
+    let tls = options.tls.clone();
+    let budget = Budget::new(options.max_inflight_bytes);
+    let make_app = move || {
         let node_id = service.node_id();
-        let client = awc::Client::builder()
+        let builder = awc::Client::builder()
             .timeout(options.forward_timeout)
-            .disable_redirects()
-            .finish();
+            .disable_redirects();
+        let client = match &options.forward_tls {
+            Some(config) => builder
+                .connector(awc::Connector::new().rustls_0_23(Arc::clone(config)))
+                .finish(),
+            None => builder.finish(),
+        };
         let ctx = Ctx {
             service: service.clone(),
             client,
+            scheme: if options.forward_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            budget: budget.clone(),
             options: options.clone(),
         };
+        let auth = options.auth.clone();
         App::new()
             .app_data(web::Data::new(ctx))
+            // Authentication runs before routing: a request without the right token never
+            // reaches a handler, and its body is never read.
+            .wrap_fn(move |req, srv| {
+                let outcome = match auth.as_ref().map(|a| a.check(req.request())) {
+                    Some(Err(e)) => Err(req.into_response(e.error_response())),
+                    _ => Ok(srv.call(req)),
+                };
+                async move {
+                    match outcome {
+                        Err(denied) => Ok(denied),
+                        Ok(fut) => fut.await,
+                    }
+                }
+            })
             .wrap_fn(move |req, srv| {
                 let start = Instant::now();
                 let method = req.method().to_string();
@@ -128,20 +285,76 @@ pub fn server_with<S: KvService + Send>(
             })
             .configure(routes::<S>)
             .default_service(web::to(route_not_found))
-    })
-    .workers(workers)
-    .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    };
+    // actix-web's `HttpServer` with one change: every connection is wrapped in
+    // `front::JsonErrors`, so the errors the HTTP/1 dispatcher answers itself (unparseable
+    // requests, oversized heads, slow heads) carry JSON bodies too (finding 14). The timeouts
+    // are `HttpServer`'s defaults: 5 s for a request head, 1 s to drain an unread body.
+    let addr = listener.local_addr()?;
+    let secure = tls.is_some();
+    // A macro rather than a closure: the HTTP/1 service is generic over the connection type,
+    // which differs between the plain and the TLS listener.
+    macro_rules! h1 {
+        ($app:expr) => {{
+            let app = $app
+                .into_factory()
+                .map_err(|e: actix_web::Error| e.error_response());
+            let builder = actix_http::HttpServiceBuilder::default()
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr);
+            let builder = if secure { builder.secure() } else { builder };
+            builder.h1(actix_service::map_config(app, move |()| {
+                actix_web::dev::AppConfig::__priv_test_new(secure, addr.to_string(), addr)
+            }))
+        }};
+    }
+    let builder = actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(5);
+    let builder = match tls {
+        Some(config) => {
+            let acceptor = actix_tls::accept::rustls_0_23::Acceptor::new((*config).clone());
+            builder.listen("conclave-https", listener, move || {
+                let h1 = h1!(make_app());
+                acceptor
+                    .clone()
+                    .map_err(|e| tracing::debug!(error = %e, "TLS handshake failed"))
+                    .and_then(actix_service::fn_service(
+                        |io: actix_tls::accept::rustls_0_23::TlsStream<
+                            actix_web::rt::net::TcpStream,
+                        >| async move {
+                            let peer = io.get_ref().0.peer_addr().ok();
+                            Ok::<_, ()>((front::JsonErrors::new(io), peer))
+                        },
+                    ))
+                    .and_then(
+                        h1.map_err(|e| tracing::debug!(error = %e, "HTTPS connection failed")),
+                    )
+            })?
+        }
+        None => builder.listen("conclave-http", listener, move || {
+            let h1 = h1!(make_app());
+            actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((front::JsonErrors::new(io), peer))
+            })
+            .and_then(h1)
+        })?,
+    };
+    Ok(builder.run())
 }
 
 /// Per-worker state: the service, a forwarding client (awc's client is single-threaded, so one
-/// per worker) and the options.
+/// per worker), the node's admission budget (shared by every worker) and the options.
 struct Ctx<S> {
     service: S,
     client: awc::Client,
+    /// `http` or `https`: how other nodes are reached (every node of a cluster serves the same).
+    scheme: &'static str,
+    budget: Budget,
     options: HttpOptions,
 }
 
@@ -160,6 +373,7 @@ impl<S: KvService> Ctx<S> {
             RequestError::NotLeader { leader: Some(hint) } => {
                 forward::forward(
                     &self.client,
+                    self.scheme,
                     req,
                     body,
                     &hint,
@@ -283,18 +497,33 @@ fn consistency(req: &HttpRequest) -> Result<Option<ReadLevel>, ApiError> {
     Ok(None)
 }
 
-/// Reads the body, refusing it with 413 once it exceeds `limit` — from `Content-Length` before
-/// reading anything when the client sent one, else as soon as the stream passes the limit.
-async fn read_body(
+/// The 503 of a request refused by the admission budget.
+fn over_budget(budget: &Budget) -> ApiError {
+    ApiError::OverBudget {
+        limit: budget.limit(),
+    }
+}
+
+/// Reads the body within the node's limits and returns it with its share of the admission
+/// budget (hold it until the request is answered):
+/// - over `limit`: 413, from `Content-Length` before reading anything when the client sent
+///   one, else as soon as the stream passes the limit;
+/// - over the budget: 503 `overloaded`, for a declared length before reading anything, for a
+///   chunked body as soon as a chunk does not fit;
+/// - not complete within `http.body_timeout_ms`: 408 `request_timeout` (connection closed).
+async fn read_body<S>(
     req: &HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     limit: usize,
-) -> Result<Bytes, ApiError> {
+    ctx: &Ctx<S>,
+) -> Result<(Bytes, Reservation), ApiError> {
+    use futures_core::Stream;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<usize>().ok());
+    let mut held = ctx.budget.empty();
     if let Some(size) = declared {
         if size > limit {
             return Err(ApiError::TooLarge {
@@ -302,14 +531,45 @@ async fn read_body(
                 limit,
             });
         }
+        if !held.grow(&ctx.budget, size) {
+            return Err(over_budget(&ctx.budget));
+        }
     }
-    match payload.to_bytes_limited(limit).await {
-        Err(_) => Err(ApiError::TooLarge { size: None, limit }),
-        Ok(Err(e)) => Err(ApiError::bad_request(
-            "bad_body",
-            format!("cannot read the body: {e}"),
-        )),
-        Ok(Ok(bytes)) => Ok(bytes),
+    let timeout = ctx.options.body_timeout;
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+        loop {
+            let next =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut payload).poll_next(cx)).await;
+            let chunk = match next {
+                None => return Ok(body.freeze()),
+                Some(Err(e)) => {
+                    return Err(ApiError::bad_request(
+                        "bad_body",
+                        format!("cannot read the body: {e}"),
+                    ))
+                }
+                Some(Ok(chunk)) => chunk,
+            };
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::TooLarge { size: None, limit });
+            }
+            let beyond_reserved = (body.len() + chunk.len()).saturating_sub(held.bytes());
+            if !held.grow(&ctx.budget, beyond_reserved) {
+                return Err(over_budget(&ctx.budget));
+            }
+            body.extend_from_slice(&chunk);
+        }
+    };
+    match actix_web::rt::time::timeout(timeout, read).await {
+        Ok(Ok(body)) => Ok((body, held)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ApiError::RequestTimeout {
+            message: format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        }),
     }
 }
 
@@ -349,7 +609,7 @@ async fn put_kv<S: KvService>(
     if !has_body(&req) {
         return Err(missing_body("the value bytes"));
     }
-    let body = read_body(&req, payload, ctx.service.max_value_bytes()).await?;
+    let (body, _held) = read_body(&req, payload, ctx.service.max_value_bytes(), &ctx).await?;
     let command = KvCommand::Put {
         key,
         value: body.to_vec(),
@@ -397,45 +657,47 @@ async fn delete_kv<S: KvService>(req: HttpRequest, ctx: Data<S>) -> Result<HttpR
     }
 }
 
-/// Parses `{"expected": str|null, "value": str|null}`. Both fields are required: a missing
-/// `expected` silently meaning "absent" would turn a typo into a different operation.
 /// A CAS request's `(expected, value)`; `None` means absent.
 type CasFields = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// The body of `POST /v1/kv/{key}/cas`, parsed straight into its two fields (no intermediate
+/// JSON tree: the body is read once, within its byte limit, and each string is allocated once).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasBody {
+    /// Required, `null` for absent: a missing `expected` silently meaning "absent" would turn
+    /// a typo into a different operation.
+    #[serde(deserialize_with = "required")]
+    expected: Option<String>,
+    #[serde(deserialize_with = "required")]
+    value: Option<String>,
+}
+
+/// Makes an `Option` field required (present, possibly `null`).
+fn required<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
+/// Parses `{"expected": str|null, "value": str|null}`; each string at most `limit` bytes.
 fn parse_cas(body: &[u8], limit: usize) -> Result<CasFields, ApiError> {
-    let invalid = |m: String| ApiError::bad_request("invalid_json", m);
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
-    let serde_json::Value::Object(mut map) = value else {
-        return Err(invalid(
-            "expected an object {\"expected\": str|null, \"value\": str|null}".to_owned(),
-        ));
-    };
-    if let Some(unknown) = map.keys().find(|k| *k != "expected" && *k != "value") {
-        return Err(invalid(format!("unknown field {unknown:?}")));
-    }
-    let mut field = |name: &str| -> Result<Option<Vec<u8>>, ApiError> {
-        match map.remove(name) {
-            None => Err(invalid(format!(
-                "missing field {name:?} (use null for absent)"
-            ))),
-            Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s)) => {
-                if s.len() > limit {
-                    Err(ApiError::TooLarge {
-                        size: Some(s.len()),
-                        limit,
-                    })
-                } else {
-                    Ok(Some(s.into_bytes()))
-                }
-            }
-            Some(_) => Err(invalid(format!("field {name:?} must be a string or null"))),
+    let parsed: CasBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("expected {{\"expected\": str|null, \"value\": str|null}}: {e}"),
+        )
+    })?;
+    for s in [&parsed.expected, &parsed.value].into_iter().flatten() {
+        if s.len() > limit {
+            return Err(ApiError::TooLarge {
+                size: Some(s.len()),
+                limit,
+            });
         }
-    };
-    let expected = field("expected")?;
-    let new = field("value")?;
-    Ok((expected, new))
+    }
+    Ok((
+        parsed.expected.map(String::into_bytes),
+        parsed.value.map(String::into_bytes),
+    ))
 }
 
 async fn cas_kv<S: KvService>(
@@ -449,7 +711,7 @@ async fn cas_kv<S: KvService>(
     // Two JSON strings of up to `limit` bytes each, with room for escaping (`\uXXXX` is 6
     // bytes per byte at worst) and the object around them.
     let body_limit = limit.saturating_mul(12).saturating_add(4096);
-    let body = read_body(&req, payload, body_limit).await?;
+    let (body, _held) = read_body(&req, payload, body_limit, &ctx).await?;
     if body.is_empty() {
         return Err(missing_body(
             "JSON {\"expected\": str|null, \"value\": str|null}",
@@ -511,7 +773,7 @@ async fn transfer_leader<S: KvService>(
     payload: web::Payload,
     ctx: Data<S>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, 4096).await?;
+    let (body, _held) = read_body(&req, payload, 4096, &ctx).await?;
     if body.is_empty() {
         return Err(missing_body("JSON {\"to\": <node id>}"));
     }

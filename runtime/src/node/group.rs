@@ -662,9 +662,7 @@ impl<M: StateMachine> Handler<TransferLeader> for GroupActor<M> {
             Some(core) => match core.transfer_leader(now, msg.to) {
                 Ok(()) => Ok(()),
                 Err(raft::TransferError::NotLeader { leader }) => Err(self.leader_hint(leader)),
-                Err(e @ raft::TransferError::NotAVoter(_)) => {
-                    Err(RequestError::Internal(e.to_string()))
-                }
+                Err(raft::TransferError::NotAVoter(id)) => Err(RequestError::NotAVoter(id)),
             },
             None => Err(RequestError::NoLeader {
                 group: self.deps.group,

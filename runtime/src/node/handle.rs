@@ -55,6 +55,10 @@ pub enum RequestError {
     /// The node is shutting down: 503.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A leadership transfer named a node that is not a voter of the current membership:
+    /// 409 `not_a_voter`.
+    #[error("node {0} is not a voter, so it cannot take leadership")]
+    NotAVoter(NodeId),
     /// Something failed inside the node (storage): 500.
     #[error("internal error: {0}")]
     Internal(String),

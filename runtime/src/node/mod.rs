@@ -79,6 +79,9 @@ pub enum NodeError {
     /// An I/O error (data directory, HTTP listener, signals).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The HTTP API could not start (`[http]` token or TLS files, the listener).
+    #[error("HTTP API: {0}")]
+    Http(#[from] crate::http::ServerError),
 }
 
 use applier::MachineFactory;
@@ -1077,6 +1080,8 @@ pub fn run_blocking(config: Config) -> Result<(), NodeError> {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .ok();
+        // Token and TLS files first: a node that cannot serve its API securely does not join.
+        let http_options = crate::http::HttpOptions::from_config(&config)?;
         let data_dir = config.node.data_dir.clone();
         let engine = config.storage.engine;
         let mut builder = Node::builder()
@@ -1086,7 +1091,7 @@ pub fn run_blocking(config: Config) -> Result<(), NodeError> {
             builder = builder.metrics(handle);
         }
         let node = builder.start().await?;
-        let server = crate::http::server(node.handle(), &config)?;
+        let server = crate::http::serve(node.handle(), &config, http_options)?;
         let server_handle = server.handle();
         actix::spawn(server);
         tracing::info!(

@@ -284,6 +284,17 @@ impl KvService for Double {
         (key.len() as u64 % 64, vec![self.id, 2, 3], Some(self.id))
     }
 
+    async fn transfer_leader(&self, _to: NodeId) -> Result<(), RequestError> {
+        match &self.state.lock().unwrap().mode {
+            Mode::Fail(e) => Err(e.clone()),
+            Mode::Leader => Ok(()),
+        }
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        (1..=3).contains(&id) || id == self.id
+    }
+
     fn render_metrics(&self) -> String {
         format!("# TYPE conclave_raft_term gauge\nconclave_raft_term{{group=\"0\"}} 1\nconclave_test_node {}\n", self.id)
     }
@@ -299,13 +310,21 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server for `double` inside the current actix system.
     pub fn start(double: Double, max_hops: u32) -> TestServer {
+        Self::start_with(
+            double,
+            HttpOptions {
+                workers: 1,
+                forward_timeout: Duration::from_secs(5),
+                max_hops,
+                ..HttpOptions::default()
+            },
+        )
+    }
+
+    /// Starts a server for `double` with explicit options (tokens, TLS, budgets).
+    pub fn start_with(double: Double, options: HttpOptions) -> TestServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let options = HttpOptions {
-            workers: 1,
-            forward_timeout: Duration::from_secs(5),
-            max_hops,
-        };
         let server = server_with(double.clone(), listener, options).unwrap();
         let handle = server.handle();
         actix_web::rt::spawn(server);

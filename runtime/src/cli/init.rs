@@ -222,6 +222,10 @@ fn secure_cluster(configs: &mut [(PathBuf, Config)], dir: &Path) -> anyhow::Resu
     Ok(files)
 }
 
+/// What [`write_cluster_with`] wrote: each node's config file and config, and the secure
+/// files when asked for.
+pub type WrittenCluster = (Vec<(PathBuf, Config)>, Option<SecureFiles>);
+
 /// Writes [`cluster_configs`] to disk. Refuses to overwrite any existing file unless `force`;
 /// the check covers every file before the first is written, so a refusal writes nothing.
 pub fn write_cluster(
@@ -241,7 +245,7 @@ pub fn write_cluster_with(
     base_port: u16,
     force: bool,
     secure: bool,
-) -> anyhow::Result<(Vec<(PathBuf, Config)>, Option<SecureFiles>)> {
+) -> anyhow::Result<WrittenCluster> {
     let mut configs = cluster_configs(nodes, dir, base_port)?;
     if !force {
         let abs = std::path::absolute(dir)

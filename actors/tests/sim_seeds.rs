@@ -25,6 +25,9 @@ fn mixed_faults_over_many_seeds() {
     let done = AtomicU64::new(0);
     let events = AtomicU64::new(0);
     let ops = AtomicU64::new(0);
+    let taken = AtomicU64::new(0);
+    let sent = AtomicU64::new(0);
+    let installed = AtomicU64::new(0);
     let t0 = Instant::now();
     let failure = sim::run_seeds(
         start,
@@ -35,6 +38,9 @@ fn mixed_faults_over_many_seeds() {
             if let Ok(r) = result {
                 events.fetch_add(r.steps, Ordering::Relaxed);
                 ops.fetch_add(r.ops_invoked, Ordering::Relaxed);
+                taken.fetch_add(r.snapshots_taken, Ordering::Relaxed);
+                sent.fetch_add(r.snapshots_sent, Ordering::Relaxed);
+                installed.fetch_add(r.snapshots_installed, Ordering::Relaxed);
             }
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if long && n % every == 0 {
@@ -47,12 +53,24 @@ fn mixed_faults_over_many_seeds() {
         panic!("{f}");
     }
     let secs = t0.elapsed().as_secs_f64();
+    let (taken, sent, installed) = (
+        taken.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed),
+        installed.load(Ordering::Relaxed),
+    );
     println!(
-        "{count} seeds from {start} passed in {secs:.1} s ({:.1} seeds/s, {} events, {} client ops)",
+        "{count} seeds from {start} passed in {secs:.1} s ({:.1} seeds/s, {} events, {} client ops; snapshots: {taken} taken, {sent} sent, {installed} installed)",
         count as f64 / secs,
         events.load(Ordering::Relaxed),
         ops.load(Ordering::Relaxed)
     );
+    // The runs exercise compaction and installs, not only the log path.
+    if count >= 100 {
+        assert!(
+            taken > 0 && sent > 0 && installed > 0,
+            "no snapshot traffic: {taken} taken, {sent} sent, {installed} installed"
+        );
+    }
 }
 
 #[test]

@@ -229,6 +229,7 @@ mod tests {
             hard_state: None,
             truncate_from,
             entries,
+            snapshot: None,
         }
     }
 
@@ -280,6 +281,7 @@ mod tests {
                 hard_state: Some(hs),
                 truncate_from: None,
                 entries: vec![],
+                snapshot: None,
             },
         );
         assert_eq!(fast.hard_state, hs);

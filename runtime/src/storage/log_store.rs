@@ -227,6 +227,7 @@ mod tests {
             hard_state: hs,
             truncate_from: trunc,
             entries: e,
+            snapshot: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! (or the `sim` example's `--seeds`), which prints progress. A failure prints the seed, the
 //! checker that fired, the end of the trace and a one-line replay command.
 
-use conclave_actors::sim::{self, FaultProfile, SimConfig};
+use conclave_actors::sim::{self, FaultMix, FaultProfile, SimConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -117,4 +117,41 @@ fn membership_changes_under_faults() {
     if let Some(f) = sim::run_seeds(0, 200, 2, membership_config, |_, _| {}) {
         panic!("{f}");
     }
+}
+
+/// Snapshot-heavy runs: frequent crashes, a snapshot every 3–12 applied entries with at most
+/// two entries kept after compaction, duplicated and delayed transfers (stale snapshots
+/// arriving after newer ones, installs from old terms, crashes mid-install). Every checker,
+/// the state-digest one included. `CONCLAVE_SIM_SNAPSHOT_SEEDS` raises the count.
+#[test]
+fn snapshots_under_crashes() {
+    let count = env_u64("CONCLAVE_SIM_SNAPSHOT_SEEDS", 200);
+    let installed = AtomicU64::new(0);
+    let failure = sim::run_seeds(
+        0,
+        count,
+        2,
+        |seed| {
+            let mut cfg = SimConfig::new(seed, SimConfig::default_nodes(seed));
+            cfg.profile = FaultProfile::Crashes;
+            let mut mix = FaultMix::draw(cfg.profile, seed);
+            mix.snapshot_every = (3, 12);
+            mix.keep_entries = seed % 3;
+            mix.duplicate = mix.duplicate.max(0.05);
+            mix.long_delay = mix.long_delay.max(0.05);
+            cfg.mix = Some(mix);
+            cfg
+        },
+        |_, result| {
+            if let Ok(r) = result {
+                installed.fetch_add(r.snapshots_installed, Ordering::Relaxed);
+            }
+        },
+    );
+    if let Some(f) = failure {
+        panic!("{f}");
+    }
+    let installed = installed.load(Ordering::Relaxed);
+    println!("{count} snapshot-heavy seeds passed, {installed} installs");
+    assert!(installed > 0, "no install happened in {count} seeds");
 }

@@ -924,7 +924,7 @@ impl World {
         }
         if let Some(meta) = &req.snapshot {
             // The install's "rename": the staged snapshot becomes the one a restart uses.
-            let Some(snapshot) = node.staged.remove(&(meta.index, meta.term)) else {
+            let Some(snapshot) = node.staged.get(&(meta.index, meta.term)).cloned() else {
                 return Err(self.fail(
                     FailureKind::Contract,
                     format!(
@@ -933,9 +933,8 @@ impl World {
                     ),
                 ));
             };
+            // Other staged snapshots stay until a crash clears them (a run stages few).
             node.durable.install(snapshot);
-            let base = node.durable.snapshot_index();
-            node.staged.retain(|(i, _), _| *i > base);
             self.report.snapshots_installed += 1;
         }
         if let Some(from) = req.truncate_from {

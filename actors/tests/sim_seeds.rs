@@ -88,17 +88,26 @@ fn a_seed_replays_identically() {
 
 #[test]
 fn profiles_other_than_mixed_pass() {
+    // `CONCLAVE_SIM_PROFILE_SEEDS` raises the count of the crash and partition profiles.
+    let n = env_u64("CONCLAVE_SIM_PROFILE_SEEDS", 20);
     for (profile, seeds) in [
-        (FaultProfile::Crashes, 0..20u64),
-        (FaultProfile::Partitions, 0..20),
-        (FaultProfile::Calm, 0..4),
+        (FaultProfile::Crashes, n),
+        (FaultProfile::Partitions, n),
+        (FaultProfile::Calm, 4),
     ] {
-        for seed in seeds {
-            let mut cfg = SimConfig::new(seed, SimConfig::default_nodes(seed));
-            cfg.profile = profile;
-            if let Err(f) = sim::run(&cfg) {
-                panic!("{f}");
-            }
+        let failure = sim::run_seeds(
+            0,
+            seeds,
+            2,
+            |seed| {
+                let mut cfg = SimConfig::new(seed, SimConfig::default_nodes(seed));
+                cfg.profile = profile;
+                cfg
+            },
+            |_, _| {},
+        );
+        if let Some(f) = failure {
+            panic!("{f}");
         }
     }
 }
@@ -114,7 +123,8 @@ fn membership_config(seed: u64) -> SimConfig {
 /// `actors/src/sim/CORE_BUGS.md` (fixed in the core).
 #[test]
 fn membership_changes_under_faults() {
-    if let Some(f) = sim::run_seeds(0, 200, 2, membership_config, |_, _| {}) {
+    let seeds = env_u64("CONCLAVE_SIM_MEMBERSHIP_SEEDS", 200);
+    if let Some(f) = sim::run_seeds(0, seeds, 2, membership_config, |_, _| {}) {
         panic!("{f}");
     }
 }
@@ -127,6 +137,9 @@ fn membership_changes_under_faults() {
 fn snapshots_under_crashes() {
     let count = env_u64("CONCLAVE_SIM_SNAPSHOT_SEEDS", 200);
     let installed = AtomicU64::new(0);
+    let stale = AtomicU64::new(0);
+    let old_term = AtomicU64::new(0);
+    let mid_install = AtomicU64::new(0);
     let failure = sim::run_seeds(
         0,
         count,
@@ -145,13 +158,29 @@ fn snapshots_under_crashes() {
         |_, result| {
             if let Ok(r) = result {
                 installed.fetch_add(r.snapshots_installed, Ordering::Relaxed);
+                stale.fetch_add(r.snapshots_stale, Ordering::Relaxed);
+                old_term.fetch_add(r.snapshots_old_term, Ordering::Relaxed);
+                mid_install.fetch_add(r.crashes_mid_install, Ordering::Relaxed);
             }
         },
     );
     if let Some(f) = failure {
         panic!("{f}");
     }
-    let installed = installed.load(Ordering::Relaxed);
-    println!("{count} snapshot-heavy seeds passed, {installed} installs");
-    assert!(installed > 0, "no install happened in {count} seeds");
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (installed, stale, old_term, mid_install) = (
+        load(&installed),
+        load(&stale),
+        load(&old_term),
+        load(&mid_install),
+    );
+    println!(
+        "{count} snapshot-heavy seeds passed: {installed} installs, {stale} stale snapshots \
+         and {old_term} from an old term refused, {mid_install} crashes mid-install"
+    );
+    // The scenarios the setup exists for all happened.
+    assert!(
+        installed > 0 && stale > 0 && old_term > 0 && mid_install > 0,
+        "{installed} installs, {stale} stale, {old_term} old-term, {mid_install} mid-install"
+    );
 }

@@ -551,6 +551,12 @@ pub struct SimReport {
     pub snapshots_sent: u64,
     /// Snapshot installs that became durable.
     pub snapshots_installed: u64,
+    /// Snapshots that reached a node whose commit index was already at or past them.
+    pub snapshots_stale: u64,
+    /// Snapshots that reached a node in a newer term than the one they were sent in.
+    pub snapshots_old_term: u64,
+    /// Crashes while an install's persist was in flight.
+    pub crashes_mid_install: u64,
 }
 
 /// Runs one seed to completion.

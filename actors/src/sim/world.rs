@@ -642,6 +642,7 @@ impl World {
         node.core = None;
         node.incarnation += 1;
         let lost = node.in_flight.len();
+        let mid_install = node.in_flight.iter().any(|r| r.snapshot.is_some());
         node.in_flight.clear();
         node.shadow = Shadow::of(&node.durable);
         node.staged.clear();
@@ -654,6 +655,7 @@ impl World {
         let (id, inc) = (node.id, node.incarnation);
         self.reads.retain(|_, (_, _, at)| *at != n);
         self.report.crashes += 1;
+        self.report.crashes_mid_install += u64::from(mid_install);
         self.text(format!("CRASH n{id} ({lost} persists in flight lost)"));
         // Clients waiting on this node: a proposed write's fate is now unknown; a read simply
         // goes elsewhere.
@@ -1529,6 +1531,13 @@ impl World {
         });
         let now = self.local(r);
         let meta = snapshot.meta.clone();
+        if let Some(core) = self.nodes[r].core.as_ref() {
+            if term < core.term() {
+                self.report.snapshots_old_term += 1;
+            } else if meta.index <= core.commit_index() {
+                self.report.snapshots_stale += 1;
+            }
+        }
         let node = &mut self.nodes[r];
         node.staged.insert((meta.index, meta.term), snapshot);
         if let Some(core) = node.core.as_mut() {

@@ -432,3 +432,41 @@ fn lagging_follower_catches_up_by_snapshot() {
     let after: Vec<LogIndex> = applied.iter().copied().filter(|&i| i > snap).collect();
     assert_eq!(after, ((snap + 1)..=l.commit_index).collect::<Vec<_>>());
 }
+
+/// A snapshot carries the membership in force at its index (thesis §5.1: the configuration
+/// entries it replaces are gone), and compaction past a membership entry keeps that
+/// membership in force.
+#[test]
+fn snapshot_meta_carries_the_membership_at_its_index() {
+    let mut r = leader_with_applied(2, 0);
+    // Index 4: add learner 4, committed by 1 and 2.
+    r.change_membership(3000, MembershipChange::AddLearner(4))
+        .unwrap();
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(3001, seq);
+    r.handle_message(3002, append_ok(2, 1, 1, 4));
+    poll(&mut r);
+    assert_eq!(r.applied_index(), 4);
+    let before = r.snapshot_meta(3).unwrap();
+    assert_eq!(before.membership, Membership::with_voters([1, 2, 3]));
+    let after = r.snapshot_meta(4).unwrap();
+    let with_learner = Membership {
+        voters: ids(&[1, 2, 3]),
+        learners: ids(&[4]),
+    };
+    assert_eq!(after.membership, with_learner);
+    r.snapshot_taken(3003, after).unwrap();
+    assert_eq!(
+        no_timers(poll(&mut r))
+            .into_iter()
+            .filter(|a| matches!(a, Action::Compacted { .. }))
+            .collect::<Vec<_>>(),
+        vec![Action::Compacted { first_index: 5 }]
+    );
+    assert_eq!(r.membership(), &with_learner);
+    // The next change still validates against it.
+    assert!(matches!(
+        r.change_membership(3004, MembershipChange::AddLearner(4)),
+        Err(ProposeError::InvalidMembershipChange(_))
+    ));
+}

@@ -46,6 +46,10 @@ pub struct Status {
     pub last_index: LogIndex,
     /// Last index reported durable and matching the in-memory log.
     pub persisted_index: LogIndex,
+    /// Index of the latest snapshot the shell holds as its base (0: none).
+    pub snapshot_index: LogIndex,
+    /// First index held in the in-memory log (everything before it is compacted).
+    pub first_index: LogIndex,
     /// Membership in force (the latest appended).
     pub membership: Membership,
     /// Replication progress per peer (leader only; empty otherwise), in id order.
@@ -367,6 +371,8 @@ impl Raft {
             commit_index: self.commit_index,
             last_index: self.log.last_index(),
             persisted_index: self.persisted_index,
+            snapshot_index: self.snapshot.index,
+            first_index: self.log.first_index(),
             membership: self.membership.clone(),
             progress: self.progress.iter().map(|(id, p)| p.view(*id)).collect(),
         }

@@ -470,3 +470,42 @@ fn snapshot_meta_carries_the_membership_at_its_index() {
         Err(ProposeError::InvalidMembershipChange(_))
     ));
 }
+
+/// A newer snapshot arriving while an install is still persisting supersedes it: each install
+/// is acknowledged once its own persist is durable, but the state machine is restored only
+/// from the newest, once that one is durable (nothing is applied in between).
+#[test]
+fn a_newer_install_supersedes_one_still_persisting() {
+    let mut f = Raft::new(cfg(2), restored(&[1, 2, 3], 2, None, &[1]), 1, 0).unwrap();
+    poll(&mut f);
+    let (m1, m2) = (meta(5, 2, &[1, 2, 3]), meta(9, 2, &[1, 2, 3]));
+    f.install_snapshot(1000, 1, 2, m1.clone());
+    let s1 = persist_seq(&poll(&mut f));
+    f.install_snapshot(1001, 1, 2, m2.clone());
+    let out = no_timers(poll(&mut f));
+    assert_eq!(
+        out,
+        vec![Action::Persist(PersistRequest {
+            seq: s1 + 1,
+            hard_state: None,
+            truncate_from: Some(10),
+            entries: vec![],
+            snapshot: Some(m2.clone()),
+        })]
+    );
+    f.persisted(1002, s1);
+    assert_eq!(
+        no_timers(poll(&mut f)),
+        vec![Action::Send(install_resp(2, 1, 2, true, 5))]
+    );
+    assert_eq!(f.applied_index(), 0);
+    f.persisted(1003, s1 + 1);
+    assert_eq!(
+        no_timers(poll(&mut f)),
+        vec![
+            Action::RestoreSnapshot(m2),
+            Action::Send(install_resp(2, 1, 2, true, 9)),
+        ]
+    );
+    assert_eq!((f.applied_index(), f.commit_index()), (9, 9));
+}

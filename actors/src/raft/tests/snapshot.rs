@@ -509,3 +509,82 @@ fn a_newer_install_supersedes_one_still_persisting() {
     );
     assert_eq!((f.applied_index(), f.commit_index()), (9, 9));
 }
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_bug_compact_unapplied_compacts_past_the_snapshot() {
+    let mut c = cfg(2);
+    c.keep_entries = 0;
+    c.planted_bugs.compact_unapplied = true;
+    let mut f = Raft::new(c, restored(&[1, 2, 3], 1, None, &[1, 1, 1, 1]), 1, 0).unwrap();
+    poll(&mut f);
+    // Commit 2 is applied; then the leader says 4 is committed, not yet applied (the persist
+    // of nothing new completes at once, but the snapshot is taken at 2).
+    f.handle_message(
+        1000,
+        msg(
+            1,
+            2,
+            1,
+            MessageBody::Heartbeat {
+                commit: 2,
+                read_ctx: 1,
+            },
+        ),
+    );
+    poll(&mut f);
+    let m = f.snapshot_meta(2).unwrap();
+    f.handle_message(
+        1001,
+        msg(
+            1,
+            2,
+            1,
+            MessageBody::Heartbeat {
+                commit: 4,
+                read_ctx: 2,
+            },
+        ),
+    );
+    f.snapshot_taken(1002, m).unwrap();
+    assert!(
+        no_timers(poll(&mut f)).contains(&Action::Compacted { first_index: 5 }),
+        "the planted bug compacts up to the commit index, past the snapshot at 2"
+    );
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_bug_install_stale_snapshot_moves_applied_back() {
+    let mut c = cfg(2);
+    c.planted_bugs.install_stale_snapshot = true;
+    let mut f = Raft::new(c, restored(&[1, 2, 3], 2, None, &[1, 2, 2]), 1, 0).unwrap();
+    poll(&mut f);
+    f.handle_message(
+        1000,
+        msg(
+            1,
+            2,
+            2,
+            MessageBody::Heartbeat {
+                commit: 3,
+                read_ctx: 1,
+            },
+        ),
+    );
+    poll(&mut f);
+    assert_eq!(f.applied_index(), 3);
+    f.install_snapshot(1001, 1, 2, meta(2, 2, &[1, 2, 3]));
+    let seq = persist_seq(&poll(&mut f));
+    f.persisted(1002, seq);
+    // The state machine goes back to 2 and entry 3 is handed out a second time.
+    assert_eq!(
+        no_timers(poll(&mut f)),
+        vec![
+            Action::RestoreSnapshot(meta(2, 2, &[1, 2, 3])),
+            Action::Send(install_resp(2, 1, 2, true, 2)),
+            Action::Apply(vec![cmd(2, 3, &[2])]),
+        ],
+        "the planted bug moved the applied index back"
+    );
+}

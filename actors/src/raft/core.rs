@@ -718,8 +718,10 @@ impl Raft {
     }
 
     fn on_install_snapshot(&mut self, now: Millis, from: NodeId, term: Term, meta: SnapshotMeta) {
-        // A snapshot's last entry cannot be newer than the leader that sends it.
-        if meta.index == 0 || meta.term == 0 || meta.term > term {
+        // A snapshot's last entry cannot be newer than the leader that sends it; an index no
+        // log can reach (index arithmetic must not overflow) is refused as well.
+        if meta.index == 0 || meta.index >= LogIndex::MAX / 2 || meta.term == 0 || meta.term > term
+        {
             return;
         }
         // Applied and commit indexes never move backwards: a snapshot at or below what this

@@ -207,3 +207,71 @@ fn ack_before_persist_is_caught() {
     );
     clean(CRASHES, seed + 1);
 }
+
+/// Frequent crashes and snapshots every few entries with little kept after compaction, so
+/// restarts restore from snapshots and lagging followers need installs; duplicated and
+/// delayed transfers make stale snapshots arrive after newer ones.
+const SNAPSHOTS: Setup = Setup {
+    profile: FaultProfile::Crashes,
+    tweak: |cfg| {
+        let mut mix = FaultMix::draw(cfg.profile, cfg.seed);
+        mix.snapshot_every = (3, 12);
+        mix.keep_entries = cfg.seed % 3;
+        mix.duplicate = mix.duplicate.max(0.05);
+        mix.long_delay = mix.long_delay.max(0.05);
+        cfg.mix = Some(mix);
+        cfg.workload.put = 50;
+    },
+};
+
+#[test]
+fn snapshot_missing_state_is_caught() {
+    let bugs = PlantedBugs {
+        snapshot_missing_state: true,
+        ..PlantedBugs::default()
+    };
+    let seed = caught(
+        "snapshot_missing_state",
+        SNAPSHOTS,
+        bugs,
+        &[
+            FailureKind::StateDigest,
+            FailureKind::StateMachineSafety,
+            FailureKind::Linearizability,
+        ],
+        MAX_SEEDS,
+    );
+    clean(SNAPSHOTS, seed + 1);
+}
+
+#[test]
+fn install_stale_snapshot_is_caught() {
+    let bugs = PlantedBugs {
+        install_stale_snapshot: true,
+        ..PlantedBugs::default()
+    };
+    let seed = caught(
+        "install_stale_snapshot",
+        SNAPSHOTS,
+        bugs,
+        &[FailureKind::AppliedRegressed],
+        MAX_SEEDS,
+    );
+    clean(SNAPSHOTS, seed + 1);
+}
+
+#[test]
+fn compact_unapplied_is_caught() {
+    let bugs = PlantedBugs {
+        compact_unapplied: true,
+        ..PlantedBugs::default()
+    };
+    let seed = caught(
+        "compact_unapplied",
+        SNAPSHOTS,
+        bugs,
+        &[FailureKind::Compaction],
+        MAX_SEEDS,
+    );
+    clean(SNAPSHOTS, seed + 1);
+}

@@ -5,7 +5,7 @@
 //! (or the `sim` example's `--seeds`), which prints progress. A failure prints the seed, the
 //! checker that fired, the end of the trace and a one-line replay command.
 
-use conclave_actors::sim::{self, FaultProfile, SimConfig};
+use conclave_actors::sim::{self, FaultMix, FaultProfile, SimConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -25,6 +25,9 @@ fn mixed_faults_over_many_seeds() {
     let done = AtomicU64::new(0);
     let events = AtomicU64::new(0);
     let ops = AtomicU64::new(0);
+    let taken = AtomicU64::new(0);
+    let sent = AtomicU64::new(0);
+    let installed = AtomicU64::new(0);
     let t0 = Instant::now();
     let failure = sim::run_seeds(
         start,
@@ -35,6 +38,9 @@ fn mixed_faults_over_many_seeds() {
             if let Ok(r) = result {
                 events.fetch_add(r.steps, Ordering::Relaxed);
                 ops.fetch_add(r.ops_invoked, Ordering::Relaxed);
+                taken.fetch_add(r.snapshots_taken, Ordering::Relaxed);
+                sent.fetch_add(r.snapshots_sent, Ordering::Relaxed);
+                installed.fetch_add(r.snapshots_installed, Ordering::Relaxed);
             }
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if long && n % every == 0 {
@@ -47,12 +53,24 @@ fn mixed_faults_over_many_seeds() {
         panic!("{f}");
     }
     let secs = t0.elapsed().as_secs_f64();
+    let (taken, sent, installed) = (
+        taken.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed),
+        installed.load(Ordering::Relaxed),
+    );
     println!(
-        "{count} seeds from {start} passed in {secs:.1} s ({:.1} seeds/s, {} events, {} client ops)",
+        "{count} seeds from {start} passed in {secs:.1} s ({:.1} seeds/s, {} events, {} client ops; snapshots: {taken} taken, {sent} sent, {installed} installed)",
         count as f64 / secs,
         events.load(Ordering::Relaxed),
         ops.load(Ordering::Relaxed)
     );
+    // The runs exercise compaction and installs, not only the log path.
+    if count >= 100 {
+        assert!(
+            taken > 0 && sent > 0 && installed > 0,
+            "no snapshot traffic: {taken} taken, {sent} sent, {installed} installed"
+        );
+    }
 }
 
 #[test]
@@ -70,17 +88,26 @@ fn a_seed_replays_identically() {
 
 #[test]
 fn profiles_other_than_mixed_pass() {
+    // `CONCLAVE_SIM_PROFILE_SEEDS` raises the count of the crash and partition profiles.
+    let n = env_u64("CONCLAVE_SIM_PROFILE_SEEDS", 20);
     for (profile, seeds) in [
-        (FaultProfile::Crashes, 0..20u64),
-        (FaultProfile::Partitions, 0..20),
-        (FaultProfile::Calm, 0..4),
+        (FaultProfile::Crashes, n),
+        (FaultProfile::Partitions, n),
+        (FaultProfile::Calm, 4),
     ] {
-        for seed in seeds {
-            let mut cfg = SimConfig::new(seed, SimConfig::default_nodes(seed));
-            cfg.profile = profile;
-            if let Err(f) = sim::run(&cfg) {
-                panic!("{f}");
-            }
+        let failure = sim::run_seeds(
+            0,
+            seeds,
+            2,
+            |seed| {
+                let mut cfg = SimConfig::new(seed, SimConfig::default_nodes(seed));
+                cfg.profile = profile;
+                cfg
+            },
+            |_, _| {},
+        );
+        if let Some(f) = failure {
+            panic!("{f}");
         }
     }
 }
@@ -96,7 +123,64 @@ fn membership_config(seed: u64) -> SimConfig {
 /// `actors/src/sim/CORE_BUGS.md` (fixed in the core).
 #[test]
 fn membership_changes_under_faults() {
-    if let Some(f) = sim::run_seeds(0, 200, 2, membership_config, |_, _| {}) {
+    let seeds = env_u64("CONCLAVE_SIM_MEMBERSHIP_SEEDS", 200);
+    if let Some(f) = sim::run_seeds(0, seeds, 2, membership_config, |_, _| {}) {
         panic!("{f}");
     }
+}
+
+/// Snapshot-heavy runs: frequent crashes, a snapshot every 3–12 applied entries with at most
+/// two entries kept after compaction, duplicated and delayed transfers (stale snapshots
+/// arriving after newer ones, installs from old terms, crashes mid-install). Every checker,
+/// the state-digest one included. `CONCLAVE_SIM_SNAPSHOT_SEEDS` raises the count.
+#[test]
+fn snapshots_under_crashes() {
+    let count = env_u64("CONCLAVE_SIM_SNAPSHOT_SEEDS", 200);
+    let installed = AtomicU64::new(0);
+    let stale = AtomicU64::new(0);
+    let old_term = AtomicU64::new(0);
+    let mid_install = AtomicU64::new(0);
+    let failure = sim::run_seeds(
+        0,
+        count,
+        2,
+        |seed| {
+            let mut cfg = SimConfig::new(seed, SimConfig::default_nodes(seed));
+            cfg.profile = FaultProfile::Crashes;
+            let mut mix = FaultMix::draw(cfg.profile, seed);
+            mix.snapshot_every = (3, 12);
+            mix.keep_entries = seed % 3;
+            mix.duplicate = mix.duplicate.max(0.05);
+            mix.long_delay = mix.long_delay.max(0.05);
+            cfg.mix = Some(mix);
+            cfg
+        },
+        |_, result| {
+            if let Ok(r) = result {
+                installed.fetch_add(r.snapshots_installed, Ordering::Relaxed);
+                stale.fetch_add(r.snapshots_stale, Ordering::Relaxed);
+                old_term.fetch_add(r.snapshots_old_term, Ordering::Relaxed);
+                mid_install.fetch_add(r.crashes_mid_install, Ordering::Relaxed);
+            }
+        },
+    );
+    if let Some(f) = failure {
+        panic!("{f}");
+    }
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (installed, stale, old_term, mid_install) = (
+        load(&installed),
+        load(&stale),
+        load(&old_term),
+        load(&mid_install),
+    );
+    println!(
+        "{count} snapshot-heavy seeds passed: {installed} installs, {stale} stale snapshots \
+         and {old_term} from an old term refused, {mid_install} crashes mid-install"
+    );
+    // The scenarios the setup exists for all happened.
+    assert!(
+        installed > 0 && stale > 0 && old_term > 0 && mid_install > 0,
+        "{installed} installs, {stale} stale, {old_term} old-term, {mid_install} mid-install"
+    );
 }

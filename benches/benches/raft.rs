@@ -99,10 +99,14 @@ impl Group {
                                 self.applied[i] = last.index;
                             }
                         }
+                        // The bench never snapshots: no compaction, so no snapshot transfers.
                         Action::SetTimer { .. }
                         | Action::ReadReady { .. }
                         | Action::ReadFailed { .. }
-                        | Action::RoleChanged { .. } => {}
+                        | Action::RoleChanged { .. }
+                        | Action::SendSnapshot { .. }
+                        | Action::RestoreSnapshot(_)
+                        | Action::Compacted { .. } => {}
                     }
                 }
             }

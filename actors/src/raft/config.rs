@@ -37,6 +37,16 @@ pub struct RaftConfig {
     /// lease reads tolerate. Default 5. `lease_ms` must satisfy
     /// `lease_ms <= election_timeout_min_ms * (100 - drift) / (100 + drift)`.
     pub max_clock_drift_percent: u64,
+    /// Entries kept in memory before a snapshot's index when the log is compacted
+    /// ([`Raft::snapshot_taken`](super::Raft::snapshot_taken)), so that slightly lagging
+    /// followers still catch up with AppendEntries instead of a whole snapshot. Default 1,000.
+    pub keep_entries: u64,
+    /// How long a leader waits for a snapshot it asked its shell to send
+    /// ([`Action::SendSnapshot`](super::Action::SendSnapshot)) to be answered before it
+    /// retries. Default 60,000 ms; a shell that streams large snapshots reports failures
+    /// itself ([`Raft::snapshot_send_failed`](super::Raft::snapshot_send_failed)), so this
+    /// only covers a lost answer.
+    pub snapshot_timeout_ms: Millis,
     /// Bugs planted on purpose to prove that the simulator's checkers catch them.
     #[cfg(feature = "planted-bugs")]
     pub planted_bugs: PlantedBugs,
@@ -57,6 +67,8 @@ impl Default for RaftConfig {
             max_inflight_appends: 8,
             lease_ms: 120,
             max_clock_drift_percent: 5,
+            keep_entries: 1_000,
+            snapshot_timeout_ms: 60_000,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: PlantedBugs::default(),
         }
@@ -81,6 +93,16 @@ pub struct PlantedBugs {
     /// check-quorum is off (so nothing makes an isolated leader step down): the stale-leader
     /// bug of d-engine issue #381, for the chaos harness of the runtime.
     pub lease_without_check_quorum: bool,
+    /// Compaction drops everything committed, not only what the reported snapshot covers:
+    /// committed entries the state machine has not applied yet are lost.
+    pub compact_unapplied: bool,
+    /// A follower installs a snapshot at or below its commit index (a stale one, e.g. a
+    /// duplicate arriving after a newer install), moving its applied index backwards.
+    pub install_stale_snapshot: bool,
+    /// Read by the simulator's state machine, not by the core: its snapshots leave out one
+    /// key (a snapshot missing part of the state, like a KV snapshot without its
+    /// idempotency table).
+    pub snapshot_missing_state: bool,
 }
 
 /// A configuration that cannot be run safely.
@@ -160,6 +182,10 @@ impl RaftConfig {
             ("max_entries_per_append", self.max_entries_per_append),
             ("max_bytes_per_append", self.max_bytes_per_append),
             ("max_inflight_appends", self.max_inflight_appends),
+            (
+                "snapshot_timeout_ms",
+                usize::try_from(self.snapshot_timeout_ms).unwrap_or(usize::MAX),
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

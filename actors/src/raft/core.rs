@@ -46,6 +46,10 @@ pub struct Status {
     pub last_index: LogIndex,
     /// Last index reported durable and matching the in-memory log.
     pub persisted_index: LogIndex,
+    /// Index of the latest snapshot the shell holds as its base (0: none).
+    pub snapshot_index: LogIndex,
+    /// First index held in the in-memory log (everything before it is compacted).
+    pub first_index: LogIndex,
     /// Membership in force (the latest appended).
     pub membership: Membership,
     /// Replication progress per peer (leader only; empty otherwise), in id order.
@@ -136,6 +140,16 @@ pub struct Raft {
     /// Membership entries of the log, in index order (the last one is in force).
     membership_entries: Vec<(LogIndex, Membership)>,
 
+    // Snapshots (Raft §7).
+    /// The latest snapshot the shell holds as its base (taken, installed or restored);
+    /// index 0 without one. The one a leader sends to followers it compacted past.
+    snapshot: SnapshotMeta,
+    /// An installed snapshot to name in the next persist request.
+    pending_snapshot: Option<SnapshotMeta>,
+    /// The install persist issued and not yet complete (the latest, if several): on its
+    /// completion the shell is told to restore the state machine from it.
+    installing: Option<(u64, SnapshotMeta)>,
+
     // Persistence bookkeeping.
     /// Seq of the next persist request.
     next_seq: u64,
@@ -200,7 +214,13 @@ impl Raft {
         now: Millis,
     ) -> Result<Raft, ConfigError> {
         config.validate()?;
-        let log = RaftLog::restore(restore.snapshot_last, restore.entries)
+        let snapshot = restore.snapshot.unwrap_or_default();
+        let base_membership = if snapshot.index > 0 {
+            snapshot.membership.clone()
+        } else {
+            restore.base_membership
+        };
+        let log = RaftLog::restore((snapshot.index, snapshot.term), restore.entries)
             .map_err(ConfigError::InvalidRestore)?;
         let mut membership_entries = Vec::new();
         for e in log.entries() {
@@ -210,7 +230,7 @@ impl Raft {
         }
         let membership = membership_entries
             .last()
-            .map_or_else(|| restore.base_membership.clone(), |(_, m)| m.clone());
+            .map_or_else(|| base_membership.clone(), |(_, m)| m.clone());
         let role = if membership.voters.contains(&config.id) {
             Role::Follower
         } else {
@@ -230,8 +250,11 @@ impl Raft {
             commit_index: applied,
             applied,
             membership,
-            base_membership: restore.base_membership,
+            base_membership,
             membership_entries,
+            snapshot,
+            pending_snapshot: None,
+            installing: None,
             next_seq: 1,
             completed_seq: 0,
             hs_dirty: false,
@@ -323,6 +346,21 @@ impl Raft {
         self.log.term_at(index)
     }
 
+    /// The latest snapshot this core knows the shell holds as its base (index 0: none).
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// The first index held in the in-memory log (everything before it is compacted).
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
+    /// The last index handed to the caller to apply (in an `Apply` or a `RestoreSnapshot`).
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
     /// The configuration this core runs with.
     pub fn config(&self) -> &RaftConfig {
         &self.config
@@ -339,6 +377,8 @@ impl Raft {
             commit_index: self.commit_index,
             last_index: self.log.last_index(),
             persisted_index: self.persisted_index,
+            snapshot_index: self.snapshot.index,
+            first_index: self.log.first_index(),
             membership: self.membership.clone(),
             progress: self.progress.iter().map(|(id, p)| p.view(*id)).collect(),
         }
@@ -413,6 +453,22 @@ impl Raft {
             self.persisted_index = p.log_last;
         }
         self.completed_seq = seq;
+        if let Some((s, meta)) = self.installing.take() {
+            if s <= seq {
+                // The log store now names the snapshot as its base: the state machine may
+                // switch to it. `meta.index > commit >= applied` held at install (stale ones
+                // are refused), and nothing was applied since.
+                self.applied = if self.bug_install_stale_snapshot() {
+                    meta.index
+                } else {
+                    self.applied.max(meta.index)
+                };
+                self.snapshot = meta.clone();
+                self.actions.push(Action::RestoreSnapshot(meta));
+            } else {
+                self.installing = Some((s, meta));
+            }
+        }
         // Release the messages whose dependencies are now durable, in their original order.
         if self.withheld.iter().all(|(s, _)| *s <= seq) {
             // The common case (dependencies are mostly monotonic): release all, keeping the
@@ -580,6 +636,238 @@ impl Raft {
         Ok(())
     }
 
+    // ------------------------------------------------------------------------------------
+    // Snapshots and compaction (Raft §7, thesis ch. 5)
+    // ------------------------------------------------------------------------------------
+
+    /// The meta a snapshot of the state machine at `index` must carry: the term of the entry
+    /// at `index` and the membership in force there. `index` must be applied (handed out in an
+    /// `Apply`) and beyond the current snapshot and compaction point.
+    pub fn snapshot_meta(&self, index: LogIndex) -> Result<SnapshotMeta, SnapshotError> {
+        if index > self.applied {
+            return Err(SnapshotError::NotApplied {
+                index,
+                applied: self.applied,
+            });
+        }
+        let current = self.snapshot.index.max(self.log.snapshot_index());
+        let term = self.log.term_at(index).filter(|_| index > current);
+        let Some(term) = term else {
+            return Err(SnapshotError::Stale { index, current });
+        };
+        Ok(SnapshotMeta {
+            index,
+            term,
+            membership: self.membership_at(index),
+        })
+    }
+
+    /// The caller durably stored a snapshot of its state machine at `meta.index` (whose meta
+    /// came from [`Raft::snapshot_meta`]): it becomes the snapshot sent to lagging followers,
+    /// and the in-memory log is compacted up to `meta.index - keep_entries`, announced with
+    /// [`Action::Compacted`]. Refused (changing nothing) if `meta.index` is not applied yet,
+    /// not beyond the current snapshot, or does not match the log.
+    pub fn snapshot_taken(&mut self, now: Millis, meta: SnapshotMeta) -> Result<(), SnapshotError> {
+        self.advance_clock(now);
+        let expected = self.snapshot_meta(meta.index)?;
+        if expected != meta {
+            return Err(SnapshotError::Mismatch {
+                given: Box::new(meta),
+                expected: Box::new(expected),
+            });
+        }
+        let mut point = meta.index.saturating_sub(self.config.keep_entries);
+        if self.bug_compact_unapplied() {
+            point = point.max(self.commit_index);
+        }
+        self.snapshot = meta;
+        self.compact(point);
+        Ok(())
+    }
+
+    /// The leader's shell could not deliver the snapshot it was asked to send to `to` (the
+    /// connection broke, the peer refused it, ...). The leader stops waiting and retries once
+    /// the peer answers a heartbeat again.
+    pub fn snapshot_send_failed(&mut self, now: Millis, to: NodeId) {
+        self.advance_clock(now);
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(p) = self.progress.get_mut(&to) {
+            if p.state == ReplicationState::Snapshot {
+                let next = p.match_index + 1;
+                p.become_probe(next);
+                p.probe_sent = true;
+            }
+        }
+    }
+
+    /// The shell received (complete, verified and durably staged) the snapshot `meta` that the
+    /// leader `from` sent in `term` ([`Action::SendSnapshot`]). Raft §7, receiver side: a
+    /// snapshot from an older term is answered with the current term; one at or below the
+    /// commit index is stale and refused; otherwise log entries following the snapshot are
+    /// kept if the log holds its last entry, else the whole log is discarded. The core then
+    /// emits a `Persist` naming the snapshot, and once it completes a
+    /// [`Action::RestoreSnapshot`] and the acknowledgement.
+    pub fn install_snapshot(&mut self, now: Millis, from: NodeId, term: Term, meta: SnapshotMeta) {
+        self.advance_clock(now);
+        let now = self.now;
+        if from == self.config.id || from == 0 {
+            return;
+        }
+        if term < self.term {
+            // A leader of an older term: tell it the current term so it steps down.
+            let body = MessageBody::InstallSnapshotResponse {
+                installed: false,
+                index: self.commit_index,
+            };
+            self.send(from, body, Dep::HardState);
+            return;
+        }
+        if term > self.term {
+            self.become_follower(now, term, Some(from));
+        }
+        if self.accept_leader(now, from) {
+            self.on_install_snapshot(now, from, term, meta);
+        }
+        self.report_role();
+    }
+
+    fn on_install_snapshot(&mut self, now: Millis, from: NodeId, term: Term, meta: SnapshotMeta) {
+        // A snapshot's last entry cannot be newer than the leader that sends it; an index no
+        // log can reach (index arithmetic must not overflow) is refused as well.
+        if meta.index == 0 || meta.index >= LogIndex::MAX / 2 || meta.term == 0 || meta.term > term
+        {
+            return;
+        }
+        // Applied and commit indexes never move backwards: a snapshot at or below what this
+        // node already knows committed is stale (a duplicate, or overtaken by appends).
+        if meta.index <= self.commit_index && !self.bug_install_stale_snapshot() {
+            let body = MessageBody::InstallSnapshotResponse {
+                installed: false,
+                index: self.commit_index,
+            };
+            self.send(from, body, Dep::HardState);
+            return;
+        }
+        let old_commit = self.commit_index;
+        if meta.index <= self.log.last_index()
+            && meta.index >= self.log.snapshot_index()
+            && self.log.term_at(meta.index) == Some(meta.term)
+        {
+            // Raft §7: the log holds the snapshot's last entry, so everything after it is the
+            // leader's too; keep it.
+            self.log.compact_to(meta.index);
+            self.flushed_last = self.flushed_last.max(meta.index);
+            self.pending_truncate = self.pending_truncate.map(|t| t.max(meta.index + 1));
+        } else {
+            // Raft §7: discard the entire log. Whatever the durable log holds beyond the old
+            // commit index may conflict with the snapshot: it no longer counts as durable, and
+            // acknowledgements of it are void.
+            self.log.reset(meta.index, meta.term);
+            self.flushed_last = meta.index;
+            self.pending_truncate = Some(meta.index + 1);
+            for p in self.in_flight.iter_mut() {
+                p.log_last = p.log_last.min(old_commit);
+            }
+            self.persisted_index = self.persisted_index.min(old_commit);
+            self.withheld.retain(|(_, m)| {
+                !matches!(
+                    m.body,
+                    MessageBody::AppendEntriesResponse {
+                        success: true,
+                        index,
+                        ..
+                    } if index > old_commit
+                )
+            });
+        }
+        self.base_membership = meta.membership.clone();
+        self.membership_entries.retain(|(i, _)| *i > meta.index);
+        self.refresh_membership(now);
+        self.commit_index = self.commit_index.max(meta.index);
+        self.pending_snapshot = Some(meta.clone());
+        // Acknowledged only once the persist naming the snapshot is durable.
+        let body = MessageBody::InstallSnapshotResponse {
+            installed: true,
+            index: meta.index,
+        };
+        self.send(from, body, Dep::Everything);
+    }
+
+    /// Leader: the answer to a snapshot this node's shell sent to `from`.
+    fn on_install_response(&mut self, now: Millis, from: NodeId, installed: bool, index: LogIndex) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        p.last_append_response = now;
+        if installed {
+            // A peer's index is not trusted to be one this log holds.
+            if index > last {
+                return;
+            }
+            if p.on_success(index) {
+                self.maybe_commit(now);
+                self.maybe_send_timeout_now();
+            }
+        } else if p.state == ReplicationState::Snapshot {
+            // Refused as stale: the peer already holds a committed prefix up to `index`;
+            // probe with AppendEntries from just after it.
+            p.become_probe(index.saturating_add(1).min(last + 1));
+        }
+    }
+
+    /// The membership in force at `index` (at or after the compaction point).
+    fn membership_at(&self, index: LogIndex) -> Membership {
+        self.membership_entries
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or_else(|| self.base_membership.clone(), |(_, m)| m.clone())
+    }
+
+    /// Drops the in-memory log up to `point` (never past the applied index, except under the
+    /// `compact_unapplied` planted bug) and announces it to the shell.
+    fn compact(&mut self, point: LogIndex) {
+        let point = point.min(self.log.last_index());
+        if point <= self.log.snapshot_index() {
+            return;
+        }
+        self.base_membership = self.membership_at(point);
+        self.membership_entries.retain(|(i, _)| *i > point);
+        self.log.compact_to(point);
+        self.actions.push(Action::Compacted {
+            first_index: self.log.first_index(),
+        });
+    }
+
+    /// Leader: `peer` needs entries compacted away; ask the shell to stream the snapshot.
+    /// Without a usable snapshot (an install of our own still persisting) it waits.
+    fn start_snapshot_send(&mut self, peer: NodeId) {
+        let usable = self.snapshot.index > 0
+            && self.snapshot.index >= self.log.snapshot_index()
+            && self.installing.is_none()
+            && self.pending_snapshot.is_none();
+        if !usable {
+            return;
+        }
+        let deadline = self.now + self.config.snapshot_timeout_ms;
+        let Some(p) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        p.become_snapshot(self.snapshot.index, deadline);
+        self.actions.push(Action::SendSnapshot {
+            to: peer,
+            term: self.term,
+            meta: self.snapshot.clone(),
+        });
+    }
+
     /// Appends every pending action to `out` (without clearing it), in the order they must be
     /// carried out. Proposals made between two polls are batched: one `Persist` and one
     /// AppendEntries per follower (more only when the batch exceeds the per-append limits and
@@ -699,6 +987,9 @@ impl Raft {
             }
             MessageBody::HeartbeatResponse { read_ctx } => {
                 self.on_heartbeat_response(now, from, read_ctx)
+            }
+            MessageBody::InstallSnapshotResponse { installed, index } => {
+                self.on_install_response(now, from, installed, index)
             }
             MessageBody::TimeoutNow => {
                 // Thesis §3.10: the leader found us up to date; campaign at once, skipping
@@ -985,6 +1276,8 @@ impl Raft {
             ReplicationState::Replicate => index <= p.match_index,
             // `next_index >= 1` always; a peer's `index` is not trusted not to overflow.
             ReplicationState::Probe => index != p.next_index - 1,
+            // A snapshot is on its way; the rejection predates it.
+            ReplicationState::Snapshot => true,
         };
         if stale {
             return;
@@ -1024,6 +1317,8 @@ impl Raft {
                         p.become_probe(next);
                     }
                 }
+                // The transfer has its own deadline (`tick_leader`).
+                ReplicationState::Snapshot => {}
             }
         }
         if !learner && self.membership.voters.contains(&from) {
@@ -1039,6 +1334,14 @@ impl Raft {
         if now >= self.heartbeat_deadline {
             self.start_round(now);
             self.heartbeat_deadline = now + self.config.heartbeat_interval_ms;
+        }
+        for p in self.progress.values_mut() {
+            if p.snapshot.is_some_and(|(_, deadline)| now >= deadline) {
+                // The snapshot was not answered in time: probe again, which asks the shell
+                // for a new transfer (a snapshotter that resumes picks up where it stopped).
+                let next = p.match_index + 1;
+                p.become_probe(next);
+            }
         }
         if let Some(t) = self.transfer {
             if now >= t.deadline {
@@ -1276,7 +1579,8 @@ impl Raft {
         }
         let prev = next - 1;
         let Some(prev_term) = self.log.term_at(prev) else {
-            // Compacted: would need a snapshot, which this core does not send yet.
+            // Compacted (Raft §7): the peer needs the snapshot.
+            self.start_snapshot_send(peer);
             return false;
         };
         let max_last = last.min(next + self.config.max_entries_per_append as u64 - 1);
@@ -1482,6 +1786,11 @@ impl Raft {
     }
 
     fn emit_apply(&mut self) {
+        if self.installing.is_some() || self.pending_snapshot.is_some() {
+            // The entries up to the snapshot are gone; the state machine continues from the
+            // snapshot once its install is durable.
+            return;
+        }
         let durable = if self.bug_ack_before_persist() {
             self.log.last_index()
         } else {
@@ -1602,6 +1911,7 @@ impl Raft {
 
     fn persist_dirty(&self) -> bool {
         self.hs_dirty
+            || self.pending_snapshot.is_some()
             || self.pending_truncate.is_some()
             || self.log.last_index() > self.flushed_last
     }
@@ -1632,11 +1942,16 @@ impl Raft {
             seq,
             log_last: last,
         });
+        let snapshot = self.pending_snapshot.take();
+        if let Some(meta) = &snapshot {
+            self.installing = Some((seq, meta.clone()));
+        }
         self.actions.push(Action::Persist(PersistRequest {
             seq,
             hard_state,
             truncate_from: self.pending_truncate.take(),
             entries,
+            snapshot,
         }));
     }
 
@@ -1762,6 +2077,28 @@ impl Raft {
         #[cfg(feature = "planted-bugs")]
         {
             self.config.planted_bugs.ack_before_persist
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_compact_unapplied(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.compact_unapplied
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_install_stale_snapshot(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.install_stale_snapshot
         }
         #[cfg(not(feature = "planted-bugs"))]
         {

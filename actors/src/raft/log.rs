@@ -15,8 +15,16 @@ pub(crate) struct RaftLog {
 impl RaftLog {
     /// Builds a log from restored entries, checking they are contiguous and follow the
     /// snapshot point (a disk that returns anything else is corrupt, and the core refuses it).
-    pub(crate) fn restore(snapshot: (LogIndex, Term), entries: Vec<Entry>) -> Result<Self, String> {
+    ///
+    /// Entries at or below the snapshot point are dropped first: a log store purges covered
+    /// entries lazily (whole segments), so it may hand back some of them.
+    pub(crate) fn restore(
+        snapshot: (LogIndex, Term),
+        mut entries: Vec<Entry>,
+    ) -> Result<Self, String> {
         let (snapshot_index, snapshot_term) = snapshot;
+        let covered = entries.partition_point(|e| e.index <= snapshot_index);
+        entries.drain(..covered);
         let mut prev_term = snapshot_term;
         for (pos, e) in entries.iter().enumerate() {
             let expected = snapshot_index + 1 + pos as u64;
@@ -108,6 +116,29 @@ impl RaftLog {
         self.entries.truncate(keep);
     }
 
+    /// Drops every entry at or below `index` (which must be held, or be the compaction point)
+    /// and makes `index` the new compaction point, its term remembered.
+    pub(crate) fn compact_to(&mut self, index: LogIndex) {
+        if index <= self.snapshot_index {
+            return;
+        }
+        let Some(term) = self.term_at(index) else {
+            return;
+        };
+        let drop = (index - self.snapshot_index) as usize;
+        self.entries.drain(..drop.min(self.entries.len()));
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+    }
+
+    /// Discards the whole log: it now starts right after `(index, term)` (a snapshot install
+    /// whose last entry the log does not hold, Raft §7).
+    pub(crate) fn reset(&mut self, index: LogIndex, term: Term) {
+        self.entries.clear();
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+    }
+
     /// Conflict hint for a rejected AppendEntries whose `prev_log_index` is `index` (held):
     /// the first index of the run of entries sharing `index`'s term (thesis §5.3), so the
     /// leader can skip the whole term in one round trip.
@@ -167,6 +198,34 @@ mod tests {
         assert!(RaftLog::restore((0, 0), vec![e(1, 2), e(2, 1)]).is_err());
         assert!(RaftLog::restore((4, 2), vec![e(5, 1)]).is_err());
         assert!(RaftLog::restore((4, 2), vec![e(5, 2), e(6, 3)]).is_ok());
+        // Entries the snapshot covers (a lazily purged log store) are dropped, whatever their
+        // terms; a gap after the snapshot is still refused.
+        let log = RaftLog::restore((4, 2), vec![e(3, 1), e(4, 1), e(5, 2)]).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (5, 5));
+        assert_eq!(log.term_at(4), Some(2));
+        assert!(RaftLog::restore((4, 2), vec![e(3, 1), e(6, 2)]).is_err());
+    }
+
+    #[test]
+    fn compaction_and_reset() {
+        let mut log = log_of(&[1, 1, 2, 3, 3]);
+        log.compact_to(3);
+        assert_eq!((log.first_index(), log.last_index()), (4, 5));
+        assert_eq!(log.term_at(3), Some(2));
+        assert_eq!(log.term_at(2), None);
+        assert_eq!(log.range(1, 5).len(), 2);
+        // Compacting backwards or past the end changes nothing.
+        log.compact_to(2);
+        log.compact_to(9);
+        assert_eq!((log.snapshot_index(), log.last_index()), (3, 5));
+        log.compact_to(5);
+        assert!(log.entries().is_empty());
+        assert_eq!((log.last_index(), log.last_term()), (5, 3));
+        log.reset(9, 4);
+        assert_eq!(
+            (log.first_index(), log.last_index(), log.last_term()),
+            (10, 9, 4)
+        );
     }
 
     #[test]

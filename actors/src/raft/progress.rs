@@ -13,6 +13,9 @@ pub(crate) enum ReplicationState {
     /// The peer's log is known to match up to `match_index`: appends are sent optimistically,
     /// advancing `next_index` at once, up to `max_inflight_appends` un-acknowledged.
     Replicate,
+    /// The peer needs entries the leader compacted: its shell streams a snapshot (Raft §7)
+    /// and no append is sent until the install is answered, reported failed, or times out.
+    Snapshot,
 }
 
 /// Replication progress of one peer, kept by the leader only.
@@ -35,6 +38,8 @@ pub(crate) struct Progress {
     /// When the leader last received an AppendEntries response from this peer; used to detect
     /// appends lost in replicate state.
     pub(crate) last_append_response: Millis,
+    /// In snapshot state: the index of the snapshot being sent, and when to give up on it.
+    pub(crate) snapshot: Option<(LogIndex, Millis)>,
 }
 
 impl Progress {
@@ -49,7 +54,17 @@ impl Progress {
             recent_active: false,
             learner,
             last_append_response: now,
+            snapshot: None,
         }
+    }
+
+    /// Pauses appends while the shell streams the snapshot at `index` to the peer; the
+    /// transfer is abandoned (back to probing) at `deadline`.
+    pub(crate) fn become_snapshot(&mut self, index: LogIndex, deadline: Millis) {
+        self.state = ReplicationState::Snapshot;
+        self.snapshot = Some((index, deadline));
+        self.probe_sent = false;
+        self.inflight.clear();
     }
 
     /// Falls back to probing from just after `match_index` (or from `next`, when a rejection
@@ -59,6 +74,7 @@ impl Progress {
         self.next_index = next.max(self.match_index + 1);
         self.probe_sent = false;
         self.inflight.clear();
+        self.snapshot = None;
     }
 
     /// Records a successful append up to `index`. Returns whether `match_index` advanced.
@@ -77,6 +93,17 @@ impl Progress {
                 }
                 self.probe_sent = false;
             }
+            ReplicationState::Snapshot => {
+                // The install's answer (or a late append answer) that reaches the snapshot's
+                // index: appends resume right after the match. A late answer below it changes
+                // only the match; the transfer goes on.
+                if self.snapshot.is_none_or(|(s, _)| self.match_index >= s) {
+                    self.state = ReplicationState::Replicate;
+                    self.next_index = self.match_index + 1;
+                    self.inflight.clear();
+                    self.snapshot = None;
+                }
+            }
             ReplicationState::Replicate => {
                 self.next_index = self.next_index.max(self.match_index + 1);
                 while self.inflight.front().is_some_and(|&last| last <= index) {
@@ -92,6 +119,7 @@ impl Progress {
         match self.state {
             ReplicationState::Probe => !self.probe_sent,
             ReplicationState::Replicate => self.inflight.len() < window,
+            ReplicationState::Snapshot => false,
         }
     }
 

@@ -131,8 +131,24 @@ pub struct RestoreState {
     /// group, or the membership stored with a snapshot). Membership entries in `entries`
     /// override it.
     pub base_membership: Membership,
-    /// Index and term of the last entry covered by a snapshot, `(0, 0)` without one.
-    pub snapshot_last: (LogIndex, Term),
+    /// The snapshot the caller's state machine was restored from (the one its log store names
+    /// as the base: the newest snapshot it took itself, or the newest install whose persist
+    /// completed), `None` without one. Entries of `entries` at or below its index are ignored;
+    /// its membership replaces `base_membership`.
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+/// What identifies a snapshot of the state machine (Raft §7): the last entry it covers and the
+/// membership in force at that entry, which must travel with it because the entries that
+/// carried the membership are compacted away.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Index of the last entry the snapshot covers.
+    pub index: LogIndex,
+    /// Term of that entry.
+    pub term: Term,
+    /// The membership in force at `index` (the latest membership entry at or below it).
+    pub membership: Membership,
 }
 
 /// How strongly a read must be ordered with respect to writes.
@@ -227,6 +243,18 @@ pub enum MessageBody {
     },
     /// Leader transfer (thesis §3.10): start an election now, skipping the pre-vote.
     TimeoutNow,
+    /// The answer to a snapshot install (Raft §7, the InstallSnapshot RPC's reply). The
+    /// snapshot itself never travels in a [`Message`]: the leader's shell streams it out of
+    /// band ([`Action::SendSnapshot`]) and the follower's shell hands the core its meta with
+    /// [`Raft::install_snapshot`](super::Raft::install_snapshot) once it holds all of it.
+    InstallSnapshotResponse {
+        /// Whether the snapshot was installed and is durable.
+        installed: bool,
+        /// If installed, the snapshot's index: the follower's log durably matches the
+        /// leader's up to it. If refused as stale, the follower's commit index: the leader
+        /// probes with AppendEntries from just after it.
+        index: LogIndex,
+    },
 }
 
 /// Something durable the caller must write before it reports completion with
@@ -242,6 +270,13 @@ pub struct PersistRequest {
     pub truncate_from: Option<LogIndex>,
     /// Entries to append after the truncation, in index order.
     pub entries: Vec<Entry>,
+    /// Set when the core installed a snapshot received from the leader (Raft §7). Carried
+    /// out *first*, before `truncate_from` and `entries`: the snapshot named here (which the
+    /// shell already holds, complete and verified, since it handed its meta to
+    /// [`Raft::install_snapshot`](super::Raft::install_snapshot)) becomes the one a restart
+    /// restores from, and every persisted entry at or below its index is obsolete (it may be
+    /// purged at once or later). Entries after its index stay unless `truncate_from` drops them.
+    pub snapshot: Option<SnapshotMeta>,
 }
 
 /// What the core asks its caller to do. Actions are drained in order and must be carried out
@@ -275,6 +310,34 @@ pub enum Action {
         /// Why.
         error: ReadError,
     },
+    /// Leader: stream the snapshot `meta` names (the latest one reported with
+    /// [`Raft::snapshot_taken`](super::Raft::snapshot_taken) or installed) to `to`, whose log
+    /// is too far behind for AppendEntries (its next index is at or below the leader's
+    /// compaction point). Appends to `to` pause until the transfer is answered, reported
+    /// failed with [`Raft::snapshot_send_failed`](super::Raft::snapshot_send_failed), or
+    /// `RaftConfig::snapshot_timeout_ms` passes. The receiving shell calls
+    /// `install_snapshot(now, from, term, meta)` with the `term` given here once it holds the
+    /// whole snapshot durably.
+    SendSnapshot {
+        /// The peer to send to.
+        to: NodeId,
+        /// The leader's term, to be handed to the receiver's `install_snapshot`.
+        term: Term,
+        /// Which snapshot.
+        meta: SnapshotMeta,
+    },
+    /// Replace the state machine with the snapshot `meta` names. Emitted once the install's
+    /// `Persist` completed (so a crash never leaves the state machine ahead of the log); every
+    /// later `Apply` continues from `meta.index + 1`.
+    RestoreSnapshot(SnapshotMeta),
+    /// The in-memory log now starts at `first_index` (a snapshot reported with
+    /// [`Raft::snapshot_taken`](super::Raft::snapshot_taken) covers everything before it, up
+    /// to `RaftConfig::keep_entries` fewer): persisted entries below `first_index` may be
+    /// purged from the log store.
+    Compacted {
+        /// The first index still held in memory.
+        first_index: LogIndex,
+    },
     /// The node's role, term or known leader changed (for logs, metrics and routing).
     RoleChanged {
         /// The new role.
@@ -304,6 +367,40 @@ pub enum ProposeError {
     /// The change makes no sense for the current membership.
     #[error("invalid membership change: {0}")]
     InvalidMembershipChange(String),
+}
+
+/// Why [`Raft::snapshot_taken`](super::Raft::snapshot_taken) or
+/// [`Raft::snapshot_meta`](super::Raft::snapshot_meta) refused a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The snapshot claims entries the core has not handed out for applying yet: compacting
+    /// them would lose committed entries the state machine never saw.
+    #[error("snapshot index {index} is beyond the applied index {applied}")]
+    NotApplied {
+        /// The snapshot's index.
+        index: LogIndex,
+        /// The core's applied index.
+        applied: LogIndex,
+    },
+    /// A snapshot at or beyond this index already exists (or the log is compacted past it).
+    #[error(
+        "snapshot index {index} is not beyond the current snapshot or compaction point {current}"
+    )]
+    Stale {
+        /// The snapshot's index.
+        index: LogIndex,
+        /// The current snapshot index or compaction point, whichever is higher.
+        current: LogIndex,
+    },
+    /// The snapshot's term or membership is not the log's at its index: it was not taken from
+    /// this group's committed state.
+    #[error("snapshot meta {given:?} does not match the log, which says {expected:?}")]
+    Mismatch {
+        /// What the caller reported.
+        given: Box<SnapshotMeta>,
+        /// What the log holds at that index.
+        expected: Box<SnapshotMeta>,
+    },
 }
 
 /// Why a read could not be served.

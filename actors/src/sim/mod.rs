@@ -18,6 +18,7 @@
 //! one-line command that replays it.
 
 mod clock;
+mod store;
 mod trace;
 mod world;
 
@@ -160,7 +161,11 @@ impl SimConfig {
             keys: 4,
             random_target_percent: 30,
             workload: Workload::default(),
-            raft: RaftConfig::default(),
+            raft: RaftConfig {
+                // Snapshot transfers take tens of milliseconds here, not minutes.
+                snapshot_timeout_ms: 1_000,
+                ..RaftConfig::default()
+            },
             verbose: false,
             trace_tail: 60,
         }
@@ -235,6 +240,11 @@ pub struct FaultMix {
     pub down_ms: (Millis, Millis),
     /// Range of how long a partition lasts, ms.
     pub partition_ms: (Millis, Millis),
+    /// Range of applied entries between two snapshots of a node (drawn per snapshot);
+    /// `(0, 0)`: no snapshots.
+    pub snapshot_every: (u64, u64),
+    /// The cores' `keep_entries` (entries kept before a snapshot's index when compacting).
+    pub keep_entries: u64,
 }
 
 impl FaultMix {
@@ -267,6 +277,25 @@ impl FaultMix {
             gap_ms: (200, 1_000),
             down_ms: (50, 1_500),
             partition_ms: (200, 2_500),
+            snapshot_every: (0, 0),
+            keep_entries: 0,
+        };
+        // Snapshots are not faults: every profile takes them, at a rate drawn from a stream
+        // of its own (so the fault draws of a seed are what they were before snapshots).
+        let mut snap = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x5A95));
+        let quiet = if snap.random_bool(0.85) {
+            let lo = snap.random_range(3..=30);
+            FaultMix {
+                snapshot_every: (lo, lo + snap.random_range(0..=40)),
+                keep_entries: if snap.random_bool(0.5) {
+                    0
+                } else {
+                    snap.random_range(1..=20)
+                },
+                ..quiet
+            }
+        } else {
+            quiet
         };
         match profile {
             FaultProfile::Calm => quiet,
@@ -358,6 +387,13 @@ impl fmt::Display for FaultMix {
                 write!(f, " +{name}")?;
             }
         }
+        if self.snapshot_every.1 > 0 {
+            write!(
+                f,
+                " +snapshots every {}..{} (keep {})",
+                self.snapshot_every.0, self.snapshot_every.1, self.keep_entries
+            )?;
+        }
         Ok(())
     }
 }
@@ -390,6 +426,13 @@ pub enum FailureKind {
     Liveness,
     /// The core broke its API contract (an action out of order, a bad config, ...).
     Contract,
+    /// A node's applied index went backwards within one lifetime (a stale snapshot
+    /// restored over newer state).
+    AppliedRegressed,
+    /// Two replicas at the same applied index hold different states.
+    StateDigest,
+    /// Log entries were compacted that no durable snapshot covers, or that were not applied.
+    Compaction,
 }
 
 impl FailureKind {
@@ -407,6 +450,9 @@ impl FailureKind {
             FailureKind::LostWrite => "lost acknowledged write",
             FailureKind::Liveness => "liveness",
             FailureKind::Contract => "core API contract",
+            FailureKind::AppliedRegressed => "applied index regressed",
+            FailureKind::StateDigest => "state digest differs at the same applied index",
+            FailureKind::Compaction => "compaction past the durable snapshot",
         }
     }
 }
@@ -499,6 +545,18 @@ pub struct SimReport {
     pub messages: u64,
     /// Highest committed index.
     pub committed: u64,
+    /// Snapshots written and reported to a core.
+    pub snapshots_taken: u64,
+    /// Snapshot transfers started by leaders.
+    pub snapshots_sent: u64,
+    /// Snapshot installs that became durable.
+    pub snapshots_installed: u64,
+    /// Snapshots that reached a node whose commit index was already at or past them.
+    pub snapshots_stale: u64,
+    /// Snapshots that reached a node in a newer term than the one they were sent in.
+    pub snapshots_old_term: u64,
+    /// Crashes while an install's persist was in flight.
+    pub crashes_mid_install: u64,
 }
 
 /// Runs one seed to completion.

@@ -37,6 +37,15 @@ pub(crate) enum MsgKind {
         ctx: u64,
     },
     TimeoutNow,
+    InstallResp {
+        installed: bool,
+        index: u64,
+    },
+    /// A whole snapshot transfer (the simulator delivers it as one event).
+    Snapshot {
+        index: u64,
+        term: Term,
+    },
 }
 
 impl MsgKind {
@@ -86,6 +95,10 @@ impl MsgKind {
                 MsgKind::HeartbeatResp { ctx: *read_ctx }
             }
             MessageBody::TimeoutNow => MsgKind::TimeoutNow,
+            MessageBody::InstallSnapshotResponse { installed, index } => MsgKind::InstallResp {
+                installed: *installed,
+                index: *index,
+            },
         }
     }
 }
@@ -134,6 +147,12 @@ impl fmt::Display for MsgKind {
             }
             MsgKind::HeartbeatResp { ctx } => write!(f, "HeartbeatResp(ctx={ctx})"),
             MsgKind::TimeoutNow => write!(f, "TimeoutNow"),
+            MsgKind::InstallResp { installed, index } => write!(
+                f,
+                "InstallResp({} {index})",
+                if installed { "installed" } else { "refused" }
+            ),
+            MsgKind::Snapshot { index, term } => write!(f, "Snapshot({index}/t{term})"),
         }
     }
 }

@@ -2,13 +2,14 @@
 //! the clients, the fault schedule, and the checkers that run after every event.
 
 use super::clock::NodeClock;
+use super::store::{digest, Durable, Shadow, SimSnapshot};
 use super::trace::{DropWhy, MsgKind, Note, Trace};
 use super::{derive_seed, FailureKind, FaultMix, SimConfig, SimFailure, SimReport};
 use crate::linearizability::{check_kv, History, KvInput, KvOutput, OpId, SearchBudget, Verdict};
 use crate::raft::{
-    Action, Entry, EntryPayload, HardState, LogIndex, Membership, MembershipChange, Message,
-    NodeId, PersistRequest, ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId,
-    RestoreState, Role, Term,
+    Action, Entry, EntryPayload, LogIndex, Membership, MembershipChange, Message, NodeId,
+    PersistRequest, ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId,
+    RestoreState, Role, SnapshotError, SnapshotMeta, Term,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -27,6 +28,7 @@ const STREAM_FAULT: u64 = 2;
 const STREAM_CLIENT: u64 = 3;
 const STREAM_DISK: u64 = 4;
 const STREAM_SETUP: u64 = 5;
+const STREAM_SNAPSHOT: u64 = 6;
 const STREAM_CORE: u64 = 1_000;
 
 #[derive(Debug)]
@@ -70,6 +72,26 @@ enum Event {
     LeaderDeadline {
         gen: u64,
     },
+    /// A snapshot of a node's state machine finished writing (lost if the node crashed).
+    SnapshotWritten {
+        node: usize,
+        incarnation: u64,
+        snapshot: SimSnapshot,
+    },
+    /// A whole snapshot transfer reaches its receiver (the snapshotter's chunks, checksums
+    /// and resumption are the runtime's; here a transfer arrives whole or not at all).
+    SnapshotArrive {
+        from: NodeId,
+        to: NodeId,
+        term: Term,
+        snapshot: SimSnapshot,
+    },
+    /// The sender's shell learns a transfer failed.
+    SnapshotFailed {
+        node: usize,
+        incarnation: u64,
+        to: NodeId,
+    },
     WorkloadStop,
     End,
 }
@@ -99,13 +121,6 @@ impl Ord for Scheduled {
     }
 }
 
-/// What a node has durably stored: only what was reported persisted survives a crash.
-#[derive(Default)]
-struct Durable {
-    hard_state: HardState,
-    log: Vec<Entry>,
-}
-
 struct WaitingWrite {
     term: Term,
     op_no: u64,
@@ -126,7 +141,14 @@ struct Node {
     last_seq: Option<u64>,
     /// Terms of the core's in-memory log, rebuilt from its Persist actions: the log matching
     /// checker sees every entry as it is appended.
-    mem_terms: Vec<Term>,
+    shadow: Shadow,
+    /// Applied entries after which the next snapshot is taken (drawn per snapshot).
+    snapshot_after: u64,
+    /// A snapshot write is in flight.
+    snapshot_writing: bool,
+    /// Snapshots received whole from a leader and handed to the core, by (index, term),
+    /// waiting for the install's persist (lost on a crash).
+    staged: BTreeMap<(LogIndex, Term), SimSnapshot>,
     kv: BTreeMap<String, String>,
     applied: LogIndex,
     commit_seen: LogIndex,
@@ -180,6 +202,7 @@ pub(crate) struct World {
     rng_fault: ChaCha8Rng,
     rng_client: ChaCha8Rng,
     rng_disk: ChaCha8Rng,
+    rng_snapshot: ChaCha8Rng,
     trace: Trace,
     actions: Vec<Action>,
     phase: Phase,
@@ -204,6 +227,8 @@ pub(crate) struct World {
     leaders: BTreeMap<Term, NodeId>,
     entry_ids: HashMap<(LogIndex, Term), (u64, Term)>,
     committed: Vec<(Term, u64)>,
+    /// The state digest of the first replica that reached each applied index.
+    digests: HashMap<LogIndex, (NodeId, u64)>,
     report: SimReport,
 }
 
@@ -282,11 +307,14 @@ impl World {
                         0
                     },
                 },
-                durable: Durable::default(),
+                durable: Durable::new(),
                 in_flight: VecDeque::new(),
                 last_done_at: 0,
                 last_seq: None,
-                mem_terms: Vec::new(),
+                shadow: Shadow::default(),
+                snapshot_after: 0,
+                snapshot_writing: false,
+                staged: BTreeMap::new(),
                 kv: BTreeMap::new(),
                 applied: 0,
                 commit_seen: 0,
@@ -316,6 +344,7 @@ impl World {
             rng_fault: ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_FAULT)),
             rng_client: ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_CLIENT)),
             rng_disk: ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_DISK)),
+            rng_snapshot: ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_SNAPSHOT)),
             trace,
             actions: Vec::new(),
             phase: Phase::Faults,
@@ -335,6 +364,7 @@ impl World {
             leaders: BTreeMap::new(),
             entry_ids: HashMap::new(),
             committed: Vec::new(),
+            digests: HashMap::new(),
             report: SimReport {
                 seed,
                 ..SimReport::default()
@@ -499,6 +529,37 @@ impl World {
                 }
                 Ok(())
             }
+            Event::SnapshotWritten {
+                node,
+                incarnation,
+                snapshot,
+            } => self.snapshot_written(node, incarnation, snapshot),
+            Event::SnapshotArrive {
+                from,
+                to,
+                term,
+                snapshot,
+            } => self.snapshot_arrive(from, to, term, snapshot),
+            Event::SnapshotFailed {
+                node,
+                incarnation,
+                to,
+            } => {
+                let now = self.local(node);
+                let x = &mut self.nodes[node];
+                if x.incarnation != incarnation {
+                    return Ok(());
+                }
+                let Some(core) = x.core.as_mut() else {
+                    return Ok(());
+                };
+                core.snapshot_send_failed(now, to);
+                let id = x.id;
+                self.text(format!(
+                    "n{id} learns its snapshot transfer to n{to} failed"
+                ));
+                self.drive(node)
+            }
             Event::WorkloadStop => {
                 self.workload_on = false;
                 self.text("workload stops: no new client operations".into());
@@ -514,6 +575,7 @@ impl World {
         RaftConfig {
             id,
             group: 0,
+            keep_entries: self.mix.keep_entries,
             ..self.cfg.raft.clone()
         }
     }
@@ -522,12 +584,15 @@ impl World {
     /// machine is volatile: it is rebuilt by re-applying the log from index 1.
     fn boot(&mut self, n: usize) -> Result<(), Box<SimFailure>> {
         let id = self.nodes[n].id;
+        let durable = &self.nodes[n].durable;
+        let snapshot = durable.snapshot.as_ref().map(|s| s.meta.clone());
         let restore = RestoreState {
-            hard_state: self.nodes[n].durable.hard_state,
-            entries: self.nodes[n].durable.log.clone(),
-            applied: 0,
+            hard_state: durable.hard_state,
+            entries: durable.entries(),
+            // The state machine is volatile: it restarts from the snapshot, if any.
+            applied: durable.snapshot_index(),
             base_membership: Membership::with_voters(1..=self.cfg.nodes as u64),
-            snapshot_last: (0, 0),
+            snapshot,
         };
         let now = self.local(n);
         let rng_seed = derive_seed(
@@ -540,22 +605,32 @@ impl World {
                 format!("Raft::new refused n{id}: {e}"),
             )
         })?;
+        let threshold = self.snapshot_threshold();
         let node = &mut self.nodes[n];
-        node.mem_terms = node.durable.log.iter().map(|e| e.term).collect();
+        node.shadow = Shadow::of(&node.durable);
         node.core = Some(core);
-        node.kv.clear();
-        node.applied = 0;
+        node.kv = node
+            .durable
+            .snapshot
+            .as_ref()
+            .map(|s| s.kv.clone())
+            .unwrap_or_default();
+        node.applied = node.durable.snapshot_index();
         node.commit_seen = 0;
         node.last_seq = None;
         node.last_done_at = 0;
-        let (inc, durable_last, hs) = (
+        node.snapshot_after = threshold;
+        node.snapshot_writing = false;
+        let (inc, durable_last, hs, snap) = (
             node.incarnation,
-            node.durable.log.len(),
+            node.durable.next_index() - 1,
             node.durable.hard_state,
+            node.durable.snapshot_index(),
         );
         self.text(format!(
-            "n{id} boots (incarnation {inc}, durable log {durable_last} entries, {hs:?})"
+            "n{id} boots (incarnation {inc}, snapshot {snap}, durable log up to {durable_last}, {hs:?})"
         ));
+        self.check_digest(n)?;
         self.drive(n)
     }
 
@@ -567,8 +642,11 @@ impl World {
         node.core = None;
         node.incarnation += 1;
         let lost = node.in_flight.len();
+        let mid_install = node.in_flight.iter().any(|r| r.snapshot.is_some());
         node.in_flight.clear();
-        node.mem_terms = node.durable.log.iter().map(|e| e.term).collect();
+        node.shadow = Shadow::of(&node.durable);
+        node.staged.clear();
+        node.snapshot_writing = false;
         node.kv.clear();
         node.applied = 0;
         node.commit_seen = 0;
@@ -577,6 +655,7 @@ impl World {
         let (id, inc) = (node.id, node.incarnation);
         self.reads.retain(|_, (_, _, at)| *at != n);
         self.report.crashes += 1;
+        self.report.crashes_mid_install += u64::from(mid_install);
         self.text(format!("CRASH n{id} ({lost} persists in flight lost)"));
         // Clients waiting on this node: a proposed write's fate is now unknown; a read simply
         // goes elsewhere.
@@ -659,8 +738,11 @@ impl World {
                     self.apply(n, e)?;
                 }
                 self.serve_ready_reads(n);
-                Ok(())
+                self.maybe_snapshot(n)
             }
+            Action::SendSnapshot { to, term, meta } => self.send_snapshot(n, to, term, meta),
+            Action::RestoreSnapshot(meta) => self.restore_snapshot(n, meta),
+            Action::Compacted { first_index } => self.compacted(n, first_index),
             Action::SetTimer { at } => {
                 let node = &mut self.nodes[n];
                 node.timer_gen += 1;
@@ -728,6 +810,18 @@ impl World {
             }
         }
         self.nodes[n].last_seq = Some(req.seq);
+        if let Some(meta) = &req.snapshot {
+            if !self.nodes[n].staged.contains_key(&(meta.index, meta.term)) {
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!(
+                        "n{id} persists an install of snapshot {}/t{} it was never handed",
+                        meta.index, meta.term
+                    ),
+                ));
+            }
+            self.nodes[n].shadow.install(meta);
+        }
         if let Some(from) = req.truncate_from {
             if from == 0 {
                 return Err(self.fail(FailureKind::Contract, format!("n{id} truncates from 0")));
@@ -741,20 +835,21 @@ impl World {
                     ),
                 ));
             }
-            self.nodes[n].mem_terms.truncate((from - 1) as usize);
+            self.nodes[n].shadow.truncate_from(from);
         }
         for e in &req.entries {
-            let expected = self.nodes[n].mem_terms.len() as u64 + 1;
+            let expected = self.nodes[n].shadow.last() + 1;
             if e.index != expected {
                 return Err(self.fail(
                     FailureKind::Contract,
                     format!("n{id} persists entry {} where {expected} was next", e.index),
                 ));
             }
-            let prev_term = if e.index == 1 {
-                0
-            } else {
-                self.nodes[n].mem_terms[(e.index - 2) as usize]
+            let Some(prev_term) = self.nodes[n].shadow.term_at(e.index - 1) else {
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!("n{id} persists entry {} after a compacted one", e.index),
+                ));
             };
             let hash = payload_hash(&e.payload);
             // Log Matching (Raft §5.3): (index, term) identifies an entry's contents and, by
@@ -775,7 +870,7 @@ impl World {
                     self.entry_ids.insert((e.index, e.term), (hash, prev_term));
                 }
             }
-            self.nodes[n].mem_terms.push(e.term);
+            self.nodes[n].shadow.push(e.term);
         }
         let slow = self.rng_disk.random_bool(self.mix.slow_disk);
         let latency = if slow {
@@ -829,23 +924,38 @@ impl World {
         if let Some(hs) = req.hard_state {
             node.durable.hard_state = hs;
         }
-        if let Some(from) = req.truncate_from {
-            node.durable.log.truncate((from - 1) as usize);
-        }
-        for e in req.entries {
-            if e.index != node.durable.log.len() as u64 + 1 {
-                let got = e.index;
-                let len = node.durable.log.len();
+        if let Some(meta) = &req.snapshot {
+            // The install's "rename": the staged snapshot becomes the one a restart uses.
+            let Some(snapshot) = node.staged.get(&(meta.index, meta.term)).cloned() else {
                 return Err(self.fail(
                     FailureKind::Contract,
                     format!(
-                        "n{id} persist seq {seq} appends index {got} to a durable log of {len}"
+                        "simulator: n{id} lost staged snapshot {}/t{}",
+                        meta.index, meta.term
+                    ),
+                ));
+            };
+            // Other staged snapshots stay until a crash clears them (a run stages few).
+            node.durable.install(snapshot);
+            self.report.snapshots_installed += 1;
+        }
+        if let Some(from) = req.truncate_from {
+            node.durable.truncate_from(from);
+        }
+        for e in req.entries {
+            if e.index != node.durable.next_index() {
+                let got = e.index;
+                let next = node.durable.next_index();
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!(
+                        "n{id} persist seq {seq} appends index {got} to a durable log expecting {next}"
                     ),
                 ));
             }
             node.durable.log.push(e);
         }
-        let last = node.durable.log.len() as u64;
+        let last = node.durable.next_index() - 1;
         if let Some(core) = node.core.as_mut() {
             core.persisted(now, seq);
         }
@@ -908,6 +1018,7 @@ impl World {
             EntryPayload::Noop | EntryPayload::Membership(_) => None,
         };
         self.nodes[n].applied = e.index;
+        self.check_digest(n)?;
         if let Some(waiting) = self.nodes[n].waiting_writes.remove(&e.index) {
             for w in waiting {
                 if self.client_token(w.client) != Some(w.token) {
@@ -960,9 +1071,19 @@ impl World {
                 None => {
                     // Leader Completeness (Raft §5.4): the new leader holds every entry
                     // committed so far.
+                    // Below its compaction point it holds the prefix through a snapshot: the
+                    // term at the point identifies it (Log Matching extends to snapshots).
+                    let point = core.first_index() - 1;
                     for (i, &(t, h)) in self.committed.iter().enumerate() {
                         let index = i as u64 + 1;
-                        let has = entry_at(core, index).map(|e| (e.term, payload_hash(&e.payload)));
+                        if index < point {
+                            continue;
+                        }
+                        let has = if index == point {
+                            core.entry_term(index).map(|term| (term, h))
+                        } else {
+                            entry_at(core, index).map(|e| (e.term, payload_hash(&e.payload)))
+                        };
                         if has != Some((t, h)) {
                             let has_term = has.map(|x| x.0);
                             return Err(self.fail(
@@ -1016,7 +1137,27 @@ impl World {
         }
         let from = node.commit_seen + 1;
         let mut newly = Vec::new();
-        for index in from..=commit {
+        let point = core.first_index() - 1;
+        for index in from..=commit.min(point) {
+            // Held through a snapshot (taken, installed or restored): only committed entries
+            // are ever in one, so somebody committed them first, with the same term at the
+            // compaction point.
+            let known = self.committed.get((index - 1) as usize).copied();
+            let ok = match known {
+                None => false,
+                Some((t, _)) => index != point || core.entry_term(index) == Some(t),
+            };
+            if !ok {
+                return Err(self.fail(
+                    FailureKind::StateMachineSafety,
+                    format!(
+                        "n{id} commits {index} through a snapshot (term {:?} at its compaction point {point}) but the committed entry there is {known:?}",
+                        core.entry_term(point)
+                    ),
+                ));
+            }
+        }
+        for index in from.max(point + 1)..=commit {
             let Some(e) = entry_at(core, index) else {
                 return Err(self.fail(
                     FailureKind::Contract,
@@ -1055,8 +1196,7 @@ impl World {
                     .filter(|&v| {
                         self.nodes
                             .get((v - 1) as usize)
-                            .and_then(|x| x.durable.log.get((index - 1) as usize))
-                            .is_some_and(|e| e.term == t)
+                            .is_some_and(|x| x.durable.holds(index, t))
                     })
                     .collect();
                 if holders.len() < quorum {
@@ -1085,8 +1225,8 @@ impl World {
             return Ok(());
         };
         let last = core.last_index();
-        let shadow_last = node.mem_terms.len() as u64;
-        let shadow_term = node.mem_terms.last().copied();
+        let shadow_last = node.shadow.last();
+        let shadow_term = node.shadow.last_term();
         if last != shadow_last || (last > 0 && core.entry_term(last) != shadow_term) {
             return Err(self.fail(
                 FailureKind::Contract,
@@ -1147,6 +1287,360 @@ impl World {
                     "stable: n{id} leads term {term} with a committed entry of its term"
                 ));
                 return;
+            }
+        }
+    }
+
+    // ----- snapshots ---------------------------------------------------------------------
+
+    /// How many applied entries the next snapshot waits for (0: this run takes none).
+    fn snapshot_threshold(&mut self) -> u64 {
+        let (lo, hi) = self.mix.snapshot_every;
+        if hi == 0 {
+            return 0;
+        }
+        self.rng_snapshot
+            .random_range(lo.max(1)..=hi.max(lo.max(1)))
+    }
+
+    /// Starts writing a snapshot of node `n`'s state machine once enough entries were applied
+    /// since its last one. The write takes disk time; a crash meanwhile loses it.
+    fn maybe_snapshot(&mut self, n: usize) -> Result<(), Box<SimFailure>> {
+        let node = &self.nodes[n];
+        if node.snapshot_after == 0
+            || node.snapshot_writing
+            || node.applied < node.durable.snapshot_index() + node.snapshot_after
+        {
+            return Ok(());
+        }
+        let Some(core) = node.core.as_ref() else {
+            return Ok(());
+        };
+        let (id, applied) = (node.id, node.applied);
+        let meta = match core.snapshot_meta(applied) {
+            Ok(meta) => meta,
+            // An install or a newer snapshot got there first.
+            Err(SnapshotError::Stale { .. }) => return Ok(()),
+            Err(e) => {
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!("n{id} cannot describe a snapshot at its applied index {applied}: {e}"),
+                ))
+            }
+        };
+        let mut kv = node.kv.clone();
+        if self.bug_snapshot_missing_state() {
+            // The planted bug: the snapshot leaves out part of the state.
+            let first = kv.keys().next().cloned();
+            if let Some(k) = first {
+                kv.remove(&k);
+            }
+        }
+        let latency = self.rng_snapshot.random_range(1..=40);
+        let incarnation = self.nodes[n].incarnation;
+        self.nodes[n].snapshot_writing = true;
+        self.text(format!("n{id} starts a snapshot at {applied}"));
+        self.schedule(
+            self.now + latency,
+            Event::SnapshotWritten {
+                node: n,
+                incarnation,
+                snapshot: SimSnapshot { meta, kv },
+            },
+        );
+        Ok(())
+    }
+
+    fn bug_snapshot_missing_state(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.cfg.raft.planted_bugs.snapshot_missing_state
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    /// A snapshot is durable: it becomes the restart base (if newer) and the core may compact.
+    fn snapshot_written(
+        &mut self,
+        n: usize,
+        incarnation: u64,
+        snapshot: SimSnapshot,
+    ) -> Result<(), Box<SimFailure>> {
+        let now = self.local(n);
+        let threshold = self.snapshot_threshold();
+        let node = &mut self.nodes[n];
+        if node.incarnation != incarnation || node.core.is_none() {
+            return Ok(());
+        }
+        node.snapshot_writing = false;
+        node.snapshot_after = threshold;
+        if snapshot.meta.index <= node.durable.snapshot_index() {
+            return Ok(());
+        }
+        let meta = snapshot.meta.clone();
+        node.durable.snapshot = Some(snapshot);
+        let id = node.id;
+        let result = node
+            .core
+            .as_mut()
+            .map(|c| c.snapshot_taken(now, meta.clone()));
+        self.report.snapshots_taken += 1;
+        match result {
+            Some(Ok(())) | Some(Err(SnapshotError::Stale { .. })) | None => {}
+            Some(Err(e)) => {
+                return Err(self.fail(
+                    FailureKind::Contract,
+                    format!("n{id} refused its own snapshot {meta:?}: {e}"),
+                ))
+            }
+        }
+        self.text(format!(
+            "n{id} snapshot at {} written: {result:?}",
+            meta.index
+        ));
+        self.drive(n)
+    }
+
+    /// The core asks the shell to stream its snapshot to `to`: one event that arrives after a
+    /// transfer time, or is lost (the sender then usually hears of the failure).
+    fn send_snapshot(
+        &mut self,
+        n: usize,
+        to: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+    ) -> Result<(), Box<SimFailure>> {
+        let node = &self.nodes[n];
+        let (id, incarnation) = (node.id, node.incarnation);
+        let snapshot = node.durable.snapshot.clone().filter(|s| s.meta == meta);
+        let Some(snapshot) = snapshot else {
+            return Err(self.fail(
+                FailureKind::Contract,
+                format!(
+                    "n{id} asked to send snapshot {}/t{} but its shell holds {:?}",
+                    meta.index,
+                    meta.term,
+                    node.durable
+                        .snapshot
+                        .as_ref()
+                        .map(|s| (s.meta.index, s.meta.term))
+                ),
+            ));
+        };
+        self.report.snapshots_sent += 1;
+        let kind = MsgKind::Snapshot {
+            index: meta.index,
+            term: meta.term,
+        };
+        let lost = if self.blocked.contains_key(&(id, to)) {
+            Some(DropWhy::Partition)
+        } else if self.mix.drop > 0.0 && self.rng_net.random_bool(self.mix.drop) {
+            Some(DropWhy::Random)
+        } else {
+            None
+        };
+        if let Some(why) = lost {
+            self.note(Note::Dropped {
+                from: id,
+                to,
+                term,
+                kind,
+                why,
+            });
+            self.transfer_failed(n, incarnation, to);
+            return Ok(());
+        }
+        // A transfer takes longer than a message; duplicates and long delays make a stale
+        // snapshot arrive after a newer one.
+        let copies = if self.mix.duplicate > 0.0 && self.rng_net.random_bool(self.mix.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let d = self.delay() + self.rng_net.random_range(5..=60);
+            self.schedule(
+                self.now + d,
+                Event::SnapshotArrive {
+                    from: id,
+                    to,
+                    term,
+                    snapshot: snapshot.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Most failed transfers are reported to the sender (a broken connection); some are lost
+    /// silently and only the core's timeout recovers.
+    fn transfer_failed(&mut self, n: usize, incarnation: u64, to: NodeId) {
+        if self.rng_net.random_bool(0.7) {
+            let at = self.now + self.rng_net.random_range(10..=100);
+            self.schedule(
+                at,
+                Event::SnapshotFailed {
+                    node: n,
+                    incarnation,
+                    to,
+                },
+            );
+        }
+    }
+
+    fn snapshot_arrive(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        term: Term,
+        snapshot: SimSnapshot,
+    ) -> Result<(), Box<SimFailure>> {
+        let r = (to - 1) as usize;
+        let s = (from - 1) as usize;
+        let kind = MsgKind::Snapshot {
+            index: snapshot.meta.index,
+            term: snapshot.meta.term,
+        };
+        let why = if self.blocked.contains_key(&(from, to)) {
+            Some(DropWhy::Partition)
+        } else if self.nodes.get(r).is_none_or(|x| x.core.is_none()) {
+            Some(DropWhy::Crashed)
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.note(Note::Dropped {
+                from,
+                to,
+                term,
+                kind,
+                why,
+            });
+            let incarnation = self.nodes[s].incarnation;
+            self.transfer_failed(s, incarnation, to);
+            return Ok(());
+        }
+        self.note(Note::Deliver {
+            from,
+            to,
+            term,
+            kind,
+        });
+        let now = self.local(r);
+        let meta = snapshot.meta.clone();
+        if let Some(core) = self.nodes[r].core.as_ref() {
+            if term < core.term() {
+                self.report.snapshots_old_term += 1;
+            } else if meta.index <= core.commit_index() {
+                self.report.snapshots_stale += 1;
+            }
+        }
+        let node = &mut self.nodes[r];
+        node.staged.insert((meta.index, meta.term), snapshot);
+        if let Some(core) = node.core.as_mut() {
+            core.install_snapshot(now, from, term, meta);
+        }
+        self.drive(r)
+    }
+
+    /// The install's persist completed: the state machine switches to the snapshot.
+    fn restore_snapshot(&mut self, n: usize, meta: SnapshotMeta) -> Result<(), Box<SimFailure>> {
+        let node = &self.nodes[n];
+        let id = node.id;
+        let Some(snapshot) = node.durable.snapshot.clone().filter(|s| s.meta == meta) else {
+            return Err(self.fail(
+                FailureKind::Contract,
+                format!(
+                    "n{id} asked to restore snapshot {}/t{} which is not its durable base",
+                    meta.index, meta.term
+                ),
+            ));
+        };
+        if meta.index < node.applied {
+            return Err(self.fail(
+                FailureKind::AppliedRegressed,
+                format!(
+                    "n{id} restores snapshot {}/t{} after applying up to {}",
+                    meta.index, meta.term, node.applied
+                ),
+            ));
+        }
+        let node = &mut self.nodes[n];
+        node.kv = snapshot.kv;
+        node.applied = meta.index;
+        // Proposals the snapshot covers: their outcome is not known from a snapshot.
+        let covered: Vec<LogIndex> = node
+            .waiting_writes
+            .range(..=meta.index)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut clients = Vec::new();
+        for i in covered {
+            if let Some(ws) = self.nodes[n].waiting_writes.remove(&i) {
+                clients.extend(ws.into_iter().map(|w| (w.client, w.token)));
+            }
+        }
+        for (client, token) in clients {
+            if self.client_token(client) == Some(token) {
+                self.finish_indeterminate(client);
+            }
+        }
+        self.text(format!(
+            "n{id} restores snapshot {}/t{}",
+            meta.index, meta.term
+        ));
+        self.check_digest(n)?;
+        self.serve_ready_reads(n);
+        Ok(())
+    }
+
+    /// The core compacted its log: only entries a durable snapshot covers may go. The
+    /// simulated store purges lazily, up to a random point (whole segments).
+    fn compacted(&mut self, n: usize, first_index: LogIndex) -> Result<(), Box<SimFailure>> {
+        let node = &self.nodes[n];
+        let id = node.id;
+        let covered = node.durable.snapshot_index();
+        if first_index > covered + 1 || first_index > node.applied + 1 {
+            return Err(self.fail(
+                FailureKind::Compaction,
+                format!(
+                    "n{id} compacts its log before {first_index} but its durable snapshot covers up to {covered} and it applied up to {}",
+                    node.applied
+                ),
+            ));
+        }
+        let lo = node.durable.first;
+        let upto = if first_index > lo {
+            self.rng_snapshot.random_range(lo..=first_index)
+        } else {
+            lo
+        };
+        self.nodes[n].durable.purge_before(upto);
+        Ok(())
+    }
+
+    /// Replicas at the same applied index hold the same state.
+    fn check_digest(&mut self, n: usize) -> Result<(), Box<SimFailure>> {
+        let node = &self.nodes[n];
+        let (id, applied) = (node.id, node.applied);
+        if applied == 0 {
+            return Ok(());
+        }
+        let d = digest(&node.kv);
+        match self.digests.get(&applied) {
+            Some(&(other, od)) if od != d => Err(self.fail(
+                FailureKind::StateDigest,
+                format!(
+                    "n{id} and n{other} applied up to {applied} but their states differ (digest {d:x} vs {od:x})"
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.digests.insert(applied, (id, d));
+                Ok(())
             }
         }
     }

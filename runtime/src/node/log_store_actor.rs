@@ -301,6 +301,7 @@ mod tests {
             hard_state: None,
             truncate_from,
             entries,
+            snapshot: None,
         }
     }
 
@@ -352,6 +353,7 @@ mod tests {
                 hard_state: Some(hs),
                 truncate_from: None,
                 entries: vec![],
+                snapshot: None,
             },
         );
         assert_eq!(fast.hard_state, hs);

@@ -639,6 +639,7 @@ mod tests {
             hard_state: hs,
             truncate_from: trunc,
             entries: e,
+            snapshot: None,
         }
     }
 

@@ -104,6 +104,7 @@ fn raft_5_2_single_node_elects_itself_after_persisting_its_vote() {
                 }),
                 truncate_from: None,
                 entries: vec![],
+                snapshot: None,
             }),
         ]
     );
@@ -123,6 +124,7 @@ fn raft_5_2_single_node_elects_itself_after_persisting_its_vote() {
                 hard_state: None,
                 truncate_from: None,
                 entries: vec![noop(1, 1)],
+                snapshot: None,
             }),
             Action::SetTimer { at: 351 },
         ]
@@ -176,6 +178,7 @@ fn thesis_9_6_prevote_then_election_exact_actions() {
                 }),
                 truncate_from: None,
                 entries: vec![],
+                snapshot: None,
             }),
         ]
     );
@@ -223,6 +226,7 @@ fn thesis_9_6_prevote_then_election_exact_actions() {
                 hard_state: None,
                 truncate_from: None,
                 entries: vec![noop(1, 1)],
+                snapshot: None,
             }),
             Action::SetTimer { at: 370 },
         ]
@@ -254,6 +258,7 @@ fn raft_5_4_1_vote_requires_up_to_date_log_and_is_sent_after_persist() {
                 }),
                 truncate_from: None,
                 entries: vec![],
+                snapshot: None,
             }),
         ]
     );
@@ -281,6 +286,7 @@ fn raft_5_4_1_vote_requires_up_to_date_log_and_is_sent_after_persist() {
             }),
             truncate_from: None,
             entries: vec![],
+            snapshot: None,
         })]
     );
     r.persisted(1004, 2);

@@ -10,6 +10,7 @@ mod election;
 mod membership;
 mod reads;
 mod replication;
+mod snapshot;
 
 use super::*;
 use std::collections::BTreeSet;

@@ -19,6 +19,10 @@ pub(crate) struct Net {
     /// Every message delivered, for tests that count round trips.
     pub(crate) log: Vec<Message>,
     pub(crate) record: bool,
+    /// Snapshot transfers asked for (sender, receiver, term, meta), not yet delivered.
+    pub(crate) snapshots: Vec<(NodeId, NodeId, Term, SnapshotMeta)>,
+    /// `RestoreSnapshot` and `Compacted` actions, per node, in order.
+    pub(crate) snapshot_actions: Vec<(NodeId, Action)>,
 }
 
 impl Net {
@@ -52,6 +56,8 @@ impl Net {
             delivered: 0,
             log: Vec::new(),
             record: false,
+            snapshots: Vec::new(),
+            snapshot_actions: Vec::new(),
         };
         for (id, restore) in restores {
             let mut c = super::cfg(id);
@@ -107,6 +113,16 @@ impl Net {
         self.drain();
     }
 
+    /// Completes every requested snapshot transfer: the receiver's shell now holds the
+    /// snapshot and hands its meta to the core.
+    pub(crate) fn deliver_snapshots(&mut self) {
+        for (from, to, term, meta) in std::mem::take(&mut self.snapshots) {
+            let now = self.now;
+            self.node(to).install_snapshot(now, from, term, meta);
+        }
+        self.drain();
+    }
+
     /// Polls every node and carries out actions until nothing is left to do.
     pub(crate) fn drain(&mut self) {
         let mut queue: VecDeque<Message> = VecDeque::new();
@@ -141,6 +157,17 @@ impl Net {
                             self.reads.push((id, a))
                         }
                         Action::RoleChanged { .. } => {}
+                        Action::SendSnapshot { to, term, meta } => {
+                            if !self.cut.contains(&(id, to)) && self.nodes.contains_key(&to) {
+                                self.snapshots.push((id, to, term, meta));
+                            } else {
+                                let now = self.now;
+                                self.node(id).snapshot_send_failed(now, to);
+                            }
+                        }
+                        a @ (Action::RestoreSnapshot(_) | Action::Compacted { .. }) => {
+                            self.snapshot_actions.push((id, a))
+                        }
                     }
                 }
             }

@@ -71,6 +71,7 @@ fn proposals_between_polls_are_batched() {
                 hard_state: None,
                 truncate_from: None,
                 entries: batch,
+                snapshot: None,
             }),
         ]
     );
@@ -161,6 +162,7 @@ fn follower_acknowledges_append_only_after_persist() {
         hard_state: None,
         truncate_from: None,
         entries: vec![cmd(1, 2, b"x")],
+        snapshot: None,
     })));
     // Commit 1 was known and durable, so it is applied; entry 2 is not committed.
     assert!(out.contains(&Action::Apply(vec![cmd(1, 1, &[0])])));
@@ -241,6 +243,7 @@ fn raft_5_3_consistency_check_hints_and_truncation() {
                 hard_state: None,
                 truncate_from: Some(3),
                 entries: vec![cmd(3, 3, b"n"), cmd(3, 4, b"m")],
+                snapshot: None,
             }),
             Action::Apply(vec![cmd(1, 1, &[0]), cmd(1, 2, &[1])]),
         ]
@@ -277,6 +280,7 @@ fn truncation_drops_withheld_acks_of_removed_entries() {
         }),
         truncate_from: None,
         entries: vec![cmd(3, 2, b"new")],
+        snapshot: None,
     })));
     f.persisted(1002, 1);
     assert_eq!(poll(&mut f), vec![Action::Send(append_ok(2, 3, 3, 2))]);

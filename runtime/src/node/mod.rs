@@ -1056,6 +1056,9 @@ pub fn run_blocking(config: Config) -> Result<(), NodeError> {
             .ok();
         let data_dir = config.node.data_dir.clone();
         let engine = config.storage.engine;
+        // A data directory of the other engine: refuse before anything listens.
+        crate::storage::state_store::check_engine(engine, &data_dir)
+            .map_err(StateMachineError::from)?;
         let mut builder = Node::builder()
             .config(config.clone())
             .state_machine_with(move || KvMachine::open_engine(engine, &data_dir));

@@ -173,13 +173,9 @@ pub fn engine_name(engine: StorageEngine) -> &'static str {
     }
 }
 
-/// Opens (or creates) the configured engine's store in a node's data directory. Refuses to
-/// start when the directory holds the *other* engine's store: silently starting empty would
-/// throw that state away.
-pub fn open_store(
-    engine: StorageEngine,
-    data_dir: &Path,
-) -> Result<Box<dyn StateStore>, StoreError> {
+/// Refuses a data directory that holds another engine's store than `engine` (checked again by
+/// [`open_store`]; `conclave node` checks it before anything starts, for a clean exit).
+pub fn check_engine(engine: StorageEngine, data_dir: &Path) -> Result<(), StoreError> {
     for other in [StorageEngine::Sled, StorageEngine::Redb] {
         let path = store_path(other, data_dir);
         if other != engine && path.exists() {
@@ -190,6 +186,17 @@ pub fn open_store(
             });
         }
     }
+    Ok(())
+}
+
+/// Opens (or creates) the configured engine's store in a node's data directory. Refuses to
+/// start when the directory holds the *other* engine's store: silently starting empty would
+/// throw that state away.
+pub fn open_store(
+    engine: StorageEngine,
+    data_dir: &Path,
+) -> Result<Box<dyn StateStore>, StoreError> {
+    check_engine(engine, data_dir)?;
     let path = store_path(engine, data_dir);
     Ok(match engine {
         StorageEngine::Sled => Box::new(super::sled_store::SledStore::open(&path)?),

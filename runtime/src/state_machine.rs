@@ -57,6 +57,14 @@ pub trait StateMachine: Send + Unpin + 'static {
         Ok(())
     }
 
+    /// Called after the runtime applied a run of consecutive entries, before it answers their
+    /// writers or serves reads: a durable machine may defer writing what `apply` and `skip`
+    /// did to this point (one storage commit per run instead of one per entry), as long as a
+    /// crash keeps its state and [`StateMachine::applied_index`] consistent with each other.
+    fn end_batch(&mut self) -> Result<(), StateMachineError> {
+        Ok(())
+    }
+
     /// Answers a query from the current state.
     fn query(&self, query: &Self::Query) -> Self::QueryOutput;
 
@@ -237,7 +245,8 @@ impl KvMachine {
         Self::with_store(Box::new(SledStore::temporary()?))
     }
 
-    /// Makes everything applied so far durable (before log compaction relies on it).
+    /// Makes everything applied so far durable (before log compaction relies on it); ends the
+    /// current run of commits like [`StateMachine::end_batch`].
     pub fn flush(&mut self) -> Result<(), StateMachineError> {
         Ok(self.store.sync()?)
     }
@@ -383,6 +392,10 @@ impl StateMachine for KvMachine {
         self.commit(index, WriteBatch::default())
     }
 
+    fn end_batch(&mut self) -> Result<(), StateMachineError> {
+        Ok(self.store.finish()?)
+    }
+
     fn query(&self, query: &KvQuery) -> Self::QueryOutput {
         match query {
             KvQuery::Get(key) => self.get(key),
@@ -427,7 +440,8 @@ impl StateMachine for KvMachine {
         for (k, v) in pairs {
             batch.put(k.into_vec(), v.into_vec());
         }
-        self.commit(index, batch)
+        self.commit(index, batch)?;
+        Ok(self.store.finish()?)
     }
 }
 
@@ -542,6 +556,7 @@ mod tests {
             );
             assert_eq!(get(&m, "a"), Some(b"2".to_vec()));
             assert_eq!(m.applied_index(), 4);
+            m.end_batch().unwrap();
         }
         // Survives a restart (the table is durable with the data).
         let mut m = open(engine, dir.path());

@@ -172,6 +172,13 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
             .into_iter()
             .map(|(i, t, r)| (i, (t, r)))
             .collect();
+        // Writers are answered once the run is written (`end_batch`), not entry by entry.
+        type Answer<M> = (
+            WriteReply<M>,
+            Result<WriteResult<<M as StateMachine>::Output>, RequestError>,
+        );
+        let mut answers: Vec<Answer<M>> = Vec::new();
+        let mut failure = None;
         for entry in batch.entries {
             // Entries re-sent after a restart may already be applied.
             if entry.index <= self.applied {
@@ -204,26 +211,44 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                             }),
                             _ => Err(RequestError::Dropped),
                         };
-                        let _ = reply.send(answer);
+                        answers.push((reply, answer));
                     }
                 }
                 Err(e) => {
-                    // The replica must not go on with a state that missed an entry: stop, and
-                    // let the supervisor restart it from durable state.
                     tracing::error!(index = entry.index, error = %e, "state machine failed to apply; restarting the applier");
-                    if matches!(
-                        e,
-                        StateMachineError::Storage(_) | StateMachineError::Store(_)
-                    ) {
-                        self.deps.health.failed(self.deps.clock.component(), &e);
-                    }
                     if let Some((_, reply)) = waiter {
-                        let _ = reply.send(Err(RequestError::Internal(e.to_string())));
+                        answers.push((reply, Err(RequestError::Internal(e.to_string()))));
                     }
-                    ctx.stop();
-                    return;
+                    failure = Some(e);
+                    break;
                 }
             }
+        }
+        if failure.is_none() {
+            if let Err(e) = clock.time(|| machine.end_batch()) {
+                tracing::error!(applied = self.applied, error = %e, "state machine failed to write a run of entries; restarting the applier");
+                // What was computed is not written: the outcome is unknown to the clients.
+                for (_, answer) in &mut answers {
+                    *answer = Err(RequestError::Internal(e.to_string()));
+                }
+                failure = Some(e);
+            }
+        }
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
+        if let Some(e) = failure {
+            // The replica must not go on with a state that missed an entry: stop, and let the
+            // supervisor restart it from durable state. A storage error is also reported: the
+            // node is not healthy until it is restarted (a restart may not fix a full disk).
+            if matches!(
+                e,
+                StateMachineError::Storage(_) | StateMachineError::Store(_)
+            ) {
+                self.deps.health.failed(self.deps.clock.component(), &e);
+            }
+            ctx.stop();
+            return;
         }
         self.deps
             .applied_gauge

@@ -1084,6 +1084,9 @@ pub fn run_blocking(config: Config) -> Result<(), NodeError> {
         let http_options = crate::http::HttpOptions::from_config(&config)?;
         let data_dir = config.node.data_dir.clone();
         let engine = config.storage.engine;
+        // A data directory of the other engine: refuse before anything listens.
+        crate::storage::state_store::check_engine(engine, &data_dir)
+            .map_err(StateMachineError::from)?;
         let mut builder = Node::builder()
             .config(config.clone())
             .state_machine_with(move || KvMachine::open_engine(engine, &data_dir));

@@ -2,15 +2,19 @@
 //! B-tree with ACID transactions. Each commit is one write transaction that changes the `kv`
 //! table and the applied index in the `meta` table together.
 //!
-//! Commits use `Durability::Eventual`: atomic and crash-consistent (after a crash the file
-//! holds some earlier commit, whole), written without waiting for fsync — the Raft log is the
-//! durable record, and the node replays it from the store's applied index. [`StateStore::sync`]
+//! [`StateStore::commit`] stages a batch in an open write transaction (later reads of this store
+//! see it); [`StateStore::finish`] commits that transaction, so a run of entries the applier
+//! received together costs one redb commit, not one each (per-entry commits made followers
+//! fall behind the leader under the bench load: see docs/storage.md). Commits use
+//! `Durability::Eventual`: atomic and crash-consistent (after a crash the file holds some
+//! earlier commit, whole), written without waiting for fsync — the Raft log is the durable
+//! record, and the node replays it from the store's applied index. [`StateStore::sync`]
 //! commits with `Durability::Immediate` when a caller needs the applied index durable.
-//! Scans run in a read transaction: a consistent view while writes go on.
+//! Scans outside a batch run in a read transaction: a consistent view while writes go on.
 
 use super::state_store::{StateStore, StoreError, StoreOp, Visit, WriteBatch};
 use crate::state_machine::LogIndex;
-use redb::{Database, Durability, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use std::ops::Bound;
 use std::path::Path;
 
@@ -24,7 +28,18 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A redb database file.
 pub struct RedbStore {
+    /// The transaction batches are staged in until [`StateStore::finish`]. Declared before
+    /// `db` so that it is dropped (aborted) first: `Database`'s drop begins a write
+    /// transaction of its own and would wait for this one forever.
+    tx: Option<WriteTransaction>,
     db: Database,
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Unfinished commits are abandoned, as a crash would: the node replays them.
+        self.tx = None;
+    }
 }
 
 fn err<E: std::error::Error + Send + Sync + 'static>(
@@ -55,17 +70,15 @@ impl RedbStore {
         tx.open_table(KV).map_err(err("open_table"))?;
         tx.open_table(META).map_err(err("open_table"))?;
         tx.commit().map_err(err("commit"))?;
-        Ok(RedbStore { db })
+        Ok(RedbStore { db, tx: None })
     }
 
-    fn write(
-        &mut self,
-        durability: Durability,
+    /// Writes `batch` (and `applied`) into `tx`.
+    fn stage(
+        tx: &WriteTransaction,
         batch: WriteBatch,
         applied: Option<LogIndex>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().map_err(err("begin_write"))?;
-        tx.set_durability(durability);
         {
             let mut kv = tx.open_table(KV).map_err(err("open_table"))?;
             for op in batch.ops() {
@@ -84,7 +97,20 @@ impl RedbStore {
                 meta.insert(APPLIED, applied).map_err(err("insert"))?;
             }
         }
-        tx.commit().map_err(err("commit"))
+        Ok(())
+    }
+
+    /// The open batch transaction, begun if none is.
+    fn batch_tx(&mut self) -> Result<&WriteTransaction, StoreError> {
+        if self.tx.is_none() {
+            let mut tx = self.db.begin_write().map_err(err("begin_write"))?;
+            tx.set_durability(Durability::Eventual);
+            self.tx = Some(tx);
+        }
+        self.tx.as_ref().ok_or_else(|| StoreError::Corrupt {
+            engine: ENGINE,
+            what: "no open write transaction".to_owned(),
+        })
     }
 }
 
@@ -94,10 +120,26 @@ impl StateStore for RedbStore {
     }
 
     fn commit(&mut self, batch: WriteBatch, applied: LogIndex) -> Result<(), StoreError> {
-        self.write(Durability::Eventual, batch, Some(applied))
+        let staged = Self::stage(self.batch_tx()?, batch, Some(applied));
+        if staged.is_err() {
+            // Nothing of a transaction that failed half-way is kept.
+            self.tx = None;
+        }
+        staged
+    }
+
+    fn finish(&mut self) -> Result<(), StoreError> {
+        match self.tx.take() {
+            Some(tx) => tx.commit().map_err(err("commit")),
+            None => Ok(()),
+        }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(tx) = &self.tx {
+            let kv = tx.open_table(KV).map_err(err("open_table"))?;
+            return Ok(kv.get(key).map_err(err("get"))?.map(|v| v.value().to_vec()));
+        }
         let tx = self.db.begin_read().map_err(err("begin_read"))?;
         let kv = tx.open_table(KV).map_err(err("open_table"))?;
         Ok(kv.get(key).map_err(err("get"))?.map(|v| v.value().to_vec()))
@@ -109,15 +151,25 @@ impl StateStore for RedbStore {
         end: Option<&[u8]>,
         visit: &mut Visit<'_>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_read().map_err(err("begin_read"))?;
-        let kv = tx.open_table(KV).map_err(err("open_table"))?;
         let upper = match end {
             Some(e) => Bound::Excluded(e),
             None => Bound::Unbounded,
         };
-        let range = kv
-            .range::<&[u8]>((Bound::Included(start), upper))
-            .map_err(err("scan"))?;
+        let bounds = (Bound::Included(start), upper);
+        if let Some(tx) = &self.tx {
+            let kv = tx.open_table(KV).map_err(err("open_table"))?;
+            let range = kv.range::<&[u8]>(bounds).map_err(err("scan"))?;
+            for item in range {
+                let (k, v) = item.map_err(err("scan"))?;
+                if !visit(k.value(), v.value())? {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let tx = self.db.begin_read().map_err(err("begin_read"))?;
+        let kv = tx.open_table(KV).map_err(err("open_table"))?;
+        let range = kv.range::<&[u8]>(bounds).map_err(err("scan"))?;
         for item in range {
             let (k, v) = item.map_err(err("scan"))?;
             if !visit(k.value(), v.value())? {
@@ -128,6 +180,14 @@ impl StateStore for RedbStore {
     }
 
     fn applied_index(&self) -> Result<LogIndex, StoreError> {
+        if let Some(tx) = &self.tx {
+            let meta = tx.open_table(META).map_err(err("open_table"))?;
+            return Ok(meta
+                .get(APPLIED)
+                .map_err(err("get"))?
+                .map(|v| v.value())
+                .unwrap_or(0));
+        }
         let tx = self.db.begin_read().map_err(err("begin_read"))?;
         let meta = tx.open_table(META).map_err(err("open_table"))?;
         Ok(meta
@@ -138,6 +198,9 @@ impl StateStore for RedbStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.write(Durability::Immediate, WriteBatch::default(), None)
+        self.finish()?;
+        let mut tx = self.db.begin_write().map_err(err("begin_write"))?;
+        tx.set_durability(Durability::Immediate);
+        tx.commit().map_err(err("commit"))
     }
 }

@@ -82,6 +82,11 @@ impl StateStore for SledStore {
         self.tree.apply_batch(b).map_err(err("commit"))
     }
 
+    fn finish(&mut self) -> Result<(), StoreError> {
+        // Each commit was one `apply_batch`, already atomic.
+        Ok(())
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(key).map_err(err("get"))?.map(|v| v.to_vec()))
     }

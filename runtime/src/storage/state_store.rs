@@ -127,8 +127,16 @@ pub trait StateStore: Send + 'static {
     /// The engine's name (`redb`, `sled`, or a test store's).
     fn engine(&self) -> &'static str;
 
-    /// Applies `batch` and records `applied` as the applied index, atomically.
+    /// Applies `batch` and records `applied` as the applied index, atomically. Later reads of
+    /// this store see it at once; an engine may defer making it crash-consistent on disk to
+    /// [`StateStore::finish`] (several commits then become one atomic unit: after a crash all
+    /// or none of them are there, and the node replays the log from the applied index).
     fn commit(&mut self, batch: WriteBatch, applied: LogIndex) -> Result<(), StoreError>;
+
+    /// Ends a run of commits: everything committed so far is written (atomically, not
+    /// necessarily fsynced). The applier calls it after each run of entries, before it
+    /// answers their writers. Engines that write each commit at once do nothing.
+    fn finish(&mut self) -> Result<(), StoreError>;
 
     /// The value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -165,13 +173,9 @@ pub fn engine_name(engine: StorageEngine) -> &'static str {
     }
 }
 
-/// Opens (or creates) the configured engine's store in a node's data directory. Refuses to
-/// start when the directory holds the *other* engine's store: silently starting empty would
-/// throw that state away.
-pub fn open_store(
-    engine: StorageEngine,
-    data_dir: &Path,
-) -> Result<Box<dyn StateStore>, StoreError> {
+/// Refuses a data directory that holds another engine's store than `engine` (checked again by
+/// [`open_store`]; `conclave node` checks it before anything starts, for a clean exit).
+pub fn check_engine(engine: StorageEngine, data_dir: &Path) -> Result<(), StoreError> {
     for other in [StorageEngine::Sled, StorageEngine::Redb] {
         let path = store_path(other, data_dir);
         if other != engine && path.exists() {
@@ -182,6 +186,17 @@ pub fn open_store(
             });
         }
     }
+    Ok(())
+}
+
+/// Opens (or creates) the configured engine's store in a node's data directory. Refuses to
+/// start when the directory holds the *other* engine's store: silently starting empty would
+/// throw that state away.
+pub fn open_store(
+    engine: StorageEngine,
+    data_dir: &Path,
+) -> Result<Box<dyn StateStore>, StoreError> {
+    check_engine(engine, data_dir)?;
     let path = store_path(engine, data_dir);
     Ok(match engine {
         StorageEngine::Sled => Box::new(super::sled_store::SledStore::open(&path)?),
@@ -228,8 +243,11 @@ pub(crate) mod tests {
                 b.delete(b"b".to_vec());
                 b.put(b"a".to_vec(), b"9".to_vec());
                 s.commit(b, 8).unwrap();
+                // Visible before `finish`.
                 assert_eq!(s.get(b"a").unwrap(), Some(b"9".to_vec()));
                 assert_eq!(s.get(b"b").unwrap(), None);
+                assert_eq!(s.applied_index().unwrap(), 8);
+                s.finish().unwrap();
                 s.sync().unwrap();
             }
             let s = open();
@@ -253,6 +271,7 @@ pub(crate) mod tests {
                 b.put(k.as_bytes().to_vec(), k.as_bytes().to_vec());
             }
             s.commit(b, 1).unwrap();
+            s.finish().unwrap();
             let keys: Vec<Vec<u8>> = collect(&*s, b"d/", Some(b"d0"))
                 .into_iter()
                 .map(|(k, _)| k)
@@ -268,6 +287,33 @@ pub(crate) mod tests {
             })
             .unwrap();
             assert_eq!(first, vec![b"c".to_vec(), b"d/1".to_vec()]);
+        });
+    }
+
+    #[test]
+    fn commits_not_finished_are_lost_together_and_finished_ones_survive() {
+        each_engine(|open, _| {
+            {
+                let mut s = open();
+                let mut b = WriteBatch::default();
+                b.put(b"a".to_vec(), b"1".to_vec());
+                s.commit(b, 1).unwrap();
+                s.finish().unwrap();
+                s.sync().unwrap();
+                let mut b = WriteBatch::default();
+                b.put(b"b".to_vec(), b"2".to_vec());
+                s.commit(b, 2).unwrap();
+                // Dropped without `finish`: a crash in the middle of a run.
+            }
+            let s = open();
+            match s.applied_index().unwrap() {
+                // Deferred: the unfinished commit is gone, data and index together.
+                1 => assert_eq!(s.get(b"b").unwrap(), None, "{}", s.engine()),
+                // Written at once (sled): both are there.
+                2 => assert_eq!(s.get(b"b").unwrap(), Some(b"2".to_vec()), "{}", s.engine()),
+                other => panic!("{}: applied index {other}", s.engine()),
+            }
+            assert_eq!(s.get(b"a").unwrap(), Some(b"1".to_vec()));
         });
     }
 

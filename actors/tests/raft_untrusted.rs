@@ -2,7 +2,8 @@
 //! senders outside the configuration in force and terms above `MAX_TERM`.
 
 use conclave_actors::raft::{
-    Membership, Message, MessageBody, Raft, RaftConfig, RestoreState, Role, MAX_TERM,
+    Entry, EntryPayload, HardState, Membership, Message, MessageBody, Raft, RaftConfig,
+    RestoreState, Role, MAX_TERM,
 };
 
 fn core(id: u64, voters: &[u64]) -> Raft {
@@ -61,4 +62,47 @@ fn finding3_a_node_without_configuration_hears_any_authenticated_sender() {
     assert_eq!(r.term(), 3);
     r.handle_message(20, heartbeat(1, 4, u64::MAX));
     assert_eq!(r.term(), 3, "a term near overflow was adopted");
+}
+
+#[test]
+fn finding3_a_member_of_an_earlier_configuration_in_the_log_is_still_heard() {
+    // Bootstrap {1, 2}; the log then adds 3 and removes it again. Node 3 may come back in a
+    // configuration this node has not received yet, so it is still heard; 777 never is.
+    let restore = RestoreState {
+        hard_state: HardState {
+            term: 1,
+            vote: None,
+        },
+        entries: vec![
+            Entry {
+                term: 1,
+                index: 1,
+                payload: EntryPayload::Membership(Membership::with_voters([1, 2, 3])),
+            },
+            Entry {
+                term: 1,
+                index: 2,
+                payload: EntryPayload::Membership(Membership::with_voters([1, 2])),
+            },
+        ],
+        base_membership: Membership::with_voters([1, 2]),
+        ..RestoreState::default()
+    };
+    let cfg = RaftConfig {
+        id: 1,
+        group: 0,
+        ..RaftConfig::default()
+    };
+    let mut r = match Raft::new(cfg, restore, 7, 0) {
+        Ok(r) => r,
+        Err(e) => panic!("core: {e}"),
+    };
+    r.handle_message(10, heartbeat(777, 1, 4));
+    assert_eq!(r.term(), 1);
+    r.handle_message(20, heartbeat(3, 1, 4));
+    assert_eq!(
+        r.term(),
+        4,
+        "a member of an earlier configuration was not heard"
+    );
 }

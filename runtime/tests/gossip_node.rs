@@ -111,10 +111,16 @@ async fn metadata_and_events_reach_other_nodes_and_garbage_metadata_is_refused()
     }
 }
 
-/// A raw transport endpoint posing as node 99, to send frames a well-behaved node never would.
-async fn intruder(cluster: &str) -> (Transport<WireMessage>, SocketAddr) {
+/// A raw transport endpoint posing as member `id` at its configured address `addr` (the
+/// cluster has no secret, so the transport cannot tell it from the real one), to send frames a
+/// well-behaved node never would.
+async fn intruder(
+    cluster: &str,
+    id: u64,
+    addr: SocketAddr,
+) -> (Transport<WireMessage>, SocketAddr) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    let cfg = TransportConfig::new(99, cluster.to_owned(), "127.0.0.1:0".parse().unwrap());
+    let cfg = TransportConfig::new(id, cluster.to_owned(), addr);
     let (t, addr) = Transport::bind(cfg, tx).await.unwrap();
     // Drain whatever the node answers.
     actix::spawn(async move { while rx.recv().await.is_some() {} });
@@ -147,10 +153,14 @@ fn rumor(id: u64, addr: SocketAddr, incarnation: u64, state: MemberState, by: u6
 #[actix::test]
 async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
     let dir = tempfile::tempdir().unwrap();
-    let cfgs = configs(2, dir.path());
+    // Three configured members; the third is played by the intruder (the transport admits
+    // configured members only, so a node outside the configuration is refused outright).
+    let mut cfgs = configs(3, dir.path());
     let cluster = cfgs[0].cluster.id.clone();
     let addr1 = cfgs[0].node.listen;
     let addr2 = cfgs[1].node.listen;
+    let addr3 = cfgs[2].node.listen;
+    cfgs.truncate(2);
     let mut nodes = Vec::new();
     for c in cfgs {
         nodes.push(start(c).await.unwrap());
@@ -160,12 +170,12 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
         state(&h1.gossip_members(), 2).is_some_and(|(s, _)| s == "alive")
     })
     .await;
-    let (evil, evil_addr) = intruder(&cluster).await;
+    let (evil, evil_addr) = intruder(&cluster, 3, addr3).await;
     let link = evil.peer(1, addr1);
     let inc0 = h1.gossip_members().incarnation;
 
-    // 1. A frame claiming to come from node 2 over node 99's connection: dropped before the
-    //    core sees it (the transport authenticated the sender as 99).
+    // 1. A frame claiming to come from node 2 over node 3's connection: dropped before the
+    //    core sees it (the transport names the sender 3).
     link.send(frame(
         2,
         addr2,
@@ -182,9 +192,9 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
 
     // 2. A forged "you are dead" at the current incarnation: refuted, own view alive.
     link.send(frame(
-        99,
+        3,
         evil_addr,
-        vec![rumor(1, addr1, inc0, MemberState::Dead, 99)],
+        vec![rumor(1, addr1, inc0, MemberState::Dead, 3)],
     ))
     .await
     .unwrap();
@@ -206,9 +216,9 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
 
     // 3. A rumor about an incarnation node 1 never had (suspect at 50): not adopted, outbid.
     link.send(frame(
-        99,
+        3,
         evil_addr,
-        vec![rumor(1, addr1, 50, MemberState::Suspect, 99)],
+        vec![rumor(1, addr1, 50, MemberState::Suspect, 3)],
     ))
     .await
     .unwrap();
@@ -228,7 +238,7 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
     huge.metadata
         .entries
         .insert("blob".into(), "x".repeat(5000));
-    link.send(frame(99, evil_addr, vec![empty_key, huge]))
+    link.send(frame(3, evil_addr, vec![empty_key, huge]))
         .await
         .unwrap();
     wait_for("garbage counted", Duration::from_secs(3), || {

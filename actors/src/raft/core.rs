@@ -396,18 +396,32 @@ impl Raft {
         {
             return;
         }
-        // Untrusted input (issue 12, finding 3): a term above MAX_TERM is never adopted, and
-        // only members of the configuration in force (voters and learners) are heard. A node
-        // with no configuration yet (empty membership: nothing in its log, no bootstrap set)
-        // cannot tell members apart, so it hears any sender the transport authenticated.
-        if msg.term > MAX_TERM
-            || (!self.membership.voters.is_empty() || !self.membership.learners.is_empty())
-                && !self.membership.contains(msg.from)
-        {
+        // Untrusted input (issue 12, finding 3): a term above MAX_TERM is never adopted, and a
+        // sender named by none of the configurations this node knows (the one in force, the
+        // bootstrap one, any in its log) is not heard. Checking only the configuration in force
+        // is too narrow: a node whose log lags behind (or diverged from) a membership change must
+        // still hear a member that configuration removed and a later one re-added, or the
+        // cluster can stall (thesis §4.2.3; the simulator's membership profile stalls, seed 10,
+        // with the narrower rule). A node with no configuration at all (nothing in its log, no
+        // bootstrap set) cannot tell members apart, so it hears any sender the transport
+        // authenticated.
+        if msg.term > MAX_TERM || !self.knows_member(msg.from) {
             return;
         }
         self.step(now, msg);
         self.report_role();
+    }
+
+    /// Whether `id` is in the configuration in force, the bootstrap one or any in the log
+    /// (true for everyone while there is none).
+    fn knows_member(&self, id: NodeId) -> bool {
+        let none = |m: &Membership| m.voters.is_empty() && m.learners.is_empty();
+        (none(&self.membership)
+            && none(&self.base_membership)
+            && self.membership_entries.is_empty())
+            || self.membership.contains(id)
+            || self.base_membership.contains(id)
+            || self.membership_entries.iter().any(|(_, m)| m.contains(id))
     }
 
     /// Time passed: checks the election, heartbeat, check-quorum and transfer deadlines.

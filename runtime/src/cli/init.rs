@@ -218,6 +218,10 @@ pub fn write_cluster(
     Ok(write_cluster_with(nodes, dir, base_port, force, false)?.0)
 }
 
+/// What [`write_cluster_with`] wrote: `(path, config)` per node and, when secure, the CA and
+/// token files.
+pub type Written = (Vec<(PathBuf, Config)>, Option<SecureFiles>);
+
 /// Like [`write_cluster`]; with `secure`, also a CA, per-node certificates and keys, a random
 /// cluster id and an admin and a client token (secrets 0600), and configs that use them.
 pub fn write_cluster_with(
@@ -226,7 +230,7 @@ pub fn write_cluster_with(
     base_port: u16,
     force: bool,
     secure: bool,
-) -> anyhow::Result<(Vec<(PathBuf, Config)>, Option<SecureFiles>)> {
+) -> anyhow::Result<Written> {
     let mut configs = cluster_configs(nodes, dir, base_port)?;
     if !force {
         let abs = std::path::absolute(dir)

@@ -105,8 +105,8 @@ pub enum ServerError {
     Tls {
         /// The `[http.tls]` key whose file failed.
         key: &'static str,
-        /// What failed.
-        source: tls::TlsError,
+        /// What failed (boxed: rustls's errors are large).
+        source: Box<tls::TlsError>,
     },
     /// The listener could not be bound or started.
     #[error("cannot listen on {addr}: {source}")]
@@ -132,7 +132,7 @@ impl HttpOptions {
                 let server =
                     tls::server_config(&t.cert, &t.key).map_err(|source| ServerError::Tls {
                         key: "http.tls.cert",
-                        source,
+                        source: Box::new(source),
                     })?;
                 let ca =
                     t.ca.clone()
@@ -141,7 +141,7 @@ impl HttpOptions {
                     Some(ca) => Some(Arc::new(tls::client_config(&ca).map_err(|source| {
                         ServerError::Tls {
                             key: "http.tls.ca",
-                            source,
+                            source: Box::new(source),
                         }
                     })?)),
                     None => None,

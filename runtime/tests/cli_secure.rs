@@ -226,3 +226,60 @@ fn acceptance4_init_secure_cluster_with_tokens_and_ca() {
     );
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn acceptance3_a_node_off_loopback_refuses_to_start_without_tls_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::free_addr();
+    let listen = common::free_addr();
+    let config = format!(
+        "[node]\nid = 1\ndata_dir = \"{}\"\nlisten = \"{listen}\"\nhttp = \"0.0.0.0:{}\"\n",
+        dir.path().join("data").display(),
+        http.port()
+    );
+    let path = dir.path().join("n1.toml");
+    std::fs::write(&path, &config).unwrap();
+    let o = conclave(&["node", "--config", path.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "node.http 0.0.0.0:{} is not a loopback address",
+            http.port()
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.contains("[tls] (transport TLS), [http.tls] (HTTPS) and [http.tokens] (bearer tokens)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+
+    // With the explicit opt-out it starts, and warns.
+    std::fs::write(&path, format!("{config}allow_insecure = true\n")).unwrap();
+    let log = dir.path().join("n1.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conclave"))
+        .args(["node", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("allow_insecure = true") {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the node exited: {text}"
+        );
+        assert!(Instant::now() < deadline, "no warning logged: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -418,3 +418,59 @@ async fn finding14_protocol_errors_are_json() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     s.stop().await;
 }
+
+/// What tokens and TLS cost per request, as ratios against plain HTTP measured in the same run
+/// (sequential PUT + GET on one keep-alive connection to the test double, so the HTTP layer
+/// dominates). `CONCLAVE_HTTP_OVERHEAD_REQUESTS` sets the number of pairs (default 200); run
+/// with `--nocapture` to see the table. Only correctness is asserted.
+#[actix_web::test]
+async fn overhead_of_tokens_and_tls_against_plain_http() {
+    let n: usize = std::env::var("CONCLAVE_HTTP_OVERHEAD_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path(), "bench");
+    let plain = HttpOptions {
+        workers: 1,
+        ..HttpOptions::default()
+    };
+    let cases: Vec<(&str, HttpOptions, bool)> = vec![
+        ("plain http", plain.clone(), false),
+        (
+            "http + tokens",
+            HttpOptions {
+                auth: Some(Auth::with_tokens(&[ADMIN], &[CLIENT])),
+                ..plain.clone()
+            },
+            false,
+        ),
+        ("https + tokens", tls_options(&p), true),
+    ];
+    let mut baseline = None;
+    println!("{n} PUT+GET pairs, sequential, one connection");
+    for (name, options, tls) in cases {
+        let s = TestServer::start_with(Double::new(1), options);
+        let endpoint = if tls { https(&s) } else { s.endpoint() };
+        let c = client(&endpoint, Some(CLIENT), tls.then_some(p.ca.as_path()));
+        // Warm up the connection (and the TLS session).
+        c.put(b"warm", b"up".to_vec(), None).await.unwrap();
+        let started = Instant::now();
+        for i in 0..n {
+            let key = format!("k{i}");
+            c.put(key.as_bytes(), vec![b'v'; 100], None).await.unwrap();
+            assert_eq!(
+                c.get(key.as_bytes(), None).await.unwrap(),
+                Some(vec![b'v'; 100])
+            );
+        }
+        let took = started.elapsed();
+        let per_pair = took / n as u32;
+        let base = *baseline.get_or_insert(took);
+        println!(
+            "{name:<16} {per_pair:>10.1?} per pair  ratio {:.2}",
+            took.as_secs_f64() / base.as_secs_f64()
+        );
+        s.stop().await;
+    }
+}

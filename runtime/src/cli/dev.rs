@@ -107,13 +107,24 @@ fn configs(args: &DevArgs) -> anyhow::Result<Vec<(PathBuf, Config)>> {
         .collect();
     if paths.iter().all(|p| p.exists()) {
         println!("reusing the configs in {}", args.dir.display());
-        return paths
+        let configs: Vec<(PathBuf, Config)> = paths
             .into_iter()
             .map(|p| {
                 let c = Config::load(&p)?;
-                Ok((p, c))
+                Ok::<_, anyhow::Error>((p, c))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
+        let secure = configs
+            .iter()
+            .all(|(_, c)| c.http.tokens.is_some() && c.http.tls.is_some());
+        if args.secure && !secure {
+            bail!(
+                "--secure: the existing configs in {} are not secure; remove the directory or \
+                 pass another --dir",
+                args.dir.display()
+            );
+        }
+        return Ok(configs);
     }
     let (written, _) =
         write_cluster_with(args.nodes, &args.dir, args.base_port, false, args.secure)

@@ -222,10 +222,6 @@ fn secure_cluster(configs: &mut [(PathBuf, Config)], dir: &Path) -> anyhow::Resu
     Ok(files)
 }
 
-/// What [`write_cluster_with`] wrote: each node's config file and config, and the secure
-/// files when asked for.
-pub type WrittenCluster = (Vec<(PathBuf, Config)>, Option<SecureFiles>);
-
 /// Writes [`cluster_configs`] to disk. Refuses to overwrite any existing file unless `force`;
 /// the check covers every file before the first is written, so a refusal writes nothing.
 pub fn write_cluster(
@@ -237,6 +233,10 @@ pub fn write_cluster(
     Ok(write_cluster_with(nodes, dir, base_port, force, false)?.0)
 }
 
+/// What [`write_cluster_with`] wrote: `(path, config)` per node and, when secure, the CA and
+/// token files.
+pub type Written = (Vec<(PathBuf, Config)>, Option<SecureFiles>);
+
 /// Like [`write_cluster`]; with `secure`, also a CA, per-node certificates and keys, a random
 /// cluster id and an admin and a client token (secrets 0600), and configs that use them.
 pub fn write_cluster_with(
@@ -245,7 +245,7 @@ pub fn write_cluster_with(
     base_port: u16,
     force: bool,
     secure: bool,
-) -> anyhow::Result<WrittenCluster> {
+) -> anyhow::Result<Written> {
     let mut configs = cluster_configs(nodes, dir, base_port)?;
     if !force {
         let abs = std::path::absolute(dir)

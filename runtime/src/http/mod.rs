@@ -106,7 +106,7 @@ pub enum ServerError {
     Tls {
         /// The `[http.tls]` key whose file failed.
         key: &'static str,
-        /// What failed (boxed: rustls's errors are large, and this one is rare).
+        /// What failed (boxed: rustls's errors are large).
         source: Box<tls::TlsError>,
     },
     /// The listener could not be bound or started.

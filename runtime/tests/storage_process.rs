@@ -216,6 +216,19 @@ async fn finding10_a_full_disk_refuses_writes_says_so_and_loses_nothing_after_re
         }
     }
     assert!(failures >= 30, "the disk never filled up");
+    // The refusal says why: a node whose storage failed answers 503 storage_failed (a node
+    // that is still healthy may answer no_leader or time out while its peers are down).
+    let mut refused_with_reason = false;
+    for e in &endpoints {
+        let client = Client::with_timeout(e, Duration::from_secs(5)).unwrap();
+        if let Err(err) = client.put(b"after-full", vec![1; 1024], None).await {
+            refused_with_reason |= err.to_string().contains("storage_failed");
+        }
+    }
+    assert!(
+        refused_with_reason,
+        "no write was refused with storage_failed"
+    );
     assert!(acked.len() > 10, "too few writes before the disk filled");
     eprintln!(
         "disk full after {} acknowledged keys; last error: {last_error}",

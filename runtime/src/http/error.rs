@@ -154,6 +154,10 @@ impl From<RequestError> for ApiError {
             RequestError::Overloaded => ApiError::unavailable("overloaded", message),
             RequestError::Dropped => ApiError::unavailable("dropped", message),
             RequestError::ShuttingDown => ApiError::unavailable("shutting_down", message),
+            RequestError::StorageFailed { .. } => ApiError::unavailable("storage_failed", message),
+            RequestError::StorageStalled { .. } => {
+                ApiError::unavailable("storage_stalled", message)
+            }
             RequestError::Timeout => ApiError::Timeout { message },
             RequestError::TooLarge { size, limit } => ApiError::TooLarge {
                 size: Some(size),
@@ -233,6 +237,20 @@ mod tests {
             (RequestError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
             (RequestError::Dropped, StatusCode::SERVICE_UNAVAILABLE),
             (RequestError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                RequestError::StorageFailed {
+                    component: "raft_log".into(),
+                    error: "No space left on device".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                RequestError::StorageStalled {
+                    component: "state_machine".into(),
+                    for_ms: 5000,
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
             (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
             (RequestError::NotAVoter(4), StatusCode::CONFLICT),
             (

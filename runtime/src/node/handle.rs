@@ -55,6 +55,25 @@ pub enum RequestError {
     /// The node is shutting down: 503.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node's storage failed (a write could not be made durable; see `/healthz`): it
+    /// refuses requests until it is restarted. 503 `storage_failed`; another node may serve.
+    #[error("this node cannot persist: storage of {component} failed: {error}")]
+    StorageFailed {
+        /// The component that failed.
+        component: String,
+        /// Its error.
+        error: String,
+    },
+    /// A storage call of this node has not returned within `[storage] stall_timeout_ms`:
+    /// requests are refused before they start rather than left hanging. 503
+    /// `storage_stalled`; another node may serve.
+    #[error("storage of {component} has not answered for {for_ms} ms")]
+    StorageStalled {
+        /// The stalled component.
+        component: String,
+        /// How long its call has been running.
+        for_ms: u64,
+    },
     /// A leadership transfer named a node that is not a voter of the current membership:
     /// 409 `not_a_voter`.
     #[error("node {0} is not a voter, so it cannot take leadership")]
@@ -76,6 +95,8 @@ impl RequestError {
                 | RequestError::Dropped
                 | RequestError::Overloaded
                 | RequestError::ShuttingDown
+                | RequestError::StorageFailed { .. }
+                | RequestError::StorageStalled { .. }
         )
     }
 }

@@ -778,9 +778,7 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// Proposes `command` to group 0 and waits until it is committed and applied here.
     pub async fn write(&self, command: M::Command) -> Result<WriteResult<M::Output>, RequestError> {
-        if self.inner.shutting_down.load(Ordering::Relaxed) {
-            return Err(RequestError::ShuttingDown);
-        }
+        self.admit()?;
         let bytes =
             rmp_serde::to_vec(&command).map_err(|e| RequestError::Internal(e.to_string()))?;
         self.ask(|reply| Propose::<M> {
@@ -790,15 +788,31 @@ impl<M: StateMachine> NodeHandle<M> {
         .await
     }
 
+    /// Refuses a request this node cannot serve before it starts: shutting down, or storage
+    /// that failed or stalled (a stalled applier would leave the request hanging; a failed
+    /// store cannot make a write durable). The refusal is a 503: nothing was applied.
+    fn admit(&self) -> Result<(), RequestError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(RequestError::ShuttingDown);
+        }
+        match self.inner.health.condition() {
+            StorageCondition::Healthy => Ok(()),
+            StorageCondition::Failed { component, error } => {
+                Err(RequestError::StorageFailed { component, error })
+            }
+            StorageCondition::Stalled { component, for_ms } => {
+                Err(RequestError::StorageStalled { component, for_ms })
+            }
+        }
+    }
+
     /// Runs `query` on group 0 at the given consistency.
     pub async fn read(
         &self,
         query: M::Query,
         consistency: ReadLevel,
     ) -> Result<M::QueryOutput, RequestError> {
-        if self.inner.shutting_down.load(Ordering::Relaxed) {
-            return Err(RequestError::ShuttingDown);
-        }
+        self.admit()?;
         self.ask(|reply| Read::<M> {
             query,
             consistency: to_consistency(consistency),

@@ -667,6 +667,9 @@ fn write_kv_snapshot<S: KvSource + ?Sized>(
     Ok(index)
 }
 
+/// A store key and its value, as a snapshot stream carries them.
+type Record = (Vec<u8>, Vec<u8>);
+
 /// Reads a key-value snapshot stream record by record, checking it as it goes; the digest
 /// is only known at the end, so a consumer must not keep anything until `next` returned
 /// `Ok(None)`.
@@ -737,7 +740,7 @@ impl<'a> SnapshotReader<'a> {
     }
 
     /// The next record, or `None` once the trailer was read and verified.
-    fn next(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, SnapshotStreamError> {
+    fn next(&mut self) -> Result<Option<Record>, SnapshotStreamError> {
         if self.done {
             return Ok(None);
         }

@@ -609,3 +609,75 @@ mod tests {
         assert_eq!(store.newest_valid().unwrap().unwrap().meta.index, 10);
     }
 }
+
+/// Throughput of a key-value machine's snapshot written into a snapshot file and restored from
+/// it, as a ratio against writing and reading back the same number of bytes as a plain file
+/// (the baseline, measured in the same run). Size: `CONCLAVE_SNAPSHOT_BENCH_MB` (default 4).
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::config::StorageEngine;
+    use crate::state_machine::{KvCommand, KvMachine, KvRequest, StateMachine};
+    use std::time::Instant;
+
+    #[test]
+    fn snapshot_file_round_trip_throughput_against_a_plain_file() {
+        let mb: usize = std::env::var("CONCLAVE_SNAPSHOT_BENCH_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        for engine in [StorageEngine::Redb, StorageEngine::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut m = KvMachine::open_engine(engine, &dir.path().join("a")).unwrap();
+            for i in 0..(mb * 1024) as u64 {
+                let op = KvCommand::Put {
+                    key: format!("key{i:08}").into_bytes(),
+                    value: vec![(i % 251) as u8; 1024],
+                };
+                m.apply(i + 1, KvRequest { id: None, op }).unwrap();
+            }
+            let store = SnapshotStore::open(&dir.path().join("snaps")).unwrap();
+            let index = m.applied_index();
+            let t = Instant::now();
+            let mut w = store
+                .create(SnapshotMeta {
+                    index,
+                    term: 1,
+                    ..SnapshotMeta::default()
+                })
+                .unwrap();
+            assert_eq!(m.snapshot_to(&mut w).unwrap(), index);
+            let snap = w.finish(&store).unwrap();
+            let take = t.elapsed();
+            let mut b = KvMachine::open_engine(engine, &dir.path().join("b")).unwrap();
+            let t = Instant::now();
+            b.restore_from(index, &mut store.reader(&snap).unwrap())
+                .unwrap();
+            let restore = t.elapsed();
+            assert_eq!(b.applied_index(), index);
+            // Baseline: the same bytes as one plain file, fsynced, then read back.
+            let bytes = std::fs::read(&snap.path).unwrap();
+            let plain = dir.path().join("plain");
+            let t = Instant::now();
+            {
+                let mut f = File::create(&plain).unwrap();
+                f.write_all(&bytes).unwrap();
+                f.sync_all().unwrap();
+            }
+            let _ = std::fs::read(&plain).unwrap();
+            let base = t.elapsed();
+            let mbs = |d: std::time::Duration| snap.len as f64 / 1e6 / d.as_secs_f64();
+            eprintln!(
+                "{engine:?}: {} B image; take {:.3}s ({:.0} MB/s, {:.1}x plain), restore {:.3}s ({:.0} MB/s, {:.1}x plain), plain write+fsync+read {:.3}s",
+                snap.len,
+                take.as_secs_f64(),
+                mbs(take),
+                take.as_secs_f64() / base.as_secs_f64(),
+                restore.as_secs_f64(),
+                mbs(restore),
+                restore.as_secs_f64() / base.as_secs_f64(),
+                base.as_secs_f64()
+            );
+        }
+    }
+}

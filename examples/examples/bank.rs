@@ -11,9 +11,10 @@
 use anyhow::{bail, Context, Result};
 use conclave::config::{Config, MemberConfig, ReadLevel};
 use conclave::node::{Node, NodeHandle, WriteResult};
-use conclave::state_machine::{LogIndex, StateMachine, StateMachineError};
+use conclave::state_machine::{LogIndex, SnapshotStreamError, StateMachine, StateMachineError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, Default)]
 struct Bank {
     accounts: BTreeMap<String, u64>,
+    /// The index of the last entry applied (what a snapshot of this state is "at").
+    applied: LogIndex,
 }
 
 /// A write, replicated through the Raft log.
@@ -124,25 +127,52 @@ impl StateMachine for Bank {
 
     fn apply(
         &mut self,
-        _index: LogIndex,
+        index: LogIndex,
         command: BankCommand,
     ) -> Result<BankOutput, StateMachineError> {
+        self.applied = index;
         Ok(self.execute(command))
+    }
+
+    fn skip(&mut self, index: LogIndex) -> Result<(), StateMachineError> {
+        self.applied = index;
+        Ok(())
     }
 
     fn query(&self, account: &String) -> Option<u64> {
         self.accounts.get(account).copied()
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, StateMachineError> {
-        serde_json::to_vec(&self.accounts).map_err(|e| StateMachineError::Snapshot(e.to_string()))
+    /// The image is `(applied index, balances)` as JSON, written straight to `out` (serde
+    /// streams the map; nothing is collected first).
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<LogIndex, StateMachineError> {
+        serde_json::to_writer(out, &(self.applied, &self.accounts)).map_err(encoding)?;
+        Ok(self.applied)
     }
 
-    fn restore(&mut self, _index: LogIndex, snapshot: &[u8]) -> Result<(), StateMachineError> {
-        self.accounts = serde_json::from_slice(snapshot)
-            .map_err(|e| StateMachineError::Snapshot(e.to_string()))?;
+    /// Parses the whole image before touching the state, so a bad one changes nothing.
+    fn restore_from(
+        &mut self,
+        index: LogIndex,
+        input: &mut dyn Read,
+    ) -> Result<(), StateMachineError> {
+        let (at, accounts): (LogIndex, BTreeMap<String, u64>) =
+            serde_json::from_reader(input).map_err(encoding)?;
+        if at != index {
+            return Err(SnapshotStreamError::Index {
+                expected: index,
+                found: at,
+            }
+            .into());
+        }
+        self.accounts = accounts;
+        self.applied = index;
         Ok(())
     }
+}
+
+fn encoding(e: serde_json::Error) -> StateMachineError {
+    SnapshotStreamError::Encoding(Box::new(e)).into()
 }
 
 // ---- Running it: three nodes in this process, talking over loopback TCP. ----

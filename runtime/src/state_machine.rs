@@ -8,9 +8,10 @@
 
 use crate::config::StorageEngine;
 use crate::storage::sled_store::SledStore;
-use crate::storage::state_store::{open_store, StateStore, StoreError, WriteBatch};
+use crate::storage::state_store::{open_store, StateStore, StoreError, StoreView, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 /// Position of an entry in the Raft log.
@@ -29,6 +30,89 @@ pub enum StateMachineError {
     /// The state store failed (the engine's error is the source).
     #[error("state store error")]
     Store(#[from] StoreError),
+    /// A snapshot stream was refused (nothing was changed) or could not be written.
+    #[error("snapshot stream")]
+    SnapshotStream(#[from] SnapshotStreamError),
+}
+
+/// Why a snapshot stream could not be written or was refused on restore. A refused stream
+/// changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotStreamError {
+    /// Reading or writing the stream failed (a short stream is [`Self::Truncated`]).
+    #[error("snapshot stream I/O")]
+    Io(#[source] std::io::Error),
+    /// The stream ended before its digest.
+    #[error("the snapshot stream ends early (truncated)")]
+    Truncated,
+    /// The stream does not start with this format's magic bytes.
+    #[error("not a snapshot of this state machine (bad magic bytes)")]
+    BadMagic,
+    /// A format version this build cannot read.
+    #[error("snapshot format version {found} is not {supported}")]
+    Version {
+        /// The stream's version.
+        found: u8,
+        /// The one this build reads.
+        supported: u8,
+    },
+    /// A record tag other than "record" or "end".
+    #[error("bad record tag {0:#x} in the snapshot stream")]
+    BadTag(u8),
+    /// A key or value larger than any the machine can hold.
+    #[error("a snapshot record of {0} bytes exceeds the limit")]
+    RecordTooLarge(u64),
+    /// The number of records does not match the stream's trailer.
+    #[error("the snapshot holds {found} records, its trailer says {expected}")]
+    Count {
+        /// What the trailer says.
+        expected: u64,
+        /// What was read.
+        found: u64,
+    },
+    /// The xxh3-64 digest of the stream does not match its trailer.
+    #[error("snapshot digest mismatch: trailer {expected:#018x}, content {actual:#018x}")]
+    Digest {
+        /// The trailer's digest.
+        expected: u64,
+        /// The content's digest.
+        actual: u64,
+    },
+    /// Bytes after the trailer.
+    #[error("bytes after the end of the snapshot stream")]
+    TrailingBytes,
+    /// The stream was taken at another index than the one it is restored as.
+    #[error("the snapshot was taken at index {found}, not {expected}")]
+    Index {
+        /// The index the caller restores it as.
+        expected: LogIndex,
+        /// The index in the stream.
+        found: LogIndex,
+    },
+    /// The state could not be encoded or decoded (user machines' own formats).
+    #[error("snapshot encoding")]
+    Encoding(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<std::io::Error> for SnapshotStreamError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            SnapshotStreamError::Truncated
+        } else {
+            SnapshotStreamError::Io(e)
+        }
+    }
+}
+
+/// A consistent image of a machine's state at one applied index, taken on the applier's
+/// thread and written out elsewhere while the machine goes on applying.
+pub trait SnapshotView: Send + 'static {
+    /// The applied index the view is at.
+    fn index(&self) -> LogIndex;
+
+    /// Writes the image (the same bytes [`StateMachine::snapshot_to`] would have written at
+    /// that index) and returns its index.
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<LogIndex, StateMachineError>;
 }
 
 /// A replicated state machine, implemented by users (see `examples/`) and by [`KvMachine`].
@@ -74,11 +158,27 @@ pub trait StateMachine: Send + Unpin + 'static {
         0
     }
 
-    /// A serialised image of the whole state, for snapshots.
-    fn snapshot(&self) -> Result<Vec<u8>, StateMachineError>;
+    /// Writes an image of the whole state to `out`, streaming (a large state is never held in
+    /// memory whole), and returns the applied index the image is exactly the state at. A
+    /// machine that defers writes until [`StateMachine::end_batch`] images its state as of the
+    /// last ended run (the runtime asks between runs).
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<LogIndex, StateMachineError>;
 
-    /// Replaces the whole state with a snapshot's image taken at `index`.
-    fn restore(&mut self, index: LogIndex, snapshot: &[u8]) -> Result<(), StateMachineError>;
+    /// Replaces the whole state with an image written by [`StateMachine::snapshot_to`] at
+    /// `index`, read from `input`. An image that is corrupt, truncated or of another index is
+    /// refused with an error and the state is left as it was.
+    fn restore_from(
+        &mut self,
+        index: LogIndex,
+        input: &mut dyn Read,
+    ) -> Result<(), StateMachineError>;
+
+    /// A view of the current state that [`SnapshotView::write_to`] can write on another
+    /// thread while this machine applies on. `None` (the default): the image must be written
+    /// by [`StateMachine::snapshot_to`] on the applier, which applies nothing meanwhile.
+    fn snapshot_view(&self) -> Result<Option<Box<dyn SnapshotView>>, StateMachineError> {
+        Ok(None)
+    }
 }
 
 /// A command of the built-in key-value machine.
@@ -178,8 +278,16 @@ const IDEM: &[u8] = b"k/";
 const IDEM_LEGACY: &[u8] = b"i/";
 /// `e/{index, big-endian}` -> the idempotency key recorded at that index (for eviction).
 const IDEM_BY_INDEX: &[u8] = b"e/";
-/// Snapshot format version (see [`KvMachine::snapshot`]).
-const SNAPSHOT_VERSION: u8 = 1;
+/// The first bytes of a key-value machine's snapshot stream.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CLVKVSNP";
+/// Snapshot stream format version (see [`write_kv_snapshot`]).
+const SNAPSHOT_VERSION: u8 = 2;
+/// Record tags of the snapshot stream.
+const TAG_RECORD: u8 = 1;
+const TAG_END: u8 = 0;
+/// The largest key or value a snapshot record may claim (a hostile length must not make the
+/// reader allocate without bound). Values are limited far below this by the HTTP API.
+const MAX_SNAPSHOT_RECORD: u64 = 64 * 1024 * 1024;
 
 /// What a replica remembers of a keyed request: enough to recognise a retry and answer it,
 /// never another request's value (a failed CAS used to keep the whole current value).
@@ -407,41 +515,287 @@ impl StateMachine for KvMachine {
     }
 
     /// Everything replicated: the data *and* the idempotency table (a replica restored from a
-    /// snapshot must answer retries as the others do), as `(version, [(key, value)])` with the
-    /// store's own keys. The index it was taken at is the machine's applied index.
-    fn snapshot(&self) -> Result<Vec<u8>, StateMachineError> {
-        let mut pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> = Vec::new();
-        self.store.scan(b"", None, &mut |k, v| {
-            pairs.push((
-                serde_bytes::ByteBuf::from(k.to_vec()),
-                serde_bytes::ByteBuf::from(v.to_vec()),
-            ));
-            Ok(true)
-        })?;
-        rmp_serde::to_vec(&(SNAPSHOT_VERSION, pairs))
-            .map_err(|e| StateMachineError::Snapshot(e.to_string()))
+    /// snapshot must answer retries as the others do) and the applied index, from one
+    /// consistent view (see [`write_kv_snapshot`] for the format).
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<LogIndex, StateMachineError> {
+        match self.store.view()? {
+            Some(view) => write_kv_snapshot(&*view, out),
+            // No isolated view (sled): `&self` keeps the applier from committing during the
+            // scan, so the store is the state at `self.applied` throughout.
+            None => write_kv_snapshot(&LiveView(self), out),
+        }
     }
 
-    fn restore(&mut self, index: LogIndex, snapshot: &[u8]) -> Result<(), StateMachineError> {
-        type Image = (u8, Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>);
-        let (version, pairs): Image = rmp_serde::from_slice(snapshot)
-            .map_err(|e| StateMachineError::Snapshot(e.to_string()))?;
+    fn restore_from(
+        &mut self,
+        index: LogIndex,
+        input: &mut dyn Read,
+    ) -> Result<(), StateMachineError> {
+        let mut reader = SnapshotReader::new(input)?;
+        if reader.index != index {
+            return Err(SnapshotStreamError::Index {
+                expected: index,
+                found: reader.index,
+            }
+            .into());
+        }
+        // The reader's own error is kept here: the store only learns that its source failed.
+        let mut failure = None;
+        let replaced = self.store.replace_all(index, &mut || match reader.next() {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                failure = Some(e);
+                Err(())
+            }
+        });
+        match (replaced, failure) {
+            (_, Some(e)) => Err(e.into()),
+            (Err(e), None) => Err(e.into()),
+            (Ok(()), None) => {
+                self.applied = index;
+                Ok(())
+            }
+        }
+    }
+
+    fn snapshot_view(&self) -> Result<Option<Box<dyn SnapshotView>>, StateMachineError> {
+        Ok(self
+            .store
+            .view()?
+            .map(|view| Box::new(KvSnapshotView(view)) as Box<dyn SnapshotView>))
+    }
+}
+
+/// A key-value machine's isolated store view, written out off the applier.
+struct KvSnapshotView(Box<dyn StoreView>);
+
+impl SnapshotView for KvSnapshotView {
+    fn index(&self) -> LogIndex {
+        self.0.applied_index()
+    }
+
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<LogIndex, StateMachineError> {
+        write_kv_snapshot(&*self.0, out)
+    }
+}
+
+/// The machine's own store as a view, for engines without isolated readers.
+struct LiveView<'a>(&'a KvMachine);
+
+/// What [`write_kv_snapshot`] reads: the applied index and the keys of one state.
+trait KvSource {
+    fn applied(&self) -> LogIndex;
+    fn scan_all(
+        &self,
+        visit: &mut crate::storage::state_store::Visit<'_>,
+    ) -> Result<(), StoreError>;
+}
+
+impl KvSource for LiveView<'_> {
+    fn applied(&self) -> LogIndex {
+        self.0.applied
+    }
+    fn scan_all(
+        &self,
+        visit: &mut crate::storage::state_store::Visit<'_>,
+    ) -> Result<(), StoreError> {
+        self.0.store.scan(b"", None, visit)
+    }
+}
+
+impl KvSource for dyn StoreView {
+    fn applied(&self) -> LogIndex {
+        self.applied_index()
+    }
+    fn scan_all(
+        &self,
+        visit: &mut crate::storage::state_store::Visit<'_>,
+    ) -> Result<(), StoreError> {
+        StoreView::scan_all(self, visit)
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: xxhash_rust::xxh3::Xxh3Default,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the key-value snapshot stream: `CLVKVSNP`, version (u8), applied index (u64 BE),
+/// then per store key `1, key length (u32 BE), value length (u32 BE), key, value` in key
+/// order, then `0`, the record count (u64 BE) and the xxh3-64 of every byte before it
+/// (u64 BE). Returns the applied index.
+fn write_kv_snapshot<S: KvSource + ?Sized>(
+    source: &S,
+    out: &mut dyn Write,
+) -> Result<LogIndex, StateMachineError> {
+    let mut w = Hashing {
+        inner: BufWriter::with_capacity(256 * 1024, out),
+        hash: xxhash_rust::xxh3::Xxh3Default::new(),
+    };
+    let index = source.applied();
+    let io = |e: std::io::Error| StateMachineError::from(SnapshotStreamError::Io(e));
+    w.write_all(SNAPSHOT_MAGIC).map_err(io)?;
+    w.write_all(&[SNAPSHOT_VERSION]).map_err(io)?;
+    w.write_all(&index.to_be_bytes()).map_err(io)?;
+    let mut count = 0u64;
+    let mut failed = None;
+    source.scan_all(&mut |k, v| {
+        let write = |w: &mut Hashing<_>| -> std::io::Result<()> {
+            w.write_all(&[TAG_RECORD])?;
+            w.write_all(&(k.len() as u32).to_be_bytes())?;
+            w.write_all(&(v.len() as u32).to_be_bytes())?;
+            w.write_all(k)?;
+            w.write_all(v)
+        };
+        match write(&mut w) {
+            Ok(()) => {
+                count += 1;
+                Ok(true)
+            }
+            Err(e) => {
+                failed = Some(e);
+                Ok(false)
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(io(e));
+    }
+    w.write_all(&[TAG_END]).map_err(io)?;
+    w.write_all(&count.to_be_bytes()).map_err(io)?;
+    let digest = w.hash.digest();
+    let mut inner = w.inner;
+    inner.write_all(&digest.to_be_bytes()).map_err(io)?;
+    inner.flush().map_err(io)?;
+    Ok(index)
+}
+
+/// A store key and its value, as a snapshot stream carries them.
+type Record = (Vec<u8>, Vec<u8>);
+
+/// Reads a key-value snapshot stream record by record, checking it as it goes; the digest
+/// is only known at the end, so a consumer must not keep anything until `next` returned
+/// `Ok(None)`.
+struct SnapshotReader<'a> {
+    input: BufReader<&'a mut dyn Read>,
+    hash: xxhash_rust::xxh3::Xxh3Default,
+    index: LogIndex,
+    count: u64,
+    done: bool,
+}
+
+impl<'a> SnapshotReader<'a> {
+    fn new(input: &'a mut dyn Read) -> Result<Self, SnapshotStreamError> {
+        let mut r = SnapshotReader {
+            input: BufReader::with_capacity(256 * 1024, input),
+            hash: xxhash_rust::xxh3::Xxh3Default::new(),
+            index: 0,
+            count: 0,
+            done: false,
+        };
+        let mut magic = [0u8; 8];
+        r.read(&mut magic)?;
+        if &magic != SNAPSHOT_MAGIC {
+            return Err(SnapshotStreamError::BadMagic);
+        }
+        let version = r.u8()?;
         if version != SNAPSHOT_VERSION {
-            return Err(StateMachineError::Snapshot(format!(
-                "snapshot format {version} is not {SNAPSHOT_VERSION}"
-            )));
+            return Err(SnapshotStreamError::Version {
+                found: version,
+                supported: SNAPSHOT_VERSION,
+            });
         }
-        // Build the replacement in one batch: the old state stays intact if anything failed.
-        let mut batch = WriteBatch::default();
-        self.store.scan(b"", None, &mut |k, _| {
-            batch.delete(k.to_vec());
-            Ok(true)
-        })?;
-        for (k, v) in pairs {
-            batch.put(k.into_vec(), v.into_vec());
+        r.index = r.u64()?;
+        Ok(r)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), SnapshotStreamError> {
+        self.input.read_exact(buf)?;
+        self.hash.update(buf);
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8, SnapshotStreamError> {
+        let mut b = [0u8; 1];
+        self.read(&mut b)?;
+        Ok(b[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotStreamError> {
+        let mut b = [0u8; 4];
+        self.read(&mut b)?;
+        Ok(u32::from_be_bytes(b))
+    }
+
+    fn u64(&mut self) -> Result<u64, SnapshotStreamError> {
+        let mut b = [0u8; 8];
+        self.read(&mut b)?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn bytes(&mut self, len: u32) -> Result<Vec<u8>, SnapshotStreamError> {
+        if u64::from(len) > MAX_SNAPSHOT_RECORD {
+            return Err(SnapshotStreamError::RecordTooLarge(len.into()));
         }
-        self.commit(index, batch)?;
-        Ok(self.store.finish()?)
+        let mut v = vec![0u8; len as usize];
+        self.read(&mut v)?;
+        Ok(v)
+    }
+
+    /// The next record, or `None` once the trailer was read and verified.
+    fn next(&mut self) -> Result<Option<Record>, SnapshotStreamError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.u8()? {
+            TAG_RECORD => {
+                let (kl, vl) = (self.u32()?, self.u32()?);
+                let k = self.bytes(kl)?;
+                let v = self.bytes(vl)?;
+                self.count += 1;
+                Ok(Some((k, v)))
+            }
+            TAG_END => {
+                let expected = self.u64()?;
+                if expected != self.count {
+                    return Err(SnapshotStreamError::Count {
+                        expected,
+                        found: self.count,
+                    });
+                }
+                let actual = self.hash.digest();
+                let mut d = [0u8; 8];
+                self.input.read_exact(&mut d)?;
+                let expected = u64::from_be_bytes(d);
+                if expected != actual {
+                    return Err(SnapshotStreamError::Digest { expected, actual });
+                }
+                let mut extra = [0u8; 1];
+                if self
+                    .input
+                    .read(&mut extra)
+                    .map_err(SnapshotStreamError::Io)?
+                    != 0
+                {
+                    return Err(SnapshotStreamError::TrailingBytes);
+                }
+                self.done = true;
+                Ok(None)
+            }
+            tag => Err(SnapshotStreamError::BadTag(tag)),
+        }
     }
 }
 
@@ -614,6 +968,27 @@ mod tests {
         }
     }
 
+    /// The machine's image, after ending the run of entries as the applier does (a durable
+    /// machine's image is of its finished state).
+    fn image(m: &mut KvMachine) -> (LogIndex, Vec<u8>) {
+        m.end_batch().unwrap();
+        let mut out = Vec::new();
+        let index = m.snapshot_to(&mut out).unwrap();
+        (index, out)
+    }
+
+    /// Every key of the store, the idempotency table included.
+    fn dump(m: &KvMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        m.store
+            .scan(b"", None, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                Ok(true)
+            })
+            .unwrap();
+        out
+    }
+
     #[test]
     fn snapshot_restore_replaces_state() {
         for engine in ENGINES {
@@ -625,19 +1000,161 @@ mod tests {
     fn snapshot_restore_replaces_state_on(mut a: KvMachine, mut b: KvMachine) {
         a.apply(1, put("x", "1")).unwrap();
         a.apply(2, put("y", "2")).unwrap();
-        let snap = a.snapshot().unwrap();
+        let (index, snap) = image(&mut a);
+        assert_eq!(index, 2);
         b.apply(1, put("stale", "gone")).unwrap();
-        b.restore(2, &snap).unwrap();
+        b.restore_from(2, &mut &snap[..]).unwrap();
         assert_eq!(get(&b, "x"), Some(b"1".to_vec()));
         assert_eq!(get(&b, "stale"), None);
         assert_eq!(b.applied_index(), 2);
-        // A corrupt snapshot is refused and changes nothing.
-        assert!(matches!(
-            b.restore(9, b"\xc1garbage"),
-            Err(StateMachineError::Snapshot(_))
-        ));
-        assert_eq!(b.applied_index(), 2);
-        assert_eq!(get(&b, "y"), Some(b"2".to_vec()));
+        assert_eq!(dump(&a), dump(&b));
+        // The same image once more is the same bytes (replicas compare digests).
+        assert_eq!(image(&mut b), (2, snap));
+    }
+
+    /// A corrupt, truncated, foreign or mis-indexed image is refused with its own error and
+    /// leaves the state (and the applied index) exactly as it was.
+    #[test]
+    fn corrupt_or_truncated_snapshots_are_refused_and_change_nothing() {
+        for engine in ENGINES {
+            let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let mut a = open(engine, da.path());
+            for i in 1..=20u64 {
+                a.apply(i, put(&format!("k{i}"), &"v".repeat(100))).unwrap();
+            }
+            let (_, snap) = image(&mut a);
+            let mut b = open(engine, db.path());
+            b.apply(1, put("mine", "kept")).unwrap();
+            let before = dump(&b);
+            let refused = |b: &mut KvMachine, index, bytes: &[u8]| {
+                let err = b.restore_from(index, &mut &bytes[..]).unwrap_err();
+                assert_eq!(dump(b), before, "{engine:?}: state changed by {err:?}");
+                assert_eq!(b.applied_index(), 1);
+                match err {
+                    StateMachineError::SnapshotStream(e) => e,
+                    other => panic!("{engine:?}: untyped refusal {other:?}"),
+                }
+            };
+            for cut in [0, 5, 12, 30, snap.len() / 2, snap.len() - 9, snap.len() - 1] {
+                let e = refused(&mut b, 20, &snap[..cut]);
+                assert!(
+                    matches!(e, SnapshotStreamError::Truncated),
+                    "{engine:?} cut {cut}: {e:?}"
+                );
+            }
+            // A flipped byte in a value: only the digest sees it.
+            let mut flipped = snap.clone();
+            let at = snap.len() / 2;
+            flipped[at] ^= 0x40;
+            let e = refused(&mut b, 20, &flipped);
+            assert!(
+                matches!(
+                    e,
+                    SnapshotStreamError::Digest { .. } | SnapshotStreamError::BadTag(_)
+                ) || matches!(e, SnapshotStreamError::RecordTooLarge(_))
+                    || matches!(e, SnapshotStreamError::Truncated),
+                "{engine:?}: {e:?}"
+            );
+            let mut last = snap.clone();
+            *last.last_mut().unwrap() ^= 1;
+            assert!(matches!(
+                refused(&mut b, 20, &last),
+                SnapshotStreamError::Digest { .. }
+            ));
+            assert!(matches!(
+                refused(&mut b, 20, b"\xc1garbage-and-more"),
+                SnapshotStreamError::BadMagic
+            ));
+            let mut longer = snap.clone();
+            longer.push(0);
+            assert!(matches!(
+                refused(&mut b, 20, &longer),
+                SnapshotStreamError::TrailingBytes
+            ));
+            assert!(matches!(
+                refused(&mut b, 21, &snap),
+                SnapshotStreamError::Index {
+                    expected: 21,
+                    found: 20
+                }
+            ));
+            // A hostile length is refused before anything is allocated for it.
+            let mut huge = snap[..17].to_vec();
+            huge.extend_from_slice(&[TAG_RECORD, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1]);
+            assert!(matches!(
+                refused(&mut b, 20, &huge),
+                SnapshotStreamError::RecordTooLarge(_)
+            ));
+            // And the intact image still restores.
+            b.restore_from(20, &mut &snap[..]).unwrap();
+            assert_eq!(dump(&a), dump(&b));
+        }
+    }
+
+    /// redb: a view taken at index N, written out after more entries were applied, is exactly
+    /// the state of a machine that applied up to N (and restores to it).
+    #[test]
+    fn a_view_written_while_writes_continue_is_the_state_at_its_index() {
+        let (da, db, dc) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let mut live = open(StorageEngine::Redb, da.path());
+        let mut reference = open(StorageEngine::Redb, db.path());
+        for i in 1..=200u64 {
+            let r = keyed(
+                &format!("id{i}"),
+                put(&format!("k{}", i % 50), &i.to_string()).op,
+            );
+            live.apply(i, r.clone()).unwrap();
+            reference.apply(i, r).unwrap();
+        }
+        live.end_batch().unwrap();
+        let view = live
+            .snapshot_view()
+            .unwrap()
+            .expect("redb has isolated views");
+        assert_eq!(view.index(), 200);
+        // Writes go on, from another thread, while the view is written out.
+        let writer = std::thread::spawn(move || {
+            for i in 201..=400u64 {
+                live.apply(i, put(&format!("k{}", i % 70), "later"))
+                    .unwrap();
+                live.apply(
+                    i + 1000,
+                    req(KvCommand::Delete {
+                        key: format!("k{}", i % 13).into_bytes(),
+                    }),
+                )
+                .unwrap();
+            }
+            live
+        });
+        let mut out = Vec::new();
+        assert_eq!(view.write_to(&mut out).unwrap(), 200);
+        let live = writer.join().unwrap();
+        assert_eq!(live.applied_index(), 1400);
+        assert_ne!(dump(&live), dump(&reference));
+        let (_, at_200) = image(&mut reference);
+        assert_eq!(
+            out, at_200,
+            "the view's image is not the state at its index"
+        );
+        let mut restored = open(StorageEngine::Redb, dc.path());
+        restored.restore_from(200, &mut &out[..]).unwrap();
+        assert_eq!(dump(&restored), dump(&reference));
+    }
+
+    /// sled has no isolated view: the image is written under `&self` (the applier applies
+    /// nothing meanwhile) and is the state at the applied index.
+    #[test]
+    fn sled_snapshots_are_written_on_the_applier() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = open(StorageEngine::Sled, dir.path());
+        m.apply(1, put("a", "1")).unwrap();
+        assert!(m.snapshot_view().unwrap().is_none());
+        assert_eq!(image(&mut m).0, 1);
     }
 
     fn keyed(id: &str, op: KvCommand) -> KvRequest {
@@ -784,7 +1301,8 @@ mod tests {
                 KvOutput::Delete { existed: true }
             );
             let mut b = open(engine, db.path());
-            b.restore(2, &a.snapshot().unwrap()).unwrap();
+            let (index, snap) = image(&mut a);
+            b.restore_from(index, &mut &snap[..]).unwrap();
             for m in [&mut a, &mut b] {
                 assert_eq!(
                     m.apply(3, keyed("d", del())).unwrap(),

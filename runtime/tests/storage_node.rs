@@ -11,7 +11,9 @@ use conclave::config::{Config, StorageEngine};
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvMachine, LogIndex};
 use conclave::storage::health::StorageCondition;
-use conclave::storage::state_store::{open_store, StateStore, StoreError, Visit, WriteBatch};
+use conclave::storage::state_store::{
+    open_store, NextRecord, StateStore, StoreError, Visit, WriteBatch,
+};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -152,6 +154,16 @@ impl StateStore for FailingStore {
     }
     fn sync(&mut self) -> Result<(), StoreError> {
         self.inner.sync()
+    }
+    fn replace_all(
+        &mut self,
+        applied: LogIndex,
+        next: &mut NextRecord<'_>,
+    ) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::engine("failing", "replace_all", Injected));
+        }
+        self.inner.replace_all(applied, next)
     }
 }
 

@@ -8,7 +8,7 @@
 mod common;
 
 use conclave::node::{Node, NodeHandle};
-use conclave::state_machine::{LogIndex, StateMachine, StateMachineError};
+use conclave::state_machine::{LogIndex, SnapshotStreamError, StateMachine, StateMachineError};
 use conclave::storage::health::StorageCondition;
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
@@ -72,11 +72,22 @@ impl StateMachine for GatedMachine {
         self.map.get(key).cloned()
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, StateMachineError> {
-        Ok(Vec::new())
+    fn snapshot_to(&self, out: &mut dyn std::io::Write) -> Result<LogIndex, StateMachineError> {
+        serde_json::to_writer(out, &self.map).map_err(|e| {
+            StateMachineError::SnapshotStream(SnapshotStreamError::Encoding(Box::new(e)))
+        })?;
+        Ok(self.applied)
     }
 
-    fn restore(&mut self, _: LogIndex, _: &[u8]) -> Result<(), StateMachineError> {
+    fn restore_from(
+        &mut self,
+        index: LogIndex,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), StateMachineError> {
+        self.map = serde_json::from_reader(input).map_err(|e| {
+            StateMachineError::SnapshotStream(SnapshotStreamError::Encoding(Box::new(e)))
+        })?;
+        self.applied = index;
         Ok(())
     }
 }

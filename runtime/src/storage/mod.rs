@@ -7,6 +7,7 @@ pub mod health;
 pub mod log_store;
 pub mod redb_store;
 pub mod sled_store;
+pub mod snapshot_store;
 pub mod state_store;
 pub mod wal;
 pub mod watchdog;

@@ -12,9 +12,11 @@
 //! commits with `Durability::Immediate` when a caller needs the applied index durable.
 //! Scans outside a batch run in a read transaction: a consistent view while writes go on.
 
-use super::state_store::{StateStore, StoreError, StoreOp, Visit, WriteBatch};
+use super::state_store::{
+    NextRecord, StateStore, StoreError, StoreOp, StoreView, Visit, WriteBatch,
+};
 use crate::state_machine::LogIndex;
-use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadOnlyTable, ReadableTable, TableDefinition, WriteTransaction};
 use std::ops::Bound;
 use std::path::Path;
 
@@ -114,6 +116,28 @@ impl RedbStore {
     }
 }
 
+/// A redb read transaction's `kv` table: the state as of one commit, unchanged by later ones.
+struct RedbView {
+    kv: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    applied: LogIndex,
+}
+
+impl StoreView for RedbView {
+    fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    fn scan_all(&self, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        for item in self.kv.iter().map_err(err("scan"))? {
+            let (k, v) = item.map_err(err("scan"))?;
+            if !visit(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl StateStore for RedbStore {
     fn engine(&self) -> &'static str {
         ENGINE
@@ -202,5 +226,52 @@ impl StateStore for RedbStore {
         let mut tx = self.db.begin_write().map_err(err("begin_write"))?;
         tx.set_durability(Durability::Immediate);
         tx.commit().map_err(err("commit"))
+    }
+
+    fn view(&self) -> Result<Option<Box<dyn StoreView>>, StoreError> {
+        // One read transaction for both tables: the index and the data of the same commit.
+        let tx = self.db.begin_read().map_err(err("begin_read"))?;
+        let meta = tx.open_table(META).map_err(err("open_table"))?;
+        let applied = meta
+            .get(APPLIED)
+            .map_err(err("get"))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let kv = tx.open_table(KV).map_err(err("open_table"))?;
+        Ok(Some(Box::new(RedbView { kv, applied })))
+    }
+
+    fn replace_all(
+        &mut self,
+        applied: LogIndex,
+        next: &mut NextRecord<'_>,
+    ) -> Result<(), StoreError> {
+        // A staged run first (redb has one write transaction at a time; beginning another
+        // while this store holds one would wait for ever).
+        self.finish()?;
+        // One write transaction: redb spills its dirty pages to the file, so a large state is
+        // not held in memory, and an abort leaves the previous commit in place.
+        let mut tx = self.db.begin_write().map_err(err("begin_write"))?;
+        tx.set_durability(Durability::Immediate);
+        let outcome = (|| {
+            let mut kv = tx.open_table(KV).map_err(err("open_table"))?;
+            kv.retain(|_, _| false).map_err(err("clear"))?;
+            while let Some((k, v)) =
+                next().map_err(|()| StoreError::ReplaceAborted { engine: ENGINE })?
+            {
+                kv.insert(k.as_slice(), v.as_slice())
+                    .map_err(err("insert"))?;
+            }
+            let mut meta = tx.open_table(META).map_err(err("open_table"))?;
+            meta.insert(APPLIED, applied).map_err(err("insert"))?;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => tx.commit().map_err(err("commit")),
+            Err(e) => {
+                tx.abort().map_err(err("abort"))?;
+                Err(e)
+            }
+        }
     }
 }

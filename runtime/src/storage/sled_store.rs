@@ -4,7 +4,7 @@
 //! sled 0.34.7 can stall for good inside a write under sustained overwrites (docs/storage.md
 //! records what was measured); the applier's stall watchdog reports it when it happens.
 
-use super::state_store::{StateStore, StoreError, StoreOp, Visit, WriteBatch};
+use super::state_store::{NextRecord, StateStore, StoreError, StoreOp, Visit, WriteBatch};
 use crate::state_machine::LogIndex;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -128,5 +128,34 @@ impl StateStore for SledStore {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(err("sync"))
+    }
+
+    /// sled has no multi-key transaction that spills to disk: the replacement is gathered in
+    /// one `sled::Batch` (in memory, as large as the state) and applied atomically only after
+    /// `next` has yielded everything, so a failed source changes nothing.
+    fn replace_all(
+        &mut self,
+        applied: LogIndex,
+        next: &mut NextRecord<'_>,
+    ) -> Result<(), StoreError> {
+        let mut incoming = std::collections::BTreeMap::new();
+        while let Some((k, v)) =
+            next().map_err(|()| StoreError::ReplaceAborted { engine: ENGINE })?
+        {
+            incoming.insert(k, v);
+        }
+        let mut b = sled::Batch::default();
+        for item in self.tree.iter() {
+            let (k, _) = item.map_err(err("scan"))?;
+            if !incoming.contains_key(k.as_ref()) {
+                b.remove(k);
+            }
+        }
+        for (k, v) in incoming {
+            b.insert(k, v);
+        }
+        b.insert(APPLIED_KEY, &applied.to_be_bytes());
+        self.tree.apply_batch(b).map_err(err("commit"))?;
+        self.sync()
     }
 }

@@ -102,6 +102,12 @@ pub enum StoreError {
         /// Where.
         path: PathBuf,
     },
+    /// [`StateStore::replace_all`]'s source of records failed; the store was left unchanged.
+    #[error("{engine}: replacing the state was abandoned, nothing changed")]
+    ReplaceAborted {
+        /// `redb` or `sled`.
+        engine: &'static str,
+    },
 }
 
 impl StoreError {
@@ -121,6 +127,21 @@ impl StoreError {
 
 /// Visits one key and value of a scan; returns `false` to stop.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
+
+/// Yields the next record of a whole-state replacement (`None`: no more). An `Err` makes
+/// [`StateStore::replace_all`] abandon the replacement; the caller keeps its own reason.
+pub type NextRecord<'a> = dyn FnMut() -> Result<Option<(Vec<u8>, Vec<u8>)>, ()> + 'a;
+
+/// A read-only view of a whole store as of one commit, that stays the same while commits go
+/// on and can be read on another thread (a snapshot is written from it while the applier
+/// keeps applying).
+pub trait StoreView: Send + 'static {
+    /// The applied index of the commit this view shows.
+    fn applied_index(&self) -> LogIndex;
+
+    /// Visits every key of the view in ascending order until `visit` returns `false`.
+    fn scan_all(&self, visit: &mut Visit<'_>) -> Result<(), StoreError>;
+}
 
 /// An ordered key-value store that commits each batch atomically with an applied index.
 pub trait StateStore: Send + 'static {
@@ -155,6 +176,23 @@ pub trait StateStore: Send + 'static {
 
     /// Makes every commit so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// A view of the store as of the last commit that later commits do not change, if the
+    /// engine has one (redb: a read transaction). `None`: the engine cannot isolate a reader
+    /// from writers (sled), and a consistent scan needs the store's owner to stop committing
+    /// while it runs.
+    fn view(&self) -> Result<Option<Box<dyn StoreView>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Replaces every key with the records `next` yields (in any order) and sets the applied
+    /// index to `applied`, atomically: if `next` fails, or the engine does, the store keeps
+    /// its previous state ([`StoreError::ReplaceAborted`] when `next` failed).
+    fn replace_all(
+        &mut self,
+        applied: LogIndex,
+        next: &mut NextRecord<'_>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Where an engine keeps its files inside a node's data directory.

@@ -6,14 +6,14 @@
 
 mod common;
 
+use common::rogue::{heartbeat, rogue};
 use common::Cluster;
 use conclave::config::{ClusterSecretString, ReadLevel};
-use conclave::node::wire::WireMessage;
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
-use conclave_actors::raft::{Message, MessageBody, MAX_TERM};
+use conclave_actors::raft::MAX_TERM;
 use conclave_transport::handshake::{self, Hello, Refusal};
-use conclave_transport::{ClusterSecret, Endpoint, HandshakeError, Transport, TransportConfig};
+use conclave_transport::{ClusterSecret, Endpoint, HandshakeError};
 use std::time::{Duration, Instant};
 
 async fn leader_of(handles: &[NodeHandle<KvMachine>]) -> NodeHandle<KvMachine> {
@@ -51,30 +51,6 @@ async fn write_retrying(handles: &[NodeHandle<KvMachine>], req: KvRequest) {
             }
         }
     }
-}
-
-/// A transport outside the cluster's control, claiming `id`.
-async fn rogue(id: u64, cluster: &str) -> Transport<WireMessage> {
-    let mut cfg = TransportConfig::new(id, cluster, "127.0.0.1:0".parse().unwrap());
-    cfg.backoff_base = Duration::from_millis(10);
-    cfg.backoff_cap = Duration::from_millis(100);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    // Drain whatever the cluster sends it.
-    actix::spawn(async move { while rx.recv().await.is_some() {} });
-    Transport::bind(cfg, tx).await.unwrap().0
-}
-
-fn heartbeat(from: u64, to: u64, term: u64) -> WireMessage {
-    WireMessage::Raft(Message {
-        group: 0,
-        from,
-        to,
-        term,
-        body: MessageBody::Heartbeat {
-            commit: 0,
-            read_ctx: 0,
-        },
-    })
 }
 
 /// Finding 3: non-member 777 sends `Heartbeat { term: u64::MAX }` to every node, and (the

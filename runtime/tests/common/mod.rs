@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod ports;
+pub mod rogue;
 pub use ports::free_addr;
 
 /// Configurations of an `n`-node loopback cluster with data under `data_root` (ports from

@@ -9,6 +9,7 @@
 use crate::config::PersistenceStrategy;
 use crate::storage::health::StorageHealth;
 use crate::storage::log_store::{LogStore, LogStoreError, RecoveredGroup};
+use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
 use conclave_actors::raft::{Entry, GroupId, LogIndex, PersistRequest};
 use std::collections::BTreeMap;
@@ -76,6 +77,9 @@ pub struct LogStoreActor {
     purge_pending: bool,
     /// Where a failure is reported, for readiness and status.
     health: Arc<StorageHealth>,
+    /// Times every write, sync and purge: one that does not return within the stall timeout
+    /// is reported as a stall of `raft_log` (a disk that hangs is seen, not silent).
+    clock: Option<Arc<StallClock>>,
 }
 
 impl LogStoreActor {
@@ -99,6 +103,21 @@ impl LogStoreActor {
             flush_scheduled: false,
             purge_pending: false,
             health,
+            clock: None,
+        }
+    }
+
+    /// Times the store's disk calls with `clock` (the node's stall watchdog).
+    pub fn with_stall_clock(mut self, clock: Arc<StallClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Runs a disk call of the store under the stall clock, if any.
+    fn timed<T>(&mut self, f: impl FnOnce(&mut LogStore) -> T) -> T {
+        match self.clock.clone() {
+            Some(clock) => clock.time(|| f(&mut self.store)),
+            None => f(&mut self.store),
         }
     }
 
@@ -114,7 +133,7 @@ impl LogStoreActor {
     }
 
     fn sync(&mut self) {
-        let result = self.store.sync().map_err(|e| self.fail(e));
+        let result = self.timed(LogStore::sync).map_err(|e| self.fail(e));
         metrics::counter!("conclave_wal_syncs_total").increment(1);
         metrics::histogram!("conclave_wal_batch_requests").record(self.buffered as f64);
         self.buffered = 0;
@@ -123,7 +142,7 @@ impl LogStoreActor {
         }
         if result.is_ok() && self.purge_pending {
             self.purge_pending = false;
-            match self.store.purge() {
+            match self.timed(LogStore::purge) {
                 Ok(removed) => {
                     metrics::counter!("conclave_wal_segments_purged_total")
                         .increment(removed as u64);

@@ -348,6 +348,7 @@ async fn start_node<M: StateMachine>(
     let log_arbiter = Arbiter::new();
     let p = config.raft.persistence.clone();
     let log_health = health.clone();
+    let log_clock = watchdog.clock(log_store_actor::HEALTH_COMPONENT);
     let log_store = LogStoreActor::start_in_arbiter(&log_arbiter.handle(), move |_| {
         LogStoreActor::new(
             store,
@@ -357,6 +358,7 @@ async fn start_node<M: StateMachine>(
             p.flush_interval_ms,
             log_health,
         )
+        .with_stall_clock(log_clock)
     });
 
     // Transport.

@@ -809,27 +809,51 @@ impl Raft {
         self.send(from, body, Dep::Everything);
     }
 
+    /// Leader: a replication answer came from `from`. Marks the peer active and returns
+    /// whether the answer is for this leader (this node leads and `from` is a tracked peer).
+    fn heard_from_peer(&mut self, now: Millis, from: NodeId) -> bool {
+        if self.role != Role::Leader {
+            return false;
+        }
+        let Some(p) = self.progress.get_mut(&from) else {
+            return false;
+        };
+        p.recent_active = true;
+        p.last_append_response = now;
+        true
+    }
+
+    /// Leader: `from` holds this log up to `index` (an append succeeded or a snapshot was
+    /// installed); commit and a pending leader transfer may advance.
+    fn peer_matched(&mut self, now: Millis, from: NodeId, index: LogIndex) {
+        // A peer's index is not trusted to be one this log holds.
+        if index > self.log.last_index() {
+            return;
+        }
+        if self
+            .progress
+            .get_mut(&from)
+            .is_some_and(|p| p.on_success(index))
+        {
+            self.maybe_commit(now);
+            self.maybe_send_timeout_now();
+        }
+    }
+
     /// Leader: the answer to a snapshot this node's shell sent to `from`.
     fn on_install_response(&mut self, now: Millis, from: NodeId, installed: bool, index: LogIndex) {
-        if self.role != Role::Leader {
+        if !self.heard_from_peer(now, from) {
+            return;
+        }
+        if installed {
+            self.peer_matched(now, from, index);
             return;
         }
         let last = self.log.last_index();
         let Some(p) = self.progress.get_mut(&from) else {
             return;
         };
-        p.recent_active = true;
-        p.last_append_response = now;
-        if installed {
-            // A peer's index is not trusted to be one this log holds.
-            if index > last {
-                return;
-            }
-            if p.on_success(index) {
-                self.maybe_commit(now);
-                self.maybe_send_timeout_now();
-            }
-        } else if p.state == ReplicationState::Snapshot {
+        if p.state == ReplicationState::Snapshot {
             // Refused as stale: the peer already holds a committed prefix up to `index`;
             // probe with AppendEntries from just after it.
             p.become_probe(index.saturating_add(1).min(last + 1));
@@ -1266,25 +1290,16 @@ impl Raft {
         conflict_term: Option<Term>,
         conflict_index: LogIndex,
     ) {
-        if self.role != Role::Leader {
+        if !self.heard_from_peer(now, from) {
             return;
         }
-        let last = self.log.last_index();
+        if success {
+            self.peer_matched(now, from, index);
+            return;
+        }
         let Some(p) = self.progress.get_mut(&from) else {
             return;
         };
-        p.recent_active = true;
-        p.last_append_response = now;
-        if success {
-            if index > last {
-                return;
-            }
-            if p.on_success(index) {
-                self.maybe_commit(now);
-                self.maybe_send_timeout_now();
-            }
-            return;
-        }
         // A rejection: ignore stale ones (etcd's MaybeDecrTo).
         let stale = match p.state {
             ReplicationState::Replicate => index <= p.match_index,

@@ -57,6 +57,11 @@ impl Cluster {
     }
 
     pub fn spawn(&self, i: usize) -> Child {
+        self.spawn_with_env(i, &[])
+    }
+
+    /// Like [`Cluster::spawn`], with extra environment variables (fault injection).
+    pub fn spawn_with_env(&self, i: usize, env: &[(&str, &str)]) -> Child {
         let id = self.configs[i].node.id;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -71,6 +76,7 @@ impl Cluster {
             .arg("--config")
             .arg(self.dir.join(format!("n{id}.toml")))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -296,6 +296,7 @@ fn raft_config(config: &Config, group: u64) -> RaftConfig {
         // Keep appends well inside a transport frame.
         max_bytes_per_append: (config.node.max_frame_size / 2).max(1024),
         lease_ms: r.read.lease_ms,
+        keep_entries: config.snapshot.keep_entries,
         ..RaftConfig::default()
     }
 }

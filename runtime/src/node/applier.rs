@@ -17,6 +17,7 @@
 use super::handle::{RequestError, WriteResult};
 use crate::state_machine::{LogIndex, StateMachine, StateMachineError};
 use crate::storage::health::StorageHealth;
+use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError, StoredSnapshot};
 use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
 use conclave_actors::raft::{Entry, EntryPayload, Term};
@@ -66,6 +67,41 @@ pub struct AppliedIndex;
 
 impl Message for AppliedIndex {
     type Result = LogIndex;
+}
+
+/// Replace the machine's whole state with the snapshot `snapshot`, read through the store's
+/// verifying reader (a damaged image is refused and changes nothing); the applied index becomes
+/// the snapshot's. Sent by the group for a snapshot installed from the leader. Refused if it
+/// would move the applied index backwards. Answers the new applied index.
+#[derive(Message)]
+#[rtype(result = "Result<LogIndex, RestoreError>")]
+pub struct RestoreFrom {
+    /// The group's snapshot files.
+    pub store: Arc<SnapshotStore>,
+    /// The snapshot (from the store).
+    pub snapshot: StoredSnapshot,
+}
+
+/// Why [`RestoreFrom`] failed; the machine is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The machine is not open (the applier is restarting).
+    #[error("group {0}: the state machine is not open")]
+    NotOpen(u64),
+    /// The snapshot is older than what the machine has applied.
+    #[error("snapshot at {index} is below the applied index {applied}")]
+    Backwards {
+        /// The snapshot's index.
+        index: LogIndex,
+        /// The machine's applied index.
+        applied: LogIndex,
+    },
+    /// The file could not be opened or did not verify.
+    #[error(transparent)]
+    Store(#[from] SnapshotStoreError),
+    /// The machine refused the image.
+    #[error(transparent)]
+    Machine(#[from] StateMachineError),
 }
 
 /// Makes the actor panic, to test supervision (tests and the chaos harness only).
@@ -279,6 +315,44 @@ impl<M: StateMachine> Handler<AppliedIndex> for ApplierActor<M> {
 
     fn handle(&mut self, _: AppliedIndex, _: &mut Context<Self>) -> LogIndex {
         self.applied
+    }
+}
+
+impl<M: StateMachine> Handler<RestoreFrom> for ApplierActor<M> {
+    type Result = Result<LogIndex, RestoreError>;
+
+    fn handle(&mut self, msg: RestoreFrom, _: &mut Context<Self>) -> Self::Result {
+        let group = self.deps.group;
+        let index = msg.snapshot.meta.index;
+        let clock = self.deps.clock.clone();
+        let machine = self.machine.as_mut().ok_or(RestoreError::NotOpen(group))?;
+        if index < self.applied {
+            return Err(RestoreError::Backwards {
+                index,
+                applied: self.applied,
+            });
+        }
+        let mut reader = msg.store.reader(&msg.snapshot)?;
+        if let Err(e) = clock.time(|| machine.restore_from(index, &mut reader)) {
+            // The verifying reader's typed reason (length, digest) beats the machine's view.
+            return Err(match reader.take_error() {
+                Some(typed) => typed.into(),
+                None => e.into(),
+            });
+        }
+        tracing::info!(
+            group,
+            index,
+            term = msg.snapshot.meta.term,
+            bytes = msg.snapshot.len,
+            "state machine restored from a snapshot"
+        );
+        self.applied = index;
+        self.deps.applied_gauge.store(index, Ordering::Relaxed);
+        metrics::gauge!("conclave_raft_applied_index", "group" => group.to_string())
+            .set(index as f64);
+        self.serve_reads();
+        Ok(index)
     }
 }
 

@@ -12,20 +12,30 @@
 //! mailbox is empty, so a burst of proposals becomes one persist request and one AppendEntries
 //! per follower.
 
-use super::applier::{AppliedIndex, ApplierActor, ApplyBatch, ReadAt, ReadReply, WriteReply};
+use super::applier::{
+    AppliedIndex, ApplierActor, ApplyBatch, ReadAt, ReadReply, RestoreFrom, WriteReply,
+};
 use super::handle::{LeaderHint, RequestError};
 use super::log_store_actor::{LogStoreActor, Persist, Recover};
 use super::replicator::{Outbound, ReplicatorActor};
+use super::transfer_actor::{
+    Adopt, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
+};
+use super::wire::WireMessage;
 use crate::config::MemberConfig;
 use crate::state_machine::StateMachine;
+use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 use actix::prelude::*;
+use conclave_actors::raft::SnapshotMeta;
 use conclave_actors::raft::{
     self, Action, Entry, GroupId, LogIndex, Membership, NodeId, PersistRequest, ProposeError, Raft,
     RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
 };
 use conclave_actors::supervisor::{ChildGuard, Slot};
+use conclave_transport::PeerLink;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,6 +95,29 @@ pub struct GroupDeps<M: StateMachine> {
     pub members: Arc<BTreeMap<NodeId, MemberConfig>>,
     /// The node's monotonic epoch: the cores' `now` is milliseconds since it.
     pub epoch: Instant,
+    /// Streaming snapshots to lagging followers and receiving them from the leader.
+    pub transfer: GroupTransfer,
+}
+
+/// What a group uses to send and receive snapshots (docs/transport.md, "Snapshot transfer").
+pub struct GroupTransfer {
+    /// The node's snapshot sender.
+    pub sender: SnapshotSender,
+    /// The node's snapshot receiver (stages received images; moves them into the store).
+    pub receiver: Addr<SnapshotReceiver>,
+    /// The group's snapshot directory.
+    pub dir: PathBuf,
+    /// Links to the peers.
+    pub links: HashMap<NodeId, PeerLink<WireMessage>>,
+}
+
+/// A snapshot transfer this group asked for ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SendDone {
+    to: NodeId,
+    index: LogIndex,
+    outcome: SendOutcome,
 }
 
 /// A Raft message for this group from a peer.
@@ -154,6 +187,17 @@ pub struct GroupActor<M: StateMachine> {
     reads: HashMap<ReadId, (M::Query, ReadReply<M>)>,
     next_read: ReadId,
     was_leader: bool,
+    /// A snapshot received from the leader and handed to the core, not yet adopted.
+    staged: Option<SnapshotMeta>,
+    /// Persists are held while a received snapshot moves into the store (it must be in place
+    /// before the persist that makes it the group's base).
+    adopting: bool,
+    /// The received snapshot adopted into the store, for the core's `RestoreSnapshot`.
+    adopted: Option<StoredSnapshot>,
+    /// An installed snapshot the applier must restore before any later entry.
+    pending_restore: Option<StoredSnapshot>,
+    /// The applier is restoring a snapshot (applies wait).
+    restoring: bool,
     _guard: ChildGuard,
 }
 
@@ -185,6 +229,11 @@ impl<M: StateMachine> GroupActor<M> {
             reads: HashMap::new(),
             next_read: 1,
             was_leader: false,
+            staged: None,
+            adopting: false,
+            adopted: None,
+            pending_restore: None,
+            restoring: false,
             _guard: guard,
         }
     }
@@ -242,12 +291,14 @@ impl<M: StateMachine> GroupActor<M> {
                 }
             }
             Action::Persist(req) if req.snapshot.is_some() => {
-                // Unreachable today: only `install_snapshot`, which this shell never calls,
-                // makes the core name a snapshot in a persist (see the snapshot arms below).
-                // The log store cannot record a snapshot base, so the request is never
-                // written or reported durable and the group stops: nothing is acknowledged.
-                tracing::error!(group = self.deps.group, seq = req.seq, "core asked to persist a snapshot install, which this node cannot do yet; stopping the group");
-                ctx.stop();
+                // An install (`install_snapshot` below): the received image moves into the
+                // snapshot store first, then the persist makes it the group's base. Persists
+                // are held meanwhile so they stay in order.
+                let meta = req.snapshot.clone().unwrap_or_default();
+                self.persist_queue.push_back(req);
+                if self.staged.take().as_ref() == Some(&meta) {
+                    self.adopt(meta, ctx);
+                }
             }
             Action::Persist(req) => self.persist_queue.push_back(req),
             Action::Apply(entries) => {
@@ -301,39 +352,150 @@ impl<M: StateMachine> GroupActor<M> {
                 }
             }
             Action::RoleChanged { role, term, leader } => self.role_changed(role, term, leader),
-            // The three snapshot actions cannot be emitted today: the core sends a snapshot
-            // only to a peer whose next index is at or below its compaction point, and it
-            // compacts only in `snapshot_taken`, restores a snapshot only after
-            // `install_snapshot`, and starts from `RestoreState::snapshot`: this shell calls
-            // neither and restores with `snapshot: None`, so the log is never compacted
-            // (issue 13: the snapshotter is not built yet). If one ever arrives it is logged
-            // and handled in the way that keeps the node safe.
-            Action::SendSnapshot { to, term, meta } => {
-                tracing::error!(
-                    group = self.deps.group,
-                    to,
-                    term,
-                    index = meta.index,
-                    "core asked for a snapshot transfer, which this node cannot send yet"
-                );
-                // Stop waiting for a transfer that will never happen (the core retries after
-                // the peer answers a heartbeat).
-                let now = self.now();
-                if let Some(core) = self.core.as_mut() {
-                    core.snapshot_send_failed(now, to);
-                }
-            }
+            Action::SendSnapshot { to, term, meta } => self.send_snapshot(to, term, meta, ctx),
             Action::RestoreSnapshot(meta) => {
-                // The state machine cannot be switched to a snapshot yet; applying on from it
-                // would serve a state missing everything the snapshot holds, so the group stops.
-                tracing::error!(group = self.deps.group, index = meta.index, term = meta.term, "core asked to restore a snapshot, which this node cannot do yet; stopping the group");
-                ctx.stop();
+                // The install is durable: entries it covers are not applied, the machine is
+                // switched to the snapshot before anything after it.
+                self.apply_queue.retain(|e| e.index > meta.index);
+                self.enqueued_upto = self.enqueued_upto.max(meta.index);
+                match self.adopted.take() {
+                    Some(stored) if stored.meta == meta => {
+                        metrics::counter!("conclave_snapshot_installed_total", "group" => self.deps.group.to_string())
+                            .increment(1);
+                        tracing::info!(
+                            group = self.deps.group,
+                            index = meta.index,
+                            term = meta.term,
+                            "snapshot installed; restoring the state machine"
+                        );
+                        self.pending_restore = Some(stored);
+                    }
+                    _ => {
+                        tracing::error!(group = self.deps.group, index = meta.index, "core asked to restore a snapshot this node did not adopt; stopping the group");
+                        ctx.stop();
+                    }
+                }
             }
             Action::Compacted { first_index } => {
                 // Keeping WAL entries longer than needed is always safe: nothing is purged.
                 tracing::error!(group = self.deps.group, first_index, "core compacted its log, which this node never asks for; the WAL keeps every entry");
             }
         }
+    }
+
+    /// Streams the snapshot `meta` to `to` on the node's sender; a transfer that cannot start
+    /// or ends without delivering it is reported to the core (which retries after `to` next
+    /// answers a heartbeat).
+    fn send_snapshot(
+        &mut self,
+        to: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        ctx: &mut Context<Self>,
+    ) {
+        let t = &self.deps.transfer;
+        let Some(link) = t.links.get(&to).cloned() else {
+            tracing::warn!(
+                group = self.deps.group,
+                to,
+                "no link to the peer that needs a snapshot"
+            );
+            self.send_failed(to, ctx);
+            return;
+        };
+        let addr = ctx.address();
+        let index = meta.index;
+        let req = SendRequest {
+            group: self.deps.group,
+            to,
+            term,
+            meta,
+            dir: t.dir.clone(),
+            link,
+            done: Box::new(move |outcome| {
+                addr.do_send(SendDone { to, index, outcome });
+            }),
+        };
+        if let Err(e) = t.sender.start(req) {
+            tracing::debug!(group = self.deps.group, to, index, error = %e, "snapshot transfer not started");
+            self.send_failed(to, ctx);
+        }
+    }
+
+    fn send_failed(&mut self, to: NodeId, ctx: &mut Context<Self>) {
+        let now = self.now();
+        if let Some(core) = self.core.as_mut() {
+            core.snapshot_send_failed(now, to);
+        }
+        self.schedule_drain(ctx);
+    }
+
+    /// Moves the received snapshot `meta` into the store (on the receiver's arbiter), holding
+    /// persists until it is there. A failure stops the group: the install is never reported
+    /// durable, so nothing is acknowledged.
+    fn adopt(&mut self, meta: SnapshotMeta, ctx: &mut Context<Self>) {
+        self.adopting = true;
+        let msg = Adopt {
+            group: self.deps.group,
+            meta,
+        };
+        ctx.spawn(
+            self.deps
+                .transfer
+                .receiver
+                .send(msg)
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    act.adopting = false;
+                    match res {
+                        Ok(Ok(stored)) => {
+                            act.adopted = Some(stored);
+                            act.pump(ctx);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(group = act.deps.group, error = %e, "cannot move a received snapshot into the store; stopping the group");
+                            ctx.stop();
+                        }
+                        Err(_) => {
+                            tracing::error!(group = act.deps.group, "snapshot receiver gone; stopping the group");
+                            ctx.stop();
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Sends the applier the installed snapshot to restore (applies wait until it is done).
+    fn restore(
+        &mut self,
+        stored: StoredSnapshot,
+        applier: Addr<ApplierActor<M>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.restoring = true;
+        let msg = RestoreFrom {
+            store: Arc::new(SnapshotStore::existing(&self.deps.transfer.dir)),
+            snapshot: stored,
+        };
+        ctx.spawn(applier.send(msg).into_actor(self).map(|res, act, ctx| {
+            act.restoring = false;
+            match res {
+                Ok(Ok(index)) => {
+                    tracing::info!(group = act.deps.group, index, "state machine restored from the installed snapshot");
+                    act.pump(ctx);
+                }
+                Ok(Err(e)) => {
+                    // The machine refused the image and changed nothing; a restarted group
+                    // restores from its base snapshot at start.
+                    tracing::error!(group = act.deps.group, error = %e, "cannot restore the installed snapshot; stopping the group");
+                    ctx.stop();
+                }
+                Err(_) => {
+                    tracing::error!(group = act.deps.group, "applier gone while restoring a snapshot; stopping the group");
+                    ctx.stop();
+                }
+            }
+        }));
     }
 
     fn read_error(&self, error: ReadError) -> RequestError {
@@ -378,7 +540,12 @@ impl<M: StateMachine> GroupActor<M> {
     /// Moves queued persist requests and committed entries on, as far as mailboxes allow.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let mut blocked = false;
-        while let Some(req) = self.persist_queue.pop_front() {
+        // While a received snapshot moves into the store, nothing is persisted (the adoption
+        // pumps again when done).
+        while let Some(req) = (!self.adopting)
+            .then(|| self.persist_queue.pop_front())
+            .flatten()
+        {
             let (tx, rx) = oneshot::channel();
             let seq = req.seq;
             let msg = Persist {
@@ -439,12 +606,21 @@ impl<M: StateMachine> GroupActor<M> {
 
     /// Returns true when blocked (retry later).
     fn pump_applies(&mut self, ctx: &mut Context<Self>) -> bool {
-        if self.apply_queue.is_empty() || self.resyncing {
+        if self.restoring || self.resyncing {
+            return false;
+        }
+        if self.apply_queue.is_empty() && self.pending_restore.is_none() {
             return false;
         }
         let Some(applier) = self.deps.applier.get() else {
             return true;
         };
+        if let Some(stored) = self.pending_restore.take() {
+            // Before anything after the snapshot (the applier handles messages in order, but
+            // the answer is awaited so a failed restore applies nothing after it).
+            self.restore(stored, applier, ctx);
+            return false;
+        }
         if self.applier_seen.as_ref() != Some(&applier) {
             let first_instance = self.applier_seen.is_none();
             self.applier_seen = Some(applier.clone());
@@ -722,5 +898,43 @@ impl<M: StateMachine> Handler<TransferLeader> for GroupActor<M> {
         };
         let _ = msg.reply.send(result);
         self.schedule_drain(ctx);
+    }
+}
+
+impl<M: StateMachine> Handler<SnapshotReceived> for GroupActor<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotReceived, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        if self.staged.as_ref() == Some(&msg.meta) || self.adopting {
+            // The same image announced again (a repeated last chunk) while it is installed.
+            return;
+        }
+        tracing::info!(
+            group = self.deps.group,
+            from = msg.from,
+            index = msg.meta.index,
+            term = msg.meta.term,
+            "installing a snapshot received from the leader"
+        );
+        // The core decides (stale term, stale snapshot, Raft §7); if it installs, it emits the
+        // persist naming the snapshot, which adopts the staged image first.
+        self.staged = Some(msg.meta.clone());
+        core.install_snapshot(now, msg.from, msg.term, msg.meta);
+        self.schedule_drain(ctx);
+    }
+}
+
+impl<M: StateMachine> Handler<SendDone> for GroupActor<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendDone, ctx: &mut Context<Self>) {
+        if let Err(e) = msg.outcome {
+            tracing::warn!(group = self.deps.group, peer = msg.to, index = msg.index, error = %e, "snapshot transfer failed");
+            self.send_failed(msg.to, ctx);
+        }
     }
 }

@@ -153,6 +153,26 @@ pub enum ChunkRefusal {
 }
 
 impl ChunkRefusal {
+    /// The metric label of the reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ChunkRefusal::BadChecksum => "bad_checksum",
+            ChunkRefusal::OutOfOrder => "out_of_order",
+            ChunkRefusal::ChunkTooLarge(_) => "chunk_too_large",
+            ChunkRefusal::PastTotal { .. } => "past_total",
+            ChunkRefusal::TotalTooLarge(_) => "total_too_large",
+            ChunkRefusal::Malformed => "malformed",
+            ChunkRefusal::NotMember => "not_member",
+            ChunkRefusal::StaleTerm(_) => "stale_term",
+            ChunkRefusal::NotLeader => "not_leader",
+            ChunkRefusal::Stale(_) => "stale",
+            ChunkRefusal::TooManyReceptions => "too_many_receptions",
+            ChunkRefusal::DigestMismatch => "digest_mismatch",
+            ChunkRefusal::UnknownGroup => "unknown_group",
+            ChunkRefusal::Storage => "storage",
+        }
+    }
+
     /// Whether the sender should carry on from the ack's `next_offset` (a damaged or misplaced
     /// chunk) rather than give the transfer up.
     pub fn is_retryable(&self) -> bool {
@@ -327,7 +347,12 @@ impl Receptions {
             }
         }
         for (index, term) in orphans {
-            tracing::warn!(group, index, term, "removing an unusable snapshot reception");
+            tracing::warn!(
+                group,
+                index,
+                term,
+                "removing an unusable snapshot reception"
+            );
             r.remove_files(index, term)?;
         }
         Ok(r)
@@ -362,10 +387,7 @@ impl Receptions {
 
     /// `(index, term, verified length)` of every reception, oldest snapshot first.
     pub fn list(&self) -> Vec<(LogIndex, Term, u64)> {
-        self.open
-            .iter()
-            .map(|(&(i, t), r)| (i, t, r.len))
-            .collect()
+        self.open.iter().map(|(&(i, t), r)| (i, t, r.len)).collect()
     }
 
     fn ack(&self, chunk: &SnapshotChunk, next_offset: u64, status: AckStatus) -> SnapshotAck {
@@ -491,7 +513,12 @@ impl Receptions {
             .map(|(k, _)| *k)
             .collect();
         for (index, term) in stale {
-            tracing::info!(group = self.group, index, term, "dropping a snapshot reception no longer needed");
+            tracing::info!(
+                group = self.group,
+                index,
+                term,
+                "dropping a snapshot reception no longer needed"
+            );
             self.remove_files(index, term)?;
         }
         Ok(())
@@ -571,7 +598,13 @@ impl Receptions {
         }
         if chunk.data.is_empty() {
             if r.len > 0 && chunk.offset == 0 {
-                tracing::info!(group, index = key.0, peer = chunk.from, offset = r.len, "snapshot transfer resumes");
+                tracing::info!(
+                    group,
+                    index = key.0,
+                    peer = chunk.from,
+                    offset = r.len,
+                    "snapshot transfer resumes"
+                );
                 metrics::counter!("conclave_snapshot_resumed_total", "group" => group.to_string(), "peer" => chunk.from.to_string())
                     .increment(1);
             }
@@ -620,7 +653,12 @@ impl Receptions {
         }
         let digest = r.hasher.as_ref().map(|h| h.digest()).unwrap_or_default();
         if digest != r.info.digest {
-            tracing::warn!(group, index = key.0, peer = chunk.from, "received snapshot does not match its digest; starting over");
+            tracing::warn!(
+                group,
+                index = key.0,
+                peer = chunk.from,
+                "received snapshot does not match its digest; starting over"
+            );
             f.set_len(0).map_err(io("truncate", &partial))?;
             r.len = 0;
             r.hasher = Some(xxhash_rust::xxh3::Xxh3Default::new());
@@ -631,7 +669,13 @@ impl Receptions {
         }
         f.sync_all().map_err(io("fsync", &partial))?;
         r.complete = true;
-        tracing::info!(group, index = key.0, peer = chunk.from, bytes = r.len, "snapshot received and staged");
+        tracing::info!(
+            group,
+            index = key.0,
+            peer = chunk.from,
+            bytes = r.len,
+            "snapshot received and staged"
+        );
         Ok(staged(r))
     }
 

@@ -149,7 +149,11 @@ fn adopt_and_read(s: &Setup, rx: &mut Receptions, m: &SnapshotMeta) -> Vec<u8> {
         Err(e) => panic!("adopt: {e}"),
     };
     let mut out = Vec::new();
-    store.reader(&stored).unwrap().read_to_end(&mut out).unwrap();
+    store
+        .reader(&stored)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -160,7 +164,9 @@ fn a_whole_transfer_stages_an_identical_image_and_adopts_it() {
     let snap = s.snapshot(meta(50, 2), &body);
     let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
     let mut rx = s.receptions();
-    let run = drive(&mut st, &snap.path, &mut rx, &view(3, 10), 100, |_, c| Some(c));
+    let run = drive(&mut st, &snap.path, &mut rx, &view(3, 10), 100, |_, c| {
+        Some(c)
+    });
     assert_eq!(run.end, Some(SendStep::Done));
     assert_eq!(run.staged, Some(meta(50, 2)));
     assert!(run.refusals.is_empty(), "{:?}", run.refusals);
@@ -177,12 +183,19 @@ fn a_corrupt_chunk_is_refused_and_sent_again() {
     let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
     let mut rx = s.receptions();
     // The fourth data chunk has a byte flipped in flight.
-    let run = drive(&mut st, &snap.path, &mut rx, &view(3, 10), 100, |n, mut c| {
-        if n == 4 {
-            c.data[17] ^= 0x40;
-        }
-        Some(c)
-    });
+    let run = drive(
+        &mut st,
+        &snap.path,
+        &mut rx,
+        &view(3, 10),
+        100,
+        |n, mut c| {
+            if n == 4 {
+                c.data[17] ^= 0x40;
+            }
+            Some(c)
+        },
+    );
     assert_eq!(run.refusals, vec![ChunkRefusal::BadChecksum]);
     assert_eq!(run.end, Some(SendStep::Done));
     // Exactly the damaged chunk was sent twice.
@@ -215,7 +228,9 @@ fn a_restarted_sender_and_a_restarted_receiver_resume_instead_of_starting_over()
     let mut rx = s.receptions();
     // The first sender gets 12 chunks through, then dies.
     let mut first = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
-    let run = drive(&mut first, &snap.path, &mut rx, &view(3, 10), 13, |_, c| Some(c));
+    let run = drive(&mut first, &snap.path, &mut rx, &view(3, 10), 13, |_, c| {
+        Some(c)
+    });
     assert_eq!(run.end, None);
     assert_eq!(rx.list(), vec![(70, 2, 12 * CHUNK as u64)]);
     // The receiver restarts too: it finds its partial file and verified length again.
@@ -224,7 +239,14 @@ fn a_restarted_sender_and_a_restarted_receiver_resume_instead_of_starting_over()
     assert_eq!(rx.list(), vec![(70, 2, 12 * CHUNK as u64)]);
     // A new sender (a restarted leader) probes and continues from there.
     let mut second = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
-    let run = drive(&mut second, &snap.path, &mut rx, &view(3, 10), 100, |_, c| Some(c));
+    let run = drive(
+        &mut second,
+        &snap.path,
+        &mut rx,
+        &view(3, 10),
+        100,
+        |_, c| Some(c),
+    );
     assert_eq!(run.end, Some(SendStep::Done));
     assert_eq!(run.data_bytes, body.len() as u64 - 12 * CHUNK as u64);
     assert_eq!(adopt_and_read(&s, &mut rx, &meta(70, 2)), body);
@@ -237,7 +259,9 @@ fn a_partial_file_damaged_on_disk_fails_the_digest_and_the_transfer_starts_over(
     let snap = s.snapshot(meta(30, 2), &body);
     let mut rx = s.receptions();
     let mut first = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
-    drive(&mut first, &snap.path, &mut rx, &view(3, 10), 4, |_, c| Some(c));
+    drive(&mut first, &snap.path, &mut rx, &view(3, 10), 4, |_, c| {
+        Some(c)
+    });
     drop(rx);
     // A power loss left garbage in the verified prefix.
     let partial = s.follower_dir.join("recv-30-2.partial");
@@ -246,7 +270,14 @@ fn a_partial_file_damaged_on_disk_fails_the_digest_and_the_transfer_starts_over(
     std::fs::write(&partial, bytes).unwrap();
     let mut rx = s.receptions();
     let mut second = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
-    let run = drive(&mut second, &snap.path, &mut rx, &view(3, 10), 100, |_, c| Some(c));
+    let run = drive(
+        &mut second,
+        &snap.path,
+        &mut rx,
+        &view(3, 10),
+        100,
+        |_, c| Some(c),
+    );
     assert_eq!(run.refusals, vec![ChunkRefusal::DigestMismatch]);
     assert_eq!(run.end, Some(SendStep::Done));
     assert_eq!(adopt_and_read(&s, &mut rx, &meta(30, 2)), body);
@@ -260,13 +291,17 @@ fn a_stale_snapshot_after_a_newer_one_is_ignored() {
     let new = s.snapshot(meta(80, 3), &new_body);
     let mut rx = s.receptions();
     let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &new, CHUNK);
-    let run = drive(&mut st, &new.path, &mut rx, &view(3, 10), 100, |_, c| Some(c));
+    let run = drive(&mut st, &new.path, &mut rx, &view(3, 10), 100, |_, c| {
+        Some(c)
+    });
     assert_eq!(run.end, Some(SendStep::Done));
     adopt_and_read(&s, &mut rx, &meta(80, 3));
     // The install moved the commit index to 80; the older snapshot now arrives.
     let before = s.follower_files();
     let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &old, CHUNK);
-    let run = drive(&mut st, &old.path, &mut rx, &view(3, 80), 100, |_, c| Some(c));
+    let run = drive(&mut st, &old.path, &mut rx, &view(3, 80), 100, |_, c| {
+        Some(c)
+    });
     assert_eq!(run.refusals, vec![ChunkRefusal::Stale(80)]);
     assert_eq!(run.end, Some(SendStep::Failed(ChunkRefusal::Stale(80))));
     assert_eq!(run.staged, None);
@@ -280,12 +315,16 @@ fn a_reception_overtaken_by_the_commit_index_is_dropped() {
     let snap = s.snapshot(meta(40, 2), &image(5_000, 8));
     let mut rx = s.receptions();
     let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
-    drive(&mut st, &snap.path, &mut rx, &view(3, 10), 3, |_, c| Some(c));
+    drive(&mut st, &snap.path, &mut rx, &view(3, 10), 3, |_, c| {
+        Some(c)
+    });
     assert_eq!(rx.list().len(), 1);
     let newer = s.snapshot(meta(90, 3), &image(2_000, 9));
     let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &newer, CHUNK);
     // Appends moved the commit index past 40 meanwhile.
-    let run = drive(&mut st, &newer.path, &mut rx, &view(3, 50), 100, |_, c| Some(c));
+    let run = drive(&mut st, &newer.path, &mut rx, &view(3, 50), 100, |_, c| {
+        Some(c)
+    });
     assert_eq!(run.end, Some(SendStep::Done));
     assert_eq!(rx.list(), vec![(90, 3, 2_000)]);
     assert!(!s.follower_dir.join("recv-40-2.partial").exists());
@@ -432,7 +471,9 @@ fn a_probe_of_a_complete_reception_answers_complete_again() {
     let snap = s.snapshot(meta(45, 2), &body);
     let mut rx = s.receptions();
     let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
-    let run = drive(&mut st, &snap.path, &mut rx, &view(3, 10), 100, |_, c| Some(c));
+    let run = drive(&mut st, &snap.path, &mut rx, &view(3, 10), 100, |_, c| {
+        Some(c)
+    });
     assert_eq!(run.end, Some(SendStep::Done));
     // The `Complete` ack was lost: the sender asks again.
     let mut again = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);

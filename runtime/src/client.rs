@@ -7,7 +7,7 @@
 
 use crate::config::ReadLevel;
 use crate::http::{encode_key, IDEMPOTENCY_HEADER};
-use crate::node::{ClusterStatus, GossipMembers, NodeId};
+use crate::node::{ClusterStatus, GossipMembers, NodeId, SnapshotInfo};
 use awc::error::{ConnectError, SendRequestError};
 use awc::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -457,6 +457,17 @@ impl Client {
             return Err(self.api_error(status, &body, retry));
         }
         Ok(())
+    }
+
+    /// `POST /v1/cluster/snapshot?group=G`: the node takes a snapshot of the group now (admin
+    /// token when tokens are configured); 409 `snapshot_in_progress` while one is running.
+    pub async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, ClientError> {
+        let url = format!("{}/v1/cluster/snapshot?group={group}", self.endpoint);
+        let (status, body, retry) = self.call(self.http.post(url), None).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
     }
 
     /// `GET /v1/ring/route/{key}`.

@@ -173,6 +173,15 @@ pub trait StateMachine: Send + Unpin + 'static {
         input: &mut dyn Read,
     ) -> Result<(), StateMachineError>;
 
+    /// Makes everything applied so far durable on the machine's own storage (after
+    /// [`StateMachine::end_batch`]), so that [`StateMachine::applied_index`] after a crash is
+    /// at least today's. The runtime calls it before a snapshot lets the Raft log drop the
+    /// entries it covers. The default does nothing (an in-memory machine is restored from the
+    /// snapshot at restart anyway).
+    fn sync(&mut self) -> Result<(), StateMachineError> {
+        Ok(())
+    }
+
     /// A view of the current state that [`SnapshotView::write_to`] can write on another
     /// thread while this machine applies on. `None` (the default): the image must be written
     /// by [`StateMachine::snapshot_to`] on the applier, which applies nothing meanwhile.
@@ -502,6 +511,12 @@ impl StateMachine for KvMachine {
 
     fn end_batch(&mut self) -> Result<(), StateMachineError> {
         Ok(self.store.finish()?)
+    }
+
+    /// redb commits runs with eventual durability (the Raft log is the durable record); this
+    /// commits with immediate durability, which makes every earlier commit durable too.
+    fn sync(&mut self) -> Result<(), StateMachineError> {
+        self.flush()
     }
 
     fn query(&self, query: &KvQuery) -> Self::QueryOutput {

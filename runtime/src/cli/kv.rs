@@ -1,6 +1,6 @@
 //! `conclave kv`, `conclave status` and `conclave ring route`: clients of the HTTP API.
 
-use super::{EndpointArg, KvArgs, KvOp, StatusArgs, EXIT_FAILURE, EXIT_OK};
+use super::{EndpointArg, KvArgs, KvOp, SnapshotArgs, StatusArgs, EXIT_FAILURE, EXIT_OK};
 use crate::node::{ClusterStatus, GossipMembers};
 use crate::storage::health::StorageCondition;
 use std::fmt::Write as _;
@@ -110,6 +110,28 @@ pub(super) fn run_status(args: &StatusArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// `conclave snapshot [--group G]`.
+pub(super) fn run_snapshot(args: &SnapshotArgs) -> anyhow::Result<u8> {
+    let client = args.endpoint.client()?;
+    block_on(async move {
+        let s = client.take_snapshot(args.group).await?;
+        if s.taken {
+            println!(
+                "group {}: snapshot at index {} (term {}), {} bytes, taken in {} ms",
+                s.group, s.index, s.term, s.bytes, s.duration_ms
+            );
+        } else if s.index == 0 {
+            println!("group {}: nothing applied yet, no snapshot taken", s.group);
+        } else {
+            println!(
+                "group {}: nothing applied since the latest snapshot, at index {} (term {}), {} bytes",
+                s.group, s.index, s.term, s.bytes
+            );
+        }
+        Ok(EXIT_OK)
+    })
+}
+
 /// `conclave ring route KEY`.
 pub(super) fn run_route(key: &str, endpoint: &EndpointArg) -> anyhow::Result<u8> {
     let client = endpoint.client()?;
@@ -206,8 +228,8 @@ pub(crate) fn status_table(
     let _ = writeln!(out, "\nGROUPS");
     let _ = writeln!(
         out,
-        "{:>5}  {:<10} {:>6} {:>6} {:>10} {:>10}  REPLICAS (id match/lag)",
-        "GROUP", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED"
+        "{:>5}  {:<10} {:>6} {:>6} {:>10} {:>10} {:>10}  REPLICAS (id match/lag)",
+        "GROUP", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "SNAPSHOT"
     );
     for g in &s.groups {
         let replicas: Vec<String> = g
@@ -217,13 +239,14 @@ pub(crate) fn status_table(
             .collect();
         let _ = writeln!(
             out,
-            "{:>5}  {:<10} {:>6} {:>6} {:>10} {:>10}  {}",
+            "{:>5}  {:<10} {:>6} {:>6} {:>10} {:>10} {:>10}  {}",
             g.id,
             g.role,
             opt(g.leader_id),
             g.term,
             g.commit_index,
             g.applied_index,
+            g.snapshot_index,
             if replicas.is_empty() {
                 "-".to_owned()
             } else {
@@ -261,6 +284,7 @@ mod tests {
                 term: 3,
                 commit_index: 10,
                 applied_index: 9,
+                snapshot_index: 8,
                 voters: vec![1, 2],
                 learners: vec![],
                 replicas: vec![ReplicaStatus {
@@ -289,6 +313,8 @@ mod tests {
         );
         assert!(t.contains("127.0.0.1:7102"), "{t}");
         assert!(t.contains("2 7/3"), "{t}");
+        assert!(t.contains("SNAPSHOT"), "{t}");
+        assert!(t.contains("        10          9          8  2 7/3"), "{t}");
         let gossip = GossipMembers {
             node_id: 1,
             incarnation: 4,

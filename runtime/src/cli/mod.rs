@@ -1,5 +1,5 @@
 //! The `conclave` command line (DESIGN.md §6): `init`, `node`, `dev`, `kv`, `status`,
-//! `ring route` and `bench`. The binary's `main` only calls [`main`].
+//! `snapshot`, `ring route` and `bench`. The binary's `main` only calls [`main`].
 
 pub mod bench;
 mod dev;
@@ -44,6 +44,8 @@ pub enum Command {
     Kv(KvArgs),
     /// Show the cluster as a node sees it: members, roles, terms, commit/applied, lag.
     Status(StatusArgs),
+    /// Take a snapshot of a group's state machine on the node now (compacting its log).
+    Snapshot(SnapshotArgs),
     /// Ring inspection.
     #[command(subcommand)]
     Ring(RingCommand),
@@ -229,6 +231,17 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `conclave snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The group.
+    #[arg(long, default_value_t = 0)]
+    pub group: u64,
+    /// The node that takes it (each node snapshots its own state; nothing is forwarded).
+    #[command(flatten)]
+    pub endpoint: EndpointArg,
+}
+
 /// `conclave ring …`.
 #[derive(Debug, Subcommand)]
 pub enum RingCommand {
@@ -355,6 +368,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dev(args) => dev::run(&args),
         Command::Kv(args) => kv::run_kv(args),
         Command::Status(args) => kv::run_status(&args),
+        Command::Snapshot(args) => kv::run_snapshot(&args),
         Command::Ring(RingCommand::Route { key, endpoint }) => kv::run_route(&key, &endpoint),
         Command::Bench(cmd) => bench::run(cmd),
     }

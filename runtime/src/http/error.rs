@@ -167,6 +167,10 @@ impl From<RequestError> for ApiError {
                 code: "not_a_voter",
                 message,
             },
+            RequestError::SnapshotInProgress { .. } => ApiError::Conflict {
+                code: "snapshot_in_progress",
+                message,
+            },
             RequestError::Internal(_) => ApiError::Internal { message },
         }
     }
@@ -253,6 +257,10 @@ mod tests {
             ),
             (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
             (RequestError::NotAVoter(4), StatusCode::CONFLICT),
+            (
+                RequestError::SnapshotInProgress { group: 0 },
+                StatusCode::CONFLICT,
+            ),
             (
                 RequestError::TooLarge { size: 10, limit: 5 },
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -7,7 +7,8 @@
 //! before it is buffered.
 //!
 //! Routes: `PUT|GET|DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`, `GET /v1/cluster`,
-//! `GET /v1/cluster/members`, `POST /v1/cluster/transfer-leader`, `GET /v1/ring/route/{key}`,
+//! `GET /v1/cluster/members`, `POST /v1/cluster/transfer-leader`, `POST /v1/cluster/snapshot`,
+//! `GET /v1/ring/route/{key}`,
 //! `GET /metrics`, `GET /healthz`, `GET /readyz`.
 //!
 //! Hardening (docs/security.md): HTTPS with rustls (`[http.tls]`), bearer tokens with a
@@ -417,6 +418,11 @@ fn routes<S: KvService>(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/cluster/snapshot")
+            .route(web::post().to(take_snapshot::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/ring/route/{key}")
             .route(web::get().to(ring_route::<S>))
             .default_service(web::to(method_not_allowed)),
@@ -790,6 +796,48 @@ async fn transfer_leader<S: KvService>(
     }
 }
 
+/// The `group` query parameter of `POST /v1/cluster/snapshot` (default 0).
+fn snapshot_group(query: &str) -> Result<u64, ApiError> {
+    let mut group = 0;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "group" {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("unknown query parameter {name:?} (expected group)"),
+            ));
+        }
+        group = value.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("group must be a group id (a non-negative integer), got {value:?}"),
+            )
+        })?;
+    }
+    Ok(group)
+}
+
+/// `POST /v1/cluster/snapshot[?group=G]` (admin): takes a snapshot of the group's state
+/// machine on *this* node now and compacts its log behind it; 200 with `{group, index, term,
+/// bytes, taken, duration_ms}` (`taken: false`: nothing was applied since the latest snapshot,
+/// which is described); 409 `snapshot_in_progress` while one is being taken.
+async fn take_snapshot<S: KvService>(
+    req: HttpRequest,
+    ctx: Data<S>,
+) -> Result<HttpResponse, ApiError> {
+    let group = snapshot_group(req.query_string())?;
+    if !ctx.service.has_group(group) {
+        return Err(ApiError::NotFound {
+            code: "group_not_found",
+            message: format!("this node hosts no group {group}"),
+        });
+    }
+    match ctx.service.take_snapshot(group).await {
+        Ok(info) => Ok(HttpResponse::Ok().json(info)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn ring_route<S: KvService>(
     req: HttpRequest,
     ctx: Data<S>,
@@ -897,6 +945,19 @@ mod tests {
                 .code(),
             "payload_too_large"
         );
+    }
+
+    #[test]
+    fn snapshot_group_parsing() {
+        assert_eq!(snapshot_group("").unwrap(), 0);
+        assert_eq!(snapshot_group("group=3").unwrap(), 3);
+        for bad in ["group=x", "group=-1", "groups=1", "group"] {
+            assert_eq!(
+                snapshot_group(bad).unwrap_err().code(),
+                "invalid_query",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

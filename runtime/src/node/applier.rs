@@ -15,9 +15,10 @@
 //! process restarts) before the applier stops.
 
 use super::handle::{RequestError, WriteResult};
+use super::snapshotter::{ProgressReader, SnapshotError, SnapshotSource};
 use crate::state_machine::{LogIndex, StateMachine, StateMachineError};
 use crate::storage::health::StorageHealth;
-use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError, StoredSnapshot};
+use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
 use conclave_actors::raft::{Entry, EntryPayload, Term};
@@ -69,39 +70,31 @@ impl Message for AppliedIndex {
     type Result = LogIndex;
 }
 
-/// Replace the machine's whole state with the snapshot `snapshot`, read through the store's
-/// verifying reader (a damaged image is refused and changes nothing); the applied index becomes
-/// the snapshot's. Sent by the group for a snapshot installed from the leader. Refused if it
-/// would move the applied index backwards. Answers the new applied index.
+/// Hand over the machine's state for a snapshot, at its applied index, between two runs of
+/// entries (so as of the last `end_batch`): the machine is synced first (its storage durable
+/// up to that index, so the log may later drop the entries the snapshot covers), then it gives
+/// an isolated view ([`SnapshotSource::View`], written elsewhere while it applies on), or,
+/// without views, writes its image here into `store`'s pending file
+/// ([`SnapshotSource::Written`]).
 #[derive(Message)]
-#[rtype(result = "Result<LogIndex, RestoreError>")]
+#[rtype(result = "Result<SnapshotSource, SnapshotError>")]
+pub struct TakeSnapshot {
+    /// The group's snapshot files (for a machine without views).
+    pub store: Arc<SnapshotStore>,
+}
+
+/// Replace the machine's whole state with the snapshot `snapshot` (read through a verifying
+/// reader: a damaged image is refused and changes nothing); the applied index becomes the
+/// snapshot's. Used at group start when the machine is behind the group's base snapshot, and
+/// for a snapshot installed from the leader. Refused if it would move the applied index
+/// backwards. Answers the new applied index.
+#[derive(Message)]
+#[rtype(result = "Result<LogIndex, SnapshotError>")]
 pub struct RestoreFrom {
     /// The group's snapshot files.
     pub store: Arc<SnapshotStore>,
     /// The snapshot (from the store).
     pub snapshot: StoredSnapshot,
-}
-
-/// Why [`RestoreFrom`] failed; the machine is unchanged.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    /// The machine is not open (the applier is restarting).
-    #[error("group {0}: the state machine is not open")]
-    NotOpen(u64),
-    /// The snapshot is older than what the machine has applied.
-    #[error("snapshot at {index} is below the applied index {applied}")]
-    Backwards {
-        /// The snapshot's index.
-        index: LogIndex,
-        /// The machine's applied index.
-        applied: LogIndex,
-    },
-    /// The file could not be opened or did not verify.
-    #[error(transparent)]
-    Store(#[from] SnapshotStoreError),
-    /// The machine refused the image.
-    #[error(transparent)]
-    Machine(#[from] StateMachineError),
 }
 
 /// Makes the actor panic, to test supervision (tests and the chaos harness only).
@@ -215,10 +208,24 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
         );
         let mut answers: Vec<Answer<M>> = Vec::new();
         let mut failure = None;
+        let mut gap = None;
         for entry in batch.entries {
             // Entries re-sent after a restart may already be applied.
             if entry.index <= self.applied {
                 continue;
+            }
+            if entry.index != self.applied + 1 {
+                // Applying past a gap would silently diverge from the other replicas (the
+                // group restores the machine from a snapshot when its log no longer reaches
+                // back to it). Stop; the restarted applier is resynced.
+                tracing::error!(
+                    group = self.deps.group,
+                    index = entry.index,
+                    applied = self.applied,
+                    "entry handed to the machine after a gap; restarting the applier"
+                );
+                gap = Some(entry.index);
+                break;
             }
             let waiter = waiters.remove(&entry.index);
             let result = match &entry.payload {
@@ -286,6 +293,12 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
             ctx.stop();
             return;
         }
+        if gap.is_some() {
+            // The writers of the entries not applied learn nothing here: their outcome is
+            // unknown (504), as for any applier restart.
+            ctx.stop();
+            return;
+        }
         self.deps
             .applied_gauge
             .store(self.applied, Ordering::Relaxed);
@@ -318,27 +331,63 @@ impl<M: StateMachine> Handler<AppliedIndex> for ApplierActor<M> {
     }
 }
 
+impl<M: StateMachine> Handler<TakeSnapshot> for ApplierActor<M> {
+    type Result = Result<SnapshotSource, SnapshotError>;
+
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let group = self.deps.group;
+        let clock = self.deps.clock.clone();
+        let machine = self
+            .machine
+            .as_mut()
+            .ok_or(SnapshotError::NotRunning { group })?;
+        clock.time(|| machine.sync())?;
+        if let Some(view) = clock.time(|| machine.snapshot_view())? {
+            return Ok(SnapshotSource::View(view));
+        }
+        // No isolated view: the image is written here, and nothing is applied meanwhile.
+        let _call = clock.begin();
+        let mut out = super::snapshotter::ProgressWriter::new(msg.store.create_pending()?, &clock);
+        let index = machine.snapshot_to(&mut out)?;
+        Ok(SnapshotSource::Written {
+            index,
+            writer: Box::new(out.into_inner()),
+        })
+    }
+}
+
 impl<M: StateMachine> Handler<RestoreFrom> for ApplierActor<M> {
-    type Result = Result<LogIndex, RestoreError>;
+    type Result = Result<LogIndex, SnapshotError>;
 
     fn handle(&mut self, msg: RestoreFrom, _: &mut Context<Self>) -> Self::Result {
         let group = self.deps.group;
         let index = msg.snapshot.meta.index;
         let clock = self.deps.clock.clone();
-        let machine = self.machine.as_mut().ok_or(RestoreError::NotOpen(group))?;
+        let machine = self
+            .machine
+            .as_mut()
+            .ok_or(SnapshotError::NotRunning { group })?;
         if index < self.applied {
-            return Err(RestoreError::Backwards {
+            return Err(SnapshotError::Backwards {
                 index,
                 applied: self.applied,
             });
         }
-        let mut reader = msg.store.reader(&msg.snapshot)?;
-        if let Err(e) = clock.time(|| machine.restore_from(index, &mut reader)) {
-            // The verifying reader's typed reason (length, digest) beats the machine's view.
-            return Err(match reader.take_error() {
-                Some(typed) => typed.into(),
-                None => e.into(),
-            });
+        let reader = msg.store.reader(&msg.snapshot)?;
+        {
+            let _call = clock.begin();
+            let mut input = ProgressReader::new(reader, &clock);
+            let restored = machine.restore_from(index, &mut input);
+            if let Err(e) = restored {
+                // The verifying reader's typed reason (length, digest) beats the machine's
+                // "truncated"/"I/O" view of it.
+                if let Some(typed) = input.into_inner().take_error() {
+                    return Err(typed.into());
+                }
+                return Err(e.into());
+            }
+            // The restored state is the machine's durable base from now on.
+            machine.sync()?;
         }
         tracing::info!(
             group,

@@ -11,29 +11,45 @@
 //! Proposals and inbound messages only mark the group dirty; the actions are drained once the
 //! mailbox is empty, so a burst of proposals becomes one persist request and one AppendEntries
 //! per follower.
+//!
+//! **Snapshots** (docs/node.md "Snapshots"): the actor counts the entries applied and the
+//! bytes handed to the applier since the last snapshot; past `[snapshot] threshold_entries` or
+//! `threshold_log_bytes` (or on request) it asks the applier for the machine's state at its
+//! applied index ([`TakeSnapshot`]: synced, then an isolated view), has the snapshotter write
+//! it ([`WriteSnapshot`]), then reports it to the core (`snapshot_taken`), whose `Compacted`
+//! becomes a log-store [`Compact`]. One snapshot at a time. At start, the newest valid
+//! snapshot is the core's base; a machine behind it is restored from it first
+//! ([`RestoreFrom`]); a log compacted past every valid snapshot is a fatal storage error.
 
 use super::applier::{
-    AppliedIndex, ApplierActor, ApplyBatch, ReadAt, ReadReply, RestoreFrom, WriteReply,
+    AppliedIndex, ApplierActor, ApplyBatch, ReadAt, ReadReply, RestoreFrom, TakeSnapshot,
+    WriteReply,
 };
 use super::handle::{LeaderHint, RequestError};
-use super::log_store_actor::{LogStoreActor, Persist, Recover};
+use super::log_store_actor::{Compact, LogStoreActor, Persist, PersistResult, Recover};
 use super::replicator::{Outbound, ReplicatorActor};
+use super::snapshotter::{
+    NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
+};
 use super::transfer_actor::{
     Adopt, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
 };
 use super::wire::WireMessage;
 use crate::config::MemberConfig;
 use crate::state_machine::StateMachine;
+use crate::storage::health::StorageHealth;
+use crate::storage::log_store::RecoveredGroup;
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 use actix::prelude::*;
 use conclave_actors::raft::SnapshotMeta;
 use conclave_actors::raft::{
-    self, Action, Entry, GroupId, LogIndex, Membership, NodeId, PersistRequest, ProposeError, Raft,
-    RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
+    self, Action, Entry, EntryPayload, GroupId, LogIndex, Membership, NodeId, PersistRequest,
+    ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
 };
 use conclave_actors::supervisor::{ChildGuard, Slot};
 use conclave_transport::PeerLink;
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +61,14 @@ use tokio::sync::oneshot;
 const BACKLOG_LIMIT: usize = 50_000;
 /// Most entries handed to the applier in one message.
 const APPLY_BATCH: usize = 1024;
+/// After a snapshot failed, the thresholds do not start another one for this long (a request
+/// still does).
+const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Fault injection (test builds): a node process with this variable set aborts right after
+/// its first snapshot file is durable, before the core and the log store compact (the crash
+/// window a restart must survive).
+#[cfg(feature = "fault-injection")]
+pub const CRASH_AFTER_SNAPSHOT_FILE_ENV: &str = "CONCLAVE_CRASH_AFTER_SNAPSHOT_FILE";
 
 /// A point-in-time view of a group, published after every drain for status pages, routing
 /// and readiness (so they never need to message the actor).
@@ -73,6 +97,49 @@ pub struct GroupShared {
     pub snapshot: RwLock<GroupSnapshot>,
     /// The applier's applied index.
     pub applied: Arc<AtomicU64>,
+    /// The group's latest state-machine snapshot (its base), if any.
+    pub last_snapshot: RwLock<Option<SnapshotInfo>>,
+}
+
+/// A state-machine snapshot of a group, as `POST /v1/cluster/snapshot` and `/v1/cluster`
+/// show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The group.
+    pub group: GroupId,
+    /// The last entry it covers.
+    pub index: LogIndex,
+    /// That entry's term.
+    pub term: Term,
+    /// The image's size in bytes.
+    pub bytes: u64,
+    /// Whether this request took it (false: nothing was applied since the latest one, which
+    /// is returned).
+    pub taken: bool,
+    /// How long taking it took (0 when not taken now).
+    pub duration_ms: u64,
+}
+
+impl SnapshotInfo {
+    fn of(group: GroupId, s: &StoredSnapshot, taken: bool, duration_ms: u64) -> Self {
+        SnapshotInfo {
+            group,
+            index: s.meta.index,
+            term: s.meta.term,
+            bytes: s.len,
+            taken,
+            duration_ms,
+        }
+    }
+}
+
+/// When a group takes snapshots (`[snapshot]`; 0 disables a trigger).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnapshotPolicy {
+    /// Applied entries since the last snapshot.
+    pub threshold_entries: u64,
+    /// Bytes of applied entries since the last snapshot.
+    pub threshold_log_bytes: u64,
 }
 
 /// Everything a group actor needs, shared by its successive instances.
@@ -95,6 +162,14 @@ pub struct GroupDeps<M: StateMachine> {
     pub members: Arc<BTreeMap<NodeId, MemberConfig>>,
     /// The node's monotonic epoch: the cores' `now` is milliseconds since it.
     pub epoch: Instant,
+    /// The group's snapshotter (writes and finds snapshot files, on its own arbiter).
+    pub snapshotter: Slot<SnapshotterActor>,
+    /// The group's snapshot files.
+    pub snapshots: Arc<SnapshotStore>,
+    /// When snapshots are taken.
+    pub snapshot_policy: SnapshotPolicy,
+    /// Where a fatal storage problem found at start (a log without its snapshot) is reported.
+    pub health: Arc<StorageHealth>,
     /// Streaming snapshots to lagging followers and receiving them from the leader.
     pub transfer: GroupTransfer,
 }
@@ -118,6 +193,14 @@ struct SendDone {
     to: NodeId,
     index: LogIndex,
     outcome: SendOutcome,
+}
+
+/// Take a snapshot of the group's state machine now (`POST /v1/cluster/snapshot`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TakeSnapshotNow {
+    /// Told the snapshot taken (or the latest one when nothing was applied since), or why not.
+    pub reply: oneshot::Sender<Result<SnapshotInfo, SnapshotError>>,
 }
 
 /// A Raft message for this group from a peer.
@@ -198,7 +281,104 @@ pub struct GroupActor<M: StateMachine> {
     pending_restore: Option<StoredSnapshot>,
     /// The applier is restoring a snapshot (applies wait).
     restoring: bool,
+    /// A snapshot is being taken (one at a time).
+    snapshot_running: bool,
+    /// Who asked for the running snapshot, if someone did.
+    snapshot_reply: Option<oneshot::Sender<Result<SnapshotInfo, SnapshotError>>>,
+    /// When the running snapshot started.
+    snapshot_started: Option<Instant>,
+    /// Bytes of entries handed to the applier since the last snapshot started.
+    bytes_since_snapshot: u64,
+    /// Thresholds start no snapshot before this (set after a failure).
+    snapshot_retry_at: Option<Instant>,
+    /// The group's base snapshot (the newest this node took or started from).
+    base: Option<StoredSnapshot>,
     _guard: ChildGuard,
+}
+
+/// What a group needs to build its core, gathered off the group's arbiter at start.
+struct StartState {
+    recovered: RecoveredGroup,
+    applied: LogIndex,
+    base: Option<StoredSnapshot>,
+}
+
+/// Why a group could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("the {0} is not running")]
+    Unavailable(&'static str),
+    #[error("cannot recover the group's log: {0}")]
+    Log(#[source] Arc<crate::storage::log_store::LogStoreError>),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// The size an entry counts for in `threshold_log_bytes`.
+fn entry_bytes(e: &Entry) -> u64 {
+    match &e.payload {
+        EntryPayload::Command(bytes) => bytes.len() as u64 + 16,
+        EntryPayload::Noop | EntryPayload::Membership(_) => 16,
+    }
+}
+
+/// Recovers the group's log, its applier's index and its newest valid snapshot, and restores
+/// the machine from that snapshot when the machine is behind it. A log compacted (or a
+/// snapshot installed) beyond every valid snapshot is [`SnapshotError::MissingBase`].
+async fn prepare_start<M: StateMachine>(deps: Arc<GroupDeps<M>>) -> Result<StartState, StartError> {
+    let group = deps.group;
+    let recovered = match deps.log_store.send(Recover { group }).await {
+        Ok(r) => r.map_err(StartError::Log)?,
+        Err(_) => return Err(StartError::Unavailable("log store")),
+    };
+    let applier = deps
+        .applier
+        .get()
+        .ok_or(StartError::Unavailable("applier"))?;
+    let mut applied = applier
+        .send(AppliedIndex)
+        .await
+        .map_err(|_| StartError::Unavailable("applier"))?;
+    let snapshotter = deps
+        .snapshotter
+        .get()
+        .ok_or(StartError::Unavailable("snapshotter"))?;
+    let base = snapshotter
+        .send(NewestSnapshot)
+        .await
+        .map_err(|_| StartError::Unavailable("snapshotter"))??;
+    let needed = recovered.needs_snapshot_at();
+    if needed > 0 && base.as_ref().is_none_or(|s| s.meta.index < needed) {
+        return Err(SnapshotError::MissingBase {
+            group,
+            needed,
+            newest: base
+                .as_ref()
+                .map_or("none".to_owned(), |s| s.meta.index.to_string()),
+            dir: deps.snapshots.dir().display().to_string(),
+        }
+        .into());
+    }
+    if let Some(s) = base.as_ref().filter(|s| s.meta.index > applied) {
+        tracing::info!(
+            group,
+            applied,
+            snapshot = s.meta.index,
+            "the state machine is behind the group's snapshot; restoring it"
+        );
+        applied = applier
+            .send(RestoreFrom {
+                store: deps.snapshots.clone(),
+                snapshot: s.clone(),
+            })
+            .await
+            .map_err(|_| StartError::Unavailable("applier"))??;
+    }
+    Ok(StartState {
+        recovered,
+        applied,
+        base,
+    })
 }
 
 fn role_gauge(role: Role) -> f64 {
@@ -234,6 +414,12 @@ impl<M: StateMachine> GroupActor<M> {
             adopted: None,
             pending_restore: None,
             restoring: false,
+            snapshot_running: false,
+            snapshot_reply: None,
+            snapshot_started: None,
+            bytes_since_snapshot: 0,
+            snapshot_retry_at: None,
+            base: None,
             _guard: guard,
         }
     }
@@ -276,6 +462,225 @@ impl<M: StateMachine> GroupActor<M> {
         self.actions = actions;
         self.pump(ctx);
         self.publish();
+        self.maybe_snapshot(ctx);
+    }
+
+    /// Starts a snapshot when a threshold is crossed (and none is running).
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
+        if self.snapshot_running || self.resyncing {
+            return;
+        }
+        if self.snapshot_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
+        let policy = self.deps.snapshot_policy;
+        // Counted from what the applier has applied (not what was handed to it), so a
+        // snapshot started by the count always has something new to cover.
+        let applied = self.deps.shared.applied.load(Ordering::Relaxed);
+        let entries = applied.saturating_sub(core.snapshot().index);
+        let by_entries = policy.threshold_entries > 0 && entries >= policy.threshold_entries;
+        let by_bytes = policy.threshold_log_bytes > 0
+            && self.bytes_since_snapshot >= policy.threshold_log_bytes;
+        if by_entries || by_bytes {
+            self.start_snapshot(ctx, None);
+        }
+    }
+
+    /// Step 1: the applier syncs the machine and hands over its state at its applied index.
+    fn start_snapshot(
+        &mut self,
+        ctx: &mut Context<Self>,
+        reply: Option<oneshot::Sender<Result<SnapshotInfo, SnapshotError>>>,
+    ) {
+        let group = self.deps.group;
+        if self.snapshot_running {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(SnapshotError::Busy { group }));
+            }
+            return;
+        }
+        let applier = match (self.core.as_ref(), self.deps.applier.get()) {
+            (Some(_), Some(applier)) if !self.resyncing => applier,
+            _ => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(SnapshotError::NotRunning { group }));
+                }
+                return;
+            }
+        };
+        self.snapshot_running = true;
+        self.snapshot_reply = reply;
+        self.snapshot_started = Some(Instant::now());
+        self.bytes_since_snapshot = 0;
+        let store = self.deps.snapshots.clone();
+        ctx.spawn(applier.send(TakeSnapshot { store }).into_actor(self).map(
+            move |res, act, ctx| {
+                let res = res.unwrap_or(Err(SnapshotError::Stopped {
+                    group,
+                    actor: "applier",
+                }));
+                act.snapshot_source_ready(res, ctx);
+            },
+        ));
+    }
+
+    /// Step 2: the core names the snapshot (term, membership); the snapshotter writes it.
+    fn snapshot_source_ready(
+        &mut self,
+        res: Result<SnapshotSource, SnapshotError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let group = self.deps.group;
+        let source = match res {
+            Ok(source) => source,
+            Err(e) => return self.snapshot_done(Err(e)),
+        };
+        let Some(core) = self.core.as_ref() else {
+            return self.snapshot_done(Err(SnapshotError::NotRunning { group }));
+        };
+        let index = source.index();
+        if index <= core.snapshot().index {
+            // Nothing applied since the latest snapshot: that one is the answer.
+            let latest = self.deps.shared.last_snapshot.read().clone();
+            let info = latest.unwrap_or(SnapshotInfo {
+                group,
+                index: 0,
+                term: 0,
+                bytes: 0,
+                taken: false,
+                duration_ms: 0,
+            });
+            return self.snapshot_done(Ok(SnapshotInfo {
+                taken: false,
+                duration_ms: 0,
+                ..info
+            }));
+        }
+        let meta = match core.snapshot_meta(index) {
+            Ok(meta) => meta,
+            Err(e) => return self.snapshot_done(Err(e.into())),
+        };
+        let Some(snapshotter) = self.deps.snapshotter.get() else {
+            return self.snapshot_done(Err(SnapshotError::NotRunning { group }));
+        };
+        ctx.spawn(
+            snapshotter
+                .send(WriteSnapshot { meta, source })
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let res = res.unwrap_or(Err(SnapshotError::Stopped {
+                        group,
+                        actor: "snapshotter",
+                    }));
+                    act.snapshot_written(res, ctx);
+                }),
+        );
+    }
+
+    /// Step 3: the snapshot is durable; the core compacts its log (and announces it).
+    fn snapshot_written(
+        &mut self,
+        res: Result<StoredSnapshot, SnapshotError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let group = self.deps.group;
+        let stored = match res {
+            Ok(s) => s,
+            Err(e) => return self.snapshot_done(Err(e)),
+        };
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os(CRASH_AFTER_SNAPSHOT_FILE_ENV).is_some() {
+            tracing::error!(
+                group,
+                index = stored.meta.index,
+                "fault injection: crashing between the snapshot file and the log compaction"
+            );
+            std::process::abort();
+        }
+        let now = self.now();
+        let Some(core) = self.core.as_mut() else {
+            return self.snapshot_done(Err(SnapshotError::NotRunning { group }));
+        };
+        if let Err(e) = core.snapshot_taken(now, stored.meta.clone()) {
+            return self.snapshot_done(Err(e.into()));
+        }
+        let duration = self
+            .snapshot_started
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        let info = SnapshotInfo::of(group, &stored, true, duration.as_millis() as u64);
+        let g = group.to_string();
+        metrics::counter!("conclave_snapshot_taken_total", "group" => g.clone()).increment(1);
+        metrics::gauge!("conclave_snapshot_bytes", "group" => g.clone()).set(stored.len as f64);
+        metrics::gauge!("conclave_snapshot_index", "group" => g.clone())
+            .set(stored.meta.index as f64);
+        metrics::histogram!("conclave_snapshot_duration_seconds", "group" => g)
+            .record(duration.as_secs_f64());
+        tracing::info!(
+            group,
+            index = stored.meta.index,
+            term = stored.meta.term,
+            bytes = stored.len,
+            ms = info.duration_ms,
+            "snapshot taken"
+        );
+        *self.deps.shared.last_snapshot.write() = Some(info.clone());
+        self.base = Some(stored);
+        self.snapshot_done(Ok(info));
+        // Carries out the core's `Compacted`.
+        self.drain(ctx);
+    }
+
+    /// Ends the running snapshot: answers whoever asked, and backs off after a failure.
+    fn snapshot_done(&mut self, result: Result<SnapshotInfo, SnapshotError>) {
+        self.snapshot_running = false;
+        self.snapshot_started = None;
+        match &result {
+            Ok(_) => self.snapshot_retry_at = None,
+            Err(e) => {
+                tracing::error!(group = self.deps.group, error = %e, "snapshot failed");
+                metrics::counter!("conclave_snapshot_failed_total", "group" => self.deps.group.to_string())
+                    .increment(1);
+                self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY_AFTER);
+            }
+        }
+        if let Some(reply) = self.snapshot_reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// The core dropped its entries before `first_index`; the log store may drop them too.
+    /// They are covered by a snapshot that is durable (written, fsynced, renamed) and by a
+    /// state machine synced at that snapshot's index.
+    fn compact_log_store(&mut self, first_index: LogIndex, ctx: &mut Context<Self>) {
+        let index = first_index.saturating_sub(1);
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
+        if index == 0 {
+            return;
+        }
+        // The core keeps the term of its compaction point.
+        let term = core.entry_term(index).unwrap_or(0);
+        let group = self.deps.group;
+        ctx.spawn(
+            self.deps
+                .log_store
+                .send(Compact { group, index, term })
+                .into_actor(self)
+                .map(move |res: Result<PersistResult<()>, MailboxError>, _, _| match res {
+                    Ok(Ok(())) => {
+                        tracing::debug!(group, index, "log store compacted");
+                    }
+                    Ok(Err(e)) => {
+                        // The store reported itself failed; persists fail and stop the group.
+                        tracing::error!(group, index, error = %e, "log store compaction failed");
+                    }
+                    Err(_) => tracing::error!(group, index, "log store gone during compaction"),
+                }),
+        );
     }
 
     fn carry_out(&mut self, action: Action, ctx: &mut Context<Self>) {
@@ -305,6 +710,7 @@ impl<M: StateMachine> GroupActor<M> {
                 if let Some(last) = entries.last() {
                     self.enqueued_upto = self.enqueued_upto.max(last.index);
                 }
+                self.bytes_since_snapshot += entries.iter().map(entry_bytes).sum::<u64>();
                 self.apply_queue.extend(entries);
             }
             Action::SetTimer { at } => {
@@ -376,10 +782,7 @@ impl<M: StateMachine> GroupActor<M> {
                     }
                 }
             }
-            Action::Compacted { first_index } => {
-                // Keeping WAL entries longer than needed is always safe: nothing is purged.
-                tracing::error!(group = self.deps.group, first_index, "core compacted its log, which this node never asks for; the WAL keeps every entry");
-            }
+            Action::Compacted { first_index } => self.compact_log_store(first_index, ctx),
         }
     }
 
@@ -449,6 +852,9 @@ impl<M: StateMachine> GroupActor<M> {
                     act.adopting = false;
                     match res {
                         Ok(Ok(stored)) => {
+                            // The group's base from now on (a restarted applier behind the
+                            // compacted log is restored from it).
+                            act.base = Some(stored.clone());
                             act.adopted = Some(stored);
                             act.pump(ctx);
                         }
@@ -474,7 +880,7 @@ impl<M: StateMachine> GroupActor<M> {
     ) {
         self.restoring = true;
         let msg = RestoreFrom {
-            store: Arc::new(SnapshotStore::existing(&self.deps.transfer.dir)),
+            store: self.deps.snapshots.clone(),
             snapshot: stored,
         };
         ctx.spawn(applier.send(msg).into_actor(self).map(|res, act, ctx| {
@@ -629,18 +1035,15 @@ impl<M: StateMachine> GroupActor<M> {
                 // Not `ctx.wait`: the answer comes after the machine is reopened on the
                 // applier's arbiter, which may take long (or stall); Raft must go on meanwhile.
                 self.resyncing = true;
-                ctx.spawn(
-                    applier
-                        .send(AppliedIndex)
-                        .into_actor(self)
-                        .map(|res, act, ctx| {
+                ctx.spawn(applier.send(AppliedIndex).into_actor(self).map(
+                    |res, act, ctx| match res {
+                        Ok(applied) => act.resync_from(applied, ctx),
+                        Err(_) => {
                             act.resyncing = false;
-                            if let Ok(applied) = res {
-                                act.resync_applies(applied);
-                            }
                             act.pump(ctx);
-                        }),
-                );
+                        }
+                    },
+                ));
                 return false;
             }
         }
@@ -669,6 +1072,52 @@ impl<M: StateMachine> GroupActor<M> {
             }
         }
         false
+    }
+
+    /// A restarted applier stands at `applied`. If the core's log no longer reaches back to
+    /// it (compacted behind a snapshot; e.g. an in-memory machine restarts empty), the machine
+    /// is restored from the group's base snapshot first; then the entries after it are
+    /// re-sent.
+    fn resync_from(&mut self, applied: LogIndex, ctx: &mut Context<Self>) {
+        let group = self.deps.group;
+        let first = self.core.as_ref().map_or(1, |c| c.first_index());
+        let base = self.base.clone().filter(|b| b.meta.index > applied);
+        match (applied + 1 < first, base, self.deps.applier.get()) {
+            (true, Some(base), Some(applier)) => {
+                tracing::warn!(
+                    group,
+                    applied,
+                    snapshot = base.meta.index,
+                    "restarted applier is behind the compacted log; restoring it from the snapshot"
+                );
+                let store = self.deps.snapshots.clone();
+                ctx.spawn(
+                    applier
+                        .send(RestoreFrom {
+                            store,
+                            snapshot: base,
+                        })
+                        .into_actor(self)
+                        .map(move |res, act, ctx| {
+                            act.resyncing = false;
+                            match res {
+                                Ok(Ok(restored)) => act.resync_applies(restored),
+                                Ok(Err(e)) => {
+                                    // The supervisor restarts the applier and this runs again.
+                                    tracing::error!(group, error = %e, "restoring the restarted applier failed");
+                                }
+                                Err(_) => {}
+                            }
+                            act.pump(ctx);
+                        }),
+                );
+            }
+            _ => {
+                self.resyncing = false;
+                self.resync_applies(applied);
+                self.pump(ctx);
+            }
+        }
     }
 
     fn resync_applies(&mut self, applied: LogIndex) {
@@ -700,6 +1149,8 @@ impl<M: StateMachine> GroupActor<M> {
         let applied = self.deps.shared.applied.load(Ordering::Relaxed);
         metrics::gauge!("conclave_raft_applied_index", "group" => group.clone())
             .set(applied as f64);
+        metrics::gauge!("conclave_raft_log_entries", "group" => group.clone())
+            .set(core.entries().len() as f64);
         let progress: Vec<(NodeId, LogIndex)> = status
             .progress
             .iter()
@@ -732,69 +1183,72 @@ impl<M: StateMachine> Actor for GroupActor<M> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(8192);
-        let group = self.deps.group;
-        let log_store = self.deps.log_store.clone();
-        let applier = self.deps.applier.get();
-        // Nothing else is handled until the core is restored (ctx.wait).
-        ctx.wait(
-            async move {
-                let recovered = log_store.send(Recover { group }).await;
-                let applied = match applier {
-                    Some(a) => a.send(AppliedIndex).await.ok(),
-                    None => None,
-                };
-                (recovered, applied)
-            }
-            .into_actor(self)
-            .map(|(recovered, applied), act, ctx| {
-                let (recovered, applied) = match (recovered, applied) {
-                    (Ok(Ok(r)), Some(a)) => (r, a),
-                    (Ok(Err(e)), _) => {
-                        tracing::error!(group = act.deps.group, error = %e, "cannot recover the group's log");
-                        ctx.stop();
-                        return;
-                    }
-                    _ => {
-                        tracing::error!(group = act.deps.group, "log store or applier unavailable at start");
-                        ctx.stop();
-                        return;
-                    }
-                };
-                if recovered.compacted.0 > 0 {
-                    tracing::error!(
-                        group = act.deps.group,
-                        compacted = recovered.compacted.0,
-                        "the group's log was compacted, but this node has no snapshot store to restore the state from"
-                    );
+        let deps = self.deps.clone();
+        // Nothing else is handled until the core is restored (ctx.wait). The log, the
+        // snapshot files and a restore are read on their own actors' arbiters.
+        ctx.wait(prepare_start(deps).into_actor(self).map(|res, act, ctx| {
+            let group = act.deps.group;
+            let StartState {
+                recovered,
+                applied,
+                base,
+            } = match res {
+                Ok(state) => state,
+                Err(StartError::Snapshot(e)) => {
+                    // A log without the snapshot it needs, or a snapshot that cannot be
+                    // restored: the replica cannot be rebuilt by restarting.
+                    tracing::error!(group, error = %e, "cannot start the group");
+                    act.deps.health.failed(&format!("snapshots/{group}"), &e);
                     ctx.stop();
                     return;
                 }
-                let restore = RestoreState {
-                    hard_state: recovered.hard_state,
-                    entries: recovered.entries,
-                    applied,
-                    base_membership: act.deps.base_membership.clone(),
-                    // The runtime does not take snapshots yet (nothing sends the log store a
-                    // `Compact`), so the log always starts at index 1; a compacted log is
-                    // refused just above rather than restored without its snapshot.
-                    snapshot: None,
-                };
-                let seed = act.deps.raft.id ^ (act.deps.group << 32) ^ act.now();
-                match Raft::new(act.deps.raft.clone(), restore, seed, act.now()) {
-                    Ok(core) => {
-                        tracing::info!(node = act.deps.raft.id, group = act.deps.group, term = core.term(), last_index = core.last_index(), applied, "group started");
-                        act.enqueued_upto = applied;
-                        act.applier_seen = act.deps.applier.get();
-                        act.core = Some(core);
-                        act.drain(ctx);
-                    }
-                    Err(e) => {
-                        tracing::error!(group = act.deps.group, error = %e, "invalid raft configuration");
-                        ctx.stop();
-                    }
+                Err(e) => {
+                    tracing::error!(group, error = %e, "cannot start the group");
+                    ctx.stop();
+                    return;
                 }
-            }),
-        );
+            };
+            let restore = RestoreState {
+                hard_state: recovered.hard_state,
+                entries: recovered.entries,
+                applied,
+                base_membership: act.deps.base_membership.clone(),
+                // The newest valid snapshot (the machine is at or past it); entries it covers
+                // are ignored by the core.
+                snapshot: base.as_ref().map(|s| s.meta.clone()),
+            };
+            let seed = act.deps.raft.id ^ (group << 32) ^ act.now();
+            match Raft::new(act.deps.raft.clone(), restore, seed, act.now()) {
+                Ok(core) => {
+                    tracing::info!(
+                        node = act.deps.raft.id,
+                        group,
+                        term = core.term(),
+                        last_index = core.last_index(),
+                        applied,
+                        snapshot = base.as_ref().map_or(0, |s| s.meta.index),
+                        "group started"
+                    );
+                    if let Some(s) = &base {
+                        *act.deps.shared.last_snapshot.write() =
+                            Some(SnapshotInfo::of(group, s, false, 0));
+                        metrics::gauge!("conclave_snapshot_index", "group" => group.to_string())
+                            .set(s.meta.index as f64);
+                        metrics::gauge!("conclave_snapshot_bytes", "group" => group.to_string())
+                            .set(s.len as f64);
+                    }
+                    act.base = base;
+                    act.enqueued_upto = applied;
+                    act.applier_seen = act.deps.applier.get();
+                    act.core = Some(core);
+                    act.drain(ctx);
+                }
+                Err(e) => {
+                    tracing::error!(group, error = %e, "cannot restore the raft core");
+                    ctx.stop();
+                }
+            }
+        }));
         // Housekeeping: forget waiters whose clients gave up.
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.write_waiters.retain(|_, (_, r)| !r.is_closed());
@@ -878,6 +1332,14 @@ impl<M: StateMachine> Handler<Read<M>> for GroupActor<M> {
                 let _ = msg.reply.send(Err(self.read_error(e)));
             }
         }
+    }
+}
+
+impl<M: StateMachine> Handler<TakeSnapshotNow> for GroupActor<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: TakeSnapshotNow, ctx: &mut Context<Self>) {
+        self.start_snapshot(ctx, Some(msg.reply));
     }
 }
 

@@ -74,6 +74,13 @@ pub enum RequestError {
         /// How long its call has been running.
         for_ms: u64,
     },
+    /// A snapshot of the group is already being taken on this node: 409
+    /// `snapshot_in_progress` (retry once it finished).
+    #[error("a snapshot of group {group} is already being taken on this node")]
+    SnapshotInProgress {
+        /// The group.
+        group: GroupId,
+    },
     /// A leadership transfer named a node that is not a voter of the current membership:
     /// 409 `not_a_voter`.
     #[error("node {0} is not a voter, so it cannot take leadership")]
@@ -154,6 +161,10 @@ pub struct GroupStatus {
     pub commit_index: u64,
     /// Applied index.
     pub applied_index: u64,
+    /// Index of this node's latest state-machine snapshot of the group (0: none); the log
+    /// before it is compacted (but for `[snapshot] keep_entries`).
+    #[serde(default)]
+    pub snapshot_index: u64,
     /// Voters.
     pub voters: Vec<NodeId>,
     /// Learners.
@@ -268,6 +279,24 @@ pub trait KvService: Clone + 'static {
                 "this service cannot transfer leadership (to node {to})"
             )))
         }
+    }
+
+    /// Takes a snapshot of `group`'s state machine on this node now (`POST
+    /// /v1/cluster/snapshot`). Services without snapshots refuse with `Internal`.
+    fn take_snapshot(
+        &self,
+        group: u64,
+    ) -> impl std::future::Future<Output = Result<super::SnapshotInfo, RequestError>> {
+        async move {
+            Err(RequestError::Internal(format!(
+                "this service cannot take snapshots (group {group})"
+            )))
+        }
+    }
+
+    /// Whether this node hosts `group` (a snapshot request naming another one is a 404).
+    fn has_group(&self, group: u64) -> bool {
+        group == 0
     }
 
     /// Whether `id` is a member of the cluster (requests naming another node are refused with

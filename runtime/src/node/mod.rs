@@ -8,8 +8,9 @@
 //! ├── Supervisor[gossip]   one-for-one
 //! │   └── GossipActor       the SWIM core: membership, failure detection, metadata, RTT
 //! └── Supervisor[group g]  one-for-one
-//!     ├── ApplierActor      the user's state machine
-//!     ├── GroupActor        the Raft core (election, replication, reads)
+//!     ├── ApplierActor      (own arbiter) the user's state machine
+//!     ├── SnapshotterActor  (own arbiter) writes and finds the group's snapshot files
+//!     ├── GroupActor        the Raft core (election, replication, reads, snapshot policy)
 //!     └── ReplicatorActor[peer]
 //! ```
 //!
@@ -21,12 +22,15 @@ pub mod group;
 pub mod handle;
 pub mod log_store_actor;
 pub mod replicator;
+pub mod snapshotter;
 pub mod transfer;
 pub mod transfer_actor;
 pub mod wire;
 
 pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttStats};
+pub use group::SnapshotInfo;
 pub use handle::*;
+pub use snapshotter::SnapshotError;
 
 use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
@@ -34,6 +38,7 @@ use crate::state_machine::{
 };
 use crate::storage::health::{StorageCondition, StorageHealth};
 use crate::storage::log_store::{LogStore, LogStoreError};
+use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError};
 use crate::storage::wal::WalOptions;
 use crate::storage::watchdog::Watchdog;
 use actix::prelude::*;
@@ -45,9 +50,12 @@ use conclave_actors::supervisor::{
 };
 use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
-use group::{GroupActor, GroupDeps, GroupShared, Propose, RaftInbound, Read};
+use group::{
+    GroupActor, GroupDeps, GroupShared, Propose, RaftInbound, Read, SnapshotPolicy, TakeSnapshotNow,
+};
 use log_store_actor::LogStoreActor;
 use replicator::ReplicatorActor;
+use snapshotter::SnapshotterActor;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -72,6 +80,9 @@ pub enum NodeError {
     /// The state machine could not be opened.
     #[error("cannot open the state machine: {0}")]
     StateMachine(#[from] StateMachineError),
+    /// A group's snapshot directory could not be opened.
+    #[error("cannot open the snapshot files: {0}")]
+    Snapshots(#[from] SnapshotStoreError),
     /// The transport could not start.
     #[error("transport error: {0}")]
     Transport(String),
@@ -347,7 +358,7 @@ async fn start_node<M: StateMachine>(
     // Storage first: a corrupt log refuses to start before anything listens.
     let wal_options = WalOptions {
         max_record_bytes: (config.node.max_frame_size as u32).saturating_mul(2),
-        ..WalOptions::default()
+        segment_bytes: config.storage.wal_segment_bytes,
     };
     let (store, recovered) = LogStore::open(&config.node.data_dir.join("wal"), wal_options)?;
     let log_arbiter = Arbiter::new();
@@ -428,7 +439,16 @@ async fn start_node<M: StateMachine>(
     let mut applier_arbiters = Vec::new();
     let group_ids = [0u64];
     for &group in &group_ids {
+        // A group's snapshot files; opening removes what a crash left half written.
+        let snapshots = Arc::new(SnapshotStore::open(
+            &config
+                .node
+                .data_dir
+                .join("snapshots")
+                .join(group.to_string()),
+        )?);
         let applier_arbiter = Arbiter::new();
+        let snapshot_arbiter = Arbiter::new();
         let (entry, supervisor) = start_group(
             &config,
             group,
@@ -438,6 +458,8 @@ async fn start_node<M: StateMachine>(
             GroupStorage {
                 factory: factory.clone(),
                 arbiter: applier_arbiter.handle(),
+                snapshot_arbiter: snapshot_arbiter.handle(),
+                snapshots,
                 watchdog: &watchdog,
                 transfer: GroupTransferDeps {
                     sender: snapshot_sender.clone(),
@@ -449,6 +471,7 @@ async fn start_node<M: StateMachine>(
         groups.insert(group, entry);
         supervisors.push(supervisor);
         applier_arbiters.push(applier_arbiter);
+        applier_arbiters.push(snapshot_arbiter);
     }
 
     // Inbound dispatch by group id.
@@ -656,16 +679,6 @@ fn transfer_limits(config: &Config) -> transfer_actor::SendLimits {
     }
 }
 
-/// The directory of a group's snapshot files (taken, and received: a received image is
-/// renamed into place, so both must be on one file system).
-pub fn snapshot_dir(config: &Config, group: u64) -> std::path::PathBuf {
-    config
-        .node
-        .data_dir
-        .join("snapshots")
-        .join(group.to_string())
-}
-
 /// The node's snapshot sender and receiver, for a group.
 struct GroupTransferDeps {
     sender: transfer_actor::SnapshotSender,
@@ -677,6 +690,10 @@ struct GroupStorage<'a, M: StateMachine> {
     factory: MachineFactory<M>,
     /// The applier's own arbiter (kept across its restarts).
     arbiter: ArbiterHandle,
+    /// The snapshotter's own arbiter (blocking snapshot file I/O).
+    snapshot_arbiter: ArbiterHandle,
+    /// The group's snapshot files.
+    snapshots: Arc<SnapshotStore>,
     watchdog: &'a Watchdog,
     /// Sending and receiving the group's snapshots.
     transfer: GroupTransferDeps,
@@ -694,6 +711,7 @@ fn start_group<M: StateMachine>(
     let id = config.node.id;
     let shared = Arc::new(GroupShared::default());
     let applier_slot: Slot<ApplierActor<M>> = Slot::new();
+    let snapshotter_slot: Slot<SnapshotterActor> = Slot::new();
     let actor_slot: Slot<GroupActor<M>> = Slot::new();
     let mut replicators = HashMap::new();
     let mut links = HashMap::new();
@@ -702,7 +720,7 @@ fn start_group<M: StateMachine>(
         links.insert(m.id, transport.peer(m.id, m.addr));
     }
     let transfer = storage.transfer;
-    let snapshots = snapshot_dir(config, group);
+    let snapshots = storage.snapshots.dir().to_owned();
     {
         let shared = shared.clone();
         let slot = actor_slot.clone();
@@ -743,6 +761,13 @@ fn start_group<M: StateMachine>(
             dir: snapshots,
             links,
         },
+        snapshotter: snapshotter_slot.clone(),
+        snapshots: storage.snapshots.clone(),
+        snapshot_policy: SnapshotPolicy {
+            threshold_entries: config.snapshot_threshold_entries(),
+            threshold_log_bytes: config.snapshot.threshold_log_bytes,
+        },
+        health: storage.watchdog.health().clone(),
     });
 
     let watcher = GroupWatcher {
@@ -777,6 +802,24 @@ fn start_group<M: StateMachine>(
             Box::new(move || addr.do_send(StopActor))
         });
         builder = builder.child("applier", f);
+    }
+    {
+        let slot = snapshotter_slot.clone();
+        let deps = Arc::new(snapshotter::SnapshotterDeps {
+            group,
+            store: storage.snapshots.clone(),
+            clock: storage.watchdog.clock(format!("snapshots/{group}")),
+        });
+        let arbiter = storage.snapshot_arbiter;
+        let f: Factory = Box::new(move |guard| {
+            let deps = deps.clone();
+            let addr = SnapshotterActor::start_in_arbiter(&arbiter, move |_| {
+                SnapshotterActor::new(deps, guard)
+            });
+            slot.set(addr.clone());
+            Box::new(move || addr.do_send(StopActor))
+        });
+        builder = builder.child("snapshotter", f);
     }
     {
         let slot = actor_slot.clone();
@@ -819,6 +862,13 @@ fn start_group<M: StateMachine>(
 pub struct StopActor;
 
 impl<M: StateMachine> Handler<StopActor> for ApplierActor<M> {
+    type Result = ();
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<StopActor> for SnapshotterActor {
     type Result = ();
     fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
         ctx.stop();
@@ -974,6 +1024,24 @@ impl<M: StateMachine> NodeHandle<M> {
         }
     }
 
+    /// Takes a snapshot of `group`'s state machine on this node now (or answers the latest
+    /// one when nothing was applied since), compacting the log behind it.
+    pub async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, SnapshotError> {
+        let addr = self
+            .inner
+            .groups
+            .get(&group)
+            .and_then(|g| g.actor.get())
+            .ok_or(SnapshotError::NotRunning { group })?;
+        let (reply, rx) = oneshot::channel();
+        addr.try_send(TakeSnapshotNow { reply })
+            .map_err(|_| SnapshotError::NotRunning { group })?;
+        rx.await.map_err(|_| SnapshotError::Stopped {
+            group,
+            actor: "group actor",
+        })?
+    }
+
     /// The cluster as this node sees it.
     pub fn cluster_status(&self) -> ClusterStatus {
         let groups: Vec<GroupStatus> = self
@@ -989,6 +1057,12 @@ impl<M: StateMachine> NodeHandle<M> {
                     term: s.term,
                     commit_index: s.commit_index,
                     applied_index: g.shared.applied.load(Ordering::Relaxed),
+                    snapshot_index: g
+                        .shared
+                        .last_snapshot
+                        .read()
+                        .as_ref()
+                        .map_or(0, |s| s.index),
                     voters: s.membership.voters.iter().copied().collect(),
                     learners: s.membership.learners.iter().copied().collect(),
                     replicas: s
@@ -1179,6 +1253,21 @@ impl KvService for NodeHandle<KvMachine> {
 
     async fn transfer_leader(&self, to: NodeId) -> Result<(), RequestError> {
         NodeHandle::transfer_leader(self, to).await
+    }
+
+    async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, RequestError> {
+        self.admit()?;
+        NodeHandle::take_snapshot(self, group)
+            .await
+            .map_err(|e| match e {
+                SnapshotError::Busy { group } => RequestError::SnapshotInProgress { group },
+                SnapshotError::NotRunning { group } => RequestError::NoLeader { group },
+                other => RequestError::Internal(other.to_string()),
+            })
+    }
+
+    fn has_group(&self, group: u64) -> bool {
+        self.inner.groups.contains_key(&group)
     }
 
     fn is_member(&self, id: NodeId) -> bool {

@@ -15,9 +15,17 @@
 //! compaction point, the first append that holds a live entry), and [`LogStore::purge`] deletes
 //! every segment that no group needs any more — so the WAL's size follows the live log, not its
 //! history.
+//!
+//! **Installed snapshots**: a persist request that names a snapshot (the Raft core installed
+//! one received from the leader) is written as a `Snapshot` record first: that snapshot becomes
+//! the group's base ([`RecoveredGroup::snapshot`]), its index a compaction point, and the
+//! entries at or below it are dropped; entries after it stay unless the request's
+//! `truncate_from` drops them.
 
 use super::wal::{Lsn, Wal, WalError, WalOptions};
-use conclave_actors::raft::{Entry, GroupId, HardState, LogIndex, PersistRequest, Term};
+use conclave_actors::raft::{
+    Entry, GroupId, HardState, LogIndex, PersistRequest, SnapshotMeta, Term,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -41,6 +49,10 @@ enum StoreRecord {
         index: LogIndex,
         term: Term,
     },
+    /// The group installed the snapshot `meta` received from its leader: it is the group's
+    /// base (a restart restores the state machine from it), and entries at or below its index
+    /// are obsolete. (Last variant: records are encoded with variant indexes.)
+    Snapshot { group: GroupId, meta: SnapshotMeta },
 }
 
 /// Errors of the log store.
@@ -99,6 +111,34 @@ pub struct RecoveredGroup {
     pub compacted: (LogIndex, Term),
     /// The persisted log after the compaction point, contiguous, in index order.
     pub entries: Vec<Entry>,
+    /// The newest snapshot the group installed from a leader (a `PersistRequest` naming a
+    /// snapshot), if any: the state machine must be restored from a snapshot at least this
+    /// new. Snapshots the node takes itself are not recorded here (their files are the
+    /// record; the log only learns their compaction point).
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+impl RecoveredGroup {
+    /// Makes `meta` the group's installed base: a compaction point at its index, entries at
+    /// or below it dropped (the recovery and the log-store actor's mirror both use this).
+    pub fn install(&mut self, meta: &SnapshotMeta) {
+        if self.snapshot.as_ref().is_none_or(|s| s.index < meta.index) {
+            self.snapshot = Some(meta.clone());
+        }
+        if meta.index > self.compacted.0 {
+            self.compacted = (meta.index, meta.term);
+        }
+        let covered = self.entries.partition_point(|e| e.index <= meta.index);
+        self.entries.drain(..covered);
+    }
+
+    /// The lowest index a snapshot this group restores from must reach: its compaction point
+    /// and its installed snapshot's index (0: the log starts at index 1, no snapshot needed).
+    pub fn needs_snapshot_at(&self) -> LogIndex {
+        self.compacted
+            .0
+            .max(self.snapshot.as_ref().map_or(0, |s| s.index))
+    }
 }
 
 /// What the store knows of one group's durable log, to check writes and to tell which WAL
@@ -117,6 +157,8 @@ struct GroupLog {
     hard_state_lsn: Option<Lsn>,
     /// LSN of the latest compaction record.
     compact_lsn: Option<Lsn>,
+    /// The installed snapshot (base) and the LSN of the record naming it.
+    installed: Option<(SnapshotMeta, Lsn)>,
     /// Append records that still hold live entries: `(lsn, first, last)`, in LSN order.
     records: VecDeque<(Lsn, LogIndex, LogIndex)>,
     /// Set once a request for this group was refused: nothing more is written for it.
@@ -165,11 +207,26 @@ impl GroupLog {
         }
     }
 
+    /// The snapshot `meta` was installed (record at `lsn`): a compaction point at its index.
+    fn installed_at(&mut self, lsn: Lsn, meta: SnapshotMeta) {
+        if meta.index > self.compacted.0 {
+            self.compacted_to(lsn, meta.index, meta.term);
+        }
+        if self
+            .installed
+            .as_ref()
+            .is_none_or(|(m, _)| m.index <= meta.index)
+        {
+            self.installed = Some((meta, lsn));
+        }
+    }
+
     /// The oldest record this group still needs, if any.
     fn oldest_needed(&self) -> Option<Lsn> {
         [
             self.hard_state_lsn,
             self.compact_lsn,
+            self.installed.as_ref().map(|i| i.1),
             self.records.front().map(|r| r.0),
         ]
         .into_iter()
@@ -268,6 +325,10 @@ impl LogStore {
                         .or_default()
                         .compacted_to(lsn, index, term);
                 }
+                StoreRecord::Snapshot { group, meta } => {
+                    groups.entry(group).or_default().install(&meta);
+                    logs.entry(group).or_default().installed_at(lsn, meta);
+                }
             }
         }
         Ok((
@@ -343,13 +404,23 @@ impl LogStore {
             return Ok(());
         };
         let log = self.groups.get(&group);
-        let compacted = log.map_or(0, |g| g.compacted.0);
+        let mut compacted = log.map_or(0, |g| g.compacted.0);
+        let mut span = log.and_then(|g| g.span);
+        // An installed snapshot is written first: it moves the compaction point and drops the
+        // entries it covers.
+        if let Some(meta) = &req.snapshot {
+            if meta.index > compacted {
+                compacted = meta.index;
+                span = span.and_then(|(first, last)| {
+                    (last > meta.index).then_some((first.max(meta.index + 1), last))
+                });
+            }
+        }
         if new_first <= compacted {
             return Err(refuse(format!(
                 "an append at index {new_first}, at or before the compaction point {compacted}"
             )));
         }
-        let mut span = log.and_then(|g| g.span);
         if let (Some(from), Some((first, last))) = (req.truncate_from, span) {
             span = (from > first).then_some((first, last.min(from - 1)));
         }
@@ -369,6 +440,9 @@ impl LogStore {
     }
 
     fn write_records(&mut self, group: GroupId, req: &PersistRequest) -> Result<(), LogStoreError> {
+        if let Some(meta) = &req.snapshot {
+            self.write_installed(group, meta.clone())?;
+        }
         if let Some(state) = req.hard_state {
             self.write_hard_state(group, state)?;
         }
@@ -421,6 +495,18 @@ impl LogStore {
         let log = self.groups.entry(group).or_default();
         log.hard_state = Some(state);
         log.hard_state_lsn = Some(lsn);
+        Ok(())
+    }
+
+    fn write_installed(&mut self, group: GroupId, meta: SnapshotMeta) -> Result<(), LogStoreError> {
+        let lsn = self.append(&StoreRecord::Snapshot {
+            group,
+            meta: meta.clone(),
+        })?;
+        self.groups
+            .entry(group)
+            .or_default()
+            .installed_at(lsn, meta);
         Ok(())
     }
 
@@ -489,9 +575,13 @@ impl LogStore {
                 let g = &self.groups[&group];
                 let (hard_state, compacted, compact_lsn) =
                     (g.hard_state, g.compacted, g.compact_lsn);
+                let installed = g.installed.as_ref().map(|(m, _)| m.clone());
                 let result = (|| {
                     if let Some(state) = hard_state {
                         self.write_hard_state(group, state)?;
+                    }
+                    if let Some(meta) = installed {
+                        self.write_installed(group, meta)?;
                     }
                     if compact_lsn.is_some() {
                         let (index, term) = compacted;
@@ -951,6 +1041,143 @@ mod tests {
         assert_eq!(groups[&1].compacted, (50, 3));
         let idx: Vec<_> = groups[&1].entries.iter().map(|e| e.index).collect();
         assert_eq!(idx, vec![51]);
+    }
+
+    fn meta(index: LogIndex, term: Term) -> SnapshotMeta {
+        SnapshotMeta {
+            index,
+            term,
+            membership: conclave_actors::raft::Membership::with_voters([1, 2, 3]),
+        }
+    }
+
+    fn install_req(
+        seq: u64,
+        snapshot: SnapshotMeta,
+        trunc: Option<LogIndex>,
+        e: Vec<Entry>,
+    ) -> PersistRequest {
+        PersistRequest {
+            snapshot: Some(snapshot),
+            ..req(seq, None, trunc, e)
+        }
+    }
+
+    /// Raft §7, a follower whose log holds the snapshot's last entry: the snapshot becomes the
+    /// base, entries at or below it go, the ones after it stay; recovered after a restart.
+    #[test]
+    fn installed_snapshot_is_the_base_and_keeps_the_entries_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+            store
+                .write(
+                    1,
+                    &req(1, None, None, (1..=10).map(|i| entry(i, 1)).collect()),
+                )
+                .unwrap();
+            store
+                .write(1, &install_req(2, meta(5, 1), None, vec![]))
+                .unwrap();
+            store.sync().unwrap();
+            // Nothing may be appended at or below the installed snapshot any more.
+            let e = store
+                .write(1, &req(3, None, None, vec![entry(5, 2)]))
+                .unwrap_err();
+            assert!(e.to_string().contains("compaction point 5"), "{e}");
+        }
+        // The refused request stopped the group's log, not the file: what was synced is there.
+        let (mut store, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        let g = &groups[&1];
+        assert_eq!(g.snapshot, Some(meta(5, 1)));
+        assert_eq!(g.compacted, (5, 1));
+        assert_eq!(g.needs_snapshot_at(), 5);
+        let idx: Vec<_> = g.entries.iter().map(|e| e.index).collect();
+        assert_eq!(idx, (6..=10).collect::<Vec<_>>());
+        // Appends continue after the kept entries.
+        store
+            .write(1, &req(4, None, None, vec![entry(11, 1)]))
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        assert_eq!(groups[&1].entries.last().map(|e| e.index), Some(11));
+        assert_eq!(groups[&1].snapshot, Some(meta(5, 1)));
+    }
+
+    /// A follower whose log does not reach the snapshot (or conflicts with it) discards it:
+    /// the install's request carries `truncate_from` and the first entries after the
+    /// snapshot, written in one request without a gap error.
+    #[test]
+    fn installed_snapshot_beyond_the_log_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+            store
+                .write(
+                    1,
+                    &req(1, None, None, (1..=10).map(|i| entry(i, 1)).collect()),
+                )
+                .unwrap();
+            store
+                .write(
+                    1,
+                    &install_req(2, meta(40, 3), Some(41), vec![entry(41, 3), entry(42, 3)]),
+                )
+                .unwrap();
+            store
+                .write(1, &install_req(3, meta(60, 3), Some(61), vec![]))
+                .unwrap();
+            store.sync().unwrap();
+            // A later, not synced install is lost.
+            store
+                .write(1, &install_req(4, meta(80, 4), Some(81), vec![]))
+                .unwrap();
+        }
+        let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        let g = &groups[&1];
+        assert_eq!(g.snapshot, Some(meta(60, 3)));
+        assert_eq!(g.compacted, (60, 3));
+        assert!(g.entries.is_empty(), "{:?}", g.entries);
+        assert_eq!(g.needs_snapshot_at(), 60);
+    }
+
+    /// An installed snapshot's record is bookkeeping like a compaction point: a group that
+    /// goes idle after installing does not pin old segments, and its base survives purges.
+    #[test]
+    fn installed_snapshot_survives_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || WalOptions {
+            segment_bytes: 16 * 1024,
+            ..WalOptions::default()
+        };
+        {
+            let (mut store, _) = LogStore::open(dir.path(), options()).unwrap();
+            store
+                .write(2, &install_req(1, meta(500, 2), Some(501), vec![]))
+                .unwrap();
+            store.sync().unwrap();
+            // Another group writes a lot of history and compacts as it goes.
+            for i in 1..=600u64 {
+                store
+                    .write(1, &req(i, None, None, vec![entry(i, 1)]))
+                    .unwrap();
+                if i % 50 == 0 {
+                    store.compact(1, i - 10, 1).unwrap();
+                }
+                store.sync().unwrap();
+                store.purge().unwrap();
+            }
+            assert!(
+                store.segment_count() <= 4,
+                "{} segments",
+                store.segment_count()
+            );
+        }
+        let (_, groups) = LogStore::open(dir.path(), options()).unwrap();
+        assert_eq!(groups[&2].snapshot, Some(meta(500, 2)));
+        assert_eq!(groups[&2].compacted, (500, 2));
+        assert_eq!(groups[&1].compacted, (590, 1));
     }
 
     /// The WAL's size follows the live log, not its history: one busy group that compacts

@@ -206,6 +206,17 @@ impl SnapshotStore {
         })
     }
 
+    /// Starts writing an image whose index is not known yet (to `snap-pending.tmp`): a
+    /// machine without an isolated view writes its image on the applier and only then says
+    /// which index it is at; [`SnapshotWriter::finish_as`] names it. One at a time per store.
+    pub fn create_pending(&self) -> Result<SnapshotWriter, SnapshotStoreError> {
+        let mut writer = self.create(SnapshotMeta::default())?;
+        let pending = self.dir.join("snap-pending.tmp");
+        std::fs::rename(&writer.tmp, &pending).map_err(io("rename", &writer.tmp))?;
+        writer.tmp = pending;
+        Ok(writer)
+    }
+
     /// Every snapshot with a readable sidecar, newest first, and the errors of those whose
     /// sidecar is unreadable (their images are not verified here; see [`Self::verify`]).
     pub fn list(
@@ -428,6 +439,17 @@ impl SnapshotWriter {
         self.len == 0
     }
 
+    /// [`SnapshotWriter::finish`] under `meta` (for a writer from
+    /// [`SnapshotStore::create_pending`]).
+    pub fn finish_as(
+        mut self,
+        meta: SnapshotMeta,
+        store: &SnapshotStore,
+    ) -> Result<StoredSnapshot, SnapshotStoreError> {
+        self.meta = meta;
+        self.finish(store)
+    }
+
     /// fsyncs the image, renames it, writes and fsyncs the sidecar, renames it, fsyncs the
     /// directory, and prunes all but this snapshot and the one before it.
     pub fn finish(self, store: &SnapshotStore) -> Result<StoredSnapshot, SnapshotStoreError> {
@@ -592,6 +614,26 @@ mod tests {
         store.retain_from(30).unwrap();
         assert_eq!(indexes(&store), vec![30]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    /// An image whose index is known only once written (a machine without a view): named
+    /// at finish; one left unfinished is removed at the next open.
+    #[test]
+    fn a_pending_image_is_named_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let mut w = store.create_pending().unwrap();
+        w.write_all(b"image of unknown index").unwrap();
+        let s = w.finish_as(meta(42, 5), &store).unwrap();
+        assert_eq!((s.meta.index, s.meta.term), (42, 5));
+        assert_eq!(store.newest_valid().unwrap(), Some(s));
+        assert!(!dir.path().join("snap-pending.tmp").exists());
+        let mut w = store.create_pending().unwrap();
+        w.write_all(b"abandoned").unwrap();
+        drop(w);
+        assert!(dir.path().join("snap-pending.tmp").exists());
+        SnapshotStore::open(dir.path()).unwrap();
+        assert!(!dir.path().join("snap-pending.tmp").exists());
     }
 
     /// A crash after the image was written and fsynced but before its rename: the next open

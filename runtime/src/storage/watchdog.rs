@@ -44,6 +44,17 @@ impl StallClock {
         CallGuard { clock: self }
     }
 
+    /// A long call (a snapshot written or restored, chunk by chunk) made progress: it is
+    /// timed from now on, and a stall it was reported for is cleared. Only what runs between
+    /// two progress reports must stay under the timeout.
+    pub fn progress(&self) {
+        let ns = self.epoch.elapsed().as_nanos() as u64;
+        self.started.store(ns.saturating_add(1), Ordering::Release);
+        if self.reported.swap(false, Ordering::AcqRel) {
+            self.health.unstalled(&self.component);
+        }
+    }
+
     /// When the running call started, if one is running.
     fn running_since(&self) -> Option<Instant> {
         match self.started.load(Ordering::Acquire) {

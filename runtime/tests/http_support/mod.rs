@@ -204,6 +204,7 @@ impl KvService for Double {
                 term: 1,
                 commit_index: s.index,
                 applied_index: s.index,
+                snapshot_index: 0,
                 voters: vec![self.id],
                 learners: vec![],
                 replicas: vec![],

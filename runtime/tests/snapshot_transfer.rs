@@ -358,6 +358,8 @@ async fn a_chunk_corrupted_in_flight_is_refused_and_sent_again() {
         .collect();
     for cfg in &mut configs {
         small_snapshots(cfg);
+        // Slow enough for the test to see the transfer start.
+        cfg.snapshot.max_send_rate_mb_s = 1;
         for m in &mut cfg.cluster.initial_members {
             if m.id != cfg.node.id {
                 m.addr = proxies[(m.id - 1) as usize].addr;
@@ -377,8 +379,19 @@ async fn a_chunk_corrupted_in_flight_is_refused_and_sent_again() {
         c.logs()
     );
     caught_up(&c, g, leader, Duration::from_secs(30)).await;
-    armed.store(true, Ordering::SeqCst);
     c.restart(f);
+    // Armed once the transfer has begun: before it, the leader's link flushes the messages it
+    // queued for the follower while it was down (old appends), and those must stay intact.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partial_bytes(&c, f) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no transfer started\n{}",
+            c.logs()
+        );
+        actix::clock::sleep(Duration::from_millis(2)).await;
+    }
+    armed.store(true, Ordering::SeqCst);
     caught_up(&c, f, leader, Duration::from_secs(30)).await;
     assert_eq!(
         flipped.load(Ordering::SeqCst),

@@ -31,20 +31,27 @@ use super::replicator::{Outbound, ReplicatorActor};
 use super::snapshotter::{
     NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
 };
+use super::transfer_actor::{
+    Adopt, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
+};
+use super::wire::WireMessage;
 use crate::config::MemberConfig;
 use crate::state_machine::StateMachine;
 use crate::storage::health::StorageHealth;
 use crate::storage::log_store::RecoveredGroup;
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 use actix::prelude::*;
+use conclave_actors::raft::SnapshotMeta;
 use conclave_actors::raft::{
     self, Action, Entry, EntryPayload, GroupId, LogIndex, Membership, NodeId, PersistRequest,
     ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
 };
 use conclave_actors::supervisor::{ChildGuard, Slot};
+use conclave_transport::PeerLink;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,9 +69,6 @@ const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// window a restart must survive).
 #[cfg(feature = "fault-injection")]
 pub const CRASH_AFTER_SNAPSHOT_FILE_ENV: &str = "CONCLAVE_CRASH_AFTER_SNAPSHOT_FILE";
-
-/// A leader asked to send a snapshot it cannot send logs it at most this often per peer.
-const SEND_SNAPSHOT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A point-in-time view of a group, published after every drain for status pages, routing
 /// and readiness (so they never need to message the actor).
@@ -166,6 +170,29 @@ pub struct GroupDeps<M: StateMachine> {
     pub snapshot_policy: SnapshotPolicy,
     /// Where a fatal storage problem found at start (a log without its snapshot) is reported.
     pub health: Arc<StorageHealth>,
+    /// Streaming snapshots to lagging followers and receiving them from the leader.
+    pub transfer: GroupTransfer,
+}
+
+/// What a group uses to send and receive snapshots (docs/transport.md, "Snapshot transfer").
+pub struct GroupTransfer {
+    /// The node's snapshot sender.
+    pub sender: SnapshotSender,
+    /// The node's snapshot receiver (stages received images; moves them into the store).
+    pub receiver: Addr<SnapshotReceiver>,
+    /// The group's snapshot directory.
+    pub dir: PathBuf,
+    /// Links to the peers.
+    pub links: HashMap<NodeId, PeerLink<WireMessage>>,
+}
+
+/// A snapshot transfer this group asked for ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SendDone {
+    to: NodeId,
+    index: LogIndex,
+    outcome: SendOutcome,
 }
 
 /// Take a snapshot of the group's state machine now (`POST /v1/cluster/snapshot`).
@@ -243,6 +270,17 @@ pub struct GroupActor<M: StateMachine> {
     reads: HashMap<ReadId, (M::Query, ReadReply<M>)>,
     next_read: ReadId,
     was_leader: bool,
+    /// A snapshot received from the leader and handed to the core, not yet adopted.
+    staged: Option<SnapshotMeta>,
+    /// Persists are held while a received snapshot moves into the store (it must be in place
+    /// before the persist that makes it the group's base).
+    adopting: bool,
+    /// The received snapshot adopted into the store, for the core's `RestoreSnapshot`.
+    adopted: Option<StoredSnapshot>,
+    /// An installed snapshot the applier must restore before any later entry.
+    pending_restore: Option<StoredSnapshot>,
+    /// The applier is restoring a snapshot (applies wait).
+    restoring: bool,
     /// A snapshot is being taken (one at a time).
     snapshot_running: bool,
     /// Who asked for the running snapshot, if someone did.
@@ -255,8 +293,6 @@ pub struct GroupActor<M: StateMachine> {
     snapshot_retry_at: Option<Instant>,
     /// The group's base snapshot (the newest this node took or started from).
     base: Option<StoredSnapshot>,
-    /// When a `SendSnapshot` this node cannot carry out was last logged, per peer.
-    send_snapshot_logged: HashMap<NodeId, Instant>,
     _guard: ChildGuard,
 }
 
@@ -373,13 +409,17 @@ impl<M: StateMachine> GroupActor<M> {
             reads: HashMap::new(),
             next_read: 1,
             was_leader: false,
+            staged: None,
+            adopting: false,
+            adopted: None,
+            pending_restore: None,
+            restoring: false,
             snapshot_running: false,
             snapshot_reply: None,
             snapshot_started: None,
             bytes_since_snapshot: 0,
             snapshot_retry_at: None,
             base: None,
-            send_snapshot_logged: HashMap::new(),
             _guard: guard,
         }
     }
@@ -655,8 +695,16 @@ impl<M: StateMachine> GroupActor<M> {
                         .increment(1);
                 }
             }
-            // A persist naming an installed snapshot is written like any other: the log store
-            // records the snapshot as the group's base first (docs/node.md "Snapshots").
+            Action::Persist(req) if req.snapshot.is_some() => {
+                // An install (`install_snapshot` below): the received image moves into the
+                // snapshot store first, then the persist makes it the group's base. Persists
+                // are held meanwhile so they stay in order.
+                let meta = req.snapshot.clone().unwrap_or_default();
+                self.persist_queue.push_back(req);
+                if self.staged.take().as_ref() == Some(&meta) {
+                    self.adopt(meta, ctx);
+                }
+            }
             Action::Persist(req) => self.persist_queue.push_back(req),
             Action::Apply(entries) => {
                 if let Some(last) = entries.last() {
@@ -710,41 +758,150 @@ impl<M: StateMachine> GroupActor<M> {
                 }
             }
             Action::RoleChanged { role, term, leader } => self.role_changed(role, term, leader),
-            // A follower whose next index fell below the compaction point needs the snapshot
-            // streamed to it; this node cannot send one yet (issue 13, the transfer), so the
-            // follower stays behind until it can. Logged at most every 10 s per peer.
-            Action::SendSnapshot { to, term, meta } => {
-                let now_instant = Instant::now();
-                let due = self
-                    .send_snapshot_logged
-                    .get(&to)
-                    .is_none_or(|t| now_instant.duration_since(*t) >= SEND_SNAPSHOT_LOG_EVERY);
-                if due {
-                    self.send_snapshot_logged.insert(to, now_instant);
-                    tracing::error!(
-                        group = self.deps.group,
-                        to,
-                        term,
-                        index = meta.index,
-                        "peer needs a snapshot, which this node cannot send yet; it stays behind"
-                    );
-                }
-                // Stop waiting for a transfer that will never happen (the core retries after
-                // the peer answers a heartbeat).
-                let now = self.now();
-                if let Some(core) = self.core.as_mut() {
-                    core.snapshot_send_failed(now, to);
-                }
-            }
+            Action::SendSnapshot { to, term, meta } => self.send_snapshot(to, term, meta, ctx),
             Action::RestoreSnapshot(meta) => {
-                // Only after `install_snapshot`, which this node does not call yet (receiving
-                // a snapshot is the transfer's part of issue 13). Applying on without the
-                // snapshot's state would serve a state missing it, so the group stops.
-                tracing::error!(group = self.deps.group, index = meta.index, term = meta.term, "core asked to restore a received snapshot, which this node cannot do yet; stopping the group");
-                ctx.stop();
+                // The install is durable: entries it covers are not applied, the machine is
+                // switched to the snapshot before anything after it.
+                self.apply_queue.retain(|e| e.index > meta.index);
+                self.enqueued_upto = self.enqueued_upto.max(meta.index);
+                match self.adopted.take() {
+                    Some(stored) if stored.meta == meta => {
+                        metrics::counter!("conclave_snapshot_installed_total", "group" => self.deps.group.to_string())
+                            .increment(1);
+                        tracing::info!(
+                            group = self.deps.group,
+                            index = meta.index,
+                            term = meta.term,
+                            "snapshot installed; restoring the state machine"
+                        );
+                        self.pending_restore = Some(stored);
+                    }
+                    _ => {
+                        tracing::error!(group = self.deps.group, index = meta.index, "core asked to restore a snapshot this node did not adopt; stopping the group");
+                        ctx.stop();
+                    }
+                }
             }
             Action::Compacted { first_index } => self.compact_log_store(first_index, ctx),
         }
+    }
+
+    /// Streams the snapshot `meta` to `to` on the node's sender; a transfer that cannot start
+    /// or ends without delivering it is reported to the core (which retries after `to` next
+    /// answers a heartbeat).
+    fn send_snapshot(
+        &mut self,
+        to: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        ctx: &mut Context<Self>,
+    ) {
+        let t = &self.deps.transfer;
+        let Some(link) = t.links.get(&to).cloned() else {
+            tracing::warn!(
+                group = self.deps.group,
+                to,
+                "no link to the peer that needs a snapshot"
+            );
+            self.send_failed(to, ctx);
+            return;
+        };
+        let addr = ctx.address();
+        let index = meta.index;
+        let req = SendRequest {
+            group: self.deps.group,
+            to,
+            term,
+            meta,
+            dir: t.dir.clone(),
+            link,
+            done: Box::new(move |outcome| {
+                addr.do_send(SendDone { to, index, outcome });
+            }),
+        };
+        if let Err(e) = t.sender.start(req) {
+            tracing::debug!(group = self.deps.group, to, index, error = %e, "snapshot transfer not started");
+            self.send_failed(to, ctx);
+        }
+    }
+
+    fn send_failed(&mut self, to: NodeId, ctx: &mut Context<Self>) {
+        let now = self.now();
+        if let Some(core) = self.core.as_mut() {
+            core.snapshot_send_failed(now, to);
+        }
+        self.schedule_drain(ctx);
+    }
+
+    /// Moves the received snapshot `meta` into the store (on the receiver's arbiter), holding
+    /// persists until it is there. A failure stops the group: the install is never reported
+    /// durable, so nothing is acknowledged.
+    fn adopt(&mut self, meta: SnapshotMeta, ctx: &mut Context<Self>) {
+        self.adopting = true;
+        let msg = Adopt {
+            group: self.deps.group,
+            meta,
+        };
+        ctx.spawn(
+            self.deps
+                .transfer
+                .receiver
+                .send(msg)
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    act.adopting = false;
+                    match res {
+                        Ok(Ok(stored)) => {
+                            // The group's base from now on (a restarted applier behind the
+                            // compacted log is restored from it).
+                            act.base = Some(stored.clone());
+                            act.adopted = Some(stored);
+                            act.pump(ctx);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(group = act.deps.group, error = %e, "cannot move a received snapshot into the store; stopping the group");
+                            ctx.stop();
+                        }
+                        Err(_) => {
+                            tracing::error!(group = act.deps.group, "snapshot receiver gone; stopping the group");
+                            ctx.stop();
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Sends the applier the installed snapshot to restore (applies wait until it is done).
+    fn restore(
+        &mut self,
+        stored: StoredSnapshot,
+        applier: Addr<ApplierActor<M>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.restoring = true;
+        let msg = RestoreFrom {
+            store: self.deps.snapshots.clone(),
+            snapshot: stored,
+        };
+        ctx.spawn(applier.send(msg).into_actor(self).map(|res, act, ctx| {
+            act.restoring = false;
+            match res {
+                Ok(Ok(index)) => {
+                    tracing::info!(group = act.deps.group, index, "state machine restored from the installed snapshot");
+                    act.pump(ctx);
+                }
+                Ok(Err(e)) => {
+                    // The machine refused the image and changed nothing; a restarted group
+                    // restores from its base snapshot at start.
+                    tracing::error!(group = act.deps.group, error = %e, "cannot restore the installed snapshot; stopping the group");
+                    ctx.stop();
+                }
+                Err(_) => {
+                    tracing::error!(group = act.deps.group, "applier gone while restoring a snapshot; stopping the group");
+                    ctx.stop();
+                }
+            }
+        }));
     }
 
     fn read_error(&self, error: ReadError) -> RequestError {
@@ -789,7 +946,12 @@ impl<M: StateMachine> GroupActor<M> {
     /// Moves queued persist requests and committed entries on, as far as mailboxes allow.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let mut blocked = false;
-        while let Some(req) = self.persist_queue.pop_front() {
+        // While a received snapshot moves into the store, nothing is persisted (the adoption
+        // pumps again when done).
+        while let Some(req) = (!self.adopting)
+            .then(|| self.persist_queue.pop_front())
+            .flatten()
+        {
             let (tx, rx) = oneshot::channel();
             let seq = req.seq;
             let msg = Persist {
@@ -850,12 +1012,21 @@ impl<M: StateMachine> GroupActor<M> {
 
     /// Returns true when blocked (retry later).
     fn pump_applies(&mut self, ctx: &mut Context<Self>) -> bool {
-        if self.apply_queue.is_empty() || self.resyncing {
+        if self.restoring || self.resyncing {
+            return false;
+        }
+        if self.apply_queue.is_empty() && self.pending_restore.is_none() {
             return false;
         }
         let Some(applier) = self.deps.applier.get() else {
             return true;
         };
+        if let Some(stored) = self.pending_restore.take() {
+            // Before anything after the snapshot (the applier handles messages in order, but
+            // the answer is awaited so a failed restore applies nothing after it).
+            self.restore(stored, applier, ctx);
+            return false;
+        }
         if self.applier_seen.as_ref() != Some(&applier) {
             let first_instance = self.applier_seen.is_none();
             self.applier_seen = Some(applier.clone());
@@ -1189,5 +1360,43 @@ impl<M: StateMachine> Handler<TransferLeader> for GroupActor<M> {
         };
         let _ = msg.reply.send(result);
         self.schedule_drain(ctx);
+    }
+}
+
+impl<M: StateMachine> Handler<SnapshotReceived> for GroupActor<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotReceived, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        if self.staged.as_ref() == Some(&msg.meta) || self.adopting {
+            // The same image announced again (a repeated last chunk) while it is installed.
+            return;
+        }
+        tracing::info!(
+            group = self.deps.group,
+            from = msg.from,
+            index = msg.meta.index,
+            term = msg.meta.term,
+            "installing a snapshot received from the leader"
+        );
+        // The core decides (stale term, stale snapshot, Raft §7); if it installs, it emits the
+        // persist naming the snapshot, which adopts the staged image first.
+        self.staged = Some(msg.meta.clone());
+        core.install_snapshot(now, msg.from, msg.term, msg.meta);
+        self.schedule_drain(ctx);
+    }
+}
+
+impl<M: StateMachine> Handler<SendDone> for GroupActor<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendDone, ctx: &mut Context<Self>) {
+        if let Err(e) = msg.outcome {
+            tracing::warn!(group = self.deps.group, peer = msg.to, index = msg.index, error = %e, "snapshot transfer failed");
+            self.send_failed(msg.to, ctx);
+        }
     }
 }

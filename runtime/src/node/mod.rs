@@ -23,6 +23,8 @@ pub mod handle;
 pub mod log_store_actor;
 pub mod replicator;
 pub mod snapshotter;
+pub mod transfer;
+pub mod transfer_actor;
 pub mod wire;
 
 pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttStats};
@@ -173,6 +175,8 @@ pub struct Node<M: StateMachine> {
     log_arbiter: Arbiter,
     /// One per group: where its applier (the state machine's I/O) runs.
     applier_arbiters: Vec<Arbiter>,
+    /// Where snapshot transfers read and stage their files (sender, receiver).
+    transfer_arbiters: Vec<Arbiter>,
 }
 
 impl<M: StateMachine> Node<M> {
@@ -205,7 +209,7 @@ impl<M: StateMachine> Node<M> {
         self.log_arbiter.stop();
         // An applier stuck in its storage engine does not hold this up: stopping an arbiter
         // only asks its thread to end.
-        for a in &self.applier_arbiters {
+        for a in self.applier_arbiters.iter().chain(&self.transfer_arbiters) {
             a.stop();
         }
         self.transport.shutdown();
@@ -409,7 +413,23 @@ async fn start_node<M: StateMachine>(
     // Gossip.
     let epoch = Instant::now();
     let endpoint: Arc<dyn Endpoint<WireMessage>> = transport.clone();
-    let gossip_deps = gossip::prepare(&config, endpoint, epoch, incarnation);
+    let gossip_deps = gossip::prepare(&config, endpoint.clone(), epoch, incarnation);
+
+    // Snapshot transfers: each side on an arbiter of its own (they read and write files).
+    let send_arbiter = Arbiter::new();
+    let receive_arbiter = Arbiter::new();
+    let snapshot_sender =
+        transfer_actor::SnapshotSender::new(id, transfer_limits(&config), send_arbiter.handle());
+    let snapshot_receiver = {
+        let members = members.clone();
+        let addrs: Arc<dyn Fn(u64) -> Option<std::net::SocketAddr> + Send + Sync> =
+            Arc::new(move |peer| members.get(&peer).map(|m| m.addr));
+        let endpoint = endpoint.clone();
+        transfer_actor::SnapshotReceiver::start_in_arbiter(&receive_arbiter.handle(), move |_| {
+            transfer_actor::SnapshotReceiver::new(id, endpoint, addrs)
+        })
+    };
+    let transfer_arbiters = vec![send_arbiter, receive_arbiter];
     let (gossip, gossip_supervisor) = start_gossip(gossip_deps);
 
     // Groups: for now the cluster's first group, replicated on every initial member.
@@ -441,6 +461,10 @@ async fn start_node<M: StateMachine>(
                 snapshot_arbiter: snapshot_arbiter.handle(),
                 snapshots,
                 watchdog: &watchdog,
+                transfer: GroupTransferDeps {
+                    sender: snapshot_sender.clone(),
+                    receiver: snapshot_receiver.clone(),
+                },
             },
             epoch,
         );
@@ -456,6 +480,7 @@ async fn start_node<M: StateMachine>(
         .map(|(g, e): (&u64, &GroupEntry<M>)| (*g, e.actor.clone()))
         .collect();
     let gossip_slot = gossip.actor.clone();
+    let inbound_sender = snapshot_sender.clone();
     actix::spawn(async move {
         while let Some((from, msg)) = inbound_rx.recv().await {
             match msg {
@@ -514,6 +539,19 @@ async fn start_node<M: StateMachine>(
                         let _ = addr.send(msg).await;
                     }
                 }
+                WireMessage::SnapshotChunk(chunk) => {
+                    // Never waits: a chunk the receiver has no room for is dropped (its sender
+                    // times out and asks where the receiver stands), so snapshot data never
+                    // holds up the Raft messages behind it on this connection.
+                    if snapshot_receiver
+                        .try_send(transfer_actor::ChunkIn { from, chunk })
+                        .is_err()
+                    {
+                        metrics::counter!("conclave_snapshot_chunks_dropped_total", "reason" => "receiver_busy")
+                            .increment(1);
+                    }
+                }
+                WireMessage::SnapshotAck(ack) => inbound_sender.on_ack(from, ack),
             }
         }
     });
@@ -549,6 +587,7 @@ async fn start_node<M: StateMachine>(
         log_store,
         log_arbiter,
         applier_arbiters,
+        transfer_arbiters,
     })
 }
 
@@ -626,6 +665,26 @@ impl Handler<SupervisionEventMsg> for GroupWatcher {
     }
 }
 
+/// The sender's limits from `[snapshot]`.
+fn transfer_limits(config: &Config) -> transfer_actor::SendLimits {
+    let s = &config.snapshot;
+    transfer_actor::SendLimits {
+        chunk_bytes: s.chunk_bytes,
+        bytes_per_s: s.max_send_rate_mb_s.saturating_mul(1_000_000),
+        max_concurrent: s.max_concurrent_sends,
+        // A chunk lost with its connection is noticed after this; the transport itself takes
+        // up to `read_timeout_s` to notice a dead connection.
+        ack_timeout: (Duration::from_secs(config.node.read_timeout_s) / 3)
+            .max(Duration::from_secs(1)),
+    }
+}
+
+/// The node's snapshot sender and receiver, for a group.
+struct GroupTransferDeps {
+    sender: transfer_actor::SnapshotSender,
+    receiver: Addr<transfer_actor::SnapshotReceiver>,
+}
+
 /// Where a group's state machine lives and how its calls are watched.
 struct GroupStorage<'a, M: StateMachine> {
     factory: MachineFactory<M>,
@@ -636,6 +695,8 @@ struct GroupStorage<'a, M: StateMachine> {
     /// The group's snapshot files.
     snapshots: Arc<SnapshotStore>,
     watchdog: &'a Watchdog,
+    /// Sending and receiving the group's snapshots.
+    transfer: GroupTransferDeps,
 }
 
 fn start_group<M: StateMachine>(
@@ -653,8 +714,36 @@ fn start_group<M: StateMachine>(
     let snapshotter_slot: Slot<SnapshotterActor> = Slot::new();
     let actor_slot: Slot<GroupActor<M>> = Slot::new();
     let mut replicators = HashMap::new();
+    let mut links = HashMap::new();
     for m in members.values().filter(|m| m.id != id) {
         replicators.insert(m.id, Slot::new());
+        links.insert(m.id, transport.peer(m.id, m.addr));
+    }
+    let transfer = storage.transfer;
+    let snapshots = storage.snapshots.dir().to_owned();
+    {
+        let shared = shared.clone();
+        let slot = actor_slot.clone();
+        transfer.receiver.do_send(transfer_actor::RegisterGroup(
+            group,
+            transfer_actor::ReceiverGroup {
+                dir: snapshots.clone(),
+                view: Box::new(move || {
+                    let s = shared.snapshot.read();
+                    transfer::GroupView {
+                        term: s.term,
+                        leader: s.leader,
+                        commit: s.commit_index,
+                        membership: s.membership.clone(),
+                    }
+                }),
+                received: Box::new(move |msg| {
+                    if let Some(addr) = slot.get() {
+                        addr.do_send(msg);
+                    }
+                }),
+            },
+        ));
     }
     let deps = Arc::new(GroupDeps {
         group,
@@ -666,6 +755,12 @@ fn start_group<M: StateMachine>(
         shared: shared.clone(),
         members: members.clone(),
         epoch,
+        transfer: group::GroupTransfer {
+            sender: transfer.sender,
+            receiver: transfer.receiver,
+            dir: snapshots,
+            links,
+        },
         snapshotter: snapshotter_slot.clone(),
         snapshots: storage.snapshots.clone(),
         snapshot_policy: SnapshotPolicy {

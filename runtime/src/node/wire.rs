@@ -1,6 +1,7 @@
 //! What travels between nodes on the transport: one envelope for every protocol, so the single
 //! connection a pair of nodes shares (both directions) carries every Raft group and gossip.
 
+use super::transfer::{SnapshotAck, SnapshotChunk};
 use conclave_actors::{raft, swim};
 use serde::{Deserialize, Serialize};
 
@@ -12,4 +13,9 @@ pub enum WireMessage {
     /// A SWIM gossip frame (probe, ack, ping-req, join, ... with piggybacked rumors), for the
     /// node's gossip actor.
     Swim(swim::Message),
+    /// A piece of a snapshot, from a group's leader to a lagging follower (docs/transport.md,
+    /// "Snapshot transfer"); for the node's snapshot receiver.
+    SnapshotChunk(SnapshotChunk),
+    /// The follower's answer to a chunk; for the node's snapshot sender.
+    SnapshotAck(SnapshotAck),
 }

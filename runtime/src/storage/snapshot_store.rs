@@ -348,6 +348,60 @@ impl SnapshotStore {
     }
 }
 
+/// Snapshots received from a leader (`node::transfer`): the image arrives elsewhere in the
+/// directory and is moved in whole.
+impl SnapshotStore {
+    /// The store at `dir`, without the clean-up [`SnapshotStore::open`] does: for readers (a
+    /// snapshot transfer) that must not remove the `.tmp` file of a snapshot being written.
+    pub fn existing(dir: &Path) -> SnapshotStore {
+        SnapshotStore {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Makes the complete, fsynced image `file` (in this store's directory, so the rename is
+    /// atomic) the snapshot `meta`, of `len` bytes with xxh3-64 `digest`: renames it, writes
+    /// its sidecar like [`SnapshotWriter::finish`], fsyncs the directory and prunes all but
+    /// this snapshot and the one before it. The caller has verified length and digest.
+    pub fn adopt(
+        &self,
+        meta: SnapshotMeta,
+        file: &Path,
+        len: u64,
+        digest: u64,
+    ) -> Result<StoredSnapshot, SnapshotStoreError> {
+        let (index, term) = (meta.index, meta.term);
+        let image_path = self.image_path(index, term);
+        std::fs::rename(file, &image_path).map_err(io("rename", file))?;
+        let sidecar = Sidecar {
+            version: SIDECAR_VERSION,
+            meta: meta.clone(),
+            len,
+            digest,
+        };
+        let meta_path = self.sidecar_path(index, term);
+        let meta_tmp = self.dir.join(format!("snap-{index}-{term}.meta.tmp"));
+        let bytes = rmp_serde::to_vec(&sidecar).map_err(|source| SnapshotStoreError::Encode {
+            path: meta_path.clone(),
+            source,
+        })?;
+        {
+            let mut f = File::create(&meta_tmp).map_err(io("create", &meta_tmp))?;
+            f.write_all(&bytes).map_err(io("write", &meta_tmp))?;
+            f.sync_all().map_err(io("fsync", &meta_tmp))?;
+        }
+        std::fs::rename(&meta_tmp, &meta_path).map_err(io("rename", &meta_tmp))?;
+        sync_dir(&self.dir)?;
+        self.prune()?;
+        Ok(StoredSnapshot {
+            meta,
+            len,
+            digest,
+            path: image_path,
+        })
+    }
+}
+
 /// An image being written; [`SnapshotWriter::finish`] makes it a snapshot. Dropped without
 /// `finish`, it leaves a `.tmp` file that the next [`SnapshotStore::open`] removes.
 pub struct SnapshotWriter {

@@ -40,6 +40,12 @@ impl Cluster {
     pub fn new_with(dir: &Path, n: u64, tweak: impl Fn(&mut Config)) -> Cluster {
         let mut configs = local_configs(n, &dir.join("data"));
         configs.iter_mut().for_each(&tweak);
+        Self::from_configs(dir, configs)
+    }
+
+    /// Starts one node per configuration (ids 1..=n, in order), writing them under `dir`.
+    pub fn from_configs(dir: &Path, configs: Vec<Config>) -> Cluster {
+        let n = configs.len();
         for c in &configs {
             let path = dir.join(format!("n{}.toml", c.node.id));
             std::fs::write(&path, c.to_toml().unwrap()).unwrap();
@@ -49,7 +55,7 @@ impl Cluster {
             configs,
             children: Vec::new(),
         };
-        for i in 0..n as usize {
+        for i in 0..n {
             let child = cluster.spawn(i);
             cluster.children.push(Some(child));
         }

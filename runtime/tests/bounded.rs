@@ -7,9 +7,11 @@
 //! the first sample and the end, and its data directory must stay under its size at the first
 //! sample plus a bound (64 MiB with the default thresholds, as the issue asks; 16 MiB for the
 //! short run, whose thresholds and WAL segments are scaled down so that keeping history would
-//! exceed it several times over). Then every node is killed with SIGKILL and restarted: the
-//! restarted nodes must hold the same 1,000 values, and their RSS after recovery must also be
-//! within 25% of the first sample (a recovery that replays history would not be).
+//! exceed it several times over). At 5% of the writes and at the end every node takes a
+//! snapshot, is killed with SIGKILL and restarted: the restarted nodes must hold the same
+//! 1,000 values, and the RSS after the second recovery (twenty times the history) must be
+//! within 25% of the RSS after the first (a recovery that replays history would not be); both
+//! recovery times are printed.
 //!
 //! ```text
 //! cargo test -p conclave --test bounded -- --nocapture                  # short: 40,000 writes
@@ -31,7 +33,7 @@ use common::Cluster;
 use conclave::client::Client;
 use conclave::config::ReadLevel;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,11 +84,21 @@ fn value(key: u64, n: u64) -> Vec<u8> {
     v
 }
 
-async fn load(endpoint: String, total: u64, acked: Arc<AtomicU64>, worker: u64) -> u64 {
+async fn load(
+    endpoint: String,
+    total: u64,
+    acked: Arc<AtomicU64>,
+    paused: Arc<AtomicBool>,
+    worker: u64,
+) -> u64 {
     let client = Client::with_timeout(&endpoint, Duration::from_secs(10)).unwrap();
     let mut failures = 0u64;
     let mut n = worker;
     while acked.load(Ordering::Relaxed) < total {
+        if paused.load(Ordering::Relaxed) {
+            actix::clock::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         n += CLIENTS;
         // A small hot key space: every worker walks all keys, offset from the others.
         let key = n % KEYS;
@@ -110,6 +122,54 @@ async fn load(endpoint: String, total: u64, acked: Arc<AtomicU64>, worker: u64) 
     failures
 }
 
+/// Snapshots every node, kills it with SIGKILL and restarts it; returns how long until a
+/// leader serves every key and every node holds the same values, and each node's RSS then.
+async fn restart_all(cluster: &mut Cluster) -> (Duration, Vec<u64>) {
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let expected = read_all(&cluster.client(leader), ReadLevel::Linearizable).await;
+    assert_eq!(expected.len() as u64, KEYS);
+    for i in 0..3 {
+        assert!(
+            read_all_applied(cluster, i, &expected).await,
+            "node {} does not hold the leader's values",
+            i + 1
+        );
+    }
+    // Each node snapshots now, so both restarts find the same retained log (`keep_entries`)
+    // whatever point of the snapshot cycle the load stopped at: what differs is the history.
+    for i in 0..3 {
+        let taken = cluster.client(i).take_snapshot(0).await.unwrap();
+        assert!(taken.index > 0, "node {}: {taken:?}", i + 1);
+    }
+    for i in 0..3 {
+        cluster.kill9(i);
+    }
+    let start = Instant::now();
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    let leader = cluster.leader(Duration::from_secs(60)).await;
+    let after = read_all(&cluster.client(leader), ReadLevel::Linearizable).await;
+    assert_eq!(
+        after, expected,
+        "acknowledged values lost over kill -9 + restart"
+    );
+    for i in 0..3 {
+        assert!(
+            read_all_applied(cluster, i, &expected).await,
+            "node {} lost values over the restart",
+            i + 1
+        );
+    }
+    let took = start.elapsed();
+    let rss = cluster
+        .children
+        .iter()
+        .map(|c| rss_kib(c.as_ref().unwrap().id()))
+        .collect();
+    (took, rss)
+}
+
 #[actix::test]
 async fn memory_and_disk_stay_bounded_under_overwrites() {
     let total = env_u64("CONCLAVE_BOUNDED_WRITES", 40_000);
@@ -124,29 +184,54 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
         }
     });
     let leader = cluster.leader(Duration::from_secs(30)).await;
+    // Followers forward writes, so the load goes on through this node after restarts.
     let endpoint = cluster.endpoint(leader);
-    let pids: Vec<u32> = cluster
-        .children
-        .iter()
-        .map(|c| c.as_ref().unwrap().id())
-        .collect();
     let dirs: Vec<_> = cluster
         .configs
         .iter()
         .map(|c| c.node.data_dir.clone())
         .collect();
+    let pids = |cluster: &Cluster| -> Vec<u32> {
+        cluster
+            .children
+            .iter()
+            .map(|c| c.as_ref().unwrap().id())
+            .collect()
+    };
 
     let acked = Arc::new(AtomicU64::new(0));
+    let paused = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..CLIENTS)
-        .map(|w| actix::spawn(load(endpoint.clone(), total, acked.clone(), w)))
+        .map(|w| {
+            actix::spawn(load(
+                endpoint.clone(),
+                total,
+                acked.clone(),
+                paused.clone(),
+                w,
+            ))
+        })
         .collect();
 
-    // First sample at 10% of the writes.
+    // A restart at 5% of the writes, to compare with one after twenty times the history.
     let start = Instant::now();
+    while acked.load(Ordering::Relaxed) < total / 20 {
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    paused.store(true, Ordering::Relaxed);
+    let early = acked.load(Ordering::Relaxed);
+    let (first_restart, first_restart_rss) = restart_all(&mut cluster).await;
+    eprintln!(
+        "restart of all three after {early} writes: every value back on every node in {:.1}s; rss KiB {first_restart_rss:?}",
+        first_restart.as_secs_f64()
+    );
+    paused.store(false, Ordering::Relaxed);
+
+    // First sample at 10% of the writes, under load.
     while acked.load(Ordering::Relaxed) < total / 10 {
         actix::clock::sleep(Duration::from_millis(50)).await;
     }
-    let first_rss: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    let first_rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss_kib(p)).collect();
     let first_dir: Vec<u64> = dirs.iter().map(|d| dir_bytes(d)).collect();
     eprintln!(
         "first sample after {} writes ({:.1}s): rss KiB {first_rss:?}, data dirs MiB {:?}",
@@ -154,11 +239,22 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
         start.elapsed().as_secs_f64(),
         first_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>()
     );
+
     let mut max_dir = first_dir.clone();
+    let mut next_report = total / 5;
     while acked.load(Ordering::Relaxed) < total {
         actix::clock::sleep(Duration::from_millis(500)).await;
         for (i, d) in dirs.iter().enumerate() {
             max_dir[i] = max_dir[i].max(dir_bytes(d));
+        }
+        let done = acked.load(Ordering::Relaxed);
+        if done >= next_report && done < total {
+            next_report += total / 10;
+            let rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss_kib(p)).collect();
+            eprintln!(
+                "after {done} writes: rss KiB {rss:?}, max data dirs MiB so far {:?}",
+                max_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>()
+            );
         }
     }
     let mut failures = 0;
@@ -168,13 +264,12 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
     let elapsed = start.elapsed();
     // Let the followers apply the tail before the last memory sample.
     actix::clock::sleep(Duration::from_secs(2)).await;
-    let end_rss: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    let end_rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss_kib(p)).collect();
     let end_dir: Vec<u64> = dirs.iter().map(|d| dir_bytes(d)).collect();
     eprintln!(
-        "{} writes in {:.1}s ({:.0}/s, {failures} retried): rss KiB {end_rss:?}, data dirs MiB now {:?}, max {:?}",
+        "{} writes in {:.1}s ({failures} retried): rss KiB {end_rss:?}, data dirs MiB now {:?}, max {:?}",
         acked.load(Ordering::Relaxed),
         elapsed.as_secs_f64(),
-        acked.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
         end_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>(),
         max_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>()
     );
@@ -199,49 +294,22 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
         );
     }
 
-    // The same data everywhere, then after kill -9 and restart of every node.
-    let expected = read_all(&cluster.client(leader), ReadLevel::Linearizable).await;
-    assert_eq!(expected.len() as u64, KEYS, "every key was written");
-    for i in 0..3 {
-        let got = read_all_applied(&cluster, i, &expected).await;
-        assert!(got, "node {} does not hold the leader's values", i + 1);
-    }
-    for i in 0..3 {
-        cluster.kill9(i);
-    }
-    let restart = Instant::now();
-    for i in 0..3 {
-        cluster.restart(i);
-    }
-    let leader = cluster.leader(Duration::from_secs(60)).await;
-    let after = read_all(&cluster.client(leader), ReadLevel::Linearizable).await;
-    assert_eq!(
-        after, expected,
-        "acknowledged values lost over kill -9 + restart"
-    );
-    for i in 0..3 {
-        assert!(
-            read_all_applied(&cluster, i, &expected).await,
-            "node {} lost values over the restart",
-            i + 1
-        );
-    }
-    let restarted_rss: Vec<u64> = cluster
-        .children
-        .iter()
-        .map(|c| rss_kib(c.as_ref().unwrap().id()))
-        .collect();
+    // The same restart after twenty times the history: same memory (recovery reads what the
+    // snapshot and the retained log hold, not the history).
+    let (last_restart, last_restart_rss) = restart_all(&mut cluster).await;
     eprintln!(
-        "restart of all three: leader and every value back in {:.1}s; rss KiB {restarted_rss:?}",
-        restart.elapsed().as_secs_f64()
+        "restart of all three after {total} writes: every value back on every node in {:.1}s ({:.2}x the one after {early}); rss KiB {last_restart_rss:?}",
+        last_restart.as_secs_f64(),
+        last_restart.as_secs_f64() / first_restart.as_secs_f64()
     );
     for i in 0..3 {
-        let growth = restarted_rss[i] as f64 / first_rss[i] as f64;
+        let growth = last_restart_rss[i] as f64 / first_restart_rss[i] as f64;
         assert!(
             growth < RSS_GROWTH,
-            "node {}: RSS after recovery is {growth:.2}x the first sample ({} KiB)",
+            "node {}: RSS after recovery from {total} writes is {growth:.2}x the one after {early} ({} → {} KiB)",
             i + 1,
-            restarted_rss[i]
+            first_restart_rss[i],
+            last_restart_rss[i]
         );
     }
 }

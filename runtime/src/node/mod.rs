@@ -580,6 +580,7 @@ async fn start_node<M: StateMachine>(
             watchdog,
         }),
     };
+    spawn_metrics_upkeep(&handle);
     Ok(Node {
         handle,
         transport,
@@ -589,6 +590,35 @@ async fn start_node<M: StateMachine>(
         applier_arbiters,
         transfer_arbiters,
     })
+}
+
+/// How often the Prometheus recorder's histogram samples are folded into its summaries.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Folds the recorder's pending histogram samples into its summaries every
+/// [`METRICS_UPKEEP`], for as long as the node lives.
+///
+/// Why: the recorder queues every histogram sample (one per HTTP request, one per WAL batch)
+/// until it is rendered; `install_recorder` starts no upkeep task, so a node nobody scrapes
+/// grew by ~25 bytes per write without bound (found by `tests/bounded.rs`: +9 MB RSS over
+/// 360,000 writes on a node whose live data is 1 MB).
+fn spawn_metrics_upkeep<M: StateMachine>(handle: &NodeHandle<M>) {
+    if handle.inner.prometheus.is_none() {
+        return;
+    }
+    let inner = Arc::downgrade(&handle.inner);
+    actix::spawn(async move {
+        let mut every = actix::clock::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            if let Some(p) = &inner.prometheus {
+                p.run_upkeep();
+            }
+        }
+    });
 }
 
 /// Starts the gossip actor under its own one-for-one supervisor.

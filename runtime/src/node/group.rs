@@ -272,6 +272,9 @@ pub struct GroupActor<M: StateMachine> {
     was_leader: bool,
     /// A snapshot received from the leader and handed to the core, not yet adopted.
     staged: Option<SnapshotMeta>,
+    /// A received snapshot the core is installing (adopted or being adopted, not yet
+    /// restored): announcing it again changes nothing.
+    installing: Option<SnapshotMeta>,
     /// Persists are held while a received snapshot moves into the store (it must be in place
     /// before the persist that makes it the group's base).
     adopting: bool,
@@ -410,6 +413,7 @@ impl<M: StateMachine> GroupActor<M> {
             next_read: 1,
             was_leader: false,
             staged: None,
+            installing: None,
             adopting: false,
             adopted: None,
             pending_restore: None,
@@ -702,6 +706,7 @@ impl<M: StateMachine> GroupActor<M> {
                 let meta = req.snapshot.clone().unwrap_or_default();
                 self.persist_queue.push_back(req);
                 if self.staged.take().as_ref() == Some(&meta) {
+                    self.installing = Some(meta.clone());
                     self.adopt(meta, ctx);
                 }
             }
@@ -764,6 +769,7 @@ impl<M: StateMachine> GroupActor<M> {
                 // switched to the snapshot before anything after it.
                 self.apply_queue.retain(|e| e.index > meta.index);
                 self.enqueued_upto = self.enqueued_upto.max(meta.index);
+                self.installing = None;
                 match self.adopted.take() {
                     Some(stored) if stored.meta == meta => {
                         metrics::counter!("conclave_snapshot_installed_total", "group" => self.deps.group.to_string())
@@ -1371,7 +1377,7 @@ impl<M: StateMachine> Handler<SnapshotReceived> for GroupActor<M> {
         let Some(core) = self.core.as_mut() else {
             return;
         };
-        if self.staged.as_ref() == Some(&msg.meta) || self.adopting {
+        if self.installing.as_ref() == Some(&msg.meta) {
             // The same image announced again (a repeated last chunk) while it is installed.
             return;
         }

@@ -464,6 +464,13 @@ async fn an_empty_node_catches_up_from_a_snapshot_without_a_leader_change() {
         acked.len(),
         sent / 1e6 / elapsed.as_secs_f64()
     );
+    for line in c.logs().lines().filter(|l| {
+        l.contains("snapshot transfer complete")
+            || l.contains("snapshot received and staged")
+            || l.contains("state machine restored")
+    }) {
+        eprintln!("{line}");
+    }
     assert!(metric(&c, f, "conclave_snapshot_installed_total").await >= 1.0);
     holds(&c, f, &acked).await;
 }

@@ -74,7 +74,10 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("n{id}.log")))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_conclave"))
+        // `CONCLAVE_NODE_BIN` runs another build (e.g. a release binary for long runs).
+        let bin = std::env::var("CONCLAVE_NODE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_conclave").to_owned());
+        Command::new(bin)
             .arg("node")
             .arg("--config")
             .arg(self.dir.join(format!("n{id}.toml")))

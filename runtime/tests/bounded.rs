@@ -1,0 +1,294 @@
+//! Memory and disk bounded by live data, not by history (issue 13 point 4).
+//!
+//! Three `conclave node` processes; 16 clients overwrite 1,000 keys with 1 KiB values until
+//! `CONCLAVE_BOUNDED_WRITES` writes were acknowledged. When 10% of them are in, each node's
+//! RSS and data directory size are sampled; from then on the data directories are sampled
+//! every 500 ms, and at the end RSS again. Each node's RSS must grow less than 25% between
+//! the first sample and the end, and its data directory must stay under its size at the first
+//! sample plus a bound (64 MiB with the default thresholds, as the issue asks; 16 MiB for the
+//! short run, whose thresholds and WAL segments are scaled down so that keeping history would
+//! exceed it several times over). Then every node is killed with SIGKILL and restarted: the
+//! restarted nodes must hold the same 1,000 values, and their RSS after recovery must also be
+//! within 25% of the first sample (a recovery that replays history would not be).
+//!
+//! ```text
+//! cargo test -p conclave --test bounded -- --nocapture                  # short: 40,000 writes
+//! cargo build --release -p conclave
+//! CONCLAVE_BOUNDED_WRITES=400000 CONCLAVE_NODE_BIN=target/release/conclave \
+//!     cargo test -p conclave --test bounded -- --nocapture               # the issue's run
+//! ```
+//!
+//! Runs of 100,000 writes or more use the default `[snapshot]` and WAL settings; shorter runs
+//! scale them down (`threshold_entries` 2,000, `keep_entries` 500, 1 MiB WAL segments).
+//! `CONCLAVE_BOUNDED_THRESHOLD=0` (no automatic snapshots) shows the checks failing: without
+//! compaction the short run's data directories grow past the bound.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Cluster;
+use conclave::client::Client;
+use conclave::config::ReadLevel;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KEYS: u64 = 1_000;
+const VALUE: usize = 1024;
+const CLIENTS: u64 = 16;
+/// Largest RSS growth allowed between the first sample and the end (or after a restart).
+const RSS_GROWTH: f64 = 1.25;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// A value that names its key and the write that produced it, so replicas can be compared.
+fn value(key: u64, n: u64) -> Vec<u8> {
+    let mut v = format!("{key}:{n}:").into_bytes();
+    v.resize(VALUE, b'x');
+    v
+}
+
+async fn load(endpoint: String, total: u64, acked: Arc<AtomicU64>, worker: u64) -> u64 {
+    let client = Client::with_timeout(&endpoint, Duration::from_secs(10)).unwrap();
+    let mut failures = 0u64;
+    let mut n = worker;
+    while acked.load(Ordering::Relaxed) < total {
+        n += CLIENTS;
+        // A small hot key space: every worker walks all keys, offset from the others.
+        let key = n % KEYS;
+        match client
+            .put(format!("k{key:04}").as_bytes(), value(key, n), None)
+            .await
+        {
+            Ok(_) => {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                failures += 1;
+                assert!(
+                    failures < 1_000,
+                    "worker {worker}: too many failed writes ({e})"
+                );
+                actix::clock::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    failures
+}
+
+#[actix::test]
+async fn memory_and_disk_stay_bounded_under_overwrites() {
+    let total = env_u64("CONCLAVE_BOUNDED_WRITES", 40_000);
+    let full = total >= 100_000;
+    let disk_allowance: u64 = if full { 64 << 20 } else { 16 << 20 };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new_with(tmp.path(), 3, |c| {
+        if !full {
+            c.snapshot.threshold_entries = env_u64("CONCLAVE_BOUNDED_THRESHOLD", 2_000);
+            c.snapshot.keep_entries = 500;
+            c.storage.wal_segment_bytes = 1 << 20;
+        }
+    });
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let endpoint = cluster.endpoint(leader);
+    let pids: Vec<u32> = cluster
+        .children
+        .iter()
+        .map(|c| c.as_ref().unwrap().id())
+        .collect();
+    let dirs: Vec<_> = cluster
+        .configs
+        .iter()
+        .map(|c| c.node.data_dir.clone())
+        .collect();
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|w| actix::spawn(load(endpoint.clone(), total, acked.clone(), w)))
+        .collect();
+
+    // First sample at 10% of the writes.
+    let start = Instant::now();
+    while acked.load(Ordering::Relaxed) < total / 10 {
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    let first_rss: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    let first_dir: Vec<u64> = dirs.iter().map(|d| dir_bytes(d)).collect();
+    eprintln!(
+        "first sample after {} writes ({:.1}s): rss KiB {first_rss:?}, data dirs MiB {:?}",
+        acked.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+        first_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>()
+    );
+    let mut max_dir = first_dir.clone();
+    while acked.load(Ordering::Relaxed) < total {
+        actix::clock::sleep(Duration::from_millis(500)).await;
+        for (i, d) in dirs.iter().enumerate() {
+            max_dir[i] = max_dir[i].max(dir_bytes(d));
+        }
+    }
+    let mut failures = 0;
+    for w in workers {
+        failures += w.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    // Let the followers apply the tail before the last memory sample.
+    actix::clock::sleep(Duration::from_secs(2)).await;
+    let end_rss: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    let end_dir: Vec<u64> = dirs.iter().map(|d| dir_bytes(d)).collect();
+    eprintln!(
+        "{} writes in {:.1}s ({:.0}/s, {failures} retried): rss KiB {end_rss:?}, data dirs MiB now {:?}, max {:?}",
+        acked.load(Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        acked.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        end_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>(),
+        max_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>()
+    );
+    for i in 0..3 {
+        let growth = end_rss[i] as f64 / first_rss[i] as f64;
+        assert!(
+            growth < RSS_GROWTH,
+            "node {}: RSS grew {growth:.2}x ({} → {} KiB) between {} and {total} writes; logs in {}",
+            i + 1,
+            first_rss[i],
+            end_rss[i],
+            total / 10,
+            cluster.dir.display()
+        );
+        assert!(
+            max_dir[i] < first_dir[i] + disk_allowance,
+            "node {}: data dir reached {:.1} MiB, more than {:.1} MiB at the first sample + {:.0} MiB",
+            i + 1,
+            mib(max_dir[i]),
+            mib(first_dir[i]),
+            mib(disk_allowance)
+        );
+    }
+
+    // The same data everywhere, then after kill -9 and restart of every node.
+    let expected = read_all(&cluster.client(leader), ReadLevel::Linearizable).await;
+    assert_eq!(expected.len() as u64, KEYS, "every key was written");
+    for i in 0..3 {
+        let got = read_all_applied(&cluster, i, &expected).await;
+        assert!(got, "node {} does not hold the leader's values", i + 1);
+    }
+    for i in 0..3 {
+        cluster.kill9(i);
+    }
+    let restart = Instant::now();
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    let leader = cluster.leader(Duration::from_secs(60)).await;
+    let after = read_all(&cluster.client(leader), ReadLevel::Linearizable).await;
+    assert_eq!(
+        after, expected,
+        "acknowledged values lost over kill -9 + restart"
+    );
+    for i in 0..3 {
+        assert!(
+            read_all_applied(&cluster, i, &expected).await,
+            "node {} lost values over the restart",
+            i + 1
+        );
+    }
+    let restarted_rss: Vec<u64> = cluster
+        .children
+        .iter()
+        .map(|c| rss_kib(c.as_ref().unwrap().id()))
+        .collect();
+    eprintln!(
+        "restart of all three: leader and every value back in {:.1}s; rss KiB {restarted_rss:?}",
+        restart.elapsed().as_secs_f64()
+    );
+    for i in 0..3 {
+        let growth = restarted_rss[i] as f64 / first_rss[i] as f64;
+        assert!(
+            growth < RSS_GROWTH,
+            "node {}: RSS after recovery is {growth:.2}x the first sample ({} KiB)",
+            i + 1,
+            restarted_rss[i]
+        );
+    }
+}
+
+/// Every key's value, read at `level` from one node.
+async fn read_all(client: &Client, level: ReadLevel) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::with_capacity(KEYS as usize);
+    for key in 0..KEYS {
+        let k = format!("k{key:04}");
+        let mut tries = 0;
+        let v = loop {
+            match client.get(k.as_bytes(), Some(level)).await {
+                Ok(v) => break v,
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 100, "reading {k}: {e}");
+                    actix::clock::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        out.push(v);
+    }
+    out
+}
+
+/// Whether node `i` serves `expected` from its own state (stale reads) within 30 s.
+async fn read_all_applied(cluster: &Cluster, i: usize, expected: &[Option<Vec<u8>>]) -> bool {
+    let client = cluster.client(i);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for (key, want) in expected.iter().enumerate() {
+            let k = format!("k{key:04}");
+            match client.get(k.as_bytes(), Some(ReadLevel::Stale)).await {
+                Ok(v) if &v == want => {}
+                _ => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        if all {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        actix::clock::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -32,7 +32,7 @@ use super::snapshotter::{
     NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
 };
 use super::transfer_actor::{
-    Adopt, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
+    Adopt, PeerAddrs, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
 };
 use super::wire::WireMessage;
 use crate::config::MemberConfig;
@@ -47,7 +47,7 @@ use conclave_actors::raft::{
     ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
 };
 use conclave_actors::supervisor::{ChildGuard, Slot};
-use conclave_transport::PeerLink;
+use conclave_transport::Endpoint;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -182,8 +182,10 @@ pub struct GroupTransfer {
     pub receiver: Addr<SnapshotReceiver>,
     /// The group's snapshot directory.
     pub dir: PathBuf,
-    /// Links to the peers.
-    pub links: HashMap<NodeId, PeerLink<WireMessage>>,
+    /// The transport, for the link to a peer that needs a snapshot.
+    pub endpoint: Arc<dyn Endpoint<WireMessage>>,
+    /// Where a peer's transport listens.
+    pub addrs: PeerAddrs,
 }
 
 /// A snapshot transfer this group asked for ended.
@@ -803,7 +805,7 @@ impl<M: StateMachine> GroupActor<M> {
         ctx: &mut Context<Self>,
     ) {
         let t = &self.deps.transfer;
-        let Some(link) = t.links.get(&to).cloned() else {
+        let Some(link) = (t.addrs)(to).map(|addr| t.endpoint.peer(to, addr)) else {
             tracing::warn!(
                 group = self.deps.group,
                 to,

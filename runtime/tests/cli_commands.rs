@@ -248,3 +248,23 @@ fn an_unreachable_node_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("invalid endpoint"), "{}", stderr(&o));
 }
+
+#[test]
+fn snapshot_command_takes_one_on_the_node() {
+    let double = Double::new(1);
+    let addr = start_in_background(double.clone());
+    let ep = format!("http://{addr}");
+    let ep = ep.as_str();
+    let o = conclave(&["kv", "put", "greeting", "hello", "--endpoint", ep]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = conclave(&["snapshot", "--endpoint", ep]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("group 0: snapshot at index 1 (term 1), 13 bytes"),
+        "{}",
+        stdout(&o)
+    );
+    let o = conclave(&["snapshot", "--group", "5", "--endpoint", ep]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("group_not_found"), "{}", stderr(&o));
+}

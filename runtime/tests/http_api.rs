@@ -733,3 +733,58 @@ async fn cluster_members_lists_the_gossip_view() {
     );
     s.stop().await;
 }
+
+/// `POST /v1/cluster/snapshot`: what the service took, typed errors for bad input, an unknown
+/// group and a snapshot already running.
+#[actix_web::test]
+async fn snapshot_route() {
+    let s = TestServer::start(Double::new(1), 10);
+    assert_eq!(put(&s, "k", b"value").await.status, StatusCode::OK);
+    let post = |path: &str| send(client().post(s.url(path)), None);
+    let r = post("/v1/cluster/snapshot").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(
+        (
+            v["group"].as_u64(),
+            v["index"].as_u64(),
+            v["bytes"].as_u64()
+        ),
+        (Some(0), Some(1), Some(6))
+    );
+    assert_eq!(v["taken"], serde_json::json!(true));
+    assert_eq!(
+        post("/v1/cluster/snapshot?group=0").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post("/v1/cluster/snapshot?group=x")
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "invalid_query"
+    );
+    assert_eq!(
+        post("/v1/cluster/snapshot?grp=0")
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "invalid_query"
+    );
+    assert_eq!(
+        post("/v1/cluster/snapshot?group=4")
+            .await
+            .error(StatusCode::NOT_FOUND),
+        "group_not_found"
+    );
+    assert_eq!(
+        get(&s, "/v1/cluster/snapshot").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    s.double
+        .set_mode(Mode::Fail(RequestError::SnapshotInProgress { group: 0 }));
+    assert_eq!(
+        post("/v1/cluster/snapshot")
+            .await
+            .error(StatusCode::CONFLICT),
+        "snapshot_in_progress"
+    );
+}

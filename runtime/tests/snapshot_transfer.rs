@@ -464,6 +464,171 @@ async fn an_empty_node_catches_up_from_a_snapshot_without_a_leader_change() {
         acked.len(),
         sent / 1e6 / elapsed.as_secs_f64()
     );
+    for line in c.logs().lines().filter(|l| {
+        l.contains("snapshot transfer complete")
+            || l.contains("snapshot received and staged")
+            || l.contains("state machine restored")
+    }) {
+        eprintln!("{line}");
+    }
     assert!(metric(&c, f, "conclave_snapshot_installed_total").await >= 1.0);
+    holds(&c, f, &acked).await;
+}
+
+#[actix::test]
+async fn hostile_snapshot_chunks_are_refused_by_a_real_node_and_change_nothing() {
+    use common::rogue::rogue;
+    use conclave::node::transfer::{checksum, SnapshotChunk};
+    use conclave::node::wire::WireMessage;
+    use conclave_actors::raft::{Membership, SnapshotMeta};
+    use conclave_transport::Endpoint;
+
+    let dir = tempfile::tempdir().unwrap();
+    // No cluster secret: the allowlist is the only transport check, so an impostor of a member
+    // gets through to the snapshot receiver (with a secret it would not even connect).
+    let mut c = Cluster::new_with(dir.path(), 3, |cfg| {
+        small_snapshots(cfg);
+        cfg.cluster.secret = None;
+    });
+    let first = c.leader(Duration::from_secs(15)).await;
+    let acked = write_keys(&c, first, "h", 100, 256).await;
+    // The first leader goes (so the term is at least 2) and the impostor takes its id.
+    c.kill9(first);
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let t = (0..3).find(|&i| i != first && i != leader).unwrap();
+    let k = first;
+    caught_up(&c, t, leader, Duration::from_secs(10)).await;
+    let before = c.client(t).status().await.unwrap();
+    assert!(before.term >= 2);
+    let files = || {
+        std::fs::read_dir(snapshot_dir(&c, t))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let files_before = files();
+
+    // The impostor claims the killed member's id.
+    let impostor_id = c.configs[k].node.id;
+    let target = (c.configs[t].node.id, c.configs[t].node.listen);
+    let impostor = rogue(impostor_id, &c.configs[0].cluster.id).await;
+    let link = impostor.peer(target.0, target.1);
+    let chunk = |term: u64, index: u64, total: u64, offset: u64| {
+        let data = vec![7u8; 1000];
+        SnapshotChunk {
+            group: 0,
+            from: impostor_id,
+            term,
+            meta: SnapshotMeta {
+                index,
+                term: 1,
+                membership: Membership::with_voters([1, 2, 3]),
+            },
+            total,
+            digest: 1,
+            offset,
+            checksum: checksum(&data),
+            data,
+        }
+    };
+    let far = before.commit_index + 1_000;
+    let cases = [
+        ("not_leader", chunk(before.term, far, 10_000, 0)),
+        ("stale_term", chunk(before.term - 1, far, 10_000, 0)),
+        ("total_too_large", chunk(before.term, far, u64::MAX, 0)),
+        ("past_total", chunk(before.term, far, 10_000, 9_500)),
+        // Even from a newer term, a snapshot at or below the commit index changes nothing.
+        ("stale", chunk(before.term + 1, 1, 10_000, 0)),
+    ];
+    for (_, ch) in &cases {
+        link.send(WireMessage::SnapshotChunk(ch.clone()))
+            .await
+            .unwrap();
+    }
+    let mut other_group = chunk(before.term, far, 10_000, 0);
+    other_group.group = 9;
+    link.send(WireMessage::SnapshotChunk(other_group))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for reason in cases.iter().map(|(r, _)| *r).chain(["unknown_group"]) {
+        let label = format!("reason=\"{reason}\"");
+        while metric_with(&c, t, "conclave_snapshot_chunks_refused_total", &label).await < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "no {reason} refusal\n{}",
+                c.logs()
+            );
+            actix::clock::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(files(), files_before, "the receiver's directory changed");
+    let after = c.client(t).status().await.unwrap();
+    assert_eq!(
+        after.term, before.term,
+        "a refused chunk's newer term was adopted"
+    );
+    assert_eq!(
+        metric(&c, t, "conclave_snapshot_installed_total").await,
+        0.0
+    );
+    holds(&c, t, &acked).await;
+}
+
+#[actix::test]
+async fn a_transfer_whose_receiver_restarts_resumes_from_its_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new_with(dir.path(), 3, |cfg| {
+        cfg.snapshot.threshold_entries = 0;
+        cfg.snapshot.threshold_log_bytes = 0;
+        cfg.snapshot.keep_entries = 10;
+        cfg.snapshot.chunk_bytes = 64 * 1024;
+        cfg.snapshot.max_send_rate_mb_s = 1;
+    });
+    let leader = c.leader(Duration::from_secs(15)).await;
+    let f = (leader + 1) % 3;
+    c.kill9(f);
+    let acked = write_keys(&c, leader, "r", 256, 16 * 1024).await;
+    assert_eq!(acked.len(), 256, "{}", c.logs());
+    take_snapshot(&c, leader).await;
+    c.restart(f);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partial_bytes(&c, f) < 1 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "no transfer started\n{}",
+            c.logs()
+        );
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
+    // The receiver dies mid-transfer and comes back: it finds its partial file.
+    c.kill9(f);
+    let kept = partial_bytes(&c, f);
+    c.restart(f);
+    caught_up(&c, f, leader, Duration::from_secs(60)).await;
+    assert!(
+        metric(&c, f, "conclave_snapshot_resumed_total").await >= 1.0,
+        "the transfer did not resume\n{}",
+        c.logs()
+    );
+    let sent = metric(&c, leader, "conclave_snapshot_send_bytes_total").await;
+    let image = std::fs::read_dir(snapshot_dir(&c, leader))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+        .map(|e| e.metadata().unwrap().len())
+        .max()
+        .unwrap();
+    eprintln!(
+        "image {image} B, {kept} B kept by the receiver across its restart, {sent} B sent in all"
+    );
+    // Everything once, plus at most a few chunks lost with the killed process.
+    assert!(
+        sent <= image as f64 + 4.0 * 65536.0,
+        "sent {sent} B for a {image} B image"
+    );
     holds(&c, f, &acked).await;
 }

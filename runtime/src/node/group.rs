@@ -32,7 +32,7 @@ use super::snapshotter::{
     NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
 };
 use super::transfer_actor::{
-    Adopt, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
+    Adopt, PeerAddrs, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
 };
 use super::wire::WireMessage;
 use crate::config::MemberConfig;
@@ -47,7 +47,7 @@ use conclave_actors::raft::{
     ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
 };
 use conclave_actors::supervisor::{ChildGuard, Slot};
-use conclave_transport::PeerLink;
+use conclave_transport::Endpoint;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -182,8 +182,10 @@ pub struct GroupTransfer {
     pub receiver: Addr<SnapshotReceiver>,
     /// The group's snapshot directory.
     pub dir: PathBuf,
-    /// Links to the peers.
-    pub links: HashMap<NodeId, PeerLink<WireMessage>>,
+    /// The transport, for the link to a peer that needs a snapshot.
+    pub endpoint: Arc<dyn Endpoint<WireMessage>>,
+    /// Where a peer's transport listens.
+    pub addrs: PeerAddrs,
 }
 
 /// A snapshot transfer this group asked for ended.
@@ -272,6 +274,9 @@ pub struct GroupActor<M: StateMachine> {
     was_leader: bool,
     /// A snapshot received from the leader and handed to the core, not yet adopted.
     staged: Option<SnapshotMeta>,
+    /// A received snapshot the core is installing (adopted or being adopted, not yet
+    /// restored): announcing it again changes nothing.
+    installing: Option<SnapshotMeta>,
     /// Persists are held while a received snapshot moves into the store (it must be in place
     /// before the persist that makes it the group's base).
     adopting: bool,
@@ -410,6 +415,7 @@ impl<M: StateMachine> GroupActor<M> {
             next_read: 1,
             was_leader: false,
             staged: None,
+            installing: None,
             adopting: false,
             adopted: None,
             pending_restore: None,
@@ -702,6 +708,7 @@ impl<M: StateMachine> GroupActor<M> {
                 let meta = req.snapshot.clone().unwrap_or_default();
                 self.persist_queue.push_back(req);
                 if self.staged.take().as_ref() == Some(&meta) {
+                    self.installing = Some(meta.clone());
                     self.adopt(meta, ctx);
                 }
             }
@@ -764,6 +771,7 @@ impl<M: StateMachine> GroupActor<M> {
                 // switched to the snapshot before anything after it.
                 self.apply_queue.retain(|e| e.index > meta.index);
                 self.enqueued_upto = self.enqueued_upto.max(meta.index);
+                self.installing = None;
                 match self.adopted.take() {
                     Some(stored) if stored.meta == meta => {
                         metrics::counter!("conclave_snapshot_installed_total", "group" => self.deps.group.to_string())
@@ -797,7 +805,7 @@ impl<M: StateMachine> GroupActor<M> {
         ctx: &mut Context<Self>,
     ) {
         let t = &self.deps.transfer;
-        let Some(link) = t.links.get(&to).cloned() else {
+        let Some(link) = (t.addrs)(to).map(|addr| t.endpoint.peer(to, addr)) else {
             tracing::warn!(
                 group = self.deps.group,
                 to,
@@ -1371,7 +1379,7 @@ impl<M: StateMachine> Handler<SnapshotReceived> for GroupActor<M> {
         let Some(core) = self.core.as_mut() else {
             return;
         };
-        if self.staged.as_ref() == Some(&msg.meta) || self.adopting {
+        if self.installing.as_ref() == Some(&msg.meta) {
             // The same image announced again (a repeated last chunk) while it is installed.
             return;
         }

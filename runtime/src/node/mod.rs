@@ -420,10 +420,13 @@ async fn start_node<M: StateMachine>(
     let receive_arbiter = Arbiter::new();
     let snapshot_sender =
         transfer_actor::SnapshotSender::new(id, transfer_limits(&config), send_arbiter.handle());
-    let snapshot_receiver = {
+    // Where a peer's transport listens, for snapshot chunks and acks (the configured members).
+    let peer_addrs: transfer_actor::PeerAddrs = {
         let members = members.clone();
-        let addrs: Arc<dyn Fn(u64) -> Option<std::net::SocketAddr> + Send + Sync> =
-            Arc::new(move |peer| members.get(&peer).map(|m| m.addr));
+        Arc::new(move |peer| members.get(&peer).map(|m| m.addr))
+    };
+    let snapshot_receiver = {
+        let addrs = peer_addrs.clone();
         let endpoint = endpoint.clone();
         transfer_actor::SnapshotReceiver::start_in_arbiter(&receive_arbiter.handle(), move |_| {
             transfer_actor::SnapshotReceiver::new(id, endpoint, addrs)
@@ -464,6 +467,8 @@ async fn start_node<M: StateMachine>(
                 transfer: GroupTransferDeps {
                     sender: snapshot_sender.clone(),
                     receiver: snapshot_receiver.clone(),
+                    endpoint: endpoint.clone(),
+                    addrs: peer_addrs.clone(),
                 },
             },
             epoch,
@@ -713,6 +718,8 @@ fn transfer_limits(config: &Config) -> transfer_actor::SendLimits {
 struct GroupTransferDeps {
     sender: transfer_actor::SnapshotSender,
     receiver: Addr<transfer_actor::SnapshotReceiver>,
+    endpoint: Arc<dyn Endpoint<WireMessage>>,
+    addrs: transfer_actor::PeerAddrs,
 }
 
 /// Where a group's state machine lives and how its calls are watched.
@@ -744,10 +751,8 @@ fn start_group<M: StateMachine>(
     let snapshotter_slot: Slot<SnapshotterActor> = Slot::new();
     let actor_slot: Slot<GroupActor<M>> = Slot::new();
     let mut replicators = HashMap::new();
-    let mut links = HashMap::new();
     for m in members.values().filter(|m| m.id != id) {
         replicators.insert(m.id, Slot::new());
-        links.insert(m.id, transport.peer(m.id, m.addr));
     }
     let transfer = storage.transfer;
     let snapshots = storage.snapshots.dir().to_owned();
@@ -789,7 +794,8 @@ fn start_group<M: StateMachine>(
             sender: transfer.sender,
             receiver: transfer.receiver,
             dir: snapshots,
-            links,
+            endpoint: transfer.endpoint,
+            addrs: transfer.addrs,
         },
         snapshotter: snapshotter_slot.clone(),
         snapshots: storage.snapshots.clone(),

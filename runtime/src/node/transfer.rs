@@ -249,6 +249,8 @@ struct Reception {
     hasher: Option<xxhash_rust::xxh3::Xxh3Default>,
     /// Verified, fsynced and complete.
     complete: bool,
+    /// Found on disk at open and not yet continued (its continuation is a resumption).
+    reopened: bool,
     last_activity: Instant,
 }
 
@@ -286,6 +288,9 @@ pub struct Receptions {
     group: GroupId,
     dir: PathBuf,
     open: BTreeMap<(LogIndex, Term), Reception>,
+    /// Transfers that continued from verified bytes (also counted in
+    /// `conclave_snapshot_resumed_total`).
+    resumed: u64,
 }
 
 fn name(index: LogIndex, term: Term, ext: &str) -> String {
@@ -314,6 +319,7 @@ impl Receptions {
             group,
             dir: dir.to_owned(),
             open: BTreeMap::new(),
+            resumed: 0,
         };
         let mut orphans = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
@@ -334,6 +340,7 @@ impl Receptions {
                                 len,
                                 hasher: None,
                                 complete: false,
+                                reopened: len > 0,
                                 last_activity: Instant::now(),
                             },
                         );
@@ -383,6 +390,13 @@ impl Receptions {
             }
         }
         Ok(())
+    }
+
+    /// How many transfers continued from verified bytes instead of from zero: a probe that
+    /// found some (a broken connection, a restarted sender), or the first chunk after this
+    /// receiver restarted with a partial file.
+    pub fn resumed(&self) -> u64 {
+        self.resumed
     }
 
     /// `(index, term, verified length)` of every reception, oldest snapshot first.
@@ -555,6 +569,7 @@ impl Receptions {
                 len: 0,
                 hasher: Some(xxhash_rust::xxh3::Xxh3Default::new()),
                 complete: false,
+                reopened: false,
                 last_activity: now,
             },
         );
@@ -569,6 +584,7 @@ impl Receptions {
     ) -> Result<ChunkOutcome, ReceiveError> {
         let partial = self.path(key.0, key.1, "partial");
         let (group, node) = (self.group, self.node);
+        let resumed = &mut self.resumed;
         let Some(r) = self.open.get_mut(&key) else {
             return Err(ReceiveError::NotStaged {
                 index: key.0,
@@ -596,19 +612,27 @@ impl Receptions {
             // the group install again (the core refuses a duplicate as stale).
             return Ok(staged(r));
         }
+        // A transfer continuing from verified bytes: a probe that finds some, or the first
+        // chunk at the verified length after this receiver restarted.
+        let resumes = r.len > 0
+            && ((chunk.data.is_empty() && chunk.offset == 0)
+                || (r.reopened && chunk.offset == r.len && !chunk.data.is_empty()));
+        if resumes {
+            r.reopened = false;
+            *resumed += 1;
+            tracing::info!(
+                group,
+                index = key.0,
+                peer = chunk.from,
+                offset = r.len,
+                "snapshot transfer resumes"
+            );
+            metrics::counter!("conclave_snapshot_resumed_total", "group" => group.to_string(), "peer" => chunk.from.to_string())
+                .increment(1);
+        }
         if chunk.data.is_empty() {
-            if r.len > 0 && chunk.offset == 0 {
-                tracing::info!(
-                    group,
-                    index = key.0,
-                    peer = chunk.from,
-                    offset = r.len,
-                    "snapshot transfer resumes"
-                );
-                metrics::counter!("conclave_snapshot_resumed_total", "group" => group.to_string(), "peer" => chunk.from.to_string())
-                    .increment(1);
-            }
-            if r.len < r.info.total || r.info.total > 0 {
+            // A probe (an empty image is completed below instead).
+            if r.info.total > 0 {
                 return Ok(ChunkOutcome::Ack(ack(r.len, AckStatus::Accepted)));
             }
         }

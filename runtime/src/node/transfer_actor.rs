@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// Where a peer's transport listens (the node's member directory).
+pub type PeerAddrs = Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>;
+
 /// Acks a transfer may hold unread (acks beyond are dropped: the transfer re-probes).
 const ACK_QUEUE: usize = 16;
 /// Consecutive unanswered chunks or probes after which a transfer gives up.
@@ -430,7 +433,7 @@ struct GroupRx {
 pub struct SnapshotReceiver {
     node: NodeId,
     endpoint: Arc<dyn Endpoint<WireMessage>>,
-    addrs: Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>,
+    addrs: PeerAddrs,
     groups: HashMap<GroupId, GroupRx>,
     links: HashMap<NodeId, PeerLink<WireMessage>>,
 }
@@ -440,7 +443,7 @@ impl SnapshotReceiver {
     pub fn new(
         node: NodeId,
         endpoint: Arc<dyn Endpoint<WireMessage>>,
-        addrs: Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>,
+        addrs: PeerAddrs,
     ) -> SnapshotReceiver {
         SnapshotReceiver {
             node,

@@ -249,7 +249,41 @@ fn a_restarted_sender_and_a_restarted_receiver_resume_instead_of_starting_over()
     );
     assert_eq!(run.end, Some(SendStep::Done));
     assert_eq!(run.data_bytes, body.len() as u64 - 12 * CHUNK as u64);
+    assert_eq!(rx.resumed(), 1, "one resumption, counted once");
     assert_eq!(adopt_and_read(&s, &mut rx, &meta(70, 2)), body);
+}
+
+#[test]
+fn a_restarted_receiver_continues_a_sender_that_never_noticed() {
+    let s = Setup::new();
+    let body = image(9_000, 13);
+    let snap = s.snapshot(meta(75, 2), &body);
+    let v = view(3, 10);
+    let mut rx = s.receptions();
+    let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
+    let mut file = File::open(&snap.path).unwrap();
+    let mut next = st.probe();
+    let mut sent = 0;
+    loop {
+        if sent == 5 {
+            // The receiver restarts between two chunks; the sender goes on as if nothing
+            // happened (its connection came back before its ack timer fired).
+            drop(rx);
+            rx = s.receptions();
+            assert_eq!(rx.resumed(), 0);
+        }
+        sent += 1;
+        let out = rx.on_chunk(LEADER, &v, &next, Instant::now());
+        match st.on_ack(out.ack()) {
+            SendStep::Continue => next = st.read_chunk(&mut file).unwrap(),
+            SendStep::Done => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // Probe + 9 chunks, each sent once: the reception continued from its partial file.
+    assert_eq!(sent, 10);
+    assert_eq!(rx.resumed(), 1);
+    assert_eq!(adopt_and_read(&s, &mut rx, &meta(75, 2)), body);
 }
 
 #[test]

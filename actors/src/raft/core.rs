@@ -472,11 +472,33 @@ impl Raft {
         // such a sender can do is act as a leader — which is exactly how the real leader
         // brings it its log or a snapshot, from which it adopts the membership and from then
         // on applies the member rule.
-        if msg.term > MAX_TERM || !self.knows_member(msg.from) {
+        //
+        // One exception keeps a lagging node live: a node whose log ends before a membership
+        // change cannot know a member added by it, and if that member now leads, the node
+        // would never hear of it (the simulator's membership profile stalls, seed 109). So a
+        // sender no configuration names is heard as a *leader* only — AppendEntries and
+        // Heartbeat, never vote requests, vote answers or TimeoutNow — and a voter hears it
+        // only in its own current term (it learns newer terms from members it knows: their
+        // answers to its pre-votes), so such a sender can neither move a voter's term nor
+        // start, win or disrupt an election. A non-voter (a learner, a removed node) never
+        // campaigns, so it may also adopt the sender's newer term — it has no other way to
+        // learn it, since only the leader talks to learners.
+        if msg.term > MAX_TERM || !(self.knows_member(msg.from) || self.hears_unknown_leader(&msg))
+        {
             return;
         }
         self.step(now, msg);
         self.report_role();
+    }
+
+    /// Whether a message from a sender no configuration names is heard (see
+    /// `handle_message`): leader messages only, in this node's term unless it is no voter.
+    fn hears_unknown_leader(&self, msg: &Message) -> bool {
+        matches!(
+            msg.body,
+            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. }
+        ) && (msg.term == self.term
+            || (msg.term > self.term && !self.membership.is_voter(self.config.id)))
     }
 
     /// Whether `id` is in the configuration in force, the bootstrap one or any in the log

@@ -913,3 +913,48 @@ fn node_removed_by_an_uncommitted_entry_still_campaigns() {
     assert_eq!(net.node(2).role(), Role::Learner);
     assert!(net.node(2).status().removed);
 }
+
+/// Raft §6: while joint, a ReadIndex round is confirmed only by a majority of both halves, and
+/// check-quorum keeps the leader only while both halves answer.
+#[test]
+fn raft_6_joint_reads_and_check_quorum_need_both_majorities() {
+    let mut net = group_with_learners(&[4, 5]);
+    net.advance(60);
+    // C_old = {1, 2, 3} loses its majority; C_new = {1, 4, 5} keeps one.
+    net.isolate(2);
+    net.isolate(3);
+    let now = net.now;
+    let c = MembershipChange::Change {
+        promote: ids(&[4, 5]),
+        remove: ids(&[2, 3]),
+    };
+    net.node(1).change_membership(now, c).unwrap();
+    net.drain();
+    assert!(net.node(1).membership().is_joint());
+    net.reads.clear();
+    let now = net.now;
+    net.node(1)
+        .read(now, 77, ReadConsistency::Linearizable)
+        .unwrap();
+    net.drain();
+    net.advance(20);
+    // 4 and 5 acknowledged (C_new's majority), 2 and 3 cannot: not confirmed.
+    assert!(
+        !net.reads
+            .iter()
+            .any(|(_, a)| matches!(a, Action::ReadReady { id: 77, .. })),
+        "{:?}",
+        net.reads
+    );
+    // C_old's majority is unreachable for a whole check-quorum interval: the leader steps
+    // down, failing the read.
+    net.advance(400);
+    assert_ne!(net.node(1).role(), Role::Leader);
+    assert!(net.reads.iter().any(|(_, a)| matches!(
+        a,
+        Action::ReadFailed {
+            id: 77,
+            error: ReadError::LeadershipLost
+        }
+    )));
+}

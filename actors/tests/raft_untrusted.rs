@@ -1,5 +1,6 @@
 //! Issue 12, finding 3: a forged message must not move a Raft core's term. The core ignores
-//! senders outside the configuration in force and terms above `MAX_TERM`.
+//! senders that no configuration it knows names (except as a leader of its own term, or of a
+//! newer one for a non-voter: issue 14) and terms above `MAX_TERM`.
 
 use conclave_actors::raft::{
     Entry, EntryPayload, HardState, Membership, Message, MessageBody, Raft, RaftConfig,

@@ -57,7 +57,7 @@ pub struct Status {
     pub config_id: LogIndex,
     /// Whether a membership change is in flight (see [`Raft::change_pending`]).
     pub change_pending: bool,
-    /// Whether this node was a member and a committed configuration no longer names it
+    /// Whether this node was a member and the configuration in force no longer names it
     /// (see [`Raft::removed`]).
     pub removed: bool,
     /// Replication progress per peer (leader only; empty otherwise), in id order.

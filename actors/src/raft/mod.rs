@@ -1,6 +1,7 @@
 //! A sans-IO Raft core: one deterministic state machine per Raft group (Ongaro & Ousterhout,
 //! "In Search of an Understandable Consensus Algorithm", and Ongaro's thesis for pre-vote,
-//! check-quorum, leader transfer, reads and single-server membership changes).
+//! check-quorum, leader transfer, reads and single-server membership changes; the paper's §6
+//! for joint consensus).
 //!
 //! The core reads no clock, opens no socket and spawns nothing. Its caller feeds it inputs —
 //! [`Raft::handle_message`], [`Raft::tick`], [`Raft::persisted`] and commands such as

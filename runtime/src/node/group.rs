@@ -27,7 +27,8 @@ use super::applier::{
 };
 use super::handle::{LeaderHint, RequestError};
 use super::log_store_actor::{Compact, LogStoreActor, Persist, PersistResult, Recover};
-use super::replicator::{Outbound, ReplicatorActor};
+use super::peers::{MembershipState, MembershipTracker, Peers};
+use super::replicator::Outbound;
 use super::snapshotter::{
     NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
 };
@@ -35,7 +36,6 @@ use super::transfer_actor::{
     Adopt, PeerAddrs, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
 };
 use super::wire::WireMessage;
-use crate::config::MemberConfig;
 use crate::state_machine::StateMachine;
 use crate::storage::health::StorageHealth;
 use crate::storage::log_store::RecoveredGroup;
@@ -88,6 +88,8 @@ pub struct GroupSnapshot {
     pub membership: Membership,
     /// `(peer, match_index)` on the leader.
     pub progress: Vec<(NodeId, LogIndex)>,
+    /// Whether this node is a member of the group, waits to be added, or was removed.
+    pub membership_state: MembershipState,
 }
 
 /// State shared between a group's actors and the node's handle.
@@ -154,12 +156,11 @@ pub struct GroupDeps<M: StateMachine> {
     pub log_store: Addr<LogStoreActor>,
     /// The group's applier.
     pub applier: Slot<ApplierActor<M>>,
-    /// One replicator per peer.
-    pub replicators: HashMap<NodeId, Slot<ReplicatorActor>>,
+    /// The node's peers: replicators, allowlist, gossip and member addresses follow the
+    /// membership this actor hands them.
+    pub peers: Arc<Peers>,
     /// Shared status.
     pub shared: Arc<GroupShared>,
-    /// Known members, for leader hints.
-    pub members: Arc<BTreeMap<NodeId, MemberConfig>>,
     /// The node's monotonic epoch: the cores' `now` is milliseconds since it.
     pub epoch: Instant,
     /// The group's snapshotter (writes and finds snapshot files, on its own arbiter).
@@ -247,6 +248,34 @@ pub struct TransferLeader {
     pub reply: oneshot::Sender<Result<(), RequestError>>,
 }
 
+/// Proposes a membership change straight to the core (tests and the chaos harness; the
+/// operator's routes go through the HTTP layer's own message). Answers with the proposal's
+/// index once appended, or why it was refused.
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectMembershipChange {
+    /// The change.
+    pub change: raft::MembershipChange,
+    /// The index it was appended at, or the core's refusal.
+    pub reply: oneshot::Sender<Result<LogIndex, ProposeError>>,
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+impl<M: StateMachine> Handler<InjectMembershipChange> for GroupActor<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: InjectMembershipChange, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let result = match self.core.as_mut() {
+            Some(core) => core.change_membership(now, msg.change).map(|p| p.index),
+            None => Err(ProposeError::NotLeader { leader: None }),
+        };
+        let _ = msg.reply.send(result);
+        self.schedule_drain(ctx);
+    }
+}
+
 struct Drain;
 impl Message for Drain {
     type Result = ();
@@ -298,6 +327,12 @@ pub struct GroupActor<M: StateMachine> {
     snapshot_retry_at: Option<Instant>,
     /// The group's base snapshot (the newest this node took or started from).
     base: Option<StoredSnapshot>,
+    /// The membership in force last seen.
+    in_force: Option<Membership>,
+    /// The members last handed to the peer set ([`MembershipTracker::span`]).
+    followed: Option<Membership>,
+    /// Whether this node is a member, not yet one, or removed.
+    tracker: Option<MembershipTracker>,
     _guard: ChildGuard,
 }
 
@@ -426,6 +461,9 @@ impl<M: StateMachine> GroupActor<M> {
             bytes_since_snapshot: 0,
             snapshot_retry_at: None,
             base: None,
+            in_force: None,
+            followed: None,
+            tracker: None,
             _guard: guard,
         }
     }
@@ -435,7 +473,7 @@ impl<M: StateMachine> GroupActor<M> {
     }
 
     fn leader_hint(&self, leader: Option<NodeId>) -> RequestError {
-        match leader.and_then(|id| self.deps.members.get(&id)) {
+        match leader.and_then(|id| self.deps.peers.member(id)) {
             Some(m) => RequestError::NotLeader {
                 leader: Some(LeaderHint {
                     id: m.id,
@@ -462,6 +500,8 @@ impl<M: StateMachine> GroupActor<M> {
         };
         let mut actions = std::mem::take(&mut self.actions);
         core.poll_actions(&mut actions);
+        // Peers first: an append to a node just added finds its replicator.
+        self.follow_membership();
         for action in actions.drain(..) {
             self.carry_out(action, ctx);
         }
@@ -692,8 +732,8 @@ impl<M: StateMachine> GroupActor<M> {
     fn carry_out(&mut self, action: Action, ctx: &mut Context<Self>) {
         match action {
             Action::Send(msg) => {
-                let Some(addr) = self.deps.replicators.get(&msg.to).and_then(|s| s.get()) else {
-                    // Restarting or unknown peer: Raft retransmits.
+                let Some(addr) = self.deps.peers.replicator(self.deps.group, msg.to) else {
+                    // Restarting, just created, or unknown peer: Raft retransmits.
                     return;
                 };
                 if addr.try_send(Outbound(msg)).is_err() {
@@ -1178,7 +1218,64 @@ impl<M: StateMachine> GroupActor<M> {
             last_index: status.last_index,
             membership: status.membership,
             progress,
+            membership_state: match self.tracker.as_ref().map(MembershipTracker::state) {
+                // The core knows it was removed as soon as the change is appended (the leader
+                // stops replicating to it once the change commits, so it may never learn that).
+                _ if status.removed => MembershipState::Removed,
+                Some(state) => state,
+                None => MembershipState::Member,
+            },
         };
+    }
+
+    /// Keeps the membership state as the core's membership in force changes (appended,
+    /// committed or not, or reverted by a truncation) and commits, and hands the peer set the
+    /// nodes to reach: those of the membership in force and of every one not yet superseded by
+    /// a committed one (a node being removed is reached until its removal commits).
+    fn follow_membership(&mut self) {
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
+        let m = core.membership();
+        let mut changed = false;
+        if self.in_force.as_ref() != Some(m) {
+            changed = true;
+            // The entry in force is the latest membership entry of the log (or the snapshot's
+            // or bootstrap one, index of the snapshot or 0): found from the end, rarely.
+            let index = core
+                .entries()
+                .iter()
+                .rev()
+                .find_map(|e| match &e.payload {
+                    EntryPayload::Membership(x) if x == m => Some(e.index),
+                    _ => None,
+                })
+                .unwrap_or(core.snapshot().index);
+            if let Some(t) = self.tracker.as_mut() {
+                t.appended(index, m.clone());
+            }
+            self.in_force = Some(m.clone());
+        }
+        if let Some(t) = self.tracker.as_mut() {
+            let before = t.state();
+            changed |= t.committed_to(core.commit_index());
+            if changed {
+                let span = t.span();
+                if self.followed.as_ref() != Some(&span) {
+                    self.deps.peers.follow(self.deps.group, &span);
+                    self.followed = Some(span);
+                }
+            }
+            let now = t.state();
+            if now != before {
+                tracing::warn!(
+                    node = self.deps.raft.id,
+                    group = self.deps.group,
+                    state = now.as_str(),
+                    "this node's place in the group's membership changed"
+                );
+            }
+        }
     }
 
     fn backlog(&self) -> usize {
@@ -1245,6 +1342,25 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                         metrics::gauge!("conclave_snapshot_bytes", "group" => group.to_string())
                             .set(s.len as f64);
                     }
+                    let log: Vec<(LogIndex, Membership)> = core
+                        .entries()
+                        .iter()
+                        .filter_map(|e| match &e.payload {
+                            EntryPayload::Membership(m) => Some((e.index, m.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    let members = if core.snapshot().index > 0 {
+                        core.snapshot().membership.clone()
+                    } else {
+                        act.deps.base_membership.clone()
+                    };
+                    act.tracker = Some(MembershipTracker::new(
+                        act.deps.raft.id,
+                        &members,
+                        &log,
+                        core.commit_index(),
+                    ));
                     act.base = base;
                     act.enqueued_upto = applied;
                     act.applier_seen = act.deps.applier.get();
@@ -1257,10 +1373,12 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                 }
             }
         }));
-        // Housekeeping: forget waiters whose clients gave up.
+        // Housekeeping: forget waiters whose clients gave up; bring back a replicator whose
+        // supervisor gave up.
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.write_waiters.retain(|_, (_, r)| !r.is_closed());
             act.reads.retain(|_, (_, r)| !r.is_closed());
+            act.deps.peers.heal(act.deps.group);
         });
     }
 }

@@ -21,6 +21,7 @@ pub mod gossip;
 pub mod group;
 pub mod handle;
 pub mod log_store_actor;
+pub mod peers;
 pub mod replicator;
 pub mod snapshotter;
 pub mod transfer;
@@ -31,6 +32,7 @@ pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttSt
 pub use group::SnapshotInfo;
 pub use handle::*;
 pub use snapshotter::SnapshotError;
+pub use peers::MembershipState;
 
 use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
@@ -54,6 +56,7 @@ use group::{
     GroupActor, GroupDeps, GroupShared, Propose, RaftInbound, Read, SnapshotPolicy, TakeSnapshotNow,
 };
 use log_store_actor::LogStoreActor;
+use peers::Peers;
 use replicator::ReplicatorActor;
 use snapshotter::SnapshotterActor;
 use std::collections::{BTreeMap, HashMap};
@@ -202,6 +205,7 @@ impl<M: StateMachine> Node<M> {
         for s in &self.supervisors {
             let _ = s.send(StopSupervisor).await;
         }
+        self.handle.inner.peers.stop();
         // Let the log store finish what is queued, then stop it (it syncs on stopping).
         actix::clock::sleep(Duration::from_millis(20)).await;
         self.log_store.do_send(StopLogStore);
@@ -234,14 +238,14 @@ struct GroupEntry<M: StateMachine> {
     // Reached only by fault injection (tests, chaos harness).
     #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
     applier: Slot<ApplierActor<M>>,
-    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
-    replicators: HashMap<u64, Slot<ReplicatorActor>>,
 }
 
 struct Inner<M: StateMachine> {
     id: u64,
     config: Config,
-    members: Arc<BTreeMap<u64, MemberConfig>>,
+    /// Replicators, allowlist, gossip's members and the member directory, following the
+    /// replicated membership.
+    peers: Arc<Peers>,
     groups: BTreeMap<u64, GroupEntry<M>>,
     ring: Ring,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -334,17 +338,34 @@ async fn start_node<M: StateMachine>(
         .validate()
         .map_err(|e| NodeError::Config(format!("raft: {e}")))?;
     std::fs::create_dir_all(&config.node.data_dir)?;
+    // The bootstrap membership: the initial members, or nobody on a node that joins an
+    // existing cluster (it waits until the membership replicated to it names it).
     let members: BTreeMap<u64, MemberConfig> = config
-        .initial_members()
+        .bootstrap_members()
         .into_iter()
         .map(|m| (m.id, m))
         .collect();
-    if !members.contains_key(&id) {
+    if !config.cluster.join && !members.contains_key(&id) {
         return Err(NodeError::Config(format!(
-            "node.id {id} is not one of cluster.initial_members"
+            "node.id {id} is not one of cluster.initial_members (a node that joins an existing \
+             cluster sets cluster.join = true: `conclave init --join`)"
         )));
     }
-    let members = Arc::new(members);
+    // It carries the initial members' addresses, so every membership entry derived from it
+    // does too.
+    let mut base_membership = Membership::with_voters(members.keys().copied());
+    base_membership.addrs = members
+        .values()
+        .map(|m| {
+            (
+                m.id,
+                conclave_actors::raft::MemberAddr {
+                    raft: m.addr,
+                    http: m.http,
+                },
+            )
+        })
+        .collect();
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;
@@ -386,9 +407,10 @@ async fn start_node<M: StateMachine>(
     tcfg.max_connections = config.node.max_connections;
     tcfg.max_queue_bytes = config.node.max_queue_bytes;
     tcfg.write_timeout = tcfg.read_timeout;
-    // Only members of the cluster's configuration may connect (issue 12, finding 2); a node
-    // being added is admitted with `Transport::allow_peer`.
-    tcfg.allowed_peers = Some(members.keys().copied().collect());
+    // Only members of the cluster's configuration may connect (issue 12, finding 2); the
+    // allowlist then follows the replicated membership (`peers`). A joining node admits any
+    // authenticated peer until a membership reaches it.
+    tcfg.allowed_peers = peers::allowlist([&base_membership]);
     tcfg.secret = config
         .cluster
         .secret
@@ -415,15 +437,29 @@ async fn start_node<M: StateMachine>(
     let endpoint: Arc<dyn Endpoint<WireMessage>> = transport.clone();
     let gossip_deps = gossip::prepare(&config, endpoint.clone(), epoch, incarnation);
 
+    let (gossip, gossip_supervisor) = start_gossip(gossip_deps);
+    let peers = Peers::new(
+        MemberConfig {
+            id,
+            addr: config.node.listen,
+            http: config.node.http,
+        },
+        members.clone(),
+        transport.clone(),
+        gossip.shared.clone(),
+        gossip.actor.clone(),
+    );
+
     // Snapshot transfers: each side on an arbiter of its own (they read and write files).
     let send_arbiter = Arbiter::new();
     let receive_arbiter = Arbiter::new();
     let snapshot_sender =
         transfer_actor::SnapshotSender::new(id, transfer_limits(&config), send_arbiter.handle());
-    // Where a peer's transport listens, for snapshot chunks and acks (the configured members).
+    // Where a peer's transport listens, for snapshot chunks and acks: the member directory,
+    // which follows the replicated membership (a node added at runtime is found there).
     let peer_addrs: transfer_actor::PeerAddrs = {
-        let members = members.clone();
-        Arc::new(move |peer| members.get(&peer).map(|m| m.addr))
+        let peers = peers.clone();
+        Arc::new(move |peer| peers.member(peer).map(|m| m.addr))
     };
     let snapshot_receiver = {
         let addrs = peer_addrs.clone();
@@ -433,7 +469,6 @@ async fn start_node<M: StateMachine>(
         })
     };
     let transfer_arbiters = vec![send_arbiter, receive_arbiter];
-    let (gossip, gossip_supervisor) = start_gossip(gossip_deps);
 
     // Groups: for now the cluster's first group, replicated on every initial member.
     let mut groups = BTreeMap::new();
@@ -450,13 +485,16 @@ async fn start_node<M: StateMachine>(
                 .join("snapshots")
                 .join(group.to_string()),
         )?);
+        // Replicators, allowlist and gossip follow the bootstrap membership until the group's
+        // core reports the one in its log.
+        peers.follow(group, &base_membership);
         let applier_arbiter = Arbiter::new();
         let snapshot_arbiter = Arbiter::new();
         let (entry, supervisor) = start_group(
             &config,
             group,
-            &members,
-            &transport,
+            &base_membership,
+            &peers,
             log_store.clone(),
             GroupStorage {
                 factory: factory.clone(),
@@ -486,8 +524,16 @@ async fn start_node<M: StateMachine>(
         .collect();
     let gossip_slot = gossip.actor.clone();
     let inbound_sender = snapshot_sender.clone();
+    let dispatch_peers = peers.clone();
     actix::spawn(async move {
         while let Some((from, msg)) = inbound_rx.recv().await {
+            if !dispatch_peers.admits(from) {
+                // A connection opened before the peer was removed may still deliver a few
+                // frames until it is closed: not heard.
+                metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "not_member")
+                    .increment(1);
+                continue;
+            }
             match msg {
                 WireMessage::Swim(m) => {
                     if m.from != from {
@@ -567,15 +613,20 @@ async fn start_node<M: StateMachine>(
         replication_factor: config.ring.replication_factor as u32,
         ..RingConfig::default()
     };
-    let ring = Ring::with_nodes(ring_cfg, members.keys().map(|&n| (n, DEFAULT_WEIGHT)))
+    // The ring shows placement over the bootstrap members (this node alone on a joining node).
+    let ring_nodes: Vec<u64> = if members.is_empty() {
+        vec![id]
+    } else {
+        members.keys().copied().collect()
+    };
+    let ring = Ring::with_nodes(ring_cfg, ring_nodes.iter().map(|&n| (n, DEFAULT_WEIGHT)))
         .map_err(|e| NodeError::Config(format!("ring: {e}")))?;
 
-    metrics::gauge!("conclave_cluster_nodes_total").set(members.len() as f64);
     let handle = NodeHandle {
         inner: Arc::new(Inner {
             id,
             config,
-            members,
+            peers,
             groups,
             ring,
             prometheus,
@@ -739,21 +790,16 @@ struct GroupStorage<'a, M: StateMachine> {
 fn start_group<M: StateMachine>(
     config: &Config,
     group: u64,
-    members: &Arc<BTreeMap<u64, MemberConfig>>,
-    transport: &Transport<WireMessage>,
+    base_membership: &Membership,
+    peers: &Arc<Peers>,
     log_store: Addr<LogStoreActor>,
     storage: GroupStorage<'_, M>,
     epoch: Instant,
 ) -> (GroupEntry<M>, Addr<Supervisor>) {
-    let id = config.node.id;
     let shared = Arc::new(GroupShared::default());
     let applier_slot: Slot<ApplierActor<M>> = Slot::new();
     let snapshotter_slot: Slot<SnapshotterActor> = Slot::new();
     let actor_slot: Slot<GroupActor<M>> = Slot::new();
-    let mut replicators = HashMap::new();
-    for m in members.values().filter(|m| m.id != id) {
-        replicators.insert(m.id, Slot::new());
-    }
     let transfer = storage.transfer;
     let snapshots = storage.snapshots.dir().to_owned();
     {
@@ -783,12 +829,11 @@ fn start_group<M: StateMachine>(
     let deps = Arc::new(GroupDeps {
         group,
         raft: raft_config(config, group),
-        base_membership: Membership::with_voters(members.keys().copied()),
+        base_membership: base_membership.clone(),
         log_store,
         applier: applier_slot.clone(),
-        replicators: replicators.clone(),
+        peers: peers.clone(),
         shared: shared.clone(),
-        members: members.clone(),
         epoch,
         transfer: group::GroupTransfer {
             sender: transfer.sender,
@@ -867,26 +912,14 @@ fn start_group<M: StateMachine>(
         });
         builder = builder.child("raft", f);
     }
-    for (&peer, slot) in &replicators {
-        let Some(member) = members.get(&peer) else {
-            continue;
-        };
-        let link = transport.peer(peer, member.addr);
-        let slot = slot.clone();
-        let f: Factory = Box::new(move |guard| {
-            let addr = ReplicatorActor::new(id, peer, link.clone(), guard).start();
-            slot.set(addr.clone());
-            Box::new(move || addr.do_send(StopActor))
-        });
-        builder = builder.child(format!("replicator-{peer}"), f);
-    }
+    // Replicators are started and stopped by the peer set as the membership changes, each
+    // under a supervisor of its own (`peers`).
     let supervisor = builder.start();
     (
         GroupEntry {
             actor: actor_slot,
             shared,
             applier: applier_slot,
-            replicators,
         },
         supervisor,
     )
@@ -1111,6 +1144,7 @@ impl<M: StateMachine> NodeHandle<M> {
                             lag: s.last_index.saturating_sub(matched),
                         })
                         .collect(),
+                    membership: s.membership_state,
                 }
             })
             .collect();
@@ -1126,6 +1160,7 @@ impl<M: StateMachine> NodeHandle<M> {
             commit_index: g0.as_ref().map(|g| g.commit_index).unwrap_or(0),
             applied_index: g0.as_ref().map(|g| g.applied_index).unwrap_or(0),
             members: self.member_states(),
+            membership: g0.as_ref().map(|g| g.membership).unwrap_or_default(),
             groups,
             storage: self.inner.health.condition(),
         }
@@ -1145,7 +1180,10 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Member states from gossip (SWIM): every member this node's failure detector knows,
     /// then configured members it has forgotten (reported `dead`).
     fn member_states(&self) -> Vec<MemberStatus> {
-        gossip::member_statuses(&self.inner.gossip.shared.members(), &self.inner.members)
+        gossip::member_statuses(
+            &self.inner.gossip.shared.members(),
+            &self.inner.peers.directory(),
+        )
     }
 
     /// Whether every group knows a leader and has applied close to its commit index, and the
@@ -1162,8 +1200,24 @@ impl<M: StateMachine> NodeHandle<M> {
                 reasons.push(format!("storage: {component} failed: {error}"))
             }
         }
+        let mut code = None;
         for (id, g) in &self.inner.groups {
             let s = g.shared.snapshot.read();
+            match s.membership_state {
+                MembershipState::Member => {}
+                MembershipState::NotAMember => {
+                    reasons.push(format!(
+                        "group {id}: this node is not a member yet (waiting to be added)"
+                    ));
+                    code.get_or_insert(MembershipState::NotAMember.as_str().to_owned());
+                }
+                MembershipState::Removed => {
+                    reasons.push(format!(
+                        "group {id}: this node was removed from the membership"
+                    ));
+                    code.get_or_insert(MembershipState::Removed.as_str().to_owned());
+                }
+            }
             if s.leader.is_none() {
                 reasons.push(format!("group {id}: no known leader"));
             }
@@ -1179,6 +1233,7 @@ impl<M: StateMachine> NodeHandle<M> {
             ready: reasons.is_empty(),
             reasons,
             storage,
+            code,
         }
     }
 
@@ -1186,11 +1241,29 @@ impl<M: StateMachine> NodeHandle<M> {
     pub fn leader(&self) -> Option<LeaderHint> {
         let g = self.inner.groups.get(&0)?;
         let leader = g.shared.snapshot.read().leader?;
-        let m = self.inner.members.get(&leader)?;
+        let m = self.inner.peers.member(leader)?;
         Some(LeaderHint {
             id: m.id,
             http: m.http,
         })
+    }
+
+    #[cfg(any(test, feature = "fault-injection"))]
+    /// Proposes a membership change of group 0 on this node, which must lead it (tests;
+    /// operators use the HTTP routes). Returns the index the change was appended at.
+    pub async fn inject_membership_change(
+        &self,
+        change: conclave_actors::raft::MembershipChange,
+    ) -> Result<u64, conclave_actors::raft::ProposeError> {
+        let not_leader = conclave_actors::raft::ProposeError::NotLeader { leader: None };
+        let Some(addr) = self.inner.groups.get(&0).and_then(|g| g.actor.get()) else {
+            return Err(not_leader);
+        };
+        let (reply, rx) = oneshot::channel();
+        addr.send(group::InjectMembershipChange { change, reply })
+            .await
+            .map_err(|_| not_leader.clone())?;
+        rx.await.unwrap_or(Err(not_leader))
     }
 
     #[cfg(any(test, feature = "fault-injection"))]
@@ -1208,10 +1281,8 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Panics group 0's replicator to `peer` (fault injection).
     pub fn inject_replicator_panic(&self, peer: u64) -> bool {
         self.inner
-            .groups
-            .get(&0)
-            .and_then(|g| g.replicators.get(&peer))
-            .and_then(|s| s.get())
+            .peers
+            .replicator_addr(0, peer)
             .map(|a| a.try_send(replicator::InjectPanic).is_ok())
             .unwrap_or(false)
     }
@@ -1307,7 +1378,7 @@ impl KvService for NodeHandle<KvMachine> {
     }
 
     fn is_member(&self, id: NodeId) -> bool {
-        self.inner.members.contains_key(&id)
+        self.inner.peers.is_member(id)
     }
 
     fn render_metrics(&self) -> String {

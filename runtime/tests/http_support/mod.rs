@@ -208,8 +208,10 @@ impl KvService for Double {
                 voters: vec![self.id],
                 learners: vec![],
                 replicas: vec![],
+                membership: Default::default(),
             }],
             storage: s.storage.clone(),
+            membership: Default::default(),
         }
     }
 
@@ -271,6 +273,7 @@ impl KvService for Double {
             ready: reasons.is_empty(),
             reasons,
             storage: s.storage.clone(),
+            code: None,
         }
     }
 

@@ -213,7 +213,10 @@ pub(crate) fn status_table(
         let replicas: Vec<String> = g
             .replicas
             .iter()
-            .map(|r| format!("{} {}/{}", r.id, r.match_index, r.lag))
+            .map(|r| {
+                let learner = if r.learner { " (learner)" } else { "" };
+                format!("{} {}/{}{learner}", r.id, r.match_index, r.lag)
+            })
             .collect();
         let _ = writeln!(
             out,
@@ -263,11 +266,20 @@ mod tests {
                 applied_index: 9,
                 voters: vec![1, 2],
                 learners: vec![],
-                replicas: vec![ReplicaStatus {
-                    id: 2,
-                    match_index: 7,
-                    lag: 3,
-                }],
+                replicas: vec![
+                    ReplicaStatus {
+                        id: 2,
+                        match_index: 7,
+                        lag: 3,
+                        learner: false,
+                    },
+                    ReplicaStatus {
+                        id: 4,
+                        match_index: 2,
+                        lag: 8,
+                        learner: true,
+                    },
+                ],
             }],
             storage: Default::default(),
         };
@@ -288,7 +300,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("127.0.0.1:7102"), "{t}");
-        assert!(t.contains("2 7/3"), "{t}");
+        assert!(t.contains("2 7/3, 4 2/8 (learner)"), "{t}");
         let gossip = GossipMembers {
             node_id: 1,
             incarnation: 4,

@@ -1,10 +1,11 @@
 //! The `conclave` command line (DESIGN.md §6): `init`, `node`, `dev`, `kv`, `status`,
-//! `ring route` and `bench`. The binary's `main` only calls [`main`].
+//! `member`, `ring route` and `bench`. The binary's `main` only calls [`main`].
 
 pub mod bench;
 mod dev;
 mod init;
 mod kv;
+mod member;
 
 pub use init::{cluster_configs, node_dns_name, write_cluster, write_cluster_with, SecureFiles};
 
@@ -44,6 +45,9 @@ pub enum Command {
     Kv(KvArgs),
     /// Show the cluster as a node sees it: members, roles, terms, commit/applied, lag.
     Status(StatusArgs),
+    /// Membership (admin): add a learner, promote, remove, replace a node, list the
+    /// configuration.
+    Member(member::MemberArgs),
     /// Ring inspection.
     #[command(subcommand)]
     Ring(RingCommand),
@@ -355,6 +359,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dev(args) => dev::run(&args),
         Command::Kv(args) => kv::run_kv(args),
         Command::Status(args) => kv::run_status(&args),
+        Command::Member(args) => member::run(args),
         Command::Ring(RingCommand::Route { key, endpoint }) => kv::run_route(&key, &endpoint),
         Command::Bench(cmd) => bench::run(cmd),
     }

@@ -40,7 +40,7 @@ pub enum ApiError {
     /// node that is not a voter).
     #[error("{message}")]
     Conflict {
-        /// E.g. `not_a_voter`.
+        /// E.g. `not_a_voter`, `change_in_progress`, `not_caught_up`, `config_changed`.
         code: &'static str,
         /// Human-readable detail.
         message: String,
@@ -167,6 +167,22 @@ impl From<RequestError> for ApiError {
                 code: "not_a_voter",
                 message,
             },
+            RequestError::ChangeInProgress { .. } => ApiError::Conflict {
+                code: "change_in_progress",
+                message,
+            },
+            RequestError::NotCaughtUp { .. } => ApiError::Conflict {
+                code: "not_caught_up",
+                message,
+            },
+            RequestError::ConfigChanged { .. } => ApiError::Conflict {
+                code: "config_changed",
+                message,
+            },
+            RequestError::InvalidChange(_) => ApiError::BadRequest {
+                code: "invalid_change",
+                message,
+            },
             RequestError::Internal(_) => ApiError::Internal { message },
         }
     }
@@ -253,6 +269,29 @@ mod tests {
             ),
             (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
             (RequestError::NotAVoter(4), StatusCode::CONFLICT),
+            (
+                RequestError::ChangeInProgress { config_id: 7 },
+                StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::NotCaughtUp {
+                    id: 4,
+                    lag: 5000,
+                    max_lag: 1000,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::ConfigChanged {
+                    expected: 3,
+                    current: 7,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::InvalidChange(crate::node::InvalidChange::LastVoter(1)),
+                StatusCode::BAD_REQUEST,
+            ),
             (
                 RequestError::TooLarge { size: 10, limit: 5 },
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -31,6 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+mod membership;
+pub use membership::{ChangeMembership, ReadConfig, DEFAULT_PROMOTE_MAX_LAG};
+
 /// Local queues longer than this refuse new proposals (503).
 const BACKLOG_LIMIT: usize = 50_000;
 /// Most entries handed to the applier in one message.
@@ -154,6 +157,8 @@ pub struct GroupActor<M: StateMachine> {
     reads: HashMap<ReadId, (M::Query, ReadReply<M>)>,
     next_read: ReadId,
     was_leader: bool,
+    /// Membership changes waiting to take effect.
+    change_waiters: Vec<membership::ChangeWaiter>,
     _guard: ChildGuard,
 }
 
@@ -185,6 +190,7 @@ impl<M: StateMachine> GroupActor<M> {
             reads: HashMap::new(),
             next_read: 1,
             was_leader: false,
+            change_waiters: Vec::new(),
             _guard: guard,
         }
     }
@@ -227,6 +233,7 @@ impl<M: StateMachine> GroupActor<M> {
         self.actions = actions;
         self.pump(ctx);
         self.publish();
+        self.resolve_changes();
     }
 
     fn carry_out(&mut self, action: Action, ctx: &mut Context<Self>) {

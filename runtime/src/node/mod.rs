@@ -20,6 +20,8 @@ pub mod gossip;
 pub mod group;
 pub mod handle;
 pub mod log_store_actor;
+mod membership;
+pub use membership::REPLACE_CATCH_UP_WAIT;
 pub mod replicator;
 pub mod wire;
 
@@ -893,6 +895,7 @@ impl<M: StateMachine> NodeHandle<M> {
                             id: peer,
                             match_index: matched,
                             lag: s.last_index.saturating_sub(matched),
+                            learner: s.membership.learners.contains(&peer),
                         })
                         .collect(),
                 }
@@ -1073,6 +1076,18 @@ impl KvService for NodeHandle<KvMachine> {
 
     async fn transfer_leader(&self, to: NodeId) -> Result<(), RequestError> {
         NodeHandle::transfer_leader(self, to).await
+    }
+
+    async fn change_config(
+        &self,
+        change: ConfigChange,
+        expected_config_id: Option<u64>,
+    ) -> Result<ChangeOutcome, RequestError> {
+        NodeHandle::change_config(self, change, expected_config_id).await
+    }
+
+    async fn cluster_config(&self) -> Result<ClusterConfig, RequestError> {
+        NodeHandle::cluster_config(self).await
     }
 
     fn is_member(&self, id: NodeId) -> bool {

@@ -275,3 +275,66 @@ fn compact_unapplied_is_caught() {
     );
     clean(SNAPSHOTS, seed + 1);
 }
+
+/// Membership changes (single-server and joint, in bursts) proposed often, with leaders
+/// crashing right after proposing some of them, so that elections and commits happen in the
+/// middle of joint phases.
+const MEMBERSHIP: Setup = Setup {
+    profile: FaultProfile::Membership,
+    tweak: |cfg| {
+        let mut mix = FaultMix::draw(cfg.profile, cfg.seed);
+        mix.gap_ms = (50, 400);
+        mix.change_leader_crash = mix.change_leader_crash.max(0.2);
+        cfg.mix = Some(mix);
+        // Five nodes: joint configurations whose halves differ in more than one node.
+        cfg.nodes = 5;
+    },
+};
+
+#[test]
+fn joint_commit_new_majority_only_is_caught() {
+    let bugs = PlantedBugs {
+        joint_commit_new_majority_only: true,
+        ..PlantedBugs::default()
+    };
+    let seed = caught(
+        "joint_commit_new_majority_only",
+        MEMBERSHIP,
+        bugs,
+        &[FailureKind::CommitNotDurable],
+        MAX_SEEDS,
+    );
+    clean(MEMBERSHIP, seed + 1);
+}
+
+#[test]
+fn joint_elect_old_majority_only_is_caught() {
+    let bugs = PlantedBugs {
+        joint_elect_old_majority_only: true,
+        ..PlantedBugs::default()
+    };
+    let seed = caught(
+        "joint_elect_old_majority_only",
+        MEMBERSHIP,
+        bugs,
+        &[FailureKind::ElectionQuorum],
+        MAX_SEEDS,
+    );
+    clean(MEMBERSHIP, seed + 1);
+}
+
+#[test]
+fn second_change_before_commit_is_caught() {
+    let bugs = PlantedBugs {
+        second_change_before_commit: true,
+        ..PlantedBugs::default()
+    };
+    let seed = caught(
+        "second_change_before_commit",
+        MEMBERSHIP,
+        bugs,
+        &[FailureKind::MembershipChange],
+        MAX_SEEDS,
+    );
+    clean(MEMBERSHIP, seed + 1);
+}

@@ -106,3 +106,45 @@ fn finding3_a_member_of_an_earlier_configuration_in_the_log_is_still_heard() {
         "a member of an earlier configuration was not heard"
     );
 }
+
+/// Issue 14: a node whose log ends before a membership change cannot know a member that change
+/// added; if that member leads, the node must still follow it, or it never catches up (the
+/// simulator's membership profile stalled at seed 109 before this rule). An unknown sender is
+/// heard only as a leader (Heartbeat/AppendEntries), by a voter only in the voter's own term
+/// (so it never moves a voter's term), by a learner also in a newer term (a learner never
+/// campaigns and hears only from the leader). Vote requests from it are never heard.
+#[test]
+fn a_lagging_node_follows_a_leader_added_after_its_log_ends() {
+    // Voter 1 of {1, 2, 3} in term 0: a heartbeat of unknown 9 in term 4 is ignored...
+    let mut r = core(1, &[1, 2, 3]);
+    r.handle_message(10, heartbeat(9, 1, 4));
+    assert_eq!((r.term(), r.leader()), (0, None));
+    // ...and so is its vote request, in any term.
+    let vote = |term| Message {
+        group: 0,
+        from: 9,
+        to: 1,
+        term,
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            last_log_index: 100,
+            last_log_term: 100,
+            leadership_transfer: true,
+        },
+    };
+    r.handle_message(20, vote(4));
+    assert_eq!(r.term(), 0);
+    // Once the voter learned term 4 from a member (here: member 2's heartbeat), the unknown
+    // leader of that term is followed.
+    r.handle_message(30, heartbeat(2, 1, 4));
+    r.handle_message(40, heartbeat(9, 1, 4));
+    assert_eq!((r.term(), r.leader()), (4, Some(9)));
+    r.handle_message(50, vote(4));
+    assert_eq!(r.term(), 4);
+
+    // A learner (4, outside the voters {1, 2, 3}) adopts the newer term of an unknown leader.
+    let mut l = core(4, &[1, 2, 3]);
+    assert_eq!(l.role(), Role::Learner);
+    l.handle_message(10, heartbeat(9, 4, 6));
+    assert_eq!((l.term(), l.leader()), (6, Some(9)));
+}

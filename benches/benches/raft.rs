@@ -51,7 +51,7 @@ impl Group {
                 let restore = RestoreState {
                     base_membership: Membership {
                         voters: voters.clone(),
-                        learners: BTreeSet::new(),
+                        ..Membership::default()
                     },
                     ..RestoreState::default()
                 };

@@ -47,6 +47,10 @@ pub struct RaftConfig {
     /// itself ([`Raft::snapshot_send_failed`](super::Raft::snapshot_send_failed)), so this
     /// only covers a lost answer.
     pub snapshot_timeout_ms: Millis,
+    /// A learner is promoted to voter only if its match index is within this many entries
+    /// of the leader's last index (`ProposeError::NotCaughtUp` otherwise): a voter far behind
+    /// would stall commitment while it catches up. Default 1,000.
+    pub promote_max_lag: u64,
     /// Bugs planted on purpose to prove that the simulator's checkers catch them.
     #[cfg(feature = "planted-bugs")]
     pub planted_bugs: PlantedBugs,
@@ -69,6 +73,7 @@ impl Default for RaftConfig {
             max_clock_drift_percent: 5,
             keep_entries: 1_000,
             snapshot_timeout_ms: 60_000,
+            promote_max_lag: 1_000,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: PlantedBugs::default(),
         }
@@ -103,6 +108,15 @@ pub struct PlantedBugs {
     /// key (a snapshot missing part of the state, like a KV snapshot without its
     /// idempotency table).
     pub snapshot_missing_state: bool,
+    /// While joint (Raft §6), the leader commits with a majority of the new voters alone,
+    /// ignoring the outgoing ones.
+    pub joint_commit_new_majority_only: bool,
+    /// While joint, a candidate wins with a majority of the outgoing voters alone, ignoring
+    /// the new ones.
+    pub joint_elect_old_majority_only: bool,
+    /// The leader accepts a membership change while the previous one is not committed yet
+    /// (outside a joint configuration).
+    pub second_change_before_commit: bool,
 }
 
 /// A configuration that cannot be run safely.

@@ -12,7 +12,7 @@ use super::progress::{Progress, ReplicationState};
 use super::types::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The leader's view of one peer's replication, as reported by [`Raft::status`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +52,14 @@ pub struct Status {
     pub first_index: LogIndex,
     /// Membership in force (the latest appended).
     pub membership: Membership,
+    /// The configuration id in force: the index of the membership entry in force (0 for a
+    /// bootstrap membership). See [`Raft::config_id`].
+    pub config_id: LogIndex,
+    /// Whether a membership change is in flight (see [`Raft::change_pending`]).
+    pub change_pending: bool,
+    /// Whether this node was a member and a committed configuration no longer names it
+    /// (see [`Raft::removed`]).
+    pub removed: bool,
     /// Replication progress per peer (leader only; empty otherwise), in id order.
     pub progress: Vec<PeerProgress>,
 }
@@ -139,6 +147,9 @@ pub struct Raft {
     base_membership: Membership,
     /// Membership entries of the log, in index order (the last one is in force).
     membership_entries: Vec<(LogIndex, Membership)>,
+    /// Some configuration this core knew during its lifetime named this node (see
+    /// [`Raft::removed`]).
+    was_member: bool,
 
     // Snapshots (Raft §7).
     /// The latest snapshot the shell holds as its base (taken, installed or restored);
@@ -231,7 +242,11 @@ impl Raft {
         let membership = membership_entries
             .last()
             .map_or_else(|| base_membership.clone(), |(_, m)| m.clone());
-        let role = if membership.voters.contains(&config.id) {
+        let was_member = base_membership.contains(config.id)
+            || membership_entries
+                .iter()
+                .any(|(_, m)| m.contains(config.id));
+        let role = if membership.is_voter(config.id) {
             Role::Follower
         } else {
             Role::Learner
@@ -252,6 +267,7 @@ impl Raft {
             membership,
             base_membership,
             membership_entries,
+            was_member,
             snapshot,
             pending_snapshot: None,
             installing: None,
@@ -336,6 +352,46 @@ impl Raft {
         &self.membership
     }
 
+    /// The configuration id in force: the index of the log entry that carries the membership
+    /// in force (0 for a bootstrap membership). A change may require it to be unchanged
+    /// ([`Raft::change_membership_if`]).
+    pub fn config_id(&self) -> LogIndex {
+        self.membership_entries
+            .last()
+            .map_or(self.base_membership.config_id, |(i, _)| *i)
+    }
+
+    /// Whether a membership change is in flight: the membership entry in force is not known
+    /// committed, or the configuration is joint (its C_new is not appended yet or not
+    /// committed). While it is, further changes are refused with `ChangeInProgress`.
+    pub fn change_pending(&self) -> bool {
+        self.membership.is_joint()
+            || self
+                .membership_entries
+                .last()
+                .is_some_and(|(index, _)| *index > self.commit_index)
+    }
+
+    /// Whether this node was removed: some configuration it knew named it, and the
+    /// configuration in force no longer does. The node then never campaigns and its shell
+    /// reports it as `removed`. Not conditioned on the removal being known committed here: the
+    /// leader stops replicating to a removed node once the change commits, so the node may
+    /// never learn that commit (if the entry is truncated instead, the flag clears with it).
+    /// Known only from what this core saw since it started (its restored log and base
+    /// included): a node whose log was compacted past every configuration that named it reads
+    /// as never having been a member.
+    pub fn removed(&self) -> bool {
+        self.was_member && !self.membership.is_empty() && !self.membership.contains(self.config.id)
+    }
+
+    /// Whether this node knows no configuration at all (a joining node started with an empty
+    /// membership that has not received its cluster's log or a snapshot yet).
+    pub fn joining(&self) -> bool {
+        self.membership.is_empty()
+            && self.base_membership.is_empty()
+            && self.membership_entries.is_empty()
+    }
+
     /// The in-memory log after any compaction point, persisted or not.
     pub fn entries(&self) -> &[Entry] {
         self.log.entries()
@@ -380,6 +436,9 @@ impl Raft {
             snapshot_index: self.snapshot.index,
             first_index: self.log.first_index(),
             membership: self.membership.clone(),
+            config_id: self.config_id(),
+            change_pending: self.change_pending(),
+            removed: self.removed(),
             progress: self.progress.iter().map(|(id, p)| p.view(*id)).collect(),
         }
     }
@@ -402,23 +461,50 @@ impl Raft {
         // is too narrow: a node whose log lags behind (or diverged from) a membership change must
         // still hear a member that configuration removed and a later one re-added, or the
         // cluster can stall (thesis §4.2.3; the simulator's membership profile stalls, seed 10,
-        // with the narrower rule). A node with no configuration at all (nothing in its log, no
-        // bootstrap set) cannot tell members apart, so it hears any sender the transport
-        // authenticated.
-        if msg.term > MAX_TERM || !self.knows_member(msg.from) {
+        // with the narrower rule).
+        //
+        // A joining node (started with an empty membership: nothing in its log, no bootstrap
+        // set, no snapshot) cannot tell members apart, so it hears any sender. That is
+        // acceptable because the transport only delivers messages from peers that
+        // authenticated with the cluster's secret or certificate (issue 12): a joining node
+        // is exposed to members of its cluster only. It never campaigns (it is no voter of
+        // any configuration) and refuses every vote (`on_request_vote`), so the only thing
+        // such a sender can do is act as a leader — which is exactly how the real leader
+        // brings it its log or a snapshot, from which it adopts the membership and from then
+        // on applies the member rule.
+        //
+        // One exception keeps a lagging node live: a node whose log ends before a membership
+        // change cannot know a member added by it, and if that member now leads, the node
+        // would never hear of it (the simulator's membership profile stalls, seed 109). So a
+        // sender no configuration names is heard as a *leader* only — AppendEntries and
+        // Heartbeat, never vote requests, vote answers or TimeoutNow — and a voter hears it
+        // only in its own current term (it learns newer terms from members it knows: their
+        // answers to its pre-votes), so such a sender can neither move a voter's term nor
+        // start, win or disrupt an election. A non-voter (a learner, a removed node) never
+        // campaigns, so it may also adopt the sender's newer term — it has no other way to
+        // learn it, since only the leader talks to learners.
+        if msg.term > MAX_TERM || !(self.knows_member(msg.from) || self.hears_unknown_leader(&msg))
+        {
             return;
         }
         self.step(now, msg);
         self.report_role();
     }
 
+    /// Whether a message from a sender no configuration names is heard (see
+    /// `handle_message`): leader messages only, in this node's term unless it is no voter.
+    fn hears_unknown_leader(&self, msg: &Message) -> bool {
+        matches!(
+            msg.body,
+            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. }
+        ) && (msg.term == self.term
+            || (msg.term > self.term && !self.membership.is_voter(self.config.id)))
+    }
+
     /// Whether `id` is in the configuration in force, the bootstrap one or any in the log
     /// (true for everyone while there is none).
     fn knows_member(&self, id: NodeId) -> bool {
-        let none = |m: &Membership| m.voters.is_empty() && m.learners.is_empty();
-        (none(&self.membership)
-            && none(&self.base_membership)
-            && self.membership_entries.is_empty())
+        self.joining()
             || self.membership.contains(id)
             || self.base_membership.contains(id)
             || self.membership_entries.iter().any(|(_, m)| m.contains(id))
@@ -515,61 +601,137 @@ impl Raft {
         Ok(self.append_local(EntryPayload::Command(command)))
     }
 
-    /// Proposes a single-server membership change (thesis §4.1). It takes effect as soon as it
-    /// is appended; only one may be uncommitted at a time.
+    /// Proposes a membership change: [`Raft::change_membership_if`] without an expected
+    /// configuration id.
     pub fn change_membership(
         &mut self,
         now: Millis,
         change: MembershipChange,
     ) -> Result<Proposal, ProposeError> {
+        self.change_membership_if(now, change, None)
+    }
+
+    /// Proposes a membership change on the leader, refused unless it is safe now:
+    /// - the leader must have committed an entry of its own term (`LeaderNotReady`): before
+    ///   that it may not know the latest committed configuration, and a change based on a
+    ///   stale one can create two disjoint majorities (Ongaro, raft-dev, 2015);
+    /// - one change at a time (`ChangeInProgress`, see [`Raft::change_pending`]);
+    /// - `expected_config_id`, if given, must be the id in force (`ConfigChanged`);
+    /// - a learner is promoted only if caught up within `RaftConfig::promote_max_lag`
+    ///   (`NotCaughtUp`);
+    /// - the change must make sense (`InvalidMembershipChange`).
+    ///
+    /// Single-server changes (`AddLearner`, `Promote`, `Remove`) are one entry (thesis
+    /// §4.1). `Replace` and a `Change` that alters the voters enter a joint configuration
+    /// C_old,new (Raft §6); once it commits, the leader appends C_new by itself (a new leader
+    /// does the same if the old one crashed in between). Every new configuration is in force
+    /// as soon as it is appended. The returned proposal is the first entry's.
+    pub fn change_membership_if(
+        &mut self,
+        now: Millis,
+        change: MembershipChange,
+        expected_config_id: Option<LogIndex>,
+    ) -> Result<Proposal, ProposeError> {
         self.advance_clock(now);
         let now = self.now;
         self.check_can_propose()?;
-        if self
+        if self.log.term_at(self.commit_index) != Some(self.term) {
+            return Err(ProposeError::LeaderNotReady);
+        }
+        let uncommitted = self
             .membership_entries
             .last()
-            .is_some_and(|(index, _)| *index > self.commit_index)
-        {
-            return Err(ProposeError::MembershipChangePending);
+            .is_some_and(|(index, _)| *index > self.commit_index);
+        if self.membership.is_joint() || (uncommitted && !self.bug_second_change_before_commit()) {
+            return Err(ProposeError::ChangeInProgress);
         }
-        let mut next = self.membership.clone();
-        match change {
-            MembershipChange::AddLearner(id) => {
-                if id == 0 || next.contains(id) {
-                    return Err(ProposeError::InvalidMembershipChange(format!(
-                        "node {id} cannot be added as a learner (already a member or id 0)"
-                    )));
-                }
-                next.learners.insert(id);
-            }
-            MembershipChange::Promote(id) => {
-                if !next.learners.remove(&id) {
-                    return Err(ProposeError::InvalidMembershipChange(format!(
-                        "node {id} is not a learner"
-                    )));
-                }
-                next.voters.insert(id);
-            }
-            MembershipChange::Remove(id) => {
-                if next.voters.contains(&id) {
-                    if next.voters.len() == 1 {
-                        return Err(ProposeError::InvalidMembershipChange(format!(
-                            "node {id} is the last voter"
-                        )));
-                    }
-                    next.voters.remove(&id);
-                } else if !next.learners.remove(&id) {
-                    return Err(ProposeError::InvalidMembershipChange(format!(
-                        "node {id} is not a member"
-                    )));
-                }
+        let current = self.config_id();
+        if let Some(expected) = expected_config_id {
+            if expected != current {
+                return Err(ProposeError::ConfigChanged { expected, current });
             }
         }
-        let proposal = self.append_local(EntryPayload::Membership(next));
+        let next = self.next_membership(change)?;
+        let proposal = self.append_membership(next);
         // A removed leader may now be the only thing between a commit and a step-down.
         self.maybe_commit(now);
         self.report_role();
         Ok(proposal)
+    }
+
+    /// The configuration `change` leads to from the one in force, or why it is refused.
+    fn next_membership(&self, change: MembershipChange) -> Result<Membership, ProposeError> {
+        let cur = &self.membership;
+        let mut next = cur.clone();
+        next.config_id = 0;
+        let (promote, remove, joint) = match change {
+            MembershipChange::AddLearner { id, addr } => {
+                if id == 0 {
+                    return Err(InvalidChange::ZeroId.into());
+                }
+                if cur.contains(id) {
+                    return Err(InvalidChange::AlreadyMember(id).into());
+                }
+                next.learners.insert(id);
+                match addr {
+                    Some(a) => next.addrs.insert(id, a),
+                    None => next.addrs.remove(&id),
+                };
+                return Ok(next);
+            }
+            MembershipChange::Promote(id) => ([id].into(), BTreeSet::new(), false),
+            MembershipChange::Remove(id) => (BTreeSet::new(), [id].into(), false),
+            MembershipChange::Replace { add, remove } => ([add].into(), [remove].into(), true),
+            MembershipChange::Change { promote, remove } => (promote, remove, true),
+        };
+        if promote.is_empty() && remove.is_empty() {
+            return Err(InvalidChange::Empty.into());
+        }
+        for &id in &promote {
+            if remove.contains(&id) {
+                return Err(InvalidChange::Conflict(id).into());
+            }
+            if !cur.learners.contains(&id) {
+                return Err(InvalidChange::NotALearner(id).into());
+            }
+            // Caught up: within `promote_max_lag` of the last index, and holding the
+            // configuration in force (which names it a learner). The second condition matters
+            // for a short log: a joining node that holds nothing would refuse every vote once
+            // promoted (it knows no configuration), like the promoted learner of core bug 1.
+            let matched = self.progress.get(&id).map_or(0, |p| p.match_index);
+            let lag = self.log.last_index().saturating_sub(matched);
+            if lag > self.config.promote_max_lag || matched < self.config_id() {
+                return Err(ProposeError::NotCaughtUp { id, lag });
+            }
+        }
+        for &id in &remove {
+            if !cur.contains(id) {
+                return Err(InvalidChange::NotAMember(id).into());
+            }
+        }
+        for id in &promote {
+            next.learners.remove(id);
+            next.voters.insert(*id);
+        }
+        for id in &remove {
+            next.learners.remove(id);
+            next.voters.remove(id);
+        }
+        if next.voters.is_empty() {
+            return Err(InvalidChange::NoVoters.into());
+        }
+        if joint && next.voters != cur.voters {
+            // Raft §6: C_old,new. Removed voters keep their addresses until C_new.
+            next.outgoing = cur.voters.clone();
+        }
+        next.retain_member_addrs();
+        Ok(next)
+    }
+
+    /// Leader: appends a membership entry, stamping it with its configuration id (its index).
+    fn append_membership(&mut self, mut next: Membership) -> Proposal {
+        next.config_id = self.log.last_index() + 1;
+        self.append_local(EntryPayload::Membership(next))
     }
 
     /// Starts a read. `Stale` reads are ready at once on any node; `Linearizable` (ReadIndex)
@@ -625,7 +787,7 @@ impl Raft {
                 leader: self.leader,
             });
         }
-        if !self.membership.voters.contains(&to) {
+        if !self.membership.is_voter(to) {
             return Err(TransferError::NotAVoter(to));
         }
         if to == self.config.id {
@@ -669,10 +831,17 @@ impl Raft {
         let Some(term) = term else {
             return Err(SnapshotError::Stale { index, current });
         };
+        let membership = self.membership_at(index);
+        if membership.is_empty() {
+            // A joining node that received the log from index 1 does not know the bootstrap
+            // configuration (it is not a log entry): a snapshot of that prefix would carry an
+            // empty membership and make whoever installs it a "joining" node again.
+            return Err(SnapshotError::UnknownMembership { index });
+        }
         Ok(SnapshotMeta {
             index,
             term,
-            membership: self.membership_at(index),
+            membership,
         })
     }
 
@@ -860,6 +1029,13 @@ impl Raft {
         }
     }
 
+    /// The membership in force at `index`, for checkers: the latest membership entry at or
+    /// below it, or the base membership (bootstrap or snapshot) for an index at or below the
+    /// compaction point.
+    pub fn membership_at_index(&self, index: LogIndex) -> Membership {
+        self.membership_at(index)
+    }
+
     /// The membership in force at `index` (at or after the compaction point).
     fn membership_at(&self, index: LogIndex) -> Membership {
         self.membership_entries
@@ -1033,7 +1209,7 @@ impl Raft {
                 // Thesis §3.10: the leader found us up to date; campaign at once, skipping
                 // the pre-vote, with the flag that makes voters ignore their leader lease.
                 if self.role != Role::Leader
-                    && self.membership.voters.contains(&self.config.id)
+                    && self.membership.is_voter(self.config.id)
                     && self.leader == Some(from)
                 {
                     self.campaign(now, true);
@@ -1100,7 +1276,13 @@ impl Raft {
         // need its vote without a leader forever. Learners still never count: the candidate
         // tallies only the voters of its own configuration (`check_votes`), and learners never
         // campaign.
-        let granted = if pre_vote {
+        //
+        // A joining node (it knows no configuration yet) always refuses: it cannot have been
+        // promoted in an entry it has not received before it received any, and a vote from a
+        // node that holds none of the log would only help a candidate missing entries.
+        let granted = if self.joining() {
+            false
+        } else if pre_vote {
             // Thesis §9.6: grant a pre-vote iff we would grant the vote in that term, and we
             // have not heard from a leader recently (check-quorum).
             term > self.term && log_ok && (leadership_transfer || !self.in_vote_lease(now))
@@ -1153,28 +1335,29 @@ impl Raft {
             return;
         }
         let self_counts = self.role == Role::PreCandidate || self.hs_durable();
-        let mut granted = 0;
-        let mut rejected = 0;
-        for (id, g) in &self.votes {
-            if !self.membership.voters.contains(id) {
-                continue;
-            }
-            if *g {
-                if *id != self.config.id || self_counts {
-                    granted += 1;
-                }
-            } else {
-                rejected += 1;
-            }
-        }
-        let quorum = self.membership.quorum();
-        if granted >= quorum {
+        let me = self.config.id;
+        let votes = &self.votes;
+        let granted = |id: NodeId| votes.get(&id) == Some(&true) && (id != me || self_counts);
+        let rejected = |id: NodeId| votes.get(&id) == Some(&false);
+        // Raft §6: while joint, a candidate needs a majority of C_new and one of C_old; it
+        // has lost once either half has a majority against it.
+        let won = if self.bug_joint_elect_old_majority_only() && self.membership.is_joint() {
+            let old = Membership::with_voters(self.membership.outgoing.iter().copied());
+            old.is_quorum(granted)
+        } else {
+            self.membership.is_quorum(granted)
+        };
+        let half_lost = |set: &BTreeSet<NodeId>| {
+            !set.is_empty() && set.iter().filter(|id| rejected(**id)).count() > set.len() / 2
+        };
+        let lost = half_lost(&self.membership.voters) || half_lost(&self.membership.outgoing);
+        if won {
             if self.role == Role::PreCandidate {
                 self.campaign(now, false);
             } else {
                 self.become_leader(now);
             }
-        } else if rejected >= quorum {
+        } else if lost {
             self.become_follower(now, self.term, None);
         }
     }
@@ -1350,7 +1533,7 @@ impl Raft {
                 ReplicationState::Snapshot => {}
             }
         }
-        if !learner && self.membership.voters.contains(&from) {
+        if !learner && self.membership.is_voter(from) {
             self.ack_round(read_ctx, from);
         }
     }
@@ -1394,15 +1577,10 @@ impl Raft {
     }
 
     fn quorum_active(&self) -> bool {
-        let active = self
-            .membership
-            .voters
-            .iter()
-            .filter(|v| {
-                **v == self.config.id || self.progress.get(v).is_some_and(|p| p.recent_active)
-            })
-            .count();
-        active >= self.membership.quorum()
+        // Raft §6: while joint, a majority of each half must be active.
+        self.membership.is_quorum(|v| {
+            v == self.config.id || self.progress.get(&v).is_some_and(|p| p.recent_active)
+        })
     }
 
     fn in_vote_lease(&self, now: Millis) -> bool {
@@ -1469,7 +1647,7 @@ impl Raft {
         if self.role == Role::Leader {
             self.leader_cleanup();
         }
-        self.role = if self.membership.voters.contains(&self.config.id) {
+        self.role = if self.membership.is_voter(self.config.id) {
             Role::Follower
         } else {
             Role::Learner
@@ -1502,7 +1680,7 @@ impl Raft {
         let next = self.log.last_index() + 1;
         for id in self.membership.all() {
             if id != self.config.id {
-                let learner = self.membership.learners.contains(&id);
+                let learner = !self.membership.is_voter(id);
                 self.progress.insert(id, Progress::new(next, learner, now));
             }
         }
@@ -1522,9 +1700,7 @@ impl Raft {
 
     fn other_voters(&self) -> Vec<NodeId> {
         self.membership
-            .voters
-            .iter()
-            .copied()
+            .all_voters()
             .filter(|v| *v != self.config.id)
             .collect()
     }
@@ -1661,22 +1837,12 @@ impl Raft {
         } else {
             self.persisted_index
         };
-        let mut matches = std::mem::take(&mut self.scratch_matches);
-        matches.clear();
-        matches.extend(self.membership.voters.iter().map(|v| {
-            if *v == self.config.id {
-                own
-            } else {
-                self.progress.get(v).map_or(0, |p| p.match_index)
-            }
-        }));
-        let quorum = self.membership.quorum();
-        matches.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matches.get(quorum - 1).copied();
-        self.scratch_matches = matches;
-        let Some(candidate) = candidate else {
-            return;
-        };
+        // Raft §6: while joint, an entry commits only once a majority of C_new *and* one of
+        // C_old hold it.
+        let mut candidate = self.quorum_match(own, false);
+        if self.membership.is_joint() && !self.bug_joint_commit_new_majority_only() {
+            candidate = candidate.min(self.quorum_match(own, true));
+        }
         if candidate <= self.commit_index {
             return;
         }
@@ -1687,6 +1853,29 @@ impl Raft {
         }
         self.commit_index = candidate;
         self.on_leader_commit(now);
+    }
+
+    /// The highest index a majority of the voters (`outgoing`: of C_old instead) holds,
+    /// counting this node's own log up to `own`. 0 for an empty set.
+    fn quorum_match(&mut self, own: LogIndex, outgoing: bool) -> LogIndex {
+        let set = if outgoing {
+            &self.membership.outgoing
+        } else {
+            &self.membership.voters
+        };
+        let mut matches = std::mem::take(&mut self.scratch_matches);
+        matches.clear();
+        matches.extend(set.iter().map(|v| {
+            if *v == self.config.id {
+                own
+            } else {
+                self.progress.get(v).map_or(0, |p| p.match_index)
+            }
+        }));
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matches.get(set.len() / 2).copied().unwrap_or(0);
+        self.scratch_matches = matches;
+        candidate
     }
 
     /// Forgets the progress of peers that are no longer members once the change that removed
@@ -1705,15 +1894,22 @@ impl Raft {
 
     fn on_leader_commit(&mut self, now: Millis) {
         self.prune_removed_peers();
+        // A base membership (bootstrap or snapshot) is committed by definition.
+        let config_committed = self
+            .membership_entries
+            .last()
+            .is_none_or(|(i, _)| *i <= self.commit_index);
         // Thesis §4.2.2: a leader removed from the voters steps down once the change commits.
-        if !self.membership.voters.contains(&self.config.id)
-            && self
-                .membership_entries
-                .last()
-                .is_some_and(|(i, _)| *i <= self.commit_index)
-        {
+        if !self.membership.is_voter(self.config.id) && config_committed {
             self.become_follower(now, self.term, None);
             return;
+        }
+        // Raft §6: once C_old,new is committed the leader appends C_new. A leader elected
+        // during the joint phase gets here once its first entry commits (which commits
+        // C_old,new with it), so a transition interrupted by a crash is finished.
+        if self.membership.is_joint() && config_committed {
+            let next = self.membership.leave_joint();
+            self.append_membership(next);
         }
         // Reads registered before the first commit of the term could not exist (NotReady),
         // so nothing to do for them here.
@@ -1776,7 +1972,8 @@ impl Raft {
             .membership_entries
             .last()
             .map_or_else(|| self.base_membership.clone(), |(_, m)| m.clone());
-        let is_voter = self.membership.voters.contains(&self.config.id);
+        let is_voter = self.membership.is_voter(self.config.id);
+        self.was_member |= self.membership.contains(self.config.id);
         match self.role {
             Role::Leader => {
                 let next = self.log.last_index();
@@ -1790,14 +1987,14 @@ impl Raft {
                     if id == self.config.id {
                         continue;
                     }
-                    let learner = self.membership.learners.contains(&id);
+                    let learner = !self.membership.is_voter(id);
                     self.progress
                         .entry(id)
                         .and_modify(|p| p.learner = learner)
                         .or_insert_with(|| Progress::new(next, learner, now));
                 }
                 if let Some(t) = self.transfer {
-                    if !self.membership.voters.contains(&t.target) {
+                    if !self.membership.is_voter(t.target) {
                         self.transfer = None;
                     }
                 }
@@ -1860,7 +2057,7 @@ impl Raft {
         self.next_read_ctx += 1;
         self.want_read_round = false;
         let mut acks = Vec::new();
-        if self.membership.voters.contains(&self.config.id) {
+        if self.membership.is_voter(self.config.id) {
             acks.push(self.config.id);
         }
         self.rounds.push_back(Round {
@@ -1902,12 +2099,8 @@ impl Raft {
         let Some(r) = self.rounds.iter().find(|r| r.ctx == ctx) else {
             return;
         };
-        let acked = r
-            .acks
-            .iter()
-            .filter(|id| self.membership.voters.contains(id))
-            .count();
-        if acked < self.membership.quorum() {
+        // Raft §6: while joint, a majority of each half must have acknowledged.
+        if !self.membership.is_quorum(|id| r.acks.contains(&id)) {
             return;
         }
         let sent_at = r.sent_at;
@@ -2128,6 +2321,39 @@ impl Raft {
         #[cfg(feature = "planted-bugs")]
         {
             self.config.planted_bugs.install_stale_snapshot
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_joint_commit_new_majority_only(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.joint_commit_new_majority_only
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_joint_elect_old_majority_only(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.joint_elect_old_majority_only
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            false
+        }
+    }
+
+    fn bug_second_change_before_commit(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.config.planted_bugs.second_change_before_commit
         }
         #[cfg(not(feature = "planted-bugs"))]
         {

@@ -5,7 +5,8 @@
 //! the same types serve the deterministic simulator, the actix shell and the transport.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
 /// A node's identity, unique within a cluster. `0` is never a valid node id.
 pub type NodeId = u64;
@@ -29,8 +30,9 @@ pub enum EntryPayload {
     Noop,
     /// A user command, opaque to the core, applied to the state machine once committed.
     Command(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// A new membership configuration (thesis §4.1, one server at a time). It takes effect on
-    /// every node as soon as it is *appended* to that node's log, not when committed.
+    /// A new membership configuration (thesis §4.1 for single-server changes, Raft §6 for a
+    /// joint C_old,new and the C_new that ends it). It takes effect on every node as soon as
+    /// it is *appended* to that node's log, not when committed.
     Membership(Membership),
 }
 
@@ -45,14 +47,48 @@ pub struct Entry {
     pub payload: EntryPayload,
 }
 
-/// A group's membership: the voters (who elect leaders and form quorums) and the learners
-/// (who receive the log but never vote and never count toward a quorum).
+/// How to reach a member: its Raft transport address and its HTTP address. Carried in the
+/// replicated [`Membership`] so that every node learns how to reach a new member from the log
+/// (or a snapshot), not from local configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberAddr {
+    /// The member's Raft/transport listen address.
+    pub raft: SocketAddr,
+    /// The member's HTTP listen address.
+    pub http: SocketAddr,
+}
+
+/// A group's membership: the voters (who elect leaders and form quorums), the learners (who
+/// receive the log but never vote and never count toward a quorum) and, during a joint
+/// configuration (Raft §6, C_old,new), the outgoing voters.
+///
+/// While `outgoing` is non-empty the configuration is *joint*: `voters` is C_new, `outgoing`
+/// is C_old, and elections and commitment need a majority of **each** (see
+/// [`Membership::is_quorum`]). A node is a voter if it is in either set; learners are in
+/// neither. Outside a joint configuration `outgoing` is empty.
+///
+/// The fields added after `learners` are `#[serde(default)]` so that write-ahead logs and
+/// snapshots written before they existed still decode (MessagePack encodes a struct as an
+/// array; a missing trailing element takes its default).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Membership {
-    /// Nodes that vote and count toward quorums.
+    /// Nodes that vote and count toward quorums (C_new while joint).
     pub voters: BTreeSet<NodeId>,
     /// Nodes that replicate the log without voting.
     pub learners: BTreeSet<NodeId>,
+    /// C_old while the configuration is joint (Raft §6); empty otherwise.
+    #[serde(default)]
+    pub outgoing: BTreeSet<NodeId>,
+    /// How to reach each member (voters, outgoing voters, learners). A member may lack an
+    /// entry (the simulator and tests have no addresses; a bootstrap membership may be built
+    /// without them): the shell then falls back to its own configuration.
+    #[serde(default)]
+    pub addrs: BTreeMap<NodeId, MemberAddr>,
+    /// The configuration id: the index of the log entry that carries this membership (set by
+    /// the leader when it appends it), 0 for a bootstrap membership. Changes may name the id
+    /// they expect ([`Raft::change_membership_if`](super::Raft::change_membership_if)).
+    #[serde(default)]
+    pub config_id: LogIndex,
 }
 
 impl Membership {
@@ -60,35 +96,163 @@ impl Membership {
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
         Membership {
             voters: voters.into_iter().collect(),
-            learners: BTreeSet::new(),
+            ..Membership::default()
         }
     }
 
-    /// Whether `id` is a voter or a learner.
+    /// Whether `id` is a voter, an outgoing voter or a learner.
     pub fn contains(&self, id: NodeId) -> bool {
-        self.voters.contains(&id) || self.learners.contains(&id)
+        self.is_voter(id) || self.learners.contains(&id)
     }
 
-    /// The number of votes that make a majority of the voters.
+    /// Whether `id` votes: it is in C_new (`voters`) or, while joint, in C_old (`outgoing`).
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.outgoing.contains(&id)
+    }
+
+    /// Whether this is a joint configuration (C_old,new).
+    pub fn is_joint(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// Whether the membership names no node at all (a joining node that has not yet learned
+    /// its cluster's configuration).
+    pub fn is_empty(&self) -> bool {
+        self.voters.is_empty() && self.learners.is_empty() && self.outgoing.is_empty()
+    }
+
+    /// The number of votes that make a majority of `voters` (C_new). While joint, a quorum
+    /// also needs a majority of `outgoing`: use [`Membership::is_quorum`].
     pub fn quorum(&self) -> usize {
         self.voters.len() / 2 + 1
     }
 
-    /// Voters and learners, in id order.
+    /// Whether the nodes for which `yes` holds form a quorum: a majority of `voters` and,
+    /// while joint, also a majority of `outgoing` (Raft §6).
+    pub fn is_quorum(&self, yes: impl Fn(NodeId) -> bool) -> bool {
+        let majority = |set: &BTreeSet<NodeId>| {
+            set.is_empty() || set.iter().filter(|id| yes(**id)).count() > set.len() / 2
+        };
+        !self.voters.is_empty() && majority(&self.voters) && majority(&self.outgoing)
+    }
+
+    /// The highest index held by a quorum, given each voter's matched index: the
+    /// quorum-th highest of `voters`, and while joint the smaller of that and the same for
+    /// `outgoing` (Raft §6: an entry commits only with both majorities). 0 without voters.
+    pub fn quorum_index(&self, matched: impl Fn(NodeId) -> LogIndex) -> LogIndex {
+        let of = |set: &BTreeSet<NodeId>| {
+            let mut m: Vec<LogIndex> = set.iter().map(|id| matched(*id)).collect();
+            m.sort_unstable_by(|a, b| b.cmp(a));
+            m.get(set.len() / 2).copied().unwrap_or(0)
+        };
+        if self.voters.is_empty() {
+            return 0;
+        }
+        let new = of(&self.voters);
+        if self.outgoing.is_empty() {
+            new
+        } else {
+            new.min(of(&self.outgoing))
+        }
+    }
+
+    /// Every voter (C_new and, while joint, C_old), in id order, without duplicates.
+    pub fn all_voters(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters
+            .iter()
+            .chain(self.outgoing.iter().filter(|id| !self.voters.contains(id)))
+            .copied()
+    }
+
+    /// Voters (of both halves while joint) and learners.
     pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.voters.iter().chain(self.learners.iter()).copied()
+        self.all_voters().chain(self.learners.iter().copied())
+    }
+
+    /// The configuration that ends a joint one (C_new): the incoming voters and the learners,
+    /// with the addresses of nodes that are no longer members dropped.
+    pub fn leave_joint(&self) -> Membership {
+        let mut next = Membership {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            outgoing: BTreeSet::new(),
+            addrs: self.addrs.clone(),
+            config_id: 0,
+        };
+        next.retain_member_addrs();
+        next
+    }
+
+    /// Drops the addresses of nodes that are not members.
+    pub(crate) fn retain_member_addrs(&mut self) {
+        let keep: BTreeSet<NodeId> = self.all().collect();
+        self.addrs.retain(|id, _| keep.contains(id));
     }
 }
 
-/// A single-server membership change (thesis §4.1): at most one may be uncommitted at a time.
+/// A membership change, proposed on the leader with
+/// [`Raft::change_membership`](super::Raft::change_membership). At most one change is in
+/// flight at a time: the next one is refused until the previous one (for a joint change,
+/// both of its entries) committed.
+///
+/// `AddLearner`, `Promote` and `Remove` are single-server changes (thesis §4.1): one entry, in
+/// force as soon as appended. `Replace` and `Change` go through a joint configuration
+/// (Raft §6): the leader appends C_old,new, and once it commits, C_new; elections and
+/// commitment need both majorities in between.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MembershipChange {
-    /// Add a node that receives the log but does not vote.
-    AddLearner(NodeId),
-    /// Turn a learner into a voter.
+    /// Add a node that receives the log but does not vote, and how to reach it.
+    AddLearner {
+        /// The new node (not 0, not a member).
+        id: NodeId,
+        /// Its addresses, replicated to every node with the membership.
+        addr: Option<MemberAddr>,
+    },
+    /// Turn a caught-up learner into a voter (single-server change).
     Promote(NodeId),
-    /// Remove a voter or a learner.
+    /// Remove a voter or a learner (single-server change).
     Remove(NodeId),
+    /// Swap voter `remove` for the caught-up learner `add`, through a joint configuration.
+    Replace {
+        /// A learner to promote.
+        add: NodeId,
+        /// A voter to remove.
+        remove: NodeId,
+    },
+    /// Promote several learners and remove several members at once. If the set of voters
+    /// changes it goes through a joint configuration; a change of learners only is one entry.
+    Change {
+        /// Learners to turn into voters (each must be caught up).
+        promote: BTreeSet<NodeId>,
+        /// Voters or learners to remove.
+        remove: BTreeSet<NodeId>,
+    },
+}
+
+/// Why a membership change is invalid for the membership in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum InvalidChange {
+    /// Node id 0 is never valid.
+    #[error("node id 0 is not valid")]
+    ZeroId,
+    /// The node to add is already a member.
+    #[error("node {0} is already a member")]
+    AlreadyMember(NodeId),
+    /// Only learners can be promoted.
+    #[error("node {0} is not a learner")]
+    NotALearner(NodeId),
+    /// The node to remove is not a member.
+    #[error("node {0} is not a member")]
+    NotAMember(NodeId),
+    /// The change would leave the group without a voter.
+    #[error("the change would leave no voter")]
+    NoVoters,
+    /// The change changes nothing.
+    #[error("the change changes nothing")]
+    Empty,
+    /// The node is named both to promote and to remove.
+    #[error("node {0} is named both to promote and to remove")]
+    Conflict(NodeId),
 }
 
 /// The state that must be durable before the core may act on it (Raft figure 2, "persistent
@@ -361,12 +525,36 @@ pub enum ProposeError {
     /// A leader transfer is under way; proposals are refused until it ends.
     #[error("a leader transfer is in progress")]
     TransferInProgress,
-    /// Another membership change has not committed yet (thesis §4.1 allows one at a time).
-    #[error("another membership change is not committed yet")]
-    MembershipChangePending,
+    /// The leader has not committed an entry of its own term yet, so it may not know every
+    /// committed membership change (the single-server change bug Ongaro reported in 2015);
+    /// membership changes wait for that. Retry shortly.
+    #[error("the leader has not committed an entry in its term yet")]
+    LeaderNotReady,
+    /// Another membership change is in flight (not committed, or a joint configuration not
+    /// yet left): one at a time.
+    #[error("another membership change is in progress")]
+    ChangeInProgress,
+    /// The learner to promote is `lag` entries behind the leader's last index, more than
+    /// `RaftConfig::promote_max_lag`, or does not hold the configuration in force yet.
+    #[error("node {id} is not caught up ({lag} entries behind)")]
+    NotCaughtUp {
+        /// The learner.
+        id: NodeId,
+        /// How far behind the leader's last index its match index is.
+        lag: u64,
+    },
+    /// The change named a configuration id that is not the one in force: another change
+    /// came first.
+    #[error("the configuration changed (expected id {expected}, current {current})")]
+    ConfigChanged {
+        /// The id the caller expected.
+        expected: LogIndex,
+        /// The id in force.
+        current: LogIndex,
+    },
     /// The change makes no sense for the current membership.
     #[error("invalid membership change: {0}")]
-    InvalidMembershipChange(String),
+    InvalidMembershipChange(#[from] InvalidChange),
 }
 
 /// Why [`Raft::snapshot_taken`](super::Raft::snapshot_taken) or
@@ -391,6 +579,14 @@ pub enum SnapshotError {
         index: LogIndex,
         /// The current snapshot index or compaction point, whichever is higher.
         current: LogIndex,
+    },
+    /// The membership in force at `index` is unknown to this node: it joined with an empty
+    /// membership and `index` precedes the first membership entry it received (the cluster's
+    /// bootstrap configuration is not a log entry). It can snapshot once it applied one.
+    #[error("the membership at index {index} is unknown to this node (it joined later)")]
+    UnknownMembership {
+        /// The snapshot's index.
+        index: LogIndex,
     },
     /// The snapshot's term or membership is not the log's at its index: it was not taken from
     /// this group's committed state.

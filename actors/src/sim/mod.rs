@@ -42,8 +42,12 @@ pub enum FaultProfile {
     /// Partitions that isolate the leader, with maximal tolerated clock skew: stresses
     /// check-quorum, leases and stale leaders.
     Partitions,
-    /// The mixed faults plus membership changes (remove a voter, add it back as a learner,
-    /// promote it) proposed on the leader throughout the fault phase.
+    /// The mixed faults plus membership changes proposed on the leader throughout the fault
+    /// phase: single-server ones (add a learner, promote it, remove a voter) and joint ones
+    /// (Raft §6: replace a voter by a learner, or promote and remove several at once), in
+    /// bursts (a change before the previous one committed must be refused), with the leader
+    /// sometimes crashing right after proposing; some seeds start one or two nodes as
+    /// joining cores (empty membership) that must be added to take part.
     Membership,
     /// No faults at all (random delays only): a baseline.
     Calm,
@@ -225,8 +229,15 @@ pub struct FaultMix {
     pub clock_skew: bool,
     /// Whether leader transfers are requested.
     pub transfers: bool,
-    /// Whether membership changes are proposed (one server at a time, thesis §4.1).
+    /// Whether membership changes are proposed (single-server, thesis §4.1, and joint,
+    /// Raft §6).
     pub membership: bool,
+    /// How many of the highest-id nodes start as joining cores (empty membership): they are
+    /// not voters of the bootstrap configuration and learn it from the log once added.
+    pub joiners: usize,
+    /// Probability that the leader crashes 1–30 ms after it proposed a membership change
+    /// (often in the middle of a joint phase).
+    pub change_leader_crash: f64,
     /// Probability that a crash or a partition targets the current leader.
     pub leader_bias: f64,
     /// Probability that a newly elected leader crashes `leader_life_ms` after its election, before it
@@ -271,6 +282,8 @@ impl FaultMix {
             clock_skew: false,
             transfers: false,
             membership: false,
+            joiners: 0,
+            change_leader_crash: 0.0,
             leader_bias: 0.0,
             new_leader_crash: 0.0,
             leader_life_ms: (1, 60),
@@ -299,10 +312,21 @@ impl FaultMix {
         };
         match profile {
             FaultProfile::Calm => quiet,
-            FaultProfile::Membership => FaultMix {
-                membership: true,
-                ..FaultMix::draw(FaultProfile::Mixed, seed)
-            },
+            FaultProfile::Membership => {
+                // A stream of its own: the mixed draws of a seed stay what they were.
+                let mut m = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x3E3B));
+                let joiners = if m.random_bool(0.5) {
+                    m.random_range(1..=2)
+                } else {
+                    0
+                };
+                FaultMix {
+                    membership: true,
+                    joiners,
+                    change_leader_crash: pct(&mut m, 0.5, 0.05, 0.3),
+                    ..FaultMix::draw(FaultProfile::Mixed, seed)
+                }
+            }
             FaultProfile::Mixed => {
                 let drop = pct(rng, 0.5, 0.005, 0.10);
                 let duplicate = pct(rng, 0.4, 0.005, 0.05);
@@ -381,11 +405,15 @@ impl fmt::Display for FaultMix {
             (self.clock_skew, "skew"),
             (self.transfers, "transfers"),
             (self.membership, "membership"),
+            (self.change_leader_crash > 0.0, "change-crash"),
             (self.new_leader_crash > 0.0, "leader-crash"),
         ] {
             if on {
                 write!(f, " +{name}")?;
             }
+        }
+        if self.joiners > 0 {
+            write!(f, " +{} joining", self.joiners)?;
         }
         if self.snapshot_every.1 > 0 {
             write!(
@@ -433,6 +461,13 @@ pub enum FailureKind {
     StateDigest,
     /// Log entries were compacted that no durable snapshot covers, or that were not applied.
     Compaction,
+    /// A leader was elected without a quorum of votes of its configuration (while joint, a
+    /// majority of C_new and one of C_old, Raft §6).
+    ElectionQuorum,
+    /// A leader appended a membership change on top of an uncommitted one, or a step the
+    /// protocol does not allow (more than one voter without a joint configuration, a joint
+    /// configuration not built on the one in force, leaving a joint one for another C_new).
+    MembershipChange,
 }
 
 impl FailureKind {
@@ -453,6 +488,8 @@ impl FailureKind {
             FailureKind::AppliedRegressed => "applied index regressed",
             FailureKind::StateDigest => "state digest differs at the same applied index",
             FailureKind::Compaction => "compaction past the durable snapshot",
+            FailureKind::ElectionQuorum => "leader elected without a quorum",
+            FailureKind::MembershipChange => "unsafe membership change",
         }
     }
 }
@@ -557,6 +594,14 @@ pub struct SimReport {
     pub snapshots_old_term: u64,
     /// Crashes while an install's persist was in flight.
     pub crashes_mid_install: u64,
+    /// Membership changes the leader accepted.
+    pub changes_accepted: u64,
+    /// Accepted changes that entered a joint configuration (Raft §6).
+    pub joint_changes: u64,
+    /// Changes refused because another one was in flight (`ChangeInProgress`).
+    pub changes_in_progress: u64,
+    /// Joining nodes (started with an empty membership) added as learners.
+    pub joiners_added: u64,
 }
 
 /// Runs one seed to completion.

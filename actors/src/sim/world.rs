@@ -7,15 +7,15 @@ use super::trace::{DropWhy, MsgKind, Note, Trace};
 use super::{derive_seed, FailureKind, FaultMix, SimConfig, SimFailure, SimReport};
 use crate::linearizability::{check_kv, History, KvInput, KvOutput, OpId, SearchBudget, Verdict};
 use crate::raft::{
-    Action, Entry, EntryPayload, LogIndex, Membership, MembershipChange, Message, NodeId,
-    PersistRequest, ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId,
-    RestoreState, Role, SnapshotError, SnapshotMeta, Term,
+    Action, Entry, EntryPayload, LogIndex, MemberAddr, Membership, MembershipChange, Message,
+    MessageBody, NodeId, PersistRequest, ProposeError, Raft, RaftConfig, ReadConsistency,
+    ReadError, ReadId, RestoreState, Role, SnapshotError, SnapshotMeta, Term,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Ordering;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 /// Configurations the linearizability search may visit per run. Histories of a few hundred
@@ -225,6 +225,8 @@ pub(crate) struct World {
     acked: Vec<(LogIndex, Term, u64)>,
     // Checkers' global knowledge.
     leaders: BTreeMap<Term, NodeId>,
+    /// Votes delivered to each (candidate, term): who granted them.
+    votes_granted: BTreeMap<(NodeId, Term), BTreeSet<NodeId>>,
     entry_ids: HashMap<(LogIndex, Term), (u64, Term)>,
     committed: Vec<(Term, u64)>,
     /// The state digest of the first replica that reached each applied index.
@@ -362,6 +364,7 @@ impl World {
             next_token: 1,
             acked: Vec::new(),
             leaders: BTreeMap::new(),
+            votes_granted: BTreeMap::new(),
             entry_ids: HashMap::new(),
             committed: Vec::new(),
             digests: HashMap::new(),
@@ -580,6 +583,19 @@ impl World {
         }
     }
 
+    /// The bootstrap membership node `id` starts with: the initial voters, or nothing for a
+    /// joining node (the last `mix.joiners` ids), which learns it from the log.
+    fn bootstrap_membership(&self, id: NodeId) -> Membership {
+        // At most a minority of the nodes join later.
+        let joiners = self.mix.joiners.min((self.cfg.nodes - 1) / 2);
+        let initial = (self.cfg.nodes - joiners) as u64;
+        if id > initial {
+            Membership::default()
+        } else {
+            Membership::with_voters(1..=initial)
+        }
+    }
+
     /// Starts (or restarts) node `n` from exactly what its durable store holds. The state
     /// machine is volatile: it is rebuilt by re-applying the log from index 1.
     fn boot(&mut self, n: usize) -> Result<(), Box<SimFailure>> {
@@ -591,7 +607,7 @@ impl World {
             entries: durable.entries(),
             // The state machine is volatile: it restarts from the snapshot, if any.
             applied: durable.snapshot_index(),
-            base_membership: Membership::with_voters(1..=self.cfg.nodes as u64),
+            base_membership: self.bootstrap_membership(id),
             snapshot,
         };
         let now = self.local(n);
@@ -868,6 +884,10 @@ impl World {
                 Some(_) => {}
                 None => {
                     self.entry_ids.insert((e.index, e.term), (hash, prev_term));
+                    // The first persist of an entry is its creator's, the leader's.
+                    if let EntryPayload::Membership(next) = &e.payload {
+                        self.check_membership_change(n, e.index, next)?;
+                    }
                 }
             }
             self.nodes[n].shadow.push(e.term);
@@ -892,6 +912,50 @@ impl World {
             },
         );
         Ok(())
+    }
+
+    /// Membership change safety, checked where a leader creates a membership entry: the
+    /// entry carries its own index as its configuration id; the configuration before it is
+    /// committed (one change at a time, thesis §4.1 — a second change on top of an
+    /// uncommitted one can leave two disjoint majorities); and the step is one the protocol
+    /// allows: at most one voter added or removed, or entering a joint configuration whose
+    /// C_old is the configuration in force, or leaving one for exactly its C_new (Raft §6).
+    fn check_membership_change(
+        &self,
+        n: usize,
+        index: LogIndex,
+        next: &Membership,
+    ) -> Result<(), Box<SimFailure>> {
+        let id = self.nodes[n].id;
+        let Some(core) = self.nodes[n].core.as_ref() else {
+            return Ok(());
+        };
+        let prev = core.membership_at_index(index - 1);
+        let committed = self.committed.len() as u64;
+        let problem = if next.config_id != index {
+            Some(format!("carries config id {}", next.config_id))
+        } else if prev.config_id > committed {
+            Some(format!(
+                "follows configuration {} which is not committed (committed up to {committed})",
+                prev.config_id
+            ))
+        } else if prev.is_joint() {
+            (next.is_joint() || next.voters != prev.voters)
+                .then(|| "does not leave the joint configuration for its C_new".to_string())
+        } else if next.is_joint() {
+            (next.outgoing != prev.voters)
+                .then(|| "enters a joint configuration whose C_old is not in force".to_string())
+        } else {
+            (prev.voters.symmetric_difference(&next.voters).count() > 1)
+                .then(|| "changes more than one voter without a joint configuration".to_string())
+        };
+        match problem {
+            Some(p) => Err(self.fail(
+                FailureKind::MembershipChange,
+                format!("n{id} appends membership {next:?} at {index}: {p}; before it: {prev:?}"),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn persist_done(
@@ -1069,6 +1133,22 @@ impl World {
                 }
                 Some(_) => {}
                 None => {
+                    // Election quorum: the votes delivered to the new leader in its term (and
+                    // its own) form a quorum of the configuration it counts with — while
+                    // joint (Raft §6), a majority of C_new and one of C_old.
+                    let m = core.membership();
+                    let granted = self.votes_granted.get(&(id, term));
+                    let voted = |v: NodeId| v == id || granted.is_some_and(|g| g.contains(&v));
+                    if !m.is_quorum(voted) {
+                        return Err(self.fail(
+                            FailureKind::ElectionQuorum,
+                            format!(
+                                "n{id} became leader of term {term} with the votes of {granted:?} \
+                                 (voters {:?}, outgoing {:?})",
+                                m.voters, m.outgoing
+                            ),
+                        ));
+                    }
                     // Leader Completeness (Raft §5.4): the new leader holds every entry
                     // committed so far.
                     // Below its compaction point it holds the prefix through a snapshot: the
@@ -1166,8 +1246,7 @@ impl World {
             };
             newly.push((index, e.term, payload_hash(&e.payload)));
         }
-        let voters: Vec<NodeId> = core.membership().voters.iter().copied().collect();
-        let quorum = core.membership().quorum();
+        let membership = core.membership().clone();
         for (index, t, h) in newly {
             match self.committed.get((index - 1) as usize) {
                 Some(&c) if c != (t, h) => {
@@ -1189,22 +1268,22 @@ impl World {
                 // commit index may already hold a newer membership (a single-server change
                 // appended after the commit), under which an entry committed by the old
                 // majority need not yet be on a new majority — and need not be, since any
-                // majority of the new membership overlaps the old one (thesis §4.1).
-                let holders: Vec<NodeId> = voters
-                    .iter()
-                    .copied()
-                    .filter(|&v| {
-                        self.nodes
-                            .get((v - 1) as usize)
-                            .is_some_and(|x| x.durable.holds(index, t))
-                    })
-                    .collect();
-                if holders.len() < quorum {
+                // majority of the new membership overlaps the old one (thesis §4.1). While
+                // the membership is joint (Raft §6), a majority of C_new *and* one of C_old.
+                let holds = |v: NodeId| {
+                    self.nodes
+                        .get((v - 1) as usize)
+                        .is_some_and(|x| x.durable.holds(index, t))
+                };
+                if !membership.is_quorum(holds) {
+                    let holders: Vec<NodeId> =
+                        membership.all_voters().filter(|&v| holds(v)).collect();
                     return Err(self.fail(
                         FailureKind::CommitNotDurable,
                         format!(
                             "n{id} commits {index}/t{t} but only {holders:?} store it durably \
-                             (quorum {quorum} of {voters:?})"
+                             (voters {:?}, outgoing {:?})",
+                            membership.voters, membership.outgoing
                         ),
                     ));
                 }
@@ -1254,7 +1333,7 @@ impl World {
             return;
         };
         let still_leading = core.role() == Role::Leader && core.term() == term;
-        if still_leading || core.membership().voters.contains(&node.id) {
+        if still_leading || core.membership().is_voter(node.id) {
             return;
         }
         let id = node.id;
@@ -1319,8 +1398,11 @@ impl World {
         let (id, applied) = (node.id, node.applied);
         let meta = match core.snapshot_meta(applied) {
             Ok(meta) => meta,
-            // An install or a newer snapshot got there first.
-            Err(SnapshotError::Stale { .. }) => return Ok(()),
+            // An install or a newer snapshot got there first; or a joining node has not yet
+            // received the membership of that prefix.
+            Err(SnapshotError::Stale { .. } | SnapshotError::UnknownMembership { .. }) => {
+                return Ok(())
+            }
             Err(e) => {
                 return Err(self.fail(
                     FailureKind::Contract,
@@ -1718,6 +1800,16 @@ impl World {
             term,
             kind,
         });
+        if let MessageBody::RequestVoteResponse {
+            pre_vote: false,
+            granted: true,
+        } = msg.body
+        {
+            self.votes_granted
+                .entry((to, term))
+                .or_default()
+                .insert(from);
+        }
         let now = self.local(n);
         if let Some(core) = self.nodes[n].core.as_mut() {
             core.handle_message(now, msg);
@@ -1830,10 +1922,44 @@ impl World {
         Ok(())
     }
 
-    /// Proposes the next single-server change on leader `l`: promote a learner if there is
-    /// one, else add a non-member back as a learner, else remove a random voter (the leader
-    /// included) while more than two remain.
+    /// Proposes a burst of one to three membership changes on leader `l` (all but the first
+    /// must be refused while the first is in flight), and with probability
+    /// `mix.change_leader_crash` crashes the leader shortly after.
     fn change_membership(&mut self, l: usize) -> Result<(), Box<SimFailure>> {
+        let burst = if self.rng_fault.random_bool(0.3) {
+            self.rng_fault.random_range(2..=3)
+        } else {
+            1
+        };
+        for _ in 0..burst {
+            self.propose_change(l)?;
+        }
+        let term = self.nodes[l].core.as_ref().map(|c| c.term());
+        if let Some(term) = term {
+            if self.mix.change_leader_crash > 0.0
+                && self.rng_fault.random_bool(self.mix.change_leader_crash)
+            {
+                let at = self.now + self.rng_fault.random_range(1..=30);
+                self.schedule(at, Event::CrashLeader { node: l, term });
+            }
+        }
+        Ok(())
+    }
+
+    /// An address for node `id` (the core only carries it).
+    fn member_addr(id: NodeId) -> MemberAddr {
+        let port = 7000u16.saturating_add(u16::try_from(id).unwrap_or(0));
+        MemberAddr {
+            raft: ([10, 0, 0, 1], port).into(),
+            http: ([10, 0, 0, 1], port.saturating_add(1000)).into(),
+        }
+    }
+
+    /// Proposes one random change valid for the leader's membership: add a non-member as a
+    /// learner (with its address); promote a learner (single-server) or swap it for a voter
+    /// (`Replace`, joint); promote every learner and remove some voters at once (joint);
+    /// remove a voter (single-server) or two (joint) while enough remain.
+    fn propose_change(&mut self, l: usize) -> Result<(), Box<SimFailure>> {
         let Some(m) = self.nodes[l].core.as_ref().map(|c| c.membership().clone()) else {
             return Ok(());
         };
@@ -1841,12 +1967,49 @@ impl World {
             .filter(|&id| !m.contains(id))
             .collect();
         let voters: Vec<NodeId> = m.voters.iter().copied().collect();
-        let change = if let Some(&x) = m.learners.iter().next() {
-            MembershipChange::Promote(x)
-        } else if !outsiders.is_empty() {
-            MembershipChange::AddLearner(outsiders[self.rng_fault.random_range(0..outsiders.len())])
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let pick = |rng: &mut ChaCha8Rng, v: &[NodeId]| v[rng.random_range(0..v.len())];
+        let roll = self.rng_fault.random_range(0..100);
+        let change = if !learners.is_empty() && roll < 35 {
+            MembershipChange::Promote(pick(&mut self.rng_fault, &learners))
+        } else if !learners.is_empty() && roll < 65 {
+            MembershipChange::Replace {
+                add: pick(&mut self.rng_fault, &learners),
+                remove: pick(&mut self.rng_fault, &voters),
+            }
+        } else if !learners.is_empty() && roll < 80 {
+            let mut remove = BTreeSet::new();
+            for _ in 0..self.rng_fault.random_range(0..=2) {
+                remove.insert(pick(&mut self.rng_fault, &voters));
+            }
+            if remove.len() >= voters.len() {
+                remove.pop_first();
+            }
+            MembershipChange::Change {
+                promote: learners.iter().copied().collect(),
+                remove,
+            }
+        } else if !outsiders.is_empty() && roll < 90 {
+            let id = pick(&mut self.rng_fault, &outsiders);
+            MembershipChange::AddLearner {
+                id,
+                addr: Some(Self::member_addr(id)),
+            }
+        } else if voters.len() > 3 && roll < 95 {
+            let a = pick(&mut self.rng_fault, &voters);
+            let b = pick(&mut self.rng_fault, &voters);
+            MembershipChange::Change {
+                promote: BTreeSet::new(),
+                remove: [a, b].into(),
+            }
         } else if voters.len() > 2 {
-            MembershipChange::Remove(voters[self.rng_fault.random_range(0..voters.len())])
+            MembershipChange::Remove(pick(&mut self.rng_fault, &voters))
+        } else if !outsiders.is_empty() {
+            let id = pick(&mut self.rng_fault, &outsiders);
+            MembershipChange::AddLearner {
+                id,
+                addr: Some(Self::member_addr(id)),
+            }
         } else {
             return Ok(());
         };
@@ -1856,16 +2019,28 @@ impl World {
             .core
             .as_mut()
             .map(|c| c.change_membership(now, change.clone()));
-        if let Some(Err(
-            e @ (ProposeError::InvalidMembershipChange(_) | ProposeError::NotLeader { .. }),
-        )) = &result
-        {
-            if matches!(e, ProposeError::InvalidMembershipChange(_)) {
+        match &result {
+            Some(Err(e @ ProposeError::InvalidMembershipChange(_))) => {
                 return Err(self.fail(
                     FailureKind::Contract,
                     format!("n{id} refused {change:?} for membership {m:?}: {e}"),
                 ));
             }
+            Some(Err(ProposeError::ChangeInProgress)) => self.report.changes_in_progress += 1,
+            Some(Ok(_)) => {
+                self.report.changes_accepted += 1;
+                let core = self.nodes[l].core.as_ref();
+                if core.is_some_and(|c| c.membership().is_joint()) {
+                    self.report.joint_changes += 1;
+                }
+                let joiners = self.mix.joiners.min((self.cfg.nodes - 1) / 2) as u64;
+                if let MembershipChange::AddLearner { id: new, .. } = &change {
+                    if *new > self.cfg.nodes as u64 - joiners {
+                        self.report.joiners_added += 1;
+                    }
+                }
+            }
+            _ => {}
         }
         self.text(format!(
             "membership change on n{id}: {change:?} -> {result:?}"

@@ -204,8 +204,14 @@ fn entry_size_bound(e: &Entry) -> usize {
     match &e.payload {
         EntryPayload::Noop => FIXED,
         EntryPayload::Command(bytes) => FIXED + bytes.len(),
-        // Ids are u64s: at most 9 bytes each, plus the two sets' headers.
-        EntryPayload::Membership(m) => FIXED + 16 + 9 * (m.voters.len() + m.learners.len()),
+        // Ids are u64s: at most 9 bytes each, plus the sets' headers and the config id; an
+        // address pair (two IPv6 socket addresses as MessagePack arrays) stays below 128 bytes.
+        EntryPayload::Membership(m) => {
+            FIXED
+                + 32
+                + 9 * (m.voters.len() + m.learners.len() + m.outgoing.len())
+                + 128 * m.addrs.len()
+        }
     }
 }
 

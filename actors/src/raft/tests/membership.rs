@@ -18,7 +18,11 @@ fn thesis_4_1_add_learner_then_promote() {
     net.campaign(1);
     net.add(4, fresh(&[1, 2, 3]));
     assert_eq!(net.node(4).role(), Role::Learner);
-    let p = change(&mut net, 1, MembershipChange::AddLearner(4));
+    let p = change(
+        &mut net,
+        1,
+        MembershipChange::AddLearner { id: 4, addr: None },
+    );
     assert_eq!(net.node(1).commit_index(), p.index);
     assert_eq!(net.node(4).membership().learners, ids(&[4]));
     assert_eq!(net.node(4).role(), Role::Learner);
@@ -78,18 +82,21 @@ fn membership_change_validation() {
             Err(ProposeError::InvalidMembershipChange(_))
         )
     };
-    assert!(bad(&mut r, MembershipChange::AddLearner(2)));
+    assert!(bad(
+        &mut r,
+        MembershipChange::AddLearner { id: 2, addr: None }
+    ));
     assert!(bad(&mut r, MembershipChange::Promote(2)));
     assert!(bad(&mut r, MembershipChange::Remove(9)));
     let p = r
-        .change_membership(2000, MembershipChange::AddLearner(4))
+        .change_membership(2000, MembershipChange::AddLearner { id: 4, addr: None })
         .unwrap();
     assert_eq!(p, Proposal { index: 2, term: 1 });
     // Effective on append.
     assert_eq!(r.membership().learners, ids(&[4]));
     assert_eq!(
         r.change_membership(2000, MembershipChange::Promote(4)),
-        Err(ProposeError::MembershipChangePending)
+        Err(ProposeError::ChangeInProgress)
     );
     // The new learner gets a probe with the change itself.
     let out = sends(&poll(&mut r));
@@ -108,7 +115,7 @@ fn membership_change_validation() {
     // Not the leader.
     let mut f = Raft::new(cfg(2), fresh(&[1, 2]), 1, 0).unwrap();
     assert_eq!(
-        f.change_membership(0, MembershipChange::AddLearner(5)),
+        f.change_membership(0, MembershipChange::AddLearner { id: 5, addr: None }),
         Err(ProposeError::NotLeader { leader: None })
     );
 }
@@ -233,4 +240,633 @@ fn follower_membership_follows_the_log_including_rollback() {
     );
     assert_eq!(f.membership(), &Membership::with_voters([1, 2, 3]));
     assert_eq!(f.role(), Role::Follower);
+}
+
+// ----------------------------------------------------------------------------------------
+// Issue 14: addresses, joint consensus (Raft §6), the change-safety rules, joining and
+// removed nodes.
+// ----------------------------------------------------------------------------------------
+
+fn addr(id: NodeId) -> MemberAddr {
+    MemberAddr {
+        raft: ([127, 0, 0, 1], 7000 + id as u16).into(),
+        http: ([127, 0, 0, 1], 8000 + id as u16).into(),
+    }
+}
+
+fn add_learner(id: NodeId) -> MembershipChange {
+    MembershipChange::AddLearner {
+        id,
+        addr: Some(addr(id)),
+    }
+}
+
+/// A group of voters 1..=3 led by 1, with `learners` started as joining cores (empty
+/// membership) and added as caught-up learners with their addresses.
+fn group_with_learners(learners: &[NodeId]) -> Net {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.campaign(1);
+    for &id in learners {
+        net.add(id, RestoreState::default());
+        change(&mut net, 1, add_learner(id));
+    }
+    net
+}
+
+#[cfg(feature = "planted-bugs")]
+fn group_with_learners_tweaked(learners: &[NodeId], tweak: impl Fn(&mut RaftConfig)) -> Net {
+    let mut net = Net::with(&[1, 2, 3], tweak);
+    net.campaign(1);
+    for &id in learners {
+        net.add(id, RestoreState::default());
+        change(&mut net, 1, add_learner(id));
+    }
+    net
+}
+
+/// The membership entries of a node's log, in order.
+fn membership_log(r: &Raft) -> Vec<Membership> {
+    r.entries()
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `replace`: a learner takes a voter's place through C_old,new then C_new; the addresses
+/// travel with the membership and the replaced node learns it was removed.
+#[test]
+fn raft_6_replace_goes_through_joint_and_carries_addresses() {
+    let mut net = group_with_learners(&[4]);
+    // The joining core adopted the membership (with its own address) from the log.
+    assert_eq!(net.node(4).membership().addrs.get(&4), Some(&addr(4)));
+    assert_eq!(net.node(4).role(), Role::Learner);
+    assert!(!net.node(4).status().removed);
+    let p = change(&mut net, 1, MembershipChange::Replace { add: 4, remove: 3 });
+    // Followers learn the commit index with the next heartbeat.
+    net.advance(60);
+    let want = Membership {
+        voters: ids(&[1, 2, 4]),
+        addrs: [(4, addr(4))].into(),
+        config_id: p.index + 1,
+        ..Membership::default()
+    };
+    for id in [1, 2, 3, 4] {
+        let r = net.node(id);
+        assert_eq!(r.membership(), &want, "n{id}");
+        let log = membership_log(r);
+        let joint = &log[log.len() - 2];
+        assert_eq!(
+            (&joint.voters, &joint.outgoing, joint.config_id),
+            (&ids(&[1, 2, 4]), &ids(&[1, 2, 3]), p.index),
+            "n{id}: C_old,new precedes C_new"
+        );
+        assert_eq!(r.config_id(), p.index + 1);
+        // The removed node stops hearing from the leader once C_new commits, so it may not
+        // learn that commit.
+        if id != 3 {
+            assert!(r.commit_index() > p.index, "n{id}: C_new committed");
+            assert!(!r.change_pending());
+        }
+    }
+    assert_eq!(net.node(4).role(), Role::Follower);
+    assert_eq!(net.node(3).role(), Role::Learner);
+    assert!(net.node(3).status().removed, "n3 knows it was removed");
+    assert!(!net.node(4).status().removed);
+    // The new configuration works: 1 and 4 commit without 2.
+    net.isolate(2);
+    let w = net.propose(1, b"after");
+    assert!(net.node(1).commit_index() >= w.index);
+}
+
+/// Raft §6: an entry appended in C_old,new commits only with a majority of both halves.
+#[test]
+fn raft_6_joint_commit_needs_both_majorities() {
+    let mut net = group_with_learners(&[4, 5]);
+    net.isolate(4);
+    net.isolate(5);
+    // C_old = {1,2,3}, C_new = {1,4,5}: the old majority alone holds the joint entry.
+    let now = net.now;
+    let change_to = MembershipChange::Change {
+        promote: ids(&[4, 5]),
+        remove: ids(&[2, 3]),
+    };
+    let p = net.node(1).change_membership(now, change_to).unwrap();
+    net.drain();
+    assert!(net.node(1).membership().is_joint());
+    assert_eq!(net.node(2).last_index(), p.index);
+    assert!(net.node(1).commit_index() < p.index, "old majority alone");
+    // Once 4 and 5 are reachable again the joint entry commits, and the leader appends C_new
+    // by itself, which commits in turn.
+    net.heal();
+    net.advance(200);
+    let r = net.node(1);
+    assert_eq!(r.role(), Role::Leader);
+    assert!(r.commit_index() > p.index);
+    assert_eq!(
+        r.config_id(),
+        p.index + 1,
+        "C_new appended once joint committed"
+    );
+    assert!(!r.membership().is_joint());
+    assert!(!r.change_pending(), "C_new committed");
+    assert_eq!(r.membership().voters, ids(&[1, 4, 5]));
+}
+
+/// With C_new's majority only, the joint entry does not commit; the planted bug commits it.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn raft_6_joint_entry_not_committed_by_the_new_majority_alone() {
+    for bug in [false, true] {
+        let mut net = group_with_learners_tweaked(&[4, 5], |c| {
+            c.planted_bugs.joint_commit_new_majority_only = bug;
+        });
+        // C_new = {1,4,5}; 2 and 3 (C_old but 1) never get the joint entry.
+        net.isolate(2);
+        net.isolate(3);
+        let now = net.now;
+        let c = MembershipChange::Change {
+            promote: ids(&[4, 5]),
+            remove: ids(&[2, 3]),
+        };
+        let p = net.node(1).change_membership(now, c).unwrap();
+        net.drain();
+        assert!(net.node(4).last_index() >= p.index);
+        assert_eq!(
+            net.node(1).commit_index() >= p.index,
+            bug,
+            "bug {bug}: committed with only C_new's majority"
+        );
+    }
+}
+
+/// A core whose log holds C_old,new = (new {1,4,5}, old {1,2,3}) after a no-op, as node `id`.
+fn joint_restore() -> RestoreState {
+    let joint = Membership {
+        voters: ids(&[1, 4, 5]),
+        outgoing: ids(&[1, 2, 3]),
+        config_id: 2,
+        ..Membership::default()
+    };
+    RestoreState {
+        hard_state: HardState {
+            term: 1,
+            vote: None,
+        },
+        entries: vec![
+            noop(1, 1),
+            Entry {
+                term: 1,
+                index: 2,
+                payload: EntryPayload::Membership(joint),
+            },
+        ],
+        applied: 0,
+        base_membership: Membership::with_voters([1, 2, 3]),
+        snapshot: None,
+    }
+}
+
+/// Raft §6: a candidate in C_old,new needs a majority of both halves; the planted bug wins
+/// with the old majority alone.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn raft_6_joint_election_needs_both_majorities() {
+    for bug in [false, true] {
+        let mut c = cfg(2);
+        c.planted_bugs.joint_elect_old_majority_only = bug;
+        let mut r = Raft::new(c, joint_restore(), 2, 0).unwrap();
+        assert_eq!(r.role(), Role::Follower, "an outgoing voter votes");
+        poll(&mut r);
+        r.tick(1000);
+        let sent = sends(&poll(&mut r));
+        let asked: BTreeSet<NodeId> = sent.iter().map(|m| m.to).collect();
+        assert_eq!(asked, ids(&[1, 3, 4, 5]), "both halves are asked");
+        let grant = |r: &mut Raft, from: NodeId, pre_vote: bool, t: Term| {
+            r.handle_message(
+                1001,
+                msg(
+                    from,
+                    2,
+                    t,
+                    MessageBody::RequestVoteResponse {
+                        pre_vote,
+                        granted: true,
+                    },
+                ),
+            );
+        };
+        // Pre-vote: 2 and 3 are a majority of C_old but not of C_new.
+        grant(&mut r, 3, true, 2);
+        if bug {
+            assert_eq!(r.role(), Role::Candidate);
+        } else {
+            assert_eq!(r.role(), Role::PreCandidate);
+            grant(&mut r, 4, true, 2);
+            grant(&mut r, 5, true, 2);
+            assert_eq!(r.role(), Role::Candidate);
+        }
+        let seq = persist_seq(&poll(&mut r));
+        r.persisted(1002, seq);
+        poll(&mut r);
+        grant(&mut r, 3, false, 2);
+        assert_eq!(
+            r.role() == Role::Leader,
+            bug,
+            "bug {bug}: old majority alone"
+        );
+        if !bug {
+            grant(&mut r, 4, false, 2);
+            assert_eq!(r.role(), Role::Candidate, "C_new needs 2 of {{1,4,5}}");
+            grant(&mut r, 5, false, 2);
+            assert_eq!(r.role(), Role::Leader);
+        }
+    }
+}
+
+/// Raft §6: the leader crashed after C_old,new was appended; a leader elected in the joint
+/// phase commits it with its first entry and then appends C_new itself.
+#[test]
+fn raft_6_leader_elected_during_joint_phase_finishes_the_transition() {
+    let restores = [1, 2, 3, 4, 5]
+        .iter()
+        .map(|&id| (id, joint_restore()))
+        .collect();
+    let mut net = Net::restored(restores, |_| {});
+    // Node 1 (the old leader) is down.
+    net.isolate(1);
+    net.campaign(4);
+    assert_eq!(net.leaders(), vec![4]);
+    // Followers learn the commit index with the next heartbeat.
+    net.advance(60);
+    for id in [2, 3, 4, 5] {
+        let r = net.node(id);
+        assert!(!r.membership().is_joint(), "n{id}");
+        assert_eq!(r.membership().voters, ids(&[1, 4, 5]));
+        if r.membership().contains(id) {
+            assert!(!r.change_pending(), "n{id}: C_new committed");
+        }
+    }
+    // The leader's log: noop, C_old,new, its noop, C_new.
+    let kinds: Vec<bool> = net
+        .node(4)
+        .entries()
+        .iter()
+        .map(|e| matches!(e.payload, EntryPayload::Membership(_)))
+        .collect();
+    assert_eq!(kinds, vec![false, true, false, true]);
+    assert!(net.node(2).status().removed);
+}
+
+/// A leader that replaces itself leads through both phases without counting itself in
+/// C_new, and steps down once C_new commits (thesis §4.2.2); the new voters elect a leader.
+#[test]
+fn raft_6_leader_replaced_steps_down_after_c_new_commits() {
+    let mut net = group_with_learners(&[4]);
+    let p = change(&mut net, 1, MembershipChange::Replace { add: 4, remove: 1 });
+    assert!(net.node(1).commit_index() > p.index);
+    assert_ne!(net.node(1).role(), Role::Leader);
+    assert!(net.node(1).status().removed);
+    net.advance(1000);
+    let leaders = net.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert!([2, 3, 4].contains(&leaders[0]), "{leaders:?}");
+}
+
+/// The change-safety rules and their typed errors.
+#[test]
+fn change_rules_and_typed_errors() {
+    // Before the leader committed an entry of its term: LeaderNotReady.
+    let mut r = make_leader(cfg(1), &[1, 2, 3], fresh(&[1, 2, 3]));
+    assert_eq!(
+        r.change_membership(1004, add_learner(4)),
+        Err(ProposeError::LeaderNotReady)
+    );
+    let mut r = settled_leader(cfg(1), &[1, 2, 3]);
+    let inv = |e: InvalidChange| Err(ProposeError::InvalidMembershipChange(e));
+    assert_eq!(
+        r.change_membership(2000, add_learner(0)),
+        inv(InvalidChange::ZeroId)
+    );
+    assert_eq!(
+        r.change_membership(2000, add_learner(2)),
+        inv(InvalidChange::AlreadyMember(2))
+    );
+    assert_eq!(
+        r.change_membership(2000, MembershipChange::Promote(2)),
+        inv(InvalidChange::NotALearner(2))
+    );
+    assert_eq!(
+        r.change_membership(2000, MembershipChange::Remove(9)),
+        inv(InvalidChange::NotAMember(9))
+    );
+    assert_eq!(
+        r.change_membership(
+            2000,
+            MembershipChange::Change {
+                promote: BTreeSet::new(),
+                remove: BTreeSet::new()
+            }
+        ),
+        inv(InvalidChange::Empty)
+    );
+    assert_eq!(
+        r.change_membership(
+            2000,
+            MembershipChange::Change {
+                promote: BTreeSet::new(),
+                remove: ids(&[1, 2, 3])
+            }
+        ),
+        inv(InvalidChange::NoVoters)
+    );
+    // A stale expected config id.
+    assert_eq!(r.config_id(), 0);
+    assert_eq!(
+        r.change_membership_if(2000, add_learner(4), Some(7)),
+        Err(ProposeError::ConfigChanged {
+            expected: 7,
+            current: 0
+        })
+    );
+    let p = r
+        .change_membership_if(2000, add_learner(4), Some(0))
+        .unwrap();
+    assert_eq!((r.config_id(), r.change_pending()), (p.index, true));
+    assert_eq!(r.status().config_id, p.index);
+    assert!(r.status().change_pending);
+    // One change at a time.
+    assert_eq!(
+        r.change_membership(2000, MembershipChange::Remove(3)),
+        Err(ProposeError::ChangeInProgress)
+    );
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(2001, seq);
+    r.handle_message(2002, append_ok(2, 1, 1, p.index));
+    assert!(!r.change_pending());
+    // Learner 4 has nothing: promoting it is refused while it lags more than the bound.
+    assert_eq!(
+        r.change_membership(2003, MembershipChange::Promote(4)),
+        Err(ProposeError::NotCaughtUp {
+            id: 4,
+            lag: p.index
+        })
+    );
+    assert_eq!(
+        r.change_membership(2003, MembershipChange::Replace { add: 4, remove: 3 }),
+        Err(ProposeError::NotCaughtUp {
+            id: 4,
+            lag: p.index
+        })
+    );
+    assert_eq!(
+        r.change_membership(
+            2003,
+            MembershipChange::Change {
+                promote: ids(&[4]),
+                remove: ids(&[4]),
+            }
+        ),
+        inv(InvalidChange::Conflict(4))
+    );
+}
+
+/// `promote_max_lag`: a learner within the bound is promotable.
+#[test]
+fn promotion_allowed_within_promote_max_lag() {
+    let mut c = cfg(1);
+    c.promote_max_lag = 2;
+    let mut r = settled_leader(c, &[1, 2, 3]);
+    let p = r.change_membership(2000, add_learner(4)).unwrap();
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(2001, seq);
+    r.handle_message(2002, append_ok(2, 1, 1, p.index));
+    for i in 0..2 {
+        r.propose(2003, vec![i]).unwrap();
+    }
+    // Last index p.index + 2; learner 4 matched nothing: lag p.index + 2 > 2.
+    assert!(matches!(
+        r.change_membership(2004, MembershipChange::Promote(4)),
+        Err(ProposeError::NotCaughtUp { .. })
+    ));
+    r.handle_message(2005, append_ok(4, 1, 1, p.index));
+    assert_eq!(
+        r.change_membership(2006, MembershipChange::Promote(4))
+            .map(|p| p.index),
+        Ok(p.index + 3)
+    );
+}
+
+/// The planted bug `second_change_before_commit` lets a second change in before the first
+/// committed; without it the second is refused.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_second_change_before_commit() {
+    for bug in [false, true] {
+        let mut c = cfg(1);
+        c.planted_bugs.second_change_before_commit = bug;
+        let mut r = settled_leader(c, &[1, 2, 3]);
+        r.change_membership(2000, MembershipChange::Remove(3))
+            .unwrap();
+        let second = r.change_membership(2000, MembershipChange::Remove(2));
+        assert_eq!(second.is_ok(), bug, "{second:?}");
+    }
+}
+
+/// A joining core (empty membership) never campaigns, refuses votes and pre-votes, follows a
+/// leader's appends and adopts the membership from the log; or from a snapshot.
+#[test]
+fn joining_core_waits_refuses_votes_and_adopts_membership() {
+    let mut r = Raft::new(cfg(4), RestoreState::default(), 4, 0).unwrap();
+    assert!(r.joining());
+    poll(&mut r);
+    for t in [300, 600, 900, 5000] {
+        r.tick(t);
+    }
+    assert_eq!((r.role(), r.term()), (Role::Learner, 0));
+    assert!(sends(&poll(&mut r)).is_empty(), "never campaigns");
+    for pre_vote in [true, false] {
+        r.handle_message(
+            6000,
+            msg(
+                1,
+                4,
+                1,
+                MessageBody::RequestVote {
+                    pre_vote,
+                    last_log_index: 9,
+                    last_log_term: 9,
+                    leadership_transfer: true,
+                },
+            ),
+        );
+        let mut out = poll(&mut r);
+        r.persisted(6000, u64::MAX);
+        out.extend(poll(&mut r));
+        let answers: Vec<_> = sends(&out)
+            .into_iter()
+            .filter(|m| matches!(m.body, MessageBody::RequestVoteResponse { .. }))
+            .collect();
+        assert_eq!(answers.len(), 1, "{out:?}");
+        assert!(matches!(
+            answers[0].body,
+            MessageBody::RequestVoteResponse { granted: false, .. }
+        ));
+    }
+    assert_eq!(r.term(), 1, "adopted the term, voted for no one");
+    // Appends from a leader are followed; the membership comes from the log.
+    let m = Membership {
+        voters: ids(&[1, 2, 3]),
+        learners: ids(&[4]),
+        addrs: [(4, addr(4))].into(),
+        config_id: 1,
+        ..Membership::default()
+    };
+    r.handle_message(
+        6100,
+        msg(
+            1,
+            4,
+            1,
+            MessageBody::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![Entry {
+                    term: 1,
+                    index: 1,
+                    payload: EntryPayload::Membership(m.clone()),
+                }],
+                leader_commit: 1,
+            },
+        ),
+    );
+    assert_eq!(r.membership(), &m);
+    assert!(!r.joining());
+    assert_eq!(r.leader(), Some(1));
+    // From now on the member rule applies: a sender no configuration names is ignored.
+    r.handle_message(6200, msg(9, 4, 5, MessageBody::TimeoutNow));
+    assert_eq!(r.term(), 1);
+
+    // A joining core catches up by snapshot just as well.
+    let mut j = Raft::new(cfg(5), RestoreState::default(), 5, 0).unwrap();
+    poll(&mut j);
+    let meta = SnapshotMeta {
+        index: 40,
+        term: 2,
+        membership: Membership {
+            voters: ids(&[1, 2, 3]),
+            learners: ids(&[5]),
+            config_id: 30,
+            ..Membership::default()
+        },
+    };
+    j.install_snapshot(7000, 1, 2, meta.clone());
+    let seq = persist_seq(&poll(&mut j));
+    j.persisted(7001, seq);
+    let out = poll(&mut j);
+    assert!(
+        out.contains(&Action::RestoreSnapshot(meta.clone())),
+        "{out:?}"
+    );
+    assert_eq!(j.membership(), &meta.membership);
+    assert_eq!(j.config_id(), 30);
+    assert_eq!(j.role(), Role::Learner);
+}
+
+/// A removed node that missed its removal and comes back cannot disrupt the group: its
+/// pre-votes are denied by voters that hear from the leader; once it learns of its removal
+/// it reports `removed` and never campaigns again.
+#[test]
+fn removed_node_cannot_disrupt_and_reports_removed() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.campaign(1);
+    net.isolate(3);
+    change(&mut net, 1, MembershipChange::Remove(3));
+    let term = net.node(1).term();
+    // Node 3 times out again and again while cut off, then comes back.
+    net.advance(2000);
+    assert_eq!(net.node(3).term(), term, "pre-vote keeps its term");
+    assert!(!net.node(3).status().removed, "it does not know yet");
+    net.heal();
+    net.advance(2000);
+    assert_eq!(net.leaders(), vec![1]);
+    assert_eq!(net.node(1).term(), term, "no election happened");
+    // Until compaction the leader's log still names 3 (in the configuration before its
+    // removal): it still sends it the log, so 3 learns of its removal... but only while it
+    // is a tracked peer. Either way it never campaigns once it knows.
+    let r = net.node(3);
+    if r.membership().voters == ids(&[1, 2]) {
+        assert!(r.status().removed);
+        assert_eq!(r.role(), Role::Learner);
+    }
+}
+
+/// Membership as written before addresses, joint configurations and config ids existed (a
+/// MessagePack array of two sets) still decodes, in a log entry and in a snapshot's meta.
+#[test]
+fn membership_without_new_fields_still_decodes() {
+    #[derive(serde::Serialize)]
+    struct OldMembership {
+        voters: BTreeSet<NodeId>,
+        learners: BTreeSet<NodeId>,
+    }
+    #[derive(serde::Serialize)]
+    struct OldMeta {
+        index: LogIndex,
+        term: Term,
+        membership: OldMembership,
+    }
+    #[derive(serde::Serialize)]
+    enum OldPayload {
+        #[allow(dead_code)]
+        Noop,
+        #[allow(dead_code)]
+        Command(Vec<u8>),
+        Membership(OldMembership),
+    }
+    #[derive(serde::Serialize)]
+    struct OldEntry {
+        term: Term,
+        index: LogIndex,
+        payload: OldPayload,
+    }
+    let old = || OldMembership {
+        voters: ids(&[1, 2, 3]),
+        learners: ids(&[4]),
+    };
+    let want = Membership {
+        voters: ids(&[1, 2, 3]),
+        learners: ids(&[4]),
+        ..Membership::default()
+    };
+    let bytes = rmp_serde::to_vec(&old()).unwrap();
+    let m: Membership = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(m, want);
+    let bytes = rmp_serde::to_vec(&OldMeta {
+        index: 5,
+        term: 2,
+        membership: old(),
+    })
+    .unwrap();
+    let meta: SnapshotMeta = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(meta.membership, want);
+    let bytes = rmp_serde::to_vec(&OldEntry {
+        term: 1,
+        index: 3,
+        payload: OldPayload::Membership(old()),
+    })
+    .unwrap();
+    let e: Entry = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(e.payload, EntryPayload::Membership(want.clone()));
+    // And the new fields round-trip.
+    let full = Membership {
+        outgoing: ids(&[1, 2, 5]),
+        addrs: [(4, addr(4))].into(),
+        config_id: 9,
+        ..want
+    };
+    let back: Membership = rmp_serde::from_slice(&rmp_serde::to_vec(&full).unwrap()).unwrap();
+    assert_eq!(back, full);
 }

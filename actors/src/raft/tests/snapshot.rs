@@ -440,7 +440,7 @@ fn lagging_follower_catches_up_by_snapshot() {
 fn snapshot_meta_carries_the_membership_at_its_index() {
     let mut r = leader_with_applied(2, 0);
     // Index 4: add learner 4, committed by 1 and 2.
-    r.change_membership(3000, MembershipChange::AddLearner(4))
+    r.change_membership(3000, MembershipChange::AddLearner { id: 4, addr: None })
         .unwrap();
     let seq = persist_seq(&poll(&mut r));
     r.persisted(3001, seq);
@@ -453,6 +453,8 @@ fn snapshot_meta_carries_the_membership_at_its_index() {
     let with_learner = Membership {
         voters: ids(&[1, 2, 3]),
         learners: ids(&[4]),
+        config_id: 4,
+        ..Membership::default()
     };
     assert_eq!(after.membership, with_learner);
     r.snapshot_taken(3003, after).unwrap();
@@ -466,7 +468,7 @@ fn snapshot_meta_carries_the_membership_at_its_index() {
     assert_eq!(r.membership(), &with_learner);
     // The next change still validates against it.
     assert!(matches!(
-        r.change_membership(3004, MembershipChange::AddLearner(4)),
+        r.change_membership(3004, MembershipChange::AddLearner { id: 4, addr: None }),
         Err(ProposeError::InvalidMembershipChange(_))
     ));
 }

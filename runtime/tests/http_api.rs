@@ -919,7 +919,7 @@ async fn membership_errors_are_json_with_their_codes() {
             "not_caught_up",
         ),
         (
-            RequestError::InvalidChange(InvalidChange::LastVoter(1)),
+            RequestError::InvalidChange(InvalidChange::NoVoters),
             "invalid_change",
         ),
     ] {

@@ -27,12 +27,10 @@ async fn leader_of(handles: &[NodeHandle<KvMachine>]) -> NodeHandle<KvMachine> {
     while Instant::now() < deadline {
         for h in handles {
             if h.cluster_status().role == "leader" {
-                // A new leader refuses changes until it committed an entry of its term: wait
-                // for its configuration to be readable and settled.
-                if let Ok(c) = h.cluster_config().await {
-                    if !c.change_pending && c.commit_index > 0 {
-                        return h.clone();
-                    }
+                // A new leader refuses changes until it committed an entry of its term
+                // (`LeaderNotReady`): a write applied through it shows it has.
+                if h.write(put("ready")).await.is_ok() {
+                    return h.clone();
                 }
             }
         }

@@ -78,7 +78,7 @@ pub enum ApiError {
     #[error("{message}")]
     Unavailable {
         /// E.g. `no_leader`, `overloaded`, `dropped`, `shutting_down`, `hop_limit`,
-        /// `leader_unreachable`.
+        /// `leader_unreachable`, `leader_not_ready`.
         code: &'static str,
         /// Human-readable detail.
         message: String,
@@ -152,6 +152,7 @@ impl From<RequestError> for ApiError {
                 ApiError::unavailable("no_leader", message)
             }
             RequestError::Overloaded => ApiError::unavailable("overloaded", message),
+            RequestError::LeaderNotReady => ApiError::unavailable("leader_not_ready", message),
             RequestError::Dropped => ApiError::unavailable("dropped", message),
             RequestError::ShuttingDown => ApiError::unavailable("shutting_down", message),
             RequestError::StorageFailed { .. } => ApiError::unavailable("storage_failed", message),
@@ -251,6 +252,10 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (RequestError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                RequestError::LeaderNotReady,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
             (RequestError::Dropped, StatusCode::SERVICE_UNAVAILABLE),
             (RequestError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
             (
@@ -289,7 +294,7 @@ mod tests {
                 StatusCode::CONFLICT,
             ),
             (
-                RequestError::InvalidChange(crate::node::InvalidChange::LastVoter(1)),
+                RequestError::InvalidChange(crate::node::InvalidChange::NoVoters),
                 StatusCode::BAD_REQUEST,
             ),
             (

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 mod membership;
-pub use membership::{ChangeMembership, ReadConfig, DEFAULT_PROMOTE_MAX_LAG};
+pub use membership::{ChangeMembership, ReadConfig};
 
 /// Local queues longer than this refuse new proposals (503).
 const BACKLOG_LIMIT: usize = 50_000;

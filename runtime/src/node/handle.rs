@@ -78,6 +78,11 @@ pub enum RequestError {
     /// 409 `not_a_voter`.
     #[error("node {0} is not a voter, so it cannot take leadership")]
     NotAVoter(NodeId),
+    /// The leader has not yet committed an entry of its own term, so it may not know the
+    /// latest committed configuration (Ongaro, 2015): membership changes wait for that. 503
+    /// `leader_not_ready`; retry shortly.
+    #[error("the leader has not committed an entry of its term yet; retry shortly")]
+    LeaderNotReady,
     /// Another membership change has not finished yet (one at a time, thesis §4.1; a joint
     /// configuration is left before the next change): 409 `change_in_progress`.
     #[error("another membership change is in progress (configuration {config_id}); retry once it completes")]
@@ -126,6 +131,7 @@ impl RequestError {
             self,
             RequestError::NotLeader { .. }
                 | RequestError::NoLeader { .. }
+                | RequestError::LeaderNotReady
                 | RequestError::Dropped
                 | RequestError::Overloaded
                 | RequestError::ShuttingDown
@@ -154,19 +160,29 @@ pub enum InvalidChange {
     /// The node to replace is not a voter.
     #[error("node {0} is not a voter")]
     NotAVoter(NodeId),
-    /// Removing the node would leave no voter.
-    #[error("node {0} is the last voter")]
-    LastVoter(NodeId),
+    /// The change would leave the group without a voter.
+    #[error("the change would leave no voter")]
+    NoVoters,
+    /// The change changes nothing.
+    #[error("the change changes nothing")]
+    Empty,
+    /// A node named both to promote and to remove.
+    #[error("node {0} is named both to promote and to remove")]
+    Conflict(NodeId),
     /// A replace that names the same node twice.
     #[error("a replace must name two different nodes (got {0} twice)")]
     SameNode(NodeId),
     /// The new member's id is known with other addresses (a learner added earlier with a
     /// different address): remove it first.
-    #[error("node {0} is already a learner with other addresses ({1}); remove it first")]
-    AddressMismatch(NodeId, String),
-    /// The consensus core refused the change for a reason of its own.
-    #[error("{0}")]
-    Refused(String),
+    #[error("node {id} is already a learner with other addresses (addr {addr}, http {http}); remove it first")]
+    AddressMismatch {
+        /// The node.
+        id: NodeId,
+        /// The transport address the configuration holds for it.
+        addr: SocketAddr,
+        /// The HTTP address the configuration holds for it.
+        http: SocketAddr,
+    },
 }
 
 /// A node to add: its id and where it listens.

@@ -4,7 +4,7 @@
 //! Single changes go to group 0's actor as one message each and are answered once they took
 //! effect. `replace` is a short orchestration on the leader: add the new node as a learner
 //! (unless it already is one, with the same addresses), wait a bounded time until it has
-//! caught up, then swap it for the old voter. Each step names the configuration it expects, so
+//! caught up, then swap it for the old voter in one joint change (Raft §6). Each step names the configuration it expects, so
 //! a change by someone else in between is a 409 `config_changed`, never a surprise; and a
 //! retried `replace` resumes where the previous attempt stopped (a learner that was added stays
 //! and is not added twice).
@@ -15,7 +15,7 @@ use super::handle::{
 };
 use super::NodeHandle;
 use crate::state_machine::StateMachine;
-use conclave_actors::raft::MembershipChange;
+use conclave_actors::raft::{MemberAddr, MembershipChange};
 use std::time::{Duration, Instant};
 
 /// How long `replace` waits for its new learner to catch up before it answers 409
@@ -24,6 +24,18 @@ use std::time::{Duration, Instant};
 pub const REPLACE_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 /// How often `replace` looks at the learner's progress while it waits.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+
+/// The core's change that adds `member` as a learner, its addresses replicated with the
+/// membership so every node (the new one included) learns how to reach it from the log.
+fn add_learner(member: &NewMember) -> MembershipChange {
+    MembershipChange::AddLearner {
+        id: member.id,
+        addr: Some(MemberAddr {
+            raft: member.addr,
+            http: member.http,
+        }),
+    }
+}
 
 impl<M: StateMachine> NodeHandle<M> {
     /// Makes a membership change on group 0 if this node leads it, and waits until it took
@@ -36,7 +48,7 @@ impl<M: StateMachine> NodeHandle<M> {
         self.admit()?;
         match change {
             ConfigChange::AddLearner(member) => {
-                self.single_change(MembershipChange::AddLearner(member.id), expected_config_id)
+                self.single_change(add_learner(&member), expected_config_id)
                     .await
             }
             ConfigChange::Promote(id) => {
@@ -110,22 +122,19 @@ impl<M: StateMachine> NodeHandle<M> {
                 // Resuming: the learner must be the node the operator names now.
                 let same = known.addr.is_none_or(|a| a == add.addr)
                     && known.http.is_none_or(|h| h == add.http);
-                if !same {
-                    return Err(InvalidChange::AddressMismatch(
-                        add.id,
-                        format!(
-                            "addr {}, http {}",
-                            known.addr.map_or_else(|| "?".to_owned(), |a| a.to_string()),
-                            known.http.map_or_else(|| "?".to_owned(), |h| h.to_string()),
-                        ),
-                    )
+                if let (false, Some(addr), Some(http)) = (same, known.addr, known.http) {
+                    return Err(InvalidChange::AddressMismatch {
+                        id: add.id,
+                        addr,
+                        http,
+                    }
                     .into());
                 }
             }
             None if is_voter(&config, add.id) => {}
             None => {
                 let added = self
-                    .single_change(MembershipChange::AddLearner(add.id), Some(expected))
+                    .single_change(add_learner(&add), Some(expected))
                     .await?;
                 expected = added.config.config_id;
             }
@@ -160,17 +169,23 @@ impl<M: StateMachine> NodeHandle<M> {
                 actix::clock::sleep(CATCH_UP_POLL).await;
             }
         }
-        // The swap. Two single-server steps, each safe on its own (thesis §4.1): the learner
-        // becomes a voter, then the old voter leaves.
-        let swapped = if is_voter(&config, add.id) {
-            expected
-        } else {
-            self.single_change(MembershipChange::Promote(add.id), Some(expected))
-                .await?
-                .config
-                .config_id
-        };
-        self.single_change(MembershipChange::Remove(remove), Some(swapped))
-            .await
+        if is_voter(&config, add.id) {
+            // A voter already (an earlier attempt, or the operator promoted it): what is left
+            // is removing the old voter, a single-server change.
+            return self
+                .single_change(MembershipChange::Remove(remove), Some(expected))
+                .await;
+        }
+        // The swap: one joint change (Raft §6). The leader enters C_old,new, where every
+        // election and commit needs a majority of the old voters and of the new ones, and
+        // leaves it once that entry commits; the answer comes after C_new committed.
+        self.single_change(
+            MembershipChange::Replace {
+                add: add.id,
+                remove,
+            },
+            Some(expected),
+        )
+        .await
     }
 }

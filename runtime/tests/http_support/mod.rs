@@ -367,7 +367,7 @@ impl KvService for Double {
             }
             ConfigChange::Remove(id) => {
                 if is_voter(c, id) && c.voters.len() == 1 {
-                    return Err(InvalidChange::LastVoter(id).into());
+                    return Err(InvalidChange::NoVoters.into());
                 }
                 let before = c.voters.len() + c.learners.len();
                 c.voters.retain(|m| m.id != id);

@@ -1,11 +1,9 @@
-//! Membership changes on the group actor: proposing one (after the node-level checks that give
-//! the operator a typed answer), answering once it took effect, and describing the
-//! configuration in force for `GET /v1/cluster/config`.
+//! Membership changes on the group actor: proposing one, answering once it took effect, and
+//! describing the configuration in force for `GET /v1/cluster/config`.
 //!
-//! The consensus core is the authority on whether a change is safe (one at a time, caught-up
-//! learners only, Raft §4.1 and §6); the checks here run in the same actor turn as the core's
-//! own, so they cannot race it, and they only exist to name the reason precisely (which node,
-//! how far behind, which configuration id).
+//! The consensus core is the authority on whether a change is safe (its own term committed
+//! first, one change at a time, caught-up learners only, the expected configuration id; Raft
+//! §4.1 and §6): its typed refusals become the node's [`RequestError`]s one for one.
 
 use super::GroupActor;
 use crate::node::handle::{
@@ -14,13 +12,9 @@ use crate::node::handle::{
 use crate::state_machine::StateMachine;
 use actix::prelude::*;
 use conclave_actors::raft::{
-    EntryPayload, LogIndex, MembershipChange, NodeId, ProposeError, Raft, Role, Term,
+    self, LogIndex, MembershipChange, NodeId, ProposeError, Raft, Role, Term,
 };
 use tokio::sync::oneshot;
-
-/// Default for how far behind the leader's last index a learner may be and still be promoted
-/// (issue 14: 1,000 entries).
-pub const DEFAULT_PROMOTE_MAX_LAG: u64 = 1_000;
 
 /// Propose a membership change; answered once it took effect (committed, and a joint
 /// configuration left) or was refused.
@@ -51,29 +45,25 @@ pub(super) struct ChangeWaiter {
     reply: oneshot::Sender<Result<ChangeOutcome, RequestError>>,
 }
 
-/// The id of the configuration in force: the log index of the latest membership entry in the
-/// core's log, else the snapshot's index when the log was compacted past it, else 0 (the
-/// bootstrap configuration from `initial_members`).
-fn config_id(core: &Raft) -> u64 {
-    core.entries()
-        .iter()
-        .rev()
-        .find(|e| matches!(e.payload, EntryPayload::Membership(_)))
-        .map(|e| e.index)
-        .unwrap_or_else(|| core.snapshot().index)
+/// Whether a learner whose log matches the leader's up to `matched` would be accepted for
+/// promotion: the core's rule (`Raft::change_membership_if`): it holds the configuration in
+/// force (which names it a learner — a learner that never answered holds nothing) and is
+/// within `max_lag` entries of the leader's `last` index.
+fn promotable(matched: LogIndex, config_id: LogIndex, last: LogIndex, max_lag: u64) -> bool {
+    matched > 0 && matched >= config_id && last.saturating_sub(matched) <= max_lag
 }
 
-/// Whether a learner whose log matches the leader's up to `matched` may become a voter: it
-/// has answered at all (a learner that never did — not started, unreachable, wrong address —
-/// would count toward quorums without being able to vote or store anything, however short
-/// the log), and is within `max_lag` entries of the leader's `last` index.
-fn promotable(matched: LogIndex, last: LogIndex, max_lag: u64) -> bool {
-    matched > 0 && last.saturating_sub(matched) <= max_lag
-}
-
-/// Whether a change is not complete: its entry is not committed yet.
-fn change_pending(core: &Raft) -> bool {
-    config_id(core) > core.commit_index()
+/// The core's reason for an invalid change, in the node's terms.
+fn invalid(e: raft::InvalidChange) -> InvalidChange {
+    match e {
+        raft::InvalidChange::ZeroId => InvalidChange::ZeroId,
+        raft::InvalidChange::AlreadyMember(id) => InvalidChange::AlreadyMember(id),
+        raft::InvalidChange::NotALearner(id) => InvalidChange::NotALearner(id),
+        raft::InvalidChange::NotAMember(id) => InvalidChange::NotAMember(id),
+        raft::InvalidChange::NoVoters => InvalidChange::NoVoters,
+        raft::InvalidChange::Empty => InvalidChange::Empty,
+        raft::InvalidChange::Conflict(id) => InvalidChange::Conflict(id),
+    }
 }
 
 impl<M: StateMachine> GroupActor<M> {
@@ -81,109 +71,58 @@ impl<M: StateMachine> GroupActor<M> {
     fn cluster_config(&self, core: &Raft) -> ClusterConfig {
         let status = core.status();
         let last = status.last_index;
-        let max_lag = DEFAULT_PROMOTE_MAX_LAG;
+        let max_lag = core.config().promote_max_lag;
+        let membership = &status.membership;
         let describe = |id: NodeId, learner: bool| {
-            let known = self.deps.members.get(&id);
-            let progress = status.progress.iter().find(|p| p.id == id);
-            let is_self = id == status.id;
-            let match_index = if is_self {
+            // Addresses travel with the replicated membership; the node's own configuration
+            // covers a bootstrap membership built without them.
+            let (addr, http) = match membership.addrs.get(&id) {
+                Some(a) => (Some(a.raft), Some(a.http)),
+                None => match self.deps.members.get(&id) {
+                    Some(m) => (Some(m.addr), Some(m.http)),
+                    None => (None, None),
+                },
+            };
+            let match_index = if id == status.id {
                 None
             } else {
-                progress.map(|p| p.match_index)
+                status
+                    .progress
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map(|p| p.match_index)
             };
             let lag = match_index.map(|m| last.saturating_sub(m));
             ConfigMember {
                 id,
-                addr: known.map(|m| m.addr),
-                http: known.map(|m| m.http),
+                addr,
+                http,
                 match_index,
                 lag,
-                caught_up: learner.then(|| promotable(match_index.unwrap_or(0), last, max_lag)),
+                caught_up: learner
+                    .then(|| promotable(match_index.unwrap_or(0), status.config_id, last, max_lag)),
             }
         };
         ClusterConfig {
-            config_id: config_id(core),
-            voters: status
-                .membership
+            config_id: status.config_id,
+            voters: membership
                 .voters
                 .iter()
                 .map(|&id| describe(id, false))
                 .collect(),
-            learners: status
-                .membership
+            learners: membership
                 .learners
                 .iter()
                 .map(|&id| describe(id, true))
                 .collect(),
-            outgoing_voters: Vec::new(),
-            change_pending: change_pending(core),
+            outgoing_voters: membership.outgoing.iter().copied().collect(),
+            change_pending: status.change_pending,
             leader_id: status.leader,
             term: status.term,
             commit_index: status.commit_index,
             last_index: last,
             promote_max_lag: max_lag,
         }
-    }
-
-    /// The node-level checks of a change against the configuration in force, in the order an
-    /// operator can act on them: stale view, change already running, then the change itself.
-    fn check_change(
-        &self,
-        core: &Raft,
-        change: &MembershipChange,
-        expected: Option<u64>,
-    ) -> Result<(), RequestError> {
-        if core.role() != Role::Leader {
-            return Err(self.leader_hint(core.leader()));
-        }
-        let current = config_id(core);
-        if let Some(expected) = expected {
-            if expected != current {
-                return Err(RequestError::ConfigChanged { expected, current });
-            }
-        }
-        if change_pending(core) {
-            return Err(RequestError::ChangeInProgress { config_id: current });
-        }
-        let membership = core.membership();
-        match *change {
-            MembershipChange::AddLearner(id) => {
-                if id == 0 {
-                    return Err(InvalidChange::ZeroId.into());
-                }
-                if membership.contains(id) {
-                    return Err(InvalidChange::AlreadyMember(id).into());
-                }
-            }
-            MembershipChange::Promote(id) => {
-                if !membership.learners.contains(&id) {
-                    return Err(InvalidChange::NotALearner(id).into());
-                }
-                let matched = core
-                    .status()
-                    .progress
-                    .iter()
-                    .find(|p| p.id == id)
-                    .map_or(0, |p| p.match_index);
-                let lag = core.last_index().saturating_sub(matched);
-                if !promotable(matched, core.last_index(), DEFAULT_PROMOTE_MAX_LAG) {
-                    return Err(RequestError::NotCaughtUp {
-                        id,
-                        lag,
-                        max_lag: DEFAULT_PROMOTE_MAX_LAG,
-                    });
-                }
-            }
-            MembershipChange::Remove(id) => {
-                if !membership.contains(id) {
-                    return Err(InvalidChange::NotAMember(id).into());
-                }
-                if membership.voters.len() == 1 && membership.voters.contains(&id) {
-                    return Err(InvalidChange::LastVoter(id).into());
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The core's refusal in the node's terms.
@@ -194,10 +133,19 @@ impl<M: StateMachine> GroupActor<M> {
             ProposeError::TransferInProgress => RequestError::NoLeader {
                 group: self.deps.group,
             },
-            ProposeError::MembershipChangePending => RequestError::ChangeInProgress {
-                config_id: config_id(core),
+            ProposeError::LeaderNotReady => RequestError::LeaderNotReady,
+            ProposeError::ChangeInProgress => RequestError::ChangeInProgress {
+                config_id: core.config_id(),
             },
-            ProposeError::InvalidMembershipChange(reason) => InvalidChange::Refused(reason).into(),
+            ProposeError::NotCaughtUp { id, lag } => RequestError::NotCaughtUp {
+                id,
+                lag,
+                max_lag: core.config().promote_max_lag,
+            },
+            ProposeError::ConfigChanged { expected, current } => {
+                RequestError::ConfigChanged { expected, current }
+            }
+            ProposeError::InvalidMembershipChange(e) => invalid(e).into(),
         }
     }
 
@@ -212,7 +160,7 @@ impl<M: StateMachine> GroupActor<M> {
         };
         let commit = core.commit_index();
         let leading = core.role() == Role::Leader;
-        let pending = change_pending(core);
+        let pending = core.change_pending();
         let mut still = Vec::new();
         for w in std::mem::take(&mut self.change_waiters) {
             match core.entry_term(w.index) {
@@ -220,8 +168,9 @@ impl<M: StateMachine> GroupActor<M> {
                     let _ = w.reply.send(Err(RequestError::Dropped));
                 }
                 // Committed; while this node leads, also wait for a joint configuration to be
-                // left (the core appends the final configuration itself). A node that stopped
-                // leading reports the committed change; the new leader completes it.
+                // left (the core appends C_new itself once C_old,new commits). A node that
+                // stopped leading (a removed leader steps down) reports the committed change;
+                // a new leader completes a joint one.
                 Some(_) if w.index <= commit && !(leading && pending) => {
                     let outcome = ChangeOutcome {
                         index: w.index,
@@ -253,14 +202,14 @@ impl<M: StateMachine> Handler<ChangeMembership> for GroupActor<M> {
             }));
             return;
         };
-        if let Err(e) = self.check_change(core, &msg.change, msg.expected_config_id) {
-            let _ = msg.reply.send(Err(e));
+        if core.role() != Role::Leader {
+            let _ = msg.reply.send(Err(self.leader_hint(core.leader())));
             return;
         }
         let Some(core) = self.core.as_mut() else {
             return;
         };
-        match core.change_membership(now, msg.change) {
+        match core.change_membership_if(now, msg.change, msg.expected_config_id) {
             Ok(p) => {
                 self.change_waiters.push(ChangeWaiter {
                     index: p.index,

@@ -77,6 +77,9 @@ impl Joiner {
             http.to_string(),
             "--seeds".into(),
             seeds.join(","),
+            // The cluster's shared settings (cluster id, secret, timing) from a member.
+            "--from".into(),
+            dir.join("n1.toml").display().to_string(),
         ])
         .await;
         assert!(out.status.success(), "init --join: {}", text(&out));

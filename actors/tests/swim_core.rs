@@ -1227,3 +1227,52 @@ fn finding6_strangers_cannot_fill_the_member_table() {
     open.handle_message(10, msg(2, 1, Body::JoinAck { members: fakes }, vec![]));
     assert_eq!(open.members().len(), 51);
 }
+
+/// Issue 14: a member removed from the replicated membership is marked `left` by each node on
+/// its own (no rumor), and once it is off the allowlist neither its own "alive" refutation nor
+/// a rumor relayed by another member brings it back.
+#[test]
+fn a_removed_member_is_marked_left_and_its_refutations_are_refused() {
+    let mut s = node(1, &[2, 3], SwimConfig::default());
+    s.set_allowed_members(Some(BTreeSet::from([1, 2])));
+    s.mark_left(10, 3);
+    let out = drain(&mut s);
+    assert!(
+        matches!(events(&out).as_slice(), [Event::Left(m)] if m.id == 3),
+        "{:?}",
+        events(&out)
+    );
+    assert_eq!(s.member(3).map(|m| m.state), Some(MemberState::Left));
+    assert_eq!(s.count(MemberState::Left), 1);
+    assert_eq!(s.count(MemberState::Alive), 1);
+    // No rumor is spread about it: the next frame to node 2 carries nothing about node 3.
+    let out = cycle(&mut s, 1000);
+    for (_, _, updates) in sends(&out) {
+        assert!(updates.iter().all(|u| u.id != 3), "{updates:?}");
+    }
+    // Its refutation (from itself, refused as a sender) and the same relayed by node 2.
+    s.handle_message(
+        1100,
+        msg(
+            3,
+            1,
+            Body::Gossip,
+            vec![update(3, 5, MemberState::Alive, 3)],
+        ),
+    );
+    s.handle_message(
+        1200,
+        msg(
+            2,
+            1,
+            Body::Gossip,
+            vec![update(3, 6, MemberState::Alive, 3)],
+        ),
+    );
+    assert_eq!(s.member(3).map(|m| m.state), Some(MemberState::Left));
+    // Marking it again, or marking a stranger, changes nothing.
+    s.mark_left(1300, 3);
+    s.mark_left(1300, 99);
+    assert!(events(&drain(&mut s)).is_empty());
+    assert_eq!(s.count(MemberState::Left), 1);
+}

@@ -114,8 +114,14 @@ pub struct ClusterSection {
     /// Transport addresses of seed nodes to join through (gossip). Each must be the address
     /// of one of `initial_members` (the transport authenticates a peer by its node id, so a
     /// seed is dialled as that member). Empty (the default): every other initial member is a
-    /// seed.
+    /// seed. On a joining node (`join = true`) they are the addresses of existing members:
+    /// a seed is dialled once the replicated membership names the node listening there.
     pub seeds: Vec<SocketAddr>,
+    /// This node joins an existing cluster instead of starting one: it starts with no Raft
+    /// membership (no votes, no elections, `/readyz` 503 `not_a_member`) and waits until a
+    /// member adds it, then follows the membership replicated to it. `initial_members` must
+    /// be empty. Default false. `conclave init --join` writes it.
+    pub join: bool,
     /// How often joins are retried until a seed answers, and how often a node that lost
     /// contact with everyone re-announces itself to its seeds and last known members.
     /// Default 2000 (seed 000).
@@ -144,6 +150,7 @@ impl Default for ClusterSection {
             id: "conclave".to_owned(),
             initial_members: Vec::new(),
             seeds: Vec::new(),
+            join: false,
             seed_retry_ms: 2000,
             secret: None,
         }
@@ -586,6 +593,16 @@ impl Config {
         }
     }
 
+    /// The membership this node starts its groups with when their logs hold none: the initial
+    /// members, or nobody for a node that joins an existing cluster (`cluster.join`).
+    pub fn bootstrap_members(&self) -> Vec<MemberConfig> {
+        if self.cluster.join {
+            Vec::new()
+        } else {
+            self.initial_members()
+        }
+    }
+
     /// Checks values that are well-typed but unacceptable; every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = &self.node;
@@ -749,8 +766,15 @@ impl Config {
         }
         self.validate_http()?;
         self.check_exposure()?;
+        if self.cluster.join && !self.cluster.initial_members.is_empty() {
+            return Err(invalid(
+                "cluster.initial_members",
+                "must be empty on a joining node (cluster.join = true): it takes its \
+                 membership from the cluster that adds it",
+            ));
+        }
         let initial = self.initial_members();
-        for seed in &self.cluster.seeds {
+        for seed in self.cluster.seeds.iter().filter(|_| !self.cluster.join) {
             if !initial.iter().any(|m| m.addr == *seed) {
                 return Err(invalid(
                     "cluster.seeds",
@@ -860,7 +884,7 @@ impl Config {
     pub fn swim_config(&self) -> SwimConfig {
         let g = &self.gossip;
         let seeds: Vec<SocketAddr> = if self.cluster.seeds.is_empty() {
-            self.initial_members()
+            self.bootstrap_members()
                 .iter()
                 .filter(|m| m.id != self.node.id)
                 .map(|m| m.addr)
@@ -1160,5 +1184,25 @@ lifeguard = false
     fn missing_file_names_the_path() {
         let e = Config::load(Path::new("/nonexistent/n1.toml")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/n1.toml"));
+    }
+
+    #[test]
+    fn a_joining_node_has_no_bootstrap_members_and_seeds_of_its_own() {
+        let c =
+            Config::parse("[node]\nid = 4\n[cluster]\njoin = true\nseeds = [\"127.0.0.1:7009\"]\n")
+                .unwrap();
+        assert!(c.bootstrap_members().is_empty());
+        // Its seeds are not initial members (it has none), and gossip joins through them.
+        assert_eq!(c.swim_config().seeds, vec!["127.0.0.1:7009".to_owned()]);
+        // Without `join`, a seed must be an initial member's address.
+        let e =
+            Config::parse("[node]\nid = 4\n[cluster]\nseeds = [\"127.0.0.1:7009\"]\n").unwrap_err();
+        assert!(e.to_string().contains("cluster.seeds"), "{e}");
+        // A joining node with initial members is a contradiction.
+        let e = Config::parse(
+            "[node]\nid = 4\n[cluster]\njoin = true\n[[cluster.initial_members]]\nid = 1\naddr = \"127.0.0.1:7001\"\nhttp = \"127.0.0.1:7101\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cluster.initial_members"), "{e}");
     }
 }

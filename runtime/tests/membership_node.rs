@@ -1,275 +1,359 @@
-//! The node's membership calls on a real three-node cluster in one process (loopback TCP):
-//! the checks that give an operator a typed refusal (invalid change, stale configuration id,
-//! a change already in progress, a learner that has not caught up), changes that commit and
-//! show in the configuration, and the leader removing itself.
+//! Issue 14, the node side: a node started with `cluster.join` (what `conclave init --join`
+//! writes) waits outside the membership, is added by the leader, catches up from the log and
+//! serves what it replicated; peers follow the membership at runtime (replicators, the
+//! transport's allowlist, gossip); a removed node is refused at the handshake and a removed
+//! leader reports `removed`. In-process nodes over real loopback TCP with a cluster secret.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use conclave::config::Config;
-use conclave::node::{ConfigChange, InvalidChange, NewMember, Node, NodeHandle, RequestError};
-use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
+use common::free_addr;
+use conclave::config::{ClusterSecretString, Config, ReadLevel};
+use conclave::node::{MembershipState, Node, NodeHandle};
+use conclave::state_machine::{KvCommand, KvMachine, KvQuery, KvRequest};
+use conclave_actors::raft::MembershipChange;
+use conclave_transport::handshake::{self, Hello, Refusal};
+use conclave_transport::{ClusterSecret, HandshakeError};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-async fn start(config: Config) -> Node<KvMachine> {
-    let sm = config.node.data_dir.join("sm");
+const SECRET: &str = "membership-node-test-secret-0123456789";
+
+async fn wait_for<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn leader_of(handles: &[NodeHandle<KvMachine>]) -> NodeHandle<KvMachine> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(h) = handles.iter().find(|h| h.cluster_status().role == "leader") {
+            return h.clone();
+        }
+        assert!(Instant::now() < deadline, "no leader within 15 s");
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn put(k: &str, v: &str) -> KvRequest {
+    KvRequest {
+        id: None,
+        op: KvCommand::Put {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        },
+    }
+}
+
+async fn write(handles: &[NodeHandle<KvMachine>], k: &str, v: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leader = leader_of(handles).await;
+        match leader.write(put(k, v)).await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "write {k} failed for 15 s: {e}");
+                actix::clock::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn stale_get(h: &NodeHandle<KvMachine>, k: &str) -> Option<Vec<u8>> {
+    h.read(KvQuery::Get(k.as_bytes().to_vec()), ReadLevel::Stale)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+}
+
+/// Proposes `change` on the current leader, retrying while leadership moves.
+async fn change(handles: &[NodeHandle<KvMachine>], change: MembershipChange) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leader = leader_of(handles).await;
+        match leader.inject_membership_change(change.clone()).await {
+            Ok(index) => return index,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{change:?} refused for 15 s: {e}"
+                );
+                actix::clock::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Dials `addr` (node `node`) claiming to be `claim`, with the cluster secret: the handshake's
+/// outcome.
+async fn handshake_as(
+    claim: u64,
+    node: u64,
+    addr: SocketAddr,
+    cluster: &str,
+) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let secret = ClusterSecret::new(SECRET);
+    match handshake::dial_status(
+        &mut s,
+        &Hello::new(claim, cluster).fresh(true),
+        node,
+        Some(&secret),
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
+fn is_not_member(r: &Result<(), String>) -> bool {
+    // The acceptor's `not_member` refusal code.
+    r.as_ref()
+        .err()
+        .is_some_and(|e| e == &format!("{:?}", HandshakeError::Refused(Refusal::RefusedByPeer(10))))
+}
+
+async fn start(c: Config) -> Node<KvMachine> {
+    let sm = c.node.data_dir.join("sm");
     Node::builder()
-        .config(config)
+        .config(c)
         .state_machine_with(move || KvMachine::open(&sm))
         .start()
         .await
         .unwrap()
 }
 
-async fn leader_of(handles: &[NodeHandle<KvMachine>]) -> NodeHandle<KvMachine> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        for h in handles {
-            if h.cluster_status().role == "leader" {
-                // A new leader refuses changes until it committed an entry of its term
-                // (`LeaderNotReady`): a write applied through it shows it has.
-                if h.write(put("ready")).await.is_ok() {
-                    return h.clone();
-                }
-            }
-        }
-        actix::clock::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no leader elected within 10 s");
-}
-
-fn put(k: &str) -> KvRequest {
-    KvRequest {
-        id: None,
-        op: KvCommand::Put {
-            key: k.as_bytes().to_vec(),
-            value: b"v".to_vec(),
-        },
-    }
-}
-
-fn stranger(id: u64) -> NewMember {
-    // Nothing listens there: the learner never answers.
-    NewMember {
-        id,
-        addr: common::free_addr(),
-        http: common::free_addr(),
-    }
-}
-
 #[actix::test]
-async fn refusals_are_typed_and_changes_show_in_the_configuration() {
+async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let mut configs = common::local_configs(3, &dir.path().join("data"));
+    for c in &mut configs {
+        c.cluster.secret = Some(ClusterSecretString(SECRET.to_owned()));
+        c.gossip.cycle_interval_ms = 200;
+        c.gossip.probe_timeout_ms = 100;
+    }
+    let cluster_id = configs[0].cluster.id.clone();
+    // Node 4 as `conclave init --join` writes it: no initial members, a seed, the secret.
+    let mut c4 = Config::default();
+    c4.node.id = 4;
+    c4.node.listen = free_addr();
+    c4.node.http = free_addr();
+    c4.node.data_dir = dir.path().join("data").join("n4");
+    c4.cluster.id.clone_from(&cluster_id);
+    c4.cluster.secret = Some(ClusterSecretString(SECRET.to_owned()));
+    c4.cluster.join = true;
+    c4.cluster.seeds = vec![configs[0].node.listen];
+    c4.gossip = configs[0].gossip.clone();
+    c4.validate().unwrap();
+    let addr4 = c4.node.listen;
+    let http4 = c4.node.http;
+    let addrs: Vec<(u64, SocketAddr)> =
+        configs.iter().map(|c| (c.node.id, c.node.listen)).collect();
+
     let mut nodes = Vec::new();
-    for c in common::local_configs(3, dir.path()) {
+    for c in configs.clone() {
         nodes.push(start(c).await);
     }
-    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-    let leader = leader_of(&handles).await;
-    let lid = leader.id();
-    let follower = handles.iter().find(|h| h.id() != lid).unwrap();
-
-    let config = leader.cluster_config().await.unwrap();
-    let voters: Vec<u64> = config.voters.iter().map(|m| m.id).collect();
-    assert_eq!(voters, vec![1, 2, 3]);
-    assert!(config.learners.is_empty());
-    assert_eq!(config.leader_id, Some(lid));
-    assert!(config.voters.iter().all(|m| m.http.is_some()));
-    let start_id = config.config_id;
-
-    // A follower names the leader, for forwarding.
-    match follower.cluster_config().await {
-        Err(RequestError::NotLeader { leader: Some(h) }) => assert_eq!(h.id, lid),
-        other => panic!("expected NotLeader with a hint, got {other:?}"),
-    }
-    match follower.change_config(ConfigChange::Promote(2), None).await {
-        Err(RequestError::NotLeader { leader: Some(h) }) => assert_eq!(h.id, lid),
-        other => panic!("expected NotLeader with a hint, got {other:?}"),
+    let handles: Vec<NodeHandle<KvMachine>> = nodes.iter().map(Node::handle).collect();
+    for i in 0..50 {
+        write(&handles, &format!("before{i}"), "1").await;
     }
 
-    // Invalid changes, each with its reason; nothing changes.
-    for (change, expected) in [
-        (ConfigChange::Promote(2), InvalidChange::NotALearner(2)),
-        (ConfigChange::Remove(9), InvalidChange::NotAMember(9)),
-        (
-            ConfigChange::AddLearner(NewMember {
-                id: 2,
-                addr: common::free_addr(),
-                http: common::free_addr(),
-            }),
-            InvalidChange::AlreadyMember(2),
-        ),
-        (ConfigChange::AddLearner(stranger(0)), InvalidChange::ZeroId),
-        (
-            ConfigChange::Replace {
-                remove: 2,
-                add: NewMember {
-                    id: 2,
-                    addr: common::free_addr(),
-                    http: common::free_addr(),
-                },
-            },
-            InvalidChange::SameNode(2),
-        ),
-        (
-            ConfigChange::Replace {
-                remove: 9,
-                add: stranger(5),
-            },
-            InvalidChange::NotAVoter(9),
-        ),
-    ] {
-        assert_eq!(
-            leader.change_config(change.clone(), None).await,
-            Err(RequestError::InvalidChange(expected)),
-            "{change:?}"
+    // Node 4 starts outside the membership: not ready, `not_a_member`, and the cluster
+    // refuses its connections.
+    let n4 = start(c4).await;
+    let h4 = n4.handle();
+    let r = wait_for("node 4 to report not_a_member", 10, || {
+        let r = h4.readiness_now();
+        (r.code.as_deref() == Some("not_a_member")).then_some(r)
+    })
+    .await;
+    assert!(!r.ready, "{r:?}");
+    assert_eq!(h4.cluster_status().membership, MembershipState::NotAMember);
+    for &(id, addr) in &addrs {
+        let r = handshake_as(4, id, addr, &cluster_id).await;
+        assert!(
+            is_not_member(&r),
+            "node {id} admitted node 4 before it was added: {r:?}"
         );
     }
-    // A stale configuration id.
+    actix::clock::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        leader
-            .change_config(ConfigChange::AddLearner(stranger(4)), Some(start_id + 7))
-            .await,
-        Err(RequestError::ConfigChanged {
-            expected: start_id + 7,
-            current: start_id
-        })
+        h4.cluster_status().term,
+        0,
+        "a node outside the membership campaigned"
     );
-    assert_eq!(leader.cluster_config().await.unwrap().config_id, start_id);
 
-    // A learner that never answers is added, but cannot be promoted however short the log.
-    let added = leader
-        .change_config(ConfigChange::AddLearner(stranger(4)), Some(start_id))
-        .await
-        .unwrap();
-    assert!(added.config.config_id > start_id);
-    assert!(!added.config.change_pending);
-    let learner = &added.config.learners[0];
-    assert_eq!(learner.id, 4);
-    assert_eq!(learner.caught_up, Some(false));
-    match leader.change_config(ConfigChange::Promote(4), None).await {
-        Err(RequestError::NotCaughtUp { id: 4, max_lag, .. }) => assert_eq!(max_lag, 1000),
-        other => panic!("expected NotCaughtUp, got {other:?}"),
+    // Added as a learner: the leader dials it, it catches up from the log and serves it.
+    change(
+        &handles,
+        MembershipChange::AddLearner {
+            id: 4,
+            addr: Some(conclave_actors::raft::MemberAddr {
+                raft: addr4,
+                http: http4,
+            }),
+        },
+    )
+    .await;
+    wait_for(
+        "node 4 to hold the data written before it joined",
+        20,
+        || {
+            let s = h4.cluster_status();
+            (s.membership == MembershipState::Member && s.applied_index >= 50).then_some(())
+        },
+    )
+    .await;
+    for i in [0, 25, 49] {
+        assert_eq!(
+            stale_get(&h4, &format!("before{i}")).await.as_deref(),
+            Some(&b"1"[..]),
+            "node 4 lacks before{i}"
+        );
     }
-    // `/v1/cluster` lists it as a learner with its lag.
-    let status = leader.cluster_status();
-    assert_eq!(status.groups[0].learners, vec![4]);
-    let replica = status.groups[0]
-        .replicas
-        .iter()
-        .find(|r| r.id == 4)
-        .unwrap();
-    assert!(replica.learner);
-    // A replace of a voter by that learner resumes it and stops at the same point, after a
-    // bounded wait.
-    let t = Instant::now();
-    match leader
-        .change_config(
-            ConfigChange::Replace {
-                remove: 3,
-                add: NewMember {
-                    id: 4,
-                    addr: learner.addr.unwrap_or_else(common::free_addr),
-                    http: learner.http.unwrap_or_else(common::free_addr),
-                },
-            },
-            None,
-        )
-        .await
-    {
-        Err(RequestError::NotCaughtUp { id: 4, .. }) => {}
-        other => panic!("expected NotCaughtUp, got {other:?}"),
+    let r = wait_for("node 4 to be ready", 10, || {
+        let r = h4.readiness_now();
+        r.ready.then_some(r)
+    })
+    .await;
+    assert_eq!(r.code, None);
+    // Every member now admits node 4 and gossip knows it alive, on every node.
+    for &(id, addr) in &addrs {
+        let r = handshake_as(4, id, addr, &cluster_id).await;
+        assert!(!is_not_member(&r), "node {id} still refuses node 4: {r:?}");
     }
-    assert!(t.elapsed() < Duration::from_secs(9), "{:?}", t.elapsed());
-    // Removing the learner works; the configuration is back to three voters.
-    let removed = leader
-        .change_config(ConfigChange::Remove(4), None)
-        .await
-        .unwrap();
-    assert!(removed.config.learners.is_empty());
-    assert_eq!(removed.config.voters.len(), 3);
+    let all: Vec<NodeHandle<KvMachine>> = handles.iter().cloned().chain([h4.clone()]).collect();
+    for h in &all {
+        wait_for("gossip to show node 4 alive", 15, || {
+            h.cluster_status()
+                .members
+                .iter()
+                .any(|m| m.id == 4 && m.state == "alive")
+                .then_some(())
+        })
+        .await;
+    }
+    // Writes after the addition reach node 4 as well.
+    write(&handles, "after-add", "2").await;
+    wait_for("node 4 to apply a write made after it joined", 10, || {
+        let s = h4.cluster_status();
+        (s.applied_index > 50).then_some(())
+    })
+    .await;
 
-    // Writes still work, then the leader removes itself: the change commits and it steps
-    // down; the two others elect a leader and keep serving.
-    leader.write(put("before")).await.unwrap();
-    let out = leader
-        .change_config(ConfigChange::Remove(lid), None)
-        .await
+    // Promote it, then remove node 3 (a follower if possible).
+    change(&handles, MembershipChange::Promote(4)).await;
+    let leader = leader_of(&handles).await;
+    let removed = [3u64, 2, 1]
+        .into_iter()
+        .find(|id| *id != leader.id())
         .unwrap();
-    assert!(out.config.voters.iter().all(|m| m.id != lid));
-    let rest: Vec<_> = handles.iter().filter(|h| h.id() != lid).cloned().collect();
-    let new_leader = leader_of(&rest).await;
-    assert_ne!(new_leader.id(), lid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match new_leader.write(put("after")).await {
-            Ok(_) => break,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                actix::clock::sleep(Duration::from_millis(50)).await;
+    change(&handles, MembershipChange::Remove(removed)).await;
+    let remaining: Vec<NodeHandle<KvMachine>> =
+        all.iter().filter(|h| h.id() != removed).cloned().collect();
+    // Every remaining member refuses it at the handshake and gossip marks it `left`.
+    for h in &remaining {
+        let addr = if h.id() == 4 {
+            addr4
+        } else {
+            addrs.iter().find(|(id, _)| *id == h.id()).unwrap().1
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = handshake_as(removed, h.id(), addr, &cluster_id).await;
+            if is_not_member(&r) {
+                break;
             }
-            Err(e) => panic!("write after removing the leader: {e}"),
+            assert!(
+                Instant::now() < deadline,
+                "node {} still admits removed node {removed}: {r:?}",
+                h.id()
+            );
+            actix::clock::sleep(Duration::from_millis(50)).await;
         }
+        wait_for("gossip to mark the removed node left", 10, || {
+            h.cluster_status()
+                .members
+                .iter()
+                .any(|m| m.id == removed && m.state == "left")
+                .then_some(())
+        })
+        .await;
     }
-    let config = new_leader.cluster_config().await.unwrap();
-    assert_eq!(config.voters.len(), 2);
+    // The cluster of the remaining three goes on, and node 4 (a voter now) holds the writes.
+    for i in 0..20 {
+        write(&remaining, &format!("after-remove{i}"), "3").await;
+    }
+    wait_for("node 4 to apply the writes after the removal", 10, || {
+        let s = h4.cluster_status();
+        (s.applied_index >= leader.cluster_status().commit_index).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stale_get(&h4, "after-remove19").await.as_deref(),
+        Some(&b"3"[..])
+    );
+    // The removed node, still running, cannot disturb the others: their term stays put while
+    // they keep committing.
+    let term = leader_of(&remaining).await.cluster_status().term;
+    actix::clock::sleep(Duration::from_millis(1500)).await;
+    write(&remaining, "still-going", "4").await;
+    let now = leader_of(&remaining).await.cluster_status().term;
+    assert_eq!(now, term, "the removed node made the cluster change terms");
+
     for n in nodes {
         n.shutdown().await;
     }
+    n4.shutdown().await;
 }
 
-/// One change at a time: while a change cannot commit (its quorum is gone), a second one is
-/// refused with `ChangeInProgress`.
+/// A leader that removes itself steps down once the change commits, and reports `removed` in
+/// its status and its readiness (`/readyz` 503 `removed`).
 #[actix::test]
-async fn a_second_change_waits_for_the_first() {
+async fn a_leader_that_removes_itself_reports_removed() {
     let dir = tempfile::tempdir().unwrap();
+    let mut configs = common::local_configs(3, &dir.path().join("data"));
+    for c in &mut configs {
+        c.cluster.secret = Some(ClusterSecretString(SECRET.to_owned()));
+    }
     let mut nodes = Vec::new();
-    for c in common::local_configs(3, dir.path()) {
+    for c in configs {
         nodes.push(start(c).await);
     }
-    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    let handles: Vec<NodeHandle<KvMachine>> = nodes.iter().map(Node::handle).collect();
+    write(&handles, "k", "v").await;
     let leader = leader_of(&handles).await;
-    let lid = leader.id();
-    // Stop both followers: nothing can commit any more.
-    let mut kept = Vec::new();
-    for n in nodes {
-        if n.handle().id() == lid {
-            kept.push(n);
-        } else {
-            n.shutdown().await;
-        }
-    }
-    let first = {
-        let leader = leader.clone();
-        actix::spawn(async move {
-            leader
-                .change_config(ConfigChange::AddLearner(stranger(4)), None)
-                .await
-        })
-    };
-    actix::clock::sleep(Duration::from_millis(20)).await;
-    match leader
-        .change_config(ConfigChange::AddLearner(stranger(5)), None)
+    let gone = leader.id();
+    leader
+        .inject_membership_change(MembershipChange::Remove(gone))
         .await
-    {
-        Err(RequestError::ChangeInProgress { .. }) => {}
-        // check_quorum may already have made it step down (it leads nobody).
-        Err(RequestError::NotLeader { .. }) | Err(RequestError::NoLeader { .. }) => {
-            panic!("the leader stepped down before the second change; the check is untested")
-        }
-        other => panic!("expected ChangeInProgress, got {other:?}"),
-    }
-    // The first never committed: its outcome is unknown to the caller (504), not a success.
-    let first = first.await.unwrap();
-    assert!(
-        matches!(
-            first,
-            Err(RequestError::Timeout) | Err(RequestError::Dropped)
-        ),
-        "{first:?}"
-    );
-    for n in kept {
+        .unwrap();
+    let r = wait_for("the removed leader to report removed", 15, || {
+        let r = leader.readiness_now();
+        (r.code.as_deref() == Some("removed")).then_some(r)
+    })
+    .await;
+    assert!(!r.ready);
+    let s = leader.cluster_status();
+    assert_eq!(s.membership, MembershipState::Removed);
+    assert_ne!(s.role, "leader");
+    // The two others elect a leader among themselves and go on.
+    let rest: Vec<NodeHandle<KvMachine>> =
+        handles.iter().filter(|h| h.id() != gone).cloned().collect();
+    write(&rest, "after", "1").await;
+    for n in nodes {
         n.shutdown().await;
     }
 }

@@ -154,6 +154,9 @@ enum Cmd {
     Link(QueueReceiver),
     /// The address or the link changed: reconsider dialling (now) or exiting.
     Wake,
+    /// The peer left the cluster: close the current connection and abandon a dial in progress
+    /// (the slot's address and link are already forgotten, so nothing redials it).
+    Disconnect,
 }
 
 /// One peer's entry in the shared map.
@@ -245,6 +248,27 @@ where
                 cmds,
             }
         })
+    }
+
+    /// The slot's cached link, or a new one whose queue goes to the slot's driver. Called
+    /// with the map locked.
+    fn cached_link(&self, slot: &mut Slot<M>, node: NodeId) -> PeerLink<M> {
+        match &slot.link {
+            Some(link) if !link.is_closed() => link.clone(),
+            _ => {
+                let cfg = &self.cfg;
+                let (link, rx) = PeerLink::channel(
+                    cfg.node_id,
+                    node,
+                    cfg.max_queue_size,
+                    cfg.max_queue_bytes,
+                    cfg.max_frame_size,
+                );
+                slot.link = Some(link.clone());
+                let _ = slot.cmds.send(Cmd::Link(rx));
+                link
+            }
+        }
     }
 
     /// Connection `id` is gone: if it was the pair's connection, the pair has none now, and the
@@ -362,6 +386,36 @@ where
         }
     }
 
+    /// Forgets `node` and closes the connection to it, in either direction, now (a node
+    /// removed from the cluster: [`Endpoint::remove_peer`] keeps a live connection until every
+    /// link is dropped). Frames still queued for it are dropped. Take it off the allowlist
+    /// first ([`Transport::set_allowed_peers`]), or it may connect again at once.
+    pub fn disconnect_peer(&self, node: NodeId) {
+        let mut peers = self.shared.peers.lock();
+        if let Some(slot) = peers.get_mut(&node) {
+            slot.link = None;
+            slot.addr = None;
+            let _ = slot.cmds.send(Cmd::Disconnect);
+        }
+    }
+
+    /// A link to `node` over the connection it opened to us, without an address to dial: for
+    /// answering a peer this node knows no address for yet (a node that is not a member yet
+    /// answers the leader that adds it). `None` unless a connection to `node` is established.
+    /// If the connection breaks the link waits (it does not dial) until [`Endpoint::peer`]
+    /// gives it an address or the peer connects again.
+    pub fn connected_link(&self, node: NodeId) -> Option<PeerLink<M>> {
+        let mut peers = self.shared.peers.lock();
+        if *self.shared.shutdown.borrow() {
+            return None;
+        }
+        let slot = peers.get_mut(&node)?;
+        if !matches!(slot.state, ConnState::Connected(_)) {
+            return None;
+        }
+        Some(self.shared.cached_link(slot, node))
+    }
+
     /// Whether a connection to `peer` is currently established (in either direction).
     pub fn is_connected(&self, peer: NodeId) -> bool {
         self.shared
@@ -397,21 +451,7 @@ where
         let slot = self.shared.slot(&mut peers, node);
         let moved = slot.addr != Some(addr);
         slot.addr = Some(addr);
-        let link = match &slot.link {
-            Some(link) if !link.is_closed() => link.clone(),
-            _ => {
-                let (link, rx) = PeerLink::channel(
-                    cfg.node_id,
-                    node,
-                    cfg.max_queue_size,
-                    cfg.max_queue_bytes,
-                    cfg.max_frame_size,
-                );
-                slot.link = Some(link.clone());
-                let _ = slot.cmds.send(Cmd::Link(rx));
-                link
-            }
-        };
+        let link = self.shared.cached_link(slot, node);
         if moved {
             let _ = slot.cmds.send(Cmd::Wake);
         }
@@ -1046,6 +1086,20 @@ where
                     if conn.is_none() {
                         retry_at = retry_at.min(Instant::now() + backoff(&shared.cfg, 0));
                     }
+                }
+                Some(Cmd::Disconnect) => {
+                    if dialing.take().is_some() {
+                        shared.end_dial(peer, dial_attempt);
+                    }
+                    if let Some(c) = conn.take() {
+                        let id = c.id;
+                        c.close();
+                        info!(node, peer, id, "closed the connection to a peer that left the cluster");
+                        shared.mark_idle(peer, id);
+                    }
+                    lose(&mut out, node, peer);
+                    // Whatever is still queued was meant for a node that is no longer a peer.
+                    rx = None;
                 }
             },
             r = maybe(dialing.as_mut()) => {

@@ -312,6 +312,26 @@ impl Swim {
         self.rumors.clear();
     }
 
+    /// Marks member `id` as `left` on this node's own authority, without spreading a rumor:
+    /// for a node removed from a membership every member applies (a replicated Raft
+    /// configuration), so each member reaches the same verdict itself. Call it after taking
+    /// `id` off the allowlist ([`Swim::set_allowed_members`]), so that its own refutations
+    /// cannot bring it back. Unknown ids and members already `left` are left alone.
+    pub fn mark_left(&mut self, now: Millis, id: NodeId) {
+        self.advance(now);
+        let Some(rec) = self.members.get_mut(&id) else {
+            return;
+        };
+        if rec.state == MemberState::Left {
+            return;
+        }
+        let old = rec.state;
+        rec.state = MemberState::Left;
+        rec.by = self.me.id;
+        self.rumors.remove(&id);
+        self.transition(id, old, MemberState::Left, self.me.id);
+    }
+
     /// Handles a frame from a peer. Malformed frames and rumors are counted and dropped; they
     /// never change this node's view of itself except through a refutation.
     pub fn handle_message(&mut self, now: Millis, msg: Message) {

@@ -125,15 +125,212 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Issues the certificate of the node `config` describes, signed by `ca`, into
+/// `certs/n{id}.crt` and `certs/n{id}.key` (0600): it names `node-{id}.conclave` (its identity
+/// on the transport), `localhost` and the IPs of its addresses (what clients and other nodes
+/// dial). Returns the two paths.
+fn issue_node_certificate(
+    ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    config: &Config,
+    certs: &Path,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use rcgen::{
+        CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let id = config.node.id;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node_dns_name(id));
+    let mut sans = vec![
+        SanType::DnsName(
+            node_dns_name(id)
+                .try_into()
+                .context("node DNS name is not a valid SAN")?,
+        ),
+        SanType::DnsName("localhost".try_into().context("localhost SAN")?),
+    ];
+    for ip in [config.node.listen.ip(), config.node.http.ip()] {
+        if !sans.contains(&SanType::IpAddress(ip)) {
+            sans.push(SanType::IpAddress(ip));
+        }
+    }
+    params.subject_alt_names = sans;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().context("cannot generate a node key")?;
+    let cert = params
+        .signed_by(&key, ca)
+        .with_context(|| format!("cannot sign node {id}'s certificate"))?;
+    let cert_path = certs.join(format!("n{id}.crt"));
+    let key_path = certs.join(format!("n{id}.key"));
+    std::fs::write(&cert_path, cert.pem())
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    Ok((cert_path, key_path))
+}
+
+/// What `conclave init --join` needs to write the configuration of a node that joins an
+/// existing cluster.
+#[derive(Clone, Debug)]
+pub struct JoinSpec {
+    /// The new node's id (not used by any member, past or present).
+    pub id: u64,
+    /// Where its config goes (`DIR/n{id}.toml`, data in `DIR/data/n{id}`).
+    pub dir: PathBuf,
+    /// Its transport address.
+    pub listen: SocketAddr,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// Transport addresses of existing members to join gossip through.
+    pub seeds: Vec<SocketAddr>,
+    /// An existing member's config: the cluster id and secret, the TLS CA, the API's tokens
+    /// and the cluster-wide settings (timing, limits, engine) are taken from it.
+    pub from: Option<PathBuf>,
+    /// A file holding the cluster secret (without `from`; the secret never goes on a command
+    /// line, where other users of the machine could read it).
+    pub secret_file: Option<PathBuf>,
+    /// The cluster id (without `from`). Default `conclave`.
+    pub cluster_id: Option<String>,
+    /// The cluster CA's private key (`certs/ca.key` of `init --secure`): with `from` naming a
+    /// cluster that uses TLS, this node's certificate is issued with it, next to the config.
+    pub ca_key: Option<PathBuf>,
+    /// Overwrite existing files.
+    pub force: bool,
+}
+
+/// Writes the configuration of a node that joins an existing cluster (`conclave init
+/// --join`): `cluster.join = true`, no initial members, the given seeds, and — taken from
+/// `from` — everything the cluster shares. A cluster secret ends up in the file, so it is
+/// written readable by its owner only. Returns the path and the config.
+pub fn write_join(spec: &JoinSpec) -> anyhow::Result<(PathBuf, Config)> {
+    if spec.id == 0 {
+        bail!("--id must not be 0");
+    }
+    if spec.seeds.is_empty() {
+        bail!("--seeds needs at least one address of an existing member");
+    }
+    let dir = std::path::absolute(&spec.dir)
+        .with_context(|| format!("cannot resolve directory {}", spec.dir.display()))?;
+    let mut config = match &spec.from {
+        Some(from) => {
+            if spec.secret_file.is_some() || spec.cluster_id.is_some() {
+                bail!("--from already gives the cluster id and secret: drop --secret-file and --cluster-id");
+            }
+            Config::load(from)
+                .with_context(|| format!("cannot use {} as the cluster's config", from.display()))?
+        }
+        None => {
+            let mut c = Config::default();
+            if let Some(id) = &spec.cluster_id {
+                c.cluster.id.clone_from(id);
+            }
+            if let Some(path) = &spec.secret_file {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+                c.cluster.secret = Some(ClusterSecretString(text.trim().to_owned()));
+            }
+            if spec.ca_key.is_some() {
+                bail!("--ca-key needs --from (the cluster CA's certificate is named by the [tls] section of an existing member's config)");
+            }
+            c
+        }
+    };
+    config.node.id = spec.id;
+    config.node.listen = spec.listen;
+    config.node.http = spec.http;
+    config.node.data_dir = dir.join("data").join(format!("n{}", spec.id));
+    config.cluster.initial_members.clear();
+    config.cluster.seeds.clone_from(&spec.seeds);
+    config.cluster.join = true;
+    let path = dir.join(format!("n{}.toml", spec.id));
+    let certs = dir.join("certs");
+    let cert_files = [
+        certs.join(format!("n{}.crt", spec.id)),
+        certs.join(format!("n{}.key", spec.id)),
+    ];
+    let tls = config.tls.is_some() || config.http.tls.is_some();
+    if !spec.force {
+        let mut existing = vec![&path];
+        if tls {
+            existing.extend(cert_files.iter());
+        }
+        let existing: Vec<String> = existing
+            .into_iter()
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !existing.is_empty() {
+            bail!(
+                "refusing to overwrite {} (use --force)",
+                existing.join(", ")
+            );
+        }
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if tls {
+        // The member's own certificate is of no use here: this node needs one naming it.
+        let Some(ca_key) = &spec.ca_key else {
+            bail!(
+                "the cluster uses TLS, so node {} needs a certificate of its own: pass --ca-key \
+                 (the cluster CA's key, certs/ca.key of `init --secure`) to issue it, or write \
+                 its [tls] and [http.tls] sections yourself",
+                spec.id
+            );
+        };
+        let ca_cert = config
+            .tls
+            .as_ref()
+            .map(|t| t.ca.clone())
+            .or_else(|| config.http.tls.as_ref().and_then(|t| t.ca.clone()))
+            .context("the cluster's config names no CA certificate ([tls] ca or [http.tls] ca)")?;
+        let key_pem = std::fs::read_to_string(ca_key)
+            .with_context(|| format!("cannot read the CA key {}", ca_key.display()))?;
+        let cert_pem = std::fs::read_to_string(&ca_cert)
+            .with_context(|| format!("cannot read the CA certificate {}", ca_cert.display()))?;
+        let key = rcgen::KeyPair::from_pem(&key_pem)
+            .with_context(|| format!("{} is not a PEM private key", ca_key.display()))?;
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&cert_pem, key)
+            .with_context(|| format!("{} is not a PEM certificate", ca_cert.display()))?;
+        std::fs::create_dir_all(&certs)
+            .with_context(|| format!("cannot create {}", certs.display()))?;
+        let (cert, key) = issue_node_certificate(&issuer, &config, &certs)?;
+        if let Some(t) = config.tls.as_mut() {
+            t.cert.clone_from(&cert);
+            t.key.clone_from(&key);
+        }
+        if let Some(t) = config.http.tls.as_mut() {
+            t.cert = cert;
+            t.key = key;
+        }
+    }
+    config
+        .validate()
+        .with_context(|| format!("the config of joining node {} is invalid", spec.id))?;
+    let body = config.to_toml().context("cannot serialise the config")?;
+    let text = format!(
+        "# conclave node {}, joining an existing cluster; written by `conclave init --join`.\n\
+         # It starts with no membership and waits until a member adds it\n\
+         # (`conclave member add {} --addr {} --http {}`).\n\n{body}",
+        spec.id, spec.id, spec.listen, spec.http
+    );
+    write_private(&path, text.as_bytes())?;
+    Ok((path, config))
+}
+
 /// Makes `configs` secure and writes the CA, certificates and tokens they name: a random
 /// cluster id, mutual TLS between nodes, HTTPS and tokens for the API. Node `i`'s certificate
 /// names `node-{i}.conclave` (its identity on the transport), `localhost` and the IPs of its
 /// addresses (what clients and other nodes dial).
 fn secure_cluster(configs: &mut [(PathBuf, Config)], dir: &Path) -> anyhow::Result<SecureFiles> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose, SanType,
-    };
+    use rcgen::KeyUsagePurpose;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let files = SecureFiles::in_dir(dir);
     let certs = dir.join("certs");
     let tokens = dir.join("tokens");
@@ -151,6 +348,7 @@ fn secure_cluster(configs: &mut [(PathBuf, Config)], dir: &Path) -> anyhow::Resu
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)
         .context("cannot create the CA certificate")?;
+    let issuer: &rcgen::Issuer<'_, KeyPair> = &ca;
     std::fs::write(&files.ca_cert, ca.pem())
         .with_context(|| format!("cannot write {}", files.ca_cert.display()))?;
     write_private(&files.ca_key, ca_key_pem.as_bytes())?;
@@ -164,41 +362,7 @@ fn secure_cluster(configs: &mut [(PathBuf, Config)], dir: &Path) -> anyhow::Resu
     )?;
     for (_, config) in configs.iter_mut() {
         let id = config.node.id;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, node_dns_name(id));
-        let mut sans = vec![
-            SanType::DnsName(
-                node_dns_name(id)
-                    .try_into()
-                    .context("node DNS name is not a valid SAN")?,
-            ),
-            SanType::DnsName("localhost".try_into().context("localhost SAN")?),
-        ];
-        for ip in [config.node.listen.ip(), config.node.http.ip()] {
-            if !sans.contains(&SanType::IpAddress(ip)) {
-                sans.push(SanType::IpAddress(ip));
-            }
-        }
-        params.subject_alt_names = sans;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().context("cannot generate a node key")?;
-        let cert = params
-            .signed_by(&key, &ca)
-            .with_context(|| format!("cannot sign node {id}'s certificate"))?;
-        let cert_path = certs.join(format!("n{id}.crt"));
-        let key_path = certs.join(format!("n{id}.key"));
-        std::fs::write(&cert_path, cert.pem())
-            .with_context(|| format!("cannot write {}", cert_path.display()))?;
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        let (cert_path, key_path) = issue_node_certificate(issuer, config, &certs)?;
         config.cluster.id.clone_from(&cluster_id);
         config.tls = Some(TlsSection {
             cert: cert_path.clone(),
@@ -373,6 +537,140 @@ mod tests {
         let e = write_cluster_with(3, dir.path(), 9000, false, true).unwrap_err();
         assert!(e.to_string().contains("refusing to overwrite"), "{e}");
         assert_eq!(std::fs::read_to_string(&files.admin_token).unwrap(), admin);
+    }
+
+    fn join_spec(dir: &Path, from: Option<PathBuf>) -> JoinSpec {
+        JoinSpec {
+            id: 4,
+            dir: dir.to_owned(),
+            listen: "127.0.0.1:9004".parse().unwrap(),
+            http: "127.0.0.1:9104".parse().unwrap(),
+            seeds: vec!["127.0.0.1:9001".parse().unwrap()],
+            from,
+            secret_file: None,
+            cluster_id: None,
+            ca_key: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn join_from_a_secure_member_takes_the_cluster_settings_and_issues_its_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (configs, files) = write_cluster_with(3, dir.path(), 9000, false, true).unwrap();
+        let files = files.unwrap();
+        let (member_path, member) = &configs[0];
+        let spec = join_spec(dir.path(), Some(member_path.clone()));
+        // A TLS cluster without the CA key: refused, nothing written.
+        let e = write_join(&spec).unwrap_err();
+        assert!(format!("{e:#}").contains("--ca-key"), "{e:#}");
+        assert!(!dir.path().join("n4.toml").exists());
+        let spec = JoinSpec {
+            ca_key: Some(files.ca_key.clone()),
+            ..spec
+        };
+        let (path, c) = write_join(&spec).unwrap();
+        assert_eq!(path, dir.path().join("n4.toml"));
+        assert_eq!(Config::load(&path).unwrap(), c);
+        assert_eq!(c.node.id, 4);
+        assert!(c.cluster.join);
+        assert!(c.cluster.initial_members.is_empty());
+        assert_eq!(c.cluster.seeds, spec.seeds);
+        assert!(c.bootstrap_members().is_empty());
+        assert_eq!(c.cluster.id, member.cluster.id);
+        assert_eq!(c.cluster.secret, member.cluster.secret);
+        assert_eq!(c.http.tokens, member.http.tokens);
+        assert_eq!(c.node.data_dir, dir.path().join("data").join("n4"));
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.ca, files.ca_cert);
+        assert!(tls.cert.ends_with("certs/n4.crt"), "{}", tls.cert.display());
+        assert_eq!(c.http.tls.as_ref().unwrap().cert, tls.cert);
+        // The certificate names node 4 (the transport checks it) and chains to the CA.
+        let pem = std::fs::read(&tls.cert).unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(conclave_transport::auth::cert_names_node(&der, 4));
+        assert!(!conclave_transport::auth::cert_names_node(&der, 1));
+        let roots = {
+            let ca = std::fs::read(&files.ca_cert).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut ca.as_slice()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            std::sync::Arc::new(roots)
+        };
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots,
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now())
+            .expect("node 4's certificate chains to the cluster CA");
+        crate::http::tls::server_config(&tls.cert, &tls.key).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for secret in [&path, &tls.key] {
+                let mode = std::fs::metadata(secret).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", secret.display());
+            }
+        }
+        // Again without --force: refused.
+        let e = write_join(&spec).unwrap_err();
+        assert!(e.to_string().contains("refusing to overwrite"), "{e}");
+    }
+
+    #[test]
+    fn join_without_from_reads_the_secret_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a-cluster-secret-0123456789\n").unwrap();
+        let spec = JoinSpec {
+            secret_file: Some(secret.clone()),
+            cluster_id: Some("prod".to_owned()),
+            ..join_spec(dir.path(), None)
+        };
+        let (_, c) = write_join(&spec).unwrap();
+        assert_eq!(c.cluster.id, "prod");
+        assert_eq!(
+            c.cluster.secret,
+            Some(ClusterSecretString(
+                "a-cluster-secret-0123456789".to_owned()
+            ))
+        );
+        assert!(c.tls.is_none() && c.cluster.join);
+        // Refusals: a CA key without a member's config, id 0, no seeds, a short secret.
+        let dir2 = tempfile::tempdir().unwrap();
+        let base = join_spec(dir2.path(), None);
+        let bad = [
+            JoinSpec {
+                ca_key: Some(secret.clone()),
+                ..base.clone()
+            },
+            JoinSpec {
+                id: 0,
+                ..base.clone()
+            },
+            JoinSpec {
+                seeds: vec![],
+                ..base.clone()
+            },
+        ];
+        for spec in bad {
+            assert!(write_join(&spec).is_err(), "{spec:?}");
+        }
+        std::fs::write(&secret, "short").unwrap();
+        let e = write_join(&JoinSpec {
+            secret_file: Some(secret),
+            ..base
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("cluster.secret"), "{e:#}");
+        assert!(!dir2.path().join("n4.toml").exists());
     }
 
     #[test]

@@ -162,6 +162,22 @@ pub(crate) fn status_table(
             "storage: FAILED ({component}: {error}); the node must be restarted once the disk is fixed"
         ),
     };
+    match s.membership {
+        crate::node::MembershipState::Member => {}
+        crate::node::MembershipState::NotAMember => {
+            let _ = writeln!(
+                out,
+                "membership: NOT A MEMBER (waiting to be added: `conclave member add {}` on the cluster)",
+                s.node_id
+            );
+        }
+        crate::node::MembershipState::Removed => {
+            let _ = writeln!(
+                out,
+                "membership: REMOVED from the cluster (it takes no part any more; stop it, or add it back)"
+            );
+        }
+    }
     if let Some(g) = gossip {
         let _ = writeln!(
             out,
@@ -280,11 +296,29 @@ mod tests {
                         learner: true,
                     },
                 ],
+                membership: Default::default(),
             }],
             storage: Default::default(),
+            membership: Default::default(),
         };
         let t = status_table("http://x", &s, None);
         assert!(t.contains("storage: healthy"), "{t}");
+        assert!(!t.contains("membership:"), "a member says nothing: {t}");
+        for (state, line) in [
+            (
+                crate::node::MembershipState::NotAMember,
+                "membership: NOT A MEMBER (waiting to be added",
+            ),
+            (
+                crate::node::MembershipState::Removed,
+                "membership: REMOVED from the cluster",
+            ),
+        ] {
+            let mut other = s.clone();
+            other.membership = state;
+            let t = status_table("http://x", &other, None);
+            assert!(t.contains(line), "{t}");
+        }
         let mut failed = s.clone();
         failed.storage = StorageCondition::Failed {
             component: "state_machine/0".into(),

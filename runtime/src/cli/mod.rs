@@ -7,7 +7,10 @@ mod init;
 mod kv;
 mod member;
 
-pub use init::{cluster_configs, node_dns_name, write_cluster, write_cluster_with, SecureFiles};
+pub use init::{
+    cluster_configs, node_dns_name, write_cluster, write_cluster_with, write_join, JoinSpec,
+    SecureFiles,
+};
 
 use crate::client::{Client, ClientError, ClientOptions, DEFAULT_ENDPOINT};
 use crate::config::{Config, ReadLevel};
@@ -60,8 +63,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Number of nodes (1 to 99).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=99))]
-    pub nodes: u16,
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u16).range(1..=99),
+        required_unless_present = "join",
+        conflicts_with = "join"
+    )]
+    pub nodes: Option<u16>,
     /// Directory for the config files (created if missing); data goes to DIR/data/n{i}.
     #[arg(long)]
     pub dir: PathBuf,
@@ -74,8 +82,39 @@ pub struct InitArgs {
     /// Also write a CA, per-node certificates, a random cluster id and admin and client tokens
     /// (DIR/certs, DIR/tokens), and configs that use them: mutual TLS between nodes, HTTPS
     /// and bearer tokens on the API.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "join")]
     pub secure: bool,
+    /// Write the config of one node that joins an existing cluster (DIR/n{ID}.toml): it
+    /// starts with no membership and waits until a member adds it (`conclave member add`).
+    #[arg(long, requires_all = ["id", "listen", "http", "seeds"])]
+    pub join: bool,
+    /// `--join`: the new node's id (never used by a member before).
+    #[arg(long, requires = "join")]
+    pub id: Option<u64>,
+    /// `--join`: its transport address.
+    #[arg(long, requires = "join")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// `--join`: its HTTP address.
+    #[arg(long, requires = "join")]
+    pub http: Option<std::net::SocketAddr>,
+    /// `--join`: transport addresses of existing members, comma-separated.
+    #[arg(long, requires = "join", value_delimiter = ',')]
+    pub seeds: Vec<std::net::SocketAddr>,
+    /// `--join`: an existing member's config file; the cluster id and secret, the TLS CA, the
+    /// API tokens and the cluster-wide settings are taken from it.
+    #[arg(long, requires = "join")]
+    pub from: Option<PathBuf>,
+    /// `--join` without `--from`: a file holding the cluster secret (never on the command
+    /// line, where other users can read it).
+    #[arg(long, requires = "join", conflicts_with = "from")]
+    pub secret_file: Option<PathBuf>,
+    /// `--join` without `--from`: the cluster id (default `conclave`).
+    #[arg(long, requires = "join", conflicts_with = "from")]
+    pub cluster_id: Option<String>,
+    /// `--join --from` a cluster with TLS: the cluster CA's private key (certs/ca.key of
+    /// `init --secure`), to issue this node's certificate (DIR/certs/n{ID}.crt/.key).
+    #[arg(long, requires = "from")]
+    pub ca_key: Option<PathBuf>,
 }
 
 /// `conclave node`.
@@ -329,14 +368,45 @@ pub(crate) fn print_secure_usage(files: &SecureFiles, first: Option<&Config>) {
 /// Runs a parsed command; `Ok` carries the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Init(args) if args.join => {
+            let (Some(id), Some(listen), Some(http)) = (args.id, args.listen, args.http) else {
+                anyhow::bail!("--join needs --id, --listen and --http");
+            };
+            let (path, config) = write_join(&JoinSpec {
+                id,
+                dir: args.dir.clone(),
+                listen,
+                http,
+                seeds: args.seeds.clone(),
+                from: args.from.clone(),
+                secret_file: args.secret_file.clone(),
+                cluster_id: args.cluster_id.clone(),
+                ca_key: args.ca_key.clone(),
+                force: args.force,
+            })?;
+            println!(
+                "wrote {} (node {id}: transport {listen}, http {http}; joins through {})",
+                path.display(),
+                config
+                    .cluster
+                    .seeds
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!("start it with: conclave node --config {}", path.display());
+            println!(
+                "then add it from the cluster: conclave member add {id} --addr {listen} --http {http}"
+            );
+            Ok(EXIT_OK)
+        }
         Command::Init(args) => {
-            let (written, secure) = write_cluster_with(
-                args.nodes,
-                &args.dir,
-                args.base_port,
-                args.force,
-                args.secure,
-            )?;
+            let Some(nodes) = args.nodes else {
+                anyhow::bail!("--nodes is required (or --join)");
+            };
+            let (written, secure) =
+                write_cluster_with(nodes, &args.dir, args.base_port, args.force, args.secure)?;
             for (path, config) in &written {
                 println!(
                     "wrote {} (node {}: transport {}, http {})",

@@ -855,14 +855,15 @@ async fn healthz<S: KvService>(ctx: Data<S>) -> HttpResponse {
 }
 
 /// Readiness: 503 while not ready; a storage stall or failure also carries the JSON error
-/// (`storage_stalled`, `storage_failed`) next to the reasons.
+/// (`storage_stalled`, `storage_failed`) next to the reasons, and so does a node outside the
+/// membership (`not_a_member`, `removed`).
 async fn readyz<S: KvService>(ctx: Data<S>) -> HttpResponse {
     let readiness = ctx.service.readiness().await;
     if readiness.ready {
         return HttpResponse::Ok().json(readiness);
     }
     let mut body = json!(readiness);
-    if let Some(code) = readiness.storage.code() {
+    if let Some(code) = readiness.storage.code().or(readiness.code.as_deref()) {
         body["error"] = json!({ "code": code, "message": readiness.reasons.join("; ") });
     }
     HttpResponse::ServiceUnavailable()

@@ -39,7 +39,7 @@ use conclave_transport::{Endpoint, PeerLink, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -275,6 +275,19 @@ pub struct GossipShared {
     incarnation: AtomicU64,
     /// Whether an actor instance was started already (a restart bumps the incarnation).
     started: AtomicBool,
+    /// The members the replicated membership names, once the node has published them (a
+    /// restarted actor starts from it); `None` until then: the configured initial members.
+    book: Mutex<Option<MemberBook>>,
+}
+
+/// Who gossip hears, knows and dials, from the replicated membership (every group's members):
+/// written by the node's peer set when the membership changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberBook {
+    /// Every other member with its addresses: the allowlist, dialled at these addresses.
+    pub members: BTreeMap<NodeId, crate::config::MemberConfig>,
+    /// Nodes removed from the membership: marked `left` (no longer heard or dialled).
+    pub removed: BTreeSet<NodeId>,
 }
 
 impl GossipShared {
@@ -293,7 +306,14 @@ impl GossipShared {
             app: Mutex::new(BTreeMap::new()),
             incarnation: AtomicU64::new(incarnation),
             started: AtomicBool::new(false),
+            book: Mutex::new(None),
         })
+    }
+
+    /// Records the members the replicated membership names; the caller then tells the live
+    /// actor with [`MembersChanged`].
+    pub(super) fn set_book(&self, book: MemberBook) {
+        *self.book.lock() = Some(book);
     }
 
     /// The members as last published, this node first.
@@ -373,6 +393,11 @@ pub struct Leave;
 #[rtype(result = "()")]
 pub struct InjectPanic;
 
+/// The member book in [`GossipShared`] changed: re-read it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MembersChanged;
+
 /// Everything a gossip actor needs, shared by its successive instances.
 pub struct GossipDeps {
     /// This node: id, transport and HTTP addresses.
@@ -384,11 +409,9 @@ pub struct GossipDeps {
     /// The transport.
     pub endpoint: Arc<dyn Endpoint<WireMessage>>,
     /// Peers whose links Raft uses, at their configured addresses: gossip reaches them over
-    /// the very same link (one per peer) and never releases it.
+    /// the very same link (one per peer) and never releases it. Until the node publishes a
+    /// [`MemberBook`]; then the book's members.
     pub raft_peers: BTreeMap<NodeId, SocketAddr>,
-    /// Node ids of known transport addresses (the initial members), to dial seeds the core
-    /// addresses by address only.
-    pub known_addrs: HashMap<String, NodeId>,
     /// Where the incarnation is persisted.
     pub incarnation_file: PathBuf,
     /// `node.max_peers`.
@@ -420,9 +443,13 @@ pub struct GossipActor {
     /// The one armed actix timer and the deadline it was armed for.
     wake: Option<(Millis, SpawnHandle)>,
     links: HashMap<NodeId, Link>,
-    /// The configured members (preloaded and Raft peers) and the address each is dialled at:
-    /// the only nodes this actor hears, knows and dials (issue 12, finding 6).
+    /// The configured members (preloaded and Raft peers; later the replicated membership's)
+    /// and the address each is dialled at: the only nodes this actor hears, knows and dials
+    /// (issue 12, finding 6). Raft uses the same links, so they are never released.
     configured: HashMap<NodeId, SocketAddr>,
+    /// Node ids of the configured members' transport addresses, to dial seeds the core
+    /// addresses by address only.
+    known_addrs: HashMap<String, NodeId>,
     /// Addresses already reported as undialable (logged once each).
     warned: HashSet<String>,
     persisted: Incarnation,
@@ -473,7 +500,11 @@ impl GossipActor {
             // Set before: the same limits applied then.
             core.set_metadata(0, app)?;
         }
-        Ok(GossipActor {
+        let known_addrs = configured
+            .iter()
+            .map(|(id, a)| (a.to_string(), *id))
+            .collect();
+        let mut actor = GossipActor {
             deps,
             core,
             actions: Vec::new(),
@@ -482,10 +513,60 @@ impl GossipActor {
             wake: None,
             links: HashMap::new(),
             configured,
+            known_addrs,
             warned: HashSet::new(),
             persisted: incarnation,
             _guard: guard,
-        })
+        };
+        // A restarted actor follows the membership the node published before.
+        let book = actor.deps.shared.book.lock().clone();
+        if let Some(book) = book {
+            actor.apply_book(0, &book);
+        }
+        Ok(actor)
+    }
+
+    /// Follows the replicated membership: its members are the only ones heard, known and
+    /// dialled (at the addresses it carries); a new member is added alive (probing checks it
+    /// at once), and a removed one is marked `left` locally — every member applies the same
+    /// membership, so no rumor is needed, and rumors about it are refused from now on.
+    fn apply_book(&mut self, now: Millis, book: &MemberBook) {
+        let me = self.deps.identity.id;
+        let configured: HashMap<NodeId, SocketAddr> = book
+            .members
+            .values()
+            .filter(|m| m.id != me)
+            .map(|m| (m.id, m.addr))
+            .collect();
+        // Links to members no longer configured (or now at another address) are dropped:
+        // the transport forgets removed peers itself.
+        self.links
+            .retain(|id, l| configured.get(id).is_some_and(|a| *a == l.addr));
+        self.core
+            .set_allowed_members(Some(configured.keys().copied().chain([me]).collect()));
+        self.core.preload(
+            book.members
+                .values()
+                .filter(|m| m.id != me)
+                .map(|m| Member {
+                    id: m.id,
+                    addr: m.addr.to_string(),
+                    http: m.http.to_string(),
+                    incarnation: 0,
+                    state: MemberState::Alive,
+                    metadata: Metadata::default(),
+                }),
+        );
+        for &id in &book.removed {
+            if !configured.contains_key(&id) {
+                self.core.mark_left(now, id);
+            }
+        }
+        self.known_addrs = configured
+            .iter()
+            .map(|(id, a)| (a.to_string(), *id))
+            .collect();
+        self.configured = configured;
     }
 
     fn now(&self) -> Millis {
@@ -574,7 +655,7 @@ impl GossipActor {
             Event::Removed(id) => {
                 tracing::info!(node = me, member = id, "gossip: member forgotten (pruned)");
                 self.deps.shared.latency.lock().remove(id);
-                if !self.deps.raft_peers.contains_key(id) && self.links.remove(id).is_some() {
+                if !self.configured.contains_key(id) && self.links.remove(id).is_some() {
                     self.deps.endpoint.remove_peer(*id);
                 }
             }
@@ -642,7 +723,7 @@ impl GossipActor {
         } else {
             // A join to a seed known by address only: the transport authenticates peers by
             // node id, so the seed must be a configured member (config validation says so).
-            match self.deps.known_addrs.get(addr) {
+            match self.known_addrs.get(addr) {
                 Some(id) => *id,
                 None => {
                     if self.warn_once(addr) {
@@ -714,7 +795,7 @@ impl GossipActor {
     /// (idle for at least two protocol periods) while the node holds more than `max_peers`
     /// links.
     fn trim_links(&mut self) {
-        let raft = &self.deps.raft_peers;
+        let raft = &self.configured;
         let now = Instant::now();
         let raft = |id: &NodeId| raft.contains_key(id);
         let mut release: Vec<NodeId> = self
@@ -723,7 +804,7 @@ impl GossipActor {
             .filter(|(id, l)| !raft(id) && now.duration_since(l.used) >= self.deps.idle_link)
             .map(|(id, _)| *id)
             .collect();
-        let held = self.deps.raft_peers.len() + self.links.keys().filter(|id| !raft(id)).count();
+        let held = self.configured.len() + self.links.keys().filter(|id| !raft(id)).count();
         let mut excess = held
             .saturating_sub(self.deps.max_peers)
             .saturating_sub(release.len());
@@ -879,6 +960,20 @@ impl Handler<Leave> for GossipActor {
     }
 }
 
+impl Handler<MembersChanged> for GossipActor {
+    type Result = ();
+
+    fn handle(&mut self, _: MembersChanged, ctx: &mut Context<Self>) {
+        let book = self.deps.shared.book.lock().clone();
+        if let Some(book) = book {
+            let now = self.now();
+            self.apply_book(now, &book);
+            self.drain(ctx);
+            self.publish();
+        }
+    }
+}
+
 impl Handler<StopActor> for GossipActor {
     type Result = ();
 
@@ -933,7 +1028,8 @@ pub(super) fn prepare(
         addr: config.node.listen.to_string(),
         http: config.node.http.to_string(),
     };
-    let initial = config.initial_members();
+    // A node joining an existing cluster knows no member until the membership reaches it.
+    let initial = config.bootstrap_members();
     let preload: Vec<Member> = initial
         .iter()
         .filter(|m| m.id != id)
@@ -965,7 +1061,6 @@ pub(super) fn prepare(
             .filter(|m| m.id != id)
             .map(|m| (m.id, m.addr))
             .collect(),
-        known_addrs: initial.iter().map(|m| (m.addr.to_string(), m.id)).collect(),
         identity,
         preload,
         endpoint,
@@ -1147,7 +1242,6 @@ mod tests {
             preload,
             endpoint,
             raft_peers: raft.iter().map(|&p| (p, addr(p))).collect(),
-            known_addrs: HashMap::new(),
             incarnation_file: dir.join(format!("{id}.incarnation")),
             max_peers: 3,
             idle_link: Duration::from_secs(4),

@@ -15,13 +15,13 @@
 use super::applier::{AppliedIndex, ApplierActor, ApplyBatch, ReadAt, ReadReply, WriteReply};
 use super::handle::{LeaderHint, RequestError};
 use super::log_store_actor::{LogStoreActor, Persist, Recover};
-use super::replicator::{Outbound, ReplicatorActor};
-use crate::config::MemberConfig;
+use super::peers::{MembershipState, MembershipTracker, Peers};
+use super::replicator::Outbound;
 use crate::state_machine::StateMachine;
 use actix::prelude::*;
 use conclave_actors::raft::{
-    self, Action, Entry, GroupId, LogIndex, Membership, NodeId, PersistRequest, ProposeError, Raft,
-    RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
+    self, Action, Entry, EntryPayload, GroupId, LogIndex, Membership, NodeId, PersistRequest,
+    ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
 };
 use conclave_actors::supervisor::{ChildGuard, Slot};
 use parking_lot::RwLock;
@@ -57,6 +57,8 @@ pub struct GroupSnapshot {
     pub membership: Membership,
     /// `(peer, match_index)` on the leader.
     pub progress: Vec<(NodeId, LogIndex)>,
+    /// Whether this node is a member of the group, waits to be added, or was removed.
+    pub membership_state: MembershipState,
 }
 
 /// State shared between a group's actors and the node's handle.
@@ -80,12 +82,11 @@ pub struct GroupDeps<M: StateMachine> {
     pub log_store: Addr<LogStoreActor>,
     /// The group's applier.
     pub applier: Slot<ApplierActor<M>>,
-    /// One replicator per peer.
-    pub replicators: HashMap<NodeId, Slot<ReplicatorActor>>,
+    /// The node's peers: replicators, allowlist, gossip and member addresses follow the
+    /// membership this actor hands them.
+    pub peers: Arc<Peers>,
     /// Shared status.
     pub shared: Arc<GroupShared>,
-    /// Known members, for leader hints.
-    pub members: Arc<BTreeMap<NodeId, MemberConfig>>,
     /// The node's monotonic epoch: the cores' `now` is milliseconds since it.
     pub epoch: Instant,
 }
@@ -132,6 +133,34 @@ pub struct TransferLeader {
     pub reply: oneshot::Sender<Result<(), RequestError>>,
 }
 
+/// Proposes a membership change straight to the core (tests and the chaos harness; the
+/// operator's routes go through the HTTP layer's own message). Answers with the proposal's
+/// index once appended, or why it was refused.
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectMembershipChange {
+    /// The change.
+    pub change: raft::MembershipChange,
+    /// The index it was appended at, or the core's refusal.
+    pub reply: oneshot::Sender<Result<LogIndex, ProposeError>>,
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+impl<M: StateMachine> Handler<InjectMembershipChange> for GroupActor<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: InjectMembershipChange, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let result = match self.core.as_mut() {
+            Some(core) => core.change_membership(now, msg.change).map(|p| p.index),
+            None => Err(ProposeError::NotLeader { leader: None }),
+        };
+        let _ = msg.reply.send(result);
+        self.schedule_drain(ctx);
+    }
+}
+
 struct Drain;
 impl Message for Drain {
     type Result = ();
@@ -159,6 +188,10 @@ pub struct GroupActor<M: StateMachine> {
     was_leader: bool,
     /// Membership changes waiting to take effect.
     change_waiters: Vec<membership::ChangeWaiter>,
+    /// The membership last handed to the peer set.
+    followed: Option<Membership>,
+    /// Whether this node is a member, not yet one, or removed.
+    tracker: Option<MembershipTracker>,
     _guard: ChildGuard,
 }
 
@@ -191,6 +224,8 @@ impl<M: StateMachine> GroupActor<M> {
             next_read: 1,
             was_leader: false,
             change_waiters: Vec::new(),
+            followed: None,
+            tracker: None,
             _guard: guard,
         }
     }
@@ -200,7 +235,7 @@ impl<M: StateMachine> GroupActor<M> {
     }
 
     fn leader_hint(&self, leader: Option<NodeId>) -> RequestError {
-        match leader.and_then(|id| self.deps.members.get(&id)) {
+        match leader.and_then(|id| self.deps.peers.member(id)) {
             Some(m) => RequestError::NotLeader {
                 leader: Some(LeaderHint {
                     id: m.id,
@@ -227,6 +262,8 @@ impl<M: StateMachine> GroupActor<M> {
         };
         let mut actions = std::mem::take(&mut self.actions);
         core.poll_actions(&mut actions);
+        // Peers first: an append to a node just added finds its replicator.
+        self.follow_membership();
         for action in actions.drain(..) {
             self.carry_out(action, ctx);
         }
@@ -239,8 +276,8 @@ impl<M: StateMachine> GroupActor<M> {
     fn carry_out(&mut self, action: Action, ctx: &mut Context<Self>) {
         match action {
             Action::Send(msg) => {
-                let Some(addr) = self.deps.replicators.get(&msg.to).and_then(|s| s.get()) else {
-                    // Restarting or unknown peer: Raft retransmits.
+                let Some(addr) = self.deps.peers.replicator(self.deps.group, msg.to) else {
+                    // Restarting, just created, or unknown peer: Raft retransmits.
                     return;
                 };
                 if addr.try_send(Outbound(msg)).is_err() {
@@ -550,7 +587,52 @@ impl<M: StateMachine> GroupActor<M> {
             last_index: status.last_index,
             membership: status.membership,
             progress,
+            membership_state: self
+                .tracker
+                .as_ref()
+                .map(MembershipTracker::state)
+                .unwrap_or_default(),
         };
+    }
+
+    /// Hands the core's membership in force to the peer set when it changed (appended,
+    /// committed or not, or reverted by a truncation), and keeps the membership state.
+    fn follow_membership(&mut self) {
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
+        let m = core.membership();
+        if self.followed.as_ref() != Some(m) {
+            // The entry in force is the latest membership entry of the log (or the snapshot's
+            // or bootstrap one, index of the snapshot or 0): found from the end, rarely.
+            let index = core
+                .entries()
+                .iter()
+                .rev()
+                .find_map(|e| match &e.payload {
+                    EntryPayload::Membership(x) if x == m => Some(e.index),
+                    _ => None,
+                })
+                .unwrap_or(core.snapshot().index);
+            if let Some(t) = self.tracker.as_mut() {
+                t.appended(index, m.clone());
+            }
+            self.deps.peers.follow(self.deps.group, m);
+            self.followed = Some(m.clone());
+        }
+        if let Some(t) = self.tracker.as_mut() {
+            let before = t.state();
+            t.committed_to(core.commit_index());
+            let now = t.state();
+            if now != before {
+                tracing::warn!(
+                    node = self.deps.raft.id,
+                    group = self.deps.group,
+                    state = now.as_str(),
+                    "this node's place in the group's membership changed"
+                );
+            }
+        }
     }
 
     fn backlog(&self) -> usize {
@@ -614,6 +696,25 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                 match Raft::new(act.deps.raft.clone(), restore, seed, act.now()) {
                     Ok(core) => {
                         tracing::info!(node = act.deps.raft.id, group = act.deps.group, term = core.term(), last_index = core.last_index(), applied, "group started");
+                        let log: Vec<(LogIndex, Membership)> = core
+                            .entries()
+                            .iter()
+                            .filter_map(|e| match &e.payload {
+                                EntryPayload::Membership(m) => Some((e.index, m.clone())),
+                                _ => None,
+                            })
+                            .collect();
+                        let base = if core.snapshot().index > 0 {
+                            core.snapshot().membership.clone()
+                        } else {
+                            act.deps.base_membership.clone()
+                        };
+                        act.tracker = Some(MembershipTracker::new(
+                            act.deps.raft.id,
+                            &base,
+                            &log,
+                            core.commit_index(),
+                        ));
                         act.enqueued_upto = applied;
                         act.applier_seen = act.deps.applier.get();
                         act.core = Some(core);
@@ -626,10 +727,12 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                 }
             }),
         );
-        // Housekeeping: forget waiters whose clients gave up.
+        // Housekeeping: forget waiters whose clients gave up; bring back a replicator whose
+        // supervisor gave up.
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.write_waiters.retain(|_, (_, r)| !r.is_closed());
             act.reads.retain(|_, (_, r)| !r.is_closed());
+            act.deps.peers.heal(act.deps.group);
         });
     }
 }

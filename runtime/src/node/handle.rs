@@ -340,6 +340,9 @@ pub struct GroupStatus {
     pub learners: Vec<NodeId>,
     /// Replication progress (non-empty on the leader only).
     pub replicas: Vec<ReplicaStatus>,
+    /// `member`, `not_a_member` (waits to be added) or `removed`.
+    #[serde(default)]
+    pub membership: super::peers::MembershipState,
 }
 
 /// The body of `GET /v1/cluster` (DESIGN.md §7): top-level fields describe this node in group 0.
@@ -365,6 +368,10 @@ pub struct ClusterStatus {
     /// `failed` (component, error).
     #[serde(default)]
     pub storage: crate::storage::health::StorageCondition,
+    /// This node's place in group 0's membership: `member`, `not_a_member` (a node started
+    /// with `cluster.join` that waits to be added) or `removed`.
+    #[serde(default)]
+    pub membership: super::peers::MembershipState,
 }
 
 /// Is the node ready for traffic (`GET /readyz`)?
@@ -378,6 +385,10 @@ pub struct Readiness {
     /// answers with its code (`storage_stalled`, `storage_failed`).
     #[serde(default)]
     pub storage: crate::storage::health::StorageCondition,
+    /// The error code `/readyz` answers with when not ready for a reason other than storage:
+    /// `not_a_member` (waits to be added to the cluster) or `removed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// What the HTTP API needs from a node running the built-in key-value machine. The node's

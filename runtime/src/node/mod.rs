@@ -22,11 +22,13 @@ pub mod handle;
 pub mod log_store_actor;
 mod membership;
 pub use membership::REPLACE_CATCH_UP_WAIT;
+pub mod peers;
 pub mod replicator;
 pub mod wire;
 
 pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttStats};
 pub use handle::*;
+pub use peers::MembershipState;
 
 use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
@@ -47,6 +49,7 @@ use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
 use group::{GroupActor, GroupDeps, GroupShared, Propose, RaftInbound, Read};
 use log_store_actor::LogStoreActor;
+use peers::Peers;
 use replicator::ReplicatorActor;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -189,6 +192,7 @@ impl<M: StateMachine> Node<M> {
         for s in &self.supervisors {
             let _ = s.send(StopSupervisor).await;
         }
+        self.handle.inner.peers.stop();
         // Let the log store finish what is queued, then stop it (it syncs on stopping).
         actix::clock::sleep(Duration::from_millis(20)).await;
         self.log_store.do_send(StopLogStore);
@@ -221,14 +225,14 @@ struct GroupEntry<M: StateMachine> {
     // Reached only by fault injection (tests, chaos harness).
     #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
     applier: Slot<ApplierActor<M>>,
-    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
-    replicators: HashMap<u64, Slot<ReplicatorActor>>,
 }
 
 struct Inner<M: StateMachine> {
     id: u64,
     config: Config,
-    members: Arc<BTreeMap<u64, MemberConfig>>,
+    /// Replicators, allowlist, gossip's members and the member directory, following the
+    /// replicated membership.
+    peers: Arc<Peers>,
     groups: BTreeMap<u64, GroupEntry<M>>,
     ring: Ring,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -320,17 +324,20 @@ async fn start_node<M: StateMachine>(
         .validate()
         .map_err(|e| NodeError::Config(format!("raft: {e}")))?;
     std::fs::create_dir_all(&config.node.data_dir)?;
+    // The bootstrap membership: the initial members, or nobody on a node that joins an
+    // existing cluster (it waits until the membership replicated to it names it).
     let members: BTreeMap<u64, MemberConfig> = config
-        .initial_members()
+        .bootstrap_members()
         .into_iter()
         .map(|m| (m.id, m))
         .collect();
-    if !members.contains_key(&id) {
+    if !config.cluster.join && !members.contains_key(&id) {
         return Err(NodeError::Config(format!(
-            "node.id {id} is not one of cluster.initial_members"
+            "node.id {id} is not one of cluster.initial_members (a node that joins an existing \
+             cluster sets cluster.join = true: `conclave init --join`)"
         )));
     }
-    let members = Arc::new(members);
+    let base_membership = Membership::with_voters(members.keys().copied());
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;
@@ -372,9 +379,10 @@ async fn start_node<M: StateMachine>(
     tcfg.max_connections = config.node.max_connections;
     tcfg.max_queue_bytes = config.node.max_queue_bytes;
     tcfg.write_timeout = tcfg.read_timeout;
-    // Only members of the cluster's configuration may connect (issue 12, finding 2); a node
-    // being added is admitted with `Transport::allow_peer`.
-    tcfg.allowed_peers = Some(members.keys().copied().collect());
+    // Only members of the cluster's configuration may connect (issue 12, finding 2); the
+    // allowlist then follows the replicated membership (`peers`). A joining node admits any
+    // authenticated peer until a membership reaches it.
+    tcfg.allowed_peers = peers::allowlist([&base_membership]);
     tcfg.secret = config
         .cluster
         .secret
@@ -401,6 +409,17 @@ async fn start_node<M: StateMachine>(
     let endpoint: Arc<dyn Endpoint<WireMessage>> = transport.clone();
     let gossip_deps = gossip::prepare(&config, endpoint, epoch, incarnation);
     let (gossip, gossip_supervisor) = start_gossip(gossip_deps);
+    let peers = Peers::new(
+        MemberConfig {
+            id,
+            addr: config.node.listen,
+            http: config.node.http,
+        },
+        members.clone(),
+        transport.clone(),
+        gossip.shared.clone(),
+        gossip.actor.clone(),
+    );
 
     // Groups: for now the cluster's first group, replicated on every initial member.
     let mut groups = BTreeMap::new();
@@ -409,12 +428,15 @@ async fn start_node<M: StateMachine>(
     let mut applier_arbiters = Vec::new();
     let group_ids = [0u64];
     for &group in &group_ids {
+        // Replicators, allowlist and gossip follow the bootstrap membership until the group's
+        // core reports the one in its log.
+        peers.follow(group, &base_membership);
         let applier_arbiter = Arbiter::new();
         let (entry, supervisor) = start_group(
             &config,
             group,
-            &members,
-            &transport,
+            &base_membership,
+            &peers,
             log_store.clone(),
             GroupStorage {
                 factory: factory.clone(),
@@ -434,8 +456,16 @@ async fn start_node<M: StateMachine>(
         .map(|(g, e): (&u64, &GroupEntry<M>)| (*g, e.actor.clone()))
         .collect();
     let gossip_slot = gossip.actor.clone();
+    let dispatch_peers = peers.clone();
     actix::spawn(async move {
         while let Some((from, msg)) = inbound_rx.recv().await {
+            if !dispatch_peers.admits(from) {
+                // A connection opened before the peer was removed may still deliver a few
+                // frames until it is closed: not heard.
+                metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "not_member")
+                    .increment(1);
+                continue;
+            }
             match msg {
                 WireMessage::Swim(m) => {
                     if m.from != from {
@@ -502,15 +532,20 @@ async fn start_node<M: StateMachine>(
         replication_factor: config.ring.replication_factor as u32,
         ..RingConfig::default()
     };
-    let ring = Ring::with_nodes(ring_cfg, members.keys().map(|&n| (n, DEFAULT_WEIGHT)))
+    // The ring shows placement over the bootstrap members (this node alone on a joining node).
+    let ring_nodes: Vec<u64> = if members.is_empty() {
+        vec![id]
+    } else {
+        members.keys().copied().collect()
+    };
+    let ring = Ring::with_nodes(ring_cfg, ring_nodes.iter().map(|&n| (n, DEFAULT_WEIGHT)))
         .map_err(|e| NodeError::Config(format!("ring: {e}")))?;
 
-    metrics::gauge!("conclave_cluster_nodes_total").set(members.len() as f64);
     let handle = NodeHandle {
         inner: Arc::new(Inner {
             id,
             config,
-            members,
+            peers,
             groups,
             ring,
             prometheus,
@@ -615,29 +650,23 @@ struct GroupStorage<'a, M: StateMachine> {
 fn start_group<M: StateMachine>(
     config: &Config,
     group: u64,
-    members: &Arc<BTreeMap<u64, MemberConfig>>,
-    transport: &Transport<WireMessage>,
+    base_membership: &Membership,
+    peers: &Arc<Peers>,
     log_store: Addr<LogStoreActor>,
     storage: GroupStorage<'_, M>,
     epoch: Instant,
 ) -> (GroupEntry<M>, Addr<Supervisor>) {
-    let id = config.node.id;
     let shared = Arc::new(GroupShared::default());
     let applier_slot: Slot<ApplierActor<M>> = Slot::new();
     let actor_slot: Slot<GroupActor<M>> = Slot::new();
-    let mut replicators = HashMap::new();
-    for m in members.values().filter(|m| m.id != id) {
-        replicators.insert(m.id, Slot::new());
-    }
     let deps = Arc::new(GroupDeps {
         group,
         raft: raft_config(config, group),
-        base_membership: Membership::with_voters(members.keys().copied()),
+        base_membership: base_membership.clone(),
         log_store,
         applier: applier_slot.clone(),
-        replicators: replicators.clone(),
+        peers: peers.clone(),
         shared: shared.clone(),
-        members: members.clone(),
         epoch,
     });
 
@@ -684,26 +713,14 @@ fn start_group<M: StateMachine>(
         });
         builder = builder.child("raft", f);
     }
-    for (&peer, slot) in &replicators {
-        let Some(member) = members.get(&peer) else {
-            continue;
-        };
-        let link = transport.peer(peer, member.addr);
-        let slot = slot.clone();
-        let f: Factory = Box::new(move |guard| {
-            let addr = ReplicatorActor::new(id, peer, link.clone(), guard).start();
-            slot.set(addr.clone());
-            Box::new(move || addr.do_send(StopActor))
-        });
-        builder = builder.child(format!("replicator-{peer}"), f);
-    }
+    // Replicators are started and stopped by the peer set as the membership changes, each
+    // under a supervisor of its own (`peers`).
     let supervisor = builder.start();
     (
         GroupEntry {
             actor: actor_slot,
             shared,
             applier: applier_slot,
-            replicators,
         },
         supervisor,
     )
@@ -898,6 +915,7 @@ impl<M: StateMachine> NodeHandle<M> {
                             learner: s.membership.learners.contains(&peer),
                         })
                         .collect(),
+                    membership: s.membership_state,
                 }
             })
             .collect();
@@ -913,6 +931,7 @@ impl<M: StateMachine> NodeHandle<M> {
             commit_index: g0.as_ref().map(|g| g.commit_index).unwrap_or(0),
             applied_index: g0.as_ref().map(|g| g.applied_index).unwrap_or(0),
             members: self.member_states(),
+            membership: g0.as_ref().map(|g| g.membership).unwrap_or_default(),
             groups,
             storage: self.inner.health.condition(),
         }
@@ -932,7 +951,10 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Member states from gossip (SWIM): every member this node's failure detector knows,
     /// then configured members it has forgotten (reported `dead`).
     fn member_states(&self) -> Vec<MemberStatus> {
-        gossip::member_statuses(&self.inner.gossip.shared.members(), &self.inner.members)
+        gossip::member_statuses(
+            &self.inner.gossip.shared.members(),
+            &self.inner.peers.directory(),
+        )
     }
 
     /// Whether every group knows a leader and has applied close to its commit index, and the
@@ -949,8 +971,24 @@ impl<M: StateMachine> NodeHandle<M> {
                 reasons.push(format!("storage: {component} failed: {error}"))
             }
         }
+        let mut code = None;
         for (id, g) in &self.inner.groups {
             let s = g.shared.snapshot.read();
+            match s.membership_state {
+                MembershipState::Member => {}
+                MembershipState::NotAMember => {
+                    reasons.push(format!(
+                        "group {id}: this node is not a member yet (waiting to be added)"
+                    ));
+                    code.get_or_insert(MembershipState::NotAMember.as_str().to_owned());
+                }
+                MembershipState::Removed => {
+                    reasons.push(format!(
+                        "group {id}: this node was removed from the membership"
+                    ));
+                    code.get_or_insert(MembershipState::Removed.as_str().to_owned());
+                }
+            }
             if s.leader.is_none() {
                 reasons.push(format!("group {id}: no known leader"));
             }
@@ -966,6 +1004,7 @@ impl<M: StateMachine> NodeHandle<M> {
             ready: reasons.is_empty(),
             reasons,
             storage,
+            code,
         }
     }
 
@@ -973,11 +1012,29 @@ impl<M: StateMachine> NodeHandle<M> {
     pub fn leader(&self) -> Option<LeaderHint> {
         let g = self.inner.groups.get(&0)?;
         let leader = g.shared.snapshot.read().leader?;
-        let m = self.inner.members.get(&leader)?;
+        let m = self.inner.peers.member(leader)?;
         Some(LeaderHint {
             id: m.id,
             http: m.http,
         })
+    }
+
+    #[cfg(any(test, feature = "fault-injection"))]
+    /// Proposes a membership change of group 0 on this node, which must lead it (tests;
+    /// operators use the HTTP routes). Returns the index the change was appended at.
+    pub async fn inject_membership_change(
+        &self,
+        change: conclave_actors::raft::MembershipChange,
+    ) -> Result<u64, conclave_actors::raft::ProposeError> {
+        let not_leader = conclave_actors::raft::ProposeError::NotLeader { leader: None };
+        let Some(addr) = self.inner.groups.get(&0).and_then(|g| g.actor.get()) else {
+            return Err(not_leader);
+        };
+        let (reply, rx) = oneshot::channel();
+        addr.send(group::InjectMembershipChange { change, reply })
+            .await
+            .map_err(|_| not_leader.clone())?;
+        rx.await.unwrap_or(Err(not_leader))
     }
 
     #[cfg(any(test, feature = "fault-injection"))]
@@ -995,10 +1052,8 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Panics group 0's replicator to `peer` (fault injection).
     pub fn inject_replicator_panic(&self, peer: u64) -> bool {
         self.inner
-            .groups
-            .get(&0)
-            .and_then(|g| g.replicators.get(&peer))
-            .and_then(|s| s.get())
+            .peers
+            .replicator_addr(0, peer)
             .map(|a| a.try_send(replicator::InjectPanic).is_ok())
             .unwrap_or(false)
     }
@@ -1091,7 +1146,7 @@ impl KvService for NodeHandle<KvMachine> {
     }
 
     fn is_member(&self, id: NodeId) -> bool {
-        self.inner.members.contains_key(&id)
+        self.inner.peers.is_member(id)
     }
 
     fn render_metrics(&self) -> String {

@@ -239,8 +239,10 @@ impl KvService for Double {
                 voters: vec![self.id],
                 learners: vec![],
                 replicas: vec![],
+                membership: Default::default(),
             }],
             storage: s.storage.clone(),
+            membership: Default::default(),
         }
     }
 
@@ -302,6 +304,7 @@ impl KvService for Double {
             ready: reasons.is_empty(),
             reasons,
             storage: s.storage.clone(),
+            code: None,
         }
     }
 

@@ -78,7 +78,7 @@ impl<M: StateMachine> GroupActor<M> {
             // covers a bootstrap membership built without them.
             let (addr, http) = match membership.addrs.get(&id) {
                 Some(a) => (Some(a.raft), Some(a.http)),
-                None => match self.deps.members.get(&id) {
+                None => match self.deps.peers.member(id) {
                     Some(m) => (Some(m.addr), Some(m.http)),
                     None => (None, None),
                 },

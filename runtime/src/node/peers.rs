@@ -1,0 +1,720 @@
+//! The node's peers follow the replicated membership (issue 14).
+//!
+//! Each group actor hands [`Peers::follow`] the membership its Raft core has in force — the
+//! latest appended, committed or not, as Raft requires (thesis §4.1) — whenever it changes.
+//! From the membership of every group the node derives, and keeps in step:
+//!
+//! - **replicators**: one per (group, peer), under a supervisor of its own, created when a
+//!   member appears and dialled at the address the membership carries, stopped when it goes;
+//! - **the transport's allowlist**: the members of every group, and nothing else — a node is
+//!   accepted once a membership naming it was appended (it is being added), and a removed
+//!   node is dropped from the allowlist and its connection closed, so it is refused at the
+//!   handshake afterwards (`not_member`). A node whose groups have no membership yet (one
+//!   that joins, `cluster.join`) admits any authenticated peer: it cannot tell members apart
+//!   yet, and the leader adding it must reach it;
+//! - **gossip's member book**: the same members, at the same addresses; a removed member is
+//!   marked `left`;
+//! - **the member directory**: ids to addresses for leader hints, forwarding and status.
+//!
+//! A peer this node knows no address for (the leader that adds a joining node) is answered
+//! over the connection it opened ([`Transport::connected_link`]).
+
+use super::gossip::{GossipActor, GossipShared, MemberBook, MembersChanged};
+use super::replicator::ReplicatorActor;
+use super::wire::WireMessage;
+use super::StopActor;
+use crate::config::MemberConfig;
+use actix::prelude::*;
+use conclave_actors::raft::{GroupId, Membership, NodeId};
+use conclave_actors::supervisor::{
+    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
+};
+use conclave_transport::{Endpoint, PeerLink, Transport};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Where this node stands in a group's membership.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipState {
+    /// A voter or a learner of the membership in force.
+    #[default]
+    Member,
+    /// Never named by any membership this node has seen: it waits to be added
+    /// (`/readyz` 503 `not_a_member`).
+    NotAMember,
+    /// It was a member, and a committed membership no longer names it (`/readyz` 503
+    /// `removed`): it takes no part in the group any more.
+    Removed,
+}
+
+impl MembershipState {
+    /// `member`, `not_a_member` or `removed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MembershipState::Member => "member",
+            MembershipState::NotAMember => "not_a_member",
+            MembershipState::Removed => "removed",
+        }
+    }
+}
+
+/// Tracks, for one group, whether this node is a member, was never one, or was removed: from
+/// the memberships its core reports and how far they are committed. Sans-IO.
+#[derive(Clone, Debug)]
+pub struct MembershipTracker {
+    me: NodeId,
+    /// A committed membership (or the bootstrap one) named this node.
+    was_member: bool,
+    /// The latest membership known committed.
+    committed: Membership,
+    /// Memberships appended and not known committed yet, by index, oldest first.
+    pending: Vec<(u64, Membership)>,
+    /// The membership in force (the latest appended).
+    in_force: Membership,
+}
+
+impl MembershipTracker {
+    /// A tracker for node `me` restored from its log: `base` is the bootstrap membership,
+    /// `log` the membership entries of its log by index (oldest first) and `commit` its commit
+    /// index (everything at or below it is committed).
+    pub fn new(me: NodeId, base: &Membership, log: &[(u64, Membership)], commit: u64) -> Self {
+        let mut t = MembershipTracker {
+            me,
+            was_member: base.contains(me),
+            committed: base.clone(),
+            pending: Vec::new(),
+            in_force: base.clone(),
+        };
+        for (index, m) in log {
+            t.appended(*index, m.clone());
+        }
+        t.committed_to(commit);
+        t
+    }
+
+    /// The membership entry at `index` is the one in force now: appended, or the latest left
+    /// after a truncation (entries at or after `index` known before are gone; index 0 is the
+    /// bootstrap membership).
+    pub fn appended(&mut self, index: u64, m: Membership) {
+        self.pending.retain(|(i, _)| *i < index);
+        self.in_force = m.clone();
+        self.pending.push((index, m));
+    }
+
+    /// Entries up to `commit` are committed.
+    pub fn committed_to(&mut self, commit: u64) {
+        let upto = self.pending.partition_point(|(i, _)| *i <= commit);
+        for (_, m) in self.pending.drain(..upto) {
+            self.was_member |= m.contains(self.me);
+            self.committed = m;
+        }
+    }
+
+    /// The membership in force.
+    pub fn in_force(&self) -> &Membership {
+        &self.in_force
+    }
+
+    /// Where this node stands.
+    pub fn state(&self) -> MembershipState {
+        if self.in_force.contains(self.me) || self.committed.contains(self.me) {
+            // A removal appended but not committed may still be undone.
+            MembershipState::Member
+        } else if self.was_member {
+            MembershipState::Removed
+        } else {
+            MembershipState::NotAMember
+        }
+    }
+}
+
+/// What changes for one group's replicators when its members go from `current` to `wanted`
+/// (each with the address to dial, if known).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerPlan {
+    /// New members: a replicator each (dialled at the address when there is one).
+    pub start: Vec<(NodeId, Option<SocketAddr>)>,
+    /// Members whose address became known or changed: the link dials the new one.
+    pub readdress: Vec<(NodeId, SocketAddr)>,
+    /// Members that left: their replicators stop.
+    pub stop: Vec<NodeId>,
+}
+
+impl PeerPlan {
+    /// The plan from `current` to `wanted` (this node is never in either).
+    pub fn between(
+        current: &BTreeMap<NodeId, Option<SocketAddr>>,
+        wanted: &BTreeMap<NodeId, Option<SocketAddr>>,
+    ) -> PeerPlan {
+        let mut plan = PeerPlan::default();
+        for (&id, &addr) in wanted {
+            match current.get(&id) {
+                None => plan.start.push((id, addr)),
+                Some(old) => {
+                    if let Some(a) = addr {
+                        if *old != Some(a) {
+                            plan.readdress.push((id, a));
+                        }
+                    }
+                }
+            }
+        }
+        plan.stop = current
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        plan
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.start.is_empty() && self.readdress.is_empty() && self.stop.is_empty()
+    }
+}
+
+/// The transport allowlist for the given memberships of this node's groups: every member of
+/// any of them, or `None` (any authenticated peer) while none names anybody — a node that
+/// joins has no membership until the leader adding it replicates one.
+pub fn allowlist<'a>(
+    memberships: impl IntoIterator<Item = &'a Membership>,
+) -> Option<BTreeSet<NodeId>> {
+    let all: BTreeSet<NodeId> = memberships.into_iter().flat_map(|m| m.all()).collect();
+    if all.is_empty() {
+        None
+    } else {
+        Some(all)
+    }
+}
+
+/// One replicator: its slot (the live instance), its supervisor, and where it dials.
+struct Replicator {
+    slot: Slot<ReplicatorActor>,
+    supervisor: Addr<Supervisor>,
+    addr: Option<SocketAddr>,
+    /// False for a reply path to a peer no membership names (see [`Peers::replicator`]).
+    member: bool,
+}
+
+#[derive(Default)]
+struct GroupPeers {
+    membership: Membership,
+    replicators: HashMap<NodeId, Replicator>,
+}
+
+#[derive(Default)]
+struct State {
+    groups: BTreeMap<GroupId, GroupPeers>,
+    /// Nodes that were members of some group and no longer are (gossip marks them `left`).
+    removed: BTreeSet<NodeId>,
+    /// The member book last handed to gossip.
+    book: MemberBook,
+    stopped: bool,
+}
+
+/// The node's peers, shared by its group actors and its handle. See the module docs.
+pub struct Peers {
+    me: MemberConfig,
+    transport: Arc<Transport<WireMessage>>,
+    gossip: Arc<GossipShared>,
+    gossip_actor: Slot<GossipActor>,
+    /// Addresses known from the configuration (the initial members), used for members whose
+    /// membership carries none.
+    configured: BTreeMap<NodeId, MemberConfig>,
+    directory: RwLock<BTreeMap<NodeId, MemberConfig>>,
+    /// Ids allowed by the transport, mirrored for the inbound dispatcher (`None`: anyone
+    /// authenticated).
+    allowed: RwLock<Option<BTreeSet<NodeId>>>,
+    state: Mutex<State>,
+}
+
+impl Peers {
+    /// The peer set of node `me`, following nobody yet: call [`Peers::follow`] for every group
+    /// before it starts. `configured` are the initial members' addresses.
+    pub(super) fn new(
+        me: MemberConfig,
+        configured: BTreeMap<NodeId, MemberConfig>,
+        transport: Arc<Transport<WireMessage>>,
+        gossip: Arc<GossipShared>,
+        gossip_actor: Slot<GossipActor>,
+    ) -> Arc<Peers> {
+        let mut directory = BTreeMap::new();
+        directory.insert(me.id, me.clone());
+        Arc::new(Peers {
+            me,
+            transport,
+            gossip,
+            gossip_actor,
+            configured,
+            directory: RwLock::new(directory),
+            allowed: RwLock::new(None),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me.id
+    }
+
+    /// A member's addresses, if this node knows them.
+    pub fn member(&self, id: NodeId) -> Option<MemberConfig> {
+        self.directory.read().get(&id).cloned()
+    }
+
+    /// Every member of every group with known addresses, this node included.
+    pub fn directory(&self) -> BTreeMap<NodeId, MemberConfig> {
+        self.directory.read().clone()
+    }
+
+    /// Whether `id` is a member of any group (this node always is, for its own requests).
+    pub fn is_member(&self, id: NodeId) -> bool {
+        id == self.me.id
+            || self
+                .state
+                .lock()
+                .groups
+                .values()
+                .any(|g| g.membership.contains(id))
+    }
+
+    /// Whether messages from `from` are heard: the transport's allowlist, applied again to
+    /// what a connection established before a removal may still deliver.
+    pub fn admits(&self, from: NodeId) -> bool {
+        self.allowed
+            .read()
+            .as_ref()
+            .is_none_or(|a| a.contains(&from))
+    }
+
+    /// The addresses the membership carries for its members (the configured ones for the
+    /// initial members; a member this node knows no address for gets `None`).
+    fn addresses(&self, m: &Membership) -> BTreeMap<NodeId, Option<MemberConfig>> {
+        let directory = self.directory.read();
+        m.all()
+            .map(|id| {
+                let known = if id == self.me.id {
+                    Some(self.me.clone())
+                } else if let Some(a) = m.addrs.get(&id) {
+                    // Replicated with the membership (memcore's `Membership::addrs`): how a
+                    // member added at runtime is reached.
+                    Some(MemberConfig {
+                        id,
+                        addr: a.raft,
+                        http: a.http,
+                    })
+                } else {
+                    self.configured
+                        .get(&id)
+                        .or_else(|| directory.get(&id))
+                        .cloned()
+                };
+                (id, known)
+            })
+            .collect()
+    }
+
+    /// Group `group`'s membership in force is now `m`: start and stop its replicators, and
+    /// bring the allowlist, gossip and the directory in line with every group's membership.
+    /// Idempotent; called by the group actor whenever its core's membership changes (and once
+    /// before the group starts).
+    pub fn follow(&self, group: GroupId, m: &Membership) {
+        let addrs = self.addresses(m);
+        let mut state = self.state.lock();
+        if state.stopped {
+            return;
+        }
+        let g = state.groups.entry(group).or_default();
+        let current: BTreeMap<NodeId, Option<SocketAddr>> = g
+            .replicators
+            .iter()
+            .filter(|(_, r)| r.member)
+            .map(|(id, r)| (*id, r.addr))
+            .collect();
+        let wanted: BTreeMap<NodeId, Option<SocketAddr>> = addrs
+            .iter()
+            .filter(|(id, _)| **id != self.me.id)
+            .map(|(id, c)| (*id, c.as_ref().map(|c| c.addr)))
+            .collect();
+        let plan = PeerPlan::between(&current, &wanted);
+        let before: BTreeSet<NodeId> = g.membership.all().collect();
+        g.membership = m.clone();
+        for id in &plan.stop {
+            if let Some(r) = g.replicators.remove(id) {
+                r.supervisor.do_send(StopSupervisor);
+            }
+        }
+        for (id, addr) in &plan.readdress {
+            if let Some(r) = g.replicators.get_mut(id) {
+                r.addr = Some(*addr);
+            }
+            // The cached link (the replicator's) dials the new address from now on.
+            let _ = self.transport.peer(*id, *addr);
+        }
+        for &(id, addr) in &plan.start {
+            // A reply path opened before the node became a member is replaced by a member's.
+            if let Some(old) = g.replicators.remove(&id) {
+                old.supervisor.do_send(StopSupervisor);
+            }
+            let link = match addr {
+                Some(a) => Some(self.transport.peer(id, a)),
+                None => self.transport.connected_link(id),
+            };
+            match link {
+                Some(link) => {
+                    let r = start_replicator(self.me.id, group, id, link, addr, true);
+                    g.replicators.insert(id, r);
+                }
+                None => tracing::warn!(
+                    node = self.me.id,
+                    group,
+                    peer = id,
+                    "member with no known address: it is answered once it connects"
+                ),
+            }
+        }
+        if !plan.is_empty() || before != m.all().collect::<BTreeSet<_>>() {
+            tracing::info!(
+                node = self.me.id,
+                group,
+                voters = ?m.voters,
+                learners = ?m.learners,
+                started = ?plan.start.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                stopped = ?plan.stop,
+                "peers follow the membership"
+            );
+        }
+        // Ids that were members and no longer are anywhere.
+        let now_members: BTreeSet<NodeId> = state
+            .groups
+            .values()
+            .flat_map(|g| g.membership.all())
+            .collect();
+        for id in before {
+            if !now_members.contains(&id) && id != self.me.id {
+                state.removed.insert(id);
+            }
+        }
+        state.removed.retain(|id| !now_members.contains(id));
+        self.sync_node_wide(&mut state, &addrs);
+    }
+
+    /// The allowlist, the directory and gossip's book from every group's membership.
+    fn sync_node_wide(&self, state: &mut State, addrs: &BTreeMap<NodeId, Option<MemberConfig>>) {
+        let allowed = allowlist(state.groups.values().map(|g| &g.membership));
+        let previously = self.allowed.read().clone();
+        if allowed != previously {
+            self.transport.set_allowed_peers(allowed.clone());
+            *self.allowed.write() = allowed.clone();
+            // Connections of nodes no longer allowed are closed now (a removed node is then
+            // refused at the handshake if it dials again).
+            if let Some(prev) = &previously {
+                for id in prev {
+                    if *id != self.me.id && !allowed.as_ref().is_none_or(|a| a.contains(id)) {
+                        self.transport.disconnect_peer(*id);
+                    }
+                }
+            }
+        }
+        {
+            let mut directory = self.directory.write();
+            for (id, c) in addrs.iter() {
+                if let Some(c) = c {
+                    directory.insert(*id, c.clone());
+                }
+            }
+            let keep: BTreeSet<NodeId> = state
+                .groups
+                .values()
+                .flat_map(|g| g.membership.all())
+                .chain([self.me.id])
+                .collect();
+            directory.retain(|id, _| keep.contains(id));
+            metrics::gauge!("conclave_cluster_nodes_total").set(directory.len() as f64);
+        }
+        let book = MemberBook {
+            members: self
+                .directory
+                .read()
+                .iter()
+                .filter(|(id, _)| **id != self.me.id)
+                .map(|(id, c)| (*id, c.clone()))
+                .collect(),
+            removed: state.removed.clone(),
+        };
+        if book != state.book {
+            state.book = book.clone();
+            self.gossip.set_book(book);
+            if let Some(actor) = self.gossip_actor.get() {
+                // A restarted actor reads the book itself; a full mailbox only delays this
+                // until the next membership change, so it is retried then.
+                let _ = actor.try_send(MembersChanged);
+            }
+        }
+    }
+
+    /// The replicator of `group` to `peer`, if the peer is a member of the group or, failing
+    /// that, has an authenticated connection to this node (a node that joins answers the
+    /// leader adding it before any membership names that leader).
+    pub fn replicator(&self, group: GroupId, peer: NodeId) -> Option<Addr<ReplicatorActor>> {
+        let mut state = self.state.lock();
+        if state.stopped || peer == self.me.id {
+            return None;
+        }
+        let g = state.groups.entry(group).or_default();
+        if let Some(r) = g.replicators.get(&peer) {
+            return r.slot.get();
+        }
+        if !self.admits(peer) {
+            return None;
+        }
+        let link = self.transport.connected_link(peer)?;
+        tracing::info!(
+            node = self.me.id,
+            group,
+            peer,
+            "answering a peer no membership names yet over its own connection"
+        );
+        let r = start_replicator(self.me.id, group, peer, link, None, false);
+        g.replicators.insert(peer, r);
+        None
+    }
+
+    /// Restarts replicators whose supervisor gave up (its restart budget spent): a member must
+    /// stay reachable. Called every second by the group actor.
+    pub fn heal(&self, group: GroupId) {
+        let mut state = self.state.lock();
+        if state.stopped {
+            return;
+        }
+        let Some(g) = state.groups.get_mut(&group) else {
+            return;
+        };
+        let dead: Vec<(NodeId, Option<SocketAddr>)> = g
+            .replicators
+            .iter()
+            .filter(|(_, r)| r.member && !r.supervisor.connected())
+            .map(|(id, r)| (*id, r.addr))
+            .collect();
+        for (id, addr) in dead {
+            let link = match addr {
+                Some(a) => Some(self.transport.peer(id, a)),
+                None => self.transport.connected_link(id),
+            };
+            if let Some(link) = link {
+                tracing::warn!(
+                    node = self.me.id,
+                    group,
+                    peer = id,
+                    "replicator supervisor gave up; starting a new one"
+                );
+                g.replicators.insert(
+                    id,
+                    start_replicator(self.me.id, group, id, link, addr, true),
+                );
+            }
+        }
+    }
+
+    /// The live replicator of `group` to `peer` (fault injection and tests).
+    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
+    pub(super) fn replicator_addr(
+        &self,
+        group: GroupId,
+        peer: NodeId,
+    ) -> Option<Addr<ReplicatorActor>> {
+        self.state
+            .lock()
+            .groups
+            .get(&group)?
+            .replicators
+            .get(&peer)?
+            .slot
+            .get()
+    }
+
+    /// Stops every replicator (the node is shutting down).
+    pub(super) fn stop(&self) {
+        let mut state = self.state.lock();
+        state.stopped = true;
+        for g in state.groups.values_mut() {
+            for (_, r) in g.replicators.drain() {
+                r.supervisor.do_send(StopSupervisor);
+            }
+        }
+    }
+}
+
+/// A replicator of `group` to `peer` over `link`, under its own one-for-one supervisor.
+fn start_replicator(
+    me: NodeId,
+    group: GroupId,
+    peer: NodeId,
+    link: PeerLink<WireMessage>,
+    addr: Option<SocketAddr>,
+    member: bool,
+) -> Replicator {
+    let slot: Slot<ReplicatorActor> = Slot::new();
+    let f: Factory = {
+        let slot = slot.clone();
+        Box::new(move |guard| {
+            let addr = ReplicatorActor::new(me, peer, link.clone(), guard).start();
+            slot.set(addr.clone());
+            Box::new(move || addr.do_send(StopActor))
+        })
+    };
+    let supervisor = SupervisorBuilder::new(format!("group-{group}-replicator-{peer}"))
+        .policy(RestartPolicy {
+            strategy: Strategy::OneForOne,
+            ..RestartPolicy::default()
+        })
+        .child(format!("replicator-{peer}"), f)
+        .start();
+    Replicator {
+        slot,
+        supervisor,
+        addr,
+        member,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(voters: &[NodeId], learners: &[NodeId]) -> Membership {
+        let mut m = Membership::with_voters(voters.iter().copied());
+        m.learners = learners.iter().copied().collect();
+        m
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn plan_starts_new_members_stops_removed_ones_and_redials_moved_ones() {
+        let current = BTreeMap::from([(2, Some(addr(2))), (3, Some(addr(3))), (5, None)]);
+        let wanted = BTreeMap::from([
+            (2, Some(addr(2))),
+            (4, Some(addr(4))),
+            (5, Some(addr(55))),
+            (6, None),
+        ]);
+        let plan = PeerPlan::between(&current, &wanted);
+        assert_eq!(plan.start, vec![(4, Some(addr(4))), (6, None)]);
+        assert_eq!(plan.readdress, vec![(5, addr(55))]);
+        assert_eq!(plan.stop, vec![3]);
+        assert!(PeerPlan::between(&wanted, &wanted).is_empty());
+        // An address that becomes unknown keeps the one the link has.
+        let plan = PeerPlan::between(&wanted, &BTreeMap::from([(2, None)]));
+        assert!(plan.readdress.is_empty() && plan.start.is_empty());
+        assert_eq!(plan.stop, vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn allowlist_is_every_groups_members_or_anyone_before_a_membership() {
+        assert_eq!(allowlist([&m(&[], &[])]), None);
+        assert_eq!(allowlist(std::iter::empty()), None);
+        assert_eq!(
+            allowlist([&m(&[1, 2, 3], &[4]), &m(&[3, 5], &[])]),
+            Some(BTreeSet::from([1, 2, 3, 4, 5]))
+        );
+        // A node being added (a learner in the appended membership) is admitted; one removed
+        // is not.
+        assert_eq!(
+            allowlist([&m(&[1, 2], &[4])]),
+            Some(BTreeSet::from([1, 2, 4]))
+        );
+    }
+
+    #[test]
+    fn a_joining_node_is_not_a_member_until_a_membership_names_it() {
+        let mut t = MembershipTracker::new(4, &Membership::default(), &[], 0);
+        assert_eq!(t.state(), MembershipState::NotAMember);
+        // The leader's log reaches it: first memberships without it.
+        t.appended(1, m(&[1, 2, 3], &[]));
+        t.committed_to(1);
+        assert_eq!(t.state(), MembershipState::NotAMember);
+        t.appended(7, m(&[1, 2, 3], &[4]));
+        assert_eq!(t.state(), MembershipState::Member);
+        t.committed_to(7);
+        assert_eq!(t.state(), MembershipState::Member);
+        // A restart rebuilds the same answer from the log.
+        let again = MembershipTracker::new(
+            4,
+            &Membership::default(),
+            &[(1, m(&[1, 2, 3], &[])), (7, m(&[1, 2, 3], &[4]))],
+            7,
+        );
+        assert_eq!(again.state(), MembershipState::Member);
+    }
+
+    #[test]
+    fn a_node_is_removed_only_once_its_removal_commits() {
+        let base = m(&[1, 2, 3], &[]);
+        let mut t = MembershipTracker::new(3, &base, &[], 0);
+        assert_eq!(t.state(), MembershipState::Member);
+        t.appended(10, m(&[1, 2], &[]));
+        // Appended, not committed: a new leader may still truncate it (the log then ends
+        // with the bootstrap membership again).
+        assert_eq!(t.state(), MembershipState::Member);
+        t.appended(0, base.clone());
+        assert_eq!(t.in_force(), &base);
+        t.committed_to(10);
+        assert_eq!(t.state(), MembershipState::Member);
+        // Appended again (by the next leader, at another index), and committed.
+        t.appended(12, m(&[1, 2], &[]));
+        t.committed_to(11);
+        assert_eq!(t.state(), MembershipState::Member);
+        t.committed_to(12);
+        assert_eq!(t.state(), MembershipState::Removed);
+        // Restarted from its log: still removed (nothing else has to be persisted).
+        let again = MembershipTracker::new(3, &base, &[(12, m(&[1, 2], &[]))], 12);
+        assert_eq!(again.state(), MembershipState::Removed);
+        // Added back later: a member again.
+        t.appended(20, m(&[1, 2], &[3]));
+        assert_eq!(t.state(), MembershipState::Member);
+    }
+
+    #[test]
+    fn a_truncated_membership_entry_is_replaced_by_the_one_appended_at_its_index() {
+        let base = m(&[1, 2, 3], &[]);
+        let mut t = MembershipTracker::new(2, &base, &[], 0);
+        t.appended(5, m(&[1, 3], &[]));
+        // A new leader overwrote index 5 with another change; 5 commits with that one.
+        t.appended(5, m(&[1, 2, 3], &[4]));
+        t.committed_to(5);
+        assert_eq!(t.state(), MembershipState::Member);
+        assert_eq!(t.in_force(), &m(&[1, 2, 3], &[4]));
+    }
+
+    #[test]
+    fn a_joining_node_whose_addition_was_truncated_is_still_not_a_member() {
+        let mut t = MembershipTracker::new(4, &Membership::default(), &[], 0);
+        t.appended(1, m(&[1, 2, 3], &[]));
+        t.committed_to(1);
+        t.appended(5, m(&[1, 2, 3], &[4]));
+        assert_eq!(t.state(), MembershipState::Member);
+        // The entry adding it is overwritten: the latest membership is index 1's again.
+        t.appended(1, m(&[1, 2, 3], &[]));
+        t.committed_to(6);
+        assert_eq!(t.state(), MembershipState::NotAMember);
+        // Added, then removed, both committed, then restarted: removed.
+        let again = MembershipTracker::new(
+            4,
+            &Membership::default(),
+            &[
+                (1, m(&[1, 2, 3], &[])),
+                (5, m(&[1, 2, 3], &[4])),
+                (9, m(&[1, 2, 3], &[])),
+            ],
+            9,
+        );
+        assert_eq!(again.state(), MembershipState::Removed);
+    }
+}

@@ -194,6 +194,9 @@ pub struct Raft {
 
     // Leader state.
     progress: BTreeMap<NodeId, Progress>,
+    /// When the progress of peers removed by a committed change may be forgotten (see
+    /// `prune_removed_peers`).
+    prune_at: Option<Millis>,
     transfer: Option<Transfer>,
     /// Lease reads are served while `now < lease_until` (thesis §6.4.1).
     lease_until: Millis,
@@ -290,6 +293,7 @@ impl Raft {
             timer_emitted: None,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
+            prune_at: None,
             transfer: None,
             lease_until: 0,
             lease_disabled: false,
@@ -303,6 +307,10 @@ impl Raft {
             reported: (role, term, None),
             config,
         };
+        if raft.role == Role::Learner && raft.electable() {
+            raft.role = Role::Follower;
+            raft.reported.0 = Role::Follower;
+        }
         raft.reset_election_deadline(now);
         raft.emit_timer();
         Ok(raft)
@@ -489,6 +497,37 @@ impl Raft {
         }
         self.step(now, msg);
         self.report_role();
+    }
+
+    /// Whether this node may campaign (and is a Follower rather than a Learner): it is a voter
+    /// of the configuration in force, or it was one in the committed configuration and only
+    /// an uncommitted entry removed it. Without the second case a node holding an uncommitted
+    /// C_new (or a single-server removal) that drops it could deadlock the group: its log is
+    /// the most up to date, so the voters of the older configuration (who need its vote) never
+    /// win, and it would never campaign itself (the simulator's membership profile, seed
+    /// 1260). Its election is counted in the configuration in force, like everyone's; if it
+    /// wins it commits the change and then steps down (thesis §4.2.2).
+    fn electable(&self) -> bool {
+        let id = self.config.id;
+        self.membership.is_voter(id)
+            || (self
+                .membership_entries
+                .last()
+                .is_some_and(|(i, _)| *i > self.commit_index)
+                && self.membership_at(self.commit_index).is_voter(id))
+    }
+
+    /// A follower's commit index advanced: if that committed the change that removed it, it
+    /// becomes a learner (it no longer campaigns).
+    fn refresh_role(&mut self) {
+        if matches!(
+            self.role,
+            Role::Follower | Role::PreCandidate | Role::Candidate
+        ) && !self.electable()
+        {
+            self.role = Role::Learner;
+            self.votes.clear();
+        }
     }
 
     /// Whether a message from a sender no configuration names is heard (see
@@ -969,6 +1008,7 @@ impl Raft {
         self.membership_entries.retain(|(i, _)| *i > meta.index);
         self.refresh_membership(now);
         self.commit_index = self.commit_index.max(meta.index);
+        self.refresh_role();
         self.pending_snapshot = Some(meta.clone());
         // Acknowledged only once the persist naming the snapshot is durable.
         let body = MessageBody::InstallSnapshotResponse {
@@ -1192,6 +1232,7 @@ impl Raft {
                 let commit = commit.min(self.log.last_index());
                 if commit > self.commit_index {
                     self.commit_index = commit;
+                    self.refresh_role();
                 }
                 self.send(
                     from,
@@ -1208,10 +1249,7 @@ impl Raft {
             MessageBody::TimeoutNow => {
                 // Thesis §3.10: the leader found us up to date; campaign at once, skipping
                 // the pre-vote, with the flag that makes voters ignore their leader lease.
-                if self.role != Role::Leader
-                    && self.membership.is_voter(self.config.id)
-                    && self.leader == Some(from)
-                {
+                if self.role != Role::Leader && self.electable() && self.leader == Some(from) {
                     self.campaign(now, true);
                 }
             }
@@ -1446,6 +1484,7 @@ impl Raft {
         let commit = leader_commit.min(last_new);
         if commit > self.commit_index {
             self.commit_index = commit;
+            self.refresh_role();
         }
         let dep = if self.bug_ack_before_persist() {
             Self::dep_nothing()
@@ -1572,6 +1611,10 @@ impl Raft {
             for p in self.progress.values_mut() {
                 p.recent_active = false;
             }
+            if self.prune_at.is_some_and(|at| now >= at) {
+                self.prune_at = None;
+                self.prune_removed_peers();
+            }
             self.check_quorum_deadline = now + self.config.election_timeout_min_ms;
         }
     }
@@ -1647,7 +1690,7 @@ impl Raft {
         if self.role == Role::Leader {
             self.leader_cleanup();
         }
-        self.role = if self.membership.is_voter(self.config.id) {
+        self.role = if self.electable() {
             Role::Follower
         } else {
             Role::Learner
@@ -1667,6 +1710,7 @@ impl Raft {
         self.rounds.clear();
         self.want_read_round = false;
         self.progress.clear();
+        self.prune_at = None;
         self.transfer = None;
         self.lease_until = 0;
         self.lease_disabled = false;
@@ -1677,6 +1721,7 @@ impl Raft {
         self.leader = Some(self.config.id);
         self.votes.clear();
         self.progress.clear();
+        self.prune_at = None;
         let next = self.log.last_index() + 1;
         for id in self.membership.all() {
             if id != self.config.id {
@@ -1879,7 +1924,11 @@ impl Raft {
     }
 
     /// Forgets the progress of peers that are no longer members once the change that removed
-    /// them is committed.
+    /// them is committed. Called at the first check-quorum boundary at least an election
+    /// timeout after that commit (`prune_at`), not at the commit itself: meanwhile the removed
+    /// peer keeps receiving heartbeats, whose commit index tells it its removal committed (see
+    /// `electable`: a node removed by an entry it does not know committed still campaigns).
+    /// An unreachable one is forgotten then anyway.
     fn prune_removed_peers(&mut self) {
         if self
             .membership_entries
@@ -1893,12 +1942,20 @@ impl Raft {
     }
 
     fn on_leader_commit(&mut self, now: Millis) {
-        self.prune_removed_peers();
         // A base membership (bootstrap or snapshot) is committed by definition.
         let config_committed = self
             .membership_entries
             .last()
             .is_none_or(|(i, _)| *i <= self.commit_index);
+        if config_committed
+            && self.prune_at.is_none()
+            && self
+                .progress
+                .keys()
+                .any(|id| !self.membership.contains(*id))
+        {
+            self.prune_at = Some(now + self.config.election_timeout_min_ms);
+        }
         // Thesis §4.2.2: a leader removed from the voters steps down once the change commits.
         if !self.membership.is_voter(self.config.id) && config_committed {
             self.become_follower(now, self.term, None);
@@ -1972,7 +2029,7 @@ impl Raft {
             .membership_entries
             .last()
             .map_or_else(|| self.base_membership.clone(), |(_, m)| m.clone());
-        let is_voter = self.membership.is_voter(self.config.id);
+        let is_voter = self.electable();
         self.was_member |= self.membership.contains(self.config.id);
         match self.role {
             Role::Leader => {

@@ -61,9 +61,14 @@ fn thesis_4_2_2_remove_follower_and_leader() {
     net.campaign(1);
     change(&mut net, 1, MembershipChange::Remove(3));
     assert_eq!(net.node(1).membership().voters, ids(&[1, 2]));
+    // Until the removal commits in its own view, node 3 may still campaign (an uncommitted
+    // removal must not deadlock the group); the leader keeps heartbeating it for an election
+    // timeout after the commit, so it learns the commit, then forgets it.
+    net.advance(400);
     assert!(net.node(1).status().progress.iter().all(|p| p.id != 3));
     // Node 3 learned it is no longer a voter: it becomes a learner and never campaigns.
     assert_eq!(net.node(3).role(), Role::Learner);
+    assert!(net.node(3).status().removed);
     let p = change(&mut net, 1, MembershipChange::Remove(1));
     assert!(net.node(1).commit_index() >= p.index);
     assert_ne!(net.node(1).role(), Role::Leader);
@@ -223,7 +228,10 @@ fn follower_membership_follows_the_log_including_rollback() {
         ),
     );
     assert_eq!(f.membership(), &m);
-    assert_eq!(f.role(), Role::Learner, "removed from the voters");
+    // Removed by an entry it does not know committed: it may still campaign (otherwise a node
+    // holding the most up-to-date log could deadlock the voters of the older configuration).
+    assert_eq!(f.role(), Role::Follower, "removal not known committed");
+    assert!(f.status().removed);
     f.handle_message(
         1001,
         msg(
@@ -869,4 +877,39 @@ fn membership_without_new_fields_still_decodes() {
     };
     let back: Membership = rmp_serde::from_slice(&rmp_serde::to_vec(&full).unwrap()).unwrap();
     assert_eq!(back, full);
+}
+
+/// A node removed by an entry it does not know committed still campaigns: here leader 2 of
+/// {1, 2} removes itself, the entry never reaches 1 and 2 loses leadership. 2 holds the most
+/// up-to-date log, so 1 (whose configuration {1, 2} needs 2's vote) can never win; if 2 did
+/// not campaign either the group would be stuck forever (the simulator's membership profile,
+/// seed 1260, with a C_new instead of a single-server removal). 2 wins in its configuration
+/// {1}, commits its removal with 1, and steps down; 1 then leads alone.
+#[test]
+fn node_removed_by_an_uncommitted_entry_still_campaigns() {
+    let mut net = Net::new(&[1, 2]);
+    net.campaign(2);
+    assert_eq!(net.leaders(), vec![2]);
+    net.advance(10);
+    net.cut_one_way(2, 1);
+    let now = net.now;
+    let p = net
+        .node(2)
+        .change_membership(now, MembershipChange::Remove(2))
+        .unwrap();
+    net.advance(400);
+    assert_ne!(
+        net.node(2).role(),
+        Role::Leader,
+        "check-quorum stepped it down"
+    );
+    assert_eq!(net.node(2).role(), Role::Follower, "may campaign");
+    assert!(net.node(1).last_index() < p.index);
+    net.heal();
+    net.advance(3000);
+    assert_eq!(net.leaders(), vec![1]);
+    assert_eq!(net.node(1).membership().voters, ids(&[1]));
+    assert!(net.node(1).commit_index() >= p.index);
+    assert_eq!(net.node(2).role(), Role::Learner);
+    assert!(net.node(2).status().removed);
 }

@@ -196,17 +196,10 @@ async fn refusals_are_typed_and_changes_show_in_the_configuration() {
 }
 
 /// The leader removes itself: the change commits, the leader steps down, the two others elect a
-/// leader and keep serving (thesis §4.2.2).
-///
-/// Ignored: in the tree with memnode's peers merged, the followers take the leader off their
-/// transport allowlist as soon as they *append* the configuration without it
-/// (`peers::allowlist` is built from the membership in force only), so their acknowledgements
-/// never reach it, the change never commits and the call times out (seen at 13:30 on the merged
-/// branch; it passed before the merge). memnode's own `a_leader_that_removes_itself_reports_removed`
-/// fails the same way. Run it with `--ignored` once the allowlist keeps the members of the
-/// last committed configuration.
+/// leader and keep serving (thesis §4.2.2). (Timed out after the first memnode merge, whose
+/// allowlist dropped the leader as soon as the followers appended its removal; passes since
+/// memnode keeps a node being removed reachable until its removal commits.)
 #[actix::test]
-#[ignore = "needs the allowlist to keep a removed leader until the change commits (memnode)"]
 async fn the_leader_removes_itself_and_the_rest_keep_serving() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();

@@ -12,7 +12,7 @@ use common::free_addr;
 use conclave::config::{ClusterSecretString, Config, ReadLevel};
 use conclave::node::{MembershipState, Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvQuery, KvRequest};
-use conclave_actors::raft::MembershipChange;
+use conclave_actors::raft::{MemberAddr, MembershipChange};
 use conclave_transport::handshake::{self, Hello, Refusal};
 use conclave_transport::{ClusterSecret, HandshakeError};
 use std::net::SocketAddr;
@@ -157,7 +157,7 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     c4.gossip = configs[0].gossip.clone();
     c4.validate().unwrap();
     let addr4 = c4.node.listen;
-    let http4 = c4.node.http;
+    let c4_http = c4.node.http;
     let addrs: Vec<(u64, SocketAddr)> =
         configs.iter().map(|c| (c.node.id, c.node.listen)).collect();
 
@@ -196,11 +196,12 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     );
 
     // Added as a learner: the leader dials it, it catches up from the log and serves it.
+    let http4 = c4_http;
     change(
         &handles,
         MembershipChange::AddLearner {
             id: 4,
-            addr: Some(conclave_actors::raft::MemberAddr {
+            addr: Some(MemberAddr {
                 raft: addr4,
                 http: http4,
             }),
@@ -292,6 +293,16 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
         })
         .await;
     }
+    // The removed node itself reports it: the leader replicates the change to it until it
+    // commits, and its core then sees a membership without it.
+    let gone = all.iter().find(|h| h.id() == removed).unwrap().clone();
+    let r = wait_for("the removed node to report removed", 10, || {
+        let r = gone.readiness_now();
+        (r.code.as_deref() == Some("removed")).then_some(r)
+    })
+    .await;
+    assert!(!r.ready, "{r:?}");
+    assert_eq!(gone.cluster_status().membership, MembershipState::Removed);
     // The cluster of the remaining three goes on, and node 4 (a voter now) holds the writes.
     for i in 0..20 {
         write(&remaining, &format!("after-remove{i}"), "3").await;
@@ -336,19 +347,21 @@ async fn a_leader_that_removes_itself_reports_removed() {
     write(&handles, "k", "v").await;
     let leader = leader_of(&handles).await;
     let gone = leader.id();
-    leader
-        .inject_membership_change(MembershipChange::Remove(gone))
-        .await
-        .unwrap();
+    change(&handles, MembershipChange::Remove(gone)).await;
     let r = wait_for("the removed leader to report removed", 15, || {
         let r = leader.readiness_now();
         (r.code.as_deref() == Some("removed")).then_some(r)
     })
     .await;
     assert!(!r.ready);
-    let s = leader.cluster_status();
+    assert_eq!(leader.cluster_status().membership, MembershipState::Removed);
+    // It steps down once the change commits (thesis §4.2.2), and stays removed.
+    let s = wait_for("the removed leader to step down", 15, || {
+        let s = leader.cluster_status();
+        (s.role != "leader").then_some(s)
+    })
+    .await;
     assert_eq!(s.membership, MembershipState::Removed);
-    assert_ne!(s.role, "leader");
     // The two others elect a leader among themselves and go on.
     let rest: Vec<NodeHandle<KvMachine>> =
         handles.iter().filter(|h| h.id() != gone).cloned().collect();

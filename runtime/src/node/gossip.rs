@@ -450,6 +450,9 @@ pub struct GossipActor {
     /// Node ids of the configured members' transport addresses, to dial seeds the core
     /// addresses by address only.
     known_addrs: HashMap<String, NodeId>,
+    /// Peers whose links Raft uses too: never released (`deps.raft_peers`, then the members
+    /// of the replicated membership).
+    raft_peers: BTreeSet<NodeId>,
     /// Addresses already reported as undialable (logged once each).
     warned: HashSet<String>,
     persisted: Incarnation,
@@ -504,6 +507,7 @@ impl GossipActor {
             .iter()
             .map(|(id, a)| (a.to_string(), *id))
             .collect();
+        let raft_peers = deps.raft_peers.keys().copied().collect();
         let mut actor = GossipActor {
             deps,
             core,
@@ -512,6 +516,7 @@ impl GossipActor {
             timer_seq: 0,
             wake: None,
             links: HashMap::new(),
+            raft_peers,
             configured,
             known_addrs,
             warned: HashSet::new(),
@@ -566,6 +571,7 @@ impl GossipActor {
             .iter()
             .map(|(id, a)| (a.to_string(), *id))
             .collect();
+        self.raft_peers = configured.keys().copied().collect();
         self.configured = configured;
     }
 
@@ -655,7 +661,7 @@ impl GossipActor {
             Event::Removed(id) => {
                 tracing::info!(node = me, member = id, "gossip: member forgotten (pruned)");
                 self.deps.shared.latency.lock().remove(id);
-                if !self.configured.contains_key(id) && self.links.remove(id).is_some() {
+                if !self.raft_peers.contains(id) && self.links.remove(id).is_some() {
                     self.deps.endpoint.remove_peer(*id);
                 }
             }
@@ -795,16 +801,16 @@ impl GossipActor {
     /// (idle for at least two protocol periods) while the node holds more than `max_peers`
     /// links.
     fn trim_links(&mut self) {
-        let raft = &self.configured;
+        let raft = &self.raft_peers;
         let now = Instant::now();
-        let raft = |id: &NodeId| raft.contains_key(id);
+        let raft = |id: &NodeId| raft.contains(id);
         let mut release: Vec<NodeId> = self
             .links
             .iter()
             .filter(|(id, l)| !raft(id) && now.duration_since(l.used) >= self.deps.idle_link)
             .map(|(id, _)| *id)
             .collect();
-        let held = self.configured.len() + self.links.keys().filter(|id| !raft(id)).count();
+        let held = self.raft_peers.len() + self.links.keys().filter(|id| !raft(id)).count();
         let mut excess = held
             .saturating_sub(self.deps.max_peers)
             .saturating_sub(release.len());

@@ -188,7 +188,9 @@ pub struct GroupActor<M: StateMachine> {
     was_leader: bool,
     /// Membership changes waiting to take effect.
     change_waiters: Vec<membership::ChangeWaiter>,
-    /// The membership last handed to the peer set.
+    /// The membership in force last seen.
+    in_force: Option<Membership>,
+    /// The members last handed to the peer set ([`MembershipTracker::span`]).
     followed: Option<Membership>,
     /// Whether this node is a member, not yet one, or removed.
     tracker: Option<MembershipTracker>,
@@ -224,6 +226,7 @@ impl<M: StateMachine> GroupActor<M> {
             next_read: 1,
             was_leader: false,
             change_waiters: Vec::new(),
+            in_force: None,
             followed: None,
             tracker: None,
             _guard: guard,
@@ -587,22 +590,28 @@ impl<M: StateMachine> GroupActor<M> {
             last_index: status.last_index,
             membership: status.membership,
             progress,
-            membership_state: self
-                .tracker
-                .as_ref()
-                .map(MembershipTracker::state)
-                .unwrap_or_default(),
+            membership_state: match self.tracker.as_ref().map(MembershipTracker::state) {
+                // The core knows it was removed as soon as the change is appended (the leader
+                // stops replicating to it once the change commits, so it may never learn that).
+                _ if status.removed => MembershipState::Removed,
+                Some(state) => state,
+                None => MembershipState::Member,
+            },
         };
     }
 
-    /// Hands the core's membership in force to the peer set when it changed (appended,
-    /// committed or not, or reverted by a truncation), and keeps the membership state.
+    /// Keeps the membership state as the core's membership in force changes (appended,
+    /// committed or not, or reverted by a truncation) and commits, and hands the peer set the
+    /// nodes to reach: those of the membership in force and of every one not yet superseded by
+    /// a committed one (a node being removed is reached until its removal commits).
     fn follow_membership(&mut self) {
         let Some(core) = self.core.as_ref() else {
             return;
         };
         let m = core.membership();
-        if self.followed.as_ref() != Some(m) {
+        let mut changed = false;
+        if self.in_force.as_ref() != Some(m) {
+            changed = true;
             // The entry in force is the latest membership entry of the log (or the snapshot's
             // or bootstrap one, index of the snapshot or 0): found from the end, rarely.
             let index = core
@@ -617,12 +626,18 @@ impl<M: StateMachine> GroupActor<M> {
             if let Some(t) = self.tracker.as_mut() {
                 t.appended(index, m.clone());
             }
-            self.deps.peers.follow(self.deps.group, m);
-            self.followed = Some(m.clone());
+            self.in_force = Some(m.clone());
         }
         if let Some(t) = self.tracker.as_mut() {
             let before = t.state();
-            t.committed_to(core.commit_index());
+            changed |= t.committed_to(core.commit_index());
+            if changed {
+                let span = t.span();
+                if self.followed.as_ref() != Some(&span) {
+                    self.deps.peers.follow(self.deps.group, &span);
+                    self.followed = Some(span);
+                }
+            }
             let now = t.state();
             if now != before {
                 tracing::warn!(

@@ -337,7 +337,21 @@ async fn start_node<M: StateMachine>(
              cluster sets cluster.join = true: `conclave init --join`)"
         )));
     }
-    let base_membership = Membership::with_voters(members.keys().copied());
+    // It carries the initial members' addresses, so every membership entry derived from it
+    // does too.
+    let mut base_membership = Membership::with_voters(members.keys().copied());
+    base_membership.addrs = members
+        .values()
+        .map(|m| {
+            (
+                m.id,
+                conclave_actors::raft::MemberAddr {
+                    raft: m.addr,
+                    http: m.http,
+                },
+            )
+        })
+        .collect();
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;

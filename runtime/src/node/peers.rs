@@ -105,13 +105,34 @@ impl MembershipTracker {
         self.pending.push((index, m));
     }
 
-    /// Entries up to `commit` are committed.
-    pub fn committed_to(&mut self, commit: u64) {
+    /// Entries up to `commit` are committed. Returns whether that settled a pending
+    /// membership.
+    pub fn committed_to(&mut self, commit: u64) -> bool {
         let upto = self.pending.partition_point(|(i, _)| *i <= commit);
         for (_, m) in self.pending.drain(..upto) {
             self.was_member |= m.contains(self.me);
             self.committed = m;
         }
+        upto > 0
+    }
+
+    /// The nodes this node must still reach: the members of the membership in force, of the
+    /// one committed and of every one appended since (with their addresses). A node being
+    /// removed stays until its removal commits — the leader replicates the change to it, so it
+    /// learns it was removed — and a node being added is there from the append on.
+    pub fn span(&self) -> Membership {
+        let mut span = self.in_force.clone();
+        for m in std::iter::once(&self.committed).chain(self.pending.iter().map(|(_, m)| m)) {
+            for id in m.all() {
+                if !span.contains(id) {
+                    span.learners.insert(id);
+                }
+                if let Some(a) = m.addrs.get(&id) {
+                    span.addrs.entry(id).or_insert(*a);
+                }
+            }
+        }
+        span
     }
 
     /// The membership in force.
@@ -291,8 +312,9 @@ impl Peers {
             .is_none_or(|a| a.contains(&from))
     }
 
-    /// The addresses the membership carries for its members (the configured ones for the
-    /// initial members; a member this node knows no address for gets `None`).
+    /// The addresses the membership carries for its members; for a member it carries none
+    /// for (a bootstrap membership built without them), the configured ones, then the ones
+    /// known before; `None` if there is none.
     fn addresses(&self, m: &Membership) -> BTreeMap<NodeId, Option<MemberConfig>> {
         let directory = self.directory.read();
         m.all()
@@ -300,8 +322,6 @@ impl Peers {
                 let known = if id == self.me.id {
                     Some(self.me.clone())
                 } else if let Some(a) = m.addrs.get(&id) {
-                    // Replicated with the membership (memcore's `Membership::addrs`): how a
-                    // member added at runtime is reached.
                     Some(MemberConfig {
                         id,
                         addr: a.raft,
@@ -691,6 +711,28 @@ mod tests {
         t.committed_to(5);
         assert_eq!(t.state(), MembershipState::Member);
         assert_eq!(t.in_force(), &m(&[1, 2, 3], &[4]));
+    }
+
+    #[test]
+    fn a_node_being_removed_stays_reachable_until_its_removal_commits() {
+        let base = m(&[1, 2, 3], &[]);
+        let mut t = MembershipTracker::new(1, &base, &[], 0);
+        t.appended(10, m(&[1, 2], &[]));
+        let span = t.span();
+        assert_eq!(
+            span.all().collect::<BTreeSet<_>>(),
+            BTreeSet::from([1, 2, 3])
+        );
+        assert_eq!(t.in_force(), &m(&[1, 2], &[]));
+        assert!(!t.committed_to(9));
+        assert!(t.committed_to(10));
+        assert_eq!(
+            t.span().all().collect::<BTreeSet<_>>(),
+            BTreeSet::from([1, 2])
+        );
+        // A node being added is in the span from the append on.
+        t.appended(12, m(&[1, 2], &[5]));
+        assert!(t.span().contains(5));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 use crate::config::ReadLevel;
 use crate::http::{encode_key, IDEMPOTENCY_HEADER};
-use crate::node::{ClusterStatus, GossipMembers, NodeId, SnapshotInfo};
+use crate::node::{
+    ChangeOutcome, ClusterConfig, ClusterStatus, GossipMembers, NewMember, NodeId, SnapshotInfo,
+};
 use awc::error::{ConnectError, SendRequestError};
 use awc::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -468,6 +470,84 @@ impl Client {
             return Err(self.api_error(status, &body, retry));
         }
         self.decode(&body)
+    }
+
+    /// `GET /v1/cluster/config`: the configuration in force (voters, learners with their
+    /// lag, config id, whether a change is pending), as the leader sees it.
+    pub async fn cluster_config(&self) -> Result<ClusterConfig, ClientError> {
+        let url = format!("{}/v1/cluster/config", self.endpoint);
+        let (status, body, retry) = self.call(self.http.get(url), None).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+
+    /// Posts a membership change to `/v1/cluster/{route}` with `expected_config_id` added
+    /// when given; returns the change's outcome.
+    async fn change(
+        &self,
+        route: &str,
+        mut body: serde_json::Value,
+        expected_config_id: Option<u64>,
+    ) -> Result<ChangeOutcome, ClientError> {
+        if let (Some(id), Some(map)) = (expected_config_id, body.as_object_mut()) {
+            map.insert("expected_config_id".to_owned(), id.into());
+        }
+        let url = format!("{}/v1/cluster/{route}", self.endpoint);
+        let req = self
+            .http
+            .post(url)
+            .insert_header(("content-type", "application/json"));
+        let (status, body, retry) = self.call(req, Some(body.to_string().into_bytes())).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+
+    /// `POST /v1/cluster/learners`: adds `member` as a learner (returns once committed).
+    pub async fn add_learner(
+        &self,
+        member: &NewMember,
+        expected_config_id: Option<u64>,
+    ) -> Result<ChangeOutcome, ClientError> {
+        let body = serde_json::json!({ "id": member.id, "addr": member.addr, "http": member.http });
+        self.change("learners", body, expected_config_id).await
+    }
+
+    /// `POST /v1/cluster/promote`: makes learner `id` a voter (409 `not_caught_up` while it
+    /// lags).
+    pub async fn promote(
+        &self,
+        id: NodeId,
+        expected_config_id: Option<u64>,
+    ) -> Result<ChangeOutcome, ClientError> {
+        let body = serde_json::json!({ "id": id });
+        self.change("promote", body, expected_config_id).await
+    }
+
+    /// `POST /v1/cluster/remove`: removes voter or learner `id`.
+    pub async fn remove(
+        &self,
+        id: NodeId,
+        expected_config_id: Option<u64>,
+    ) -> Result<ChangeOutcome, ClientError> {
+        let body = serde_json::json!({ "id": id });
+        self.change("remove", body, expected_config_id).await
+    }
+
+    /// `POST /v1/cluster/replace`: swaps voter `remove` for `add` (added as a learner first,
+    /// swapped in once caught up; 409 `not_caught_up` when it is not within the node's wait —
+    /// retrying resumes).
+    pub async fn replace(
+        &self,
+        remove: NodeId,
+        add: &NewMember,
+        expected_config_id: Option<u64>,
+    ) -> Result<ChangeOutcome, ClientError> {
+        let body = serde_json::json!({ "remove": remove, "add": add });
+        self.change("replace", body, expected_config_id).await
     }
 
     /// `GET /v1/ring/route/{key}`.

@@ -787,4 +787,257 @@ async fn snapshot_route() {
             .error(StatusCode::CONFLICT),
         "snapshot_in_progress"
     );
+    s.stop().await;
+}
+
+async fn post_json(s: &TestServer, path: &str, body: &str) -> Reply {
+    send(
+        client()
+            .post(s.url(path))
+            .insert_header(("content-type", "application/json")),
+        Some(body.as_bytes()),
+    )
+    .await
+}
+
+/// The membership routes on a leader: each change reaches the service as the typed change with
+/// its `expected_config_id`, answers the outcome, and `GET /v1/cluster/config` shows the result.
+#[actix_web::test]
+async fn membership_routes_on_a_leader() {
+    use conclave::node::{ConfigChange, NewMember};
+    let s = TestServer::start(Double::new(1), 10);
+    let r = get(&s, "/v1/cluster/config").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["config_id"], 0);
+    assert_eq!(v["voters"].as_array().unwrap().len(), 3);
+    assert_eq!(v["change_pending"], false);
+    for field in ["learners", "leader_id", "promote_max_lag", "last_index"] {
+        assert!(v.get(field).is_some(), "missing {field} in {v}");
+    }
+
+    let r = post_json(
+        &s,
+        "/v1/cluster/learners",
+        r#"{"id":4,"addr":"127.0.0.1:7004","http":"127.0.0.1:7104","expected_config_id":0}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["config"]["config_id"], 1);
+    assert_eq!(r.json()["config"]["learners"][0]["id"], 4);
+    assert_eq!(r.json()["config"]["learners"][0]["caught_up"], true);
+    let r = post_json(&s, "/v1/cluster/promote", r#"{"id":4}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = post_json(
+        &s,
+        "/v1/cluster/remove",
+        r#"{"id":2,"expected_config_id":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = post_json(
+        &s,
+        "/v1/cluster/replace",
+        r#"{"remove":3,"add":{"id":5,"addr":"127.0.0.1:7005","http":"127.0.0.1:7105"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = get(&s, "/v1/cluster/config").await.json();
+    let voters: Vec<u64> = v["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(voters, vec![1, 4, 5]);
+    assert_eq!(v["config_id"], 4);
+    let member = |id: u64| NewMember {
+        id,
+        addr: format!("127.0.0.1:700{id}").parse().unwrap(),
+        http: format!("127.0.0.1:710{id}").parse().unwrap(),
+    };
+    assert_eq!(
+        s.double.state.lock().unwrap().changes,
+        vec![
+            (ConfigChange::AddLearner(member(4)), Some(0)),
+            (ConfigChange::Promote(4), None),
+            (ConfigChange::Remove(2), Some(2)),
+            (
+                ConfigChange::Replace {
+                    remove: 3,
+                    add: member(5)
+                },
+                None
+            ),
+        ]
+    );
+    // Reading the configuration is a GET; changing it a POST.
+    assert_eq!(
+        post_json(&s, "/v1/cluster/config", "{}")
+            .await
+            .error(StatusCode::METHOD_NOT_ALLOWED),
+        "method_not_allowed"
+    );
+    assert_eq!(
+        get(&s, "/v1/cluster/learners")
+            .await
+            .error(StatusCode::METHOD_NOT_ALLOWED),
+        "method_not_allowed"
+    );
+    s.stop().await;
+}
+
+/// Every membership error is a JSON 4xx with its code, and nothing reaches the service for
+/// malformed bodies.
+#[actix_web::test]
+async fn membership_errors_are_json_with_their_codes() {
+    use conclave::node::InvalidChange;
+    let s = TestServer::start(Double::new(1), 10);
+    let add4 = r#"{"id":4,"addr":"127.0.0.1:7004","http":"127.0.0.1:7104"}"#;
+
+    // Malformed bodies: 400 invalid_json / missing_body, never seen by the service.
+    for (path, body, code) in [
+        ("/v1/cluster/learners", "", "missing_body"),
+        ("/v1/cluster/learners", r#"{"id":4}"#, "invalid_json"),
+        (
+            "/v1/cluster/learners",
+            r#"{"id":4,"addr":"not an address","http":"127.0.0.1:7104"}"#,
+            "invalid_json",
+        ),
+        ("/v1/cluster/promote", r#"{"id":"4"}"#, "invalid_json"),
+        (
+            "/v1/cluster/remove",
+            r#"{"id":2,"force":true}"#,
+            "invalid_json",
+        ),
+        ("/v1/cluster/replace", r#"{"remove":2}"#, "invalid_json"),
+        ("/v1/cluster/replace", "{not json", "invalid_json"),
+    ] {
+        let r = post_json(&s, path, body).await;
+        assert_eq!(r.error(StatusCode::BAD_REQUEST), code, "{path} {body}");
+    }
+    let r = post_json(&s, "/v1/cluster/learners", &"x".repeat(10_000)).await;
+    assert_eq!(r.error(StatusCode::PAYLOAD_TOO_LARGE), "payload_too_large");
+    assert!(s.double.state.lock().unwrap().changes.is_empty());
+
+    // Invalid changes for the configuration: 400 invalid_change.
+    for (path, body) in [
+        ("/v1/cluster/promote", r#"{"id":2}"#),
+        ("/v1/cluster/remove", r#"{"id":9}"#),
+        (
+            "/v1/cluster/replace",
+            r#"{"remove":9,"add":{"id":5,"addr":"127.0.0.1:7005","http":"127.0.0.1:7105"}}"#,
+        ),
+        (
+            "/v1/cluster/learners",
+            r#"{"id":2,"addr":"127.0.0.1:7002","http":"127.0.0.1:7102"}"#,
+        ),
+    ] {
+        let r = post_json(&s, path, body).await;
+        assert_eq!(
+            r.error(StatusCode::BAD_REQUEST),
+            "invalid_change",
+            "{path} {body}"
+        );
+    }
+
+    // A stale expected_config_id: 409 config_changed, nothing changed.
+    let r = post_json(
+        &s,
+        "/v1/cluster/learners",
+        r#"{"id":4,"addr":"127.0.0.1:7004","http":"127.0.0.1:7104","expected_config_id":7}"#,
+    )
+    .await;
+    assert_eq!(r.error(StatusCode::CONFLICT), "config_changed");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the expected 7"),
+        "{}",
+        r.json()
+    );
+    assert_eq!(s.double.state.lock().unwrap().config.config_id, 0);
+
+    // The node's refusals keep their 409 codes, and no Retry-After (retrying at once would
+    // fail the same way).
+    for (e, code) in [
+        (
+            RequestError::ChangeInProgress { config_id: 3 },
+            "change_in_progress",
+        ),
+        (
+            RequestError::NotCaughtUp {
+                id: 4,
+                lag: 5000,
+                max_lag: 1000,
+            },
+            "not_caught_up",
+        ),
+        (
+            RequestError::InvalidChange(InvalidChange::NoVoters),
+            "invalid_change",
+        ),
+    ] {
+        s.double.state.lock().unwrap().change_error = Some(e.clone());
+        let r = post_json(&s, "/v1/cluster/learners", add4).await;
+        let status = if code == "invalid_change" {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::CONFLICT
+        };
+        assert_eq!(r.error(status), code, "{e:?}");
+        assert_eq!(r.header("retry-after"), None);
+    }
+    // No leader: 503 with Retry-After, for changes and for reading the configuration.
+    s.double.state.lock().unwrap().change_error = None;
+    s.double
+        .set_mode(Mode::Fail(RequestError::NoLeader { group: 0 }));
+    for r in [
+        post_json(&s, "/v1/cluster/promote", r#"{"id":4}"#).await,
+        get(&s, "/v1/cluster/config").await,
+    ] {
+        assert_eq!(r.error(StatusCode::SERVICE_UNAVAILABLE), "no_leader");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    s.stop().await;
+}
+
+/// A follower forwards membership changes and configuration reads to the leader, with the body
+/// and the client's token; the leader's 409s come back as they were.
+#[actix_web::test]
+async fn followers_forward_membership_routes_to_the_leader() {
+    let leader = TestServer::start(Double::new(2), 10);
+    let follower = TestServer::start(Double::new(1), 10);
+    follower.double.follower_of(2, leader.addr);
+
+    let r = post_json(
+        &follower,
+        "/v1/cluster/learners",
+        r#"{"id":4,"addr":"127.0.0.1:7004","http":"127.0.0.1:7104"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.header("x-conclave-served-by"), Some("2"));
+    assert_eq!(leader.double.state.lock().unwrap().changes.len(), 1);
+    // The follower recorded the attempt, refused it as NotLeader and forwarded it.
+    assert_eq!(follower.double.state.lock().unwrap().changes.len(), 1);
+    assert_eq!(follower.double.state.lock().unwrap().config.config_id, 0);
+
+    let r = get(&follower, "/v1/cluster/config").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-conclave-served-by"), Some("2"));
+    assert_eq!(r.json()["config_id"], 1);
+    assert_eq!(r.json()["learners"][0]["id"], 4);
+
+    let r = post_json(
+        &follower,
+        "/v1/cluster/promote",
+        r#"{"id":4,"expected_config_id":0}"#,
+    )
+    .await;
+    assert_eq!(r.error(StatusCode::CONFLICT), "config_changed");
+    assert_eq!(r.header("x-conclave-served-by"), Some("2"));
+    follower.stop().await;
+    leader.stop().await;
 }

@@ -251,7 +251,10 @@ pub(crate) fn status_table(
         let replicas: Vec<String> = g
             .replicas
             .iter()
-            .map(|r| format!("{} {}/{}", r.id, r.match_index, r.lag))
+            .map(|r| {
+                let learner = if r.learner { " (learner)" } else { "" };
+                format!("{} {}/{}{learner}", r.id, r.match_index, r.lag)
+            })
             .collect();
         let _ = writeln!(
             out,
@@ -303,11 +306,20 @@ mod tests {
                 snapshot_index: 8,
                 voters: vec![1, 2],
                 learners: vec![],
-                replicas: vec![ReplicaStatus {
-                    id: 2,
-                    match_index: 7,
-                    lag: 3,
-                }],
+                replicas: vec![
+                    ReplicaStatus {
+                        id: 2,
+                        match_index: 7,
+                        lag: 3,
+                        learner: false,
+                    },
+                    ReplicaStatus {
+                        id: 4,
+                        match_index: 2,
+                        lag: 8,
+                        learner: true,
+                    },
+                ],
                 membership: Default::default(),
             }],
             storage: Default::default(),
@@ -349,6 +361,7 @@ mod tests {
         assert!(t.contains("2 7/3"), "{t}");
         assert!(t.contains("SNAPSHOT"), "{t}");
         assert!(t.contains("        10          9          8  2 7/3"), "{t}");
+        assert!(t.contains("2 7/3, 4 2/8 (learner)"), "{t}");
         let gossip = GossipMembers {
             node_id: 1,
             incarnation: 4,

@@ -1,10 +1,11 @@
 //! The `conclave` command line (DESIGN.md §6): `init`, `node`, `dev`, `kv`, `status`,
-//! `snapshot`, `ring route` and `bench`. The binary's `main` only calls [`main`].
+//! `snapshot`, `member`, `ring route` and `bench`. The binary's `main` only calls [`main`].
 
 pub mod bench;
 mod dev;
 mod init;
 mod kv;
+mod member;
 
 pub use init::{
     cluster_configs, node_dns_name, write_cluster, write_cluster_with, write_join, JoinSpec,
@@ -49,6 +50,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Take a snapshot of a group's state machine on the node now (compacting its log).
     Snapshot(SnapshotArgs),
+    /// Membership (admin): add a learner, promote, remove, replace a node, list the
+    /// configuration.
+    Member(member::MemberArgs),
     /// Ring inspection.
     #[command(subcommand)]
     Ring(RingCommand),
@@ -439,6 +443,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Kv(args) => kv::run_kv(args),
         Command::Status(args) => kv::run_status(&args),
         Command::Snapshot(args) => kv::run_snapshot(&args),
+        Command::Member(args) => member::run(args),
         Command::Ring(RingCommand::Route { key, endpoint }) => kv::run_route(&key, &endpoint),
         Command::Bench(cmd) => bench::run(cmd),
     }

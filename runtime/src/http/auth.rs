@@ -188,7 +188,9 @@ impl Auth {
             "/healthz" | "/readyz" => Access::Needs(Role::Client),
             "/metrics" if self.public_metrics => Access::Public,
             "/metrics" => Access::Needs(Role::Client),
-            "/v1/cluster" | "/v1/cluster/members" if read => Access::Needs(Role::Client),
+            "/v1/cluster" | "/v1/cluster/members" | "/v1/cluster/config" if read => {
+                Access::Needs(Role::Client)
+            }
             p if p.starts_with("/v1/kv/") || p.starts_with("/v1/sm/") => {
                 Access::Needs(Role::Client)
             }
@@ -310,6 +312,32 @@ mod tests {
                 Some(ADMIN)
             ),
             None
+        );
+        // Membership changes: admin only; reading the configuration: client.
+        for path in [
+            "/v1/cluster/learners",
+            "/v1/cluster/promote",
+            "/v1/cluster/remove",
+            "/v1/cluster/replace",
+        ] {
+            assert_eq!(
+                check(&auth, Method::POST, path, Some(CLIENT)),
+                Some("forbidden"),
+                "{path}"
+            );
+            assert_eq!(
+                check(&auth, Method::POST, path, Some(ADMIN)),
+                None,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            check(&auth, Method::GET, "/v1/cluster/config", Some(CLIENT)),
+            None
+        );
+        assert_eq!(
+            check(&auth, Method::GET, "/v1/cluster/config", None),
+            Some("unauthorized")
         );
         // Routes nobody listed (e.g. added later) need admin.
         assert_eq!(

@@ -40,7 +40,7 @@ pub enum ApiError {
     /// node that is not a voter).
     #[error("{message}")]
     Conflict {
-        /// E.g. `not_a_voter`.
+        /// E.g. `not_a_voter`, `change_in_progress`, `not_caught_up`, `config_changed`.
         code: &'static str,
         /// Human-readable detail.
         message: String,
@@ -78,7 +78,7 @@ pub enum ApiError {
     #[error("{message}")]
     Unavailable {
         /// E.g. `no_leader`, `overloaded`, `dropped`, `shutting_down`, `hop_limit`,
-        /// `leader_unreachable`.
+        /// `leader_unreachable`, `leader_not_ready`.
         code: &'static str,
         /// Human-readable detail.
         message: String,
@@ -152,6 +152,7 @@ impl From<RequestError> for ApiError {
                 ApiError::unavailable("no_leader", message)
             }
             RequestError::Overloaded => ApiError::unavailable("overloaded", message),
+            RequestError::LeaderNotReady => ApiError::unavailable("leader_not_ready", message),
             RequestError::Dropped => ApiError::unavailable("dropped", message),
             RequestError::ShuttingDown => ApiError::unavailable("shutting_down", message),
             RequestError::StorageFailed { .. } => ApiError::unavailable("storage_failed", message),
@@ -169,6 +170,22 @@ impl From<RequestError> for ApiError {
             },
             RequestError::SnapshotInProgress { .. } => ApiError::Conflict {
                 code: "snapshot_in_progress",
+                message,
+            },
+            RequestError::ChangeInProgress { .. } => ApiError::Conflict {
+                code: "change_in_progress",
+                message,
+            },
+            RequestError::NotCaughtUp { .. } => ApiError::Conflict {
+                code: "not_caught_up",
+                message,
+            },
+            RequestError::ConfigChanged { .. } => ApiError::Conflict {
+                code: "config_changed",
+                message,
+            },
+            RequestError::InvalidChange(_) => ApiError::BadRequest {
+                code: "invalid_change",
                 message,
             },
             RequestError::Internal(_) => ApiError::Internal { message },
@@ -239,6 +256,10 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (RequestError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                RequestError::LeaderNotReady,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
             (RequestError::Dropped, StatusCode::SERVICE_UNAVAILABLE),
             (RequestError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
             (
@@ -260,6 +281,29 @@ mod tests {
             (
                 RequestError::SnapshotInProgress { group: 0 },
                 StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::ChangeInProgress { config_id: 7 },
+                StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::NotCaughtUp {
+                    id: 4,
+                    lag: 5000,
+                    max_lag: 1000,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::ConfigChanged {
+                    expected: 3,
+                    current: 7,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::InvalidChange(crate::node::InvalidChange::NoVoters),
+                StatusCode::BAD_REQUEST,
             ),
             (
                 RequestError::TooLarge { size: 10, limit: 5 },

@@ -8,7 +8,8 @@
 //!
 //! Routes: `PUT|GET|DELETE /v1/kv/{key}`, `POST /v1/kv/{key}/cas`, `GET /v1/cluster`,
 //! `GET /v1/cluster/members`, `POST /v1/cluster/transfer-leader`, `POST /v1/cluster/snapshot`,
-//! `GET /v1/ring/route/{key}`,
+//! the membership routes (`GET /v1/cluster/config`, `POST
+//! /v1/cluster/learners|promote|remove|replace`, see [`membership`]), `GET /v1/ring/route/{key}`,
 //! `GET /metrics`, `GET /healthz`, `GET /readyz`.
 //!
 //! Hardening (docs/security.md): HTTPS with rustls (`[http.tls]`), bearer tokens with a
@@ -22,6 +23,7 @@ mod error;
 mod forward;
 pub mod front;
 mod keys;
+mod membership;
 pub mod tls;
 
 pub use admission::{Budget, Reservation};
@@ -410,6 +412,31 @@ fn routes<S: KvService>(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/cluster/members")
             .route(web::get().to(cluster_members::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/cluster/config")
+            .route(web::get().to(membership::config::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/cluster/learners")
+            .route(web::post().to(membership::add_learner::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/cluster/promote")
+            .route(web::post().to(membership::promote::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/cluster/remove")
+            .route(web::post().to(membership::remove::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/cluster/replace")
+            .route(web::post().to(membership::replace::<S>))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -57,6 +57,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+mod membership;
+pub use membership::{ChangeMembership, ReadConfig};
+
 /// Local queues longer than this refuse new proposals (503).
 const BACKLOG_LIMIT: usize = 50_000;
 /// Most entries handed to the applier in one message.
@@ -327,6 +330,8 @@ pub struct GroupActor<M: StateMachine> {
     snapshot_retry_at: Option<Instant>,
     /// The group's base snapshot (the newest this node took or started from).
     base: Option<StoredSnapshot>,
+    /// Membership changes waiting to take effect.
+    change_waiters: Vec<membership::ChangeWaiter>,
     /// The membership in force last seen.
     in_force: Option<Membership>,
     /// The members last handed to the peer set ([`MembershipTracker::span`]).
@@ -461,6 +466,7 @@ impl<M: StateMachine> GroupActor<M> {
             bytes_since_snapshot: 0,
             snapshot_retry_at: None,
             base: None,
+            change_waiters: Vec::new(),
             in_force: None,
             followed: None,
             tracker: None,
@@ -508,6 +514,7 @@ impl<M: StateMachine> GroupActor<M> {
         self.actions = actions;
         self.pump(ctx);
         self.publish();
+        self.resolve_changes();
         self.maybe_snapshot(ctx);
     }
 

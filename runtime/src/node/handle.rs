@@ -85,6 +85,45 @@ pub enum RequestError {
     /// 409 `not_a_voter`.
     #[error("node {0} is not a voter, so it cannot take leadership")]
     NotAVoter(NodeId),
+    /// The leader has not yet committed an entry of its own term, so it may not know the
+    /// latest committed configuration (Ongaro, 2015): membership changes wait for that. 503
+    /// `leader_not_ready`; retry shortly.
+    #[error("the leader has not committed an entry of its term yet; retry shortly")]
+    LeaderNotReady,
+    /// Another membership change has not finished yet (one at a time, thesis §4.1; a joint
+    /// configuration is left before the next change): 409 `change_in_progress`.
+    #[error("another membership change is in progress (configuration {config_id}); retry once it completes")]
+    ChangeInProgress {
+        /// The configuration in force (the pending one).
+        config_id: u64,
+    },
+    /// A promotion (or the swap of a replace) named a learner that is too far behind the
+    /// leader: 409 `not_caught_up`. Nothing changed; a learner that is added stays.
+    #[error("node {id} is {lag} entries behind the leader (at most {max_lag} allowed); wait until it catches up")]
+    NotCaughtUp {
+        /// The learner.
+        id: NodeId,
+        /// Entries it is behind the leader's last index.
+        lag: u64,
+        /// The most a promotable learner may be behind (`raft.promote_max_lag`).
+        max_lag: u64,
+    },
+    /// The change carried an `expected_config_id` that is not the configuration in force
+    /// (another change came first): 409 `config_changed`. Nothing changed.
+    #[error(
+        "the configuration is {current}, not the expected {expected}; read it again and retry"
+    )]
+    ConfigChanged {
+        /// What the request expected.
+        expected: u64,
+        /// The configuration in force.
+        current: u64,
+    },
+    /// The change makes no sense for the current configuration (adding a member twice,
+    /// promoting a voter, removing the last voter or a stranger): 400 `invalid_change`.
+    /// Nothing changed.
+    #[error("invalid membership change: {0}")]
+    InvalidChange(#[from] InvalidChange),
     /// Something failed inside the node (storage): 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,6 +138,7 @@ impl RequestError {
             self,
             RequestError::NotLeader { .. }
                 | RequestError::NoLeader { .. }
+                | RequestError::LeaderNotReady
                 | RequestError::Dropped
                 | RequestError::Overloaded
                 | RequestError::ShuttingDown
@@ -106,6 +146,143 @@ impl RequestError {
                 | RequestError::StorageStalled { .. }
         )
     }
+}
+
+/// Why a membership change is invalid for the configuration in force (HTTP 400
+/// `invalid_change`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidChange {
+    /// Node id 0 is never valid.
+    #[error("node id 0 is not a valid node id")]
+    ZeroId,
+    /// The node to add is already a voter or a learner.
+    #[error("node {0} is already a member")]
+    AlreadyMember(NodeId),
+    /// The node to promote is not a learner.
+    #[error("node {0} is not a learner")]
+    NotALearner(NodeId),
+    /// The node to remove (or replace) is not a member.
+    #[error("node {0} is not a member")]
+    NotAMember(NodeId),
+    /// The node to replace is not a voter.
+    #[error("node {0} is not a voter")]
+    NotAVoter(NodeId),
+    /// The change would leave the group without a voter.
+    #[error("the change would leave no voter")]
+    NoVoters,
+    /// The change changes nothing.
+    #[error("the change changes nothing")]
+    Empty,
+    /// A node named both to promote and to remove.
+    #[error("node {0} is named both to promote and to remove")]
+    Conflict(NodeId),
+    /// A replace that names the same node twice.
+    #[error("a replace must name two different nodes (got {0} twice)")]
+    SameNode(NodeId),
+    /// The new member's id is known with other addresses (a learner added earlier with a
+    /// different address): remove it first.
+    #[error("node {id} is already a learner with other addresses (addr {addr}, http {http}); remove it first")]
+    AddressMismatch {
+        /// The node.
+        id: NodeId,
+        /// The transport address the configuration holds for it.
+        addr: SocketAddr,
+        /// The HTTP address the configuration holds for it.
+        http: SocketAddr,
+    },
+}
+
+/// A node to add: its id and where it listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    /// Its node id (not 0, not a member yet).
+    pub id: NodeId,
+    /// Its transport address (`node.listen`).
+    pub addr: SocketAddr,
+    /// Its HTTP address (`node.http`).
+    pub http: SocketAddr,
+}
+
+/// A membership change an operator asks for (`POST /v1/cluster/learners|promote|remove|replace`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigChange {
+    /// Add a node that receives the log without voting.
+    AddLearner(NewMember),
+    /// Make a caught-up learner a voter.
+    Promote(NodeId),
+    /// Remove a voter or a learner (a removed leader steps down once the change commits).
+    Remove(NodeId),
+    /// Swap a voter for a new node: add it as a learner, wait (bounded) until it has caught
+    /// up, then replace the old voter by it in one joint change (Raft §6). Retrying after a
+    /// 409 `not_caught_up` resumes where it stopped.
+    Replace {
+        /// The voter to remove.
+        remove: NodeId,
+        /// The node that takes its place.
+        add: NewMember,
+    },
+}
+
+/// One member of a configuration as `GET /v1/cluster/config` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMember {
+    /// Node id.
+    pub id: NodeId,
+    /// Transport address, when known.
+    #[serde(default)]
+    pub addr: Option<SocketAddr>,
+    /// HTTP address, when known.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+    /// Highest index known replicated there (`null` on the leader itself).
+    #[serde(default)]
+    pub match_index: Option<u64>,
+    /// Entries behind the leader's last index (`null` on the leader itself).
+    #[serde(default)]
+    pub lag: Option<u64>,
+    /// Learners only: within `promote_max_lag` of the leader, so a promotion is accepted.
+    #[serde(default)]
+    pub caught_up: Option<bool>,
+}
+
+/// The configuration in force, as the leader sees it (`GET /v1/cluster/config`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// The configuration's id: the log index of the membership entry in force (0: the
+    /// bootstrap configuration). A change may name it as `expected_config_id`.
+    pub config_id: u64,
+    /// Voters (of the new configuration while a joint one is in force).
+    pub voters: Vec<ConfigMember>,
+    /// Learners, with how far each is behind.
+    pub learners: Vec<ConfigMember>,
+    /// While a joint configuration (C_old,new) is in force: the old voters, whose majority is
+    /// also needed. Empty otherwise.
+    #[serde(default)]
+    pub outgoing_voters: Vec<NodeId>,
+    /// Whether a change is not complete yet (not committed, or joint not left).
+    pub change_pending: bool,
+    /// The leader that answered.
+    pub leader_id: Option<NodeId>,
+    /// Its term.
+    pub term: u64,
+    /// Its commit index.
+    pub commit_index: u64,
+    /// Its last log index.
+    pub last_index: u64,
+    /// The most a learner may be behind to be promoted.
+    pub promote_max_lag: u64,
+}
+
+/// A membership change that took effect: committed, and a joint configuration left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeOutcome {
+    /// The log index of the (last) membership entry the change appended.
+    pub index: u64,
+    /// The term it was appended in.
+    pub term: u64,
+    /// The configuration afterwards.
+    pub config: ClusterConfig,
 }
 
 /// The outcome of a committed and applied write.
@@ -144,6 +321,9 @@ pub struct ReplicaStatus {
     pub match_index: u64,
     /// Entries it is behind the leader's last index.
     pub lag: u64,
+    /// Whether it is a learner (replicates without voting).
+    #[serde(default)]
+    pub learner: bool,
 }
 
 /// One group, as `GET /v1/cluster` shows it.
@@ -305,9 +485,38 @@ pub trait KvService: Clone + 'static {
         }
     }
 
+    /// Asks this node, if it leads group 0, to make a membership change and waits until it
+    /// took effect (committed; a joint configuration left). `expected_config_id`, when given,
+    /// must be the configuration in force (else `ConfigChanged`). `NotLeader` asks the caller
+    /// to forward it. Services without membership changes refuse with `Internal`.
+    fn change_config(
+        &self,
+        change: ConfigChange,
+        expected_config_id: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<ChangeOutcome, RequestError>> {
+        async move {
+            let _ = expected_config_id;
+            Err(RequestError::Internal(format!(
+                "this service cannot change the membership ({change:?})"
+            )))
+        }
+    }
+
     /// Whether this node hosts `group` (a snapshot request naming another one is a 404).
     fn has_group(&self, group: u64) -> bool {
         group == 0
+    }
+
+    /// The configuration in force as the leader of group 0 sees it (`NotLeader` asks the
+    /// caller to forward). Services without membership changes refuse with `Internal`.
+    fn cluster_config(
+        &self,
+    ) -> impl std::future::Future<Output = Result<ClusterConfig, RequestError>> {
+        async {
+            Err(RequestError::Internal(
+                "this service has no cluster configuration".to_owned(),
+            ))
+        }
     }
 
     /// Whether `id` is a member of the cluster (requests naming another node are refused with

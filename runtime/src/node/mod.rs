@@ -21,6 +21,8 @@ pub mod gossip;
 pub mod group;
 pub mod handle;
 pub mod log_store_actor;
+mod membership;
+pub use membership::REPLACE_CATCH_UP_WAIT;
 pub mod peers;
 pub mod replicator;
 pub mod snapshotter;
@@ -31,8 +33,8 @@ pub mod wire;
 pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttStats};
 pub use group::SnapshotInfo;
 pub use handle::*;
-pub use snapshotter::SnapshotError;
 pub use peers::MembershipState;
+pub use snapshotter::SnapshotError;
 
 use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
@@ -1142,6 +1144,7 @@ impl<M: StateMachine> NodeHandle<M> {
                             id: peer,
                             match_index: matched,
                             lag: s.last_index.saturating_sub(matched),
+                            learner: s.membership.learners.contains(&peer),
                         })
                         .collect(),
                     membership: s.membership_state,
@@ -1375,6 +1378,18 @@ impl KvService for NodeHandle<KvMachine> {
 
     fn has_group(&self, group: u64) -> bool {
         self.inner.groups.contains_key(&group)
+    }
+
+    async fn change_config(
+        &self,
+        change: ConfigChange,
+        expected_config_id: Option<u64>,
+    ) -> Result<ChangeOutcome, RequestError> {
+        NodeHandle::change_config(self, change, expected_config_id).await
+    }
+
+    async fn cluster_config(&self) -> Result<ClusterConfig, RequestError> {
+        NodeHandle::cluster_config(self).await
     }
 
     fn is_member(&self, id: NodeId) -> bool {

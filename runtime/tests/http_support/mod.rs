@@ -7,8 +7,9 @@
 use conclave::config::ReadLevel;
 use conclave::http::{server_with, HttpOptions};
 use conclave::node::{
-    ClusterStatus, GossipMember, GossipMembers, GroupStatus, KvService, LeaderHint, MemberStatus,
-    NodeId, Readiness, RequestError, RttStats, SnapshotInfo, WriteResult,
+    ChangeOutcome, ClusterConfig, ClusterStatus, ConfigChange, ConfigMember, GossipMember,
+    GossipMembers, GroupStatus, InvalidChange, KvService, LeaderHint, MemberStatus, NodeId,
+    Readiness, RequestError, RttStats, SnapshotInfo, WriteResult,
 };
 use conclave::state_machine::{KvCommand, KvOutput};
 use conclave::storage::health::StorageCondition;
@@ -40,6 +41,23 @@ pub struct State {
     pub ready: bool,
     /// The storage condition reported to `/healthz`, `/readyz` and `/v1/cluster`.
     pub storage: StorageCondition,
+    /// The double's membership: voters, learners, config id (bumped by every change).
+    pub config: ClusterConfig,
+    /// Every membership change that reached the service, with its `expected_config_id`.
+    pub changes: Vec<(ConfigChange, Option<u64>)>,
+    /// When set, the next membership changes fail with this error (after being recorded).
+    pub change_error: Option<RequestError>,
+}
+
+fn config_member(id: NodeId, learner: bool) -> ConfigMember {
+    ConfigMember {
+        id,
+        addr: Some(SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16))),
+        http: Some(SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16))),
+        match_index: Some(0),
+        lag: Some(0),
+        caught_up: learner.then_some(true),
+    }
 }
 
 #[derive(Clone)]
@@ -63,6 +81,20 @@ impl Double {
                 reads: Vec::new(),
                 ready: true,
                 storage: StorageCondition::Healthy,
+                config: ClusterConfig {
+                    config_id: 0,
+                    voters: (1..=3).map(|id| config_member(id, false)).collect(),
+                    learners: Vec::new(),
+                    outgoing_voters: Vec::new(),
+                    change_pending: false,
+                    leader_id: Some(id),
+                    term: 1,
+                    commit_index: 0,
+                    last_index: 0,
+                    promote_max_lag: 1000,
+                },
+                changes: Vec::new(),
+                change_error: None,
             })),
         }
     }
@@ -293,6 +325,88 @@ impl KvService for Double {
             Mode::Fail(e) => Err(e.clone()),
             Mode::Leader => Ok(()),
         }
+    }
+
+    /// A small model of the membership rules, enough to show the HTTP layer's mapping; the
+    /// real checks are the node's (runtime/src/node/group/membership.rs).
+    async fn change_config(
+        &self,
+        change: ConfigChange,
+        expected_config_id: Option<u64>,
+    ) -> Result<ChangeOutcome, RequestError> {
+        let mut s = self.state.lock().unwrap();
+        s.changes.push((change.clone(), expected_config_id));
+        if let Mode::Fail(e) = &s.mode {
+            return Err(e.clone());
+        }
+        if let Some(e) = s.change_error.clone() {
+            return Err(e);
+        }
+        let current = s.config.config_id;
+        if let Some(expected) = expected_config_id {
+            if expected != current {
+                return Err(RequestError::ConfigChanged { expected, current });
+            }
+        }
+        let c = &mut s.config;
+        let is_voter = |c: &ClusterConfig, id| c.voters.iter().any(|m| m.id == id);
+        let is_learner = |c: &ClusterConfig, id| c.learners.iter().any(|m| m.id == id);
+        match change {
+            ConfigChange::AddLearner(m) => {
+                if is_voter(c, m.id) || is_learner(c, m.id) {
+                    return Err(InvalidChange::AlreadyMember(m.id).into());
+                }
+                let mut learner = config_member(m.id, true);
+                learner.addr = Some(m.addr);
+                learner.http = Some(m.http);
+                c.learners.push(learner);
+            }
+            ConfigChange::Promote(id) => {
+                let Some(at) = c.learners.iter().position(|m| m.id == id) else {
+                    return Err(InvalidChange::NotALearner(id).into());
+                };
+                let mut m = c.learners.remove(at);
+                m.caught_up = None;
+                c.voters.push(m);
+            }
+            ConfigChange::Remove(id) => {
+                if is_voter(c, id) && c.voters.len() == 1 {
+                    return Err(InvalidChange::NoVoters.into());
+                }
+                let before = c.voters.len() + c.learners.len();
+                c.voters.retain(|m| m.id != id);
+                c.learners.retain(|m| m.id != id);
+                if c.voters.len() + c.learners.len() == before {
+                    return Err(InvalidChange::NotAMember(id).into());
+                }
+            }
+            ConfigChange::Replace { remove, add } => {
+                if !is_voter(c, remove) {
+                    return Err(InvalidChange::NotAVoter(remove).into());
+                }
+                c.voters.retain(|m| m.id != remove);
+                let mut m = config_member(add.id, false);
+                m.addr = Some(add.addr);
+                m.http = Some(add.http);
+                c.voters.push(m);
+            }
+        }
+        c.config_id += 1;
+        c.commit_index = c.config_id;
+        c.last_index = c.config_id;
+        Ok(ChangeOutcome {
+            index: c.config_id,
+            term: 1,
+            config: c.clone(),
+        })
+    }
+
+    async fn cluster_config(&self) -> Result<ClusterConfig, RequestError> {
+        let s = self.state.lock().unwrap();
+        if let Mode::Fail(e) = &s.mode {
+            return Err(e.clone());
+        }
+        Ok(s.config.clone())
     }
 
     fn is_member(&self, id: NodeId) -> bool {

@@ -1,0 +1,385 @@
+//! Membership changes on real `conclave node` processes, driven by the `conclave member` CLI
+//! (issue 14 point 5):
+//!
+//! - seed 001: three nodes take writes; nodes 4 and 5 start empty (`conclave init --join`), are
+//!   added as learners, catch up and are promoted; two original nodes, one of them the leader,
+//!   are killed with SIGKILL and writes still succeed; the dead are removed and the cluster of
+//!   the survivor, 4 and 5 holds every acknowledged write.
+//! - replace under load: a live voter is swapped for a new node while clients write; no write is
+//!   refused except with a retryable 503, and every acknowledged write survives.
+//!
+//! `CONCLAVE_SEED001_WRITES` sets the number of writes before the new nodes join (default 500;
+//! the issue's full scenario is 10,000).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Cluster;
+use conclave::client::{Client, ClientError};
+use conclave::config::ReadLevel;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Runs the `conclave` binary off the async runtime (the writers keep running meanwhile).
+async fn conclave(args: Vec<String>) -> Output {
+    actix_web::rt::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_conclave"))
+            .args(&args)
+            .output()
+            .expect("run conclave")
+    })
+    .await
+    .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A node started empty with `conclave init --join`, as a child process.
+struct Joiner {
+    id: u64,
+    listen: SocketAddr,
+    http: SocketAddr,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Joiner {
+    /// Writes the node's config with `conclave init --join` (seeds: the cluster's transport
+    /// addresses) and starts it.
+    async fn start(dir: &Path, id: u64, seeds: &[SocketAddr]) -> Joiner {
+        let jdir = dir.join(format!("join{id}"));
+        let listen = common::free_addr();
+        let http = common::free_addr();
+        let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
+        let out = conclave(vec![
+            "init".into(),
+            "--join".into(),
+            "--id".into(),
+            id.to_string(),
+            "--dir".into(),
+            jdir.display().to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--http".into(),
+            http.to_string(),
+            "--seeds".into(),
+            seeds.join(","),
+            // The cluster's shared settings (cluster id, secret, timing) from a member.
+            "--from".into(),
+            dir.join("n1.toml").display().to_string(),
+        ])
+        .await;
+        assert!(out.status.success(), "init --join: {}", text(&out));
+        let config = std::fs::read_dir(&jdir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "toml"))
+            .unwrap_or_else(|| panic!("init --join wrote no .toml in {}", jdir.display()));
+        let mut j = Joiner {
+            id,
+            listen,
+            http,
+            config,
+            child: None,
+        };
+        j.spawn(dir);
+        j
+    }
+
+    fn spawn(&mut self, dir: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("n{}.log", self.id)))
+            .unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_conclave"))
+                .arg("node")
+                .arg("--config")
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn joining node"),
+        );
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.http)
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `conclave member …` against `endpoint`; panics with the output unless it succeeds.
+async fn member(endpoint: &str, args: &[String]) -> String {
+    let mut all = vec!["member".to_owned()];
+    all.extend(args.iter().cloned());
+    all.extend(["--endpoint".to_owned(), endpoint.to_owned()]);
+    let out = conclave(all.clone()).await;
+    assert!(out.status.success(), "conclave {all:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `key -> value` through `endpoints` (round robin), retrying only retryable 503s and
+/// unreachable nodes (a killed node). Any other error fails the test.
+async fn write(endpoints: &[String], key: &str, value: &str, deadline: Instant) {
+    let mut attempt = 0usize;
+    loop {
+        let ep = &endpoints[attempt % endpoints.len()];
+        attempt += 1;
+        let c = Client::with_timeout(ep, Duration::from_secs(5)).unwrap();
+        match c.put(key.as_bytes(), value.as_bytes().to_vec(), None).await {
+            Ok(_) => return,
+            Err(ClientError::Api { status: 503, .. }) | Err(ClientError::Unreachable { .. })
+                if Instant::now() < deadline =>
+            {
+                actix::clock::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("write {key} through {ep}: {e}"),
+        }
+    }
+}
+
+/// Waits until the node at `endpoint` has applied every write in `acked` (stale reads: its own
+/// state), then checks each value.
+async fn holds_every_write(endpoint: &str, acked: &BTreeMap<String, String>) {
+    let c = Client::with_timeout(endpoint, Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (k, v) in acked {
+        loop {
+            let got = c.get(k.as_bytes(), Some(ReadLevel::Stale)).await;
+            match got {
+                Ok(Some(got)) => {
+                    assert_eq!(got, v.as_bytes(), "{endpoint} key {k}");
+                    break;
+                }
+                _ if Instant::now() < deadline => {
+                    actix::clock::sleep(Duration::from_millis(50)).await
+                }
+                other => panic!("{endpoint} key {k}: {other:?}"),
+            }
+        }
+    }
+}
+
+async fn voters(endpoint: &str) -> Vec<u64> {
+    let c = Client::with_timeout(endpoint, Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.cluster_config().await {
+            Ok(cfg) if !cfg.change_pending => {
+                return cfg.voters.iter().map(|m| m.id).collect();
+            }
+            _ if Instant::now() < deadline => actix::clock::sleep(Duration::from_millis(50)).await,
+            other => panic!("config from {endpoint}: {other:?}"),
+        }
+    }
+}
+
+fn writes_before_join() -> usize {
+    std::env::var("CONCLAVE_SEED001_WRITES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500)
+}
+
+/// Writes `n` keys `prefix{i}` with `clients` concurrent writers through `endpoints`.
+async fn load(
+    endpoints: &[String],
+    prefix: &str,
+    n: usize,
+    clients: usize,
+    acked: &Rc<RefCell<BTreeMap<String, String>>>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut tasks = Vec::new();
+    for w in 0..clients {
+        let endpoints = endpoints.to_vec();
+        let prefix = prefix.to_owned();
+        let acked = acked.clone();
+        tasks.push(actix_web::rt::spawn(async move {
+            let mut i = w;
+            while i < n {
+                let (k, v) = (format!("{prefix}{i}"), format!("v{i}"));
+                write(&endpoints, &k, &v, deadline).await;
+                acked.borrow_mut().insert(k, v);
+                i += clients;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[actix_web::test]
+async fn seed_001_grow_to_five_lose_two_shrink_to_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path(), 3);
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let originals: Vec<String> = (0..3).map(|i| c.endpoint(i)).collect();
+    let acked = Rc::new(RefCell::new(BTreeMap::new()));
+
+    let n = writes_before_join();
+    let t = Instant::now();
+    load(&originals, "pre", n, 16, &acked).await;
+    eprintln!("{n} writes in {:?}", t.elapsed());
+
+    // Nodes 4 and 5 start empty and join through the seeds; added and promoted through a
+    // follower (the CLI's requests are forwarded to the leader).
+    let seeds: Vec<SocketAddr> = c.configs.iter().map(|cfg| cfg.node.listen).collect();
+    let follower = (leader + 1) % 3;
+    let mut joiners = Vec::new();
+    for id in [4, 5] {
+        joiners.push(Joiner::start(dir.path(), id, &seeds).await);
+    }
+    for j in &joiners {
+        let t = Instant::now();
+        member(
+            &c.endpoint(follower),
+            &[
+                "add".into(),
+                j.id.to_string(),
+                "--addr".into(),
+                j.listen.to_string(),
+                "--http".into(),
+                j.http.to_string(),
+                "--wait".into(),
+                "--timeout-s".into(),
+                "120".into(),
+            ],
+        )
+        .await;
+        eprintln!("node {} added and caught up in {:?}", j.id, t.elapsed());
+        member(&c.endpoint(follower), &["promote".into(), j.id.to_string()]).await;
+    }
+    assert_eq!(voters(&c.endpoint(leader)).await, vec![1, 2, 3, 4, 5]);
+    let listed = member(&c.endpoint(follower), &["list".into()]).await;
+    assert!(listed.contains("   5  voter"), "{listed}");
+
+    // Kill -9 the leader and one other original node: 3 of 5 voters remain, writes go on.
+    let other = (leader + 2) % 3;
+    let survivor = 3 - leader - other;
+    let dead: Vec<u64> = [leader, other]
+        .iter()
+        .map(|&i| c.configs[i].node.id)
+        .collect();
+    c.kill9(leader);
+    c.kill9(other);
+    let live: Vec<String> = std::iter::once(c.endpoint(survivor))
+        .chain(joiners.iter().map(Joiner::endpoint))
+        .collect();
+    load(&live, "after-kill", 200, 8, &acked).await;
+
+    // Remove the dead: a cluster of 3 voters again.
+    for id in &dead {
+        member(&live[0], &["remove".into(), id.to_string()]).await;
+    }
+    let survivor_id = c.configs[survivor].node.id;
+    let mut expected = vec![survivor_id, 4, 5];
+    expected.sort_unstable();
+    assert_eq!(voters(&live[1]).await, expected);
+    load(&live, "after-remove", 100, 8, &acked).await;
+
+    // Every acknowledged write, on each of the three.
+    let acked = acked.borrow().clone();
+    assert_eq!(acked.len(), n + 300);
+    for ep in &live {
+        holds_every_write(ep, &acked).await;
+    }
+}
+
+#[actix_web::test]
+async fn replace_a_live_voter_under_write_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::new(dir.path(), 3);
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let endpoints: Vec<String> = (0..3).map(|i| c.endpoint(i)).collect();
+    let acked = Rc::new(RefCell::new(BTreeMap::new()));
+    load(&endpoints, "pre", 300, 8, &acked).await;
+
+    let seeds: Vec<SocketAddr> = c.configs.iter().map(|cfg| cfg.node.listen).collect();
+    let j = Joiner::start(dir.path(), 4, &seeds).await;
+    // The voter to replace: a follower, so the writers' endpoints other than it stay valid.
+    let old = (leader + 1) % 3;
+    let old_id = c.configs[old].node.id;
+    let writers: Vec<String> = (0..3)
+        .filter(|&i| i != old)
+        .map(|i| c.endpoint(i))
+        .collect();
+
+    // Writers run during the whole replace; `write` fails the test on anything but a 503.
+    let stop = Rc::new(RefCell::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (writers, acked, stop) = (writers.clone(), acked.clone(), stop.clone());
+        tasks.push(actix_web::rt::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            let mut i = 0;
+            while !*stop.borrow() {
+                let (k, v) = (format!("load{w}-{i}"), format!("v{i}"));
+                write(&writers, &k, &v, deadline).await;
+                acked.borrow_mut().insert(k, v);
+                i += 1;
+            }
+        }));
+    }
+    let t = Instant::now();
+    let out = member(
+        &c.endpoint(leader),
+        &[
+            "replace".into(),
+            old_id.to_string(),
+            "--id".into(),
+            "4".into(),
+            "--addr".into(),
+            j.listen.to_string(),
+            "--http".into(),
+            j.http.to_string(),
+            "--timeout-s".into(),
+            "120".into(),
+        ],
+    )
+    .await;
+    eprintln!("replace took {:?}: {out}", t.elapsed());
+    // Keep writing a little after the swap.
+    actix::clock::sleep(Duration::from_millis(500)).await;
+    *stop.borrow_mut() = true;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut expected: Vec<u64> = (0..3)
+        .filter(|&i| i != old)
+        .map(|i| c.configs[i].node.id)
+        .chain([4])
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(voters(&c.endpoint(leader)).await, expected);
+    let acked = acked.borrow().clone();
+    eprintln!("{} acknowledged writes", acked.len());
+    for ep in writers.iter().chain([&j.endpoint()]) {
+        holds_every_write(ep, &acked).await;
+    }
+}

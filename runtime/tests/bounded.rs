@@ -29,10 +29,9 @@
 
 mod common;
 
-use common::Cluster;
+use common::{dir_bytes, Cluster};
 use conclave::client::Client;
 use conclave::config::ReadLevel;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,24 +52,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+/// A live node's RSS in KiB.
+fn rss(pid: u32) -> u64 {
+    common::rss_kib(pid).expect("the node is running")
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -165,7 +149,7 @@ async fn restart_all(cluster: &mut Cluster) -> (Duration, Vec<u64>) {
     let rss = cluster
         .children
         .iter()
-        .map(|c| rss_kib(c.as_ref().unwrap().id()))
+        .map(|c| rss(c.as_ref().unwrap().id()))
         .collect();
     (took, rss)
 }
@@ -231,7 +215,7 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
     while acked.load(Ordering::Relaxed) < total / 10 {
         actix::clock::sleep(Duration::from_millis(50)).await;
     }
-    let first_rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss_kib(p)).collect();
+    let first_rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss(p)).collect();
     let first_dir: Vec<u64> = dirs.iter().map(|d| dir_bytes(d)).collect();
     eprintln!(
         "first sample after {} writes ({:.1}s): rss KiB {first_rss:?}, data dirs MiB {:?}",
@@ -250,7 +234,7 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
         let done = acked.load(Ordering::Relaxed);
         if done >= next_report && done < total {
             next_report += total / 10;
-            let rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss_kib(p)).collect();
+            let rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss(p)).collect();
             eprintln!(
                 "after {done} writes: rss KiB {rss:?}, max data dirs MiB so far {:?}",
                 max_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>()
@@ -264,7 +248,7 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
     let elapsed = start.elapsed();
     // Let the followers apply the tail before the last memory sample.
     actix::clock::sleep(Duration::from_secs(2)).await;
-    let end_rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss_kib(p)).collect();
+    let end_rss: Vec<u64> = pids(&cluster).iter().map(|&p| rss(p)).collect();
     let end_dir: Vec<u64> = dirs.iter().map(|d| dir_bytes(d)).collect();
     eprintln!(
         "{} writes in {:.1}s ({failures} retried): rss KiB {end_rss:?}, data dirs MiB now {:?}, max {:?}",

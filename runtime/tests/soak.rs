@@ -22,6 +22,8 @@
 
 mod common;
 
+use common::{dir_bytes, rss_kib};
+
 use conclave::client::Client;
 use conclave::config::{Config, StorageEngine};
 use std::fmt::Write as _;
@@ -54,26 +56,6 @@ fn binary() -> PathBuf {
         release.display()
     );
     release
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 struct Nodes {

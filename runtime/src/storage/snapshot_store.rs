@@ -361,7 +361,7 @@ impl SnapshotStore {
 
     /// Makes the complete, fsynced image `file` (in this store's directory, so the rename is
     /// atomic) the snapshot `meta`, of `len` bytes with xxh3-64 `digest`: renames it, writes
-    /// its sidecar like [`SnapshotWriter::finish`], fsyncs the directory and prunes all but
+    /// its sidecar, fsyncs the directory and prunes all but
     /// this snapshot and the one before it. The caller has verified length and digest.
     pub fn adopt(
         &self,
@@ -472,36 +472,9 @@ impl SnapshotWriter {
             // The test's crash point: the image is durable but was never renamed.
             return Err(io("rename", &tmp)(std::io::Error::other("simulated crash")));
         }
-        let (index, term) = (meta.index, meta.term);
-        let image_path = store.image_path(index, term);
-        std::fs::rename(&tmp, &image_path).map_err(io("rename", &tmp))?;
-        let digest = hash.digest();
-        let sidecar = Sidecar {
-            version: SIDECAR_VERSION,
-            meta: meta.clone(),
-            len,
-            digest,
-        };
-        let meta_path = store.sidecar_path(index, term);
-        let meta_tmp = store.dir.join(format!("snap-{index}-{term}.meta.tmp"));
-        let bytes = rmp_serde::to_vec(&sidecar).map_err(|source| SnapshotStoreError::Encode {
-            path: meta_path.clone(),
-            source,
-        })?;
-        {
-            let mut f = File::create(&meta_tmp).map_err(io("create", &meta_tmp))?;
-            f.write_all(&bytes).map_err(io("write", &meta_tmp))?;
-            f.sync_all().map_err(io("fsync", &meta_tmp))?;
-        }
-        std::fs::rename(&meta_tmp, &meta_path).map_err(io("rename", &meta_tmp))?;
-        sync_dir(&store.dir)?;
-        store.prune()?;
-        Ok(StoredSnapshot {
-            meta,
-            len,
-            digest,
-            path: image_path,
-        })
+        // The rename, the sidecar, the directory fsync and the pruning are the same as for a
+        // received image.
+        store.adopt(meta, &tmp, len, hash.digest())
     }
 }
 

@@ -19,13 +19,12 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use conclave_transport::{Endpoint, NodeId, Transport, TransportConfig};
+use conclave_transport::{Endpoint, Transport, TransportConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Msg {
@@ -71,7 +70,7 @@ struct TransportPair {
     _a: Transport<Msg>,
     _b: Transport<Msg>,
     link: conclave_transport::PeerLink<Msg>,
-    rx: mpsc::Receiver<(NodeId, Msg)>,
+    rx: conclave_transport::InboundReceiver<Msg>,
 }
 
 fn transport_pair(rt: &Runtime) -> TransportPair {
@@ -81,8 +80,8 @@ fn transport_pair(rt: &Runtime) -> TransportPair {
         cfg_a.max_frame_size = 1 << 20;
         let mut cfg_b = TransportConfig::new(2, "bench", lo);
         cfg_b.max_frame_size = 1 << 20;
-        let (atx, _arx) = mpsc::channel(1024);
-        let (btx, rx) = mpsc::channel(4096);
+        let (atx, _arx) = conclave_transport::inbound(1024);
+        let (btx, rx) = conclave_transport::inbound(4096);
         let (a, _) = Transport::bind(cfg_a, atx).await.expect("bind a");
         let (b, b_addr) = Transport::bind(cfg_b, btx).await.expect("bind b");
         let link = a.peer(2, b_addr);

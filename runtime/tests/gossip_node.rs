@@ -119,7 +119,7 @@ async fn intruder(
     id: u64,
     addr: SocketAddr,
 ) -> (Transport<WireMessage>, SocketAddr) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let (tx, mut rx) = conclave_transport::inbound(1024);
     let cfg = TransportConfig::new(id, cluster.to_owned(), addr);
     let (t, addr) = Transport::bind(cfg, tx).await.unwrap();
     // Drain whatever the node answers.

@@ -10,7 +10,8 @@
 //! - [`Transport`]: the TCP/TLS implementation. One [`PeerLink`] per remote node: a bounded
 //!   queue that senders encode into, drained by a driver task that writes everything queued as
 //!   one batch and reconnects with capped, fully jittered exponential backoff. Inbound frames go
-//!   to a bounded [`Inbound`] sink; when it is full the connection's reader stops reading the
+//!   to a bounded [`Inbound`] sink, the messages of each socket read as one batch
+//!   ([`inbound()`]); when it is full the connection's reader stops reading the
 //!   socket, so TCP flow control pushes back on the sender (writes on the same connection go
 //!   on: they run in another task).
 //! - [`mem`]: an in-memory network with the same [`Endpoint`] interface and seeded fault
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod handshake;
+pub mod inbound;
 mod link;
 pub mod mem;
 pub mod metrics;
@@ -43,6 +45,7 @@ pub use auth::ClusterSecret;
 pub use codec::{CodecError, Frame, FrameDecoder};
 pub use config::{ConfigError, TlsConfig, TransportConfig};
 pub use handshake::{HandshakeError, Refusal};
+pub use inbound::{inbound, Inbound, InboundBatch, InboundReceiver};
 pub use link::{PeerLink, SendError, TrySendError};
 pub use mem::{Faults, MemEndpoint, MemNetwork, MemStats};
 pub use tcp::{Transport, TransportError};
@@ -50,10 +53,6 @@ pub use tls::TlsError;
 
 /// Identifies a node of the cluster.
 pub type NodeId = u64;
-
-/// Where a transport delivers what it receives: `(sender node id, message)` into a bounded
-/// channel. When the channel is full the transport stops reading from that peer.
-pub type Inbound<M> = tokio::sync::mpsc::Sender<(NodeId, M)>;
 
 /// The interface shared by the TCP [`Transport`] and the in-memory [`MemEndpoint`], so actors
 /// can be written once and tested without sockets.

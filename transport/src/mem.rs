@@ -300,7 +300,7 @@ async fn deliver_loop<M>(
             };
             match delay {
                 None => {
-                    if sink.send((from, msg)).await.is_ok() {
+                    if sink.send_one(from, msg).await.is_ok() {
                         net.counts.delivered.fetch_add(1, Ordering::Relaxed);
                         inc.frames.increment(1);
                         inc.bytes.increment(frame.len() as u64);
@@ -320,7 +320,7 @@ async fn deliver_loop<M>(
                     tokio::spawn(async move {
                         let _permit = permit;
                         tokio::time::sleep(d).await;
-                        if sink.send((from, msg)).await.is_ok() {
+                        if sink.send_one(from, msg).await.is_ok() {
                             net.counts.delivered.fetch_add(1, Ordering::Relaxed);
                             inc.frames.increment(1);
                             inc.bytes.increment(len);

@@ -37,6 +37,7 @@ use crate::auth::cert_names_node;
 use crate::codec::{decode_body, encode_keepalive, FrameDecoder, LENGTH_PREFIX};
 use crate::config::{ConfigError, TransportConfig};
 use crate::handshake::{self, HandshakeError, Hello, Refusal, Status};
+use crate::inbound::{InboundBatch, Refused};
 use crate::link::{PeerLink, QueueReceiver};
 use crate::metrics::{self as m, FlowCounters};
 use crate::tls::{TlsContext, TlsError};
@@ -731,7 +732,8 @@ async fn run_reader<M>(
 }
 
 /// Reads frames until EOF, error or shutdown. Frames are cut and decoded straight from the
-/// read buffer (no per-frame buffer), each message handed to the inbound sink; while the sink is
+/// read buffer (no per-frame buffer); the messages of one read go to the inbound sink as one
+/// batch (one channel operation and wake-up per read, not per message); while the sink is
 /// full this task awaits it and does not read, so the socket's receive window closes and the
 /// sender's writes stall: backpressure, with at most one read buffer held here. Writes on the
 /// same connection run in the driver and are not held up by this.
@@ -751,6 +753,7 @@ where
     loop {
         let mut off = 0;
         let mut frames = 0u64;
+        let mut msgs = Vec::new();
         let result = loop {
             let len = match decoder.complete_frame(&buf[off..]) {
                 Ok(Some(len)) => len,
@@ -763,25 +766,28 @@ where
             if len == 0 {
                 continue; // keep-alive
             }
-            let msg: M = match decode_body(body) {
-                Ok(msg) => msg,
+            match decode_body(body) {
+                Ok(msg) => msgs.push(msg),
                 Err(e) => break Err(e),
-            };
-            match shared.inbound.try_send((peer, msg)) {
+            }
+        };
+        // Every message of this read in one hand-over (frames before a bad one included: they
+        // were well-formed and authenticated).
+        if !msgs.is_empty() {
+            let batch = InboundBatch { from: peer, msgs };
+            match shared.inbound.try_send(batch) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item)) => {
+                Err(Refused::Full(batch)) => {
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return Ok(()),
-                        r = shared.inbound.send(item) => if r.is_err() {
+                        r = shared.inbound.send(batch) => if r.is_err() {
                             return Err("inbound sink closed".into());
                         },
                     }
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    return Err("inbound sink closed".into())
-                }
+                Err(Refused::Closed) => return Err("inbound sink closed".into()),
             }
-        };
+        }
         counters.frames.increment(frames);
         if let Err(e) = result {
             m::decode_error(node, Some(peer), e.reason());

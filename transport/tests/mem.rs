@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use common::*;
 use conclave_transport::{Endpoint, Faults, MemNetwork, TrySendError};
-use tokio::sync::mpsc;
 
 const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 fn node(net: &MemNetwork<Msg>, id: u64, cap: usize) -> (conclave_transport::MemEndpoint<Msg>, Rx) {
-    let (tx, rx) = mpsc::channel(cap);
+    let (tx, rx) = conclave_transport::inbound(cap);
     (net.endpoint(id, tx), rx)
 }
 
@@ -193,9 +192,9 @@ async fn partition_cuts_both_ways_until_healed_and_crash_is_unreachable() {
 #[tokio::test]
 async fn backpressure_in_memory_then_in_order_delivery() {
     let net = MemNetwork::new(11);
-    let (tx, mut b_rx) = mpsc::channel(2);
+    let (tx, mut b_rx) = conclave_transport::inbound(2);
     let _b = net.endpoint_with(2, tx, 10, 1024);
-    let (atx, _a_rx) = mpsc::channel(2);
+    let (atx, _a_rx) = conclave_transport::inbound(2);
     let a = net.endpoint_with(1, atx, 10, 1024);
     let link = a.peer(2, ANY);
     let mut accepted = 0u64;

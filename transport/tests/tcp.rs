@@ -46,7 +46,7 @@ async fn rebind(
     cap: usize,
 ) -> (conclave_transport::Transport<Msg>, Rx) {
     for _ in 0..200 {
-        let (tx, rx) = tokio::sync::mpsc::channel(cap);
+        let (tx, rx) = conclave_transport::inbound(cap);
         if let Ok((t, _)) = conclave_transport::Transport::bind(cfg.clone(), tx).await {
             return (t, rx);
         }

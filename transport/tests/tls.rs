@@ -133,7 +133,7 @@ async fn tls_simultaneous_dial_and_restart_keep_one_connection() {
     cfg.tls = Some(tls_a);
     cfg.listen = a_addr;
     let (a, mut a_rx) = loop {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (tx, rx) = conclave_transport::inbound(64);
         if let Ok((t, _)) = Transport::bind(cfg.clone(), tx).await {
             break (t, rx);
         }
@@ -240,7 +240,7 @@ async fn missing_tls_files_fail_bind_naming_the_file() {
         ca: "/nonexistent/ca.pem".into(),
         server_name: None,
     });
-    let (tx, _rx) = tokio::sync::mpsc::channel::<(u64, Msg)>(1);
+    let (tx, _rx) = conclave_transport::inbound::<Msg>(1);
     match Transport::bind(cfg, tx).await {
         Err(TransportError::Tls(e)) => assert!(e.to_string().contains("/nonexistent/cert.pem")),
         Err(e) => panic!("unexpected error {e}"),

@@ -15,7 +15,7 @@ use conclave_transport::{Endpoint, Transport, TrySendError};
 /// Binds on the address of a transport just dropped (its listener closes asynchronously).
 async fn rebind(cfg: conclave_transport::TransportConfig, cap: usize) -> (Transport<Msg>, Rx) {
     for _ in 0..200 {
-        let (tx, rx) = tokio::sync::mpsc::channel(cap);
+        let (tx, rx) = conclave_transport::inbound(cap);
         if let Ok((t, _)) = Transport::bind(cfg.clone(), tx).await {
             return (t, rx);
         }

@@ -1260,8 +1260,8 @@ mod tests {
     async fn links_are_opened_on_demand_and_gossip_only_ones_released_over_max_peers_or_idle() {
         let dir = tempfile::tempdir().unwrap();
         let net = MemNetwork::new(1);
-        let (tx1, rx1) = tokio::sync::mpsc::channel(1024);
-        let (tx2, rx2) = tokio::sync::mpsc::channel(1024);
+        let (tx1, rx1) = conclave_transport::inbound(1024);
+        let (tx2, rx2) = conclave_transport::inbound(1024);
         let recorder = Arc::new(Recorder {
             inner: net.endpoint(1, tx1),
             held: Mutex::new(BTreeSet::new()),

@@ -70,8 +70,9 @@ use wire::WireMessage;
 
 /// How long a client request may wait for its outcome.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Inbound transport messages buffered before the transport stops reading sockets.
-const INBOUND_CAPACITY: usize = 4096;
+/// Inbound batches buffered before the transport stops reading sockets. A batch is the messages
+/// of one socket read (at most 64 KiB of frames, or one larger frame up to `max_frame_size`).
+const INBOUND_BATCHES: usize = 1024;
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -427,8 +428,7 @@ async fn start_node<M: StateMachine>(
             server_name: None,
         });
     }
-    let (inbound_tx, mut inbound_rx) =
-        tokio::sync::mpsc::channel::<(u64, WireMessage)>(INBOUND_CAPACITY);
+    let (inbound_tx, mut inbound_rx) = conclave_transport::inbound::<WireMessage>(INBOUND_BATCHES);
     let (transport, _) = Transport::bind(tcfg, inbound_tx)
         .await
         .map_err(|e| NodeError::Transport(e.to_string()))?;

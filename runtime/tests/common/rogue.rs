@@ -11,7 +11,7 @@ pub async fn rogue(id: u64, cluster: &str) -> Transport<WireMessage> {
     let mut cfg = TransportConfig::new(id, cluster, "127.0.0.1:0".parse().unwrap());
     cfg.backoff_base = Duration::from_millis(10);
     cfg.backoff_cap = Duration::from_millis(100);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let (tx, mut rx) = conclave_transport::inbound(1024);
     actix::spawn(async move { while rx.recv().await.is_some() {} });
     Transport::bind(cfg, tx).await.unwrap().0
 }

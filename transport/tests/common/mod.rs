@@ -10,7 +10,6 @@ use std::time::Duration;
 use conclave_transport::{NodeId, Transport, TransportConfig};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 /// Counters keyed by name, each with its sorted labels.
 #[derive(Clone, Default)]
@@ -99,11 +98,11 @@ pub fn config(node: NodeId, cluster: &str) -> TransportConfig {
     cfg
 }
 
-pub type Rx = mpsc::Receiver<(NodeId, Msg)>;
+pub type Rx = conclave_transport::InboundReceiver<Msg>;
 
 /// Binds a transport with an inbound channel of `cap`.
 pub async fn start(cfg: TransportConfig, cap: usize) -> (Transport<Msg>, SocketAddr, Rx) {
-    let (tx, rx) = mpsc::channel(cap);
+    let (tx, rx) = conclave_transport::inbound(cap);
     let (t, addr) = Transport::bind(cfg, tx).await.expect("bind");
     (t, addr, rx)
 }

@@ -16,8 +16,6 @@
 //! current batch locally); [`InboundReceiver::recv_batch`] yields whole batches for consumers
 //! that dispatch in bulk.
 
-use std::collections::VecDeque;
-
 use tokio::sync::mpsc;
 
 pub use tokio::sync::mpsc::error::TryRecvError;
@@ -53,7 +51,7 @@ pub struct InboundReceiver<M> {
     rx: mpsc::Receiver<InboundBatch<M>>,
     /// What is left of the batch being taken apart by [`InboundReceiver::recv`].
     from: NodeId,
-    rest: VecDeque<M>,
+    rest: std::vec::IntoIter<M>,
 }
 
 /// A bounded inbound sink holding at most `batches` undelivered batches (at least 1).
@@ -64,7 +62,7 @@ pub fn inbound<M>(batches: usize) -> (Inbound<M>, InboundReceiver<M>) {
         InboundReceiver {
             rx,
             from: 0,
-            rest: VecDeque::new(),
+            rest: Vec::new().into_iter(),
         },
     )
 }
@@ -116,7 +114,7 @@ impl<M> InboundReceiver<M> {
     /// everything was received. Cancel-safe (nothing is lost if the future is dropped).
     pub async fn recv(&mut self) -> Option<(NodeId, M)> {
         loop {
-            if let Some(m) = self.rest.pop_front() {
+            if let Some(m) = self.rest.next() {
                 return Some((self.from, m));
             }
             let batch = self.rx.recv().await?;
@@ -127,7 +125,7 @@ impl<M> InboundReceiver<M> {
     /// The next message if one is ready now.
     pub fn try_recv(&mut self) -> Result<(NodeId, M), TryRecvError> {
         loop {
-            if let Some(m) = self.rest.pop_front() {
+            if let Some(m) = self.rest.next() {
                 return Ok((self.from, m));
             }
             let batch = self.rx.try_recv()?;
@@ -138,18 +136,21 @@ impl<M> InboundReceiver<M> {
     /// The next batch, waiting for one (first what [`InboundReceiver::recv`] left of the
     /// current batch); `None` once every sender is gone and everything was received.
     pub async fn recv_batch(&mut self) -> Option<InboundBatch<M>> {
-        if !self.rest.is_empty() {
+        if !self.rest.as_slice().is_empty() {
+            // Collecting a `vec::IntoIter` reuses its allocation: no copy of the messages.
+            let rest = std::mem::replace(&mut self.rest, Vec::new().into_iter());
             return Some(InboundBatch {
                 from: self.from,
-                msgs: self.rest.drain(..).collect(),
+                msgs: rest.collect(),
             });
         }
         self.rx.recv().await
     }
 
     fn take(&mut self, batch: InboundBatch<M>) {
+        // Only called once `rest` is exhausted: nothing is dropped.
         self.from = batch.from;
-        self.rest.extend(batch.msgs);
+        self.rest = batch.msgs.into_iter();
     }
 }
 

@@ -750,10 +750,12 @@ where
     let decoder = FrameDecoder::new(shared.cfg.max_frame_size);
     let counters = FlowCounters::new(node, peer, "in");
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Sized like the previous batch, so a steady stream allocates each batch's vector once.
+    let mut batch_hint = 0;
     loop {
         let mut off = 0;
         let mut frames = 0u64;
-        let mut msgs = Vec::new();
+        let mut msgs = Vec::with_capacity(batch_hint);
         let result = loop {
             let len = match decoder.complete_frame(&buf[off..]) {
                 Ok(Some(len)) => len,
@@ -773,6 +775,7 @@ where
         };
         // Every message of this read in one hand-over (frames before a bad one included: they
         // were well-formed and authenticated).
+        batch_hint = msgs.len().min(READ_CHUNK / 16);
         if !msgs.is_empty() {
             let batch = InboundBatch { from: peer, msgs };
             match shared.inbound.try_send(batch) {

@@ -318,6 +318,7 @@ fn raft_config(config: &Config, group: u64) -> RaftConfig {
         max_bytes_per_append: (config.node.max_frame_size / 2).max(1024),
         lease_ms: r.read.lease_ms,
         keep_entries: config.snapshot.keep_entries,
+        promote_max_lag: r.promote_max_lag,
         ..RaftConfig::default()
     }
 }
@@ -409,10 +410,18 @@ async fn start_node<M: StateMachine>(
     tcfg.max_connections = config.node.max_connections;
     tcfg.max_queue_bytes = config.node.max_queue_bytes;
     tcfg.write_timeout = tcfg.read_timeout;
-    // Only members of the cluster's configuration may connect (issue 12, finding 2); the
-    // allowlist then follows the replicated membership (`peers`). A joining node admits any
-    // authenticated peer until a membership reaches it.
-    tcfg.allowed_peers = peers::allowlist([&base_membership]);
+    // Without authentication only members of the cluster's configuration may connect (issue
+    // 12, finding 2), and the allowlist then follows the replicated membership (`peers`); a
+    // joining node admits any peer until a membership reaches it. With a secret or TLS any
+    // peer that authenticates is admitted except the members seen removed, so a node that
+    // lags behind a membership change still hears a leader that change added (issue 14; the
+    // Raft core decides what such a peer may do, gossip ignores it).
+    let authenticated = config.cluster.secret.is_some() || config.tls.is_some();
+    tcfg.allowed_peers = if authenticated {
+        None
+    } else {
+        peers::allowlist([&base_membership])
+    };
     tcfg.secret = config
         .cluster
         .secret
@@ -450,6 +459,7 @@ async fn start_node<M: StateMachine>(
         transport.clone(),
         gossip.shared.clone(),
         gossip.actor.clone(),
+        authenticated,
     );
 
     // Snapshot transfers: each side on an arbiter of its own (they read and write files).
@@ -529,9 +539,15 @@ async fn start_node<M: StateMachine>(
     let dispatch_peers = peers.clone();
     actix::spawn(async move {
         while let Some((from, msg)) = inbound_rx.recv().await {
-            if !dispatch_peers.admits(from) {
-                // A connection opened before the peer was removed may still deliver a few
-                // frames until it is closed: not heard.
+            // Gossip is heard from members only; Raft messages and snapshot chunks also from
+            // an authenticated peer not seen removed (a leader this node's log does not know
+            // yet). A connection opened before the peer was removed may still deliver a few
+            // frames until it is closed: not heard.
+            let heard = match &msg {
+                WireMessage::Swim(_) => dispatch_peers.admits(from),
+                _ => dispatch_peers.admits_raft(from),
+            };
+            if !heard {
                 metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "not_member")
                     .increment(1);
                 continue;

@@ -100,6 +100,10 @@ pub enum NodeError {
     /// The HTTP API could not start (`[http]` token or TLS files, the listener).
     #[error("HTTP API: {0}")]
     Http(#[from] crate::http::ServerError),
+    /// The durable marks of the groups this node was a member of (`data_dir/member-of`)
+    /// cannot be read (a corrupt file is named).
+    #[error("{0}")]
+    MemberMarks(#[from] crate::storage::member_mark::MemberMarkError),
 }
 
 use applier::MachineFactory;
@@ -372,6 +376,10 @@ async fn start_node<M: StateMachine>(
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;
+    // The groups this node was a member of (a removed node says so after compaction).
+    let member_marks = Arc::new(crate::storage::member_mark::MemberMarks::open(
+        &config.node.data_dir,
+    )?);
     // One health record per node; the watchdog times every storage call against it.
     let health = Arc::new(StorageHealth::new());
     let watchdog = Arc::new(Watchdog::start(
@@ -520,6 +528,7 @@ async fn start_node<M: StateMachine>(
                     endpoint: endpoint.clone(),
                     addrs: peer_addrs.clone(),
                 },
+                member_marks: member_marks.clone(),
             },
             epoch,
         );
@@ -803,6 +812,8 @@ struct GroupStorage<'a, M: StateMachine> {
     watchdog: &'a Watchdog,
     /// Sending and receiving the group's snapshots.
     transfer: GroupTransferDeps,
+    /// The groups this node was a member of.
+    member_marks: Arc<crate::storage::member_mark::MemberMarks>,
 }
 
 fn start_group<M: StateMachine>(
@@ -867,6 +878,7 @@ fn start_group<M: StateMachine>(
             threshold_log_bytes: config.snapshot.threshold_log_bytes,
         },
         health: storage.watchdog.health().clone(),
+        member_marks: storage.member_marks.clone(),
     });
 
     let watcher = GroupWatcher {
@@ -1410,6 +1422,14 @@ impl KvService for NodeHandle<KvMachine> {
 
     fn is_member(&self, id: NodeId) -> bool {
         self.inner.peers.is_member(id)
+    }
+
+    async fn drain(&self, drained: bool) -> Result<DrainOutcome, RequestError> {
+        NodeHandle::drain(self, drained).await
+    }
+
+    fn member_http(&self, id: NodeId) -> Option<std::net::SocketAddr> {
+        self.inner.peers.member(id).map(|m| m.http)
     }
 
     fn render_metrics(&self) -> String {

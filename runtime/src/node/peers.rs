@@ -142,6 +142,17 @@ impl MembershipTracker {
         span
     }
 
+    /// Whether a committed membership (or the bootstrap one) named this node.
+    pub fn was_member(&self) -> bool {
+        self.was_member
+    }
+
+    /// This node was a member earlier than anything its log still holds (its durable mark,
+    /// `data_dir/member-of`): a snapshot may have compacted away the entries that named it.
+    pub fn was_a_member(&mut self) {
+        self.was_member = true;
+    }
+
     /// The membership in force.
     pub fn in_force(&self) -> &Membership {
         &self.in_force
@@ -750,6 +761,26 @@ mod tests {
         t.committed_to(5);
         assert_eq!(t.state(), MembershipState::Member);
         assert_eq!(t.in_force(), &m(&[1, 2, 3], &[4]));
+    }
+
+    #[test]
+    fn a_removed_node_whose_log_was_compacted_is_removed_only_with_its_mark() {
+        // Restarted from a snapshot taken after its removal: neither the snapshot's membership
+        // nor the log left after it names this node.
+        let after = m(&[1, 2], &[]);
+        let log = [(40, m(&[1, 2], &[4]))];
+        let t = MembershipTracker::new(3, &after, &log, 40);
+        assert_eq!(
+            t.state(),
+            MembershipState::NotAMember,
+            "the log alone forgets"
+        );
+        let mut t = MembershipTracker::new(3, &after, &log, 40);
+        t.was_a_member();
+        assert_eq!(t.state(), MembershipState::Removed);
+        // Added back later: a member again.
+        t.appended(50, m(&[1, 2], &[3, 4]));
+        assert_eq!(t.state(), MembershipState::Member);
     }
 
     #[test]

@@ -134,6 +134,36 @@ async fn start(c: Config) -> Node<KvMachine> {
         .unwrap()
 }
 
+/// Starts a node again on the ports of one just shut down: retried while its listener is
+/// still being released.
+async fn restart(c: Config) -> Node<KvMachine> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sm = c.node.data_dir.join("sm");
+        match Node::builder()
+            .config(c.clone())
+            .state_machine_with(move || KvMachine::open(&sm))
+            .start()
+            .await
+        {
+            Ok(n) => return n,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "restart: {e}");
+                actix::clock::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Starts a node with its HTTP API.
+async fn start_with_http(c: Config) -> (Node<KvMachine>, actix_web::dev::ServerHandle) {
+    let node = start(c.clone()).await;
+    let server = conclave::http::server(node.handle(), &c).unwrap();
+    let handle = server.handle();
+    actix::spawn(server);
+    (node, handle)
+}
+
 #[actix::test]
 async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -430,7 +460,7 @@ async fn a_removed_node_reports_removed_after_compaction_and_restart() {
     // Restarted from that snapshot and the compacted log.
     let i = handles.iter().position(|h| h.id() == gone).unwrap();
     nodes[i].take().unwrap().shutdown().await;
-    let again = start(configs[i].clone()).await;
+    let again = restart(configs[i].clone()).await;
     let h = again.handle();
     let r = wait_for("the restarted removed node to report removed", 15, || {
         let r = h.readiness_now();
@@ -465,8 +495,11 @@ async fn a_drained_leader_hands_off_and_takes_no_leadership_until_undone() {
         .collect();
     let endpoint = |id: u64| endpoints.iter().find(|(i, _)| *i == id).unwrap().1.clone();
     let mut nodes = Vec::new();
+    let mut servers = Vec::new();
     for c in configs {
-        nodes.push(Some(start(c).await));
+        let (n, s) = start_with_http(c).await;
+        nodes.push(Some(n));
+        servers.push(s);
     }
     let handles: Vec<NodeHandle<KvMachine>> =
         nodes.iter().map(|n| n.as_ref().unwrap().handle()).collect();
@@ -564,6 +597,9 @@ async fn a_drained_leader_hands_off_and_takes_no_leadership_until_undone() {
             .then_some(())
     })
     .await;
+    for s in servers {
+        s.stop(false).await;
+    }
     for n in nodes.into_iter().flatten() {
         n.shutdown().await;
     }

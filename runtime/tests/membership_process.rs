@@ -495,6 +495,12 @@ async fn a_lagging_member_catches_up_from_a_leader_added_after_its_log_ends() {
         );
         actix::clock::sleep(Duration::from_millis(100)).await;
     }
+    // Through a snapshot from node 4 (its log no longer holds what the lagging node lacks).
+    let log = std::fs::read_to_string(dir.path().join(format!("n{lagger_id}.log"))).unwrap();
+    assert!(
+        log.contains("installing a snapshot received from the leader"),
+        "node {lagger_id} caught up without a snapshot:\n{log}"
+    );
     let acked = acked.borrow().clone();
     assert_eq!(acked.len(), 700);
     holds_every_write(&endpoints[lagger], &acked).await;

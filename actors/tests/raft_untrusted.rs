@@ -135,13 +135,35 @@ fn a_lagging_node_follows_a_leader_added_after_its_log_ends() {
     };
     r.handle_message(20, vote(4));
     assert_eq!(r.term(), 0);
-    // Once the voter learned term 4 from a member (here: member 2's heartbeat), the unknown
-    // leader of that term is followed.
-    r.handle_message(30, heartbeat(2, 1, 4));
+    // Once the voter learned term 4 from a member (here: member 2 refusing its pre-vote, as
+    // a member that follows the new leader does), the unknown leader of that term is followed.
+    r.handle_message(
+        30,
+        Message {
+            group: 0,
+            from: 2,
+            to: 1,
+            term: 4,
+            body: MessageBody::RequestVoteResponse {
+                pre_vote: true,
+                granted: false,
+            },
+        },
+    );
+    assert_eq!((r.term(), r.leader()), (4, None));
     r.handle_message(40, heartbeat(9, 1, 4));
     assert_eq!((r.term(), r.leader()), (4, Some(9)));
     r.handle_message(50, vote(4));
     assert_eq!(r.term(), 4);
+    // A second unknown sender claiming to lead the same term is not followed (a term has one
+    // leader; the transport admits any authenticated peer, issue 14).
+    r.handle_message(60, heartbeat(8, 1, 4));
+    assert_eq!((r.term(), r.leader()), (4, Some(9)));
+    // Nor one claiming a term whose leader is a known member.
+    let mut k = core(1, &[1, 2, 3]);
+    k.handle_message(10, heartbeat(2, 1, 5));
+    k.handle_message(20, heartbeat(9, 1, 5));
+    assert_eq!((k.term(), k.leader()), (5, Some(2)));
 
     // A learner (4, outside the voters {1, 2, 3}) adopts the newer term of an unknown leader.
     let mut l = core(4, &[1, 2, 3]);

@@ -8,7 +8,8 @@
 use crate::config::ReadLevel;
 use crate::http::{encode_key, IDEMPOTENCY_HEADER};
 use crate::node::{
-    ChangeOutcome, ClusterConfig, ClusterStatus, GossipMembers, NewMember, NodeId, SnapshotInfo,
+    ChangeOutcome, ClusterConfig, ClusterStatus, DrainOutcome, GossipMembers, NewMember, NodeId,
+    SnapshotInfo,
 };
 use awc::error::{ConnectError, SendRequestError};
 use awc::http::StatusCode;
@@ -548,6 +549,23 @@ impl Client {
     ) -> Result<ChangeOutcome, ClientError> {
         let body = serde_json::json!({ "remove": remove, "add": add });
         self.change("replace", body, expected_config_id).await
+    }
+
+    /// `POST /v1/cluster/drain`: drains node `id` (`undo`: makes it electable again); the
+    /// request is forwarded to that node, which answers once its groups started handing
+    /// leadership off.
+    pub async fn drain(&self, id: NodeId, undo: bool) -> Result<DrainOutcome, ClientError> {
+        let url = format!("{}/v1/cluster/drain", self.endpoint);
+        let req = self
+            .http
+            .post(url)
+            .insert_header(("content-type", "application/json"));
+        let body = serde_json::json!({ "id": id, "undo": undo });
+        let (status, body, retry) = self.call(req, Some(body.to_string().into_bytes())).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
     }
 
     /// `GET /v1/ring/route/{key}`.

@@ -160,6 +160,9 @@ impl Default for ClusterSection {
     }
 }
 
+/// The largest `raft.promote_max_lag` accepted.
+pub const MAX_PROMOTE_MAX_LAG: u64 = 100_000_000;
+
 /// `[raft]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -175,6 +178,11 @@ pub struct RaftSection {
     pub check_quorum: bool,
     /// Most entries per AppendEntries. Default 256.
     pub max_entries_per_append: usize,
+    /// A learner is promoted to voter only while its match index is within this many entries
+    /// of the leader's last index (otherwise 409 `not_caught_up`; `conclave member add --wait`
+    /// waits for it). Default 1,000; 1 to 100,000,000. Larger lets a far-behind learner vote,
+    /// and a quorum that needs it waits until it catches up.
+    pub promote_max_lag: u64,
     /// Older name of `[snapshot] threshold_entries` (DESIGN.md §9 lists both). Unset by
     /// default; when set it is used as `threshold_entries`, and setting both to different
     /// values is an error. Read through [`Config::snapshot_threshold_entries`].
@@ -194,6 +202,7 @@ impl Default for RaftSection {
             pre_vote: true,
             check_quorum: true,
             max_entries_per_append: 256,
+            promote_max_lag: 1_000,
             snapshot_threshold: None,
             read: ReadSection::default(),
             persistence: PersistenceSection::default(),
@@ -693,6 +702,15 @@ impl Config {
         if n.max_hops == 0 {
             return Err(invalid("node.max_hops", "must be at least 1"));
         }
+        if !(1..=MAX_PROMOTE_MAX_LAG).contains(&self.raft.promote_max_lag) {
+            return Err(invalid(
+                "raft.promote_max_lag",
+                format!(
+                    "must be between 1 and {MAX_PROMOTE_MAX_LAG} entries (got {})",
+                    self.raft.promote_max_lag
+                ),
+            ));
+        }
         if n.max_frame_size < 1024 {
             return Err(invalid(
                 "node.max_frame_size",
@@ -1143,6 +1161,11 @@ ca = "ca.crt"
             ("[raft]\nelection_timeout_ms = [300, 150]\n", "raft.election_timeout_ms"),
             ("[raft]\nheartbeat_interval_ms = 200\n", "raft.heartbeat_interval_ms"),
             ("[raft.read]\nlease_ms = 150\n", "raft.read.lease_ms"),
+            ("[raft]\npromote_max_lag = 0\n", "raft.promote_max_lag"),
+            (
+                "[raft]\npromote_max_lag = 100000001\n",
+                "raft.promote_max_lag",
+            ),
             (
                 "[raft]\ncheck_quorum = false\n[raft.read]\ndefault = \"lease\"\n",
                 "raft.read.default",

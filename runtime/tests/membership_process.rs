@@ -383,3 +383,389 @@ async fn replace_a_live_voter_under_write_load() {
         holds_every_write(ep, &acked).await;
     }
 }
+
+/// The status of the node at `endpoint`, retried while it is unreachable (restarting).
+async fn status_of(endpoint: &str) -> Option<conclave::node::ClusterStatus> {
+    Client::with_timeout(endpoint, Duration::from_secs(3))
+        .unwrap()
+        .status()
+        .await
+        .ok()
+}
+
+/// Issue 14: a member that was down while a node was added, promoted and made leader (and an
+/// old member it knows was removed) accepts that leader when it comes back and catches up from
+/// it — here through a snapshot, since the new leader compacted its log past where the lagging
+/// node's ends. Real processes with a cluster secret. Before, the lagging node refused the new
+/// leader's connection (no membership it had named it) and never caught up.
+#[actix_web::test]
+async fn a_lagging_member_catches_up_from_a_leader_added_after_its_log_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new_with(dir.path(), 3, |cfg| {
+        cfg.cluster.secret = Some(conclave::config::ClusterSecretString(
+            "lagging-member-test-secret-0123456789".to_owned(),
+        ));
+        cfg.snapshot.threshold_entries = 200;
+        cfg.snapshot.keep_entries = 20;
+    });
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let endpoints: Vec<String> = (0..3).map(|i| c.endpoint(i)).collect();
+    let acked = Rc::new(RefCell::new(BTreeMap::new()));
+    load(&endpoints, "pre", 100, 4, &acked).await;
+
+    // The lagging node: a follower, stopped (SIGKILL) before anything below happens.
+    let lagger = (leader + 1) % 3;
+    let other = 3 - leader - lagger;
+    let lagger_id = c.configs[lagger].node.id;
+    let old_leader_id = c.configs[leader].node.id;
+    let lagger_last = status_of(&endpoints[lagger]).await.unwrap().commit_index;
+    c.kill9(lagger);
+
+    // Node 4 joins, catches up, is promoted and made leader; the old leader is removed.
+    let seeds: Vec<SocketAddr> = c.configs.iter().map(|cfg| cfg.node.listen).collect();
+    let j = Joiner::start(dir.path(), 4, &seeds).await;
+    let via = endpoints[other].clone();
+    member(
+        &via,
+        &[
+            "add".into(),
+            "4".into(),
+            "--addr".into(),
+            j.listen.to_string(),
+            "--http".into(),
+            j.http.to_string(),
+            "--wait".into(),
+            "--timeout-s".into(),
+            "120".into(),
+        ],
+    )
+    .await;
+    member(&via, &["promote".into(), "4".into()]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = Client::with_timeout(&via, Duration::from_secs(3))
+            .unwrap()
+            .transfer_leader(4)
+            .await;
+        actix::clock::sleep(Duration::from_millis(300)).await;
+        if status_of(&j.endpoint())
+            .await
+            .is_some_and(|s| s.role == "leader")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 did not take leadership");
+    }
+    member(&j.endpoint(), &["remove".into(), old_leader_id.to_string()]).await;
+    // The removed node is retired (its process stopped): nothing it queued for the lagging
+    // node while it led can reach it later.
+    c.kill9(leader);
+    let mut expected = vec![c.configs[other].node.id, lagger_id, 4];
+    expected.sort_unstable();
+    assert_eq!(voters(&j.endpoint()).await, expected);
+    // Enough writes that node 4 snapshots and compacts past the lagging node's last entry.
+    let live = vec![j.endpoint(), endpoints[other].clone()];
+    load(&live, "post", 600, 8, &acked).await;
+    let target = status_of(&j.endpoint()).await.unwrap();
+    assert_eq!(target.role, "leader");
+    let first = target.groups[0].snapshot_index;
+    assert!(
+        first > lagger_last,
+        "node 4's snapshot {first} is not past the lagging node's log end {lagger_last}"
+    );
+
+    // The lagging node comes back: it knows neither node 4 nor that node {old_leader_id} left.
+    let t = Instant::now();
+    c.restart(lagger);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = status_of(&endpoints[lagger]).await {
+            if s.commit_index >= target.commit_index && s.leader_id == Some(4) {
+                eprintln!(
+                    "node {lagger_id} caught up to {} (leader's {}) in {:?}, snapshot index {}",
+                    s.commit_index,
+                    target.commit_index,
+                    t.elapsed(),
+                    s.groups[0].snapshot_index
+                );
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {lagger_id} did not catch up from node 4; logs:\n{}",
+            c.logs()
+        );
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+    // Through a snapshot from node 4 (its log no longer holds what the lagging node lacks).
+    let log = std::fs::read_to_string(dir.path().join(format!("n{lagger_id}.log"))).unwrap();
+    assert!(
+        log.contains("installing a snapshot received from the leader"),
+        "node {lagger_id} caught up without a snapshot:\n{log}"
+    );
+    let acked = acked.borrow().clone();
+    assert_eq!(acked.len(), 700);
+    holds_every_write(&endpoints[lagger], &acked).await;
+    // And it is a member like any other: the leader sees it caught up.
+    let cfg = Client::with_timeout(&j.endpoint(), Duration::from_secs(3))
+        .unwrap()
+        .cluster_config()
+        .await
+        .unwrap();
+    let me = cfg.voters.iter().find(|m| m.id == lagger_id).unwrap();
+    assert!(me.lag.is_some_and(|l| l < 100), "{me:?}");
+}
+
+/// Runs `conclave` with the given arguments and `CONCLAVE_TOKEN` = `token`.
+async fn conclave_with_token(args: Vec<String>, token: String) -> Output {
+    actix_web::rt::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_conclave"))
+            .args(&args)
+            .env_remove("CONCLAVE_ENDPOINT")
+            .env_remove("CONCLAVE_CA")
+            .env("CONCLAVE_TOKEN", token)
+            .output()
+            .expect("run conclave")
+    })
+    .await
+    .unwrap()
+}
+
+/// Issue 14 point 5: `conclave member add/promote/drain/remove/list` on a cluster made by
+/// `conclave init --secure` (mutual TLS between nodes, HTTPS, admin and client tokens), with a
+/// joining node whose certificate `init --join --ca-key` issued. The client token is refused
+/// with 403 for every change and may read the configuration.
+#[actix_web::test]
+async fn secure_cluster_membership_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let base = common::ports::free_base(110);
+    let out = conclave(vec![
+        "init".into(),
+        "--nodes".into(),
+        "3".into(),
+        "--dir".into(),
+        d.clone(),
+        "--base-port".into(),
+        base.to_string(),
+        "--secure".into(),
+    ])
+    .await;
+    assert!(out.status.success(), "init --secure: {}", text(&out));
+    let ca = dir
+        .path()
+        .join("certs")
+        .join("ca.crt")
+        .display()
+        .to_string();
+    let read_token = |name: &str| {
+        std::fs::read_to_string(dir.path().join("tokens").join(format!("{name}.token")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (admin, client_token) = (read_token("admin"), read_token("client"));
+    let mut children = Vec::new();
+    for i in 1..=3 {
+        let mut j = Joiner {
+            id: i,
+            listen: format!("127.0.0.1:{}", base + i as u16).parse().unwrap(),
+            http: format!("127.0.0.1:{}", base + 100 + i as u16)
+                .parse()
+                .unwrap(),
+            config: dir.path().join(format!("n{i}.toml")),
+            child: None,
+        };
+        j.spawn(dir.path());
+        children.push(j);
+    }
+    let endpoint = |i: u16| format!("https://127.0.0.1:{}", base + 100 + i);
+    let secure = |token: &str| conclave::client::ClientOptions {
+        timeout: Duration::from_secs(3),
+        token: Some(token.to_owned()),
+        ca: Some(dir.path().join("certs").join("ca.crt")),
+    };
+    let member_as = |token: String, args: Vec<String>, ep: String| {
+        let mut all = vec!["member".to_owned()];
+        all.extend(args);
+        all.extend(["--endpoint".into(), ep, "--ca".into(), ca.clone()]);
+        conclave_with_token(all, token)
+    };
+    // A leader over mutual TLS.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let mut found = None;
+        for i in 1..=3u16 {
+            let c = Client::with_options(&endpoint(i), &secure(&admin)).unwrap();
+            if let Ok(s) = c.status().await {
+                found = found.or(s.leader_id);
+            }
+        }
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader over TLS");
+        actix::clock::sleep(Duration::from_millis(200)).await;
+    };
+    let follower = (1..=3u16).find(|i| u64::from(*i) != leader).unwrap();
+    let via = endpoint(follower);
+    let c = Client::with_options(&via, &secure(&admin)).unwrap();
+    for i in 0..50 {
+        c.put(format!("k{i}").as_bytes(), b"v".to_vec(), None)
+            .await
+            .unwrap();
+    }
+
+    // Node 4: config and certificate from `init --join --from n1.toml --ca-key`.
+    let jdir = dir.path().join("join4");
+    let (listen4, http4) = (common::free_addr(), common::free_addr());
+    let out = conclave(vec![
+        "init".into(),
+        "--join".into(),
+        "--id".into(),
+        "4".into(),
+        "--dir".into(),
+        jdir.display().to_string(),
+        "--listen".into(),
+        listen4.to_string(),
+        "--http".into(),
+        http4.to_string(),
+        "--seeds".into(),
+        format!("127.0.0.1:{}", base + 1),
+        "--from".into(),
+        dir.path().join("n1.toml").display().to_string(),
+        "--ca-key".into(),
+        dir.path()
+            .join("certs")
+            .join("ca.key")
+            .display()
+            .to_string(),
+    ])
+    .await;
+    assert!(out.status.success(), "init --join: {}", text(&out));
+    let config4 = std::fs::read_dir(&jdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "toml"))
+        .unwrap();
+    let mut j = Joiner {
+        id: 4,
+        listen: listen4,
+        http: http4,
+        config: config4,
+        child: None,
+    };
+    j.spawn(dir.path());
+
+    let add = vec![
+        "add".to_owned(),
+        "4".into(),
+        "--addr".into(),
+        listen4.to_string(),
+        "--http".into(),
+        http4.to_string(),
+        "--wait".into(),
+        "--timeout-s".into(),
+        "120".into(),
+    ];
+    // The client token changes nothing: 403 for add, promote, drain and remove.
+    for args in [
+        add.clone(),
+        vec!["promote".into(), "4".into()],
+        vec!["drain".into(), leader.to_string()],
+        vec!["remove".into(), follower.to_string()],
+    ] {
+        let out = member_as(client_token.clone(), args.clone(), via.clone()).await;
+        assert!(
+            !out.status.success(),
+            "{args:?} with the client token: {}",
+            text(&out)
+        );
+        let said = text(&out);
+        assert!(
+            said.contains("403") && said.contains("forbidden"),
+            "{args:?}: {said}"
+        );
+    }
+    // The client token may read the configuration; it still has three voters.
+    let out = member_as(client_token.clone(), vec!["list".into()], via.clone()).await;
+    assert!(
+        out.status.success(),
+        "list with the client token: {}",
+        text(&out)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("learner"));
+
+    // The admin token: add (waits until caught up over TLS), promote, list.
+    let out = member_as(admin.clone(), add, via.clone()).await;
+    assert!(out.status.success(), "add: {}", text(&out));
+    let out = member_as(
+        admin.clone(),
+        vec!["promote".into(), "4".into()],
+        via.clone(),
+    )
+    .await;
+    assert!(out.status.success(), "promote: {}", text(&out));
+    let out = member_as(admin.clone(), vec!["list".into()], via.clone()).await;
+    assert!(out.status.success(), "list: {}", text(&out));
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listed.contains("   4  voter"), "{listed}");
+    // Node 4 serves what it replicated over TLS.
+    let c4 = Client::with_options(&format!("https://{http4}"), &secure(&client_token)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(v)) = c4.get(b"k49", Some(ReadLevel::Stale)).await {
+            assert_eq!(v, b"v");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 does not serve k49");
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Drain the leader (admin): leadership moves off it.
+    let out = member_as(
+        admin.clone(),
+        vec!["drain".into(), leader.to_string()],
+        via.clone(),
+    )
+    .await;
+    assert!(out.status.success(), "drain: {}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = c.status().await {
+            if s.leader_id.is_some_and(|l| l != leader) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leadership stayed on the drained node"
+        );
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Remove the drained node: three voters again, 4 among them, writes go on.
+    let out = member_as(
+        admin.clone(),
+        vec!["remove".into(), leader.to_string()],
+        via.clone(),
+    )
+    .await;
+    assert!(out.status.success(), "remove: {}", text(&out));
+    let out = member_as(
+        admin.clone(),
+        vec!["list".into(), "--json".into()],
+        via.clone(),
+    )
+    .await;
+    assert!(out.status.success(), "list --json: {}", text(&out));
+    let cfg: conclave::node::ClusterConfig = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<u64> = cfg.voters.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    let mut expected: Vec<u64> = (1..=3).filter(|i| *i != leader).chain([4]).collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    c.put(b"after-remove", b"1".to_vec(), None).await.unwrap();
+    drop(children);
+}

@@ -66,4 +66,11 @@ pub trait Endpoint<M>: Send + Sync {
     fn peer(&self, node: NodeId, addr: SocketAddr) -> PeerLink<M>;
     /// Forgets the link to `node`; its writer stops once every clone of the link is dropped.
     fn remove_peer(&self, node: NodeId);
+    /// A link to `node` over a connection it opened to this node, for answering a peer whose
+    /// address this node does not know (see [`Transport::connected_link`]). `None` when there
+    /// is no such connection, and always on endpoints that cannot answer without an address.
+    fn connected_link(&self, node: NodeId) -> Option<PeerLink<M>> {
+        let _ = node;
+        None
+    }
 }

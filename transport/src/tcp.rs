@@ -216,6 +216,8 @@ struct Shared<M> {
     pending: Arc<Semaphore>,
     /// Node ids admitted by the handshake (`None`: any).
     allowed: parking_lot::RwLock<Option<BTreeSet<NodeId>>>,
+    /// Node ids refused by the handshake even when the allowlist admits any (removed members).
+    denied: parking_lot::RwLock<BTreeSet<NodeId>>,
     /// The runtime `bind` ran on: tasks are spawned there, so `peer()` may be called from any
     /// thread (an actix arbiter runs its own runtime; drivers should not be tied to it).
     runtime: tokio::runtime::Handle,
@@ -341,6 +343,7 @@ where
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
             pending: Arc::new(Semaphore::new(cfg.max_pending_handshakes)),
             allowed: parking_lot::RwLock::new(cfg.allowed_peers.clone()),
+            denied: parking_lot::RwLock::new(BTreeSet::new()),
             runtime: tokio::runtime::Handle::current(),
             cfg,
             tls,
@@ -378,6 +381,14 @@ where
     /// already established are kept.
     pub fn set_allowed_peers(&self, allowed: Option<BTreeSet<NodeId>>) {
         *self.shared.allowed.write() = allowed;
+    }
+
+    /// Replaces the set of node ids the handshake refuses whatever the allowlist says (refused
+    /// as `not_member`). A node that admits any authenticated peer (no allowlist) uses it for
+    /// the members it saw removed. Connections already established are kept (see
+    /// [`Transport::disconnect_peer`]).
+    pub fn set_denied_peers(&self, denied: BTreeSet<NodeId>) {
+        *self.shared.denied.write() = denied;
     }
 
     /// Adds `node` to the allowlist (no effect without one).
@@ -466,6 +477,10 @@ where
             slot.addr = None;
             let _ = slot.cmds.send(Cmd::Wake);
         }
+    }
+
+    fn connected_link(&self, node: NodeId) -> Option<PeerLink<M>> {
+        Transport::connected_link(self, node)
     }
 }
 
@@ -687,6 +702,9 @@ async fn open_inbound<M>(shared: &Shared<M>, stream: TcpStream) -> Result<(Io, H
     let ours = shared.hello.fresh(secret.is_some());
     let admit = |theirs: &Hello| {
         let id = theirs.node_id;
+        if shared.denied.read().contains(&id) {
+            return Err(Refusal::NotMember(id));
+        }
         if let Some(allowed) = shared.allowed.read().as_ref() {
             if !allowed.contains(&id) {
                 return Err(Refusal::NotMember(id));

@@ -126,6 +126,43 @@ async fn finding2_non_member_ids_are_refused_by_the_allowlist() {
     eventually("admitted after allow_peer", || b_rx.try_recv().is_ok()).await;
 }
 
+/// Issue 14: a node that admits any authenticated peer (no allowlist: a member that may lag
+/// behind a membership change) still refuses the ids it was told are removed, and only those.
+#[tokio::test]
+async fn denied_ids_are_refused_even_without_an_allowlist() {
+    let rec = metrics();
+    let mut cfg_b = config(542, "t");
+    cfg_b.secret = Some(ClusterSecret::new(SECRET));
+    let (b, b_addr, mut b_rx) = start(cfg_b, 8).await;
+    b.set_denied_peers(BTreeSet::from([543]));
+    let mut cfg_r = config(543, "t");
+    cfg_r.secret = Some(ClusterSecret::new(SECRET));
+    let (removed, _, _r_rx) = start(cfg_r, 8).await;
+    removed.peer(542, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    eventually("the removed id refused as not_member", || {
+        rec.get(
+            names::HANDSHAKE_REFUSED_TOTAL,
+            &[("node", "542"), ("reason", "not_member")],
+        ) >= 1
+    })
+    .await;
+    assert!(b_rx.try_recv().is_err());
+    // Another authenticated id, named by no allowlist, gets in.
+    let mut cfg_o = config(544, "t");
+    cfg_o.secret = Some(ClusterSecret::new(SECRET));
+    let (other, _, _o_rx) = start(cfg_o, 8).await;
+    other.peer(542, b_addr).send(Msg::new(1, 1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await, (544, Msg::new(1, 1)));
+    // Taken off the denied set (re-added), the removed id gets in too.
+    b.set_denied_peers(BTreeSet::new());
+    let to_b = removed.peer(542, b_addr);
+    eventually("admitted once no longer denied", || {
+        let _ = to_b.try_send(Msg::new(2, 1));
+        matches!(b_rx.try_recv(), Ok((543, _)))
+    })
+    .await;
+}
+
 /// Finding 5: 64 strangers completing the handshake, plus idle sockets that never say
 /// anything, do not keep a member out: strangers are refused at the hello, idle sockets hold
 /// only a slot of the small pre-auth budget, for `handshake_timeout`.

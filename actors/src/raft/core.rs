@@ -150,6 +150,9 @@ pub struct Raft {
     /// Some configuration this core knew during its lifetime named this node (see
     /// [`Raft::removed`]).
     was_member: bool,
+    /// Drained by the operator ([`Raft::set_drained`]): never campaigns, hands leadership
+    /// off. Not persisted: a restart clears it.
+    drained: bool,
 
     // Snapshots (Raft §7).
     /// The latest snapshot the shell holds as its base (taken, installed or restored);
@@ -271,6 +274,7 @@ impl Raft {
             base_membership,
             membership_entries,
             was_member,
+            drained: false,
             snapshot,
             pending_snapshot: None,
             installing: None,
@@ -390,6 +394,70 @@ impl Raft {
     /// as never having been a member.
     pub fn removed(&self) -> bool {
         self.was_member && !self.membership.is_empty() && !self.membership.contains(self.config.id)
+    }
+
+    /// Whether this node is drained ([`Raft::set_drained`]).
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Drains this node (`drained = true`) or undoes it. A drained node is ineligible for
+    /// leadership: when its election deadline passes it neither pre-votes nor campaigns, and it
+    /// ignores TimeoutNow, while it still votes, replicates and counts in every quorum (so the
+    /// group's fault tolerance is unchanged). A drained leader hands leadership to the other
+    /// voter with the highest match index (thesis §3.10: the target is brought up to date, then
+    /// sent TimeoutNow), and starts a new hand-off whenever one did not complete within an
+    /// election timeout, until another node leads. A drained candidate gives up its campaign.
+    ///
+    /// Returns the voter leadership is being handed to (`None` unless this node leads).
+    /// Refused, changing nothing, when this node leads and no other voter exists.
+    pub fn set_drained(
+        &mut self,
+        now: Millis,
+        drained: bool,
+    ) -> Result<Option<NodeId>, DrainError> {
+        self.advance_clock(now);
+        let now = self.now;
+        if drained && self.role == Role::Leader && self.hand_off_target().is_none() {
+            return Err(DrainError::NoOtherVoter);
+        }
+        self.drained = drained;
+        if !drained {
+            return Ok(None);
+        }
+        let target = match self.role {
+            Role::Leader => self.hand_off(now),
+            Role::PreCandidate | Role::Candidate => {
+                self.become_follower(now, self.term, None);
+                None
+            }
+            Role::Follower | Role::Learner => None,
+        };
+        self.report_role();
+        Ok(target)
+    }
+
+    /// The voter a drained leader hands off to: the other voter with the highest match index
+    /// (the lowest id among equals).
+    fn hand_off_target(&self) -> Option<NodeId> {
+        let me = self.config.id;
+        self.membership
+            .all()
+            .filter(|&id| id != me && self.membership.is_voter(id))
+            .max_by_key(|&id| {
+                let matched = self.progress.get(&id).map_or(0, |p| p.match_index);
+                (matched, std::cmp::Reverse(id))
+            })
+    }
+
+    /// Starts (or keeps) the hand-off of a drained leader; the target, if any.
+    fn hand_off(&mut self, now: Millis) -> Option<NodeId> {
+        if let Some(t) = self.transfer {
+            return Some(t.target);
+        }
+        let target = self.hand_off_target()?;
+        self.transfer_leader(now, target).ok()?;
+        Some(target)
     }
 
     /// Whether this node knows no configuration at all (a joining node started with an empty
@@ -532,11 +600,16 @@ impl Raft {
 
     /// Whether a message from a sender no configuration names is heard (see
     /// `handle_message`): leader messages only, in this node's term unless it is no voter.
+    ///
+    /// In this node's own term it is heard only while this node knows no other leader of that
+    /// term: a term has one leader (Raft §5.2), so a second one claiming it is wrong, and a peer
+    /// that merely authenticated (the transport admits any, issue 14) cannot take followers
+    /// away from the real leader.
     fn hears_unknown_leader(&self, msg: &Message) -> bool {
         matches!(
             msg.body,
             MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. }
-        ) && (msg.term == self.term
+        ) && ((msg.term == self.term && self.leader.is_none_or(|l| l == msg.from))
             || (msg.term > self.term && !self.membership.is_voter(self.config.id)))
     }
 
@@ -563,7 +636,10 @@ impl Raft {
             }
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 if now >= self.election_deadline {
-                    if self.config.pre_vote {
+                    if self.drained {
+                        // Ineligible for leadership: wait for the leader, vote, replicate.
+                        self.reset_election_deadline(now);
+                    } else if self.config.pre_vote {
                         self.campaign_pre_vote(now);
                     } else {
                         self.campaign(now, false);
@@ -1249,7 +1325,11 @@ impl Raft {
             MessageBody::TimeoutNow => {
                 // Thesis §3.10: the leader found us up to date; campaign at once, skipping
                 // the pre-vote, with the flag that makes voters ignore their leader lease.
-                if self.role != Role::Leader && self.electable() && self.leader == Some(from) {
+                if self.role != Role::Leader
+                    && self.electable()
+                    && !self.drained
+                    && self.leader == Some(from)
+                {
                     self.campaign(now, true);
                 }
             }
@@ -1600,6 +1680,10 @@ impl Raft {
                 // timeout and accept proposals again.
                 self.transfer = None;
             }
+        }
+        if self.drained && self.transfer.is_none() {
+            // A drained leader keeps handing off until another node leads.
+            self.hand_off(now);
         }
         if now >= self.check_quorum_deadline {
             if self.config.check_quorum && !self.quorum_active() {

@@ -631,6 +631,14 @@ pub enum TransferError {
     NotAVoter(NodeId),
 }
 
+/// Why [`Raft::set_drained`](crate::raft::Raft::set_drained) refused to drain this node.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DrainError {
+    /// This node leads and no other voter exists: nobody could take leadership over.
+    #[error("this node leads and no other voter could take leadership over")]
+    NoOtherVoter,
+}
+
 /// The outcome of an accepted proposal: the entry's position. The write succeeded iff the
 /// entry applied at `index` has this `term`; an entry of another term there means it was lost
 /// to a leader change and the client may retry.

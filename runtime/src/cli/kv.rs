@@ -295,6 +295,7 @@ mod tests {
                 addr: "127.0.0.1:7002".parse().unwrap(),
                 http: "127.0.0.1:7102".parse().unwrap(),
                 state: "alive".into(),
+                drained: false,
             }],
             groups: vec![GroupStatus {
                 id: 0,

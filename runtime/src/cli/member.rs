@@ -1,6 +1,7 @@
-//! `conclave member add|promote|remove|replace|list`: the operator's membership commands, clients
-//! of `POST /v1/cluster/learners|promote|remove|replace` and `GET /v1/cluster/config` (admin
-//! token when the cluster has tokens; any node: followers forward to the leader).
+//! `conclave member add|promote|remove|replace|drain|list`: the operator's membership commands,
+//! clients of `POST /v1/cluster/learners|promote|remove|replace|drain` and `GET
+//! /v1/cluster/config` (admin token when the cluster has tokens; any node: followers forward
+//! changes to the leader, a drain to the node it names).
 
 use super::{EndpointArg, EXIT_FAILURE, EXIT_OK};
 use crate::client::{Client, ClientError};
@@ -85,6 +86,16 @@ pub enum MemberOp {
         /// replace starts.
         #[arg(long)]
         expected_config_id: Option<u64>,
+    },
+    /// Prepare node ID for maintenance or removal: every group it leads hands leadership to a
+    /// caught-up voter, and it takes no leadership (still votes and replicates) until it is
+    /// undrained (`--undo`) or restarted.
+    Drain {
+        /// The node's id.
+        id: NodeId,
+        /// Make the node electable again.
+        #[arg(long)]
+        undo: bool,
     },
     /// Show the configuration: voters, learners with their lag, config id, pending change.
     List,
@@ -205,6 +216,32 @@ pub(super) fn run(args: MemberArgs) -> anyhow::Result<u8> {
                     }
                 }
             }
+            MemberOp::Drain { id, undo } => {
+                let outcome = client.drain(id, undo).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&outcome)?);
+                } else if outcome.drained {
+                    let handed: Vec<String> = outcome
+                        .groups
+                        .iter()
+                        .filter_map(|g| {
+                            g.hand_off_to
+                                .map(|to| format!("group {} to node {to}", g.group))
+                        })
+                        .collect();
+                    if handed.is_empty() {
+                        println!("OK: node {id} drained (it led no group)");
+                    } else {
+                        println!(
+                            "OK: node {id} drained; handing leadership off: {}",
+                            handed.join(", ")
+                        );
+                    }
+                } else {
+                    println!("OK: node {id} undrained (it may lead again)");
+                }
+                Ok(EXIT_OK)
+            }
             MemberOp::List => {
                 let config = client.cluster_config().await?;
                 if json {
@@ -321,6 +358,7 @@ pub(crate) fn config_table(c: &ClusterConfig) -> String {
             } else {
                 role
             };
+            let drained = if m.drained { "  drained" } else { "" };
             let caught = match m.caught_up {
                 Some(true) => "yes",
                 Some(false) => "no",
@@ -328,7 +366,7 @@ pub(crate) fn config_table(c: &ClusterConfig) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:>4}  {:<8} {:<22} {:<22} {:>10} {:>8}  {caught}",
+                "{:>4}  {:<8} {:<22} {:<22} {:>10} {:>8}  {caught}{drained}",
                 m.id,
                 role,
                 addr(m.addr),
@@ -355,6 +393,7 @@ mod tests {
             match_index: lag.map(|l| 10_000 - l),
             lag,
             caught_up,
+            drained: false,
         };
         let c = ClusterConfig {
             config_id: 42,

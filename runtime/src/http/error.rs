@@ -188,6 +188,10 @@ impl From<RequestError> for ApiError {
                 code: "invalid_change",
                 message,
             },
+            RequestError::CannotDrain { .. } => ApiError::Conflict {
+                code: "cannot_drain",
+                message,
+            },
             RequestError::Internal(_) => ApiError::Internal { message },
         }
     }
@@ -278,6 +282,10 @@ mod tests {
             ),
             (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
             (RequestError::NotAVoter(4), StatusCode::CONFLICT),
+            (
+                RequestError::CannotDrain { id: 1, group: 0 },
+                StatusCode::CONFLICT,
+            ),
             (
                 RequestError::SnapshotInProgress { group: 0 },
                 StatusCode::CONFLICT,

@@ -9,8 +9,10 @@
 //! leader changes the membership: a follower forwards the request (same body, same token) like
 //! every other leader-only route.
 
-use super::{missing_body, read_body, ApiError, Data};
-use crate::node::{ConfigChange, KvService, NewMember, NodeId};
+use super::{forward, missing_body, read_body, ApiError, Data};
+use crate::node::{
+    ConfigChange, InvalidChange, KvService, LeaderHint, NewMember, NodeId, RequestError,
+};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -46,6 +48,66 @@ struct ReplaceBody {
     add: NewMember,
     #[serde(default)]
     expected_config_id: Option<u64>,
+}
+
+/// `POST /v1/cluster/drain`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    id: NodeId,
+    /// Undo an earlier drain.
+    #[serde(default)]
+    undo: bool,
+}
+
+const DRAIN_SHAPE: &str = "{\"id\": <node id>[, \"undo\": true]}";
+
+/// Parses `POST /v1/cluster/drain`'s body: the node and whether to undo.
+pub(super) fn parse_drain(body: &[u8]) -> Result<(NodeId, bool), ApiError> {
+    let invalid = |e: serde_json::Error| {
+        ApiError::bad_request("invalid_json", format!("expected {DRAIN_SHAPE}: {e}"))
+    };
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(invalid)?;
+    let b: DrainBody =
+        serde_json::from_value(serde_json::Value::Object(object)).map_err(invalid)?;
+    Ok((b.id, b.undo))
+}
+
+/// `POST /v1/cluster/drain {"id", "undo"}` (admin): drains node `id` (or undoes it). The drain
+/// state lives on that node, so a request naming another node is forwarded to it (same body,
+/// same token); 200 with the node's [`crate::node::DrainOutcome`], 400 `invalid_change` for a
+/// node that is no member, 409 `cannot_drain` for the only voter of a group it leads.
+pub(super) async fn drain<S: KvService>(
+    req: HttpRequest,
+    payload: web::Payload,
+    ctx: Data<S>,
+) -> Result<HttpResponse, ApiError> {
+    let (body, _held) = read_body(&req, payload, MAX_BODY, &ctx).await?;
+    if body.is_empty() {
+        return Err(missing_body(DRAIN_SHAPE));
+    }
+    let (id, undo) = parse_drain(&body)?;
+    if id == ctx.service.node_id() {
+        return match ctx.service.drain(!undo).await {
+            Ok(outcome) => Ok(HttpResponse::Ok().json(outcome)),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let http = ctx
+        .service
+        .member_http(id)
+        .ok_or_else(|| ApiError::from(RequestError::from(InvalidChange::NotAMember(id))))?;
+    forward::forward(
+        &ctx.client,
+        ctx.scheme,
+        &req,
+        body,
+        &LeaderHint { id, http },
+        ctx.service.node_id(),
+        ctx.options.max_hops,
+    )
+    .await
 }
 
 /// Which route a body belongs to (it decides the shape expected).

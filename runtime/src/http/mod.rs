@@ -440,6 +440,11 @@ fn routes<S: KvService>(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/cluster/drain")
+            .route(web::post().to(membership::drain::<S>))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/cluster/transfer-leader")
             .route(web::post().to(transfer_leader::<S>))
             .default_service(web::to(method_not_allowed)),

@@ -264,6 +264,12 @@ struct PeerLatency {
     last_sample: Option<Instant>,
 }
 
+/// The gossip metadata key a drained node publishes (value `"true"`; absent otherwise), so
+/// every node's `/v1/cluster` and the leader's `/v1/cluster/config` show who is drained
+/// (`conclave member drain`). Reserved: [`NodeHandle::set_app_metadata`] keeps it as the node
+/// set it.
+pub const DRAINED_KEY: &str = "conclave.drained";
+
 /// State shared by the gossip actor's successive instances and the node's handle.
 pub struct GossipShared {
     view: RwLock<View>,
@@ -1095,11 +1101,32 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// Publishes this node's application metadata (e.g. the shard router's load and hosted
     /// shards) to the cluster, replacing the previous map. Refused (and nothing changes) when
-    /// it breaks the limits: 64 entries, 4096 bytes, no empty key.
+    /// it breaks the limits: 64 entries, 4096 bytes, no empty key. The node's own key
+    /// [`DRAINED_KEY`] is kept as the node set it (whatever `entries` says about it).
     pub async fn set_app_metadata(
         &self,
-        entries: BTreeMap<String, String>,
+        mut entries: BTreeMap<String, String>,
     ) -> Result<(), GossipError> {
+        entries.remove(DRAINED_KEY);
+        if let Some(v) = self.inner.gossip.shared.app.lock().get(DRAINED_KEY) {
+            entries.insert(DRAINED_KEY.to_owned(), v.clone());
+        }
+        self.publish_metadata(entries).await
+    }
+
+    /// Publishes whether this node is drained ([`DRAINED_KEY`]), keeping the rest of its
+    /// metadata.
+    pub(super) async fn publish_drained(&self, drained: bool) -> Result<(), GossipError> {
+        let mut entries = self.inner.gossip.shared.app.lock().clone();
+        if drained {
+            entries.insert(DRAINED_KEY.to_owned(), "true".to_owned());
+        } else {
+            entries.remove(DRAINED_KEY);
+        }
+        self.publish_metadata(entries).await
+    }
+
+    async fn publish_metadata(&self, entries: BTreeMap<String, String>) -> Result<(), GossipError> {
         let addr = self.gossip_actor().await.ok_or(GossipError::NotRunning)?;
         let (reply, rx) = oneshot::channel();
         addr.try_send(SetMetadata { entries, reply })
@@ -1158,6 +1185,11 @@ pub(super) fn member_statuses(
                 addr: m.addr.parse().ok()?,
                 http: m.http.parse().ok()?,
                 state: m.state.as_str().to_owned(),
+                drained: m
+                    .metadata
+                    .entries
+                    .get(DRAINED_KEY)
+                    .is_some_and(|v| v == "true"),
             })
         })
         .collect();
@@ -1168,6 +1200,7 @@ pub(super) fn member_statuses(
                 addr: c.addr,
                 http: c.http,
                 state: MemberState::Dead.as_str().to_owned(),
+                drained: false,
             });
         }
     }

@@ -26,7 +26,7 @@ use super::applier::{
     WriteReply,
 };
 use super::handle::{LeaderHint, RequestError};
-use super::log_store_actor::{Compact, LogStoreActor, Persist, PersistResult, Recover};
+use super::log_store_actor::{Compact, LogStoreActor, MarkMember, Persist, PersistResult, Recover};
 use super::peers::{MembershipState, MembershipTracker, Peers};
 use super::replicator::Outbound;
 use super::snapshotter::{
@@ -39,6 +39,7 @@ use super::wire::WireMessage;
 use crate::state_machine::StateMachine;
 use crate::storage::health::StorageHealth;
 use crate::storage::log_store::RecoveredGroup;
+use crate::storage::member_mark::MemberMarks;
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 use actix::prelude::*;
 use conclave_actors::raft::SnapshotMeta;
@@ -104,6 +105,10 @@ pub struct GroupShared {
     pub applied: Arc<AtomicU64>,
     /// The group's latest state-machine snapshot (its base), if any.
     pub last_snapshot: RwLock<Option<SnapshotInfo>>,
+    /// This node is drained (`conclave member drain`): its core never campaigns and hands
+    /// leadership off. Kept here so a restarted group actor drains its new core too; a node
+    /// restart clears it.
+    pub drained: std::sync::atomic::AtomicBool,
 }
 
 /// A state-machine snapshot of a group, as `POST /v1/cluster/snapshot` and `/v1/cluster`
@@ -176,6 +181,9 @@ pub struct GroupDeps<M: StateMachine> {
     pub health: Arc<StorageHealth>,
     /// Streaming snapshots to lagging followers and receiving them from the leader.
     pub transfer: GroupTransfer,
+    /// The groups this node has been a member of, durable (`data_dir/member-of`): a removed
+    /// node reports `removed` after its log is compacted and it restarts.
+    pub member_marks: Arc<MemberMarks>,
 }
 
 /// What a group uses to send and receive snapshots (docs/transport.md, "Snapshot transfer").
@@ -249,6 +257,18 @@ pub struct TransferLeader {
     /// Told whether the transfer started (`NotLeader` with a hint when this node does not
     /// lead, so the HTTP layer can forward the request).
     pub reply: oneshot::Sender<Result<(), RequestError>>,
+}
+
+/// Drains this node in the group, or undoes it ([`Raft::set_drained`]): answered with the
+/// voter leadership is being handed to (`None` unless this node leads), or
+/// [`RequestError::CannotDrain`] when it leads and no other voter exists.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetDrained {
+    /// Drain (`true`) or undo it.
+    pub drained: bool,
+    /// Told the outcome.
+    pub reply: oneshot::Sender<Result<Option<NodeId>, RequestError>>,
 }
 
 /// Proposes a membership change straight to the core (tests and the chaos harness; the
@@ -338,6 +358,8 @@ pub struct GroupActor<M: StateMachine> {
     followed: Option<Membership>,
     /// Whether this node is a member, not yet one, or removed.
     tracker: Option<MembershipTracker>,
+    /// A `MarkMember` is on its way to the log store.
+    marking: bool,
     _guard: ChildGuard,
 }
 
@@ -470,6 +492,7 @@ impl<M: StateMachine> GroupActor<M> {
             in_force: None,
             followed: None,
             tracker: None,
+            marking: false,
             _guard: guard,
         }
     }
@@ -508,6 +531,7 @@ impl<M: StateMachine> GroupActor<M> {
         core.poll_actions(&mut actions);
         // Peers first: an append to a node just added finds its replicator.
         self.follow_membership();
+        self.mark_member(ctx);
         for action in actions.drain(..) {
             self.carry_out(action, ctx);
         }
@@ -1285,6 +1309,33 @@ impl<M: StateMachine> GroupActor<M> {
         }
     }
 
+    /// Once a committed membership named this node, marks it durably as a member of the group
+    /// (on the log store's arbiter), so a later removal survives compaction and restarts.
+    fn mark_member(&mut self, ctx: &mut Context<Self>) {
+        let group = self.deps.group;
+        if self.marking
+            || !self
+                .tracker
+                .as_ref()
+                .is_some_and(MembershipTracker::was_member)
+            || self.deps.member_marks.contains(group)
+        {
+            return;
+        }
+        self.marking = true;
+        let req = self.deps.log_store.send(MarkMember {
+            group,
+            marks: self.deps.member_marks.clone(),
+        });
+        ctx.spawn(req.into_actor(self).map(|result, act, ctx| {
+            act.marking = false;
+            if !matches!(result, Ok(Ok(()))) {
+                // Logged by the log store; asked again after a pause (a full disk may clear).
+                ctx.run_later(Duration::from_secs(1), |act, ctx| act.mark_member(ctx));
+            }
+        }));
+    }
+
     fn backlog(&self) -> usize {
         self.persist_queue.len() + self.apply_queue.len()
     }
@@ -1362,12 +1413,25 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                     } else {
                         act.deps.base_membership.clone()
                     };
-                    act.tracker = Some(MembershipTracker::new(
+                    let mut tracker = MembershipTracker::new(
                         act.deps.raft.id,
                         &members,
                         &log,
                         core.commit_index(),
-                    ));
+                    );
+                    if act.deps.member_marks.contains(group) {
+                        // The log that named this node may be compacted away.
+                        tracker.was_a_member();
+                    }
+                    act.tracker = Some(tracker);
+                    let mut core = core;
+                    if act.deps.shared.drained.load(Ordering::Relaxed) {
+                        // A restarted group actor of a drained node stays drained.
+                        let now = act.now();
+                        if core.set_drained(now, true).is_err() {
+                            act.deps.shared.drained.store(false, Ordering::Relaxed);
+                        }
+                    }
                     act.base = base;
                     act.enqueued_upto = applied;
                     act.applier_seen = act.deps.applier.get();
@@ -1486,6 +1550,41 @@ impl<M: StateMachine> Handler<TransferLeader> for GroupActor<M> {
                 Ok(()) => Ok(()),
                 Err(raft::TransferError::NotLeader { leader }) => Err(self.leader_hint(leader)),
                 Err(raft::TransferError::NotAVoter(id)) => Err(RequestError::NotAVoter(id)),
+            },
+            None => Err(RequestError::NoLeader {
+                group: self.deps.group,
+            }),
+        };
+        let _ = msg.reply.send(result);
+        self.schedule_drain(ctx);
+    }
+}
+
+impl<M: StateMachine> Handler<SetDrained> for GroupActor<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetDrained, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let result = match self.core.as_mut() {
+            Some(core) => match core.set_drained(now, msg.drained) {
+                Ok(target) => {
+                    self.deps
+                        .shared
+                        .drained
+                        .store(msg.drained, Ordering::Relaxed);
+                    tracing::warn!(
+                        node = self.deps.raft.id,
+                        group = self.deps.group,
+                        drained = msg.drained,
+                        hand_off_to = ?target,
+                        "drain state changed"
+                    );
+                    Ok(target)
+                }
+                Err(raft::DrainError::NoOtherVoter) => Err(RequestError::CannotDrain {
+                    id: self.deps.raft.id,
+                    group: self.deps.group,
+                }),
             },
             None => Err(RequestError::NoLeader {
                 group: self.deps.group,

@@ -124,6 +124,15 @@ pub enum RequestError {
     /// Nothing changed.
     #[error("invalid membership change: {0}")]
     InvalidChange(#[from] InvalidChange),
+    /// A drain named a node that leads a group in which it is the only voter: nobody could
+    /// take leadership over, so nothing changed. 409 `cannot_drain`; add a voter first.
+    #[error("node {id} is the only voter of group {group}: no other node could lead it; add a voter first")]
+    CannotDrain {
+        /// The node.
+        id: NodeId,
+        /// The group.
+        group: GroupId,
+    },
     /// Something failed inside the node (storage): 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -244,6 +253,10 @@ pub struct ConfigMember {
     /// Learners only: within `promote_max_lag` of the leader, so a promotion is accepted.
     #[serde(default)]
     pub caught_up: Option<bool>,
+    /// Drained (`conclave member drain`): it does not take leadership. As the answering
+    /// node knows it (its own state, gossip for the others); omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 /// The configuration in force, as the leader sees it (`GET /v1/cluster/config`).
@@ -272,6 +285,26 @@ pub struct ClusterConfig {
     pub last_index: u64,
     /// The most a learner may be behind to be promoted.
     pub promote_max_lag: u64,
+}
+
+/// The answer to `POST /v1/cluster/drain` (`conclave member drain`), from the drained node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainOutcome {
+    /// The node drained (or undrained).
+    pub id: NodeId,
+    /// Whether it is drained now.
+    pub drained: bool,
+    /// Each group it hosts.
+    pub groups: Vec<DrainedGroup>,
+}
+
+/// One group of a [`DrainOutcome`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainedGroup {
+    /// The group.
+    pub group: GroupId,
+    /// The voter leadership is being handed to, when the drained node led the group.
+    pub hand_off_to: Option<NodeId>,
 }
 
 /// A membership change that took effect: committed, and a joint configuration left.
@@ -310,6 +343,10 @@ pub struct MemberStatus {
     pub http: SocketAddr,
     /// `alive`, `suspect`, `dead` or `left`.
     pub state: String,
+    /// Drained (`conclave member drain`): it does not take leadership. As gossip last told
+    /// this node; omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 /// One replica of a group, seen from its leader.
@@ -523,6 +560,26 @@ pub trait KvService: Clone + 'static {
     /// 400 before they reach the consensus core).
     fn is_member(&self, id: NodeId) -> bool {
         id == self.node_id()
+    }
+
+    /// Drains this node (`drained = true`) or undoes it (`POST /v1/cluster/drain` naming this
+    /// node; see `NodeHandle::drain`). Services without leadership refuse with `Internal`.
+    fn drain(
+        &self,
+        drained: bool,
+    ) -> impl std::future::Future<Output = Result<DrainOutcome, RequestError>> {
+        async move {
+            Err(RequestError::Internal(format!(
+                "this service cannot be drained (drained = {drained})"
+            )))
+        }
+    }
+
+    /// The HTTP address of member `id`, if this node knows it (a drain naming another node
+    /// is forwarded there).
+    fn member_http(&self, id: NodeId) -> Option<SocketAddr> {
+        let _ = id;
+        None
     }
 }
 

@@ -9,6 +9,7 @@
 use crate::config::PersistenceStrategy;
 use crate::storage::health::StorageHealth;
 use crate::storage::log_store::{LogStore, LogStoreError, RecoveredGroup};
+use crate::storage::member_mark::{MemberMarkError, MemberMarks};
 use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
 use conclave_actors::raft::{Entry, GroupId, LogIndex, PersistRequest};
@@ -56,6 +57,19 @@ pub struct Compact {
     pub index: LogIndex,
     /// Its term.
     pub term: conclave_actors::raft::Term,
+}
+
+/// Mark durably that this node has been a member of `group` (`data_dir/member-of`, see
+/// [`crate::storage::member_mark`]), so that a node removed later still reports `removed` once
+/// its log is compacted. Handled here, in order with the group's compactions, on this actor's
+/// own arbiter (the write syncs). The answer says whether the mark is durable.
+#[derive(Message)]
+#[rtype(result = "Result<(), Arc<MemberMarkError>>")]
+pub struct MarkMember {
+    /// The group.
+    pub group: GroupId,
+    /// The node's marks.
+    pub marks: Arc<MemberMarks>,
 }
 
 struct Flush;
@@ -286,6 +300,22 @@ impl Handler<Compact> for LogStoreActor {
             ctx.notify(Flush);
         }
         Ok(())
+    }
+}
+
+impl Handler<MarkMember> for LogStoreActor {
+    type Result = Result<(), Arc<MemberMarkError>>;
+
+    fn handle(&mut self, msg: MarkMember, _: &mut Context<Self>) -> Self::Result {
+        let marks = msg.marks;
+        let result = match self.clock.clone() {
+            Some(clock) => clock.time(|| marks.mark(msg.group)),
+            None => marks.mark(msg.group),
+        };
+        result.map_err(|e| {
+            tracing::error!(group = msg.group, error = %e, "cannot mark this node as a member");
+            Arc::new(e)
+        })
     }
 }
 

@@ -9,9 +9,10 @@
 //! retried `replace` resumes where the previous attempt stopped (a learner that was added stays
 //! and is not added twice).
 
-use super::group::{ChangeMembership, ReadConfig};
+use super::group::{ChangeMembership, ReadConfig, SetDrained};
 use super::handle::{
-    ChangeOutcome, ClusterConfig, ConfigChange, InvalidChange, NewMember, RequestError,
+    ChangeOutcome, ClusterConfig, ConfigChange, DrainOutcome, DrainedGroup, InvalidChange,
+    NewMember, RequestError,
 };
 use super::NodeHandle;
 use crate::state_machine::StateMachine;
@@ -65,9 +66,64 @@ impl<M: StateMachine> NodeHandle<M> {
         }
     }
 
+    /// Drains this node (`drained = true`) or undoes it, in every group it hosts (`conclave
+    /// member drain`, docs/operations.md): a group it leads hands leadership to its most
+    /// caught-up other voter, and it takes no leadership (never campaigns, ignores a transfer
+    /// to it) until undone or restarted; it still votes and replicates. Published through
+    /// gossip ([`super::gossip::DRAINED_KEY`]) so every node's status shows it. Refused with
+    /// [`RequestError::CannotDrain`] (nothing changes in that group) where it leads as the
+    /// only voter.
+    pub async fn drain(&self, drained: bool) -> Result<DrainOutcome, RequestError> {
+        let mut groups = Vec::new();
+        for (&group, g) in &self.inner.groups {
+            let addr = g.actor.get().ok_or(RequestError::NoLeader { group })?;
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            addr.try_send(SetDrained { drained, reply })
+                .map_err(|_| RequestError::Overloaded)?;
+            let hand_off_to = rx.await.map_err(|_| RequestError::NoLeader { group })??;
+            groups.push(DrainedGroup { group, hand_off_to });
+        }
+        if let Err(e) = self.publish_drained(drained).await {
+            // Status elsewhere lags until the next attempt; the drain itself holds.
+            tracing::warn!(error = %e, drained, "cannot publish the drain state through gossip");
+        }
+        Ok(DrainOutcome {
+            id: self.inner.id,
+            drained,
+            groups,
+        })
+    }
+
+    /// Whether this node is drained (in group 0).
+    pub fn drained(&self) -> bool {
+        self.inner
+            .groups
+            .get(&0)
+            .is_some_and(|g| g.shared.drained.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The nodes known drained: this one from its own state, the others from gossip.
+    pub(super) fn drained_members(&self) -> std::collections::BTreeSet<u64> {
+        let mut out: std::collections::BTreeSet<u64> = self
+            .member_states()
+            .into_iter()
+            .filter(|m| m.drained && m.id != self.inner.id)
+            .map(|m| m.id)
+            .collect();
+        if self.drained() {
+            out.insert(self.inner.id);
+        }
+        out
+    }
+
     /// The configuration in force as group 0's leader (this node) sees it.
     pub async fn cluster_config(&self) -> Result<ClusterConfig, RequestError> {
-        self.ask(|reply| ReadConfig { reply }).await
+        let mut config: ClusterConfig = self.ask(|reply| ReadConfig { reply }).await?;
+        let drained = self.drained_members();
+        for m in config.voters.iter_mut().chain(config.learners.iter_mut()) {
+            m.drained = drained.contains(&m.id);
+        }
+        Ok(config)
     }
 
     async fn single_change(

@@ -101,6 +101,10 @@ pub enum NodeError {
     /// The HTTP API could not start (`[http]` token or TLS files, the listener).
     #[error("HTTP API: {0}")]
     Http(#[from] crate::http::ServerError),
+    /// The durable marks of the groups this node was a member of (`data_dir/member-of`)
+    /// cannot be read (a corrupt file is named).
+    #[error("{0}")]
+    MemberMarks(#[from] crate::storage::member_mark::MemberMarkError),
 }
 
 use applier::MachineFactory;
@@ -319,6 +323,7 @@ fn raft_config(config: &Config, group: u64) -> RaftConfig {
         max_bytes_per_append: (config.node.max_frame_size / 2).max(1024),
         lease_ms: r.read.lease_ms,
         keep_entries: config.snapshot.keep_entries,
+        promote_max_lag: r.promote_max_lag,
         ..RaftConfig::default()
     }
 }
@@ -372,6 +377,10 @@ async fn start_node<M: StateMachine>(
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;
+    // The groups this node was a member of (a removed node says so after compaction).
+    let member_marks = Arc::new(crate::storage::member_mark::MemberMarks::open(
+        &config.node.data_dir,
+    )?);
     // One health record per node; the watchdog times every storage call against it.
     let health = Arc::new(StorageHealth::new());
     let watchdog = Arc::new(Watchdog::start(
@@ -410,10 +419,18 @@ async fn start_node<M: StateMachine>(
     tcfg.max_connections = config.node.max_connections;
     tcfg.max_queue_bytes = config.node.max_queue_bytes;
     tcfg.write_timeout = tcfg.read_timeout;
-    // Only members of the cluster's configuration may connect (issue 12, finding 2); the
-    // allowlist then follows the replicated membership (`peers`). A joining node admits any
-    // authenticated peer until a membership reaches it.
-    tcfg.allowed_peers = peers::allowlist([&base_membership]);
+    // Without authentication only members of the cluster's configuration may connect (issue
+    // 12, finding 2), and the allowlist then follows the replicated membership (`peers`); a
+    // joining node admits any peer until a membership reaches it. With a secret or TLS any
+    // peer that authenticates is admitted except the members seen removed, so a node that
+    // lags behind a membership change still hears a leader that change added (issue 14; the
+    // Raft core decides what such a peer may do, gossip ignores it).
+    let authenticated = config.cluster.secret.is_some() || config.tls.is_some();
+    tcfg.allowed_peers = if authenticated {
+        None
+    } else {
+        peers::allowlist([&base_membership])
+    };
     tcfg.secret = config
         .cluster
         .secret
@@ -450,6 +467,7 @@ async fn start_node<M: StateMachine>(
         transport.clone(),
         gossip.shared.clone(),
         gossip.actor.clone(),
+        authenticated,
     );
 
     // Snapshot transfers: each side on an arbiter of its own (they read and write files).
@@ -510,6 +528,7 @@ async fn start_node<M: StateMachine>(
                     endpoint: endpoint.clone(),
                     addrs: peer_addrs.clone(),
                 },
+                member_marks: member_marks.clone(),
             },
             epoch,
         );
@@ -529,9 +548,15 @@ async fn start_node<M: StateMachine>(
     let dispatch_peers = peers.clone();
     actix::spawn(async move {
         while let Some((from, msg)) = inbound_rx.recv().await {
-            if !dispatch_peers.admits(from) {
-                // A connection opened before the peer was removed may still deliver a few
-                // frames until it is closed: not heard.
+            // Gossip is heard from members only; Raft messages and snapshot chunks also from
+            // an authenticated peer not seen removed (a leader this node's log does not know
+            // yet). A connection opened before the peer was removed may still deliver a few
+            // frames until it is closed: not heard.
+            let heard = match &msg {
+                WireMessage::Swim(_) => dispatch_peers.admits(from),
+                _ => dispatch_peers.admits_raft(from),
+            };
+            if !heard {
                 metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "not_member")
                     .increment(1);
                 continue;
@@ -787,6 +812,8 @@ struct GroupStorage<'a, M: StateMachine> {
     watchdog: &'a Watchdog,
     /// Sending and receiving the group's snapshots.
     transfer: GroupTransferDeps,
+    /// The groups this node was a member of.
+    member_marks: Arc<crate::storage::member_mark::MemberMarks>,
 }
 
 fn start_group<M: StateMachine>(
@@ -851,6 +878,7 @@ fn start_group<M: StateMachine>(
             threshold_log_bytes: config.snapshot.threshold_log_bytes,
         },
         health: storage.watchdog.health().clone(),
+        member_marks: storage.member_marks.clone(),
     });
 
     let watcher = GroupWatcher {
@@ -1394,6 +1422,14 @@ impl KvService for NodeHandle<KvMachine> {
 
     fn is_member(&self, id: NodeId) -> bool {
         self.inner.peers.is_member(id)
+    }
+
+    async fn drain(&self, drained: bool) -> Result<DrainOutcome, RequestError> {
+        NodeHandle::drain(self, drained).await
+    }
+
+    fn member_http(&self, id: NodeId) -> Option<std::net::SocketAddr> {
+        self.inner.peers.member(id).map(|m| m.http)
     }
 
     fn render_metrics(&self) -> String {

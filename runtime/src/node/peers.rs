@@ -6,12 +6,19 @@
 //!
 //! - **replicators**: one per (group, peer), under a supervisor of its own, created when a
 //!   member appears and dialled at the address the membership carries, stopped when it goes;
-//! - **the transport's allowlist**: the members of every group, and nothing else — a node is
-//!   accepted once a membership naming it was appended (it is being added), and a removed
-//!   node is dropped from the allowlist and its connection closed, so it is refused at the
-//!   handshake afterwards (`not_member`). A node whose groups have no membership yet (one
-//!   that joins, `cluster.join`) admits any authenticated peer: it cannot tell members apart
-//!   yet, and the leader adding it must reach it;
+//! - **the transport's admission**: in a cluster whose peers authenticate (a `[cluster]
+//!   secret` or `[tls]`), any peer that proves it belongs to the cluster, except the members
+//!   this node saw removed (their connections are closed and they are refused at the handshake,
+//!   `not_member`). A node that lags behind a membership change cannot know a member that
+//!   change added, and if that member now leads, it must still hear it (etcd accepts messages
+//!   from any authenticated peer not known removed, for the same reason); what such a peer may
+//!   do is then decided by the Raft core (a sender no configuration names is heard as a leader
+//!   only — see `conclave_actors::raft::Raft::handle_message`), and gossip ignores it. Without
+//!   authentication the handshake proves nothing, so the allowlist is the members of every
+//!   group and nothing else (a node is accepted once a membership naming it was appended);
+//!   a node whose groups have no membership yet (one that joins, `cluster.join`) admits any
+//!   peer either way: it cannot tell members apart yet, and the leader adding it must reach
+//!   it;
 //! - **gossip's member book**: the same members, at the same addresses; a removed member is
 //!   marked `left`;
 //! - **the member directory**: ids to addresses for leader hints, forwarding and status.
@@ -135,6 +142,17 @@ impl MembershipTracker {
         span
     }
 
+    /// Whether a committed membership (or the bootstrap one) named this node.
+    pub fn was_member(&self) -> bool {
+        self.was_member
+    }
+
+    /// This node was a member earlier than anything its log still holds (its durable mark,
+    /// `data_dir/member-of`): a snapshot may have compacted away the entries that named it.
+    pub fn was_a_member(&mut self) {
+        self.was_member = true;
+    }
+
     /// The membership in force.
     pub fn in_force(&self) -> &Membership {
         &self.in_force
@@ -247,21 +265,28 @@ pub struct Peers {
     /// membership carries none.
     configured: BTreeMap<NodeId, MemberConfig>,
     directory: RwLock<BTreeMap<NodeId, MemberConfig>>,
-    /// Ids allowed by the transport, mirrored for the inbound dispatcher (`None`: anyone
-    /// authenticated).
+    /// The members of every group, for the inbound dispatcher (`None`: no membership yet, so
+    /// anyone the transport admitted).
     allowed: RwLock<Option<BTreeSet<NodeId>>>,
+    /// The members this node saw removed (refused by the transport).
+    removed: RwLock<BTreeSet<NodeId>>,
+    /// Peers authenticate (cluster secret or TLS): the transport then admits any of them but
+    /// the removed ones (see the module docs).
+    authenticated: bool,
     state: Mutex<State>,
 }
 
 impl Peers {
     /// The peer set of node `me`, following nobody yet: call [`Peers::follow`] for every group
-    /// before it starts. `configured` are the initial members' addresses.
+    /// before it starts. `configured` are the initial members' addresses; `authenticated` says
+    /// whether the transport authenticates peers (a cluster secret or TLS).
     pub(super) fn new(
         me: MemberConfig,
         configured: BTreeMap<NodeId, MemberConfig>,
         transport: Arc<Transport<WireMessage>>,
         gossip: Arc<GossipShared>,
         gossip_actor: Slot<GossipActor>,
+        authenticated: bool,
     ) -> Arc<Peers> {
         let mut directory = BTreeMap::new();
         directory.insert(me.id, me.clone());
@@ -273,6 +298,8 @@ impl Peers {
             configured,
             directory: RwLock::new(directory),
             allowed: RwLock::new(None),
+            removed: RwLock::new(BTreeSet::new()),
+            authenticated,
             state: Mutex::new(State::default()),
         })
     }
@@ -303,13 +330,31 @@ impl Peers {
                 .any(|g| g.membership.contains(id))
     }
 
-    /// Whether messages from `from` are heard: the transport's allowlist, applied again to
-    /// what a connection established before a removal may still deliver.
+    /// Whether gossip frames from `from` are heard: a member of some group (anyone before
+    /// this node has a membership), applied again to what a connection established before a
+    /// removal may still deliver.
     pub fn admits(&self, from: NodeId) -> bool {
         self.allowed
             .read()
             .as_ref()
             .is_none_or(|a| a.contains(&from))
+    }
+
+    /// Whether Raft messages and snapshot chunks from `from` reach the groups: a member, or,
+    /// when peers authenticate, any peer not seen removed (a leader added after this node's
+    /// log ends; the core decides what it may do). See the module docs.
+    pub fn admits_raft(&self, from: NodeId) -> bool {
+        self.admits(from) || (self.authenticated && !self.removed.read().contains(&from))
+    }
+
+    /// The transport's allowlist for the given member allowlist: none (any authenticated peer)
+    /// when peers authenticate, else the members themselves.
+    fn transport_allowlist(&self, members: &Option<BTreeSet<NodeId>>) -> Option<BTreeSet<NodeId>> {
+        if self.authenticated {
+            None
+        } else {
+            members.clone()
+        }
     }
 
     /// The addresses the membership carries for its members; for a member it carries none
@@ -427,8 +472,13 @@ impl Peers {
     fn sync_node_wide(&self, state: &mut State, addrs: &BTreeMap<NodeId, Option<MemberConfig>>) {
         let allowed = allowlist(state.groups.values().map(|g| &g.membership));
         let previously = self.allowed.read().clone();
-        if allowed != previously {
-            self.transport.set_allowed_peers(allowed.clone());
+        let removed_before = self.removed.read().clone();
+        if allowed != previously || state.removed != removed_before {
+            // Refused first, then the allowlist: a removed node is never admitted in between.
+            self.transport.set_denied_peers(state.removed.clone());
+            self.transport
+                .set_allowed_peers(self.transport_allowlist(&allowed));
+            *self.removed.write() = state.removed.clone();
             *self.allowed.write() = allowed.clone();
             // Connections of nodes no longer allowed are closed now (a removed node is then
             // refused at the handshake if it dials again).
@@ -489,7 +539,7 @@ impl Peers {
         if let Some(r) = g.replicators.get(&peer) {
             return r.slot.get();
         }
-        if !self.admits(peer) {
+        if !self.admits_raft(peer) {
             return None;
         }
         let link = self.transport.connected_link(peer)?;
@@ -711,6 +761,26 @@ mod tests {
         t.committed_to(5);
         assert_eq!(t.state(), MembershipState::Member);
         assert_eq!(t.in_force(), &m(&[1, 2, 3], &[4]));
+    }
+
+    #[test]
+    fn a_removed_node_whose_log_was_compacted_is_removed_only_with_its_mark() {
+        // Restarted from a snapshot taken after its removal: neither the snapshot's membership
+        // nor the log left after it names this node.
+        let after = m(&[1, 2], &[]);
+        let log = [(40, m(&[1, 2], &[4]))];
+        let t = MembershipTracker::new(3, &after, &log, 40);
+        assert_eq!(
+            t.state(),
+            MembershipState::NotAMember,
+            "the log alone forgets"
+        );
+        let mut t = MembershipTracker::new(3, &after, &log, 40);
+        t.was_a_member();
+        assert_eq!(t.state(), MembershipState::Removed);
+        // Added back later: a member again.
+        t.appended(50, m(&[1, 2], &[3, 4]));
+        assert_eq!(t.state(), MembershipState::Member);
     }
 
     #[test]

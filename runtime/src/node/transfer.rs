@@ -452,8 +452,12 @@ impl Receptions {
         if meta.index == 0 || meta.term == 0 || meta.term > chunk.term || chunk.from != from {
             return refuse(self, ChunkRefusal::Malformed);
         }
-        // Only the leader of the group's current (or a newer) term may stage a snapshot.
-        if !view.membership.contains(from) {
+        // Only the leader of the group's current (or a newer) term may stage a snapshot: a
+        // member, or the leader this node follows in its current term although no membership
+        // it has names it (a leader added after its log ends, which the core accepted as
+        // leader; issue 14).
+        let followed_leader = view.leader == Some(from) && chunk.term == view.term;
+        if !view.membership.contains(from) && !followed_leader {
             return refuse(self, ChunkRefusal::NotMember);
         }
         if chunk.term < view.term {

@@ -457,14 +457,20 @@ impl SnapshotReceiver {
     fn answer(&mut self, to: NodeId, ack: SnapshotAck) {
         let link = match self.links.get(&to) {
             Some(l) => l.clone(),
-            None => {
-                let Some(addr) = (self.addrs)(to) else {
-                    return;
-                };
-                let l = self.endpoint.peer(to, addr);
-                self.links.insert(to, l.clone());
-                l
-            }
+            None => match (self.addrs)(to) {
+                Some(addr) => {
+                    let l = self.endpoint.peer(to, addr);
+                    self.links.insert(to, l.clone());
+                    l
+                }
+                // A leader no membership of this node names yet (added after its log ends):
+                // answered over the connection it opened (not cached: once the membership
+                // names it, its address is used).
+                None => match self.endpoint.connected_link(to) {
+                    Some(l) => l,
+                    None => return,
+                },
+            },
         };
         // Best effort: a lost ack makes the sender probe again.
         let _ = link.try_send(WireMessage::SnapshotAck(ack));

@@ -5,6 +5,7 @@
 
 pub mod health;
 pub mod log_store;
+pub mod member_mark;
 pub mod redb_store;
 pub mod sled_store;
 pub mod snapshot_store;

@@ -57,6 +57,7 @@ fn config_member(id: NodeId, learner: bool) -> ConfigMember {
         match_index: Some(0),
         lag: Some(0),
         caught_up: learner.then_some(true),
+        drained: false,
     }
 }
 
@@ -228,6 +229,7 @@ impl KvService for Double {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 http: "127.0.0.1:2".parse().unwrap(),
                 state: "alive".into(),
+                drained: false,
             }],
             groups: vec![GroupStatus {
                 id: 0,

@@ -606,3 +606,73 @@ fn planted_bug_vote_without_log_check_grants_to_a_stale_candidate() {
         vec![Action::Send(vote_resp(2, 1, 3, false, true))]
     );
 }
+
+/// Drain (issue 14, `conclave member drain`): a drained leader hands leadership to the most
+/// caught-up other voter (thesis §3.10); a drained node never campaigns and ignores TimeoutNow,
+/// yet still votes, replicates and counts in quorums; undoing it makes it electable again. A
+/// sole voter cannot be drained.
+#[test]
+fn a_drained_node_hands_off_leadership_and_never_campaigns() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.campaign(1);
+    net.propose(1, b"a");
+    // Node 3 falls behind: the hand-off goes to 2, the most caught-up voter.
+    net.isolate(3);
+    net.propose(1, b"b");
+    net.heal();
+    let now = net.now;
+    assert_eq!(net.node(1).set_drained(now, true), Ok(Some(2)));
+    net.drain();
+    net.advance(100);
+    assert_eq!(net.leaders(), vec![2]);
+    assert!(net.node(1).drained());
+    assert_eq!(net.node(1).role(), Role::Follower);
+
+    // Node 1 still replicates and counts in the quorum: with 3 cut off, writes commit.
+    net.isolate(3);
+    let p = net.propose(2, b"c");
+    assert!(
+        net.node(2).commit_index() >= p.index,
+        "committed with node 1"
+    );
+    net.advance(100);
+    assert!(net.node(1).commit_index() >= p.index);
+    net.heal();
+    net.advance(100);
+
+    // The leader goes away: 1 never campaigns, but votes, so 3 wins.
+    net.isolate(2);
+    let term = net.node(1).term();
+    net.advance(3000);
+    assert_eq!(net.leaders(), vec![3], "only node 3 may take over");
+    assert_eq!(net.node(1).leader(), Some(3));
+    assert_eq!(net.node(1).term(), net.node(3).term());
+    assert!(net.node(3).term() > term);
+
+    // A transfer to the drained node is ignored (it does not campaign on TimeoutNow).
+    net.heal();
+    net.advance(100);
+    let now = net.now;
+    net.node(3).transfer_leader(now, 1).unwrap();
+    net.drain();
+    net.advance(400);
+    assert_eq!(net.leaders(), vec![3]);
+
+    // Undone: node 1 may lead again.
+    let now = net.now;
+    assert_eq!(net.node(1).set_drained(now, false), Ok(None));
+    net.node(3).transfer_leader(now, 1).unwrap();
+    net.drain();
+    net.advance(100);
+    assert_eq!(net.leaders(), vec![1]);
+
+    // A sole voter that leads cannot be drained: nobody could take over.
+    let mut solo = Net::new(&[1]);
+    solo.campaign(1);
+    let now = solo.now;
+    assert_eq!(
+        solo.node(1).set_drained(now, true),
+        Err(DrainError::NoOtherVoter)
+    );
+    assert!(!solo.node(1).drained());
+}

@@ -101,6 +101,8 @@ impl<M: StateMachine> GroupActor<M> {
                 lag,
                 caught_up: learner
                     .then(|| promotable(match_index.unwrap_or(0), status.config_id, last, max_lag)),
+                // Filled in by the node's handle, which knows who is drained.
+                drained: false,
             }
         };
         ClusterConfig {

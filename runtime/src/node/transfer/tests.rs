@@ -471,6 +471,41 @@ fn hostile_chunks_are_refused_with_a_typed_reason_and_change_nothing() {
     }
 }
 
+/// Issue 14: a node whose log ends before the membership change that added its leader stages
+/// that leader's snapshot once its core follows it in the current term, and only then.
+#[test]
+fn the_followed_leader_of_the_current_term_may_stage_a_snapshot_without_being_a_member() {
+    let s = Setup::new();
+    let mut rx = s.receptions();
+    let mut chunk = good_chunk();
+    chunk.from = 9;
+    // Not followed (another leader, or none known in this term, or a newer term): refused.
+    for (leader, term) in [(Some(LEADER), 3), (None, 3), (Some(9), 2)] {
+        let v = GroupView {
+            leader,
+            ..view(term, 10)
+        };
+        let out = rx.on_chunk(9, &v, &chunk, Instant::now());
+        assert!(
+            matches!(
+                out.ack().status,
+                AckStatus::Refused(ChunkRefusal::NotMember)
+            ),
+            "leader {leader:?} term {term}: {:?}",
+            out.ack().status
+        );
+    }
+    assert!(rx.list().is_empty());
+    // The core follows 9 in term 3: its chunk is staged.
+    let v = GroupView {
+        leader: Some(9),
+        ..view(3, 10)
+    };
+    let out = rx.on_chunk(9, &v, &chunk, Instant::now());
+    assert_eq!(out.ack().status, AckStatus::Accepted, "{:?}", out.ack());
+    assert_eq!(rx.list().len(), 1);
+}
+
 #[test]
 fn too_many_concurrent_receptions_are_refused_until_one_goes_idle() {
     let s = Setup::new();

@@ -962,7 +962,8 @@ impl Raft {
 
     /// The caller durably stored a snapshot of its state machine at `meta.index` (whose meta
     /// came from [`Raft::snapshot_meta`]): it becomes the snapshot sent to lagging followers,
-    /// and the in-memory log is compacted up to `meta.index - keep_entries`, announced with
+    /// and the in-memory log is compacted up to `meta.index - keep_entries` (on a leader, not
+    /// past a snapshot still being streamed to a peer), announced with
     /// [`Action::Compacted`]. Refused (changing nothing) if `meta.index` is not applied yet,
     /// not beyond the current snapshot, or does not match the log.
     pub fn snapshot_taken(&mut self, now: Millis, meta: SnapshotMeta) -> Result<(), SnapshotError> {
@@ -974,13 +975,36 @@ impl Raft {
                 expected: Box::new(expected),
             });
         }
-        let mut point = meta.index.saturating_sub(self.config.keep_entries);
+        let mut point = meta
+            .index
+            .saturating_sub(self.config.keep_entries)
+            .min(self.snapshot_send_floor());
         if self.bug_compact_unapplied() {
             point = point.max(self.commit_index);
         }
         self.snapshot = meta;
         self.compact(point);
         Ok(())
+    }
+
+    /// Leader: the lowest index of a snapshot being streamed to a peer (`LogIndex::MAX` when
+    /// none is). Compaction stops there, so a peer that installs it continues from the log.
+    /// Without this, a leader under write load takes newer snapshots (and compacts behind
+    /// them) while a large one streams and installs: the peer is behind the compaction point
+    /// again when its install is answered and needs another snapshot, round after round, and
+    /// never catches up (seen adding a node to a cluster holding 1 GiB). What is kept is
+    /// bounded: a transfer is abandoned after `snapshot_timeout_ms`, and the next one sends
+    /// the newest snapshot.
+    fn snapshot_send_floor(&self) -> LogIndex {
+        if self.role != Role::Leader {
+            return LogIndex::MAX;
+        }
+        self.progress
+            .values()
+            .filter(|p| p.state == ReplicationState::Snapshot)
+            .filter_map(|p| p.snapshot.map(|(index, _)| index))
+            .min()
+            .unwrap_or(LogIndex::MAX)
     }
 
     /// The leader's shell could not deliver the snapshot it was asked to send to `to` (the

@@ -987,22 +987,28 @@ impl Raft {
         Ok(())
     }
 
-    /// Leader: the lowest index of a snapshot being streamed to a peer (`LogIndex::MAX` when
-    /// none is). Compaction stops there, so a peer that installs it continues from the log.
-    /// Without this, a leader under write load takes newer snapshots (and compacts behind
-    /// them) while a large one streams and installs: the peer is behind the compaction point
-    /// again when its install is answered and needs another snapshot, round after round, and
-    /// never catches up (seen adding a node to a cluster holding 1 GiB). What is kept is
-    /// bounded: a transfer is abandoned after `snapshot_timeout_ms`, and the next one sends
-    /// the newest snapshot.
+    /// Leader: the lowest index a peer catching up by snapshot still needs the log from
+    /// (`LogIndex::MAX` when none does): the index of a snapshot being streamed to it, or,
+    /// once it installed one, its match index until the transfer's deadline passes.
+    /// Compaction stops there, so the peer follows its install with the log's tail. Without
+    /// this, a leader under write load takes newer snapshots (and compacts behind them) while
+    /// a large one streams and installs: the peer is behind the compaction point again when
+    /// its install is answered and needs another snapshot, round after round (seen adding a
+    /// node to a cluster holding 512 MiB: two full transfers). What is kept is bounded by
+    /// `snapshot_timeout_ms` of writes: a transfer is abandoned after it, and the next one
+    /// sends the newest snapshot.
     fn snapshot_send_floor(&self) -> LogIndex {
         if self.role != Role::Leader {
             return LogIndex::MAX;
         }
+        let now = self.now;
         self.progress
             .values()
-            .filter(|p| p.state == ReplicationState::Snapshot)
-            .filter_map(|p| p.snapshot.map(|(index, _)| index))
+            .filter_map(|p| match p.state {
+                ReplicationState::Snapshot => p.snapshot.map(|(index, _)| index),
+                _ if p.hold_until.is_some_and(|t| now < t) => Some(p.match_index),
+                _ => None,
+            })
             .min()
             .unwrap_or(LogIndex::MAX)
     }

@@ -148,8 +148,9 @@ fn raft_7_leader_sends_snapshot_and_pauses_appends() {
 /// A leader that takes a newer snapshot while an older one streams to a peer does not compact
 /// past the one being streamed: once the peer installs it, it continues from the log instead
 /// of needing yet another snapshot (under steady writes, a large snapshot is overtaken by newer
-/// ones before it is installed, and the peer would never catch up). Once the install is
-/// answered, compaction goes as far as `keep_entries` allows again.
+/// ones before it is installed, and the peer would never catch up), and until it has that tail
+/// compaction stops at its match index. Once it holds everything, compaction goes as far as
+/// `keep_entries` allows again.
 #[test]
 fn compaction_waits_for_a_snapshot_being_streamed() {
     let mut r = leader_with_applied(5, 0);
@@ -200,15 +201,31 @@ fn compaction_waits_for_a_snapshot_being_streamed() {
             )),
         "{out:?}"
     );
-    // With no transfer running, the next snapshot compacts as usual.
-    r.handle_message(3007, append_ok(3, 1, 1, 8));
-    r.propose(3008, b"c".to_vec()).unwrap();
+    // Until 3 has the tail, a newer snapshot does not compact what it still needs.
+    r.propose(3007, b"c".to_vec()).unwrap();
     let seq = persist_seq(&poll(&mut r));
-    r.persisted(3009, seq);
-    r.handle_message(3010, append_ok(2, 1, 1, 9));
+    r.persisted(3008, seq);
+    r.handle_message(3009, append_ok(2, 1, 1, 9));
     poll(&mut r);
-    r.snapshot_taken(3011, r.snapshot_meta(9).unwrap()).unwrap();
-    assert!(poll(&mut r).contains(&Action::Compacted { first_index: 10 }));
+    r.snapshot_taken(3010, r.snapshot_meta(9).unwrap()).unwrap();
+    assert!(
+        !poll(&mut r)
+            .iter()
+            .any(|a| matches!(a, Action::Compacted { .. })),
+        "nothing compacted past 3's match index while it follows its install with the log"
+    );
+    assert_eq!(r.first_index(), 7);
+    // Once 3 holds everything, the next snapshot compacts as usual.
+    r.handle_message(3011, append_ok(3, 1, 1, 9));
+    r.propose(3012, b"d".to_vec()).unwrap();
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(3013, seq);
+    r.handle_message(3014, append_ok(2, 1, 1, 10));
+    r.handle_message(3014, append_ok(3, 1, 1, 10));
+    poll(&mut r);
+    r.snapshot_taken(3015, r.snapshot_meta(10).unwrap())
+        .unwrap();
+    assert!(poll(&mut r).contains(&Action::Compacted { first_index: 11 }));
 }
 
 /// A transfer the shell reports failed is retried once the peer answers a heartbeat; one

@@ -962,7 +962,8 @@ impl Raft {
 
     /// The caller durably stored a snapshot of its state machine at `meta.index` (whose meta
     /// came from [`Raft::snapshot_meta`]): it becomes the snapshot sent to lagging followers,
-    /// and the in-memory log is compacted up to `meta.index - keep_entries`, announced with
+    /// and the in-memory log is compacted up to `meta.index - keep_entries` (on a leader, not
+    /// past a snapshot still being streamed to a peer), announced with
     /// [`Action::Compacted`]. Refused (changing nothing) if `meta.index` is not applied yet,
     /// not beyond the current snapshot, or does not match the log.
     pub fn snapshot_taken(&mut self, now: Millis, meta: SnapshotMeta) -> Result<(), SnapshotError> {
@@ -974,13 +975,42 @@ impl Raft {
                 expected: Box::new(expected),
             });
         }
-        let mut point = meta.index.saturating_sub(self.config.keep_entries);
+        let mut point = meta
+            .index
+            .saturating_sub(self.config.keep_entries)
+            .min(self.snapshot_send_floor());
         if self.bug_compact_unapplied() {
             point = point.max(self.commit_index);
         }
         self.snapshot = meta;
         self.compact(point);
         Ok(())
+    }
+
+    /// Leader: the lowest index a peer catching up by snapshot still needs the log from
+    /// (`LogIndex::MAX` when none does): the index of a snapshot being streamed to it, or,
+    /// once it installed one, its match index until the transfer's deadline passes.
+    /// Compaction stops there, so the peer follows its install with the log's tail. Without
+    /// this, a leader under write load takes newer snapshots (and compacts behind them) while
+    /// a large one streams and installs: the peer is behind the compaction point again when
+    /// its install is answered and needs another snapshot, round after round (seen adding a
+    /// node to a cluster holding 512 MiB: two full transfers). What is kept is bounded by
+    /// `snapshot_timeout_ms` of writes: a transfer is abandoned after it, and the next one
+    /// sends the newest snapshot.
+    fn snapshot_send_floor(&self) -> LogIndex {
+        if self.role != Role::Leader {
+            return LogIndex::MAX;
+        }
+        let now = self.now;
+        self.progress
+            .values()
+            .filter_map(|p| match p.state {
+                ReplicationState::Snapshot => p.snapshot.map(|(index, _)| index),
+                _ if p.hold_until.is_some_and(|t| now < t) => Some(p.match_index),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(LogIndex::MAX)
     }
 
     /// The leader's shell could not deliver the snapshot it was asked to send to `to` (the

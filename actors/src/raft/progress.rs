@@ -40,6 +40,10 @@ pub(crate) struct Progress {
     pub(crate) last_append_response: Millis,
     /// In snapshot state: the index of the snapshot being sent, and when to give up on it.
     pub(crate) snapshot: Option<(LogIndex, Millis)>,
+    /// After the peer installed a snapshot: until this time (the transfer's deadline) the
+    /// leader does not compact past the peer's match index, so the peer follows the install
+    /// with the log's tail instead of needing another snapshot.
+    pub(crate) hold_until: Option<Millis>,
 }
 
 impl Progress {
@@ -55,6 +59,7 @@ impl Progress {
             learner,
             last_append_response: now,
             snapshot: None,
+            hold_until: None,
         }
     }
 
@@ -98,6 +103,7 @@ impl Progress {
                 // index: appends resume right after the match. A late answer below it changes
                 // only the match; the transfer goes on.
                 if self.snapshot.is_none_or(|(s, _)| self.match_index >= s) {
+                    self.hold_until = self.snapshot.map(|(_, deadline)| deadline);
                     self.state = ReplicationState::Replicate;
                     self.next_index = self.match_index + 1;
                     self.inflight.clear();

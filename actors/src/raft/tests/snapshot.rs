@@ -145,6 +145,89 @@ fn raft_7_leader_sends_snapshot_and_pauses_appends() {
     assert_eq!((p.match_index, p.next_index), (6, 8));
 }
 
+/// A leader that takes a newer snapshot while an older one streams to a peer does not compact
+/// past the one being streamed: once the peer installs it, it continues from the log instead
+/// of needing yet another snapshot (under steady writes, a large snapshot is overtaken by newer
+/// ones before it is installed, and the peer would never catch up), and until it has that tail
+/// compaction stops at its match index. Once it holds everything, compaction goes as far as
+/// `keep_entries` allows again.
+#[test]
+fn compaction_waits_for_a_snapshot_being_streamed() {
+    let mut r = leader_with_applied(5, 0);
+    r.snapshot_taken(3000, r.snapshot_meta(6).unwrap()).unwrap();
+    poll(&mut r);
+    r.handle_message(
+        3001,
+        msg(3, 1, 1, MessageBody::HeartbeatResponse { read_ctx: 0 }),
+    );
+    assert!(poll(&mut r).contains(&Action::SendSnapshot {
+        to: 3,
+        term: 1,
+        meta: meta(6, 1, &[1, 2, 3]),
+    }));
+    // Two more entries, committed by 2 and applied, then a newer snapshot.
+    r.propose(3002, b"a".to_vec()).unwrap();
+    r.propose(3002, b"b".to_vec()).unwrap();
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(3003, seq);
+    r.handle_message(3004, append_ok(2, 1, 1, 8));
+    poll(&mut r);
+    assert_eq!(r.applied_index(), 8);
+    r.snapshot_taken(3005, r.snapshot_meta(8).unwrap()).unwrap();
+    assert!(
+        !poll(&mut r)
+            .iter()
+            .any(|a| matches!(a, Action::Compacted { .. })),
+        "nothing compacted past the snapshot at 6 being streamed to 3"
+    );
+    assert_eq!(r.first_index(), 7);
+    assert_eq!(
+        r.snapshot().index,
+        8,
+        "the newer snapshot is the one sent next"
+    );
+    // 3 installed the snapshot at 6: it gets the entries after it from the log.
+    r.handle_message(3006, install_resp(3, 1, 1, true, 6));
+    let out = sends(&poll(&mut r));
+    assert!(
+        out.iter().any(|m| m.to == 3
+            && matches!(
+                &m.body,
+                MessageBody::AppendEntries {
+                    prev_log_index: 6,
+                    entries,
+                    ..
+                } if entries.len() == 2
+            )),
+        "{out:?}"
+    );
+    // Until 3 has the tail, a newer snapshot does not compact what it still needs.
+    r.propose(3007, b"c".to_vec()).unwrap();
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(3008, seq);
+    r.handle_message(3009, append_ok(2, 1, 1, 9));
+    poll(&mut r);
+    r.snapshot_taken(3010, r.snapshot_meta(9).unwrap()).unwrap();
+    assert!(
+        !poll(&mut r)
+            .iter()
+            .any(|a| matches!(a, Action::Compacted { .. })),
+        "nothing compacted past 3's match index while it follows its install with the log"
+    );
+    assert_eq!(r.first_index(), 7);
+    // Once 3 holds everything, the next snapshot compacts as usual.
+    r.handle_message(3011, append_ok(3, 1, 1, 9));
+    r.propose(3012, b"d".to_vec()).unwrap();
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(3013, seq);
+    r.handle_message(3014, append_ok(2, 1, 1, 10));
+    r.handle_message(3014, append_ok(3, 1, 1, 10));
+    poll(&mut r);
+    r.snapshot_taken(3015, r.snapshot_meta(10).unwrap())
+        .unwrap();
+    assert!(poll(&mut r).contains(&Action::Compacted { first_index: 11 }));
+}
+
 /// A transfer the shell reports failed is retried once the peer answers a heartbeat; one
 /// that is never answered is retried after `snapshot_timeout_ms`.
 #[test]

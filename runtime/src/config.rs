@@ -414,7 +414,7 @@ pub struct SnapshotSection {
     /// Most megabytes per second (10^6 bytes) at which a snapshot image is written to disk,
     /// written back to the device step by step as it goes, so that the image never piles up
     /// as dirty pages in front of the WAL's `fdatasync` (docs/node.md "Snapshots"). 0: as
-    /// fast as the state machine produces it (still written back step by step). Default 100.
+    /// fast as the state machine produces it (still written back step by step). Default 50.
     pub write_rate_mb_s: u64,
     /// Each group draws its next snapshot thresholds up to this many percent above
     /// `threshold_entries` and `threshold_log_bytes`, afresh after every snapshot, so that
@@ -432,7 +432,7 @@ impl Default for SnapshotSection {
             chunk_bytes: 1 << 20,
             max_send_rate_mb_s: 100,
             max_concurrent_sends: 2,
-            write_rate_mb_s: 100,
+            write_rate_mb_s: 50,
             threshold_jitter_pct: 20,
         }
     }
@@ -1331,7 +1331,7 @@ lifeguard = false
                 s.write_rate_mb_s,
                 s.threshold_jitter_pct
             ),
-            (10_000, 64 << 20, 1_000, 1 << 20, 100, 2, 100, 20)
+            (10_000, 64 << 20, 1_000, 1 << 20, 100, 2, 50, 20)
         );
         // An unpaced image writer and no jitter are allowed.
         let c = Config::parse("[snapshot]\nwrite_rate_mb_s = 0\nthreshold_jitter_pct = 0\n")

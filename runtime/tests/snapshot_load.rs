@@ -6,14 +6,21 @@
 //! `CONCLAVE_SNAPSHOT_LOAD_MB` MiB of 64 KiB values (default 16; the issue's figure is 1024,
 //! with a release build: `CONCLAVE_NODE_BIN=target/release/conclave`). Then 16 clients
 //! overwrite a small hot key space with 1 KiB values in three phases of
-//! `CONCLAVE_SNAPSHOT_LOAD_S` seconds each (default 3): without a snapshot, while all three
-//! nodes take snapshots back to back (`POST /v1/cluster/snapshot` on each, repeated until the
+//! `CONCLAVE_SNAPSHOT_LOAD_S` seconds each (default 3): without a snapshot, while the chosen
+//! nodes (below) take snapshots back to back (`POST /v1/cluster/snapshot` on each, repeated until the
 //! phase ends), and without again. Latencies of writes that *started* during a phase count for
 //! it. Printed: p50/p99/max per phase, the ratio of the snapshot phase's p99 to the mean of the
 //! two others, and each snapshot's size and duration.
 //!
+//! `CONCLAVE_SNAPSHOT_LOAD_NODES` says which nodes snapshot: `all` (default; replicas apply
+//! the same log, so they reach a threshold together), `leader` or `follower` (one node).
+//! `CONCLAVE_SNAPSHOT_LOAD_RATE` sets `[snapshot] write_rate_mb_s` (default: the config's).
+//! For each phase and node it also prints, from `/metrics`, the WAL `fdatasync`s and the
+//! applier's runs (count, mean, and the largest in the summary's window), and the unix time
+//! at which the snapshot phase starts and ends (to line up with `vmstat -t`/`iostat -t`).
+//!
 //! What is asserted is what must hold whatever the machine's speed: every write is
-//! acknowledged (no write fails while a snapshot is taken), each node took at least one
+//! acknowledged (no write fails while a snapshot is taken), each chosen node took at least one
 //! snapshot whose image holds the preloaded state, and every preloaded value reads back.
 //!
 //! ```text
@@ -179,10 +186,16 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
     let dir = std::env::var("CONCLAVE_SNAPSHOT_LOAD_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| tmp.path().to_owned());
+    let rate = std::env::var("CONCLAVE_SNAPSHOT_LOAD_RATE")
+        .ok()
+        .map(|v| v.parse::<u64>().expect("CONCLAVE_SNAPSHOT_LOAD_RATE: MB/s"));
     let mut cluster = Cluster::new_with(&dir, 3, |c| {
         // Only the snapshots this test asks for.
         c.snapshot.threshold_entries = 0;
         c.snapshot.threshold_log_bytes = 0;
+        if let Some(rate) = rate {
+            c.snapshot.write_rate_mb_s = rate;
+        }
     });
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let endpoint = cluster.endpoint(leader);

@@ -12,7 +12,9 @@
 //!   starts the writeback of what it just wrote and waits for the step before it
 //!   (`sync_file_range`), so at most two steps of the image are ever dirty or in flight, the
 //!   device queue never holds more than that ahead of a WAL sync, and the final `fsync` is
-//!   short.
+//!   short. Each step written back is dropped from the page cache (`POSIX_FADV_DONTNEED`):
+//!   three 1 GiB images per round would otherwise push the state machine's pages out of it,
+//!   and the next snapshot would read the state from the disk.
 //! - **Lower priority** ([`lower_thread_priority`]): the snapshotter's thread runs at nice
 //!   [`BACKGROUND_NICE`] and, for the I/O it submits itself (the `sync_file_range` steps and
 //!   the final `fsync`), the idle I/O class: the block layer serves it only when nothing of a
@@ -206,12 +208,17 @@ impl Write for PacedFile {
     }
 }
 
-/// Lowers the calling thread's CPU priority to nice [`BACKGROUND_NICE`] and its I/O priority
-/// to the idle class. Best effort: a refusal is logged, the thread goes on at its priority.
-/// Call it on a thread that does only background work (the snapshotter's arbiter).
+/// Lowers the calling thread's CPU priority to `SCHED_IDLE` (Linux: it runs when nothing
+/// else of its process group wants the CPU; elsewhere, or if refused, nice
+/// [`BACKGROUND_NICE`]) and its I/O priority to the idle class. Best effort: a refusal is
+/// logged, the thread goes on at its priority. Call it on a thread that does only
+/// background work (the snapshotter's arbiter).
 pub fn lower_thread_priority() {
-    if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
-        tracing::warn!(error = %e, "cannot lower the snapshot thread's CPU priority");
+    if let Err(e) = sys::set_idle_cpu_policy() {
+        tracing::debug!(error = %e, "SCHED_IDLE refused; lowering the nice value instead");
+        if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+            tracing::warn!(error = %e, "cannot lower the snapshot thread's CPU priority");
+        }
     }
     if let Err(e) = sys::set_idle_io_priority() {
         tracing::warn!(error = %e, "cannot lower the snapshot thread's I/O priority");
@@ -244,7 +251,9 @@ mod sys {
         range_call(file, range, libc::SYNC_FILE_RANGE_WRITE)
     }
 
-    /// Waits until `range` is written back (starting what is not yet under way).
+    /// Waits until `range` is written back (starting what is not yet under way), then drops
+    /// it from the page cache: an image is written once and read again only if a follower
+    /// needs it, while keeping it cached would push the state machine's own pages out.
     pub fn wait_writeback(file: &File, range: (u64, u64)) -> std::io::Result<()> {
         range_call(
             file,
@@ -252,7 +261,30 @@ mod sys {
             libc::SYNC_FILE_RANGE_WAIT_BEFORE
                 | libc::SYNC_FILE_RANGE_WRITE
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        )
+        )?;
+        let (Ok(offset), Ok(len)) = (i64::try_from(range.0), i64::try_from(range.1)) else {
+            return Ok(());
+        };
+        // SAFETY: as for sync_file_range: a valid descriptor, no memory of ours touched.
+        // Advice only: its failure changes nothing that matters.
+        let _ = unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED)
+        };
+        Ok(())
+    }
+
+    /// `sched_setscheduler(0, SCHED_IDLE)`: the calling thread gets the CPU only when the
+    /// other threads of its group leave it (weight 3 against a normal thread's 1024).
+    pub fn set_idle_cpu_policy() -> std::io::Result<()> {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is the
+        // calling thread.
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// `ioprio_set(IOPRIO_WHO_PROCESS, 0, IOPRIO_PRIO_VALUE(IOPRIO_CLASS_IDLE, 0))`: the
@@ -293,6 +325,10 @@ mod sys {
 
     pub fn set_idle_io_priority() -> std::io::Result<()> {
         Ok(())
+    }
+
+    pub fn set_idle_cpu_policy() -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
     }
 }
 

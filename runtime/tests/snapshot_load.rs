@@ -6,14 +6,21 @@
 //! `CONCLAVE_SNAPSHOT_LOAD_MB` MiB of 64 KiB values (default 16; the issue's figure is 1024,
 //! with a release build: `CONCLAVE_NODE_BIN=target/release/conclave`). Then 16 clients
 //! overwrite a small hot key space with 1 KiB values in three phases of
-//! `CONCLAVE_SNAPSHOT_LOAD_S` seconds each (default 3): without a snapshot, while all three
-//! nodes take snapshots back to back (`POST /v1/cluster/snapshot` on each, repeated until the
+//! `CONCLAVE_SNAPSHOT_LOAD_S` seconds each (default 3): without a snapshot, while the chosen
+//! nodes (below) take snapshots back to back (`POST /v1/cluster/snapshot` on each, repeated until the
 //! phase ends), and without again. Latencies of writes that *started* during a phase count for
 //! it. Printed: p50/p99/max per phase, the ratio of the snapshot phase's p99 to the mean of the
 //! two others, and each snapshot's size and duration.
 //!
+//! `CONCLAVE_SNAPSHOT_LOAD_NODES` says which nodes snapshot: `all` (default; replicas apply
+//! the same log, so they reach a threshold together), `leader` or `follower` (one node).
+//! `CONCLAVE_SNAPSHOT_LOAD_RATE` sets `[snapshot] write_rate_mb_s` (default: the config's).
+//! For each phase and node it also prints, from `/metrics`, the WAL `fdatasync`s and the
+//! applier's runs (count, mean, and the largest in the summary's window), and the unix time
+//! at which the snapshot phase starts and ends (to line up with `vmstat -t`/`iostat -t`).
+//!
 //! What is asserted is what must hold whatever the machine's speed: every write is
-//! acknowledged (no write fails while a snapshot is taken), each node took at least one
+//! acknowledged (no write fails while a snapshot is taken), each chosen node took at least one
 //! snapshot whose image holds the preloaded state, and every preloaded value reads back.
 //!
 //! ```text
@@ -81,12 +88,88 @@ async fn writer(endpoint: String, stop: Arc<AtomicBool>, samples: Samples, worke
     failed
 }
 
+/// Seconds since the epoch, to line the phases up with `vmstat -t`/`iostat -t` output.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
+}
+
+/// What the nodes' `/metrics` say about the WAL's `fdatasync` and the applier's runs of
+/// entries (the two disk waits on a write's path), read at each phase boundary.
+#[derive(Clone, Copy, Default)]
+struct DiskWaits {
+    wal_sum: f64,
+    wal_count: f64,
+    wal_max: f64,
+    apply_sum: f64,
+    apply_count: f64,
+    apply_max: f64,
+}
+
+/// The samples of `name` in a Prometheus text page: `(sum of {name}_sum, sum of
+/// {name}_count, largest quantile="1")`.
+fn summary(page: &str, name: &str) -> (f64, f64, f64) {
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let mut out = (0.0, 0.0, 0.0f64);
+    for l in page.lines() {
+        if let Some(rest) = l.strip_prefix(name) {
+            if rest.starts_with("_sum") {
+                out.0 += value(l).unwrap_or(0.0);
+            } else if rest.starts_with("_count") {
+                out.1 += value(l).unwrap_or(0.0);
+            } else if rest.contains("quantile=\"1\"") {
+                out.2 = out.2.max(value(l).unwrap_or(0.0));
+            }
+        }
+    }
+    out
+}
+
+async fn disk_waits(cluster: &Cluster) -> [DiskWaits; 3] {
+    let mut out = [DiskWaits::default(); 3];
+    for (i, w) in out.iter_mut().enumerate() {
+        let Ok(mut resp) = awc::Client::default()
+            .get(format!("{}/metrics", cluster.endpoint(i)))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let body = resp.body().limit(16 << 20).await.unwrap_or_default();
+        let page = String::from_utf8_lossy(&body);
+        (w.wal_sum, w.wal_count, w.wal_max) = summary(&page, "conclave_wal_sync_seconds");
+        (w.apply_sum, w.apply_count, w.apply_max) =
+            summary(&page, "conclave_apply_batch_seconds");
+    }
+    out
+}
+
+/// Mean and window max of each node's WAL syncs and applier runs between two readings.
+fn print_disk_waits(phase: &str, before: &[DiskWaits; 3], after: &[DiskWaits; 3]) {
+    for i in 0..3 {
+        let (b, a) = (before[i], after[i]);
+        let mean = |s: f64, c: f64| if c > 0.0 { s / c * 1e3 } else { 0.0 };
+        eprintln!(
+            "{phase:>9} node {}: {} WAL fdatasyncs, mean {:.2} ms (window max {:.1} ms); \
+             {} applier runs, mean {:.2} ms (window max {:.1} ms)",
+            i + 1,
+            a.wal_count - b.wal_count,
+            mean(a.wal_sum - b.wal_sum, a.wal_count - b.wal_count),
+            a.wal_max * 1e3,
+            a.apply_count - b.apply_count,
+            mean(a.apply_sum - b.apply_sum, a.apply_count - b.apply_count),
+            a.apply_max * 1e3,
+        );
+    }
 }
 
 struct Phase {
@@ -103,13 +186,27 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
     let dir = std::env::var("CONCLAVE_SNAPSHOT_LOAD_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| tmp.path().to_owned());
+    let rate = std::env::var("CONCLAVE_SNAPSHOT_LOAD_RATE")
+        .ok()
+        .map(|v| v.parse::<u64>().expect("CONCLAVE_SNAPSHOT_LOAD_RATE: MB/s"));
     let mut cluster = Cluster::new_with(&dir, 3, |c| {
         // Only the snapshots this test asks for.
         c.snapshot.threshold_entries = 0;
         c.snapshot.threshold_log_bytes = 0;
+        if let Some(rate) = rate {
+            c.snapshot.write_rate_mb_s = rate;
+        }
     });
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let endpoint = cluster.endpoint(leader);
+    // Which nodes snapshot in the snapshot phase.
+    let nodes = std::env::var("CONCLAVE_SNAPSHOT_LOAD_NODES").unwrap_or_else(|_| "all".into());
+    let snapshotting: Vec<usize> = match nodes.as_str() {
+        "all" => vec![0, 1, 2],
+        "leader" => vec![leader],
+        "follower" => vec![(leader + 1) % 3],
+        other => panic!("CONCLAVE_SNAPSHOT_LOAD_NODES={other}: expected all, leader or follower"),
+    };
 
     // Preload.
     let big_keys = mb * 1024 * 1024 / BIG as u64;
@@ -155,6 +252,7 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
     // Warm up, then the three phases.
     actix::clock::sleep(Duration::from_millis(500)).await;
     let mut phases = Vec::new();
+    let mut waits = vec![disk_waits(&cluster).await];
     let start = Instant::now();
     actix::clock::sleep(phase_len).await;
     phases.push(Phase {
@@ -162,21 +260,27 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
         start,
         end: Instant::now(),
     });
+    waits.push(disk_waits(&cluster).await);
 
     let start = Instant::now();
-    let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
+    eprintln!(
+        "snapshot phase starts at unix {:.1} (nodes {snapshotting:?}, 1-based; leader {})",
+        unix_now(),
+        leader + 1
+    );
     let mut taken = [0u64; 3];
     let mut largest = [0u64; 3];
-    while start.elapsed() < phase_len || taken.contains(&0) {
-        // All three nodes at once.
-        let calls: Vec<_> = endpoints
+    while start.elapsed() < phase_len || snapshotting.iter().any(|&i| taken[i] == 0) {
+        // The chosen nodes at once.
+        let calls: Vec<_> = snapshotting
             .iter()
-            .map(|e| {
-                let c = Client::with_timeout(e, Duration::from_secs(600)).unwrap();
-                actix::spawn(async move { c.take_snapshot(0).await })
+            .map(|&i| {
+                let c = Client::with_timeout(&cluster.endpoint(i), Duration::from_secs(600))
+                    .unwrap();
+                (i, actix::spawn(async move { c.take_snapshot(0).await }))
             })
             .collect();
-        for (i, call) in calls.into_iter().enumerate() {
+        for (i, call) in calls {
             let info = call
                 .await
                 .unwrap()
@@ -194,11 +298,13 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
             }
         }
     }
+    eprintln!("snapshot phase ends at unix {:.1}", unix_now());
     phases.push(Phase {
         name: "snapshots",
         start,
         end: Instant::now(),
     });
+    waits.push(disk_waits(&cluster).await);
 
     let start = Instant::now();
     actix::clock::sleep(phase_len).await;
@@ -207,6 +313,7 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
         start,
         end: Instant::now(),
     });
+    waits.push(disk_waits(&cluster).await);
     stop.store(true, Ordering::Relaxed);
     let mut failed = 0;
     for w in writers {
@@ -240,13 +347,16 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
         );
         p99.push(percentile(&lat, 0.99).as_secs_f64());
     }
+    for (i, phase) in phases.iter().enumerate() {
+        print_disk_waits(phase.name, &waits[i], &waits[i + 1]);
+    }
     eprintln!(
-        "p99 while snapshotting {mb} MiB on every node / mean p99 without: {:.2}x",
+        "p99 while snapshotting {mb} MiB on nodes {nodes} / mean p99 without: {:.2}x",
         p99[1] / ((p99[0] + p99[2]) / 2.0)
     );
 
     assert_eq!(failed, 0, "writes failed while snapshots were taken");
-    for i in 0..3 {
+    for &i in &snapshotting {
         assert!(taken[i] > 0, "node {} took no snapshot", i + 1);
         assert!(
             largest[i] >= mb * 1024 * 1024,

@@ -195,6 +195,7 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
         let Some(machine) = self.machine.as_mut() else {
             return;
         };
+        let started = std::time::Instant::now();
         let clock = self.deps.clock.clone();
         let mut waiters: BTreeMap<LogIndex, (Term, WriteReply<M>)> = batch
             .waiters
@@ -268,7 +269,10 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
             }
         }
         if failure.is_none() {
-            if let Err(e) = clock.time(|| machine.end_batch()) {
+            let ended = clock.time(|| machine.end_batch());
+            metrics::histogram!("conclave_apply_batch_seconds", "group" => self.deps.group.to_string())
+                .record(started.elapsed().as_secs_f64());
+            if let Err(e) = ended {
                 tracing::error!(applied = self.applied, error = %e, "state machine failed to write a run of entries; restarting the applier");
                 // What was computed is not written: the outcome is unknown to the clients.
                 for (_, answer) in &mut answers {
@@ -341,8 +345,18 @@ impl<M: StateMachine> Handler<TakeSnapshot> for ApplierActor<M> {
             .machine
             .as_mut()
             .ok_or(SnapshotError::NotRunning { group })?;
+        let started = std::time::Instant::now();
         clock.time(|| machine.sync())?;
+        let synced = started.elapsed();
+        metrics::histogram!("conclave_snapshot_sync_seconds", "group" => group.to_string())
+            .record(synced.as_secs_f64());
         if let Some(view) = clock.time(|| machine.snapshot_view())? {
+            tracing::info!(
+                group,
+                sync_ms = synced.as_millis() as u64,
+                view_ms = (started.elapsed() - synced).as_millis() as u64,
+                "state machine synced for a snapshot; its view is handed over"
+            );
             return Ok(SnapshotSource::View(view));
         }
         // No isolated view: the image is written here, and nothing is applied meanwhile.

@@ -150,6 +150,29 @@ pub struct SnapshotPolicy {
     pub threshold_entries: u64,
     /// Bytes of applied entries since the last snapshot.
     pub threshold_log_bytes: u64,
+    /// Up to this many percent are added to both thresholds, drawn afresh for each snapshot
+    /// (`threshold_jitter_pct`, 0 to 100).
+    pub jitter_pct: u64,
+}
+
+impl SnapshotPolicy {
+    /// The thresholds `(entries, log bytes)` for the next snapshot, for a draw `unit` in
+    /// `[0, 1)`: each raised by `unit × jitter_pct` percent (a disabled trigger stays 0).
+    /// Replicas apply the same log, so without this they cross a threshold at the same
+    /// index — and, sharing a disk or not, write their images at the same moment.
+    pub fn jittered(&self, unit: f64) -> (u64, u64) {
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let fraction = self.jitter_pct.min(100) as f64 / 100.0 * unit;
+        let raise = |t: u64| t.saturating_add((t as f64 * fraction) as u64);
+        (
+            raise(self.threshold_entries),
+            raise(self.threshold_log_bytes),
+        )
+    }
 }
 
 /// Everything a group actor needs, shared by its successive instances.
@@ -348,6 +371,8 @@ pub struct GroupActor<M: StateMachine> {
     bytes_since_snapshot: u64,
     /// Thresholds start no snapshot before this (set after a failure).
     snapshot_retry_at: Option<Instant>,
+    /// This cycle's `(entries, log bytes)` thresholds ([`SnapshotPolicy::jittered`]).
+    snapshot_thresholds: (u64, u64),
     /// The group's base snapshot (the newest this node took or started from).
     base: Option<StoredSnapshot>,
     /// Membership changes waiting to take effect.
@@ -460,6 +485,7 @@ fn role_gauge(role: Role) -> f64 {
 impl<M: StateMachine> GroupActor<M> {
     /// A group actor; it restores its core from the log store and the applier when started.
     pub fn new(deps: Arc<GroupDeps<M>>, guard: ChildGuard) -> Self {
+        let snapshot_thresholds = deps.snapshot_policy.jittered(rand::random());
         GroupActor {
             deps,
             core: None,
@@ -487,6 +513,7 @@ impl<M: StateMachine> GroupActor<M> {
             snapshot_started: None,
             bytes_since_snapshot: 0,
             snapshot_retry_at: None,
+            snapshot_thresholds,
             base: None,
             change_waiters: Vec::new(),
             in_force: None,
@@ -553,14 +580,14 @@ impl<M: StateMachine> GroupActor<M> {
         let Some(core) = self.core.as_ref() else {
             return;
         };
-        let policy = self.deps.snapshot_policy;
+        let (threshold_entries, threshold_log_bytes) = self.snapshot_thresholds;
         // Counted from what the applier has applied (not what was handed to it), so a
         // snapshot started by the count always has something new to cover.
         let applied = self.deps.shared.applied.load(Ordering::Relaxed);
         let entries = applied.saturating_sub(core.snapshot().index);
-        let by_entries = policy.threshold_entries > 0 && entries >= policy.threshold_entries;
-        let by_bytes = policy.threshold_log_bytes > 0
-            && self.bytes_since_snapshot >= policy.threshold_log_bytes;
+        let by_entries = threshold_entries > 0 && entries >= threshold_entries;
+        let by_bytes =
+            threshold_log_bytes > 0 && self.bytes_since_snapshot >= threshold_log_bytes;
         if by_entries || by_bytes {
             self.start_snapshot(ctx, None);
         }
@@ -714,6 +741,7 @@ impl<M: StateMachine> GroupActor<M> {
     fn snapshot_done(&mut self, result: Result<SnapshotInfo, SnapshotError>) {
         self.snapshot_running = false;
         self.snapshot_started = None;
+        self.snapshot_thresholds = self.deps.snapshot_policy.jittered(rand::random());
         match &result {
             Ok(_) => self.snapshot_retry_at = None,
             Err(e) => {
@@ -1630,5 +1658,55 @@ impl<M: StateMachine> Handler<SendDone> for GroupActor<M> {
             tracing::warn!(group = self.deps.group, peer = msg.to, index = msg.index, error = %e, "snapshot transfer failed");
             self.send_failed(msg.to, ctx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotPolicy;
+
+    #[test]
+    fn jittered_thresholds_stay_within_their_percentage() {
+        let policy = SnapshotPolicy {
+            threshold_entries: 10_000,
+            threshold_log_bytes: 64 << 20,
+            jitter_pct: 20,
+        };
+        assert_eq!(policy.jittered(0.0), (10_000, 64 << 20));
+        assert_eq!(policy.jittered(0.5), (11_000, (64 << 20) + (64 << 20) / 10));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10_000 {
+            let (entries, bytes) = policy.jittered(rand::random());
+            assert!((10_000..=12_000).contains(&entries), "{entries}");
+            assert!(((64 << 20)..=(64 << 20) * 6 / 5).contains(&bytes), "{bytes}");
+            seen.insert(entries / 200);
+        }
+        // Spread over the whole range (ten bins of 200 entries), not stuck at one end.
+        assert_eq!(seen.len(), 10, "{seen:?}");
+        // Out-of-range draws are clamped; a draw that is not a number adds nothing.
+        assert_eq!(policy.jittered(7.0), (12_000, (64 << 20) * 6 / 5));
+        assert_eq!(policy.jittered(f64::NAN), (10_000, 64 << 20));
+    }
+
+    #[test]
+    fn no_jitter_and_disabled_triggers_stay_as_configured() {
+        let off = SnapshotPolicy {
+            threshold_entries: 0,
+            threshold_log_bytes: 5_000,
+            jitter_pct: 0,
+        };
+        assert_eq!(off.jittered(0.9), (0, 5_000));
+        let disabled = SnapshotPolicy {
+            threshold_entries: 0,
+            threshold_log_bytes: 0,
+            jitter_pct: 100,
+        };
+        assert_eq!(disabled.jittered(0.9), (0, 0));
+        let huge = SnapshotPolicy {
+            threshold_entries: u64::MAX,
+            threshold_log_bytes: 1,
+            jitter_pct: 100,
+        };
+        assert_eq!(huge.jittered(0.99).0, u64::MAX);
     }
 }

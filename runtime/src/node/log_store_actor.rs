@@ -147,7 +147,11 @@ impl LogStoreActor {
     }
 
     fn sync(&mut self) {
+        let started = std::time::Instant::now();
         let result = self.timed(LogStore::sync).map_err(|e| self.fail(e));
+        // Every write waits for one of these: what other disk traffic (a snapshot image being
+        // written back) does to the write path shows here first.
+        metrics::histogram!("conclave_wal_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("conclave_wal_syncs_total").increment(1);
         metrics::histogram!("conclave_wal_batch_requests").record(self.buffered as f64);
         self.buffered = 0;

@@ -40,6 +40,7 @@ use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
     KvCommand, KvMachine, KvOutput, KvQuery, KvRequest, StateMachine, StateMachineError,
 };
+use crate::storage::background_io::WritePacing;
 use crate::storage::health::{StorageCondition, StorageHealth};
 use crate::storage::log_store::{LogStore, LogStoreError};
 use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError};
@@ -498,13 +499,18 @@ async fn start_node<M: StateMachine>(
     let group_ids = [0u64];
     for &group in &group_ids {
         // A group's snapshot files; opening removes what a crash left half written.
-        let snapshots = Arc::new(SnapshotStore::open(
-            &config
-                .node
-                .data_dir
-                .join("snapshots")
-                .join(group.to_string()),
-        )?);
+        let snapshots = Arc::new(
+            SnapshotStore::open(
+                &config
+                    .node
+                    .data_dir
+                    .join("snapshots")
+                    .join(group.to_string()),
+            )?
+            .with_pacing(WritePacing::from_rate_mb_s(
+                config.snapshot.write_rate_mb_s,
+            )),
+        );
         // Replicators, allowlist and gossip follow the bootstrap membership until the group's
         // core reports the one in its log.
         peers.follow(group, &base_membership);
@@ -876,6 +882,7 @@ fn start_group<M: StateMachine>(
         snapshot_policy: SnapshotPolicy {
             threshold_entries: config.snapshot_threshold_entries(),
             threshold_log_bytes: config.snapshot.threshold_log_bytes,
+            jitter_pct: config.snapshot.threshold_jitter_pct,
         },
         health: storage.watchdog.health().clone(),
         member_marks: storage.member_marks.clone(),

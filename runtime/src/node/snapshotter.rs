@@ -161,6 +161,9 @@ impl Actor for SnapshotterActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(16);
+        // This arbiter's thread does nothing but snapshot files: it yields the CPU and the
+        // disk to the applier, the WAL and the transport (storage::background_io).
+        crate::storage::background_io::lower_thread_priority();
     }
 }
 
@@ -231,6 +234,7 @@ pub fn write_snapshot(
     let _call = clock.begin();
     match source {
         SnapshotSource::View(view) => {
+            let started = std::time::Instant::now();
             let mut out = ProgressWriter::new(store.create(meta.clone())?, clock);
             let found = view.write_to(&mut out)?;
             if found != meta.index {
@@ -240,7 +244,16 @@ pub fn write_snapshot(
                     found,
                 });
             }
-            Ok(out.into_inner().finish(store)?)
+            let written = started.elapsed();
+            let stored = out.into_inner().finish(store)?;
+            tracing::info!(
+                index = stored.meta.index,
+                bytes = stored.len,
+                write_ms = written.as_millis() as u64,
+                finish_ms = (started.elapsed() - written).as_millis() as u64,
+                "snapshot image written (finish: fsync, rename, sidecar, directory fsync)"
+            );
+            Ok(stored)
         }
         SnapshotSource::Written { index, writer } => {
             if index != meta.index {

@@ -3,6 +3,7 @@
 //! watchdog, and the storage health record every storage component reports into. See
 //! DESIGN.md §4.
 
+pub mod background_io;
 pub mod health;
 pub mod log_store;
 pub mod member_mark;

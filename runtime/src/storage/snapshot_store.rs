@@ -14,6 +14,7 @@
 //! log then still finds a base the log reaches.
 
 use crate::state_machine::LogIndex;
+use crate::storage::background_io::{PacedFile, WritePacing};
 use conclave_actors::raft::{SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -121,6 +122,8 @@ pub struct StoredSnapshot {
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
+    /// How images are written ([`SnapshotStore::with_pacing`]).
+    pacing: WritePacing,
 }
 
 fn io<'a>(
@@ -154,6 +157,7 @@ impl SnapshotStore {
         std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
         let store = SnapshotStore {
             dir: dir.to_owned(),
+            pacing: WritePacing::UNPACED,
         };
         let mut removed = false;
         for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
@@ -176,6 +180,13 @@ impl SnapshotStore {
         Ok(store)
     }
 
+    /// Images written by this store go out at `pacing`'s rate, written back step by step
+    /// (`[snapshot] write_rate_mb_s`; see `storage::background_io`). Unpaced by default.
+    pub fn with_pacing(mut self, pacing: WritePacing) -> SnapshotStore {
+        self.pacing = pacing;
+        self
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -196,7 +207,7 @@ impl SnapshotStore {
             .join(format!("snap-{}-{}.tmp", meta.index, meta.term));
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
         Ok(SnapshotWriter {
-            out: BufWriter::with_capacity(256 * 1024, file),
+            out: BufWriter::with_capacity(256 * 1024, PacedFile::new(file, self.pacing)),
             hash: xxhash_rust::xxh3::Xxh3Default::new(),
             len: 0,
             meta,
@@ -317,7 +328,14 @@ impl SnapshotStore {
         let (found, _) = self.list()?;
         let mut removed = false;
         for s in found.iter().filter(|s| s.meta.index < index) {
+            let started = std::time::Instant::now();
             self.remove(s.meta.index, s.meta.term)?;
+            tracing::info!(
+                index = s.meta.index,
+                bytes = s.len,
+                ms = started.elapsed().as_millis() as u64,
+                "old snapshot removed"
+            );
             removed = true;
         }
         if removed {
@@ -356,6 +374,7 @@ impl SnapshotStore {
     pub fn existing(dir: &Path) -> SnapshotStore {
         SnapshotStore {
             dir: dir.to_owned(),
+            pacing: WritePacing::UNPACED,
         }
     }
 
@@ -405,7 +424,7 @@ impl SnapshotStore {
 /// An image being written; [`SnapshotWriter::finish`] makes it a snapshot. Dropped without
 /// `finish`, it leaves a `.tmp` file that the next [`SnapshotStore::open`] removes.
 pub struct SnapshotWriter {
-    out: BufWriter<File>,
+    out: BufWriter<PacedFile>,
     hash: xxhash_rust::xxh3::Xxh3Default,
     len: u64,
     meta: SnapshotMeta,
@@ -464,7 +483,8 @@ impl SnapshotWriter {
         } = self;
         let file = out
             .into_inner()
-            .map_err(|e| io("write", &tmp)(e.into_error()))?;
+            .map_err(|e| io("write", &tmp)(e.into_error()))?
+            .into_file();
         file.sync_all().map_err(io("fsync", &tmp))?;
         drop(file);
         #[cfg(test)]

@@ -196,6 +196,8 @@ pub struct Host {
     wakes: BTreeMap<NodeId, Vec<GroupId>>,
     stats: HostStats,
     scratch: Vec<Action>,
+    /// The groups the last drain polled.
+    polled: Vec<GroupId>,
 }
 
 impl Host {
@@ -213,6 +215,7 @@ impl Host {
             wakes: BTreeMap::new(),
             stats: HostStats::default(),
             scratch: Vec::new(),
+            polled: Vec::new(),
         }
     }
 
@@ -302,6 +305,12 @@ impl Host {
     /// Number of quiesced groups.
     pub fn quiesced_count(&self) -> usize {
         self.groups.values().filter(|s| s.quiesced).count()
+    }
+
+    /// The groups the last [`Host::drain`] polled (for checkers that inspect only what
+    /// changed).
+    pub fn polled(&self) -> &[GroupId] {
+        &self.polled
     }
 
     /// The counters.
@@ -517,7 +526,9 @@ impl Host {
                 .wake
                 .extend(groups);
         }
+        self.polled.clear();
         while let Some(group) = self.ready.pop_first() {
+            self.polled.push(group);
             let Some(slot) = self.groups.get_mut(&group) else {
                 continue;
             };

@@ -18,11 +18,13 @@
 //! one-line command that replays it.
 
 mod clock;
+mod multi;
 mod store;
 mod trace;
 mod world;
 
 pub use clock::NodeClock;
+pub use multi::{run_multi, MultiConfig, MultiFaults, MultiReport, MultiWorld};
 
 use crate::raft::{Millis, RaftConfig};
 use rand::{Rng, SeedableRng};

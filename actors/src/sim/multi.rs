@@ -314,6 +314,8 @@ pub struct MultiWorld {
     /// Frames sent per directed node pair, and their coalesced heartbeats.
     frames: BTreeMap<(NodeId, NodeId), (u64, u64)>,
     next_value: u64,
+    /// A checker failure raised outside `run_until` (by `propose`), reported by the next one.
+    deferred: Option<Box<SimFailure>>,
     /// Persist requests issued and not yet complete: (node, incarnation, group, seq).
     pending_writes: BTreeMap<(usize, u64, GroupId, u64), PersistRequest>,
     report: MultiReport,
@@ -380,6 +382,7 @@ impl MultiWorld {
             frames: BTreeMap::new(),
             next_value: 1,
             pending_writes: BTreeMap::new(),
+            deferred: None,
             report: MultiReport {
                 seed,
                 ..MultiReport::default()
@@ -403,6 +406,9 @@ impl MultiWorld {
 
     /// Processes every event up to global time `t` (inclusive) and moves the clock to `t`.
     pub fn run_until(&mut self, t: u64) -> Result<(), Box<SimFailure>> {
+        if let Some(f) = self.deferred.take() {
+            return Err(f);
+        }
         while self.queue.peek().is_some_and(|s| s.time <= t) {
             let Some(s) = self.queue.pop() else { break };
             self.now = s.time;
@@ -467,8 +473,13 @@ impl MultiWorld {
     pub fn propose(&mut self, group: GroupId) -> Option<(NodeId, Proposal)> {
         let leader = self.leader_of(group)?;
         let n = (leader - 1) as usize;
-        let p = self.propose_at(n, group)?;
-        Some((leader, p))
+        let p = self.propose_at(n, group);
+        // Carry out what the proposal set off (the append, the persist) at once, as a shell
+        // does after every input. A checker failure here surfaces at the next `run_until`.
+        if let Err(f) = self.drive(n) {
+            self.deferred = Some(f);
+        }
+        Some((leader, p?))
     }
 
     /// Whether `group`'s entry `index` is known committed with `term`.

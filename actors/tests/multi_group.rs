@@ -155,9 +155,13 @@ fn settled(groups: u64, quiesce: bool) -> MultiWorld {
 fn rate(w: &mut MultiWorld, secs: u64) -> (f64, f64) {
     let (f0, h0) = w.frames_between(1, 2);
     let t = w.now();
-    w.run_until(t + secs * 1_000).unwrap_or_else(|f| panic!("{f}"));
+    w.run_until(t + secs * 1_000)
+        .unwrap_or_else(|f| panic!("{f}"));
     let (f1, h1) = w.frames_between(1, 2);
-    ((f1 - f0) as f64 / secs as f64, (h1 - h0) as f64 / secs as f64)
+    (
+        (f1 - f0) as f64 / secs as f64,
+        (h1 - h0) as f64 / secs as f64,
+    )
 }
 
 #[test]
@@ -191,7 +195,10 @@ fn idle_frames_per_second_do_not_depend_on_group_count() {
     for f in &without {
         assert!(*f <= 40.0 + 1.0, "{without:?}");
     }
-    assert!((without[1] - without[without.len() - 1]).abs() <= 1.0, "{without:?}");
+    assert!(
+        (without[1] - without[without.len() - 1]).abs() <= 1.0,
+        "{without:?}"
+    );
 }
 
 #[test]

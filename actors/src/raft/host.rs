@@ -369,7 +369,9 @@ impl Host {
                 self.wake(now, hb.group, Some(from));
             }
             let me = self.config.id;
-            let quiesce_enabled = self.config.quiesce;
+            // A follower that gossip says cannot reach its leader stays awake: once quiesced,
+            // it would learn of the leader's death only from a `peer_down` it already had.
+            let quiesce_enabled = self.config.quiesce && !self.down.contains(&from);
             let Some(slot) = self.groups.get_mut(&hb.group) else {
                 continue;
             };
@@ -450,8 +452,11 @@ impl Host {
             })
             .map(|(g, _)| *g)
             .collect();
+        // The cause is not a message from the leader: the woken followers ask it to wake
+        // too. If it is dead the request is lost; if gossip was wrong it heartbeats and the
+        // followers never campaign.
         for g in woken {
-            self.wake(now, g, Some(node));
+            self.wake(now, g, None);
         }
     }
 
@@ -666,8 +671,8 @@ impl Host {
         self.stats.quiesced += 1;
     }
 
-    /// Wakes `group` if quiesced. `cause`: the node whose message or failure woke it. A
-    /// follower woken by anything but its leader asks the leader to wake too.
+    /// Wakes `group` if quiesced. `cause`: the node whose message woke it, if any. A
+    /// follower woken by anything but a message from its leader asks the leader to wake too.
     fn wake(&mut self, now: Millis, group: GroupId, cause: Option<NodeId>) {
         let Some(slot) = self.groups.get_mut(&group) else {
             return;
@@ -689,7 +694,7 @@ impl Host {
                     self.beat_at = Some(now + self.config.heartbeat_interval_ms);
                 }
             }
-            (_, Some(leader)) if Some(leader) != cause && !self.down.contains(&leader) => {
+            (_, Some(leader)) if Some(leader) != cause => {
                 self.wakes.entry(leader).or_default().push(group);
             }
             _ => {}

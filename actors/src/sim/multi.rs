@@ -206,14 +206,35 @@ pub struct MultiReport {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: usize, frame: Frame },
-    Timer { node: usize, gen: u64 },
-    PersistDone { node: usize, incarnation: u64, group: GroupId, seq: u64 },
+    Deliver {
+        to: usize,
+        frame: Frame,
+    },
+    Timer {
+        node: usize,
+        gen: u64,
+    },
+    PersistDone {
+        node: usize,
+        incarnation: u64,
+        group: GroupId,
+        seq: u64,
+    },
     Fault,
-    Heal { id: u64 },
-    Restart { node: usize },
-    Gossip { observer: usize, peer: usize },
-    FalseSuspicion { observer: usize, peer: usize },
+    Heal {
+        id: u64,
+    },
+    Restart {
+        node: usize,
+    },
+    Gossip {
+        observer: usize,
+        peer: usize,
+    },
+    FalseSuspicion {
+        observer: usize,
+        peer: usize,
+    },
     Write,
     FaultsStop,
     IdleCrash,
@@ -842,7 +863,12 @@ impl MultiWorld {
 
     /// Gossip on `observer` re-evaluates `peer` (or, for a false suspicion, reports a live
     /// peer down and re-checks it a little later).
-    fn gossip(&mut self, observer: usize, peer: usize, false_alarm: bool) -> Result<(), Box<SimFailure>> {
+    fn gossip(
+        &mut self,
+        observer: usize,
+        peer: usize,
+        false_alarm: bool,
+    ) -> Result<(), Box<SimFailure>> {
         if self.nodes[observer].host.is_none() {
             return Ok(());
         }
@@ -858,7 +884,11 @@ impl MultiWorld {
             self.nodes[observer].view_down.insert(pid);
             self.text(format!(
                 "gossip: n{oid} reports n{pid} down{}",
-                if false_alarm { " (false suspicion)" } else { "" }
+                if false_alarm {
+                    " (false suspicion)"
+                } else {
+                    ""
+                }
             ));
             if let Some(h) = self.nodes[observer].host.as_mut() {
                 h.peer_down(now, pid);
@@ -935,7 +965,10 @@ impl MultiWorld {
         if t >= self.nodes.len() || self.blocked.contains_key(&(from, to)) {
             return;
         }
-        if self.faults_on && self.cfg.faults.drop > 0.0 && self.rng_net.random_bool(self.cfg.faults.drop) {
+        if self.faults_on
+            && self.cfg.faults.drop > 0.0
+            && self.rng_net.random_bool(self.cfg.faults.drop)
+        {
             return;
         }
         if self.faults_on
@@ -1006,7 +1039,11 @@ impl MultiWorld {
         let n = self.rng_fault.random_range(0..self.nodes.len());
         let down = self.nodes.iter().filter(|x| x.host.is_none()).count();
         let roll = self.rng_fault.random_range(0..3);
-        if roll == 0 && f.crashes && self.nodes[n].host.is_some() && down < (self.nodes.len() - 1) / 2 {
+        if roll == 0
+            && f.crashes
+            && self.nodes[n].host.is_some()
+            && down < (self.nodes.len() - 1) / 2
+        {
             self.crash_node(n);
             let d = self.rng_fault.random_range(50..=1_500);
             self.schedule(self.now + d, Event::Restart { node: n });
@@ -1032,7 +1069,11 @@ impl MultiWorld {
             let d = self.rng_fault.random_range(200..=2_000);
             self.text(format!(
                 "PARTITION #{id} {} n{x} for {d} ms",
-                if one_way { "one-way (cannot send)" } else { "isolates" }
+                if one_way {
+                    "one-way (cannot send)"
+                } else {
+                    "isolates"
+                }
             ));
             self.schedule(self.now + d, Event::Heal { id });
             self.gossip_all();
@@ -1041,7 +1082,13 @@ impl MultiWorld {
             if m != n {
                 self.report.false_suspicions += 1;
                 let d = self.gossip_delay();
-                self.schedule(self.now + d, Event::FalseSuspicion { observer: n, peer: m });
+                self.schedule(
+                    self.now + d,
+                    Event::FalseSuspicion {
+                        observer: n,
+                        peer: m,
+                    },
+                );
             }
         }
     }
@@ -1067,7 +1114,13 @@ impl MultiWorld {
             for b in 0..self.nodes.len() {
                 if a != b {
                     let d = self.gossip_delay();
-                    self.schedule(self.now + d, Event::Gossip { observer: a, peer: b });
+                    self.schedule(
+                        self.now + d,
+                        Event::Gossip {
+                            observer: a,
+                            peer: b,
+                        },
+                    );
                 }
             }
         }
@@ -1120,7 +1173,11 @@ impl MultiWorld {
         let Some(l) = self.leader_of(g) else {
             return false;
         };
-        let Some(term) = self.node(l).and_then(|n| n.host.as_ref()?.raft(g)).map(Raft::term) else {
+        let Some(term) = self
+            .node(l)
+            .and_then(|n| n.host.as_ref()?.raft(g))
+            .map(Raft::term)
+        else {
             return false;
         };
         let following = self
@@ -1136,7 +1193,10 @@ impl MultiWorld {
         let Some(at) = self.crashed_at else { return };
         if self.groups_without_leader() == 0 {
             self.report.elected_after_crash_ms = Some(self.now - at);
-            self.text(format!("every group has a leader, {} ms after the crash", self.now - at));
+            self.text(format!(
+                "every group has a leader, {} ms after the crash",
+                self.now - at
+            ));
         }
     }
 
@@ -1156,9 +1216,9 @@ impl MultiWorld {
                     .get(&g)
                     .and_then(|c| c.get(p.index as usize - 1))
                     .is_some_and(|(t, _)| *t != p.term);
-                let leader_term = self.leader_of(g).and_then(|l| {
-                    self.node(l)?.host.as_ref()?.raft(g).map(Raft::term)
-                });
+                let leader_term = self
+                    .leader_of(g)
+                    .and_then(|l| self.node(l)?.host.as_ref()?.raft(g).map(Raft::term));
                 if !lost && leader_term == Some(p.term) {
                     continue;
                 }
@@ -1221,7 +1281,12 @@ impl MultiWorld {
     // Persistence
     // ---------------------------------------------------------------------------------------
 
-    fn group_action(&mut self, n: usize, g: GroupId, action: Action) -> Result<(), Box<SimFailure>> {
+    fn group_action(
+        &mut self,
+        n: usize,
+        g: GroupId,
+        action: Action,
+    ) -> Result<(), Box<SimFailure>> {
         let id = self.nodes[n].id;
         match action {
             Action::Persist(req) => self.persist(n, g, req),
@@ -1232,7 +1297,9 @@ impl MultiWorld {
                 Ok(())
             }
             Action::RoleChanged { role, term, leader } => {
-                self.text(format!("n{id} g{g} is {role:?} in t{term} (leader {leader:?})"));
+                self.text(format!(
+                    "n{id} g{g} is {role:?} in t{term} (leader {leader:?})"
+                ));
                 if role == Role::Leader {
                     if let Some(other) = self.leaders.insert((g, term), id) {
                         if other != id {
@@ -1243,7 +1310,10 @@ impl MultiWorld {
                         }
                     }
                     // Leader completeness (Raft §5.4): it holds every entry known committed.
-                    let last = self.committed.get(&g).and_then(|c| c.last().map(|(t, _)| *t));
+                    let last = self
+                        .committed
+                        .get(&g)
+                        .and_then(|c| c.last().map(|(t, _)| *t));
                     let len = self.committed.get(&g).map_or(0, Vec::len) as u64;
                     if let Some(t) = last {
                         let held = self.nodes[n]
@@ -1272,13 +1342,21 @@ impl MultiWorld {
         }
     }
 
-    fn persist(&mut self, n: usize, g: GroupId, req: PersistRequest) -> Result<(), Box<SimFailure>> {
+    fn persist(
+        &mut self,
+        n: usize,
+        g: GroupId,
+        req: PersistRequest,
+    ) -> Result<(), Box<SimFailure>> {
         let id = self.nodes[n].id;
         let last_seq = self.nodes[n].shadow.get(&g).map_or(0, |s| s.last_seq);
         if req.seq != last_seq + 1 {
             return Err(self.fail(
                 FailureKind::Contract,
-                format!("group {g} on n{id}: persist seq {} after {last_seq}", req.seq),
+                format!(
+                    "group {g} on n{id}: persist seq {} after {last_seq}",
+                    req.seq
+                ),
             ));
         }
         if req.snapshot.is_some() {
@@ -1427,9 +1505,7 @@ impl MultiWorld {
                 Some(&(t0, h0)) if (t0, h0) != (t, h) => {
                     return Err(self.fail(
                         FailureKind::StateMachineSafety,
-                        format!(
-                            "group {g}: n{id} commits {i}/t{t} where {i}/t{t0} was committed"
-                        ),
+                        format!("group {g}: n{id} commits {i}/t{t} where {i}/t{t0} was committed"),
                     ))
                 }
                 Some(_) => {}
@@ -1452,7 +1528,11 @@ impl MultiWorld {
         }
         if role == Role::Leader {
             // Commit durability: the new commit is durable on a quorum of voters.
-            let t = self.committed.get(&g).and_then(|c| c.get((commit - 1) as usize)).map(|x| x.0);
+            let t = self
+                .committed
+                .get(&g)
+                .and_then(|c| c.get((commit - 1) as usize))
+                .map(|x| x.0);
             let holders = self
                 .nodes
                 .iter()
@@ -1505,7 +1585,10 @@ impl MultiWorld {
         {
             return Err(self.fail(
                 FailureKind::StateMachineSafety,
-                format!("group {g}: n{id} applies {}/t{} not the committed entry", e.index, e.term),
+                format!(
+                    "group {g}: n{id} applies {}/t{} not the committed entry",
+                    e.index, e.term
+                ),
             ));
         }
         let mut hasher = DefaultHasher::new();
@@ -1515,7 +1598,10 @@ impl MultiWorld {
             Some(&d) if d != digest => {
                 return Err(self.fail(
                     FailureKind::StateDigest,
-                    format!("group {g}: n{id}'s state at applied index {} differs", e.index),
+                    format!(
+                        "group {g}: n{id}'s state at applied index {} differs",
+                        e.index
+                    ),
                 ))
             }
             Some(_) => {}
@@ -1560,13 +1646,18 @@ impl MultiWorld {
         }
         for &(g, i, t) in &self.acked {
             for node in &self.nodes {
-                let held = node.host.as_ref().and_then(|h| h.raft(g)).and_then(|r| {
-                    (r.commit_index() >= i).then(|| r.entry_term(i)).flatten()
-                });
+                let held = node
+                    .host
+                    .as_ref()
+                    .and_then(|h| h.raft(g))
+                    .and_then(|r| (r.commit_index() >= i).then(|| r.entry_term(i)).flatten());
                 if held != Some(t) {
                     return Err(self.fail(
                         FailureKind::LostWrite,
-                        format!("group {g}: acknowledged write {i}/t{t} missing on n{}", node.id),
+                        format!(
+                            "group {g}: acknowledged write {i}/t{t} missing on n{}",
+                            node.id
+                        ),
                     ));
                 }
             }

@@ -2,7 +2,7 @@
 //! network of hosts (every frame delivered 1 ms after it is sent, every persist complete at
 //! once). The fault-injecting multi-group simulator is `crate::sim::MultiWorld`.
 
-use super::super::*;
+use super::*;
 use std::collections::BTreeSet;
 
 const GROUPS: u64 = 30;

@@ -53,13 +53,13 @@ fn run_seeds(count: u64, groups: u64, tweak: fn(&mut MultiConfig)) -> Vec<MultiR
                 let mut cfg = MultiConfig::new(seed, nodes_for(seed), groups);
                 tweak(&mut cfg);
                 match run_multi(&cfg) {
-                    Ok(r) => reports.lock().unwrap().push(r),
+                    Ok(r) => reports.lock().expect("no panic while held").push(r),
                     Err(f) => panic!("{f}"),
                 }
             });
         }
     });
-    let mut r = reports.into_inner().unwrap();
+    let mut r = reports.into_inner().expect("no panic while held");
     r.sort_by_key(|r| r.seed);
     r
 }

@@ -14,7 +14,6 @@ struct Cluster {
     wire: Vec<(Millis, Frame)>,
     /// Frames sent per (from, to).
     sent: std::collections::BTreeMap<(NodeId, NodeId), u64>,
-    quiesce: bool,
     template: RaftConfig,
 }
 
@@ -25,7 +24,6 @@ impl Cluster {
             now: 0,
             wire: Vec::new(),
             sent: Default::default(),
-            quiesce,
             template,
         };
         for id in 1..=nodes {

@@ -25,10 +25,10 @@ use super::wire::WireMessage;
 use super::StopActor;
 use crate::config::MemberConfig;
 use actix::prelude::*;
-use conclave_actors::raft::{GroupId, Membership, NodeId};
 use conclave_actors::supervisor::{
     Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
 };
+use conclave_core::raft::{GroupId, Membership, NodeId};
 use conclave_transport::{Endpoint, PeerLink, Transport};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};

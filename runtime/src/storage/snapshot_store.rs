@@ -14,7 +14,7 @@
 //! log then still finds a base the log reaches.
 
 use crate::state_machine::LogIndex;
-use conclave_actors::raft::{SnapshotMeta, Term};
+use conclave_core::raft::{SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -532,7 +532,7 @@ impl Read for VerifyingReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conclave_actors::raft::Membership;
+    use conclave_core::raft::Membership;
 
     fn meta(index: LogIndex, term: Term) -> SnapshotMeta {
         SnapshotMeta {

@@ -5,7 +5,7 @@
 //! (or the `sim` example's `--seeds`), which prints progress. A failure prints the seed, the
 //! checker that fired, the end of the trace and a one-line replay command.
 
-use conclave_actors::sim::{self, FaultMix, FaultProfile, SimConfig};
+use conclave_sim::raft::{self as sim, FaultMix, FaultProfile, SimConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 

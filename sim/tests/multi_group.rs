@@ -1,4 +1,4 @@
-//! The multi-group simulator (`conclave_actors::sim::MultiWorld`): many Raft groups per node
+//! The multi-group simulator (`conclave_sim::raft::MultiWorld`): many Raft groups per node
 //! behind one `Host` each, coalesced heartbeats, quiescence and gossip wake-up under drops,
 //! duplicates, reordering, partitions, crashes, clock skew and false suspicions, with every
 //! checker per group and a liveness checker; the planted bug "a quiesced follower never
@@ -11,8 +11,8 @@
 //! The measurements run at 1 and 100 groups (200 for the crash and tick tests) by default and
 //! at 1,000 groups with `CONCLAVE_MULTI_MEASURE=1` (about a minute on a loaded 2-core machine).
 
-use conclave_actors::raft::PlantedBugs;
-use conclave_actors::sim::{run_multi, FailureKind, MultiConfig, MultiReport, MultiWorld};
+use conclave_core::raft::PlantedBugs;
+use conclave_sim::raft::{run_multi, FailureKind, MultiConfig, MultiReport, MultiWorld};
 use std::time::Instant;
 
 fn env(name: &str, default: u64) -> u64 {

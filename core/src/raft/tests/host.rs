@@ -1,6 +1,6 @@
 //! The multi-group [`Host`]: coalescing, quiescence and wake-up on a loss-free in-test
 //! network of hosts (every frame delivered 1 ms after it is sent, every persist complete at
-//! once). The fault-injecting multi-group simulator is `crate::sim::MultiWorld`.
+//! once). The fault-injecting multi-group simulator is `conclave_sim::raft::MultiWorld`.
 
 use super::*;
 use std::collections::BTreeSet;

@@ -23,7 +23,7 @@
 
 use super::clock::NodeClock;
 use super::{derive_seed, FailureKind, FaultProfile, SimFailure};
-use crate::raft::{
+use conclave_core::raft::{
     Action, Entry, EntryPayload, Frame, GroupId, HardState, Host, HostAction, HostConfig,
     HostStats, LogIndex, Membership, Millis, NodeId, PersistRequest, Proposal, Raft, RaftConfig,
     RestoreState, Role, Term,
@@ -721,7 +721,7 @@ impl MultiWorld {
         let planted = {
             #[cfg(feature = "planted-bugs")]
             {
-                (self.cfg.raft.planted_bugs != crate::raft::PlantedBugs::default())
+                (self.cfg.raft.planted_bugs != conclave_core::raft::PlantedBugs::default())
                     .then(|| format!("{:?}", self.cfg.raft.planted_bugs))
             }
             #[cfg(not(feature = "planted-bugs"))]
@@ -741,7 +741,7 @@ impl MultiWorld {
             mix: format!("{:?} quiesce {}", self.cfg.faults, self.cfg.quiesce),
             planted_bugs: planted,
             replay: format!(
-                "cargo test -p conclave-actors --test multi_group replay -- --nocapture \
+                "cargo test -p conclave-sim --test multi_group replay -- --nocapture \
                  (CONCLAVE_MULTI_SEED={} CONCLAVE_MULTI_NODES={} CONCLAVE_MULTI_GROUPS={})",
                 self.cfg.seed, self.cfg.nodes, self.cfg.groups
             ),

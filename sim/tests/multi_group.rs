@@ -77,12 +77,14 @@ fn many_groups_per_node_under_faults() {
         .max()
         .unwrap_or(0);
     println!(
-        "{count} seeds x {groups} groups pass in {:.1}s: {} writes ({} seen committed), {} \
-         crashes, {} partitions, {} false suspicions, {} quiesce / {} wake events, {} quiesced \
+        "{count} seeds x {groups} groups pass in {:.1}s: {} writes ({} seen committed), {} reads \
+         served ({} refused), {} crashes, {} partitions, {} false suspicions, {} quiesce / {} wake events, {} quiesced \
          follower cores at the idle crashes, every group re-elected within {worst} ms of it",
         t.elapsed().as_secs_f64(),
         sum(|r| r.writes),
         sum(|r| r.writes_committed),
+        sum(|r| r.reads_served),
+        sum(|r| r.reads_failed),
         sum(|r| r.crashes),
         sum(|r| r.partitions),
         sum(|r| r.false_suspicions),
@@ -96,6 +98,7 @@ fn many_groups_per_node_under_faults() {
     assert!(sum(|r| r.quiesced) > 0 && sum(|r| r.woken) > 0);
     assert!(sum(|r| r.quiesced_followers_at_crash) > 0);
     assert!(sum(|r| r.writes_committed) > 0);
+    assert!(sum(|r| r.reads_served) > 0);
 }
 
 #[test]
@@ -282,7 +285,15 @@ fn leader_crash_with_many_quiesced_groups_reelects_all() {
 /// simulator's crash profile; 300 multi-group seeds did not hit it.)
 #[test]
 fn per_group_checkers_catch_planted_core_bugs() {
-    let cases: [(&str, PlantedBugs, u64); 2] = [
+    let cases: [(&str, PlantedBugs, u64); 3] = [
+        (
+            "lease_read_after_expiry",
+            PlantedBugs {
+                lease_read_after_expiry: true,
+                ..PlantedBugs::default()
+            },
+            200,
+        ),
         (
             "vote_without_log_check",
             PlantedBugs {

@@ -11,8 +11,9 @@
 //! log matching (on every `Persist`), leader completeness, state machine safety (commit and
 //! apply agree with the group's committed log), commit index monotonicity, commit durability
 //! (the leader's new commit is durable on a quorum), the core contract (persist seqs
-//! consecutive, applies in order, once, never beyond commit, no snapshot actions) and a state
-//! digest per applied index. At the end: every node converged on every group and every
+//! consecutive, applies in order, once, never beyond commit, no snapshot actions), a state
+//! digest per applied index, and stale reads (a ReadIndex or lease read served below the
+//! number of entries committed before it started). At the end: every node converged on every group and every
 //! acknowledged write is in every node's log.
 //!
 //! **Liveness** (the standard timeline of [`run_multi`]): after the fault phase every fault
@@ -26,7 +27,7 @@ use super::{derive_seed, FailureKind, FaultProfile, SimFailure};
 use conclave_core::raft::{
     Action, Entry, EntryPayload, Frame, GroupId, HardState, Host, HostAction, HostConfig,
     HostStats, LogIndex, Membership, Millis, NodeId, PersistRequest, Proposal, Raft, RaftConfig,
-    RestoreState, Role, Term,
+    ReadConsistency, ReadId, RestoreState, Role, Term,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -202,6 +203,10 @@ pub struct MultiReport {
     pub quiesced: u64,
     /// See `quiesced`.
     pub woken: u64,
+    /// ReadIndex and lease reads served / refused.
+    pub reads_served: u64,
+    /// See `reads_served`.
+    pub reads_failed: u64,
 }
 
 #[derive(Debug)]
@@ -335,6 +340,9 @@ pub struct MultiWorld {
     /// Frames sent per directed node pair, and their coalesced heartbeats.
     frames: BTreeMap<(NodeId, NodeId), (u64, u64)>,
     next_value: u64,
+    /// Reads in flight: (node, read id) → (group, entries known committed when it started).
+    reads: HashMap<(usize, ReadId), (GroupId, LogIndex)>,
+    next_read: ReadId,
     /// A checker failure raised outside `run_until` (by `propose`), reported by the next one.
     deferred: Option<Box<SimFailure>>,
     /// Persist requests issued and not yet complete: (node, incarnation, group, seq).
@@ -404,6 +412,8 @@ impl MultiWorld {
             next_value: 1,
             pending_writes: BTreeMap::new(),
             deferred: None,
+            reads: HashMap::new(),
+            next_read: 1,
             report: MultiReport {
                 seed,
                 ..MultiReport::default()
@@ -831,6 +841,7 @@ impl MultiWorld {
             return;
         }
         self.report.crashes += 1;
+        self.reads.retain(|(m, _), _| *m != n);
         self.nodes[n].timer_gen += 1;
         self.nodes[n].timer_at = None;
         let id = self.nodes[n].id;
@@ -1163,7 +1174,29 @@ impl MultiWorld {
         if self.nodes[n].host.is_none() {
             return Ok(());
         }
-        self.propose_at(n, g);
+        if self.rng_work.random_bool(0.3) {
+            // A linearizable read (ReadIndex or lease): it must reflect every entry committed
+            // before it started (a correct leader's read index is at least that).
+            let consistency = if self.rng_work.random_bool(0.5) {
+                ReadConsistency::Lease
+            } else {
+                ReadConsistency::Linearizable
+            };
+            let id = self.next_read;
+            self.next_read += 1;
+            let floor = self.committed.get(&g).map_or(0, Vec::len) as LogIndex;
+            let now = self.local(n);
+            let accepted = self.nodes[n]
+                .host
+                .as_mut()
+                .and_then(|h| h.with_group(now, g, |r| r.read(now, id, consistency)))
+                .is_some_and(|r| r.is_ok());
+            if accepted {
+                self.reads.insert((n, id), (g, floor));
+            }
+        } else {
+            self.propose_at(n, g);
+        }
         self.drive(n)
     }
 
@@ -1334,7 +1367,27 @@ impl MultiWorld {
                 }
                 Ok(())
             }
-            Action::ReadReady { .. } | Action::ReadFailed { .. } => Ok(()),
+            Action::ReadReady { id: rid, index } => {
+                if let Some((rg, floor)) = self.reads.remove(&(n, rid)) {
+                    if rg == g && index < floor {
+                        return Err(self.fail(
+                            FailureKind::Linearizability,
+                            format!(
+                                "group {g}: n{id} served read {rid} at index {index}, but {floor} \
+                                 entries were committed before the read started (stale read)"
+                            ),
+                        ));
+                    }
+                    self.report.reads_served += 1;
+                }
+                Ok(())
+            }
+            Action::ReadFailed { id: rid, .. } => {
+                if self.reads.remove(&(n, rid)).is_some() {
+                    self.report.reads_failed += 1;
+                }
+                Ok(())
+            }
             other => Err(self.fail(
                 FailureKind::Contract,
                 format!("group {g} on n{id}: unexpected action without snapshots: {other:?}"),

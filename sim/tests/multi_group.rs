@@ -101,6 +101,17 @@ fn many_groups_per_node_under_faults() {
     assert!(sum(|r| r.reads_served) > 0);
 }
 
+/// Coalesced heartbeats alone (no quiescence) under the same faults: every group keeps
+/// ticking and heartbeating, through the host's beat.
+#[test]
+fn many_groups_without_quiescence() {
+    let reports = run_seeds(env("CONCLAVE_MULTI_SEEDS", 16) / 2, 20, |cfg| {
+        cfg.quiesce = false
+    });
+    assert!(reports.iter().all(|r| r.quiesced == 0 && r.woken == 0));
+    assert!(reports.iter().map(|r| r.writes_committed).sum::<u64>() > 0);
+}
+
 #[test]
 fn same_seed_same_run() {
     let cfg = MultiConfig::new(7, 5, 10);

@@ -671,17 +671,22 @@ impl Host {
         self.stats.quiesced += 1;
     }
 
-    /// Wakes `group` if quiesced. `cause`: the node whose message woke it, if any. A
-    /// follower woken by anything but a message from its leader asks the leader to wake too.
+    /// Activity on `group`: voids a quiesce round in progress and wakes the group if
+    /// quiesced. `cause`: the node whose message woke it, if any. A follower woken by
+    /// anything but a message from its leader asks the leader to wake too.
     fn wake(&mut self, now: Millis, group: GroupId, cause: Option<NodeId>) {
         let Some(slot) = self.groups.get_mut(&group) else {
             return;
         };
+        // Any activity voids a quiesce round in progress: `quiesced` answers collected
+        // before it may come from followers this very activity (an append) woke again, and a
+        // leader that quiesced on them would leave those followers' election timers running
+        // with no heartbeat to reset them.
+        slot.attempt = None;
         if !slot.quiesced {
             return;
         }
         slot.quiesced = false;
-        slot.attempt = None;
         slot.raft.unquiesce(now);
         self.stats.woken += 1;
         if let Some(at) = slot.timer_at {

@@ -315,3 +315,30 @@ fn planted_quiesced_follower_ignoring_peer_down_stalls() {
     c.run(3_000);
     assert!(c.leader(0).is_none(), "group 0 never elects a new leader");
 }
+
+#[test]
+fn writes_between_beats_never_leave_a_follower_awake_under_a_quiesced_leader() {
+    // A leader must not quiesce on acknowledgements that predate new activity: the append
+    // wakes the followers, and a leader that then went silent would let their election
+    // timers fire and depose it (liveness cost only, but an election per idle write).
+    let mut c = Cluster::new(3, true, RaftConfig::default());
+    c.run(2_000);
+    assert!(c.all_quiesced());
+    let before: Vec<_> = (0..GROUPS).map(|g| c.leader(g)).collect();
+    for i in 0..300u64 {
+        // Three groups, written 1-90 ms apart: many writes land while their group's leader
+        // is collecting the followers' `quiesced` answers.
+        let g = i % 3;
+        let (l, _) = c.leader(g).unwrap();
+        let now = c.now;
+        c.host(l)
+            .with_group(now, g, |r| r.propose(now, vec![i as u8]))
+            .unwrap()
+            .unwrap();
+        c.drain((l - 1) as usize);
+        c.run(1 + (i * 37) % 40);
+    }
+    c.run(2_000);
+    assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), before);
+    assert!(c.all_quiesced());
+}

@@ -78,13 +78,14 @@ fn many_groups_per_node_under_faults() {
         .unwrap_or(0);
     println!(
         "{count} seeds x {groups} groups pass in {:.1}s: {} writes ({} seen committed), {} reads \
-         served ({} refused), {} crashes, {} partitions, {} false suspicions, {} quiesce / {} wake events, {} quiesced \
+         served ({} refused), {} elections, {} crashes, {} partitions, {} false suspicions, {} quiesce / {} wake events, {} quiesced \
          follower cores at the idle crashes, every group re-elected within {worst} ms of it",
         t.elapsed().as_secs_f64(),
         sum(|r| r.writes),
         sum(|r| r.writes_committed),
         sum(|r| r.reads_served),
         sum(|r| r.reads_failed),
+        sum(|r| r.elections),
         sum(|r| r.crashes),
         sum(|r| r.partitions),
         sum(|r| r.false_suspicions),

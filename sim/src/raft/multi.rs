@@ -203,6 +203,8 @@ pub struct MultiReport {
     pub quiesced: u64,
     /// See `quiesced`.
     pub woken: u64,
+    /// Leaders elected (distinct group and term), all groups.
+    pub elections: u64,
     /// ReadIndex and lease reads served / refused.
     pub reads_served: u64,
     /// See `reads_served`.
@@ -1334,6 +1336,10 @@ impl MultiWorld {
                     "n{id} g{g} is {role:?} in t{term} (leader {leader:?})"
                 ));
                 if role == Role::Leader {
+                    let first = !self.leaders.contains_key(&(g, term));
+                    if first {
+                        self.report.elections += 1;
+                    }
                     if let Some(other) = self.leaders.insert((g, term), id) {
                         if other != id {
                             return Err(self.fail(

@@ -1,13 +1,9 @@
-//! `conclave-actors`: the sans-IO protocol cores of conclave (Raft, later SWIM and the shard
-//! router), the deterministic simulator that checks them, and the actix actors that host them.
+//! `conclave-actors`: the actix pieces that host conclave's protocol cores — supervision
+//! ([`supervisor`]: restart strategies, backoff and budgets on top of actix) and bounded,
+//! batched mailboxes ([`mailbox`]: `BatchSender`).
 //!
-//! Protocol cores read no clock, open no socket and spawn nothing: they take inputs
-//! (messages, timer ticks, commands, persistence completions) and emit typed actions that the
-//! caller carries out. See `docs/consensus.md`.
+//! The protocol cores themselves are sans-IO and live in `conclave-core`; their simulator and
+//! the linearizability checker in `conclave-sim`.
 
-pub mod linearizability;
 pub mod mailbox;
-pub mod raft;
-pub mod sim;
 pub mod supervisor;
-pub mod swim;

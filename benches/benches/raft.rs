@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use conclave_actors::raft::{
+use conclave_core::raft::{
     Action, LogIndex, Membership, Message, Millis, Raft, RaftConfig, RestoreState, Role,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

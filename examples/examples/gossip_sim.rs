@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use conclave_actors::swim::sim::{self, markdown_table, SimConfig};
+use conclave_sim::swim::{self as sim, markdown_table, SimConfig};
 use std::time::Instant;
 
 #[derive(Parser, Debug)]

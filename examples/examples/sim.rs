@@ -11,7 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use conclave_actors::sim::{self, FaultProfile, SimConfig, SimReport};
+use conclave_sim::raft::{self as sim, FaultProfile, SimConfig, SimReport};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;

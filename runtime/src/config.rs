@@ -5,7 +5,7 @@
 //! silently ignored in a distributed system's configuration is a production incident waiting to
 //! happen.
 
-use conclave_actors::swim::{ConfigError as SwimConfigError, SwimConfig};
+use conclave_core::swim::{ConfigError as SwimConfigError, SwimConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -23,9 +23,7 @@ use chaos::client::{Api, Failure};
 use chaos::cluster::{self, NodeOptions};
 use chaos::nemesis::{Fault, NemesisOptions};
 use chaos::Options;
-use conclave_actors::linearizability::{
-    check_kv, History, KvInput, KvOutput, SearchBudget, Verdict,
-};
+use conclave_sim::linearizability::{check_kv, History, KvInput, KvOutput, SearchBudget, Verdict};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@ use conclave::config::Config;
 use conclave::node::wire::WireMessage;
 use conclave::node::{GossipMembers, Node, NodeError};
 use conclave::state_machine::KvMachine;
-use conclave_actors::swim::{Body, Event, MemberState, Message, Metadata, Update};
+use conclave_core::swim::{Body, Event, MemberState, Message, Metadata, Update};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -11,7 +11,7 @@ use common::Cluster;
 use conclave::config::{ClusterSecretString, ReadLevel};
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
-use conclave_actors::raft::MAX_TERM;
+use conclave_core::raft::MAX_TERM;
 use conclave_transport::handshake::{self, Hello, Refusal};
 use conclave_transport::{ClusterSecret, Endpoint, HandshakeError};
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@ use common::rogue::{heartbeat, rogue};
 use common::Cluster;
 use conclave::client::ClientError;
 use conclave::config::ReadLevel;
-use conclave_actors::raft::MAX_TERM;
+use conclave_core::raft::MAX_TERM;
 use conclave_transport::Endpoint;
 use std::time::{Duration, Instant};
 

@@ -12,7 +12,7 @@ use common::free_addr;
 use conclave::config::{ClusterSecretString, Config, ReadLevel};
 use conclave::node::{MembershipState, Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvQuery, KvRequest};
-use conclave_actors::raft::{MemberAddr, MembershipChange};
+use conclave_core::raft::{MemberAddr, MembershipChange};
 use conclave_transport::handshake::{self, Hello, Refusal};
 use conclave_transport::{ClusterSecret, HandshakeError};
 use std::net::SocketAddr;

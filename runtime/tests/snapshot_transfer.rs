@@ -480,7 +480,7 @@ async fn hostile_snapshot_chunks_are_refused_by_a_real_node_and_change_nothing()
     use common::rogue::rogue;
     use conclave::node::transfer::{checksum, SnapshotChunk};
     use conclave::node::wire::WireMessage;
-    use conclave_actors::raft::{Membership, SnapshotMeta};
+    use conclave_core::raft::{Membership, SnapshotMeta};
     use conclave_transport::Endpoint;
 
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! The gossip actor: hosts the node's sans-IO SWIM core ([`conclave_actors::swim::Swim`]) on the
+//! The gossip actor: hosts the node's sans-IO SWIM core ([`conclave_core::swim::Swim`]) on the
 //! transport and publishes who is alive, suspect, dead or gone, where they listen, what they
 //! publish and how far away they are (docs/gossip.md, "The gossip actor").
 //!
@@ -31,7 +31,7 @@ use crate::config::{Config, LatencySection};
 use crate::state_machine::StateMachine;
 use actix::prelude::*;
 use conclave_actors::supervisor::ChildGuard;
-use conclave_actors::swim::{
+use conclave_core::swim::{
     Action, Event, Identity, Incarnation, Member, MemberState, Message, Metadata, MetadataError,
     Millis, NodeId, Swim, SwimConfig, SwimError, SwimStats, Timer, MAX_INCARNATION,
 };
@@ -201,7 +201,7 @@ pub struct GossipMember {
     pub rtt: Option<RttStats>,
 }
 
-/// The SWIM core's counters (`conclave_actors::swim::SwimStats`).
+/// The SWIM core's counters (`conclave_core::swim::SwimStats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipCounters {
     /// Rumors refused as malformed (bad address, garbage metadata, impossible incarnation).

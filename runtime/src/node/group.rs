@@ -42,12 +42,12 @@ use crate::storage::log_store::RecoveredGroup;
 use crate::storage::member_mark::MemberMarks;
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 use actix::prelude::*;
-use conclave_actors::raft::SnapshotMeta;
-use conclave_actors::raft::{
+use conclave_actors::supervisor::{ChildGuard, Slot};
+use conclave_core::raft::SnapshotMeta;
+use conclave_core::raft::{
     self, Action, Entry, EntryPayload, GroupId, LogIndex, Membership, NodeId, PersistRequest,
     ProposeError, Raft, RaftConfig, ReadConsistency, ReadError, ReadId, RestoreState, Role, Term,
 };
-use conclave_actors::supervisor::{ChildGuard, Slot};
 use conclave_transport::Endpoint;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,7 @@ use crate::storage::log_store::{LogStore, LogStoreError, RecoveredGroup};
 use crate::storage::member_mark::{MemberMarkError, MemberMarks};
 use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
-use conclave_actors::raft::{Entry, GroupId, LogIndex, PersistRequest};
+use conclave_core::raft::{Entry, GroupId, LogIndex, PersistRequest};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -56,7 +56,7 @@ pub struct Compact {
     /// The snapshot's last included index.
     pub index: LogIndex,
     /// Its term.
-    pub term: conclave_actors::raft::Term,
+    pub term: conclave_core::raft::Term,
 }
 
 /// Mark durably that this node has been a member of `group` (`data_dir/member-of`, see
@@ -213,7 +213,7 @@ fn mirror_gauge(group: GroupId, g: &RecoveredGroup) {
 }
 
 /// Drops a group's mirrored entries up to a compaction point.
-fn compact_mirror(g: &mut RecoveredGroup, index: LogIndex, term: conclave_actors::raft::Term) {
+fn compact_mirror(g: &mut RecoveredGroup, index: LogIndex, term: conclave_core::raft::Term) {
     if index <= g.compacted.0 {
         return;
     }
@@ -350,7 +350,7 @@ impl Handler<Recover> for LogStoreActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conclave_actors::raft::{EntryPayload, HardState};
+    use conclave_core::raft::{EntryPayload, HardState};
 
     fn entries(term: u64, range: std::ops::RangeInclusive<LogIndex>) -> Vec<Entry> {
         range
@@ -484,7 +484,7 @@ mod tests {
     #[actix::test]
     async fn an_installed_snapshot_in_the_mirror_matches_recovery() {
         use crate::storage::wal::WalOptions;
-        use conclave_actors::raft::{Membership, SnapshotMeta};
+        use conclave_core::raft::{Membership, SnapshotMeta};
         let dir = tempfile::tempdir().unwrap();
         let (store, recovered) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
         let actor = LogStoreActor::new(

@@ -16,7 +16,7 @@ use super::handle::{
 };
 use super::NodeHandle;
 use crate::state_machine::StateMachine;
-use conclave_actors::raft::{MemberAddr, MembershipChange};
+use conclave_core::raft::{MemberAddr, MembershipChange};
 use std::time::{Duration, Instant};
 
 /// How long `replace` waits for its new learner to catch up before it answers 409

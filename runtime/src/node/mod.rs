@@ -48,11 +48,11 @@ use crate::storage::wal::WalOptions;
 use crate::storage::watchdog::Watchdog;
 use actix::prelude::*;
 use applier::ApplierActor;
-use conclave_actors::raft::{Membership, RaftConfig, ReadConsistency, Role};
 use conclave_actors::supervisor::{
     Factory, RestartPolicy, Slot, StopSupervisor, Strategy, SupervisionEvent, SupervisionEventMsg,
     Supervisor, SupervisorBuilder,
 };
+use conclave_core::raft::{Membership, RaftConfig, ReadConsistency, Role};
 use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
 use group::{
@@ -280,7 +280,7 @@ impl<M: StateMachine> Clone for NodeHandle<M> {
 }
 
 /// The environment variable that switches on the consensus core's planted bugs in a node
-/// process: a comma-separated list of `conclave_actors::raft::PlantedBugs` field names (e.g.
+/// process: a comma-separated list of `conclave_core::raft::PlantedBugs` field names (e.g.
 /// `lease_without_check_quorum`). Read only by binaries built with the test-only
 /// `planted-bugs` feature; the chaos harness uses it to show that it catches them.
 #[cfg(feature = "planted-bugs")]
@@ -288,8 +288,8 @@ pub const PLANTED_BUGS_ENV: &str = "CONCLAVE_PLANTED_BUGS";
 
 /// The planted bugs [`PLANTED_BUGS_ENV`] names; an unknown name is an error that names it.
 #[cfg(feature = "planted-bugs")]
-fn planted_bugs() -> Result<conclave_actors::raft::PlantedBugs, String> {
-    let mut bugs = conclave_actors::raft::PlantedBugs::default();
+fn planted_bugs() -> Result<conclave_core::raft::PlantedBugs, String> {
+    let mut bugs = conclave_core::raft::PlantedBugs::default();
     let Ok(list) = std::env::var(PLANTED_BUGS_ENV) else {
         return Ok(bugs);
     };
@@ -338,7 +338,7 @@ async fn start_node<M: StateMachine>(
     #[cfg(feature = "planted-bugs")]
     {
         let bugs = planted_bugs().map_err(NodeError::Config)?;
-        if bugs != conclave_actors::raft::PlantedBugs::default() {
+        if bugs != conclave_core::raft::PlantedBugs::default() {
             tracing::warn!(node = id, ?bugs, "PLANTED BUGS SWITCHED ON (test build)");
         }
     }
@@ -368,7 +368,7 @@ async fn start_node<M: StateMachine>(
         .map(|m| {
             (
                 m.id,
-                conclave_actors::raft::MemberAddr {
+                conclave_core::raft::MemberAddr {
                     raft: m.addr,
                     http: m.http,
                 },
@@ -602,7 +602,7 @@ async fn start_node<M: StateMachine>(
                         );
                         continue;
                     }
-                    if m.term > conclave_actors::raft::MAX_TERM {
+                    if m.term > conclave_core::raft::MAX_TERM {
                         // The core refuses it too; counted here (issue 12, finding 3).
                         tracing::warn!(
                             from,
@@ -1291,9 +1291,9 @@ impl<M: StateMachine> NodeHandle<M> {
     /// operators use the HTTP routes). Returns the index the change was appended at.
     pub async fn inject_membership_change(
         &self,
-        change: conclave_actors::raft::MembershipChange,
-    ) -> Result<u64, conclave_actors::raft::ProposeError> {
-        let not_leader = conclave_actors::raft::ProposeError::NotLeader { leader: None };
+        change: conclave_core::raft::MembershipChange,
+    ) -> Result<u64, conclave_core::raft::ProposeError> {
+        let not_leader = conclave_core::raft::ProposeError::NotLeader { leader: None };
         let Some(addr) = self.inner.groups.get(&0).and_then(|g| g.actor.get()) else {
             return Err(not_leader);
         };

@@ -13,7 +13,7 @@
 //!   change added, and if that member now leads, it must still hear it (etcd accepts messages
 //!   from any authenticated peer not known removed, for the same reason); what such a peer may
 //!   do is then decided by the Raft core (a sender no configuration names is heard as a leader
-//!   only — see `conclave_actors::raft::Raft::handle_message`), and gossip ignores it. Without
+//!   only — see `conclave_core::raft::Raft::handle_message`), and gossip ignores it. Without
 //!   authentication the handshake proves nothing, so the allowlist is the members of every
 //!   group and nothing else (a node is accepted once a membership naming it was appended);
 //!   a node whose groups have no membership yet (one that joins, `cluster.join`) admits any
@@ -32,10 +32,10 @@ use super::wire::WireMessage;
 use super::StopActor;
 use crate::config::MemberConfig;
 use actix::prelude::*;
-use conclave_actors::raft::{GroupId, Membership, NodeId};
 use conclave_actors::supervisor::{
     Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
 };
+use conclave_core::raft::{GroupId, Membership, NodeId};
 use conclave_transport::{Endpoint, PeerLink, Transport};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};

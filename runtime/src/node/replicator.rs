@@ -6,8 +6,8 @@
 
 use super::wire::WireMessage;
 use actix::prelude::*;
-use conclave_actors::raft::{self, NodeId};
 use conclave_actors::supervisor::ChildGuard;
+use conclave_core::raft::{self, NodeId};
 use conclave_transport::{PeerLink, TrySendError};
 
 /// A Raft message for this replicator's peer.

@@ -20,8 +20,8 @@ use crate::storage::snapshot_store::{
 };
 use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
-use conclave_actors::raft::{self, SnapshotMeta};
 use conclave_actors::supervisor::ChildGuard;
+use conclave_core::raft::{self, SnapshotMeta};
 use std::io::{Read, Write};
 use std::sync::Arc;
 

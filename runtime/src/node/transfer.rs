@@ -15,7 +15,7 @@
 //! snapshot store only when the core's persist of the install is carried out ([`Receptions::adopt`]).
 
 use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError, StoredSnapshot};
-use conclave_actors::raft::{GroupId, LogIndex, Membership, NodeId, SnapshotMeta, Term};
+use conclave_core::raft::{GroupId, LogIndex, Membership, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -17,7 +17,7 @@ use super::transfer::{
 use super::wire::WireMessage;
 use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError, StoredSnapshot};
 use actix::prelude::*;
-use conclave_actors::raft::{GroupId, NodeId, SnapshotMeta, Term};
+use conclave_core::raft::{GroupId, NodeId, SnapshotMeta, Term};
 use conclave_transport::{Endpoint, PeerLink};
 use parking_lot::Mutex;
 use std::collections::HashMap;

@@ -2,7 +2,7 @@
 //! connection a pair of nodes shares (both directions) carries every Raft group and gossip.
 
 use super::transfer::{SnapshotAck, SnapshotChunk};
-use conclave_actors::{raft, swim};
+use conclave_core::{raft, swim};
 use serde::{Deserialize, Serialize};
 
 /// A message between two nodes.

@@ -23,7 +23,7 @@
 //! `truncate_from` drops them.
 
 use super::wal::{Lsn, Wal, WalError, WalOptions};
-use conclave_actors::raft::{
+use conclave_core::raft::{
     Entry, GroupId, HardState, LogIndex, PersistRequest, SnapshotMeta, Term,
 };
 use serde::{Deserialize, Serialize};
@@ -256,7 +256,7 @@ const RECORD_ENVELOPE_BYTES: usize = 64;
 /// An upper bound of an entry's MessagePack size (array and enum headers, two u64s, the
 /// payload with its length prefix), computed without encoding it.
 fn entry_size_bound(e: &Entry) -> usize {
-    use conclave_actors::raft::EntryPayload;
+    use conclave_core::raft::EntryPayload;
     const FIXED: usize = 40;
     match &e.payload {
         EntryPayload::Noop => FIXED,
@@ -714,7 +714,7 @@ fn apply_append(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conclave_actors::raft::EntryPayload;
+    use conclave_core::raft::EntryPayload;
 
     fn entry(index: LogIndex, term: u64) -> Entry {
         Entry {
@@ -1053,7 +1053,7 @@ mod tests {
         SnapshotMeta {
             index,
             term,
-            membership: conclave_actors::raft::Membership::with_voters([1, 2, 3]),
+            membership: conclave_core::raft::Membership::with_voters([1, 2, 3]),
         }
     }
 

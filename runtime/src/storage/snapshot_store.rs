@@ -15,7 +15,7 @@
 
 use crate::state_machine::LogIndex;
 use crate::storage::background_io::{PacedFile, WritePacing};
-use conclave_actors::raft::{SnapshotMeta, Term};
+use conclave_core::raft::{SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -552,7 +552,7 @@ impl Read for VerifyingReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conclave_actors::raft::Membership;
+    use conclave_core::raft::Membership;
 
     fn meta(index: LogIndex, term: Term) -> SnapshotMeta {
         SnapshotMeta {

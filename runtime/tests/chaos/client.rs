@@ -10,7 +10,7 @@
 //! Keys rotate: every `key_period` the clients move to a fresh set of keys, so that each key's
 //! sub-history stays small enough for the checker however long the run.
 
-use conclave_actors::linearizability::{History, KvInput, KvOutput, OpId};
+use conclave_sim::linearizability::{History, KvInput, KvOutput, OpId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;

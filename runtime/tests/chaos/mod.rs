@@ -14,7 +14,7 @@ use client::{Kind, Outcome, Recorder, Workload};
 use cluster::{NodeOptions, Procs};
 use conclave::client::Client;
 use conclave::config::ReadLevel;
-use conclave_actors::linearizability::{check_kv, KvInput, KvOutput, SearchBudget, Verdict};
+use conclave_sim::linearizability::{check_kv, KvInput, KvOutput, SearchBudget, Verdict};
 use nemesis::NemesisOptions;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

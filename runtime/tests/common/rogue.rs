@@ -1,7 +1,7 @@
 //! A transport outside a cluster's control, for tests that play an attacker.
 
 use conclave::node::wire::WireMessage;
-use conclave_actors::raft::{Message, MessageBody};
+use conclave_core::raft::{Message, MessageBody};
 use conclave_transport::{Transport, TransportConfig};
 use std::time::Duration;
 

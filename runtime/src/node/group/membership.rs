@@ -11,7 +11,7 @@ use crate::node::handle::{
 };
 use crate::state_machine::StateMachine;
 use actix::prelude::*;
-use conclave_actors::raft::{
+use conclave_core::raft::{
     self, LogIndex, MembershipChange, NodeId, ProposeError, Raft, Role, Term,
 };
 use tokio::sync::oneshot;

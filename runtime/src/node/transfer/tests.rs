@@ -3,7 +3,7 @@
 //! the tests damage, cut, and restart either side on.
 
 use super::*;
-use conclave_actors::raft::Membership;
+use conclave_core::raft::Membership;
 use std::collections::BTreeSet;
 
 const LEADER: NodeId = 1;

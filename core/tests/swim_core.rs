@@ -1,7 +1,7 @@
 //! Unit tests of the SWIM core asserting its exact outputs (issue 6, items 1 and 4): probe,
 //! ping-req, suspect, refute, dead, prune, rumor limits, joins, leaves, metadata, and bad input.
 
-use conclave_actors::swim::{
+use conclave_core::swim::{
     Action, Body, ConfigError, Event, Identity, Member, MemberState, Message, Metadata, NodeId,
     Swim, SwimConfig, Timer, Update, MAX_INCARNATION, MAX_RUMOR_INCARNATION,
 };

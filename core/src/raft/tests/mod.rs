@@ -7,6 +7,7 @@
 mod net;
 
 mod election;
+mod host;
 mod membership;
 mod reads;
 mod replication;

@@ -5,7 +5,7 @@
 //! (or the `sim` example's `--seeds`), which prints progress. A failure prints the seed, the
 //! checker that fired, the end of the trace and a one-line replay command.
 
-use conclave_actors::sim::{self, FaultMix, FaultProfile, SimConfig};
+use conclave_sim::raft::{self as sim, FaultMix, FaultProfile, SimConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -120,7 +120,7 @@ fn membership_config(seed: u64) -> SimConfig {
 
 /// Membership changes under mixed faults (single-server and joint, in bursts, leaders crashing
 /// right after proposing, joining nodes started with an empty membership): every checker,
-/// liveness included. Seeds 86 and 120 reproduced core bug 1 of `actors/src/sim/CORE_BUGS.md`
+/// liveness included. Seeds 86 and 120 reproduced core bug 1 of `sim/src/raft/CORE_BUGS.md`
 /// (fixed in the core). Asserts the runs exercised what they are meant to.
 /// `CONCLAVE_SIM_MEMBERSHIP_SEEDS=10000` is the long run.
 #[test]

@@ -51,6 +51,12 @@ pub struct RaftConfig {
     /// of the leader's last index (`ProposeError::NotCaughtUp` otherwise): a voter far behind
     /// would stall commitment while it catches up. Default 1,000.
     pub promote_max_lag: u64,
+    /// Leave heartbeats to the host: the core never starts a heartbeat round from
+    /// [`Raft::tick`](super::Raft::tick) and its timer ignores the heartbeat deadline; the
+    /// host calls [`Raft::heartbeat`](super::Raft::heartbeat) on every leader it drives at
+    /// one node-wide beat, so all groups' heartbeats to a peer leave in one frame
+    /// ([`Host`](super::Host)). Default off (the core heartbeats on its own).
+    pub host_heartbeats: bool,
     /// Bugs planted on purpose to prove that the simulator's checkers catch them.
     #[cfg(feature = "planted-bugs")]
     pub planted_bugs: PlantedBugs,
@@ -74,6 +80,7 @@ impl Default for RaftConfig {
             keep_entries: 1_000,
             snapshot_timeout_ms: 60_000,
             promote_max_lag: 1_000,
+            host_heartbeats: false,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: PlantedBugs::default(),
         }
@@ -117,6 +124,10 @@ pub struct PlantedBugs {
     /// The leader accepts a membership change while the previous one is not committed yet
     /// (outside a joint configuration).
     pub second_change_before_commit: bool,
+    /// Read by the multi-group [`Host`](super::Host), not by the core: a quiesced follower
+    /// ignores the gossip report that its leader is down (`Host::peer_down`), so with its
+    /// election timer off it never notices the leader died.
+    pub quiesced_follower_ignores_peer_down: bool,
 }
 
 /// A configuration that cannot be run safely.

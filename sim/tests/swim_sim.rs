@@ -5,7 +5,7 @@
 //! ignored test `table`, to be run in release mode:
 //! `cargo test --release -p conclave-actors --test swim_sim -- --ignored --nocapture table`.
 
-use conclave_actors::swim::sim::{self, markdown_table, SimConfig, SimReport};
+use conclave_sim::swim::{self as sim, markdown_table, SimConfig, SimReport};
 
 fn run(cfg: &SimConfig) -> SimReport {
     sim::run(cfg).expect("valid simulation configuration")

@@ -7,7 +7,7 @@ const PPM: i128 = 1_000_000;
 /// A node's monotonic clock: `local = offset + global * (1 + ppm / 10^6)`.
 ///
 /// Every input the simulator gives a core is on that core's own clock, and every deadline the
-/// core asks for ([`crate::raft::Action::SetTimer`]) is converted back to global time with
+/// core asks for ([`conclave_core::raft::Action::SetTimer`]) is converted back to global time with
 /// [`NodeClock::to_global`], so a fast clock fires its timers early in real terms and a slow
 /// one late, exactly as drift would on real hardware.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! Timeouts are scaled down (suspect 3 s, dead 18 s: Lifeguard's β = 6) so a slow member's delay
 //! exceeds the plain suspicion timeout, which is what makes SWIM misjudge.
 
-use conclave_actors::swim::sim::{self, SimConfig, SimReport};
+use conclave_sim::swim::{self as sim, SimConfig, SimReport};
 
 fn scenario(lifeguard: bool, seed: u64) -> SimReport {
     let mut cfg = SimConfig::new(100, 0.01, 150, seed);

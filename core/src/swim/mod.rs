@@ -2,8 +2,8 @@
 //! suspect, dead or gone, where they listen and what they host), with Lifeguard's refinements.
 //!
 //! The core reads no clock, opens no socket and spawns nothing. Its host (the gossip actor on
-//! the transport, or the deterministic [`sim`]) feeds it [`Swim::handle_message`],
-//! [`Swim::handle_timer`] and commands ([`Swim::start`], [`Swim::set_metadata`],
+//! the transport, or the deterministic simulator `conclave_sim::swim`) feeds it
+//! [`Swim::handle_message`], [`Swim::handle_timer`] and commands ([`Swim::start`], [`Swim::set_metadata`],
 //! [`Swim::leave`]), each with `now` in milliseconds on a monotonic clock, and drains typed
 //! [`Action`]s with [`Swim::poll_actions`]: frames to send, timers to set (typed [`Timer`]
 //! values handed back when they fire; stale ones are ignored, so nothing needs cancelling),
@@ -11,7 +11,6 @@
 
 mod config;
 mod core;
-pub mod sim;
 mod types;
 
 pub use self::config::{ConfigError, SwimConfig};

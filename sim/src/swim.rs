@@ -13,11 +13,11 @@
 //! about members that were in fact alive. Cost is O(N) frames per cycle; 1,000 members for
 //! 1,000 cycles take a few seconds in release mode.
 
-use super::{
+use conclave_core::raft::{Millis, NodeId};
+use conclave_core::swim::{
     Action, Event, Identity, Member, MemberState, Message, Metadata, Swim, SwimConfig, SwimError,
     Timer,
 };
-use crate::raft::{Millis, NodeId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Ordering;

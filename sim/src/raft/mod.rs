@@ -1,6 +1,6 @@
 //! A deterministic simulator for the Raft core: one `u64` seed reproduces a whole run.
 //!
-//! The simulator hosts 3 or 5 [`Raft`](crate::raft::Raft) cores of one group in a single thread
+//! The simulator hosts 3 or 5 [`Raft`](conclave_core::raft::Raft) cores of one group in a single thread
 //! and drives them from a discrete-event queue (message deliveries, timers, persistence
 //! completions, client operations, faults). It injects message drops, duplicates, reordering and
 //! delays, symmetric and one-way partitions, crashes that lose every write not yet reported
@@ -18,13 +18,15 @@
 //! one-line command that replays it.
 
 mod clock;
+mod multi;
 mod store;
 mod trace;
 mod world;
 
 pub use clock::NodeClock;
+pub use multi::{run_multi, MultiConfig, MultiFaults, MultiReport, MultiWorld};
 
-use crate::raft::{Millis, RaftConfig};
+use conclave_core::raft::{Millis, RaftConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
@@ -200,7 +202,7 @@ impl SimConfig {
     fn planted_bugs_note(&self) -> Option<String> {
         #[cfg(feature = "planted-bugs")]
         {
-            if self.raft.planted_bugs != crate::raft::PlantedBugs::default() {
+            if self.raft.planted_bugs != conclave_core::raft::PlantedBugs::default() {
                 return Some(format!("{:?}", self.raft.planted_bugs));
             }
         }

@@ -6,8 +6,8 @@
 //! partitions with clock skew for leases) but detection comes from the ordinary checkers.
 //! `CONCLAVE_SIM_BUG_SEEDS=N` raises the bound for experiments.
 
-use conclave_actors::raft::PlantedBugs;
-use conclave_actors::sim::{self, FailureKind, FaultMix, FaultProfile, SimConfig, Workload};
+use conclave_core::raft::PlantedBugs;
+use conclave_sim::raft::{self as sim, FailureKind, FaultMix, FaultProfile, SimConfig, Workload};
 use std::time::Instant;
 
 /// Each bug must be caught within this many seeds...

@@ -10,6 +10,7 @@
 
 mod config;
 mod core;
+mod host;
 mod log;
 mod progress;
 mod types;
@@ -22,4 +23,8 @@ pub use self::core::{PeerProgress, Raft, Status, MAX_TERM};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBugs;
 pub use config::{ConfigError, RaftConfig};
+pub use host::{
+    CoalescedHeartbeat, CoalescedResponse, Frame, Host, HostAction, HostConfig, HostError,
+    HostStats,
+};
 pub use types::*;

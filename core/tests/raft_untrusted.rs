@@ -2,7 +2,7 @@
 //! senders that no configuration it knows names (except as a leader of its own term, or of a
 //! newer one for a non-voter: issue 14) and terms above `MAX_TERM`.
 
-use conclave_actors::raft::{
+use conclave_core::raft::{
     Entry, EntryPayload, HardState, Membership, Message, MessageBody, Raft, RaftConfig,
     RestoreState, Role, MAX_TERM,
 };

@@ -6,7 +6,7 @@ use super::store::{digest, Durable, Shadow, SimSnapshot};
 use super::trace::{DropWhy, MsgKind, Note, Trace};
 use super::{derive_seed, FailureKind, FaultMix, SimConfig, SimFailure, SimReport};
 use crate::linearizability::{check_kv, History, KvInput, KvOutput, OpId, SearchBudget, Verdict};
-use crate::raft::{
+use conclave_core::raft::{
     Action, Entry, EntryPayload, LogIndex, MemberAddr, Membership, MembershipChange, Message,
     MessageBody, NodeId, PersistRequest, ProposeError, Raft, RaftConfig, ReadConsistency,
     ReadError, ReadId, RestoreState, Role, SnapshotError, SnapshotMeta, Term,

@@ -6,7 +6,7 @@
 //! `CONCLAVE_LIN_SEEDS=N` checks N seeds instead of 3 (long mode); elapsed times are printed
 //! (`cargo test -p conclave-actors --test linearizability -- --nocapture`).
 
-use conclave_actors::linearizability::{
+use conclave_sim::linearizability::{
     check_kv, KvInput, KvOutput, Operation, SearchBudget, Verdict, ViolationKind,
 };
 use rand::{Rng, SeedableRng};

@@ -1,7 +1,7 @@
 //! The event trace: a bounded ring of compact records, formatted only when a failure is
 //! reported (or, in verbose mode, as they happen), so tracing costs little per event.
 
-use crate::raft::{Message, MessageBody, NodeId, Role, Term};
+use conclave_core::raft::{Message, MessageBody, NodeId, Role, Term};
 use std::collections::VecDeque;
 use std::fmt;
 

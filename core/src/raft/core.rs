@@ -928,6 +928,79 @@ impl Raft {
     }
 
     // ------------------------------------------------------------------------------------
+    // Host-driven heartbeats and quiescence (see `docs/consensus.md`, "Many groups per node")
+    // ------------------------------------------------------------------------------------
+
+    /// Leader: start a heartbeat round now (with [`RaftConfig::host_heartbeats`], the host's
+    /// node-wide beat calls this on every leader it drives). Does nothing on other roles.
+    pub fn heartbeat(&mut self, now: Millis) {
+        self.advance_clock(now);
+        let now = self.now;
+        if self.role == Role::Leader {
+            self.start_round(now);
+            self.heartbeat_deadline = now + self.config.heartbeat_interval_ms;
+        }
+    }
+
+    /// Whether this group has nothing in flight, so its host may stop ticking it: no persist
+    /// issued or pending, no withheld message, no snapshot being installed, and the log holds
+    /// exactly what is committed and handed out for applying. A leader additionally needs
+    /// its no-op committed, no read, transfer, membership change or peer pruning pending,
+    /// and every peer caught up (replicating, nothing in flight); a follower or learner needs
+    /// to know its leader. Candidates are never quiescent.
+    pub fn quiescent(&self) -> bool {
+        let idle = self.in_flight.is_empty()
+            && !self.persist_dirty()
+            && self.withheld.is_empty()
+            && self.installing.is_none()
+            && self.commit_index == self.log.last_index()
+            && self.persisted_index == self.log.last_index()
+            && self.applied == self.commit_index;
+        if !idle {
+            return false;
+        }
+        match self.role {
+            Role::Leader => {
+                self.log.term_at(self.commit_index) == Some(self.term)
+                    && self.transfer.is_none()
+                    && self.pending_reads.is_empty()
+                    && !self.want_read_round
+                    && self.prune_at.is_none()
+                    && !self.change_pending()
+                    && self.progress.values().all(|p| {
+                        p.match_index == self.commit_index
+                            && p.state == ReplicationState::Replicate
+                            && p.inflight.is_empty()
+                    })
+            }
+            Role::Follower | Role::Learner => self.leader.is_some(),
+            Role::PreCandidate | Role::Candidate => false,
+        }
+    }
+
+    /// The host stopped ticking this core for a while (it was quiesced) and resumes now. The
+    /// deadlines that passed meanwhile are restarted rather than fired at once: a follower
+    /// draws a fresh randomized election timeout (so the followers of a dead leader do not all
+    /// campaign in the same millisecond), a leader gets a full check-quorum window in which
+    /// its peers must answer again. Nothing here touches terms, votes, the log or leases
+    /// (a lease is only ever extended by a quorum-acknowledged round), so it cannot affect
+    /// safety.
+    pub fn unquiesce(&mut self, now: Millis) {
+        self.advance_clock(now);
+        let now = self.now;
+        match self.role {
+            Role::Leader => {
+                for p in self.progress.values_mut() {
+                    p.recent_active = false;
+                }
+                self.check_quorum_deadline = now + self.config.election_timeout_min_ms;
+                self.heartbeat_deadline = now;
+            }
+            _ => self.reset_election_deadline(now),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
     // Snapshots and compaction (Raft §7, thesis ch. 5)
     // ------------------------------------------------------------------------------------
 
@@ -1692,7 +1765,7 @@ impl Raft {
     // ------------------------------------------------------------------------------------
 
     fn tick_leader(&mut self, now: Millis) {
-        if now >= self.heartbeat_deadline {
+        if !self.config.host_heartbeats && now >= self.heartbeat_deadline {
             self.start_round(now);
             self.heartbeat_deadline = now + self.config.heartbeat_interval_ms;
         }
@@ -2389,7 +2462,13 @@ impl Raft {
     fn emit_timer(&mut self) {
         let at = match self.role {
             Role::Leader => {
-                let mut at = self.heartbeat_deadline;
+                // With host heartbeats the host's beat drives them; without check-quorum or a
+                // transfer nothing else is due (`Millis::MAX`: no timer).
+                let mut at = if self.config.host_heartbeats {
+                    Millis::MAX
+                } else {
+                    self.heartbeat_deadline
+                };
                 if self.config.check_quorum {
                     at = at.min(self.check_quorum_deadline);
                 }

@@ -129,7 +129,7 @@ fn membership_change_validation() {
 /// answers vote requests on the log and term checks alone (thesis §4.1: requests are processed
 /// without consulting the recipient's configuration), because it may have been promoted in an
 /// entry it has not received yet — refusing cost the simulator's membership seeds 86 and 120
-/// their liveness (actors/src/sim/CORE_BUGS.md, bug 1).
+/// their liveness (sim/src/raft/CORE_BUGS.md, bug 1).
 #[test]
 fn learner_never_campaigns_and_its_vote_never_counts() {
     let mut r = Raft::new(cfg(4), fresh(&[1, 2, 3]), 1, 0).unwrap();

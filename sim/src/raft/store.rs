@@ -2,7 +2,7 @@
 //! segmented WAL), the durable snapshot of its state machine, and the shadow of the core's
 //! in-memory log that the log-matching checker reads.
 
-use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
+use conclave_core::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};

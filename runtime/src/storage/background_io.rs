@@ -161,6 +161,7 @@ impl WritePacing {
 
 /// A file written at a paced rate with incremental writeback (see the module docs). Put a
 /// `BufWriter` in front of it: each write it receives is paced and may take a writeback step.
+#[derive(Debug)]
 pub struct PacedFile {
     file: File,
     pacer: Pacer,

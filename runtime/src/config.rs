@@ -1357,8 +1357,8 @@ lifeguard = false
             (10_000, 64 << 20, 1_000, 1 << 20, 100, 2, 50, 20)
         );
         // An unpaced image writer and no jitter are allowed.
-        let c = Config::parse("[snapshot]\nwrite_rate_mb_s = 0\nthreshold_jitter_pct = 0\n")
-            .unwrap();
+        let c =
+            Config::parse("[snapshot]\nwrite_rate_mb_s = 0\nthreshold_jitter_pct = 0\n").unwrap();
         assert_eq!(
             (c.snapshot.write_rate_mb_s, c.snapshot.threshold_jitter_pct),
             (0, 0)

@@ -207,7 +207,7 @@ async fn metric(endpoint: &str, name: &str, label: &str) -> Option<f64> {
 
 /// What the writers share: every acknowledged write's time, each key's last acknowledged
 /// counter, and how many 503s they retried.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Writes {
     acks: Vec<Instant>,
     last: Vec<Vec<Option<u64>>>,
@@ -289,36 +289,37 @@ async fn monitor(
         let installed = metric(&new, "conclave_snapshot_installed_total", "").await;
         let config = lc.cluster_config().await.ok();
         let applied = nc.status().await.ok().map(|s| s.applied_index);
-        let mut p = phases.borrow_mut();
-        if let Some(b) = bytes {
-            p.bytes_sent = p.bytes_sent.max(b);
-            if b > 0.0 && p.stream_started.is_none() {
-                p.stream_started = Some(t);
-            }
-        }
-        if let Some(s) = sent {
-            p.snapshots_sent = p.snapshots_sent.max(s);
-            if s >= 1.0 && p.streamed.is_none() {
-                p.streamed = Some(t);
-            }
-        }
-        if p.installed.is_none()
-            && (installed.is_some_and(|i| i >= 1.0) && applied.is_some_and(|a| a > 0))
         {
-            p.installed = Some(t);
-        }
-        if let Some(c) = config {
-            if let Some(l) = c.learners.iter().find(|m| m.id == NEW_ID) {
-                p.learner_added.get_or_insert(t);
-                p.max_lag = p.max_lag.max(l.lag.unwrap_or(0));
-                if l.caught_up == Some(true) && p.caught_up.is_none() {
+            let mut p = phases.borrow_mut();
+            if let Some(b) = bytes {
+                p.bytes_sent = p.bytes_sent.max(b);
+                if b > 0.0 && p.stream_started.is_none() {
+                    p.stream_started = Some(t);
+                }
+            }
+            if let Some(s) = sent {
+                p.snapshots_sent = p.snapshots_sent.max(s);
+                if s >= 1.0 && p.streamed.is_none() {
+                    p.streamed = Some(t);
+                }
+            }
+            if p.installed.is_none()
+                && (installed.is_some_and(|i| i >= 1.0) && applied.is_some_and(|a| a > 0))
+            {
+                p.installed = Some(t);
+            }
+            if let Some(c) = config {
+                if let Some(l) = c.learners.iter().find(|m| m.id == NEW_ID) {
+                    p.learner_added.get_or_insert(t);
+                    p.max_lag = p.max_lag.max(l.lag.unwrap_or(0));
+                    if l.caught_up == Some(true) && p.caught_up.is_none() {
+                        p.caught_up = Some(t);
+                    }
+                } else if c.voters.iter().any(|m| m.id == NEW_ID) && p.caught_up.is_none() {
                     p.caught_up = Some(t);
                 }
-            } else if c.voters.iter().any(|m| m.id == NEW_ID) && p.caught_up.is_none() {
-                p.caught_up = Some(t);
             }
         }
-        drop(p);
         actix::clock::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -556,7 +557,7 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     let voters: Vec<u64> = config.voters.iter().map(|m| m.id).collect();
     assert_eq!(voters, vec![1, 2, 3, NEW_ID], "{config:?}");
 
-    let w = writes.borrow();
+    let w = writes.borrow().clone();
     let p = phases.borrow().clone();
     let catch_end = add_start + promoted;
     let base = rate(&w.acks, base_start, base_end);
@@ -613,7 +614,6 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     let commit = lc.status().await.unwrap().commit_index;
     applied(&joiner.endpoint(), commit, Duration::from_secs(120)).await;
     let last = w.last.clone();
-    drop(w);
     holds(&joiner.endpoint(), ReadLevel::Stale, &last, big_keys).await;
     holds(&leader_ep, ReadLevel::Linearizable, &last, big_keys).await;
 }

@@ -147,8 +147,7 @@ async fn disk_waits(cluster: &Cluster) -> [DiskWaits; 3] {
         let body = resp.body().limit(16 << 20).await.unwrap_or_default();
         let page = String::from_utf8_lossy(&body);
         (w.wal_sum, w.wal_count, w.wal_max) = summary(&page, "conclave_wal_sync_seconds");
-        (w.apply_sum, w.apply_count, w.apply_max) =
-            summary(&page, "conclave_apply_batch_seconds");
+        (w.apply_sum, w.apply_count, w.apply_max) = summary(&page, "conclave_apply_batch_seconds");
     }
     out
 }
@@ -275,8 +274,8 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
         let calls: Vec<_> = snapshotting
             .iter()
             .map(|&i| {
-                let c = Client::with_timeout(&cluster.endpoint(i), Duration::from_secs(600))
-                    .unwrap();
+                let c =
+                    Client::with_timeout(&cluster.endpoint(i), Duration::from_secs(600)).unwrap();
                 (i, actix::spawn(async move { c.take_snapshot(0).await }))
             })
             .collect();

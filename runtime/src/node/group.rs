@@ -586,8 +586,7 @@ impl<M: StateMachine> GroupActor<M> {
         let applied = self.deps.shared.applied.load(Ordering::Relaxed);
         let entries = applied.saturating_sub(core.snapshot().index);
         let by_entries = threshold_entries > 0 && entries >= threshold_entries;
-        let by_bytes =
-            threshold_log_bytes > 0 && self.bytes_since_snapshot >= threshold_log_bytes;
+        let by_bytes = threshold_log_bytes > 0 && self.bytes_since_snapshot >= threshold_log_bytes;
         if by_entries || by_bytes {
             self.start_snapshot(ctx, None);
         }
@@ -1678,7 +1677,10 @@ mod tests {
         for _ in 0..10_000 {
             let (entries, bytes) = policy.jittered(rand::random());
             assert!((10_000..=12_000).contains(&entries), "{entries}");
-            assert!(((64 << 20)..=(64 << 20) * 6 / 5).contains(&bytes), "{bytes}");
+            assert!(
+                ((64 << 20)..=(64 << 20) * 6 / 5).contains(&bytes),
+                "{bytes}"
+            );
             seen.insert(entries / 200);
         }
         // Spread over the whole range (ten bins of 200 entries), not stuck at one end.

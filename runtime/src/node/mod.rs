@@ -507,9 +507,7 @@ async fn start_node<M: StateMachine>(
                     .join("snapshots")
                     .join(group.to_string()),
             )?
-            .with_pacing(WritePacing::from_rate_mb_s(
-                config.snapshot.write_rate_mb_s,
-            )),
+            .with_pacing(WritePacing::from_rate_mb_s(config.snapshot.write_rate_mb_s)),
         );
         // Replicators, allowlist and gossip follow the bootstrap membership until the group's
         // core reports the one in its log.

@@ -431,7 +431,11 @@ mod tests {
         let file = f.into_inner().unwrap().into_file();
         file.sync_all().unwrap();
         // 2 MB at 20 MB/s: at least 100 ms (less the burst of one step, 3 ms).
-        assert!(t.elapsed() >= Duration::from_millis(95), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(95),
+            "{:?}",
+            t.elapsed()
+        );
         assert_eq!(std::fs::read(&path).unwrap(), body);
     }
 }

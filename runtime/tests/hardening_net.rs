@@ -110,8 +110,9 @@ async fn finding3_forged_max_term_heartbeat_does_not_stop_elections() {
 }
 
 /// Finding 2, with real processes: a cluster with a cluster secret; a script posing as node 2
-/// (without the secret, then with a wrong one) and a non-member are refused by the leader, and
-/// every write the leader acknowledges meanwhile is held by the real node 2.
+/// (without the secret, then with a wrong one) is refused by the leader, a non-member holding
+/// the secret is admitted but changes nothing, and every write the leader acknowledges
+/// meanwhile is held by the real node 2.
 #[actix::test]
 async fn finding2_impostor_of_node_2_is_refused_by_a_real_cluster() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,9 +167,14 @@ async fn finding2_impostor_of_node_2_is_refused_by_a_real_cluster() {
             Some(&right),
         )
         .await;
+        // It proves it holds the secret: a cluster whose peers authenticate admits it at the
+        // handshake (only members it saw removed are refused, `not_member`), because a node
+        // lagging behind a membership change must hear a leader that change added; what such
+        // a sender may do is the Raft core's decision (heard as a leader only, never in an
+        // election: docs/security.md, finding 3), and gossip ignores it.
         assert!(
-            matches!(r, Err(HandshakeError::Refused(Refusal::RefusedByPeer(10)))),
-            "non-member: {r:?}"
+            matches!(r, Ok((_, handshake::Status::Accepted))),
+            "non-member with the secret: {r:?}"
         );
         // Writes through the leader go on.
         let key = format!("k{round}");
@@ -205,6 +211,5 @@ async fn finding2_impostor_of_node_2_is_refused_by_a_real_cluster() {
         logs.contains("secret_mismatch"),
         "refusal not logged\n{logs}"
     );
-    assert!(logs.contains("not_member"), "refusal not logged\n{logs}");
     c.kill9(0);
 }

@@ -1725,6 +1725,14 @@ impl Raft {
             None => conflict_index,
         };
         let next = hinted.min(index).max(1);
+        if conflict_term.is_none() && conflict_index <= p.match_index {
+            // The peer says its log ends below what it acknowledged: it lost its log (a wiped
+            // or replaced data directory). Its match is forgotten, so it is caught up again —
+            // by snapshot if the log no longer reaches — instead of being probed above its
+            // log forever (`become_probe` never goes below the match). The commit index does
+            // not move back: entries committed stay committed by the majority that holds them.
+            p.match_index = conflict_index.saturating_sub(1);
+        }
         p.become_probe(next);
     }
 

@@ -145,6 +145,70 @@ fn raft_7_leader_sends_snapshot_and_pauses_appends() {
     assert_eq!((p.match_index, p.next_index), (6, 8));
 }
 
+/// A follower that lost its log after acknowledging entries (its data directory wiped) is
+/// caught up again: its probe rejection says its log ends below its match index, so the
+/// leader forgets that match and, its log compacted past the follower's end, streams the
+/// snapshot. Before, the leader kept probing just above the old match forever (seen on real
+/// processes: `snapshot_transfer`'s wiped follower, once compaction waited for it).
+#[test]
+fn a_follower_that_lost_its_log_gets_a_snapshot_again() {
+    let mut r = leader_with_applied(5, 0);
+    r.snapshot_taken(3000, r.snapshot_meta(6).unwrap()).unwrap();
+    poll(&mut r);
+    // 2 acknowledged up to 6 (leader_with_applied); a new entry 7 goes to it.
+    r.propose(3001, b"n".to_vec()).unwrap();
+    let seq = persist_seq(&poll(&mut r));
+    r.persisted(3002, seq);
+    poll(&mut r);
+    // 2 comes back wiped: it rejects the append after 6, its log ending at 0. In the
+    // pipelined state that rejection is indistinguishable from a reordered old one (ignored);
+    // the window then stalls and a heartbeat answer makes the leader probe it.
+    let reject = |index| {
+        msg(
+            2,
+            1,
+            1,
+            MessageBody::AppendEntriesResponse {
+                success: false,
+                index,
+                conflict_term: None,
+                conflict_index: 1,
+            },
+        )
+    };
+    r.handle_message(3003, reject(6));
+    assert!(sends(&poll(&mut r)).is_empty());
+    r.handle_message(
+        3200,
+        msg(2, 1, 1, MessageBody::HeartbeatResponse { read_ctx: 0 }),
+    );
+    let probe = sends(&poll(&mut r));
+    assert!(
+        probe.iter().any(|m| m.to == 2
+            && matches!(
+                m.body,
+                MessageBody::AppendEntries {
+                    prev_log_index: 6,
+                    ..
+                }
+            )),
+        "{probe:?}"
+    );
+    r.handle_message(3201, reject(6));
+    assert_eq!(
+        no_timers(poll(&mut r)),
+        vec![Action::SendSnapshot {
+            to: 2,
+            term: 1,
+            meta: meta(6, 1, &[1, 2, 3])
+        }]
+    );
+    let p = r.status().progress.into_iter().find(|p| p.id == 2).unwrap();
+    assert_eq!(p.match_index, 0);
+    // The commit index stays where the majority put it.
+    assert_eq!(r.commit_index(), 6);
+}
+
 /// A leader that takes a newer snapshot while an older one streams to a peer does not compact
 /// past the one being streamed: once the peer installs it, it continues from the log instead
 /// of needing yet another snapshot (under steady writes, a large snapshot is overtaken by newer

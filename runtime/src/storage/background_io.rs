@@ -118,6 +118,22 @@ impl Writeback {
         }
     }
 
+    /// Writeback every `step` bytes of a file whose first `len` bytes are already on disk (a
+    /// received snapshot continued after a restart: its prefix was fsynced or is re-verified):
+    /// the first step starts at `len`.
+    pub fn resume(step: u64, len: u64) -> Writeback {
+        Writeback {
+            step,
+            done_to: len,
+            started_to: len,
+        }
+    }
+
+    /// The bytes from the file's start that are written back and waited for.
+    pub fn done_to(&self) -> u64 {
+        self.done_to
+    }
+
     /// The file is now `len` bytes long: the step to take, if a whole step was written
     /// since the last one.
     pub fn after_write(&mut self, len: u64) -> Option<WritebackStep> {
@@ -194,7 +210,7 @@ impl Write for PacedFile {
         if let Some(step) = self.writeback.after_write(self.len) {
             sys::start_writeback(&self.file, step.start)?;
             if let Some(wait) = step.wait {
-                sys::wait_writeback(&self.file, wait)?;
+                sys::wait_writeback(&self.file, wait, true)?;
             }
         }
         let delay = self.pacer.record(n as u64, Instant::now());
@@ -207,6 +223,18 @@ impl Write for PacedFile {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
     }
+}
+
+/// Takes one incremental writeback step of a file written by other means than a
+/// [`PacedFile`] (a snapshot received chunk by chunk): starts writing back `step.start` and
+/// waits for `step.wait`. With `drop_cached` the range waited for also leaves the page cache;
+/// without, it stays there clean (a received image is read again at once to restore it).
+pub fn write_back(file: &File, step: WritebackStep, drop_cached: bool) -> std::io::Result<()> {
+    sys::start_writeback(file, step.start)?;
+    if let Some(wait) = step.wait {
+        sys::wait_writeback(file, wait, drop_cached)?;
+    }
+    Ok(())
 }
 
 /// Lowers the calling thread's CPU priority to `SCHED_IDLE` (Linux: it runs when nothing
@@ -252,10 +280,15 @@ mod sys {
         range_call(file, range, libc::SYNC_FILE_RANGE_WRITE)
     }
 
-    /// Waits until `range` is written back (starting what is not yet under way), then drops
-    /// it from the page cache: an image is written once and read again only if a follower
-    /// needs it, while keeping it cached would push the state machine's own pages out.
-    pub fn wait_writeback(file: &File, range: (u64, u64)) -> std::io::Result<()> {
+    /// Waits until `range` is written back (starting what is not yet under way), then, with
+    /// `drop_cached`, drops it from the page cache: an image the snapshotter wrote is read
+    /// again only if a follower needs it, while keeping it cached would push the state
+    /// machine's own pages out.
+    pub fn wait_writeback(
+        file: &File,
+        range: (u64, u64),
+        drop_cached: bool,
+    ) -> std::io::Result<()> {
         range_call(
             file,
             range,
@@ -263,6 +296,9 @@ mod sys {
                 | libc::SYNC_FILE_RANGE_WRITE
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER,
         )?;
+        if !drop_cached {
+            return Ok(());
+        }
         let (Ok(offset), Ok(len)) = (i64::try_from(range.0), i64::try_from(range.1)) else {
             return Ok(());
         };
@@ -320,7 +356,7 @@ mod sys {
         Ok(())
     }
 
-    pub fn wait_writeback(_: &File, _: (u64, u64)) -> std::io::Result<()> {
+    pub fn wait_writeback(_: &File, _: (u64, u64), _: bool) -> std::io::Result<()> {
         Ok(())
     }
 
@@ -411,6 +447,27 @@ mod tests {
         // A step of 0: no incremental writeback.
         let mut w = Writeback::new(0);
         assert_eq!(w.after_write(1 << 40), None);
+    }
+
+    #[test]
+    fn a_resumed_writeback_starts_at_the_prefix_already_on_disk() {
+        let mut w = Writeback::resume(4, 10);
+        // Nothing of the prefix is written back again, and nothing waited for.
+        assert_eq!(w.after_write(13), None);
+        assert_eq!(
+            w.after_write(14),
+            Some(WritebackStep {
+                wait: None,
+                start: (10, 4)
+            })
+        );
+        assert_eq!(
+            w.after_write(19),
+            Some(WritebackStep {
+                wait: Some((10, 4)),
+                start: (14, 5)
+            })
+        );
     }
 
     #[test]

@@ -286,6 +286,49 @@ fn a_restarted_receiver_continues_a_sender_that_never_noticed() {
     assert_eq!(adopt_and_read(&s, &mut rx, &meta(75, 2)), body);
 }
 
+/// A received image is written back step by step while it arrives (not all at once by the
+/// final fsync), also across a receiver restart, and the staged image is the sender's.
+#[test]
+fn a_reception_writes_its_partial_file_back_step_by_step() {
+    let s = Setup::new();
+    let body = image(9_500, 17);
+    let snap = s.snapshot(meta(80, 2), &body);
+    let v = view(3, 10);
+    let open = || Receptions::open_with_step(FOLLOWER, GROUP, &s.follower_dir, 2_000).unwrap();
+    let mut rx = open();
+    let mut st = SendState::new(GROUP, LEADER, FOLLOWER, 3, &snap, CHUNK);
+    let mut file = File::open(&snap.path).unwrap();
+    let mut next = st.probe();
+    let mut sent = 0;
+    let mut written_back = Vec::new();
+    loop {
+        if sent == 6 {
+            // 5,000 bytes received, 2,000 of them written back and waited for (the second
+            // step's range is under way). The receiver restarts: it resumes after its prefix.
+            drop(rx);
+            rx = open();
+        }
+        sent += 1;
+        let out = rx.on_chunk(LEADER, &v, &next, Instant::now());
+        if let Some(r) = rx.open.get(&(80, 2)) {
+            written_back.push(r.writeback.done_to());
+        }
+        match st.on_ack(out.ack()) {
+            SendStep::Continue => next = st.read_chunk(&mut file).unwrap(),
+            SendStep::Done => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // Probe + 10 chunks of 1,000 bytes: after each, the bytes written back and waited for
+    // (the range started by the step before). The restart resumed at 5,000.
+    assert_eq!(
+        written_back,
+        vec![0, 0, 0, 0, 2_000, 2_000, 5_000, 5_000, 5_000, 7_000, 7_000]
+    );
+    assert_eq!(rx.resumed(), 1);
+    assert_eq!(adopt_and_read(&s, &mut rx, &meta(80, 2)), body);
+}
+
 #[test]
 fn a_partial_file_damaged_on_disk_fails_the_digest_and_the_transfer_starts_over() {
     let s = Setup::new();

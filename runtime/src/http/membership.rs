@@ -10,7 +10,7 @@
 //! every other leader-only route.
 
 use super::{forward, missing_body, read_body, ApiError, Data};
-use crate::node::{
+use crate::api::{
     ConfigChange, InvalidChange, KvService, LeaderHint, NewMember, NodeId, RequestError,
 };
 use actix_web::web::{self, Bytes};

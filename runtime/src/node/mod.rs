@@ -19,7 +19,6 @@
 pub mod applier;
 pub mod gossip;
 pub mod group;
-pub mod handle;
 pub mod log_store_actor;
 mod membership;
 pub use membership::REPLACE_CATCH_UP_WAIT;
@@ -30,10 +29,10 @@ pub mod transfer;
 pub mod transfer_actor;
 pub mod wire;
 
-pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttStats};
-pub use group::SnapshotInfo;
-pub use handle::*;
-pub use peers::MembershipState;
+// The request interface lives in `crate::api` (the HTTP layer uses it without depending on
+// the node); re-exported so `conclave::node::{NodeHandle, RequestError, ...}` stay one path.
+pub use crate::api::*;
+pub use gossip::GossipError;
 pub use snapshotter::SnapshotError;
 
 use crate::config::{Config, MemberConfig, ReadLevel};

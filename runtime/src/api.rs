@@ -132,9 +132,96 @@ pub enum RequestError {
         /// The group.
         group: GroupId,
     },
-    /// Something failed inside the node (storage): 500.
+    /// Something failed inside the node (the state machine, encoding): 500. The cause is
+    /// kept as the source.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] InternalError),
+}
+
+/// What failed inside a node when a request could not be served ([`RequestError::Internal`],
+/// HTTP 500 `internal`; the body's message is this error's text).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InternalError {
+    /// The state machine, or the encoding of a command or a result, failed. One failure
+    /// answers every request of a batch, so the cause is shared.
+    #[error(transparent)]
+    Failed(SharedError),
+    /// The state machine is not open (its applier is restarting after a failure).
+    #[error("the state machine is not open")]
+    MachineNotOpen,
+    /// The service behind the API does not offer this operation (a test double, an embedding
+    /// application's own service).
+    #[error("this service {0}")]
+    Unsupported(Unsupported),
+}
+
+impl InternalError {
+    /// An internal failure caused by `error` (kept as the source).
+    pub fn failed(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        InternalError::Failed(SharedError(std::sync::Arc::new(error)))
+    }
+}
+
+impl From<InternalError> for RequestError {
+    fn from(e: InternalError) -> Self {
+        RequestError::Internal(e)
+    }
+}
+
+/// An error shared by every request it failed (cheap to clone). Two are equal when they are
+/// the same error or say the same thing (what a test can compare).
+#[derive(Clone, Debug)]
+pub struct SharedError(pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for SharedError {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for SharedError {}
+
+/// An operation a [`KvService`] does not offer (its default methods answer this).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unsupported {
+    /// `transfer_leader(to)`.
+    TransferLeader(NodeId),
+    /// `take_snapshot(group)`.
+    TakeSnapshot(GroupId),
+    /// `change_config(change)`.
+    ChangeConfig(Box<ConfigChange>),
+    /// `cluster_config()`.
+    ClusterConfig,
+    /// `drain(drained)`.
+    Drain(bool),
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsupported::TransferLeader(to) => {
+                write!(f, "cannot transfer leadership (to node {to})")
+            }
+            Unsupported::TakeSnapshot(group) => write!(f, "cannot take snapshots (group {group})"),
+            Unsupported::ChangeConfig(change) => {
+                write!(f, "cannot change the membership ({change:?})")
+            }
+            Unsupported::ClusterConfig => write!(f, "has no cluster configuration"),
+            Unsupported::Drain(drained) => write!(f, "cannot be drained (drained = {drained})"),
+        }
+    }
 }
 
 impl RequestError {
@@ -501,11 +588,7 @@ pub trait KvService: Clone + 'static {
         &self,
         to: NodeId,
     ) -> impl std::future::Future<Output = Result<(), RequestError>> {
-        async move {
-            Err(RequestError::Internal(format!(
-                "this service cannot transfer leadership (to node {to})"
-            )))
-        }
+        async move { Err(InternalError::Unsupported(Unsupported::TransferLeader(to)).into()) }
     }
 
     /// Takes a snapshot of `group`'s state machine on this node now (`POST
@@ -514,11 +597,7 @@ pub trait KvService: Clone + 'static {
         &self,
         group: u64,
     ) -> impl std::future::Future<Output = Result<SnapshotInfo, RequestError>> {
-        async move {
-            Err(RequestError::Internal(format!(
-                "this service cannot take snapshots (group {group})"
-            )))
-        }
+        async move { Err(InternalError::Unsupported(Unsupported::TakeSnapshot(group)).into()) }
     }
 
     /// Asks this node, if it leads group 0, to make a membership change and waits until it
@@ -532,9 +611,7 @@ pub trait KvService: Clone + 'static {
     ) -> impl std::future::Future<Output = Result<ChangeOutcome, RequestError>> {
         async move {
             let _ = expected_config_id;
-            Err(RequestError::Internal(format!(
-                "this service cannot change the membership ({change:?})"
-            )))
+            Err(InternalError::Unsupported(Unsupported::ChangeConfig(Box::new(change))).into())
         }
     }
 
@@ -548,11 +625,7 @@ pub trait KvService: Clone + 'static {
     fn cluster_config(
         &self,
     ) -> impl std::future::Future<Output = Result<ClusterConfig, RequestError>> {
-        async {
-            Err(RequestError::Internal(
-                "this service has no cluster configuration".to_owned(),
-            ))
-        }
+        async { Err(InternalError::Unsupported(Unsupported::ClusterConfig).into()) }
     }
 
     /// Whether `id` is a member of the cluster (requests naming another node are refused with
@@ -567,11 +640,7 @@ pub trait KvService: Clone + 'static {
         &self,
         drained: bool,
     ) -> impl std::future::Future<Output = Result<DrainOutcome, RequestError>> {
-        async move {
-            Err(RequestError::Internal(format!(
-                "this service cannot be drained (drained = {drained})"
-            )))
-        }
+        async move { Err(InternalError::Unsupported(Unsupported::Drain(drained)).into()) }
     }
 
     /// The HTTP address of member `id`, if this node knows it (a drain naming another node
@@ -705,7 +774,7 @@ pub struct GossipMembers {
 
 #[cfg(test)]
 mod tests {
-    use super::RequestError;
+    use super::{InternalError, RequestError};
 
     #[test]
     fn only_requests_that_certainly_did_not_apply_are_retryable() {
@@ -716,7 +785,8 @@ mod tests {
         assert!(RequestError::ShuttingDown.is_retryable());
         // A timed-out write may still apply; an internal or size error will fail again.
         assert!(!RequestError::Timeout.is_retryable());
-        assert!(!RequestError::Internal("disk".into()).is_retryable());
+        let disk = InternalError::failed(std::io::Error::other("disk"));
+        assert!(!RequestError::Internal(disk).is_retryable());
         assert!(!RequestError::TooLarge { size: 2, limit: 1 }.is_retryable());
     }
 }

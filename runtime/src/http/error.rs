@@ -318,7 +318,9 @@ mod tests {
                 StatusCode::PAYLOAD_TOO_LARGE,
             ),
             (
-                RequestError::Internal("disk".into()),
+                RequestError::Internal(crate::api::InternalError::failed(std::io::Error::other(
+                    "disk",
+                ))),
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
         ];

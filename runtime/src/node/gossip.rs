@@ -65,12 +65,13 @@ const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 #[derive(Debug, thiserror::Error)]
 pub enum GossipError {
     /// The persisted incarnation cannot be read or written (names the file).
-    #[error("gossip incarnation file {path}: {message}")]
+    #[error("gossip incarnation file {path}: {problem}")]
     IncarnationFile {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        message: String,
+        #[source]
+        problem: IncarnationProblem,
     },
     /// Application metadata refused (too many entries, too large, empty key, node left).
     #[error("invalid gossip metadata: {0}")]
@@ -86,10 +87,36 @@ pub enum GossipError {
 // ---------------------------------------------------------------------------------------------
 // The persisted incarnation
 
-fn file_error(path: &Path, message: impl Into<String>) -> GossipError {
+/// What is wrong with the persisted incarnation file ([`GossipError::IncarnationFile`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IncarnationProblem {
+    /// A file system call failed.
+    #[error("cannot {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not text.
+    #[error("corrupt: not UTF-8 text")]
+    NotUtf8,
+    /// The file does not end its one line with a newline (a torn write).
+    #[error("corrupt: expected one number and a newline")]
+    NoNewline,
+    /// The line is not a number.
+    #[error("corrupt: expected a number, found {0:?}")]
+    NotANumber(String),
+    /// The number is above [`MAX_INCARNATION`].
+    #[error("corrupt: incarnation {0} is above the maximum {MAX_INCARNATION}")]
+    TooLarge(Incarnation),
+}
+
+fn file_error(path: &Path, problem: IncarnationProblem) -> GossipError {
     GossipError::IncarnationFile {
         path: path.to_owned(),
-        message: message.into(),
+        problem,
     }
 }
 
@@ -100,21 +127,23 @@ pub fn load_incarnation(path: &Path) -> Result<Option<Incarnation>, GossipError>
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(file_error(path, format!("cannot read: {e}"))),
+        Err(source) => {
+            return Err(file_error(
+                path,
+                IncarnationProblem::Io { op: "read", source },
+            ))
+        }
     };
     let text =
-        std::str::from_utf8(&bytes).map_err(|_| file_error(path, "corrupt: not UTF-8 text"))?;
+        std::str::from_utf8(&bytes).map_err(|_| file_error(path, IncarnationProblem::NotUtf8))?;
     let line = text
         .strip_suffix('\n')
-        .ok_or_else(|| file_error(path, "corrupt: expected one number and a newline"))?;
+        .ok_or_else(|| file_error(path, IncarnationProblem::NoNewline))?;
     let n: Incarnation = line
         .parse()
-        .map_err(|_| file_error(path, format!("corrupt: expected a number, found {line:?}")))?;
+        .map_err(|_| file_error(path, IncarnationProblem::NotANumber(line.to_owned())))?;
     if n > MAX_INCARNATION {
-        return Err(file_error(
-            path,
-            format!("corrupt: incarnation {n} is above the maximum {MAX_INCARNATION}"),
-        ));
+        return Err(file_error(path, IncarnationProblem::TooLarge(n)));
     }
     Ok(Some(n))
 }
@@ -123,7 +152,9 @@ pub fn load_incarnation(path: &Path) -> Result<Option<Incarnation>, GossipError>
 /// the directory fsynced so the rename itself survives a crash.
 pub fn store_incarnation(path: &Path, incarnation: Incarnation) -> Result<(), GossipError> {
     let tmp = path.with_extension("incarnation.tmp");
-    let io = |what: &str, e: std::io::Error| file_error(path, format!("cannot {what}: {e}"));
+    let io = |op: &'static str, source: std::io::Error| {
+        file_error(path, IncarnationProblem::Io { op, source })
+    };
     {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("create the temporary file", e))?;
         f.write_all(format!("{incarnation}\n").as_bytes())

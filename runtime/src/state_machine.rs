@@ -14,19 +14,29 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-/// Position of an entry in the Raft log.
-pub type LogIndex = u64;
+/// Position of an entry in the Raft log (the Raft core's type).
+pub use conclave_core::raft::LogIndex;
 
 /// Errors a state machine reports to the runtime (storage failures, bad snapshots). A failure
 /// to apply a committed command is fatal for the replica: it stops rather than diverge.
 #[derive(Debug, thiserror::Error)]
 pub enum StateMachineError {
-    /// The machine's storage failed.
+    /// The machine's storage failed (a machine of the application's own: its error is the
+    /// source). Reported as a storage failure: the node is unhealthy until restarted.
     #[error("state machine storage error: {0}")]
-    Storage(String),
-    /// A snapshot could not be decoded or installed.
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A snapshot could not be decoded or installed (a machine of the application's own).
     #[error("invalid snapshot: {0}")]
-    Snapshot(String),
+    Snapshot(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A record could not be encoded (a bug, not a disk fault).
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
     /// The state store failed (the engine's error is the source).
     #[error("state store error")]
     Store(#[from] StoreError),
@@ -330,8 +340,10 @@ fn data_key(key: &[u8]) -> Vec<u8> {
 
 /// The fingerprint of a command: the same on every replica (it depends only on the bytes).
 fn fingerprint(op: &KvCommand) -> Result<u64, StateMachineError> {
-    let bytes = rmp_serde::to_vec(op)
-        .map_err(|e| StateMachineError::Storage(format!("cannot encode a command: {e}")))?;
+    let bytes = rmp_serde::to_vec(op).map_err(|source| StateMachineError::Encode {
+        what: "a command",
+        source,
+    })?;
     Ok(xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
@@ -496,8 +508,11 @@ impl StateMachine for KvMachine {
                 fingerprint,
                 outcome: compact,
             };
-            let encoded = rmp_serde::to_vec(&record)
-                .map_err(|e| StateMachineError::Storage(format!("idempotency record: {e}")))?;
+            let encoded =
+                rmp_serde::to_vec(&record).map_err(|source| StateMachineError::Encode {
+                    what: "an idempotency record",
+                    source,
+                })?;
             batch.put(prefixed(IDEM, id.as_bytes()), encoded);
             batch.put(prefixed(IDEM_BY_INDEX, &index.to_be_bytes()), id.as_bytes());
         }

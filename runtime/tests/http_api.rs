@@ -9,7 +9,7 @@ use actix_web::http::header::HeaderMap;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use conclave::config::ReadLevel;
-use conclave::node::RequestError;
+use conclave::node::{InternalError, RequestError};
 use conclave::storage::health::StorageCondition;
 use http_support::{Double, Mode, TestServer};
 use serde_json::Value;
@@ -441,7 +441,7 @@ async fn node_errors_map_to_their_statuses() {
             "payload_too_large",
         ),
         (
-            RequestError::Internal("disk on fire".into()),
+            RequestError::Internal(InternalError::failed(std::io::Error::other("disk on fire"))),
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
         ),

@@ -34,7 +34,7 @@ use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
 use crate::auth::cert_names_node;
-use crate::codec::{decode_body, encode_keepalive, FrameDecoder, LENGTH_PREFIX};
+use crate::codec::{decode_body, encode_keepalive, CodecError, FrameDecoder, LENGTH_PREFIX};
 use crate::config::{ConfigError, TransportConfig};
 use crate::handshake::{self, HandshakeError, Hello, Refusal, Status};
 use crate::inbound::{InboundBatch, Refused};
@@ -749,6 +749,27 @@ async fn run_reader<M>(
     let _ = cmds.send(Cmd::Closed(id));
 }
 
+/// Why a connection's read loop ended before EOF or shutdown (logged; the connection is
+/// closed and the pair redials).
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// The node's inbound sink is gone (the node is shutting down).
+    #[error("inbound sink closed")]
+    SinkClosed,
+    /// A frame could not be cut or decoded (the peer is counted in the decode-error metric).
+    #[error(transparent)]
+    Frame(CodecError),
+    /// The peer closed the connection inside a frame.
+    #[error("connection closed mid-frame ({0} bytes of a partial frame)")]
+    Truncated(usize),
+    /// The socket failed.
+    #[error("read error: {0}")]
+    Io(#[source] std::io::Error),
+    /// Nothing arrived within `read_timeout` (not even a keep-alive).
+    #[error("read timeout: nothing received for {0:?}")]
+    Timeout(Duration),
+}
+
 /// Reads frames until EOF, error or shutdown. Frames are cut and decoded straight from the
 /// read buffer (no per-frame buffer); the messages of one read go to the inbound sink as one
 /// batch (one channel operation and wake-up per read, not per message); while the sink is
@@ -760,7 +781,7 @@ async fn read_loop<M>(
     mut io: BoxRead,
     peer: NodeId,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), String>
+) -> Result<(), ReadError>
 where
     M: DeserializeOwned,
 {
@@ -802,17 +823,17 @@ where
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return Ok(()),
                         r = shared.inbound.send(batch) => if r.is_err() {
-                            return Err("inbound sink closed".into());
+                            return Err(ReadError::SinkClosed);
                         },
                     }
                 }
-                Err(Refused::Closed) => return Err("inbound sink closed".into()),
+                Err(Refused::Closed) => return Err(ReadError::SinkClosed),
             }
         }
         counters.frames.increment(frames);
         if let Err(e) = result {
             m::decode_error(node, Some(peer), e.reason());
-            return Err(e.to_string());
+            return Err(ReadError::Frame(e));
         }
         buf.advance(off);
         // Room for at least the rest of a partial frame (bounded by max_frame_size, checked by
@@ -832,19 +853,13 @@ where
             Ok(Ok(0)) if buf.is_empty() => return Ok(()),
             Ok(Ok(0)) => {
                 m::decode_error(node, Some(peer), "truncated");
-                return Err(format!(
-                    "connection closed mid-frame ({} bytes of a partial frame)",
-                    buf.len()
-                ));
+                return Err(ReadError::Truncated(buf.len()));
             }
             Ok(Ok(n)) => counters.bytes.increment(n as u64),
-            Ok(Err(e)) => return Err(format!("read error: {e}")),
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
             Err(_) => {
                 m::read_timeout(node, peer);
-                return Err(format!(
-                    "read timeout: nothing received for {:?}",
-                    shared.cfg.read_timeout
-                ));
+                return Err(ReadError::Timeout(shared.cfg.read_timeout));
             }
         }
     }
@@ -863,9 +878,26 @@ enum Dialled {
     KeptExisting,
 }
 
+#[derive(Debug, thiserror::Error)]
 enum DialError {
+    /// The peer (or its certificate) refused us: logged as a warning and counted.
+    #[error(transparent)]
     Refused(HandshakeError),
-    Other(String),
+    /// The TCP connect failed.
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The TCP connect did not complete within `connect_timeout`.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// No TLS server name can be made for the peer.
+    #[error(transparent)]
+    ServerName(TlsError),
+    /// The TLS handshake failed (other than by a certificate naming another node).
+    #[error("tls handshake: {0}")]
+    Tls(#[source] std::io::Error),
+    /// The socket failed during the hello exchange.
+    #[error("handshake: {0}")]
+    Handshake(#[source] std::io::Error),
 }
 
 type DialFuture = Pin<Box<dyn Future<Output = Result<Dialled, DialError>> + Send>>;
@@ -884,23 +916,21 @@ where
     let cfg = &shared.cfg;
     let stream = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(DialError::Other(format!("connect: {e}"))),
-        Err(_) => return Err(DialError::Other("connect timed out".into())),
+        Ok(Err(e)) => return Err(DialError::Connect(e)),
+        Err(_) => return Err(DialError::ConnectTimeout),
     };
     let _ = stream.set_nodelay(true);
     let opened = timeout(cfg.handshake_timeout, async {
         let mut io = match &shared.tls {
             Some(tls) => {
-                let name = tls
-                    .server_name_for(peer)
-                    .map_err(|e| DialError::Other(e.to_string()))?;
+                let name = tls.server_name_for(peer).map_err(DialError::ServerName)?;
                 let tls_stream = tls.connector.connect(name, stream).await.map_err(|e| {
                     if names_another_node(&e) {
                         DialError::Refused(HandshakeError::Refused(Refusal::CertificateMismatch(
                             peer,
                         )))
                     } else {
-                        DialError::Other(format!("tls handshake: {e}"))
+                        DialError::Tls(e)
                     }
                 })?;
                 // The acceptor's certificate must name the node we dialled.
@@ -924,7 +954,7 @@ where
         let status = match handshake::dial_status(&mut io, &ours, peer, secret).await {
             Ok((_, status)) => status,
             Err(e @ HandshakeError::Refused(_)) => return Err(DialError::Refused(e)),
-            Err(HandshakeError::Io(e)) => return Err(DialError::Other(format!("handshake: {e}"))),
+            Err(HandshakeError::Io(e)) => return Err(DialError::Handshake(e)),
         };
         let (adopted, replace) = {
             let mut peers = shared.peers.lock();
@@ -963,7 +993,7 @@ where
                 if let Some(id) = adopted {
                     shared.mark_idle(peer, id);
                 }
-                return Err(DialError::Other(format!("handshake: {e}")));
+                return Err(DialError::Handshake(e));
             }
         }
         Ok(match adopted {
@@ -1155,7 +1185,7 @@ where
                                 warn!(node, peer, ?addr, reason = e.label(), "handshake with peer refused: {e}");
                                 m::handshake_refused(node, Some(peer), e.label());
                             }
-                            DialError::Other(why) => {
+                            why => {
                                 debug!(node, peer, ?addr, "cannot reach peer: {why}");
                             }
                         }

@@ -14,8 +14,8 @@
 //! reports a storage error while applying marks the node's storage `failed` (sticky until the
 //! process restarts) before the applier stops.
 
-use super::handle::{RequestError, WriteResult};
 use super::snapshotter::{ProgressReader, SnapshotError, SnapshotSource};
+use crate::api::{InternalError, RequestError, SharedError, WriteResult};
 use crate::state_machine::{LogIndex, StateMachine, StateMachineError};
 use crate::storage::health::StorageHealth;
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
@@ -146,9 +146,7 @@ impl<M: StateMachine> ApplierActor<M> {
     fn query(&self, query: &M::Query) -> Result<M::QueryOutput, RequestError> {
         match &self.machine {
             Some(m) => Ok(self.deps.clock.time(|| m.query(query))),
-            None => Err(RequestError::Internal(
-                "the state machine is not open".to_owned(),
-            )),
+            None => Err(InternalError::MachineNotOpen.into()),
         }
     }
 
@@ -260,8 +258,9 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                 }
                 Err(e) => {
                     tracing::error!(index = entry.index, error = %e, "state machine failed to apply; restarting the applier");
+                    let e = Arc::new(e);
                     if let Some((_, reply)) = waiter {
-                        answers.push((reply, Err(RequestError::Internal(e.to_string()))));
+                        answers.push((reply, Err(machine_failed(&e))));
                     }
                     failure = Some(e);
                     break;
@@ -274,9 +273,10 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                 .record(started.elapsed().as_secs_f64());
             if let Err(e) = ended {
                 tracing::error!(applied = self.applied, error = %e, "state machine failed to write a run of entries; restarting the applier");
+                let e = Arc::new(e);
                 // What was computed is not written: the outcome is unknown to the clients.
                 for (_, answer) in &mut answers {
-                    *answer = Err(RequestError::Internal(e.to_string()));
+                    *answer = Err(machine_failed(&e));
                 }
                 failure = Some(e);
             }
@@ -289,10 +289,10 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
             // supervisor restart it from durable state. A storage error is also reported: the
             // node is not healthy until it is restarted (a restart may not fix a full disk).
             if matches!(
-                e,
+                *e,
                 StateMachineError::Storage(_) | StateMachineError::Store(_)
             ) {
-                self.deps.health.failed(self.deps.clock.component(), &e);
+                self.deps.health.failed(self.deps.clock.component(), &*e);
             }
             ctx.stop();
             return;
@@ -426,4 +426,10 @@ impl<M: StateMachine> Handler<InjectPanic> for ApplierActor<M> {
     fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
         panic!("injected panic in the applier (fault injection)");
     }
+}
+
+/// The answer to the requests a state-machine failure cut short: 500, the failure as source
+/// (one failure, shared by every waiter of the batch).
+fn machine_failed(e: &Arc<StateMachineError>) -> RequestError {
+    RequestError::Internal(InternalError::Failed(SharedError(e.clone())))
 }

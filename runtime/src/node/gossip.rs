@@ -27,6 +27,7 @@
 
 use super::wire::WireMessage;
 use super::{NodeHandle, StopActor};
+use crate::api::{GossipCounters, GossipMember, GossipMembers, RttStats};
 use crate::config::{Config, LatencySection};
 use crate::state_machine::StateMachine;
 use actix::prelude::*;
@@ -37,7 +38,6 @@ use conclave_core::swim::{
 };
 use conclave_transport::{Endpoint, PeerLink, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -65,12 +65,13 @@ const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 #[derive(Debug, thiserror::Error)]
 pub enum GossipError {
     /// The persisted incarnation cannot be read or written (names the file).
-    #[error("gossip incarnation file {path}: {message}")]
+    #[error("gossip incarnation file {path}: {problem}")]
     IncarnationFile {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        message: String,
+        #[source]
+        problem: IncarnationProblem,
     },
     /// Application metadata refused (too many entries, too large, empty key, node left).
     #[error("invalid gossip metadata: {0}")]
@@ -86,10 +87,36 @@ pub enum GossipError {
 // ---------------------------------------------------------------------------------------------
 // The persisted incarnation
 
-fn file_error(path: &Path, message: impl Into<String>) -> GossipError {
+/// What is wrong with the persisted incarnation file ([`GossipError::IncarnationFile`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IncarnationProblem {
+    /// A file system call failed.
+    #[error("cannot {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not text.
+    #[error("corrupt: not UTF-8 text")]
+    NotUtf8,
+    /// The file does not end its one line with a newline (a torn write).
+    #[error("corrupt: expected one number and a newline")]
+    NoNewline,
+    /// The line is not a number.
+    #[error("corrupt: expected a number, found {0:?}")]
+    NotANumber(String),
+    /// The number is above [`MAX_INCARNATION`].
+    #[error("corrupt: incarnation {0} is above the maximum {MAX_INCARNATION}")]
+    TooLarge(Incarnation),
+}
+
+fn file_error(path: &Path, problem: IncarnationProblem) -> GossipError {
     GossipError::IncarnationFile {
         path: path.to_owned(),
-        message: message.into(),
+        problem,
     }
 }
 
@@ -100,21 +127,23 @@ pub fn load_incarnation(path: &Path) -> Result<Option<Incarnation>, GossipError>
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(file_error(path, format!("cannot read: {e}"))),
+        Err(source) => {
+            return Err(file_error(
+                path,
+                IncarnationProblem::Io { op: "read", source },
+            ))
+        }
     };
     let text =
-        std::str::from_utf8(&bytes).map_err(|_| file_error(path, "corrupt: not UTF-8 text"))?;
+        std::str::from_utf8(&bytes).map_err(|_| file_error(path, IncarnationProblem::NotUtf8))?;
     let line = text
         .strip_suffix('\n')
-        .ok_or_else(|| file_error(path, "corrupt: expected one number and a newline"))?;
+        .ok_or_else(|| file_error(path, IncarnationProblem::NoNewline))?;
     let n: Incarnation = line
         .parse()
-        .map_err(|_| file_error(path, format!("corrupt: expected a number, found {line:?}")))?;
+        .map_err(|_| file_error(path, IncarnationProblem::NotANumber(line.to_owned())))?;
     if n > MAX_INCARNATION {
-        return Err(file_error(
-            path,
-            format!("corrupt: incarnation {n} is above the maximum {MAX_INCARNATION}"),
-        ));
+        return Err(file_error(path, IncarnationProblem::TooLarge(n)));
     }
     Ok(Some(n))
 }
@@ -123,7 +152,9 @@ pub fn load_incarnation(path: &Path) -> Result<Option<Incarnation>, GossipError>
 /// the directory fsynced so the rename itself survives a crash.
 pub fn store_incarnation(path: &Path, incarnation: Incarnation) -> Result<(), GossipError> {
     let tmp = path.with_extension("incarnation.tmp");
-    let io = |what: &str, e: std::io::Error| file_error(path, format!("cannot {what}: {e}"));
+    let io = |op: &'static str, source: std::io::Error| {
+        file_error(path, IncarnationProblem::Io { op, source })
+    };
     {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("create the temporary file", e))?;
         f.write_all(format!("{incarnation}\n").as_bytes())
@@ -147,22 +178,6 @@ pub fn store_incarnation(path: &Path, incarnation: Incarnation) -> Result<(), Go
 // ---------------------------------------------------------------------------------------------
 // What the node publishes
 
-/// Round-trip statistics of one peer, over the latency monitor's history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RttStats {
-    /// The samples kept, oldest first, in milliseconds (at most `latency.history_size`, at
-    /// most one per `latency.interval_s`).
-    pub samples_ms: Vec<u64>,
-    /// The latest sample.
-    pub last_ms: u64,
-    /// The smallest sample kept.
-    pub min_ms: u64,
-    /// The mean of the samples kept.
-    pub avg_ms: f64,
-    /// The largest sample kept.
-    pub max_ms: u64,
-}
-
 impl RttStats {
     fn from_samples(samples: &VecDeque<u64>) -> Option<RttStats> {
         let last = *samples.back()?;
@@ -179,43 +194,6 @@ impl RttStats {
     }
 }
 
-/// One member as `GET /v1/cluster/members` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GossipMember {
-    /// Node id.
-    pub id: NodeId,
-    /// `alive`, `suspect`, `dead` or `left`.
-    pub state: String,
-    /// The member's incarnation as known here.
-    pub incarnation: Incarnation,
-    /// Transport address.
-    pub addr: String,
-    /// HTTP address.
-    pub http: String,
-    /// The application map it publishes (the shard router's load and shards).
-    pub metadata: BTreeMap<String, String>,
-    /// The metadata's version within its incarnation (last-writer-wins key with it).
-    pub metadata_version: u64,
-    /// Round trips measured by this node's direct probes; `null` for itself and for members
-    /// not measured yet (or with `latency.enabled = false`).
-    pub rtt: Option<RttStats>,
-}
-
-/// The SWIM core's counters (`conclave_core::swim::SwimStats`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GossipCounters {
-    /// Rumors refused as malformed (bad address, garbage metadata, impossible incarnation).
-    pub rejected_updates: u64,
-    /// Frames dropped: addressed to another node, from ourselves, or malformed.
-    pub rejected_messages: u64,
-    /// Times this node refuted a rumor about itself.
-    pub refutations: u64,
-    /// Suspicions this node started after a failed probe.
-    pub suspicions_started: u64,
-    /// Members this node declared dead.
-    pub deaths_declared: u64,
-}
-
 impl From<SwimStats> for GossipCounters {
     fn from(s: SwimStats) -> Self {
         GossipCounters {
@@ -226,25 +204,6 @@ impl From<SwimStats> for GossipCounters {
             deaths_declared: s.deaths_declared,
         }
     }
-}
-
-/// The body of `GET /v1/cluster/members`: this node's SWIM view.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GossipMembers {
-    /// This node.
-    pub node_id: NodeId,
-    /// This node's incarnation.
-    pub incarnation: Incarnation,
-    /// Lifeguard's local health score (0 = healthy; probes are slowed by score + 1).
-    pub local_health: u32,
-    /// Whether a seed answered this node's join (always true without seeds).
-    pub joined: bool,
-    /// Members per state, this node included (as `conclave_gossip_members{state}`).
-    pub counts: BTreeMap<String, usize>,
-    /// What the core refused and did since this actor instance started.
-    pub stats: GossipCounters,
-    /// Every member known, this node first, then by id.
-    pub members: Vec<GossipMember>,
 }
 
 /// The last published view of the core.

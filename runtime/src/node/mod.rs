@@ -3,23 +3,30 @@
 //!
 //! ```text
 //! Node
+//! ├── Watchdog        (thread) times storage calls against the stall timeout
 //! ├── LogStoreActor   (own arbiter)  one WAL for every group, group commit
-//! ├── transport       one PeerLink per peer, inbound dispatcher (Raft by group id, gossip)
-//! ├── Supervisor[gossip]   one-for-one
+//! ├── transport       one PeerLink per peer, inbound dispatcher task (Raft by group id,
+//! │                   gossip, snapshot chunks)
+//! ├── Supervisor "gossip"   one-for-one
 //! │   └── GossipActor       the SWIM core: membership, failure detection, metadata, RTT
-//! └── Supervisor[group g]  one-for-one
-//!     ├── ApplierActor      (own arbiter) the user's state machine
-//!     ├── SnapshotterActor  (own arbiter) writes and finds the group's snapshot files
-//!     ├── GroupActor        the Raft core (election, replication, reads, snapshot policy)
-//!     └── ReplicatorActor[peer]
+//! ├── SnapshotSender        (own arbiter, paced tasks) snapshots to lagging followers
+//! ├── SnapshotReceiver      (own arbiter) stages received snapshots
+//! └── per group g (group 0 only, today)
+//!     ├── Supervisor "group-g"  one-for-one; a GroupWatcher hears its events
+//!     │   ├── ApplierActor      (own arbiter) the user's state machine
+//!     │   ├── SnapshotterActor  (own arbiter) writes and finds the group's snapshot files
+//!     │   └── GroupActor        the Raft core (election, replication, reads, snapshot policy)
+//!     └── Supervisor "group-g-replicator-p", one per peer (started by `peers`)
+//!         └── ReplicatorActor
 //! ```
 //!
-//! Start a node with [`Node::builder`]; the `conclave node` command runs [`run_blocking`].
+//! Start a node with [`Node::builder`]. The node does not serve HTTP itself: whoever starts it
+//! also starts `crate::http::serve` with its [`NodeHandle`] (the `conclave node` command does, in
+//! `crate::cli`), so `http` and `node` do not import each other.
 
 pub mod applier;
 pub mod gossip;
 pub mod group;
-pub mod handle;
 pub mod log_store_actor;
 mod membership;
 pub use membership::REPLACE_CATCH_UP_WAIT;
@@ -30,10 +37,10 @@ pub mod transfer;
 pub mod transfer_actor;
 pub mod wire;
 
-pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttStats};
-pub use group::SnapshotInfo;
-pub use handle::*;
-pub use peers::MembershipState;
+// The request interface lives in `crate::api` (the HTTP layer uses it without depending on
+// the node); re-exported so `conclave::node::{NodeHandle, RequestError, ...}` stay one path.
+pub use crate::api::*;
+pub use gossip::GossipError;
 pub use snapshotter::SnapshotError;
 
 use crate::config::{Config, MemberConfig, ReadLevel};
@@ -78,9 +85,33 @@ const INBOUND_BATCHES: usize = 1024;
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// [`NodeBuilder::start`] was called without [`NodeBuilder::config`].
+    #[error("configuration error: no configuration given")]
+    NoConfig,
+    /// [`NodeBuilder::start`] was called without a state machine.
+    #[error("configuration error: no state machine given")]
+    NoStateMachine,
     /// The configuration is unusable.
     #[error("configuration error: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
+    /// The Raft settings derived from the configuration are unusable.
+    #[error("configuration error: raft: {0}")]
+    Raft(#[from] conclave_core::raft::ConfigError),
+    /// The ring cannot be built over the initial members.
+    #[error("configuration error: ring: {0}")]
+    Ring(#[from] conclave_ring::RingError),
+    /// This node is not an initial member and does not join (`cluster.join = false`).
+    #[error(
+        "configuration error: node.id {id} is not one of cluster.initial_members (a node that \
+         joins an existing cluster sets cluster.join = true: `conclave init --join`)"
+    )]
+    NotAnInitialMember {
+        /// This node's id.
+        id: NodeId,
+    },
+    /// `CONCLAVE_PLANTED_BUGS` names a bug the core does not have (test builds only).
+    #[error("configuration error: {PLANTED_BUGS_ENV}: unknown planted bug {0:?}")]
+    UnknownPlantedBug(String),
     /// The Raft log could not be opened (corruption names the file and offset).
     #[error("cannot open the Raft log: {0}")]
     LogStore(#[from] LogStoreError),
@@ -92,16 +123,13 @@ pub enum NodeError {
     Snapshots(#[from] SnapshotStoreError),
     /// The transport could not start.
     #[error("transport error: {0}")]
-    Transport(String),
+    Transport(#[from] conclave_transport::TransportError),
     /// Gossip could not start (e.g. a corrupt persisted incarnation, named).
     #[error("gossip: {0}")]
     Gossip(#[from] gossip::GossipError),
-    /// An I/O error (data directory, HTTP listener, signals).
+    /// An I/O error (the data directory).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The HTTP API could not start (`[http]` token or TLS files, the listener).
-    #[error("HTTP API: {0}")]
-    Http(#[from] crate::http::ServerError),
     /// The durable marks of the groups this node was a member of (`data_dir/member-of`)
     /// cannot be read (a corrupt file is named).
     #[error("{0}")]
@@ -164,15 +192,9 @@ impl<M: StateMachine> NodeBuilder<M> {
 
     /// Starts the node's actors and transport on the current actix system.
     pub async fn start(self) -> Result<Node<M>, NodeError> {
-        let config = self
-            .config
-            .ok_or_else(|| NodeError::Config("no configuration given".to_owned()))?;
-        let factory = self
-            .factory
-            .ok_or_else(|| NodeError::Config("no state machine given".to_owned()))?;
-        config
-            .validate()
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let config = self.config.ok_or(NodeError::NoConfig)?;
+        let factory = self.factory.ok_or(NodeError::NoStateMachine)?;
+        config.validate()?;
         start_node(config, factory, self.prometheus).await
     }
 }
@@ -288,7 +310,7 @@ pub const PLANTED_BUGS_ENV: &str = "CONCLAVE_PLANTED_BUGS";
 
 /// The planted bugs [`PLANTED_BUGS_ENV`] names; an unknown name is an error that names it.
 #[cfg(feature = "planted-bugs")]
-fn planted_bugs() -> Result<conclave_core::raft::PlantedBugs, String> {
+fn planted_bugs() -> Result<conclave_core::raft::PlantedBugs, NodeError> {
     let mut bugs = conclave_core::raft::PlantedBugs::default();
     let Ok(list) = std::env::var(PLANTED_BUGS_ENV) else {
         return Ok(bugs);
@@ -300,7 +322,7 @@ fn planted_bugs() -> Result<conclave_core::raft::PlantedBugs, String> {
             "lease_read_after_expiry" => bugs.lease_read_after_expiry = true,
             "ack_before_persist" => bugs.ack_before_persist = true,
             "lease_without_check_quorum" => bugs.lease_without_check_quorum = true,
-            other => return Err(format!("{PLANTED_BUGS_ENV}: unknown planted bug {other:?}")),
+            other => return Err(NodeError::UnknownPlantedBug(other.to_owned())),
         }
     }
     Ok(bugs)
@@ -337,15 +359,13 @@ async fn start_node<M: StateMachine>(
     let id = config.node.id;
     #[cfg(feature = "planted-bugs")]
     {
-        let bugs = planted_bugs().map_err(NodeError::Config)?;
+        let bugs = planted_bugs()?;
         if bugs != conclave_core::raft::PlantedBugs::default() {
             tracing::warn!(node = id, ?bugs, "PLANTED BUGS SWITCHED ON (test build)");
         }
     }
     let raft0 = raft_config(&config, 0);
-    raft0
-        .validate()
-        .map_err(|e| NodeError::Config(format!("raft: {e}")))?;
+    raft0.validate()?;
     std::fs::create_dir_all(&config.node.data_dir)?;
     // The bootstrap membership: the initial members, or nobody on a node that joins an
     // existing cluster (it waits until the membership replicated to it names it).
@@ -355,10 +375,7 @@ async fn start_node<M: StateMachine>(
         .map(|m| (m.id, m))
         .collect();
     if !config.cluster.join && !members.contains_key(&id) {
-        return Err(NodeError::Config(format!(
-            "node.id {id} is not one of cluster.initial_members (a node that joins an existing \
-             cluster sets cluster.join = true: `conclave init --join`)"
-        )));
+        return Err(NodeError::NotAnInitialMember { id });
     }
     // It carries the initial members' addresses, so every membership entry derived from it
     // does too.
@@ -447,9 +464,7 @@ async fn start_node<M: StateMachine>(
         });
     }
     let (inbound_tx, mut inbound_rx) = conclave_transport::inbound::<WireMessage>(INBOUND_BATCHES);
-    let (transport, _) = Transport::bind(tcfg, inbound_tx)
-        .await
-        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    let (transport, _) = Transport::bind(tcfg, inbound_tx).await?;
     let transport = Arc::new(transport);
 
     // Gossip.
@@ -650,8 +665,7 @@ async fn start_node<M: StateMachine>(
     } else {
         members.keys().copied().collect()
     };
-    let ring = Ring::with_nodes(ring_cfg, ring_nodes.iter().map(|&n| (n, DEFAULT_WEIGHT)))
-        .map_err(|e| NodeError::Config(format!("ring: {e}")))?;
+    let ring = Ring::with_nodes(ring_cfg, ring_nodes.iter().map(|&n| (n, DEFAULT_WEIGHT)))?;
 
     let handle = NodeHandle {
         inner: Arc::new(Inner {
@@ -1041,8 +1055,8 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Proposes `command` to group 0 and waits until it is committed and applied here.
     pub async fn write(&self, command: M::Command) -> Result<WriteResult<M::Output>, RequestError> {
         self.admit()?;
-        let bytes =
-            rmp_serde::to_vec(&command).map_err(|e| RequestError::Internal(e.to_string()))?;
+        let bytes = rmp_serde::to_vec(&command)
+            .map_err(|e| RequestError::from(InternalError::failed(e)))?;
         self.ask(|reply| Propose::<M> {
             command: bytes,
             reply,
@@ -1356,7 +1370,7 @@ impl KvService for NodeHandle<KvMachine> {
     ) -> Result<Option<Vec<u8>>, RequestError> {
         NodeHandle::read(self, KvQuery::Get(key), consistency)
             .await?
-            .map_err(|e| RequestError::Internal(e.to_string()))
+            .map_err(|e| RequestError::from(InternalError::failed(e)))
     }
 
     fn default_consistency(&self) -> Consistency {
@@ -1405,7 +1419,7 @@ impl KvService for NodeHandle<KvMachine> {
             .map_err(|e| match e {
                 SnapshotError::Busy { group } => RequestError::SnapshotInProgress { group },
                 SnapshotError::NotRunning { group } => RequestError::NoLeader { group },
-                other => RequestError::Internal(other.to_string()),
+                other => InternalError::failed(other).into(),
             })
     }
 
@@ -1443,59 +1457,5 @@ impl KvService for NodeHandle<KvMachine> {
             .as_ref()
             .map(|p| p.render())
             .unwrap_or_default()
-    }
-}
-
-/// Runs a node with the built-in key-value machine until SIGINT or SIGTERM: the `conclave node`
-/// command.
-pub fn run_blocking(config: Config) -> Result<(), NodeError> {
-    let system = actix::System::new();
-    system.block_on(async move {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .ok();
-        // Token and TLS files first: a node that cannot serve its API securely does not join.
-        let http_options = crate::http::HttpOptions::from_config(&config)?;
-        let data_dir = config.node.data_dir.clone();
-        let engine = config.storage.engine;
-        // A data directory of the other engine: refuse before anything listens.
-        crate::storage::state_store::check_engine(engine, &data_dir)
-            .map_err(StateMachineError::from)?;
-        let mut builder = Node::builder()
-            .config(config.clone())
-            .state_machine_with(move || KvMachine::open_engine(engine, &data_dir));
-        if let Some(handle) = recorder {
-            builder = builder.metrics(handle);
-        }
-        let node = builder.start().await?;
-        let server = crate::http::serve(node.handle(), &config, http_options)?;
-        let server_handle = server.handle();
-        actix::spawn(server);
-        tracing::info!(
-            node = config.node.id,
-            transport = %node.transport_addr(),
-            http = %config.node.http,
-            "node started"
-        );
-        wait_for_signal().await?;
-        tracing::info!(node = config.node.id, "shutting down");
-        server_handle.stop(true).await;
-        node.shutdown().await;
-        Ok(())
-    })
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
     }
 }

@@ -3,13 +3,12 @@
 //! [`RequestError::Overloaded`] (HTTP 503 + Retry-After), never queued without bound.
 
 use crate::config::ReadLevel;
+pub use conclave_core::raft::{GroupId, NodeId};
+use conclave_core::raft::{LogIndex, Term};
+use conclave_core::swim::Incarnation;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-
-/// A Raft group's id.
-pub type GroupId = u64;
-/// A node's id.
-pub type NodeId = u64;
 
 /// Where the leader is, so a follower can forward a request to it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,9 +132,96 @@ pub enum RequestError {
         /// The group.
         group: GroupId,
     },
-    /// Something failed inside the node (storage): 500.
+    /// Something failed inside the node (the state machine, encoding): 500. The cause is
+    /// kept as the source.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] InternalError),
+}
+
+/// What failed inside a node when a request could not be served ([`RequestError::Internal`],
+/// HTTP 500 `internal`; the body's message is this error's text).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InternalError {
+    /// The state machine, or the encoding of a command or a result, failed. One failure
+    /// answers every request of a batch, so the cause is shared.
+    #[error(transparent)]
+    Failed(SharedError),
+    /// The state machine is not open (its applier is restarting after a failure).
+    #[error("the state machine is not open")]
+    MachineNotOpen,
+    /// The service behind the API does not offer this operation (a test double, an embedding
+    /// application's own service).
+    #[error("this service {0}")]
+    Unsupported(Unsupported),
+}
+
+impl InternalError {
+    /// An internal failure caused by `error` (kept as the source).
+    pub fn failed(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        InternalError::Failed(SharedError(std::sync::Arc::new(error)))
+    }
+}
+
+impl From<InternalError> for RequestError {
+    fn from(e: InternalError) -> Self {
+        RequestError::Internal(e)
+    }
+}
+
+/// An error shared by every request it failed (cheap to clone). Two are equal when they are
+/// the same error or say the same thing (what a test can compare).
+#[derive(Clone, Debug)]
+pub struct SharedError(pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for SharedError {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for SharedError {}
+
+/// An operation a [`KvService`] does not offer (its default methods answer this).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unsupported {
+    /// `transfer_leader(to)`.
+    TransferLeader(NodeId),
+    /// `take_snapshot(group)`.
+    TakeSnapshot(GroupId),
+    /// `change_config(change)`.
+    ChangeConfig(Box<ConfigChange>),
+    /// `cluster_config()`.
+    ClusterConfig,
+    /// `drain(drained)`.
+    Drain(bool),
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsupported::TransferLeader(to) => {
+                write!(f, "cannot transfer leadership (to node {to})")
+            }
+            Unsupported::TakeSnapshot(group) => write!(f, "cannot take snapshots (group {group})"),
+            Unsupported::ChangeConfig(change) => {
+                write!(f, "cannot change the membership ({change:?})")
+            }
+            Unsupported::ClusterConfig => write!(f, "has no cluster configuration"),
+            Unsupported::Drain(drained) => write!(f, "cannot be drained (drained = {drained})"),
+        }
+    }
 }
 
 impl RequestError {
@@ -390,7 +476,7 @@ pub struct GroupStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// `member`, `not_a_member` (waits to be added) or `removed`.
     #[serde(default)]
-    pub membership: super::peers::MembershipState,
+    pub membership: MembershipState,
 }
 
 /// The body of `GET /v1/cluster` (DESIGN.md §7): top-level fields describe this node in group 0.
@@ -419,7 +505,7 @@ pub struct ClusterStatus {
     /// This node's place in group 0's membership: `member`, `not_a_member` (a node started
     /// with `cluster.join` that waits to be added) or `removed`.
     #[serde(default)]
-    pub membership: super::peers::MembershipState,
+    pub membership: MembershipState,
 }
 
 /// Is the node ready for traffic (`GET /readyz`)?
@@ -475,7 +561,7 @@ pub trait KvService: Clone + 'static {
     fn status(&self) -> impl std::future::Future<Output = ClusterStatus>;
 
     /// This node's gossip (SWIM) view of every member: `GET /v1/cluster/members`.
-    fn members(&self) -> impl std::future::Future<Output = super::gossip::GossipMembers>;
+    fn members(&self) -> impl std::future::Future<Output = GossipMembers>;
 
     /// Readiness for `/readyz`.
     fn readiness(&self) -> impl std::future::Future<Output = Readiness>;
@@ -502,11 +588,7 @@ pub trait KvService: Clone + 'static {
         &self,
         to: NodeId,
     ) -> impl std::future::Future<Output = Result<(), RequestError>> {
-        async move {
-            Err(RequestError::Internal(format!(
-                "this service cannot transfer leadership (to node {to})"
-            )))
-        }
+        async move { Err(InternalError::Unsupported(Unsupported::TransferLeader(to)).into()) }
     }
 
     /// Takes a snapshot of `group`'s state machine on this node now (`POST
@@ -514,12 +596,8 @@ pub trait KvService: Clone + 'static {
     fn take_snapshot(
         &self,
         group: u64,
-    ) -> impl std::future::Future<Output = Result<super::SnapshotInfo, RequestError>> {
-        async move {
-            Err(RequestError::Internal(format!(
-                "this service cannot take snapshots (group {group})"
-            )))
-        }
+    ) -> impl std::future::Future<Output = Result<SnapshotInfo, RequestError>> {
+        async move { Err(InternalError::Unsupported(Unsupported::TakeSnapshot(group)).into()) }
     }
 
     /// Asks this node, if it leads group 0, to make a membership change and waits until it
@@ -533,9 +611,7 @@ pub trait KvService: Clone + 'static {
     ) -> impl std::future::Future<Output = Result<ChangeOutcome, RequestError>> {
         async move {
             let _ = expected_config_id;
-            Err(RequestError::Internal(format!(
-                "this service cannot change the membership ({change:?})"
-            )))
+            Err(InternalError::Unsupported(Unsupported::ChangeConfig(Box::new(change))).into())
         }
     }
 
@@ -549,11 +625,7 @@ pub trait KvService: Clone + 'static {
     fn cluster_config(
         &self,
     ) -> impl std::future::Future<Output = Result<ClusterConfig, RequestError>> {
-        async {
-            Err(RequestError::Internal(
-                "this service has no cluster configuration".to_owned(),
-            ))
-        }
+        async { Err(InternalError::Unsupported(Unsupported::ClusterConfig).into()) }
     }
 
     /// Whether `id` is a member of the cluster (requests naming another node are refused with
@@ -568,11 +640,7 @@ pub trait KvService: Clone + 'static {
         &self,
         drained: bool,
     ) -> impl std::future::Future<Output = Result<DrainOutcome, RequestError>> {
-        async move {
-            Err(RequestError::Internal(format!(
-                "this service cannot be drained (drained = {drained})"
-            )))
-        }
+        async move { Err(InternalError::Unsupported(Unsupported::Drain(drained)).into()) }
     }
 
     /// The HTTP address of member `id`, if this node knows it (a drain naming another node
@@ -583,9 +651,130 @@ pub trait KvService: Clone + 'static {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// What the service reports (bodies of GET /v1/cluster/members, POST /v1/cluster/snapshot and
+// /readyz); the node fills them in (node::gossip, node::group, node::peers).
+
+/// A state-machine snapshot of a group, as `POST /v1/cluster/snapshot` and `/v1/cluster`
+/// show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The group.
+    pub group: GroupId,
+    /// The last entry it covers.
+    pub index: LogIndex,
+    /// That entry's term.
+    pub term: Term,
+    /// The image's size in bytes.
+    pub bytes: u64,
+    /// Whether this request took it (false: nothing was applied since the latest one, which
+    /// is returned).
+    pub taken: bool,
+    /// How long taking it took (0 when not taken now).
+    pub duration_ms: u64,
+}
+
+/// Where this node stands in a group's membership.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipState {
+    /// A voter or a learner of the membership in force.
+    #[default]
+    Member,
+    /// Never named by any membership this node has seen: it waits to be added
+    /// (`/readyz` 503 `not_a_member`).
+    NotAMember,
+    /// It was a member, and a committed membership no longer names it (`/readyz` 503
+    /// `removed`): it takes no part in the group any more.
+    Removed,
+}
+
+impl MembershipState {
+    /// `member`, `not_a_member` or `removed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MembershipState::Member => "member",
+            MembershipState::NotAMember => "not_a_member",
+            MembershipState::Removed => "removed",
+        }
+    }
+}
+
+/// Round-trip statistics of one peer, over the latency monitor's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RttStats {
+    /// The samples kept, oldest first, in milliseconds (at most `latency.history_size`, at
+    /// most one per `latency.interval_s`).
+    pub samples_ms: Vec<u64>,
+    /// The latest sample.
+    pub last_ms: u64,
+    /// The smallest sample kept.
+    pub min_ms: u64,
+    /// The mean of the samples kept.
+    pub avg_ms: f64,
+    /// The largest sample kept.
+    pub max_ms: u64,
+}
+
+/// One member as `GET /v1/cluster/members` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GossipMember {
+    /// Node id.
+    pub id: NodeId,
+    /// `alive`, `suspect`, `dead` or `left`.
+    pub state: String,
+    /// The member's incarnation as known here.
+    pub incarnation: Incarnation,
+    /// Transport address.
+    pub addr: String,
+    /// HTTP address.
+    pub http: String,
+    /// The application map it publishes (the shard router's load and shards).
+    pub metadata: BTreeMap<String, String>,
+    /// The metadata's version within its incarnation (last-writer-wins key with it).
+    pub metadata_version: u64,
+    /// Round trips measured by this node's direct probes; `null` for itself and for members
+    /// not measured yet (or with `latency.enabled = false`).
+    pub rtt: Option<RttStats>,
+}
+
+/// The SWIM core's counters (`conclave_core::swim::SwimStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipCounters {
+    /// Rumors refused as malformed (bad address, garbage metadata, impossible incarnation).
+    pub rejected_updates: u64,
+    /// Frames dropped: addressed to another node, from ourselves, or malformed.
+    pub rejected_messages: u64,
+    /// Times this node refuted a rumor about itself.
+    pub refutations: u64,
+    /// Suspicions this node started after a failed probe.
+    pub suspicions_started: u64,
+    /// Members this node declared dead.
+    pub deaths_declared: u64,
+}
+
+/// The body of `GET /v1/cluster/members`: this node's SWIM view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GossipMembers {
+    /// This node.
+    pub node_id: NodeId,
+    /// This node's incarnation.
+    pub incarnation: Incarnation,
+    /// Lifeguard's local health score (0 = healthy; probes are slowed by score + 1).
+    pub local_health: u32,
+    /// Whether a seed answered this node's join (always true without seeds).
+    pub joined: bool,
+    /// Members per state, this node included (as `conclave_gossip_members{state}`).
+    pub counts: BTreeMap<String, usize>,
+    /// What the core refused and did since this actor instance started.
+    pub stats: GossipCounters,
+    /// Every member known, this node first, then by id.
+    pub members: Vec<GossipMember>,
+}
+
 #[cfg(test)]
 mod tests {
-    use super::RequestError;
+    use super::{InternalError, RequestError};
 
     #[test]
     fn only_requests_that_certainly_did_not_apply_are_retryable() {
@@ -596,7 +785,8 @@ mod tests {
         assert!(RequestError::ShuttingDown.is_retryable());
         // A timed-out write may still apply; an internal or size error will fail again.
         assert!(!RequestError::Timeout.is_retryable());
-        assert!(!RequestError::Internal("disk".into()).is_retryable());
+        let disk = InternalError::failed(std::io::Error::other("disk"));
+        assert!(!RequestError::Internal(disk).is_retryable());
         assert!(!RequestError::TooLarge { size: 2, limit: 1 }.is_retryable());
     }
 }

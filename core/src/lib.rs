@@ -7,5 +7,6 @@
 //! actors (crate `conclave`) and the deterministic simulator (crate `conclave-sim`) both host
 //! the same cores. See `docs/consensus.md` and `docs/gossip.md`.
 
+pub mod ids;
 pub mod raft;
 pub mod swim;

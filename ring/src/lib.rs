@@ -56,11 +56,9 @@ pub use ring::{
     MAX_SHARDS, MAX_VNODES, MAX_VNODES_PER_NODE,
 };
 
-/// A node's identity in the cluster.
-pub type NodeId = u64;
-
-/// A shard's identity; also the id of the Raft group that replicates it.
-pub type ShardId = u64;
+/// A node's and a shard's identity (a shard's id is also the id of the Raft group that
+/// replicates it): the workspace's one definition, in `conclave-core`.
+pub use conclave_core::ids::{NodeId, ShardId};
 
 /// Everything that can go wrong with a ring operation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

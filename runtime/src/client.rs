@@ -5,12 +5,12 @@
 //! trusting only the cluster CA given with [`ClientOptions::ca`], and sends a bearer token
 //! ([`ClientOptions::token`]) with every request.
 
-use crate::config::ReadLevel;
-use crate::http::{encode_key, IDEMPOTENCY_HEADER};
-use crate::node::{
+use crate::api::{
     ChangeOutcome, ClusterConfig, ClusterStatus, DrainOutcome, GossipMembers, NewMember, NodeId,
     SnapshotInfo,
 };
+use crate::config::ReadLevel;
+use crate::http::{encode_key, IDEMPOTENCY_HEADER};
 use awc::error::{ConnectError, SendRequestError};
 use awc::http::StatusCode;
 use serde::{Deserialize, Serialize};

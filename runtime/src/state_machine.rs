@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-/// Position of an entry in the Raft log.
-pub type LogIndex = u64;
+/// Position of an entry in the Raft log (the Raft core's type).
+pub use conclave_core::raft::LogIndex;
 
 /// Errors a state machine reports to the runtime (storage failures, bad snapshots). A failure
 /// to apply a committed command is fatal for the replica: it stops rather than diverge.

@@ -51,8 +51,8 @@ pub use mem::{Faults, MemEndpoint, MemNetwork, MemStats};
 pub use tcp::{Transport, TransportError};
 pub use tls::TlsError;
 
-/// Identifies a node of the cluster.
-pub type NodeId = u64;
+/// Identifies a node of the cluster: the workspace's one definition, in `conclave-core`.
+pub use conclave_core::ids::NodeId;
 
 /// The interface shared by the TCP [`Transport`] and the in-memory [`MemEndpoint`], so actors
 /// can be written once and tested without sockets.

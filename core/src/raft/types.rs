@@ -8,10 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-/// A node's identity, unique within a cluster. `0` is never a valid node id.
-pub type NodeId = u64;
-/// A Raft group's identity (a shard). Group `0` is the cluster's first group.
-pub type GroupId = u64;
+pub use crate::ids::{GroupId, NodeId};
 /// A Raft term (Raft §5.1).
 pub type Term = u64;
 /// A position in the replicated log; the first entry has index 1, index 0 means "none".

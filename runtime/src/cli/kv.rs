@@ -1,7 +1,7 @@
 //! `conclave kv`, `conclave status` and `conclave ring route`: clients of the HTTP API.
 
 use super::{EndpointArg, KvArgs, KvOp, SnapshotArgs, StatusArgs, EXIT_FAILURE, EXIT_OK};
-use crate::node::{ClusterStatus, GossipMembers};
+use crate::api::{ClusterStatus, GossipMembers};
 use crate::storage::health::StorageCondition;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -185,15 +185,15 @@ pub(crate) fn status_table(
         ),
     };
     match s.membership {
-        crate::node::MembershipState::Member => {}
-        crate::node::MembershipState::NotAMember => {
+        crate::api::MembershipState::Member => {}
+        crate::api::MembershipState::NotAMember => {
             let _ = writeln!(
                 out,
                 "membership: NOT A MEMBER (waiting to be added: `conclave member add {}` on the cluster)",
                 s.node_id
             );
         }
-        crate::node::MembershipState::Removed => {
+        crate::api::MembershipState::Removed => {
             let _ = writeln!(
                 out,
                 "membership: REMOVED from the cluster (it takes no part any more; stop it, or add it back)"
@@ -279,7 +279,7 @@ pub(crate) fn status_table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::{GossipMember, GroupStatus, MemberStatus, ReplicaStatus, RttStats};
+    use crate::api::{GossipMember, GroupStatus, MemberStatus, ReplicaStatus, RttStats};
 
     #[test]
     fn table_shows_members_groups_and_lag() {
@@ -331,11 +331,11 @@ mod tests {
         assert!(!t.contains("membership:"), "a member says nothing: {t}");
         for (state, line) in [
             (
-                crate::node::MembershipState::NotAMember,
+                crate::api::MembershipState::NotAMember,
                 "membership: NOT A MEMBER (waiting to be added",
             ),
             (
-                crate::node::MembershipState::Removed,
+                crate::api::MembershipState::Removed,
                 "membership: REMOVED from the cluster",
             ),
         ] {

@@ -4,8 +4,8 @@
 //! changes to the leader, a drain to the node it names).
 
 use super::{EndpointArg, EXIT_FAILURE, EXIT_OK};
+use crate::api::{ChangeOutcome, ClusterConfig, NewMember, NodeId};
 use crate::client::{Client, ClientError};
-use crate::node::{ChangeOutcome, ClusterConfig, NewMember, NodeId};
 use clap::{Args, Subcommand};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -382,7 +382,7 @@ pub(crate) fn config_table(c: &ClusterConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::ConfigMember;
+    use crate::api::ConfigMember;
 
     #[test]
     fn the_table_shows_voters_learners_and_lag() {

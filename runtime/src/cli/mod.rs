@@ -6,6 +6,7 @@ mod dev;
 mod init;
 mod kv;
 mod member;
+mod node;
 
 pub use init::{
     cluster_configs, node_dns_name, write_cluster, write_cluster_with, write_join, JoinSpec,
@@ -471,6 +472,6 @@ fn run_node(args: &NodeArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn conclave_node_run(config: Config) -> Result<(), crate::node::NodeError> {
-    crate::node::run_blocking(config)
+fn conclave_node_run(config: Config) -> Result<(), node::RunError> {
+    node::run_blocking(config)
 }

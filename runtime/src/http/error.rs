@@ -1,7 +1,7 @@
 //! The API's error type and its JSON shape `{"error":{"code":…,"message":…}}` (DESIGN.md §7).
 
 use super::RETRY_AFTER_SECS;
-use crate::node::RequestError;
+use crate::api::RequestError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 
@@ -310,7 +310,7 @@ mod tests {
                 StatusCode::CONFLICT,
             ),
             (
-                RequestError::InvalidChange(crate::node::InvalidChange::NoVoters),
+                RequestError::InvalidChange(crate::api::InvalidChange::NoVoters),
                 StatusCode::BAD_REQUEST,
             ),
             (

@@ -3,7 +3,7 @@
 //! requests circle between nodes forever.
 
 use super::{ApiError, HOPS_HEADER, IDEMPOTENCY_HEADER};
-use crate::node::{LeaderHint, NodeId};
+use crate::api::{LeaderHint, NodeId};
 use actix_web::http::header::{self, HeaderName};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};

@@ -10,7 +10,7 @@
 //! every other leader-only route.
 
 use super::{forward, missing_body, read_body, ApiError, Data};
-use crate::node::{
+use crate::api::{
     ConfigChange, InvalidChange, KvService, LeaderHint, NewMember, NodeId, RequestError,
 };
 use actix_web::web::{self, Bytes};
@@ -76,7 +76,7 @@ pub(super) fn parse_drain(body: &[u8]) -> Result<(NodeId, bool), ApiError> {
 
 /// `POST /v1/cluster/drain {"id", "undo"}` (admin): drains node `id` (or undoes it). The drain
 /// state lives on that node, so a request naming another node is forwarded to it (same body,
-/// same token); 200 with the node's [`crate::node::DrainOutcome`], 400 `invalid_change` for a
+/// same token); 200 with the node's [`crate::api::DrainOutcome`], 400 `invalid_change` for a
 /// node that is no member, 409 `cannot_drain` for the only voter of a group it leads.
 pub(super) async fn drain<S: KvService>(
     req: HttpRequest,

@@ -31,8 +31,8 @@ pub use auth::{Access, Auth, Role};
 pub use error::ApiError;
 pub use keys::{decode_key, encode_key, KeyError, MAX_KEY_BYTES};
 
+use crate::api::{KvService, NodeId, RequestError};
 use crate::config::{Config, ConfigError, ReadLevel};
-use crate::node::{KvService, NodeId, RequestError};
 use crate::state_machine::{KvCommand, KvOutput};
 use crate::storage::health::StorageCondition;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt};

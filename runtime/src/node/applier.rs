@@ -14,8 +14,8 @@
 //! reports a storage error while applying marks the node's storage `failed` (sticky until the
 //! process restarts) before the applier stops.
 
-use super::handle::{RequestError, WriteResult};
 use super::snapshotter::{ProgressReader, SnapshotError, SnapshotSource};
+use crate::api::{RequestError, WriteResult};
 use crate::state_machine::{LogIndex, StateMachine, StateMachineError};
 use crate::storage::health::StorageHealth;
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};

@@ -27,6 +27,7 @@
 
 use super::wire::WireMessage;
 use super::{NodeHandle, StopActor};
+use crate::api::{GossipCounters, GossipMember, GossipMembers, RttStats};
 use crate::config::{Config, LatencySection};
 use crate::state_machine::StateMachine;
 use actix::prelude::*;
@@ -37,7 +38,6 @@ use conclave_core::swim::{
 };
 use conclave_transport::{Endpoint, PeerLink, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -147,22 +147,6 @@ pub fn store_incarnation(path: &Path, incarnation: Incarnation) -> Result<(), Go
 // ---------------------------------------------------------------------------------------------
 // What the node publishes
 
-/// Round-trip statistics of one peer, over the latency monitor's history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RttStats {
-    /// The samples kept, oldest first, in milliseconds (at most `latency.history_size`, at
-    /// most one per `latency.interval_s`).
-    pub samples_ms: Vec<u64>,
-    /// The latest sample.
-    pub last_ms: u64,
-    /// The smallest sample kept.
-    pub min_ms: u64,
-    /// The mean of the samples kept.
-    pub avg_ms: f64,
-    /// The largest sample kept.
-    pub max_ms: u64,
-}
-
 impl RttStats {
     fn from_samples(samples: &VecDeque<u64>) -> Option<RttStats> {
         let last = *samples.back()?;
@@ -179,43 +163,6 @@ impl RttStats {
     }
 }
 
-/// One member as `GET /v1/cluster/members` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GossipMember {
-    /// Node id.
-    pub id: NodeId,
-    /// `alive`, `suspect`, `dead` or `left`.
-    pub state: String,
-    /// The member's incarnation as known here.
-    pub incarnation: Incarnation,
-    /// Transport address.
-    pub addr: String,
-    /// HTTP address.
-    pub http: String,
-    /// The application map it publishes (the shard router's load and shards).
-    pub metadata: BTreeMap<String, String>,
-    /// The metadata's version within its incarnation (last-writer-wins key with it).
-    pub metadata_version: u64,
-    /// Round trips measured by this node's direct probes; `null` for itself and for members
-    /// not measured yet (or with `latency.enabled = false`).
-    pub rtt: Option<RttStats>,
-}
-
-/// The SWIM core's counters (`conclave_core::swim::SwimStats`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GossipCounters {
-    /// Rumors refused as malformed (bad address, garbage metadata, impossible incarnation).
-    pub rejected_updates: u64,
-    /// Frames dropped: addressed to another node, from ourselves, or malformed.
-    pub rejected_messages: u64,
-    /// Times this node refuted a rumor about itself.
-    pub refutations: u64,
-    /// Suspicions this node started after a failed probe.
-    pub suspicions_started: u64,
-    /// Members this node declared dead.
-    pub deaths_declared: u64,
-}
-
 impl From<SwimStats> for GossipCounters {
     fn from(s: SwimStats) -> Self {
         GossipCounters {
@@ -226,25 +173,6 @@ impl From<SwimStats> for GossipCounters {
             deaths_declared: s.deaths_declared,
         }
     }
-}
-
-/// The body of `GET /v1/cluster/members`: this node's SWIM view.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GossipMembers {
-    /// This node.
-    pub node_id: NodeId,
-    /// This node's incarnation.
-    pub incarnation: Incarnation,
-    /// Lifeguard's local health score (0 = healthy; probes are slowed by score + 1).
-    pub local_health: u32,
-    /// Whether a seed answered this node's join (always true without seeds).
-    pub joined: bool,
-    /// Members per state, this node included (as `conclave_gossip_members{state}`).
-    pub counts: BTreeMap<String, usize>,
-    /// What the core refused and did since this actor instance started.
-    pub stats: GossipCounters,
-    /// Every member known, this node first, then by id.
-    pub members: Vec<GossipMember>,
 }
 
 /// The last published view of the core.

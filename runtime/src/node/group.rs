@@ -25,9 +25,8 @@ use super::applier::{
     AppliedIndex, ApplierActor, ApplyBatch, ReadAt, ReadReply, RestoreFrom, TakeSnapshot,
     WriteReply,
 };
-use super::handle::{LeaderHint, RequestError};
 use super::log_store_actor::{Compact, LogStoreActor, MarkMember, Persist, PersistResult, Recover};
-use super::peers::{MembershipState, MembershipTracker, Peers};
+use super::peers::{MembershipTracker, Peers};
 use super::replicator::Outbound;
 use super::snapshotter::{
     NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
@@ -36,6 +35,7 @@ use super::transfer_actor::{
     Adopt, PeerAddrs, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
 };
 use super::wire::WireMessage;
+use crate::api::{LeaderHint, MembershipState, RequestError, SnapshotInfo};
 use crate::state_machine::StateMachine;
 use crate::storage::health::StorageHealth;
 use crate::storage::log_store::RecoveredGroup;
@@ -50,7 +50,6 @@ use conclave_core::raft::{
 };
 use conclave_transport::Endpoint;
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,25 +108,6 @@ pub struct GroupShared {
     /// leadership off. Kept here so a restarted group actor drains its new core too; a node
     /// restart clears it.
     pub drained: std::sync::atomic::AtomicBool,
-}
-
-/// A state-machine snapshot of a group, as `POST /v1/cluster/snapshot` and `/v1/cluster`
-/// show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotInfo {
-    /// The group.
-    pub group: GroupId,
-    /// The last entry it covers.
-    pub index: LogIndex,
-    /// That entry's term.
-    pub term: Term,
-    /// The image's size in bytes.
-    pub bytes: u64,
-    /// Whether this request took it (false: nothing was applied since the latest one, which
-    /// is returned).
-    pub taken: bool,
-    /// How long taking it took (0 when not taken now).
-    pub duration_ms: u64,
 }
 
 impl SnapshotInfo {

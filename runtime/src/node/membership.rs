@@ -10,11 +10,11 @@
 //! and is not added twice).
 
 use super::group::{ChangeMembership, ReadConfig, SetDrained};
-use super::handle::{
+use super::NodeHandle;
+use crate::api::{
     ChangeOutcome, ClusterConfig, ConfigChange, DrainOutcome, DrainedGroup, InvalidChange,
     NewMember, RequestError,
 };
-use super::NodeHandle;
 use crate::state_machine::StateMachine;
 use conclave_core::raft::{MemberAddr, MembershipChange};
 use std::time::{Duration, Instant};

@@ -14,12 +14,13 @@
 //!     └── ReplicatorActor[peer]
 //! ```
 //!
-//! Start a node with [`Node::builder`]; the `conclave node` command runs [`run_blocking`].
+//! Start a node with [`Node::builder`]. The node does not serve HTTP itself: whoever starts it
+//! also starts `crate::http::serve` with its [`NodeHandle`] (the `conclave node` command does, in
+//! `crate::cli`), so `http` and `node` do not import each other.
 
 pub mod applier;
 pub mod gossip;
 pub mod group;
-pub mod handle;
 pub mod log_store_actor;
 mod membership;
 pub use membership::REPLACE_CATCH_UP_WAIT;
@@ -32,10 +33,10 @@ pub mod transfer;
 pub mod transfer_actor;
 pub mod wire;
 
-pub use gossip::{GossipCounters, GossipError, GossipMember, GossipMembers, RttStats};
-pub use group::SnapshotInfo;
-pub use handle::*;
-pub use peers::MembershipState;
+// The request interface lives in `crate::api` (the HTTP layer uses it without depending on
+// the node); re-exported so `conclave::node::{NodeHandle, RequestError, ...}` stay one path.
+pub use crate::api::*;
+pub use gossip::GossipError;
 pub use snapshotter::SnapshotError;
 
 use crate::config::{Config, MemberConfig, ReadLevel};
@@ -95,12 +96,9 @@ pub enum NodeError {
     /// Gossip could not start (e.g. a corrupt persisted incarnation, named).
     #[error("gossip: {0}")]
     Gossip(#[from] gossip::GossipError),
-    /// An I/O error (data directory, HTTP listener, signals).
+    /// An I/O error (the data directory).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The HTTP API could not start (`[http]` token or TLS files, the listener).
-    #[error("HTTP API: {0}")]
-    Http(#[from] crate::http::ServerError),
     /// The durable marks of the groups this node was a member of (`data_dir/member-of`)
     /// cannot be read (a corrupt file is named).
     #[error("{0}")]
@@ -1286,74 +1284,5 @@ impl KvService for NodeHandle<KvMachine> {
             .as_ref()
             .map(|p| p.render())
             .unwrap_or_default()
-    }
-}
-
-/// Runs a node with the built-in key-value machine until SIGINT or SIGTERM: the `conclave node`
-/// command.
-pub fn run_blocking(config: Config) -> Result<(), NodeError> {
-    let system = actix::System::new();
-    system.block_on(async move {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .ok();
-        // Token and TLS files first: a node that cannot serve its API securely does not join.
-        let http_options = crate::http::HttpOptions::from_config(&config)?;
-        let data_dir = config.node.data_dir.clone();
-        let engine = config.storage.engine;
-        // A data directory of the other engine: refuse before anything listens.
-        crate::storage::state_store::check_engine(engine, &data_dir)
-            .map_err(StateMachineError::from)?;
-        // Group 0's machine in the data directory itself (as before groups could be created);
-        // every other group's in `data_dir/groups/<id>`.
-        let mut builder = Node::builder()
-            .config(config.clone())
-            .state_machine_for_groups(move |group| {
-                if group == 0 {
-                    return KvMachine::open_engine(engine, &data_dir);
-                }
-                let dir = data_dir.join("groups").join(group.to_string());
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    StateMachineError::from(crate::storage::state_store::StoreError::Open {
-                        engine: crate::storage::state_store::engine_name(engine),
-                        path: dir.clone(),
-                        source: Box::new(e),
-                    })
-                })?;
-                KvMachine::open_engine(engine, &dir)
-            });
-        if let Some(handle) = recorder {
-            builder = builder.metrics(handle);
-        }
-        let node = builder.start().await?;
-        let server = crate::http::serve(node.handle(), &config, http_options)?;
-        let server_handle = server.handle();
-        actix::spawn(server);
-        tracing::info!(
-            node = config.node.id,
-            transport = %node.transport_addr(),
-            http = %config.node.http,
-            "node started"
-        );
-        wait_for_signal().await?;
-        tracing::info!(node = config.node.id, "shutting down");
-        server_handle.stop(true).await;
-        node.shutdown().await;
-        Ok(())
-    })
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
     }
 }

@@ -30,6 +30,7 @@ use super::gossip::{GossipActor, GossipShared, MemberBook, MembersChanged};
 use super::replicator::ReplicatorActor;
 use super::wire::WireMessage;
 use super::StopActor;
+use crate::api::MembershipState;
 use crate::config::MemberConfig;
 use actix::prelude::*;
 use conclave_actors::supervisor::{
@@ -38,36 +39,9 @@ use conclave_actors::supervisor::{
 use conclave_core::raft::{GroupId, Membership, NodeId};
 use conclave_transport::{Endpoint, PeerLink, Transport};
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// Where this node stands in a group's membership.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MembershipState {
-    /// A voter or a learner of the membership in force.
-    #[default]
-    Member,
-    /// Never named by any membership this node has seen: it waits to be added
-    /// (`/readyz` 503 `not_a_member`).
-    NotAMember,
-    /// It was a member, and a committed membership no longer names it (`/readyz` 503
-    /// `removed`): it takes no part in the group any more.
-    Removed,
-}
-
-impl MembershipState {
-    /// `member`, `not_a_member` or `removed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MembershipState::Member => "member",
-            MembershipState::NotAMember => "not_a_member",
-            MembershipState::Removed => "removed",
-        }
-    }
-}
 
 /// Tracks, for one group, whether this node is a member, was never one, or was removed: from
 /// the memberships its core reports and how far they are committed. Sans-IO.

@@ -11,7 +11,7 @@
 //! store actor (its own arbiter, in order with the compactions that could drop the evidence).
 //! A file that does not parse is an error naming it, never a silent reset.
 
-use crate::node::GroupId;
+use conclave_core::raft::GroupId;
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::io::Write;

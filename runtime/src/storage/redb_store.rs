@@ -15,7 +15,7 @@
 use super::state_store::{
     NextRecord, StateStore, StoreError, StoreOp, StoreView, Visit, WriteBatch,
 };
-use crate::state_machine::LogIndex;
+use conclave_core::raft::LogIndex;
 use redb::{Database, Durability, ReadOnlyTable, ReadableTable, TableDefinition, WriteTransaction};
 use std::ops::Bound;
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! records what was measured); the applier's stall watchdog reports it when it happens.
 
 use super::state_store::{NextRecord, StateStore, StoreError, StoreOp, Visit, WriteBatch};
-use crate::state_machine::LogIndex;
+use conclave_core::raft::LogIndex;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -13,8 +13,8 @@
 //! use ([`SnapshotStore::retain_from`]): a crash between taking a snapshot and compacting the
 //! log then still finds a base the log reaches.
 
-use crate::state_machine::LogIndex;
 use crate::storage::background_io::{PacedFile, WritePacing};
+use conclave_core::raft::LogIndex;
 use conclave_core::raft::{SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 use std::fs::File;

@@ -9,7 +9,7 @@
 //! is); [`StateStore::sync`] makes everything committed so far durable, for callers that must
 //! rely on the applied index surviving a crash (log compaction).
 
-use crate::state_machine::LogIndex;
+use conclave_core::raft::LogIndex;
 use std::path::{Path, PathBuf};
 
 pub use crate::config::StorageEngine;

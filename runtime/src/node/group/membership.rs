@@ -6,9 +6,7 @@
 //! §4.1 and §6): its typed refusals become the node's [`RequestError`]s one for one.
 
 use super::GroupActor;
-use crate::node::handle::{
-    ChangeOutcome, ClusterConfig, ConfigMember, InvalidChange, RequestError,
-};
+use crate::api::{ChangeOutcome, ClusterConfig, ConfigMember, InvalidChange, RequestError};
 use crate::state_machine::StateMachine;
 use actix::prelude::*;
 use conclave_core::raft::{

@@ -3,13 +3,12 @@
 //! [`RequestError::Overloaded`] (HTTP 503 + Retry-After), never queued without bound.
 
 use crate::config::ReadLevel;
+pub use conclave_core::raft::{GroupId, NodeId};
+use conclave_core::raft::{LogIndex, Term};
+use conclave_core::swim::Incarnation;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-
-/// A Raft group's id.
-pub type GroupId = u64;
-/// A node's id.
-pub type NodeId = u64;
 
 /// Where the leader is, so a follower can forward a request to it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,7 +389,7 @@ pub struct GroupStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// `member`, `not_a_member` (waits to be added) or `removed`.
     #[serde(default)]
-    pub membership: super::peers::MembershipState,
+    pub membership: MembershipState,
 }
 
 /// The body of `GET /v1/cluster` (DESIGN.md §7): top-level fields describe this node in group 0.
@@ -419,7 +418,7 @@ pub struct ClusterStatus {
     /// This node's place in group 0's membership: `member`, `not_a_member` (a node started
     /// with `cluster.join` that waits to be added) or `removed`.
     #[serde(default)]
-    pub membership: super::peers::MembershipState,
+    pub membership: MembershipState,
 }
 
 /// Is the node ready for traffic (`GET /readyz`)?
@@ -475,7 +474,7 @@ pub trait KvService: Clone + 'static {
     fn status(&self) -> impl std::future::Future<Output = ClusterStatus>;
 
     /// This node's gossip (SWIM) view of every member: `GET /v1/cluster/members`.
-    fn members(&self) -> impl std::future::Future<Output = super::gossip::GossipMembers>;
+    fn members(&self) -> impl std::future::Future<Output = GossipMembers>;
 
     /// Readiness for `/readyz`.
     fn readiness(&self) -> impl std::future::Future<Output = Readiness>;
@@ -514,7 +513,7 @@ pub trait KvService: Clone + 'static {
     fn take_snapshot(
         &self,
         group: u64,
-    ) -> impl std::future::Future<Output = Result<super::SnapshotInfo, RequestError>> {
+    ) -> impl std::future::Future<Output = Result<SnapshotInfo, RequestError>> {
         async move {
             Err(RequestError::Internal(format!(
                 "this service cannot take snapshots (group {group})"
@@ -581,6 +580,127 @@ pub trait KvService: Clone + 'static {
         let _ = id;
         None
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the service reports (bodies of GET /v1/cluster/members, POST /v1/cluster/snapshot and
+// /readyz); the node fills them in (node::gossip, node::group, node::peers).
+
+/// A state-machine snapshot of a group, as `POST /v1/cluster/snapshot` and `/v1/cluster`
+/// show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The group.
+    pub group: GroupId,
+    /// The last entry it covers.
+    pub index: LogIndex,
+    /// That entry's term.
+    pub term: Term,
+    /// The image's size in bytes.
+    pub bytes: u64,
+    /// Whether this request took it (false: nothing was applied since the latest one, which
+    /// is returned).
+    pub taken: bool,
+    /// How long taking it took (0 when not taken now).
+    pub duration_ms: u64,
+}
+
+/// Where this node stands in a group's membership.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipState {
+    /// A voter or a learner of the membership in force.
+    #[default]
+    Member,
+    /// Never named by any membership this node has seen: it waits to be added
+    /// (`/readyz` 503 `not_a_member`).
+    NotAMember,
+    /// It was a member, and a committed membership no longer names it (`/readyz` 503
+    /// `removed`): it takes no part in the group any more.
+    Removed,
+}
+
+impl MembershipState {
+    /// `member`, `not_a_member` or `removed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MembershipState::Member => "member",
+            MembershipState::NotAMember => "not_a_member",
+            MembershipState::Removed => "removed",
+        }
+    }
+}
+
+/// Round-trip statistics of one peer, over the latency monitor's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RttStats {
+    /// The samples kept, oldest first, in milliseconds (at most `latency.history_size`, at
+    /// most one per `latency.interval_s`).
+    pub samples_ms: Vec<u64>,
+    /// The latest sample.
+    pub last_ms: u64,
+    /// The smallest sample kept.
+    pub min_ms: u64,
+    /// The mean of the samples kept.
+    pub avg_ms: f64,
+    /// The largest sample kept.
+    pub max_ms: u64,
+}
+
+/// One member as `GET /v1/cluster/members` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GossipMember {
+    /// Node id.
+    pub id: NodeId,
+    /// `alive`, `suspect`, `dead` or `left`.
+    pub state: String,
+    /// The member's incarnation as known here.
+    pub incarnation: Incarnation,
+    /// Transport address.
+    pub addr: String,
+    /// HTTP address.
+    pub http: String,
+    /// The application map it publishes (the shard router's load and shards).
+    pub metadata: BTreeMap<String, String>,
+    /// The metadata's version within its incarnation (last-writer-wins key with it).
+    pub metadata_version: u64,
+    /// Round trips measured by this node's direct probes; `null` for itself and for members
+    /// not measured yet (or with `latency.enabled = false`).
+    pub rtt: Option<RttStats>,
+}
+
+/// The SWIM core's counters (`conclave_core::swim::SwimStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipCounters {
+    /// Rumors refused as malformed (bad address, garbage metadata, impossible incarnation).
+    pub rejected_updates: u64,
+    /// Frames dropped: addressed to another node, from ourselves, or malformed.
+    pub rejected_messages: u64,
+    /// Times this node refuted a rumor about itself.
+    pub refutations: u64,
+    /// Suspicions this node started after a failed probe.
+    pub suspicions_started: u64,
+    /// Members this node declared dead.
+    pub deaths_declared: u64,
+}
+
+/// The body of `GET /v1/cluster/members`: this node's SWIM view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GossipMembers {
+    /// This node.
+    pub node_id: NodeId,
+    /// This node's incarnation.
+    pub incarnation: Incarnation,
+    /// Lifeguard's local health score (0 = healthy; probes are slowed by score + 1).
+    pub local_health: u32,
+    /// Whether a seed answered this node's join (always true without seeds).
+    pub joined: bool,
+    /// Members per state, this node included (as `conclave_gossip_members{state}`).
+    pub counts: BTreeMap<String, usize>,
+    /// What the core refused and did since this actor instance started.
+    pub stats: GossipCounters,
+    /// Every member known, this node first, then by id.
+    pub members: Vec<GossipMember>,
 }
 
 #[cfg(test)]

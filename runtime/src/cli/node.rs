@@ -40,9 +40,22 @@ pub fn run_blocking(config: Config) -> Result<(), RunError> {
         let engine = config.storage.engine;
         // A data directory of the other engine: refuse before anything listens.
         crate::storage::state_store::check_engine(engine, &data_dir).map_err(RunError::Engine)?;
+        // Group 0's machine in the data directory itself (as before groups could be created);
+        // every other group's in `data_dir/groups/<id>`.
         let mut builder = Node::builder()
             .config(config.clone())
-            .state_machine_with(move || KvMachine::open_engine(engine, &data_dir));
+            .state_machine_for_groups(move |group| {
+                if group == 0 {
+                    return KvMachine::open_engine(engine, &data_dir);
+                }
+                let dir = data_dir.join("groups").join(group.to_string());
+                std::fs::create_dir_all(&dir).map_err(|e| StoreError::Open {
+                    engine: crate::storage::state_store::engine_name(engine),
+                    path: dir.clone(),
+                    source: Box::new(e),
+                })?;
+                KvMachine::open_engine(engine, &dir)
+            });
         if let Some(handle) = recorder {
             builder = builder.metrics(handle);
         }

@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Opens the state machine on every (re)start of the applier.
-pub type MachineFactory<M> = Arc<dyn Fn() -> Result<M, StateMachineError> + Send + Sync>;
+/// Opens a group's state machine on every (re)start of its applier (called with the group).
+pub type MachineFactory<M> =
+    Arc<dyn Fn(conclave_core::raft::GroupId) -> Result<M, StateMachineError> + Send + Sync>;
 
 /// Where a write's outcome goes.
 pub type WriteReply<M> =
@@ -170,7 +171,7 @@ impl<M: StateMachine> Actor for ApplierActor<M> {
         // Runs on the applier's arbiter, before any message is handled: the group actor's
         // `AppliedIndex` waits for the open to finish.
         let deps = self.deps.clone();
-        match deps.clock.time(|| (deps.factory)()) {
+        match deps.clock.time(|| (deps.factory)(deps.group)) {
             Ok(machine) => {
                 self.applied = machine.applied_index();
                 self.machine = Some(machine);
@@ -281,19 +282,24 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                 failure = Some(e);
             }
         }
+        // A storage error is reported before the writers hear of it: a client that got its
+        // 500 and asks `/readyz` right away must find the node failed (answering first left a
+        // window, on another thread, in which the node still looked healthy).
+        if let Some(e) = &failure {
+            if matches!(
+                **e,
+                StateMachineError::Storage(_) | StateMachineError::Store(_)
+            ) {
+                self.deps.health.failed(self.deps.clock.component(), &**e);
+            }
+        }
         for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
-        if let Some(e) = failure {
+        if failure.is_some() {
             // The replica must not go on with a state that missed an entry: stop, and let the
-            // supervisor restart it from durable state. A storage error is also reported: the
-            // node is not healthy until it is restarted (a restart may not fix a full disk).
-            if matches!(
-                *e,
-                StateMachineError::Storage(_) | StateMachineError::Store(_)
-            ) {
-                self.deps.health.failed(self.deps.clock.component(), &*e);
-            }
+            // supervisor restart it from durable state. The node is not healthy until it is
+            // restarted (a restart may not fix a full disk).
             ctx.stop();
             return;
         }

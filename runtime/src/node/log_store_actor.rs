@@ -7,6 +7,7 @@
 //! exactly what is durable without re-reading the disk.
 
 use crate::config::PersistenceStrategy;
+use crate::storage::group_list::{GroupList, GroupListError};
 use crate::storage::health::StorageHealth;
 use crate::storage::log_store::{LogStore, LogStoreError, RecoveredGroup};
 use crate::storage::member_mark::{MemberMarkError, MemberMarks};
@@ -70,6 +71,20 @@ pub struct MarkMember {
     pub group: GroupId,
     /// The node's marks.
     pub marks: Arc<MemberMarks>,
+}
+
+/// Lists a group created at runtime with its bootstrap membership, or unlists a removed one,
+/// in `data_dir/group-list` (blocking file I/O, done on this actor's arbiter like
+/// [`MarkMember`], timed by the stall watchdog).
+#[derive(Message)]
+#[rtype(result = "Result<(), Arc<GroupListError>>")]
+pub struct SaveGroupList {
+    /// The group.
+    pub group: GroupId,
+    /// Its bootstrap membership, or `None` to unlist it.
+    pub membership: Option<conclave_core::raft::Membership>,
+    /// The node's list.
+    pub list: Arc<GroupList>,
 }
 
 struct Flush;
@@ -318,6 +333,26 @@ impl Handler<MarkMember> for LogStoreActor {
         };
         result.map_err(|e| {
             tracing::error!(group = msg.group, error = %e, "cannot mark this node as a member");
+            Arc::new(e)
+        })
+    }
+}
+
+impl Handler<SaveGroupList> for LogStoreActor {
+    type Result = Result<(), Arc<GroupListError>>;
+
+    fn handle(&mut self, msg: SaveGroupList, _: &mut Context<Self>) -> Self::Result {
+        let SaveGroupList {
+            group,
+            membership,
+            list,
+        } = msg;
+        let result = match self.clock.clone() {
+            Some(clock) => clock.time(|| list.set(group, membership)),
+            None => list.set(group, membership),
+        };
+        result.map_err(|e| {
+            tracing::error!(group, error = %e, "cannot save the group list");
             Arc::new(e)
         })
     }

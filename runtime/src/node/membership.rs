@@ -75,7 +75,7 @@ impl<M: StateMachine> NodeHandle<M> {
     /// only voter.
     pub async fn drain(&self, drained: bool) -> Result<DrainOutcome, RequestError> {
         let mut groups = Vec::new();
-        for (&group, g) in &self.inner.groups {
+        for (group, g) in self.inner.registry.entries() {
             let addr = g.actor.get().ok_or(RequestError::NoLeader { group })?;
             let (reply, rx) = tokio::sync::oneshot::channel();
             addr.try_send(SetDrained { drained, reply })
@@ -97,8 +97,8 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Whether this node is drained (in group 0).
     pub fn drained(&self) -> bool {
         self.inner
-            .groups
-            .get(&0)
+            .registry
+            .get(0)
             .is_some_and(|g| g.shared.drained.load(std::sync::atomic::Ordering::Relaxed))
     }
 

@@ -31,6 +31,8 @@ pub mod log_store_actor;
 mod membership;
 pub use membership::REPLACE_CATCH_UP_WAIT;
 pub mod peers;
+mod registry;
+pub use registry::{GroupGaveUp, GroupRegistryError};
 pub mod replicator;
 pub mod snapshotter;
 pub mod transfer;
@@ -47,29 +49,26 @@ use crate::config::{Config, MemberConfig, ReadLevel};
 use crate::state_machine::{
     KvCommand, KvMachine, KvOutput, KvQuery, KvRequest, StateMachine, StateMachineError,
 };
-use crate::storage::background_io::WritePacing;
 use crate::storage::health::{StorageCondition, StorageHealth};
 use crate::storage::log_store::{LogStore, LogStoreError};
-use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError};
+use crate::storage::snapshot_store::SnapshotStoreError;
 use crate::storage::wal::WalOptions;
 use crate::storage::watchdog::Watchdog;
 use actix::prelude::*;
 use applier::ApplierActor;
 use conclave_actors::supervisor::{
-    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, SupervisionEvent, SupervisionEventMsg,
-    Supervisor, SupervisorBuilder,
+    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
 };
 use conclave_core::raft::{Membership, RaftConfig, ReadConsistency, Role};
 use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
-use group::{
-    GroupActor, GroupDeps, GroupShared, Propose, RaftInbound, Read, SnapshotPolicy, TakeSnapshotNow,
-};
+use group::{GroupActor, Propose, RaftInbound, Read, TakeSnapshotNow};
 use log_store_actor::LogStoreActor;
 use peers::Peers;
+use registry::GroupRegistry;
 use replicator::ReplicatorActor;
 use snapshotter::SnapshotterActor;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +133,28 @@ pub enum NodeError {
     /// cannot be read (a corrupt file is named).
     #[error("{0}")]
     MemberMarks(#[from] crate::storage::member_mark::MemberMarkError),
+    /// The list of groups created on this node (`data_dir/group-list`) cannot be read (a
+    /// corrupt file is named).
+    #[error("{0}")]
+    GroupList(#[from] crate::storage::group_list::GroupListError),
+
+    /// The durable group list names groups besides group 0, but the node was built with one
+    /// state machine (`NodeBuilder::state_machine_with`), which serves group 0 only.
+    #[error(
+        "this node hosts groups {groups:?} (data_dir/{file}) but its state machine serves group 0 only",
+        file = crate::storage::group_list::FILE_NAME
+    )]
+    GroupsNeedMachines {
+        /// The listed groups.
+        groups: Vec<GroupId>,
+    },
+
+    /// The node stopped while a group was being started.
+    #[error("the node stopped while group {group} was being started")]
+    Stopped {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 use applier::MachineFactory;
@@ -141,7 +162,9 @@ use applier::MachineFactory;
 /// Builds a [`Node`].
 pub struct NodeBuilder<M: StateMachine> {
     config: Option<Config>,
-    factory: Option<MachineFactory<M>>,
+    /// The factory, and whether it opens a machine per group (false: one machine, which
+    /// serves group 0 only).
+    factory: Option<(MachineFactory<M>, bool)>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
@@ -170,17 +193,29 @@ impl<M: StateMachine> NodeBuilder<M> {
     where
         M: Clone + Send + Sync,
     {
-        self.factory = Some(Arc::new(move || Ok(machine.clone())));
+        self.factory = Some((Arc::new(move |_| Ok(machine.clone())), true));
         self
     }
 
     /// A state machine opened by `factory` on every (re)start — e.g. one that reopens its
-    /// own durable storage and reports its applied index.
+    /// own durable storage and reports its applied index. It is one machine: the node hosts
+    /// group 0 only (creating another group is refused); give
+    /// [`NodeBuilder::state_machine_for_groups`] to host more.
     pub fn state_machine_with(
         mut self,
         factory: impl Fn() -> Result<M, StateMachineError> + Send + Sync + 'static,
     ) -> Self {
-        self.factory = Some(Arc::new(factory));
+        self.factory = Some((Arc::new(move |_| factory()), false));
+        self
+    }
+
+    /// A state machine per group, opened by `factory(group)` on every (re)start of that
+    /// group's applier: each group needs storage of its own (e.g. a directory per group).
+    pub fn state_machine_for_groups(
+        mut self,
+        factory: impl Fn(GroupId) -> Result<M, StateMachineError> + Send + Sync + 'static,
+    ) -> Self {
+        self.factory = Some((Arc::new(factory), true));
         self
     }
 
@@ -203,11 +238,9 @@ impl<M: StateMachine> NodeBuilder<M> {
 pub struct Node<M: StateMachine> {
     handle: NodeHandle<M>,
     transport: Arc<Transport<WireMessage>>,
-    supervisors: Vec<Addr<Supervisor>>,
+    gossip_supervisor: Addr<Supervisor>,
     log_store: Addr<LogStoreActor>,
     log_arbiter: Arbiter,
-    /// One per group: where its applier (the state machine's I/O) runs.
-    applier_arbiters: Vec<Arbiter>,
     /// Where snapshot transfers read and stage their files (sender, receiver).
     transfer_arbiters: Vec<Arbiter>,
 }
@@ -232,9 +265,8 @@ impl<M: StateMachine> Node<M> {
         // Tell the cluster first, while the transport is up: members mark this node `left`
         // instead of suspecting it.
         self.handle.leave_gossip().await;
-        for s in &self.supervisors {
-            let _ = s.send(StopSupervisor).await;
-        }
+        self.handle.inner.registry.stop_all().await;
+        let _ = self.gossip_supervisor.send(StopSupervisor).await;
         self.handle.inner.peers.stop();
         // Let the log store finish what is queued, then stop it (it syncs on stopping).
         actix::clock::sleep(Duration::from_millis(20)).await;
@@ -243,7 +275,8 @@ impl<M: StateMachine> Node<M> {
         self.log_arbiter.stop();
         // An applier stuck in its storage engine does not hold this up: stopping an arbiter
         // only asks its thread to end.
-        for a in self.applier_arbiters.iter().chain(&self.transfer_arbiters) {
+        self.handle.inner.registry.stop_arbiters();
+        for a in &self.transfer_arbiters {
             a.stop();
         }
         self.transport.shutdown();
@@ -261,22 +294,14 @@ impl Handler<StopLogStore> for LogStoreActor {
     }
 }
 
-/// The groups of a node: their actors and shared status, by group id.
-struct GroupEntry<M: StateMachine> {
-    actor: Slot<GroupActor<M>>,
-    shared: Arc<GroupShared>,
-    // Reached only by fault injection (tests, chaos harness).
-    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
-    applier: Slot<ApplierActor<M>>,
-}
-
 struct Inner<M: StateMachine> {
     id: u64,
     config: Config,
     /// Replicators, allowlist, gossip's members and the member directory, following the
     /// replicated membership.
     peers: Arc<Peers>,
-    groups: BTreeMap<u64, GroupEntry<M>>,
+    /// The groups this node hosts (created and removed at runtime).
+    registry: Arc<GroupRegistry<M>>,
     ring: Ring,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutting_down: std::sync::atomic::AtomicBool,
@@ -353,7 +378,7 @@ fn raft_config(config: &Config, group: u64) -> RaftConfig {
 
 async fn start_node<M: StateMachine>(
     config: Config,
-    factory: MachineFactory<M>,
+    factory: (MachineFactory<M>, bool),
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<Node<M>, NodeError> {
     let id = config.node.id;
@@ -506,62 +531,36 @@ async fn start_node<M: StateMachine>(
     };
     let transfer_arbiters = vec![send_arbiter, receive_arbiter];
 
-    // Groups: for now the cluster's first group, replicated on every initial member.
-    let mut groups = BTreeMap::new();
-    // The gossip supervisor is stopped with the groups' (after the leave).
-    let mut supervisors = vec![gossip_supervisor];
-    let mut applier_arbiters = Vec::new();
-    let group_ids = [0u64];
-    for &group in &group_ids {
-        // A group's snapshot files; opening removes what a crash left half written.
-        let snapshots = Arc::new(
-            SnapshotStore::open(
-                &config
-                    .node
-                    .data_dir
-                    .join("snapshots")
-                    .join(group.to_string()),
-            )?
-            .with_pacing(WritePacing::from_rate_mb_s(config.snapshot.write_rate_mb_s)),
-        );
-        // Replicators, allowlist and gossip follow the bootstrap membership until the group's
-        // core reports the one in its log.
-        peers.follow(group, &base_membership);
-        let applier_arbiter = Arbiter::new();
-        let snapshot_arbiter = Arbiter::new();
-        let (entry, supervisor) = start_group(
-            &config,
-            group,
-            &base_membership,
-            &peers,
-            log_store.clone(),
-            GroupStorage {
-                factory: factory.clone(),
-                arbiter: applier_arbiter.handle(),
-                snapshot_arbiter: snapshot_arbiter.handle(),
-                snapshots,
-                watchdog: &watchdog,
-                transfer: GroupTransferDeps {
-                    sender: snapshot_sender.clone(),
-                    receiver: snapshot_receiver.clone(),
-                    endpoint: endpoint.clone(),
-                    addrs: peer_addrs.clone(),
-                },
-                member_marks: member_marks.clone(),
+    // Groups: the cluster's first group (replicated on every initial member) and the groups
+    // created on this node at runtime (`data_dir/group-list`).
+    let group_list = Arc::new(crate::storage::group_list::GroupList::open(
+        &config.node.data_dir,
+    )?);
+    let (factory, any_group) = factory;
+    let registry = Arc::new(GroupRegistry::new(
+        registry::GroupSpawner {
+            config: config.clone(),
+            peers: peers.clone(),
+            log_store: log_store.clone(),
+            factory,
+            any_group,
+            watchdog: watchdog.clone(),
+            member_marks: member_marks.clone(),
+            transfer: registry::GroupTransferDeps {
+                sender: snapshot_sender.clone(),
+                receiver: snapshot_receiver.clone(),
+                endpoint: endpoint.clone(),
+                addrs: peer_addrs.clone(),
             },
             epoch,
-        );
-        groups.insert(group, entry);
-        supervisors.push(supervisor);
-        applier_arbiters.push(applier_arbiter);
-        applier_arbiters.push(snapshot_arbiter);
-    }
+            arbiter: Arbiter::current(),
+        },
+        group_list,
+    ));
+    registry.start_listed(&base_membership)?;
 
-    // Inbound dispatch by group id.
-    let dispatch: HashMap<u64, Slot<GroupActor<M>>> = groups
-        .iter()
-        .map(|(g, e): (&u64, &GroupEntry<M>)| (*g, e.actor.clone()))
-        .collect();
+    // Inbound dispatch by group id, through the registry (groups come and go at runtime).
+    let dispatch = registry.clone();
     let gossip_slot = gossip.actor.clone();
     let inbound_sender = snapshot_sender.clone();
     let dispatch_peers = peers.clone();
@@ -626,7 +625,7 @@ async fn start_node<M: StateMachine>(
                             .increment(1);
                         continue;
                     }
-                    let Some(addr) = dispatch.get(&m.group).and_then(|s| s.get()) else {
+                    let Some(addr) = dispatch.actor(m.group) else {
                         metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "unknown_group")
                             .increment(1);
                         continue;
@@ -672,7 +671,7 @@ async fn start_node<M: StateMachine>(
             id,
             config,
             peers,
-            groups,
+            registry,
             ring,
             prometheus,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
@@ -685,10 +684,9 @@ async fn start_node<M: StateMachine>(
     Ok(Node {
         handle,
         transport,
-        supervisors,
+        gossip_supervisor,
         log_store,
         log_arbiter,
-        applier_arbiters,
         transfer_arbiters,
     })
 }
@@ -753,49 +751,6 @@ fn start_gossip(deps: Arc<gossip::GossipDeps>) -> (gossip::GossipHandle, Addr<Su
     (handle, supervisor)
 }
 
-/// A group whose supervisor spent its restart budget: its log or state machine cannot be
-/// brought back by restarts, so the node reports its storage failed (finding 10 of issue 12:
-/// such a node used to look healthy).
-#[derive(Debug, thiserror::Error)]
-#[error("the supervisor of group {group} gave up after repeated restarts (last exit: {last_exit}); restart the node once the cause (disk full, I/O errors, a corrupt store) is fixed")]
-pub struct GroupGaveUp {
-    /// The group.
-    pub group: u64,
-    /// The child whose exit spent the budget, and how it exited.
-    pub last_exit: String,
-}
-
-/// Watches a group's supervisor: when it gives up, the node's storage is reported failed.
-struct GroupWatcher {
-    group: u64,
-    health: Arc<StorageHealth>,
-    last_exit: String,
-}
-
-impl Actor for GroupWatcher {
-    type Context = Context<Self>;
-}
-
-impl Handler<SupervisionEventMsg> for GroupWatcher {
-    type Result = ();
-
-    fn handle(&mut self, msg: SupervisionEventMsg, _: &mut Context<Self>) {
-        match msg.0 {
-            SupervisionEvent::Exited { child, exit } => {
-                self.last_exit = format!("{child} {exit:?}");
-            }
-            SupervisionEvent::Escalated { .. } => {
-                let e = GroupGaveUp {
-                    group: self.group,
-                    last_exit: self.last_exit.clone(),
-                };
-                self.health.failed(&format!("group/{}", self.group), &e);
-            }
-            SupervisionEvent::Restarting { .. } => {}
-        }
-    }
-}
-
 /// The sender's limits from `[snapshot]`.
 fn transfer_limits(config: &Config) -> transfer_actor::SendLimits {
     let s = &config.snapshot;
@@ -808,170 +763,6 @@ fn transfer_limits(config: &Config) -> transfer_actor::SendLimits {
         ack_timeout: (Duration::from_secs(config.node.read_timeout_s) / 3)
             .max(Duration::from_secs(1)),
     }
-}
-
-/// The node's snapshot sender and receiver, for a group.
-struct GroupTransferDeps {
-    sender: transfer_actor::SnapshotSender,
-    receiver: Addr<transfer_actor::SnapshotReceiver>,
-    endpoint: Arc<dyn Endpoint<WireMessage>>,
-    addrs: transfer_actor::PeerAddrs,
-}
-
-/// Where a group's state machine lives and how its calls are watched.
-struct GroupStorage<'a, M: StateMachine> {
-    factory: MachineFactory<M>,
-    /// The applier's own arbiter (kept across its restarts).
-    arbiter: ArbiterHandle,
-    /// The snapshotter's own arbiter (blocking snapshot file I/O).
-    snapshot_arbiter: ArbiterHandle,
-    /// The group's snapshot files.
-    snapshots: Arc<SnapshotStore>,
-    watchdog: &'a Watchdog,
-    /// Sending and receiving the group's snapshots.
-    transfer: GroupTransferDeps,
-    /// The groups this node was a member of.
-    member_marks: Arc<crate::storage::member_mark::MemberMarks>,
-}
-
-fn start_group<M: StateMachine>(
-    config: &Config,
-    group: u64,
-    base_membership: &Membership,
-    peers: &Arc<Peers>,
-    log_store: Addr<LogStoreActor>,
-    storage: GroupStorage<'_, M>,
-    epoch: Instant,
-) -> (GroupEntry<M>, Addr<Supervisor>) {
-    let shared = Arc::new(GroupShared::default());
-    let applier_slot: Slot<ApplierActor<M>> = Slot::new();
-    let snapshotter_slot: Slot<SnapshotterActor> = Slot::new();
-    let actor_slot: Slot<GroupActor<M>> = Slot::new();
-    let transfer = storage.transfer;
-    let snapshots = storage.snapshots.dir().to_owned();
-    {
-        let shared = shared.clone();
-        let slot = actor_slot.clone();
-        transfer.receiver.do_send(transfer_actor::RegisterGroup(
-            group,
-            transfer_actor::ReceiverGroup {
-                dir: snapshots.clone(),
-                view: Box::new(move || {
-                    let s = shared.snapshot.read();
-                    transfer::GroupView {
-                        term: s.term,
-                        leader: s.leader,
-                        commit: s.commit_index,
-                        membership: s.membership.clone(),
-                    }
-                }),
-                received: Box::new(move |msg| {
-                    if let Some(addr) = slot.get() {
-                        addr.do_send(msg);
-                    }
-                }),
-            },
-        ));
-    }
-    let deps = Arc::new(GroupDeps {
-        group,
-        raft: raft_config(config, group),
-        base_membership: base_membership.clone(),
-        log_store,
-        applier: applier_slot.clone(),
-        peers: peers.clone(),
-        shared: shared.clone(),
-        epoch,
-        transfer: group::GroupTransfer {
-            sender: transfer.sender,
-            receiver: transfer.receiver,
-            dir: snapshots,
-            endpoint: transfer.endpoint,
-            addrs: transfer.addrs,
-        },
-        snapshotter: snapshotter_slot.clone(),
-        snapshots: storage.snapshots.clone(),
-        snapshot_policy: SnapshotPolicy {
-            threshold_entries: config.snapshot_threshold_entries(),
-            threshold_log_bytes: config.snapshot.threshold_log_bytes,
-            jitter_pct: config.snapshot.threshold_jitter_pct,
-        },
-        health: storage.watchdog.health().clone(),
-        member_marks: storage.member_marks.clone(),
-    });
-
-    let watcher = GroupWatcher {
-        group,
-        health: storage.watchdog.health().clone(),
-        last_exit: "none".to_owned(),
-    }
-    .start();
-    let mut builder = SupervisorBuilder::new(format!("group-{group}"))
-        .policy(RestartPolicy {
-            strategy: Strategy::OneForOne,
-            ..RestartPolicy::default()
-        })
-        .events(watcher.recipient());
-    {
-        let slot = applier_slot.clone();
-        let deps = Arc::new(applier::ApplierDeps {
-            group,
-            factory: storage.factory,
-            applied_gauge: shared.applied.clone(),
-            clock: storage.watchdog.clock(format!("state_machine/{group}")),
-            health: storage.watchdog.health().clone(),
-        });
-        let arbiter = storage.arbiter;
-        let f: Factory = Box::new(move |guard| {
-            // The machine is opened in the actor's `started`, on its own arbiter: a slow or
-            // stuck open blocks nothing else.
-            let deps = deps.clone();
-            let addr =
-                ApplierActor::start_in_arbiter(&arbiter, move |_| ApplierActor::new(deps, guard));
-            slot.set(addr.clone());
-            Box::new(move || addr.do_send(StopActor))
-        });
-        builder = builder.child("applier", f);
-    }
-    {
-        let slot = snapshotter_slot.clone();
-        let deps = Arc::new(snapshotter::SnapshotterDeps {
-            group,
-            store: storage.snapshots.clone(),
-            clock: storage.watchdog.clock(format!("snapshots/{group}")),
-        });
-        let arbiter = storage.snapshot_arbiter;
-        let f: Factory = Box::new(move |guard| {
-            let deps = deps.clone();
-            let addr = SnapshotterActor::start_in_arbiter(&arbiter, move |_| {
-                SnapshotterActor::new(deps, guard)
-            });
-            slot.set(addr.clone());
-            Box::new(move || addr.do_send(StopActor))
-        });
-        builder = builder.child("snapshotter", f);
-    }
-    {
-        let slot = actor_slot.clone();
-        let deps = deps.clone();
-        let f: Factory = Box::new(move |guard| {
-            let addr = GroupActor::new(deps.clone(), guard).start();
-            slot.set(addr.clone());
-            Box::new(move || addr.do_send(StopActor))
-        });
-        builder = builder.child("raft", f);
-    }
-    // Replicators are started and stopped by the peer set as the membership changes, each
-    // under a supervisor of its own (`peers`).
-    let supervisor = builder.start();
-    (
-        GroupEntry {
-            actor: actor_slot,
-            shared,
-            applier: applier_slot,
-        },
-        supervisor,
-    )
 }
 
 /// Stops any of the node's actors (sent by supervisors on shutdown and one-for-all restarts).
@@ -1045,19 +836,63 @@ impl<M: StateMachine> NodeHandle<M> {
         &self.inner.config
     }
 
-    fn group0(&self) -> Result<&GroupEntry<M>, RequestError> {
+    /// Creates Raft group `group` on this node with `voters` (this node among them) and starts
+    /// it; it is listed durably, so the node hosts it again after a restart. Call it on every
+    /// voter with the same voters: the group elects a leader once a majority hosts it. Needs a
+    /// state machine per group ([`NodeBuilder::state_machine`] or
+    /// [`NodeBuilder::state_machine_for_groups`]).
+    pub async fn create_group(
+        &self,
+        group: GroupId,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> Result<(), GroupRegistryError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(GroupRegistryError::ShuttingDown);
+        }
         self.inner
-            .groups
-            .get(&0)
-            .ok_or(RequestError::NoLeader { group: 0 })
+            .registry
+            .create(group, voters.into_iter().collect())
+            .await
+    }
+
+    /// Stops hosting group `group` (not group 0) and unlists it. Its log records and snapshot
+    /// files stay on disk: creating the group again resumes from them.
+    pub async fn remove_group(&self, group: GroupId) -> Result<(), GroupRegistryError> {
+        self.inner.registry.remove(group).await
+    }
+
+    /// The groups this node hosts, in id order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.inner
+            .registry
+            .entries()
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect()
+    }
+
+    fn group(&self, group: GroupId) -> Result<Arc<registry::GroupEntry<M>>, RequestError> {
+        self.inner
+            .registry
+            .get(group)
+            .ok_or(RequestError::NoLeader { group })
     }
 
     /// Proposes `command` to group 0 and waits until it is committed and applied here.
     pub async fn write(&self, command: M::Command) -> Result<WriteResult<M::Output>, RequestError> {
+        self.write_to(0, command).await
+    }
+
+    /// Proposes `command` to `group` and waits until it is committed and applied here.
+    pub async fn write_to(
+        &self,
+        group: GroupId,
+        command: M::Command,
+    ) -> Result<WriteResult<M::Output>, RequestError> {
         self.admit()?;
         let bytes = rmp_serde::to_vec(&command)
             .map_err(|e| RequestError::from(InternalError::failed(e)))?;
-        self.ask(|reply| Propose::<M> {
+        self.ask_group(group, |reply| Propose::<M> {
             command: bytes,
             reply,
         })
@@ -1088,8 +923,18 @@ impl<M: StateMachine> NodeHandle<M> {
         query: M::Query,
         consistency: ReadLevel,
     ) -> Result<M::QueryOutput, RequestError> {
+        self.read_from(0, query, consistency).await
+    }
+
+    /// Runs `query` on `group` at the given consistency.
+    pub async fn read_from(
+        &self,
+        group: GroupId,
+        query: M::Query,
+        consistency: ReadLevel,
+    ) -> Result<M::QueryOutput, RequestError> {
         self.admit()?;
-        self.ask(|reply| Read::<M> {
+        self.ask_group(group, |reply| Read::<M> {
             query,
             consistency: to_consistency(consistency),
             reply,
@@ -1097,8 +942,7 @@ impl<M: StateMachine> NodeHandle<M> {
         .await
     }
 
-    /// Sends group 0's actor a request carrying a reply channel and waits (bounded) for the
-    /// answer. A full mailbox is `Overloaded` (503), never a wait.
+    /// [`NodeHandle::ask_group`] to group 0 (the cluster's membership and configuration).
     async fn ask<T, Req>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Req,
@@ -1109,11 +953,27 @@ impl<M: StateMachine> NodeHandle<M> {
         GroupActor<M>: Handler<Req>,
         <GroupActor<M> as Actor>::Context: actix::dev::ToEnvelope<GroupActor<M>, Req>,
     {
+        self.ask_group(0, make).await
+    }
+
+    /// Sends `group`'s actor a request carrying a reply channel and waits (bounded) for the
+    /// answer. A full mailbox is `Overloaded` (503), never a wait.
+    async fn ask_group<T, Req>(
+        &self,
+        group: GroupId,
+        make: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Req,
+    ) -> Result<T, RequestError>
+    where
+        Req: actix::Message + Send + 'static,
+        Req::Result: Send,
+        GroupActor<M>: Handler<Req>,
+        <GroupActor<M> as Actor>::Context: actix::dev::ToEnvelope<GroupActor<M>, Req>,
+    {
         let addr = self
-            .group0()?
+            .group(group)?
             .actor
             .get()
-            .ok_or(RequestError::NoLeader { group: 0 })?;
+            .ok_or(RequestError::NoLeader { group })?;
         let (reply, rx) = oneshot::channel();
         match addr.try_send(make(reply)) {
             Ok(()) => await_reply(rx).await,
@@ -1122,13 +982,13 @@ impl<M: StateMachine> NodeHandle<M> {
                     .increment(1);
                 Err(RequestError::Overloaded)
             }
-            Err(SendError::Closed(_)) => Err(RequestError::NoLeader { group: 0 }),
+            Err(SendError::Closed(_)) => Err(RequestError::NoLeader { group }),
         }
     }
 
     /// Asks group 0's leader (this node) to hand leadership to `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), RequestError> {
-        let group = self.group0()?;
+        let group = self.group(0)?;
         let addr = group
             .actor
             .get()
@@ -1147,9 +1007,8 @@ impl<M: StateMachine> NodeHandle<M> {
     pub async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, SnapshotError> {
         let addr = self
             .inner
-            .groups
-            .get(&group)
-            .and_then(|g| g.actor.get())
+            .registry
+            .actor(group)
             .ok_or(SnapshotError::NotRunning { group })?;
         let (reply, rx) = oneshot::channel();
         addr.try_send(TakeSnapshotNow { reply })
@@ -1164,7 +1023,8 @@ impl<M: StateMachine> NodeHandle<M> {
     pub fn cluster_status(&self) -> ClusterStatus {
         let groups: Vec<GroupStatus> = self
             .inner
-            .groups
+            .registry
+            .entries()
             .iter()
             .map(|(id, g)| {
                 let s = g.shared.snapshot.read().clone();
@@ -1198,7 +1058,8 @@ impl<M: StateMachine> NodeHandle<M> {
                 }
             })
             .collect();
-        let g0 = groups.first().cloned();
+        // The node-wide fields are group 0's (the cluster's membership group).
+        let g0 = groups.iter().find(|g| g.id == 0).cloned();
         ClusterStatus {
             node_id: self.inner.id,
             role: g0
@@ -1251,7 +1112,7 @@ impl<M: StateMachine> NodeHandle<M> {
             }
         }
         let mut code = None;
-        for (id, g) in &self.inner.groups {
+        for (id, g) in &self.inner.registry.entries() {
             let s = g.shared.snapshot.read();
             match s.membership_state {
                 MembershipState::Member => {}
@@ -1289,7 +1150,7 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// The leader of group 0 as this node knows it.
     pub fn leader(&self) -> Option<LeaderHint> {
-        let g = self.inner.groups.get(&0)?;
+        let g = self.inner.registry.get(0)?;
         let leader = g.shared.snapshot.read().leader?;
         let m = self.inner.peers.member(leader)?;
         Some(LeaderHint {
@@ -1306,7 +1167,7 @@ impl<M: StateMachine> NodeHandle<M> {
         change: conclave_core::raft::MembershipChange,
     ) -> Result<u64, conclave_core::raft::ProposeError> {
         let not_leader = conclave_core::raft::ProposeError::NotLeader { leader: None };
-        let Some(addr) = self.inner.groups.get(&0).and_then(|g| g.actor.get()) else {
+        let Some(addr) = self.inner.registry.actor(0) else {
             return Err(not_leader);
         };
         let (reply, rx) = oneshot::channel();
@@ -1320,8 +1181,8 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Panics the applier of group 0 (fault injection).
     pub fn inject_applier_panic(&self) -> bool {
         self.inner
-            .groups
-            .get(&0)
+            .registry
+            .get(0)
             .and_then(|g| g.applier.get())
             .map(|a| a.try_send(applier::InjectPanic).is_ok())
             .unwrap_or(false)
@@ -1402,8 +1263,8 @@ impl KvService for NodeHandle<KvMachine> {
         // Until multi-Raft sharding lands every shard is served by group 0.
         let leader = self
             .inner
-            .groups
-            .get(&0)
+            .registry
+            .get(0)
             .and_then(|g| g.shared.snapshot.read().leader);
         (route.shard, route.replicas, leader)
     }
@@ -1424,7 +1285,7 @@ impl KvService for NodeHandle<KvMachine> {
     }
 
     fn has_group(&self, group: u64) -> bool {
-        self.inner.groups.contains_key(&group)
+        self.inner.registry.contains(group)
     }
 
     async fn change_config(

@@ -509,7 +509,9 @@ impl Peers {
         if state.stopped || peer == self.me.id {
             return None;
         }
-        let g = state.groups.entry(group).or_default();
+        // A group the node never followed, or stopped hosting (`forget`): its last messages
+        // are dropped, like any to a stopped group.
+        let g = state.groups.get_mut(&group)?;
         if let Some(r) = g.replicators.get(&peer) {
             return r.slot.get();
         }
@@ -579,6 +581,24 @@ impl Peers {
             .get(&peer)?
             .slot
             .get()
+    }
+
+    /// The node stopped hosting `group`: its replicators stop, and the allowlist, directory
+    /// and gossip's book follow the remaining groups. Its members are not marked removed: a
+    /// node that stops hosting a group says nothing about the cluster's membership.
+    pub(super) fn forget(&self, group: GroupId) {
+        let mut state = self.state.lock();
+        if state.stopped {
+            return;
+        }
+        let Some(mut g) = state.groups.remove(&group) else {
+            return;
+        };
+        for (_, r) in g.replicators.drain() {
+            r.supervisor.do_send(StopSupervisor);
+        }
+        tracing::info!(node = self.me.id, group, "peers no longer follow the group");
+        self.sync_node_wide(&mut state, &BTreeMap::new());
     }
 
     /// Stops every replicator (the node is shutting down).

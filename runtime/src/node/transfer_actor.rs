@@ -402,6 +402,12 @@ pub struct ReceiverGroup {
 #[rtype(result = "()")]
 pub struct RegisterGroup(pub GroupId, pub ReceiverGroup);
 
+/// Forgets a group the node stopped hosting (a reception in progress is dropped; its sender
+/// times out).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UnregisterGroup(pub GroupId);
+
 /// A chunk from the transport's authenticated peer `from`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -515,6 +521,14 @@ impl Handler<RegisterGroup> for SnapshotReceiver {
                 receptions: None,
             },
         );
+    }
+}
+
+impl Handler<UnregisterGroup> for SnapshotReceiver {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnregisterGroup, _: &mut Context<Self>) {
+        self.groups.remove(&msg.0);
     }
 }
 

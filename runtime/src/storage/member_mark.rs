@@ -125,7 +125,9 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeSet<GroupId>, MemberMarkError
     Ok(groups)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MemberMarkError> {
+/// Writes `bytes` to `path` so that a crash leaves the old or the new file whole: temporary
+/// file, fsync, rename, directory fsync.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MemberMarkError> {
     let io = |op: &'static str| {
         let path = path.to_owned();
         move |source| MemberMarkError::Io { path, op, source }

@@ -4,6 +4,7 @@
 //! DESIGN.md §4.
 
 pub mod background_io;
+pub mod group_list;
 pub mod health;
 pub mod log_store;
 pub mod member_mark;

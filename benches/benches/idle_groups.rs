@@ -1,0 +1,201 @@
+//! Idle groups: what hosting many Raft groups costs a node when nothing is written (issue 15,
+//! point 2). Three nodes in this one process over loopback TCP, every group on every node
+//! (group 0 plus groups created at runtime with `NodeHandle::create_group`). For each group
+//! count it waits until every group has a leader, lets the cluster settle, then measures over a
+//! window:
+//!
+//! - CPU: this process's user + system time over the window, divided by the three nodes, as a
+//!   percentage of one core (`/proc/self/stat`);
+//! - frames per second from node 1 to node 2 (`conclave_transport_frames_total`, direction
+//!   `out`), and the bytes;
+//! - the first write to the highest-numbered group after the window (its leader's
+//!   `write_to`), end to end.
+//!
+//! Not a criterion suite (a 60 s window per point): run it with
+//! `cargo bench -p benches --bench idle_groups`; `CONCLAVE_IDLE_GROUPS` (default `1,10,100`)
+//! and `CONCLAVE_IDLE_SECS` (default 60) choose the points. Results go to stdout, one line per
+//! group count, with the load average.
+
+#![allow(missing_docs)]
+
+use conclave::config::{Config, MemberConfig};
+use conclave::node::{Node, NodeHandle};
+use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
+use std::time::{Duration, Instant};
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// User + system CPU time of this process, in clock ticks.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state.
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    utime + stime
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // Linux on every architecture this runs on.
+    100
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// `conclave_transport_frames_total` and `_bytes_total` from node 1 to node 2.
+fn frames_1_to_2(prom: &metrics_exporter_prometheus::PrometheusHandle) -> (f64, f64) {
+    let text = prom.render();
+    let mut frames = 0.0;
+    let mut bytes = 0.0;
+    for line in text.lines() {
+        let matches = line.contains("node=\"1\"")
+            && line.contains("peer=\"2\"")
+            && line.contains("direction=\"out\"");
+        if !matches {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if line.starts_with("conclave_transport_frames_total") {
+            frames += value;
+        } else if line.starts_with("conclave_transport_bytes_total") {
+            bytes += value;
+        }
+    }
+    (frames, bytes)
+}
+
+fn leaders(handles: &[NodeHandle<KvMachine>], groups: u64) -> Vec<Option<u64>> {
+    let mut out = vec![None; groups as usize];
+    for h in handles {
+        for g in h.cluster_status().groups {
+            if g.role == "leader" && g.id < groups {
+                out[g.id as usize] = Some(h.id());
+            }
+        }
+    }
+    out
+}
+
+async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::PrometheusHandle) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let members: Vec<MemberConfig> = (1..=3)
+        .map(|id| MemberConfig {
+            id,
+            addr: free_addr(),
+            http: free_addr(),
+        })
+        .collect();
+    let configs: Vec<Config> = Config::local_cluster(&members, dir.path());
+    let mut nodes = Vec::new();
+    for c in configs {
+        let node = Node::builder()
+            .config(c)
+            .state_machine_for_groups(|_| KvMachine::temporary())
+            .start()
+            .await
+            .expect("node starts");
+        nodes.push(node);
+    }
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    let started = Instant::now();
+    for g in 1..groups {
+        for h in &handles {
+            h.create_group(g, [1, 2, 3]).await.expect("create group");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let l = leaders(&handles, groups);
+        if l.iter().all(Option::is_some) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {groups} groups without a leader after 120 s",
+            l.iter().filter(|l| l.is_none()).count()
+        );
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+    let elected = started.elapsed();
+    // Let elections' and creations' traffic drain.
+    actix::clock::sleep(Duration::from_secs(5)).await;
+    let (f0, b0) = frames_1_to_2(prom);
+    let c0 = cpu_ticks();
+    let t0 = Instant::now();
+    actix::clock::sleep(Duration::from_secs(secs)).await;
+    let window = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks() - c0) as f64 / clock_ticks_per_second() as f64;
+    let (f1, b1) = frames_1_to_2(prom);
+    let load = loadavg();
+    // The first write to an idle group.
+    let last = groups - 1;
+    let leader = leaders(&handles, groups)[last as usize].expect("leader");
+    let h = handles
+        .iter()
+        .find(|h| h.id() == leader)
+        .expect("leader handle");
+    let t = Instant::now();
+    h.write_to(
+        last,
+        KvRequest {
+            id: None,
+            op: KvCommand::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        },
+    )
+    .await
+    .expect("first write");
+    let first_write = t.elapsed();
+    println!(
+        "groups={groups:>5} elected_in={:>6.1}s cpu_per_node={:>6.2}% of one core \
+         frames_1to2={:>8.1}/s bytes_1to2={:>10.0}/s first_write={:>7.2}ms window={window:.0}s \
+         loadavg={load}",
+        elected.as_secs_f64(),
+        100.0 * cpu / window / 3.0,
+        (f1 - f0) / window,
+        (b1 - b0) / window,
+        first_write.as_secs_f64() * 1000.0,
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is read from the command line.
+    let points: Vec<u64> = std::env::var("CONCLAVE_IDLE_GROUPS")
+        .unwrap_or_else(|_| "1,10,100".to_owned())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|n| *n >= 1)
+        .collect();
+    let secs: u64 = std::env::var("CONCLAVE_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let prom = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("metrics recorder");
+    let system = actix::System::new();
+    system.block_on(async move {
+        for groups in points {
+            point(groups, secs, &prom).await;
+        }
+    });
+}

@@ -745,13 +745,25 @@ async fn secure_cluster_membership_with_the_cli() {
         actix::clock::sleep(Duration::from_millis(100)).await;
     }
 
-    // Remove the drained node: three voters again, 4 among them, writes go on.
-    let out = member_as(
-        admin.clone(),
-        vec!["remove".into(), leader.to_string()],
-        via.clone(),
-    )
-    .await;
+    // Remove the drained node: three voters again, 4 among them, writes go on. The new
+    // leader refuses changes (503 `leader_not_ready`, retryable) until it has committed an
+    // entry of its term: retried as an operator would.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = member_as(
+            admin.clone(),
+            vec!["remove".into(), leader.to_string()],
+            via.clone(),
+        )
+        .await;
+        if out.status.success()
+            || !text(&out).contains("leader_not_ready")
+            || Instant::now() >= deadline
+        {
+            break out;
+        }
+        actix::clock::sleep(Duration::from_millis(200)).await;
+    };
     assert!(out.status.success(), "remove: {}", text(&out));
     let out = member_as(
         admin.clone(),

@@ -66,7 +66,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// The `conclave` binary: `CONCLAVE_NODE_BIN` (a release build for the 1 GiB run) or the one
 /// cargo built for this test.
 fn bin() -> String {
-    std::env::var("CONCLAVE_NODE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_conclave").to_owned())
+    common::node_bin()
 }
 
 fn loadavg() -> String {
@@ -92,25 +92,12 @@ fn small_key(worker: u64, slot: u64) -> String {
     format!("w{worker:02}-{slot:03}")
 }
 
-/// Runs the `conclave` binary off the async runtime (the writers keep running meanwhile).
 async fn conclave(args: Vec<String>) -> Output {
-    actix_web::rt::task::spawn_blocking(move || {
-        Command::new(bin())
-            .args(&args)
-            .output()
-            .expect("run conclave")
-    })
-    .await
-    .unwrap()
+    common::run_cli(bin(), args).await
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::output_text(o)
 }
 
 /// Node 4, started empty from a `conclave init --join` config.

@@ -26,25 +26,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Runs the `conclave` binary off the async runtime (the writers keep running meanwhile).
 async fn conclave(args: Vec<String>) -> Output {
-    actix_web::rt::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_conclave"))
-            .args(&args)
-            .output()
-            .expect("run conclave")
-    })
-    .await
-    .unwrap()
+    common::run_cli(env!("CARGO_BIN_EXE_conclave").to_owned(), args).await
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::output_text(o)
 }
 
 /// A node started empty with `conclave init --join`, as a child process.

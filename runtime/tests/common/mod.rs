@@ -5,7 +5,7 @@
 use conclave::client::Client;
 use conclave::config::{Config, MemberConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod ports;
@@ -74,10 +74,7 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("n{id}.log")))
             .unwrap();
-        // `CONCLAVE_NODE_BIN` runs another build (e.g. a release binary for long runs).
-        let bin = std::env::var("CONCLAVE_NODE_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_conclave").to_owned());
-        Command::new(bin)
+        Command::new(node_bin())
             .arg("node")
             .arg("--config")
             .arg(self.dir.join(format!("n{id}.toml")))
@@ -174,4 +171,32 @@ pub fn dir_bytes(path: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// The `conclave` binary the process tests run: `CONCLAVE_NODE_BIN` runs another build (e.g. a
+/// release binary for long runs), else the one cargo built for this test.
+pub fn node_bin() -> String {
+    std::env::var("CONCLAVE_NODE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_conclave").to_owned())
+}
+
+/// Runs `bin args…` off the async runtime (tasks on it keep running meanwhile).
+pub async fn run_cli(bin: String, args: Vec<String>) -> Output {
+    actix_web::rt::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(&args)
+            .output()
+            .expect("run conclave")
+    })
+    .await
+    .unwrap()
+}
+
+/// A CLI run's status, stdout and stderr, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }

@@ -29,6 +29,8 @@
 
 mod common;
 
+use common::env_u64;
+
 use common::{dir_bytes, Cluster};
 use conclave::client::Client;
 use conclave::config::ReadLevel;
@@ -41,16 +43,6 @@ const VALUE: usize = 1024;
 const CLIENTS: u64 = 16;
 /// Largest RSS growth allowed between the first sample and the end (or after a restart).
 const RSS_GROWTH: f64 = 1.25;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
-}
 
 /// A live node's RSS in KiB.
 fn rss(pid: u32) -> u64 {

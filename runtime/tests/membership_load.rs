@@ -34,6 +34,8 @@
 
 mod common;
 
+use common::{big_value, env_u64, BIG};
+
 use common::Cluster;
 use conclave::client::{Client, ClientError};
 use conclave::config::ReadLevel;
@@ -42,26 +44,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIG: usize = 64 * 1024;
 const SMALL: usize = 1024;
 const CLIENTS: u64 = 16;
 /// Keys each client overwrites in turn.
 const KEYS_PER_CLIENT: u64 = 256;
 const NEW_ID: u64 = 4;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
-}
 
 /// The `conclave` binary: `CONCLAVE_NODE_BIN` (a release build for the 1 GiB run) or the one
 /// cargo built for this test.
@@ -73,13 +62,6 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".to_owned())
-}
-
-fn big_value(i: u64) -> Vec<u8> {
-    let mut v = format!("big{i}:").into_bytes();
-    // Not all one byte, so that no layer can make it small.
-    v.extend((0..BIG - v.len()).map(|j| (j as u64 ^ i) as u8));
-    v
 }
 
 fn small_value(worker: u64, n: u64) -> Vec<u8> {
@@ -392,32 +374,7 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     // Preload.
     let big_keys = mb * 1024 * 1024 / BIG as u64;
     let preload = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let loaders: Vec<_> = (0..8)
-        .map(|_| {
-            let endpoint = leader_ep.clone();
-            let next = next.clone();
-            actix::spawn(async move {
-                let client = Client::with_timeout(&endpoint, Duration::from_secs(30)).unwrap();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= big_keys {
-                        break;
-                    }
-                    let key = format!("big{i:07}");
-                    let mut tries = 0;
-                    while let Err(e) = client.put(key.as_bytes(), big_value(i), None).await {
-                        tries += 1;
-                        assert!(tries < 50, "preloading {key}: {e}");
-                        actix::clock::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            })
-        })
-        .collect();
-    for l in loaders {
-        l.await.unwrap();
-    }
+    common::preload_big(&leader_ep, big_keys).await;
     eprintln!(
         "preloaded {big_keys} values of 64 KiB ({mb} MiB) in {:.1}s",
         preload.elapsed().as_secs_f64()

@@ -34,35 +34,19 @@
 
 mod common;
 
+use common::{big_value, env_u64, BIG};
+
 use common::Cluster;
 use conclave::client::Client;
 use conclave::config::ReadLevel;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIG: usize = 64 * 1024;
 const SMALL: usize = 1024;
 const HOT_KEYS: u64 = 100;
 const CLIENTS: u64 = 16;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
-}
-
-fn big_value(i: u64) -> Vec<u8> {
-    let mut v = format!("big{i}:").into_bytes();
-    // Not all one byte, so that no layer can make it small.
-    v.extend((0..BIG - v.len()).map(|j| (j as u64 ^ i) as u8));
-    v
-}
 
 /// `(started at, latency)` of every acknowledged write.
 type Samples = Arc<Mutex<Vec<(Instant, Duration)>>>;
@@ -210,32 +194,7 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
     // Preload.
     let big_keys = mb * 1024 * 1024 / BIG as u64;
     let preload = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let loaders: Vec<_> = (0..8)
-        .map(|_| {
-            let endpoint = endpoint.clone();
-            let next = next.clone();
-            actix::spawn(async move {
-                let client = Client::with_timeout(&endpoint, Duration::from_secs(30)).unwrap();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= big_keys {
-                        break;
-                    }
-                    let key = format!("big{i:07}");
-                    let mut tries = 0;
-                    while let Err(e) = client.put(key.as_bytes(), big_value(i), None).await {
-                        tries += 1;
-                        assert!(tries < 50, "preloading {key}: {e}");
-                        actix::clock::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            })
-        })
-        .collect();
-    for l in loaders {
-        l.await.unwrap();
-    }
+    common::preload_big(&endpoint, big_keys).await;
     eprintln!(
         "preloaded {big_keys} values of 64 KiB ({mb} MiB) in {:.1}s",
         preload.elapsed().as_secs_f64()

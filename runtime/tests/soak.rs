@@ -22,6 +22,8 @@
 
 mod common;
 
+use common::env_u64;
+
 use common::{dir_bytes, rss_kib};
 
 use conclave::client::Client;
@@ -34,16 +36,6 @@ use std::time::{Duration, Instant};
 /// Most entries a node's applied index may trail the leader's at a sample.
 const MAX_LAG: u64 = 1_000;
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
-}
 
 fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("CONCLAVE_SOAK_BIN") {

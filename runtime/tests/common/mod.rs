@@ -200,3 +200,56 @@ pub fn output_text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// `name` as a number, or `default` when unset; panics naming the variable when it is not one.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// Size of the values the large-state tests preload.
+pub const BIG: usize = 64 * 1024;
+
+/// Preloaded value `i` (key `big{i:07}`): [`BIG`] bytes, not all one byte, so that no layer can
+/// make it small.
+pub fn big_value(i: u64) -> Vec<u8> {
+    let mut v = format!("big{i}:").into_bytes();
+    v.extend((0..BIG - v.len()).map(|j| (j as u64 ^ i) as u8));
+    v
+}
+
+/// Writes keys `big0000000 … big{count-1}` with [`big_value`] through `endpoint`, 8 clients at
+/// once, retrying each write for up to 5 s.
+pub async fn preload_big(endpoint: &str, count: u64) {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let loaders: Vec<_> = (0..8)
+        .map(|_| {
+            let endpoint = endpoint.to_owned();
+            let next = next.clone();
+            actix::spawn(async move {
+                let client = Client::with_timeout(&endpoint, Duration::from_secs(30)).unwrap();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let key = format!("big{i:07}");
+                    let mut tries = 0;
+                    while let Err(e) = client.put(key.as_bytes(), big_value(i), None).await {
+                        tries += 1;
+                        assert!(tries < 50, "preloading {key}: {e}");
+                        actix::clock::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for l in loaders {
+        l.await.unwrap();
+    }
+}

@@ -167,13 +167,12 @@ async fn finding2_impostor_of_node_2_is_refused_by_a_real_cluster() {
             Some(&right),
         )
         .await;
-        // It proves it holds the secret: a cluster whose peers authenticate admits it at the
-        // handshake (only members it saw removed are refused, `not_member`), because a node
-        // lagging behind a membership change must hear a leader that change added; what such
-        // a sender may do is the Raft core's decision (heard as a leader only, never in an
-        // election: docs/security.md, finding 3), and gossip ignores it.
+        // It proves it holds the secret, but no membership names it: refused at the handshake
+        // (`not_member`, code 10). A cluster admits a node once it is being added, or once a
+        // member's log names it (issue 14: a node lagging behind a membership change must
+        // hear a leader that change added — docs/security.md, finding 2).
         assert!(
-            matches!(r, Ok((_, handshake::Status::Accepted))),
+            matches!(r, Err(HandshakeError::Refused(Refusal::RefusedByPeer(10)))),
             "non-member with the secret: {r:?}"
         );
         // Writes through the leader go on.

@@ -200,10 +200,10 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
         write(&handles, &format!("before{i}"), "1").await;
     }
 
-    // Node 4 starts outside the membership: not ready, `not_a_member`. The cluster admits its
-    // authenticated connection (a peer proving it holds the secret may be a leader added after
-    // a member's log ends, issue 14), but hears nothing it says: it is no member of gossip and
-    // moves no term (checked below and after the addition).
+    // Node 4 starts outside the membership: not ready, `not_a_member`. Although it holds the
+    // cluster secret, the cluster refuses its connection (`not_member`) until it is being
+    // added (issue 14 point 1), hears nothing it says and moves no term (checked below and
+    // after the addition).
     let n4 = start(c4).await;
     let h4 = n4.handle();
     let r = wait_for("node 4 to report not_a_member", 10, || {
@@ -216,8 +216,8 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     for &(id, addr) in &addrs {
         let r = handshake_as(4, id, addr, &cluster_id).await;
         assert!(
-            r.is_ok(),
-            "node {id} refused an authenticated peer before it was added: {r:?}"
+            is_not_member(&r),
+            "node {id} admitted a node with the secret before it was added: {r:?}"
         );
     }
     let terms: Vec<u64> = handles.iter().map(|h| h.cluster_status().term).collect();

@@ -453,13 +453,21 @@ async fn a_lagging_member_catches_up_from_a_leader_added_after_its_log_ends() {
     // Enough writes that node 4 snapshots and compacts past the lagging node's last entry.
     let live = vec![j.endpoint(), endpoints[other].clone()];
     load(&live, "post", 600, 8, &acked).await;
-    let target = status_of(&j.endpoint()).await.unwrap();
-    assert_eq!(target.role, "leader");
-    let first = target.groups[0].snapshot_index;
-    assert!(
-        first > lagger_last,
-        "node 4's snapshot {first} is not past the lagging node's log end {lagger_last}"
-    );
+    // The snapshot is taken in the background once the threshold is crossed: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let target = loop {
+        let target = status_of(&j.endpoint()).await.unwrap();
+        assert_eq!(target.role, "leader");
+        let first = target.groups[0].snapshot_index;
+        if first > lagger_last {
+            break target;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4's snapshot {first} is not past the lagging node's log end {lagger_last}"
+        );
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    };
 
     // The lagging node comes back: it knows neither node 4 nor that node {old_leader_id} left.
     let t = Instant::now();

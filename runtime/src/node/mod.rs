@@ -109,7 +109,7 @@ pub enum NodeError {
         id: NodeId,
     },
     /// `CONCLAVE_PLANTED_BUGS` names a bug the core does not have (test builds only).
-    #[error("configuration error: {PLANTED_BUGS_ENV}: unknown planted bug {0:?}")]
+    #[error("configuration error: CONCLAVE_PLANTED_BUGS: unknown planted bug {0:?}")]
     UnknownPlantedBug(String),
     /// The Raft log could not be opened (corruption names the file and offset).
     #[error("cannot open the Raft log: {0}")]
@@ -462,18 +462,12 @@ async fn start_node<M: StateMachine>(
     tcfg.max_connections = config.node.max_connections;
     tcfg.max_queue_bytes = config.node.max_queue_bytes;
     tcfg.write_timeout = tcfg.read_timeout;
-    // Without authentication only members of the cluster's configuration may connect (issue
-    // 12, finding 2), and the allowlist then follows the replicated membership (`peers`); a
-    // joining node admits any peer until a membership reaches it. With a secret or TLS any
-    // peer that authenticates is admitted except the members seen removed, so a node that
-    // lags behind a membership change still hears a leader that change added (issue 14; the
-    // Raft core decides what such a peer may do, gossip ignores it).
-    let authenticated = config.cluster.secret.is_some() || config.tls.is_some();
-    tcfg.allowed_peers = if authenticated {
-        None
-    } else {
-        peers::allowlist([&base_membership])
-    };
+    // Only members of the cluster's configuration may connect (issue 12, finding 2; issue 14:
+    // a node is admitted once it is being added), whether or not peers authenticate; the
+    // allowlist then follows the replicated membership and the members' vouches (`peers`), so
+    // a node that lags behind a membership change still hears a leader that change added. A
+    // joining node admits any peer until a membership reaches it.
+    tcfg.allowed_peers = peers::allowlist([&base_membership]);
     tcfg.secret = config
         .cluster
         .secret
@@ -508,7 +502,6 @@ async fn start_node<M: StateMachine>(
         transport.clone(),
         gossip.shared.clone(),
         gossip.actor.clone(),
-        authenticated,
     );
 
     // Snapshot transfers: each side on an arbiter of its own (they read and write files).
@@ -566,12 +559,12 @@ async fn start_node<M: StateMachine>(
     let dispatch_peers = peers.clone();
     actix::spawn(async move {
         while let Some((from, msg)) = inbound_rx.recv().await {
-            // Gossip is heard from members only; Raft messages and snapshot chunks also from
-            // an authenticated peer not seen removed (a leader this node's log does not know
-            // yet). A connection opened before the peer was removed may still deliver a few
-            // frames until it is closed: not heard.
+            // Gossip and members notices are heard from members only; Raft messages and
+            // snapshot chunks also from a peer a member vouches for (a leader this node's log
+            // does not know yet). A connection opened before the peer was removed may still
+            // deliver a few frames until it is closed: not heard.
             let heard = match &msg {
-                WireMessage::Swim(_) => dispatch_peers.admits(from),
+                WireMessage::Swim(_) | WireMessage::Members(_) => dispatch_peers.admits(from),
                 _ => dispatch_peers.admits_raft(from),
             };
             if !heard {
@@ -648,9 +641,17 @@ async fn start_node<M: StateMachine>(
                     }
                 }
                 WireMessage::SnapshotAck(ack) => inbound_sender.on_ack(from, ack),
+                WireMessage::Members(notice) => {
+                    if let Err(e) = dispatch_peers.vouch(from, notice) {
+                        tracing::warn!(error = %e, "members notice dropped");
+                        metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "bad_notice")
+                            .increment(1);
+                    }
+                }
             }
         }
     });
+    spawn_introductions(&peers);
 
     let ring_cfg = RingConfig {
         vnodes: config.ring.vnodes as u32,
@@ -689,6 +690,24 @@ async fn start_node<M: StateMachine>(
         log_arbiter,
         transfer_arbiters,
     })
+}
+
+/// Sends this node's members notice to every member every [`peers::INTRODUCE_INTERVAL`] until
+/// the node stops (see `peers`: how a lagging member admits a member added after its log ends).
+fn spawn_introductions(peers: &Arc<Peers>) {
+    let peers = Arc::downgrade(peers);
+    actix::spawn(async move {
+        let mut every = actix::clock::interval(peers::INTRODUCE_INTERVAL);
+        loop {
+            every.tick().await;
+            let Some(peers) = peers.upgrade() else {
+                return;
+            };
+            if !peers.introduce() {
+                return;
+            }
+        }
+    });
 }
 
 /// How often the Prometheus recorder's histogram samples are folded into its summaries.

@@ -6,19 +6,21 @@
 //!
 //! - **replicators**: one per (group, peer), under a supervisor of its own, created when a
 //!   member appears and dialled at the address the membership carries, stopped when it goes;
-//! - **the transport's admission**: in a cluster whose peers authenticate (a `[cluster]
-//!   secret` or `[tls]`), any peer that proves it belongs to the cluster, except the members
-//!   this node saw removed (their connections are closed and they are refused at the handshake,
-//!   `not_member`). A node that lags behind a membership change cannot know a member that
-//!   change added, and if that member now leads, it must still hear it (etcd accepts messages
-//!   from any authenticated peer not known removed, for the same reason); what such a peer may
-//!   do is then decided by the Raft core (a sender no configuration names is heard as a leader
-//!   only — see `conclave_core::raft::Raft::handle_message`), and gossip ignores it. Without
-//!   authentication the handshake proves nothing, so the allowlist is the members of every
-//!   group and nothing else (a node is accepted once a membership naming it was appended);
-//!   a node whose groups have no membership yet (one that joins, `cluster.join`) admits any
-//!   peer either way: it cannot tell members apart yet, and the leader adding it must reach
-//!   it;
+//! - **the transport's admission**: the members of every group (a node is accepted once a
+//!   membership naming it was appended: "being added"), plus the members that a member vouches
+//!   for, minus the members this node saw removed (their connections are closed and they are
+//!   refused at the handshake, `not_member`). Vouching exists for a node that lags behind a
+//!   membership change: it cannot know a member that change added, and if that member now
+//!   leads it must still hear it. Every node sends each member, whenever its memberships change
+//!   and every [`INTRODUCE_INTERVAL`], a [`MembersNotice`] naming the members its own logs
+//!   know; a notice is heard from members only (the sender must be in this node's own
+//!   memberships), so a stranger — even one holding the cluster secret — is admitted nowhere
+//!   until some member's log names it. What a vouched-for peer may do is decided by the Raft
+//!   core (a sender no configuration names is heard as a leader only — see
+//!   `conclave_core::raft::Raft::handle_message`), and gossip ignores it. A node whose groups
+//!   have no membership yet (one that joins, `cluster.join`) admits any peer (that
+//!   authenticates, when the cluster has a secret or TLS): it cannot tell members apart yet,
+//!   and the leader adding it must reach it;
 //! - **gossip's member book**: the same members, at the same addresses; a removed member is
 //!   marked `left`;
 //! - **the member directory**: ids to addresses for leader hints, forwarding and status.
@@ -28,7 +30,7 @@
 
 use super::gossip::{GossipActor, GossipShared, MemberBook, MembersChanged};
 use super::replicator::ReplicatorActor;
-use super::wire::WireMessage;
+use super::wire::{MembersNotice, WireMessage};
 use super::StopActor;
 use crate::api::MembershipState;
 use crate::config::MemberConfig;
@@ -42,6 +44,16 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a node re-sends its [`MembersNotice`] to every member (besides at once when its
+/// memberships change): a member that was down when a node was added learns of it within this
+/// long after it comes back.
+pub const INTRODUCE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The most members one notice may name; a longer one is refused whole (a bound on what a
+/// member can make this node remember).
+pub const MAX_NOTICE_MEMBERS: usize = 4096;
 
 /// Tracks, for one group, whether this node is a member, was never one, or was removed: from
 /// the memberships its core reports and how far they are committed. Sans-IO.
@@ -204,6 +216,45 @@ pub fn allowlist<'a>(
     }
 }
 
+/// Who the transport admits: `None` (anyone) while this node's own memberships name nobody
+/// (`members` is `None`); else the members, and whoever a member vouches for, except the
+/// nodes seen removed. Vouchers that are no longer members count for nothing.
+pub fn admitted(
+    members: &Option<BTreeSet<NodeId>>,
+    vouched: &BTreeMap<NodeId, BTreeSet<NodeId>>,
+    removed: &BTreeSet<NodeId>,
+) -> Option<BTreeSet<NodeId>> {
+    let members = members.as_ref()?;
+    let mut all = members.clone();
+    for (voucher, ids) in vouched {
+        if members.contains(voucher) {
+            all.extend(ids.iter().filter(|id| !removed.contains(id)));
+        }
+    }
+    Some(all)
+}
+
+/// A [`MembersNotice`] that cannot be heard.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NoticeError {
+    /// The sender is no member of this node's groups: its word counts for nothing.
+    #[error("members notice from node {from}, which no membership of this node names")]
+    NotAMember {
+        /// The sender.
+        from: NodeId,
+    },
+    /// The notice names more members than [`MAX_NOTICE_MEMBERS`].
+    #[error(
+        "members notice from node {from} names {count} members (at most {MAX_NOTICE_MEMBERS})"
+    )]
+    TooLarge {
+        /// The sender.
+        from: NodeId,
+        /// How many it named.
+        count: usize,
+    },
+}
+
 /// One replicator: its slot (the live instance), its supervisor, and where it dials.
 struct Replicator {
     slot: Slot<ReplicatorActor>,
@@ -224,6 +275,8 @@ struct State {
     groups: BTreeMap<GroupId, GroupPeers>,
     /// Nodes that were members of some group and no longer are (gossip marks them `left`).
     removed: BTreeSet<NodeId>,
+    /// The members each member vouches for (its last [`MembersNotice`]).
+    vouched: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// The member book last handed to gossip.
     book: MemberBook,
     stopped: bool,
@@ -244,23 +297,20 @@ pub struct Peers {
     allowed: RwLock<Option<BTreeSet<NodeId>>>,
     /// The members this node saw removed (refused by the transport).
     removed: RwLock<BTreeSet<NodeId>>,
-    /// Peers authenticate (cluster secret or TLS): the transport then admits any of them but
-    /// the removed ones (see the module docs).
-    authenticated: bool,
+    /// Who the transport admits ([`admitted`]): the members and whoever a member vouches for.
+    admitted: RwLock<Option<BTreeSet<NodeId>>>,
     state: Mutex<State>,
 }
 
 impl Peers {
     /// The peer set of node `me`, following nobody yet: call [`Peers::follow`] for every group
-    /// before it starts. `configured` are the initial members' addresses; `authenticated` says
-    /// whether the transport authenticates peers (a cluster secret or TLS).
+    /// before it starts. `configured` are the initial members' addresses.
     pub(super) fn new(
         me: MemberConfig,
         configured: BTreeMap<NodeId, MemberConfig>,
         transport: Arc<Transport<WireMessage>>,
         gossip: Arc<GossipShared>,
         gossip_actor: Slot<GossipActor>,
-        authenticated: bool,
     ) -> Arc<Peers> {
         let mut directory = BTreeMap::new();
         directory.insert(me.id, me.clone());
@@ -273,7 +323,7 @@ impl Peers {
             directory: RwLock::new(directory),
             allowed: RwLock::new(None),
             removed: RwLock::new(BTreeSet::new()),
-            authenticated,
+            admitted: RwLock::new(None),
             state: Mutex::new(State::default()),
         })
     }
@@ -314,21 +364,96 @@ impl Peers {
             .is_none_or(|a| a.contains(&from))
     }
 
-    /// Whether Raft messages and snapshot chunks from `from` reach the groups: a member, or,
-    /// when peers authenticate, any peer not seen removed (a leader added after this node's
-    /// log ends; the core decides what it may do). See the module docs.
+    /// Whether Raft messages and snapshot chunks from `from` reach the groups: a member, or a
+    /// peer a member vouches for (a leader added after this node's log ends; the core decides
+    /// what it may do). See the module docs.
     pub fn admits_raft(&self, from: NodeId) -> bool {
-        self.admits(from) || (self.authenticated && !self.removed.read().contains(&from))
+        self.admits(from)
+            || self
+                .admitted
+                .read()
+                .as_ref()
+                .is_none_or(|a| a.contains(&from))
     }
 
-    /// The transport's allowlist for the given member allowlist: none (any authenticated peer)
-    /// when peers authenticate, else the members themselves.
-    fn transport_allowlist(&self, members: &Option<BTreeSet<NodeId>>) -> Option<BTreeSet<NodeId>> {
-        if self.authenticated {
-            None
-        } else {
-            members.clone()
+    /// Member `from` says its logs name `notice.members`: they are admitted too (see the module
+    /// docs). Refused whole from a non-member or when it names too many.
+    pub fn vouch(&self, from: NodeId, notice: MembersNotice) -> Result<(), NoticeError> {
+        if notice.members.len() > MAX_NOTICE_MEMBERS {
+            return Err(NoticeError::TooLarge {
+                from,
+                count: notice.members.len(),
+            });
         }
+        if from == self.me.id
+            || !self
+                .allowed
+                .read()
+                .as_ref()
+                .is_some_and(|a| a.contains(&from))
+        {
+            return Err(NoticeError::NotAMember { from });
+        }
+        let ids: BTreeSet<NodeId> = notice
+            .members
+            .into_iter()
+            .filter(|id| *id != self.me.id)
+            .collect();
+        let mut state = self.state.lock();
+        if state.stopped || state.vouched.get(&from) == Some(&ids) {
+            return Ok(());
+        }
+        let added: Vec<NodeId> = ids
+            .iter()
+            .filter(|id| !self.admits_raft(**id))
+            .copied()
+            .collect();
+        if !added.is_empty() {
+            tracing::info!(
+                node = self.me.id,
+                voucher = from,
+                admitted = ?added,
+                "admitting members another member's log names"
+            );
+        }
+        state.vouched.insert(from, ids);
+        self.sync_node_wide(&mut state, &BTreeMap::new());
+        Ok(())
+    }
+
+    /// The notice this node sends its members: every member its own memberships name (being
+    /// added included), or `None` before it has a membership.
+    fn notice(&self) -> Option<MembersNotice> {
+        let allowed = self.allowed.read();
+        let members = allowed.as_ref()?;
+        Some(MembersNotice {
+            members: members.iter().copied().collect(),
+        })
+    }
+
+    /// Sends the [`MembersNotice`] to every member with a known address (best effort: a full
+    /// queue drops it until the next one). False once the node stopped.
+    pub fn introduce(&self) -> bool {
+        if self.state.lock().stopped {
+            return false;
+        }
+        let Some(notice) = self.notice() else {
+            return true;
+        };
+        let targets: Vec<(NodeId, SocketAddr)> = self
+            .directory
+            .read()
+            .values()
+            .filter(|c| c.id != self.me.id && notice.members.contains(&c.id))
+            .map(|c| (c.id, c.addr))
+            .collect();
+        for (id, addr) in targets {
+            let _ = self
+                .transport
+                .peer(id, addr)
+                .try_send(WireMessage::Members(notice.clone()));
+        }
+        true
     }
 
     /// The addresses the membership carries for its members; for a member it carries none
@@ -439,26 +564,42 @@ impl Peers {
             }
         }
         state.removed.retain(|id| !now_members.contains(id));
-        self.sync_node_wide(&mut state, &addrs);
+        let members_changed = self.sync_node_wide(&mut state, &addrs);
+        drop(state);
+        if members_changed {
+            // The members hear of a node being added now, not at the next interval.
+            self.introduce();
+        }
     }
 
-    /// The allowlist, the directory and gossip's book from every group's membership.
-    fn sync_node_wide(&self, state: &mut State, addrs: &BTreeMap<NodeId, Option<MemberConfig>>) {
+    /// The allowlist, the directory and gossip's book from every group's membership (and the
+    /// members' vouches). True if the set of members changed.
+    fn sync_node_wide(
+        &self,
+        state: &mut State,
+        addrs: &BTreeMap<NodeId, Option<MemberConfig>>,
+    ) -> bool {
         let allowed = allowlist(state.groups.values().map(|g| &g.membership));
-        let previously = self.allowed.read().clone();
+        // Only members vouch.
+        if let Some(members) = &allowed {
+            state.vouched.retain(|voucher, _| members.contains(voucher));
+        }
+        let admitted = admitted(&allowed, &state.vouched, &state.removed);
+        let previously = self.admitted.read().clone();
+        let members_changed = *self.allowed.read() != allowed;
         let removed_before = self.removed.read().clone();
-        if allowed != previously || state.removed != removed_before {
+        if admitted != previously || members_changed || state.removed != removed_before {
             // Refused first, then the allowlist: a removed node is never admitted in between.
             self.transport.set_denied_peers(state.removed.clone());
-            self.transport
-                .set_allowed_peers(self.transport_allowlist(&allowed));
+            self.transport.set_allowed_peers(admitted.clone());
             *self.removed.write() = state.removed.clone();
             *self.allowed.write() = allowed.clone();
-            // Connections of nodes no longer allowed are closed now (a removed node is then
+            *self.admitted.write() = admitted.clone();
+            // Connections of nodes no longer admitted are closed now (a removed node is then
             // refused at the handshake if it dials again).
             if let Some(prev) = &previously {
                 for id in prev {
-                    if *id != self.me.id && !allowed.as_ref().is_none_or(|a| a.contains(id)) {
+                    if *id != self.me.id && !admitted.as_ref().is_none_or(|a| a.contains(id)) {
                         self.transport.disconnect_peer(*id);
                     }
                 }
@@ -499,6 +640,7 @@ impl Peers {
                 let _ = actor.try_send(MembersChanged);
             }
         }
+        members_changed
     }
 
     /// The replicator of `group` to `peer`, if the peer is a member of the group or, failing
@@ -694,6 +836,27 @@ mod tests {
             allowlist([&m(&[1, 2], &[4])]),
             Some(BTreeSet::from([1, 2, 4]))
         );
+    }
+
+    #[test]
+    fn members_vouch_for_members_their_logs_name_and_nobody_else_does() {
+        let members = Some(BTreeSet::from([1, 2, 3]));
+        let none = BTreeMap::new();
+        let removed = BTreeSet::from([9]);
+        // Nobody vouches: the members only.
+        assert_eq!(admitted(&members, &none, &removed), members);
+        // Member 2's log names node 4 (added after this node's log ends): admitted; the
+        // removed node 9 is not, whoever names it.
+        let vouched = BTreeMap::from([(2, BTreeSet::from([1, 2, 3, 4, 9]))]);
+        assert_eq!(
+            admitted(&members, &vouched, &removed),
+            Some(BTreeSet::from([1, 2, 3, 4]))
+        );
+        // A voucher that is no member counts for nothing (a stranger cannot bring a friend).
+        let vouched = BTreeMap::from([(7, BTreeSet::from([7, 8]))]);
+        assert_eq!(admitted(&members, &vouched, &removed), members);
+        // A joining node (no membership yet) admits anyone, vouched or not.
+        assert_eq!(admitted(&None, &vouched, &removed), None);
     }
 
     #[test]

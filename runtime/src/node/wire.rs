@@ -18,4 +18,14 @@ pub enum WireMessage {
     SnapshotChunk(SnapshotChunk),
     /// The follower's answer to a chunk; for the node's snapshot sender.
     SnapshotAck(SnapshotAck),
+    /// The members the sender's logs name, so that a node lagging behind a membership change
+    /// admits a member that change added (`node::peers`); heard from members only.
+    Members(MembersNotice),
+}
+
+/// Every member the sender's groups' memberships name, those being added included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersNotice {
+    /// The members' ids.
+    pub members: Vec<raft::NodeId>,
 }

@@ -496,7 +496,7 @@ impl<M: StateMachine> GroupSpawner<M> {
             let deps = Arc::new(snapshotter::SnapshotterDeps {
                 group,
                 store: snapshots,
-                clock: self.watchdog.clock(format!("snapshots/{group}")),
+                clock: self.watchdog.background_clock(format!("snapshots/{group}")),
             });
             let arbiter = snapshot_arbiter.handle();
             let f: Factory = Box::new(move |guard| {

@@ -6,6 +6,13 @@
 //! watches has frozen the thread it runs on, and it must not depend on any arbiter (a storage
 //! engine stuck on one is exactly what it is there to notice). Timing a call costs two atomic
 //! stores; the thread wakes a few times per timeout and reads one atomic per component.
+//!
+//! Background calls (snapshot images, written paced at the lowest CPU and I/O priority so that
+//! they yield to the write path: `storage::background_io`) get [`BACKGROUND_STALL_FACTOR`]
+//! times the timeout: on a busy machine such a call may legitimately wait seconds for the CPU
+//! or the disk (mq-deadline serves the idle I/O class after up to 10 s of aging), and a stall
+//! refuses every request of the node — a snapshot that yields as designed must not. A
+//! background call that moves nothing for that long is a real stall.
 
 use super::health::StorageHealth;
 use parking_lot::Mutex;
@@ -17,6 +24,8 @@ use std::time::{Duration, Instant};
 /// calls on one thread).
 pub struct StallClock {
     component: String,
+    /// The stall timeout is multiplied by this (1, or [`BACKGROUND_STALL_FACTOR`]).
+    timeout_factor: u32,
     health: Arc<StorageHealth>,
     epoch: Instant,
     /// Nanoseconds since `epoch` at which the running call started, plus one; 0 when idle.
@@ -70,11 +79,13 @@ impl StallClock {
         }
     }
 
-    /// Reports the running call if it has run longer than `timeout`.
+    /// Reports the running call if it has run longer than `timeout` (times the clock's
+    /// factor).
     fn check(&self, timeout: Duration) {
         let Some(since) = self.running_since() else {
             return;
         };
+        let timeout = timeout.saturating_mul(self.timeout_factor);
         if since.elapsed() >= timeout && !self.reported.swap(true, Ordering::AcqRel) {
             self.health.stalled(&self.component, since);
             // The call may have returned between the load and the report: clear it then.
@@ -95,6 +106,10 @@ impl Drop for CallGuard<'_> {
         self.clock.end();
     }
 }
+
+/// How many stall timeouts a background call may run without progress before it is a stall
+/// (with the default `[storage] stall_timeout_ms`, 5 s: one minute).
+pub const BACKGROUND_STALL_FACTOR: u32 = 12;
 
 struct Shared {
     health: Arc<StorageHealth>,
@@ -140,8 +155,19 @@ impl Watchdog {
 
     /// A clock for `component` (e.g. `state_machine/0`), watched while anyone holds it.
     pub fn clock(&self, component: impl Into<String>) -> Arc<StallClock> {
+        self.clock_with_factor(component.into(), 1)
+    }
+
+    /// A clock for a background component (`snapshots/0`): a stall only after
+    /// [`BACKGROUND_STALL_FACTOR`] times the timeout (see the module docs).
+    pub fn background_clock(&self, component: impl Into<String>) -> Arc<StallClock> {
+        self.clock_with_factor(component.into(), BACKGROUND_STALL_FACTOR)
+    }
+
+    fn clock_with_factor(&self, component: String, timeout_factor: u32) -> Arc<StallClock> {
         let clock = Arc::new(StallClock {
-            component: component.into(),
+            component,
+            timeout_factor,
             health: self.shared.health.clone(),
             epoch: Instant::now(),
             started: AtomicU64::new(0),
@@ -188,6 +214,39 @@ mod tests {
             "the stall",
             || matches!(health.condition(), StorageCondition::Stalled { ref component, .. } if component == "state_machine/0"),
         );
+        release.send(()).unwrap();
+        call.join().unwrap();
+        assert_eq!(health.condition(), StorageCondition::Healthy);
+    }
+
+    #[test]
+    fn a_background_call_is_a_stall_only_after_the_longer_timeout() {
+        let health = Arc::new(StorageHealth::new());
+        let dog = Watchdog::start(health.clone(), Duration::from_millis(20)).unwrap();
+        let background = dog.background_clock("snapshots/0");
+        let foreground = dog.clock("state_machine/0");
+        // Five foreground timeouts without progress: not a background stall yet.
+        background.time(|| std::thread::sleep(Duration::from_millis(100)));
+        assert_eq!(health.condition(), StorageCondition::Healthy);
+        // The same call on a foreground clock is one.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let c = foreground.clone();
+        let call = std::thread::spawn(move || c.time(|| released.recv().unwrap()));
+        wait_for("the foreground stall", || {
+            matches!(health.condition(), StorageCondition::Stalled { .. })
+        });
+        release.send(()).unwrap();
+        call.join().unwrap();
+        // Past the longer timeout the background call is reported too.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let c = background.clone();
+        let started = Instant::now();
+        let call = std::thread::spawn(move || c.time(|| released.recv().unwrap()));
+        wait_for(
+            "the background stall",
+            || matches!(health.condition(), StorageCondition::Stalled { ref component, .. } if component == "snapshots/0"),
+        );
+        assert!(started.elapsed() >= Duration::from_millis(20) * BACKGROUND_STALL_FACTOR);
         release.send(()).unwrap();
         call.join().unwrap();
         assert_eq!(health.condition(), StorageCondition::Healthy);

@@ -29,6 +29,7 @@ pub mod gossip;
 pub mod group;
 pub mod log_store_actor;
 mod membership;
+pub mod memory_trim;
 pub use membership::REPLACE_CATCH_UP_WAIT;
 pub mod peers;
 mod registry;
@@ -243,6 +244,8 @@ pub struct Node<M: StateMachine> {
     log_arbiter: Arbiter,
     /// Where snapshot transfers read and stage their files (sender, receiver).
     transfer_arbiters: Vec<Arbiter>,
+    /// Gives the allocator's free memory back to the OS (`memory_trim`); ends with the node.
+    _trimmer: Option<memory_trim::MemoryTrimmer>,
 }
 
 impl<M: StateMachine> Node<M> {
@@ -689,6 +692,14 @@ async fn start_node<M: StateMachine>(
         log_store,
         log_arbiter,
         transfer_arbiters,
+        _trimmer: match memory_trim::MemoryTrimmer::start(memory_trim::TRIM_EVERY) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // The node works without it; its RSS then stays at its high-water mark.
+                tracing::warn!(error = %e, "cannot start the memory-trim thread");
+                None
+            }
+        },
     })
 }
 

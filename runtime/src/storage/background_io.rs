@@ -237,6 +237,15 @@ pub fn write_back(file: &File, step: WritebackStep, drop_cached: bool) -> std::i
     Ok(())
 }
 
+/// Keeps the dirty pages of a file that another library writes (redb importing a snapshot) to
+/// about what was written since the previous call: waits for the writeback the previous call
+/// started, then starts writing back everything dirty now. Called every few MiB, it turns the
+/// one burst of a large import's final `fsync` — a GiB the disk writes while every WAL
+/// `fdatasync` queues behind it — into a steady stream.
+pub fn write_back_dirty(file: &File) -> std::io::Result<()> {
+    sys::write_back_dirty(file)
+}
+
 /// Lowers the calling thread's CPU priority to `SCHED_IDLE` (Linux: it runs when nothing
 /// else of its process group wants the CPU; elsewhere, or if refused, nice
 /// [`BACKGROUND_NICE`]) and its I/O priority to the idle class. Best effort: a refusal is
@@ -278,6 +287,15 @@ mod sys {
     /// Starts writing back the dirty pages of `range` without waiting for them.
     pub fn start_writeback(file: &File, range: (u64, u64)) -> std::io::Result<()> {
         range_call(file, range, libc::SYNC_FILE_RANGE_WRITE)
+    }
+
+    /// The whole file (length 0: to its end): wait for the writeback under way, start the rest.
+    pub fn write_back_dirty(file: &File) -> std::io::Result<()> {
+        range_call(
+            file,
+            (0, 0),
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE,
+        )
     }
 
     /// Waits until `range` is written back (starting what is not yet under way), then, with
@@ -353,6 +371,10 @@ mod sys {
     use std::fs::File;
 
     pub fn start_writeback(_: &File, _: (u64, u64)) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    pub fn write_back_dirty(_: &File) -> std::io::Result<()> {
         Ok(())
     }
 

@@ -21,13 +21,14 @@
 //! per write. Scans outside a batch run in a read transaction: a consistent view while
 //! writes go on.
 
+use super::background_io;
 use super::state_store::{
     NextRecord, StateStore, StoreError, StoreOp, StoreView, Visit, WriteBatch,
 };
 use conclave_core::raft::LogIndex;
 use redb::{Database, Durability, ReadOnlyTable, ReadableTable, TableDefinition, WriteTransaction};
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const ENGINE: &str = "redb";
@@ -37,6 +38,9 @@ const APPLIED: &str = "applied";
 /// redb's page cache. Its default (1 GiB) would let the cache alone grow past the node's
 /// memory budget on a large state.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// While a snapshot is imported (`replace_all`), the file's dirty pages are written back
+/// every this many bytes inserted ([`background_io::write_back_dirty`]).
+const IMPORT_WRITEBACK_STEP: usize = 8 * 1024 * 1024;
 /// At most this long between two durable commits of runs. Short enough that the pages freed
 /// by the commits in between are reused soon (redb frees pages only in durable commits, so
 /// without them the file would only grow) and that a crash replays little of the log; long
@@ -83,6 +87,8 @@ pub struct RedbStore {
     /// transaction of its own and would wait for this one forever.
     tx: Option<WriteTransaction>,
     db: Database,
+    /// The database file (a second handle on it writes an import back as it goes).
+    path: PathBuf,
     /// When runs are committed durably.
     durable: DurablePolicy,
 }
@@ -130,6 +136,7 @@ impl RedbStore {
         tx.commit().map_err(err("commit"))?;
         Ok(RedbStore {
             db,
+            path: path.to_owned(),
             tx: None,
             durable: DurablePolicy::new(durable_every, Instant::now()),
         })
@@ -323,14 +330,27 @@ impl StateStore for RedbStore {
         // not held in memory, and an abort leaves the previous commit in place.
         let mut tx = self.db.begin_write().map_err(err("begin_write"))?;
         tx.set_durability(Durability::Immediate);
+        // The file's pages are written back as the import goes (best effort: without the
+        // handle the commit's fsync writes them all at once, as before).
+        let writeback = std::fs::File::open(&self.path).ok();
         let outcome = (|| {
             let mut kv = tx.open_table(KV).map_err(err("open_table"))?;
             kv.retain(|_, _| false).map_err(err("clear"))?;
+            let mut since_writeback = 0usize;
             while let Some((k, v)) =
                 next().map_err(|()| StoreError::ReplaceAborted { engine: ENGINE })?
             {
                 kv.insert(k.as_slice(), v.as_slice())
                     .map_err(err("insert"))?;
+                since_writeback += k.len() + v.len();
+                if since_writeback >= IMPORT_WRITEBACK_STEP {
+                    since_writeback = 0;
+                    if let Some(f) = &writeback {
+                        if let Err(e) = background_io::write_back_dirty(f) {
+                            tracing::debug!(error = %e, "incremental writeback of an import refused");
+                        }
+                    }
+                }
             }
             let mut meta = tx.open_table(META).map_err(err("open_table"))?;
             meta.insert(APPLIED, applied).map_err(err("insert"))?;

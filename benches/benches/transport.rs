@@ -1,13 +1,17 @@
 //! Transport throughput on loopback: `conclave-transport` (MessagePack frames, bounded queue,
 //! coalesced writes) against raw length-prefixed bytes over a tokio TCP socket, measured in the
-//! same run, for 64-byte and 4 KiB messages.
+//! same run, for 64-byte, 1 KiB and 4 KiB messages.
 //!
 //! Each iteration moves one message from a sender task to a receiver that has it in hand (the
 //! transport: decoded `M` out of the inbound channel; raw: the body bytes read into a buffer),
-//! so criterion's "elements/s" is messages per second. Two raw baselines bracket the transport:
-//! `raw_write_per_msg` issues one `write_all` per message (what a naive sender does);
-//! `raw_bufwriter` batches through a 64 KiB `BufWriter` (the best a raw stream does without
-//! serialisation). A summary with msgs/s, MB/s and the ratios is printed at the end.
+//! so criterion's "elements/s" is messages per second. Two message shapes go through the
+//! transport: `conclave_transport` carries its payload as a `Bytes` field declared with
+//! `conclave_transport::shared_bytes` (decoded as a view into the read buffer),
+//! `conclave_transport_vec` as a `Vec<u8>` (`serde_bytes`: one allocation and copy per decoded
+//! message). Two raw baselines bracket the transport: `raw_write_per_msg` issues one
+//! `write_all` per message (what a naive sender does); `raw_bufwriter` batches through a
+//! 64 KiB `BufWriter` (the best a raw stream does without serialisation). A summary with
+//! msgs/s, MB/s and the ratios is printed at the end.
 //!
 //! Run: `cargo bench -p benches --bench transport -- --warm-up-time 1 --measurement-time 3`
 
@@ -19,19 +23,63 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use conclave_transport::{Endpoint, Transport, TransportConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
+/// The message with a zero-copy payload.
 #[derive(Clone, Serialize, Deserialize)]
 struct Msg {
     group: u32,
     seq: u64,
+    #[serde(with = "conclave_transport::shared_bytes")]
+    payload: Bytes,
+}
+
+/// The same message on the wire, with an owned `Vec<u8>` payload.
+#[derive(Clone, Serialize, Deserialize)]
+struct VecMsg {
+    group: u32,
+    seq: u64,
     #[serde(with = "serde_bytes")]
     payload: Vec<u8>,
+}
+
+/// A message type the bench can build at a given payload size and number.
+trait BenchMsg: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+    fn new(payload: usize) -> Self;
+    fn set_seq(&mut self, seq: u64);
+}
+
+impl BenchMsg for Msg {
+    fn new(payload: usize) -> Self {
+        Msg {
+            group: 3,
+            seq: 1 << 40,
+            payload: Bytes::from(vec![7; payload]),
+        }
+    }
+    fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+}
+
+impl BenchMsg for VecMsg {
+    fn new(payload: usize) -> Self {
+        VecMsg {
+            group: 3,
+            seq: 1 << 40,
+            payload: vec![7; payload],
+        }
+    }
+    fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
 }
 
 /// Total messages and time per benchmark id, for the summary.
@@ -48,14 +96,10 @@ fn record(id: &str, msgs: u64, took: Duration, frame_bytes: usize) {
 }
 
 /// A message whose encoded frame body is exactly `body` bytes.
-fn message_of_body_size(body: usize) -> Msg {
+fn message_of_body_size<T: BenchMsg>(body: usize) -> T {
     let mut payload = body.saturating_sub(16);
     loop {
-        let m = Msg {
-            group: 3,
-            seq: 1 << 40,
-            payload: vec![7; payload],
-        };
+        let m = T::new(payload);
         let len = conclave_transport::codec::encode_frame(&m, usize::MAX >> 1)
             .map(|f| f.len() - 4)
             .unwrap_or(body);
@@ -66,14 +110,14 @@ fn message_of_body_size(body: usize) -> Msg {
     }
 }
 
-struct TransportPair {
-    _a: Transport<Msg>,
-    _b: Transport<Msg>,
-    link: conclave_transport::PeerLink<Msg>,
-    rx: conclave_transport::InboundReceiver<Msg>,
+struct TransportPair<T> {
+    _a: Transport<T>,
+    _b: Transport<T>,
+    link: conclave_transport::PeerLink<T>,
+    rx: conclave_transport::InboundReceiver<T>,
 }
 
-fn transport_pair(rt: &Runtime) -> TransportPair {
+fn transport_pair<T: BenchMsg>(rt: &Runtime) -> TransportPair<T> {
     rt.block_on(async {
         let lo: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!());
         let mut cfg_a = TransportConfig::new(1, "bench", lo);
@@ -95,13 +139,42 @@ fn transport_pair(rt: &Runtime) -> TransportPair {
 }
 
 fn bench_transport(c: &mut Criterion, rt: &Runtime, label: &str, body: usize) {
-    let mut pair = transport_pair(rt);
-    let msg = message_of_body_size(body);
-    let id = format!("{label}/conclave_transport");
     let mut group = c.benchmark_group(format!("transport/{label}"));
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
-    group.bench_function("conclave_transport", |b| {
+    bench_shape::<Msg>(&mut group, rt, label, "conclave_transport", body);
+    bench_shape::<VecMsg>(&mut group, rt, label, "conclave_transport_vec", body);
+    for buffered in [false, true] {
+        let name = if buffered {
+            "raw_bufwriter"
+        } else {
+            "raw_write_per_msg"
+        };
+        let id = format!("{label}/{name}");
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let took = rt.block_on(raw_round(iters, body, buffered));
+                record(&id, iters, took, body + 4);
+                took
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The transport with message type `T`: a producer task sending `iters` messages, the
+/// receiver taking `iters` decoded messages out of the inbound sink.
+fn bench_shape<T: BenchMsg>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    label: &str,
+    name: &str,
+    body: usize,
+) {
+    let mut pair = transport_pair::<T>(rt);
+    let msg = message_of_body_size::<T>(body);
+    let id = format!("{label}/{name}");
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let link = pair.link.clone();
             let msg = msg.clone();
@@ -111,7 +184,7 @@ fn bench_transport(c: &mut Criterion, rt: &Runtime, label: &str, body: usize) {
                 let producer = tokio::spawn(async move {
                     for i in 0..iters {
                         let mut m = msg.clone();
-                        m.seq = i;
+                        m.set_seq(i);
                         if link.send(m).await.is_err() {
                             return;
                         }
@@ -129,22 +202,6 @@ fn bench_transport(c: &mut Criterion, rt: &Runtime, label: &str, body: usize) {
             took
         })
     });
-    for buffered in [false, true] {
-        let name = if buffered {
-            "raw_bufwriter"
-        } else {
-            "raw_write_per_msg"
-        };
-        let id = format!("{label}/{name}");
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let took = rt.block_on(raw_round(iters, body, buffered));
-                record(&id, iters, took, body + 4);
-                took
-            })
-        });
-    }
-    group.finish();
 }
 
 /// Raw baseline: a fresh connected pair per sample (connect cost is negligible next to the
@@ -202,6 +259,7 @@ fn transport_benches(c: &mut Criterion) {
         .build()
         .expect("runtime");
     bench_transport(c, &rt, "64B", 64);
+    bench_transport(c, &rt, "1KiB", 1024);
     bench_transport(c, &rt, "4KiB", 4096);
     print_summary();
 }
@@ -221,11 +279,13 @@ fn print_summary() {
             println!("{id:<34} {mps:>14.0} {mbs:>10.1}");
         }
     }
-    for label in ["64B", "4KiB"] {
-        let ours = rate(&format!("{label}/conclave_transport"));
-        for base in ["raw_write_per_msg", "raw_bufwriter"] {
-            if let (Some((o, _)), Some((r, _))) = (ours, rate(&format!("{label}/{base}"))) {
-                println!("ratio {label}: conclave_transport / {base} = {:.2}", o / r);
+    for label in ["64B", "1KiB", "4KiB"] {
+        for ours in ["conclave_transport", "conclave_transport_vec"] {
+            let o = rate(&format!("{label}/{ours}"));
+            for base in ["raw_write_per_msg", "raw_bufwriter"] {
+                if let (Some((o, _)), Some((r, _))) = (o, rate(&format!("{label}/{base}"))) {
+                    println!("ratio {label}: {ours} / {base} = {:.2}", o / r);
+                }
             }
         }
     }

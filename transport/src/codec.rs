@@ -118,6 +118,13 @@ pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, CodecError> {
     Ok(msg)
 }
 
+/// Decodes a frame body held in a [`Bytes`], like [`decode_body`], except that fields
+/// declared with [`crate::shared_bytes`] become views into `body` instead of copies.
+pub fn decode_body_shared<M: DeserializeOwned>(body: &Bytes) -> Result<M, CodecError> {
+    let _source = crate::shared_bytes::register(body);
+    decode_body(body)
+}
+
 /// Cuts frames from a growing byte buffer, enforcing `max_frame_size` before buffering a body.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameDecoder {

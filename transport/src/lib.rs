@@ -17,6 +17,8 @@
 //! - [`mem`]: an in-memory network with the same [`Endpoint`] interface and seeded fault
 //!   injection (drop, delay, duplicate, partition) for tests without sockets.
 //! - [`metrics`]: counter names (recorded through the `metrics` facade).
+//! - [`shared_bytes`]: `bytes::Bytes` message fields decoded as views into the read buffer
+//!   (no allocation or copy per payload).
 //!
 //! Connection topology: **one TCP connection per pair of nodes, carrying both directions**, and
 //! every message type (all Raft groups, gossip) shares it. A node dials a peer when it holds a
@@ -36,6 +38,7 @@ pub mod inbound;
 mod link;
 pub mod mem;
 pub mod metrics;
+pub mod shared_bytes;
 mod tcp;
 mod tls;
 

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-use crate::codec::{decode_body, FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
+use crate::codec::{decode_body_shared, FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
 use crate::link::PeerLink;
 use crate::metrics::{self as m, FlowCounters};
 use crate::{Endpoint, Inbound, NodeId};
@@ -279,7 +279,7 @@ async fn deliver_loop<M>(
             // Decode through the real frame decoder: same limits and errors as TCP.
             let mut buf = bytes::BytesMut::from(&frame[..]);
             let msg: M = match decoder.decode(&mut buf) {
-                Ok(Some(crate::Frame::Message(body))) => match decode_body(&body) {
+                Ok(Some(crate::Frame::Message(body))) => match decode_body_shared(&body) {
                     Ok(msg) => msg,
                     Err(e) => {
                         warn!(from, to, "in-memory delivery: {e}");

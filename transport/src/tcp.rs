@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::de::DeserializeOwned;
@@ -40,6 +40,7 @@ use crate::handshake::{self, HandshakeError, Hello, Refusal, Status};
 use crate::inbound::{InboundBatch, Refused};
 use crate::link::{PeerLink, QueueReceiver};
 use crate::metrics::{self as m, FlowCounters};
+use crate::shared_bytes;
 use crate::tls::{TlsContext, TlsError};
 use crate::{Endpoint, Inbound, NodeId};
 
@@ -792,26 +793,45 @@ where
     // Sized like the previous batch, so a steady stream allocates each batch's vector once.
     let mut batch_hint = 0;
     loop {
-        let mut off = 0;
-        let mut frames = 0u64;
-        let mut msgs = Vec::with_capacity(batch_hint);
-        let result = loop {
-            let len = match decoder.complete_frame(&buf[off..]) {
-                Ok(Some(len)) => len,
+        // Cut: the complete frames at the front of the buffer (the prefixes only; a prefix over
+        // the limit stops here, before its body is ever buffered).
+        let mut end = 0;
+        let cut = loop {
+            match decoder.complete_frame(&buf[end..]) {
+                Ok(Some(len)) => end += LENGTH_PREFIX + len,
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            };
-            let body = &buf[off + LENGTH_PREFIX..off + LENGTH_PREFIX + len];
-            off += LENGTH_PREFIX + len;
-            frames += 1;
-            if len == 0 {
-                continue; // keep-alive
-            }
-            match decode_body(body) {
-                Ok(msg) => msgs.push(msg),
                 Err(e) => break Err(e),
             }
         };
+        // The complete frames become one shared, immutable chunk: bodies are decoded from it in
+        // place, and `shared_bytes` fields of the messages are views into it (no allocation or
+        // copy per payload). The partial frame after it stays in `buf`.
+        let chunk = buf.split_to(end).freeze();
+        let mut frames = 0u64;
+        let mut msgs = Vec::with_capacity(batch_hint);
+        let decoded = {
+            let _source = shared_bytes::register(&chunk);
+            let mut off = 0;
+            loop {
+                let Some(prefix) = chunk.get(off..off + LENGTH_PREFIX) else {
+                    break Ok(());
+                };
+                let mut p = [0u8; LENGTH_PREFIX];
+                p.copy_from_slice(prefix);
+                let len = u32::from_be_bytes(p) as usize;
+                let body = &chunk[off + LENGTH_PREFIX..off + LENGTH_PREFIX + len];
+                off += LENGTH_PREFIX + len;
+                frames += 1;
+                if len == 0 {
+                    continue; // keep-alive
+                }
+                match decode_body(body) {
+                    Ok(msg) => msgs.push(msg),
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        let result = decoded.and(cut);
         // Every message of this read in one hand-over (frames before a bad one included: they
         // were well-formed and authenticated).
         batch_hint = msgs.len().min(READ_CHUNK / 16);
@@ -835,7 +855,7 @@ where
             m::decode_error(node, Some(peer), e.reason());
             return Err(ReadError::Frame(e));
         }
-        buf.advance(off);
+        drop(chunk);
         // Room for at least the rest of a partial frame (bounded by max_frame_size, checked by
         // the decoder) and a useful read.
         let want = match decoder.complete_frame(&buf) {

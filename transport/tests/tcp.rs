@@ -465,3 +465,75 @@ async fn restart_under_load_keeps_order_without_duplicates() {
     );
     assert!(seen.len() > 1000, "only {} of 4000 arrived", seen.len());
 }
+
+/// A message whose payload is a `shared_bytes` field.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SharedMsg {
+    seq: u64,
+    #[serde(with = "conclave_transport::shared_bytes")]
+    payload: bytes::Bytes,
+}
+
+/// `shared_bytes` payloads (of at least `SHARE_MIN` bytes) of the messages of one read are
+/// views into one buffer, back to back at exactly the distance of one frame (copies would be
+/// separate allocations), and hold the bytes that were sent; a bad frame after them still
+/// closes the connection.
+#[tokio::test]
+async fn shared_bytes_payloads_are_views_into_the_read_buffer() {
+    let rec = metrics();
+    let (tx, mut rx) = conclave_transport::inbound::<SharedMsg>(8);
+    let (_b, b_addr) = conclave_transport::Transport::bind(config(172, "t"), tx)
+        .await
+        .unwrap();
+    let mut s = raw_peer(b_addr, 179, 172, "t").await;
+    let mut wire = BytesMut::new();
+    let n = 100u64;
+    for seq in 0..n {
+        let m = SharedMsg {
+            seq: (1 << 40) | seq,
+            payload: bytes::Bytes::from(vec![(seq % 251) as u8; 600]),
+        };
+        conclave_transport::codec::encode_frame_into(&m, 4096, &mut wire).unwrap();
+    }
+    let frame_len = wire.len() / n as usize;
+    s.write_all(&wire).await.unwrap();
+    let mut got = 0u64;
+    let mut adjacent_pairs = 0;
+    while got < n {
+        let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv_batch())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.from, 179);
+        for (i, m) in batch.msgs.iter().enumerate() {
+            assert_eq!(m.seq, (1 << 40) | (got + i as u64));
+            assert_eq!(&m.payload[..], &[((got + i as u64) % 251) as u8; 600][..]);
+        }
+        for w in batch.msgs.windows(2) {
+            let gap = (w[1].payload.as_ptr() as usize).wrapping_sub(w[0].payload.as_ptr() as usize);
+            assert_eq!(
+                gap, frame_len,
+                "payloads are not views into one read buffer"
+            );
+            adjacent_pairs += 1;
+        }
+        got += batch.msgs.len() as u64;
+    }
+    assert!(
+        adjacent_pairs > 0,
+        "every message came in a read of its own"
+    );
+    // Bad input is still refused after the change of decoding path.
+    let labels = [
+        ("node", "172"),
+        ("peer", "179"),
+        ("reason", "undecodable_body"),
+    ];
+    let before = rec.get(names::DECODE_ERRORS_TOTAL, &labels);
+    s.write_all(&[0, 0, 0, 2, 0xc1, 0xc1]).await.unwrap();
+    assert_closed_by_peer(&mut s).await;
+    eventually("undecodable body counted", || {
+        rec.get(names::DECODE_ERRORS_TOTAL, &labels) > before
+    })
+    .await;
+}

@@ -405,6 +405,8 @@ pub struct GroupActor<M: StateMachine> {
     tracker: Option<MembershipTracker>,
     /// A `MarkMember` is on its way to the log store.
     marking: bool,
+    /// The housekeeping pass is armed (only while someone waits: an idle group sets no timer).
+    housekeeping: bool,
     _guard: ChildGuard,
 }
 
@@ -543,6 +545,7 @@ impl<M: StateMachine> GroupActor<M> {
             followed: None,
             tracker: None,
             marking: false,
+            housekeeping: false,
             _guard: guard,
         }
     }
@@ -1367,6 +1370,21 @@ impl<M: StateMachine> GroupActor<M> {
         }));
     }
 
+    /// Forgets, every second while any are waiting, the write and read waiters whose clients
+    /// gave up.
+    fn arm_housekeeping(&mut self, ctx: &mut Context<Self>) {
+        if self.housekeeping || (self.write_waiters.is_empty() && self.reads.is_empty()) {
+            return;
+        }
+        self.housekeeping = true;
+        ctx.run_later(Duration::from_secs(1), |act, ctx| {
+            act.housekeeping = false;
+            act.write_waiters.retain(|_, (_, r)| !r.is_closed());
+            act.reads.retain(|_, (_, r)| !r.is_closed());
+            act.arm_housekeeping(ctx);
+        });
+    }
+
     fn backlog(&self) -> usize {
         self.persist_queue.len() + self.apply_queue.len()
     }
@@ -1488,13 +1506,6 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                 }
             }
         }));
-        // Housekeeping: forget waiters whose clients gave up; bring back a replicator whose
-        // supervisor gave up.
-        ctx.run_interval(Duration::from_secs(1), |act, _| {
-            act.write_waiters.retain(|_, (_, r)| !r.is_closed());
-            act.reads.retain(|_, (_, r)| !r.is_closed());
-            act.deps.peers.heal(act.deps.group);
-        });
     }
 }
 
@@ -1530,10 +1541,13 @@ impl<M: StateMachine> Handler<Propose<M>> for GroupActor<M> {
             }));
             return;
         };
-        match core.propose(now, msg.command) {
+        let proposed = core.propose(now, msg.command);
+        drop(core);
+        match proposed {
             Ok(p) => {
                 self.write_waiters.insert(p.index, (p.term, msg.reply));
                 self.schedule_drain(ctx);
+                self.arm_housekeeping(ctx);
             }
             Err(ProposeError::NotLeader { leader }) => {
                 let _ = msg.reply.send(Err(self.leader_hint(leader)));
@@ -1560,10 +1574,13 @@ impl<M: StateMachine> Handler<Read<M>> for GroupActor<M> {
             }));
             return;
         };
-        match core.read(now, id, msg.consistency) {
+        let read = core.read(now, id, msg.consistency);
+        drop(core);
+        match read {
             Ok(()) => {
                 self.reads.insert(id, (msg.query, msg.reply));
                 self.schedule_drain(ctx);
+                self.arm_housekeeping(ctx);
             }
             Err(e) => {
                 let _ = msg.reply.send(Err(self.read_error(e)));

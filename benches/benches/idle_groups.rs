@@ -14,13 +14,17 @@
 //! Not a criterion suite (a 60 s window per point): run it with
 //! `cargo bench -p benches --bench idle_groups`; `CONCLAVE_IDLE_GROUPS` (default `1,10,100`)
 //! and `CONCLAVE_IDLE_SECS` (default 60) choose the points. Results go to stdout, one line per
-//! group count, with the load average.
+//! group count, with the load average. `CONCLAVE_IDLE_STORE=redb` gives every group a redb
+//! state store in the temp dir instead of a temporary sled one (default `sled`): sled runs
+//! background threads per instance, which at 1,000 groups × 3 nodes dominate the process's
+//! CPU and memory and hide what the Raft side costs.
 
 #![allow(missing_docs)]
 
 use conclave::config::{Config, MemberConfig};
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
+use conclave::storage::redb_store::RedbStore;
 use std::time::{Duration, Instant};
 
 fn free_addr() -> std::net::SocketAddr {
@@ -101,10 +105,20 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
         .collect();
     let configs: Vec<Config> = Config::local_cluster(&members, dir.path());
     let mut nodes = Vec::new();
+    let redb = std::env::var("CONCLAVE_IDLE_STORE").is_ok_and(|s| s == "redb");
     for c in configs {
+        let stores = c.node.data_dir.join("bench-stores");
         let node = Node::builder()
             .config(c)
-            .state_machine_for_groups(|_| KvMachine::temporary())
+            .state_machine_for_groups(move |group| {
+                if redb {
+                    std::fs::create_dir_all(&stores).expect("store dir");
+                    let path = stores.join(format!("{group}.redb"));
+                    KvMachine::with_store(Box::new(RedbStore::open(&path)?))
+                } else {
+                    KvMachine::temporary()
+                }
+            })
             .start()
             .await
             .expect("node starts");

@@ -9,18 +9,24 @@
 //! - frames per second from node 1 to node 2 (`conclave_transport_frames_total`, direction
 //!   `out`), and the bytes;
 //! - the first write to the highest-numbered group after the window (its leader's
-//!   `write_to`), end to end.
+//!   `write_to`), end to end;
+//! - then node 1 shuts down (gracefully: gossip reports it `left` at once) and the time until
+//!   every group it led has a leader on the two other nodes.
 //!
 //! Not a criterion suite (a 60 s window per point): run it with
 //! `cargo bench -p benches --bench idle_groups`; `CONCLAVE_IDLE_GROUPS` (default `1,10,100`)
 //! and `CONCLAVE_IDLE_SECS` (default 60) choose the points. Results go to stdout, one line per
-//! group count, with the load average.
+//! group count, with the load average. `CONCLAVE_IDLE_STORE=redb` gives every group a redb
+//! state store in the temp dir instead of a temporary sled one (default `sled`): sled runs
+//! background threads per instance, which at 1,000 groups × 3 nodes dominate the process's
+//! CPU and memory and hide what the Raft side costs.
 
 #![allow(missing_docs)]
 
 use conclave::config::{Config, MemberConfig};
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
+use conclave::storage::redb_store::RedbStore;
 use std::time::{Duration, Instant};
 
 fn free_addr() -> std::net::SocketAddr {
@@ -101,10 +107,20 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
         .collect();
     let configs: Vec<Config> = Config::local_cluster(&members, dir.path());
     let mut nodes = Vec::new();
+    let redb = std::env::var("CONCLAVE_IDLE_STORE").is_ok_and(|s| s == "redb");
     for c in configs {
+        let stores = c.node.data_dir.join("bench-stores");
         let node = Node::builder()
             .config(c)
-            .state_machine_for_groups(|_| KvMachine::temporary())
+            .state_machine_for_groups(move |group| {
+                if redb {
+                    std::fs::create_dir_all(&stores).expect("store dir");
+                    let path = stores.join(format!("{group}.redb"));
+                    KvMachine::with_store(Box::new(RedbStore::open(&path)?))
+                } else {
+                    KvMachine::temporary()
+                }
+            })
             .start()
             .await
             .expect("node starts");
@@ -172,7 +188,41 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
         (b1 - b0) / window,
         first_write.as_secs_f64() * 1000.0,
     );
-    for n in nodes {
+    // Node 1 leaves (a graceful shutdown: gossip reports it `left` at once, unlike a crash,
+    // which gossip detects only after its suspicion timeout): how long until every group it
+    // led, quiesced or not, has a leader among the two others.
+    let led: Vec<u64> = leaders(&handles, groups)
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l == Some(1))
+        .map(|(g, _)| g as u64)
+        .collect();
+    let mut nodes = nodes.into_iter();
+    let first = nodes.next().expect("node 1");
+    let rest: Vec<Node<KvMachine>> = nodes.collect();
+    let others: Vec<_> = rest.iter().map(|n| n.handle()).collect();
+    let t = Instant::now();
+    first.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failover = loop {
+        let l = leaders(&others, groups);
+        if led.iter().all(|g| l[*g as usize].is_some()) {
+            break Some(t.elapsed());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        actix::clock::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "groups={groups:>5} node 1 left leading {} groups: all re-elected in {}",
+        led.len(),
+        failover.map_or("more than 30 s".to_owned(), |d| format!(
+            "{:.0} ms",
+            d.as_secs_f64() * 1000.0
+        )),
+    );
+    for n in rest {
         n.shutdown().await;
     }
 }

@@ -160,6 +160,17 @@ impl Default for ClusterSection {
     }
 }
 
+/// The most `raft.workers` accepted.
+pub const MAX_RAFT_WORKERS: usize = 1024;
+
+/// `raft.workers` by default: one per core.
+pub fn default_raft_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(MAX_RAFT_WORKERS)
+}
+
 /// The largest `raft.promote_max_lag` accepted.
 pub const MAX_PROMOTE_MAX_LAG: u64 = 100_000_000;
 
@@ -183,6 +194,14 @@ pub struct RaftSection {
     /// waits for it). Default 1,000; 1 to 100,000,000. Larger lets a far-behind learner vote,
     /// and a quorum that needs it waits until it catches up.
     pub promote_max_lag: u64,
+    /// Raft workers: each drives the cores of the groups `g` with `g % workers` equal to its
+    /// index, on an arbiter (thread) of its own, with one timer and one frame per peer per
+    /// drain. Default: the machine's cores (`available_parallelism`); 1 to
+    /// [`MAX_RAFT_WORKERS`].
+    pub workers: usize,
+    /// Idle groups quiesce: no ticks and no heartbeats until a proposal, a message or gossip's
+    /// report of a failed peer wakes them. Default true.
+    pub quiesce: bool,
     /// Older name of `[snapshot] threshold_entries` (DESIGN.md §9 lists both). Unset by
     /// default; when set it is used as `threshold_entries`, and setting both to different
     /// values is an error. Read through [`Config::snapshot_threshold_entries`].
@@ -203,6 +222,8 @@ impl Default for RaftSection {
             check_quorum: true,
             max_entries_per_append: 256,
             promote_max_lag: 1_000,
+            workers: default_raft_workers(),
+            quiesce: true,
             snapshot_threshold: None,
             read: ReadSection::default(),
             persistence: PersistenceSection::default(),
@@ -720,6 +741,15 @@ impl Config {
                 format!(
                     "must be between 1 and {MAX_PROMOTE_MAX_LAG} entries (got {})",
                     self.raft.promote_max_lag
+                ),
+            ));
+        }
+        if !(1..=MAX_RAFT_WORKERS).contains(&self.raft.workers) {
+            return Err(invalid(
+                "raft.workers",
+                format!(
+                    "must be between 1 and {MAX_RAFT_WORKERS} (got {})",
+                    self.raft.workers
                 ),
             ));
         }

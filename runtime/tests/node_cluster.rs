@@ -129,21 +129,26 @@ async fn three_nodes_replicate_read_and_survive_panics_and_failover() {
         Some(b"2".to_vec())
     );
 
-    // Under load, panic the leader's applier and a replicator: acknowledged writes survive.
+    // Under load, panic the leader's applier and its Raft worker (whose groups restart from
+    // storage): acknowledged writes survive.
     let mut acked = Vec::new();
     for i in 0..300 {
         if i == 100 {
             assert!(leader.inject_applier_panic());
         }
         if i == 200 {
-            let peer = follower.id();
-            assert!(leader.inject_replicator_panic(peer));
+            assert!(leader.inject_worker_panic(0));
         }
         let key = format!("k{i}");
         match leader.write(put(&key, &format!("v{i}"))).await {
             Ok(_) => acked.push(i),
-            // The write caught mid-restart has an unknown outcome; retry it like a client.
-            Err(RequestError::Timeout) | Err(RequestError::Overloaded) => {
+            // The write caught mid-restart has an unknown outcome; retry it like a client
+            // (after the worker's restart the group may have another leader: any node's
+            // hint leads there).
+            Err(RequestError::Timeout)
+            | Err(RequestError::Overloaded)
+            | Err(RequestError::NotLeader { .. })
+            | Err(RequestError::NoLeader { .. }) => {
                 write_retrying(&handles, put(&key, &format!("v{i}"))).await;
                 acked.push(i);
             }
@@ -151,6 +156,7 @@ async fn three_nodes_replicate_read_and_survive_panics_and_failover() {
         }
     }
     assert!(acked.len() >= 290);
+    let leader = leader_of(&handles).await;
     for &i in &acked {
         let v = get(&leader, &format!("k{i}"), ReadLevel::Linearizable)
             .await

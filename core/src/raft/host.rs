@@ -339,6 +339,20 @@ impl Host {
         Some(r)
     }
 
+    /// [`Host::with_group`] for a shell that holds the core across several calls: wakes the
+    /// group (a command is activity), marks it for the next drain and lends its core. `None`
+    /// if the group is not hosted.
+    pub fn group_mut(&mut self, now: Millis, group: GroupId) -> Option<&mut Raft> {
+        self.advance(now);
+        let now = self.now;
+        if !self.groups.contains_key(&group) {
+            return None;
+        }
+        self.wake(now, group, None);
+        self.ready.insert(group);
+        self.groups.get_mut(&group).map(|s| &mut s.raft)
+    }
+
     /// A frame from a peer. Items for groups not hosted here are ignored.
     pub fn handle_frame(&mut self, now: Millis, frame: Frame) {
         self.advance(now);

@@ -256,6 +256,11 @@ pub struct MemberBook {
 }
 
 impl GossipShared {
+    /// Gossip's events from now on (the Raft workers wake quiesced groups on them).
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
     /// Shared state for a node whose core starts at `incarnation`, published as `initial`
     /// until the actor publishes its own view.
     fn new(initial: Vec<Member>, incarnation: Incarnation) -> Arc<GossipShared> {

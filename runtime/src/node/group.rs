@@ -1,16 +1,18 @@
-//! The group actor: hosts one Raft group's sans-IO core (election, replication, reads) and
-//! carries out its actions — messages to the replicators, persist requests to the node's log
-//! store, committed entries to the applier, timers on its own context.
+//! The group actor: one Raft group's *shell*. Its sans-IO core (election, replication, reads)
+//! lives in the host of the group's Raft worker (`super::worker`), on the same arbiter thread;
+//! the shell borrows it for each command and carries out the actions the worker's drains hand
+//! it — persist requests to the node's log store, committed entries to the applier, reads,
+//! snapshots. Messages to peers and the timer are the worker's.
 //!
 //! Everything it hands on goes through a bounded mailbox with `try_send`. Persist requests and
 //! committed entries cannot be dropped, so they wait in small local FIFO queues that are pumped
 //! as room appears; while those queues are long, new proposals are refused with
 //! [`RequestError::Overloaded`] (HTTP 503) — backpressure ends at the edge, never in unbounded
-//! memory. Raft messages to a full replicator are dropped and counted: Raft retransmits.
+//! memory.
 //!
-//! Proposals and inbound messages only mark the group dirty; the actions are drained once the
-//! mailbox is empty, so a burst of proposals becomes one persist request and one AppendEntries
-//! per follower.
+//! Proposals and inbound messages only mark the group dirty; the worker drains its host once
+//! its mailbox batch is handled, so a burst of proposals becomes one persist request and one
+//! AppendEntries per follower.
 //!
 //! **Snapshots** (docs/node.md "Snapshots"): the actor counts the entries applied and the
 //! bytes handed to the applier since the last snapshot; past `[snapshot] threshold_entries` or
@@ -27,7 +29,6 @@ use super::applier::{
 };
 use super::log_store_actor::{Compact, LogStoreActor, MarkMember, Persist, PersistResult, Recover};
 use super::peers::{MembershipTracker, Peers};
-use super::replicator::Outbound;
 use super::snapshotter::{
     NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
 };
@@ -35,6 +36,7 @@ use super::transfer_actor::{
     Adopt, PeerAddrs, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
 };
 use super::wire::WireMessage;
+use super::worker::{FromWorker, WorkerCell};
 use crate::api::{LeaderHint, MembershipState, RequestError, SnapshotInfo};
 use crate::state_machine::StateMachine;
 use crate::storage::health::StorageHealth;
@@ -50,8 +52,10 @@ use conclave_core::raft::{
 };
 use conclave_transport::Endpoint;
 use parking_lot::RwLock;
+use std::cell::{Ref, RefMut};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -220,11 +224,6 @@ pub struct TakeSnapshotNow {
     pub reply: oneshot::Sender<Result<SnapshotInfo, SnapshotError>>,
 }
 
-/// A Raft message for this group from a peer.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RaftInbound(pub raft::Message);
-
 /// Propose an encoded command.
 pub struct Propose<M: StateMachine> {
     /// The command, MessagePack-encoded.
@@ -294,7 +293,7 @@ impl<M: StateMachine> Handler<InjectMembershipChange> for GroupActor<M> {
     fn handle(&mut self, msg: InjectMembershipChange, ctx: &mut Context<Self>) {
         let now = self.now();
         let result = match self.core.as_mut() {
-            Some(core) => core.change_membership(now, msg.change).map(|p| p.index),
+            Some(mut core) => core.change_membership(now, msg.change).map(|p| p.index),
             None => Err(ProposeError::NotLeader { leader: None }),
         };
         let _ = msg.reply.send(result);
@@ -302,18 +301,59 @@ impl<M: StateMachine> Handler<InjectMembershipChange> for GroupActor<M> {
     }
 }
 
-struct Drain;
-impl Message for Drain {
-    type Result = ();
+/// The group's core, hosted by the group's Raft worker (`super::worker`) and lent for each
+/// use: the shell holds no core of its own.
+struct Hosted {
+    /// The worker's cell (`None` off a worker's arbiter: the group cannot start).
+    cell: Option<Rc<WorkerCell>>,
+    group: GroupId,
+    epoch: Instant,
+    /// The shell's registration, once its core is in the host.
+    instance: Option<u64>,
+}
+
+impl Hosted {
+    fn as_ref(&self) -> Option<Ref<'_, Raft>> {
+        self.instance?;
+        self.cell.as_ref()?.core(self.group)
+    }
+
+    /// A command: the group wakes if quiesced and is polled at the worker's next drain.
+    fn as_mut(&self) -> Option<RefMut<'_, Raft>> {
+        self.instance?;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.cell.as_ref()?.core_mut(now, self.group)
+    }
+
+    fn install(&mut self, core: Raft, shell: Recipient<FromWorker>) -> Result<(), raft::HostError> {
+        let Some(cell) = self.cell.as_ref() else {
+            return Err(raft::HostError::GroupExists(self.group));
+        };
+        cell.add(core)?;
+        self.instance = Some(cell.register(self.group, shell));
+        cell.request_drain();
+        Ok(())
+    }
+
+    fn request_drain(&self) {
+        if let Some(cell) = self.cell.as_ref() {
+            cell.request_drain();
+        }
+    }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        if let (Some(cell), Some(instance)) = (self.cell.as_ref(), self.instance) {
+            cell.unregister(self.group, instance);
+        }
+    }
 }
 
 /// The actor. See the module docs.
 pub struct GroupActor<M: StateMachine> {
     deps: Arc<GroupDeps<M>>,
-    core: Option<Raft>,
-    actions: Vec<Action>,
-    drain_scheduled: bool,
-    timer: Option<SpawnHandle>,
+    core: Hosted,
     persist_queue: VecDeque<PersistRequest>,
     apply_queue: VecDeque<Entry>,
     /// Highest index ever handed to the apply queue (for re-sending after an applier restart).
@@ -365,6 +405,8 @@ pub struct GroupActor<M: StateMachine> {
     tracker: Option<MembershipTracker>,
     /// A `MarkMember` is on its way to the log store.
     marking: bool,
+    /// The housekeeping pass is armed (only while someone waits: an idle group sets no timer).
+    housekeeping: bool,
     _guard: ChildGuard,
 }
 
@@ -466,12 +508,15 @@ impl<M: StateMachine> GroupActor<M> {
     /// A group actor; it restores its core from the log store and the applier when started.
     pub fn new(deps: Arc<GroupDeps<M>>, guard: ChildGuard) -> Self {
         let snapshot_thresholds = deps.snapshot_policy.jittered(rand::random());
+        let core = Hosted {
+            cell: WorkerCell::current(),
+            group: deps.group,
+            epoch: deps.epoch,
+            instance: None,
+        };
         GroupActor {
             deps,
-            core: None,
-            actions: Vec::new(),
-            drain_scheduled: false,
-            timer: None,
+            core,
             persist_queue: VecDeque::new(),
             apply_queue: VecDeque::new(),
             enqueued_upto: 0,
@@ -500,6 +545,7 @@ impl<M: StateMachine> GroupActor<M> {
             followed: None,
             tracker: None,
             marking: false,
+            housekeeping: false,
             _guard: guard,
         }
     }
@@ -522,27 +568,23 @@ impl<M: StateMachine> GroupActor<M> {
         }
     }
 
-    fn schedule_drain(&mut self, ctx: &mut Context<Self>) {
-        if !self.drain_scheduled {
-            // Handled after the messages already in the mailbox: they batch together.
-            self.drain_scheduled = true;
-            ctx.notify(Drain);
-        }
+    /// Has the worker drain the group's core once the messages already queued are handled
+    /// (they batch together).
+    fn schedule_drain(&self, _ctx: &mut Context<Self>) {
+        self.core.request_drain();
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        let Some(core) = self.core.as_mut() else {
+    /// Carries out what the worker's drain produced for this group.
+    fn drain(&mut self, mut actions: Vec<Action>, ctx: &mut Context<Self>) {
+        if self.core.instance.is_none() {
             return;
-        };
-        let mut actions = std::mem::take(&mut self.actions);
-        core.poll_actions(&mut actions);
-        // Peers first: an append to a node just added finds its replicator.
+        }
+        // Peers first: the membership a frame is about to reach is known to the peer set.
         self.follow_membership();
         self.mark_member(ctx);
         for action in actions.drain(..) {
             self.carry_out(action, ctx);
         }
-        self.actions = actions;
         self.pump(ctx);
         self.publish();
         self.resolve_changes();
@@ -557,14 +599,14 @@ impl<M: StateMachine> GroupActor<M> {
         if self.snapshot_retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let Some(core) = self.core.as_ref() else {
+        let Some(snapshot_index) = self.core.as_ref().map(|c| c.snapshot().index) else {
             return;
         };
         let (threshold_entries, threshold_log_bytes) = self.snapshot_thresholds;
         // Counted from what the applier has applied (not what was handed to it), so a
         // snapshot started by the count always has something new to cover.
         let applied = self.deps.shared.applied.load(Ordering::Relaxed);
-        let entries = applied.saturating_sub(core.snapshot().index);
+        let entries = applied.saturating_sub(snapshot_index);
         let by_entries = threshold_entries > 0 && entries >= threshold_entries;
         let by_bytes = threshold_log_bytes > 0 && self.bytes_since_snapshot >= threshold_log_bytes;
         if by_entries || by_bytes {
@@ -621,11 +663,15 @@ impl<M: StateMachine> GroupActor<M> {
             Ok(source) => source,
             Err(e) => return self.snapshot_done(Err(e)),
         };
-        let Some(core) = self.core.as_ref() else {
+        let index = source.index();
+        let Some(named) = self
+            .core
+            .as_ref()
+            .map(|core| (index > core.snapshot().index).then(|| core.snapshot_meta(index)))
+        else {
             return self.snapshot_done(Err(SnapshotError::NotRunning { group }));
         };
-        let index = source.index();
-        if index <= core.snapshot().index {
+        let Some(named) = named else {
             // Nothing applied since the latest snapshot: that one is the answer.
             let latest = self.deps.shared.last_snapshot.read().clone();
             let info = latest.unwrap_or(SnapshotInfo {
@@ -641,8 +687,8 @@ impl<M: StateMachine> GroupActor<M> {
                 duration_ms: 0,
                 ..info
             }));
-        }
-        let meta = match core.snapshot_meta(index) {
+        };
+        let meta = match named {
             Ok(meta) => meta,
             Err(e) => return self.snapshot_done(Err(e.into())),
         };
@@ -684,11 +730,14 @@ impl<M: StateMachine> GroupActor<M> {
             std::process::abort();
         }
         let now = self.now();
-        let Some(core) = self.core.as_mut() else {
-            return self.snapshot_done(Err(SnapshotError::NotRunning { group }));
-        };
-        if let Err(e) = core.snapshot_taken(now, stored.meta.clone()) {
-            return self.snapshot_done(Err(e.into()));
+        let taken = self
+            .core
+            .as_mut()
+            .map(|mut core| core.snapshot_taken(now, stored.meta.clone()));
+        match taken {
+            None => return self.snapshot_done(Err(SnapshotError::NotRunning { group })),
+            Some(Err(e)) => return self.snapshot_done(Err(e.into())),
+            Some(Ok(_)) => {}
         }
         let duration = self
             .snapshot_started
@@ -713,7 +762,7 @@ impl<M: StateMachine> GroupActor<M> {
         self.base = Some(stored);
         self.snapshot_done(Ok(info));
         // Carries out the core's `Compacted`.
-        self.drain(ctx);
+        self.schedule_drain(ctx);
     }
 
     /// Ends the running snapshot: answers whoever asked, and backs off after a failure.
@@ -769,16 +818,8 @@ impl<M: StateMachine> GroupActor<M> {
 
     fn carry_out(&mut self, action: Action, ctx: &mut Context<Self>) {
         match action {
-            Action::Send(msg) => {
-                let Some(addr) = self.deps.peers.replicator(self.deps.group, msg.to) else {
-                    // Restarting, just created, or unknown peer: Raft retransmits.
-                    return;
-                };
-                if addr.try_send(Outbound(msg)).is_err() {
-                    metrics::counter!("conclave_mailbox_rejected_total", "actor" => "replicator")
-                        .increment(1);
-                }
-            }
+            // The worker sends messages (one frame per peer) and owns the timer.
+            Action::Send(_) | Action::SetTimer { .. } => {}
             Action::Persist(req) if req.snapshot.is_some() => {
                 // An install (`install_snapshot` below): the received image moves into the
                 // snapshot store first, then the persist makes it the group's base. Persists
@@ -797,20 +838,6 @@ impl<M: StateMachine> GroupActor<M> {
                 }
                 self.bytes_since_snapshot += entries.iter().map(entry_bytes).sum::<u64>();
                 self.apply_queue.extend(entries);
-            }
-            Action::SetTimer { at } => {
-                if let Some(h) = self.timer.take() {
-                    ctx.cancel_future(h);
-                }
-                let delay = Duration::from_millis(at.saturating_sub(self.now()));
-                self.timer = Some(ctx.run_later(delay, |act, ctx| {
-                    act.timer = None;
-                    let now = act.now();
-                    if let Some(core) = act.core.as_mut() {
-                        core.tick(now);
-                    }
-                    act.drain(ctx);
-                }));
             }
             Action::ReadReady { id, index } => {
                 let Some((query, reply)) = self.reads.remove(&id) else {
@@ -913,7 +940,7 @@ impl<M: StateMachine> GroupActor<M> {
 
     fn send_failed(&mut self, to: NodeId, ctx: &mut Context<Self>) {
         let now = self.now();
-        if let Some(core) = self.core.as_mut() {
+        if let Some(mut core) = self.core.as_mut() {
             core.snapshot_send_failed(now, to);
         }
         self.schedule_drain(ctx);
@@ -1051,7 +1078,7 @@ impl<M: StateMachine> GroupActor<M> {
                         move |res, act, ctx| match res {
                             Ok(Ok(done)) => {
                                 let now = act.now();
-                                if let Some(core) = act.core.as_mut() {
+                                if let Some(mut core) = act.core.as_mut() {
                                     core.persisted(now, done);
                                 }
                                 act.schedule_drain(ctx);
@@ -1343,6 +1370,21 @@ impl<M: StateMachine> GroupActor<M> {
         }));
     }
 
+    /// Forgets, every second while any are waiting, the write and read waiters whose clients
+    /// gave up.
+    fn arm_housekeeping(&mut self, ctx: &mut Context<Self>) {
+        if self.housekeeping || (self.write_waiters.is_empty() && self.reads.is_empty()) {
+            return;
+        }
+        self.housekeeping = true;
+        ctx.run_later(Duration::from_secs(1), |act, ctx| {
+            act.housekeeping = false;
+            act.write_waiters.retain(|_, (_, r)| !r.is_closed());
+            act.reads.retain(|_, (_, r)| !r.is_closed());
+            act.arm_housekeeping(ctx);
+        });
+    }
+
     fn backlog(&self) -> usize {
         self.persist_queue.len() + self.apply_queue.len()
     }
@@ -1353,6 +1395,14 @@ impl<M: StateMachine> Actor for GroupActor<M> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(8192);
+        if self.core.cell.is_none() {
+            tracing::error!(
+                group = self.deps.group,
+                "group started off a raft worker's arbiter"
+            );
+            ctx.stop();
+            return;
+        }
         let deps = self.deps.clone();
         // Nothing else is handled until the core is restored (ctx.wait). The log, the
         // snapshot files and a restore are read on their own actors' arbiters.
@@ -1388,7 +1438,9 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                 snapshot: base.as_ref().map(|s| s.meta.clone()),
             };
             let seed = act.deps.raft.id ^ (group << 32) ^ act.now();
-            match Raft::new(act.deps.raft.clone(), restore, seed, act.now()) {
+            // Heartbeats are the worker's (coalesced, one beat for every group).
+            let config = raft::Host::group_config(&act.deps.raft, act.deps.raft.id, group);
+            match Raft::new(config, restore, seed, act.now()) {
                 Ok(core) => {
                     tracing::info!(
                         node = act.deps.raft.id,
@@ -1442,8 +1494,11 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                     act.base = base;
                     act.enqueued_upto = applied;
                     act.applier_seen = act.deps.applier.get();
-                    act.core = Some(core);
-                    act.drain(ctx);
+                    let shell = ctx.address().recipient();
+                    if let Err(e) = act.core.install(core, shell) {
+                        tracing::error!(group, error = %e, "cannot host the raft core");
+                        ctx.stop();
+                    }
                 }
                 Err(e) => {
                     tracing::error!(group, error = %e, "cannot restore the raft core");
@@ -1451,33 +1506,22 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                 }
             }
         }));
-        // Housekeeping: forget waiters whose clients gave up; bring back a replicator whose
-        // supervisor gave up.
-        ctx.run_interval(Duration::from_secs(1), |act, _| {
-            act.write_waiters.retain(|_, (_, r)| !r.is_closed());
-            act.reads.retain(|_, (_, r)| !r.is_closed());
-            act.deps.peers.heal(act.deps.group);
-        });
     }
 }
 
-impl<M: StateMachine> Handler<Drain> for GroupActor<M> {
+impl<M: StateMachine> Handler<FromWorker> for GroupActor<M> {
     type Result = ();
 
-    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
-        self.drain_scheduled = false;
-        self.drain(ctx);
-    }
-}
-
-impl<M: StateMachine> Handler<RaftInbound> for GroupActor<M> {
-    type Result = ();
-
-    fn handle(&mut self, msg: RaftInbound, ctx: &mut Context<Self>) {
-        let now = self.now();
-        if let Some(core) = self.core.as_mut() {
-            core.handle_message(now, msg.0);
-            self.schedule_drain(ctx);
+    fn handle(&mut self, msg: FromWorker, ctx: &mut Context<Self>) {
+        match msg {
+            FromWorker::Actions(actions) => self.drain(actions, ctx),
+            FromWorker::Restart => {
+                tracing::warn!(
+                    group = self.deps.group,
+                    "the group's raft worker restarted; restarting the group from storage"
+                );
+                ctx.stop();
+            }
         }
     }
 }
@@ -1491,16 +1535,19 @@ impl<M: StateMachine> Handler<Propose<M>> for GroupActor<M> {
             return;
         }
         let now = self.now();
-        let Some(core) = self.core.as_mut() else {
+        let Some(mut core) = self.core.as_mut() else {
             let _ = msg.reply.send(Err(RequestError::NoLeader {
                 group: self.deps.group,
             }));
             return;
         };
-        match core.propose(now, msg.command) {
+        let proposed = core.propose(now, msg.command);
+        drop(core);
+        match proposed {
             Ok(p) => {
                 self.write_waiters.insert(p.index, (p.term, msg.reply));
                 self.schedule_drain(ctx);
+                self.arm_housekeeping(ctx);
             }
             Err(ProposeError::NotLeader { leader }) => {
                 let _ = msg.reply.send(Err(self.leader_hint(leader)));
@@ -1521,16 +1568,19 @@ impl<M: StateMachine> Handler<Read<M>> for GroupActor<M> {
         let now = self.now();
         let id = self.next_read;
         self.next_read += 1;
-        let Some(core) = self.core.as_mut() else {
+        let Some(mut core) = self.core.as_mut() else {
             let _ = msg.reply.send(Err(RequestError::NoLeader {
                 group: self.deps.group,
             }));
             return;
         };
-        match core.read(now, id, msg.consistency) {
+        let read = core.read(now, id, msg.consistency);
+        drop(core);
+        match read {
             Ok(()) => {
                 self.reads.insert(id, (msg.query, msg.reply));
                 self.schedule_drain(ctx);
+                self.arm_housekeeping(ctx);
             }
             Err(e) => {
                 let _ = msg.reply.send(Err(self.read_error(e)));
@@ -1553,7 +1603,7 @@ impl<M: StateMachine> Handler<TransferLeader> for GroupActor<M> {
     fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) {
         let now = self.now();
         let result = match self.core.as_mut() {
-            Some(core) => match core.transfer_leader(now, msg.to) {
+            Some(mut core) => match core.transfer_leader(now, msg.to) {
                 Ok(()) => Ok(()),
                 Err(raft::TransferError::NotLeader { leader }) => Err(self.leader_hint(leader)),
                 Err(raft::TransferError::NotAVoter(id)) => Err(RequestError::NotAVoter(id)),
@@ -1573,7 +1623,7 @@ impl<M: StateMachine> Handler<SetDrained> for GroupActor<M> {
     fn handle(&mut self, msg: SetDrained, ctx: &mut Context<Self>) {
         let now = self.now();
         let result = match self.core.as_mut() {
-            Some(core) => match core.set_drained(now, msg.drained) {
+            Some(mut core) => match core.set_drained(now, msg.drained) {
                 Ok(target) => {
                     self.deps
                         .shared
@@ -1607,7 +1657,7 @@ impl<M: StateMachine> Handler<SnapshotReceived> for GroupActor<M> {
 
     fn handle(&mut self, msg: SnapshotReceived, ctx: &mut Context<Self>) {
         let now = self.now();
-        let Some(core) = self.core.as_mut() else {
+        let Some(mut core) = self.core.as_mut() else {
             return;
         };
         if self.installing.as_ref() == Some(&msg.meta) {

@@ -5,18 +5,22 @@
 //! Node
 //! ├── Watchdog        (thread) times storage calls against the stall timeout
 //! ├── LogStoreActor   (own arbiter)  one WAL for every group, group commit
-//! ├── transport       one PeerLink per peer, inbound dispatcher task (Raft by group id,
-//! │                   gossip, snapshot chunks)
+//! ├── transport       one PeerLink per peer, inbound dispatcher task (Raft frames split by
+//! │                   worker, gossip, snapshot chunks)
 //! ├── Supervisor "gossip"   one-for-one
 //! │   └── GossipActor       the SWIM core: membership, failure detection, metadata, RTT
 //! ├── SnapshotSender        (own arbiter, paced tasks) snapshots to lagging followers
 //! ├── SnapshotReceiver      (own arbiter) stages received snapshots
-//! └── per group g (group 0 only, today)
+//! ├── Supervisor "raft-workers"   one-for-one
+//! │   └── RaftWorker[i]     (own arbiter, i < [raft] workers) one `Host`: the cores of the
+//! │                         groups g % workers == i, one timer, one frame per peer per drain
+//! └── per group g (every hosted group)
 //!     ├── Supervisor "group-g"  one-for-one; a GroupWatcher hears its events
-//!     │   ├── ApplierActor      (own arbiter) the user's state machine
-//!     │   ├── SnapshotterActor  (own arbiter) writes and finds the group's snapshot files
-//!     │   └── GroupActor        the Raft core (election, replication, reads, snapshot policy)
-//!     └── Supervisor "group-g-replicator-p", one per peer (started by `peers`)
+//!     │   ├── ApplierActor      (arbiter pool) the user's state machine
+//!     │   ├── SnapshotterActor  (arbiter pool) writes and finds the group's snapshot files
+//!     │   └── GroupActor        the group's shell on its worker's arbiter (queues, waiters,
+//!     │                         snapshot policy); borrows its core from the worker's host
+//!     └── Supervisor "group-g-replicator-p", one per peer (started by `peers`; idle)
 //!         └── ReplicatorActor
 //! ```
 //!
@@ -39,6 +43,7 @@ pub mod snapshotter;
 pub mod transfer;
 pub mod transfer_actor;
 pub mod wire;
+mod worker;
 
 // The request interface lives in `crate::api` (the HTTP layer uses it without depending on
 // the node); re-exported so `conclave::node::{NodeHandle, RequestError, ...}` stay one path.
@@ -60,10 +65,10 @@ use applier::ApplierActor;
 use conclave_actors::supervisor::{
     Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
 };
-use conclave_core::raft::{Membership, RaftConfig, ReadConsistency, Role};
+use conclave_core::raft::{Frame, Membership, RaftConfig, ReadConsistency, Role};
 use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
-use group::{GroupActor, Propose, RaftInbound, Read, TakeSnapshotNow};
+use group::{GroupActor, Propose, Read, TakeSnapshotNow};
 use log_store_actor::LogStoreActor;
 use peers::Peers;
 use registry::GroupRegistry;
@@ -278,7 +283,7 @@ impl<M: StateMachine> Node<M> {
         self.log_arbiter.stop();
         // An applier stuck in its storage engine does not hold this up: stopping an arbiter
         // only asks its thread to end.
-        self.handle.inner.registry.stop_arbiters();
+        self.handle.inner.registry.stop_workers().await;
         for a in &self.transfer_arbiters {
             a.stop();
         }
@@ -532,6 +537,21 @@ async fn start_node<M: StateMachine>(
     let group_list = Arc::new(crate::storage::group_list::GroupList::open(
         &config.node.data_dir,
     )?);
+    // The Raft workers: every group's core is driven by worker `group % workers`, its shell
+    // runs on that worker's arbiter; appliers and snapshotters on pools of the same size.
+    let workers = Arc::new(worker::Workers::start(
+        config.raft.workers,
+        Arc::new(worker::WorkerDeps {
+            id,
+            heartbeat_interval_ms: config.raft.heartbeat_interval_ms,
+            quiesce: config.raft.quiesce,
+            peers: peers.clone(),
+            gossip: gossip.shared.clone(),
+            epoch,
+            frame_bytes: (config.node.max_frame_size / 2).max(1024),
+        }),
+    ));
+    let pool = |n: usize| (0..n.max(1)).map(|_| Arbiter::new()).collect::<Vec<_>>();
     let (factory, any_group) = factory;
     let registry = Arc::new(GroupRegistry::new(
         registry::GroupSpawner {
@@ -550,6 +570,9 @@ async fn start_node<M: StateMachine>(
             },
             epoch,
             arbiter: Arbiter::current(),
+            workers: workers.clone(),
+            appliers: pool(config.raft.workers),
+            snapshotters: pool(config.raft.workers),
         },
         group_list,
     ));
@@ -600,37 +623,16 @@ async fn start_node<M: StateMachine>(
                         .increment(1);
                 }
                 WireMessage::Raft(m) => {
-                    if m.from != from {
-                        // The handshake authenticated `from`; a message claiming another
-                        // sender is forged or buggy.
-                        tracing::warn!(
-                            from,
-                            claimed = m.from,
-                            "raft message with a forged sender dropped"
-                        );
-                        continue;
-                    }
-                    if m.term > conclave_core::raft::MAX_TERM {
-                        // The core refuses it too; counted here (issue 12, finding 3).
-                        tracing::warn!(
-                            from,
-                            term = m.term,
-                            "raft message with a term near overflow dropped"
-                        );
-                        metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "term_overflow")
-                            .increment(1);
-                        continue;
-                    }
-                    let Some(addr) = dispatch.actor(m.group) else {
-                        metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "unknown_group")
-                            .increment(1);
-                        continue;
+                    // One message (a peer that sends them one by one): a frame of one.
+                    let frame = Frame {
+                        from: m.from,
+                        to: id,
+                        messages: vec![m],
+                        ..Frame::default()
                     };
-                    if let Err(SendError::Full(msg)) = addr.try_send(RaftInbound(m)) {
-                        // Push back on the socket: wait for room instead of buffering.
-                        let _ = addr.send(msg).await;
-                    }
+                    route_frame(&dispatch, from, frame).await;
                 }
+                WireMessage::RaftFrame(frame) => route_frame(&dispatch, from, frame).await,
                 WireMessage::SnapshotChunk(chunk) => {
                     // Never waits: a chunk the receiver has no room for is dropped (its sender
                     // times out and asks where the receiver stands), so snapshot data never
@@ -719,6 +721,97 @@ fn spawn_introductions(peers: &Arc<Peers>) {
             }
         }
     });
+}
+
+/// Hands a peer's frame to the workers of its groups: the frame's sender must be the
+/// authenticated peer (`from`), items with a term near overflow or for a group not hosted here
+/// are dropped (and counted), and a frame for groups of several workers is split, one part per
+/// worker. A full worker mailbox pushes back on the socket.
+async fn route_frame<M: StateMachine>(registry: &GroupRegistry<M>, from: NodeId, frame: Frame) {
+    if frame.from != from {
+        // The handshake authenticated `from`; a frame claiming another sender is forged or
+        // buggy.
+        tracing::warn!(
+            from,
+            claimed = frame.from,
+            "raft frame with a forged sender dropped"
+        );
+        metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "forged_sender")
+            .increment(1);
+        return;
+    }
+    let workers = registry.workers();
+    let n = workers.len();
+    let mut parts: Vec<Frame> = (0..n)
+        .map(|_| Frame {
+            from: frame.from,
+            to: frame.to,
+            ..Frame::default()
+        })
+        .collect();
+    let mut dropped = |reason: &'static str| {
+        metrics::counter!("conclave_raft_messages_dropped_total", "reason" => reason).increment(1);
+    };
+    let _ = &mut dropped;
+    let term_ok = |term: u64, dropped: &mut dyn FnMut(&'static str)| {
+        // The core refuses it too; counted here (issue 12, finding 3).
+        let ok = term <= conclave_core::raft::MAX_TERM;
+        if !ok {
+            tracing::warn!(from, term, "raft message with a term near overflow dropped");
+            dropped("term_overflow");
+        }
+        ok
+    };
+    let hosted = |group: GroupId, dropped: &mut dyn FnMut(&'static str)| {
+        let ok = registry.contains(group);
+        if !ok {
+            dropped("unknown_group");
+        }
+        ok
+    };
+    for m in frame.messages {
+        if m.from != from {
+            tracing::warn!(
+                from,
+                claimed = m.from,
+                "raft message with a forged sender dropped"
+            );
+            dropped("forged_sender");
+            continue;
+        }
+        if term_ok(m.term, &mut dropped) && hosted(m.group, &mut dropped) {
+            parts[workers.index(m.group)].messages.push(m);
+        }
+    }
+    for hb in frame.heartbeats {
+        if term_ok(hb.term, &mut dropped) && hosted(hb.group, &mut dropped) {
+            parts[workers.index(hb.group)].heartbeats.push(hb);
+        }
+    }
+    for r in frame.responses {
+        if term_ok(r.term, &mut dropped) && hosted(r.group, &mut dropped) {
+            parts[workers.index(r.group)].responses.push(r);
+        }
+    }
+    for g in frame.wake {
+        if hosted(g, &mut dropped) {
+            parts[workers.index(g)].wake.push(g);
+        }
+    }
+    for (index, part) in parts.into_iter().enumerate() {
+        if part.is_empty() {
+            continue;
+        }
+        let Some(addr) = workers.worker(index) else {
+            // Restarting: Raft retransmits.
+            dropped("worker_restarting");
+            continue;
+        };
+        if let Err(SendError::Full(msg)) = addr.try_send(worker::InboundFrame(part)) {
+            // Push back on the socket: wait for room instead of buffering.
+            let _ = addr.send(msg).await;
+        }
+    }
 }
 
 /// How often the Prometheus recorder's histogram samples are folded into its summaries.
@@ -1219,12 +1312,13 @@ impl<M: StateMachine> NodeHandle<M> {
     }
 
     #[cfg(any(test, feature = "fault-injection"))]
-    /// Panics group 0's replicator to `peer` (fault injection).
-    pub fn inject_replicator_panic(&self, peer: u64) -> bool {
-        self.inner
-            .peers
-            .replicator_addr(0, peer)
-            .map(|a| a.try_send(replicator::InjectPanic).is_ok())
+    /// Panics the Raft worker that drives `group` (fault injection): the worker restarts with
+    /// an empty host and its groups restart from storage.
+    pub fn inject_worker_panic(&self, group: GroupId) -> bool {
+        let workers = self.inner.registry.workers();
+        workers
+            .worker(workers.index(group))
+            .map(|a| a.try_send(worker::InjectPanic).is_ok())
             .unwrap_or(false)
     }
 }

@@ -672,6 +672,23 @@ impl Peers {
         None
     }
 
+    /// The link the Raft workers send `peer`'s frames over: dialled at the address the
+    /// directory holds for a member, or, for a peer no membership names yet, its own
+    /// connection to this node (as [`Peers::replicator`] answers it). `None` for this node,
+    /// an unknown peer without a connection, or once the node stops.
+    pub fn link(&self, peer: NodeId) -> Option<PeerLink<WireMessage>> {
+        if peer == self.me.id || self.state.lock().stopped {
+            return None;
+        }
+        if let Some(m) = self.member(peer) {
+            return Some(self.transport.peer(peer, m.addr));
+        }
+        if !self.admits_raft(peer) {
+            return None;
+        }
+        self.transport.connected_link(peer)
+    }
+
     /// Restarts replicators whose supervisor gave up (its restart budget spent): a member must
     /// stay reachable. Called every second by the group actor.
     pub fn heal(&self, group: GroupId) {
@@ -706,23 +723,6 @@ impl Peers {
                 );
             }
         }
-    }
-
-    /// The live replicator of `group` to `peer` (fault injection and tests).
-    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
-    pub(super) fn replicator_addr(
-        &self,
-        group: GroupId,
-        peer: NodeId,
-    ) -> Option<Addr<ReplicatorActor>> {
-        self.state
-            .lock()
-            .groups
-            .get(&group)?
-            .replicators
-            .get(&peer)?
-            .slot
-            .get()
     }
 
     /// The node stopped hosting `group`: its replicators stop, and the allowlist, directory

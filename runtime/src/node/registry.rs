@@ -8,8 +8,9 @@
 //! ([`GroupList`]), so a restarted node hosts the same groups. The inbound dispatcher and the
 //! node's handle find a group's actors here on every use: nothing is frozen at start.
 //!
-//! Each group is still one supervised actor subtree (group actor, applier and snapshotter on
-//! arbiters of their own, one replicator per peer); the subtree is started on the node's
+//! Each group is one supervised actor subtree: its shell (`GroupActor`) on the arbiter of the
+//! Raft worker that drives its core (`group % [raft] workers`), its applier and snapshotter on
+//! arbiters of the node's pools (the same partition). The supervisor is started on the node's
 //! arbiter (where the node was started), whichever thread asks for it.
 
 use super::applier::{self, ApplierActor, MachineFactory};
@@ -17,6 +18,7 @@ use super::group::{self, GroupActor, GroupDeps, GroupShared, SnapshotPolicy};
 use super::log_store_actor::{LogStoreActor, SaveGroupList};
 use super::peers::Peers;
 use super::snapshotter::{self, SnapshotterActor};
+use super::worker::Workers;
 use super::{transfer, transfer_actor, wire::WireMessage, GroupId, NodeError, NodeId, StopActor};
 use crate::config::Config;
 use crate::state_machine::StateMachine;
@@ -37,7 +39,7 @@ use parking_lot::RwLock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Why a group could not be created or removed.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +101,6 @@ pub(super) struct GroupEntry<M: StateMachine> {
     #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
     pub(super) applier: Slot<ApplierActor<M>>,
     supervisor: Addr<Supervisor>,
-    /// The applier's and the snapshotter's arbiters.
-    arbiters: Vec<Arbiter>,
 }
 
 /// The node's snapshot sender and receiver, for every group.
@@ -125,8 +125,14 @@ pub(super) struct GroupSpawner<M: StateMachine> {
     pub(super) transfer: GroupTransferDeps,
     /// The node's monotonic epoch (the cores' clock).
     pub(super) epoch: Instant,
-    /// Where group actors and supervisors run: the arbiter the node was started on.
+    /// Where group supervisors run: the arbiter the node was started on.
     pub(super) arbiter: ArbiterHandle,
+    /// The Raft workers (a group's shell runs on its worker's arbiter).
+    pub(super) workers: Arc<Workers>,
+    /// Where appliers run: group `g` on `appliers[g % len]`.
+    pub(super) appliers: Vec<Arbiter>,
+    /// Where snapshotters run: group `g` on `snapshotters[g % len]`.
+    pub(super) snapshotters: Vec<Arbiter>,
 }
 
 /// The groups this node hosts. See the module docs.
@@ -287,14 +293,24 @@ impl<M: StateMachine> GroupRegistry<M> {
         }
     }
 
-    /// Stops the arbiters of every group (after [`GroupRegistry::stop_all`]). An applier stuck
-    /// in its storage engine does not hold this up: stopping an arbiter only asks its thread
-    /// to end.
-    pub(super) fn stop_arbiters(&self) {
-        for (_, entry) in self.entries() {
-            for a in &entry.arbiters {
-                a.stop();
-            }
+    /// The Raft workers.
+    pub(super) fn workers(&self) -> &Arc<Workers> {
+        &self.spawner.workers
+    }
+
+    /// Stops the workers and the pools' arbiters (after [`GroupRegistry::stop_all`]). An
+    /// applier stuck in its storage engine does not hold this up: stopping an arbiter only
+    /// asks its thread to end.
+    pub(super) async fn stop_workers(&self) {
+        self.spawner.workers.stop().await;
+        self.spawner.workers.stop_arbiters();
+        for a in self
+            .spawner
+            .appliers
+            .iter()
+            .chain(&self.spawner.snapshotters)
+        {
+            a.stop();
         }
     }
 
@@ -305,11 +321,6 @@ impl<M: StateMachine> GroupRegistry<M> {
             .transfer
             .receiver
             .do_send(transfer_actor::UnregisterGroup(group));
-        // The children's stop messages run before their arbiters end.
-        actix::clock::sleep(Duration::from_millis(20)).await;
-        for a in &entry.arbiters {
-            a.stop();
-        }
     }
 
     async fn save(
@@ -396,8 +407,9 @@ impl<M: StateMachine> GroupSpawner<M> {
             .with_pacing(WritePacing::from_rate_mb_s(config.snapshot.write_rate_mb_s)),
         );
         self.peers.follow(group, base);
-        let applier_arbiter = Arbiter::new();
-        let snapshot_arbiter = Arbiter::new();
+        let pick = |pool: &[Arbiter]| pool[(group % pool.len().max(1) as u64) as usize].handle();
+        let applier_arbiter = pick(&self.appliers);
+        let snapshot_arbiter = pick(&self.snapshotters);
         let shared = Arc::new(GroupShared::default());
         // A group created on a drained node is drained too.
         shared.drained.store(drained, Ordering::Relaxed);
@@ -478,7 +490,7 @@ impl<M: StateMachine> GroupSpawner<M> {
                 clock: self.watchdog.clock(format!("state_machine/{group}")),
                 health: self.watchdog.health().clone(),
             });
-            let arbiter = applier_arbiter.handle();
+            let arbiter = applier_arbiter;
             let f: Factory = Box::new(move |guard| {
                 // The machine is opened in the actor's `started`, on its own arbiter: a slow
                 // or stuck open blocks nothing else.
@@ -498,7 +510,7 @@ impl<M: StateMachine> GroupSpawner<M> {
                 store: snapshots,
                 clock: self.watchdog.background_clock(format!("snapshots/{group}")),
             });
-            let arbiter = snapshot_arbiter.handle();
+            let arbiter = snapshot_arbiter;
             let f: Factory = Box::new(move |guard| {
                 let deps = deps.clone();
                 let addr = SnapshotterActor::start_in_arbiter(&arbiter, move |_| {
@@ -512,8 +524,11 @@ impl<M: StateMachine> GroupSpawner<M> {
         {
             let slot = actor_slot.clone();
             let deps = deps.clone();
+            let arbiter = self.workers.arbiter(group);
             let f: Factory = Box::new(move |guard| {
-                let addr = GroupActor::new(deps.clone(), guard).start();
+                let deps = deps.clone();
+                let addr =
+                    GroupActor::start_in_arbiter(&arbiter, move |_| GroupActor::new(deps, guard));
                 slot.set(addr.clone());
                 Box::new(move || addr.do_send(StopActor))
             });
@@ -527,7 +542,6 @@ impl<M: StateMachine> GroupSpawner<M> {
             shared,
             applier: applier_slot,
             supervisor,
-            arbiters: vec![applier_arbiter, snapshot_arbiter],
         })
     }
 }

@@ -8,11 +8,16 @@ use serde::{Deserialize, Serialize};
 /// A message between two nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireMessage {
-    /// A Raft message; it names its group.
+    /// A Raft message; it names its group. Nodes send [`WireMessage::RaftFrame`]s; a single
+    /// message is still heard (as a frame of one).
     Raft(raft::Message),
     /// A SWIM gossip frame (probe, ack, ping-req, join, ... with piggybacked rumors), for the
     /// node's gossip actor.
     Swim(swim::Message),
+    /// Everything one drain of a Raft worker sends to this peer: every group's messages,
+    /// coalesced heartbeats and their answers, and wake-up requests
+    /// ([`conclave_core::raft::Frame`]); for the workers of its groups.
+    RaftFrame(raft::Frame),
     /// A piece of a snapshot, from a group's leader to a lagging follower (docs/transport.md,
     /// "Snapshot transfer"); for the node's snapshot receiver.
     SnapshotChunk(SnapshotChunk),

@@ -175,7 +175,7 @@ impl<M: StateMachine> GroupActor<M> {
                     let outcome = ChangeOutcome {
                         index: w.index,
                         term: w.term,
-                        config: self.cluster_config(core),
+                        config: self.cluster_config(&core),
                     };
                     let _ = w.reply.send(Ok(outcome));
                 }
@@ -196,21 +196,28 @@ impl<M: StateMachine> Handler<ChangeMembership> for GroupActor<M> {
 
     fn handle(&mut self, msg: ChangeMembership, ctx: &mut Context<Self>) {
         let now = self.now();
-        let Some(core) = self.core.as_ref() else {
+        let leader = self
+            .core
+            .as_ref()
+            .map(|core| (core.role() == Role::Leader, core.leader()));
+        let Some((leading, leader)) = leader else {
             let _ = msg.reply.send(Err(RequestError::NoLeader {
                 group: self.deps.group,
             }));
             return;
         };
-        if core.role() != Role::Leader {
-            let _ = msg.reply.send(Err(self.leader_hint(core.leader())));
+        if !leading {
+            let _ = msg.reply.send(Err(self.leader_hint(leader)));
             return;
         }
-        let Some(core) = self.core.as_mut() else {
-            return;
-        };
-        match core.change_membership_if(now, msg.change, msg.expected_config_id) {
-            Ok(p) => {
+        // The core is borrowed for the proposal only (the refusal's explanation reads it again).
+        let proposed = self
+            .core
+            .as_mut()
+            .map(|mut core| core.change_membership_if(now, msg.change, msg.expected_config_id));
+        match proposed {
+            None => {}
+            Some(Ok(p)) => {
                 self.change_waiters.push(ChangeWaiter {
                     index: p.index,
                     term: p.term,
@@ -218,11 +225,11 @@ impl<M: StateMachine> Handler<ChangeMembership> for GroupActor<M> {
                 });
                 self.schedule_drain(ctx);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let Some(core) = self.core.as_ref() else {
                     return;
                 };
-                let _ = msg.reply.send(Err(self.propose_error(e, core)));
+                let _ = msg.reply.send(Err(self.propose_error(e, &core)));
             }
         }
     }
@@ -237,7 +244,7 @@ impl<M: StateMachine> Handler<ReadConfig> for GroupActor<M> {
                 group: self.deps.group,
             }),
             Some(core) if core.role() != Role::Leader => Err(self.leader_hint(core.leader())),
-            Some(core) => Ok(self.cluster_config(core)),
+            Some(core) => Ok(self.cluster_config(&core)),
         };
         let _ = msg.reply.send(result);
     }

@@ -1,0 +1,625 @@
+//! The Raft workers (issue 15): a small, fixed set of actors, one per arbiter (`[raft]
+//! workers`), each driving the sans-IO cores of many groups through one
+//! [`conclave_core::raft::Host`] — one timer structure per worker, one node-wide heartbeat
+//! beat, coalesced heartbeats and quiescence, and at most one [`Frame`] per peer per drain.
+//!
+//! Group `g` lives on worker `g % workers` (a fixed partition, like Dragonboat's step
+//! workers: no rebalancing state, and a restarted worker rebuilds exactly its own groups).
+//! Next to its worker, on the same arbiter thread, each group keeps a *shell*
+//! ([`super::group::GroupActor`]): its queues, waiters, snapshot pipeline and membership
+//! tracking. A shell has no core and no timer of its own: it borrows its group's core from the
+//! worker's host ([`WorkerCell`], shared by the actors of one thread) for each command, and
+//! receives the actions the worker's drains produce for its group ([`FromWorker`]). Shells
+//! are actors only so that each keeps its own mailbox and futures; they cost no thread.
+//!
+//! The worker handles what its mailbox holds (frames from the router, gossip reports, drain
+//! requests from its shells), then drains the host once: every peer's messages leave as one
+//! [`WireMessage::RaftFrame`] over the peer's link (`try_send`: a full link drops the frame
+//! and counts it, Raft retransmits), every group's other actions go to its shell. It arms one
+//! timer, at [`Host::next_deadline`](conclave_core::raft::Host::next_deadline).
+//!
+//! **Supervision.** Workers run under the node's `raft-workers` supervisor (one-for-one). A
+//! worker that panics loses its host (the cores may be half-updated); the restarted worker
+//! starts an empty host and has every shell of its arbiter restart, and each restarted shell
+//! rebuilds its core from the log store (as any restarted group does).
+
+use super::gossip::GossipShared;
+use super::peers::Peers;
+use super::wire::WireMessage;
+use super::StopActor;
+use actix::prelude::*;
+use conclave_actors::supervisor::{
+    ChildGuard, Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor,
+    SupervisorBuilder,
+};
+use conclave_core::raft::{
+    Action, EntryPayload, Frame, GroupId, Host, HostAction, HostConfig, Message, MessageBody,
+    Millis, NodeId, Raft,
+};
+use conclave_core::swim::Event;
+use conclave_transport::TrySendError;
+use std::cell::{Cell, Ref, RefCell, RefMut};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+
+thread_local! {
+    /// The worker cell of this thread (set on a worker's arbiter by its first worker).
+    static CELL: RefCell<Option<Rc<WorkerCell>>> = const { RefCell::new(None) };
+}
+
+/// What a worker tells one of its shells.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) enum FromWorker {
+    /// The actions a drain produced for the shell's group (possibly none: the group was polled
+    /// and its status may have changed).
+    Actions(Vec<Action>),
+    /// The worker restarted with an empty host: the shell stops, and its supervisor starts it
+    /// again from storage.
+    Restart,
+}
+
+/// The state a worker shares with the shells of its arbiter (one thread: `Rc`, `RefCell`).
+pub(super) struct WorkerCell {
+    host: RefCell<Host>,
+    /// The shells by group, with the instance that registered (a restarted shell registers
+    /// again before the old instance's state is dropped).
+    shells: RefCell<BTreeMap<GroupId, (u64, Recipient<FromWorker>)>>,
+    next_instance: Cell<u64>,
+    drain_scheduled: Cell<bool>,
+    worker: RefCell<Option<Addr<RaftWorker>>>,
+    /// Worker instances started on this thread so far.
+    worker_starts: Cell<u64>,
+}
+
+impl WorkerCell {
+    /// The cell of the current thread, created empty if there is none yet. Called on a
+    /// worker's arbiter before anything else runs there, so the shells started on it find it.
+    pub(super) fn install(deps: &WorkerDeps) -> Rc<WorkerCell> {
+        let now = deps.epoch.elapsed().as_millis() as Millis;
+        CELL.with(|c| {
+            c.borrow_mut()
+                .get_or_insert_with(|| {
+                    Rc::new(WorkerCell {
+                        host: RefCell::new(Host::new(host_config(deps), now)),
+                        shells: RefCell::new(BTreeMap::new()),
+                        next_instance: Cell::new(0),
+                        drain_scheduled: Cell::new(false),
+                        worker: RefCell::new(None),
+                        worker_starts: Cell::new(0),
+                    })
+                })
+                .clone()
+        })
+    }
+
+    /// The cell of the current thread; `None` off a worker's arbiter.
+    pub(super) fn current() -> Option<Rc<WorkerCell>> {
+        CELL.with(|c| c.borrow().clone())
+    }
+
+    /// Registers `group`'s shell; returns its instance number (for [`WorkerCell::unregister`]).
+    pub(super) fn register(&self, group: GroupId, shell: Recipient<FromWorker>) -> u64 {
+        let instance = self.next_instance.get() + 1;
+        self.next_instance.set(instance);
+        self.shells.borrow_mut().insert(group, (instance, shell));
+        instance
+    }
+
+    /// Forgets `group`'s shell `instance` and stops hosting its core, unless a newer instance
+    /// registered since.
+    pub(super) fn unregister(&self, group: GroupId, instance: u64) {
+        let Ok(mut shells) = self.shells.try_borrow_mut() else {
+            return;
+        };
+        if shells.get(&group).is_some_and(|(i, _)| *i == instance) {
+            shells.remove(&group);
+            if let Ok(mut host) = self.host.try_borrow_mut() {
+                host.remove_group(group);
+            }
+        }
+    }
+
+    /// Starts hosting `core` (replacing a core a previous shell instance left).
+    pub(super) fn add(&self, core: Raft) -> Result<(), conclave_core::raft::HostError> {
+        let mut host = self.host.borrow_mut();
+        host.remove_group(core.group());
+        host.add_group(core)
+    }
+
+    /// Lends `group`'s core for a command (a quiesced group wakes, and is polled at the next
+    /// drain); `None` if not hosted. The borrow must end before the shell calls anything that
+    /// borrows the host again.
+    pub(super) fn core_mut(&self, now: Millis, group: GroupId) -> Option<RefMut<'_, Raft>> {
+        RefMut::filter_map(self.host.borrow_mut(), |h| h.group_mut(now, group)).ok()
+    }
+
+    /// Lends `group`'s core for reading (no wake-up); `None` if not hosted.
+    pub(super) fn core(&self, group: GroupId) -> Option<Ref<'_, Raft>> {
+        Ref::filter_map(self.host.borrow(), |h| h.raft(group)).ok()
+    }
+
+    /// Asks the worker to drain its host once the messages already queued are handled.
+    pub(super) fn request_drain(&self) {
+        if self.drain_scheduled.get() {
+            return;
+        }
+        if let Some(worker) = self.worker.borrow().as_ref() {
+            self.drain_scheduled.set(true);
+            worker.do_send(Drain);
+        }
+    }
+}
+
+/// What every worker needs.
+pub(super) struct WorkerDeps {
+    /// This node.
+    pub(super) id: NodeId,
+    /// The beat: `[raft] heartbeat_interval_ms`.
+    pub(super) heartbeat_interval_ms: Millis,
+    /// Whether idle groups quiesce (`[raft] quiesce`).
+    pub(super) quiesce: bool,
+    /// Links to peers.
+    pub(super) peers: Arc<Peers>,
+    /// Gossip's events (peer down / up).
+    pub(super) gossip: Arc<GossipShared>,
+    /// The node's monotonic epoch (the cores' clock).
+    pub(super) epoch: Instant,
+    /// Most approximate bytes of entries in one frame: half the transport's frame limit, like
+    /// a core's `max_bytes_per_append`.
+    pub(super) frame_bytes: usize,
+}
+
+/// The node's Raft workers: their arbiters (each group's shell runs on its worker's), the live
+/// instances and their supervisor.
+pub(super) struct Workers {
+    arbiters: Vec<Arbiter>,
+    slots: Vec<Slot<RaftWorker>>,
+    supervisor: Addr<Supervisor>,
+}
+
+impl Workers {
+    /// Starts `count` workers (at least one), each on an arbiter of its own, under a
+    /// one-for-one supervisor.
+    pub(super) fn start(count: usize, deps: Arc<WorkerDeps>) -> Workers {
+        let count = count.max(1);
+        let mut arbiters = Vec::with_capacity(count);
+        let mut slots = Vec::with_capacity(count);
+        let mut builder = SupervisorBuilder::new("raft-workers").policy(RestartPolicy {
+            strategy: Strategy::OneForOne,
+            ..RestartPolicy::default()
+        });
+        for index in 0..count {
+            let arbiter = Arbiter::new();
+            {
+                // First on the thread: the shells started there find the cell.
+                let deps = deps.clone();
+                arbiter.spawn_fn(move || {
+                    WorkerCell::install(&deps);
+                });
+            }
+            let slot: Slot<RaftWorker> = Slot::new();
+            let handle = arbiter.handle();
+            let deps = deps.clone();
+            let f: Factory = {
+                let slot = slot.clone();
+                Box::new(move |guard| {
+                    let deps = deps.clone();
+                    let addr = RaftWorker::start_in_arbiter(&handle, move |_| {
+                        RaftWorker::new(index, deps, guard)
+                    });
+                    slot.set(addr.clone());
+                    Box::new(move || addr.do_send(StopActor))
+                })
+            };
+            builder = builder.child(format!("worker-{index}"), f);
+            arbiters.push(arbiter);
+            slots.push(slot);
+        }
+        Workers {
+            arbiters,
+            slots,
+            supervisor: builder.start(),
+        }
+    }
+
+    /// Which worker drives `group`.
+    pub(super) fn index(&self, group: GroupId) -> usize {
+        (group % self.slots.len() as u64) as usize
+    }
+
+    /// Number of workers.
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The arbiter of `group`'s worker (where the group's shell runs).
+    pub(super) fn arbiter(&self, group: GroupId) -> ArbiterHandle {
+        self.arbiters[self.index(group)].handle()
+    }
+
+    /// The live worker `index`.
+    pub(super) fn worker(&self, index: usize) -> Option<Addr<RaftWorker>> {
+        self.slots.get(index).and_then(Slot::get)
+    }
+
+    /// Stops the workers (after every group stopped).
+    pub(super) async fn stop(&self) {
+        let _ = self.supervisor.send(StopSupervisor).await;
+    }
+
+    /// Ends the workers' threads (after [`Workers::stop`]).
+    pub(super) fn stop_arbiters(&self) {
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+}
+
+/// A frame from a peer for groups of this worker (admitted and split by the router).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct InboundFrame(pub Frame);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Drain;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Gossip(Event);
+
+/// Makes the worker panic, to test supervision (tests and the chaos harness only).
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct InjectPanic;
+
+/// The worker actor. See the module docs.
+pub(super) struct RaftWorker {
+    index: usize,
+    deps: Arc<WorkerDeps>,
+    cell: Rc<WorkerCell>,
+    /// The armed timer and its deadline.
+    timer: Option<(Millis, SpawnHandle)>,
+    out: Vec<HostAction>,
+    _guard: ChildGuard,
+}
+
+impl RaftWorker {
+    /// Worker `index`; must be built on its own arbiter (it owns that thread's cell). A
+    /// restarted worker replaces the host and has every shell restart.
+    pub(super) fn new(index: usize, deps: Arc<WorkerDeps>, guard: ChildGuard) -> Self {
+        let now = deps.epoch.elapsed().as_millis() as Millis;
+        let cell = WorkerCell::install(&deps);
+        let starts = cell.worker_starts.get();
+        cell.worker_starts.set(starts + 1);
+        cell.drain_scheduled.set(false);
+        if starts > 0 {
+            // The previous instance panicked: its host may be half-updated.
+            *cell.host.borrow_mut() = Host::new(host_config(&deps), now);
+            let shells: Vec<Recipient<FromWorker>> = cell
+                .shells
+                .borrow()
+                .values()
+                .map(|(_, r)| r.clone())
+                .collect();
+            tracing::warn!(
+                worker = index,
+                groups = shells.len(),
+                "raft worker restarted; its groups restart from storage"
+            );
+            for shell in shells {
+                shell.do_send(FromWorker::Restart);
+            }
+        }
+        RaftWorker {
+            index,
+            deps,
+            cell,
+            timer: None,
+            out: Vec::new(),
+            _guard: guard,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.deps.epoch.elapsed().as_millis() as Millis
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        self.cell.drain_scheduled.set(false);
+        let mut out = std::mem::take(&mut self.out);
+        let (polled, next) = {
+            let mut host = self.cell.host.borrow_mut();
+            host.drain(&mut out);
+            (host.polled().to_vec(), host.next_deadline())
+        };
+        let mut actions: BTreeMap<GroupId, Vec<Action>> =
+            polled.into_iter().map(|g| (g, Vec::new())).collect();
+        for a in out.drain(..) {
+            match a {
+                HostAction::Send(frame) => self.send(frame),
+                HostAction::Group { group, action } => {
+                    actions.entry(group).or_default().push(action)
+                }
+            }
+        }
+        self.out = out;
+        {
+            let shells = self.cell.shells.borrow();
+            for (group, actions) in actions {
+                if let Some((_, shell)) = shells.get(&group) {
+                    // Unbounded: persists and applies must not be lost (the shell's own
+                    // queues bound the backlog and refuse proposals past it).
+                    shell.do_send(FromWorker::Actions(actions));
+                }
+            }
+        }
+        self.arm(next, ctx);
+    }
+
+    /// One timer for every group of the worker.
+    fn arm(&mut self, next: Option<Millis>, ctx: &mut Context<Self>) {
+        if self.timer.as_ref().map(|(at, _)| *at) == next {
+            return;
+        }
+        if let Some((_, h)) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(at) = next else {
+            return;
+        };
+        let delay = Duration::from_millis(at.saturating_sub(self.now()));
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            let now = act.now();
+            act.cell.host.borrow_mut().tick(now);
+            act.drain(ctx);
+        });
+        self.timer = Some((at, handle));
+    }
+
+    /// Sends a drain's frame to its peer, split when its entries would not fit a transport
+    /// frame (each group's messages stay in order).
+    fn send(&self, frame: Frame) {
+        let to = frame.to;
+        let Some(link) = self.deps.peers.link(to) else {
+            // Unknown or removed peer, or the node stops: Raft retransmits.
+            return;
+        };
+        for frame in split(frame, self.deps.frame_bytes) {
+            metrics::counter!("conclave_raft_frames_sent_total").increment(1);
+            match link.try_send(WireMessage::RaftFrame(frame)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    metrics::counter!("conclave_raft_messages_dropped_total",
+                        "peer" => to.to_string(), "reason" => "queue_full")
+                    .increment(1);
+                }
+                Err(TrySendError::Closed(_)) => {
+                    tracing::debug!(worker = self.index, peer = to, "link closed; frame dropped");
+                }
+                Err(TrySendError::Encode(_, e)) => {
+                    tracing::error!(worker = self.index, peer = to, error = %e, "raft frame cannot be framed; dropped");
+                }
+            }
+        }
+    }
+}
+
+fn host_config(deps: &WorkerDeps) -> HostConfig {
+    HostConfig {
+        id: deps.id,
+        heartbeat_interval_ms: deps.heartbeat_interval_ms,
+        quiesce: deps.quiesce,
+    }
+}
+
+/// About how many bytes `m` takes on the wire.
+fn approx_bytes(m: &Message) -> usize {
+    match &m.body {
+        MessageBody::AppendEntries { entries, .. } => {
+            64 + entries
+                .iter()
+                .map(|e| match &e.payload {
+                    EntryPayload::Command(c) => 32 + c.len(),
+                    EntryPayload::Noop => 32,
+                    EntryPayload::Membership(m) => 64 + 64 * m.all().count(),
+                })
+                .sum::<usize>()
+        }
+        _ => 64,
+    }
+}
+
+/// Splits `frame` so each part's messages stay within `limit` approximate bytes (a message
+/// larger than that goes alone); heartbeats, answers and wake-ups ride in the first part.
+fn split(mut frame: Frame, limit: usize) -> Vec<Frame> {
+    let total: usize = frame.messages.iter().map(approx_bytes).sum();
+    if total <= limit {
+        return vec![frame];
+    }
+    let messages = std::mem::take(&mut frame.messages);
+    let (from, to) = (frame.from, frame.to);
+    let mut parts = vec![frame];
+    let mut bytes = 0;
+    for m in messages {
+        let b = approx_bytes(&m);
+        let last = parts.len() - 1;
+        if bytes + b > limit && !parts[last].messages.is_empty() {
+            parts.push(Frame {
+                from,
+                to,
+                ..Frame::default()
+            });
+            bytes = 0;
+        }
+        bytes += b;
+        let last = parts.len() - 1;
+        parts[last].messages.push(m);
+    }
+    parts
+}
+
+impl Actor for RaftWorker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(8192);
+        *self.cell.worker.borrow_mut() = Some(ctx.address());
+        // Gossip's failure detector wakes quiesced followers of a dead leader.
+        let mut events = self.deps.gossip.subscribe();
+        let addr = ctx.address();
+        ctx.spawn(
+            async move {
+                loop {
+                    match events.recv().await {
+                        Ok(e) => addr.do_send(Gossip(e)),
+                        // A lost report: the next one (or an election timeout, for groups
+                        // still ticking) catches up.
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+        self.drain(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Ok(mut w) = self.cell.worker.try_borrow_mut() {
+            *w = None;
+        }
+    }
+}
+
+impl Handler<InboundFrame> for RaftWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: InboundFrame, _: &mut Context<Self>) {
+        let now = self.now();
+        self.cell.host.borrow_mut().handle_frame(now, msg.0);
+        self.cell.request_drain();
+    }
+}
+
+impl Handler<Drain> for RaftWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        self.drain(ctx);
+    }
+}
+
+impl Handler<Gossip> for RaftWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Gossip, _: &mut Context<Self>) {
+        let now = self.now();
+        let mut host = self.cell.host.borrow_mut();
+        match msg.0 {
+            Event::Suspect(m) | Event::Dead(m) | Event::Left(m) => host.peer_down(now, m.id),
+            Event::Alive(m) | Event::Joined(m) => host.peer_up(now, m.id),
+            _ => return,
+        }
+        drop(host);
+        self.cell.request_drain();
+    }
+}
+
+impl Handler<StopActor> for RaftWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+impl Handler<InjectPanic> for RaftWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
+        panic!("injected panic in a raft worker (fault injection)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conclave_core::raft::{CoalescedHeartbeat, Entry};
+
+    fn append(group: GroupId, bytes: usize) -> Message {
+        Message {
+            group,
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![Entry {
+                    index: 1,
+                    term: 1,
+                    payload: EntryPayload::Command(vec![0; bytes]),
+                }],
+                leader_commit: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_small_frame_is_sent_whole() {
+        let frame = Frame {
+            from: 1,
+            to: 2,
+            messages: vec![append(1, 100), append(2, 100)],
+            ..Frame::default()
+        };
+        assert_eq!(split(frame.clone(), 10_000), vec![frame]);
+    }
+
+    #[test]
+    fn a_large_frame_is_split_in_order_with_heartbeats_in_the_first_part() {
+        let hb = CoalescedHeartbeat {
+            group: 9,
+            term: 1,
+            commit: 0,
+            read_ctx: 1,
+            quiesce: false,
+        };
+        let messages: Vec<Message> = (0..10).map(|g| append(g, 400)).collect();
+        let frame = Frame {
+            from: 1,
+            to: 2,
+            messages: messages.clone(),
+            heartbeats: vec![hb],
+            ..Frame::default()
+        };
+        let parts = split(frame, 1_000);
+        // 400 + 32 + 64 = 496 bytes each: two per part.
+        assert_eq!(parts.len(), 5);
+        assert_eq!(parts[0].heartbeats, vec![hb]);
+        assert!(parts[1..].iter().all(|p| p.heartbeats.is_empty()));
+        assert!(parts.iter().all(|p| p.from == 1 && p.to == 2));
+        let rejoined: Vec<Message> = parts.into_iter().flat_map(|p| p.messages).collect();
+        assert_eq!(rejoined, messages);
+        // A message above the limit goes alone.
+        let big = Frame {
+            from: 1,
+            to: 2,
+            messages: vec![append(1, 10), append(2, 5_000), append(3, 10)],
+            ..Frame::default()
+        };
+        let parts = split(big, 1_000);
+        assert_eq!(
+            parts.iter().map(|p| p.messages.len()).collect::<Vec<_>>(),
+            vec![1, 1, 1]
+        );
+    }
+}

@@ -2,6 +2,7 @@
 # conclave vs etcd on this machine, same load shape, both durable.
 #
 #   benches/compare/run.sh            # DURATION=10 CONCURRENCY="1 64 256" by default
+#   CONCLAVE_BIN=/path/to/conclave benches/compare/run.sh   # a prebuilt binary (A/B runs)
 #
 # Installs etcd-server/etcd-client (and wrk, jq) from Debian's packages when missing,
 # builds conclave in release mode, starts a 3-member etcd cluster and a 3-node conclave
@@ -57,9 +58,13 @@ if [ "${#need_packages[@]}" -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >&2
 fi
 
-log "building conclave (release)"
-(cd "$ROOT" && cargo build --release -p conclave >&2)
-CONCLAVE="$ROOT/target/release/conclave"
+if [ -n "${CONCLAVE_BIN:-}" ]; then
+  CONCLAVE=$CONCLAVE_BIN
+else
+  log "building conclave (release)"
+  (cd "$ROOT" && cargo build --release -p conclave --bin conclave >&2)
+  CONCLAVE="$ROOT/target/release/conclave"
+fi
 
 # --- etcd: 3 members, client ports ETCD_BASE+i, peer ports ETCD_BASE+10+i -------------------
 cluster=""
@@ -163,4 +168,4 @@ done
     done
   done
 } | tee "$OUT"
-log "table written to $OUT"
+log "table written to $OUT (load average at the end: $(cat /proc/loadavg))"

@@ -24,6 +24,7 @@ mod forward;
 pub mod front;
 mod keys;
 mod membership;
+mod route;
 pub mod tls;
 
 pub use admission::{Budget, Reservation};
@@ -38,9 +39,11 @@ use crate::storage::health::StorageCondition;
 use actix_service::{IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpRequest, HttpResponse, ResponseError};
-use serde::Deserialize;
+use route::{Route, RouteMetrics};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -240,6 +243,8 @@ pub fn server_with<S: KvService + Send>(
             options: options.clone(),
         };
         let auth = options.auth.clone();
+        let served_by = HeaderValue::from(node_id);
+        let route_metrics = std::rc::Rc::new(RouteMetrics::default());
         App::new()
             .app_data(web::Data::new(ctx))
             // Authentication runs before routing: a request without the right token never
@@ -258,36 +263,34 @@ pub fn server_with<S: KvService + Send>(
             })
             .wrap_fn(move |req, srv| {
                 let start = Instant::now();
-                let method = req.method().to_string();
+                let method = req.method().clone();
+                let route = route::label(req.path());
+                let metrics = std::rc::Rc::clone(&route_metrics);
+                let served_by = served_by.clone();
                 let fut = srv.call(req);
                 async move {
                     let result = fut.await;
-                    let (status, route) = match &result {
-                        Ok(res) => (res.status(), res.request().match_pattern()),
-                        Err(e) => (e.as_response_error().status_code(), None),
+                    let status = match &result {
+                        Ok(res) => res.status(),
+                        Err(e) => e.as_response_error().status_code(),
                     };
-                    let route = route.unwrap_or_else(|| "unmatched".to_owned());
-                    metrics::counter!(
-                        "conclave_http_requests_total",
-                        "route" => route.clone(),
-                        "method" => method,
-                        "status" => status.as_u16().to_string()
-                    )
-                    .increment(1);
-                    metrics::histogram!("conclave_http_request_duration_seconds", "route" => route)
-                        .record(start.elapsed().as_secs_f64());
+                    metrics.record(
+                        route,
+                        &method,
+                        status.as_u16(),
+                        start.elapsed().as_secs_f64(),
+                    );
                     let mut res = result?;
                     if !res.headers().contains_key(SERVED_BY_HEADER) {
-                        res.headers_mut().insert(
-                            header::HeaderName::from_static(SERVED_BY_HEADER),
-                            HeaderValue::from(node_id),
-                        );
+                        res.headers_mut()
+                            .insert(header::HeaderName::from_static(SERVED_BY_HEADER), served_by);
                     }
                     Ok(res)
                 }
             })
-            .configure(routes::<S>)
-            .default_service(web::to(route_not_found))
+            // One handler for every path: `dispatch` routes by `Route::of` (no regex, see
+            // `route`).
+            .default_service(web::to(dispatch::<S>))
     };
     // actix-web's `HttpServer` with one change: every connection is wrapped in
     // `front::JsonErrors`, so the errors the HTTP/1 dispatcher answers itself (unparseable
@@ -390,107 +393,47 @@ impl<S: KvService> Ctx<S> {
     }
 }
 
-fn routes<S: KvService>(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/kv/{key}")
-            .route(web::put().to(put_kv::<S>))
-            .route(web::get().to(get_kv::<S>))
-            .route(web::delete().to(delete_kv::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(web::resource("/v1/kv/").to(empty_key))
-    .service(
-        web::resource("/v1/kv/{key}/cas")
-            .route(web::post().to(cas_kv::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster")
-            .route(web::get().to(cluster::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/members")
-            .route(web::get().to(cluster_members::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/config")
-            .route(web::get().to(membership::config::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/learners")
-            .route(web::post().to(membership::add_learner::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/promote")
-            .route(web::post().to(membership::promote::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/remove")
-            .route(web::post().to(membership::remove::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/replace")
-            .route(web::post().to(membership::replace::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/drain")
-            .route(web::post().to(membership::drain::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/transfer-leader")
-            .route(web::post().to(transfer_leader::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/cluster/snapshot")
-            .route(web::post().to(take_snapshot::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/ring/route/{key}")
-            .route(web::get().to(ring_route::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(web::resource("/v1/ring/route/").to(empty_key))
-    .service(
-        web::resource("/metrics")
-            .route(web::get().to(metrics_text::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/healthz")
-            .route(web::get().to(healthz::<S>))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/readyz")
-            .route(web::get().to(readyz::<S>))
-            .default_service(web::to(method_not_allowed)),
-    );
-}
-
-async fn route_not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::NotFound {
-        code: "route_not_found",
-        message: format!("no route {} {}", req.method(), req.path()),
+/// Routes a request (see [`route`]): 404 `route_not_found` for a path that is no route, 405
+/// for a method the route does not serve, 400 `invalid_key` for a key prefix without a key.
+async fn dispatch<S: KvService>(
+    req: HttpRequest,
+    payload: web::Payload,
+    ctx: Data<S>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(route) = Route::of(req.path()) else {
+        return Err(ApiError::NotFound {
+            code: "route_not_found",
+            message: format!("no route {} {}", req.method(), req.path()),
+        });
+    };
+    let method = req.method().clone();
+    let get = method == Method::GET;
+    let post = method == Method::POST;
+    match route {
+        Route::Kv if method == Method::PUT => put_kv(req, payload, ctx).await,
+        Route::Kv if get => get_kv(req, ctx).await,
+        Route::Kv if method == Method::DELETE => delete_kv(req, ctx).await,
+        Route::KvNoKey | Route::RingNoKey => Err(ApiError::bad_request(
+            "invalid_key",
+            KeyError::Empty.to_string(),
+        )),
+        Route::Cas if post => cas_kv(req, payload, ctx).await,
+        Route::Cluster if get => Ok(cluster(ctx).await),
+        Route::Members if get => Ok(cluster_members(ctx).await),
+        Route::Config if get => membership::config(req, ctx).await,
+        Route::Learners if post => membership::add_learner(req, payload, ctx).await,
+        Route::Promote if post => membership::promote(req, payload, ctx).await,
+        Route::Remove if post => membership::remove(req, payload, ctx).await,
+        Route::Replace if post => membership::replace(req, payload, ctx).await,
+        Route::Drain if post => membership::drain(req, payload, ctx).await,
+        Route::TransferLeader if post => transfer_leader(req, payload, ctx).await,
+        Route::Snapshot if post => take_snapshot(req, ctx).await,
+        Route::Ring if get => ring_route(req, ctx).await,
+        Route::Metrics if get => Ok(metrics_text(ctx).await),
+        Route::Healthz if get => Ok(healthz(ctx).await),
+        Route::Readyz if get => Ok(readyz(ctx).await),
+        _ => Err(ApiError::MethodNotAllowed),
     }
-    .error_response()
-}
-
-async fn method_not_allowed() -> HttpResponse {
-    ApiError::MethodNotAllowed.error_response()
-}
-
-async fn empty_key() -> HttpResponse {
-    ApiError::bad_request("invalid_key", KeyError::Empty.to_string()).error_response()
 }
 
 /// The key of a `{prefix}{key}[/…]` path, decoded from the raw URI (see [`keys`]).
@@ -575,11 +518,16 @@ async fn read_body<S>(
     }
     let timeout = ctx.options.body_timeout;
     let read = async {
-        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+        // A body that arrives as one chunk (a small value, the common case) is that chunk, a
+        // slice of the connection's read buffer: not copied. Only a second chunk starts an
+        // accumulating buffer.
+        let mut first: Option<Bytes> = None;
+        let mut body = web::BytesMut::new();
         loop {
             let next =
                 std::future::poll_fn(|cx| std::pin::Pin::new(&mut payload).poll_next(cx)).await;
             let chunk = match next {
+                None if body.is_empty() => return Ok(first.unwrap_or_default()),
                 None => return Ok(body.freeze()),
                 Some(Err(e)) => {
                     return Err(ApiError::bad_request(
@@ -589,14 +537,23 @@ async fn read_body<S>(
                 }
                 Some(Ok(chunk)) => chunk,
             };
-            if body.len() + chunk.len() > limit {
+            let read = first.as_ref().map_or(body.len(), Bytes::len);
+            if read + chunk.len() > limit {
                 return Err(ApiError::TooLarge { size: None, limit });
             }
-            let beyond_reserved = (body.len() + chunk.len()).saturating_sub(held.bytes());
+            let beyond_reserved = (read + chunk.len()).saturating_sub(held.bytes());
             if !held.grow(&ctx.budget, beyond_reserved) {
                 return Err(over_budget(&ctx.budget));
             }
-            body.extend_from_slice(&chunk);
+            if let Some(head) = first.take() {
+                body.reserve(declared.unwrap_or(0).max(head.len() + chunk.len()));
+                body.extend_from_slice(&head);
+                body.extend_from_slice(&chunk);
+            } else if body.is_empty() {
+                first = Some(chunk);
+            } else {
+                body.extend_from_slice(&chunk);
+            }
         }
     };
     match actix_web::rt::time::timeout(timeout, read).await {
@@ -637,6 +594,14 @@ fn unexpected_output(output: &KvOutput) -> ApiError {
     }
 }
 
+/// A `PUT`'s answer, `{"index": …, "term": …}` (a struct: serialized without building a JSON
+/// tree first).
+#[derive(Serialize)]
+struct Written {
+    index: u64,
+    term: u64,
+}
+
 async fn put_kv<S: KvService>(
     req: HttpRequest,
     payload: web::Payload,
@@ -648,15 +613,18 @@ async fn put_kv<S: KvService>(
         return Err(missing_body("the value bytes"));
     }
     let (body, _held) = read_body(&req, payload, ctx.service.max_value_bytes(), &ctx).await?;
+    // The one copy of the value on this node's HTTP side: `KvCommand` owns a `Vec` (the body
+    // itself is kept for forwarding).
     let command = KvCommand::Put {
         key,
         value: body.to_vec(),
     };
     match ctx.service.write(command, idempotency).await {
         Ok(w) => match w.output {
-            KvOutput::Put => {
-                Ok(HttpResponse::Ok().json(json!({ "index": w.index, "term": w.term })))
-            }
+            KvOutput::Put => Ok(HttpResponse::Ok().json(Written {
+                index: w.index,
+                term: w.term,
+            })),
             other => Err(unexpected_output(&other)),
         },
         Err(e) => ctx.on_error(&req, body, e).await,

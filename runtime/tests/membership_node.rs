@@ -1,6 +1,6 @@
 //! Issue 14, the node side: a node started with `cluster.join` (what `conclave init --join`
 //! writes) waits outside the membership, is added by the leader, catches up from the log and
-//! serves what it replicated; peers follow the membership at runtime (replicators, the
+//! serves what it replicated; peers follow the membership at runtime (links, the
 //! transport's allowlist, gossip); a removed node is refused at the handshake and a removed
 //! leader reports `removed`. In-process nodes over real loopback TCP with a cluster secret.
 

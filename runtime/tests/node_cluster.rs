@@ -1,5 +1,5 @@
 //! A three-node cluster in one process over real loopback TCP: election, replication, reads at
-//! every consistency level, idempotent writes, supervision of the applier and a replicator
+//! every consistency level, idempotent writes, supervision of the applier and a Raft worker
 //! under load (no acknowledged write lost), and leader failover.
 
 #![allow(clippy::unwrap_used)]

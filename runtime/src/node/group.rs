@@ -171,7 +171,7 @@ pub struct GroupDeps<M: StateMachine> {
     pub log_store: Addr<LogStoreActor>,
     /// The group's applier.
     pub applier: Slot<ApplierActor<M>>,
-    /// The node's peers: replicators, allowlist, gossip and member addresses follow the
+    /// The node's peers: links, allowlist, gossip and member addresses follow the
     /// membership this actor hands them.
     pub peers: Arc<Peers>,
     /// Shared status.

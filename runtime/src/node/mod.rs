@@ -20,8 +20,6 @@
 //!     │   ├── SnapshotterActor  (arbiter pool) writes and finds the group's snapshot files
 //!     │   └── GroupActor        the group's shell on its worker's arbiter (queues, waiters,
 //!     │                         snapshot policy); borrows its core from the worker's host
-//!     └── Supervisor "group-g-replicator-p", one per peer (started by `peers`; idle)
-//!         └── ReplicatorActor
 //! ```
 //!
 //! Start a node with [`Node::builder`]. The node does not serve HTTP itself: whoever starts it
@@ -38,7 +36,6 @@ pub use membership::REPLACE_CATCH_UP_WAIT;
 pub mod peers;
 mod registry;
 pub use registry::{GroupGaveUp, GroupRegistryError};
-pub mod replicator;
 pub mod snapshotter;
 pub mod transfer;
 pub mod transfer_actor;
@@ -72,7 +69,6 @@ use group::{GroupActor, Propose, Read, TakeSnapshotNow};
 use log_store_actor::LogStoreActor;
 use peers::Peers;
 use registry::GroupRegistry;
-use replicator::ReplicatorActor;
 use snapshotter::SnapshotterActor;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -305,8 +301,8 @@ impl Handler<StopLogStore> for LogStoreActor {
 struct Inner<M: StateMachine> {
     id: u64,
     config: Config,
-    /// Replicators, allowlist, gossip's members and the member directory, following the
-    /// replicated membership.
+    /// Links, allowlist, gossip's members and the member directory, following the replicated
+    /// membership.
     peers: Arc<Peers>,
     /// The groups this node hosts (created and removed at runtime).
     registry: Arc<GroupRegistry<M>>,
@@ -908,13 +904,6 @@ impl Handler<StopActor> for SnapshotterActor {
 }
 
 impl<M: StateMachine> Handler<StopActor> for GroupActor<M> {
-    type Result = ();
-    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl Handler<StopActor> for ReplicatorActor {
     type Result = ();
     fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
         ctx.stop();

@@ -4,8 +4,9 @@
 //! latest appended, committed or not, as Raft requires (thesis §4.1) — whenever it changes.
 //! From the membership of every group the node derives, and keeps in step:
 //!
-//! - **replicators**: one per (group, peer), under a supervisor of its own, created when a
-//!   member appears and dialled at the address the membership carries, stopped when it goes;
+//! - **links**: a member is dialled when it appears, at the address the membership carries
+//!   (one cached transport link per peer, whatever the number of groups); the Raft workers
+//!   send every group's frames to a peer through it ([`Peers::link`]);
 //! - **the transport's admission**: the members of every group (a node is accepted once a
 //!   membership naming it was appended: "being added"), plus the members that a member vouches
 //!   for, minus the members this node saw removed (their connections are closed and they are
@@ -29,19 +30,14 @@
 //! over the connection it opened ([`Transport::connected_link`]).
 
 use super::gossip::{GossipActor, GossipShared, MemberBook, MembersChanged};
-use super::replicator::ReplicatorActor;
 use super::wire::{MembersNotice, WireMessage};
-use super::StopActor;
 use crate::api::MembershipState;
 use crate::config::MemberConfig;
-use actix::prelude::*;
-use conclave_actors::supervisor::{
-    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor, SupervisorBuilder,
-};
+use conclave_actors::supervisor::Slot;
 use conclave_core::raft::{GroupId, Membership, NodeId};
 use conclave_transport::{Endpoint, PeerLink, Transport};
 use parking_lot::{Mutex, RwLock};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,15 +153,15 @@ impl MembershipTracker {
     }
 }
 
-/// What changes for one group's replicators when its members go from `current` to `wanted`
-/// (each with the address to dial, if known).
+/// What changes for one group's links when its members go from `current` to `wanted` (each
+/// with the address to dial, if known).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerPlan {
-    /// New members: a replicator each (dialled at the address when there is one).
+    /// New members: dialled at the address when there is one.
     pub start: Vec<(NodeId, Option<SocketAddr>)>,
     /// Members whose address became known or changed: the link dials the new one.
     pub readdress: Vec<(NodeId, SocketAddr)>,
-    /// Members that left: their replicators stop.
+    /// Members that left: no longer dialled for this group.
     pub stop: Vec<NodeId>,
 }
 
@@ -255,19 +251,12 @@ pub enum NoticeError {
     },
 }
 
-/// One replicator: its slot (the live instance), its supervisor, and where it dials.
-struct Replicator {
-    slot: Slot<ReplicatorActor>,
-    supervisor: Addr<Supervisor>,
-    addr: Option<SocketAddr>,
-    /// False for a reply path to a peer no membership names (see [`Peers::replicator`]).
-    member: bool,
-}
-
 #[derive(Default)]
 struct GroupPeers {
     membership: Membership,
-    replicators: HashMap<NodeId, Replicator>,
+    /// The group's other members and the address each is dialled at (`None`: not known; it
+    /// is answered over its own connection).
+    links: BTreeMap<NodeId, Option<SocketAddr>>,
 }
 
 #[derive(Default)]
@@ -482,7 +471,7 @@ impl Peers {
             .collect()
     }
 
-    /// Group `group`'s membership in force is now `m`: start and stop its replicators, and
+    /// Group `group`'s membership in force is now `m`: dial its new members, and
     /// bring the allowlist, gossip and the directory in line with every group's membership.
     /// Idempotent; called by the group actor whenever its core's membership changes (and once
     /// before the group starts).
@@ -493,52 +482,41 @@ impl Peers {
             return;
         }
         let g = state.groups.entry(group).or_default();
-        let current: BTreeMap<NodeId, Option<SocketAddr>> = g
-            .replicators
-            .iter()
-            .filter(|(_, r)| r.member)
-            .map(|(id, r)| (*id, r.addr))
-            .collect();
         let wanted: BTreeMap<NodeId, Option<SocketAddr>> = addrs
             .iter()
             .filter(|(id, _)| **id != self.me.id)
             .map(|(id, c)| (*id, c.as_ref().map(|c| c.addr)))
             .collect();
-        let plan = PeerPlan::between(&current, &wanted);
+        let plan = PeerPlan::between(&g.links, &wanted);
         let before: BTreeSet<NodeId> = g.membership.all().collect();
         g.membership = m.clone();
-        for id in &plan.stop {
-            if let Some(r) = g.replicators.remove(id) {
-                r.supervisor.do_send(StopSupervisor);
+        // An address that becomes unknown keeps the one the link has (as the plan does).
+        let mut links = wanted;
+        for (id, addr) in links.iter_mut() {
+            if addr.is_none() {
+                *addr = g.links.get(id).copied().flatten();
             }
         }
-        for (id, addr) in &plan.readdress {
-            if let Some(r) = g.replicators.get_mut(id) {
-                r.addr = Some(*addr);
-            }
-            // The cached link (the replicator's) dials the new address from now on.
-            let _ = self.transport.peer(*id, *addr);
+        g.links = links;
+        // A new member, or one at a new address, is dialled now, so that the connection is up
+        // by the time the Raft workers send it a frame (`Peers::link`); the transport keeps one
+        // cached link per peer whatever the number of groups.
+        for (id, addr) in plan
+            .readdress
+            .iter()
+            .copied()
+            .chain(plan.start.iter().filter_map(|&(id, a)| a.map(|a| (id, a))))
+        {
+            let _ = self.transport.peer(id, addr);
         }
         for &(id, addr) in &plan.start {
-            // A reply path opened before the node became a member is replaced by a member's.
-            if let Some(old) = g.replicators.remove(&id) {
-                old.supervisor.do_send(StopSupervisor);
-            }
-            let link = match addr {
-                Some(a) => Some(self.transport.peer(id, a)),
-                None => self.transport.connected_link(id),
-            };
-            match link {
-                Some(link) => {
-                    let r = start_replicator(self.me.id, group, id, link, addr, true);
-                    g.replicators.insert(id, r);
-                }
-                None => tracing::warn!(
+            if addr.is_none() {
+                tracing::warn!(
                     node = self.me.id,
                     group,
                     peer = id,
                     "member with no known address: it is answered once it connects"
-                ),
+                );
             }
         }
         if !plan.is_empty() || before != m.all().collect::<BTreeSet<_>>() {
@@ -643,38 +621,10 @@ impl Peers {
         members_changed
     }
 
-    /// The replicator of `group` to `peer`, if the peer is a member of the group or, failing
-    /// that, has an authenticated connection to this node (a node that joins answers the
-    /// leader adding it before any membership names that leader).
-    pub fn replicator(&self, group: GroupId, peer: NodeId) -> Option<Addr<ReplicatorActor>> {
-        let mut state = self.state.lock();
-        if state.stopped || peer == self.me.id {
-            return None;
-        }
-        // A group the node never followed, or stopped hosting (`forget`): its last messages
-        // are dropped, like any to a stopped group.
-        let g = state.groups.get_mut(&group)?;
-        if let Some(r) = g.replicators.get(&peer) {
-            return r.slot.get();
-        }
-        if !self.admits_raft(peer) {
-            return None;
-        }
-        let link = self.transport.connected_link(peer)?;
-        tracing::info!(
-            node = self.me.id,
-            group,
-            peer,
-            "answering a peer no membership names yet over its own connection"
-        );
-        let r = start_replicator(self.me.id, group, peer, link, None, false);
-        g.replicators.insert(peer, r);
-        None
-    }
-
     /// The link the Raft workers send `peer`'s frames over: dialled at the address the
     /// directory holds for a member, or, for a peer no membership names yet, its own
-    /// connection to this node (as [`Peers::replicator`] answers it). `None` for this node,
+    /// connection to this node (a node that joins answers the leader adding it before any
+    /// membership names that leader). `None` for this node,
     /// an unknown peer without a connection, or once the node stops.
     pub fn link(&self, peer: NodeId) -> Option<PeerLink<WireMessage>> {
         if peer == self.me.id || self.state.lock().stopped {
@@ -689,43 +639,7 @@ impl Peers {
         self.transport.connected_link(peer)
     }
 
-    /// Restarts replicators whose supervisor gave up (its restart budget spent): a member must
-    /// stay reachable. Called every second by the group actor.
-    pub fn heal(&self, group: GroupId) {
-        let mut state = self.state.lock();
-        if state.stopped {
-            return;
-        }
-        let Some(g) = state.groups.get_mut(&group) else {
-            return;
-        };
-        let dead: Vec<(NodeId, Option<SocketAddr>)> = g
-            .replicators
-            .iter()
-            .filter(|(_, r)| r.member && !r.supervisor.connected())
-            .map(|(id, r)| (*id, r.addr))
-            .collect();
-        for (id, addr) in dead {
-            let link = match addr {
-                Some(a) => Some(self.transport.peer(id, a)),
-                None => self.transport.connected_link(id),
-            };
-            if let Some(link) = link {
-                tracing::warn!(
-                    node = self.me.id,
-                    group,
-                    peer = id,
-                    "replicator supervisor gave up; starting a new one"
-                );
-                g.replicators.insert(
-                    id,
-                    start_replicator(self.me.id, group, id, link, addr, true),
-                );
-            }
-        }
-    }
-
-    /// The node stopped hosting `group`: its replicators stop, and the allowlist, directory
+    /// The node stopped hosting `group`: the allowlist, directory
     /// and gossip's book follow the remaining groups. Its members are not marked removed: a
     /// node that stops hosting a group says nothing about the cluster's membership.
     pub(super) fn forget(&self, group: GroupId) {
@@ -733,58 +647,16 @@ impl Peers {
         if state.stopped {
             return;
         }
-        let Some(mut g) = state.groups.remove(&group) else {
+        if state.groups.remove(&group).is_none() {
             return;
-        };
-        for (_, r) in g.replicators.drain() {
-            r.supervisor.do_send(StopSupervisor);
         }
         tracing::info!(node = self.me.id, group, "peers no longer follow the group");
         self.sync_node_wide(&mut state, &BTreeMap::new());
     }
 
-    /// Stops every replicator (the node is shutting down).
+    /// The node is shutting down: no more links, notices or changes.
     pub(super) fn stop(&self) {
-        let mut state = self.state.lock();
-        state.stopped = true;
-        for g in state.groups.values_mut() {
-            for (_, r) in g.replicators.drain() {
-                r.supervisor.do_send(StopSupervisor);
-            }
-        }
-    }
-}
-
-/// A replicator of `group` to `peer` over `link`, under its own one-for-one supervisor.
-fn start_replicator(
-    me: NodeId,
-    group: GroupId,
-    peer: NodeId,
-    link: PeerLink<WireMessage>,
-    addr: Option<SocketAddr>,
-    member: bool,
-) -> Replicator {
-    let slot: Slot<ReplicatorActor> = Slot::new();
-    let f: Factory = {
-        let slot = slot.clone();
-        Box::new(move |guard| {
-            let addr = ReplicatorActor::new(me, peer, link.clone(), guard).start();
-            slot.set(addr.clone());
-            Box::new(move || addr.do_send(StopActor))
-        })
-    };
-    let supervisor = SupervisorBuilder::new(format!("group-{group}-replicator-{peer}"))
-        .policy(RestartPolicy {
-            strategy: Strategy::OneForOne,
-            ..RestartPolicy::default()
-        })
-        .child(format!("replicator-{peer}"), f)
-        .start();
-    Replicator {
-        slot,
-        supervisor,
-        addr,
-        member,
+        self.state.lock().stopped = true;
     }
 }
 

@@ -534,8 +534,7 @@ impl<M: StateMachine> GroupSpawner<M> {
             });
             builder = builder.child("raft", f);
         }
-        // Replicators are started and stopped by the peer set as the membership changes, each
-        // under a supervisor of its own (`peers`).
+        // Frames leave through the Raft workers over the peer set's links (`peers`).
         let supervisor = builder.start();
         Ok(GroupEntry {
             actor: actor_slot,

@@ -590,6 +590,24 @@ async fn a_transfer_whose_receiver_restarts_resumes_from_its_partial_file() {
     });
     let leader = c.leader(Duration::from_secs(15)).await;
     let f = (leader + 1) % 3;
+    // The follower has applied the leader's first entry (its stores exist and hold a commit)
+    // before it is killed: this test is about resuming a transfer. (In one loaded CI run a
+    // follower killed 10 ms after the election never opened its state store again — `state
+    // store error` on every restart; the applier now logs the error's sources to find out why.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = c.client(f).status().await {
+            if s.applied_index >= 1 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower never applied\n{}",
+            c.logs()
+        );
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
     c.kill9(f);
     let acked = write_keys(&c, leader, "r", 256, 16 * 1024).await;
     assert_eq!(acked.len(), 256, "{}", c.logs());

@@ -180,7 +180,7 @@ impl<M: StateMachine> Actor for ApplierActor<M> {
             Err(e) => {
                 // Stopping drops the guard: the supervisor retries with backoff, and reports
                 // the node's storage failed if it gives up.
-                tracing::error!(group = deps.group, error = %e, "cannot open the state machine");
+                tracing::error!(group = deps.group, error = %crate::storage::health::error_chain(&e), "cannot open the state machine");
                 ctx.stop();
             }
         }

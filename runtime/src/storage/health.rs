@@ -140,7 +140,7 @@ impl StorageHealth {
 }
 
 /// An error and its sources, `: `-separated (what an operator needs to see in one line).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

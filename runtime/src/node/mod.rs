@@ -745,11 +745,10 @@ async fn route_frame<M: StateMachine>(registry: &GroupRegistry<M>, from: NodeId,
             ..Frame::default()
         })
         .collect();
-    let mut dropped = |reason: &'static str| {
+    fn dropped(reason: &'static str) {
         metrics::counter!("conclave_raft_messages_dropped_total", "reason" => reason).increment(1);
-    };
-    let _ = &mut dropped;
-    let term_ok = |term: u64, dropped: &mut dyn FnMut(&'static str)| {
+    }
+    let term_ok = |term: u64| {
         // The core refuses it too; counted here (issue 12, finding 3).
         let ok = term <= conclave_core::raft::MAX_TERM;
         if !ok {
@@ -758,7 +757,7 @@ async fn route_frame<M: StateMachine>(registry: &GroupRegistry<M>, from: NodeId,
         }
         ok
     };
-    let hosted = |group: GroupId, dropped: &mut dyn FnMut(&'static str)| {
+    let hosted = |group: GroupId| {
         let ok = registry.contains(group);
         if !ok {
             dropped("unknown_group");
@@ -775,22 +774,22 @@ async fn route_frame<M: StateMachine>(registry: &GroupRegistry<M>, from: NodeId,
             dropped("forged_sender");
             continue;
         }
-        if term_ok(m.term, &mut dropped) && hosted(m.group, &mut dropped) {
+        if term_ok(m.term) && hosted(m.group) {
             parts[workers.index(m.group)].messages.push(m);
         }
     }
     for hb in frame.heartbeats {
-        if term_ok(hb.term, &mut dropped) && hosted(hb.group, &mut dropped) {
+        if term_ok(hb.term) && hosted(hb.group) {
             parts[workers.index(hb.group)].heartbeats.push(hb);
         }
     }
     for r in frame.responses {
-        if term_ok(r.term, &mut dropped) && hosted(r.group, &mut dropped) {
+        if term_ok(r.term) && hosted(r.group) {
             parts[workers.index(r.group)].responses.push(r);
         }
     }
     for g in frame.wake {
-        if hosted(g, &mut dropped) {
+        if hosted(g) {
             parts[workers.index(g)].wake.push(g);
         }
     }

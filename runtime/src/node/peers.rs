@@ -230,6 +230,28 @@ pub fn admitted(
     Some(all)
 }
 
+/// The members a notice from `from` vouches for (`me` left out), or why it is refused whole:
+/// it names more than [`MAX_NOTICE_MEMBERS`], or `from` is no member of this node's groups
+/// (`members`; `None` before this node has a membership, when nobody's word counts) or is this
+/// node itself. Checked before anything is changed, so a refused notice changes nothing.
+fn heard_notice(
+    me: NodeId,
+    members: Option<&BTreeSet<NodeId>>,
+    from: NodeId,
+    notice: MembersNotice,
+) -> Result<BTreeSet<NodeId>, NoticeError> {
+    if notice.members.len() > MAX_NOTICE_MEMBERS {
+        return Err(NoticeError::TooLarge {
+            from,
+            count: notice.members.len(),
+        });
+    }
+    if from == me || !members.is_some_and(|a| a.contains(&from)) {
+        return Err(NoticeError::NotAMember { from });
+    }
+    Ok(notice.members.into_iter().filter(|id| *id != me).collect())
+}
+
 /// A [`MembersNotice`] that cannot be heard.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NoticeError {
@@ -368,26 +390,7 @@ impl Peers {
     /// Member `from` says its logs name `notice.members`: they are admitted too (see the module
     /// docs). Refused whole from a non-member or when it names too many.
     pub fn vouch(&self, from: NodeId, notice: MembersNotice) -> Result<(), NoticeError> {
-        if notice.members.len() > MAX_NOTICE_MEMBERS {
-            return Err(NoticeError::TooLarge {
-                from,
-                count: notice.members.len(),
-            });
-        }
-        if from == self.me.id
-            || !self
-                .allowed
-                .read()
-                .as_ref()
-                .is_some_and(|a| a.contains(&from))
-        {
-            return Err(NoticeError::NotAMember { from });
-        }
-        let ids: BTreeSet<NodeId> = notice
-            .members
-            .into_iter()
-            .filter(|id| *id != self.me.id)
-            .collect();
+        let ids = heard_notice(self.me.id, self.allowed.read().as_ref(), from, notice)?;
         let mut state = self.state.lock();
         if state.stopped || state.vouched.get(&from) == Some(&ids) {
             return Ok(());
@@ -708,6 +711,34 @@ mod tests {
             allowlist([&m(&[1, 2], &[4])]),
             Some(BTreeSet::from([1, 2, 4]))
         );
+    }
+
+    #[test]
+    fn notices_from_non_members_or_naming_too_many_are_refused_whole() {
+        let members = BTreeSet::from([1, 2, 3]);
+        let notice = |ids: Vec<NodeId>| MembersNotice { members: ids };
+        // A member's notice: what it names, this node (1) left out.
+        assert_eq!(
+            heard_notice(1, Some(&members), 2, notice(vec![1, 2, 3, 4])),
+            Ok(BTreeSet::from([2, 3, 4]))
+        );
+        // A stranger, this node itself, and anyone before this node has a membership.
+        for (from, m) in [(777, Some(&members)), (1, Some(&members)), (2, None)] {
+            assert_eq!(
+                heard_notice(1, m, from, notice(vec![4])),
+                Err(NoticeError::NotAMember { from })
+            );
+        }
+        // Too many names, even from a member; the limit itself is heard.
+        let many: Vec<NodeId> = (0..=MAX_NOTICE_MEMBERS as NodeId).collect();
+        assert_eq!(
+            heard_notice(1, Some(&members), 2, notice(many.clone())),
+            Err(NoticeError::TooLarge {
+                from: 2,
+                count: MAX_NOTICE_MEMBERS + 1
+            })
+        );
+        assert!(heard_notice(1, Some(&members), 2, notice(many[1..].to_vec())).is_ok());
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //!   `out`), and the bytes;
 //! - the first write to the highest-numbered group after the window (its leader's
 //!   `write_to`), end to end;
-//! - then node 1 shuts down (gracefully: gossip reports it `left` at once) and the time until
-//!   every group it led has a leader on the two other nodes.
+//! - then node 1 stops and the time until every group it led has a leader on the two other
+//!   nodes is measured. `CONCLAVE_IDLE_FAILOVER=crash` (the default) stops it as a crash looks
+//!   to its peers (`Node::halt`: its connections close, it says nothing, gossip's failure
+//!   detector has to find out); `leave` shuts it down gracefully (gossip reports it `left` at
+//!   once).
 //!
 //! Not a criterion suite (a 60 s window per point): run it with
 //! `cargo bench -p benches --bench idle_groups`; `CONCLAVE_IDLE_GROUPS` (default `1,10,100`)
@@ -188,9 +191,10 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
         (b1 - b0) / window,
         first_write.as_secs_f64() * 1000.0,
     );
-    // Node 1 leaves (a graceful shutdown: gossip reports it `left` at once, unlike a crash,
-    // which gossip detects only after its suspicion timeout): how long until every group it
-    // led, quiesced or not, has a leader among the two others.
+    // Node 1 crashes (or leaves: a graceful shutdown, which gossip reports `left` at once,
+    // unlike a crash, which gossip detects only through its failure detector): how long until
+    // every group it led, quiesced or not, has a leader among the two others.
+    let crash = std::env::var("CONCLAVE_IDLE_FAILOVER").map_or(true, |s| s != "leave");
     let led: Vec<u64> = leaders(&handles, groups)
         .iter()
         .enumerate()
@@ -202,7 +206,11 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
     let rest: Vec<Node<KvMachine>> = nodes.collect();
     let others: Vec<_> = rest.iter().map(|n| n.handle()).collect();
     let t = Instant::now();
-    first.shutdown().await;
+    if crash {
+        first.halt().await;
+    } else {
+        first.shutdown().await;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let failover = loop {
         let l = leaders(&others, groups);
@@ -215,7 +223,8 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
         actix::clock::sleep(Duration::from_millis(10)).await;
     };
     println!(
-        "groups={groups:>5} node 1 left leading {} groups: all re-elected in {}",
+        "groups={groups:>5} node 1 {} leading {} groups: all re-elected in {}",
+        if crash { "crashed" } else { "left" },
         led.len(),
         failover.map_or("more than 30 s".to_owned(), |d| format!(
             "{:.0} ms",

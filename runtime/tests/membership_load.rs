@@ -64,6 +64,33 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
+/// CPU time (user + system) process `pid` has used so far, in seconds (`None` once it is gone).
+fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// CPU seconds of every process of the run: the three voters, node 4 and this test (the
+/// clients), in that order.
+fn cpu_sample(pids: &[u32]) -> Vec<f64> {
+    pids.iter().map(|p| cpu_s(*p).unwrap_or(0.0)).collect()
+}
+
+/// Each process's share of one core between two samples, e.g. `n1 42% n2 …`.
+fn cpu_shares(names: &[String], a: &[f64], b: &[f64], secs: f64) -> String {
+    names
+        .iter()
+        .zip(a.iter().zip(b))
+        .map(|(n, (x, y))| format!("{n} {:.0}%", (y - x) / secs.max(1e-3) * 100.0))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn small_value(worker: u64, n: u64) -> Vec<u8> {
     let mut v = format!("{worker}:{n}:").into_bytes();
     v.resize(SMALL, b'a' + (n % 26) as u8);
@@ -415,10 +442,32 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     let seeds: Vec<SocketAddr> = cluster.configs.iter().map(|c| c.node.listen).collect();
     let joiner = Joiner::start(&dir, &seeds).await;
 
+    // Where the CPU goes in each phase (the voters, node 4, the clients in this process).
+    let mut pids: Vec<u32> = cluster
+        .children
+        .iter()
+        .map(|c| c.as_ref().map_or(0, Child::id))
+        .collect();
+    pids.push(joiner.child.id());
+    pids.push(std::process::id());
+    let mut names: Vec<String> = cluster
+        .configs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let role = if i == leader { " (leader)" } else { "" };
+            format!("n{}{role}", c.node.id)
+        })
+        .collect();
+    names.push(format!("n{NEW_ID}"));
+    names.push("clients".into());
+
     // Baseline.
     let base_start = Instant::now();
+    let cpu_base = cpu_sample(&pids);
     actix::clock::sleep(period).await;
     let base_end = Instant::now();
+    let cpu_add = cpu_sample(&pids);
     eprintln!("load average before member add: {}", loadavg());
 
     // `member add --wait`, timed, with the monitor sampling the phases.
@@ -485,12 +534,14 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     }
     let promoted = add_start.elapsed();
     let promote_at = Instant::now();
+    let cpu_promoted = cpu_sample(&pids);
     *mon_stop.borrow_mut() = true;
     mon.await.unwrap();
 
     // After: as long as the baseline.
     actix::clock::sleep(period).await;
     let after_end = Instant::now();
+    let cpu_end = cpu_sample(&pids);
     *stop.borrow_mut() = true;
     for w in writers {
         w.await.unwrap();
@@ -547,6 +598,22 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         t = e;
     }
     eprintln!("writes/s per 2 s window: {}", series.join(" "));
+    eprintln!(
+        "CPU, share of one core: before: {}; during the catch-up: {}; after: {}",
+        cpu_shares(
+            &names,
+            &cpu_base,
+            &cpu_add,
+            (base_end - base_start).as_secs_f64()
+        ),
+        cpu_shares(&names, &cpu_add, &cpu_promoted, promoted.as_secs_f64()),
+        cpu_shares(
+            &names,
+            &cpu_promoted,
+            &cpu_end,
+            (after_end - promote_at).as_secs_f64()
+        )
+    );
     eprintln!(
         "{mb} MiB: `member add --wait` → promotable {:.1} s (target ≤ 60 s); write throughput \
          during the catch-up / before: {:.2} (target ≥ 0.80)",

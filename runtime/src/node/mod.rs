@@ -260,6 +260,31 @@ impl<M: StateMachine> Node<M> {
         self.transport.local_addr()
     }
 
+    /// Stops the node the way a crash looks to its peers (`kill -9`, power loss): the transport
+    /// closes first, so every connection to it ends at once, and nothing is said to the
+    /// cluster — no gossip `leave`, no leadership handed over; the members find out through
+    /// their failure detectors, as they would after a crash. For benchmarks and tests that run
+    /// several nodes in one process (a real crash there would take them all down). What was
+    /// acknowledged is on disk (every write was synced before it was), so the node's data
+    /// directory restarts as after a crash.
+    pub async fn halt(self) {
+        self.handle
+            .inner
+            .shutting_down
+            .store(true, Ordering::SeqCst);
+        self.transport.shutdown();
+        self.handle.inner.peers.stop();
+        self.handle.inner.registry.stop_all().await;
+        let _ = self.gossip_supervisor.send(StopSupervisor).await;
+        self.log_store.do_send(StopLogStore);
+        actix::clock::sleep(Duration::from_millis(20)).await;
+        self.log_arbiter.stop();
+        self.handle.inner.registry.stop_workers().await;
+        for a in &self.transfer_arbiters {
+            a.stop();
+        }
+    }
+
     /// Stops the groups, flushes the log and closes the transport.
     pub async fn shutdown(self) {
         self.handle

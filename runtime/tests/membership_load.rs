@@ -201,6 +201,29 @@ async fn metric(endpoint: &str, name: &str, label: &str) -> Option<f64> {
     )
 }
 
+/// Every voter's WAL sync totals (seconds, count), for the mean `fdatasync` time per phase.
+async fn wal_syncs(endpoints: &[String]) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for ep in endpoints {
+        let sum = metric(ep, "conclave_wal_sync_seconds_sum", "").await;
+        let count = metric(ep, "conclave_wal_sync_seconds_count", "").await;
+        out.push((sum.unwrap_or(0.0), count.unwrap_or(0.0)));
+    }
+    out
+}
+
+/// Mean sync time per voter between two [`wal_syncs`] samples, e.g. `1.2 ms (830 syncs)`.
+fn sync_means(a: &[(f64, f64)], b: &[(f64, f64)]) -> String {
+    a.iter()
+        .zip(b)
+        .map(|((s0, c0), (s1, c1))| {
+            let n = c1 - c0;
+            format!("{:.2} ms ({n:.0})", (s1 - s0) / n.max(1.0) * 1000.0)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the writers share: every acknowledged write's time, each key's last acknowledged
 /// counter, and how many 503s they retried.
 #[derive(Clone, Default)]
@@ -465,9 +488,12 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     // Baseline.
     let base_start = Instant::now();
     let cpu_base = cpu_sample(&pids);
+    let voter_eps: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
+    let sync_base = wal_syncs(&voter_eps).await;
     actix::clock::sleep(period).await;
     let base_end = Instant::now();
     let cpu_add = cpu_sample(&pids);
+    let sync_add = wal_syncs(&voter_eps).await;
     eprintln!("load average before member add: {}", loadavg());
 
     // `member add --wait`, timed, with the monitor sampling the phases.
@@ -535,6 +561,7 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     let promoted = add_start.elapsed();
     let promote_at = Instant::now();
     let cpu_promoted = cpu_sample(&pids);
+    let sync_promoted = wal_syncs(&voter_eps).await;
     *mon_stop.borrow_mut() = true;
     mon.await.unwrap();
 
@@ -542,6 +569,7 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     actix::clock::sleep(period).await;
     let after_end = Instant::now();
     let cpu_end = cpu_sample(&pids);
+    let sync_end = wal_syncs(&voter_eps).await;
     *stop.borrow_mut() = true;
     for w in writers {
         w.await.unwrap();
@@ -598,6 +626,13 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         t = e;
     }
     eprintln!("writes/s per 2 s window: {}", series.join(" "));
+    eprintln!(
+        "WAL sync mean per voter (n1, n2, n3; syncs): before: {}; during the catch-up: {}; \
+         after: {}",
+        sync_means(&sync_base, &sync_add),
+        sync_means(&sync_add, &sync_promoted),
+        sync_means(&sync_promoted, &sync_end)
+    );
     eprintln!(
         "CPU, share of one core: before: {}; during the catch-up: {}; after: {}",
         cpu_shares(

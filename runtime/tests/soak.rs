@@ -211,8 +211,10 @@ async fn soak_three_nodes_under_bench_load() {
     );
     let _ = writeln!(
         summary,
-        "t_s\tapplied[n1 n2 n3]\tmax_lag\trss_kib[n1 n2 n3]"
+        "t_s\tapplied[n1 n2 n3]\tmax_lag\trss_kib[n1 n2 n3]\tdata_mib[n1 n2 n3]"
     );
+    // The largest data directory each node had at a sample: what the disk must hold.
+    let mut max_data_mib = vec![0u64; configs.len()];
     let mut worst_lag = 0u64;
     let mut problems: Vec<String> = Vec::new();
     let mut samples = 0;
@@ -265,12 +267,20 @@ async fn soak_three_nodes_under_bench_load() {
             worst_lag = worst_lag.max(lag);
         }
         let rss: Vec<Option<u64>> = nodes.children.iter().map(|c| rss_kib(c.id())).collect();
+        let data_mib: Vec<u64> = configs
+            .iter()
+            .map(|(_, c)| dir_bytes(&c.node.data_dir) / (1024 * 1024))
+            .collect();
+        for (m, d) in max_data_mib.iter_mut().zip(&data_mib) {
+            *m = (*m).max(*d);
+        }
         let line = format!(
-            "{}\t{:?}\t{}\t{:?}",
+            "{}\t{:?}\t{}\t{:?}\t{:?}",
             start.elapsed().as_secs(),
             applied,
             lag,
-            rss
+            rss,
+            data_mib
         );
         eprintln!("{line}");
         let _ = writeln!(summary, "{line}");
@@ -311,12 +321,13 @@ async fn soak_three_nodes_under_bench_load() {
         acked.len(),
         missing.len()
     );
-    for (_, c) in &configs {
+    for (i, (_, c)) in configs.iter().enumerate() {
         let _ = writeln!(
             summary,
-            "node {} data dir {} MiB",
+            "node {} data dir {} MiB (largest at a sample: {} MiB)",
             c.node.id,
-            dir_bytes(&c.node.data_dir) / (1024 * 1024)
+            dir_bytes(&c.node.data_dir) / (1024 * 1024),
+            max_data_mib[i]
         );
     }
     let _ = writeln!(summary, "bench ({bench_status}):\n{bench_report}");

@@ -536,6 +536,13 @@ async fn start_node<M: StateMachine>(
     // Snapshot transfers: each side on an arbiter of its own (they read and write files).
     let send_arbiter = Arbiter::new();
     let receive_arbiter = Arbiter::new();
+    // Their work (reading an image and streaming it, receiving and writing one) is background
+    // work, at the snapshotter's priority: the Raft workers, the WAL's syncs and the other
+    // nodes sharing the machine go first; a transfer slowed down is timed by its own
+    // deadlines, never by the group's.
+    for a in [&send_arbiter, &receive_arbiter] {
+        a.spawn_fn(crate::storage::background_io::lower_thread_priority);
+    }
     let snapshot_sender =
         transfer_actor::SnapshotSender::new(id, transfer_limits(&config), send_arbiter.handle());
     // Where a peer's transport listens, for snapshot chunks and acks: the member directory,

@@ -263,6 +263,63 @@ pub fn lower_thread_priority() {
     }
 }
 
+/// The calling thread lowered to background priority — CPU `SCHED_IDLE` and the idle I/O
+/// class — until the guard is dropped, then restored: for a stretch of background work on a
+/// thread that otherwise does foreground work (a snapshot imported into the state store on an
+/// applier's thread). The node's Raft, WAL and the voters' disk traffic on the same machine go
+/// first (`mq-deadline` and BFQ honour the I/O classes; `none` ignores them). Best effort: what
+/// could not be lowered is not restored.
+pub struct BackgroundGuard {
+    cpu: Option<libc::c_int>,
+    io: Option<libc::c_long>,
+}
+
+impl BackgroundGuard {
+    /// Lowers both priorities.
+    pub fn new() -> BackgroundGuard {
+        let cpu = sys::cpu_policy()
+            .ok()
+            .and_then(|p| match sys::set_idle_cpu_policy() {
+                Ok(()) => Some(p),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot lower the thread's CPU priority");
+                    None
+                }
+            });
+        let io = sys::io_priority()
+            .ok()
+            .and_then(|p| match sys::set_idle_io_priority() {
+                Ok(()) => Some(p),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot lower the thread's I/O priority");
+                    None
+                }
+            });
+        BackgroundGuard { cpu, io }
+    }
+}
+
+impl Default for BackgroundGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BackgroundGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.io {
+            if let Err(e) = sys::set_io_priority(p) {
+                tracing::warn!(error = %e, "cannot restore the thread's I/O priority");
+            }
+        }
+        if let Some(p) = self.cpu {
+            if let Err(e) = sys::set_cpu_policy(p) {
+                tracing::warn!(error = %e, "cannot restore the thread's CPU priority");
+            }
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod sys {
@@ -331,10 +388,15 @@ mod sys {
     /// `sched_setscheduler(0, SCHED_IDLE)`: the calling thread gets the CPU only when the
     /// other threads of its group leave it (weight 3 against a normal thread's 1024).
     pub fn set_idle_cpu_policy() -> std::io::Result<()> {
+        set_cpu_policy(libc::SCHED_IDLE)
+    }
+
+    /// `sched_setscheduler(0, policy)` with priority 0 (the normal, batch and idle policies).
+    pub fn set_cpu_policy(policy: libc::c_int) -> std::io::Result<()> {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is the
         // calling thread.
-        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
         if r == 0 {
             Ok(())
         } else {
@@ -342,23 +404,52 @@ mod sys {
         }
     }
 
+    /// `sched_getscheduler(0)`: the calling thread's policy.
+    pub fn cpu_policy() -> std::io::Result<libc::c_int> {
+        // SAFETY: takes an integer, touches no memory of this process.
+        let r = unsafe { libc::sched_getscheduler(0) };
+        if r >= 0 {
+            Ok(r)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+
     /// `ioprio_set(IOPRIO_WHO_PROCESS, 0, IOPRIO_PRIO_VALUE(IOPRIO_CLASS_IDLE, 0))`: the
     /// calling thread's I/O is served only when no other class waits.
     pub fn set_idle_io_priority() -> std::io::Result<()> {
-        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
         const IOPRIO_CLASS_IDLE: libc::c_long = 3;
         const IOPRIO_CLASS_SHIFT: u32 = 13;
+        set_io_priority(IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT)
+    }
+
+    /// `ioprio_set` of the calling thread (a value [`io_priority`] returned).
+    pub fn set_io_priority(value: libc::c_long) -> std::io::Result<()> {
         // SAFETY: ioprio_set takes three integers and touches no memory of this process.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_ioprio_set,
                 IOPRIO_WHO_PROCESS,
                 0 as libc::c_long,
-                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+                value,
             )
         };
         if r == 0 {
             Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// `ioprio_get` of the calling thread.
+    pub fn io_priority() -> std::io::Result<libc::c_long> {
+        // SAFETY: ioprio_get takes two integers and touches no memory of this process.
+        let r =
+            unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0 as libc::c_long) };
+        if r >= 0 {
+            Ok(r)
         } else {
             Err(std::io::Error::last_os_error())
         }
@@ -386,7 +477,23 @@ mod sys {
         Ok(())
     }
 
+    pub fn set_io_priority(_: libc::c_long) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    pub fn io_priority() -> std::io::Result<libc::c_long> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
     pub fn set_idle_cpu_policy() -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
+    pub fn set_cpu_policy(_: libc::c_int) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
+    pub fn cpu_policy() -> std::io::Result<libc::c_int> {
         Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
     }
 }
@@ -394,6 +501,27 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_background_guard_lowers_the_threads_priorities_and_restores_them() {
+        // On a thread of its own: the test runner's threads keep their priorities.
+        std::thread::spawn(|| {
+            let io = sys::io_priority().expect("ioprio_get");
+            let cpu = sys::cpu_policy().expect("sched_getscheduler");
+            assert_ne!(cpu, libc::SCHED_IDLE);
+            {
+                let _guard = BackgroundGuard::new();
+                let during = sys::io_priority().expect("ioprio_get");
+                assert_eq!(during >> 13, 3, "idle I/O class while the guard lives");
+                assert_eq!(sys::cpu_policy().expect("policy"), libc::SCHED_IDLE);
+            }
+            assert_eq!(sys::io_priority().expect("ioprio_get"), io);
+            assert_eq!(sys::cpu_policy().expect("policy"), cpu);
+        })
+        .join()
+        .expect("the thread");
+    }
 
     const MB: u64 = 1_000_000;
 

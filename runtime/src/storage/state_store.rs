@@ -70,6 +70,18 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store's file exists but is not a database of this engine (redb: it does not start
+    /// with redb's magic number, and is not a creation that was interrupted either).
+    #[error(
+        "{engine}: {path} is not a {engine} database; move it away to start this replica from \
+         its log and snapshots"
+    )]
+    NotADatabase {
+        /// `redb`.
+        engine: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
     /// A read, write or sync failed.
     #[error("{engine}: {op} failed")]
     Engine {

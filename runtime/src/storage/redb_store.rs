@@ -23,7 +23,8 @@
 
 use super::background_io;
 use super::state_store::{
-    NextRecord, StateStore, StoreError, StoreOp, StoreView, Visit, WriteBatch,
+    sync_parent, with_suffix, NextRecord, StateStore, StoreError, StoreOp, StoreView, Visit,
+    WriteBatch,
 };
 use conclave_core::raft::LogIndex;
 use redb::{Database, Durability, ReadOnlyTable, ReadableTable, TableDefinition, WriteTransaction};
@@ -240,13 +241,6 @@ fn inspect(path: &Path) -> std::io::Result<Found> {
     })
 }
 
-/// `path` with `suffix` appended to its file name.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 /// Makes sure `path` holds a database redb finished creating, with both tables.
 ///
 /// redb's `Database::create` initialises a new file in place, and since redb 2.4 (PR #914) it
@@ -314,14 +308,7 @@ fn ensure_created(path: &Path) -> Result<(), StoreError> {
         .and_then(|f| f.sync_all())
         .map_err(|e| staging_err(Box::new(e)))?;
     std::fs::rename(&staging, path).map_err(open_err)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(open_err)?;
-    Ok(())
+    sync_parent(path).map_err(open_err)
 }
 
 /// A redb read transaction's `kv` table: the state as of one commit, unchanged by later ones.

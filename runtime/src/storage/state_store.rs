@@ -207,6 +207,23 @@ pub trait StateStore: Send + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// `path` with `suffix` appended to its last component (`sm.redb` → `sm.redb.creating`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Makes a change of `path`'s directory entry (a create, a rename) durable: fsyncs the
+/// directory that holds it.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Where an engine keeps its files inside a node's data directory.
 pub fn store_path(engine: StorageEngine, data_dir: &Path) -> PathBuf {
     match engine {

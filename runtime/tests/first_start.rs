@@ -177,23 +177,49 @@ enum KillPoint {
     Store(Duration),
     /// This long after the process was spawned.
     After(Duration),
+    /// As soon as sled begins to write a snapshot (`sm/snap.*.generating` appears; sled
+    /// writes one at every open).
+    SledSnapshot,
+}
+
+/// Polls `dir` until a path whose name starts with `prefix` and ends with `suffix` appears
+/// anywhere under it. False if none does within `timeout`. Blocking, like [`wait_for_step`].
+fn wait_for_file(dir: &Path, prefix: &str, suffix: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let found = paths(dir).iter().any(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
+        });
+        if found {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
+    false
 }
 
 /// The kills CI makes: every step of the first start, then offsets into the state store's
-/// creation. `CONCLAVE_FIRSTSTART_KILLS` adds random store offsets (0–10 ms) and random delays
-/// after the spawn (0–200 ms), alternately, up to that many kills in all.
-fn kill_points(rng: &mut ChaCha8Rng) -> Vec<KillPoint> {
+/// creation (and, for sled, the start of its snapshot writes). `CONCLAVE_FIRSTSTART_KILLS`
+/// adds random store offsets (0–10 ms), random delays after the spawn (0–200 ms) and, for
+/// sled, snapshot kills, in turn, up to that many kills in all.
+fn kill_points(rng: &mut ChaCha8Rng, engine: StorageEngine) -> Vec<KillPoint> {
     let us = Duration::from_micros;
+    let sled = engine == StorageEngine::Sled;
     let mut points: Vec<KillPoint> = (1..=8).map(KillPoint::Step).collect();
     points.extend(
         [0, 200, 500, 1_000, 1_500, 2_000, 3_000, 5_000, 8_000].map(|u| KillPoint::Store(us(u))),
     );
+    if sled {
+        points.extend([KillPoint::SledSnapshot; 3]);
+    }
     let total = kills(points.len());
     while points.len() < total {
-        points.push(if points.len() % 2 == 0 {
-            KillPoint::Store(us(rng.random_range(0..=10_000)))
-        } else {
-            KillPoint::After(Duration::from_millis(rng.random_range(0..=200)))
+        points.push(match points.len() % 3 {
+            0 => KillPoint::Store(us(rng.random_range(0..=10_000))),
+            1 if sled => KillPoint::SledSnapshot,
+            _ => KillPoint::After(Duration::from_millis(rng.random_range(0..=200))),
         });
     }
     points.truncate(total);
@@ -204,7 +230,7 @@ fn kill_points(rng: &mut ChaCha8Rng) -> Vec<KillPoint> {
 /// checks that it serves; `whole` is how its complete state store looks in [`store_files`].
 async fn kill_walk(engine: StorageEngine, whole: &str) {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
-    let points = kill_points(&mut rng);
+    let points = kill_points(&mut rng, engine);
     // How the state store looked at the kills (printed: whether they landed inside its
     // creation depends on the disk's speed).
     let mut store_states = BTreeSet::new();
@@ -219,6 +245,9 @@ async fn kill_walk(engine: StorageEngine, whole: &str) {
             KillPoint::After(delay) => {
                 std::thread::sleep(delay);
                 true
+            }
+            KillPoint::SledSnapshot => {
+                wait_for_file(&data, "snap.", ".generating", Duration::from_secs(20))
             }
         };
         c.kill9(0);

@@ -212,7 +212,7 @@ fn kill_points(rng: &mut ChaCha8Rng, engine: StorageEngine) -> Vec<KillPoint> {
         [0, 200, 500, 1_000, 1_500, 2_000, 3_000, 5_000, 8_000].map(|u| KillPoint::Store(us(u))),
     );
     if sled {
-        points.extend([KillPoint::SledSnapshot; 3]);
+        points.extend([KillPoint::SledSnapshot; 8]);
     }
     let total = kills(points.len());
     while points.len() < total {

@@ -23,7 +23,8 @@
 
 use super::background_io;
 use super::state_store::{
-    NextRecord, StateStore, StoreError, StoreOp, StoreView, Visit, WriteBatch,
+    sync_parent, with_suffix, NextRecord, StateStore, StoreError, StoreOp, StoreView, Visit,
+    WriteBatch,
 };
 use conclave_core::raft::LogIndex;
 use redb::{Database, Durability, ReadOnlyTable, ReadableTable, TableDefinition, WriteTransaction};
@@ -124,6 +125,8 @@ impl RedbStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| open_err(Box::new(e)))?;
         }
+        // A new store is created whole or not at all (see `ensure_created`).
+        ensure_created(path)?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create_with_file_format_v3(true)
@@ -182,6 +185,130 @@ impl RedbStore {
             what: "no open write transaction".to_owned(),
         })
     }
+}
+
+/// redb's magic number: the first bytes of every database file redb finished creating (redb
+/// 2.x, `tree_store/page_store/header.rs`). redb writes it last when it creates a file, after
+/// the rest of the header and the allocator state are fsynced, and every later header write
+/// carries it.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+/// Suffix of the file a new store is created in before it is renamed into place.
+const CREATING_SUFFIX: &str = ".creating";
+/// Suffix a store whose creation was interrupted (by a build without staged creation) is
+/// renamed to, kept for inspection instead of deleted.
+const INTERRUPTED_SUFFIX: &str = ".interrupted-create";
+
+/// What is at a store's path before it is opened, judged from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// No file.
+    Nothing,
+    /// A file that starts with redb's magic number.
+    Database,
+    /// An empty file, or one whose first bytes are all zero: `Database::create` was
+    /// interrupted (it sizes the file, writes the header without the magic number, fsyncs,
+    /// then writes the magic number). No transaction was ever committed in it.
+    InterruptedCreate,
+    /// Anything else: not a redb file.
+    Foreign,
+}
+
+/// Looks at the first bytes of `path`.
+fn inspect(path: &Path) -> std::io::Result<Found> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Nothing),
+        Err(e) => return Err(e),
+    };
+    let mut head = [0u8; REDB_MAGIC.len()];
+    let mut len = 0;
+    while len < head.len() {
+        match file.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let head = &head[..len];
+    Ok(if head == REDB_MAGIC {
+        Found::Database
+    } else if head.iter().all(|b| *b == 0) {
+        Found::InterruptedCreate
+    } else {
+        Found::Foreign
+    })
+}
+
+/// Makes sure `path` holds a database redb finished creating, with both tables.
+///
+/// redb's `Database::create` initialises a new file in place, and since redb 2.4 (PR #914) it
+/// refuses a non-empty file without its magic number rather than initialise it again: a
+/// process killed in the middle of creating one (between sizing the file and writing the magic
+/// number, which spans an fsync) left a file no later start could open — `I/O error: invalid
+/// data` on every restart (issue 13's CI run). So a new store is created under another name
+/// (`<path>.creating`), its tables committed durably, fsynced, and renamed into place, the
+/// directory fsynced: a crash leaves either no store (the next start creates it again) or a
+/// whole one. A file an older build left half created is recognised by its zero first bytes,
+/// renamed aside (`<path>.interrupted-create`) with a warning, and replaced by a new store:
+/// redb writes the magic number before any transaction can commit, so it held no state. A file
+/// that is neither is refused ([`StoreError::NotADatabase`]).
+fn ensure_created(path: &Path) -> Result<(), StoreError> {
+    let open_err = |e: std::io::Error| StoreError::Open {
+        engine: ENGINE,
+        path: path.to_owned(),
+        source: Box::new(e),
+    };
+    match inspect(path).map_err(open_err)? {
+        Found::Database => return Ok(()),
+        Found::Foreign => {
+            return Err(StoreError::NotADatabase {
+                engine: ENGINE,
+                path: path.to_owned(),
+            })
+        }
+        Found::Nothing => {}
+        Found::InterruptedCreate => {
+            let aside = with_suffix(path, INTERRUPTED_SUFFIX);
+            tracing::warn!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                "the state store's creation was interrupted (no redb magic number: it never held a commit); it is moved aside and created again"
+            );
+            std::fs::rename(path, &aside).map_err(open_err)?;
+        }
+    }
+    let staging = with_suffix(path, CREATING_SUFFIX);
+    let staging_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+        engine: ENGINE,
+        path: staging.clone(),
+        source: e,
+    };
+    // What an interrupted staged creation left never held anything.
+    match std::fs::remove_file(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(staging_err(Box::new(e))),
+    }
+    {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_file_format_v3(true)
+            .create(&staging)
+            .map_err(|e| staging_err(Box::new(e)))?;
+        let mut tx = db.begin_write().map_err(err("begin_write"))?;
+        tx.set_durability(Durability::Immediate);
+        tx.open_table(KV).map_err(err("open_table"))?;
+        tx.open_table(META).map_err(err("open_table"))?;
+        tx.commit().map_err(err("commit"))?;
+    }
+    // Whatever closing the database wrote is durable before the name points at it.
+    std::fs::File::open(&staging)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| staging_err(Box::new(e)))?;
+    std::fs::rename(&staging, path).map_err(open_err)?;
+    sync_parent(path).map_err(open_err)
 }
 
 /// A redb read transaction's `kv` table: the state as of one commit, unchanged by later ones.
@@ -418,6 +545,65 @@ mod tests {
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.applied_index().unwrap(), 50);
         assert_eq!(s.get(b"k").unwrap(), Some(vec![49; 16 * 1024]));
+    }
+
+    #[test]
+    fn a_store_whose_creation_was_interrupted_is_moved_aside_and_created_again() {
+        // What a process killed inside `Database::create` leaves: a sized file whose header
+        // lacks the magic number (here: a whole database with its magic number zeroed, which
+        // is the header redb writes before the magic number), or an empty file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sm.redb");
+        {
+            let mut s = RedbStore::open(&path).unwrap();
+            overwrite_runs(&mut s, 3, 1);
+            s.sync().unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..REDB_MAGIC.len()].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        match Database::create(&path) {
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData)
+            }
+            Err(e) => panic!("redb refused it another way: {e}"),
+            Ok(_) => panic!("redb opened a file without its magic number"),
+        }
+        let mut s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.applied_index().unwrap(), 0);
+        overwrite_runs(&mut s, 1, 1);
+        drop(s);
+        let aside = dir.path().join("sm.redb.interrupted-create");
+        assert_eq!(std::fs::read(&aside).unwrap(), bytes, "kept for inspection");
+        assert_eq!(RedbStore::open(&path).unwrap().applied_index().unwrap(), 1);
+
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(RedbStore::open(&path).unwrap().applied_index().unwrap(), 0);
+        assert!(!dir.path().join("sm.redb.creating").exists());
+    }
+
+    #[test]
+    fn a_staged_creation_left_behind_is_discarded_and_a_foreign_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sm.redb");
+        // A creation killed before its rename: the name does not exist yet.
+        std::fs::write(dir.path().join("sm.redb.creating"), vec![0u8; 4096]).unwrap();
+        let mut s = RedbStore::open(&path).unwrap();
+        overwrite_runs(&mut s, 2, 1);
+        drop(s);
+        assert!(!dir.path().join("sm.redb.creating").exists());
+        assert_eq!(RedbStore::open(&path).unwrap().applied_index().unwrap(), 2);
+
+        let other = dir.path().join("other.redb");
+        std::fs::write(&other, b"not a database at all").unwrap();
+        match RedbStore::open(&other) {
+            Err(e @ StoreError::NotADatabase { .. }) => {
+                assert!(e.to_string().contains("other.redb"), "{e}")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a foreign file was opened"),
+        }
+        assert_eq!(std::fs::read(&other).unwrap(), b"not a database at all");
     }
 
     #[test]

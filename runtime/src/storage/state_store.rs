@@ -70,6 +70,18 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store's file exists but is not a database of this engine (redb: it does not start
+    /// with redb's magic number, and is not a creation that was interrupted either).
+    #[error(
+        "{engine}: {path} is not a {engine} database; move it away to start this replica from \
+         its log and snapshots"
+    )]
+    NotADatabase {
+        /// `redb`.
+        engine: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
     /// A read, write or sync failed.
     #[error("{engine}: {op} failed")]
     Engine {
@@ -193,6 +205,23 @@ pub trait StateStore: Send + 'static {
         applied: LogIndex,
         next: &mut NextRecord<'_>,
     ) -> Result<(), StoreError>;
+}
+
+/// `path` with `suffix` appended to its last component (`sm.redb` → `sm.redb.creating`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Makes a change of `path`'s directory entry (a create, a rename) durable: fsyncs the
+/// directory that holds it.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Where an engine keeps its files inside a node's data directory.

@@ -11,7 +11,7 @@
 //! message). Two raw baselines bracket the transport: `raw_write_per_msg` issues one
 //! `write_all` per message (what a naive sender does); `raw_bufwriter` batches through a
 //! 64 KiB `BufWriter` (the best a raw stream does without serialisation). A summary with
-//! msgs/s, MB/s and the ratios is printed at the end.
+//! msgs/s, MB/s, the number of messages moved and the ratios is printed at the end.
 //!
 //! Run: `cargo bench -p benches --bench transport -- --warm-up-time 1 --measurement-time 3`
 
@@ -273,10 +273,13 @@ fn print_summary() {
         })
     };
     println!("\ntransport throughput summary (all criterion iterations, warm-up included)");
-    println!("{:<34} {:>14} {:>10}", "bench", "msgs/s", "MB/s");
-    for id in t.keys() {
+    println!(
+        "{:<34} {:>14} {:>10} {:>12}",
+        "bench", "msgs/s", "MB/s", "msgs"
+    );
+    for (id, (n, _, _)) in t.iter() {
         if let Some((mps, mbs)) = rate(id) {
-            println!("{id:<34} {mps:>14.0} {mbs:>10.1}");
+            println!("{id:<34} {mps:>14.0} {mbs:>10.1} {n:>12}");
         }
     }
     for label in ["64B", "1KiB", "4KiB"] {

@@ -790,15 +790,20 @@ where
     let decoder = FrameDecoder::new(shared.cfg.max_frame_size);
     let counters = FlowCounters::new(node, peer, "in");
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    // Sized like the previous batch, so a steady stream allocates each batch's vector once.
-    let mut batch_hint = 0;
     loop {
         // Cut: the complete frames at the front of the buffer (the prefixes only; a prefix over
-        // the limit stops here, before its body is ever buffered).
+        // the limit stops here, before its body is ever buffered). Counting the messages here
+        // sizes the batch's vector exactly: never grown (and moved) while decoding, and never
+        // larger than this read needs (sizing it like the previous batch gave the one message
+        // read after a burst a vector for thousands).
         let mut end = 0;
+        let mut messages = 0usize;
         let cut = loop {
             match decoder.complete_frame(&buf[end..]) {
-                Ok(Some(len)) => end += LENGTH_PREFIX + len,
+                Ok(Some(len)) => {
+                    end += LENGTH_PREFIX + len;
+                    messages += usize::from(len > 0);
+                }
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             }
@@ -808,7 +813,7 @@ where
         // copy per payload). The partial frame after it stays in `buf`.
         let chunk = buf.split_to(end).freeze();
         let mut frames = 0u64;
-        let mut msgs = Vec::with_capacity(batch_hint);
+        let mut msgs = Vec::with_capacity(messages);
         let decoded = {
             let _source = shared_bytes::register(&chunk);
             let mut off = 0;
@@ -834,7 +839,6 @@ where
         let result = decoded.and(cut);
         // Every message of this read in one hand-over (frames before a bad one included: they
         // were well-formed and authenticated).
-        batch_hint = msgs.len().min(READ_CHUNK / 16);
         if !msgs.is_empty() {
             let batch = InboundBatch { from: peer, msgs };
             match shared.inbound.try_send(batch) {

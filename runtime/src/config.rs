@@ -1248,6 +1248,10 @@ ca = "ca.crt"
             ("[latency]\ninterval_s = 0\n", "latency.interval_s"),
             ("[cluster]\nseeds = [\"127.0.0.1:9\"]\n", "cluster.seeds"),
             ("[ring]\nshards = 0\n", "ring.shards"),
+            (
+                "[node]\nid = 4\n[cluster]\njoin = true\nseeds = [\"127.0.0.1:7009\"]\n[ring]\nsharded = true\n",
+                "ring.sharded",
+            ),
             ("[node]\nmax_queue_size = 0\n", "node.max_queue_size"),
             ("[storage]\nstall_timeout_ms = 0\n", "storage.stall_timeout_ms"),
             ("[storage]\nengine = \"rocks\"\n", "engine"),

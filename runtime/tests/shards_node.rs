@@ -349,3 +349,87 @@ async fn sixty_four_shards_start_settle_and_serve() {
         n.shutdown().await;
     }
 }
+
+/// The external contract on sharded nodes: each node's HTTP API takes writes for any key and
+/// serves reads of keys written through the others; `/v1/ring/route/{key}` answers from the
+/// live map and `/v1/shards` lists every shard.
+#[actix::test]
+async fn the_http_api_serves_any_key_from_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs: Vec<Config> = common::local_configs(3, dir.path())
+        .into_iter()
+        .map(sharded)
+        .collect();
+    let mut nodes = Vec::new();
+    let mut servers = Vec::new();
+    for c in &configs {
+        let node = start(c.clone()).await;
+        let server = conclave::http::server(node.handle(), c).unwrap();
+        servers.push(server.handle());
+        actix::spawn(server);
+        nodes.push(node);
+    }
+    let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
+    settled(&handles).await;
+    let clients: Vec<_> = configs
+        .iter()
+        .map(|c| conclave::client::Client::new(&format!("http://{}", c.node.http)).unwrap())
+        .collect();
+    for i in 0..18 {
+        let k = format!("http-{i}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match clients[i % 3]
+                .put(k.as_bytes(), b"x".to_vec(), Some(&format!("id-{i}")))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("put {k}: {e}; retrying");
+                    actix::clock::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("put {k}: {e}"),
+            }
+        }
+        for c in [&clients[(i + 1) % 3], &clients[(i + 2) % 3]] {
+            let v = c
+                .get(k.as_bytes(), Some(ReadLevel::Linearizable))
+                .await
+                .unwrap();
+            assert_eq!(v, Some(b"x".to_vec()), "{k}");
+        }
+        let route = clients[i % 3].route(k.as_bytes()).await.unwrap();
+        let map = handles[0].shard_map().unwrap();
+        let entry = map.route(k.as_bytes());
+        assert_eq!(route.shard, entry.shard);
+        assert_eq!(route.group, entry.group);
+        assert_eq!(route.replicas, entry.replicas);
+        assert_eq!(route.map_version, 1);
+    }
+    let url = format!("http://{}/v1/shards", configs[0].node.http);
+    let mut resp = awc::Client::new().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), awc::http::StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["sharded"], true);
+    assert_eq!(body["map_version"], 1);
+    let shards = body["shards"].as_array().unwrap();
+    assert_eq!(shards.len() as u64, SHARDS);
+    for (i, s) in shards.iter().enumerate() {
+        assert_eq!(s["shard"], i as u64);
+        assert_eq!(s["group"], i as u64 + 1);
+        for field in [
+            "replicas", "leader", "hosted", "term", "commit", "applied", "lag",
+        ] {
+            assert!(s.get(field).is_some(), "missing {field} in {s}");
+        }
+        if s["hosted"] == true {
+            assert!(s["commit"].as_u64().unwrap() >= 1, "{s}");
+        }
+    }
+    for s in servers {
+        s.stop(true).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

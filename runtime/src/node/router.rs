@@ -52,16 +52,13 @@ pub fn next_step(view: &GroupView<'_>, tried: &[NodeId]) -> Step {
     {
         return Step::Local;
     }
-    // The hosted group's own view is fresher than the cache (it follows elections).
-    let believed = if view.hosted {
-        view.local_leader.or(view.cached_leader)
-    } else {
-        view.cached_leader
-    };
-    if let Some(l) = believed.filter(fresh) {
+    // The hosted group's own view is fresher than the cache (it follows elections); when it
+    // names a node already tried (this one, refused), the cache may know better.
+    let local = if view.hosted { view.local_leader } else { None };
+    for l in [local, view.cached_leader].into_iter().flatten() {
         // A leader hint names a replica; anything else (a stale cache entry after a map
         // change) is not followed.
-        if view.replicas.contains(&l) {
+        if fresh(&l) && view.replicas.contains(&l) {
             return Step::Forward(l);
         }
     }
@@ -276,6 +273,12 @@ mod tests {
             ..view(&r)
         };
         assert_eq!(next_step(&me_leader, &[1]), Step::Forward(2));
+        // ... and when its own view is that stale, the leader cache is asked first.
+        let cached = GroupView {
+            cached_leader: Some(3),
+            ..me_leader
+        };
+        assert_eq!(next_step(&cached, &[1]), Step::Forward(3));
     }
 
     fn map(nodes: u64, shards: u64) -> ShardMap {

@@ -119,8 +119,14 @@ impl conclave::api::KvService for Instant0 {
         None
     }
 
-    fn route(&self, _key: &[u8]) -> (u64, Vec<NodeId>, Option<NodeId>) {
-        (0, vec![1], Some(1))
+    fn route(&self, _key: &[u8]) -> conclave::api::KeyRoute {
+        conclave::api::KeyRoute {
+            shard: 0,
+            group: 0,
+            replicas: vec![1],
+            leader: Some(1),
+            map_version: 0,
+        }
     }
 
     fn render_metrics(&self) -> String {

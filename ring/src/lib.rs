@@ -5,7 +5,7 @@
 //!
 //! * A key belongs to one of a fixed number of shards (pre-sharding; default 64):
 //!   `shard = (xxh3_64(key) × shards) >> 64`. See [`hash`] for the exact, stable functions.
-//! * Each shard (= Raft group) has an ordered replica set of `replication_factor`
+//! * Each shard (served by Raft group `shard + 1`, see [`ShardMap`]) has an ordered replica set of `replication_factor`
 //!   distinct nodes (default 3; every node if there are fewer). The first replica is the
 //!   preferred leader.
 //! * Nodes sit on a consistent hash ring with virtual nodes (default 150 per node of
@@ -49,15 +49,17 @@
 pub mod hash;
 mod placement;
 mod ring;
+pub mod shard_map;
 
 pub use placement::{diff, Placement, PlacementDiff, ShardChange};
 pub use ring::{
     NodeEntry, PlacementStrategy, Ring, RingConfig, Route, DEFAULT_WEIGHT, MAX_REPLICATION_FACTOR,
     MAX_SHARDS, MAX_VNODES, MAX_VNODES_PER_NODE,
 };
+pub use shard_map::{group_of_shard, shard_of_group, ShardEntry, ShardMap, ShardMapError};
 
-/// A node's and a shard's identity (a shard's id is also the id of the Raft group that
-/// replicates it): the workspace's one definition, in `conclave-core`.
+/// A node's and a shard's identity (shard `s` is replicated by Raft group `s + 1`,
+/// [`group_of_shard`]): the workspace's one definition, in `conclave-core`.
 pub use conclave_core::ids::{NodeId, ShardId};
 
 /// Everything that can go wrong with a ring operation.

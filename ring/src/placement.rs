@@ -93,7 +93,7 @@ impl Placement {
 /// How one shard's replica set changes between two placements.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardChange {
-    /// The shard (= Raft group id).
+    /// The shard (served by Raft group `shard + 1`).
     pub shard: ShardId,
     /// Replicas before, in order.
     pub before: Vec<NodeId>,

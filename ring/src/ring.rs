@@ -52,7 +52,7 @@ pub struct RingConfig {
     /// Virtual nodes per node of weight [`DEFAULT_WEIGHT`] (default 150).
     pub vnodes: u32,
     /// Fixed number of shards keys are pre-sharded into (default 64). Shard ids are
-    /// `0..shards` and double as Raft group ids.
+    /// `0..shards`; shard `s` is served by Raft group `s + 1` ([`crate::group_of_shard`]).
     pub shards: u64,
     /// Replicas per shard (default 3); shards get every node when there are fewer.
     pub replication_factor: u32,
@@ -95,7 +95,7 @@ impl RingConfig {
 /// leader). The body of `GET /v1/ring/route/{key}` minus the live leader.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    /// The key's shard (= Raft group id).
+    /// The key's shard (served by Raft group `shard + 1`).
     pub shard: ShardId,
     /// The shard's replicas, preferred leader first.
     pub replicas: Vec<NodeId>,

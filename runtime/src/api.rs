@@ -132,6 +132,20 @@ pub enum RequestError {
         /// The group.
         group: GroupId,
     },
+    /// A request for a shard was forwarded between nodes more than `node.max_hops` times
+    /// (the nodes' leader hints disagree while leadership moves): 503 `hop_limit`, retry.
+    #[error("the request was forwarded more than the allowed number of hops; retry")]
+    HopLimit,
+    /// Two nodes hold different shard maps under the same version (started with different
+    /// `[ring]` configurations): 500 `shard_map_conflict`. Not retryable: the configuration
+    /// must be fixed.
+    #[error(
+        "the nodes disagree on shard map version {version} (different [ring] configurations?)"
+    )]
+    ShardMapConflict {
+        /// The version both claim.
+        version: u64,
+    },
     /// Something failed inside the node (the state machine, encoding): 500. The cause is
     /// kept as the source.
     #[error("internal error: {0}")]
@@ -239,6 +253,7 @@ impl RequestError {
                 | RequestError::ShuttingDown
                 | RequestError::StorageFailed { .. }
                 | RequestError::StorageStalled { .. }
+                | RequestError::HopLimit
         )
     }
 }
@@ -575,8 +590,22 @@ pub trait KvService: Clone + 'static {
     /// The leader of group 0 as this node knows it (for forwarding).
     fn leader_hint(&self) -> Option<LeaderHint>;
 
-    /// The ring route of a key: `(shard, replicas, leader)`.
-    fn route(&self, key: &[u8]) -> (u64, Vec<NodeId>, Option<NodeId>);
+    /// Where a key goes: its shard, the group serving it, the replicas and the leader
+    /// (`GET /v1/ring/route/{key}`).
+    fn route(&self, key: &[u8]) -> KeyRoute;
+
+    /// Every shard as this node sees it (`GET /v1/shards`). Services that are not sharded
+    /// answer an unsharded, empty list.
+    fn shards(&self) -> impl std::future::Future<Output = ShardsStatus> {
+        async {
+            ShardsStatus {
+                node_id: self.node_id(),
+                sharded: false,
+                map_version: 0,
+                shards: Vec::new(),
+            }
+        }
+    }
 
     /// Prometheus text exposition of the node's metrics.
     fn render_metrics(&self) -> String;
@@ -649,6 +678,61 @@ pub trait KvService: Clone + 'static {
         let _ = id;
         None
     }
+}
+
+/// Where a key goes (`GET /v1/ring/route/{key}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRoute {
+    /// The key's shard (the ring's stable hash).
+    pub shard: u64,
+    /// The Raft group that serves it (0 on a node that is not sharded: group 0 serves every
+    /// key).
+    pub group: GroupId,
+    /// The shard's replicas, preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// The group's leader as this node knows it (`null` while unknown).
+    pub leader: Option<NodeId>,
+    /// The version of the shard map the answer comes from (0: not sharded).
+    pub map_version: u64,
+}
+
+/// One shard as `GET /v1/shards` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    /// The shard.
+    pub shard: u64,
+    /// The group serving it.
+    pub group: GroupId,
+    /// Its replicas, preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// Its leader as this node knows it: its own replica's view when it hosts the shard
+    /// (`null` while the group elects), else the leader cache.
+    pub leader: Option<NodeId>,
+    /// Whether this node hosts the shard (the fields below are this node's replica's; 0 on
+    /// a node that does not host it).
+    pub hosted: bool,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Entries this replica has committed but not applied yet.
+    pub lag: u64,
+}
+
+/// The body of `GET /v1/shards`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardsStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// Whether keys are served by shard groups (`[ring] sharded`); false: group 0 serves
+    /// every key and `shards` is empty.
+    pub sharded: bool,
+    /// The shard map's version (0 when not sharded).
+    pub map_version: u64,
+    /// Every shard, in shard order.
+    pub shards: Vec<ShardStatus>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -133,10 +133,17 @@ pub struct CasResult {
 pub struct RouteInfo {
     /// The shard.
     pub shard: u64,
+    /// The Raft group serving it (0 on a node that is not sharded; absent from nodes before
+    /// sharding existed).
+    #[serde(default)]
+    pub group: u64,
     /// Its replicas, preferred first.
     pub replicas: Vec<NodeId>,
     /// Its leader, when known.
     pub leader: Option<NodeId>,
+    /// The version of the shard map the answer comes from (0: not sharded).
+    #[serde(default)]
+    pub map_version: u64,
 }
 
 #[derive(Deserialize)]

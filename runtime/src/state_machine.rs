@@ -422,6 +422,96 @@ impl KvMachine {
     }
 }
 
+/// Why a query or its answer could not be carried between nodes (a [`ShardedMachine`]'s
+/// codec).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteCodecError {
+    /// Encoding failed.
+    #[error("cannot encode a forwarded query or answer")]
+    Encode(#[source] rmp_serde::encode::Error),
+    /// The bytes do not decode.
+    #[error("cannot decode a forwarded query or answer")]
+    Decode(#[source] rmp_serde::decode::Error),
+    /// The answer is a failure of the serving node's machine: it is not carried (the
+    /// forwarding node answers an internal error).
+    #[error("the query failed on the serving node")]
+    Failed,
+}
+
+/// A state machine whose requests the node can route to shards (`[ring] sharded`,
+/// docs/sharding.md): each command and query names the key that decides its shard, and
+/// queries and their answers can travel between nodes (a node forwards a request to the node
+/// that leads the key's shard). One machine instance serves each shard's group.
+pub trait ShardedMachine: StateMachine {
+    /// The key `command` routes by.
+    fn command_key(command: &Self::Command) -> &[u8];
+    /// The key `query` routes by.
+    fn query_key(query: &Self::Query) -> &[u8];
+    /// `query` as bytes for another node.
+    fn encode_query(query: &Self::Query) -> Result<Vec<u8>, RouteCodecError>;
+    /// A query from another node.
+    fn decode_query(bytes: &[u8]) -> Result<Self::Query, RouteCodecError>;
+    /// A query's answer as bytes for the node that forwarded it.
+    fn encode_query_output(output: &Self::QueryOutput) -> Result<Vec<u8>, RouteCodecError>;
+    /// An answer from the node that served the query.
+    fn decode_query_output(bytes: &[u8]) -> Result<Self::QueryOutput, RouteCodecError>;
+}
+
+impl KvCommand {
+    /// The key the command writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {
+                key
+            }
+        }
+    }
+}
+
+impl ShardedMachine for KvMachine {
+    fn command_key(command: &KvRequest) -> &[u8] {
+        command.op.key()
+    }
+
+    fn query_key(query: &KvQuery) -> &[u8] {
+        match query {
+            KvQuery::Get(key) => key,
+        }
+    }
+
+    fn encode_query(query: &KvQuery) -> Result<Vec<u8>, RouteCodecError> {
+        match query {
+            KvQuery::Get(key) => {
+                rmp_serde::to_vec(&serde_bytes::Bytes::new(key)).map_err(RouteCodecError::Encode)
+            }
+        }
+    }
+
+    fn decode_query(bytes: &[u8]) -> Result<KvQuery, RouteCodecError> {
+        let key: serde_bytes::ByteBuf =
+            rmp_serde::from_slice(bytes).map_err(RouteCodecError::Decode)?;
+        Ok(KvQuery::Get(key.into_vec()))
+    }
+
+    fn encode_query_output(
+        output: &Result<Option<Vec<u8>>, StateMachineError>,
+    ) -> Result<Vec<u8>, RouteCodecError> {
+        match output {
+            Ok(value) => rmp_serde::to_vec(&value.as_deref().map(serde_bytes::Bytes::new))
+                .map_err(RouteCodecError::Encode),
+            Err(_) => Err(RouteCodecError::Failed),
+        }
+    }
+
+    fn decode_query_output(
+        bytes: &[u8],
+    ) -> Result<Result<Option<Vec<u8>>, StateMachineError>, RouteCodecError> {
+        let value: Option<serde_bytes::ByteBuf> =
+            rmp_serde::from_slice(bytes).map_err(RouteCodecError::Decode)?;
+        Ok(Ok(value.map(serde_bytes::ByteBuf::into_vec)))
+    }
+}
+
 impl StateMachine for KvMachine {
     type Command = KvRequest;
     type Output = KvOutput;

@@ -182,7 +182,15 @@ async fn every_route_on_a_leader() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         r.json(),
-        serde_json::json!({"shard": 3, "replicas": [1, 2, 3], "leader": 1})
+        serde_json::json!({"shard": 3, "group": 0, "replicas": [1, 2, 3], "leader": 1, "map_version": 0})
+    );
+
+    // A service that is not sharded lists no shards.
+    let r = get(&s, "/v1/shards").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"node_id": 1, "sharded": false, "map_version": 0, "shards": []})
     );
 
     let r = get(&s, "/metrics").await;

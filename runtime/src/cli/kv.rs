@@ -141,8 +141,17 @@ pub(super) fn run_route(key: &str, endpoint: &EndpointArg) -> anyhow::Result<u8>
         let leader = route
             .leader
             .map_or_else(|| "unknown".to_owned(), |l| l.to_string());
+        // A sharded node names the shard's group and its map version.
+        let group = if route.map_version > 0 {
+            format!(
+                " (group {}, map version {})",
+                route.group, route.map_version
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "key {key:?}: shard {}, replicas [{}], leader {leader}",
+            "key {key:?}: shard {}{group}, replicas [{}], leader {leader}",
             route.shard,
             replicas.join(", ")
         );

@@ -55,7 +55,9 @@ pub fn run_blocking(config: Config) -> Result<(), RunError> {
                     source: Box::new(e),
                 })?;
                 KvMachine::open_engine(engine, &dir)
-            });
+            })
+            // Routes keys to shards when `[ring] sharded = true`.
+            .sharding();
         if let Some(handle) = recorder {
             builder = builder.metrics(handle);
         }

@@ -188,7 +188,7 @@ impl Auth {
             "/healthz" | "/readyz" => Access::Needs(Role::Client),
             "/metrics" if self.public_metrics => Access::Public,
             "/metrics" => Access::Needs(Role::Client),
-            "/v1/cluster" | "/v1/cluster/members" | "/v1/cluster/config" if read => {
+            "/v1/cluster" | "/v1/cluster/members" | "/v1/cluster/config" | "/v1/shards" if read => {
                 Access::Needs(Role::Client)
             }
             p if p.starts_with("/v1/kv/") || p.starts_with("/v1/sm/") => {

@@ -192,6 +192,8 @@ impl From<RequestError> for ApiError {
                 code: "cannot_drain",
                 message,
             },
+            RequestError::HopLimit => ApiError::unavailable("hop_limit", message),
+            RequestError::ShardMapConflict { .. } => ApiError::Internal { message },
             RequestError::Internal(_) => ApiError::Internal { message },
         }
     }

@@ -10,6 +10,7 @@
 //! `GET /v1/cluster/members`, `POST /v1/cluster/transfer-leader`, `POST /v1/cluster/snapshot`,
 //! the membership routes (`GET /v1/cluster/config`, `POST
 //! /v1/cluster/learners|promote|remove|replace`, see [`membership`]), `GET /v1/ring/route/{key}`,
+//! `GET /v1/shards`,
 //! `GET /metrics`, `GET /healthz`, `GET /readyz`.
 //!
 //! Hardening (docs/security.md): HTTPS with rustls (`[http.tls]`), bearer tokens with a
@@ -429,6 +430,7 @@ async fn dispatch<S: KvService>(
         Route::TransferLeader if post => transfer_leader(req, payload, ctx).await,
         Route::Snapshot if post => take_snapshot(req, ctx).await,
         Route::Ring if get => ring_route(req, ctx).await,
+        Route::Shards if get => Ok(HttpResponse::Ok().json(ctx.service.shards().await)),
         Route::Metrics if get => Ok(metrics_text(ctx).await),
         Route::Healthz if get => Ok(healthz(ctx).await),
         Route::Readyz if get => Ok(readyz(ctx).await),
@@ -843,8 +845,7 @@ async fn ring_route<S: KvService>(
     ctx: Data<S>,
 ) -> Result<HttpResponse, ApiError> {
     let key = path_key(&req, ROUTE_PREFIX)?;
-    let (shard, replicas, leader) = ctx.service.route(&key);
-    Ok(HttpResponse::Ok().json(json!({ "shard": shard, "replicas": replicas, "leader": leader })))
+    Ok(HttpResponse::Ok().json(ctx.service.route(&key)))
 }
 
 async fn metrics_text<S: KvService>(ctx: Data<S>) -> HttpResponse {

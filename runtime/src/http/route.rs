@@ -51,6 +51,8 @@ pub(super) enum Route {
     Ring,
     /// `/v1/ring/route/`
     RingNoKey,
+    /// `/v1/shards`
+    Shards,
     /// `/metrics`
     Metrics,
     /// `/healthz`
@@ -92,6 +94,7 @@ impl Route {
             "/v1/cluster/drain" => Route::Drain,
             "/v1/cluster/transfer-leader" => Route::TransferLeader,
             "/v1/cluster/snapshot" => Route::Snapshot,
+            "/v1/shards" => Route::Shards,
             "/metrics" => Route::Metrics,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
@@ -117,6 +120,7 @@ impl Route {
             Route::Snapshot => "/v1/cluster/snapshot",
             Route::Ring => "/v1/ring/route/{key}",
             Route::RingNoKey => "/v1/ring/route/",
+            Route::Shards => "/v1/shards",
             Route::Metrics => "/metrics",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
@@ -210,6 +214,8 @@ mod tests {
             ("/v1/ring/route/k", Some("/v1/ring/route/{key}")),
             ("/v1/ring/route/", Some("/v1/ring/route/")),
             ("/v1/ring/route/k/x", None),
+            ("/v1/shards", Some("/v1/shards")),
+            ("/v1/shards/", None),
             ("/metrics", Some("/metrics")),
             ("/healthz", Some("/healthz")),
             ("/readyz", Some("/readyz")),

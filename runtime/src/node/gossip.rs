@@ -291,6 +291,16 @@ impl GossipShared {
         self.view.read().members.clone()
     }
 
+    /// Whether gossip holds `id` dead or gone (`left`): the shard router does not forward a
+    /// request to it (it would wait for an answer that cannot come). Unknown members are not.
+    pub(super) fn is_down(&self, id: NodeId) -> bool {
+        self.view
+            .read()
+            .members
+            .iter()
+            .any(|m| m.id == id && matches!(m.state, MemberState::Dead | MemberState::Left))
+    }
+
     fn snapshot(&self, node_id: NodeId) -> GossipMembers {
         let view = self.view.read().clone();
         let latency = self.latency.lock();

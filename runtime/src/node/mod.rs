@@ -36,6 +36,9 @@ pub use membership::REPLACE_CATCH_UP_WAIT;
 pub mod peers;
 mod registry;
 pub use registry::{GroupGaveUp, GroupRegistryError};
+pub mod router;
+mod shards;
+pub use shards::{ShardSetupError, MAX_SERVING};
 pub mod snapshotter;
 pub mod transfer;
 pub mod transfer_actor;
@@ -157,6 +160,10 @@ pub enum NodeError {
         /// The group.
         group: GroupId,
     },
+
+    /// `[ring] sharded = true` and the node's shards could not be set up.
+    #[error("shards: {0}")]
+    Shards(#[from] ShardSetupError),
 }
 
 use applier::MachineFactory;
@@ -168,6 +175,8 @@ pub struct NodeBuilder<M: StateMachine> {
     /// serves group 0 only).
     factory: Option<(MachineFactory<M>, bool)>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// How requests of the machine route by key (`NodeBuilder::sharding`).
+    codec: Option<Arc<dyn shards::RouteCodec<M>>>,
 }
 
 impl Node<KvMachine> {
@@ -178,6 +187,7 @@ impl Node<KvMachine> {
             config: None,
             factory: None,
             prometheus: None,
+            codec: None,
         }
     }
 }
@@ -221,6 +231,17 @@ impl<M: StateMachine> NodeBuilder<M> {
         self
     }
 
+    /// Lets the node route requests to shards by key (needed by `[ring] sharded = true`;
+    /// harmless otherwise): the machine names each command's and query's key and encodes
+    /// queries for other nodes ([`crate::state_machine::ShardedMachine`]).
+    pub fn sharding(mut self) -> Self
+    where
+        M: crate::state_machine::ShardedMachine,
+    {
+        self.codec = Some(Arc::new(shards::Codec::<M>::new()));
+        self
+    }
+
     /// The handle of an installed Prometheus recorder, rendered by `GET /metrics`.
     pub fn metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
         self.prometheus = Some(handle);
@@ -232,7 +253,7 @@ impl<M: StateMachine> NodeBuilder<M> {
         let config = self.config.ok_or(NodeError::NoConfig)?;
         let factory = self.factory.ok_or(NodeError::NoStateMachine)?;
         config.validate()?;
-        start_node(config, factory, self.prometheus).await
+        start_node(config, factory, self.prometheus, self.codec).await
     }
 }
 
@@ -332,6 +353,8 @@ struct Inner<M: StateMachine> {
     /// The groups this node hosts (created and removed at runtime).
     registry: Arc<GroupRegistry<M>>,
     ring: Ring,
+    /// The shard map and router (`[ring] sharded`; `None`: group 0 serves every key).
+    shards: Option<shards::Sharding<M>>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutting_down: std::sync::atomic::AtomicBool,
     /// Gossip's shared view and the live gossip actor.
@@ -409,6 +432,7 @@ async fn start_node<M: StateMachine>(
     config: Config,
     factory: (MachineFactory<M>, bool),
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    codec: Option<Arc<dyn shards::RouteCodec<M>>>,
 ) -> Result<Node<M>, NodeError> {
     let id = config.node.id;
     #[cfg(feature = "planted-bugs")]
@@ -606,6 +630,50 @@ async fn start_node<M: StateMachine>(
     ));
     registry.start_listed(&base_membership)?;
 
+    let ring_cfg = RingConfig {
+        vnodes: config.ring.vnodes as u32,
+        shards: config.ring.shards,
+        replication_factor: config.ring.replication_factor as u32,
+        ..RingConfig::default()
+    };
+    // The ring shows placement over the bootstrap members (this node alone on a joining node).
+    let ring_nodes: Vec<u64> = if members.is_empty() {
+        vec![id]
+    } else {
+        members.keys().copied().collect()
+    };
+    let ring = Ring::with_nodes(ring_cfg, ring_nodes.iter().map(|&n| (n, DEFAULT_WEIGHT)))?;
+
+    // Shards: the stored map (else the bootstrap map, stored now) and this node's shard groups.
+    let sharding = if config.ring.sharded {
+        if !any_group {
+            return Err(ShardSetupError::OneMachineOnly.into());
+        }
+        let codec = codec.ok_or(ShardSetupError::NotShardable)?;
+        let map = shards::load_or_bootstrap(&config.node.data_dir, &ring)?;
+        let mine = shards::my_groups(&map, id, &base_membership.addrs)?;
+        registry.start_groups(mine)?;
+        tracing::info!(
+            node = id,
+            version = map.version(),
+            shards = map.shard_count(),
+            hosted = map.shards_of(id).count(),
+            "shard map loaded"
+        );
+        Some(shards::Sharding {
+            router: Arc::new(shards::ShardRouter::new(
+                id,
+                config.node.max_hops,
+                config.node.data_dir.clone(),
+                map,
+            )),
+            codec,
+        })
+    } else {
+        None
+    };
+    let dispatch_shards = sharding.as_ref().map(|s| s.router.clone());
+
     // Inbound dispatch by group id, through the registry (groups come and go at runtime).
     let dispatch = registry.clone();
     let gossip_slot = gossip.actor.clone();
@@ -619,6 +687,11 @@ async fn start_node<M: StateMachine>(
             // deliver a few frames until it is closed: not heard.
             let heard = match &msg {
                 WireMessage::Swim(_) | WireMessage::Members(_) => dispatch_peers.admits(from),
+                // Client requests are forwarded by members only (a vouched-for peer that no
+                // membership names yet is not one).
+                WireMessage::Forward(_) | WireMessage::ForwardReply(_) => {
+                    dispatch_peers.is_member(from)
+                }
                 _ => dispatch_peers.admits_raft(from),
             };
             if !heard {
@@ -674,6 +747,16 @@ async fn start_node<M: StateMachine>(
                     }
                 }
                 WireMessage::SnapshotAck(ack) => inbound_sender.on_ack(from, ack),
+                WireMessage::Forward(req) => match &dispatch_shards {
+                    Some(router) => router.on_request(from, req),
+                    None => metrics::counter!("conclave_shard_forwards_refused_total", "reason" => "not_sharded")
+                        .increment(1),
+                },
+                WireMessage::ForwardReply(reply) => {
+                    if let Some(router) = &dispatch_shards {
+                        router.on_reply(from, reply);
+                    }
+                }
                 WireMessage::Members(notice) => {
                     if let Err(e) = dispatch_peers.vouch(from, notice) {
                         tracing::warn!(error = %e, "members notice dropped");
@@ -686,20 +769,6 @@ async fn start_node<M: StateMachine>(
     });
     spawn_introductions(&peers);
 
-    let ring_cfg = RingConfig {
-        vnodes: config.ring.vnodes as u32,
-        shards: config.ring.shards,
-        replication_factor: config.ring.replication_factor as u32,
-        ..RingConfig::default()
-    };
-    // The ring shows placement over the bootstrap members (this node alone on a joining node).
-    let ring_nodes: Vec<u64> = if members.is_empty() {
-        vec![id]
-    } else {
-        members.keys().copied().collect()
-    };
-    let ring = Ring::with_nodes(ring_cfg, ring_nodes.iter().map(|&n| (n, DEFAULT_WEIGHT)))?;
-
     let handle = NodeHandle {
         inner: Arc::new(Inner {
             id,
@@ -707,6 +776,7 @@ async fn start_node<M: StateMachine>(
             peers,
             registry,
             ring,
+            shards: sharding,
             prometheus,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             gossip,
@@ -715,6 +785,7 @@ async fn start_node<M: StateMachine>(
         }),
     };
     spawn_metrics_upkeep(&handle);
+    handle.serve_forwarded_requests();
     Ok(Node {
         handle,
         transport,
@@ -992,6 +1063,7 @@ impl<M: StateMachine> NodeHandle<M> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(GroupRegistryError::ShuttingDown);
         }
+        self.refuse_shard_group(group)?;
         self.inner
             .registry
             .create(group, voters.into_iter().collect())
@@ -1001,7 +1073,19 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Stops hosting group `group` (not group 0) and unlists it. Its log records and snapshot
     /// files stay on disk: creating the group again resumes from them.
     pub async fn remove_group(&self, group: GroupId) -> Result<(), GroupRegistryError> {
+        self.refuse_shard_group(group)?;
         self.inner.registry.remove(group).await
+    }
+
+    /// Shard groups come and go with the shard map, never through `create_group` or
+    /// `remove_group`.
+    fn refuse_shard_group(&self, group: GroupId) -> Result<(), GroupRegistryError> {
+        match &self.inner.shards {
+            Some(s) if s.router.map().is_shard_group(group) => {
+                Err(GroupRegistryError::ShardGroup(group))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The groups this node hosts, in id order.
@@ -1358,13 +1442,11 @@ impl KvService for NodeHandle<KvMachine> {
         command: KvCommand,
         idempotency_key: Option<String>,
     ) -> Result<WriteResult<KvOutput>, RequestError> {
-        NodeHandle::write(
-            self,
-            KvRequest {
-                id: idempotency_key,
-                op: command,
-            },
-        )
+        // Sharded: to the key's shard, from any node; else group 0.
+        self.write_routed(KvRequest {
+            id: idempotency_key,
+            op: command,
+        })
         .await
     }
 
@@ -1373,7 +1455,7 @@ impl KvService for NodeHandle<KvMachine> {
         key: Vec<u8>,
         consistency: Consistency,
     ) -> Result<Option<Vec<u8>>, RequestError> {
-        NodeHandle::read(self, KvQuery::Get(key), consistency)
+        self.read_routed(KvQuery::Get(key), consistency)
             .await?
             .map_err(|e| RequestError::from(InternalError::failed(e)))
     }
@@ -1402,15 +1484,12 @@ impl KvService for NodeHandle<KvMachine> {
         self.leader()
     }
 
-    fn route(&self, key: &[u8]) -> (u64, Vec<NodeId>, Option<NodeId>) {
-        let route = self.inner.ring.route(key);
-        // Until multi-Raft sharding lands every shard is served by group 0.
-        let leader = self
-            .inner
-            .registry
-            .get(0)
-            .and_then(|g| g.shared.snapshot.read().leader);
-        (route.shard, route.replicas, leader)
+    fn route(&self, key: &[u8]) -> KeyRoute {
+        self.key_route(key)
+    }
+
+    async fn shards(&self) -> ShardsStatus {
+        self.shards_status()
     }
 
     async fn transfer_leader(&self, to: NodeId) -> Result<(), RequestError> {

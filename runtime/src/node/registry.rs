@@ -53,6 +53,9 @@ pub enum GroupRegistryError {
     /// Group 0 is the cluster's first group: it carries the cluster's membership.
     #[error("group 0, the cluster's first group, cannot be removed")]
     FirstGroup,
+    /// The group is a shard's group: the shard map decides where it is hosted.
+    #[error("group {0} is a shard's group: it is hosted where the shard map places it")]
+    ShardGroup(GroupId),
     /// The node's state machine opens one machine only.
     #[error("the node's state machine was given with `state_machine_with`, which opens one machine: it serves group 0 only (give `state_machine` or `state_machine_for_groups` to host more groups)")]
     OneMachineOnly,
@@ -168,6 +171,20 @@ impl<M: StateMachine> GroupRegistry<M> {
         let mut all = vec![(0, base.clone())];
         all.extend(listed.into_iter().filter(|(g, _)| *g != 0));
         for (group, membership) in all {
+            let entry = self.spawner.spawn(group, &membership, false)?;
+            self.groups.write().insert(group, Arc::new(entry));
+        }
+        Ok(())
+    }
+
+    /// Starts the shard groups the shard map places on this node, each with its bootstrap
+    /// membership (not listed in `data_dir/group-list`: the stored map is their record). Runs
+    /// on the node's arbiter, while the node starts, after [`GroupRegistry::start_listed`].
+    pub(super) fn start_groups(&self, groups: Vec<(GroupId, Membership)>) -> Result<(), NodeError> {
+        for (group, membership) in groups {
+            if self.contains(group) {
+                return Err(super::ShardSetupError::GroupListed { group }.into());
+            }
             let entry = self.spawner.spawn(group, &membership, false)?;
             self.groups.write().insert(group, Arc::new(entry));
         }

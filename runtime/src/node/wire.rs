@@ -26,6 +26,54 @@ pub enum WireMessage {
     /// The members the sender's logs name, so that a node lagging behind a membership change
     /// admits a member that change added (`node::peers`); heard from members only.
     Members(MembersNotice),
+    /// A client's request for a shard's group, forwarded by a node that does not lead that
+    /// group (`node::shards`); heard from members only.
+    Forward(ForwardRequest),
+    /// The answer to a [`WireMessage::Forward`], to the node that sent it.
+    ForwardReply(ForwardReply),
+}
+
+/// A request for a shard's group, forwarded between nodes (`node::shards`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// The sender's id for matching the reply.
+    pub id: u64,
+    /// The version of the sender's shard map.
+    pub map_version: u64,
+    /// Its digest (`ShardMap::digest`): same version, other digest is a conflict.
+    pub map_digest: u64,
+    /// How many times the request was forwarded, this hop included (at most `node.max_hops`).
+    pub hops: u32,
+    /// The key the request routes by; the receiver checks it is the command's or query's key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// What to do.
+    pub op: ForwardOp,
+}
+
+/// What a forwarded request asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardOp {
+    /// A write: the state machine's command, MessagePack as the log holds it.
+    Write(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A read: the query as the machine's `ShardedMachine::encode_query` wrote it, at a
+    /// consistency.
+    Read {
+        /// The encoded query.
+        #[serde(with = "serde_bytes")]
+        query: Vec<u8>,
+        /// Its consistency.
+        consistency: crate::config::ReadLevel,
+    },
+}
+
+/// The answer to a forwarded request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardReply {
+    /// The request's id.
+    pub id: u64,
+    /// The encoded result (a write's `WriteResult`, a read's encoded output), or why not.
+    pub outcome: Result<serde_bytes::ByteBuf, super::router::ForwardFailure>,
 }
 
 /// Every member the sender's groups' memberships name, those being added included.

@@ -318,8 +318,14 @@ impl KvService for Double {
         }
     }
 
-    fn route(&self, key: &[u8]) -> (u64, Vec<NodeId>, Option<NodeId>) {
-        (key.len() as u64 % 64, vec![self.id, 2, 3], Some(self.id))
+    fn route(&self, key: &[u8]) -> conclave::api::KeyRoute {
+        conclave::api::KeyRoute {
+            shard: key.len() as u64 % 64,
+            group: 0,
+            replicas: vec![self.id, 2, 3],
+            leader: Some(self.id),
+            map_version: 0,
+        }
     }
 
     async fn transfer_leader(&self, _to: NodeId) -> Result<(), RequestError> {

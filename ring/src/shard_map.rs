@@ -1,0 +1,389 @@
+//! The shard map: which Raft group serves each shard, on which replicas, and a version that
+//! grows with every change of that assignment.
+//!
+//! A [`ShardMap`] is built once, at bootstrap, from the ring's bounded-load [`Placement`] over
+//! the initial members ([`ShardMap::bootstrap`]): version 1. Shard `s` is served by Raft group
+//! [`group_of_shard`]`(s)` = `s + 1` (group 0 is the cluster's first group, which carries the
+//! membership; it is never a shard). The map's *content* — shard count, groups, replica lists —
+//! is what every node must agree on: [`ShardMap::digest`] is a stable hash of it and of the
+//! version, so two nodes can tell "same version, different map" (a node started with another
+//! `[ring]` configuration) from "older version".
+//!
+//! Leader hints ([`ShardEntry::leader_hint`]) are advisory: a node updates them from what it
+//! learns (its own groups' elections, peers' answers) without changing the version or the
+//! digest. At bootstrap each shard's hint is its first replica, the ring's preferred leader.
+//!
+//! Pure: no I/O. Deserialised maps are checked with [`ShardMap::validate`] before use.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::{key_hash, shard_for_key};
+use crate::{NodeId, Placement, ShardId, MAX_REPLICATION_FACTOR, MAX_SHARDS};
+
+/// A Raft group's id (the workspace's one definition, in `conclave-core`).
+pub use conclave_core::ids::GroupId;
+
+/// The Raft group that serves shard `shard`: `shard + 1` (group 0 is the cluster's first
+/// group, never a shard's).
+#[inline]
+pub const fn group_of_shard(shard: ShardId) -> GroupId {
+    shard.saturating_add(1)
+}
+
+/// The shard a group serves among `shards` shards, if it is a shard's group.
+#[inline]
+pub fn shard_of_group(group: GroupId, shards: u64) -> Option<ShardId> {
+    (group >= 1 && group <= shards).then(|| group - 1)
+}
+
+/// One shard's entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// The shard.
+    pub shard: ShardId,
+    /// The Raft group that serves it ([`group_of_shard`]).
+    pub group: GroupId,
+    /// Its replicas (the group's voters), preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// The leader last known to the node holding this copy (advisory; not part of the
+    /// version or digest).
+    #[serde(default)]
+    pub leader_hint: Option<NodeId>,
+}
+
+/// Why a shard map is unusable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShardMapError {
+    /// A map has at least one shard.
+    #[error("the shard map has no shards")]
+    NoShards,
+    /// More shards than [`MAX_SHARDS`].
+    #[error("the shard map has {count} shards (at most {MAX_SHARDS})")]
+    TooManyShards {
+        /// How many it has.
+        count: usize,
+    },
+    /// Version 0 is never a map's version (bootstrap is 1).
+    #[error("shard map version 0 is not a valid version")]
+    ZeroVersion,
+    /// An entry is not what its position says.
+    #[error("shard map entry {index}: {problem}")]
+    BadEntry {
+        /// The entry's position (the shard it must describe).
+        index: usize,
+        /// What is wrong with it.
+        problem: EntryProblem,
+    },
+}
+
+/// What is wrong with one entry of a shard map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryProblem {
+    /// Entry `i` must describe shard `i`.
+    #[error("describes shard {0}")]
+    WrongShard(ShardId),
+    /// Shard `s` must be served by group `s + 1`.
+    #[error("names group {0}, not its shard's group")]
+    WrongGroup(GroupId),
+    /// A shard needs at least one replica.
+    #[error("has no replicas")]
+    NoReplicas,
+    /// More replicas than [`MAX_REPLICATION_FACTOR`].
+    #[error("has {0} replicas (at most {MAX_REPLICATION_FACTOR})")]
+    TooManyReplicas(usize),
+    /// A replica named twice, or node id 0.
+    #[error("names replica {0} twice or names node 0")]
+    BadReplica(NodeId),
+    /// The leader hint is not one of the replicas.
+    #[error("has leader hint {0}, which is not one of its replicas")]
+    HintNotAReplica(NodeId),
+}
+
+/// Shard → group, replicas, leader hint; with a version. See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    version: u64,
+    shards: Vec<ShardEntry>,
+}
+
+impl ShardMap {
+    /// The bootstrap map (version 1) of a placement: shard `s` on group `s + 1` with the
+    /// placement's replicas, each shard's leader hint its first (preferred) replica.
+    pub fn bootstrap(placement: &Placement) -> Result<Self, ShardMapError> {
+        let map = ShardMap {
+            version: 1,
+            shards: placement
+                .iter()
+                .map(|(shard, replicas)| ShardEntry {
+                    shard,
+                    group: group_of_shard(shard),
+                    replicas: replicas.to_vec(),
+                    leader_hint: replicas.first().copied(),
+                })
+                .collect(),
+        };
+        map.validate()?;
+        Ok(map)
+    }
+
+    /// Checks a map (after deserialising one): at least one shard, version at least 1,
+    /// entry `i` describes shard `i` on group `i + 1`, one to [`MAX_REPLICATION_FACTOR`]
+    /// distinct non-zero replicas, a leader hint among them.
+    pub fn validate(&self) -> Result<(), ShardMapError> {
+        if self.shards.is_empty() {
+            return Err(ShardMapError::NoShards);
+        }
+        if self.shards.len() as u64 > MAX_SHARDS {
+            return Err(ShardMapError::TooManyShards {
+                count: self.shards.len(),
+            });
+        }
+        if self.version == 0 {
+            return Err(ShardMapError::ZeroVersion);
+        }
+        for (index, e) in self.shards.iter().enumerate() {
+            let bad = |problem| ShardMapError::BadEntry { index, problem };
+            if e.shard != index as ShardId {
+                return Err(bad(EntryProblem::WrongShard(e.shard)));
+            }
+            if e.group != group_of_shard(e.shard) {
+                return Err(bad(EntryProblem::WrongGroup(e.group)));
+            }
+            if e.replicas.is_empty() {
+                return Err(bad(EntryProblem::NoReplicas));
+            }
+            if e.replicas.len() > MAX_REPLICATION_FACTOR as usize {
+                return Err(bad(EntryProblem::TooManyReplicas(e.replicas.len())));
+            }
+            for (i, &r) in e.replicas.iter().enumerate() {
+                if r == 0 || e.replicas[..i].contains(&r) {
+                    return Err(bad(EntryProblem::BadReplica(r)));
+                }
+            }
+            if let Some(h) = e.leader_hint {
+                if !e.replicas.contains(&h) {
+                    return Err(bad(EntryProblem::HintNotAReplica(h)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The map's version: 1 at bootstrap, one more with every change of a shard's group or
+    /// replicas.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// How many shards.
+    pub fn shard_count(&self) -> u64 {
+        self.shards.len() as u64
+    }
+
+    /// Every shard, in shard order.
+    pub fn entries(&self) -> &[ShardEntry] {
+        &self.shards
+    }
+
+    /// Shard `shard`'s entry.
+    pub fn entry(&self, shard: ShardId) -> Option<&ShardEntry> {
+        usize::try_from(shard).ok().and_then(|i| self.shards.get(i))
+    }
+
+    /// The shard of `key` (the ring's stable hash, [`crate::hash::shard_for_key`]).
+    pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
+        shard_for_key(key, self.shard_count())
+    }
+
+    /// The entry of `key`'s shard.
+    pub fn route(&self, key: &[u8]) -> &ShardEntry {
+        // A validated map has at least one shard and `shard_for_key` is below the count.
+        let i = self.shard_for_key(key) as usize;
+        &self.shards[i.min(self.shards.len().saturating_sub(1))]
+    }
+
+    /// The entry of the shard `group` serves, if it is a shard's group.
+    pub fn entry_of_group(&self, group: GroupId) -> Option<&ShardEntry> {
+        shard_of_group(group, self.shard_count()).and_then(|s| self.entry(s))
+    }
+
+    /// Whether `group` is one of the map's shard groups.
+    pub fn is_shard_group(&self, group: GroupId) -> bool {
+        shard_of_group(group, self.shard_count()).is_some()
+    }
+
+    /// The shards `node` is a replica of, in shard order.
+    pub fn shards_of(&self, node: NodeId) -> impl Iterator<Item = &ShardEntry> + '_ {
+        self.shards
+            .iter()
+            .filter(move |e| e.replicas.contains(&node))
+    }
+
+    /// Records `leader` as `shard`'s leader hint (a replica only; anything else is ignored).
+    /// Changes neither the version nor the digest. Returns whether the hint changed.
+    pub fn set_leader_hint(&mut self, shard: ShardId, leader: NodeId) -> bool {
+        let Some(e) = usize::try_from(shard)
+            .ok()
+            .and_then(|i| self.shards.get_mut(i))
+        else {
+            return false;
+        };
+        if !e.replicas.contains(&leader) || e.leader_hint == Some(leader) {
+            return false;
+        }
+        e.leader_hint = Some(leader);
+        true
+    }
+
+    /// A stable 64-bit hash of the version, the groups and the replica lists (not the leader
+    /// hints): XXH3-64 of their little-endian encoding. Equal maps have equal digests on every
+    /// machine and release; two nodes with the same version and different digests disagree on
+    /// the map.
+    pub fn digest(&self) -> u64 {
+        let mut bytes = Vec::with_capacity(16 + self.shards.len() * 40);
+        bytes.extend_from_slice(&self.version.to_le_bytes());
+        bytes.extend_from_slice(&self.shard_count().to_le_bytes());
+        for e in &self.shards {
+            bytes.extend_from_slice(&e.group.to_le_bytes());
+            bytes.extend_from_slice(&(e.replicas.len() as u64).to_le_bytes());
+            for r in &e.replicas {
+                bytes.extend_from_slice(&r.to_le_bytes());
+            }
+        }
+        key_hash(&bytes)
+    }
+
+    /// Whether `self` and `other` have the same version and content (hints aside).
+    pub fn same_content(&self, other: &ShardMap) -> bool {
+        self.version == other.version
+            && self.shards.len() == other.shards.len()
+            && self
+                .shards
+                .iter()
+                .zip(&other.shards)
+                .all(|(a, b)| a.group == b.group && a.replicas == b.replicas)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{Ring, RingConfig, DEFAULT_WEIGHT};
+
+    fn ring(nodes: u64, shards: u64) -> Ring {
+        let config = RingConfig {
+            shards,
+            ..RingConfig::default()
+        };
+        Ring::with_nodes(config, (1..=nodes).map(|n| (n, DEFAULT_WEIGHT))).unwrap()
+    }
+
+    #[test]
+    fn bootstrap_follows_the_placement_on_groups_one_up() {
+        let r = ring(3, 16);
+        let map = ShardMap::bootstrap(r.placement()).unwrap();
+        assert_eq!(map.version(), 1);
+        assert_eq!(map.shard_count(), 16);
+        for (shard, replicas) in r.placement().iter() {
+            let e = map.entry(shard).unwrap();
+            assert_eq!(e.group, shard + 1);
+            assert_eq!(e.replicas, replicas);
+            assert_eq!(e.leader_hint, replicas.first().copied());
+            assert_eq!(map.entry_of_group(shard + 1), Some(e));
+        }
+        assert!(!map.is_shard_group(0));
+        assert!(!map.is_shard_group(17));
+        // Three nodes, RF 3: every node holds every shard.
+        assert_eq!(map.shards_of(2).count(), 16);
+    }
+
+    #[test]
+    fn keys_route_with_the_rings_stable_hash() {
+        let r = ring(5, 64);
+        let map = ShardMap::bootstrap(r.placement()).unwrap();
+        for i in 0..1000 {
+            let key = format!("key-{i}");
+            let route = r.route(key.as_bytes());
+            let e = map.route(key.as_bytes());
+            assert_eq!(e.shard, route.shard);
+            assert_eq!(e.replicas, route.replicas);
+        }
+        // Five nodes, RF 3: each node holds some shards, not all.
+        let held: usize = (1..=5).map(|n| map.shards_of(n).count()).sum();
+        assert_eq!(held, 64 * 3);
+        assert!((1..=5).all(|n| map.shards_of(n).count() < 64));
+    }
+
+    #[test]
+    fn the_same_placement_gives_the_same_digest_and_hints_do_not_count() {
+        let a = ShardMap::bootstrap(ring(3, 8).placement()).unwrap();
+        let mut b = ShardMap::bootstrap(ring(3, 8).placement()).unwrap();
+        assert_eq!(a.digest(), b.digest());
+        let other = b.entry(0).unwrap().replicas[1];
+        assert!(b.set_leader_hint(0, other));
+        assert!(!b.set_leader_hint(0, other));
+        assert!(!b.set_leader_hint(0, 99), "not a replica");
+        assert!(!b.set_leader_hint(99, other), "no such shard");
+        assert_eq!(a.digest(), b.digest());
+        assert!(a.same_content(&b));
+        let c = ShardMap::bootstrap(ring(4, 8).placement()).unwrap();
+        assert_ne!(a.digest(), c.digest());
+        assert!(!a.same_content(&c));
+    }
+
+    #[test]
+    fn validate_names_what_is_wrong() {
+        let good = ShardMap::bootstrap(ring(3, 4).placement()).unwrap();
+        let mut m = good.clone();
+        m.version = 0;
+        assert_eq!(m.validate(), Err(ShardMapError::ZeroVersion));
+        let mut m = good.clone();
+        m.shards.clear();
+        assert_eq!(m.validate(), Err(ShardMapError::NoShards));
+        let bad = |f: &dyn Fn(&mut ShardEntry)| {
+            let mut m = good.clone();
+            f(&mut m.shards[2]);
+            m.validate()
+        };
+        let at = |problem| Err(ShardMapError::BadEntry { index: 2, problem });
+        assert_eq!(bad(&|e| e.shard = 3), at(EntryProblem::WrongShard(3)));
+        assert_eq!(bad(&|e| e.group = 0), at(EntryProblem::WrongGroup(0)));
+        assert_eq!(bad(&|e| e.replicas.clear()), at(EntryProblem::NoReplicas));
+        assert_eq!(
+            bad(&|e| e.replicas = vec![1, 2, 1]),
+            at(EntryProblem::BadReplica(1))
+        );
+        assert_eq!(
+            bad(&|e| e.replicas = vec![0]),
+            at(EntryProblem::BadReplica(0))
+        );
+        assert_eq!(
+            bad(&|e| e.replicas = (1..=256).collect()),
+            at(EntryProblem::TooManyReplicas(256))
+        );
+        assert_eq!(
+            bad(&|e| e.leader_hint = Some(9)),
+            at(EntryProblem::HintNotAReplica(9))
+        );
+        assert_eq!(good.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_map_survives_serde() {
+        let map = ShardMap::bootstrap(ring(3, 8).placement()).unwrap();
+        let json = serde_json::to_string(&map).unwrap();
+        let back: ShardMap = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, map);
+        assert_eq!(back.validate(), Ok(()));
+    }
+
+    #[test]
+    fn groups_and_shards_convert() {
+        assert_eq!(group_of_shard(0), 1);
+        assert_eq!(shard_of_group(1, 4), Some(0));
+        assert_eq!(shard_of_group(4, 4), Some(3));
+        assert_eq!(shard_of_group(0, 4), None);
+        assert_eq!(shard_of_group(5, 4), None);
+    }
+}

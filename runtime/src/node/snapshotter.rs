@@ -15,6 +15,7 @@
 //! compacts its log and lets the log store purge.
 
 use crate::state_machine::{LogIndex, SnapshotView, StateMachineError};
+use crate::storage::background_io;
 use crate::storage::snapshot_store::{
     SnapshotStore, SnapshotStoreError, SnapshotWriter, StoredSnapshot,
 };
@@ -24,6 +25,7 @@ use conclave_actors::supervisor::ChildGuard;
 use conclave_core::raft::{self, SnapshotMeta};
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Why a snapshot could not be taken, written, found or restored.
 #[derive(Debug, thiserror::Error)]
@@ -172,15 +174,56 @@ impl Actor for SnapshotterActor {
 pub struct ProgressWriter<'a, W: Write> {
     inner: W,
     clock: &'a StallClock,
+    escalation: Option<Escalation>,
+}
+
+/// How long a snapshot may run past twice its pace before it stops yielding.
+pub const ESCALATION_GRACE: Duration = Duration::from_secs(2);
+
+/// A background image write that stops yielding once it is overdue
+/// ([`background_io::overdue`]): its thread is raised to the normal priorities until the
+/// image is written, then lowered again.
+struct Escalation {
+    started: Instant,
+    bytes: u64,
+    bytes_per_s: u64,
+    grace: Duration,
+    raised: Option<background_io::PriorityGuard>,
 }
 
 impl<'a, W: Write> ProgressWriter<'a, W> {
     /// Wraps `inner`; the caller holds the clock's call guard.
     pub fn new(inner: W, clock: &'a StallClock) -> Self {
-        ProgressWriter { inner, clock }
+        ProgressWriter {
+            inner,
+            clock,
+            escalation: None,
+        }
     }
 
-    /// The wrapped writer.
+    /// As [`ProgressWriter::new`], on a background thread: once the image is overdue at
+    /// `bytes_per_s` (its pacing) plus `grace`, the thread runs at the normal priorities until
+    /// this writer is done (`conclave_snapshot_escalated_total`).
+    pub fn escalating(inner: W, clock: &'a StallClock, bytes_per_s: u64, grace: Duration) -> Self {
+        ProgressWriter {
+            inner,
+            clock,
+            escalation: Some(Escalation {
+                started: Instant::now(),
+                bytes: 0,
+                bytes_per_s,
+                grace,
+                raised: None,
+            }),
+        }
+    }
+
+    /// Whether this writer's thread was raised because the image was overdue.
+    pub fn escalated(&self) -> bool {
+        self.escalation.as_ref().is_some_and(|e| e.raised.is_some())
+    }
+
+    /// The wrapped writer (a raised thread is lowered again).
     pub fn into_inner(self) -> W {
         self.inner
     }
@@ -190,6 +233,21 @@ impl<W: Write> Write for ProgressWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.clock.progress();
+        if let Some(e) = &mut self.escalation {
+            e.bytes += n as u64;
+            if e.raised.is_none()
+                && background_io::overdue(e.bytes, e.started.elapsed(), e.bytes_per_s, e.grace)
+            {
+                tracing::warn!(
+                    bytes = e.bytes,
+                    elapsed_ms = e.started.elapsed().as_millis() as u64,
+                    "snapshot image overdue at background priority (the machine is saturated); \
+                     writing the rest at normal priority"
+                );
+                metrics::counter!("conclave_snapshot_escalated_total").increment(1);
+                e.raised = Some(background_io::PriorityGuard::foreground());
+            }
+        }
         Ok(n)
     }
 
@@ -235,7 +293,12 @@ pub fn write_snapshot(
     match source {
         SnapshotSource::View(view) => {
             let started = std::time::Instant::now();
-            let mut out = ProgressWriter::new(store.create(meta.clone())?, clock);
+            let mut out = ProgressWriter::escalating(
+                store.create(meta.clone())?,
+                clock,
+                store.pacing().bytes_per_s,
+                ESCALATION_GRACE,
+            );
             let found = view.write_to(&mut out)?;
             if found != meta.index {
                 // Dropping the writer leaves a `.tmp` the next open removes.
@@ -448,6 +511,43 @@ mod tests {
             clock.progress();
             assert_eq!(health.condition(), StorageCondition::Healthy);
         }
+    }
+
+    /// An image written on the snapshotter's idle-priority thread that falls behind twice its
+    /// pace (plus the grace) raises the thread to the normal priorities for the rest of the
+    /// image, and the thread is lowered again afterwards; one on time is left alone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_overdue_image_stops_yielding_until_it_is_written() {
+        std::thread::spawn(|| {
+            let health = Arc::new(StorageHealth::new());
+            let dog = Watchdog::start(health, Duration::from_secs(60)).unwrap();
+            let clock = dog.clock("snapshots/0");
+            let _background = background_io::PriorityGuard::background();
+            let idle = || background_io::thread_cpu_policy() == Some(libc::SCHED_IDLE);
+            assert!(idle());
+            // On time: 5 bytes at 1 byte/s may take 10 s (plus 30 ms of grace).
+            let mut w =
+                ProgressWriter::escalating(std::io::sink(), &clock, 1, Duration::from_millis(30));
+            w.write_all(b"chunk").unwrap();
+            assert!(!w.escalated() && idle());
+            let _sink = w.into_inner();
+            // Overdue: 5 bytes at 1 GB/s may take 10 ns plus the grace; 40 ms passed.
+            let mut w = ProgressWriter::escalating(
+                std::io::sink(),
+                &clock,
+                1_000_000_000,
+                Duration::from_millis(30),
+            );
+            std::thread::sleep(Duration::from_millis(40));
+            w.write_all(b"chunk").unwrap();
+            assert!(w.escalated());
+            assert!(!idle(), "raised while the image is written");
+            let _sink = w.into_inner();
+            assert!(idle(), "lowered again once it is written");
+        })
+        .join()
+        .unwrap();
     }
 }
 

@@ -18,7 +18,14 @@
 //! - **Lower priority** ([`lower_thread_priority`]): the snapshotter's thread runs at nice
 //!   [`BACKGROUND_NICE`] and, for the I/O it submits itself (the `sync_file_range` steps and
 //!   the final `fsync`), the idle I/O class: the block layer serves it only when nothing of a
-//!   normal class waits (mq-deadline and BFQ honour classes; `none` ignores them).
+//!   normal class waits (mq-deadline and BFQ honour classes; `none` ignores them). The same
+//!   priorities serve the snapshot transfer threads and a snapshot's import into the state
+//!   store ([`PriorityGuard::background`]).
+//! - **But never starved for good** ([`overdue`], [`PriorityGuard::foreground`]): on a
+//!   saturated machine an idle-priority snapshot can wait as long as the machine stays busy,
+//!   and the log it would compact keeps growing meanwhile (twice in memory, once in the WAL,
+//!   and redb's file while the snapshot's read transaction pins pages). An image that falls
+//!   behind twice its pace plus a grace is finished at normal priority.
 //!
 //! Linux only; elsewhere the writeback steps and the priorities are no-ops (the pacing still
 //! applies, and the final `fsync` writes the image back).
@@ -263,49 +270,60 @@ pub fn lower_thread_priority() {
     }
 }
 
-/// The calling thread lowered to background priority — CPU `SCHED_IDLE` and the idle I/O
-/// class — until the guard is dropped, then restored: for a stretch of background work on a
-/// thread that otherwise does foreground work (a snapshot imported into the state store on an
-/// applier's thread). The node's Raft, WAL and the voters' disk traffic on the same machine go
-/// first (`mq-deadline` and BFQ honour the I/O classes; `none` ignores them). Best effort: what
-/// could not be lowered is not restored.
-pub struct BackgroundGuard {
+/// The calling thread's CPU policy and I/O class changed until the guard is dropped, then
+/// restored. Best effort: what could not be changed is not restored.
+///
+/// - [`PriorityGuard::background`]: `SCHED_IDLE` and the idle I/O class, for a stretch of
+///   background work on a thread that otherwise does foreground work (a snapshot imported into
+///   the state store on an applier's thread): the node's Raft work, WAL syncs and the other
+///   nodes sharing the machine go first (`mq-deadline` and BFQ honour the I/O classes; `none`
+///   ignores them).
+/// - [`PriorityGuard::foreground`]: the normal policy and I/O class, for background work that
+///   has fallen so far behind that yielding costs more than it saves (a snapshot starved on a
+///   saturated machine while the log it would compact grows: [`overdue`]).
+pub struct PriorityGuard {
     cpu: Option<libc::c_int>,
     io: Option<libc::c_long>,
 }
 
-impl BackgroundGuard {
+impl PriorityGuard {
     /// Lowers both priorities.
-    pub fn new() -> BackgroundGuard {
-        let cpu = sys::cpu_policy()
-            .ok()
-            .and_then(|p| match sys::set_idle_cpu_policy() {
-                Ok(()) => Some(p),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot lower the thread's CPU priority");
-                    None
-                }
-            });
-        let io = sys::io_priority()
-            .ok()
-            .and_then(|p| match sys::set_idle_io_priority() {
-                Ok(()) => Some(p),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot lower the thread's I/O priority");
-                    None
-                }
-            });
-        BackgroundGuard { cpu, io }
+    pub fn background() -> PriorityGuard {
+        Self::change(sys::set_idle_cpu_policy, sys::set_idle_io_priority)
+    }
+
+    /// Raises both to the normal ones.
+    pub fn foreground() -> PriorityGuard {
+        Self::change(
+            || sys::set_cpu_policy(libc::SCHED_OTHER),
+            // IOPRIO_CLASS_NONE: the class and level follow the CPU nice value (best effort).
+            || sys::set_io_priority(0),
+        )
+    }
+
+    fn change(
+        cpu: impl FnOnce() -> std::io::Result<()>,
+        io: impl FnOnce() -> std::io::Result<()>,
+    ) -> PriorityGuard {
+        let cpu = sys::cpu_policy().ok().and_then(|p| match cpu() {
+            Ok(()) => Some(p),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot change the thread's CPU priority");
+                None
+            }
+        });
+        let io = sys::io_priority().ok().and_then(|p| match io() {
+            Ok(()) => Some(p),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot change the thread's I/O priority");
+                None
+            }
+        });
+        PriorityGuard { cpu, io }
     }
 }
 
-impl Default for BackgroundGuard {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for BackgroundGuard {
+impl Drop for PriorityGuard {
     fn drop(&mut self) {
         if let Some(p) = self.io {
             if let Err(e) = sys::set_io_priority(p) {
@@ -319,6 +337,30 @@ impl Drop for BackgroundGuard {
         }
     }
 }
+
+/// Whether background work that has written `bytes` in `elapsed`, paced at `bytes_per_s`
+/// (0: unpaced, expected at [`EXPECTED_UNPACED_BYTES_PER_S`]), is overdue: more than twice
+/// the time its pace allows plus `grace`. A snapshot at idle priority on a saturated machine
+/// can be starved for as long as the machine stays busy, and meanwhile the log it would
+/// compact — in memory twice and in the WAL — grows with the write rate; past this point the
+/// snapshotter stops yielding ([`PriorityGuard::foreground`]).
+pub fn overdue(bytes: u64, elapsed: Duration, bytes_per_s: u64, grace: Duration) -> bool {
+    let rate = if bytes_per_s == 0 {
+        EXPECTED_UNPACED_BYTES_PER_S
+    } else {
+        bytes_per_s
+    };
+    let allowed = Duration::from_secs_f64(2.0 * bytes as f64 / rate as f64) + grace;
+    elapsed > allowed
+}
+
+/// The calling thread's CPU scheduling policy (`libc::SCHED_*`), if the platform says.
+pub fn thread_cpu_policy() -> Option<libc::c_int> {
+    sys::cpu_policy().ok()
+}
+
+/// The rate an unpaced background write is expected to reach, for [`overdue`].
+pub const EXPECTED_UNPACED_BYTES_PER_S: u64 = 50_000_000;
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
@@ -504,17 +546,24 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_background_guard_lowers_the_threads_priorities_and_restores_them() {
+    fn priority_guards_change_the_threads_priorities_and_restore_them() {
         // On a thread of its own: the test runner's threads keep their priorities.
         std::thread::spawn(|| {
             let io = sys::io_priority().expect("ioprio_get");
             let cpu = sys::cpu_policy().expect("sched_getscheduler");
             assert_ne!(cpu, libc::SCHED_IDLE);
             {
-                let _guard = BackgroundGuard::new();
+                let _background = PriorityGuard::background();
                 let during = sys::io_priority().expect("ioprio_get");
                 assert_eq!(during >> 13, 3, "idle I/O class while the guard lives");
                 assert_eq!(sys::cpu_policy().expect("policy"), libc::SCHED_IDLE);
+                {
+                    let _foreground = PriorityGuard::foreground();
+                    assert_eq!(sys::cpu_policy().expect("policy"), libc::SCHED_OTHER);
+                    assert_ne!(sys::io_priority().expect("ioprio_get") >> 13, 3);
+                }
+                assert_eq!(sys::cpu_policy().expect("policy"), libc::SCHED_IDLE);
+                assert_eq!(sys::io_priority().expect("ioprio_get") >> 13, 3);
             }
             assert_eq!(sys::io_priority().expect("ioprio_get"), io);
             assert_eq!(sys::cpu_policy().expect("policy"), cpu);
@@ -524,6 +573,25 @@ mod tests {
     }
 
     const MB: u64 = 1_000_000;
+
+    #[test]
+    fn background_work_is_overdue_past_twice_its_pace_plus_the_grace() {
+        let grace = Duration::from_secs(2);
+        // 50 MB at 50 MB/s: 1 s of pace, 2 s allowed, plus the grace.
+        assert!(!overdue(50 * MB, Duration::from_secs(4), 50 * MB, grace));
+        assert!(overdue(
+            50 * MB,
+            Duration::from_millis(4_100),
+            50 * MB,
+            grace
+        ));
+        // Nothing written yet: overdue once the grace has passed.
+        assert!(!overdue(0, Duration::from_secs(1), 50 * MB, grace));
+        assert!(overdue(0, Duration::from_millis(2_100), 50 * MB, grace));
+        // Unpaced: judged at the expected rate.
+        assert!(!overdue(50 * MB, Duration::from_secs(4), 0, grace));
+        assert!(overdue(50 * MB, Duration::from_secs(5), 0, grace));
+    }
 
     #[test]
     fn a_pacer_holds_a_writer_to_its_rate() {

@@ -463,7 +463,7 @@ impl StateStore for RedbStore {
         // The import is background work on the applier's thread (the node is catching up; the
         // group waits for it anyway): at background CPU and I/O priority until it ends, so the
         // Raft work and WAL syncs sharing the machine go first.
-        let _background = background_io::BackgroundGuard::new();
+        let _background = background_io::PriorityGuard::background();
         let outcome = (|| {
             let mut kv = tx.open_table(KV).map_err(err("open_table"))?;
             kv.retain(|_, _| false).map_err(err("clear"))?;

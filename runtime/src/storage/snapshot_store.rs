@@ -180,6 +180,11 @@ impl SnapshotStore {
         Ok(store)
     }
 
+    /// How this store's images are written.
+    pub fn pacing(&self) -> WritePacing {
+        self.pacing
+    }
+
     /// Images written by this store go out at `pacing`'s rate, written back step by step
     /// (`[snapshot] write_rate_mb_s`; see `storage::background_io`). Unpaced by default.
     pub fn with_pacing(mut self, pacing: WritePacing) -> SnapshotStore {

@@ -4,7 +4,8 @@
 //! `CONCLAVE_BOUNDED_WRITES` writes were acknowledged. When 10% of them are in, each node's
 //! RSS and data directory size are sampled; from then on the data directories are sampled
 //! every 500 ms, and at the end RSS again. Each node's RSS must grow less than 25% between
-//! the first sample and the end, and its data directory must stay under its size at the first
+//! the first sample and the end (in the short run, or by less than 8 MiB: see
+//! [`SHORT_RUN_RSS_SLACK_KIB`]), and its data directory must stay under its size at the first
 //! sample plus a bound (64 MiB with the default thresholds, as the issue asks; 16 MiB for the
 //! short run, whose thresholds and WAL segments are scaled down so that keeping history would
 //! exceed it several times over). At 5% of the writes and at the end every node takes a
@@ -43,6 +44,13 @@ const VALUE: usize = 1024;
 const CLIENTS: u64 = 16;
 /// Largest RSS growth allowed between the first sample and the end (or after a restart).
 const RSS_GROWTH: f64 = 1.25;
+/// In the short run, growth within this many KiB passes whatever the ratio. Its first sample is
+/// a ~30 MB process, whose RSS moves by several MiB with the allocator's retained memory
+/// (returned every 30 s by the memory trimmer, so by chance of timing), e.g. 27,408 → 34,304
+/// KiB (1.25x) in one loaded CI run. A node that kept its history would still fail by far: with
+/// `CONCLAVE_BOUNDED_THRESHOLD=0` the short run's RSS grows 4x (~80 MiB). The issue's run
+/// (400,000 writes) gets no slack.
+const SHORT_RUN_RSS_SLACK_KIB: u64 = 8 * 1024;
 
 /// A live node's RSS in KiB.
 fn rss(pid: u32) -> u64 {
@@ -249,10 +257,15 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
         end_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>(),
         max_dir.iter().map(|&b| mib(b)).collect::<Vec<_>>()
     );
+    let slack = if total < 100_000 {
+        SHORT_RUN_RSS_SLACK_KIB
+    } else {
+        0
+    };
     for i in 0..3 {
         let growth = end_rss[i] as f64 / first_rss[i] as f64;
         assert!(
-            growth < RSS_GROWTH,
+            growth < RSS_GROWTH || end_rss[i] < first_rss[i] + slack,
             "node {}: RSS grew {growth:.2}x ({} → {} KiB) between {} and {total} writes; logs in {}",
             i + 1,
             first_rss[i],

@@ -582,6 +582,16 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
 
     let w = writes.borrow().clone();
     let p = phases.borrow().clone();
+    // Chunks node 4 dropped or refused (each one is sent again), and what the leader resumed.
+    let joiner_ep = joiner.endpoint();
+    let dropped = metric(&joiner_ep, "conclave_snapshot_chunks_dropped_total", "").await;
+    let chunks_refused = metric(&joiner_ep, "conclave_snapshot_chunks_refused_total", "").await;
+    let resumed = metric(&leader_ep, "conclave_snapshot_resumed_total", "").await;
+    let sent_bytes = metric(&leader_ep, "conclave_snapshot_send_bytes_total", "").await;
+    eprintln!(
+        "snapshot chunks at node {NEW_ID}: dropped {dropped:?}, refused {chunks_refused:?}; leader: \
+         resumed {resumed:?}, bytes sent {sent_bytes:?}"
+    );
     let catch_end = add_start + promoted;
     let base = rate(&w.acks, base_start, base_end);
     let during = rate(&w.acks, add_start, catch_end);

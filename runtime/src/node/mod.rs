@@ -561,11 +561,11 @@ async fn start_node<M: StateMachine>(
     let send_arbiter = Arbiter::new();
     let receive_arbiter = Arbiter::new();
     // Their work (reading an image and streaming it, receiving and writing one) is background
-    // work, at the snapshotter's priority: the Raft workers, the WAL's syncs and the other
-    // nodes sharing the machine go first; a transfer slowed down is timed by its own
-    // deadlines, never by the group's.
+    // work: the Raft workers, the WAL's syncs and the other nodes sharing the machine go
+    // first; a transfer slowed down is timed by its own deadlines, never by the group's. Nice
+    // 10 rather than `SCHED_IDLE`: a saturated machine slows a transfer, never stops it.
     for a in [&send_arbiter, &receive_arbiter] {
-        a.spawn_fn(crate::storage::background_io::lower_thread_priority);
+        a.spawn_fn(crate::storage::background_io::lower_thread_priority_unstarved);
     }
     let snapshot_sender =
         transfer_actor::SnapshotSender::new(id, transfer_limits(&config), send_arbiter.handle());

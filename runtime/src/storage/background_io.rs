@@ -253,6 +253,20 @@ pub fn write_back_dirty(file: &File) -> std::io::Result<()> {
     sys::write_back_dirty(file)
 }
 
+/// Lowers the calling thread's CPU priority to nice [`BACKGROUND_NICE`] (not `SCHED_IDLE`) and
+/// its I/O priority to the idle class: for background work that must keep moving however busy
+/// the machine is — the snapshot transfer threads, whose stalled stream would leave a learner
+/// or a lagging follower behind for as long as the machine stays saturated. At nice 10 the
+/// scheduler still gives the thread about a tenth of a normal thread's share.
+pub fn lower_thread_priority_unstarved() {
+    if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+        tracing::warn!(error = %e, "cannot lower the thread's CPU priority");
+    }
+    if let Err(e) = sys::set_idle_io_priority() {
+        tracing::warn!(error = %e, "cannot lower the thread's I/O priority");
+    }
+}
+
 /// Lowers the calling thread's CPU priority to `SCHED_IDLE` (Linux: it runs when nothing
 /// else of its process group wants the CPU; elsewhere, or if refused, nice
 /// [`BACKGROUND_NICE`]) and its I/O priority to the idle class. Best effort: a refusal is
@@ -543,6 +557,22 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unstarved_background_thread_is_niced_not_idle() {
+        std::thread::spawn(|| {
+            lower_thread_priority_unstarved();
+            assert_eq!(sys::cpu_policy().expect("policy"), libc::SCHED_OTHER);
+            assert_eq!(
+                rustix::process::getpriority_process(None).expect("nice"),
+                BACKGROUND_NICE
+            );
+            assert_eq!(sys::io_priority().expect("ioprio_get") >> 13, 3);
+        })
+        .join()
+        .expect("the thread");
+    }
 
     #[cfg(target_os = "linux")]
     #[test]

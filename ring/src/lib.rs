@@ -47,6 +47,7 @@
 //! ```
 
 pub mod hash;
+pub mod leader_balance;
 mod placement;
 mod ring;
 pub mod shard_map;

@@ -320,23 +320,49 @@ async fn sixty_four_shards_start_settle_and_serve() {
     }
     settled(&handles).await;
     let settled_in = began.elapsed();
-    let leaders: Vec<usize> = handles
-        .iter()
-        .map(|h| {
-            h.shards_status()
-                .shards
-                .iter()
-                .filter(|s| s.leader == Some(h.id()))
-                .count()
-        })
-        .collect();
+    let elected = leaders_per_node(&handles);
+    // The leader balancer spreads them: every node decides for the shards it leads once the
+    // gossiped counts have stood still for three gossip cycles. Waited for (bounded), then
+    // asserted: max/min <= 1.5.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let spread = loop {
+        let l = leaders_per_node(&handles);
+        let (max, min) = (*l.iter().max().unwrap(), *l.iter().min().unwrap());
+        if l.iter().sum::<usize>() == 64 && min > 0 && max * 2 <= min * 3 {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders not spread after 90 s: {l:?}"
+        );
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    };
+    let spread_in = began.elapsed();
     println!(
         "64 shards x 3 nodes: nodes started in {started:?}, every shard led after {settled_in:?}; \
-         shards led per node {leaders:?}; load average {}",
+         shards led per node {elected:?} when elected, {spread:?} after {spread_in:?}; load average {}",
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
     );
+    // The balancer goes on to its fixed point (max - min <= 1: 22/21/21), then moves nothing:
+    // no flapping while keys are written and read for two settle periods and more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let even = loop {
+        let l = leaders_per_node(&handles);
+        if l.iter().sum::<usize>() == 64 && l.iter().max() <= l.iter().min().map(|m| m + 1).as_ref()
+        {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders not even after 60 s: {l:?}"
+        );
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    };
+    println!("even after {:?}: {even:?}", began.elapsed());
+    let leaders_now = leader_of_every_shard(&handles);
+    let quiet_until = Instant::now() + Duration::from_secs(8);
     for i in 0..32 {
         let k = format!("k{i}");
         write(&handles[i % 3], &k, "v").await;
@@ -345,9 +371,51 @@ async fn sixty_four_shards_start_settle_and_serve() {
             Some(b"v".to_vec())
         );
     }
+    while Instant::now() < quiet_until {
+        actix::clock::sleep(Duration::from_millis(200)).await;
+    }
+    let l = leaders_per_node(&handles);
+    let (max, min) = (*l.iter().max().unwrap(), *l.iter().min().unwrap());
+    assert!(min > 0 && max * 2 <= min * 3, "leaders per node {l:?}");
+    assert_eq!(
+        leader_of_every_shard(&handles),
+        leaders_now,
+        "leaders moved once even"
+    );
     for n in nodes {
         n.shutdown().await;
     }
+}
+
+/// How many shards each node leads (its own replicas' view).
+fn leaders_per_node(handles: &[NodeHandle<KvMachine>]) -> Vec<usize> {
+    handles
+        .iter()
+        .map(|h| {
+            h.shards_status()
+                .shards
+                .iter()
+                .filter(|s| s.leader == Some(h.id()))
+                .count()
+        })
+        .collect()
+}
+
+/// Every led shard with its leader and term, as the leading node sees it.
+fn leader_of_every_shard(handles: &[NodeHandle<KvMachine>]) -> Vec<(u64, Option<u64>, u64)> {
+    let mut out: Vec<(u64, Option<u64>, u64)> = handles
+        .iter()
+        .flat_map(|h| {
+            h.shards_status()
+                .shards
+                .into_iter()
+                .filter(|s| s.leader == Some(h.id()))
+                .map(|s| (s.shard, s.leader, s.term))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// The external contract on sharded nodes: each node's HTTP API takes writes for any key and

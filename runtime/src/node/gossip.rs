@@ -229,6 +229,15 @@ struct PeerLatency {
 /// set it.
 pub const DRAINED_KEY: &str = "conclave.drained";
 
+/// The gossip metadata key a sharded node publishes the number of shards it leads under (a
+/// decimal number), read by every node's leader balancer (`balance.rs`). Reserved like
+/// [`DRAINED_KEY`].
+pub const LEADERS_KEY: &str = "conclave.shard_leaders";
+
+/// The metadata keys the node sets itself: [`NodeHandle::set_app_metadata`] keeps them as the
+/// node set them.
+const RESERVED_KEYS: [&str; 2] = [DRAINED_KEY, LEADERS_KEY];
+
 /// State shared by the gossip actor's successive instances and the node's handle.
 pub struct GossipShared {
     view: RwLock<View>,
@@ -356,10 +365,19 @@ pub struct SwimInbound(pub Message);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetMetadata {
-    /// The application map.
-    pub entries: BTreeMap<String, String>,
+    /// The change.
+    pub update: MetadataUpdate,
     /// Told whether the core accepted it.
     pub reply: oneshot::Sender<Result<(), MetadataError>>,
+}
+
+/// A change of this node's metadata, applied by the actor to the map last set (so that two
+/// changes made at once both land).
+pub enum MetadataUpdate {
+    /// The application's map replaces everything but the [`RESERVED_KEYS`], which stay.
+    App(BTreeMap<String, String>),
+    /// One key the node sets itself, set or removed.
+    Own(&'static str, Option<String>),
 }
 
 /// Leave the cluster gracefully; answered once the `Left` frames are flushed (bounded wait).
@@ -911,9 +929,27 @@ impl Handler<SetMetadata> for GossipActor {
 
     fn handle(&mut self, msg: SetMetadata, ctx: &mut Context<Self>) {
         let now = self.now();
-        let result = self.core.set_metadata(now, msg.entries.clone());
+        let mut entries = self.deps.shared.app.lock().clone();
+        match msg.update {
+            MetadataUpdate::App(mut app) => {
+                for key in RESERVED_KEYS {
+                    app.remove(key);
+                    if let Some(v) = entries.remove(key) {
+                        app.insert(key.to_owned(), v);
+                    }
+                }
+                entries = app;
+            }
+            MetadataUpdate::Own(key, Some(v)) => {
+                entries.insert(key.to_owned(), v);
+            }
+            MetadataUpdate::Own(key, None) => {
+                entries.remove(key);
+            }
+        }
+        let result = self.core.set_metadata(now, entries.clone());
         if result.is_ok() {
-            *self.deps.shared.app.lock() = msg.entries;
+            *self.deps.shared.app.lock() = entries;
             // Our own record changed: publish even though the core emits no event for it.
             self.publish();
         }
@@ -1075,35 +1111,35 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// Publishes this node's application metadata (e.g. the shard router's load and hosted
     /// shards) to the cluster, replacing the previous map. Refused (and nothing changes) when
-    /// it breaks the limits: 64 entries, 4096 bytes, no empty key. The node's own key
-    /// [`DRAINED_KEY`] is kept as the node set it (whatever `entries` says about it).
+    /// it breaks the limits: 64 entries, 4096 bytes, no empty key. The node's own keys
+    /// [`DRAINED_KEY`] and [`LEADERS_KEY`] are kept as the node set them (whatever `entries`
+    /// says about them).
     pub async fn set_app_metadata(
         &self,
-        mut entries: BTreeMap<String, String>,
+        entries: BTreeMap<String, String>,
     ) -> Result<(), GossipError> {
-        entries.remove(DRAINED_KEY);
-        if let Some(v) = self.inner.gossip.shared.app.lock().get(DRAINED_KEY) {
-            entries.insert(DRAINED_KEY.to_owned(), v.clone());
-        }
-        self.publish_metadata(entries).await
+        self.publish_metadata(MetadataUpdate::App(entries)).await
     }
 
     /// Publishes whether this node is drained ([`DRAINED_KEY`]), keeping the rest of its
     /// metadata.
     pub(super) async fn publish_drained(&self, drained: bool) -> Result<(), GossipError> {
-        let mut entries = self.inner.gossip.shared.app.lock().clone();
-        if drained {
-            entries.insert(DRAINED_KEY.to_owned(), "true".to_owned());
-        } else {
-            entries.remove(DRAINED_KEY);
-        }
-        self.publish_metadata(entries).await
+        let value = drained.then(|| "true".to_owned());
+        self.publish_metadata(MetadataUpdate::Own(DRAINED_KEY, value))
+            .await
     }
 
-    async fn publish_metadata(&self, entries: BTreeMap<String, String>) -> Result<(), GossipError> {
+    /// Publishes how many shards this node leads ([`LEADERS_KEY`]), keeping the rest of its
+    /// metadata.
+    pub(super) async fn publish_leaders(&self, leaders: u64) -> Result<(), GossipError> {
+        self.publish_metadata(MetadataUpdate::Own(LEADERS_KEY, Some(leaders.to_string())))
+            .await
+    }
+
+    async fn publish_metadata(&self, update: MetadataUpdate) -> Result<(), GossipError> {
         let addr = self.gossip_actor().await.ok_or(GossipError::NotRunning)?;
         let (reply, rx) = oneshot::channel();
-        addr.try_send(SetMetadata { entries, reply })
+        addr.try_send(SetMetadata { update, reply })
             .map_err(|_| GossipError::NotRunning)?;
         match rx.await {
             Ok(result) => result.map_err(GossipError::from),

@@ -36,6 +36,7 @@ pub use membership::REPLACE_CATCH_UP_WAIT;
 pub mod peers;
 mod registry;
 pub use registry::{GroupGaveUp, GroupRegistryError};
+mod balance;
 pub mod router;
 mod shards;
 pub use shards::{ShardSetupError, MAX_SERVING};
@@ -785,6 +786,7 @@ async fn start_node<M: StateMachine>(
         }),
     };
     spawn_metrics_upkeep(&handle);
+    balance::spawn(&handle);
     handle.serve_forwarded_requests();
     Ok(Node {
         handle,

@@ -7,7 +7,7 @@
 
 use crate::api::{
     ChangeOutcome, ClusterConfig, ClusterStatus, DrainOutcome, GossipMembers, NewMember, NodeId,
-    SnapshotInfo,
+    ShardsStatus, SnapshotInfo,
 };
 use crate::config::ReadLevel;
 use crate::http::{encode_key, IDEMPOTENCY_HEADER};
@@ -435,6 +435,18 @@ impl Client {
     /// `GET /v1/cluster` as raw JSON (what `conclave status --json` prints).
     pub async fn status_json(&self) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/cluster", self.endpoint);
+        let (status, body, retry) = self.call(self.http.get(url), None).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+
+    /// `GET /v1/shards`: every shard with its replicas, leader and this node's replica's
+    /// term, commit, applied index and lag (`sharded: false` and no shards on a node that is
+    /// not sharded).
+    pub async fn shards(&self) -> Result<ShardsStatus, ClientError> {
+        let url = format!("{}/v1/shards", self.endpoint);
         let (status, body, retry) = self.call(self.http.get(url), None).await?;
         if status != StatusCode::OK {
             return Err(self.api_error(status, &body, retry));

@@ -1,8 +1,9 @@
 //! `conclave kv`, `conclave status` and `conclave ring route`: clients of the HTTP API.
 
 use super::{EndpointArg, KvArgs, KvOp, SnapshotArgs, StatusArgs, EXIT_FAILURE, EXIT_OK};
-use crate::api::{ClusterStatus, GossipMembers};
+use crate::api::{ClusterStatus, GossipMembers, ShardsStatus};
 use crate::storage::health::StorageCondition;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -105,6 +106,13 @@ pub(super) fn run_status(args: &StatusArgs) -> anyhow::Result<u8> {
                 "{}",
                 status_table(client.endpoint(), &status, members.as_ref())
             );
+            // A sharded node adds its shards by node; an unsharded one (or an older version
+            // without `/v1/shards`) prints nothing more.
+            if let Ok(shards) = client.shards().await {
+                if shards.sharded {
+                    print!("{}", shards_table(&shards));
+                }
+            }
         }
         Ok(EXIT_OK)
     })
@@ -285,9 +293,106 @@ pub(crate) fn status_table(
     out
 }
 
+/// The shards part of `conclave status` on a sharded node (`GET /v1/shards`): per node, the
+/// shards it replicates and the shards it leads as this node sees them (its own replicas'
+/// view for the shards it hosts, its leader cache for the others), then this node's replicas'
+/// lag (committed, not yet applied).
+pub(crate) fn shards_table(s: &ShardsStatus) -> String {
+    let mut out = String::new();
+    let mut hosted: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut leaderless = 0;
+    for sh in &s.shards {
+        for &r in &sh.replicas {
+            *hosted.entry(r).or_default() += 1;
+        }
+        match sh.leader {
+            Some(l) => *leads.entry(l).or_default() += 1,
+            None => leaderless += 1,
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nSHARDS (map version {}, {} shards; leaders as node {} sees them)",
+        s.map_version,
+        s.shards.len(),
+        s.node_id
+    );
+    let _ = writeln!(out, "{:>4}  {:>6} {:>6}", "NODE", "HOSTS", "LEADS");
+    for (node, n) in &hosted {
+        let _ = writeln!(
+            out,
+            "{node:>4}  {n:>6} {:>6}",
+            leads.get(node).copied().unwrap_or(0)
+        );
+    }
+    if leaderless > 0 {
+        let _ = writeln!(out, "{leaderless} shard(s) without a known leader");
+    }
+    let here: Vec<&crate::api::ShardStatus> = s.shards.iter().filter(|sh| sh.hosted).collect();
+    let lagging = here.iter().filter(|sh| sh.lag > 0).count();
+    let max_lag = here.iter().map(|sh| sh.lag).max().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "node {}: {} shard(s) hosted, {} applying behind their commit (most {} entries)",
+        s.node_id,
+        here.len(),
+        lagging,
+        max_lag
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shards_table_sums_hosts_and_leaders_by_node() {
+        use crate::api::ShardStatus;
+        let shard = |shard: u64, replicas: Vec<u64>, leader: Option<u64>, lag: u64| ShardStatus {
+            shard,
+            group: shard + 1,
+            hosted: replicas.contains(&1),
+            replicas,
+            leader,
+            term: 2,
+            commit: 10,
+            applied: 10 - lag,
+            lag,
+        };
+        let s = ShardsStatus {
+            node_id: 1,
+            sharded: true,
+            map_version: 3,
+            shards: vec![
+                shard(0, vec![1, 2], Some(1), 0),
+                shard(1, vec![2, 3], Some(3), 0),
+                shard(2, vec![3, 1], Some(1), 4),
+                shard(3, vec![1, 2], None, 0),
+            ],
+        };
+        let t = shards_table(&s);
+        assert!(
+            t.contains("SHARDS (map version 3, 4 shards; leaders as node 1 sees them)"),
+            "{t}"
+        );
+        let row = |n: &str| {
+            t.lines()
+                .find(|l| l.split_whitespace().next() == Some(n))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        };
+        assert_eq!(row("1"), Some(vec!["1", "3", "2"]), "{t}");
+        assert_eq!(row("2"), Some(vec!["2", "3", "0"]), "{t}");
+        assert_eq!(row("3"), Some(vec!["3", "2", "1"]), "{t}");
+        assert!(t.contains("1 shard(s) without a known leader"), "{t}");
+        assert!(
+            t.contains(
+                "node 1: 3 shard(s) hosted, 1 applying behind their commit (most 4 entries)"
+            ),
+            "{t}"
+        );
+    }
     use crate::api::{GossipMember, GroupStatus, MemberStatus, ReplicaStatus, RttStats};
 
     #[test]

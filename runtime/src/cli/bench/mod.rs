@@ -63,6 +63,11 @@ pub struct ClusterArgs {
     /// Start a local durable cluster of N nodes in a temporary directory, run, stop it.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=9))]
     pub spawn: Option<u16>,
+    /// With --spawn: serve keys from this many shard groups (`[ring] sharded`, replication
+    /// factor 3; the run starts once every shard has a leader and the leaders are spread);
+    /// 0: not sharded, group 0 serves every key.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub shards: u64,
     /// Send every request to the group's leader (`leader`) or spread clients over all
     /// endpoints (`all`; followers forward to the leader).
     #[arg(long, value_enum, default_value = "leader")]
@@ -362,10 +367,32 @@ fn run_cluster(a: &ClusterArgs) -> anyhow::Result<u8> {
                 .unwrap_or(0)
         ));
         let base = free_base_port(n)?;
-        let configs = write_cluster(n, &dir, base, false)?;
+        let mut configs = write_cluster(n, &dir, base, false)?;
+        if a.shards > 0 {
+            for (path, c) in &mut configs {
+                c.ring.sharded = true;
+                c.ring.shards = a.shards;
+                c.ring.replication_factor = 3;
+                let body = c.to_toml().context("cannot serialise the config")?;
+                std::fs::write(&*path, body)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
         let mut children = spawn_nodes(&configs, &dir.join("logs"))?;
-        let waited = actix_web::rt::System::new()
-            .block_on(wait_for_leader(&mut children, Duration::from_secs(30)));
+        let http: Vec<String> = configs
+            .iter()
+            .map(|(_, c)| format!("http://{}", c.node.http))
+            .collect();
+        let waited = actix_web::rt::System::new().block_on(async {
+            wait_for_leader(&mut children, Duration::from_secs(30)).await?;
+            if a.shards > 0 {
+                let spread = wait_for_shards(&http, Duration::from_secs(60)).await?;
+                if !a.json {
+                    eprintln!("{} shards led, leaders per node {spread:?}", a.shards);
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        });
         if let Err(e) = waited {
             children.shutdown();
             let _ = std::fs::remove_dir_all(&dir);
@@ -388,6 +415,53 @@ fn run_cluster(a: &ClusterArgs) -> anyhow::Result<u8> {
     let (o, r) = outcome?;
     print_cluster(a, &o, &r)?;
     Ok(EXIT_OK)
+}
+
+/// Waits until every shard of a spawned sharded cluster has a leader that reports itself and
+/// the leaders per node are spread (max/min ≤ 1.5, what the leader balancer reaches); answers
+/// the leaders per node. Past `timeout` with leaders for every shard, the run goes ahead
+/// (reported); without, it fails.
+async fn wait_for_shards(endpoints: &[String], timeout: Duration) -> anyhow::Result<Vec<usize>> {
+    let clients: Vec<crate::client::Client> = endpoints
+        .iter()
+        .map(|e| crate::client::Client::with_timeout(e, Duration::from_secs(2)))
+        .collect::<Result<_, _>>()?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut led = Vec::new();
+        let mut shards = None;
+        for c in &clients {
+            if let Ok(s) = c.shards().await {
+                shards = Some(s.shards.len());
+                led.push(
+                    s.shards
+                        .iter()
+                        .filter(|sh| sh.leader == Some(s.node_id))
+                        .count(),
+                );
+            }
+        }
+        let every = led.len() == clients.len() && Some(led.iter().sum::<usize>()) == shards;
+        let (max, min) = (
+            led.iter().copied().max().unwrap_or(0),
+            led.iter().copied().min().unwrap_or(0),
+        );
+        if every && min > 0 && max * 2 <= min * 3 {
+            return Ok(led);
+        }
+        // Fewer shards than nodes can never spread: every shard led is enough.
+        if every && shards.is_some_and(|s| s < clients.len()) {
+            return Ok(led);
+        }
+        if std::time::Instant::now() >= deadline {
+            if every {
+                eprintln!("leaders not spread after {timeout:?}: {led:?}; running anyway");
+                return Ok(led);
+            }
+            anyhow::bail!("shards without a leader after {timeout:?}: leaders per node {led:?}");
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn drive_cluster(

@@ -457,6 +457,15 @@ pub struct SnapshotSection {
     /// replicas that reach a threshold together (they apply the same log) do not all write
     /// their images at the same moment. 0 to 100. Default 20.
     pub threshold_jitter_pct: u64,
+    /// A snapshot is not started, whatever the thresholds say, before the bytes of entries
+    /// applied since the last one reach this many percent of that snapshot's image: every
+    /// snapshot rewrites the whole state, so with a large state and the count thresholds
+    /// alone a node would write images back to back (1 GiB of state and 10,000 entries of
+    /// 1 KiB: an image every few seconds, each taking 20 s at `write_rate_mb_s`). With 25, the
+    /// images written are at most 4x the log written, and the log kept stays within a quarter
+    /// of the state (plus what arrives while a snapshot is taken): bounded by live data. 0
+    /// turns this floor off. 0 to 10,000. Default 25.
+    pub log_image_pct: u64,
 }
 
 impl Default for SnapshotSection {
@@ -470,6 +479,7 @@ impl Default for SnapshotSection {
             max_concurrent_sends: 2,
             write_rate_mb_s: 50,
             threshold_jitter_pct: 20,
+            log_image_pct: 25,
         }
     }
 }
@@ -477,6 +487,10 @@ impl Default for SnapshotSection {
 /// Room kept in a transport frame around a snapshot chunk's bytes (message header, ids,
 /// offsets, checksum).
 pub const SNAPSHOT_CHUNK_FRAME_OVERHEAD: usize = 4096;
+
+/// The largest `[snapshot] log_image_pct` accepted (a log 100 times the state is no longer
+/// "bounded by live data" in any useful sense).
+pub const MAX_LOG_IMAGE_PCT: u64 = 10_000;
 
 /// The smallest `[snapshot] chunk_bytes` accepted.
 pub const MIN_SNAPSHOT_CHUNK_BYTES: usize = 4096;
@@ -979,6 +993,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if s.log_image_pct > MAX_LOG_IMAGE_PCT {
+            return Err(invalid(
+                "snapshot.log_image_pct",
+                format!(
+                    "must be between 0 and {MAX_LOG_IMAGE_PCT} (percent of the last image), got {}",
+                    s.log_image_pct
+                ),
+            ));
+        }
         if s.threshold_jitter_pct > 100 {
             return Err(invalid(
                 "snapshot.threshold_jitter_pct",
@@ -1400,9 +1423,10 @@ lifeguard = false
                 s.max_send_rate_mb_s,
                 s.max_concurrent_sends,
                 s.write_rate_mb_s,
-                s.threshold_jitter_pct
+                s.threshold_jitter_pct,
+                s.log_image_pct
             ),
-            (10_000, 64 << 20, 1_000, 1 << 20, 100, 2, 50, 20)
+            (10_000, 64 << 20, 1_000, 1 << 20, 100, 2, 50, 20, 25)
         );
         // An unpaced image writer and no jitter are allowed.
         let c =
@@ -1444,6 +1468,10 @@ lifeguard = false
             (
                 "[snapshot]\nthreshold_jitter_pct = 101\n",
                 "snapshot.threshold_jitter_pct",
+            ),
+            (
+                "[snapshot]\nlog_image_pct = 10001\n",
+                "snapshot.log_image_pct",
             ),
             ("[snapshot]\nthreshold = 5\n", "threshold"),
             (

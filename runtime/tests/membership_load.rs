@@ -416,7 +416,23 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| tmp.path().to_owned());
     eprintln!("load average at start: {}", loadavg());
-    let cluster = Cluster::new(&dir, 3);
+    // `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` overrides the voters' `[snapshot] max_send_rate_mb_s`
+    // (the default when unset), to compare transfer rates in the same way.
+    let send_rate = std::env::var("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S")
+        .ok()
+        .map(|v| {
+            v.parse::<u64>()
+                .expect("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S: a number")
+        });
+    let cluster = Cluster::new_with(&dir, 3, |c| {
+        if let Some(r) = send_rate {
+            c.snapshot.max_send_rate_mb_s = r;
+        }
+    });
+    eprintln!(
+        "snapshot send rate limit: {} MB/s",
+        cluster.configs[0].snapshot.max_send_rate_mb_s
+    );
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let leader_ep = cluster.endpoint(leader);
     let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint((leader + i) % 3)).collect();

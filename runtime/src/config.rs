@@ -376,6 +376,10 @@ pub struct RingSection {
     /// initial member alike before the cluster first starts; a node keeps the shard map it
     /// started with (`data_dir/shard-map`).
     pub sharded: bool,
+    /// How often a sharded node looks at its replica of group 0 for a newer committed shard
+    /// map, in milliseconds (a local read; a node also takes a newer map from a peer's
+    /// `StaleMap` answer at once). Default 500.
+    pub map_watch_ms: u64,
 }
 
 impl Default for RingSection {
@@ -385,6 +389,7 @@ impl Default for RingSection {
             shards: 64,
             replication_factor: 3,
             sharded: false,
+            map_watch_ms: 500,
         }
     }
 }
@@ -740,6 +745,9 @@ impl Config {
         }
         if n.max_hops == 0 {
             return Err(invalid("node.max_hops", "must be at least 1"));
+        }
+        if self.ring.map_watch_ms == 0 {
+            return Err(invalid("ring.map_watch_ms", "must be at least 1"));
         }
         if !(1..=MAX_PROMOTE_MAX_LAG).contains(&self.raft.promote_max_lag) {
             return Err(invalid(

@@ -38,7 +38,7 @@ mod registry;
 pub use registry::{GroupGaveUp, GroupRegistryError};
 pub mod router;
 mod shards;
-pub use shards::{ShardSetupError, MAX_SERVING};
+pub use shards::{ShardSetupError, MAX_METADATA_VOTERS, MAX_SERVING};
 pub mod snapshotter;
 pub mod transfer;
 pub mod transfer_actor;
@@ -470,6 +470,11 @@ async fn start_node<M: StateMachine>(
             )
         })
         .collect();
+    // Sharded, group 0 also holds the shard map (`shards::meta`): at most
+    // `MAX_METADATA_VOTERS` of its members vote, the others replicate it as learners.
+    if config.ring.sharded {
+        shards::group0_voters_and_learners(&mut base_membership);
+    }
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;
@@ -786,6 +791,7 @@ async fn start_node<M: StateMachine>(
     };
     spawn_metrics_upkeep(&handle);
     handle.serve_forwarded_requests();
+    handle.spawn_map_watch();
     Ok(Node {
         handle,
         transport,
@@ -1494,6 +1500,15 @@ impl KvService for NodeHandle<KvMachine> {
 
     async fn transfer_leader(&self, to: NodeId) -> Result<(), RequestError> {
         NodeHandle::transfer_leader(self, to).await
+    }
+
+    async fn prefer_shard_leader(
+        &self,
+        shard: u64,
+        node: NodeId,
+        expected_version: Option<u64>,
+    ) -> Result<ShardMapChange, RequestError> {
+        NodeHandle::prefer_shard_leader(self, shard, node, expected_version).await
     }
 
     async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, RequestError> {

@@ -27,6 +27,10 @@
 //! retries), a newer one with `MapBehind` (the sender tries another replica). Forwarded
 //! requests are heard from members only, at most [`MAX_SERVING`] at once (more: `Overloaded`).
 
+mod meta;
+pub(super) use meta::group0_voters_and_learners;
+pub use meta::MAX_METADATA_VOTERS;
+
 use super::router::{self, ForwardFailure, GroupView, MapCheck, Step};
 use super::wire::{ForwardOp, ForwardReply, ForwardRequest, WireMessage};
 use super::{GroupId, NodeHandle, NodeId, Read, RequestError, WriteResult};
@@ -147,6 +151,14 @@ pub(super) trait RouteCodec<M: StateMachine>: Send + Sync {
     fn decode_query(&self, bytes: &[u8]) -> Result<M::Query, RouteCodecError>;
     fn encode_output(&self, output: &M::QueryOutput) -> Result<Vec<u8>, RouteCodecError>;
     fn decode_output(&self, bytes: &[u8]) -> Result<M::QueryOutput, RouteCodecError>;
+    // Group 0's metadata record (the committed shard map, `meta`).
+    fn metadata_command(&self, expected: Option<Vec<u8>>, new: Vec<u8>) -> M::Command;
+    fn metadata_set(&self, output: &M::Output) -> bool;
+    fn metadata_query(&self) -> M::Query;
+    fn metadata_of(
+        &self,
+        output: M::QueryOutput,
+    ) -> Result<Option<Vec<u8>>, crate::state_machine::StateMachineError>;
 }
 
 /// [`RouteCodec`] of a [`ShardedMachine`].
@@ -177,6 +189,21 @@ impl<M: ShardedMachine> RouteCodec<M> for Codec<M> {
     fn decode_output(&self, bytes: &[u8]) -> Result<M::QueryOutput, RouteCodecError> {
         M::decode_query_output(bytes)
     }
+    fn metadata_command(&self, expected: Option<Vec<u8>>, new: Vec<u8>) -> M::Command {
+        M::metadata_command(expected, new)
+    }
+    fn metadata_set(&self, output: &M::Output) -> bool {
+        M::metadata_set(output)
+    }
+    fn metadata_query(&self) -> M::Query {
+        M::metadata_query()
+    }
+    fn metadata_of(
+        &self,
+        output: M::QueryOutput,
+    ) -> Result<Option<Vec<u8>>, crate::state_machine::StateMachineError> {
+        M::metadata_of(output)
+    }
 }
 
 /// A forwarded request's answer on its way back.
@@ -197,6 +224,9 @@ pub(super) struct ShardRouter {
     /// Bounds the forwarded requests served at once.
     serving: Arc<Semaphore>,
     server: OnceLock<Server>,
+    /// Maps adopted from group 0's applied state, and from peers' `StaleMap` answers.
+    adopted_group0: AtomicU64,
+    adopted_peers: AtomicU64,
 }
 
 impl ShardRouter {
@@ -211,6 +241,8 @@ impl ShardRouter {
             next_id: AtomicU64::new(1),
             serving: Arc::new(Semaphore::new(MAX_SERVING)),
             server: OnceLock::new(),
+            adopted_group0: AtomicU64::new(0),
+            adopted_peers: AtomicU64::new(0),
         }
     }
 
@@ -239,12 +271,16 @@ impl ShardRouter {
     }
 
     /// Adopts `offered` if it may replace this node's map (newer, valid, same shard count,
-    /// known replicas); stores it off the caller's thread. Returns whether it was adopted.
+    /// known replicas, the same replica sets: moving replicas is not built, so no map that
+    /// would start or stop a group is taken); stores it off the caller's thread. Returns
+    /// whether it was adopted.
     fn adopt(&self, offered: ShardMap, known: impl Fn(NodeId) -> bool) -> bool {
         let mut guard = self.map.write();
-        if !router::may_adopt(&guard.0, &offered, known) {
+        if !router::may_adopt(&guard.0, &offered, known) || !guard.0.same_replica_sets(&offered) {
             return false;
         }
+        self.adopted_peers.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conclave_shard_map_adopted_total", "source" => "peer").increment(1);
         let digest = offered.digest();
         tracing::info!(
             from = guard.0.version(),
@@ -689,9 +725,14 @@ impl<M: StateMachine> NodeHandle<M> {
                 sharded: false,
                 map_version: 0,
                 shards: Vec::new(),
+                map_adoptions: Default::default(),
             };
         };
         let map = s.router.map();
+        let map_adoptions = crate::api::MapAdoptions {
+            group0: s.router.adopted_group0.load(Ordering::Relaxed),
+            peers: s.router.adopted_peers.load(Ordering::Relaxed),
+        };
         ShardsStatus {
             node_id: self.inner.id,
             sharded: true,
@@ -725,6 +766,7 @@ impl<M: StateMachine> NodeHandle<M> {
                     st
                 })
                 .collect(),
+            map_adoptions,
         }
     }
 

@@ -709,3 +709,158 @@ async fn the_map_lives_in_group_0_and_a_node_behind_catches_up_through_a_forward
         n.shutdown().await;
     }
 }
+
+/// Issue 16, point 3 (first step): a node joins a sharded cluster (`cluster.join` with
+/// `[ring] sharded`). It starts without a map, answers retryably until group 0 reaches it,
+/// then takes the committed map from its replica of group 0 (added as a learner), hosts no
+/// shard (placement covers the initial members; moving replicas is not built) and serves any
+/// key by forwarding; after a restart it starts from its stored copy.
+#[actix::test]
+async fn a_joining_node_takes_the_map_from_group_0_and_serves_any_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs: Vec<Config> = common::local_configs(3, &dir.path().join("data"))
+        .into_iter()
+        .map(sharded)
+        .collect();
+    let mut nodes = Vec::new();
+    for c in &configs {
+        nodes.push(start(c.clone()).await);
+    }
+    let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
+    settled(&handles).await;
+    for i in 0..12 {
+        write(&handles[i % 3], &format!("old-{i}"), "1").await;
+    }
+
+    // Node 4 as `conclave init --join` writes it, sharded like the others.
+    let mut c4 = sharded(Config::default());
+    c4.node.id = 4;
+    c4.node.listen = common::free_addr();
+    c4.node.http = common::free_addr();
+    c4.node.data_dir = dir.path().join("data").join("n4");
+    c4.cluster.id.clone_from(&configs[0].cluster.id);
+    c4.cluster.join = true;
+    c4.cluster.seeds = vec![configs[0].node.listen];
+    c4.validate().unwrap();
+    let n4 = start(c4.clone()).await;
+    let h4 = n4.handle();
+    assert_eq!(h4.shard_map(), None);
+    assert_eq!(h4.shards_status().map_version, 0);
+    let e = h4.write_routed(put("early", "x")).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+
+    // Added to group 0 as a learner: it replicates the membership and the map.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leader = handles.iter().find(|h| h.cluster_status().role == "leader");
+        let added = match leader {
+            Some(l) => l
+                .change_config(
+                    conclave::node::ConfigChange::AddLearner(conclave::node::NewMember {
+                        id: 4,
+                        addr: c4.node.listen,
+                        http: c4.node.http,
+                    }),
+                    None,
+                )
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if added {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 not added within 15 s");
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    let map = handles[0].shard_map().unwrap();
+    eventually("node 4 takes the committed map", || {
+        h4.shard_map().is_some_and(|m| m.same_content(&map))
+    })
+    .await;
+    assert_eq!(h4.shards_status().map_adoptions.group0, 1);
+    assert_eq!(h4.groups(), vec![0], "a joined node hosts no shard");
+    for i in 0..12 {
+        assert_eq!(
+            read(&h4, &format!("old-{i}"), ReadLevel::Linearizable).await,
+            Some(b"1".to_vec())
+        );
+    }
+    for i in 0..12 {
+        let k = format!("new-{i}");
+        write(&h4, &k, "4").await;
+        assert_eq!(
+            read(&handles[i % 3], &k, ReadLevel::Linearizable).await,
+            Some(b"4".to_vec())
+        );
+    }
+
+    // Restarted, it starts from its stored copy.
+    n4.shutdown().await;
+    let n4 = start(c4).await;
+    let h4 = n4.handle();
+    assert!(h4.shard_map().unwrap().same_content(&map));
+    write(&h4, "after-restart", "4").await;
+    assert_eq!(
+        read(&handles[0], "after-restart", ReadLevel::Linearizable).await,
+        Some(b"4".to_vec())
+    );
+    n4.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Group 0 of a sharded cluster has at most five voters: with six initial members the five
+/// lowest ids vote and node 6 is a learner, which still replicates group 0 — it holds the
+/// committed map in its replica — and serves keys.
+#[actix::test]
+async fn six_nodes_group_0_has_five_voters_and_a_learner_with_the_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs: Vec<Config> = common::local_configs(6, dir.path())
+        .into_iter()
+        .map(sharded)
+        .collect();
+    let mut nodes = Vec::new();
+    for c in &configs {
+        nodes.push(start(c.clone()).await);
+    }
+    let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
+    settled(&handles).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let config = loop {
+        let leader = handles.iter().find(|h| h.cluster_status().role == "leader");
+        if let Some(Ok(c)) = match leader {
+            Some(l) => Some(l.cluster_config().await),
+            None => None,
+        } {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no group 0 leader within 10 s");
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    };
+    let voters: Vec<u64> = config.voters.iter().map(|m| m.id).collect();
+    let learners: Vec<u64> = config.learners.iter().map(|m| m.id).collect();
+    assert_eq!(voters, vec![1, 2, 3, 4, 5]);
+    assert_eq!(learners, vec![6]);
+    assert_eq!(conclave::node::MAX_METADATA_VOTERS, 5);
+    let learner = &handles[5];
+    let map = handles[0].shard_map().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed(learner).await.is_none() {
+        assert!(Instant::now() < deadline, "the learner never held the map");
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(committed(learner).await.unwrap().same_content(&map));
+    for i in 0..12 {
+        let k = format!("six-{i}");
+        write(learner, &k, "6").await;
+        assert_eq!(
+            read(&handles[i % 5], &k, ReadLevel::Linearizable).await,
+            Some(b"6".to_vec())
+        );
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

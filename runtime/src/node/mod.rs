@@ -655,16 +655,31 @@ async fn start_node<M: StateMachine>(
             return Err(ShardSetupError::OneMachineOnly.into());
         }
         let codec = codec.ok_or(ShardSetupError::NotShardable)?;
-        let map = shards::load_or_bootstrap(&config.node.data_dir, &ring)?;
-        let mine = shards::my_groups(&map, id, &base_membership.addrs)?;
-        registry.start_groups(mine)?;
-        tracing::info!(
-            node = id,
-            version = map.version(),
-            shards = map.shard_count(),
-            hosted = map.shards_of(id).count(),
-            "shard map loaded"
-        );
+        // A node that joins has no initial members to place shards on: it takes group 0's
+        // committed map once it replicates group 0 (its stored copy after a restart).
+        let map = if config.cluster.join {
+            crate::storage::shard_map_file::load(&config.node.data_dir)
+                .map_err(ShardSetupError::from)?
+        } else {
+            Some(shards::load_or_bootstrap(&config.node.data_dir, &ring)?)
+        };
+        match &map {
+            Some(map) => {
+                let mine = shards::my_groups(map, id, &base_membership.addrs)?;
+                registry.start_groups(mine)?;
+                tracing::info!(
+                    node = id,
+                    version = map.version(),
+                    shards = map.shard_count(),
+                    hosted = map.shards_of(id).count(),
+                    "shard map loaded"
+                );
+            }
+            None => tracing::info!(
+                node = id,
+                "joining a sharded cluster: the shard map comes from group 0"
+            ),
+        }
         Some(shards::Sharding {
             router: Arc::new(shards::ShardRouter::new(
                 id,
@@ -1087,7 +1102,14 @@ impl<M: StateMachine> NodeHandle<M> {
     /// `remove_group`.
     fn refuse_shard_group(&self, group: GroupId) -> Result<(), GroupRegistryError> {
         match &self.inner.shards {
-            Some(s) if s.router.map().is_shard_group(group) => {
+            // Without a map yet (joined): every group a map of `[ring] shards` would use.
+            Some(s)
+                if s.router
+                    .map()
+                    .map_or(group >= 1 && group <= self.inner.config.ring.shards, |m| {
+                        m.is_shard_group(group)
+                    }) =>
+            {
                 Err(GroupRegistryError::ShardGroup(group))
             }
             _ => Ok(()),

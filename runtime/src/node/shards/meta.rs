@@ -24,6 +24,12 @@
 //! restarted node starts from `data_dir/shard-map` (its last adopted map, or the bootstrap
 //! map when the file is gone) and adopts group 0's committed map at its first look.
 //!
+//! **A node that joins** (`cluster.join`) has no initial members to place shards on: it
+//! starts without a map (requests answered retryably, forwards `MapBehind`) and takes the
+//! committed map at its first look after group 0 reached it (added as a learner). It hosts no
+//! shard — a committed map that places one on it is not adopted (moving replicas is not
+//! built) — and serves every key by forwarding.
+//!
 //! **Changes.** A change is a proposal to group 0 on its leader: it reads the committed map
 //! linearizably, checks the caller's `expected_version`, builds the next map (version + 1)
 //! and commits it with a compare-and-set on the record it read, so a change by someone else
@@ -116,29 +122,48 @@ impl ShardRouter {
     /// Adopts `committed`, group 0's map, if it is newer than this node's and moves no
     /// replica; keeps this node's leader hints (the record has none) and stores it off the
     /// caller's thread. Returns whether it was adopted.
-    fn adopt_committed(&self, mut committed: ShardMap) -> bool {
+    fn adopt_committed(&self, mut committed: ShardMap, me: NodeId) -> bool {
         let mut guard = self.map.write();
-        if committed.version() <= guard.0.version() {
-            return false;
-        }
-        if !guard.0.same_replica_sets(&committed) {
-            tracing::error!(
-                ours = guard.0.version(),
-                committed = committed.version(),
-                "group 0's shard map moves replicas, which this build cannot do; keeping ours"
-            );
-            metrics::counter!("conclave_shard_map_refused_total", "reason" => "moves_replicas")
-                .increment(1);
-            return false;
-        }
-        committed.keep_leader_hints(&guard.0);
+        let from = match guard.as_ref() {
+            Some((current, _)) => {
+                if committed.version() <= current.version() {
+                    return false;
+                }
+                if !current.same_replica_sets(&committed) {
+                    tracing::error!(
+                        ours = current.version(),
+                        committed = committed.version(),
+                        "group 0's shard map moves replicas, which this build cannot do; keeping ours"
+                    );
+                    metrics::counter!("conclave_shard_map_refused_total", "reason" => "moves_replicas")
+                        .increment(1);
+                    return false;
+                }
+                committed.keep_leader_hints(current);
+                current.version()
+            }
+            // A node that joined: it hosts no shard (placement covers the initial members);
+            // a map that places one on it would need groups started, which is not built.
+            None => {
+                if committed.shards_of(me).next().is_some() {
+                    tracing::error!(
+                        committed = committed.version(),
+                        "group 0's shard map places shards on this joined node, which this build cannot host"
+                    );
+                    metrics::counter!("conclave_shard_map_refused_total", "reason" => "moves_replicas")
+                        .increment(1);
+                    return false;
+                }
+                0
+            }
+        };
         tracing::info!(
-            from = guard.0.version(),
+            from,
             to = committed.version(),
             "adopting group 0's committed shard map"
         );
         let digest = committed.digest();
-        *guard = (committed.clone(), digest);
+        *guard = Some((committed.clone(), digest));
         drop(guard);
         self.adopted_group0.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("conclave_shard_map_adopted_total", "source" => "group0").increment(1);
@@ -249,7 +274,7 @@ impl<M: StateMachine> NodeHandle<M> {
                 current: now,
             });
         }
-        s.router.adopt_committed(next.clone());
+        s.router.adopt_committed(next.clone(), self.inner.id);
         tracing::info!(
             shard,
             node,
@@ -292,9 +317,12 @@ impl<M: StateMachine> NodeHandle<M> {
         };
         match self.map_record(ReadLevel::Stale).await {
             Ok(Some((_, committed))) => {
-                let mine = s.router.map();
+                let Some(mine) = s.router.map() else {
+                    s.router.adopt_committed(committed, self.inner.id);
+                    return;
+                };
                 if committed.version() > mine.version() {
-                    s.router.adopt_committed(committed);
+                    s.router.adopt_committed(committed, self.inner.id);
                 } else if committed.version() == mine.version()
                     && committed.digest() != mine.digest()
                     && !*conflict_logged
@@ -319,7 +347,9 @@ impl<M: StateMachine> NodeHandle<M> {
                 }
                 // From "no record": if another leader committed first, this changes nothing
                 // and the next look compares.
-                let mine = s.router.map();
+                let Some(mine) = s.router.map() else {
+                    return;
+                };
                 match self.commit_map(None, &mine).await {
                     Ok(true) => tracing::info!(
                         version = mine.version(),

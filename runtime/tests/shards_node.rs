@@ -472,6 +472,14 @@ async fn the_http_api_serves_any_key_from_any_node() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["map_version"], 2);
     assert_eq!(body["shards"][0]["replicas"][0], entry.replicas[1]);
+    // And back, through the client (what `conclave ring prefer` calls).
+    let back = clients[2]
+        .prefer_shard_leader(0, entry.replicas[0], Some(2))
+        .await
+        .unwrap();
+    assert!(back.changed);
+    assert_eq!(back.map_version, 3);
+    assert_eq!(back.replicas, entry.replicas);
     for s in servers {
         s.stop(true).await;
     }

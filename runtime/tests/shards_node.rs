@@ -756,6 +756,12 @@ async fn a_joining_node_takes_the_map_from_group_0_and_serves_any_key() {
     assert_eq!(h4.shards_status().map_version, 0);
     let e = h4.write_routed(put("early", "x")).await.unwrap_err();
     assert!(e.is_retryable(), "{e}");
+    let r = h4.readiness_now();
+    assert!(!r.ready);
+    assert!(
+        r.reasons.iter().any(|m| m.contains("no shard map")),
+        "{r:?}"
+    );
 
     // Added to group 0 as a learner: it replicates the membership and the map.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -788,6 +794,10 @@ async fn a_joining_node_takes_the_map_from_group_0_and_serves_any_key() {
     .await;
     assert_eq!(h4.shards_status().map_adoptions.group0, 1);
     assert_eq!(h4.groups(), vec![0], "a joined node hosts no shard");
+    eventually("node 4 is ready once it has the map", || {
+        h4.readiness_now().ready
+    })
+    .await;
     for i in 0..12 {
         assert_eq!(
             read(&h4, &format!("old-{i}"), ReadLevel::Linearizable).await,
@@ -860,6 +870,10 @@ async fn six_nodes_group_0_has_five_voters_and_a_learner_with_the_map() {
         actix::clock::sleep(Duration::from_millis(50)).await;
     }
     assert!(committed(learner).await.unwrap().same_content(&map));
+    eventually("the group 0 learner is ready", || {
+        learner.readiness_now().ready
+    })
+    .await;
     for i in 0..12 {
         let k = format!("six-{i}");
         write(learner, &k, "6").await;

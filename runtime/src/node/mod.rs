@@ -1395,6 +1395,10 @@ impl<M: StateMachine> NodeHandle<M> {
                 ));
             }
         }
+        // A sharded node that joined serves no key until group 0 gave it the shard map.
+        if self.inner.shards.is_some() && self.shard_map().is_none() {
+            reasons.push("shards: no shard map yet (it comes from group 0)".to_owned());
+        }
         Readiness {
             ready: reasons.is_empty(),
             reasons,

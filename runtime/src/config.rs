@@ -373,9 +373,14 @@ pub struct RingSection {
     pub replication_factor: usize,
     /// Serve keys from one Raft group per shard, placed by the ring (docs/sharding.md).
     /// Default false: every key is served by group 0, replicated on every member. Set on every
-    /// initial member alike before the cluster first starts; a node keeps the shard map it
-    /// started with (`data_dir/shard-map`).
+    /// initial member alike before the cluster first starts; the map they agree on is
+    /// committed through group 0 (a copy in `data_dir/shard-map`). A node that joins takes
+    /// the committed map from group 0 and hosts no shard.
     pub sharded: bool,
+    /// How often a sharded node looks at its replica of group 0 for a newer committed shard
+    /// map, in milliseconds (a local read; a node also takes a newer map from a peer's
+    /// `StaleMap` answer at once). Default 500.
+    pub map_watch_ms: u64,
 }
 
 impl Default for RingSection {
@@ -385,6 +390,7 @@ impl Default for RingSection {
             shards: 64,
             replication_factor: 3,
             sharded: false,
+            map_watch_ms: 500,
         }
     }
 }
@@ -755,6 +761,9 @@ impl Config {
         if n.max_hops == 0 {
             return Err(invalid("node.max_hops", "must be at least 1"));
         }
+        if self.ring.map_watch_ms == 0 {
+            return Err(invalid("ring.map_watch_ms", "must be at least 1"));
+        }
         if !(1..=MAX_PROMOTE_MAX_LAG).contains(&self.raft.promote_max_lag) {
             return Err(invalid(
                 "raft.promote_max_lag",
@@ -881,14 +890,6 @@ impl Config {
         }
         if self.ring.shards == 0 {
             return Err(invalid("ring.shards", "must be at least 1"));
-        }
-        if self.ring.sharded && self.cluster.join {
-            // The shard map is computed from the initial members at bootstrap; moving shards
-            // onto a node added later is not built yet (docs/sharding.md).
-            return Err(invalid(
-                "ring.sharded",
-                "a node that joins an existing cluster (cluster.join = true) cannot be sharded yet",
-            ));
         }
         if self.latency.history_size == 0 {
             return Err(invalid("latency.history_size", "must be at least 1"));
@@ -1271,10 +1272,7 @@ ca = "ca.crt"
             ("[latency]\ninterval_s = 0\n", "latency.interval_s"),
             ("[cluster]\nseeds = [\"127.0.0.1:9\"]\n", "cluster.seeds"),
             ("[ring]\nshards = 0\n", "ring.shards"),
-            (
-                "[node]\nid = 4\n[cluster]\njoin = true\nseeds = [\"127.0.0.1:7009\"]\n[ring]\nsharded = true\n",
-                "ring.sharded",
-            ),
+            ("[ring]\nmap_watch_ms = 0\n", "ring.map_watch_ms"),
             ("[node]\nmax_queue_size = 0\n", "node.max_queue_size"),
             ("[storage]\nstall_timeout_ms = 0\n", "storage.stall_timeout_ms"),
             ("[storage]\nengine = \"rocks\"\n", "engine"),

@@ -55,7 +55,7 @@ impl conclave::api::KvService for Instant0 {
         let output = match command {
             KvCommand::Put { .. } => KvOutput::Put,
             KvCommand::Delete { .. } => KvOutput::Delete { existed: true },
-            KvCommand::Cas { .. } => KvOutput::Cas {
+            KvCommand::Cas { .. } | KvCommand::SetMetadata { .. } => KvOutput::Cas {
                 ok: true,
                 current: None,
             },

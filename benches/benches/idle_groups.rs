@@ -211,25 +211,77 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
     } else {
         first.shutdown().await;
     }
+    // Where the time goes: when the survivors' gossip first reports node 1 not alive, when
+    // the first of its groups campaigns (pre-candidate or candidate on a survivor), and when
+    // each of its groups has a new leader.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut suspected: Option<Duration> = None;
+    let mut campaign: Option<Duration> = None;
+    let mut elected: Vec<Option<Duration>> = vec![None; led.len()];
     let failover = loop {
-        let l = leaders(&others, groups);
-        if led.iter().all(|g| l[*g as usize].is_some()) {
+        let now = t.elapsed();
+        let statuses: Vec<_> = others.iter().map(|h| h.cluster_status()).collect();
+        if suspected.is_none()
+            && statuses
+                .iter()
+                .any(|s| s.members.iter().any(|m| m.id == 1 && m.state != "alive"))
+        {
+            suspected = Some(now);
+        }
+        let mut leader = vec![false; groups as usize];
+        for s in &statuses {
+            for g in &s.groups {
+                if g.id >= groups {
+                    continue;
+                }
+                if g.role == "leader" {
+                    leader[g.id as usize] = true;
+                } else if g.role == "candidate" && campaign.is_none() {
+                    campaign = Some(now);
+                }
+            }
+        }
+        for (i, g) in led.iter().enumerate() {
+            if elected[i].is_none() && leader[*g as usize] {
+                elected[i] = Some(now);
+            }
+        }
+        if elected.iter().all(Option::is_some) {
             break Some(t.elapsed());
         }
         if Instant::now() > deadline {
             break None;
         }
-        actix::clock::sleep(Duration::from_millis(10)).await;
+        actix::clock::sleep(Duration::from_millis(5)).await;
+    };
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_owned(), |d| {
+            format!("{:.0}", d.as_secs_f64() * 1000.0)
+        })
+    };
+    let mut times: Vec<Duration> = elected.iter().flatten().copied().collect();
+    times.sort();
+    let pct = |p: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
     };
     println!(
-        "groups={groups:>5} node 1 {} leading {} groups: all re-elected in {}",
+        "groups={groups:>5} node 1 {} leading {} groups: all re-elected in {} \
+         (gossip suspects it at {} ms, first campaign at {} ms, new leaders at \
+         first/median/last {}/{}/{} ms) loadavg={}",
         if crash { "crashed" } else { "left" },
         led.len(),
         failover.map_or("more than 30 s".to_owned(), |d| format!(
             "{:.0} ms",
             d.as_secs_f64() * 1000.0
         )),
+        ms(suspected),
+        ms(campaign),
+        ms(pct(0.0)),
+        ms(pct(0.5)),
+        ms(pct(1.0)),
+        loadavg(),
     );
     for n in rest {
         n.shutdown().await;

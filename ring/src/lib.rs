@@ -57,7 +57,9 @@ pub use ring::{
     NodeEntry, PlacementStrategy, Ring, RingConfig, Route, DEFAULT_WEIGHT, MAX_REPLICATION_FACTOR,
     MAX_SHARDS, MAX_VNODES, MAX_VNODES_PER_NODE,
 };
-pub use shard_map::{group_of_shard, shard_of_group, ShardEntry, ShardMap, ShardMapError};
+pub use shard_map::{
+    group_of_shard, shard_of_group, ShardEntry, ShardMap, ShardMapChangeError, ShardMapError,
+};
 
 /// A node's and a shard's identity (shard `s` is replicated by Raft group `s + 1`,
 /// [`group_of_shard`]): the workspace's one definition, in `conclave-core`.

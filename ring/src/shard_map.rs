@@ -99,6 +99,30 @@ pub enum EntryProblem {
     HintNotAReplica(NodeId),
 }
 
+/// Why a change of the shard map was refused ([`ShardMap::with_preferred_leader`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShardMapChangeError {
+    /// The map has no such shard.
+    #[error("there is no shard {shard} (the map has {count})")]
+    NoSuchShard {
+        /// The shard named.
+        shard: ShardId,
+        /// How many shards the map has.
+        count: u64,
+    },
+    /// The node is not one of the shard's replicas (moving replicas is not built).
+    #[error("node {node} is not a replica of shard {shard}")]
+    NotAReplica {
+        /// The shard.
+        shard: ShardId,
+        /// The node named.
+        node: NodeId,
+    },
+    /// The version cannot grow further.
+    #[error("the shard map's version cannot grow past {0}")]
+    VersionExhausted(u64),
+}
+
 /// Shard → group, replicas, leader hint; with a version. See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
@@ -253,6 +277,74 @@ impl ShardMap {
         key_hash(&bytes)
     }
 
+    /// The map with `node` as `shard`'s preferred leader (its first replica; the others keep
+    /// their order) and the version one higher. The same replicas: nothing moves, no group
+    /// starts or stops. `Ok(None)` when `node` is already the preferred leader (nothing to
+    /// change). Leader hints are kept.
+    pub fn with_preferred_leader(
+        &self,
+        shard: ShardId,
+        node: NodeId,
+    ) -> Result<Option<ShardMap>, ShardMapChangeError> {
+        let entry = self.entry(shard).ok_or(ShardMapChangeError::NoSuchShard {
+            shard,
+            count: self.shard_count(),
+        })?;
+        let at = entry
+            .replicas
+            .iter()
+            .position(|&r| r == node)
+            .ok_or(ShardMapChangeError::NotAReplica { shard, node })?;
+        if at == 0 {
+            return Ok(None);
+        }
+        let version = self
+            .version
+            .checked_add(1)
+            .ok_or(ShardMapChangeError::VersionExhausted(self.version))?;
+        let mut next = self.clone();
+        next.version = version;
+        // `entry` exists, so index `shard` does too.
+        if let Some(e) = usize::try_from(shard)
+            .ok()
+            .and_then(|i| next.shards.get_mut(i))
+        {
+            let preferred = e.replicas.remove(at);
+            e.replicas.insert(0, preferred);
+        }
+        Ok(Some(next))
+    }
+
+    /// The map without leader hints: what is replicated (hints churn with every election and
+    /// are each node's own knowledge, not the cluster's agreement).
+    pub fn without_leader_hints(&self) -> ShardMap {
+        let mut m = self.clone();
+        for e in &mut m.shards {
+            e.leader_hint = None;
+        }
+        m
+    }
+
+    /// Keeps `from`'s leader hints for the shards where they still name a replica (a node
+    /// adopting a committed map, which carries none, keeps what it knows of the leaders).
+    pub fn keep_leader_hints(&mut self, from: &ShardMap) {
+        for (e, old) in self.shards.iter_mut().zip(&from.shards) {
+            if e.leader_hint.is_none() {
+                e.leader_hint = old.leader_hint.filter(|h| e.replicas.contains(h));
+            }
+        }
+    }
+
+    /// Whether every shard has the same replica *set* in both maps (order aside): adopting
+    /// one for the other starts and stops no group on any node.
+    pub fn same_replica_sets(&self, other: &ShardMap) -> bool {
+        self.shards.len() == other.shards.len()
+            && self.shards.iter().zip(&other.shards).all(|(a, b)| {
+                a.replicas.len() == b.replicas.len()
+                    && a.replicas.iter().all(|r| b.replicas.contains(r))
+            })
+    }
+
     /// Whether `self` and `other` have the same version and content (hints aside).
     pub fn same_content(&self, other: &ShardMap) -> bool {
         self.version == other.version
@@ -376,6 +468,45 @@ mod tests {
         let back: ShardMap = serde_json::from_str(&json).unwrap();
         assert_eq!(back, map);
         assert_eq!(back.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_preferred_leader_change_reorders_one_shard_and_bumps_the_version() {
+        let mut map = ShardMap::bootstrap(ring(3, 8).placement()).unwrap();
+        let before = map.entry(2).unwrap().replicas.clone();
+        assert_eq!(map.with_preferred_leader(2, before[0]), Ok(None));
+        let second = before[1];
+        map.set_leader_hint(5, map.entry(5).unwrap().replicas[1]);
+        let next = map.with_preferred_leader(2, second).unwrap().unwrap();
+        assert_eq!(next.version(), 2);
+        assert_eq!(next.entry(2).unwrap().replicas[0], second);
+        assert_eq!(next.entry(2).unwrap().replicas.len(), before.len());
+        assert!(next.same_replica_sets(&map));
+        assert_ne!(next.digest(), map.digest());
+        assert_eq!(next.validate(), Ok(()));
+        for s in (0..8).filter(|&s| s != 2) {
+            assert_eq!(next.entry(s), map.entry(s), "shard {s} unchanged");
+        }
+        assert_eq!(
+            map.with_preferred_leader(8, 1),
+            Err(ShardMapChangeError::NoSuchShard { shard: 8, count: 8 })
+        );
+        assert_eq!(
+            map.with_preferred_leader(2, 99),
+            Err(ShardMapChangeError::NotAReplica { shard: 2, node: 99 })
+        );
+        // Hints are not replicated, and an adopting node keeps its own.
+        let bare = next.without_leader_hints();
+        assert!(bare.entries().iter().all(|e| e.leader_hint.is_none()));
+        assert_eq!(bare.digest(), next.digest());
+        let mut adopted = bare.clone();
+        adopted.keep_leader_hints(&map);
+        assert_eq!(
+            adopted.entry(5).unwrap().leader_hint,
+            map.entry(5).unwrap().leader_hint
+        );
+        let five = ShardMap::bootstrap(ring(5, 8).placement()).unwrap();
+        assert!(!five.same_replica_sets(&map));
     }
 
     #[test]

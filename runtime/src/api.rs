@@ -146,6 +146,22 @@ pub enum RequestError {
         /// The version both claim.
         version: u64,
     },
+    /// A shard map change on a node that is not sharded: 400 `not_sharded`.
+    #[error("this node is not sharded ([ring] sharded = false)")]
+    NotSharded,
+    /// A shard map change carried an `expected_version` that is not the committed map's
+    /// (another change came first): 409 `shard_map_changed`. Nothing changed.
+    #[error("the shard map is at version {current}, not the expected {expected}; read it again and retry")]
+    ShardMapChanged {
+        /// What the request expected.
+        expected: u64,
+        /// The committed version.
+        current: u64,
+    },
+    /// The shard map change makes no sense for the committed map (no such shard, a node that
+    /// is not the shard's replica): 400 `invalid_shard_change`. Nothing changed.
+    #[error("invalid shard map change: {0}")]
+    InvalidShardChange(#[from] conclave_ring::ShardMapChangeError),
     /// Something failed inside the node (the state machine, encoding): 500. The cause is
     /// kept as the source.
     #[error("internal error: {0}")]
@@ -603,8 +619,22 @@ pub trait KvService: Clone + 'static {
                 sharded: false,
                 map_version: 0,
                 shards: Vec::new(),
+                map_adoptions: MapAdoptions::default(),
             }
         }
+    }
+
+    /// Makes `node` the preferred leader of `shard` through group 0 (on group 0's leader;
+    /// `NotLeader` otherwise, which the HTTP layer forwards), refused when the committed map
+    /// is not at `expected_version`. Services that are not sharded refuse it.
+    fn prefer_shard_leader(
+        &self,
+        shard: u64,
+        node: NodeId,
+        expected_version: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<ShardMapChange, RequestError>> {
+        let _ = (shard, node, expected_version);
+        async { Err(RequestError::NotSharded) }
     }
 
     /// Prometheus text exposition of the node's metrics.
@@ -733,6 +763,33 @@ pub struct ShardsStatus {
     pub map_version: u64,
     /// Every shard, in shard order.
     pub shards: Vec<ShardStatus>,
+    /// How often this node took a newer map, and from where.
+    #[serde(default)]
+    pub map_adoptions: MapAdoptions,
+}
+
+/// How often a node replaced its shard map with a newer one (`GET /v1/shards`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapAdoptions {
+    /// From group 0's applied state (the committed map; this node's own change included).
+    pub group0: u64,
+    /// From a peer's `StaleMap` answer to a request this node forwarded with an older map.
+    pub peers: u64,
+}
+
+/// What `POST /v1/shards/preferred-leader` did (`docs/sharding.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMapChange {
+    /// The shard.
+    pub shard: u64,
+    /// Its group.
+    pub group: GroupId,
+    /// Its replicas now, preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// The committed map's version now.
+    pub map_version: u64,
+    /// Whether the map changed (false: the node was already the preferred leader).
+    pub changed: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

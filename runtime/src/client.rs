@@ -588,6 +588,32 @@ impl Client {
     }
 
     /// `GET /v1/ring/route/{key}`.
+    /// `POST /v1/shards/preferred-leader`: makes `node` the preferred leader of `shard`
+    /// through group 0 (admin token when tokens are configured), refused with 409
+    /// `shard_map_changed` when the map is not at `expected_version`.
+    pub async fn prefer_shard_leader(
+        &self,
+        shard: u64,
+        node: NodeId,
+        expected_version: Option<u64>,
+    ) -> Result<crate::api::ShardMapChange, ClientError> {
+        let url = format!("{}/v1/shards/preferred-leader", self.endpoint);
+        let req = self
+            .http
+            .post(url)
+            .insert_header(("content-type", "application/json"));
+        let mut body = serde_json::json!({ "shard": shard, "node": node });
+        if let Some(v) = expected_version {
+            body["expected_version"] = v.into();
+        }
+        let (status, body, retry) = self.call(req, Some(body.to_string().into_bytes())).await?;
+        if status != StatusCode::OK {
+            return Err(self.api_error(status, &body, retry));
+        }
+        self.decode(&body)
+    }
+
+    /// `GET /v1/ring/route/{key}`.
     pub async fn route(&self, key: &[u8]) -> Result<RouteInfo, ClientError> {
         let url = format!("{}/v1/ring/route/{}", self.endpoint, encode_key(key));
         let (status, body, retry) = self.call(self.http.get(url), None).await?;

@@ -373,9 +373,14 @@ pub struct RingSection {
     pub replication_factor: usize,
     /// Serve keys from one Raft group per shard, placed by the ring (docs/sharding.md).
     /// Default false: every key is served by group 0, replicated on every member. Set on every
-    /// initial member alike before the cluster first starts; a node keeps the shard map it
-    /// started with (`data_dir/shard-map`).
+    /// initial member alike before the cluster first starts; the map they agree on is
+    /// committed through group 0 (a copy in `data_dir/shard-map`). A node that joins takes
+    /// the committed map from group 0 and hosts no shard.
     pub sharded: bool,
+    /// How often a sharded node looks at its replica of group 0 for a newer committed shard
+    /// map, in milliseconds (a local read; a node also takes a newer map from a peer's
+    /// `StaleMap` answer at once). Default 500.
+    pub map_watch_ms: u64,
 }
 
 impl Default for RingSection {
@@ -385,6 +390,7 @@ impl Default for RingSection {
             shards: 64,
             replication_factor: 3,
             sharded: false,
+            map_watch_ms: 500,
         }
     }
 }
@@ -457,6 +463,15 @@ pub struct SnapshotSection {
     /// replicas that reach a threshold together (they apply the same log) do not all write
     /// their images at the same moment. 0 to 100. Default 20.
     pub threshold_jitter_pct: u64,
+    /// A snapshot is not started, whatever the thresholds say, before the bytes of entries
+    /// applied since the last one reach this many percent of that snapshot's image: every
+    /// snapshot rewrites the whole state, so with a large state and the count thresholds
+    /// alone a node would write images back to back (1 GiB of state and 10,000 entries of
+    /// 1 KiB: an image every few seconds, each taking 20 s at `write_rate_mb_s`). With 25, the
+    /// images written are at most 4x the log written, and the log kept stays within a quarter
+    /// of the state (plus what arrives while a snapshot is taken): bounded by live data. 0
+    /// turns this floor off. 0 to 10,000. Default 25.
+    pub log_image_pct: u64,
 }
 
 impl Default for SnapshotSection {
@@ -470,6 +485,7 @@ impl Default for SnapshotSection {
             max_concurrent_sends: 2,
             write_rate_mb_s: 50,
             threshold_jitter_pct: 20,
+            log_image_pct: 25,
         }
     }
 }
@@ -477,6 +493,10 @@ impl Default for SnapshotSection {
 /// Room kept in a transport frame around a snapshot chunk's bytes (message header, ids,
 /// offsets, checksum).
 pub const SNAPSHOT_CHUNK_FRAME_OVERHEAD: usize = 4096;
+
+/// The largest `[snapshot] log_image_pct` accepted (a log 100 times the state is no longer
+/// "bounded by live data" in any useful sense).
+pub const MAX_LOG_IMAGE_PCT: u64 = 10_000;
 
 /// The smallest `[snapshot] chunk_bytes` accepted.
 pub const MIN_SNAPSHOT_CHUNK_BYTES: usize = 4096;
@@ -741,6 +761,9 @@ impl Config {
         if n.max_hops == 0 {
             return Err(invalid("node.max_hops", "must be at least 1"));
         }
+        if self.ring.map_watch_ms == 0 {
+            return Err(invalid("ring.map_watch_ms", "must be at least 1"));
+        }
         if !(1..=MAX_PROMOTE_MAX_LAG).contains(&self.raft.promote_max_lag) {
             return Err(invalid(
                 "raft.promote_max_lag",
@@ -868,14 +891,6 @@ impl Config {
         if self.ring.shards == 0 {
             return Err(invalid("ring.shards", "must be at least 1"));
         }
-        if self.ring.sharded && self.cluster.join {
-            // The shard map is computed from the initial members at bootstrap; moving shards
-            // onto a node added later is not built yet (docs/sharding.md).
-            return Err(invalid(
-                "ring.sharded",
-                "a node that joins an existing cluster (cluster.join = true) cannot be sharded yet",
-            ));
-        }
         if self.latency.history_size == 0 {
             return Err(invalid("latency.history_size", "must be at least 1"));
         }
@@ -977,6 +992,15 @@ impl Config {
             return Err(invalid(
                 "snapshot.max_concurrent_sends",
                 "must be at least 1",
+            ));
+        }
+        if s.log_image_pct > MAX_LOG_IMAGE_PCT {
+            return Err(invalid(
+                "snapshot.log_image_pct",
+                format!(
+                    "must be between 0 and {MAX_LOG_IMAGE_PCT} (percent of the last image), got {}",
+                    s.log_image_pct
+                ),
             ));
         }
         if s.threshold_jitter_pct > 100 {
@@ -1248,10 +1272,7 @@ ca = "ca.crt"
             ("[latency]\ninterval_s = 0\n", "latency.interval_s"),
             ("[cluster]\nseeds = [\"127.0.0.1:9\"]\n", "cluster.seeds"),
             ("[ring]\nshards = 0\n", "ring.shards"),
-            (
-                "[node]\nid = 4\n[cluster]\njoin = true\nseeds = [\"127.0.0.1:7009\"]\n[ring]\nsharded = true\n",
-                "ring.sharded",
-            ),
+            ("[ring]\nmap_watch_ms = 0\n", "ring.map_watch_ms"),
             ("[node]\nmax_queue_size = 0\n", "node.max_queue_size"),
             ("[storage]\nstall_timeout_ms = 0\n", "storage.stall_timeout_ms"),
             ("[storage]\nengine = \"rocks\"\n", "engine"),
@@ -1400,9 +1421,10 @@ lifeguard = false
                 s.max_send_rate_mb_s,
                 s.max_concurrent_sends,
                 s.write_rate_mb_s,
-                s.threshold_jitter_pct
+                s.threshold_jitter_pct,
+                s.log_image_pct
             ),
-            (10_000, 64 << 20, 1_000, 1 << 20, 100, 2, 50, 20)
+            (10_000, 64 << 20, 1_000, 1 << 20, 100, 2, 50, 20, 25)
         );
         // An unpaced image writer and no jitter are allowed.
         let c =
@@ -1444,6 +1466,10 @@ lifeguard = false
             (
                 "[snapshot]\nthreshold_jitter_pct = 101\n",
                 "snapshot.threshold_jitter_pct",
+            ),
+            (
+                "[snapshot]\nlog_image_pct = 10001\n",
+                "snapshot.log_image_pct",
             ),
             ("[snapshot]\nthreshold = 5\n", "threshold"),
             (

@@ -229,6 +229,17 @@ pub enum KvCommand {
         /// The value to store (`None`: remove).
         new: Option<serde_bytes::ByteBuf>,
     },
+    /// Set the node's own metadata record to `new` if it holds `expected` now (`None`: no
+    /// record); answers [`KvOutput::Cas`]. On a sharded node it is group 0's copy of the
+    /// shard map ([`ShardedMachine::metadata_command`]). Kept apart from the data: no key
+    /// names the record, so no `Put`, `Delete`, `Cas` or `Get` reaches it; the node proposes
+    /// it to group 0 only, which serves no keys on a sharded node.
+    SetMetadata {
+        /// The record the machine must hold (`None`: none).
+        expected: Option<serde_bytes::ByteBuf>,
+        /// The record to store.
+        new: serde_bytes::ByteBuf,
+    },
 }
 
 /// What the key-value machine's log entries carry: a command and, when the client sent an
@@ -277,6 +288,8 @@ pub enum KvOutput {
 pub enum KvQuery {
     /// The value of a key.
     Get(Vec<u8>),
+    /// The node's metadata record ([`KvCommand::SetMetadata`]); never routed to a shard.
+    Metadata,
 }
 
 /// The built-in key-value machine, written once against the [`StateStore`] interface (redb or
@@ -297,6 +310,9 @@ const IDEM: &[u8] = b"k/";
 const IDEM_LEGACY: &[u8] = b"i/";
 /// `e/{index, big-endian}` -> the idempotency key recorded at that index (for eviction).
 const IDEM_BY_INDEX: &[u8] = b"e/";
+/// The node's metadata record ([`KvCommand::SetMetadata`]); no data key (`d…`) can be it.
+/// (`m/` is taken: the sled store keeps its applied index at `m/applied`.)
+const METADATA: &[u8] = b"n/metadata";
 /// The first bytes of a key-value machine's snapshot stream.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"CLVKVSNP";
 /// Snapshot stream format version (see [`write_kv_snapshot`]).
@@ -411,6 +427,16 @@ impl KvMachine {
                 ok,
                 current: self.get(key)?.map(serde_bytes::ByteBuf::from),
             },
+            (CompactOutcome::Cas { ok: true }, KvCommand::SetMetadata { expected, .. }) => {
+                KvOutput::Cas {
+                    ok: true,
+                    current: expected.clone(),
+                }
+            }
+            (CompactOutcome::Cas { ok }, KvCommand::SetMetadata { .. }) => KvOutput::Cas {
+                ok,
+                current: self.store.get(METADATA)?.map(serde_bytes::ByteBuf::from),
+            },
             // The fingerprint matched, so the command is the same kind as the first one.
             (CompactOutcome::Cas { .. }, _) => {
                 return Err(StateMachineError::Store(StoreError::Corrupt {
@@ -426,6 +452,9 @@ impl KvMachine {
 /// codec).
 #[derive(Debug, thiserror::Error)]
 pub enum RouteCodecError {
+    /// The query is not one a node forwards (it names no key: a node's metadata).
+    #[error("this query is served by group 0 on the node itself, never forwarded")]
+    NotRoutable,
     /// Encoding failed.
     #[error("cannot encode a forwarded query or answer")]
     Encode(#[source] rmp_serde::encode::Error),
@@ -455,15 +484,30 @@ pub trait ShardedMachine: StateMachine {
     fn encode_query_output(output: &Self::QueryOutput) -> Result<Vec<u8>, RouteCodecError>;
     /// An answer from the node that served the query.
     fn decode_query_output(bytes: &[u8]) -> Result<Self::QueryOutput, RouteCodecError>;
+
+    /// The command that sets the node's metadata record — on a sharded node, group 0's copy
+    /// of the shard map (`docs/sharding.md`) — to `new` if the machine holds `expected` now
+    /// (`None`: no record), and leaves it as it is otherwise. Deterministic like every
+    /// command. The record must be kept apart from the user's data (no user command may read
+    /// or write it) and be part of the machine's snapshots.
+    fn metadata_command(expected: Option<Vec<u8>>, new: Vec<u8>) -> Self::Command;
+    /// Whether the output of a [`ShardedMachine::metadata_command`] says it set the record.
+    fn metadata_set(output: &Self::Output) -> bool;
+    /// The query that reads the metadata record (served by group 0 on the node itself).
+    fn metadata_query() -> Self::Query;
+    /// The record in the answer to [`ShardedMachine::metadata_query`] (`None`: no record).
+    fn metadata_of(output: Self::QueryOutput) -> Result<Option<Vec<u8>>, StateMachineError>;
 }
 
 impl KvCommand {
-    /// The key the command writes.
+    /// The key the command writes (empty for [`KvCommand::SetMetadata`], which writes no
+    /// key).
     pub fn key(&self) -> &[u8] {
         match self {
             KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {
                 key
             }
+            KvCommand::SetMetadata { .. } => &[],
         }
     }
 }
@@ -476,6 +520,7 @@ impl ShardedMachine for KvMachine {
     fn query_key(query: &KvQuery) -> &[u8] {
         match query {
             KvQuery::Get(key) => key,
+            KvQuery::Metadata => &[],
         }
     }
 
@@ -484,6 +529,7 @@ impl ShardedMachine for KvMachine {
             KvQuery::Get(key) => {
                 rmp_serde::to_vec(&serde_bytes::Bytes::new(key)).map_err(RouteCodecError::Encode)
             }
+            KvQuery::Metadata => Err(RouteCodecError::NotRoutable),
         }
     }
 
@@ -509,6 +555,30 @@ impl ShardedMachine for KvMachine {
         let value: Option<serde_bytes::ByteBuf> =
             rmp_serde::from_slice(bytes).map_err(RouteCodecError::Decode)?;
         Ok(Ok(value.map(serde_bytes::ByteBuf::into_vec)))
+    }
+
+    fn metadata_command(expected: Option<Vec<u8>>, new: Vec<u8>) -> KvRequest {
+        KvRequest {
+            id: None,
+            op: KvCommand::SetMetadata {
+                expected: expected.map(serde_bytes::ByteBuf::from),
+                new: serde_bytes::ByteBuf::from(new),
+            },
+        }
+    }
+
+    fn metadata_set(output: &KvOutput) -> bool {
+        matches!(output, KvOutput::Cas { ok: true, .. })
+    }
+
+    fn metadata_query() -> KvQuery {
+        KvQuery::Metadata
+    }
+
+    fn metadata_of(
+        output: Result<Option<Vec<u8>>, StateMachineError>,
+    ) -> Result<Option<Vec<u8>>, StateMachineError> {
+        output
     }
 }
 
@@ -592,6 +662,20 @@ impl StateMachine for KvMachine {
                     CompactOutcome::Cas { ok },
                 )
             }
+            KvCommand::SetMetadata { expected, new } => {
+                let current = self.store.get(METADATA)?;
+                let ok = current.as_deref() == expected.as_deref().map(|v| v.as_slice());
+                if ok {
+                    batch.put(METADATA.to_vec(), new.to_vec());
+                }
+                (
+                    KvOutput::Cas {
+                        ok,
+                        current: current.map(serde_bytes::ByteBuf::from),
+                    },
+                    CompactOutcome::Cas { ok },
+                )
+            }
         };
         if let Some((id, fingerprint)) = keyed {
             let record = IdemRecord {
@@ -627,6 +711,7 @@ impl StateMachine for KvMachine {
     fn query(&self, query: &KvQuery) -> Self::QueryOutput {
         match query {
             KvQuery::Get(key) => self.get(key),
+            KvQuery::Metadata => Ok(self.store.get(METADATA)?),
         }
     }
 
@@ -1130,6 +1215,51 @@ mod tests {
         assert_eq!(dump(&a), dump(&b));
         // The same image once more is the same bytes (replicas compare digests).
         assert_eq!(image(&mut b), (2, snap));
+    }
+
+    /// The metadata record (group 0's shard map on a sharded node): a compare-and-set no key
+    /// reaches, kept across a reopen and carried by snapshots.
+    #[test]
+    fn the_metadata_record_is_apart_from_the_data_and_in_snapshots() {
+        for engine in ENGINES {
+            let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let mut a = open(engine, da.path());
+            let meta = |m: &KvMachine| {
+                KvMachine::metadata_of(m.query(&KvMachine::metadata_query())).unwrap()
+            };
+            let set = |expected: Option<&[u8]>, new: &[u8]| {
+                KvMachine::metadata_command(expected.map(<[u8]>::to_vec), new.to_vec())
+            };
+            assert_eq!(meta(&a), None);
+            let out = a.apply(1, set(None, b"v1")).unwrap();
+            assert!(KvMachine::metadata_set(&out));
+            // A stale expectation changes nothing and names what is there.
+            let out = a.apply(2, set(None, b"v2")).unwrap();
+            assert!(!KvMachine::metadata_set(&out));
+            assert_eq!(
+                out,
+                KvOutput::Cas {
+                    ok: false,
+                    current: Some(ByteBuf::from(b"v1".to_vec()))
+                }
+            );
+            assert!(KvMachine::metadata_set(
+                &a.apply(3, set(Some(b"v1"), b"v2")).unwrap()
+            ));
+            assert_eq!(meta(&a), Some(b"v2".to_vec()));
+            // No key reaches it: not the empty key, not its store name.
+            a.apply(4, put("n/metadata", "user")).unwrap();
+            assert_eq!(get(&a, ""), None);
+            assert_eq!(meta(&a), Some(b"v2".to_vec()));
+            assert_eq!(get(&a, "n/metadata"), Some(b"user".to_vec()));
+            let (index, snap) = image(&mut a);
+            let mut b = open(engine, db.path());
+            b.restore_from(index, &mut &snap[..]).unwrap();
+            assert_eq!(meta(&b), Some(b"v2".to_vec()));
+            a.flush().unwrap();
+            drop(a);
+            assert_eq!(meta(&open(engine, da.path())), Some(b"v2".to_vec()));
+        }
     }
 
     /// A corrupt, truncated, foreign or mis-indexed image is refused with its own error and

@@ -219,6 +219,20 @@ fn kv_status_and_route_against_a_node() {
         "key \"abc\": shard 3, replicas [1, 2, 3], leader 1\n"
     );
 
+    // A node that is not sharded refuses a shard map change: its code, exit 1.
+    let o = conclave(&[
+        "ring",
+        "prefer",
+        "3",
+        "2",
+        "--expect-version",
+        "1",
+        "--endpoint",
+        ep,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("not_sharded"), "{}", stderr(&o));
+
     // Errors from the node are printed with their code, exit 1.
     double.set_mode(http_support::Mode::Fail(
         conclave::node::RequestError::Overloaded,

@@ -190,8 +190,19 @@ async fn every_route_on_a_leader() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         r.json(),
-        serde_json::json!({"node_id": 1, "sharded": false, "map_version": 0, "shards": []})
+        serde_json::json!({"node_id": 1, "sharded": false, "map_version": 0, "shards": [],
+            "map_adoptions": {"group0": 0, "peers": 0}})
     );
+    // Nor changes a shard map.
+    let r = post_json(
+        &s,
+        "/v1/shards/preferred-leader",
+        r#"{"shard": 0, "node": 1}"#,
+    )
+    .await;
+    assert_eq!(r.error(StatusCode::BAD_REQUEST), "not_sharded");
+    let r = post_json(&s, "/v1/shards/preferred-leader", r#"{"shard": 0}"#).await;
+    assert_eq!(r.error(StatusCode::BAD_REQUEST), "invalid_json");
 
     let r = get(&s, "/metrics").await;
     assert_eq!(r.status, StatusCode::OK);

@@ -81,6 +81,33 @@ fn cpu_sample(pids: &[u32]) -> Vec<f64> {
     pids.iter().map(|p| cpu_s(*p).unwrap_or(0.0)).collect()
 }
 
+/// Bytes process `pid` has caused to be written to the device so far (`write_bytes` of
+/// `/proc/{pid}/io`: WAL, state store, snapshot images), 0 once it is gone.
+fn written(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn io_sample(pids: &[u32]) -> Vec<f64> {
+    pids.iter().map(|p| written(*p)).collect()
+}
+
+/// Each process's device writes between two samples, in MB/s, e.g. `n1 12.3 n2 …`.
+fn write_rates(names: &[String], a: &[f64], b: &[f64], secs: f64) -> String {
+    names
+        .iter()
+        .zip(a.iter().zip(b))
+        .map(|(n, (x, y))| format!("{n} {:.1}", (y - x) / secs.max(1e-3) / 1e6))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Each process's share of one core between two samples, e.g. `n1 42% n2 …`.
 fn cpu_shares(names: &[String], a: &[f64], b: &[f64], secs: f64) -> String {
     names
@@ -416,7 +443,23 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| tmp.path().to_owned());
     eprintln!("load average at start: {}", loadavg());
-    let cluster = Cluster::new(&dir, 3);
+    // `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` overrides the voters' `[snapshot] max_send_rate_mb_s`
+    // (the default when unset), to compare transfer rates in the same way.
+    let send_rate = std::env::var("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S")
+        .ok()
+        .map(|v| {
+            v.parse::<u64>()
+                .expect("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S: a number")
+        });
+    let cluster = Cluster::new_with(&dir, 3, |c| {
+        if let Some(r) = send_rate {
+            c.snapshot.max_send_rate_mb_s = r;
+        }
+    });
+    eprintln!(
+        "snapshot send rate limit: {} MB/s",
+        cluster.configs[0].snapshot.max_send_rate_mb_s
+    );
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let leader_ep = cluster.endpoint(leader);
     let endpoints: Vec<String> = (0..3).map(|i| cluster.endpoint((leader + i) % 3)).collect();
@@ -488,11 +531,13 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     // Baseline.
     let base_start = Instant::now();
     let cpu_base = cpu_sample(&pids);
+    let io_base = io_sample(&pids);
     let voter_eps: Vec<String> = (0..3).map(|i| cluster.endpoint(i)).collect();
     let sync_base = wal_syncs(&voter_eps).await;
     actix::clock::sleep(period).await;
     let base_end = Instant::now();
     let cpu_add = cpu_sample(&pids);
+    let io_add = io_sample(&pids);
     let sync_add = wal_syncs(&voter_eps).await;
     eprintln!("load average before member add: {}", loadavg());
 
@@ -561,6 +606,7 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     let promoted = add_start.elapsed();
     let promote_at = Instant::now();
     let cpu_promoted = cpu_sample(&pids);
+    let io_promoted = io_sample(&pids);
     let sync_promoted = wal_syncs(&voter_eps).await;
     *mon_stop.borrow_mut() = true;
     mon.await.unwrap();
@@ -569,6 +615,7 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     actix::clock::sleep(period).await;
     let after_end = Instant::now();
     let cpu_end = cpu_sample(&pids);
+    let io_end = io_sample(&pids);
     let sync_end = wal_syncs(&voter_eps).await;
     *stop.borrow_mut() = true;
     for w in writers {
@@ -656,6 +703,22 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
             &names,
             &cpu_promoted,
             &cpu_end,
+            (after_end - promote_at).as_secs_f64()
+        )
+    );
+    eprintln!(
+        "device writes, MB/s: before: {}; during the catch-up: {}; after: {}",
+        write_rates(
+            &names,
+            &io_base,
+            &io_add,
+            (base_end - base_start).as_secs_f64()
+        ),
+        write_rates(&names, &io_add, &io_promoted, promoted.as_secs_f64()),
+        write_rates(
+            &names,
+            &io_promoted,
+            &io_end,
             (after_end - promote_at).as_secs_f64()
         )
     );

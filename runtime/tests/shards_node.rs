@@ -494,8 +494,461 @@ async fn the_http_api_serves_any_key_from_any_node() {
             assert!(s["commit"].as_u64().unwrap() >= 1, "{s}");
         }
     }
+    // A map change through any node's HTTP API (forwarded to group 0's leader), with the
+    // version it expects; the same expectation again is a 409.
+    let entry = handles[0].shard_map().unwrap().entry(0).unwrap().clone();
+    let body = serde_json::json!({"shard": 0, "node": entry.replicas[1], "expected_version": 1});
+    let url = |i: usize| format!("http://{}/v1/shards/preferred-leader", configs[i].node.http);
+    let mut changed = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in (0..3).cycle() {
+        let mut resp = awc::Client::new()
+            .post(url(i))
+            .send_json(&body)
+            .await
+            .unwrap();
+        if resp.status() == awc::http::StatusCode::OK {
+            changed = Some(resp.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        // Group 0 may still be electing (503): retried.
+        assert_eq!(resp.status(), awc::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "no change within 10 s");
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+    let changed = changed.unwrap();
+    assert_eq!(changed["map_version"], 2);
+    assert_eq!(changed["changed"], true);
+    assert_eq!(changed["replicas"][0], entry.replicas[1]);
+    let resp = awc::Client::new()
+        .post(url(2))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), awc::http::StatusCode::CONFLICT);
+    for h in &handles {
+        eventually("every node adopts version 2", || {
+            h.shard_map().unwrap().version() == 2
+        })
+        .await;
+    }
+    let mut resp = awc::Client::new()
+        .get(format!("http://{}/v1/shards", configs[1].node.http))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["map_version"], 2);
+    assert_eq!(body["shards"][0]["replicas"][0], entry.replicas[1]);
+    // And back, through the client (what `conclave ring prefer` calls).
+    let back = clients[2]
+        .prefer_shard_leader(0, entry.replicas[0], Some(2))
+        .await
+        .unwrap();
+    assert!(back.changed);
+    assert_eq!(back.map_version, 3);
+    assert_eq!(back.replicas, entry.replicas);
     for s in servers {
         s.stop(true).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Polls `check` every 20 ms until it holds (at most 10 s).
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Group 0's committed map as `h`'s own replica applied it.
+async fn committed(h: &NodeHandle<KvMachine>) -> Option<conclave_ring::ShardMap> {
+    h.committed_shard_map(ReadLevel::Stale).await.unwrap()
+}
+
+/// Issue 16, points 1 and 2: the shard map is committed through group 0 and every node holds
+/// the committed version; a change (a shard's preferred leader) is a proposal to group 0's
+/// leader with an expected version; a node that is behind on the map (its look at group 0 set
+/// to once a minute) forwards with its old version, gets the newer map back as a retryable
+/// answer, adopts it and its client's request succeeds; and every node, restarted without its
+/// `data_dir/shard-map`, comes back with the committed map from group 0's applied state.
+#[actix::test]
+async fn the_map_lives_in_group_0_and_a_node_behind_catches_up_through_a_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs: Vec<Config> = common::local_configs(3, dir.path())
+        .into_iter()
+        .map(sharded)
+        .collect();
+    let mut nodes = Vec::new();
+    for c in &configs {
+        nodes.push(Some(start(c.clone()).await));
+    }
+    let handles: Vec<_> = nodes.iter().flatten().map(|n| n.handle()).collect();
+    settled(&handles).await;
+
+    // The bootstrap map is committed through group 0: every replica of group 0 holds it.
+    let map = handles[0].shard_map().unwrap();
+    for h in &handles {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            if let Some(m) = committed(h).await {
+                break m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no committed map on node {}",
+                h.id()
+            );
+            actix::clock::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(got.same_content(&map), "node {}", h.id());
+        // The record carries no leader hints: they are each node's own.
+        assert!(got.entries().iter().all(|e| e.leader_hint.is_none()));
+    }
+
+    // Group 0's leader, and a node `behind` that is not it, restarted so that it looks at
+    // group 0 once a minute only (it learns of changes from its forwards' answers).
+    let l = loop {
+        if let Some(h) = handles.iter().find(|h| h.cluster_status().role == "leader") {
+            break h.clone();
+        }
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    };
+    let bi = handles.iter().position(|h| h.id() != l.id()).unwrap();
+    let behind_id = handles[bi].id();
+    nodes[bi].take().unwrap().shutdown().await;
+    let mut slow = configs[bi].clone();
+    slow.ring.map_watch_ms = 60_000;
+    nodes[bi] = Some(start(slow).await);
+    let handles: Vec<_> = nodes.iter().flatten().map(|n| n.handle()).collect();
+    let behind = handles[bi].clone();
+    settled(&handles).await;
+    // The leader may have moved while the node restarted.
+    let l = loop {
+        if let Some(h) = handles.iter().find(|h| h.cluster_status().role == "leader") {
+            break h.clone();
+        }
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    };
+    if l.id() == behind_id {
+        // Looking once a minute is fine for a follower only; hand group 0 over.
+        let to = handles.iter().find(|h| h.id() != behind_id).unwrap().id();
+        l.transfer_leader(to).await.unwrap();
+    }
+    let l = loop {
+        if let Some(h) = handles
+            .iter()
+            .find(|h| h.cluster_status().role == "leader" && h.id() != behind_id)
+        {
+            break h.clone();
+        }
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    };
+
+    // A shard `behind` does not host (so it must forward), and a key of it.
+    let shard = map
+        .shards_of(l.id())
+        .find(|e| !e.replicas.contains(&behind_id));
+    let shard = shard
+        .or_else(|| {
+            map.entries()
+                .iter()
+                .find(|e| !e.replicas.contains(&behind_id))
+        })
+        .unwrap()
+        .clone();
+    let key = (0..)
+        .map(|i| format!("stale-{i}"))
+        .find(|k| map.route(k.as_bytes()).shard == shard.shard)
+        .unwrap();
+    let second = shard.replicas[1];
+
+    // Changes go to group 0's leader, name what they expect and what they change.
+    assert!(matches!(
+        behind
+            .prefer_shard_leader(shard.shard, second, Some(1))
+            .await,
+        Err(conclave::node::RequestError::NotLeader { .. })
+    ));
+    assert!(matches!(
+        l.prefer_shard_leader(shard.shard, behind_id, Some(1)).await,
+        Err(conclave::node::RequestError::InvalidShardChange(_))
+    ));
+    assert!(matches!(
+        l.prefer_shard_leader(shard.shard, second, Some(7)).await,
+        Err(conclave::node::RequestError::ShardMapChanged {
+            expected: 7,
+            current: 1
+        })
+    ));
+    let unchanged = l
+        .prefer_shard_leader(shard.shard, shard.replicas[0], Some(1))
+        .await
+        .unwrap();
+    assert!(!unchanged.changed);
+    assert_eq!(unchanged.map_version, 1);
+    let change = l
+        .prefer_shard_leader(shard.shard, second, Some(1))
+        .await
+        .unwrap();
+    assert!(change.changed);
+    assert_eq!(change.map_version, 2);
+    assert_eq!(change.replicas[0], second);
+    assert_eq!(change.replicas.len(), shard.replicas.len());
+    assert_eq!(l.shard_map().unwrap().version(), 2);
+    // The same change again, with the old expectation: refused, nothing changes.
+    assert!(matches!(
+        l.prefer_shard_leader(shard.shard, shard.replicas[0], Some(1))
+            .await,
+        Err(conclave::node::RequestError::ShardMapChanged {
+            expected: 1,
+            current: 2
+        })
+    ));
+
+    // The other nodes adopt it from their replica of group 0; `behind` does not look yet.
+    for h in handles.iter().filter(|h| h.id() != behind_id) {
+        eventually("every other node adopts version 2", || {
+            h.shard_map().unwrap().version() == 2
+        })
+        .await;
+    }
+    assert_eq!(behind.shard_map().unwrap().version(), 1);
+    assert_eq!(behind.shards_status().map_adoptions.peers, 0);
+    // Its replica of group 0 has the change (replicated state), only not looked at yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed(&behind).await.map(|m| m.version()) != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "group 0 did not apply version 2 behind"
+        );
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(behind.shard_map().unwrap().version(), 1);
+
+    // A client's write through the node behind: forwarded with version 1, answered with
+    // the newer map (retryable), adopted, retried, served.
+    let before = std::fs::read(configs[bi].node.data_dir.join("shard-map")).unwrap();
+    write(&behind, &key, "after-change").await;
+    let now = behind.shard_map().unwrap();
+    assert_eq!(now.version(), 2);
+    assert_eq!(now.entry(shard.shard).unwrap().replicas[0], second);
+    assert_eq!(behind.shards_status().map_adoptions.peers, 1);
+    for h in &handles {
+        assert_eq!(
+            read(h, &key, ReadLevel::Linearizable).await,
+            Some(b"after-change".to_vec())
+        );
+    }
+    // It stored what it adopted.
+    eventually("the node behind stores version 2", || {
+        std::fs::read(configs[bi].node.data_dir.join("shard-map")).unwrap() != before
+    })
+    .await;
+
+    // Every node restarts, without its data_dir/shard-map: the committed map comes back
+    // from group 0's applied state.
+    for n in nodes.iter_mut() {
+        n.take().unwrap().shutdown().await;
+    }
+    for c in &configs {
+        std::fs::remove_file(c.node.data_dir.join("shard-map")).unwrap();
+    }
+    for (i, c) in configs.iter().enumerate() {
+        nodes[i] = Some(start(c.clone()).await);
+    }
+    let handles: Vec<_> = nodes.iter().flatten().map(|n| n.handle()).collect();
+    for h in &handles {
+        eventually("every restarted node holds version 2", || {
+            h.shard_map().unwrap().version() == 2
+        })
+        .await;
+        let m = h.shard_map().unwrap();
+        assert_eq!(m.entry(shard.shard).unwrap().replicas[0], second);
+        assert_eq!(h.shards_status().map_adoptions.group0, 1, "node {}", h.id());
+        assert_eq!(committed(h).await.unwrap().version(), 2);
+        assert_eq!(h.groups(), expected_groups(h));
+    }
+    settled(&handles).await;
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(
+            read(h, &key, ReadLevel::Linearizable).await,
+            Some(b"after-change".to_vec())
+        );
+        write(h, &format!("{key}-{i}"), "again").await;
+    }
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}
+
+/// Issue 16, point 3 (first step): a node joins a sharded cluster (`cluster.join` with
+/// `[ring] sharded`). It starts without a map, answers retryably until group 0 reaches it,
+/// then takes the committed map from its replica of group 0 (added as a learner), hosts no
+/// shard (placement covers the initial members; moving replicas is not built) and serves any
+/// key by forwarding; after a restart it starts from its stored copy.
+#[actix::test]
+async fn a_joining_node_takes_the_map_from_group_0_and_serves_any_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs: Vec<Config> = common::local_configs(3, &dir.path().join("data"))
+        .into_iter()
+        .map(sharded)
+        .collect();
+    let mut nodes = Vec::new();
+    for c in &configs {
+        nodes.push(start(c.clone()).await);
+    }
+    let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
+    settled(&handles).await;
+    for i in 0..12 {
+        write(&handles[i % 3], &format!("old-{i}"), "1").await;
+    }
+
+    // Node 4 as `conclave init --join` writes it, sharded like the others.
+    let mut c4 = sharded(Config::default());
+    c4.node.id = 4;
+    c4.node.listen = common::free_addr();
+    c4.node.http = common::free_addr();
+    c4.node.data_dir = dir.path().join("data").join("n4");
+    c4.cluster.id.clone_from(&configs[0].cluster.id);
+    c4.cluster.join = true;
+    c4.cluster.seeds = vec![configs[0].node.listen];
+    c4.validate().unwrap();
+    let n4 = start(c4.clone()).await;
+    let h4 = n4.handle();
+    assert_eq!(h4.shard_map(), None);
+    assert_eq!(h4.shards_status().map_version, 0);
+    let e = h4.write_routed(put("early", "x")).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    let r = h4.readiness_now();
+    assert!(!r.ready);
+    assert!(
+        r.reasons.iter().any(|m| m.contains("no shard map")),
+        "{r:?}"
+    );
+
+    // Added to group 0 as a learner: it replicates the membership and the map.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leader = handles.iter().find(|h| h.cluster_status().role == "leader");
+        let added = match leader {
+            Some(l) => l
+                .change_config(
+                    conclave::node::ConfigChange::AddLearner(conclave::node::NewMember {
+                        id: 4,
+                        addr: c4.node.listen,
+                        http: c4.node.http,
+                    }),
+                    None,
+                )
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if added {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 not added within 15 s");
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    let map = handles[0].shard_map().unwrap();
+    eventually("node 4 takes the committed map", || {
+        h4.shard_map().is_some_and(|m| m.same_content(&map))
+    })
+    .await;
+    assert_eq!(h4.shards_status().map_adoptions.group0, 1);
+    assert_eq!(h4.groups(), vec![0], "a joined node hosts no shard");
+    eventually("node 4 is ready once it has the map", || {
+        h4.readiness_now().ready
+    })
+    .await;
+    for i in 0..12 {
+        assert_eq!(
+            read(&h4, &format!("old-{i}"), ReadLevel::Linearizable).await,
+            Some(b"1".to_vec())
+        );
+    }
+    for i in 0..12 {
+        let k = format!("new-{i}");
+        write(&h4, &k, "4").await;
+        assert_eq!(
+            read(&handles[i % 3], &k, ReadLevel::Linearizable).await,
+            Some(b"4".to_vec())
+        );
+    }
+
+    // Restarted, it starts from its stored copy.
+    n4.shutdown().await;
+    let n4 = start(c4).await;
+    let h4 = n4.handle();
+    assert!(h4.shard_map().unwrap().same_content(&map));
+    write(&h4, "after-restart", "4").await;
+    assert_eq!(
+        read(&handles[0], "after-restart", ReadLevel::Linearizable).await,
+        Some(b"4".to_vec())
+    );
+    n4.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Group 0 of a sharded cluster has at most five voters: with six initial members the five
+/// lowest ids vote and node 6 is a learner, which still replicates group 0 — it holds the
+/// committed map in its replica — and serves keys.
+#[actix::test]
+async fn six_nodes_group_0_has_five_voters_and_a_learner_with_the_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs: Vec<Config> = common::local_configs(6, dir.path())
+        .into_iter()
+        .map(sharded)
+        .collect();
+    let mut nodes = Vec::new();
+    for c in &configs {
+        nodes.push(start(c.clone()).await);
+    }
+    let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
+    settled(&handles).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let config = loop {
+        let leader = handles.iter().find(|h| h.cluster_status().role == "leader");
+        if let Some(Ok(c)) = match leader {
+            Some(l) => Some(l.cluster_config().await),
+            None => None,
+        } {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no group 0 leader within 10 s");
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    };
+    let voters: Vec<u64> = config.voters.iter().map(|m| m.id).collect();
+    let learners: Vec<u64> = config.learners.iter().map(|m| m.id).collect();
+    assert_eq!(voters, vec![1, 2, 3, 4, 5]);
+    assert_eq!(learners, vec![6]);
+    assert_eq!(conclave::node::MAX_METADATA_VOTERS, 5);
+    let learner = &handles[5];
+    let map = handles[0].shard_map().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed(learner).await.is_none() {
+        assert!(Instant::now() < deadline, "the learner never held the map");
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(committed(learner).await.unwrap().same_content(&map));
+    eventually("the group 0 learner is ready", || {
+        learner.readiness_now().ready
+    })
+    .await;
+    for i in 0..12 {
+        let k = format!("six-{i}");
+        write(learner, &k, "6").await;
+        assert_eq!(
+            read(&handles[i % 5], &k, ReadLevel::Linearizable).await,
+            Some(b"6".to_vec())
+        );
     }
     for n in nodes {
         n.shutdown().await;

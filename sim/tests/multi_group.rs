@@ -78,8 +78,9 @@ fn many_groups_per_node_under_faults() {
         .unwrap_or(0);
     println!(
         "{count} seeds x {groups} groups pass in {:.1}s: {} writes ({} seen committed), {} reads \
-         served ({} refused), {} elections, {} crashes, {} partitions, {} false suspicions, {} quiesce / {} wake events, {} quiesced \
-         follower cores at the idle crashes, every group re-elected within {worst} ms of it",
+         served ({} refused), {} elections, {} crashes, {} partitions, {} false suspicions, {} connection \
+         resets, {} quiesce / {} wake events, {} quiesced follower cores at the idle crashes, every \
+         group re-elected within {worst} ms of it",
         t.elapsed().as_secs_f64(),
         sum(|r| r.writes),
         sum(|r| r.writes_committed),
@@ -89,6 +90,7 @@ fn many_groups_per_node_under_faults() {
         sum(|r| r.crashes),
         sum(|r| r.partitions),
         sum(|r| r.false_suspicions),
+        sum(|r| r.connection_resets),
         sum(|r| r.quiesced),
         sum(|r| r.woken),
         sum(|r| r.quiesced_followers_at_crash),
@@ -288,6 +290,66 @@ fn leader_crash_with_many_quiesced_groups_reelects_all() {
          (simulated) after it crashed (gossip detects the crash in 50-300 ms)"
     );
     assert!(took <= 2_000, "{took} ms");
+}
+
+/// A healthy, idle cluster whose connections keep resetting — between a leader and a
+/// follower, reported to both ends or to one only, with outages from none (a false alarm) to
+/// twice the longest election timeout — never changes a leader: the woken followers ask their
+/// leader to wake, and one whose election timer fires before it hears the leader (its request
+/// was lost with the link) is refused by the leader and by the other followers, whose vote
+/// leases hold. Every checker runs throughout, and once the links are back every group
+/// quiesces again.
+#[test]
+fn connection_resets_to_a_live_leader_cost_no_election() {
+    for nodes in [3usize, 5] {
+        let groups = 40;
+        let mut w = MultiWorld::new(MultiConfig::calm(2, nodes, groups));
+        w.run_until(3_000).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(w.groups_without_leader(), 0);
+        w.run_until(w.now() + 1_000)
+            .unwrap_or_else(|f| panic!("{f}"));
+        let quiesced: usize = (1..=nodes as u64).map(|id| w.quiesced(id)).sum();
+        assert_eq!(quiesced, nodes * groups as usize, "all quiesced");
+        let leaders: Vec<_> = (0..groups).map(|g| w.leader_of(g)).collect();
+        let elections = w.report().elections;
+        let woken = |w: &MultiWorld| -> u64 {
+            (1..=nodes as u64)
+                .filter_map(|id| w.host_stats(id))
+                .map(|s| s.woken)
+                .sum()
+        };
+        let woken_before = woken(&w);
+        let outages = [0, 30, 100, 250, 600];
+        for i in 0..30u64 {
+            let (l, _) = w.busiest_leader().expect("a leader");
+            let f = (1..=nodes as u64)
+                .filter(|id| *id != l)
+                .nth((i as usize) % (nodes - 1))
+                .expect("a follower");
+            let (a, b) = if i % 2 == 0 { (f, l) } else { (l, f) };
+            w.reset_connection(a, b, outages[(i % 5) as usize], i % 3 != 0);
+            w.run_until(w.now() + 1_000)
+                .unwrap_or_else(|f| panic!("{f}"));
+        }
+        w.run_until(w.now() + 1_000)
+            .unwrap_or_else(|f| panic!("{f}"));
+        let r = w.report();
+        let woken = woken(&w) - woken_before;
+        println!(
+            "{nodes} nodes: {} connection resets, {woken} group wake-ups, {} elections after them",
+            r.connection_resets,
+            r.elections - elections
+        );
+        assert_eq!(r.connection_resets, 30);
+        assert!(woken > 0, "the resets woke quiesced followers");
+        assert_eq!(r.elections, elections, "no group changed leader");
+        assert_eq!(
+            (0..groups).map(|g| w.leader_of(g)).collect::<Vec<_>>(),
+            leaders
+        );
+        let quiesced: usize = (1..=nodes as u64).map(|id| w.quiesced(id)).sum();
+        assert_eq!(quiesced, nodes * groups as usize, "all quiesced again");
+    }
 }
 
 /// The per-group safety checkers of the multi-group world catch the core's planted safety

@@ -51,7 +51,7 @@ pub use handshake::{HandshakeError, Refusal};
 pub use inbound::{inbound, Inbound, InboundBatch, InboundReceiver};
 pub use link::{PeerLink, SendError, TrySendError};
 pub use mem::{Faults, MemEndpoint, MemNetwork, MemStats};
-pub use tcp::{Transport, TransportError};
+pub use tcp::{ConnectionLost, Transport, TransportError};
 pub use tls::TlsError;
 
 /// Identifies a node of the cluster: the workspace's one definition, in `conclave-core`.

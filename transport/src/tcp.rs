@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Notify, Semaphore};
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
@@ -46,6 +46,23 @@ use crate::{Endpoint, Inbound, NodeId};
 
 /// Read buffer growth step for connections.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Reports of lost connections a subscriber may fall behind by before it misses some
+/// ([`Transport::connection_losses`]).
+const LOSS_EVENTS: usize = 1024;
+
+/// The connection between this node and `peer` ended while in use ([`Transport::connection_losses`]):
+/// the peer closed it (its process exited — a crash closes its sockets at once — or it
+/// dropped the connection), the socket failed, or nothing arrived within `read_timeout`. The
+/// pair has no connection until a dial succeeds again (normally within one reconnect
+/// backoff if the peer is alive). Not reported: connections replaced by another one, closed
+/// because the peer left the cluster ([`Transport::disconnect_peer`]) or by this transport's
+/// shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLost {
+    /// The peer.
+    pub peer: NodeId,
+}
 
 /// Errors of starting a transport.
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +243,8 @@ struct Shared<M> {
     next_id: AtomicU64,
     /// Live connections, for [`Transport::connection_count`].
     live: Arc<AtomicUsize>,
+    /// Lost connections, for [`Transport::connection_losses`].
+    losses: broadcast::Sender<ConnectionLost>,
 }
 
 impl<M> Shared<M>
@@ -276,14 +295,25 @@ where
     }
 
     /// Connection `id` is gone: if it was the pair's connection, the pair has none now, and the
-    /// driver is told so it may redial.
-    fn mark_idle(&self, peer: NodeId, id: u64) {
+    /// driver is told so it may redial. Returns whether it was.
+    fn mark_idle(&self, peer: NodeId, id: u64) -> bool {
         let mut peers = self.peers.lock();
         if let Some(slot) = peers.get_mut(&peer) {
             if slot.state == ConnState::Connected(id) {
                 slot.state = ConnState::Idle;
                 let _ = slot.cmds.send(Cmd::Wake);
+                return true;
             }
+        }
+        false
+    }
+
+    /// Connection `id`, in use, broke: [`Shared::mark_idle`], and if it was the pair's
+    /// connection the loss is reported to [`Transport::connection_losses`] subscribers.
+    fn lost(&self, peer: NodeId, id: u64) {
+        if self.mark_idle(peer, id) {
+            // No subscriber is fine: nobody needs to know.
+            let _ = self.losses.send(ConnectionLost { peer });
         }
     }
 
@@ -353,6 +383,7 @@ where
             shutdown,
             next_id: AtomicU64::new(1),
             live: Arc::new(AtomicUsize::new(0)),
+            losses: broadcast::channel(LOSS_EVENTS).0,
         });
         info!(node = shared.cfg.node_id, %local_addr, tls = shared.tls.is_some(), "transport listening");
         tokio::spawn(accept_loop(Arc::clone(&shared), listener));
@@ -427,6 +458,15 @@ where
             return None;
         }
         Some(self.shared.cached_link(slot, node))
+    }
+
+    /// Reports every connection lost from now on ([`ConnectionLost`]): a peer whose process
+    /// dies is known within a round trip, long before a failure detector suspects it (the Raft
+    /// workers wake the quiesced groups it led). A report is a hint, not a verdict: the peer
+    /// may be alive and reconnect at once. A subscriber that falls more than 1,024 reports
+    /// behind misses the oldest (`RecvError::Lagged`).
+    pub fn connection_losses(&self) -> broadcast::Receiver<ConnectionLost> {
+        self.shared.losses.subscribe()
     }
 
     /// Whether a connection to `peer` is currently established (in either direction).
@@ -1154,7 +1194,7 @@ where
                             c.close();
                         }
                         lose(&mut out, node, peer);
-                        shared.mark_idle(peer, id);
+                        shared.lost(peer, id);
                         retry_at = Instant::now() + backoff(&shared.cfg, failures);
                         failures = failures.saturating_add(1);
                     }
@@ -1252,7 +1292,7 @@ where
                         } else {
                             warn!(node, peer, id, "connection to peer lost: write error: {e}");
                         }
-                        shared.mark_idle(peer, id);
+                        shared.lost(peer, id);
                     }
                     lose(&mut out, node, peer);
                     retry_at = Instant::now() + backoff(&shared.cfg, failures);

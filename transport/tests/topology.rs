@@ -313,3 +313,42 @@ async fn both_sides_stalled_do_not_deadlock_and_deliver_everything_after_resume(
     );
     assert_eq!((a.connection_count(), b.connection_count()), (1, 1));
 }
+
+/// A peer whose process ends (its transport dropped: every socket closes, as with `kill -9`)
+/// is reported to `connection_losses` subscribers, once; the dying side reports nothing of
+/// its own shutdown, failed redials are not reported, and neither is the reconnection once
+/// the peer is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_is_reported_lost_once() {
+    let (a, a_addr, mut a_rx) = start(config(1401, "t"), 256).await;
+    let (b, b_addr, mut b_rx) = start(config(1402, "t"), 256).await;
+    let mut cfg_b = config(1402, "t");
+    cfg_b.listen = b_addr;
+    let to_b = a.peer(1402, b_addr);
+    let to_a = b.peer(1401, a_addr);
+    exchange((&a, &to_b, &mut a_rx), (&b, &to_a, &mut b_rx), 0, 20).await;
+    let mut a_losses = a.connection_losses();
+    let mut b_losses = b.connection_losses();
+
+    drop(to_a);
+    drop(b);
+    drop(b_rx);
+    let lost = tokio::time::timeout(Duration::from_secs(10), a_losses.recv())
+        .await
+        .expect("the loss is reported")
+        .expect("the transport is alive");
+    assert_eq!(lost, conclave_transport::ConnectionLost { peer: 1402 });
+    // The dead side's channel closes without a report of its own.
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(10), b_losses.recv()).await,
+        Ok(Err(tokio::sync::broadcast::error::RecvError::Closed))
+    ));
+    // A keeps redialling the dead address: failed dials are no lost connections.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(a_losses.try_recv().is_err(), "reported more than once");
+
+    let (b, mut b_rx) = rebind(cfg_b, 256).await;
+    let to_a = b.peer(1401, a_addr);
+    settle_and_exchange(&a, &to_b, &mut a_rx, &b, &to_a, &mut b_rx).await;
+    assert!(a_losses.try_recv().is_err(), "a reconnection is no loss");
+}

@@ -985,7 +985,17 @@ impl Raft {
     /// its peers must answer again. Nothing here touches terms, votes, the log or leases
     /// (a lease is only ever extended by a quorum-acknowledged round), so it cannot affect
     /// safety.
-    pub fn unquiesce(&mut self, now: Millis) {
+    ///
+    /// `why` decides the follower's vote lease (check-quorum, thesis §4.2.3), which lapsed
+    /// while nothing was heard: woken by [`Wake::Activity`], the follower has no news that its
+    /// leader failed — the leader quiesced it, and quiescence only lasts while the leader is
+    /// idle and reachable — so it takes the lease up again, as if it had just heard the
+    /// leader, and refuses (pre-)votes for one minimum election timeout. A peer whose
+    /// connection to the leader merely reset cannot then collect the votes of quiesced
+    /// followers and depose a live leader. Woken by [`Wake::LeaderSuspected`] the lease stays
+    /// lapsed, so the followers of a dead leader elect a new one at their first timeout. A
+    /// lease only makes a node refuse votes: it never affects safety.
+    pub fn unquiesce(&mut self, now: Millis, why: Wake) {
         self.advance_clock(now);
         let now = self.now;
         match self.role {
@@ -996,7 +1006,14 @@ impl Raft {
                 self.check_quorum_deadline = now + self.config.election_timeout_min_ms;
                 self.heartbeat_deadline = now;
             }
-            _ => self.reset_election_deadline(now),
+            _ => {
+                self.reset_election_deadline(now);
+                if why == Wake::Activity && self.leader.is_some() {
+                    self.vote_lease_until = self
+                        .vote_lease_until
+                        .max(now + self.config.election_timeout_min_ms);
+                }
+            }
         }
     }
 
@@ -1506,7 +1523,10 @@ impl Raft {
         } else if pre_vote {
             // Thesis §9.6: grant a pre-vote iff we would grant the vote in that term, and we
             // have not heard from a leader recently (check-quorum).
-            term > self.term && log_ok && (leadership_transfer || !self.in_vote_lease(now))
+            term > self.term
+                && log_ok
+                && (leadership_transfer || !self.in_vote_lease(now))
+                && !self.runs_ahead_of(from, last_log_index, last_log_term)
         } else {
             // Raft §5.2: one vote per term, first come first served.
             term == self.term
@@ -1530,6 +1550,24 @@ impl Raft {
             body: MessageBody::RequestVoteResponse { pre_vote, granted },
         };
         self.send_msg(msg, Dep::HardState);
+    }
+
+    /// Whether this node, a pre-candidate itself, keeps its pre-vote from `from`, another
+    /// pre-candidate with an equally up-to-date log, because it ranks `from` below itself
+    /// ([`election_rank`]). Without this, two followers whose election timers fire within a
+    /// pre-vote round trip of each other — the followers of a dead leader of many quiesced
+    /// groups all wake at once — grant each other's pre-votes, both campaign, and split the
+    /// vote, one election timeout at a time (the multi-group simulator showed a third of such
+    /// pairs colliding). With it, of two such pre-candidates the higher-ranked one gets both
+    /// pre-votes. Liveness only: a pre-vote changes no state, and the refuser keeps only its
+    /// own support, as a candidate voting for itself would; a requester with a better log
+    /// always gets it.
+    fn runs_ahead_of(&self, from: NodeId, last_log_index: LogIndex, last_log_term: Term) -> bool {
+        self.role == Role::PreCandidate
+            && last_log_term == self.log.last_term()
+            && last_log_index == self.log.last_index()
+            && election_rank(self.config.group, self.config.id)
+                > election_rank(self.config.group, from)
     }
 
     fn on_vote_response(
@@ -2629,4 +2667,19 @@ impl Raft {
             Dep::Everything
         }
     }
+}
+
+/// A node's rank in one group's pre-vote ties ([`Raft`]'s `runs_ahead_of`): a fixed
+/// pseudo-random order of the nodes, different for each group, so that the ties a failover
+/// settles do not all go to the same node (leaders stay spread over the survivors).
+fn election_rank(group: GroupId, node: NodeId) -> u64 {
+    // SplitMix64's finalizer over the pair: a bijection of the mixed input, so two nodes of
+    // one group never share a rank.
+    let mut z = group
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(node)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -22,12 +22,16 @@
 //! the group is still idle, the leader quiesces at the following beat. A quiesced group is not
 //! ticked and sends no heartbeats. It wakes ([`Raft::unquiesce`]) on a command
 //! ([`Host::with_group`]), on any message other than a quiesce heartbeat or a heartbeat answer,
-//! on a [`Frame::wake`] request from a follower, and on gossip: [`Host::peer_down`] wakes the
-//! quiesced groups whose leader is the node reported down (a follower with its election timer
-//! off must still notice a dead leader), [`Host::peer_up`] wakes the quiesced groups this node
-//! leads that count the returning node as a member. A follower woken by anything but its
-//! leader asks the leader to wake too, so a false suspicion costs one heartbeat, not an
-//! election. See `docs/consensus.md`, "Many groups per node", for why this keeps Raft safe.
+//! on a [`Frame::wake`] request from a follower, and on news of a failed leader: gossip's
+//! [`Host::peer_down`] and the transport's [`Host::peer_unreachable`] (the connection to the
+//! node closed) wake the quiesced groups whose leader is that node (a follower with its
+//! election timer off must still notice a dead leader), [`Host::peer_up`] wakes the quiesced
+//! groups this node leads that count the returning node as a member. A follower woken by
+//! anything but its leader asks the leader to wake too, so a false alarm costs one heartbeat,
+//! not an election: a follower woken by activity takes its vote lease up again
+//! ([`Raft::unquiesce`], [`Wake`]), so the peer that raised the alarm cannot win the votes of
+//! quiesced followers while the leader lives. See `docs/consensus.md`, "Many groups per node",
+//! for why this keeps Raft safe.
 
 use super::config::RaftConfig;
 use super::core::Raft;
@@ -332,7 +336,7 @@ impl Host {
         if !self.groups.contains_key(&group) {
             return None;
         }
-        self.wake(now, group, None);
+        self.wake(now, group, None, Wake::Activity);
         let slot = self.groups.get_mut(&group)?;
         let r = f(&mut slot.raft);
         self.ready.insert(group);
@@ -348,7 +352,7 @@ impl Host {
         if !self.groups.contains_key(&group) {
             return None;
         }
-        self.wake(now, group, None);
+        self.wake(now, group, None, Wake::Activity);
         self.ready.insert(group);
         self.groups.get_mut(&group).map(|s| &mut s.raft)
     }
@@ -362,14 +366,14 @@ impl Host {
         }
         let from = frame.from;
         for group in frame.wake {
-            self.wake(now, group, Some(from));
+            self.wake(now, group, Some(from), Wake::Activity);
         }
         for m in frame.messages {
             if m.from != from {
                 continue;
             }
             let group = m.group;
-            self.wake(now, group, Some(from));
+            self.wake(now, group, Some(from), Wake::Activity);
             if let Some(slot) = self.groups.get_mut(&group) {
                 slot.raft.handle_message(now, m);
                 self.ready.insert(group);
@@ -380,7 +384,7 @@ impl Host {
                 continue;
             }
             if !hb.quiesce {
-                self.wake(now, hb.group, Some(from));
+                self.wake(now, hb.group, Some(from), Wake::Activity);
             }
             let me = self.config.id;
             // A follower that gossip says cannot reach its leader stays awake: once quiesced,
@@ -415,7 +419,7 @@ impl Host {
                 if eligible && !quiesced {
                     self.quiesce(hb.group);
                 } else if !eligible && quiesced {
-                    self.wake(now, hb.group, Some(from));
+                    self.wake(now, hb.group, Some(from), Wake::Activity);
                 }
             }
         }
@@ -450,28 +454,28 @@ impl Host {
 
     /// Gossip reports `node` down: every quiesced group whose leader is `node` wakes, so its
     /// election timer runs again (pre-vote and check-quorum apply as usual). Leaders do not
-    /// quiesce while a member is reported down.
+    /// quiesce while a member is reported down, nor do followers of a leader reported down.
     pub fn peer_down(&mut self, now: Millis, node: NodeId) {
         self.advance(now);
-        let now = self.now;
         self.down.insert(node);
-        let woken: Vec<GroupId> = self
-            .groups
-            .iter()
-            .filter(|(_, s)| {
-                s.quiesced
-                    && s.raft.role() != Role::Leader
-                    && s.raft.leader() == Some(node)
-                    && !Self::bug_ignores_peer_down(&s.raft)
-            })
-            .map(|(g, _)| *g)
-            .collect();
-        // The cause is not a message from the leader: the woken followers ask it to wake
-        // too. If it is dead the request is lost; if gossip was wrong it heartbeats and the
-        // followers never campaign.
-        for g in woken {
-            self.wake(now, g, None);
-        }
+        self.leader_failed(node);
+    }
+
+    /// The transport's connection to `node` closed (the peer's process ended — a crash closes
+    /// its sockets at once — or the connection broke or was reset): the quiesced groups whose
+    /// leader is `node` wake as for [`Host::peer_down`], long before gossip's failure detector
+    /// could say so. Nothing is remembered: a connection normally comes back within the
+    /// transport's reconnect backoff, and a follower can only quiesce again on a heartbeat
+    /// from its leader, i.e. over a working connection (whose loss is reported again).
+    ///
+    /// A false alarm (the leader lives; only this connection reset) costs no election: the
+    /// woken followers ask the leader to wake (the request waits in the link's queue until
+    /// the transport reconnects, normally within one backoff of at most 100 ms, below the
+    /// election timeout), and a follower that times out first is refused by the leader and by
+    /// every other follower, whose vote leases hold (see [`Raft::unquiesce`]).
+    pub fn peer_unreachable(&mut self, now: Millis, node: NodeId) {
+        self.advance(now);
+        self.leader_failed(node);
     }
 
     /// Gossip reports `node` up again: every quiesced group this node leads that counts
@@ -490,7 +494,7 @@ impl Host {
             .map(|(g, _)| *g)
             .collect();
         for g in woken {
-            self.wake(now, g, None);
+            self.wake(now, g, None, Wake::Activity);
         }
     }
 
@@ -685,10 +689,33 @@ impl Host {
         self.stats.quiesced += 1;
     }
 
+    /// `node` is reported failed: every quiesced follower whose leader it is wakes with its
+    /// vote lease lapsed ([`Wake::LeaderSuspected`]) and asks the leader to wake. If the
+    /// leader is dead the request is lost; if the report was wrong the leader heartbeats and
+    /// the followers never campaign.
+    fn leader_failed(&mut self, node: NodeId) {
+        let now = self.now;
+        let woken: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, s)| {
+                s.quiesced
+                    && s.raft.role() != Role::Leader
+                    && s.raft.leader() == Some(node)
+                    && !Self::bug_ignores_peer_down(&s.raft)
+            })
+            .map(|(g, _)| *g)
+            .collect();
+        for g in woken {
+            self.wake(now, g, None, Wake::LeaderSuspected);
+        }
+    }
+
     /// Activity on `group`: voids a quiesce round in progress and wakes the group if
-    /// quiesced. `cause`: the node whose message woke it, if any. A follower woken by
-    /// anything but a message from its leader asks the leader to wake too.
-    fn wake(&mut self, now: Millis, group: GroupId, cause: Option<NodeId>) {
+    /// quiesced. `cause`: the node whose message woke it, if any; `why`: see
+    /// [`Raft::unquiesce`]. A follower woken by anything but a message from its leader asks
+    /// the leader to wake too.
+    fn wake(&mut self, now: Millis, group: GroupId, cause: Option<NodeId>, why: Wake) {
         let Some(slot) = self.groups.get_mut(&group) else {
             return;
         };
@@ -701,7 +728,7 @@ impl Host {
             return;
         }
         slot.quiesced = false;
-        slot.raft.unquiesce(now);
+        slot.raft.unquiesce(now, why);
         self.stats.woken += 1;
         if let Some(at) = slot.timer_at {
             self.timers.insert((at, group));

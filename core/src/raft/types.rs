@@ -263,6 +263,15 @@ pub struct HardState {
     pub vote: Option<NodeId>,
 }
 
+/// Why a quiesced core resumes ([`crate::raft::Raft::unquiesce`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Wake {
+    /// Activity: a message, a command or a wake-up request. Nothing says the leader failed.
+    Activity,
+    /// Its leader was reported failed: gossip suspects it, or the connection to it closed.
+    LeaderSuspected,
+}
+
 /// A node's role in one group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {

@@ -167,6 +167,31 @@ pub(super) fn run_route(key: &str, endpoint: &EndpointArg) -> anyhow::Result<u8>
     })
 }
 
+/// `conclave ring prefer SHARD NODE`.
+pub(super) fn run_prefer(
+    shard: u64,
+    node: u64,
+    expected_version: Option<u64>,
+    endpoint: &EndpointArg,
+) -> anyhow::Result<u8> {
+    let client = endpoint.client()?;
+    block_on(async move {
+        let c = client
+            .prefer_shard_leader(shard, node, expected_version)
+            .await?;
+        let replicas: Vec<String> = c.replicas.iter().map(u64::to_string).collect();
+        let what = if c.changed { "now" } else { "already" };
+        println!(
+            "shard {} (group {}): node {node} is {what} the preferred leader, replicas [{}], map version {}",
+            c.shard,
+            c.group,
+            replicas.join(", "),
+            c.map_version
+        );
+        Ok(EXIT_OK)
+    })
+}
+
 fn opt(id: Option<u64>) -> String {
     id.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
@@ -371,6 +396,7 @@ mod tests {
                 shard(2, vec![3, 1], Some(1), 4),
                 shard(3, vec![1, 2], None, 0),
             ],
+            map_adoptions: crate::api::MapAdoptions::default(),
         };
         let t = shards_table(&s);
         assert!(

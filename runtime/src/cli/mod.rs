@@ -297,6 +297,20 @@ pub enum RingCommand {
         #[command(flatten)]
         endpoint: EndpointArg,
     },
+    /// Make NODE the preferred leader of SHARD (first among its replicas) through group 0 on
+    /// a sharded cluster; moves no leadership by itself.
+    Prefer {
+        /// The shard.
+        shard: u64,
+        /// The replica to prefer.
+        node: u64,
+        /// Refuse (409 shard_map_changed) unless the committed map is at this version.
+        #[arg(long)]
+        expect_version: Option<u64>,
+        /// The node to ask (any node: it forwards to group 0's leader).
+        #[command(flatten)]
+        endpoint: EndpointArg,
+    },
 }
 
 /// Sets up logging: `RUST_LOG`, else `LOG_LEVEL`, else `info`, to stderr.
@@ -446,6 +460,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Snapshot(args) => kv::run_snapshot(&args),
         Command::Member(args) => member::run(args),
         Command::Ring(RingCommand::Route { key, endpoint }) => kv::run_route(&key, &endpoint),
+        Command::Ring(RingCommand::Prefer {
+            shard,
+            node,
+            expect_version,
+            endpoint,
+        }) => kv::run_prefer(shard, node, expect_version, &endpoint),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

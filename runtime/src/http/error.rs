@@ -194,6 +194,18 @@ impl From<RequestError> for ApiError {
             },
             RequestError::HopLimit => ApiError::unavailable("hop_limit", message),
             RequestError::ShardMapConflict { .. } => ApiError::Internal { message },
+            RequestError::NotSharded => ApiError::BadRequest {
+                code: "not_sharded",
+                message,
+            },
+            RequestError::ShardMapChanged { .. } => ApiError::Conflict {
+                code: "shard_map_changed",
+                message,
+            },
+            RequestError::InvalidShardChange(_) => ApiError::BadRequest {
+                code: "invalid_shard_change",
+                message,
+            },
             RequestError::Internal(_) => ApiError::Internal { message },
         }
     }

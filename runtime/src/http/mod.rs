@@ -431,6 +431,7 @@ async fn dispatch<S: KvService>(
         Route::Snapshot if post => take_snapshot(req, ctx).await,
         Route::Ring if get => ring_route(req, ctx).await,
         Route::Shards if get => Ok(HttpResponse::Ok().json(ctx.service.shards().await)),
+        Route::PreferredLeader if post => preferred_leader(req, payload, ctx).await,
         Route::Metrics if get => Ok(metrics_text(ctx).await),
         Route::Healthz if get => Ok(healthz(ctx).await),
         Route::Readyz if get => Ok(readyz(ctx).await),
@@ -774,6 +775,50 @@ fn parse_transfer(body: &[u8]) -> Result<NodeId, ApiError> {
         .ok_or_else(|| invalid("field \"to\" must be a node id (a positive integer)".to_owned()))
 }
 
+/// The body of `POST /v1/shards/preferred-leader`.
+#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreferredLeaderBody {
+    shard: u64,
+    node: NodeId,
+    #[serde(default)]
+    expected_version: Option<u64>,
+}
+
+fn parse_preferred_leader(body: &[u8]) -> Result<PreferredLeaderBody, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("expected {{\"shard\": <shard>, \"node\": <node id>, \"expected_version\": <version, optional>}}: {e}"),
+        )
+    })
+}
+
+/// `POST /v1/shards/preferred-leader {"shard", "node", "expected_version"?}`: makes `node` the
+/// shard's preferred leader through group 0 (docs/sharding.md; forwarded to group 0's leader
+/// when this node does not lead it). 200 with the shard's replicas and the map's version.
+async fn preferred_leader<S: KvService>(
+    req: HttpRequest,
+    payload: web::Payload,
+    ctx: Data<S>,
+) -> Result<HttpResponse, ApiError> {
+    let (body, _held) = read_body(&req, payload, 4096, &ctx).await?;
+    if body.is_empty() {
+        return Err(missing_body(
+            "JSON {\"shard\": <shard>, \"node\": <node id>}",
+        ));
+    }
+    let b = parse_preferred_leader(&body)?;
+    match ctx
+        .service
+        .prefer_shard_leader(b.shard, b.node, b.expected_version)
+        .await
+    {
+        Ok(change) => Ok(HttpResponse::Ok().json(change)),
+        Err(e) => ctx.on_error(&req, body, e).await,
+    }
+}
+
 /// `POST /v1/cluster/transfer-leader {"to": id}`: 200 once the leader has started handing
 /// leadership to `to` (forwarded to the leader when this node does not lead).
 async fn transfer_leader<S: KvService>(
@@ -959,6 +1004,32 @@ mod tests {
                 "invalid_query",
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn preferred_leader_body_parsing() {
+        assert_eq!(
+            parse_preferred_leader(br#"{"shard": 3, "node": 2}"#).unwrap(),
+            PreferredLeaderBody {
+                shard: 3,
+                node: 2,
+                expected_version: None
+            }
+        );
+        assert_eq!(
+            parse_preferred_leader(br#"{"shard": 0, "node": 1, "expected_version": 4}"#)
+                .unwrap()
+                .expected_version,
+            Some(4)
+        );
+        for bad in [
+            &br#"{"shard": 3}"#[..],
+            br#"{"shard": 3, "node": 2, "to": 1}"#,
+            br#"{"shard": -1, "node": 2}"#,
+            b"not json",
+        ] {
+            assert!(parse_preferred_leader(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -53,6 +53,8 @@ pub(super) enum Route {
     RingNoKey,
     /// `/v1/shards`
     Shards,
+    /// `/v1/shards/preferred-leader`
+    PreferredLeader,
     /// `/metrics`
     Metrics,
     /// `/healthz`
@@ -95,6 +97,7 @@ impl Route {
             "/v1/cluster/transfer-leader" => Route::TransferLeader,
             "/v1/cluster/snapshot" => Route::Snapshot,
             "/v1/shards" => Route::Shards,
+            "/v1/shards/preferred-leader" => Route::PreferredLeader,
             "/metrics" => Route::Metrics,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
@@ -121,6 +124,7 @@ impl Route {
             Route::Ring => "/v1/ring/route/{key}",
             Route::RingNoKey => "/v1/ring/route/",
             Route::Shards => "/v1/shards",
+            Route::PreferredLeader => "/v1/shards/preferred-leader",
             Route::Metrics => "/metrics",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",

@@ -137,9 +137,26 @@ pub struct SnapshotPolicy {
     /// Up to this many percent are added to both thresholds, drawn afresh for each snapshot
     /// (`threshold_jitter_pct`, 0 to 100).
     pub jitter_pct: u64,
+    /// No snapshot before the bytes applied since the last one reach this many percent of
+    /// its image (`[snapshot] log_image_pct`; 0: no such floor).
+    pub log_image_pct: u64,
 }
 
 impl SnapshotPolicy {
+    /// Whether a snapshot is due: `entries` and `bytes` applied since the last one (of
+    /// `image_bytes`, 0 when there is none) against the drawn `thresholds` (see
+    /// [`SnapshotPolicy::jittered`]). A threshold of 0 never fires; whatever fires, the
+    /// image floor must be passed too, so a large state is not rewritten for a small log
+    /// (the write amplification of snapshots is at most `100 / log_image_pct`).
+    pub fn due(&self, entries: u64, bytes: u64, image_bytes: u64, thresholds: (u64, u64)) -> bool {
+        let (threshold_entries, threshold_log_bytes) = thresholds;
+        let by_entries = threshold_entries > 0 && entries >= threshold_entries;
+        let by_bytes = threshold_log_bytes > 0 && bytes >= threshold_log_bytes;
+        let floor = image_bytes as u128 * self.log_image_pct as u128 / 100;
+        let floor = u64::try_from(floor).unwrap_or(u64::MAX);
+        (by_entries || by_bytes) && bytes >= floor
+    }
+
     /// The thresholds `(entries, log bytes)` for the next snapshot, for a draw `unit` in
     /// `[0, 1)`: each raised by `unit × jitter_pct` percent (a disabled trigger stays 0).
     /// Replicas apply the same log, so without this they cross a threshold at the same
@@ -602,14 +619,17 @@ impl<M: StateMachine> GroupActor<M> {
         let Some(snapshot_index) = self.core.as_ref().map(|c| c.snapshot().index) else {
             return;
         };
-        let (threshold_entries, threshold_log_bytes) = self.snapshot_thresholds;
         // Counted from what the applier has applied (not what was handed to it), so a
         // snapshot started by the count always has something new to cover.
         let applied = self.deps.shared.applied.load(Ordering::Relaxed);
         let entries = applied.saturating_sub(snapshot_index);
-        let by_entries = threshold_entries > 0 && entries >= threshold_entries;
-        let by_bytes = threshold_log_bytes > 0 && self.bytes_since_snapshot >= threshold_log_bytes;
-        if by_entries || by_bytes {
+        let image = self.base.as_ref().map_or(0, |b| b.len);
+        if self.deps.snapshot_policy.due(
+            entries,
+            self.bytes_since_snapshot,
+            image,
+            self.snapshot_thresholds,
+        ) {
             self.start_snapshot(ctx, None);
         }
     }
@@ -1700,6 +1720,7 @@ mod tests {
             threshold_entries: 10_000,
             threshold_log_bytes: 64 << 20,
             jitter_pct: 20,
+            log_image_pct: 0,
         };
         assert_eq!(policy.jittered(0.0), (10_000, 64 << 20));
         assert_eq!(policy.jittered(0.5), (11_000, (64 << 20) + (64 << 20) / 10));
@@ -1726,19 +1747,62 @@ mod tests {
             threshold_entries: 0,
             threshold_log_bytes: 5_000,
             jitter_pct: 0,
+            log_image_pct: 0,
         };
         assert_eq!(off.jittered(0.9), (0, 5_000));
         let disabled = SnapshotPolicy {
             threshold_entries: 0,
             threshold_log_bytes: 0,
             jitter_pct: 100,
+            log_image_pct: 0,
         };
         assert_eq!(disabled.jittered(0.9), (0, 0));
         let huge = SnapshotPolicy {
             threshold_entries: u64::MAX,
             threshold_log_bytes: 1,
             jitter_pct: 100,
+            log_image_pct: 0,
         };
         assert_eq!(huge.jittered(0.99).0, u64::MAX);
+    }
+
+    #[test]
+    fn a_large_image_holds_the_next_snapshot_back_until_its_share_of_log_is_applied() {
+        let policy = SnapshotPolicy {
+            threshold_entries: 10_000,
+            threshold_log_bytes: 64 << 20,
+            jitter_pct: 0,
+            log_image_pct: 25,
+        };
+        let t = policy.jittered(0.0);
+        const GIB: u64 = 1 << 30;
+        // No image yet, or a small one: the thresholds alone decide.
+        assert!(policy.due(10_000, 10 << 20, 0, t));
+        assert!(policy.due(10_000, 10 << 20, 8 << 20, t));
+        assert!(!policy.due(9_999, 10 << 20, 0, t));
+        assert!(policy.due(1, 64 << 20, 0, t));
+        // 1 GiB of state: 10,000 entries of 1 KiB are not enough, a quarter of it is.
+        assert!(!policy.due(10_000, 10 << 20, GIB, t));
+        assert!(!policy.due(200_000, GIB / 4 - 1, GIB, t));
+        assert!(policy.due(200_000, GIB / 4, GIB, t));
+        // The floor never fires on its own: a threshold must be crossed too.
+        let counts_off = SnapshotPolicy {
+            threshold_entries: 0,
+            threshold_log_bytes: 0,
+            ..policy
+        };
+        assert!(!counts_off.due(u64::MAX, u64::MAX, GIB, (0, 0)));
+        // 0 turns the floor off; a huge image does not overflow.
+        let no_floor = SnapshotPolicy {
+            log_image_pct: 0,
+            ..policy
+        };
+        assert!(no_floor.due(10_000, 0, GIB, t));
+        let max = SnapshotPolicy {
+            log_image_pct: crate::config::MAX_LOG_IMAGE_PCT,
+            ..policy
+        };
+        assert!(!max.due(10_000, u64::MAX - 1, u64::MAX, t));
+        assert!(max.due(10_000, u64::MAX, u64::MAX / 100, t));
     }
 }

@@ -39,7 +39,7 @@ pub use registry::{GroupGaveUp, GroupRegistryError};
 mod balance;
 pub mod router;
 mod shards;
-pub use shards::{ShardSetupError, MAX_SERVING};
+pub use shards::{ShardSetupError, MAX_METADATA_VOTERS, MAX_SERVING};
 pub mod snapshotter;
 pub mod transfer;
 pub mod transfer_actor;
@@ -471,6 +471,11 @@ async fn start_node<M: StateMachine>(
             )
         })
         .collect();
+    // Sharded, group 0 also holds the shard map (`shards::meta`): at most
+    // `MAX_METADATA_VOTERS` of its members vote, the others replicate it as learners.
+    if config.ring.sharded {
+        shards::group0_voters_and_learners(&mut base_membership);
+    }
     // The persisted gossip incarnation, like the log: a corrupt file refuses to start before
     // anything listens.
     let incarnation = gossip::start_incarnation(&config)?;
@@ -651,16 +656,31 @@ async fn start_node<M: StateMachine>(
             return Err(ShardSetupError::OneMachineOnly.into());
         }
         let codec = codec.ok_or(ShardSetupError::NotShardable)?;
-        let map = shards::load_or_bootstrap(&config.node.data_dir, &ring)?;
-        let mine = shards::my_groups(&map, id, &base_membership.addrs)?;
-        registry.start_groups(mine)?;
-        tracing::info!(
-            node = id,
-            version = map.version(),
-            shards = map.shard_count(),
-            hosted = map.shards_of(id).count(),
-            "shard map loaded"
-        );
+        // A node that joins has no initial members to place shards on: it takes group 0's
+        // committed map once it replicates group 0 (its stored copy after a restart).
+        let map = if config.cluster.join {
+            crate::storage::shard_map_file::load(&config.node.data_dir)
+                .map_err(ShardSetupError::from)?
+        } else {
+            Some(shards::load_or_bootstrap(&config.node.data_dir, &ring)?)
+        };
+        match &map {
+            Some(map) => {
+                let mine = shards::my_groups(map, id, &base_membership.addrs)?;
+                registry.start_groups(mine)?;
+                tracing::info!(
+                    node = id,
+                    version = map.version(),
+                    shards = map.shard_count(),
+                    hosted = map.shards_of(id).count(),
+                    "shard map loaded"
+                );
+            }
+            None => tracing::info!(
+                node = id,
+                "joining a sharded cluster: the shard map comes from group 0"
+            ),
+        }
         Some(shards::Sharding {
             router: Arc::new(shards::ShardRouter::new(
                 id,
@@ -788,6 +808,7 @@ async fn start_node<M: StateMachine>(
     spawn_metrics_upkeep(&handle);
     balance::spawn(&handle);
     handle.serve_forwarded_requests();
+    handle.spawn_map_watch();
     Ok(Node {
         handle,
         transport,
@@ -1083,7 +1104,14 @@ impl<M: StateMachine> NodeHandle<M> {
     /// `remove_group`.
     fn refuse_shard_group(&self, group: GroupId) -> Result<(), GroupRegistryError> {
         match &self.inner.shards {
-            Some(s) if s.router.map().is_shard_group(group) => {
+            // Without a map yet (joined): every group a map of `[ring] shards` would use.
+            Some(s)
+                if s.router
+                    .map()
+                    .map_or(group >= 1 && group <= self.inner.config.ring.shards, |m| {
+                        m.is_shard_group(group)
+                    }) =>
+            {
                 Err(GroupRegistryError::ShardGroup(group))
             }
             _ => Ok(()),
@@ -1369,6 +1397,10 @@ impl<M: StateMachine> NodeHandle<M> {
                 ));
             }
         }
+        // A sharded node that joined serves no key until group 0 gave it the shard map.
+        if self.inner.shards.is_some() && self.shard_map().is_none() {
+            reasons.push("shards: no shard map yet (it comes from group 0)".to_owned());
+        }
         Readiness {
             ready: reasons.is_empty(),
             reasons,
@@ -1496,6 +1528,15 @@ impl KvService for NodeHandle<KvMachine> {
 
     async fn transfer_leader(&self, to: NodeId) -> Result<(), RequestError> {
         NodeHandle::transfer_leader(self, to).await
+    }
+
+    async fn prefer_shard_leader(
+        &self,
+        shard: u64,
+        node: NodeId,
+        expected_version: Option<u64>,
+    ) -> Result<ShardMapChange, RequestError> {
+        NodeHandle::prefer_shard_leader(self, shard, node, expected_version).await
     }
 
     async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, RequestError> {

@@ -339,6 +339,15 @@ impl Peers {
         })
     }
 
+    /// The transport's reports of lost connections (see
+    /// [`Transport::connection_losses`]): the Raft workers wake the quiesced groups whose
+    /// leader was on the other end.
+    pub fn connection_losses(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<conclave_transport::ConnectionLost> {
+        self.transport.connection_losses()
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.me.id

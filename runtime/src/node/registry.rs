@@ -481,6 +481,7 @@ impl<M: StateMachine> GroupSpawner<M> {
                 threshold_entries: config.snapshot_threshold_entries(),
                 threshold_log_bytes: config.snapshot.threshold_log_bytes,
                 jitter_pct: config.snapshot.threshold_jitter_pct,
+                log_image_pct: config.snapshot.log_image_pct,
             },
             health: self.watchdog.health().clone(),
             member_marks: self.member_marks.clone(),

@@ -4,14 +4,13 @@
 //! **Where the map lives.** At a cluster's first start every initial member computes the same
 //! bootstrap map (version 1) from the same `[ring]` settings and initial members: the ring's
 //! bounded-load placement, shard `s` on group `s + 1` (`conclave_ring::ShardMap`). Each node
-//! stores its copy durably in `data_dir/shard-map` before hosting anything, and a restarted
-//! node uses that copy, not its configuration. Nodes check that they agree on every forwarded
-//! request: it carries the sender's map version and digest, and a node with the same version
-//! and another digest refuses it (`shard_map_conflict`: two nodes were started with different
-//! `[ring]` settings). The map is not replicated through Raft yet: nothing changes it after
-//! bootstrap (no shard moves on membership changes). Group 0 keeps its role (the cluster's
-//! membership, every member a voter) and is the group in which map changes are to be
-//! committed once they exist; it serves no keys on a sharded node.
+//! stores its copy durably in `data_dir/shard-map` before hosting anything. The map the
+//! cluster agrees on is committed through group 0 and every node adopts the committed version
+//! ([`meta`]: the record in group 0's machine, changes with an expected version, restarts).
+//! Nodes check that they agree on every forwarded request: it carries the sender's map
+//! version and digest, and a node with the same version and another digest refuses it
+//! (`shard_map_conflict`: two nodes were started with different `[ring]` settings). Group 0
+//! keeps the cluster's membership too, and serves no keys on a sharded node.
 //!
 //! **Hosting.** A node hosts group 0 and the groups of the shards the map places on it, each
 //! bootstrapped with its replicas as voters (`GroupRegistry::start_groups`); they are not
@@ -26,6 +25,10 @@
 //! answered with the newer map (the sender adopts it if [`super::router::may_adopt`] and
 //! retries), a newer one with `MapBehind` (the sender tries another replica). Forwarded
 //! requests are heard from members only, at most [`MAX_SERVING`] at once (more: `Overloaded`).
+
+mod meta;
+pub(super) use meta::group0_voters_and_learners;
+pub use meta::MAX_METADATA_VOTERS;
 
 use super::router::{self, ForwardFailure, GroupView, MapCheck, Step};
 use super::wire::{ForwardOp, ForwardReply, ForwardRequest, WireMessage};
@@ -147,6 +150,14 @@ pub(super) trait RouteCodec<M: StateMachine>: Send + Sync {
     fn decode_query(&self, bytes: &[u8]) -> Result<M::Query, RouteCodecError>;
     fn encode_output(&self, output: &M::QueryOutput) -> Result<Vec<u8>, RouteCodecError>;
     fn decode_output(&self, bytes: &[u8]) -> Result<M::QueryOutput, RouteCodecError>;
+    // Group 0's metadata record (the committed shard map, `meta`).
+    fn metadata_command(&self, expected: Option<Vec<u8>>, new: Vec<u8>) -> M::Command;
+    fn metadata_set(&self, output: &M::Output) -> bool;
+    fn metadata_query(&self) -> M::Query;
+    fn metadata_of(
+        &self,
+        output: M::QueryOutput,
+    ) -> Result<Option<Vec<u8>>, crate::state_machine::StateMachineError>;
 }
 
 /// [`RouteCodec`] of a [`ShardedMachine`].
@@ -177,6 +188,21 @@ impl<M: ShardedMachine> RouteCodec<M> for Codec<M> {
     fn decode_output(&self, bytes: &[u8]) -> Result<M::QueryOutput, RouteCodecError> {
         M::decode_query_output(bytes)
     }
+    fn metadata_command(&self, expected: Option<Vec<u8>>, new: Vec<u8>) -> M::Command {
+        M::metadata_command(expected, new)
+    }
+    fn metadata_set(&self, output: &M::Output) -> bool {
+        M::metadata_set(output)
+    }
+    fn metadata_query(&self) -> M::Query {
+        M::metadata_query()
+    }
+    fn metadata_of(
+        &self,
+        output: M::QueryOutput,
+    ) -> Result<Option<Vec<u8>>, crate::state_machine::StateMachineError> {
+        M::metadata_of(output)
+    }
 }
 
 /// A forwarded request's answer on its way back.
@@ -189,69 +215,86 @@ type Server = Box<dyn Fn(NodeId, ForwardRequest) + Send + Sync>;
 pub(super) struct ShardRouter {
     max_hops: u32,
     data_dir: PathBuf,
-    /// The map and its digest (computed once per map).
-    map: RwLock<(ShardMap, u64)>,
+    /// The map and its digest (computed once per map); `None` on a node that joined and has
+    /// not yet replicated group 0's committed map.
+    map: RwLock<Option<(ShardMap, u64)>>,
     /// Requests this node forwarded, by id: the peer asked and where its answer goes.
     pending: Mutex<HashMap<u64, (NodeId, ReplyTx)>>,
     next_id: AtomicU64,
     /// Bounds the forwarded requests served at once.
     serving: Arc<Semaphore>,
     server: OnceLock<Server>,
+    /// Maps adopted from group 0's applied state, and from peers' `StaleMap` answers.
+    adopted_group0: AtomicU64,
+    adopted_peers: AtomicU64,
 }
 
 impl ShardRouter {
-    pub(super) fn new(me: NodeId, max_hops: u32, data_dir: PathBuf, map: ShardMap) -> Self {
-        let digest = map.digest();
+    pub(super) fn new(me: NodeId, max_hops: u32, data_dir: PathBuf, map: Option<ShardMap>) -> Self {
         let _ = me;
         ShardRouter {
             max_hops: max_hops.max(1),
             data_dir,
-            map: RwLock::new((map, digest)),
+            map: RwLock::new(map.map(|m| {
+                let digest = m.digest();
+                (m, digest)
+            })),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             serving: Arc::new(Semaphore::new(MAX_SERVING)),
             server: OnceLock::new(),
+            adopted_group0: AtomicU64::new(0),
+            adopted_peers: AtomicU64::new(0),
         }
     }
 
-    /// A copy of the map.
-    pub(super) fn map(&self) -> ShardMap {
-        self.map.read().0.clone()
+    /// A copy of the map (`None` until a node that joined has one).
+    pub(super) fn map(&self) -> Option<ShardMap> {
+        self.map.read().as_ref().map(|(m, _)| m.clone())
     }
 
     /// The entry of `key`'s shard, with the map's version and digest.
-    fn route(&self, key: &[u8]) -> (ShardEntry, u64, u64) {
+    fn route(&self, key: &[u8]) -> Option<(ShardEntry, u64, u64)> {
         let guard = self.map.read();
-        (guard.0.route(key).clone(), guard.0.version(), guard.1)
+        let (map, digest) = guard.as_ref()?;
+        Some((map.route(key).clone(), map.version(), *digest))
     }
 
     /// Records `leader` as the leader of `shard` (the leader cache).
     fn hint(&self, shard: u64, leader: NodeId) {
-        let known = self
-            .map
-            .read()
-            .0
-            .entry(shard)
-            .is_some_and(|e| e.leader_hint == Some(leader));
+        let known = self.map.read().as_ref().is_some_and(|(m, _)| {
+            m.entry(shard)
+                .is_some_and(|e| e.leader_hint == Some(leader))
+        });
         if !known {
-            self.map.write().0.set_leader_hint(shard, leader);
+            if let Some((m, _)) = self.map.write().as_mut() {
+                m.set_leader_hint(shard, leader);
+            }
         }
     }
 
     /// Adopts `offered` if it may replace this node's map (newer, valid, same shard count,
-    /// known replicas); stores it off the caller's thread. Returns whether it was adopted.
+    /// known replicas, the same replica sets: moving replicas is not built, so no map that
+    /// would start or stop a group is taken); stores it off the caller's thread. Returns
+    /// whether it was adopted.
     fn adopt(&self, offered: ShardMap, known: impl Fn(NodeId) -> bool) -> bool {
         let mut guard = self.map.write();
-        if !router::may_adopt(&guard.0, &offered, known) {
+        // A node without a map forwards nothing, so it never gets a peer's map.
+        let Some((current, _)) = guard.as_ref() else {
+            return false;
+        };
+        if !router::may_adopt(current, &offered, known) || !current.same_replica_sets(&offered) {
             return false;
         }
+        self.adopted_peers.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conclave_shard_map_adopted_total", "source" => "peer").increment(1);
         let digest = offered.digest();
         tracing::info!(
-            from = guard.0.version(),
+            from = current.version(),
             to = offered.version(),
             "adopting a newer shard map from a peer"
         );
-        *guard = (offered.clone(), digest);
+        *guard = Some((offered.clone(), digest));
         drop(guard);
         let dir = self.data_dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -457,7 +500,10 @@ impl<M: StateMachine> NodeHandle<M> {
         let mut tried: Vec<NodeId> = Vec::new();
         let mut last_group = 0;
         for _ in 0..attempts {
-            let (entry, version, digest) = router.route(key);
+            // A node that joined serves keys once group 0 gave it the committed map.
+            let Some((entry, version, digest)) = router.route(key) else {
+                return Err(RequestError::NoLeader { group: 0 });
+            };
             last_group = entry.group;
             let local = self.inner.registry.get(entry.group);
             let local_leader = local.as_ref().and_then(|g| g.shared.snapshot.read().leader);
@@ -582,23 +628,28 @@ impl<M: StateMachine> NodeHandle<M> {
     /// then routes it like a client's request (at most [`RELAY_ATTEMPTS`] candidates).
     async fn serve_forward(&self, req: ForwardRequest) -> Result<Vec<u8>, ForwardFailure> {
         let s = self.sharding().ok_or(ForwardFailure::NotHosted)?;
-        let (check, digest) = {
+        let (check, digest, mine) = {
             let g = s.router.map.read();
-            (
-                router::check_map(&g.0, req.map_version, req.map_digest),
-                g.1,
-            )
+            match g.as_ref() {
+                Some((m, d)) => (
+                    router::check_map(m, req.map_version, req.map_digest),
+                    *d,
+                    m.clone(),
+                ),
+                // No map yet (joined, group 0 not replicated here yet): behind any sender.
+                None => return Err(ForwardFailure::MapBehind { version: 0 }),
+            }
         };
         match check {
             MapCheck::Same => {}
             MapCheck::SenderStale => {
                 return Err(ForwardFailure::StaleMap {
-                    map: Box::new(s.router.map()),
+                    map: Box::new(mine),
                 })
             }
             MapCheck::ReceiverStale => {
                 return Err(ForwardFailure::MapBehind {
-                    version: s.router.map.read().0.version(),
+                    version: mine.version(),
                 })
             }
             MapCheck::Mismatch => {
@@ -689,15 +740,21 @@ impl<M: StateMachine> NodeHandle<M> {
                 sharded: false,
                 map_version: 0,
                 shards: Vec::new(),
+                map_adoptions: Default::default(),
             };
         };
         let map = s.router.map();
+        let map_version = map.as_ref().map_or(0, ShardMap::version);
+        let entries = map.map(|m| m.entries().to_vec()).unwrap_or_default();
+        let map_adoptions = crate::api::MapAdoptions {
+            group0: s.router.adopted_group0.load(Ordering::Relaxed),
+            peers: s.router.adopted_peers.load(Ordering::Relaxed),
+        };
         ShardsStatus {
             node_id: self.inner.id,
             sharded: true,
-            map_version: map.version(),
-            shards: map
-                .entries()
+            map_version,
+            shards: entries
                 .iter()
                 .map(|e| {
                     let mut st = ShardStatus {
@@ -725,6 +782,7 @@ impl<M: StateMachine> NodeHandle<M> {
                     st
                 })
                 .collect(),
+            map_adoptions,
         }
     }
 
@@ -747,7 +805,17 @@ impl<M: StateMachine> NodeHandle<M> {
                 map_version: 0,
             };
         };
-        let (entry, version, _) = s.router.route(key);
+        let Some((entry, version, _)) = s.router.route(key) else {
+            // Joined, no map yet: the ring's shard, no group.
+            let route = self.inner.ring.route(key);
+            return KeyRoute {
+                shard: route.shard,
+                group: conclave_ring::group_of_shard(route.shard),
+                replicas: Vec::new(),
+                leader: None,
+                map_version: 0,
+            };
+        };
         let leader = self
             .inner
             .registry
@@ -763,9 +831,10 @@ impl<M: StateMachine> NodeHandle<M> {
         }
     }
 
-    /// The shard map this node holds (`None` when not sharded).
+    /// The shard map this node holds (`None` when not sharded, or joined and still waiting
+    /// for group 0's committed map).
     pub fn shard_map(&self) -> Option<ShardMap> {
-        self.sharding().map(|s| s.router.map())
+        self.sharding().and_then(|s| s.router.map())
     }
 }
 

@@ -12,8 +12,8 @@
 //! receives the actions the worker's drains produce for its group ([`FromWorker`]). Shells
 //! are actors only so that each keeps its own mailbox and futures; they cost no thread.
 //!
-//! The worker handles what its mailbox holds (frames from the router, gossip reports, drain
-//! requests from its shells), then drains the host once: every peer's messages leave as one
+//! The worker handles what its mailbox holds (frames from the router, gossip reports, the
+//! transport's lost connections, drain requests from its shells), then drains the host once: every peer's messages leave as one
 //! [`WireMessage::RaftFrame`] over the peer's link (`try_send`: a full link drops the frame
 //! and counts it, Raft retransmits), every group's other actions go to its shell. It arms one
 //! timer, at [`Host::next_deadline`](conclave_core::raft::Host::next_deadline).
@@ -272,6 +272,11 @@ struct Drain;
 #[rtype(result = "()")]
 struct Gossip(Event);
 
+/// The transport lost its connection to this node.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ConnectionLost(NodeId);
+
 /// Makes the worker panic, to test supervision (tests and the chaos harness only).
 #[cfg(any(test, feature = "fault-injection"))]
 #[derive(Message)]
@@ -488,6 +493,23 @@ impl Actor for RaftWorker {
             }
             .into_actor(self),
         );
+        // So does the transport, sooner: a crashed peer's connection closes at once, while
+        // gossip suspects it only after a failed probe round.
+        let mut losses = self.deps.peers.connection_losses();
+        let addr = ctx.address();
+        ctx.spawn(
+            async move {
+                loop {
+                    match losses.recv().await {
+                        Ok(l) => addr.do_send(ConnectionLost(l.peer)),
+                        // Missed reports: gossip still reports a peer that stays away.
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            }
+            .into_actor(self),
+        );
         self.drain(ctx);
     }
 
@@ -528,6 +550,16 @@ impl Handler<Gossip> for RaftWorker {
             _ => return,
         }
         drop(host);
+        self.cell.request_drain();
+    }
+}
+
+impl Handler<ConnectionLost> for RaftWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionLost, _: &mut Context<Self>) {
+        let now = self.now();
+        self.cell.host.borrow_mut().peer_unreachable(now, msg.0);
         self.cell.request_drain();
     }
 }

@@ -170,6 +170,11 @@ impl KvService for Double {
                     current: current.map(serde_bytes::ByteBuf::from),
                 }
             }
+            // The HTTP API never sends the node's metadata command.
+            KvCommand::SetMetadata { .. } => KvOutput::Cas {
+                ok: false,
+                current: None,
+            },
         };
         let result = WriteResult {
             index: s.index,

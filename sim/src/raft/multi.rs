@@ -3,9 +3,13 @@
 //! `u64` seed replays a run.
 //!
 //! Faults: frame drops, duplicates and long delays (reordering), symmetric and one-way
-//! partitions, crashes that lose every persist not yet reported durable, clock skew, and a
+//! partitions, crashes that lose every persist not yet reported durable, clock skew, a
 //! gossip layer that reports peers down and up (`Host::peer_down` / `peer_up`) after a
-//! detection delay — including false suspicions of live peers.
+//! detection delay — including false suspicions of live peers — and a transport that reports
+//! lost connections (`Host::peer_unreachable`): a crashed node's peers hear of it within a
+//! frame delay, and connections between live nodes reset now and then (reported to both
+//! ends or to one, with the link carrying nothing for up to 400 ms, or nothing lost at all:
+//! false alarms).
 //!
 //! Checked per group after every event, on every group a host polled: election safety,
 //! log matching (on every `Persist`), leader completeness, state machine safety (commit and
@@ -55,6 +59,8 @@ pub struct MultiFaults {
     pub clock_skew: bool,
     /// Whether gossip falsely reports live peers down now and then.
     pub false_suspicions: bool,
+    /// Whether connections between live nodes reset now and then (see the module docs).
+    pub connection_resets: bool,
 }
 
 impl MultiFaults {
@@ -69,6 +75,7 @@ impl MultiFaults {
             crashes: false,
             clock_skew: false,
             false_suspicions: false,
+            connection_resets: false,
         }
     }
 
@@ -96,6 +103,9 @@ impl MultiFaults {
             crashes: rng.random_bool(0.6),
             clock_skew: rng.random_bool(0.5),
             false_suspicions: rng.random_bool(0.5),
+            // A stream of its own: the draws above stay what they were for every seed.
+            connection_resets: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x3A19))
+                .random_bool(0.5),
         }
     }
 }
@@ -193,6 +203,8 @@ pub struct MultiReport {
     pub partitions: u64,
     /// False suspicions injected.
     pub false_suspicions: u64,
+    /// Connection resets between live nodes injected.
+    pub connection_resets: u64,
     /// Follower cores quiesced when the busiest leader node crashed.
     pub quiesced_followers_at_crash: u64,
     /// Groups the crashed node led.
@@ -242,6 +254,11 @@ enum Event {
         observer: usize,
         peer: usize,
     },
+    ConnectionLost {
+        observer: usize,
+        peer: usize,
+    },
+    ConnectionReset,
     Write,
     FaultsStop,
     IdleCrash,
@@ -319,6 +336,7 @@ pub struct MultiWorld {
     rng_fault: ChaCha8Rng,
     rng_work: ChaCha8Rng,
     rng_disk: ChaCha8Rng,
+    rng_conn: ChaCha8Rng,
     blocked: BTreeMap<(NodeId, NodeId), u32>,
     partitions: BTreeMap<u64, Vec<(NodeId, NodeId)>>,
     next_partition: u64,
@@ -397,6 +415,7 @@ impl MultiWorld {
             rng_fault: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xE72)),
             rng_work: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xE73)),
             rng_disk: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xE74)),
+            rng_conn: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xE75)),
             blocked: BTreeMap::new(),
             partitions: BTreeMap::new(),
             next_partition: 0,
@@ -535,6 +554,22 @@ impl MultiWorld {
         self.drive(n)
     }
 
+    /// The connection between nodes `a` and `b` resets: the transport reports the loss to
+    /// `a` (about `b`) and, if `both_ends`, to `b` (about `a`), within a frame delay; for
+    /// `outage_ms` every frame between them is lost (0: a false alarm, the link never stops).
+    pub fn reset_connection(&mut self, a: NodeId, b: NodeId, outage_ms: Millis, both_ends: bool) {
+        let (Some(x), Some(y)) = (
+            usize::try_from(a).ok().and_then(|a| a.checked_sub(1)),
+            usize::try_from(b).ok().and_then(|b| b.checked_sub(1)),
+        ) else {
+            return;
+        };
+        if x >= self.nodes.len() || y >= self.nodes.len() || x == y {
+            return;
+        }
+        self.reset(x, y, outage_ms, both_ends);
+    }
+
     /// The run's counters so far.
     pub fn report(&self) -> MultiReport {
         let mut r = self.report.clone();
@@ -557,6 +592,10 @@ impl MultiWorld {
         self.workload_on = true;
         let gap = self.fault_gap();
         self.schedule(gap, Event::Fault);
+        if self.cfg.faults.connection_resets {
+            let gap = self.reset_gap();
+            self.schedule(gap, Event::ConnectionReset);
+        }
         self.schedule(1, Event::Write);
         self.schedule(faults_stop, Event::FaultsStop);
         self.schedule(crash_at, Event::IdleCrash);
@@ -619,6 +658,32 @@ impl MultiWorld {
             }
             Event::Gossip { observer, peer } => self.gossip(observer, peer, false),
             Event::FalseSuspicion { observer, peer } => self.gossip(observer, peer, true),
+            Event::ConnectionLost { observer, peer } => self.connection_lost(observer, peer),
+            Event::ConnectionReset => {
+                if self.faults_on {
+                    let live: Vec<usize> = (0..self.nodes.len())
+                        .filter(|n| self.nodes[*n].host.is_some())
+                        .collect();
+                    if live.len() >= 2 {
+                        let a = live[self.rng_conn.random_range(0..live.len())];
+                        let b = live[self.rng_conn.random_range(0..live.len())];
+                        if a != b {
+                            // Mostly short (within the transport's reconnect backoff), at
+                            // times beyond an election timeout; a fifth are false alarms.
+                            let outage = if self.rng_conn.random_bool(0.2) {
+                                0
+                            } else {
+                                self.rng_conn.random_range(1..=400)
+                            };
+                            let both = self.rng_conn.random_bool(0.7);
+                            self.reset(a, b, outage, both);
+                        }
+                    }
+                    let gap = self.reset_gap();
+                    self.schedule(self.now + gap, Event::ConnectionReset);
+                }
+                Ok(())
+            }
             Event::Write => {
                 if self.workload_on {
                     self.write()?;
@@ -858,7 +923,55 @@ impl MultiWorld {
                         peer: n,
                     },
                 );
+                // The crashed process's sockets close at once: its peers' transports see
+                // the connection end within a frame delay.
+                let d = self.rng_conn.random_range(1..=15);
+                self.schedule(
+                    self.now + d,
+                    Event::ConnectionLost {
+                        observer: m,
+                        peer: n,
+                    },
+                );
             }
+        }
+    }
+
+    fn reset_gap(&mut self) -> u64 {
+        self.rng_conn.random_range(100..=700)
+    }
+
+    /// The connection between `a` and `b` resets (see [`MultiWorld::reset_connection`]).
+    fn reset(&mut self, a: usize, b: usize, outage_ms: u64, both_ends: bool) {
+        let (ia, ib) = (self.nodes[a].id, self.nodes[b].id);
+        self.report.connection_resets += 1;
+        self.text(format!(
+            "RESET connection n{ia}<->n{ib}: {} ms outage, reported to {}",
+            outage_ms,
+            if both_ends {
+                format!("n{ia} and n{ib}")
+            } else {
+                format!("n{ia} only")
+            }
+        ));
+        if outage_ms > 0 {
+            let id = self.next_partition;
+            self.next_partition += 1;
+            let links = vec![(ia, ib), (ib, ia)];
+            for l in &links {
+                *self.blocked.entry(*l).or_default() += 1;
+            }
+            self.partitions.insert(id, links);
+            self.schedule(self.now + outage_ms, Event::Heal { id });
+        }
+        let ends: &[(usize, usize)] = if both_ends {
+            &[(a, b), (b, a)]
+        } else {
+            &[(a, b)]
+        };
+        for &(observer, peer) in ends {
+            let d = self.rng_conn.random_range(1..=15);
+            self.schedule(self.now + d, Event::ConnectionLost { observer, peer });
         }
     }
 
@@ -916,6 +1029,20 @@ impl MultiWorld {
             if let Some(h) = self.nodes[observer].host.as_mut() {
                 h.peer_up(now, pid);
             }
+        }
+        self.drive(observer)
+    }
+
+    /// The transport on `observer` lost its connection to `peer`.
+    fn connection_lost(&mut self, observer: usize, peer: usize) -> Result<(), Box<SimFailure>> {
+        if self.nodes[observer].host.is_none() {
+            return Ok(());
+        }
+        let (oid, pid) = (self.nodes[observer].id, self.nodes[peer].id);
+        self.text(format!("transport: n{oid} lost its connection to n{pid}"));
+        let now = self.local(observer);
+        if let Some(h) = self.nodes[observer].host.as_mut() {
+            h.peer_unreachable(now, pid);
         }
         self.drive(observer)
     }
@@ -1116,7 +1243,7 @@ impl MultiWorld {
                     }
                 }
             }
-            self.text(format!("heal partition #{id}"));
+            self.text(format!("heal link block #{id}"));
             self.gossip_all();
         }
     }

@@ -136,6 +136,50 @@ fn raft_5_2_single_node_elects_itself_after_persisting_its_vote() {
     assert_eq!(poll(&mut r), vec![Action::Apply(vec![noop(1, 1)])]);
 }
 
+/// Two pre-candidates with equally up-to-date logs (two followers of a dead leader whose
+/// timers fired together): the one ranked higher in the group keeps its pre-vote from the
+/// other and gets the other's, so they do not both campaign and split the vote. A follower
+/// grants both, and a pre-candidate grants a requester with a better log whatever the ranks.
+#[test]
+fn of_two_equal_pre_candidates_only_the_higher_ranked_gets_both_pre_votes() {
+    let grants = |r: &mut Raft| -> Vec<bool> {
+        sends(&poll(r))
+            .iter()
+            .filter_map(|m| match m.body {
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted,
+                } => Some(granted),
+                _ => None,
+            })
+            .collect()
+    };
+    let pre_candidate = |id| {
+        let mut r = Raft::new(cfg(id), fresh(&[1, 2, 3]), id, 0).unwrap();
+        poll(&mut r);
+        r.tick(300);
+        poll(&mut r);
+        assert_eq!(r.role(), Role::PreCandidate);
+        r
+    };
+    let mut a = pre_candidate(1);
+    let mut b = pre_candidate(2);
+    a.handle_message(301, vote_req(2, 1, 1, true, 0, 0));
+    b.handle_message(301, vote_req(1, 2, 1, true, 0, 0));
+    let (ga, gb) = (grants(&mut a), grants(&mut b));
+    assert_eq!((ga.len(), gb.len()), (1, 1));
+    assert_ne!(ga[0], gb[0], "exactly one of the two grants the other");
+    let mut f = Raft::new(cfg(3), fresh(&[1, 2, 3]), 3, 0).unwrap();
+    poll(&mut f);
+    f.handle_message(301, vote_req(1, 3, 1, true, 0, 0));
+    f.handle_message(302, vote_req(2, 3, 1, true, 0, 0));
+    assert_eq!(grants(&mut f), vec![true, true]);
+    // The one that refused grants the other once the other's log is better.
+    let (refuser, other) = if ga[0] { (&mut b, 1) } else { (&mut a, 2) };
+    refuser.handle_message(303, vote_req(other, refuser.id(), 2, true, 1, 1));
+    assert_eq!(grants(refuser), vec![true]);
+}
+
 /// Thesis §9.6: the pre-vote round asks for term + 1 without changing the node's term; a
 /// quorum of pre-votes starts the real election (Raft §5.2), whose requests wait for the new
 /// term and vote to be durable.

@@ -14,6 +14,8 @@ struct Cluster {
     wire: Vec<(Millis, Frame)>,
     /// Frames sent per (from, to).
     sent: std::collections::BTreeMap<(NodeId, NodeId), u64>,
+    /// Directed links whose frames are lost.
+    blocked: BTreeSet<(NodeId, NodeId)>,
     template: RaftConfig,
 }
 
@@ -24,6 +26,7 @@ impl Cluster {
             now: 0,
             wire: Vec::new(),
             sent: Default::default(),
+            blocked: BTreeSet::new(),
             template,
         };
         for id in 1..=nodes {
@@ -69,7 +72,9 @@ impl Cluster {
                 match a {
                     HostAction::Send(f) => {
                         *self.sent.entry((f.from, f.to)).or_default() += 1;
-                        self.wire.push((now + 1, f));
+                        if !self.blocked.contains(&(f.from, f.to)) {
+                            self.wire.push((now + 1, f));
+                        }
                     }
                     HostAction::Group {
                         group,
@@ -292,6 +297,61 @@ fn a_false_suspicion_costs_no_election() {
     // ...and quiesces again once it is reported up.
     assert!(c.all_quiesced());
     assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), terms);
+}
+
+#[test]
+fn a_closed_connection_wakes_the_followers_of_a_crashed_leader() {
+    let mut c = Cluster::new(3, true, RaftConfig::default());
+    c.run(2_000);
+    assert!(c.all_quiesced());
+    let (dead, _) = c.leader(0).unwrap();
+    let led: BTreeSet<GroupId> = (0..GROUPS)
+        .filter(|g| c.leader(*g).map(|l| l.0) == Some(dead))
+        .collect();
+    c.hosts[(dead - 1) as usize] = None;
+    let now = c.now;
+    // The transport reports the closed connections; gossip says nothing yet.
+    for id in (1..=3).filter(|id| *id != dead) {
+        c.host(id).peer_unreachable(now, dead);
+        c.drain((id - 1) as usize);
+    }
+    // One election timeout (at most 300 ms), a pre-vote and a vote round.
+    c.run(700);
+    for g in &led {
+        let (l, _) = c.leader(*g).expect("re-elected");
+        assert_ne!(l, dead);
+    }
+}
+
+/// The transport's connection between a follower and its leader resets while every group is
+/// quiesced, and stays down longer than an election timeout, so the follower's request that
+/// the leader wake is lost and its election timer fires: the other follower, woken by the
+/// pre-vote, holds its vote lease again and refuses, the leader wakes on that follower's
+/// request and heartbeats. No group changes leader. (Without the lease taken up again on
+/// wake-up, the quiesced follower grants the pre-vote and the vote: the leader is deposed.)
+#[test]
+fn a_connection_reset_to_a_live_leader_costs_no_election() {
+    let mut c = Cluster::new(3, true, RaftConfig::default());
+    c.run(2_000);
+    assert!(c.all_quiesced());
+    let before: Vec<_> = (0..GROUPS).map(|g| c.leader(g)).collect();
+    let (l, _) = before[0].unwrap();
+    let f = (1..=3).find(|id| *id != l).unwrap();
+    let woken = c.host(f).stats().woken;
+    c.blocked.insert((f, l));
+    c.blocked.insert((l, f));
+    let now = c.now;
+    c.host(f).peer_unreachable(now, l);
+    c.drain((f - 1) as usize);
+    assert!(c.host(f).stats().woken > woken, "the follower woke");
+    c.run(800);
+    c.blocked.clear();
+    c.run(1_000);
+    assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), before);
+    // Nothing is remembered: once the link is back everything quiesces again.
+    c.run(1_000);
+    assert!(c.all_quiesced());
+    assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), before);
 }
 
 #[test]

@@ -507,6 +507,12 @@ async fn followers_forward_to_the_leader() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.header("x-conclave-served-by"), Some("2"));
+    // Framed as the leader framed it: a length, not chunks.
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    assert_eq!(r.header("transfer-encoding"), None);
     assert_eq!(
         leader.double.value(b"fwd/key").as_deref(),
         Some(&b"forwarded"[..])

@@ -118,5 +118,16 @@ pub(crate) async fn forward(
             builder.append_header((name.clone(), value.clone()));
         }
     }
+    // The leader's answers have a length: keep it, so the client gets the same framing as
+    // from the leader (a streamed body would otherwise go out chunked, which simple clients,
+    // such as `conclave bench cluster`, refuse). The body is still streamed, not buffered.
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = length {
+        builder.no_chunking(length);
+    }
     Ok(builder.streaming(response))
 }

@@ -311,7 +311,9 @@ where
     /// Connection `id`, in use, broke: [`Shared::mark_idle`], and if it was the pair's
     /// connection the loss is reported to [`Transport::connection_losses`] subscribers.
     fn lost(&self, peer: NodeId, id: u64) {
-        if self.mark_idle(peer, id) {
+        // A transport being dropped closes its own connections: that is no peer's loss (the
+        // flag is set before any of them closes, so no report of our own shutdown slips out).
+        if self.mark_idle(peer, id) && !*self.shutdown.borrow() {
             // No subscriber is fine: nobody needs to know.
             let _ = self.losses.send(ConnectionLost { peer });
         }

@@ -17,6 +17,7 @@
 use super::snapshotter::{ProgressReader, SnapshotError, SnapshotSource};
 use crate::api::{InternalError, RequestError, SharedError, WriteResult};
 use crate::state_machine::{LogIndex, StateMachine, StateMachineError};
+use crate::storage::background_io::PacedReader;
 use crate::storage::health::StorageHealth;
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 use crate::storage::watchdog::StallClock;
@@ -96,6 +97,9 @@ pub struct RestoreFrom {
     pub store: Arc<SnapshotStore>,
     /// The snapshot (from the store).
     pub snapshot: StoredSnapshot,
+    /// Most bytes per second of the image the machine reads (0: unpaced): an image received
+    /// from the leader is restored in the background (`[snapshot] install_rate_mb_s`).
+    pub pace_bytes_per_s: u64,
 }
 
 /// Makes the actor panic, to test supervision (tests and the chaos harness only).
@@ -396,12 +400,14 @@ impl<M: StateMachine> Handler<RestoreFrom> for ApplierActor<M> {
         let reader = msg.store.reader(&msg.snapshot)?;
         {
             let _call = clock.begin();
-            let mut input = ProgressReader::new(reader, &clock);
+            // Up to 1 MiB of catch-up: the pace holds from the first read.
+            let paced = PacedReader::new(reader, msg.pace_bytes_per_s, 1 << 20);
+            let mut input = ProgressReader::new(paced, &clock);
             let restored = machine.restore_from(index, &mut input);
             if let Err(e) = restored {
                 // The verifying reader's typed reason (length, digest) beats the machine's
                 // "truncated"/"I/O" view of it.
-                if let Some(typed) = input.into_inner().take_error() {
+                if let Some(typed) = input.into_inner().into_inner().take_error() {
                     return Err(typed.into());
                 }
                 return Err(e.into());

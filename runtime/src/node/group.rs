@@ -201,6 +201,9 @@ pub struct GroupDeps<M: StateMachine> {
     pub snapshots: Arc<SnapshotStore>,
     /// When snapshots are taken.
     pub snapshot_policy: SnapshotPolicy,
+    /// Bytes per second at which a snapshot received from the leader is restored
+    /// (`[snapshot] install_rate_mb_s`; 0: unpaced).
+    pub install_bytes_per_s: u64,
     /// Where a fatal storage problem found at start (a log without its snapshot) is reported.
     pub health: Arc<StorageHealth>,
     /// Streaming snapshots to lagging followers and receiving them from the leader.
@@ -501,6 +504,8 @@ async fn prepare_start<M: StateMachine>(deps: Arc<GroupDeps<M>>) -> Result<Start
             .send(RestoreFrom {
                 store: deps.snapshots.clone(),
                 snapshot: s.clone(),
+                // The group waits for it: as fast as the machine goes.
+                pace_bytes_per_s: 0,
             })
             .await
             .map_err(|_| StartError::Unavailable("applier"))??;
@@ -1015,6 +1020,8 @@ impl<M: StateMachine> GroupActor<M> {
         let msg = RestoreFrom {
             store: self.deps.snapshots.clone(),
             snapshot: stored,
+            // Received from the leader: a background catch-up, paced.
+            pace_bytes_per_s: self.deps.install_bytes_per_s,
         };
         ctx.spawn(applier.send(msg).into_actor(self).map(|res, act, ctx| {
             act.restoring = false;
@@ -1229,6 +1236,8 @@ impl<M: StateMachine> GroupActor<M> {
                         .send(RestoreFrom {
                             store,
                             snapshot: base,
+                            // A restarted applier: the group waits for it.
+                            pace_bytes_per_s: 0,
                         })
                         .into_actor(self)
                         .map(move |res, act, ctx| {

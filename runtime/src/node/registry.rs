@@ -483,6 +483,7 @@ impl<M: StateMachine> GroupSpawner<M> {
                 jitter_pct: config.snapshot.threshold_jitter_pct,
                 log_image_pct: config.snapshot.log_image_pct,
             },
+            install_bytes_per_s: config.snapshot.install_rate_mb_s.saturating_mul(1_000_000),
             health: self.watchdog.health().clone(),
             member_marks: self.member_marks.clone(),
         });

@@ -261,6 +261,7 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conclave_core::ids::{GroupId, NodeId};
 
     #[test]
     fn request_errors_map_to_documented_statuses() {
@@ -270,7 +271,9 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
-                RequestError::NoLeader { group: 0 },
+                RequestError::NoLeader {
+                    group: GroupId::FIRST,
+                },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (RequestError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
@@ -295,13 +298,21 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
-            (RequestError::NotAVoter(4), StatusCode::CONFLICT),
             (
-                RequestError::CannotDrain { id: 1, group: 0 },
+                RequestError::NotAVoter(NodeId::new(4)),
                 StatusCode::CONFLICT,
             ),
             (
-                RequestError::SnapshotInProgress { group: 0 },
+                RequestError::CannotDrain {
+                    id: NodeId::new(1),
+                    group: GroupId::FIRST,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::SnapshotInProgress {
+                    group: GroupId::FIRST,
+                },
                 StatusCode::CONFLICT,
             ),
             (
@@ -310,7 +321,7 @@ mod tests {
             ),
             (
                 RequestError::NotCaughtUp {
-                    id: 4,
+                    id: NodeId::new(4),
                     lag: 5000,
                     max_lag: 1000,
                 },

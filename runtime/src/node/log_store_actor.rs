@@ -273,7 +273,7 @@ impl Handler<Persist> for LogStoreActor {
         // of the same log: the store itself stays stopped (see `LogStore::write`).
         if let Err(e) = self.store.write(msg.group, &msg.req) {
             let e = self.fail(e);
-            tracing::error!(group = msg.group, error = %e, "write-ahead log append refused");
+            tracing::error!(group = %msg.group, error = %e, "write-ahead log append refused");
             let _ = msg.done.send(Err(e));
             return;
         }
@@ -332,7 +332,7 @@ impl Handler<MarkMember> for LogStoreActor {
             None => marks.mark(msg.group),
         };
         result.map_err(|e| {
-            tracing::error!(group = msg.group, error = %e, "cannot mark this node as a member");
+            tracing::error!(group = %msg.group, error = %e, "cannot mark this node as a member");
             Arc::new(e)
         })
     }
@@ -352,7 +352,7 @@ impl Handler<SaveGroupList> for LogStoreActor {
             None => list.set(group, membership),
         };
         result.map_err(|e| {
-            tracing::error!(group, error = %e, "cannot save the group list");
+            tracing::error!(%group, error = %e, "cannot save the group list");
             Arc::new(e)
         })
     }
@@ -385,6 +385,7 @@ impl Handler<Recover> for LogStoreActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conclave_core::ids::NodeId;
     use conclave_core::raft::{EntryPayload, HardState};
 
     fn entries(term: u64, range: std::ops::RangeInclusive<LogIndex>) -> Vec<Entry> {
@@ -486,7 +487,7 @@ mod tests {
             let (tx, rx) = oneshot::channel();
             actor
                 .send(Persist {
-                    group: 4,
+                    group: GroupId::new(4),
                     req: req(None, entries(1, i..=i)),
                     done: tx,
                 })
@@ -499,14 +500,20 @@ mod tests {
         assert!(before > 3, "{before} segments");
         actor
             .send(Compact {
-                group: 4,
+                group: GroupId::new(4),
                 index: 190,
                 term: 1,
             })
             .await
             .unwrap()
             .unwrap();
-        let g = actor.send(Recover { group: 4 }).await.unwrap().unwrap();
+        let g = actor
+            .send(Recover {
+                group: GroupId::new(4),
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(g.compacted, (190, 1));
         assert_eq!(g.entries.first().map(|e| e.index), Some(191));
         assert_eq!(g.entries.len(), 10);
@@ -534,7 +541,7 @@ mod tests {
         let meta = SnapshotMeta {
             index: 8,
             term: 2,
-            membership: Membership::with_voters([1, 2]),
+            membership: Membership::with_voters([NodeId::new(1), NodeId::new(2)]),
         };
         for r in [
             req(None, entries(1, 1..=10)),
@@ -546,7 +553,7 @@ mod tests {
             let (tx, rx) = oneshot::channel();
             actor
                 .send(Persist {
-                    group: 1,
+                    group: GroupId::new(1),
                     req: r,
                     done: tx,
                 })
@@ -554,7 +561,13 @@ mod tests {
                 .unwrap();
             rx.await.unwrap().unwrap();
         }
-        let mirrored = actor.send(Recover { group: 1 }).await.unwrap().unwrap();
+        let mirrored = actor
+            .send(Recover {
+                group: GroupId::new(1),
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(mirrored.snapshot, Some(meta.clone()));
         assert_eq!(mirrored.compacted, (8, 2));
         assert_eq!(
@@ -567,7 +580,7 @@ mod tests {
         );
         actor.send(StopForTest).await.unwrap();
         let (_, from_disk) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        assert_eq!(from_disk[&1], mirrored);
+        assert_eq!(from_disk[&GroupId::new(1)], mirrored);
     }
 
     #[derive(Message)]

@@ -22,6 +22,7 @@ use crate::storage::snapshot_store::{
 use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
 use conclave_actors::supervisor::ChildGuard;
+use conclave_core::ids::GroupId;
 use conclave_core::raft::{self, SnapshotMeta};
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -34,13 +35,13 @@ pub enum SnapshotError {
     #[error("group {group}: a snapshot is already being taken")]
     Busy {
         /// The group.
-        group: u64,
+        group: GroupId,
     },
     /// The group is not running (starting, restarting or stopped).
     #[error("group {group} is not running")]
     NotRunning {
         /// The group.
-        group: u64,
+        group: GroupId,
     },
     /// The state machine could not sync, image or restore itself.
     #[error("state machine: {0}")]
@@ -76,7 +77,7 @@ pub enum SnapshotError {
     )]
     MissingBase {
         /// The group.
-        group: u64,
+        group: GroupId,
         /// The index a base snapshot must reach.
         needed: LogIndex,
         /// The newest valid snapshot, `none` without one.
@@ -88,7 +89,7 @@ pub enum SnapshotError {
     #[error("group {group}: the {actor} stopped during the snapshot")]
     Stopped {
         /// The group.
-        group: u64,
+        group: GroupId,
         /// Which actor.
         actor: &'static str,
     },
@@ -135,7 +136,7 @@ pub struct NewestSnapshot;
 /// What a snapshotter needs, shared by its successive instances.
 pub struct SnapshotterDeps {
     /// The group.
-    pub group: u64,
+    pub group: GroupId,
     /// The group's snapshot files.
     pub store: Arc<SnapshotStore>,
     /// Times every file operation (component `snapshots/{group}`).
@@ -386,6 +387,7 @@ mod tests {
     use crate::state_machine::{KvCommand, KvMachine, KvRequest, StateMachine};
     use crate::storage::health::{StorageCondition, StorageHealth};
     use crate::storage::watchdog::Watchdog;
+    use conclave_core::ids::NodeId;
     use std::time::Duration;
 
     fn put(m: &mut KvMachine, index: LogIndex, key: &str) {
@@ -406,7 +408,7 @@ mod tests {
         SnapshotMeta {
             index,
             term: 1,
-            membership: raft::Membership::with_voters([1]),
+            membership: raft::Membership::with_voters([NodeId::new(1)]),
         }
     }
 
@@ -563,6 +565,7 @@ mod bench {
     use crate::state_machine::{KvCommand, KvMachine, KvRequest, StateMachine};
     use crate::storage::health::StorageHealth;
     use crate::storage::watchdog::Watchdog;
+    use conclave_core::ids::NodeId;
     use std::time::{Duration, Instant};
 
     fn put(m: &mut KvMachine, index: LogIndex, key: u64) {
@@ -675,7 +678,7 @@ mod bench {
         SnapshotMeta {
             index,
             term: 1,
-            membership: raft::Membership::with_voters([1]),
+            membership: raft::Membership::with_voters([NodeId::new(1)]),
         }
     }
 }

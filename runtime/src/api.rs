@@ -60,9 +60,9 @@ pub enum RequestError {
     #[error("this node cannot persist: storage of {component} failed: {error}")]
     StorageFailed {
         /// The component that failed.
-        component: String,
+        component: crate::storage::health::StorageComponent,
         /// Its error.
-        error: String,
+        error: crate::storage::health::StorageError,
     },
     /// A storage call of this node has not returned within `[storage] stall_timeout_ms`:
     /// requests are refused before they start rather than left hanging. 503
@@ -70,7 +70,7 @@ pub enum RequestError {
     #[error("storage of {component} has not answered for {for_ms} ms")]
     StorageStalled {
         /// The stalled component.
-        component: String,
+        component: crate::storage::health::StorageComponent,
         /// How long its call has been running.
         for_ms: u64,
     },

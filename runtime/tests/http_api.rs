@@ -10,7 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use conclave::config::ReadLevel;
 use conclave::node::{InternalError, RequestError};
-use conclave::storage::health::StorageCondition;
+use conclave::storage::health::{StorageComponent, StorageCondition, StorageError};
 use conclave_core::ids::{GroupId, NodeId};
 use http_support::{Double, Mode, TestServer};
 use serde_json::Value;
@@ -229,7 +229,7 @@ async fn every_route_on_a_leader() {
 
     // A storage stall: not ready (503 `storage_stalled`, JSON error + reasons), still live.
     s.double.state.lock().unwrap().storage = StorageCondition::Stalled {
-        component: "state_machine/0".into(),
+        component: StorageComponent::StateMachine(GroupId::FIRST),
         for_ms: 6000,
     };
     let r = get(&s, "/readyz").await;
@@ -245,8 +245,8 @@ async fn every_route_on_a_leader() {
     );
     // A storage failure: neither ready nor live (503 `storage_failed` on both).
     s.double.state.lock().unwrap().storage = StorageCondition::Failed {
-        component: "state_machine/0".into(),
-        error: "No space left on device".into(),
+        component: StorageComponent::StateMachine(GroupId::FIRST),
+        error: StorageError::Reported("No space left on device".into()),
     };
     let r = get(&s, "/readyz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -269,8 +269,11 @@ async fn snapshots_compact_the_log_and_nodes_restart_from_them() {
             if let conclave::storage::health::StorageCondition::Failed { component, error } =
                 &s.storage
             {
-                assert_eq!(component, "snapshots/0");
-                assert!(error.contains("compacted up to index"), "{error}");
+                assert_eq!(component.to_string(), "snapshots/0");
+                assert!(
+                    error.to_string().contains("compacted up to index"),
+                    "{error}"
+                );
                 break;
             }
         }

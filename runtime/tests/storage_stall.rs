@@ -195,7 +195,7 @@ async fn a_blocked_state_machine_does_not_freeze_its_node() {
     );
     match stuck.cluster_status().storage {
         StorageCondition::Stalled { component, for_ms } => {
-            assert_eq!(component, "state_machine/0");
+            assert_eq!(component.to_string(), "state_machine/0");
             assert!(for_ms >= 200, "{for_ms}");
         }
         other => panic!("expected a stall in /v1/cluster, got {other:?}"),

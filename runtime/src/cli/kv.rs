@@ -510,8 +510,8 @@ mod tests {
         }
         let mut failed = s.clone();
         failed.storage = StorageCondition::Failed {
-            component: "state_machine/0".into(),
-            error: "No space left on device".into(),
+            component: crate::storage::health::StorageComponent::StateMachine(GroupId::FIRST),
+            error: crate::storage::health::StorageError::Reported("No space left on device".into()),
         };
         let f = status_table("http://x", &failed, None);
         assert!(

@@ -261,6 +261,7 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::health::{StorageComponent, StorageError};
     use conclave_core::ids::{GroupId, NodeId};
 
     #[test]
@@ -285,14 +286,14 @@ mod tests {
             (RequestError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
             (
                 RequestError::StorageFailed {
-                    component: "raft_log".into(),
-                    error: "No space left on device".into(),
+                    component: StorageComponent::RaftLog,
+                    error: StorageError::Reported("No space left on device".into()),
                 },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
                 RequestError::StorageStalled {
-                    component: "state_machine".into(),
+                    component: StorageComponent::StateMachine(GroupId::FIRST),
                     for_ms: 5000,
                 },
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -291,7 +291,10 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                 **e,
                 StateMachineError::Storage(_) | StateMachineError::Store(_)
             ) {
-                self.deps.health.failed(self.deps.clock.component(), &**e);
+                self.deps.health.failed(
+                    self.deps.clock.component(),
+                    crate::storage::health::StorageError::StateMachine(e.clone()),
+                );
             }
         }
         for (reply, answer) in answers {

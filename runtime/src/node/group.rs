@@ -1438,7 +1438,10 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                     // A log without the snapshot it needs, or a snapshot that cannot be
                     // restored: the replica cannot be rebuilt by restarting.
                     tracing::error!(%group, error = %e, "cannot start the group");
-                    act.deps.health.failed(&format!("snapshots/{group}"), &e);
+                    act.deps.health.failed(
+                        crate::storage::health::StorageComponent::Snapshots(group),
+                        crate::storage::health::StorageError::Snapshot(Arc::new(e)),
+                    );
                     ctx.stop();
                     return;
                 }

@@ -8,7 +8,7 @@
 
 use crate::config::PersistenceStrategy;
 use crate::storage::group_list::{GroupList, GroupListError};
-use crate::storage::health::StorageHealth;
+use crate::storage::health::{StorageComponent, StorageError, StorageHealth};
 use crate::storage::log_store::{LogStore, LogStoreError, RecoveredGroup};
 use crate::storage::member_mark::{MemberMarkError, MemberMarks};
 use crate::storage::watchdog::StallClock;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// The component name the log store reports to [`StorageHealth`] under.
-pub const HEALTH_COMPONENT: &str = "raft_log";
+pub const HEALTH_COMPONENT: StorageComponent = StorageComponent::RaftLog;
 
 /// What a persist or recovery reports: the log store's error, shared by every request it
 /// failed (a failed store fails every later request with the same first cause).
@@ -157,7 +157,8 @@ impl LogStoreActor {
             other => Arc::new(other),
         };
         // Idempotent: the health record keeps the first failure.
-        self.health.failed(HEALTH_COMPONENT, &*e);
+        self.health
+            .failed(HEALTH_COMPONENT, StorageError::RaftLog(e.clone()));
         e
     }
 

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::state_machine::StateMachine;
 use crate::storage::background_io::WritePacing;
 use crate::storage::group_list::{GroupList, GroupListError};
-use crate::storage::health::StorageHealth;
+use crate::storage::health::{StorageComponent, StorageError, StorageHealth};
 use crate::storage::member_mark::MemberMarks;
 use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError};
 use crate::storage::watchdog::Watchdog;
@@ -394,7 +394,10 @@ impl Handler<SupervisionEventMsg> for GroupWatcher {
                     group: self.group,
                     last_exit: self.last_exit.clone(),
                 };
-                self.health.failed(&format!("group/{}", self.group), &e);
+                self.health.failed(
+                    StorageComponent::Group(self.group),
+                    StorageError::GroupGaveUp(Arc::new(e)),
+                );
             }
             SupervisionEvent::Restarting { .. } => {}
         }
@@ -506,7 +509,7 @@ impl<M: StateMachine> GroupSpawner<M> {
                 group,
                 factory: self.factory.clone(),
                 applied_gauge: shared.applied.clone(),
-                clock: self.watchdog.clock(format!("state_machine/{group}")),
+                clock: self.watchdog.clock(StorageComponent::StateMachine(group)),
                 health: self.watchdog.health().clone(),
             });
             let arbiter = applier_arbiter;
@@ -527,7 +530,9 @@ impl<M: StateMachine> GroupSpawner<M> {
             let deps = Arc::new(snapshotter::SnapshotterDeps {
                 group,
                 store: snapshots,
-                clock: self.watchdog.background_clock(format!("snapshots/{group}")),
+                clock: self
+                    .watchdog
+                    .background_clock(StorageComponent::Snapshots(group)),
             });
             let arbiter = snapshot_arbiter;
             let f: Factory = Box::new(move |guard| {

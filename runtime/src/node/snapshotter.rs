@@ -419,7 +419,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(&dir.path().join("snap")).unwrap();
         let dog = Watchdog::start(Arc::new(StorageHealth::new()), Duration::from_secs(5)).unwrap();
-        let clock = dog.clock("snapshots/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
         let mut m =
             KvMachine::open_engine(crate::config::StorageEngine::Redb, &dir.path().join("data"))
                 .unwrap();
@@ -470,7 +472,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(dir.path()).unwrap();
         let dog = Watchdog::start(Arc::new(StorageHealth::new()), Duration::from_secs(5)).unwrap();
-        let clock = dog.clock("snapshots/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
         assert_eq!(newest_valid(&store, &clock).unwrap(), None);
         let write = |index: LogIndex, body: &[u8]| {
             let mut w = store.create(meta(index)).unwrap();
@@ -492,7 +496,9 @@ mod tests {
     fn progress_keeps_a_long_write_from_counting_as_a_stall() {
         let health = Arc::new(StorageHealth::new());
         let dog = Watchdog::start(health.clone(), Duration::from_millis(60)).unwrap();
-        let clock = dog.clock("snapshots/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
         {
             let _call = clock.begin();
             let mut w = ProgressWriter::new(std::io::sink(), &clock);
@@ -524,7 +530,9 @@ mod tests {
         std::thread::spawn(|| {
             let health = Arc::new(StorageHealth::new());
             let dog = Watchdog::start(health, Duration::from_secs(60)).unwrap();
-            let clock = dog.clock("snapshots/0");
+            let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+                conclave_core::ids::GroupId::FIRST,
+            ));
             let _background = background_io::PriorityGuard::background();
             let idle = || background_io::thread_cpu_policy() == Some(libc::SCHED_IDLE);
             assert!(idle());
@@ -620,7 +628,9 @@ mod bench {
         m.sync().unwrap();
         let store = Arc::new(SnapshotStore::open(&dir.path().join("snap")).unwrap());
         let dog = Watchdog::start(Arc::new(StorageHealth::new()), Duration::from_secs(60)).unwrap();
-        let clock = dog.clock("snapshots/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
 
         // Creation time and size, nothing else running.
         let t = Instant::now();
@@ -637,7 +647,9 @@ mod bench {
         let view = m.snapshot_view().unwrap().unwrap();
         let index2 = view.index();
         let writer_store = store.clone();
-        let writer_clock = dog.clock("snapshots/bench");
+        let writer_clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::new(1),
+        ));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done2 = done.clone();
         let handle = std::thread::spawn(move || {

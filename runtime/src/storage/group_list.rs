@@ -8,7 +8,7 @@
 //! node that forgot a group would stop answering for it while its peers still count it.
 
 use super::member_mark::{write_atomically, MemberMarkError};
-use crate::node::GroupId;
+use conclave_core::ids::GroupId;
 use conclave_core::raft::Membership;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};

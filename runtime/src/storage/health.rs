@@ -361,10 +361,10 @@ mod tests {
         };
         let json = serde_json::to_string(&failed).unwrap();
         let error = log_error("No space left on device").to_string();
+        assert_eq!(error, "WAL I/O error on wal: No space left on device");
         assert_eq!(
-            json,
+            serde_json::from_str::<serde_json::Value>(&json).unwrap(),
             serde_json::json!({"state": "failed", "component": "raft_log", "error": error})
-                .to_string()
         );
         let back: StorageCondition = serde_json::from_str(&json).unwrap();
         assert_eq!(back, failed);

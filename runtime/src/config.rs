@@ -473,13 +473,14 @@ pub struct SnapshotSection {
     /// of the state (plus what arrives while a snapshot is taken): bounded by live data. 0
     /// turns this floor off. 0 to 10,000. Default 25.
     pub log_image_pct: u64,
-    /// Most megabytes per second (10^6 bytes) of a snapshot received from the leader that
-    /// are restored into the state machine (read from the image; the state store may write
-    /// more: redb writes about twice a 64 KiB value). A learner or a follower far behind
-    /// restores its image in the background while the cluster serves writes on the same
-    /// machines and disks; unpaced, the import of 1 GiB wrote 250 MB/s and halved the
-    /// cluster's writes meanwhile (docs/performance.md). Restores at start or after an
-    /// applier restart are never paced: the group waits for them. 0: unpaced. Default 50.
+    /// Most megabytes per second (10^6 bytes) of a snapshot received from the leader that a
+    /// *learner* restores into its state machine (read from the image; the state store may
+    /// write more: redb writes about twice a 64 KiB value). A learner catches up in the
+    /// background while the cluster serves writes on the same machines and disks; unpaced,
+    /// its import of 1 GiB wrote ~250 MB/s and halved the cluster's writes meanwhile
+    /// (docs/performance.md). A voter's restore is not paced (until it has restored, its
+    /// group has a replica fewer), nor are restores at start or after an applier restart
+    /// (the group waits for them). 0: unpaced. Default 50.
     pub install_rate_mb_s: u64,
 }
 

@@ -4,7 +4,9 @@
 //! asserted: the machine is shared and noisy).
 //!
 //! Three `conclave node` processes with the default configuration (automatic snapshots,
-//! `max_send_rate_mb_s` 100, `chunk_bytes` 1 MiB). The state is preloaded with
+//! `max_send_rate_mb_s` 100, `chunk_bytes` 1 MiB, `install_rate_mb_s` 50; the first and last
+//! can be set with `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` and `CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S`,
+//! node 4 takes them from node 1's config). The state is preloaded with
 //! `CONCLAVE_MEMBERSHIP_LOAD_MB` MiB of 64 KiB values (default 32; the figure is 1024,
 //! with a release build: `CONCLAVE_NODE_BIN=target/release/conclave`); a short warm-up and a
 //! snapshot taken on the leader make sure its log no longer starts at index 1, so the new node
@@ -453,14 +455,26 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
             v.parse::<u64>()
                 .expect("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S: a number")
         });
+    // `CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S` overrides `[snapshot] install_rate_mb_s` (node 4's
+    // config is made `--from` node 1's, so it gets it too).
+    let install_rate = std::env::var("CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S")
+        .ok()
+        .map(|v| {
+            v.parse::<u64>()
+                .expect("CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S: a number")
+        });
     let cluster = Cluster::new_with(&dir, 3, |c| {
         if let Some(r) = send_rate {
             c.snapshot.max_send_rate_mb_s = r;
         }
+        if let Some(r) = install_rate {
+            c.snapshot.install_rate_mb_s = r;
+        }
     });
     eprintln!(
-        "snapshot send rate limit: {} MB/s",
-        cluster.configs[0].snapshot.max_send_rate_mb_s
+        "snapshot send rate limit: {} MB/s, install rate: {} MB/s",
+        cluster.configs[0].snapshot.max_send_rate_mb_s,
+        cluster.configs[0].snapshot.install_rate_mb_s
     );
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let leader_ep = cluster.endpoint(leader);

@@ -1017,11 +1017,22 @@ impl<M: StateMachine> GroupActor<M> {
         ctx: &mut Context<Self>,
     ) {
         self.restoring = true;
+        // Received from the leader. A learner's catch-up is background work (no quorum
+        // waits for it): paced, so its import does not starve the voters' WAL fsyncs on a
+        // shared disk. A voter restores as fast as it can: until it has, the group has one
+        // replica fewer (docs/node.md "Snapshots").
+        let learner = self
+            .core
+            .as_ref()
+            .is_some_and(|c| !c.membership().is_voter(self.deps.peers.id()));
         let msg = RestoreFrom {
             store: self.deps.snapshots.clone(),
             snapshot: stored,
-            // Received from the leader: a background catch-up, paced.
-            pace_bytes_per_s: self.deps.install_bytes_per_s,
+            pace_bytes_per_s: if learner {
+                self.deps.install_bytes_per_s
+            } else {
+                0
+            },
         };
         ctx.spawn(applier.send(msg).into_actor(self).map(|res, act, ctx| {
             act.restoring = false;

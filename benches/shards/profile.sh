@@ -9,8 +9,9 @@
 set -u
 cd "$(dirname "$0")/../.."
 S="${1:-64}"
+BIN="${BIN:-./target/release/conclave}"
 OUT="$(mktemp)"
-./target/release/conclave bench cluster --spawn 3 --shards "$S" --target all --clients 256 --duration-s 30 > "$OUT" 2>&1 &
+"$BIN" bench cluster --spawn 3 --shards "$S" --target all --clients 256 --duration-s 30 > "$OUT" 2>&1 &
 B=$!
 for _ in $(seq 1 120); do grep -q "started a" "$OUT" && break; sleep 0.5; done
 D=$(grep -o "/tmp/conclave-bench-[0-9-]*" "$OUT" | head -1)

@@ -5,7 +5,7 @@
 # bytes (/proc/PID/io) and CPU ticks (/proc/PID/stat) are sampled twice, 6 s apart, and
 # printed side by side. Run under `flock /work/measure.lock` on a shared machine.
 #
-#   benches/shards/profile.sh 64; benches/shards/profile.sh 1
+#   benches/shards/profile.sh 64; benches/shards/profile.sh 1   # BIN=path for another binary
 set -u
 cd "$(dirname "$0")/../.."
 S="${1:-64}"

@@ -447,6 +447,7 @@ mod tests {
         assert!(get(&restored, "k50").is_some());
         assert!(get(&restored, "k51").is_none());
         // A view announced at another index is refused and leaves no snapshot behind.
+        m.sync().unwrap();
         let view = m.snapshot_view().unwrap().unwrap();
         let e = write_snapshot(&store, &clock, meta(59), SnapshotSource::View(view)).unwrap_err();
         assert!(

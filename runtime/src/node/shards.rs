@@ -37,6 +37,7 @@ use crate::api::{InternalError, KeyRoute, ShardStatus, ShardsStatus};
 use crate::config::ReadLevel;
 use crate::state_machine::{RouteCodecError, ShardedMachine, StateMachine};
 use crate::storage::shard_map_file::{self, ShardMapFileError};
+use conclave_core::ids::ShardId;
 use conclave_core::raft::Membership;
 use conclave_ring::{ShardEntry, ShardMap, ShardMapError};
 use parking_lot::{Mutex, RwLock};
@@ -81,7 +82,7 @@ pub enum ShardSetupError {
     )]
     UnknownReplica {
         /// The shard.
-        shard: u64,
+        shard: ShardId,
         /// The replica.
         node: NodeId,
     },
@@ -261,7 +262,7 @@ impl ShardRouter {
     }
 
     /// Records `leader` as the leader of `shard` (the leader cache).
-    fn hint(&self, shard: u64, leader: NodeId) {
+    fn hint(&self, shard: ShardId, leader: NodeId) {
         let known = self.map.read().as_ref().is_some_and(|(m, _)| {
             m.entry(shard)
                 .is_some_and(|e| e.leader_hint == Some(leader))
@@ -498,11 +499,13 @@ impl<M: StateMachine> NodeHandle<M> {
             RELAY_ATTEMPTS
         };
         let mut tried: Vec<NodeId> = Vec::new();
-        let mut last_group = 0;
+        let mut last_group = GroupId::FIRST;
         for _ in 0..attempts {
             // A node that joined serves keys once group 0 gave it the committed map.
             let Some((entry, version, digest)) = router.route(key) else {
-                return Err(RequestError::NoLeader { group: 0 });
+                return Err(RequestError::NoLeader {
+                    group: GroupId::FIRST,
+                });
             };
             last_group = entry.group;
             let local = self.inner.registry.get(entry.group);
@@ -795,11 +798,11 @@ impl<M: StateMachine> NodeHandle<M> {
             let leader = self
                 .inner
                 .registry
-                .get(0)
+                .get(GroupId::FIRST)
                 .and_then(|g| g.shared.snapshot.read().leader);
             return KeyRoute {
                 shard: route.shard,
-                group: 0,
+                group: GroupId::FIRST,
                 replicas: route.replicas,
                 leader,
                 map_version: 0,

@@ -24,7 +24,7 @@ pub struct NodeOptions {
 /// One node process.
 pub struct Proc {
     /// Node id (index + 1).
-    pub id: u64,
+    pub id: NodeId,
     /// Its real HTTP address (clients talk to it directly).
     pub http: SocketAddr,
     config_path: PathBuf,
@@ -39,7 +39,7 @@ pub struct Procs {
     pub nodes: Vec<Proc>,
     planted_bugs: String,
     /// Unexpected exits seen so far: `(node id, exit status)`.
-    pub crashes: Vec<(u64, String)>,
+    pub crashes: Vec<(NodeId, String)>,
     /// Processes started (first starts and restarts).
     pub starts: u64,
     /// Status clients by (node index, timeout in ms).
@@ -50,6 +50,7 @@ pub struct Procs {
 
 #[path = "../common/ports.rs"]
 mod ports;
+use conclave_core::ids::NodeId;
 use ports::free_addr;
 
 /// Real addresses and proxies for `n` nodes, and their configuration files in `dir`.
@@ -59,7 +60,7 @@ pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {
     let net = Net::start(&real);
     let mut nodes = Vec::new();
     for (i, own) in real.iter().enumerate() {
-        let id = i as u64 + 1;
+        let id = NodeId::new(i as u64 + 1);
         // Node i sees every peer j at the proxies of the ordered pair (i, j).
         let members: Vec<MemberConfig> = (0..n)
             .map(|j| {
@@ -71,7 +72,7 @@ pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {
                     }
                 } else {
                     MemberConfig {
-                        id: j as u64 + 1,
+                        id: NodeId::new(j as u64 + 1),
                         addr: net.transport_addr(i, j),
                         http: net.http_addr(i, j),
                     }

@@ -5,12 +5,13 @@
 # bytes (/proc/PID/io) and CPU ticks (/proc/PID/stat) are sampled twice, 6 s apart, and
 # printed side by side. Run under `flock /work/measure.lock` on a shared machine.
 #
-#   benches/shards/profile.sh 64; benches/shards/profile.sh 1
+#   benches/shards/profile.sh 64; benches/shards/profile.sh 1   # BIN=path for another binary
 set -u
 cd "$(dirname "$0")/../.."
 S="${1:-64}"
+BIN="${BIN:-./target/release/conclave}"
 OUT="$(mktemp)"
-./target/release/conclave bench cluster --spawn 3 --shards "$S" --target all --clients 256 --duration-s 30 > "$OUT" 2>&1 &
+"$BIN" bench cluster --spawn 3 --shards "$S" --target all --clients 256 --duration-s 30 > "$OUT" 2>&1 &
 B=$!
 for _ in $(seq 1 120); do grep -q "started a" "$OUT" && break; sleep 0.5; done
 D=$(grep -o "/tmp/conclave-bench-[0-9-]*" "$OUT" | head -1)

@@ -7,8 +7,10 @@ use crate::config::Config;
 use crate::http::{HttpOptions, ServerError};
 use crate::node::{Node, NodeError};
 use crate::state_machine::KvMachine;
+use crate::storage::shared_store::NodeStores;
 use crate::storage::state_store::StoreError;
 use conclave_core::ids::GroupId;
+use std::sync::Arc;
 
 /// Why `conclave node` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,20 +44,18 @@ pub fn run_blocking(config: Config) -> Result<(), RunError> {
         // A data directory of the other engine: refuse before anything listens.
         crate::storage::state_store::check_engine(engine, &data_dir).map_err(RunError::Engine)?;
         // Group 0's machine in the data directory itself (as before groups could be created);
-        // every other group's in `data_dir/groups/<id>`.
+        // every other group's (the shards) in one store shared by the node
+        // (`data_dir/shards.redb`, a table per group: one page cache and one durable-commit
+        // schedule for the node; docs/storage.md), stores of `data_dir/groups/<id>` that an
+        // earlier version made being moved into it.
+        let stores = Arc::new(NodeStores::new(engine, &data_dir));
         let mut builder = Node::builder()
             .config(config.clone())
             .state_machine_for_groups(move |group| {
                 if group == GroupId::FIRST {
                     return KvMachine::open_engine(engine, &data_dir);
                 }
-                let dir = data_dir.join("groups").join(group.to_string());
-                std::fs::create_dir_all(&dir).map_err(|e| StoreError::Open {
-                    engine: crate::storage::state_store::engine_name(engine),
-                    path: dir.clone(),
-                    source: Box::new(e),
-                })?;
-                KvMachine::open_engine(engine, &dir)
+                KvMachine::with_store(stores.open_group(group.get())?)
             })
             // Routes keys to shards when `[ring] sharded = true`.
             .sharding();

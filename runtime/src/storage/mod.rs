@@ -10,6 +10,7 @@ pub mod log_store;
 pub mod member_mark;
 pub mod redb_store;
 pub mod shard_map_file;
+pub mod shared_store;
 pub mod sled_store;
 pub mod snapshot_store;
 pub mod state_store;

@@ -288,7 +288,7 @@ fn inspect(path: &Path) -> std::io::Result<Found> {
 /// renamed aside (`<path>.interrupted-create`) with a warning, and replaced by a new store:
 /// redb writes the magic number before any transaction can commit, so it held no state. A file
 /// that is neither is refused ([`StoreError::NotADatabase`]).
-fn ensure_created(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn ensure_created(path: &Path) -> Result<(), StoreError> {
     let open_err = |e: std::io::Error| StoreError::Open {
         engine: ENGINE,
         path: path.to_owned(),

@@ -36,37 +36,15 @@ impl SledStore {
     /// A database sled refuses as corrupt is opened again once without the snapshot files
     /// whose writing a crash interrupted ([`remove_interrupted_snapshots`]).
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        ensure_created(dir)?;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut repaired = false;
-        let db = loop {
-            match sled::open(dir) {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(sled::Error::Corruption { .. })
-                    if !repaired
-                        && !remove_interrupted_snapshots(dir)
-                            .map_err(|e| open_error(dir, e))?
-                            .is_empty() =>
-                {
-                    repaired = true;
-                }
-                Ok(db) => break db,
-                Err(e) => {
-                    return Err(StoreError::Open {
-                        engine: ENGINE,
-                        path: dir.to_owned(),
-                        source: Box::new(e),
-                    })
-                }
-            }
-        };
+        let db = open_db(dir)?;
         let tree = db.open_tree("kv").map_err(err("open_tree"))?;
         Ok(SledStore { db, tree })
+    }
+
+    /// A store in tree `tree` of the database `db` (a node's shared store keeps each group in
+    /// a tree of its own: `shared_store.rs`).
+    pub(crate) fn in_tree(db: sled::Db, tree: sled::Tree) -> SledStore {
+        SledStore { db, tree }
     }
 
     /// A store in a temporary directory that sled removes when it is dropped.
@@ -78,6 +56,41 @@ impl SledStore {
         let tree = db.open_tree("kv").map_err(err("open_tree"))?;
         Ok(SledStore { db, tree })
     }
+}
+
+/// Opens (or creates, whole: [`ensure_created`]) the sled database in directory `dir`, as
+/// [`SledStore::open`] describes.
+pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    ensure_created(dir)?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut repaired = false;
+    let db = loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(sled::Error::Corruption { .. })
+                if !repaired
+                    && !remove_interrupted_snapshots(dir)
+                        .map_err(|e| open_error(dir, e))?
+                        .is_empty() =>
+            {
+                repaired = true;
+            }
+            Ok(db) => break db,
+            Err(e) => {
+                return Err(StoreError::Open {
+                    engine: ENGINE,
+                    path: dir.to_owned(),
+                    source: Box::new(e),
+                })
+            }
+        }
+    };
+    Ok(db)
 }
 
 /// Creates the database directory `dir` whole if it does not exist yet.
@@ -151,7 +164,7 @@ fn remove_interrupted_snapshots(dir: &Path) -> std::io::Result<Vec<std::path::Pa
 }
 
 /// fsyncs every file and directory under `dir`, and `dir` itself.
-fn sync_tree(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_tree(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_type()?.is_dir() {

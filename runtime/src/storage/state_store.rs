@@ -246,17 +246,26 @@ pub fn engine_name(engine: StorageEngine) -> &'static str {
     }
 }
 
-/// Refuses a data directory that holds another engine's store than `engine` (checked again by
+/// Refuses a data directory that holds another engine's store than `engine` (group 0's or the
+/// shared store of the other groups, `shared_store.rs`; checked again by
 /// [`open_store`]; `conclave node` checks it before anything starts, for a clean exit).
 pub fn check_engine(engine: StorageEngine, data_dir: &Path) -> Result<(), StoreError> {
     for other in [StorageEngine::Sled, StorageEngine::Redb] {
-        let path = store_path(other, data_dir);
-        if other != engine && path.exists() {
-            return Err(StoreError::EngineMismatch {
-                configured: engine_name(engine),
-                found: engine_name(other),
-                path,
-            });
+        if other == engine {
+            continue;
+        }
+        // Group 0's store and the store shared by the node's other groups.
+        for path in [
+            store_path(other, data_dir),
+            super::shared_store::shared_store_path(other, data_dir),
+        ] {
+            if path.exists() {
+                return Err(StoreError::EngineMismatch {
+                    configured: engine_name(engine),
+                    found: engine_name(other),
+                    path,
+                });
+            }
         }
     }
     Ok(())

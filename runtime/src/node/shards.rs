@@ -227,10 +227,20 @@ pub(super) struct ShardRouter {
     /// Maps adopted from group 0's applied state, and from peers' `StaleMap` answers.
     adopted_group0: AtomicU64,
     adopted_peers: AtomicU64,
+    /// The planted bug `shard_read_on_any_replica` (test builds only, the chaos harness's
+    /// proof that it catches a router that reads from a non-leader replica).
+    #[cfg(feature = "planted-bugs")]
+    planted_read_on_any_replica: bool,
 }
 
 impl ShardRouter {
-    pub(super) fn new(me: NodeId, max_hops: u32, data_dir: PathBuf, map: Option<ShardMap>) -> Self {
+    pub(super) fn new(
+        me: NodeId,
+        max_hops: u32,
+        data_dir: PathBuf,
+        map: Option<ShardMap>,
+        #[cfg(feature = "planted-bugs")] planted_read_on_any_replica: bool,
+    ) -> Self {
         let _ = me;
         ShardRouter {
             max_hops: max_hops.max(1),
@@ -245,6 +255,8 @@ impl ShardRouter {
             server: OnceLock::new(),
             adopted_group0: AtomicU64::new(0),
             adopted_peers: AtomicU64::new(0),
+            #[cfg(feature = "planted-bugs")]
+            planted_read_on_any_replica,
         }
     }
 
@@ -466,6 +478,12 @@ impl<M: StateMachine> NodeHandle<M> {
         self.admit()?;
         let key = s.codec.query_key(&query).to_vec();
         let bytes = s.codec.encode_query(&query).map_err(internal)?;
+        #[cfg(feature = "planted-bugs")]
+        let consistency = if s.router.planted_read_on_any_replica {
+            ReadLevel::Stale
+        } else {
+            consistency
+        };
         let op = ForwardOp::Read {
             query: bytes,
             consistency,
@@ -784,6 +802,53 @@ impl<M: StateMachine> NodeHandle<M> {
                 .collect(),
             map_adoptions,
         }
+    }
+
+    /// Sets the shard aggregates over the shard groups this node hosts (called when
+    /// `/metrics` is rendered, so they are as fresh as the scrape): how many are in each role,
+    /// the most and the total committed-but-not-applied entries, and on the shards it leads
+    /// the most entries a follower is behind (docs/node.md, "Metrics per group and shard").
+    pub(super) fn update_shard_metrics(&self) {
+        let Some(map) = self.sharding().and_then(|s| s.router.map()) else {
+            return;
+        };
+        let mut roles = [0u64; 4];
+        let (mut lag_max, mut lag_sum, mut behind_max) = (0u64, 0u64, 0u64);
+        for e in map.entries() {
+            let Some(g) = self.inner.registry.get(e.group) else {
+                continue;
+            };
+            let snap = g.shared.snapshot.read();
+            let applied = g.shared.applied.load(Ordering::Relaxed);
+            let slot = match snap.role {
+                Some(conclave_core::raft::Role::Leader) => 0,
+                Some(conclave_core::raft::Role::Follower) => 1,
+                Some(
+                    conclave_core::raft::Role::PreCandidate | conclave_core::raft::Role::Candidate,
+                ) => 2,
+                _ => 3,
+            };
+            roles[slot] += 1;
+            let lag = snap.commit_index.saturating_sub(applied);
+            lag_max = lag_max.max(lag);
+            lag_sum += lag;
+            if slot == 0 {
+                for (peer, matched) in &snap.progress {
+                    if *peer != self.inner.id {
+                        behind_max = behind_max.max(snap.last_index.saturating_sub(*matched));
+                    }
+                }
+            }
+        }
+        for (role, n) in ["leader", "follower", "candidate", "other"]
+            .iter()
+            .zip(roles)
+        {
+            metrics::gauge!("conclave_shard_groups", "role" => *role).set(n as f64);
+        }
+        metrics::gauge!("conclave_shard_apply_lag_max").set(lag_max as f64);
+        metrics::gauge!("conclave_shard_apply_lag_sum").set(lag_sum as f64);
+        metrics::gauge!("conclave_shard_replication_lag_max").set(behind_max as f64);
     }
 
     /// Where `key` goes (`GET /v1/ring/route/{key}`): its shard and group from the live map,

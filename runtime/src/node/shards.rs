@@ -218,7 +218,8 @@ pub(super) struct ShardRouter {
     /// The map and its digest (computed once per map); `None` on a node that joined and has
     /// not yet replicated group 0's committed map.
     map: RwLock<Option<(ShardMap, u64)>>,
-    /// Requests this node forwarded, by id: the peer asked and where its answer goes.
+    /// Requests this node forwarded, by id (unique to this incarnation of the node): the peer
+    /// asked and where its answer goes.
     pending: Mutex<HashMap<u64, (NodeId, ReplyTx)>>,
     next_id: AtomicU64,
     /// Bounds the forwarded requests served at once.
@@ -250,7 +251,12 @@ impl ShardRouter {
                 (m, digest)
             })),
             pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            // Not 1: a peer answers a request of this node's previous incarnation (killed and
+            // restarted while the peer served it) over the reconnected link, and a restarted
+            // counter would hand that answer to the new request that reused its id — another
+            // key's value, or another write's acknowledgement. A random start makes the id
+            // ranges of two incarnations overlap with negligible probability.
+            next_id: AtomicU64::new(rand::random::<u64>() >> 1),
             serving: Arc::new(Semaphore::new(MAX_SERVING)),
             server: OnceLock::new(),
             adopted_group0: AtomicU64::new(0),
@@ -923,5 +929,63 @@ fn reply_to<M: StateMachine>(
     if !sent {
         metrics::counter!("conclave_shard_forwards_refused_total", "reason" => "reply_not_sent")
             .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn router(dir: &Path) -> ShardRouter {
+        ShardRouter::new(
+            1,
+            10,
+            dir.to_owned(),
+            None,
+            #[cfg(feature = "planted-bugs")]
+            false,
+        )
+    }
+
+    /// A node forwards a request to peer 2, is killed and restarts; its first forwarded request
+    /// of the new incarnation goes to peer 2 too. Peer 2's answer to the old request, arriving
+    /// over the reconnected link, must not be taken for the new request's (with ids counted
+    /// from 1 in every incarnation it was: the new request got the old one's answer).
+    #[test]
+    fn an_answer_to_an_earlier_incarnation_is_not_taken_for_a_new_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = router(dir.path());
+        let old_id = before.next_id.fetch_add(1, Ordering::Relaxed);
+        drop(before);
+        let after = router(dir.path());
+        let new_id = after.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = oneshot::channel();
+        after.pending.lock().insert(new_id, (2, tx));
+        after.on_reply(
+            2,
+            ForwardReply {
+                id: old_id,
+                outcome: Ok(serde_bytes::ByteBuf::from(
+                    b"the old request's answer".to_vec(),
+                )),
+            },
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "the new request (id {new_id}) took the answer to the old one (id {old_id})"
+        );
+        // Its own answer still reaches it.
+        after.on_reply(
+            2,
+            ForwardReply {
+                id: new_id,
+                outcome: Ok(serde_bytes::ByteBuf::from(b"its own".to_vec())),
+            },
+        );
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap().into_vec(),
+            b"its own".to_vec()
+        );
     }
 }

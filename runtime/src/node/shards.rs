@@ -461,7 +461,7 @@ impl<M: StateMachine> NodeHandle<M> {
         let key = s.codec.command_key(&command).to_vec();
         let bytes = rmp_serde::to_vec(&command).map_err(internal)?;
         match self
-            .route_request(&key, true, 0, &ForwardOp::Write(bytes))
+            .route_request(&key, true, 0, None, &ForwardOp::Write(bytes))
             .await?
         {
             Outcome::Written(w) => Ok(w),
@@ -495,7 +495,7 @@ impl<M: StateMachine> NodeHandle<M> {
             consistency,
         };
         let needs_leader = consistency != ReadLevel::Stale;
-        match self.route_request(&key, needs_leader, 0, &op).await? {
+        match self.route_request(&key, needs_leader, 0, None, &op).await? {
             Outcome::Read(o) => Ok(o),
             Outcome::Remote(b) => s.codec.decode_output(&b).map_err(internal),
             Outcome::Written(_) => Err(internal(ForwardFailure::Internal)),
@@ -503,12 +503,13 @@ impl<M: StateMachine> NodeHandle<M> {
     }
 
     /// Routes one request (see the module docs): `hops` is how many times it was forwarded
-    /// to reach this node (0: from a client here).
+    /// to reach this node (0: from a client here), `from` the node that forwarded it.
     async fn route_request(
         &self,
         key: &[u8],
         needs_leader: bool,
         hops: u32,
+        from: Option<NodeId>,
         op: &ForwardOp,
     ) -> Result<Outcome<M>, RequestError> {
         let Some(s) = self.sharding() else {
@@ -521,7 +522,11 @@ impl<M: StateMachine> NodeHandle<M> {
         } else {
             RELAY_ATTEMPTS
         };
-        let mut tried: Vec<NodeId> = Vec::new();
+        // The node that forwarded the request here is no candidate: it served it or forwarded
+        // it because it does not lead the shard. Sending it back (its leader hint naming this
+        // node while this node's names it, as during an election) bounced the request between
+        // the two until the hop limit (503 `hop_limit`).
+        let mut tried: Vec<NodeId> = from.into_iter().collect();
         let mut last_group = 0;
         for _ in 0..attempts {
             // A node that joined serves keys once group 0 gave it the committed map.
@@ -650,7 +655,11 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// Serves a request member `from` forwarded: checks its map version, hop count and key,
     /// then routes it like a client's request (at most [`RELAY_ATTEMPTS`] candidates).
-    async fn serve_forward(&self, req: ForwardRequest) -> Result<Vec<u8>, ForwardFailure> {
+    async fn serve_forward(
+        &self,
+        from: NodeId,
+        req: ForwardRequest,
+    ) -> Result<Vec<u8>, ForwardFailure> {
         let s = self.sharding().ok_or(ForwardFailure::NotHosted)?;
         let (check, digest, mine) = {
             let g = s.router.map.read();
@@ -717,7 +726,7 @@ impl<M: StateMachine> NodeHandle<M> {
             return Err(ForwardFailure::Unavailable);
         }
         match self
-            .route_request(&req.key, needs_leader, req.hops, &req.op)
+            .route_request(&req.key, needs_leader, req.hops, Some(from), &req.op)
             .await
         {
             Ok(Outcome::Written(w)) => rmp_serde::to_vec(&w).map_err(|_| ForwardFailure::Internal),
@@ -749,7 +758,7 @@ impl<M: StateMachine> NodeHandle<M> {
                 return;
             };
             actix::spawn(async move {
-                let outcome = handle.serve_forward(req).await;
+                let outcome = handle.serve_forward(from, req).await;
                 drop(permit);
                 reply_to(&handle, from, id, outcome);
             });

@@ -23,6 +23,7 @@ use conclave::api::{
 };
 use conclave::http::{server_with, HttpOptions};
 use conclave::state_machine::{KvCommand, KvOutput};
+use conclave_core::ids::{GroupId, ShardId};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,7 +41,7 @@ struct Instant0 {
 
 impl conclave::api::KvService for Instant0 {
     fn node_id(&self) -> NodeId {
-        1
+        NodeId::new(1)
     }
 
     fn max_value_bytes(&self) -> usize {
@@ -81,10 +82,10 @@ impl conclave::api::KvService for Instant0 {
 
     async fn status(&self) -> ClusterStatus {
         ClusterStatus {
-            node_id: 1,
+            node_id: NodeId::new(1),
             role: "leader".to_owned(),
             term: 1,
-            leader_id: Some(1),
+            leader_id: Some(NodeId::new(1)),
             commit_index: self.index.load(Ordering::Relaxed),
             applied_index: self.index.load(Ordering::Relaxed),
             members: Vec::new(),
@@ -96,7 +97,7 @@ impl conclave::api::KvService for Instant0 {
 
     async fn members(&self) -> GossipMembers {
         GossipMembers {
-            node_id: 1,
+            node_id: NodeId::new(1),
             incarnation: 0,
             local_health: 0,
             joined: true,
@@ -121,10 +122,10 @@ impl conclave::api::KvService for Instant0 {
 
     fn route(&self, _key: &[u8]) -> conclave::api::KeyRoute {
         conclave::api::KeyRoute {
-            shard: 0,
-            group: 0,
-            replicas: vec![1],
-            leader: Some(1),
+            shard: ShardId::new(0),
+            group: GroupId::FIRST,
+            replicas: vec![NodeId::new(1)],
+            leader: Some(NodeId::new(1)),
             map_version: 0,
         }
     }

@@ -30,6 +30,7 @@ use conclave::config::{Config, MemberConfig};
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
 use conclave::storage::redb_store::RedbStore;
+use conclave_core::ids::{GroupId, NodeId};
 use std::time::{Duration, Instant};
 
 fn free_addr() -> std::net::SocketAddr {
@@ -87,12 +88,12 @@ fn frames_1_to_2(prom: &metrics_exporter_prometheus::PrometheusHandle) -> (f64, 
     (frames, bytes)
 }
 
-fn leaders(handles: &[NodeHandle<KvMachine>], groups: u64) -> Vec<Option<u64>> {
+fn leaders(handles: &[NodeHandle<KvMachine>], groups: u64) -> Vec<Option<NodeId>> {
     let mut out = vec![None; groups as usize];
     for h in handles {
         for g in h.cluster_status().groups {
-            if g.role == "leader" && g.id < groups {
-                out[g.id as usize] = Some(h.id());
+            if g.role == "leader" && g.id.get() < groups {
+                out[g.id.get() as usize] = Some(h.id());
             }
         }
     }
@@ -103,7 +104,7 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
     let dir = tempfile::tempdir().expect("temp dir");
     let members: Vec<MemberConfig> = (1..=3)
         .map(|id| MemberConfig {
-            id,
+            id: NodeId::new(id),
             addr: free_addr(),
             http: free_addr(),
         })
@@ -131,9 +132,11 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
     }
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
     let started = Instant::now();
-    for g in 1..groups {
+    for g in (1..groups).map(GroupId::new) {
         for h in &handles {
-            h.create_group(g, [1, 2, 3]).await.expect("create group");
+            h.create_group(g, [1, 2, 3].map(NodeId::new))
+                .await
+                .expect("create group");
         }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -169,7 +172,7 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
         .expect("leader handle");
     let t = Instant::now();
     h.write_to(
-        last,
+        GroupId::new(last),
         KvRequest {
             id: None,
             op: KvCommand::Put {
@@ -198,7 +201,7 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
     let led: Vec<u64> = leaders(&handles, groups)
         .iter()
         .enumerate()
-        .filter(|(_, l)| **l == Some(1))
+        .filter(|(_, l)| **l == Some(NodeId::new(1)))
         .map(|(g, _)| g as u64)
         .collect();
     let mut nodes = nodes.into_iter();
@@ -222,20 +225,22 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
         let now = t.elapsed();
         let statuses: Vec<_> = others.iter().map(|h| h.cluster_status()).collect();
         if suspected.is_none()
-            && statuses
-                .iter()
-                .any(|s| s.members.iter().any(|m| m.id == 1 && m.state != "alive"))
+            && statuses.iter().any(|s| {
+                s.members
+                    .iter()
+                    .any(|m| m.id == NodeId::new(1) && m.state != "alive")
+            })
         {
             suspected = Some(now);
         }
         let mut leader = vec![false; groups as usize];
         for s in &statuses {
             for g in &s.groups {
-                if g.id >= groups {
+                if g.id.get() >= groups {
                     continue;
                 }
                 if g.role == "leader" {
-                    leader[g.id as usize] = true;
+                    leader[g.id.get() as usize] = true;
                 } else if g.role == "candidate" && campaign.is_none() {
                     campaign = Some(now);
                 }

@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use conclave_core::ids::NodeId;
 use conclave_core::raft::{
     Action, LogIndex, Membership, Message, Millis, Raft, RaftConfig, RestoreState, Role,
 };
@@ -41,8 +42,9 @@ struct Group {
 impl Group {
     /// Builds the group and elects node 1.
     fn elected() -> Group {
-        let voters: BTreeSet<u64> = (1..=NODES).collect();
+        let voters: BTreeSet<NodeId> = (1..=NODES).map(NodeId::new).collect();
         let nodes = (1..=NODES)
+            .map(NodeId::new)
             .map(|id| {
                 let config = RaftConfig {
                     id,
@@ -55,7 +57,7 @@ impl Group {
                     },
                     ..RestoreState::default()
                 };
-                match Raft::new(config, restore, id, 0) {
+                match Raft::new(config, restore, id.get(), 0) {
                     Ok(raft) => raft,
                     Err(e) => panic!("bench group: {e}"),
                 }
@@ -112,7 +114,7 @@ impl Group {
             }
             while let Some(msg) = self.network.pop_front() {
                 busy = true;
-                let to = (msg.to - 1) as usize;
+                let to = (msg.to.get() - 1) as usize;
                 self.nodes[to].handle_message(self.now, msg);
             }
             if !busy {

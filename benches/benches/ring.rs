@@ -14,6 +14,7 @@
 
 use std::hint::black_box;
 
+use conclave_core::ids::NodeId;
 use conclave_ring::{diff, PlacementStrategy, Ring, RingConfig, DEFAULT_WEIGHT};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -30,7 +31,10 @@ fn ring(nodes: u64, strategy: PlacementStrategy) -> Ring {
         strategy,
         ..RingConfig::default()
     };
-    match Ring::with_nodes(cfg, (1..=nodes).map(|n| (n, DEFAULT_WEIGHT))) {
+    match Ring::with_nodes(
+        cfg,
+        (1..=nodes).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+    ) {
         Ok(ring) => ring,
         Err(e) => panic!("bench ring: {e}"),
     }
@@ -45,7 +49,7 @@ fn lookups(c: &mut Criterion) {
         b.iter(|| {
             let mut acc = 0u64;
             for k in &keys {
-                acc = acc.wrapping_add(ring.shard_for_key(black_box(k)));
+                acc = acc.wrapping_add(ring.shard_for_key(black_box(k)).get());
             }
             acc
         })
@@ -55,7 +59,7 @@ fn lookups(c: &mut Criterion) {
             let mut acc = 0u64;
             for k in &keys {
                 let replicas = ring.replicas_for_key(black_box(k));
-                acc = acc.wrapping_add(replicas[0]);
+                acc = acc.wrapping_add(replicas[0].get());
             }
             acc
         })
@@ -64,7 +68,7 @@ fn lookups(c: &mut Criterion) {
         b.iter(|| {
             let mut acc = 0u64;
             for k in &keys {
-                acc = acc.wrapping_add(ring.route(black_box(k)).shard);
+                acc = acc.wrapping_add(ring.route(black_box(k)).shard.get());
             }
             acc
         })
@@ -80,7 +84,7 @@ fn placement_changes(c: &mut Criterion) {
     ] {
         let base = ring(50, strategy);
         let mut grown = base.clone();
-        if let Err(e) = grown.add_node(51, DEFAULT_WEIGHT) {
+        if let Err(e) = grown.add_node(NodeId::new(51), DEFAULT_WEIGHT) {
             panic!("{e}");
         }
         g.bench_function(format!("diff_only/{name}"), |b| {
@@ -89,14 +93,14 @@ fn placement_changes(c: &mut Criterion) {
         g.bench_function(format!("add_node_and_diff/{name}"), |b| {
             b.iter_batched(
                 || base.clone(),
-                |mut r| r.add_node(51, DEFAULT_WEIGHT),
+                |mut r| r.add_node(NodeId::new(51), DEFAULT_WEIGHT),
                 BatchSize::SmallInput,
             )
         });
         g.bench_function(format!("remove_node_and_diff/{name}"), |b| {
             b.iter_batched(
                 || base.clone(),
-                |mut r| r.remove_node(25),
+                |mut r| r.remove_node(NodeId::new(25)),
                 BatchSize::SmallInput,
             )
         });

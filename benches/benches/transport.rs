@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use conclave_core::ids::NodeId;
 use conclave_transport::{Endpoint, Transport, TransportConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde::de::DeserializeOwned;
@@ -120,15 +121,15 @@ struct TransportPair<T> {
 fn transport_pair<T: BenchMsg>(rt: &Runtime) -> TransportPair<T> {
     rt.block_on(async {
         let lo: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!());
-        let mut cfg_a = TransportConfig::new(1, "bench", lo);
+        let mut cfg_a = TransportConfig::new(NodeId::new(1), "bench", lo);
         cfg_a.max_frame_size = 1 << 20;
-        let mut cfg_b = TransportConfig::new(2, "bench", lo);
+        let mut cfg_b = TransportConfig::new(NodeId::new(2), "bench", lo);
         cfg_b.max_frame_size = 1 << 20;
         let (atx, _arx) = conclave_transport::inbound(1024);
         let (btx, rx) = conclave_transport::inbound(4096);
         let (a, _) = Transport::bind(cfg_a, atx).await.expect("bind a");
         let (b, b_addr) = Transport::bind(cfg_b, btx).await.expect("bind b");
-        let link = a.peer(2, b_addr);
+        let link = a.peer(NodeId::new(2), b_addr);
         TransportPair {
             _a: a,
             _b: b,

@@ -2,15 +2,16 @@
 //! senders that no configuration it knows names (except as a leader of its own term, or of a
 //! newer one for a non-voter: issue 14) and terms above `MAX_TERM`.
 
+use conclave_core::ids::{GroupId, NodeId};
 use conclave_core::raft::{
     Entry, EntryPayload, HardState, Membership, Message, MessageBody, Raft, RaftConfig,
     RestoreState, Role, MAX_TERM,
 };
 
-fn core(id: u64, voters: &[u64]) -> Raft {
+fn core(id: NodeId, voters: &[NodeId]) -> Raft {
     let cfg = RaftConfig {
         id,
-        group: 0,
+        group: GroupId::FIRST,
         ..RaftConfig::default()
     };
     let restore = RestoreState {
@@ -23,9 +24,9 @@ fn core(id: u64, voters: &[u64]) -> Raft {
     }
 }
 
-fn heartbeat(from: u64, to: u64, term: u64) -> Message {
+fn heartbeat(from: NodeId, to: NodeId, term: u64) -> Message {
     Message {
-        group: 0,
+        group: GroupId::FIRST,
         from,
         to,
         term,
@@ -38,19 +39,22 @@ fn heartbeat(from: u64, to: u64, term: u64) -> Message {
 
 #[test]
 fn finding3_forged_max_term_from_a_non_member_is_ignored() {
-    let mut r = core(1, &[1, 2, 3]);
-    r.handle_message(10, heartbeat(777, 1, u64::MAX));
+    let mut r = core(
+        NodeId::new(1),
+        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+    );
+    r.handle_message(10, heartbeat(NodeId::new(777), NodeId::new(1), u64::MAX));
     assert_eq!(r.term(), 0, "a non-member moved the term");
     assert_eq!(r.leader(), None);
     // Even a member cannot push the term past MAX_TERM.
-    r.handle_message(20, heartbeat(2, 1, u64::MAX));
+    r.handle_message(20, heartbeat(NodeId::new(2), NodeId::new(1), u64::MAX));
     assert_eq!(r.term(), 0, "a term near overflow was adopted");
-    r.handle_message(30, heartbeat(2, 1, MAX_TERM + 1));
+    r.handle_message(30, heartbeat(NodeId::new(2), NodeId::new(1), MAX_TERM + 1));
     assert_eq!(r.term(), 0);
     // A member at a sane term is heard as before.
-    r.handle_message(40, heartbeat(2, 1, 5));
+    r.handle_message(40, heartbeat(NodeId::new(2), NodeId::new(1), 5));
     assert_eq!(r.term(), 5);
-    assert_eq!(r.leader(), Some(2));
+    assert_eq!(r.leader(), Some(NodeId::new(2)));
     assert_eq!(r.role(), Role::Follower);
 }
 
@@ -58,10 +62,10 @@ fn finding3_forged_max_term_from_a_non_member_is_ignored() {
 fn finding3_a_node_without_configuration_hears_any_authenticated_sender() {
     // Empty membership: a node that has not been given a configuration yet (e.g. one being
     // added) must be reachable by the leader that will replicate the configuration to it.
-    let mut r = core(4, &[]);
-    r.handle_message(10, heartbeat(1, 4, 3));
+    let mut r = core(NodeId::new(4), &[]);
+    r.handle_message(10, heartbeat(NodeId::new(1), NodeId::new(4), 3));
     assert_eq!(r.term(), 3);
-    r.handle_message(20, heartbeat(1, 4, u64::MAX));
+    r.handle_message(20, heartbeat(NodeId::new(1), NodeId::new(4), u64::MAX));
     assert_eq!(r.term(), 3, "a term near overflow was adopted");
 }
 
@@ -78,29 +82,36 @@ fn finding3_a_member_of_an_earlier_configuration_in_the_log_is_still_heard() {
             Entry {
                 term: 1,
                 index: 1,
-                payload: EntryPayload::Membership(Membership::with_voters([1, 2, 3])),
+                payload: EntryPayload::Membership(Membership::with_voters([
+                    NodeId::new(1),
+                    NodeId::new(2),
+                    NodeId::new(3),
+                ])),
             },
             Entry {
                 term: 1,
                 index: 2,
-                payload: EntryPayload::Membership(Membership::with_voters([1, 2])),
+                payload: EntryPayload::Membership(Membership::with_voters([
+                    NodeId::new(1),
+                    NodeId::new(2),
+                ])),
             },
         ],
-        base_membership: Membership::with_voters([1, 2]),
+        base_membership: Membership::with_voters([NodeId::new(1), NodeId::new(2)]),
         ..RestoreState::default()
     };
     let cfg = RaftConfig {
-        id: 1,
-        group: 0,
+        id: NodeId::new(1),
+        group: GroupId::FIRST,
         ..RaftConfig::default()
     };
     let mut r = match Raft::new(cfg, restore, 7, 0) {
         Ok(r) => r,
         Err(e) => panic!("core: {e}"),
     };
-    r.handle_message(10, heartbeat(777, 1, 4));
+    r.handle_message(10, heartbeat(NodeId::new(777), NodeId::new(1), 4));
     assert_eq!(r.term(), 1);
-    r.handle_message(20, heartbeat(3, 1, 4));
+    r.handle_message(20, heartbeat(NodeId::new(3), NodeId::new(1), 4));
     assert_eq!(
         r.term(),
         4,
@@ -117,14 +128,17 @@ fn finding3_a_member_of_an_earlier_configuration_in_the_log_is_still_heard() {
 #[test]
 fn a_lagging_node_follows_a_leader_added_after_its_log_ends() {
     // Voter 1 of {1, 2, 3} in term 0: a heartbeat of unknown 9 in term 4 is ignored...
-    let mut r = core(1, &[1, 2, 3]);
-    r.handle_message(10, heartbeat(9, 1, 4));
+    let mut r = core(
+        NodeId::new(1),
+        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+    );
+    r.handle_message(10, heartbeat(NodeId::new(9), NodeId::new(1), 4));
     assert_eq!((r.term(), r.leader()), (0, None));
     // ...and so is its vote request, in any term.
     let vote = |term| Message {
-        group: 0,
-        from: 9,
-        to: 1,
+        group: GroupId::FIRST,
+        from: NodeId::new(9),
+        to: NodeId::new(1),
         term,
         body: MessageBody::RequestVote {
             pre_vote: false,
@@ -140,9 +154,9 @@ fn a_lagging_node_follows_a_leader_added_after_its_log_ends() {
     r.handle_message(
         30,
         Message {
-            group: 0,
-            from: 2,
-            to: 1,
+            group: GroupId::FIRST,
+            from: NodeId::new(2),
+            to: NodeId::new(1),
             term: 4,
             body: MessageBody::RequestVoteResponse {
                 pre_vote: true,
@@ -151,23 +165,29 @@ fn a_lagging_node_follows_a_leader_added_after_its_log_ends() {
         },
     );
     assert_eq!((r.term(), r.leader()), (4, None));
-    r.handle_message(40, heartbeat(9, 1, 4));
-    assert_eq!((r.term(), r.leader()), (4, Some(9)));
+    r.handle_message(40, heartbeat(NodeId::new(9), NodeId::new(1), 4));
+    assert_eq!((r.term(), r.leader()), (4, Some(NodeId::new(9))));
     r.handle_message(50, vote(4));
     assert_eq!(r.term(), 4);
     // A second unknown sender claiming to lead the same term is not followed (a term has one
     // leader; the transport admits any authenticated peer, issue 14).
-    r.handle_message(60, heartbeat(8, 1, 4));
-    assert_eq!((r.term(), r.leader()), (4, Some(9)));
+    r.handle_message(60, heartbeat(NodeId::new(8), NodeId::new(1), 4));
+    assert_eq!((r.term(), r.leader()), (4, Some(NodeId::new(9))));
     // Nor one claiming a term whose leader is a known member.
-    let mut k = core(1, &[1, 2, 3]);
-    k.handle_message(10, heartbeat(2, 1, 5));
-    k.handle_message(20, heartbeat(9, 1, 5));
-    assert_eq!((k.term(), k.leader()), (5, Some(2)));
+    let mut k = core(
+        NodeId::new(1),
+        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+    );
+    k.handle_message(10, heartbeat(NodeId::new(2), NodeId::new(1), 5));
+    k.handle_message(20, heartbeat(NodeId::new(9), NodeId::new(1), 5));
+    assert_eq!((k.term(), k.leader()), (5, Some(NodeId::new(2))));
 
     // A learner (4, outside the voters {1, 2, 3}) adopts the newer term of an unknown leader.
-    let mut l = core(4, &[1, 2, 3]);
+    let mut l = core(
+        NodeId::new(4),
+        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+    );
     assert_eq!(l.role(), Role::Learner);
-    l.handle_message(10, heartbeat(9, 4, 6));
-    assert_eq!((l.term(), l.leader()), (6, Some(9)));
+    l.handle_message(10, heartbeat(NodeId::new(9), NodeId::new(4), 6));
+    assert_eq!((l.term(), l.leader()), (6, Some(NodeId::new(9))));
 }

@@ -7,6 +7,9 @@ use conclave_core::swim::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Node 1, as a pattern.
+const SEED: NodeId = NodeId::new(1);
+
 fn ident(id: NodeId) -> Identity {
     Identity {
         id,
@@ -59,7 +62,7 @@ fn drain(s: &mut Swim) -> Vec<Action> {
 
 /// A started node that knows `others`, with its start-up actions drained.
 fn node(id: NodeId, others: &[NodeId], cfg: SwimConfig) -> Swim {
-    let mut s = Swim::new(cfg, ident(id), id).expect("valid");
+    let mut s = Swim::new(cfg, ident(id), id.get()).expect("valid");
     s.preload(others.iter().map(|o| member(*o, 0)));
     s.start(0);
     drain(&mut s);
@@ -147,12 +150,12 @@ fn config_defaults_are_seed_000s_and_validation_names_the_key() {
         ..SwimConfig::default()
     };
     assert!(bad.validate().is_err());
-    assert!(Swim::new(SwimConfig::default(), ident(0), 1).is_err());
+    assert!(Swim::new(SwimConfig::default(), ident(NodeId::NONE), 1).is_err());
 }
 
 #[test]
 fn start_arms_the_cycle_within_one_period_and_the_announce_timer() {
-    let mut s = Swim::new(SwimConfig::default(), ident(1), 7).expect("valid");
+    let mut s = Swim::new(SwimConfig::default(), ident(NodeId::new(1)), 7).expect("valid");
     s.start(5_000);
     let t = timers(&drain(&mut s));
     assert_eq!(t.len(), 2);
@@ -163,16 +166,20 @@ fn start_arms_the_cycle_within_one_period_and_the_announce_timer() {
 
 #[test]
 fn small_cluster_probes_every_member_each_cycle() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     let a = cycle(&mut s, 1_000);
     let pings: Vec<NodeId> = sends(&a)
         .into_iter()
         .filter(|(_, b, _)| matches!(b, Body::Ping { .. }))
         .map(|(to, _, _)| to)
         .collect();
-    assert_eq!(pings, vec![2, 3]);
-    let p2 = ping_probe(&a, 2);
-    let p3 = ping_probe(&a, 3);
+    assert_eq!(pings, vec![NodeId::new(2), NodeId::new(3)]);
+    let p2 = ping_probe(&a, NodeId::new(2));
+    let p3 = ping_probe(&a, NodeId::new(3));
     assert_eq!(
         timers(&a),
         vec![
@@ -187,8 +194,8 @@ fn small_cluster_probes_every_member_each_cycle() {
 
 #[test]
 fn large_cluster_probes_one_member_per_cycle_round_robin() {
-    let others: Vec<NodeId> = (2..=20).collect();
-    let mut s = node(1, &others, SwimConfig::default());
+    let others: Vec<NodeId> = (2..=20).map(NodeId::new).collect();
+    let mut s = node(NodeId::new(1), &others, SwimConfig::default());
     let mut seen = Vec::new();
     for c in 1..=19u64 {
         let a = cycle(&mut s, c * 1_000);
@@ -201,7 +208,10 @@ fn large_cluster_probes_one_member_per_cycle_round_robin() {
         seen.push(pings[0]);
         // Answer so nobody becomes suspect.
         let probe = ping_probe(&a, pings[0]);
-        s.handle_message(c * 1_000 + 5, msg(pings[0], 1, Body::Ack { probe }, vec![]));
+        s.handle_message(
+            c * 1_000 + 5,
+            msg(pings[0], NodeId::new(1), Body::Ack { probe }, vec![]),
+        );
         drain(&mut s);
     }
     seen.sort_unstable();
@@ -213,15 +223,26 @@ fn large_cluster_probes_one_member_per_cycle_round_robin() {
 
 #[test]
 fn ping_is_answered_with_an_ack_of_the_same_probe() {
-    let mut s = node(1, &[2], SwimConfig::default());
-    s.handle_message(10, msg(2, 1, Body::Ping { probe: 77 }, vec![]));
+    let mut s = node(NodeId::new(1), &[NodeId::new(2)], SwimConfig::default());
+    s.handle_message(
+        10,
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            Body::Ping { probe: 77 },
+            vec![],
+        ),
+    );
     let a = drain(&mut s);
-    assert_eq!(sends(&a), vec![(2, &Body::Ack { probe: 77 }, &vec![])]);
+    assert_eq!(
+        sends(&a),
+        vec![(NodeId::new(2), &Body::Ack { probe: 77 }, &vec![])]
+    );
     match &a[0] {
         Action::Send { addr, msg, .. } => {
             assert_eq!(addr, "n2:7946");
-            assert_eq!(msg.from, 1);
-            assert_eq!(msg.to, 2);
+            assert_eq!(msg.from, NodeId::new(1));
+            assert_eq!(msg.to, NodeId::new(2));
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -229,14 +250,26 @@ fn ping_is_answered_with_an_ack_of_the_same_probe() {
 
 #[test]
 fn acked_probe_reports_rtt_and_suspects_nobody() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     let a = cycle(&mut s, 1_000);
-    let p2 = ping_probe(&a, 2);
-    s.handle_message(1_042, msg(2, 1, Body::Ack { probe: p2 }, vec![]));
+    let p2 = ping_probe(&a, NodeId::new(2));
+    s.handle_message(
+        1_042,
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            Body::Ack { probe: p2 },
+            vec![],
+        ),
+    );
     assert_eq!(
         drain(&mut s),
         vec![Action::RoundTrip {
-            peer: 2,
+            peer: NodeId::new(2),
             rtt_ms: 42
         }]
     );
@@ -244,18 +277,33 @@ fn acked_probe_reports_rtt_and_suspects_nobody() {
     assert!(drain(&mut s).is_empty(), "no ping-req for an acked probe");
     s.handle_timer(2_000, Timer::ProbeEnd { probe: p2 });
     assert!(drain(&mut s).is_empty());
-    assert_eq!(s.member(2).map(|m| m.state), Some(MemberState::Alive));
+    assert_eq!(
+        s.member(NodeId::new(2)).map(|m| m.state),
+        Some(MemberState::Alive)
+    );
 }
 
 #[test]
 fn unanswered_ping_triggers_ping_reqs_through_k_others_and_a_direct_retry() {
-    let mut s = node(1, &[2, 3, 4, 5], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[
+            NodeId::new(2),
+            NodeId::new(3),
+            NodeId::new(4),
+            NodeId::new(5),
+        ],
+        SwimConfig::default(),
+    );
     let a = cycle(&mut s, 1_000);
-    let p2 = ping_probe(&a, 2);
+    let p2 = ping_probe(&a, NodeId::new(2));
     s.handle_timer(1_300, Timer::ProbeTimeout { probe: p2 });
     let a = drain(&mut s);
     let sent = sends(&a);
-    assert_eq!(sent[0], (2, &Body::Ping { probe: p2 }, &vec![]));
+    assert_eq!(
+        sent[0],
+        (NodeId::new(2), &Body::Ping { probe: p2 }, &vec![])
+    );
     let mut helpers: Vec<NodeId> = sent[1..]
         .iter()
         .map(|(to, body, _)| {
@@ -263,7 +311,7 @@ fn unanswered_ping_triggers_ping_reqs_through_k_others_and_a_direct_retry() {
                 **body,
                 Body::PingReq {
                     probe: p2,
-                    target: 2,
+                    target: NodeId::new(2),
                     target_addr: "n2:7946".into()
                 }
             );
@@ -273,38 +321,48 @@ fn unanswered_ping_triggers_ping_reqs_through_k_others_and_a_direct_retry() {
     helpers.sort_unstable();
     assert_eq!(
         helpers,
-        vec![3, 4, 5],
+        vec![NodeId::new(3), NodeId::new(4), NodeId::new(5)],
         "k = indirect_probes = 3 helpers, never the target"
     );
     // An indirect ack saves the target.
     s.handle_message(
         1_500,
         msg(
-            3,
-            1,
+            NodeId::new(3),
+            NodeId::new(1),
             Body::IndirectAck {
                 probe: p2,
-                target: 2,
+                target: NodeId::new(2),
             },
             vec![],
         ),
     );
     s.handle_timer(2_000, Timer::ProbeEnd { probe: p2 });
     assert!(events(&drain(&mut s)).is_empty());
-    assert_eq!(s.member(2).map(|m| m.state), Some(MemberState::Alive));
+    assert_eq!(
+        s.member(NodeId::new(2)).map(|m| m.state),
+        Some(MemberState::Alive)
+    );
 }
 
 #[test]
 fn relay_pings_the_target_and_forwards_its_ack_or_nacks() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     let req = Body::PingReq {
         probe: 9,
-        target: 3,
+        target: NodeId::new(3),
         target_addr: "n3:7946".into(),
     };
-    s.handle_message(100, msg(2, 1, req.clone(), vec![]));
+    s.handle_message(
+        100,
+        msg(NodeId::new(2), NodeId::new(1), req.clone(), vec![]),
+    );
     let a = drain(&mut s);
-    let relay = ping_probe(&a, 3);
+    let relay = ping_probe(&a, NodeId::new(3));
     assert_eq!(
         timers(&a),
         vec![
@@ -312,14 +370,22 @@ fn relay_pings_the_target_and_forwards_its_ack_or_nacks() {
             (1_100, Timer::RelayExpire { probe: relay }),
         ]
     );
-    s.handle_message(150, msg(3, 1, Body::Ack { probe: relay }, vec![]));
+    s.handle_message(
+        150,
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Ack { probe: relay },
+            vec![],
+        ),
+    );
     assert_eq!(
         sends(&drain(&mut s)),
         vec![(
-            2,
+            NodeId::new(2),
             &Body::IndirectAck {
                 probe: 9,
-                target: 3
+                target: NodeId::new(3)
             },
             &vec![]
         )]
@@ -328,17 +394,17 @@ fn relay_pings_the_target_and_forwards_its_ack_or_nacks() {
     assert!(drain(&mut s).is_empty(), "no nack after an ack");
 
     // Second request: the target stays silent, so a nack goes back (Lifeguard §IV-A).
-    s.handle_message(2_000, msg(2, 1, req, vec![]));
+    s.handle_message(2_000, msg(NodeId::new(2), NodeId::new(1), req, vec![]));
     let a = drain(&mut s);
-    let relay = ping_probe(&a, 3);
+    let relay = ping_probe(&a, NodeId::new(3));
     s.handle_timer(2_300, Timer::RelayNack { probe: relay });
     assert_eq!(
         sends(&drain(&mut s)),
         vec![(
-            2,
+            NodeId::new(2),
             &Body::Nack {
                 probe: 9,
-                target: 3
+                target: NodeId::new(3)
             },
             &vec![]
         )]
@@ -348,9 +414,17 @@ fn relay_pings_the_target_and_forwards_its_ack_or_nacks() {
 /// Drives a failed probe of member 2 on node 1 of `{1, 2, 3}`; returns the end time.
 fn fail_probe_of_2(s: &mut Swim) -> u64 {
     let a = cycle(s, 1_000);
-    let p2 = ping_probe(&a, 2);
-    let p3 = ping_probe(&a, 3);
-    s.handle_message(1_010, msg(3, 1, Body::Ack { probe: p3 }, vec![]));
+    let p2 = ping_probe(&a, NodeId::new(2));
+    let p3 = ping_probe(&a, NodeId::new(3));
+    s.handle_message(
+        1_010,
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Ack { probe: p3 },
+            vec![],
+        ),
+    );
     s.handle_timer(1_300, Timer::ProbeTimeout { probe: p2 });
     drain(s);
     s.handle_timer(2_000, Timer::ProbeEnd { probe: p3 });
@@ -360,35 +434,47 @@ fn fail_probe_of_2(s: &mut Swim) -> u64 {
 
 #[test]
 fn failed_probe_suspects_then_the_suspicion_runs_out_into_dead() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     let t = fail_probe_of_2(&mut s);
     let a = drain(&mut s);
     let ev = events(&a);
     assert_eq!(ev.len(), 1);
-    assert!(matches!(&ev[0], Event::Suspect(m) if m.id == 2 && m.incarnation == 0));
+    assert!(matches!(&ev[0], Event::Suspect(m) if m.id == NodeId::new(2) && m.incarnation == 0));
     // Lifeguard: one possible confirmer (member 3), none yet, so the maximum: dead_timeout_s.
     assert!(timers(&a).contains(&(
         t + 30_000,
         Timer::Suspicion {
-            member: 2,
+            member: NodeId::new(2),
             incarnation: 0
         }
     )));
     assert_eq!(s.stats().suspicions_started, 1);
 
     // The suspicion rides the next frames, to the suspect first (buddy system).
-    s.handle_message(t + 100, msg(3, 1, Body::Ping { probe: 1 }, vec![]));
+    s.handle_message(
+        t + 100,
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Ping { probe: 1 },
+            vec![],
+        ),
+    );
     let a = drain(&mut s);
     let (_, _, ups) = sends(&a)[0];
-    assert!(ups
-        .iter()
-        .any(|u| u.id == 2 && u.state == MemberState::Suspect && u.by == 1));
+    assert!(ups.iter().any(|u| u.id == NodeId::new(2)
+        && u.state == MemberState::Suspect
+        && u.by == NodeId::new(1)));
 
     // Early timer (a stale one) does nothing; the right one declares dead.
     s.handle_timer(
         t + 29_999,
         Timer::Suspicion {
-            member: 2,
+            member: NodeId::new(2),
             incarnation: 0,
         },
     );
@@ -396,30 +482,42 @@ fn failed_probe_suspects_then_the_suspicion_runs_out_into_dead() {
     s.handle_timer(
         t + 30_000,
         Timer::Suspicion {
-            member: 2,
+            member: NodeId::new(2),
             incarnation: 0,
         },
     );
     let ev = events(&drain(&mut s));
-    assert!(matches!(&ev[..], [Event::Dead(m)] if m.id == 2));
-    assert_eq!(s.member(2).map(|m| m.state), Some(MemberState::Dead));
+    assert!(matches!(&ev[..], [Event::Dead(m)] if m.id == NodeId::new(2)));
+    assert_eq!(
+        s.member(NodeId::new(2)).map(|m| m.state),
+        Some(MemberState::Dead)
+    );
     assert_eq!(s.count(MemberState::Dead), 1);
     assert_eq!(s.count(MemberState::Alive), 1);
 }
 
 #[test]
 fn independent_confirmation_shortens_the_suspicion_to_suspect_timeout() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     let t = fail_probe_of_2(&mut s);
     drain(&mut s);
     // Member 3 suspects 2 independently: K = 1 reached, timeout = suspect_timeout_s.
     s.handle_message(
         t + 500,
         msg(
-            3,
-            1,
+            NodeId::new(3),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(2, 0, MemberState::Suspect, 3)],
+            vec![update(
+                NodeId::new(2),
+                0,
+                MemberState::Suspect,
+                NodeId::new(3),
+            )],
         ),
     );
     let a = drain(&mut s);
@@ -428,7 +526,7 @@ fn independent_confirmation_shortens_the_suspicion_to_suspect_timeout() {
         vec![(
             t + 10_000,
             Timer::Suspicion {
-                member: 2,
+                member: NodeId::new(2),
                 incarnation: 0
             }
         )]
@@ -436,11 +534,11 @@ fn independent_confirmation_shortens_the_suspicion_to_suspect_timeout() {
     s.handle_timer(
         t + 10_000,
         Timer::Suspicion {
-            member: 2,
+            member: NodeId::new(2),
             incarnation: 0,
         },
     );
-    assert!(matches!(&events(&drain(&mut s))[..], [Event::Dead(m)] if m.id == 2));
+    assert!(matches!(&events(&drain(&mut s))[..], [Event::Dead(m)] if m.id == NodeId::new(2)));
 }
 
 #[test]
@@ -449,13 +547,13 @@ fn without_lifeguard_the_suspicion_lasts_exactly_suspect_timeout() {
         lifeguard: false,
         ..SwimConfig::default()
     };
-    let mut s = node(1, &[2, 3], cfg);
+    let mut s = node(NodeId::new(1), &[NodeId::new(2), NodeId::new(3)], cfg);
     let t = fail_probe_of_2(&mut s);
     let a = drain(&mut s);
     assert!(timers(&a).contains(&(
         t + 10_000,
         Timer::Suspicion {
-            member: 2,
+            member: NodeId::new(2),
             incarnation: 0
         }
     )));
@@ -468,54 +566,87 @@ fn without_lifeguard_the_suspicion_lasts_exactly_suspect_timeout() {
 
 #[test]
 fn refutation_from_the_suspect_clears_the_suspicion() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     let t = fail_probe_of_2(&mut s);
     drain(&mut s);
     s.handle_message(
         t + 100,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(2, 1, MemberState::Alive, 2)],
+            vec![update(
+                NodeId::new(2),
+                1,
+                MemberState::Alive,
+                NodeId::new(2),
+            )],
         ),
     );
     let ev = events(&drain(&mut s));
-    assert!(matches!(&ev[..], [Event::Alive(m)] if m.id == 2 && m.incarnation == 1));
+    assert!(matches!(&ev[..], [Event::Alive(m)] if m.id == NodeId::new(2) && m.incarnation == 1));
     s.handle_timer(
         t + 30_000,
         Timer::Suspicion {
-            member: 2,
+            member: NodeId::new(2),
             incarnation: 0,
         },
     );
     assert!(events(&drain(&mut s)).is_empty(), "stale suspicion timer");
-    assert_eq!(s.member(2).map(|m| m.state), Some(MemberState::Alive));
+    assert_eq!(
+        s.member(NodeId::new(2)).map(|m| m.state),
+        Some(MemberState::Alive)
+    );
     // An alive rumor of the same incarnation does not override a suspicion (SWIM §4.2).
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     fail_probe_of_2(&mut s);
     s.handle_message(
         t + 100,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(2, 0, MemberState::Alive, 2)],
+            vec![update(
+                NodeId::new(2),
+                0,
+                MemberState::Alive,
+                NodeId::new(2),
+            )],
         ),
     );
-    assert_eq!(s.member(2).map(|m| m.state), Some(MemberState::Suspect));
+    assert_eq!(
+        s.member(NodeId::new(2)).map(|m| m.state),
+        Some(MemberState::Suspect)
+    );
 }
 
 #[test]
 fn suspected_node_refutes_with_a_higher_incarnation() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     s.handle_message(
         10,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(1, 0, MemberState::Suspect, 2)],
+            vec![update(
+                NodeId::new(1),
+                0,
+                MemberState::Suspect,
+                NodeId::new(2),
+            )],
         ),
     );
     let a = drain(&mut s);
@@ -526,12 +657,22 @@ fn suspected_node_refutes_with_a_higher_incarnation() {
         1,
         "being suspected raises the local health score"
     );
-    s.handle_message(20, msg(3, 1, Body::Ping { probe: 4 }, vec![]));
+    s.handle_message(
+        20,
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Ping { probe: 4 },
+            vec![],
+        ),
+    );
     let a = drain(&mut s);
     let (_, _, ups) = sends(&a)[0];
     assert_eq!(
         ups,
-        &vec![update(1, 1, MemberState::Alive, 1).with_meta_incarnation(1)]
+        &vec![
+            update(NodeId::new(1), 1, MemberState::Alive, NodeId::new(1)).with_meta_incarnation(1)
+        ]
     );
 }
 
@@ -548,26 +689,35 @@ impl WithMetaIncarnation for Update {
 
 #[test]
 fn dead_members_are_pruned_after_prune_timeout() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     s.handle_message(
         100,
-        msg(3, 1, Body::Gossip, vec![update(2, 0, MemberState::Dead, 3)]),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Gossip,
+            vec![update(NodeId::new(2), 0, MemberState::Dead, NodeId::new(3))],
+        ),
     );
-    assert!(matches!(&events(&drain(&mut s))[..], [Event::Dead(m)] if m.id == 2));
+    assert!(matches!(&events(&drain(&mut s))[..], [Event::Dead(m)] if m.id == NodeId::new(2)));
     let a = cycle(&mut s, 299_000);
     assert!(events(&a).is_empty());
     assert!(
-        s.member(2).is_some(),
+        s.member(NodeId::new(2)).is_some(),
         "kept (and reported) until prune_timeout_s"
     );
     let a = cycle(&mut s, 300_100);
-    assert_eq!(events(&a), vec![Event::Removed(2)]);
-    assert!(s.member(2).is_none());
+    assert_eq!(events(&a), vec![Event::Removed(NodeId::new(2))]);
+    assert!(s.member(NodeId::new(2)).is_none());
     assert_eq!(s.count(MemberState::Dead), 0);
     // Dead members are never probed.
     let pings = sends(&a)
         .into_iter()
-        .filter(|(to, b, _)| *to == 2 && matches!(b, Body::Ping { .. }))
+        .filter(|(to, b, _)| *to == NodeId::new(2) && matches!(b, Body::Ping { .. }))
         .count();
     assert_eq!(pings, 0);
 }
@@ -576,14 +726,14 @@ fn dead_members_are_pruned_after_prune_timeout() {
 fn frames_carry_at_most_rumor_limit_updates_and_each_rumor_a_bounded_number_of_times() {
     let cfg = SwimConfig::default();
     let limit = cfg.rumor_limit_per_frame;
-    let mut s = node(1, &[2], cfg);
+    let mut s = node(NodeId::new(1), &[NodeId::new(2)], cfg);
     // Twelve members join through gossip (five per frame, as a peer would send).
     for batch in (10..22u64).collect::<Vec<_>>().chunks(5) {
         let ups = batch
             .iter()
-            .map(|id| update(*id, 0, MemberState::Alive, *id))
+            .map(|id| update(NodeId::new(*id), 0, MemberState::Alive, NodeId::new(*id)))
             .collect();
-        s.handle_message(10, msg(2, 1, Body::Gossip, ups));
+        s.handle_message(10, msg(NodeId::new(2), NodeId::new(1), Body::Gossip, ups));
     }
     drain(&mut s);
     assert_eq!(s.pending_rumors(), 12);
@@ -592,7 +742,15 @@ fn frames_carry_at_most_rumor_limit_updates_and_each_rumor_a_bounded_number_of_t
     let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
     let mut frames = 0;
     while s.pending_rumors() > 0 {
-        s.handle_message(20, msg(2, 1, Body::Ping { probe: 1 }, vec![]));
+        s.handle_message(
+            20,
+            msg(
+                NodeId::new(2),
+                NodeId::new(1),
+                Body::Ping { probe: 1 },
+                vec![],
+            ),
+        );
         for (_, _, ups) in sends(&drain(&mut s)) {
             assert!(ups.len() <= limit, "{} rumors in one frame", ups.len());
             frames += 1;
@@ -613,12 +771,14 @@ fn join_retries_until_a_seed_answers_then_learns_the_view() {
         seeds: vec!["n1:7946".into(), "n4:7946".into()],
         ..SwimConfig::default()
     };
-    let mut j = Swim::new(cfg, ident(4), 3).expect("valid");
+    let mut j = Swim::new(cfg, ident(NodeId::new(4)), 3).expect("valid");
     j.start(0);
     let a = drain(&mut j);
     let joins: Vec<(NodeId, &Body)> = sends(&a).into_iter().map(|(t, b, _)| (t, b)).collect();
     assert_eq!(joins.len(), 1, "never joins through its own address");
-    assert!(matches!(joins[0], (0, Body::Join { member }) if member.id == 4));
+    assert!(
+        matches!(joins[0], (NodeId::NONE, Body::Join { member }) if member.id == NodeId::new(4))
+    );
     assert!(!j.is_joined());
     j.handle_timer(1_000, Timer::Announce { generation: 0 });
     let a = drain(&mut j);
@@ -626,14 +786,18 @@ fn join_retries_until_a_seed_answers_then_learns_the_view() {
     assert!(timers(&a).contains(&(2_000, Timer::Announce { generation: 0 })));
 
     // The seed adds the joiner, gossips it, and answers with its view.
-    let mut seed = node(1, &[2, 3], SwimConfig::default());
+    let mut seed = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     let join = match &a[0] {
         Action::Send { msg, .. } => msg.clone(),
         other => panic!("unexpected {other:?}"),
     };
     seed.handle_message(1_010, join);
     let a = drain(&mut seed);
-    assert!(matches!(&events(&a)[..], [Event::Joined(m)] if m.id == 4));
+    assert!(matches!(&events(&a)[..], [Event::Joined(m)] if m.id == NodeId::new(4)));
     let ack = a
         .iter()
         .find_map(|x| match x {
@@ -646,7 +810,7 @@ fn join_retries_until_a_seed_answers_then_learns_the_view() {
     match &ack.body {
         Body::JoinAck { members } => {
             let ids: Vec<NodeId> = members.iter().map(|u| u.id).collect();
-            assert_eq!(ids, vec![1, 2, 3]);
+            assert_eq!(ids, vec![NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -669,10 +833,19 @@ fn join_retries_until_a_seed_answers_then_learns_the_view() {
 
 #[test]
 fn restarted_node_learns_it_was_declared_dead_and_rejoins_with_a_higher_incarnation() {
-    let mut seed = node(1, &[2, 3], SwimConfig::default());
+    let mut seed = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     seed.handle_message(
         100,
-        msg(2, 1, Body::Gossip, vec![update(3, 0, MemberState::Dead, 2)]),
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            Body::Gossip,
+            vec![update(NodeId::new(3), 0, MemberState::Dead, NodeId::new(2))],
+        ),
     );
     drain(&mut seed);
     // Node 3 comes back with a fresh state (incarnation 0) and joins through node 1.
@@ -680,7 +853,7 @@ fn restarted_node_learns_it_was_declared_dead_and_rejoins_with_a_higher_incarnat
         seeds: vec!["n1:7946".into()],
         ..SwimConfig::default()
     };
-    let mut r = Swim::new(cfg, ident(3), 9).expect("valid");
+    let mut r = Swim::new(cfg, ident(NodeId::new(3)), 9).expect("valid");
     r.start(5_000);
     let join = drain(&mut r)
         .into_iter()
@@ -706,22 +879,29 @@ fn restarted_node_learns_it_was_declared_dead_and_rejoins_with_a_higher_incarnat
     // Its refutation reaches the seed with its next frame; the seed sees it rejoin.
     r.handle_timer(6_000, Timer::Cycle { generation: 0 });
     for action in drain(&mut r) {
-        if let Action::Send { to: 1, msg, .. } = action {
+        if let Action::Send { to: SEED, msg, .. } = action {
             seed.handle_message(6_010, msg);
         }
     }
     let ev = events(&drain(&mut seed));
     assert!(
         ev.iter()
-            .any(|e| matches!(e, Event::Joined(m) if m.id == 3 && m.incarnation == 1)),
+            .any(|e| matches!(e, Event::Joined(m) if m.id == NodeId::new(3) && m.incarnation == 1)),
         "{ev:?}"
     );
-    assert_eq!(seed.member(3).map(|m| m.state), Some(MemberState::Alive));
+    assert_eq!(
+        seed.member(NodeId::new(3)).map(|m| m.state),
+        Some(MemberState::Alive)
+    );
 }
 
 #[test]
 fn graceful_leave_tells_others_who_mark_it_left() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     s.leave(500);
     let a = drain(&mut s);
     let sent = sends(&a);
@@ -729,7 +909,7 @@ fn graceful_leave_tells_others_who_mark_it_left() {
     for (_, body, ups) in &sent {
         assert_eq!(**body, Body::Gossip);
         assert_eq!(ups[0].state, MemberState::Left);
-        assert_eq!(ups[0].id, 1);
+        assert_eq!(ups[0].id, NodeId::new(1));
     }
     assert!(s.has_left());
     assert!(cycle(&mut s, 1_000).is_empty(), "no probing after leaving");
@@ -737,20 +917,35 @@ fn graceful_leave_tells_others_who_mark_it_left() {
         Action::Send { msg, .. } => msg.clone(),
         other => panic!("unexpected {other:?}"),
     };
-    let mut other = node(2, &[1, 3], SwimConfig::default());
+    let mut other = node(
+        NodeId::new(2),
+        &[NodeId::new(1), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     other.handle_message(510, leave);
-    assert!(matches!(&events(&drain(&mut other))[..], [Event::Left(m)] if m.id == 1));
-    assert_eq!(other.member(1).map(|m| m.state), Some(MemberState::Left));
+    assert!(matches!(&events(&drain(&mut other))[..], [Event::Left(m)] if m.id == NodeId::new(1)));
+    assert_eq!(
+        other.member(NodeId::new(1)).map(|m| m.state),
+        Some(MemberState::Left)
+    );
 }
 
 #[test]
 fn metadata_is_published_and_merged_last_writer_wins() {
-    let mut a = node(1, &[2], SwimConfig::default());
+    let mut a = node(NodeId::new(1), &[NodeId::new(2)], SwimConfig::default());
     let mut entries = BTreeMap::new();
     entries.insert("load".to_owned(), "0.5".to_owned());
     a.set_metadata(10, entries.clone()).expect("valid metadata");
     assert_eq!(a.metadata().version, 1);
-    a.handle_message(20, msg(2, 1, Body::Ping { probe: 1 }, vec![]));
+    a.handle_message(
+        20,
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            Body::Ping { probe: 1 },
+            vec![],
+        ),
+    );
     let frame = drain(&mut a)
         .into_iter()
         .find_map(|x| match x {
@@ -758,7 +953,7 @@ fn metadata_is_published_and_merged_last_writer_wins() {
             _ => None,
         })
         .expect("ack");
-    let mut b = node(2, &[1], SwimConfig::default());
+    let mut b = node(NodeId::new(2), &[NodeId::new(1)], SwimConfig::default());
     b.handle_message(30, frame.clone());
     let ev = events(&drain(&mut b));
     assert!(matches!(&ev[..], [Event::MetadataChanged(m)] if m.metadata.entries == entries));
@@ -768,17 +963,29 @@ fn metadata_is_published_and_merged_last_writer_wins() {
     old.updates[0].metadata.entries.clear();
     b.handle_message(40, old);
     assert!(events(&drain(&mut b)).is_empty());
-    assert_eq!(b.member(1).map(|m| m.metadata.entries), Some(entries));
+    assert_eq!(
+        b.member(NodeId::new(1)).map(|m| m.metadata.entries),
+        Some(entries)
+    );
 }
 
 // ----- bad input (issue 6, item 4) -----
 
 #[test]
 fn forged_you_are_dead_is_refuted_and_the_own_view_stays_alive() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     s.handle_message(
         10,
-        msg(2, 1, Body::Gossip, vec![update(1, 0, MemberState::Dead, 2)]),
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            Body::Gossip,
+            vec![update(NodeId::new(1), 0, MemberState::Dead, NodeId::new(2))],
+        ),
     );
     assert_eq!(
         events(&drain(&mut s)),
@@ -787,20 +994,30 @@ fn forged_you_are_dead_is_refuted_and_the_own_view_stays_alive() {
     let me = &s.members()[0];
     assert_eq!(
         (me.id, me.state, me.incarnation),
-        (1, MemberState::Alive, 1)
+        (NodeId::new(1), MemberState::Alive, 1)
     );
     // A stale verdict (older incarnation) is not refuted again, but our alive rumor is
     // spread again for whoever still holds it.
     s.handle_message(
         20,
-        msg(2, 1, Body::Gossip, vec![update(1, 0, MemberState::Dead, 2)]),
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            Body::Gossip,
+            vec![update(NodeId::new(1), 0, MemberState::Dead, NodeId::new(2))],
+        ),
     );
     assert!(events(&drain(&mut s)).is_empty());
     assert_eq!(s.incarnation(), 1);
     // A forged "left".
     s.handle_message(
         30,
-        msg(3, 1, Body::Gossip, vec![update(1, 1, MemberState::Left, 1)]),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Gossip,
+            vec![update(NodeId::new(1), 1, MemberState::Left, NodeId::new(1))],
+        ),
     );
     assert_eq!(
         events(&drain(&mut s)),
@@ -811,16 +1028,25 @@ fn forged_you_are_dead_is_refuted_and_the_own_view_stays_alive() {
 
 #[test]
 fn rumor_about_an_incarnation_never_had_is_not_adopted_but_outbid() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     // "Node 1 is suspect at incarnation 7": we never had 7. We do not adopt it; we move
     // above it so the cluster believes us over the rumor.
     s.handle_message(
         10,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(1, 7, MemberState::Suspect, 2)],
+            vec![update(
+                NodeId::new(1),
+                7,
+                MemberState::Suspect,
+                NodeId::new(2),
+            )],
         ),
     );
     assert_eq!(
@@ -828,13 +1054,16 @@ fn rumor_about_an_incarnation_never_had_is_not_adopted_but_outbid() {
         vec![Event::Refuted { incarnation: 8 }]
     );
     // "Node 1 is alive at incarnation 20 with other metadata": also never ours.
-    let mut forged = update(1, 20, MemberState::Alive, 1);
+    let mut forged = update(NodeId::new(1), 20, MemberState::Alive, NodeId::new(1));
     forged
         .metadata
         .entries
         .insert("shards".into(), "all of them".into());
     forged.metadata.incarnation = 20;
-    s.handle_message(20, msg(2, 1, Body::Gossip, vec![forged]));
+    s.handle_message(
+        20,
+        msg(NodeId::new(2), NodeId::new(1), Body::Gossip, vec![forged]),
+    );
     assert_eq!(
         events(&drain(&mut s)),
         vec![Event::Refuted { incarnation: 21 }]
@@ -844,10 +1073,15 @@ fn rumor_about_an_incarnation_never_had_is_not_adopted_but_outbid() {
     s.handle_message(
         30,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(1, MAX_INCARNATION + 1, MemberState::Dead, 2)],
+            vec![update(
+                NodeId::new(1),
+                MAX_INCARNATION + 1,
+                MemberState::Dead,
+                NodeId::new(2),
+            )],
         ),
     );
     assert!(events(&drain(&mut s)).is_empty());
@@ -857,45 +1091,57 @@ fn rumor_about_an_incarnation_never_had_is_not_adopted_but_outbid() {
     s.handle_message(
         40,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(99, 3, MemberState::Dead, 2)],
+            vec![update(
+                NodeId::new(99),
+                3,
+                MemberState::Dead,
+                NodeId::new(2),
+            )],
         ),
     );
-    assert!(s.member(99).is_none());
+    assert!(s.member(NodeId::new(99)).is_none());
 }
 
 #[test]
 fn garbage_metadata_is_rejected_and_the_view_unchanged() {
     let cfg = SwimConfig::default();
-    let mut s = node(1, &[2, 3], cfg.clone());
-    let mut too_many = update(2, 1, MemberState::Alive, 2);
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        cfg.clone(),
+    );
+    let mut too_many = update(NodeId::new(2), 1, MemberState::Alive, NodeId::new(2));
     for i in 0..=cfg.max_metadata_entries {
         too_many
             .metadata
             .entries
             .insert(format!("k{i}"), "v".into());
     }
-    let mut too_big = update(2, 1, MemberState::Alive, 2);
+    let mut too_big = update(NodeId::new(2), 1, MemberState::Alive, NodeId::new(2));
     too_big
         .metadata
         .entries
         .insert("blob".into(), "x".repeat(cfg.max_metadata_bytes + 1));
-    let mut empty_key = update(2, 1, MemberState::Alive, 2);
+    let mut empty_key = update(NodeId::new(2), 1, MemberState::Alive, NodeId::new(2));
     empty_key.metadata.entries.insert(String::new(), "v".into());
-    let mut future_meta = update(2, 1, MemberState::Alive, 2);
+    let mut future_meta = update(NodeId::new(2), 1, MemberState::Alive, NodeId::new(2));
     future_meta.metadata.incarnation = 2;
-    let mut bad_addr = update(2, 1, MemberState::Alive, 2);
+    let mut bad_addr = update(NodeId::new(2), 1, MemberState::Alive, NodeId::new(2));
     bad_addr.addr = String::new();
     let garbage = vec![too_many, too_big, empty_key, future_meta, bad_addr];
     let n = garbage.len() as u64;
     for u in garbage {
-        s.handle_message(10, msg(2, 1, Body::Gossip, vec![u]));
+        s.handle_message(
+            10,
+            msg(NodeId::new(2), NodeId::new(1), Body::Gossip, vec![u]),
+        );
     }
     assert!(events(&drain(&mut s)).is_empty());
     assert_eq!(s.stats().rejected_updates, n);
-    assert_eq!(s.member(2), Some(member(2, 0)));
+    assert_eq!(s.member(NodeId::new(2)), Some(member(NodeId::new(2), 0)));
     // Our own metadata API refuses the same garbage.
     let mut e = BTreeMap::new();
     e.insert(String::new(), "v".to_owned());
@@ -905,20 +1151,53 @@ fn garbage_metadata_is_rejected_and_the_view_unchanged() {
 
 #[test]
 fn misaddressed_or_self_sent_frames_are_dropped() {
-    let mut s = node(1, &[2], SwimConfig::default());
-    s.handle_message(10, msg(2, 5, Body::Ping { probe: 1 }, vec![]));
-    s.handle_message(10, msg(1, 1, Body::Ping { probe: 1 }, vec![]));
-    s.handle_message(10, msg(0, 1, Body::Ping { probe: 1 }, vec![]));
+    let mut s = node(NodeId::new(1), &[NodeId::new(2)], SwimConfig::default());
+    s.handle_message(
+        10,
+        msg(
+            NodeId::new(2),
+            NodeId::new(5),
+            Body::Ping { probe: 1 },
+            vec![],
+        ),
+    );
+    s.handle_message(
+        10,
+        msg(
+            NodeId::new(1),
+            NodeId::new(1),
+            Body::Ping { probe: 1 },
+            vec![],
+        ),
+    );
+    s.handle_message(
+        10,
+        msg(
+            NodeId::NONE,
+            NodeId::new(1),
+            Body::Ping { probe: 1 },
+            vec![],
+        ),
+    );
     assert!(drain(&mut s).is_empty());
     assert_eq!(s.stats().rejected_messages, 3);
 }
 
 #[test]
 fn cut_off_node_drops_its_verdicts_and_re_announces_to_the_members_it_knew() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     s.handle_message(
         10,
-        msg(2, 1, Body::Gossip, vec![update(3, 0, MemberState::Dead, 2)]),
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            Body::Gossip,
+            vec![update(NodeId::new(3), 0, MemberState::Dead, NodeId::new(2))],
+        ),
     );
     drain(&mut s);
     assert_eq!(
@@ -928,7 +1207,12 @@ fn cut_off_node_drops_its_verdicts_and_re_announces_to_the_members_it_knew() {
     );
     s.handle_message(
         20,
-        msg(3, 1, Body::Gossip, vec![update(2, 0, MemberState::Dead, 3)]),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Gossip,
+            vec![update(NodeId::new(2), 0, MemberState::Dead, NodeId::new(3))],
+        ),
     );
     drain(&mut s);
     assert_eq!(
@@ -945,65 +1229,98 @@ fn cut_off_node_drops_its_verdicts_and_re_announces_to_the_members_it_knew() {
     let mut joins: Vec<(NodeId, MemberState)> = sends(&a)
         .into_iter()
         .map(|(to, body, ups)| {
-            assert!(matches!(body, Body::Join { member } if member.id == 1));
+            assert!(matches!(body, Body::Join { member } if member.id == NodeId::new(1)));
             // Buddy update first: the member learns we hold it dead, so it refutes.
             assert_eq!(ups[0].id, to);
             (to, ups[0].state)
         })
         .collect();
     joins.sort_unstable();
-    assert_eq!(joins, vec![(2, MemberState::Dead), (3, MemberState::Dead)]);
+    assert_eq!(
+        joins,
+        vec![
+            (NodeId::new(2), MemberState::Dead),
+            (NodeId::new(3), MemberState::Dead)
+        ]
+    );
 }
 
 #[test]
 fn join_answer_contradicting_a_verdict_tells_the_member_directly_without_broadcasting() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
     s.handle_message(
         10,
-        msg(3, 1, Body::Gossip, vec![update(2, 0, MemberState::Dead, 3)]),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Gossip,
+            vec![update(NodeId::new(2), 0, MemberState::Dead, NodeId::new(3))],
+        ),
     );
     drain(&mut s);
     assert_eq!(s.pending_rumors(), 1);
     let ack = Body::JoinAck {
         members: vec![
-            update(3, 0, MemberState::Alive, 3),
-            update(2, 0, MemberState::Alive, 2),
+            update(NodeId::new(3), 0, MemberState::Alive, NodeId::new(3)),
+            update(NodeId::new(2), 0, MemberState::Alive, NodeId::new(2)),
         ],
     };
-    s.handle_message(20, msg(3, 1, ack, vec![]));
+    s.handle_message(20, msg(NodeId::new(3), NodeId::new(1), ack, vec![]));
     let a = drain(&mut s);
     let sent = sends(&a);
     assert_eq!(sent.len(), 1);
     let (to, body, ups) = sent[0];
-    assert_eq!((to, body), (2, &Body::Gossip));
-    assert_eq!(ups[0], update(2, 0, MemberState::Dead, 3));
+    assert_eq!((to, body), (NodeId::new(2), &Body::Gossip));
+    assert_eq!(
+        ups[0],
+        update(NodeId::new(2), 0, MemberState::Dead, NodeId::new(3))
+    );
     assert_eq!(s.pending_rumors(), 0, "the verdict is no longer broadcast");
-    assert_eq!(s.member(2).map(|m| m.state), Some(MemberState::Dead));
+    assert_eq!(
+        s.member(NodeId::new(2)).map(|m| m.state),
+        Some(MemberState::Dead)
+    );
 }
 
 #[test]
 fn failed_probes_raise_local_health_which_stretches_the_period_and_timeouts() {
-    let mut s = node(1, &[2, 3, 4, 5], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[
+            NodeId::new(2),
+            NodeId::new(3),
+            NodeId::new(4),
+            NodeId::new(5),
+        ],
+        SwimConfig::default(),
+    );
     let a = cycle(&mut s, 1_000);
-    let p2 = ping_probe(&a, 2);
-    for target in 3..=5 {
+    let p2 = ping_probe(&a, NodeId::new(2));
+    for target in (3..=5).map(NodeId::new) {
         let p = ping_probe(&a, target);
-        s.handle_message(1_010, msg(target, 1, Body::Ack { probe: p }, vec![]));
+        s.handle_message(
+            1_010,
+            msg(target, NodeId::new(1), Body::Ack { probe: p }, vec![]),
+        );
         s.handle_timer(2_000, Timer::ProbeEnd { probe: p });
     }
     assert_eq!(s.local_health(), 0);
     s.handle_timer(1_300, Timer::ProbeTimeout { probe: p2 });
     drain(&mut s);
     // Two of the three helpers nack: one nack is missing.
-    for helper in [3, 4] {
+    for helper in [NodeId::new(3), NodeId::new(4)] {
         s.handle_message(
             1_700,
             msg(
                 helper,
-                1,
+                NodeId::new(1),
                 Body::Nack {
                     probe: p2,
-                    target: 2,
+                    target: NodeId::new(2),
                 },
                 vec![],
             ),
@@ -1015,29 +1332,37 @@ fn failed_probes_raise_local_health_which_stretches_the_period_and_timeouts() {
     let a = cycle(&mut s, 2_000);
     let t = timers(&a);
     assert_eq!(t.last(), Some(&(5_000, Timer::Cycle { generation: 0 })));
-    let p3 = ping_probe(&a, 3);
+    let p3 = ping_probe(&a, NodeId::new(3));
     assert!(t.contains(&(2_900, Timer::ProbeTimeout { probe: p3 })));
     assert!(t.contains(&(5_000, Timer::ProbeEnd { probe: p3 })));
     // Successful probes bring it back down.
-    s.handle_message(2_010, msg(3, 1, Body::Ack { probe: p3 }, vec![]));
+    s.handle_message(
+        2_010,
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            Body::Ack { probe: p3 },
+            vec![],
+        ),
+    );
     s.handle_timer(5_000, Timer::ProbeEnd { probe: p3 });
     assert_eq!(s.local_health(), 1);
 }
 
 #[test]
 fn at_most_rumor_limit_plus_the_buddy_update_are_read_from_a_frame() {
-    let mut s = node(1, &[2], SwimConfig::default());
+    let mut s = node(NodeId::new(1), &[NodeId::new(2)], SwimConfig::default());
     let flood: Vec<Update> = (100..200u64)
-        .map(|id| update(id, 0, MemberState::Alive, id))
+        .map(|id| update(NodeId::new(id), 0, MemberState::Alive, NodeId::new(id)))
         .collect();
-    s.handle_message(10, msg(2, 1, Body::Gossip, flood));
+    s.handle_message(10, msg(NodeId::new(2), NodeId::new(1), Body::Gossip, flood));
     drain(&mut s);
     assert_eq!(s.count(MemberState::Alive), 1 + 5 + 1);
 }
 
 #[test]
 fn starting_twice_arms_one_cycle() {
-    let mut s = Swim::new(SwimConfig::default(), ident(1), 7).expect("valid");
+    let mut s = Swim::new(SwimConfig::default(), ident(NodeId::new(1)), 7).expect("valid");
     s.start(0);
     drain(&mut s);
     s.start(10);
@@ -1046,10 +1371,10 @@ fn starting_twice_arms_one_cycle() {
 
 #[test]
 fn preloaded_members_publish_no_event_but_a_preloaded_suspect_is_timed() {
-    let mut s = Swim::new(SwimConfig::default(), ident(1), 1).expect("valid");
-    let mut suspect = member(3, 2);
+    let mut s = Swim::new(SwimConfig::default(), ident(NodeId::new(1)), 1).expect("valid");
+    let mut suspect = member(NodeId::new(3), 2);
     suspect.state = MemberState::Suspect;
-    s.preload(vec![member(2, 0), suspect]);
+    s.preload(vec![member(NodeId::new(2), 0), suspect]);
     let actions = drain(&mut s);
     assert!(events(&actions).is_empty(), "{actions:?}");
     // The suspicion of the preloaded suspect runs (unconfirmed: dead_timeout_s with Lifeguard).
@@ -1058,7 +1383,7 @@ fn preloaded_members_publish_no_event_but_a_preloaded_suspect_is_timed() {
         vec![(
             30_000,
             Timer::Suspicion {
-                member: 3,
+                member: NodeId::new(3),
                 incarnation: 2
             }
         )]
@@ -1072,15 +1397,28 @@ fn preloaded_members_publish_no_event_but_a_preloaded_suspect_is_timed() {
 /// suspicion at the highest acceptable incarnation is refuted with one every peer accepts.
 #[test]
 fn finding4_rumor_near_the_maximum_incarnation_cannot_poison_a_member() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
-    let mut peer = node(3, &[1, 2], SwimConfig::default());
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
+    let mut peer = node(
+        NodeId::new(3),
+        &[NodeId::new(1), NodeId::new(2)],
+        SwimConfig::default(),
+    );
     s.handle_message(
         10,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(1, (1 << 62) - 1, MemberState::Suspect, 2)],
+            vec![update(
+                NodeId::new(1),
+                (1 << 62) - 1,
+                MemberState::Suspect,
+                NodeId::new(2),
+            )],
         ),
     );
     assert!(
@@ -1093,22 +1431,35 @@ fn finding4_rumor_near_the_maximum_incarnation_cannot_poison_a_member() {
     peer.handle_message(
         10,
         msg(
-            1,
-            3,
+            NodeId::new(1),
+            NodeId::new(3),
             Body::Gossip,
-            vec![update(2, (1 << 62) - 1, MemberState::Suspect, 1)],
+            vec![update(
+                NodeId::new(2),
+                (1 << 62) - 1,
+                MemberState::Suspect,
+                NodeId::new(1),
+            )],
         ),
     );
-    assert_eq!(peer.member(2).map(|m| m.state), Some(MemberState::Alive));
+    assert_eq!(
+        peer.member(NodeId::new(2)).map(|m| m.state),
+        Some(MemberState::Alive)
+    );
     // The highest acceptable rumor is refuted, and the refutation is acceptable to peers.
     let top = MAX_RUMOR_INCARNATION - 1;
     s.handle_message(
         20,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(1, top, MemberState::Suspect, 2)],
+            vec![update(
+                NodeId::new(1),
+                top,
+                MemberState::Suspect,
+                NodeId::new(2),
+            )],
         ),
     );
     assert_eq!(
@@ -1122,43 +1473,70 @@ fn finding4_rumor_near_the_maximum_incarnation_cannot_poison_a_member() {
     peer.handle_message(
         30,
         msg(
-            2,
-            3,
+            NodeId::new(2),
+            NodeId::new(3),
             Body::Gossip,
-            vec![update(1, top, MemberState::Suspect, 2)],
+            vec![update(
+                NodeId::new(1),
+                top,
+                MemberState::Suspect,
+                NodeId::new(2),
+            )],
         ),
     );
-    assert_eq!(peer.member(1).map(|m| m.state), Some(MemberState::Suspect));
+    assert_eq!(
+        peer.member(NodeId::new(1)).map(|m| m.state),
+        Some(MemberState::Suspect)
+    );
     peer.handle_message(
         40,
         msg(
-            1,
-            3,
+            NodeId::new(1),
+            NodeId::new(3),
             Body::Gossip,
-            vec![update(1, top + 1, MemberState::Alive, 1)],
+            vec![update(
+                NodeId::new(1),
+                top + 1,
+                MemberState::Alive,
+                NodeId::new(1),
+            )],
         ),
     );
-    assert_eq!(peer.member(1).map(|m| m.state), Some(MemberState::Alive));
-    assert_eq!(peer.member(1).map(|m| m.incarnation), Some(top + 1));
+    assert_eq!(
+        peer.member(NodeId::new(1)).map(|m| m.state),
+        Some(MemberState::Alive)
+    );
+    assert_eq!(
+        peer.member(NodeId::new(1)).map(|m| m.incarnation),
+        Some(top + 1)
+    );
 }
 
 /// Issue 12, finding 4 (member side): a node whose own incarnation is at the maximum never
 /// refutes into an incarnation above it.
 #[test]
 fn finding4_a_member_never_refutes_into_an_invalid_incarnation() {
-    let mut s = Swim::new(SwimConfig::default(), ident(1), 1)
+    let mut s = Swim::new(SwimConfig::default(), ident(NodeId::new(1)), 1)
         .expect("valid")
         .with_incarnation(MAX_INCARNATION);
-    s.preload([member(2, 0)]);
+    s.preload([member(NodeId::new(2), 0)]);
     s.start(0);
     drain(&mut s);
     // A forged "alive" in our own name at our incarnation with other metadata would normally
     // be refuted one incarnation above: here that would be invalid, so it is not.
-    let mut forged = update(1, MAX_INCARNATION, MemberState::Alive, 1);
+    let mut forged = update(
+        NodeId::new(1),
+        MAX_INCARNATION,
+        MemberState::Alive,
+        NodeId::new(1),
+    );
     forged.metadata.incarnation = MAX_INCARNATION;
     forged.metadata.version = 9;
     forged.metadata.entries.insert("k".into(), "v".into());
-    s.handle_message(10, msg(2, 1, Body::Gossip, vec![forged]));
+    s.handle_message(
+        10,
+        msg(NodeId::new(2), NodeId::new(1), Body::Gossip, vec![forged]),
+    );
     let actions = drain(&mut s);
     assert!(
         events(&actions).is_empty(),
@@ -1175,17 +1553,25 @@ fn finding6_strangers_cannot_fill_the_member_table() {
     let fakes: Vec<Update> = (1000..1300)
         .map(|id| Update {
             addr: format!("10.66.{}.{}:7946", id / 256, id % 256),
-            ..update(id, 0, MemberState::Alive, id)
+            ..update(NodeId::new(id), 0, MemberState::Alive, NodeId::new(id))
         })
         .collect();
-    let mut s = node(1, &[2, 3], SwimConfig::default());
-    s.set_allowed_members(Some(BTreeSet::from([1, 2, 3])));
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
+    s.set_allowed_members(Some(BTreeSet::from([
+        NodeId::new(1),
+        NodeId::new(2),
+        NodeId::new(3),
+    ])));
     // From a stranger.
     s.handle_message(
         10,
         msg(
-            666,
-            1,
+            NodeId::new(666),
+            NodeId::new(1),
             Body::JoinAck {
                 members: fakes.clone(),
             },
@@ -1199,8 +1585,8 @@ fn finding6_strangers_cannot_fill_the_member_table() {
     s.handle_message(
         20,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::JoinAck {
                 members: fakes.clone(),
             },
@@ -1214,7 +1600,9 @@ fn finding6_strangers_cannot_fill_the_member_table() {
     );
     let actions = cycle(&mut s, 1000);
     assert!(
-        sends(&actions).iter().all(|(to, _, _)| [2, 3].contains(to)),
+        sends(&actions)
+            .iter()
+            .all(|(to, _, _)| [NodeId::new(2), NodeId::new(3)].contains(to)),
         "the node contacts a non-member"
     );
 
@@ -1223,8 +1611,16 @@ fn finding6_strangers_cannot_fill_the_member_table() {
         max_members: 50,
         ..SwimConfig::default()
     };
-    let mut open = node(1, &[2], cfg);
-    open.handle_message(10, msg(2, 1, Body::JoinAck { members: fakes }, vec![]));
+    let mut open = node(NodeId::new(1), &[NodeId::new(2)], cfg);
+    open.handle_message(
+        10,
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            Body::JoinAck { members: fakes },
+            vec![],
+        ),
+    );
     assert_eq!(open.members().len(), 51);
 }
 
@@ -1233,46 +1629,69 @@ fn finding6_strangers_cannot_fill_the_member_table() {
 /// a rumor relayed by another member brings it back.
 #[test]
 fn a_removed_member_is_marked_left_and_its_refutations_are_refused() {
-    let mut s = node(1, &[2, 3], SwimConfig::default());
-    s.set_allowed_members(Some(BTreeSet::from([1, 2])));
-    s.mark_left(10, 3);
+    let mut s = node(
+        NodeId::new(1),
+        &[NodeId::new(2), NodeId::new(3)],
+        SwimConfig::default(),
+    );
+    s.set_allowed_members(Some(BTreeSet::from([NodeId::new(1), NodeId::new(2)])));
+    s.mark_left(10, NodeId::new(3));
     let out = drain(&mut s);
     assert!(
-        matches!(events(&out).as_slice(), [Event::Left(m)] if m.id == 3),
+        matches!(events(&out).as_slice(), [Event::Left(m)] if m.id == NodeId::new(3)),
         "{:?}",
         events(&out)
     );
-    assert_eq!(s.member(3).map(|m| m.state), Some(MemberState::Left));
+    assert_eq!(
+        s.member(NodeId::new(3)).map(|m| m.state),
+        Some(MemberState::Left)
+    );
     assert_eq!(s.count(MemberState::Left), 1);
     assert_eq!(s.count(MemberState::Alive), 1);
     // No rumor is spread about it: the next frame to node 2 carries nothing about node 3.
     let out = cycle(&mut s, 1000);
     for (_, _, updates) in sends(&out) {
-        assert!(updates.iter().all(|u| u.id != 3), "{updates:?}");
+        assert!(
+            updates.iter().all(|u| u.id != NodeId::new(3)),
+            "{updates:?}"
+        );
     }
     // Its refutation (from itself, refused as a sender) and the same relayed by node 2.
     s.handle_message(
         1100,
         msg(
-            3,
-            1,
+            NodeId::new(3),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(3, 5, MemberState::Alive, 3)],
+            vec![update(
+                NodeId::new(3),
+                5,
+                MemberState::Alive,
+                NodeId::new(3),
+            )],
         ),
     );
     s.handle_message(
         1200,
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             Body::Gossip,
-            vec![update(3, 6, MemberState::Alive, 3)],
+            vec![update(
+                NodeId::new(3),
+                6,
+                MemberState::Alive,
+                NodeId::new(3),
+            )],
         ),
     );
-    assert_eq!(s.member(3).map(|m| m.state), Some(MemberState::Left));
+    assert_eq!(
+        s.member(NodeId::new(3)).map(|m| m.state),
+        Some(MemberState::Left)
+    );
     // Marking it again, or marking a stranger, changes nothing.
-    s.mark_left(1300, 3);
-    s.mark_left(1300, 99);
+    s.mark_left(1300, NodeId::new(3));
+    s.mark_left(1300, NodeId::new(99));
     assert!(events(&drain(&mut s)).is_empty());
     assert_eq!(s.count(MemberState::Left), 1);
 }

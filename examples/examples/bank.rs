@@ -9,6 +9,7 @@
 //! transfers and ends with the same balances — which the example checks by reading each node.
 
 use anyhow::{bail, Context, Result};
+use conclave::api::NodeId;
 use conclave::config::{Config, MemberConfig, ReadLevel};
 use conclave::node::{Node, NodeHandle, WriteResult};
 use conclave::state_machine::{LogIndex, SnapshotStreamError, StateMachine, StateMachineError};
@@ -186,7 +187,7 @@ pub struct BankRun {
     /// The outcome of each command, in the order they were sent.
     pub outcomes: Vec<BankOutput>,
     /// `(node id, balance of every account)` as each node's own replica reports it.
-    pub replicas: Vec<(u64, Balances)>,
+    pub replicas: Vec<(NodeId, Balances)>,
 }
 
 const ACCOUNTS: [&str; 3] = ["alice", "bob", "carol"];
@@ -317,7 +318,7 @@ fn local_cluster(n: u64, dir: &Path) -> Result<Vec<Config>> {
     let members = (1..=n)
         .map(|id| {
             Ok(MemberConfig {
-                id,
+                id: NodeId::new(id),
                 addr: free()?,
                 http: free()?,
             })

@@ -4,11 +4,15 @@
 //! cargo run -p examples --example ring
 //! ```
 
+use conclave::api::NodeId;
 use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 
 fn main() -> anyhow::Result<()> {
     let config = RingConfig::default();
-    let mut ring = Ring::with_nodes(config, (1..=5).map(|n| (n, DEFAULT_WEIGHT)))?;
+    let mut ring = Ring::with_nodes(
+        config,
+        (1..=5).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+    )?;
     println!(
         "ring: {} nodes, {} shards, replication factor {}, {} virtual nodes per node, {:?}",
         ring.len(),
@@ -45,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     println!("\nadding node 6");
-    let plan = ring.add_node(6, DEFAULT_WEIGHT)?;
+    let plan = ring.add_node(NodeId::new(6), DEFAULT_WEIGHT)?;
     for change in &plan.changes {
         let leader = if change.leader_changed() {
             format!(

@@ -13,6 +13,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use conclave::api::NodeId;
 use conclave::config::{Config, MemberConfig, ReadLevel};
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvOutput, KvQuery, KvRequest};
@@ -223,7 +224,7 @@ async fn write(
 /// The node that considers itself leader, other than `not` (a stopped node).
 async fn wait_for_leader(
     handles: &[NodeHandle<KvMachine>],
-    not: Option<u64>,
+    not: Option<NodeId>,
 ) -> Result<NodeHandle<KvMachine>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -287,7 +288,7 @@ fn local_cluster(n: u16, base: u16, dir: &Path) -> Result<Vec<Config>> {
     let members = (1..=n)
         .map(|i| {
             Ok(MemberConfig {
-                id: u64::from(i),
+                id: NodeId::new(u64::from(i)),
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port(i)?)),
                 http: SocketAddr::from((Ipv4Addr::LOCALHOST, port(100 + i)?)),
             })

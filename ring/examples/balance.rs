@@ -61,7 +61,9 @@ fn main() -> Result<(), RingError> {
         for vnodes in [50u32, 150, 500] {
             let mut stats: [Stat; 8] = Default::default();
             for draw in 0..DRAWS {
-                let ids: Vec<NodeId> = (1..=nodes).map(|i| mix64((draw << 32) | i)).collect();
+                let ids: Vec<NodeId> = (1..=nodes)
+                    .map(|i| NodeId::new(mix64((draw << 32) | i)))
+                    .collect();
                 let members = ids.len();
                 let build = |strategy| {
                     let cfg = RingConfig {
@@ -124,7 +126,9 @@ fn main() -> Result<(), RingError> {
     for nodes in [3u64, 5, 10, 50] {
         let mut stats: [Stat; 4] = Default::default();
         for draw in 0..DRAWS {
-            let ids: Vec<NodeId> = (1..=nodes).map(|i| mix64((draw << 32) | i)).collect();
+            let ids: Vec<NodeId> = (1..=nodes)
+                .map(|i| NodeId::new(mix64((draw << 32) | i)))
+                .collect();
             for (i, strategy) in [
                 PlacementStrategy::ConsistentHash,
                 PlacementStrategy::BoundedLoad,
@@ -139,7 +143,7 @@ fn main() -> Result<(), RingError> {
                 let ring = Ring::with_nodes(cfg, ids.iter().map(|&n| (n, DEFAULT_WEIGHT)))?;
                 let slots = (cfg.shards * u64::from(cfg.replication_factor)) as f64;
                 let mut grown = ring.clone();
-                let plan = grown.add_node(mix64(u64::MAX - draw), DEFAULT_WEIGHT)?;
+                let plan = grown.add_node(NodeId::new(mix64(u64::MAX - draw)), DEFAULT_WEIGHT)?;
                 let after = grown.effective_replication() as f64 * cfg.shards as f64;
                 let ideal = after.min(slots) / (nodes + 1) as f64;
                 stats[i].add(plan.moved_replicas() as f64 / ideal);

@@ -48,7 +48,7 @@ pub fn key_hash(key: &[u8]) -> u64 {
 #[inline]
 pub fn shard_for_hash(hash: u64, shards: u64) -> ShardId {
     // The high half of the 128-bit product is < shards for every hash.
-    ((u128::from(hash) * u128::from(shards)) >> 64) as u64
+    ShardId::new(((u128::from(hash) * u128::from(shards)) >> 64) as u64)
 }
 
 /// The shard a key belongs to among `shards` shards: `shard_for_hash(key_hash(key))`.
@@ -145,7 +145,7 @@ pub struct NodeKey(pub NodeId);
 
 impl Hash for NodeKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0);
+        state.write_u64(self.0.get());
     }
 }
 
@@ -157,7 +157,7 @@ pub struct ShardKey(pub ShardId);
 impl Hash for ShardKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(SHARD_TAG);
-        state.write_u64(self.0);
+        state.write_u64(self.0.get());
     }
 }
 
@@ -190,26 +190,35 @@ mod tests {
 
     #[test]
     fn shard_for_hash_covers_contiguous_ranges() {
-        assert_eq!(shard_for_hash(0, 64), 0);
-        assert_eq!(shard_for_hash(u64::MAX, 64), 63);
-        assert_eq!(shard_for_hash(1 << 58, 64), 1);
-        assert_eq!(shard_for_hash((1 << 58) - 1, 64), 0);
-        assert_eq!(shard_for_hash(u64::MAX, 1), 0);
+        assert_eq!(shard_for_hash(0, 64), ShardId::new(0));
+        assert_eq!(shard_for_hash(u64::MAX, 64), ShardId::new(63));
+        assert_eq!(shard_for_hash(1 << 58, 64), ShardId::new(1));
+        assert_eq!(shard_for_hash((1 << 58) - 1, 64), ShardId::new(0));
+        assert_eq!(shard_for_hash(u64::MAX, 1), ShardId::new(0));
     }
 
     #[test]
     fn doubling_shards_splits_each_shard_in_two() {
         for i in 0..10_000u64 {
             let h = key_hash(&i.to_le_bytes());
-            assert_eq!(shard_for_hash(h, 128) / 2, shard_for_hash(h, 64));
+            assert_eq!(
+                shard_for_hash(h, 128).get() / 2,
+                shard_for_hash(h, 64).get()
+            );
         }
     }
 
     #[test]
     fn hasher_matches_its_specification() {
-        assert_eq!(node_position(7), mix64(RING_SEED ^ 7));
-        assert_eq!(shard_position(7), mix64(mix64(RING_SEED ^ SHARD_TAG) ^ 7));
-        assert_ne!(node_position(7), shard_position(7));
+        assert_eq!(node_position(NodeId::new(7)), mix64(RING_SEED ^ 7));
+        assert_eq!(
+            shard_position(ShardId::new(7)),
+            mix64(mix64(RING_SEED ^ SHARD_TAG) ^ 7)
+        );
+        assert_ne!(
+            node_position(NodeId::new(7)),
+            shard_position(ShardId::new(7))
+        );
         let mut h = StableHasher::default();
         h.write_u32(9);
         let mut g = StableHasher::default();

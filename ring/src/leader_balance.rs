@@ -330,24 +330,69 @@ mod tests {
 
     #[test]
     fn targets_are_even_and_favour_who_leads_most() {
-        let t = targets(&counts(&[(1, 27), (2, 21), (3, 16)]));
-        assert_eq!(t, counts(&[(1, 22), (2, 21), (3, 21)]));
-        let t = targets(&counts(&[(1, 10), (2, 30), (3, 30), (4, 0)]));
-        assert_eq!(t, counts(&[(1, 17), (2, 18), (3, 18), (4, 17)]));
+        let t = targets(&counts(&[
+            (NodeId::new(1), 27),
+            (NodeId::new(2), 21),
+            (NodeId::new(3), 16),
+        ]));
+        assert_eq!(
+            t,
+            counts(&[
+                (NodeId::new(1), 22),
+                (NodeId::new(2), 21),
+                (NodeId::new(3), 21)
+            ])
+        );
+        let t = targets(&counts(&[
+            (NodeId::new(1), 10),
+            (NodeId::new(2), 30),
+            (NodeId::new(3), 30),
+            (NodeId::new(4), 0),
+        ]));
+        assert_eq!(
+            t,
+            counts(&[
+                (NodeId::new(1), 17),
+                (NodeId::new(2), 18),
+                (NodeId::new(3), 18),
+                (NodeId::new(4), 17)
+            ])
+        );
         assert!(targets(&BTreeMap::new()).is_empty());
     }
 
     #[test]
     fn quotas_move_exactly_the_surplus_to_the_deficits() {
-        let c = counts(&[(1, 27), (2, 21), (3, 16)]);
-        assert_eq!(quotas(&c), vec![(1, 3, 5)]);
-        let c = counts(&[(1, 30), (2, 30), (3, 4), (4, 0)]);
+        let c = counts(&[
+            (NodeId::new(1), 27),
+            (NodeId::new(2), 21),
+            (NodeId::new(3), 16),
+        ]);
+        assert_eq!(quotas(&c), vec![(NodeId::new(1), NodeId::new(3), 5)]);
+        let c = counts(&[
+            (NodeId::new(1), 30),
+            (NodeId::new(2), 30),
+            (NodeId::new(3), 4),
+            (NodeId::new(4), 0),
+        ]);
         let q = quotas(&c);
         // Targets 16 each: 1 and 2 give 14 each; 3 takes 12, 4 takes 16.
-        assert_eq!(q, vec![(1, 3, 12), (1, 4, 2), (2, 4, 14)]);
+        assert_eq!(
+            q,
+            vec![
+                (NodeId::new(1), NodeId::new(3), 12),
+                (NodeId::new(1), NodeId::new(4), 2),
+                (NodeId::new(2), NodeId::new(4), 14)
+            ]
+        );
         let moved: u64 = q.iter().map(|q| q.2).sum();
         assert_eq!(moved, 28);
-        assert!(quotas(&counts(&[(1, 22), (2, 21), (3, 21)])).is_empty());
+        assert!(quotas(&counts(&[
+            (NodeId::new(1), 22),
+            (NodeId::new(2), 21),
+            (NodeId::new(3), 21)
+        ]))
+        .is_empty());
     }
 
     // ---- A small cluster simulation: every node runs its own balancer. ------------------
@@ -387,15 +432,23 @@ mod tests {
                 replication_factor: rf,
                 ..RingConfig::default()
             };
-            let ring = Ring::with_nodes(cfg, (1..=nodes).map(|n| (n, DEFAULT_WEIGHT))).unwrap();
+            let ring = Ring::with_nodes(
+                cfg,
+                (1..=nodes).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+            )
+            .unwrap();
             let replicas: Vec<Vec<NodeId>> =
                 ring.placement().iter().map(|(_, r)| r.to_vec()).collect();
             let leader = replicas.iter().map(|r| leader(r)).collect();
             Cluster {
                 replicas,
                 leader,
-                published: (1..=nodes).map(|n| (n, Vec::new())).collect(),
+                published: (1..=nodes)
+                    .map(NodeId::new)
+                    .map(|n| (n, Vec::new()))
+                    .collect(),
                 balancers: (1..=nodes)
+                    .map(NodeId::new)
                     .map(|n| (n, LeaderBalancer::new(n, config())))
                     .collect(),
                 pending: Vec::new(),
@@ -451,7 +504,7 @@ mod tests {
                 self.pending
                     .retain(|p| p.2 > tick || self.refusing.contains(&p.1));
                 for (s, to) in done {
-                    self.leader[s as usize] = to;
+                    self.leader[s.get() as usize] = to;
                 }
                 // Leaders of dead nodes fail over to the first live replica.
                 for s in 0..self.replicas.len() {
@@ -481,7 +534,7 @@ mod tests {
                         led: (0..self.replicas.len())
                             .filter(|&s| self.leader[s] == me)
                             .map(|s| LedShard {
-                                shard: s as ShardId,
+                                shard: ShardId::new(s as u64),
                                 replicas: self.replicas[s]
                                     .iter()
                                     .filter(|&&r| r != me && !self.dead.contains(&r))
@@ -501,8 +554,15 @@ mod tests {
                     let out = b.tick(tick * TICK, &view);
                     self.max_outstanding = self.max_outstanding.max(b.in_flight());
                     for t in out {
-                        assert_eq!(self.leader[t.shard as usize], me, "{t:?} not led by {me}");
-                        assert!(self.replicas[t.shard as usize].contains(&t.to), "{t:?}");
+                        assert_eq!(
+                            self.leader[t.shard.get() as usize],
+                            me,
+                            "{t:?} not led by {me}"
+                        );
+                        assert!(
+                            self.replicas[t.shard.get() as usize].contains(&t.to),
+                            "{t:?}"
+                        );
                         assert!(!self.dead.contains(&t.to) && !self.lagging.contains(&t.to));
                         self.started += 1;
                         self.pending.push((t.shard, t.to, tick + 2));
@@ -521,7 +581,7 @@ mod tests {
     #[test]
     fn a_planted_skew_converges_with_the_fewest_moves_and_stays() {
         // Everything led by node 1: 3 nodes, 64 shards, every node a replica of every shard.
-        let mut c = Cluster::new(3, 64, 3, |_| 1);
+        let mut c = Cluster::new(3, 64, 3, |_| NodeId::new(1));
         let settled = c.run(400, 0, |_, _| 3);
         assert_balanced(&c);
         // 64 → 22/21/21: 42 shards had to move, and none moved twice.
@@ -551,7 +611,7 @@ mod tests {
                     }
                 },
             );
-            c.run(600, 0, |v, n| 2 + (v + n) % 3);
+            c.run(600, 0, |v, n| 2 + (v.get() + n.get()) % 3);
             assert!(!skew || c.started > 0);
             let counts = c.counts();
             let (max, min) = (
@@ -560,7 +620,7 @@ mod tests {
             );
             assert!(min > 0 && max * 2 <= min * 3, "skew {skew}: {counts:?}");
             let started = c.started;
-            c.run(1_000, 600, |v, n| 2 + (v + n) % 3);
+            c.run(1_000, 600, |v, n| 2 + (v.get() + n.get()) % 3);
             assert_eq!(c.started, started, "skew {skew}: moved after settling");
         }
     }
@@ -570,28 +630,28 @@ mod tests {
         let mut c = Cluster::new(5, 64, 3, |r| r[0]);
         c.run(300, 0, |_, _| 2);
         assert_balanced(&c);
-        c.dead.insert(3);
+        c.dead.insert(NodeId::new(3));
         c.run(600, 300, |_, _| 2);
         let counts = c.counts();
-        assert!(!counts.contains_key(&3));
-        assert!(c.leader.iter().all(|&l| l != 3));
+        assert!(!counts.contains_key(&NodeId::new(3)));
+        assert!(c.leader.iter().all(|&l| l != NodeId::new(3)));
         let (max, min) = (
             *counts.values().max().unwrap(),
             *counts.values().min().unwrap(),
         );
         assert!(max * 2 <= min * 3, "{counts:?}");
         // It comes back with nothing led and gets its share again.
-        c.dead.remove(&3);
+        c.dead.remove(&NodeId::new(3));
         c.run(600, 900, |_, _| 2);
         assert_balanced(&c);
     }
 
     #[test]
     fn lagging_replicas_are_never_targets() {
-        let mut c = Cluster::new(3, 64, 3, |_| 1);
-        c.lagging.insert(3);
+        let mut c = Cluster::new(3, 64, 3, |_| NodeId::new(1));
+        c.lagging.insert(NodeId::new(3));
         c.run(400, 0, |_, _| 1);
-        assert!(c.leader.iter().all(|&l| l != 3));
+        assert!(c.leader.iter().all(|&l| l != NodeId::new(3)));
         // 1 and 2 share what they can: 3's quota is never met, and nothing flaps.
         let started = c.started;
         c.run(1_000, 400, |_, _| 1);
@@ -604,14 +664,14 @@ mod tests {
 
     #[test]
     fn a_refused_transfer_is_given_up_and_not_retried_at_once() {
-        let mut c = Cluster::new(3, 64, 3, |_| 1);
-        c.refusing.insert(3);
+        let mut c = Cluster::new(3, 64, 3, |_| NodeId::new(1));
+        c.refusing.insert(NodeId::new(3));
         // 20 s: the transfers to 3 time out after 1 s; the same shard is offered to 3 again
         // only after 10 s.
         c.run(200, 0, |_, _| 1);
-        let b = &c.balancers[&1];
+        let b = &c.balancers[&NodeId::new(1)];
         assert!(b.stats().abandoned > 0);
-        assert!(c.leader.iter().all(|&l| l != 3));
+        assert!(c.leader.iter().all(|&l| l != NodeId::new(3)));
         assert!(c.max_outstanding <= config().max_in_flight);
         // Bounded by the retry pause: at most 4 shards per settle+timeout window, each shard
         // retried at most twice in 20 s.
@@ -624,38 +684,44 @@ mod tests {
 
     #[test]
     fn nobody_acts_before_the_counts_settle_or_while_one_is_unknown() {
-        let mut b = LeaderBalancer::new(1, config());
+        let mut b = LeaderBalancer::new(NodeId::new(1), config());
         let led: Vec<LedShard> = (0..6)
             .map(|s| LedShard {
-                shard: s,
+                shard: ShardId::new(s),
                 replicas: vec![Replica {
-                    node: 2,
+                    node: NodeId::new(2),
                     lag: Some(0),
                 }],
             })
             .collect();
         let view = BalanceView {
-            counts: [(1, Some(6)), (2, Some(0))].into_iter().collect(),
+            counts: [(NodeId::new(1), Some(6)), (NodeId::new(2), Some(0))]
+                .into_iter()
+                .collect(),
             led: led.clone(),
         };
         assert!(b.tick(0, &view).is_empty());
         assert!(b.tick(499, &view).is_empty());
         assert_eq!(b.tick(500, &view).len(), 3);
         // An unpublished count, or a published count of this node that is not what it leads.
-        let mut b = LeaderBalancer::new(1, config());
+        let mut b = LeaderBalancer::new(NodeId::new(1), config());
         let unknown = BalanceView {
-            counts: [(1, Some(6)), (2, None)].into_iter().collect(),
+            counts: [(NodeId::new(1), Some(6)), (NodeId::new(2), None)]
+                .into_iter()
+                .collect(),
             led: led.clone(),
         };
         assert!(b.tick(0, &unknown).is_empty() && b.tick(10_000, &unknown).is_empty());
-        let mut b = LeaderBalancer::new(1, config());
+        let mut b = LeaderBalancer::new(NodeId::new(1), config());
         let stale_self = BalanceView {
-            counts: [(1, Some(5)), (2, Some(0))].into_iter().collect(),
+            counts: [(NodeId::new(1), Some(5)), (NodeId::new(2), Some(0))]
+                .into_iter()
+                .collect(),
             led,
         };
         assert!(b.tick(0, &stale_self).is_empty() && b.tick(10_000, &stale_self).is_empty());
         // A node that may not lead (drained: not among the counts) moves nothing itself.
-        let mut b = LeaderBalancer::new(3, config());
+        let mut b = LeaderBalancer::new(NodeId::new(3), config());
         assert!(b.tick(0, &view).is_empty() && b.tick(10_000, &view).is_empty());
     }
 
@@ -664,11 +730,11 @@ mod tests {
         // Counts reach the others 8-12 ticks late, the settle time is 5: nodes act on older
         // plans than their peers, some moves overshoot, later rounds correct them.
         let mut c = Cluster::new(5, 64, 3, |r| *r.iter().min().unwrap());
-        c.run(3_000, 0, |v, n| 8 + (v * 7 + n) % 5);
+        c.run(3_000, 0, |v, n| 8 + (v.get() * 7 + n.get()) % 5);
         let counts = c.counts();
         assert!(spread(&counts) <= 2, "{counts:?}");
         let started = c.started;
-        c.run(2_000, 3_000, |v, n| 8 + (v * 7 + n) % 5);
+        c.run(2_000, 3_000, |v, n| 8 + (v.get() * 7 + n.get()) % 5);
         assert_eq!(c.started, started, "moved after settling");
     }
 

@@ -37,7 +37,7 @@ impl Placement {
     /// The ordered replicas of `shard`, or `None` if the shard does not exist.
     #[inline]
     pub fn replicas(&self, shard: ShardId) -> Option<&[NodeId]> {
-        usize::try_from(shard)
+        usize::try_from(shard.get())
             .ok()
             .and_then(|i| self.shards.get(i))
             .map(Vec::as_slice)
@@ -53,7 +53,7 @@ impl Placement {
         self.shards
             .iter()
             .enumerate()
-            .map(|(i, r)| (i as ShardId, r.as_slice()))
+            .map(|(i, r)| (ShardId::new(i as u64), r.as_slice()))
     }
 
     /// Replica slots held by each node that appears in the placement.
@@ -181,7 +181,7 @@ pub fn diff(from: &Placement, to: &Placement) -> Result<PlacementDiff, RingError
         .enumerate()
         .filter(|(_, (a, b))| a != b)
         .map(|(i, (a, b))| ShardChange {
-            shard: i as ShardId,
+            shard: ShardId::new(i as u64),
             before: a.clone(),
             after: b.clone(),
             // Replica lists are at most a handful long: linear `contains` beats hashing.
@@ -199,15 +199,23 @@ mod tests {
 
     #[test]
     fn diff_reports_added_removed_and_leader() {
-        let a = Placement::from_shards(vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]]);
-        let b = Placement::from_shards(vec![vec![1, 2, 3], vec![4, 3, 1], vec![1, 3, 2]]);
+        let a = Placement::from_shards(vec![
+            vec![NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            vec![NodeId::new(2), NodeId::new(3), NodeId::new(1)],
+            vec![NodeId::new(3), NodeId::new(1), NodeId::new(2)],
+        ]);
+        let b = Placement::from_shards(vec![
+            vec![NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            vec![NodeId::new(4), NodeId::new(3), NodeId::new(1)],
+            vec![NodeId::new(1), NodeId::new(3), NodeId::new(2)],
+        ]);
         let d = diff(&a, &b).unwrap();
         assert_eq!(d.changes.len(), 2);
-        assert_eq!(d.changes[0].shard, 1);
-        assert_eq!(d.changes[0].added, vec![4]);
-        assert_eq!(d.changes[0].removed, vec![2]);
+        assert_eq!(d.changes[0].shard, ShardId::new(1));
+        assert_eq!(d.changes[0].added, vec![NodeId::new(4)]);
+        assert_eq!(d.changes[0].removed, vec![NodeId::new(2)]);
         assert!(d.changes[0].leader_changed());
-        assert_eq!(d.changes[1].shard, 2);
+        assert_eq!(d.changes[1].shard, ShardId::new(2));
         assert!(d.changes[1].added.is_empty());
         assert!(d.changes[1].leader_changed());
         assert_eq!(d.moved_replicas(), 1);
@@ -229,10 +237,24 @@ mod tests {
 
     #[test]
     fn loads_count_slots_and_leaders() {
-        let p = Placement::from_shards(vec![vec![1, 2], vec![2, 3], vec![2, 1]]);
-        assert_eq!(p.replica_load(), BTreeMap::from([(1, 2), (2, 3), (3, 1)]));
-        assert_eq!(p.leader_load(), BTreeMap::from([(1, 1), (2, 2)]));
-        assert_eq!(p.leader(1), Some(2));
-        assert_eq!(p.replicas(3), None);
+        let p = Placement::from_shards(vec![
+            vec![NodeId::new(1), NodeId::new(2)],
+            vec![NodeId::new(2), NodeId::new(3)],
+            vec![NodeId::new(2), NodeId::new(1)],
+        ]);
+        assert_eq!(
+            p.replica_load(),
+            BTreeMap::from([
+                (NodeId::new(1), 2),
+                (NodeId::new(2), 3),
+                (NodeId::new(3), 1)
+            ])
+        );
+        assert_eq!(
+            p.leader_load(),
+            BTreeMap::from([(NodeId::new(1), 1), (NodeId::new(2), 2)])
+        );
+        assert_eq!(p.leader(ShardId::new(1)), Some(NodeId::new(2)));
+        assert_eq!(p.replicas(ShardId::new(3)), None);
     }
 }

@@ -351,7 +351,7 @@ impl Ring {
     /// of `consistent_hash_ring`): the first `replication_factor` are the pure
     /// consistent-hashing replicas.
     pub fn preference(&self, shard: ShardId) -> Option<&[NodeId]> {
-        usize::try_from(shard)
+        usize::try_from(shard.get())
             .ok()
             .and_then(|i| self.prefs.get(i))
             .map(Vec::as_slice)
@@ -484,7 +484,11 @@ impl Ring {
         let inner = &self.inner;
         for (shard, prefs) in self.prefs.iter_mut().enumerate() {
             prefs.clear();
-            prefs.extend(inner.replicas(ShardKey(shard as ShardId)).map(|n| n.0));
+            prefs.extend(
+                inner
+                    .replicas(ShardKey(ShardId::new(shard as u64)))
+                    .map(|n| n.0),
+            );
         }
     }
 
@@ -900,7 +904,11 @@ mod tests {
     use super::*;
 
     fn five() -> Ring {
-        Ring::with_nodes(RingConfig::default(), (1..=5).map(|n| (n, DEFAULT_WEIGHT))).unwrap()
+        Ring::with_nodes(
+            RingConfig::default(),
+            (1..=5).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -934,33 +942,39 @@ mod tests {
     fn membership_errors() {
         let mut ring = five();
         assert_eq!(
-            ring.add_node(3, DEFAULT_WEIGHT),
-            Err(RingError::NodeExists(3))
+            ring.add_node(NodeId::new(3), DEFAULT_WEIGHT),
+            Err(RingError::NodeExists(NodeId::new(3)))
         );
-        assert_eq!(ring.remove_node(9), Err(RingError::UnknownNode(9)));
-        assert_eq!(ring.set_weight(9, 100), Err(RingError::UnknownNode(9)));
+        assert_eq!(
+            ring.remove_node(NodeId::new(9)),
+            Err(RingError::UnknownNode(NodeId::new(9)))
+        );
+        assert_eq!(
+            ring.set_weight(NodeId::new(9), 100),
+            Err(RingError::UnknownNode(NodeId::new(9)))
+        );
         assert!(matches!(
-            ring.add_node(9, 0),
-            Err(RingError::InvalidWeight { node: 9, .. })
+            ring.add_node(NodeId::new(9), 0),
+            Err(RingError::InvalidWeight { node, .. }) if node == NodeId::new(9)
         ));
         assert!(matches!(
-            ring.set_weight(1, 0),
-            Err(RingError::InvalidWeight { node: 1, .. })
+            ring.set_weight(NodeId::new(1), 0),
+            Err(RingError::InvalidWeight { node, .. }) if node == NodeId::new(1)
         ));
         assert!(matches!(
-            ring.replicas(64),
-            Err(RingError::UnknownShard {
-                shard: 64,
-                shards: 64
-            })
+            ring.replicas(ShardId::new(64)),
+            Err(RingError::UnknownShard { shard, shards: 64 }) if shard == ShardId::new(64)
         ));
         assert!(matches!(
-            Ring::with_nodes(RingConfig::default(), [(1, 100), (1, 100)]),
-            Err(RingError::NodeExists(1))
+            Ring::with_nodes(RingConfig::default(), [(NodeId::new(1), 100), (NodeId::new(1), 100)]),
+            Err(RingError::NodeExists(n)) if n == NodeId::new(1)
         ));
         // A failed call leaves the ring untouched.
         assert_eq!(ring, five());
-        assert!(ring.set_weight(1, DEFAULT_WEIGHT).unwrap().is_empty());
+        assert!(ring
+            .set_weight(NodeId::new(1), DEFAULT_WEIGHT)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -969,16 +983,16 @@ mod tests {
         assert!(ring.is_empty());
         assert!(ring.route(b"k").replicas.is_empty());
         assert_eq!(ring.ring_owner(b"k"), None);
-        let d = ring.add_node(7, DEFAULT_WEIGHT).unwrap();
+        let d = ring.add_node(NodeId::new(7), DEFAULT_WEIGHT).unwrap();
         assert_eq!(d.changes.len(), 64);
-        assert_eq!(ring.route(b"k").replicas, vec![7]);
-        ring.add_node(8, DEFAULT_WEIGHT).unwrap();
+        assert_eq!(ring.route(b"k").replicas, vec![NodeId::new(7)]);
+        ring.add_node(NodeId::new(8), DEFAULT_WEIGHT).unwrap();
         assert_eq!(ring.effective_replication(), 2);
         assert!(ring.placement().iter().all(|(_, r)| r.len() == 2));
-        let d = ring.remove_node(7).unwrap();
+        let d = ring.remove_node(NodeId::new(7)).unwrap();
         assert_eq!(d.dropped_replicas(), 64);
-        assert!(ring.placement().iter().all(|(_, r)| r == [8]));
-        ring.remove_node(8).unwrap();
+        assert!(ring.placement().iter().all(|(_, r)| r == [NodeId::new(8)]));
+        ring.remove_node(NodeId::new(8)).unwrap();
         assert!(ring.placement().iter().all(|(_, r)| r.is_empty()));
     }
 
@@ -991,8 +1005,15 @@ mod tests {
         let leaders = ring.placement().leader_load();
         assert!(leaders.values().all(|&l| l == 12 || l == 13), "{leaders:?}");
 
-        let weighted =
-            Ring::with_nodes(RingConfig::default(), [(1, 100), (2, 100), (3, 200)]).unwrap();
+        let weighted = Ring::with_nodes(
+            RingConfig::default(),
+            [
+                (NodeId::new(1), 100),
+                (NodeId::new(2), 100),
+                (NodeId::new(3), 200),
+            ],
+        )
+        .unwrap();
         // rf 3 with 3 nodes: everyone holds every shard whatever the weights.
         assert!(weighted
             .placement()
@@ -1001,23 +1022,34 @@ mod tests {
             .all(|&l| l == 64));
         let weighted = Ring::with_nodes(
             RingConfig::default(),
-            [(1, 100), (2, 100), (3, 100), (4, 200)],
+            [
+                (NodeId::new(1), 100),
+                (NodeId::new(2), 100),
+                (NodeId::new(3), 100),
+                (NodeId::new(4), 200),
+            ],
         )
         .unwrap();
         let load = weighted.placement().replica_load();
         assert_eq!(
-            load[&4], 64,
+            load[&NodeId::new(4)],
+            64,
             "share 76.8 is capped at one replica per shard"
         );
-        assert!(load[&1] >= 42 && load[&1] <= 43, "{load:?}");
+        assert!(
+            load[&NodeId::new(1)] >= 42 && load[&NodeId::new(1)] <= 43,
+            "{load:?}"
+        );
     }
 
     #[test]
     fn leaders_are_balanced_after_build_and_rebalance() {
         for n in [4u64, 10, 50] {
-            let mut ring =
-                Ring::with_nodes(RingConfig::default(), (1..=n).map(|i| (i, DEFAULT_WEIGHT)))
-                    .unwrap();
+            let mut ring = Ring::with_nodes(
+                RingConfig::default(),
+                (1..=n).map(NodeId::new).map(|i| (i, DEFAULT_WEIGHT)),
+            )
+            .unwrap();
             let cap = 64usize.div_ceil(n as usize);
             let max = |r: &Ring| r.placement().leader_load().values().copied().max().unwrap();
             assert!(
@@ -1025,18 +1057,18 @@ mod tests {
                 "{n} nodes: {:?}",
                 ring.placement().leader_load()
             );
-            ring.add_node(1000, DEFAULT_WEIGHT).unwrap();
+            ring.add_node(NodeId::new(1000), DEFAULT_WEIGHT).unwrap();
             let led = ring
                 .placement()
                 .leader_load()
-                .get(&1000)
+                .get(&NodeId::new(1000))
                 .copied()
                 .unwrap_or(0);
             assert!(
                 led <= 64usize.div_ceil(n as usize + 1),
                 "{n} nodes: new node leads {led}"
             );
-            ring.remove_node(2).unwrap();
+            ring.remove_node(NodeId::new(2)).unwrap();
             ring.rebalance();
             assert!(
                 max(&ring) <= 64usize.div_ceil(n as usize),
@@ -1047,12 +1079,16 @@ mod tests {
 
     #[test]
     fn ring_shares_sum_to_one_and_follow_weights() {
-        let ring = Ring::with_nodes(RingConfig::default(), [(1, 100), (2, 300)]).unwrap();
+        let ring = Ring::with_nodes(
+            RingConfig::default(),
+            [(NodeId::new(1), 100), (NodeId::new(2), 300)],
+        )
+        .unwrap();
         let shares = ring.ring_shares();
         let total: f64 = shares.values().sum();
         assert!((total - 1.0).abs() < 1e-9);
-        assert!(shares[&2] > 0.6, "{shares:?}");
-        assert!(ring.preference(0).unwrap().len() == 2);
+        assert!(shares[&NodeId::new(2)] > 0.6, "{shares:?}");
+        assert!(ring.preference(ShardId::new(0)).unwrap().len() == 2);
     }
 
     #[test]
@@ -1070,10 +1106,13 @@ mod tests {
 
     #[test]
     fn rebalance_after_removals_restores_even_loads() {
-        let mut ring =
-            Ring::with_nodes(RingConfig::default(), (1..=10).map(|n| (n, DEFAULT_WEIGHT))).unwrap();
-        ring.remove_node(3).unwrap();
-        ring.remove_node(7).unwrap();
+        let mut ring = Ring::with_nodes(
+            RingConfig::default(),
+            (1..=10).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+        )
+        .unwrap();
+        ring.remove_node(NodeId::new(3)).unwrap();
+        ring.remove_node(NodeId::new(7)).unwrap();
         ring.rebalance();
         let load = ring.placement().replica_load();
         // 192 slots over 8 nodes.

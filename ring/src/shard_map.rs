@@ -27,13 +27,14 @@ pub use conclave_core::ids::GroupId;
 /// group, never a shard's).
 #[inline]
 pub const fn group_of_shard(shard: ShardId) -> GroupId {
-    shard.saturating_add(1)
+    GroupId::new(shard.get().saturating_add(1))
 }
 
 /// The shard a group serves among `shards` shards, if it is a shard's group.
 #[inline]
 pub fn shard_of_group(group: GroupId, shards: u64) -> Option<ShardId> {
-    (group >= 1 && group <= shards).then(|| group - 1)
+    let g = group.get();
+    (g >= 1 && g <= shards).then(|| ShardId::new(g - 1))
 }
 
 /// One shard's entry.
@@ -167,7 +168,7 @@ impl ShardMap {
         }
         for (index, e) in self.shards.iter().enumerate() {
             let bad = |problem| ShardMapError::BadEntry { index, problem };
-            if e.shard != index as ShardId {
+            if e.shard != ShardId::new(index as u64) {
                 return Err(bad(EntryProblem::WrongShard(e.shard)));
             }
             if e.group != group_of_shard(e.shard) {
@@ -180,7 +181,7 @@ impl ShardMap {
                 return Err(bad(EntryProblem::TooManyReplicas(e.replicas.len())));
             }
             for (i, &r) in e.replicas.iter().enumerate() {
-                if r == 0 || e.replicas[..i].contains(&r) {
+                if r == NodeId::NONE || e.replicas[..i].contains(&r) {
                     return Err(bad(EntryProblem::BadReplica(r)));
                 }
             }
@@ -211,7 +212,9 @@ impl ShardMap {
 
     /// Shard `shard`'s entry.
     pub fn entry(&self, shard: ShardId) -> Option<&ShardEntry> {
-        usize::try_from(shard).ok().and_then(|i| self.shards.get(i))
+        usize::try_from(shard.get())
+            .ok()
+            .and_then(|i| self.shards.get(i))
     }
 
     /// The shard of `key` (the ring's stable hash, [`crate::hash::shard_for_key`]).
@@ -222,7 +225,7 @@ impl ShardMap {
     /// The entry of `key`'s shard.
     pub fn route(&self, key: &[u8]) -> &ShardEntry {
         // A validated map has at least one shard and `shard_for_key` is below the count.
-        let i = self.shard_for_key(key) as usize;
+        let i = self.shard_for_key(key).get() as usize;
         &self.shards[i.min(self.shards.len().saturating_sub(1))]
     }
 
@@ -246,7 +249,7 @@ impl ShardMap {
     /// Records `leader` as `shard`'s leader hint (a replica only; anything else is ignored).
     /// Changes neither the version nor the digest. Returns whether the hint changed.
     pub fn set_leader_hint(&mut self, shard: ShardId, leader: NodeId) -> bool {
-        let Some(e) = usize::try_from(shard)
+        let Some(e) = usize::try_from(shard.get())
             .ok()
             .and_then(|i| self.shards.get_mut(i))
         else {
@@ -268,10 +271,10 @@ impl ShardMap {
         bytes.extend_from_slice(&self.version.to_le_bytes());
         bytes.extend_from_slice(&self.shard_count().to_le_bytes());
         for e in &self.shards {
-            bytes.extend_from_slice(&e.group.to_le_bytes());
+            bytes.extend_from_slice(&e.group.get().to_le_bytes());
             bytes.extend_from_slice(&(e.replicas.len() as u64).to_le_bytes());
             for r in &e.replicas {
-                bytes.extend_from_slice(&r.to_le_bytes());
+                bytes.extend_from_slice(&r.get().to_le_bytes());
             }
         }
         key_hash(&bytes)
@@ -305,7 +308,7 @@ impl ShardMap {
         let mut next = self.clone();
         next.version = version;
         // `entry` exists, so index `shard` does too.
-        if let Some(e) = usize::try_from(shard)
+        if let Some(e) = usize::try_from(shard.get())
             .ok()
             .and_then(|i| next.shards.get_mut(i))
         {
@@ -368,7 +371,11 @@ mod tests {
             shards,
             ..RingConfig::default()
         };
-        Ring::with_nodes(config, (1..=nodes).map(|n| (n, DEFAULT_WEIGHT))).unwrap()
+        Ring::with_nodes(
+            config,
+            (1..=nodes).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -379,15 +386,15 @@ mod tests {
         assert_eq!(map.shard_count(), 16);
         for (shard, replicas) in r.placement().iter() {
             let e = map.entry(shard).unwrap();
-            assert_eq!(e.group, shard + 1);
+            assert_eq!(e.group, GroupId::new(shard.get() + 1));
             assert_eq!(e.replicas, replicas);
             assert_eq!(e.leader_hint, replicas.first().copied());
-            assert_eq!(map.entry_of_group(shard + 1), Some(e));
+            assert_eq!(map.entry_of_group(GroupId::new(shard.get() + 1)), Some(e));
         }
-        assert!(!map.is_shard_group(0));
-        assert!(!map.is_shard_group(17));
+        assert!(!map.is_shard_group(GroupId::FIRST));
+        assert!(!map.is_shard_group(GroupId::new(17)));
         // Three nodes, RF 3: every node holds every shard.
-        assert_eq!(map.shards_of(2).count(), 16);
+        assert_eq!(map.shards_of(NodeId::new(2)).count(), 16);
     }
 
     #[test]
@@ -402,9 +409,14 @@ mod tests {
             assert_eq!(e.replicas, route.replicas);
         }
         // Five nodes, RF 3: each node holds some shards, not all.
-        let held: usize = (1..=5).map(|n| map.shards_of(n).count()).sum();
+        let held: usize = (1..=5)
+            .map(NodeId::new)
+            .map(|n| map.shards_of(n).count())
+            .sum();
         assert_eq!(held, 64 * 3);
-        assert!((1..=5).all(|n| map.shards_of(n).count() < 64));
+        assert!((1..=5)
+            .map(NodeId::new)
+            .all(|n| map.shards_of(n).count() < 64));
     }
 
     #[test]
@@ -412,11 +424,14 @@ mod tests {
         let a = ShardMap::bootstrap(ring(3, 8).placement()).unwrap();
         let mut b = ShardMap::bootstrap(ring(3, 8).placement()).unwrap();
         assert_eq!(a.digest(), b.digest());
-        let other = b.entry(0).unwrap().replicas[1];
-        assert!(b.set_leader_hint(0, other));
-        assert!(!b.set_leader_hint(0, other));
-        assert!(!b.set_leader_hint(0, 99), "not a replica");
-        assert!(!b.set_leader_hint(99, other), "no such shard");
+        let other = b.entry(ShardId::new(0)).unwrap().replicas[1];
+        assert!(b.set_leader_hint(ShardId::new(0), other));
+        assert!(!b.set_leader_hint(ShardId::new(0), other));
+        assert!(
+            !b.set_leader_hint(ShardId::new(0), NodeId::new(99)),
+            "not a replica"
+        );
+        assert!(!b.set_leader_hint(ShardId::new(99), other), "no such shard");
         assert_eq!(a.digest(), b.digest());
         assert!(a.same_content(&b));
         let c = ShardMap::bootstrap(ring(4, 8).placement()).unwrap();
@@ -439,24 +454,30 @@ mod tests {
             m.validate()
         };
         let at = |problem| Err(ShardMapError::BadEntry { index: 2, problem });
-        assert_eq!(bad(&|e| e.shard = 3), at(EntryProblem::WrongShard(3)));
-        assert_eq!(bad(&|e| e.group = 0), at(EntryProblem::WrongGroup(0)));
+        assert_eq!(
+            bad(&|e| e.shard = ShardId::new(3)),
+            at(EntryProblem::WrongShard(ShardId::new(3)))
+        );
+        assert_eq!(
+            bad(&|e| e.group = GroupId::FIRST),
+            at(EntryProblem::WrongGroup(GroupId::FIRST))
+        );
         assert_eq!(bad(&|e| e.replicas.clear()), at(EntryProblem::NoReplicas));
         assert_eq!(
-            bad(&|e| e.replicas = vec![1, 2, 1]),
-            at(EntryProblem::BadReplica(1))
+            bad(&|e| e.replicas = vec![NodeId::new(1), NodeId::new(2), NodeId::new(1)]),
+            at(EntryProblem::BadReplica(NodeId::new(1)))
         );
         assert_eq!(
-            bad(&|e| e.replicas = vec![0]),
-            at(EntryProblem::BadReplica(0))
+            bad(&|e| e.replicas = vec![NodeId::NONE]),
+            at(EntryProblem::BadReplica(NodeId::NONE))
         );
         assert_eq!(
-            bad(&|e| e.replicas = (1..=256).collect()),
+            bad(&|e| e.replicas = (1..=256).map(NodeId::new).collect()),
             at(EntryProblem::TooManyReplicas(256))
         );
         assert_eq!(
-            bad(&|e| e.leader_hint = Some(9)),
-            at(EntryProblem::HintNotAReplica(9))
+            bad(&|e| e.leader_hint = Some(NodeId::new(9))),
+            at(EntryProblem::HintNotAReplica(NodeId::new(9)))
         );
         assert_eq!(good.validate(), Ok(()));
     }
@@ -473,27 +494,45 @@ mod tests {
     #[test]
     fn a_preferred_leader_change_reorders_one_shard_and_bumps_the_version() {
         let mut map = ShardMap::bootstrap(ring(3, 8).placement()).unwrap();
-        let before = map.entry(2).unwrap().replicas.clone();
-        assert_eq!(map.with_preferred_leader(2, before[0]), Ok(None));
+        let before = map.entry(ShardId::new(2)).unwrap().replicas.clone();
+        assert_eq!(
+            map.with_preferred_leader(ShardId::new(2), before[0]),
+            Ok(None)
+        );
         let second = before[1];
-        map.set_leader_hint(5, map.entry(5).unwrap().replicas[1]);
-        let next = map.with_preferred_leader(2, second).unwrap().unwrap();
+        map.set_leader_hint(
+            ShardId::new(5),
+            map.entry(ShardId::new(5)).unwrap().replicas[1],
+        );
+        let next = map
+            .with_preferred_leader(ShardId::new(2), second)
+            .unwrap()
+            .unwrap();
         assert_eq!(next.version(), 2);
-        assert_eq!(next.entry(2).unwrap().replicas[0], second);
-        assert_eq!(next.entry(2).unwrap().replicas.len(), before.len());
+        assert_eq!(next.entry(ShardId::new(2)).unwrap().replicas[0], second);
+        assert_eq!(
+            next.entry(ShardId::new(2)).unwrap().replicas.len(),
+            before.len()
+        );
         assert!(next.same_replica_sets(&map));
         assert_ne!(next.digest(), map.digest());
         assert_eq!(next.validate(), Ok(()));
-        for s in (0..8).filter(|&s| s != 2) {
+        for s in (0..8).map(ShardId::new).filter(|&s| s != ShardId::new(2)) {
             assert_eq!(next.entry(s), map.entry(s), "shard {s} unchanged");
         }
         assert_eq!(
-            map.with_preferred_leader(8, 1),
-            Err(ShardMapChangeError::NoSuchShard { shard: 8, count: 8 })
+            map.with_preferred_leader(ShardId::new(8), NodeId::new(1)),
+            Err(ShardMapChangeError::NoSuchShard {
+                shard: ShardId::new(8),
+                count: 8
+            })
         );
         assert_eq!(
-            map.with_preferred_leader(2, 99),
-            Err(ShardMapChangeError::NotAReplica { shard: 2, node: 99 })
+            map.with_preferred_leader(ShardId::new(2), NodeId::new(99)),
+            Err(ShardMapChangeError::NotAReplica {
+                shard: ShardId::new(2),
+                node: NodeId::new(99)
+            })
         );
         // Hints are not replicated, and an adopting node keeps its own.
         let bare = next.without_leader_hints();
@@ -502,8 +541,8 @@ mod tests {
         let mut adopted = bare.clone();
         adopted.keep_leader_hints(&map);
         assert_eq!(
-            adopted.entry(5).unwrap().leader_hint,
-            map.entry(5).unwrap().leader_hint
+            adopted.entry(ShardId::new(5)).unwrap().leader_hint,
+            map.entry(ShardId::new(5)).unwrap().leader_hint
         );
         let five = ShardMap::bootstrap(ring(5, 8).placement()).unwrap();
         assert!(!five.same_replica_sets(&map));
@@ -511,10 +550,10 @@ mod tests {
 
     #[test]
     fn groups_and_shards_convert() {
-        assert_eq!(group_of_shard(0), 1);
-        assert_eq!(shard_of_group(1, 4), Some(0));
-        assert_eq!(shard_of_group(4, 4), Some(3));
-        assert_eq!(shard_of_group(0, 4), None);
-        assert_eq!(shard_of_group(5, 4), None);
+        assert_eq!(group_of_shard(ShardId::new(0)), GroupId::new(1));
+        assert_eq!(shard_of_group(GroupId::new(1), 4), Some(ShardId::new(0)));
+        assert_eq!(shard_of_group(GroupId::new(4), 4), Some(ShardId::new(3)));
+        assert_eq!(shard_of_group(GroupId::FIRST, 4), None);
+        assert_eq!(shard_of_group(GroupId::new(5), 4), None);
     }
 }

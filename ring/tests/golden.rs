@@ -50,14 +50,14 @@ fn keys() -> Vec<String> {
 
 fn memberships() -> Vec<(RingConfig, Vec<NodeEntry>)> {
     let entry = |id, weight| NodeEntry { id, weight };
-    let five: Vec<NodeEntry> = (1..=5).map(|n| entry(n, 100)).collect();
+    let five: Vec<NodeEntry> = (1..=5).map(NodeId::new).map(|n| entry(n, 100)).collect();
     let weighted = vec![
-        entry(10, 100),
-        entry(20, 100),
-        entry(30, 200),
-        entry(40, 50),
-        entry(0xdead_beef_cafe, 100),
-        entry(u64::MAX, 100),
+        entry(NodeId::new(10), 100),
+        entry(NodeId::new(20), 100),
+        entry(NodeId::new(30), 200),
+        entry(NodeId::new(40), 50),
+        entry(NodeId::new(0xdead_beef_cafe), 100),
+        entry(NodeId::new(u64::MAX), 100),
     ];
     let ch = RingConfig {
         strategy: PlacementStrategy::ConsistentHash,
@@ -105,9 +105,12 @@ fn compute() -> Golden {
     Golden {
         node_positions: [0, 1, 2, 3, 1000, u64::MAX]
             .iter()
-            .map(|&n| (n, node_position(n)))
+            .map(|&n| (NodeId::new(n), node_position(NodeId::new(n))))
             .collect(),
-        shard_positions: (0..8).map(|s| (s, shard_position(s))).collect(),
+        shard_positions: (0..8)
+            .map(ShardId::new)
+            .map(|s| (s, shard_position(s)))
+            .collect(),
         cases,
     }
 }

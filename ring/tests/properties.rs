@@ -32,7 +32,8 @@ fn members(weighted: bool) -> impl Strategy<Value = Vec<(NodeId, u32)>> {
     } else {
         Just(DEFAULT_WEIGHT).boxed()
     };
-    prop::collection::btree_map(any::<u64>(), weight, 1..=12).prop_map(|m| m.into_iter().collect())
+    prop::collection::btree_map(any::<u64>().prop_map(NodeId::new), weight, 1..=12)
+        .prop_map(|m| m.into_iter().collect())
 }
 
 #[derive(Clone, Debug)]
@@ -46,7 +47,7 @@ enum Op {
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(
         prop_oneof![
-            (any::<u64>(), 25u32..=400).prop_map(|(n, w)| Op::Add(n, w)),
+            (any::<u64>(), 25u32..=400).prop_map(|(n, w)| Op::Add(NodeId::new(n), w)),
             any::<usize>().prop_map(Op::Remove),
             (any::<usize>(), 25u32..=400).prop_map(|(i, w)| Op::Reweight(i, w)),
         ],
@@ -138,7 +139,7 @@ proptest! {
     fn first_replica_stable_under_unrelated_changes(
         cfg in config(),
         nodes in members(true),
-        new in any::<u64>(),
+        new in any::<u64>().prop_map(NodeId::new),
         victim in any::<usize>(),
         keys in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..24), 1..64),
     ) {
@@ -196,7 +197,7 @@ proptest! {
     fn addition_moves_at_most_a_fair_share(
         (vnodes, shards, rf) in (10u32..=200, 1u64..=256, 1u32..=5),
         nodes in members(false),
-        new in any::<u64>(),
+        new in any::<u64>().prop_map(NodeId::new),
     ) {
         let cfg = RingConfig { vnodes, shards, replication_factor: rf, strategy: PlacementStrategy::BoundedLoad };
         let mut ring = Ring::with_nodes(cfg, nodes).unwrap();
@@ -221,7 +222,7 @@ proptest! {
     fn consistent_hash_addition_only_adds_the_new_node(
         (vnodes, shards, rf) in (10u32..=200, 1u64..=128, 1u32..=5),
         nodes in members(true),
-        new in any::<u64>(),
+        new in any::<u64>().prop_map(NodeId::new),
     ) {
         let cfg = RingConfig { vnodes, shards, replication_factor: rf, strategy: PlacementStrategy::ConsistentHash };
         let mut ring = Ring::with_nodes(cfg, nodes).unwrap();

@@ -3,6 +3,7 @@
 //! [`RequestError::Overloaded`] (HTTP 503 + Retry-After), never queued without bound.
 
 use crate::config::ReadLevel;
+use conclave_core::ids::ShardId;
 pub use conclave_core::raft::{GroupId, NodeId};
 use conclave_core::raft::{LogIndex, Term};
 use conclave_core::swim::Incarnation;
@@ -59,9 +60,9 @@ pub enum RequestError {
     #[error("this node cannot persist: storage of {component} failed: {error}")]
     StorageFailed {
         /// The component that failed.
-        component: String,
+        component: crate::storage::health::StorageComponent,
         /// Its error.
-        error: String,
+        error: crate::storage::health::StorageError,
     },
     /// A storage call of this node has not returned within `[storage] stall_timeout_ms`:
     /// requests are refused before they start rather than left hanging. 503
@@ -69,7 +70,7 @@ pub enum RequestError {
     #[error("storage of {component} has not answered for {for_ms} ms")]
     StorageStalled {
         /// The stalled component.
-        component: String,
+        component: crate::storage::health::StorageComponent,
         /// How long its call has been running.
         for_ms: u64,
     },
@@ -629,7 +630,7 @@ pub trait KvService: Clone + 'static {
     /// is not at `expected_version`. Services that are not sharded refuse it.
     fn prefer_shard_leader(
         &self,
-        shard: u64,
+        shard: ShardId,
         node: NodeId,
         expected_version: Option<u64>,
     ) -> impl std::future::Future<Output = Result<ShardMapChange, RequestError>> {
@@ -654,7 +655,7 @@ pub trait KvService: Clone + 'static {
     /// /v1/cluster/snapshot`). Services without snapshots refuse with `Internal`.
     fn take_snapshot(
         &self,
-        group: u64,
+        group: GroupId,
     ) -> impl std::future::Future<Output = Result<SnapshotInfo, RequestError>> {
         async move { Err(InternalError::Unsupported(Unsupported::TakeSnapshot(group)).into()) }
     }
@@ -675,8 +676,8 @@ pub trait KvService: Clone + 'static {
     }
 
     /// Whether this node hosts `group` (a snapshot request naming another one is a 404).
-    fn has_group(&self, group: u64) -> bool {
-        group == 0
+    fn has_group(&self, group: GroupId) -> bool {
+        group == GroupId::FIRST
     }
 
     /// The configuration in force as the leader of group 0 sees it (`NotLeader` asks the
@@ -714,7 +715,7 @@ pub trait KvService: Clone + 'static {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRoute {
     /// The key's shard (the ring's stable hash).
-    pub shard: u64,
+    pub shard: ShardId,
     /// The Raft group that serves it (0 on a node that is not sharded: group 0 serves every
     /// key).
     pub group: GroupId,
@@ -730,7 +731,7 @@ pub struct KeyRoute {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardStatus {
     /// The shard.
-    pub shard: u64,
+    pub shard: ShardId,
     /// The group serving it.
     pub group: GroupId,
     /// Its replicas, preferred leader first.
@@ -781,7 +782,7 @@ pub struct MapAdoptions {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMapChange {
     /// The shard.
-    pub shard: u64,
+    pub shard: ShardId,
     /// Its group.
     pub group: GroupId,
     /// Its replicas now, preferred leader first.
@@ -916,11 +917,15 @@ pub struct GossipMembers {
 #[cfg(test)]
 mod tests {
     use super::{InternalError, RequestError};
+    use conclave_core::ids::GroupId;
 
     #[test]
     fn only_requests_that_certainly_did_not_apply_are_retryable() {
         assert!(RequestError::NotLeader { leader: None }.is_retryable());
-        assert!(RequestError::NoLeader { group: 0 }.is_retryable());
+        assert!(RequestError::NoLeader {
+            group: GroupId::FIRST
+        }
+        .is_retryable());
         assert!(RequestError::Dropped.is_retryable());
         assert!(RequestError::Overloaded.is_retryable());
         assert!(RequestError::ShuttingDown.is_retryable());

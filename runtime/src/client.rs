@@ -13,6 +13,7 @@ use crate::config::ReadLevel;
 use crate::http::{encode_key, IDEMPOTENCY_HEADER};
 use awc::error::{ConnectError, SendRequestError};
 use awc::http::StatusCode;
+use conclave_core::ids::{GroupId, ShardId};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,11 +133,11 @@ pub struct CasResult {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteInfo {
     /// The shard.
-    pub shard: u64,
+    pub shard: ShardId,
     /// The Raft group serving it (0 on a node that is not sharded; absent from nodes before
     /// sharding existed).
     #[serde(default)]
-    pub group: u64,
+    pub group: GroupId,
     /// Its replicas, preferred first.
     pub replicas: Vec<NodeId>,
     /// Its leader, when known.
@@ -483,7 +484,7 @@ impl Client {
 
     /// `POST /v1/cluster/snapshot?group=G`: the node takes a snapshot of the group now (admin
     /// token when tokens are configured); 409 `snapshot_in_progress` while one is running.
-    pub async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, ClientError> {
+    pub async fn take_snapshot(&self, group: GroupId) -> Result<SnapshotInfo, ClientError> {
         let url = format!("{}/v1/cluster/snapshot?group={group}", self.endpoint);
         let (status, body, retry) = self.call(self.http.post(url), None).await?;
         if status != StatusCode::OK {
@@ -593,7 +594,7 @@ impl Client {
     /// `shard_map_changed` when the map is not at `expected_version`.
     pub async fn prefer_shard_leader(
         &self,
-        shard: u64,
+        shard: ShardId,
         node: NodeId,
         expected_version: Option<u64>,
     ) -> Result<crate::api::ShardMapChange, ClientError> {

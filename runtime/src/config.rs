@@ -5,6 +5,7 @@
 //! silently ignored in a distributed system's configuration is a production incident waiting to
 //! happen.
 
+use conclave_core::ids::NodeId;
 use conclave_core::swim::{ConfigError as SwimConfigError, SwimConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -43,7 +44,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct NodeSection {
     /// This node's id, unique in the cluster, never 0. Default 1.
-    pub id: u64,
+    pub id: NodeId,
     /// Where the WAL, the state machine and snapshots live. Default `data`.
     pub data_dir: PathBuf,
     /// Transport (node-to-node) listen address. Default `127.0.0.1:7001`.
@@ -76,7 +77,7 @@ pub struct NodeSection {
 impl Default for NodeSection {
     fn default() -> Self {
         NodeSection {
-            id: 1,
+            id: NodeId::new(1),
             data_dir: PathBuf::from("data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
             http: SocketAddr::from(([127, 0, 0, 1], 7101)),
@@ -97,7 +98,7 @@ impl Default for NodeSection {
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// The member's node id.
-    pub id: u64,
+    pub id: NodeId,
     /// Its transport address.
     pub addr: SocketAddr,
     /// Its HTTP address.
@@ -472,6 +473,14 @@ pub struct SnapshotSection {
     /// of the state (plus what arrives while a snapshot is taken): bounded by live data. 0
     /// turns this floor off. 0 to 10,000. Default 25.
     pub log_image_pct: u64,
+    /// Most megabytes per second (10^6 bytes) of a snapshot received from the leader that
+    /// are restored into the state machine (read from the image; the state store may write
+    /// more: redb writes about twice a 64 KiB value). A learner or a follower far behind
+    /// restores its image in the background while the cluster serves writes on the same
+    /// machines and disks; unpaced, the import of 1 GiB wrote 250 MB/s and halved the
+    /// cluster's writes meanwhile (docs/performance.md). Restores at start or after an
+    /// applier restart are never paced: the group waits for them. 0: unpaced. Default 50.
+    pub install_rate_mb_s: u64,
 }
 
 impl Default for SnapshotSection {
@@ -486,6 +495,7 @@ impl Default for SnapshotSection {
             write_rate_mb_s: 50,
             threshold_jitter_pct: 20,
             log_image_pct: 25,
+            install_rate_mb_s: 50,
         }
     }
 }
@@ -729,7 +739,7 @@ impl Config {
     /// Checks values that are well-typed but unacceptable; every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = &self.node;
-        if n.id == 0 {
+        if n.id == NodeId::NONE {
             return Err(invalid("node.id", "must not be 0"));
         }
         if n.listen == n.http {
@@ -796,11 +806,11 @@ impl Config {
         }
         let members = &self.cluster.initial_members;
         if !members.is_empty() {
-            let ids: BTreeSet<u64> = members.iter().map(|m| m.id).collect();
+            let ids: BTreeSet<NodeId> = members.iter().map(|m| m.id).collect();
             if ids.len() != members.len() {
                 return Err(invalid("cluster.initial_members", "duplicate member id"));
             }
-            if ids.contains(&0) {
+            if ids.contains(&NodeId::NONE) {
                 return Err(invalid(
                     "cluster.initial_members",
                     "member id 0 is reserved",
@@ -1211,7 +1221,7 @@ key = "n2.key"
 ca = "ca.crt"
 "#;
         let c = Config::parse(text).unwrap();
-        assert_eq!(c.node.id, 2);
+        assert_eq!(c.node.id, NodeId::new(2));
         assert_eq!(c.raft.read.default, ReadLevel::Lease);
         assert_eq!(c.raft.persistence.strategy, PersistenceStrategy::MemFirst);
         assert_eq!(c.cluster.initial_members.len(), 2);

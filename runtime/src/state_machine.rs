@@ -192,9 +192,12 @@ pub trait StateMachine: Send + Unpin + 'static {
         Ok(())
     }
 
-    /// A view of the current state that [`SnapshotView::write_to`] can write on another
-    /// thread while this machine applies on. `None` (the default): the image must be written
-    /// by [`StateMachine::snapshot_to`] on the applier, which applies nothing meanwhile.
+    /// A view of the state that [`SnapshotView::write_to`] can write on another thread while
+    /// this machine applies on. The runtime asks right after [`StateMachine::sync`], and the
+    /// view is at least at the index synced ([`SnapshotView::index`] says which: the built-in
+    /// machine's redb store keeps runs staged between syncs, and its view is of what it wrote).
+    /// `None` (the default): the image must be written by [`StateMachine::snapshot_to`] on the
+    /// applier, which applies nothing meanwhile.
     fn snapshot_view(&self) -> Result<Option<Box<dyn SnapshotView>>, StateMachineError> {
         Ok(None)
     }
@@ -724,10 +727,12 @@ impl StateMachine for KvMachine {
     /// consistent view (see [`write_kv_snapshot`] for the format).
     fn snapshot_to(&self, out: &mut dyn Write) -> Result<LogIndex, StateMachineError> {
         match self.store.view()? {
-            Some(view) => write_kv_snapshot(&*view, out),
-            // No isolated view (sled): `&self` keeps the applier from committing during the
-            // scan, so the store is the state at `self.applied` throughout.
-            None => write_kv_snapshot(&LiveView(self), out),
+            Some(view) if view.applied_index() == self.applied => write_kv_snapshot(&*view, out),
+            // No isolated view (sled), or one without the runs the store still stages (redb
+            // writes them with its next durable commit): `&self` keeps the applier from
+            // committing during the scan, and the store's own reads see staged runs, so the
+            // store is the state at `self.applied` throughout.
+            _ => write_kv_snapshot(&LiveView(self), out),
         }
     }
 
@@ -1361,6 +1366,8 @@ mod tests {
             reference.apply(i, r).unwrap();
         }
         live.end_batch().unwrap();
+        // As the applier does: synced first (the store may keep the run staged until then).
+        live.sync().unwrap();
         let view = live
             .snapshot_view()
             .unwrap()

@@ -35,6 +35,7 @@ use common::env_u64;
 use common::{dir_bytes, Cluster};
 use conclave::client::Client;
 use conclave::config::ReadLevel;
+use conclave_core::ids::GroupId;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,7 +123,11 @@ async fn restart_all(cluster: &mut Cluster) -> (Duration, Vec<u64>) {
     // Each node snapshots now, so both restarts find the same retained log (`keep_entries`)
     // whatever point of the snapshot cycle the load stopped at: what differs is the history.
     for i in 0..3 {
-        let taken = cluster.client(i).take_snapshot(0).await.unwrap();
+        let taken = cluster
+            .client(i)
+            .take_snapshot(GroupId::FIRST)
+            .await
+            .unwrap();
         assert!(taken.index > 0, "node {}: {taken:?}", i + 1);
     }
     for i in 0..3 {

@@ -6,6 +6,7 @@
 mod http_support;
 
 use conclave::config::Config;
+use conclave_core::ids::NodeId;
 use http_support::{start_in_background, Double};
 use std::process::{Command, Output};
 
@@ -34,7 +35,7 @@ fn init_writes_loadable_configs_with_the_right_ports() {
     assert!(o.status.success(), "{}", stderr(&o));
     for i in 1..=3u16 {
         let c = Config::load(&dir.path().join(format!("n{i}.toml"))).unwrap();
-        assert_eq!(c.node.id, u64::from(i));
+        assert_eq!(c.node.id, NodeId::new(u64::from(i)));
         assert_eq!(c.node.listen.port(), 9000 + i);
         assert_eq!(c.node.http.port(), 9100 + i);
         assert_eq!(
@@ -45,7 +46,7 @@ fn init_writes_loadable_configs_with_the_right_ports() {
             .cluster
             .initial_members
             .iter()
-            .map(|m| (m.id, m.addr.port(), m.http.port()))
+            .map(|m| (m.id.get(), m.addr.port(), m.http.port()))
             .collect();
         assert_eq!(
             members,
@@ -121,7 +122,7 @@ fn bad_configs_exit_2_naming_the_key() {
 
 #[test]
 fn kv_status_and_route_against_a_node() {
-    let double = Double::new(1);
+    let double = Double::new(NodeId::new(1));
     let addr = start_in_background(double.clone());
     let ep = format!("http://{addr}");
     let ep = ep.as_str();
@@ -265,7 +266,7 @@ fn an_unreachable_node_is_a_clear_error() {
 
 #[test]
 fn snapshot_command_takes_one_on_the_node() {
-    let double = Double::new(1);
+    let double = Double::new(NodeId::new(1));
     let addr = start_in_background(double.clone());
     let ep = format!("http://{addr}");
     let ep = ep.as_str();

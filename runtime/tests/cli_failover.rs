@@ -13,6 +13,7 @@
 mod ports;
 
 use conclave::client::Client;
+use conclave_core::ids::NodeId;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,7 +63,7 @@ fn dev_pid(banner: &str, id: u64) -> Option<i32> {
     })
 }
 
-async fn leader(clients: &[Client]) -> Option<u64> {
+async fn leader(clients: &[Client]) -> Option<NodeId> {
     for c in clients {
         if let Ok(s) = c.status().await {
             if s.leader_id.is_some() && s.role == "leader" {
@@ -185,7 +186,7 @@ fn a_dev_cluster_survives_the_loss_of_its_leader() {
                 assert!(Instant::now() < deadline, "no leader before run {run}");
                 actix_web::rt::time::sleep(Duration::from_millis(50)).await;
             };
-            let via = &clients[if old == 1 { 1 } else { 0 }];
+            let via = &clients[if old == NodeId::new(1) { 1 } else { 0 }];
             for k in 0..20 {
                 let (key, value) = (format!("r{run}-k{k}"), format!("v{k}"));
                 via.put(key.as_bytes(), value.clone().into_bytes(), None)
@@ -200,7 +201,9 @@ fn a_dev_cluster_survives_the_loss_of_its_leader() {
                     .contains(&format!("n{old}.toml"))
                     .then(|| i32::try_from(g.0.id()).unwrap())
             });
-            let pid = restarted_pid.or_else(|| dev_pid(&banner, old)).unwrap();
+            let pid = restarted_pid
+                .or_else(|| dev_pid(&banner, old.get()))
+                .unwrap();
             let pid = rustix::process::Pid::from_raw(pid).unwrap();
             rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
             let killed_at = Instant::now();
@@ -222,8 +225,8 @@ fn a_dev_cluster_survives_the_loss_of_its_leader() {
 
             // Restart the killed node and wait until it has applied everything.
             restarted.retain_mut(|g| !matches!(g.0.try_wait(), Ok(Some(_))));
-            restarted.push(node(dir.path(), old));
-            let back = &clients[usize::try_from(old - 1).unwrap()];
+            restarted.push(node(dir.path(), old.get()));
+            let back = &clients[usize::try_from(old.get() - 1).unwrap()];
             caught_up(back, acknowledged.last().unwrap()).await;
         }
         // Every acknowledged write, from every node, with the right value (entries apply in

@@ -8,6 +8,7 @@
 mod common;
 
 use conclave::client::{Client, ClientError, ClientOptions};
+use conclave_core::ids::NodeId;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -135,11 +136,11 @@ fn acceptance4_init_secure_cluster_with_tokens_and_ca() {
             assert!(Instant::now() < deadline, "no leader; logs:\n{}", logs());
             actix_web::rt::time::sleep(Duration::from_millis(200)).await;
         };
-        let follower = (1..=3u16).find(|i| u64::from(*i) != leader).unwrap();
+        let follower = (1..=3u16).find(|i| u64::from(*i) != leader.get()).unwrap();
 
         // The client token cannot move leadership (403); the admin token can.
         let e = secure_client(&endpoint(follower), &client_token, &ca)
-            .transfer_leader(u64::from(follower))
+            .transfer_leader(NodeId::new(u64::from(follower)))
             .await
             .unwrap_err();
         assert!(

@@ -12,6 +12,7 @@ use conclave::config::Config;
 use conclave::node::wire::WireMessage;
 use conclave::node::{GossipMembers, Node, NodeError};
 use conclave::state_machine::KvMachine;
+use conclave_core::ids::NodeId;
 use conclave_core::swim::{Body, Event, MemberState, Message, Metadata, Update};
 use conclave_transport::{Endpoint, Transport, TransportConfig};
 use std::collections::BTreeMap;
@@ -47,7 +48,7 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     }
 }
 
-fn state(m: &GossipMembers, id: u64) -> Option<(String, u64)> {
+fn state(m: &GossipMembers, id: NodeId) -> Option<(String, u64)> {
     m.members
         .iter()
         .find(|x| x.id == id)
@@ -77,13 +78,17 @@ async fn metadata_and_events_reach_other_nodes_and_garbage_metadata_is_refused()
             .expect("no metadata event within 5 s")
             .unwrap();
         if let Event::MetadataChanged(m) | Event::Joined(m) | Event::Alive(m) = &event {
-            if m.id == 1 && m.metadata.entries == shards {
+            if m.id == NodeId::new(1) && m.metadata.entries == shards {
                 break;
             }
         }
     }
     let view = h2.gossip_members();
-    let m1 = view.members.iter().find(|m| m.id == 1).unwrap();
+    let m1 = view
+        .members
+        .iter()
+        .find(|m| m.id == NodeId::new(1))
+        .unwrap();
     assert_eq!(m1.metadata, shards);
     assert_eq!(m1.metadata_version, 1);
     assert_eq!(m1.addr, nodes[0].transport_addr().to_string());
@@ -103,7 +108,7 @@ async fn metadata_and_events_reach_other_nodes_and_garbage_metadata_is_refused()
         .gossip_members()
         .members
         .into_iter()
-        .find(|m| m.id == 1)
+        .find(|m| m.id == NodeId::new(1))
         .unwrap();
     assert_eq!((m1.metadata, m1.metadata_version), (shards, 1));
     for n in nodes {
@@ -116,7 +121,7 @@ async fn metadata_and_events_reach_other_nodes_and_garbage_metadata_is_refused()
 /// well-behaved node never would.
 async fn intruder(
     cluster: &str,
-    id: u64,
+    id: NodeId,
     addr: SocketAddr,
 ) -> (Transport<WireMessage>, SocketAddr) {
     let (tx, mut rx) = conclave_transport::inbound(1024);
@@ -127,18 +132,18 @@ async fn intruder(
     (t, addr)
 }
 
-fn frame(from: u64, from_addr: SocketAddr, updates: Vec<Update>) -> WireMessage {
+fn frame(from: NodeId, from_addr: SocketAddr, updates: Vec<Update>) -> WireMessage {
     WireMessage::Swim(Message {
         from,
         from_addr: from_addr.to_string(),
         from_incarnation: 0,
-        to: 1,
+        to: NodeId::new(1),
         body: Body::Gossip,
         updates,
     })
 }
 
-fn rumor(id: u64, addr: SocketAddr, incarnation: u64, state: MemberState, by: u64) -> Update {
+fn rumor(id: NodeId, addr: SocketAddr, incarnation: u64, state: MemberState, by: NodeId) -> Update {
     Update {
         id,
         addr: addr.to_string(),
@@ -167,19 +172,25 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
     }
     let h1 = nodes[0].handle();
     wait_for("node 1 sees node 2 alive", Duration::from_secs(5), || {
-        state(&h1.gossip_members(), 2).is_some_and(|(s, _)| s == "alive")
+        state(&h1.gossip_members(), NodeId::new(2)).is_some_and(|(s, _)| s == "alive")
     })
     .await;
-    let (evil, evil_addr) = intruder(&cluster, 3, addr3).await;
-    let link = evil.peer(1, addr1);
+    let (evil, evil_addr) = intruder(&cluster, NodeId::new(3), addr3).await;
+    let link = evil.peer(NodeId::new(1), addr1);
     let inc0 = h1.gossip_members().incarnation;
 
     // 1. A frame claiming to come from node 2 over node 3's connection: dropped before the
     //    core sees it (the transport names the sender 3).
     link.send(frame(
-        2,
+        NodeId::new(2),
         addr2,
-        vec![rumor(1, addr1, inc0, MemberState::Dead, 2)],
+        vec![rumor(
+            NodeId::new(1),
+            addr1,
+            inc0,
+            MemberState::Dead,
+            NodeId::new(2),
+        )],
     ))
     .await
     .unwrap();
@@ -192,9 +203,15 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
 
     // 2. A forged "you are dead" at the current incarnation: refuted, own view alive.
     link.send(frame(
-        3,
+        NodeId::new(3),
         evil_addr,
-        vec![rumor(1, addr1, inc0, MemberState::Dead, 3)],
+        vec![rumor(
+            NodeId::new(1),
+            addr1,
+            inc0,
+            MemberState::Dead,
+            NodeId::new(3),
+        )],
     ))
     .await
     .unwrap();
@@ -203,22 +220,28 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
     })
     .await;
     let view = h1.gossip_members();
-    assert_eq!(view.members[0].id, 1);
+    assert_eq!(view.members[0].id, NodeId::new(1));
     assert_eq!(view.members[0].state, "alive");
     // Node 2 learns the refutation and keeps node 1 alive at the new incarnation.
     let h2 = nodes[1].handle();
     wait_for(
         "node 2 hears the refutation",
         Duration::from_secs(3),
-        || state(&h2.gossip_members(), 1) == Some(("alive".into(), inc0 + 1)),
+        || state(&h2.gossip_members(), NodeId::new(1)) == Some(("alive".into(), inc0 + 1)),
     )
     .await;
 
     // 3. A rumor about an incarnation node 1 never had (suspect at 50): not adopted, outbid.
     link.send(frame(
-        3,
+        NodeId::new(3),
         evil_addr,
-        vec![rumor(1, addr1, 50, MemberState::Suspect, 3)],
+        vec![rumor(
+            NodeId::new(1),
+            addr1,
+            50,
+            MemberState::Suspect,
+            NodeId::new(3),
+        )],
     ))
     .await
     .unwrap();
@@ -231,14 +254,26 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
     // 4. Garbage metadata about node 2 (an empty key, too many bytes): rejected and counted,
     //    node 2's record untouched.
     let rejected = h1.gossip_members().stats.rejected_updates;
-    let before = state(&h1.gossip_members(), 2).unwrap();
-    let mut empty_key = rumor(2, addr2, before.1 + 5, MemberState::Alive, 2);
+    let before = state(&h1.gossip_members(), NodeId::new(2)).unwrap();
+    let mut empty_key = rumor(
+        NodeId::new(2),
+        addr2,
+        before.1 + 5,
+        MemberState::Alive,
+        NodeId::new(2),
+    );
     empty_key.metadata.entries.insert(String::new(), "x".into());
-    let mut huge = rumor(2, addr2, before.1 + 5, MemberState::Alive, 2);
+    let mut huge = rumor(
+        NodeId::new(2),
+        addr2,
+        before.1 + 5,
+        MemberState::Alive,
+        NodeId::new(2),
+    );
     huge.metadata
         .entries
         .insert("blob".into(), "x".repeat(5000));
-    link.send(frame(3, evil_addr, vec![empty_key, huge]))
+    link.send(frame(NodeId::new(3), evil_addr, vec![empty_key, huge]))
         .await
         .unwrap();
     wait_for("garbage counted", Duration::from_secs(3), || {
@@ -249,7 +284,7 @@ async fn bad_input_from_a_peer_leaves_the_node_view_correct() {
         .gossip_members()
         .members
         .into_iter()
-        .find(|m| m.id == 2)
+        .find(|m| m.id == NodeId::new(2))
         .unwrap();
     assert!(m2.metadata.is_empty());
     assert!(m2.incarnation < before.1 + 5, "garbage rumor adopted");
@@ -272,7 +307,7 @@ async fn a_panicking_gossip_actor_restarts_with_a_higher_incarnation() {
     }
     let (h1, h2) = (nodes[0].handle(), nodes[1].handle());
     wait_for("node 2 sees node 1", Duration::from_secs(5), || {
-        state(&h2.gossip_members(), 1).is_some_and(|(s, _)| s == "alive")
+        state(&h2.gossip_members(), NodeId::new(1)).is_some_and(|(s, _)| s == "alive")
     })
     .await;
     let inc = h1.gossip_members().incarnation;
@@ -280,7 +315,7 @@ async fn a_panicking_gossip_actor_restarts_with_a_higher_incarnation() {
     wait_for(
         "restarted instance announced",
         Duration::from_secs(5),
-        || state(&h2.gossip_members(), 1) == Some(("alive".into(), inc + 1)),
+        || state(&h2.gossip_members(), NodeId::new(1)) == Some(("alive".into(), inc + 1)),
     )
     .await;
     assert_eq!(h1.gossip_members().incarnation, inc + 1);

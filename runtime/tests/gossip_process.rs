@@ -9,6 +9,7 @@ mod common;
 
 use common::Cluster;
 use conclave::node::GossipMembers;
+use conclave_core::ids::NodeId;
 use std::time::{Duration, Instant};
 
 const CYCLE_MS: u64 = 200;
@@ -20,7 +21,7 @@ async fn members(c: &Cluster, i: usize) -> Option<GossipMembers> {
     c.client(i).members().await.ok()
 }
 
-fn state_of(m: &GossipMembers, id: u64) -> Option<(String, u64)> {
+fn state_of(m: &GossipMembers, id: NodeId) -> Option<(String, u64)> {
     m.members
         .iter()
         .find(|x| x.id == id)

@@ -11,6 +11,7 @@ use common::Cluster;
 use conclave::config::{ClusterSecretString, ReadLevel};
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
+use conclave_core::ids::NodeId;
 use conclave_core::raft::MAX_TERM;
 use conclave_transport::handshake::{self, Hello, Refusal};
 use conclave_transport::{ClusterSecret, Endpoint, HandshakeError};
@@ -77,15 +78,17 @@ async fn finding3_forged_max_term_heartbeat_does_not_stop_elections() {
     let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
     write_retrying(&handles, put("before", "1")).await;
 
-    let stranger = rogue(777, &cluster_id).await;
-    let impostor = rogue(3, &cluster_id).await;
+    let stranger = rogue(NodeId::new(777), &cluster_id).await;
+    let impostor = rogue(NodeId::new(3), &cluster_id).await;
     for _ in 0..20 {
         for &(id, addr) in &addrs {
             let _ = stranger
                 .peer(id, addr)
-                .try_send(heartbeat(777, id, u64::MAX));
-            if id != 3 {
-                let _ = impostor.peer(id, addr).try_send(heartbeat(3, id, u64::MAX));
+                .try_send(heartbeat(NodeId::new(777), id, u64::MAX));
+            if id != NodeId::new(3) {
+                let _ = impostor
+                    .peer(id, addr)
+                    .try_send(heartbeat(NodeId::new(3), id, u64::MAX));
             }
         }
         actix::clock::sleep(Duration::from_millis(50)).await;
@@ -125,7 +128,7 @@ async fn finding2_impostor_of_node_2_is_refused_by_a_real_cluster() {
     let cluster_id = c.configs[leader].cluster.id.clone();
     let leader_addr = c.configs[leader].node.listen;
     // Pose as a follower of the leader (node 2, or node 1 if node 2 leads).
-    let victim = if leader_id == 2 { 1 } else { 2 };
+    let victim = NodeId::new(if leader_id == NodeId::new(2) { 1 } else { 2 });
     let victim_idx = c.configs.iter().position(|x| x.node.id == victim).unwrap();
 
     let mut acked = Vec::new();
@@ -162,7 +165,7 @@ async fn finding2_impostor_of_node_2_is_refused_by_a_real_cluster() {
         let right = ClusterSecret::new(secret);
         let r = handshake::dial_status(
             &mut s,
-            &Hello::new(777, &cluster_id).fresh(true),
+            &Hello::new(NodeId::new(777), &cluster_id).fresh(true),
             leader_id,
             Some(&right),
         )

@@ -9,6 +9,7 @@ use common::rogue::{heartbeat, rogue};
 use common::Cluster;
 use conclave::client::ClientError;
 use conclave::config::ReadLevel;
+use conclave_core::ids::NodeId;
 use conclave_core::raft::MAX_TERM;
 use conclave_transport::Endpoint;
 use std::time::{Duration, Instant};
@@ -58,15 +59,17 @@ async fn finding3_forged_max_term_heartbeats_do_not_stop_a_real_cluster() {
         .iter()
         .map(|cfg| (cfg.node.id, cfg.node.listen))
         .collect();
-    let stranger = rogue(777, &cluster_id).await;
-    let impostor = rogue(3, &cluster_id).await;
+    let stranger = rogue(NodeId::new(777), &cluster_id).await;
+    let impostor = rogue(NodeId::new(3), &cluster_id).await;
     for _ in 0..20 {
         for &(id, addr) in &addrs {
             let _ = stranger
                 .peer(id, addr)
-                .try_send(heartbeat(777, id, u64::MAX));
-            if id != 3 {
-                let _ = impostor.peer(id, addr).try_send(heartbeat(3, id, u64::MAX));
+                .try_send(heartbeat(NodeId::new(777), id, u64::MAX));
+            if id != NodeId::new(3) {
+                let _ = impostor
+                    .peer(id, addr)
+                    .try_send(heartbeat(NodeId::new(3), id, u64::MAX));
             }
         }
         actix::clock::sleep(Duration::from_millis(50)).await;

@@ -10,7 +10,8 @@ use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use conclave::config::ReadLevel;
 use conclave::node::{InternalError, RequestError};
-use conclave::storage::health::StorageCondition;
+use conclave::storage::health::{StorageComponent, StorageCondition, StorageError};
+use conclave_core::ids::{GroupId, NodeId};
 use http_support::{Double, Mode, TestServer};
 use serde_json::Value;
 
@@ -90,7 +91,7 @@ async fn cas(s: &TestServer, key: &str, body: &str) -> Reply {
 
 #[actix_web::test]
 async fn every_route_on_a_leader() {
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
 
     let r = put(&s, "greeting", b"hello").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -228,7 +229,7 @@ async fn every_route_on_a_leader() {
 
     // A storage stall: not ready (503 `storage_stalled`, JSON error + reasons), still live.
     s.double.state.lock().unwrap().storage = StorageCondition::Stalled {
-        component: "state_machine/0".into(),
+        component: StorageComponent::StateMachine(GroupId::FIRST),
         for_ms: 6000,
     };
     let r = get(&s, "/readyz").await;
@@ -244,8 +245,8 @@ async fn every_route_on_a_leader() {
     );
     // A storage failure: neither ready nor live (503 `storage_failed` on both).
     s.double.state.lock().unwrap().storage = StorageCondition::Failed {
-        component: "state_machine/0".into(),
-        error: "No space left on device".into(),
+        component: StorageComponent::StateMachine(GroupId::FIRST),
+        error: StorageError::Reported("No space left on device".into()),
     };
     let r = get(&s, "/readyz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -266,7 +267,7 @@ async fn every_route_on_a_leader() {
 
 #[actix_web::test]
 async fn bad_input_is_a_json_4xx_and_the_server_keeps_serving() {
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     let limit = s.double.max_value;
 
     // CAS: bad JSON, missing body, wrong shapes.
@@ -422,7 +423,7 @@ fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[actix_web::test]
 async fn node_errors_map_to_their_statuses() {
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     let cases = [
         (
             RequestError::NotLeader { leader: None },
@@ -430,7 +431,9 @@ async fn node_errors_map_to_their_statuses() {
             "no_leader",
         ),
         (
-            RequestError::NoLeader { group: 0 },
+            RequestError::NoLeader {
+                group: GroupId::FIRST,
+            },
             StatusCode::SERVICE_UNAVAILABLE,
             "no_leader",
         ),
@@ -494,9 +497,9 @@ async fn node_errors_map_to_their_statuses() {
 
 #[actix_web::test]
 async fn followers_forward_to_the_leader() {
-    let leader = TestServer::start(Double::new(2), 10);
-    let follower = TestServer::start(Double::new(1), 10);
-    follower.double.follower_of(2, leader.addr);
+    let leader = TestServer::start(Double::new(NodeId::new(2)), 10);
+    let follower = TestServer::start(Double::new(NodeId::new(1)), 10);
+    follower.double.follower_of(NodeId::new(2), leader.addr);
 
     let r = send(
         client()
@@ -594,10 +597,10 @@ async fn followers_forward_to_the_leader() {
 #[actix_web::test]
 async fn forwarding_stops_at_the_hop_limit() {
     // Two nodes that each believe the other leads: a request bounces until the hop limit.
-    let a = TestServer::start(Double::new(1), 3);
-    let b = TestServer::start(Double::new(2), 3);
-    a.double.follower_of(2, b.addr);
-    b.double.follower_of(1, a.addr);
+    let a = TestServer::start(Double::new(NodeId::new(1)), 3);
+    let b = TestServer::start(Double::new(NodeId::new(2)), 3);
+    a.double.follower_of(NodeId::new(2), b.addr);
+    b.double.follower_of(NodeId::new(1), a.addr);
     let r = put(&a, "k", b"v").await;
     assert_eq!(r.error(StatusCode::SERVICE_UNAVAILABLE), "hop_limit");
     assert_eq!(r.header("retry-after"), Some("1"));
@@ -638,8 +641,8 @@ async fn an_unreachable_or_self_named_leader_is_a_503() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let s = TestServer::start(Double::new(1), 10);
-    s.double.follower_of(7, port);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
+    s.double.follower_of(NodeId::new(7), port);
     let r = put(&s, "k", b"v").await;
     assert_eq!(
         r.error(StatusCode::SERVICE_UNAVAILABLE),
@@ -647,7 +650,7 @@ async fn an_unreachable_or_self_named_leader_is_a_503() {
     );
     assert_eq!(r.header("retry-after"), Some("1"));
 
-    s.double.follower_of(1, s.addr);
+    s.double.follower_of(NodeId::new(1), s.addr);
     let r = put(&s, "k", b"v").await;
     assert_eq!(r.error(StatusCode::SERVICE_UNAVAILABLE), "no_leader");
     s.stop().await;
@@ -680,8 +683,8 @@ async fn forwarded_write_whose_answer_is_lost_is_a_504_not_a_503() {
             // Dropped: closed without an answer.
         }
     });
-    let s = TestServer::start(Double::new(1), 10);
-    s.double.follower_of(7, leader);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
+    s.double.follower_of(NodeId::new(7), leader);
     let r = put(&s, "k", b"value-bytes").await;
     assert!(received.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(r.error(StatusCode::GATEWAY_TIMEOUT), "timeout");
@@ -691,7 +694,7 @@ async fn forwarded_write_whose_answer_is_lost_is_a_504_not_a_503() {
 
 #[actix_web::test]
 async fn idempotency_keys_reach_the_service() {
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     for _ in 0..3 {
         let r = send(
             client()
@@ -719,7 +722,7 @@ async fn idempotency_keys_reach_the_service() {
 
 #[actix_web::test]
 async fn cluster_members_lists_the_gossip_view() {
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     let r = get(&s, "/v1/cluster/members").await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
@@ -763,7 +766,7 @@ async fn cluster_members_lists_the_gossip_view() {
 /// group and a snapshot already running.
 #[actix_web::test]
 async fn snapshot_route() {
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     assert_eq!(put(&s, "k", b"value").await.status, StatusCode::OK);
     let post = |path: &str| send(client().post(s.url(path)), None);
     let r = post("/v1/cluster/snapshot").await;
@@ -805,7 +808,9 @@ async fn snapshot_route() {
         StatusCode::METHOD_NOT_ALLOWED
     );
     s.double
-        .set_mode(Mode::Fail(RequestError::SnapshotInProgress { group: 0 }));
+        .set_mode(Mode::Fail(RequestError::SnapshotInProgress {
+            group: GroupId::FIRST,
+        }));
     assert_eq!(
         post("/v1/cluster/snapshot")
             .await
@@ -830,7 +835,7 @@ async fn post_json(s: &TestServer, path: &str, body: &str) -> Reply {
 #[actix_web::test]
 async fn membership_routes_on_a_leader() {
     use conclave::node::{ConfigChange, NewMember};
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     let r = get(&s, "/v1/cluster/config").await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
@@ -877,7 +882,7 @@ async fn membership_routes_on_a_leader() {
     assert_eq!(voters, vec![1, 4, 5]);
     assert_eq!(v["config_id"], 4);
     let member = |id: u64| NewMember {
-        id,
+        id: NodeId::new(id),
         addr: format!("127.0.0.1:700{id}").parse().unwrap(),
         http: format!("127.0.0.1:710{id}").parse().unwrap(),
     };
@@ -885,11 +890,11 @@ async fn membership_routes_on_a_leader() {
         s.double.state.lock().unwrap().changes,
         vec![
             (ConfigChange::AddLearner(member(4)), Some(0)),
-            (ConfigChange::Promote(4), None),
-            (ConfigChange::Remove(2), Some(2)),
+            (ConfigChange::Promote(NodeId::new(4)), None),
+            (ConfigChange::Remove(NodeId::new(2)), Some(2)),
             (
                 ConfigChange::Replace {
-                    remove: 3,
+                    remove: NodeId::new(3),
                     add: member(5)
                 },
                 None
@@ -917,7 +922,7 @@ async fn membership_routes_on_a_leader() {
 #[actix_web::test]
 async fn membership_errors_are_json_with_their_codes() {
     use conclave::node::InvalidChange;
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     let add4 = r#"{"id":4,"addr":"127.0.0.1:7004","http":"127.0.0.1:7104"}"#;
 
     // Malformed bodies: 400 invalid_json / missing_body, never seen by the service.
@@ -993,7 +998,7 @@ async fn membership_errors_are_json_with_their_codes() {
         ),
         (
             RequestError::NotCaughtUp {
-                id: 4,
+                id: NodeId::new(4),
                 lag: 5000,
                 max_lag: 1000,
             },
@@ -1016,8 +1021,9 @@ async fn membership_errors_are_json_with_their_codes() {
     }
     // No leader: 503 with Retry-After, for changes and for reading the configuration.
     s.double.state.lock().unwrap().change_error = None;
-    s.double
-        .set_mode(Mode::Fail(RequestError::NoLeader { group: 0 }));
+    s.double.set_mode(Mode::Fail(RequestError::NoLeader {
+        group: GroupId::FIRST,
+    }));
     for r in [
         post_json(&s, "/v1/cluster/promote", r#"{"id":4}"#).await,
         get(&s, "/v1/cluster/config").await,
@@ -1032,9 +1038,9 @@ async fn membership_errors_are_json_with_their_codes() {
 /// and the client's token; the leader's 409s come back as they were.
 #[actix_web::test]
 async fn followers_forward_membership_routes_to_the_leader() {
-    let leader = TestServer::start(Double::new(2), 10);
-    let follower = TestServer::start(Double::new(1), 10);
-    follower.double.follower_of(2, leader.addr);
+    let leader = TestServer::start(Double::new(NodeId::new(2)), 10);
+    let follower = TestServer::start(Double::new(NodeId::new(1)), 10);
+    follower.double.follower_of(NodeId::new(2), leader.addr);
 
     let r = post_json(
         &follower,

@@ -6,6 +6,7 @@
 
 mod http_support;
 
+use conclave_core::ids::NodeId;
 use http_support::{Double, TestServer};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use std::collections::HashMap;
@@ -79,7 +80,7 @@ fn counter(c: &Capture, key: &str) -> u64 {
 #[actix_web::test]
 async fn requests_are_counted_by_route_method_and_status() {
     let c = capture();
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     let client = awc::Client::default();
     for key in ["a", "b", "c"] {
         let r = client

@@ -10,6 +10,7 @@ mod http_support;
 use conclave::client::{Client, ClientError, ClientOptions};
 use conclave::http::{tls, Auth, HttpOptions};
 use conclave::node::{LeaderHint, RequestError};
+use conclave_core::ids::NodeId;
 use http_support::{Double, Mode, TestServer};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -61,7 +62,7 @@ fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[actix_web::test]
 async fn finding11_kv_write_without_token_is_401() {
-    let s = TestServer::start_with(Double::new(1), options());
+    let s = TestServer::start_with(Double::new(NodeId::new(1)), options());
     let e = client(&s.endpoint(), None, None)
         .put(b"k", b"v".to_vec(), None)
         .await
@@ -112,19 +113,19 @@ async fn finding11_kv_write_without_token_is_401() {
 
 #[actix_web::test]
 async fn finding11_transfer_leader_with_client_token_is_403() {
-    let s = TestServer::start_with(Double::new(1), options());
+    let s = TestServer::start_with(Double::new(NodeId::new(1)), options());
     let e = client(&s.endpoint(), Some(CLIENT), None)
-        .transfer_leader(2)
+        .transfer_leader(NodeId::new(2))
         .await
         .unwrap_err();
     assert_eq!(api_status(&e), (403, "forbidden".to_owned()));
     let e = client(&s.endpoint(), None, None)
-        .transfer_leader(2)
+        .transfer_leader(NodeId::new(2))
         .await
         .unwrap_err();
     assert_eq!(api_status(&e), (401, "unauthorized".to_owned()));
     client(&s.endpoint(), Some(ADMIN), None)
-        .transfer_leader(2)
+        .transfer_leader(NodeId::new(2))
         .await
         .unwrap();
     s.stop().await;
@@ -132,10 +133,10 @@ async fn finding11_transfer_leader_with_client_token_is_403() {
 
 #[actix_web::test]
 async fn finding14_transfer_to_a_non_voter_is_409_json() {
-    let s = TestServer::start(Double::new(1), 10);
-    s.double.state.lock().unwrap().mode = Mode::Fail(RequestError::NotAVoter(3));
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
+    s.double.state.lock().unwrap().mode = Mode::Fail(RequestError::NotAVoter(NodeId::new(3)));
     let e = client(&s.endpoint(), None, None)
-        .transfer_leader(3)
+        .transfer_leader(NodeId::new(3))
         .await
         .unwrap_err();
     assert_eq!(api_status(&e), (409, "not_a_voter".to_owned()));
@@ -186,7 +187,7 @@ async fn finding11_https_needs_the_cluster_ca() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "a");
     let other = pki(dir.path(), "other");
-    let s = TestServer::start_with(Double::new(1), tls_options(&p));
+    let s = TestServer::start_with(Double::new(NodeId::new(1)), tls_options(&p));
     let c = client(&https(&s), Some(CLIENT), Some(&p.ca));
     c.put(b"k", b"over tls".to_vec(), None).await.unwrap();
     assert_eq!(c.get(b"k", None).await.unwrap(), Some(b"over tls".to_vec()));
@@ -216,11 +217,11 @@ async fn finding11_https_needs_the_cluster_ca() {
 async fn finding11_forwarding_keeps_the_clients_token_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "n");
-    let leader = TestServer::start_with(Double::new(1), tls_options(&p));
-    let follower = TestServer::start_with(Double::new(2), tls_options(&p));
+    let leader = TestServer::start_with(Double::new(NodeId::new(1)), tls_options(&p));
+    let follower = TestServer::start_with(Double::new(NodeId::new(2)), tls_options(&p));
     follower.double.state.lock().unwrap().mode = Mode::Fail(RequestError::NotLeader {
         leader: Some(LeaderHint {
-            id: 1,
+            id: NodeId::new(1),
             http: leader.addr,
         }),
     });
@@ -231,10 +232,10 @@ async fn finding11_forwarding_keeps_the_clients_token_over_https() {
         Some(&b"forwarded".to_vec())
     );
     // A client token does not become an admin one by being forwarded.
-    let e = c.transfer_leader(3).await.unwrap_err();
+    let e = c.transfer_leader(NodeId::new(3)).await.unwrap_err();
     assert_eq!(api_status(&e).0, 403);
     client(&https(&follower), Some(ADMIN), Some(&p.ca))
-        .transfer_leader(3)
+        .transfer_leader(NodeId::new(3))
         .await
         .unwrap();
     follower.stop().await;
@@ -243,7 +244,7 @@ async fn finding11_forwarding_keeps_the_clients_token_over_https() {
 
 #[actix_web::test]
 async fn finding7_bytes_in_flight_over_the_budget_are_503_overloaded() {
-    let mut double = Double::new(1);
+    let mut double = Double::new(NodeId::new(1));
     double.max_value = 4096;
     let s = TestServer::start_with(
         double,
@@ -320,7 +321,7 @@ async fn finding7_bytes_in_flight_over_the_budget_are_503_overloaded() {
 #[actix_web::test]
 async fn finding12_a_body_that_stops_midway_is_a_408_json_within_the_deadline() {
     let s = TestServer::start_with(
-        Double::new(1),
+        Double::new(NodeId::new(1)),
         HttpOptions {
             body_timeout: Duration::from_millis(300),
             ..HttpOptions::default()
@@ -372,7 +373,7 @@ fn assert_json_error(reply: &str, status: &str, code: &str) {
 
 #[actix_web::test]
 async fn finding14_protocol_errors_are_json() {
-    let s = TestServer::start(Double::new(1), 10);
+    let s = TestServer::start(Double::new(NodeId::new(1)), 10);
     let addr = s.addr;
     // Bad request line.
     let reply = raw_async(addr, b"GARBAGE\r\n\r\n".to_vec()).await;
@@ -450,7 +451,7 @@ async fn overhead_of_tokens_and_tls_against_plain_http() {
     let mut baseline = None;
     println!("{n} PUT+GET pairs, sequential, one connection");
     for (name, options, tls) in cases {
-        let s = TestServer::start_with(Double::new(1), options);
+        let s = TestServer::start_with(Double::new(NodeId::new(1)), options);
         let endpoint = if tls { https(&s) } else { s.endpoint() };
         let c = client(&endpoint, Some(CLIENT), tls.then_some(p.ca.as_path()));
         // Warm up the connection (and the TLS session).

@@ -10,7 +10,11 @@ mod common;
 use conclave::config::Config;
 use conclave::node::{ConfigChange, InvalidChange, NewMember, Node, NodeHandle, RequestError};
 use conclave::state_machine::{KvCommand, KvMachine, KvRequest};
+use conclave_core::ids::NodeId;
 use std::time::{Duration, Instant};
+
+/// NodeId 4, usable in patterns.
+const NODE_4: NodeId = NodeId::new(4);
 
 async fn start(config: Config) -> Node<KvMachine> {
     let sm = config.node.data_dir.join("sm");
@@ -49,7 +53,7 @@ fn put(k: &str) -> KvRequest {
     }
 }
 
-fn stranger(id: u64) -> NewMember {
+fn stranger(id: NodeId) -> NewMember {
     // Nothing listens there: the learner never answers.
     NewMember {
         id,
@@ -71,8 +75,8 @@ async fn refusals_are_typed_and_changes_show_in_the_configuration() {
     let follower = handles.iter().find(|h| h.id() != lid).unwrap();
 
     let config = leader.cluster_config().await.unwrap();
-    let voters: Vec<u64> = config.voters.iter().map(|m| m.id).collect();
-    assert_eq!(voters, vec![1, 2, 3]);
+    let voters: Vec<NodeId> = config.voters.iter().map(|m| m.id).collect();
+    assert_eq!(voters, vec![NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
     assert!(config.learners.is_empty());
     assert_eq!(config.leader_id, Some(lid));
     assert!(config.voters.iter().all(|m| m.http.is_some()));
@@ -83,41 +87,53 @@ async fn refusals_are_typed_and_changes_show_in_the_configuration() {
         Err(RequestError::NotLeader { leader: Some(h) }) => assert_eq!(h.id, lid),
         other => panic!("expected NotLeader with a hint, got {other:?}"),
     }
-    match follower.change_config(ConfigChange::Promote(2), None).await {
+    match follower
+        .change_config(ConfigChange::Promote(NodeId::new(2)), None)
+        .await
+    {
         Err(RequestError::NotLeader { leader: Some(h) }) => assert_eq!(h.id, lid),
         other => panic!("expected NotLeader with a hint, got {other:?}"),
     }
 
     // Invalid changes, each with its reason; nothing changes.
     for (change, expected) in [
-        (ConfigChange::Promote(2), InvalidChange::NotALearner(2)),
-        (ConfigChange::Remove(9), InvalidChange::NotAMember(9)),
+        (
+            ConfigChange::Promote(NodeId::new(2)),
+            InvalidChange::NotALearner(NodeId::new(2)),
+        ),
+        (
+            ConfigChange::Remove(NodeId::new(9)),
+            InvalidChange::NotAMember(NodeId::new(9)),
+        ),
         (
             ConfigChange::AddLearner(NewMember {
-                id: 2,
+                id: NodeId::new(2),
                 addr: common::free_addr(),
                 http: common::free_addr(),
             }),
-            InvalidChange::AlreadyMember(2),
+            InvalidChange::AlreadyMember(NodeId::new(2)),
         ),
-        (ConfigChange::AddLearner(stranger(0)), InvalidChange::ZeroId),
+        (
+            ConfigChange::AddLearner(stranger(NodeId::NONE)),
+            InvalidChange::ZeroId,
+        ),
         (
             ConfigChange::Replace {
-                remove: 2,
+                remove: NodeId::new(2),
                 add: NewMember {
-                    id: 2,
+                    id: NodeId::new(2),
                     addr: common::free_addr(),
                     http: common::free_addr(),
                 },
             },
-            InvalidChange::SameNode(2),
+            InvalidChange::SameNode(NodeId::new(2)),
         ),
         (
             ConfigChange::Replace {
-                remove: 9,
-                add: stranger(5),
+                remove: NodeId::new(9),
+                add: stranger(NodeId::new(5)),
             },
-            InvalidChange::NotAVoter(9),
+            InvalidChange::NotAVoter(NodeId::new(9)),
         ),
     ] {
         assert_eq!(
@@ -129,7 +145,10 @@ async fn refusals_are_typed_and_changes_show_in_the_configuration() {
     // A stale configuration id.
     assert_eq!(
         leader
-            .change_config(ConfigChange::AddLearner(stranger(4)), Some(start_id + 7))
+            .change_config(
+                ConfigChange::AddLearner(stranger(NodeId::new(4))),
+                Some(start_id + 7)
+            )
             .await,
         Err(RequestError::ConfigChanged {
             expected: start_id + 7,
@@ -140,25 +159,35 @@ async fn refusals_are_typed_and_changes_show_in_the_configuration() {
 
     // A learner that never answers is added, but cannot be promoted however short the log.
     let added = leader
-        .change_config(ConfigChange::AddLearner(stranger(4)), Some(start_id))
+        .change_config(
+            ConfigChange::AddLearner(stranger(NodeId::new(4))),
+            Some(start_id),
+        )
         .await
         .unwrap();
     assert!(added.config.config_id > start_id);
     assert!(!added.config.change_pending);
     let learner = &added.config.learners[0];
-    assert_eq!(learner.id, 4);
+    assert_eq!(learner.id, NodeId::new(4));
     assert_eq!(learner.caught_up, Some(false));
-    match leader.change_config(ConfigChange::Promote(4), None).await {
-        Err(RequestError::NotCaughtUp { id: 4, max_lag, .. }) => assert_eq!(max_lag, 1000),
+    match leader
+        .change_config(ConfigChange::Promote(NodeId::new(4)), None)
+        .await
+    {
+        Err(RequestError::NotCaughtUp {
+            id: NODE_4,
+            max_lag,
+            ..
+        }) => assert_eq!(max_lag, 1000),
         other => panic!("expected NotCaughtUp, got {other:?}"),
     }
     // `/v1/cluster` lists it as a learner with its lag.
     let status = leader.cluster_status();
-    assert_eq!(status.groups[0].learners, vec![4]);
+    assert_eq!(status.groups[0].learners, vec![NodeId::new(4)]);
     let replica = status.groups[0]
         .replicas
         .iter()
-        .find(|r| r.id == 4)
+        .find(|r| r.id == NodeId::new(4))
         .unwrap();
     assert!(replica.learner);
     // A replace of a voter by that learner resumes it and stops at the same point, after a
@@ -167,9 +196,9 @@ async fn refusals_are_typed_and_changes_show_in_the_configuration() {
     match leader
         .change_config(
             ConfigChange::Replace {
-                remove: 3,
+                remove: NodeId::new(3),
                 add: NewMember {
-                    id: 4,
+                    id: NodeId::new(4),
                     addr: learner.addr.unwrap_or_else(common::free_addr),
                     http: learner.http.unwrap_or_else(common::free_addr),
                 },
@@ -178,13 +207,13 @@ async fn refusals_are_typed_and_changes_show_in_the_configuration() {
         )
         .await
     {
-        Err(RequestError::NotCaughtUp { id: 4, .. }) => {}
+        Err(RequestError::NotCaughtUp { id: NODE_4, .. }) => {}
         other => panic!("expected NotCaughtUp, got {other:?}"),
     }
     assert!(t.elapsed() < Duration::from_secs(9), "{:?}", t.elapsed());
     // Removing the learner works; the configuration is back to three voters.
     let removed = leader
-        .change_config(ConfigChange::Remove(4), None)
+        .change_config(ConfigChange::Remove(NodeId::new(4)), None)
         .await
         .unwrap();
     assert!(removed.config.learners.is_empty());
@@ -263,13 +292,13 @@ async fn a_second_change_waits_for_the_first() {
         let leader = leader.clone();
         actix::spawn(async move {
             leader
-                .change_config(ConfigChange::AddLearner(stranger(4)), None)
+                .change_config(ConfigChange::AddLearner(stranger(NodeId::new(4))), None)
                 .await
         })
     };
     actix::clock::sleep(Duration::from_millis(20)).await;
     match leader
-        .change_config(ConfigChange::AddLearner(stranger(5)), None)
+        .change_config(ConfigChange::AddLearner(stranger(NodeId::new(5))), None)
         .await
     {
         Err(RequestError::ChangeInProgress { .. }) => {}

@@ -39,6 +39,8 @@ use common::{big_value, env_u64, BIG};
 use common::Cluster;
 use conclave::client::{Client, ClientError};
 use conclave::config::ReadLevel;
+use conclave_core::ids::GroupId;
+use conclave_core::ids::NodeId;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,7 +52,7 @@ const SMALL: usize = 1024;
 const CLIENTS: u64 = 16;
 /// Keys each client overwrites in turn.
 const KEYS_PER_CLIENT: u64 = 256;
-const NEW_ID: u64 = 4;
+const NEW_ID: NodeId = NodeId::new(4);
 
 /// The `conclave` binary: `CONCLAVE_NODE_BIN` (a release build for the 1 GiB run) or the one
 /// cargo built for this test.
@@ -490,7 +492,7 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     }
     let snap = Client::with_timeout(&leader_ep, Duration::from_secs(600))
         .unwrap()
-        .take_snapshot(0)
+        .take_snapshot(GroupId::FIRST)
         .await;
     match snap {
         Ok(info) => eprintln!(
@@ -624,8 +626,12 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     eprintln!("load average at the end: {}", loadavg());
 
     let config = lc.cluster_config().await.unwrap();
-    let voters: Vec<u64> = config.voters.iter().map(|m| m.id).collect();
-    assert_eq!(voters, vec![1, 2, 3, NEW_ID], "{config:?}");
+    let voters: Vec<NodeId> = config.voters.iter().map(|m| m.id).collect();
+    assert_eq!(
+        voters,
+        vec![NodeId::new(1), NodeId::new(2), NodeId::new(3), NEW_ID],
+        "{config:?}"
+    );
 
     let w = writes.borrow().clone();
     let p = phases.borrow().clone();

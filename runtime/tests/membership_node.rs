@@ -12,6 +12,7 @@ use common::free_addr;
 use conclave::config::{ClusterSecretString, Config, ReadLevel};
 use conclave::node::{MembershipState, Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvQuery, KvRequest};
+use conclave_core::ids::{GroupId, NodeId};
 use conclave_core::raft::{MemberAddr, MembershipChange};
 use conclave_transport::handshake::{self, Hello, Refusal};
 use conclave_transport::{ClusterSecret, HandshakeError};
@@ -95,8 +96,8 @@ async fn change(handles: &[NodeHandle<KvMachine>], change: MembershipChange) -> 
 /// Dials `addr` (node `node`) claiming to be `claim`, with the cluster secret: the handshake's
 /// outcome.
 async fn handshake_as(
-    claim: u64,
-    node: u64,
+    claim: NodeId,
+    node: NodeId,
     addr: SocketAddr,
     cluster: &str,
 ) -> Result<(), String> {
@@ -176,7 +177,7 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     let cluster_id = configs[0].cluster.id.clone();
     // Node 4 as `conclave init --join` writes it: no initial members, a seed, the secret.
     let mut c4 = Config::default();
-    c4.node.id = 4;
+    c4.node.id = NodeId::new(4);
     c4.node.listen = free_addr();
     c4.node.http = free_addr();
     c4.node.data_dir = dir.path().join("data").join("n4");
@@ -188,7 +189,7 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     c4.validate().unwrap();
     let addr4 = c4.node.listen;
     let c4_http = c4.node.http;
-    let addrs: Vec<(u64, SocketAddr)> =
+    let addrs: Vec<(NodeId, SocketAddr)> =
         configs.iter().map(|c| (c.node.id, c.node.listen)).collect();
 
     let mut nodes = Vec::new();
@@ -214,7 +215,7 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     assert!(!r.ready, "{r:?}");
     assert_eq!(h4.cluster_status().membership, MembershipState::NotAMember);
     for &(id, addr) in &addrs {
-        let r = handshake_as(4, id, addr, &cluster_id).await;
+        let r = handshake_as(NodeId::new(4), id, addr, &cluster_id).await;
         assert!(
             is_not_member(&r),
             "node {id} admitted a node with the secret before it was added: {r:?}"
@@ -224,7 +225,10 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     actix::clock::sleep(Duration::from_millis(500)).await;
     for h in &handles {
         assert!(
-            !h.cluster_status().members.iter().any(|m| m.id == 4),
+            !h.cluster_status()
+                .members
+                .iter()
+                .any(|m| m.id == NodeId::new(4)),
             "node {} lists node 4 in gossip before it was added",
             h.id()
         );
@@ -248,7 +252,7 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     change(
         &handles,
         MembershipChange::AddLearner {
-            id: 4,
+            id: NodeId::new(4),
             addr: Some(MemberAddr {
                 raft: addr4,
                 http: http4,
@@ -280,7 +284,7 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     assert_eq!(r.code, None);
     // Every member now admits node 4 and gossip knows it alive, on every node.
     for &(id, addr) in &addrs {
-        let r = handshake_as(4, id, addr, &cluster_id).await;
+        let r = handshake_as(NodeId::new(4), id, addr, &cluster_id).await;
         assert!(!is_not_member(&r), "node {id} still refuses node 4: {r:?}");
     }
     let all: Vec<NodeHandle<KvMachine>> = handles.iter().cloned().chain([h4.clone()]).collect();
@@ -289,7 +293,7 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
             h.cluster_status()
                 .members
                 .iter()
-                .any(|m| m.id == 4 && m.state == "alive")
+                .any(|m| m.id == NodeId::new(4) && m.state == "alive")
                 .then_some(())
         })
         .await;
@@ -303,10 +307,11 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
     .await;
 
     // Promote it, then remove node 3 (a follower if possible).
-    change(&handles, MembershipChange::Promote(4)).await;
+    change(&handles, MembershipChange::Promote(NodeId::new(4))).await;
     let leader = leader_of(&handles).await;
     let removed = [3u64, 2, 1]
         .into_iter()
+        .map(NodeId::new)
         .find(|id| *id != leader.id())
         .unwrap();
     change(&handles, MembershipChange::Remove(removed)).await;
@@ -314,7 +319,7 @@ async fn a_joining_node_is_added_catches_up_and_a_removed_node_is_refused() {
         all.iter().filter(|h| h.id() != removed).cloned().collect();
     // Every remaining member refuses it at the handshake and gossip marks it `left`.
     for h in &remaining {
-        let addr = if h.id() == 4 {
+        let addr = if h.id() == NodeId::new(4) {
             addr4
         } else {
             addrs.iter().find(|(id, _)| *id == h.id()).unwrap().1
@@ -454,7 +459,7 @@ async fn a_removed_node_reports_removed_after_compaction_and_restart() {
         (s.membership == MembershipState::Removed && s.applied_index >= index).then_some(())
     })
     .await;
-    let snap = leader.take_snapshot(0).await.unwrap();
+    let snap = leader.take_snapshot(GroupId::FIRST).await.unwrap();
     assert!(
         snap.index >= index,
         "snapshot {snap:?} before the removal at {index}"
@@ -493,11 +498,11 @@ async fn a_drained_leader_hands_off_and_takes_no_leadership_until_undone() {
         c.gossip.cycle_interval_ms = 200;
         c.gossip.probe_timeout_ms = 100;
     }
-    let endpoints: Vec<(u64, String)> = configs
+    let endpoints: Vec<(NodeId, String)> = configs
         .iter()
         .map(|c| (c.node.id, format!("http://{}", c.node.http)))
         .collect();
-    let endpoint = |id: u64| endpoints.iter().find(|(i, _)| *i == id).unwrap().1.clone();
+    let endpoint = |id: NodeId| endpoints.iter().find(|(i, _)| *i == id).unwrap().1.clone();
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     for c in configs {

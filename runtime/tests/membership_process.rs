@@ -18,6 +18,7 @@ mod common;
 use common::Cluster;
 use conclave::client::{Client, ClientError};
 use conclave::config::ReadLevel;
+use conclave_core::ids::NodeId;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -171,7 +172,7 @@ async fn holds_every_write(endpoint: &str, acked: &BTreeMap<String, String>) {
     }
 }
 
-async fn voters(endpoint: &str) -> Vec<u64> {
+async fn voters(endpoint: &str) -> Vec<NodeId> {
     let c = Client::with_timeout(endpoint, Duration::from_secs(5)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -262,14 +263,23 @@ async fn seed_001_grow_to_five_lose_two_shrink_to_three() {
         eprintln!("node {} added and caught up in {:?}", j.id, t.elapsed());
         member(&c.endpoint(follower), &["promote".into(), j.id.to_string()]).await;
     }
-    assert_eq!(voters(&c.endpoint(leader)).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        voters(&c.endpoint(leader)).await,
+        vec![
+            NodeId::new(1),
+            NodeId::new(2),
+            NodeId::new(3),
+            NodeId::new(4),
+            NodeId::new(5)
+        ]
+    );
     let listed = member(&c.endpoint(follower), &["list".into()]).await;
     assert!(listed.contains("   5  voter"), "{listed}");
 
     // Kill -9 the leader and one other original node: 3 of 5 voters remain, writes go on.
     let other = (leader + 2) % 3;
     let survivor = 3 - leader - other;
-    let dead: Vec<u64> = [leader, other]
+    let dead: Vec<NodeId> = [leader, other]
         .iter()
         .map(|&i| c.configs[i].node.id)
         .collect();
@@ -285,7 +295,7 @@ async fn seed_001_grow_to_five_lose_two_shrink_to_three() {
         member(&live[0], &["remove".into(), id.to_string()]).await;
     }
     let survivor_id = c.configs[survivor].node.id;
-    let mut expected = vec![survivor_id, 4, 5];
+    let mut expected = vec![survivor_id, NodeId::new(4), NodeId::new(5)];
     expected.sort_unstable();
     assert_eq!(voters(&live[1]).await, expected);
     load(&live, "after-remove", 100, 8, &acked).await;
@@ -357,10 +367,10 @@ async fn replace_a_live_voter_under_write_load() {
     for t in tasks {
         t.await.unwrap();
     }
-    let mut expected: Vec<u64> = (0..3)
+    let mut expected: Vec<NodeId> = (0..3)
         .filter(|&i| i != old)
         .map(|i| c.configs[i].node.id)
-        .chain([4])
+        .chain([NodeId::new(4)])
         .collect();
     expected.sort_unstable();
     assert_eq!(voters(&c.endpoint(leader)).await, expected);
@@ -432,7 +442,7 @@ async fn a_lagging_member_catches_up_from_a_leader_added_after_its_log_ends() {
     loop {
         let _ = Client::with_timeout(&via, Duration::from_secs(3))
             .unwrap()
-            .transfer_leader(4)
+            .transfer_leader(NodeId::new(4))
             .await;
         actix::clock::sleep(Duration::from_millis(300)).await;
         if status_of(&j.endpoint())
@@ -447,7 +457,7 @@ async fn a_lagging_member_catches_up_from_a_leader_added_after_its_log_ends() {
     // The removed node is retired (its process stopped): nothing it queued for the lagging
     // node while it led can reach it later.
     c.kill9(leader);
-    let mut expected = vec![c.configs[other].node.id, lagger_id, 4];
+    let mut expected = vec![c.configs[other].node.id, lagger_id, NodeId::new(4)];
     expected.sort_unstable();
     assert_eq!(voters(&j.endpoint()).await, expected);
     // Enough writes that node 4 snapshots and compacts past the lagging node's last entry.
@@ -475,7 +485,7 @@ async fn a_lagging_member_catches_up_from_a_leader_added_after_its_log_ends() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(s) = status_of(&endpoints[lagger]).await {
-            if s.commit_index >= target.commit_index && s.leader_id == Some(4) {
+            if s.commit_index >= target.commit_index && s.leader_id == Some(NodeId::new(4)) {
                 eprintln!(
                     "node {lagger_id} caught up to {} (leader's {}) in {:?}, snapshot index {}",
                     s.commit_index,
@@ -603,7 +613,7 @@ async fn secure_cluster_membership_with_the_cli() {
         assert!(Instant::now() < deadline, "no leader over TLS");
         actix::clock::sleep(Duration::from_millis(200)).await;
     };
-    let follower = (1..=3u16).find(|i| u64::from(*i) != leader).unwrap();
+    let follower = (1..=3u16).find(|i| u64::from(*i) != leader.get()).unwrap();
     let via = endpoint(follower);
     let c = Client::with_options(&via, &secure(&admin)).unwrap();
     for i in 0..50 {
@@ -768,9 +778,13 @@ async fn secure_cluster_membership_with_the_cli() {
     .await;
     assert!(out.status.success(), "list --json: {}", text(&out));
     let cfg: conclave::node::ClusterConfig = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ids: Vec<u64> = cfg.voters.iter().map(|m| m.id).collect();
+    let mut ids: Vec<NodeId> = cfg.voters.iter().map(|m| m.id).collect();
     ids.sort_unstable();
-    let mut expected: Vec<u64> = (1..=3).filter(|i| *i != leader).chain([4]).collect();
+    let mut expected: Vec<NodeId> = (1..=3)
+        .map(NodeId::new)
+        .filter(|i| *i != leader)
+        .chain([NodeId::new(4)])
+        .collect();
     expected.sort_unstable();
     assert_eq!(ids, expected);
     c.put(b"after-remove", b"1".to_vec(), None).await.unwrap();

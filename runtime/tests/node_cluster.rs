@@ -10,6 +10,7 @@ use conclave::config::{Config, ReadLevel};
 use conclave::node::{Node, NodeHandle, RequestError};
 use conclave::state_machine::{KvCommand, KvMachine, KvOutput, KvQuery, KvRequest};
 
+use conclave_core::ids::GroupId;
 use std::time::{Duration, Instant};
 
 fn configs(n: u64, dir: &std::path::Path) -> Vec<Config> {
@@ -137,7 +138,7 @@ async fn three_nodes_replicate_read_and_survive_panics_and_failover() {
             assert!(leader.inject_applier_panic());
         }
         if i == 200 {
-            assert!(leader.inject_worker_panic(0));
+            assert!(leader.inject_worker_panic(GroupId::FIRST));
         }
         let key = format!("k{i}");
         match leader.write(put(&key, &format!("v{i}"))).await {

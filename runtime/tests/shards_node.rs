@@ -12,9 +12,13 @@ use conclave::config::{Config, ReadLevel};
 use conclave::node::wire::{ForwardOp, ForwardRequest, WireMessage};
 use conclave::node::{GroupRegistryError, Node, NodeHandle};
 use conclave::state_machine::{KvCommand, KvMachine, KvQuery, KvRequest};
+use conclave_core::ids::{GroupId, NodeId, ShardId};
 use conclave_transport::Endpoint;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+
+/// GroupId 1, usable in patterns.
+const GROUP_1: GroupId = GroupId::new(1);
 
 const SHARDS: u64 = 6;
 
@@ -110,9 +114,9 @@ async fn write(h: &NodeHandle<KvMachine>, k: &str, v: &str) {
 }
 
 /// The groups `h` must host: group 0 and its shards' groups.
-fn expected_groups(h: &NodeHandle<KvMachine>) -> Vec<u64> {
+fn expected_groups(h: &NodeHandle<KvMachine>) -> Vec<GroupId> {
     let map = h.shard_map().unwrap();
-    let mut groups = vec![0];
+    let mut groups = vec![GroupId::FIRST];
     groups.extend(map.shards_of(h.id()).map(|e| e.group));
     groups
 }
@@ -142,8 +146,13 @@ async fn any_key_through_any_node_and_shards_survive_a_restart() {
     }
     // Shard groups are the map's to place.
     assert!(matches!(
-        handles[0].create_group(1, [1, 2, 3]).await,
-        Err(GroupRegistryError::ShardGroup(1))
+        handles[0]
+            .create_group(
+                GroupId::new(1),
+                [NodeId::new(1), NodeId::new(2), NodeId::new(3)]
+            )
+            .await,
+        Err(GroupRegistryError::ShardGroup(GROUP_1))
     ));
     settled(&handles).await;
 
@@ -153,7 +162,7 @@ async fn any_key_through_any_node_and_shards_survive_a_restart() {
     for (i, k) in keys.iter().enumerate() {
         let w = &handles[i % 3];
         let route = w.key_route(k.as_bytes());
-        assert_eq!(route.group, route.shard + 1);
+        assert_eq!(route.group, conclave_ring::group_of_shard(route.shard));
         assert_eq!(route.map_version, 1);
         if !route.replicas.contains(&w.id()) {
             through_a_stranger += 1;
@@ -175,7 +184,10 @@ async fn any_key_through_any_node_and_shards_survive_a_restart() {
     // Each shard's data lives in its own group: a key is not in another shard's machine.
     let k0 = &keys[0];
     let home = handles[0].key_route(k0.as_bytes()).group;
-    let other: BTreeSet<u64> = (1..=SHARDS).filter(|g| *g != home).collect();
+    let other: BTreeSet<GroupId> = (1..=SHARDS)
+        .map(GroupId::new)
+        .filter(|g| *g != home)
+        .collect();
     for h in &handles {
         for g in h.groups().into_iter().filter(|g| other.contains(g)) {
             let v = h
@@ -230,7 +242,7 @@ async fn any_key_through_any_node_and_shards_survive_a_restart() {
         })
     };
     let impostor = common::rogue::rogue(down, &cluster_id).await;
-    let stranger = common::rogue::rogue(777, &cluster_id).await;
+    let stranger = common::rogue::rogue(NodeId::new(777), &cluster_id).await;
     for &(id, addr) in &targets {
         // A write for one key routed as another's (it would land in the wrong shard).
         let _ = impostor
@@ -316,7 +328,7 @@ async fn sixty_four_shards_start_settle_and_serve() {
     let started = began.elapsed();
     let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
     for h in &handles {
-        assert_eq!(h.groups(), (0..=64).collect::<Vec<u64>>());
+        assert_eq!(h.groups(), (0..=64).map(GroupId::new).collect::<Vec<_>>());
     }
     settled(&handles).await;
     let settled_in = began.elapsed();
@@ -402,8 +414,8 @@ fn leaders_per_node(handles: &[NodeHandle<KvMachine>]) -> Vec<usize> {
 }
 
 /// Every led shard with its leader and term, as the leading node sees it.
-fn leader_of_every_shard(handles: &[NodeHandle<KvMachine>]) -> Vec<(u64, Option<u64>, u64)> {
-    let mut out: Vec<(u64, Option<u64>, u64)> = handles
+fn leader_of_every_shard(handles: &[NodeHandle<KvMachine>]) -> Vec<(ShardId, Option<NodeId>, u64)> {
+    let mut out: Vec<(ShardId, Option<NodeId>, u64)> = handles
         .iter()
         .flat_map(|h| {
             h.shards_status()
@@ -496,7 +508,12 @@ async fn the_http_api_serves_any_key_from_any_node() {
     }
     // A map change through any node's HTTP API (forwarded to group 0's leader), with the
     // version it expects; the same expectation again is a 409.
-    let entry = handles[0].shard_map().unwrap().entry(0).unwrap().clone();
+    let entry = handles[0]
+        .shard_map()
+        .unwrap()
+        .entry(ShardId::new(0))
+        .unwrap()
+        .clone();
     let body = serde_json::json!({"shard": 0, "node": entry.replicas[1], "expected_version": 1});
     let url = |i: usize| format!("http://{}/v1/shards/preferred-leader", configs[i].node.http);
     let mut changed = None;
@@ -519,7 +536,7 @@ async fn the_http_api_serves_any_key_from_any_node() {
     let changed = changed.unwrap();
     assert_eq!(changed["map_version"], 2);
     assert_eq!(changed["changed"], true);
-    assert_eq!(changed["replicas"][0], entry.replicas[1]);
+    assert_eq!(changed["replicas"][0], entry.replicas[1].get());
     let resp = awc::Client::new()
         .post(url(2))
         .send_json(&body)
@@ -539,10 +556,10 @@ async fn the_http_api_serves_any_key_from_any_node() {
         .unwrap();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["map_version"], 2);
-    assert_eq!(body["shards"][0]["replicas"][0], entry.replicas[1]);
+    assert_eq!(body["shards"][0]["replicas"][0], entry.replicas[1].get());
     // And back, through the client (what `conclave ring prefer` calls).
     let back = clients[2]
-        .prefer_shard_leader(0, entry.replicas[0], Some(2))
+        .prefer_shard_leader(ShardId::new(0), entry.replicas[0], Some(2))
         .await
         .unwrap();
     assert!(back.changed);
@@ -810,7 +827,7 @@ async fn a_joining_node_takes_the_map_from_group_0_and_serves_any_key() {
 
     // Node 4 as `conclave init --join` writes it, sharded like the others.
     let mut c4 = sharded(Config::default());
-    c4.node.id = 4;
+    c4.node.id = NodeId::new(4);
     c4.node.listen = common::free_addr();
     c4.node.http = common::free_addr();
     c4.node.data_dir = dir.path().join("data").join("n4");
@@ -839,7 +856,7 @@ async fn a_joining_node_takes_the_map_from_group_0_and_serves_any_key() {
             Some(l) => l
                 .change_config(
                     conclave::node::ConfigChange::AddLearner(conclave::node::NewMember {
-                        id: 4,
+                        id: NodeId::new(4),
                         addr: c4.node.listen,
                         http: c4.node.http,
                     }),
@@ -861,7 +878,11 @@ async fn a_joining_node_takes_the_map_from_group_0_and_serves_any_key() {
     })
     .await;
     assert_eq!(h4.shards_status().map_adoptions.group0, 1);
-    assert_eq!(h4.groups(), vec![0], "a joined node hosts no shard");
+    assert_eq!(
+        h4.groups(),
+        vec![GroupId::FIRST],
+        "a joined node hosts no shard"
+    );
     eventually("node 4 is ready once it has the map", || {
         h4.readiness_now().ready
     })
@@ -925,10 +946,19 @@ async fn six_nodes_group_0_has_five_voters_and_a_learner_with_the_map() {
         assert!(Instant::now() < deadline, "no group 0 leader within 10 s");
         actix::clock::sleep(Duration::from_millis(50)).await;
     };
-    let voters: Vec<u64> = config.voters.iter().map(|m| m.id).collect();
-    let learners: Vec<u64> = config.learners.iter().map(|m| m.id).collect();
-    assert_eq!(voters, vec![1, 2, 3, 4, 5]);
-    assert_eq!(learners, vec![6]);
+    let voters: Vec<NodeId> = config.voters.iter().map(|m| m.id).collect();
+    let learners: Vec<NodeId> = config.learners.iter().map(|m| m.id).collect();
+    assert_eq!(
+        voters,
+        vec![
+            NodeId::new(1),
+            NodeId::new(2),
+            NodeId::new(3),
+            NodeId::new(4),
+            NodeId::new(5)
+        ]
+    );
+    assert_eq!(learners, vec![NodeId::new(6)]);
     assert_eq!(conclave::node::MAX_METADATA_VOTERS, 5);
     let learner = &handles[5];
     let map = handles[0].shard_map().unwrap();

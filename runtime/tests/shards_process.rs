@@ -16,6 +16,8 @@ mod common;
 use common::Cluster;
 use conclave::api::ShardsStatus;
 use conclave::client::Client;
+use conclave_core::ids::NodeId;
+use conclave_core::ids::ShardId;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -33,10 +35,10 @@ async fn shards_of(c: &Cluster, i: usize, timeout: Duration) -> Option<ShardsSta
 
 /// Waits until every shard has a leader that the node itself reports, and the leaders per node
 /// are spread (max/min ≤ 1.5); returns each node's id → the shards it leads with their terms.
-async fn spread(c: &Cluster) -> BTreeMap<u64, Vec<(u64, u64)>> {
+async fn spread(c: &Cluster) -> BTreeMap<NodeId, Vec<(ShardId, u64)>> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let mut led: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut led: BTreeMap<NodeId, Vec<(ShardId, u64)>> = BTreeMap::new();
         let mut all = true;
         for i in c.alive() {
             match shards_of(c, i, Duration::from_secs(2)).await {
@@ -62,7 +64,7 @@ async fn spread(c: &Cluster) -> BTreeMap<u64, Vec<(u64, u64)>> {
             // Quiet too: the same leaders in the same terms a second later (no transfer or
             // election under way that the kill would race).
             actix::clock::sleep(Duration::from_secs(1)).await;
-            let mut again: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+            let mut again: BTreeMap<NodeId, Vec<(ShardId, u64)>> = BTreeMap::new();
             for i in c.alive() {
                 if let Some(s) = shards_of(c, i, Duration::from_secs(2)).await {
                     let mine = s
@@ -89,11 +91,11 @@ async fn spread(c: &Cluster) -> BTreeMap<u64, Vec<(u64, u64)>> {
 
 /// Kills node `victim` (leading `led`: shard → term) and returns, per shard, the time until a
 /// survivor reported another leader in a later term.
-async fn kill_and_time(c: &mut Cluster, victim: usize, led: &[(u64, u64)]) -> Vec<Duration> {
+async fn kill_and_time(c: &mut Cluster, victim: usize, led: &[(ShardId, u64)]) -> Vec<Duration> {
     let victim_id = c.configs[victim].node.id;
     c.kill9(victim);
     let killed_at = Instant::now();
-    let mut moved: BTreeMap<u64, Duration> = BTreeMap::new();
+    let mut moved: BTreeMap<ShardId, Duration> = BTreeMap::new();
     let deadline = killed_at + Duration::from_secs(30);
     while moved.len() < led.len() {
         for i in c.alive() {
@@ -102,7 +104,7 @@ async fn kill_and_time(c: &mut Cluster, victim: usize, led: &[(u64, u64)]) -> Ve
             };
             let at = killed_at.elapsed();
             for &(shard, term) in led {
-                let Some(now) = s.shards.get(shard as usize) else {
+                let Some(now) = s.shards.get(shard.get() as usize) else {
                     continue;
                 };
                 let elsewhere = now.leader.is_some_and(|l| l != victim_id) && now.term > term;
@@ -132,7 +134,11 @@ async fn kill_and_time(c: &mut Cluster, victim: usize, led: &[(u64, u64)]) -> Ve
 /// Of the shards node `victim` says it leads, those every survivor hosting them also sees it
 /// lead, each with the highest term a survivor knows: what a later leader must be newer than
 /// (a shard whose leadership is moving as the node is killed is left out).
-async fn survivors_view(c: &Cluster, victim: u64, led: &[(u64, u64)]) -> Vec<(u64, u64)> {
+async fn survivors_view(
+    c: &Cluster,
+    victim: NodeId,
+    led: &[(ShardId, u64)],
+) -> Vec<(ShardId, u64)> {
     let mut views = Vec::new();
     for i in c.alive() {
         if c.configs[i].node.id != victim {
@@ -145,7 +151,7 @@ async fn survivors_view(c: &Cluster, victim: u64, led: &[(u64, u64)]) -> Vec<(u6
         .filter_map(|&(shard, term)| {
             let mut top = term;
             for v in &views {
-                let sh = v.shards.get(shard as usize)?;
+                let sh = v.shards.get(shard.get() as usize)?;
                 if sh.hosted {
                     if sh.leader != Some(victim) {
                         return None;

@@ -39,6 +39,7 @@ use common::{big_value, env_u64, BIG};
 use common::Cluster;
 use conclave::client::Client;
 use conclave::config::ReadLevel;
+use conclave_core::ids::GroupId;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -235,7 +236,10 @@ async fn write_latency_while_every_node_snapshots_a_large_state() {
             .map(|&i| {
                 let c =
                     Client::with_timeout(&cluster.endpoint(i), Duration::from_secs(600)).unwrap();
-                (i, actix::spawn(async move { c.take_snapshot(0).await }))
+                (
+                    i,
+                    actix::spawn(async move { c.take_snapshot(GroupId::FIRST).await }),
+                )
             })
             .collect();
         for (i, call) in calls {

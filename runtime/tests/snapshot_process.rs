@@ -13,6 +13,7 @@ mod common;
 use common::Cluster;
 use conclave::client::{Client, ClientError};
 use conclave::config::ReadLevel;
+use conclave_core::ids::GroupId;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -186,14 +187,22 @@ async fn snapshots_compact_the_log_and_nodes_restart_from_them() {
         );
         actix::clock::sleep(Duration::from_millis(20)).await;
     }
-    let taken = c.client(follower).take_snapshot(0).await.unwrap();
+    let taken = c
+        .client(follower)
+        .take_snapshot(GroupId::FIRST)
+        .await
+        .unwrap();
     let status = c.client(follower).status().await.unwrap();
     assert!(taken.index > 0 && taken.bytes > 0, "{taken:?}");
     assert_eq!(status.groups[0].snapshot_index, taken.index);
-    let again = c.client(follower).take_snapshot(0).await.unwrap();
+    let again = c
+        .client(follower)
+        .take_snapshot(GroupId::FIRST)
+        .await
+        .unwrap();
     assert!(!again.taken, "{again:?}");
     assert_eq!(again.index, taken.index);
-    match c.client(follower).take_snapshot(7).await {
+    match c.client(follower).take_snapshot(GroupId::new(7)).await {
         Err(ClientError::Api { status, .. }) => assert_eq!(status, 404),
         other => panic!("a snapshot of an unknown group: {other:?}"),
     }
@@ -260,8 +269,11 @@ async fn snapshots_compact_the_log_and_nodes_restart_from_them() {
             if let conclave::storage::health::StorageCondition::Failed { component, error } =
                 &s.storage
             {
-                assert_eq!(component, "snapshots/0");
-                assert!(error.contains("compacted up to index"), "{error}");
+                assert_eq!(component.to_string(), "snapshots/0");
+                assert!(
+                    error.to_string().contains("compacted up to index"),
+                    "{error}"
+                );
                 break;
             }
         }

@@ -14,6 +14,7 @@ mod common;
 use common::{free_addr, Cluster};
 use conclave::client::Client;
 use conclave::config::{Config, ReadLevel};
+use conclave_core::ids::{GroupId, NodeId};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -203,7 +204,7 @@ async fn a_follower_behind_two_compactions_and_a_wiped_one_catch_up_by_snapshot(
 /// `POST /v1/cluster/snapshot` on node `i`; the snapshot's index.
 async fn take_snapshot(c: &Cluster, i: usize) -> u64 {
     let client = Client::with_timeout(&c.endpoint(i), Duration::from_secs(120)).unwrap();
-    client.take_snapshot(0).await.unwrap().index
+    client.take_snapshot(GroupId::FIRST).await.unwrap().index
 }
 
 #[actix::test]
@@ -362,7 +363,7 @@ async fn a_chunk_corrupted_in_flight_is_refused_and_sent_again() {
         cfg.snapshot.max_send_rate_mb_s = 1;
         for m in &mut cfg.cluster.initial_members {
             if m.id != cfg.node.id {
-                m.addr = proxies[(m.id - 1) as usize].addr;
+                m.addr = proxies[(m.id.get() - 1) as usize].addr;
             }
         }
     }
@@ -519,13 +520,17 @@ async fn hostile_snapshot_chunks_are_refused_by_a_real_node_and_change_nothing()
     let chunk = |term: u64, index: u64, total: u64, offset: u64| {
         let data = vec![7u8; 1000];
         SnapshotChunk {
-            group: 0,
+            group: GroupId::FIRST,
             from: impostor_id,
             term,
             meta: SnapshotMeta {
                 index,
                 term: 1,
-                membership: Membership::with_voters([1, 2, 3]),
+                membership: Membership::with_voters([
+                    NodeId::new(1),
+                    NodeId::new(2),
+                    NodeId::new(3),
+                ]),
             },
             total,
             digest: 1,
@@ -549,7 +554,7 @@ async fn hostile_snapshot_chunks_are_refused_by_a_real_node_and_change_nothing()
             .unwrap();
     }
     let mut other_group = chunk(before.term, far, 10_000, 0);
-    other_group.group = 9;
+    other_group.group = GroupId::new(9);
     link.send(WireMessage::SnapshotChunk(other_group))
         .await
         .unwrap();

@@ -10,6 +10,7 @@ mod common;
 use conclave::node::{Node, NodeHandle};
 use conclave::state_machine::{LogIndex, SnapshotStreamError, StateMachine, StateMachineError};
 use conclave::storage::health::StorageCondition;
+use conclave_core::ids::NodeId;
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn leader(handles: &[NodeHandle<GatedMachine>]) -> Option<u64> {
+fn leader(handles: &[NodeHandle<GatedMachine>]) -> Option<NodeId> {
     handles
         .iter()
         .find(|h| h.cluster_status().role == "leader")
@@ -142,13 +143,13 @@ async fn a_blocked_state_machine_does_not_freeze_its_node() {
         leader(&handles).is_some()
     })
     .await;
-    if leader(&handles) == Some(1) {
+    if leader(&handles) == Some(NodeId::new(1)) {
         // Its Raft actor is responsive: it hands leadership over on request.
-        stuck.transfer_leader(2).await.unwrap();
+        stuck.transfer_leader(NodeId::new(2)).await.unwrap();
         wait_until(
             "leadership to move off node 1",
             Duration::from_secs(10),
-            || leader(&handles).is_some_and(|l| l != 1),
+            || leader(&handles).is_some_and(|l| l != NodeId::new(1)),
         )
         .await;
     }
@@ -194,7 +195,7 @@ async fn a_blocked_state_machine_does_not_freeze_its_node() {
     );
     match stuck.cluster_status().storage {
         StorageCondition::Stalled { component, for_ms } => {
-            assert_eq!(component, "state_machine/0");
+            assert_eq!(component.to_string(), "state_machine/0");
             assert!(for_ms >= 200, "{for_ms}");
         }
         other => panic!("expected a stall in /v1/cluster, got {other:?}"),

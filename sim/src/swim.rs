@@ -168,9 +168,9 @@ struct World {
 fn addr_of(id: NodeId) -> String {
     format!(
         "10.{}.{}.{}:7946",
-        id >> 16 & 0xff,
-        id >> 8 & 0xff,
-        id & 0xff
+        id.get() >> 16 & 0xff,
+        id.get() >> 8 & 0xff,
+        id.get() & 0xff
     )
 }
 
@@ -180,9 +180,9 @@ fn identity(id: NodeId) -> Identity {
         addr: addr_of(id),
         http: format!(
             "10.{}.{}.{}:8080",
-            id >> 16 & 0xff,
-            id >> 8 & 0xff,
-            id & 0xff
+            id.get() >> 16 & 0xff,
+            id.get() >> 8 & 0xff,
+            id.get() & 0xff
         ),
     }
 }
@@ -202,7 +202,7 @@ impl World {
         let preloaded: Vec<Member> = (0..n)
             .filter(|i| Some(*i) != joiner)
             .map(|i| {
-                let id = identity(i as NodeId + 1);
+                let id = identity(NodeId::new(i as u64 + 1));
                 Member {
                     id: id.id,
                     addr: id.addr,
@@ -216,11 +216,11 @@ impl World {
         let mut nodes = Vec::with_capacity(n);
         let mut by_addr = HashMap::with_capacity(n);
         for i in 0..n {
-            let id = identity(i as NodeId + 1);
+            let id = identity(NodeId::new(i as u64 + 1));
             by_addr.insert(id.addr.clone(), i);
             let mut swim_cfg = cfg.swim.clone();
             if Some(i) == joiner {
-                swim_cfg.seeds = vec![addr_of(1)];
+                swim_cfg.seeds = vec![addr_of(NodeId::new(1))];
             }
             let node_seed = cfg.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut swim = Swim::new(swim_cfg, id, node_seed)?;
@@ -395,7 +395,7 @@ impl World {
         let cycle = self.cfg.swim.cycle_interval_ms as f64;
         match event {
             Event::Joined(m) | Event::Alive(m) => {
-                let idx = (m.id - 1) as usize;
+                let idx = (m.id.get() - 1) as usize;
                 if Some(idx) == self.joiner && Some(observer) != self.joiner {
                     self.knows_joiner.insert(observer);
                     let others = (0..self.nodes.len())
@@ -413,7 +413,7 @@ impl World {
                 }
             }
             Event::Suspect(m) => {
-                let idx = (m.id - 1) as usize;
+                let idx = (m.id.get() - 1) as usize;
                 if Some(idx) == self.victim && self.nodes[idx].crashed {
                     if self.report.crash_to_first_suspect_s.is_none() {
                         let at = self.crashed_at.unwrap_or(0);
@@ -425,7 +425,7 @@ impl World {
                 }
             }
             Event::Dead(m) => {
-                let idx = (m.id - 1) as usize;
+                let idx = (m.id.get() - 1) as usize;
                 if self.nodes[idx].crashed {
                     if Some(idx) == self.victim {
                         self.marked_dead.insert(observer);
@@ -464,7 +464,7 @@ impl World {
                     continue;
                 }
                 let ok = swim
-                    .member(j as NodeId + 1)
+                    .member(NodeId::new(j as u64 + 1))
                     .is_some_and(|m| m.state.is_active());
                 if !ok {
                     wrong += 1;

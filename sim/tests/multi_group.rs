@@ -11,6 +11,7 @@
 //! The measurements run at 1 and 100 groups (200 for the crash and tick tests) by default and
 //! at 1,000 groups with `CONCLAVE_MULTI_MEASURE=1` (about a minute on a loaded 2-core machine).
 
+use conclave_core::ids::{GroupId, NodeId};
 use conclave_core::raft::PlantedBugs;
 use conclave_sim::raft::{run_multi, FailureKind, MultiConfig, MultiReport, MultiWorld};
 use std::time::Instant;
@@ -170,11 +171,11 @@ fn settled(groups: u64, quiesce: bool) -> MultiWorld {
 
 /// Frames (and coalesced heartbeats) per simulated second from n1 to n2 over `secs`.
 fn rate(w: &mut MultiWorld, secs: u64) -> (f64, f64) {
-    let (f0, h0) = w.frames_between(1, 2);
+    let (f0, h0) = w.frames_between(NodeId::new(1), NodeId::new(2));
     let t = w.now();
     w.run_until(t + secs * 1_000)
         .unwrap_or_else(|f| panic!("{f}"));
-    let (f1, h1) = w.frames_between(1, 2);
+    let (f1, h1) = w.frames_between(NodeId::new(1), NodeId::new(2));
     (
         (f1 - f0) as f64 / secs as f64,
         (h1 - h0) as f64 / secs as f64,
@@ -194,7 +195,7 @@ fn idle_frames_per_second_do_not_depend_on_group_count() {
         let (frames, hbs) = rate(&mut w, 5);
         let mut q = settled(groups, true);
         let (qframes, _) = rate(&mut q, 5);
-        let quiesced: usize = (1..=3).map(|id| q.quiesced(id)).sum();
+        let quiesced: usize = (1..=3).map(NodeId::new).map(|id| q.quiesced(id)).sum();
         println!(
             "{groups:>5} groups, idle, n1->n2: quiescence off {frames:.1} frames/s carrying \
              {hbs:.0} heartbeats/s; quiescence on {qframes:.1} frames/s ({quiesced} of {} \
@@ -222,18 +223,30 @@ fn idle_frames_per_second_do_not_depend_on_group_count() {
 fn quiesced_groups_cost_no_ticks_and_wake_within_a_round_trip() {
     let groups = large();
     let mut active = settled(groups, false);
-    let t0: u64 = (1..=3).map(|id| active.host_stats(id).unwrap().ticks).sum();
+    let t0: u64 = (1..=3)
+        .map(NodeId::new)
+        .map(|id| active.host_stats(id).unwrap().ticks)
+        .sum();
     let wall = Instant::now();
     active.run_until(active.now() + 5_000).unwrap();
     let active_wall = wall.elapsed();
-    let t1: u64 = (1..=3).map(|id| active.host_stats(id).unwrap().ticks).sum();
+    let t1: u64 = (1..=3)
+        .map(NodeId::new)
+        .map(|id| active.host_stats(id).unwrap().ticks)
+        .sum();
 
     let mut w = settled(groups, true);
-    let q0: u64 = (1..=3).map(|id| w.host_stats(id).unwrap().ticks).sum();
+    let q0: u64 = (1..=3)
+        .map(NodeId::new)
+        .map(|id| w.host_stats(id).unwrap().ticks)
+        .sum();
     let wall = Instant::now();
     w.run_until(w.now() + 5_000).unwrap();
     let quiet_wall = wall.elapsed();
-    let q1: u64 = (1..=3).map(|id| w.host_stats(id).unwrap().ticks).sum();
+    let q1: u64 = (1..=3)
+        .map(NodeId::new)
+        .map(|id| w.host_stats(id).unwrap().ticks)
+        .sum();
     println!(
         "{groups} groups x 3 nodes, 5 simulated s idle: quiescence off {} ticks/s ({:.0} ms \
          wall), on {} ticks/s ({:.0} ms wall)",
@@ -250,8 +263,8 @@ fn quiesced_groups_cost_no_ticks_and_wake_within_a_round_trip() {
     // simulated network takes 1-15 ms each way, the disk 0-3 ms).
     let mut worst = 0;
     let mut total = 0;
-    for g in 0..100 {
-        assert!((1..=3).all(|id| w.quiesced(id) > 0));
+    for g in (0..100).map(GroupId::new) {
+        assert!((1..=3).map(NodeId::new).all(|id| w.quiesced(id) > 0));
         let (_, p) = w.propose(g).expect("a leader");
         let start = w.now();
         while !w.is_committed(g, p.index, p.term) {
@@ -308,12 +321,19 @@ fn connection_resets_to_a_live_leader_cost_no_election() {
         assert_eq!(w.groups_without_leader(), 0);
         w.run_until(w.now() + 1_000)
             .unwrap_or_else(|f| panic!("{f}"));
-        let quiesced: usize = (1..=nodes as u64).map(|id| w.quiesced(id)).sum();
+        let quiesced: usize = (1..=nodes as u64)
+            .map(NodeId::new)
+            .map(|id| w.quiesced(id))
+            .sum();
         assert_eq!(quiesced, nodes * groups as usize, "all quiesced");
-        let leaders: Vec<_> = (0..groups).map(|g| w.leader_of(g)).collect();
+        let leaders: Vec<_> = (0..groups)
+            .map(GroupId::new)
+            .map(|g| w.leader_of(g))
+            .collect();
         let elections = w.report().elections;
         let woken = |w: &MultiWorld| -> u64 {
             (1..=nodes as u64)
+                .map(NodeId::new)
                 .filter_map(|id| w.host_stats(id))
                 .map(|s| s.woken)
                 .sum()
@@ -323,6 +343,7 @@ fn connection_resets_to_a_live_leader_cost_no_election() {
         for i in 0..30u64 {
             let (l, _) = w.busiest_leader().expect("a leader");
             let f = (1..=nodes as u64)
+                .map(NodeId::new)
                 .filter(|id| *id != l)
                 .nth((i as usize) % (nodes - 1))
                 .expect("a follower");
@@ -344,10 +365,16 @@ fn connection_resets_to_a_live_leader_cost_no_election() {
         assert!(woken > 0, "the resets woke quiesced followers");
         assert_eq!(r.elections, elections, "no group changed leader");
         assert_eq!(
-            (0..groups).map(|g| w.leader_of(g)).collect::<Vec<_>>(),
+            (0..groups)
+                .map(GroupId::new)
+                .map(|g| w.leader_of(g))
+                .collect::<Vec<_>>(),
             leaders
         );
-        let quiesced: usize = (1..=nodes as u64).map(|id| w.quiesced(id)).sum();
+        let quiesced: usize = (1..=nodes as u64)
+            .map(NodeId::new)
+            .map(|id| w.quiesced(id))
+            .sum();
         assert_eq!(quiesced, nodes * groups as usize, "all quiesced again");
     }
 }

@@ -100,8 +100,8 @@ impl Transcript<'_> {
         });
         ctx.extend_from_slice(&(self.cluster_id.len() as u64).to_be_bytes());
         ctx.extend_from_slice(self.cluster_id.as_bytes());
-        ctx.extend_from_slice(&self.acceptor.to_be_bytes());
-        ctx.extend_from_slice(&self.dialer.to_be_bytes());
+        ctx.extend_from_slice(&self.acceptor.get().to_be_bytes());
+        ctx.extend_from_slice(&self.dialer.get().to_be_bytes());
         ctx.extend_from_slice(self.acceptor_nonce);
         ctx.extend_from_slice(self.dialer_nonce);
         ctx
@@ -140,8 +140,8 @@ mod tests {
         let (na, nd) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
         let t = Transcript {
             cluster_id: "c",
-            acceptor: 1,
-            dialer: 2,
+            acceptor: NodeId::new(1),
+            dialer: NodeId::new(2),
             acceptor_nonce: &na,
             dialer_nonce: &nd,
         };
@@ -157,7 +157,14 @@ mod tests {
                 ..t
             }
         ));
-        assert!(!s.verify(&p, Role::Dialer, &Transcript { dialer: 3, ..t }));
+        assert!(!s.verify(
+            &p,
+            Role::Dialer,
+            &Transcript {
+                dialer: NodeId::new(3),
+                ..t
+            }
+        ));
         assert!(!s.verify(
             &p,
             Role::Dialer,

@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_bad_values_name_their_key() {
-        let cfg = TransportConfig::new(1, "c", "127.0.0.1:0".parse().unwrap());
+        let cfg = TransportConfig::new(NodeId::new(1), "c", "127.0.0.1:0".parse().unwrap());
         assert_eq!(cfg.validate(), Ok(()));
         assert_eq!(cfg.max_queue_size, 5000);
         let mut bad = cfg.clone();

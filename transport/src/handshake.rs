@@ -224,7 +224,7 @@ impl Hello {
         let mut buf = BytesMut::with_capacity(HEADER_LEN + id.len() + 1 + PROOF_LEN);
         buf.put_slice(&MAGIC);
         buf.put_u16(self.version);
-        buf.put_u64(self.node_id);
+        buf.put_u64(self.node_id.get());
         buf.put_u8(if self.secret { FLAG_SECRET } else { 0 });
         buf.put_slice(&self.nonce);
         buf.put_u16(len);
@@ -250,7 +250,7 @@ impl Hello {
         io.read_exact(&mut header[6..]).await?;
         let mut node = [0u8; 8];
         node.copy_from_slice(&header[6..14]);
-        let node_id = u64::from_be_bytes(node);
+        let node_id = NodeId::new(u64::from_be_bytes(node));
         let flags = header[14];
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&header[15..15 + NONCE_LEN]);
@@ -508,26 +508,26 @@ mod tests {
 
     #[tokio::test]
     async fn hello_round_trip_and_checks() {
-        let ours = Hello::new(1, "prod");
-        let mut wire = &Hello::new(2, "prod").encode()[..];
+        let ours = Hello::new(NodeId::new(1), "prod");
+        let mut wire = &Hello::new(NodeId::new(2), "prod").encode()[..];
         let theirs = Hello::read_from(&mut wire).await.unwrap();
-        assert_eq!(theirs, Hello::new(2, "prod"));
-        assert_eq!(theirs.check(&ours, Some(2)), Ok(()));
+        assert_eq!(theirs, Hello::new(NodeId::new(2), "prod"));
+        assert_eq!(theirs.check(&ours, Some(NodeId::new(2))), Ok(()));
         assert_eq!(
-            theirs.check(&ours, Some(3)),
-            Err(Refusal::UnexpectedNode(2))
+            theirs.check(&ours, Some(NodeId::new(3))),
+            Err(Refusal::UnexpectedNode(NodeId::new(2)))
         );
         assert_eq!(
-            Hello::new(2, "test").check(&ours, None),
+            Hello::new(NodeId::new(2), "test").check(&ours, None),
             Err(Refusal::WrongCluster("test".into()))
         );
         assert_eq!(
-            Hello::new(1, "prod").check(&ours, None),
+            Hello::new(NodeId::new(1), "prod").check(&ours, None),
             Err(Refusal::SameNodeId)
         );
         let future = Hello {
             version: PROTOCOL_VERSION + 1,
-            ..Hello::new(2, "prod")
+            ..Hello::new(NodeId::new(2), "prod")
         };
         assert_eq!(
             future.check(&ours, None),
@@ -541,7 +541,7 @@ mod tests {
         let err = Hello::read_from(&mut wire).await.unwrap_err();
         assert_eq!(err.label(), "bad_magic");
 
-        let mut bad = Hello::new(2, "prod").encode();
+        let mut bad = Hello::new(NodeId::new(2), "prod").encode();
         let n = bad.len();
         bad[n - 1] = 0xFF; // not UTF-8
         let err = Hello::read_from(&mut &bad[..]).await.unwrap_err();
@@ -557,7 +557,7 @@ mod tests {
         let err = Hello::read_from(&mut &long[..]).await.unwrap_err();
         assert_eq!(err.label(), "malformed_hello");
 
-        let truncated = Hello::new(2, "prod").encode();
+        let truncated = Hello::new(NodeId::new(2), "prod").encode();
         let err = Hello::read_from(&mut &truncated[..10]).await.unwrap_err();
         assert_eq!(err.label(), "io");
     }
@@ -566,17 +566,33 @@ mod tests {
     async fn dial_and_accept_agree_or_refuse_with_a_code() {
         let (mut a, mut b) = tokio::io::duplex(1024);
         let acceptor =
-            tokio::spawn(async move { accept(&mut b, &Hello::new(2, "c1"), None).await });
-        let got = dial(&mut a, &Hello::new(1, "c1"), 2, None).await.unwrap();
-        assert_eq!(got.node_id, 2);
-        assert_eq!(acceptor.await.unwrap().unwrap().node_id, 1);
+            tokio::spawn(
+                async move { accept(&mut b, &Hello::new(NodeId::new(2), "c1"), None).await },
+            );
+        let got = dial(
+            &mut a,
+            &Hello::new(NodeId::new(1), "c1"),
+            NodeId::new(2),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.node_id, NodeId::new(2));
+        assert_eq!(acceptor.await.unwrap().unwrap().node_id, NodeId::new(1));
 
         let (mut a, mut b) = tokio::io::duplex(1024);
         let acceptor =
-            tokio::spawn(async move { accept(&mut b, &Hello::new(2, "c1"), None).await });
-        let err = dial(&mut a, &Hello::new(1, "other"), 2, None)
-            .await
-            .unwrap_err();
+            tokio::spawn(
+                async move { accept(&mut b, &Hello::new(NodeId::new(2), "c1"), None).await },
+            );
+        let err = dial(
+            &mut a,
+            &Hello::new(NodeId::new(1), "other"),
+            NodeId::new(2),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(
             err,
             HandshakeError::Refused(Refusal::RefusedByPeer(3))
@@ -593,22 +609,42 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1024);
         let s2 = secret.clone();
         let acceptor = tokio::spawn(async move {
-            accept(&mut b, &Hello::new(2, "c").fresh(true), Some(&s2)).await
-        });
-        dial(&mut a, &Hello::new(1, "c").fresh(true), 2, Some(&secret))
+            accept(
+                &mut b,
+                &Hello::new(NodeId::new(2), "c").fresh(true),
+                Some(&s2),
+            )
             .await
-            .unwrap();
-        assert_eq!(acceptor.await.unwrap().unwrap().node_id, 1);
+        });
+        dial(
+            &mut a,
+            &Hello::new(NodeId::new(1), "c").fresh(true),
+            NodeId::new(2),
+            Some(&secret),
+        )
+        .await
+        .unwrap();
+        assert_eq!(acceptor.await.unwrap().unwrap().node_id, NodeId::new(1));
         // A dialer with the wrong secret: the acceptor's proof does not verify for it, and the
         // acceptor never sees a valid proof.
         let (mut a, mut b) = tokio::io::duplex(1024);
         let s2 = secret.clone();
         let acceptor = tokio::spawn(async move {
-            accept(&mut b, &Hello::new(2, "c").fresh(true), Some(&s2)).await
-        });
-        let err = dial(&mut a, &Hello::new(1, "c").fresh(true), 2, Some(&wrong))
+            accept(
+                &mut b,
+                &Hello::new(NodeId::new(2), "c").fresh(true),
+                Some(&s2),
+            )
             .await
-            .unwrap_err();
+        });
+        let err = dial(
+            &mut a,
+            &Hello::new(NodeId::new(1), "c").fresh(true),
+            NodeId::new(2),
+            Some(&wrong),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.label(), "auth_failed");
         drop(a);
         assert!(acceptor.await.unwrap().is_err());
@@ -616,11 +652,21 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1024);
         let s2 = secret.clone();
         let acceptor = tokio::spawn(async move {
-            accept(&mut b, &Hello::new(2, "c").fresh(true), Some(&s2)).await
-        });
-        let err = dial(&mut a, &Hello::new(1, "c").fresh(false), 2, None)
+            accept(
+                &mut b,
+                &Hello::new(NodeId::new(2), "c").fresh(true),
+                Some(&s2),
+            )
             .await
-            .unwrap_err();
+        });
+        let err = dial(
+            &mut a,
+            &Hello::new(NodeId::new(1), "c").fresh(false),
+            NodeId::new(2),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(
             err,
             HandshakeError::Refused(Refusal::RefusedByPeer(11))

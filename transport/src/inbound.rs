@@ -61,7 +61,7 @@ pub fn inbound<M>(batches: usize) -> (Inbound<M>, InboundReceiver<M>) {
         Inbound { tx },
         InboundReceiver {
             rx,
-            from: 0,
+            from: NodeId::NONE,
             rest: Vec::new().into_iter(),
         },
     )
@@ -162,18 +162,20 @@ mod tests {
     async fn messages_come_out_one_at_a_time_in_order() {
         let (tx, mut rx) = inbound::<u32>(2);
         tx.try_send(InboundBatch {
-            from: 7,
+            from: NodeId::new(7),
             msgs: vec![1, 2, 3],
         })
         .unwrap_or_else(|_| panic!("room for one batch"));
-        tx.send_one(9, 4).await.unwrap_or_else(|_| panic!("open"));
-        assert_eq!(rx.recv().await, Some((7, 1)));
+        tx.send_one(NodeId::new(9), 4)
+            .await
+            .unwrap_or_else(|_| panic!("open"));
+        assert_eq!(rx.recv().await, Some((NodeId::new(7), 1)));
         let rest = rx
             .recv_batch()
             .await
             .unwrap_or_else(|| panic!("rest of batch"));
-        assert_eq!((rest.from, rest.msgs), (7, vec![2, 3]));
-        assert_eq!(rx.try_recv().ok(), Some((9, 4)));
+        assert_eq!((rest.from, rest.msgs), (NodeId::new(7), vec![2, 3]));
+        assert_eq!(rx.try_recv().ok(), Some((NodeId::new(9), 4)));
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
         drop(tx);
         assert_eq!(rx.recv().await, None);
@@ -184,33 +186,33 @@ mod tests {
         let (tx, mut rx) = inbound::<u32>(1);
         assert!(tx
             .try_send(InboundBatch {
-                from: 1,
+                from: NodeId::new(1),
                 msgs: vec![1; 100],
             })
             .is_ok());
         match tx.try_send(InboundBatch {
-            from: 1,
+            from: NodeId::new(1),
             msgs: vec![2],
         }) {
             Err(Refused::Full(b)) => assert_eq!(b.msgs, vec![2]),
             other => panic!("expected Full, got {other:?}"),
         }
-        assert_eq!(rx.recv().await, Some((1, 1)));
+        assert_eq!(rx.recv().await, Some((NodeId::new(1), 1)));
         // The batch is out of the channel once its first message is taken: room again.
         assert!(tx
             .try_send(InboundBatch {
-                from: 1,
+                from: NodeId::new(1),
                 msgs: vec![2],
             })
             .is_ok());
         drop(rx);
         assert!(matches!(
             tx.try_send(InboundBatch {
-                from: 1,
+                from: NodeId::new(1),
                 msgs: vec![3],
             }),
             Err(Refused::Closed)
         ));
-        assert_eq!(tx.send_one(1, 5).await, Err(5));
+        assert_eq!(tx.send_one(NodeId::new(1), 5).await, Err(5));
     }
 }

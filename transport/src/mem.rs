@@ -213,8 +213,9 @@ where
             self.max_frame_size,
         );
         peers.insert(node, link.clone());
-        let seed =
-            self.net.seed ^ self.node.rotate_left(32) ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = self.net.seed
+            ^ self.node.get().rotate_left(32)
+            ^ node.get().wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let task = deliver_loop(
             Arc::clone(&self.net),
             self.node,
@@ -282,14 +283,14 @@ async fn deliver_loop<M>(
                 Ok(Some(crate::Frame::Message(body))) => match decode_body_shared(&body) {
                     Ok(msg) => msg,
                     Err(e) => {
-                        warn!(from, to, "in-memory delivery: {e}");
+                        warn!(%from, %to, "in-memory delivery: {e}");
                         m::decode_error(to, Some(from), e.reason());
                         continue;
                     }
                 },
                 Ok(_) => continue,
                 Err(e) => {
-                    warn!(from, to, "in-memory delivery: {e}");
+                    warn!(%from, %to, "in-memory delivery: {e}");
                     m::decode_error(to, Some(from), e.reason());
                     continue;
                 }

@@ -387,7 +387,7 @@ where
             live: Arc::new(AtomicUsize::new(0)),
             losses: broadcast::channel(LOSS_EVENTS).0,
         });
-        info!(node = shared.cfg.node_id, %local_addr, tls = shared.tls.is_some(), "transport listening");
+        info!(node = %shared.cfg.node_id, %local_addr, tls = shared.tls.is_some(), "transport listening");
         tokio::spawn(accept_loop(Arc::clone(&shared), listener));
         Ok((Self { shared, local_addr }, local_addr))
     }
@@ -544,7 +544,7 @@ where
             Ok(x) => x,
             Err(e) => {
                 // Usually EMFILE: back off briefly rather than spin.
-                warn!(node = shared.cfg.node_id, error = %e, "accept failed");
+                warn!(node = %shared.cfg.node_id, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -552,7 +552,7 @@ where
         // Before authentication a socket holds only a slot of the small pre-auth budget, for
         // at most `handshake_timeout`: strangers cannot hold the members' connection slots.
         let Ok(permit) = Arc::clone(&shared.pending).try_acquire_owned() else {
-            warn!(node = shared.cfg.node_id, %remote, max = shared.cfg.max_pending_handshakes,
+            warn!(node = %shared.cfg.node_id, %remote, max = shared.cfg.max_pending_handshakes,
                 "refusing connection: max_pending_handshakes reached");
             m::handshake_refused(shared.cfg.node_id, None, "too_many_handshakes");
             continue;
@@ -593,12 +593,12 @@ async fn serve_inbound<M>(
     let (mut io, hello) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
-            warn!(node, %remote, reason = e.label(), error = %e, "inbound handshake refused");
+            warn!(%node, %remote, reason = e.label(), error = %e, "inbound handshake refused");
             m::handshake_refused(node, None, e.label());
             return;
         }
         Err(_) => {
-            warn!(node, %remote, reason = "timeout", "inbound handshake refused: peer said nothing in time");
+            warn!(%node, %remote, reason = "timeout", "inbound handshake refused: peer said nothing in time");
             m::handshake_refused(node, None, Refusal::Timeout.label());
             return;
         }
@@ -608,7 +608,7 @@ async fn serve_inbound<M>(
     // one connection per pair, so this bound is only reached if max_connections < members).
     drop(pending);
     let Ok(_slot) = Arc::clone(&shared.connections).try_acquire_owned() else {
-        warn!(node, peer, %remote, max = shared.cfg.max_connections,
+        warn!(%node, %peer, %remote, max = shared.cfg.max_connections,
             "refusing connection: max_connections reached");
         m::handshake_refused(node, Some(peer), "too_many_connections");
         return;
@@ -642,14 +642,14 @@ async fn serve_inbound<M>(
                 match handshake::accept_reply(&mut io, Status::Accepted).await {
                     Ok(()) => Some((id, cmds)),
                     Err(e) => {
-                        debug!(node, peer, %remote, "accepted connection failed before use: {e}");
+                        debug!(%node, %peer, %remote, "accepted connection failed before use: {e}");
                         shared.mark_idle(peer, id);
                         None
                     }
                 }
             }
             Decision::Simultaneous => {
-                debug!(node, peer, %remote, "simultaneous dial: keeping our own connection");
+                debug!(%node, %peer, %remote, "simultaneous dial: keeping our own connection");
                 m::dial_conflict(node, peer, "ours_wins");
                 let _ = handshake::accept_reply(&mut io, Status::Simultaneous).await;
                 None
@@ -660,13 +660,13 @@ async fn serve_inbound<M>(
                     .ok()?;
                 let replace = handshake::read_alive_answer(&mut io).await.ok()?;
                 if !replace {
-                    debug!(node, peer, %remote, "peer already uses our connection: closing its new one");
+                    debug!(%node, %peer, %remote, "peer already uses our connection: closing its new one");
                     m::dial_conflict(node, peer, "kept_existing");
                     return None;
                 }
                 // The peer holds no connection to us: the one we hold is stale (the peer
                 // restarted or dropped it). This one replaces it.
-                info!(node, peer, %remote, "peer reconnected: replacing our stale connection");
+                info!(%node, %peer, %remote, "peer reconnected: replacing our stale connection");
                 m::dial_conflict(node, peer, "replaced_stale");
                 let mut peers = shared.peers.lock();
                 if *shared.shutdown.borrow() {
@@ -684,7 +684,7 @@ async fn serve_inbound<M>(
         return;
     };
     m::connection_opened(node, peer, "accepted");
-    debug!(node, peer, %remote, id, "connection accepted");
+    debug!(%node, %peer, %remote, %id, "connection accepted");
     let live = LiveGuard::new(&shared.live);
     let (rd, wr) = io.split();
     let stop_reader = Arc::new(Notify::new());
@@ -786,8 +786,8 @@ async fn run_reader<M>(
         _ = stop_reader.notified() => Ok(()),
     };
     match r {
-        Ok(()) => debug!(node, peer, id, "connection closed"),
-        Err(why) => warn!(node, peer, id, "closing connection: {why}"),
+        Ok(()) => debug!(%node, %peer, %id, "connection closed"),
+        Err(why) => warn!(%node, %peer, %id, "closing connection: {why}"),
     }
     let _ = cmds.send(Cmd::Closed(id));
 }
@@ -1185,7 +1185,7 @@ where
                         lose(&mut out, node, peer);
                         old.close();
                     }
-                    debug!(node, peer, id = new.id, "using accepted connection");
+                    debug!(%node, %peer, id = %new.id, "using accepted connection");
                     conn = Some(new);
                     failures = 0;
                     idle_deadline = Instant::now() + keepalive;
@@ -1217,7 +1217,7 @@ where
                     if let Some(c) = conn.take() {
                         let id = c.id;
                         c.close();
-                        info!(node, peer, id, "closed the connection to a peer that left the cluster");
+                        info!(%node, %peer, %id, "closed the connection to a peer that left the cluster");
                         shared.mark_idle(peer, id);
                     }
                     lose(&mut out, node, peer);
@@ -1229,14 +1229,14 @@ where
                 dialing = None;
                 match r {
                     Ok(Dialled::Connected(id, io)) => {
-                        info!(node, peer, id, "connected to peer");
+                        info!(%node, %peer, %id, "connected to peer");
                         m::connection_opened(node, peer, "dialed");
                         failures = 0;
                         conn = Some(start_reader(&shared, peer, id, io));
                         idle_deadline = Instant::now() + keepalive;
                     }
                     Ok(Dialled::PeerWins) => {
-                        debug!(node, peer, "simultaneous dial: the peer's connection wins");
+                        debug!(%node, %peer, "simultaneous dial: the peer's connection wins");
                         m::dial_conflict(node, peer, "peer_wins");
                         // Its connection normally arrives within a round trip; if it does not
                         // (its dial failed), dial again after a backoff.
@@ -1248,11 +1248,11 @@ where
                         let addr = shared.peers.lock().get(&peer).and_then(|s| s.addr);
                         match e {
                             DialError::Refused(e) => {
-                                warn!(node, peer, ?addr, reason = e.label(), "handshake with peer refused: {e}");
+                                warn!(%node, %peer, ?addr, reason = e.label(), "handshake with peer refused: {e}");
                                 m::handshake_refused(node, Some(peer), e.label());
                             }
                             why => {
-                                debug!(node, peer, ?addr, "cannot reach peer: {why}");
+                                debug!(%node, %peer, ?addr, "cannot reach peer: {why}");
                             }
                         }
                         retry_at = Instant::now() + backoff(&shared.cfg, failures);
@@ -1290,9 +1290,9 @@ where
                         let id = c.id;
                         c.close();
                         if timed_out {
-                            warn!(node, peer, id, "closing connection to peer: {e}");
+                            warn!(%node, %peer, %id, "closing connection to peer: {e}");
                         } else {
-                            warn!(node, peer, id, "connection to peer lost: write error: {e}");
+                            warn!(%node, %peer, %id, "connection to peer lost: write error: {e}");
                         }
                         shared.lost(peer, id);
                     }
@@ -1508,7 +1508,7 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_by_the_cap_and_grows() {
-        let mut cfg = TransportConfig::new(1, "c", "127.0.0.1:0".parse().unwrap());
+        let mut cfg = TransportConfig::new(NodeId::new(1), "c", "127.0.0.1:0".parse().unwrap());
         cfg.backoff_base = Duration::from_millis(10);
         cfg.backoff_cap = Duration::from_millis(500);
         for failures in 0..40 {

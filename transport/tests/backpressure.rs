@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use conclave_core::ids::NodeId;
 use conclave_transport::metrics as names;
 use conclave_transport::{Endpoint, TrySendError};
 
@@ -18,12 +19,12 @@ const SIZE: usize = 4096;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_consumer_fills_the_queue_and_everything_arrives_after_resume() {
     let rec = metrics();
-    let mut cfg = config(301, "t");
+    let mut cfg = config(NodeId::new(301), "t");
     cfg.max_queue_size = QUEUE;
     let (a, _, _a_rx) = start(cfg, 8).await;
     // The consumer: an inbound channel of 4 that nobody reads for now.
-    let (_b, b_addr, mut b_rx) = start(config(302, "t"), 4).await;
-    let link = a.peer(302, b_addr);
+    let (_b, b_addr, mut b_rx) = start(config(NodeId::new(302), "t"), 4).await;
+    let link = a.peer(NodeId::new(302), b_addr);
 
     // Push until the queue stays full: socket buffers fill first, then the queue.
     let mut accepted: u64 = 0;
@@ -82,7 +83,7 @@ async fn a_stalled_consumer_fills_the_queue_and_everything_arrives_after_resume(
     };
     for i in 0..=accepted {
         let (from, m) = recv(&mut b_rx).await;
-        assert_eq!(from, 301);
+        assert_eq!(from, NodeId::new(301));
         assert_eq!(m.seq, i, "out of order or lost");
         assert_eq!(m.payload.len(), SIZE);
     }

@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use conclave_core::ids::NodeId;
 use conclave_transport::{ClusterSecret, Endpoint, TlsConfig, TransportConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -46,19 +47,19 @@ fn tls_for(
 }
 
 async fn per_connection(rounds: u32, tweak: impl Fn(&mut TransportConfig, u64)) -> Duration {
-    let mut cfg_b = config(2, "bench");
+    let mut cfg_b = config(NodeId::new(2), "bench");
     tweak(&mut cfg_b, 2);
     let (_b, b_addr, mut b_rx) = start(cfg_b, 64).await;
     let t0 = Instant::now();
     for i in 0..rounds {
-        let mut cfg_a = config(1, "bench");
+        let mut cfg_a = config(NodeId::new(1), "bench");
         tweak(&mut cfg_a, 1);
         let (a, _, _a_rx) = start(cfg_a, 8).await;
-        a.peer(2, b_addr)
+        a.peer(NodeId::new(2), b_addr)
             .send(Msg::new(u64::from(i), 8))
             .await
             .unwrap();
-        assert_eq!(recv(&mut b_rx).await.0, 1);
+        assert_eq!(recv(&mut b_rx).await.0, NodeId::new(1));
         a.shutdown();
     }
     t0.elapsed() / rounds

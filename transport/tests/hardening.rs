@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
+use conclave_core::ids::NodeId;
 use conclave_transport::handshake::{self, Hello, Refusal};
 use conclave_transport::metrics as names;
 use conclave_transport::{ClusterSecret, Endpoint, HandshakeError, TrySendError};
@@ -18,8 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const SECRET: &str = "0123456789abcdef-test-secret";
 
-fn members(ids: &[u64]) -> Option<BTreeSet<u64>> {
-    Some(ids.iter().copied().collect())
+fn members(ids: &[u64]) -> Option<BTreeSet<NodeId>> {
+    Some(ids.iter().copied().map(NodeId::new).collect())
 }
 
 /// Finding 2: with a cluster secret and an allowlist, a socket claiming to be a live member
@@ -29,23 +30,31 @@ fn members(ids: &[u64]) -> Option<BTreeSet<u64>> {
 #[tokio::test]
 async fn finding2_impersonated_member_cannot_take_over_a_connection() {
     let rec = metrics();
-    let mut cfg_a = config(501, "t");
+    let mut cfg_a = config(NodeId::new(501), "t");
     cfg_a.secret = Some(ClusterSecret::new(SECRET));
     cfg_a.allowed_peers = members(&[501, 502]);
-    let mut cfg_b = config(502, "t");
+    let mut cfg_b = config(NodeId::new(502), "t");
     cfg_b.secret = Some(ClusterSecret::new(SECRET));
     cfg_b.allowed_peers = members(&[501, 502]);
     let (a, a_addr, mut a_rx) = start(cfg_a, 64).await;
     let (b, b_addr, mut b_rx) = start(cfg_b, 64).await;
-    a.peer(502, b_addr).send(Msg::new(1, 1)).await.unwrap();
-    assert_eq!(recv(&mut b_rx).await, (501, Msg::new(1, 1)));
-    let to_a = b.peer(501, a_addr);
+    a.peer(NodeId::new(502), b_addr)
+        .send(Msg::new(1, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(501), Msg::new(1, 1)));
+    let to_a = b.peer(NodeId::new(501), a_addr);
 
     // Posing as 501 without the secret: refused at the hello.
     let mut s = TcpStream::connect(b_addr).await.unwrap();
-    let err = handshake::dial_status(&mut s, &Hello::new(501, "t").fresh(false), 502, None)
-        .await
-        .unwrap_err();
+    let err = handshake::dial_status(
+        &mut s,
+        &Hello::new(NodeId::new(501), "t").fresh(false),
+        NodeId::new(502),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, HandshakeError::Refused(Refusal::RefusedByPeer(11))),
         "{err}"
@@ -54,17 +63,22 @@ async fn finding2_impersonated_member_cannot_take_over_a_connection() {
     // acceptor never gets a valid proof; it refuses.
     let mut s = TcpStream::connect(b_addr).await.unwrap();
     let guess = ClusterSecret::new("a guessed secret, but wrong");
-    let err = handshake::dial_status(&mut s, &Hello::new(501, "t").fresh(true), 502, Some(&guess))
-        .await
-        .unwrap_err();
+    let err = handshake::dial_status(
+        &mut s,
+        &Hello::new(NodeId::new(501), "t").fresh(true),
+        NodeId::new(502),
+        Some(&guess),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.label(), "auth_failed");
     // A non-member id: refused, even with the right secret.
     let mut s = TcpStream::connect(b_addr).await.unwrap();
     let secret = ClusterSecret::new(SECRET);
     let err = handshake::dial_status(
         &mut s,
-        &Hello::new(777, "t").fresh(true),
-        502,
+        &Hello::new(NodeId::new(777), "t").fresh(true),
+        NodeId::new(502),
         Some(&secret),
     )
     .await
@@ -86,9 +100,12 @@ async fn finding2_impersonated_member_cannot_take_over_a_connection() {
 
     // The real 501 still gets what B sends to 501, over the original connection.
     to_a.send(Msg::new(2, 1)).await.unwrap();
-    assert_eq!(recv(&mut a_rx).await, (502, Msg::new(2, 1)));
-    a.peer(502, b_addr).send(Msg::new(3, 1)).await.unwrap();
-    assert_eq!(recv(&mut b_rx).await, (501, Msg::new(3, 1)));
+    assert_eq!(recv(&mut a_rx).await, (NodeId::new(502), Msg::new(2, 1)));
+    a.peer(NodeId::new(502), b_addr)
+        .send(Msg::new(3, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(501), Msg::new(3, 1)));
     assert_eq!(
         rec.get(
             names::DIAL_CONFLICTS_TOTAL,
@@ -108,11 +125,14 @@ async fn finding2_impersonated_member_cannot_take_over_a_connection() {
 #[tokio::test]
 async fn finding2_non_member_ids_are_refused_by_the_allowlist() {
     let rec = metrics();
-    let mut cfg_b = config(532, "t");
+    let mut cfg_b = config(NodeId::new(532), "t");
     cfg_b.allowed_peers = members(&[531, 532]);
     let (b, b_addr, mut b_rx) = start(cfg_b, 8).await;
-    let (stranger, _, _s_rx) = start(config(533, "t"), 8).await;
-    stranger.peer(532, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    let (stranger, _, _s_rx) = start(config(NodeId::new(533), "t"), 8).await;
+    stranger
+        .peer(NodeId::new(532), b_addr)
+        .try_send(Msg::new(0, 1))
+        .unwrap();
     eventually("not_member counted", || {
         rec.get(
             names::HANDSHAKE_REFUSED_TOTAL,
@@ -122,7 +142,7 @@ async fn finding2_non_member_ids_are_refused_by_the_allowlist() {
     .await;
     assert!(b_rx.try_recv().is_err());
     // Admitting it at runtime (a node being added) lets it in.
-    b.allow_peer(533);
+    b.allow_peer(NodeId::new(533));
     eventually("admitted after allow_peer", || b_rx.try_recv().is_ok()).await;
 }
 
@@ -131,14 +151,17 @@ async fn finding2_non_member_ids_are_refused_by_the_allowlist() {
 #[tokio::test]
 async fn denied_ids_are_refused_even_without_an_allowlist() {
     let rec = metrics();
-    let mut cfg_b = config(542, "t");
+    let mut cfg_b = config(NodeId::new(542), "t");
     cfg_b.secret = Some(ClusterSecret::new(SECRET));
     let (b, b_addr, mut b_rx) = start(cfg_b, 8).await;
-    b.set_denied_peers(BTreeSet::from([543]));
-    let mut cfg_r = config(543, "t");
+    b.set_denied_peers(BTreeSet::from([NodeId::new(543)]));
+    let mut cfg_r = config(NodeId::new(543), "t");
     cfg_r.secret = Some(ClusterSecret::new(SECRET));
     let (removed, _, _r_rx) = start(cfg_r, 8).await;
-    removed.peer(542, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    removed
+        .peer(NodeId::new(542), b_addr)
+        .try_send(Msg::new(0, 1))
+        .unwrap();
     eventually("the removed id refused as not_member", || {
         rec.get(
             names::HANDSHAKE_REFUSED_TOTAL,
@@ -148,17 +171,21 @@ async fn denied_ids_are_refused_even_without_an_allowlist() {
     .await;
     assert!(b_rx.try_recv().is_err());
     // Another authenticated id, named by no allowlist, gets in.
-    let mut cfg_o = config(544, "t");
+    let mut cfg_o = config(NodeId::new(544), "t");
     cfg_o.secret = Some(ClusterSecret::new(SECRET));
     let (other, _, _o_rx) = start(cfg_o, 8).await;
-    other.peer(542, b_addr).send(Msg::new(1, 1)).await.unwrap();
-    assert_eq!(recv(&mut b_rx).await, (544, Msg::new(1, 1)));
+    other
+        .peer(NodeId::new(542), b_addr)
+        .send(Msg::new(1, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(544), Msg::new(1, 1)));
     // Taken off the denied set (re-added), the removed id gets in too.
     b.set_denied_peers(BTreeSet::new());
-    let to_b = removed.peer(542, b_addr);
+    let to_b = removed.peer(NodeId::new(542), b_addr);
     eventually("admitted once no longer denied", || {
         let _ = to_b.try_send(Msg::new(2, 1));
-        matches!(b_rx.try_recv(), Ok((543, _)))
+        matches!(b_rx.try_recv(), Ok((from, _)) if from == NodeId::new(543))
     })
     .await;
 }
@@ -169,7 +196,7 @@ async fn denied_ids_are_refused_even_without_an_allowlist() {
 #[tokio::test]
 async fn finding5_idle_connections_do_not_hold_the_members_slots() {
     let rec = metrics();
-    let mut cfg_b = config(512, "t");
+    let mut cfg_b = config(NodeId::new(512), "t");
     cfg_b.allowed_peers = members(&[511, 512]);
     cfg_b.max_connections = 64;
     cfg_b.max_pending_handshakes = 8;
@@ -178,7 +205,13 @@ async fn finding5_idle_connections_do_not_hold_the_members_slots() {
     let mut held = Vec::new();
     for i in 0..64 {
         let mut s = TcpStream::connect(b_addr).await.unwrap();
-        let r = handshake::dial(&mut s, &Hello::new(1000 + i, "t").fresh(false), 512, None).await;
+        let r = handshake::dial(
+            &mut s,
+            &Hello::new(NodeId::new(1000 + i), "t").fresh(false),
+            NodeId::new(512),
+            None,
+        )
+        .await;
         assert!(r.is_err(), "stranger {} completed the handshake", 1000 + i);
         held.push(s);
     }
@@ -186,9 +219,12 @@ async fn finding5_idle_connections_do_not_hold_the_members_slots() {
         held.push(TcpStream::connect(b_addr).await.unwrap());
     }
     // The member gets in (at the latest once the idle sockets' handshake time is up).
-    let (a, _, _a_rx) = start(config(511, "t"), 8).await;
-    a.peer(512, b_addr).send(Msg::new(9, 1)).await.unwrap();
-    assert_eq!(recv(&mut b_rx).await, (511, Msg::new(9, 1)));
+    let (a, _, _a_rx) = start(config(NodeId::new(511), "t"), 8).await;
+    a.peer(NodeId::new(512), b_addr)
+        .send(Msg::new(9, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(511), Msg::new(9, 1)));
     assert!(
         rec.get(
             names::HANDSHAKE_REFUSED_TOTAL,
@@ -216,19 +252,19 @@ async fn finding13_a_peer_that_never_reads_does_not_stall_the_writer() {
         let mut keep = Vec::new();
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
-            let ours = Hello::new(522, "t").fresh(false);
+            let ours = Hello::new(NodeId::new(522), "t").fresh(false);
             if handshake::accept(&mut s, &ours, None).await.is_ok() {
                 let _ = accepted_tx.send(());
                 keep.push(s); // never read from it
             }
         }
     });
-    let mut cfg = config(521, "t");
+    let mut cfg = config(NodeId::new(521), "t");
     cfg.write_timeout = Duration::from_millis(300);
     cfg.read_timeout = Duration::from_secs(60);
     cfg.keepalive_interval = Duration::from_secs(20);
     let (a, _, _a_rx) = start(cfg, 8).await;
-    let link = a.peer(522, fake_addr);
+    let link = a.peer(NodeId::new(522), fake_addr);
     let big = Msg::new(1, 60 * 1024);
     tokio::time::timeout(Duration::from_secs(5), accepted_rx.recv())
         .await
@@ -263,7 +299,7 @@ async fn finding13_a_peer_that_never_reads_does_not_stall_the_writer() {
 /// Finding 13: the outbound queue is bounded in bytes, not only in frames.
 #[tokio::test]
 async fn finding13_outbound_queue_is_bounded_in_bytes() {
-    let mut cfg = config(541, "t");
+    let mut cfg = config(NodeId::new(541), "t");
     cfg.max_queue_size = 5000;
     cfg.max_frame_size = 16 * 1024;
     cfg.max_queue_bytes = 64 * 1024;
@@ -272,7 +308,7 @@ async fn finding13_outbound_queue_is_bounded_in_bytes() {
     let nowhere = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = nowhere.local_addr().unwrap();
     drop(nowhere);
-    let link = a.peer(542, addr);
+    let link = a.peer(NodeId::new(542), addr);
     let mut queued = 0;
     for i in 0..5000 {
         match link.try_send(Msg::new(i, 1000)) {

@@ -7,17 +7,22 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use conclave_core::ids::NodeId;
 use conclave_transport::{Endpoint, Faults, MemNetwork, TrySendError};
 
 const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-fn node(net: &MemNetwork<Msg>, id: u64, cap: usize) -> (conclave_transport::MemEndpoint<Msg>, Rx) {
+fn node(
+    net: &MemNetwork<Msg>,
+    id: NodeId,
+    cap: usize,
+) -> (conclave_transport::MemEndpoint<Msg>, Rx) {
     let (tx, rx) = conclave_transport::inbound(cap);
     (net.endpoint(id, tx), rx)
 }
 
 /// Written against the trait: runs unchanged over TCP and in memory.
-async fn ping<E: Endpoint<Msg>>(from: &E, to: u64, addr: SocketAddr, rx: &mut Rx, n: u64) {
+async fn ping<E: Endpoint<Msg>>(from: &E, to: NodeId, addr: SocketAddr, rx: &mut Rx, n: u64) {
     let link = from.peer(to, addr);
     for i in 0..n {
         link.send(Msg::new(i, 8)).await.unwrap();
@@ -30,21 +35,21 @@ async fn ping<E: Endpoint<Msg>>(from: &E, to: u64, addr: SocketAddr, rx: &mut Rx
 #[tokio::test]
 async fn same_interface_over_memory_and_tcp() {
     let net = MemNetwork::new(1);
-    let (a, _a_rx) = node(&net, 1, 16);
-    let (_b, mut b_rx) = node(&net, 2, 16);
-    ping(&a, 2, ANY, &mut b_rx, 100).await;
+    let (a, _a_rx) = node(&net, NodeId::new(1), 16);
+    let (_b, mut b_rx) = node(&net, NodeId::new(2), 16);
+    ping(&a, NodeId::new(2), ANY, &mut b_rx, 100).await;
 
-    let (ta, _, _ta_rx) = start(config(501, "t"), 16).await;
-    let (_tb, tb_addr, mut tb_rx) = start(config(502, "t"), 16).await;
-    ping(&ta, 502, tb_addr, &mut tb_rx, 100).await;
+    let (ta, _, _ta_rx) = start(config(NodeId::new(501), "t"), 16).await;
+    let (_tb, tb_addr, mut tb_rx) = start(config(NodeId::new(502), "t"), 16).await;
+    ping(&ta, NodeId::new(502), tb_addr, &mut tb_rx, 100).await;
 }
 
 #[tokio::test]
 async fn drop_all_and_drop_some() {
     let net = MemNetwork::new(7);
-    let (a, _a_rx) = node(&net, 1, 1024);
-    let (_b, mut b_rx) = node(&net, 2, 1024);
-    let link = a.peer(2, ANY);
+    let (a, _a_rx) = node(&net, NodeId::new(1), 1024);
+    let (_b, mut b_rx) = node(&net, NodeId::new(2), 1024);
+    let link = a.peer(NodeId::new(2), ANY);
     net.set_faults(Faults {
         drop: 1.0,
         ..Faults::default()
@@ -88,9 +93,9 @@ async fn the_same_seed_drops_the_same_messages() {
             drop: 0.5,
             ..Faults::default()
         });
-        let (a, _a_rx) = node(&net, 1, 512);
-        let (_b, mut b_rx) = node(&net, 2, 512);
-        let link = a.peer(2, ANY);
+        let (a, _a_rx) = node(&net, NodeId::new(1), 512);
+        let (_b, mut b_rx) = node(&net, NodeId::new(2), 512);
+        let link = a.peer(NodeId::new(2), ANY);
         for i in 0..200 {
             link.send(Msg::new(i, 1)).await.unwrap();
         }
@@ -117,9 +122,9 @@ async fn duplicate_delivers_twice() {
         duplicate: 1.0,
         ..Faults::default()
     });
-    let (a, _a_rx) = node(&net, 1, 64);
-    let (_b, mut b_rx) = node(&net, 2, 64);
-    let link = a.peer(2, ANY);
+    let (a, _a_rx) = node(&net, NodeId::new(1), 64);
+    let (_b, mut b_rx) = node(&net, NodeId::new(2), 64);
+    let link = a.peer(NodeId::new(2), ANY);
     for i in 0..10 {
         link.send(Msg::new(i, 4)).await.unwrap();
     }
@@ -137,9 +142,9 @@ async fn delay_holds_messages_back() {
         delay: Some((Duration::from_millis(50), Duration::from_millis(80))),
         ..Faults::default()
     });
-    let (a, _a_rx) = node(&net, 1, 64);
-    let (_b, mut b_rx) = node(&net, 2, 64);
-    let link = a.peer(2, ANY);
+    let (a, _a_rx) = node(&net, NodeId::new(1), 64);
+    let (_b, mut b_rx) = node(&net, NodeId::new(2), 64);
+    let link = a.peer(NodeId::new(2), ANY);
     let start = tokio::time::Instant::now();
     for i in 0..20 {
         link.send(Msg::new(i, 4)).await.unwrap();
@@ -160,32 +165,53 @@ async fn delay_holds_messages_back() {
 #[tokio::test]
 async fn partition_cuts_both_ways_until_healed_and_crash_is_unreachable() {
     let net = MemNetwork::new(9);
-    let (a, mut a_rx) = node(&net, 1, 64);
-    let (b, mut b_rx) = node(&net, 2, 64);
-    let (c, mut c_rx) = node(&net, 3, 64);
-    net.partition(&[1], &[2, 3]);
-    a.peer(2, ANY).send(Msg::new(1, 1)).await.unwrap();
-    b.peer(1, ANY).send(Msg::new(2, 1)).await.unwrap();
+    let (a, mut a_rx) = node(&net, NodeId::new(1), 64);
+    let (b, mut b_rx) = node(&net, NodeId::new(2), 64);
+    let (c, mut c_rx) = node(&net, NodeId::new(3), 64);
+    net.partition(&[NodeId::new(1)], &[NodeId::new(2), NodeId::new(3)]);
+    a.peer(NodeId::new(2), ANY)
+        .send(Msg::new(1, 1))
+        .await
+        .unwrap();
+    b.peer(NodeId::new(1), ANY)
+        .send(Msg::new(2, 1))
+        .await
+        .unwrap();
     // Inside the majority side traffic flows.
-    b.peer(3, ANY).send(Msg::new(3, 1)).await.unwrap();
-    assert_eq!(recv(&mut c_rx).await, (2, Msg::new(3, 1)));
+    b.peer(NodeId::new(3), ANY)
+        .send(Msg::new(3, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut c_rx).await, (NodeId::new(2), Msg::new(3, 1)));
     eventually("partitioned", || net.stats().partitioned == 2).await;
     assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
 
     net.heal();
-    a.peer(2, ANY).send(Msg::new(4, 1)).await.unwrap();
-    assert_eq!(recv(&mut b_rx).await, (1, Msg::new(4, 1)));
+    a.peer(NodeId::new(2), ANY)
+        .send(Msg::new(4, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(1), Msg::new(4, 1)));
 
     // One-way block.
-    net.block(3, 1);
-    c.peer(1, ANY).send(Msg::new(5, 1)).await.unwrap();
-    a.peer(3, ANY).send(Msg::new(6, 1)).await.unwrap();
-    assert_eq!(recv(&mut c_rx).await, (1, Msg::new(6, 1)));
+    net.block(NodeId::new(3), NodeId::new(1));
+    c.peer(NodeId::new(1), ANY)
+        .send(Msg::new(5, 1))
+        .await
+        .unwrap();
+    a.peer(NodeId::new(3), ANY)
+        .send(Msg::new(6, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut c_rx).await, (NodeId::new(1), Msg::new(6, 1)));
     eventually("blocked", || net.stats().partitioned == 3).await;
     assert!(a_rx.try_recv().is_err());
 
-    net.crash(2);
-    a.peer(2, ANY).send(Msg::new(7, 1)).await.unwrap();
+    net.crash(NodeId::new(2));
+    a.peer(NodeId::new(2), ANY)
+        .send(Msg::new(7, 1))
+        .await
+        .unwrap();
     eventually("unreachable", || net.stats().unreachable == 1).await;
 }
 
@@ -193,10 +219,10 @@ async fn partition_cuts_both_ways_until_healed_and_crash_is_unreachable() {
 async fn backpressure_in_memory_then_in_order_delivery() {
     let net = MemNetwork::new(11);
     let (tx, mut b_rx) = conclave_transport::inbound(2);
-    let _b = net.endpoint_with(2, tx, 10, 1024);
+    let _b = net.endpoint_with(NodeId::new(2), tx, 10, 1024);
     let (atx, _a_rx) = conclave_transport::inbound(2);
-    let a = net.endpoint_with(1, atx, 10, 1024);
-    let link = a.peer(2, ANY);
+    let a = net.endpoint_with(NodeId::new(1), atx, 10, 1024);
+    let link = a.peer(NodeId::new(2), ANY);
     let mut accepted = 0u64;
     let mut fulls = 0;
     while fulls < 50 {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use common::*;
+use conclave_core::ids::NodeId;
 use conclave_transport::handshake::{self, Hello};
 use conclave_transport::metrics as names;
 use conclave_transport::{CodecError, Endpoint, TrySendError};
@@ -16,7 +17,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Opens a raw socket to `addr` and completes a valid handshake as node `me`.
-async fn raw_peer(addr: std::net::SocketAddr, me: u64, them: u64, cluster: &str) -> TcpStream {
+async fn raw_peer(
+    addr: std::net::SocketAddr,
+    me: NodeId,
+    them: NodeId,
+    cluster: &str,
+) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     handshake::dial(&mut s, &Hello::new(me, cluster).fresh(false), them, None)
         .await
@@ -58,7 +64,7 @@ async fn rebind(
 /// Sends `n` messages from `from` to `to` and checks they all arrive in order.
 async fn assert_flow(
     from: &conclave_transport::Transport<Msg>,
-    to: (u64, std::net::SocketAddr),
+    to: (NodeId, std::net::SocketAddr),
     rx: &mut Rx,
     n: u64,
 ) {
@@ -76,20 +82,20 @@ async fn assert_flow(
 #[tokio::test]
 async fn messages_flow_both_ways_in_order_and_are_counted() {
     let rec = metrics();
-    let (a, a_addr, mut a_rx) = start(config(101, "t"), 64).await;
-    let (b, b_addr, mut b_rx) = start(config(102, "t"), 64).await;
-    let to_b = a.peer(102, b_addr);
-    let to_a = b.peer(101, a_addr);
+    let (a, a_addr, mut a_rx) = start(config(NodeId::new(101), "t"), 64).await;
+    let (b, b_addr, mut b_rx) = start(config(NodeId::new(102), "t"), 64).await;
+    let to_b = a.peer(NodeId::new(102), b_addr);
+    let to_a = b.peer(NodeId::new(101), a_addr);
     for i in 0..1000 {
         to_b.send(Msg::new(i, 100)).await.unwrap();
         to_a.send(Msg::new(i, 10)).await.unwrap();
     }
     for i in 0..1000 {
-        assert_eq!(recv(&mut b_rx).await, (101, Msg::new(i, 100)));
-        assert_eq!(recv(&mut a_rx).await, (102, Msg::new(i, 10)));
+        assert_eq!(recv(&mut b_rx).await, (NodeId::new(101), Msg::new(i, 100)));
+        assert_eq!(recv(&mut a_rx).await, (NodeId::new(102), Msg::new(i, 10)));
     }
     // The same link is handed out again: one queue per peer.
-    assert_eq!(a.peer(102, b_addr).peer(), 102);
+    assert_eq!(a.peer(NodeId::new(102), b_addr).peer(), NodeId::new(102));
     let out = [("node", "101"), ("peer", "102"), ("direction", "out")];
     let inn = [("node", "102"), ("peer", "101"), ("direction", "in")];
     assert_eq!(rec.get(names::FRAMES_TOTAL, &out), 1000);
@@ -106,9 +112,9 @@ async fn messages_flow_both_ways_in_order_and_are_counted() {
 
 #[tokio::test]
 async fn oversized_message_is_refused_at_the_sender_with_the_message() {
-    let (a, _, _) = start(config(111, "t"), 8).await;
-    let (_b, b_addr, _b_rx) = start(config(112, "t"), 8).await;
-    let link = a.peer(112, b_addr);
+    let (a, _, _) = start(config(NodeId::new(111), "t"), 8).await;
+    let (_b, b_addr, _b_rx) = start(config(NodeId::new(112), "t"), 8).await;
+    let link = a.peer(NodeId::new(112), b_addr);
     let big = Msg::new(1, 70 * 1024);
     match link.try_send(big.clone()) {
         Err(TrySendError::Encode(m, CodecError::FrameTooLarge { max, .. })) => {
@@ -122,10 +128,10 @@ async fn oversized_message_is_refused_at_the_sender_with_the_message() {
 #[tokio::test]
 async fn wrong_cluster_is_refused_counted_and_never_delivered() {
     let rec = metrics();
-    let (a, _, _a_rx) = start(config(121, "t"), 8).await;
-    let (stranger, _, _s_rx) = start(config(123, "other-cluster"), 8).await;
-    let (_b, b_addr, mut b_rx) = start(config(122, "t"), 8).await;
-    let bad = stranger.peer(122, b_addr);
+    let (a, _, _a_rx) = start(config(NodeId::new(121), "t"), 8).await;
+    let (stranger, _, _s_rx) = start(config(NodeId::new(123), "other-cluster"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(NodeId::new(122), "t"), 8).await;
+    let bad = stranger.peer(NodeId::new(122), b_addr);
     bad.try_send(Msg::new(0, 1)).unwrap();
     let labels = [("node", "122"), ("reason", "wrong_cluster")];
     eventually("refusal counted on the acceptor", || {
@@ -144,7 +150,7 @@ async fn wrong_cluster_is_refused_counted_and_never_delivered() {
     })
     .await;
     // A good peer still gets through, and only its messages reach the handler.
-    assert_flow(&a, (122, b_addr), &mut b_rx, 5).await;
+    assert_flow(&a, (NodeId::new(122), b_addr), &mut b_rx, 5).await;
     assert!(
         b_rx.try_recv().is_err(),
         "the stranger's message was delivered"
@@ -154,11 +160,11 @@ async fn wrong_cluster_is_refused_counted_and_never_delivered() {
 #[tokio::test]
 async fn unsupported_version_is_refused() {
     let rec = metrics();
-    let (_b, b_addr, mut b_rx) = start(config(132, "t"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(NodeId::new(132), "t"), 8).await;
     let mut s = TcpStream::connect(b_addr).await.unwrap();
     let future = Hello {
         version: handshake::PROTOCOL_VERSION + 1,
-        ..Hello::new(131, "t")
+        ..Hello::new(NodeId::new(131), "t")
     };
     s.write_all(&future.encode()).await.unwrap();
     assert_closed_by_peer(&mut s).await;
@@ -174,9 +180,9 @@ async fn unsupported_version_is_refused() {
 #[tokio::test]
 async fn garbage_bytes_close_only_that_connection() {
     let rec = metrics();
-    let (a, _, _a_rx) = start(config(141, "t"), 8).await;
-    let (_b, b_addr, mut b_rx) = start(config(142, "t"), 8).await;
-    assert_flow(&a, (142, b_addr), &mut b_rx, 3).await;
+    let (a, _, _a_rx) = start(config(NodeId::new(141), "t"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(NodeId::new(142), "t"), 8).await;
+    assert_flow(&a, (NodeId::new(142), b_addr), &mut b_rx, 3).await;
     let mut s = TcpStream::connect(b_addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -189,7 +195,7 @@ async fn garbage_bytes_close_only_that_connection() {
         ) >= 1
     );
     // The established peer is unaffected: same link, no reconnect.
-    let link = a.peer(142, b_addr);
+    let link = a.peer(NodeId::new(142), b_addr);
     link.send(Msg::new(99, 1)).await.unwrap();
     assert_eq!(recv(&mut b_rx).await.1.seq, 99);
     assert_eq!(
@@ -202,8 +208,8 @@ async fn garbage_bytes_close_only_that_connection() {
 #[tokio::test]
 async fn bad_frames_after_handshake_close_the_connection_with_a_reason() {
     let rec = metrics();
-    let (a, _, _a_rx) = start(config(151, "t"), 8).await;
-    let (_b, b_addr, mut b_rx) = start(config(152, "t"), 8).await;
+    let (a, _, _a_rx) = start(config(NodeId::new(151), "t"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(NodeId::new(152), "t"), 8).await;
 
     let mut oversized = BytesMut::new();
     oversized.put_u32(64 * 1024 + 1);
@@ -237,7 +243,7 @@ async fn bad_frames_after_handshake_close_the_connection_with_a_reason() {
     for (i, (reason, bytes, half_close)) in cases.into_iter().enumerate() {
         let labels = [("node", "152"), ("peer", "159"), ("reason", reason)];
         let before = rec.get(names::DECODE_ERRORS_TOTAL, &labels);
-        let mut s = raw_peer(b_addr, 159, 152, "t").await;
+        let mut s = raw_peer(b_addr, NodeId::new(159), NodeId::new(152), "t").await;
         s.write_all(bytes).await.unwrap();
         if half_close {
             s.shutdown().await.unwrap();
@@ -250,13 +256,13 @@ async fn bad_frames_after_handshake_close_the_connection_with_a_reason() {
     }
     assert!(b_rx.try_recv().is_err(), "a bad frame reached the handler");
     // Other peers are unaffected.
-    assert_flow(&a, (152, b_addr), &mut b_rx, 3).await;
+    assert_flow(&a, (NodeId::new(152), b_addr), &mut b_rx, 3).await;
 }
 
 #[tokio::test]
 async fn a_connection_that_says_nothing_is_closed_after_the_handshake_timeout() {
     let rec = metrics();
-    let mut cfg = config(162, "t");
+    let mut cfg = config(NodeId::new(162), "t");
     cfg.handshake_timeout = Duration::from_millis(200);
     let (_b, b_addr, _b_rx) = start(cfg, 8).await;
     let mut s = TcpStream::connect(b_addr).await.unwrap();
@@ -272,13 +278,13 @@ async fn a_connection_that_says_nothing_is_closed_after_the_handshake_timeout() 
 #[tokio::test]
 async fn a_silent_peer_is_dropped_but_keepalives_keep_an_idle_link_up() {
     let rec = metrics();
-    let mut cfg_b = config(172, "t");
+    let mut cfg_b = config(NodeId::new(172), "t");
     cfg_b.read_timeout = Duration::from_millis(300);
     cfg_b.keepalive_interval = Duration::from_millis(50);
     let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
 
     // A handshaken peer that then says nothing is cut after read_timeout.
-    let mut s = raw_peer(b_addr, 179, 172, "t").await;
+    let mut s = raw_peer(b_addr, NodeId::new(179), NodeId::new(172), "t").await;
     assert_closed_by_peer(&mut s).await;
     assert_eq!(
         rec.get(
@@ -289,10 +295,10 @@ async fn a_silent_peer_is_dropped_but_keepalives_keep_an_idle_link_up() {
     );
 
     // A real transport idling for 3x the peer's read timeout stays connected via keep-alives.
-    let mut cfg_a = config(171, "t");
+    let mut cfg_a = config(NodeId::new(171), "t");
     cfg_a.keepalive_interval = Duration::from_millis(50);
     let (a, _, _a_rx) = start(cfg_a, 8).await;
-    let link = a.peer(172, b_addr);
+    let link = a.peer(NodeId::new(172), b_addr);
     link.send(Msg::new(1, 1)).await.unwrap();
     assert_eq!(recv(&mut b_rx).await.1.seq, 1);
     tokio::time::sleep(Duration::from_millis(900)).await;
@@ -314,13 +320,13 @@ async fn a_silent_peer_is_dropped_but_keepalives_keep_an_idle_link_up() {
 #[tokio::test]
 async fn a_restarted_peer_is_reconnected_and_queued_messages_are_delivered() {
     let rec = metrics();
-    let (a, _, _a_rx) = start(config(181, "t"), 8).await;
-    let (b, b_addr, mut b_rx) = start(config(182, "t"), 64).await;
-    assert_flow(&a, (182, b_addr), &mut b_rx, 3).await;
+    let (a, _, _a_rx) = start(config(NodeId::new(181), "t"), 8).await;
+    let (b, b_addr, mut b_rx) = start(config(NodeId::new(182), "t"), 64).await;
+    assert_flow(&a, (NodeId::new(182), b_addr), &mut b_rx, 3).await;
     drop(b);
     drop(b_rx);
     // Let the writer notice the close before queueing, so nothing is written into a dead socket.
-    let link = a.peer(182, b_addr);
+    let link = a.peer(NodeId::new(182), b_addr);
     eventually("reconnect attempts", || {
         rec.get(names::RECONNECTS_TOTAL, &[("node", "181"), ("peer", "182")]) >= 2
     })
@@ -328,27 +334,27 @@ async fn a_restarted_peer_is_reconnected_and_queued_messages_are_delivered() {
     for i in 0..50 {
         link.try_send(Msg::new(i, 8)).unwrap();
     }
-    let mut cfg = config(182, "t");
+    let mut cfg = config(NodeId::new(182), "t");
     cfg.listen = b_addr;
     let (_b2, mut b2_rx) = rebind(cfg, 64).await;
     for i in 0..50 {
-        assert_eq!(recv(&mut b2_rx).await, (181, Msg::new(i, 8)));
+        assert_eq!(recv(&mut b2_rx).await, (NodeId::new(181), Msg::new(i, 8)));
     }
 }
 
 #[tokio::test]
 async fn a_dead_peer_fills_only_its_own_queue() {
     let rec = metrics();
-    let mut cfg = config(191, "t");
+    let mut cfg = config(NodeId::new(191), "t");
     cfg.max_queue_size = 100;
     let (a, _, _a_rx) = start(cfg, 8).await;
-    let (_b, b_addr, mut b_rx) = start(config(192, "t"), 256).await;
+    let (_b, b_addr, mut b_rx) = start(config(NodeId::new(192), "t"), 256).await;
     // A port with nothing listening.
     let dead_addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let dead = a.peer(193, dead_addr);
+    let dead = a.peer(NodeId::new(193), dead_addr);
     let mut accepted = 0;
     let full = loop {
         match dead.try_send(Msg::new(accepted, 8)) {
@@ -363,14 +369,14 @@ async fn a_dead_peer_fills_only_its_own_queue() {
     assert_eq!(dead.queued(), 100);
     assert!(rec.get(names::QUEUE_FULL_TOTAL, &[("node", "191"), ("peer", "193")]) >= 1);
     // Traffic to the live peer is unaffected.
-    assert_flow(&a, (192, b_addr), &mut b_rx, 200).await;
+    assert_flow(&a, (NodeId::new(192), b_addr), &mut b_rx, 200).await;
 }
 
 #[tokio::test]
 async fn shutdown_closes_links() {
-    let (a, _, _a_rx) = start(config(201, "t"), 8).await;
-    let (_b, b_addr, _b_rx) = start(config(202, "t"), 8).await;
-    let link = a.peer(202, b_addr);
+    let (a, _, _a_rx) = start(config(NodeId::new(201), "t"), 8).await;
+    let (_b, b_addr, _b_rx) = start(config(NodeId::new(202), "t"), 8).await;
+    let link = a.peer(NodeId::new(202), b_addr);
     a.shutdown();
     eventually("link closed", || link.is_closed()).await;
     assert!(matches!(
@@ -381,31 +387,40 @@ async fn shutdown_closes_links() {
 
 #[tokio::test]
 async fn links_can_be_created_and_used_from_a_plain_thread() {
-    let (a, _, _a_rx) = start(config(211, "t"), 8).await;
-    let (_b, b_addr, mut b_rx) = start(config(212, "t"), 8).await;
+    let (a, _, _a_rx) = start(config(NodeId::new(211), "t"), 8).await;
+    let (_b, b_addr, mut b_rx) = start(config(NodeId::new(212), "t"), 8).await;
     let a = std::sync::Arc::new(a);
     let a2 = std::sync::Arc::clone(&a);
     std::thread::spawn(move || {
-        let link = a2.peer(212, b_addr);
+        let link = a2.peer(NodeId::new(212), b_addr);
         link.try_send(Msg::new(5, 5)).unwrap();
     })
     .join()
     .unwrap();
-    assert_eq!(recv(&mut b_rx).await, (211, Msg::new(5, 5)));
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(211), Msg::new(5, 5)));
 }
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_refused() {
     let rec = metrics();
-    let mut cfg = config(222, "t");
+    let mut cfg = config(NodeId::new(222), "t");
     cfg.max_connections = 1;
     let (_b, b_addr, mut b_rx) = start(cfg, 8).await;
-    let (a, _, _a_rx) = start(config(221, "t"), 8).await;
-    a.peer(222, b_addr).send(Msg::new(1, 1)).await.unwrap();
+    let (a, _, _a_rx) = start(config(NodeId::new(221), "t"), 8).await;
+    a.peer(NodeId::new(222), b_addr)
+        .send(Msg::new(1, 1))
+        .await
+        .unwrap();
     assert_eq!(recv(&mut b_rx).await.1.seq, 1);
     // A second authenticated peer finds the only connection slot taken.
     let mut extra = TcpStream::connect(b_addr).await.unwrap();
-    let r = handshake::dial(&mut extra, &Hello::new(223, "t").fresh(false), 222, None).await;
+    let r = handshake::dial(
+        &mut extra,
+        &Hello::new(NodeId::new(223), "t").fresh(false),
+        NodeId::new(222),
+        None,
+    )
+    .await;
     assert!(
         r.is_err(),
         "a connection beyond max_connections was accepted"
@@ -422,9 +437,9 @@ async fn connections_beyond_max_connections_are_refused() {
 /// (delivery is at most once across a reconnect), and the stream resumes on the new process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_load_keeps_order_without_duplicates() {
-    let (a, _, _a_rx) = start(config(231, "t"), 8).await;
-    let (b, b_addr, mut b_rx) = start(config(232, "t"), 10_000).await;
-    let link = a.peer(232, b_addr);
+    let (a, _, _a_rx) = start(config(NodeId::new(231), "t"), 8).await;
+    let (b, b_addr, mut b_rx) = start(config(NodeId::new(232), "t"), 10_000).await;
+    let link = a.peer(NodeId::new(232), b_addr);
     let sender = {
         let link = link.clone();
         tokio::spawn(async move {
@@ -446,7 +461,7 @@ async fn restart_under_load_keeps_order_without_duplicates() {
         seen.push(m.seq);
     }
     drop(b_rx);
-    let mut cfg = config(232, "t");
+    let mut cfg = config(NodeId::new(232), "t");
     cfg.listen = b_addr;
     let (_b2, mut b2_rx) = rebind(cfg, 10_000).await;
     sender.await.unwrap();
@@ -482,10 +497,10 @@ struct SharedMsg {
 async fn shared_bytes_payloads_are_views_into_the_read_buffer() {
     let rec = metrics();
     let (tx, mut rx) = conclave_transport::inbound::<SharedMsg>(8);
-    let (_b, b_addr) = conclave_transport::Transport::bind(config(172, "t"), tx)
+    let (_b, b_addr) = conclave_transport::Transport::bind(config(NodeId::new(172), "t"), tx)
         .await
         .unwrap();
-    let mut s = raw_peer(b_addr, 179, 172, "t").await;
+    let mut s = raw_peer(b_addr, NodeId::new(179), NodeId::new(172), "t").await;
     let mut wire = BytesMut::new();
     let n = 100u64;
     for seq in 0..n {
@@ -504,7 +519,7 @@ async fn shared_bytes_payloads_are_views_into_the_read_buffer() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(batch.from, 179);
+        assert_eq!(batch.from, NodeId::new(179));
         for (i, m) in batch.msgs.iter().enumerate() {
             assert_eq!(m.seq, (1 << 40) | (got + i as u64));
             assert_eq!(&m.payload[..], &[((got + i as u64) % 251) as u8; 600][..]);

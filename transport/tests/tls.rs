@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use conclave_core::ids::NodeId;
 use conclave_transport::metrics as names;
 use conclave_transport::{Endpoint, TlsConfig, Transport, TransportError};
 use rcgen::{
@@ -65,21 +66,21 @@ async fn mutual_tls_delivers_both_ways() {
     let rec = metrics();
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cluster ca");
-    let mut cfg_a = config(401, "t");
+    let mut cfg_a = config(NodeId::new(401), "t");
     cfg_a.tls = Some(ca.issue(dir.path(), "a", 401));
-    let mut cfg_b = config(402, "t");
+    let mut cfg_b = config(NodeId::new(402), "t");
     cfg_b.tls = Some(ca.issue(dir.path(), "b", 402));
     let (a, a_addr, mut a_rx) = start(cfg_a, 64).await;
     let (b, b_addr, mut b_rx) = start(cfg_b, 64).await;
-    let to_b = a.peer(402, b_addr);
-    let to_a = b.peer(401, a_addr);
+    let to_b = a.peer(NodeId::new(402), b_addr);
+    let to_a = b.peer(NodeId::new(401), a_addr);
     for i in 0..500 {
         to_b.send(Msg::new(i, 300)).await.unwrap();
         to_a.send(Msg::new(i, 3)).await.unwrap();
     }
     for i in 0..500 {
-        assert_eq!(recv(&mut b_rx).await, (401, Msg::new(i, 300)));
-        assert_eq!(recv(&mut a_rx).await, (402, Msg::new(i, 3)));
+        assert_eq!(recv(&mut b_rx).await, (NodeId::new(401), Msg::new(i, 300)));
+        assert_eq!(recv(&mut a_rx).await, (NodeId::new(402), Msg::new(i, 3)));
     }
     // Both links were created at once: the pair still ends with one TLS connection.
     eventually("one connection each", || {
@@ -102,15 +103,15 @@ async fn tls_simultaneous_dial_and_restart_keep_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cluster ca");
     let tls_a = ca.issue(dir.path(), "a", 441);
-    let mut cfg_a = config(441, "t");
+    let mut cfg_a = config(NodeId::new(441), "t");
     cfg_a.tls = Some(tls_a.clone());
-    let mut cfg_b = config(442, "t");
+    let mut cfg_b = config(NodeId::new(442), "t");
     cfg_b.tls = Some(ca.issue(dir.path(), "b", 442));
     let (a, a_addr, mut a_rx) = start(cfg_a, 64).await;
     let (b, b_addr, mut b_rx) = start(cfg_b, 64).await;
     let (to_b, to_a) = std::thread::scope(|s| {
-        let ta = s.spawn(|| a.peer(442, b_addr));
-        let tb = s.spawn(|| b.peer(441, a_addr));
+        let ta = s.spawn(|| a.peer(NodeId::new(442), b_addr));
+        let tb = s.spawn(|| b.peer(NodeId::new(441), a_addr));
         (ta.join().unwrap(), tb.join().unwrap())
     });
     for i in 0..50 {
@@ -118,8 +119,8 @@ async fn tls_simultaneous_dial_and_restart_keep_one_connection() {
         to_a.send(Msg::new(i, 11)).await.unwrap();
     }
     for i in 0..50 {
-        assert_eq!(recv(&mut b_rx).await, (441, Msg::new(i, 10)));
-        assert_eq!(recv(&mut a_rx).await, (442, Msg::new(i, 11)));
+        assert_eq!(recv(&mut b_rx).await, (NodeId::new(441), Msg::new(i, 10)));
+        assert_eq!(recv(&mut a_rx).await, (NodeId::new(442), Msg::new(i, 11)));
     }
     eventually("one connection each", || {
         a.connection_count() == 1 && b.connection_count() == 1
@@ -129,7 +130,7 @@ async fn tls_simultaneous_dial_and_restart_keep_one_connection() {
     drop(to_b);
     drop(a);
     drop(a_rx);
-    let mut cfg = config(441, "t");
+    let mut cfg = config(NodeId::new(441), "t");
     cfg.tls = Some(tls_a);
     cfg.listen = a_addr;
     let (a, mut a_rx) = loop {
@@ -145,15 +146,15 @@ async fn tls_simultaneous_dial_and_restart_keep_one_connection() {
         if let Ok(Some((from, _))) =
             tokio::time::timeout(std::time::Duration::from_millis(100), a_rx.recv()).await
         {
-            assert_eq!(from, 442);
+            assert_eq!(from, NodeId::new(442));
             break;
         }
         seq += 1;
         assert!(seq < 200, "the restarted node was never reached");
     }
-    let to_b = a.peer(442, b_addr);
+    let to_b = a.peer(NodeId::new(442), b_addr);
     to_b.send(Msg::new(1, 1)).await.unwrap();
-    assert_eq!(recv(&mut b_rx).await, (441, Msg::new(1, 1)));
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(441), Msg::new(1, 1)));
     eventually("one connection each after the restart", || {
         a.connection_count() == 1 && b.connection_count() == 1
     })
@@ -166,7 +167,7 @@ async fn a_peer_signed_by_another_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cluster ca");
     let rogue_ca = Ca::new("rogue ca");
-    let mut cfg_b = config(412, "t");
+    let mut cfg_b = config(NodeId::new(412), "t");
     cfg_b.tls = Some(ca.issue(dir.path(), "b", 412));
     let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
 
@@ -174,10 +175,13 @@ async fn a_peer_signed_by_another_ca_is_refused() {
     // certificate signed by its own CA: B must refuse it.
     let mut rogue_tls = rogue_ca.issue(dir.path(), "rogue", 413);
     rogue_tls.ca = ca.issue(dir.path(), "unused", 999).ca;
-    let mut cfg_r = config(413, "t");
+    let mut cfg_r = config(NodeId::new(413), "t");
     cfg_r.tls = Some(rogue_tls);
     let (rogue, _, _r_rx) = start(cfg_r, 8).await;
-    rogue.peer(412, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    rogue
+        .peer(NodeId::new(412), b_addr)
+        .try_send(Msg::new(0, 1))
+        .unwrap();
     eventually("tls refusal counted", || {
         rec.get(
             names::HANDSHAKE_REFUSED_TOTAL,
@@ -188,11 +192,14 @@ async fn a_peer_signed_by_another_ca_is_refused() {
     assert!(b_rx.try_recv().is_err(), "a rogue message was delivered");
 
     // A good peer still gets through.
-    let mut cfg_a = config(411, "t");
+    let mut cfg_a = config(NodeId::new(411), "t");
     cfg_a.tls = Some(ca.issue(dir.path(), "a", 411));
     let (a, _, _a_rx) = start(cfg_a, 8).await;
-    a.peer(412, b_addr).send(Msg::new(7, 1)).await.unwrap();
-    assert_eq!(recv(&mut b_rx).await, (411, Msg::new(7, 1)));
+    a.peer(NodeId::new(412), b_addr)
+        .send(Msg::new(7, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(411), Msg::new(7, 1)));
 }
 
 #[tokio::test]
@@ -200,11 +207,14 @@ async fn a_plain_tcp_peer_is_refused_by_a_tls_node() {
     let rec = metrics();
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cluster ca");
-    let mut cfg_b = config(422, "t");
+    let mut cfg_b = config(NodeId::new(422), "t");
     cfg_b.tls = Some(ca.issue(dir.path(), "b", 422));
     let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
-    let (plain, _, _p_rx) = start(config(423, "t"), 8).await;
-    plain.peer(422, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    let (plain, _, _p_rx) = start(config(NodeId::new(423), "t"), 8).await;
+    plain
+        .peer(NodeId::new(422), b_addr)
+        .try_send(Msg::new(0, 1))
+        .unwrap();
     eventually("tls refusal counted", || {
         rec.get(
             names::HANDSHAKE_REFUSED_TOTAL,
@@ -233,7 +243,7 @@ async fn a_plain_tcp_peer_is_refused_by_a_tls_node() {
 
 #[tokio::test]
 async fn missing_tls_files_fail_bind_naming_the_file() {
-    let mut cfg = config(431, "t");
+    let mut cfg = config(NodeId::new(431), "t");
     cfg.tls = Some(TlsConfig {
         cert: "/nonexistent/cert.pem".into(),
         key: "/nonexistent/key.pem".into(),
@@ -256,15 +266,18 @@ async fn finding15_certificate_must_name_the_claimed_node_id() {
     let rec = metrics();
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("cluster ca");
-    let mut cfg_b = config(462, "t");
+    let mut cfg_b = config(NodeId::new(462), "t");
     cfg_b.tls = Some(ca.issue(dir.path(), "b", 462));
     let (_b, b_addr, mut b_rx) = start(cfg_b, 8).await;
 
     // Node "463" holds a valid certificate of the cluster CA, but it names node 461.
-    let mut cfg_r = config(463, "t");
+    let mut cfg_r = config(NodeId::new(463), "t");
     cfg_r.tls = Some(ca.issue(dir.path(), "r", 461));
     let (rogue, r_addr, _r_rx) = start(cfg_r, 8).await;
-    rogue.peer(462, b_addr).try_send(Msg::new(0, 1)).unwrap();
+    rogue
+        .peer(NodeId::new(462), b_addr)
+        .try_send(Msg::new(0, 1))
+        .unwrap();
     eventually("certificate mismatch counted by the acceptor", || {
         rec.get(
             names::HANDSHAKE_REFUSED_TOTAL,
@@ -280,10 +293,12 @@ async fn finding15_certificate_must_name_the_claimed_node_id() {
 
     // Node 464 dials "463" at the rogue's address: the certificate there names 461, so the
     // dialer refuses it.
-    let mut cfg_d = config(464, "t");
+    let mut cfg_d = config(NodeId::new(464), "t");
     cfg_d.tls = Some(ca.issue(dir.path(), "d", 464));
     let (d, _, _d_rx) = start(cfg_d, 8).await;
-    d.peer(463, r_addr).try_send(Msg::new(0, 1)).unwrap();
+    d.peer(NodeId::new(463), r_addr)
+        .try_send(Msg::new(0, 1))
+        .unwrap();
     eventually("certificate mismatch counted by the dialer", || {
         rec.get(
             names::HANDSHAKE_REFUSED_TOTAL,
@@ -291,12 +306,15 @@ async fn finding15_certificate_must_name_the_claimed_node_id() {
         ) >= 1
     })
     .await;
-    assert!(!d.is_connected(463));
+    assert!(!d.is_connected(NodeId::new(463)));
 
     // A correctly named peer gets through.
-    let mut cfg_a = config(461, "t");
+    let mut cfg_a = config(NodeId::new(461), "t");
     cfg_a.tls = Some(ca.issue(dir.path(), "a", 461));
     let (a, _, _a_rx) = start(cfg_a, 8).await;
-    a.peer(462, b_addr).send(Msg::new(7, 1)).await.unwrap();
-    assert_eq!(recv(&mut b_rx).await, (461, Msg::new(7, 1)));
+    a.peer(NodeId::new(462), b_addr)
+        .send(Msg::new(7, 1))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_rx).await, (NodeId::new(461), Msg::new(7, 1)));
 }

@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use conclave_core::ids::NodeId;
 use conclave_transport::metrics as names;
 use conclave_transport::{Endpoint, Transport, TrySendError};
 
@@ -25,7 +26,7 @@ async fn rebind(cfg: conclave_transport::TransportConfig, cap: usize) -> (Transp
 }
 
 /// Connections opened by `node` towards `peer`, either side.
-fn opened(node: u64, peer: u64) -> u64 {
+fn opened(node: NodeId, peer: NodeId) -> u64 {
     metrics().get(
         names::CONNECTIONS_TOTAL,
         &[("node", &node.to_string()), ("peer", &peer.to_string())],
@@ -55,7 +56,7 @@ async fn exchange(
 async fn simultaneous_dials_end_with_exactly_one_connection() {
     let rec = metrics();
     for round in 0..15u64 {
-        let (ida, idb) = (1000 + 2 * round, 1001 + 2 * round);
+        let (ida, idb) = (NodeId::new(1000 + 2 * round), NodeId::new(1001 + 2 * round));
         let (a, a_addr, mut a_rx) = start(config(ida, "t"), 256).await;
         let (b, b_addr, mut b_rx) = start(config(idb, "t"), 256).await;
         // Both links at once: both drivers dial immediately.
@@ -85,7 +86,7 @@ async fn simultaneous_dials_end_with_exactly_one_connection() {
             "round {round}: node {idb} opened more than one"
         );
         // One side dialled it, the other accepted it.
-        let dialed = |n: u64, p: u64| {
+        let dialed = |n: NodeId, p: NodeId| {
             rec.get(
                 names::CONNECTIONS_TOTAL,
                 &[
@@ -119,31 +120,31 @@ async fn simultaneous_dials_end_with_exactly_one_connection() {
 #[tokio::test]
 async fn a_receiver_answers_over_the_connection_it_accepted() {
     metrics(); // installed before the transports register their counters
-    let (a, _a_addr, mut a_rx) = start(config(1101, "t"), 64).await;
-    let (b, b_addr, mut b_rx) = start(config(1102, "t"), 64).await;
-    let to_b = a.peer(1102, b_addr);
+    let (a, _a_addr, mut a_rx) = start(config(NodeId::new(1101), "t"), 64).await;
+    let (b, b_addr, mut b_rx) = start(config(NodeId::new(1102), "t"), 64).await;
+    let to_b = a.peer(NodeId::new(1102), b_addr);
     for i in 0..10 {
         to_b.send(Msg::new(i, 8)).await.unwrap();
     }
     for i in 0..10 {
-        assert_eq!(recv(&mut b_rx).await, (1101, Msg::new(i, 8)));
+        assert_eq!(recv(&mut b_rx).await, (NodeId::new(1101), Msg::new(i, 8)));
     }
     assert_eq!((a.connection_count(), b.connection_count()), (1, 1));
-    assert!(b.is_connected(1101));
+    assert!(b.is_connected(NodeId::new(1101)));
     // B learns of A only now, with an address nothing listens on.
     let nowhere = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let to_a = b.peer(1101, nowhere);
+    let to_a = b.peer(NodeId::new(1101), nowhere);
     for i in 0..10 {
         to_a.send(Msg::new(i, 9)).await.unwrap();
     }
     for i in 0..10 {
-        assert_eq!(recv(&mut a_rx).await, (1102, Msg::new(i, 9)));
+        assert_eq!(recv(&mut a_rx).await, (NodeId::new(1102), Msg::new(i, 9)));
     }
     assert_eq!((a.connection_count(), b.connection_count()), (1, 1));
-    assert_eq!(opened(1102, 1101), 1);
+    assert_eq!(opened(NodeId::new(1102), NodeId::new(1101)), 1);
     assert_eq!(
         metrics().get(
             names::CONNECTIONS_TOTAL,
@@ -158,16 +159,16 @@ async fn a_receiver_answers_over_the_connection_it_accepted() {
 /// each other again, traffic resumes both ways, and each side ends with one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn either_side_restarting_reconnects_and_traffic_resumes_both_ways() {
-    let cfg_a = config(1201, "t");
-    let cfg_b = config(1202, "t");
+    let cfg_a = config(NodeId::new(1201), "t");
+    let cfg_b = config(NodeId::new(1202), "t");
     let (a, a_addr, mut a_rx) = start(cfg_a.clone(), 256).await;
     let (b, b_addr, mut b_rx) = start(cfg_b.clone(), 256).await;
     let mut cfg_a = cfg_a;
     cfg_a.listen = a_addr;
     let mut cfg_b = cfg_b;
     cfg_b.listen = b_addr;
-    let to_b = a.peer(1202, b_addr);
-    let to_a = b.peer(1201, a_addr);
+    let to_b = a.peer(NodeId::new(1202), b_addr);
+    let to_a = b.peer(NodeId::new(1201), a_addr);
     exchange((&a, &to_b, &mut a_rx), (&b, &to_a, &mut b_rx), 0, 50).await;
 
     // Kill B (the higher id), restart it.
@@ -175,7 +176,7 @@ async fn either_side_restarting_reconnects_and_traffic_resumes_both_ways() {
     drop(b);
     drop(b_rx);
     let (b, mut b_rx) = rebind(cfg_b.clone(), 256).await;
-    let to_a = b.peer(1201, a_addr);
+    let to_a = b.peer(NodeId::new(1201), a_addr);
     settle_and_exchange(&a, &to_b, &mut a_rx, &b, &to_a, &mut b_rx).await;
 
     // Kill A (the lower id), restart it.
@@ -183,14 +184,14 @@ async fn either_side_restarting_reconnects_and_traffic_resumes_both_ways() {
     drop(a);
     drop(a_rx);
     let (a, mut a_rx) = rebind(cfg_a, 256).await;
-    let to_b = a.peer(1202, b_addr);
+    let to_b = a.peer(NodeId::new(1202), b_addr);
     settle_and_exchange(&a, &to_b, &mut a_rx, &b, &to_a, &mut b_rx).await;
 
     // A restarted node that never asks for a link is reached by the survivor.
     drop(to_b);
     drop(a);
     drop(a_rx);
-    let mut cfg = config(1201, "t");
+    let mut cfg = config(NodeId::new(1201), "t");
     cfg.listen = a_addr;
     let (a, mut a_rx) = rebind(cfg, 256).await;
     let mut seq = 10_000;
@@ -201,7 +202,7 @@ async fn either_side_restarting_reconnects_and_traffic_resumes_both_ways() {
         if let Ok(Some((from, _))) =
             tokio::time::timeout(Duration::from_millis(100), a_rx.recv()).await
         {
-            assert_eq!(from, 1202);
+            assert_eq!(from, NodeId::new(1202));
             break;
         }
         seq += 1;
@@ -256,14 +257,14 @@ async fn settle_and_exchange(
 /// so when the consumers resume everything accepted arrives, in order, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sides_stalled_do_not_deadlock_and_deliver_everything_after_resume() {
-    let mut cfg_a = config(1301, "t");
+    let mut cfg_a = config(NodeId::new(1301), "t");
     cfg_a.max_queue_size = 100;
-    let mut cfg_b = config(1302, "t");
+    let mut cfg_b = config(NodeId::new(1302), "t");
     cfg_b.max_queue_size = 100;
     let (a, a_addr, mut a_rx) = start(cfg_a, 4).await;
     let (b, b_addr, mut b_rx) = start(cfg_b, 4).await;
-    let to_b = a.peer(1302, b_addr);
-    let to_a = b.peer(1301, a_addr);
+    let to_b = a.peer(NodeId::new(1302), b_addr);
+    let to_a = b.peer(NodeId::new(1301), a_addr);
     // Fill both directions until both queues stay full.
     let mut sent = [0u64; 2];
     let mut full_rounds = 0;
@@ -293,14 +294,14 @@ async fn both_sides_stalled_do_not_deadlock_and_deliver_everything_after_resume(
     let ra = tokio::spawn(async move {
         for i in 0..na {
             let (from, m) = recv(&mut a_rx).await;
-            assert_eq!((from, m.seq), (1302, i));
+            assert_eq!((from, m.seq), (NodeId::new(1302), i));
         }
         a_rx
     });
     let rb = tokio::spawn(async move {
         for i in 0..nb {
             let (from, m) = recv(&mut b_rx).await;
-            assert_eq!((from, m.seq), (1301, i));
+            assert_eq!((from, m.seq), (NodeId::new(1301), i));
         }
         b_rx
     });
@@ -320,12 +321,12 @@ async fn both_sides_stalled_do_not_deadlock_and_deliver_everything_after_resume(
 /// the peer is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_peer_is_reported_lost_once() {
-    let (a, a_addr, mut a_rx) = start(config(1401, "t"), 256).await;
-    let (b, b_addr, mut b_rx) = start(config(1402, "t"), 256).await;
-    let mut cfg_b = config(1402, "t");
+    let (a, a_addr, mut a_rx) = start(config(NodeId::new(1401), "t"), 256).await;
+    let (b, b_addr, mut b_rx) = start(config(NodeId::new(1402), "t"), 256).await;
+    let mut cfg_b = config(NodeId::new(1402), "t");
     cfg_b.listen = b_addr;
-    let to_b = a.peer(1402, b_addr);
-    let to_a = b.peer(1401, a_addr);
+    let to_b = a.peer(NodeId::new(1402), b_addr);
+    let to_a = b.peer(NodeId::new(1401), a_addr);
     exchange((&a, &to_b, &mut a_rx), (&b, &to_a, &mut b_rx), 0, 20).await;
     let mut a_losses = a.connection_losses();
     let mut b_losses = b.connection_losses();
@@ -337,7 +338,12 @@ async fn a_dead_peer_is_reported_lost_once() {
         .await
         .expect("the loss is reported")
         .expect("the transport is alive");
-    assert_eq!(lost, conclave_transport::ConnectionLost { peer: 1402 });
+    assert_eq!(
+        lost,
+        conclave_transport::ConnectionLost {
+            peer: NodeId::new(1402)
+        }
+    );
     // The dead side's channel closes without a report of its own.
     assert!(matches!(
         tokio::time::timeout(Duration::from_secs(10), b_losses.recv()).await,
@@ -348,7 +354,7 @@ async fn a_dead_peer_is_reported_lost_once() {
     assert!(a_losses.try_recv().is_err(), "reported more than once");
 
     let (b, mut b_rx) = rebind(cfg_b, 256).await;
-    let to_a = b.peer(1401, a_addr);
+    let to_a = b.peer(NodeId::new(1401), a_addr);
     settle_and_exchange(&a, &to_b, &mut a_rx, &b, &to_a, &mut b_rx).await;
     assert!(a_losses.try_recv().is_err(), "a reconnection is no loss");
 }

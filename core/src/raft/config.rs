@@ -65,8 +65,8 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
-            id: 1,
-            group: 0,
+            id: NodeId::new(1),
+            group: GroupId::FIRST,
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             heartbeat_interval_ms: 50,
@@ -179,7 +179,7 @@ impl RaftConfig {
 
     /// Checks that the configuration is safe to run.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.id == 0 {
+        if self.id == NodeId::NONE {
             return Err(ConfigError::ZeroNodeId);
         }
         if self.heartbeat_interval_ms == 0
@@ -253,7 +253,7 @@ mod tests {
             Err(ConfigError::ElectionTimeout { .. })
         ));
         let cfg = RaftConfig {
-            id: 0,
+            id: NodeId::NONE,
             ..RaftConfig::default()
         };
         assert_eq!(cfg.validate(), Err(ConfigError::ZeroNodeId));

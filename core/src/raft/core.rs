@@ -781,7 +781,7 @@ impl Raft {
         next.config_id = 0;
         let (promote, remove, joint) = match change {
             MembershipChange::AddLearner { id, addr } => {
-                if id == 0 {
+                if id == NodeId::NONE {
                     return Err(InvalidChange::ZeroId.into());
                 }
                 if cur.contains(id) {
@@ -1130,7 +1130,7 @@ impl Raft {
     pub fn install_snapshot(&mut self, now: Millis, from: NodeId, term: Term, meta: SnapshotMeta) {
         self.advance_clock(now);
         let now = self.now;
-        if from == self.config.id || from == 0 {
+        if from == self.config.id || from == NodeId::NONE {
             return;
         }
         if term < self.term {
@@ -2676,8 +2676,9 @@ fn election_rank(group: GroupId, node: NodeId) -> u64 {
     // SplitMix64's finalizer over the pair: a bijection of the mixed input, so two nodes of
     // one group never share a rank.
     let mut z = group
+        .get()
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(node)
+        .wrapping_add(node.get())
         .wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -137,7 +137,7 @@ impl Swim {
     /// A member that knows nobody yet. Call [`Swim::start`] to begin probing and joining.
     pub fn new(config: SwimConfig, me: Identity, seed: u64) -> Result<Self, SwimError> {
         config.validate()?;
-        if me.id == 0 {
+        if me.id == NodeId::NONE {
             return Err(SwimError::Identity("node id 0"));
         }
         if me.addr.is_empty() || me.addr.len() > config.max_address_len {
@@ -339,9 +339,9 @@ impl Swim {
         if self.left {
             return;
         }
-        if msg.from == 0
+        if msg.from == NodeId::NONE
             || msg.from == self.me.id
-            || (msg.to != 0 && msg.to != self.me.id)
+            || (msg.to != NodeId::NONE && msg.to != self.me.id)
             || msg.from_addr.is_empty()
             || msg.from_addr.len() > self.config.max_address_len
             || !self.is_allowed(msg.from)
@@ -531,7 +531,7 @@ impl Swim {
         target: NodeId,
         target_addr: String,
     ) {
-        if target == 0
+        if target == NodeId::NONE
             || target == self.me.id
             || target_addr.is_empty()
             || target_addr.len() > self.config.max_address_len
@@ -587,8 +587,8 @@ impl Swim {
 
     fn validate_update(&self, u: &Update) -> Result<(), ()> {
         let max = self.config.max_address_len;
-        let ok = u.id != 0
-            && u.by != 0
+        let ok = u.id != NodeId::NONE
+            && u.by != NodeId::NONE
             && !u.addr.is_empty()
             && u.addr.len() <= max
             && u.http.len() <= max
@@ -1311,7 +1311,7 @@ impl Swim {
             .collect();
         let targets = seeds
             .into_iter()
-            .map(|addr| (0, addr))
+            .map(|addr| (NodeId::NONE, addr))
             .chain(extra)
             .collect::<Vec<_>>();
         for (to, addr) in targets {

@@ -4,6 +4,7 @@ use super::{print_secure_usage, write_cluster_with, DevArgs, SecureFiles, EXIT_O
 use crate::client::{Client, ClientOptions};
 use crate::config::Config;
 use anyhow::{bail, Context};
+use conclave_core::ids::NodeId;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 const GRACE: Duration = Duration::from_secs(5);
 
 struct Node {
-    id: u64,
+    id: NodeId,
     config_path: PathBuf,
     log_path: PathBuf,
     http: String,
@@ -229,7 +230,7 @@ pub(super) fn run(args: &DevArgs) -> anyhow::Result<u8> {
 pub(super) async fn wait_for_leader(
     children: &mut Children,
     timeout: Duration,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(NodeId, u64)> {
     let clients: Vec<Client> = children
         .0
         .iter()
@@ -279,7 +280,7 @@ pub(super) async fn wait_for_leader(
 fn print_banner(
     children: &Children,
     configs: &[(PathBuf, Config)],
-    leader: (u64, u64),
+    leader: (NodeId, u64),
     dir: &Path,
 ) {
     println!(

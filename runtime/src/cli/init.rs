@@ -5,6 +5,7 @@ use crate::config::{
     ClusterSecretString, Config, HttpTlsSection, MemberConfig, TlsSection, TokensSection,
 };
 use anyhow::{bail, Context};
+use conclave_core::ids::NodeId;
 use rand::RngCore;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ pub fn cluster_configs(
     };
     let members: Vec<MemberConfig> = (1..=u32::from(nodes))
         .map(|i| MemberConfig {
-            id: u64::from(i),
+            id: NodeId::new(u64::from(i)),
             addr: SocketAddr::from(([127, 0, 0, 1], port(i))),
             http: SocketAddr::from(([127, 0, 0, 1], port(100 + i))),
         })
@@ -64,7 +65,7 @@ pub fn random_cluster_secret() -> ClusterSecretString {
 
 /// The DNS name every node's certificate carries (the transport checks that a peer's
 /// certificate names the id it claims).
-pub fn node_dns_name(id: u64) -> String {
+pub fn node_dns_name(id: NodeId) -> String {
     format!("node-{id}.conclave")
 }
 
@@ -181,7 +182,7 @@ fn issue_node_certificate(
 #[derive(Clone, Debug)]
 pub struct JoinSpec {
     /// The new node's id (not used by any member, past or present).
-    pub id: u64,
+    pub id: NodeId,
     /// Where its config goes (`DIR/n{id}.toml`, data in `DIR/data/n{id}`).
     pub dir: PathBuf,
     /// Its transport address.
@@ -210,7 +211,7 @@ pub struct JoinSpec {
 /// `from` — everything the cluster shares. A cluster secret ends up in the file, so it is
 /// written readable by its owner only. Returns the path and the config.
 pub fn write_join(spec: &JoinSpec) -> anyhow::Result<(PathBuf, Config)> {
-    if spec.id == 0 {
+    if spec.id == NodeId::NONE {
         bail!("--id must not be 0");
     }
     if spec.seeds.is_empty() {
@@ -463,7 +464,7 @@ mod tests {
         assert_eq!(configs.len(), 3);
         let (path, c) = &configs[1];
         assert_eq!(path, Path::new("/tmp/x/n2.toml"));
-        assert_eq!(c.node.id, 2);
+        assert_eq!(c.node.id, NodeId::new(2));
         assert_eq!(c.node.listen.port(), 9002);
         assert_eq!(c.node.http.port(), 9102);
         assert_eq!(c.node.data_dir, Path::new("/tmp/x/data/n2"));
@@ -541,7 +542,7 @@ mod tests {
 
     fn join_spec(dir: &Path, from: Option<PathBuf>) -> JoinSpec {
         JoinSpec {
-            id: 4,
+            id: NodeId::new(4),
             dir: dir.to_owned(),
             listen: "127.0.0.1:9004".parse().unwrap(),
             http: "127.0.0.1:9104".parse().unwrap(),
@@ -572,7 +573,7 @@ mod tests {
         let (path, c) = write_join(&spec).unwrap();
         assert_eq!(path, dir.path().join("n4.toml"));
         assert_eq!(Config::load(&path).unwrap(), c);
-        assert_eq!(c.node.id, 4);
+        assert_eq!(c.node.id, NodeId::new(4));
         assert!(c.cluster.join);
         assert!(c.cluster.initial_members.is_empty());
         assert_eq!(c.cluster.seeds, spec.seeds);
@@ -591,8 +592,14 @@ mod tests {
             .next()
             .unwrap()
             .unwrap();
-        assert!(conclave_transport::auth::cert_names_node(&der, 4));
-        assert!(!conclave_transport::auth::cert_names_node(&der, 1));
+        assert!(conclave_transport::auth::cert_names_node(
+            &der,
+            NodeId::new(4)
+        ));
+        assert!(!conclave_transport::auth::cert_names_node(
+            &der,
+            NodeId::new(1)
+        ));
         let roots = {
             let ca = std::fs::read(&files.ca_cert).unwrap();
             let mut roots = rustls::RootCertStore::empty();
@@ -652,7 +659,7 @@ mod tests {
                 ..base.clone()
             },
             JoinSpec {
-                id: 0,
+                id: NodeId::NONE,
                 ..base.clone()
             },
             JoinSpec {

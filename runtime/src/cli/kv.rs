@@ -3,6 +3,8 @@
 use super::{EndpointArg, KvArgs, KvOp, SnapshotArgs, StatusArgs, EXIT_FAILURE, EXIT_OK};
 use crate::api::{ClusterStatus, GossipMembers, ShardsStatus};
 use crate::storage::health::StorageCondition;
+use conclave_core::ids::NodeId;
+use conclave_core::ids::ShardId;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -145,7 +147,7 @@ pub(super) fn run_route(key: &str, endpoint: &EndpointArg) -> anyhow::Result<u8>
     let client = endpoint.client()?;
     block_on(async move {
         let route = client.route(key.as_bytes()).await?;
-        let replicas: Vec<String> = route.replicas.iter().map(u64::to_string).collect();
+        let replicas: Vec<String> = route.replicas.iter().map(NodeId::to_string).collect();
         let leader = route
             .leader
             .map_or_else(|| "unknown".to_owned(), |l| l.to_string());
@@ -169,8 +171,8 @@ pub(super) fn run_route(key: &str, endpoint: &EndpointArg) -> anyhow::Result<u8>
 
 /// `conclave ring prefer SHARD NODE`.
 pub(super) fn run_prefer(
-    shard: u64,
-    node: u64,
+    shard: ShardId,
+    node: NodeId,
     expected_version: Option<u64>,
     endpoint: &EndpointArg,
 ) -> anyhow::Result<u8> {
@@ -179,7 +181,7 @@ pub(super) fn run_prefer(
         let c = client
             .prefer_shard_leader(shard, node, expected_version)
             .await?;
-        let replicas: Vec<String> = c.replicas.iter().map(u64::to_string).collect();
+        let replicas: Vec<String> = c.replicas.iter().map(NodeId::to_string).collect();
         let what = if c.changed { "now" } else { "already" };
         println!(
             "shard {} (group {}): node {node} is {what} the preferred leader, replicas [{}], map version {}",
@@ -192,7 +194,7 @@ pub(super) fn run_prefer(
     })
 }
 
-fn opt(id: Option<u64>) -> String {
+fn opt(id: Option<NodeId>) -> String {
     id.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
@@ -324,8 +326,8 @@ pub(crate) fn status_table(
 /// lag (committed, not yet applied).
 pub(crate) fn shards_table(s: &ShardsStatus) -> String {
     let mut out = String::new();
-    let mut hosted: BTreeMap<u64, usize> = BTreeMap::new();
-    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut hosted: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut leads: BTreeMap<NodeId, usize> = BTreeMap::new();
     let mut leaderless = 0;
     for sh in &s.shards {
         for &r in &sh.replicas {
@@ -375,26 +377,47 @@ mod tests {
     #[test]
     fn the_shards_table_sums_hosts_and_leaders_by_node() {
         use crate::api::ShardStatus;
-        let shard = |shard: u64, replicas: Vec<u64>, leader: Option<u64>, lag: u64| ShardStatus {
-            shard,
-            group: shard + 1,
-            hosted: replicas.contains(&1),
-            replicas,
-            leader,
-            term: 2,
-            commit: 10,
-            applied: 10 - lag,
-            lag,
-        };
+        let shard =
+            |shard: ShardId, replicas: Vec<NodeId>, leader: Option<NodeId>, lag: u64| ShardStatus {
+                shard,
+                group: conclave_ring::group_of_shard(shard),
+                hosted: replicas.contains(&NodeId::new(1)),
+                replicas,
+                leader,
+                term: 2,
+                commit: 10,
+                applied: 10 - lag,
+                lag,
+            };
         let s = ShardsStatus {
-            node_id: 1,
+            node_id: NodeId::new(1),
             sharded: true,
             map_version: 3,
             shards: vec![
-                shard(0, vec![1, 2], Some(1), 0),
-                shard(1, vec![2, 3], Some(3), 0),
-                shard(2, vec![3, 1], Some(1), 4),
-                shard(3, vec![1, 2], None, 0),
+                shard(
+                    ShardId::new(0),
+                    vec![NodeId::new(1), NodeId::new(2)],
+                    Some(NodeId::new(1)),
+                    0,
+                ),
+                shard(
+                    ShardId::new(1),
+                    vec![NodeId::new(2), NodeId::new(3)],
+                    Some(NodeId::new(3)),
+                    0,
+                ),
+                shard(
+                    ShardId::new(2),
+                    vec![NodeId::new(3), NodeId::new(1)],
+                    Some(NodeId::new(1)),
+                    4,
+                ),
+                shard(
+                    ShardId::new(3),
+                    vec![NodeId::new(1), NodeId::new(2)],
+                    None,
+                    0,
+                ),
             ],
             map_adoptions: crate::api::MapAdoptions::default(),
         };
@@ -420,42 +443,43 @@ mod tests {
         );
     }
     use crate::api::{GossipMember, GroupStatus, MemberStatus, ReplicaStatus, RttStats};
+    use conclave_core::ids::GroupId;
 
     #[test]
     fn table_shows_members_groups_and_lag() {
         let s = ClusterStatus {
-            node_id: 1,
+            node_id: NodeId::new(1),
             role: "leader".into(),
             term: 3,
-            leader_id: Some(1),
+            leader_id: Some(NodeId::new(1)),
             commit_index: 10,
             applied_index: 9,
             members: vec![MemberStatus {
-                id: 2,
+                id: NodeId::new(2),
                 addr: "127.0.0.1:7002".parse().unwrap(),
                 http: "127.0.0.1:7102".parse().unwrap(),
                 state: "alive".into(),
                 drained: false,
             }],
             groups: vec![GroupStatus {
-                id: 0,
+                id: GroupId::FIRST,
                 role: "leader".into(),
-                leader_id: Some(1),
+                leader_id: Some(NodeId::new(1)),
                 term: 3,
                 commit_index: 10,
                 applied_index: 9,
                 snapshot_index: 8,
-                voters: vec![1, 2],
+                voters: vec![NodeId::new(1), NodeId::new(2)],
                 learners: vec![],
                 replicas: vec![
                     ReplicaStatus {
-                        id: 2,
+                        id: NodeId::new(2),
                         match_index: 7,
                         lag: 3,
                         learner: false,
                     },
                     ReplicaStatus {
-                        id: 4,
+                        id: NodeId::new(4),
                         match_index: 2,
                         lag: 8,
                         learner: true,
@@ -486,8 +510,8 @@ mod tests {
         }
         let mut failed = s.clone();
         failed.storage = StorageCondition::Failed {
-            component: "state_machine/0".into(),
-            error: "No space left on device".into(),
+            component: crate::storage::health::StorageComponent::StateMachine(GroupId::FIRST),
+            error: crate::storage::health::StorageError::Reported("No space left on device".into()),
         };
         let f = status_table("http://x", &failed, None);
         assert!(
@@ -504,14 +528,14 @@ mod tests {
         assert!(t.contains("        10          9          8  2 7/3"), "{t}");
         assert!(t.contains("2 7/3, 4 2/8 (learner)"), "{t}");
         let gossip = GossipMembers {
-            node_id: 1,
+            node_id: NodeId::new(1),
             incarnation: 4,
             local_health: 0,
             joined: true,
             counts: Default::default(),
             stats: Default::default(),
             members: vec![GossipMember {
-                id: 2,
+                id: NodeId::new(2),
                 state: "alive".into(),
                 incarnation: 7,
                 addr: "127.0.0.1:7002".into(),

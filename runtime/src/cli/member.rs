@@ -337,7 +337,7 @@ pub(crate) fn config_table(c: &ClusterConfig) -> String {
         c.last_index
     );
     if !c.outgoing_voters.is_empty() {
-        let old: Vec<String> = c.outgoing_voters.iter().map(u64::to_string).collect();
+        let old: Vec<String> = c.outgoing_voters.iter().map(NodeId::to_string).collect();
         let _ = writeln!(
             out,
             "joint: the old voters [{}] must also agree until the change completes",
@@ -397,11 +397,14 @@ mod tests {
         };
         let c = ClusterConfig {
             config_id: 42,
-            voters: vec![member(1, None, None), member(2, Some(0), None)],
-            learners: vec![member(4, Some(5000), Some(false))],
+            voters: vec![
+                member(NodeId::new(1), None, None),
+                member(NodeId::new(2), Some(0), None),
+            ],
+            learners: vec![member(NodeId::new(4), Some(5000), Some(false))],
             outgoing_voters: vec![],
             change_pending: true,
-            leader_id: Some(1),
+            leader_id: Some(NodeId::new(1)),
             term: 3,
             commit_index: 40,
             last_index: 10_000,

@@ -16,6 +16,7 @@ pub use init::{
 use crate::client::{Client, ClientError, ClientOptions, DEFAULT_ENDPOINT};
 use crate::config::{Config, ReadLevel};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use conclave_core::ids::{GroupId, NodeId, ShardId};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -93,7 +94,7 @@ pub struct InitArgs {
     pub join: bool,
     /// `--join`: the new node's id (never used by a member before).
     #[arg(long, requires = "join")]
-    pub id: Option<u64>,
+    pub id: Option<NodeId>,
     /// `--join`: its transport address.
     #[arg(long, requires = "join")]
     pub listen: Option<std::net::SocketAddr>,
@@ -279,8 +280,8 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// The group.
-    #[arg(long, default_value_t = 0)]
-    pub group: u64,
+    #[arg(long, default_value_t = GroupId::FIRST)]
+    pub group: GroupId,
     /// The node that takes it (each node snapshots its own state; nothing is forwarded).
     #[command(flatten)]
     pub endpoint: EndpointArg,
@@ -301,9 +302,9 @@ pub enum RingCommand {
     /// a sharded cluster; moves no leadership by itself.
     Prefer {
         /// The shard.
-        shard: u64,
+        shard: ShardId,
         /// The replica to prefer.
-        node: u64,
+        node: NodeId,
         /// Refuse (409 shard_map_changed) unless the committed map is at this version.
         #[arg(long)]
         expect_version: Option<u64>,
@@ -479,7 +480,7 @@ fn run_node(args: &NodeArgs) -> anyhow::Result<u8> {
         }
     };
     tracing::info!(
-        node = config.node.id,
+        node = %config.node.id,
         config = %args.config.display(),
         "starting node"
     );

@@ -8,6 +8,7 @@ use crate::http::{HttpOptions, ServerError};
 use crate::node::{Node, NodeError};
 use crate::state_machine::KvMachine;
 use crate::storage::state_store::StoreError;
+use conclave_core::ids::GroupId;
 
 /// Why `conclave node` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +46,7 @@ pub fn run_blocking(config: Config) -> Result<(), RunError> {
         let mut builder = Node::builder()
             .config(config.clone())
             .state_machine_for_groups(move |group| {
-                if group == 0 {
+                if group == GroupId::FIRST {
                     return KvMachine::open_engine(engine, &data_dir);
                 }
                 let dir = data_dir.join("groups").join(group.to_string());
@@ -66,13 +67,13 @@ pub fn run_blocking(config: Config) -> Result<(), RunError> {
         let server_handle = server.handle();
         actix::spawn(server);
         tracing::info!(
-            node = config.node.id,
+            node = %config.node.id,
             transport = %node.transport_addr(),
             http = %config.node.http,
             "node started"
         );
         let waited = wait_for_signal().await;
-        tracing::info!(node = config.node.id, "shutting down");
+        tracing::info!(node = %config.node.id, "shutting down");
         server_handle.stop(true).await;
         node.shutdown().await;
         waited.map_err(RunError::Signals)

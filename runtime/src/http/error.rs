@@ -261,6 +261,8 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::health::{StorageComponent, StorageError};
+    use conclave_core::ids::{GroupId, NodeId};
 
     #[test]
     fn request_errors_map_to_documented_statuses() {
@@ -270,7 +272,9 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
-                RequestError::NoLeader { group: 0 },
+                RequestError::NoLeader {
+                    group: GroupId::FIRST,
+                },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (RequestError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
@@ -282,26 +286,34 @@ mod tests {
             (RequestError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
             (
                 RequestError::StorageFailed {
-                    component: "raft_log".into(),
-                    error: "No space left on device".into(),
+                    component: StorageComponent::RaftLog,
+                    error: StorageError::Reported("No space left on device".into()),
                 },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
                 RequestError::StorageStalled {
-                    component: "state_machine".into(),
+                    component: StorageComponent::StateMachine(GroupId::FIRST),
                     for_ms: 5000,
                 },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (RequestError::Timeout, StatusCode::GATEWAY_TIMEOUT),
-            (RequestError::NotAVoter(4), StatusCode::CONFLICT),
             (
-                RequestError::CannotDrain { id: 1, group: 0 },
+                RequestError::NotAVoter(NodeId::new(4)),
                 StatusCode::CONFLICT,
             ),
             (
-                RequestError::SnapshotInProgress { group: 0 },
+                RequestError::CannotDrain {
+                    id: NodeId::new(1),
+                    group: GroupId::FIRST,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                RequestError::SnapshotInProgress {
+                    group: GroupId::FIRST,
+                },
                 StatusCode::CONFLICT,
             ),
             (
@@ -310,7 +322,7 @@ mod tests {
             ),
             (
                 RequestError::NotCaughtUp {
-                    id: 4,
+                    id: NodeId::new(4),
                     lag: 5000,
                     max_lag: 1000,
                 },

@@ -84,7 +84,7 @@ pub(crate) async fn forward(
             outbound = outbound.insert_header((name.clone(), v.clone()));
         }
     }
-    tracing::debug!(leader = hint.id, %url, hops = next, "forwarding request to the leader");
+    tracing::debug!(leader = %hint.id, %url, hops = next, "forwarding request to the leader");
     let response = outbound.send_body(body).await.map_err(|e| match e {
         // No connection was made: the leader never saw the request, so it is safe to retry.
         // (awc also reports a connection closed *after* the request was sent, before the

@@ -270,15 +270,15 @@ mod tests {
                 br#"{"id":4,"addr":"127.0.0.1:7004","http":"127.0.0.1:7104"}"#
             )
             .unwrap(),
-            (ConfigChange::AddLearner(member(4)), None)
+            (ConfigChange::AddLearner(member(NodeId::new(4))), None)
         );
         assert_eq!(
             parse_change(ChangeRoute::Promote, br#"{"id":4,"expected_config_id":12}"#).unwrap(),
-            (ConfigChange::Promote(4), Some(12))
+            (ConfigChange::Promote(NodeId::new(4)), Some(12))
         );
         assert_eq!(
             parse_change(ChangeRoute::Remove, br#"{"id":2}"#).unwrap(),
-            (ConfigChange::Remove(2), None)
+            (ConfigChange::Remove(NodeId::new(2)), None)
         );
         assert_eq!(
             parse_change(
@@ -288,8 +288,8 @@ mod tests {
             .unwrap(),
             (
                 ConfigChange::Replace {
-                    remove: 2,
-                    add: member(4)
+                    remove: NodeId::new(2),
+                    add: member(NodeId::new(4))
                 },
                 Some(0)
             )

@@ -43,6 +43,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpRequest, HttpResponse, ResponseError};
+use conclave_core::ids::GroupId;
+use conclave_core::ids::ShardId;
 use route::{Route, RouteMetrics};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -244,7 +246,7 @@ pub fn server_with<S: KvService + Send>(
             options: options.clone(),
         };
         let auth = options.auth.clone();
-        let served_by = HeaderValue::from(node_id);
+        let served_by = HeaderValue::from(node_id.get());
         let route_metrics = std::rc::Rc::new(RouteMetrics::default());
         App::new()
             .app_data(web::Data::new(ctx))
@@ -772,6 +774,7 @@ fn parse_transfer(body: &[u8]) -> Result<NodeId, ApiError> {
     }
     map.get("to")
         .and_then(serde_json::Value::as_u64)
+        .map(NodeId::new)
         .ok_or_else(|| invalid("field \"to\" must be a node id (a positive integer)".to_owned()))
 }
 
@@ -779,7 +782,7 @@ fn parse_transfer(body: &[u8]) -> Result<NodeId, ApiError> {
 #[derive(Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PreferredLeaderBody {
-    shard: u64,
+    shard: ShardId,
     node: NodeId,
     #[serde(default)]
     expected_version: Option<u64>,
@@ -844,8 +847,8 @@ async fn transfer_leader<S: KvService>(
 }
 
 /// The `group` query parameter of `POST /v1/cluster/snapshot` (default 0).
-fn snapshot_group(query: &str) -> Result<u64, ApiError> {
-    let mut group = 0;
+fn snapshot_group(query: &str) -> Result<GroupId, ApiError> {
+    let mut group = GroupId::FIRST;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name != "group" {
@@ -996,8 +999,8 @@ mod tests {
 
     #[test]
     fn snapshot_group_parsing() {
-        assert_eq!(snapshot_group("").unwrap(), 0);
-        assert_eq!(snapshot_group("group=3").unwrap(), 3);
+        assert_eq!(snapshot_group("").unwrap(), GroupId::FIRST);
+        assert_eq!(snapshot_group("group=3").unwrap(), GroupId::new(3));
         for bad in ["group=x", "group=-1", "groups=1", "group"] {
             assert_eq!(
                 snapshot_group(bad).unwrap_err().code(),
@@ -1012,8 +1015,8 @@ mod tests {
         assert_eq!(
             parse_preferred_leader(br#"{"shard": 3, "node": 2}"#).unwrap(),
             PreferredLeaderBody {
-                shard: 3,
-                node: 2,
+                shard: ShardId::new(3),
+                node: NodeId::new(2),
                 expected_version: None
             }
         );
@@ -1035,7 +1038,7 @@ mod tests {
 
     #[test]
     fn transfer_body_parsing() {
-        assert_eq!(parse_transfer(br#"{"to":3}"#).unwrap(), 3);
+        assert_eq!(parse_transfer(br#"{"to":3}"#).unwrap(), NodeId::new(3));
         for bad in [
             &br#"{}"#[..],
             br#"{"to":-1}"#,

@@ -17,11 +17,13 @@
 use super::snapshotter::{ProgressReader, SnapshotError, SnapshotSource};
 use crate::api::{InternalError, RequestError, SharedError, WriteResult};
 use crate::state_machine::{LogIndex, StateMachine, StateMachineError};
+use crate::storage::background_io::PacedReader;
 use crate::storage::health::StorageHealth;
 use crate::storage::snapshot_store::{SnapshotStore, StoredSnapshot};
 use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
 use conclave_actors::supervisor::ChildGuard;
+use conclave_core::ids::GroupId;
 use conclave_core::raft::{Entry, EntryPayload, Term};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,6 +98,9 @@ pub struct RestoreFrom {
     pub store: Arc<SnapshotStore>,
     /// The snapshot (from the store).
     pub snapshot: StoredSnapshot,
+    /// Most bytes per second of the image the machine reads (0: unpaced): an image received
+    /// from the leader is restored in the background (`[snapshot] install_rate_mb_s`).
+    pub pace_bytes_per_s: u64,
 }
 
 /// Makes the actor panic, to test supervision (tests and the chaos harness only).
@@ -110,7 +115,7 @@ type PendingReads<M> = BTreeMap<LogIndex, Vec<(<M as StateMachine>::Query, ReadR
 /// What an applier needs from its node, shared by every instance of a group's applier.
 pub struct ApplierDeps<M: StateMachine> {
     /// The group.
-    pub group: u64,
+    pub group: GroupId,
     /// Opens the machine.
     pub factory: MachineFactory<M>,
     /// Shared with the group actor for status pages and metrics.
@@ -182,7 +187,7 @@ impl<M: StateMachine> Actor for ApplierActor<M> {
             Err(e) => {
                 // Stopping drops the guard: the supervisor retries with backoff, and reports
                 // the node's storage failed if it gives up.
-                tracing::error!(group = deps.group, error = %crate::storage::health::error_chain(&e), "cannot open the state machine");
+                tracing::error!(group = %deps.group, error = %crate::storage::health::error_chain(&e), "cannot open the state machine");
                 ctx.stop();
             }
         }
@@ -221,7 +226,7 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                 // group restores the machine from a snapshot when its log no longer reaches
                 // back to it). Stop; the restarted applier is resynced.
                 tracing::error!(
-                    group = self.deps.group,
+                    group = %self.deps.group,
                     index = entry.index,
                     applied = self.applied,
                     "entry handed to the machine after a gap; restarting the applier"
@@ -294,7 +299,10 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
                 **e,
                 StateMachineError::Storage(_) | StateMachineError::Store(_)
             ) {
-                self.deps.health.failed(self.deps.clock.component(), &**e);
+                self.deps.health.failed(
+                    self.deps.clock.component(),
+                    crate::storage::health::StorageError::StateMachine(e.clone()),
+                );
             }
         }
         for (reply, answer) in answers {
@@ -366,7 +374,7 @@ impl<M: StateMachine> Handler<TakeSnapshot> for ApplierActor<M> {
             .record(synced.as_secs_f64());
         if let Some(view) = clock.time(|| machine.snapshot_view())? {
             tracing::info!(
-                group,
+                %group,
                 sync_ms = synced.as_millis() as u64,
                 view_ms = (started.elapsed() - synced).as_millis() as u64,
                 "state machine synced for a snapshot; its view is handed over"
@@ -404,12 +412,14 @@ impl<M: StateMachine> Handler<RestoreFrom> for ApplierActor<M> {
         let reader = msg.store.reader(&msg.snapshot)?;
         {
             let _call = clock.begin();
-            let mut input = ProgressReader::new(reader, &clock);
+            // Up to 1 MiB of catch-up: the pace holds from the first read.
+            let paced = PacedReader::new(reader, msg.pace_bytes_per_s, 1 << 20);
+            let mut input = ProgressReader::new(paced, &clock);
             let restored = machine.restore_from(index, &mut input);
             if let Err(e) = restored {
                 // The verifying reader's typed reason (length, digest) beats the machine's
                 // "truncated"/"I/O" view of it.
-                if let Some(typed) = input.into_inner().take_error() {
+                if let Some(typed) = input.into_inner().into_inner().take_error() {
                     return Err(typed.into());
                 }
                 return Err(e.into());
@@ -418,7 +428,7 @@ impl<M: StateMachine> Handler<RestoreFrom> for ApplierActor<M> {
             machine.sync()?;
         }
         tracing::info!(
-            group,
+            %group,
             index,
             term = msg.snapshot.meta.term,
             bytes = msg.snapshot.len,

@@ -16,6 +16,7 @@
 use super::gossip::{DRAINED_KEY, LEADERS_KEY};
 use super::{group, NodeHandle, NodeId};
 use crate::state_machine::StateMachine;
+use conclave_core::ids::GroupId;
 use conclave_core::raft::Role;
 use conclave_core::swim::MemberState;
 use conclave_ring::leader_balance::{
@@ -95,9 +96,9 @@ pub(super) fn spawn<M: StateMachine>(handle: &NodeHandle<M>) {
             for t in balancer.tick(now, &view) {
                 let group = conclave_ring::group_of_shard(t.shard);
                 tracing::info!(
-                    shard = t.shard,
-                    group,
-                    to = t.to,
+                    shard = %t.shard,
+                    %group,
+                    to = %t.to,
                     "balancing leaders: transfer"
                 );
                 handle.start_transfer(group, t.to);
@@ -179,18 +180,18 @@ impl<M: StateMachine> NodeHandle<M> {
     /// Asks `group`'s replica here to hand its leadership to `to`, without waiting: the
     /// balancer sees the outcome in the group's leader (a refusal — no longer the leader, a
     /// full mailbox — is logged and the transfer is given up in time).
-    fn start_transfer(&self, group: u64, to: NodeId) {
+    fn start_transfer(&self, group: GroupId, to: NodeId) {
         let Some(addr) = self.inner.registry.actor(group) else {
             return;
         };
         let (reply, rx) = oneshot::channel();
         if addr.try_send(group::TransferLeader { to, reply }).is_err() {
-            tracing::debug!(group, to, "balancing leaders: the group's mailbox refused");
+            tracing::debug!(%group, %to, "balancing leaders: the group's mailbox refused");
             return;
         }
         actix::spawn(async move {
             if let Ok(Err(e)) = rx.await {
-                tracing::debug!(group, to, error = %e, "balancing leaders: transfer refused");
+                tracing::debug!(%group, %to, error = %e, "balancing leaders: transfer refused");
             }
         });
     }

@@ -473,7 +473,7 @@ impl GossipActor {
             store_incarnation(&deps.incarnation_file, incarnation)?;
             shared.incarnation.store(incarnation, Ordering::SeqCst);
         }
-        let seed = deps.identity.id
+        let seed = deps.identity.id.get()
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
@@ -624,52 +624,52 @@ impl GossipActor {
         let me = self.deps.identity.id;
         match event {
             Event::Joined(m) => {
-                tracing::info!(node = me, member = m.id, incarnation = m.incarnation, addr = %m.addr, "gossip: member joined")
+                tracing::info!(node = %me, member = %m.id, incarnation = m.incarnation, addr = %m.addr, "gossip: member joined")
             }
             Event::Alive(m) => tracing::info!(
-                node = me,
-                member = m.id,
+                node = %me,
+                member = %m.id,
                 incarnation = m.incarnation,
                 "gossip: member refuted its suspicion"
             ),
             Event::Suspect(m) => tracing::warn!(
-                node = me,
-                member = m.id,
+                node = %me,
+                member = %m.id,
                 incarnation = m.incarnation,
                 "gossip: member suspect"
             ),
             Event::Dead(m) => tracing::warn!(
-                node = me,
-                member = m.id,
+                node = %me,
+                member = %m.id,
                 incarnation = m.incarnation,
                 "gossip: member dead"
             ),
             Event::Left(m) => tracing::info!(
-                node = me,
-                member = m.id,
+                node = %me,
+                member = %m.id,
                 incarnation = m.incarnation,
                 "gossip: member left"
             ),
             Event::MetadataChanged(m) => tracing::debug!(
-                node = me,
-                member = m.id,
+                node = %me,
+                member = %m.id,
                 version = m.metadata.version,
                 "gossip: metadata changed"
             ),
             Event::Removed(id) => {
-                tracing::info!(node = me, member = id, "gossip: member forgotten (pruned)");
+                tracing::info!(node = %me, member = %id, "gossip: member forgotten (pruned)");
                 self.deps.shared.latency.lock().remove(id);
                 if !self.raft_peers.contains(id) && self.links.remove(id).is_some() {
                     self.deps.endpoint.remove_peer(*id);
                 }
             }
             Event::Refuted { incarnation } => tracing::warn!(
-                node = me,
+                node = %me,
                 incarnation,
                 "gossip: refuted a rumor about this node"
             ),
             Event::JoinedCluster => {
-                tracing::info!(node = me, "gossip: joined the cluster through a seed")
+                tracing::info!(node = %me, "gossip: joined the cluster through a seed")
             }
         }
     }
@@ -713,8 +713,8 @@ impl GossipActor {
             // The core accepts any non-empty address string; the transport needs host:port.
             if self.warned.insert(addr.to_owned()) {
                 tracing::warn!(
-                    node = self.deps.identity.id,
-                    member = to,
+                    node = %self.deps.identity.id,
+                    member = %to,
                     addr,
                     "gossip: cannot dial an address that is not ip:port"
                 );
@@ -722,7 +722,7 @@ impl GossipActor {
             drop_frame("bad_address");
             return;
         }
-        let to = if to != 0 {
+        let to = if to != NodeId::NONE {
             to
         } else {
             // A join to a seed known by address only: the transport authenticates peers by
@@ -732,7 +732,7 @@ impl GossipActor {
                 None => {
                     if self.warn_once(addr) {
                         tracing::warn!(
-                            node = self.deps.identity.id,
+                            node = %self.deps.identity.id,
                             addr,
                             "gossip: no node id known for this address; cannot dial it"
                         );
@@ -762,7 +762,7 @@ impl GossipActor {
                 drop_frame("link_closed");
             }
             Err(TrySendError::Encode(_, e)) => {
-                tracing::error!(node = self.deps.identity.id, peer = to, error = %e, "gossip frame cannot be framed; dropped");
+                tracing::error!(node = %self.deps.identity.id, peer = %to, error = %e, "gossip frame cannot be framed; dropped");
                 drop_frame("encode");
             }
         }
@@ -897,7 +897,7 @@ impl Actor for GossipActor {
         let now = self.now();
         self.core.start(now);
         tracing::info!(
-            node = self.deps.identity.id,
+            node = %self.deps.identity.id,
             incarnation = self.core.incarnation(),
             seeds = ?self.deps.swim.seeds,
             "gossip started"
@@ -966,7 +966,7 @@ impl Handler<Leave> for GossipActor {
         self.core.leave(now);
         self.drain(ctx);
         self.publish();
-        tracing::info!(node = self.deps.identity.id, "gossip: left the cluster");
+        tracing::info!(node = %self.deps.identity.id, "gossip: left the cluster");
         let links: Vec<PeerLink<WireMessage>> =
             self.links.values().map(|l| l.link.clone()).collect();
         Box::pin(async move {
@@ -1261,7 +1261,7 @@ mod tests {
         endpoint: Arc<dyn Endpoint<WireMessage>>,
         dir: &Path,
     ) -> Arc<GossipDeps> {
-        let addr = |id: u64| SocketAddr::from(([127, 0, 0, 1], 9000 + id as u16));
+        let addr = |id: NodeId| SocketAddr::from(([127, 0, 0, 1], 9000 + id.get() as u16));
         let preload: Vec<Member> = know
             .iter()
             .map(|&id| Member {
@@ -1306,14 +1306,32 @@ mod tests {
         let (tx1, rx1) = conclave_transport::inbound(1024);
         let (tx2, rx2) = conclave_transport::inbound(1024);
         let recorder = Arc::new(Recorder {
-            inner: net.endpoint(1, tx1),
+            inner: net.endpoint(NodeId::new(1), tx1),
             held: Mutex::new(BTreeSet::new()),
             removed: Mutex::new(Vec::new()),
         });
         // Node 1 knows 2..=6 with max_peers 3; node 2 (its Raft peer) runs and answers, 3..=6
         // never do (nothing is attached for them), so they are suspected, then declared dead.
-        let deps1 = test_deps(1, &[2, 3, 4, 5, 6], &[2], recorder.clone(), dir.path());
-        let deps2 = test_deps(2, &[1], &[1], Arc::new(net.endpoint(2, tx2)), dir.path());
+        let deps1 = test_deps(
+            NodeId::new(1),
+            &[
+                NodeId::new(2),
+                NodeId::new(3),
+                NodeId::new(4),
+                NodeId::new(5),
+                NodeId::new(6),
+            ],
+            &[NodeId::new(2)],
+            recorder.clone(),
+            dir.path(),
+        );
+        let deps2 = test_deps(
+            NodeId::new(2),
+            &[NodeId::new(1)],
+            &[NodeId::new(1)],
+            Arc::new(net.endpoint(NodeId::new(2), tx2)),
+            dir.path(),
+        );
         let (g1, s1) = super::super::start_gossip(deps1);
         let (g2, s2) = super::super::start_gossip(deps2);
         for (mut rx, slot) in [(rx1, g1.actor.clone()), (rx2, g2.actor.clone())] {
@@ -1328,20 +1346,34 @@ mod tests {
         let held = || recorder.held.lock().clone();
         // Opened on demand: the first cycle probes every member.
         wait_until("links to all five members", || held().len() == 5).await;
-        wait_until("3..=6 dead", || g1.shared.snapshot(1).counts["dead"] == 4).await;
+        wait_until("3..=6 dead", || {
+            g1.shared.snapshot(NodeId::new(1)).counts["dead"] == 4
+        })
+        .await;
         // Nothing is sent to dead members: over max_peers, the least recently used gossip-only
         // links go first, down to max_peers; the Raft peer's link stays.
         wait_until("down to max_peers", || held().len() == 3).await;
-        assert!(held().contains(&2), "the Raft peer's link was released");
+        assert!(
+            held().contains(&NodeId::new(2)),
+            "the Raft peer's link was released"
+        );
         // Idle for idle_link: the remaining gossip-only links go too.
         wait_until("only the Raft peer's link", || {
-            held() == BTreeSet::from([2])
+            held() == BTreeSet::from([NodeId::new(2)])
         })
         .await;
         let mut removed = recorder.removed.lock().clone();
         removed.sort_unstable();
-        assert_eq!(removed, vec![3, 4, 5, 6]);
-        let view = g1.shared.snapshot(1);
+        assert_eq!(
+            removed,
+            vec![
+                NodeId::new(3),
+                NodeId::new(4),
+                NodeId::new(5),
+                NodeId::new(6)
+            ]
+        );
+        let view = g1.shared.snapshot(NodeId::new(1));
         assert_eq!(
             (view.counts["alive"], view.counts["dead"]),
             (2, 4),

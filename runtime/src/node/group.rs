@@ -201,6 +201,9 @@ pub struct GroupDeps<M: StateMachine> {
     pub snapshots: Arc<SnapshotStore>,
     /// When snapshots are taken.
     pub snapshot_policy: SnapshotPolicy,
+    /// Bytes per second at which a snapshot received from the leader is restored
+    /// (`[snapshot] install_rate_mb_s`; 0: unpaced).
+    pub install_bytes_per_s: u64,
     /// Where a fatal storage problem found at start (a log without its snapshot) is reported.
     pub health: Arc<StorageHealth>,
     /// Streaming snapshots to lagging followers and receiving them from the leader.
@@ -494,7 +497,7 @@ async fn prepare_start<M: StateMachine>(deps: Arc<GroupDeps<M>>) -> Result<Start
     }
     if let Some(s) = base.as_ref().filter(|s| s.meta.index > applied) {
         tracing::info!(
-            group,
+            %group,
             applied,
             snapshot = s.meta.index,
             "the state machine is behind the group's snapshot; restoring it"
@@ -503,6 +506,8 @@ async fn prepare_start<M: StateMachine>(deps: Arc<GroupDeps<M>>) -> Result<Start
             .send(RestoreFrom {
                 store: deps.snapshots.clone(),
                 snapshot: s.clone(),
+                // The group waits for it: as fast as the machine goes.
+                pace_bytes_per_s: 0,
             })
             .await
             .map_err(|_| StartError::Unavailable("applier"))??;
@@ -745,7 +750,7 @@ impl<M: StateMachine> GroupActor<M> {
         #[cfg(feature = "fault-injection")]
         if std::env::var_os(CRASH_AFTER_SNAPSHOT_FILE_ENV).is_some() {
             tracing::error!(
-                group,
+                %group,
                 index = stored.meta.index,
                 "fault injection: crashing between the snapshot file and the log compaction"
             );
@@ -782,7 +787,7 @@ impl<M: StateMachine> GroupActor<M> {
             .histogram("conclave_snapshot_duration_seconds")
             .record(duration.as_secs_f64());
         tracing::info!(
-            group,
+            %group,
             index = stored.meta.index,
             term = stored.meta.term,
             bytes = stored.len,
@@ -804,7 +809,7 @@ impl<M: StateMachine> GroupActor<M> {
         match &result {
             Ok(_) => self.snapshot_retry_at = None,
             Err(e) => {
-                tracing::error!(group = self.deps.group, error = %e, "snapshot failed");
+                tracing::error!(group = %self.deps.group, error = %e, "snapshot failed");
                 self.deps
                     .labels
                     .counter("conclave_snapshot_failed_total")
@@ -838,13 +843,13 @@ impl<M: StateMachine> GroupActor<M> {
                 .into_actor(self)
                 .map(move |res: Result<PersistResult<()>, MailboxError>, _, _| match res {
                     Ok(Ok(())) => {
-                        tracing::debug!(group, index, "log store compacted");
+                        tracing::debug!(%group, index, "log store compacted");
                     }
                     Ok(Err(e)) => {
                         // The store reported itself failed; persists fail and stop the group.
-                        tracing::error!(group, index, error = %e, "log store compaction failed");
+                        tracing::error!(%group, index, error = %e, "log store compaction failed");
                     }
-                    Err(_) => tracing::error!(group, index, "log store gone during compaction"),
+                    Err(_) => tracing::error!(%group, index, "log store gone during compaction"),
                 }),
         );
     }
@@ -917,7 +922,7 @@ impl<M: StateMachine> GroupActor<M> {
                             .counter("conclave_snapshot_installed_total")
                             .increment(1);
                         tracing::info!(
-                            group = self.deps.group,
+                            group = %self.deps.group,
                             index = meta.index,
                             term = meta.term,
                             "snapshot installed; restoring the state machine"
@@ -925,7 +930,7 @@ impl<M: StateMachine> GroupActor<M> {
                         self.pending_restore = Some(stored);
                     }
                     _ => {
-                        tracing::error!(group = self.deps.group, index = meta.index, "core asked to restore a snapshot this node did not adopt; stopping the group");
+                        tracing::error!(group = %self.deps.group, index = meta.index, "core asked to restore a snapshot this node did not adopt; stopping the group");
                         ctx.stop();
                     }
                 }
@@ -947,8 +952,8 @@ impl<M: StateMachine> GroupActor<M> {
         let t = &self.deps.transfer;
         let Some(link) = (t.addrs)(to).map(|addr| t.endpoint.peer(to, addr)) else {
             tracing::warn!(
-                group = self.deps.group,
-                to,
+                group = %self.deps.group,
+                %to,
                 "no link to the peer that needs a snapshot"
             );
             self.send_failed(to, ctx);
@@ -968,7 +973,7 @@ impl<M: StateMachine> GroupActor<M> {
             }),
         };
         if let Err(e) = t.sender.start(req) {
-            tracing::debug!(group = self.deps.group, to, index, error = %e, "snapshot transfer not started");
+            tracing::debug!(group = %self.deps.group, %to, index, error = %e, "snapshot transfer not started");
             self.send_failed(to, ctx);
         }
     }
@@ -1007,11 +1012,11 @@ impl<M: StateMachine> GroupActor<M> {
                             act.pump(ctx);
                         }
                         Ok(Err(e)) => {
-                            tracing::error!(group = act.deps.group, error = %e, "cannot move a received snapshot into the store; stopping the group");
+                            tracing::error!(group = %act.deps.group, error = %e, "cannot move a received snapshot into the store; stopping the group");
                             ctx.stop();
                         }
                         Err(_) => {
-                            tracing::error!(group = act.deps.group, "snapshot receiver gone; stopping the group");
+                            tracing::error!(group = %act.deps.group, "snapshot receiver gone; stopping the group");
                             ctx.stop();
                         }
                     }
@@ -1030,22 +1035,24 @@ impl<M: StateMachine> GroupActor<M> {
         let msg = RestoreFrom {
             store: self.deps.snapshots.clone(),
             snapshot: stored,
+            // Received from the leader: a background catch-up, paced.
+            pace_bytes_per_s: self.deps.install_bytes_per_s,
         };
         ctx.spawn(applier.send(msg).into_actor(self).map(|res, act, ctx| {
             act.restoring = false;
             match res {
                 Ok(Ok(index)) => {
-                    tracing::info!(group = act.deps.group, index, "state machine restored from the installed snapshot");
+                    tracing::info!(group = %act.deps.group, index, "state machine restored from the installed snapshot");
                     act.pump(ctx);
                 }
                 Ok(Err(e)) => {
                     // The machine refused the image and changed nothing; a restarted group
                     // restores from its base snapshot at start.
-                    tracing::error!(group = act.deps.group, error = %e, "cannot restore the installed snapshot; stopping the group");
+                    tracing::error!(group = %act.deps.group, error = %e, "cannot restore the installed snapshot; stopping the group");
                     ctx.stop();
                 }
                 Err(_) => {
-                    tracing::error!(group = act.deps.group, "applier gone while restoring a snapshot; stopping the group");
+                    tracing::error!(group = %act.deps.group, "applier gone while restoring a snapshot; stopping the group");
                     ctx.stop();
                 }
             }
@@ -1064,7 +1071,7 @@ impl<M: StateMachine> GroupActor<M> {
     fn role_changed(&mut self, role: Role, term: Term, leader: Option<NodeId>) {
         let id = self.deps.raft.id;
         if role == Role::Leader && !self.was_leader {
-            tracing::info!(node = id, group = self.deps.group, term, "became leader");
+            tracing::info!(node = %id, group = %self.deps.group, term, "became leader");
             self.deps
                 .labels
                 .counter("conclave_raft_leader_elections_total")
@@ -1074,16 +1081,16 @@ impl<M: StateMachine> GroupActor<M> {
             }
         } else if role != Role::Leader && self.was_leader {
             tracing::info!(
-                node = id,
-                group = self.deps.group,
+                node = %id,
+                group = %self.deps.group,
                 term,
                 ?leader,
                 "stepped down"
             );
         } else {
             tracing::debug!(
-                node = id,
-                group = self.deps.group,
+                node = %id,
+                group = %self.deps.group,
                 term,
                 ?role,
                 ?leader,
@@ -1129,11 +1136,11 @@ impl<M: StateMachine> GroupActor<M> {
                                 act.schedule_drain(ctx);
                             }
                             Ok(Err(e)) => {
-                                tracing::error!(group = act.deps.group, seq, error = %e, "persist failed; stopping the group");
+                                tracing::error!(group = %act.deps.group, seq, error = %e, "persist failed; stopping the group");
                                 ctx.stop();
                             }
                             Err(_) => {
-                                tracing::error!(group = act.deps.group, seq, "log store gone; stopping the group");
+                                tracing::error!(group = %act.deps.group, seq, "log store gone; stopping the group");
                                 ctx.stop();
                             }
                         },
@@ -1146,7 +1153,7 @@ impl<M: StateMachine> GroupActor<M> {
                 }
                 Err(SendError::Closed(_)) => {
                     tracing::error!(
-                        group = self.deps.group,
+                        group = %self.deps.group,
                         "log store stopped; stopping the group"
                     );
                     ctx.stop();
@@ -1243,7 +1250,7 @@ impl<M: StateMachine> GroupActor<M> {
         match (applied + 1 < first, base, self.deps.applier.get()) {
             (true, Some(base), Some(applier)) => {
                 tracing::warn!(
-                    group,
+                    %group,
                     applied,
                     snapshot = base.meta.index,
                     "restarted applier is behind the compacted log; restoring it from the snapshot"
@@ -1254,6 +1261,8 @@ impl<M: StateMachine> GroupActor<M> {
                         .send(RestoreFrom {
                             store,
                             snapshot: base,
+                            // A restarted applier: the group waits for it.
+                            pace_bytes_per_s: 0,
                         })
                         .into_actor(self)
                         .map(move |res, act, ctx| {
@@ -1262,7 +1271,7 @@ impl<M: StateMachine> GroupActor<M> {
                                 Ok(Ok(restored)) => act.resync_applies(restored),
                                 Ok(Err(e)) => {
                                     // The supervisor restarts the applier and this runs again.
-                                    tracing::error!(group, error = %e, "restoring the restarted applier failed");
+                                    tracing::error!(%group, error = %e, "restoring the restarted applier failed");
                                 }
                                 Err(_) => {}
                             }
@@ -1283,7 +1292,7 @@ impl<M: StateMachine> GroupActor<M> {
             return;
         };
         tracing::warn!(
-            group = self.deps.group,
+            group = %self.deps.group,
             applied,
             upto = self.enqueued_upto,
             "applier restarted; re-sending committed entries"
@@ -1386,8 +1395,8 @@ impl<M: StateMachine> GroupActor<M> {
             let now = t.state();
             if now != before {
                 tracing::warn!(
-                    node = self.deps.raft.id,
-                    group = self.deps.group,
+                    node = %self.deps.raft.id,
+                    group = %self.deps.group,
                     state = now.as_str(),
                     "this node's place in the group's membership changed"
                 );
@@ -1449,7 +1458,7 @@ impl<M: StateMachine> Actor for GroupActor<M> {
         ctx.set_mailbox_capacity(8192);
         if self.core.cell.is_none() {
             tracing::error!(
-                group = self.deps.group,
+                group = %self.deps.group,
                 "group started off a raft worker's arbiter"
             );
             ctx.stop();
@@ -1469,13 +1478,16 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                 Err(StartError::Snapshot(e)) => {
                     // A log without the snapshot it needs, or a snapshot that cannot be
                     // restored: the replica cannot be rebuilt by restarting.
-                    tracing::error!(group, error = %e, "cannot start the group");
-                    act.deps.health.failed(&format!("snapshots/{group}"), &e);
+                    tracing::error!(%group, error = %e, "cannot start the group");
+                    act.deps.health.failed(
+                        crate::storage::health::StorageComponent::Snapshots(group),
+                        crate::storage::health::StorageError::Snapshot(Arc::new(e)),
+                    );
                     ctx.stop();
                     return;
                 }
                 Err(e) => {
-                    tracing::error!(group, error = %e, "cannot start the group");
+                    tracing::error!(%group, error = %e, "cannot start the group");
                     ctx.stop();
                     return;
                 }
@@ -1489,14 +1501,14 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                 // are ignored by the core.
                 snapshot: base.as_ref().map(|s| s.meta.clone()),
             };
-            let seed = act.deps.raft.id ^ (group << 32) ^ act.now();
+            let seed = act.deps.raft.id.get() ^ (group.get() << 32) ^ act.now();
             // Heartbeats are the worker's (coalesced, one beat for every group).
             let config = raft::Host::group_config(&act.deps.raft, act.deps.raft.id, group);
             match Raft::new(config, restore, seed, act.now()) {
                 Ok(core) => {
                     tracing::info!(
-                        node = act.deps.raft.id,
-                        group,
+                        node = %act.deps.raft.id,
+                        %group,
                         term = core.term(),
                         last_index = core.last_index(),
                         applied,
@@ -1552,12 +1564,12 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                     act.applier_seen = act.deps.applier.get();
                     let shell = ctx.address().recipient();
                     if let Err(e) = act.core.install(core, shell) {
-                        tracing::error!(group, error = %e, "cannot host the raft core");
+                        tracing::error!(%group, error = %e, "cannot host the raft core");
                         ctx.stop();
                     }
                 }
                 Err(e) => {
-                    tracing::error!(group, error = %e, "cannot restore the raft core");
+                    tracing::error!(%group, error = %e, "cannot restore the raft core");
                     ctx.stop();
                 }
             }
@@ -1573,7 +1585,7 @@ impl<M: StateMachine> Handler<FromWorker> for GroupActor<M> {
             FromWorker::Actions(actions) => self.drain(actions, ctx),
             FromWorker::Restart => {
                 tracing::warn!(
-                    group = self.deps.group,
+                    group = %self.deps.group,
                     "the group's raft worker restarted; restarting the group from storage"
                 );
                 ctx.stop();
@@ -1693,8 +1705,8 @@ impl<M: StateMachine> Handler<SetDrained> for GroupActor<M> {
                         .drained
                         .store(msg.drained, Ordering::Relaxed);
                     tracing::warn!(
-                        node = self.deps.raft.id,
-                        group = self.deps.group,
+                        node = %self.deps.raft.id,
+                        group = %self.deps.group,
                         drained = msg.drained,
                         hand_off_to = ?target,
                         "drain state changed"
@@ -1728,8 +1740,8 @@ impl<M: StateMachine> Handler<SnapshotReceived> for GroupActor<M> {
             return;
         }
         tracing::info!(
-            group = self.deps.group,
-            from = msg.from,
+            group = %self.deps.group,
+            from = %msg.from,
             index = msg.meta.index,
             term = msg.meta.term,
             "installing a snapshot received from the leader"
@@ -1747,7 +1759,7 @@ impl<M: StateMachine> Handler<SendDone> for GroupActor<M> {
 
     fn handle(&mut self, msg: SendDone, ctx: &mut Context<Self>) {
         if let Err(e) = msg.outcome {
-            tracing::warn!(group = self.deps.group, peer = msg.to, index = msg.index, error = %e, "snapshot transfer failed");
+            tracing::warn!(group = %self.deps.group, peer = %msg.to, index = msg.index, error = %e, "snapshot transfer failed");
             self.send_failed(msg.to, ctx);
         }
     }

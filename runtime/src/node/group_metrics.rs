@@ -129,15 +129,15 @@ mod tests {
     fn shard_groups_carry_their_shard_up_to_the_cap() {
         let g = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         // Not sharded: every group by its id only.
-        let l = GroupLabels::new(3, false, 64);
+        let l = GroupLabels::new(GroupId::new(3), false, 64);
         assert_eq!(pairs(l.get()), Some(vec![g("group", "3")]));
         assert!(!l.is_shard());
         // Sharded: group 0 serves no shard; group s + 1 serves shard s.
         assert_eq!(
-            pairs(GroupLabels::new(0, true, 64).get()),
+            pairs(GroupLabels::new(GroupId::new(0), true, 64).get()),
             Some(vec![g("group", "0")])
         );
-        let l = GroupLabels::new(5, true, 64);
+        let l = GroupLabels::new(GroupId::new(5), true, 64);
         assert_eq!(pairs(l.get()), Some(vec![g("group", "5"), g("shard", "4")]));
         assert!(l.is_shard());
         assert_eq!(
@@ -146,15 +146,19 @@ mod tests {
         );
         // At the cap still labelled; above it no series of its own, still a shard.
         assert!(
-            GroupLabels::new(MAX_LABELLED_SHARDS, true, MAX_LABELLED_SHARDS)
+            GroupLabels::new(GroupId::new(MAX_LABELLED_SHARDS), true, MAX_LABELLED_SHARDS)
                 .get()
                 .is_some()
         );
-        let over = GroupLabels::new(7, true, MAX_LABELLED_SHARDS + 1);
+        let over = GroupLabels::new(GroupId::new(7), true, MAX_LABELLED_SHARDS + 1);
         assert!(over.get().is_none() && over.with("peer", "1".to_owned()).is_none());
         assert!(over.is_shard());
         // A group beyond the shards (created at runtime) keeps its own series.
-        let extra = GroupLabels::new(MAX_LABELLED_SHARDS + 5, true, MAX_LABELLED_SHARDS + 1);
+        let extra = GroupLabels::new(
+            GroupId::new(MAX_LABELLED_SHARDS + 5),
+            true,
+            MAX_LABELLED_SHARDS + 1,
+        );
         assert!(!extra.is_shard() && extra.get().is_some());
     }
 }

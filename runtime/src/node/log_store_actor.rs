@@ -8,7 +8,7 @@
 
 use crate::config::PersistenceStrategy;
 use crate::storage::group_list::{GroupList, GroupListError};
-use crate::storage::health::StorageHealth;
+use crate::storage::health::{StorageComponent, StorageError, StorageHealth};
 use crate::storage::log_store::{LogStore, LogStoreError, RecoveredGroup};
 use crate::storage::member_mark::{MemberMarkError, MemberMarks};
 use crate::storage::watchdog::StallClock;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// The component name the log store reports to [`StorageHealth`] under.
-pub const HEALTH_COMPONENT: &str = "raft_log";
+pub const HEALTH_COMPONENT: StorageComponent = StorageComponent::RaftLog;
 
 /// What a persist or recovery reports: the log store's error, shared by every request it
 /// failed (a failed store fails every later request with the same first cause).
@@ -167,7 +167,8 @@ impl LogStoreActor {
             other => Arc::new(other),
         };
         // Idempotent: the health record keeps the first failure.
-        self.health.failed(HEALTH_COMPONENT, &*e);
+        self.health
+            .failed(HEALTH_COMPONENT, StorageError::RaftLog(e.clone()));
         e
     }
 
@@ -285,7 +286,7 @@ impl Handler<Persist> for LogStoreActor {
         // of the same log: the store itself stays stopped (see `LogStore::write`).
         if let Err(e) = self.store.write(msg.group, &msg.req) {
             let e = self.fail(e);
-            tracing::error!(group = msg.group, error = %e, "write-ahead log append refused");
+            tracing::error!(group = %msg.group, error = %e, "write-ahead log append refused");
             let _ = msg.done.send(Err(e));
             return;
         }
@@ -344,7 +345,7 @@ impl Handler<MarkMember> for LogStoreActor {
             None => marks.mark(msg.group),
         };
         result.map_err(|e| {
-            tracing::error!(group = msg.group, error = %e, "cannot mark this node as a member");
+            tracing::error!(group = %msg.group, error = %e, "cannot mark this node as a member");
             Arc::new(e)
         })
     }
@@ -364,7 +365,7 @@ impl Handler<SaveGroupList> for LogStoreActor {
             None => list.set(group, membership),
         };
         result.map_err(|e| {
-            tracing::error!(group, error = %e, "cannot save the group list");
+            tracing::error!(%group, error = %e, "cannot save the group list");
             Arc::new(e)
         })
     }
@@ -397,6 +398,7 @@ impl Handler<Recover> for LogStoreActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conclave_core::ids::NodeId;
     use conclave_core::raft::{EntryPayload, HardState};
 
     fn entries(term: u64, range: std::ops::RangeInclusive<LogIndex>) -> Vec<Entry> {
@@ -498,7 +500,7 @@ mod tests {
             let (tx, rx) = oneshot::channel();
             actor
                 .send(Persist {
-                    group: 4,
+                    group: GroupId::new(4),
                     req: req(None, entries(1, i..=i)),
                     done: tx,
                 })
@@ -511,14 +513,20 @@ mod tests {
         assert!(before > 3, "{before} segments");
         actor
             .send(Compact {
-                group: 4,
+                group: GroupId::new(4),
                 index: 190,
                 term: 1,
             })
             .await
             .unwrap()
             .unwrap();
-        let g = actor.send(Recover { group: 4 }).await.unwrap().unwrap();
+        let g = actor
+            .send(Recover {
+                group: GroupId::new(4),
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(g.compacted, (190, 1));
         assert_eq!(g.entries.first().map(|e| e.index), Some(191));
         assert_eq!(g.entries.len(), 10);
@@ -546,7 +554,7 @@ mod tests {
         let meta = SnapshotMeta {
             index: 8,
             term: 2,
-            membership: Membership::with_voters([1, 2]),
+            membership: Membership::with_voters([NodeId::new(1), NodeId::new(2)]),
         };
         for r in [
             req(None, entries(1, 1..=10)),
@@ -558,7 +566,7 @@ mod tests {
             let (tx, rx) = oneshot::channel();
             actor
                 .send(Persist {
-                    group: 1,
+                    group: GroupId::new(1),
                     req: r,
                     done: tx,
                 })
@@ -566,7 +574,13 @@ mod tests {
                 .unwrap();
             rx.await.unwrap().unwrap();
         }
-        let mirrored = actor.send(Recover { group: 1 }).await.unwrap().unwrap();
+        let mirrored = actor
+            .send(Recover {
+                group: GroupId::new(1),
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(mirrored.snapshot, Some(meta.clone()));
         assert_eq!(mirrored.compacted, (8, 2));
         assert_eq!(
@@ -579,7 +593,7 @@ mod tests {
         );
         actor.send(StopForTest).await.unwrap();
         let (_, from_disk) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        assert_eq!(from_disk[&1], mirrored);
+        assert_eq!(from_disk[&GroupId::new(1)], mirrored);
     }
 
     #[derive(Message)]

@@ -16,6 +16,8 @@ use crate::api::{
     NewMember, RequestError,
 };
 use crate::state_machine::StateMachine;
+use conclave_core::ids::GroupId;
+use conclave_core::ids::NodeId;
 use conclave_core::raft::{MemberAddr, MembershipChange};
 use std::time::{Duration, Instant};
 
@@ -98,13 +100,13 @@ impl<M: StateMachine> NodeHandle<M> {
     pub fn drained(&self) -> bool {
         self.inner
             .registry
-            .get(0)
+            .get(GroupId::FIRST)
             .is_some_and(|g| g.shared.drained.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The nodes known drained: this one from its own state, the others from gossip.
-    pub(super) fn drained_members(&self) -> std::collections::BTreeSet<u64> {
-        let mut out: std::collections::BTreeSet<u64> = self
+    pub(super) fn drained_members(&self) -> std::collections::BTreeSet<NodeId> {
+        let mut out: std::collections::BTreeSet<NodeId> = self
             .member_states()
             .into_iter()
             .filter(|m| m.drained && m.id != self.inner.id)
@@ -142,7 +144,7 @@ impl<M: StateMachine> NodeHandle<M> {
     /// `replace`: see the module docs.
     async fn replace(
         &self,
-        remove: u64,
+        remove: NodeId,
         add: NewMember,
         expected_config_id: Option<u64>,
     ) -> Result<ChangeOutcome, RequestError> {

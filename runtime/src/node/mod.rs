@@ -169,6 +169,7 @@ pub enum NodeError {
 }
 
 use applier::MachineFactory;
+use conclave_core::ids::ShardId;
 
 /// Builds a [`Node`].
 pub struct NodeBuilder<M: StateMachine> {
@@ -347,7 +348,7 @@ impl Handler<StopLogStore> for LogStoreActor {
 }
 
 struct Inner<M: StateMachine> {
-    id: u64,
+    id: NodeId,
     config: Config,
     /// Links, allowlist, gossip's members and the member directory, following the replicated
     /// membership.
@@ -425,7 +426,7 @@ fn planted_router_bug() -> bool {
     })
 }
 
-fn raft_config(config: &Config, group: u64) -> RaftConfig {
+fn raft_config(config: &Config, group: GroupId) -> RaftConfig {
     let r = &config.raft;
     RaftConfig {
         // Validated (with a clear error) by `start_node` before any group starts.
@@ -459,22 +460,22 @@ async fn start_node<M: StateMachine>(
     {
         let bugs = planted_bugs()?;
         if bugs != conclave_core::raft::PlantedBugs::default() {
-            tracing::warn!(node = id, ?bugs, "PLANTED BUGS SWITCHED ON (test build)");
+            tracing::warn!(node = %id, ?bugs, "PLANTED BUGS SWITCHED ON (test build)");
         }
         if planted_router_bug() {
             tracing::warn!(
-                node = id,
+                node = %id,
                 bug = SHARD_READ_ON_ANY_REPLICA,
                 "PLANTED ROUTER BUG SWITCHED ON (test build)"
             );
         }
     }
-    let raft0 = raft_config(&config, 0);
+    let raft0 = raft_config(&config, GroupId::FIRST);
     raft0.validate()?;
     std::fs::create_dir_all(&config.node.data_dir)?;
     // The bootstrap membership: the initial members, or nobody on a node that joins an
     // existing cluster (it waits until the membership replicated to it names it).
-    let members: BTreeMap<u64, MemberConfig> = config
+    let members: BTreeMap<NodeId, MemberConfig> = config
         .bootstrap_members()
         .into_iter()
         .map(|m| (m.id, m))
@@ -671,7 +672,7 @@ async fn start_node<M: StateMachine>(
         ..RingConfig::default()
     };
     // The ring shows placement over the bootstrap members (this node alone on a joining node).
-    let ring_nodes: Vec<u64> = if members.is_empty() {
+    let ring_nodes: Vec<NodeId> = if members.is_empty() {
         vec![id]
     } else {
         members.keys().copied().collect()
@@ -697,15 +698,15 @@ async fn start_node<M: StateMachine>(
                 let mine = shards::my_groups(map, id, &base_membership.addrs)?;
                 registry.start_groups(mine)?;
                 tracing::info!(
-                    node = id,
+                    node = %id,
                     version = map.version(),
-                    shards = map.shard_count(),
-                    hosted = map.shards_of(id).count(),
+                    shards = %map.shard_count(),
+                    hosted = %map.shards_of(id).count(),
                     "shard map loaded"
                 );
             }
             None => tracing::info!(
-                node = id,
+                node = %id,
                 "joining a sharded cluster: the shard map comes from group 0"
             ),
         }
@@ -754,8 +755,8 @@ async fn start_node<M: StateMachine>(
                 WireMessage::Swim(m) => {
                     if m.from != from {
                         tracing::warn!(
-                            from,
-                            claimed = m.from,
+                            %from,
+                            claimed = %m.from,
                             "gossip frame with a forged sender dropped"
                         );
                         metrics::counter!("conclave_gossip_frames_dropped_total", "reason" => "forged_sender")
@@ -884,8 +885,8 @@ async fn route_frame<M: StateMachine>(registry: &GroupRegistry<M>, from: NodeId,
         // The handshake authenticated `from`; a frame claiming another sender is forged or
         // buggy.
         tracing::warn!(
-            from,
-            claimed = frame.from,
+            %from,
+            claimed = %frame.from,
             "raft frame with a forged sender dropped"
         );
         metrics::counter!("conclave_raft_messages_dropped_total", "reason" => "forged_sender")
@@ -908,7 +909,7 @@ async fn route_frame<M: StateMachine>(registry: &GroupRegistry<M>, from: NodeId,
         // The core refuses it too; counted here (issue 12, finding 3).
         let ok = term <= conclave_core::raft::MAX_TERM;
         if !ok {
-            tracing::warn!(from, term, "raft message with a term near overflow dropped");
+            tracing::warn!(%from, term, "raft message with a term near overflow dropped");
             dropped("term_overflow");
         }
         ok
@@ -923,8 +924,8 @@ async fn route_frame<M: StateMachine>(registry: &GroupRegistry<M>, from: NodeId,
     for m in frame.messages {
         if m.from != from {
             tracing::warn!(
-                from,
-                claimed = m.from,
+                %from,
+                claimed = %m.from,
                 "raft message with a forged sender dropped"
             );
             dropped("forged_sender");
@@ -1094,7 +1095,7 @@ async fn await_reply<T>(rx: oneshot::Receiver<Result<T, RequestError>>) -> Resul
 
 impl<M: StateMachine> NodeHandle<M> {
     /// This node's id.
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> NodeId {
         self.inner.id
     }
 
@@ -1136,11 +1137,10 @@ impl<M: StateMachine> NodeHandle<M> {
         match &self.inner.shards {
             // Without a map yet (joined): every group a map of `[ring] shards` would use.
             Some(s)
-                if s.router
-                    .map()
-                    .map_or(group >= 1 && group <= self.inner.config.ring.shards, |m| {
-                        m.is_shard_group(group)
-                    }) =>
+                if s.router.map().map_or(
+                    conclave_ring::shard_of_group(group, self.inner.config.ring.shards).is_some(),
+                    |m| m.is_shard_group(group),
+                ) =>
             {
                 Err(GroupRegistryError::ShardGroup(group))
             }
@@ -1167,7 +1167,7 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// Proposes `command` to group 0 and waits until it is committed and applied here.
     pub async fn write(&self, command: M::Command) -> Result<WriteResult<M::Output>, RequestError> {
-        self.write_to(0, command).await
+        self.write_to(GroupId::FIRST, command).await
     }
 
     /// Proposes `command` to `group` and waits until it is committed and applied here.
@@ -1210,7 +1210,7 @@ impl<M: StateMachine> NodeHandle<M> {
         query: M::Query,
         consistency: ReadLevel,
     ) -> Result<M::QueryOutput, RequestError> {
-        self.read_from(0, query, consistency).await
+        self.read_from(GroupId::FIRST, query, consistency).await
     }
 
     /// Runs `query` on `group` at the given consistency.
@@ -1240,7 +1240,7 @@ impl<M: StateMachine> NodeHandle<M> {
         GroupActor<M>: Handler<Req>,
         <GroupActor<M> as Actor>::Context: actix::dev::ToEnvelope<GroupActor<M>, Req>,
     {
-        self.ask_group(0, make).await
+        self.ask_group(GroupId::FIRST, make).await
     }
 
     /// Sends `group`'s actor a request carrying a reply channel and waits (bounded) for the
@@ -1274,12 +1274,11 @@ impl<M: StateMachine> NodeHandle<M> {
     }
 
     /// Asks group 0's leader (this node) to hand leadership to `to`.
-    pub async fn transfer_leader(&self, to: u64) -> Result<(), RequestError> {
-        let group = self.group(0)?;
-        let addr = group
-            .actor
-            .get()
-            .ok_or(RequestError::NoLeader { group: 0 })?;
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), RequestError> {
+        let group = self.group(GroupId::FIRST)?;
+        let addr = group.actor.get().ok_or(RequestError::NoLeader {
+            group: GroupId::FIRST,
+        })?;
         let (reply, rx) = oneshot::channel();
         addr.try_send(group::TransferLeader { to, reply })
             .map_err(|_| RequestError::Overloaded)?;
@@ -1291,7 +1290,7 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// Takes a snapshot of `group`'s state machine on this node now (or answers the latest
     /// one when nothing was applied since), compacting the log behind it.
-    pub async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, SnapshotError> {
+    pub async fn take_snapshot(&self, group: GroupId) -> Result<SnapshotInfo, SnapshotError> {
         let addr = self
             .inner
             .registry
@@ -1346,7 +1345,7 @@ impl<M: StateMachine> NodeHandle<M> {
             })
             .collect();
         // The node-wide fields are group 0's (the cluster's membership group).
-        let g0 = groups.iter().find(|g| g.id == 0).cloned();
+        let g0 = groups.iter().find(|g| g.id == GroupId::FIRST).cloned();
         ClusterStatus {
             node_id: self.inner.id,
             role: g0
@@ -1441,7 +1440,7 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// The leader of group 0 as this node knows it.
     pub fn leader(&self) -> Option<LeaderHint> {
-        let g = self.inner.registry.get(0)?;
+        let g = self.inner.registry.get(GroupId::FIRST)?;
         let leader = g.shared.snapshot.read().leader?;
         let m = self.inner.peers.member(leader)?;
         Some(LeaderHint {
@@ -1458,7 +1457,7 @@ impl<M: StateMachine> NodeHandle<M> {
         change: conclave_core::raft::MembershipChange,
     ) -> Result<u64, conclave_core::raft::ProposeError> {
         let not_leader = conclave_core::raft::ProposeError::NotLeader { leader: None };
-        let Some(addr) = self.inner.registry.actor(0) else {
+        let Some(addr) = self.inner.registry.actor(GroupId::FIRST) else {
             return Err(not_leader);
         };
         let (reply, rx) = oneshot::channel();
@@ -1473,7 +1472,7 @@ impl<M: StateMachine> NodeHandle<M> {
     pub fn inject_applier_panic(&self) -> bool {
         self.inner
             .registry
-            .get(0)
+            .get(GroupId::FIRST)
             .and_then(|g| g.applier.get())
             .map(|a| a.try_send(applier::InjectPanic).is_ok())
             .unwrap_or(false)
@@ -1562,14 +1561,14 @@ impl KvService for NodeHandle<KvMachine> {
 
     async fn prefer_shard_leader(
         &self,
-        shard: u64,
+        shard: ShardId,
         node: NodeId,
         expected_version: Option<u64>,
     ) -> Result<ShardMapChange, RequestError> {
         NodeHandle::prefer_shard_leader(self, shard, node, expected_version).await
     }
 
-    async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, RequestError> {
+    async fn take_snapshot(&self, group: GroupId) -> Result<SnapshotInfo, RequestError> {
         self.admit()?;
         NodeHandle::take_snapshot(self, group)
             .await
@@ -1580,7 +1579,7 @@ impl KvService for NodeHandle<KvMachine> {
             })
     }
 
-    fn has_group(&self, group: u64) -> bool {
+    fn has_group(&self, group: GroupId) -> bool {
         self.inner.registry.contains(group)
     }
 

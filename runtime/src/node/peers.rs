@@ -411,8 +411,8 @@ impl Peers {
             .collect();
         if !added.is_empty() {
             tracing::info!(
-                node = self.me.id,
-                voucher = from,
+                node = %self.me.id,
+                voucher = %from,
                 admitted = ?added,
                 "admitting members another member's log names"
             );
@@ -524,17 +524,17 @@ impl Peers {
         for &(id, addr) in &plan.start {
             if addr.is_none() {
                 tracing::warn!(
-                    node = self.me.id,
-                    group,
-                    peer = id,
+                    node = %self.me.id,
+                    %group,
+                    peer = %id,
                     "member with no known address: it is answered once it connects"
                 );
             }
         }
         if !plan.is_empty() || before != m.all().collect::<BTreeSet<_>>() {
             tracing::info!(
-                node = self.me.id,
-                group,
+                node = %self.me.id,
+                %group,
                 voters = ?m.voters,
                 learners = ?m.learners,
                 started = ?plan.start.iter().map(|(id, _)| id).collect::<Vec<_>>(),
@@ -662,7 +662,7 @@ impl Peers {
         if state.groups.remove(&group).is_none() {
             return;
         }
-        tracing::info!(node = self.me.id, group, "peers no longer follow the group");
+        tracing::info!(node = %self.me.id, %group, "peers no longer follow the group");
         self.sync_node_wide(&mut state, &BTreeMap::new());
     }
 
@@ -688,22 +688,32 @@ mod tests {
 
     #[test]
     fn plan_starts_new_members_stops_removed_ones_and_redials_moved_ones() {
-        let current = BTreeMap::from([(2, Some(addr(2))), (3, Some(addr(3))), (5, None)]);
+        let current = BTreeMap::from([
+            (NodeId::new(2), Some(addr(2))),
+            (NodeId::new(3), Some(addr(3))),
+            (NodeId::new(5), None),
+        ]);
         let wanted = BTreeMap::from([
-            (2, Some(addr(2))),
-            (4, Some(addr(4))),
-            (5, Some(addr(55))),
-            (6, None),
+            (NodeId::new(2), Some(addr(2))),
+            (NodeId::new(4), Some(addr(4))),
+            (NodeId::new(5), Some(addr(55))),
+            (NodeId::new(6), None),
         ]);
         let plan = PeerPlan::between(&current, &wanted);
-        assert_eq!(plan.start, vec![(4, Some(addr(4))), (6, None)]);
-        assert_eq!(plan.readdress, vec![(5, addr(55))]);
-        assert_eq!(plan.stop, vec![3]);
+        assert_eq!(
+            plan.start,
+            vec![(NodeId::new(4), Some(addr(4))), (NodeId::new(6), None)]
+        );
+        assert_eq!(plan.readdress, vec![(NodeId::new(5), addr(55))]);
+        assert_eq!(plan.stop, vec![NodeId::new(3)]);
         assert!(PeerPlan::between(&wanted, &wanted).is_empty());
         // An address that becomes unknown keeps the one the link has.
-        let plan = PeerPlan::between(&wanted, &BTreeMap::from([(2, None)]));
+        let plan = PeerPlan::between(&wanted, &BTreeMap::from([(NodeId::new(2), None)]));
         assert!(plan.readdress.is_empty() && plan.start.is_empty());
-        assert_eq!(plan.stop, vec![4, 5, 6]);
+        assert_eq!(
+            plan.stop,
+            vec![NodeId::new(4), NodeId::new(5), NodeId::new(6)]
+        );
     }
 
     #[test]
@@ -711,61 +721,124 @@ mod tests {
         assert_eq!(allowlist([&m(&[], &[])]), None);
         assert_eq!(allowlist(std::iter::empty()), None);
         assert_eq!(
-            allowlist([&m(&[1, 2, 3], &[4]), &m(&[3, 5], &[])]),
-            Some(BTreeSet::from([1, 2, 3, 4, 5]))
+            allowlist([
+                &m(
+                    &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+                    &[NodeId::new(4)]
+                ),
+                &m(&[NodeId::new(3), NodeId::new(5)], &[])
+            ]),
+            Some(BTreeSet::from([
+                NodeId::new(1),
+                NodeId::new(2),
+                NodeId::new(3),
+                NodeId::new(4),
+                NodeId::new(5)
+            ]))
         );
         // A node being added (a learner in the appended membership) is admitted; one removed
         // is not.
         assert_eq!(
-            allowlist([&m(&[1, 2], &[4])]),
-            Some(BTreeSet::from([1, 2, 4]))
+            allowlist([&m(&[NodeId::new(1), NodeId::new(2)], &[NodeId::new(4)])]),
+            Some(BTreeSet::from([
+                NodeId::new(1),
+                NodeId::new(2),
+                NodeId::new(4)
+            ]))
         );
     }
 
     #[test]
     fn notices_from_non_members_or_naming_too_many_are_refused_whole() {
-        let members = BTreeSet::from([1, 2, 3]);
+        let members = BTreeSet::from([NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
         let notice = |ids: Vec<NodeId>| MembersNotice { members: ids };
         // A member's notice: what it names, this node (1) left out.
         assert_eq!(
-            heard_notice(1, Some(&members), 2, notice(vec![1, 2, 3, 4])),
-            Ok(BTreeSet::from([2, 3, 4]))
+            heard_notice(
+                NodeId::new(1),
+                Some(&members),
+                NodeId::new(2),
+                notice(vec![
+                    NodeId::new(1),
+                    NodeId::new(2),
+                    NodeId::new(3),
+                    NodeId::new(4)
+                ])
+            ),
+            Ok(BTreeSet::from([
+                NodeId::new(2),
+                NodeId::new(3),
+                NodeId::new(4)
+            ]))
         );
         // A stranger, this node itself, and anyone before this node has a membership.
         for (from, m) in [(777, Some(&members)), (1, Some(&members)), (2, None)] {
+            let from = NodeId::new(from);
             assert_eq!(
-                heard_notice(1, m, from, notice(vec![4])),
+                heard_notice(NodeId::new(1), m, from, notice(vec![NodeId::new(4)])),
                 Err(NoticeError::NotAMember { from })
             );
         }
         // Too many names, even from a member; the limit itself is heard.
-        let many: Vec<NodeId> = (0..=MAX_NOTICE_MEMBERS as NodeId).collect();
+        let many: Vec<NodeId> = (0..=MAX_NOTICE_MEMBERS as u64).map(NodeId::new).collect();
         assert_eq!(
-            heard_notice(1, Some(&members), 2, notice(many.clone())),
+            heard_notice(
+                NodeId::new(1),
+                Some(&members),
+                NodeId::new(2),
+                notice(many.clone())
+            ),
             Err(NoticeError::TooLarge {
-                from: 2,
+                from: NodeId::new(2),
                 count: MAX_NOTICE_MEMBERS + 1
             })
         );
-        assert!(heard_notice(1, Some(&members), 2, notice(many[1..].to_vec())).is_ok());
+        assert!(heard_notice(
+            NodeId::new(1),
+            Some(&members),
+            NodeId::new(2),
+            notice(many[1..].to_vec())
+        )
+        .is_ok());
     }
 
     #[test]
     fn members_vouch_for_members_their_logs_name_and_nobody_else_does() {
-        let members = Some(BTreeSet::from([1, 2, 3]));
+        let members = Some(BTreeSet::from([
+            NodeId::new(1),
+            NodeId::new(2),
+            NodeId::new(3),
+        ]));
         let none = BTreeMap::new();
-        let removed = BTreeSet::from([9]);
+        let removed = BTreeSet::from([NodeId::new(9)]);
         // Nobody vouches: the members only.
         assert_eq!(admitted(&members, &none, &removed), members);
         // Member 2's log names node 4 (added after this node's log ends): admitted; the
         // removed node 9 is not, whoever names it.
-        let vouched = BTreeMap::from([(2, BTreeSet::from([1, 2, 3, 4, 9]))]);
+        let vouched = BTreeMap::from([(
+            NodeId::new(2),
+            BTreeSet::from([
+                NodeId::new(1),
+                NodeId::new(2),
+                NodeId::new(3),
+                NodeId::new(4),
+                NodeId::new(9),
+            ]),
+        )]);
         assert_eq!(
             admitted(&members, &vouched, &removed),
-            Some(BTreeSet::from([1, 2, 3, 4]))
+            Some(BTreeSet::from([
+                NodeId::new(1),
+                NodeId::new(2),
+                NodeId::new(3),
+                NodeId::new(4)
+            ]))
         );
         // A voucher that is no member counts for nothing (a stranger cannot bring a friend).
-        let vouched = BTreeMap::from([(7, BTreeSet::from([7, 8]))]);
+        let vouched = BTreeMap::from([(
+            NodeId::new(7),
+            BTreeSet::from([NodeId::new(7), NodeId::new(8)]),
+        )]);
         assert_eq!(admitted(&members, &vouched, &removed), members);
         // A joining node (no membership yet) admits anyone, vouched or not.
         assert_eq!(admitted(&None, &vouched, &removed), None);
@@ -773,21 +846,36 @@ mod tests {
 
     #[test]
     fn a_joining_node_is_not_a_member_until_a_membership_names_it() {
-        let mut t = MembershipTracker::new(4, &Membership::default(), &[], 0);
+        let mut t = MembershipTracker::new(NodeId::new(4), &Membership::default(), &[], 0);
         assert_eq!(t.state(), MembershipState::NotAMember);
         // The leader's log reaches it: first memberships without it.
-        t.appended(1, m(&[1, 2, 3], &[]));
+        t.appended(1, m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[]));
         t.committed_to(1);
         assert_eq!(t.state(), MembershipState::NotAMember);
-        t.appended(7, m(&[1, 2, 3], &[4]));
+        t.appended(
+            7,
+            m(
+                &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+                &[NodeId::new(4)],
+            ),
+        );
         assert_eq!(t.state(), MembershipState::Member);
         t.committed_to(7);
         assert_eq!(t.state(), MembershipState::Member);
         // A restart rebuilds the same answer from the log.
         let again = MembershipTracker::new(
-            4,
+            NodeId::new(4),
             &Membership::default(),
-            &[(1, m(&[1, 2, 3], &[])), (7, m(&[1, 2, 3], &[4]))],
+            &[
+                (1, m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[])),
+                (
+                    7,
+                    m(
+                        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+                        &[NodeId::new(4)],
+                    ),
+                ),
+            ],
             7,
         );
         assert_eq!(again.state(), MembershipState::Member);
@@ -795,10 +883,10 @@ mod tests {
 
     #[test]
     fn a_node_is_removed_only_once_its_removal_commits() {
-        let base = m(&[1, 2, 3], &[]);
-        let mut t = MembershipTracker::new(3, &base, &[], 0);
+        let base = m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[]);
+        let mut t = MembershipTracker::new(NodeId::new(3), &base, &[], 0);
         assert_eq!(t.state(), MembershipState::Member);
-        t.appended(10, m(&[1, 2], &[]));
+        t.appended(10, m(&[NodeId::new(1), NodeId::new(2)], &[]));
         // Appended, not committed: a new leader may still truncate it (the log then ends
         // with the bootstrap membership again).
         assert_eq!(t.state(), MembershipState::Member);
@@ -807,92 +895,127 @@ mod tests {
         t.committed_to(10);
         assert_eq!(t.state(), MembershipState::Member);
         // Appended again (by the next leader, at another index), and committed.
-        t.appended(12, m(&[1, 2], &[]));
+        t.appended(12, m(&[NodeId::new(1), NodeId::new(2)], &[]));
         t.committed_to(11);
         assert_eq!(t.state(), MembershipState::Member);
         t.committed_to(12);
         assert_eq!(t.state(), MembershipState::Removed);
         // Restarted from its log: still removed (nothing else has to be persisted).
-        let again = MembershipTracker::new(3, &base, &[(12, m(&[1, 2], &[]))], 12);
+        let again = MembershipTracker::new(
+            NodeId::new(3),
+            &base,
+            &[(12, m(&[NodeId::new(1), NodeId::new(2)], &[]))],
+            12,
+        );
         assert_eq!(again.state(), MembershipState::Removed);
         // Added back later: a member again.
-        t.appended(20, m(&[1, 2], &[3]));
+        t.appended(20, m(&[NodeId::new(1), NodeId::new(2)], &[NodeId::new(3)]));
         assert_eq!(t.state(), MembershipState::Member);
     }
 
     #[test]
     fn a_truncated_membership_entry_is_replaced_by_the_one_appended_at_its_index() {
-        let base = m(&[1, 2, 3], &[]);
-        let mut t = MembershipTracker::new(2, &base, &[], 0);
-        t.appended(5, m(&[1, 3], &[]));
+        let base = m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[]);
+        let mut t = MembershipTracker::new(NodeId::new(2), &base, &[], 0);
+        t.appended(5, m(&[NodeId::new(1), NodeId::new(3)], &[]));
         // A new leader overwrote index 5 with another change; 5 commits with that one.
-        t.appended(5, m(&[1, 2, 3], &[4]));
+        t.appended(
+            5,
+            m(
+                &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+                &[NodeId::new(4)],
+            ),
+        );
         t.committed_to(5);
         assert_eq!(t.state(), MembershipState::Member);
-        assert_eq!(t.in_force(), &m(&[1, 2, 3], &[4]));
+        assert_eq!(
+            t.in_force(),
+            &m(
+                &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+                &[NodeId::new(4)]
+            )
+        );
     }
 
     #[test]
     fn a_removed_node_whose_log_was_compacted_is_removed_only_with_its_mark() {
         // Restarted from a snapshot taken after its removal: neither the snapshot's membership
         // nor the log left after it names this node.
-        let after = m(&[1, 2], &[]);
-        let log = [(40, m(&[1, 2], &[4]))];
-        let t = MembershipTracker::new(3, &after, &log, 40);
+        let after = m(&[NodeId::new(1), NodeId::new(2)], &[]);
+        let log = [(40, m(&[NodeId::new(1), NodeId::new(2)], &[NodeId::new(4)]))];
+        let t = MembershipTracker::new(NodeId::new(3), &after, &log, 40);
         assert_eq!(
             t.state(),
             MembershipState::NotAMember,
             "the log alone forgets"
         );
-        let mut t = MembershipTracker::new(3, &after, &log, 40);
+        let mut t = MembershipTracker::new(NodeId::new(3), &after, &log, 40);
         t.was_a_member();
         assert_eq!(t.state(), MembershipState::Removed);
         // Added back later: a member again.
-        t.appended(50, m(&[1, 2], &[3, 4]));
+        t.appended(
+            50,
+            m(
+                &[NodeId::new(1), NodeId::new(2)],
+                &[NodeId::new(3), NodeId::new(4)],
+            ),
+        );
         assert_eq!(t.state(), MembershipState::Member);
     }
 
     #[test]
     fn a_node_being_removed_stays_reachable_until_its_removal_commits() {
-        let base = m(&[1, 2, 3], &[]);
-        let mut t = MembershipTracker::new(1, &base, &[], 0);
-        t.appended(10, m(&[1, 2], &[]));
+        let base = m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[]);
+        let mut t = MembershipTracker::new(NodeId::new(1), &base, &[], 0);
+        t.appended(10, m(&[NodeId::new(1), NodeId::new(2)], &[]));
         let span = t.span();
         assert_eq!(
             span.all().collect::<BTreeSet<_>>(),
-            BTreeSet::from([1, 2, 3])
+            BTreeSet::from([NodeId::new(1), NodeId::new(2), NodeId::new(3)])
         );
-        assert_eq!(t.in_force(), &m(&[1, 2], &[]));
+        assert_eq!(t.in_force(), &m(&[NodeId::new(1), NodeId::new(2)], &[]));
         assert!(!t.committed_to(9));
         assert!(t.committed_to(10));
         assert_eq!(
             t.span().all().collect::<BTreeSet<_>>(),
-            BTreeSet::from([1, 2])
+            BTreeSet::from([NodeId::new(1), NodeId::new(2)])
         );
         // A node being added is in the span from the append on.
-        t.appended(12, m(&[1, 2], &[5]));
-        assert!(t.span().contains(5));
+        t.appended(12, m(&[NodeId::new(1), NodeId::new(2)], &[NodeId::new(5)]));
+        assert!(t.span().contains(NodeId::new(5)));
     }
 
     #[test]
     fn a_joining_node_whose_addition_was_truncated_is_still_not_a_member() {
-        let mut t = MembershipTracker::new(4, &Membership::default(), &[], 0);
-        t.appended(1, m(&[1, 2, 3], &[]));
+        let mut t = MembershipTracker::new(NodeId::new(4), &Membership::default(), &[], 0);
+        t.appended(1, m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[]));
         t.committed_to(1);
-        t.appended(5, m(&[1, 2, 3], &[4]));
+        t.appended(
+            5,
+            m(
+                &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+                &[NodeId::new(4)],
+            ),
+        );
         assert_eq!(t.state(), MembershipState::Member);
         // The entry adding it is overwritten: the latest membership is index 1's again.
-        t.appended(1, m(&[1, 2, 3], &[]));
+        t.appended(1, m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[]));
         t.committed_to(6);
         assert_eq!(t.state(), MembershipState::NotAMember);
         // Added, then removed, both committed, then restarted: removed.
         let again = MembershipTracker::new(
-            4,
+            NodeId::new(4),
             &Membership::default(),
             &[
-                (1, m(&[1, 2, 3], &[])),
-                (5, m(&[1, 2, 3], &[4])),
-                (9, m(&[1, 2, 3], &[])),
+                (1, m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[])),
+                (
+                    5,
+                    m(
+                        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+                        &[NodeId::new(4)],
+                    ),
+                ),
+                (9, m(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], &[])),
             ],
             9,
         );

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::state_machine::StateMachine;
 use crate::storage::background_io::WritePacing;
 use crate::storage::group_list::{GroupList, GroupListError};
-use crate::storage::health::StorageHealth;
+use crate::storage::health::{StorageComponent, StorageError, StorageHealth};
 use crate::storage::member_mark::MemberMarks;
 use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError};
 use crate::storage::watchdog::Watchdog;
@@ -169,8 +169,8 @@ impl<M: StateMachine> GroupRegistry<M> {
                 groups: listed.keys().copied().collect(),
             });
         }
-        let mut all = vec![(0, base.clone())];
-        all.extend(listed.into_iter().filter(|(g, _)| *g != 0));
+        let mut all = vec![(GroupId::FIRST, base.clone())];
+        all.extend(listed.into_iter().filter(|(g, _)| *g != GroupId::FIRST));
         for (group, membership) in all {
             let entry = self.spawner.spawn(group, &membership, false)?;
             self.groups.write().insert(group, Arc::new(entry));
@@ -254,7 +254,7 @@ impl<M: StateMachine> GroupRegistry<M> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let drained = self
-            .get(0)
+            .get(GroupId::FIRST)
             .is_some_and(|g| g.shared.drained.load(Ordering::Relaxed));
         let started = self.spawner.arbiter.spawn(async move {
             let entry = this.spawner.spawn(group, &membership, drained);
@@ -269,7 +269,7 @@ impl<M: StateMachine> GroupRegistry<M> {
         };
         match outcome {
             Ok(()) => {
-                tracing::info!(node = me, group, ?voters, "group created");
+                tracing::info!(node = %me, %group, ?voters, "group created");
                 Ok(())
             }
             Err(e) => {
@@ -288,7 +288,7 @@ impl<M: StateMachine> GroupRegistry<M> {
     /// Its log records and snapshot files stay on disk; creating the same group again resumes
     /// from them.
     pub(super) async fn remove(&self, group: GroupId) -> Result<(), GroupRegistryError> {
-        if group == 0 {
+        if group == GroupId::FIRST {
             return Err(GroupRegistryError::FirstGroup);
         }
         let _one = self.changing.lock().await;
@@ -300,7 +300,7 @@ impl<M: StateMachine> GroupRegistry<M> {
             return Err(GroupRegistryError::NotHosted(group));
         };
         self.stop_entry(group, &entry).await;
-        tracing::info!(node = self.spawner.config.node.id, group, "group removed");
+        tracing::info!(node = %self.spawner.config.node.id, %group, "group removed");
         Ok(())
     }
 
@@ -366,14 +366,14 @@ impl<M: StateMachine> GroupRegistry<M> {
 #[error("the supervisor of group {group} gave up after repeated restarts (last exit: {last_exit}); restart the node once the cause (disk full, I/O errors, a corrupt store) is fixed")]
 pub struct GroupGaveUp {
     /// The group.
-    pub group: u64,
+    pub group: GroupId,
     /// The child whose exit spent the budget, and how it exited.
     pub last_exit: String,
 }
 
 /// Watches a group's supervisor: when it gives up, the node's storage is reported failed.
 struct GroupWatcher {
-    group: u64,
+    group: GroupId,
     health: Arc<StorageHealth>,
     last_exit: String,
 }
@@ -395,7 +395,10 @@ impl Handler<SupervisionEventMsg> for GroupWatcher {
                     group: self.group,
                     last_exit: self.last_exit.clone(),
                 };
-                self.health.failed(&format!("group/{}", self.group), &e);
+                self.health.failed(
+                    StorageComponent::Group(self.group),
+                    StorageError::GroupGaveUp(Arc::new(e)),
+                );
             }
             SupervisionEvent::Restarting { .. } => {}
         }
@@ -425,7 +428,8 @@ impl<M: StateMachine> GroupSpawner<M> {
             .with_pacing(WritePacing::from_rate_mb_s(config.snapshot.write_rate_mb_s)),
         );
         self.peers.follow(group, base);
-        let pick = |pool: &[Arbiter]| pool[(group % pool.len().max(1) as u64) as usize].handle();
+        let pick =
+            |pool: &[Arbiter]| pool[(group.get() % pool.len().max(1) as u64) as usize].handle();
         let applier_arbiter = pick(&self.appliers);
         let snapshot_arbiter = pick(&self.snapshotters);
         let shared = Arc::new(GroupShared::default());
@@ -486,6 +490,7 @@ impl<M: StateMachine> GroupSpawner<M> {
                 jitter_pct: config.snapshot.threshold_jitter_pct,
                 log_image_pct: config.snapshot.log_image_pct,
             },
+            install_bytes_per_s: config.snapshot.install_rate_mb_s.saturating_mul(1_000_000),
             health: self.watchdog.health().clone(),
             member_marks: self.member_marks.clone(),
         });
@@ -509,7 +514,7 @@ impl<M: StateMachine> GroupSpawner<M> {
                 group,
                 factory: self.factory.clone(),
                 applied_gauge: shared.applied.clone(),
-                clock: self.watchdog.clock(format!("state_machine/{group}")),
+                clock: self.watchdog.clock(StorageComponent::StateMachine(group)),
                 health: self.watchdog.health().clone(),
             });
             let arbiter = applier_arbiter;
@@ -530,7 +535,9 @@ impl<M: StateMachine> GroupSpawner<M> {
             let deps = Arc::new(snapshotter::SnapshotterDeps {
                 group,
                 store: snapshots,
-                clock: self.watchdog.background_clock(format!("snapshots/{group}")),
+                clock: self
+                    .watchdog
+                    .background_clock(StorageComponent::Snapshots(group)),
             });
             let arbiter = snapshot_arbiter;
             let f: Factory = Box::new(move |guard| {

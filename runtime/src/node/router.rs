@@ -13,6 +13,7 @@ use conclave_ring::ShardMap;
 use serde::{Deserialize, Serialize};
 
 use super::NodeId;
+use conclave_core::ids::GroupId;
 
 /// What this node knows about one shard's group when routing a request for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +148,7 @@ pub enum ForwardFailure {
     #[error("the request names group {group}, but its key belongs to group {expected}")]
     WrongGroup {
         /// The group named.
-        group: u64,
+        group: GroupId,
         /// The group the key routes to.
         expected: u64,
     },
@@ -202,7 +203,7 @@ mod tests {
 
     fn view(replicas: &[NodeId]) -> GroupView<'_> {
         GroupView {
-            me: 1,
+            me: NodeId::new(1),
             replicas,
             hosted: false,
             local_leader: None,
@@ -213,16 +214,16 @@ mod tests {
 
     #[test]
     fn a_leader_or_a_stale_read_is_served_here() {
-        let r = [1, 2, 3];
+        let r = [1, 2, 3].map(NodeId::new);
         let leader = GroupView {
             hosted: true,
-            local_leader: Some(1),
+            local_leader: Some(NodeId::new(1)),
             ..view(&r)
         };
         assert_eq!(next_step(&leader, &[]), Step::Local);
         let follower_stale = GroupView {
             hosted: true,
-            local_leader: Some(2),
+            local_leader: Some(NodeId::new(2)),
             needs_leader: false,
             ..view(&r)
         };
@@ -230,55 +231,73 @@ mod tests {
         // A follower forwards to the leader its group knows, over the cache's older belief.
         let follower = GroupView {
             hosted: true,
-            local_leader: Some(3),
-            cached_leader: Some(2),
+            local_leader: Some(NodeId::new(3)),
+            cached_leader: Some(NodeId::new(2)),
             ..view(&r)
         };
-        assert_eq!(next_step(&follower, &[]), Step::Forward(3));
+        assert_eq!(next_step(&follower, &[]), Step::Forward(NodeId::new(3)));
     }
 
     #[test]
     fn a_node_without_the_group_asks_the_cache_then_the_replicas_in_order() {
-        let r = [4, 2, 3];
-        assert_eq!(next_step(&view(&r), &[]), Step::Forward(4));
+        let r = [4, 2, 3].map(NodeId::new);
+        assert_eq!(next_step(&view(&r), &[]), Step::Forward(NodeId::new(4)));
         let cached = GroupView {
-            cached_leader: Some(3),
+            cached_leader: Some(NodeId::new(3)),
             ..view(&r)
         };
-        assert_eq!(next_step(&cached, &[]), Step::Forward(3));
-        assert_eq!(next_step(&cached, &[3]), Step::Forward(4));
-        assert_eq!(next_step(&cached, &[3, 4]), Step::Forward(2));
-        assert_eq!(next_step(&cached, &[3, 4, 2]), Step::Exhausted);
+        assert_eq!(next_step(&cached, &[]), Step::Forward(NodeId::new(3)));
+        assert_eq!(
+            next_step(&cached, &[NodeId::new(3)]),
+            Step::Forward(NodeId::new(4))
+        );
+        assert_eq!(
+            next_step(&cached, &[NodeId::new(3), NodeId::new(4)]),
+            Step::Forward(NodeId::new(2))
+        );
+        assert_eq!(
+            next_step(&cached, &[NodeId::new(3), NodeId::new(4), NodeId::new(2)]),
+            Step::Exhausted
+        );
         // A cached leader that is no replica (a map changed under it) is not followed.
         let foreign = GroupView {
-            cached_leader: Some(9),
+            cached_leader: Some(NodeId::new(9)),
             ..view(&r)
         };
-        assert_eq!(next_step(&foreign, &[]), Step::Forward(4));
+        assert_eq!(next_step(&foreign, &[]), Step::Forward(NodeId::new(4)));
     }
 
     #[test]
     fn a_hosted_group_without_a_known_leader_asks_the_other_replicas() {
-        let r = [1, 2, 3];
+        let r = [1, 2, 3].map(NodeId::new);
         let v = GroupView {
             hosted: true,
             ..view(&r)
         };
-        assert_eq!(next_step(&v, &[]), Step::Forward(2));
-        assert_eq!(next_step(&v, &[2, 3]), Step::Exhausted);
+        assert_eq!(next_step(&v, &[]), Step::Forward(NodeId::new(2)));
+        assert_eq!(
+            next_step(&v, &[NodeId::new(2), NodeId::new(3)]),
+            Step::Exhausted
+        );
         // Tried locally and refused: never served here twice, never forwarded to itself.
         let me_leader = GroupView {
             hosted: true,
-            local_leader: Some(1),
+            local_leader: Some(NodeId::new(1)),
             ..view(&r)
         };
-        assert_eq!(next_step(&me_leader, &[1]), Step::Forward(2));
+        assert_eq!(
+            next_step(&me_leader, &[NodeId::new(1)]),
+            Step::Forward(NodeId::new(2))
+        );
         // ... and when its own view is that stale, the leader cache is asked first.
         let cached = GroupView {
-            cached_leader: Some(3),
+            cached_leader: Some(NodeId::new(3)),
             ..me_leader
         };
-        assert_eq!(next_step(&cached, &[1]), Step::Forward(3));
+        assert_eq!(
+            next_step(&cached, &[NodeId::new(1)]),
+            Step::Forward(NodeId::new(3))
+        );
     }
 
     fn map(nodes: u64, shards: u64) -> ShardMap {
@@ -286,7 +305,11 @@ mod tests {
             shards,
             ..RingConfig::default()
         };
-        let ring = Ring::with_nodes(config, (1..=nodes).map(|n| (n, DEFAULT_WEIGHT))).unwrap();
+        let ring = Ring::with_nodes(
+            config,
+            (1..=nodes).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+        )
+        .unwrap();
         ShardMap::bootstrap(ring.placement()).unwrap()
     }
 
@@ -310,11 +333,14 @@ mod tests {
                     .replacen("\"version\":1", "\"version\":2", 1);
             serde_json::from_str(&json).unwrap()
         };
-        let known = |n: NodeId| (1..=3).contains(&n);
+        let known = |n: NodeId| (1..=3).contains(&n.get());
         assert!(may_adopt(&m, &newer, known));
         assert!(!may_adopt(&newer, &m, known), "older");
         assert!(!may_adopt(&m, &m, known), "same version");
-        assert!(!may_adopt(&m, &newer, |n| n != 2), "unknown replica");
+        assert!(
+            !may_adopt(&m, &newer, |n| n != NodeId::new(2)),
+            "unknown replica"
+        );
         let other_count: ShardMap = {
             let json = serde_json::to_string(&map(3, 4)).unwrap().replacen(
                 "\"version\":1",

@@ -37,6 +37,7 @@ use crate::api::{InternalError, KeyRoute, ShardStatus, ShardsStatus};
 use crate::config::ReadLevel;
 use crate::state_machine::{RouteCodecError, ShardedMachine, StateMachine};
 use crate::storage::shard_map_file::{self, ShardMapFileError};
+use conclave_core::ids::ShardId;
 use conclave_core::raft::Membership;
 use conclave_ring::{ShardEntry, ShardMap, ShardMapError};
 use parking_lot::{Mutex, RwLock};
@@ -81,7 +82,7 @@ pub enum ShardSetupError {
     )]
     UnknownReplica {
         /// The shard.
-        shard: u64,
+        shard: ShardId,
         /// The replica.
         node: NodeId,
     },
@@ -279,7 +280,7 @@ impl ShardRouter {
     }
 
     /// Records `leader` as the leader of `shard` (the leader cache).
-    fn hint(&self, shard: u64, leader: NodeId) {
+    fn hint(&self, shard: ShardId, leader: NodeId) {
         let known = self.map.read().as_ref().is_some_and(|(m, _)| {
             m.entry(shard)
                 .is_some_and(|e| e.leader_hint == Some(leader))
@@ -527,11 +528,13 @@ impl<M: StateMachine> NodeHandle<M> {
         // node while this node's names it, as during an election) bounced the request between
         // the two until the hop limit (503 `hop_limit`).
         let mut tried: Vec<NodeId> = from.into_iter().collect();
-        let mut last_group = 0;
+        let mut last_group = GroupId::FIRST;
         for _ in 0..attempts {
             // A node that joined serves keys once group 0 gave it the committed map.
             let Some((entry, version, digest)) = router.route(key) else {
-                return Err(RequestError::NoLeader { group: 0 });
+                return Err(RequestError::NoLeader {
+                    group: GroupId::FIRST,
+                });
             };
             last_group = entry.group;
             let local = self.inner.registry.get(entry.group);
@@ -875,11 +878,11 @@ impl<M: StateMachine> NodeHandle<M> {
             let leader = self
                 .inner
                 .registry
-                .get(0)
+                .get(GroupId::FIRST)
                 .and_then(|g| g.shared.snapshot.read().leader);
             return KeyRoute {
                 shard: route.shard,
-                group: 0,
+                group: GroupId::FIRST,
                 replicas: route.replicas,
                 leader,
                 map_version: 0,
@@ -948,7 +951,7 @@ mod tests {
 
     fn router(dir: &Path) -> ShardRouter {
         ShardRouter::new(
-            1,
+            NodeId::new(1),
             10,
             dir.to_owned(),
             None,
@@ -970,9 +973,9 @@ mod tests {
         let after = router(dir.path());
         let new_id = after.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = oneshot::channel();
-        after.pending.lock().insert(new_id, (2, tx));
+        after.pending.lock().insert(new_id, (NodeId::new(2), tx));
         after.on_reply(
-            2,
+            NodeId::new(2),
             ForwardReply {
                 id: old_id,
                 outcome: Ok(serde_bytes::ByteBuf::from(
@@ -986,7 +989,7 @@ mod tests {
         );
         // Its own answer still reaches it.
         after.on_reply(
-            2,
+            NodeId::new(2),
             ForwardReply {
                 id: new_id,
                 outcome: Ok(serde_bytes::ByteBuf::from(b"its own".to_vec())),

@@ -22,6 +22,7 @@ use crate::storage::snapshot_store::{
 use crate::storage::watchdog::StallClock;
 use actix::prelude::*;
 use conclave_actors::supervisor::ChildGuard;
+use conclave_core::ids::GroupId;
 use conclave_core::raft::{self, SnapshotMeta};
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -34,13 +35,13 @@ pub enum SnapshotError {
     #[error("group {group}: a snapshot is already being taken")]
     Busy {
         /// The group.
-        group: u64,
+        group: GroupId,
     },
     /// The group is not running (starting, restarting or stopped).
     #[error("group {group} is not running")]
     NotRunning {
         /// The group.
-        group: u64,
+        group: GroupId,
     },
     /// The state machine could not sync, image or restore itself.
     #[error("state machine: {0}")]
@@ -76,7 +77,7 @@ pub enum SnapshotError {
     )]
     MissingBase {
         /// The group.
-        group: u64,
+        group: GroupId,
         /// The index a base snapshot must reach.
         needed: LogIndex,
         /// The newest valid snapshot, `none` without one.
@@ -88,7 +89,7 @@ pub enum SnapshotError {
     #[error("group {group}: the {actor} stopped during the snapshot")]
     Stopped {
         /// The group.
-        group: u64,
+        group: GroupId,
         /// Which actor.
         actor: &'static str,
     },
@@ -135,7 +136,7 @@ pub struct NewestSnapshot;
 /// What a snapshotter needs, shared by its successive instances.
 pub struct SnapshotterDeps {
     /// The group.
-    pub group: u64,
+    pub group: GroupId,
     /// The group's snapshot files.
     pub store: Arc<SnapshotStore>,
     /// Times every file operation (component `snapshots/{group}`).
@@ -386,6 +387,7 @@ mod tests {
     use crate::state_machine::{KvCommand, KvMachine, KvRequest, StateMachine};
     use crate::storage::health::{StorageCondition, StorageHealth};
     use crate::storage::watchdog::Watchdog;
+    use conclave_core::ids::NodeId;
     use std::time::Duration;
 
     fn put(m: &mut KvMachine, index: LogIndex, key: &str) {
@@ -406,7 +408,7 @@ mod tests {
         SnapshotMeta {
             index,
             term: 1,
-            membership: raft::Membership::with_voters([1]),
+            membership: raft::Membership::with_voters([NodeId::new(1)]),
         }
     }
 
@@ -417,7 +419,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(&dir.path().join("snap")).unwrap();
         let dog = Watchdog::start(Arc::new(StorageHealth::new()), Duration::from_secs(5)).unwrap();
-        let clock = dog.clock("snapshots/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
         let mut m =
             KvMachine::open_engine(crate::config::StorageEngine::Redb, &dir.path().join("data"))
                 .unwrap();
@@ -447,6 +451,7 @@ mod tests {
         assert!(get(&restored, "k50").is_some());
         assert!(get(&restored, "k51").is_none());
         // A view announced at another index is refused and leaves no snapshot behind.
+        m.sync().unwrap();
         let view = m.snapshot_view().unwrap().unwrap();
         let e = write_snapshot(&store, &clock, meta(59), SnapshotSource::View(view)).unwrap_err();
         assert!(
@@ -468,7 +473,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(dir.path()).unwrap();
         let dog = Watchdog::start(Arc::new(StorageHealth::new()), Duration::from_secs(5)).unwrap();
-        let clock = dog.clock("snapshots/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
         assert_eq!(newest_valid(&store, &clock).unwrap(), None);
         let write = |index: LogIndex, body: &[u8]| {
             let mut w = store.create(meta(index)).unwrap();
@@ -490,7 +497,9 @@ mod tests {
     fn progress_keeps_a_long_write_from_counting_as_a_stall() {
         let health = Arc::new(StorageHealth::new());
         let dog = Watchdog::start(health.clone(), Duration::from_millis(60)).unwrap();
-        let clock = dog.clock("snapshots/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
         {
             let _call = clock.begin();
             let mut w = ProgressWriter::new(std::io::sink(), &clock);
@@ -522,7 +531,9 @@ mod tests {
         std::thread::spawn(|| {
             let health = Arc::new(StorageHealth::new());
             let dog = Watchdog::start(health, Duration::from_secs(60)).unwrap();
-            let clock = dog.clock("snapshots/0");
+            let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+                conclave_core::ids::GroupId::FIRST,
+            ));
             let _background = background_io::PriorityGuard::background();
             let idle = || background_io::thread_cpu_policy() == Some(libc::SCHED_IDLE);
             assert!(idle());
@@ -563,6 +574,7 @@ mod bench {
     use crate::state_machine::{KvCommand, KvMachine, KvRequest, StateMachine};
     use crate::storage::health::StorageHealth;
     use crate::storage::watchdog::Watchdog;
+    use conclave_core::ids::NodeId;
     use std::time::{Duration, Instant};
 
     fn put(m: &mut KvMachine, index: LogIndex, key: u64) {
@@ -617,7 +629,9 @@ mod bench {
         m.sync().unwrap();
         let store = Arc::new(SnapshotStore::open(&dir.path().join("snap")).unwrap());
         let dog = Watchdog::start(Arc::new(StorageHealth::new()), Duration::from_secs(60)).unwrap();
-        let clock = dog.clock("snapshots/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
 
         // Creation time and size, nothing else running.
         let t = Instant::now();
@@ -634,7 +648,9 @@ mod bench {
         let view = m.snapshot_view().unwrap().unwrap();
         let index2 = view.index();
         let writer_store = store.clone();
-        let writer_clock = dog.clock("snapshots/bench");
+        let writer_clock = dog.clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::new(1),
+        ));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done2 = done.clone();
         let handle = std::thread::spawn(move || {
@@ -675,7 +691,7 @@ mod bench {
         SnapshotMeta {
             index,
             term: 1,
-            membership: raft::Membership::with_voters([1]),
+            membership: raft::Membership::with_voters([NodeId::new(1)]),
         }
     }
 }

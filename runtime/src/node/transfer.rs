@@ -377,7 +377,7 @@ impl Receptions {
         }
         for (index, term) in orphans {
             tracing::warn!(
-                group,
+                %group,
                 index,
                 term,
                 "removing an unusable snapshot reception"
@@ -496,7 +496,7 @@ impl Receptions {
         }
         // Receptions this node no longer needs go first, so they never hold a slot.
         if let Err(e) = self.evict(view.commit, key, now) {
-            tracing::error!(group = self.group, error = %e, "cannot remove an old snapshot reception");
+            tracing::error!(group = %self.group, error = %e, "cannot remove an old snapshot reception");
             return refuse(self, ChunkRefusal::Storage);
         }
         match self.open.get(&key) {
@@ -504,12 +504,12 @@ impl Receptions {
                 // The same snapshot identity with other bytes (another leader's image of the
                 // same index): start over with this one.
                 tracing::warn!(
-                    group = self.group,
+                    group = %self.group,
                     index = key.0,
                     "snapshot reception replaced by another image of the same snapshot"
                 );
                 if let Err(e) = self.remove_files(key.0, key.1) {
-                    tracing::error!(group = self.group, error = %e, "cannot discard a snapshot reception");
+                    tracing::error!(group = %self.group, error = %e, "cannot discard a snapshot reception");
                     return refuse(self, ChunkRefusal::Storage);
                 }
             }
@@ -520,14 +520,14 @@ impl Receptions {
                 return refuse(self, ChunkRefusal::TooManyReceptions);
             }
             if let Err(e) = self.create(chunk, now) {
-                tracing::error!(group = self.group, error = %e, "cannot start a snapshot reception");
+                tracing::error!(group = %self.group, error = %e, "cannot start a snapshot reception");
                 return refuse(self, ChunkRefusal::Storage);
             }
         }
         match self.write(key, chunk, now) {
             Ok(outcome) => outcome,
             Err(e) => {
-                tracing::error!(group = self.group, index = key.0, error = %e, "snapshot reception failed");
+                tracing::error!(group = %self.group, index = key.0, error = %e, "snapshot reception failed");
                 let next = self.open.get(&key).map(|r| r.len).unwrap_or(0);
                 ChunkOutcome::Ack(self.ack(chunk, next, AckStatus::Refused(ChunkRefusal::Storage)))
             }
@@ -554,7 +554,7 @@ impl Receptions {
             .collect();
         for (index, term) in stale {
             tracing::info!(
-                group = self.group,
+                group = %self.group,
                 index,
                 term,
                 "dropping a snapshot reception no longer needed"
@@ -648,9 +648,9 @@ impl Receptions {
             r.reopened = false;
             *resumed += 1;
             tracing::info!(
-                group,
+                %group,
                 index = key.0,
-                peer = chunk.from,
+                peer = %chunk.from,
                 offset = r.len,
                 "snapshot transfer resumes"
             );
@@ -718,9 +718,9 @@ impl Receptions {
         let digest = r.hasher.as_ref().map(|h| h.digest()).unwrap_or_default();
         if digest != r.info.digest {
             tracing::warn!(
-                group,
+                %group,
                 index = key.0,
-                peer = chunk.from,
+                peer = %chunk.from,
                 "received snapshot does not match its digest; starting over"
             );
             f.set_len(0).map_err(io("truncate", &partial))?;
@@ -735,9 +735,9 @@ impl Receptions {
         f.sync_all().map_err(io("fsync", &partial))?;
         r.complete = true;
         tracing::info!(
-            group,
+            %group,
             index = key.0,
-            peer = chunk.from,
+            peer = %chunk.from,
             bytes = r.len,
             "snapshot received and staged"
         );

@@ -197,8 +197,8 @@ impl SnapshotSender {
     pub fn on_ack(&self, from: NodeId, ack: SnapshotAck) {
         if ack.from != from {
             tracing::warn!(
-                from,
-                claimed = ack.from,
+                %from,
+                claimed = %ack.from,
                 "snapshot ack with a forged sender dropped"
             );
             return;
@@ -279,8 +279,8 @@ async fn transfer(
         inner.limits.chunk_bytes,
     );
     tracing::info!(
-        group,
-        peer = to,
+        %group,
+        peer = %to,
         index = meta.index,
         bytes = stored.len,
         "snapshot transfer starts"
@@ -301,8 +301,8 @@ async fn transfer(
             metrics::counter!("conclave_snapshot_send_bytes_total", "group" => group_label.clone(), "peer" => peer_label.clone())
                 .increment(bytes as u64);
             tracing::debug!(
-                group,
-                peer = to,
+                %group,
+                peer = %to,
                 index = meta.index,
                 offset,
                 bytes,
@@ -324,8 +324,8 @@ async fn transfer(
         let Some((step, ack)) = step else {
             silent += 1;
             tracing::warn!(
-                group,
-                peer = to,
+                %group,
+                peer = %to,
                 index = meta.index,
                 offset = state.next_offset(),
                 silent,
@@ -341,7 +341,7 @@ async fn transfer(
         match step {
             SendStep::Continue => {
                 if let AckStatus::Refused(r) = &ack.status {
-                    tracing::warn!(group, peer = to, index = meta.index, offset = ack.next_offset, reason = %r, "snapshot chunk refused; sending from the receiver's offset");
+                    tracing::warn!(%group, peer = %to, index = meta.index, offset = ack.next_offset, reason = %r, "snapshot chunk refused; sending from the receiver's offset");
                 }
                 msg = match state.read_chunk(&mut file) {
                     Ok(m) => m,
@@ -357,8 +357,8 @@ async fn transfer(
                 metrics::counter!("conclave_snapshot_sent_total", "group" => group_label.clone(), "peer" => peer_label.clone())
                     .increment(1);
                 tracing::info!(
-                    group,
-                    peer = to,
+                    %group,
+                    peer = %to,
                     index = meta.index,
                     bytes = stored.len,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -367,7 +367,7 @@ async fn transfer(
                 return Some(Ok(()));
             }
             SendStep::Failed(r) => {
-                tracing::warn!(group, peer = to, index = meta.index, reason = %r, "snapshot transfer refused");
+                tracing::warn!(%group, peer = %to, index = meta.index, reason = %r, "snapshot transfer refused");
                 return Some(Err(SendError::Refused(r)));
             }
             SendStep::Ignored => unreachable!("ignored acks are skipped above"),
@@ -492,7 +492,7 @@ impl SnapshotReceiver {
             match Receptions::open(node, group, &g.reg.dir) {
                 Ok(r) => g.receptions = Some(r),
                 Err(e) => {
-                    tracing::error!(group, error = %e, "cannot open the snapshot receptions");
+                    tracing::error!(%group, error = %e, "cannot open the snapshot receptions");
                     return Err(ChunkRefusal::Storage);
                 }
             }
@@ -569,7 +569,7 @@ impl Handler<ChunkIn> for SnapshotReceiver {
         };
         let ack = outcome.ack().clone();
         if let AckStatus::Refused(r) = &ack.status {
-            tracing::info!(group = chunk.group, peer = msg.from, index = chunk.meta.index, offset = chunk.offset, reason = %r, "snapshot chunk refused");
+            tracing::info!(group = %chunk.group, peer = %msg.from, index = chunk.meta.index, offset = chunk.offset, reason = %r, "snapshot chunk refused");
             metrics::counter!("conclave_snapshot_chunks_refused_total", "group" => chunk.group.to_string(), "reason" => r.label())
                 .increment(1);
         }

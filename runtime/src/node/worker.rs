@@ -228,7 +228,7 @@ impl Workers {
 
     /// Which worker drives `group`.
     pub(super) fn index(&self, group: GroupId) -> usize {
-        (group % self.slots.len() as u64) as usize
+        (group.get() % self.slots.len() as u64) as usize
     }
 
     /// Number of workers.
@@ -406,10 +406,10 @@ impl RaftWorker {
                     .increment(1);
                 }
                 Err(TrySendError::Closed(_)) => {
-                    tracing::debug!(worker = self.index, peer = to, "link closed; frame dropped");
+                    tracing::debug!(worker = self.index, peer = %to, "link closed; frame dropped");
                 }
                 Err(TrySendError::Encode(_, e)) => {
-                    tracing::error!(worker = self.index, peer = to, error = %e, "raft frame cannot be framed; dropped");
+                    tracing::error!(worker = self.index, peer = %to, error = %e, "raft frame cannot be framed; dropped");
                 }
             }
         }
@@ -589,8 +589,8 @@ mod tests {
     fn append(group: GroupId, bytes: usize) -> Message {
         Message {
             group,
-            from: 1,
-            to: 2,
+            from: NodeId::new(1),
+            to: NodeId::new(2),
             term: 1,
             body: MessageBody::AppendEntries {
                 prev_log_index: 0,
@@ -608,9 +608,9 @@ mod tests {
     #[test]
     fn a_small_frame_is_sent_whole() {
         let frame = Frame {
-            from: 1,
-            to: 2,
-            messages: vec![append(1, 100), append(2, 100)],
+            from: NodeId::new(1),
+            to: NodeId::new(2),
+            messages: vec![append(GroupId::new(1), 100), append(GroupId::new(2), 100)],
             ..Frame::default()
         };
         assert_eq!(split(frame.clone(), 10_000), vec![frame]);
@@ -619,16 +619,16 @@ mod tests {
     #[test]
     fn a_large_frame_is_split_in_order_with_heartbeats_in_the_first_part() {
         let hb = CoalescedHeartbeat {
-            group: 9,
+            group: GroupId::new(9),
             term: 1,
             commit: 0,
             read_ctx: 1,
             quiesce: false,
         };
-        let messages: Vec<Message> = (0..10).map(|g| append(g, 400)).collect();
+        let messages: Vec<Message> = (0..10).map(GroupId::new).map(|g| append(g, 400)).collect();
         let frame = Frame {
-            from: 1,
-            to: 2,
+            from: NodeId::new(1),
+            to: NodeId::new(2),
             messages: messages.clone(),
             heartbeats: vec![hb],
             ..Frame::default()
@@ -638,14 +638,20 @@ mod tests {
         assert_eq!(parts.len(), 5);
         assert_eq!(parts[0].heartbeats, vec![hb]);
         assert!(parts[1..].iter().all(|p| p.heartbeats.is_empty()));
-        assert!(parts.iter().all(|p| p.from == 1 && p.to == 2));
+        assert!(parts
+            .iter()
+            .all(|p| p.from == NodeId::new(1) && p.to == NodeId::new(2)));
         let rejoined: Vec<Message> = parts.into_iter().flat_map(|p| p.messages).collect();
         assert_eq!(rejoined, messages);
         // A message above the limit goes alone.
         let big = Frame {
-            from: 1,
-            to: 2,
-            messages: vec![append(1, 10), append(2, 5_000), append(3, 10)],
+            from: NodeId::new(1),
+            to: NodeId::new(2),
+            messages: vec![
+                append(GroupId::new(1), 10),
+                append(GroupId::new(2), 5_000),
+                append(GroupId::new(3), 10),
+            ],
             ..Frame::default()
         };
         let parts = split(big, 1_000);

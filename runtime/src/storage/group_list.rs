@@ -8,7 +8,7 @@
 //! node that forgot a group would stop answering for it while its peers still count it.
 
 use super::member_mark::{write_atomically, MemberMarkError};
-use crate::node::GroupId;
+use conclave_core::ids::GroupId;
 use conclave_core::raft::Membership;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -160,6 +160,7 @@ impl GroupList {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use conclave_core::ids::NodeId;
 
     #[test]
     fn groups_survive_a_reopen_and_a_missing_file_is_empty() {
@@ -167,13 +168,17 @@ mod tests {
         let list = GroupList::open(dir.path()).unwrap();
         assert!(list.groups().is_empty());
         assert!(!dir.path().join(FILE_NAME).exists(), "open creates nothing");
-        let m = Membership::with_voters([1, 2, 3]);
-        list.set(7, Some(m.clone())).unwrap();
-        list.set(9, Some(Membership::with_voters([1]))).unwrap();
-        list.set(9, None).unwrap();
-        list.set(11, None).unwrap();
+        let m = Membership::with_voters([NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+        list.set(GroupId::new(7), Some(m.clone())).unwrap();
+        list.set(
+            GroupId::new(9),
+            Some(Membership::with_voters([NodeId::new(1)])),
+        )
+        .unwrap();
+        list.set(GroupId::new(9), None).unwrap();
+        list.set(GroupId::new(11), None).unwrap();
         let again = GroupList::open(dir.path()).unwrap();
-        assert_eq!(again.groups(), BTreeMap::from([(7, m)]));
+        assert_eq!(again.groups(), BTreeMap::from([(GroupId::new(7), m)]));
         assert!(!dir.path().join("group-list.tmp").exists());
     }
 

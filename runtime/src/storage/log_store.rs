@@ -714,6 +714,7 @@ fn apply_append(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conclave_core::ids::NodeId;
     use conclave_core::raft::EntryPayload;
 
     fn entry(index: LogIndex, term: u64) -> Entry {
@@ -747,24 +748,24 @@ mod tests {
             assert!(groups.is_empty());
             let hs = HardState {
                 term: 2,
-                vote: Some(3),
+                vote: Some(NodeId::new(3)),
             };
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(1, Some(hs), None, (1..=5).map(|i| entry(i, 1)).collect()),
                 )
                 .unwrap();
             store
                 .write(
-                    7,
+                    GroupId::new(7),
                     &req(1, None, None, (1..=2).map(|i| entry(i, 4)).collect()),
                 )
                 .unwrap();
             // Group 1: a new leader overwrites indexes 4.. with term 2 entries.
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(
                         2,
                         None,
@@ -776,12 +777,12 @@ mod tests {
             store.sync().unwrap();
             // Implicit overwrite of a suffix by an append.
             store
-                .write(7, &req(2, None, None, vec![entry(2, 5)]))
+                .write(GroupId::new(7), &req(2, None, None, vec![entry(2, 5)]))
                 .unwrap();
             store.sync().unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(
                         3,
                         Some(HardState {
@@ -796,23 +797,23 @@ mod tests {
             // Not synced: lost in the "crash".
         }
         let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        let g1 = &groups[&1];
+        let g1 = &groups[&GroupId::new(1)];
         assert_eq!(
             g1.hard_state,
             HardState {
                 term: 2,
-                vote: Some(3)
+                vote: Some(NodeId::new(3))
             }
         );
         let terms: Vec<_> = g1.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(terms, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]);
-        let g7: Vec<_> = groups[&7]
+        let g7: Vec<_> = groups[&GroupId::new(7)]
             .entries
             .iter()
             .map(|e| (e.index, e.term))
             .collect();
         assert_eq!(g7, vec![(1, 4), (2, 5)]);
-        assert_eq!(groups[&7].hard_state, HardState::default());
+        assert_eq!(groups[&GroupId::new(7)].hard_state, HardState::default());
     }
 
     #[test]
@@ -824,7 +825,7 @@ mod tests {
             let (mut wal, _, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
             for index in [1, 3] {
                 let record = StoreRecord::Append {
-                    group: 1,
+                    group: GroupId::new(1),
                     truncate_from: None,
                     entries: vec![entry(index, 1)],
                 };
@@ -862,7 +863,7 @@ mod tests {
             let (mut store, _) = LogStore::open(dir.path(), small_records()).unwrap();
             let entries: Vec<Entry> = (1..=20).map(|i| big_entry(i, 1000)).collect();
             store
-                .write(3, &req(1, None, Some(1), entries))
+                .write(GroupId::new(3), &req(1, None, Some(1), entries))
                 .expect("a request larger than one record is split, not refused");
             store.sync().unwrap();
         }
@@ -873,7 +874,7 @@ mod tests {
             records.len()
         );
         let (_, groups) = LogStore::open(dir.path(), small_records()).unwrap();
-        let got: Vec<Entry> = groups[&3].entries.clone();
+        let got: Vec<Entry> = groups[&GroupId::new(3)].entries.clone();
         let want: Vec<Entry> = (1..=20).map(|i| big_entry(i, 1000)).collect();
         assert_eq!(got, want);
     }
@@ -887,36 +888,39 @@ mod tests {
             let (mut store, _) = LogStore::open(dir.path(), small_records()).unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(1, None, None, (1..=3).map(|i| entry(i, 1)).collect()),
                 )
                 .unwrap();
             store
-                .write(2, &req(1, None, None, vec![entry(1, 1)]))
+                .write(GroupId::new(2), &req(1, None, None, vec![entry(1, 1)]))
                 .unwrap();
             // One entry larger than a record, even alone.
             let err = store
-                .write(1, &req(2, None, None, vec![big_entry(4, 8000)]))
+                .write(
+                    GroupId::new(1),
+                    &req(2, None, None, vec![big_entry(4, 8000)]),
+                )
                 .unwrap_err();
             assert!(
                 matches!(&err, LogStoreError::Failed(e) if matches!(**e, LogStoreError::EntryTooLarge { index: 4, .. })),
                 "{err}"
             );
             // The next pipelined append of the same group is refused, not written.
-            let later = store.write(1, &req(3, None, None, vec![entry(5, 1)]));
+            let later = store.write(GroupId::new(1), &req(3, None, None, vec![entry(5, 1)]));
             assert!(matches!(later, Err(LogStoreError::Failed(_))), "{later:?}");
-            assert!(store.writable(1).is_err());
+            assert!(store.writable(GroupId::new(1)).is_err());
             // Other groups go on.
             store
-                .write(2, &req(2, None, None, vec![entry(2, 1)]))
+                .write(GroupId::new(2), &req(2, None, None, vec![entry(2, 1)]))
                 .unwrap();
-            assert!(store.writable(2).is_ok());
+            assert!(store.writable(GroupId::new(2)).is_ok());
             store.sync().unwrap();
         }
         let (_, groups) = LogStore::open(dir.path(), small_records())
             .expect("the log opens: nothing after the refused request was written");
-        assert_eq!(groups[&1].entries.len(), 3);
-        assert_eq!(groups[&2].entries.len(), 2);
+        assert_eq!(groups[&GroupId::new(1)].entries.len(), 3);
+        assert_eq!(groups[&GroupId::new(2)].entries.len(), 2);
     }
 
     /// Finding 1: contiguity is checked before writing, so a gap never reaches the disk.
@@ -926,32 +930,41 @@ mod tests {
         {
             let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
             store
-                .write(1, &req(1, None, None, vec![entry(1, 1), entry(2, 1)]))
+                .write(
+                    GroupId::new(1),
+                    &req(1, None, None, vec![entry(1, 1), entry(2, 1)]),
+                )
                 .unwrap();
             // A truncation then an overwrite inside the log is fine …
             store
-                .write(1, &req(2, None, Some(2), vec![entry(2, 2), entry(3, 2)]))
+                .write(
+                    GroupId::new(1),
+                    &req(2, None, Some(2), vec![entry(2, 2), entry(3, 2)]),
+                )
                 .unwrap();
             // … a gap is not, nor entries out of order.
-            let gap = store.write(1, &req(3, None, None, vec![entry(5, 2)]));
+            let gap = store.write(GroupId::new(1), &req(3, None, None, vec![entry(5, 2)]));
             match gap {
                 Err(LogStoreError::Failed(e)) => {
                     assert!(e.to_string().contains("gap after index 3"), "{e}")
                 }
                 other => panic!("expected a refused gap, got {other:?}"),
             }
-            let disorder = store.write(9, &req(1, None, None, vec![entry(2, 1), entry(1, 1)]));
+            let disorder = store.write(
+                GroupId::new(9),
+                &req(1, None, None, vec![entry(2, 1), entry(1, 1)]),
+            );
             assert!(matches!(disorder, Err(LogStoreError::Failed(_))));
             store.sync().unwrap();
         }
         let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        let g1: Vec<_> = groups[&1]
+        let g1: Vec<_> = groups[&GroupId::new(1)]
             .entries
             .iter()
             .map(|e| (e.index, e.term))
             .collect();
         assert_eq!(g1, vec![(1, 1), (2, 2), (3, 2)]);
-        assert!(!groups.contains_key(&9));
+        assert!(!groups.contains_key(&GroupId::new(9)));
     }
 
     /// The spans rebuilt at open check appends made after a restart.
@@ -962,7 +975,7 @@ mod tests {
             let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(1, None, None, (1..=4).map(|i| entry(i, 1)).collect()),
                 )
                 .unwrap();
@@ -970,16 +983,18 @@ mod tests {
         }
         let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
         assert!(store
-            .write(1, &req(1, None, None, vec![entry(6, 1)]))
+            .write(GroupId::new(1), &req(1, None, None, vec![entry(6, 1)]))
             .is_err());
         let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
         store
-            .write(1, &req(1, None, None, vec![entry(5, 1)]))
+            .write(GroupId::new(1), &req(1, None, None, vec![entry(5, 1)]))
             .unwrap();
-        store.write(1, &req(2, None, Some(1), vec![])).unwrap();
+        store
+            .write(GroupId::new(1), &req(2, None, Some(1), vec![]))
+            .unwrap();
         // Truncated to empty: the log may start again anywhere.
         store
-            .write(1, &req(3, None, None, vec![entry(7, 2)]))
+            .write(GroupId::new(1), &req(3, None, None, vec![entry(7, 2)]))
             .unwrap();
     }
 
@@ -995,33 +1010,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hs = HardState {
             term: 3,
-            vote: Some(2),
+            vote: Some(NodeId::new(2)),
         };
         {
             let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(1, Some(hs), None, (1..=100).map(|i| entry(i, 3)).collect()),
                 )
                 .unwrap();
-            store.compact(1, 60, 3).unwrap();
+            store.compact(GroupId::new(1), 60, 3).unwrap();
             // An older point changes nothing.
-            store.compact(1, 40, 3).unwrap();
+            store.compact(GroupId::new(1), 40, 3).unwrap();
             store.sync().unwrap();
         }
         let (mut store, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        let g = &groups[&1];
+        let g = &groups[&GroupId::new(1)];
         assert_eq!(g.compacted, (60, 3));
         assert_eq!(g.hard_state, hs);
         assert_eq!(g.entries.first().map(|e| e.index), Some(61));
         assert_eq!(g.entries.last().map(|e| e.index), Some(100));
         // Appends go on after the log; nothing may be written at or before the point.
         store
-            .write(1, &req(2, None, None, vec![entry(101, 3)]))
+            .write(GroupId::new(1), &req(2, None, None, vec![entry(101, 3)]))
             .unwrap();
         assert!(store
-            .write(1, &req(3, None, Some(55), vec![entry(55, 4)]))
+            .write(GroupId::new(1), &req(3, None, Some(55), vec![entry(55, 4)]))
             .is_err());
     }
 
@@ -1033,19 +1048,23 @@ mod tests {
             let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(1, None, None, (1..=10).map(|i| entry(i, 1)).collect()),
                 )
                 .unwrap();
-            store.compact(1, 50, 3).unwrap();
+            store.compact(GroupId::new(1), 50, 3).unwrap();
             store
-                .write(1, &req(2, None, None, vec![entry(51, 3)]))
+                .write(GroupId::new(1), &req(2, None, None, vec![entry(51, 3)]))
                 .unwrap();
             store.sync().unwrap();
         }
         let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        assert_eq!(groups[&1].compacted, (50, 3));
-        let idx: Vec<_> = groups[&1].entries.iter().map(|e| e.index).collect();
+        assert_eq!(groups[&GroupId::new(1)].compacted, (50, 3));
+        let idx: Vec<_> = groups[&GroupId::new(1)]
+            .entries
+            .iter()
+            .map(|e| e.index)
+            .collect();
         assert_eq!(idx, vec![51]);
     }
 
@@ -1053,7 +1072,11 @@ mod tests {
         SnapshotMeta {
             index,
             term,
-            membership: conclave_core::raft::Membership::with_voters([1, 2, 3]),
+            membership: conclave_core::raft::Membership::with_voters([
+                NodeId::new(1),
+                NodeId::new(2),
+                NodeId::new(3),
+            ]),
         }
     }
 
@@ -1078,23 +1101,23 @@ mod tests {
             let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(1, None, None, (1..=10).map(|i| entry(i, 1)).collect()),
                 )
                 .unwrap();
             store
-                .write(1, &install_req(2, meta(5, 1), None, vec![]))
+                .write(GroupId::new(1), &install_req(2, meta(5, 1), None, vec![]))
                 .unwrap();
             store.sync().unwrap();
             // Nothing may be appended at or below the installed snapshot any more.
             let e = store
-                .write(1, &req(3, None, None, vec![entry(5, 2)]))
+                .write(GroupId::new(1), &req(3, None, None, vec![entry(5, 2)]))
                 .unwrap_err();
             assert!(e.to_string().contains("compaction point 5"), "{e}");
         }
         // The refused request stopped the group's log, not the file: what was synced is there.
         let (mut store, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        let g = &groups[&1];
+        let g = &groups[&GroupId::new(1)];
         assert_eq!(g.snapshot, Some(meta(5, 1)));
         assert_eq!(g.compacted, (5, 1));
         assert_eq!(g.needs_snapshot_at(), 5);
@@ -1102,13 +1125,16 @@ mod tests {
         assert_eq!(idx, (6..=10).collect::<Vec<_>>());
         // Appends continue after the kept entries.
         store
-            .write(1, &req(4, None, None, vec![entry(11, 1)]))
+            .write(GroupId::new(1), &req(4, None, None, vec![entry(11, 1)]))
             .unwrap();
         store.sync().unwrap();
         drop(store);
         let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        assert_eq!(groups[&1].entries.last().map(|e| e.index), Some(11));
-        assert_eq!(groups[&1].snapshot, Some(meta(5, 1)));
+        assert_eq!(
+            groups[&GroupId::new(1)].entries.last().map(|e| e.index),
+            Some(11)
+        );
+        assert_eq!(groups[&GroupId::new(1)].snapshot, Some(meta(5, 1)));
     }
 
     /// A follower whose log does not reach the snapshot (or conflicts with it) discards it:
@@ -1121,27 +1147,33 @@ mod tests {
             let (mut store, _) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(1, None, None, (1..=10).map(|i| entry(i, 1)).collect()),
                 )
                 .unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &install_req(2, meta(40, 3), Some(41), vec![entry(41, 3), entry(42, 3)]),
                 )
                 .unwrap();
             store
-                .write(1, &install_req(3, meta(60, 3), Some(61), vec![]))
+                .write(
+                    GroupId::new(1),
+                    &install_req(3, meta(60, 3), Some(61), vec![]),
+                )
                 .unwrap();
             store.sync().unwrap();
             // A later, not synced install is lost.
             store
-                .write(1, &install_req(4, meta(80, 4), Some(81), vec![]))
+                .write(
+                    GroupId::new(1),
+                    &install_req(4, meta(80, 4), Some(81), vec![]),
+                )
                 .unwrap();
         }
         let (_, groups) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        let g = &groups[&1];
+        let g = &groups[&GroupId::new(1)];
         assert_eq!(g.snapshot, Some(meta(60, 3)));
         assert_eq!(g.compacted, (60, 3));
         assert!(g.entries.is_empty(), "{:?}", g.entries);
@@ -1160,16 +1192,19 @@ mod tests {
         {
             let (mut store, _) = LogStore::open(dir.path(), options()).unwrap();
             store
-                .write(2, &install_req(1, meta(500, 2), Some(501), vec![]))
+                .write(
+                    GroupId::new(2),
+                    &install_req(1, meta(500, 2), Some(501), vec![]),
+                )
                 .unwrap();
             store.sync().unwrap();
             // Another group writes a lot of history and compacts as it goes.
             for i in 1..=600u64 {
                 store
-                    .write(1, &req(i, None, None, vec![entry(i, 1)]))
+                    .write(GroupId::new(1), &req(i, None, None, vec![entry(i, 1)]))
                     .unwrap();
                 if i % 50 == 0 {
-                    store.compact(1, i - 10, 1).unwrap();
+                    store.compact(GroupId::new(1), i - 10, 1).unwrap();
                 }
                 store.sync().unwrap();
                 store.purge().unwrap();
@@ -1181,9 +1216,9 @@ mod tests {
             );
         }
         let (_, groups) = LogStore::open(dir.path(), options()).unwrap();
-        assert_eq!(groups[&2].snapshot, Some(meta(500, 2)));
-        assert_eq!(groups[&2].compacted, (500, 2));
-        assert_eq!(groups[&1].compacted, (590, 1));
+        assert_eq!(groups[&GroupId::new(2)].snapshot, Some(meta(500, 2)));
+        assert_eq!(groups[&GroupId::new(2)].compacted, (500, 2));
+        assert_eq!(groups[&GroupId::new(1)].compacted, (590, 1));
     }
 
     /// The WAL's size follows the live log, not its history: one busy group that compacts
@@ -1197,28 +1232,30 @@ mod tests {
         };
         let idle_hs = HardState {
             term: 7,
-            vote: Some(1),
+            vote: Some(NodeId::new(1)),
         };
         let mut max_segments = 0;
         let mut max_bytes = 0;
         {
             let (mut store, _) = LogStore::open(dir.path(), options()).unwrap();
             store
-                .write(2, &req(1, Some(idle_hs), None, vec![]))
+                .write(GroupId::new(2), &req(1, Some(idle_hs), None, vec![]))
                 .unwrap();
-            store.compact(2, 5, 1).unwrap();
+            store.compact(GroupId::new(2), 5, 1).unwrap();
             for i in 1..=5_000u64 {
                 let e = Entry {
                     term: 1,
                     index: i,
                     payload: EntryPayload::Command(vec![7; 100]),
                 };
-                store.write(1, &req(i, None, None, vec![e])).unwrap();
+                store
+                    .write(GroupId::new(1), &req(i, None, None, vec![e]))
+                    .unwrap();
                 if i % 10 == 0 {
                     store.sync().unwrap();
                 }
                 if i % 100 == 0 {
-                    store.compact(1, i - 10, 1).unwrap();
+                    store.compact(GroupId::new(1), i - 10, 1).unwrap();
                     store.sync().unwrap();
                     store.purge().unwrap();
                     max_segments = max_segments.max(store.segment_count());
@@ -1231,10 +1268,10 @@ mod tests {
         assert!(max_segments <= 4, "segments: {max_segments}");
         assert!(max_bytes <= 64 * 1024, "bytes: {max_bytes}");
         let (_, groups) = LogStore::open(dir.path(), options()).unwrap();
-        assert_eq!(groups[&1].compacted, (4_990, 1));
-        assert_eq!(groups[&1].entries.len(), 10);
-        assert_eq!(groups[&2].hard_state, idle_hs);
-        assert_eq!(groups[&2].compacted, (5, 1));
+        assert_eq!(groups[&GroupId::new(1)].compacted, (4_990, 1));
+        assert_eq!(groups[&GroupId::new(1)].entries.len(), 10);
+        assert_eq!(groups[&GroupId::new(2)].hard_state, idle_hs);
+        assert_eq!(groups[&GroupId::new(2)].compacted, (5, 1));
     }
 
     /// Live entries of a group that never compacts keep their segments; truncated ones do not.
@@ -1250,30 +1287,30 @@ mod tests {
             // Group 2 holds live entries in the first segment and never compacts.
             store
                 .write(
-                    2,
+                    GroupId::new(2),
                     &req(1, None, None, (1..=3).map(|i| entry(i, 1)).collect()),
                 )
                 .unwrap();
             // Group 1: 1..=10, then a new leader overwrites 5.. — then compaction past both.
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(1, None, None, (1..=10).map(|i| entry(i, 1)).collect()),
                 )
                 .unwrap();
             store
                 .write(
-                    1,
+                    GroupId::new(1),
                     &req(2, None, Some(5), (5..=7).map(|i| entry(i, 2)).collect()),
                 )
                 .unwrap();
             for i in 8..=400 {
                 store
-                    .write(1, &req(i, None, None, vec![entry(i, 2)]))
+                    .write(GroupId::new(1), &req(i, None, None, vec![entry(i, 2)]))
                     .unwrap();
                 store.sync().unwrap();
             }
-            store.compact(1, 390, 2).unwrap();
+            store.compact(GroupId::new(1), 390, 2).unwrap();
             store.sync().unwrap();
             store.purge().unwrap();
             assert!(
@@ -1282,26 +1319,26 @@ mod tests {
             );
         }
         let (_, groups) = LogStore::open(dir.path(), options()).unwrap();
-        assert_eq!(groups[&2].entries.len(), 3);
-        assert_eq!(groups[&1].entries.len(), 10);
+        assert_eq!(groups[&GroupId::new(2)].entries.len(), 3);
+        assert_eq!(groups[&GroupId::new(1)].entries.len(), 10);
 
         // The same history where group 2 compacts too: everything old goes.
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = LogStore::open(dir.path(), options()).unwrap();
         store
             .write(
-                2,
+                GroupId::new(2),
                 &req(1, None, None, (1..=3).map(|i| entry(i, 1)).collect()),
             )
             .unwrap();
         for i in 1..=400 {
             store
-                .write(1, &req(i, None, None, vec![entry(i, 2)]))
+                .write(GroupId::new(1), &req(i, None, None, vec![entry(i, 2)]))
                 .unwrap();
             store.sync().unwrap();
         }
-        store.compact(2, 3, 1).unwrap();
-        store.compact(1, 390, 2).unwrap();
+        store.compact(GroupId::new(2), 3, 1).unwrap();
+        store.compact(GroupId::new(1), 390, 2).unwrap();
         store.sync().unwrap();
         store.purge().unwrap();
         assert!(store.segment_count() <= 2, "{}", store.segment_count());

@@ -154,14 +154,22 @@ mod tests {
     fn marks_survive_a_reopen_and_a_missing_file_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         let m = MemberMarks::open(dir.path()).unwrap();
-        assert!(!m.contains(0));
+        assert!(!m.contains(GroupId::FIRST));
         assert!(!dir.path().join(FILE_NAME).exists(), "open creates nothing");
-        m.mark(0).unwrap();
-        m.mark(0).unwrap();
-        m.mark(7).unwrap();
-        assert!(m.contains(0) && m.contains(7) && !m.contains(1));
+        m.mark(GroupId::FIRST).unwrap();
+        m.mark(GroupId::FIRST).unwrap();
+        m.mark(GroupId::new(7)).unwrap();
+        assert!(
+            m.contains(GroupId::FIRST)
+                && m.contains(GroupId::new(7))
+                && !m.contains(GroupId::new(1))
+        );
         let again = MemberMarks::open(dir.path()).unwrap();
-        assert!(again.contains(0) && again.contains(7) && !again.contains(1));
+        assert!(
+            again.contains(GroupId::FIRST)
+                && again.contains(GroupId::new(7))
+                && !again.contains(GroupId::new(1))
+        );
         assert_eq!(
             std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),
             "0\n7\n"

@@ -154,6 +154,7 @@ pub fn store(data_dir: &Path, map: &ShardMap) -> Result<(), ShardMapFileError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use conclave_core::ids::NodeId;
     use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
 
     fn map(nodes: u64) -> ShardMap {
@@ -161,7 +162,11 @@ mod tests {
             shards: 8,
             ..RingConfig::default()
         };
-        let ring = Ring::with_nodes(config, (1..=nodes).map(|n| (n, DEFAULT_WEIGHT))).unwrap();
+        let ring = Ring::with_nodes(
+            config,
+            (1..=nodes).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+        )
+        .unwrap();
         ShardMap::bootstrap(ring.placement()).unwrap()
     }
 

@@ -166,9 +166,13 @@ pub trait StateStore: Send + 'static {
     /// or none of them are there, and the node replays the log from the applied index).
     fn commit(&mut self, batch: WriteBatch, applied: LogIndex) -> Result<(), StoreError>;
 
-    /// Ends a run of commits: everything committed so far is written (atomically, not
-    /// necessarily fsynced). The applier calls it after each run of entries, before it
-    /// answers their writers. Engines that write each commit at once do nothing.
+    /// Ends a run of commits. The applier calls it after each run of entries, before it
+    /// answers their writers. An engine writes the runs ended so far as one atomic unit (not
+    /// necessarily fsynced), now or with a later run: redb keeps runs staged for up to
+    /// [`super::redb_store::DURABLE_EVERY`] and writes them with one durable commit (a
+    /// graceful close or [`StateStore::sync`] writes what is staged). Reads of this store see
+    /// staged runs; a crash loses them, and the node replays the log from the applied index.
+    /// Engines that write each commit at once do nothing.
     fn finish(&mut self) -> Result<(), StoreError>;
 
     /// The value of `key`.
@@ -189,8 +193,10 @@ pub trait StateStore: Send + 'static {
     /// Makes every commit so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
 
-    /// A view of the store as of the last commit that later commits do not change, if the
-    /// engine has one (redb: a read transaction). `None`: the engine cannot isolate a reader
+    /// A view of the store as of the last commit it wrote (runs still staged by
+    /// [`StateStore::finish`] are not in it: [`StateStore::sync`] first for the current
+    /// state), that later commits do not change, if the engine has one (redb: a read
+    /// transaction). `None`: the engine cannot isolate a reader
     /// from writers (sled), and a consistent scan needs the store's owner to stop committing
     /// while it runs.
     fn view(&self) -> Result<Option<Box<dyn StoreView>>, StoreError> {

@@ -14,7 +14,7 @@
 //! refuses every request of the node — a snapshot that yields as designed must not. A
 //! background call that moves nothing for that long is a real stall.
 
-use super::health::StorageHealth;
+use super::health::{StorageComponent, StorageHealth};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// The clock of one component's storage calls (one call at a time: the component runs its
 /// calls on one thread).
 pub struct StallClock {
-    component: String,
+    component: StorageComponent,
     /// The stall timeout is multiplied by this (1, or [`BACKGROUND_STALL_FACTOR`]).
     timeout_factor: u32,
     health: Arc<StorageHealth>,
@@ -36,8 +36,8 @@ pub struct StallClock {
 
 impl StallClock {
     /// The component's name, as [`StorageHealth`] shows it.
-    pub fn component(&self) -> &str {
-        &self.component
+    pub fn component(&self) -> StorageComponent {
+        self.component
     }
 
     /// Runs `f` as one timed storage call.
@@ -60,7 +60,7 @@ impl StallClock {
         let ns = self.epoch.elapsed().as_nanos() as u64;
         self.started.store(ns.saturating_add(1), Ordering::Release);
         if self.reported.swap(false, Ordering::AcqRel) {
-            self.health.unstalled(&self.component);
+            self.health.unstalled(self.component);
         }
     }
 
@@ -75,7 +75,7 @@ impl StallClock {
     fn end(&self) {
         self.started.store(0, Ordering::Release);
         if self.reported.swap(false, Ordering::AcqRel) {
-            self.health.unstalled(&self.component);
+            self.health.unstalled(self.component);
         }
     }
 
@@ -87,10 +87,10 @@ impl StallClock {
         };
         let timeout = timeout.saturating_mul(self.timeout_factor);
         if since.elapsed() >= timeout && !self.reported.swap(true, Ordering::AcqRel) {
-            self.health.stalled(&self.component, since);
+            self.health.stalled(self.component, since);
             // The call may have returned between the load and the report: clear it then.
             if self.running_since() != Some(since) && self.reported.swap(false, Ordering::AcqRel) {
-                self.health.unstalled(&self.component);
+                self.health.unstalled(self.component);
             }
         }
     }
@@ -154,17 +154,21 @@ impl Watchdog {
     }
 
     /// A clock for `component` (e.g. `state_machine/0`), watched while anyone holds it.
-    pub fn clock(&self, component: impl Into<String>) -> Arc<StallClock> {
-        self.clock_with_factor(component.into(), 1)
+    pub fn clock(&self, component: StorageComponent) -> Arc<StallClock> {
+        self.clock_with_factor(component, 1)
     }
 
     /// A clock for a background component (`snapshots/0`): a stall only after
     /// [`BACKGROUND_STALL_FACTOR`] times the timeout (see the module docs).
-    pub fn background_clock(&self, component: impl Into<String>) -> Arc<StallClock> {
-        self.clock_with_factor(component.into(), BACKGROUND_STALL_FACTOR)
+    pub fn background_clock(&self, component: StorageComponent) -> Arc<StallClock> {
+        self.clock_with_factor(component, BACKGROUND_STALL_FACTOR)
     }
 
-    fn clock_with_factor(&self, component: String, timeout_factor: u32) -> Arc<StallClock> {
+    fn clock_with_factor(
+        &self,
+        component: StorageComponent,
+        timeout_factor: u32,
+    ) -> Arc<StallClock> {
         let clock = Arc::new(StallClock {
             component,
             timeout_factor,
@@ -200,7 +204,9 @@ mod tests {
     fn a_call_longer_than_the_timeout_is_reported_and_cleared_when_it_returns() {
         let health = Arc::new(StorageHealth::new());
         let dog = Watchdog::start(health.clone(), Duration::from_millis(50)).unwrap();
-        let clock = dog.clock("state_machine/0");
+        let clock = dog.clock(crate::storage::health::StorageComponent::StateMachine(
+            conclave_core::ids::GroupId::FIRST,
+        ));
         // Short calls are never reported.
         for _ in 0..20 {
             clock.time(|| std::thread::sleep(Duration::from_millis(1)));
@@ -212,7 +218,7 @@ mod tests {
         let call = std::thread::spawn(move || c.time(|| released.recv().unwrap()));
         wait_for(
             "the stall",
-            || matches!(health.condition(), StorageCondition::Stalled { ref component, .. } if component == "state_machine/0"),
+            || matches!(health.condition(), StorageCondition::Stalled { ref component, .. } if component.to_string() == "state_machine/0"),
         );
         release.send(()).unwrap();
         call.join().unwrap();
@@ -223,8 +229,12 @@ mod tests {
     fn a_background_call_is_a_stall_only_after_the_longer_timeout() {
         let health = Arc::new(StorageHealth::new());
         let dog = Watchdog::start(health.clone(), Duration::from_millis(20)).unwrap();
-        let background = dog.background_clock("snapshots/0");
-        let foreground = dog.clock("state_machine/0");
+        let background = dog.background_clock(crate::storage::health::StorageComponent::Snapshots(
+            conclave_core::ids::GroupId::FIRST,
+        ));
+        let foreground = dog.clock(crate::storage::health::StorageComponent::StateMachine(
+            conclave_core::ids::GroupId::FIRST,
+        ));
         // Five foreground timeouts without progress: not a background stall yet.
         background.time(|| std::thread::sleep(Duration::from_millis(100)));
         assert_eq!(health.condition(), StorageCondition::Healthy);
@@ -244,7 +254,7 @@ mod tests {
         let call = std::thread::spawn(move || c.time(|| released.recv().unwrap()));
         wait_for(
             "the background stall",
-            || matches!(health.condition(), StorageCondition::Stalled { ref component, .. } if component == "snapshots/0"),
+            || matches!(health.condition(), StorageCondition::Stalled { ref component, .. } if component.to_string() == "snapshots/0"),
         );
         assert!(started.elapsed() >= Duration::from_millis(20) * BACKGROUND_STALL_FACTOR);
         release.send(()).unwrap();

@@ -35,7 +35,7 @@ pub struct Sharding {
 /// One node process.
 pub struct Proc {
     /// Node id (index + 1).
-    pub id: u64,
+    pub id: NodeId,
     /// Its real HTTP address (clients talk to it directly).
     pub http: SocketAddr,
     config_path: PathBuf,
@@ -52,7 +52,7 @@ pub struct Procs {
     /// The cluster's sharding, if any.
     pub sharding: Option<Sharding>,
     /// Unexpected exits seen so far: `(node id, exit status)`.
-    pub crashes: Vec<(u64, String)>,
+    pub crashes: Vec<(NodeId, String)>,
     /// Processes started (first starts and restarts).
     pub starts: u64,
     /// Status clients by (node index, timeout in ms).
@@ -63,6 +63,7 @@ pub struct Procs {
 
 #[path = "../common/ports.rs"]
 mod ports;
+use conclave_core::ids::NodeId;
 use ports::free_addr;
 
 /// Real addresses and proxies for `n` nodes, and their configuration files in `dir`.
@@ -72,7 +73,7 @@ pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {
     let net = Net::start(&real);
     let mut nodes = Vec::new();
     for (i, own) in real.iter().enumerate() {
-        let id = i as u64 + 1;
+        let id = NodeId::new(i as u64 + 1);
         // Node i sees every peer j at the proxies of the ordered pair (i, j).
         let members: Vec<MemberConfig> = (0..n)
             .map(|j| {
@@ -84,7 +85,7 @@ pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {
                     }
                 } else {
                     MemberConfig {
-                        id: j as u64 + 1,
+                        id: NodeId::new(j as u64 + 1),
                         addr: net.transport_addr(i, j),
                         http: net.http_addr(i, j),
                     }

@@ -5,6 +5,7 @@
 
 use super::cluster::Procs;
 use super::proxy::Net;
+use conclave_core::ids::NodeId;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -277,7 +278,7 @@ pub async fn run(
                     Duration::from_secs(3),
                 )
                 .unwrap();
-                let result = client.transfer_leader(to as u64 + 1).await;
+                let result = client.transfer_leader(NodeId::new(to as u64 + 1)).await;
                 log.record(
                     start,
                     fault,
@@ -298,7 +299,7 @@ pub async fn run(
                     if procs.terminate(i, Duration::from_secs(10)).await {
                         clean += 1;
                     } else {
-                        let id = i as u64 + 1;
+                        let id = NodeId::new(i as u64 + 1);
                         eprintln!("chaos: node {id} did not exit cleanly on SIGTERM");
                         procs
                             .crashes

@@ -4,6 +4,7 @@
 
 use conclave::client::Client;
 use conclave::config::{Config, MemberConfig};
+use conclave_core::ids::NodeId;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ pub use ports::free_addr;
 pub fn local_configs(n: u64, data_root: &Path) -> Vec<Config> {
     let members: Vec<MemberConfig> = (1..=n)
         .map(|id| MemberConfig {
-            id,
+            id: NodeId::new(id),
             addr: free_addr(),
             http: free_addr(),
         })

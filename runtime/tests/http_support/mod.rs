@@ -13,6 +13,8 @@ use conclave::node::{
 };
 use conclave::state_machine::{KvCommand, KvOutput};
 use conclave::storage::health::StorageCondition;
+use conclave_core::ids::GroupId;
+use conclave_core::ids::ShardId;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -52,8 +54,8 @@ pub struct State {
 fn config_member(id: NodeId, learner: bool) -> ConfigMember {
     ConfigMember {
         id,
-        addr: Some(SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16))),
-        http: Some(SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16))),
+        addr: Some(SocketAddr::from(([127, 0, 0, 1], 7000 + id.get() as u16))),
+        http: Some(SocketAddr::from(([127, 0, 0, 1], 7100 + id.get() as u16))),
         match_index: Some(0),
         lag: Some(0),
         caught_up: learner.then_some(true),
@@ -84,7 +86,10 @@ impl Double {
                 storage: StorageCondition::Healthy,
                 config: ClusterConfig {
                     config_id: 0,
-                    voters: (1..=3).map(|id| config_member(id, false)).collect(),
+                    voters: (1..=3)
+                        .map(NodeId::new)
+                        .map(|id| config_member(id, false))
+                        .collect(),
                     learners: Vec::new(),
                     outgoing_voters: Vec::new(),
                     change_pending: false,
@@ -237,7 +242,7 @@ impl KvService for Double {
                 drained: false,
             }],
             groups: vec![GroupStatus {
-                id: 0,
+                id: GroupId::FIRST,
                 role: role.into(),
                 leader_id: leader,
                 term: 1,
@@ -280,7 +285,7 @@ impl KvService for Double {
                     rtt: None,
                 },
                 GossipMember {
-                    id: self.id + 1,
+                    id: NodeId::new(self.id.get() + 1),
                     state: "suspect".into(),
                     incarnation: 5,
                     addr: "127.0.0.1:3".into(),
@@ -325,9 +330,9 @@ impl KvService for Double {
 
     fn route(&self, key: &[u8]) -> conclave::api::KeyRoute {
         conclave::api::KeyRoute {
-            shard: key.len() as u64 % 64,
-            group: 0,
-            replicas: vec![self.id, 2, 3],
+            shard: ShardId::new(key.len() as u64 % 64),
+            group: GroupId::FIRST,
+            replicas: vec![self.id, NodeId::new(2), NodeId::new(3)],
             leader: Some(self.id),
             map_version: 0,
         }
@@ -423,11 +428,11 @@ impl KvService for Double {
     }
 
     fn is_member(&self, id: NodeId) -> bool {
-        (1..=3).contains(&id) || id == self.id
+        (1..=3).contains(&id.get()) || id == self.id
     }
 
     /// The double's "snapshot": its write index and the bytes of its map.
-    async fn take_snapshot(&self, group: u64) -> Result<SnapshotInfo, RequestError> {
+    async fn take_snapshot(&self, group: GroupId) -> Result<SnapshotInfo, RequestError> {
         let s = self.state.lock().unwrap();
         match &s.mode {
             Mode::Fail(e) => Err(e.clone()),

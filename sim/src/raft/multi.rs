@@ -383,6 +383,7 @@ impl MultiWorld {
         let mut setup = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, 0x5E7));
         let max_ppm = i64::try_from(cfg.raft.max_clock_drift_percent.min(99) * 9_000).unwrap_or(0);
         let nodes = (1..=cfg.nodes as u64)
+            .map(NodeId::new)
             .map(|id| MNode {
                 id,
                 host: None,
@@ -506,6 +507,7 @@ impl MultiWorld {
     /// Groups with no leader on a live node that a majority of live nodes follow.
     pub fn groups_without_leader(&self) -> u64 {
         (0..self.cfg.groups)
+            .map(GroupId::new)
             .filter(|g| !self.has_stable_leader(*g))
             .count() as u64
     }
@@ -513,7 +515,7 @@ impl MultiWorld {
     /// The node leading the most groups, and how many.
     pub fn busiest_leader(&self) -> Option<(NodeId, u64)> {
         let mut count: BTreeMap<NodeId, u64> = BTreeMap::new();
-        for g in 0..self.cfg.groups {
+        for g in (0..self.cfg.groups).map(GroupId::new) {
             if let Some(l) = self.leader_of(g) {
                 *count.entry(l).or_default() += 1;
             }
@@ -524,7 +526,7 @@ impl MultiWorld {
     /// Proposes a write to `group` at its leader; returns the leader and the proposal.
     pub fn propose(&mut self, group: GroupId) -> Option<(NodeId, Proposal)> {
         let leader = self.leader_of(group)?;
-        let n = (leader - 1) as usize;
+        let n = (leader.get() - 1) as usize;
         let p = self.propose_at(n, group);
         // Carry out what the proposal set off (the append, the persist) at once, as a shell
         // does after every input. A checker failure here surfaces at the next `run_until`.
@@ -544,12 +546,12 @@ impl MultiWorld {
 
     /// Crashes node `id` (losing unfinished persists); gossip reports it down to the others.
     pub fn crash(&mut self, id: NodeId) {
-        self.crash_node((id - 1) as usize);
+        self.crash_node((id.get() - 1) as usize);
     }
 
     /// Restarts node `id` from its durable state.
     pub fn restart(&mut self, id: NodeId) -> Result<(), Box<SimFailure>> {
-        let n = (id - 1) as usize;
+        let n = (id.get() - 1) as usize;
         self.boot(n);
         self.drive(n)
     }
@@ -559,8 +561,8 @@ impl MultiWorld {
     /// `outage_ms` every frame between them is lost (0: a false alarm, the link never stops).
     pub fn reset_connection(&mut self, a: NodeId, b: NodeId, outage_ms: Millis, both_ends: bool) {
         let (Some(x), Some(y)) = (
-            usize::try_from(a).ok().and_then(|a| a.checked_sub(1)),
-            usize::try_from(b).ok().and_then(|b| b.checked_sub(1)),
+            usize::try_from(a.get()).ok().and_then(|a| a.checked_sub(1)),
+            usize::try_from(b.get()).ok().and_then(|b| b.checked_sub(1)),
         ) else {
             return;
         };
@@ -729,10 +731,10 @@ impl MultiWorld {
                     self.text(format!(
                         "IDLE CRASH n{id} (leads {led} groups; {quiesced} follower cores quiesced)"
                     ));
-                    self.crash_node((id - 1) as usize);
+                    self.crash_node((id.get() - 1) as usize);
                 }
                 self.crashed_at = Some(self.now);
-                for g in 0..self.cfg.groups {
+                for g in (0..self.cfg.groups).map(GroupId::new) {
                     self.probes.insert(g, None);
                 }
                 self.schedule(self.now + 1, Event::Probe);
@@ -767,7 +769,8 @@ impl MultiWorld {
     // ---------------------------------------------------------------------------------------
 
     fn node(&self, id: NodeId) -> Option<&MNode> {
-        self.nodes.get(usize::try_from(id).ok()?.checked_sub(1)?)
+        self.nodes
+            .get(usize::try_from(id.get()).ok()?.checked_sub(1)?)
     }
 
     fn local(&self, n: usize) -> u64 {
@@ -826,7 +829,7 @@ impl MultiWorld {
     }
 
     fn voters(&self) -> Membership {
-        Membership::with_voters(1..=self.cfg.nodes as u64)
+        Membership::with_voters((1..=self.cfg.nodes as u64).map(NodeId::new))
     }
 
     fn boot(&mut self, n: usize) {
@@ -846,7 +849,7 @@ impl MultiWorld {
         node.shadow.clear();
         node.view_down.clear();
         let mut refused = Vec::new();
-        for g in 0..self.cfg.groups {
+        for g in (0..self.cfg.groups).map(GroupId::new) {
             let durable = node.durable.entry(g).or_default();
             let restore = RestoreState {
                 hard_state: durable.hard_state,
@@ -858,7 +861,7 @@ impl MultiWorld {
             let config = Host::group_config(&self.cfg.raft, id, g);
             let seed = derive_seed(
                 self.cfg.seed,
-                (node.incarnation << 40) ^ (id << 32) ^ g ^ 0xC0_0000,
+                (node.incarnation << 40) ^ (id.get() << 32) ^ g.get() ^ 0xC0_0000,
             );
             match Raft::new(config, restore, seed, now_local) {
                 Ok(raft) => {
@@ -1099,7 +1102,10 @@ impl MultiWorld {
         let c = self.frames.entry((from, to)).or_default();
         c.0 += 1;
         c.1 += frame.heartbeats.len() as u64;
-        let Some(t) = usize::try_from(to).ok().and_then(|t| t.checked_sub(1)) else {
+        let Some(t) = usize::try_from(to.get())
+            .ok()
+            .and_then(|t| t.checked_sub(1))
+        else {
             return;
         };
         if t >= self.nodes.len() || self.blocked.contains_key(&(from, to)) {
@@ -1193,7 +1199,7 @@ impl MultiWorld {
             let x = self.nodes[n].id;
             let one_way = self.rng_fault.random_bool(0.3);
             let mut links = Vec::new();
-            for y in 1..=self.nodes.len() as u64 {
+            for y in (1..=self.nodes.len() as u64).map(NodeId::new) {
                 if y != x {
                     links.push((x, y));
                     if !one_way {
@@ -1289,12 +1295,12 @@ impl MultiWorld {
     }
 
     fn write(&mut self) -> Result<(), Box<SimFailure>> {
-        let g = self.rng_work.random_range(0..self.cfg.groups);
+        let g = GroupId::new(self.rng_work.random_range(0..self.cfg.groups));
         // Mostly to the leader; sometimes to a random node (a client with a stale leader
         // hint: a follower refuses, but the proposal wakes the group there).
         let n = if self.rng_work.random_bool(0.85) {
             match self.leader_of(g) {
-                Some(l) => (l - 1) as usize,
+                Some(l) => (l.get() - 1) as usize,
                 None => return Ok(()),
             }
         } else {
@@ -1391,7 +1397,7 @@ impl MultiWorld {
                 self.probes.insert(g, None);
                 continue;
             };
-            let n = (l - 1) as usize;
+            let n = (l.get() - 1) as usize;
             let p = self.propose_at(n, g);
             self.probes.insert(g, p);
             self.drive(n)?;
@@ -1803,7 +1809,7 @@ impl MultiWorld {
     }
 
     fn final_checks(&mut self) -> Result<(), Box<SimFailure>> {
-        for g in 0..self.cfg.groups {
+        for g in (0..self.cfg.groups).map(GroupId::new) {
             let mut first: Option<(NodeId, LogIndex, LogIndex, u64)> = None;
             for node in &self.nodes {
                 let Some(r) = node.host.as_ref().and_then(|h| h.raft(g)) else {

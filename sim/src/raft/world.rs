@@ -6,6 +6,7 @@ use super::store::{digest, Durable, Shadow, SimSnapshot};
 use super::trace::{DropWhy, MsgKind, Note, Trace};
 use super::{derive_seed, FailureKind, FaultMix, SimConfig, SimFailure, SimReport};
 use crate::linearizability::{check_kv, History, KvInput, KvOutput, OpId, SearchBudget, Verdict};
+use conclave_core::ids::GroupId;
 use conclave_core::raft::{
     Action, Entry, EntryPayload, LogIndex, MemberAddr, Membership, MembershipChange, Message,
     MessageBody, NodeId, PersistRequest, ProposeError, Raft, RaftConfig, ReadConsistency,
@@ -297,6 +298,7 @@ impl World {
         // lease is safe only while drift stays within the configured bound).
         let max_ppm = i64::try_from(cfg.raft.max_clock_drift_percent.min(99) * 9_000).unwrap_or(0);
         let nodes = (1..=cfg.nodes as u64)
+            .map(NodeId::new)
             .map(|id| Node {
                 id,
                 core: None,
@@ -577,7 +579,7 @@ impl World {
     fn raft_config(&self, id: NodeId) -> RaftConfig {
         RaftConfig {
             id,
-            group: 0,
+            group: GroupId::FIRST,
             keep_entries: self.mix.keep_entries,
             ..self.cfg.raft.clone()
         }
@@ -589,10 +591,10 @@ impl World {
         // At most a minority of the nodes join later.
         let joiners = self.mix.joiners.min((self.cfg.nodes - 1) / 2);
         let initial = (self.cfg.nodes - joiners) as u64;
-        if id > initial {
+        if id.get() > initial {
             Membership::default()
         } else {
-            Membership::with_voters(1..=initial)
+            Membership::with_voters((1..=initial).map(NodeId::new))
         }
     }
 
@@ -613,7 +615,7 @@ impl World {
         let now = self.local(n);
         let rng_seed = derive_seed(
             self.cfg.seed,
-            STREAM_CORE + id * 1_000 + self.nodes[n].incarnation,
+            STREAM_CORE + id.get() * 1_000 + self.nodes[n].incarnation,
         );
         let core = Raft::new(self.raft_config(id), restore, rng_seed, now).map_err(|e| {
             self.fail(
@@ -739,7 +741,7 @@ impl World {
         let id = self.nodes[n].id;
         match action {
             Action::Send(msg) => {
-                if msg.from != id || msg.group != 0 || msg.to == id {
+                if msg.from != id || msg.group != GroupId::FIRST || msg.to == id {
                     return Err(self.fail(
                         FailureKind::Contract,
                         format!("n{id} emitted a malformed message {msg:?}"),
@@ -800,7 +802,7 @@ impl World {
                     ReadError::NotLeader { leader } => leader,
                     _ => None,
                 };
-                self.retry_later(client, token, hint.map(|l| (l - 1) as usize), (5, 30));
+                self.retry_later(client, token, hint.map(|l| (l.get() - 1) as usize), (5, 30));
                 Ok(())
             }
             Action::RoleChanged { role, term, leader } => {
@@ -1272,7 +1274,7 @@ impl World {
                 // the membership is joint (Raft §6), a majority of C_new *and* one of C_old.
                 let holds = |v: NodeId| {
                     self.nodes
-                        .get((v - 1) as usize)
+                        .get((v.get() - 1) as usize)
                         .is_some_and(|x| x.durable.holds(index, t))
                 };
                 if !membership.is_quorum(holds) {
@@ -1361,7 +1363,7 @@ impl World {
             {
                 self.stable_at = Some(self.now);
                 let (id, term) = (node.id, core.term());
-                self.stable_leader = Some(((id - 1) as usize, term));
+                self.stable_leader = Some(((id.get() - 1) as usize, term));
                 self.text(format!(
                     "stable: n{id} leads term {term} with a committed entry of its term"
                 ));
@@ -1580,8 +1582,8 @@ impl World {
         term: Term,
         snapshot: SimSnapshot,
     ) -> Result<(), Box<SimFailure>> {
-        let r = (to - 1) as usize;
-        let s = (from - 1) as usize;
+        let r = (to.get() - 1) as usize;
+        let s = (from.get() - 1) as usize;
         let kind = MsgKind::Snapshot {
             index: snapshot.meta.index,
             term: snapshot.meta.term,
@@ -1775,7 +1777,7 @@ impl World {
 
     fn deliver(&mut self, msg: Message) -> Result<(), Box<SimFailure>> {
         let (from, to, term) = (msg.from, msg.to, msg.term);
-        let n = (to - 1) as usize;
+        let n = (to.get() - 1) as usize;
         let why = if self.blocked.contains_key(&(from, to)) {
             Some(DropWhy::Partition)
         } else if self.nodes.get(n).is_none_or(|x| x.core.is_none()) {
@@ -1900,7 +1902,7 @@ impl World {
                         let to = self.rng_fault.random_range(0..n);
                         if to != l {
                             let now = self.local(l);
-                            let to_id = to as u64 + 1;
+                            let to_id = NodeId::new(to as u64 + 1);
                             let from_id = self.nodes[l].id;
                             let result = self.nodes[l]
                                 .core
@@ -1948,7 +1950,7 @@ impl World {
 
     /// An address for node `id` (the core only carries it).
     fn member_addr(id: NodeId) -> MemberAddr {
-        let port = 7000u16.saturating_add(u16::try_from(id).unwrap_or(0));
+        let port = 7000u16.saturating_add(u16::try_from(id.get()).unwrap_or(0));
         MemberAddr {
             raft: ([10, 0, 0, 1], port).into(),
             http: ([10, 0, 0, 1], port.saturating_add(1000)).into(),
@@ -1964,6 +1966,7 @@ impl World {
             return Ok(());
         };
         let outsiders: Vec<NodeId> = (1..=self.nodes.len() as u64)
+            .map(NodeId::new)
             .filter(|&id| !m.contains(id))
             .collect();
         let voters: Vec<NodeId> = m.voters.iter().copied().collect();
@@ -2035,7 +2038,7 @@ impl World {
                 }
                 let joiners = self.mix.joiners.min((self.cfg.nodes - 1) / 2) as u64;
                 if let MembershipChange::AddLearner { id: new, .. } = &change {
-                    if *new > self.cfg.nodes as u64 - joiners {
+                    if new.get() > self.cfg.nodes as u64 - joiners {
                         self.report.joiners_added += 1;
                     }
                 }
@@ -2052,11 +2055,13 @@ impl World {
     /// blocks (only outbound or only inbound links of a node, or random links).
     fn partition(&mut self, around_leader: Option<usize>) {
         let n = self.nodes.len() as u64;
-        let ids: Vec<NodeId> = (1..=n).collect();
+        let ids: Vec<NodeId> = (1..=n).map(NodeId::new).collect();
         let one_way = self.mix.one_way && self.rng_fault.random_bool(0.5);
-        let centre = around_leader
-            .map(|l| l as u64 + 1)
-            .unwrap_or_else(|| self.rng_fault.random_range(1..=n));
+        let centre = NodeId::new(
+            around_leader
+                .map(|l| l as u64 + 1)
+                .unwrap_or_else(|| self.rng_fault.random_range(1..=n)),
+        );
         let mut links = Vec::new();
         let desc;
         if !one_way {
@@ -2066,7 +2071,7 @@ impl World {
                 .rng_fault
                 .random_range(0..=((n as usize - 1) / 2).saturating_sub(1));
             for _ in 0..extra {
-                let x = self.rng_fault.random_range(1..=n);
+                let x = NodeId::new(self.rng_fault.random_range(1..=n));
                 if !side.contains(&x) {
                     side.push(x);
                 }
@@ -2090,8 +2095,8 @@ impl World {
                 }
                 _ => {
                     for _ in 0..self.rng_fault.random_range(1..=n) {
-                        let a = self.rng_fault.random_range(1..=n);
-                        let b = self.rng_fault.random_range(1..=n);
+                        let a = NodeId::new(self.rng_fault.random_range(1..=n));
+                        let b = NodeId::new(self.rng_fault.random_range(1..=n));
                         if a != b && !links.contains(&(a, b)) {
                             links.push((a, b));
                         }
@@ -2273,8 +2278,8 @@ impl World {
                 }
                 Err(ProposeError::NotLeader { leader }) => {
                     let hint = leader
-                        .filter(|&l| l != n as u64 + 1)
-                        .map(|l| (l - 1) as usize);
+                        .filter(|&l| l != NodeId::new(n as u64 + 1))
+                        .map(|l| (l.get() - 1) as usize);
                     self.retry_later(client, token, hint, (5, 20));
                     Ok(())
                 }
@@ -2300,8 +2305,8 @@ impl World {
                     }
                     Err(ReadError::NotLeader { leader }) => {
                         let hint = leader
-                            .filter(|&l| l != n as u64 + 1)
-                            .map(|l| (l - 1) as usize);
+                            .filter(|&l| l != NodeId::new(n as u64 + 1))
+                            .map(|l| (l.get() - 1) as usize);
                         self.retry_later(client, token, hint, (5, 20));
                         Ok(())
                     }

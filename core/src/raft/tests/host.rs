@@ -29,7 +29,7 @@ impl Cluster {
             blocked: BTreeSet::new(),
             template,
         };
-        for id in 1..=nodes {
+        for id in (1..=nodes).map(NodeId::new) {
             let mut h = Host::new(
                 HostConfig {
                     id,
@@ -38,13 +38,13 @@ impl Cluster {
                 },
                 0,
             );
-            for g in 0..GROUPS {
+            for g in (0..GROUPS).map(GroupId::new) {
                 let cfg = Host::group_config(&c.template, id, g);
                 let restore = RestoreState {
-                    base_membership: Membership::with_voters(1..=nodes),
+                    base_membership: Membership::with_voters((1..=nodes).map(NodeId::new)),
                     ..RestoreState::default()
                 };
-                let raft = Raft::new(cfg, restore, id * 1_000 + g, 0).unwrap();
+                let raft = Raft::new(cfg, restore, id.get() * 1_000 + g.get(), 0).unwrap();
                 h.add_group(raft).unwrap();
             }
             c.hosts.push(Some(h));
@@ -54,7 +54,7 @@ impl Cluster {
     }
 
     fn host(&mut self, id: NodeId) -> &mut Host {
-        self.hosts[(id - 1) as usize].as_mut().unwrap()
+        self.hosts[(id.get() - 1) as usize].as_mut().unwrap()
     }
 
     fn drain(&mut self, i: usize) {
@@ -108,7 +108,7 @@ impl Cluster {
                 .partition(|(at, _)| *at <= now);
             self.wire = rest;
             for (_, f) in due {
-                let i = (f.to - 1) as usize;
+                let i = (f.to.get() - 1) as usize;
                 if let Some(h) = self.hosts[i].as_mut() {
                     h.handle_frame(now, f);
                     self.drain(i);
@@ -157,28 +157,52 @@ impl Cluster {
 fn host_refuses_cores_it_cannot_drive() {
     let mut h = Host::new(
         HostConfig {
-            id: 1,
+            id: NodeId::new(1),
             heartbeat_interval_ms: 50,
             quiesce: true,
         },
         0,
     );
     let restore = || RestoreState {
-        base_membership: Membership::with_voters([1, 2, 3]),
+        base_membership: Membership::with_voters([NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
         ..RestoreState::default()
     };
-    let own = Raft::new(cfg(1), restore(), 1, 0).unwrap();
-    assert_eq!(h.add_group(own), Err(HostError::OwnHeartbeats(7)));
-    let other = Raft::new(Host::group_config(&cfg(2), 2, 7), restore(), 1, 0).unwrap();
+    let own = Raft::new(cfg(NodeId::new(1)), restore(), 1, 0).unwrap();
+    assert_eq!(
+        h.add_group(own),
+        Err(HostError::OwnHeartbeats(GroupId::new(7)))
+    );
+    let other = Raft::new(
+        Host::group_config(&cfg(NodeId::new(2)), NodeId::new(2), GroupId::new(7)),
+        restore(),
+        1,
+        0,
+    )
+    .unwrap();
     assert!(matches!(
         h.add_group(other),
         Err(HostError::WrongNode { .. })
     ));
-    let ok = Raft::new(Host::group_config(&cfg(1), 1, 7), restore(), 1, 0).unwrap();
+    let ok = Raft::new(
+        Host::group_config(&cfg(NodeId::new(1)), NodeId::new(1), GroupId::new(7)),
+        restore(),
+        1,
+        0,
+    )
+    .unwrap();
     assert_eq!(h.add_group(ok), Ok(()));
-    let again = Raft::new(Host::group_config(&cfg(1), 1, 7), restore(), 1, 0).unwrap();
-    assert_eq!(h.add_group(again), Err(HostError::GroupExists(7)));
-    assert!(h.remove_group(7).is_some());
+    let again = Raft::new(
+        Host::group_config(&cfg(NodeId::new(1)), NodeId::new(1), GroupId::new(7)),
+        restore(),
+        1,
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        h.add_group(again),
+        Err(HostError::GroupExists(GroupId::new(7)))
+    );
+    assert!(h.remove_group(GroupId::new(7)).is_some());
     assert!(h.is_empty());
 }
 
@@ -186,15 +210,16 @@ fn host_refuses_cores_it_cannot_drive() {
 fn every_groups_heartbeats_share_one_frame_per_beat() {
     let mut c = Cluster::new(3, false, RaftConfig::default());
     c.run(2_000);
-    assert!((0..GROUPS).all(|g| c.leader(g).is_some()));
+    assert!((0..GROUPS).map(GroupId::new).all(|g| c.leader(g).is_some()));
     let led_by_1 = (0..GROUPS)
-        .filter(|g| c.leader(*g).map(|l| l.0) == Some(1))
+        .map(GroupId::new)
+        .filter(|g| c.leader(*g).map(|l| l.0) == Some(NodeId::new(1)))
         .count() as u64;
-    let frames = c.sent(1, 2);
-    let hb = c.host(1).stats().heartbeats;
+    let frames = c.sent(NodeId::new(1), NodeId::new(2));
+    let hb = c.host(NodeId::new(1)).stats().heartbeats;
     c.run(1_000);
-    let frames = c.sent(1, 2) - frames;
-    let hb = c.host(1).stats().heartbeats - hb;
+    let frames = c.sent(NodeId::new(1), NodeId::new(2)) - frames;
+    let hb = c.host(NodeId::new(1)).stats().heartbeats - hb;
     // 20 beats: at most one heartbeat frame and one answer frame per beat each way.
     assert!(frames <= 41, "{frames} frames n1 -> n2 in 1 s");
     // Every group n1 leads heartbeats both peers at every beat, all in those frames.
@@ -203,7 +228,7 @@ fn every_groups_heartbeats_share_one_frame_per_beat() {
         hb >= 2 * 19 * led_by_1,
         "{hb} heartbeats for {led_by_1} groups"
     );
-    assert_eq!(c.host(1).quiesced_count(), 0, "quiescence off");
+    assert_eq!(c.host(NodeId::new(1)).quiesced_count(), 0, "quiescence off");
 }
 
 #[test]
@@ -211,38 +236,55 @@ fn idle_groups_quiesce_and_a_proposal_wakes_only_its_group() {
     let mut c = Cluster::new(3, true, RaftConfig::default());
     c.run(2_000);
     assert!(c.all_quiesced(), "every group quiesced on every node");
-    let before: u64 = (1..=3).map(|id| c.host(id).stats().frames).sum();
-    let ticks: u64 = (1..=3).map(|id| c.host(id).stats().ticks).sum();
+    let before: u64 = (1..=3)
+        .map(NodeId::new)
+        .map(|id| c.host(id).stats().frames)
+        .sum();
+    let ticks: u64 = (1..=3)
+        .map(NodeId::new)
+        .map(|id| c.host(id).stats().ticks)
+        .sum();
     c.run(2_000);
     assert_eq!(
-        (1..=3).map(|id| c.host(id).stats().frames).sum::<u64>(),
+        (1..=3)
+            .map(NodeId::new)
+            .map(|id| c.host(id).stats().frames)
+            .sum::<u64>(),
         before,
         "quiesced groups send nothing"
     );
     assert_eq!(
-        (1..=3).map(|id| c.host(id).stats().ticks).sum::<u64>(),
+        (1..=3)
+            .map(NodeId::new)
+            .map(|id| c.host(id).stats().ticks)
+            .sum::<u64>(),
         ticks
     );
-    assert_eq!(c.host(1).next_deadline(), None, "no timer at all");
+    assert_eq!(
+        c.host(NodeId::new(1)).next_deadline(),
+        None,
+        "no timer at all"
+    );
 
-    let (l, _) = c.leader(5).unwrap();
+    let (l, _) = c.leader(GroupId::new(5)).unwrap();
     let now = c.now;
     let p = c
         .host(l)
-        .with_group(now, 5, |r| r.propose(now, b"x".to_vec()))
+        .with_group(now, GroupId::new(5), |r| r.propose(now, b"x".to_vec()))
         .unwrap()
         .unwrap();
-    c.drain((l - 1) as usize);
+    c.drain((l.get() - 1) as usize);
     c.run(5);
-    for id in 1..=3 {
-        assert!(c.host(id).raft(5).unwrap().commit_index() >= p.index - 1);
+    for id in (1..=3).map(NodeId::new) {
+        assert!(c.host(id).raft(GroupId::new(5)).unwrap().commit_index() >= p.index - 1);
     }
     let awake: usize = (1..=3)
+        .map(NodeId::new)
         .map(|id| GROUPS as usize - c.host(id).quiesced_count())
         .sum();
     assert_eq!(awake, 3, "only group 5 woke, on each node");
     c.run(10);
-    assert!(c.host(l).raft(5).unwrap().commit_index() >= p.index);
+    assert!(c.host(l).raft(GroupId::new(5)).unwrap().commit_index() >= p.index);
     c.run(300);
     assert!(c.all_quiesced(), "and it quiesces again");
 }
@@ -252,20 +294,21 @@ fn peer_down_wakes_the_followers_of_a_dead_leader() {
     let mut c = Cluster::new(3, true, RaftConfig::default());
     c.run(2_000);
     assert!(c.all_quiesced());
-    let (dead, _) = c.leader(0).unwrap();
+    let (dead, _) = c.leader(GroupId::FIRST).unwrap();
     let led: BTreeSet<GroupId> = (0..GROUPS)
+        .map(GroupId::new)
         .filter(|g| c.leader(*g).map(|l| l.0) == Some(dead))
         .collect();
-    c.hosts[(dead - 1) as usize] = None;
+    c.hosts[(dead.get() - 1) as usize] = None;
     c.run(1_000);
     // Without gossip nothing happens: the followers are quiesced.
     assert!(led
         .iter()
         .all(|g| c.leader(*g).map(|l| l.0) == Some(dead) || c.leader(*g).is_none()));
     let now = c.now;
-    for id in (1..=3).filter(|id| *id != dead) {
+    for id in (1..=3).map(NodeId::new).filter(|id| *id != dead) {
         c.host(id).peer_down(now, dead);
-        c.drain((id - 1) as usize);
+        c.drain((id.get() - 1) as usize);
     }
     c.run(1_000);
     for g in &led {
@@ -279,15 +322,21 @@ fn a_false_suspicion_costs_no_election() {
     let mut c = Cluster::new(3, true, RaftConfig::default());
     c.run(2_000);
     assert!(c.all_quiesced());
-    let terms: Vec<_> = (0..GROUPS).map(|g| c.leader(g)).collect();
+    let terms: Vec<_> = (0..GROUPS).map(GroupId::new).map(|g| c.leader(g)).collect();
     let (l, _) = terms[0].unwrap();
-    let f = (1..=3).find(|id| *id != l).unwrap();
+    let f = (1..=3).map(NodeId::new).find(|id| *id != l).unwrap();
     let now = c.now;
     c.host(f).peer_down(now, l);
-    c.drain((f - 1) as usize);
+    c.drain((f.get() - 1) as usize);
     c.run(1_000);
     // The woken followers asked their leader to wake; it heartbeat, nobody campaigned.
-    assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), terms);
+    assert_eq!(
+        (0..GROUPS)
+            .map(GroupId::new)
+            .map(|g| c.leader(g))
+            .collect::<Vec<_>>(),
+        terms
+    );
     // While gossip still reports the leader down the follower stays awake...
     let awake = GROUPS as usize - c.host(f).quiesced_count();
     assert!(awake > 0);
@@ -296,7 +345,13 @@ fn a_false_suspicion_costs_no_election() {
     c.run(500);
     // ...and quiesces again once it is reported up.
     assert!(c.all_quiesced());
-    assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), terms);
+    assert_eq!(
+        (0..GROUPS)
+            .map(GroupId::new)
+            .map(|g| c.leader(g))
+            .collect::<Vec<_>>(),
+        terms
+    );
 }
 
 #[test]
@@ -304,16 +359,17 @@ fn a_closed_connection_wakes_the_followers_of_a_crashed_leader() {
     let mut c = Cluster::new(3, true, RaftConfig::default());
     c.run(2_000);
     assert!(c.all_quiesced());
-    let (dead, _) = c.leader(0).unwrap();
+    let (dead, _) = c.leader(GroupId::FIRST).unwrap();
     let led: BTreeSet<GroupId> = (0..GROUPS)
+        .map(GroupId::new)
         .filter(|g| c.leader(*g).map(|l| l.0) == Some(dead))
         .collect();
-    c.hosts[(dead - 1) as usize] = None;
+    c.hosts[(dead.get() - 1) as usize] = None;
     let now = c.now;
     // The transport reports the closed connections; gossip says nothing yet.
-    for id in (1..=3).filter(|id| *id != dead) {
+    for id in (1..=3).map(NodeId::new).filter(|id| *id != dead) {
         c.host(id).peer_unreachable(now, dead);
-        c.drain((id - 1) as usize);
+        c.drain((id.get() - 1) as usize);
     }
     // One election timeout (at most 300 ms), a pre-vote and a vote round.
     c.run(700);
@@ -334,24 +390,36 @@ fn a_connection_reset_to_a_live_leader_costs_no_election() {
     let mut c = Cluster::new(3, true, RaftConfig::default());
     c.run(2_000);
     assert!(c.all_quiesced());
-    let before: Vec<_> = (0..GROUPS).map(|g| c.leader(g)).collect();
+    let before: Vec<_> = (0..GROUPS).map(GroupId::new).map(|g| c.leader(g)).collect();
     let (l, _) = before[0].unwrap();
-    let f = (1..=3).find(|id| *id != l).unwrap();
+    let f = (1..=3).map(NodeId::new).find(|id| *id != l).unwrap();
     let woken = c.host(f).stats().woken;
     c.blocked.insert((f, l));
     c.blocked.insert((l, f));
     let now = c.now;
     c.host(f).peer_unreachable(now, l);
-    c.drain((f - 1) as usize);
+    c.drain((f.get() - 1) as usize);
     assert!(c.host(f).stats().woken > woken, "the follower woke");
     c.run(800);
     c.blocked.clear();
     c.run(1_000);
-    assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), before);
+    assert_eq!(
+        (0..GROUPS)
+            .map(GroupId::new)
+            .map(|g| c.leader(g))
+            .collect::<Vec<_>>(),
+        before
+    );
     // Nothing is remembered: once the link is back everything quiesces again.
     c.run(1_000);
     assert!(c.all_quiesced());
-    assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), before);
+    assert_eq!(
+        (0..GROUPS)
+            .map(GroupId::new)
+            .map(|g| c.leader(g))
+            .collect::<Vec<_>>(),
+        before
+    );
 }
 
 #[test]
@@ -365,15 +433,18 @@ fn planted_quiesced_follower_ignoring_peer_down_stalls() {
     };
     let mut c = Cluster::new(3, true, template);
     c.run(2_000);
-    let (dead, _) = c.leader(0).unwrap();
-    c.hosts[(dead - 1) as usize] = None;
+    let (dead, _) = c.leader(GroupId::FIRST).unwrap();
+    c.hosts[(dead.get() - 1) as usize] = None;
     let now = c.now;
-    for id in (1..=3).filter(|id| *id != dead) {
+    for id in (1..=3).map(NodeId::new).filter(|id| *id != dead) {
         c.host(id).peer_down(now, dead);
-        c.drain((id - 1) as usize);
+        c.drain((id.get() - 1) as usize);
     }
     c.run(3_000);
-    assert!(c.leader(0).is_none(), "group 0 never elects a new leader");
+    assert!(
+        c.leader(GroupId::FIRST).is_none(),
+        "group 0 never elects a new leader"
+    );
 }
 
 #[test]
@@ -384,21 +455,27 @@ fn writes_between_beats_never_leave_a_follower_awake_under_a_quiesced_leader() {
     let mut c = Cluster::new(3, true, RaftConfig::default());
     c.run(2_000);
     assert!(c.all_quiesced());
-    let before: Vec<_> = (0..GROUPS).map(|g| c.leader(g)).collect();
+    let before: Vec<_> = (0..GROUPS).map(GroupId::new).map(|g| c.leader(g)).collect();
     for i in 0..300u64 {
         // Three groups, written 1-90 ms apart: many writes land while their group's leader
         // is collecting the followers' `quiesced` answers.
-        let g = i % 3;
+        let g = GroupId::new(i % 3);
         let (l, _) = c.leader(g).unwrap();
         let now = c.now;
         c.host(l)
             .with_group(now, g, |r| r.propose(now, vec![i as u8]))
             .unwrap()
             .unwrap();
-        c.drain((l - 1) as usize);
+        c.drain((l.get() - 1) as usize);
         c.run(1 + (i * 37) % 40);
     }
     c.run(2_000);
-    assert_eq!((0..GROUPS).map(|g| c.leader(g)).collect::<Vec<_>>(), before);
+    assert_eq!(
+        (0..GROUPS)
+            .map(GroupId::new)
+            .map(|g| c.leader(g))
+            .collect::<Vec<_>>(),
+        before
+    );
     assert!(c.all_quiesced());
 }

@@ -14,73 +14,119 @@ fn change(net: &mut Net, leader: NodeId, c: MembershipChange) -> Proposal {
 /// A learner receives the log but never counts toward a quorum; promoted, it votes and counts.
 #[test]
 fn thesis_4_1_add_learner_then_promote() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.campaign(1);
-    net.add(4, fresh(&[1, 2, 3]));
-    assert_eq!(net.node(4).role(), Role::Learner);
+    let mut net = Net::new(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+    net.campaign(NodeId::new(1));
+    net.add(
+        NodeId::new(4),
+        fresh(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+    );
+    assert_eq!(net.node(NodeId::new(4)).role(), Role::Learner);
     let p = change(
         &mut net,
-        1,
-        MembershipChange::AddLearner { id: 4, addr: None },
+        NodeId::new(1),
+        MembershipChange::AddLearner {
+            id: NodeId::new(4),
+            addr: None,
+        },
     );
-    assert_eq!(net.node(1).commit_index(), p.index);
-    assert_eq!(net.node(4).membership().learners, ids(&[4]));
-    assert_eq!(net.node(4).role(), Role::Learner);
-    let l = net.node(1).entries().to_vec();
-    assert_eq!(net.node(4).entries(), l.as_slice());
-    let status = net.node(1).status();
-    assert!(status.progress.iter().any(|p| p.id == 4 && p.learner));
+    assert_eq!(net.node(NodeId::new(1)).commit_index(), p.index);
+    assert_eq!(
+        net.node(NodeId::new(4)).membership().learners,
+        ids(&[NodeId::new(4)])
+    );
+    assert_eq!(net.node(NodeId::new(4)).role(), Role::Learner);
+    let l = net.node(NodeId::new(1)).entries().to_vec();
+    assert_eq!(net.node(NodeId::new(4)).entries(), l.as_slice());
+    let status = net.node(NodeId::new(1)).status();
+    assert!(status
+        .progress
+        .iter()
+        .any(|p| p.id == NodeId::new(4) && p.learner));
 
     // A learner's ack does not help commit: with 2 and 3 cut off nothing commits.
-    net.isolate(2);
-    net.isolate(3);
-    let w = net.propose(1, b"x");
-    assert!(net.node(1).commit_index() < w.index);
-    assert_eq!(net.node(4).last_index(), w.index);
+    net.isolate(NodeId::new(2));
+    net.isolate(NodeId::new(3));
+    let w = net.propose(NodeId::new(1), b"x");
+    assert!(net.node(NodeId::new(1)).commit_index() < w.index);
+    assert_eq!(net.node(NodeId::new(4)).last_index(), w.index);
     net.heal();
     net.advance(100);
-    assert!(net.node(1).commit_index() >= w.index);
+    assert!(net.node(NodeId::new(1)).commit_index() >= w.index);
 
     // Promote: node 4 becomes a voter as soon as it appends the entry.
-    change(&mut net, 1, MembershipChange::Promote(4));
-    assert_eq!(net.node(4).role(), Role::Follower);
-    assert_eq!(net.node(1).membership().voters, ids(&[1, 2, 3, 4]));
+    change(
+        &mut net,
+        NodeId::new(1),
+        MembershipChange::Promote(NodeId::new(4)),
+    );
+    assert_eq!(net.node(NodeId::new(4)).role(), Role::Follower);
+    assert_eq!(
+        net.node(NodeId::new(1)).membership().voters,
+        ids(&[
+            NodeId::new(1),
+            NodeId::new(2),
+            NodeId::new(3),
+            NodeId::new(4)
+        ])
+    );
     // Now a quorum is 3 of 4: leader + 4 alone cannot commit.
-    net.isolate(2);
-    net.isolate(3);
-    let w = net.propose(1, b"y");
+    net.isolate(NodeId::new(2));
+    net.isolate(NodeId::new(3));
+    let w = net.propose(NodeId::new(1), b"y");
     net.advance(10);
-    assert!(net.node(1).commit_index() < w.index);
+    assert!(net.node(NodeId::new(1)).commit_index() < w.index);
 }
 
 /// Removing a follower; removing the leader makes it step down once the change commits, and
 /// the others elect a new leader.
 #[test]
 fn thesis_4_2_2_remove_follower_and_leader() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.campaign(1);
-    change(&mut net, 1, MembershipChange::Remove(3));
-    assert_eq!(net.node(1).membership().voters, ids(&[1, 2]));
+    let mut net = Net::new(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+    net.campaign(NodeId::new(1));
+    change(
+        &mut net,
+        NodeId::new(1),
+        MembershipChange::Remove(NodeId::new(3)),
+    );
+    assert_eq!(
+        net.node(NodeId::new(1)).membership().voters,
+        ids(&[NodeId::new(1), NodeId::new(2)])
+    );
     // Until the removal commits in its own view, node 3 may still campaign (an uncommitted
     // removal must not deadlock the group); the leader keeps heartbeating it for an election
     // timeout after the commit, so it learns the commit, then forgets it.
     net.advance(400);
-    assert!(net.node(1).status().progress.iter().all(|p| p.id != 3));
+    assert!(net
+        .node(NodeId::new(1))
+        .status()
+        .progress
+        .iter()
+        .all(|p| p.id != NodeId::new(3)));
     // Node 3 learned it is no longer a voter: it becomes a learner and never campaigns.
-    assert_eq!(net.node(3).role(), Role::Learner);
-    assert!(net.node(3).status().removed);
-    let p = change(&mut net, 1, MembershipChange::Remove(1));
-    assert!(net.node(1).commit_index() >= p.index);
-    assert_ne!(net.node(1).role(), Role::Leader);
+    assert_eq!(net.node(NodeId::new(3)).role(), Role::Learner);
+    assert!(net.node(NodeId::new(3)).status().removed);
+    let p = change(
+        &mut net,
+        NodeId::new(1),
+        MembershipChange::Remove(NodeId::new(1)),
+    );
+    assert!(net.node(NodeId::new(1)).commit_index() >= p.index);
+    assert_ne!(net.node(NodeId::new(1)).role(), Role::Leader);
     net.advance(1000);
-    assert_eq!(net.leaders(), vec![2]);
-    assert_eq!(net.node(2).membership().voters, ids(&[2]));
+    assert_eq!(net.leaders(), vec![NodeId::new(2)]);
+    assert_eq!(
+        net.node(NodeId::new(2)).membership().voters,
+        ids(&[NodeId::new(2)])
+    );
 }
 
 /// Invalid changes and one change at a time.
 #[test]
 fn membership_change_validation() {
-    let mut r = settled_leader(cfg(1), &[1, 2, 3]);
+    let mut r = settled_leader(
+        cfg(NodeId::new(1)),
+        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+    );
     let bad = |r: &mut Raft, c| {
         matches!(
             r.change_membership(2000, c),
@@ -89,26 +135,35 @@ fn membership_change_validation() {
     };
     assert!(bad(
         &mut r,
-        MembershipChange::AddLearner { id: 2, addr: None }
+        MembershipChange::AddLearner {
+            id: NodeId::new(2),
+            addr: None
+        }
     ));
-    assert!(bad(&mut r, MembershipChange::Promote(2)));
-    assert!(bad(&mut r, MembershipChange::Remove(9)));
+    assert!(bad(&mut r, MembershipChange::Promote(NodeId::new(2))));
+    assert!(bad(&mut r, MembershipChange::Remove(NodeId::new(9))));
     let p = r
-        .change_membership(2000, MembershipChange::AddLearner { id: 4, addr: None })
+        .change_membership(
+            2000,
+            MembershipChange::AddLearner {
+                id: NodeId::new(4),
+                addr: None,
+            },
+        )
         .unwrap();
     assert_eq!(p, Proposal { index: 2, term: 1 });
     // Effective on append.
-    assert_eq!(r.membership().learners, ids(&[4]));
+    assert_eq!(r.membership().learners, ids(&[NodeId::new(4)]));
     assert_eq!(
-        r.change_membership(2000, MembershipChange::Promote(4)),
+        r.change_membership(2000, MembershipChange::Promote(NodeId::new(4))),
         Err(ProposeError::ChangeInProgress)
     );
     // The new learner gets a probe with the change itself.
     let out = sends(&poll(&mut r));
-    assert!(out.iter().any(|m| m.to == 4
+    assert!(out.iter().any(|m| m.to == NodeId::new(4)
         && matches!(&m.body, MessageBody::AppendEntries { entries, .. }
             if entries.iter().any(|e| e.index == 2))));
-    let mut single = Raft::new(cfg(1), fresh(&[1]), 1, 0).unwrap();
+    let mut single = Raft::new(cfg(NodeId::new(1)), fresh(&[NodeId::new(1)]), 1, 0).unwrap();
     poll(&mut single);
     single.tick(300);
     for _ in 0..2 {
@@ -116,11 +171,23 @@ fn membership_change_validation() {
         single.persisted(300, seq);
     }
     assert_eq!((single.role(), single.commit_index()), (Role::Leader, 1));
-    assert!(bad(&mut single, MembershipChange::Remove(1)));
+    assert!(bad(&mut single, MembershipChange::Remove(NodeId::new(1))));
     // Not the leader.
-    let mut f = Raft::new(cfg(2), fresh(&[1, 2]), 1, 0).unwrap();
+    let mut f = Raft::new(
+        cfg(NodeId::new(2)),
+        fresh(&[NodeId::new(1), NodeId::new(2)]),
+        1,
+        0,
+    )
+    .unwrap();
     assert_eq!(
-        f.change_membership(0, MembershipChange::AddLearner { id: 5, addr: None }),
+        f.change_membership(
+            0,
+            MembershipChange::AddLearner {
+                id: NodeId::new(5),
+                addr: None
+            }
+        ),
         Err(ProposeError::NotLeader { leader: None })
     );
 }
@@ -132,7 +199,13 @@ fn membership_change_validation() {
 /// their liveness (sim/src/raft/CORE_BUGS.md, bug 1).
 #[test]
 fn learner_never_campaigns_and_its_vote_never_counts() {
-    let mut r = Raft::new(cfg(4), fresh(&[1, 2, 3]), 1, 0).unwrap();
+    let mut r = Raft::new(
+        cfg(NodeId::new(4)),
+        fresh(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+        1,
+        0,
+    )
+    .unwrap();
     poll(&mut r);
     for t in [300, 600, 900, 5000] {
         r.tick(t);
@@ -142,8 +215,8 @@ fn learner_never_campaigns_and_its_vote_never_counts() {
     r.handle_message(
         6000,
         msg(
-            1,
-            4,
+            NodeId::new(1),
+            NodeId::new(4),
             1,
             MessageBody::RequestVote {
                 pre_vote: false,
@@ -167,7 +240,13 @@ fn learner_never_campaigns_and_its_vote_never_counts() {
     assert_eq!(r.role(), Role::Learner);
 
     // A candidate of voters {1, 2, 3} does not win on the votes of non-voters 4 and 5.
-    let mut c = Raft::new(cfg(1), fresh(&[1, 2, 3]), 1, 0).unwrap();
+    let mut c = Raft::new(
+        cfg(NodeId::new(1)),
+        fresh(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+        1,
+        0,
+    )
+    .unwrap();
     poll(&mut c);
     for t in [300, 600, 900] {
         c.tick(t);
@@ -180,13 +259,13 @@ fn learner_never_campaigns_and_its_vote_never_counts() {
         matches!(role, Role::PreCandidate | Role::Candidate),
         "{role:?}"
     );
-    for from in [4, 5] {
+    for from in [NodeId::new(4), NodeId::new(5)] {
         for pre_vote in [true, false] {
             c.handle_message(
                 1000,
                 msg(
                     from,
-                    1,
+                    NodeId::new(1),
                     if pre_vote { term + 1 } else { term },
                     MessageBody::RequestVoteResponse {
                         pre_vote,
@@ -207,13 +286,24 @@ fn learner_never_campaigns_and_its_vote_never_counts() {
 /// truncated.
 #[test]
 fn follower_membership_follows_the_log_including_rollback() {
-    let mut f = Raft::new(cfg(2), restored(&[1, 2, 3], 1, None, &[1]), 1, 0).unwrap();
-    let m = Membership::with_voters([1, 3]);
+    let mut f = Raft::new(
+        cfg(NodeId::new(2)),
+        restored(
+            &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            1,
+            None,
+            &[1],
+        ),
+        1,
+        0,
+    )
+    .unwrap();
+    let m = Membership::with_voters([NodeId::new(1), NodeId::new(3)]);
     f.handle_message(
         1000,
         msg(
-            1,
-            2,
+            NodeId::new(1),
+            NodeId::new(2),
             1,
             MessageBody::AppendEntries {
                 prev_log_index: 1,
@@ -235,8 +325,8 @@ fn follower_membership_follows_the_log_including_rollback() {
     f.handle_message(
         1001,
         msg(
-            3,
-            2,
+            NodeId::new(3),
+            NodeId::new(2),
             2,
             MessageBody::AppendEntries {
                 prev_log_index: 1,
@@ -246,7 +336,10 @@ fn follower_membership_follows_the_log_including_rollback() {
             },
         ),
     );
-    assert_eq!(f.membership(), &Membership::with_voters([1, 2, 3]));
+    assert_eq!(
+        f.membership(),
+        &Membership::with_voters([NodeId::new(1), NodeId::new(2), NodeId::new(3)])
+    );
     assert_eq!(f.role(), Role::Follower);
 }
 
@@ -257,8 +350,8 @@ fn follower_membership_follows_the_log_including_rollback() {
 
 fn addr(id: NodeId) -> MemberAddr {
     MemberAddr {
-        raft: ([127, 0, 0, 1], 7000 + id as u16).into(),
-        http: ([127, 0, 0, 1], 8000 + id as u16).into(),
+        raft: ([127, 0, 0, 1], 7000 + id.get() as u16).into(),
+        http: ([127, 0, 0, 1], 8000 + id.get() as u16).into(),
     }
 }
 
@@ -272,22 +365,22 @@ fn add_learner(id: NodeId) -> MembershipChange {
 /// A group of voters 1..=3 led by 1, with `learners` started as joining cores (empty
 /// membership) and added as caught-up learners with their addresses.
 fn group_with_learners(learners: &[NodeId]) -> Net {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.campaign(1);
+    let mut net = Net::new(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+    net.campaign(NodeId::new(1));
     for &id in learners {
         net.add(id, RestoreState::default());
-        change(&mut net, 1, add_learner(id));
+        change(&mut net, NodeId::new(1), add_learner(id));
     }
     net
 }
 
 #[cfg(feature = "planted-bugs")]
 fn group_with_learners_tweaked(learners: &[NodeId], tweak: impl Fn(&mut RaftConfig)) -> Net {
-    let mut net = Net::with(&[1, 2, 3], tweak);
-    net.campaign(1);
+    let mut net = Net::with(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], tweak);
+    net.campaign(NodeId::new(1));
     for &id in learners {
         net.add(id, RestoreState::default());
-        change(&mut net, 1, add_learner(id));
+        change(&mut net, NodeId::new(1), add_learner(id));
     }
     net
 }
@@ -307,70 +400,101 @@ fn membership_log(r: &Raft) -> Vec<Membership> {
 /// travel with the membership and the replaced node learns it was removed.
 #[test]
 fn raft_6_replace_goes_through_joint_and_carries_addresses() {
-    let mut net = group_with_learners(&[4]);
+    let mut net = group_with_learners(&[NodeId::new(4)]);
     // The joining core adopted the membership (with its own address) from the log.
-    assert_eq!(net.node(4).membership().addrs.get(&4), Some(&addr(4)));
-    assert_eq!(net.node(4).role(), Role::Learner);
-    assert!(!net.node(4).status().removed);
-    let p = change(&mut net, 1, MembershipChange::Replace { add: 4, remove: 3 });
+    assert_eq!(
+        net.node(NodeId::new(4))
+            .membership()
+            .addrs
+            .get(&NodeId::new(4)),
+        Some(&addr(NodeId::new(4)))
+    );
+    assert_eq!(net.node(NodeId::new(4)).role(), Role::Learner);
+    assert!(!net.node(NodeId::new(4)).status().removed);
+    let p = change(
+        &mut net,
+        NodeId::new(1),
+        MembershipChange::Replace {
+            add: NodeId::new(4),
+            remove: NodeId::new(3),
+        },
+    );
     // Followers learn the commit index with the next heartbeat.
     net.advance(60);
     let want = Membership {
-        voters: ids(&[1, 2, 4]),
-        addrs: [(4, addr(4))].into(),
+        voters: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(4)]),
+        addrs: [(NodeId::new(4), addr(NodeId::new(4)))].into(),
         config_id: p.index + 1,
         ..Membership::default()
     };
-    for id in [1, 2, 3, 4] {
+    for id in [
+        NodeId::new(1),
+        NodeId::new(2),
+        NodeId::new(3),
+        NodeId::new(4),
+    ] {
         let r = net.node(id);
         assert_eq!(r.membership(), &want, "n{id}");
         let log = membership_log(r);
         let joint = &log[log.len() - 2];
         assert_eq!(
             (&joint.voters, &joint.outgoing, joint.config_id),
-            (&ids(&[1, 2, 4]), &ids(&[1, 2, 3]), p.index),
+            (
+                &ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(4)]),
+                &ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+                p.index
+            ),
             "n{id}: C_old,new precedes C_new"
         );
         assert_eq!(r.config_id(), p.index + 1);
         // The removed node stops hearing from the leader once C_new commits, so it may not
         // learn that commit.
-        if id != 3 {
+        if id != NodeId::new(3) {
             assert!(r.commit_index() > p.index, "n{id}: C_new committed");
             assert!(!r.change_pending());
         }
     }
-    assert_eq!(net.node(4).role(), Role::Follower);
-    assert_eq!(net.node(3).role(), Role::Learner);
-    assert!(net.node(3).status().removed, "n3 knows it was removed");
-    assert!(!net.node(4).status().removed);
+    assert_eq!(net.node(NodeId::new(4)).role(), Role::Follower);
+    assert_eq!(net.node(NodeId::new(3)).role(), Role::Learner);
+    assert!(
+        net.node(NodeId::new(3)).status().removed,
+        "n3 knows it was removed"
+    );
+    assert!(!net.node(NodeId::new(4)).status().removed);
     // The new configuration works: 1 and 4 commit without 2.
-    net.isolate(2);
-    let w = net.propose(1, b"after");
-    assert!(net.node(1).commit_index() >= w.index);
+    net.isolate(NodeId::new(2));
+    let w = net.propose(NodeId::new(1), b"after");
+    assert!(net.node(NodeId::new(1)).commit_index() >= w.index);
 }
 
 /// Raft §6: an entry appended in C_old,new commits only with a majority of both halves.
 #[test]
 fn raft_6_joint_commit_needs_both_majorities() {
-    let mut net = group_with_learners(&[4, 5]);
-    net.isolate(4);
-    net.isolate(5);
+    let mut net = group_with_learners(&[NodeId::new(4), NodeId::new(5)]);
+    net.isolate(NodeId::new(4));
+    net.isolate(NodeId::new(5));
     // C_old = {1,2,3}, C_new = {1,4,5}: the old majority alone holds the joint entry.
     let now = net.now;
     let change_to = MembershipChange::Change {
-        promote: ids(&[4, 5]),
-        remove: ids(&[2, 3]),
+        promote: ids(&[NodeId::new(4), NodeId::new(5)]),
+        remove: ids(&[NodeId::new(2), NodeId::new(3)]),
     };
-    let p = net.node(1).change_membership(now, change_to).unwrap();
+    let p = net
+        .node(NodeId::new(1))
+        .change_membership(now, change_to)
+        .unwrap();
     net.drain();
-    assert!(net.node(1).membership().is_joint());
-    assert_eq!(net.node(2).last_index(), p.index);
-    assert!(net.node(1).commit_index() < p.index, "old majority alone");
+    assert!(net.node(NodeId::new(1)).membership().is_joint());
+    assert_eq!(net.node(NodeId::new(2)).last_index(), p.index);
+    assert!(
+        net.node(NodeId::new(1)).commit_index() < p.index,
+        "old majority alone"
+    );
     // Once 4 and 5 are reachable again the joint entry commits, and the leader appends C_new
     // by itself, which commits in turn.
     net.heal();
     net.advance(200);
-    let r = net.node(1);
+    let r = net.node(NodeId::new(1));
     assert_eq!(r.role(), Role::Leader);
     assert!(r.commit_index() > p.index);
     assert_eq!(
@@ -380,7 +504,10 @@ fn raft_6_joint_commit_needs_both_majorities() {
     );
     assert!(!r.membership().is_joint());
     assert!(!r.change_pending(), "C_new committed");
-    assert_eq!(r.membership().voters, ids(&[1, 4, 5]));
+    assert_eq!(
+        r.membership().voters,
+        ids(&[NodeId::new(1), NodeId::new(4), NodeId::new(5)])
+    );
 }
 
 /// With C_new's majority only, the joint entry does not commit; the planted bug commits it.
@@ -388,22 +515,22 @@ fn raft_6_joint_commit_needs_both_majorities() {
 #[test]
 fn raft_6_joint_entry_not_committed_by_the_new_majority_alone() {
     for bug in [false, true] {
-        let mut net = group_with_learners_tweaked(&[4, 5], |c| {
+        let mut net = group_with_learners_tweaked(&[NodeId::new(4), NodeId::new(5)], |c| {
             c.planted_bugs.joint_commit_new_majority_only = bug;
         });
         // C_new = {1,4,5}; 2 and 3 (C_old but 1) never get the joint entry.
-        net.isolate(2);
-        net.isolate(3);
+        net.isolate(NodeId::new(2));
+        net.isolate(NodeId::new(3));
         let now = net.now;
         let c = MembershipChange::Change {
-            promote: ids(&[4, 5]),
-            remove: ids(&[2, 3]),
+            promote: ids(&[NodeId::new(4), NodeId::new(5)]),
+            remove: ids(&[NodeId::new(2), NodeId::new(3)]),
         };
-        let p = net.node(1).change_membership(now, c).unwrap();
+        let p = net.node(NodeId::new(1)).change_membership(now, c).unwrap();
         net.drain();
-        assert!(net.node(4).last_index() >= p.index);
+        assert!(net.node(NodeId::new(4)).last_index() >= p.index);
         assert_eq!(
-            net.node(1).commit_index() >= p.index,
+            net.node(NodeId::new(1)).commit_index() >= p.index,
             bug,
             "bug {bug}: committed with only C_new's majority"
         );
@@ -413,8 +540,8 @@ fn raft_6_joint_entry_not_committed_by_the_new_majority_alone() {
 /// A core whose log holds C_old,new = (new {1,4,5}, old {1,2,3}) after a no-op, as node `id`.
 fn joint_restore() -> RestoreState {
     let joint = Membership {
-        voters: ids(&[1, 4, 5]),
-        outgoing: ids(&[1, 2, 3]),
+        voters: ids(&[NodeId::new(1), NodeId::new(4), NodeId::new(5)]),
+        outgoing: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
         config_id: 2,
         ..Membership::default()
     };
@@ -432,7 +559,7 @@ fn joint_restore() -> RestoreState {
             },
         ],
         applied: 0,
-        base_membership: Membership::with_voters([1, 2, 3]),
+        base_membership: Membership::with_voters([NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
         snapshot: None,
     }
 }
@@ -443,7 +570,7 @@ fn joint_restore() -> RestoreState {
 #[test]
 fn raft_6_joint_election_needs_both_majorities() {
     for bug in [false, true] {
-        let mut c = cfg(2);
+        let mut c = cfg(NodeId::new(2));
         c.planted_bugs.joint_elect_old_majority_only = bug;
         let mut r = Raft::new(c, joint_restore(), 2, 0).unwrap();
         assert_eq!(r.role(), Role::Follower, "an outgoing voter votes");
@@ -451,13 +578,22 @@ fn raft_6_joint_election_needs_both_majorities() {
         r.tick(1000);
         let sent = sends(&poll(&mut r));
         let asked: BTreeSet<NodeId> = sent.iter().map(|m| m.to).collect();
-        assert_eq!(asked, ids(&[1, 3, 4, 5]), "both halves are asked");
+        assert_eq!(
+            asked,
+            ids(&[
+                NodeId::new(1),
+                NodeId::new(3),
+                NodeId::new(4),
+                NodeId::new(5)
+            ]),
+            "both halves are asked"
+        );
         let grant = |r: &mut Raft, from: NodeId, pre_vote: bool, t: Term| {
             r.handle_message(
                 1001,
                 msg(
                     from,
-                    2,
+                    NodeId::new(2),
                     t,
                     MessageBody::RequestVoteResponse {
                         pre_vote,
@@ -467,28 +603,28 @@ fn raft_6_joint_election_needs_both_majorities() {
             );
         };
         // Pre-vote: 2 and 3 are a majority of C_old but not of C_new.
-        grant(&mut r, 3, true, 2);
+        grant(&mut r, NodeId::new(3), true, 2);
         if bug {
             assert_eq!(r.role(), Role::Candidate);
         } else {
             assert_eq!(r.role(), Role::PreCandidate);
-            grant(&mut r, 4, true, 2);
-            grant(&mut r, 5, true, 2);
+            grant(&mut r, NodeId::new(4), true, 2);
+            grant(&mut r, NodeId::new(5), true, 2);
             assert_eq!(r.role(), Role::Candidate);
         }
         let seq = persist_seq(&poll(&mut r));
         r.persisted(1002, seq);
         poll(&mut r);
-        grant(&mut r, 3, false, 2);
+        grant(&mut r, NodeId::new(3), false, 2);
         assert_eq!(
             r.role() == Role::Leader,
             bug,
             "bug {bug}: old majority alone"
         );
         if !bug {
-            grant(&mut r, 4, false, 2);
+            grant(&mut r, NodeId::new(4), false, 2);
             assert_eq!(r.role(), Role::Candidate, "C_new needs 2 of {{1,4,5}}");
-            grant(&mut r, 5, false, 2);
+            grant(&mut r, NodeId::new(5), false, 2);
             assert_eq!(r.role(), Role::Leader);
         }
     }
@@ -500,75 +636,100 @@ fn raft_6_joint_election_needs_both_majorities() {
 fn raft_6_leader_elected_during_joint_phase_finishes_the_transition() {
     let restores = [1, 2, 3, 4, 5]
         .iter()
-        .map(|&id| (id, joint_restore()))
+        .map(|&id| (NodeId::new(id), joint_restore()))
         .collect();
     let mut net = Net::restored(restores, |_| {});
     // Node 1 (the old leader) is down.
-    net.isolate(1);
-    net.campaign(4);
-    assert_eq!(net.leaders(), vec![4]);
+    net.isolate(NodeId::new(1));
+    net.campaign(NodeId::new(4));
+    assert_eq!(net.leaders(), vec![NodeId::new(4)]);
     // Followers learn the commit index with the next heartbeat.
     net.advance(60);
-    for id in [2, 3, 4, 5] {
+    for id in [
+        NodeId::new(2),
+        NodeId::new(3),
+        NodeId::new(4),
+        NodeId::new(5),
+    ] {
         let r = net.node(id);
         assert!(!r.membership().is_joint(), "n{id}");
-        assert_eq!(r.membership().voters, ids(&[1, 4, 5]));
+        assert_eq!(
+            r.membership().voters,
+            ids(&[NodeId::new(1), NodeId::new(4), NodeId::new(5)])
+        );
         if r.membership().contains(id) {
             assert!(!r.change_pending(), "n{id}: C_new committed");
         }
     }
     // The leader's log: noop, C_old,new, its noop, C_new.
     let kinds: Vec<bool> = net
-        .node(4)
+        .node(NodeId::new(4))
         .entries()
         .iter()
         .map(|e| matches!(e.payload, EntryPayload::Membership(_)))
         .collect();
     assert_eq!(kinds, vec![false, true, false, true]);
-    assert!(net.node(2).status().removed);
+    assert!(net.node(NodeId::new(2)).status().removed);
 }
 
 /// A leader that replaces itself leads through both phases without counting itself in
 /// C_new, and steps down once C_new commits (thesis §4.2.2); the new voters elect a leader.
 #[test]
 fn raft_6_leader_replaced_steps_down_after_c_new_commits() {
-    let mut net = group_with_learners(&[4]);
-    let p = change(&mut net, 1, MembershipChange::Replace { add: 4, remove: 1 });
-    assert!(net.node(1).commit_index() > p.index);
-    assert_ne!(net.node(1).role(), Role::Leader);
-    assert!(net.node(1).status().removed);
+    let mut net = group_with_learners(&[NodeId::new(4)]);
+    let p = change(
+        &mut net,
+        NodeId::new(1),
+        MembershipChange::Replace {
+            add: NodeId::new(4),
+            remove: NodeId::new(1),
+        },
+    );
+    assert!(net.node(NodeId::new(1)).commit_index() > p.index);
+    assert_ne!(net.node(NodeId::new(1)).role(), Role::Leader);
+    assert!(net.node(NodeId::new(1)).status().removed);
     net.advance(1000);
     let leaders = net.leaders();
     assert_eq!(leaders.len(), 1);
-    assert!([2, 3, 4].contains(&leaders[0]), "{leaders:?}");
+    assert!(
+        [NodeId::new(2), NodeId::new(3), NodeId::new(4)].contains(&leaders[0]),
+        "{leaders:?}"
+    );
 }
 
 /// The change-safety rules and their typed errors.
 #[test]
 fn change_rules_and_typed_errors() {
     // Before the leader committed an entry of its term: LeaderNotReady.
-    let mut r = make_leader(cfg(1), &[1, 2, 3], fresh(&[1, 2, 3]));
+    let mut r = make_leader(
+        cfg(NodeId::new(1)),
+        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+        fresh(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+    );
     assert_eq!(
-        r.change_membership(1004, add_learner(4)),
+        r.change_membership(1004, add_learner(NodeId::new(4))),
         Err(ProposeError::LeaderNotReady)
     );
-    let mut r = settled_leader(cfg(1), &[1, 2, 3]);
+    let mut r = settled_leader(
+        cfg(NodeId::new(1)),
+        &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+    );
     let inv = |e: InvalidChange| Err(ProposeError::InvalidMembershipChange(e));
     assert_eq!(
-        r.change_membership(2000, add_learner(0)),
+        r.change_membership(2000, add_learner(NodeId::NONE)),
         inv(InvalidChange::ZeroId)
     );
     assert_eq!(
-        r.change_membership(2000, add_learner(2)),
-        inv(InvalidChange::AlreadyMember(2))
+        r.change_membership(2000, add_learner(NodeId::new(2))),
+        inv(InvalidChange::AlreadyMember(NodeId::new(2)))
     );
     assert_eq!(
-        r.change_membership(2000, MembershipChange::Promote(2)),
-        inv(InvalidChange::NotALearner(2))
+        r.change_membership(2000, MembershipChange::Promote(NodeId::new(2))),
+        inv(InvalidChange::NotALearner(NodeId::new(2)))
     );
     assert_eq!(
-        r.change_membership(2000, MembershipChange::Remove(9)),
-        inv(InvalidChange::NotAMember(9))
+        r.change_membership(2000, MembershipChange::Remove(NodeId::new(9))),
+        inv(InvalidChange::NotAMember(NodeId::new(9)))
     );
     assert_eq!(
         r.change_membership(
@@ -585,7 +746,7 @@ fn change_rules_and_typed_errors() {
             2000,
             MembershipChange::Change {
                 promote: BTreeSet::new(),
-                remove: ids(&[1, 2, 3])
+                remove: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)])
             }
         ),
         inv(InvalidChange::NoVoters)
@@ -593,39 +754,45 @@ fn change_rules_and_typed_errors() {
     // A stale expected config id.
     assert_eq!(r.config_id(), 0);
     assert_eq!(
-        r.change_membership_if(2000, add_learner(4), Some(7)),
+        r.change_membership_if(2000, add_learner(NodeId::new(4)), Some(7)),
         Err(ProposeError::ConfigChanged {
             expected: 7,
             current: 0
         })
     );
     let p = r
-        .change_membership_if(2000, add_learner(4), Some(0))
+        .change_membership_if(2000, add_learner(NodeId::new(4)), Some(0))
         .unwrap();
     assert_eq!((r.config_id(), r.change_pending()), (p.index, true));
     assert_eq!(r.status().config_id, p.index);
     assert!(r.status().change_pending);
     // One change at a time.
     assert_eq!(
-        r.change_membership(2000, MembershipChange::Remove(3)),
+        r.change_membership(2000, MembershipChange::Remove(NodeId::new(3))),
         Err(ProposeError::ChangeInProgress)
     );
     let seq = persist_seq(&poll(&mut r));
     r.persisted(2001, seq);
-    r.handle_message(2002, append_ok(2, 1, 1, p.index));
+    r.handle_message(2002, append_ok(NodeId::new(2), NodeId::new(1), 1, p.index));
     assert!(!r.change_pending());
     // Learner 4 has nothing: promoting it is refused while it lags more than the bound.
     assert_eq!(
-        r.change_membership(2003, MembershipChange::Promote(4)),
+        r.change_membership(2003, MembershipChange::Promote(NodeId::new(4))),
         Err(ProposeError::NotCaughtUp {
-            id: 4,
+            id: NodeId::new(4),
             lag: p.index
         })
     );
     assert_eq!(
-        r.change_membership(2003, MembershipChange::Replace { add: 4, remove: 3 }),
+        r.change_membership(
+            2003,
+            MembershipChange::Replace {
+                add: NodeId::new(4),
+                remove: NodeId::new(3)
+            }
+        ),
         Err(ProposeError::NotCaughtUp {
-            id: 4,
+            id: NodeId::new(4),
             lag: p.index
         })
     );
@@ -633,35 +800,37 @@ fn change_rules_and_typed_errors() {
         r.change_membership(
             2003,
             MembershipChange::Change {
-                promote: ids(&[4]),
-                remove: ids(&[4]),
+                promote: ids(&[NodeId::new(4)]),
+                remove: ids(&[NodeId::new(4)]),
             }
         ),
-        inv(InvalidChange::Conflict(4))
+        inv(InvalidChange::Conflict(NodeId::new(4)))
     );
 }
 
 /// `promote_max_lag`: a learner within the bound is promotable.
 #[test]
 fn promotion_allowed_within_promote_max_lag() {
-    let mut c = cfg(1);
+    let mut c = cfg(NodeId::new(1));
     c.promote_max_lag = 2;
-    let mut r = settled_leader(c, &[1, 2, 3]);
-    let p = r.change_membership(2000, add_learner(4)).unwrap();
+    let mut r = settled_leader(c, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+    let p = r
+        .change_membership(2000, add_learner(NodeId::new(4)))
+        .unwrap();
     let seq = persist_seq(&poll(&mut r));
     r.persisted(2001, seq);
-    r.handle_message(2002, append_ok(2, 1, 1, p.index));
+    r.handle_message(2002, append_ok(NodeId::new(2), NodeId::new(1), 1, p.index));
     for i in 0..2 {
         r.propose(2003, vec![i]).unwrap();
     }
     // Last index p.index + 2; learner 4 matched nothing: lag p.index + 2 > 2.
     assert!(matches!(
-        r.change_membership(2004, MembershipChange::Promote(4)),
+        r.change_membership(2004, MembershipChange::Promote(NodeId::new(4))),
         Err(ProposeError::NotCaughtUp { .. })
     ));
-    r.handle_message(2005, append_ok(4, 1, 1, p.index));
+    r.handle_message(2005, append_ok(NodeId::new(4), NodeId::new(1), 1, p.index));
     assert_eq!(
-        r.change_membership(2006, MembershipChange::Promote(4))
+        r.change_membership(2006, MembershipChange::Promote(NodeId::new(4)))
             .map(|p| p.index),
         Ok(p.index + 3)
     );
@@ -673,12 +842,12 @@ fn promotion_allowed_within_promote_max_lag() {
 #[test]
 fn planted_second_change_before_commit() {
     for bug in [false, true] {
-        let mut c = cfg(1);
+        let mut c = cfg(NodeId::new(1));
         c.planted_bugs.second_change_before_commit = bug;
-        let mut r = settled_leader(c, &[1, 2, 3]);
-        r.change_membership(2000, MembershipChange::Remove(3))
+        let mut r = settled_leader(c, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+        r.change_membership(2000, MembershipChange::Remove(NodeId::new(3)))
             .unwrap();
-        let second = r.change_membership(2000, MembershipChange::Remove(2));
+        let second = r.change_membership(2000, MembershipChange::Remove(NodeId::new(2)));
         assert_eq!(second.is_ok(), bug, "{second:?}");
     }
 }
@@ -687,7 +856,7 @@ fn planted_second_change_before_commit() {
 /// leader's appends and adopts the membership from the log; or from a snapshot.
 #[test]
 fn joining_core_waits_refuses_votes_and_adopts_membership() {
-    let mut r = Raft::new(cfg(4), RestoreState::default(), 4, 0).unwrap();
+    let mut r = Raft::new(cfg(NodeId::new(4)), RestoreState::default(), 4, 0).unwrap();
     assert!(r.joining());
     poll(&mut r);
     for t in [300, 600, 900, 5000] {
@@ -699,8 +868,8 @@ fn joining_core_waits_refuses_votes_and_adopts_membership() {
         r.handle_message(
             6000,
             msg(
-                1,
-                4,
+                NodeId::new(1),
+                NodeId::new(4),
                 1,
                 MessageBody::RequestVote {
                     pre_vote,
@@ -726,17 +895,17 @@ fn joining_core_waits_refuses_votes_and_adopts_membership() {
     assert_eq!(r.term(), 1, "adopted the term, voted for no one");
     // Appends from a leader are followed; the membership comes from the log.
     let m = Membership {
-        voters: ids(&[1, 2, 3]),
-        learners: ids(&[4]),
-        addrs: [(4, addr(4))].into(),
+        voters: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+        learners: ids(&[NodeId::new(4)]),
+        addrs: [(NodeId::new(4), addr(NodeId::new(4)))].into(),
         config_id: 1,
         ..Membership::default()
     };
     r.handle_message(
         6100,
         msg(
-            1,
-            4,
+            NodeId::new(1),
+            NodeId::new(4),
             1,
             MessageBody::AppendEntries {
                 prev_log_index: 0,
@@ -752,25 +921,28 @@ fn joining_core_waits_refuses_votes_and_adopts_membership() {
     );
     assert_eq!(r.membership(), &m);
     assert!(!r.joining());
-    assert_eq!(r.leader(), Some(1));
+    assert_eq!(r.leader(), Some(NodeId::new(1)));
     // From now on the member rule applies: a sender no configuration names is ignored.
-    r.handle_message(6200, msg(9, 4, 5, MessageBody::TimeoutNow));
+    r.handle_message(
+        6200,
+        msg(NodeId::new(9), NodeId::new(4), 5, MessageBody::TimeoutNow),
+    );
     assert_eq!(r.term(), 1);
 
     // A joining core catches up by snapshot just as well.
-    let mut j = Raft::new(cfg(5), RestoreState::default(), 5, 0).unwrap();
+    let mut j = Raft::new(cfg(NodeId::new(5)), RestoreState::default(), 5, 0).unwrap();
     poll(&mut j);
     let meta = SnapshotMeta {
         index: 40,
         term: 2,
         membership: Membership {
-            voters: ids(&[1, 2, 3]),
-            learners: ids(&[5]),
+            voters: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+            learners: ids(&[NodeId::new(5)]),
             config_id: 30,
             ..Membership::default()
         },
     };
-    j.install_snapshot(7000, 1, 2, meta.clone());
+    j.install_snapshot(7000, NodeId::new(1), 2, meta.clone());
     let seq = persist_seq(&poll(&mut j));
     j.persisted(7001, seq);
     let out = poll(&mut j);
@@ -788,24 +960,39 @@ fn joining_core_waits_refuses_votes_and_adopts_membership() {
 /// it reports `removed` and never campaigns again.
 #[test]
 fn removed_node_cannot_disrupt_and_reports_removed() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.campaign(1);
-    net.isolate(3);
-    change(&mut net, 1, MembershipChange::Remove(3));
-    let term = net.node(1).term();
+    let mut net = Net::new(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+    net.campaign(NodeId::new(1));
+    net.isolate(NodeId::new(3));
+    change(
+        &mut net,
+        NodeId::new(1),
+        MembershipChange::Remove(NodeId::new(3)),
+    );
+    let term = net.node(NodeId::new(1)).term();
     // Node 3 times out again and again while cut off, then comes back.
     net.advance(2000);
-    assert_eq!(net.node(3).term(), term, "pre-vote keeps its term");
-    assert!(!net.node(3).status().removed, "it does not know yet");
+    assert_eq!(
+        net.node(NodeId::new(3)).term(),
+        term,
+        "pre-vote keeps its term"
+    );
+    assert!(
+        !net.node(NodeId::new(3)).status().removed,
+        "it does not know yet"
+    );
     net.heal();
     net.advance(2000);
-    assert_eq!(net.leaders(), vec![1]);
-    assert_eq!(net.node(1).term(), term, "no election happened");
+    assert_eq!(net.leaders(), vec![NodeId::new(1)]);
+    assert_eq!(
+        net.node(NodeId::new(1)).term(),
+        term,
+        "no election happened"
+    );
     // Until compaction the leader's log still names 3 (in the configuration before its
     // removal): it still sends it the log, so 3 learns of its removal... but only while it
     // is a tracked peer. Either way it never campaigns once it knows.
-    let r = net.node(3);
-    if r.membership().voters == ids(&[1, 2]) {
+    let r = net.node(NodeId::new(3));
+    if r.membership().voters == ids(&[NodeId::new(1), NodeId::new(2)]) {
         assert!(r.status().removed);
         assert_eq!(r.role(), Role::Learner);
     }
@@ -841,12 +1028,12 @@ fn membership_without_new_fields_still_decodes() {
         payload: OldPayload,
     }
     let old = || OldMembership {
-        voters: ids(&[1, 2, 3]),
-        learners: ids(&[4]),
+        voters: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+        learners: ids(&[NodeId::new(4)]),
     };
     let want = Membership {
-        voters: ids(&[1, 2, 3]),
-        learners: ids(&[4]),
+        voters: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+        learners: ids(&[NodeId::new(4)]),
         ..Membership::default()
     };
     let bytes = rmp_serde::to_vec(&old()).unwrap();
@@ -870,8 +1057,8 @@ fn membership_without_new_fields_still_decodes() {
     assert_eq!(e.payload, EntryPayload::Membership(want.clone()));
     // And the new fields round-trip.
     let full = Membership {
-        outgoing: ids(&[1, 2, 5]),
-        addrs: [(4, addr(4))].into(),
+        outgoing: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(5)]),
+        addrs: [(NodeId::new(4), addr(NodeId::new(4)))].into(),
         config_id: 9,
         ..want
     };
@@ -887,53 +1074,60 @@ fn membership_without_new_fields_still_decodes() {
 /// {1}, commits its removal with 1, and steps down; 1 then leads alone.
 #[test]
 fn node_removed_by_an_uncommitted_entry_still_campaigns() {
-    let mut net = Net::new(&[1, 2]);
-    net.campaign(2);
-    assert_eq!(net.leaders(), vec![2]);
+    let mut net = Net::new(&[NodeId::new(1), NodeId::new(2)]);
+    net.campaign(NodeId::new(2));
+    assert_eq!(net.leaders(), vec![NodeId::new(2)]);
     net.advance(10);
-    net.cut_one_way(2, 1);
+    net.cut_one_way(NodeId::new(2), NodeId::new(1));
     let now = net.now;
     let p = net
-        .node(2)
-        .change_membership(now, MembershipChange::Remove(2))
+        .node(NodeId::new(2))
+        .change_membership(now, MembershipChange::Remove(NodeId::new(2)))
         .unwrap();
     net.advance(400);
     assert_ne!(
-        net.node(2).role(),
+        net.node(NodeId::new(2)).role(),
         Role::Leader,
         "check-quorum stepped it down"
     );
-    assert_eq!(net.node(2).role(), Role::Follower, "may campaign");
-    assert!(net.node(1).last_index() < p.index);
+    assert_eq!(
+        net.node(NodeId::new(2)).role(),
+        Role::Follower,
+        "may campaign"
+    );
+    assert!(net.node(NodeId::new(1)).last_index() < p.index);
     net.heal();
     net.advance(3000);
-    assert_eq!(net.leaders(), vec![1]);
-    assert_eq!(net.node(1).membership().voters, ids(&[1]));
-    assert!(net.node(1).commit_index() >= p.index);
-    assert_eq!(net.node(2).role(), Role::Learner);
-    assert!(net.node(2).status().removed);
+    assert_eq!(net.leaders(), vec![NodeId::new(1)]);
+    assert_eq!(
+        net.node(NodeId::new(1)).membership().voters,
+        ids(&[NodeId::new(1)])
+    );
+    assert!(net.node(NodeId::new(1)).commit_index() >= p.index);
+    assert_eq!(net.node(NodeId::new(2)).role(), Role::Learner);
+    assert!(net.node(NodeId::new(2)).status().removed);
 }
 
 /// Raft §6: while joint, a ReadIndex round is confirmed only by a majority of both halves, and
 /// check-quorum keeps the leader only while both halves answer.
 #[test]
 fn raft_6_joint_reads_and_check_quorum_need_both_majorities() {
-    let mut net = group_with_learners(&[4, 5]);
+    let mut net = group_with_learners(&[NodeId::new(4), NodeId::new(5)]);
     net.advance(60);
     // C_old = {1, 2, 3} loses its majority; C_new = {1, 4, 5} keeps one.
-    net.isolate(2);
-    net.isolate(3);
+    net.isolate(NodeId::new(2));
+    net.isolate(NodeId::new(3));
     let now = net.now;
     let c = MembershipChange::Change {
-        promote: ids(&[4, 5]),
-        remove: ids(&[2, 3]),
+        promote: ids(&[NodeId::new(4), NodeId::new(5)]),
+        remove: ids(&[NodeId::new(2), NodeId::new(3)]),
     };
-    net.node(1).change_membership(now, c).unwrap();
+    net.node(NodeId::new(1)).change_membership(now, c).unwrap();
     net.drain();
-    assert!(net.node(1).membership().is_joint());
+    assert!(net.node(NodeId::new(1)).membership().is_joint());
     net.reads.clear();
     let now = net.now;
-    net.node(1)
+    net.node(NodeId::new(1))
         .read(now, 77, ReadConsistency::Linearizable)
         .unwrap();
     net.drain();
@@ -949,7 +1143,7 @@ fn raft_6_joint_reads_and_check_quorum_need_both_majorities() {
     // C_old's majority is unreachable for a whole check-quorum interval: the leader steps
     // down, failing the read.
     net.advance(400);
-    assert_ne!(net.node(1).role(), Role::Leader);
+    assert_ne!(net.node(NodeId::new(1)).role(), Role::Leader);
     assert!(net.reads.iter().any(|(_, a)| matches!(
         a,
         Action::ReadFailed {

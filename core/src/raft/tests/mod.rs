@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 fn cfg(id: NodeId) -> RaftConfig {
     RaftConfig {
         id,
-        group: 7,
+        group: GroupId::new(7),
         ..RaftConfig::default()
     }
 }
@@ -72,7 +72,7 @@ fn sends(actions: &[Action]) -> Vec<Message> {
 /// A message of group 7.
 fn msg(from: NodeId, to: NodeId, term: Term, body: MessageBody) -> Message {
     Message {
-        group: 7,
+        group: GroupId::new(7),
         from,
         to,
         term,
@@ -105,7 +105,7 @@ fn ids(v: &[NodeId]) -> BTreeSet<NodeId> {
 /// the new leader's no-op appended (not yet persisted).
 fn make_leader(c: RaftConfig, voters: &[NodeId], restore: RestoreState) -> Raft {
     let id = c.id;
-    let mut r = Raft::new(c, restore, id, 0).unwrap();
+    let mut r = Raft::new(c, restore, id.get(), 0).unwrap();
     poll(&mut r);
     r.tick(1000);
     poll(&mut r);

@@ -62,7 +62,7 @@ impl Net {
         for (id, restore) in restores {
             let mut c = super::cfg(id);
             tweak(&mut c);
-            let r = Raft::new(c, restore, id * 7919, 0).unwrap();
+            let r = Raft::new(c, restore, id.get() * 7919, 0).unwrap();
             net.nodes.insert(id, r);
         }
         net.drain();
@@ -71,7 +71,7 @@ impl Net {
 
     /// Adds a node (e.g. a future learner) restored from `restore`.
     pub(crate) fn add(&mut self, id: NodeId, restore: RestoreState) {
-        let r = Raft::new(super::cfg(id), restore, id * 7919, self.now).unwrap();
+        let r = Raft::new(super::cfg(id), restore, id.get() * 7919, self.now).unwrap();
         self.nodes.insert(id, r);
         self.drain();
     }

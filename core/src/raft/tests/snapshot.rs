@@ -29,15 +29,15 @@ fn install_resp(from: NodeId, to: NodeId, term: Term, installed: bool, index: Lo
 fn leader_with_applied(n: u64, keep_entries: u64) -> Raft {
     let c = RaftConfig {
         keep_entries,
-        ..cfg(1)
+        ..cfg(NodeId::new(1))
     };
-    let mut r = settled_leader(c, &[1, 2, 3]);
+    let mut r = settled_leader(c, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
     for i in 0..n {
         r.propose(2000, vec![i as u8]).unwrap();
     }
     let seq = persist_seq(&poll(&mut r));
     r.persisted(2001, seq);
-    r.handle_message(2002, append_ok(2, 1, 1, n + 1));
+    r.handle_message(2002, append_ok(NodeId::new(2), NodeId::new(1), 1, n + 1));
     poll(&mut r);
     assert_eq!((r.commit_index(), r.applied_index()), (n + 1, n + 1));
     r
@@ -58,7 +58,10 @@ fn raft_7_compaction_keeps_entries_and_refuses_bad_snapshots() {
         })
     );
     let m = r.snapshot_meta(5).unwrap();
-    assert_eq!(m, meta(5, 1, &[1, 2, 3]));
+    assert_eq!(
+        m,
+        meta(5, 1, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)])
+    );
     let wrong = SnapshotMeta {
         term: 2,
         ..m.clone()
@@ -68,7 +71,10 @@ fn raft_7_compaction_keeps_entries_and_refuses_bad_snapshots() {
         Err(SnapshotError::Mismatch { .. })
     ));
     assert!(matches!(
-        r.snapshot_taken(3000, meta(7, 1, &[1, 2, 3])),
+        r.snapshot_taken(
+            3000,
+            meta(7, 1, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)])
+        ),
         Err(SnapshotError::NotApplied { .. })
     ));
     assert_eq!(r.first_index(), 1, "refusals change nothing");
@@ -111,13 +117,18 @@ fn raft_7_leader_sends_snapshot_and_pauses_appends() {
     // below its compaction point.
     r.handle_message(
         3001,
-        msg(3, 1, 1, MessageBody::HeartbeatResponse { read_ctx: 0 }),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            1,
+            MessageBody::HeartbeatResponse { read_ctx: 0 },
+        ),
     );
-    let m = meta(6, 1, &[1, 2, 3]);
+    let m = meta(6, 1, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
     assert_eq!(
         no_timers(poll(&mut r)),
         vec![Action::SendSnapshot {
-            to: 3,
+            to: NodeId::new(3),
             term: 1,
             meta: m.clone()
         }]
@@ -126,12 +137,15 @@ fn raft_7_leader_sends_snapshot_and_pauses_appends() {
     r.propose(3002, b"n".to_vec()).unwrap();
     let out = poll(&mut r);
     let to: Vec<NodeId> = sends(&out).iter().map(|m| m.to).collect();
-    assert_eq!(to, vec![2]);
+    assert_eq!(to, vec![NodeId::new(2)]);
     // Installed: appends resume after the snapshot's index.
-    r.handle_message(3003, install_resp(3, 1, 1, true, 6));
+    r.handle_message(
+        3003,
+        install_resp(NodeId::new(3), NodeId::new(1), 1, true, 6),
+    );
     let out = sends(&poll(&mut r));
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].to, 3);
+    assert_eq!(out[0].to, NodeId::new(3));
     assert!(matches!(
         &out[0].body,
         MessageBody::AppendEntries {
@@ -141,7 +155,12 @@ fn raft_7_leader_sends_snapshot_and_pauses_appends() {
             ..
         } if entries.len() == 1
     ));
-    let p = r.status().progress.into_iter().find(|p| p.id == 3).unwrap();
+    let p = r
+        .status()
+        .progress
+        .into_iter()
+        .find(|p| p.id == NodeId::new(3))
+        .unwrap();
     assert_eq!((p.match_index, p.next_index), (6, 8));
 }
 
@@ -165,8 +184,8 @@ fn a_follower_that_lost_its_log_gets_a_snapshot_again() {
     // the window then stalls and a heartbeat answer makes the leader probe it.
     let reject = |index| {
         msg(
-            2,
-            1,
+            NodeId::new(2),
+            NodeId::new(1),
             1,
             MessageBody::AppendEntriesResponse {
                 success: false,
@@ -180,11 +199,16 @@ fn a_follower_that_lost_its_log_gets_a_snapshot_again() {
     assert!(sends(&poll(&mut r)).is_empty());
     r.handle_message(
         3200,
-        msg(2, 1, 1, MessageBody::HeartbeatResponse { read_ctx: 0 }),
+        msg(
+            NodeId::new(2),
+            NodeId::new(1),
+            1,
+            MessageBody::HeartbeatResponse { read_ctx: 0 },
+        ),
     );
     let probe = sends(&poll(&mut r));
     assert!(
-        probe.iter().any(|m| m.to == 2
+        probe.iter().any(|m| m.to == NodeId::new(2)
             && matches!(
                 m.body,
                 MessageBody::AppendEntries {
@@ -198,12 +222,17 @@ fn a_follower_that_lost_its_log_gets_a_snapshot_again() {
     assert_eq!(
         no_timers(poll(&mut r)),
         vec![Action::SendSnapshot {
-            to: 2,
+            to: NodeId::new(2),
             term: 1,
-            meta: meta(6, 1, &[1, 2, 3])
+            meta: meta(6, 1, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)])
         }]
     );
-    let p = r.status().progress.into_iter().find(|p| p.id == 2).unwrap();
+    let p = r
+        .status()
+        .progress
+        .into_iter()
+        .find(|p| p.id == NodeId::new(2))
+        .unwrap();
     assert_eq!(p.match_index, 0);
     // The commit index stays where the majority put it.
     assert_eq!(r.commit_index(), 6);
@@ -222,19 +251,24 @@ fn compaction_waits_for_a_snapshot_being_streamed() {
     poll(&mut r);
     r.handle_message(
         3001,
-        msg(3, 1, 1, MessageBody::HeartbeatResponse { read_ctx: 0 }),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            1,
+            MessageBody::HeartbeatResponse { read_ctx: 0 },
+        ),
     );
     assert!(poll(&mut r).contains(&Action::SendSnapshot {
-        to: 3,
+        to: NodeId::new(3),
         term: 1,
-        meta: meta(6, 1, &[1, 2, 3]),
+        meta: meta(6, 1, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
     }));
     // Two more entries, committed by 2 and applied, then a newer snapshot.
     r.propose(3002, b"a".to_vec()).unwrap();
     r.propose(3002, b"b".to_vec()).unwrap();
     let seq = persist_seq(&poll(&mut r));
     r.persisted(3003, seq);
-    r.handle_message(3004, append_ok(2, 1, 1, 8));
+    r.handle_message(3004, append_ok(NodeId::new(2), NodeId::new(1), 1, 8));
     poll(&mut r);
     assert_eq!(r.applied_index(), 8);
     r.snapshot_taken(3005, r.snapshot_meta(8).unwrap()).unwrap();
@@ -251,10 +285,13 @@ fn compaction_waits_for_a_snapshot_being_streamed() {
         "the newer snapshot is the one sent next"
     );
     // 3 installed the snapshot at 6: it gets the entries after it from the log.
-    r.handle_message(3006, install_resp(3, 1, 1, true, 6));
+    r.handle_message(
+        3006,
+        install_resp(NodeId::new(3), NodeId::new(1), 1, true, 6),
+    );
     let out = sends(&poll(&mut r));
     assert!(
-        out.iter().any(|m| m.to == 3
+        out.iter().any(|m| m.to == NodeId::new(3)
             && matches!(
                 &m.body,
                 MessageBody::AppendEntries {
@@ -269,7 +306,7 @@ fn compaction_waits_for_a_snapshot_being_streamed() {
     r.propose(3007, b"c".to_vec()).unwrap();
     let seq = persist_seq(&poll(&mut r));
     r.persisted(3008, seq);
-    r.handle_message(3009, append_ok(2, 1, 1, 9));
+    r.handle_message(3009, append_ok(NodeId::new(2), NodeId::new(1), 1, 9));
     poll(&mut r);
     r.snapshot_taken(3010, r.snapshot_meta(9).unwrap()).unwrap();
     assert!(
@@ -280,12 +317,12 @@ fn compaction_waits_for_a_snapshot_being_streamed() {
     );
     assert_eq!(r.first_index(), 7);
     // Once 3 holds everything, the next snapshot compacts as usual.
-    r.handle_message(3011, append_ok(3, 1, 1, 9));
+    r.handle_message(3011, append_ok(NodeId::new(3), NodeId::new(1), 1, 9));
     r.propose(3012, b"d".to_vec()).unwrap();
     let seq = persist_seq(&poll(&mut r));
     r.persisted(3013, seq);
-    r.handle_message(3014, append_ok(2, 1, 1, 10));
-    r.handle_message(3014, append_ok(3, 1, 1, 10));
+    r.handle_message(3014, append_ok(NodeId::new(2), NodeId::new(1), 1, 10));
+    r.handle_message(3014, append_ok(NodeId::new(3), NodeId::new(1), 1, 10));
     poll(&mut r);
     r.snapshot_taken(3015, r.snapshot_meta(10).unwrap())
         .unwrap();
@@ -303,15 +340,20 @@ fn snapshot_transfer_failure_and_timeout_are_retried() {
     // below its compaction point.
     r.handle_message(
         3001,
-        msg(3, 1, 1, MessageBody::HeartbeatResponse { read_ctx: 0 }),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            1,
+            MessageBody::HeartbeatResponse { read_ctx: 0 },
+        ),
     );
     let send = Action::SendSnapshot {
-        to: 3,
+        to: NodeId::new(3),
         term: 1,
-        meta: meta(4, 1, &[1, 2, 3]),
+        meta: meta(4, 1, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
     };
     assert_eq!(no_timers(poll(&mut r)), vec![send.clone()]);
-    r.snapshot_send_failed(3002, 3);
+    r.snapshot_send_failed(3002, NodeId::new(3));
     assert_eq!(
         no_timers(poll(&mut r)),
         vec![],
@@ -319,7 +361,12 @@ fn snapshot_transfer_failure_and_timeout_are_retried() {
     );
     r.handle_message(
         3003,
-        msg(3, 1, 1, MessageBody::HeartbeatResponse { read_ctx: 0 }),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            1,
+            MessageBody::HeartbeatResponse { read_ctx: 0 },
+        ),
     );
     assert_eq!(no_timers(poll(&mut r)), vec![send.clone()]);
     // No answer at all: the leader gives up waiting after the timeout and asks again.
@@ -335,17 +382,28 @@ fn snapshot_transfer_failure_and_timeout_are_retried() {
 /// completes is the state machine restored and the install acknowledged.
 #[test]
 fn raft_7_install_discards_a_log_without_the_last_entry() {
-    let mut f = Raft::new(cfg(2), restored(&[1, 2, 3], 1, None, &[1, 1, 1]), 1, 0).unwrap();
+    let mut f = Raft::new(
+        cfg(NodeId::new(2)),
+        restored(
+            &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            1,
+            None,
+            &[1, 1, 1],
+        ),
+        1,
+        0,
+    )
+    .unwrap();
     poll(&mut f);
-    let m = meta(5, 2, &[1, 2, 3]);
-    f.install_snapshot(1000, 1, 2, m.clone());
+    let m = meta(5, 2, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+    f.install_snapshot(1000, NodeId::new(1), 2, m.clone());
     assert_eq!(
         no_timers(poll(&mut f)),
         vec![
             Action::RoleChanged {
                 role: Role::Follower,
                 term: 2,
-                leader: Some(1)
+                leader: Some(NodeId::new(1))
             },
             Action::Persist(PersistRequest {
                 seq: 1,
@@ -369,7 +427,7 @@ fn raft_7_install_discards_a_log_without_the_last_entry() {
         no_timers(poll(&mut f)),
         vec![
             Action::RestoreSnapshot(m.clone()),
-            Action::Send(install_resp(2, 1, 2, true, 5)),
+            Action::Send(install_resp(NodeId::new(2), NodeId::new(1), 2, true, 5)),
         ]
     );
     assert_eq!(f.applied_index(), 5);
@@ -378,8 +436,8 @@ fn raft_7_install_discards_a_log_without_the_last_entry() {
     f.handle_message(
         1002,
         msg(
-            1,
-            2,
+            NodeId::new(1),
+            NodeId::new(2),
             2,
             MessageBody::AppendEntries {
                 prev_log_index: 5,
@@ -409,17 +467,28 @@ fn raft_7_install_discards_a_log_without_the_last_entry() {
 /// retain log entries following it."
 #[test]
 fn raft_7_install_keeps_the_entries_that_follow_a_matching_last_entry() {
-    let mut f = Raft::new(cfg(2), restored(&[1, 2, 3], 2, None, &[1, 1, 2, 2]), 1, 0).unwrap();
+    let mut f = Raft::new(
+        cfg(NodeId::new(2)),
+        restored(
+            &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            2,
+            None,
+            &[1, 1, 2, 2],
+        ),
+        1,
+        0,
+    )
+    .unwrap();
     poll(&mut f);
-    let m = meta(3, 2, &[1, 2, 3]);
-    f.install_snapshot(1000, 1, 2, m.clone());
+    let m = meta(3, 2, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+    f.install_snapshot(1000, NodeId::new(1), 2, m.clone());
     assert_eq!(
         no_timers(poll(&mut f)),
         vec![
             Action::RoleChanged {
                 role: Role::Follower,
                 term: 2,
-                leader: Some(1)
+                leader: Some(NodeId::new(1))
             },
             Action::Persist(PersistRequest {
                 seq: 1,
@@ -437,7 +506,7 @@ fn raft_7_install_keeps_the_entries_that_follow_a_matching_last_entry() {
         no_timers(poll(&mut f)),
         vec![
             Action::RestoreSnapshot(m),
-            Action::Send(install_resp(2, 1, 2, true, 3)),
+            Action::Send(install_resp(NodeId::new(2), NodeId::new(1), 2, true, 3)),
         ]
     );
 }
@@ -447,27 +516,60 @@ fn raft_7_install_keeps_the_entries_that_follow_a_matching_last_entry() {
 /// hint; a snapshot sent in an older term is answered with the current term.
 #[test]
 fn stale_and_old_term_snapshots_are_refused() {
-    let mut f = Raft::new(cfg(2), restored(&[1, 2, 3], 2, None, &[1, 1, 2]), 1, 0).unwrap();
+    /// Node 3, as a pattern.
+    const N3: NodeId = NodeId::new(3);
+    let mut f = Raft::new(
+        cfg(NodeId::new(2)),
+        restored(
+            &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            2,
+            None,
+            &[1, 1, 2],
+        ),
+        1,
+        0,
+    )
+    .unwrap();
     poll(&mut f);
-    let m = meta(5, 2, &[1, 2, 3]);
-    f.install_snapshot(1000, 1, 2, m.clone());
+    let m = meta(5, 2, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
+    f.install_snapshot(1000, NodeId::new(1), 2, m.clone());
     poll(&mut f);
     f.persisted(1001, 1);
     poll(&mut f);
     assert_eq!((f.commit_index(), f.applied_index()), (5, 5));
     // The same snapshot again, and an older one: refused at once, nothing persisted.
-    for old in [m.clone(), meta(4, 2, &[1, 2, 3])] {
-        f.install_snapshot(1002, 1, 2, old);
+    for old in [
+        m.clone(),
+        meta(4, 2, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+    ] {
+        f.install_snapshot(1002, NodeId::new(1), 2, old);
         assert_eq!(
             no_timers(poll(&mut f)),
-            vec![Action::Send(install_resp(2, 1, 2, false, 5))]
+            vec![Action::Send(install_resp(
+                NodeId::new(2),
+                NodeId::new(1),
+                2,
+                false,
+                5
+            ))]
         );
     }
     // From a leader of term 1 while we are in term 2.
-    f.install_snapshot(1003, 3, 1, meta(9, 1, &[1, 2, 3]));
+    f.install_snapshot(
+        1003,
+        NodeId::new(3),
+        1,
+        meta(9, 1, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+    );
     assert_eq!(
         no_timers(poll(&mut f)),
-        vec![Action::Send(install_resp(2, 3, 2, false, 5))]
+        vec![Action::Send(install_resp(
+            NodeId::new(2),
+            NodeId::new(3),
+            2,
+            false,
+            5
+        ))]
     );
     assert_eq!((f.commit_index(), f.applied_index(), f.term()), (5, 5, 2));
     // A leader that hears the refusal probes from after the follower's commit index.
@@ -478,18 +580,26 @@ fn stale_and_old_term_snapshots_are_refused() {
     // below its compaction point.
     r.handle_message(
         3001,
-        msg(3, 1, 1, MessageBody::HeartbeatResponse { read_ctx: 0 }),
+        msg(
+            NodeId::new(3),
+            NodeId::new(1),
+            1,
+            MessageBody::HeartbeatResponse { read_ctx: 0 },
+        ),
     );
     assert!(matches!(
         no_timers(poll(&mut r)).as_slice(),
-        [Action::SendSnapshot { to: 3, .. }]
+        [Action::SendSnapshot { to: N3, .. }]
     ));
-    r.handle_message(3002, install_resp(3, 1, 1, false, 7));
+    r.handle_message(
+        3002,
+        install_resp(NodeId::new(3), NodeId::new(1), 1, false, 7),
+    );
     let out = sends(&poll(&mut r));
     assert!(matches!(
         out.as_slice(),
         [Message {
-            to: 3,
+            to: N3,
             body: MessageBody::AppendEntries {
                 prev_log_index: 7,
                 ..
@@ -511,10 +621,10 @@ fn restart_resumes_from_snapshot_and_log() {
         },
         entries: vec![noop(1, 3), noop(2, 4), cmd(3, 5, b"a"), cmd(3, 6, b"b")],
         applied: 0,
-        base_membership: Membership::with_voters([1, 2, 3]),
-        snapshot: Some(meta(4, 2, &[2, 3])),
+        base_membership: Membership::with_voters([NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+        snapshot: Some(meta(4, 2, &[NodeId::new(2), NodeId::new(3)])),
     };
-    let f = Raft::new(cfg(2), restore.clone(), 1, 0).unwrap();
+    let f = Raft::new(cfg(NodeId::new(2)), restore.clone(), 1, 0).unwrap();
     assert_eq!(
         (
             f.first_index(),
@@ -524,14 +634,17 @@ fn restart_resumes_from_snapshot_and_log() {
         ),
         (5, 6, 4, 4)
     );
-    assert_eq!(f.membership(), &Membership::with_voters([2, 3]));
+    assert_eq!(
+        f.membership(),
+        &Membership::with_voters([NodeId::new(2), NodeId::new(3)])
+    );
     // A gap after the snapshot is corruption.
     let gap = RestoreState {
         entries: vec![cmd(3, 6, b"b")],
         ..restore
     };
     assert!(matches!(
-        Raft::new(cfg(2), gap, 1, 0),
+        Raft::new(cfg(NodeId::new(2)), gap, 1, 0),
         Err(ConfigError::InvalidRestore(_))
     ));
 }
@@ -540,31 +653,38 @@ fn restart_resumes_from_snapshot_and_log() {
 /// compact catches up through a snapshot and then the log, and ends with the same log.
 #[test]
 fn lagging_follower_catches_up_by_snapshot() {
-    let mut net = Net::with(&[1, 2, 3], |c| c.keep_entries = 1);
-    net.campaign(1);
-    net.isolate(3);
+    let mut net = Net::with(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], |c| {
+        c.keep_entries = 1
+    });
+    net.campaign(NodeId::new(1));
+    net.isolate(NodeId::new(3));
     for i in 0..8u8 {
         let now = net.now;
-        net.node(1).propose(now, vec![i]).unwrap();
+        net.node(NodeId::new(1)).propose(now, vec![i]).unwrap();
         net.drain();
     }
-    for id in [1, 2] {
+    for id in [NodeId::new(1), NodeId::new(2)] {
         let applied = net.node(id).applied_index();
         let m = net.node(id).snapshot_meta(applied).unwrap();
         let now = net.now;
         net.node(id).snapshot_taken(now, m).unwrap();
     }
     net.drain();
-    assert!(net.node(1).first_index() > 2);
+    assert!(net.node(NodeId::new(1)).first_index() > 2);
     net.heal();
     net.advance(200);
     assert_eq!(net.snapshots.len(), 1, "{:?}", net.snapshots);
     net.deliver_snapshots();
     let now = net.now;
-    net.node(1).propose(now, b"after".to_vec()).unwrap();
+    net.node(NodeId::new(1))
+        .propose(now, b"after".to_vec())
+        .unwrap();
     net.drain();
     net.advance(200);
-    let (l, f) = (net.node(1).status(), net.node(3).status());
+    let (l, f) = (
+        net.node(NodeId::new(1)).status(),
+        net.node(NodeId::new(3)).status(),
+    );
     assert_eq!(
         (f.commit_index, f.last_index),
         (l.commit_index, l.last_index)
@@ -572,10 +692,13 @@ fn lagging_follower_catches_up_by_snapshot() {
     assert!(net
         .snapshot_actions
         .iter()
-        .any(|(id, a)| *id == 3 && matches!(a, Action::RestoreSnapshot(_))));
+        .any(|(id, a)| *id == NodeId::new(3) && matches!(a, Action::RestoreSnapshot(_))));
     // Node 3 applied nothing below the snapshot from the log, then everything after it.
-    let snap = net.node(3).snapshot().index;
-    let applied: Vec<LogIndex> = net.applied[&3].iter().map(|e| e.index).collect();
+    let snap = net.node(NodeId::new(3)).snapshot().index;
+    let applied: Vec<LogIndex> = net.applied[&NodeId::new(3)]
+        .iter()
+        .map(|e| e.index)
+        .collect();
     let after: Vec<LogIndex> = applied.iter().copied().filter(|&i| i > snap).collect();
     assert_eq!(after, ((snap + 1)..=l.commit_index).collect::<Vec<_>>());
 }
@@ -587,19 +710,28 @@ fn lagging_follower_catches_up_by_snapshot() {
 fn snapshot_meta_carries_the_membership_at_its_index() {
     let mut r = leader_with_applied(2, 0);
     // Index 4: add learner 4, committed by 1 and 2.
-    r.change_membership(3000, MembershipChange::AddLearner { id: 4, addr: None })
-        .unwrap();
+    r.change_membership(
+        3000,
+        MembershipChange::AddLearner {
+            id: NodeId::new(4),
+            addr: None,
+        },
+    )
+    .unwrap();
     let seq = persist_seq(&poll(&mut r));
     r.persisted(3001, seq);
-    r.handle_message(3002, append_ok(2, 1, 1, 4));
+    r.handle_message(3002, append_ok(NodeId::new(2), NodeId::new(1), 1, 4));
     poll(&mut r);
     assert_eq!(r.applied_index(), 4);
     let before = r.snapshot_meta(3).unwrap();
-    assert_eq!(before.membership, Membership::with_voters([1, 2, 3]));
+    assert_eq!(
+        before.membership,
+        Membership::with_voters([NodeId::new(1), NodeId::new(2), NodeId::new(3)])
+    );
     let after = r.snapshot_meta(4).unwrap();
     let with_learner = Membership {
-        voters: ids(&[1, 2, 3]),
-        learners: ids(&[4]),
+        voters: ids(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+        learners: ids(&[NodeId::new(4)]),
         config_id: 4,
         ..Membership::default()
     };
@@ -615,7 +747,13 @@ fn snapshot_meta_carries_the_membership_at_its_index() {
     assert_eq!(r.membership(), &with_learner);
     // The next change still validates against it.
     assert!(matches!(
-        r.change_membership(3004, MembershipChange::AddLearner { id: 4, addr: None }),
+        r.change_membership(
+            3004,
+            MembershipChange::AddLearner {
+                id: NodeId::new(4),
+                addr: None
+            }
+        ),
         Err(ProposeError::InvalidMembershipChange(_))
     ));
 }
@@ -625,12 +763,26 @@ fn snapshot_meta_carries_the_membership_at_its_index() {
 /// from the newest, once that one is durable (nothing is applied in between).
 #[test]
 fn a_newer_install_supersedes_one_still_persisting() {
-    let mut f = Raft::new(cfg(2), restored(&[1, 2, 3], 2, None, &[1]), 1, 0).unwrap();
+    let mut f = Raft::new(
+        cfg(NodeId::new(2)),
+        restored(
+            &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            2,
+            None,
+            &[1],
+        ),
+        1,
+        0,
+    )
+    .unwrap();
     poll(&mut f);
-    let (m1, m2) = (meta(5, 2, &[1, 2, 3]), meta(9, 2, &[1, 2, 3]));
-    f.install_snapshot(1000, 1, 2, m1.clone());
+    let (m1, m2) = (
+        meta(5, 2, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+        meta(9, 2, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+    );
+    f.install_snapshot(1000, NodeId::new(1), 2, m1.clone());
     let s1 = persist_seq(&poll(&mut f));
-    f.install_snapshot(1001, 1, 2, m2.clone());
+    f.install_snapshot(1001, NodeId::new(1), 2, m2.clone());
     let out = no_timers(poll(&mut f));
     assert_eq!(
         out,
@@ -645,7 +797,13 @@ fn a_newer_install_supersedes_one_still_persisting() {
     f.persisted(1002, s1);
     assert_eq!(
         no_timers(poll(&mut f)),
-        vec![Action::Send(install_resp(2, 1, 2, true, 5))]
+        vec![Action::Send(install_resp(
+            NodeId::new(2),
+            NodeId::new(1),
+            2,
+            true,
+            5
+        ))]
     );
     assert_eq!(f.applied_index(), 0);
     f.persisted(1003, s1 + 1);
@@ -653,7 +811,7 @@ fn a_newer_install_supersedes_one_still_persisting() {
         no_timers(poll(&mut f)),
         vec![
             Action::RestoreSnapshot(m2),
-            Action::Send(install_resp(2, 1, 2, true, 9)),
+            Action::Send(install_resp(NodeId::new(2), NodeId::new(1), 2, true, 9)),
         ]
     );
     assert_eq!((f.applied_index(), f.commit_index()), (9, 9));
@@ -662,18 +820,29 @@ fn a_newer_install_supersedes_one_still_persisting() {
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn planted_bug_compact_unapplied_compacts_past_the_snapshot() {
-    let mut c = cfg(2);
+    let mut c = cfg(NodeId::new(2));
     c.keep_entries = 0;
     c.planted_bugs.compact_unapplied = true;
-    let mut f = Raft::new(c, restored(&[1, 2, 3], 1, None, &[1, 1, 1, 1]), 1, 0).unwrap();
+    let mut f = Raft::new(
+        c,
+        restored(
+            &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            1,
+            None,
+            &[1, 1, 1, 1],
+        ),
+        1,
+        0,
+    )
+    .unwrap();
     poll(&mut f);
     // Commit 2 is applied; then the leader says 4 is committed, not yet applied (the persist
     // of nothing new completes at once, but the snapshot is taken at 2).
     f.handle_message(
         1000,
         msg(
-            1,
-            2,
+            NodeId::new(1),
+            NodeId::new(2),
             1,
             MessageBody::Heartbeat {
                 commit: 2,
@@ -686,8 +855,8 @@ fn planted_bug_compact_unapplied_compacts_past_the_snapshot() {
     f.handle_message(
         1001,
         msg(
-            1,
-            2,
+            NodeId::new(1),
+            NodeId::new(2),
             1,
             MessageBody::Heartbeat {
                 commit: 4,
@@ -705,15 +874,26 @@ fn planted_bug_compact_unapplied_compacts_past_the_snapshot() {
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn planted_bug_install_stale_snapshot_moves_applied_back() {
-    let mut c = cfg(2);
+    let mut c = cfg(NodeId::new(2));
     c.planted_bugs.install_stale_snapshot = true;
-    let mut f = Raft::new(c, restored(&[1, 2, 3], 2, None, &[1, 2, 2]), 1, 0).unwrap();
+    let mut f = Raft::new(
+        c,
+        restored(
+            &[NodeId::new(1), NodeId::new(2), NodeId::new(3)],
+            2,
+            None,
+            &[1, 2, 2],
+        ),
+        1,
+        0,
+    )
+    .unwrap();
     poll(&mut f);
     f.handle_message(
         1000,
         msg(
-            1,
-            2,
+            NodeId::new(1),
+            NodeId::new(2),
             2,
             MessageBody::Heartbeat {
                 commit: 3,
@@ -723,15 +903,24 @@ fn planted_bug_install_stale_snapshot_moves_applied_back() {
     );
     poll(&mut f);
     assert_eq!(f.applied_index(), 3);
-    f.install_snapshot(1001, 1, 2, meta(2, 2, &[1, 2, 3]));
+    f.install_snapshot(
+        1001,
+        NodeId::new(1),
+        2,
+        meta(2, 2, &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]),
+    );
     let seq = persist_seq(&poll(&mut f));
     f.persisted(1002, seq);
     // The state machine goes back to 2 and entry 3 is handed out a second time.
     assert_eq!(
         no_timers(poll(&mut f)),
         vec![
-            Action::RestoreSnapshot(meta(2, 2, &[1, 2, 3])),
-            Action::Send(install_resp(2, 1, 2, true, 2)),
+            Action::RestoreSnapshot(meta(
+                2,
+                2,
+                &[NodeId::new(1), NodeId::new(2), NodeId::new(3)]
+            )),
+            Action::Send(install_resp(NodeId::new(2), NodeId::new(1), 2, true, 2)),
             Action::Apply(vec![cmd(2, 3, &[2])]),
         ],
         "the planted bug moved the applied index back"

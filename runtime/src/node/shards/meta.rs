@@ -48,6 +48,8 @@ use crate::config::ReadLevel;
 use crate::node::{NodeHandle, NodeId};
 use crate::state_machine::StateMachine;
 use crate::storage::shard_map_file;
+use conclave_core::ids::GroupId;
+use conclave_core::ids::ShardId;
 use conclave_core::raft::Membership;
 use conclave_ring::{ShardMap, ShardMapError};
 use serde::{Deserialize, Serialize};
@@ -178,7 +180,7 @@ impl ShardRouter {
 }
 
 /// A shard's entry in `map`, as a change's answer.
-fn change_of(map: &ShardMap, shard: u64, changed: bool) -> ShardMapChange {
+fn change_of(map: &ShardMap, shard: ShardId, changed: bool) -> ShardMapChange {
     let replicas = map
         .entry(shard)
         .map(|e| e.replicas.clone())
@@ -242,7 +244,7 @@ impl<M: StateMachine> NodeHandle<M> {
     /// changes nothing (`changed: false`).
     pub async fn prefer_shard_leader(
         &self,
-        shard: u64,
+        shard: ShardId,
         node: NodeId,
         expected_version: Option<u64>,
     ) -> Result<ShardMapChange, RequestError> {
@@ -276,8 +278,8 @@ impl<M: StateMachine> NodeHandle<M> {
         }
         s.router.adopt_committed(next.clone(), self.inner.id);
         tracing::info!(
-            shard,
-            node,
+            %shard,
+            %node,
             version = next.version(),
             "shard map: preferred leader changed"
         );
@@ -340,7 +342,7 @@ impl<M: StateMachine> NodeHandle<M> {
                 let leads = self
                     .inner
                     .registry
-                    .get(0)
+                    .get(GroupId::FIRST)
                     .is_some_and(|g| g.shared.snapshot.read().leader == Some(self.inner.id));
                 if !leads {
                     return;
@@ -375,7 +377,11 @@ mod tests {
             shards: 8,
             ..RingConfig::default()
         };
-        let ring = Ring::with_nodes(config, (1..=3).map(|n| (n, DEFAULT_WEIGHT))).unwrap();
+        let ring = Ring::with_nodes(
+            config,
+            (1..=3).map(NodeId::new).map(|n| (n, DEFAULT_WEIGHT)),
+        )
+        .unwrap();
         ShardMap::bootstrap(ring.placement()).unwrap()
     }
 
@@ -404,17 +410,26 @@ mod tests {
 
     #[test]
     fn group0_has_at_most_five_voters_the_lowest_ids() {
-        let mut small = Membership::with_voters([3, 1, 2]);
+        let mut small = Membership::with_voters([NodeId::new(3), NodeId::new(1), NodeId::new(2)]);
         group0_voters_and_learners(&mut small);
         assert_eq!(small.voters.len(), 3);
         assert!(small.learners.is_empty());
-        let mut big = Membership::with_voters(1..=7);
+        let mut big = Membership::with_voters((1..=7).map(NodeId::new));
         group0_voters_and_learners(&mut big);
         assert_eq!(
             big.voters.iter().copied().collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5]
+            [
+                NodeId::new(1),
+                NodeId::new(2),
+                NodeId::new(3),
+                NodeId::new(4),
+                NodeId::new(5)
+            ]
         );
-        assert_eq!(big.learners.iter().copied().collect::<Vec<_>>(), [6, 7]);
-        assert!((1..=7).all(|n| big.contains(n)));
+        assert_eq!(
+            big.learners.iter().copied().collect::<Vec<_>>(),
+            [NodeId::new(6), NodeId::new(7)]
+        );
+        assert!((1..=7).map(NodeId::new).all(|n| big.contains(n)));
     }
 }

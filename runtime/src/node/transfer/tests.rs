@@ -6,13 +6,13 @@ use super::*;
 use conclave_core::raft::Membership;
 use std::collections::BTreeSet;
 
-const LEADER: NodeId = 1;
-const FOLLOWER: NodeId = 2;
-const GROUP: GroupId = 0;
+const LEADER: NodeId = NodeId::new(1);
+const FOLLOWER: NodeId = NodeId::new(2);
+const GROUP: GroupId = GroupId::FIRST;
 const CHUNK: usize = 1000;
 
 fn membership() -> Membership {
-    Membership::with_voters([1, 2, 3])
+    Membership::with_voters([NodeId::new(1), NodeId::new(2), NodeId::new(3)])
 }
 
 fn meta(index: LogIndex, term: Term) -> SnapshotMeta {
@@ -472,17 +472,22 @@ fn hostile_chunks_are_refused_with_a_typed_reason_and_change_nothing() {
         ChunkRefusal::TotalTooLarge(u64::MAX),
     ));
     let mut c = good_chunk();
-    c.from = 9;
-    cases.push(("non-member", 9, c, ChunkRefusal::NotMember));
+    c.from = NodeId::new(9);
+    cases.push(("non-member", NodeId::new(9), c, ChunkRefusal::NotMember));
     cases.push((
         "claims another sender than the authenticated one",
-        3,
+        NodeId::new(3),
         good_chunk(),
         ChunkRefusal::Malformed,
     ));
     let mut c = good_chunk();
-    c.from = 3;
-    cases.push(("a member that does not lead", 3, c, ChunkRefusal::NotLeader));
+    c.from = NodeId::new(3);
+    cases.push((
+        "a member that does not lead",
+        NodeId::new(3),
+        c,
+        ChunkRefusal::NotLeader,
+    ));
     let mut c = good_chunk();
     c.term = 2;
     cases.push(("stale leader term", LEADER, c, ChunkRefusal::StaleTerm(3)));
@@ -521,14 +526,14 @@ fn the_followed_leader_of_the_current_term_may_stage_a_snapshot_without_being_a_
     let s = Setup::new();
     let mut rx = s.receptions();
     let mut chunk = good_chunk();
-    chunk.from = 9;
+    chunk.from = NodeId::new(9);
     // Not followed (another leader, or none known in this term, or a newer term): refused.
-    for (leader, term) in [(Some(LEADER), 3), (None, 3), (Some(9), 2)] {
+    for (leader, term) in [(Some(LEADER), 3), (None, 3), (Some(NodeId::new(9)), 2)] {
         let v = GroupView {
             leader,
             ..view(term, 10)
         };
-        let out = rx.on_chunk(9, &v, &chunk, Instant::now());
+        let out = rx.on_chunk(NodeId::new(9), &v, &chunk, Instant::now());
         assert!(
             matches!(
                 out.ack().status,
@@ -541,10 +546,10 @@ fn the_followed_leader_of_the_current_term_may_stage_a_snapshot_without_being_a_
     assert!(rx.list().is_empty());
     // The core follows 9 in term 3: its chunk is staged.
     let v = GroupView {
-        leader: Some(9),
+        leader: Some(NodeId::new(9)),
         ..view(3, 10)
     };
-    let out = rx.on_chunk(9, &v, &chunk, Instant::now());
+    let out = rx.on_chunk(NodeId::new(9), &v, &chunk, Instant::now());
     assert_eq!(out.ack().status, AckStatus::Accepted, "{:?}", out.ack());
     assert_eq!(rx.list().len(), 1);
 }
@@ -609,7 +614,7 @@ fn acks_for_another_transfer_are_ignored_and_lying_offsets_are_clamped() {
         status: AckStatus::Accepted,
     };
     let mut other = ack.clone();
-    other.from = 3;
+    other.from = NodeId::new(3);
     assert_eq!(st.on_ack(&other), SendStep::Ignored);
     let mut other = ack.clone();
     other.index = 44;
@@ -626,8 +631,8 @@ fn wire_messages_round_trip_through_messagepack() {
     assert!(bytes.len() < c.data.len() + 200, "{} bytes", bytes.len());
     assert_eq!(rmp_serde::from_slice::<SnapshotChunk>(&bytes).unwrap(), c);
     let a = SnapshotAck {
-        group: 0,
-        from: 2,
+        group: GroupId::FIRST,
+        from: NodeId::new(2),
         term: 3,
         index: 4,
         snapshot_term: 2,

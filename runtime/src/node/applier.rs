@@ -124,6 +124,8 @@ pub struct ApplierDeps<M: StateMachine> {
     pub clock: Arc<StallClock>,
     /// Where a storage failure is reported.
     pub health: Arc<StorageHealth>,
+    /// The labels of the group's metrics.
+    pub labels: super::group_metrics::GroupLabels,
 }
 
 /// The actor. See the module docs.
@@ -275,7 +277,9 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
         }
         if failure.is_none() {
             let ended = clock.time(|| machine.end_batch());
-            metrics::histogram!("conclave_apply_batch_seconds", "group" => self.deps.group.to_string())
+            self.deps
+                .labels
+                .histogram("conclave_apply_batch_seconds")
                 .record(started.elapsed().as_secs_f64());
             if let Err(e) = ended {
                 tracing::error!(applied = self.applied, error = %e, "state machine failed to write a run of entries; restarting the applier");
@@ -320,7 +324,9 @@ impl<M: StateMachine> Handler<ApplyBatch<M>> for ApplierActor<M> {
         self.deps
             .applied_gauge
             .store(self.applied, Ordering::Relaxed);
-        metrics::gauge!("conclave_raft_applied_index", "group" => self.deps.group.to_string())
+        self.deps
+            .labels
+            .gauge("conclave_raft_applied_index")
             .set(self.applied as f64);
         self.serve_reads();
     }
@@ -362,7 +368,9 @@ impl<M: StateMachine> Handler<TakeSnapshot> for ApplierActor<M> {
         let started = std::time::Instant::now();
         clock.time(|| machine.sync())?;
         let synced = started.elapsed();
-        metrics::histogram!("conclave_snapshot_sync_seconds", "group" => group.to_string())
+        self.deps
+            .labels
+            .histogram("conclave_snapshot_sync_seconds")
             .record(synced.as_secs_f64());
         if let Some(view) = clock.time(|| machine.snapshot_view())? {
             tracing::info!(
@@ -428,7 +436,9 @@ impl<M: StateMachine> Handler<RestoreFrom> for ApplierActor<M> {
         );
         self.applied = index;
         self.deps.applied_gauge.store(index, Ordering::Relaxed);
-        metrics::gauge!("conclave_raft_applied_index", "group" => group.to_string())
+        self.deps
+            .labels
+            .gauge("conclave_raft_applied_index")
             .set(index as f64);
         self.serve_reads();
         Ok(index)

@@ -211,6 +211,8 @@ pub struct GroupDeps<M: StateMachine> {
     /// The groups this node has been a member of, durable (`data_dir/member-of`): a removed
     /// node reports `removed` after its log is compacted and it restarts.
     pub member_marks: Arc<MemberMarks>,
+    /// The labels of the group's metrics (`shard` on a shard's group; none above the cap).
+    pub labels: super::group_metrics::GroupLabels,
 }
 
 /// What a group uses to send and receive snapshots (docs/transport.md, "Snapshot transfer").
@@ -768,12 +770,21 @@ impl<M: StateMachine> GroupActor<M> {
             .snapshot_started
             .map_or(Duration::ZERO, |t| t.elapsed());
         let info = SnapshotInfo::of(group, &stored, true, duration.as_millis() as u64);
-        let g = group.to_string();
-        metrics::counter!("conclave_snapshot_taken_total", "group" => g.clone()).increment(1);
-        metrics::gauge!("conclave_snapshot_bytes", "group" => g.clone()).set(stored.len as f64);
-        metrics::gauge!("conclave_snapshot_index", "group" => g.clone())
+        self.deps
+            .labels
+            .counter("conclave_snapshot_taken_total")
+            .increment(1);
+        self.deps
+            .labels
+            .gauge("conclave_snapshot_bytes")
+            .set(stored.len as f64);
+        self.deps
+            .labels
+            .gauge("conclave_snapshot_index")
             .set(stored.meta.index as f64);
-        metrics::histogram!("conclave_snapshot_duration_seconds", "group" => g)
+        self.deps
+            .labels
+            .histogram("conclave_snapshot_duration_seconds")
             .record(duration.as_secs_f64());
         tracing::info!(
             %group,
@@ -799,7 +810,9 @@ impl<M: StateMachine> GroupActor<M> {
             Ok(_) => self.snapshot_retry_at = None,
             Err(e) => {
                 tracing::error!(group = %self.deps.group, error = %e, "snapshot failed");
-                metrics::counter!("conclave_snapshot_failed_total", "group" => self.deps.group.to_string())
+                self.deps
+                    .labels
+                    .counter("conclave_snapshot_failed_total")
                     .increment(1);
                 self.snapshot_retry_at = Some(Instant::now() + SNAPSHOT_RETRY_AFTER);
             }
@@ -904,7 +917,9 @@ impl<M: StateMachine> GroupActor<M> {
                 self.installing = None;
                 match self.adopted.take() {
                     Some(stored) if stored.meta == meta => {
-                        metrics::counter!("conclave_snapshot_installed_total", "group" => self.deps.group.to_string())
+                        self.deps
+                            .labels
+                            .counter("conclave_snapshot_installed_total")
                             .increment(1);
                         tracing::info!(
                             group = %self.deps.group,
@@ -1065,12 +1080,16 @@ impl<M: StateMachine> GroupActor<M> {
     }
 
     fn role_changed(&mut self, role: Role, term: Term, leader: Option<NodeId>) {
-        let group = self.deps.group.to_string();
         let id = self.deps.raft.id;
         if role == Role::Leader && !self.was_leader {
             tracing::info!(node = %id, group = %self.deps.group, term, "became leader");
-            metrics::counter!("conclave_raft_leader_elections_total", "group" => group.clone())
+            self.deps
+                .labels
+                .counter("conclave_raft_leader_elections_total")
                 .increment(1);
+            if self.deps.labels.is_shard() {
+                metrics::counter!("conclave_shard_leader_elections_total").increment(1);
+            }
         } else if role != Role::Leader && self.was_leader {
             tracing::info!(
                 node = %id,
@@ -1090,8 +1109,14 @@ impl<M: StateMachine> GroupActor<M> {
             );
         }
         self.was_leader = role == Role::Leader;
-        metrics::gauge!("conclave_raft_role", "group" => group.clone()).set(role_gauge(role));
-        metrics::gauge!("conclave_raft_term", "group" => group).set(term as f64);
+        self.deps
+            .labels
+            .gauge("conclave_raft_role")
+            .set(role_gauge(role));
+        self.deps
+            .labels
+            .gauge("conclave_raft_term")
+            .set(term as f64);
     }
 
     /// Moves queued persist requests and committed entries on, as far as mailboxes allow.
@@ -1296,13 +1321,18 @@ impl<M: StateMachine> GroupActor<M> {
             return;
         };
         let status = core.status();
-        let group = self.deps.group.to_string();
-        metrics::gauge!("conclave_raft_commit_index", "group" => group.clone())
+        self.deps
+            .labels
+            .gauge("conclave_raft_commit_index")
             .set(status.commit_index as f64);
         let applied = self.deps.shared.applied.load(Ordering::Relaxed);
-        metrics::gauge!("conclave_raft_applied_index", "group" => group.clone())
+        self.deps
+            .labels
+            .gauge("conclave_raft_applied_index")
             .set(applied as f64);
-        metrics::gauge!("conclave_raft_log_entries", "group" => group.clone())
+        self.deps
+            .labels
+            .gauge("conclave_raft_log_entries")
             .set(core.entries().len() as f64);
         let progress: Vec<(NodeId, LogIndex)> = status
             .progress
@@ -1311,7 +1341,9 @@ impl<M: StateMachine> GroupActor<M> {
             .collect();
         if status.role == Role::Leader {
             for (peer, matched) in &progress {
-                metrics::gauge!("conclave_raft_replication_lag", "group" => group.clone(), "peer" => peer.to_string())
+                self.deps
+                    .labels
+                    .gauge_with("conclave_raft_replication_lag", "peer", peer.to_string())
                     .set(status.last_index.saturating_sub(*matched) as f64);
             }
         }
@@ -1497,9 +1529,13 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                     if let Some(s) = &base {
                         *act.deps.shared.last_snapshot.write() =
                             Some(SnapshotInfo::of(group, s, false, 0));
-                        metrics::gauge!("conclave_snapshot_index", "group" => group.to_string())
+                        act.deps
+                            .labels
+                            .gauge("conclave_snapshot_index")
                             .set(s.meta.index as f64);
-                        metrics::gauge!("conclave_snapshot_bytes", "group" => group.to_string())
+                        act.deps
+                            .labels
+                            .gauge("conclave_snapshot_bytes")
                             .set(s.len as f64);
                     }
                     let log: Vec<(LogIndex, Membership)> = core
@@ -1588,6 +1624,13 @@ impl<M: StateMachine> Handler<Propose<M>> for GroupActor<M> {
         drop(core);
         match proposed {
             Ok(p) => {
+                self.deps
+                    .labels
+                    .counter("conclave_raft_proposals_total")
+                    .increment(1);
+                if self.deps.labels.is_shard() {
+                    metrics::counter!("conclave_shard_proposals_total").increment(1);
+                }
                 self.write_waiters.insert(p.index, (p.term, msg.reply));
                 self.schedule_drain(ctx);
                 self.arm_housekeeping(ctx);

@@ -109,6 +109,9 @@ pub struct LogStoreActor {
     /// Times every write, sync and purge: one that does not return within the stall timeout
     /// is reported as a stall of `raft_log` (a disk that hangs is seen, not silent).
     clock: Option<Arc<StallClock>>,
+    /// `[ring]` `sharded` and `shards`: which groups are shards' and whether their series
+    /// carry a `shard` label or are not exported (`group_metrics`).
+    sharding: (bool, u64),
 }
 
 impl LogStoreActor {
@@ -133,12 +136,19 @@ impl LogStoreActor {
             purge_pending: false,
             health,
             clock: None,
+            sharding: (false, 0),
         }
     }
 
     /// Times the store's disk calls with `clock` (the node's stall watchdog).
     pub fn with_stall_clock(mut self, clock: Arc<StallClock>) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// Labels shard groups' series by `[ring]` `sharded` and `shards` (`group_metrics`).
+    pub fn with_sharding(mut self, sharded: bool, shards: u64) -> Self {
+        self.sharding = (sharded, shards);
         self
     }
 
@@ -195,7 +205,7 @@ impl LogStoreActor {
     fn record(&mut self, group: GroupId, req: &PersistRequest) {
         let g = self.mirror.entry(group).or_default();
         mirror_request(g, req);
-        mirror_gauge(group, g);
+        mirror_gauge(group, self.sharding, g);
     }
 }
 
@@ -223,8 +233,10 @@ fn mirror_request(g: &mut RecoveredGroup, req: &PersistRequest) {
 
 /// `conclave_log_store_entries{group}`: entries the log store keeps in memory for the group
 /// (its mirror), which compaction bounds.
-fn mirror_gauge(group: GroupId, g: &RecoveredGroup) {
-    metrics::gauge!("conclave_log_store_entries", "group" => group.to_string())
+/// (A shard's group also carries `shard`; above the cap it exports none, `group_metrics`.)
+fn mirror_gauge(group: GroupId, (sharded, shards): (bool, u64), g: &RecoveredGroup) {
+    super::group_metrics::GroupLabels::new(group, sharded, shards)
+        .gauge("conclave_log_store_entries")
         .set(g.entries.len() as f64);
 }
 
@@ -311,7 +323,7 @@ impl Handler<Compact> for LogStoreActor {
             .map_err(|e| self.fail(e))?;
         if let Some(g) = self.mirror.get_mut(&msg.group) {
             compact_mirror(g, msg.index, msg.term);
-            mirror_gauge(msg.group, g);
+            mirror_gauge(msg.group, self.sharding, g);
         }
         self.purge_pending = true;
         self.buffered += 1;

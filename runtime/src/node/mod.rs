@@ -29,6 +29,7 @@
 pub mod applier;
 pub mod gossip;
 pub mod group;
+pub mod group_metrics;
 pub mod log_store_actor;
 mod membership;
 pub mod memory_trim;
@@ -396,6 +397,8 @@ fn planted_bugs() -> Result<conclave_core::raft::PlantedBugs, NodeError> {
     };
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match name {
+            // The router's own (not the core's): see `planted_router_bug`.
+            SHARD_READ_ON_ANY_REPLICA => {}
             "vote_without_log_check" => bugs.vote_without_log_check = true,
             "commit_previous_term_by_counting" => bugs.commit_previous_term_by_counting = true,
             "lease_read_after_expiry" => bugs.lease_read_after_expiry = true,
@@ -405,6 +408,22 @@ fn planted_bugs() -> Result<conclave_core::raft::PlantedBugs, NodeError> {
         }
     }
     Ok(bugs)
+}
+
+/// The router's planted bug (`node::shards`): every read of a key is served as a stale read
+/// by whichever replica of its shard gets it first, so a follower that is behind (or cut off
+/// from its leader) answers linearizable and lease reads with old values.
+#[cfg(feature = "planted-bugs")]
+const SHARD_READ_ON_ANY_REPLICA: &str = "shard_read_on_any_replica";
+
+/// Whether [`PLANTED_BUGS_ENV`] names the router's planted bug.
+#[cfg(feature = "planted-bugs")]
+fn planted_router_bug() -> bool {
+    std::env::var(PLANTED_BUGS_ENV).is_ok_and(|list| {
+        list.split(',')
+            .map(str::trim)
+            .any(|n| n == SHARD_READ_ON_ANY_REPLICA)
+    })
 }
 
 fn raft_config(config: &Config, group: GroupId) -> RaftConfig {
@@ -442,6 +461,13 @@ async fn start_node<M: StateMachine>(
         let bugs = planted_bugs()?;
         if bugs != conclave_core::raft::PlantedBugs::default() {
             tracing::warn!(node = %id, ?bugs, "PLANTED BUGS SWITCHED ON (test build)");
+        }
+        if planted_router_bug() {
+            tracing::warn!(
+                node = %id,
+                bug = SHARD_READ_ON_ANY_REPLICA,
+                "PLANTED ROUTER BUG SWITCHED ON (test build)"
+            );
         }
     }
     let raft0 = raft_config(&config, GroupId::FIRST);
@@ -501,6 +527,7 @@ async fn start_node<M: StateMachine>(
     let p = config.raft.persistence.clone();
     let log_health = health.clone();
     let log_clock = watchdog.clock(log_store_actor::HEALTH_COMPONENT);
+    let (ring_sharded, ring_shards) = (config.ring.sharded, config.ring.shards);
     let log_store = LogStoreActor::start_in_arbiter(&log_arbiter.handle(), move |_| {
         LogStoreActor::new(
             store,
@@ -511,6 +538,7 @@ async fn start_node<M: StateMachine>(
             log_health,
         )
         .with_stall_clock(log_clock)
+        .with_sharding(ring_sharded, ring_shards)
     });
 
     // Transport.
@@ -688,6 +716,8 @@ async fn start_node<M: StateMachine>(
                 config.node.max_hops,
                 config.node.data_dir.clone(),
                 map,
+                #[cfg(feature = "planted-bugs")]
+                planted_router_bug(),
             )),
             codec,
         })
@@ -1578,6 +1608,7 @@ impl KvService for NodeHandle<KvMachine> {
     }
 
     fn render_metrics(&self) -> String {
+        self.update_shard_metrics();
         self.inner
             .prometheus
             .as_ref()

@@ -15,6 +15,7 @@
 
 use super::applier::{self, ApplierActor, MachineFactory};
 use super::group::{self, GroupActor, GroupDeps, GroupShared, SnapshotPolicy};
+use super::group_metrics::GroupLabels;
 use super::log_store_actor::{LogStoreActor, SaveGroupList};
 use super::peers::Peers;
 use super::snapshotter::{self, SnapshotterActor};
@@ -463,7 +464,9 @@ impl<M: StateMachine> GroupSpawner<M> {
                 },
             ));
         }
+        let labels = GroupLabels::new(group, config.ring.sharded, config.ring.shards);
         let deps = Arc::new(GroupDeps {
+            labels: labels.clone(),
             group,
             raft: super::raft_config(config, group),
             base_membership: base.clone(),
@@ -507,6 +510,7 @@ impl<M: StateMachine> GroupSpawner<M> {
         {
             let slot = applier_slot.clone();
             let deps = Arc::new(applier::ApplierDeps {
+                labels,
                 group,
                 factory: self.factory.clone(),
                 applied_gauge: shared.applied.clone(),

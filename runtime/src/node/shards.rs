@@ -219,7 +219,8 @@ pub(super) struct ShardRouter {
     /// The map and its digest (computed once per map); `None` on a node that joined and has
     /// not yet replicated group 0's committed map.
     map: RwLock<Option<(ShardMap, u64)>>,
-    /// Requests this node forwarded, by id: the peer asked and where its answer goes.
+    /// Requests this node forwarded, by id (unique to this incarnation of the node): the peer
+    /// asked and where its answer goes.
     pending: Mutex<HashMap<u64, (NodeId, ReplyTx)>>,
     next_id: AtomicU64,
     /// Bounds the forwarded requests served at once.
@@ -228,10 +229,20 @@ pub(super) struct ShardRouter {
     /// Maps adopted from group 0's applied state, and from peers' `StaleMap` answers.
     adopted_group0: AtomicU64,
     adopted_peers: AtomicU64,
+    /// The planted bug `shard_read_on_any_replica` (test builds only, the chaos harness's
+    /// proof that it catches a router that reads from a non-leader replica).
+    #[cfg(feature = "planted-bugs")]
+    planted_read_on_any_replica: bool,
 }
 
 impl ShardRouter {
-    pub(super) fn new(me: NodeId, max_hops: u32, data_dir: PathBuf, map: Option<ShardMap>) -> Self {
+    pub(super) fn new(
+        me: NodeId,
+        max_hops: u32,
+        data_dir: PathBuf,
+        map: Option<ShardMap>,
+        #[cfg(feature = "planted-bugs")] planted_read_on_any_replica: bool,
+    ) -> Self {
         let _ = me;
         ShardRouter {
             max_hops: max_hops.max(1),
@@ -241,11 +252,18 @@ impl ShardRouter {
                 (m, digest)
             })),
             pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            // Not 1: a peer answers a request of this node's previous incarnation (killed and
+            // restarted while the peer served it) over the reconnected link, and a restarted
+            // counter would hand that answer to the new request that reused its id — another
+            // key's value, or another write's acknowledgement. A random start makes the id
+            // ranges of two incarnations overlap with negligible probability.
+            next_id: AtomicU64::new(rand::random::<u64>() >> 1),
             serving: Arc::new(Semaphore::new(MAX_SERVING)),
             server: OnceLock::new(),
             adopted_group0: AtomicU64::new(0),
             adopted_peers: AtomicU64::new(0),
+            #[cfg(feature = "planted-bugs")]
+            planted_read_on_any_replica,
         }
     }
 
@@ -444,7 +462,7 @@ impl<M: StateMachine> NodeHandle<M> {
         let key = s.codec.command_key(&command).to_vec();
         let bytes = rmp_serde::to_vec(&command).map_err(internal)?;
         match self
-            .route_request(&key, true, 0, &ForwardOp::Write(bytes))
+            .route_request(&key, true, 0, None, &ForwardOp::Write(bytes))
             .await?
         {
             Outcome::Written(w) => Ok(w),
@@ -467,12 +485,18 @@ impl<M: StateMachine> NodeHandle<M> {
         self.admit()?;
         let key = s.codec.query_key(&query).to_vec();
         let bytes = s.codec.encode_query(&query).map_err(internal)?;
+        #[cfg(feature = "planted-bugs")]
+        let consistency = if s.router.planted_read_on_any_replica {
+            ReadLevel::Stale
+        } else {
+            consistency
+        };
         let op = ForwardOp::Read {
             query: bytes,
             consistency,
         };
         let needs_leader = consistency != ReadLevel::Stale;
-        match self.route_request(&key, needs_leader, 0, &op).await? {
+        match self.route_request(&key, needs_leader, 0, None, &op).await? {
             Outcome::Read(o) => Ok(o),
             Outcome::Remote(b) => s.codec.decode_output(&b).map_err(internal),
             Outcome::Written(_) => Err(internal(ForwardFailure::Internal)),
@@ -480,12 +504,13 @@ impl<M: StateMachine> NodeHandle<M> {
     }
 
     /// Routes one request (see the module docs): `hops` is how many times it was forwarded
-    /// to reach this node (0: from a client here).
+    /// to reach this node (0: from a client here), `from` the node that forwarded it.
     async fn route_request(
         &self,
         key: &[u8],
         needs_leader: bool,
         hops: u32,
+        from: Option<NodeId>,
         op: &ForwardOp,
     ) -> Result<Outcome<M>, RequestError> {
         let Some(s) = self.sharding() else {
@@ -498,7 +523,11 @@ impl<M: StateMachine> NodeHandle<M> {
         } else {
             RELAY_ATTEMPTS
         };
-        let mut tried: Vec<NodeId> = Vec::new();
+        // The node that forwarded the request here is no candidate: it served it or forwarded
+        // it because it does not lead the shard. Sending it back (its leader hint naming this
+        // node while this node's names it, as during an election) bounced the request between
+        // the two until the hop limit (503 `hop_limit`).
+        let mut tried: Vec<NodeId> = from.into_iter().collect();
         let mut last_group = GroupId::FIRST;
         for _ in 0..attempts {
             // A node that joined serves keys once group 0 gave it the committed map.
@@ -629,7 +658,11 @@ impl<M: StateMachine> NodeHandle<M> {
 
     /// Serves a request member `from` forwarded: checks its map version, hop count and key,
     /// then routes it like a client's request (at most [`RELAY_ATTEMPTS`] candidates).
-    async fn serve_forward(&self, req: ForwardRequest) -> Result<Vec<u8>, ForwardFailure> {
+    async fn serve_forward(
+        &self,
+        from: NodeId,
+        req: ForwardRequest,
+    ) -> Result<Vec<u8>, ForwardFailure> {
         let s = self.sharding().ok_or(ForwardFailure::NotHosted)?;
         let (check, digest, mine) = {
             let g = s.router.map.read();
@@ -696,7 +729,7 @@ impl<M: StateMachine> NodeHandle<M> {
             return Err(ForwardFailure::Unavailable);
         }
         match self
-            .route_request(&req.key, needs_leader, req.hops, &req.op)
+            .route_request(&req.key, needs_leader, req.hops, Some(from), &req.op)
             .await
         {
             Ok(Outcome::Written(w)) => rmp_serde::to_vec(&w).map_err(|_| ForwardFailure::Internal),
@@ -728,7 +761,7 @@ impl<M: StateMachine> NodeHandle<M> {
                 return;
             };
             actix::spawn(async move {
-                let outcome = handle.serve_forward(req).await;
+                let outcome = handle.serve_forward(from, req).await;
                 drop(permit);
                 reply_to(&handle, from, id, outcome);
             });
@@ -787,6 +820,53 @@ impl<M: StateMachine> NodeHandle<M> {
                 .collect(),
             map_adoptions,
         }
+    }
+
+    /// Sets the shard aggregates over the shard groups this node hosts (called when
+    /// `/metrics` is rendered, so they are as fresh as the scrape): how many are in each role,
+    /// the most and the total committed-but-not-applied entries, and on the shards it leads
+    /// the most entries a follower is behind (docs/node.md, "Metrics per group and shard").
+    pub(super) fn update_shard_metrics(&self) {
+        let Some(map) = self.sharding().and_then(|s| s.router.map()) else {
+            return;
+        };
+        let mut roles = [0u64; 4];
+        let (mut lag_max, mut lag_sum, mut behind_max) = (0u64, 0u64, 0u64);
+        for e in map.entries() {
+            let Some(g) = self.inner.registry.get(e.group) else {
+                continue;
+            };
+            let snap = g.shared.snapshot.read();
+            let applied = g.shared.applied.load(Ordering::Relaxed);
+            let slot = match snap.role {
+                Some(conclave_core::raft::Role::Leader) => 0,
+                Some(conclave_core::raft::Role::Follower) => 1,
+                Some(
+                    conclave_core::raft::Role::PreCandidate | conclave_core::raft::Role::Candidate,
+                ) => 2,
+                _ => 3,
+            };
+            roles[slot] += 1;
+            let lag = snap.commit_index.saturating_sub(applied);
+            lag_max = lag_max.max(lag);
+            lag_sum += lag;
+            if slot == 0 {
+                for (peer, matched) in &snap.progress {
+                    if *peer != self.inner.id {
+                        behind_max = behind_max.max(snap.last_index.saturating_sub(*matched));
+                    }
+                }
+            }
+        }
+        for (role, n) in ["leader", "follower", "candidate", "other"]
+            .iter()
+            .zip(roles)
+        {
+            metrics::gauge!("conclave_shard_groups", "role" => *role).set(n as f64);
+        }
+        metrics::gauge!("conclave_shard_apply_lag_max").set(lag_max as f64);
+        metrics::gauge!("conclave_shard_apply_lag_sum").set(lag_sum as f64);
+        metrics::gauge!("conclave_shard_replication_lag_max").set(behind_max as f64);
     }
 
     /// Where `key` goes (`GET /v1/ring/route/{key}`): its shard and group from the live map,
@@ -861,5 +941,63 @@ fn reply_to<M: StateMachine>(
     if !sent {
         metrics::counter!("conclave_shard_forwards_refused_total", "reason" => "reply_not_sent")
             .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn router(dir: &Path) -> ShardRouter {
+        ShardRouter::new(
+            NodeId::new(1),
+            10,
+            dir.to_owned(),
+            None,
+            #[cfg(feature = "planted-bugs")]
+            false,
+        )
+    }
+
+    /// A node forwards a request to peer 2, is killed and restarts; its first forwarded request
+    /// of the new incarnation goes to peer 2 too. Peer 2's answer to the old request, arriving
+    /// over the reconnected link, must not be taken for the new request's (with ids counted
+    /// from 1 in every incarnation it was: the new request got the old one's answer).
+    #[test]
+    fn an_answer_to_an_earlier_incarnation_is_not_taken_for_a_new_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = router(dir.path());
+        let old_id = before.next_id.fetch_add(1, Ordering::Relaxed);
+        drop(before);
+        let after = router(dir.path());
+        let new_id = after.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = oneshot::channel();
+        after.pending.lock().insert(new_id, (NodeId::new(2), tx));
+        after.on_reply(
+            NodeId::new(2),
+            ForwardReply {
+                id: old_id,
+                outcome: Ok(serde_bytes::ByteBuf::from(
+                    b"the old request's answer".to_vec(),
+                )),
+            },
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "the new request (id {new_id}) took the answer to the old one (id {old_id})"
+        );
+        // Its own answer still reaches it.
+        after.on_reply(
+            NodeId::new(2),
+            ForwardReply {
+                id: new_id,
+                outcome: Ok(serde_bytes::ByteBuf::from(b"its own".to_vec())),
+            },
+        );
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap().into_vec(),
+            b"its own".to_vec()
+        );
     }
 }

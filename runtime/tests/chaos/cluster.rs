@@ -1,6 +1,7 @@
 //! The `conclave node` processes of a chaos run, each reaching its peers through the proxies.
 
 use super::proxy::Net;
+use conclave::api::ShardsStatus;
 use conclave::config::{Config, MemberConfig};
 use conclave::node::ClusterStatus;
 use rustix::process::{kill_process, Pid, Signal};
@@ -19,6 +20,16 @@ pub struct NodeOptions {
     pub check_quorum_off: bool,
     /// Planted bugs to switch on in every node (`CONCLAVE_PLANTED_BUGS`), empty for none.
     pub planted_bugs: String,
+    /// `[ring] sharded = true` with these shards and replication factor; `None`: one group
+    /// (group 0) on every node, the default.
+    pub sharding: Option<Sharding>,
+}
+
+/// A sharded cluster's shape (`[ring]`, docs/sharding.md).
+#[derive(Clone, Copy, Debug)]
+pub struct Sharding {
+    pub shards: u64,
+    pub replication_factor: usize,
 }
 
 /// One node process.
@@ -38,6 +49,8 @@ pub struct Procs {
     pub dir: PathBuf,
     pub nodes: Vec<Proc>,
     planted_bugs: String,
+    /// The cluster's sharding, if any.
+    pub sharding: Option<Sharding>,
     /// Unexpected exits seen so far: `(node id, exit status)`.
     pub crashes: Vec<(NodeId, String)>,
     /// Processes started (first starts and restarts).
@@ -93,6 +106,11 @@ pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {
         if options.check_quorum_off {
             config.raft.check_quorum = false;
         }
+        if let Some(sh) = options.sharding {
+            config.ring.sharded = true;
+            config.ring.shards = sh.shards;
+            config.ring.replication_factor = sh.replication_factor;
+        }
         config.validate().unwrap();
         let config_path = dir.join(format!("n{id}.toml"));
         std::fs::write(&config_path, config.to_toml().unwrap()).unwrap();
@@ -109,6 +127,7 @@ pub fn prepare(dir: &Path, n: usize, options: &NodeOptions) -> (Net, Procs) {
         dir: dir.to_owned(),
         nodes,
         planted_bugs: options.planted_bugs.clone(),
+        sharding: options.sharding,
         crashes: Vec::new(),
         starts: 0,
         status_clients: Default::default(),
@@ -277,6 +296,48 @@ impl Procs {
             if let Some(s) = self.status(i, Duration::from_secs(1)).await {
                 if s.role == "leader" && best.is_none_or(|(t, _)| s.term > t) {
                     best = Some((s.term, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// `GET /v1/shards` of node `i`, if it answers within `timeout`.
+    pub async fn shards(&self, i: usize, timeout: Duration) -> Option<ShardsStatus> {
+        if !self.is_running(i) || self.is_paused(i) {
+            return None;
+        }
+        let key = (i, timeout.as_millis() as u64);
+        let client = self
+            .status_clients
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                std::rc::Rc::new(
+                    conclave::client::Client::with_timeout(&self.endpoint(i), timeout).unwrap(),
+                )
+            })
+            .clone();
+        client.shards().await.ok()
+    }
+
+    /// The node a leader-targeting fault hits: group 0's leader, or on a sharded cluster the
+    /// node that leads the most shards (as each node's own replicas see it), so that the fault
+    /// moves as many shard leaderships as it can.
+    pub async fn target_leader(&self) -> Option<usize> {
+        if self.sharding.is_none() {
+            return self.leader().await;
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for i in 0..self.len() {
+            if let Some(s) = self.shards(i, Duration::from_secs(1)).await {
+                let led = s
+                    .shards
+                    .iter()
+                    .filter(|sh| sh.hosted && sh.leader == Some(s.node_id))
+                    .count();
+                if led > 0 && best.is_none_or(|(n, _)| led > n) {
+                    best = Some((led, i));
                 }
             }
         }

@@ -14,6 +14,7 @@ use client::{Kind, Outcome, Recorder, Workload};
 use cluster::{NodeOptions, Procs};
 use conclave::client::Client;
 use conclave::config::ReadLevel;
+use conclave_ring::{NodeId, ShardId};
 use conclave_sim::linearizability::{check_kv, KvInput, KvOutput, SearchBudget, Verdict};
 use nemesis::NemesisOptions;
 use std::cell::{Cell, RefCell};
@@ -41,6 +42,8 @@ pub struct Options {
     pub think: Duration,
     /// How long a client waits for an answer before it gives up (indeterminate).
     pub client_timeout: Duration,
+    /// Register keys the clients share at a time (they rotate every 20 s).
+    pub keys_per_period: usize,
 }
 
 impl Options {
@@ -60,6 +63,7 @@ impl Options {
             read_level: None,
             think: Duration::from_millis(20),
             client_timeout: Duration::from_secs(5),
+            keys_per_period: 5,
         }
     }
 }
@@ -109,6 +113,10 @@ pub async fn run(options: Options) -> Report {
     if procs.wait_leader(Duration::from_secs(60)).await.is_none() {
         problems.push("no leader elected within 60 s of starting".to_owned());
     }
+    if options.node.sharding.is_some() && !wait_shard_leaders(&procs, Duration::from_secs(60)).await
+    {
+        problems.push("not every shard had a leader within 60 s of starting".to_owned());
+    }
     eprintln!(
         "chaos: {} nodes up in {}, seed {}, {} s of faults, {} clients",
         options.nodes,
@@ -122,7 +130,7 @@ pub async fn run(options: Options) -> Report {
     let stop = Rc::new(Cell::new(false));
     let workload = Workload {
         endpoints: (0..options.nodes).map(|i| procs.endpoint(i)).collect(),
-        keys_per_period: 5,
+        keys_per_period: options.keys_per_period,
         key_period: Duration::from_secs(20),
         timeout: options.client_timeout,
         think: options.think,
@@ -179,11 +187,20 @@ pub async fn run(options: Options) -> Report {
 
     // Settle: every node up, healed, one leader, everyone applied the same index.
     net.heal();
-    let settled = settle(&mut procs).await;
+    let settled = settle_any(&mut procs).await;
     let mut final_checks = String::new();
     match &settled {
-        Ok(index) => {
+        Ok(Settled::One(index)) => {
             let _ = writeln!(final_checks, "  settled: every node applied index {index}");
+        }
+        Ok(Settled::Shards(indexes)) => {
+            let _ = writeln!(
+                final_checks,
+                "  settled: every replica of each of {} shards applied its shard's last index \
+                 (total {} entries)",
+                indexes.len(),
+                indexes.values().sum::<u64>()
+            );
         }
         Err(e) => problems.push(format!("cluster did not settle: {e}")),
     }
@@ -195,8 +212,14 @@ pub async fn run(options: Options) -> Report {
     if settled.is_ok() {
         let api = client::Api::new(Duration::from_secs(5));
         for key in &keys {
-            for _attempt in 0..20 {
-                let Some(l) = procs.leader().await else {
+            for attempt in 0..20 {
+                // Sharded: any node serves any key (it forwards to the shard's leader).
+                let target = if procs.sharding.is_some() {
+                    Some(attempt % procs.len())
+                } else {
+                    procs.leader().await
+                };
+                let Some(l) = target else {
                     actix::clock::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
@@ -214,6 +237,7 @@ pub async fn run(options: Options) -> Report {
                     final_values.insert(key.clone(), v);
                     break;
                 }
+                actix::clock::sleep(Duration::from_millis(100)).await;
             }
             if !final_values.contains_key(key) {
                 problems.push(format!("final linearizable read of {key} never succeeded"));
@@ -235,15 +259,18 @@ pub async fn run(options: Options) -> Report {
             }
         };
         for attempt in 1..=5 {
-            let index = match settle(&mut procs).await {
-                Ok(index) => index,
+            let (report, mut found, moved) = match settle_any(&mut procs).await {
+                Ok(Settled::One(index)) => {
+                    compare_nodes(&procs, &unique, &final_values, index).await
+                }
+                Ok(Settled::Shards(indexes)) => {
+                    compare_replicas(&procs, &unique, &final_values, &indexes).await
+                }
                 Err(e) => {
                     problems.push(format!("cluster did not settle again: {e}"));
                     break;
                 }
             };
-            let (report, mut found, moved) =
-                compare_nodes(&procs, &unique, &final_values, index).await;
             if moved && attempt < 5 {
                 eprintln!("chaos: applied index moved during comparison {attempt}; again");
                 continue;
@@ -470,6 +497,327 @@ pub async fn settle(procs: &mut Procs) -> Result<u64, String> {
         }
     }
     Err(last)
+}
+
+/// Where the cluster settled: one applied index for every node (one group), or per shard
+/// the index every replica of the shard applied.
+pub enum Settled {
+    One(u64),
+    Shards(BTreeMap<ShardId, u64>),
+}
+
+/// [`settle`], or [`settle_shards`] on a sharded cluster.
+pub async fn settle_any(procs: &mut Procs) -> Result<Settled, String> {
+    match procs.sharding {
+        None => settle(procs).await.map(Settled::One),
+        Some(sh) => settle_shards(procs, sh.shards).await.map(Settled::Shards),
+    }
+}
+
+/// Waits until every node sees a leader for every shard it hosts.
+async fn wait_shard_leaders(procs: &Procs, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut all = true;
+        for i in 0..procs.len() {
+            match procs.shards(i, Duration::from_secs(2)).await {
+                Some(s) if s.shards.iter().all(|sh| !sh.hosted || sh.leader.is_some()) => {}
+                _ => all = false,
+            }
+        }
+        if all {
+            return true;
+        }
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A key of each shard (found by the ring's stable hash, as the nodes route it).
+fn barrier_keys(shards: u64) -> BTreeMap<ShardId, String> {
+    let mut keys = BTreeMap::new();
+    let mut n = 0u64;
+    while (keys.len() as u64) < shards {
+        let key = format!("chaos-barrier-{n}");
+        keys.entry(conclave_ring::hash::shard_for_key(key.as_bytes(), shards))
+            .or_insert(key);
+        n += 1;
+    }
+    keys
+}
+
+/// A sharded cluster's [`settle`]: brings every node back, commits a barrier write in every
+/// shard (through any node: it is routed to the shard's leader) and waits until every replica
+/// of each shard has applied the same index, at least the barrier's. Returns shard → index.
+pub async fn settle_shards(
+    procs: &mut Procs,
+    shards: u64,
+) -> Result<BTreeMap<ShardId, u64>, String> {
+    for i in 0..procs.len() {
+        procs.resume(i);
+        procs.start(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let keys = barrier_keys(shards);
+    let mut round = 0u64;
+    let mut last = String::from("no barrier yet");
+    while Instant::now() < deadline {
+        round += 1;
+        procs.reap_crashes();
+        // The barrier of every shard, each through the next node in turn.
+        let mut barrier: BTreeMap<ShardId, u64> = BTreeMap::new();
+        for (k, (shard, key)) in keys.iter().enumerate() {
+            let node = (k + round as usize) % procs.len();
+            let client =
+                Client::with_timeout(&procs.endpoint(node), Duration::from_secs(5)).unwrap();
+            match client
+                .put(key.as_bytes(), format!("b{round}").into_bytes(), None)
+                .await
+            {
+                Ok(ack) => {
+                    barrier.insert(*shard, ack.index);
+                }
+                Err(e) => {
+                    last = format!(
+                        "barrier write of shard {shard} through n{} failed: {e}",
+                        node + 1
+                    );
+                    break;
+                }
+            }
+        }
+        if barrier.len() < keys.len() {
+            actix::clock::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            match shard_indexes(procs).await {
+                Ok(applied) => {
+                    let behind: Vec<String> = barrier
+                        .iter()
+                        .filter(|(s, b)| applied.get(s).is_none_or(|a| a < b))
+                        .map(|(s, b)| format!("shard {s} at {:?} < {b}", applied.get(s)))
+                        .collect();
+                    if behind.is_empty() && applied.len() == keys.len() {
+                        return Ok(applied);
+                    }
+                    last = format!("behind the barrier: {}", behind.join(", "));
+                }
+                Err(e) => last = e,
+            }
+            actix::clock::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Err(last)
+}
+
+/// Per shard, the index every one of its replicas has applied (and committed: none still
+/// applying), or why there is none yet.
+async fn shard_indexes(procs: &Procs) -> Result<BTreeMap<ShardId, u64>, String> {
+    let mut seen: BTreeMap<ShardId, Vec<(NodeId, u64, u64)>> = BTreeMap::new();
+    let mut replicas: BTreeMap<ShardId, Vec<NodeId>> = BTreeMap::new();
+    for i in 0..procs.len() {
+        let Some(s) = procs.shards(i, Duration::from_secs(2)).await else {
+            return Err(format!("n{} does not answer GET /v1/shards", i + 1));
+        };
+        for sh in s.shards {
+            replicas
+                .entry(sh.shard)
+                .or_insert_with(|| sh.replicas.clone());
+            if sh.hosted {
+                seen.entry(sh.shard)
+                    .or_default()
+                    .push((s.node_id, sh.commit, sh.applied));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (shard, reps) in &replicas {
+        let got = seen.get(shard).map(Vec::as_slice).unwrap_or_default();
+        if got.len() != reps.len() {
+            return Err(format!(
+                "shard {shard}: {} of its replicas {reps:?} report it",
+                got.len()
+            ));
+        }
+        let (_, _, first) = got[0];
+        if got.iter().any(|&(_, c, a)| a != c || a != first) {
+            return Err(format!(
+                "shard {shard}: replicas at (node, commit, applied) {got:?}"
+            ));
+        }
+        out.insert(*shard, first);
+    }
+    Ok(out)
+}
+
+/// The sharded cluster's [`compare_nodes`]: reads every key on every replica of its shard
+/// (stale reads: each replica's own applied state; a node serves a stale read from its own
+/// replica) and checks that the replicas agree, that every acknowledged write is present on
+/// every replica, and that no write refused as certainly not applied is anywhere; then that
+/// no shard applied anything meanwhile (`indexes`).
+async fn compare_replicas(
+    procs: &Procs,
+    rec: &UniqueWrites,
+    final_values: &BTreeMap<String, Option<String>>,
+    indexes: &BTreeMap<ShardId, u64>,
+) -> (String, Vec<String>, bool) {
+    let mut problems = Vec::new();
+    let mut moved = false;
+    let Some(shards) = procs.sharding.map(|s| s.shards) else {
+        return (String::new(), vec!["not sharded".to_owned()], false);
+    };
+    // Each node's id, and each shard's replicas, from the nodes themselves.
+    let mut index_of: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut replicas: BTreeMap<ShardId, Vec<NodeId>> = BTreeMap::new();
+    for i in 0..procs.len() {
+        if let Some(s) = procs.shards(i, Duration::from_secs(2)).await {
+            index_of.insert(s.node_id, i);
+            for sh in s.shards {
+                replicas.entry(sh.shard).or_insert(sh.replicas);
+            }
+        }
+    }
+    let mut keys: Vec<String> = final_values.keys().cloned().collect();
+    keys.extend(rec.acked.keys().cloned());
+    keys.extend(rec.unknown.keys().cloned());
+    keys.extend(rec.failed.keys().cloned());
+    // Per node, the keys it replicates.
+    let mut per_node: Vec<Vec<String>> = vec![Vec::new(); procs.len()];
+    let mut key_replicas: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for key in &keys {
+        let shard = conclave_ring::hash::shard_for_key(key.as_bytes(), shards);
+        let nodes: Vec<usize> = replicas
+            .get(&shard)
+            .map(|r| r.iter().filter_map(|n| index_of.get(n).copied()).collect())
+            .unwrap_or_default();
+        if nodes.is_empty() {
+            problems.push(format!("{key}: no replica of shard {shard} known"));
+        }
+        for &i in &nodes {
+            per_node[i].push(key.clone());
+        }
+        key_replicas.insert(key.clone(), nodes);
+    }
+    let mut tasks = Vec::new();
+    for (i, keys) in per_node.into_iter().enumerate() {
+        let endpoint = procs.endpoint(i);
+        tasks.push(actix::spawn(async move {
+            let client = Client::with_timeout(&endpoint, Duration::from_secs(10)).unwrap();
+            let mut values: BTreeMap<String, Result<Option<String>, String>> = BTreeMap::new();
+            for k in keys {
+                let v = client
+                    .get(k.as_bytes(), Some(ReadLevel::Stale))
+                    .await
+                    .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .map_err(|e| e.to_string());
+                values.insert(k, v);
+            }
+            values
+        }));
+    }
+    let mut read: Vec<BTreeMap<String, Result<Option<String>, String>>> = Vec::new();
+    for t in tasks {
+        read.push(t.await.unwrap_or_default());
+    }
+    match shard_indexes(procs).await {
+        Ok(now) if &now == indexes => {}
+        Ok(now) => {
+            moved = true;
+            for (shard, was) in indexes {
+                if now.get(shard) != Some(was) {
+                    problems.push(format!(
+                        "shard {shard}: applied index moved from {was} to {:?} during the comparison",
+                        now.get(shard)
+                    ));
+                }
+            }
+        }
+        Err(e) => {
+            moved = true;
+            problems.push(format!("after the comparison: {e}"));
+        }
+    }
+    let mut diverged = 0;
+    let mut lost = 0;
+    let mut resurrected = 0;
+    let mut copies = 0;
+    for key in &keys {
+        let nodes = &key_replicas[key];
+        let mut values: Vec<(usize, &Option<String>)> = Vec::new();
+        let mut failed = false;
+        for &i in nodes {
+            match read[i].get(key) {
+                Some(Ok(v)) => values.push((i, v)),
+                Some(Err(e)) => {
+                    problems.push(format!("stale read of {key} on n{} failed: {e}", i + 1));
+                    failed = true;
+                }
+                None => {
+                    problems.push(format!("{key} was not read on n{}", i + 1));
+                    failed = true;
+                }
+            }
+        }
+        if failed || values.is_empty() {
+            continue;
+        }
+        copies += values.len();
+        if values.iter().any(|(_, v)| *v != values[0].1) {
+            diverged += 1;
+            if diverged <= 10 {
+                problems.push(format!("replicas diverge on {key}: {values:?}"));
+            }
+        }
+        if let Some(expected) = rec.acked.get(key) {
+            for (i, v) in &values {
+                if v.as_deref() != Some(expected.as_str()) {
+                    lost += 1;
+                    if lost <= 10 {
+                        problems.push(format!(
+                            "acknowledged write {key}={expected} missing on replica n{}: {v:?}",
+                            i + 1
+                        ));
+                    }
+                }
+            }
+        }
+        if rec.failed.contains_key(key) && values.iter().any(|(_, v)| v.is_some()) {
+            resurrected += 1;
+            if resurrected <= 10 {
+                problems.push(format!(
+                    "write {key} was refused as certainly not applied (503 or refused \
+                     connection) yet is present: {values:?}"
+                ));
+            }
+        }
+        if let Some(v) = final_values.get(key) {
+            if values[0].1 != v {
+                problems.push(format!(
+                    "{key}: final linearizable read gave {v:?}, the replicas hold {:?}",
+                    values[0].1
+                ));
+            }
+        }
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  divergence: {} keys compared on every replica of their shard ({copies} copies, \
+         {} shards): {diverged} differ",
+        keys.len(),
+        indexes.len()
+    );
+    let _ = writeln!(
+        s,
+        "  acknowledged unique writes: {} present on every replica ({lost} missing copies); \
+         {} refused ones absent ({resurrected} present); {} indeterminate",
+        rec.acked.len(),
+        rec.failed.len(),
+        rec.unknown.len()
+    );
+    (s, problems, moved)
 }
 
 /// The unique-key writes by outcome: key → value.

@@ -125,7 +125,7 @@ async fn hold(procs: &mut Procs, ms: u64) {
 
 /// The leader if one is known, else a random node.
 async fn leader_or_random(procs: &Procs, rng: &mut ChaCha8Rng) -> (usize, bool) {
-    match procs.leader().await {
+    match procs.target_leader().await {
         Some(l) => (l, true),
         None => (rng.random_range(0..procs.len()), false),
     }

@@ -36,13 +36,14 @@
 //! # Example
 //!
 //! ```
-//! use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
+//! use conclave_ring::{NodeId, Ring, RingConfig, DEFAULT_WEIGHT};
 //!
-//! let mut ring = Ring::with_nodes(RingConfig::default(), (1..=5).map(|n| (n, DEFAULT_WEIGHT)))?;
+//! let nodes = (1..=5).map(|n| (NodeId::new(n), DEFAULT_WEIGHT));
+//! let mut ring = Ring::with_nodes(RingConfig::default(), nodes)?;
 //! let route = ring.route(b"user:42");
 //! assert_eq!(route.replicas.len(), 3);
-//! let plan = ring.add_node(6, DEFAULT_WEIGHT)?;
-//! assert!(plan.changes.iter().all(|c| c.added == vec![6]));
+//! let plan = ring.add_node(NodeId::new(6), DEFAULT_WEIGHT)?;
+//! assert!(plan.changes.iter().all(|c| c.added == vec![NodeId::new(6)]));
 //! # Ok::<(), conclave_ring::RingError>(())
 //! ```
 

@@ -9,7 +9,7 @@
 //! leader changes the membership: a follower forwards the request (same body, same token) like
 //! every other leader-only route.
 
-use super::{forward, missing_body, read_body, ApiError, Data};
+use super::{forward, read_required_body, ApiError, Data};
 use crate::api::{
     ConfigChange, InvalidChange, KvService, LeaderHint, NewMember, NodeId, RequestError,
 };
@@ -83,10 +83,7 @@ pub(super) async fn drain<S: KvService>(
     payload: web::Payload,
     ctx: Data<S>,
 ) -> Result<HttpResponse, ApiError> {
-    let (body, _held) = read_body(&req, payload, MAX_BODY, &ctx).await?;
-    if body.is_empty() {
-        return Err(missing_body(DRAIN_SHAPE));
-    }
+    let (body, _held) = read_required_body(&req, payload, MAX_BODY, &ctx, DRAIN_SHAPE).await?;
     let (id, undo) = parse_drain(&body)?;
     if id == ctx.service.node_id() {
         return match ctx.service.drain(!undo).await {
@@ -195,10 +192,7 @@ async fn change<S: KvService>(
     payload: web::Payload,
     ctx: Data<S>,
 ) -> Result<HttpResponse, ApiError> {
-    let (body, _held) = read_body(&req, payload, MAX_BODY, &ctx).await?;
-    if body.is_empty() {
-        return Err(missing_body(route.shape()));
-    }
+    let (body, _held) = read_required_body(&req, payload, MAX_BODY, &ctx, route.shape()).await?;
     let (change, expected) = parse_change(route, &body)?;
     match ctx.service.change_config(change, expected).await {
         Ok(outcome) => Ok(HttpResponse::Ok().json(outcome)),

@@ -579,6 +579,22 @@ fn has_body(req: &HttpRequest) -> bool {
         || req.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
+/// [`read_body`] for a route that needs a body: an empty one is 400 `missing_body`, naming
+/// `shape` (what the route expects).
+async fn read_required_body<S>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    ctx: &Ctx<S>,
+    shape: &str,
+) -> Result<(Bytes, Reservation), ApiError> {
+    let (body, held) = read_body(req, payload, limit, ctx).await?;
+    if body.is_empty() {
+        return Err(missing_body(shape));
+    }
+    Ok((body, held))
+}
+
 fn missing_body(what: &str) -> ApiError {
     ApiError::bad_request("missing_body", format!("the request needs a body: {what}"))
 }
@@ -722,12 +738,14 @@ async fn cas_kv<S: KvService>(
     // Two JSON strings of up to `limit` bytes each, with room for escaping (`\uXXXX` is 6
     // bytes per byte at worst) and the object around them.
     let body_limit = limit.saturating_mul(12).saturating_add(4096);
-    let (body, _held) = read_body(&req, payload, body_limit, &ctx).await?;
-    if body.is_empty() {
-        return Err(missing_body(
-            "JSON {\"expected\": str|null, \"value\": str|null}",
-        ));
-    }
+    let (body, _held) = read_required_body(
+        &req,
+        payload,
+        body_limit,
+        &ctx,
+        "JSON {\"expected\": str|null, \"value\": str|null}",
+    )
+    .await?;
     let (expected, new) = parse_cas(&body, limit)?;
     let command = KvCommand::Cas {
         key,
@@ -805,12 +823,14 @@ async fn preferred_leader<S: KvService>(
     payload: web::Payload,
     ctx: Data<S>,
 ) -> Result<HttpResponse, ApiError> {
-    let (body, _held) = read_body(&req, payload, 4096, &ctx).await?;
-    if body.is_empty() {
-        return Err(missing_body(
-            "JSON {\"shard\": <shard>, \"node\": <node id>}",
-        ));
-    }
+    let (body, _held) = read_required_body(
+        &req,
+        payload,
+        4096,
+        &ctx,
+        "JSON {\"shard\": <shard>, \"node\": <node id>}",
+    )
+    .await?;
     let b = parse_preferred_leader(&body)?;
     match ctx
         .service
@@ -829,10 +849,8 @@ async fn transfer_leader<S: KvService>(
     payload: web::Payload,
     ctx: Data<S>,
 ) -> Result<HttpResponse, ApiError> {
-    let (body, _held) = read_body(&req, payload, 4096, &ctx).await?;
-    if body.is_empty() {
-        return Err(missing_body("JSON {\"to\": <node id>}"));
-    }
+    let (body, _held) =
+        read_required_body(&req, payload, 4096, &ctx, "JSON {\"to\": <node id>}").await?;
     let to = parse_transfer(&body)?;
     if !ctx.service.is_member(to) {
         return Err(ApiError::bad_request(

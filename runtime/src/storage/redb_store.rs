@@ -345,10 +345,12 @@ pub(crate) fn ensure_created(path: &Path) -> Result<(), StoreError> {
     sync_parent(path).map_err(open_err)
 }
 
-/// A redb read transaction's `kv` table: the state as of one commit, unchanged by later ones.
-struct RedbView {
-    kv: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    applied: LogIndex,
+/// A redb read transaction's key-value table (this store's `kv`, or one group's table of the
+/// node's shared store) and the applied index read in the same transaction: the state as of
+/// one commit, unchanged by later ones.
+pub(crate) struct RedbView {
+    pub(crate) kv: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pub(crate) applied: LogIndex,
 }
 
 impl StoreView for RedbView {

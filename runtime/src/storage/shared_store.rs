@@ -46,7 +46,7 @@
 //! it, the shared store holds the group.
 
 use super::background_io;
-use super::redb_store::{DurablePolicy, DURABLE_EVERY};
+use super::redb_store::{DurablePolicy, RedbView, DURABLE_EVERY};
 use super::sled_store::SledStore;
 use super::state_store::{
     check_engine, engine_name, open_store, store_path, sync_parent, NextRecord, StateStore,
@@ -54,10 +54,7 @@ use super::state_store::{
 };
 use conclave_core::raft::LogIndex;
 use parking_lot::Mutex;
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableTable, TableDefinition, TableError,
-    WriteTransaction,
-};
+use redb::{Database, Durability, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -557,28 +554,6 @@ fn scan_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(())
 }
 
-/// A read transaction's view of one group: its table and applied index as of one commit.
-struct GroupView {
-    kv: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    applied: LogIndex,
-}
-
-impl StoreView for GroupView {
-    fn applied_index(&self) -> LogIndex {
-        self.applied
-    }
-
-    fn scan_all(&self, visit: &mut Visit<'_>) -> Result<(), StoreError> {
-        for item in self.kv.iter().map_err(err("scan"))? {
-            let (k, v) = item.map_err(err("scan"))?;
-            if !visit(k.value(), v.value())? {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Reads group `group`'s applied index from `meta`.
 fn read_applied<T: ReadableTable<u64, u64>>(meta: &T, group: u64) -> Result<LogIndex, StoreError> {
     Ok(meta
@@ -715,7 +690,7 @@ impl StateStore for RedbGroup {
         let meta = tx.open_table(APPLIED).map_err(err("open_table"))?;
         let applied = read_applied(&meta, self.group)?;
         let kv = tx.open_table(kv_def(&self.kv)).map_err(err("open_table"))?;
-        Ok(Some(Box::new(GroupView { kv, applied })))
+        Ok(Some(Box::new(RedbView { kv, applied })))
     }
 
     fn replace_all(

@@ -51,6 +51,7 @@ pub mod hash;
 pub mod leader_balance;
 mod placement;
 mod ring;
+pub mod router;
 pub mod shard_map;
 
 pub use placement::{diff, Placement, PlacementDiff, ShardChange};

@@ -38,7 +38,8 @@ pub mod peers;
 mod registry;
 pub use registry::{GroupGaveUp, GroupRegistryError};
 mod balance;
-pub mod router;
+/// The shard router's decisions (sans-IO, shared with the simulator).
+pub use conclave_ring::router;
 mod shards;
 pub use shards::{ShardSetupError, MAX_METADATA_VOTERS, MAX_SERVING};
 pub mod snapshotter;

@@ -30,7 +30,7 @@ mod meta;
 pub(super) use meta::group0_voters_and_learners;
 pub use meta::MAX_METADATA_VOTERS;
 
-use super::router::{self, ForwardFailure, GroupView, MapCheck, Step};
+use super::router::{self, ForwardFailure, GroupView, MapCheck, Step, RELAY_ATTEMPTS};
 use super::wire::{ForwardOp, ForwardReply, ForwardRequest, WireMessage};
 use super::{GroupId, NodeHandle, NodeId, Read, RequestError, WriteResult};
 use crate::api::{InternalError, KeyRoute, ShardStatus, ShardsStatus};
@@ -54,9 +54,6 @@ pub const MAX_SERVING: usize = 4096;
 /// How long a forwarding node waits for the answer: the serving node's own request timeout
 /// and a margin for the two hops.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(12);
-/// Candidates a node that received a forwarded request tries itself (it serves, or forwards
-/// once to the leader it knows); the node the client reached tries up to `node.max_hops`.
-const RELAY_ATTEMPTS: usize = 2;
 
 /// Why a node's shards could not be set up.
 #[derive(Debug, thiserror::Error)]

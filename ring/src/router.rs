@@ -1,6 +1,9 @@
-//! The shard router's decisions, as plain functions (sans-IO; `node::shards` carries them out):
-//! where a request for a shard's group goes next, and whether a forwarded request's shard map
-//! version lets this node serve it.
+//! The shard router's decisions, as plain functions (sans-IO): where a request for a shard's
+//! group goes next, whether a forwarded request's shard map version lets a node serve it, and
+//! which refusals of a forwarded request may be retried elsewhere. One implementation for the
+//! runtime (`conclave::node::shards` carries the decisions out over its node-to-node
+//! connections) and the deterministic simulator (`conclave_sim::raft::MultiWorld` in sharded
+//! mode carries them out over its simulated network).
 //!
 //! A request for key `k` goes to shard `map.route(k)`, served by its group. The node that
 //! receives it from a client serves it if it can (it hosts the group and, unless the read is
@@ -9,11 +12,14 @@
 //! cache, else the shard's replicas in placement order (first = the ring's preferred leader) —
 //! and tries another candidate when the answer says so, at most `node.max_hops` times.
 
-use conclave_ring::ShardMap;
+use crate::{NodeId, ShardMap};
+use conclave_core::ids::GroupId;
 use serde::{Deserialize, Serialize};
 
-use super::NodeId;
-use conclave_core::ids::GroupId;
+/// Candidates a node that received a forwarded request tries itself (it serves, or forwards
+/// once to the leader it knows); the node the client reached tries up to its hop limit
+/// (`node.max_hops`).
+pub const RELAY_ATTEMPTS: usize = 2;
 
 /// What this node knows about one shard's group when routing a request for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,7 +205,7 @@ impl ForwardFailure {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use conclave_ring::{Ring, RingConfig, DEFAULT_WEIGHT};
+    use crate::{Ring, RingConfig, DEFAULT_WEIGHT};
 
     fn view(replicas: &[NodeId]) -> GroupView<'_> {
         GroupView {

@@ -24,7 +24,9 @@ mod trace;
 mod world;
 
 pub use clock::NodeClock;
-pub use multi::{run_multi, MultiConfig, MultiFaults, MultiReport, MultiWorld};
+pub use multi::{
+    run_multi, MultiConfig, MultiFaults, MultiReport, MultiWorld, RouterBugs, ShardSim,
+};
 
 use conclave_core::raft::{Millis, RaftConfig};
 use rand::{Rng, SeedableRng};

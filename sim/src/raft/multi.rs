@@ -1,6 +1,9 @@
 //! The multi-group simulator: every node runs one [`Host`] with `groups` Raft groups (every
 //! group on every node), and nodes exchange coalesced [`Frame`]s over a lossy network. One
-//! `u64` seed replays a run.
+//! `u64` seed replays a run. In sharded mode ([`MultiConfig::sharded`], module `sharded`)
+//! the groups are shards placed by the ring at a replication factor, each hosted only on its
+//! replicas, and clients reach them from any node through the shard router's forwarding,
+//! their history checked for linearizability per key.
 //!
 //! Faults: frame drops, duplicates and long delays (reordering), symmetric and one-way
 //! partitions, crashes that lose every persist not yet reported durable, clock skew, a
@@ -25,6 +28,9 @@
 //! node leading the most groups crashes and stays down. Within `leader_bound_ms` every group
 //! must have a leader and a probe write must commit — the check that catches a quiesced
 //! follower that never notices its leader died. Then the node restarts and all converge.
+
+mod sharded;
+pub use sharded::{RouterBugs, ShardSim};
 
 use super::clock::NodeClock;
 use super::{derive_seed, FailureKind, FaultProfile, SimFailure};
@@ -115,10 +121,14 @@ impl MultiFaults {
 pub struct MultiConfig {
     /// The seed of every random choice.
     pub seed: u64,
-    /// Nodes (every group has every node as a voter).
+    /// Nodes (every group has every node as a voter, unless `sharding` places it).
     pub nodes: usize,
-    /// Groups per node.
+    /// Groups (without `sharding`: every node hosts each; with it: the shard count).
     pub groups: u64,
+    /// Sharded mode (issue 16): the groups are the shards of a ring placement with a
+    /// replication factor, each hosted only on its replicas, and clients reach them through
+    /// the shard router's forwarding (see [`ShardSim`]). `None`: every group on every node.
+    pub sharding: Option<ShardSim>,
     /// The faults of the fault phase.
     pub faults: MultiFaults,
     /// Whether idle groups quiesce.
@@ -152,6 +162,7 @@ impl MultiConfig {
             seed,
             nodes,
             groups,
+            sharding: None,
             faults: MultiFaults::draw(seed),
             quiesce: true,
             fault_ms: 6_000,
@@ -172,6 +183,17 @@ impl MultiConfig {
         MultiConfig {
             faults: MultiFaults::none(),
             ..MultiConfig::new(seed, nodes, groups)
+        }
+    }
+}
+
+impl MultiConfig {
+    /// The standard sharded run for `seed`: `nodes` nodes, `shards` shards (groups `1..=shards`)
+    /// placed by the ring at replication factor 3, clients routed by the shard router.
+    pub fn sharded(seed: u64, nodes: usize, shards: u64) -> Self {
+        MultiConfig {
+            sharding: Some(ShardSim::new(seed, nodes)),
+            ..MultiConfig::new(seed, nodes, shards)
         }
     }
 }
@@ -221,6 +243,27 @@ pub struct MultiReport {
     pub reads_served: u64,
     /// See `reads_served`.
     pub reads_failed: u64,
+    /// Sharded mode: client operations (the final reads included) by outcome — answered,
+    /// certainly not applied (refused), indeterminate (no answer in time or never).
+    pub client_ok: u64,
+    /// See `client_ok`.
+    pub client_failed: u64,
+    /// See `client_ok`.
+    pub client_unknown: u64,
+    /// Sharded mode: requests forwarded node to node (every hop), and those of them answered
+    /// with a refusal and tried elsewhere.
+    pub forwards: u64,
+    /// See `forwards`.
+    pub forwards_refused: u64,
+    /// Sharded mode: forwards that got no answer within the forward timeout.
+    pub forwards_timed_out: u64,
+    /// Sharded mode: client operations answered on the node the client reached, without a
+    /// forward.
+    pub served_locally: u64,
+    /// Sharded mode: operations and keys the linearizability check covered.
+    pub ops_checked: u64,
+    /// See `ops_checked`.
+    pub keys_checked: u64,
 }
 
 #[derive(Debug)]
@@ -266,6 +309,27 @@ enum Event {
     LivenessDeadline,
     RestartAll,
     End,
+    /// Sharded mode: a router message (request or answer) arrives.
+    Forward {
+        to: usize,
+        msg: sharded::ForwardMsg,
+    },
+    /// Sharded mode: a forwarded request's answer is due.
+    ForwardTimeout {
+        node: usize,
+        id: u64,
+    },
+    /// Sharded mode: a client issues its next operation.
+    Client {
+        client: usize,
+    },
+    /// Sharded mode: a client stops waiting for its operation.
+    ClientTimeout {
+        client: usize,
+        seq: u64,
+    },
+    /// Sharded mode: a final linearizable read of every key, through the router.
+    FinalReads,
 }
 
 struct Scheduled {
@@ -325,6 +389,11 @@ struct MNode {
 /// [`MultiWorld::new`], [`MultiWorld::run_until`] and the accessors.
 pub struct MultiWorld {
     cfg: MultiConfig,
+    /// Every group of the run, and each one's replicas (every node without sharding).
+    group_ids: Vec<GroupId>,
+    replicas: BTreeMap<GroupId, Vec<NodeId>>,
+    /// Sharded mode's routers, clients and history.
+    sharded: Option<Box<sharded::Sharded>>,
     faults_on: bool,
     workload_on: bool,
     now: u64,
@@ -404,7 +473,25 @@ impl MultiWorld {
             })
             .collect();
         let seed = cfg.seed;
+        let (replicas, sharded) = match &cfg.sharding {
+            Some(s) => {
+                let (replicas, state) = sharded::Sharded::new(&cfg, s);
+                (replicas, Some(Box::new(state)))
+            }
+            None => (
+                (0..cfg.groups)
+                    .map(|g| {
+                        let all = (1..=cfg.nodes as u64).map(NodeId::new).collect();
+                        (GroupId::new(g), all)
+                    })
+                    .collect(),
+                None,
+            ),
+        };
         let mut world = MultiWorld {
+            group_ids: replicas.keys().copied().collect(),
+            replicas,
+            sharded,
             faults_on: false,
             workload_on: false,
             now: 0,
@@ -506,8 +593,9 @@ impl MultiWorld {
 
     /// Groups with no leader on a live node that a majority of live nodes follow.
     pub fn groups_without_leader(&self) -> u64 {
-        (0..self.cfg.groups)
-            .map(GroupId::new)
+        self.group_ids
+            .iter()
+            .copied()
             .filter(|g| !self.has_stable_leader(*g))
             .count() as u64
     }
@@ -515,7 +603,7 @@ impl MultiWorld {
     /// The node leading the most groups, and how many.
     pub fn busiest_leader(&self) -> Option<(NodeId, u64)> {
         let mut count: BTreeMap<NodeId, u64> = BTreeMap::new();
-        for g in (0..self.cfg.groups).map(GroupId::new) {
+        for &g in &self.group_ids {
             if let Some(l) = self.leader_of(g) {
                 *count.entry(l).or_default() += 1;
             }
@@ -572,6 +660,12 @@ impl MultiWorld {
         self.reset(x, y, outage_ms, both_ends);
     }
 
+    /// Whether node `id` hosts `group` (every node hosts every group unless the run is
+    /// sharded).
+    pub fn hosts_group(&self, id: NodeId, group: GroupId) -> bool {
+        self.hosts(id, group)
+    }
+
     /// The run's counters so far.
     pub fn report(&self) -> MultiReport {
         let mut r = self.report.clone();
@@ -589,7 +683,8 @@ impl MultiWorld {
         let faults_stop = c.fault_ms;
         let crash_at = faults_stop + c.idle_ms;
         let deadline = crash_at + c.leader_bound_ms;
-        let end = deadline + c.converge_ms;
+        let c_converge = c.converge_ms;
+        let end = deadline + c_converge;
         self.faults_on = true;
         self.workload_on = true;
         let gap = self.fault_gap();
@@ -599,6 +694,10 @@ impl MultiWorld {
             self.schedule(gap, Event::ConnectionReset);
         }
         self.schedule(1, Event::Write);
+        if self.sharded.is_some() {
+            self.start_clients();
+            self.schedule(deadline + 1 + c_converge / 2, Event::FinalReads);
+        }
         self.schedule(faults_stop, Event::FaultsStop);
         self.schedule(crash_at, Event::IdleCrash);
         self.schedule(deadline, Event::LivenessDeadline);
@@ -734,7 +833,7 @@ impl MultiWorld {
                     self.crash_node((id.get() - 1) as usize);
                 }
                 self.crashed_at = Some(self.now);
-                for g in (0..self.cfg.groups).map(GroupId::new) {
+                for g in self.group_ids.clone() {
                     self.probes.insert(g, None);
                 }
                 self.schedule(self.now + 1, Event::Probe);
@@ -761,6 +860,14 @@ impl MultiWorld {
                 Ok(())
             }
             Event::End => Ok(()),
+            Event::Forward { to, msg } => self.forward_arrives(to, msg),
+            Event::ForwardTimeout { node, id } => self.forward_timeout(node, id),
+            Event::Client { client } => self.client_op(client),
+            Event::ClientTimeout { client, seq } => {
+                self.client_timeout(client, seq);
+                Ok(())
+            }
+            Event::FinalReads => self.final_reads(),
         }
     }
 
@@ -816,25 +923,57 @@ impl MultiWorld {
             kind,
             step: self.step,
             time: self.now,
-            message: format!("[{} groups per node] {}", self.cfg.groups, message.into()),
+            message: match &self.cfg.sharding {
+                Some(s) => format!(
+                    "[{} shards, replication factor {}] {}",
+                    self.cfg.groups,
+                    s.replication_factor,
+                    message.into()
+                ),
+                None => format!("[{} groups per node] {}", self.cfg.groups, message.into()),
+            },
             trace_tail: self.trace.iter().cloned().collect(),
             mix: format!("{:?} quiesce {}", self.cfg.faults, self.cfg.quiesce),
             planted_bugs: planted,
-            replay: format!(
-                "cargo test -p conclave-sim --test multi_group replay -- --nocapture \
-                 (CONCLAVE_MULTI_SEED={} CONCLAVE_MULTI_NODES={} CONCLAVE_MULTI_GROUPS={})",
-                self.cfg.seed, self.cfg.nodes, self.cfg.groups
-            ),
+            replay: match &self.cfg.sharding {
+                Some(_) => format!(
+                    "cargo test -p conclave-sim --test sharded replay -- --nocapture \
+                     (CONCLAVE_SHARDED_SEED={} CONCLAVE_SHARDED_NODES={} \
+                     CONCLAVE_SHARDED_SHARDS={}; a planted bug: CONCLAVE_SHARDED_BUG=<name>)",
+                    self.cfg.seed, self.cfg.nodes, self.cfg.groups
+                ),
+                None => format!(
+                    "cargo test -p conclave-sim --test multi_group replay -- --nocapture \
+                     (CONCLAVE_MULTI_SEED={} CONCLAVE_MULTI_NODES={} CONCLAVE_MULTI_GROUPS={})",
+                    self.cfg.seed, self.cfg.nodes, self.cfg.groups
+                ),
+            },
         })
     }
 
-    fn voters(&self) -> Membership {
-        Membership::with_voters((1..=self.cfg.nodes as u64).map(NodeId::new))
+    /// `group`'s replicas (every node without sharding).
+    fn replicas_of(&self, group: GroupId) -> &[NodeId] {
+        self.replicas.get(&group).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether node `id` hosts `group`.
+    fn hosts(&self, id: NodeId, group: GroupId) -> bool {
+        self.replicas_of(group).contains(&id)
     }
 
     fn boot(&mut self, n: usize) {
         let now_local = self.local(n);
-        let voters = self.voters();
+        let hosted: Vec<(GroupId, Membership)> = self
+            .group_ids
+            .iter()
+            .filter(|g| self.hosts(self.nodes[n].id, **g))
+            .map(|g| {
+                (
+                    *g,
+                    Membership::with_voters(self.replicas_of(*g).iter().copied()),
+                )
+            })
+            .collect();
         let node = &mut self.nodes[n];
         node.incarnation += 1;
         let id = node.id;
@@ -848,14 +987,17 @@ impl MultiWorld {
         );
         node.shadow.clear();
         node.view_down.clear();
+        // The router's state is volatile; the key-value state is rebuilt by the applies.
+        self.router_lost(n);
+        let node = &mut self.nodes[n];
         let mut refused = Vec::new();
-        for g in (0..self.cfg.groups).map(GroupId::new) {
+        for (g, voters) in hosted {
             let durable = node.durable.entry(g).or_default();
             let restore = RestoreState {
                 hard_state: durable.hard_state,
                 entries: durable.log.clone(),
                 applied: 0,
-                base_membership: voters.clone(),
+                base_membership: voters,
                 snapshot: None,
             };
             let config = Host::group_config(&self.cfg.raft, id, g);
@@ -912,6 +1054,7 @@ impl MultiWorld {
         }
         self.report.crashes += 1;
         self.reads.retain(|(m, _), _| *m != n);
+        self.router_lost(n);
         self.nodes[n].timer_gen += 1;
         self.nodes[n].timer_at = None;
         let id = self.nodes[n].id;
@@ -1295,7 +1438,7 @@ impl MultiWorld {
     }
 
     fn write(&mut self) -> Result<(), Box<SimFailure>> {
-        let g = GroupId::new(self.rng_work.random_range(0..self.cfg.groups));
+        let g = self.group_ids[self.rng_work.random_range(0..self.group_ids.len())];
         // Mostly to the leader; sometimes to a random node (a client with a stale leader
         // hint: a follower refuses, but the proposal wakes the group there).
         let n = if self.rng_work.random_bool(0.85) {
@@ -1354,7 +1497,7 @@ impl MultiWorld {
             .filter_map(|n| n.host.as_ref()?.raft(g))
             .filter(|r| r.term() == term && r.leader() == Some(l))
             .count();
-        following > self.nodes.len() / 2
+        following > self.replicas_of(g).len() / 2
     }
 
     fn check_elected(&mut self) {
@@ -1518,13 +1661,17 @@ impl MultiWorld {
                         ));
                     }
                     self.report.reads_served += 1;
+                    return Ok(());
                 }
+                self.router_read_ready(n, g, rid, index);
                 Ok(())
             }
             Action::ReadFailed { id: rid, .. } => {
                 if self.reads.remove(&(n, rid)).is_some() {
                     self.report.reads_failed += 1;
+                    return Ok(());
                 }
+                self.router_read_failed(n, rid);
                 Ok(())
             }
             other => Err(self.fail(
@@ -1736,12 +1883,13 @@ impl MultiWorld {
                         == t
                 })
                 .count();
-            if holders <= self.nodes.len() / 2 {
+            let voters = self.replicas_of(g).len();
+            if holders <= voters / 2 {
                 return Err(self.fail(
                     FailureKind::CommitNotDurable,
                     format!(
-                        "group {g}: leader n{id} commits {commit} held durably by {holders} of {}",
-                        self.nodes.len()
+                        "group {g}: leader n{id} commits {commit} held durably by {holders} of \
+                         {voters}"
                     ),
                 ));
             }
@@ -1805,13 +1953,20 @@ impl MultiWorld {
             s.applied = e.index;
             s.digest = digest;
         }
+        self.router_applied(n, g, &e);
         Ok(())
     }
 
     fn final_checks(&mut self) -> Result<(), Box<SimFailure>> {
-        for g in (0..self.cfg.groups).map(GroupId::new) {
+        if let Some(node) = self.nodes.iter().find(|n| n.host.is_none()) {
+            return Err(self.fail(
+                FailureKind::Liveness,
+                format!("n{} is down at the end", node.id),
+            ));
+        }
+        for &g in &self.group_ids {
             let mut first: Option<(NodeId, LogIndex, LogIndex, u64)> = None;
-            for node in &self.nodes {
+            for node in self.nodes.iter().filter(|n| self.hosts(n.id, g)) {
                 let Some(r) = node.host.as_ref().and_then(|h| h.raft(g)) else {
                     return Err(self.fail(
                         FailureKind::Liveness,
@@ -1837,7 +1992,7 @@ impl MultiWorld {
             }
         }
         for &(g, i, t) in &self.acked {
-            for node in &self.nodes {
+            for node in self.nodes.iter().filter(|n| self.hosts(n.id, g)) {
                 let held = node
                     .host
                     .as_ref()
@@ -1862,7 +2017,7 @@ impl MultiWorld {
                 self.report.woken += s.woken;
             }
         }
-        Ok(())
+        self.check_client_history()
     }
 }
 

@@ -289,8 +289,8 @@ impl Sharded {
 }
 
 /// A write as an entry's command (`kv\0` tags the router's commands among the workload's
-/// 8-byte values).
-fn encode(input: &KvInput) -> Vec<u8> {
+/// 8-byte values); `None` for a read.
+fn encode(input: &KvInput) -> Option<Vec<u8>> {
     let text = match input {
         KvInput::Put { key, value } => format!("kv\0put\0{key}\0{value}"),
         KvInput::Cas { key, expected, new } => format!(
@@ -298,9 +298,10 @@ fn encode(input: &KvInput) -> Vec<u8> {
             expected.as_deref().unwrap_or("\u{1}"),
             new.as_deref().unwrap_or("\u{1}")
         ),
-        KvInput::Get { key } | KvInput::Delete { key } => format!("kv\0other\0{key}"),
+        KvInput::Delete { key } => format!("kv\0del\0{key}"),
+        KvInput::Get { .. } => return None,
     };
-    text.into_bytes()
+    Some(text.into_bytes())
 }
 
 fn decode(payload: &EntryPayload) -> Option<KvInput> {
@@ -323,6 +324,7 @@ fn decode(payload: &EntryPayload) -> Option<KvInput> {
             expected: absent(expected),
             new: absent(new),
         }),
+        ("del", key, None, None) => Some(KvInput::Delete { key: key.into() }),
         _ => None,
     }
 }
@@ -560,7 +562,8 @@ impl MultiWorld {
             };
             r.waiting = Waiting::Nothing;
             if r.attempts_left == 0 {
-                return self.route_end(rid, Err(ForwardFailure::NoLeader));
+                self.route_end(rid, Err(ForwardFailure::NoLeader));
+                return Ok(());
             }
             r.attempts_left -= 1;
             let n = r.node;
@@ -590,7 +593,8 @@ impl MultiWorld {
                     let (hops, max_hops) = (r.hops, s.cfg.max_hops);
                     let next = hops.saturating_add(1);
                     if next > max_hops {
-                        return self.route_end(rid, Err(ForwardFailure::HopLimit));
+                        self.route_end(rid, Err(ForwardFailure::HopLimit));
+                        return Ok(());
                     }
                     let t = (to.get() - 1) as usize;
                     if self.nodes[n].view_down.contains(&to) {
@@ -629,7 +633,10 @@ impl MultiWorld {
                     self.schedule(self.now + timeout, Event::ForwardTimeout { node: n, id });
                     return Ok(());
                 }
-                Step::Exhausted => return self.route_end(rid, Err(ForwardFailure::NoLeader)),
+                Step::Exhausted => {
+                    self.route_end(rid, Err(ForwardFailure::NoLeader));
+                    return Ok(());
+                }
             }
         }
     }
@@ -661,7 +668,7 @@ impl MultiWorld {
                     .get(&group)
                     .and_then(|kv| kv.get(key))
                     .cloned();
-                self.route_end(rid, Ok(KvOutput::Get(v)))?;
+                self.route_end(rid, Ok(KvOutput::Get(v)));
                 return Ok(true);
             }
             KvInput::Get { .. } => {
@@ -683,7 +690,7 @@ impl MultiWorld {
                 }
             }
             KvInput::Put { .. } | KvInput::Cas { .. } | KvInput::Delete { .. } => {
-                let bytes = encode(&input);
+                let bytes = encode(&input).unwrap_or_default();
                 let res = self.nodes[n]
                     .host
                     .as_mut()
@@ -725,16 +732,12 @@ impl MultiWorld {
     }
 
     /// Route `rid` ends with `outcome`: the client is told, or the forwarding node answered.
-    fn route_end(
-        &mut self,
-        rid: u64,
-        outcome: Result<KvOutput, ForwardFailure>,
-    ) -> Result<(), Box<SimFailure>> {
+    fn route_end(&mut self, rid: u64, outcome: Result<KvOutput, ForwardFailure>) {
         let Some(s) = self.sharded.as_deref_mut() else {
-            return Ok(());
+            return;
         };
         let Some(r) = s.routes.remove(&rid) else {
-            return Ok(());
+            return;
         };
         match r.origin {
             Origin::Client { client, seq, op } => {
@@ -754,12 +757,10 @@ impl MultiWorld {
                     }
                 }
                 self.client_done(client, seq, op, outcome);
-                Ok(())
             }
             Origin::Relay { from, id } => {
                 let msg = ForwardMsg::Answer { id, outcome };
                 self.send_forward(r.node, from, msg);
-                Ok(())
             }
         }
     }
@@ -853,7 +854,7 @@ impl MultiWorld {
                 match outcome {
                     Ok(out) => {
                         hint(&mut s.nodes[to].map, group, peer);
-                        self.route_end(rid, Ok(out))?;
+                        self.route_end(rid, Ok(out));
                     }
                     Err(ForwardFailure::NotLeader { leader }) => {
                         r.tried.push(peer);
@@ -870,7 +871,7 @@ impl MultiWorld {
                         self.report.forwards_refused += 1;
                         self.route_continue(rid)?;
                     }
-                    Err(f) => self.route_end(rid, Err(f))?,
+                    Err(f) => self.route_end(rid, Err(f)),
                 }
                 self.drive(to)
             }
@@ -902,7 +903,8 @@ impl MultiWorld {
             self.route_continue(rid)?;
             return self.drive(node);
         }
-        self.route_end(rid, Err(ForwardFailure::Timeout))
+        self.route_end(rid, Err(ForwardFailure::Timeout));
+        Ok(())
     }
 
     /// Node `n` applied entry `e` of group `g`: the key-value machine, and the routes waiting
@@ -921,7 +923,14 @@ impl MultiWorld {
                     (new, KvOutput::Cas { ok: true })
                 }
                 KvInput::Cas { .. } => (current, KvOutput::Cas { ok: false }),
-                KvInput::Get { .. } | KvInput::Delete { .. } => (current, KvOutput::Put),
+                KvInput::Delete { .. } => (
+                    None,
+                    KvOutput::Delete {
+                        existed: current.is_some(),
+                    },
+                ),
+                // `decode` yields writes only.
+                KvInput::Get { .. } => (current.clone(), KvOutput::Get(current)),
             };
             match next {
                 Some(v) => kv.insert(key, v),
@@ -946,8 +955,9 @@ impl MultiWorld {
             }
         }
         for (rid, outcome) in done {
-            // Ending a route only schedules (an answer, a client's next operation).
-            let _ = self.route_end(rid, outcome);
+            // Ending a route only schedules (an answer, a client's next operation): nothing
+            // re-enters the host being drained.
+            self.route_end(rid, outcome);
         }
     }
 
@@ -962,7 +972,7 @@ impl MultiWorld {
         };
         if applied >= index {
             let out = read_value(s, n, rid, rg);
-            let _ = self.route_end(rid, Ok(out));
+            self.route_end(rid, Ok(out));
         } else {
             s.nodes[n].ready.push((rg, index, rid));
         }
@@ -974,7 +984,7 @@ impl MultiWorld {
             return;
         };
         if let Some((_, rid)) = s.nodes[n].reads.remove(&id) {
-            let _ = self.route_end(rid, Err(ForwardFailure::NoLeader));
+            self.route_end(rid, Err(ForwardFailure::NoLeader));
         }
     }
 

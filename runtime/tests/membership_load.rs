@@ -6,6 +6,8 @@
 //! Three `conclave node` processes with the default configuration (automatic snapshots,
 //! `max_send_rate_mb_s` 100, `chunk_bytes` 1 MiB, `install_rate_mb_s` 50; the first and last
 //! can be set with `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` and `CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S`,
+//! the log's pace to the learner, `[raft] learner_catch_up_mb_s` (20), with
+//! `CONCLAVE_MEMBERSHIP_LOAD_CATCH_UP_MB_S`,
 //! node 4 takes them from node 1's config). The state is preloaded with
 //! `CONCLAVE_MEMBERSHIP_LOAD_MB` MiB of 64 KiB values (default 32; the figure is 1024,
 //! with a release build: `CONCLAVE_NODE_BIN=target/release/conclave`); a short warm-up and a
@@ -36,7 +38,7 @@
 
 mod common;
 
-use common::{big_value, env_u64, BIG};
+use common::{big_value, env_opt_u64, env_u64, BIG};
 
 use common::Cluster;
 use conclave::client::{Client, ClientError};
@@ -447,22 +449,14 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| tmp.path().to_owned());
     eprintln!("load average at start: {}", loadavg());
-    // `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` overrides the voters' `[snapshot] max_send_rate_mb_s`
-    // (the default when unset), to compare transfer rates in the same way.
-    let send_rate = std::env::var("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S")
-        .ok()
-        .map(|v| {
-            v.parse::<u64>()
-                .expect("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S: a number")
-        });
-    // `CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S` overrides `[snapshot] install_rate_mb_s` (node 4's
-    // config is made `--from` node 1's, so it gets it too).
-    let install_rate = std::env::var("CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S")
-        .ok()
-        .map(|v| {
-            v.parse::<u64>()
-                .expect("CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S: a number")
-        });
+    // `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` overrides the voters' `[snapshot] max_send_rate_mb_s`,
+    // `CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S` `[snapshot] install_rate_mb_s` and
+    // `CONCLAVE_MEMBERSHIP_LOAD_CATCH_UP_MB_S` `[raft] learner_catch_up_mb_s` (the defaults when
+    // unset), to compare settings in the same way; node 4's config is made `--from` node 1's,
+    // so it gets them too.
+    let send_rate = env_opt_u64("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S");
+    let install_rate = env_opt_u64("CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S");
+    let catch_up_rate = env_opt_u64("CONCLAVE_MEMBERSHIP_LOAD_CATCH_UP_MB_S");
     let cluster = Cluster::new_with(&dir, 3, |c| {
         if let Some(r) = send_rate {
             c.snapshot.max_send_rate_mb_s = r;
@@ -470,11 +464,15 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         if let Some(r) = install_rate {
             c.snapshot.install_rate_mb_s = r;
         }
+        if let Some(r) = catch_up_rate {
+            c.raft.learner_catch_up_mb_s = r;
+        }
     });
     eprintln!(
-        "snapshot send rate limit: {} MB/s, install rate: {} MB/s",
+        "snapshot send rate limit: {} MB/s, install rate: {} MB/s, learner catch-up: {} MB/s",
         cluster.configs[0].snapshot.max_send_rate_mb_s,
-        cluster.configs[0].snapshot.install_rate_mb_s
+        cluster.configs[0].snapshot.install_rate_mb_s,
+        cluster.configs[0].raft.learner_catch_up_mb_s
     );
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let leader_ep = cluster.endpoint(leader);

@@ -419,8 +419,8 @@ impl MultiWorld {
         self.route_start(n, op, origin, 0, None)
     }
 
-    /// Client `client` stops waiting for operation `seq`: it stays indeterminate (a write)
-    /// or is dropped (a read).
+    /// Client `client` stops waiting for operation `seq`: it stays in the history without an
+    /// answer (a write may still apply at any later time; such a read constrains nothing).
     pub(super) fn client_timeout(&mut self, client: usize, seq: u64) {
         let Some(s) = self.sharded.as_deref_mut() else {
             return;

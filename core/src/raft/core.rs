@@ -221,6 +221,9 @@ pub struct Raft {
     pace_wakeup: Option<Millis>,
     /// Times an append to a paced learner waited for credit, ever (see [`Raft::paced_waits`]).
     paced_waits: u64,
+    /// When this node last started a pre-vote round: the rank tie-break (`runs_ahead_of`)
+    /// holds only early in a round.
+    pre_vote_started_at: Millis,
     scratch_matches: Vec<LogIndex>,
 
     // Outputs.
@@ -317,6 +320,7 @@ impl Raft {
             appended_bytes: 0,
             pace_wakeup: None,
             paced_waits: 0,
+            pre_vote_started_at: 0,
             scratch_matches: Vec::new(),
             actions: Vec::new(),
             reported: (role, term, None),
@@ -1580,8 +1584,17 @@ impl Raft {
     /// pre-votes. Liveness only: a pre-vote changes no state, and the refuser keeps only its
     /// own support, as a candidate voting for itself would; a requester with a better log
     /// always gets it.
+    ///
+    /// Only early in this node's own round (one heartbeat interval after it started): the
+    /// collisions it settles start within a round trip of each other. A pre-candidate that
+    /// cannot win — a voter it needs never answers, e.g. one whose log ends before a change
+    /// that re-added this node, so it does not hear it — restarts its round every election
+    /// timeout and would otherwise refuse every lower-ranked node forever, even one that can
+    /// win and would bring that voter the log (the simulator's membership profile, seed
+    /// 3135: C_new = {1, 2}, n1 behind and not hearing n2, n2 refusing n3 and n4 for good).
     fn runs_ahead_of(&self, from: NodeId, last_log_index: LogIndex, last_log_term: Term) -> bool {
         self.role == Role::PreCandidate
+            && self.now < self.pre_vote_started_at + self.config.heartbeat_interval_ms
             && last_log_term == self.log.last_term()
             && last_log_index == self.log.last_index()
             && election_rank(self.config.group, self.config.id)
@@ -1885,6 +1898,7 @@ impl Raft {
     /// that cannot win (partitioned, or behind) never disrupts the group.
     fn campaign_pre_vote(&mut self, now: Millis) {
         self.role = Role::PreCandidate;
+        self.pre_vote_started_at = now;
         self.leader = None;
         self.votes.clear();
         self.votes.insert(self.config.id, true);

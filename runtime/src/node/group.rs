@@ -429,6 +429,10 @@ pub struct GroupActor<M: StateMachine> {
     marking: bool,
     /// The housekeeping pass is armed (only while someone waits: an idle group sets no timer).
     housekeeping: bool,
+    /// Series set after every drain, registered once: the replication lag per peer, and the
+    /// node's queue depths (a recorder lookup per drain of every group was measurable).
+    lag_gauges: BTreeMap<NodeId, metrics::Gauge>,
+    depth_gauges: (metrics::Gauge, metrics::Gauge),
     _guard: ChildGuard,
 }
 
@@ -570,6 +574,11 @@ impl<M: StateMachine> GroupActor<M> {
             tracker: None,
             marking: false,
             housekeeping: false,
+            lag_gauges: BTreeMap::new(),
+            depth_gauges: (
+                metrics::gauge!("conclave_mailbox_depth", "actor" => "group_persist_queue"),
+                metrics::gauge!("conclave_mailbox_depth", "actor" => "group_apply_queue"),
+            ),
             _guard: guard,
         }
     }
@@ -1173,10 +1182,8 @@ impl<M: StateMachine> GroupActor<M> {
             }
         }
         blocked |= self.pump_applies(ctx);
-        metrics::gauge!("conclave_mailbox_depth", "actor" => "group_persist_queue")
-            .set(self.persist_queue.len() as f64);
-        metrics::gauge!("conclave_mailbox_depth", "actor" => "group_apply_queue")
-            .set(self.apply_queue.len() as f64);
+        self.depth_gauges.0.set(self.persist_queue.len() as f64);
+        self.depth_gauges.1.set(self.apply_queue.len() as f64);
         if blocked && !self.pump_scheduled {
             self.pump_scheduled = true;
             ctx.run_later(Duration::from_millis(1), |act, ctx| {
@@ -1341,9 +1348,12 @@ impl<M: StateMachine> GroupActor<M> {
             .collect();
         if status.role == Role::Leader {
             for (peer, matched) in &progress {
-                self.deps
-                    .labels
-                    .gauge_with("conclave_raft_replication_lag", "peer", peer.to_string())
+                let labels = &self.deps.labels;
+                self.lag_gauges
+                    .entry(*peer)
+                    .or_insert_with(|| {
+                        labels.gauge_with("conclave_raft_replication_lag", "peer", peer.to_string())
+                    })
                     .set(status.last_index.saturating_sub(*matched) as f64);
             }
         }

@@ -291,6 +291,8 @@ pub(super) struct RaftWorker {
     /// The armed timer and its deadline.
     timer: Option<(Millis, SpawnHandle)>,
     out: Vec<HostAction>,
+    /// `conclave_raft_frames_sent_total`, registered once (it is counted for every frame).
+    frames_sent: metrics::Counter,
     _guard: ChildGuard,
 }
 
@@ -327,6 +329,7 @@ impl RaftWorker {
             cell,
             timer: None,
             out: Vec::new(),
+            frames_sent: metrics::counter!("conclave_raft_frames_sent_total"),
             _guard: guard,
         }
     }
@@ -397,7 +400,7 @@ impl RaftWorker {
             return;
         };
         for frame in split(frame, self.deps.frame_bytes) {
-            metrics::counter!("conclave_raft_frames_sent_total").increment(1);
+            self.frames_sent.increment(1);
             match link.try_send(WireMessage::RaftFrame(frame)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {

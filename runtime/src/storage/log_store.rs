@@ -174,10 +174,21 @@ impl GroupLog {
             Some(_) => None,
             None => None,
         };
-        self.records.retain_mut(|(_, first, last)| {
-            *last = (*last).min(from.saturating_sub(1));
-            *first <= *last && *first < from
-        });
+        // The records are in index order (each append cuts what lies at or above its first
+        // index), so only a suffix is affected: walked from the back, an append past the end
+        // (every write but an overwrite) looks at one record instead of all the group's live
+        // records (a `retain` over them was ~2% of a 64-shard node's CPU).
+        while let Some((_, first, last)) = self.records.back_mut() {
+            if *last < from {
+                break;
+            }
+            if *first >= from {
+                self.records.pop_back();
+            } else {
+                *last = from - 1;
+                break;
+            }
+        }
     }
 
     /// An append record at `lsn` holding `first..=last`.

@@ -513,6 +513,12 @@ impl Raft {
         &self.config
     }
 
+    /// Each peer's match index, while this node leads (empty otherwise): what
+    /// [`Raft::status`]'s `progress` says, without copying the membership and the rest.
+    pub fn match_indexes(&self) -> impl Iterator<Item = (NodeId, LogIndex)> + '_ {
+        self.progress.iter().map(|(id, p)| (*id, p.match_index))
+    }
+
     /// A snapshot of this core's state.
     pub fn status(&self) -> Status {
         Status {

@@ -1353,24 +1353,16 @@ impl<M: StateMachine> GroupActor<M> {
             .gauge("conclave_raft_log_entries")
             .set(core.entries().len() as f64);
         // The core keeps progress only while it leads (cleared when it steps down).
-        let progress: Vec<(NodeId, LogIndex)> = if role == Role::Leader {
-            core.status()
-                .progress
-                .iter()
-                .map(|p| (p.id, p.match_index))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let progress: Vec<(NodeId, LogIndex)> = core.match_indexes().collect();
         if role == Role::Leader {
-            for (peer, matched) in &progress {
+            for &(peer, matched) in &progress {
                 let labels = &self.deps.labels;
                 self.lag_gauges
-                    .entry(*peer)
+                    .entry(peer)
                     .or_insert_with(|| {
                         labels.gauge_with("conclave_raft_replication_lag", "peer", peer.to_string())
                     })
-                    .set(last_index.saturating_sub(*matched) as f64);
+                    .set(last_index.saturating_sub(matched) as f64);
             }
         }
         let membership_state = match self.tracker.as_ref().map(MembershipTracker::state) {

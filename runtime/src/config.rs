@@ -175,6 +175,9 @@ pub fn default_raft_workers() -> usize {
 /// The largest `raft.promote_max_lag` accepted.
 pub const MAX_PROMOTE_MAX_LAG: u64 = 100_000_000;
 
+/// The largest `raft.learner_catch_up_mb_s` accepted (a pace above it is no pace).
+pub const MAX_LEARNER_CATCH_UP_MB_S: u64 = 100_000;
+
 /// `[raft]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -195,6 +198,14 @@ pub struct RaftSection {
     /// waits for it). Default 1,000; 1 to 100,000,000. Larger lets a far-behind learner vote,
     /// and a quorum that needs it waits until it catches up.
     pub promote_max_lag: u64,
+    /// Pace of the log to a learner more than `promote_max_lag` entries behind, in MB/s
+    /// (10^6 bytes of entries) on top of the rate the log grows at: the tail of the log that
+    /// a new member needs after its snapshot (all the writes made while the snapshot was
+    /// streamed) reaches it at this surplus instead of as one burst whose disk writes and
+    /// apply take the voters' disk and CPU. The learner always gains on the log, whatever the
+    /// write rate. Voters are never paced. Default 20; 0: unpaced; at most
+    /// [`MAX_LEARNER_CATCH_UP_MB_S`].
+    pub learner_catch_up_mb_s: u64,
     /// Raft workers: each drives the cores of the groups `g` with `g % workers` equal to its
     /// index, on an arbiter (thread) of its own, with one timer and one frame per peer per
     /// drain. Default: the machine's cores (`available_parallelism`); 1 to
@@ -223,6 +234,7 @@ impl Default for RaftSection {
             check_quorum: true,
             max_entries_per_append: 256,
             promote_max_lag: 1_000,
+            learner_catch_up_mb_s: 20,
             workers: default_raft_workers(),
             quiesce: true,
             snapshot_threshold: None,
@@ -963,6 +975,17 @@ impl Config {
                 },
             ));
         }
+        if self.raft.learner_catch_up_mb_s > MAX_LEARNER_CATCH_UP_MB_S {
+            return Err(invalid(
+                "raft.learner_catch_up_mb_s",
+                Problem::OutOfRange {
+                    min: 0,
+                    max: MAX_LEARNER_CATCH_UP_MB_S,
+                    what: " MB/s (0: unpaced)",
+                    got: self.raft.learner_catch_up_mb_s,
+                },
+            ));
+        }
         if !(1..=MAX_RAFT_WORKERS).contains(&self.raft.workers) {
             return Err(invalid(
                 "raft.workers",
@@ -1451,6 +1474,10 @@ ca = "ca.crt"
                 "raft.promote_max_lag",
             ),
             (
+                "[raft]\nlearner_catch_up_mb_s = 100001\n",
+                "raft.learner_catch_up_mb_s",
+            ),
+            (
                 "[raft]\ncheck_quorum = false\n[raft.read]\ndefault = \"lease\"\n",
                 "raft.read.default",
             ),
@@ -1503,6 +1530,11 @@ ca = "ca.crt"
                 "[raft]\nelection_timeout_ms = [300, 300]\n",
                 "config key `raft.election_timeout_ms`: expected [min, max] with min < max, got \
                  [300, 300]",
+            ),
+            (
+                "[raft]\nlearner_catch_up_mb_s = 100001\n",
+                "config key `raft.learner_catch_up_mb_s`: must be between 0 and 100000 MB/s \
+                 (0: unpaced), got 100001",
             ),
             (
                 "[storage]\nwal_segment_bytes = 10\n",

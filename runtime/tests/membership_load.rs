@@ -6,13 +6,16 @@
 //! Three `conclave node` processes with the default configuration (automatic snapshots,
 //! `max_send_rate_mb_s` 100, `chunk_bytes` 1 MiB, `install_rate_mb_s` 50; the first and last
 //! can be set with `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` and `CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S`,
+//! the log's pace to the learner, `[raft] learner_catch_up_mb_s` (20), with
+//! `CONCLAVE_MEMBERSHIP_LOAD_CATCH_UP_MB_S`,
 //! node 4 takes them from node 1's config). The state is preloaded with
 //! `CONCLAVE_MEMBERSHIP_LOAD_MB` MiB of 64 KiB values (default 32; the issue's figure is 1024,
 //! with a release build: `CONCLAVE_NODE_BIN=target/release/conclave`); a short warm-up and a
 //! snapshot taken on the leader make sure its log no longer starts at index 1, so the new node
 //! catches up through a streamed snapshot and then the log's tail, as it would on a cluster
 //! that has run for a while. Node 4 starts empty from a `conclave init --join` config. 16
-//! clients overwrite 4,096 keys of 1 KiB throughout: a baseline of
+//! clients overwrite 4,096 keys of 1 KiB throughout (as fast as the cluster answers, or at an
+//! offered rate over all of them with `CONCLAVE_MEMBERSHIP_LOAD_RATE` writes/s): a baseline of
 //! `CONCLAVE_MEMBERSHIP_LOAD_S` seconds (default 3), then the real CLI's `conclave member add
 //! 4 --addr … --http … --wait` (timed), then `conclave member promote 4` (retried while it is
 //! refused with 409 `not_caught_up`), then another period as long as the baseline. A monitor
@@ -36,7 +39,7 @@
 
 mod common;
 
-use common::{big_value, env_u64, BIG};
+use common::{big_value, env_opt_u64, env_u64, BIG};
 
 use common::Cluster;
 use conclave::client::{Client, ClientError};
@@ -260,17 +263,26 @@ fn sync_means(a: &[(f64, f64)], b: &[(f64, f64)]) -> String {
 #[derive(Clone, Default)]
 struct Writes {
     acks: Vec<Instant>,
+    /// Each acknowledged write's latency, in the order of `acks` (with a fixed offered rate,
+    /// measured from the moment the write was due, so a stall counts for every write it held
+    /// back).
+    latencies: Vec<Duration>,
     last: Vec<Vec<Option<u64>>>,
     retried_503: u64,
 }
 
 /// One client: overwrites its keys in turn through the leader (another original node after a
 /// 503), retrying only retryable 503s. Anything else fails the test.
+///
+/// With `interval` (an offered rate), the client's n-th write is due at `start + n * interval`
+/// and waits for that moment; a client that falls behind sends at once (one write in flight
+/// per client, as without it).
 async fn writer(
     endpoints: Vec<String>,
     worker: u64,
     writes: Rc<RefCell<Writes>>,
     stop: Rc<RefCell<bool>>,
+    interval: Option<Duration>,
 ) {
     let clients: Vec<Client> = endpoints
         .iter()
@@ -278,7 +290,19 @@ async fn writer(
         .collect();
     let mut at = 0usize;
     let mut n = 0u64;
+    let start = Instant::now();
     while !*stop.borrow() {
+        let due = match interval {
+            Some(iv) => {
+                let due = start + iv * u32::try_from(n).unwrap_or(u32::MAX);
+                let now = Instant::now();
+                if due > now {
+                    actix::clock::sleep(due - now).await;
+                }
+                due
+            }
+            None => Instant::now(),
+        };
         let slot = n % KEYS_PER_CLIENT;
         let key = small_key(worker, slot);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -300,7 +324,9 @@ async fn writer(
             }
         }
         let mut w = writes.borrow_mut();
-        w.acks.push(Instant::now());
+        let acked = Instant::now();
+        w.acks.push(acked);
+        w.latencies.push(acked - due);
         w.last[worker as usize][slot as usize] = Some(n);
         n += 1;
     }
@@ -380,6 +406,23 @@ fn rate(acks: &[Instant], from: Instant, to: Instant) -> f64 {
     n as f64 / (to - from).as_secs_f64().max(1e-3)
 }
 
+/// p50 and p99 latency, in ms, of the writes acknowledged in `[from, to)`.
+fn latency_ms(w: &Writes, from: Instant, to: Instant) -> String {
+    let mut l: Vec<Duration> = w
+        .acks
+        .iter()
+        .zip(&w.latencies)
+        .filter(|(&t, _)| t >= from && t < to)
+        .map(|(_, &d)| d)
+        .collect();
+    if l.is_empty() {
+        return "-".to_owned();
+    }
+    l.sort_unstable();
+    let at = |q: f64| l[((l.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    format!("p50 {:.1} / p99 {:.1} ms", at(0.5), at(0.99))
+}
+
 fn secs(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
@@ -447,22 +490,14 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| tmp.path().to_owned());
     eprintln!("load average at start: {}", loadavg());
-    // `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` overrides the voters' `[snapshot] max_send_rate_mb_s`
-    // (the default when unset), to compare transfer rates in the same way.
-    let send_rate = std::env::var("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S")
-        .ok()
-        .map(|v| {
-            v.parse::<u64>()
-                .expect("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S: a number")
-        });
-    // `CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S` overrides `[snapshot] install_rate_mb_s` (node 4's
-    // config is made `--from` node 1's, so it gets it too).
-    let install_rate = std::env::var("CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S")
-        .ok()
-        .map(|v| {
-            v.parse::<u64>()
-                .expect("CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S: a number")
-        });
+    // `CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S` overrides the voters' `[snapshot] max_send_rate_mb_s`,
+    // `CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S` `[snapshot] install_rate_mb_s` and
+    // `CONCLAVE_MEMBERSHIP_LOAD_CATCH_UP_MB_S` `[raft] learner_catch_up_mb_s` (the defaults when
+    // unset), to compare settings in the same way; node 4's config is made `--from` node 1's,
+    // so it gets them too.
+    let send_rate = env_opt_u64("CONCLAVE_MEMBERSHIP_LOAD_SEND_MB_S");
+    let install_rate = env_opt_u64("CONCLAVE_MEMBERSHIP_LOAD_INSTALL_MB_S");
+    let catch_up_rate = env_opt_u64("CONCLAVE_MEMBERSHIP_LOAD_CATCH_UP_MB_S");
     let cluster = Cluster::new_with(&dir, 3, |c| {
         if let Some(r) = send_rate {
             c.snapshot.max_send_rate_mb_s = r;
@@ -470,11 +505,15 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         if let Some(r) = install_rate {
             c.snapshot.install_rate_mb_s = r;
         }
+        if let Some(r) = catch_up_rate {
+            c.raft.learner_catch_up_mb_s = r;
+        }
     });
     eprintln!(
-        "snapshot send rate limit: {} MB/s, install rate: {} MB/s",
+        "snapshot send rate limit: {} MB/s, install rate: {} MB/s, learner catch-up: {} MB/s",
         cluster.configs[0].snapshot.max_send_rate_mb_s,
-        cluster.configs[0].snapshot.install_rate_mb_s
+        cluster.configs[0].snapshot.install_rate_mb_s,
+        cluster.configs[0].raft.learner_catch_up_mb_s
     );
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let leader_ep = cluster.endpoint(leader);
@@ -496,8 +535,25 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
         ..Writes::default()
     }));
     let stop = Rc::new(RefCell::new(false));
+    // `CONCLAVE_MEMBERSHIP_LOAD_RATE`: an offered rate (writes/s over all clients) instead of
+    // writing as fast as the cluster answers. As fast as possible measures the machine's
+    // capacity, which on one machine a fourth node must share (see docs/performance.md); an
+    // offered rate below it shows what a cluster with headroom sees during a catch-up.
+    let offered = env_opt_u64("CONCLAVE_MEMBERSHIP_LOAD_RATE").filter(|&r| r > 0);
+    let interval = offered.map(|r| Duration::from_secs_f64(CLIENTS as f64 / r as f64));
+    if let Some(r) = offered {
+        eprintln!("offered load: {r} writes/s over {CLIENTS} clients");
+    }
     let writers: Vec<_> = (0..CLIENTS)
-        .map(|w| actix_web::rt::spawn(writer(endpoints.clone(), w, writes.clone(), stop.clone())))
+        .map(|w| {
+            actix_web::rt::spawn(writer(
+                endpoints.clone(),
+                w,
+                writes.clone(),
+                stop.clone(),
+                interval,
+            ))
+        })
         .collect();
     let lc = cluster.client(leader);
     let warm_from = lc.status().await.unwrap().commit_index;
@@ -704,6 +760,12 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     }
     eprintln!("writes/s per 2 s window: {}", series.join(" "));
     eprintln!(
+        "write latency: before {}; during the catch-up {}; after {}",
+        latency_ms(&w, base_start, base_end),
+        latency_ms(&w, add_start, catch_end),
+        latency_ms(&w, promote_at, after_end)
+    );
+    eprintln!(
         "WAL sync mean per voter (n1, n2, n3; syncs): before: {}; during the catch-up: {}; \
          after: {}",
         sync_means(&sync_base, &sync_add),
@@ -744,9 +806,12 @@ async fn add_a_member_to_a_loaded_cluster_under_write_load() {
     );
     eprintln!(
         "{mb} MiB: `member add --wait` → promotable {:.1} s (target ≤ 60 s); write throughput \
-         during the catch-up / before: {:.2} (target ≥ 0.80)",
+         during the catch-up / before: {:.2} (target ≥ 0.80); after / before: {:.2} (the \
+         fourth replica's own cost); during / after: {:.2}",
         promoted.as_secs_f64(),
-        during / base.max(1e-9)
+        during / base.max(1e-9),
+        after / base.max(1e-9),
+        during / after.max(1e-9)
     );
 
     // Node 4 holds the data once it has applied the leader's commit index.

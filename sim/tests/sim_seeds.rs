@@ -126,7 +126,7 @@ fn membership_config(seed: u64) -> SimConfig {
 #[test]
 fn membership_changes_under_faults() {
     let seeds = env_u64("CONCLAVE_SIM_MEMBERSHIP_SEEDS", 200);
-    let totals = std::sync::Mutex::new([0u64; 4]);
+    let totals = std::sync::Mutex::new([0u64; 5]);
     let t0 = std::time::Instant::now();
     if let Some(f) = sim::run_seeds(0, seeds, 2, membership_config, |_, r| {
         if let (Ok(r), Ok(mut t)) = (r, totals.lock()) {
@@ -134,6 +134,7 @@ fn membership_changes_under_faults() {
             t[1] += r.joint_changes;
             t[2] += r.changes_in_progress;
             t[3] += r.joiners_added;
+            t[4] += r.paced_waits;
         }
     }) {
         panic!("{f}");
@@ -141,14 +142,15 @@ fn membership_changes_under_faults() {
     let t = *totals.lock().unwrap();
     println!(
         "{seeds} membership seeds in {:.1?}: {} changes accepted ({} joint), {} refused as in \
-         progress, {} joining nodes added",
+         progress, {} joining nodes added, {} appends to paced learners waited for credit",
         t0.elapsed(),
         t[0],
         t[1],
         t[2],
-        t[3]
+        t[3],
+        t[4]
     );
-    assert!(t[1] > 0 && t[2] > 0 && t[3] > 0, "{t:?}");
+    assert!(t[1] > 0 && t[2] > 0 && t[3] > 0 && t[4] > 0, "{t:?}");
 }
 
 /// Snapshot-heavy runs: frequent crashes, a snapshot every 3–12 applied entries with at most

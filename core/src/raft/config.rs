@@ -52,6 +52,14 @@ pub struct RaftConfig {
     /// of the leader's last index (`ProposeError::NotCaughtUp` otherwise): a voter far behind
     /// would stall commitment while it catches up. Default 1,000.
     pub promote_max_lag: u64,
+    /// Pace of the log to a learner more than `promote_max_lag` entries behind: it receives
+    /// at most the bytes the leader appends (so it always gains on the log) plus this many
+    /// bytes per second (payload + 24 bytes per entry). A learner joining under load
+    /// otherwise gets the whole log tail behind its snapshot at once, and its disk writes and
+    /// apply compete with the voters' (on one machine, or one disk). 0 = unpaced. Voters are
+    /// never paced (a lagging voter holds up commitment). Default 0; the node sets it from
+    /// `[raft] learner_catch_up_mb_s`.
+    pub learner_catch_up_bytes_per_s: u64,
     /// Leave heartbeats to the host: the core never starts a heartbeat round from
     /// [`Raft::tick`](super::Raft::tick) and its timer ignores the heartbeat deadline; the
     /// host calls [`Raft::heartbeat`](super::Raft::heartbeat) on every leader it drives at
@@ -81,6 +89,7 @@ impl Default for RaftConfig {
             keep_entries: 1_000,
             snapshot_timeout_ms: 60_000,
             promote_max_lag: 1_000,
+            learner_catch_up_bytes_per_s: 0,
             host_heartbeats: false,
             #[cfg(feature = "planted-bugs")]
             planted_bugs: PlantedBugs::default(),

@@ -213,6 +213,17 @@ pub struct Raft {
 
     // Reused buffers (no allocation per poll or per acknowledgement).
     scratch_peers: Vec<NodeId>,
+    /// Bytes (payload + 24 per entry) this node appended to its log as leader, ever: the
+    /// part of a paced learner's credit that keeps it gaining on the log.
+    appended_bytes: u64,
+    /// When a learner waiting for pacing credit (`RaftConfig::learner_catch_up_bytes_per_s`)
+    /// may be sent to again; part of the leader's timer.
+    pace_wakeup: Option<Millis>,
+    /// Times an append to a paced learner waited for credit, ever (see [`Raft::paced_waits`]).
+    paced_waits: u64,
+    /// When this node last started a pre-vote round: the rank tie-break (`runs_ahead_of`)
+    /// holds only early in a round.
+    pre_vote_started_at: Millis,
     scratch_matches: Vec<LogIndex>,
 
     // Outputs.
@@ -306,6 +317,10 @@ impl Raft {
             pending_reads: VecDeque::new(),
             want_read_round: false,
             scratch_peers: Vec::new(),
+            appended_bytes: 0,
+            pace_wakeup: None,
+            paced_waits: 0,
+            pre_vote_started_at: 0,
             scratch_matches: Vec::new(),
             actions: Vec::new(),
             reported: (role, term, None),
@@ -620,6 +635,13 @@ impl Raft {
             || self.membership.contains(id)
             || self.base_membership.contains(id)
             || self.membership_entries.iter().any(|(_, m)| m.contains(id))
+    }
+
+    /// How many times an append to a learner far behind waited for pacing credit
+    /// (`RaftConfig::learner_catch_up_bytes_per_s`) since this core was created: whether
+    /// pacing held a catch-up back at all.
+    pub fn paced_waits(&self) -> u64 {
+        self.paced_waits
     }
 
     /// Time passed: checks the election, heartbeat, check-quorum and transfer deadlines.
@@ -1562,8 +1584,17 @@ impl Raft {
     /// pre-votes. Liveness only: a pre-vote changes no state, and the refuser keeps only its
     /// own support, as a candidate voting for itself would; a requester with a better log
     /// always gets it.
+    ///
+    /// Only early in this node's own round (one heartbeat interval after it started): the
+    /// collisions it settles start within a round trip of each other. A pre-candidate that
+    /// cannot win — a voter it needs never answers, e.g. one whose log ends before a change
+    /// that re-added this node, so it does not hear it — restarts its round every election
+    /// timeout and would otherwise refuse every lower-ranked node forever, even one that can
+    /// win and would bring that voter the log (the simulator's membership profile, seed
+    /// 3135: C_new = {1, 2}, n1 behind and not hearing n2, n2 refusing n3 and n4 for good).
     fn runs_ahead_of(&self, from: NodeId, last_log_index: LogIndex, last_log_term: Term) -> bool {
         self.role == Role::PreCandidate
+            && self.now < self.pre_vote_started_at + self.config.heartbeat_interval_ms
             && last_log_term == self.log.last_term()
             && last_log_index == self.log.last_index()
             && election_rank(self.config.group, self.config.id)
@@ -1867,6 +1898,7 @@ impl Raft {
     /// that cannot win (partitioned, or behind) never disrupts the group.
     fn campaign_pre_vote(&mut self, now: Millis) {
         self.role = Role::PreCandidate;
+        self.pre_vote_started_at = now;
         self.leader = None;
         self.votes.clear();
         self.votes.insert(self.config.id, true);
@@ -2015,6 +2047,9 @@ impl Raft {
             EntryPayload::Membership(m) => Some(m.clone()),
             _ => None,
         };
+        self.appended_bytes = self
+            .appended_bytes
+            .saturating_add(append_size(&payload) as u64);
         self.log.push(Entry {
             term,
             index,
@@ -2035,6 +2070,7 @@ impl Raft {
         let mut peers = std::mem::take(&mut self.scratch_peers);
         peers.clear();
         peers.extend(self.progress.keys().copied());
+        self.pace_wakeup = None;
         for &peer in &peers {
             while self.send_append(peer) {}
         }
@@ -2071,17 +2107,17 @@ impl Raft {
         let mut bytes = 0usize;
         let mut count = 0usize;
         for e in candidates {
-            let size = match &e.payload {
-                EntryPayload::Command(c) => c.len(),
-                _ => 0,
-            } + 24;
+            let size = append_size(&e.payload);
             if count > 0 && bytes + size > self.config.max_bytes_per_append {
                 break;
             }
             bytes += size;
             count += 1;
         }
-        let entries = candidates[..count].to_vec();
+        if !self.pace_allows(peer, last) {
+            return false;
+        }
+        let entries = self.log.range(next, max_last)[..count].to_vec();
         let sent_last = prev + count as u64;
         let body = MessageBody::AppendEntries {
             prev_log_index: prev,
@@ -2093,6 +2129,12 @@ impl Raft {
         let Some(p) = self.progress.get_mut(&peer) else {
             return false;
         };
+        if p.pace.active {
+            p.pace.credit = p
+                .pace
+                .credit
+                .saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         if probing {
             p.probe_sent = true;
             false
@@ -2101,6 +2143,41 @@ impl Raft {
             p.inflight.push_back(sent_last);
             p.next_index <= last
         }
+    }
+
+    /// Whether an append may go to `peer` now as far as catch-up pacing is concerned (see
+    /// `RaftConfig::learner_catch_up_bytes_per_s`): voters, learners within `promote_max_lag`
+    /// of `last` and unpaced configurations always may. A learner out of credit waits; the
+    /// leader's timer wakes it when the clock has earned some back.
+    fn pace_allows(&mut self, peer: NodeId, last: LogIndex) -> bool {
+        let rate = self.config.learner_catch_up_bytes_per_s;
+        let now = self.now;
+        let appended = self.appended_bytes;
+        // Credit never exceeds a full in-flight window: what a learner could not spend (its
+        // window was full) is not sent later as one burst.
+        let cap = (self.config.max_bytes_per_append as u64)
+            .saturating_mul(self.config.max_inflight_appends as u64);
+        let max_lag = self.config.promote_max_lag;
+        let Some(p) = self.progress.get_mut(&peer) else {
+            return false;
+        };
+        let far_behind = last.saturating_sub(p.match_index) > max_lag;
+        if rate == 0 || !p.learner || !far_behind {
+            p.pace.active = false;
+            return true;
+        }
+        if p.pace.active {
+            p.pace.refill(now, appended, rate, cap);
+        } else {
+            p.pace.reset(now, appended);
+        }
+        if p.pace.credit >= 0 {
+            return true;
+        }
+        let at = now.saturating_add(p.pace.wait_ms(rate));
+        self.paced_waits += 1;
+        self.pace_wakeup = Some(self.pace_wakeup.map_or(at, |w| w.min(at)));
+        false
     }
 
     /// Raft §5.3/§5.4.2: commit the highest index held by a quorum of voters, but only if its
@@ -2521,6 +2598,9 @@ impl Raft {
                 if let Some(t) = self.transfer {
                     at = at.min(t.deadline);
                 }
+                if let Some(w) = self.pace_wakeup {
+                    at = at.min(w);
+                }
                 at
             }
             _ => self.election_deadline,
@@ -2683,4 +2763,14 @@ fn election_rank(group: GroupId, node: NodeId) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// What an entry counts for in the append limits and in learner pacing: its command's bytes
+/// plus 24 for the index, term and framing (membership and no-op entries count 24).
+fn append_size(payload: &EntryPayload) -> usize {
+    let command = match payload {
+        EntryPayload::Command(c) => c.len(),
+        _ => 0,
+    };
+    command + 24
 }

@@ -44,6 +44,64 @@ pub(crate) struct Progress {
     /// leader does not compact past the peer's match index, so the peer follows the install
     /// with the log's tail instead of needing another snapshot.
     pub(crate) hold_until: Option<Millis>,
+    /// Catch-up pacing of a far-behind learner (`RaftConfig::learner_catch_up_bytes_per_s`).
+    pub(crate) pace: Pace,
+}
+
+/// A byte budget for the appends to one learner: refilled with every byte the leader appends
+/// to its log plus the configured catch-up rate, spent by every append sent while pacing.
+/// Refilled lazily (when an append is considered), so an idle leader keeps no timer for it
+/// unless an append waits for credit.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pace {
+    /// Whether the peer is being paced now (a learner more than `promote_max_lag` behind).
+    pub(crate) active: bool,
+    /// Bytes that may still be sent; an append goes while it is not negative and may take it
+    /// below zero by at most one append's size, repaid by later refills.
+    pub(crate) credit: i64,
+    /// When `credit` was last refilled.
+    pub(crate) refilled_at: Millis,
+    /// The leader's appended-bytes counter at that refill.
+    pub(crate) appended_seen: u64,
+}
+
+impl Pace {
+    /// Adds what the clock and the leader's appends earned since the last refill, keeping at
+    /// most `cap` bytes of credit (a learner that could not spend its credit, e.g. with a
+    /// full in-flight window, does not get a burst later).
+    pub(crate) fn refill(&mut self, now: Millis, appended: u64, rate_per_s: u64, cap: u64) {
+        let elapsed = now.saturating_sub(self.refilled_at);
+        let earned = rate_per_s
+            .saturating_mul(elapsed)
+            .checked_div(1000)
+            .unwrap_or(0)
+            .saturating_add(appended.saturating_sub(self.appended_seen));
+        let earned = i64::try_from(earned).unwrap_or(i64::MAX);
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        self.credit = self.credit.saturating_add(earned).min(cap);
+        self.refilled_at = now;
+        self.appended_seen = appended;
+    }
+
+    /// Starts pacing afresh with no credit: one append may go at once (an append goes while
+    /// the credit is not negative), the next ones when the clock and the log's growth have
+    /// paid for it.
+    pub(crate) fn reset(&mut self, now: Millis, appended: u64) {
+        self.active = true;
+        self.credit = 0;
+        self.refilled_at = now;
+        self.appended_seen = appended;
+    }
+
+    /// Milliseconds until the credit is back at zero at `rate_per_s` (clock alone), at
+    /// least 1.
+    pub(crate) fn wait_ms(&self, rate_per_s: u64) -> Millis {
+        if self.credit >= 0 || rate_per_s == 0 {
+            return 1;
+        }
+        let owed = self.credit.unsigned_abs();
+        owed.saturating_mul(1000).div_ceil(rate_per_s).max(1)
+    }
 }
 
 impl Progress {
@@ -60,6 +118,7 @@ impl Progress {
             last_append_response: now,
             snapshot: None,
             hold_until: None,
+            pace: Pace::default(),
         }
     }
 

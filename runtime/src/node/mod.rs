@@ -446,6 +446,7 @@ fn raft_config(config: &Config, group: GroupId) -> RaftConfig {
         lease_ms: r.read.lease_ms,
         keep_entries: config.snapshot.keep_entries,
         promote_max_lag: r.promote_max_lag,
+        learner_catch_up_bytes_per_s: r.learner_catch_up_mb_s.saturating_mul(1_000_000),
         ..RaftConfig::default()
     }
 }

@@ -204,13 +204,15 @@ pub fn output_text(o: &Output) -> String {
 
 /// `name` as a number, or `default` when unset; panics naming the variable when it is not one.
 pub fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
+    env_opt_u64(name).unwrap_or(default)
+}
+
+/// `name` as a number, or `None` when unset; panics naming the variable when it is not one.
+pub fn env_opt_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+    })
 }
 
 /// Size of the values the large-state tests preload.

@@ -258,6 +258,10 @@ pub struct FaultMix {
     pub snapshot_every: (u64, u64),
     /// The cores' `keep_entries` (entries kept before a snapshot's index when compacting).
     pub keep_entries: u64,
+    /// Learner catch-up pacing: the cores' `learner_catch_up_bytes_per_s` and the
+    /// `promote_max_lag` beyond which a learner is paced; `(0, _)`: unpaced (the core's
+    /// default `promote_max_lag` then).
+    pub catch_up_pace: (u64, u64),
 }
 
 impl FaultMix {
@@ -294,6 +298,7 @@ impl FaultMix {
             partition_ms: (200, 2_500),
             snapshot_every: (0, 0),
             keep_entries: 0,
+            catch_up_pace: (0, 0),
         };
         // Snapshots are not faults: every profile takes them, at a rate drawn from a stream
         // of its own (so the fault draws of a seed are what they were before snapshots).
@@ -322,9 +327,23 @@ impl FaultMix {
                 } else {
                     0
                 };
+                // Pacing draws from a stream of its own too (the membership draws of a seed
+                // stay what they were): half the runs pace learners more than 2..20 entries
+                // behind at 20..200 kB/s beyond the log's growth (entries are tens of bytes:
+                // a burst of hundreds spreads over some milliseconds, not over the run).
+                let mut pace = ChaCha8Rng::seed_from_u64(derive_seed(seed, 0xCA7C));
+                let catch_up_pace = if pace.random_bool(0.5) {
+                    (
+                        pace.random_range(20_000..=200_000),
+                        pace.random_range(2..=20),
+                    )
+                } else {
+                    (0, 0)
+                };
                 FaultMix {
                     membership: true,
                     joiners,
+                    catch_up_pace,
                     change_leader_crash: pct(&mut m, 0.5, 0.05, 0.3),
                     ..FaultMix::draw(FaultProfile::Mixed, seed)
                 }
@@ -416,6 +435,13 @@ impl fmt::Display for FaultMix {
         }
         if self.joiners > 0 {
             write!(f, " +{} joining", self.joiners)?;
+        }
+        if self.catch_up_pace.0 > 0 {
+            write!(
+                f,
+                " +learners paced at {} B/s beyond lag {}",
+                self.catch_up_pace.0, self.catch_up_pace.1
+            )?;
         }
         if self.snapshot_every.1 > 0 {
             write!(
@@ -604,6 +630,9 @@ pub struct SimReport {
     pub changes_in_progress: u64,
     /// Joining nodes (started with an empty membership) added as learners.
     pub joiners_added: u64,
+    /// Appends to a learner far behind that waited for pacing credit (`FaultMix::catch_up_pace`),
+    /// summed over every core of the run (crashed incarnations included).
+    pub paced_waits: u64,
 }
 
 /// Runs one seed to completion.

@@ -459,6 +459,12 @@ impl World {
         self.report.leaders = self.leaders.len() as u64;
         self.report.max_term = self.leaders.keys().next_back().copied().unwrap_or(0);
         self.report.committed = self.committed.len() as u64;
+        self.report.paced_waits += self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| c.paced_waits())
+            .sum::<u64>();
         Ok(self.report)
     }
 
@@ -577,10 +583,17 @@ impl World {
     // ----- nodes -------------------------------------------------------------------------
 
     fn raft_config(&self, id: NodeId) -> RaftConfig {
+        let (pace, lag) = self.mix.catch_up_pace;
         RaftConfig {
             id,
             group: GroupId::FIRST,
             keep_entries: self.mix.keep_entries,
+            learner_catch_up_bytes_per_s: pace,
+            promote_max_lag: if pace > 0 {
+                lag
+            } else {
+                self.cfg.raft.promote_max_lag
+            },
             ..self.cfg.raft.clone()
         }
     }
@@ -654,10 +667,10 @@ impl World {
 
     fn crash(&mut self, n: usize) {
         let node = &mut self.nodes[n];
-        if node.core.is_none() {
+        let Some(core) = node.core.take() else {
             return;
-        }
-        node.core = None;
+        };
+        self.report.paced_waits += core.paced_waits();
         node.incarnation += 1;
         let lost = node.in_flight.len();
         let mid_install = node.in_flight.iter().any(|r| r.snapshot.is_some());

@@ -220,6 +220,14 @@ fn of_two_equal_pre_candidates_only_the_higher_ranked_gets_both_pre_votes() {
     };
     refuser.handle_message(303, vote_req(other, refuser.id(), 2, true, 1, 1));
     assert_eq!(grants(refuser), vec![true]);
+    // The tie-break holds only one heartbeat interval (50 ms) into the refuser's own round
+    // (it started at 300): still at 349, no longer at 350, when it is evidently not winning
+    // (sim/src/raft/CORE_BUGS.md, bug 4: a pre-candidate that cannot win refused every
+    // lower-ranked node forever).
+    refuser.handle_message(349, vote_req(other, refuser.id(), 1, true, 0, 0));
+    assert_eq!(grants(refuser), vec![false]);
+    refuser.handle_message(350, vote_req(other, refuser.id(), 1, true, 0, 0));
+    assert_eq!(grants(refuser), vec![true]);
 }
 
 /// Thesis §9.6: the pre-vote round asks for term + 1 without changing the node's term; a

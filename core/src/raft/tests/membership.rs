@@ -365,16 +365,10 @@ fn add_learner(id: NodeId) -> MembershipChange {
 /// A group of voters 1..=3 led by 1, with `learners` started as joining cores (empty
 /// membership) and added as caught-up learners with their addresses.
 fn group_with_learners(learners: &[NodeId]) -> Net {
-    let mut net = Net::new(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)]);
-    net.campaign(NodeId::new(1));
-    for &id in learners {
-        net.add(id, RestoreState::default());
-        change(&mut net, NodeId::new(1), add_learner(id));
-    }
-    net
+    group_with_learners_tweaked(learners, |_| {})
 }
 
-#[cfg(feature = "planted-bugs")]
+/// Like [`group_with_learners`] with a config tweak on the voters.
 fn group_with_learners_tweaked(learners: &[NodeId], tweak: impl Fn(&mut RaftConfig)) -> Net {
     let mut net = Net::with(&[NodeId::new(1), NodeId::new(2), NodeId::new(3)], tweak);
     net.campaign(NodeId::new(1));
@@ -1151,4 +1145,124 @@ fn raft_6_joint_reads_and_check_quorum_need_both_majorities() {
             error: ReadError::LeadershipLost
         }
     )));
+}
+
+/// Payload bytes (as the append limits count them: command + 24) of the AppendEntries
+/// delivered to `to` among the recorded messages from `from_msg` on.
+fn append_bytes_to(net: &Net, to: NodeId, from_msg: usize) -> usize {
+    net.log[from_msg..]
+        .iter()
+        .filter(|m| m.to == to)
+        .map(|m| match &m.body {
+            MessageBody::AppendEntries { entries, .. } => entries
+                .iter()
+                .map(|e| match &e.payload {
+                    EntryPayload::Command(c) => c.len() + 24,
+                    _ => 24,
+                })
+                .sum(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Voters 1..=3 led by 1, learner 4 cut off while `backlog` entries of 1,000 bytes are
+/// committed, then reconnected; pacing at `rate` bytes/s beyond the log's growth.
+fn learner_behind(rate: u64, backlog: usize) -> Net {
+    let mut net = group_with_learners_tweaked(&[NodeId::new(4)], |c| {
+        c.learner_catch_up_bytes_per_s = rate;
+        c.promote_max_lag = 20;
+        c.max_bytes_per_append = 8 * 1024;
+    });
+    net.isolate(NodeId::new(4));
+    for _ in 0..backlog {
+        net.propose(NodeId::new(1), &[7; 1000]);
+    }
+    net.heal();
+    net.record = true;
+    net
+}
+
+fn lag_of(net: &mut Net, learner: NodeId) -> u64 {
+    let last = net.node(NodeId::new(1)).last_index();
+    last - net.node(learner).last_index()
+}
+
+/// A learner far behind gets the log at the configured pace, not as one burst, and once it is
+/// within `promote_max_lag` it gets new entries at once again.
+#[test]
+fn far_behind_learner_is_paced_then_caught_up() {
+    let rate = 100_000;
+    let mut net = learner_behind(rate, 400);
+    // The appends lost while it was cut off are noticed after an election timeout.
+    net.advance(300);
+    let start = net.log.len();
+    net.advance(1_000);
+    let sent = append_bytes_to(&net, NodeId::new(4), start);
+    // One second: the clock's 100,000 bytes and at most one append past the credit (an
+    // append goes while the credit is not negative). Heartbeats add nothing (no new entries).
+    let slack = 8 * 1024;
+    assert!(
+        sent <= rate as usize + slack && sent + slack >= rate as usize,
+        "{sent} bytes sent in 1 s at a pace of {rate} bytes/s"
+    );
+    assert!(lag_of(&mut net, NodeId::new(4)) > 20, "not caught up yet");
+    // 409,600 bytes in all: caught up a little after 4 s.
+    net.advance(3_200);
+    assert_eq!(lag_of(&mut net, NodeId::new(4)), 0, "caught up at the pace");
+    // Caught up: a new entry reaches it without waiting for credit.
+    let before = net.node(NodeId::new(4)).last_index();
+    net.propose(NodeId::new(1), &[8; 1000]);
+    assert_eq!(net.node(NodeId::new(4)).last_index(), before + 1);
+}
+
+/// Unpaced (rate 0, the core's default) the same learner gets the whole backlog at once.
+#[test]
+fn unpaced_learner_catches_up_at_once() {
+    let mut net = learner_behind(0, 400);
+    // Lost appends are noticed after an election timeout; then one burst.
+    net.advance(300);
+    assert_eq!(lag_of(&mut net, NodeId::new(4)), 0);
+}
+
+/// The pace is on top of the log's growth: a learner paced at 20,000 bytes/s still catches up
+/// while the leader appends 100,000 bytes/s (5x the pace) the whole time.
+#[test]
+fn paced_learner_gains_on_a_log_growing_faster_than_the_pace() {
+    let mut net = learner_behind(20_000, 200);
+    let initial_lag = lag_of(&mut net, NodeId::new(4));
+    let mut caught_up_at = None;
+    for step in 0..2_000 {
+        net.propose(NodeId::new(1), &[9; 1000]);
+        net.advance(10);
+        if caught_up_at.is_none() && lag_of(&mut net, NodeId::new(4)) <= 20 {
+            caught_up_at = Some(step * 10);
+        }
+    }
+    // 200 entries (~205 KB) of backlog at 20,000 bytes/s: about 10 s.
+    let at = caught_up_at.expect("the learner never caught up");
+    assert!(
+        (8_000..=13_000).contains(&at),
+        "caught up after {at} ms (initial lag {initial_lag})"
+    );
+    assert!(lag_of(&mut net, NodeId::new(4)) <= 20);
+}
+
+/// Voters are never paced, even when the pace is set: a voter that missed the same backlog
+/// gets it at once (commitment may depend on it).
+#[test]
+fn voters_are_never_paced() {
+    let mut net = group_with_learners_tweaked(&[], |c| {
+        c.learner_catch_up_bytes_per_s = 1_000;
+        c.promote_max_lag = 20;
+        c.max_bytes_per_append = 8 * 1024;
+    });
+    net.isolate(NodeId::new(3));
+    for _ in 0..400 {
+        net.propose(NodeId::new(1), &[7; 1000]);
+    }
+    net.heal();
+    // Lost appends are noticed after an election timeout; then one burst.
+    net.advance(300);
+    assert_eq!(lag_of(&mut net, NodeId::new(3)), 0);
 }

@@ -71,12 +71,12 @@ pub use conclave_core::ids::{NodeId, ShardId};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
     /// A [`RingConfig`] field is out of range.
-    #[error("invalid ring config: `{field}` {reason}")]
+    #[error("invalid ring config: `{field}` must be in 1..={max}")]
     InvalidConfig {
         /// The offending field's name.
         field: &'static str,
-        /// What is wrong with it.
-        reason: String,
+        /// The field's largest accepted value (the smallest is 1).
+        max: u64,
     },
     /// The node being added is already a member.
     #[error("node {0} is already a member of the ring")]
@@ -111,11 +111,31 @@ pub enum RingError {
         right: usize,
     },
     /// A deserialised placement is not valid for the ring's membership.
-    #[error("invalid placement for shard {shard}: {reason}")]
+    #[error("invalid placement for shard {shard}: {fault}")]
     InvalidPlacement {
         /// The first bad shard.
         shard: ShardId,
-        /// What is wrong.
-        reason: String,
+        /// What is wrong with its replica list.
+        fault: PlacementFault,
     },
+}
+
+/// What is wrong with one shard's replica list in a deserialised placement
+/// ([`RingError::InvalidPlacement`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementFault {
+    /// The list's length is not the ring's effective replication factor.
+    #[error("{got} replicas, expected {expected}")]
+    ReplicaCount {
+        /// Replicas listed.
+        got: usize,
+        /// The ring's effective replication factor.
+        expected: usize,
+    },
+    /// A listed replica is not a member of the ring.
+    #[error("node {0} is not a member")]
+    NotAMember(NodeId),
+    /// A replica is listed twice.
+    #[error("node {0} appears twice")]
+    Duplicate(NodeId),
 }

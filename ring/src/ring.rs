@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::{self, HashKey, NodeKey, ShardKey, StableBuildHasher};
 use crate::placement::{diff, Placement, PlacementDiff};
-use crate::{NodeId, RingError, ShardId};
+use crate::{NodeId, PlacementFault, RingError, ShardId};
 
 /// The weight of a standard node. A node of weight `w` gets `vnodes × w / 100` virtual
 /// nodes (rounded up, at least one) and a share of replica slots proportional to `w`.
@@ -74,18 +74,15 @@ impl Default for RingConfig {
 impl RingConfig {
     /// Checks every field's range.
     pub fn validate(&self) -> Result<(), RingError> {
-        let bad = |field, reason: String| Err(RingError::InvalidConfig { field, reason });
+        let bad = |field, max| Err(RingError::InvalidConfig { field, max });
         if self.vnodes == 0 || self.vnodes > MAX_VNODES {
-            return bad("vnodes", format!("must be in 1..={MAX_VNODES}"));
+            return bad("vnodes", u64::from(MAX_VNODES));
         }
         if self.shards == 0 || self.shards > MAX_SHARDS {
-            return bad("shards", format!("must be in 1..={MAX_SHARDS}"));
+            return bad("shards", MAX_SHARDS);
         }
         if self.replication_factor == 0 || self.replication_factor > MAX_REPLICATION_FACTOR {
-            return bad(
-                "replication_factor",
-                format!("must be in 1..={MAX_REPLICATION_FACTOR}"),
-            );
+            return bad("replication_factor", u64::from(MAX_REPLICATION_FACTOR));
         }
         Ok(())
     }
@@ -818,16 +815,19 @@ impl Ring {
         }
         let r = self.effective_replication();
         for (shard, replicas) in placement.iter() {
-            let bad = |reason: String| Err(RingError::InvalidPlacement { shard, reason });
+            let bad = |fault| Err(RingError::InvalidPlacement { shard, fault });
             if replicas.len() != r {
-                return bad(format!("{} replicas, expected {r}", replicas.len()));
+                return bad(PlacementFault::ReplicaCount {
+                    got: replicas.len(),
+                    expected: r,
+                });
             }
             for (i, n) in replicas.iter().enumerate() {
                 if !self.nodes.contains_key(n) {
-                    return bad(format!("node {n} is not a member"));
+                    return bad(PlacementFault::NotAMember(*n));
                 }
                 if replicas[..i].contains(n) {
-                    return bad(format!("node {n} appears twice"));
+                    return bad(PlacementFault::Duplicate(*n));
                 }
             }
         }
@@ -936,6 +936,15 @@ mod tests {
                 "{cfg:?}"
             );
         }
+        let err = Ring::new(RingConfig {
+            replication_factor: 0,
+            ..RingConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid ring config: `replication_factor` must be in 1..=255"
+        );
     }
 
     #[test]
@@ -1097,11 +1106,17 @@ mod tests {
         let mut value = serde_json::to_value(&ring).unwrap();
         value["placement"]["shards"][3] = serde_json::json!([1, 1, 2]);
         let err = serde_json::from_value::<Ring>(value.clone()).unwrap_err();
-        assert!(err.to_string().contains("shard 3"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("invalid placement for shard 3: node 1 appears twice"),
+            "{err}"
+        );
         value["placement"]["shards"][3] = serde_json::json!([1, 2, 99]);
-        assert!(serde_json::from_value::<Ring>(value.clone()).is_err());
+        let err = serde_json::from_value::<Ring>(value.clone()).unwrap_err();
+        assert!(err.to_string().contains("node 99 is not a member"), "{err}");
         value["placement"]["shards"][3] = serde_json::json!([1, 2]);
-        assert!(serde_json::from_value::<Ring>(value).is_err());
+        let err = serde_json::from_value::<Ring>(value).unwrap_err();
+        assert!(err.to_string().contains("2 replicas, expected 3"), "{err}");
     }
 
     #[test]

@@ -28,7 +28,8 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The endpoint is not an `http://host:port` or `https://host:port` URL.
+    /// The endpoint is not an `http://host:port` or `https://host:port` URL. The field is
+    /// the text the user gave, echoed back.
     #[error("invalid endpoint {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     InvalidEndpoint(String),
     /// An `https://` endpoint without the CA to verify it.
@@ -47,23 +48,25 @@ pub enum ClientError {
     #[error("--token: a token must be visible ASCII characters without spaces")]
     InvalidToken,
     /// No connection could be made.
-    #[error("cannot reach node at {endpoint}: {reason}")]
+    #[error("cannot reach node at {endpoint}: {cause}")]
     Unreachable {
-        /// The endpoint.
+        /// The endpoint (the user's URL).
         endpoint: String,
         /// The connection error.
-        reason: String,
+        #[source]
+        cause: HttpFailure,
     },
     /// The connection broke after the request was (perhaps partly) sent and before the
     /// answer arrived: a write may or may not have been applied.
     #[error(
-        "connection to {endpoint} lost before its answer (a write may have been applied): {reason}"
+        "connection to {endpoint} lost before its answer (a write may have been applied): {cause}"
     )]
     ConnectionLost {
-        /// The endpoint.
+        /// The endpoint (the user's URL).
         endpoint: String,
         /// The transport error.
-        reason: String,
+        #[source]
+        cause: HttpFailure,
     },
     /// The node did not answer in time.
     #[error("node at {endpoint} did not answer within {timeout:?}")]
@@ -73,25 +76,119 @@ pub enum ClientError {
         /// The client's timeout.
         timeout: Duration,
     },
-    /// The node answered with an error (`{"error":{"code","message"}}`).
+    /// The node answered with an error (`{"error":{"code","message"}}`). `code` and
+    /// `message` are the node's answer, kept as it sent them (data, not a description made
+    /// here).
     #[error("{message} (HTTP {status}, {code}{})", retry_after.map(|s| format!(", retry after {s} s")).unwrap_or_default())]
     Api {
         /// The HTTP status.
         status: u16,
         /// The error's code, e.g. `no_leader`.
         code: String,
-        /// The error's message.
+        /// The error's message (the whole body when it was not that JSON).
         message: String,
         /// `Retry-After` in seconds, on 503s.
         retry_after: Option<u64>,
     },
     /// The node's answer could not be understood.
-    #[error("unexpected response from {endpoint}: {reason}")]
+    #[error("unexpected response from {endpoint}: {fault}")]
     BadResponse {
-        /// The endpoint.
+        /// The endpoint (the user's URL).
         endpoint: String,
         /// What was wrong.
-        reason: String,
+        #[source]
+        fault: ResponseFault,
+    },
+}
+
+/// Why a connection could not be made or broke ([`ClientError::Unreachable`],
+/// [`ClientError::ConnectionLost`]): awc's error, reduced to parts that can cross threads
+/// (some of awc's carry errors that are not `Send`; those keep their kind only).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpFailure {
+    /// The socket failed: refused, reset, closed while sending.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// Connecting took longer than the client's timeout.
+    #[error("timeout while establishing connection")]
+    ConnectTimeout,
+    /// The host name has no address.
+    #[error("no DNS records found for the host")]
+    NoRecords,
+    /// The resolver failed (its error is not `Send`, so only the kind is kept).
+    #[error("failed resolving the host name")]
+    Resolver,
+    /// The answer is not HTTP.
+    #[error("malformed response: {0}")]
+    Response(#[source] actix_http::error::ParseError),
+    /// The request could not be built.
+    #[error("{0}")]
+    Http(#[source] awc::error::HttpError),
+    /// The URL was refused.
+    #[error("invalid URL: {0}")]
+    Url(#[source] awc::error::InvalidUrl),
+    /// The connection was closed after the request was sent.
+    #[error("the connection was closed before the answer")]
+    Disconnected,
+    /// Another of awc's failures, named by its kind (HTTP/2, request body, TLS support).
+    #[error("{0}")]
+    Other(&'static str),
+}
+
+impl HttpFailure {
+    fn of_connect(e: ConnectError) -> HttpFailure {
+        match e {
+            ConnectError::Io(e) => HttpFailure::Io(e),
+            ConnectError::Timeout => HttpFailure::ConnectTimeout,
+            ConnectError::NoRecords => HttpFailure::NoRecords,
+            ConnectError::Resolver(_) => HttpFailure::Resolver,
+            ConnectError::Disconnected => HttpFailure::Disconnected,
+            ConnectError::H2(_) => HttpFailure::Other("HTTP/2 protocol error while connecting"),
+            ConnectError::Unresolved => HttpFailure::Other("unresolved host"),
+            ConnectError::SslIsNotSupported => HttpFailure::Other("TLS is not supported"),
+            _ => HttpFailure::Other("the connection failed"),
+        }
+    }
+
+    fn of_send(e: SendRequestError) -> HttpFailure {
+        match e {
+            SendRequestError::Connect(c) => HttpFailure::of_connect(c),
+            SendRequestError::Send(e) => HttpFailure::Io(e),
+            SendRequestError::Response(e) => HttpFailure::Response(e),
+            SendRequestError::Http(e) => HttpFailure::Http(e),
+            SendRequestError::Url(e) => HttpFailure::Url(e),
+            SendRequestError::Timeout => HttpFailure::Other("timeout while waiting for response"),
+            SendRequestError::H2(_) => HttpFailure::Other("HTTP/2 protocol error"),
+            SendRequestError::TunnelNotSupported => {
+                HttpFailure::Other("tunnels are not supported on HTTP/2 connections")
+            }
+            SendRequestError::Body(_) => HttpFailure::Other("sending the request body failed"),
+            _ => HttpFailure::Other("the request failed"),
+        }
+    }
+}
+
+/// What is wrong with a node's answer ([`ClientError::BadResponse`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseFault {
+    /// The body could not be read (broken, or larger than the client reads).
+    #[error("cannot read the body: {0}")]
+    Body(#[source] awc::error::PayloadError),
+    /// The body is not the JSON document expected.
+    #[error("invalid {what}: {source}")]
+    Json {
+        /// What was expected: `JSON`, `status`.
+        what: &'static str,
+        /// The decoder's error.
+        source: serde_json::Error,
+    },
+    /// A member being waited for left the configuration.
+    #[error("node {node} is no longer a member (configuration {config_id})")]
+    NoLongerMember {
+        /// The node waited for.
+        node: NodeId,
+        /// The configuration that no longer lists it.
+        config_id: u64,
     },
 }
 
@@ -270,20 +367,20 @@ impl Client {
             SendRequestError::Connect(c) if !matches!(c, ConnectError::Disconnected) => {
                 ClientError::Unreachable {
                     endpoint: self.endpoint.clone(),
-                    reason: c.to_string(),
+                    cause: HttpFailure::of_connect(c),
                 }
             }
             other => ClientError::ConnectionLost {
                 endpoint: self.endpoint.clone(),
-                reason: other.to_string(),
+                cause: HttpFailure::of_send(other),
             },
         }
     }
 
-    fn bad(&self, reason: impl Into<String>) -> ClientError {
+    fn bad(&self, fault: ResponseFault) -> ClientError {
         ClientError::BadResponse {
             endpoint: self.endpoint.clone(),
-            reason: reason.into(),
+            fault,
         }
     }
 
@@ -308,7 +405,7 @@ impl Client {
             .body()
             .limit(MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| self.bad(format!("cannot read the body: {e}")))?;
+            .map_err(|e| self.bad(ResponseFault::Body(e)))?;
         Ok((status, bytes.to_vec(), retry_after))
     }
 
@@ -331,7 +428,12 @@ impl Client {
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ClientError> {
-        serde_json::from_slice(body).map_err(|e| self.bad(format!("invalid JSON: {e}")))
+        serde_json::from_slice(body).map_err(|source| {
+            self.bad(ResponseFault::Json {
+                what: "JSON",
+                source,
+            })
+        })
     }
 
     fn write_request(
@@ -429,7 +531,12 @@ impl Client {
     /// `GET /v1/cluster`: the cluster as the node sees it.
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         self.status_json().await.and_then(|v| {
-            serde_json::from_value(v).map_err(|e| self.bad(format!("invalid status: {e}")))
+            serde_json::from_value(v).map_err(|source| {
+                self.bad(ResponseFault::Json {
+                    what: "status",
+                    source,
+                })
+            })
         })
     }
 
@@ -665,8 +772,38 @@ mod tests {
         let err = client.get(b"k", None).await.unwrap_err();
         let text = err.to_string();
         assert!(
-            text.starts_with(&format!("cannot reach node at http://127.0.0.1:{port}")),
+            text.starts_with(&format!("cannot reach node at http://127.0.0.1:{port}: ")),
             "{text}"
+        );
+        // The socket's error is kept as the source, with its kind.
+        assert!(
+            matches!(
+                &err,
+                ClientError::Unreachable { cause: HttpFailure::Io(e), .. }
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn bad_responses_say_what_was_wrong() {
+        let client = Client::new("http://127.0.0.1:7101").unwrap();
+        let err = client.decode::<WriteAck>(b"{").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unexpected response from http://127.0.0.1:7101: invalid JSON: "),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let err = client.bad(ResponseFault::NoLongerMember {
+            node: NodeId::new(4),
+            config_id: 9,
+        });
+        assert_eq!(
+            err.to_string(),
+            "unexpected response from http://127.0.0.1:7101: node 4 is no longer a member \
+             (configuration 9)"
         );
     }
 }

@@ -613,17 +613,28 @@ pub struct TokensSection {
 /// The shortest bearer token accepted (`conclave init --secure` writes 64 hex characters).
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Why a bearer token is refused ([`check_token`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Shorter than [`MIN_TOKEN_LEN`].
+    #[error("a token must be at least {MIN_TOKEN_LEN} characters long, got {len}")]
+    TooShort {
+        /// The token's length in bytes.
+        len: usize,
+    },
+    /// A space, a control character or a non-ASCII byte.
+    #[error("a token must be visible ASCII characters without spaces")]
+    NotVisibleAscii,
+}
+
 /// Checks one token's shape: at least [`MIN_TOKEN_LEN`] visible ASCII characters (what an
 /// `Authorization: Bearer` header can carry), no spaces.
-pub fn check_token(token: &str) -> Result<(), String> {
+pub fn check_token(token: &str) -> Result<(), TokenError> {
     if token.len() < MIN_TOKEN_LEN {
-        return Err(format!(
-            "a token must be at least {MIN_TOKEN_LEN} characters long, got {}",
-            token.len()
-        ));
+        return Err(TokenError::TooShort { len: token.len() });
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("a token must be visible ASCII characters without spaces".to_owned());
+        return Err(TokenError::NotVisibleAscii);
     }
     Ok(())
 }
@@ -641,41 +652,210 @@ pub enum ConfigError {
     },
     /// The TOML is malformed, has an unknown key or a value of the wrong type. The message
     /// names the key and the line.
-    #[error("config file {path}: {message}")]
+    #[error("config file {path}: {}", source.to_string().trim_end())]
     Parse {
         /// The file (or `<string>`).
         path: PathBuf,
-        /// The parser's message, naming the key.
-        message: String,
+        /// The parser's error, naming the key and the line.
+        source: toml::de::Error,
     },
     /// The node listens off loopback without the protection that needs, and
     /// `node.allow_insecure` is not set.
     #[error(
-        "{addresses} not a loopback address, so the node refuses to start without {missing}; \
+        "{} {} not a loopback address, so the node refuses to start without {}; \
          create them with `conclave init --secure`, or set `allow_insecure = true` under [node] \
-         to run unprotected"
+         to run unprotected",
+        join_and(exposed),
+        if exposed.len() == 1 { "is" } else { "are" },
+        join_and(missing)
     )]
     Insecure {
-        /// The exposed addresses, e.g. `node.http 0.0.0.0:7101 is`.
-        addresses: String,
-        /// What is missing, e.g. `[tls] (transport TLS) and [http.tokens] (bearer tokens)`.
-        missing: String,
+        /// The addresses off loopback ([`Config::exposed_addresses`]).
+        exposed: Vec<Exposed>,
+        /// The sections missing, e.g. `[tls] (transport TLS)`.
+        missing: Vec<&'static str>,
     },
     /// A value is well-typed but not acceptable.
-    #[error("config key `{key}`: {message}")]
+    #[error("config key `{key}`: {problem}")]
     Invalid {
         /// The dotted key, e.g. `raft.election_timeout_ms`.
         key: &'static str,
         /// What is wrong and what would be right.
-        message: String,
+        #[source]
+        problem: Problem,
     },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
+/// What is wrong with one configuration value ([`ConfigError::Invalid`]); the message says
+/// what would be right.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// A count or duration of 0 where at least 1 is needed.
+    #[error("must be at least 1")]
+    Zero,
+    /// The reserved node id 0.
+    #[error("must not be 0")]
+    ReservedZero,
+    /// Empty text where some is needed.
+    #[error("must not be empty")]
+    Empty,
+    /// Below a fixed minimum.
+    #[error("must be at least {min}{unit}")]
+    BelowMin {
+        /// The smallest accepted value.
+        min: u64,
+        /// The unit, with its leading space (` bytes`), or empty.
+        unit: &'static str,
+    },
+    /// Below a fixed minimum (the value given is echoed).
+    #[error("must be at least {min}, got {got}")]
+    BelowMinGot {
+        /// The smallest accepted value.
+        min: u64,
+        /// The value given.
+        got: u64,
+    },
+    /// Outside a fixed range.
+    #[error("must be between {min} and {max}{what}, got {got}")]
+    OutOfRange {
+        /// The smallest accepted value.
+        min: u64,
+        /// The largest accepted value.
+        max: u64,
+        /// What the numbers count, with its leading space (` entries`,
+        /// ` (percent of the last image)`), or empty.
+        what: &'static str,
+        /// The value given.
+        got: u64,
+    },
+    /// Below another key's value.
+    #[error("must be at least {0}")]
+    BelowKey(&'static str),
+    /// `node.http` equals `node.listen`.
+    #[error("must differ from node.listen ({0})")]
+    SameAsListen(SocketAddr),
+    /// Two initial members share an id.
+    #[error("duplicate member id {0}")]
+    DuplicateMember(NodeId),
+    /// An initial member has the reserved id 0.
+    #[error("member id 0 is reserved")]
+    ReservedMemberId,
+    /// `node.max_queue_bytes` cannot hold one frame of `node.max_frame_size`.
+    #[error("must hold at least one largest frame (node.max_frame_size + 4 = {needed})")]
+    QueueBelowFrame {
+        /// `node.max_frame_size + 4`.
+        needed: usize,
+    },
+    /// `raft.election_timeout_ms` is not `[min, max]` with `min < max`.
+    #[error("expected [min, max] with min < max, got [{min}, {max}]")]
+    ElectionRange {
+        /// The first element given.
+        min: u64,
+        /// The second element given.
+        max: u64,
+    },
+    /// An interval that must be shorter than the election timeout's minimum.
+    #[error("must be between 1 and the election timeout's minimum ({election_min} ms), got {got}")]
+    NotBelowElection {
+        /// `raft.election_timeout_ms[0]`.
+        election_min: u64,
+        /// The value given.
+        got: u64,
+    },
+    /// `raft.read.default = "lease"` without `raft.check_quorum`.
+    #[error("lease reads need raft.check_quorum = true")]
+    LeaseWithoutCheckQuorum,
+    /// Both the older `raft.snapshot_threshold` and `snapshot.threshold_entries` are set,
+    /// to different values.
+    #[error(
+        "is the older name of snapshot.threshold_entries; both are set, to {old} and {new} — \
+         keep only [snapshot] threshold_entries"
+    )]
+    TwoSnapshotThresholds {
+        /// `raft.snapshot_threshold`.
+        old: u64,
+        /// `snapshot.threshold_entries`.
+        new: u64,
+    },
+    /// `snapshot.chunk_bytes` does not fit in one transport frame, or is too small.
+    #[error(
+        "must be between {min} and node.max_frame_size − {overhead} ({max}) so that a chunk \
+         fits in one transport frame, got {got}"
+    )]
+    ChunkSize {
+        /// The smallest accepted chunk.
+        min: usize,
+        /// The frame overhead subtracted from `node.max_frame_size`.
+        overhead: usize,
+        /// The largest chunk that fits.
+        max: usize,
+        /// The value given.
+        got: usize,
+    },
+    /// `http.max_inflight_bytes` cannot hold one largest value.
+    #[error(
+        "must hold at least one largest value ({largest} bytes, half of node.max_frame_size), \
+         got {got}"
+    )]
+    InflightBelowValue {
+        /// The largest value a request can carry.
+        largest: usize,
+        /// The value given.
+        got: usize,
+    },
+    /// HTTPS without a CA to verify the other nodes when forwarding.
+    #[error(
+        "needed to verify the other nodes' HTTPS certificates when a request is forwarded to \
+         the leader (or set [tls] ca)"
+    )]
+    HttpsWithoutCa,
+    /// `[http.tokens]` without an admin token.
+    #[error("[http.tokens] needs at least one admin token (admin or admin_file)")]
+    NoAdminToken,
+    /// A token given in the file has the wrong shape.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A token file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    TokenFileUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A token file holds no token.
+    #[error("{} holds no token", path.display())]
+    TokenFileEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A token in a token file has the wrong shape.
+    #[error("{}: {source}", path.display())]
+    TokenFileBadToken {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the token (the token itself is not echoed: it is a secret).
+        source: TokenError,
+    },
+    /// `cluster.initial_members` on a node that joins an existing cluster.
+    #[error(
+        "must be empty on a joining node (cluster.join = true): it takes its membership from \
+         the cluster that adds it"
+    )]
+    MembersOnJoin,
+    /// A seed that is no initial member's address.
+    #[error(
+        "{0} is not the address of any of cluster.initial_members (a seed is dialled as that \
+         member)"
+    )]
+    SeedNotAMember(SocketAddr),
+    /// What the SWIM core's own check refuses (its key is mapped to the `gossip.` one).
+    #[error(transparent)]
+    Gossip(SwimConfigError),
+}
+
+fn invalid(key: &'static str, problem: Problem) -> ConfigError {
+    ConfigError::Invalid { key, problem }
 }
 
 impl Config {
@@ -694,9 +874,9 @@ impl Config {
     }
 
     fn parse_named(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            source,
         })?;
         config.validate()?;
         Ok(config)
@@ -753,13 +933,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = &self.node;
         if n.id == NodeId::NONE {
-            return Err(invalid("node.id", "must not be 0"));
+            return Err(invalid("node.id", Problem::ReservedZero));
         }
         if n.listen == n.http {
-            return Err(invalid(
-                "node.http",
-                format!("must differ from node.listen ({})", n.listen),
-            ));
+            return Err(invalid("node.http", Problem::SameAsListen(n.listen)));
         }
         for (key, v) in [
             ("node.max_connections", n.max_connections),
@@ -778,82 +955,101 @@ impl Config {
             ("ring.replication_factor", self.ring.replication_factor),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
+                return Err(invalid(key, Problem::Zero));
             }
         }
         if n.max_hops == 0 {
-            return Err(invalid("node.max_hops", "must be at least 1"));
+            return Err(invalid("node.max_hops", Problem::Zero));
         }
         if self.ring.map_watch_ms == 0 {
-            return Err(invalid("ring.map_watch_ms", "must be at least 1"));
+            return Err(invalid("ring.map_watch_ms", Problem::Zero));
         }
         if !(1..=MAX_PROMOTE_MAX_LAG).contains(&self.raft.promote_max_lag) {
             return Err(invalid(
                 "raft.promote_max_lag",
-                format!(
-                    "must be between 1 and {MAX_PROMOTE_MAX_LAG} entries (got {})",
-                    self.raft.promote_max_lag
-                ),
+                Problem::OutOfRange {
+                    min: 1,
+                    max: MAX_PROMOTE_MAX_LAG,
+                    what: " entries",
+                    got: self.raft.promote_max_lag,
+                },
             ));
         }
         if self.raft.learner_catch_up_mb_s > MAX_LEARNER_CATCH_UP_MB_S {
             return Err(invalid(
                 "raft.learner_catch_up_mb_s",
-                format!(
-                    "must be at most {MAX_LEARNER_CATCH_UP_MB_S} MB/s, or 0 for unpaced (got {})",
-                    self.raft.learner_catch_up_mb_s
-                ),
+                Problem::OutOfRange {
+                    min: 0,
+                    max: MAX_LEARNER_CATCH_UP_MB_S,
+                    what: " MB/s (0: unpaced)",
+                    got: self.raft.learner_catch_up_mb_s,
+                },
             ));
         }
         if !(1..=MAX_RAFT_WORKERS).contains(&self.raft.workers) {
             return Err(invalid(
                 "raft.workers",
-                format!(
-                    "must be between 1 and {MAX_RAFT_WORKERS} (got {})",
-                    self.raft.workers
-                ),
+                Problem::OutOfRange {
+                    min: 1,
+                    max: MAX_RAFT_WORKERS as u64,
+                    what: "",
+                    got: self.raft.workers as u64,
+                },
             ));
         }
         if n.max_frame_size < 1024 {
             return Err(invalid(
                 "node.max_frame_size",
-                "must be at least 1024 bytes",
+                Problem::BelowMin {
+                    min: 1024,
+                    unit: " bytes",
+                },
             ));
         }
         if n.read_timeout_s == 0 {
-            return Err(invalid("node.read_timeout_s", "must be at least 1"));
+            return Err(invalid("node.read_timeout_s", Problem::Zero));
         }
         if self.cluster.id.is_empty() {
-            return Err(invalid("cluster.id", "must not be empty"));
+            return Err(invalid("cluster.id", Problem::Empty));
         }
         let members = &self.cluster.initial_members;
         if !members.is_empty() {
-            let ids: BTreeSet<NodeId> = members.iter().map(|m| m.id).collect();
-            if ids.len() != members.len() {
-                return Err(invalid("cluster.initial_members", "duplicate member id"));
+            let mut ids = BTreeSet::new();
+            for m in members {
+                if !ids.insert(m.id) {
+                    return Err(invalid(
+                        "cluster.initial_members",
+                        Problem::DuplicateMember(m.id),
+                    ));
+                }
             }
             if ids.contains(&NodeId::NONE) {
                 return Err(invalid(
                     "cluster.initial_members",
-                    "member id 0 is reserved",
+                    Problem::ReservedMemberId,
                 ));
             }
         }
         if self.cluster.seed_retry_ms == 0 {
-            return Err(invalid("cluster.seed_retry_ms", "must be at least 1"));
+            return Err(invalid("cluster.seed_retry_ms", Problem::Zero));
         }
         if let Some(secret) = &self.cluster.secret {
             if secret.0.len() < 16 {
-                return Err(invalid("cluster.secret", "must be at least 16 bytes"));
+                return Err(invalid(
+                    "cluster.secret",
+                    Problem::BelowMin {
+                        min: 16,
+                        unit: " bytes",
+                    },
+                ));
             }
         }
         if n.max_queue_bytes < n.max_frame_size.saturating_add(4) {
             return Err(invalid(
                 "node.max_queue_bytes",
-                format!(
-                    "must hold at least one largest frame (node.max_frame_size + 4 = {})",
-                    n.max_frame_size.saturating_add(4)
-                ),
+                Problem::QueueBelowFrame {
+                    needed: n.max_frame_size.saturating_add(4),
+                },
             ));
         }
         let r = &self.raft;
@@ -861,117 +1057,103 @@ impl Config {
         if min >= max {
             return Err(invalid(
                 "raft.election_timeout_ms",
-                format!("expected [min, max] with min < max, got [{min}, {max}]"),
+                Problem::ElectionRange { min, max },
             ));
         }
         if r.heartbeat_interval_ms == 0 || r.heartbeat_interval_ms >= min {
             return Err(invalid(
                 "raft.heartbeat_interval_ms",
-                format!(
-                    "must be between 1 and the election timeout's minimum ({min} ms), got {}",
-                    r.heartbeat_interval_ms
-                ),
+                Problem::NotBelowElection {
+                    election_min: min,
+                    got: r.heartbeat_interval_ms,
+                },
             ));
         }
         if r.read.lease_ms == 0 || r.read.lease_ms >= min {
             return Err(invalid(
                 "raft.read.lease_ms",
-                format!(
-                    "must be between 1 and the election timeout's minimum ({min} ms), got {}",
-                    r.read.lease_ms
-                ),
+                Problem::NotBelowElection {
+                    election_min: min,
+                    got: r.read.lease_ms,
+                },
             ));
         }
         if r.read.default == ReadLevel::Lease && !r.check_quorum {
             return Err(invalid(
                 "raft.read.default",
-                "lease reads need raft.check_quorum = true",
+                Problem::LeaseWithoutCheckQuorum,
             ));
         }
         self.validate_snapshot()?;
         if r.persistence.flush_threshold == 0 {
-            return Err(invalid(
-                "raft.persistence.flush_threshold",
-                "must be at least 1",
-            ));
+            return Err(invalid("raft.persistence.flush_threshold", Problem::Zero));
         }
         if r.persistence.flush_interval_ms == 0 {
-            return Err(invalid(
-                "raft.persistence.flush_interval_ms",
-                "must be at least 1",
-            ));
+            return Err(invalid("raft.persistence.flush_interval_ms", Problem::Zero));
         }
         let g = &self.gossip;
         if g.cycle_interval_ms == 0 {
-            return Err(invalid("gossip.cycle_interval_ms", "must be at least 1"));
+            return Err(invalid("gossip.cycle_interval_ms", Problem::Zero));
         }
         if g.suspect_timeout_s == 0 {
-            return Err(invalid("gossip.suspect_timeout_s", "must be at least 1"));
+            return Err(invalid("gossip.suspect_timeout_s", Problem::Zero));
         }
         if g.dead_timeout_s < g.suspect_timeout_s {
             return Err(invalid(
                 "gossip.dead_timeout_s",
-                "must be at least gossip.suspect_timeout_s",
+                Problem::BelowKey("gossip.suspect_timeout_s"),
             ));
         }
         if g.prune_timeout_s < g.dead_timeout_s {
             return Err(invalid(
                 "gossip.prune_timeout_s",
-                "must be at least gossip.dead_timeout_s",
+                Problem::BelowKey("gossip.dead_timeout_s"),
             ));
         }
         if self.ring.shards == 0 {
-            return Err(invalid("ring.shards", "must be at least 1"));
+            return Err(invalid("ring.shards", Problem::Zero));
         }
         if self.latency.history_size == 0 {
-            return Err(invalid("latency.history_size", "must be at least 1"));
+            return Err(invalid("latency.history_size", Problem::Zero));
         }
         if self.latency.interval_s == 0 {
-            return Err(invalid("latency.interval_s", "must be at least 1"));
+            return Err(invalid("latency.interval_s", Problem::Zero));
         }
         if !(10..=3_600_000).contains(&self.storage.stall_timeout_ms) {
             return Err(invalid(
                 "storage.stall_timeout_ms",
-                format!(
-                    "must be between 10 and 3600000 (one hour), got {}",
-                    self.storage.stall_timeout_ms
-                ),
+                Problem::OutOfRange {
+                    min: 10,
+                    max: 3_600_000,
+                    what: " (one hour)",
+                    got: self.storage.stall_timeout_ms,
+                },
             ));
         }
         if self.storage.wal_segment_bytes < 65_536 {
             return Err(invalid(
                 "storage.wal_segment_bytes",
-                format!(
-                    "must be at least 65536, got {}",
-                    self.storage.wal_segment_bytes
-                ),
+                Problem::BelowMinGot {
+                    min: 65_536,
+                    got: self.storage.wal_segment_bytes,
+                },
             ));
         }
         self.validate_http()?;
         self.check_exposure()?;
         if self.cluster.join && !self.cluster.initial_members.is_empty() {
-            return Err(invalid(
-                "cluster.initial_members",
-                "must be empty on a joining node (cluster.join = true): it takes its \
-                 membership from the cluster that adds it",
-            ));
+            return Err(invalid("cluster.initial_members", Problem::MembersOnJoin));
         }
         let initial = self.initial_members();
         for seed in self.cluster.seeds.iter().filter(|_| !self.cluster.join) {
             if !initial.iter().any(|m| m.addr == *seed) {
-                return Err(invalid(
-                    "cluster.seeds",
-                    format!(
-                        "{seed} is not the address of any of cluster.initial_members \
-                         (a seed is dialled as that member)"
-                    ),
-                ));
+                return Err(invalid("cluster.seeds", Problem::SeedNotAMember(*seed)));
             }
         }
         // Everything the SWIM core checks (probe timeout below the cycle, suspicion at least
         // two cycles, ...), named by the `gossip.` key it reports.
         if let Err(e) = self.swim_config().validate() {
-            return Err(invalid(gossip_key(&e), e.to_string()));
+            return Err(invalid(gossip_key(&e), Problem::Gossip(e)));
         }
         Ok(())
     }
@@ -991,11 +1173,10 @@ impl Config {
             if s.threshold_entries != default && s.threshold_entries != old {
                 return Err(invalid(
                     "raft.snapshot_threshold",
-                    format!(
-                        "is the older name of snapshot.threshold_entries; both are set, to \
-                         {old} and {} — keep only [snapshot] threshold_entries",
-                        s.threshold_entries
-                    ),
+                    Problem::TwoSnapshotThresholds {
+                        old,
+                        new: s.threshold_entries,
+                    },
                 ));
             }
         }
@@ -1006,42 +1187,46 @@ impl Config {
         if s.chunk_bytes < MIN_SNAPSHOT_CHUNK_BYTES || s.chunk_bytes > largest_chunk {
             return Err(invalid(
                 "snapshot.chunk_bytes",
-                format!(
-                    "must be between {MIN_SNAPSHOT_CHUNK_BYTES} and node.max_frame_size − \
-                     {SNAPSHOT_CHUNK_FRAME_OVERHEAD} ({largest_chunk}) so that a chunk fits in \
-                     one transport frame, got {}",
-                    s.chunk_bytes
-                ),
+                Problem::ChunkSize {
+                    min: MIN_SNAPSHOT_CHUNK_BYTES,
+                    overhead: SNAPSHOT_CHUNK_FRAME_OVERHEAD,
+                    max: largest_chunk,
+                    got: s.chunk_bytes,
+                },
             ));
         }
         if s.max_send_rate_mb_s == 0 {
             return Err(invalid(
                 "snapshot.max_send_rate_mb_s",
-                "must be at least 1 (MB per second)",
+                Problem::BelowMin {
+                    min: 1,
+                    unit: " (MB per second)",
+                },
             ));
         }
         if s.max_concurrent_sends == 0 {
-            return Err(invalid(
-                "snapshot.max_concurrent_sends",
-                "must be at least 1",
-            ));
+            return Err(invalid("snapshot.max_concurrent_sends", Problem::Zero));
         }
         if s.log_image_pct > MAX_LOG_IMAGE_PCT {
             return Err(invalid(
                 "snapshot.log_image_pct",
-                format!(
-                    "must be between 0 and {MAX_LOG_IMAGE_PCT} (percent of the last image), got {}",
-                    s.log_image_pct
-                ),
+                Problem::OutOfRange {
+                    min: 0,
+                    max: MAX_LOG_IMAGE_PCT,
+                    what: " (percent of the last image)",
+                    got: s.log_image_pct,
+                },
             ));
         }
         if s.threshold_jitter_pct > 100 {
             return Err(invalid(
                 "snapshot.threshold_jitter_pct",
-                format!(
-                    "must be between 0 and 100 (percent above the thresholds), got {}",
-                    s.threshold_jitter_pct
-                ),
+                Problem::OutOfRange {
+                    min: 0,
+                    max: 100,
+                    what: " (percent above the thresholds)",
+                    got: s.threshold_jitter_pct,
+                },
             ));
         }
         Ok(())
@@ -1050,59 +1235,48 @@ impl Config {
     fn validate_http(&self) -> Result<(), ConfigError> {
         let h = &self.http;
         if h.body_timeout_ms == 0 {
-            return Err(invalid("http.body_timeout_ms", "must be at least 1"));
+            return Err(invalid("http.body_timeout_ms", Problem::Zero));
         }
         let largest_value = (self.node.max_frame_size / 2).saturating_sub(1024);
         if h.max_inflight_bytes < largest_value {
             return Err(invalid(
                 "http.max_inflight_bytes",
-                format!(
-                    "must hold at least one largest value ({largest_value} bytes, half of \
-                     node.max_frame_size), got {}",
-                    h.max_inflight_bytes
-                ),
+                Problem::InflightBelowValue {
+                    largest: largest_value,
+                    got: h.max_inflight_bytes,
+                },
             ));
         }
         if let Some(tls) = &h.tls {
             if tls.ca.is_none() && self.tls.is_none() {
-                return Err(invalid(
-                    "http.tls.ca",
-                    "needed to verify the other nodes' HTTPS certificates when a request is \
-                     forwarded to the leader (or set [tls] ca)",
-                ));
+                return Err(invalid("http.tls.ca", Problem::HttpsWithoutCa));
             }
         }
         if let Some(t) = &h.tokens {
             if t.admin.is_empty() && t.admin_file.is_none() {
-                return Err(invalid(
-                    "http.tokens.admin",
-                    "[http.tokens] needs at least one admin token (admin or admin_file)",
-                ));
+                return Err(invalid("http.tokens.admin", Problem::NoAdminToken));
             }
             for (key, list) in [
                 ("http.tokens.admin", &t.admin),
                 ("http.tokens.client", &t.client),
             ] {
                 for token in list {
-                    check_token(token).map_err(|m| invalid(key, m))?;
+                    check_token(token).map_err(|e| invalid(key, e.into()))?;
                 }
             }
         }
         Ok(())
     }
 
-    /// The addresses of this node that are not loopback, as `node.listen 0.0.0.0:7001` — the
-    /// ones an attacker on the network can reach. Empty: loopback only.
-    pub fn exposed_addresses(&self) -> Vec<String> {
+    /// The addresses of this node that are not loopback (shown as `node.listen 0.0.0.0:7001`)
+    /// — the ones an attacker on the network can reach. Empty: loopback only.
+    pub fn exposed_addresses(&self) -> Vec<Exposed> {
         let n = &self.node;
-        let mut out = Vec::new();
-        if !n.listen.ip().is_loopback() {
-            out.push(format!("node.listen {}", n.listen));
-        }
-        if !n.http.ip().is_loopback() {
-            out.push(format!("node.http {}", n.http));
-        }
-        out
+        [("node.listen", n.listen), ("node.http", n.http)]
+            .into_iter()
+            .filter(|(_, addr)| !addr.ip().is_loopback())
+            .map(|(key, addr)| Exposed { key, addr })
+            .collect()
     }
 
     /// Secure by default: a node reachable off loopback needs transport TLS, HTTPS and
@@ -1125,11 +1299,7 @@ impl Config {
         if missing.is_empty() {
             return Ok(());
         }
-        let verb = if exposed.len() == 1 { "is" } else { "are" };
-        Err(ConfigError::Insecure {
-            addresses: format!("{} {verb}", exposed.join(" and ")),
-            missing: join_and(&missing),
-        })
+        Err(ConfigError::Insecure { exposed, missing })
     }
 
     /// The SWIM core's configuration: the `[gossip]` section, `cluster.seeds` (every other
@@ -1163,11 +1333,27 @@ impl Config {
     }
 }
 
+/// One of the node's addresses that is not loopback; shown as `node.http 0.0.0.0:7101`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exposed {
+    /// The configuration key: `node.listen` or `node.http`.
+    pub key: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for Exposed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.key, self.addr)
+    }
+}
+
 /// `a`, `a and b`, `a, b and c`.
-fn join_and(items: &[&str]) -> String {
-    match items {
+fn join_and<T: std::fmt::Display>(items: &[T]) -> String {
+    let text: Vec<String> = items.iter().map(T::to_string).collect();
+    match text.as_slice() {
         [] => String::new(),
-        [one] => (*one).to_owned(),
+        [one] => one.clone(),
         [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
     }
 }
@@ -1323,6 +1509,61 @@ ca = "ca.crt"
         }
     }
 
+    /// The validation messages are built from typed values ([`Problem`]); these are the
+    /// sentences a user reads.
+    #[test]
+    fn invalid_values_give_whole_sentences() {
+        let cases = [
+            (
+                "[node]\nhttp = \"127.0.0.1:7001\"\nlisten = \"127.0.0.1:7001\"\n",
+                "config key `node.http`: must differ from node.listen (127.0.0.1:7001)",
+            ),
+            (
+                "[cluster]\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\", http = \"127.0.0.1:2\" }, { id = 1, addr = \"127.0.0.1:3\", http = \"127.0.0.1:4\" }]\n",
+                "config key `cluster.initial_members`: duplicate member id 1",
+            ),
+            (
+                "[raft]\nworkers = 0\n",
+                "config key `raft.workers`: must be between 1 and 1024, got 0",
+            ),
+            (
+                "[raft]\nelection_timeout_ms = [300, 300]\n",
+                "config key `raft.election_timeout_ms`: expected [min, max] with min < max, got \
+                 [300, 300]",
+            ),
+            (
+                "[raft]\nlearner_catch_up_mb_s = 100001\n",
+                "config key `raft.learner_catch_up_mb_s`: must be between 0 and 100000 MB/s \
+                 (0: unpaced), got 100001",
+            ),
+            (
+                "[storage]\nwal_segment_bytes = 10\n",
+                "config key `storage.wal_segment_bytes`: must be at least 65536, got 10",
+            ),
+            (
+                "[node]\nmax_frame_size = 10\n",
+                "config key `node.max_frame_size`: must be at least 1024 bytes",
+            ),
+            (
+                "[http.tokens]\nadmin = [\"short\"]\n",
+                "config key `http.tokens.admin`: a token must be at least 16 characters long, \
+                 got 5",
+            ),
+            (
+                "[http.tokens]\nadmin = [\"0123456789 abcdef\"]\n",
+                "config key `http.tokens.admin`: a token must be visible ASCII characters \
+                 without spaces",
+            ),
+            (
+                "[gossip]\nsuspect_timeout_s = 5\ndead_timeout_s = 4\n",
+                "config key `gossip.dead_timeout_s`: must be at least gossip.suspect_timeout_s",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(err(text), want, "{text:?}");
+        }
+    }
+
     #[test]
     fn gossip_keys_have_seed_000_defaults_and_reach_the_swim_core() {
         let c = Config::default();
@@ -1414,7 +1655,12 @@ lifeguard = false
         // The explicit opt-out.
         let c = Config::parse("[node]\nhttp = \"0.0.0.0:7101\"\nallow_insecure = true\n").unwrap();
         assert!(c.node.allow_insecure);
-        assert_eq!(c.exposed_addresses(), vec!["node.http 0.0.0.0:7101"]);
+        let exposed: Vec<String> = c
+            .exposed_addresses()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(exposed, vec!["node.http 0.0.0.0:7101"]);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 use crate::config::StorageEngine;
 use crate::storage::sled_store::SledStore;
-use crate::storage::state_store::{open_store, StateStore, StoreError, StoreView, WriteBatch};
+use crate::storage::state_store::{
+    open_store, CorruptRecord, StateStore, StoreError, StoreView, WriteBatch,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -444,7 +446,7 @@ impl KvMachine {
             (CompactOutcome::Cas { .. }, _) => {
                 return Err(StateMachineError::Store(StoreError::Corrupt {
                     engine: self.store.engine(),
-                    what: "an idempotency record of a CAS matched another command".to_owned(),
+                    record: CorruptRecord::IdempotencyKind,
                 }))
             }
         })
@@ -602,9 +604,12 @@ impl StateMachine for KvMachine {
                 let fp = fingerprint(&request.op)?;
                 if let Some(bytes) = self.store.get(&prefixed(IDEM, id.as_bytes()))? {
                     let first: IdemRecord =
-                        rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        rmp_serde::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
                             engine: self.store.engine(),
-                            what: format!("idempotency record of key {id:?}: {e}"),
+                            record: CorruptRecord::Idempotency {
+                                key: id.clone(),
+                                source,
+                            },
                         })?;
                     // Nothing changes but the applied index, on every replica alike.
                     let out = if first.fingerprint == fp {

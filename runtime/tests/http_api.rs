@@ -246,7 +246,9 @@ async fn every_route_on_a_leader() {
     // A storage failure: neither ready nor live (503 `storage_failed` on both).
     s.double.state.lock().unwrap().storage = StorageCondition::Failed {
         component: StorageComponent::StateMachine(GroupId::FIRST),
-        error: StorageError::Reported("No space left on device".into()),
+        error: StorageError::Reported {
+            shown: "No space left on device".into(),
+        },
     };
     let r = get(&s, "/readyz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -87,8 +87,8 @@ pub enum ConfigError {
     Invalid {
         /// The configuration key.
         key: &'static str,
-        /// What is wrong with it.
-        reason: String,
+        /// The rule the value breaks (a fixed sentence per key).
+        reason: &'static str,
     },
 }
 
@@ -122,12 +122,7 @@ impl TransportConfig {
 
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_owned(),
-            })
-        };
+        let bad = |key, reason| Err(ConfigError::Invalid { key, reason });
         if self.cluster_id.is_empty() || self.cluster_id.len() > MAX_CLUSTER_ID_LEN {
             return bad("cluster_id", "must be 1..=255 bytes");
         }

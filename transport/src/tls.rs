@@ -34,7 +34,8 @@ pub enum TlsError {
         /// What was expected ("certificate", "private key").
         what: &'static str,
     },
-    /// `server_name` is not a valid DNS name.
+    /// `server_name` is not a valid DNS name; the field is the name as configured (or the
+    /// `node-{id}.conclave` name built for the peer), echoed.
     #[error("invalid tls server_name {0:?}")]
     ServerName(String),
     /// rustls refused the material (bad key, unusable CA, ...).

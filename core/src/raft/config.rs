@@ -1,5 +1,6 @@
 //! Configuration of one Raft group on one node, with validation.
 
+use super::log::RestoreError;
 use super::types::{GroupId, Millis, NodeId};
 
 /// Tunables of one Raft group on one node. Every field has a sane default; [`RaftConfig::validate`]
@@ -176,7 +177,7 @@ pub enum ConfigError {
     /// The restored state is inconsistent (a gap in the log, terms going backwards): the
     /// storage handed back something it never was asked to write.
     #[error("invalid restore state: {0}")]
-    InvalidRestore(String),
+    InvalidRestore(#[source] RestoreError),
 }
 
 impl RaftConfig {

@@ -3,6 +3,32 @@
 
 use super::types::{Entry, LogIndex, Term};
 
+/// What is inconsistent in a restored log ([`super::ConfigError::InvalidRestore`]): the
+/// storage handed back something it was never asked to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The entries after the snapshot point are not contiguous.
+    #[error("restored entry at position {position} has index {index}, expected {expected}")]
+    Gap {
+        /// Its position among the entries after the snapshot point.
+        position: usize,
+        /// Its index.
+        index: LogIndex,
+        /// The index that position must hold.
+        expected: LogIndex,
+    },
+    /// A term below its predecessor's (Raft §5.3: terms never decrease along a log).
+    #[error("restored entry {index} has term {term} below its predecessor's {previous}")]
+    TermBackwards {
+        /// The entry's index.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+        /// The term before it (the snapshot's for the first entry).
+        previous: Term,
+    },
+}
+
 /// The log of one group on one node, persisted or not. Index `snapshot_index + 1` is at
 /// position 0 of `entries`.
 #[derive(Debug, Clone)]
@@ -21,7 +47,7 @@ impl RaftLog {
     pub(crate) fn restore(
         snapshot: (LogIndex, Term),
         mut entries: Vec<Entry>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RestoreError> {
         let (snapshot_index, snapshot_term) = snapshot;
         let covered = entries.partition_point(|e| e.index <= snapshot_index);
         entries.drain(..covered);
@@ -29,17 +55,19 @@ impl RaftLog {
         for (pos, e) in entries.iter().enumerate() {
             let expected = snapshot_index + 1 + pos as u64;
             if e.index != expected {
-                return Err(format!(
-                    "restored entry at position {pos} has index {}, expected {expected}",
-                    e.index
-                ));
+                return Err(RestoreError::Gap {
+                    position: pos,
+                    index: e.index,
+                    expected,
+                });
             }
             // Raft §5.3: terms never decrease along a log.
             if e.term < prev_term {
-                return Err(format!(
-                    "restored entry {} has term {} below its predecessor's {prev_term}",
-                    e.index, e.term
-                ));
+                return Err(RestoreError::TermBackwards {
+                    index: e.index,
+                    term: e.term,
+                    previous: prev_term,
+                });
             }
             prev_term = e.term;
         }

@@ -27,4 +27,5 @@ pub use host::{
     CoalescedHeartbeat, CoalescedResponse, Frame, Host, HostAction, HostConfig, HostError,
     HostStats,
 };
+pub use log::RestoreError;
 pub use types::*;

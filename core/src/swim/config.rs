@@ -110,7 +110,8 @@ pub enum ConfigError {
         /// That key's value.
         other: u64,
     },
-    /// A seed address is empty or too long.
+    /// A seed address is empty or too long; the field is the address as configured,
+    /// echoed.
     #[error("cluster.seeds contains an invalid address {0:?}")]
     BadSeed(String),
 }

@@ -511,7 +511,9 @@ mod tests {
         let mut failed = s.clone();
         failed.storage = StorageCondition::Failed {
             component: crate::storage::health::StorageComponent::StateMachine(GroupId::FIRST),
-            error: crate::storage::health::StorageError::Reported("No space left on device".into()),
+            error: crate::storage::health::StorageError::Reported {
+                shown: "No space left on device".into(),
+            },
         };
         let f = status_table("http://x", &failed, None);
         assert!(

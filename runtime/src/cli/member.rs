@@ -5,7 +5,7 @@
 
 use super::{EndpointArg, EXIT_FAILURE, EXIT_OK};
 use crate::api::{ChangeOutcome, ClusterConfig, NewMember, NodeId};
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ResponseFault};
 use clap::{Args, Subcommand};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -274,10 +274,10 @@ async fn wait_caught_up(
                 let Some(learner) = config.learners.iter().find(|m| m.id == id) else {
                     return Err(ClientError::BadResponse {
                         endpoint: client.endpoint().to_owned(),
-                        reason: format!(
-                            "node {id} is no longer a member (configuration {})",
-                            config.config_id
-                        ),
+                        fault: ResponseFault::NoLongerMember {
+                            node: id,
+                            config_id: config.config_id,
+                        },
                     });
                 };
                 if learner.caught_up == Some(true) {

@@ -7,7 +7,7 @@
 //! exit), so the time a check takes tells nothing about which token, or which prefix, matched.
 
 use super::ApiError;
-use crate::config::{check_token, ConfigError, HttpSection, TokensSection};
+use crate::config::{check_token, ConfigError, HttpSection, Problem, TokensSection};
 use actix_web::http::{header, Method};
 use actix_web::HttpRequest;
 use std::path::Path;
@@ -50,9 +50,12 @@ pub struct Auth {
 
 /// Reads a token file: one token per line, blank lines and `#` comments ignored.
 fn read_token_file(path: &Path, key: &'static str) -> Result<Vec<String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Invalid {
         key,
-        message: format!("cannot read {}: {e}", path.display()),
+        problem: Problem::TokenFileUnreadable {
+            path: path.to_owned(),
+            source,
+        },
     })?;
     warn_if_readable_by_others(path, key);
     let tokens: Vec<String> = text
@@ -64,13 +67,18 @@ fn read_token_file(path: &Path, key: &'static str) -> Result<Vec<String>, Config
     if tokens.is_empty() {
         return Err(ConfigError::Invalid {
             key,
-            message: format!("{} holds no token", path.display()),
+            problem: Problem::TokenFileEmpty {
+                path: path.to_owned(),
+            },
         });
     }
     for t in &tokens {
-        check_token(t).map_err(|m| ConfigError::Invalid {
+        check_token(t).map_err(|source| ConfigError::Invalid {
             key,
-            message: format!("{}: {m}", path.display()),
+            problem: Problem::TokenFileBadToken {
+                path: path.to_owned(),
+                source,
+            },
         })?;
     }
     Ok(tokens)
@@ -136,7 +144,7 @@ impl Auth {
         if !tokens.iter().any(|(_, r)| *r == Role::Admin) {
             return Err(ConfigError::Invalid {
                 key: "http.tokens.admin",
-                message: "[http.tokens] needs at least one admin token".to_owned(),
+                problem: Problem::NoAdminToken,
             });
         }
         Ok(Auth {

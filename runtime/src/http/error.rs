@@ -287,7 +287,9 @@ mod tests {
             (
                 RequestError::StorageFailed {
                     component: StorageComponent::RaftLog,
-                    error: StorageError::Reported("No space left on device".into()),
+                    error: StorageError::Reported {
+                        shown: "No space left on device".into(),
+                    },
                 },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),

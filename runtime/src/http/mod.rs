@@ -201,7 +201,11 @@ pub fn serve<S: KvService + Send>(
         }
         if !missing.is_empty() {
             tracing::warn!(
-                exposed = %exposed.join(", "),
+                exposed = %exposed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 missing = %missing.join(", "),
                 "node.allow_insecure = true: this node is reachable off loopback without \
                  protection; anyone who reaches it can read, write and reconfigure the cluster"

@@ -105,7 +105,7 @@ pub enum IncarnationProblem {
     /// The file does not end its one line with a newline (a torn write).
     #[error("corrupt: expected one number and a newline")]
     NoNewline,
-    /// The line is not a number.
+    /// The line is not a number; the field is the line as found (the file's text, echoed).
     #[error("corrupt: expected a number, found {0:?}")]
     NotANumber(String),
     /// The number is above [`MAX_INCARNATION`].

@@ -492,10 +492,8 @@ async fn prepare_start<M: StateMachine>(deps: Arc<GroupDeps<M>>) -> Result<Start
         return Err(SnapshotError::MissingBase {
             group,
             needed,
-            newest: base
-                .as_ref()
-                .map_or("none".to_owned(), |s| s.meta.index.to_string()),
-            dir: deps.snapshots.dir().display().to_string(),
+            newest: base.as_ref().map(|s| s.meta.index),
+            dir: deps.snapshots.dir().to_owned(),
         }
         .into());
     }

@@ -116,7 +116,8 @@ pub enum NodeError {
         /// This node's id.
         id: NodeId,
     },
-    /// `CONCLAVE_PLANTED_BUGS` names a bug the core does not have (test builds only).
+    /// `CONCLAVE_PLANTED_BUGS` names a bug the core does not have (test builds only); the
+    /// field is the name as the variable gave it, echoed.
     #[error("configuration error: CONCLAVE_PLANTED_BUGS: unknown planted bug {0:?}")]
     UnknownPlantedBug(String),
     /// The Raft log could not be opened (corruption names the file and offset).

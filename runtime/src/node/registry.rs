@@ -31,8 +31,8 @@ use crate::storage::snapshot_store::{SnapshotStore, SnapshotStoreError};
 use crate::storage::watchdog::Watchdog;
 use actix::prelude::*;
 use conclave_actors::supervisor::{
-    Factory, RestartPolicy, Slot, StopSupervisor, Strategy, SupervisionEvent, SupervisionEventMsg,
-    Supervisor, SupervisorBuilder,
+    Exit, Factory, RestartPolicy, Slot, StopSupervisor, Strategy, SupervisionEvent,
+    SupervisionEventMsg, Supervisor, SupervisorBuilder,
 };
 use conclave_core::raft::{MemberAddr, Membership};
 use conclave_transport::Endpoint;
@@ -363,19 +363,46 @@ impl<M: StateMachine> GroupRegistry<M> {
 /// brought back by restarts, so the node reports its storage failed (finding 10 of issue 12:
 /// such a node used to look healthy).
 #[derive(Debug, thiserror::Error)]
-#[error("the supervisor of group {group} gave up after repeated restarts (last exit: {last_exit}); restart the node once the cause (disk full, I/O errors, a corrupt store) is fixed")]
+#[error(
+    "the supervisor of group {group} gave up after repeated restarts (last exit: {}); restart \
+     the node once the cause (disk full, I/O errors, a corrupt store) is fixed",
+    match last_exit {
+        Some(exit) => exit as &dyn std::fmt::Display,
+        None => &"none",
+    }
+)]
 pub struct GroupGaveUp {
     /// The group.
     pub group: GroupId,
-    /// The child whose exit spent the budget, and how it exited.
-    pub last_exit: String,
+    /// The child whose exit spent the budget, and how it exited (`None`: no child had
+    /// exited before the supervisor gave up).
+    pub last_exit: Option<ChildExit>,
+}
+
+/// A supervised child's exit, as its supervisor reported it; shown as `applier panicked`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildExit {
+    /// The child's name in its supervisor (`applier`, `group`, …).
+    pub child: String,
+    /// How it exited.
+    pub exit: Exit,
+}
+
+impl std::fmt::Display for ChildExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match self.exit {
+            Exit::Panicked => "panicked",
+            Exit::Stopped => "stopped",
+        };
+        write!(f, "{} {how}", self.child)
+    }
 }
 
 /// Watches a group's supervisor: when it gives up, the node's storage is reported failed.
 struct GroupWatcher {
     group: GroupId,
     health: Arc<StorageHealth>,
-    last_exit: String,
+    last_exit: Option<ChildExit>,
 }
 
 impl Actor for GroupWatcher {
@@ -388,7 +415,7 @@ impl Handler<SupervisionEventMsg> for GroupWatcher {
     fn handle(&mut self, msg: SupervisionEventMsg, _: &mut Context<Self>) {
         match msg.0 {
             SupervisionEvent::Exited { child, exit } => {
-                self.last_exit = format!("{child} {exit:?}");
+                self.last_exit = Some(ChildExit { child, exit });
             }
             SupervisionEvent::Escalated { .. } => {
                 let e = GroupGaveUp {
@@ -498,7 +525,7 @@ impl<M: StateMachine> GroupSpawner<M> {
         let watcher = GroupWatcher {
             group,
             health: self.watchdog.health().clone(),
-            last_exit: "none".to_owned(),
+            last_exit: None,
         }
         .start();
         let mut builder = SupervisorBuilder::new(format!("group-{group}"))
@@ -571,5 +598,37 @@ impl<M: StateMachine> GroupSpawner<M> {
             applier: applier_slot,
             supervisor,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gave-up message names the last exit from typed values (it was a `{:?}` string).
+    #[test]
+    fn gave_up_names_the_last_exit() {
+        let with = GroupGaveUp {
+            group: GroupId::new(3),
+            last_exit: Some(ChildExit {
+                child: "applier".to_owned(),
+                exit: Exit::Panicked,
+            }),
+        };
+        assert!(
+            with.to_string().starts_with(
+                "the supervisor of group 3 gave up after repeated restarts (last exit: applier \
+                 panicked); restart the node"
+            ),
+            "{with}"
+        );
+        let without = GroupGaveUp {
+            group: GroupId::new(3),
+            last_exit: None,
+        };
+        assert!(
+            without.to_string().contains("(last exit: none)"),
+            "{without}"
+        );
     }
 }

@@ -25,6 +25,7 @@ use conclave_actors::supervisor::ChildGuard;
 use conclave_core::ids::GroupId;
 use conclave_core::raft::{self, SnapshotMeta};
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,18 +73,23 @@ pub enum SnapshotError {
     /// snapshot reaches that far: the state machine cannot be rebuilt. Fatal for the group.
     #[error(
         "group {group}: the Raft log is compacted up to index {needed} but the newest valid \
-         snapshot in {dir} is {newest}; the entries it would need are gone — restore the \
-         snapshot files or rebuild this node's data directory from another replica"
+         snapshot in {} is {}; the entries it would need are gone — restore the \
+         snapshot files or rebuild this node's data directory from another replica",
+        dir.display(),
+        match newest {
+            Some(index) => index as &dyn std::fmt::Display,
+            None => &"none",
+        }
     )]
     MissingBase {
         /// The group.
         group: GroupId,
         /// The index a base snapshot must reach.
         needed: LogIndex,
-        /// The newest valid snapshot, `none` without one.
-        newest: String,
+        /// The newest valid snapshot's index (`None`: there is none).
+        newest: Option<LogIndex>,
         /// The snapshot directory.
-        dir: String,
+        dir: PathBuf,
     },
     /// An actor of the group went away while the snapshot was in progress.
     #[error("group {group}: the {actor} stopped during the snapshot")]
@@ -384,6 +390,29 @@ impl Handler<NewestSnapshot> for SnapshotterActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_base_names_the_newest_snapshot_or_none() {
+        let e = |newest| SnapshotError::MissingBase {
+            group: GroupId::new(2),
+            needed: 40,
+            newest,
+            dir: PathBuf::from("/data/n1/snapshots"),
+        };
+        assert!(
+            e(Some(30)).to_string().starts_with(
+                "group 2: the Raft log is compacted up to index 40 but the newest valid \
+                 snapshot in /data/n1/snapshots is 30;"
+            ),
+            "{}",
+            e(Some(30))
+        );
+        assert!(
+            e(None).to_string().contains("/data/n1/snapshots is none;"),
+            "{}",
+            e(None)
+        );
+    }
     use crate::state_machine::{KvCommand, KvMachine, KvRequest, StateMachine};
     use crate::storage::health::{StorageCondition, StorageHealth};
     use crate::storage::watchdog::Watchdog;

@@ -211,6 +211,15 @@ pub enum ReceiveError {
         #[source]
         source: std::io::Error,
     },
+    /// A reception's `.info` record could not be encoded (a bug: every record is encodable).
+    #[error("snapshot reception: encode {path}")]
+    Encode {
+        /// The `.info` file it was for.
+        path: PathBuf,
+        /// The encoder's error.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
     /// No complete reception of that snapshot is staged.
     #[error("no staged reception of snapshot {index}-{term}")]
     NotStaged {
@@ -572,10 +581,9 @@ impl Receptions {
             total: chunk.total,
             digest: chunk.digest,
         };
-        let bytes = rmp_serde::to_vec(&info).map_err(|e| ReceiveError::Io {
-            op: "encode",
+        let bytes = rmp_serde::to_vec(&info).map_err(|source| ReceiveError::Encode {
             path: self.path(index, term, "info"),
-            source: std::io::Error::other(e),
+            source,
         })?;
         let partial = self.path(index, term, "partial");
         File::create(&partial).map_err(io("create", &partial))?;

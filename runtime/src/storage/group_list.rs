@@ -7,7 +7,7 @@
 //! names a version this build does not know, is an error naming it, never a silent reset: a
 //! node that forgot a group would stop answering for it while its peers still count it.
 
-use super::member_mark::{write_atomically, MemberMarkError};
+use super::member_mark::{write_atomically, WriteFailed};
 use conclave_core::ids::GroupId;
 use conclave_core::raft::Membership;
 use parking_lot::Mutex;
@@ -35,12 +35,22 @@ pub enum GroupListError {
         source: std::io::Error,
     },
     /// The file does not decode.
-    #[error("group list {path} is corrupt: {reason}")]
+    #[error("group list {path} is corrupt: {source}")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What the decoder said.
-        reason: String,
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    /// The list could not be encoded (a bug: every list is encodable).
+    #[error("group list {path}: cannot encode: {source}")]
+    Encode {
+        /// The file.
+        path: PathBuf,
+        /// What the encoder said.
+        #[source]
+        source: rmp_serde::encode::Error,
     },
     /// The file was written by a build with another format.
     #[error("group list {path} has format version {found}; this build reads version {VERSION}")]
@@ -52,16 +62,9 @@ pub enum GroupListError {
     },
 }
 
-impl From<MemberMarkError> for GroupListError {
-    fn from(e: MemberMarkError) -> Self {
-        match e {
-            MemberMarkError::Io { path, op, source } => GroupListError::Io { path, op, source },
-            // `write_atomically` only fails with I/O errors.
-            MemberMarkError::Corrupt { path, found, .. } => GroupListError::Corrupt {
-                path,
-                reason: found,
-            },
-        }
+impl From<WriteFailed> for GroupListError {
+    fn from(WriteFailed { path, op, source }: WriteFailed) -> Self {
+        GroupListError::Io { path, op, source }
     }
 }
 
@@ -90,9 +93,9 @@ impl GroupList {
         let groups = match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: GroupListFile =
-                    rmp_serde::from_slice(&bytes).map_err(|e| GroupListError::Corrupt {
+                    rmp_serde::from_slice(&bytes).map_err(|source| GroupListError::Corrupt {
                         path: path.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?;
                 if file.version != VERSION {
                     return Err(GroupListError::Version {
@@ -146,9 +149,9 @@ impl GroupList {
             version: VERSION,
             groups: next,
         };
-        let bytes = rmp_serde::to_vec(&file).map_err(|e| GroupListError::Corrupt {
+        let bytes = rmp_serde::to_vec(&file).map_err(|source| GroupListError::Encode {
             path: self.path.clone(),
-            reason: format!("cannot encode: {e}"),
+            source,
         })?;
         write_atomically(&self.path, &bytes)?;
         *groups = file.groups;

@@ -103,9 +103,13 @@ pub enum StorageError {
     Snapshot(Arc<SnapshotError>),
     /// A group's supervisor gave up restarting it.
     GroupGaveUp(Arc<GroupGaveUp>),
-    /// Another node's failure, read back from its HTTP answer (`/v1/cluster`): the text that
-    /// node showed, which is all of the error that crosses the network.
-    Reported(Arc<str>),
+    /// Another node's failure, read back from its HTTP answer (`/v1/cluster`): all of the
+    /// error that crosses the network is its text.
+    Reported {
+        /// The text that node showed: data read from its JSON answer, not a description
+        /// made here.
+        shown: Arc<str>,
+    },
 }
 
 impl StorageError {
@@ -116,7 +120,7 @@ impl StorageError {
             StorageError::StateMachine(e) => Some(&**e),
             StorageError::Snapshot(e) => Some(&**e),
             StorageError::GroupGaveUp(e) => Some(&**e),
-            StorageError::Reported(_) => None,
+            StorageError::Reported { .. } => None,
         }
     }
 }
@@ -124,7 +128,7 @@ impl StorageError {
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self, self.inner()) {
-            (StorageError::Reported(text), _) => f.write_str(text),
+            (StorageError::Reported { shown }, _) => f.write_str(shown),
             (_, Some(e)) => f.write_str(&error_chain(e)),
             (_, None) => Ok(()),
         }
@@ -159,7 +163,7 @@ impl Serialize for StorageError {
 impl<'de> Deserialize<'de> for StorageError {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Ok(StorageError::Reported(text.into()))
+        Ok(StorageError::Reported { shown: text.into() })
     }
 }
 

@@ -65,21 +65,23 @@ pub enum LogStoreError {
     #[error("cannot encode a log record: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     /// A record is intact (its checksum matched) but its content does not make sense.
-    #[error("log record at LSN {lsn} is invalid: {reason}")]
+    #[error("log record at LSN {lsn} is invalid: {fault}")]
     Invalid {
         /// The record's LSN.
         lsn: Lsn,
         /// What is wrong.
-        reason: String,
+        #[source]
+        fault: RecordFault,
     },
     /// A persist request would leave the group's log with a gap or entries out of order; it
     /// was refused before anything of it was written (the request is lost upstream: a bug).
-    #[error("group {group}: refused to write {what}")]
+    #[error("group {group}: refused to write {fault}")]
     NotContiguous {
         /// The group.
         group: GroupId,
         /// What was wrong.
-        what: String,
+        #[source]
+        fault: AppendFault,
     },
     /// One entry is larger than a WAL record can hold, even alone.
     #[error(
@@ -99,6 +101,66 @@ pub enum LogStoreError {
     /// a failed one could leave a gap in the log. Restart the node once the cause is fixed.
     #[error("the write-ahead log stopped accepting writes after an error: {0}")]
     Failed(std::sync::Arc<LogStoreError>),
+}
+
+/// What is wrong with an intact WAL record's content ([`LogStoreError::Invalid`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordFault {
+    /// The payload is not a MessagePack log record.
+    #[error("undecodable: {0}")]
+    Undecodable(#[source] rmp_serde::decode::Error),
+    /// An append that does not fit the log rebuilt so far.
+    #[error(transparent)]
+    Append(#[from] AppendFault),
+}
+
+/// How an append does not fit its group's log: refused before writing
+/// ([`LogStoreError::NotContiguous`]) or found at recovery ([`RecordFault::Append`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AppendFault {
+    /// Two consecutive entries whose indexes do not follow each other.
+    #[error("entries out of order ({before} followed by {after})")]
+    OutOfOrder {
+        /// The first entry's index.
+        before: LogIndex,
+        /// The index that follows it in the append.
+        after: LogIndex,
+    },
+    /// An append into the part of the log a snapshot covers.
+    #[error("an append at index {first}, at or before the compaction point {compacted}")]
+    AtOrBeforeCompaction {
+        /// The append's first index.
+        first: LogIndex,
+        /// The compaction point.
+        compacted: LogIndex,
+    },
+    /// An append that starts after the log's next index.
+    #[error("an append at index {first} that leaves a gap after index {last}")]
+    Gap {
+        /// The append's first index.
+        first: LogIndex,
+        /// The log's last index.
+        last: LogIndex,
+    },
+    /// An append that starts before the log's first index.
+    #[error("an append at index {first} before the log's first index {log_first}")]
+    BeforeFirst {
+        /// The append's first index.
+        first: LogIndex,
+        /// The log's first index.
+        log_first: LogIndex,
+    },
+}
+
+/// The first pair of consecutive entries whose indexes do not follow each other.
+fn out_of_order(entries: &[Entry]) -> Option<AppendFault> {
+    entries
+        .windows(2)
+        .find(|w| w[1].index != w[0].index + 1)
+        .map(|w| AppendFault::OutOfOrder {
+            before: w[0].index,
+            after: w[1].index,
+        })
 }
 
 /// What recovery rebuilt for one group.
@@ -301,9 +363,9 @@ impl LogStore {
         let mut logs: BTreeMap<GroupId, GroupLog> = BTreeMap::new();
         for record in records {
             let lsn = record.lsn;
-            let invalid = |reason: String| LogStoreError::Invalid { lsn, reason };
+            let invalid = |fault: RecordFault| LogStoreError::Invalid { lsn, fault };
             let decoded: StoreRecord = rmp_serde::from_slice(&record.payload)
-                .map_err(|e| invalid(format!("undecodable: {e}")))?;
+                .map_err(|e| invalid(RecordFault::Undecodable(e)))?;
             match decoded {
                 StoreRecord::HardState { group, state } => {
                     groups.entry(group).or_default().hard_state = state;
@@ -323,15 +385,18 @@ impl LogStore {
                     }
                     if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
                         if first.index <= recovered.compacted.0 {
-                            return Err(invalid(format!(
-                                "append at index {} is at or before the compaction point {}",
-                                first.index, recovered.compacted.0
-                            )));
+                            return Err(invalid(
+                                AppendFault::AtOrBeforeCompaction {
+                                    first: first.index,
+                                    compacted: recovered.compacted.0,
+                                }
+                                .into(),
+                            ));
                         }
                         log.appended(lsn, first.index, last.index);
                     }
                     apply_append(&mut recovered.entries, truncate_from, entries)
-                        .map_err(invalid)?;
+                        .map_err(|f| invalid(f.into()))?;
                 }
                 StoreRecord::Compact { group, index, term } => {
                     let recovered = groups.entry(group).or_default();
@@ -406,16 +471,9 @@ impl LogStore {
 
     /// Why `req` does not fit the group's log, if it does not.
     fn check(&self, group: GroupId, req: &PersistRequest) -> Result<(), LogStoreError> {
-        let refuse = |what: String| LogStoreError::NotContiguous { group, what };
-        if let Some(w) = req
-            .entries
-            .windows(2)
-            .find(|w| w[1].index != w[0].index + 1)
-        {
-            return Err(refuse(format!(
-                "entries out of order ({} followed by {})",
-                w[0].index, w[1].index
-            )));
+        let refuse = |fault| LogStoreError::NotContiguous { group, fault };
+        if let Some(fault) = out_of_order(&req.entries) {
+            return Err(refuse(fault));
         }
         let Some(new_first) = req.entries.first().map(|e| e.index) else {
             return Ok(());
@@ -434,9 +492,10 @@ impl LogStore {
             }
         }
         if new_first <= compacted {
-            return Err(refuse(format!(
-                "an append at index {new_first}, at or before the compaction point {compacted}"
-            )));
+            return Err(refuse(AppendFault::AtOrBeforeCompaction {
+                first: new_first,
+                compacted,
+            }));
         }
         if let (Some(from), Some((first, last))) = (req.truncate_from, span) {
             span = (from > first).then_some((first, last.min(from - 1)));
@@ -445,12 +504,14 @@ impl LogStore {
             // An empty log (new group, or after a snapshot) may start anywhere after the
             // compaction point.
             None => Ok(()),
-            Some((_, last)) if new_first > last + 1 => Err(refuse(format!(
-                "an append at index {new_first} that leaves a gap after index {last}"
-            ))),
-            Some((first, _)) if new_first < first => Err(refuse(format!(
-                "an append at index {new_first} before the log's first index {first}"
-            ))),
+            Some((_, last)) if new_first > last + 1 => Err(refuse(AppendFault::Gap {
+                first: new_first,
+                last,
+            })),
+            Some((first, _)) if new_first < first => Err(refuse(AppendFault::BeforeFirst {
+                first: new_first,
+                log_first: first,
+            })),
             // An append overwrites the suffix it starts in.
             Some(_) => Ok(()),
         }
@@ -687,7 +748,7 @@ fn apply_append(
     log: &mut Vec<Entry>,
     truncate_from: Option<LogIndex>,
     entries: Vec<Entry>,
-) -> Result<(), String> {
+) -> Result<(), AppendFault> {
     let first_index = |log: &Vec<Entry>| log.first().map(|e| e.index);
     if let Some(from) = truncate_from {
         if let Some(first) = first_index(log) {
@@ -699,23 +760,24 @@ fn apply_append(
         // An append may also overwrite a suffix implicitly.
         if let Some(first) = first_index(log) {
             if new_first < first {
-                return Err(format!(
-                    "append at index {new_first} precedes the log's first index {first}"
-                ));
+                return Err(AppendFault::BeforeFirst {
+                    first: new_first,
+                    log_first: first,
+                });
             }
             log.truncate((new_first - first) as usize);
         }
         let expected = log.last().map(|e| e.index + 1);
         if let Some(expected) = expected {
             if new_first != expected {
-                return Err(format!(
-                    "append at index {new_first} leaves a gap after index {}",
-                    expected - 1
-                ));
+                return Err(AppendFault::Gap {
+                    first: new_first,
+                    last: expected - 1,
+                });
             }
         }
-        if entries.windows(2).any(|w| w[1].index != w[0].index + 1) {
-            return Err("entries of one append are not contiguous".to_owned());
+        if let Some(fault) = out_of_order(&entries) {
+            return Err(fault);
         }
     }
     log.extend(entries);
@@ -845,7 +907,10 @@ mod tests {
             wal.sync().unwrap();
         }
         match LogStore::open(dir.path(), WalOptions::default()) {
-            Err(LogStoreError::Invalid { lsn: 2, reason }) => assert!(reason.contains("gap")),
+            Err(LogStoreError::Invalid {
+                lsn: 2,
+                fault: RecordFault::Append(AppendFault::Gap { first: 3, last: 1 }),
+            }) => {}
             other => panic!("expected a gap error, got {:?}", other.map(|(_, g)| g)),
         }
     }
@@ -1365,7 +1430,10 @@ mod tests {
         }
         assert!(matches!(
             LogStore::open(dir.path(), WalOptions::default()),
-            Err(LogStoreError::Invalid { lsn: 1, .. })
+            Err(LogStoreError::Invalid {
+                lsn: 1,
+                fault: RecordFault::Undecodable(_)
+            })
         ));
     }
 }

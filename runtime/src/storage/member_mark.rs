@@ -41,9 +41,27 @@ pub enum MemberMarkError {
         path: PathBuf,
         /// The 1-based line.
         line: usize,
-        /// What it holds.
+        /// What the line holds: the file's bytes, echoed (lossily as UTF-8), not a
+        /// description of the error.
         found: String,
     },
+}
+
+/// A step of [`write_atomically`] failed: the old file, if any, is still whole.
+#[derive(Debug)]
+pub(crate) struct WriteFailed {
+    /// The file being replaced.
+    pub path: PathBuf,
+    /// The step: `write`, `fsync`, `rename the temporary file`, …
+    pub op: &'static str,
+    /// The OS error.
+    pub source: std::io::Error,
+}
+
+impl From<WriteFailed> for MemberMarkError {
+    fn from(WriteFailed { path, op, source }: WriteFailed) -> Self {
+        MemberMarkError::Io { path, op, source }
+    }
 }
 
 /// The groups this node has been a member of, durable in `data_dir/member-of`.
@@ -127,10 +145,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeSet<GroupId>, MemberMarkError
 
 /// Writes `bytes` to `path` so that a crash leaves the old or the new file whole: temporary
 /// file, fsync, rename, directory fsync.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MemberMarkError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WriteFailed> {
     let io = |op: &'static str| {
         let path = path.to_owned();
-        move |source| MemberMarkError::Io { path, op, source }
+        move |source| WriteFailed { path, op, source }
     };
     let tmp = path.with_extension("tmp");
     {

@@ -214,10 +214,9 @@ impl RedbStore {
             tx.set_durability(Durability::None);
             self.tx = Some(tx);
         }
-        self.tx.as_ref().ok_or_else(|| StoreError::Corrupt {
-            engine: ENGINE,
-            what: "no open write transaction".to_owned(),
-        })
+        self.tx
+            .as_ref()
+            .ok_or(StoreError::NoWriteTransaction { engine: ENGINE })
     }
 }
 

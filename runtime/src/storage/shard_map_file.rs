@@ -7,7 +7,7 @@
 //! `ShardMap::validate` is an error naming it, never a silent reset: a node that recomputed
 //! another map would host other shards than its peers count on.
 
-use super::member_mark::{write_atomically, MemberMarkError};
+use super::member_mark::{write_atomically, WriteFailed};
 use conclave_ring::{ShardMap, ShardMapError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -139,15 +139,8 @@ pub fn store(data_dir: &Path, map: &ShardMap) -> Result<(), ShardMapFileError> {
         path: path.clone(),
         source,
     })?;
-    write_atomically(&path, &bytes).map_err(|e| match e {
-        MemberMarkError::Io { path, op, source } => ShardMapFileError::Io { path, op, source },
-        // `write_atomically` fails with I/O errors only.
-        MemberMarkError::Corrupt { path, .. } => ShardMapFileError::Io {
-            path,
-            op: "write",
-            source: std::io::Error::other("unexpected decode error while writing"),
-        },
-    })
+    write_atomically(&path, &bytes)
+        .map_err(|WriteFailed { path, op, source }| ShardMapFileError::Io { path, op, source })
 }
 
 #[cfg(test)]

@@ -302,10 +302,9 @@ impl RedbState {
             tx.set_durability(Durability::None);
             self.tx = Some(tx);
         }
-        self.tx.as_ref().ok_or_else(|| StoreError::Corrupt {
-            engine: REDB,
-            what: "no open write transaction".to_owned(),
-        })
+        self.tx
+            .as_ref()
+            .ok_or(StoreError::NoWriteTransaction { engine: REDB })
     }
 
     /// Drops the shared transaction and what it held (after an engine error in it).

@@ -5,7 +5,8 @@
 //! records what was measured); the applier's stall watchdog reports it when it happens.
 
 use super::state_store::{
-    sync_parent, with_suffix, NextRecord, StateStore, StoreError, StoreOp, Visit, WriteBatch,
+    sync_parent, with_suffix, CorruptRecord, NextRecord, StateStore, StoreError, StoreOp, Visit,
+    WriteBatch,
 };
 use conclave_core::raft::LogIndex;
 use std::path::Path;
@@ -238,7 +239,7 @@ impl StateStore for SledStore {
             Some(v) => {
                 let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                     engine: ENGINE,
-                    what: format!("applied index record is {} bytes, not 8", v.len()),
+                    record: CorruptRecord::AppliedIndexLength { len: v.len() },
                 })?;
                 Ok(u64::from_be_bytes(bytes))
             }

@@ -94,12 +94,20 @@ pub enum StoreError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A record the store wrote cannot be read back as written (corruption, wrong version).
-    #[error("{engine}: corrupt record: {what}")]
+    #[error("{engine}: corrupt record: {record}")]
     Corrupt {
         /// `redb` or `sled`.
         engine: &'static str,
         /// Which record and what is wrong with it.
-        what: String,
+        #[source]
+        record: CorruptRecord,
+    },
+    /// A write was staged with no write transaction open (a bug in the store: staging opens
+    /// one first).
+    #[error("{engine}: no open write transaction")]
+    NoWriteTransaction {
+        /// `redb`.
+        engine: &'static str,
     },
     /// The data directory holds another engine's store than the configured one.
     #[error(
@@ -120,6 +128,29 @@ pub enum StoreError {
         /// `redb` or `sled`.
         engine: &'static str,
     },
+}
+
+/// Which record of the state store is damaged, and how ([`StoreError::Corrupt`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CorruptRecord {
+    /// The applied index record does not hold a `u64`.
+    #[error("applied index record is {len} bytes, not 8")]
+    AppliedIndexLength {
+        /// Its length.
+        len: usize,
+    },
+    /// An idempotency record cannot be decoded.
+    #[error("idempotency record of key {key:?}: {source}")]
+    Idempotency {
+        /// The client's idempotency key (its `Idempotency-Key` header, echoed).
+        key: String,
+        /// The decoder's error.
+        source: rmp_serde::decode::Error,
+    },
+    /// The idempotency record of a CAS matched a command of another kind (its fingerprint
+    /// says they are the same command).
+    #[error("an idempotency record of a CAS matched another command")]
+    IdempotencyKind,
 }
 
 impl StoreError {

@@ -68,14 +68,14 @@ pub enum WalError {
         source: io::Error,
     },
     /// Acknowledged data is damaged: the node must not start on it.
-    #[error("WAL corrupt in {path} at byte offset {offset}: {reason}")]
+    #[error("WAL corrupt in {path} at byte offset {offset}: {damage}")]
     Corrupt {
         /// The segment file.
         path: PathBuf,
         /// Offset of the first bad byte range.
         offset: u64,
         /// What was wrong.
-        reason: String,
+        damage: WalDamage,
     },
     /// A record larger than [`WalOptions::max_record_bytes`] was appended.
     #[error("WAL record of {size} bytes exceeds the limit of {limit} bytes")]
@@ -85,6 +85,40 @@ pub enum WalError {
         /// The configured limit.
         limit: u32,
     },
+}
+
+/// What recovery found wrong in a segment ([`WalError::Corrupt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WalDamage {
+    /// The segment is shorter than its header or its magic bytes are wrong.
+    #[error("bad segment header")]
+    BadHeader,
+    /// The first LSN in the header is not the one in the file's name.
+    #[error("segment header LSN does not match its file name")]
+    HeaderLsnMismatch,
+    /// The segment does not start where the previous one ended.
+    #[error("segment starts at LSN {found} but {expected} was expected")]
+    SegmentGap {
+        /// The segment's first LSN.
+        found: Lsn,
+        /// The LSN after the previous segment's last record.
+        expected: Lsn,
+    },
+    /// A valid record whose LSN is not the next one.
+    #[error("record out of sequence")]
+    OutOfSequence,
+    /// The file ends inside a record header.
+    #[error("truncated record header")]
+    TruncatedHeader,
+    /// A record header gives a length above [`WalOptions::max_record_bytes`].
+    #[error("record length over the limit")]
+    LengthOverLimit,
+    /// The file ends inside a record's payload.
+    #[error("truncated record payload")]
+    TruncatedPayload,
+    /// A record's CRC does not match its LSN and payload.
+    #[error("record checksum mismatch")]
+    ChecksumMismatch,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -149,12 +183,12 @@ enum Decoded {
         payload_at: usize,
         len: usize,
     },
-    Bad(&'static str),
+    Bad(WalDamage),
 }
 
 fn decode_at(data: &[u8], pos: usize, max: u32) -> Decoded {
     let Some(header) = data.get(pos..pos + RECORD_HEADER) else {
-        return Decoded::Bad("truncated record header");
+        return Decoded::Bad(WalDamage::TruncatedHeader);
     };
     let word =
         |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
@@ -165,14 +199,14 @@ fn decode_at(data: &[u8], pos: usize, max: u32) -> Decoded {
         header[15],
     ]);
     if len > max {
-        return Decoded::Bad("record length over the limit");
+        return Decoded::Bad(WalDamage::LengthOverLimit);
     }
     let start = pos + RECORD_HEADER;
     let Some(payload) = data.get(start..start + len as usize) else {
-        return Decoded::Bad("truncated record payload");
+        return Decoded::Bad(WalDamage::TruncatedPayload);
     };
     if record_crc(lsn, payload) != crc {
-        return Decoded::Bad("record checksum mismatch");
+        return Decoded::Bad(WalDamage::ChecksumMismatch);
     }
     Decoded::Ok {
         lsn,
@@ -212,10 +246,10 @@ impl Wal {
         for (i, seg) in segments.iter().enumerate() {
             let last = i + 1 == count;
             let data = fs::read(&seg.path).map_err(io_err(&seg.path))?;
-            let corrupt = |offset: u64, reason: &str| WalError::Corrupt {
+            let corrupt = |offset: u64, damage| WalError::Corrupt {
                 path: seg.path.clone(),
                 offset,
-                reason: reason.to_owned(),
+                damage,
             };
             if data.len() < SEGMENT_HEADER as usize || &data[..8] != MAGIC {
                 if last && data.iter().all(|&b| b == 0) {
@@ -226,24 +260,21 @@ impl Wal {
                     tail_len = SEGMENT_HEADER;
                     continue;
                 }
-                return Err(corrupt(0, "bad segment header"));
+                return Err(corrupt(0, WalDamage::BadHeader));
             }
             let mut lsn_bytes = [0u8; 8];
             lsn_bytes.copy_from_slice(&data[8..16]);
             if u64::from_le_bytes(lsn_bytes) != seg.first_lsn {
-                return Err(corrupt(
-                    8,
-                    "segment header LSN does not match its file name",
-                ));
+                return Err(corrupt(8, WalDamage::HeaderLsnMismatch));
             }
             if let Some(expected) = expected_lsn {
                 if seg.first_lsn != expected {
                     return Err(corrupt(
                         8,
-                        &format!(
-                            "segment starts at LSN {} but {expected} was expected",
-                            seg.first_lsn
-                        ),
+                        WalDamage::SegmentGap {
+                            found: seg.first_lsn,
+                            expected,
+                        },
                     ));
                 }
             }
@@ -264,7 +295,7 @@ impl Wal {
                         pos = payload_at + len;
                     }
                     Decoded::Ok { .. } => {
-                        return Err(corrupt(pos as u64, "record out of sequence"));
+                        return Err(corrupt(pos as u64, WalDamage::OutOfSequence));
                     }
                     Decoded::Bad(reason) => {
                         if !last {
@@ -605,6 +636,7 @@ mod tests {
                 .to_string()
         };
         assert!(msg.contains(".wal") && msg.contains("offset"), "{msg}");
+        assert!(msg.ends_with(": record checksum mismatch"), "{msg}");
     }
 
     #[test]
@@ -677,7 +709,11 @@ mod tests {
         .unwrap();
         assert!(matches!(
             Wal::open(dir.path(), WalOptions::default()),
-            Err(WalError::Corrupt { offset: 0, .. })
+            Err(WalError::Corrupt {
+                offset: 0,
+                damage: WalDamage::BadHeader,
+                ..
+            })
         ));
     }
 }

@@ -69,10 +69,18 @@ fn new_core_starts_as_follower_and_sets_a_randomized_timer() {
     assert!(Raft::new(cfg(NodeId::NONE), fresh(&[NodeId::new(1)]), 9, 0).is_err());
     let mut bad = restored(&[NodeId::new(1)], 1, None, &[1, 1]);
     bad.entries[1].index = 5;
-    assert!(matches!(
-        Raft::new(cfg(NodeId::new(1)), bad, 9, 0),
-        Err(ConfigError::InvalidRestore(_))
-    ));
+    let err = Raft::new(cfg(NodeId::new(1)), bad, 9, 0).err();
+    assert!(
+        matches!(
+            err,
+            Some(ConfigError::InvalidRestore(RestoreError::Gap {
+                position: 1,
+                index: 5,
+                expected: 2
+            }))
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]

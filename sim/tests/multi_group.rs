@@ -13,7 +13,9 @@
 
 use conclave_core::ids::{GroupId, NodeId};
 use conclave_core::raft::PlantedBugs;
-use conclave_sim::raft::{run_multi, FailureKind, MultiConfig, MultiReport, MultiWorld};
+use conclave_sim::raft::{
+    run_multi, run_multi_seeds, FailureKind, MultiConfig, MultiReport, MultiWorld,
+};
 use std::time::Instant;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -42,27 +44,12 @@ fn nodes_for(seed: u64) -> usize {
 
 /// Runs seeds `0..count` on two threads; panics with the first failure.
 fn run_seeds(count: u64, groups: u64, tweak: fn(&mut MultiConfig)) -> Vec<MultiReport> {
-    let reports = std::sync::Mutex::new(Vec::new());
-    let next = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if seed >= count {
-                    break;
-                }
-                let mut cfg = MultiConfig::new(seed, nodes_for(seed), groups);
-                tweak(&mut cfg);
-                match run_multi(&cfg) {
-                    Ok(r) => reports.lock().expect("no panic while held").push(r),
-                    Err(f) => panic!("{f}"),
-                }
-            });
-        }
-    });
-    let mut r = reports.into_inner().expect("no panic while held");
-    r.sort_by_key(|r| r.seed);
-    r
+    run_multi_seeds(count, 2, |seed| {
+        let mut cfg = MultiConfig::new(seed, nodes_for(seed), groups);
+        tweak(&mut cfg);
+        cfg
+    })
+    .unwrap_or_else(|f| panic!("{f}"))
 }
 
 #[test]

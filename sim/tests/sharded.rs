@@ -11,7 +11,9 @@
 //! prints the trace).
 
 use conclave_core::ids::NodeId;
-use conclave_sim::raft::{run_multi, FailureKind, MultiConfig, MultiReport, RouterBugs};
+use conclave_sim::raft::{
+    run_multi, run_multi_seeds, FailureKind, MultiConfig, MultiReport, RouterBugs,
+};
 use std::time::Instant;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -31,26 +33,10 @@ fn nodes_for(seed: u64) -> usize {
 
 /// Runs seeds `0..count` on two threads; panics with the first failure.
 fn run_seeds(count: u64, shards: u64) -> Vec<MultiReport> {
-    let reports = std::sync::Mutex::new(Vec::new());
-    let next = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if seed >= count {
-                    break;
-                }
-                let cfg = MultiConfig::sharded(seed, nodes_for(seed), shards);
-                match run_multi(&cfg) {
-                    Ok(r) => reports.lock().expect("no panic while held").push(r),
-                    Err(f) => panic!("{f}"),
-                }
-            });
-        }
-    });
-    let mut r = reports.into_inner().expect("no panic while held");
-    r.sort_by_key(|r| r.seed);
-    r
+    run_multi_seeds(count, 2, |seed| {
+        MultiConfig::sharded(seed, nodes_for(seed), shards)
+    })
+    .unwrap_or_else(|f| panic!("{f}"))
 }
 
 #[test]

@@ -667,6 +667,57 @@ where
     C: Fn(u64) -> SimConfig + Sync,
     P: Fn(u64, &Result<SimReport, Box<SimFailure>>) + Sync,
 {
+    for_seeds(
+        start,
+        count,
+        threads,
+        |seed| run(&make_config(seed)),
+        progress,
+    )
+}
+
+/// Runs multi-group seeds `0..count` on `threads` threads like [`run_seeds`]: every report in
+/// seed order, or the failure with the lowest seed among those run.
+pub fn run_multi_seeds<C>(
+    count: u64,
+    threads: usize,
+    make_config: C,
+) -> Result<Vec<MultiReport>, Box<SimFailure>>
+where
+    C: Fn(u64) -> MultiConfig + Sync,
+{
+    let reports = std::sync::Mutex::new(Vec::new());
+    let failure = for_seeds(
+        0,
+        count,
+        threads,
+        |seed| run_multi(&make_config(seed)),
+        |_, result| {
+            if let (Ok(r), Ok(mut all)) = (result, reports.lock()) {
+                all.push(r.clone());
+            }
+        },
+    );
+    if let Some(f) = failure {
+        return Err(Box::new(f));
+    }
+    let mut reports = reports.into_inner().unwrap_or_default();
+    reports.sort_by_key(|r| r.seed);
+    Ok(reports)
+}
+
+/// The seed loop of [`run_seeds`] and [`run_multi_seeds`], over any run function.
+fn for_seeds<R, F, P>(
+    start: u64,
+    count: u64,
+    threads: usize,
+    run: F,
+    progress: P,
+) -> Option<SimFailure>
+where
+    F: Fn(u64) -> Result<R, Box<SimFailure>> + Sync,
+    P: Fn(u64, &Result<R, Box<SimFailure>>) + Sync,
+{
     let next = AtomicU64::new(start);
     let stop = AtomicBool::new(false);
     let end = start.saturating_add(count);
@@ -681,7 +732,7 @@ where
                 if seed >= end {
                     break;
                 }
-                let result = run(&make_config(seed));
+                let result = run(seed);
                 progress(seed, &result);
                 if let Err(failure) = result {
                     stop.store(true, Ordering::Relaxed);

@@ -11,7 +11,8 @@
 //! message). Two raw baselines bracket the transport: `raw_write_per_msg` issues one
 //! `write_all` per message (what a naive sender does); `raw_bufwriter` batches through a
 //! 64 KiB `BufWriter` (the best a raw stream does without serialisation). A summary with
-//! msgs/s, MB/s, the number of messages moved and the ratios is printed at the end.
+//! msgs/s, MB/s, the number of messages moved and the ratios is printed at the end. The bench
+//! runs on mimalloc, the node binary's global allocator.
 //!
 //! Run: `cargo bench -p benches --bench transport -- --warm-up-time 1 --measurement-time 3`
 
@@ -32,6 +33,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
+
+/// The node binary's allocator (runtime/src/main.rs), so that the bench measures the
+/// allocation and cross-thread free of each decoded message as the node pays them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The message with a zero-copy payload.
 #[derive(Clone, Serialize, Deserialize)]

@@ -4,9 +4,12 @@
 //! it — persist requests to the node's log store, committed entries to the applier, reads,
 //! snapshots. Messages to peers and the timer are the worker's.
 //!
-//! Everything it hands on goes through a bounded mailbox with `try_send`. Persist requests and
-//! committed entries cannot be dropped, so they wait in small local FIFO queues that are pumped
-//! as room appears; while those queues are long, new proposals are refused with
+//! Everything it hands on is bounded: committed entries go to the applier's mailbox with
+//! `try_send`; persist requests (and compactions) go into its worker's outbox, which the worker
+//! sends to the log store as one batch for all its groups, and whose answer (one per WAL sync)
+//! the worker hands straight to the cores (`super::worker`). Persist requests and committed
+//! entries cannot be dropped, so they wait in small local FIFO queues that are pumped as room
+//! appears; while those queues are long, new proposals are refused with
 //! [`RequestError::Overloaded`] (HTTP 503) — backpressure ends at the edge, never in unbounded
 //! memory.
 //!
@@ -27,7 +30,7 @@ use super::applier::{
     AppliedIndex, ApplierActor, ApplyBatch, ReadAt, ReadReply, RestoreFrom, TakeSnapshot,
     WriteReply,
 };
-use super::log_store_actor::{Compact, LogStoreActor, MarkMember, Persist, PersistResult, Recover};
+use super::log_store_actor::{LogStoreActor, MarkMember, Recover};
 use super::peers::{MembershipTracker, Peers};
 use super::snapshotter::{
     NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
@@ -360,6 +363,27 @@ impl Hosted {
     fn request_drain(&self) {
         if let Some(cell) = self.cell.as_ref() {
             cell.request_drain();
+        }
+    }
+
+    /// Whether the worker's batch for the log store takes a persist request now (not while it
+    /// is full, nor before the core is hosted).
+    fn persist_room(&self) -> bool {
+        self.instance.is_some() && self.cell.as_ref().is_some_and(|c| c.persist_room())
+    }
+
+    /// Hands a persist request to the worker's batch for the log store (after
+    /// [`Hosted::persist_room`]).
+    fn persist(&self, log_store: &Addr<LogStoreActor>, req: PersistRequest) {
+        if let (Some(cell), Some(instance)) = (self.cell.as_ref(), self.instance) {
+            cell.persist(log_store, self.group, instance, req);
+        }
+    }
+
+    /// Has the log store compact the group's log, in order with its persist requests.
+    fn compact(&self, log_store: &Addr<LogStoreActor>, index: LogIndex, term: Term) {
+        if let (Some(cell), Some(instance)) = (self.cell.as_ref(), self.instance) {
+            cell.compact(log_store, self.group, instance, index, term);
         }
     }
 }
@@ -832,7 +856,7 @@ impl<M: StateMachine> GroupActor<M> {
     /// The core dropped its entries before `first_index`; the log store may drop them too.
     /// They are covered by a snapshot that is durable (written, fsynced, renamed) and by a
     /// state machine synced at that snapshot's index.
-    fn compact_log_store(&mut self, first_index: LogIndex, ctx: &mut Context<Self>) {
+    fn compact_log_store(&mut self, first_index: LogIndex) {
         let index = first_index.saturating_sub(1);
         let Some(core) = self.core.as_ref() else {
             return;
@@ -842,23 +866,10 @@ impl<M: StateMachine> GroupActor<M> {
         }
         // The core keeps the term of its compaction point.
         let term = core.entry_term(index).unwrap_or(0);
-        let group = self.deps.group;
-        ctx.spawn(
-            self.deps
-                .log_store
-                .send(Compact { group, index, term })
-                .into_actor(self)
-                .map(move |res: Result<PersistResult<()>, MailboxError>, _, _| match res {
-                    Ok(Ok(())) => {
-                        tracing::debug!(%group, index, "log store compacted");
-                    }
-                    Ok(Err(e)) => {
-                        // The store reported itself failed; persists fail and stop the group.
-                        tracing::error!(%group, index, error = %e, "log store compaction failed");
-                    }
-                    Err(_) => tracing::error!(%group, index, "log store gone during compaction"),
-                }),
-        );
+        drop(core);
+        // With the worker's batch, after the persist requests before it (a failure is the
+        // store's: reported failed, later persists fail and stop the group).
+        self.core.compact(&self.deps.log_store, index, term);
     }
 
     fn carry_out(&mut self, action: Action, ctx: &mut Context<Self>) {
@@ -942,7 +953,7 @@ impl<M: StateMachine> GroupActor<M> {
                     }
                 }
             }
-            Action::Compacted { first_index } => self.compact_log_store(first_index, ctx),
+            Action::Compacted { first_index } => self.compact_log_store(first_index),
         }
     }
 
@@ -1131,52 +1142,15 @@ impl<M: StateMachine> GroupActor<M> {
         let mut blocked = false;
         // While a received snapshot moves into the store, nothing is persisted (the adoption
         // pumps again when done).
-        while let Some(req) = (!self.adopting)
-            .then(|| self.persist_queue.pop_front())
-            .flatten()
-        {
-            let (tx, rx) = oneshot::channel();
-            let seq = req.seq;
-            let msg = Persist {
-                group: self.deps.group,
-                req,
-                done: tx,
-            };
-            match self.deps.log_store.try_send(msg) {
-                Ok(()) => {
-                    ctx.spawn(rx.into_actor(self).map(
-                        move |res, act, ctx| match res {
-                            Ok(Ok(done)) => {
-                                let now = act.now();
-                                if let Some(mut core) = act.core.as_mut() {
-                                    core.persisted(now, done);
-                                }
-                                act.schedule_drain(ctx);
-                            }
-                            Ok(Err(e)) => {
-                                tracing::error!(group = %act.deps.group, seq, error = %e, "persist failed; stopping the group");
-                                ctx.stop();
-                            }
-                            Err(_) => {
-                                tracing::error!(group = %act.deps.group, seq, "log store gone; stopping the group");
-                                ctx.stop();
-                            }
-                        },
-                    ));
-                }
-                Err(SendError::Full(msg)) => {
-                    self.persist_queue.push_front(msg.req);
-                    blocked = true;
-                    break;
-                }
-                Err(SendError::Closed(_)) => {
-                    tracing::error!(
-                        group = %self.deps.group,
-                        "log store stopped; stopping the group"
-                    );
-                    ctx.stop();
-                    return;
-                }
+        while !self.adopting && !self.persist_queue.is_empty() {
+            if !self.core.persist_room() {
+                blocked = true;
+                break;
+            }
+            // The worker sends every shell's requests of a drain as one batch and hands each
+            // core the answer itself (`FromWorker::PersistFailed` if it failed).
+            if let Some(req) = self.persist_queue.pop_front() {
+                self.core.persist(&self.deps.log_store, req);
             }
         }
         blocked |= self.pump_applies(ctx);
@@ -1612,6 +1586,17 @@ impl<M: StateMachine> Handler<FromWorker> for GroupActor<M> {
     fn handle(&mut self, msg: FromWorker, ctx: &mut Context<Self>) {
         match msg {
             FromWorker::Actions(actions) => self.drain(actions, ctx),
+            FromWorker::PersistFailed { seq, error } => {
+                match error {
+                    Some(e) => {
+                        tracing::error!(group = %self.deps.group, seq, error = %e, "persist failed; stopping the group")
+                    }
+                    None => {
+                        tracing::error!(group = %self.deps.group, seq, "log store gone; stopping the group")
+                    }
+                }
+                ctx.stop();
+            }
             FromWorker::Restart => {
                 tracing::warn!(
                     group = %self.deps.group,

@@ -15,7 +15,8 @@
 //! The worker handles what its mailbox holds (frames from the router, gossip reports, the
 //! transport's lost connections, drain requests from its shells), then drains the host once: every peer's messages leave as one
 //! [`WireMessage::RaftFrame`] over the peer's link (`try_send`: a full link drops the frame
-//! and counts it, Raft retransmits), every group's other actions go to its shell. It arms one
+//! and counts it, Raft retransmits), every group's other actions go to its shell (a polled
+//! group without actions is published by the worker, [`Publish`]: no message). It arms one
 //! timer, at [`Host::next_deadline`](conclave_core::raft::Host::next_deadline).
 //!
 //! **Persistence.** The shells put their persist requests (and compactions) into the cell's
@@ -65,8 +66,9 @@ thread_local! {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) enum FromWorker {
-    /// The actions a drain produced for the shell's group (possibly none: the group was polled
-    /// and its status may have changed).
+    /// The actions a drain produced for the shell's group (none only when the shell asked to
+    /// see every poll, [`Publish::every_poll`]; otherwise the worker publishes the group's
+    /// state itself).
     Actions(Vec<Action>),
     /// The worker restarted with an empty host: the shell stops, and its supervisor starts it
     /// again from storage.
@@ -79,6 +81,29 @@ pub(super) enum FromWorker {
         /// The store's error.
         error: Option<Arc<LogStoreError>>,
     },
+}
+
+/// What a drain publishes itself for a polled group that has no actions for its shell (no
+/// message to the shell: a poll that only sent messages, e.g. a follower's acknowledgement
+/// after its persist, or only moved a leader's progress, changes nothing but what is
+/// published).
+pub(super) trait Publish {
+    /// Publishes the core's state (the group's shared snapshot and gauges).
+    fn publish(&self, core: &Raft);
+    /// Whether the shell must see every poll, with or without actions (it waits on the core's
+    /// state, e.g. for a membership change to commit).
+    fn every_poll(&self) -> bool;
+}
+
+/// A registered shell.
+struct Shell {
+    /// Its registration (a restarted shell registers again before the old instance's state
+    /// is dropped).
+    instance: u64,
+    /// Its mailbox.
+    recipient: Recipient<FromWorker>,
+    /// Its publisher.
+    publish: Rc<dyn Publish>,
 }
 
 /// Most items waiting in a worker's outbox for the log store: past it, shells keep their
@@ -105,9 +130,8 @@ fn item_group(item: &BatchItem) -> GroupId {
 /// The state a worker shares with the shells of its arbiter (one thread: `Rc`, `RefCell`).
 pub(super) struct WorkerCell {
     host: RefCell<Host>,
-    /// The shells by group, with the instance that registered (a restarted shell registers
-    /// again before the old instance's state is dropped).
-    shells: RefCell<BTreeMap<GroupId, (u64, Recipient<FromWorker>)>>,
+    /// The shells by group.
+    shells: RefCell<BTreeMap<GroupId, Shell>>,
     next_instance: Cell<u64>,
     drain_scheduled: Cell<bool>,
     /// What the shells hand the log store, flushed by the worker.
@@ -147,10 +171,22 @@ impl WorkerCell {
     }
 
     /// Registers `group`'s shell; returns its instance number (for [`WorkerCell::unregister`]).
-    pub(super) fn register(&self, group: GroupId, shell: Recipient<FromWorker>) -> u64 {
+    pub(super) fn register(
+        &self,
+        group: GroupId,
+        recipient: Recipient<FromWorker>,
+        publish: Rc<dyn Publish>,
+    ) -> u64 {
         let instance = self.next_instance.get() + 1;
         self.next_instance.set(instance);
-        self.shells.borrow_mut().insert(group, (instance, shell));
+        self.shells.borrow_mut().insert(
+            group,
+            Shell {
+                instance,
+                recipient,
+                publish,
+            },
+        );
         instance
     }
 
@@ -167,7 +203,7 @@ impl WorkerCell {
         let Ok(mut shells) = self.shells.try_borrow_mut() else {
             return;
         };
-        if shells.get(&group).is_some_and(|(i, _)| *i == instance) {
+        if shells.get(&group).is_some_and(|s| s.instance == instance) {
             shells.remove(&group);
             if let Ok(mut host) = self.host.try_borrow_mut() {
                 host.remove_group(group);
@@ -431,7 +467,7 @@ impl RaftWorker {
                 .shells
                 .borrow()
                 .values()
-                .map(|(_, r)| r.clone())
+                .map(|s| s.recipient.clone())
                 .collect();
             tracing::warn!(
                 worker = index,
@@ -478,12 +514,21 @@ impl RaftWorker {
         self.out = out;
         {
             let shells = self.cell.shells.borrow();
+            let host = self.cell.host.borrow();
             for (group, actions) in actions {
-                if let Some((_, shell)) = shells.get(&group) {
-                    // Unbounded: persists and applies must not be lost (the shell's own
-                    // queues bound the backlog and refuse proposals past it).
-                    shell.do_send(FromWorker::Actions(actions));
+                let Some(shell) = shells.get(&group) else {
+                    continue;
+                };
+                if actions.is_empty() && !shell.publish.every_poll() {
+                    // Polled for a change only the published state shows.
+                    if let Some(core) = host.raft(group) {
+                        shell.publish.publish(core);
+                    }
+                    continue;
                 }
+                // Unbounded: persists and applies must not be lost (the shell's own queues
+                // bound the backlog and refuse proposals past it).
+                shell.recipient.do_send(FromWorker::Actions(actions));
             }
         }
         self.arm(next, ctx);
@@ -521,8 +566,8 @@ impl RaftWorker {
                 let shells = self.cell.shells.borrow();
                 for (tag, item) in tags.into_iter().zip(batch.items) {
                     if let BatchItem::Persist { group, req, .. } = item {
-                        if let Some((_, shell)) = shells.get(&group).filter(|(i, _)| *i == tag) {
-                            shell.do_send(FromWorker::PersistFailed {
+                        if let Some(shell) = shells.get(&group).filter(|s| s.instance == tag) {
+                            shell.recipient.do_send(FromWorker::PersistFailed {
                                 seq: req.seq,
                                 error: None,
                             });
@@ -717,8 +762,7 @@ impl Handler<Persisted> for RaftWorker {
         let shells = self.cell.shells.borrow();
         // Only the shell instance that sent a request may learn its answer: a restarted one
         // recovered its core from the log store and numbers its requests afresh.
-        let current =
-            |group: GroupId, tag: u64| shells.get(&group).filter(|(instance, _)| *instance == tag);
+        let current = |group: GroupId, tag: u64| shells.get(&group).filter(|s| s.instance == tag);
         match msg.result {
             Ok(()) => {
                 let mut host = self.cell.host.borrow_mut();
@@ -732,8 +776,8 @@ impl Handler<Persisted> for RaftWorker {
             }
             Err(e) => {
                 for r in msg.requests {
-                    if let Some((_, shell)) = current(r.group, r.tag) {
-                        shell.do_send(FromWorker::PersistFailed {
+                    if let Some(shell) = current(r.group, r.tag) {
+                        shell.recipient.do_send(FromWorker::PersistFailed {
                             seq: r.seq,
                             error: Some(e.clone()),
                         });

@@ -216,6 +216,9 @@ pub struct GroupDeps<M: StateMachine> {
     pub member_marks: Arc<MemberMarks>,
     /// The labels of the group's metrics (`shard` on a shard's group; none above the cap).
     pub labels: super::group_metrics::GroupLabels,
+    /// The key of the node's worker cells, where the shell finds its core
+    /// (`worker::WorkerCell::current`).
+    pub(crate) worker_cell: u64,
 }
 
 /// What a group uses to send and receive snapshots (docs/transport.md, "Snapshot transfer").
@@ -642,7 +645,7 @@ impl<M: StateMachine> GroupActor<M> {
         let snapshot_thresholds = deps.snapshot_policy.jittered(rand::random());
         let (shared_state, labels) = (deps.shared.clone(), deps.labels.clone());
         let core = Hosted {
-            cell: WorkerCell::current(),
+            cell: WorkerCell::current(deps.worker_cell),
             group: deps.group,
             epoch: deps.epoch,
             instance: None,

@@ -639,7 +639,9 @@ async fn start_node<M: StateMachine>(
             gossip: gossip.shared.clone(),
             epoch,
             frame_bytes: (config.node.max_frame_size / 2).max(1024),
+            cell_key: worker::next_cell_key(),
         }),
+        Arbiter::current(),
     ));
     let pool = |n: usize| (0..n.max(1)).map(|_| Arbiter::new()).collect::<Vec<_>>();
     let (factory, any_group) = factory;

@@ -493,6 +493,7 @@ impl<M: StateMachine> GroupSpawner<M> {
         }
         let labels = GroupLabels::new(group, config.ring.sharded, config.ring.shards);
         let deps = Arc::new(GroupDeps {
+            worker_cell: self.workers.cell_key(),
             labels: labels.clone(),
             group,
             raft: super::raft_config(config, group),

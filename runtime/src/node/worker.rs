@@ -58,8 +58,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 
 thread_local! {
-    /// The worker cell of this thread (set on a worker's arbiter by its first worker).
-    static CELL: RefCell<Option<Rc<WorkerCell>>> = const { RefCell::new(None) };
+    /// The worker cells of this thread, by node ([`WorkerDeps::cell_key`]): one on each
+    /// worker's arbiter, set by its first worker. A thread can carry worker 0 of several
+    /// nodes (each node's worker 0 runs on the arbiter it was started on, and tests start many
+    /// nodes on one thread), so the cells are told apart by node.
+    static CELL: RefCell<BTreeMap<u64, Rc<WorkerCell>>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Source of [`WorkerDeps::cell_key`]: unique per node started in this process.
+static NEXT_CELL_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A fresh key for a node's worker cells ([`WorkerDeps::cell_key`]).
+pub(super) fn next_cell_key() -> u64 {
+    NEXT_CELL_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What a worker tells one of its shells.
@@ -143,13 +154,15 @@ pub(super) struct WorkerCell {
 }
 
 impl WorkerCell {
-    /// The cell of the current thread, created empty if there is none yet. Called on a
-    /// worker's arbiter before anything else runs there, so the shells started on it find it.
+    /// The node's cell on the current thread, created empty if there is none yet. Called on a
+    /// worker's arbiter before anything else of the node runs there, so the shells started on
+    /// it find it.
     pub(super) fn install(deps: &WorkerDeps) -> Rc<WorkerCell> {
         let now = deps.epoch.elapsed().as_millis() as Millis;
         CELL.with(|c| {
             c.borrow_mut()
-                .get_or_insert_with(|| {
+                .entry(deps.cell_key)
+                .or_insert_with(|| {
                     Rc::new(WorkerCell {
                         host: RefCell::new(Host::new(host_config(deps), now)),
                         shells: RefCell::new(BTreeMap::new()),
@@ -165,9 +178,18 @@ impl WorkerCell {
         })
     }
 
-    /// The cell of the current thread; `None` off a worker's arbiter.
-    pub(super) fn current() -> Option<Rc<WorkerCell>> {
-        CELL.with(|c| c.borrow().clone())
+    /// The cell of the node `key` ([`WorkerDeps::cell_key`]) on the current thread; `None` off
+    /// that node's workers' arbiters.
+    pub(super) fn current(key: u64) -> Option<Rc<WorkerCell>> {
+        CELL.with(|c| c.borrow().get(&key).cloned())
+    }
+
+    /// Drops the node `key`'s cell of the current thread (the node stopped; its worker 0 ran
+    /// on a thread that outlives it).
+    fn uninstall(key: u64) {
+        // Taken out first, dropped after the borrow: a cell's drop drops actor addresses.
+        let cell = CELL.with(|c| c.borrow_mut().remove(&key));
+        drop(cell);
     }
 
     /// Registers `group`'s shell; returns its instance number (for [`WorkerCell::unregister`]).
@@ -321,29 +343,52 @@ pub(super) struct WorkerDeps {
     /// Most approximate bytes of entries in one frame: half the transport's frame limit, like
     /// a core's `max_bytes_per_append`.
     pub(super) frame_bytes: usize,
+    /// Tells this node's worker cells from other nodes' on a shared thread
+    /// ([`next_cell_key`]).
+    pub(super) cell_key: u64,
 }
 
 /// The node's Raft workers: their arbiters (each group's shell runs on its worker's), the live
 /// instances and their supervisor.
 pub(super) struct Workers {
-    arbiters: Vec<Arbiter>,
+    /// Where each worker runs: worker 0 on the node's own arbiter, the others on `owned`.
+    arbiters: Vec<ArbiterHandle>,
+    /// The arbiters started for workers 1.. (the node's arbiter is not the workers' to stop).
+    owned: Vec<Arbiter>,
+    cell_key: u64,
     slots: Vec<Slot<RaftWorker>>,
     supervisor: Addr<Supervisor>,
 }
 
 impl Workers {
-    /// Starts `count` workers (at least one), each on an arbiter of its own, under a
-    /// one-for-one supervisor.
-    pub(super) fn start(count: usize, deps: Arc<WorkerDeps>) -> Workers {
+    /// Starts `count` workers (at least one) under a one-for-one supervisor: worker 0 on
+    /// `home`, the node's arbiter, which also runs the transport's reader and writer tasks and
+    /// the inbound dispatch; every other worker on an arbiter of its own.
+    ///
+    /// Why worker 0 shares the transport's thread: a write's critical path crosses the
+    /// transport four times (the leader sends, a follower receives, the follower acknowledges,
+    /// the leader receives), and between a worker and the transport on another thread each
+    /// crossing is a wake-up of a thread that then waits for a core — on a busy machine the
+    /// larger part of a one-client write's latency. On one thread they are task wakes. Group 0
+    /// (the only group of an unsharded node, and the shard map's group) lives on worker 0.
+    pub(super) fn start(count: usize, deps: Arc<WorkerDeps>, home: ArbiterHandle) -> Workers {
         let count = count.max(1);
         let mut arbiters = Vec::with_capacity(count);
+        let mut owned = Vec::with_capacity(count.saturating_sub(1));
         let mut slots = Vec::with_capacity(count);
         let mut builder = SupervisorBuilder::new("raft-workers").policy(RestartPolicy {
             strategy: Strategy::OneForOne,
             ..RestartPolicy::default()
         });
         for index in 0..count {
-            let arbiter = Arbiter::new();
+            let arbiter = if index == 0 {
+                home.clone()
+            } else {
+                let a = Arbiter::new();
+                let handle = a.handle();
+                owned.push(a);
+                handle
+            };
             {
                 // First on the thread: the shells started there find the cell.
                 let deps = deps.clone();
@@ -352,7 +397,7 @@ impl Workers {
                 });
             }
             let slot: Slot<RaftWorker> = Slot::new();
-            let handle = arbiter.handle();
+            let handle = arbiter.clone();
             let deps = deps.clone();
             let f: Factory = {
                 let slot = slot.clone();
@@ -370,7 +415,9 @@ impl Workers {
             slots.push(slot);
         }
         Workers {
+            cell_key: deps.cell_key,
             arbiters,
+            owned,
             slots,
             supervisor: builder.start(),
         }
@@ -388,7 +435,7 @@ impl Workers {
 
     /// The arbiter of `group`'s worker (where the group's shell runs).
     pub(super) fn arbiter(&self, group: GroupId) -> ArbiterHandle {
-        self.arbiters[self.index(group)].handle()
+        self.arbiters[self.index(group)].clone()
     }
 
     /// The live worker `index`.
@@ -401,9 +448,19 @@ impl Workers {
         let _ = self.supervisor.send(StopSupervisor).await;
     }
 
-    /// Ends the workers' threads (after [`Workers::stop`]).
+    /// The key of this node's worker cells, for the shells ([`WorkerCell::current`]).
+    pub(super) fn cell_key(&self) -> u64 {
+        self.cell_key
+    }
+
+    /// Ends the threads of workers 1.. (after [`Workers::stop`]); worker 0's is the node's,
+    /// which outlives the node: only the node's cell is dropped there.
     pub(super) fn stop_arbiters(&self) {
-        for a in &self.arbiters {
+        let key = self.cell_key;
+        if let Some(home) = self.arbiters.first() {
+            home.spawn_fn(move || WorkerCell::uninstall(key));
+        }
+        for a in &self.owned {
             a.stop();
         }
     }

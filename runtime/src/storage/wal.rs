@@ -19,9 +19,21 @@
 //! LSNs (log sequence numbers) increase by one per record across segments. Payloads are opaque
 //! here; the Raft log store above encodes group ids, entries and hard states in them.
 //!
+//! ## Preallocation
+//! A segment's file is extended ahead of its records with `fallocate`, in steps of up to
+//! [`PREALLOC_STEP`] (never past the segment's size), so the bytes after the last record are
+//! zeros and most `fdatasync`s write data only: appending to a file changes its size, which
+//! makes every `fdatasync` commit the file system's journal too. Measured on this project's
+//! machine (ext4, three processes each writing 300-byte records and syncing, as the three nodes
+//! of a local cluster do): median `fdatasync` 0.16-0.20 ms appending, 0.13 ms into preallocated
+//! space (docs/performance.md). A file system without `fallocate` gets plain appends. A segment
+//! that is rotated away is cut back to its records.
+//!
 //! ## Recovery
-//! On open every segment is read in order. A record that is short, has a bad CRC or an
-//! unexpected LSN ends the valid log. If it is in the *last* segment and no valid record
+//! On open every segment is read in order. Zeros from a record's position to the end of its
+//! file are preallocated space: that segment's records end there (no record is all zeros: LSNs
+//! start at 1). Otherwise a record that is short, has a bad CRC or an unexpected LSN ends the
+//! valid log. If it is in the *last* segment and no valid record
 //! follows it, it is a torn tail (a crash during the last, unacknowledged write): the file is
 //! truncated there and the log opens. Anything else — a bad record followed by valid ones, or a
 //! bad record in an earlier segment — is corruption of acknowledged data, and opening fails
@@ -32,6 +44,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"CNCLWAL1";
+/// Most bytes a segment's file is extended by ahead of its records at a time.
+pub const PREALLOC_STEP: u64 = 4 * 1024 * 1024;
 const SEGMENT_HEADER: u64 = 16;
 const RECORD_HEADER: usize = 16;
 
@@ -158,7 +172,12 @@ pub struct Wal {
     options: WalOptions,
     segments: Vec<Segment>,
     file: File,
+    /// Where the current segment's records end (the next write goes here).
     file_len: u64,
+    /// The current segment file's size: `file_len` plus preallocated zeros.
+    allocated: u64,
+    /// Whether to preallocate in the current segment (off after `fallocate` failed in it).
+    prealloc: bool,
     next_lsn: Lsn,
     buf: Vec<u8>,
     /// LSN of the first record in `buf` not yet written.
@@ -242,10 +261,13 @@ impl Wal {
         let mut recovery = Recovery::default();
         let mut expected_lsn: Option<Lsn> = None;
         let mut tail_len = SEGMENT_HEADER;
+        // The last segment file's size (its records and any preallocated zeros after them).
+        let mut file_size = SEGMENT_HEADER;
         let count = segments.len();
         for (i, seg) in segments.iter().enumerate() {
             let last = i + 1 == count;
             let data = fs::read(&seg.path).map_err(io_err(&seg.path))?;
+            file_size = data.len() as u64;
             let corrupt = |offset: u64, damage| WalError::Corrupt {
                 path: seg.path.clone(),
                 offset,
@@ -258,6 +280,7 @@ impl Wal {
                         .map_err(io_err(&seg.path))?;
                     recovery.truncated_bytes += data.len() as u64;
                     tail_len = SEGMENT_HEADER;
+                    file_size = SEGMENT_HEADER;
                     continue;
                 }
                 return Err(corrupt(0, WalDamage::BadHeader));
@@ -297,6 +320,10 @@ impl Wal {
                     Decoded::Ok { .. } => {
                         return Err(corrupt(pos as u64, WalDamage::OutOfSequence));
                     }
+                    Decoded::Bad(_) if data[pos..].iter().all(|&b| b == 0) => {
+                        // Preallocated space: this segment's records end here.
+                        break;
+                    }
                     Decoded::Bad(reason) => {
                         if !last {
                             return Err(corrupt(pos as u64, reason));
@@ -313,6 +340,7 @@ impl Wal {
                             .map_err(io_err(&seg.path))?;
                         f.set_len(pos as u64).map_err(io_err(&seg.path))?;
                         f.sync_all().map_err(io_err(&seg.path))?;
+                        file_size = pos as u64;
                         break;
                     }
                 }
@@ -337,6 +365,7 @@ impl Wal {
             None => {
                 let (seg, f) = create_segment(dir, next_lsn)?;
                 segments.push(seg);
+                file_size = SEGMENT_HEADER;
                 (f, SEGMENT_HEADER)
             }
         };
@@ -346,6 +375,8 @@ impl Wal {
             segments,
             file,
             file_len,
+            allocated: file_size.max(file_len),
+            prealloc: true,
             next_lsn,
             buf: Vec::new(),
             synced_lsn: next_lsn,
@@ -397,6 +428,10 @@ impl Wal {
             self.rotate()?;
         }
         let path = self.current_path().to_owned();
+        let end = self.file_len + self.buf.len() as u64;
+        if end > self.allocated && self.prealloc {
+            self.preallocate(end);
+        }
         self.file.write_all(&self.buf).map_err(io_err(&path))?;
         self.file.sync_data().map_err(io_err(&path))?;
         self.file_len += self.buf.len() as u64;
@@ -412,11 +447,41 @@ impl Wal {
             .unwrap_or(self.dir.as_path())
     }
 
+    /// Extends the current segment's file with zeros to cover at least `end` (and up to
+    /// [`PREALLOC_STEP`] more, within the segment's size). A failure is not an error of the
+    /// log: the write that follows appends as it would without preallocation, and the
+    /// segment stops trying (a file system without `fallocate`, a nearly full disk).
+    fn preallocate(&mut self, end: u64) {
+        let step = PREALLOC_STEP.min(self.options.segment_bytes.max(4096));
+        let want = (self.allocated + step)
+            .min(self.options.segment_bytes)
+            .max(end);
+        match rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::empty(),
+            self.allocated,
+            want - self.allocated,
+        ) {
+            Ok(()) => self.allocated = want,
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL preallocation unavailable; appending");
+                self.prealloc = false;
+            }
+        }
+    }
+
     fn rotate(&mut self) -> Result<(), WalError> {
+        // The old segment gives its preallocated tail back (its records end at `file_len`).
+        if self.allocated > self.file_len {
+            let path = self.current_path().to_owned();
+            self.file.set_len(self.file_len).map_err(io_err(&path))?;
+        }
         let (seg, file) = create_segment(&self.dir, self.synced_lsn)?;
         self.segments.push(seg);
         self.file = file;
         self.file_len = SEGMENT_HEADER;
+        self.allocated = SEGMENT_HEADER;
+        self.prealloc = true;
         Ok(())
     }
 
@@ -514,6 +579,23 @@ mod tests {
         wal.sync().unwrap();
     }
 
+    /// A segment's bytes up to the end of its records (without the preallocated zeros; every
+    /// test payload ends with a non-zero byte).
+    fn records_of(path: &Path) -> Vec<u8> {
+        let mut data = read_segment_bytes(path).unwrap();
+        let end = data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        data.truncate(end);
+        data
+    }
+
+    /// Where record `n` (LSN `n`, written by [`write`]) starts in the first segment.
+    fn record_start(n: u64) -> usize {
+        SEGMENT_HEADER as usize
+            + (1..n)
+                .map(|i| RECORD_HEADER + payload(i).len())
+                .sum::<usize>()
+    }
+
     fn segments(dir: &Path) -> Vec<PathBuf> {
         let mut v: Vec<_> = fs::read_dir(dir)
             .unwrap()
@@ -564,7 +646,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), 20, WalOptions::default());
         let seg = segments(dir.path()).pop().unwrap();
-        let full = read_segment_bytes(&seg).unwrap();
+        let full = records_of(&seg);
         // Find where the last record starts: reopen with 19 records' worth.
         let last_len = RECORD_HEADER + payload(20).len();
         let last_start = full.len() - last_len;
@@ -588,7 +670,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), 5, WalOptions::default());
         let seg = segments(dir.path()).pop().unwrap();
-        let mut data = read_segment_bytes(&seg).unwrap();
+        let mut data = records_of(&seg);
         let good = data.len();
         data.extend_from_slice(&[0u8; 300]);
         data.extend_from_slice(&[0xAB; 77]);
@@ -600,16 +682,93 @@ mod tests {
     }
 
     #[test]
+    fn preallocated_space_is_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 50, WalOptions::default());
+        let seg = segments(dir.path()).pop().unwrap();
+        let records_end = records_of(&seg).len() as u64;
+        let size = fs::metadata(&seg).unwrap().len();
+        // On Linux the file is extended ahead of its records (elsewhere it may not be).
+        if cfg!(target_os = "linux") {
+            assert!(size > records_end, "{size} <= {records_end}");
+            assert!(size <= PREALLOC_STEP + records_end);
+        }
+        let (mut wal, recs, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        assert_eq!(recs.len(), 50);
+        assert_eq!(rec.truncated_bytes, 0);
+        // Reopening cut nothing, and appends go after the last record, into the zeros.
+        assert_eq!(fs::metadata(&seg).unwrap().len(), size);
+        assert_eq!(wal.append(b"after-reopen").unwrap(), 51);
+        wal.sync().unwrap();
+        drop(wal);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), size);
+        let (_, recs, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        assert_eq!(recs.len(), 51);
+        assert_eq!(recs[50].payload, b"after-reopen");
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn rotated_segments_are_cut_back_and_a_zero_tail_in_one_is_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WalOptions {
+            segment_bytes: 8 * 1024,
+            ..WalOptions::default()
+        };
+        write(dir.path(), 400, opts.clone());
+        let segs = segments(dir.path());
+        assert!(segs.len() >= 3, "{}", segs.len());
+        // Rotation gave each older segment's preallocated tail back.
+        for seg in &segs[..segs.len() - 1] {
+            assert_eq!(
+                fs::metadata(seg).unwrap().len(),
+                records_of(seg).len() as u64
+            );
+        }
+        // A crash between preallocating and cutting back leaves zeros after an older
+        // segment's records: free space, not damage.
+        let mut data = read_segment_bytes(&segs[0]).unwrap();
+        data.extend_from_slice(&[0u8; 5000]);
+        fs::write(&segs[0], &data).unwrap();
+        let (_, recs, rec) = Wal::open(dir.path(), opts.clone()).unwrap();
+        assert_eq!(recs.len(), 400);
+        assert_eq!(rec.truncated_bytes, 0);
+        // But anything non-zero after the zeros of an older segment is damage.
+        data.extend_from_slice(&[0xCD; 3]);
+        fs::write(&segs[0], &data).unwrap();
+        assert!(matches!(
+            Wal::open(dir.path(), opts),
+            Err(WalError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn zeros_before_a_valid_record_are_still_corruption() {
+        // A zeroed range followed by a valid later record is not preallocated space: acknowledged
+        // records follow it, so the log refuses to open rather than drop them.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 30, WalOptions::default());
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut data = records_of(&seg);
+        let pos = record_start(10);
+        let rec_len = RECORD_HEADER + payload(10).len();
+        data[pos..pos + rec_len].fill(0);
+        fs::write(&seg, &data).unwrap();
+        match Wal::open(dir.path(), WalOptions::default()) {
+            Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, pos as u64),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok((_, recs, _)) => panic!("opened with {} records", recs.len()),
+        }
+    }
+
+    #[test]
     fn flipped_byte_mid_log_refuses_to_open_and_names_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), 30, WalOptions::default());
         let seg = segments(dir.path()).pop().unwrap();
         let original = read_segment_bytes(&seg).unwrap();
         // Flip one byte in each position of the 10th record (header and payload alike).
-        let mut pos = SEGMENT_HEADER as usize;
-        for i in 1..10u64 {
-            pos += RECORD_HEADER + payload(i).len();
-        }
+        let pos = record_start(10);
         let rec_len = RECORD_HEADER + payload(10).len();
         for flip in pos..pos + rec_len {
             let mut data = original.clone();

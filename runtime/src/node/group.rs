@@ -4,9 +4,12 @@
 //! it — persist requests to the node's log store, committed entries to the applier, reads,
 //! snapshots. Messages to peers and the timer are the worker's.
 //!
-//! Everything it hands on goes through a bounded mailbox with `try_send`. Persist requests and
-//! committed entries cannot be dropped, so they wait in small local FIFO queues that are pumped
-//! as room appears; while those queues are long, new proposals are refused with
+//! Everything it hands on is bounded: committed entries go to the applier's mailbox with
+//! `try_send`; persist requests (and compactions) go into its worker's outbox, which the worker
+//! sends to the log store as one batch for all its groups, and whose answer (one per WAL sync)
+//! the worker hands straight to the cores (`super::worker`). Persist requests and committed
+//! entries cannot be dropped, so they wait in small local FIFO queues that are pumped as room
+//! appears; while those queues are long, new proposals are refused with
 //! [`RequestError::Overloaded`] (HTTP 503) — backpressure ends at the edge, never in unbounded
 //! memory.
 //!
@@ -27,7 +30,7 @@ use super::applier::{
     AppliedIndex, ApplierActor, ApplyBatch, ReadAt, ReadReply, RestoreFrom, TakeSnapshot,
     WriteReply,
 };
-use super::log_store_actor::{Compact, LogStoreActor, MarkMember, Persist, PersistResult, Recover};
+use super::log_store_actor::{LogStoreActor, MarkMember, Recover};
 use super::peers::{MembershipTracker, Peers};
 use super::snapshotter::{
     NewestSnapshot, SnapshotError, SnapshotSource, SnapshotterActor, WriteSnapshot,
@@ -36,7 +39,7 @@ use super::transfer_actor::{
     Adopt, PeerAddrs, SendOutcome, SendRequest, SnapshotReceived, SnapshotReceiver, SnapshotSender,
 };
 use super::wire::WireMessage;
-use super::worker::{FromWorker, WorkerCell};
+use super::worker::{FromWorker, Publish, WorkerCell};
 use crate::api::{LeaderHint, MembershipState, RequestError, SnapshotInfo};
 use crate::state_machine::StateMachine;
 use crate::storage::health::StorageHealth;
@@ -52,7 +55,7 @@ use conclave_core::raft::{
 };
 use conclave_transport::Endpoint;
 use parking_lot::RwLock;
-use std::cell::{Ref, RefMut};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -350,12 +353,17 @@ impl Hosted {
         self.cell.as_ref()?.core_mut(now, self.group)
     }
 
-    fn install(&mut self, core: Raft, shell: Recipient<FromWorker>) -> Result<(), raft::HostError> {
+    fn install(
+        &mut self,
+        core: Raft,
+        shell: Recipient<FromWorker>,
+        publish: Rc<dyn Publish>,
+    ) -> Result<(), raft::HostError> {
         let Some(cell) = self.cell.as_ref() else {
             return Err(raft::HostError::GroupExists(self.group));
         };
         cell.add(core)?;
-        self.instance = Some(cell.register(self.group, shell));
+        self.instance = Some(cell.register(self.group, shell, publish));
         cell.request_drain();
         Ok(())
     }
@@ -365,6 +373,27 @@ impl Hosted {
             cell.request_drain();
         }
     }
+
+    /// Whether the worker's batch for the log store takes a persist request now (not while it
+    /// is full, nor before the core is hosted).
+    fn persist_room(&self) -> bool {
+        self.instance.is_some() && self.cell.as_ref().is_some_and(|c| c.persist_room())
+    }
+
+    /// Hands a persist request to the worker's batch for the log store (after
+    /// [`Hosted::persist_room`]).
+    fn persist(&self, log_store: &Addr<LogStoreActor>, req: PersistRequest) {
+        if let (Some(cell), Some(instance)) = (self.cell.as_ref(), self.instance) {
+            cell.persist(log_store, self.group, instance, req);
+        }
+    }
+
+    /// Has the log store compact the group's log, in order with its persist requests.
+    fn compact(&self, log_store: &Addr<LogStoreActor>, index: LogIndex, term: Term) {
+        if let (Some(cell), Some(instance)) = (self.cell.as_ref(), self.instance) {
+            cell.compact(log_store, self.group, instance, index, term);
+        }
+    }
 }
 
 impl Drop for Hosted {
@@ -372,6 +401,82 @@ impl Drop for Hosted {
         if let (Some(cell), Some(instance)) = (self.cell.as_ref(), self.instance) {
             cell.unregister(self.group, instance);
         }
+    }
+}
+
+/// Publishes a group's state after a drain: by the shell after carrying out the drain's
+/// actions, by the worker itself for a poll without actions ([`Publish`]).
+struct Publisher {
+    shared: Arc<GroupShared>,
+    labels: super::group_metrics::GroupLabels,
+    /// The replication lag per peer, registered once (a recorder lookup per drain of every
+    /// group was measurable).
+    lag_gauges: RefCell<BTreeMap<NodeId, metrics::Gauge>>,
+    /// Where this node stands in the group's membership, as the shell last saw it.
+    membership_state: Cell<MembershipState>,
+    /// The shell waits on the core's state (membership changes to resolve).
+    every_poll: Cell<bool>,
+}
+
+impl Publish for Publisher {
+    /// The group's gauges and its shared snapshot (status pages, routing, the balancer).
+    ///
+    /// Runs after every drain of every group, so it avoids the allocations it can: the core's
+    /// `status()` clones the membership and collects the progress, and replacing the snapshot
+    /// dropped the previous copies (a 64-shard node spent ~11% of its Raft workers' time here,
+    /// mostly cloning and dropping memberships). Only a leader has progress, read without
+    /// `status()`; the snapshot is updated in place and its membership cloned only when it
+    /// changed.
+    fn publish(&self, core: &Raft) {
+        let role = core.role();
+        let last_index = core.last_index();
+        let commit_index = core.commit_index();
+        self.labels
+            .gauge("conclave_raft_commit_index")
+            .set(commit_index as f64);
+        let applied = self.shared.applied.load(Ordering::Relaxed);
+        self.labels
+            .gauge("conclave_raft_applied_index")
+            .set(applied as f64);
+        self.labels
+            .gauge("conclave_raft_log_entries")
+            .set(core.entries().len() as f64);
+        // The core keeps progress only while it leads (cleared when it steps down).
+        let progress: Vec<(NodeId, LogIndex)> = core.match_indexes().collect();
+        if role == Role::Leader {
+            let mut lag_gauges = self.lag_gauges.borrow_mut();
+            for &(peer, matched) in &progress {
+                let labels = &self.labels;
+                lag_gauges
+                    .entry(peer)
+                    .or_insert_with(|| {
+                        labels.gauge_with("conclave_raft_replication_lag", "peer", peer.to_string())
+                    })
+                    .set(last_index.saturating_sub(matched) as f64);
+            }
+        }
+        // The core knows it was removed as soon as the change is appended (the leader stops
+        // replicating to it once the change commits, so it may never learn that).
+        let membership_state = if core.removed() {
+            MembershipState::Removed
+        } else {
+            self.membership_state.get()
+        };
+        let mut snap = self.shared.snapshot.write();
+        snap.role = Some(role);
+        snap.term = core.term();
+        snap.leader = core.leader();
+        snap.commit_index = commit_index;
+        snap.last_index = last_index;
+        if snap.membership != *core.membership() {
+            snap.membership = core.membership().clone();
+        }
+        snap.progress = progress;
+        snap.membership_state = membership_state;
+    }
+
+    fn every_poll(&self) -> bool {
+        self.every_poll.get()
     }
 }
 
@@ -432,9 +537,10 @@ pub struct GroupActor<M: StateMachine> {
     marking: bool,
     /// The housekeeping pass is armed (only while someone waits: an idle group sets no timer).
     housekeeping: bool,
-    /// Series set after every drain, registered once: the replication lag per peer, and the
-    /// node's queue depths (a recorder lookup per drain of every group was measurable).
-    lag_gauges: BTreeMap<NodeId, metrics::Gauge>,
+    /// Publishes the group's state (shared with the worker).
+    publisher: Rc<Publisher>,
+    /// The node's queue depths, registered once (a recorder lookup per drain of every group
+    /// was measurable).
     depth_gauges: (metrics::Gauge, metrics::Gauge),
     _guard: ChildGuard,
 }
@@ -537,6 +643,7 @@ impl<M: StateMachine> GroupActor<M> {
     /// A group actor; it restores its core from the log store and the applier when started.
     pub fn new(deps: Arc<GroupDeps<M>>, guard: ChildGuard) -> Self {
         let snapshot_thresholds = deps.snapshot_policy.jittered(rand::random());
+        let (shared_state, labels) = (deps.shared.clone(), deps.labels.clone());
         let core = Hosted {
             cell: WorkerCell::current(deps.worker_cell),
             group: deps.group,
@@ -575,7 +682,13 @@ impl<M: StateMachine> GroupActor<M> {
             tracker: None,
             marking: false,
             housekeeping: false,
-            lag_gauges: BTreeMap::new(),
+            publisher: Rc::new(Publisher {
+                shared: shared_state,
+                labels,
+                lag_gauges: RefCell::new(BTreeMap::new()),
+                membership_state: Cell::new(MembershipState::Member),
+                every_poll: Cell::new(false),
+            }),
             depth_gauges: (
                 metrics::gauge!("conclave_mailbox_depth", "actor" => "group_persist_queue"),
                 metrics::gauge!("conclave_mailbox_depth", "actor" => "group_apply_queue"),
@@ -835,7 +948,7 @@ impl<M: StateMachine> GroupActor<M> {
     /// The core dropped its entries before `first_index`; the log store may drop them too.
     /// They are covered by a snapshot that is durable (written, fsynced, renamed) and by a
     /// state machine synced at that snapshot's index.
-    fn compact_log_store(&mut self, first_index: LogIndex, ctx: &mut Context<Self>) {
+    fn compact_log_store(&mut self, first_index: LogIndex) {
         let index = first_index.saturating_sub(1);
         let Some(core) = self.core.as_ref() else {
             return;
@@ -845,23 +958,10 @@ impl<M: StateMachine> GroupActor<M> {
         }
         // The core keeps the term of its compaction point.
         let term = core.entry_term(index).unwrap_or(0);
-        let group = self.deps.group;
-        ctx.spawn(
-            self.deps
-                .log_store
-                .send(Compact { group, index, term })
-                .into_actor(self)
-                .map(move |res: Result<PersistResult<()>, MailboxError>, _, _| match res {
-                    Ok(Ok(())) => {
-                        tracing::debug!(%group, index, "log store compacted");
-                    }
-                    Ok(Err(e)) => {
-                        // The store reported itself failed; persists fail and stop the group.
-                        tracing::error!(%group, index, error = %e, "log store compaction failed");
-                    }
-                    Err(_) => tracing::error!(%group, index, "log store gone during compaction"),
-                }),
-        );
+        drop(core);
+        // With the worker's batch, after the persist requests before it (a failure is the
+        // store's: reported failed, later persists fail and stop the group).
+        self.core.compact(&self.deps.log_store, index, term);
     }
 
     fn carry_out(&mut self, action: Action, ctx: &mut Context<Self>) {
@@ -945,7 +1045,7 @@ impl<M: StateMachine> GroupActor<M> {
                     }
                 }
             }
-            Action::Compacted { first_index } => self.compact_log_store(first_index, ctx),
+            Action::Compacted { first_index } => self.compact_log_store(first_index),
         }
     }
 
@@ -1134,52 +1234,15 @@ impl<M: StateMachine> GroupActor<M> {
         let mut blocked = false;
         // While a received snapshot moves into the store, nothing is persisted (the adoption
         // pumps again when done).
-        while let Some(req) = (!self.adopting)
-            .then(|| self.persist_queue.pop_front())
-            .flatten()
-        {
-            let (tx, rx) = oneshot::channel();
-            let seq = req.seq;
-            let msg = Persist {
-                group: self.deps.group,
-                req,
-                done: tx,
-            };
-            match self.deps.log_store.try_send(msg) {
-                Ok(()) => {
-                    ctx.spawn(rx.into_actor(self).map(
-                        move |res, act, ctx| match res {
-                            Ok(Ok(done)) => {
-                                let now = act.now();
-                                if let Some(mut core) = act.core.as_mut() {
-                                    core.persisted(now, done);
-                                }
-                                act.schedule_drain(ctx);
-                            }
-                            Ok(Err(e)) => {
-                                tracing::error!(group = %act.deps.group, seq, error = %e, "persist failed; stopping the group");
-                                ctx.stop();
-                            }
-                            Err(_) => {
-                                tracing::error!(group = %act.deps.group, seq, "log store gone; stopping the group");
-                                ctx.stop();
-                            }
-                        },
-                    ));
-                }
-                Err(SendError::Full(msg)) => {
-                    self.persist_queue.push_front(msg.req);
-                    blocked = true;
-                    break;
-                }
-                Err(SendError::Closed(_)) => {
-                    tracing::error!(
-                        group = %self.deps.group,
-                        "log store stopped; stopping the group"
-                    );
-                    ctx.stop();
-                    return;
-                }
+        while !self.adopting && !self.persist_queue.is_empty() {
+            if !self.core.persist_room() {
+                blocked = true;
+                break;
+            }
+            // The worker sends every shell's requests of a drain as one batch and hands each
+            // core the answer itself (`FromWorker::PersistFailed` if it failed).
+            if let Some(req) = self.persist_queue.pop_front() {
+                self.core.persist(&self.deps.log_store, req);
             }
         }
         blocked |= self.pump_applies(ctx);
@@ -1324,66 +1387,28 @@ impl<M: StateMachine> GroupActor<M> {
             .collect();
     }
 
-    /// Publishes the core's state after a drain: the group's gauges and its shared snapshot
-    /// (status pages, routing, the balancer).
-    ///
-    /// Runs after every drain of every group, so it avoids the allocations it can: the core's
-    /// `status()` clones the membership and collects the progress, and replacing the snapshot
-    /// dropped the previous copies (a 64-shard node spent ~11% of its Raft workers' time here,
-    /// mostly cloning and dropping memberships). Only a leader has progress to publish, so only
-    /// a leader asks for `status()`; the snapshot is updated in place and its membership cloned
-    /// only when it changed.
+    /// Publishes the core's state after a drain ([`Publisher`]), with this node's place in the
+    /// membership as the shell sees it; tells the worker whether the shell must see every
+    /// poll (a membership change waits for the core's commit).
     fn publish(&mut self) {
         let Some(core) = self.core.as_ref() else {
             return;
         };
-        let role = core.role();
-        let last_index = core.last_index();
-        let commit_index = core.commit_index();
-        self.deps
-            .labels
-            .gauge("conclave_raft_commit_index")
-            .set(commit_index as f64);
-        let applied = self.deps.shared.applied.load(Ordering::Relaxed);
-        self.deps
-            .labels
-            .gauge("conclave_raft_applied_index")
-            .set(applied as f64);
-        self.deps
-            .labels
-            .gauge("conclave_raft_log_entries")
-            .set(core.entries().len() as f64);
-        // The core keeps progress only while it leads (cleared when it steps down).
-        let progress: Vec<(NodeId, LogIndex)> = core.match_indexes().collect();
-        if role == Role::Leader {
-            for &(peer, matched) in &progress {
-                let labels = &self.deps.labels;
-                self.lag_gauges
-                    .entry(peer)
-                    .or_insert_with(|| {
-                        labels.gauge_with("conclave_raft_replication_lag", "peer", peer.to_string())
-                    })
-                    .set(last_index.saturating_sub(matched) as f64);
-            }
-        }
-        let membership_state = match self.tracker.as_ref().map(MembershipTracker::state) {
-            // The core knows it was removed as soon as the change is appended (the leader
-            // stops replicating to it once the change commits, so it may never learn that).
-            _ if core.removed() => MembershipState::Removed,
-            Some(state) => state,
-            None => MembershipState::Member,
-        };
-        let mut snap = self.deps.shared.snapshot.write();
-        snap.role = Some(role);
-        snap.term = core.term();
-        snap.leader = core.leader();
-        snap.commit_index = commit_index;
-        snap.last_index = last_index;
-        if snap.membership != *core.membership() {
-            snap.membership = core.membership().clone();
-        }
-        snap.progress = progress;
-        snap.membership_state = membership_state;
+        self.share_membership_state();
+        self.publisher
+            .every_poll
+            .set(!self.change_waiters.is_empty());
+        self.publisher.publish(&core);
+    }
+
+    /// Hands the publisher this node's place in the membership as the tracker sees it (the
+    /// worker publishes polls without actions with it, without asking the shell).
+    fn share_membership_state(&self) {
+        let state = self
+            .tracker
+            .as_ref()
+            .map_or(MembershipState::Member, MembershipTracker::state);
+        self.publisher.membership_state.set(state);
     }
 
     /// Keeps the membership state as the core's membership in force changes (appended,
@@ -1583,6 +1608,7 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                         tracker.was_a_member();
                     }
                     act.tracker = Some(tracker);
+                    act.share_membership_state();
                     let mut core = core;
                     if act.deps.shared.drained.load(Ordering::Relaxed) {
                         // A restarted group actor of a drained node stays drained.
@@ -1595,7 +1621,8 @@ impl<M: StateMachine> Actor for GroupActor<M> {
                     act.enqueued_upto = applied;
                     act.applier_seen = act.deps.applier.get();
                     let shell = ctx.address().recipient();
-                    if let Err(e) = act.core.install(core, shell) {
+                    let publish: Rc<dyn Publish> = act.publisher.clone();
+                    if let Err(e) = act.core.install(core, shell, publish) {
                         tracing::error!(%group, error = %e, "cannot host the raft core");
                         ctx.stop();
                     }
@@ -1615,6 +1642,17 @@ impl<M: StateMachine> Handler<FromWorker> for GroupActor<M> {
     fn handle(&mut self, msg: FromWorker, ctx: &mut Context<Self>) {
         match msg {
             FromWorker::Actions(actions) => self.drain(actions, ctx),
+            FromWorker::PersistFailed { seq, error } => {
+                match error {
+                    Some(e) => {
+                        tracing::error!(group = %self.deps.group, seq, error = %e, "persist failed; stopping the group")
+                    }
+                    None => {
+                        tracing::error!(group = %self.deps.group, seq, "log store gone; stopping the group")
+                    }
+                }
+                ctx.stop();
+            }
             FromWorker::Restart => {
                 tracing::warn!(
                     group = %self.deps.group,

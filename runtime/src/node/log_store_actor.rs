@@ -38,6 +38,74 @@ pub struct Persist {
     pub done: oneshot::Sender<PersistResult<u64>>,
 }
 
+/// A Raft worker's persist requests and compactions of one drain, for every group of the
+/// worker at once (one message instead of a message, a reply channel and a waiting future per
+/// group). Items are carried out in order; the persist requests are answered together, one
+/// [`Persisted`] per WAL sync to each worker that has requests in it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersistBatch {
+    /// The worker (its index): the requests of one worker's batches that one sync makes
+    /// durable are answered in one message.
+    pub worker: usize,
+    /// Where the answers go.
+    pub reply: Recipient<Persisted>,
+    /// What to write, in order.
+    pub items: Vec<BatchItem>,
+}
+
+/// One item of a [`PersistBatch`].
+pub enum BatchItem {
+    /// A group's persist request. `tag` comes back with the answer (the worker's registration
+    /// of the group's shell: an answer to a shell that restarted since is ignored).
+    Persist {
+        /// The group.
+        group: GroupId,
+        /// The sender's tag.
+        tag: u64,
+        /// What to write.
+        req: PersistRequest,
+    },
+    /// A group's compaction, as [`Compact`] (a failure is logged and reported to the health
+    /// record; the group's later persist requests fail).
+    Compact {
+        /// The group.
+        group: GroupId,
+        /// The snapshot's last included index.
+        index: LogIndex,
+        /// Its term.
+        term: conclave_core::raft::Term,
+    },
+}
+
+/// A persist request of a [`PersistBatch`] that is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersistedRequest {
+    /// The group.
+    pub group: GroupId,
+    /// The tag it was sent with.
+    pub tag: u64,
+    /// Its sequence number (`PersistRequest::seq`).
+    pub seq: u64,
+}
+
+/// The answer to the persist requests of [`PersistBatch`]es: durable (`disk_first`: one WAL
+/// sync made them all durable) or buffered (`mem_first`), or failed with the store's error.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Persisted {
+    /// `Ok` if every request named is persisted; the store's error otherwise.
+    pub result: PersistResult<()>,
+    /// The requests, in the order they were written.
+    pub requests: Vec<PersistedRequest>,
+}
+
+/// The requests of one worker waiting for the next sync.
+struct WaitingBatch {
+    reply: Recipient<Persisted>,
+    requests: Vec<PersistedRequest>,
+}
+
 /// The durable state of one group (after syncing anything buffered).
 #[derive(Message)]
 #[rtype(result = "PersistResult<RecoveredGroup>")]
@@ -100,6 +168,8 @@ pub struct LogStoreActor {
     flush_threshold: usize,
     flush_interval: std::time::Duration,
     waiting: Vec<(oneshot::Sender<PersistResult<u64>>, u64)>,
+    /// The batched requests waiting for the next sync, by worker.
+    waiting_batches: BTreeMap<usize, WaitingBatch>,
     buffered: usize,
     flush_scheduled: bool,
     /// A compaction was written since the last purge: purge after the next sync.
@@ -135,6 +205,7 @@ impl LogStoreActor {
             flush_threshold,
             flush_interval: std::time::Duration::from_millis(flush_interval_ms),
             waiting: Vec::new(),
+            waiting_batches: BTreeMap::new(),
             buffered: 0,
             flush_scheduled: false,
             purge_pending: false,
@@ -188,6 +259,13 @@ impl LogStoreActor {
         self.buffered = 0;
         for (tx, seq) in self.waiting.drain(..) {
             let _ = tx.send(result.clone().map(|_| seq));
+        }
+        for (_, batch) in std::mem::take(&mut self.waiting_batches) {
+            // A worker that stopped lets its groups' shells restart: nothing to answer.
+            batch.reply.do_send(Persisted {
+                result: result.clone(),
+                requests: batch.requests,
+            });
         }
         if result.is_ok() && self.purge_pending {
             self.purge_pending = false;
@@ -328,6 +406,107 @@ impl Handler<Persist> for LogStoreActor {
                 let _ = msg.done.send(Ok(msg.req.seq));
                 if self.buffered >= self.flush_threshold {
                     self.sync();
+                }
+            }
+        }
+    }
+}
+
+impl Handler<PersistBatch> for LogStoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PersistBatch, ctx: &mut Context<Self>) {
+        let PersistBatch {
+            worker,
+            reply,
+            items,
+        } = msg;
+        let mut written = Vec::with_capacity(items.len());
+        let mut refused: Option<(Arc<LogStoreError>, Vec<PersistedRequest>)> = None;
+        let mut compacted = false;
+        for item in items {
+            match item {
+                BatchItem::Persist { group, tag, req } => {
+                    let request = PersistedRequest {
+                        group,
+                        tag,
+                        seq: req.seq,
+                    };
+                    // As for `Persist`: a refused request is never followed by a later one of
+                    // the same log (the store stays stopped for it).
+                    if let Err(e) = self.store.write(group, &req) {
+                        let e = self.fail(e);
+                        tracing::error!(%group, error = %e, "write-ahead log append refused");
+                        match refused.as_mut() {
+                            // One answer for the batch's refusals (the first cause).
+                            Some((_, requests)) => requests.push(request),
+                            None => refused = Some((e, vec![request])),
+                        }
+                        continue;
+                    }
+                    self.record(group, &req);
+                    self.buffered += 1;
+                    written.push(request);
+                }
+                BatchItem::Compact { group, index, term } => {
+                    match self.store.compact(group, index, term) {
+                        Ok(()) => {
+                            if let Some(g) = self.mirror.get_mut(&group) {
+                                compact_mirror(g, index, term);
+                                mirror_gauge(&mut self.entry_gauges, group, self.sharding, g);
+                            }
+                            self.purge_pending = true;
+                            self.buffered += 1;
+                            compacted = true;
+                            tracing::debug!(%group, index, "log store compacted");
+                        }
+                        Err(e) => {
+                            // Reported failed: the group's later persist requests fail and
+                            // stop it.
+                            let e = self.fail(e);
+                            tracing::error!(%group, index, error = %e, "log store compaction failed");
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((e, requests)) = refused {
+            reply.do_send(Persisted {
+                result: Err(e),
+                requests,
+            });
+        }
+        match self.strategy {
+            PersistenceStrategy::DiskFirst => {
+                if !written.is_empty() {
+                    self.waiting_batches
+                        .entry(worker)
+                        .and_modify(|w| w.reply = reply.clone())
+                        .or_insert_with(|| WaitingBatch {
+                            reply: reply.clone(),
+                            requests: Vec::new(),
+                        })
+                        .requests
+                        .append(&mut written);
+                }
+                if (!self.waiting_batches.is_empty() || compacted) && !self.flush_scheduled {
+                    // As for `Persist`: the requests already queued join this sync.
+                    self.flush_scheduled = true;
+                    ctx.notify(Flush);
+                }
+            }
+            PersistenceStrategy::MemFirst => {
+                if !written.is_empty() {
+                    reply.do_send(Persisted {
+                        result: Ok(()),
+                        requests: written,
+                    });
+                }
+                if self.buffered >= self.flush_threshold {
+                    self.sync();
+                } else if compacted && !self.flush_scheduled {
+                    self.flush_scheduled = true;
+                    ctx.notify(Flush);
                 }
             }
         }
@@ -614,6 +793,144 @@ mod tests {
         actor.send(StopForTest).await.unwrap();
         let (_, from_disk) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
         assert_eq!(from_disk[&GroupId::new(1)], mirrored);
+    }
+
+    /// Forwards the log store's answers to a batch to the test.
+    struct Answers(tokio::sync::mpsc::UnboundedSender<Persisted>);
+
+    impl Actor for Answers {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Persisted> for Answers {
+        type Result = ();
+        fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
+            let _ = self.0.send(msg);
+        }
+    }
+
+    fn persist(group: u64, tag: u64, seq: u64, entries: Vec<Entry>) -> BatchItem {
+        BatchItem::Persist {
+            group: GroupId::new(group),
+            tag,
+            req: PersistRequest {
+                seq,
+                ..req(None, entries)
+            },
+        }
+    }
+
+    /// A worker's batch: several groups' requests are written in order and answered together
+    /// once synced (one answer naming each), a refused request is answered with the error on
+    /// its own, a compaction in the batch applies after the requests before it, and what is
+    /// answered is what a recovery from disk finds.
+    #[actix::test]
+    async fn a_batch_is_written_in_order_and_answered_per_sync() {
+        use crate::storage::wal::WalOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, recovered) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        let actor = LogStoreActor::new(
+            store,
+            recovered,
+            PersistenceStrategy::DiskFirst,
+            1,
+            1000,
+            Arc::new(StorageHealth::new()),
+        )
+        .start();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let reply = Answers(tx).start().recipient();
+        actor
+            .send(PersistBatch {
+                worker: 0,
+                reply: reply.clone(),
+                items: vec![
+                    persist(1, 7, 1, entries(1, 1..=3)),
+                    persist(2, 8, 1, entries(1, 1..=2)),
+                    persist(1, 7, 2, entries(1, 4..=4)),
+                    // Entries out of order: refused, and group 3 stays stopped.
+                    persist(3, 9, 1, [entries(1, 1..=1), entries(1, 3..=3)].concat()),
+                    BatchItem::Compact {
+                        group: GroupId::new(1),
+                        index: 2,
+                        term: 1,
+                    },
+                    persist(2, 8, 2, entries(1, 3..=3)),
+                ],
+            })
+            .await
+            .unwrap();
+        let refused = rx.recv().await.unwrap();
+        assert!(refused.result.is_err());
+        assert_eq!(
+            refused.requests,
+            vec![PersistedRequest {
+                group: GroupId::new(3),
+                tag: 9,
+                seq: 1
+            }]
+        );
+        let synced = rx.recv().await.unwrap();
+        assert!(synced.result.is_ok());
+        let named = |g: u64, tag: u64, seq: u64| PersistedRequest {
+            group: GroupId::new(g),
+            tag,
+            seq,
+        };
+        assert_eq!(
+            synced.requests,
+            vec![
+                named(1, 7, 1),
+                named(2, 8, 1),
+                named(1, 7, 2),
+                named(2, 8, 2)
+            ]
+        );
+        // Another worker's batch after it: its own answer.
+        let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel();
+        actor
+            .send(PersistBatch {
+                worker: 1,
+                reply: Answers(tx2).start().recipient(),
+                items: vec![persist(4, 1, 1, entries(2, 1..=1))],
+            })
+            .await
+            .unwrap();
+        let other = rx2.recv().await.unwrap();
+        assert!(other.result.is_ok());
+        assert_eq!(other.requests, vec![named(4, 1, 1)]);
+        let group1 = actor
+            .send(Recover {
+                group: GroupId::new(1),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(group1.compacted, (2, 1));
+        assert_eq!(
+            group1.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        assert!(actor
+            .send(Recover {
+                group: GroupId::new(3),
+            })
+            .await
+            .unwrap()
+            .is_err());
+        actor.send(StopForTest).await.unwrap();
+        let (_, from_disk) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        assert_eq!(from_disk[&GroupId::new(1)], group1);
+        assert_eq!(
+            from_disk[&GroupId::new(2)]
+                .entries
+                .iter()
+                .map(|e| e.index)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(!from_disk.contains_key(&GroupId::new(3)));
+        assert_eq!(rx.try_recv().ok().map(|p| p.requests), None);
     }
 
     #[derive(Message)]

@@ -15,8 +15,18 @@
 //! The worker handles what its mailbox holds (frames from the router, gossip reports, the
 //! transport's lost connections, drain requests from its shells), then drains the host once: every peer's messages leave as one
 //! [`WireMessage::RaftFrame`] over the peer's link (`try_send`: a full link drops the frame
-//! and counts it, Raft retransmits), every group's other actions go to its shell. It arms one
+//! and counts it, Raft retransmits), every group's other actions go to its shell (a polled
+//! group without actions is published by the worker, [`Publish`]: no message). It arms one
 //! timer, at [`Host::next_deadline`](conclave_core::raft::Host::next_deadline).
+//!
+//! **Persistence.** The shells put their persist requests (and compactions) into the cell's
+//! outbox; the worker sends the outbox to the log store as one [`PersistBatch`] once the
+//! shells a drain woke have run, and the log store answers with one [`Persisted`] per WAL sync
+//! naming every request of this worker it made durable. The worker hands each core its
+//! `persisted` itself (a request of a shell instance that has since restarted is ignored) and
+//! drains: no message, reply channel or waiting future per group. A shell that stops drops
+//! what it left in the outbox, so its restarted instance recovers from a log store that
+//! receives nothing more of the old one.
 //!
 //! **Supervision.** Workers run under the node's `raft-workers` supervisor (one-for-one). A
 //! worker that panics loses its host (the cores may be half-updated); the restarted worker
@@ -24,17 +34,19 @@
 //! rebuilds its core from the log store (as any restarted group does).
 
 use super::gossip::GossipShared;
+use super::log_store_actor::{BatchItem, LogStoreActor, PersistBatch, Persisted};
 use super::peers::Peers;
 use super::wire::WireMessage;
 use super::StopActor;
+use crate::storage::log_store::LogStoreError;
 use actix::prelude::*;
 use conclave_actors::supervisor::{
     ChildGuard, Factory, RestartPolicy, Slot, StopSupervisor, Strategy, Supervisor,
     SupervisorBuilder,
 };
 use conclave_core::raft::{
-    Action, EntryPayload, Frame, GroupId, Host, HostAction, HostConfig, Message, MessageBody,
-    Millis, NodeId, Raft,
+    Action, EntryPayload, Frame, GroupId, Host, HostAction, HostConfig, LogIndex, Message,
+    MessageBody, Millis, NodeId, PersistRequest, Raft, Term,
 };
 use conclave_core::swim::Event;
 use conclave_transport::TrySendError;
@@ -65,22 +77,77 @@ pub(super) fn next_cell_key() -> u64 {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) enum FromWorker {
-    /// The actions a drain produced for the shell's group (possibly none: the group was polled
-    /// and its status may have changed).
+    /// The actions a drain produced for the shell's group (none only when the shell asked to
+    /// see every poll, [`Publish::every_poll`]; otherwise the worker publishes the group's
+    /// state itself).
     Actions(Vec<Action>),
     /// The worker restarted with an empty host: the shell stops, and its supervisor starts it
     /// again from storage.
     Restart,
+    /// Persist request `seq` of the group failed (`None`: the log store is gone): the shell
+    /// stops (its supervisor restarts it; a failed store refuses its recovery).
+    PersistFailed {
+        /// The request.
+        seq: u64,
+        /// The store's error.
+        error: Option<Arc<LogStoreError>>,
+    },
+}
+
+/// What a drain publishes itself for a polled group that has no actions for its shell (no
+/// message to the shell: a poll that only sent messages, e.g. a follower's acknowledgement
+/// after its persist, or only moved a leader's progress, changes nothing but what is
+/// published).
+pub(super) trait Publish {
+    /// Publishes the core's state (the group's shared snapshot and gauges).
+    fn publish(&self, core: &Raft);
+    /// Whether the shell must see every poll, with or without actions (it waits on the core's
+    /// state, e.g. for a membership change to commit).
+    fn every_poll(&self) -> bool;
+}
+
+/// A registered shell.
+struct Shell {
+    /// Its registration (a restarted shell registers again before the old instance's state
+    /// is dropped).
+    instance: u64,
+    /// Its mailbox.
+    recipient: Recipient<FromWorker>,
+    /// Its publisher.
+    publish: Rc<dyn Publish>,
+}
+
+/// Most items waiting in a worker's outbox for the log store: past it, shells keep their
+/// persist requests in their own queues (which refuse proposals when long).
+const OUTBOX_LIMIT: usize = 16 * 1024;
+
+/// The persist requests and compactions the shells of one worker hand the log store, sent as
+/// one [`PersistBatch`] per flush (a message, a reply channel and a waiting future per group
+/// per drain were most of a 64-shard node's hand-off cost).
+#[derive(Default)]
+struct Outbox {
+    /// In order, each with its shell's registration.
+    items: Vec<(u64, BatchItem)>,
+    /// The node's log store (every shell of a node has the same).
+    log_store: Option<Addr<LogStoreActor>>,
+}
+
+fn item_group(item: &BatchItem) -> GroupId {
+    match item {
+        BatchItem::Persist { group, .. } | BatchItem::Compact { group, .. } => *group,
+    }
 }
 
 /// The state a worker shares with the shells of its arbiter (one thread: `Rc`, `RefCell`).
 pub(super) struct WorkerCell {
     host: RefCell<Host>,
-    /// The shells by group, with the instance that registered (a restarted shell registers
-    /// again before the old instance's state is dropped).
-    shells: RefCell<BTreeMap<GroupId, (u64, Recipient<FromWorker>)>>,
+    /// The shells by group.
+    shells: RefCell<BTreeMap<GroupId, Shell>>,
     next_instance: Cell<u64>,
     drain_scheduled: Cell<bool>,
+    /// What the shells hand the log store, flushed by the worker.
+    outbox: RefCell<Outbox>,
+    flush_scheduled: Cell<bool>,
     worker: RefCell<Option<Addr<RaftWorker>>>,
     /// Worker instances started on this thread so far.
     worker_starts: Cell<u64>,
@@ -101,6 +168,8 @@ impl WorkerCell {
                         shells: RefCell::new(BTreeMap::new()),
                         next_instance: Cell::new(0),
                         drain_scheduled: Cell::new(false),
+                        outbox: RefCell::new(Outbox::default()),
+                        flush_scheduled: Cell::new(false),
                         worker: RefCell::new(None),
                         worker_starts: Cell::new(0),
                     })
@@ -124,20 +193,39 @@ impl WorkerCell {
     }
 
     /// Registers `group`'s shell; returns its instance number (for [`WorkerCell::unregister`]).
-    pub(super) fn register(&self, group: GroupId, shell: Recipient<FromWorker>) -> u64 {
+    pub(super) fn register(
+        &self,
+        group: GroupId,
+        recipient: Recipient<FromWorker>,
+        publish: Rc<dyn Publish>,
+    ) -> u64 {
         let instance = self.next_instance.get() + 1;
         self.next_instance.set(instance);
-        self.shells.borrow_mut().insert(group, (instance, shell));
+        self.shells.borrow_mut().insert(
+            group,
+            Shell {
+                instance,
+                recipient,
+                publish,
+            },
+        );
         instance
     }
 
     /// Forgets `group`'s shell `instance` and stops hosting its core, unless a newer instance
-    /// registered since.
+    /// registered since. What the instance left in the outbox is dropped: a restarted shell
+    /// recovers from the log store, which must not receive the old instance's requests after
+    /// that (as the old instance's own queue, unsent, died with it).
     pub(super) fn unregister(&self, group: GroupId, instance: u64) {
+        if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
+            outbox
+                .items
+                .retain(|(tag, item)| *tag != instance || item_group(item) != group);
+        }
         let Ok(mut shells) = self.shells.try_borrow_mut() else {
             return;
         };
-        if shells.get(&group).is_some_and(|(i, _)| *i == instance) {
+        if shells.get(&group).is_some_and(|s| s.instance == instance) {
             shells.remove(&group);
             if let Ok(mut host) = self.host.try_borrow_mut() {
                 host.remove_group(group);
@@ -162,6 +250,68 @@ impl WorkerCell {
     /// Lends `group`'s core for reading (no wake-up); `None` if not hosted.
     pub(super) fn core(&self, group: GroupId) -> Option<Ref<'_, Raft>> {
         Ref::filter_map(self.host.borrow(), |h| h.raft(group)).ok()
+    }
+
+    /// Whether the outbox takes another persist request (shells keep theirs queued while it
+    /// does not: the log store's mailbox is full).
+    pub(super) fn persist_room(&self) -> bool {
+        self.outbox.borrow().items.len() < OUTBOX_LIMIT
+    }
+
+    /// Hands `group`'s persist request to the log store (with the worker's next flush), from
+    /// the shell registered as `instance`.
+    pub(super) fn persist(
+        &self,
+        log_store: &Addr<LogStoreActor>,
+        group: GroupId,
+        instance: u64,
+        req: PersistRequest,
+    ) {
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            outbox.log_store.get_or_insert_with(|| log_store.clone());
+            outbox.items.push((
+                instance,
+                BatchItem::Persist {
+                    group,
+                    tag: instance,
+                    req,
+                },
+            ));
+        }
+        self.request_flush();
+    }
+
+    /// Has the log store compact `group`'s log up to `index` (in order with the group's
+    /// persist requests).
+    pub(super) fn compact(
+        &self,
+        log_store: &Addr<LogStoreActor>,
+        group: GroupId,
+        instance: u64,
+        index: LogIndex,
+        term: Term,
+    ) {
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            outbox.log_store.get_or_insert_with(|| log_store.clone());
+            outbox
+                .items
+                .push((instance, BatchItem::Compact { group, index, term }));
+        }
+        self.request_flush();
+    }
+
+    /// Asks the worker to send the outbox once the messages already queued are handled (the
+    /// shells polled by one drain fill it before the worker runs again).
+    fn request_flush(&self) {
+        if self.flush_scheduled.get() {
+            return;
+        }
+        if let Some(worker) = self.worker.borrow().as_ref() {
+            self.flush_scheduled.set(true);
+            worker.do_send(FlushPersists);
+        }
     }
 
     /// Asks the worker to drain its host once the messages already queued are handled.
@@ -327,6 +477,10 @@ struct Drain;
 
 #[derive(Message)]
 #[rtype(result = "()")]
+struct FlushPersists;
+
+#[derive(Message)]
+#[rtype(result = "()")]
 struct Gossip(Event);
 
 /// The transport lost its connection to this node.
@@ -362,6 +516,7 @@ impl RaftWorker {
         let starts = cell.worker_starts.get();
         cell.worker_starts.set(starts + 1);
         cell.drain_scheduled.set(false);
+        cell.flush_scheduled.set(false);
         if starts > 0 {
             // The previous instance panicked: its host may be half-updated.
             *cell.host.borrow_mut() = Host::new(host_config(&deps), now);
@@ -369,7 +524,7 @@ impl RaftWorker {
                 .shells
                 .borrow()
                 .values()
-                .map(|(_, r)| r.clone())
+                .map(|s| s.recipient.clone())
                 .collect();
             tracing::warn!(
                 worker = index,
@@ -416,15 +571,68 @@ impl RaftWorker {
         self.out = out;
         {
             let shells = self.cell.shells.borrow();
+            let host = self.cell.host.borrow();
             for (group, actions) in actions {
-                if let Some((_, shell)) = shells.get(&group) {
-                    // Unbounded: persists and applies must not be lost (the shell's own
-                    // queues bound the backlog and refuse proposals past it).
-                    shell.do_send(FromWorker::Actions(actions));
+                let Some(shell) = shells.get(&group) else {
+                    continue;
+                };
+                if actions.is_empty() && !shell.publish.every_poll() {
+                    // Polled for a change only the published state shows.
+                    if let Some(core) = host.raft(group) {
+                        shell.publish.publish(core);
+                    }
+                    continue;
                 }
+                // Unbounded: persists and applies must not be lost (the shell's own queues
+                // bound the backlog and refuse proposals past it).
+                shell.recipient.do_send(FromWorker::Actions(actions));
             }
         }
         self.arm(next, ctx);
+    }
+
+    /// Sends the outbox to the log store as one batch. A full mailbox keeps it for a retry
+    /// 1 ms later; a stopped log store fails every shell that had a request in it.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.cell.flush_scheduled.set(false);
+        let (log_store, items) = {
+            let mut outbox = self.cell.outbox.borrow_mut();
+            if outbox.items.is_empty() {
+                return;
+            }
+            let Some(log_store) = outbox.log_store.clone() else {
+                return;
+            };
+            (log_store, std::mem::take(&mut outbox.items))
+        };
+        let (tags, items): (Vec<u64>, Vec<BatchItem>) = items.into_iter().unzip();
+        let batch = PersistBatch {
+            worker: self.index,
+            reply: ctx.address().recipient(),
+            items,
+        };
+        match log_store.try_send(batch) {
+            Ok(()) => {}
+            Err(SendError::Full(batch)) => {
+                // Kept, in order (the shells share this thread: nothing was added meanwhile).
+                self.cell.outbox.borrow_mut().items = tags.into_iter().zip(batch.items).collect();
+                self.cell.flush_scheduled.set(true);
+                ctx.run_later(Duration::from_millis(1), |act, ctx| act.flush(ctx));
+            }
+            Err(SendError::Closed(batch)) => {
+                let shells = self.cell.shells.borrow();
+                for (tag, item) in tags.into_iter().zip(batch.items) {
+                    if let BatchItem::Persist { group, req, .. } = item {
+                        if let Some(shell) = shells.get(&group).filter(|s| s.instance == tag) {
+                            shell.recipient.do_send(FromWorker::PersistFailed {
+                                seq: req.seq,
+                                error: None,
+                            });
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// One timer for every group of the worker.
@@ -536,6 +744,8 @@ impl Actor for RaftWorker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(8192);
         *self.cell.worker.borrow_mut() = Some(ctx.address());
+        // What the shells queued while no worker ran (a restart).
+        self.flush(ctx);
         // Gossip's failure detector wakes quiesced followers of a dead leader.
         let mut events = self.deps.gossip.subscribe();
         let addr = ctx.address();
@@ -586,6 +796,53 @@ impl Handler<InboundFrame> for RaftWorker {
     fn handle(&mut self, msg: InboundFrame, _: &mut Context<Self>) {
         let now = self.now();
         self.cell.host.borrow_mut().handle_frame(now, msg.0);
+        self.cell.request_drain();
+    }
+}
+
+impl Handler<FlushPersists> for RaftWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushPersists, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Persisted> for RaftWorker {
+    type Result = ();
+
+    /// The log store's answer for this worker's requests one WAL sync made durable: each
+    /// group's core learns it here, on the worker (no message to its shell); the drain that
+    /// follows hands out what that released.
+    fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
+        let now = self.now();
+        let shells = self.cell.shells.borrow();
+        // Only the shell instance that sent a request may learn its answer: a restarted one
+        // recovered its core from the log store and numbers its requests afresh.
+        let current = |group: GroupId, tag: u64| shells.get(&group).filter(|s| s.instance == tag);
+        match msg.result {
+            Ok(()) => {
+                let mut host = self.cell.host.borrow_mut();
+                for r in msg.requests {
+                    if current(r.group, r.tag).is_some() {
+                        if let Some(core) = host.group_mut(now, r.group) {
+                            core.persisted(now, r.seq);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for r in msg.requests {
+                    if let Some(shell) = current(r.group, r.tag) {
+                        shell.recipient.do_send(FromWorker::PersistFailed {
+                            seq: r.seq,
+                            error: Some(e.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        drop(shells);
         self.cell.request_drain();
     }
 }

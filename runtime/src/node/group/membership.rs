@@ -223,6 +223,8 @@ impl<M: StateMachine> Handler<ChangeMembership> for GroupActor<M> {
                     term: p.term,
                     reply: msg.reply,
                 });
+                // Resolved by the shell's drains: it must see every poll until then.
+                self.publisher.every_poll.set(true);
                 self.schedule_drain(ctx);
             }
             Some(Err(e)) => {

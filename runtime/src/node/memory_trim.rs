@@ -12,7 +12,10 @@
 //! takes each arena's lock in turn, and a starved thread holding one would stall every thread
 //! allocating from it) calls `malloc_trim(0)` every [`TRIM_EVERY`]; each call is timed in
 //! `conclave_memory_trim_seconds` and what it gave back is counted in
-//! `conclave_memory_trimmed_bytes_total`. On other platforms and allocators it does nothing.
+//! `conclave_memory_trimmed_bytes_total`. On other platforms and allocators it does nothing:
+//! the `conclave` binary allocates with mimalloc (runtime/src/main.rs), which returns freed
+//! pages itself, so there it reaches only what still uses glibc's heap; it is kept for
+//! programs that embed the runtime with the system allocator.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;

@@ -285,6 +285,26 @@ impl LogStoreActor {
         metrics::gauge!("conclave_wal_segments").set(self.store.segment_count() as f64);
     }
 
+    /// Compacts `group`'s log and its mirror up to `index`; the segments it frees are purged
+    /// after the next sync. A failure is recorded (`fail`) and returned.
+    fn compact(
+        &mut self,
+        group: GroupId,
+        index: LogIndex,
+        term: conclave_core::raft::Term,
+    ) -> PersistResult<()> {
+        self.store
+            .compact(group, index, term)
+            .map_err(|e| self.fail(e))?;
+        if let Some(g) = self.mirror.get_mut(&group) {
+            compact_mirror(g, index, term);
+            mirror_gauge(&mut self.entry_gauges, group, self.sharding, g);
+        }
+        self.purge_pending = true;
+        self.buffered += 1;
+        Ok(())
+    }
+
     fn record(&mut self, group: GroupId, req: &PersistRequest) {
         let g = self.mirror.entry(group).or_default();
         mirror_request(g, req);
@@ -448,26 +468,17 @@ impl Handler<PersistBatch> for LogStoreActor {
                     self.buffered += 1;
                     written.push(request);
                 }
-                BatchItem::Compact { group, index, term } => {
-                    match self.store.compact(group, index, term) {
-                        Ok(()) => {
-                            if let Some(g) = self.mirror.get_mut(&group) {
-                                compact_mirror(g, index, term);
-                                mirror_gauge(&mut self.entry_gauges, group, self.sharding, g);
-                            }
-                            self.purge_pending = true;
-                            self.buffered += 1;
-                            compacted = true;
-                            tracing::debug!(%group, index, "log store compacted");
-                        }
-                        Err(e) => {
-                            // Reported failed: the group's later persist requests fail and
-                            // stop it.
-                            let e = self.fail(e);
-                            tracing::error!(%group, index, error = %e, "log store compaction failed");
-                        }
+                BatchItem::Compact { group, index, term } => match self.compact(group, index, term)
+                {
+                    Ok(()) => {
+                        compacted = true;
+                        tracing::debug!(%group, index, "log store compacted");
                     }
-                }
+                    // Reported failed: the group's later persist requests fail and stop it.
+                    Err(e) => {
+                        tracing::error!(%group, index, error = %e, "log store compaction failed");
+                    }
+                },
             }
         }
         if let Some((e, requests)) = refused {
@@ -517,15 +528,7 @@ impl Handler<Compact> for LogStoreActor {
     type Result = PersistResult<()>;
 
     fn handle(&mut self, msg: Compact, ctx: &mut Context<Self>) -> Self::Result {
-        self.store
-            .compact(msg.group, msg.index, msg.term)
-            .map_err(|e| self.fail(e))?;
-        if let Some(g) = self.mirror.get_mut(&msg.group) {
-            compact_mirror(g, msg.index, msg.term);
-            mirror_gauge(&mut self.entry_gauges, msg.group, self.sharding, g);
-        }
-        self.purge_pending = true;
-        self.buffered += 1;
+        self.compact(msg.group, msg.index, msg.term)?;
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.notify(Flush);
@@ -610,6 +613,23 @@ mod tests {
             .collect()
     }
 
+    /// A `disk_first` log store actor over the WAL in `dir`.
+    fn start_disk_first(
+        dir: &std::path::Path,
+        options: crate::storage::wal::WalOptions,
+    ) -> Addr<LogStoreActor> {
+        let (store, recovered) = LogStore::open(dir, options).unwrap();
+        LogStoreActor::new(
+            store,
+            recovered,
+            PersistenceStrategy::DiskFirst,
+            1,
+            1000,
+            Arc::new(StorageHealth::new()),
+        )
+        .start()
+    }
+
     fn req(truncate_from: Option<LogIndex>, entries: Vec<Entry>) -> PersistRequest {
         PersistRequest {
             seq: 0,
@@ -685,16 +705,7 @@ mod tests {
             segment_bytes: 2048,
             ..WalOptions::default()
         };
-        let (store, recovered) = LogStore::open(dir.path(), options).unwrap();
-        let actor = LogStoreActor::new(
-            store,
-            recovered,
-            PersistenceStrategy::DiskFirst,
-            1,
-            1000,
-            Arc::new(StorageHealth::new()),
-        )
-        .start();
+        let actor = start_disk_first(dir.path(), options);
         for i in 1..=200u64 {
             let (tx, rx) = oneshot::channel();
             actor
@@ -740,16 +751,7 @@ mod tests {
         use crate::storage::wal::WalOptions;
         use conclave_core::raft::{Membership, SnapshotMeta};
         let dir = tempfile::tempdir().unwrap();
-        let (store, recovered) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        let actor = LogStoreActor::new(
-            store,
-            recovered,
-            PersistenceStrategy::DiskFirst,
-            1,
-            1000,
-            Arc::new(StorageHealth::new()),
-        )
-        .start();
+        let actor = start_disk_first(dir.path(), WalOptions::default());
         let meta = SnapshotMeta {
             index: 8,
             term: 2,
@@ -828,16 +830,7 @@ mod tests {
     async fn a_batch_is_written_in_order_and_answered_per_sync() {
         use crate::storage::wal::WalOptions;
         let dir = tempfile::tempdir().unwrap();
-        let (store, recovered) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
-        let actor = LogStoreActor::new(
-            store,
-            recovered,
-            PersistenceStrategy::DiskFirst,
-            1,
-            1000,
-            Arc::new(StorageHealth::new()),
-        )
-        .start();
+        let actor = start_disk_first(dir.path(), WalOptions::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let reply = Answers(tx).start().recipient();
         actor

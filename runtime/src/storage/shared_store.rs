@@ -5,7 +5,7 @@
 //!
 //! Why: with one database per group, 64 shards on a node meant 64 page caches, 64 sets of
 //! page writes per run and 64 durable-commit schedules. A group with a write every 100 ms or
-//! more found its own last durable commit older than [`DURABLE_EVERY`] at nearly every run,
+//! more found its own last durable commit older than its interval (then 100 ms) at nearly every run,
 //! so nearly every write paid an `fdatasync` of its group's file besides the WAL's (measured:
 //! docs/performance.md, "64 shards vs 1 shard").
 //!
@@ -15,7 +15,9 @@
 //! open write transaction, behind a mutex: redb has one write transaction at a time, and
 //! sharing it is what lets many groups' runs become one commit. [`StateStore::finish`] does
 //! not commit each run: the transaction is committed durably (an `fdatasync`) once
-//! [`DURABLE_EVERY`] has passed since the last durable commit — one schedule for the node —
+//! the interval has passed since the last durable commit (1 s, shorter while durable commits
+//! take longer than [`super::redb_store::DURABLE_COMMIT_TARGET`]: one adaptive
+//! [`DurablePolicy`] for the node, whose commit holds every shard's applier) —
 //! or without fsync once [`STAGED_LIMIT`] bytes are staged. A commit without fsync would buy
 //! nothing for a crash anyway (redb recovers to its last *durable* commit); the Raft log is
 //! the durable record and the node replays it from each group's applied index. Reads of a
@@ -46,7 +48,7 @@
 //! it, the shared store holds the group.
 
 use super::background_io;
-use super::redb_store::{DurablePolicy, RedbView, DURABLE_EVERY};
+use super::redb_store::{DurablePolicy, RedbView, DURABLE_EVERY_MAX, DURABLE_EVERY_MIN};
 use super::sled_store::SledStore;
 use super::state_store::{
     check_engine, engine_name, open_store, store_path, sync_parent, NextRecord, StateStore,
@@ -66,7 +68,7 @@ const APPLIED: TableDefinition<'_, u64, u64> = TableDefinition::new("applied");
 /// The shared redb store's page cache: one for the node (a database per group had one each).
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Staged bytes (keys and values of the batches) after which `finish` commits the shared
-/// transaction without fsync even before [`DURABLE_EVERY`], so that a burst of large values
+/// transaction without fsync even before the durable interval, so that a burst of large values
 /// does not keep growing one transaction.
 pub const STAGED_LIMIT: usize = 16 * 1024 * 1024;
 /// A snapshot import is written in commits of this many bytes; other groups' runs are staged
@@ -326,10 +328,12 @@ impl RedbState {
         };
         self.staged = 0;
         tx.set_durability(durability);
+        let started = Instant::now();
         match tx.commit() {
             Ok(()) => {
                 if durable {
                     self.durable.synced(Instant::now());
+                    self.durable.took(started.elapsed());
                 }
                 Ok(())
             }
@@ -355,7 +359,10 @@ impl Drop for SharedRedb {
 
 impl SharedRedb {
     fn open(path: &Path) -> Result<SharedRedb, StoreError> {
-        Self::open_with(path, DURABLE_EVERY)
+        let shared = Self::open_with(path, DURABLE_EVERY_MAX)?;
+        shared.state.lock().durable =
+            DurablePolicy::adaptive(DURABLE_EVERY_MIN, DURABLE_EVERY_MAX, Instant::now());
+        Ok(shared)
     }
 
     /// Opens the file at `path`, committing durably at most every `durable_every`.

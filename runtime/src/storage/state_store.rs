@@ -200,7 +200,7 @@ pub trait StateStore: Send + 'static {
     /// Ends a run of commits. The applier calls it after each run of entries, before it
     /// answers their writers. An engine writes the runs ended so far as one atomic unit (not
     /// necessarily fsynced), now or with a later run: redb keeps runs staged for up to
-    /// [`super::redb_store::DURABLE_EVERY`] and writes them with one durable commit (a
+    /// [`super::redb_store::DURABLE_EVERY_MAX`] and writes them with one durable commit (a
     /// graceful close or [`StateStore::sync`] writes what is staged). Reads of this store see
     /// staged runs; a crash loses them, and the node replays the log from the applied index.
     /// Engines that write each commit at once do nothing.

@@ -386,23 +386,25 @@ impl<M> fmt::Debug for Sending<'_, M> {
 }
 
 impl<M: Serialize> Sending<'_, M> {
-    /// One attempt to queue the message: `Some` when this send is over.
+    /// One attempt to queue the message: `Some` when this send is over, `None` while the queue
+    /// is full (the message stays here).
     fn attempt(&mut self) -> Option<Result<(), SendError<M>>> {
+        // Polling a completed future is the caller's bug, not something a peer can cause; it
+        // panics like a completed `async fn` future does.
         let msg = self
             .msg
             .as_ref()
             .expect("PeerLink::send future polled after it completed");
-        let done = match self.link.push(msg) {
-            Ok(()) => Ok(()),
-            Err(PushError::Full) => return None,
-            Err(PushError::Closed) => Err(PushError::Closed),
-            Err(PushError::Encode(e)) => Err(PushError::Encode(e)),
-        };
+        let outcome = self.link.push(msg);
+        if matches!(outcome, Err(PushError::Full)) {
+            return None;
+        }
+        // Present: checked just above, and only taken here.
         let msg = self.msg.take()?;
-        Some(match done {
+        Some(match outcome {
             Ok(()) => Ok(()),
             Err(PushError::Encode(e)) => Err(SendError::Encode(msg, e)),
-            Err(_) => Err(SendError::Closed(msg)),
+            Err(PushError::Closed | PushError::Full) => Err(SendError::Closed(msg)),
         })
     }
 }

@@ -49,7 +49,7 @@ pub use codec::{CodecError, Frame, FrameDecoder};
 pub use config::{ConfigError, TlsConfig, TransportConfig};
 pub use handshake::{HandshakeError, Refusal};
 pub use inbound::{inbound, Inbound, InboundBatch, InboundReceiver};
-pub use link::{PeerLink, SendError, TrySendError};
+pub use link::{PeerLink, SendError, Sending, TrySendError};
 pub use mem::{Faults, MemEndpoint, MemNetwork, MemStats};
 pub use tcp::{ConnectionLost, Transport, TransportError};
 pub use tls::TlsError;

@@ -28,6 +28,10 @@ cleanup() {
 }
 trap cleanup EXIT
 "$BIN" init --nodes 3 --dir "$W" --base-port "$BASE" >/dev/null 2>&1
+# SNAPSHOT_ENTRIES=N: `[snapshot] threshold_entries` for the run (default: init's).
+if [ -n "${SNAPSHOT_ENTRIES:-}" ]; then
+  sed -i "s/^threshold_entries = .*/threshold_entries = $SNAPSHOT_ENTRIES/" "$W"/n[123].toml
+fi
 for i in 1 2 3; do
   RUST_LOG=warn "$BIN" node --config "$W/n$i.toml" >"$W/n$i.log" 2>&1 &
   PIDS+=($!)

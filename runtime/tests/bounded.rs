@@ -11,8 +11,8 @@
 //! exceed it several times over). At 5% of the writes and at the end every node takes a
 //! snapshot, is killed with SIGKILL and restarted: the restarted nodes must hold the same
 //! 1,000 values, and the RSS after the second recovery (twenty times the history) must be
-//! within 25% of the RSS after the first (a recovery that replays history would not be); both
-//! recovery times are printed.
+//! within 25% (in the issue's run, or 48 MiB: [`RESTART_RSS_SLACK_KIB`]) of the RSS after the first (a recovery
+//! that replays history would not be); both recovery times are printed.
 //!
 //! ```text
 //! cargo test -p conclave --test bounded -- --nocapture                  # short: 40,000 writes
@@ -52,6 +52,14 @@ const RSS_GROWTH: f64 = 1.25;
 /// `CONCLAVE_BOUNDED_THRESHOLD=0` the short run's RSS grows 4x (~80 MiB). The issue's run
 /// (400,000 writes) gets no slack.
 const SHORT_RUN_RSS_SLACK_KIB: u64 = 8 * 1024;
+/// The RSS right after a recovery passes the comparison with the early recovery's when it is
+/// within this many KiB of it, whatever the ratio. One recovery's RSS moves by tens of MiB
+/// between runs of the same binary (after ~20,000 writes: 63.8 to 100.5 MB per node in four
+/// 400,000-write runs on 2026-12-07, main `4d542d9` included, whose run failed at 1.47x: 63,768
+/// → 93,708 KiB), by chance of what the allocator still holds. A recovery that replayed the
+/// history would hold hundreds of MiB more (400,000 writes of 1 KiB). Runs of 100,000 writes
+/// or more only: the short run's history (40 MB) is within it, so that run gets no slack here.
+const RESTART_RSS_SLACK_KIB: u64 = 48 * 1024;
 
 /// A live node's RSS in KiB.
 fn rss(pid: u32) -> u64 {
@@ -296,10 +304,15 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
         last_restart.as_secs_f64(),
         last_restart.as_secs_f64() / first_restart.as_secs_f64()
     );
+    let restart_slack = if total >= 100_000 {
+        RESTART_RSS_SLACK_KIB
+    } else {
+        0
+    };
     for i in 0..3 {
         let growth = last_restart_rss[i] as f64 / first_restart_rss[i] as f64;
         assert!(
-            growth < RSS_GROWTH,
+            growth < RSS_GROWTH || last_restart_rss[i] < first_restart_rss[i] + restart_slack,
             "node {}: RSS after recovery from {total} writes is {growth:.2}x the one after {early} ({} → {} KiB)",
             i + 1,
             first_restart_rss[i],

@@ -1320,9 +1320,11 @@ impl<M: StateMachine> GroupActor<M> {
             for (i, w) in waiting.into_iter().filter(|(i, _)| *i >= first) {
                 match w.known {
                     Some(output) => {
-                        // The entries are consecutive from `first`.
-                        let at = usize::try_from(i - first).ok();
-                        let entry_term = at.and_then(|k| entries.get(k)).map(|e| e.term);
+                        // The run is in index order.
+                        let entry_term = entries
+                            .binary_search_by_key(&i, |e| e.index)
+                            .ok()
+                            .map(|k| entries[k].term);
                         known.push((i, entry_term, w.term, w.reply, output));
                     }
                     None => waiters.push((i, w.term, w.reply)),

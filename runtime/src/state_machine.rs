@@ -146,25 +146,6 @@ pub trait StateMachine: Send + Unpin + 'static {
         command: Self::Command,
     ) -> Result<Self::Output, StateMachineError>;
 
-    /// The output [`StateMachine::apply`] will return for `command` whatever the state it is
-    /// applied to, when that is known before it is applied (a blind overwrite: "put", with
-    /// nothing to check). The node then answers the command's writer as soon as the entry is
-    /// committed and handed to the applier, instead of after the applier ran it: a hand-off
-    /// and the apply come off the write's path. Reads still see the write: a read on the node
-    /// that answered is queued behind the entry at the applier (every consistency level waits
-    /// there for the applied index it needs; a linearizable or lease read's index is at least
-    /// the write's). Return `Some` only when `apply` returns exactly this for the command on
-    /// every replica and in every state; an `apply` that then fails (a storage error) stops
-    /// the applier, which replays the committed entry when it restarts: the answer stays
-    /// true. The default, `None`, answers after apply.
-    fn known_output(command: &Self::Command) -> Option<Self::Output>
-    where
-        Self: Sized,
-    {
-        let _ = command;
-        None
-    }
-
     /// Records that the non-command entry at `index` (a leader's no-op, a membership change)
     /// was applied. In-memory machines ignore it; durable ones store the index.
     fn skip(&mut self, index: LogIndex) -> Result<(), StateMachineError> {
@@ -719,16 +700,6 @@ impl StateMachine for KvMachine {
         }
         self.commit(index, batch)?;
         Ok(out)
-    }
-
-    /// A put without an idempotency key always answers `Put`: nothing it returns depends on
-    /// the state (a keyed request may be a retry, a delete says whether the key existed, a
-    /// CAS compares).
-    fn known_output(request: &KvRequest) -> Option<KvOutput> {
-        match (&request.id, &request.op) {
-            (None, KvCommand::Put { .. }) => Some(KvOutput::Put),
-            _ => None,
-        }
     }
 
     fn skip(&mut self, index: LogIndex) -> Result<(), StateMachineError> {
@@ -1460,36 +1431,6 @@ mod tests {
             key: key.as_bytes().to_vec(),
             expected: expected.map(ByteBuf::from),
             new: new.map(ByteBuf::from),
-        }
-    }
-
-    /// Only an unkeyed put has an output known before it is applied, and it is the one
-    /// `apply` returns, in any state.
-    #[test]
-    fn only_an_unkeyed_put_has_a_known_output() {
-        let put = || KvCommand::Put {
-            key: b"alpha".to_vec(),
-            value: b"1".to_vec(),
-        };
-        let plain = |op| KvRequest { id: None, op };
-        assert_eq!(KvMachine::known_output(&plain(put())), Some(KvOutput::Put));
-        assert_eq!(KvMachine::known_output(&keyed("abc", put())), None);
-        assert_eq!(
-            KvMachine::known_output(&plain(KvCommand::Delete {
-                key: b"alpha".to_vec()
-            })),
-            None
-        );
-        assert_eq!(
-            KvMachine::known_output(&plain(cas_req("alpha", None, Some(b"1")))),
-            None
-        );
-        for engine in ENGINES {
-            let dir = tempfile::tempdir().unwrap();
-            let mut m = open(engine, dir.path());
-            // Empty, then holding the key: the same answer.
-            assert_eq!(m.apply(1, plain(put())).unwrap(), KvOutput::Put);
-            assert_eq!(m.apply(2, plain(put())).unwrap(), KvOutput::Put);
         }
     }
 

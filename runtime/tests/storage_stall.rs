@@ -63,12 +63,6 @@ impl StateMachine for GatedMachine {
         Ok(())
     }
 
-    /// Writes to keys starting with `known:` declare their output (`()`, what `apply`
-    /// returns for every command), so they are answered once committed.
-    fn known_output((k, _): &(String, String)) -> Option<()> {
-        k.starts_with("known:").then_some(())
-    }
-
     fn skip(&mut self, index: LogIndex) -> Result<(), StateMachineError> {
         self.gate.pass();
         self.applied = index;
@@ -99,35 +93,6 @@ impl StateMachine for GatedMachine {
     }
 }
 
-/// Three nodes of [`GatedMachine`] with open gates.
-async fn start_gated(
-    dir: &std::path::Path,
-    stall_timeout_ms: u64,
-    gates: &[Arc<Gate>],
-) -> Vec<Node<GatedMachine>> {
-    let mut configs = common::local_configs(3, dir);
-    for c in &mut configs {
-        c.storage.stall_timeout_ms = stall_timeout_ms;
-    }
-    let mut nodes = Vec::new();
-    for (c, gate) in configs.into_iter().zip(gates) {
-        let machine = GatedMachine {
-            map: BTreeMap::new(),
-            applied: 0,
-            gate: gate.clone(),
-        };
-        nodes.push(
-            Node::builder()
-                .config(c)
-                .state_machine(machine)
-                .start()
-                .await
-                .unwrap(),
-        );
-    }
-    nodes
-}
-
 async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
@@ -146,11 +111,30 @@ fn leader(handles: &[NodeHandle<GatedMachine>]) -> Option<NodeId> {
 #[actix::test]
 async fn a_blocked_state_machine_does_not_freeze_its_node() {
     let dir = tempfile::tempdir().unwrap();
+    let mut configs = common::local_configs(3, dir.path());
+    for c in &mut configs {
+        c.storage.stall_timeout_ms = 200;
+    }
     let gates: Vec<Arc<Gate>> = (0..3).map(|_| Arc::new(Gate::default())).collect();
     // Node 1's storage is stuck from the start: even its first apply (the leader's no-op)
     // never returns until the gate opens.
     gates[0].set_closed(true);
-    let nodes = start_gated(dir.path(), 200, &gates).await;
+    let mut nodes: Vec<Node<GatedMachine>> = Vec::new();
+    for (c, gate) in configs.into_iter().zip(&gates) {
+        let machine = GatedMachine {
+            map: BTreeMap::new(),
+            applied: 0,
+            gate: gate.clone(),
+        };
+        nodes.push(
+            Node::builder()
+                .config(c)
+                .state_machine(machine)
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
     let stuck = &handles[0];
 
@@ -239,78 +223,6 @@ async fn a_blocked_state_machine_does_not_freeze_its_node() {
         .unwrap();
     assert_eq!(v.as_deref(), Some("v19"));
 
-    for n in nodes {
-        n.shutdown().await;
-    }
-}
-
-/// A write whose output the machine declares known (`StateMachine::known_output`) is answered
-/// once it is committed, while the leader's applier is still blocked; a write without one
-/// waits for its apply; a linearizable read on the leader waits for the apply too, and sees
-/// the write.
-#[actix::test]
-async fn a_write_with_a_known_output_is_answered_before_it_is_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let gates: Vec<Arc<Gate>> = (0..3).map(|_| Arc::new(Gate::default())).collect();
-    // The stall watchdog must not refuse requests while the gate is held for a moment.
-    let nodes = start_gated(dir.path(), 10_000, &gates).await;
-    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-    wait_until("a leader", Duration::from_secs(10), || {
-        leader(&handles).is_some()
-    })
-    .await;
-    let at = handles
-        .iter()
-        .position(|h| Some(h.id()) == leader(&handles))
-        .unwrap();
-    let lead = handles[at].clone();
-    lead.write(("known:warm".into(), "up".into()))
-        .await
-        .unwrap();
-
-    gates[at].set_closed(true);
-    let answered = tokio::time::timeout(
-        Duration::from_secs(5),
-        lead.write(("known:k".into(), "v".into())),
-    )
-    .await
-    .expect("a known-output write is answered while the applier is blocked")
-    .unwrap();
-    assert!(answered.index > 0);
-    assert!(
-        lead.cluster_status().applied_index < answered.index,
-        "answered before it was applied"
-    );
-    // Neither a write without a known output nor a linearizable read on the leader
-    // completes while its applier cannot run.
-    let plain = {
-        let lead = lead.clone();
-        actix::spawn(async move { lead.write(("plain".into(), "x".into())).await })
-    };
-    let read = {
-        let lead = lead.clone();
-        actix::spawn(async move {
-            lead.read(
-                "known:k".to_owned(),
-                conclave::config::ReadLevel::Linearizable,
-            )
-            .await
-        })
-    };
-    actix::clock::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !plain.is_finished(),
-        "a plain write was answered before its apply"
-    );
-    assert!(
-        !read.is_finished(),
-        "a read was served before the write it must see"
-    );
-
-    gates[at].set_closed(false);
-    let seen = read.await.unwrap().unwrap();
-    assert_eq!(seen.as_deref(), Some("v"));
-    plain.await.unwrap().unwrap();
     for n in nodes {
         n.shutdown().await;
     }

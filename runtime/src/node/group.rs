@@ -40,7 +40,7 @@ use super::transfer_actor::{
 };
 use super::wire::WireMessage;
 use super::worker::{FromWorker, Publish, WorkerCell};
-use crate::api::{LeaderHint, MembershipState, RequestError, SnapshotInfo, WriteResult};
+use crate::api::{LeaderHint, MembershipState, RequestError, SnapshotInfo};
 use crate::state_machine::StateMachine;
 use crate::storage::health::StorageHealth;
 use crate::storage::log_store::RecoveredGroup;
@@ -258,10 +258,6 @@ pub struct Propose<M: StateMachine> {
     pub command: Vec<u8>,
     /// Where the outcome goes.
     pub reply: WriteReply<M>,
-    /// The command's output when it is known before it is applied
-    /// ([`StateMachine::known_output`]): the writer is answered once the entry is committed
-    /// and handed to the applier.
-    pub known: Option<M::Output>,
 }
 
 impl<M: StateMachine> Message for Propose<M> {
@@ -484,15 +480,6 @@ impl Publish for Publisher {
     }
 }
 
-/// A writer waiting for its entry.
-struct WriteWaiter<M: StateMachine> {
-    /// The term the entry was proposed in.
-    term: Term,
-    reply: WriteReply<M>,
-    /// The output, when known before the entry is applied ([`Propose::known`]).
-    known: Option<M::Output>,
-}
-
 /// The actor. See the module docs.
 pub struct GroupActor<M: StateMachine> {
     deps: Arc<GroupDeps<M>>,
@@ -506,7 +493,7 @@ pub struct GroupActor<M: StateMachine> {
     /// not: the applier may be slow to reopen its machine).
     resyncing: bool,
     pump_scheduled: bool,
-    write_waiters: BTreeMap<LogIndex, WriteWaiter<M>>,
+    write_waiters: BTreeMap<LogIndex, (Term, WriteReply<M>)>,
     reads: HashMap<ReadId, (M::Query, ReadReply<M>)>,
     next_read: ReadId,
     was_leader: bool,
@@ -1313,65 +1300,22 @@ impl<M: StateMachine> GroupActor<M> {
             let (first, last) = (entries[0].index, entries[entries.len() - 1].index);
             let later = self.write_waiters.split_off(&(last + 1));
             let waiting = std::mem::replace(&mut self.write_waiters, later);
-            // Writers whose output is known are answered here once the batch is on its way;
-            // the others by the applier, after it ran their entries.
-            let mut waiters = Vec::new();
-            let mut known = Vec::new();
-            for (i, w) in waiting.into_iter().filter(|(i, _)| *i >= first) {
-                match w.known {
-                    Some(output) => {
-                        // The run is in index order.
-                        let entry_term = entries
-                            .binary_search_by_key(&i, |e| e.index)
-                            .ok()
-                            .map(|k| entries[k].term);
-                        known.push((i, entry_term, w.term, w.reply, output));
-                    }
-                    None => waiters.push((i, w.term, w.reply)),
-                }
-            }
+            let waiters = waiting
+                .into_iter()
+                .filter(|(i, _)| *i >= first)
+                .map(|(i, (t, r))| (i, t, r))
+                .collect();
             if let Err(e) = applier.try_send(ApplyBatch { entries, waiters }) {
                 let batch = match e {
                     SendError::Full(b) | SendError::Closed(b) => b,
                 };
-                for (i, term, reply) in batch.waiters {
-                    self.write_waiters.insert(
-                        i,
-                        WriteWaiter {
-                            term,
-                            reply,
-                            known: None,
-                        },
-                    );
-                }
-                for (i, _, term, reply, output) in known {
-                    self.write_waiters.insert(
-                        i,
-                        WriteWaiter {
-                            term,
-                            reply,
-                            known: Some(output),
-                        },
-                    );
+                for (i, t, r) in batch.waiters {
+                    self.write_waiters.insert(i, (t, r));
                 }
                 for entry in batch.entries.into_iter().rev() {
                     self.apply_queue.push_front(entry);
                 }
                 return true;
-            }
-            for (index, entry_term, term, reply, output) in known {
-                // As the applier answers: the writer's entry only if its term is the one
-                // proposed (another leader's entry at that index is not this write).
-                let answer = if entry_term == Some(term) {
-                    Ok(WriteResult {
-                        index,
-                        term,
-                        output,
-                    })
-                } else {
-                    Err(RequestError::Dropped)
-                };
-                let _ = reply.send(answer);
             }
         }
         false
@@ -1553,7 +1497,7 @@ impl<M: StateMachine> GroupActor<M> {
         self.housekeeping = true;
         ctx.run_later(Duration::from_secs(1), |act, ctx| {
             act.housekeeping = false;
-            act.write_waiters.retain(|_, w| !w.reply.is_closed());
+            act.write_waiters.retain(|_, (_, r)| !r.is_closed());
             act.reads.retain(|_, (_, r)| !r.is_closed());
             act.arm_housekeeping(ctx);
         });
@@ -1746,14 +1690,7 @@ impl<M: StateMachine> Handler<Propose<M>> for GroupActor<M> {
                 if self.deps.labels.is_shard() {
                     metrics::counter!("conclave_shard_proposals_total").increment(1);
                 }
-                self.write_waiters.insert(
-                    p.index,
-                    WriteWaiter {
-                        term: p.term,
-                        reply: msg.reply,
-                        known: msg.known,
-                    },
-                );
+                self.write_waiters.insert(p.index, (p.term, msg.reply));
                 self.schedule_drain(ctx);
                 self.arm_housekeeping(ctx);
             }

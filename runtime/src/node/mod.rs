@@ -1184,11 +1184,9 @@ impl<M: StateMachine> NodeHandle<M> {
         self.admit()?;
         let bytes = rmp_serde::to_vec(&command)
             .map_err(|e| RequestError::from(InternalError::failed(e)))?;
-        let known = M::known_output(&command);
         self.ask_group(group, |reply| Propose::<M> {
             command: bytes,
             reply,
-            known,
         })
         .await
     }

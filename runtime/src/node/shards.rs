@@ -603,19 +603,9 @@ impl<M: StateMachine> NodeHandle<M> {
         match op {
             ForwardOp::Write(bytes) => {
                 let command = bytes.clone();
-                // A forwarded command arrives encoded; decoded here only to learn whether its
-                // output is known (an undecodable one is proposed as it is, and skipped by
-                // every replica's applier alike).
-                let known = rmp_serde::from_slice::<M::Command>(bytes)
-                    .ok()
-                    .and_then(|c| M::known_output(&c));
-                self.ask_group(group, |reply| super::Propose::<M> {
-                    command,
-                    reply,
-                    known,
-                })
-                .await
-                .map(Outcome::Written)
+                self.ask_group(group, |reply| super::Propose::<M> { command, reply })
+                    .await
+                    .map(Outcome::Written)
             }
             ForwardOp::Read { query, consistency } => {
                 let Some(s) = self.sharding() else {

@@ -613,6 +613,16 @@ mod tests {
             .collect()
     }
 
+    /// What the actor answers a restarted group's `Recover`.
+    async fn recover(actor: &Addr<LogStoreActor>, group: u64) -> PersistResult<RecoveredGroup> {
+        actor
+            .send(Recover {
+                group: GroupId::new(group),
+            })
+            .await
+            .unwrap()
+    }
+
     /// A `disk_first` log store actor over the WAL in `dir`.
     fn start_disk_first(
         dir: &std::path::Path,
@@ -730,13 +740,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let g = actor
-            .send(Recover {
-                group: GroupId::new(4),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let g = recover(&actor, 4).await.unwrap();
         assert_eq!(g.compacted, (190, 1));
         assert_eq!(g.entries.first().map(|e| e.index), Some(191));
         assert_eq!(g.entries.len(), 10);
@@ -775,13 +779,7 @@ mod tests {
                 .unwrap();
             rx.await.unwrap().unwrap();
         }
-        let mirrored = actor
-            .send(Recover {
-                group: GroupId::new(1),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let mirrored = recover(&actor, 1).await.unwrap();
         assert_eq!(mirrored.snapshot, Some(meta.clone()));
         assert_eq!(mirrored.compacted, (8, 2));
         assert_eq!(
@@ -892,25 +890,13 @@ mod tests {
         let other = rx2.recv().await.unwrap();
         assert!(other.result.is_ok());
         assert_eq!(other.requests, vec![named(4, 1, 1)]);
-        let group1 = actor
-            .send(Recover {
-                group: GroupId::new(1),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let group1 = recover(&actor, 1).await.unwrap();
         assert_eq!(group1.compacted, (2, 1));
         assert_eq!(
             group1.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
             vec![3, 4]
         );
-        assert!(actor
-            .send(Recover {
-                group: GroupId::new(3),
-            })
-            .await
-            .unwrap()
-            .is_err());
+        assert!(recover(&actor, 3).await.is_err());
         actor.send(StopForTest).await.unwrap();
         let (_, from_disk) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
         assert_eq!(from_disk[&GroupId::new(1)], group1);

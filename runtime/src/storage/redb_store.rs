@@ -197,15 +197,19 @@ impl RedbStore {
     /// Opens (or creates) the database file at `path` (its directory must exist or be
     /// creatable).
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
-        let mut store = Self::open_with(path, DURABLE_EVERY_MAX)?;
-        store.durable =
-            DurablePolicy::adaptive(DURABLE_EVERY_MIN, DURABLE_EVERY_MAX, Instant::now());
-        Ok(store)
+        Self::open_policy(
+            path,
+            DurablePolicy::adaptive(DURABLE_EVERY_MIN, DURABLE_EVERY_MAX, Instant::now()),
+        )
     }
 
     /// Opens the database file at `path`, committing runs durably at most every
-    /// `durable_every` (zero: every run).
+    /// `durable_every` (zero: every run), a fixed interval.
     pub fn open_with(path: &Path, durable_every: Duration) -> Result<RedbStore, StoreError> {
+        Self::open_policy(path, DurablePolicy::new(durable_every, Instant::now()))
+    }
+
+    fn open_policy(path: &Path, durable: DurablePolicy) -> Result<RedbStore, StoreError> {
         let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             engine: ENGINE,
             path: path.to_owned(),
@@ -230,7 +234,7 @@ impl RedbStore {
             db,
             path: path.to_owned(),
             tx: None,
-            durable: DurablePolicy::new(durable_every, Instant::now()),
+            durable,
         })
     }
 

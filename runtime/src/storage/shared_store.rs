@@ -60,7 +60,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition, TableError, Wri
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const REDB: &str = "redb";
 /// Group → applied index.
@@ -359,14 +359,23 @@ impl Drop for SharedRedb {
 
 impl SharedRedb {
     fn open(path: &Path) -> Result<SharedRedb, StoreError> {
-        let shared = Self::open_with(path, DURABLE_EVERY_MAX)?;
-        shared.state.lock().durable =
-            DurablePolicy::adaptive(DURABLE_EVERY_MIN, DURABLE_EVERY_MAX, Instant::now());
-        Ok(shared)
+        Self::open_policy(
+            path,
+            DurablePolicy::adaptive(DURABLE_EVERY_MIN, DURABLE_EVERY_MAX, Instant::now()),
+        )
     }
 
-    /// Opens the file at `path`, committing durably at most every `durable_every`.
-    fn open_with(path: &Path, durable_every: Duration) -> Result<SharedRedb, StoreError> {
+    /// Opens the file at `path`, committing durably at most every `durable_every` (a fixed
+    /// interval).
+    #[cfg(test)]
+    fn open_with(
+        path: &Path,
+        durable_every: std::time::Duration,
+    ) -> Result<SharedRedb, StoreError> {
+        Self::open_policy(path, DurablePolicy::new(durable_every, Instant::now()))
+    }
+
+    fn open_policy(path: &Path, durable: DurablePolicy) -> Result<SharedRedb, StoreError> {
         let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             engine: REDB,
             path: path.to_owned(),
@@ -388,7 +397,7 @@ impl SharedRedb {
         Ok(SharedRedb {
             state: Mutex::new(RedbState {
                 tx: None,
-                durable: DurablePolicy::new(durable_every, Instant::now()),
+                durable,
                 staged: 0,
                 epoch: 0,
             }),
@@ -851,7 +860,8 @@ mod tests {
         // groups made within one interval are all in it after one durable commit, none before.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shards.redb");
-        let shared = Arc::new(SharedRedb::open_with(&path, Duration::from_secs(3600)).unwrap());
+        let shared =
+            Arc::new(SharedRedb::open_with(&path, std::time::Duration::from_secs(3600)).unwrap());
         let mut groups: Vec<RedbGroup> = (1..=8)
             .map(|g| RedbGroup::open(shared.clone(), g).unwrap())
             .collect();
@@ -882,7 +892,7 @@ mod tests {
     fn runs_are_committed_durably_once_per_interval_for_the_whole_node() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shards.redb");
-        let shared = Arc::new(SharedRedb::open_with(&path, Duration::ZERO).unwrap());
+        let shared = Arc::new(SharedRedb::open_with(&path, std::time::Duration::ZERO).unwrap());
         let mut a = RedbGroup::open(shared.clone(), 1).unwrap();
         let mut b = RedbGroup::open(shared.clone(), 2).unwrap();
         put(&mut a, "k", "1", 1);

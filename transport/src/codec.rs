@@ -76,12 +76,10 @@ pub fn encode_frame_into<M: Serialize>(
 ) -> Result<(), CodecError> {
     let start = buf.len();
     buf.put_u32(0);
-    let mut writer = buf.writer();
-    if let Err(e) = rmp_serde::encode::write(&mut writer, msg) {
-        writer.into_inner().truncate(start);
+    if let Err(e) = rmp_serde::encode::write(&mut AppendTo(buf), msg) {
+        buf.truncate(start);
         return Err(e.into());
     }
-    let buf = writer.into_inner();
     let len = buf.len() - start - LENGTH_PREFIX;
     // u32::MAX bounds the prefix itself; max_frame_size is the policy bound.
     if len > max_frame_size || u32::try_from(len).is_err() {
@@ -94,6 +92,33 @@ pub fn encode_frame_into<M: Serialize>(
     let prefix = (len as u32).to_be_bytes();
     buf[start..start + LENGTH_PREFIX].copy_from_slice(&prefix);
     Ok(())
+}
+
+/// `io::Write` that appends to a `BytesMut`, with every method inlined.
+///
+/// Why not `BufMut::writer`: rmp writes a message as many small pieces (a marker byte, a
+/// big-endian integer, a length), and `bytes::buf::Writer` goes through `write_all`'s retry
+/// loop and `put_slice` for each; appending directly lets each piece compile to a capacity
+/// check and a copy.
+struct AppendTo<'a>(&'a mut BytesMut);
+
+impl std::io::Write for AppendTo<'_> {
+    #[inline]
+    fn write(&mut self, src: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(src);
+        Ok(src.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, src: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(src);
+        Ok(())
+    }
+
+    #[inline]
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Appends a keep-alive frame (a zero length prefix) to `buf`.
@@ -391,6 +416,108 @@ mod tests {
         big.put_u32(1025);
         assert!(dec.complete_frame(&big).is_err());
         assert_eq!(dec.missing(&big), 0);
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Kind {
+        Unit,
+        Newtype(i64),
+        Tuple(u8, String),
+        Struct { a: Option<u32>, b: f64 },
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Wide {
+        small: u8,
+        big: u64,
+        neg: i64,
+        float: f32,
+        flag: bool,
+        text: String,
+        #[serde(with = "serde_bytes")]
+        bin: Vec<u8>,
+        list: Vec<u16>,
+        map: std::collections::BTreeMap<String, i32>,
+        none: Option<u8>,
+        some: Option<String>,
+        kinds: Vec<Kind>,
+        pair: (u32, char),
+    }
+
+    #[test]
+    fn frames_carry_exactly_rmp_serdes_bytes() {
+        // The frame body is written through `AppendTo`, not rmp_serde's own writer: it must be
+        // the same bytes, for every kind of value and every integer width.
+        let mut values = Vec::new();
+        for (i, n) in [
+            0u64,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            values.push(Wide {
+                small: i as u8,
+                big: n,
+                neg: -(n as i64 / 2) - 1,
+                float: i as f32 / 3.0,
+                flag: i % 2 == 0,
+                text: "x".repeat(i * 7),
+                bin: vec![i as u8; (n % 300) as usize],
+                list: (0..i as u16).collect(),
+                map: (0..i as i32).map(|k| (k.to_string(), -k)).collect(),
+                none: None,
+                some: Some("s".into()),
+                kinds: vec![
+                    Kind::Unit,
+                    Kind::Newtype(-(i as i64)),
+                    Kind::Tuple(i as u8, "t".into()),
+                    Kind::Struct {
+                        a: Some(n as u32),
+                        b: 0.5,
+                    },
+                ],
+                pair: (n as u32, 'é'),
+            });
+        }
+        let mut buf = BytesMut::new();
+        for v in &values {
+            let start = buf.len();
+            encode_frame_into(v, 1 << 20, &mut buf).unwrap();
+            let expected = rmp_serde::to_vec(v).unwrap();
+            assert_eq!(&buf[start + LENGTH_PREFIX..], &expected[..]);
+            assert_eq!(decode_body::<Wide>(&expected).unwrap(), *v);
+        }
+    }
+
+    /// A value whose serialisation fails after writing part of itself.
+    struct FailsHalfway;
+
+    impl Serialize for FailsHalfway {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{Error, SerializeTuple};
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&7u64)?;
+            Err(S::Error::custom("refused halfway"))
+        }
+    }
+
+    #[test]
+    fn a_message_that_fails_to_serialise_leaves_the_buffer_as_it_was() {
+        let mut buf = BytesMut::new();
+        encode_frame_into(&sample(3), 1024, &mut buf).unwrap();
+        let before = buf.clone();
+        let err = encode_frame_into(&FailsHalfway, 1024, &mut buf).unwrap_err();
+        assert_eq!(err.reason(), "encode");
+        assert_eq!(buf, before);
     }
 
     #[test]

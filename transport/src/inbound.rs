@@ -16,6 +16,10 @@
 //! current batch locally); [`InboundReceiver::recv_batch`] yields whole batches for consumers
 //! that dispatch in bulk.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 pub use tokio::sync::mpsc::error::TryRecvError;
@@ -36,14 +40,32 @@ pub struct InboundBatch<M> {
 /// [`crate::MemNetwork::endpoint`]. Cheap to clone.
 pub struct Inbound<M> {
     tx: mpsc::Sender<InboundBatch<M>>,
+    spare: Arc<Spares<M>>,
 }
 
 impl<M> Clone for Inbound<M> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            spare: Arc::clone(&self.spare),
         }
     }
+}
+
+/// Most emptied batch vectors kept for reuse per sink.
+const SPARES: usize = 2;
+
+/// Largest emptied batch vector kept for reuse, in bytes of capacity: a burst of many small
+/// messages does not leave a huge vector behind.
+const SPARE_MAX_BYTES: usize = 256 * 1024;
+
+/// Emptied batch vectors handed back by [`InboundReceiver::recv`] for the readers to fill again.
+///
+/// Why: a reader allocated a fresh vector per read and the consumer (another thread) freed it,
+/// so for 64-byte messages every batch was a ~100 KiB cross-thread allocation that the
+/// allocator kept taking fresh pages for (page faults and zeroing in the profile).
+struct Spares<M> {
+    vecs: Mutex<Vec<Vec<M>>>,
 }
 
 /// The receiving half of the inbound sink.
@@ -51,18 +73,26 @@ pub struct InboundReceiver<M> {
     rx: mpsc::Receiver<InboundBatch<M>>,
     /// What is left of the batch being taken apart by [`InboundReceiver::recv`].
     from: NodeId,
-    rest: std::vec::IntoIter<M>,
+    rest: VecDeque<M>,
+    spare: Arc<Spares<M>>,
 }
 
 /// A bounded inbound sink holding at most `batches` undelivered batches (at least 1).
 pub fn inbound<M>(batches: usize) -> (Inbound<M>, InboundReceiver<M>) {
     let (tx, rx) = mpsc::channel(batches.max(1));
+    let spare = Arc::new(Spares {
+        vecs: Mutex::new(Vec::with_capacity(SPARES)),
+    });
     (
-        Inbound { tx },
+        Inbound {
+            tx,
+            spare: Arc::clone(&spare),
+        },
         InboundReceiver {
             rx,
             from: NodeId::NONE,
-            rest: Vec::new().into_iter(),
+            rest: VecDeque::new(),
+            spare,
         },
     )
 }
@@ -77,6 +107,19 @@ pub(crate) enum Refused<M> {
 }
 
 impl<M> Inbound<M> {
+    /// An empty vector for a batch of `n` messages: an emptied one handed back by the receiver
+    /// when one is large enough, a new one of exactly `n` otherwise.
+    pub(crate) fn batch_vec(&self, n: usize) -> Vec<M> {
+        let mut spares = self.spare.vecs.lock();
+        match spares.last() {
+            Some(v) if v.capacity() >= n => spares.pop().unwrap_or_default(),
+            _ => {
+                drop(spares);
+                Vec::with_capacity(n)
+            }
+        }
+    }
+
     /// Hands over `batch` if there is room now.
     pub(crate) fn try_send(&self, batch: InboundBatch<M>) -> Result<(), Refused<M>> {
         match self.tx.try_send(batch) {
@@ -114,7 +157,7 @@ impl<M> InboundReceiver<M> {
     /// everything was received. Cancel-safe (nothing is lost if the future is dropped).
     pub async fn recv(&mut self) -> Option<(NodeId, M)> {
         loop {
-            if let Some(m) = self.rest.next() {
+            if let Some(m) = self.rest.pop_front() {
                 return Some((self.from, m));
             }
             let batch = self.rx.recv().await?;
@@ -125,7 +168,7 @@ impl<M> InboundReceiver<M> {
     /// The next message if one is ready now.
     pub fn try_recv(&mut self) -> Result<(NodeId, M), TryRecvError> {
         loop {
-            if let Some(m) = self.rest.next() {
+            if let Some(m) = self.rest.pop_front() {
                 return Ok((self.from, m));
             }
             let batch = self.rx.try_recv()?;
@@ -136,21 +179,34 @@ impl<M> InboundReceiver<M> {
     /// The next batch, waiting for one (first what [`InboundReceiver::recv`] left of the
     /// current batch); `None` once every sender is gone and everything was received.
     pub async fn recv_batch(&mut self) -> Option<InboundBatch<M>> {
-        if !self.rest.as_slice().is_empty() {
-            // Collecting a `vec::IntoIter` reuses its allocation: no copy of the messages.
-            let rest = std::mem::replace(&mut self.rest, Vec::new().into_iter());
+        if !self.rest.is_empty() {
+            // Reuses the deque's allocation (the messages move to its front at most once).
+            let rest = std::mem::take(&mut self.rest);
             return Some(InboundBatch {
                 from: self.from,
-                msgs: rest.collect(),
+                msgs: Vec::from(rest),
             });
         }
         self.rx.recv().await
     }
 
     fn take(&mut self, batch: InboundBatch<M>) {
-        // Only called once `rest` is exhausted: nothing is dropped.
+        // Only called once `rest` is empty: nothing is dropped. Its allocation goes back to
+        // the readers (converting an empty deque to a vector moves nothing).
         self.from = batch.from;
-        self.rest = batch.msgs.into_iter();
+        let done = Vec::from(std::mem::replace(
+            &mut self.rest,
+            VecDeque::from(batch.msgs),
+        ));
+        let bytes = done
+            .capacity()
+            .saturating_mul(std::mem::size_of::<M>().max(1));
+        if done.capacity() > 0 && bytes <= SPARE_MAX_BYTES {
+            let mut spares = self.spare.vecs.lock();
+            if spares.len() < SPARES {
+                spares.push(done);
+            }
+        }
     }
 }
 
@@ -179,6 +235,72 @@ mod tests {
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
         drop(tx);
         assert_eq!(rx.recv().await, None);
+    }
+
+    /// Receives `n` messages one at a time.
+    async fn recv_n(rx: &mut InboundReceiver<u32>, n: usize) {
+        for _ in 0..n {
+            assert!(rx.recv().await.is_some());
+        }
+    }
+
+    fn batch(msgs: Vec<u32>) -> InboundBatch<u32> {
+        InboundBatch {
+            from: NodeId::new(1),
+            msgs,
+        }
+    }
+
+    #[tokio::test]
+    async fn emptied_batch_vectors_go_back_to_the_readers() {
+        let (tx, mut rx) = inbound::<u32>(4);
+        let mut v = Vec::with_capacity(100);
+        v.extend([1, 2, 3]);
+        let ptr = v.as_ptr();
+        assert!(tx.try_send(batch(v)).is_ok());
+        assert!(tx.try_send(batch(vec![4])).is_ok());
+        // Taking the first batch apart, then moving on to the second, frees the first vector.
+        recv_n(&mut rx, 4).await;
+        let reused = tx.batch_vec(50);
+        assert!(reused.is_empty());
+        assert_eq!(reused.as_ptr(), ptr, "the emptied vector itself");
+        assert!(reused.capacity() >= 100);
+        // A spare too small for the batch is left alone: a new vector of the exact size.
+        assert!(tx.try_send(batch(vec![5])).is_ok());
+        assert!(tx.try_send(batch(vec![6])).is_ok());
+        recv_n(&mut rx, 2).await;
+        assert_eq!(tx.batch_vec(10).capacity(), 10);
+        assert!(tx.batch_vec(1).capacity() >= 1);
+    }
+
+    #[tokio::test]
+    async fn spares_are_few_and_small() {
+        let (tx, mut rx) = inbound::<u32>(16);
+        // A vector over the size bound is freed, not kept.
+        let huge = SPARE_MAX_BYTES / std::mem::size_of::<u32>() + 1;
+        let mut v = Vec::with_capacity(huge);
+        v.push(1);
+        assert!(tx.try_send(batch(v)).is_ok());
+        assert!(tx.try_send(batch(vec![2])).is_ok());
+        recv_n(&mut rx, 2).await;
+        assert!(tx.spare.vecs.lock().iter().all(|v| v.capacity() < huge));
+        // However many batches go through, at most SPARES vectors wait for reuse.
+        for i in 0..10 {
+            assert!(tx.try_send(batch(vec![i])).is_ok());
+        }
+        recv_n(&mut rx, 10).await;
+        assert!(tx.spare.vecs.lock().len() <= SPARES);
+    }
+
+    #[tokio::test]
+    async fn recv_batch_after_recv_keeps_the_order() {
+        let (tx, mut rx) = inbound::<u32>(4);
+        assert!(tx.try_send(batch(vec![1, 2, 3, 4])).is_ok());
+        assert!(tx.try_send(batch(vec![5])).is_ok());
+        recv_n(&mut rx, 1).await;
+        let rest = rx.recv_batch().await.unwrap_or_else(|| panic!("rest"));
+        assert_eq!(rest.msgs, vec![2, 3, 4]);
+        assert_eq!(rx.recv().await, Some((NodeId::new(1), 5)));
     }
 
     #[tokio::test]

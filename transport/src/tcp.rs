@@ -855,7 +855,7 @@ where
         // copy per payload). The partial frame after it stays in `buf`.
         let chunk = buf.split_to(end).freeze();
         let mut frames = 0u64;
-        let mut msgs = Vec::with_capacity(messages);
+        let mut msgs = shared.inbound.batch_vec(messages);
         let decoded = {
             let _source = shared_bytes::register(&chunk);
             let mut off = 0;

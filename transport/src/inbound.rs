@@ -14,7 +14,9 @@
 //!
 //! [`InboundReceiver::recv`] yields one `(from, message)` at a time (it keeps the rest of the
 //! current batch locally); [`InboundReceiver::recv_batch`] yields whole batches for consumers
-//! that dispatch in bulk.
+//! that dispatch in bulk. The vector of a batch that `recv` emptied goes back to the sink and a
+//! reader fills it again (a few, bounded in size), instead of a fresh allocation per read that
+//! the consumer's thread frees.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

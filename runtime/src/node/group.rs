@@ -388,6 +388,14 @@ impl Hosted {
         }
     }
 
+    /// The shell has moved the persist requests of a drain's actions to the worker's batch
+    /// ([`WorkerCell::shell_ran`]).
+    fn shell_ran(&self) {
+        if let (Some(cell), Some(_)) = (self.cell.as_ref(), self.instance) {
+            cell.shell_ran();
+        }
+    }
+
     /// Has the log store compact the group's log, in order with its persist requests.
     fn compact(&self, log_store: &Addr<LogStoreActor>, index: LogIndex, term: Term) {
         if let (Some(cell), Some(instance)) = (self.cell.as_ref(), self.instance) {
@@ -493,6 +501,9 @@ pub struct GroupActor<M: StateMachine> {
     /// not: the applier may be slow to reopen its machine).
     resyncing: bool,
     pump_scheduled: bool,
+    /// Set while a worker's drain's actions are carried out: the next pump reports to the
+    /// worker's cell once the persist requests are in its batch.
+    drain_turn: bool,
     write_waiters: BTreeMap<LogIndex, (Term, WriteReply<M>)>,
     reads: HashMap<ReadId, (M::Query, ReadReply<M>)>,
     next_read: ReadId,
@@ -659,6 +670,7 @@ impl<M: StateMachine> GroupActor<M> {
             applier_seen: None,
             resyncing: false,
             pump_scheduled: false,
+            drain_turn: false,
             write_waiters: BTreeMap::new(),
             reads: HashMap::new(),
             next_read: 1,
@@ -732,6 +744,7 @@ impl<M: StateMachine> GroupActor<M> {
         for action in actions.drain(..) {
             self.carry_out(action, ctx);
         }
+        self.drain_turn = true;
         self.pump(ctx);
         self.publish();
         self.resolve_changes();
@@ -1244,6 +1257,10 @@ impl<M: StateMachine> GroupActor<M> {
             if let Some(req) = self.persist_queue.pop_front() {
                 self.core.persist(&self.deps.log_store, req);
             }
+        }
+        if std::mem::take(&mut self.drain_turn) {
+            // Persist requests leave before committed entries do (see `shell_ran`).
+            self.core.shell_ran();
         }
         blocked |= self.pump_applies(ctx);
         self.depth_gauges.0.set(self.persist_queue.len() as f64);

@@ -251,12 +251,9 @@ impl LogStoreActor {
     fn sync(&mut self) {
         let started = std::time::Instant::now();
         let result = self.timed(LogStore::sync).map_err(|e| self.fail(e));
-        // Every write waits for one of these: what other disk traffic (a snapshot image being
-        // written back) does to the write path shows here first.
-        metrics::histogram!("conclave_wal_sync_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("conclave_wal_syncs_total").increment(1);
-        metrics::histogram!("conclave_wal_batch_requests").record(self.buffered as f64);
-        self.buffered = 0;
+        let took = started.elapsed();
+        // The answers first: on a follower they are on a write's critical path (its
+        // acknowledgement leaves once the worker has them), the bookkeeping below is not.
         for (tx, seq) in self.waiting.drain(..) {
             let _ = tx.send(result.clone().map(|_| seq));
         }
@@ -267,6 +264,12 @@ impl LogStoreActor {
                 requests: batch.requests,
             });
         }
+        // Every write waits for one of these: what other disk traffic (a snapshot image being
+        // written back) does to the write path shows here first.
+        metrics::histogram!("conclave_wal_sync_seconds").record(took.as_secs_f64());
+        metrics::counter!("conclave_wal_syncs_total").increment(1);
+        metrics::histogram!("conclave_wal_batch_requests").record(self.buffered as f64);
+        self.buffered = 0;
         if result.is_ok() && self.purge_pending {
             self.purge_pending = false;
             match self.timed(LogStore::purge) {

@@ -148,6 +148,13 @@ pub(super) struct WorkerCell {
     /// What the shells hand the log store, flushed by the worker.
     outbox: RefCell<Outbox>,
     flush_scheduled: Cell<bool>,
+    /// Shells handed actions by the last drain that have not carried them out yet: the last
+    /// one to do so sends the outbox itself ([`WorkerCell::shell_ran`]).
+    awaiting_shells: Cell<usize>,
+    /// The worker's index (its [`PersistBatch`]es name it).
+    worker_index: Cell<usize>,
+    /// Where the log store answers this worker's batches (the worker, once started).
+    persisted_to: RefCell<Option<Recipient<Persisted>>>,
     worker: RefCell<Option<Addr<RaftWorker>>>,
     /// Worker instances started on this thread so far.
     worker_starts: Cell<u64>,
@@ -170,6 +177,9 @@ impl WorkerCell {
                         drain_scheduled: Cell::new(false),
                         outbox: RefCell::new(Outbox::default()),
                         flush_scheduled: Cell::new(false),
+                        awaiting_shells: Cell::new(0),
+                        worker_index: Cell::new(0),
+                        persisted_to: RefCell::new(None),
                         worker: RefCell::new(None),
                         worker_starts: Cell::new(0),
                     })
@@ -300,6 +310,52 @@ impl WorkerCell {
                 .push((instance, BatchItem::Compact { group, index, term }));
         }
         self.request_flush();
+    }
+
+    /// A shell has carried out the persist requests of the actions the last drain handed it.
+    /// The last of those shells sends the outbox to the log store at once, before any shell
+    /// hands committed entries to its applier: on a follower the log store's `fdatasync` is
+    /// on a write's critical path and the apply is not, and this saves the trip through the
+    /// worker's mailbox. The batch stays one per drain (the earlier shells only add to it).
+    /// Anything this cannot send (a full or stopped log store) is left to the worker's
+    /// [`FlushPersists`], which [`WorkerCell::request_flush`] has already asked for.
+    pub(super) fn shell_ran(&self) {
+        // Only the shell that completes the count sends: one batch per drain. A shell that
+        // runs when none is counted (a later drain reset the count) leaves its requests to the
+        // worker's flush.
+        let awaiting = self.awaiting_shells.get();
+        if awaiting == 0 {
+            return;
+        }
+        self.awaiting_shells.set(awaiting - 1);
+        if awaiting > 1 {
+            return;
+        }
+        let Some(reply) = self.persisted_to.borrow().clone() else {
+            return;
+        };
+        let (log_store, items) = {
+            let mut outbox = self.outbox.borrow_mut();
+            if outbox.items.is_empty() {
+                return;
+            }
+            let Some(log_store) = outbox.log_store.clone() else {
+                return;
+            };
+            (log_store, std::mem::take(&mut outbox.items))
+        };
+        let (tags, items): (Vec<u64>, Vec<BatchItem>) = items.into_iter().unzip();
+        let batch = PersistBatch {
+            worker: self.worker_index.get(),
+            reply,
+            items,
+        };
+        if let Err(SendError::Full(batch) | SendError::Closed(batch)) = log_store.try_send(batch) {
+            // Back in order (nothing was added meanwhile: one thread); the worker's flush
+            // retries or fails the shells.
+            self.outbox.borrow_mut().items = tags.into_iter().zip(batch.items).collect();
+            self.request_flush();
+        }
     }
 
     /// Asks the worker to send the outbox once the messages already queued are handled (the
@@ -569,6 +625,7 @@ impl RaftWorker {
             }
         }
         self.out = out;
+        let mut awaiting = 0;
         {
             let shells = self.cell.shells.borrow();
             let host = self.cell.host.borrow();
@@ -586,8 +643,10 @@ impl RaftWorker {
                 // Unbounded: persists and applies must not be lost (the shell's own queues
                 // bound the backlog and refuse proposals past it).
                 shell.recipient.do_send(FromWorker::Actions(actions));
+                awaiting += 1;
             }
         }
+        self.cell.awaiting_shells.set(awaiting);
         self.arm(next, ctx);
     }
 
@@ -744,6 +803,8 @@ impl Actor for RaftWorker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(8192);
         *self.cell.worker.borrow_mut() = Some(ctx.address());
+        *self.cell.persisted_to.borrow_mut() = Some(ctx.address().recipient());
+        self.cell.worker_index.set(self.index);
         // What the shells queued while no worker ran (a restart).
         self.flush(ctx);
         // Gossip's failure detector wakes quiesced followers of a dead leader.
@@ -901,7 +962,105 @@ impl Handler<InjectPanic> for RaftWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PersistenceStrategy;
+    use crate::storage::health::StorageHealth;
+    use crate::storage::log_store::LogStore;
+    use crate::storage::wal::WalOptions;
     use conclave_core::raft::{CoalescedHeartbeat, Entry};
+
+    /// Hands every [`Persisted`] it gets to a channel.
+    struct Recorder(tokio::sync::mpsc::UnboundedSender<Persisted>);
+
+    impl Actor for Recorder {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Persisted> for Recorder {
+        type Result = ();
+
+        fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
+            let _ = self.0.send(msg);
+        }
+    }
+
+    fn one_entry(group: u64) -> PersistRequest {
+        PersistRequest {
+            seq: group,
+            hard_state: None,
+            truncate_from: None,
+            entries: vec![Entry {
+                index: 1,
+                term: 1,
+                payload: EntryPayload::Noop,
+            }],
+            snapshot: None,
+        }
+    }
+
+    #[actix::test]
+    async fn the_last_shell_a_drain_woke_sends_the_drains_batch_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, recovered) = LogStore::open(dir.path(), WalOptions::default()).unwrap();
+        let log_store = LogStoreActor::new(
+            store,
+            recovered,
+            PersistenceStrategy::DiskFirst,
+            1,
+            1000,
+            Arc::new(StorageHealth::new()),
+        )
+        .start();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let cell = WorkerCell {
+            host: RefCell::new(Host::new(
+                HostConfig {
+                    id: NodeId::new(1),
+                    heartbeat_interval_ms: 100,
+                    quiesce: false,
+                },
+                0,
+            )),
+            shells: RefCell::new(BTreeMap::new()),
+            next_instance: Cell::new(0),
+            drain_scheduled: Cell::new(false),
+            outbox: RefCell::new(Outbox::default()),
+            flush_scheduled: Cell::new(false),
+            awaiting_shells: Cell::new(0),
+            worker_index: Cell::new(3),
+            persisted_to: RefCell::new(Some(Recorder(tx).start().recipient())),
+            worker: RefCell::new(None),
+            worker_starts: Cell::new(0),
+        };
+        // A drain handed actions to two shells: the first one's request waits for the second.
+        cell.awaiting_shells.set(2);
+        cell.persist(&log_store, GroupId::new(1), 7, one_entry(1));
+        cell.shell_ran();
+        assert_eq!(cell.outbox.borrow().items.len(), 1);
+        cell.persist(&log_store, GroupId::new(2), 8, one_entry(2));
+        cell.shell_ran();
+        assert!(cell.outbox.borrow().items.is_empty());
+        // One batch: one sync answers both, in order, with their shells' tags.
+        let answer = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the second shell sends the batch")
+            .unwrap();
+        assert!(answer.result.is_ok());
+        let named: Vec<(GroupId, u64, u64)> = answer
+            .requests
+            .iter()
+            .map(|r| (r.group, r.tag, r.seq))
+            .collect();
+        assert_eq!(
+            named,
+            vec![(GroupId::new(1), 7, 1), (GroupId::new(2), 8, 2)]
+        );
+        // A shell that runs when no drain is waiting for it sends nothing on its own: its
+        // request goes with the worker's flush.
+        cell.persist(&log_store, GroupId::new(1), 7, one_entry(1));
+        cell.shell_ran();
+        assert_eq!(cell.outbox.borrow().items.len(), 1);
+        assert!(rx.try_recv().is_err());
+    }
 
     fn append(group: GroupId, bytes: usize) -> Message {
         Message {

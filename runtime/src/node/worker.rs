@@ -20,8 +20,10 @@
 //! timer, at [`Host::next_deadline`](conclave_core::raft::Host::next_deadline).
 //!
 //! **Persistence.** The shells put their persist requests (and compactions) into the cell's
-//! outbox; the worker sends the outbox to the log store as one [`PersistBatch`] once the
-//! shells a drain woke have run, and the log store answers with one [`Persisted`] per WAL sync
+//! outbox; the outbox goes to the log store as one [`PersistBatch`] once the shells a drain
+//! woke have run — sent by the last of them, before it hands committed entries to its applier
+//! ([`WorkerCell::shell_ran`]), or else by the worker's [`FlushPersists`] — and the log store
+//! answers with one [`Persisted`] per WAL sync
 //! naming every request of this worker it made durable. The worker hands each core its
 //! `persisted` itself (a request of a shell instance that has since restarted is ignored) and
 //! drains: no message, reply channel or waiting future per group. A shell that stops drops

@@ -34,6 +34,20 @@ async fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
     metric_with(c, i, name, "").await
 }
 
+/// Waits (polling, at most `within`) until node `i`'s metric `name` reaches `at_least`; returns
+/// the last value read. For a counter that a background step (a snapshot being written when the
+/// writes that triggered it were already acknowledged) moves a little after the load.
+async fn wait_metric(c: &Cluster, i: usize, name: &str, at_least: f64, within: Duration) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = metric(c, i, name).await;
+        if v >= at_least || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sum of a metric's samples whose labels contain `label` in node `i`'s `/metrics`.
 async fn metric_with(c: &Cluster, i: usize, name: &str, label: &str) -> f64 {
     let Ok(mut resp) = awc::Client::default()
@@ -162,9 +176,18 @@ async fn a_follower_behind_two_compactions_and_a_wiped_one_catch_up_by_snapshot(
         acked.len(),
         c.logs()
     );
+    // The second snapshot may still be being written when the last write is acknowledged.
+    let taken = wait_metric(
+        &c,
+        leader,
+        "conclave_snapshot_taken_total",
+        2.0,
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(
-        metric(&c, leader, "conclave_snapshot_taken_total").await >= 2.0,
-        "the leader took fewer than two snapshots\n{}",
+        taken >= 2.0,
+        "the leader took {taken} snapshots, fewer than two\n{}",
         c.logs()
     );
     let started = Instant::now();

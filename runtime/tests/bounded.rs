@@ -4,8 +4,8 @@
 //! `CONCLAVE_BOUNDED_WRITES` writes were acknowledged. When 10% of them are in, each node's
 //! RSS and data directory size are sampled; from then on the data directories are sampled
 //! every 500 ms, and at the end RSS again. Each node's RSS must grow less than 25% between
-//! the first sample and the end (in the short run, or by less than 8 MiB: see
-//! [`SHORT_RUN_RSS_SLACK_KIB`]), and its data directory must stay under its size at the first
+//! the first sample and the end (or by less than 8 MiB in the short run, 32 MiB in the
+//! issue's: see [`SHORT_RUN_RSS_SLACK_KIB`], [`LONG_RUN_RSS_SLACK_KIB`]), and its data directory must stay under its size at the first
 //! sample plus a bound (64 MiB with the default thresholds, as the issue asks; 16 MiB for the
 //! short run, whose thresholds and WAL segments are scaled down so that keeping history would
 //! exceed it several times over). At 5% of the writes and at the end every node takes a
@@ -50,8 +50,15 @@ const RSS_GROWTH: f64 = 1.25;
 /// (returned every 30 s by the memory trimmer, so by chance of timing), e.g. 27,408 → 34,304
 /// KiB (1.25x) in one loaded CI run. A node that kept its history would still fail by far: with
 /// `CONCLAVE_BOUNDED_THRESHOLD=0` the short run's RSS grows 4x (~80 MiB). The issue's run
-/// (400,000 writes) gets no slack.
+/// (400,000 writes) gets [`LONG_RUN_RSS_SLACK_KIB`].
 const SHORT_RUN_RSS_SLACK_KIB: u64 = 8 * 1024;
+/// In the issue's run (400,000 writes at 16 clients), growth within this many KiB passes
+/// whatever the ratio. Under that load a node's RSS moves with the allocator's retained memory
+/// by tens of MiB from one sample to the next: one run of the same binary sampled node 2 at
+/// 104, 113, 130, 118, 130, 123, 118, 132 and finally 126 MB, failing 1.25x against a first
+/// sample of 96 MB (7 December); two more runs ended at 99-111 and 96-117 MB. Keeping the
+/// history would add ~400 MB (400,000 values of 1 KiB) and still fail by far.
+const LONG_RUN_RSS_SLACK_KIB: u64 = 32 * 1024;
 /// The RSS right after a recovery passes the comparison with the early recovery's when it is
 /// within this many KiB of it, whatever the ratio. One recovery's RSS moves by tens of MiB
 /// between runs of the same binary (after ~20,000 writes: 63.8 to 100.5 MB per node in four
@@ -273,7 +280,7 @@ async fn memory_and_disk_stay_bounded_under_overwrites() {
     let slack = if total < 100_000 {
         SHORT_RUN_RSS_SLACK_KIB
     } else {
-        0
+        LONG_RUN_RSS_SLACK_KIB
     };
     for i in 0..3 {
         let growth = end_rss[i] as f64 / first_rss[i] as f64;

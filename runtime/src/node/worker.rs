@@ -336,13 +336,28 @@ impl WorkerCell {
         let Some(reply) = self.persisted_to.borrow().clone() else {
             return;
         };
+        if let Err((tags, SendError::Full(batch) | SendError::Closed(batch))) =
+            self.send_outbox(reply)
+        {
+            // The worker's flush retries or fails the shells.
+            self.keep_outbox(tags, batch.items);
+            self.request_flush();
+        }
+    }
+
+    /// Sends the outbox to the log store as one [`PersistBatch`] answered to `reply` (nothing
+    /// to send is `Ok`). A refused batch comes back with its items' shell tags, in order.
+    fn send_outbox(
+        &self,
+        reply: Recipient<Persisted>,
+    ) -> Result<(), (Vec<u64>, SendError<PersistBatch>)> {
         let (log_store, items) = {
             let mut outbox = self.outbox.borrow_mut();
             if outbox.items.is_empty() {
-                return;
+                return Ok(());
             }
             let Some(log_store) = outbox.log_store.clone() else {
-                return;
+                return Ok(());
             };
             (log_store, std::mem::take(&mut outbox.items))
         };
@@ -352,12 +367,13 @@ impl WorkerCell {
             reply,
             items,
         };
-        if let Err(SendError::Full(batch) | SendError::Closed(batch)) = log_store.try_send(batch) {
-            // Back in order (nothing was added meanwhile: one thread); the worker's flush
-            // retries or fails the shells.
-            self.outbox.borrow_mut().items = tags.into_iter().zip(batch.items).collect();
-            self.request_flush();
-        }
+        log_store.try_send(batch).map_err(|e| (tags, e))
+    }
+
+    /// Puts a refused batch's items back into the outbox, in order (the shells share this
+    /// thread: nothing was added meanwhile).
+    fn keep_outbox(&self, tags: Vec<u64>, items: Vec<BatchItem>) {
+        self.outbox.borrow_mut().items = tags.into_iter().zip(items).collect();
     }
 
     /// Asks the worker to send the outbox once the messages already queued are handled (the
@@ -656,31 +672,14 @@ impl RaftWorker {
     /// 1 ms later; a stopped log store fails every shell that had a request in it.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.cell.flush_scheduled.set(false);
-        let (log_store, items) = {
-            let mut outbox = self.cell.outbox.borrow_mut();
-            if outbox.items.is_empty() {
-                return;
-            }
-            let Some(log_store) = outbox.log_store.clone() else {
-                return;
-            };
-            (log_store, std::mem::take(&mut outbox.items))
-        };
-        let (tags, items): (Vec<u64>, Vec<BatchItem>) = items.into_iter().unzip();
-        let batch = PersistBatch {
-            worker: self.index,
-            reply: ctx.address().recipient(),
-            items,
-        };
-        match log_store.try_send(batch) {
+        match self.cell.send_outbox(ctx.address().recipient()) {
             Ok(()) => {}
-            Err(SendError::Full(batch)) => {
-                // Kept, in order (the shells share this thread: nothing was added meanwhile).
-                self.cell.outbox.borrow_mut().items = tags.into_iter().zip(batch.items).collect();
+            Err((tags, SendError::Full(batch))) => {
+                self.cell.keep_outbox(tags, batch.items);
                 self.cell.flush_scheduled.set(true);
                 ctx.run_later(Duration::from_millis(1), |act, ctx| act.flush(ctx));
             }
-            Err(SendError::Closed(batch)) => {
+            Err((tags, SendError::Closed(batch))) => {
                 let shells = self.cell.shells.borrow();
                 for (tag, item) in tags.into_iter().zip(batch.items) {
                     if let BatchItem::Persist { group, req, .. } = item {

@@ -22,7 +22,9 @@
 //! group count, with the load average. `CONCLAVE_IDLE_STORE=redb` gives every group a redb
 //! state store in the temp dir instead of a temporary sled one (default `sled`): sled runs
 //! background threads per instance, which at 1,000 groups × 3 nodes dominate the process's
-//! CPU and memory and hide what the Raft side costs.
+//! CPU and memory and hide what the Raft side costs. `CONCLAVE_IDLE_POLL_US` sets every node's
+//! `[node] idle_poll_us`; the line reports the time the idle pollers spun in the window (per
+//! node, % of one core, included in the CPU figure) and the WAL syncs per second.
 
 #![allow(missing_docs)]
 
@@ -88,6 +90,18 @@ fn frames_1_to_2(prom: &metrics_exporter_prometheus::PrometheusHandle) -> (f64, 
     (frames, bytes)
 }
 
+/// The sum of every series of the counter `name` (all three nodes, all labels).
+fn counter_sum(prom: &metrics_exporter_prometheus::PrometheusHandle, name: &str) -> f64 {
+    prom.render()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 fn leaders(handles: &[NodeHandle<KvMachine>], groups: u64) -> Vec<Option<NodeId>> {
     let mut out = vec![None; groups as usize];
     for h in handles {
@@ -109,7 +123,16 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
             http: free_addr(),
         })
         .collect();
-    let configs: Vec<Config> = Config::local_cluster(&members, dir.path());
+    let mut configs: Vec<Config> = Config::local_cluster(&members, dir.path());
+    // `[node] idle_poll_us` for every node (default: the config's).
+    if let Some(us) = std::env::var("CONCLAVE_IDLE_POLL_US")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        for c in &mut configs {
+            c.node.idle_poll_us = us;
+        }
+    }
     let mut nodes = Vec::new();
     let redb = std::env::var("CONCLAVE_IDLE_STORE").is_ok_and(|s| s == "redb");
     for c in configs {
@@ -156,12 +179,16 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
     // Let elections' and creations' traffic drain.
     actix::clock::sleep(Duration::from_secs(5)).await;
     let (f0, b0) = frames_1_to_2(prom);
+    let spun0 = counter_sum(prom, "conclave_idle_poll_microseconds_total");
+    let syncs0 = counter_sum(prom, "conclave_wal_syncs_total");
     let c0 = cpu_ticks();
     let t0 = Instant::now();
     actix::clock::sleep(Duration::from_secs(secs)).await;
     let window = t0.elapsed().as_secs_f64();
     let cpu = (cpu_ticks() - c0) as f64 / clock_ticks_per_second() as f64;
     let (f1, b1) = frames_1_to_2(prom);
+    let spun = counter_sum(prom, "conclave_idle_poll_microseconds_total") - spun0;
+    let syncs = counter_sum(prom, "conclave_wal_syncs_total") - syncs0;
     let load = loadavg();
     // The first write to an idle group.
     let last = groups - 1;
@@ -187,12 +214,15 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
     println!(
         "groups={groups:>5} elected_in={:>6.1}s cpu_per_node={:>6.2}% of one core \
          frames_1to2={:>8.1}/s bytes_1to2={:>10.0}/s first_write={:>7.2}ms window={window:.0}s \
-         loadavg={load}",
+         idle_poll={:.2}% wal_syncs={:.1}/s loadavg={load}",
         elected.as_secs_f64(),
         100.0 * cpu / window / 3.0,
         (f1 - f0) / window,
         (b1 - b0) / window,
         first_write.as_secs_f64() * 1000.0,
+        // Spun time per node as a share of one core (SCHED_IDLE: time nothing else wanted).
+        100.0 * spun / 1e6 / window / 3.0,
+        syncs / window,
     );
     // Node 1 crashes (or leaves: a graceful shutdown, which gossip reports `left` at once,
     // unlike a crash, which gossip detects only through its failure detector): how long until

@@ -72,6 +72,11 @@ pub struct NodeSection {
     /// TLS, HTTPS and bearer tokens (it logs a warning). Default false: such a node refuses to
     /// start (see [`Config::validate`]).
     pub allow_insecure: bool,
+    /// For how long after the last write (µs) an idle-priority thread keeps a core running
+    /// rather than halted, so the next write's thread hand-offs do not wait for a core to wake
+    /// (`crate::node::idle_poll`). It takes only CPU time nothing else wants, but shows as up
+    /// to one busy core per node while writes keep coming. 0 turns it off. Default 1000.
+    pub idle_poll_us: u64,
 }
 
 impl Default for NodeSection {
@@ -89,6 +94,7 @@ impl Default for NodeSection {
             read_timeout_s: 10,
             max_queue_bytes: 64 << 20,
             allow_insecure: false,
+            idle_poll_us: crate::node::idle_poll::DEFAULT_WINDOW_US,
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod applier;
 pub mod gossip;
 pub mod group;
 pub mod group_metrics;
+pub mod idle_poll;
 pub mod log_store_actor;
 mod membership;
 pub mod memory_trim;
@@ -47,6 +48,22 @@ pub mod transfer;
 pub mod transfer_actor;
 pub mod wire;
 mod worker;
+
+/// Names an arbiter's thread after its role (`ps -T`, `top -H`, `perf` and `/proc/PID/task`
+/// show it), so an operator can tell the Raft workers, the log store and the appliers apart
+/// instead of a row of `actix-rt|system`. Linux keeps at most 15 bytes; best effort: a name the
+/// kernel refuses leaves actix's.
+pub(crate) fn name_thread(arbiter: &actix::ArbiterHandle, name: String) {
+    arbiter.spawn_fn(move || {
+        let mut bytes = name.into_bytes();
+        bytes.truncate(15);
+        if let Ok(name) = std::ffi::CString::new(bytes) {
+            if let Err(e) = rustix::thread::set_name(&name) {
+                tracing::debug!(error = %e, "cannot name the thread");
+            }
+        }
+    });
+}
 
 // The request interface lives in `crate::api` (the HTTP layer uses it without depending on
 // the node); re-exported so `conclave::node::{NodeHandle, RequestError, ...}` stay one path.
@@ -273,6 +290,8 @@ pub struct Node<M: StateMachine> {
     transfer_arbiters: Vec<Arbiter>,
     /// Gives the allocator's free memory back to the OS (`memory_trim`); ends with the node.
     _trimmer: Option<memory_trim::MemoryTrimmer>,
+    /// Keeps a core running while writes come (`idle_poll`); ends with the node.
+    _idle_poller: Option<idle_poll::IdlePoller>,
 }
 
 impl<M: StateMachine> Node<M> {
@@ -527,6 +546,7 @@ async fn start_node<M: StateMachine>(
     };
     let (store, recovered) = LogStore::open(&config.node.data_dir.join("wal"), wal_options)?;
     let log_arbiter = Arbiter::new();
+    name_thread(&log_arbiter.handle(), "log-store".to_owned());
     let p = config.raft.persistence.clone();
     let log_health = health.clone();
     let log_clock = watchdog.clock(log_store_actor::HEALTH_COMPONENT);
@@ -602,8 +622,12 @@ async fn start_node<M: StateMachine>(
     // work: the Raft workers, the WAL's syncs and the other nodes sharing the machine go
     // first; a transfer slowed down is timed by its own deadlines, never by the group's. Nice
     // 10 rather than `SCHED_IDLE`: a saturated machine slows a transfer, never stops it.
-    for a in [&send_arbiter, &receive_arbiter] {
+    for (a, name) in [
+        (&send_arbiter, "snap-send"),
+        (&receive_arbiter, "snap-receive"),
+    ] {
         a.spawn_fn(crate::storage::background_io::lower_thread_priority_unstarved);
+        name_thread(&a.handle(), name.to_owned());
     }
     let snapshot_sender =
         transfer_actor::SnapshotSender::new(id, transfer_limits(&config), send_arbiter.handle());
@@ -627,6 +651,16 @@ async fn start_node<M: StateMachine>(
     let group_list = Arc::new(crate::storage::group_list::GroupList::open(
         &config.node.data_dir,
     )?);
+    // Keeps a core out of its halt while writes come (`[node] idle_poll_us`).
+    let idle_poller =
+        match idle_poll::IdlePoller::start(Duration::from_micros(config.node.idle_poll_us)) {
+            Ok(p) => p,
+            Err(e) => {
+                // Only latency is lost: hand-offs then wait for halted cores to wake.
+                tracing::warn!(error = %e, "cannot start the idle-poll thread");
+                None
+            }
+        };
     // The Raft workers: every group's core is driven by worker `group % workers`, its shell
     // runs on that worker's arbiter; appliers and snapshotters on pools of the same size.
     let workers = Arc::new(worker::Workers::start(
@@ -640,10 +674,19 @@ async fn start_node<M: StateMachine>(
             epoch,
             frame_bytes: (config.node.max_frame_size / 2).max(1024),
             cell_key: worker::next_cell_key(),
+            idle_poll: idle_poller.as_ref().map(idle_poll::IdlePoller::handle),
         }),
         Arbiter::current(),
     ));
-    let pool = |n: usize| (0..n.max(1)).map(|_| Arbiter::new()).collect::<Vec<_>>();
+    let pool = |n: usize, role: &str| {
+        (0..n.max(1))
+            .map(|i| {
+                let a = Arbiter::new();
+                name_thread(&a.handle(), format!("{role}-{i}"));
+                a
+            })
+            .collect::<Vec<_>>()
+    };
     let (factory, any_group) = factory;
     let registry = Arc::new(GroupRegistry::new(
         registry::GroupSpawner {
@@ -663,8 +706,8 @@ async fn start_node<M: StateMachine>(
             epoch,
             arbiter: Arbiter::current(),
             workers: workers.clone(),
-            appliers: pool(config.raft.workers),
-            snapshotters: pool(config.raft.workers),
+            appliers: pool(config.raft.workers, "applier"),
+            snapshotters: pool(config.raft.workers, "snapshotter"),
         },
         group_list,
     ));
@@ -852,6 +895,7 @@ async fn start_node<M: StateMachine>(
         log_store,
         log_arbiter,
         transfer_arbiters,
+        _idle_poller: idle_poller,
         _trimmer: match memory_trim::MemoryTrimmer::start(memory_trim::TRIM_EVERY) {
             Ok(t) => Some(t),
             Err(e) => {

@@ -36,6 +36,7 @@
 //! rebuilds its core from the log store (as any restarted group does).
 
 use super::gossip::GossipShared;
+use super::idle_poll::IdlePoll;
 use super::log_store_actor::{BatchItem, LogStoreActor, PersistBatch, Persisted};
 use super::peers::Peers;
 use super::wire::WireMessage;
@@ -160,6 +161,8 @@ pub(super) struct WorkerCell {
     worker: RefCell<Option<Addr<RaftWorker>>>,
     /// Worker instances started on this thread so far.
     worker_starts: Cell<u64>,
+    /// Told of every batch sent to the log store: a write is under way (`idle_poll`).
+    idle_poll: Option<IdlePoll>,
 }
 
 impl WorkerCell {
@@ -184,6 +187,7 @@ impl WorkerCell {
                         persisted_to: RefCell::new(None),
                         worker: RefCell::new(None),
                         worker_starts: Cell::new(0),
+                        idle_poll: deps.idle_poll.clone(),
                     })
                 })
                 .clone()
@@ -362,12 +366,24 @@ impl WorkerCell {
             (log_store, std::mem::take(&mut outbox.items))
         };
         let (tags, items): (Vec<u64>, Vec<BatchItem>) = items.into_iter().unzip();
+        let entries = items
+            .iter()
+            .map(|i| match i {
+                BatchItem::Persist { req, .. } => req.entries.len(),
+                _ => 0,
+            })
+            .sum();
         let batch = PersistBatch {
             worker: self.worker_index.get(),
             reply,
             items,
         };
-        log_store.try_send(batch).map_err(|e| (tags, e))
+        let sent = log_store.try_send(batch).map_err(|e| (tags, e));
+        // After the send: marking may wake the poller, which is not on this write's path.
+        if let Some(poll) = &self.idle_poll {
+            poll.mark(entries);
+        }
+        sent
     }
 
     /// Puts a refused batch's items back into the outbox, in order (the shells share this
@@ -420,6 +436,8 @@ pub(super) struct WorkerDeps {
     /// Tells this node's worker cells from other nodes' on a shared thread
     /// ([`next_cell_key`]).
     pub(super) cell_key: u64,
+    /// The node's idle poller, marked when entries go to the log store (`None`: off).
+    pub(super) idle_poll: Option<IdlePoll>,
 }
 
 /// The node's Raft workers: their arbiters (each group's shell runs on its worker's), the live
@@ -460,6 +478,7 @@ impl Workers {
             } else {
                 let a = Arbiter::new();
                 let handle = a.handle();
+                super::name_thread(&handle, format!("raft-worker-{index}"));
                 owned.push(a);
                 handle
             };
@@ -1012,6 +1031,9 @@ mod tests {
         )
         .start();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let poller = super::super::idle_poll::IdlePoller::start(Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
         let cell = WorkerCell {
             host: RefCell::new(Host::new(
                 HostConfig {
@@ -1031,15 +1053,19 @@ mod tests {
             persisted_to: RefCell::new(Some(Recorder(tx).start().recipient())),
             worker: RefCell::new(None),
             worker_starts: Cell::new(0),
+            idle_poll: Some(poller.handle()),
         };
         // A drain handed actions to two shells: the first one's request waits for the second.
         cell.awaiting_shells.set(2);
         cell.persist(&log_store, GroupId::new(1), 7, one_entry(1));
         cell.shell_ran();
         assert_eq!(cell.outbox.borrow().items.len(), 1);
+        assert!(!poller.handle().spinning_allowed());
         cell.persist(&log_store, GroupId::new(2), 8, one_entry(2));
         cell.shell_ran();
         assert!(cell.outbox.borrow().items.is_empty());
+        // A batch of two entries is light: the idle poller was marked.
+        assert!(poller.handle().spinning_allowed());
         // One batch: one sync answers both, in order, with their shells' tags.
         let answer = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await

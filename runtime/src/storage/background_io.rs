@@ -408,6 +408,12 @@ pub fn thread_cpu_policy() -> Option<libc::c_int> {
     sys::cpu_policy().ok()
 }
 
+/// Sets the calling thread's CPU policy to `SCHED_IDLE` (no fallback: the caller decides what
+/// to do when it is refused, e.g. on other platforms).
+pub fn set_idle_cpu_policy() -> std::io::Result<()> {
+    sys::set_idle_cpu_policy()
+}
+
 /// The rate an unpaced background write is expected to reach, for [`overdue`].
 pub const EXPECTED_UNPACED_BYTES_PER_S: u64 = 50_000_000;
 

@@ -41,7 +41,8 @@ pub const DEFAULT_WINDOW_US: u64 = 1_000;
 pub const LIGHT_BATCH: usize = 2;
 
 /// How long a batch larger than [`LIGHT_BATCH`] keeps the poller from spinning.
-pub const BUSY_HOLDOFF: Duration = Duration::from_millis(100);
+pub const BUSY_HOLDOFF: Duration = Duration::from_nanos(BUSY_HOLDOFF_NS);
+const BUSY_HOLDOFF_NS: u64 = 100_000_000;
 
 /// How often a long spin reports its time to `conclave_idle_poll_microseconds_total`.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
@@ -97,7 +98,7 @@ impl IdlePoll {
         let inner = &self.inner;
         let now = inner.now_ns();
         if entries > LIGHT_BATCH {
-            let until = now.saturating_add(u64::try_from(BUSY_HOLDOFF.as_nanos()).unwrap_or(0));
+            let until = now.saturating_add(BUSY_HOLDOFF_NS);
             inner.busy_until.fetch_max(until, Ordering::SeqCst);
             return;
         }
@@ -214,11 +215,9 @@ fn run(inner: &Inner) {
 }
 
 fn report(inner: &Inner, counter: &metrics::Counter, spun: Duration) {
-    counter.increment(u64::try_from(spun.as_micros()).unwrap_or(u64::MAX));
-    inner.spun_ns.fetch_add(
-        u64::try_from(spun.as_nanos()).unwrap_or(u64::MAX),
-        Ordering::SeqCst,
-    );
+    let ns = u64::try_from(spun.as_nanos()).unwrap_or(u64::MAX);
+    counter.increment(ns / 1_000);
+    inner.spun_ns.fetch_add(ns, Ordering::SeqCst);
 }
 
 #[cfg(test)]

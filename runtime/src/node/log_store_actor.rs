@@ -600,6 +600,24 @@ impl Handler<Recover> for LogStoreActor {
     }
 }
 
+/// Forwards the log store's answers to a batch to a test's channel (this module's tests and
+/// the Raft worker's).
+#[cfg(test)]
+pub(super) struct PersistedForwarder(pub(super) tokio::sync::mpsc::UnboundedSender<Persisted>);
+
+#[cfg(test)]
+impl Actor for PersistedForwarder {
+    type Context = Context<Self>;
+}
+
+#[cfg(test)]
+impl Handler<Persisted> for PersistedForwarder {
+    type Result = ();
+    fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,20 +816,6 @@ mod tests {
         assert_eq!(from_disk[&GroupId::new(1)], mirrored);
     }
 
-    /// Forwards the log store's answers to a batch to the test.
-    struct Answers(tokio::sync::mpsc::UnboundedSender<Persisted>);
-
-    impl Actor for Answers {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Persisted> for Answers {
-        type Result = ();
-        fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
-            let _ = self.0.send(msg);
-        }
-    }
-
     fn persist(group: u64, tag: u64, seq: u64, entries: Vec<Entry>) -> BatchItem {
         BatchItem::Persist {
             group: GroupId::new(group),
@@ -833,7 +837,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let actor = start_disk_first(dir.path(), WalOptions::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let reply = Answers(tx).start().recipient();
+        let reply = PersistedForwarder(tx).start().recipient();
         actor
             .send(PersistBatch {
                 worker: 0,
@@ -885,7 +889,7 @@ mod tests {
         actor
             .send(PersistBatch {
                 worker: 1,
-                reply: Answers(tx2).start().recipient(),
+                reply: PersistedForwarder(tx2).start().recipient(),
                 items: vec![persist(4, 1, 1, entries(2, 1..=1))],
             })
             .await

@@ -175,23 +175,31 @@ impl WorkerCell {
             c.borrow_mut()
                 .entry(deps.cell_key)
                 .or_insert_with(|| {
-                    Rc::new(WorkerCell {
-                        host: RefCell::new(Host::new(host_config(deps), now)),
-                        shells: RefCell::new(BTreeMap::new()),
-                        next_instance: Cell::new(0),
-                        drain_scheduled: Cell::new(false),
-                        outbox: RefCell::new(Outbox::default()),
-                        flush_scheduled: Cell::new(false),
-                        awaiting_shells: Cell::new(0),
-                        worker_index: Cell::new(0),
-                        persisted_to: RefCell::new(None),
-                        worker: RefCell::new(None),
-                        worker_starts: Cell::new(0),
-                        idle_poll: deps.idle_poll.clone(),
-                    })
+                    Rc::new(WorkerCell::new(
+                        Host::new(host_config(deps), now),
+                        deps.idle_poll.clone(),
+                    ))
                 })
                 .clone()
         })
+    }
+
+    /// An empty cell around `host`: no shells, nothing queued, worker 0 until a worker starts.
+    fn new(host: Host, idle_poll: Option<IdlePoll>) -> WorkerCell {
+        WorkerCell {
+            host: RefCell::new(host),
+            shells: RefCell::new(BTreeMap::new()),
+            next_instance: Cell::new(0),
+            drain_scheduled: Cell::new(false),
+            outbox: RefCell::new(Outbox::default()),
+            flush_scheduled: Cell::new(false),
+            awaiting_shells: Cell::new(0),
+            worker_index: Cell::new(0),
+            persisted_to: RefCell::new(None),
+            worker: RefCell::new(None),
+            worker_starts: Cell::new(0),
+            idle_poll,
+        }
     }
 
     /// The cell of the node `key` ([`WorkerDeps::cell_key`]) on the current thread; `None` off
@@ -366,13 +374,16 @@ impl WorkerCell {
             (log_store, std::mem::take(&mut outbox.items))
         };
         let (tags, items): (Vec<u64>, Vec<BatchItem>) = items.into_iter().unzip();
-        let entries = items
-            .iter()
-            .map(|i| match i {
-                BatchItem::Persist { req, .. } => req.entries.len(),
-                _ => 0,
-            })
-            .sum();
+        // Counted only for the idle poller (`None`: it is off).
+        let entries = self.idle_poll.as_ref().map(|_| {
+            items
+                .iter()
+                .map(|i| match i {
+                    BatchItem::Persist { req, .. } => req.entries.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+        });
         let batch = PersistBatch {
             worker: self.worker_index.get(),
             reply,
@@ -380,7 +391,7 @@ impl WorkerCell {
         };
         let sent = log_store.try_send(batch).map_err(|e| (tags, e));
         // After the send: marking may wake the poller, which is not on this write's path.
-        if let Some(poll) = &self.idle_poll {
+        if let (Some(poll), Some(entries)) = (&self.idle_poll, entries) {
             poll.mark(entries);
         }
         sent
@@ -981,27 +992,13 @@ impl Handler<InjectPanic> for RaftWorker {
 
 #[cfg(test)]
 mod tests {
+    use super::super::log_store_actor::PersistedForwarder;
     use super::*;
     use crate::config::PersistenceStrategy;
     use crate::storage::health::StorageHealth;
     use crate::storage::log_store::LogStore;
     use crate::storage::wal::WalOptions;
     use conclave_core::raft::{CoalescedHeartbeat, Entry};
-
-    /// Hands every [`Persisted`] it gets to a channel.
-    struct Recorder(tokio::sync::mpsc::UnboundedSender<Persisted>);
-
-    impl Actor for Recorder {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Persisted> for Recorder {
-        type Result = ();
-
-        fn handle(&mut self, msg: Persisted, _: &mut Context<Self>) {
-            let _ = self.0.send(msg);
-        }
-    }
 
     fn one_entry(group: u64) -> PersistRequest {
         PersistRequest {
@@ -1034,27 +1031,19 @@ mod tests {
         let poller = super::super::idle_poll::IdlePoller::start(Duration::from_secs(60))
             .unwrap()
             .unwrap();
-        let cell = WorkerCell {
-            host: RefCell::new(Host::new(
+        let cell = WorkerCell::new(
+            Host::new(
                 HostConfig {
                     id: NodeId::new(1),
                     heartbeat_interval_ms: 100,
                     quiesce: false,
                 },
                 0,
-            )),
-            shells: RefCell::new(BTreeMap::new()),
-            next_instance: Cell::new(0),
-            drain_scheduled: Cell::new(false),
-            outbox: RefCell::new(Outbox::default()),
-            flush_scheduled: Cell::new(false),
-            awaiting_shells: Cell::new(0),
-            worker_index: Cell::new(3),
-            persisted_to: RefCell::new(Some(Recorder(tx).start().recipient())),
-            worker: RefCell::new(None),
-            worker_starts: Cell::new(0),
-            idle_poll: Some(poller.handle()),
-        };
+            ),
+            Some(poller.handle()),
+        );
+        cell.worker_index.set(3);
+        *cell.persisted_to.borrow_mut() = Some(PersistedForwarder(tx).start().recipient());
         // A drain handed actions to two shells: the first one's request waits for the second.
         cell.awaiting_shells.set(2);
         cell.persist(&log_store, GroupId::new(1), 7, one_entry(1));

@@ -75,7 +75,8 @@ pub struct NodeSection {
     /// For how long after the last write (µs) an idle-priority thread keeps a core running
     /// rather than halted, so the next write's thread hand-offs do not wait for a core to wake
     /// (`crate::node::idle_poll`). It takes only CPU time nothing else wants, but shows as up
-    /// to one busy core per node while writes keep coming. 0 turns it off. Default 1000.
+    /// to one busy core per node while writes keep coming. 0 turns it off; at most
+    /// [`MAX_IDLE_POLL_US`]. Default 1000.
     pub idle_poll_us: u64,
 }
 
@@ -180,6 +181,10 @@ pub fn default_raft_workers() -> usize {
 
 /// The largest `raft.promote_max_lag` accepted.
 pub const MAX_PROMOTE_MAX_LAG: u64 = 100_000_000;
+
+/// The largest `node.idle_poll_us` accepted (1 s): the poller hides the wake-ups between the
+/// hand-offs of one write; spinning seconds after a write would only burn a core.
+pub const MAX_IDLE_POLL_US: u64 = 1_000_000;
 
 /// The largest `raft.learner_catch_up_mb_s` accepted (a pace above it is no pace).
 pub const MAX_LEARNER_CATCH_UP_MB_S: u64 = 100_000;
@@ -981,6 +986,17 @@ impl Config {
                 },
             ));
         }
+        if n.idle_poll_us > MAX_IDLE_POLL_US {
+            return Err(invalid(
+                "node.idle_poll_us",
+                Problem::OutOfRange {
+                    min: 0,
+                    max: MAX_IDLE_POLL_US,
+                    what: " µs (0: off)",
+                    got: n.idle_poll_us,
+                },
+            ));
+        }
         if self.raft.learner_catch_up_mb_s > MAX_LEARNER_CATCH_UP_MB_S {
             return Err(invalid(
                 "raft.learner_catch_up_mb_s",
@@ -1475,6 +1491,7 @@ ca = "ca.crt"
             ("[raft]\nheartbeat_interval_ms = 200\n", "raft.heartbeat_interval_ms"),
             ("[raft.read]\nlease_ms = 150\n", "raft.read.lease_ms"),
             ("[raft]\npromote_max_lag = 0\n", "raft.promote_max_lag"),
+            ("[node]\nidle_poll_us = 1000001\n", "node.idle_poll_us"),
             (
                 "[raft]\npromote_max_lag = 100000001\n",
                 "raft.promote_max_lag",

@@ -869,6 +869,30 @@ fn invalid(key: &'static str, problem: Problem) -> ConfigError {
     ConfigError::Invalid { key, problem }
 }
 
+/// `got` within `min..=max`, else [`Problem::OutOfRange`] for `key` (`what`: what the numbers
+/// count, with its leading space, or empty).
+fn in_range(
+    key: &'static str,
+    got: u64,
+    min: u64,
+    max: u64,
+    what: &'static str,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&got) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            Problem::OutOfRange {
+                min,
+                max,
+                what,
+                got,
+            },
+        ))
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a node's TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -975,50 +999,34 @@ impl Config {
         if self.ring.map_watch_ms == 0 {
             return Err(invalid("ring.map_watch_ms", Problem::Zero));
         }
-        if !(1..=MAX_PROMOTE_MAX_LAG).contains(&self.raft.promote_max_lag) {
-            return Err(invalid(
-                "raft.promote_max_lag",
-                Problem::OutOfRange {
-                    min: 1,
-                    max: MAX_PROMOTE_MAX_LAG,
-                    what: " entries",
-                    got: self.raft.promote_max_lag,
-                },
-            ));
-        }
-        if n.idle_poll_us > MAX_IDLE_POLL_US {
-            return Err(invalid(
-                "node.idle_poll_us",
-                Problem::OutOfRange {
-                    min: 0,
-                    max: MAX_IDLE_POLL_US,
-                    what: " µs (0: off)",
-                    got: n.idle_poll_us,
-                },
-            ));
-        }
-        if self.raft.learner_catch_up_mb_s > MAX_LEARNER_CATCH_UP_MB_S {
-            return Err(invalid(
-                "raft.learner_catch_up_mb_s",
-                Problem::OutOfRange {
-                    min: 0,
-                    max: MAX_LEARNER_CATCH_UP_MB_S,
-                    what: " MB/s (0: unpaced)",
-                    got: self.raft.learner_catch_up_mb_s,
-                },
-            ));
-        }
-        if !(1..=MAX_RAFT_WORKERS).contains(&self.raft.workers) {
-            return Err(invalid(
-                "raft.workers",
-                Problem::OutOfRange {
-                    min: 1,
-                    max: MAX_RAFT_WORKERS as u64,
-                    what: "",
-                    got: self.raft.workers as u64,
-                },
-            ));
-        }
+        in_range(
+            "raft.promote_max_lag",
+            self.raft.promote_max_lag,
+            1,
+            MAX_PROMOTE_MAX_LAG,
+            " entries",
+        )?;
+        in_range(
+            "node.idle_poll_us",
+            n.idle_poll_us,
+            0,
+            MAX_IDLE_POLL_US,
+            " µs (0: off)",
+        )?;
+        in_range(
+            "raft.learner_catch_up_mb_s",
+            self.raft.learner_catch_up_mb_s,
+            0,
+            MAX_LEARNER_CATCH_UP_MB_S,
+            " MB/s (0: unpaced)",
+        )?;
+        in_range(
+            "raft.workers",
+            self.raft.workers as u64,
+            1,
+            MAX_RAFT_WORKERS as u64,
+            "",
+        )?;
         if n.max_frame_size < 1024 {
             return Err(invalid(
                 "node.max_frame_size",
@@ -1141,17 +1149,13 @@ impl Config {
         if self.latency.interval_s == 0 {
             return Err(invalid("latency.interval_s", Problem::Zero));
         }
-        if !(10..=3_600_000).contains(&self.storage.stall_timeout_ms) {
-            return Err(invalid(
-                "storage.stall_timeout_ms",
-                Problem::OutOfRange {
-                    min: 10,
-                    max: 3_600_000,
-                    what: " (one hour)",
-                    got: self.storage.stall_timeout_ms,
-                },
-            ));
-        }
+        in_range(
+            "storage.stall_timeout_ms",
+            self.storage.stall_timeout_ms,
+            10,
+            3_600_000,
+            " (one hour)",
+        )?;
         if self.storage.wal_segment_bytes < 65_536 {
             return Err(invalid(
                 "storage.wal_segment_bytes",
@@ -1229,28 +1233,20 @@ impl Config {
         if s.max_concurrent_sends == 0 {
             return Err(invalid("snapshot.max_concurrent_sends", Problem::Zero));
         }
-        if s.log_image_pct > MAX_LOG_IMAGE_PCT {
-            return Err(invalid(
-                "snapshot.log_image_pct",
-                Problem::OutOfRange {
-                    min: 0,
-                    max: MAX_LOG_IMAGE_PCT,
-                    what: " (percent of the last image)",
-                    got: s.log_image_pct,
-                },
-            ));
-        }
-        if s.threshold_jitter_pct > 100 {
-            return Err(invalid(
-                "snapshot.threshold_jitter_pct",
-                Problem::OutOfRange {
-                    min: 0,
-                    max: 100,
-                    what: " (percent above the thresholds)",
-                    got: s.threshold_jitter_pct,
-                },
-            ));
-        }
+        in_range(
+            "snapshot.log_image_pct",
+            s.log_image_pct,
+            0,
+            MAX_LOG_IMAGE_PCT,
+            " (percent of the last image)",
+        )?;
+        in_range(
+            "snapshot.threshold_jitter_pct",
+            s.threshold_jitter_pct,
+            0,
+            100,
+            " (percent above the thresholds)",
+        )?;
         Ok(())
     }
 

@@ -2108,6 +2108,9 @@ impl Raft {
             self.start_snapshot_send(peer);
             return false;
         };
+        if !self.pace_allows(peer, last) {
+            return false;
+        }
         let max_last = last.min(next + self.config.max_entries_per_append as u64 - 1);
         let candidates = self.log.range(next, max_last);
         let mut bytes = 0usize;
@@ -2120,10 +2123,7 @@ impl Raft {
             bytes += size;
             count += 1;
         }
-        if !self.pace_allows(peer, last) {
-            return false;
-        }
-        let entries = self.log.range(next, max_last)[..count].to_vec();
+        let entries = candidates[..count].to_vec();
         let sent_last = prev + count as u64;
         let body = MessageBody::AppendEntries {
             prev_log_index: prev,

@@ -64,42 +64,31 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// `conclave_transport_frames_total` and `_bytes_total` from node 1 to node 2.
-fn frames_1_to_2(prom: &metrics_exporter_prometheus::PrometheusHandle) -> (f64, f64) {
-    let text = prom.render();
-    let mut frames = 0.0;
-    let mut bytes = 0.0;
-    for line in text.lines() {
-        let matches = line.contains("node=\"1\"")
-            && line.contains("peer=\"2\"")
-            && line.contains("direction=\"out\"");
-        if !matches {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if line.starts_with("conclave_transport_frames_total") {
-            frames += value;
-        } else if line.starts_with("conclave_transport_bytes_total") {
-            bytes += value;
-        }
-    }
-    (frames, bytes)
-}
-
-/// The sum of every series of the counter `name` (all three nodes, all labels).
-fn counter_sum(prom: &metrics_exporter_prometheus::PrometheusHandle, name: &str) -> f64 {
+/// The sum of the values of every series of the counter `name` whose labels include each of
+/// `labels` (e.g. `node="1"`), over all three nodes.
+fn counter_sum(
+    prom: &metrics_exporter_prometheus::PrometheusHandle,
+    name: &str,
+    labels: &[&str],
+) -> f64 {
     prom.render()
         .lines()
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// `conclave_transport_frames_total` and `_bytes_total` from node 1 to node 2.
+fn frames_1_to_2(prom: &metrics_exporter_prometheus::PrometheusHandle) -> (f64, f64) {
+    let one_to_two = ["node=\"1\"", "peer=\"2\"", "direction=\"out\""];
+    (
+        counter_sum(prom, "conclave_transport_frames_total", &one_to_two),
+        counter_sum(prom, "conclave_transport_bytes_total", &one_to_two),
+    )
 }
 
 fn leaders(handles: &[NodeHandle<KvMachine>], groups: u64) -> Vec<Option<NodeId>> {
@@ -179,16 +168,16 @@ async fn point(groups: u64, secs: u64, prom: &metrics_exporter_prometheus::Prome
     // Let elections' and creations' traffic drain.
     actix::clock::sleep(Duration::from_secs(5)).await;
     let (f0, b0) = frames_1_to_2(prom);
-    let spun0 = counter_sum(prom, "conclave_idle_poll_microseconds_total");
-    let syncs0 = counter_sum(prom, "conclave_wal_syncs_total");
+    let spun0 = counter_sum(prom, "conclave_idle_poll_microseconds_total", &[]);
+    let syncs0 = counter_sum(prom, "conclave_wal_syncs_total", &[]);
     let c0 = cpu_ticks();
     let t0 = Instant::now();
     actix::clock::sleep(Duration::from_secs(secs)).await;
     let window = t0.elapsed().as_secs_f64();
     let cpu = (cpu_ticks() - c0) as f64 / clock_ticks_per_second() as f64;
     let (f1, b1) = frames_1_to_2(prom);
-    let spun = counter_sum(prom, "conclave_idle_poll_microseconds_total") - spun0;
-    let syncs = counter_sum(prom, "conclave_wal_syncs_total") - syncs0;
+    let spun = counter_sum(prom, "conclave_idle_poll_microseconds_total", &[]) - spun0;
+    let syncs = counter_sum(prom, "conclave_wal_syncs_total", &[]) - syncs0;
     let load = loadavg();
     // The first write to an idle group.
     let last = groups - 1;
